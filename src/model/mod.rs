@@ -1,0 +1,528 @@
+//! The edge pod and node model: compact, runtime-neutral types that travel on
+//! the wire and live in the store. No I/O here.
+//!
+//! These are deliberately smaller than the Kubernetes API types: they carry
+//! only what a device can honour. `convert` turns Kubernetes manifests into
+//! them (and is the one place that knows Kubernetes field paths).
+
+pub mod convert;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// `runtimeClassName` that selects the in-agent WebAssembly runtime.
+pub const WASM_RUNTIME_CLASS: &str = "kedge-wasm";
+
+/// Namespace and name of a pod: the identity used in topics and the store.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Parses `namespace/name`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ns, name) = s.split_once('/')?;
+        (!ns.is_empty() && !name.is_empty() && !name.contains('/')).then(|| Self::new(ns, name))
+    }
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Where a desired pod came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodSource {
+    /// A retained desired topic (bridge or `kedge apply`).
+    Mqtt,
+    /// A manifest in the agent's `--manifests` directory (a static pod).
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RuntimeKind {
+    /// Containers through the CRI (containerd, CRI-O).
+    Container,
+    /// WebAssembly modules inside the agent (`runtimeClassName: kedge-wasm`).
+    Wasm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+/// The compact edge pod spec: what the agent runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodSpec {
+    pub namespace: String,
+    pub name: String,
+    /// The Kubernetes uid (or one made by the CLI); a new uid is a new pod.
+    pub uid: String,
+    /// Increases with every change of the spec; older generations are ignored.
+    pub generation: u64,
+    pub labels: BTreeMap<String, String>,
+    pub runtime: RuntimeKind,
+    pub restart_policy: RestartPolicy,
+    pub termination_grace_period_secs: u64,
+    pub host_network: bool,
+    pub init_containers: Vec<Container>,
+    pub containers: Vec<Container>,
+    pub volumes: Vec<Volume>,
+    /// Registry credentials (dockerconfigjson), resolved by the sender.
+    pub image_pull_secrets: Vec<String>,
+}
+
+impl PodSpec {
+    pub fn key(&self) -> PodKey {
+        PodKey::new(&self.namespace, &self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Container {
+    pub name: String,
+    /// For Wasm: `file:///path/mod.wasm@sha256:<hex>` or `https://…@sha256:<hex>`.
+    pub image: String,
+    pub image_pull_policy: PullPolicy,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub working_dir: Option<String>,
+    pub env: Vec<EnvVar>,
+    pub volume_mounts: Vec<VolumeMount>,
+    pub ports: Vec<ContainerPort>,
+    pub resources: Resources,
+    pub liveness_probe: Option<Probe>,
+    pub readiness_probe: Option<Probe>,
+    pub startup_probe: Option<Probe>,
+    pub security_context: Option<SecurityContext>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub name: String,
+    pub mount_path: String,
+    pub read_only: bool,
+    pub sub_path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub container_port: u16,
+    pub host_port: Option<u16>,
+    pub protocol: String,
+}
+
+/// Requests and limits in plain units (millicores, bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_request_millis: Option<u64>,
+    pub cpu_limit_millis: Option<u64>,
+    pub memory_request_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub handler: ProbeHandler,
+    pub initial_delay_secs: u32,
+    pub period_secs: u32,
+    pub timeout_secs: u32,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeHandler {
+    Exec {
+        command: Vec<String>,
+    },
+    HttpGet {
+        path: String,
+        port: u16,
+        host: Option<String>,
+        https: bool,
+        headers: Vec<(String, String)>,
+    },
+    TcpSocket {
+        port: u16,
+        host: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityContext {
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub read_only_root_filesystem: bool,
+    pub privileged: bool,
+    pub allow_privilege_escalation: Option<bool>,
+    pub capabilities_add: Vec<String>,
+    pub capabilities_drop: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub name: String,
+    pub source: VolumeSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeSource {
+    EmptyDir {
+        memory: bool,
+        size_limit_bytes: Option<u64>,
+    },
+    HostPath {
+        path: String,
+    },
+    /// ConfigMap or Secret content, resolved by the sender: file name → bytes.
+    Files {
+        files: Vec<(String, Vec<u8>)>,
+        default_mode: u32,
+    },
+}
+
+// ---------------------------------------------------------------------------
+// Status
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodPhase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl PodPhase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, PodPhase::Succeeded | PodPhase::Failed)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodPhase::Pending => "Pending",
+            PodPhase::Running => "Running",
+            PodPhase::Succeeded => "Succeeded",
+            PodPhase::Failed => "Failed",
+            PodPhase::Unknown => "Unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodConditionType {
+    PodScheduled,
+    Initialized,
+    ContainersReady,
+    Ready,
+}
+
+impl PodConditionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodConditionType::PodScheduled => "PodScheduled",
+            PodConditionType::Initialized => "Initialized",
+            PodConditionType::ContainersReady => "ContainersReady",
+            PodConditionType::Ready => "Ready",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodCondition {
+    pub kind: PodConditionType,
+    pub status: bool,
+    pub last_transition_ms: u64,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Waiting {
+        reason: String,
+        message: Option<String>,
+    },
+    Running {
+        started_at_ms: u64,
+    },
+    Terminated {
+        exit_code: i32,
+        reason: String,
+        message: Option<String>,
+        started_at_ms: u64,
+        finished_at_ms: u64,
+    },
+}
+
+impl ContainerState {
+    /// The word `kubectl get pods` shows for this state.
+    pub fn short_reason(&self) -> &str {
+        match self {
+            ContainerState::Waiting { reason, .. } => reason,
+            ContainerState::Running { .. } => "Running",
+            ContainerState::Terminated { reason, .. } => reason,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub image: String,
+    pub image_id: String,
+    pub container_id: String,
+    pub ready: bool,
+    pub started: bool,
+    pub restart_count: u32,
+    pub state: ContainerState,
+    pub last_state: Option<ContainerState>,
+}
+
+/// What the agent reports for one pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodStatus {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// The spec generation this status describes.
+    pub observed_generation: u64,
+    pub phase: PodPhase,
+    pub conditions: Vec<PodCondition>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub start_time_ms: Option<u64>,
+    pub host_ip: Option<String>,
+    pub pod_ip: Option<String>,
+    pub init_container_statuses: Vec<ContainerStatus>,
+    pub container_statuses: Vec<ContainerStatus>,
+}
+
+impl PodStatus {
+    pub fn key(&self) -> PodKey {
+        PodKey::new(&self.namespace, &self.name)
+    }
+
+    pub fn condition(&self, kind: PodConditionType) -> Option<&PodCondition> {
+        self.conditions.iter().find(|c| c.kind == kind)
+    }
+
+    /// The STATUS column of `kubectl get pods`: the most telling container
+    /// reason, else the pod's reason, else the phase.
+    pub fn display_status(&self) -> String {
+        let init_count = self.init_container_statuses.len();
+        for (i, c) in self.init_container_statuses.iter().enumerate() {
+            match &c.state {
+                ContainerState::Terminated { exit_code: 0, .. } => continue,
+                ContainerState::Terminated { reason, .. } => return format!("Init:{reason}"),
+                ContainerState::Waiting { reason, .. } if reason != "PodInitializing" => {
+                    return format!("Init:{reason}");
+                }
+                _ => return format!("Init:{i}/{init_count}"),
+            }
+        }
+        if let Some(reason) = &self.reason {
+            return reason.clone();
+        }
+        let mut shown: Option<String> = None;
+        for c in &self.container_statuses {
+            match &c.state {
+                ContainerState::Waiting { reason, .. } => shown = Some(reason.clone()),
+                ContainerState::Terminated { reason, .. } if shown.is_none() => {
+                    shown = Some(reason.clone())
+                }
+                _ => {}
+            }
+        }
+        match (self.phase, shown) {
+            (PodPhase::Running, Some(r)) if r != "Completed" => r,
+            (PodPhase::Running, _) => "Running".into(),
+            (_, Some(r)) => r,
+            (phase, None) => phase.as_str().into(),
+        }
+    }
+
+    pub fn ready_count(&self) -> (usize, usize) {
+        let ready = self.container_statuses.iter().filter(|c| c.ready).count();
+        (ready, self.container_statuses.len())
+    }
+
+    pub fn restart_count(&self) -> u32 {
+        self.container_statuses.iter().map(|c| c.restart_count).sum()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Node
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub architecture: String,
+    pub operating_system: String,
+    pub kernel_version: String,
+    pub os_image: String,
+    pub hostname: String,
+    pub agent_version: String,
+    pub container_runtime_version: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeResources {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub pods: u64,
+    pub ephemeral_storage_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeConditionType {
+    Ready,
+    MemoryPressure,
+    DiskPressure,
+    PIDPressure,
+}
+
+impl NodeConditionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeConditionType::Ready => "Ready",
+            NodeConditionType::MemoryPressure => "MemoryPressure",
+            NodeConditionType::DiskPressure => "DiskPressure",
+            NodeConditionType::PIDPressure => "PIDPressure",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCondition {
+    pub kind: NodeConditionType,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_ms: u64,
+    pub last_heartbeat_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddress {
+    /// `InternalIP` or `Hostname`, as in Kubernetes.
+    pub kind: String,
+    pub address: String,
+}
+
+/// What the agent reports for its node; also the last will (online = false).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub online: bool,
+    pub heartbeat_ms: u64,
+    pub info: NodeInfo,
+    pub capacity: NodeResources,
+    pub allocatable: NodeResources,
+    pub conditions: Vec<NodeCondition>,
+    pub addresses: Vec<NodeAddress>,
+    pub pod_count: u32,
+}
+
+impl NodeStatus {
+    pub fn condition(&self, kind: NodeConditionType) -> Option<&NodeCondition> {
+        self.conditions.iter().find(|c| c.kind == kind)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Events and log requests
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// A Kubernetes-style event (`kubectl get events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub container: Option<String>,
+    pub kind: EventType,
+    pub reason: String,
+    pub message: String,
+    pub timestamp_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRequest {
+    pub request_id: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: Option<String>,
+    pub tail_lines: Option<u64>,
+    pub follow: bool,
+    pub previous: bool,
+    pub timestamps: bool,
+    pub since_seconds: Option<u64>,
+    pub limit_bytes: Option<u64>,
+}
+
+/// One piece of a log response; the last one has `eof` set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub request_id: String,
+    pub data: Vec<u8>,
+    pub eof: bool,
+    pub error: Option<String>,
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_key_parses_and_prints() {
+        let k = PodKey::parse("default/web").expect("valid key");
+        assert_eq!(k, PodKey::new("default", "web"));
+        assert_eq!(k.to_string(), "default/web");
+        assert!(PodKey::parse("nope").is_none());
+        assert!(PodKey::parse("a/b/c").is_none());
+        assert!(PodKey::parse("/b").is_none());
+    }
+}

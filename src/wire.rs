@@ -1,0 +1,433 @@
+//! The wire contract between bridge/CLI and agent: topic names and the
+//! versioned postcard envelope. Specified in docs/wire.md; no I/O here.
+//!
+//! Invariant: decoding never panics. Anything that is not a well-formed
+//! envelope of a known version and kind is a `WireError`.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::model::{Event, LogChunk, LogRequest, NodeStatus, PodKey, PodSpec, PodStatus};
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u16 = 1;
+/// The topic prefix when none is configured.
+pub const DEFAULT_PREFIX: &str = "kedge/v1";
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("malformed envelope: {0}")]
+    MalformedEnvelope(String),
+    #[error("unsupported schema version {found} (this agent speaks version {SCHEMA_VERSION})")]
+    UnknownVersion { found: u16 },
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    #[error("expected a {expected} message, got {found}")]
+    WrongKind {
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("malformed {kind} body: {detail}")]
+    MalformedBody { kind: &'static str, detail: String },
+    #[error("cannot encode {kind}: {detail}")]
+    Encode { kind: &'static str, detail: String },
+}
+
+/// The message kinds; the numbers are part of the wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    DesiredPod = 1,
+    PodStatus = 2,
+    NodeStatus = 3,
+    Event = 4,
+    LogRequest = 5,
+    LogChunk = 6,
+}
+
+impl Kind {
+    pub fn from_u8(v: u8) -> Result<Kind, WireError> {
+        Ok(match v {
+            1 => Kind::DesiredPod,
+            2 => Kind::PodStatus,
+            3 => Kind::NodeStatus,
+            4 => Kind::Event,
+            5 => Kind::LogRequest,
+            6 => Kind::LogChunk,
+            other => return Err(WireError::UnknownKind(other)),
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::DesiredPod => "DesiredPod",
+            Kind::PodStatus => "PodStatus",
+            Kind::NodeStatus => "NodeStatus",
+            Kind::Event => "Event",
+            Kind::LogRequest => "LogRequest",
+            Kind::LogChunk => "LogChunk",
+        }
+    }
+}
+
+/// The envelope every payload travels in. Field order is the wire order:
+/// `version` must stay first so any future reader can tell versions apart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RawEnvelope {
+    version: u16,
+    kind: u8,
+    /// Generation for desired specs, per-pod sequence for pod status,
+    /// per-node sequence for node status and events.
+    seq: u64,
+    /// Reserved for a signature over `body`; empty today.
+    signature: Vec<u8>,
+    body: Vec<u8>,
+}
+
+/// A decoded message with its envelope sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub seq: u64,
+    pub message: Message,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    DesiredPod(PodSpec),
+    PodStatus(PodStatus),
+    NodeStatus(NodeStatus),
+    Event(Event),
+    LogRequest(LogRequest),
+    LogChunk(LogChunk),
+}
+
+impl Message {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::DesiredPod(_) => Kind::DesiredPod,
+            Message::PodStatus(_) => Kind::PodStatus,
+            Message::NodeStatus(_) => Kind::NodeStatus,
+            Message::Event(_) => Kind::Event,
+            Message::LogRequest(_) => Kind::LogRequest,
+            Message::LogChunk(_) => Kind::LogChunk,
+        }
+    }
+}
+
+fn body_bytes<T: Serialize>(kind: Kind, value: &T) -> Result<Vec<u8>, WireError> {
+    postcard::to_stdvec(value).map_err(|e| WireError::Encode {
+        kind: kind.name(),
+        detail: e.to_string(),
+    })
+}
+
+/// Encodes a message into an envelope.
+pub fn encode(seq: u64, message: &Message) -> Result<Vec<u8>, WireError> {
+    let kind = message.kind();
+    let body = match message {
+        Message::DesiredPod(v) => body_bytes(kind, v)?,
+        Message::PodStatus(v) => body_bytes(kind, v)?,
+        Message::NodeStatus(v) => body_bytes(kind, v)?,
+        Message::Event(v) => body_bytes(kind, v)?,
+        Message::LogRequest(v) => body_bytes(kind, v)?,
+        Message::LogChunk(v) => body_bytes(kind, v)?,
+    };
+    let raw = RawEnvelope {
+        version: SCHEMA_VERSION,
+        kind: kind as u8,
+        seq,
+        signature: Vec::new(),
+        body,
+    };
+    postcard::to_stdvec(&raw).map_err(|e| WireError::Encode {
+        kind: "envelope",
+        detail: e.to_string(),
+    })
+}
+
+fn body<T: for<'de> Deserialize<'de>>(kind: Kind, bytes: &[u8]) -> Result<T, WireError> {
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(bytes).map_err(|e| WireError::MalformedBody {
+            kind: kind.name(),
+            detail: e.to_string(),
+        })?;
+    if !rest.is_empty() {
+        return Err(WireError::MalformedBody {
+            kind: kind.name(),
+            detail: format!("{} trailing bytes", rest.len()),
+        });
+    }
+    Ok(value)
+}
+
+/// Decodes any payload. Never panics.
+pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
+    // Read the version on its own first, so a future envelope layout is
+    // reported as an unknown version rather than as garbage.
+    let (version, _) = postcard::take_from_bytes::<u16>(payload)
+        .map_err(|e| WireError::MalformedEnvelope(e.to_string()))?;
+    if version != SCHEMA_VERSION {
+        return Err(WireError::UnknownVersion { found: version });
+    }
+    let (raw, rest) = postcard::take_from_bytes::<RawEnvelope>(payload)
+        .map_err(|e| WireError::MalformedEnvelope(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::MalformedEnvelope(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    let kind = Kind::from_u8(raw.kind)?;
+    let message = match kind {
+        Kind::DesiredPod => Message::DesiredPod(body(kind, &raw.body)?),
+        Kind::PodStatus => Message::PodStatus(body(kind, &raw.body)?),
+        Kind::NodeStatus => Message::NodeStatus(body(kind, &raw.body)?),
+        Kind::Event => Message::Event(body(kind, &raw.body)?),
+        Kind::LogRequest => Message::LogRequest(body(kind, &raw.body)?),
+        Kind::LogChunk => Message::LogChunk(body(kind, &raw.body)?),
+    };
+    Ok(Envelope {
+        seq: raw.seq,
+        message,
+    })
+}
+
+/// Decodes a payload that must be of one kind.
+pub fn decode_as<T>(
+    payload: &[u8],
+    expected: Kind,
+    pick: impl FnOnce(Message) -> Option<T>,
+) -> Result<(u64, T), WireError> {
+    let env = decode(payload)?;
+    let found = env.message.kind();
+    match pick(env.message) {
+        Some(v) => Ok((env.seq, v)),
+        None => Err(WireError::WrongKind {
+            expected: expected.name(),
+            found: found.name(),
+        }),
+    }
+}
+
+/// Turns any payload into JSON for humans (`kedge wire decode`).
+pub fn to_json(payload: &[u8]) -> Result<serde_json::Value, WireError> {
+    if payload.is_empty() {
+        return Ok(serde_json::json!({ "tombstone": true }));
+    }
+    let env = decode(payload)?;
+    let kind = env.message.kind().name();
+    let body = match &env.message {
+        Message::DesiredPod(v) => serde_json::to_value(v),
+        Message::PodStatus(v) => serde_json::to_value(v),
+        Message::NodeStatus(v) => serde_json::to_value(v),
+        Message::Event(v) => serde_json::to_value(v),
+        Message::LogRequest(v) => serde_json::to_value(v),
+        Message::LogChunk(v) => serde_json::to_value(v),
+    }
+    .map_err(|e| WireError::Encode {
+        kind,
+        detail: e.to_string(),
+    })?;
+    Ok(serde_json::json!({
+        "version": SCHEMA_VERSION,
+        "kind": kind,
+        "seq": env.seq,
+        "body": body,
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// Topics
+
+/// Topic names for one prefix. All per-node topics live under
+/// `{prefix}/{node}/` so a broker ACL can confine a device to its subtree.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    prefix: String,
+}
+
+/// What a topic under the prefix addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicKind {
+    Desired { node: String, pod: PodKey },
+    Reported { node: String, pod: PodKey },
+    Node { node: String },
+    Events { node: String },
+    RpcRequest { node: String, request_id: String },
+    RpcResponse { node: String, request_id: String },
+}
+
+impl Topics {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        let prefix: String = prefix.into();
+        Self {
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn desired(&self, node: &str, pod: &PodKey) -> String {
+        format!(
+            "{}/{node}/desired/{}/{}",
+            self.prefix, pod.namespace, pod.name
+        )
+    }
+    pub fn desired_filter(&self, node: &str) -> String {
+        format!("{}/{node}/desired/#", self.prefix)
+    }
+    pub fn reported(&self, node: &str, pod: &PodKey) -> String {
+        format!(
+            "{}/{node}/reported/{}/{}",
+            self.prefix, pod.namespace, pod.name
+        )
+    }
+    /// `node` may be `+` for every node.
+    pub fn reported_filter(&self, node: &str) -> String {
+        format!("{}/{node}/reported/#", self.prefix)
+    }
+    pub fn node(&self, node: &str) -> String {
+        format!("{}/{node}/node", self.prefix)
+    }
+    pub fn events(&self, node: &str) -> String {
+        format!("{}/{node}/events", self.prefix)
+    }
+    pub fn rpc_request(&self, node: &str, request_id: &str) -> String {
+        format!("{}/{node}/rpc/req/{request_id}", self.prefix)
+    }
+    pub fn rpc_request_filter(&self, node: &str) -> String {
+        format!("{}/{node}/rpc/req/+", self.prefix)
+    }
+    pub fn rpc_response(&self, node: &str, request_id: &str) -> String {
+        format!("{}/{node}/rpc/res/{request_id}", self.prefix)
+    }
+
+    /// Parses a topic under this prefix; `None` for anything else.
+    pub fn parse(&self, topic: &str) -> Option<TopicKind> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return None;
+        }
+        let node = parts.first()?.to_string();
+        match parts.as_slice() {
+            [_, "desired", ns, name] => Some(TopicKind::Desired {
+                node,
+                pod: PodKey::new(*ns, *name),
+            }),
+            [_, "reported", ns, name] => Some(TopicKind::Reported {
+                node,
+                pod: PodKey::new(*ns, *name),
+            }),
+            [_, "node"] => Some(TopicKind::Node { node }),
+            [_, "events"] => Some(TopicKind::Events { node }),
+            [_, "rpc", "req", id] => Some(TopicKind::RpcRequest {
+                node,
+                request_id: id.to_string(),
+            }),
+            [_, "rpc", "res", id] => Some(TopicKind::RpcResponse {
+                node,
+                request_id: id.to_string(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Node names and namespaces become topic levels: they must not contain MQTT
+/// wildcards or separators.
+pub fn valid_topic_level(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['/', '+', '#', '\0'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip() {
+        let t = Topics::new("kedge/v1/");
+        let pod = PodKey::new("default", "web");
+        assert_eq!(t.desired("gw1", &pod), "kedge/v1/gw1/desired/default/web");
+        assert_eq!(
+            t.parse(&t.desired("gw1", &pod)),
+            Some(TopicKind::Desired {
+                node: "gw1".into(),
+                pod: pod.clone()
+            })
+        );
+        assert_eq!(
+            t.parse(&t.reported("gw1", &pod)),
+            Some(TopicKind::Reported {
+                node: "gw1".into(),
+                pod
+            })
+        );
+        assert_eq!(
+            t.parse(&t.node("gw1")),
+            Some(TopicKind::Node { node: "gw1".into() })
+        );
+        assert_eq!(
+            t.parse(&t.rpc_request("gw1", "r1")),
+            Some(TopicKind::RpcRequest {
+                node: "gw1".into(),
+                request_id: "r1".into()
+            })
+        );
+        assert_eq!(t.parse("kedge/v1/gw1/desired/default"), None);
+        assert_eq!(t.parse("other/gw1/node"), None);
+        assert_eq!(t.parse("kedge/v1//node"), None);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for payload in [
+            &b""[..],
+            &[0xff][..],
+            &[1][..],
+            &[1, 2, 3, 4, 5, 6, 7, 8][..],
+            &[0xff; 64][..],
+        ] {
+            assert!(decode(payload).is_err());
+        }
+        // Every prefix of a valid payload is rejected without a panic.
+        let ev = Event {
+            namespace: None,
+            pod: None,
+            container: None,
+            kind: crate::model::EventType::Normal,
+            reason: "R".into(),
+            message: "m".into(),
+            timestamp_ms: 1,
+        };
+        let bytes = encode(3, &Message::Event(ev)).expect("encodes");
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "prefix {cut} decoded");
+        }
+    }
+
+    #[test]
+    fn unknown_version_is_reported() {
+        let raw = RawEnvelope {
+            version: 7,
+            kind: 1,
+            seq: 0,
+            signature: vec![],
+            body: vec![],
+        };
+        let bytes = postcard::to_stdvec(&raw).expect("encodes");
+        assert_eq!(decode(&bytes), Err(WireError::UnknownVersion { found: 7 }));
+    }
+
+    #[test]
+    fn unknown_kind_is_reported() {
+        let raw = RawEnvelope {
+            version: SCHEMA_VERSION,
+            kind: 99,
+            seq: 0,
+            signature: vec![],
+            body: vec![],
+        };
+        let bytes = postcard::to_stdvec(&raw).expect("encodes");
+        assert_eq!(decode(&bytes), Err(WireError::UnknownKind(99)));
+    }
+}
