@@ -1,4 +1,13 @@
 //! kedge: an edge orchestrator. See ARCHITECTURE.md for the code map.
 
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod embedded_broker;
 pub mod model;
+pub mod mqtt;
+pub mod node;
+pub mod runtime;
+pub mod store;
+pub mod tls;
 pub mod wire;

@@ -1,1 +1,153 @@
-fn main() {}
+//! `kedge`: parse the command line, set up logging, run one command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kedge::cli::{self, Cli, Command, ConfigCommand, WireCommand};
+use kedge::config::{self, Config};
+
+/// EX_USAGE: a bad configuration value.
+const EXIT_CONFIG: u8 = 64;
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("KEDGE_LOG")
+        .ok()
+        .unwrap_or_else(|| format!("{},rumqttd=off", config.log.level));
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = std::env::var("KEDGE_LOG_FORMAT").unwrap_or_else(|_| config.log.format.clone());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let extra: Vec<(&str, Option<String>)> = match &cli.command {
+        Command::Agent(a) => vec![
+            ("node_name", a.node.clone()),
+            (
+                "data_dir",
+                a.data_dir.as_ref().map(|p| p.display().to_string()),
+            ),
+            (
+                "manifests_dir",
+                a.manifests.as_ref().map(|p| p.display().to_string()),
+            ),
+        ],
+        _ => Vec::new(),
+    };
+    let config = match cli::load_config(&cli.global, &extra) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Agent(_) => kedge::agent::run(config, shutdown_signal()).await,
+            Command::Apply {
+                file,
+                node,
+                namespace,
+            } => cli::apply(&config, &file, &node, namespace.as_deref()).await,
+            Command::Get {
+                what,
+                namespace,
+                all_namespaces,
+                node,
+                output,
+            } => {
+                cli::get(
+                    &config,
+                    what,
+                    &namespace,
+                    all_namespaces,
+                    node.as_deref(),
+                    output,
+                )
+                .await
+            }
+            Command::Delete {
+                what: _,
+                name,
+                namespace,
+                node,
+            } => cli::delete(&config, &name, &namespace, node.as_deref()).await,
+            Command::Logs {
+                pod,
+                container,
+                namespace,
+                node,
+                tail,
+                follow,
+                previous,
+                timestamps,
+            } => {
+                cli::logs(
+                    &config,
+                    &pod,
+                    &namespace,
+                    container,
+                    node.as_deref(),
+                    tail,
+                    follow,
+                    previous,
+                    timestamps,
+                )
+                .await
+            }
+            Command::Wire {
+                command: WireCommand::Decode { file, hex },
+            } => cli::wire_decode(file.as_ref(), hex),
+            Command::Config {
+                command: ConfigCommand::Keys,
+            } => {
+                print!("{}", config::keys_markdown());
+                Ok(())
+            }
+        }
+    });
+    // Wasm tasks may still be parked; do not wait for them on the way out.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -378,7 +378,10 @@ impl PodStatus {
     }
 
     pub fn restart_count(&self) -> u32 {
-        self.container_statuses.iter().map(|c| c.restart_count).sum()
+        self.container_statuses
+            .iter()
+            .map(|c| c.restart_count)
+            .sum()
     }
 }
 

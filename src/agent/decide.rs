@@ -1,0 +1,153 @@
+//! What the controller does with an incoming desired spec or tombstone, as a
+//! pure function: the generation and uid rules in one place.
+
+use crate::model::{PodSource, PodSpec};
+
+/// A change to the desired set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    Apply(PodSpec, PodSource),
+    Delete(PodSource),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// No pod of that name runs: start it.
+    Create,
+    /// A different uid or a newer generation: stop the old pod, start this.
+    Replace,
+    /// Stop the pod and forget it.
+    Delete,
+    /// Nothing to do (already applied, stale, or nothing to delete).
+    Ignore(String),
+    /// Refused; the reason becomes an event.
+    Reject(String),
+}
+
+/// `current` is what the agent has for the same namespace/name.
+pub fn decide(current: Option<(&PodSpec, PodSource)>, incoming: &Incoming) -> Decision {
+    match (current, incoming) {
+        (None, Incoming::Apply(..)) => Decision::Create,
+        (None, Incoming::Delete(_)) => Decision::Ignore("no such pod".into()),
+        (Some((_, cur_src)), Incoming::Apply(_, src)) if cur_src != *src => {
+            Decision::Reject(format!(
+                "a pod of this name already comes from {}; delete it there first",
+                source_name(cur_src)
+            ))
+        }
+        (Some((cur, _)), Incoming::Apply(new, _)) => {
+            if cur.uid != new.uid {
+                Decision::Replace
+            } else if new.generation > cur.generation {
+                Decision::Replace
+            } else if new.generation == cur.generation {
+                Decision::Ignore(format!("generation {} already applied", new.generation))
+            } else {
+                Decision::Ignore(format!(
+                    "stale generation {} (applied: {})",
+                    new.generation, cur.generation
+                ))
+            }
+        }
+        (Some((_, cur_src)), Incoming::Delete(src)) if cur_src != *src => {
+            Decision::Ignore(format!(
+                "the pod comes from {}, not {}",
+                source_name(cur_src),
+                source_name(*src)
+            ))
+        }
+        (Some(_), Incoming::Delete(_)) => Decision::Delete,
+    }
+}
+
+fn source_name(s: PodSource) -> &'static str {
+    match s {
+        PodSource::Mqtt => "the broker",
+        PodSource::File => "the static manifests directory",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn spec(uid: &str, generation: u64) -> PodSpec {
+        PodSpec {
+            namespace: "default".into(),
+            name: "p".into(),
+            uid: uid.into(),
+            generation,
+            labels: Default::default(),
+            runtime: RuntimeKind::Wasm,
+            restart_policy: RestartPolicy::Always,
+            termination_grace_period_secs: 30,
+            host_network: false,
+            init_containers: vec![],
+            containers: vec![],
+            volumes: vec![],
+            image_pull_secrets: vec![],
+        }
+    }
+
+    #[test]
+    fn generation_and_uid_rules() {
+        let cur = spec("u1", 3);
+        let m = PodSource::Mqtt;
+        assert_eq!(
+            decide(None, &Incoming::Apply(spec("u1", 1), m)),
+            Decision::Create
+        );
+        assert_eq!(
+            decide(Some((&cur, m)), &Incoming::Apply(spec("u1", 4), m)),
+            Decision::Replace
+        );
+        assert_eq!(
+            decide(Some((&cur, m)), &Incoming::Apply(spec("u1", 3), m)),
+            Decision::Ignore("generation 3 already applied".into())
+        );
+        assert_eq!(
+            decide(Some((&cur, m)), &Incoming::Apply(spec("u1", 2), m)),
+            Decision::Ignore("stale generation 2 (applied: 3)".into())
+        );
+        // A new uid is a new pod, whatever its generation.
+        assert_eq!(
+            decide(Some((&cur, m)), &Incoming::Apply(spec("u2", 1), m)),
+            Decision::Replace
+        );
+        assert_eq!(
+            decide(Some((&cur, m)), &Incoming::Delete(m)),
+            Decision::Delete
+        );
+        assert!(matches!(
+            decide(None, &Incoming::Delete(m)),
+            Decision::Ignore(_)
+        ));
+    }
+
+    #[test]
+    fn sources_do_not_overwrite_each_other() {
+        let cur = spec("u1", 1);
+        assert!(matches!(
+            decide(
+                Some((&cur, PodSource::File)),
+                &Incoming::Apply(spec("u9", 1), PodSource::Mqtt)
+            ),
+            Decision::Reject(_)
+        ));
+        assert!(matches!(
+            decide(
+                Some((&cur, PodSource::File)),
+                &Incoming::Delete(PodSource::Mqtt)
+            ),
+            Decision::Ignore(_)
+        ));
+        assert_eq!(
+            decide(
+                Some((&cur, PodSource::File)),
+                &Incoming::Delete(PodSource::File)
+            ),
+            Decision::Delete
+        );
+    }
+}

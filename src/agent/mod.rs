@@ -1,0 +1,774 @@
+//! The agent: a controller that compares the desired pods with what runs,
+//! one supervisor task per pod, and the reports that go back to the broker.
+//!
+//! Every reason the controller acts is a variant of `AgentEvent`, produced by
+//! one `select!` in `Controller::run` and handled by one `match`. Decisions
+//! live in `decide` (desired-set changes) and `pod_machine` (a pod's life);
+//! this file carries them out.
+
+pub mod decide;
+pub mod logs_rpc;
+pub mod pod_machine;
+pub mod static_pods;
+pub mod supervisor;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use rumqttc::{LastWill, QoS};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::{BrokerUrl, Config};
+use crate::model::{
+    Event, EventType, NodeInfo, NodeStatus, PodKey, PodPhase, PodSource, PodSpec, PodStatus,
+    RuntimeKind, now_ms,
+};
+use crate::mqtt::{self, AckToken, SessionCommand, SessionEvent, SessionSettings};
+use crate::runtime::{PodContext, Runtime};
+use crate::store::{DesiredRecord, OutboxEntry, Store};
+use crate::wire::{self, Message, TopicKind, Topics};
+use decide::{Decision, Incoming, decide};
+use pod_machine::{BackoffPolicy, PodMachine};
+use static_pods::StaticPod;
+use supervisor::{Report, SupervisorHandle};
+
+/// Every reason the controller acts.
+#[derive(Debug)]
+pub enum AgentEvent {
+    /// A message from the broker (desired spec, tombstone, log request).
+    Broker(SessionEvent),
+    /// A supervisor reported a status change or its end.
+    Supervisor(Report),
+    /// The static pod directory changed: its complete contents.
+    StaticPods(Vec<StaticPod>),
+    /// Time to publish node status and trim the outbox.
+    Heartbeat,
+    Shutdown,
+}
+
+/// Last known status per pod, shared with log followers.
+pub type StatusBoard = Arc<Mutex<HashMap<PodKey, PodStatus>>>;
+
+struct PodEntry {
+    source: PodSource,
+    spec: PodSpec,
+    supervisor: Option<SupervisorHandle>,
+    /// What happens once the supervisor has stopped.
+    then: AfterStop,
+}
+
+enum AfterStop {
+    Nothing,
+    Replace(PodSpec, PodSource),
+    Delete,
+}
+
+pub struct Controller {
+    config: Config,
+    node: String,
+    topics: Topics,
+    store: Arc<Store>,
+    wasm: Option<Arc<dyn Runtime>>,
+    policy: BackoffPolicy,
+    pods: HashMap<PodKey, PodEntry>,
+    board: StatusBoard,
+    session: Option<mpsc::UnboundedSender<SessionCommand>>,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    node_info: NodeInfo,
+    addresses: Vec<crate::model::NodeAddress>,
+    last_node_status: Option<NodeStatus>,
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    crate::tls::install_crypto_provider();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let store = Arc::new(
+        Store::open(&config.data_dir.join("state.redb"))
+            .with_context(|| format!("cannot open state in {}", config.data_dir.display()))?,
+    );
+    match store.node_identity()? {
+        Some(id) if id.name != config.node_name => warn!(
+            previous = %id.name, now = %config.node_name,
+            "this data directory belonged to another node name; keeping its pods"
+        ),
+        Some(_) => {}
+        None => store.set_node_identity(&crate::store::NodeIdentity {
+            name: config.node_name.clone(),
+            created_ms: now_ms(),
+        })?,
+    }
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .context("cannot set up the HTTP client")?;
+    #[cfg(feature = "wasm")]
+    let wasm: Option<Arc<dyn Runtime>> = Some(crate::runtime::wasm::WasmRuntime::new(
+        crate::runtime::wasm::WasmOptions {
+            data_dir: config.data_dir.clone(),
+            epoch_tick: Duration::from_millis(config.wasm.epoch_tick_ms),
+            default_memory_limit: config.wasm.default_memory_limit_bytes,
+            rotation: crate::runtime::logs::Rotation {
+                max_file_bytes: config.logs.max_file_bytes,
+                max_files: config.logs.max_files,
+            },
+        },
+        http,
+    )?);
+    #[cfg(not(feature = "wasm"))]
+    let wasm: Option<Arc<dyn Runtime>> = {
+        drop(http);
+        None
+    };
+    let runtime_versions = wasm.as_ref().map(|r| r.version()).unwrap_or_default();
+    let (node_info, addresses) = crate::node::node_info(&runtime_versions);
+
+    let (reports_tx, mut reports_rx) = mpsc::unbounded_channel();
+    let topics = Topics::new(&config.topic_prefix);
+    let mut controller = Controller {
+        node: config.node_name.clone(),
+        topics: topics.clone(),
+        store: store.clone(),
+        wasm,
+        policy: BackoffPolicy {
+            initial: Duration::from_millis(config.backoff.initial_ms),
+            max: Duration::from_millis(config.backoff.max_ms),
+            reset_after: Duration::from_millis(config.backoff.reset_after_ms),
+        },
+        pods: HashMap::new(),
+        board: Arc::new(Mutex::new(HashMap::new())),
+        session: None,
+        reports_tx,
+        node_info,
+        addresses,
+        last_node_status: None,
+        config,
+    };
+
+    // The broker: the configured one, the embedded one, or none (offline).
+    let (session_events_tx, mut session_events_rx) = mpsc::unbounded_channel();
+    let broker_url = match &controller.config.broker.url {
+        Some(url) => Some(url.clone()),
+        None => crate::embedded_broker::start(&controller.config.embedded_broker.listen)?,
+    };
+    let _session_task = match broker_url {
+        Some(url) => {
+            let parsed = BrokerUrl::parse(&url)?;
+            let options = mqtt::mqtt_options(
+                &parsed,
+                &controller.config.broker,
+                &format!("kedge-agent-{}", controller.node),
+            )?;
+            let will = controller.offline_status();
+            let settings = SessionSettings {
+                options,
+                subscriptions: vec![
+                    (topics.desired_filter(&controller.node), QoS::AtLeastOnce),
+                    (
+                        topics.rpc_request_filter(&controller.node),
+                        QoS::AtLeastOnce,
+                    ),
+                ],
+                last_will: Some(LastWill::new(
+                    topics.node(&controller.node),
+                    will,
+                    QoS::AtLeastOnce,
+                    true,
+                )),
+                reconnect_initial: Duration::from_millis(
+                    controller.config.broker.reconnect_initial_ms,
+                ),
+                reconnect_max: Duration::from_millis(controller.config.broker.reconnect_max_ms),
+            };
+            let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+            controller.session = Some(cmd_tx);
+            info!(broker = %url, node = %controller.node, "starting MQTT session");
+            Some(tokio::spawn(mqtt::run(
+                settings,
+                store.clone(),
+                cmd_rx,
+                session_events_tx,
+            )))
+        }
+        None => {
+            info!("no broker configured: running offline");
+            drop(session_events_tx);
+            None
+        }
+    };
+
+    let (static_tx, mut static_rx) = mpsc::unbounded_channel();
+    if let Some(dir) = controller.config.manifests_dir.clone() {
+        tokio::spawn(static_pods::watch(
+            dir,
+            controller.node.clone(),
+            Duration::from_millis(controller.config.manifests_poll_ms),
+            static_tx,
+        ));
+    } else {
+        drop(static_tx);
+    }
+
+    controller.restore()?;
+    let mut heartbeat = tokio::time::interval(controller.config.heartbeat());
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        let event = tokio::select! {
+            _ = &mut shutdown => AgentEvent::Shutdown,
+            Some(ev) = session_events_rx.recv() => AgentEvent::Broker(ev),
+            Some(report) = reports_rx.recv() => AgentEvent::Supervisor(report),
+            Some(pods) = static_rx.recv() => AgentEvent::StaticPods(pods),
+            _ = heartbeat.tick() => AgentEvent::Heartbeat,
+        };
+        match event {
+            AgentEvent::Shutdown => {
+                info!("shutting down; workloads stay recorded and come back on the next start");
+                break;
+            }
+            AgentEvent::Broker(ev) => controller.on_broker(ev),
+            AgentEvent::Supervisor(report) => controller.on_report(report),
+            AgentEvent::StaticPods(pods) => controller.on_static_pods(pods),
+            AgentEvent::Heartbeat => controller.on_heartbeat(),
+        }
+    }
+    Ok(())
+}
+
+impl Controller {
+    fn pod_dir(&self, spec: &PodSpec) -> PathBuf {
+        self.config
+            .data_dir
+            .join("pods")
+            .join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid))
+    }
+
+    fn offline_status(&self) -> Vec<u8> {
+        let status = NodeStatus {
+            name: self.node.clone(),
+            online: false,
+            heartbeat_ms: 0,
+            info: self.node_info.clone(),
+            capacity: Default::default(),
+            allocatable: Default::default(),
+            conditions: Vec::new(),
+            addresses: self.addresses.clone(),
+            pod_count: 0,
+        };
+        wire::encode(0, &Message::NodeStatus(status)).unwrap_or_default()
+    }
+
+    fn send(&self, cmd: SessionCommand) {
+        if let Some(s) = &self.session {
+            let _ = s.send(cmd);
+        }
+    }
+
+    fn ack(&self, ack: Option<AckToken>) {
+        if let Some(a) = ack {
+            self.send(SessionCommand::Ack(a));
+        }
+    }
+
+    /// Brings back every desired pod from the store, as it was.
+    fn restore(&mut self) -> anyhow::Result<()> {
+        let observed: HashMap<PodKey, PodStatus> = self
+            .store
+            .observed()?
+            .into_iter()
+            .map(|s| (s.key(), s))
+            .collect();
+        let mut count = 0;
+        for record in self.store.desired()? {
+            match record {
+                Ok(rec) => {
+                    let previous = observed.get(&rec.spec.key()).cloned();
+                    self.start_pod(rec.spec, rec.source, previous);
+                    count += 1;
+                }
+                Err(e) => warn!(error = %e, "skipping unreadable desired pod"),
+            }
+        }
+        info!(pods = count, "restored desired pods from the store");
+        Ok(())
+    }
+
+    fn start_pod(&mut self, spec: PodSpec, source: PodSource, previous: Option<PodStatus>) {
+        let key = spec.key();
+        let runtime = match spec.runtime {
+            RuntimeKind::Wasm => self.wasm.clone(),
+            RuntimeKind::Container => None,
+        };
+        let host_ip = self
+            .addresses
+            .iter()
+            .find(|a| a.kind == "InternalIP")
+            .map(|a| a.address.clone());
+        let mut machine = PodMachine::new(spec.clone(), self.policy, host_ip);
+        let supervisor = match runtime {
+            None => {
+                let what = match spec.runtime {
+                    RuntimeKind::Wasm => "this agent was built without the Wasm runtime",
+                    RuntimeKind::Container => {
+                        "no container runtime (CRI) is configured on this node; set runtimeClassName: kedge-wasm to run Wasm modules"
+                    }
+                };
+                let mut status = machine.status().clone();
+                status.phase = PodPhase::Failed;
+                status.reason = Some("RuntimeUnavailable".into());
+                status.message = Some(what.into());
+                self.record_status(&key, &status);
+                self.event(&key, EventType::Warning, "RuntimeUnavailable", what);
+                None
+            }
+            Some(runtime) => {
+                if let Some(prev) = previous.filter(|p| p.uid == spec.uid) {
+                    if prev.phase.is_terminal() && prev.observed_generation == spec.generation {
+                        machine.restore_terminal(prev);
+                    } else {
+                        machine.carry_over(&prev);
+                    }
+                }
+                let ctx = PodContext {
+                    pod_dir: self.pod_dir(&spec),
+                    spec: spec.clone(),
+                };
+                Some(supervisor::spawn(
+                    machine,
+                    ctx,
+                    runtime,
+                    self.reports_tx.clone(),
+                ))
+            }
+        };
+        self.pods.insert(
+            key,
+            PodEntry {
+                source,
+                spec,
+                supervisor,
+                then: AfterStop::Nothing,
+            },
+        );
+    }
+
+    fn on_broker(&mut self, ev: SessionEvent) {
+        match ev {
+            SessionEvent::Connected => {
+                info!("broker connected");
+                self.publish_node_status();
+                self.send(SessionCommand::OutboxChanged);
+            }
+            SessionEvent::Disconnected { error } => {
+                warn!(%error, "broker disconnected; working offline, reports wait in the outbox");
+            }
+            SessionEvent::Message {
+                topic,
+                payload,
+                ack,
+            } => match self.topics.parse(&topic) {
+                Some(TopicKind::Desired { node, pod }) if node == self.node => {
+                    self.on_desired(pod, &payload);
+                    // Acknowledged only now: the spec is committed (or refused).
+                    self.ack(ack);
+                }
+                Some(TopicKind::RpcRequest { node, request_id }) if node == self.node => {
+                    self.ack(ack);
+                    self.on_rpc(request_id, &payload);
+                }
+                _ => {
+                    debug!(%topic, "ignoring message on an unexpected topic");
+                    self.ack(ack);
+                }
+            },
+        }
+    }
+
+    fn on_desired(&mut self, key: PodKey, payload: &[u8]) {
+        let incoming = if payload.is_empty() {
+            Incoming::Delete(PodSource::Mqtt)
+        } else {
+            match wire::decode_as(payload, wire::Kind::DesiredPod, |m| match m {
+                Message::DesiredPod(p) => Some(p),
+                _ => None,
+            }) {
+                Ok((_, spec)) if spec.key() != key => {
+                    return self.refuse(
+                        &key,
+                        format!(
+                            "the spec names pod {} but was sent on the topic of {key}",
+                            spec.key()
+                        ),
+                    );
+                }
+                Ok((_, spec)) => Incoming::Apply(spec, PodSource::Mqtt),
+                Err(e) => return self.refuse(&key, format!("cannot decode desired spec: {e}")),
+            }
+        };
+        self.apply(key, incoming);
+    }
+
+    /// A desired spec that cannot be used: an event, and a status that says
+    /// why unless a good version of the pod runs (which keeps running).
+    fn refuse(&mut self, key: &PodKey, message: String) {
+        warn!(pod = %key, %message, "refusing desired spec");
+        self.event(key, EventType::Warning, "InvalidSpec", &message);
+        if !self.pods.contains_key(key) {
+            let status = PodStatus {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                uid: String::new(),
+                observed_generation: 0,
+                phase: PodPhase::Failed,
+                conditions: Vec::new(),
+                reason: Some("InvalidSpec".into()),
+                message: Some(message),
+                start_time_ms: None,
+                host_ip: None,
+                pod_ip: None,
+                init_container_statuses: Vec::new(),
+                container_statuses: Vec::new(),
+            };
+            self.record_status(key, &status);
+        }
+    }
+
+    fn apply(&mut self, key: PodKey, incoming: Incoming) {
+        let current = self.pods.get(&key).map(|e| {
+            // While a replacement is pending, compare with the newest spec.
+            match &e.then {
+                AfterStop::Replace(s, src) => (s, *src),
+                _ => (&e.spec, e.source),
+            }
+        });
+        let decision = decide(current, &incoming);
+        debug!(pod = %key, ?decision, "desired change");
+        match (decision, incoming) {
+            (Decision::Create, Incoming::Apply(spec, source)) => {
+                if self.pods.len() as u64 >= self.config.node.max_pods {
+                    let msg = format!(
+                        "node {} already runs its maximum of {} pods",
+                        self.node, self.config.node.max_pods
+                    );
+                    self.event(&key, EventType::Warning, "OutOfpods", &msg);
+                    return self.refuse(&key, msg);
+                }
+                if let Err(e) = self.store.put_desired(&DesiredRecord {
+                    source,
+                    spec: spec.clone(),
+                }) {
+                    return warn!(pod = %key, error = %e, "cannot record desired pod; not starting it");
+                }
+                info!(pod = %key, uid = %spec.uid, generation = spec.generation, "starting pod");
+                self.start_pod(spec, source, None);
+            }
+            (Decision::Replace, Incoming::Apply(spec, source)) => {
+                if let Err(e) = self.store.put_desired(&DesiredRecord {
+                    source,
+                    spec: spec.clone(),
+                }) {
+                    return warn!(pod = %key, error = %e, "cannot record desired pod; keeping the old one");
+                }
+                info!(pod = %key, uid = %spec.uid, generation = spec.generation, "replacing pod");
+                if let Some(entry) = self.pods.get_mut(&key) {
+                    entry.then = AfterStop::Replace(spec, source);
+                    match entry.supervisor.as_mut() {
+                        Some(s) => s.stop(),
+                        None => self.finish_stop(&key),
+                    }
+                }
+            }
+            (Decision::Delete, _) => {
+                if let Err(e) = self.store.remove_desired(&key) {
+                    return warn!(pod = %key, error = %e, "cannot record deletion; keeping the pod");
+                }
+                info!(pod = %key, "deleting pod");
+                if let Some(entry) = self.pods.get_mut(&key) {
+                    entry.then = AfterStop::Delete;
+                    match entry.supervisor.as_mut() {
+                        Some(s) => s.stop(),
+                        None => self.finish_stop(&key),
+                    }
+                }
+            }
+            (Decision::Ignore(why), _) => debug!(pod = %key, %why, "ignoring desired change"),
+            (Decision::Reject(why), _) => self.event(&key, EventType::Warning, "Rejected", &why),
+            (d, i) => warn!(pod = %key, decision = ?d, incoming = ?i, "inconsistent decision"),
+        }
+    }
+
+    fn on_report(&mut self, report: Report) {
+        match report {
+            Report::Status { key, status } => {
+                if self.pods.get(&key).map(|e| e.spec.uid.as_str()) != Some(status.uid.as_str()) {
+                    return;
+                }
+                info!(pod = %key, phase = status.phase.as_str(), status = %status.display_status(), restarts = status.restart_count(), "pod status");
+                self.record_status(&key, &status);
+            }
+            Report::Stopped { key, uid } => {
+                if self.pods.get(&key).map(|e| e.spec.uid.as_str()) == Some(uid.as_str()) {
+                    self.finish_stop(&key);
+                }
+            }
+        }
+    }
+
+    /// The pod's supervisor ended: carry out what was waiting for it.
+    fn finish_stop(&mut self, key: &PodKey) {
+        let Some(entry) = self.pods.remove(key) else {
+            return;
+        };
+        match entry.then {
+            AfterStop::Replace(spec, source) => {
+                let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
+                self.start_pod(spec, source, None);
+            }
+            AfterStop::Delete => {
+                let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
+                if let Ok(mut b) = self.board.lock() {
+                    b.remove(key);
+                }
+                let topic = self.topics.reported(&self.node, key);
+                match self.store.remove_status(key, |_| OutboxEntry {
+                    topic,
+                    payload: Vec::new(),
+                    retain: true,
+                    created_ms: now_ms(),
+                }) {
+                    Ok(_) => self.send(SessionCommand::OutboxChanged),
+                    Err(e) => warn!(pod = %key, error = %e, "cannot record pod removal"),
+                }
+                info!(pod = %key, "pod deleted");
+            }
+            AfterStop::Nothing => {
+                self.pods.insert(
+                    key.clone(),
+                    PodEntry {
+                        then: AfterStop::Nothing,
+                        ..entry
+                    },
+                );
+            }
+        }
+    }
+
+    fn record_status(&mut self, key: &PodKey, status: &PodStatus) {
+        if let Ok(mut b) = self.board.lock() {
+            b.insert(key.clone(), status.clone());
+        }
+        let topic = self.topics.reported(&self.node, key);
+        let message = Message::PodStatus(status.clone());
+        let result = self.store.record_status(status, |seq| OutboxEntry {
+            topic,
+            payload: wire::encode(seq, &message).unwrap_or_default(),
+            retain: true,
+            created_ms: now_ms(),
+        });
+        match result {
+            Ok(_) => self.send(SessionCommand::OutboxChanged),
+            Err(e) => warn!(pod = %key, error = %e, "cannot record pod status"),
+        }
+    }
+
+    fn event(&mut self, key: &PodKey, kind: EventType, reason: &str, message: &str) {
+        let event = Event {
+            namespace: Some(key.namespace.clone()),
+            pod: Some(key.name.clone()),
+            container: None,
+            kind,
+            reason: reason.into(),
+            message: message.into(),
+            timestamp_ms: now_ms(),
+        };
+        self.node_event(event);
+    }
+
+    fn node_event(&mut self, event: Event) {
+        let topic = self.topics.events(&self.node);
+        let result = self.store.append_outbox(|seq| OutboxEntry {
+            topic,
+            payload: wire::encode(seq, &Message::Event(event)).unwrap_or_default(),
+            retain: false,
+            created_ms: now_ms(),
+        });
+        match result {
+            Ok(_) => self.send(SessionCommand::OutboxChanged),
+            Err(e) => warn!(error = %e, "cannot record event"),
+        }
+    }
+
+    fn on_static_pods(&mut self, pods: Vec<StaticPod>) {
+        let mut seen = Vec::new();
+        for p in pods {
+            match p {
+                StaticPod::Pod(spec) => {
+                    seen.push(spec.key());
+                    self.apply(spec.key(), Incoming::Apply(spec, PodSource::File));
+                }
+                StaticPod::Invalid { file, error } => {
+                    warn!(file = %file.display(), %error, "invalid static pod manifest");
+                    self.node_event(Event {
+                        namespace: None,
+                        pod: None,
+                        container: None,
+                        kind: EventType::Warning,
+                        reason: "InvalidManifest".into(),
+                        message: format!("{}: {error}", file.display()),
+                        timestamp_ms: now_ms(),
+                    });
+                }
+            }
+        }
+        let gone: Vec<PodKey> = self
+            .pods
+            .iter()
+            .filter(|(k, e)| e.source == PodSource::File && !seen.contains(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            self.apply(key, Incoming::Delete(PodSource::File));
+        }
+    }
+
+    fn on_heartbeat(&mut self) {
+        self.publish_node_status();
+        match self.store.trim_outbox(
+            self.config.outbox.max_entries,
+            self.config.outbox.max_age_secs * 1000,
+            now_ms(),
+        ) {
+            Ok(0) => {}
+            Ok(dropped) => {
+                warn!(dropped, "outbox full: dropped the oldest reports");
+                self.node_event(Event {
+                    namespace: None,
+                    pod: None,
+                    container: None,
+                    kind: EventType::Warning,
+                    reason: "OutboxOverflow".into(),
+                    message: format!(
+                        "dropped {dropped} reports that waited too long for the broker"
+                    ),
+                    timestamp_ms: now_ms(),
+                });
+            }
+            Err(e) => warn!(error = %e, "cannot trim the outbox"),
+        }
+    }
+
+    fn publish_node_status(&mut self) {
+        let sample = crate::node::sample(&self.config.data_dir);
+        let status = crate::node::status(
+            &self.node,
+            &self.node_info,
+            &self.addresses,
+            &sample,
+            self.config.node.max_pods,
+            self.pods.len() as u32,
+            self.last_node_status.as_ref(),
+            now_ms(),
+        );
+        if let Ok(payload) = wire::encode(status.heartbeat_ms, &Message::NodeStatus(status.clone()))
+        {
+            self.send(SessionCommand::Publish {
+                topic: self.topics.node(&self.node),
+                payload,
+                retain: true,
+                qos: QoS::AtLeastOnce,
+            });
+        }
+        self.last_node_status = Some(status);
+    }
+
+    fn on_rpc(&mut self, request_id: String, payload: &[u8]) {
+        let reply_topic = self.topics.rpc_response(&self.node, &request_id);
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        let request = wire::decode_as(payload, wire::Kind::LogRequest, |m| match m {
+            Message::LogRequest(r) => Some(r),
+            _ => None,
+        });
+        let request = match request {
+            Ok((_, r)) => r,
+            Err(e) => {
+                logs_rpc::reply_error(
+                    &session,
+                    &reply_topic,
+                    &request_id,
+                    format!("bad request: {e}"),
+                );
+                return;
+            }
+        };
+        let key = PodKey::new(&request.namespace, &request.pod);
+        let Some(entry) = self.pods.get(&key) else {
+            logs_rpc::reply_error(
+                &session,
+                &reply_topic,
+                &request_id,
+                format!(
+                    "pods \"{}\" not found in namespace \"{}\" on node {}",
+                    request.pod, request.namespace, self.node
+                ),
+            );
+            return;
+        };
+        let pod_dir = self.pod_dir(&entry.spec);
+        let names: Vec<String> = entry
+            .spec
+            .containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let init_names: Vec<String> = entry
+            .spec
+            .init_containers
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let container = match (&request.container, names.as_slice()) {
+            (Some(c), _) if names.contains(c) || init_names.contains(c) => c.clone(),
+            (Some(c), _) => {
+                logs_rpc::reply_error(
+                    &session,
+                    &reply_topic,
+                    &request_id,
+                    format!("container {c} is not valid for pod {}", request.pod),
+                );
+                return;
+            }
+            (None, [only]) => only.clone(),
+            (None, _) => {
+                logs_rpc::reply_error(
+                    &session,
+                    &reply_topic,
+                    &request_id,
+                    format!(
+                        "a container name must be specified for pod {}, choose one of: [{}]",
+                        request.pod,
+                        names.join(" ")
+                    ),
+                );
+                return;
+            }
+        };
+        tokio::spawn(logs_rpc::serve(
+            session,
+            reply_topic,
+            request,
+            pod_dir,
+            container,
+            self.config.logs.max_files,
+            self.board.clone(),
+        ));
+    }
+}

@@ -1,0 +1,971 @@
+//! The life of one pod as a state machine without I/O: given what happened
+//! to its containers, what to do next and what its status reads.
+//!
+//! The supervisor (`agent::supervisor`) feeds it events and carries out the
+//! actions it returns; everything here is plain data and unit-tested with
+//! made-up clocks. Semantics follow the kubelet:
+//! - init containers run one at a time, in order, each to success;
+//! - app containers start together once every init container succeeded;
+//! - `restartPolicy` decides restarts; the first restart is immediate, later
+//!   ones wait `initial`, doubling to `max` (CrashLoopBackOff), and a
+//!   container that ran `reset_after` starts its back-off afresh;
+//! - the phase is computed as the kubelet's `getPhase` does;
+//! - Succeeded and Failed are terminal: nothing moves a pod out of them.
+
+use std::time::Duration;
+
+use crate::model::{
+    Container, ContainerState, ContainerStatus, PodCondition, PodConditionType, PodPhase, PodSpec,
+    PodStatus, RestartPolicy,
+};
+
+/// Restart back-off limits (configurable so tests need not wait minutes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+    pub reset_after: Duration,
+}
+
+impl BackoffPolicy {
+    /// The delay before restart number `level` (0 = first restart).
+    pub fn delay(&self, level: u32) -> Duration {
+        if level == 0 {
+            return Duration::ZERO;
+        }
+        let factor = 1u32.checked_shl(level - 1).unwrap_or(u32::MAX);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// Which container: an init container or an app container, by index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContainerRef {
+    pub init: bool,
+    pub index: usize,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    pub exit_code: i32,
+    /// `Completed`, `Error`, `OOMKilled`, …; derived from the code when None.
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
+/// What the supervisor must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Create and start this container now.
+    Start(ContainerRef),
+    /// Call `on_timer(c)` after this delay (a back-off).
+    WakeAfter(ContainerRef, Duration),
+    /// Stop every running container, giving it this long to exit.
+    StopAll { grace: Duration },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Running init container `n`.
+    Init(usize),
+    Main,
+    Terminating,
+    /// Terminal phase reached, or stopped after termination.
+    Done,
+}
+
+#[derive(Debug, Clone)]
+struct Slot {
+    status: ContainerStatus,
+    /// Back-off level: how many restarts since the back-off last reset.
+    level: u32,
+    started_at_ms: Option<u64>,
+    /// A restart is scheduled (waiting out back-off, or about to start).
+    restart_pending: bool,
+    /// Counts as restarted once the next start succeeds.
+    has_run: bool,
+}
+
+/// One pod's state machine.
+#[derive(Debug, Clone)]
+pub struct PodMachine {
+    spec: PodSpec,
+    policy: BackoffPolicy,
+    stage: Stage,
+    init: Vec<Slot>,
+    main: Vec<Slot>,
+    status: PodStatus,
+}
+
+fn slot(c: &Container, waiting_reason: &str) -> Slot {
+    Slot {
+        status: ContainerStatus {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            image_id: String::new(),
+            container_id: String::new(),
+            ready: false,
+            started: false,
+            restart_count: 0,
+            state: ContainerState::Waiting {
+                reason: waiting_reason.into(),
+                message: None,
+            },
+            last_state: None,
+        },
+        level: 0,
+        started_at_ms: None,
+        restart_pending: false,
+        has_run: false,
+    }
+}
+
+fn exit_reason(exit: &Exit) -> String {
+    exit.reason.clone().unwrap_or_else(|| {
+        if exit.exit_code == 0 {
+            "Completed".into()
+        } else {
+            "Error".into()
+        }
+    })
+}
+
+impl PodMachine {
+    pub fn new(spec: PodSpec, policy: BackoffPolicy, host_ip: Option<String>) -> Self {
+        let has_init = !spec.init_containers.is_empty();
+        let main_reason = if has_init {
+            "PodInitializing"
+        } else {
+            "ContainerCreating"
+        };
+        let init = spec
+            .init_containers
+            .iter()
+            .map(|c| slot(c, "PodInitializing"))
+            .collect();
+        let main = spec
+            .containers
+            .iter()
+            .map(|c| slot(c, main_reason))
+            .collect();
+        let status = PodStatus {
+            namespace: spec.namespace.clone(),
+            name: spec.name.clone(),
+            uid: spec.uid.clone(),
+            observed_generation: spec.generation,
+            phase: PodPhase::Pending,
+            conditions: Vec::new(),
+            reason: None,
+            message: None,
+            start_time_ms: None,
+            host_ip: host_ip.clone(),
+            pod_ip: if spec.host_network { host_ip } else { None },
+            init_container_statuses: Vec::new(),
+            container_statuses: Vec::new(),
+        };
+        PodMachine {
+            spec,
+            policy,
+            stage: Stage::Init(0),
+            init,
+            main,
+            status,
+        }
+    }
+
+    /// Carries restart counts over from a status saved before the agent
+    /// restarted, so a pod that comes back keeps its history.
+    pub fn carry_over(&mut self, previous: &PodStatus) {
+        if previous.uid != self.spec.uid {
+            return;
+        }
+        for (slots, prev) in [
+            (&mut self.init, &previous.init_container_statuses),
+            (&mut self.main, &previous.container_statuses),
+        ] {
+            for s in slots.iter_mut() {
+                if let Some(p) = prev.iter().find(|p| p.name == s.status.name) {
+                    s.status.restart_count = p.restart_count;
+                    s.status.last_state = p.last_state.clone();
+                    s.level = p.restart_count.min(16);
+                    s.has_run =
+                        p.restart_count > 0 || !matches!(p.state, ContainerState::Waiting { .. });
+                }
+            }
+        }
+        self.status.start_time_ms = previous.start_time_ms;
+    }
+
+    pub fn spec(&self) -> &PodSpec {
+        &self.spec
+    }
+
+    pub fn status(&self) -> &PodStatus {
+        &self.status
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.stage == Stage::Done
+    }
+
+    pub fn is_terminating(&self) -> bool {
+        self.stage == Stage::Terminating
+    }
+
+    /// The container spec for a reference.
+    pub fn container(&self, c: ContainerRef) -> Option<&Container> {
+        if c.init {
+            self.spec.init_containers.get(c.index)
+        } else {
+            self.spec.containers.get(c.index)
+        }
+    }
+
+    /// The number of the next run of a container (names its log file):
+    /// 0 for the first run, then its restart count.
+    pub fn next_run_number(&self, c: ContainerRef) -> u32 {
+        let slot = if c.init {
+            self.init.get(c.index)
+        } else {
+            self.main.get(c.index)
+        };
+        match slot {
+            Some(s) if s.has_run => s.status.restart_count + 1,
+            Some(s) => s.status.restart_count,
+            None => 0,
+        }
+    }
+
+    fn slot_mut(&mut self, c: ContainerRef) -> Option<&mut Slot> {
+        if c.init {
+            self.init.get_mut(c.index)
+        } else {
+            self.main.get_mut(c.index)
+        }
+    }
+
+    /// Begins the pod.
+    pub fn start(&mut self, now_ms: u64) -> Vec<Action> {
+        if self.status.start_time_ms.is_none() {
+            self.status.start_time_ms = Some(now_ms);
+        }
+        let actions = if self.init.is_empty() {
+            self.enter_main()
+        } else {
+            self.stage = Stage::Init(0);
+            self.init[0].status.state = ContainerState::Waiting {
+                reason: "ContainerCreating".into(),
+                message: None,
+            };
+            vec![Action::Start(ContainerRef {
+                init: true,
+                index: 0,
+            })]
+        };
+        self.refresh(now_ms);
+        actions
+    }
+
+    /// Starts a pod that was previously `Done` again is impossible; a pod
+    /// whose saved status is terminal is restored with `restore_terminal`.
+    pub fn restore_terminal(&mut self, previous: PodStatus) {
+        self.status = previous;
+        self.stage = Stage::Done;
+    }
+
+    fn enter_main(&mut self) -> Vec<Action> {
+        self.stage = Stage::Main;
+        let mut actions = Vec::new();
+        for (index, s) in self.main.iter_mut().enumerate() {
+            s.status.state = ContainerState::Waiting {
+                reason: "ContainerCreating".into(),
+                message: None,
+            };
+            actions.push(Action::Start(ContainerRef { init: false, index }));
+        }
+        if actions.is_empty() {
+            // A pod without app containers has nothing to run.
+            self.stage = Stage::Done;
+        }
+        actions
+    }
+
+    /// The runtime started a container.
+    pub fn on_started(
+        &mut self,
+        c: ContainerRef,
+        container_id: String,
+        image_id: String,
+        now_ms: u64,
+    ) -> Vec<Action> {
+        if matches!(self.stage, Stage::Done) {
+            return Vec::new();
+        }
+        if let Some(s) = self.slot_mut(c) {
+            if s.has_run {
+                s.status.restart_count += 1;
+            }
+            s.has_run = true;
+            s.restart_pending = false;
+            s.started_at_ms = Some(now_ms);
+            s.status.container_id = container_id;
+            s.status.image_id = image_id;
+            s.status.started = true;
+            // No readiness probe on this runtime yet: running means ready.
+            s.status.ready = !c.init;
+            s.status.state = ContainerState::Running {
+                started_at_ms: now_ms,
+            };
+        }
+        self.refresh(now_ms);
+        Vec::new()
+    }
+
+    /// The runtime could not create or start a container (bad image, bad
+    /// module, missing volume …). `reason` reads like the kubelet's
+    /// (`ErrImagePull`, `CreateContainerError`, …). It is retried with
+    /// back-off, and the reason stays on the container while it waits.
+    pub fn on_start_failed(
+        &mut self,
+        c: ContainerRef,
+        reason: &str,
+        message: String,
+        now_ms: u64,
+    ) -> Vec<Action> {
+        if matches!(self.stage, Stage::Done | Stage::Terminating) {
+            return Vec::new();
+        }
+        let policy = self.policy;
+        let mut actions = Vec::new();
+        if let Some(s) = self.slot_mut(c) {
+            s.level = s.level.saturating_add(1);
+            let delay = policy.delay(s.level).max(policy.initial.min(policy.max));
+            s.restart_pending = true;
+            s.status.ready = false;
+            s.status.started = false;
+            let message = Some(message);
+            s.status.state = ContainerState::Waiting {
+                reason: reason.into(),
+                message: message.clone(),
+            };
+            actions.push(Action::WakeAfter(c, delay));
+        }
+        self.refresh(now_ms);
+        actions
+    }
+
+    /// A container exited.
+    pub fn on_exited(&mut self, c: ContainerRef, exit: Exit, now_ms: u64) -> Vec<Action> {
+        let policy = self.policy;
+        let restart_policy = self.spec.restart_policy;
+        let stage = self.stage;
+        let pod_label = format!(
+            "{}_{}({})",
+            self.spec.name, self.spec.namespace, self.spec.uid
+        );
+        let Some(s) = self.slot_mut(c) else {
+            return Vec::new();
+        };
+        let started_at_ms = s.started_at_ms.unwrap_or(now_ms);
+        let reason = exit_reason(&exit);
+        let terminated = ContainerState::Terminated {
+            exit_code: exit.exit_code,
+            reason,
+            message: exit.message.clone(),
+            started_at_ms,
+            finished_at_ms: now_ms,
+        };
+        s.status.ready = false;
+        s.status.started = false;
+        s.started_at_ms = None;
+        s.status.state = terminated.clone();
+        if matches!(stage, Stage::Terminating | Stage::Done) {
+            self.refresh(now_ms);
+            return Vec::new();
+        }
+        let ran_for = Duration::from_millis(now_ms.saturating_sub(started_at_ms));
+        if ran_for >= policy.reset_after {
+            s.level = 0;
+        }
+        let succeeded = exit.exit_code == 0;
+        let restart = if c.init {
+            !succeeded && restart_policy != RestartPolicy::Never
+        } else {
+            match restart_policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => !succeeded,
+                RestartPolicy::Never => false,
+            }
+        };
+        let mut actions = Vec::new();
+        if restart {
+            let delay = policy.delay(s.level);
+            s.level = s.level.saturating_add(1);
+            s.restart_pending = true;
+            s.status.last_state = Some(terminated);
+            if delay.is_zero() {
+                actions.push(Action::Start(c));
+            } else {
+                s.status.state = ContainerState::Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: Some(format!(
+                        "back-off {} restarting failed container={} pod={pod_label}",
+                        humantime::format_duration(delay),
+                        s.status.name
+                    )),
+                };
+                actions.push(Action::WakeAfter(c, delay));
+            }
+        }
+        if c.init && succeeded {
+            let next = c.index + 1;
+            if next < self.init.len() {
+                self.stage = Stage::Init(next);
+                self.init[next].status.state = ContainerState::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: None,
+                };
+                actions.push(Action::Start(ContainerRef {
+                    init: true,
+                    index: next,
+                }));
+            } else {
+                actions.extend(self.enter_main());
+            }
+        }
+        self.refresh(now_ms);
+        if self.status.phase.is_terminal() {
+            self.stage = Stage::Done;
+        }
+        actions
+    }
+
+    /// A back-off wait ended.
+    pub fn on_timer(&mut self, c: ContainerRef, now_ms: u64) -> Vec<Action> {
+        if matches!(self.stage, Stage::Done | Stage::Terminating) {
+            return Vec::new();
+        }
+        let Some(s) = self.slot_mut(c) else {
+            return Vec::new();
+        };
+        if !s.restart_pending {
+            return Vec::new();
+        }
+        let _ = now_ms;
+        vec![Action::Start(c)]
+    }
+
+    /// The pod is being deleted or replaced.
+    pub fn stop(&mut self, now_ms: u64) -> Vec<Action> {
+        if matches!(self.stage, Stage::Terminating) {
+            return Vec::new();
+        }
+        let was_done = self.stage == Stage::Done;
+        self.stage = Stage::Terminating;
+        for s in self.init.iter_mut().chain(self.main.iter_mut()) {
+            s.restart_pending = false;
+            s.status.ready = false;
+        }
+        self.refresh(now_ms);
+        if was_done {
+            self.stage = Stage::Done;
+            return Vec::new();
+        }
+        vec![Action::StopAll {
+            grace: Duration::from_secs(self.spec.termination_grace_period_secs),
+        }]
+    }
+
+    /// Every container has stopped after `stop`.
+    pub fn on_stopped(&mut self, now_ms: u64) {
+        self.stage = Stage::Done;
+        self.refresh(now_ms);
+    }
+
+    /// Recomputes phase and conditions; call after every change.
+    fn refresh(&mut self, now_ms: u64) {
+        self.status.init_container_statuses = self.init.iter().map(|s| s.status.clone()).collect();
+        self.status.container_statuses = self.main.iter().map(|s| s.status.clone()).collect();
+        let previous = self.status.phase;
+        let phase = if previous.is_terminal() {
+            previous
+        } else {
+            compute_phase(self.spec.restart_policy, &self.init, &self.main)
+        };
+        self.status.phase = phase;
+
+        let incomplete_init: Vec<&str> = self
+            .init
+            .iter()
+            .filter(|s| {
+                !matches!(
+                    s.status.state,
+                    ContainerState::Terminated { exit_code: 0, .. }
+                )
+            })
+            .map(|s| s.status.name.as_str())
+            .collect();
+        let unready: Vec<&str> = self
+            .main
+            .iter()
+            .filter(|s| !s.status.ready)
+            .map(|s| s.status.name.as_str())
+            .collect();
+        let initialized = incomplete_init.is_empty();
+        let (ready_reason, ready_message) = if phase.is_terminal() {
+            (Some("PodCompleted".to_string()), None)
+        } else if unready.is_empty() {
+            (None, None)
+        } else {
+            (
+                Some("ContainersNotReady".to_string()),
+                Some(format!(
+                    "containers with unready status: [{}]",
+                    unready.join(" ")
+                )),
+            )
+        };
+        let ready = unready.is_empty() && !phase.is_terminal() && !self.main.is_empty();
+        let init_message = (!initialized).then(|| {
+            format!(
+                "containers with incomplete status: [{}]",
+                incomplete_init.join(" ")
+            )
+        });
+        let init_reason = if phase.is_terminal() && initialized {
+            Some("PodCompleted".to_string())
+        } else {
+            (!initialized).then(|| "ContainersNotInitialized".to_string())
+        };
+        self.set_condition(
+            PodConditionType::Initialized,
+            initialized,
+            init_reason,
+            init_message,
+            now_ms,
+        );
+        self.set_condition(
+            PodConditionType::ContainersReady,
+            ready,
+            ready_reason.clone(),
+            ready_message.clone(),
+            now_ms,
+        );
+        self.set_condition(
+            PodConditionType::Ready,
+            ready,
+            ready_reason,
+            ready_message,
+            now_ms,
+        );
+    }
+
+    fn set_condition(
+        &mut self,
+        kind: PodConditionType,
+        status: bool,
+        reason: Option<String>,
+        message: Option<String>,
+        now_ms: u64,
+    ) {
+        match self.status.conditions.iter_mut().find(|c| c.kind == kind) {
+            Some(c) => {
+                if c.status != status {
+                    c.last_transition_ms = now_ms;
+                }
+                c.status = status;
+                c.reason = reason;
+                c.message = message;
+            }
+            None => self.status.conditions.push(PodCondition {
+                kind,
+                status,
+                last_transition_ms: now_ms,
+                reason,
+                message,
+            }),
+        }
+    }
+}
+
+/// The kubelet's `getPhase`.
+fn compute_phase(policy: RestartPolicy, init: &[Slot], main: &[Slot]) -> PodPhase {
+    for s in init {
+        match &s.status.state {
+            ContainerState::Terminated { exit_code: 0, .. } => {}
+            ContainerState::Terminated { .. } if policy == RestartPolicy::Never => {
+                return PodPhase::Failed;
+            }
+            _ => return PodPhase::Pending,
+        }
+    }
+    let (mut running, mut waiting, mut stopped, mut succeeded, mut failed) = (0, 0, 0, 0, 0);
+    for s in main {
+        match (&s.status.state, &s.status.last_state) {
+            (ContainerState::Running { .. }, _) => running += 1,
+            (ContainerState::Terminated { exit_code, .. }, _)
+            | (
+                ContainerState::Waiting { .. },
+                Some(ContainerState::Terminated { exit_code, .. }),
+            ) => {
+                stopped += 1;
+                if *exit_code == 0 {
+                    succeeded += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            (ContainerState::Waiting { .. }, _) => waiting += 1,
+        }
+    }
+    if waiting > 0 {
+        return PodPhase::Pending;
+    }
+    if running > 0 {
+        return PodPhase::Running;
+    }
+    if stopped > 0 {
+        if policy == RestartPolicy::Always {
+            return PodPhase::Running;
+        }
+        if stopped == succeeded {
+            return PodPhase::Succeeded;
+        }
+        if policy == RestartPolicy::Never {
+            return PodPhase::Failed;
+        }
+        let _ = failed;
+        return PodPhase::Running;
+    }
+    PodPhase::Pending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    const POLICY: BackoffPolicy = BackoffPolicy {
+        initial: Duration::from_secs(10),
+        max: Duration::from_secs(300),
+        reset_after: Duration::from_secs(600),
+    };
+
+    fn container(name: &str) -> Container {
+        Container {
+            name: name.into(),
+            image: "file:///m.wasm@sha256:00".into(),
+            image_pull_policy: PullPolicy::IfNotPresent,
+            command: vec![],
+            args: vec![],
+            working_dir: None,
+            env: vec![],
+            volume_mounts: vec![],
+            ports: vec![],
+            resources: Resources::default(),
+            liveness_probe: None,
+            readiness_probe: None,
+            startup_probe: None,
+            security_context: None,
+        }
+    }
+
+    fn spec(init: &[&str], main: &[&str], policy: RestartPolicy) -> PodSpec {
+        PodSpec {
+            namespace: "default".into(),
+            name: "p".into(),
+            uid: "u".into(),
+            generation: 1,
+            labels: Default::default(),
+            runtime: RuntimeKind::Wasm,
+            restart_policy: policy,
+            termination_grace_period_secs: 7,
+            host_network: false,
+            init_containers: init.iter().map(|n| container(n)).collect(),
+            containers: main.iter().map(|n| container(n)).collect(),
+            volumes: vec![],
+            image_pull_secrets: vec![],
+        }
+    }
+
+    const A: ContainerRef = ContainerRef {
+        init: false,
+        index: 0,
+    };
+    const B: ContainerRef = ContainerRef {
+        init: false,
+        index: 1,
+    };
+    const I0: ContainerRef = ContainerRef {
+        init: true,
+        index: 0,
+    };
+    const I1: ContainerRef = ContainerRef {
+        init: true,
+        index: 1,
+    };
+
+    fn exit(code: i32) -> Exit {
+        Exit {
+            exit_code: code,
+            reason: None,
+            message: None,
+        }
+    }
+
+    fn cond(m: &PodMachine, kind: PodConditionType) -> bool {
+        m.status()
+            .condition(kind)
+            .map(|c| c.status)
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn back_off_doubles_to_the_cap() {
+        let d: Vec<u64> = (0..8).map(|l| POLICY.delay(l).as_secs()).collect();
+        assert_eq!(d, [0, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(POLICY.delay(200), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn run_to_completion_never() {
+        let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Never), POLICY, None);
+        assert_eq!(m.start(1000), vec![Action::Start(A)]);
+        assert_eq!(m.status().phase, PodPhase::Pending);
+        assert_eq!(m.status().display_status(), "ContainerCreating");
+        m.on_started(A, "c1".into(), "sha256:x".into(), 1001);
+        assert_eq!(m.status().phase, PodPhase::Running);
+        assert!(cond(&m, PodConditionType::Ready));
+        assert!(m.on_exited(A, exit(0), 2000).is_empty());
+        assert_eq!(m.status().phase, PodPhase::Succeeded);
+        assert!(m.is_done());
+        assert_eq!(m.status().display_status(), "Completed");
+        let ready = m
+            .status()
+            .condition(PodConditionType::Ready)
+            .expect("ready");
+        assert!(!ready.status);
+        assert_eq!(ready.reason.as_deref(), Some("PodCompleted"));
+        match &m.status().container_statuses[0].state {
+            ContainerState::Terminated {
+                exit_code,
+                reason,
+                started_at_ms,
+                finished_at_ms,
+                ..
+            } => {
+                assert_eq!((*exit_code, reason.as_str()), (0, "Completed"));
+                assert_eq!((*started_at_ms, *finished_at_ms), (1001, 2000));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn failure_with_never_is_failed_with_exit_code() {
+        let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Never), POLICY, None);
+        m.start(0);
+        m.on_started(A, "c".into(), "i".into(), 1);
+        m.on_exited(A, exit(3), 2);
+        assert_eq!(m.status().phase, PodPhase::Failed);
+        assert_eq!(m.status().display_status(), "Error");
+        // Terminal: a late event changes nothing.
+        assert!(m.on_timer(A, 5).is_empty());
+        assert!(m.on_exited(A, exit(0), 6).is_empty());
+        assert_eq!(m.status().phase, PodPhase::Failed);
+    }
+
+    #[test]
+    fn always_restarts_with_crash_loop_back_off() {
+        let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
+        m.start(0);
+        m.on_started(A, "c1".into(), "i".into(), 10);
+        // First crash: immediate restart.
+        assert_eq!(m.on_exited(A, exit(1), 20), vec![Action::Start(A)]);
+        m.on_started(A, "c2".into(), "i".into(), 30);
+        assert_eq!(m.status().container_statuses[0].restart_count, 1);
+        // Second crash: back-off 10 s, CrashLoopBackOff, phase stays Running.
+        assert_eq!(
+            m.on_exited(A, exit(1), 40),
+            vec![Action::WakeAfter(A, Duration::from_secs(10))]
+        );
+        assert_eq!(m.status().phase, PodPhase::Running);
+        assert_eq!(m.status().display_status(), "CrashLoopBackOff");
+        let c = &m.status().container_statuses[0];
+        assert!(matches!(
+            &c.last_state,
+            Some(ContainerState::Terminated { exit_code: 1, .. })
+        ));
+        match &c.state {
+            ContainerState::Waiting {
+                message: Some(msg), ..
+            } => {
+                assert!(
+                    msg.starts_with("back-off 10s restarting failed container=a pod=p_default(u)"),
+                    "{msg}"
+                )
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(m.on_timer(A, 10_040), vec![Action::Start(A)]);
+        m.on_started(A, "c3".into(), "i".into(), 10_050);
+        assert_eq!(m.status().container_statuses[0].restart_count, 2);
+        // Third crash: 20 s.
+        assert_eq!(
+            m.on_exited(A, exit(1), 10_060),
+            vec![Action::WakeAfter(A, Duration::from_secs(20))]
+        );
+    }
+
+    #[test]
+    fn long_run_resets_back_off() {
+        let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
+        m.start(0);
+        m.on_started(A, "c".into(), "i".into(), 0);
+        m.on_exited(A, exit(1), 1);
+        m.on_started(A, "c".into(), "i".into(), 2);
+        m.on_exited(A, exit(1), 3);
+        m.on_timer(A, 10_003);
+        m.on_started(A, "c".into(), "i".into(), 10_003);
+        // Ran for more than reset_after: back to an immediate restart.
+        assert_eq!(
+            m.on_exited(A, exit(1), 10_003 + 600_000),
+            vec![Action::Start(A)]
+        );
+    }
+
+    #[test]
+    fn on_failure_restarts_only_failures() {
+        let mut m = PodMachine::new(
+            spec(&[], &["a", "b"], RestartPolicy::OnFailure),
+            POLICY,
+            None,
+        );
+        assert_eq!(m.start(0), vec![Action::Start(A), Action::Start(B)]);
+        m.on_started(A, "a".into(), "i".into(), 1);
+        m.on_started(B, "b".into(), "i".into(), 1);
+        assert!(m.on_exited(A, exit(0), 2).is_empty());
+        assert_eq!(m.status().phase, PodPhase::Running);
+        assert_eq!(m.on_exited(B, exit(2), 3), vec![Action::Start(B)]);
+        assert_eq!(m.status().phase, PodPhase::Running);
+        m.on_started(B, "b2".into(), "i".into(), 4);
+        m.on_exited(B, exit(0), 5);
+        assert_eq!(m.status().phase, PodPhase::Succeeded);
+    }
+
+    #[test]
+    fn init_containers_run_in_order_before_app_containers() {
+        let mut m = PodMachine::new(
+            spec(&["i0", "i1"], &["a"], RestartPolicy::Always),
+            POLICY,
+            None,
+        );
+        assert_eq!(m.start(0), vec![Action::Start(I0)]);
+        assert_eq!(m.status().display_status(), "Init:0/2");
+        assert!(!cond(&m, PodConditionType::Initialized));
+        m.on_started(I0, "i0".into(), "x".into(), 1);
+        assert_eq!(m.on_exited(I0, exit(0), 2), vec![Action::Start(I1)]);
+        m.on_started(I1, "i1".into(), "x".into(), 3);
+        assert_eq!(m.status().display_status(), "Init:1/2");
+        assert_eq!(m.on_exited(I1, exit(0), 4), vec![Action::Start(A)]);
+        assert!(cond(&m, PodConditionType::Initialized));
+        assert_eq!(m.status().phase, PodPhase::Pending);
+        m.on_started(A, "a".into(), "x".into(), 5);
+        assert_eq!(m.status().phase, PodPhase::Running);
+        assert!(cond(&m, PodConditionType::ContainersReady));
+    }
+
+    #[test]
+    fn failing_init_container_retries_or_fails_the_pod() {
+        let mut m = PodMachine::new(
+            spec(&["i0"], &["a"], RestartPolicy::OnFailure),
+            POLICY,
+            None,
+        );
+        m.start(0);
+        m.on_started(I0, "i0".into(), "x".into(), 1);
+        assert_eq!(m.on_exited(I0, exit(1), 2), vec![Action::Start(I0)]);
+        assert_eq!(m.status().phase, PodPhase::Pending);
+
+        let mut m = PodMachine::new(spec(&["i0"], &["a"], RestartPolicy::Never), POLICY, None);
+        m.start(0);
+        m.on_started(I0, "i0".into(), "x".into(), 1);
+        assert!(m.on_exited(I0, exit(1), 2).is_empty());
+        assert_eq!(m.status().phase, PodPhase::Failed);
+        assert_eq!(m.status().display_status(), "Init:Error");
+        assert!(m.is_done());
+    }
+
+    #[test]
+    fn start_failures_back_off_and_recover() {
+        let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
+        m.start(0);
+        let actions = m.on_start_failed(A, "ErrImagePull", "sha256 mismatch".into(), 1);
+        assert_eq!(actions, vec![Action::WakeAfter(A, Duration::from_secs(10))]);
+        assert_eq!(m.status().display_status(), "ErrImagePull");
+        assert_eq!(m.status().phase, PodPhase::Pending);
+        assert_eq!(m.on_timer(A, 10_001), vec![Action::Start(A)]);
+        m.on_started(A, "c".into(), "i".into(), 10_002);
+        assert_eq!(m.status().phase, PodPhase::Running);
+        // A failed start is not a restart.
+        assert_eq!(m.status().container_statuses[0].restart_count, 0);
+    }
+
+    #[test]
+    fn stop_asks_for_the_grace_period_and_ends_done() {
+        let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
+        m.start(0);
+        m.on_started(A, "c".into(), "i".into(), 1);
+        assert_eq!(
+            m.stop(2),
+            vec![Action::StopAll {
+                grace: Duration::from_secs(7)
+            }]
+        );
+        assert!(m.is_terminating());
+        // Exits while terminating never restart.
+        assert!(m.on_exited(A, exit(137), 3).is_empty());
+        m.on_stopped(4);
+        assert!(m.is_done());
+        assert!(m.stop(5).is_empty());
+    }
+
+    #[test]
+    fn carried_over_restart_counts_continue() {
+        let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
+        let mut prev = m.status().clone();
+        prev.container_statuses = vec![ContainerStatus {
+            restart_count: 4,
+            state: ContainerState::Running { started_at_ms: 1 },
+            ..m.status().container_statuses[0].clone()
+        }];
+        prev.start_time_ms = Some(42);
+        m.carry_over(&prev);
+        m.start(100);
+        m.on_started(A, "c".into(), "i".into(), 101);
+        assert_eq!(m.status().container_statuses[0].restart_count, 5);
+        assert_eq!(m.status().start_time_ms, Some(42));
+    }
+
+    #[test]
+    fn conditions_transition_times_move_only_on_change() {
+        let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
+        m.start(0);
+        m.on_started(A, "c".into(), "i".into(), 50);
+        let t = m
+            .status()
+            .condition(PodConditionType::Ready)
+            .expect("ready")
+            .last_transition_ms;
+        assert_eq!(t, 50);
+        m.refresh(99);
+        assert_eq!(
+            m.status()
+                .condition(PodConditionType::Ready)
+                .expect("ready")
+                .last_transition_ms,
+            50
+        );
+    }
+}

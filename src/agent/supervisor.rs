@@ -1,0 +1,287 @@
+//! One task per pod: carries out what `PodMachine` decides, through a
+//! `Runtime`, and reports every status change to the controller.
+//!
+//! The supervisor owns the pod's running containers (their stop handles)
+//! and nothing else; the controller owns the supervisor through its
+//! `SupervisorHandle` and learns the end of the task from `Report::Stopped`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::pod_machine::{Action, ContainerRef, Exit, PodMachine};
+use crate::model::{PodKey, PodStatus, now_ms};
+use crate::runtime::{ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle};
+
+/// What a supervisor tells the controller.
+#[derive(Debug)]
+pub enum Report {
+    Status {
+        key: PodKey,
+        status: PodStatus,
+    },
+    /// The pod was stopped on request and its resources released.
+    Stopped {
+        key: PodKey,
+        uid: String,
+    },
+}
+
+/// The controller's side of a supervisor.
+pub struct SupervisorHandle {
+    stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SupervisorHandle {
+    /// Asks the pod to stop (containers get their grace period); the
+    /// supervisor answers with `Report::Stopped`.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Everything inside the supervisor's loop arrives as one of these.
+enum Event {
+    StopRequested,
+    Started(ContainerRef, Result<RunningContainer, RuntimeError>),
+    Exited(ContainerRef, ExitStatus),
+    Timer(ContainerRef),
+    StopDeadline,
+}
+
+pub fn spawn(
+    mut machine: PodMachine,
+    pod: PodContext,
+    runtime: Arc<dyn Runtime>,
+    reports: mpsc::UnboundedSender<Report>,
+) -> SupervisorHandle {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let key = pod.spec.key();
+    let span = info_span!("pod", pod = %key, uid = %pod.spec.uid, runtime = runtime.name());
+    tokio::spawn(
+        async move {
+            let mut sup = Supervisor {
+                key: key.clone(),
+                pod,
+                runtime,
+                reports,
+                running: HashMap::new(),
+                starting: 0,
+                last_reported: None,
+                stop_deadline_set: false,
+            };
+            sup.run(&mut machine, stop_rx).await;
+        }
+        .instrument(span),
+    );
+    SupervisorHandle {
+        stop_tx: Some(stop_tx),
+    }
+}
+
+struct Supervisor {
+    key: PodKey,
+    pod: PodContext,
+    runtime: Arc<dyn Runtime>,
+    reports: mpsc::UnboundedSender<Report>,
+    /// Stop handles of the containers that run now.
+    running: HashMap<ContainerRef, StopHandle>,
+    /// Container starts in flight.
+    starting: usize,
+    last_reported: Option<PodStatus>,
+    stop_deadline_set: bool,
+}
+
+impl Supervisor {
+    async fn run(
+        &mut self,
+        machine: &mut PodMachine,
+        mut stop_rx: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+        if machine.is_done() {
+            // Restored in a terminal phase: nothing to run, just wait.
+            self.report(machine);
+        } else if let Err(e) = self.runtime.prepare_pod(&self.pod).await {
+            warn!(error = %e, "cannot prepare pod");
+            let now = now_ms();
+            let mut actions = machine.start(now);
+            // Every container fails to start with the same reason.
+            actions.retain(|a| !matches!(a, Action::Start(_)));
+            for c in first_containers(machine) {
+                actions.extend(machine.on_start_failed(c, e.reason(), e.to_string(), now));
+            }
+            self.execute(machine, actions, &tx);
+        } else {
+            let actions = machine.start(now_ms());
+            self.execute(machine, actions, &tx);
+        }
+        let mut stop_requested = false;
+        loop {
+            let event = tokio::select! {
+                _ = &mut stop_rx, if !stop_requested => {
+                    stop_requested = true;
+                    Event::StopRequested
+                }
+                Some(ev) = rx.recv() => ev,
+            };
+            let now = now_ms();
+            let actions = match event {
+                Event::StopRequested => machine.stop(now),
+                Event::Started(c, Ok(rc)) => {
+                    self.starting -= 1;
+                    let RunningContainer {
+                        container_id,
+                        image_id,
+                        exited,
+                        mut stop,
+                    } = rc;
+                    info!(container = %self.name_of(machine, c), %container_id, "container started");
+                    let tx2 = tx.clone();
+                    tokio::spawn(async move {
+                        let status = exited.await.unwrap_or(ExitStatus {
+                            exit_code: 137,
+                            reason: Some("Error".into()),
+                            message: Some("the runtime lost the container".into()),
+                        });
+                        let _ = tx2.send(Event::Exited(c, status));
+                    });
+                    if machine.is_terminating() || machine.is_done() {
+                        stop.stop(Duration::ZERO);
+                    }
+                    self.running.insert(c, stop);
+                    machine.on_started(c, container_id, image_id, now)
+                }
+                Event::Started(c, Err(e)) => {
+                    self.starting -= 1;
+                    warn!(container = %self.name_of(machine, c), reason = e.reason(), error = %e, "container failed to start");
+                    machine.on_start_failed(c, e.reason(), e.to_string(), now)
+                }
+                Event::Exited(c, status) => {
+                    self.running.remove(&c);
+                    info!(container = %self.name_of(machine, c), exit_code = status.exit_code, reason = ?status.reason, "container exited");
+                    machine.on_exited(
+                        c,
+                        Exit {
+                            exit_code: status.exit_code,
+                            reason: status.reason,
+                            message: status.message,
+                        },
+                        now,
+                    )
+                }
+                Event::Timer(c) => machine.on_timer(c, now),
+                Event::StopDeadline => {
+                    // The runtime did not confirm the stop in time; the
+                    // containers are gone from our side regardless.
+                    warn!("containers did not stop within their grace period");
+                    self.running.clear();
+                    Vec::new()
+                }
+            };
+            self.execute(machine, actions, &tx);
+            if stop_requested && self.running.is_empty() && self.starting == 0 {
+                self.runtime.cleanup_pod(&self.pod).await;
+                machine.on_stopped(now_ms());
+                self.report(machine);
+                let _ = self.reports.send(Report::Stopped {
+                    key: self.key.clone(),
+                    uid: self.pod.spec.uid.clone(),
+                });
+                debug!("supervisor finished");
+                return;
+            }
+        }
+    }
+
+    fn name_of(&self, machine: &PodMachine, c: ContainerRef) -> String {
+        machine
+            .container(c)
+            .map(|c| c.name.clone())
+            .unwrap_or_default()
+    }
+
+    fn execute(
+        &mut self,
+        machine: &mut PodMachine,
+        actions: Vec<Action>,
+        tx: &mpsc::UnboundedSender<Event>,
+    ) {
+        for action in actions {
+            match action {
+                Action::Start(c) => {
+                    let Some(container) = machine.container(c).cloned() else {
+                        continue;
+                    };
+                    let run_number = machine.next_run_number(c);
+                    self.starting += 1;
+                    let runtime = self.runtime.clone();
+                    let pod = self.pod.clone();
+                    let tx = tx.clone();
+                    tokio::spawn(
+                        async move {
+                            let result =
+                                runtime.start_container(&pod, &container, run_number).await;
+                            let _ = tx.send(Event::Started(c, result));
+                        }
+                        .in_current_span(),
+                    );
+                }
+                Action::WakeAfter(c, delay) => {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = tx.send(Event::Timer(c));
+                    });
+                }
+                Action::StopAll { grace } => {
+                    for stop in self.running.values_mut() {
+                        stop.stop(grace);
+                    }
+                    if !self.stop_deadline_set {
+                        self.stop_deadline_set = true;
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(grace + Duration::from_secs(5)).await;
+                            let _ = tx.send(Event::StopDeadline);
+                        });
+                    }
+                }
+            }
+        }
+        self.report(machine);
+    }
+
+    /// Sends the status if it changed since the last report.
+    fn report(&mut self, machine: &PodMachine) {
+        let status = machine.status();
+        if self.last_reported.as_ref() == Some(status) {
+            return;
+        }
+        self.last_reported = Some(status.clone());
+        let _ = self.reports.send(Report::Status {
+            key: self.key.clone(),
+            status: status.clone(),
+        });
+    }
+}
+
+/// The containers that would start first (init 0, or every app container).
+fn first_containers(machine: &PodMachine) -> Vec<ContainerRef> {
+    let spec = machine.spec();
+    if spec.init_containers.is_empty() {
+        (0..spec.containers.len())
+            .map(|index| ContainerRef { init: false, index })
+            .collect()
+    } else {
+        vec![ContainerRef {
+            init: true,
+            index: 0,
+        }]
+    }
+}

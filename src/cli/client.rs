@@ -1,0 +1,153 @@
+//! A short-lived MQTT client for the operator CLI: connect, read retained
+//! state, publish with acknowledgement, exchange request/response.
+//!
+//! "All retained messages have arrived" is known without waiting on a
+//! clock: after subscribing, the client publishes to a barrier topic of its
+//! own; the broker handles one client's packets in order, so when the
+//! barrier message comes back every retained message of the earlier
+//! subscription has been delivered.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use rumqttc::{AsyncClient, Event, EventLoop, Incoming, QoS};
+
+use crate::config::{BrokerUrl, Config};
+use crate::mqtt::mqtt_options;
+
+/// How long the CLI waits for the broker or a device before giving up.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct Client {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    prefix: String,
+    id: String,
+    url: String,
+}
+
+impl Client {
+    pub async fn connect(config: &Config) -> anyhow::Result<Client> {
+        crate::tls::install_crypto_provider();
+        let url = config
+            .broker
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("mqtt://{}", config.embedded_broker.listen));
+        let parsed = BrokerUrl::parse(&url)?;
+        let id = format!("kedge-cli-{}", uuid::Uuid::new_v4().simple());
+        let mut opts = mqtt_options(&parsed, &config.broker, &id)?;
+        opts.set_clean_session(true);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        let connected = tokio::time::timeout(ANSWER_TIMEOUT, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(anyhow!("{e}")),
+                }
+            }
+        })
+        .await;
+        match connected {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("cannot connect to broker {url}: {e}"),
+            Err(_) => bail!("cannot connect to broker {url}: no answer within {ANSWER_TIMEOUT:?}"),
+        }
+        Ok(Client {
+            client,
+            eventloop,
+            prefix: config.topic_prefix.trim_end_matches('/').to_string(),
+            id,
+            url,
+        })
+    }
+
+    /// Waits for the next publish from the broker.
+    pub async fn next_message(&mut self) -> anyhow::Result<(String, Vec<u8>)> {
+        loop {
+            match self.eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::Publish(p))) => {
+                    return Ok((p.topic.clone(), p.payload.to_vec()));
+                }
+                Ok(_) => {}
+                Err(e) => bail!("lost the connection to broker {}: {e}", self.url),
+            }
+        }
+    }
+
+    /// Every retained message under `filter`.
+    pub async fn retained(&mut self, filter: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let barrier = format!("{}/_cli/{}/barrier", self.prefix, self.id);
+        self.client.subscribe(filter, QoS::AtLeastOnce).await?;
+        self.client.subscribe(&barrier, QoS::AtLeastOnce).await?;
+        self.client
+            .publish(&barrier, QoS::AtLeastOnce, false, b"barrier".to_vec())
+            .await?;
+        let mut out = Vec::new();
+        let collected = tokio::time::timeout(ANSWER_TIMEOUT, async {
+            loop {
+                let (topic, payload) = self.next_message().await?;
+                if topic == barrier {
+                    return anyhow::Ok(());
+                }
+                if !payload.is_empty() {
+                    out.push((topic, payload));
+                }
+            }
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "broker {} did not answer within {ANSWER_TIMEOUT:?}",
+                self.url
+            )
+        })?;
+        collected?;
+        self.client.unsubscribe(filter).await?;
+        Ok(out)
+    }
+
+    pub async fn subscribe(&mut self, filter: &str) -> anyhow::Result<()> {
+        self.client.subscribe(filter, QoS::AtLeastOnce).await?;
+        Ok(())
+    }
+
+    /// Publishes at QoS 1 and returns once the broker acknowledged it.
+    pub async fn publish_acked(
+        &mut self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> anyhow::Result<()> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await?;
+        tokio::time::timeout(ANSWER_TIMEOUT, async {
+            loop {
+                match self.eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::PubAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(anyhow!("lost the connection to broker {}: {e}", self.url));
+                    }
+                }
+            }
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "broker {} did not acknowledge within {ANSWER_TIMEOUT:?}",
+                self.url
+            )
+        })?
+    }
+
+    pub async fn disconnect(mut self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while self.eventloop.poll().await.is_ok() {}
+        })
+        .await;
+    }
+}

@@ -1,0 +1,700 @@
+//! The command line: `kedge agent`, and the operator commands that drive
+//! devices over MQTT without Kubernetes (`apply`, `get`, `delete`, `logs`),
+//! plus `wire decode` and `config keys`. Output reads like kubectl's.
+
+pub mod client;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config};
+use crate::model::convert::{parse_pod_manifests, pod_spec_from_k8s};
+use crate::model::{
+    LogChunk, LogRequest, NodeConditionType, NodeStatus, PodKey, PodSpec, PodStatus, now_ms,
+};
+use crate::wire::{self, Kind, Message, TopicKind, Topics};
+use client::{ANSWER_TIMEOUT, Client};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kedge",
+    version,
+    about = "Kubernetes pods on edge devices, over MQTT"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct GlobalArgs {
+    /// Configuration file (default: /etc/kedge/config.toml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Broker URL, mqtt://host:port or mqtts://host:port (broker.url).
+    #[arg(long, global = true, value_name = "URL")]
+    pub broker: Option<String>,
+    /// Set any configuration key, e.g. --set backoff.initial_ms=100.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the device agent.
+    Agent(AgentArgs),
+    /// Send the pods of a manifest file to a node.
+    Apply {
+        /// YAML or JSON file with one or more Pods; - for stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        #[arg(long)]
+        node: String,
+        /// Namespace for pods that name none.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+    },
+    /// Show pods or nodes.
+    Get {
+        what: GetWhat,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// All namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(short = 'o', long)]
+        output: Option<Output>,
+    },
+    /// Delete a pod.
+    Delete {
+        what: DeleteWhat,
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// The node (found from the retained specs when omitted).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Print a container's log.
+    Logs {
+        pod: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        tail: Option<u64>,
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[arg(short = 'p', long)]
+        previous: bool,
+        #[arg(long)]
+        timestamps: bool,
+    },
+    /// Work with wire payloads.
+    Wire {
+        #[command(subcommand)]
+        command: WireCommand,
+    },
+    /// Show configuration keys.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Node name (node_name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// State directory (data_dir).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Static pod manifests to run and follow (manifests_dir).
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WireCommand {
+    /// Print a payload as JSON (file, or stdin when omitted).
+    Decode {
+        file: Option<PathBuf>,
+        /// The input is hex text.
+        #[arg(long)]
+        hex: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Every configuration key with its environment variable and default.
+    Keys,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GetWhat {
+    #[value(alias = "pod", alias = "po")]
+    Pods,
+    #[value(alias = "node", alias = "no")]
+    Nodes,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteWhat {
+    #[value(alias = "pods", alias = "po")]
+    Pod,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Wide,
+    Json,
+}
+
+/// Loads configuration from file, environment and these flags.
+pub fn load_config(
+    global: &GlobalArgs,
+    extra: &[(&str, Option<String>)],
+) -> Result<Config, config::ConfigError> {
+    let mut overrides: Vec<(String, String)> = Vec::new();
+    if let Some(b) = &global.broker {
+        overrides.push(("broker.url".into(), b.clone()));
+    }
+    for (k, v) in extra {
+        if let Some(v) = v {
+            overrides.push((k.to_string(), v.clone()));
+        }
+    }
+    for kv in &global.set {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| config::ConfigError::Value {
+                key: kv.clone(),
+                value: String::new(),
+                message: "--set takes KEY=VALUE".into(),
+            })?;
+        overrides.push((k.trim().to_string(), v.to_string()));
+    }
+    config::load(global.config.as_deref(), std::env::vars(), &overrides)
+}
+
+fn decode_spec(payload: &[u8]) -> Option<PodSpec> {
+    wire::decode_as(payload, Kind::DesiredPod, |m| match m {
+        Message::DesiredPod(p) => Some(p),
+        _ => None,
+    })
+    .ok()
+    .map(|(_, p)| p)
+}
+
+fn decode_status(payload: &[u8]) -> Option<(u64, PodStatus)> {
+    wire::decode_as(payload, Kind::PodStatus, |m| match m {
+        Message::PodStatus(p) => Some(p),
+        _ => None,
+    })
+    .ok()
+}
+
+fn decode_node(payload: &[u8]) -> Option<NodeStatus> {
+    wire::decode_as(payload, Kind::NodeStatus, |m| match m {
+        Message::NodeStatus(p) => Some(p),
+        _ => None,
+    })
+    .ok()
+    .map(|(_, n)| n)
+}
+
+/// `kedge apply -f`.
+pub async fn apply(
+    config: &Config,
+    file: &PathBuf,
+    node: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<()> {
+    if !wire::valid_topic_level(node) {
+        bail!("invalid node name {node:?}");
+    }
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let manifests = parse_pod_manifests(&text)
+        .with_context(|| format!("error validating {:?}", file.display().to_string()))?;
+    if manifests.is_empty() {
+        bail!("no objects passed to apply");
+    }
+    let topics = Topics::new(&config.topic_prefix);
+    let mut client = Client::connect(config).await?;
+    for mut pod in manifests {
+        let ns = pod
+            .metadata
+            .namespace
+            .clone()
+            .or_else(|| namespace.map(str::to_string))
+            .unwrap_or_else(|| "default".into());
+        pod.metadata.namespace = Some(ns.clone());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let key = PodKey::new(&ns, &name);
+        let topic = topics.desired(node, &key);
+        let existing = client
+            .retained(&topic)
+            .await?
+            .into_iter()
+            .find_map(|(_, p)| decode_spec(&p));
+        let uid = existing
+            .as_ref()
+            .map(|e| e.uid.clone())
+            .or_else(|| pod.metadata.uid.clone())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        pod.metadata.uid = Some(uid.clone());
+        let mut spec = pod_spec_from_k8s(&pod).with_context(|| format!("pod/{name} is invalid"))?;
+        spec.uid = uid;
+        let verb = match &existing {
+            Some(e) => {
+                let mut same = e.clone();
+                same.generation = spec.generation;
+                if same == spec {
+                    println!("pod/{name} unchanged");
+                    continue;
+                }
+                spec.generation = e.generation + 1;
+                "configured"
+            }
+            None => {
+                spec.generation = spec.generation.max(1);
+                "created"
+            }
+        };
+        let payload = wire::encode(spec.generation, &Message::DesiredPod(spec))?;
+        client.publish_acked(&topic, payload, true).await?;
+        println!("pod/{name} {verb}");
+    }
+    client.disconnect().await;
+    Ok(())
+}
+
+/// Finds the node that has a pod, from retained desired or reported topics.
+async fn find_node(client: &mut Client, topics: &Topics, key: &PodKey) -> anyhow::Result<String> {
+    for kind in ["desired", "reported"] {
+        let filter = format!(
+            "{}/+/{kind}/{}/{}",
+            topics.prefix(),
+            key.namespace,
+            key.name
+        );
+        let found = client.retained(&filter).await?;
+        let nodes: Vec<String> = found
+            .iter()
+            .filter_map(|(t, _)| match topics.parse(t) {
+                Some(TopicKind::Desired { node, .. } | TopicKind::Reported { node, .. }) => {
+                    Some(node)
+                }
+                _ => None,
+            })
+            .collect();
+        match nodes.as_slice() {
+            [] => continue,
+            [one] => return Ok(one.clone()),
+            many => bail!(
+                "pod {} exists on several nodes ({}); choose one with --node",
+                key.name,
+                many.join(", ")
+            ),
+        }
+    }
+    bail!(
+        "pods \"{}\" not found in namespace \"{}\"",
+        key.name,
+        key.namespace
+    )
+}
+
+/// `kedge delete pod`.
+pub async fn delete(
+    config: &Config,
+    name: &str,
+    namespace: &str,
+    node: Option<&str>,
+) -> anyhow::Result<()> {
+    let topics = Topics::new(&config.topic_prefix);
+    let mut client = Client::connect(config).await?;
+    let key = PodKey::new(namespace, name);
+    let node = match node {
+        Some(n) => n.to_string(),
+        None => find_node(&mut client, &topics, &key).await?,
+    };
+    client
+        .publish_acked(&topics.desired(&node, &key), Vec::new(), true)
+        .await?;
+    println!("pod \"{name}\" deleted");
+    client.disconnect().await;
+    Ok(())
+}
+
+/// kubectl's short age: 45s, 3m20s, 5h, 2d.
+pub fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=599 => format!("{}m{}s", s / 60, s % 60),
+        600..=10_799 => format!("{}m", s / 60),
+        10_800..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map(|s| s.len()).unwrap_or(0))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i + 1 == r.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Rows of `kedge get pods`; one place for the columns.
+pub fn pods_table(
+    pods: &[(String, PodStatus)],
+    all_namespaces: bool,
+    wide: bool,
+    now: u64,
+) -> String {
+    let mut rows = Vec::new();
+    let mut header: Vec<String> = Vec::new();
+    if all_namespaces {
+        header.push("NAMESPACE".into());
+    }
+    header.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"].map(String::from));
+    if wide {
+        header.extend(["IP", "NODE"].map(String::from));
+    }
+    rows.push(header);
+    for (node, s) in pods {
+        let (ready, total) = s.ready_count();
+        let mut row = Vec::new();
+        if all_namespaces {
+            row.push(s.namespace.clone());
+        }
+        row.push(s.name.clone());
+        row.push(format!("{ready}/{total}"));
+        row.push(s.display_status());
+        row.push(s.restart_count().to_string());
+        row.push(
+            s.start_time_ms
+                .map(|t| age(now.saturating_sub(t)))
+                .unwrap_or_else(|| "<unknown>".into()),
+        );
+        if wide {
+            row.push(s.pod_ip.clone().unwrap_or_else(|| "<none>".into()));
+            row.push(node.clone());
+        }
+        rows.push(row);
+    }
+    table(&rows)
+}
+
+/// `kedge get pods|nodes`.
+pub async fn get(
+    config: &Config,
+    what: GetWhat,
+    namespace: &str,
+    all_namespaces: bool,
+    node: Option<&str>,
+    output: Option<Output>,
+) -> anyhow::Result<()> {
+    let topics = Topics::new(&config.topic_prefix);
+    let mut client = Client::connect(config).await?;
+    let node_level = node.unwrap_or("+");
+    let mut stdout = std::io::stdout();
+    match what {
+        GetWhat::Pods => {
+            let mut pods: Vec<(String, PodStatus)> = Vec::new();
+            for (topic, payload) in client.retained(&topics.reported_filter(node_level)).await? {
+                let Some(TopicKind::Reported { node, .. }) = topics.parse(&topic) else {
+                    continue;
+                };
+                if let Some((_, s)) = decode_status(&payload)
+                    && (all_namespaces || s.namespace == namespace)
+                {
+                    pods.push((node, s));
+                }
+            }
+            pods.sort_by(|a, b| (&a.1.namespace, &a.1.name).cmp(&(&b.1.namespace, &b.1.name)));
+            match output {
+                Some(Output::Json) => {
+                    let items: Vec<serde_json::Value> = pods
+                        .iter()
+                        .map(|(n, s)| serde_json::json!({ "node": n, "status": s }))
+                        .collect();
+                    writeln!(
+                        stdout,
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({ "kind": "List", "items": items })
+                        )?
+                    )?;
+                }
+                _ if pods.is_empty() => {
+                    if all_namespaces {
+                        eprintln!("No resources found");
+                    } else {
+                        eprintln!("No resources found in {namespace} namespace.");
+                    }
+                }
+                o => write!(
+                    stdout,
+                    "{}",
+                    pods_table(&pods, all_namespaces, o == Some(Output::Wide), now_ms())
+                )?,
+            }
+        }
+        GetWhat::Nodes => {
+            let filter = format!("{}/{node_level}/node", topics.prefix());
+            let mut nodes: Vec<NodeStatus> = client
+                .retained(&filter)
+                .await?
+                .into_iter()
+                .filter_map(|(_, p)| decode_node(&p))
+                .collect();
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            match output {
+                Some(Output::Json) => {
+                    writeln!(
+                        stdout,
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({ "kind": "List", "items": nodes })
+                        )?
+                    )?;
+                }
+                _ if nodes.is_empty() => eprintln!("No resources found"),
+                o => write!(
+                    stdout,
+                    "{}",
+                    nodes_table(&nodes, o == Some(Output::Wide), now_ms())
+                )?,
+            }
+        }
+    }
+    client.disconnect().await;
+    Ok(())
+}
+
+pub fn nodes_table(nodes: &[NodeStatus], wide: bool, now: u64) -> String {
+    let mut header: Vec<String> = ["NAME", "STATUS", "ROLES", "LAST-SEEN", "VERSION", "ARCH"]
+        .map(String::from)
+        .to_vec();
+    if wide {
+        header.extend(
+            [
+                "INTERNAL-IP",
+                "OS-IMAGE",
+                "KERNEL-VERSION",
+                "CONTAINER-RUNTIME",
+            ]
+            .map(String::from),
+        );
+    }
+    let mut rows = vec![header];
+    for n in nodes {
+        let ready = n.online
+            && n.condition(NodeConditionType::Ready)
+                .map(|c| c.status)
+                .unwrap_or(false);
+        let mut row = vec![
+            n.name.clone(),
+            if ready {
+                "Ready".into()
+            } else {
+                "NotReady".into()
+            },
+            "edge".into(),
+            if n.heartbeat_ms == 0 {
+                "<unknown>".into()
+            } else {
+                format!("{} ago", age(now.saturating_sub(n.heartbeat_ms)))
+            },
+            n.info.agent_version.clone(),
+            n.info.architecture.clone(),
+        ];
+        if wide {
+            row.push(
+                n.addresses
+                    .iter()
+                    .find(|a| a.kind == "InternalIP")
+                    .map(|a| a.address.clone())
+                    .unwrap_or_else(|| "<none>".into()),
+            );
+            row.push(n.info.os_image.clone());
+            row.push(n.info.kernel_version.clone());
+            row.push(n.info.container_runtime_version.clone());
+        }
+        rows.push(row);
+    }
+    table(&rows)
+}
+
+/// `kedge logs`.
+#[allow(clippy::too_many_arguments)]
+pub async fn logs(
+    config: &Config,
+    pod: &str,
+    namespace: &str,
+    container: Option<String>,
+    node: Option<&str>,
+    tail: Option<u64>,
+    follow: bool,
+    previous: bool,
+    timestamps: bool,
+) -> anyhow::Result<()> {
+    let topics = Topics::new(&config.topic_prefix);
+    let mut client = Client::connect(config).await?;
+    let key = PodKey::new(namespace, pod);
+    let node = match node {
+        Some(n) => n.to_string(),
+        None => find_node(&mut client, &topics, &key).await?,
+    };
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    client
+        .subscribe(&topics.rpc_response(&node, &request_id))
+        .await?;
+    let request = LogRequest {
+        request_id: request_id.clone(),
+        namespace: namespace.into(),
+        pod: pod.into(),
+        container,
+        tail_lines: tail,
+        follow,
+        previous,
+        timestamps,
+        since_seconds: None,
+        limit_bytes: None,
+    };
+    client
+        .publish_acked(
+            &topics.rpc_request(&node, &request_id),
+            wire::encode(0, &Message::LogRequest(request))?,
+            false,
+        )
+        .await?;
+    let mut stdout = std::io::stdout();
+    let mut first = true;
+    loop {
+        let next = if first || !follow {
+            match tokio::time::timeout(ANSWER_TIMEOUT, client.next_message()).await {
+                Ok(m) => m?,
+                Err(_) => {
+                    bail!("node {node} did not answer within {ANSWER_TIMEOUT:?} (is it online?)")
+                }
+            }
+        } else {
+            client.next_message().await?
+        };
+        first = false;
+        let (_, payload) = next;
+        let Ok((_, chunk)) = wire::decode_as(&payload, Kind::LogChunk, |m| match m {
+            Message::LogChunk(c) => Some(c),
+            _ => None,
+        }) else {
+            continue;
+        };
+        let LogChunk {
+            data, eof, error, ..
+        } = chunk;
+        stdout.write_all(&data)?;
+        stdout.flush()?;
+        if let Some(e) = error {
+            bail!("{e}");
+        }
+        if eof {
+            break;
+        }
+    }
+    client.disconnect().await;
+    Ok(())
+}
+
+/// `kedge wire decode`.
+pub fn wire_decode(file: Option<&PathBuf>, hex_input: bool) -> anyhow::Result<()> {
+    let mut bytes = Vec::new();
+    match file {
+        Some(f) => {
+            bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?
+        }
+        None => {
+            std::io::stdin().read_to_end(&mut bytes)?;
+        }
+    }
+    if hex_input {
+        let text: String = String::from_utf8_lossy(&bytes).split_whitespace().collect();
+        bytes = hex::decode(text).context("the input is not hex")?;
+    }
+    let json = wire::to_json(&bytes)?;
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        assert_eq!(age(5_000), "5s");
+        assert_eq!(age(200_000), "3m20s");
+        assert_eq!(age(1_800_000), "30m");
+        assert_eq!(age(5 * 3_600_000), "5h");
+        assert_eq!(age(3 * 86_400_000), "3d");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["kedge", "get", "po", "-A", "-o", "wide"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Get {
+                what: GetWhat::Pods,
+                all_namespaces: true,
+                output: Some(Output::Wide),
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,747 @@
+//! Configuration: a TOML file, then `KEDGE_*` environment variables, then
+//! command-line flags, each layer overriding the one before.
+//!
+//! `KEYS` below is the one place every key is documented (`kedge config keys`
+//! prints it, docs/config.md is generated from it). A bad value names the key
+//! and the value; the binary exits with status 64 (EX_USAGE) on it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// How a key's text is turned into a TOML value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Str,
+    Int,
+    Bool,
+}
+
+/// One documented configuration key.
+pub struct KeyDoc {
+    /// Dotted path in the TOML file; the environment variable is
+    /// `KEDGE_` + the path in upper case with `.` turned into `_`.
+    pub key: &'static str,
+    pub ty: KeyType,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Every configuration key.
+pub const KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        key: "node_name",
+        ty: KeyType::Str,
+        default: "<hostname>",
+        help: "name of this node; a topic level, so no '/', '+' or '#'",
+    },
+    KeyDoc {
+        key: "data_dir",
+        ty: KeyType::Str,
+        default: "/var/lib/kedge",
+        help: "state directory: redb database, module cache, volumes, container logs",
+    },
+    KeyDoc {
+        key: "manifests_dir",
+        ty: KeyType::Str,
+        default: "",
+        help: "directory of static pod manifests to run and follow (empty: none)",
+    },
+    KeyDoc {
+        key: "manifests_poll_ms",
+        ty: KeyType::Int,
+        default: "2000",
+        help: "how often the static pod directory is re-read",
+    },
+    KeyDoc {
+        key: "topic_prefix",
+        ty: KeyType::Str,
+        default: "kedge/v1",
+        help: "MQTT topic prefix; each node owns {prefix}/{node}/#",
+    },
+    KeyDoc {
+        key: "broker.url",
+        ty: KeyType::Str,
+        default: "",
+        help: "mqtt://host:port or mqtts://host:port; empty: embedded broker on embedded_broker.listen (if built in), else offline",
+    },
+    KeyDoc {
+        key: "broker.ca_file",
+        ty: KeyType::Str,
+        default: "",
+        help: "PEM CA bundle that signs the broker's certificate (mqtts); empty: system roots",
+    },
+    KeyDoc {
+        key: "broker.cert_file",
+        ty: KeyType::Str,
+        default: "",
+        help: "PEM client certificate for mutual TLS",
+    },
+    KeyDoc {
+        key: "broker.key_file",
+        ty: KeyType::Str,
+        default: "",
+        help: "PEM private key (PKCS#8, PKCS#1 or SEC1) of the client certificate",
+    },
+    KeyDoc {
+        key: "broker.username",
+        ty: KeyType::Str,
+        default: "",
+        help: "MQTT username (empty: none)",
+    },
+    KeyDoc {
+        key: "broker.password_file",
+        ty: KeyType::Str,
+        default: "",
+        help: "file holding the MQTT password",
+    },
+    KeyDoc {
+        key: "broker.keep_alive_secs",
+        ty: KeyType::Int,
+        default: "30",
+        help: "MQTT keep-alive; the broker publishes the last will after 1.5x this",
+    },
+    KeyDoc {
+        key: "broker.reconnect_initial_ms",
+        ty: KeyType::Int,
+        default: "500",
+        help: "first reconnect delay; doubles per failure, with jitter",
+    },
+    KeyDoc {
+        key: "broker.reconnect_max_ms",
+        ty: KeyType::Int,
+        default: "30000",
+        help: "cap of the reconnect delay",
+    },
+    KeyDoc {
+        key: "embedded_broker.listen",
+        ty: KeyType::Str,
+        default: "127.0.0.1:1883",
+        help: "where the embedded broker listens when broker.url is empty",
+    },
+    KeyDoc {
+        key: "log.level",
+        ty: KeyType::Str,
+        default: "info",
+        help: "tracing filter, e.g. info or kedge=debug (KEDGE_LOG also works)",
+    },
+    KeyDoc {
+        key: "log.format",
+        ty: KeyType::Str,
+        default: "plain",
+        help: "plain or json",
+    },
+    KeyDoc {
+        key: "backoff.initial_ms",
+        ty: KeyType::Int,
+        default: "10000",
+        help: "container restart back-off after the first restart (the kubelet's 10 s)",
+    },
+    KeyDoc {
+        key: "backoff.max_ms",
+        ty: KeyType::Int,
+        default: "300000",
+        help: "cap of the restart back-off (the kubelet's 5 min)",
+    },
+    KeyDoc {
+        key: "backoff.reset_after_ms",
+        ty: KeyType::Int,
+        default: "600000",
+        help: "a container that ran this long starts its back-off afresh (10 min)",
+    },
+    KeyDoc {
+        key: "node.heartbeat_ms",
+        ty: KeyType::Int,
+        default: "10000",
+        help: "how often node status is published",
+    },
+    KeyDoc {
+        key: "node.max_pods",
+        ty: KeyType::Int,
+        default: "110",
+        help: "pods capacity reported and enforced",
+    },
+    KeyDoc {
+        key: "outbox.max_entries",
+        ty: KeyType::Int,
+        default: "10000",
+        help: "status/events kept while offline; the oldest are dropped past this",
+    },
+    KeyDoc {
+        key: "outbox.max_age_secs",
+        ty: KeyType::Int,
+        default: "86400",
+        help: "outbox entries older than this are dropped",
+    },
+    KeyDoc {
+        key: "logs.max_file_bytes",
+        ty: KeyType::Int,
+        default: "10485760",
+        help: "container log file size before rotation",
+    },
+    KeyDoc {
+        key: "logs.max_files",
+        ty: KeyType::Int,
+        default: "2",
+        help: "log files kept per container, the live one included",
+    },
+    KeyDoc {
+        key: "wasm.epoch_tick_ms",
+        ty: KeyType::Int,
+        default: "10",
+        help: "Wasm time slice: a running module yields to others this often",
+    },
+    KeyDoc {
+        key: "wasm.default_memory_limit_bytes",
+        ty: KeyType::Int,
+        default: "268435456",
+        help: "memory limit of a Wasm container without resources.limits.memory",
+    },
+];
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value {value:?} for {key}: {message}")]
+    Value {
+        key: String,
+        value: String,
+        message: String,
+    },
+    #[error("unknown configuration key {0} (see `kedge config keys`)")]
+    UnknownKey(String),
+}
+
+impl ConfigError {
+    fn value(key: &str, value: impl ToString, message: impl Into<String>) -> Self {
+        ConfigError::Value {
+            key: key.to_string(),
+            value: value.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    pub manifests_dir: Option<PathBuf>,
+    pub manifests_poll_ms: u64,
+    pub topic_prefix: String,
+    pub broker: BrokerConfig,
+    pub embedded_broker: EmbeddedBrokerConfig,
+    pub log: LogConfig,
+    pub backoff: BackoffConfig,
+    pub node: NodeConfig,
+    pub outbox: OutboxConfig,
+    pub logs: LogsConfig,
+    pub wasm: WasmConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub url: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub keep_alive_secs: u64,
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedBrokerConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub reset_after_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub heartbeat_ms: u64,
+    pub max_pods: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    pub max_entries: u64,
+    pub max_age_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsConfig {
+    pub max_file_bytes: u64,
+    pub max_files: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WasmConfig {
+    pub epoch_tick_ms: u64,
+    pub default_memory_limit_bytes: u64,
+}
+
+fn default_of(key: &str) -> &'static str {
+    KEYS.iter()
+        .find(|k| k.key == key)
+        .map(|k| k.default)
+        .unwrap_or("")
+}
+
+fn default_int(key: &str) -> u64 {
+    default_of(key).parse().unwrap_or(0)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: hostname(),
+            data_dir: PathBuf::from(default_of("data_dir")),
+            manifests_dir: None,
+            manifests_poll_ms: default_int("manifests_poll_ms"),
+            topic_prefix: default_of("topic_prefix").into(),
+            broker: BrokerConfig::default(),
+            embedded_broker: EmbeddedBrokerConfig::default(),
+            log: LogConfig::default(),
+            backoff: BackoffConfig::default(),
+            node: NodeConfig::default(),
+            outbox: OutboxConfig::default(),
+            logs: LogsConfig::default(),
+            wasm: WasmConfig::default(),
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password_file: None,
+            keep_alive_secs: default_int("broker.keep_alive_secs"),
+            reconnect_initial_ms: default_int("broker.reconnect_initial_ms"),
+            reconnect_max_ms: default_int("broker.reconnect_max_ms"),
+        }
+    }
+}
+
+impl Default for EmbeddedBrokerConfig {
+    fn default() -> Self {
+        EmbeddedBrokerConfig {
+            listen: default_of("embedded_broker.listen").into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_of("log.level").into(),
+            format: default_of("log.format").into(),
+        }
+    }
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial_ms: default_int("backoff.initial_ms"),
+            max_ms: default_int("backoff.max_ms"),
+            reset_after_ms: default_int("backoff.reset_after_ms"),
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            heartbeat_ms: default_int("node.heartbeat_ms"),
+            max_pods: default_int("node.max_pods"),
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_entries: default_int("outbox.max_entries"),
+            max_age_secs: default_int("outbox.max_age_secs"),
+        }
+    }
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            max_file_bytes: default_int("logs.max_file_bytes"),
+            max_files: default_int("logs.max_files") as u32,
+        }
+    }
+}
+
+impl Default for WasmConfig {
+    fn default() -> Self {
+        WasmConfig {
+            epoch_tick_ms: default_int("wasm.epoch_tick_ms"),
+            default_memory_limit_bytes: default_int("wasm.default_memory_limit_bytes"),
+        }
+    }
+}
+
+/// The machine's host name, lower-cased (Kubernetes node names are).
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .to_lowercase()
+}
+
+/// Loads the configuration: `file` (if given, or `/etc/kedge/config.toml` if
+/// it exists), then the environment `env`, then `overrides` (`key=value`
+/// pairs from flags), then validation.
+pub fn load(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    overrides: &[(String, String)],
+) -> Result<Config, ConfigError> {
+    let default_file = Path::new("/etc/kedge/config.toml");
+    let file = match file {
+        Some(f) => Some(f.to_path_buf()),
+        None if default_file.exists() => Some(default_file.to_path_buf()),
+        None => None,
+    };
+    let mut table = match &file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            text.parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string().trim().to_string(),
+                })?
+        }
+        None => toml::Table::new(),
+    };
+    for (name, value) in env {
+        if let Some(doc) = KEYS.iter().find(|k| env_name(k.key) == name) {
+            set_key(&mut table, doc, &value)?;
+        }
+    }
+    for (key, value) in overrides {
+        let doc = KEYS
+            .iter()
+            .find(|k| k.key == key)
+            .ok_or_else(|| ConfigError::UnknownKey(key.clone()))?;
+        set_key(&mut table, doc, value)?;
+    }
+    let config: Config = Config::deserialize(table).map_err(|e| ConfigError::Parse {
+        path: file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("<flags and environment>")),
+        message: e.to_string().trim().to_string(),
+    })?;
+    config.validate()
+}
+
+/// `KEDGE_BROKER_URL` for `broker.url`.
+pub fn env_name(key: &str) -> String {
+    format!("KEDGE_{}", key.replace('.', "_").to_uppercase())
+}
+
+fn set_key(table: &mut toml::Table, doc: &KeyDoc, text: &str) -> Result<(), ConfigError> {
+    let value = match doc.ty {
+        KeyType::Str => toml::Value::String(text.to_string()),
+        KeyType::Int => toml::Value::Integer(
+            text.trim()
+                .parse::<i64>()
+                .map_err(|_| ConfigError::value(doc.key, text, "expected a whole number"))?,
+        ),
+        KeyType::Bool => toml::Value::Boolean(
+            text.trim()
+                .parse::<bool>()
+                .map_err(|_| ConfigError::value(doc.key, text, "expected true or false"))?,
+        ),
+    };
+    let mut parts: Vec<&str> = doc.key.split('.').collect();
+    let last = parts.pop().unwrap_or(doc.key);
+    let mut current = table;
+    for part in parts {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            other => {
+                return Err(ConfigError::value(
+                    part,
+                    format!("{other:?}"),
+                    "expected a table",
+                ));
+            }
+        };
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn non_empty(p: Option<PathBuf>) -> Option<PathBuf> {
+    p.filter(|p| !p.as_os_str().is_empty())
+}
+
+impl Config {
+    fn validate(mut self) -> Result<Config, ConfigError> {
+        // Empty strings mean "not set" so env and flags can unset file values.
+        self.broker.url = self.broker.url.filter(|u| !u.is_empty());
+        self.broker.username = self.broker.username.filter(|u| !u.is_empty());
+        self.broker.ca_file = non_empty(self.broker.ca_file);
+        self.broker.cert_file = non_empty(self.broker.cert_file);
+        self.broker.key_file = non_empty(self.broker.key_file);
+        self.broker.password_file = non_empty(self.broker.password_file);
+        self.manifests_dir = non_empty(self.manifests_dir);
+
+        if !crate::wire::valid_topic_level(&self.node_name) {
+            return Err(ConfigError::value(
+                "node_name",
+                &self.node_name,
+                "must be non-empty without '/', '+' or '#'",
+            ));
+        }
+        if self.topic_prefix.is_empty() || self.topic_prefix.contains(['+', '#']) {
+            return Err(ConfigError::value(
+                "topic_prefix",
+                &self.topic_prefix,
+                "must be non-empty without '+' or '#'",
+            ));
+        }
+        if let Some(url) = &self.broker.url {
+            BrokerUrl::parse(url)?;
+        }
+        if self.broker.cert_file.is_some() != self.broker.key_file.is_some() {
+            return Err(ConfigError::value(
+                "broker.key_file",
+                self.broker
+                    .key_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                "broker.cert_file and broker.key_file go together",
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "plain" | "json") {
+            return Err(ConfigError::value(
+                "log.format",
+                &self.log.format,
+                "expected plain or json",
+            ));
+        }
+        for (key, v) in [
+            ("backoff.max_ms", self.backoff.max_ms),
+            ("broker.reconnect_max_ms", self.broker.reconnect_max_ms),
+            ("node.heartbeat_ms", self.node.heartbeat_ms),
+            ("outbox.max_entries", self.outbox.max_entries),
+            ("logs.max_file_bytes", self.logs.max_file_bytes),
+            ("wasm.epoch_tick_ms", self.wasm.epoch_tick_ms),
+            ("manifests_poll_ms", self.manifests_poll_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::value(key, v, "must be greater than 0"));
+            }
+        }
+        if self.backoff.initial_ms > self.backoff.max_ms {
+            return Err(ConfigError::value(
+                "backoff.initial_ms",
+                self.backoff.initial_ms,
+                "must not exceed backoff.max_ms",
+            ));
+        }
+        if self.logs.max_files == 0 {
+            return Err(ConfigError::value(
+                "logs.max_files",
+                0,
+                "must be at least 1",
+            ));
+        }
+        Ok(self)
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.node.heartbeat_ms)
+    }
+}
+
+/// A parsed `mqtt://` or `mqtts://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<BrokerUrl, ConfigError> {
+        let bad = |m: &str| ConfigError::value("broker.url", url, m);
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(bad("expected mqtt://host:port or mqtts://host:port"));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| bad("the port must be a number from 1 to 65535"))?,
+            ),
+            _ => (rest, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains('/') {
+            return Err(bad("missing host"));
+        }
+        if port == 0 {
+            return Err(bad("the port must be a number from 1 to 65535"));
+        }
+        Ok(BrokerUrl {
+            tls,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// The key table as Markdown (docs/config.md and `kedge config keys`).
+pub fn keys_markdown() -> String {
+    let mut out = String::from("| key | environment | default | meaning |\n|---|---|---|---|\n");
+    for k in KEYS {
+        out.push_str(&format!(
+            "| `{}` | `{}` | `{}` | {} |\n",
+            k.key,
+            env_name(k.key),
+            k.default,
+            k.help
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(
+        file_text: Option<&str>,
+        env: &[(&str, &str)],
+        flags: &[(&str, &str)],
+    ) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        if let Some(t) = file_text {
+            std::fs::write(&path, t).expect("write");
+        }
+        let env = env.iter().map(|(a, b)| (a.to_string(), b.to_string()));
+        let flags: Vec<(String, String)> = flags
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        load(file_text.map(|_| path.as_path()), env, &flags)
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let c = load_with(
+            Some("node_name = \"from-file\"\n[broker]\nurl = \"mqtt://file:1883\"\nkeep_alive_secs = 5\n"),
+            &[("KEDGE_BROKER_URL", "mqtt://env:1884"), ("KEDGE_NODE_NAME", "from-env"), ("UNRELATED", "x")],
+            &[("node_name", "from-flag")],
+        )
+        .expect("valid");
+        assert_eq!(c.node_name, "from-flag");
+        assert_eq!(c.broker.url.as_deref(), Some("mqtt://env:1884"));
+        assert_eq!(c.broker.keep_alive_secs, 5);
+        assert_eq!(c.backoff.initial_ms, 10_000);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = load_with(None, &[("KEDGE_BACKOFF_MAX_MS", "soon")], &[]).expect_err("bad");
+        assert_eq!(
+            e.to_string(),
+            "invalid value \"soon\" for backoff.max_ms: expected a whole number"
+        );
+        let e = load_with(None, &[], &[("broker.url", "http://x")]).expect_err("bad");
+        assert!(e.to_string().contains("for broker.url"), "{e}");
+        let e = load_with(None, &[], &[("node_name", "a/b")]).expect_err("bad");
+        assert!(e.to_string().contains("for node_name"), "{e}");
+        let e = load_with(None, &[], &[("log.format", "xml")]).expect_err("bad");
+        assert!(e.to_string().contains("for log.format"), "{e}");
+        let e = load_with(Some("[broker]\nurll = 1\n"), &[], &[]).expect_err("bad");
+        assert!(e.to_string().contains("urll"), "{e}");
+        let e = load_with(None, &[], &[("no.such", "1")]).expect_err("bad");
+        assert!(matches!(e, ConfigError::UnknownKey(_)));
+    }
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            BrokerUrl::parse("mqtts://broker.example:8884").expect("ok"),
+            BrokerUrl {
+                tls: true,
+                host: "broker.example".into(),
+                port: 8884
+            }
+        );
+        assert_eq!(BrokerUrl::parse("mqtt://10.0.0.1").expect("ok").port, 1883);
+        assert_eq!(BrokerUrl::parse("mqtts://h").expect("ok").port, 8883);
+        assert!(BrokerUrl::parse("mqtt://h:0").is_err());
+        assert!(BrokerUrl::parse("mqtt://:1883").is_err());
+        assert!(BrokerUrl::parse("tcp://h:1").is_err());
+    }
+
+    #[test]
+    fn every_key_has_a_default_that_loads() {
+        // Setting every key to its documented default must be accepted.
+        let flags: Vec<(String, String)> = KEYS
+            .iter()
+            .filter(|k| !k.default.starts_with('<'))
+            .map(|k| (k.key.to_string(), k.default.to_string()))
+            .collect();
+        load(None, std::iter::empty(), &flags).expect("defaults load");
+    }
+}

@@ -1,0 +1,66 @@
+//! The embedded MQTT broker (rumqttd) that lets `kedge agent` run with no
+//! broker configured: the README's first command and single-device setups.
+
+/// Starts the broker on `listen` and returns the URL to connect to, or
+/// None when this build has no embedded broker (the agent runs offline).
+#[cfg(feature = "embedded-broker")]
+pub fn start(listen: &str) -> anyhow::Result<Option<String>> {
+    use anyhow::Context;
+    let addr: std::net::SocketAddr = listen.parse().with_context(|| {
+        format!("invalid value {listen:?} for embedded_broker.listen: expected host:port")
+    })?;
+    let url = format!("mqtt://{addr}");
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => drop(probe),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::info!(%addr, "a broker already listens there; using it instead of the embedded one");
+            return Ok(Some(url));
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("embedded broker cannot listen on {addr}"));
+        }
+    }
+    let config_text = format!(
+        r#"
+id = 0
+[router]
+max_connections = 1000
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "{addr}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 16777216
+max_inflight_count = 100
+dynamic_filters = true
+"#
+    );
+    let config: rumqttd::Config =
+        toml::from_str(&config_text).context("embedded broker configuration")?;
+    std::thread::Builder::new()
+        .name("embedded-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .context("cannot start the embedded broker thread")?;
+    // Wait (briefly) until it accepts connections, so the agent's first
+    // connection attempt does not fail and back off.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::net::TcpStream::connect(addr).is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    tracing::info!(%url, "embedded MQTT broker started");
+    Ok(Some(url))
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+pub fn start(_listen: &str) -> anyhow::Result<Option<String>> {
+    Ok(None)
+}

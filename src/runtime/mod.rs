@@ -1,0 +1,127 @@
+//! Runtimes behind one trait: what the supervisor needs to run a pod's
+//! containers, whatever runs them (Wasm inside the agent, or CRI).
+//!
+//! A runtime owns nothing about restarts or status: it starts a container,
+//! reports how it ended and stops it on request. Decisions stay in
+//! `agent::pod_machine`.
+
+pub mod logs;
+pub mod module_source;
+#[cfg(feature = "wasm")]
+pub mod wasm;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+use crate::model::{Container, PodSpec};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a container could not be created or started. `reason()` is the
+/// kubelet's word for it, shown as the container's waiting reason.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// The image (module) could not be fetched or verified.
+    #[error("{0}")]
+    ImagePull(String),
+    /// The image is invalid for this runtime (not a Wasm module, …).
+    #[error("{0}")]
+    InvalidImage(String),
+    /// The container's configuration cannot be applied (bad volume, …).
+    #[error("{0}")]
+    CreateConfig(String),
+    /// Creating or starting failed for another reason.
+    #[error("{0}")]
+    Create(String),
+    /// The runtime this pod asks for is not available on this node.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl RuntimeError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RuntimeError::ImagePull(_) => "ErrImagePull",
+            RuntimeError::InvalidImage(_) => "InvalidImageName",
+            RuntimeError::CreateConfig(_) => "CreateContainerConfigError",
+            RuntimeError::Create(_) => "CreateContainerError",
+            RuntimeError::Unavailable(_) => "RuntimeUnavailable",
+        }
+    }
+}
+
+/// How a container ended, as the runtime saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub exit_code: i32,
+    /// `OOMKilled` and the like; None lets the exit code decide.
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
+/// Everything a runtime needs to know about the pod a container belongs to.
+#[derive(Debug, Clone)]
+pub struct PodContext {
+    pub spec: PodSpec,
+    /// `{data_dir}/pods/{namespace}_{name}_{uid}`: volumes and logs live here.
+    pub pod_dir: PathBuf,
+}
+
+impl PodContext {
+    pub fn log_path(&self, container: &str, restart_count: u32) -> PathBuf {
+        logs::container_log_path(&self.pod_dir, container, restart_count)
+    }
+}
+
+/// A started container.
+pub struct RunningContainer {
+    pub container_id: String,
+    pub image_id: String,
+    /// Resolves once with how the container ended (also after `stop`).
+    pub exited: oneshot::Receiver<ExitStatus>,
+    /// Asks the container to stop within the grace period.
+    pub stop: StopHandle,
+}
+
+/// Asks a running container to stop. Dropping it does not stop anything.
+pub struct StopHandle {
+    tx: Option<oneshot::Sender<Duration>>,
+}
+
+impl StopHandle {
+    pub fn new() -> (StopHandle, oneshot::Receiver<Duration>) {
+        let (tx, rx) = oneshot::channel();
+        (StopHandle { tx: Some(tx) }, rx)
+    }
+
+    /// Requests a stop; the container is killed after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(grace);
+        }
+    }
+}
+
+/// A way of running containers.
+pub trait Runtime: Send + Sync {
+    /// `wasm`, `cri`: also the `runtime` field of tracing spans.
+    fn name(&self) -> &'static str;
+    /// Reported as the node's containerRuntimeVersion.
+    fn version(&self) -> String;
+    /// Prepares what a pod's containers share (volumes, a sandbox).
+    fn prepare_pod<'a>(&'a self, pod: &'a PodContext) -> BoxFuture<'a, Result<(), RuntimeError>>;
+    /// Creates and starts one container; `restart_count` names its log file.
+    fn start_container<'a>(
+        &'a self,
+        pod: &'a PodContext,
+        container: &'a Container,
+        restart_count: u32,
+    ) -> BoxFuture<'a, Result<RunningContainer, RuntimeError>>;
+    /// Removes what `prepare_pod` made, once every container has stopped.
+    fn cleanup_pod<'a>(&'a self, pod: &'a PodContext) -> BoxFuture<'a, ()>;
+}

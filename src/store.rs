@@ -1,0 +1,527 @@
+//! The agent's durable state in redb. This is the only module that touches
+//! the database; everything else sees domain types.
+//!
+//! Invariants:
+//! - a desired spec is committed before it is acted on (`put_desired`);
+//! - a status change and the outbox entry that publishes it are one
+//!   transaction (`record_status`, `remove_status`), so what the agent
+//!   believes and what it will tell the broker never diverge;
+//! - outbox entries leave only through `ack_outbox` (broker acknowledged)
+//!   or `trim_outbox` (bounds exceeded, counted and reported);
+//! - every published status and event carries a number from one node-wide
+//!   counter (`seq`), so receivers can drop duplicates and stale replays.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
+
+/// Bumped when a table's layout changes; `open` migrates older files.
+pub const STORE_SCHEMA_VERSION: u32 = 1;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
+const OBSERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("observed");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// Runtime handles (sandbox and container ids) for adoption after restart.
+const HANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("handles");
+
+const KEY_SCHEMA: &str = "schema_version";
+const KEY_SEQ: &str = "seq";
+const KEY_OUTBOX_ID: &str = "outbox_next_id";
+const KEY_IDENTITY: &str = "node_identity";
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("corrupt record in {table} for {key}: {detail}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        detail: String,
+    },
+    #[error(
+        "state database has schema version {found}, newer than this agent's {STORE_SCHEMA_VERSION}"
+    )]
+    TooNew { found: u32 },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Db(e.into()) }
+        }
+    )*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// A desired pod and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredRecord {
+    pub source: PodSource,
+    pub spec: PodSpec,
+}
+
+/// A message waiting for the broker's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub topic: String,
+    /// Empty for a retained tombstone.
+    pub payload: Vec<u8>,
+    pub retain: bool,
+    pub created_ms: u64,
+}
+
+/// Who this node is; written on first start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    pub name: String,
+    pub created_ms: u64,
+}
+
+pub struct Store {
+    db: Database,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // postcard only fails on writer errors or unsupported serde features,
+    // neither of which our plain data types can hit.
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    table: &'static str,
+    key: impl ToString,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        key: key.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn read_u64(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<u64, StoreError> {
+    Ok(match table.get(key)? {
+        Some(v) => {
+            let b = v.value();
+            let mut a = [0u8; 8];
+            if b.len() == 8 {
+                a.copy_from_slice(b);
+            }
+            u64::from_le_bytes(a)
+        }
+        None => 0,
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        let store = Store { db };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = match meta.get(KEY_SCHEMA)? {
+                Some(v) => {
+                    let b = v.value();
+                    let mut a = [0u8; 4];
+                    if b.len() == 4 {
+                        a.copy_from_slice(b);
+                    }
+                    u32::from_le_bytes(a)
+                }
+                None => 0,
+            };
+            if found > STORE_SCHEMA_VERSION {
+                return Err(StoreError::TooNew { found });
+            }
+            // Version 0 → 1: create the tables. Later migrations go here,
+            // one step per version, inside this same transaction.
+            txn.open_table(DESIRED)?;
+            txn.open_table(OBSERVED)?;
+            txn.open_table(OUTBOX)?;
+            txn.open_table(HANDLES)?;
+            meta.insert(KEY_SCHEMA, STORE_SCHEMA_VERSION.to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn node_identity(&self) -> Result<Option<NodeIdentity>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        match meta.get(KEY_IDENTITY)? {
+            Some(v) => Ok(Some(decode("meta", KEY_IDENTITY, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_node_identity(&self, id: &NodeIdentity) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?
+            .insert(KEY_IDENTITY, encode(id).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn put_desired(&self, rec: &DesiredRecord) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(DESIRED)?
+            .insert(rec.spec.key().to_string().as_str(), encode(rec).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn get_desired(&self, key: &PodKey) -> Result<Option<DesiredRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DESIRED)?;
+        let k = key.to_string();
+        match table.get(k.as_str())? {
+            Some(v) => Ok(Some(decode("desired", &k, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn remove_desired(&self, key: &PodKey) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(DESIRED)?.remove(key.to_string().as_str())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every desired pod. A record that cannot be decoded is returned as an
+    /// error in its slot so one bad record does not hide the others.
+    pub fn desired(&self) -> Result<Vec<Result<DesiredRecord, StoreError>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DESIRED)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push(decode("desired", k.value(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Every last-known pod status.
+    pub fn observed(&self) -> Result<Vec<PodStatus>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OBSERVED)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push(decode("observed", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Takes the next node-wide sequence number and appends the outbox
+    /// entry `make` builds with it; the caller may change other tables in
+    /// the same transaction through `extra`.
+    fn append_with(
+        &self,
+        make: impl FnOnce(u64) -> OutboxEntry,
+        extra: impl FnOnce(&redb::WriteTransaction) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let seq;
+        {
+            let mut meta = txn.open_table(META)?;
+            seq = read_u64(&meta, KEY_SEQ)? + 1;
+            let id = read_u64(&meta, KEY_OUTBOX_ID)? + 1;
+            meta.insert(KEY_SEQ, seq.to_le_bytes().as_slice())?;
+            meta.insert(KEY_OUTBOX_ID, id.to_le_bytes().as_slice())?;
+            let entry = make(seq);
+            txn.open_table(OUTBOX)?
+                .insert(id, encode(&entry).as_slice())?;
+        }
+        extra(&txn)?;
+        txn.commit()?;
+        Ok(seq)
+    }
+
+    /// Records a pod's status and queues its publication, atomically.
+    /// `make` gets the sequence number the status is published with.
+    pub fn record_status(
+        &self,
+        status: &PodStatus,
+        make: impl FnOnce(u64) -> OutboxEntry,
+    ) -> Result<u64, StoreError> {
+        let key = status.key().to_string();
+        self.append_with(make, |txn| {
+            txn.open_table(OBSERVED)?
+                .insert(key.as_str(), encode(status).as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Forgets a pod's status and queues the publication that clears it.
+    pub fn remove_status(
+        &self,
+        key: &PodKey,
+        make: impl FnOnce(u64) -> OutboxEntry,
+    ) -> Result<u64, StoreError> {
+        let key = key.to_string();
+        self.append_with(make, |txn| {
+            txn.open_table(OBSERVED)?.remove(key.as_str())?;
+            Ok(())
+        })
+    }
+
+    /// Queues an event (or any other acknowledged publication).
+    pub fn append_outbox(&self, make: impl FnOnce(u64) -> OutboxEntry) -> Result<u64, StoreError> {
+        self.append_with(make, |_| Ok(()))
+    }
+
+    /// Up to `limit` outbox entries with ids above `after`, oldest first.
+    pub fn outbox_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for item in table.range(after.saturating_add(1)..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let id = k.value();
+            out.push((id, decode("outbox", id, v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn outbox_len(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(OUTBOX)?.len()?)
+    }
+
+    /// Removes entries the broker acknowledged.
+    pub fn ack_outbox(&self, ids: &[u64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(OUTBOX)?;
+            for id in ids {
+                table.remove(*id)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Drops the oldest entries beyond `max_entries` and those older than
+    /// `max_age_ms`. Returns how many were dropped.
+    pub fn trim_outbox(
+        &self,
+        max_entries: u64,
+        max_age_ms: u64,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut dropped = 0;
+        {
+            let mut table = txn.open_table(OUTBOX)?;
+            let mut len = table.len()?;
+            loop {
+                let Some((k, v)) = table.first()? else { break };
+                let id = k.value();
+                let entry: Result<OutboxEntry, _> = decode("outbox", id, v.value());
+                let too_old = entry
+                    .as_ref()
+                    .map(|e| now_ms.saturating_sub(e.created_ms) > max_age_ms)
+                    .unwrap_or(true);
+                drop((k, v));
+                if len > max_entries || too_old {
+                    table.remove(id)?;
+                    len -= 1;
+                    dropped += 1;
+                } else {
+                    break;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(dropped)
+    }
+
+    pub fn put_handle(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(HANDLES)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn spec(name: &str, generation: u64) -> PodSpec {
+        PodSpec {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: "u1".into(),
+            generation,
+            labels: Default::default(),
+            runtime: RuntimeKind::Wasm,
+            restart_policy: RestartPolicy::Never,
+            termination_grace_period_secs: 30,
+            host_network: false,
+            init_containers: vec![],
+            containers: vec![],
+            volumes: vec![],
+            image_pull_secrets: vec![],
+        }
+    }
+
+    fn status(name: &str) -> PodStatus {
+        PodStatus {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: "u1".into(),
+            observed_generation: 1,
+            phase: PodPhase::Running,
+            conditions: vec![],
+            reason: None,
+            message: None,
+            start_time_ms: None,
+            host_ip: None,
+            pod_ip: None,
+            init_container_statuses: vec![],
+            container_statuses: vec![],
+        }
+    }
+
+    fn entry(topic: &str, seq: u64) -> OutboxEntry {
+        OutboxEntry {
+            topic: topic.into(),
+            payload: seq.to_le_bytes().to_vec(),
+            retain: true,
+            created_ms: 1000 + seq,
+        }
+    }
+
+    #[test]
+    fn desired_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        {
+            let s = Store::open(&path).expect("open");
+            s.put_desired(&DesiredRecord {
+                source: PodSource::Mqtt,
+                spec: spec("a", 1),
+            })
+            .expect("put");
+            s.put_desired(&DesiredRecord {
+                source: PodSource::File,
+                spec: spec("b", 2),
+            })
+            .expect("put");
+            s.remove_desired(&PodKey::new("default", "a"))
+                .expect("remove");
+        }
+        let s = Store::open(&path).expect("reopen");
+        let all: Vec<_> = s
+            .desired()
+            .expect("read")
+            .into_iter()
+            .map(|r| r.expect("decodes"))
+            .collect();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].spec.name, "b");
+        assert_eq!(all[0].source, PodSource::File);
+    }
+
+    #[test]
+    fn status_and_outbox_are_one_write_with_rising_seq() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("s.redb")).expect("open");
+        let a = s
+            .record_status(&status("a"), |seq| entry("t/a", seq))
+            .expect("record");
+        let b = s
+            .record_status(&status("b"), |seq| entry("t/b", seq))
+            .expect("record");
+        let c = s
+            .remove_status(&PodKey::new("default", "a"), |seq| entry("t/a", seq))
+            .expect("remove");
+        assert!(a < b && b < c);
+        let observed = s.observed().expect("observed");
+        assert_eq!(observed.len(), 1);
+        assert_eq!(observed[0].name, "b");
+        let out = s.outbox_after(0, 10).expect("outbox");
+        let topics: Vec<_> = out.iter().map(|(_, e)| e.topic.as_str()).collect();
+        assert_eq!(topics, ["t/a", "t/b", "t/a"]);
+        // Acknowledged entries leave; the rest keep their order.
+        s.ack_outbox(&[out[0].0]).expect("ack");
+        let rest = s.outbox_after(0, 10).expect("outbox");
+        assert_eq!(rest.len(), 2);
+        assert_eq!(rest[0].0, out[1].0);
+        assert_eq!(s.outbox_after(out[1].0, 10).expect("after").len(), 1);
+    }
+
+    #[test]
+    fn outbox_is_bounded_by_count_and_age() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("s.redb")).expect("open");
+        for _ in 0..10 {
+            s.append_outbox(|seq| entry("t", seq)).expect("append");
+        }
+        assert_eq!(s.trim_outbox(6, u64::MAX, 0).expect("trim"), 4);
+        assert_eq!(s.outbox_len().expect("len"), 6);
+        // Entries were created at 1000+seq (seq 5..=10 remain); with now
+        // = 1010 and max age 3, those created before 1007 go.
+        assert_eq!(s.trim_outbox(100, 3, 1010).expect("trim"), 2);
+        let left: Vec<u64> = s
+            .outbox_after(0, 100)
+            .expect("read")
+            .into_iter()
+            .map(|(_, e)| e.created_ms)
+            .collect();
+        assert_eq!(left, [1007, 1008, 1009, 1010]);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(KEY_SCHEMA, 99u32.to_le_bytes().as_slice())
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::TooNew { found: 99 })
+        ));
+    }
+}

@@ -1,0 +1,848 @@
+//! Shared helpers for kedge's integration tests (`mod support;` in each
+//! `tests/*.rs`). Everything talks to real parts: a real Mosquitto broker on a
+//! free port, the real `kedge` binary, the `mosquitto_sub`/`mosquitto_pub`
+//! CLIs, and Wasm guests built from `tests/wasm-guests`. Waits are for an
+//! observable condition with a deadline (`wait_until`), never fixed sleeps.
+#![allow(dead_code)]
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+/// Repository root (the kedge crate's manifest directory).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+// ---------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------
+
+/// Calls `f` every 50 ms until it returns `Some`, panicking with `what` after `deadline`.
+pub fn wait_until<T>(what: &str, deadline: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(deadline, Duration::from_millis(50), f)
+        .unwrap_or_else(|| panic!("timed out after {deadline:?} waiting for: {what}"))
+}
+
+/// Polls `f` every `interval` until it returns `Some` or `deadline` passes (then `None`).
+/// This is the only place the helpers sleep: always waiting for a condition.
+fn poll_until<T>(
+    deadline: Duration,
+    interval: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() >= deadline {
+            return None;
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// A child process that is SIGKILLed and reaped when dropped (also on panic).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `cmd` (stdin fed from `input`), killing it and panicking if it outlives `deadline`.
+pub fn run_with_deadline(mut cmd: Command, input: &[u8], deadline: Duration) -> Output {
+    let desc = format!("{cmd:?}");
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = KillOnDrop(cmd.spawn().unwrap_or_else(|e| panic!("spawn {desc}: {e}")));
+    let mut stdin = child.0.stdin.take().expect("stdin is piped");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A child that exits without reading stdin gives EPIPE; not our concern.
+        let _ = stdin.write_all(&input);
+    });
+    let out = read_to_end_thread(child.0.stdout.take().expect("stdout is piped"));
+    let err = read_to_end_thread(child.0.stderr.take().expect("stderr is piped"));
+    let status = poll_until(deadline, Duration::from_millis(5), || {
+        child.0.try_wait().expect("try_wait")
+    })
+    .unwrap_or_else(|| panic!("{desc} did not finish within {deadline:?}; killed"));
+    let _ = writer.join();
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader thread"),
+        stderr: err.join().expect("stderr reader thread"),
+    }
+}
+
+/// Reads a pipe to its end on a background thread.
+fn read_to_end_thread(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Reads a file as (lossy) UTF-8, or "" if it does not exist.
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// Wasm guests and hashing
+// ---------------------------------------------------------------------------
+
+/// Which WASI target to build the test guest for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestTarget {
+    /// `wasm32-wasip1`: a core module.
+    P1,
+    /// `wasm32-wasip2`: a component.
+    P2,
+}
+
+impl GuestTarget {
+    /// The rustc target triple.
+    pub fn triple(self) -> &'static str {
+        match self {
+            GuestTarget::P1 => "wasm32-wasip1",
+            GuestTarget::P2 => "wasm32-wasip2",
+        }
+    }
+}
+
+/// Builds `tests/wasm-guests` for `target` (once per test process) and returns `guest.wasm`.
+pub fn guest_wasm(target: GuestTarget) -> PathBuf {
+    static P1: OnceLock<PathBuf> = OnceLock::new();
+    static P2: OnceLock<PathBuf> = OnceLock::new();
+    let cell = match target {
+        GuestTarget::P1 => &P1,
+        GuestTarget::P2 => &P2,
+    };
+    cell.get_or_init(|| build_guest(target)).clone()
+}
+
+/// Runs `cargo build --release` for the guest crate and target.
+fn build_guest(target: GuestTarget) -> PathBuf {
+    let target_dir = std::env::var_os("KEDGE_GUESTS_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/kedge-guests-target"));
+    let manifest = repo_root().join("tests/wasm-guests/Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        target.triple(),
+        "--manifest-path",
+    ])
+    .arg(&manifest)
+    .env("CARGO_TARGET_DIR", &target_dir)
+    // Host-specific flags (coverage, sanitizers, clippy) must not leak into the guest.
+    .env_remove("RUSTFLAGS")
+    .env_remove("CARGO_ENCODED_RUSTFLAGS")
+    .env_remove("CARGO_BUILD_RUSTFLAGS")
+    .env_remove("RUSTC_WRAPPER")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    let out = run_with_deadline(cmd, b"", Duration::from_secs(600));
+    assert!(
+        out.status.success(),
+        "building the wasm guest for {} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        target.triple(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    let wasm = target_dir.join(target.triple()).join("release/guest.wasm");
+    assert!(
+        wasm.is_file(),
+        "cargo succeeded but {} is missing",
+        wasm.display()
+    );
+    wasm
+}
+
+/// Lower-case hex SHA-256 of a file's content.
+pub fn sha256_file(path: impl AsRef<Path>) -> String {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    hex::encode(Sha256::digest(&bytes))
+}
+
+// ---------------------------------------------------------------------------
+// Mosquitto broker
+// ---------------------------------------------------------------------------
+
+/// A real Mosquitto broker on 127.0.0.1 with a free port; killed on drop.
+pub struct Mosquitto {
+    /// The TCP port the listener is bound to.
+    pub port: u16,
+    tls: bool,
+    dir: TempDir,
+    conf: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Starts a plain-TCP broker allowing anonymous clients.
+    pub fn start() -> Mosquitto {
+        Self::start_with(None)
+    }
+
+    /// Starts a TLS broker using `tls`; optionally requiring a client cert (CN becomes the username).
+    pub fn start_tls(tls: &TlsFiles, require_client_cert: bool) -> Mosquitto {
+        Self::start_with(Some((tls, require_client_cert)))
+    }
+
+    /// Picks a port, writes the config and starts; retries if the port got taken meanwhile.
+    fn start_with(tls: Option<(&TlsFiles, bool)>) -> Mosquitto {
+        let dir = tempfile::Builder::new()
+            .prefix("kedge-mosquitto-")
+            .tempdir()
+            .expect("create mosquitto temp dir");
+        let mut m = Mosquitto {
+            port: 0,
+            tls: tls.is_some(),
+            conf: dir.path().join("mosquitto.conf"),
+            log_path: dir.path().join("mosquitto.log"),
+            dir,
+            child: None,
+        };
+        let mut last_log = String::new();
+        for _attempt in 0..5 {
+            m.port = free_port();
+            std::fs::write(&m.conf, mosquitto_conf(m.port, tls)).expect("write mosquitto.conf");
+            match m.spawn_and_wait() {
+                Ok(()) => return m,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("mosquitto kept failing with 'Address already in use'; last attempt:\n{last_log}");
+    }
+
+    /// Spawns mosquitto and waits until it accepts TCP connections.
+    /// `Err(log)` means the port was taken (caller may retry); other failures panic.
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open mosquitto.log");
+        let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0) as usize;
+        let child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn /usr/sbin/mosquitto (is mosquitto installed?)");
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let start = Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("child was just set");
+            if let Some(status) = child.try_wait().expect("try_wait mosquitto") {
+                self.child = None;
+                let log = self.log();
+                let new = log.get(log_offset..).unwrap_or(&log).to_string();
+                if new.contains("Address already in use") {
+                    return Err(new);
+                }
+                panic!("mosquitto exited early ({status}); log:\n{log}");
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                panic!(
+                    "mosquitto did not accept connections on {addr} within 10 s; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `mqtt://127.0.0.1:PORT` (or `mqtts://` for a TLS broker).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker and waits for it to exit (simulates an outage).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port with the same config.
+    pub fn restart(&mut self) {
+        self.stop();
+        // If something grabbed our port during the outage, retry until it lets go.
+        let mut last_log = String::new();
+        let started = poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+            self.spawn_and_wait().map_err(|log| last_log = log).ok()
+        });
+        if started.is_none() {
+            panic!(
+                "could not restart mosquitto on port {}:\n{last_log}",
+                self.port
+            );
+        }
+    }
+
+    /// The broker's log so far (all restarts, `log_type all`).
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path)
+    }
+
+    /// The temp dir holding the config and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A currently free TCP port on 127.0.0.1 (bind port 0, read it, release it).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// The mosquitto.conf text for a listener on `port`.
+/// `user root`: started as root, mosquitto would otherwise switch to the `mosquitto`
+/// user before loading the TLS key from our 0700 temp dir (no effect when not root).
+fn mosquitto_conf(port: u16, tls: Option<(&TlsFiles, bool)>) -> String {
+    let mut c = format!(
+        "user root\n\
+         listener {port} 127.0.0.1\n\
+         allow_anonymous true\n\
+         persistence false\n\
+         log_dest stderr\n\
+         log_type all\n\
+         log_timestamp_format %H:%M:%S\n"
+    );
+    if let Some((t, require)) = tls {
+        c += &format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\n",
+            t.ca.display(),
+            t.server_cert.display(),
+            t.server_key.display()
+        );
+        if require {
+            c += "require_certificate true\nuse_identity_as_username true\n";
+        }
+    }
+    c
+}
+
+// ---------------------------------------------------------------------------
+// TLS material
+// ---------------------------------------------------------------------------
+
+/// A test CA plus server (`localhost`, 127.0.0.1) and client certificates, PEM, keys PKCS#8.
+pub struct TlsFiles {
+    /// Temp dir holding all files (deleted on drop).
+    pub dir: TempDir,
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// Server certificate (SAN `DNS:localhost`, `IP:127.0.0.1`).
+    pub server_cert: PathBuf,
+    /// Server private key.
+    pub server_key: PathBuf,
+    /// Client certificate (CN = the requested name).
+    pub client_cert: PathBuf,
+    /// Client private key.
+    pub client_key: PathBuf,
+}
+
+/// Generates a CA, a server cert and a client cert with CN `client_cn` using the `openssl` CLI.
+pub fn generate_tls(client_cn: &str) -> TlsFiles {
+    let dir = tempfile::Builder::new()
+        .prefix("kedge-tls-")
+        .tempdir()
+        .expect("create TLS temp dir");
+    let p = |name: &str| dir.path().join(name);
+    let ca_ext = "basicConstraints = critical, CA:TRUE\n\
+                  keyUsage = critical, keyCertSign, cRLSign\n\
+                  subjectKeyIdentifier = hash\n";
+    let leaf_ext = |eku: &str, san: &str| {
+        format!(
+            "basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature\n\
+             extendedKeyUsage = {eku}\n\
+             subjectKeyIdentifier = hash\n\
+             authorityKeyIdentifier = keyid\n{san}"
+        )
+    };
+    std::fs::write(p("ca.ext"), ca_ext).expect("write ca.ext");
+    std::fs::write(
+        p("server.ext"),
+        leaf_ext(
+            "serverAuth",
+            "subjectAltName = DNS:localhost, IP:127.0.0.1\n",
+        ),
+    )
+    .expect("write server.ext");
+    std::fs::write(p("client.ext"), leaf_ext("clientAuth", "")).expect("write client.ext");
+
+    for key in ["ca.key", "server.key", "client.key"] {
+        openssl(
+            dir.path(),
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                key,
+            ],
+        );
+    }
+    // Self-signed CA: make a CSR, then sign it with its own key so -extfile applies.
+    openssl(
+        dir.path(),
+        &[
+            "req",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=kedge test CA",
+            "-out",
+            "ca.csr",
+        ],
+    );
+    openssl(
+        dir.path(),
+        &[
+            "x509", "-req", "-in", "ca.csr", "-key", "ca.key", "-days", "3650", "-sha256",
+            "-extfile", "ca.ext", "-out", "ca.pem",
+        ],
+    );
+    let client_subj = format!("/CN={client_cn}");
+    for (name, subj) in [
+        ("server", "/CN=localhost"),
+        ("client", client_subj.as_str()),
+    ] {
+        let (key, csr, ext, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.ext"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            dir.path(),
+            &["req", "-new", "-key", &key, "-subj", subj, "-out", &csr],
+        );
+        openssl(
+            dir.path(),
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "365",
+                "-sha256",
+                "-extfile",
+                &ext,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+    TlsFiles {
+        ca: p("ca.pem"),
+        server_cert: p("server.pem"),
+        server_key: p("server.key"),
+        client_cert: p("client.pem"),
+        client_key: p("client.key"),
+        dir,
+    }
+}
+
+/// Runs `openssl ARGS` in `dir`, panicking with its output on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let mut cmd = Command::new("openssl");
+    cmd.args(args).current_dir(dir);
+    let out = run_with_deadline(cmd, b"", Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The kedge binary: CLI and agent
+// ---------------------------------------------------------------------------
+
+/// Path of the `kedge` binary built for these tests.
+pub fn kedge_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kedge"))
+}
+
+/// Runs `kedge ARGS` with a 60 s deadline (killed and panics on timeout).
+pub fn kedge(args: &[&str]) -> Output {
+    let mut cmd = Command::new(kedge_bin());
+    cmd.args(args);
+    run_with_deadline(cmd, b"", Duration::from_secs(60))
+}
+
+/// Runs `kedge ARGS`, asserts it succeeded and returns its stdout.
+pub fn kedge_ok(args: &[&str]) -> String {
+    let out = kedge(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kedge {args:?} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Options for [`Agent::start`].
+#[derive(Debug, Clone, Default)]
+pub struct AgentOpts {
+    /// `--node NAME`.
+    pub node: String,
+    /// `--broker URL`; omitted when `None`.
+    pub broker_url: Option<String>,
+    /// `--data-dir DIR` (created if missing; `agent.log` is written here).
+    pub data_dir: PathBuf,
+    /// Extra arguments appended after the standard ones.
+    pub extra_args: Vec<String>,
+    /// Extra environment variables (after `KEDGE_LOG=debug`).
+    pub env: Vec<(String, String)>,
+}
+
+/// A running `kedge agent` child process; SIGKILLed on drop.
+pub struct Agent {
+    child: Option<Child>,
+    pid: u32,
+    log_path: PathBuf,
+}
+
+impl Agent {
+    /// Spawns `kedge agent --node N [--broker URL] --data-dir DIR EXTRA…`, output appended to `agent.log`.
+    pub fn start(opts: AgentOpts) -> Agent {
+        std::fs::create_dir_all(&opts.data_dir)
+            .unwrap_or_else(|e| panic!("create {}: {e}", opts.data_dir.display()));
+        let log_path = opts.data_dir.join("agent.log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open agent.log");
+        let mut cmd = Command::new(kedge_bin());
+        cmd.arg("agent").arg("--node").arg(&opts.node);
+        if let Some(url) = &opts.broker_url {
+            cmd.arg("--broker").arg(url);
+        }
+        cmd.arg("--data-dir")
+            .arg(&opts.data_dir)
+            .args(&opts.extra_args)
+            .env("KEDGE_LOG", "debug")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn kedge agent");
+        Agent {
+            pid: child.id(),
+            child: Some(child),
+            log_path,
+        }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// SIGKILLs the agent and reaps it (simulates a crash / power loss).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits up to 20 s for a graceful exit; returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let pid = self.pid;
+        let child = self.child.as_mut().expect("agent is not running");
+        let st = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(st.success(), "kill -TERM {pid} failed: {st}");
+        // On timeout this panics and Drop SIGKILLs the agent.
+        let status = wait_until(
+            &format!("kedge agent (pid {pid}) to exit after SIGTERM"),
+            Duration::from_secs(20),
+            || child.try_wait().expect("try_wait agent"),
+        );
+        self.child = None;
+        status
+    }
+
+    /// The agent's combined stdout/stderr so far (all runs sharing this data dir).
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// MQTT clients (mosquitto_sub / mosquitto_pub)
+// ---------------------------------------------------------------------------
+
+/// Connection arguments for the mosquitto CLIs: `-h HOST -p PORT` plus CA and client cert if `tls`.
+pub fn mqtt_cli_args(url: &str, tls: Option<&TlsFiles>) -> Vec<String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .unwrap_or_else(|| panic!("broker URL without scheme: {url}"));
+    assert!(
+        scheme == "mqtt" || scheme == "mqtts",
+        "unsupported broker URL scheme in {url}"
+    );
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("broker URL without port: {url}"));
+    let mut args = vec!["-h".to_string(), host.to_string(), "-p".into(), port.into()];
+    if let Some(t) = tls {
+        for (flag, path) in [
+            ("--cafile", &t.ca),
+            ("--cert", &t.client_cert),
+            ("--key", &t.client_key),
+        ] {
+            args.push(flag.into());
+            args.push(path.display().to_string());
+        }
+    } else {
+        assert!(scheme == "mqtt", "{url} needs TLS files");
+    }
+    args
+}
+
+/// Publishes `payload` (QoS 1; `retain` adds `-r`) with `mosquitto_pub`, panicking on failure.
+pub fn publish_raw(url: &str, topic: &str, payload: &[u8], retain: bool) {
+    publish_raw_tls(url, None, topic, payload, retain)
+}
+
+/// [`publish_raw`] over TLS (CA and client cert from `tls`).
+pub fn publish_raw_tls(
+    url: &str,
+    tls: Option<&TlsFiles>,
+    topic: &str,
+    payload: &[u8],
+    retain: bool,
+) {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(mqtt_cli_args(url, tls))
+        .args(["-q", "1", "-t", topic]);
+    // -s reads the payload from stdin verbatim; an empty payload needs -n.
+    cmd.arg(if payload.is_empty() { "-n" } else { "-s" });
+    if retain {
+        cmd.arg("-r");
+    }
+    let out = run_with_deadline(cmd, payload, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "mosquitto_pub to {url} topic {topic} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Topic prefix used by [`Subscriber::start`] to prove its subscription is active.
+const READY_PREFIX: &str = "kedge-test/ready/";
+
+/// Messages recorded by a [`Subscriber`]: (topic, payload) in arrival order.
+type Messages = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A `mosquitto_sub` process recording every message on a topic filter; killed on drop.
+pub struct Subscriber {
+    child: KillOnDrop,
+    messages: Messages,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Subscriber {
+    /// Subscribes (QoS 1) to `topic_filter` and returns once the subscription is live.
+    pub fn start(url: &str, topic_filter: &str, tls: Option<&TlsFiles>) -> Subscriber {
+        let ready_topic = format!("{READY_PREFIX}{}", uuid::Uuid::new_v4());
+        let mut cmd = Command::new("mosquitto_sub");
+        // "%t %x": topic, space, payload as lower-case hex (two digits per byte), newline.
+        cmd.args(mqtt_cli_args(url, tls))
+            .args([
+                "-q",
+                "1",
+                "-t",
+                topic_filter,
+                "-t",
+                &ready_topic,
+                "-F",
+                "%t %x",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = KillOnDrop(cmd.spawn().expect("spawn mosquitto_sub"));
+        let messages: Messages = Arc::default();
+        let stderr: Arc<Mutex<String>> = Arc::default();
+        let ready = Arc::new(AtomicBool::new(false));
+        {
+            let out = child.0.stdout.take().expect("stdout is piped");
+            let (messages, ready, stderr) = (messages.clone(), ready.clone(), stderr.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    let Some((topic, payload)) = parse_sub_line(&line) else {
+                        let mut s = stderr.lock().expect("stderr lock");
+                        s.push_str(&format!("[support] unparsable output line: {line:?}\n"));
+                        continue;
+                    };
+                    if topic.starts_with(READY_PREFIX) {
+                        ready.store(true, Ordering::SeqCst);
+                    } else {
+                        messages
+                            .lock()
+                            .expect("messages lock")
+                            .push((topic, payload));
+                    }
+                }
+            });
+        }
+        {
+            let err = child.0.stderr.take().expect("stderr is piped");
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines() {
+                    let Ok(line) = line else { break };
+                    let mut s = stderr.lock().expect("stderr lock");
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let mut sub = Subscriber {
+            child,
+            messages,
+            stderr,
+        };
+        // Publish to the ready topic until our own subscription delivers it.
+        let start = Instant::now();
+        while !ready.load(Ordering::SeqCst) {
+            if let Some(status) = sub.child.0.try_wait().expect("try_wait mosquitto_sub") {
+                panic!(
+                    "mosquitto_sub for {topic_filter} on {url} exited ({status}): {}",
+                    sub.stderr()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "mosquitto_sub for {topic_filter} on {url} not subscribed after 10 s: {}",
+                sub.stderr()
+            );
+            let mut cmd = Command::new("mosquitto_pub");
+            cmd.args(mqtt_cli_args(url, tls))
+                .args(["-q", "1", "-t", &ready_topic, "-m", "ready"]);
+            // Failure is fine here (broker may still be coming up); we just try again.
+            let _ = run_with_deadline(cmd, b"", Duration::from_secs(10));
+            poll_until(
+                Duration::from_millis(500),
+                Duration::from_millis(10),
+                || ready.load(Ordering::SeqCst).then_some(()),
+            );
+        }
+        sub
+    }
+
+    /// All messages received so far (topic, payload), in arrival order.
+    pub fn messages(&self) -> Vec<(String, Vec<u8>)> {
+        self.messages.lock().expect("messages lock").clone()
+    }
+
+    /// Waits until some received message (past or future) satisfies `pred` and returns it.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        deadline: Duration,
+        pred: impl Fn(&str, &[u8]) -> bool,
+    ) -> (String, Vec<u8>) {
+        let found = poll_until(deadline, Duration::from_millis(50), || {
+            self.messages
+                .lock()
+                .expect("messages lock")
+                .iter()
+                .find(|(t, p)| pred(t, p))
+                .cloned()
+        });
+        found.unwrap_or_else(|| {
+            let received: Vec<String> = self
+                .messages()
+                .iter()
+                .map(|(t, p)| format!("{t} {}", String::from_utf8_lossy(p)))
+                .collect();
+            panic!(
+                "timed out after {deadline:?} waiting for message: {what}\n\
+                 received: {received:#?}\nmosquitto_sub stderr: {}",
+                self.stderr()
+            )
+        })
+    }
+
+    /// What `mosquitto_sub` wrote to stderr so far (connection errors etc.).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+}
+
+/// Splits a `%t %x` line into topic and decoded payload (topics may contain spaces; hex cannot).
+fn parse_sub_line(line: &str) -> Option<(String, Vec<u8>)> {
+    let (topic, hexpayload) = line.rsplit_once(' ')?;
+    Some((topic.to_string(), hex::decode(hexpayload).ok()?))
+}
