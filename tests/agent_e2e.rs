@@ -1,0 +1,461 @@
+//! End-to-end tests of the agent and the operator CLI against a real
+//! Mosquitto, with Wasm guests built from tests/wasm-guests.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Agent flags that make back-off and heartbeats test-sized.
+fn fast_args() -> Vec<String> {
+    [
+        "--set", "backoff.initial_ms=300",
+        "--set", "backoff.max_ms=600",
+        "--set", "node.heartbeat_ms=500",
+        "--set", "broker.reconnect_initial_ms=200",
+        "--set", "broker.reconnect_max_ms=1000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+struct Env {
+    broker: Mosquitto,
+    agent: Agent,
+    dir: tempfile::TempDir,
+    node: String,
+}
+
+impl Env {
+    fn start(node: &str) -> Env {
+        let broker = Mosquitto::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = Agent::start(AgentOpts {
+            node: node.into(),
+            broker_url: Some(broker.url()),
+            data_dir: dir.path().join("data"),
+            extra_args: fast_args(),
+            env: vec![],
+        });
+        Env { broker, agent, dir, node: node.into() }
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let url = self.broker.url();
+        let mut all = vec!["--broker", url.as_str()];
+        all.extend_from_slice(args);
+        kedge(&all)
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "kedge {args:?} failed:\nstdout: {}\nstderr: {}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.agent.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, yaml: &str) -> String {
+        let path = self.dir.path().join(format!("m-{}.yaml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, yaml).expect("write manifest");
+        self.cli_ok(&["apply", "-f", path.to_str().expect("utf8"), "--node", &self.node])
+    }
+
+    /// The pod's status as JSON (from `kedge get pods -o json`), if reported.
+    fn status(&self, name: &str) -> Option<Value> {
+        let out = self.cli_ok(&["get", "pods", "-A", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).expect("json");
+        v["items"]
+            .as_array()?
+            .iter()
+            .map(|i| i["status"].clone())
+            .find(|s| s["name"] == name)
+    }
+
+    fn wait_status(&self, what: &str, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_until(what, WAIT, || self.status(name).filter(|s| pred(s)))
+    }
+}
+
+fn phase(s: &Value) -> &str {
+    s["phase"].as_str().unwrap_or_default()
+}
+
+fn container(s: &Value) -> &Value {
+    &s["container_statuses"][0]
+}
+
+fn terminated(s: &Value) -> Option<&Value> {
+    container(s)["state"].get("Terminated")
+}
+
+fn restarts(s: &Value) -> u64 {
+    container(s)["restart_count"].as_u64().unwrap_or(0)
+}
+
+fn waiting_reason(s: &Value) -> Option<&str> {
+    container(s)["state"]["Waiting"]["reason"].as_str()
+}
+
+/// A pod manifest running the test guest with these arguments.
+fn wasm_pod(name: &str, module: &Path, args: &[&str], restart: &str, extra_container: &str) -> String {
+    let sha = sha256_file(module);
+    let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: {restart}
+  containers:
+  - name: main
+    image: file://{module}@sha256:{sha}
+    args: [{args}]
+{extra_container}"#,
+        module = module.display(),
+        args = args.join(", "),
+    )
+}
+
+fn p1() -> PathBuf {
+    guest_wasm(GuestTarget::P1)
+}
+
+#[test]
+fn pod_runs_to_completion_with_exit_code_and_logs() {
+    let env = Env::start("gw-complete");
+    let out = env.apply(&wasm_pod("hello", &p1(), &["hello"], "Never", ""));
+    assert_eq!(out.trim(), "pod/hello created");
+    let s = env.wait_status("hello Succeeded", "hello", |s| phase(s) == "Succeeded");
+    let t = terminated(&s).expect("terminated");
+    assert_eq!(t["exit_code"], 0);
+    assert_eq!(t["reason"], "Completed");
+    let logs = env.cli_ok(&["logs", "hello"]);
+    assert!(logs.contains("hello from kedge guest"), "{logs}");
+    assert!(logs.contains("guest stderr line"), "{logs}");
+    let table = env.cli_ok(&["get", "pods"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("hello") && table.contains("Completed"), "{table}");
+
+    env.apply(&wasm_pod("three", &p1(), &["exit", "3"], "Never", ""));
+    let s = env.wait_status("three Failed", "three", |s| phase(s) == "Failed");
+    let t = terminated(&s).expect("terminated");
+    assert_eq!(t["exit_code"], 3);
+    assert_eq!(t["reason"], "Error");
+
+    // A WASI preview 2 component runs the same way.
+    env.apply(&wasm_pod("component", &guest_wasm(GuestTarget::P2), &["hello", "from", "p2"], "Never", ""));
+    env.wait_status("component Succeeded", "component", |s| phase(s) == "Succeeded");
+    let logs = env.cli_ok(&["logs", "component"]);
+    assert!(logs.contains("from p2"), "{logs}");
+
+    // The node reports itself.
+    let nodes = env.cli_ok(&["get", "nodes", "-o", "wide"]);
+    assert!(nodes.contains("gw-complete") && nodes.contains("Ready"), "{nodes}");
+}
+
+#[test]
+fn crashing_module_backs_off_and_counts_restarts() {
+    let env = Env::start("gw-crash");
+    env.apply(&wasm_pod("crasher", &p1(), &["exit", "1"], "Always", ""));
+    let s = env.wait_status("CrashLoopBackOff with restarts", "crasher", |s| {
+        waiting_reason(s) == Some("CrashLoopBackOff") && restarts(s) >= 2
+    });
+    assert_eq!(phase(&s), "Running");
+    let last = &container(&s)["last_state"]["Terminated"];
+    assert_eq!(last["exit_code"], 1);
+    let msg = container(&s)["state"]["Waiting"]["message"].as_str().unwrap_or_default();
+    assert!(msg.starts_with("back-off"), "{msg}");
+    // Restarts keep growing.
+    let before = restarts(&s);
+    env.wait_status("more restarts", "crasher", |s| restarts(s) > before);
+    let table = env.cli_ok(&["get", "pods"]);
+    assert!(table.contains("crasher"), "{table}");
+}
+
+#[test]
+fn delete_stops_the_workload_and_removes_its_status() {
+    let env = Env::start("gw-delete");
+    env.apply(&wasm_pod("ticker", &p1(), &["ticker", "0", "50"], "Always", ""));
+    env.wait_status("ticker Running", "ticker", |s| phase(s) == "Running");
+    let pods_dir = env.dir.path().join("data/pods");
+    wait_until("logs written", WAIT, || {
+        let l = env.cli_ok(&["logs", "ticker"]);
+        l.contains("tick 3").then_some(())
+    });
+    let out = env.cli_ok(&["delete", "pod", "ticker"]);
+    assert_eq!(out.trim(), "pod \"ticker\" deleted");
+    wait_until("status removed", WAIT, || env.status("ticker").is_none().then_some(()));
+    // The workload and its files are gone.
+    wait_until("pod directory removed", WAIT, || {
+        std::fs::read_dir(&pods_dir)
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+            .then_some(())
+    });
+    let out = env.cli(&["logs", "ticker"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+}
+
+#[test]
+fn newer_generation_replaces_and_older_is_ignored() {
+    let env = Env::start("gw-gen");
+    let v1 = wasm_pod("app", &p1(), &["env"], "Never", "    env: [{name: VERSION, value: \"one\"}]\n");
+    assert_eq!(env.apply(&v1).trim(), "pod/app created");
+    env.wait_status("v1 done", "app", |s| phase(s) == "Succeeded");
+    assert!(env.cli_ok(&["logs", "app"]).contains("VERSION=one"));
+    assert_eq!(env.apply(&v1).trim(), "pod/app unchanged");
+
+    let v2 = v1.replace("\"one\"", "\"two\"");
+    assert_eq!(env.apply(&v2).trim(), "pod/app configured");
+    let s = env.wait_status("v2 done", "app", |s| s["observed_generation"] == 2 && phase(s) == "Succeeded");
+    let uid = s["uid"].as_str().expect("uid").to_string();
+    assert!(env.cli_ok(&["logs", "app"]).contains("VERSION=two"));
+
+    // Replay the generation-1 spec by hand: it must be ignored.
+    let mut stale = kedge::model::convert::pod_spec_from_k8s(
+        &kedge::model::convert::parse_pod_manifests(&v1).expect("parse")[0],
+    )
+    .expect("convert");
+    stale.uid = uid;
+    stale.generation = 1;
+    let payload = kedge::wire::encode(1, &kedge::wire::Message::DesiredPod(stale)).expect("encode");
+    publish_raw(&env.broker.url(), "kedge/v1/gw-gen/desired/default/app", &payload, true);
+    // Messages on one subscription are handled in order: once a pod sent
+    // after the stale spec runs, the stale spec has been seen.
+    env.apply(&wasm_pod("marker", &p1(), &["hello"], "Never", ""));
+    env.wait_status("marker done", "marker", |s| phase(s) == "Succeeded");
+    let s = env.status("app").expect("app status");
+    assert_eq!(s["observed_generation"], 2);
+    assert!(env.cli_ok(&["logs", "app"]).contains("VERSION=two"));
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
+    let env = Env::start("gw-bad");
+    let url = env.broker.url();
+    // A long-running pod that must survive everything below.
+    env.apply(&wasm_pod("survivor", &p1(), &["ticker", "0", "100"], "Always", ""));
+    env.wait_status("survivor Running", "survivor", |s| phase(s) == "Running");
+
+    publish_raw(&url, "kedge/v1/gw-bad/desired/default/garbage", b"\x01\x02\x03not postcard", true);
+    let s = env.wait_status("garbage refused", "garbage", |s| s["reason"] == "InvalidSpec");
+    assert_eq!(phase(&s), "Failed");
+    assert!(s["message"].as_str().unwrap_or_default().contains("cannot decode desired spec"), "{s}");
+
+    publish_raw(&url, "kedge/v1/gw-bad/desired/default/future", &[7, 1, 0, 0, 0], true);
+    let s = env.wait_status("future refused", "future", |s| s["reason"] == "InvalidSpec");
+    assert!(s["message"].as_str().unwrap_or_default().contains("unsupported schema version 7"), "{s}");
+
+    // An invalid manifest is refused by the CLI, naming the field.
+    let bad = wasm_pod("bad", &p1(), &["hello"], "Never", "    lifecycle: {preStop: {exec: {command: [x]}}}\n");
+    let path = env.dir.path().join("bad.yaml");
+    std::fs::write(&path, bad).expect("write");
+    let out = env.cli(&["apply", "-f", path.to_str().expect("utf8"), "--node", "gw-bad"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec.containers[0].lifecycle: not supported on kedge nodes"), "{err}");
+
+    // A module whose digest does not match.
+    let wrong = wasm_pod("wrongsha", &p1(), &["hello"], "Never", "")
+        .replace(&sha256_file(p1()), &"0".repeat(64));
+    env.apply(&wrong);
+    let s = env.wait_status("wrong digest", "wrongsha", |s| waiting_reason(s) == Some("ErrImagePull"));
+    let msg = container(&s)["state"]["Waiting"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("expected sha256:0000"), "{msg}");
+
+    // A module that traps.
+    env.apply(&wasm_pod("trapper", &p1(), &["trap"], "Never", ""));
+    let s = env.wait_status("trap", "trapper", |s| phase(s) == "Failed");
+    let t = terminated(&s).expect("terminated");
+    assert_eq!(t["exit_code"], 134);
+    assert!(t["message"].as_str().unwrap_or_default().contains("wasm trap"), "{t}");
+
+    // A module that allocates past its memory limit.
+    let hog = wasm_pod("hog", &p1(), &["alloc", "64"], "Never", "    resources: {limits: {memory: 16Mi}}\n");
+    env.apply(&hog);
+    let s = env.wait_status("OOMKilled", "hog", |s| phase(s) == "Failed");
+    assert_eq!(terminated(&s).expect("terminated")["reason"], "OOMKilled");
+
+    // A busy loop does not starve other pods.
+    env.apply(&wasm_pod("spinner", &p1(), &["spin"], "Always", ""));
+    env.wait_status("spinner Running", "spinner", |s| phase(s) == "Running");
+    env.apply(&wasm_pod("after-spin", &p1(), &["hello"], "Never", ""));
+    env.wait_status("pod beside a busy loop completes", "after-spin", |s| phase(s) == "Succeeded");
+
+    // Through all of it the first pod kept running without a restart.
+    let s = env.status("survivor").expect("survivor");
+    assert_eq!(phase(&s), "Running");
+    assert_eq!(restarts(&s), 0);
+    // Deleting the busy loop works too.
+    env.cli_ok(&["delete", "pod", "spinner"]);
+    wait_until("spinner gone", WAIT, || env.status("spinner").is_none().then_some(()));
+}
+
+#[test]
+fn offline_restart_keeps_pods_and_delivers_every_report_in_order() {
+    let mut env = Env::start("gw-offline");
+    env.apply(&wasm_pod("steady", &p1(), &["ticker", "0", "100"], "Always", ""));
+    env.apply(&wasm_pod("flappy", &p1(), &["crash-after", "100"], "Always", ""));
+    env.wait_status("steady Running", "steady", |s| phase(s) == "Running");
+    env.wait_status("flappy restarted", "flappy", |s| restarts(s) >= 1);
+
+    env.broker.stop();
+    env.agent.kill9();
+    let data_dir = env.dir.path().join("data");
+    env.agent = Agent::start(AgentOpts {
+        node: "gw-offline".into(),
+        broker_url: Some(env.broker.url()),
+        data_dir: data_dir.clone(),
+        extra_args: [fast_args(), vec!["--set".into(), "broker.reconnect_initial_ms=2000".into(), "--set".into(), "broker.reconnect_max_ms=2000".into()]].concat(),
+        env: vec![],
+    });
+    // With no broker, the pods come back from redb and keep reporting.
+    wait_until("pods restored offline", WAIT, || {
+        env.agent.log().contains("restored desired pods from the store pods=2").then_some(())
+    });
+    wait_until("reports produced offline", WAIT, || {
+        let n = env.agent.log().matches("pod=default/flappy phase=").count();
+        (n >= 6).then_some(())
+    });
+
+    env.broker.restart();
+    let sub = Subscriber::start(&env.broker.url(), "kedge/v1/gw-offline/reported/#", None);
+    // Every report reaches the broker, in the order it was made.
+    let msgs = wait_until("outbox drained", WAIT, || {
+        let m = sub.messages();
+        let flappy: Vec<(u64, Value)> = m
+            .iter()
+            .filter(|(t, p)| t.ends_with("/flappy") && !p.is_empty())
+            .filter_map(|(_, p)| {
+                let env = kedge::wire::decode(p).ok()?;
+                let kedge::wire::Message::PodStatus(s) = env.message else { return None };
+                Some((env.seq, serde_json::to_value(s).ok()?))
+            })
+            .collect();
+        (flappy.len() >= 6).then_some(flappy)
+    });
+    let seqs: Vec<u64> = msgs.iter().map(|(s, _)| *s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "out of order: {seqs:?}");
+    // Restart counts continued from before the agent was killed.
+    let last = &msgs.last().expect("some").1;
+    assert!(restarts(last) >= 2, "{last}");
+    let steady = env.wait_status("steady reported", "steady", |s| phase(s) == "Running");
+    assert_eq!(steady["uid"].as_str().map(|u| !u.is_empty()), Some(true));
+    // Nothing waits in the outbox any more: later reports flow directly.
+    env.wait_status("live again", "flappy", |s| restarts(s) > restarts(last));
+}
+
+#[test]
+fn logs_follow_until_the_container_ends() {
+    let env = Env::start("gw-logs");
+    env.apply(&wasm_pod("counter", &p1(), &["ticker", "8", "150"], "Never", ""));
+    env.wait_status("counter Running", "counter", |s| phase(s) == "Running");
+    let out = env.cli_ok(&["logs", "counter", "-f"]);
+    assert!(out.contains("tick 1") && out.contains("tick 8"), "{out}");
+    let tail = env.cli_ok(&["logs", "counter", "--tail", "2"]);
+    assert_eq!(tail.lines().count(), 2, "{tail}");
+    assert!(tail.contains("tick 8"));
+}
+
+#[test]
+fn static_pods_follow_their_directory() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    std::fs::write(manifests.join("a.yaml"), wasm_pod("static-a", &p1(), &["ticker", "0", "100"], "Always", "")).expect("write");
+    let mut args = fast_args();
+    args.extend(["--manifests".into(), manifests.display().to_string(), "--set".into(), "manifests_poll_ms=200".into()]);
+    let agent = Agent::start(AgentOpts {
+        node: "gw-static".into(),
+        broker_url: Some(broker.url()),
+        data_dir: dir.path().join("data"),
+        extra_args: args,
+        env: vec![],
+    });
+    let url = broker.url();
+    let status = |name: &str| -> Option<Value> {
+        let out = kedge_ok(&["--broker", &url, "get", "pods", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v["items"].as_array()?.iter().map(|i| i["status"].clone()).find(|s| s["name"] == name)
+    };
+    wait_until("static pod Running", WAIT, || status("static-a").filter(|s| phase(s) == "Running"));
+    std::fs::remove_file(manifests.join("a.yaml")).expect("remove");
+    wait_until("static pod removed", WAIT, || status("static-a").is_none().then_some(()));
+    drop(agent);
+}
+
+#[test]
+fn tls_with_client_certificates() {
+    let tls = generate_tls("gw-tls");
+    let broker = Mosquitto::start_tls(&tls, true);
+    let url = format!("mqtts://localhost:{}", broker.port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls_args = |with_cert: bool| -> Vec<String> {
+        let mut a = vec!["--set".to_string(), format!("broker.ca_file={}", tls.ca.display())];
+        if with_cert {
+            a.extend([
+                "--set".into(),
+                format!("broker.cert_file={}", tls.client_cert.display()),
+                "--set".into(),
+                format!("broker.key_file={}", tls.client_key.display()),
+            ]);
+        }
+        a
+    };
+    let agent = Agent::start(AgentOpts {
+        node: "gw-tls".into(),
+        broker_url: Some(url.clone()),
+        data_dir: dir.path().join("data"),
+        extra_args: [fast_args(), tls_args(true)].concat(),
+        env: vec![],
+    });
+    let manifest = dir.path().join("p.yaml");
+    std::fs::write(&manifest, wasm_pod("secure", &p1(), &["hello"], "Never", "")).expect("write");
+    let mut apply: Vec<String> = vec!["--broker".into(), url.clone()];
+    apply.extend(tls_args(true));
+    apply.extend(["apply", "-f", manifest.to_str().expect("utf8"), "--node", "gw-tls"].map(String::from));
+    let apply_refs: Vec<&str> = apply.iter().map(String::as_str).collect();
+    kedge_ok(&apply_refs);
+    let mut get: Vec<String> = vec!["--broker".into(), url.clone()];
+    get.extend(tls_args(true));
+    get.extend(["get", "pods", "-o", "json"].map(String::from));
+    let get_refs: Vec<&str> = get.iter().map(String::as_str).collect();
+    wait_until("pod completes over TLS", WAIT, || {
+        let out = kedge_ok(&get_refs);
+        out.contains("\"Succeeded\"").then_some(())
+    });
+    // Without a client certificate the broker refuses the CLI.
+    let mut no_cert: Vec<String> = vec!["--broker".into(), url];
+    no_cert.extend(tls_args(false));
+    no_cert.extend(["get", "pods"].map(String::from));
+    let refs: Vec<&str> = no_cert.iter().map(String::as_str).collect();
+    let out = kedge(&refs);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to broker"), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(agent);
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_the_key() {
+    let out = kedge(&["--set", "backoff.max_ms=soon", "get", "pods"]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("backoff.max_ms") && err.contains("soon"), "{err}");
+    let out = kedge(&["--broker", "http://x", "get", "pods"]);
+    assert_eq!(out.status.code(), Some(64));
+}
