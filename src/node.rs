@@ -134,6 +134,7 @@ pub fn node_info(runtime_versions: &str) -> (NodeInfo, Vec<NodeAddress>) {
 
 /// Builds the node status from a sample, keeping transition times from the
 /// previous status where a condition did not change.
+#[allow(clippy::too_many_arguments)]
 pub fn status(
     name: &str,
     info: &NodeInfo,

@@ -163,8 +163,9 @@ fn wait_until_panics_on_deadline() {
 
 /// Loads all PEM certificates from a file.
 fn load_certs(path: &std::path::Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    let pem = std::fs::read(path).expect("read cert PEM");
-    rustls_pemfile::certs(&mut pem.as_slice())
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .expect("read cert PEM")
         .collect::<Result<_, _>>()
         .expect("parse cert PEM")
 }
@@ -196,10 +197,10 @@ fn generated_tls_is_accepted_by_rustls() {
 
     // A real rustls handshake (server cert for 127.0.0.1, client cert) with
     // mosquitto, then an MQTT 3.1.1 CONNECT answered by CONNACK "accepted".
-    let key_pem = std::fs::read(&tls.client_key).expect("read client key");
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .expect("parse key PEM")
-        .expect("a private key");
+    let key = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::PrivateKeyDer::from_pem_file(&tls.client_key).expect("parse key PEM")
+    };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("protocol versions")

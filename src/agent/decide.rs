@@ -4,6 +4,8 @@
 use crate::model::{PodSource, PodSpec};
 
 /// A change to the desired set.
+// Built once per message and consumed at once: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
     Apply(PodSpec, PodSource),
@@ -36,9 +38,8 @@ pub fn decide(current: Option<(&PodSpec, PodSource)>, incoming: &Incoming) -> De
             ))
         }
         (Some((cur, _)), Incoming::Apply(new, _)) => {
-            if cur.uid != new.uid {
-                Decision::Replace
-            } else if new.generation > cur.generation {
+            // A new uid is a new pod, whatever its generation.
+            if cur.uid != new.uid || new.generation > cur.generation {
                 Decision::Replace
             } else if new.generation == cur.generation {
                 Decision::Ignore(format!("generation {} already applied", new.generation))

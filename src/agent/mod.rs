@@ -62,6 +62,8 @@ struct PodEntry {
     then: AfterStop,
 }
 
+// One per pod, rarely anything but Nothing.
+#[allow(clippy::large_enum_variant)]
 enum AfterStop {
     Nothing,
     Replace(PodSpec, PodSource),

@@ -17,6 +17,8 @@ use crate::model::{PodKey, PodStatus, now_ms};
 use crate::runtime::{ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle};
 
 /// What a supervisor tells the controller.
+// Sent once per status change and consumed at once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Report {
     Status {

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need
+# (Debian packages, rustup targets), then format and lint checks, then every
+# unit and integration test against real parts (Mosquitto, wasmtime).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kedge-target}"
+export KEDGE_GUESTS_TARGET_DIR="${KEDGE_GUESTS_TARGET_DIR:-/var/tmp/kedge-guests-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+need_pkgs=()
+for p in mosquitto mosquitto-clients openssl; do
+  dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "== installing ${need_pkgs[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+# Mosquitto must not hold 1883 as a system service; the tests start their own.
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+installed=$(rustup target list --installed)
+for t in wasm32-wasip1 wasm32-wasip2; do
+  grep -qx "$t" <<<"$installed" || rustup target add "$t"
+done
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --locked --no-fail-fast -- --test-threads="${KEDGE_TEST_THREADS:-4}"
