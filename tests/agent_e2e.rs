@@ -14,11 +14,16 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Agent flags that make back-off and heartbeats test-sized.
 fn fast_args() -> Vec<String> {
     [
-        "--set", "backoff.initial_ms=300",
-        "--set", "backoff.max_ms=600",
-        "--set", "node.heartbeat_ms=500",
-        "--set", "broker.reconnect_initial_ms=200",
-        "--set", "broker.reconnect_max_ms=1000",
+        "--set",
+        "backoff.initial_ms=300",
+        "--set",
+        "backoff.max_ms=600",
+        "--set",
+        "node.heartbeat_ms=500",
+        "--set",
+        "broker.reconnect_initial_ms=200",
+        "--set",
+        "broker.reconnect_max_ms=1000",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -43,7 +48,12 @@ impl Env {
             extra_args: fast_args(),
             env: vec![],
         });
-        Env { broker, agent, dir, node: node.into() }
+        Env {
+            broker,
+            agent,
+            dir,
+            node: node.into(),
+        }
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
@@ -66,9 +76,18 @@ impl Env {
     }
 
     fn apply(&self, yaml: &str) -> String {
-        let path = self.dir.path().join(format!("m-{}.yaml", uuid::Uuid::new_v4().simple()));
+        let path = self
+            .dir
+            .path()
+            .join(format!("m-{}.yaml", uuid::Uuid::new_v4().simple()));
         std::fs::write(&path, yaml).expect("write manifest");
-        self.cli_ok(&["apply", "-f", path.to_str().expect("utf8"), "--node", &self.node])
+        self.cli_ok(&[
+            "apply",
+            "-f",
+            path.to_str().expect("utf8"),
+            "--node",
+            &self.node,
+        ])
     }
 
     /// The pod's status as JSON (from `kedge get pods -o json`), if reported.
@@ -108,7 +127,13 @@ fn waiting_reason(s: &Value) -> Option<&str> {
 }
 
 /// A pod manifest running the test guest with these arguments.
-fn wasm_pod(name: &str, module: &Path, args: &[&str], restart: &str, extra_container: &str) -> String {
+fn wasm_pod(
+    name: &str,
+    module: &Path,
+    args: &[&str],
+    restart: &str,
+    extra_container: &str,
+) -> String {
     let sha = sha256_file(module);
     let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
@@ -147,7 +172,10 @@ fn pod_runs_to_completion_with_exit_code_and_logs() {
     assert!(logs.contains("guest stderr line"), "{logs}");
     let table = env.cli_ok(&["get", "pods"]);
     assert!(table.starts_with("NAME"), "{table}");
-    assert!(table.contains("hello") && table.contains("Completed"), "{table}");
+    assert!(
+        table.contains("hello") && table.contains("Completed"),
+        "{table}"
+    );
 
     env.apply(&wasm_pod("three", &p1(), &["exit", "3"], "Never", ""));
     let s = env.wait_status("three Failed", "three", |s| phase(s) == "Failed");
@@ -156,14 +184,25 @@ fn pod_runs_to_completion_with_exit_code_and_logs() {
     assert_eq!(t["reason"], "Error");
 
     // A WASI preview 2 component runs the same way.
-    env.apply(&wasm_pod("component", &guest_wasm(GuestTarget::P2), &["hello", "from", "p2"], "Never", ""));
-    env.wait_status("component Succeeded", "component", |s| phase(s) == "Succeeded");
+    env.apply(&wasm_pod(
+        "component",
+        &guest_wasm(GuestTarget::P2),
+        &["hello", "from", "p2"],
+        "Never",
+        "",
+    ));
+    env.wait_status("component Succeeded", "component", |s| {
+        phase(s) == "Succeeded"
+    });
     let logs = env.cli_ok(&["logs", "component"]);
     assert!(logs.contains("from p2"), "{logs}");
 
     // The node reports itself.
     let nodes = env.cli_ok(&["get", "nodes", "-o", "wide"]);
-    assert!(nodes.contains("gw-complete") && nodes.contains("Ready"), "{nodes}");
+    assert!(
+        nodes.contains("gw-complete") && nodes.contains("Ready"),
+        "{nodes}"
+    );
 }
 
 #[test]
@@ -176,7 +215,9 @@ fn crashing_module_backs_off_and_counts_restarts() {
     assert_eq!(phase(&s), "Running");
     let last = &container(&s)["last_state"]["Terminated"];
     assert_eq!(last["exit_code"], 1);
-    let msg = container(&s)["state"]["Waiting"]["message"].as_str().unwrap_or_default();
+    let msg = container(&s)["state"]["Waiting"]["message"]
+        .as_str()
+        .unwrap_or_default();
     assert!(msg.starts_with("back-off"), "{msg}");
     // Restarts keep growing.
     let before = restarts(&s);
@@ -188,7 +229,13 @@ fn crashing_module_backs_off_and_counts_restarts() {
 #[test]
 fn delete_stops_the_workload_and_removes_its_status() {
     let env = Env::start("gw-delete");
-    env.apply(&wasm_pod("ticker", &p1(), &["ticker", "0", "50"], "Always", ""));
+    env.apply(&wasm_pod(
+        "ticker",
+        &p1(),
+        &["ticker", "0", "50"],
+        "Always",
+        "",
+    ));
     env.wait_status("ticker Running", "ticker", |s| phase(s) == "Running");
     let pods_dir = env.dir.path().join("data/pods");
     wait_until("logs written", WAIT, || {
@@ -197,7 +244,9 @@ fn delete_stops_the_workload_and_removes_its_status() {
     });
     let out = env.cli_ok(&["delete", "pod", "ticker"]);
     assert_eq!(out.trim(), "pod \"ticker\" deleted");
-    wait_until("status removed", WAIT, || env.status("ticker").is_none().then_some(()));
+    wait_until("status removed", WAIT, || {
+        env.status("ticker").is_none().then_some(())
+    });
     // The workload and its files are gone.
     wait_until("pod directory removed", WAIT, || {
         std::fs::read_dir(&pods_dir)
@@ -213,7 +262,13 @@ fn delete_stops_the_workload_and_removes_its_status() {
 #[test]
 fn newer_generation_replaces_and_older_is_ignored() {
     let env = Env::start("gw-gen");
-    let v1 = wasm_pod("app", &p1(), &["env"], "Never", "    env: [{name: VERSION, value: \"one\"}]\n");
+    let v1 = wasm_pod(
+        "app",
+        &p1(),
+        &["env"],
+        "Never",
+        "    env: [{name: VERSION, value: \"one\"}]\n",
+    );
     assert_eq!(env.apply(&v1).trim(), "pod/app created");
     env.wait_status("v1 done", "app", |s| phase(s) == "Succeeded");
     assert!(env.cli_ok(&["logs", "app"]).contains("VERSION=one"));
@@ -221,7 +276,9 @@ fn newer_generation_replaces_and_older_is_ignored() {
 
     let v2 = v1.replace("\"one\"", "\"two\"");
     assert_eq!(env.apply(&v2).trim(), "pod/app configured");
-    let s = env.wait_status("v2 done", "app", |s| s["observed_generation"] == 2 && phase(s) == "Succeeded");
+    let s = env.wait_status("v2 done", "app", |s| {
+        s["observed_generation"] == 2 && phase(s) == "Succeeded"
+    });
     let uid = s["uid"].as_str().expect("uid").to_string();
     assert!(env.cli_ok(&["logs", "app"]).contains("VERSION=two"));
 
@@ -233,7 +290,12 @@ fn newer_generation_replaces_and_older_is_ignored() {
     stale.uid = uid;
     stale.generation = 1;
     let payload = kedge::wire::encode(1, &kedge::wire::Message::DesiredPod(stale)).expect("encode");
-    publish_raw(&env.broker.url(), "kedge/v1/gw-gen/desired/default/app", &payload, true);
+    publish_raw(
+        &env.broker.url(),
+        "kedge/v1/gw-gen/desired/default/app",
+        &payload,
+        true,
+    );
     // Messages on one subscription are handled in order: once a pod sent
     // after the stale spec runs, the stale spec has been seen.
     env.apply(&wasm_pod("marker", &p1(), &["hello"], "Never", ""));
@@ -248,33 +310,82 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
     let env = Env::start("gw-bad");
     let url = env.broker.url();
     // A long-running pod that must survive everything below.
-    env.apply(&wasm_pod("survivor", &p1(), &["ticker", "0", "100"], "Always", ""));
+    env.apply(&wasm_pod(
+        "survivor",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
     env.wait_status("survivor Running", "survivor", |s| phase(s) == "Running");
 
-    publish_raw(&url, "kedge/v1/gw-bad/desired/default/garbage", b"\x01\x02\x03not postcard", true);
-    let s = env.wait_status("garbage refused", "garbage", |s| s["reason"] == "InvalidSpec");
+    publish_raw(
+        &url,
+        "kedge/v1/gw-bad/desired/default/garbage",
+        b"\x01\x02\x03not postcard",
+        true,
+    );
+    let s = env.wait_status("garbage refused", "garbage", |s| {
+        s["reason"] == "InvalidSpec"
+    });
     assert_eq!(phase(&s), "Failed");
-    assert!(s["message"].as_str().unwrap_or_default().contains("cannot decode desired spec"), "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot decode desired spec"),
+        "{s}"
+    );
 
-    publish_raw(&url, "kedge/v1/gw-bad/desired/default/future", &[7, 1, 0, 0, 0], true);
+    publish_raw(
+        &url,
+        "kedge/v1/gw-bad/desired/default/future",
+        &[7, 1, 0, 0, 0],
+        true,
+    );
     let s = env.wait_status("future refused", "future", |s| s["reason"] == "InvalidSpec");
-    assert!(s["message"].as_str().unwrap_or_default().contains("unsupported schema version 7"), "{s}");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unsupported schema version 7"),
+        "{s}"
+    );
 
     // An invalid manifest is refused by the CLI, naming the field.
-    let bad = wasm_pod("bad", &p1(), &["hello"], "Never", "    lifecycle: {preStop: {exec: {command: [x]}}}\n");
+    let bad = wasm_pod(
+        "bad",
+        &p1(),
+        &["hello"],
+        "Never",
+        "    lifecycle: {preStop: {exec: {command: [x]}}}\n",
+    );
     let path = env.dir.path().join("bad.yaml");
     std::fs::write(&path, bad).expect("write");
-    let out = env.cli(&["apply", "-f", path.to_str().expect("utf8"), "--node", "gw-bad"]);
+    let out = env.cli(&[
+        "apply",
+        "-f",
+        path.to_str().expect("utf8"),
+        "--node",
+        "gw-bad",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("spec.containers[0].lifecycle: not supported on kedge nodes"), "{err}");
+    assert!(
+        err.contains("spec.containers[0].lifecycle: not supported on kedge nodes"),
+        "{err}"
+    );
 
     // A module whose digest does not match.
     let wrong = wasm_pod("wrongsha", &p1(), &["hello"], "Never", "")
         .replace(&sha256_file(p1()), &"0".repeat(64));
     env.apply(&wrong);
-    let s = env.wait_status("wrong digest", "wrongsha", |s| waiting_reason(s) == Some("ErrImagePull"));
-    let msg = container(&s)["state"]["Waiting"]["message"].as_str().unwrap_or_default();
+    let s = env.wait_status("wrong digest", "wrongsha", |s| {
+        waiting_reason(s) == Some("ErrImagePull")
+    });
+    let msg = container(&s)["state"]["Waiting"]["message"]
+        .as_str()
+        .unwrap_or_default();
     assert!(msg.contains("expected sha256:0000"), "{msg}");
 
     // A module that traps.
@@ -282,10 +393,22 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
     let s = env.wait_status("trap", "trapper", |s| phase(s) == "Failed");
     let t = terminated(&s).expect("terminated");
     assert_eq!(t["exit_code"], 134);
-    assert!(t["message"].as_str().unwrap_or_default().contains("wasm trap"), "{t}");
+    assert!(
+        t["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("wasm trap"),
+        "{t}"
+    );
 
     // A module that allocates past its memory limit.
-    let hog = wasm_pod("hog", &p1(), &["alloc", "64"], "Never", "    resources: {limits: {memory: 16Mi}}\n");
+    let hog = wasm_pod(
+        "hog",
+        &p1(),
+        &["alloc", "64"],
+        "Never",
+        "    resources: {limits: {memory: 16Mi}}\n",
+    );
     env.apply(&hog);
     let s = env.wait_status("OOMKilled", "hog", |s| phase(s) == "Failed");
     assert_eq!(terminated(&s).expect("terminated")["reason"], "OOMKilled");
@@ -294,7 +417,9 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
     env.apply(&wasm_pod("spinner", &p1(), &["spin"], "Always", ""));
     env.wait_status("spinner Running", "spinner", |s| phase(s) == "Running");
     env.apply(&wasm_pod("after-spin", &p1(), &["hello"], "Never", ""));
-    env.wait_status("pod beside a busy loop completes", "after-spin", |s| phase(s) == "Succeeded");
+    env.wait_status("pod beside a busy loop completes", "after-spin", |s| {
+        phase(s) == "Succeeded"
+    });
 
     // Through all of it the first pod kept running without a restart.
     let s = env.status("survivor").expect("survivor");
@@ -302,14 +427,28 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
     assert_eq!(restarts(&s), 0);
     // Deleting the busy loop works too.
     env.cli_ok(&["delete", "pod", "spinner"]);
-    wait_until("spinner gone", WAIT, || env.status("spinner").is_none().then_some(()));
+    wait_until("spinner gone", WAIT, || {
+        env.status("spinner").is_none().then_some(())
+    });
 }
 
 #[test]
 fn offline_restart_keeps_pods_and_delivers_every_report_in_order() {
     let mut env = Env::start("gw-offline");
-    env.apply(&wasm_pod("steady", &p1(), &["ticker", "0", "100"], "Always", ""));
-    env.apply(&wasm_pod("flappy", &p1(), &["crash-after", "100"], "Always", ""));
+    env.apply(&wasm_pod(
+        "steady",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    env.apply(&wasm_pod(
+        "flappy",
+        &p1(),
+        &["crash-after", "100"],
+        "Always",
+        "",
+    ));
     env.wait_status("steady Running", "steady", |s| phase(s) == "Running");
     env.wait_status("flappy restarted", "flappy", |s| restarts(s) >= 1);
 
@@ -320,12 +459,24 @@ fn offline_restart_keeps_pods_and_delivers_every_report_in_order() {
         node: "gw-offline".into(),
         broker_url: Some(env.broker.url()),
         data_dir: data_dir.clone(),
-        extra_args: [fast_args(), vec!["--set".into(), "broker.reconnect_initial_ms=2000".into(), "--set".into(), "broker.reconnect_max_ms=2000".into()]].concat(),
+        extra_args: [
+            fast_args(),
+            vec![
+                "--set".into(),
+                "broker.reconnect_initial_ms=2000".into(),
+                "--set".into(),
+                "broker.reconnect_max_ms=2000".into(),
+            ],
+        ]
+        .concat(),
         env: vec![],
     });
     // With no broker, the pods come back from redb and keep reporting.
     wait_until("pods restored offline", WAIT, || {
-        env.agent.log().contains("restored desired pods from the store pods=2").then_some(())
+        env.agent
+            .log()
+            .contains("restored desired pods from the store pods=2")
+            .then_some(())
     });
     wait_until("reports produced offline", WAIT, || {
         let n = env.agent.log().matches("pod=default/flappy phase=").count();
@@ -342,14 +493,19 @@ fn offline_restart_keeps_pods_and_delivers_every_report_in_order() {
             .filter(|(t, p)| t.ends_with("/flappy") && !p.is_empty())
             .filter_map(|(_, p)| {
                 let env = kedge::wire::decode(p).ok()?;
-                let kedge::wire::Message::PodStatus(s) = env.message else { return None };
+                let kedge::wire::Message::PodStatus(s) = env.message else {
+                    return None;
+                };
                 Some((env.seq, serde_json::to_value(s).ok()?))
             })
             .collect();
         (flappy.len() >= 6).then_some(flappy)
     });
     let seqs: Vec<u64> = msgs.iter().map(|(s, _)| *s).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "out of order: {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {seqs:?}"
+    );
     // Restart counts continued from before the agent was killed.
     let last = &msgs.last().expect("some").1;
     assert!(restarts(last) >= 2, "{last}");
@@ -362,7 +518,13 @@ fn offline_restart_keeps_pods_and_delivers_every_report_in_order() {
 #[test]
 fn logs_follow_until_the_container_ends() {
     let env = Env::start("gw-logs");
-    env.apply(&wasm_pod("counter", &p1(), &["ticker", "8", "150"], "Never", ""));
+    env.apply(&wasm_pod(
+        "counter",
+        &p1(),
+        &["ticker", "8", "150"],
+        "Never",
+        "",
+    ));
     env.wait_status("counter Running", "counter", |s| phase(s) == "Running");
     let out = env.cli_ok(&["logs", "counter", "-f"]);
     assert!(out.contains("tick 1") && out.contains("tick 8"), "{out}");
@@ -377,9 +539,18 @@ fn static_pods_follow_their_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let manifests = dir.path().join("manifests");
     std::fs::create_dir_all(&manifests).expect("mkdir");
-    std::fs::write(manifests.join("a.yaml"), wasm_pod("static-a", &p1(), &["ticker", "0", "100"], "Always", "")).expect("write");
+    std::fs::write(
+        manifests.join("a.yaml"),
+        wasm_pod("static-a", &p1(), &["ticker", "0", "100"], "Always", ""),
+    )
+    .expect("write");
     let mut args = fast_args();
-    args.extend(["--manifests".into(), manifests.display().to_string(), "--set".into(), "manifests_poll_ms=200".into()]);
+    args.extend([
+        "--manifests".into(),
+        manifests.display().to_string(),
+        "--set".into(),
+        "manifests_poll_ms=200".into(),
+    ]);
     let agent = Agent::start(AgentOpts {
         node: "gw-static".into(),
         broker_url: Some(broker.url()),
@@ -391,11 +562,19 @@ fn static_pods_follow_their_directory() {
     let status = |name: &str| -> Option<Value> {
         let out = kedge_ok(&["--broker", &url, "get", "pods", "-o", "json"]);
         let v: Value = serde_json::from_str(&out).ok()?;
-        v["items"].as_array()?.iter().map(|i| i["status"].clone()).find(|s| s["name"] == name)
+        v["items"]
+            .as_array()?
+            .iter()
+            .map(|i| i["status"].clone())
+            .find(|s| s["name"] == name)
     };
-    wait_until("static pod Running", WAIT, || status("static-a").filter(|s| phase(s) == "Running"));
+    wait_until("static pod Running", WAIT, || {
+        status("static-a").filter(|s| phase(s) == "Running")
+    });
     std::fs::remove_file(manifests.join("a.yaml")).expect("remove");
-    wait_until("static pod removed", WAIT, || status("static-a").is_none().then_some(()));
+    wait_until("static pod removed", WAIT, || {
+        status("static-a").is_none().then_some(())
+    });
     drop(agent);
 }
 
@@ -406,7 +585,10 @@ fn tls_with_client_certificates() {
     let url = format!("mqtts://localhost:{}", broker.port);
     let dir = tempfile::tempdir().expect("tempdir");
     let tls_args = |with_cert: bool| -> Vec<String> {
-        let mut a = vec!["--set".to_string(), format!("broker.ca_file={}", tls.ca.display())];
+        let mut a = vec![
+            "--set".to_string(),
+            format!("broker.ca_file={}", tls.ca.display()),
+        ];
         if with_cert {
             a.extend([
                 "--set".into(),
@@ -425,10 +607,23 @@ fn tls_with_client_certificates() {
         env: vec![],
     });
     let manifest = dir.path().join("p.yaml");
-    std::fs::write(&manifest, wasm_pod("secure", &p1(), &["hello"], "Never", "")).expect("write");
+    std::fs::write(
+        &manifest,
+        wasm_pod("secure", &p1(), &["hello"], "Never", ""),
+    )
+    .expect("write");
     let mut apply: Vec<String> = vec!["--broker".into(), url.clone()];
     apply.extend(tls_args(true));
-    apply.extend(["apply", "-f", manifest.to_str().expect("utf8"), "--node", "gw-tls"].map(String::from));
+    apply.extend(
+        [
+            "apply",
+            "-f",
+            manifest.to_str().expect("utf8"),
+            "--node",
+            "gw-tls",
+        ]
+        .map(String::from),
+    );
     let apply_refs: Vec<&str> = apply.iter().map(String::as_str).collect();
     kedge_ok(&apply_refs);
     let mut get: Vec<String> = vec!["--broker".into(), url.clone()];
@@ -446,7 +641,11 @@ fn tls_with_client_certificates() {
     let refs: Vec<&str> = no_cert.iter().map(String::as_str).collect();
     let out = kedge(&refs);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to broker"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot connect to broker"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(agent);
 }
 
@@ -455,7 +654,10 @@ fn bad_configuration_exits_64_naming_the_key() {
     let out = kedge(&["--set", "backoff.max_ms=soon", "get", "pods"]);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("backoff.max_ms") && err.contains("soon"), "{err}");
+    assert!(
+        err.contains("backoff.max_ms") && err.contains("soon"),
+        "{err}"
+    );
     let out = kedge(&["--broker", "http://x", "get", "pods"]);
     assert_eq!(out.status.code(), Some(64));
 }
