@@ -735,6 +735,16 @@ mod tests {
     }
 
     #[test]
+    fn docs_list_every_key() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md");
+        let doc = std::fs::read_to_string(path).expect("docs/config.md");
+        assert!(
+            doc.contains(&keys_markdown()),
+            "docs/config.md is stale: regenerate it with `kedge config keys`"
+        );
+    }
+
+    #[test]
     fn every_key_has_a_default_that_loads() {
         // Setting every key to its documented default must be accepted.
         let flags: Vec<(String, String)> = KEYS

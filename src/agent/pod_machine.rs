@@ -164,14 +164,18 @@ impl PodMachine {
             init_container_statuses: Vec::new(),
             container_statuses: Vec::new(),
         };
-        PodMachine {
+        let mut machine = PodMachine {
             spec,
             policy,
             stage: Stage::Init(0),
             init,
             main,
             status,
-        }
+        };
+        machine.status.init_container_statuses =
+            machine.init.iter().map(|s| s.status.clone()).collect();
+        machine.status.container_statuses = machine.main.iter().map(|s| s.status.clone()).collect();
+        machine
     }
 
     /// Carries restart counts over from a status saved before the agent

@@ -345,7 +345,9 @@ impl PodStatus {
             match &c.state {
                 ContainerState::Terminated { exit_code: 0, .. } => continue,
                 ContainerState::Terminated { reason, .. } => return format!("Init:{reason}"),
-                ContainerState::Waiting { reason, .. } if reason != "PodInitializing" => {
+                ContainerState::Waiting { reason, .. }
+                    if reason != "PodInitializing" && reason != "ContainerCreating" =>
+                {
                     return format!("Init:{reason}");
                 }
                 _ => return format!("Init:{i}/{init_count}"),

@@ -202,6 +202,7 @@ mod tests {
 
     #[tokio::test]
     async fn fetches_files() {
+        crate::tls::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("m.wasm");
         std::fs::write(&path, b"hello").expect("write");
