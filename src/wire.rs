@@ -75,8 +75,9 @@ impl Kind {
 struct RawEnvelope {
     version: u16,
     kind: u8,
-    /// Generation for desired specs, per-pod sequence for pod status,
-    /// per-node sequence for node status and events.
+    /// Generation for desired specs; the node-wide outbox counter for pod
+    /// status and events; `heartbeat_ms` for node status (0 in the last
+    /// will); 0 for the log RPC. See docs/wire.md.
     seq: u64,
     /// Reserved for a signature over `body`; empty today.
     signature: Vec<u8>,
@@ -338,6 +339,9 @@ impl Topics {
 pub fn valid_topic_level(s: &str) -> bool {
     !s.is_empty() && !s.contains(['/', '+', '#', '\0'])
 }
+
+#[cfg(test)]
+mod vectors;
 
 #[cfg(test)]
 mod tests {

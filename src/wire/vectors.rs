@@ -1,0 +1,477 @@
+//! Wire test vectors: one fixed, fully populated sample per message kind,
+//! encoded into `tests/vectors/<kind>.hex` (see docs/wire.md).
+//!
+//! The committed files are the contract: these tests fail if the encoder
+//! stops producing them byte for byte, or the decoder stops reading them
+//! back into the samples. After an intended format change (which is a new
+//! `SCHEMA_VERSION`), regenerate them with
+//! `KEDGE_WRITE_VECTORS=1 cargo test --lib wire::vectors`.
+//!
+//! The samples use every `Option` as `Some`, non-empty collections and enum
+//! variants beyond index 0, so that each encoding rule shows up in the bytes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::*;
+use crate::model::*;
+
+/// Set to `1` to (re)write the vector files instead of comparing with them.
+const WRITE_ENV: &str = "KEDGE_WRITE_VECTORS";
+/// Bytes per line in the hex files (whitespace is ignored when reading).
+const BYTES_PER_LINE: usize = 32;
+
+/// Envelope `seq` of each sample, as the agent or CLI would set it.
+const DESIRED_SEQ: u64 = 3; // the spec's generation
+const POD_STATUS_SEQ: u64 = 42; // the node-wide counter
+const NODE_STATUS_SEQ: u64 = 1_767_225_600_000; // heartbeat_ms
+const EVENT_SEQ: u64 = 43; // the node-wide counter
+const LOG_SEQ: u64 = 0; // unused for the log RPC
+
+fn probe(handler: ProbeHandler) -> Probe {
+    Probe {
+        handler,
+        initial_delay_secs: 5,
+        period_secs: 10,
+        timeout_secs: 2,
+        success_threshold: 1,
+        failure_threshold: 3,
+    }
+}
+
+fn container(name: &str, image: &str) -> Container {
+    Container {
+        name: name.into(),
+        image: image.into(),
+        image_pull_policy: PullPolicy::IfNotPresent,
+        command: vec!["/bin/sensor".into()],
+        args: vec!["--interval".into(), "5s".into()],
+        working_dir: Some("/work".into()),
+        env: vec![EnvVar {
+            name: "MODE".into(),
+            value: "edge".into(),
+        }],
+        volume_mounts: vec![VolumeMount {
+            name: "config".into(),
+            mount_path: "/etc/sensor".into(),
+            read_only: true,
+            sub_path: Some("sensor.toml".into()),
+        }],
+        ports: vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: 8080,
+            host_port: Some(30080),
+            protocol: "TCP".into(),
+        }],
+        resources: Resources {
+            cpu_request_millis: Some(100),
+            cpu_limit_millis: Some(500),
+            memory_request_bytes: Some(16 * 1024 * 1024),
+            memory_limit_bytes: Some(64 * 1024 * 1024),
+        },
+        liveness_probe: Some(probe(ProbeHandler::HttpGet {
+            path: "/healthz".into(),
+            port: 8080,
+            host: Some("127.0.0.1".into()),
+            https: true,
+            headers: vec![("X-Probe".into(), "kedge".into())],
+        })),
+        readiness_probe: Some(probe(ProbeHandler::TcpSocket {
+            port: 8080,
+            host: Some("localhost".into()),
+        })),
+        startup_probe: Some(probe(ProbeHandler::Exec {
+            command: vec!["/bin/check".into(), "--startup".into()],
+        })),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(1000),
+            run_as_group: Some(-1),
+            read_only_root_filesystem: true,
+            privileged: false,
+            allow_privilege_escalation: Some(false),
+            capabilities_add: vec!["NET_BIND_SERVICE".into()],
+            capabilities_drop: vec!["ALL".into()],
+        }),
+    }
+}
+
+pub(super) fn desired_pod() -> PodSpec {
+    let mut labels = BTreeMap::new();
+    // Inserted out of order: the encoding is in key order.
+    labels.insert("tier".to_string(), "edge".to_string());
+    labels.insert("app".to_string(), "sensor".to_string());
+    PodSpec {
+        namespace: "factory".into(),
+        name: "sensor".into(),
+        uid: "7f1c2a9e-0b4d-4e8a-9c3f-5d6e7f801234".into(),
+        generation: DESIRED_SEQ,
+        labels,
+        runtime: RuntimeKind::Wasm,
+        restart_policy: RestartPolicy::OnFailure,
+        termination_grace_period_secs: 30,
+        host_network: true,
+        init_containers: vec![container(
+            "init",
+            "file:///opt/kedge/init.wasm@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        )],
+        containers: vec![container(
+            "main",
+            "https://example.com/sensor.wasm@sha256:1111111111111111111111111111111111111111111111111111111111111111",
+        )],
+        volumes: vec![
+            Volume {
+                name: "scratch".into(),
+                source: VolumeSource::EmptyDir {
+                    memory: true,
+                    size_limit_bytes: Some(1024 * 1024),
+                },
+            },
+            Volume {
+                name: "dev".into(),
+                source: VolumeSource::HostPath {
+                    path: "/dev/ttyUSB0".into(),
+                },
+            },
+            Volume {
+                name: "config".into(),
+                source: VolumeSource::Files {
+                    files: vec![("sensor.toml".into(), b"rate = 5\n".to_vec())],
+                    default_mode: 0o644,
+                },
+            },
+        ],
+        image_pull_secrets: vec!["{\"auths\":{}}".into()],
+    }
+}
+
+pub(super) fn pod_status() -> PodStatus {
+    PodStatus {
+        namespace: "factory".into(),
+        name: "sensor".into(),
+        uid: "7f1c2a9e-0b4d-4e8a-9c3f-5d6e7f801234".into(),
+        observed_generation: DESIRED_SEQ,
+        phase: PodPhase::Running,
+        conditions: vec![
+            PodCondition {
+                kind: PodConditionType::Initialized,
+                status: true,
+                last_transition_ms: 1_767_225_590_000,
+                reason: Some("PodCompleted".into()),
+                message: Some("init containers done".into()),
+            },
+            PodCondition {
+                kind: PodConditionType::Ready,
+                status: false,
+                last_transition_ms: 1_767_225_595_000,
+                reason: Some("ContainersNotReady".into()),
+                message: Some("containers with unready status: [main]".into()),
+            },
+        ],
+        reason: Some("Evicted".into()),
+        message: Some("sample message".into()),
+        start_time_ms: Some(1_767_225_589_000),
+        host_ip: Some("192.168.1.20".into()),
+        pod_ip: Some("10.42.0.7".into()),
+        init_container_statuses: vec![ContainerStatus {
+            name: "init".into(),
+            image: "file:///opt/kedge/init.wasm".into(),
+            image_id: "sha256:0000".into(),
+            container_id: "wasm://init-1".into(),
+            ready: true,
+            started: false,
+            restart_count: 0,
+            state: ContainerState::Terminated {
+                exit_code: 0,
+                reason: "Completed".into(),
+                message: Some("done".into()),
+                started_at_ms: 1_767_225_589_500,
+                finished_at_ms: 1_767_225_590_000,
+            },
+            last_state: None,
+        }],
+        container_statuses: vec![ContainerStatus {
+            name: "main".into(),
+            image: "https://example.com/sensor.wasm".into(),
+            image_id: "sha256:1111".into(),
+            container_id: "wasm://main-2".into(),
+            ready: false,
+            started: true,
+            restart_count: 2,
+            state: ContainerState::Running {
+                started_at_ms: 1_767_225_594_000,
+            },
+            last_state: Some(ContainerState::Terminated {
+                exit_code: -1,
+                reason: "Error".into(),
+                message: Some("trap: unreachable".into()),
+                started_at_ms: 1_767_225_591_000,
+                finished_at_ms: 1_767_225_593_000,
+            }),
+        }],
+    }
+}
+
+pub(super) fn node_status() -> NodeStatus {
+    let now = NODE_STATUS_SEQ;
+    NodeStatus {
+        name: "gw1".into(),
+        online: true,
+        heartbeat_ms: now,
+        info: NodeInfo {
+            architecture: "arm64".into(),
+            operating_system: "linux".into(),
+            kernel_version: "6.6.31".into(),
+            os_image: "Debian GNU/Linux 12 (bookworm)".into(),
+            hostname: "gw1.local".into(),
+            agent_version: "0.1.0".into(),
+            container_runtime_version: "wasmtime://48.0.0".into(),
+        },
+        capacity: NodeResources {
+            cpu_millis: 4000,
+            memory_bytes: 4 * 1024 * 1024 * 1024,
+            pods: 32,
+            ephemeral_storage_bytes: 32 * 1024 * 1024 * 1024,
+        },
+        allocatable: NodeResources {
+            cpu_millis: 3500,
+            memory_bytes: 3 * 1024 * 1024 * 1024,
+            pods: 32,
+            ephemeral_storage_bytes: 30 * 1024 * 1024 * 1024,
+        },
+        conditions: vec![
+            NodeCondition {
+                kind: NodeConditionType::Ready,
+                status: true,
+                reason: "KedgeReady".into(),
+                message: "kedge agent is posting ready status".into(),
+                last_transition_ms: now - 60_000,
+                last_heartbeat_ms: now,
+            },
+            NodeCondition {
+                kind: NodeConditionType::DiskPressure,
+                status: true,
+                reason: "KedgeHasDiskPressure".into(),
+                message: "less than 10% of the disk is free".into(),
+                last_transition_ms: now - 30_000,
+                last_heartbeat_ms: now,
+            },
+        ],
+        addresses: vec![
+            NodeAddress {
+                kind: "InternalIP".into(),
+                address: "192.168.1.20".into(),
+            },
+            NodeAddress {
+                kind: "Hostname".into(),
+                address: "gw1.local".into(),
+            },
+        ],
+        pod_count: 3,
+    }
+}
+
+pub(super) fn event() -> Event {
+    Event {
+        namespace: Some("factory".into()),
+        pod: Some("sensor".into()),
+        container: Some("main".into()),
+        kind: EventType::Warning,
+        reason: "BackOff".into(),
+        message: "Back-off restarting failed container main".into(),
+        timestamp_ms: 1_767_225_593_500,
+    }
+}
+
+pub(super) fn log_request() -> LogRequest {
+    LogRequest {
+        request_id: "5f0e8d2c4b1a49e7a3c6d9b8e7f60123".into(),
+        namespace: "factory".into(),
+        pod: "sensor".into(),
+        container: Some("main".into()),
+        tail_lines: Some(100),
+        follow: true,
+        previous: true,
+        timestamps: true,
+        since_seconds: Some(3600),
+        limit_bytes: Some(65536),
+    }
+}
+
+pub(super) fn log_chunk() -> LogChunk {
+    LogChunk {
+        request_id: "5f0e8d2c4b1a49e7a3c6d9b8e7f60123".into(),
+        data: b"2026-01-01T00:00:00.123456789Z reading 21.5\n".to_vec(),
+        eof: true,
+        error: Some("sample error text".into()),
+    }
+}
+
+/// Every vector: file name, envelope seq, sample message.
+fn all() -> Vec<(&'static str, u64, Message)> {
+    vec![
+        (
+            "desired_pod.hex",
+            DESIRED_SEQ,
+            Message::DesiredPod(desired_pod()),
+        ),
+        (
+            "pod_status.hex",
+            POD_STATUS_SEQ,
+            Message::PodStatus(pod_status()),
+        ),
+        (
+            "node_status.hex",
+            NODE_STATUS_SEQ,
+            Message::NodeStatus(node_status()),
+        ),
+        ("event.hex", EVENT_SEQ, Message::Event(event())),
+        (
+            "log_request.hex",
+            LOG_SEQ,
+            Message::LogRequest(log_request()),
+        ),
+        ("log_chunk.hex", LOG_SEQ, Message::LogChunk(log_chunk())),
+    ]
+}
+
+fn vector_path(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("vectors")
+        .join(file)
+}
+
+fn to_hex_lines(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for line in bytes.chunks(BYTES_PER_LINE) {
+        out.push_str(&hex::encode(line));
+        out.push('\n');
+    }
+    out
+}
+
+fn from_hex_text(text: &str) -> Vec<u8> {
+    let digits: String = text.split_whitespace().collect();
+    hex::decode(digits).expect("vector file is hex")
+}
+
+fn writing() -> bool {
+    std::env::var(WRITE_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Encodes the sample, compares with (or writes) the committed file, then
+/// decodes the committed bytes back and renders them as JSON.
+fn check(file: &str) {
+    let (_, seq, message) = all()
+        .into_iter()
+        .find(|(f, _, _)| *f == file)
+        .expect("known vector");
+    let encoded = encode(seq, &message).expect("sample encodes");
+    let path = vector_path(file);
+    if writing() {
+        std::fs::write(&path, to_hex_lines(&encoded)).expect("write vector");
+    }
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {}: {e} (generate with {WRITE_ENV}=1)",
+            path.display()
+        )
+    });
+    let committed = from_hex_text(&text);
+
+    // (a) The encoder produces the committed bytes exactly.
+    assert!(
+        encoded == committed,
+        "{file}: encoding changed; a change to the wire format needs a new SCHEMA_VERSION \
+         (then regenerate with {WRITE_ENV}=1)\n  encoded:   {}\n  committed: {}",
+        hex::encode(&encoded),
+        hex::encode(&committed)
+    );
+
+    // (b) The committed bytes decode to the sample.
+    let decoded = decode(&committed).expect("committed vector decodes");
+    assert_eq!(decoded.seq, seq, "{file}: seq");
+    assert_eq!(decoded.message, message, "{file}: body");
+
+    // (c) `kedge wire decode` can render it, with the right kind.
+    let json = to_json(&committed).expect("committed vector renders as JSON");
+    assert_eq!(json["kind"], message.kind().name(), "{file}: JSON kind");
+    assert_eq!(json["version"], SCHEMA_VERSION, "{file}: JSON version");
+    assert_eq!(json["seq"], seq, "{file}: JSON seq");
+}
+
+#[test]
+fn vector_desired_pod() {
+    check("desired_pod.hex");
+}
+
+#[test]
+fn vector_pod_status() {
+    check("pod_status.hex");
+}
+
+#[test]
+fn vector_node_status() {
+    check("node_status.hex");
+}
+
+#[test]
+fn vector_event() {
+    check("event.hex");
+}
+
+#[test]
+fn vector_log_request() {
+    check("log_request.hex");
+}
+
+#[test]
+fn vector_log_chunk() {
+    check("log_chunk.hex");
+}
+
+/// One vector per kind, and no vector files that no test checks.
+#[test]
+fn vectors_cover_every_kind() {
+    let mut kinds: Vec<u8> = all().iter().map(|(_, _, m)| m.kind() as u8).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, (1..=6).collect::<Vec<u8>>());
+    for k in 0..=u8::MAX {
+        assert_eq!(Kind::from_u8(k).is_ok(), kinds.contains(&k), "kind {k}");
+    }
+    if writing() {
+        return;
+    }
+    let dir = vector_path("");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .expect("tests/vectors exists")
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|n| n.ends_with(".hex"))
+        .collect();
+    on_disk.sort();
+    let mut expected: Vec<String> = all().iter().map(|(f, _, _)| f.to_string()).collect();
+    expected.sort();
+    assert_eq!(on_disk, expected);
+}
+
+/// The envelope header as docs/wire.md describes it, checked on the event
+/// sample (whose bytes `vector_event` pins): version, kind, seq varint,
+/// empty signature, body length, body.
+#[test]
+fn envelope_layout_matches_the_spec() {
+    let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
+    assert_eq!(bytes[0], 0x01, "version 1 as a one-byte varint");
+    assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
+    assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
+    assert_eq!(bytes[3], 0x00, "empty signature: length 0");
+    let body = postcard::to_stdvec(&event()).expect("body encodes");
+    assert!(body.len() < 128, "one-byte body length in this sample");
+    assert_eq!(bytes[4] as usize, body.len(), "body length");
+    assert_eq!(&bytes[5..], &body[..], "body bytes follow");
+    assert_eq!(bytes.len(), 5 + body.len(), "nothing after the body");
+}
