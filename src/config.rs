@@ -194,6 +194,12 @@ pub const KEYS: &[KeyDoc] = &[
         help: "Wasm time slice: a running module yields to others this often",
     },
     KeyDoc {
+        key: "wasm.ca_file",
+        ty: KeyType::Str,
+        default: "",
+        help: "extra PEM CA bundle trusted for https:// module downloads (besides the system roots)",
+    },
+    KeyDoc {
         key: "wasm.default_memory_limit_bytes",
         ty: KeyType::Int,
         default: "268435456",
@@ -309,6 +315,7 @@ pub struct LogsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct WasmConfig {
     pub epoch_tick_ms: u64,
+    pub ca_file: Option<PathBuf>,
     pub default_memory_limit_bytes: u64,
 }
 
@@ -417,6 +424,7 @@ impl Default for WasmConfig {
     fn default() -> Self {
         WasmConfig {
             epoch_tick_ms: default_int("wasm.epoch_tick_ms"),
+            ca_file: None,
             default_memory_limit_bytes: default_int("wasm.default_memory_limit_bytes"),
         }
     }
@@ -534,12 +542,13 @@ impl Config {
         self.broker.key_file = non_empty(self.broker.key_file);
         self.broker.password_file = non_empty(self.broker.password_file);
         self.manifests_dir = non_empty(self.manifests_dir);
+        self.wasm.ca_file = non_empty(self.wasm.ca_file);
 
-        if !crate::wire::valid_topic_level(&self.node_name) {
+        if !crate::wire::valid_topic_level(&self.node_name) || self.node_name.starts_with('_') {
             return Err(ConfigError::value(
                 "node_name",
                 &self.node_name,
-                "must be non-empty without '/', '+' or '#'",
+                "must be non-empty without '/', '+' or '#', and not start with '_' (reserved)",
             ));
         }
         if self.topic_prefix.is_empty() || self.topic_prefix.contains(['+', '#']) {

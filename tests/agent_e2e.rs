@@ -661,3 +661,232 @@ fn bad_configuration_exits_64_naming_the_key() {
     let out = kedge(&["--broker", "http://x", "get", "pods"]);
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[test]
+fn volumes_are_shared_and_compiled_modules_are_cached() {
+    let env = Env::start("gw-vol");
+    let host_dir = env.dir.path().join("host-data");
+    std::fs::create_dir_all(&host_dir).expect("mkdir");
+    std::fs::write(host_dir.join("greeting.txt"), "hello from the host").expect("write");
+    let module = p1();
+    let sha = sha256_file(&module);
+    let image = format!("file://{}@sha256:{sha}", module.display());
+    // An init container writes into an emptyDir; the app container reads it
+    // back, and also reads a file from a read-only hostPath.
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: vols}}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: Never
+  initContainers:
+  - name: writer
+    image: {image}
+    args: [write, /scratch/msg.txt, "written by init"]
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+  containers:
+  - name: reader
+    image: {image}
+    args: [read, /scratch/msg.txt]
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+  - name: host-reader
+    image: {image}
+    args: [read, /host/greeting.txt]
+    volumeMounts: [{{name: host, mountPath: /host, readOnly: true}}]
+  volumes:
+  - name: scratch
+    emptyDir: {{}}
+  - name: host
+    hostPath: {{path: {host}}}
+"#,
+        host = host_dir.display()
+    );
+    env.apply(&manifest);
+    let s = env.wait_status("vols Succeeded", "vols", |s| phase(s) == "Succeeded");
+    assert_eq!(
+        s["init_container_statuses"][0]["state"]["Terminated"]["exit_code"],
+        0
+    );
+    assert!(
+        env.cli_ok(&["logs", "vols", "-c", "reader"])
+            .contains("written by init")
+    );
+    assert!(
+        env.cli_ok(&["logs", "vols", "-c", "host-reader"])
+            .contains("hello from the host")
+    );
+    assert!(
+        env.cli_ok(&["logs", "vols", "-c", "writer"])
+            .contains("wrote /scratch/msg.txt")
+    );
+    // Without -c, a pod with several containers asks which one.
+    let out = env.cli(&["logs", "vols"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a container name must be specified"));
+    // The module was compiled once and cached on disk by digest.
+    let cache = env.dir.path().join("data/wasm-cache");
+    let cached: Vec<String> = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(
+        cached
+            .iter()
+            .any(|f| f.starts_with(&sha) && f.ends_with(".cwasm")),
+        "{cached:?}"
+    );
+}
+
+/// A real HTTPS server (Python's http.server behind TLS) serving `dir`.
+struct HttpsServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpsServer {
+    fn start(dir: &Path, tls: &TlsFiles) -> HttpsServer {
+        use std::io::BufRead;
+        let script = format!(
+            "import functools, http.server, ssl\n\
+             h = functools.partial(http.server.SimpleHTTPRequestHandler, directory={dir:?})\n\
+             s = http.server.HTTPServer(('127.0.0.1', 0), h)\n\
+             c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+             c.load_cert_chain({cert:?}, {key:?})\n\
+             s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+             print(s.server_address[1], flush=True)\n\
+             s.serve_forever()\n",
+            dir = dir.display().to_string(),
+            cert = tls.server_cert.display().to_string(),
+            key = tls.server_key.display().to_string(),
+        );
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("port line");
+        let port = line.trim().parse().expect("port");
+        HttpsServer { child, port }
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn modules_download_over_https_with_a_pinned_digest() {
+    let tls = generate_tls("unused");
+    let site = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(p1(), site.path().join("guest.wasm")).expect("copy");
+    let server = HttpsServer::start(site.path(), &tls);
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = fast_args();
+    args.extend(["--set".into(), format!("wasm.ca_file={}", tls.ca.display())]);
+    let agent = Agent::start(AgentOpts {
+        node: "gw-https".into(),
+        broker_url: Some(broker.url()),
+        data_dir: dir.path().join("data"),
+        extra_args: args,
+        env: vec![],
+    });
+    let sha = sha256_file(p1());
+    let url = broker.url();
+    let manifest = |name: &str, digest: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  runtimeClassName: kedge-wasm\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: https://localhost:{}/guest.wasm@sha256:{digest}\n    args: [hello, over, https]\n",
+            server.port
+        )
+    };
+    let apply = |name: &str, digest: &str| {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, manifest(name, digest)).expect("write");
+        kedge_ok(&[
+            "--broker",
+            &url,
+            "apply",
+            "-f",
+            path.to_str().expect("utf8"),
+            "--node",
+            "gw-https",
+        ]);
+    };
+    let status = |name: &str| -> Option<Value> {
+        let out = kedge_ok(&["--broker", &url, "get", "pods", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v["items"]
+            .as_array()?
+            .iter()
+            .map(|i| i["status"].clone())
+            .find(|s| s["name"] == name)
+    };
+    apply("fetched", &sha);
+    wait_until("https module runs", WAIT, || {
+        status("fetched").filter(|s| phase(s) == "Succeeded")
+    });
+    let logs = kedge_ok(&["--broker", &url, "logs", "fetched"]);
+    assert!(logs.contains("over https"), "{logs}");
+    // The same URL with another digest is refused, never run.
+    apply("tampered", &"1".repeat(64));
+    let s = wait_until("digest mismatch", WAIT, || {
+        status("tampered").filter(|s| waiting_reason(s) == Some("ErrImagePull"))
+    });
+    let msg = container(&s)["state"]["Waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        msg.contains("has digest sha256:") && msg.contains("expected sha256:1111"),
+        "{msg}"
+    );
+    drop(agent);
+}
+
+#[test]
+fn without_a_broker_the_agent_embeds_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    std::fs::write(
+        manifests.join("p.yaml"),
+        wasm_pod("embedded", &p1(), &["ticker", "0", "100"], "Always", ""),
+    )
+    .expect("write");
+    let mut args = fast_args();
+    args.extend([
+        "--manifests".into(),
+        manifests.display().to_string(),
+        "--set".into(),
+        format!("embedded_broker.listen=127.0.0.1:{port}"),
+    ]);
+    let agent = Agent::start(AgentOpts {
+        node: "gw-embedded".into(),
+        broker_url: None,
+        data_dir: dir.path().join("data"),
+        extra_args: args,
+        env: vec![],
+    });
+    let url = format!("mqtt://127.0.0.1:{port}");
+    wait_until("pod Running behind the embedded broker", WAIT, || {
+        let out = kedge(&["--broker", &url, "get", "pods"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.contains("embedded") && text.contains("Running"))
+            .then_some(())
+    });
+    wait_until("logs through the embedded broker", WAIT, || {
+        let out = kedge(&["--broker", &url, "logs", "embedded"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("tick 2")
+            .then_some(())
+    });
+    drop(agent);
+}

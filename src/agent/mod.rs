@@ -107,10 +107,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         })?,
     }
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .context("cannot set up the HTTP client")?;
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(120));
+    if let Some(ca) = &config.wasm.ca_file {
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("cannot read wasm.ca_file {}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("invalid wasm.ca_file {}", ca.display()))?;
+        http = http.tls_certs_merge(certs);
+    }
+    let http = http.build().context("cannot set up the HTTP client")?;
     #[cfg(feature = "wasm")]
     let wasm: Option<Arc<dyn Runtime>> = Some(crate::runtime::wasm::WasmRuntime::new(
         crate::runtime::wasm::WasmOptions {
@@ -404,6 +409,7 @@ impl Controller {
                 Ok((_, spec)) if spec.key() != key => {
                     return self.refuse(
                         &key,
+                        "InvalidSpec",
                         format!(
                             "the spec names pod {} but was sent on the topic of {key}",
                             spec.key()
@@ -411,7 +417,10 @@ impl Controller {
                     );
                 }
                 Ok((_, spec)) => Incoming::Apply(spec, PodSource::Mqtt),
-                Err(e) => return self.refuse(&key, format!("cannot decode desired spec: {e}")),
+                Err(e) => {
+                    let message = format!("cannot decode desired spec: {e}");
+                    return self.refuse(&key, "InvalidSpec", message);
+                }
             }
         };
         self.apply(key, incoming);
@@ -419,9 +428,9 @@ impl Controller {
 
     /// A desired spec that cannot be used: an event, and a status that says
     /// why unless a good version of the pod runs (which keeps running).
-    fn refuse(&mut self, key: &PodKey, message: String) {
-        warn!(pod = %key, %message, "refusing desired spec");
-        self.event(key, EventType::Warning, "InvalidSpec", &message);
+    fn refuse(&mut self, key: &PodKey, reason: &str, message: String) {
+        warn!(pod = %key, reason, %message, "refusing desired spec");
+        self.event(key, EventType::Warning, reason, &message);
         if !self.pods.contains_key(key) {
             let status = PodStatus {
                 namespace: key.namespace.clone(),
@@ -430,7 +439,7 @@ impl Controller {
                 observed_generation: 0,
                 phase: PodPhase::Failed,
                 conditions: Vec::new(),
-                reason: Some("InvalidSpec".into()),
+                reason: Some(reason.into()),
                 message: Some(message),
                 start_time_ms: None,
                 host_ip: None,
@@ -459,8 +468,7 @@ impl Controller {
                         "node {} already runs its maximum of {} pods",
                         self.node, self.config.node.max_pods
                     );
-                    self.event(&key, EventType::Warning, "OutOfpods", &msg);
-                    return self.refuse(&key, msg);
+                    return self.refuse(&key, "OutOfpods", msg);
                 }
                 if let Err(e) = self.store.put_desired(&DesiredRecord {
                     source,

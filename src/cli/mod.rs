@@ -190,29 +190,26 @@ pub fn load_config(
     config::load(global.config.as_deref(), std::env::vars(), &overrides)
 }
 
-fn decode_spec(payload: &[u8]) -> Option<PodSpec> {
+fn decode_spec(payload: &[u8]) -> Result<PodSpec, wire::WireError> {
     wire::decode_as(payload, Kind::DesiredPod, |m| match m {
         Message::DesiredPod(p) => Some(p),
         _ => None,
     })
-    .ok()
     .map(|(_, p)| p)
 }
 
-fn decode_status(payload: &[u8]) -> Option<(u64, PodStatus)> {
+fn decode_status(payload: &[u8]) -> Result<(u64, PodStatus), wire::WireError> {
     wire::decode_as(payload, Kind::PodStatus, |m| match m {
         Message::PodStatus(p) => Some(p),
         _ => None,
     })
-    .ok()
 }
 
-fn decode_node(payload: &[u8]) -> Option<NodeStatus> {
+fn decode_node(payload: &[u8]) -> Result<NodeStatus, wire::WireError> {
     wire::decode_as(payload, Kind::NodeStatus, |m| match m {
         Message::NodeStatus(p) => Some(p),
         _ => None,
     })
-    .ok()
     .map(|(_, n)| n)
 }
 
@@ -255,7 +252,13 @@ pub async fn apply(
             .retained(&topic)
             .await?
             .into_iter()
-            .find_map(|(_, p)| decode_spec(&p));
+            .find_map(|(t, p)| match decode_spec(&p) {
+                Ok(spec) => Some(spec),
+                Err(e) => {
+                    eprintln!("warning: the spec on {t} cannot be read ({e}); replacing it");
+                    None
+                }
+            });
         let uid = existing
             .as_ref()
             .map(|e| e.uid.clone())
@@ -269,7 +272,7 @@ pub async fn apply(
                 let mut same = e.clone();
                 same.generation = spec.generation;
                 if same == spec {
-                    println!("pod/{name} unchanged");
+                    writeln!(std::io::stdout(), "pod/{name} unchanged")?;
                     continue;
                 }
                 spec.generation = e.generation + 1;
@@ -282,7 +285,7 @@ pub async fn apply(
         };
         let payload = wire::encode(spec.generation, &Message::DesiredPod(spec))?;
         client.publish_acked(&topic, payload, true).await?;
-        println!("pod/{name} {verb}");
+        writeln!(std::io::stdout(), "pod/{name} {verb}")?;
     }
     client.disconnect().await;
     Ok(())
@@ -341,7 +344,7 @@ pub async fn delete(
     client
         .publish_acked(&topics.desired(&node, &key), Vec::new(), true)
         .await?;
-    println!("pod \"{name}\" deleted");
+    writeln!(std::io::stdout(), "pod \"{name}\" deleted")?;
     client.disconnect().await;
     Ok(())
 }
@@ -448,10 +451,12 @@ pub async fn get(
                 let Some(TopicKind::Reported { node, .. }) = topics.parse(&topic) else {
                     continue;
                 };
-                if let Some((_, s)) = decode_status(&payload)
-                    && (all_namespaces || s.namespace == namespace)
-                {
-                    pods.push((node, s));
+                match decode_status(&payload) {
+                    Ok((_, s)) if all_namespaces || s.namespace == namespace => {
+                        pods.push((node, s))
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("warning: skipping {topic}: {e}"),
                 }
             }
             pods.sort_by(|a, b| (&a.1.namespace, &a.1.name).cmp(&(&b.1.namespace, &b.1.name)));
@@ -485,12 +490,13 @@ pub async fn get(
         }
         GetWhat::Nodes => {
             let filter = format!("{}/{node_level}/node", topics.prefix());
-            let mut nodes: Vec<NodeStatus> = client
-                .retained(&filter)
-                .await?
-                .into_iter()
-                .filter_map(|(_, p)| decode_node(&p))
-                .collect();
+            let mut nodes: Vec<NodeStatus> = Vec::new();
+            for (topic, payload) in client.retained(&filter).await? {
+                match decode_node(&payload) {
+                    Ok(n) => nodes.push(n),
+                    Err(e) => eprintln!("warning: skipping {topic}: {e}"),
+                }
+            }
             nodes.sort_by(|a, b| a.name.cmp(&b.name));
             match output {
                 Some(Output::Json) => {
@@ -515,6 +521,10 @@ pub async fn get(
     Ok(())
 }
 
+/// A node whose last heartbeat is older than this shows NotReady (the
+/// Kubernetes node lease duration).
+pub const NODE_STALE_MS: u64 = 40_000;
+
 pub fn nodes_table(nodes: &[NodeStatus], wide: bool, now: u64) -> String {
     let mut header: Vec<String> = ["NAME", "STATUS", "ROLES", "LAST-SEEN", "VERSION", "ARCH"]
         .map(String::from)
@@ -533,6 +543,7 @@ pub fn nodes_table(nodes: &[NodeStatus], wide: bool, now: u64) -> String {
     let mut rows = vec![header];
     for n in nodes {
         let ready = n.online
+            && now.saturating_sub(n.heartbeat_ms) <= NODE_STALE_MS
             && n.condition(NodeConditionType::Ready)
                 .map(|c| c.status)
                 .unwrap_or(false);
@@ -665,7 +676,11 @@ pub fn wire_decode(file: Option<&PathBuf>, hex_input: bool) -> anyhow::Result<()
         bytes = hex::decode(text).context("the input is not hex")?;
     }
     let json = wire::to_json(&bytes)?;
-    println!("{}", serde_json::to_string_pretty(&json)?);
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::to_string_pretty(&json)?
+    )?;
     Ok(())
 }
 
