@@ -890,3 +890,99 @@ fn without_a_broker_the_agent_embeds_one() {
     });
     drop(agent);
 }
+
+fn decode_event(payload: &[u8]) -> Option<kedge::model::Event> {
+    match kedge::wire::decode(payload).ok()?.message {
+        kedge::wire::Message::Event(e) => Some(e),
+        _ => None,
+    }
+}
+
+#[test]
+fn killed_agent_is_marked_offline_by_its_last_will() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = fast_args();
+    args.extend(["--set".into(), "broker.keep_alive_secs=5".into()]);
+    let mut agent = Agent::start(AgentOpts {
+        node: "gw-will".into(),
+        broker_url: Some(broker.url()),
+        data_dir: dir.path().join("data"),
+        extra_args: args,
+        env: vec![],
+    });
+    let url = broker.url();
+    let nodes = || kedge_ok(&["--broker", &url, "get", "nodes"]);
+    wait_until("node Ready", WAIT, || {
+        nodes().contains("Ready").then_some(())
+    });
+    let sub = Subscriber::start(&url, "kedge/v1/gw-will/events", None);
+    // A malformed spec is reported as a Warning event on the events topic.
+    publish_raw(&url, "kedge/v1/gw-will/desired/default/junk", b"junk", true);
+    let (_, payload) = sub.wait_for("InvalidSpec event", WAIT, |_, p| {
+        decode_event(p).is_some_and(|e| e.reason == "InvalidSpec")
+    });
+    let event = decode_event(&payload).expect("event");
+    assert_eq!(event.pod.as_deref(), Some("junk"));
+    assert_eq!(event.kind, kedge::model::EventType::Warning);
+
+    agent.kill9();
+    // The broker publishes the will after 1.5 × keep-alive.
+    wait_until("node NotReady after the last will", WAIT, || {
+        let n = nodes();
+        (n.contains("gw-will") && n.contains("NotReady")).then_some(())
+    });
+    let json = kedge_ok(&["--broker", &url, "get", "nodes", "-o", "json"]);
+    let v: Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v["items"][0]["online"], false);
+}
+
+#[test]
+fn a_full_outbox_drops_the_oldest_and_says_so() {
+    let mut broker = Mosquitto::start();
+    broker.stop();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    std::fs::write(
+        manifests.join("f.yaml"),
+        wasm_pod("flappy", &p1(), &["crash-after", "50"], "Always", ""),
+    )
+    .expect("write");
+    let mut args = fast_args();
+    args.extend([
+        "--manifests".into(),
+        manifests.display().to_string(),
+        "--set".into(),
+        "outbox.max_entries=3".into(),
+        "--set".into(),
+        "backoff.initial_ms=100".into(),
+        "--set".into(),
+        "backoff.max_ms=100".into(),
+        // Slow reconnects, so the subscriber below is in place first.
+        "--set".into(),
+        "broker.reconnect_initial_ms=2000".into(),
+        "--set".into(),
+        "broker.reconnect_max_ms=2000".into(),
+    ]);
+    let agent = Agent::start(AgentOpts {
+        node: "gw-full".into(),
+        broker_url: Some(broker.url()),
+        data_dir: dir.path().join("data"),
+        extra_args: args,
+        env: vec![],
+    });
+    wait_until("the outbox overflowed while offline", WAIT, || {
+        agent
+            .log()
+            .contains("outbox full: dropped the oldest reports")
+            .then_some(())
+    });
+    broker.restart();
+    let sub = Subscriber::start(&broker.url(), "kedge/v1/gw-full/events", None);
+    let (_, payload) = sub.wait_for("OutboxOverflow event", WAIT, |_, p| {
+        decode_event(p).is_some_and(|e| e.reason == "OutboxOverflow")
+    });
+    let event = decode_event(&payload).expect("event");
+    assert!(event.message.starts_with("dropped "), "{}", event.message);
+}
