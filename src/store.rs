@@ -382,21 +382,7 @@ mod tests {
     use crate::model::*;
 
     fn spec(name: &str, generation: u64) -> PodSpec {
-        PodSpec {
-            namespace: "default".into(),
-            name: name.into(),
-            uid: "u1".into(),
-            generation,
-            labels: Default::default(),
-            runtime: RuntimeKind::Wasm,
-            restart_policy: RestartPolicy::Never,
-            termination_grace_period_secs: 30,
-            host_network: false,
-            init_containers: vec![],
-            containers: vec![],
-            volumes: vec![],
-            image_pull_secrets: vec![],
-        }
+        crate::model::samples::spec(name, "u1", generation, RestartPolicy::Never)
     }
 
     fn status(name: &str) -> PodStatus {

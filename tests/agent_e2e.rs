@@ -92,18 +92,31 @@ impl Env {
 
     /// The pod's status as JSON (from `kedge get pods -o json`), if reported.
     fn status(&self, name: &str) -> Option<Value> {
-        let out = self.cli_ok(&["get", "pods", "-A", "-o", "json"]);
-        let v: Value = serde_json::from_str(&out).expect("json");
-        v["items"]
-            .as_array()?
-            .iter()
-            .map(|i| i["status"].clone())
-            .find(|s| s["name"] == name)
+        pod_status(&self.broker.url(), name)
     }
 
     fn wait_status(&self, what: &str, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
         wait_until(what, WAIT, || self.status(name).filter(|s| pred(s)))
     }
+}
+
+/// A pod's status from `kedge get pods -A -o json`, if reported.
+fn pod_status(url: &str, name: &str) -> Option<Value> {
+    let out = kedge_ok(&["--broker", url, "get", "pods", "-A", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).ok()?;
+    v["items"]
+        .as_array()?
+        .iter()
+        .map(|i| i["status"].clone())
+        .find(|s| s["name"] == name)
+}
+
+/// A static-pod directory holding one manifest.
+fn manifest_dir(parent: &Path, file: &str, yaml: &str) -> PathBuf {
+    let dir = parent.join("manifests");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join(file), yaml).expect("write manifest");
+    dir
 }
 
 fn phase(s: &Value) -> &str {
@@ -537,13 +550,11 @@ fn logs_follow_until_the_container_ends() {
 fn static_pods_follow_their_directory() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifests).expect("mkdir");
-    std::fs::write(
-        manifests.join("a.yaml"),
-        wasm_pod("static-a", &p1(), &["ticker", "0", "100"], "Always", ""),
-    )
-    .expect("write");
+    let manifests = manifest_dir(
+        dir.path(),
+        "a.yaml",
+        &wasm_pod("static-a", &p1(), &["ticker", "0", "100"], "Always", ""),
+    );
     let mut args = fast_args();
     args.extend([
         "--manifests".into(),
@@ -559,15 +570,7 @@ fn static_pods_follow_their_directory() {
         env: vec![],
     });
     let url = broker.url();
-    let status = |name: &str| -> Option<Value> {
-        let out = kedge_ok(&["--broker", &url, "get", "pods", "-o", "json"]);
-        let v: Value = serde_json::from_str(&out).ok()?;
-        v["items"]
-            .as_array()?
-            .iter()
-            .map(|i| i["status"].clone())
-            .find(|s| s["name"] == name)
-    };
+    let status = |name: &str| pod_status(&url, name);
     wait_until("static pod Running", WAIT, || {
         status("static-a").filter(|s| phase(s) == "Running")
     });
@@ -819,15 +822,7 @@ fn modules_download_over_https_with_a_pinned_digest() {
             "gw-https",
         ]);
     };
-    let status = |name: &str| -> Option<Value> {
-        let out = kedge_ok(&["--broker", &url, "get", "pods", "-o", "json"]);
-        let v: Value = serde_json::from_str(&out).ok()?;
-        v["items"]
-            .as_array()?
-            .iter()
-            .map(|i| i["status"].clone())
-            .find(|s| s["name"] == name)
-    };
+    let status = |name: &str| pod_status(&url, name);
     apply("fetched", &sha);
     wait_until("https module runs", WAIT, || {
         status("fetched").filter(|s| phase(s) == "Succeeded")
@@ -854,13 +849,11 @@ fn modules_download_over_https_with_a_pinned_digest() {
 fn without_a_broker_the_agent_embeds_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifests).expect("mkdir");
-    std::fs::write(
-        manifests.join("p.yaml"),
-        wasm_pod("embedded", &p1(), &["ticker", "0", "100"], "Always", ""),
-    )
-    .expect("write");
+    let manifests = manifest_dir(
+        dir.path(),
+        "p.yaml",
+        &wasm_pod("embedded", &p1(), &["ticker", "0", "100"], "Always", ""),
+    );
     let mut args = fast_args();
     args.extend([
         "--manifests".into(),
@@ -942,13 +935,11 @@ fn a_full_outbox_drops_the_oldest_and_says_so() {
     let mut broker = Mosquitto::start();
     broker.stop();
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifests).expect("mkdir");
-    std::fs::write(
-        manifests.join("f.yaml"),
-        wasm_pod("flappy", &p1(), &["crash-after", "50"], "Always", ""),
-    )
-    .expect("write");
+    let manifests = manifest_dir(
+        dir.path(),
+        "f.yaml",
+        &wasm_pod("flappy", &p1(), &["crash-after", "50"], "Always", ""),
+    );
     let mut args = fast_args();
     args.extend([
         "--manifests".into(),

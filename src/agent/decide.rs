@@ -74,21 +74,7 @@ mod tests {
     use crate::model::*;
 
     fn spec(uid: &str, generation: u64) -> PodSpec {
-        PodSpec {
-            namespace: "default".into(),
-            name: "p".into(),
-            uid: uid.into(),
-            generation,
-            labels: Default::default(),
-            runtime: RuntimeKind::Wasm,
-            restart_policy: RestartPolicy::Always,
-            termination_grace_period_secs: 30,
-            host_network: false,
-            init_containers: vec![],
-            containers: vec![],
-            volumes: vec![],
-            image_pull_secrets: vec![],
-        }
+        crate::model::samples::spec("p", uid, generation, RestartPolicy::Always)
     }
 
     #[test]

@@ -676,21 +676,11 @@ mod tests {
     }
 
     fn spec(init: &[&str], main: &[&str], policy: RestartPolicy) -> PodSpec {
-        PodSpec {
-            namespace: "default".into(),
-            name: "p".into(),
-            uid: "u".into(),
-            generation: 1,
-            labels: Default::default(),
-            runtime: RuntimeKind::Wasm,
-            restart_policy: policy,
-            termination_grace_period_secs: 7,
-            host_network: false,
-            init_containers: init.iter().map(|n| container(n)).collect(),
-            containers: main.iter().map(|n| container(n)).collect(),
-            volumes: vec![],
-            image_pull_secrets: vec![],
-        }
+        let mut s = crate::model::samples::spec("p", "u", 1, policy);
+        s.termination_grace_period_secs = 7;
+        s.init_containers = init.iter().map(|n| container(n)).collect();
+        s.containers = main.iter().map(|n| container(n)).collect();
+        s
     }
 
     const A: ContainerRef = ContainerRef {

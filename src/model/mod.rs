@@ -517,6 +517,31 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Builders for unit tests across modules.
+#[cfg(test)]
+pub mod samples {
+    use super::*;
+
+    /// A Wasm pod `default/{name}` with no containers.
+    pub fn spec(name: &str, uid: &str, generation: u64, restart_policy: RestartPolicy) -> PodSpec {
+        PodSpec {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: uid.into(),
+            generation,
+            labels: Default::default(),
+            runtime: RuntimeKind::Wasm,
+            restart_policy,
+            termination_grace_period_secs: 30,
+            host_network: false,
+            init_containers: vec![],
+            containers: vec![],
+            volumes: vec![],
+            image_pull_secrets: vec![],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
