@@ -977,3 +977,35 @@ fn a_full_outbox_drops_the_oldest_and_says_so() {
     let event = decode_event(&payload).expect("event");
     assert!(event.message.starts_with("dropped "), "{}", event.message);
 }
+
+#[test]
+fn args_env_and_working_directory_reach_the_module() {
+    let env = Env::start("gw-env");
+    let extra = "    command: [\"my-tool\"]\n    workingDir: /work\n    env: [{name: GREETING, value: \"hi there\"}]\n";
+    for (name, target) in [("env-p1", GuestTarget::P1), ("env-p2", GuestTarget::P2)] {
+        env.apply(&wasm_pod(
+            name,
+            &guest_wasm(target),
+            &["env", "x y"],
+            "Never",
+            extra,
+        ));
+        env.wait_status("env done", name, |s| phase(s) == "Succeeded");
+        let logs = env.cli_ok(&["logs", name]);
+        assert!(logs.contains("GREETING=hi there"), "{logs}");
+        assert!(
+            logs.contains("HOSTNAME=") && logs.contains("PWD=/work"),
+            "{logs}"
+        );
+        // command replaces argv[0]; args follow it.
+        assert!(
+            logs.contains("arg[0]=my-tool")
+                && logs.contains("arg[1]=env")
+                && logs.contains("arg[2]=x y"),
+            "{logs}"
+        );
+        // WASI has no chdir at start: workingDir is PWD (and the preview 2
+        // initial-cwd, which today's wasi-libc does not read yet).
+        assert!(logs.contains("cwd=/"), "{logs}");
+    }
+}

@@ -266,6 +266,9 @@ impl WasmRuntime {
             b.env(&e.name, &e.value);
         }
         if let Some(wd) = &container.working_dir {
+            // Preview 2 has a real initial working directory; preview 1
+            // has none, so modules there only see PWD.
+            b.initial_cwd(wd);
             b.env("PWD", wd);
         }
         b.stdout(LogOutput(LogStream {
