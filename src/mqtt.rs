@@ -217,7 +217,10 @@ pub async fn run(
             _ = tokio::time::sleep_until(sleep_until), if reconnect_at.is_some() => {
                 reconnect_at = None;
                 next_id += 1;
-                let (client, eventloop) = AsyncClient::new(settings.options.clone(), 4096);
+                let (client, mut eventloop) = AsyncClient::new(settings.options.clone(), 4096);
+                // Small messages both ways: without this, Nagle's algorithm and
+                // delayed ACKs add ~40 ms to every exchange.
+                eventloop.network_options.set_tcp_nodelay(true);
                 for (topic, qos) in &settings.subscriptions {
                     let _ = client.try_subscribe(topic.clone(), *qos);
                 }

@@ -39,6 +39,7 @@ impl Client {
         let mut opts = mqtt_options(&parsed, &config.broker, &id)?;
         opts.set_clean_session(true);
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        eventloop.network_options.set_tcp_nodelay(true);
         let connected = tokio::time::timeout(ANSWER_TIMEOUT, async {
             loop {
                 match eventloop.poll().await {
