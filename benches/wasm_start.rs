@@ -358,13 +358,25 @@ impl Mqtt {
             .expect("queue PUBLISH");
     }
 
-    /// The next message; panics after `STEP_TIMEOUT` with `what`.
-    async fn next(&mut self, what: &str) -> (String, Vec<u8>, Instant) {
-        match tokio::time::timeout(STEP_TIMEOUT, self.rx.recv()).await {
-            Ok(Some(Got::Publish { topic, payload, at })) => (topic, payload, at),
-            Ok(Some(Got::Failed(e))) => panic!("MQTT connection failed while {what}: {e}"),
-            Ok(None) => panic!("MQTT event loop ended while {what}"),
-            Err(_) => panic!("nothing arrived within {STEP_TIMEOUT:?} while {what}"),
+    /// The next message. Panics with `what` and the agent's log if the
+    /// agent exits or nothing arrives within `STEP_TIMEOUT`.
+    async fn next(&mut self, what: &str, agent: &mut Agent) -> (String, Vec<u8>, Instant) {
+        let start = Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), self.rx.recv()).await {
+                Ok(Some(Got::Publish { topic, payload, at })) => return (topic, payload, at),
+                Ok(Some(Got::Failed(e))) => panic!("MQTT connection failed while {what}: {e}"),
+                Ok(None) => panic!("MQTT event loop ended while {what}"),
+                Err(_) => {
+                    agent.check_alive();
+                    if start.elapsed() > STEP_TIMEOUT {
+                        panic!(
+                            "nothing arrived within {STEP_TIMEOUT:?} while {what}; agent log:\n{}",
+                            tail(&agent.log)
+                        );
+                    }
+                }
+            }
         }
     }
 }
@@ -391,15 +403,11 @@ fn decode_node(payload: &[u8]) -> Option<NodeStatus> {
 async fn wait_node_online(mqtt: &mut Mqtt, topics: &Topics, node: &str, agent: &mut Agent) {
     let topic = topics.node(node);
     mqtt.subscribe(&topic).await;
-    let start = Instant::now();
+    let what = format!("waiting for {topic}");
     loop {
-        let (t, payload, _) = mqtt.next(&format!("waiting for {topic}")).await;
+        let (t, payload, _) = mqtt.next(&what, agent).await;
         if t == topic && decode_node(&payload).is_some_and(|n| n.online) {
             return;
-        }
-        agent.check_alive();
-        if start.elapsed() > STEP_TIMEOUT {
-            panic!("node {node} never reported online");
         }
     }
 }
@@ -456,7 +464,7 @@ async fn start_pod(mqtt: &mut Mqtt, topics: &Topics, spec: &PodSpec, agent: &mut
     mqtt.publish(&desired, payload).await;
     let mut first_status = None;
     loop {
-        let (topic, payload, at) = mqtt.next(&format!("starting pod {key}")).await;
+        let (topic, payload, at) = mqtt.next(&format!("starting pod {key}"), agent).await;
         if topic != reported {
             continue;
         }
@@ -489,7 +497,12 @@ async fn start_pod(mqtt: &mut Mqtt, topics: &Topics, spec: &PodSpec, agent: &mut
 
 /// Publishes every tombstone at once; returns when every reported topic has
 /// been cleared.
-async fn delete_pods(mqtt: &mut Mqtt, topics: &Topics, keys: &[PodKey]) -> Duration {
+async fn delete_pods(
+    mqtt: &mut Mqtt,
+    topics: &Topics,
+    keys: &[PodKey],
+    agent: &mut Agent,
+) -> Duration {
     let mut remaining: HashSet<String> = keys.iter().map(|k| topics.reported(NODE, k)).collect();
     let t0 = Instant::now();
     for key in keys {
@@ -498,7 +511,7 @@ async fn delete_pods(mqtt: &mut Mqtt, topics: &Topics, keys: &[PodKey]) -> Durat
     let mut last = t0;
     while !remaining.is_empty() {
         let what = format!("deleting pods ({} reported topics left)", remaining.len());
-        let (topic, payload, at) = mqtt.next(&what).await;
+        let (topic, payload, at) = mqtt.next(&what, agent).await;
         if payload.is_empty() && remaining.remove(&topic) {
             last = at;
         }
@@ -753,7 +766,7 @@ async fn run(
     // --- Cold start: the compiled-module cache is empty.
     let cold_spec = pod_named(&template, "bench-cold");
     let cold = start_pod(&mut mqtt, &topics, &cold_spec, &mut agent).await;
-    delete_pods(&mut mqtt, &topics, &[cold_spec.key()]).await;
+    delete_pods(&mut mqtt, &topics, &[cold_spec.key()], &mut agent).await;
     eprintln!("bench: cold start {:.2} ms", ms(cold.running));
 
     // --- Warm starts, one in flight.
@@ -779,7 +792,7 @@ async fn run(
 
     let keys: Vec<PodKey> = names.iter().map(|n| PodKey::new("default", n)).collect();
     eprintln!("bench: deleting {pods} pods");
-    let deleted = delete_pods(&mut mqtt, &topics, &keys).await;
+    let deleted = delete_pods(&mut mqtt, &topics, &keys, &mut agent).await;
 
     tokio::time::sleep(settle).await;
     agent.check_alive();
