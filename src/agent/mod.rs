@@ -29,7 +29,7 @@ use crate::model::{
     RuntimeKind, now_ms,
 };
 use crate::mqtt::{self, AckToken, SessionCommand, SessionEvent, SessionSettings};
-use crate::runtime::{PodContext, Runtime};
+use crate::runtime::{LazyRuntime, PodContext, Runtime};
 use crate::store::{DesiredRecord, OutboxEntry, Store};
 use crate::wire::{self, Message, TopicKind, Topics};
 use decide::{Decision, Incoming, decide};
@@ -75,7 +75,8 @@ pub struct Controller {
     node: String,
     topics: Topics,
     store: Arc<Store>,
-    wasm: Option<Arc<dyn Runtime>>,
+    /// Made when the first Wasm pod starts; None in builds without it.
+    wasm: Option<LazyRuntime>,
     policy: BackoffPolicy,
     pods: HashMap<PodKey, PodEntry>,
     board: StatusBoard,
@@ -117,8 +118,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     let http = http.build().context("cannot set up the HTTP client")?;
     #[cfg(feature = "wasm")]
-    let wasm: Option<Arc<dyn Runtime>> = Some(crate::runtime::wasm::WasmRuntime::new(
-        crate::runtime::wasm::WasmOptions {
+    let (wasm, runtime_versions) = {
+        let opts = crate::runtime::wasm::WasmOptions {
             data_dir: config.data_dir.clone(),
             epoch_tick: Duration::from_millis(config.wasm.epoch_tick_ms),
             default_memory_limit: config.wasm.default_memory_limit_bytes,
@@ -126,15 +127,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 max_file_bytes: config.logs.max_file_bytes,
                 max_files: config.logs.max_files,
             },
-        },
-        http,
-    )?);
-    #[cfg(not(feature = "wasm"))]
-    let wasm: Option<Arc<dyn Runtime>> = {
-        drop(http);
-        None
+        };
+        let make: crate::runtime::MakeRuntime = Box::new(move || {
+            let runtime: Arc<dyn Runtime> = crate::runtime::wasm::WasmRuntime::new(opts, http)?;
+            Ok(runtime)
+        });
+        (
+            Some(LazyRuntime::new(make)),
+            crate::runtime::wasm::VERSION.to_string(),
+        )
     };
-    let runtime_versions = wasm.as_ref().map(|r| r.version()).unwrap_or_default();
+    #[cfg(not(feature = "wasm"))]
+    let (wasm, runtime_versions): (Option<LazyRuntime>, String) = {
+        drop(http);
+        (None, String::new())
+    };
     let (node_info, addresses) = crate::node::node_info(&runtime_versions);
 
     let (reports_tx, mut reports_rx) = mpsc::unbounded_channel();
@@ -309,9 +316,14 @@ impl Controller {
 
     fn start_pod(&mut self, spec: PodSpec, source: PodSource, previous: Option<PodStatus>) {
         let key = spec.key();
-        let runtime = match spec.runtime {
-            RuntimeKind::Wasm => self.wasm.clone(),
-            RuntimeKind::Container => None,
+        let runtime: Result<Arc<dyn Runtime>, String> = match (spec.runtime, self.wasm.as_mut()) {
+            (RuntimeKind::Wasm, Some(lazy)) => lazy
+                .get()
+                .map_err(|e| format!("the Wasm runtime cannot start: {e}")),
+            (RuntimeKind::Wasm, None) => Err("this agent was built without the Wasm runtime".into()),
+            (RuntimeKind::Container, _) => Err(
+                "no container runtime (CRI) is configured on this node; set runtimeClassName: kedge-wasm to run Wasm modules".into(),
+            ),
         };
         let host_ip = self
             .addresses
@@ -320,13 +332,8 @@ impl Controller {
             .map(|a| a.address.clone());
         let mut machine = PodMachine::new(spec.clone(), self.policy, host_ip);
         let supervisor = match runtime {
-            None => {
-                let what = match spec.runtime {
-                    RuntimeKind::Wasm => "this agent was built without the Wasm runtime",
-                    RuntimeKind::Container => {
-                        "no container runtime (CRI) is configured on this node; set runtimeClassName: kedge-wasm to run Wasm modules"
-                    }
-                };
+            Err(what) => {
+                let what = what.as_str();
                 let mut status = machine.status().clone();
                 status.phase = PodPhase::Failed;
                 status.reason = Some("RuntimeUnavailable".into());
@@ -335,7 +342,7 @@ impl Controller {
                 self.event(&key, EventType::Warning, "RuntimeUnavailable", what);
                 None
             }
-            Some(runtime) => {
+            Ok(runtime) => {
                 if let Some(prev) = previous.filter(|p| p.uid == spec.uid) {
                     if prev.phase.is_terminal() && prev.observed_generation == spec.generation {
                         machine.restore_terminal(prev);

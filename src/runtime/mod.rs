@@ -125,3 +125,42 @@ pub trait Runtime: Send + Sync {
     /// Removes what `prepare_pod` made, once every container has stopped.
     fn cleanup_pod<'a>(&'a self, pod: &'a PodContext) -> BoxFuture<'a, ()>;
 }
+
+/// Makes a runtime.
+pub type MakeRuntime = Box<dyn FnOnce() -> anyhow::Result<std::sync::Arc<dyn Runtime>> + Send>;
+
+/// A runtime made on first use, so an agent with no pod of that kind does
+/// not pay for it (wasmtime's engine and linkers are most of an idle
+/// agent's memory).
+pub struct LazyRuntime {
+    make: Option<MakeRuntime>,
+    made: Option<std::sync::Arc<dyn Runtime>>,
+    failed: Option<String>,
+}
+
+impl LazyRuntime {
+    pub fn new(make: MakeRuntime) -> Self {
+        LazyRuntime {
+            make: Some(make),
+            made: None,
+            failed: None,
+        }
+    }
+
+    /// The runtime, made now if needed; the error says why it cannot be.
+    pub fn get(&mut self) -> Result<std::sync::Arc<dyn Runtime>, String> {
+        if let Some(r) = &self.made {
+            return Ok(r.clone());
+        }
+        if let Some(make) = self.make.take() {
+            match make() {
+                Ok(r) => {
+                    self.made = Some(r.clone());
+                    return Ok(r);
+                }
+                Err(e) => self.failed = Some(format!("{e:#}")),
+            }
+        }
+        Err(self.failed.clone().unwrap_or_default())
+    }
+}

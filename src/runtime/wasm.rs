@@ -34,6 +34,9 @@ use super::{
 };
 use crate::model::{Container, VolumeSource};
 
+/// Reported as the node's containerRuntimeVersion.
+pub const VERSION: &str = "wasmtime://48";
+
 /// Exit code reported for a trap (as `wasmtime run` does: 128 + SIGABRT).
 pub const TRAP_EXIT_CODE: i32 = 134;
 /// Exit code reported for a module killed by the agent or a memory limit.
@@ -407,7 +410,7 @@ impl Runtime for WasmRuntime {
     }
 
     fn version(&self) -> String {
-        "wasmtime://48".into()
+        VERSION.into()
     }
 
     fn prepare_pod<'a>(&'a self, pod: &'a PodContext) -> BoxFuture<'a, Result<(), RuntimeError>> {
