@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::model::{
     Container, ContainerState, ContainerStatus, PodCondition, PodConditionType, PodPhase, PodSpec,
-    PodStatus, RestartPolicy,
+    PodStatus, RestartPolicy, RuntimeKind,
 };
 
 /// Restart back-off limits (configurable so tests need not wait minutes).
@@ -160,7 +160,13 @@ impl PodMachine {
             message: None,
             start_time_ms: None,
             host_ip: host_ip.clone(),
-            pod_ip: if spec.host_network { host_ip } else { None },
+            // Wasm modules use the node's network stack, like hostNetwork
+            // pods: both report the node's address as their own.
+            pod_ip: if spec.host_network || spec.runtime == RuntimeKind::Wasm {
+                host_ip
+            } else {
+                None
+            },
             init_container_statuses: Vec::new(),
             container_statuses: Vec::new(),
         };
