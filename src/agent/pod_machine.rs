@@ -277,8 +277,8 @@ impl PodMachine {
         actions
     }
 
-    /// Starts a pod that was previously `Done` again is impossible; a pod
-    /// whose saved status is terminal is restored with `restore_terminal`.
+    /// Restores a pod whose saved status is terminal (after an agent
+    /// restart): it stays as it was and runs nothing.
     pub fn restore_terminal(&mut self, previous: PodStatus) {
         self.status = previous;
         self.stage = Stage::Done;
@@ -452,7 +452,7 @@ impl PodMachine {
     }
 
     /// A back-off wait ended.
-    pub fn on_timer(&mut self, c: ContainerRef, now_ms: u64) -> Vec<Action> {
+    pub fn on_timer(&mut self, c: ContainerRef, _now_ms: u64) -> Vec<Action> {
         if matches!(self.stage, Stage::Done | Stage::Terminating) {
             return Vec::new();
         }
@@ -462,7 +462,6 @@ impl PodMachine {
         if !s.restart_pending {
             return Vec::new();
         }
-        let _ = now_ms;
         vec![Action::Start(c)]
     }
 
@@ -610,7 +609,7 @@ fn compute_phase(policy: RestartPolicy, init: &[Slot], main: &[Slot]) -> PodPhas
             _ => return PodPhase::Pending,
         }
     }
-    let (mut running, mut waiting, mut stopped, mut succeeded, mut failed) = (0, 0, 0, 0, 0);
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
     for s in main {
         match (&s.status.state, &s.status.last_state) {
             (ContainerState::Running { .. }, _) => running += 1,
@@ -622,8 +621,6 @@ fn compute_phase(policy: RestartPolicy, init: &[Slot], main: &[Slot]) -> PodPhas
                 stopped += 1;
                 if *exit_code == 0 {
                     succeeded += 1;
-                } else {
-                    failed += 1;
                 }
             }
             (ContainerState::Waiting { .. }, _) => waiting += 1,
@@ -645,7 +642,7 @@ fn compute_phase(policy: RestartPolicy, init: &[Slot], main: &[Slot]) -> PodPhas
         if policy == RestartPolicy::Never {
             return PodPhase::Failed;
         }
-        let _ = failed;
+        // OnFailure with a failed container: it is being restarted.
         return PodPhase::Running;
     }
     PodPhase::Pending
