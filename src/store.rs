@@ -112,21 +112,22 @@ fn decode<T: for<'de> Deserialize<'de>>(
     })
 }
 
+/// A little-endian integer stored as bytes; zero when absent or malformed.
+fn le_bytes<const N: usize>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<[u8; N], StoreError> {
+    Ok(table
+        .get(key)?
+        .and_then(|v| v.value().try_into().ok())
+        .unwrap_or([0; N]))
+}
+
 fn read_u64(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
 ) -> Result<u64, StoreError> {
-    Ok(match table.get(key)? {
-        Some(v) => {
-            let b = v.value();
-            let mut a = [0u8; 8];
-            if b.len() == 8 {
-                a.copy_from_slice(b);
-            }
-            u64::from_le_bytes(a)
-        }
-        None => 0,
-    })
+    Ok(u64::from_le_bytes(le_bytes(table, key)?))
 }
 
 impl Store {
@@ -142,17 +143,7 @@ impl Store {
         let txn = self.db.begin_write()?;
         {
             let mut meta = txn.open_table(META)?;
-            let found = match meta.get(KEY_SCHEMA)? {
-                Some(v) => {
-                    let b = v.value();
-                    let mut a = [0u8; 4];
-                    if b.len() == 4 {
-                        a.copy_from_slice(b);
-                    }
-                    u32::from_le_bytes(a)
-                }
-                None => 0,
-            };
+            let found = u32::from_le_bytes(le_bytes(&meta, KEY_SCHEMA)?);
             if found > STORE_SCHEMA_VERSION {
                 return Err(StoreError::TooNew { found });
             }

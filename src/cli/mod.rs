@@ -291,8 +291,17 @@ pub async fn apply(
     Ok(())
 }
 
-/// Finds the node that has a pod, from retained desired or reported topics.
-async fn find_node(client: &mut Client, topics: &Topics, key: &PodKey) -> anyhow::Result<String> {
+/// The node given, or else the one that has the pod, from retained desired
+/// or reported topics.
+async fn find_node(
+    client: &mut Client,
+    topics: &Topics,
+    key: &PodKey,
+    given: Option<&str>,
+) -> anyhow::Result<String> {
+    if let Some(n) = given {
+        return Ok(n.to_string());
+    }
     for kind in ["desired", "reported"] {
         let filter = format!(
             "{}/+/{kind}/{}/{}",
@@ -337,10 +346,7 @@ pub async fn delete(
     let topics = Topics::new(&config.topic_prefix);
     let mut client = Client::connect(config).await?;
     let key = PodKey::new(namespace, name);
-    let node = match node {
-        Some(n) => n.to_string(),
-        None => find_node(&mut client, &topics, &key).await?,
-    };
+    let node = find_node(&mut client, &topics, &key, node).await?;
     client
         .publish_acked(&topics.desired(&node, &key), Vec::new(), true)
         .await?;
@@ -596,10 +602,7 @@ pub async fn logs(
     let topics = Topics::new(&config.topic_prefix);
     let mut client = Client::connect(config).await?;
     let key = PodKey::new(namespace, pod);
-    let node = match node {
-        Some(n) => n.to_string(),
-        None => find_node(&mut client, &topics, &key).await?,
-    };
+    let node = find_node(&mut client, &topics, &key, node).await?;
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     client
         .subscribe(&topics.rpc_response(&node, &request_id))
