@@ -1,6 +1,8 @@
 //! kedge: an edge orchestrator. See ARCHITECTURE.md for the code map.
 
 pub mod agent;
+#[cfg(feature = "bridge")]
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod embedded_broker;

@@ -79,6 +79,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Agent(_) => kedge::agent::run(config, shutdown_signal()).await,
+            #[cfg(feature = "bridge")]
+            Command::Bridge(args) => kedge::bridge::run(config, args, shutdown_signal()).await,
             Command::Apply {
                 file,
                 node,

@@ -101,6 +101,9 @@ pub enum Command {
         #[arg(long)]
         timestamps: bool,
     },
+    /// Make every device a Kubernetes Node (the Virtual Kubelet pattern).
+    #[cfg(feature = "bridge")]
+    Bridge(crate::bridge::BridgeArgs),
     /// Work with wire payloads.
     Wire {
         #[command(subcommand)]
@@ -190,7 +193,7 @@ pub fn load_config(
     config::load(global.config.as_deref(), std::env::vars(), &overrides)
 }
 
-fn decode_spec(payload: &[u8]) -> Result<PodSpec, wire::WireError> {
+pub fn decode_spec(payload: &[u8]) -> Result<PodSpec, wire::WireError> {
     wire::decode_as(payload, Kind::DesiredPod, |m| match m {
         Message::DesiredPod(p) => Some(p),
         _ => None,
@@ -198,14 +201,14 @@ fn decode_spec(payload: &[u8]) -> Result<PodSpec, wire::WireError> {
     .map(|(_, p)| p)
 }
 
-fn decode_status(payload: &[u8]) -> Result<(u64, PodStatus), wire::WireError> {
+pub fn decode_status(payload: &[u8]) -> Result<(u64, PodStatus), wire::WireError> {
     wire::decode_as(payload, Kind::PodStatus, |m| match m {
         Message::PodStatus(p) => Some(p),
         _ => None,
     })
 }
 
-fn decode_node(payload: &[u8]) -> Result<NodeStatus, wire::WireError> {
+pub fn decode_node(payload: &[u8]) -> Result<NodeStatus, wire::WireError> {
     wire::decode_as(payload, Kind::NodeStatus, |m| match m {
         Message::NodeStatus(p) => Some(p),
         _ => None,
@@ -267,21 +270,14 @@ pub async fn apply(
         pod.metadata.uid = Some(uid.clone());
         let mut spec = pod_spec_from_k8s(&pod).with_context(|| format!("pod/{name} is invalid"))?;
         spec.uid = uid;
-        let verb = match &existing {
-            Some(e) => {
-                let mut same = e.clone();
-                same.generation = spec.generation;
-                if same == spec {
-                    writeln!(std::io::stdout(), "pod/{name} unchanged")?;
-                    continue;
-                }
-                spec.generation = e.generation + 1;
-                "configured"
-            }
-            None => {
-                spec.generation = spec.generation.max(1);
-                "created"
-            }
+        let verb = if existing.is_some() {
+            "configured"
+        } else {
+            "created"
+        };
+        let Some(spec) = crate::model::next_desired(existing.as_ref(), spec) else {
+            writeln!(std::io::stdout(), "pod/{name} unchanged")?;
+            continue;
         };
         let payload = wire::encode(spec.generation, &Message::DesiredPod(spec))?;
         client.publish_acked(&topic, payload, true).await?;

@@ -509,6 +509,26 @@ pub struct LogChunk {
     pub error: Option<String>,
 }
 
+/// The wire contract's rule for writing a desired spec (docs/wire.md,
+/// "Writing specs"): `None` if `existing` already carries this content for
+/// the same uid; otherwise `spec` with the generation to send: the old
+/// generation + 1 for the same uid, else at least 1. Shared by `kedge apply`
+/// and the bridge.
+pub fn next_desired(existing: Option<&PodSpec>, mut spec: PodSpec) -> Option<PodSpec> {
+    match existing {
+        Some(e) if e.uid == spec.uid => {
+            let mut same = e.clone();
+            same.generation = spec.generation;
+            if same == spec {
+                return None;
+            }
+            spec.generation = e.generation + 1;
+        }
+        _ => spec.generation = spec.generation.max(1),
+    }
+    Some(spec)
+}
+
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -554,5 +574,24 @@ mod tests {
         assert!(PodKey::parse("nope").is_none());
         assert!(PodKey::parse("a/b/c").is_none());
         assert!(PodKey::parse("/b").is_none());
+    }
+
+    #[test]
+    fn next_desired_bumps_generation_only_on_change() {
+        let old = samples::spec("web", "u1", 4, RestartPolicy::Always);
+        let same = samples::spec("web", "u1", 1, RestartPolicy::Always);
+        assert_eq!(next_desired(Some(&old), same), None);
+        let changed = samples::spec("web", "u1", 1, RestartPolicy::Never);
+        assert_eq!(
+            next_desired(Some(&old), changed).map(|s| s.generation),
+            Some(5)
+        );
+        let other_uid = samples::spec("web", "u2", 0, RestartPolicy::Always);
+        assert_eq!(
+            next_desired(Some(&old), other_uid).map(|s| s.generation),
+            Some(1)
+        );
+        let fresh = samples::spec("web", "u3", 7, RestartPolicy::Always);
+        assert_eq!(next_desired(None, fresh).map(|s| s.generation), Some(7));
     }
 }

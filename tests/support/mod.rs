@@ -5,6 +5,8 @@
 //! observable condition with a deadline (`wait_until`), never fixed sleeps.
 #![allow(dead_code)]
 
+pub mod k8s;
+
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

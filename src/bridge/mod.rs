@@ -1,0 +1,351 @@
+//! `kedge bridge`: every device a Kubernetes Node (the Virtual Kubelet
+//! pattern over MQTT). See ARCHITECTURE.md, "The bridge".
+//!
+//! Wiring only: the decisions live in [`state`] (pure), Kubernetes objects in
+//! [`render`] (pure), API writes in [`writer`], the broker session in
+//! [`mqtt_link`] and the kubelet API in [`kubelet`]. One loop owns the state
+//! and handles one [`BridgeEvent`] at a time.
+
+pub mod kubelet;
+pub mod mqtt_link;
+pub mod render;
+pub mod state;
+pub mod writer;
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+use tracing::{info, info_span, warn};
+
+use crate::config::Config;
+use crate::model::convert::Resolver;
+use crate::model::now_ms;
+use crate::wire::Topics;
+use state::{Action, Bridge, BridgeEvent, ObjRef, RefKind, Settings};
+
+/// `kedge bridge` arguments (broker and topic prefix come from the configuration).
+#[derive(clap::Args, Debug, Clone)]
+pub struct BridgeArgs {
+    /// Kubeconfig file; without it: $KUBECONFIG, ~/.kube/config, or the in-cluster service account.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address of this bridge as the apiserver reaches it (the Nodes' InternalIP).
+    #[arg(long, value_name = "IP")]
+    pub advertise_address: String,
+    /// Where the kubelet API listens.
+    #[arg(long, default_value = "0.0.0.0:10250", value_name = "ADDR")]
+    pub kubelet_listen: SocketAddr,
+    /// The port put in the Nodes' daemonEndpoints (default: the listen port).
+    #[arg(long, value_name = "PORT")]
+    pub kubelet_port: Option<u16>,
+    /// Serving certificate of the kubelet API (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert_file: PathBuf,
+    /// Private key of the serving certificate (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_private_key_file: PathBuf,
+    /// CA that signs the apiserver's kubelet client certificate.
+    #[arg(long, value_name = "FILE")]
+    pub client_ca_file: PathBuf,
+    /// Only these devices become nodes (comma-separated; default: every device).
+    #[arg(long, value_delimiter = ',', value_name = "NODES")]
+    pub allow_nodes: Vec<String>,
+    /// Maximum Kubernetes API write requests per second.
+    #[arg(long, default_value_t = 50.0)]
+    pub api_qps: f64,
+    /// Kubernetes API writes in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub api_concurrency: usize,
+    /// A device silent for this long counts as gone (ms).
+    #[arg(long, default_value_t = 40_000)]
+    pub heartbeat_timeout_ms: u64,
+    /// This replica's name (MQTT client id `kedge-bridge-{id}`).
+    #[arg(long, default_value = "0")]
+    pub id: String,
+}
+
+/// Resolves ConfigMaps and Secrets from the reflector stores.
+struct StoreResolver {
+    config_maps: Store<ConfigMap>,
+    secrets: Store<Secret>,
+}
+
+impl Resolver for StoreResolver {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let cm = self
+            .config_maps
+            .get(&ObjectRef::new(name).within(namespace))?;
+        let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for (k, v) in cm.data.clone().unwrap_or_default() {
+            out.insert(k, v.into_bytes());
+        }
+        for (k, v) in cm.binary_data.clone().unwrap_or_default() {
+            out.insert(k, v.0);
+        }
+        Some(out)
+    }
+    fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let s = self.secrets.get(&ObjectRef::new(name).within(namespace))?;
+        let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        for (k, v) in s.data.clone().unwrap_or_default() {
+            out.insert(k, v.0);
+        }
+        for (k, v) in s.string_data.clone().unwrap_or_default() {
+            out.insert(k, v.into_bytes());
+        }
+        Some(out)
+    }
+}
+
+async fn kube_client(args: &BridgeArgs) -> anyhow::Result<Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("invalid kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig and not in a cluster")?,
+    };
+    Client::try_from(config).context("cannot build the Kubernetes client")
+}
+
+/// Forwards a watcher's events for pods into the main loop. Objects missing
+/// from a re-list are reported as deleted.
+async fn pump_pods(
+    api: Api<Pod>,
+    writer: reflector::store::Writer<Pod>,
+    tx: mpsc::Sender<BridgeEvent>,
+) {
+    let cfg = watcher::Config::default().fields("spec.nodeName!=");
+    let mut stream = reflector::reflector(writer, watcher::watcher(api, cfg)).boxed();
+    let mut listing: Option<HashSet<(String, String)>> = None;
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                warn!(error = %e, "pod watch error; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let out = match ev {
+            watcher::Event::Init => {
+                listing = Some(HashSet::new());
+                continue;
+            }
+            watcher::Event::InitApply(p) => {
+                if let Some(l) = &mut listing {
+                    l.insert((
+                        p.metadata.namespace.clone().unwrap_or_default(),
+                        p.metadata.uid.clone().unwrap_or_default(),
+                    ));
+                }
+                BridgeEvent::PodApplied(Arc::new(p))
+            }
+            watcher::Event::Apply(p) => BridgeEvent::PodApplied(Arc::new(p)),
+            watcher::Event::Delete(p) => BridgeEvent::PodDeleted(Arc::new(p)),
+            watcher::Event::InitDone => BridgeEvent::PodsSynced {
+                present_uids: listing
+                    .take()
+                    .map(|l| l.into_iter().map(|(_, uid)| uid).collect()),
+            },
+        };
+        if tx.send(out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Forwards ConfigMap or Secret changes into the main loop.
+async fn pump_refs<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    kind: RefKind,
+    tx: mpsc::Sender<BridgeEvent>,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let mut stream =
+        reflector::reflector(writer, watcher::watcher(api, watcher::Config::default())).boxed();
+    while let Some(ev) = stream.next().await {
+        let obj = match ev {
+            Ok(
+                watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o),
+            ) => o,
+            Ok(_) => continue,
+            Err(e) => {
+                warn!(error = %e, "watch error; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let r = ObjRef {
+            kind,
+            namespace: obj.meta().namespace.clone().unwrap_or_default(),
+            name: obj.meta().name.clone().unwrap_or_default(),
+        };
+        if tx.send(BridgeEvent::ObjectChanged(r)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reports deleted kedge Node objects, so the bridge recreates them.
+async fn pump_nodes(api: Api<Node>, tx: mpsc::Sender<BridgeEvent>) {
+    let cfg = watcher::Config::default().labels(&format!("{}=true", render::EDGE_LABEL));
+    let mut stream = watcher::watcher(api, cfg).boxed();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Delete(n)) => {
+                if let Some(name) = n.metadata.name
+                    && tx.send(BridgeEvent::NodeObjectDeleted(name)).await.is_err()
+                {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "node watch error; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Runs the bridge until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    args: BridgeArgs,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    crate::tls::install_crypto_provider();
+    let client = kube_client(&args).await?;
+    let topics = Topics::new(config.topic_prefix.trim_end_matches('/'));
+    let mut settings = Settings::new(
+        topics,
+        render::KubeletEndpoint {
+            address: args.advertise_address.clone(),
+            port: args.kubelet_port.unwrap_or(args.kubelet_listen.port()),
+        },
+    );
+    if !args.allow_nodes.is_empty() {
+        settings.admit.allow = Some(args.allow_nodes.iter().cloned().collect());
+    }
+    settings.heartbeat_timeout_ms = args.heartbeat_timeout_ms;
+
+    let tls = kubelet::tls_config(
+        &args.tls_cert_file,
+        &args.tls_private_key_file,
+        &args.client_ca_file,
+    )?;
+    let listener = kubelet::bind(args.kubelet_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.kubelet_listen))?;
+
+    let (tx, mut rx) = mpsc::channel::<BridgeEvent>(65_536);
+    let mqtt =
+        mqtt_link::MqttLink::start(&config, &format!("kedge-bridge-{}", args.id), tx.clone())?;
+    let writer = writer::Writer::start(client.clone(), args.api_qps, args.api_concurrency);
+
+    let (pods, pods_w) = reflector::store::<Pod>();
+    let (cms, cms_w) = reflector::store::<ConfigMap>();
+    let (secrets, secrets_w) = reflector::store::<Secret>();
+    tokio::spawn(pump_refs(
+        Api::<ConfigMap>::all(client.clone()),
+        cms_w,
+        RefKind::ConfigMap,
+        tx.clone(),
+    ));
+    tokio::spawn(pump_refs(
+        Api::<Secret>::all(client.clone()),
+        secrets_w,
+        RefKind::Secret,
+        tx.clone(),
+    ));
+    tokio::spawn(pump_pods(
+        Api::<Pod>::all(client.clone()),
+        pods_w,
+        tx.clone(),
+    ));
+    tokio::spawn(pump_nodes(Api::<Node>::all(client.clone()), tx.clone()));
+    let ctx = Arc::new(kubelet::Ctx {
+        pods: pods.clone(),
+        mqtt: mqtt.clone(),
+        stats: writer.stats(),
+    });
+    tokio::spawn(kubelet::serve(listener, Arc::new(tls), ctx));
+    info!(
+        kubelet = %args.kubelet_listen,
+        advertise = %args.advertise_address,
+        "kedge bridge started"
+    );
+
+    let resolver = StoreResolver {
+        config_maps: cms,
+        secrets,
+    };
+    let mut bridge = Bridge::new(settings);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+            _ = tick.tick() => BridgeEvent::Tick,
+            _ = &mut shutdown => break,
+        };
+        let span = info_span!("bridge_event", kind = event_name(&ev));
+        let _g = span.enter();
+        if let BridgeEvent::NodeObjectDeleted(name) = &ev {
+            writer.forget_node(name);
+        }
+        for action in bridge.handle(ev, now_ms(), &resolver) {
+            match action {
+                Action::Publish { topic, payload } => mqtt.publish_retained(topic, payload).await,
+                other => writer.push(other),
+            }
+        }
+    }
+    info!("kedge bridge stopped");
+    Ok(())
+}
+
+fn event_name(ev: &BridgeEvent) -> &'static str {
+    match ev {
+        BridgeEvent::Node { .. } => "node",
+        BridgeEvent::Report { .. } => "report",
+        BridgeEvent::DeviceEvent { .. } => "device_event",
+        BridgeEvent::Desired { .. } => "desired",
+        BridgeEvent::MqttSynced => "mqtt_synced",
+        BridgeEvent::PodApplied(_) => "pod_applied",
+        BridgeEvent::PodDeleted(_) => "pod_deleted",
+        BridgeEvent::PodsSynced { .. } => "pods_synced",
+        BridgeEvent::ObjectChanged(_) => "object_changed",
+        BridgeEvent::NodeObjectDeleted(_) => "node_deleted",
+        BridgeEvent::Tick => "tick",
+    }
+}

@@ -1,0 +1,289 @@
+//! The bridge's MQTT session: one long-lived connection that subscribes to
+//! every device's node status, pod reports, events and retained desired specs,
+//! turns them into [`BridgeEvent`]s, publishes desired specs, and carries the
+//! log RPC for the kubelet API.
+//!
+//! "All retained messages have arrived" uses the CLI's barrier (docs/wire.md):
+//! after subscribing, the bridge publishes to its own barrier topic; when that
+//! message comes back, every retained message before it was delivered.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, Incoming, QoS};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::state::BridgeEvent;
+use crate::cli::{decode_node, decode_spec, decode_status};
+use crate::config::{BrokerUrl, Config};
+use crate::model::{LogChunk, LogRequest};
+use crate::mqtt::{mqtt_options, reconnect_delay};
+use crate::wire::{self, Kind, Message, TopicKind, Topics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("broker: {0}")]
+    Broker(String),
+    #[error("node name {0:?} is not a valid topic level")]
+    Node(String),
+}
+
+/// Handle to the session; cheap to clone.
+#[derive(Clone)]
+pub struct MqttLink {
+    client: AsyncClient,
+    topics: Topics,
+    rpc: Arc<Mutex<HashMap<String, mpsc::Sender<LogChunk>>>>,
+}
+
+/// The chunks of one log request; unsubscribes when dropped.
+pub struct LogStream {
+    rx: mpsc::Receiver<LogChunk>,
+    id: String,
+    topic: String,
+    link: MqttLink,
+}
+
+impl LogStream {
+    pub async fn recv(&mut self) -> Option<LogChunk> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for LogStream {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.link.rpc.lock() {
+            m.remove(&self.id);
+        }
+        let _ = self.link.client.try_unsubscribe(self.topic.clone());
+    }
+}
+
+/// Subscription filters of the bridge.
+pub fn filters(topics: &Topics) -> Vec<String> {
+    let p = topics.prefix();
+    vec![
+        format!("{p}/+/node"),
+        format!("{p}/+/reported/#"),
+        format!("{p}/+/events"),
+        format!("{p}/+/desired/#"),
+    ]
+}
+
+impl MqttLink {
+    /// Connects (in the background, reconnecting forever) and forwards
+    /// everything to `events`.
+    pub fn start(
+        config: &Config,
+        client_id: &str,
+        events: mpsc::Sender<BridgeEvent>,
+    ) -> Result<MqttLink, LinkError> {
+        crate::tls::install_crypto_provider();
+        let url = config
+            .broker
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("mqtt://{}", config.embedded_broker.listen));
+        let parsed = BrokerUrl::parse(&url).map_err(|e| LinkError::Broker(e.to_string()))?;
+        let mut opts = mqtt_options(&parsed, &config.broker, client_id)
+            .map_err(|e| LinkError::Broker(e.to_string()))?;
+        opts.set_clean_session(true);
+        let (client, eventloop) = AsyncClient::new(opts, 65_536);
+        let topics = Topics::new(config.topic_prefix.trim_end_matches('/'));
+        let link = MqttLink {
+            client,
+            topics: topics.clone(),
+            rpc: Arc::new(Mutex::new(HashMap::new())),
+        };
+        let barrier = format!("{}/_cli/{client_id}/barrier", topics.prefix());
+        let initial = Duration::from_millis(config.broker.reconnect_initial_ms.max(1));
+        let max = Duration::from_millis(config.broker.reconnect_max_ms.max(1));
+        tokio::spawn(run(
+            link.clone(),
+            eventloop,
+            barrier,
+            events,
+            url,
+            initial,
+            max,
+        ));
+        Ok(link)
+    }
+
+    /// Publishes retained at QoS 1 (an empty payload is a tombstone).
+    pub async fn publish_retained(&self, topic: String, payload: Vec<u8>) {
+        if let Err(e) = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+        {
+            warn!(error = %e, "cannot queue an MQTT publish");
+        }
+    }
+
+    /// Sends a log request to `node` and returns its chunks.
+    pub async fn logs(&self, node: &str, mut request: LogRequest) -> Result<LogStream, LinkError> {
+        if !wire::valid_topic_level(node) {
+            return Err(LinkError::Node(node.to_string()));
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        request.request_id = id.clone();
+        let (tx, rx) = mpsc::channel(1024);
+        if let Ok(mut m) = self.rpc.lock() {
+            m.insert(id.clone(), tx);
+        }
+        let topic = self.topics.rpc_response(node, &id);
+        let stream = LogStream {
+            rx,
+            id: id.clone(),
+            topic: topic.clone(),
+            link: self.clone(),
+        };
+        // Subscribe before asking: one client's packets are handled in order.
+        self.client
+            .subscribe(topic, QoS::AtLeastOnce)
+            .await
+            .map_err(|e| LinkError::Broker(e.to_string()))?;
+        let payload = wire::encode(0, &Message::LogRequest(request))
+            .map_err(|e| LinkError::Broker(e.to_string()))?;
+        self.client
+            .publish(
+                self.topics.rpc_request(node, &id),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .map_err(|e| LinkError::Broker(e.to_string()))?;
+        Ok(stream)
+    }
+
+    fn route_chunk(&self, request_id: &str, payload: &[u8]) {
+        let Ok((_, chunk)) = wire::decode_as(payload, Kind::LogChunk, |m| match m {
+            Message::LogChunk(c) => Some(c),
+            _ => None,
+        }) else {
+            return;
+        };
+        let Ok(mut m) = self.rpc.lock() else { return };
+        let eof = chunk.eof;
+        if let Some(tx) = m.get(request_id)
+            && tx.try_send(chunk).is_err()
+        {
+            warn!(request_id, "log reader too slow; chunk dropped");
+        }
+        if eof {
+            m.remove(request_id);
+        }
+    }
+}
+
+/// Turns one publish into a bridge event.
+pub fn classify(topics: &Topics, topic: &str, payload: &[u8]) -> Option<BridgeEvent> {
+    match topics.parse(topic)? {
+        TopicKind::Node { node } => match decode_node(payload) {
+            Ok(status) => Some(BridgeEvent::Node { node, status }),
+            Err(e) => {
+                debug!(topic, error = %e, "undecodable node status skipped");
+                None
+            }
+        },
+        TopicKind::Reported { node, pod } => {
+            if payload.is_empty() {
+                return Some(BridgeEvent::Report {
+                    node,
+                    pod,
+                    seq: 0,
+                    status: None,
+                });
+            }
+            match decode_status(payload) {
+                Ok((seq, status)) => Some(BridgeEvent::Report {
+                    node,
+                    pod,
+                    seq,
+                    status: Some(status),
+                }),
+                Err(e) => {
+                    debug!(topic, error = %e, "undecodable pod status skipped");
+                    None
+                }
+            }
+        }
+        TopicKind::Events { node } => {
+            match wire::decode_as(payload, Kind::Event, |m| match m {
+                Message::Event(e) => Some(e),
+                _ => None,
+            }) {
+                Ok((seq, event)) => Some(BridgeEvent::DeviceEvent { node, seq, event }),
+                Err(_) => None,
+            }
+        }
+        TopicKind::Desired { node, pod } => Some(BridgeEvent::Desired {
+            node,
+            pod,
+            // An undecodable spec counts as absent (as for `kedge apply`).
+            spec: if payload.is_empty() {
+                None
+            } else {
+                decode_spec(payload).ok()
+            },
+        }),
+        _ => None,
+    }
+}
+
+async fn run(
+    link: MqttLink,
+    mut eventloop: EventLoop,
+    barrier: String,
+    events: mpsc::Sender<BridgeEvent>,
+    url: String,
+    initial: Duration,
+    max: Duration,
+) {
+    let mut attempt = 0u32;
+    loop {
+        match eventloop.poll().await {
+            Ok(MqttEvent::Incoming(Incoming::ConnAck(_))) => {
+                attempt = 0;
+                info!(broker = %url, "bridge connected to the broker");
+                for f in filters(&link.topics) {
+                    let _ = link.client.subscribe(f, QoS::AtLeastOnce).await;
+                }
+                let _ = link.client.subscribe(&barrier, QoS::AtLeastOnce).await;
+                let _ = link
+                    .client
+                    .publish(&barrier, QoS::AtLeastOnce, false, b"barrier".to_vec())
+                    .await;
+            }
+            Ok(MqttEvent::Incoming(Incoming::Publish(p))) => {
+                if p.topic == barrier {
+                    if events.send(BridgeEvent::MqttSynced).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                if let Some(TopicKind::RpcResponse { request_id, .. }) = link.topics.parse(&p.topic)
+                {
+                    link.route_chunk(&request_id, &p.payload);
+                    continue;
+                }
+                if let Some(ev) = classify(&link.topics, &p.topic, &p.payload)
+                    && events.send(ev).await.is_err()
+                {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let delay = reconnect_delay(attempt, initial, max, fastrand::f64());
+                attempt = attempt.saturating_add(1);
+                warn!(broker = %url, error = %e, ?delay, "bridge lost the broker; reconnecting");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,984 @@
+//! The bridge's decisions: what to publish to devices and what to write to
+//! Kubernetes, for every event. No I/O and no clock (`now_ms` is an
+//! argument); the caller carries out the returned [`Action`]s.
+//!
+//! Invariants kept here:
+//! - nothing is published to a device before both the cluster's pods and the
+//!   broker's retained desired specs have been listed (no "unknown workload"
+//!   clean-up from a half-synced view);
+//! - a pod status report is applied only if its `seq` is higher than the last
+//!   one applied for that topic, and only to the pod instance (uid) it
+//!   describes; a pod the cluster has as Succeeded or Failed stays so;
+//! - the Lease is renewed only while the device is alive (online status seen
+//!   within `heartbeat_timeout_ms`); the Connected condition turns False on
+//!   the last will at once;
+//! - a Pod object is deleted (grace 0, uid precondition) only after the device
+//!   reported the pod gone, or when it never had it.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::Value;
+
+use super::render::{self, KubeletEndpoint};
+use crate::model::convert::{Resolver, pod_spec_from_k8s_with};
+use crate::model::{Event, EventType, NodeStatus, PodKey, PodSpec, PodStatus, next_desired};
+use crate::wire::{self, Message, Topics};
+
+/// Label the bridge adds to every spec it publishes, so that it only ever
+/// removes specs it wrote (never those of `kedge apply`).
+pub const BRIDGE_SPEC_LABEL: &str = "kedge.io/bridge";
+
+/// Which kind of object a pod refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RefKind {
+    ConfigMap,
+    Secret,
+}
+
+/// A ConfigMap or Secret a pod refers to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjRef {
+    pub kind: RefKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Everything the bridge's main loop reacts to.
+#[derive(Debug, Clone)]
+pub enum BridgeEvent {
+    /// A node status (or last will) from `{prefix}/{node}/node`.
+    Node { node: String, status: NodeStatus },
+    /// A pod status from `reported/…`; `None` is the empty tombstone.
+    Report {
+        node: String,
+        pod: PodKey,
+        seq: u64,
+        status: Option<PodStatus>,
+    },
+    /// A device event.
+    DeviceEvent {
+        node: String,
+        seq: u64,
+        event: Event,
+    },
+    /// A retained desired spec (ours or anyone's); `None` is a tombstone.
+    Desired {
+        node: String,
+        pod: PodKey,
+        spec: Option<PodSpec>,
+    },
+    /// Every retained message of the subscriptions has arrived (barrier).
+    MqttSynced,
+    /// A Pod was added or changed in the cluster.
+    PodApplied(Arc<Pod>),
+    /// A Pod object is gone from the cluster.
+    PodDeleted(Arc<Pod>),
+    /// A (re-)list of pods is complete; `present_uids` are the pods it
+    /// listed (pods the bridge knows that are not among them were deleted
+    /// while the watch was down).
+    PodsSynced {
+        present_uids: Option<HashSet<String>>,
+    },
+    /// A ConfigMap or Secret was added, changed or deleted.
+    ObjectChanged(ObjRef),
+    /// A kedge Node object was deleted (by hand, or by anyone).
+    NodeObjectDeleted(String),
+    /// The periodic tick: lease renewals, heartbeat timeouts, status refresh.
+    Tick,
+}
+
+/// A Kubernetes Event to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubeEvent {
+    pub namespace: String,
+    /// `Pod` or `Node`.
+    pub involved_kind: &'static str,
+    pub involved_name: String,
+    pub involved_uid: String,
+    pub kind: EventType,
+    pub reason: String,
+    pub message: String,
+    pub time_ms: u64,
+    /// The node the event is about (the `source.host`).
+    pub host: String,
+}
+
+/// Who applies a pod status: the device's report, or the bridge's own
+/// `kedge.io/Accepted` condition (separate field managers, so neither apply
+/// drops what the other owns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PodStatusOwner {
+    Device,
+    Bridge,
+}
+
+/// What the caller must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Publish retained at QoS 1 (an empty payload is a tombstone).
+    Publish { topic: String, payload: Vec<u8> },
+    /// Create the Node (labels, taint) if absent.
+    EnsureNode {
+        name: String,
+        labels: BTreeMap<String, String>,
+    },
+    /// Apply the node status (server-side apply body).
+    NodeStatus { name: String, body: Value },
+    /// Apply the `kedge.io/Connected` condition.
+    Connected { name: String, body: Value },
+    /// Renew the node's Lease.
+    RenewLease { name: String, now_ms: u64 },
+    /// Apply a pod status.
+    PodStatus {
+        pod: PodKey,
+        owner: PodStatusOwner,
+        body: Value,
+    },
+    /// Delete the Pod object with grace 0 and this uid as precondition.
+    DeletePod { pod: PodKey, uid: String },
+    /// Record an Event.
+    Event(KubeEvent),
+}
+
+/// Which devices this bridge serves.
+#[derive(Debug, Clone, Default)]
+pub struct Admit {
+    /// Only these node names; `None` admits every device.
+    pub allow: Option<HashSet<String>>,
+}
+
+impl Admit {
+    pub fn admits(&self, node: &str) -> bool {
+        self.allow.as_ref().is_none_or(|a| a.contains(node))
+    }
+}
+
+/// Timings and identity of the bridge.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub topics: Topics,
+    pub endpoint: KubeletEndpoint,
+    /// `nodeInfo.kubeletVersion` (kedge's version).
+    pub kubelet_version: String,
+    pub admit: Admit,
+    /// Lease renewal interval (the kubelet's 10 s).
+    pub lease_renew_ms: u64,
+    /// Node status is re-applied at least this often while alive.
+    pub status_refresh_ms: u64,
+    /// A device that sent no online status for this long is treated as gone.
+    pub heartbeat_timeout_ms: u64,
+}
+
+impl Settings {
+    pub fn new(topics: Topics, endpoint: KubeletEndpoint) -> Settings {
+        Settings {
+            topics,
+            endpoint,
+            kubelet_version: format!("v{}-kedge", env!("CARGO_PKG_VERSION")),
+            admit: Admit::default(),
+            lease_renew_ms: 10_000,
+            status_refresh_ms: 60_000,
+            heartbeat_timeout_ms: 40_000,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Device {
+    last: Option<NodeStatus>,
+    alive: bool,
+    last_seen_ms: u64,
+    node_ensured: bool,
+    last_lease_ms: u64,
+    last_status_ms: u64,
+    connected: Option<bool>,
+    connected_since_ms: u64,
+    event_seq: u64,
+}
+
+#[derive(Debug)]
+struct PodEntry {
+    pod: Arc<Pod>,
+    node: String,
+    uid: String,
+    refs: BTreeSet<ObjRef>,
+    refusal: Option<String>,
+    accepted_sent: bool,
+    deleting: bool,
+    terminal: bool,
+    delete_sent: bool,
+}
+
+#[derive(Debug, Default)]
+struct Reported {
+    seq: u64,
+    status: Option<PodStatus>,
+}
+
+type NodePod = (String, PodKey);
+
+/// The bridge's whole state.
+pub struct Bridge {
+    settings: Settings,
+    devices: HashMap<String, Device>,
+    pods: HashMap<PodKey, PodEntry>,
+    pods_by_node: HashMap<String, BTreeSet<PodKey>>,
+    desired: HashMap<NodePod, PodSpec>,
+    reported: HashMap<NodePod, Reported>,
+    mqtt_synced: bool,
+    pods_synced: bool,
+}
+
+/// A [`Resolver`] that records every reference looked up, and which were missing.
+struct Recording<'a> {
+    inner: &'a dyn Resolver,
+    refs: RefCell<BTreeSet<ObjRef>>,
+    missing: RefCell<Vec<ObjRef>>,
+}
+
+impl Recording<'_> {
+    fn record(
+        &self,
+        kind: RefKind,
+        ns: &str,
+        name: &str,
+        found: Option<BTreeMap<String, Vec<u8>>>,
+    ) -> Option<BTreeMap<String, Vec<u8>>> {
+        let r = ObjRef {
+            kind,
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        };
+        if found.is_none() {
+            self.missing.borrow_mut().push(r.clone());
+        }
+        self.refs.borrow_mut().insert(r);
+        found
+    }
+}
+
+impl Resolver for Recording<'_> {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let found = self.inner.config_map(namespace, name);
+        self.record(RefKind::ConfigMap, namespace, name, found)
+    }
+    fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let found = self.inner.secret(namespace, name);
+        self.record(RefKind::Secret, namespace, name, found)
+    }
+}
+
+fn pod_key(pod: &Pod) -> Option<PodKey> {
+    let name = pod.metadata.name.as_deref()?;
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    Some(PodKey::new(ns, name))
+}
+
+fn pod_terminal(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed")
+}
+
+/// A node status with the fields that change on every heartbeat cleared, to
+/// tell a real change from a heartbeat.
+fn significant(s: &NodeStatus) -> NodeStatus {
+    let mut s = s.clone();
+    s.heartbeat_ms = 0;
+    s.pod_count = 0;
+    for c in &mut s.conditions {
+        c.last_heartbeat_ms = 0;
+    }
+    s
+}
+
+impl Bridge {
+    pub fn new(settings: Settings) -> Bridge {
+        Bridge {
+            settings,
+            devices: HashMap::new(),
+            pods: HashMap::new(),
+            pods_by_node: HashMap::new(),
+            desired: HashMap::new(),
+            reported: HashMap::new(),
+            mqtt_synced: false,
+            pods_synced: false,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Number of devices known (alive or not).
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Number of devices alive now.
+    pub fn alive_count(&self) -> usize {
+        self.devices.values().filter(|d| d.alive).count()
+    }
+
+    /// Whether the device is alive (for the kubelet API and tests).
+    pub fn is_alive(&self, node: &str) -> bool {
+        self.devices.get(node).is_some_and(|d| d.alive)
+    }
+
+    fn synced(&self) -> bool {
+        self.mqtt_synced && self.pods_synced
+    }
+
+    /// Handles one event and returns what to do, in order.
+    pub fn handle(&mut self, ev: BridgeEvent, now_ms: u64, resolver: &dyn Resolver) -> Vec<Action> {
+        let mut out = Vec::new();
+        match ev {
+            BridgeEvent::Node { node, status } => {
+                self.on_node(node, status, now_ms, resolver, &mut out)
+            }
+            BridgeEvent::Report {
+                node,
+                pod,
+                seq,
+                status,
+            } => self.on_report(node, pod, seq, status, now_ms, resolver, &mut out),
+            BridgeEvent::DeviceEvent { node, seq, event } => {
+                self.on_device_event(node, seq, event, &mut out)
+            }
+            BridgeEvent::Desired { node, pod, spec } => {
+                let k = (node, pod);
+                match spec {
+                    Some(s) => {
+                        self.desired.insert(k, s);
+                    }
+                    None => {
+                        self.desired.remove(&k);
+                    }
+                }
+            }
+            BridgeEvent::MqttSynced => {
+                self.mqtt_synced = true;
+                self.resync_all(now_ms, resolver, &mut out);
+            }
+            BridgeEvent::PodsSynced { present_uids } => {
+                if let Some(present) = present_uids {
+                    let gone: Vec<Arc<Pod>> = self
+                        .pods
+                        .values()
+                        .filter(|e| !present.contains(&e.uid))
+                        .map(|e| e.pod.clone())
+                        .collect();
+                    for pod in gone {
+                        self.on_pod_deleted(&pod, &mut out);
+                    }
+                }
+                self.pods_synced = true;
+                self.resync_all(now_ms, resolver, &mut out);
+            }
+            BridgeEvent::PodApplied(pod) => self.on_pod(pod, now_ms, resolver, &mut out),
+            BridgeEvent::PodDeleted(pod) => self.on_pod_deleted(&pod, &mut out),
+            BridgeEvent::ObjectChanged(r) => {
+                let keys: Vec<PodKey> = self
+                    .pods
+                    .iter()
+                    .filter(|(_, e)| e.refs.contains(&r))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in keys {
+                    self.evaluate(&k, now_ms, resolver, &mut out);
+                }
+            }
+            BridgeEvent::NodeObjectDeleted(name) => self.on_node_deleted(name, now_ms, &mut out),
+            BridgeEvent::Tick => self.on_tick(now_ms, &mut out),
+        }
+        out
+    }
+
+    fn on_node(
+        &mut self,
+        node: String,
+        status: NodeStatus,
+        now_ms: u64,
+        resolver: &dyn Resolver,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.settings.admit.admits(&node) || !wire::valid_topic_level(&node) {
+            return;
+        }
+        let newly = !self.devices.contains_key(&node);
+        let dev = self.devices.entry(node.clone()).or_default();
+        if status.online {
+            let was_alive = dev.alive;
+            dev.alive = true;
+            dev.last_seen_ms = now_ms;
+            let changed = dev
+                .last
+                .as_ref()
+                .is_none_or(|l| significant(l) != significant(&status));
+            if !dev.node_ensured {
+                out.push(Action::EnsureNode {
+                    name: node.clone(),
+                    labels: render::node_labels(&status),
+                });
+                dev.node_ensured = true;
+            }
+            if changed
+                || !was_alive
+                || now_ms.saturating_sub(dev.last_status_ms) >= self.settings.status_refresh_ms
+            {
+                out.push(Action::NodeStatus {
+                    name: node.clone(),
+                    body: render::node_status(
+                        &status,
+                        &self.settings.endpoint,
+                        &self.settings.kubelet_version,
+                    ),
+                });
+                dev.last_status_ms = now_ms;
+            }
+            dev.last = Some(status);
+            if dev.connected != Some(true) {
+                dev.connected = Some(true);
+                dev.connected_since_ms = now_ms;
+                out.push(Action::Connected {
+                    name: node.clone(),
+                    body: render::connected_status(
+                        &node,
+                        true,
+                        "DeviceOnline",
+                        "the device's MQTT session is up",
+                        now_ms,
+                        now_ms,
+                    ),
+                });
+            }
+            if !was_alive {
+                out.push(Action::RenewLease {
+                    name: node.clone(),
+                    now_ms,
+                });
+                dev.last_lease_ms = now_ms;
+                self.resync_node_statuses(&node, out);
+            }
+        } else {
+            dev.alive = false;
+            if !dev.node_ensured {
+                out.push(Action::EnsureNode {
+                    name: node.clone(),
+                    labels: render::node_labels(&status),
+                });
+                dev.node_ensured = true;
+            }
+            if dev.last.is_none() {
+                dev.last = Some(status);
+            }
+            self.disconnect(
+                &node,
+                "DeviceOffline",
+                "the device's MQTT session ended (last will)",
+                now_ms,
+                out,
+            );
+        }
+        if newly {
+            let keys: Vec<PodKey> = self
+                .pods_by_node
+                .get(&node)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default();
+            for k in keys {
+                self.evaluate(&k, now_ms, resolver, out);
+            }
+        }
+    }
+
+    fn disconnect(
+        &mut self,
+        node: &str,
+        reason: &str,
+        message: &str,
+        now_ms: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(dev) = self.devices.get_mut(node) else {
+            return;
+        };
+        dev.alive = false;
+        if dev.connected != Some(false) {
+            dev.connected = Some(false);
+            dev.connected_since_ms = now_ms;
+            out.push(Action::Connected {
+                name: node.to_string(),
+                body: render::connected_status(node, false, reason, message, now_ms, now_ms),
+            });
+        }
+    }
+
+    /// After a device (re)connects: every pod's last report is applied again.
+    fn resync_node_statuses(&mut self, node: &str, out: &mut Vec<Action>) {
+        let Some(keys) = self.pods_by_node.get(node) else {
+            return;
+        };
+        for k in keys {
+            let Some(e) = self.pods.get(k) else { continue };
+            if let Some(Reported {
+                status: Some(s), ..
+            }) = self.reported.get(&(node.to_string(), k.clone()))
+                && s.uid == e.uid
+                && !(e.terminal && !s.phase.is_terminal())
+            {
+                out.push(Action::PodStatus {
+                    pod: k.clone(),
+                    owner: PodStatusOwner::Device,
+                    body: render::pod_status(&e.uid, s),
+                });
+            }
+        }
+    }
+
+    fn on_node_deleted(&mut self, name: String, now_ms: u64, out: &mut Vec<Action>) {
+        let Some(dev) = self.devices.get_mut(&name) else {
+            return;
+        };
+        let Some(last) = dev.last.clone() else { return };
+        dev.node_ensured = true;
+        out.push(Action::EnsureNode {
+            name: name.clone(),
+            labels: render::node_labels(&last),
+        });
+        if dev.alive {
+            out.push(Action::NodeStatus {
+                name: name.clone(),
+                body: render::node_status(
+                    &last,
+                    &self.settings.endpoint,
+                    &self.settings.kubelet_version,
+                ),
+            });
+            dev.last_status_ms = now_ms;
+            out.push(Action::RenewLease {
+                name: name.clone(),
+                now_ms,
+            });
+            dev.last_lease_ms = now_ms;
+        }
+        if let Some(c) = dev.connected {
+            let (reason, message) = if c {
+                ("DeviceOnline", "the device's MQTT session is up")
+            } else {
+                ("DeviceOffline", "the device is not connected")
+            };
+            out.push(Action::Connected {
+                name: name.clone(),
+                body: render::connected_status(
+                    &name,
+                    c,
+                    reason,
+                    message,
+                    dev.connected_since_ms,
+                    now_ms,
+                ),
+            });
+        }
+    }
+
+    fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        let mut timed_out = Vec::new();
+        for (name, dev) in &mut self.devices {
+            if !dev.alive {
+                continue;
+            }
+            if now_ms.saturating_sub(dev.last_seen_ms) > self.settings.heartbeat_timeout_ms {
+                timed_out.push(name.clone());
+                continue;
+            }
+            if now_ms.saturating_sub(dev.last_lease_ms) >= self.settings.lease_renew_ms {
+                out.push(Action::RenewLease {
+                    name: name.clone(),
+                    now_ms,
+                });
+                dev.last_lease_ms = now_ms;
+            }
+            if now_ms.saturating_sub(dev.last_status_ms) >= self.settings.status_refresh_ms
+                && let Some(last) = &dev.last
+            {
+                let mut s = last.clone();
+                // The device is alive (heartbeats arrive); say so with this tick's time.
+                s.heartbeat_ms = s.heartbeat_ms.max(dev.last_seen_ms);
+                out.push(Action::NodeStatus {
+                    name: name.clone(),
+                    body: render::node_status(
+                        &s,
+                        &self.settings.endpoint,
+                        &self.settings.kubelet_version,
+                    ),
+                });
+                dev.last_status_ms = now_ms;
+            }
+        }
+        timed_out.sort();
+        for name in timed_out {
+            self.disconnect(
+                &name,
+                "HeartbeatTimeout",
+                "no node status from the device within the heartbeat timeout",
+                now_ms,
+                out,
+            );
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_report(
+        &mut self,
+        node: String,
+        pod: PodKey,
+        seq: u64,
+        status: Option<PodStatus>,
+        now_ms: u64,
+        resolver: &dyn Resolver,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.settings.admit.admits(&node) {
+            return;
+        }
+        let k = (node.clone(), pod.clone());
+        let r = self.reported.entry(k).or_default();
+        match status {
+            Some(s) => {
+                if seq <= r.seq {
+                    return; // duplicate or stale replay
+                }
+                r.seq = seq;
+                r.status = Some(s.clone());
+                if let Some(e) = self.pods.get_mut(&pod)
+                    && e.node == node
+                    && e.uid == s.uid
+                    && !(e.terminal && !s.phase.is_terminal())
+                {
+                    if s.phase.is_terminal() {
+                        e.terminal = true;
+                    }
+                    out.push(Action::PodStatus {
+                        pod: pod.clone(),
+                        owner: PodStatusOwner::Device,
+                        body: render::pod_status(&e.uid, &s),
+                    });
+                }
+            }
+            None => {
+                // The pod is gone from the device; keep seq so late replays stay dropped.
+                r.status = None;
+                self.evaluate(&pod, now_ms, resolver, out);
+            }
+        }
+    }
+
+    fn on_device_event(&mut self, node: String, seq: u64, event: Event, out: &mut Vec<Action>) {
+        if !self.settings.admit.admits(&node) {
+            return;
+        }
+        let Some(dev) = self.devices.get_mut(&node) else {
+            return;
+        };
+        if seq <= dev.event_seq {
+            return;
+        }
+        dev.event_seq = seq;
+        let (namespace, kind, name, uid) = match (&event.namespace, &event.pod) {
+            (Some(ns), Some(p)) => {
+                let uid = self
+                    .pods
+                    .get(&PodKey::new(ns, p))
+                    .map(|e| e.uid.clone())
+                    .unwrap_or_default();
+                (ns.clone(), "Pod", p.clone(), uid)
+            }
+            _ => ("default".to_string(), "Node", node.clone(), String::new()),
+        };
+        let message = match &event.container {
+            Some(c) if kind == "Pod" => format!("container {c}: {}", event.message),
+            _ => event.message.clone(),
+        };
+        out.push(Action::Event(KubeEvent {
+            namespace,
+            involved_kind: kind,
+            involved_name: name,
+            involved_uid: uid,
+            kind: event.kind,
+            reason: event.reason.clone(),
+            message,
+            time_ms: event.timestamp_ms,
+            host: node,
+        }));
+    }
+
+    fn on_pod(
+        &mut self,
+        pod: Arc<Pod>,
+        now_ms: u64,
+        resolver: &dyn Resolver,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(key) = pod_key(&pod) else { return };
+        let Some(node) = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty())
+        else {
+            return;
+        };
+        if !self.settings.admit.admits(&node) {
+            return;
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let deleting = pod.metadata.deletion_timestamp.is_some();
+        let terminal = pod_terminal(&pod);
+        let new_instance = self.pods.get(&key).is_none_or(|e| e.uid != uid);
+        if new_instance {
+            if let Some(old) = self.pods.get(&key)
+                && let Some(set) = self.pods_by_node.get_mut(&old.node)
+            {
+                set.remove(&key);
+            }
+            self.pods.insert(
+                key.clone(),
+                PodEntry {
+                    pod: pod.clone(),
+                    node: node.clone(),
+                    uid: uid.clone(),
+                    refs: BTreeSet::new(),
+                    refusal: None,
+                    accepted_sent: false,
+                    deleting,
+                    terminal,
+                    delete_sent: false,
+                },
+            );
+            self.pods_by_node
+                .entry(node.clone())
+                .or_default()
+                .insert(key.clone());
+        } else if let Some(e) = self.pods.get_mut(&key) {
+            e.pod = pod.clone();
+            e.deleting = deleting;
+            e.terminal |= terminal;
+        }
+        self.evaluate(&key, now_ms, resolver, out);
+        if new_instance
+            && self.devices.contains_key(&node)
+            && let Some(Reported {
+                status: Some(s), ..
+            }) = self.reported.get(&(node.clone(), key.clone()))
+            && s.uid == uid
+            && !(terminal && !s.phase.is_terminal())
+        {
+            out.push(Action::PodStatus {
+                pod: key,
+                owner: PodStatusOwner::Device,
+                body: render::pod_status(&uid, s),
+            });
+        }
+    }
+
+    fn on_pod_deleted(&mut self, pod: &Pod, out: &mut Vec<Action>) {
+        let Some(key) = pod_key(pod) else { return };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let Some(e) = self.pods.get(&key).filter(|e| e.uid == uid) else {
+            return;
+        };
+        let node = e.node.clone();
+        if let Some(set) = self.pods_by_node.get_mut(&node) {
+            set.remove(&key);
+        }
+        self.pods.remove(&key);
+        // Removed without waiting for the device (force delete): tell the device.
+        let k = (node.clone(), key.clone());
+        if self.synced() && self.desired.get(&k).is_some_and(|s| s.uid == uid) {
+            self.desired.remove(&k);
+            out.push(Action::Publish {
+                topic: self.settings.topics.desired(&node, &key),
+                payload: Vec::new(),
+            });
+        }
+    }
+
+    fn resync_all(&mut self, now_ms: u64, resolver: &dyn Resolver, out: &mut Vec<Action>) {
+        if !self.synced() {
+            return;
+        }
+        let mut keys: Vec<PodKey> = self.pods.keys().cloned().collect();
+        keys.sort();
+        for k in &keys {
+            self.evaluate(k, now_ms, resolver, out);
+        }
+        // Specs this bridge wrote for pods that no longer exist (deleted while
+        // the bridge was away): tombstone them.
+        let mut orphans: Vec<NodePod> = self
+            .desired
+            .iter()
+            .filter(|((node, key), spec)| {
+                spec.labels.contains_key(BRIDGE_SPEC_LABEL)
+                    && self.settings.admit.admits(node)
+                    && self
+                        .pods
+                        .get(key)
+                        .is_none_or(|e| e.uid != spec.uid || &e.node != node)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        orphans.sort();
+        for (node, key) in orphans {
+            self.desired.remove(&(node.clone(), key.clone()));
+            out.push(Action::Publish {
+                topic: self.settings.topics.desired(&node, &key),
+                payload: Vec::new(),
+            });
+        }
+    }
+
+    /// Decides what a pod needs now: its spec sent (or re-sent), a refusal
+    /// recorded, a tombstone, or the final delete.
+    fn evaluate(
+        &mut self,
+        key: &PodKey,
+        now_ms: u64,
+        resolver: &dyn Resolver,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.synced() {
+            return;
+        }
+        let Some(e) = self.pods.get_mut(key) else {
+            return;
+        };
+        if !self.devices.contains_key(&e.node) {
+            return;
+        }
+        let dk = (e.node.clone(), key.clone());
+        if e.deleting {
+            if self.desired.get(&dk).is_some_and(|s| s.uid == e.uid) {
+                self.desired.remove(&dk);
+                out.push(Action::Publish {
+                    topic: self.settings.topics.desired(&e.node, key),
+                    payload: Vec::new(),
+                });
+            }
+            let on_device = self
+                .reported
+                .get(&dk)
+                .and_then(|r| r.status.as_ref())
+                .is_some_and(|s| s.uid == e.uid);
+            if !on_device && !e.delete_sent {
+                e.delete_sent = true;
+                out.push(Action::DeletePod {
+                    pod: key.clone(),
+                    uid: e.uid.clone(),
+                });
+            }
+            return;
+        }
+        let existing = self.desired.get(&dk).filter(|s| s.uid == e.uid);
+        if e.terminal && existing.is_none() {
+            // Never start a finished pod again.
+            return;
+        }
+        let rec = Recording {
+            inner: resolver,
+            refs: RefCell::new(BTreeSet::new()),
+            missing: RefCell::new(Vec::new()),
+        };
+        let result = pod_spec_from_k8s_with(&e.pod, &rec);
+        e.refs = rec.refs.into_inner();
+        match result {
+            Err(err) => {
+                let message = err.to_string();
+                if e.refusal.as_deref() == Some(message.as_str()) {
+                    return;
+                }
+                let reason = if rec.missing.borrow().is_empty() {
+                    "UnsupportedField"
+                } else {
+                    "CreateContainerConfigError"
+                };
+                e.refusal = Some(message.clone());
+                e.accepted_sent = false;
+                out.push(Action::Event(KubeEvent {
+                    namespace: key.namespace.clone(),
+                    involved_kind: "Pod",
+                    involved_name: key.name.clone(),
+                    involved_uid: e.uid.clone(),
+                    kind: EventType::Warning,
+                    reason: reason.to_string(),
+                    message: message.clone(),
+                    time_ms: now_ms,
+                    host: e.node.clone(),
+                }));
+                out.push(Action::PodStatus {
+                    pod: key.clone(),
+                    owner: PodStatusOwner::Bridge,
+                    body: render::refused_pod_status(
+                        &key.namespace,
+                        &key.name,
+                        &e.uid,
+                        reason,
+                        &message,
+                        now_ms,
+                    ),
+                });
+            }
+            Ok(mut spec) => {
+                e.refusal = None;
+                spec.uid = e.uid.clone();
+                spec.labels
+                    .insert(BRIDGE_SPEC_LABEL.to_string(), "true".to_string());
+                if let Some(spec) = next_desired(existing, spec) {
+                    let payload = match wire::encode(
+                        spec.generation,
+                        &Message::DesiredPod(spec.clone()),
+                    ) {
+                        Ok(p) => p,
+                        Err(err) => {
+                            tracing::error!(pod = %key, error = %err, "cannot encode the desired spec");
+                            return;
+                        }
+                    };
+                    out.push(Action::Publish {
+                        topic: self.settings.topics.desired(&e.node, key),
+                        payload,
+                    });
+                    self.desired.insert(dk, spec);
+                }
+                if !e.accepted_sent {
+                    e.accepted_sent = true;
+                    out.push(Action::PodStatus {
+                        pod: key.clone(),
+                        owner: PodStatusOwner::Bridge,
+                        body: render::accepted_pod_status(
+                            &key.namespace,
+                            &key.name,
+                            &e.uid,
+                            now_ms,
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The node a pod is bound to, if it is one of this bridge's devices.
+    pub fn node_of(&self, key: &PodKey) -> Option<&str> {
+        self.pods
+            .get(key)
+            .map(|e| e.node.as_str())
+            .filter(|n| self.devices.contains_key(*n))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,735 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::*;
+use crate::model::convert::NoResolver;
+use crate::model::{
+    NodeCondition, NodeConditionType, NodeInfo, NodeResources, PodPhase, RestartPolicy,
+};
+
+const NOW: u64 = 1_767_225_600_000;
+
+/// A resolver over fixed maps (ConfigMaps and Secrets by "ns/name").
+#[derive(Default)]
+struct Fixed {
+    cms: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+}
+
+impl Resolver for Fixed {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.cms.get(&format!("{namespace}/{name}")).cloned()
+    }
+    fn secret(&self, _namespace: &str, _name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        None
+    }
+}
+
+fn settings() -> Settings {
+    Settings::new(
+        Topics::new("kedge/v1"),
+        KubeletEndpoint {
+            address: "10.0.0.9".into(),
+            port: 10250,
+        },
+    )
+}
+
+fn node_status(name: &str, online: bool, heartbeat_ms: u64) -> NodeStatus {
+    NodeStatus {
+        name: name.into(),
+        online,
+        heartbeat_ms,
+        info: NodeInfo {
+            architecture: "arm64".into(),
+            operating_system: "linux".into(),
+            ..Default::default()
+        },
+        capacity: NodeResources {
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+            pods: 10,
+            ephemeral_storage_bytes: 1 << 32,
+        },
+        allocatable: NodeResources::default(),
+        conditions: if online {
+            vec![NodeCondition {
+                kind: NodeConditionType::Ready,
+                status: true,
+                reason: "KedgeAgentReady".into(),
+                message: "ok".into(),
+                last_transition_ms: NOW,
+                last_heartbeat_ms: heartbeat_ms,
+            }]
+        } else {
+            vec![]
+        },
+        addresses: vec![],
+        pod_count: 0,
+    }
+}
+
+fn pod(name: &str, uid: &str, node: &str, extra_spec: serde_json::Value) -> Arc<Pod> {
+    let mut spec = serde_json::json!({
+        "nodeName": node,
+        "runtimeClassName": "kedge-wasm",
+        "containers": [{"name": "main", "image": "file:///m.wasm@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}],
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "uid": uid, "generation": 1},
+            "spec": spec,
+        }))
+        .expect("valid pod"),
+    )
+}
+
+fn deleting(p: &Pod) -> Arc<Pod> {
+    let mut p = p.clone();
+    p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1).expect("ts"),
+    ));
+    Arc::new(p)
+}
+
+fn report(uid: &str, phase: PodPhase) -> PodStatus {
+    PodStatus {
+        namespace: "default".into(),
+        name: "web".into(),
+        uid: uid.into(),
+        observed_generation: 1,
+        phase,
+        conditions: vec![],
+        reason: None,
+        message: None,
+        start_time_ms: Some(NOW),
+        host_ip: Some("192.168.1.5".into()),
+        pod_ip: Some("192.168.1.5".into()),
+        init_container_statuses: vec![],
+        container_statuses: vec![],
+    }
+}
+
+/// A bridge that knows device gw1 (alive) and has synced both sides.
+fn synced_bridge() -> Bridge {
+    let mut b = Bridge::new(settings());
+    b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: node_status("gw1", true, NOW),
+        },
+        NOW,
+        &NoResolver,
+    );
+    b.handle(BridgeEvent::MqttSynced, NOW, &NoResolver);
+    b.handle(
+        BridgeEvent::PodsSynced { present_uids: None },
+        NOW,
+        &NoResolver,
+    );
+    b
+}
+
+fn publishes(actions: &[Action]) -> Vec<(&str, &[u8])> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish { topic, payload } => Some((topic.as_str(), payload.as_slice())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn spec_of(payload: &[u8]) -> PodSpec {
+    crate::cli::decode_spec(payload).expect("a desired spec")
+}
+
+#[test]
+fn first_online_status_creates_node_status_connected_and_lease() {
+    let mut b = Bridge::new(settings());
+    let a = b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: node_status("gw1", true, NOW),
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert!(
+        matches!(&a[0], Action::EnsureNode { name, labels } if name == "gw1" && labels["kubernetes.io/arch"] == "arm64")
+    );
+    assert!(matches!(&a[1], Action::NodeStatus { name, .. } if name == "gw1"));
+    assert!(
+        matches!(&a[2], Action::Connected { body, .. } if body["status"]["conditions"][0]["status"] == "True")
+    );
+    assert!(matches!(&a[3], Action::RenewLease { name, .. } if name == "gw1"));
+    assert!(b.is_alive("gw1"));
+}
+
+#[test]
+fn heartbeats_renew_the_lease_every_10s_and_status_only_on_change() {
+    let mut b = synced_bridge();
+    // A heartbeat 5 s later: nothing changed, lease not due.
+    let a = b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: node_status("gw1", true, NOW + 5_000),
+        },
+        NOW + 5_000,
+        &NoResolver,
+    );
+    assert!(a.is_empty(), "{a:?}");
+    let a = b.handle(BridgeEvent::Tick, NOW + 9_000, &NoResolver);
+    assert!(a.is_empty(), "{a:?}");
+    let a = b.handle(BridgeEvent::Tick, NOW + 10_000, &NoResolver);
+    assert_eq!(
+        a,
+        vec![Action::RenewLease {
+            name: "gw1".into(),
+            now_ms: NOW + 10_000
+        }]
+    );
+    // A capacity change is written at once.
+    let mut s = node_status("gw1", true, NOW + 11_000);
+    s.capacity.pods = 20;
+    let a = b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: s,
+        },
+        NOW + 11_000,
+        &NoResolver,
+    );
+    assert!(matches!(&a[..], [Action::NodeStatus { .. }]), "{a:?}");
+}
+
+#[test]
+fn last_will_turns_connected_false_at_once_and_stops_the_lease() {
+    let mut b = synced_bridge();
+    let a = b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: node_status("gw1", false, 0),
+        },
+        NOW + 1_000,
+        &NoResolver,
+    );
+    assert!(
+        matches!(&a[..], [Action::Connected { body, .. }] if body["status"]["conditions"][0]["status"] == "False"
+            && body["status"]["conditions"][0]["reason"] == "DeviceOffline"),
+        "{a:?}"
+    );
+    assert!(!b.is_alive("gw1"));
+    let a = b.handle(BridgeEvent::Tick, NOW + 60_000, &NoResolver);
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::RenewLease { .. })),
+        "no lease while offline: {a:?}"
+    );
+}
+
+#[test]
+fn silent_device_times_out() {
+    let mut b = synced_bridge();
+    let a = b.handle(BridgeEvent::Tick, NOW + 40_001, &NoResolver);
+    assert!(
+        a.iter().any(|x| matches!(x, Action::Connected { body, .. }
+            if body["status"]["conditions"][0]["reason"] == "HeartbeatTimeout")),
+        "{a:?}"
+    );
+    assert!(!a.iter().any(|x| matches!(x, Action::RenewLease { .. })));
+}
+
+#[test]
+fn node_deleted_by_hand_is_recreated_while_alive() {
+    let mut b = synced_bridge();
+    let a = b.handle(
+        BridgeEvent::NodeObjectDeleted("gw1".into()),
+        NOW + 1,
+        &NoResolver,
+    );
+    assert!(matches!(&a[0], Action::EnsureNode { name, .. } if name == "gw1"));
+    assert!(a.iter().any(|x| matches!(x, Action::NodeStatus { .. })));
+    assert!(a.iter().any(|x| matches!(x, Action::RenewLease { .. })));
+    assert!(a.iter().any(|x| matches!(x, Action::Connected { .. })));
+    // Unknown nodes (not devices) are left alone.
+    assert!(
+        b.handle(
+            BridgeEvent::NodeObjectDeleted("other".into()),
+            NOW,
+            &NoResolver
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn nothing_is_published_before_both_sides_synced() {
+    let mut b = Bridge::new(settings());
+    b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: node_status("gw1", true, NOW),
+        },
+        NOW,
+        &NoResolver,
+    );
+    let a = b.handle(
+        BridgeEvent::PodApplied(pod("web", "u1", "gw1", serde_json::json!({}))),
+        NOW,
+        &NoResolver,
+    );
+    assert!(publishes(&a).is_empty());
+    let a = b.handle(BridgeEvent::MqttSynced, NOW, &NoResolver);
+    assert!(publishes(&a).is_empty());
+    let a = b.handle(
+        BridgeEvent::PodsSynced { present_uids: None },
+        NOW,
+        &NoResolver,
+    );
+    let p = publishes(&a);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].0, "kedge/v1/gw1/desired/default/web");
+    let spec = spec_of(p[0].1);
+    assert_eq!(spec.uid, "u1");
+    assert_eq!(spec.generation, 1);
+    assert_eq!(spec.labels[BRIDGE_SPEC_LABEL], "true");
+}
+
+#[test]
+fn pods_of_other_nodes_are_ignored() {
+    let mut b = synced_bridge();
+    let a = b.handle(
+        BridgeEvent::PodApplied(pod("web", "u1", "worker-1", serde_json::json!({}))),
+        NOW,
+        &NoResolver,
+    );
+    assert!(a.is_empty(), "{a:?}");
+}
+
+#[test]
+fn unchanged_pods_are_not_resent_and_changes_bump_the_generation() {
+    let mut b = synced_bridge();
+    let p = pod("web", "u1", "gw1", serde_json::json!({}));
+    let a = b.handle(BridgeEvent::PodApplied(p.clone()), NOW, &NoResolver);
+    let first = spec_of(publishes(&a)[0].1);
+    // The broker echoes our retained spec back.
+    b.handle(
+        BridgeEvent::Desired {
+            node: "gw1".into(),
+            pod: PodKey::new("default", "web"),
+            spec: Some(first.clone()),
+        },
+        NOW,
+        &NoResolver,
+    );
+    let a = b.handle(BridgeEvent::PodApplied(p), NOW, &NoResolver);
+    assert!(publishes(&a).is_empty(), "{a:?}");
+    let changed = pod(
+        "web",
+        "u1",
+        "gw1",
+        serde_json::json!({"restartPolicy": "Never"}),
+    );
+    let a = b.handle(BridgeEvent::PodApplied(changed), NOW, &NoResolver);
+    let second = spec_of(publishes(&a)[0].1);
+    assert_eq!(second.generation, first.generation + 1);
+    assert_eq!(second.restart_policy, RestartPolicy::Never);
+}
+
+#[test]
+fn configmap_change_resends_the_pod_and_missing_mandatory_blocks_it() {
+    let mut b = synced_bridge();
+    let p = pod(
+        "web",
+        "u1",
+        "gw1",
+        serde_json::json!({"containers": [{"name": "main", "image": "file:///m.wasm@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "env": [{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}}]}]}),
+    );
+    // Missing ConfigMap: not sent, a Warning event and a condition naming it.
+    let none = Fixed::default();
+    let a = b.handle(BridgeEvent::PodApplied(p.clone()), NOW, &none);
+    assert!(publishes(&a).is_empty());
+    let ev = a
+        .iter()
+        .find_map(|x| match x {
+            Action::Event(e) => Some(e),
+            _ => None,
+        })
+        .expect("an event");
+    assert_eq!(ev.reason, "CreateContainerConfigError");
+    assert!(
+        ev.message.contains("configmap \"cfg\" not found"),
+        "{}",
+        ev.message
+    );
+    assert!(a.iter().any(
+        |x| matches!(x, Action::PodStatus { owner: PodStatusOwner::Bridge, body, .. }
+        if body["status"]["conditions"][0]["status"] == "False")
+    ));
+    // The ConfigMap appears: the pod is sent.
+    let mut fixed = Fixed::default();
+    fixed.cms.insert(
+        "default/cfg".into(),
+        BTreeMap::from([("greeting".to_string(), b"hello".to_vec())]),
+    );
+    let cfg = ObjRef {
+        kind: RefKind::ConfigMap,
+        namespace: "default".into(),
+        name: "cfg".into(),
+    };
+    let a = b.handle(BridgeEvent::ObjectChanged(cfg.clone()), NOW, &fixed);
+    let s1 = spec_of(publishes(&a)[0].1);
+    assert_eq!(s1.containers[0].env[0].value, "hello");
+    // It changes: the pod is re-sent with the new value and a higher generation.
+    fixed.cms.insert(
+        "default/cfg".into(),
+        BTreeMap::from([("greeting".to_string(), b"bonjour".to_vec())]),
+    );
+    let a = b.handle(BridgeEvent::ObjectChanged(cfg), NOW, &fixed);
+    let s2 = spec_of(publishes(&a)[0].1);
+    assert_eq!(s2.containers[0].env[0].value, "bonjour");
+    assert_eq!(s2.generation, s1.generation + 1);
+}
+
+#[test]
+fn optional_missing_reference_does_not_block() {
+    let mut b = synced_bridge();
+    let p = pod(
+        "web",
+        "u1",
+        "gw1",
+        serde_json::json!({"containers": [{"name": "main", "image": "file:///m.wasm@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "envFrom": [{"configMapRef": {"name": "absent", "optional": true}}]}]}),
+    );
+    let a = b.handle(BridgeEvent::PodApplied(p), NOW, &Fixed::default());
+    assert_eq!(publishes(&a).len(), 1);
+}
+
+#[test]
+fn unsupported_field_gets_an_event_and_condition_naming_it() {
+    let mut b = synced_bridge();
+    let p = pod(
+        "web",
+        "u1",
+        "gw1",
+        serde_json::json!({"securityContext": {"fsGroup": 2000}}),
+    );
+    let a = b.handle(BridgeEvent::PodApplied(p.clone()), NOW, &NoResolver);
+    assert!(publishes(&a).is_empty());
+    let ev = a
+        .iter()
+        .find_map(|x| match x {
+            Action::Event(e) => Some(e),
+            _ => None,
+        })
+        .expect("an event");
+    assert_eq!(ev.reason, "UnsupportedField");
+    assert!(ev.message.contains("spec.securityContext.fsGroup"));
+    let cond = a
+        .iter()
+        .find_map(|x| match x {
+            Action::PodStatus { body, .. } => Some(body["status"]["conditions"][0].clone()),
+            _ => None,
+        })
+        .expect("a condition");
+    assert_eq!(cond["type"], render::ACCEPTED_CONDITION);
+    assert!(
+        cond["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("spec.securityContext.fsGroup")
+    );
+    // The same refusal is not repeated on every update.
+    let a = b.handle(BridgeEvent::PodApplied(p), NOW, &NoResolver);
+    assert!(a.is_empty(), "{a:?}");
+}
+
+#[test]
+fn reports_are_applied_in_seq_order_only_for_the_same_uid() {
+    let mut b = synced_bridge();
+    b.handle(
+        BridgeEvent::PodApplied(pod("web", "u1", "gw1", serde_json::json!({}))),
+        NOW,
+        &NoResolver,
+    );
+    let key = PodKey::new("default", "web");
+    let rep = |seq, uid: &str, phase| BridgeEvent::Report {
+        node: "gw1".into(),
+        pod: key.clone(),
+        seq,
+        status: Some(report(uid, phase)),
+    };
+    let a = b.handle(rep(5, "u1", PodPhase::Running), NOW, &NoResolver);
+    assert!(
+        matches!(&a[..], [Action::PodStatus { owner: PodStatusOwner::Device, body, .. }]
+        if body["status"]["phase"] == "Running" && body["status"]["podIP"] == "192.168.1.5")
+    );
+    // Duplicate and stale replays are dropped.
+    assert!(
+        b.handle(rep(5, "u1", PodPhase::Running), NOW, &NoResolver)
+            .is_empty()
+    );
+    assert!(
+        b.handle(rep(3, "u1", PodPhase::Pending), NOW, &NoResolver)
+            .is_empty()
+    );
+    // Another instance's status is not written to this one.
+    assert!(
+        b.handle(rep(6, "old", PodPhase::Failed), NOW, &NoResolver)
+            .is_empty()
+    );
+}
+
+#[test]
+fn terminal_phase_stays_terminal() {
+    let mut b = synced_bridge();
+    b.handle(
+        BridgeEvent::PodApplied(pod(
+            "web",
+            "u1",
+            "gw1",
+            serde_json::json!({"restartPolicy": "Never"}),
+        )),
+        NOW,
+        &NoResolver,
+    );
+    let key = PodKey::new("default", "web");
+    let a = b.handle(
+        BridgeEvent::Report {
+            node: "gw1".into(),
+            pod: key.clone(),
+            seq: 7,
+            status: Some(report("u1", PodPhase::Succeeded)),
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert_eq!(a.len(), 1);
+    let a = b.handle(
+        BridgeEvent::Report {
+            node: "gw1".into(),
+            pod: key,
+            seq: 8,
+            status: Some(report("u1", PodPhase::Running)),
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert!(a.is_empty(), "{a:?}");
+}
+
+#[test]
+fn reconnect_resyncs_every_pod_status() {
+    let mut b = synced_bridge();
+    b.handle(
+        BridgeEvent::PodApplied(pod("web", "u1", "gw1", serde_json::json!({}))),
+        NOW,
+        &NoResolver,
+    );
+    let key = PodKey::new("default", "web");
+    b.handle(
+        BridgeEvent::Report {
+            node: "gw1".into(),
+            pod: key,
+            seq: 5,
+            status: Some(report("u1", PodPhase::Running)),
+        },
+        NOW,
+        &NoResolver,
+    );
+    b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: node_status("gw1", false, 0),
+        },
+        NOW + 1,
+        &NoResolver,
+    );
+    let a = b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: node_status("gw1", true, NOW + 2),
+        },
+        NOW + 2,
+        &NoResolver,
+    );
+    assert!(
+        a.iter().any(
+            |x| matches!(x, Action::PodStatus { owner: PodStatusOwner::Device, body, .. }
+            if body["status"]["phase"] == "Running")
+        ),
+        "{a:?}"
+    );
+    assert!(a.iter().any(|x| matches!(x, Action::RenewLease { .. })));
+}
+
+#[test]
+fn deletion_sends_tombstone_then_deletes_with_uid_once_the_device_reports_gone() {
+    let mut b = synced_bridge();
+    let p = pod("web", "u1", "gw1", serde_json::json!({}));
+    let key = PodKey::new("default", "web");
+    let a = b.handle(BridgeEvent::PodApplied(p.clone()), NOW, &NoResolver);
+    let spec = spec_of(publishes(&a)[0].1);
+    b.handle(
+        BridgeEvent::Desired {
+            node: "gw1".into(),
+            pod: key.clone(),
+            spec: Some(spec),
+        },
+        NOW,
+        &NoResolver,
+    );
+    b.handle(
+        BridgeEvent::Report {
+            node: "gw1".into(),
+            pod: key.clone(),
+            seq: 3,
+            status: Some(report("u1", PodPhase::Running)),
+        },
+        NOW,
+        &NoResolver,
+    );
+    let a = b.handle(BridgeEvent::PodApplied(deleting(&p)), NOW, &NoResolver);
+    assert_eq!(
+        publishes(&a),
+        vec![("kedge/v1/gw1/desired/default/web", &b""[..])]
+    );
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::DeletePod { .. })),
+        "still on the device"
+    );
+    let a = b.handle(
+        BridgeEvent::Report {
+            node: "gw1".into(),
+            pod: key.clone(),
+            seq: 0,
+            status: None,
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert_eq!(
+        a,
+        vec![Action::DeletePod {
+            pod: key,
+            uid: "u1".into()
+        }]
+    );
+}
+
+#[test]
+fn orphaned_bridge_specs_are_tombstoned_after_sync_but_not_cli_specs() {
+    let mut b = Bridge::new(settings());
+    b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: node_status("gw1", true, NOW),
+        },
+        NOW,
+        &NoResolver,
+    );
+    let mut ours = crate::model::samples::spec("gone", "u9", 2, RestartPolicy::Always);
+    ours.labels.insert(BRIDGE_SPEC_LABEL.into(), "true".into());
+    let cli = crate::model::samples::spec("manual", "u8", 1, RestartPolicy::Always);
+    for s in [ours, cli] {
+        b.handle(
+            BridgeEvent::Desired {
+                node: "gw1".into(),
+                pod: s.key(),
+                spec: Some(s),
+            },
+            NOW,
+            &NoResolver,
+        );
+    }
+    let a = b.handle(BridgeEvent::MqttSynced, NOW, &NoResolver);
+    assert!(publishes(&a).is_empty(), "pods not listed yet: {a:?}");
+    let a = b.handle(
+        BridgeEvent::PodsSynced { present_uids: None },
+        NOW,
+        &NoResolver,
+    );
+    assert_eq!(
+        publishes(&a),
+        vec![("kedge/v1/gw1/desired/default/gone", &b""[..])]
+    );
+}
+
+#[test]
+fn finished_pods_are_never_started_again() {
+    let mut b = synced_bridge();
+    let mut p = (*pod(
+        "job",
+        "u1",
+        "gw1",
+        serde_json::json!({"restartPolicy": "Never"}),
+    ))
+    .clone();
+    p.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        phase: Some("Succeeded".into()),
+        ..Default::default()
+    });
+    let a = b.handle(BridgeEvent::PodApplied(Arc::new(p)), NOW, &NoResolver);
+    assert!(publishes(&a).is_empty(), "{a:?}");
+}
+
+#[test]
+fn device_events_become_kubernetes_events_once() {
+    let mut b = synced_bridge();
+    let ev = Event {
+        namespace: Some("default".into()),
+        pod: Some("web".into()),
+        container: Some("main".into()),
+        kind: EventType::Warning,
+        reason: "BackOff".into(),
+        message: "Back-off restarting failed container main".into(),
+        timestamp_ms: NOW,
+    };
+    let a = b.handle(
+        BridgeEvent::DeviceEvent {
+            node: "gw1".into(),
+            seq: 4,
+            event: ev.clone(),
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert!(
+        matches!(&a[..], [Action::Event(k)] if k.reason == "BackOff" && k.involved_kind == "Pod")
+    );
+    let a = b.handle(
+        BridgeEvent::DeviceEvent {
+            node: "gw1".into(),
+            seq: 4,
+            event: ev,
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert!(a.is_empty());
+}
+
+#[test]
+fn allow_list_limits_the_devices() {
+    let mut s = settings();
+    s.admit.allow = Some(["gw2".to_string()].into_iter().collect());
+    let mut b = Bridge::new(s);
+    let a = b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: node_status("gw1", true, NOW),
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert!(a.is_empty());
+    assert_eq!(b.device_count(), 0);
+}

@@ -1,0 +1,539 @@
+//! Kubernetes API writes: coalesced per object, rate-limited, a few at a time.
+//!
+//! Every write the bridge makes goes through one [`Writer`]. Work for the same
+//! object (a node's create/status/Connected/Lease, a pod's status) waiting in
+//! the queue is merged, newest wins, so a burst of reports for one pod costs
+//! one request. Work on one object is never in flight twice, so a node is
+//! created before its status and Lease are written. A token bucket caps the
+//! request rate (`--api-qps`) and a fixed number of workers the concurrency.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event as K8sEvent, Node, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Client, Error as KubeError};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::render::{self, CONNECTED_MANAGER, LEASE_NAMESPACE, MANAGER};
+use super::state::{Action, KubeEvent, PodStatusOwner};
+use crate::model::{EventType, PodKey};
+
+/// Counters for benchmarks and `/metrics`.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    /// API requests made (successful or not).
+    pub requests: AtomicU64,
+    /// Requests that failed (and were retried or dropped).
+    pub errors: AtomicU64,
+    /// Work items merged into one already waiting.
+    pub coalesced: AtomicU64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Node(String),
+    PodStatus(PodKey, PodStatusOwner),
+    PodDelete(PodKey),
+    Event(u64),
+}
+
+#[derive(Debug, Default, Clone)]
+struct NodeWork {
+    ensure: Option<BTreeMap<String, String>>,
+    status: Option<Value>,
+    connected: Option<Value>,
+    lease: Option<u64>,
+}
+
+impl NodeWork {
+    /// `newer` on top of `self`.
+    fn merge(&mut self, newer: NodeWork) {
+        if newer.ensure.is_some() {
+            self.ensure = newer.ensure;
+        }
+        if newer.status.is_some() {
+            self.status = newer.status;
+        }
+        if newer.connected.is_some() {
+            self.connected = newer.connected;
+        }
+        if newer.lease.is_some() {
+            self.lease = newer.lease;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Work {
+    Node(NodeWork),
+    PodStatus(Value),
+    PodDelete(String),
+    Event(KubeEvent),
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: HashMap<Key, Work>,
+    order: VecDeque<Key>,
+    in_flight: HashSet<Key>,
+    next_event: u64,
+}
+
+struct Inner {
+    client: Client,
+    queue: Mutex<Queue>,
+    notify: Notify,
+    node_uids: Mutex<HashMap<String, String>>,
+    stats: Arc<WriteStats>,
+    interval: Duration,
+    next_slot: tokio::sync::Mutex<Instant>,
+}
+
+/// The API write queue; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    inner: Arc<Inner>,
+}
+
+fn status_code(e: &KubeError) -> Option<u16> {
+    match e {
+        KubeError::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+impl Writer {
+    /// Starts `workers` tasks writing at most `qps` requests per second.
+    pub fn start(client: Client, qps: f64, workers: usize) -> Writer {
+        let interval = if qps > 0.0 {
+            Duration::from_secs_f64(1.0 / qps)
+        } else {
+            Duration::ZERO
+        };
+        let inner = Arc::new(Inner {
+            client,
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            node_uids: Mutex::new(HashMap::new()),
+            stats: Arc::new(WriteStats::default()),
+            interval,
+            next_slot: tokio::sync::Mutex::new(Instant::now()),
+        });
+        for _ in 0..workers.max(1) {
+            let inner = inner.clone();
+            tokio::spawn(async move { worker(inner).await });
+        }
+        Writer { inner }
+    }
+
+    pub fn stats(&self) -> Arc<WriteStats> {
+        self.inner.stats.clone()
+    }
+
+    /// Work items waiting (not counting those in flight).
+    pub fn backlog(&self) -> usize {
+        self.inner
+            .queue
+            .lock()
+            .map(|q| q.pending.len())
+            .unwrap_or(0)
+    }
+
+    /// Forgets a node's uid (its object was deleted).
+    pub fn forget_node(&self, name: &str) {
+        if let Ok(mut m) = self.inner.node_uids.lock() {
+            m.remove(name);
+        }
+    }
+
+    /// Queues the API part of an action (`Publish` is not for the writer).
+    pub fn push(&self, action: Action) {
+        let (key, work) = match action {
+            Action::Publish { .. } => return,
+            Action::EnsureNode { name, labels } => (
+                Key::Node(name),
+                Work::Node(NodeWork {
+                    ensure: Some(labels),
+                    ..Default::default()
+                }),
+            ),
+            Action::NodeStatus { name, body } => (
+                Key::Node(name),
+                Work::Node(NodeWork {
+                    status: Some(body),
+                    ..Default::default()
+                }),
+            ),
+            Action::Connected { name, body } => (
+                Key::Node(name),
+                Work::Node(NodeWork {
+                    connected: Some(body),
+                    ..Default::default()
+                }),
+            ),
+            Action::RenewLease { name, now_ms } => (
+                Key::Node(name),
+                Work::Node(NodeWork {
+                    lease: Some(now_ms),
+                    ..Default::default()
+                }),
+            ),
+            Action::PodStatus { pod, owner, body } => {
+                (Key::PodStatus(pod, owner), Work::PodStatus(body))
+            }
+            Action::DeletePod { pod, uid } => (Key::PodDelete(pod), Work::PodDelete(uid)),
+            Action::Event(ev) => {
+                let mut q = self.inner.queue.lock().expect("writer queue");
+                q.next_event += 1;
+                (Key::Event(q.next_event), Work::Event(ev))
+            }
+        };
+        self.enqueue(key, work, false);
+    }
+
+    /// `older`: a retry, merged under anything newer already waiting.
+    fn enqueue(&self, key: Key, work: Work, older: bool) {
+        enqueue(&self.inner, key, work, older);
+    }
+}
+
+fn enqueue(inner: &Inner, key: Key, work: Work, older: bool) {
+    let mut q = inner.queue.lock().expect("writer queue");
+    match (q.pending.remove(&key), work) {
+        (Some(Work::Node(mut existing)), Work::Node(new)) => {
+            inner.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+            if older {
+                let mut merged = new;
+                merged.merge(existing);
+                q.pending.insert(key, Work::Node(merged));
+            } else {
+                existing.merge(new);
+                q.pending.insert(key, Work::Node(existing));
+            }
+        }
+        (Some(existing), new) => {
+            inner.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+            q.pending.insert(key, if older { existing } else { new });
+        }
+        (None, new) => {
+            q.pending.insert(key.clone(), new);
+            q.order.push_back(key);
+        }
+    }
+    drop(q);
+    inner.notify.notify_one();
+}
+
+/// The next key not in flight, with its work.
+fn take(inner: &Inner) -> Option<(Key, Work)> {
+    let mut q = inner.queue.lock().expect("writer queue");
+    let pos = q.order.iter().position(|k| !q.in_flight.contains(k))?;
+    let key = q.order.remove(pos)?;
+    let work = q.pending.remove(&key)?;
+    q.in_flight.insert(key.clone());
+    Some((key, work))
+}
+
+async fn worker(inner: Arc<Inner>) {
+    loop {
+        let Some((key, work)) = take(&inner) else {
+            inner.notify.notified().await;
+            continue;
+        };
+        let retry = execute(&inner, &key, work).await;
+        // Work for this key that arrived while it was in flight is already
+        // back in `order` (see `enqueue`).
+        inner
+            .queue
+            .lock()
+            .expect("writer queue")
+            .in_flight
+            .remove(&key);
+        inner.notify.notify_one();
+        if let Some(work) = retry {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                enqueue(&inner, key, work, true);
+            });
+        }
+    }
+}
+
+/// Waits for the next request slot of the token bucket.
+async fn slot(inner: &Inner) {
+    if inner.interval.is_zero() {
+        inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let at = {
+        let mut next = inner.next_slot.lock().await;
+        let now = Instant::now();
+        let at = (*next).max(now);
+        *next = at + inner.interval;
+        at
+    };
+    tokio::time::sleep_until(at).await;
+    inner.stats.requests.fetch_add(1, Ordering::Relaxed);
+}
+
+fn failed(inner: &Inner, what: &str, e: &KubeError) {
+    inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+    warn!(error = %e, "{what} failed");
+}
+
+/// Carries out one work item; returns what is left to retry.
+async fn execute(inner: &Inner, key: &Key, work: Work) -> Option<Work> {
+    match (key, work) {
+        (Key::Node(name), Work::Node(w)) => node_work(inner, name, w).await.map(Work::Node),
+        (Key::PodStatus(pod, owner), Work::PodStatus(body)) => {
+            let api: Api<Pod> = Api::namespaced(inner.client.clone(), &pod.namespace);
+            let manager = match owner {
+                PodStatusOwner::Device => MANAGER,
+                PodStatusOwner::Bridge => "kedge-bridge-accepted",
+            };
+            slot(inner).await;
+            match api
+                .patch_status(
+                    &pod.name,
+                    &PatchParams::apply(manager).force(),
+                    &Patch::Apply(&body),
+                )
+                .await
+            {
+                Ok(_) => None,
+                // Gone, or another instance under the same name (uid precondition).
+                Err(e) if matches!(status_code(&e), Some(404 | 409)) => {
+                    debug!(pod = %pod, error = %e, "pod status not written");
+                    None
+                }
+                Err(e) if status_code(&e) == Some(422) => {
+                    failed(inner, &format!("writing the status of pod {pod}"), &e);
+                    None
+                }
+                Err(e) => {
+                    failed(inner, &format!("writing the status of pod {pod}"), &e);
+                    Some(Work::PodStatus(body))
+                }
+            }
+        }
+        (Key::PodDelete(pod), Work::PodDelete(uid)) => {
+            let api: Api<Pod> = Api::namespaced(inner.client.clone(), &pod.namespace);
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            slot(inner).await;
+            match api.delete(&pod.name, &dp).await {
+                Ok(_) => None,
+                Err(e) if matches!(status_code(&e), Some(404 | 409)) => None,
+                Err(e) => {
+                    failed(inner, &format!("deleting pod {pod}"), &e);
+                    Some(Work::PodDelete(uid))
+                }
+            }
+        }
+        (Key::Event(_), Work::Event(ev)) => {
+            write_event(inner, &ev).await;
+            None
+        }
+        _ => None,
+    }
+}
+
+async fn write_event(inner: &Inner, ev: &KubeEvent) {
+    let api: Api<K8sEvent> = Api::namespaced(inner.client.clone(), &ev.namespace);
+    let t = render::time(ev.time_ms);
+    let name = format!(
+        "{}.{:x}{:04x}",
+        ev.involved_name,
+        ev.time_ms,
+        fastrand::u16(..)
+    );
+    let mut involved = json!({
+        "apiVersion": "v1",
+        "kind": ev.involved_kind,
+        "name": ev.involved_name,
+    });
+    if ev.involved_kind == "Pod" {
+        involved["namespace"] = json!(ev.namespace);
+    }
+    if !ev.involved_uid.is_empty() {
+        involved["uid"] = json!(ev.involved_uid);
+    }
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": ev.namespace},
+        "involvedObject": involved,
+        "reason": ev.reason,
+        "message": ev.message,
+        "type": match ev.kind { EventType::Normal => "Normal", EventType::Warning => "Warning" },
+        "firstTimestamp": t,
+        "lastTimestamp": t,
+        "count": 1,
+        "source": {"component": "kedge-bridge", "host": ev.host},
+        "reportingComponent": "kedge.io/bridge",
+        "reportingInstance": ev.host,
+    });
+    let event: K8sEvent = match serde_json::from_value(body) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(error = %e, "cannot build an Event");
+            return;
+        }
+    };
+    slot(inner).await;
+    if let Err(e) = api.create(&PostParams::default(), &event).await {
+        failed(inner, "recording an event", &e);
+    }
+}
+
+/// Creates the node if needed, then status, Connected and Lease, in that
+/// order. Returns the parts to retry.
+async fn node_work(inner: &Inner, name: &str, mut w: NodeWork) -> Option<NodeWork> {
+    let api: Api<Node> = Api::all(inner.client.clone());
+    if let Some(labels) = w.ensure.take()
+        && let Err(e) = ensure_node(inner, &api, name, &labels).await
+    {
+        failed(inner, &format!("creating node {name}"), &e);
+        w.ensure = Some(labels);
+        return Some(w);
+    }
+    let mut retry = NodeWork::default();
+    for (body, manager, slot_ref) in [
+        (w.status.take(), MANAGER, 0),
+        (w.connected.take(), CONNECTED_MANAGER, 1),
+    ] {
+        let Some(body) = body else { continue };
+        slot(inner).await;
+        if let Err(e) = api
+            .patch_status(
+                name,
+                &PatchParams::apply(manager).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+        {
+            failed(inner, &format!("writing the status of node {name}"), &e);
+            if status_code(&e) != Some(422) {
+                if slot_ref == 0 {
+                    retry.status = Some(body);
+                } else {
+                    retry.connected = Some(body);
+                }
+            }
+        }
+    }
+    if let Some(now_ms) = w.lease.take() {
+        let uid = inner
+            .node_uids
+            .lock()
+            .ok()
+            .and_then(|m| m.get(name).cloned());
+        let uid = match uid {
+            Some(u) => Some(u),
+            None => {
+                slot(inner).await;
+                match api.get_opt(name).await {
+                    Ok(Some(n)) => {
+                        let u = n.metadata.uid.unwrap_or_default();
+                        if let Ok(mut m) = inner.node_uids.lock() {
+                            m.insert(name.to_string(), u.clone());
+                        }
+                        Some(u)
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        failed(inner, &format!("reading node {name}"), &e);
+                        retry.lease = Some(now_ms);
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(uid) = uid {
+            let leases: Api<Lease> = Api::namespaced(inner.client.clone(), LEASE_NAMESPACE);
+            slot(inner).await;
+            if let Err(e) = leases
+                .patch(
+                    name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&render::lease(name, &uid, now_ms)),
+                )
+                .await
+            {
+                failed(inner, &format!("renewing the lease of node {name}"), &e);
+                retry.lease = Some(now_ms);
+            }
+        }
+    }
+    (retry.status.is_some() || retry.connected.is_some() || retry.lease.is_some()).then_some(retry)
+}
+
+async fn ensure_node(
+    inner: &Inner,
+    api: &Api<Node>,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), KubeError> {
+    let node: Node =
+        serde_json::from_value(render::node_object(name, labels)).map_err(KubeError::SerdeError)?;
+    slot(inner).await;
+    let existing = match api.create(&PostParams::default(), &node).await {
+        Ok(n) => n,
+        Err(e) if status_code(&e) == Some(409) => {
+            slot(inner).await;
+            let n = api.get(name).await?;
+            let have = n.metadata.labels.clone().unwrap_or_default();
+            let mut patch = serde_json::Map::new();
+            if labels.iter().any(|(k, v)| have.get(k) != Some(v)) {
+                patch.insert("metadata".into(), json!({"labels": labels}));
+            }
+            let taints = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default();
+            if !taints.iter().any(|t| t.key == render::EDGE_LABEL) {
+                let mut list: Vec<Value> = taints
+                    .iter()
+                    .filter_map(|t| serde_json::to_value(t).ok())
+                    .collect();
+                list.push(render::edge_taint());
+                patch.insert("spec".into(), json!({"taints": list}));
+            }
+            if patch.is_empty() {
+                n
+            } else {
+                slot(inner).await;
+                api.patch(
+                    name,
+                    &PatchParams::default(),
+                    &Patch::Merge(Value::Object(patch)),
+                )
+                .await?
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    if let Ok(mut m) = inner.node_uids.lock() {
+        m.insert(
+            name.to_string(),
+            existing.metadata.uid.clone().unwrap_or_default(),
+        );
+    }
+    Ok(())
+}

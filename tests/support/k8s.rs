@@ -1,0 +1,556 @@
+//! A real Kubernetes control plane for the bridge tests: etcd, kube-apiserver,
+//! kube-controller-manager and kube-scheduler, built from the upstream Go
+//! modules by `tests/k8s-harness/build.sh` (cached under /var/tmp), started
+//! on loopback with free ports and certificates generated for this run, and
+//! killed on drop.
+//!
+//! Certificates (one test CA signs them all):
+//! - the apiserver's serving certificate (127.0.0.1, localhost, the service IP);
+//! - an admin client certificate (`O=system:masters`) for the tests and the
+//!   controllers, written into `kubeconfig`;
+//! - a client certificate for the bridge (`CN=kedge-bridge`, no groups: it
+//!   only gets what `edge-manifests/bridge-rbac.yaml` grants), in
+//!   `bridge_kubeconfig`;
+//! - the apiserver's kubelet client certificate (`CN=kube-apiserver-kubelet-client`)
+//!   and a kubelet serving certificate for the bridge (127.0.0.1): the
+//!   apiserver verifies the bridge's kubelet API against the CA, and the
+//!   bridge verifies the apiserver's client certificate against it.
+//! - an RSA key pair for service-account tokens.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::{free_port, openssl, read_lossy, repo_root, run_with_deadline, wait_until};
+
+/// Directory of the built control-plane binaries: `KEDGE_K8S_BIN_DIR` if set,
+/// else the output of `tests/k8s-harness/build.sh` (built once per machine
+/// and input hash; a cache hit takes milliseconds).
+pub fn k8s_bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("KEDGE_K8S_BIN_DIR") {
+            return PathBuf::from(d);
+        }
+        let script = repo_root().join("tests/k8s-harness/build.sh");
+        let out = run_with_deadline(Command::new(&script), b"", Duration::from_secs(3600));
+        assert!(
+            out.status.success(),
+            "{} failed ({}):\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let dir = stdout.lines().last().unwrap_or_default().trim().to_string();
+        assert!(!dir.is_empty(), "build.sh printed no directory");
+        PathBuf::from(dir)
+    })
+    .clone()
+}
+
+/// Options for [`ControlPlane::start`].
+#[derive(Debug, Clone)]
+pub struct ControlPlaneOpts {
+    /// Start kube-controller-manager and kube-scheduler (Deployments,
+    /// DaemonSets, scheduling, node lifecycle). Off: apiserver and etcd only.
+    pub controllers: bool,
+    /// `--node-monitor-grace-period` of the node lifecycle controller.
+    pub node_monitor_grace: Duration,
+}
+
+impl Default for ControlPlaneOpts {
+    fn default() -> Self {
+        ControlPlaneOpts {
+            controllers: true,
+            node_monitor_grace: Duration::from_secs(15),
+        }
+    }
+}
+
+/// The certificate and key files of one control plane.
+#[derive(Debug, Clone)]
+pub struct ClusterCerts {
+    pub ca: PathBuf,
+    pub ca_key: PathBuf,
+    /// Client certificate of the apiserver towards kubelets (signed by `ca`).
+    pub kubelet_client_cert: PathBuf,
+    pub kubelet_client_key: PathBuf,
+    /// A kubelet serving certificate for 127.0.0.1 (signed by `ca`).
+    pub kubelet_serving_cert: PathBuf,
+    pub kubelet_serving_key: PathBuf,
+}
+
+/// A running control plane; every process is killed on drop.
+pub struct ControlPlane {
+    dir: TempDir,
+    /// `https://127.0.0.1:PORT`.
+    pub server: String,
+    /// Admin kubeconfig (`system:masters`).
+    pub kubeconfig: PathBuf,
+    /// Kubeconfig of the `kedge-bridge` user (no rights until RBAC grants them).
+    pub bridge_kubeconfig: PathBuf,
+    pub certs: ClusterCerts,
+    procs: Vec<Proc>,
+}
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Reverse start order: controllers, apiserver, then etcd.
+        for p in self.procs.iter_mut().rev() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        if std::thread::panicking() {
+            for p in &self.procs {
+                let log = read_lossy(&p.log);
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("--- last lines of {} ({})", p.name, p.log.display());
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Starts etcd and the apiserver (and the controllers unless disabled),
+    /// and returns once the apiserver answers `/readyz` with `ok`.
+    pub fn start(opts: ControlPlaneOpts) -> ControlPlane {
+        let bin = k8s_bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("kedge-k8s-")
+            .tempdir()
+            .expect("create control-plane temp dir");
+        let d = dir.path();
+        let certs = generate_certs(d);
+        let p = |n: &str| d.join(n);
+
+        let mut cp = ControlPlane {
+            server: String::new(),
+            kubeconfig: p("admin.kubeconfig"),
+            bridge_kubeconfig: p("bridge.kubeconfig"),
+            certs,
+            procs: Vec::new(),
+            dir,
+        };
+
+        // etcd
+        let etcd_port = free_port();
+        let etcd_peer = free_port();
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        cp.spawn(
+            "etcd",
+            Command::new(bin.join("etcd"))
+                .arg("--data-dir")
+                .arg(p("etcd-data"))
+                .arg(format!("--listen-client-urls={etcd_url}"))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}")),
+        );
+
+        // kube-apiserver
+        let port = free_port();
+        cp.server = format!("https://127.0.0.1:{port}");
+        let c = &cp.certs;
+        let mut api = Command::new(bin.join("kube-apiserver"));
+        api.args([
+            &format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            &format!("--secure-port={port}"),
+            &format!("--tls-cert-file={}", p("apiserver.pem").display()),
+            &format!("--tls-private-key-file={}", p("apiserver.key").display()),
+            &format!("--client-ca-file={}", c.ca.display()),
+            "--authorization-mode=Node,RBAC",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            &format!("--service-account-key-file={}", p("sa.pub").display()),
+            &format!(
+                "--service-account-signing-key-file={}",
+                p("sa.key").display()
+            ),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            &format!(
+                "--kubelet-client-certificate={}",
+                c.kubelet_client_cert.display()
+            ),
+            &format!("--kubelet-client-key={}", c.kubelet_client_key.display()),
+            &format!("--kubelet-certificate-authority={}", c.ca.display()),
+            // Virtual nodes' InternalIP is the bridge; their Hostname resolves nowhere.
+            "--kubelet-preferred-address-types=InternalIP",
+            "--enable-priority-and-fairness=false",
+            "--profiling=false",
+            "--v=1",
+        ]);
+        cp.spawn("kube-apiserver", &mut api);
+
+        write_kubeconfig(
+            &cp.kubeconfig,
+            &cp.server,
+            &cp.certs.ca,
+            &p("admin.pem"),
+            &p("admin.key"),
+        );
+        write_kubeconfig(
+            &cp.bridge_kubeconfig,
+            &cp.server,
+            &cp.certs.ca,
+            &p("bridge.pem"),
+            &p("bridge.key"),
+        );
+
+        let admin = (p("admin.pem"), p("admin.key"));
+        let ca = cp.certs.ca.clone();
+        let server = cp.server.clone();
+        wait_until(
+            "kube-apiserver to answer /readyz",
+            Duration::from_secs(120),
+            || {
+                cp.assert_running();
+                let out = Command::new("curl")
+                    .args(["-sS", "--max-time", "5", "--cacert"])
+                    .arg(&ca)
+                    .arg("--cert")
+                    .arg(&admin.0)
+                    .arg("--key")
+                    .arg(&admin.1)
+                    .arg(format!("{server}/readyz"))
+                    .output()
+                    .ok()?;
+                (out.status.success() && out.stdout == b"ok").then_some(())
+            },
+        );
+
+        if opts.controllers {
+            let grace = opts.node_monitor_grace.as_secs().max(2);
+            let mut cm = Command::new(bin.join("kube-controller-manager"));
+            cm.args([
+                &format!("--kubeconfig={}", cp.kubeconfig.display()),
+                &format!("--authentication-kubeconfig={}", cp.kubeconfig.display()),
+                &format!("--authorization-kubeconfig={}", cp.kubeconfig.display()),
+                "--bind-address=127.0.0.1",
+                &format!("--secure-port={}", free_port()),
+                "--leader-elect=false",
+                &format!(
+                    "--service-account-private-key-file={}",
+                    p("sa.key").display()
+                ),
+                &format!("--root-ca-file={}", cp.certs.ca.display()),
+                "--use-service-account-credentials=false",
+                "--controllers=*,-nodeipam,-service,-route,-cloud-node-lifecycle",
+                "--node-monitor-period=1s",
+                &format!("--node-monitor-grace-period={grace}s"),
+                "--concurrent-deployment-syncs=5",
+                "--v=1",
+            ]);
+            cp.spawn("kube-controller-manager", &mut cm);
+            let mut sched = Command::new(bin.join("kube-scheduler"));
+            sched.args([
+                &format!("--kubeconfig={}", cp.kubeconfig.display()),
+                &format!("--authentication-kubeconfig={}", cp.kubeconfig.display()),
+                &format!("--authorization-kubeconfig={}", cp.kubeconfig.display()),
+                "--bind-address=127.0.0.1",
+                &format!("--secure-port={}", free_port()),
+                "--leader-elect=false",
+                "--v=1",
+            ]);
+            cp.spawn("kube-scheduler", &mut sched);
+        }
+        cp
+    }
+
+    fn spawn(&mut self, name: &'static str, cmd: &mut Command) {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let f = File::create(&log).expect("create component log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("dup log fd"))
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        self.procs.push(Proc { name, child, log });
+    }
+
+    /// Panics (with the component's log) if a component has exited.
+    pub fn assert_running(&mut self) {
+        for p in &mut self.procs {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("{} exited ({status}):\n{}", p.name, read_lossy(&p.log));
+            }
+        }
+    }
+
+    /// The log of a component so far.
+    pub fn log(&self, name: &str) -> String {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| read_lossy(&p.log))
+            .unwrap_or_default()
+    }
+
+    /// The temp dir holding certificates, kubeconfigs and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn write_kubeconfig(path: &Path, server: &str, ca: &Path, cert: &Path, key: &Path) {
+    let text = format!(
+        "apiVersion: v1\n\
+         kind: Config\n\
+         clusters:\n\
+         - name: kedge-test\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
+         users:\n\
+         - name: user\n  user:\n    client-certificate: {cert}\n    client-key: {key}\n\
+         contexts:\n\
+         - name: kedge-test\n  context:\n    cluster: kedge-test\n    user: user\n\
+         current-context: kedge-test\n",
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display(),
+    );
+    std::fs::write(path, text).expect("write kubeconfig");
+}
+
+/// Every certificate and key of a control plane, made with the `openssl` CLI.
+fn generate_certs(d: &Path) -> ClusterCerts {
+    let p = |n: &str| d.join(n);
+    let leaf = |eku: &str, san: &str| {
+        format!(
+            "basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature, keyEncipherment\n\
+             extendedKeyUsage = {eku}\n\
+             subjectKeyIdentifier = hash\n\
+             authorityKeyIdentifier = keyid\n{san}"
+        )
+    };
+    std::fs::write(
+        p("ca.ext"),
+        "basicConstraints = critical, CA:TRUE\n\
+         keyUsage = critical, keyCertSign, cRLSign, digitalSignature\n\
+         subjectKeyIdentifier = hash\n",
+    )
+    .expect("write ca.ext");
+    let ec_key = |name: &str| {
+        openssl(
+            d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                name,
+            ],
+        )
+    };
+    ec_key("ca.key");
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=kedge-k8s-test-ca",
+            "-out",
+            "ca.csr",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509", "-req", "-in", "ca.csr", "-key", "ca.key", "-days", "30", "-sha256",
+            "-extfile", "ca.ext", "-out", "ca.pem",
+        ],
+    );
+    let server_san = "subjectAltName = DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, \
+                      DNS:kubernetes.default.svc, IP:127.0.0.1, IP:10.96.0.1\n";
+    let kubelet_san = "subjectAltName = DNS:localhost, IP:127.0.0.1\n";
+    let leaves: [(&str, &str, String); 5] = [
+        (
+            "apiserver",
+            "/CN=kube-apiserver",
+            leaf("serverAuth", server_san),
+        ),
+        (
+            "admin",
+            "/O=system:masters/CN=kedge-admin",
+            leaf("clientAuth", ""),
+        ),
+        ("bridge", "/CN=kedge-bridge", leaf("clientAuth", "")),
+        (
+            "kubelet-client",
+            "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            leaf("clientAuth", ""),
+        ),
+        (
+            "kubelet-serving",
+            "/CN=kedge-bridge-kubelet",
+            leaf("serverAuth", kubelet_san),
+        ),
+    ];
+    for (name, subj, ext) in &leaves {
+        let (key, csr, extf, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.ext"),
+            format!("{name}.pem"),
+        );
+        std::fs::write(p(&extf), ext).expect("write ext");
+        ec_key(&key);
+        openssl(
+            d,
+            &["req", "-new", "-key", &key, "-subj", subj, "-out", &csr],
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-sha256",
+                "-extfile",
+                &extf,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "sa.key",
+        ],
+    );
+    openssl(d, &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+    ClusterCerts {
+        ca: p("ca.pem"),
+        ca_key: p("ca.key"),
+        kubelet_client_cert: p("kubelet-client.pem"),
+        kubelet_client_key: p("kubelet-client.key"),
+        kubelet_serving_cert: p("kubelet-serving.pem"),
+        kubelet_serving_key: p("kubelet-serving.key"),
+    }
+}
+
+/// Options for [`BridgeProc::start`].
+#[derive(Debug, Clone)]
+pub struct BridgeOpts {
+    pub broker_url: String,
+    pub kubeconfig: PathBuf,
+    pub certs: ClusterCerts,
+    /// Extra arguments after the standard ones.
+    pub extra_args: Vec<String>,
+}
+
+/// A running `kedge bridge`; SIGKILLed on drop. Its kubelet API listens on
+/// 127.0.0.1 at a free port with the control plane's kubelet serving
+/// certificate and verifies clients against the control plane's CA.
+pub struct BridgeProc {
+    child: Option<Child>,
+    pub kubelet_port: u16,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl BridgeProc {
+    pub fn start(opts: BridgeOpts) -> BridgeProc {
+        let dir = tempfile::Builder::new()
+            .prefix("kedge-bridge-")
+            .tempdir()
+            .expect("bridge temp dir");
+        let log = dir.path().join("bridge.log");
+        let f = File::create(&log).expect("create bridge.log");
+        let kubelet_port = free_port();
+        let child = Command::new(super::kedge_bin())
+            .arg("bridge")
+            .arg("--broker")
+            .arg(&opts.broker_url)
+            .arg("--kubeconfig")
+            .arg(&opts.kubeconfig)
+            .args(["--advertise-address", "127.0.0.1"])
+            .arg(format!("--kubelet-listen=127.0.0.1:{kubelet_port}"))
+            .arg("--tls-cert-file")
+            .arg(&opts.certs.kubelet_serving_cert)
+            .arg("--tls-private-key-file")
+            .arg(&opts.certs.kubelet_serving_key)
+            .arg("--client-ca-file")
+            .arg(&opts.certs.ca)
+            .args(&opts.extra_args)
+            .env("KEDGE_LOG", "info,kedge=debug")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("dup log fd"))
+            .stderr(f)
+            .spawn()
+            .expect("spawn kedge bridge");
+        BridgeProc {
+            child: Some(child),
+            kubelet_port,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The bridge's output so far.
+    pub fn log(&self) -> String {
+        read_lossy(&self.log)
+    }
+
+    /// Panics with the log if the bridge has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!("kedge bridge exited ({status}):\n{}", read_lossy(&self.log));
+        }
+    }
+}
+
+impl Drop for BridgeProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            let log = read_lossy(&self.log);
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- last lines of kedge bridge ({})", self.log.display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
