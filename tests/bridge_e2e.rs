@@ -304,10 +304,10 @@ fn devices_become_nodes_and_run_cluster_workloads() {
                 .as_ref()
                 .is_some_and(|c| c.contains_key("cpu") && c.contains_key("pods"))
         );
-        assert_eq!(
-            condition(&n, "kedge.io/Connected").map(|c| c.status.as_str()),
-            Some("True")
-        );
+        wait_until(&format!("{name} Connected True"), LONG, || {
+            let n = w.node(name)?;
+            (condition(&n, "kedge.io/Connected")?.status == "True").then_some(())
+        });
         let leases: Api<Lease> = Api::namespaced(w.admin.clone(), "kube-node-lease");
         let lease = wait_until("node lease", LONG, || {
             w.rt.block_on(leases.get_opt(name)).ok().flatten()
@@ -364,6 +364,7 @@ fn devices_become_nodes_and_run_cluster_workloads() {
         w.logs(&first, "main").ok().filter(|l| l.contains("tick 2"))
     });
     assert!(log.starts_with("tick 1"), "{log}");
+    eprintln!("log of {first} through the apiserver:\n{log}");
 
     // --- DaemonSet on every kedge node and nowhere else.
     let daemonsets: Api<DaemonSet> = Api::namespaced(w.admin.clone(), "default");
@@ -519,4 +520,15 @@ fn devices_become_nodes_and_run_cluster_workloads() {
             .map(|_| ())
     });
     w.cp.assert_running();
+    let edge_b = w.node("edge-b").expect("edge-b");
+    eprintln!(
+        "edge-b conditions at the end: {:?}",
+        edge_b
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect::<Vec<_>>()
+    );
 }

@@ -133,8 +133,8 @@ impl ControlPlane {
             .prefix("kedge-k8s-")
             .tempdir()
             .expect("create control-plane temp dir");
-        let d = dir.path();
-        let certs = generate_certs(d);
+        let d = dir.path().to_path_buf();
+        let certs = generate_certs(&d);
         let p = |n: &str| d.join(n);
 
         let mut cp = ControlPlane {
