@@ -54,7 +54,7 @@ pub fn micro_time(ms: u64) -> String {
 }
 
 fn cpu_quantity(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{millis}m")

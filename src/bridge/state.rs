@@ -284,6 +284,12 @@ fn pod_terminal(pod: &Pod) -> bool {
         .is_some_and(|p| p == "Succeeded" || p == "Failed")
 }
 
+/// Whether a report may be written to a pod that the cluster has as
+/// `terminal` or not: a finished pod never moves out of Succeeded or Failed.
+fn keeps_terminal(terminal: bool, report: &PodStatus) -> bool {
+    !terminal || report.phase.is_terminal()
+}
+
 /// A node status with the fields that change on every heartbeat cleared, to
 /// tell a real change from a heartbeat.
 fn significant(s: &NodeStatus) -> NodeStatus {
@@ -529,7 +535,7 @@ impl Bridge {
                 status: Some(s), ..
             }) = self.reported.get(&(node.to_string(), k.clone()))
                 && s.uid == e.uid
-                && !(e.terminal && !s.phase.is_terminal())
+                && keeps_terminal(e.terminal, s)
             {
                 out.push(Action::PodStatus {
                     pod: k.clone(),
@@ -658,7 +664,7 @@ impl Bridge {
                 if let Some(e) = self.pods.get_mut(&pod)
                     && e.node == node
                     && e.uid == s.uid
-                    && !(e.terminal && !s.phase.is_terminal())
+                    && keeps_terminal(e.terminal, &s)
                 {
                     if s.phase.is_terminal() {
                         e.terminal = true;
@@ -776,7 +782,7 @@ impl Bridge {
                 status: Some(s), ..
             }) = self.reported.get(&(node.clone(), key.clone()))
             && s.uid == uid
-            && !(terminal && !s.phase.is_terminal())
+            && keeps_terminal(terminal, s)
         {
             out.push(Action::PodStatus {
                 pod: key,
