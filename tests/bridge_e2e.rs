@@ -4,6 +4,8 @@
 //! Everything is observed through the Kubernetes API, as a user would with
 //! kubectl, and on the device side through the broker.
 
+#[path = "support/sim.rs"]
+mod sim;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -530,5 +532,98 @@ fn devices_become_nodes_and_run_cluster_workloads() {
             .iter()
             .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
             .collect::<Vec<_>>()
+    );
+}
+
+/// Many devices from the simulator (tests/support/sim.rs): every one becomes
+/// a Ready node, and pods bound to them get the simulator's Running status.
+#[test]
+fn simulated_devices_become_ready_nodes() {
+    const DEVICES: usize = 40;
+    let rt = runtime();
+    let cp = ControlPlane::start(ControlPlaneOpts {
+        controllers: false,
+        ..Default::default()
+    });
+    let mqtt = Mosquitto::start();
+    let admin = client(&rt, &cp.kubeconfig);
+    apply_file(
+        &rt,
+        &admin,
+        &repo_root().join("edge-manifests/bridge-rbac.yaml"),
+    );
+    let mut bridge = BridgeProc::start(BridgeOpts {
+        broker_url: mqtt.url(),
+        kubeconfig: cp.bridge_kubeconfig.clone(),
+        certs: cp.certs.clone(),
+        extra_args: vec![],
+    });
+    let opts = sim::SimOpts {
+        host: "127.0.0.1".into(),
+        port: mqtt.port,
+        prefix: "kedge/v1".into(),
+        devices: DEVICES,
+        name_prefix: "sim-".into(),
+        connections: 3,
+        heartbeat: Duration::from_secs(5),
+    };
+    let simulation = {
+        let _g = rt.enter();
+        sim::start(opts.clone())
+    };
+    let nodes: Api<Node> = Api::all(admin.clone());
+    wait_until("every simulated device a Ready node", LONG, || {
+        bridge.assert_running();
+        let list = rt
+            .block_on(nodes.list(&ListParams::default().labels("kedge.io/edge=true")))
+            .ok()?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|n| condition(n, "Ready").is_some_and(|c| c.status == "True"))
+            .count();
+        (ready == DEVICES).then_some(())
+    });
+    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(admin.clone(), "default");
+    let _ = rt.block_on(sa.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("sa"),
+    ));
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    for i in 0..5 {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("load-{i}")},
+            "spec": {
+                "nodeName": sim::device_name(&opts, i * 7),
+                "automountServiceAccountToken": false,
+                "containers": [{"name": "main", "image": "registry.example/app:1"}],
+            },
+        }))
+        .expect("pod");
+        rt.block_on(pods.create(&PostParams::default(), &pod))
+            .expect("create");
+    }
+    wait_until("5 pods Running with the simulator's pod IP", LONG, || {
+        let list = rt.block_on(pods.list(&ListParams::default())).ok()?;
+        let ok = list
+            .items
+            .iter()
+            .filter(|p| {
+                pod_ready(p)
+                    && p.status
+                        .as_ref()
+                        .and_then(|s| s.pod_ip.as_deref())
+                        .is_some_and(|ip| ip.starts_with("10."))
+            })
+            .count();
+        (ok == 5).then_some(())
+    });
+    assert!(
+        simulation
+            .stats
+            .specs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 5
     );
 }
