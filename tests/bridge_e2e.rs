@@ -367,6 +367,43 @@ fn devices_become_nodes_and_run_cluster_workloads() {
     });
     assert!(log.starts_with("tick 1"), "{log}");
     eprintln!("log of {first} through the apiserver:\n{log}");
+    let tail =
+        w.rt.block_on(w.pods().logs(
+            &first,
+            &LogParams {
+                container: Some("main".into()),
+                tail_lines: Some(1),
+                ..Default::default()
+            },
+        ))
+        .expect("logs with tailLines");
+    assert_eq!(tail.lines().count(), 1, "tailLines=1 gave {tail:?}");
+    assert!(tail.starts_with("tick "), "{tail}");
+
+    // --- The kubelet API: only clients with a certificate from the CA.
+    let healthz = |cert: Option<(&Path, &Path)>| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&w.cp.certs.ca);
+        if let Some((c, k)) = cert {
+            cmd.arg("--cert").arg(c).arg("--key").arg(k);
+        }
+        cmd.arg(format!(
+            "https://127.0.0.1:{}/healthz",
+            w.bridge.kubelet_port
+        ));
+        cmd.output().expect("run curl")
+    };
+    let anonymous = healthz(None);
+    assert!(
+        !anonymous.status.success() || anonymous.stdout != b"ok",
+        "the kubelet API answered a client without a certificate"
+    );
+    let apiserver = healthz(Some((
+        &w.cp.certs.kubelet_client_cert,
+        &w.cp.certs.kubelet_client_key,
+    )));
+    assert_eq!(String::from_utf8_lossy(&apiserver.stdout), "ok");
 
     // --- DaemonSet on every kedge node and nowhere else.
     let daemonsets: Api<DaemonSet> = Api::namespaced(w.admin.clone(), "default");
@@ -626,4 +663,140 @@ fn simulated_devices_become_ready_nodes() {
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 5
     );
+}
+
+/// Two bridge replicas split 30 simulated devices through shard Leases and
+/// read pod reports through a shared subscription; when one dies, the other
+/// takes its shards over and keeps every node's Lease renewed.
+#[test]
+fn two_bridges_share_the_devices_through_leases() {
+    const DEVICES: usize = 30;
+    const SHARDS: usize = 8;
+    let rt = runtime();
+    let cp = ControlPlane::start(ControlPlaneOpts {
+        controllers: false,
+        ..Default::default()
+    });
+    let mqtt = Mosquitto::start();
+    let admin = client(&rt, &cp.kubeconfig);
+    apply_file(
+        &rt,
+        &admin,
+        &repo_root().join("edge-manifests/bridge-rbac.yaml"),
+    );
+    let replica = |id: &str| {
+        BridgeProc::start(BridgeOpts {
+            broker_url: mqtt.url(),
+            kubeconfig: cp.bridge_kubeconfig.clone(),
+            certs: cp.certs.clone(),
+            extra_args: vec![
+                format!("--id={id}"),
+                format!("--shards={SHARDS}"),
+                "--shared-status".into(),
+            ],
+        })
+    };
+    let mut a = replica("a");
+    let mut b = replica("b");
+    let opts = sim::SimOpts {
+        host: "127.0.0.1".into(),
+        port: mqtt.port,
+        prefix: "kedge/v1".into(),
+        devices: DEVICES,
+        name_prefix: "sim-".into(),
+        connections: 2,
+        heartbeat: Duration::from_secs(3),
+    };
+    let _simulation = {
+        let _g = rt.enter();
+        sim::start(opts.clone())
+    };
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let ready_nodes = || {
+        rt.block_on(nodes.list(&ListParams::default().labels("kedge.io/edge=true")))
+            .map(|l| {
+                l.items
+                    .iter()
+                    .filter(|n| condition(n, "Ready").is_some_and(|c| c.status == "True"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let shard_leases: Api<Lease> = Api::namespaced(admin.clone(), "kedge-system");
+    let holders = || -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        if let Ok(l) = rt.block_on(
+            shard_leases.list(&ListParams::default().labels("kedge.io/bridge-lease=shard")),
+        ) {
+            for lease in l.items {
+                let h = lease
+                    .spec
+                    .and_then(|s| s.holder_identity)
+                    .unwrap_or_default();
+                *m.entry(h).or_insert(0) += 1;
+            }
+        }
+        m
+    };
+    wait_until("both replicas hold half of the shards", LONG, || {
+        a.assert_running();
+        b.assert_running();
+        let h = holders();
+        (h.get("a") == Some(&(SHARDS / 2)) && h.get("b") == Some(&(SHARDS / 2))).then_some(h)
+    });
+    wait_until("every simulated device a Ready node", LONG, || {
+        (ready_nodes() == DEVICES).then_some(())
+    });
+
+    // Pod reports through the shared subscription reach the cluster.
+    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(admin.clone(), "default");
+    let _ = rt.block_on(sa.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("sa"),
+    ));
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    for i in 0..6 {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("load-{i}")},
+            "spec": {
+                "nodeName": sim::device_name(&opts, i * 5),
+                "automountServiceAccountToken": false,
+                "containers": [{"name": "main", "image": "registry.example/app:1"}],
+            },
+        }))
+        .expect("pod");
+        rt.block_on(pods.create(&PostParams::default(), &pod))
+            .expect("create");
+    }
+    wait_until("6 pods Running", LONG, || {
+        let list = rt.block_on(pods.list(&ListParams::default())).ok()?;
+        (list.items.iter().filter(|p| pod_ready(p)).count() == 6).then_some(())
+    });
+
+    // Replica a dies: b takes every shard and renews every node's Lease.
+    a.kill();
+    let killed_ms = kedge::model::now_ms();
+    wait_until("replica b holds every shard", LONG, || {
+        b.assert_running();
+        let h = holders();
+        (h.get("b") == Some(&SHARDS) && h.len() == 1).then_some(())
+    });
+    let node_leases: Api<Lease> = Api::namespaced(admin.clone(), "kube-node-lease");
+    wait_until("every node Lease renewed after the takeover", LONG, || {
+        let l = rt.block_on(node_leases.list(&ListParams::default())).ok()?;
+        let renewed = l
+            .items
+            .iter()
+            .filter(|lease| {
+                lease
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.renew_time.as_ref())
+                    .is_some_and(|t| t.0.as_millisecond() as u64 > killed_ms)
+            })
+            .count();
+        (renewed == DEVICES).then_some(())
+    });
+    assert_eq!(ready_nodes(), DEVICES);
 }

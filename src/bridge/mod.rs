@@ -9,6 +9,7 @@
 pub mod kubelet;
 pub mod mqtt_link;
 pub mod render;
+pub mod shard;
 pub mod state;
 pub mod writer;
 
@@ -70,9 +71,20 @@ pub struct BridgeArgs {
     /// A device silent for this long counts as gone (ms).
     #[arg(long, default_value_t = 40_000)]
     pub heartbeat_timeout_ms: u64,
-    /// This replica's name (MQTT client id `kedge-bridge-{id}`).
+    /// This replica's name (MQTT client id `kedge-bridge-{id}`, shard lease holder).
     #[arg(long, default_value = "0")]
     pub id: String,
+    /// Split the devices into this many shards held through Leases, so that
+    /// several replicas share the fleet (0: this replica serves every device).
+    #[arg(long, default_value_t = 0)]
+    pub shards: u32,
+    /// Namespace of the shard and replica Leases.
+    #[arg(long, default_value = "kedge-system")]
+    pub shard_namespace: String,
+    /// Read pod reports and events through an MQTT shared subscription
+    /// (`$share/kedge-bridge/…`): each report reaches one replica, which writes it.
+    #[arg(long)]
+    pub shared_status: bool,
 }
 
 /// Resolves ConfigMaps and Secrets from the reflector stores.
@@ -253,6 +265,10 @@ pub async fn run(
         settings.admit.allow = Some(args.allow_nodes.iter().cloned().collect());
     }
     settings.heartbeat_timeout_ms = args.heartbeat_timeout_ms;
+    settings.shared_status = args.shared_status;
+    if args.shards > 0 {
+        settings.admit.shards = Some((args.shards, HashSet::new()));
+    }
 
     let tls = kubelet::tls_config(
         &args.tls_cert_file,
@@ -264,8 +280,22 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", args.kubelet_listen))?;
 
     let (tx, mut rx) = mpsc::channel::<BridgeEvent>(65_536);
-    let mqtt =
-        mqtt_link::MqttLink::start(&config, &format!("kedge-bridge-{}", args.id), tx.clone())?;
+    let mqtt = mqtt_link::MqttLink::start(
+        &config,
+        &format!("kedge-bridge-{}", args.id),
+        args.shared_status,
+        tx.clone(),
+    )?;
+    if args.shards > 0 {
+        tokio::spawn(shard::run(
+            client.clone(),
+            args.shard_namespace.clone(),
+            args.id.clone(),
+            args.shards,
+            tx.clone(),
+            mqtt.clone(),
+        ));
+    }
     let writer = writer::Writer::start(client.clone(), args.api_qps, args.api_concurrency);
 
     let (pods, pods_w) = reflector::store::<Pod>();
@@ -347,5 +377,6 @@ fn event_name(ev: &BridgeEvent) -> &'static str {
         BridgeEvent::ObjectChanged(_) => "object_changed",
         BridgeEvent::NodeObjectDeleted(_) => "node_deleted",
         BridgeEvent::Tick => "tick",
+        BridgeEvent::ShardsChanged { .. } => "shards_changed",
     }
 }

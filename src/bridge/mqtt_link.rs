@@ -36,7 +36,12 @@ pub struct MqttLink {
     client: AsyncClient,
     topics: Topics,
     rpc: Arc<Mutex<HashMap<String, mpsc::Sender<LogChunk>>>>,
+    barrier: String,
+    shared: bool,
 }
+
+/// Shared-subscription group of the bridge replicas.
+pub const SHARE_GROUP: &str = "kedge-bridge";
 
 /// The chunks of one log request; unsubscribes when dropped.
 pub struct LogStream {
@@ -61,14 +66,33 @@ impl Drop for LogStream {
     }
 }
 
-/// Subscription filters of the bridge.
-pub fn filters(topics: &Topics) -> Vec<String> {
+/// Subscription filters of the bridge. With `shared`, pod reports and events
+/// go through a shared subscription: the broker hands each one to a single
+/// replica of the group.
+pub fn filters(topics: &Topics, shared: bool) -> Vec<String> {
+    let p = topics.prefix();
+    let share = if shared {
+        format!("$share/{SHARE_GROUP}/")
+    } else {
+        String::new()
+    };
+    vec![
+        format!("{p}/+/node"),
+        format!("{share}{p}/+/reported/#"),
+        format!("{share}{p}/+/events"),
+        format!("{p}/+/desired/#"),
+    ]
+}
+
+/// The filters whose retained messages make up the state: subscribing to them
+/// again replays it. Shared subscriptions get no retained messages, so the
+/// reports are read through a plain subscription, dropped at the barrier.
+fn retained_filters(topics: &Topics) -> Vec<String> {
     let p = topics.prefix();
     vec![
         format!("{p}/+/node"),
-        format!("{p}/+/reported/#"),
-        format!("{p}/+/events"),
         format!("{p}/+/desired/#"),
+        format!("{p}/+/reported/#"),
     ]
 }
 
@@ -78,6 +102,7 @@ impl MqttLink {
     pub fn start(
         config: &Config,
         client_id: &str,
+        shared: bool,
         events: mpsc::Sender<BridgeEvent>,
     ) -> Result<MqttLink, LinkError> {
         crate::tls::install_crypto_provider();
@@ -92,12 +117,14 @@ impl MqttLink {
         opts.set_clean_session(true);
         let (client, eventloop) = AsyncClient::new(opts, 65_536);
         let topics = Topics::new(config.topic_prefix.trim_end_matches('/'));
+        let barrier = format!("{}/_cli/{client_id}/barrier", topics.prefix());
         let link = MqttLink {
             client,
             topics: topics.clone(),
             rpc: Arc::new(Mutex::new(HashMap::new())),
+            barrier: barrier.clone(),
+            shared,
         };
-        let barrier = format!("{}/_cli/{client_id}/barrier", topics.prefix());
         let initial = Duration::from_millis(config.broker.reconnect_initial_ms.max(1));
         let max = Duration::from_millis(config.broker.reconnect_max_ms.max(1));
         tokio::spawn(run(
@@ -110,6 +137,18 @@ impl MqttLink {
             max,
         ));
         Ok(link)
+    }
+
+    /// Reads the broker's retained node statuses, specs and reports again
+    /// (after this replica took over shards); `MqttSynced` follows.
+    pub async fn resync(&self) {
+        for f in retained_filters(&self.topics) {
+            let _ = self.client.subscribe(f, QoS::AtLeastOnce).await;
+        }
+        let _ = self
+            .client
+            .publish(&self.barrier, QoS::AtLeastOnce, false, b"barrier".to_vec())
+            .await;
     }
 
     /// Publishes retained at QoS 1 (an empty payload is a tombstone).
@@ -250,17 +289,18 @@ async fn run(
             Ok(MqttEvent::Incoming(Incoming::ConnAck(_))) => {
                 attempt = 0;
                 info!(broker = %url, "bridge connected to the broker");
-                for f in filters(&link.topics) {
+                for f in filters(&link.topics, link.shared) {
                     let _ = link.client.subscribe(f, QoS::AtLeastOnce).await;
                 }
                 let _ = link.client.subscribe(&barrier, QoS::AtLeastOnce).await;
-                let _ = link
-                    .client
-                    .publish(&barrier, QoS::AtLeastOnce, false, b"barrier".to_vec())
-                    .await;
+                link.resync().await;
             }
             Ok(MqttEvent::Incoming(Incoming::Publish(p))) => {
                 if p.topic == barrier {
+                    if link.shared {
+                        let replay = format!("{}/+/reported/#", link.topics.prefix());
+                        let _ = link.client.unsubscribe(replay).await;
+                    }
                     if events.send(BridgeEvent::MqttSynced).await.is_err() {
                         return;
                     }

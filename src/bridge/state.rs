@@ -88,6 +88,8 @@ pub enum BridgeEvent {
     NodeObjectDeleted(String),
     /// The periodic tick: lease renewals, heartbeat timeouts, status refresh.
     Tick,
+    /// This replica now holds exactly these shards.
+    ShardsChanged { held: HashSet<u32> },
 }
 
 /// A Kubernetes Event to record.
@@ -148,12 +150,30 @@ pub enum Action {
 pub struct Admit {
     /// Only these node names; `None` admits every device.
     pub allow: Option<HashSet<String>>,
+    /// With several replicas: the shard count and the shards this replica
+    /// holds a Lease for (see `bridge::shard`).
+    pub shards: Option<(u32, HashSet<u32>)>,
 }
 
 impl Admit {
     pub fn admits(&self, node: &str) -> bool {
         self.allow.as_ref().is_none_or(|a| a.contains(node))
+            && self
+                .shards
+                .as_ref()
+                .is_none_or(|(count, held)| held.contains(&shard_of(node, *count)))
     }
+}
+
+/// The shard of a node: FNV-1a (32 bit) of its name modulo `count`. Fixed
+/// forever: every replica, of every version, must agree.
+pub fn shard_of(node: &str, count: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in node.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % count.max(1)
 }
 
 /// Timings and identity of the bridge.
@@ -170,6 +190,10 @@ pub struct Settings {
     pub status_refresh_ms: u64,
     /// A device that sent no online status for this long is treated as gone.
     pub heartbeat_timeout_ms: u64,
+    /// Pod reports arrive through a shared subscription, so any replica may
+    /// get any device's report: write it for every known pod, not only for
+    /// the devices of this replica's shards.
+    pub shared_status: bool,
 }
 
 impl Settings {
@@ -182,6 +206,7 @@ impl Settings {
             lease_renew_ms: 10_000,
             status_refresh_ms: 60_000,
             heartbeat_timeout_ms: 40_000,
+            shared_status: false,
         }
     }
 }
@@ -400,6 +425,18 @@ impl Bridge {
             }
             BridgeEvent::NodeObjectDeleted(name) => self.on_node_deleted(name, now_ms, &mut out),
             BridgeEvent::Tick => self.on_tick(now_ms, &mut out),
+            BridgeEvent::ShardsChanged { held } => {
+                if let Some((_, h)) = &mut self.settings.admit.shards {
+                    *h = held;
+                }
+                // Devices of released shards belong to another replica now:
+                // forget them (no more Lease renewals from here). Devices of
+                // new shards arrive with the retained statuses replayed by
+                // the caller's re-subscription.
+                let admit = self.settings.admit.clone();
+                self.devices.retain(|name, _| admit.admits(name));
+                self.reported.retain(|(node, _), _| admit.admits(node));
+            }
         }
         out
     }
@@ -649,7 +686,7 @@ impl Bridge {
         resolver: &dyn Resolver,
         out: &mut Vec<Action>,
     ) {
-        if !self.settings.admit.admits(&node) {
+        if !self.settings.shared_status && !self.settings.admit.admits(&node) {
             return;
         }
         let k = (node.clone(), pod.clone());
@@ -739,9 +776,6 @@ impl Bridge {
         else {
             return;
         };
-        if !self.settings.admit.admits(&node) {
-            return;
-        }
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let deleting = pod.metadata.deletion_timestamp.is_some();
         let terminal = pod_terminal(&pod);
@@ -805,7 +839,10 @@ impl Bridge {
         self.pods.remove(&key);
         // Removed without waiting for the device (force delete): tell the device.
         let k = (node.clone(), key.clone());
-        if self.synced() && self.desired.get(&k).is_some_and(|s| s.uid == uid) {
+        if self.synced()
+            && self.devices.contains_key(&node)
+            && self.desired.get(&k).is_some_and(|s| s.uid == uid)
+        {
             self.desired.remove(&k);
             out.push(Action::Publish {
                 topic: self.settings.topics.desired(&node, &key),

@@ -523,6 +523,14 @@ impl BridgeProc {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// SIGKILLs the bridge (a replica dying).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// The bridge's output so far.
     pub fn log(&self) -> String {
         read_lossy(&self.log)

@@ -68,6 +68,12 @@ pub fn device_name(opts: &SimOpts, i: usize) -> String {
     format!("{}{i}", opts.name_prefix)
 }
 
+/// When the simulation started: the conditions' transition time (they never change).
+fn epoch_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(now_ms)
+}
+
 fn node_status(name: &str, ip: &str) -> NodeStatus {
     let now = now_ms();
     let cond = |kind, status: bool, reason: &str| NodeCondition {
@@ -75,7 +81,7 @@ fn node_status(name: &str, ip: &str) -> NodeStatus {
         status,
         reason: reason.into(),
         message: "simulated".into(),
-        last_transition_ms: now,
+        last_transition_ms: epoch_ms(),
         last_heartbeat_ms: now,
     };
     NodeStatus {
