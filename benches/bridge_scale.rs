@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kedge::model::PodKey;
 use kube::api::{Api, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use support::k8s::{BridgeOpts, BridgeProc, ControlPlane, ControlPlaneOpts};
 use support::{Mosquitto, wait_until};
@@ -127,7 +127,7 @@ fn run(devices: usize, pods: usize, qps: f64) -> Row {
         let api: Api<Node> = Api::all(client.clone());
         rt.spawn(async move {
             let cfg = watcher::Config::default().labels("kedge.io/edge=true");
-            let mut s = watcher::watcher(api, cfg).boxed();
+            let mut s = watcher::watcher(api, cfg).default_backoff().boxed();
             while let Some(ev) = s.next().await {
                 let Ok(ev) = ev else { continue };
                 if let watcher::Event::Apply(n) | watcher::Event::InitApply(n) = ev {
@@ -184,7 +184,9 @@ fn run(devices: usize, pods: usize, qps: f64) -> Row {
         let running = running.clone();
         let api = pod_api.clone();
         rt.spawn(async move {
-            let mut s = watcher::watcher(api, watcher::Config::default()).boxed();
+            let mut s = watcher::watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
             while let Some(ev) = s.next().await {
                 let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = ev else {
                     continue;
@@ -243,6 +245,8 @@ fn run(devices: usize, pods: usize, qps: f64) -> Row {
         }
     }
     drop(simulation);
+    // The watches would retry forever once the control plane is gone.
+    rt.shutdown_background();
     Row {
         devices,
         mem_per_device_kib: (rss_ready.saturating_sub(rss0)) as f64 / devices as f64,

@@ -380,6 +380,36 @@ fn devices_become_nodes_and_run_cluster_workloads() {
     assert_eq!(tail.lines().count(), 1, "tailLines=1 gave {tail:?}");
     assert!(tail.starts_with("tick "), "{tail}");
 
+    // --- kubectl logs -f: lines keep coming while the container runs.
+    let followed: Vec<String> = w.rt.block_on(async {
+        use futures_util::{AsyncBufReadExt, StreamExt};
+        let stream = w
+            .pods()
+            .log_stream(
+                &first,
+                &LogParams {
+                    container: Some("main".into()),
+                    follow: true,
+                    tail_lines: Some(1),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("follow logs");
+        tokio::time::timeout(
+            LONG,
+            stream.lines().take(4).map(|l| l.expect("line")).collect(),
+        )
+        .await
+        .expect("4 followed lines")
+    });
+    let numbers: Vec<u64> = followed
+        .iter()
+        .filter_map(|l| l.strip_prefix("tick ").and_then(|n| n.trim().parse().ok()))
+        .collect();
+    assert_eq!(numbers.len(), 4, "{followed:?}");
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{followed:?}");
+
     // --- The kubelet API: only clients with a certificate from the CA.
     let healthz = |cert: Option<(&Path, &Path)>| {
         let mut cmd = std::process::Command::new("curl");

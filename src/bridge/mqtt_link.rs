@@ -293,7 +293,15 @@ async fn run(
                     let _ = link.client.subscribe(f, QoS::AtLeastOnce).await;
                 }
                 let _ = link.client.subscribe(&barrier, QoS::AtLeastOnce).await;
-                link.resync().await;
+                if link.shared {
+                    // Shared subscriptions get no retained reports: read them once.
+                    let replay = format!("{}/+/reported/#", link.topics.prefix());
+                    let _ = link.client.subscribe(replay, QoS::AtLeastOnce).await;
+                }
+                let _ = link
+                    .client
+                    .publish(&barrier, QoS::AtLeastOnce, false, b"barrier".to_vec())
+                    .await;
             }
             Ok(MqttEvent::Incoming(Incoming::Publish(p))) => {
                 if p.topic == barrier {
