@@ -46,7 +46,7 @@ cargo test --locked --no-fail-fast -- --test-threads="${KEDGE_TEST_THREADS:-4}"
 echo "== kedge bridge (feature bridge): clippy, unit tests, end to end against the control plane"
 cargo clippy --all-targets --locked --features bridge -- -D warnings
 cargo test --locked --features bridge --lib -- bridge::
-cargo test --locked --features bridge --test bridge_e2e
+cargo test --locked --features bridge --test bridge_e2e -- --test-threads=1
 
 # Static device binaries for every built target (targets/), then the aarch64
 # one under qemu-user against a real Mosquitto (hil/). KEDGE_SKIP_CROSS=1

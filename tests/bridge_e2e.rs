@@ -28,7 +28,7 @@ use support::{
     wait_until,
 };
 
-const LONG: Duration = Duration::from_secs(120);
+const LONG: Duration = Duration::from_secs(180);
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
