@@ -45,6 +45,15 @@ enum Key {
     Event(u64),
 }
 
+impl Key {
+    /// Served before node work: with thousands of devices the Lease renewals
+    /// alone can saturate the API budget, and a pod status must not wait
+    /// behind them.
+    fn urgent(&self) -> bool {
+        matches!(self, Key::PodStatus(..) | Key::PodDelete(_))
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct NodeWork {
     ensure: Option<BTreeMap<String, String>>,
@@ -82,6 +91,9 @@ enum Work {
 #[derive(Default)]
 struct Queue {
     pending: HashMap<Key, Work>,
+    /// Pod statuses and deletions: what users wait for.
+    urgent: VecDeque<Key>,
+    /// Nodes (create, status, Connected, Lease) and events.
     order: VecDeque<Key>,
     in_flight: HashSet<Key>,
     next_event: u64,
@@ -225,7 +237,11 @@ fn enqueue(inner: &Inner, key: Key, work: Work, older: bool) {
         }
         (None, new) => {
             q.pending.insert(key.clone(), new);
-            q.order.push_back(key);
+            if key.urgent() {
+                q.urgent.push_back(key);
+            } else {
+                q.order.push_back(key);
+            }
         }
     }
     drop(q);
@@ -235,8 +251,14 @@ fn enqueue(inner: &Inner, key: Key, work: Work, older: bool) {
 /// The next key not in flight, with its work.
 fn take(inner: &Inner) -> Option<(Key, Work)> {
     let mut q = inner.queue.lock().expect("writer queue");
-    let pos = q.order.iter().position(|k| !q.in_flight.contains(k))?;
-    let key = q.order.remove(pos)?;
+    let q = &mut *q;
+    let key = match q.urgent.iter().position(|k| !q.in_flight.contains(k)) {
+        Some(pos) => q.urgent.remove(pos)?,
+        None => {
+            let pos = q.order.iter().position(|k| !q.in_flight.contains(k))?;
+            q.order.remove(pos)?
+        }
+    };
     let work = q.pending.remove(&key)?;
     q.in_flight.insert(key.clone());
     Some((key, work))
@@ -250,7 +272,7 @@ async fn worker(inner: Arc<Inner>) {
         };
         let retry = execute(&inner, &key, work).await;
         // Work for this key that arrived while it was in flight is already
-        // back in `order` (see `enqueue`).
+        // back in its queue (see `enqueue`).
         inner
             .queue
             .lock()
