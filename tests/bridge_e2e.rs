@@ -602,6 +602,18 @@ fn devices_become_nodes_and_run_cluster_workloads() {
         (n.metadata.uid.as_deref() != Some(old_uid.as_str())).then_some(())
     });
 
+    // --- A condition written by someone else survives the bridge's status writes.
+    w.rt.block_on(w.nodes().patch_status(
+        "edge-b",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"status": {"conditions": [{
+            "type": "example.com/NetworkOK", "status": "True", "reason": "Probe",
+            "message": "written by another controller",
+            "lastHeartbeatTime": "2026-01-01T00:00:00Z", "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }]}})),
+    ))
+    .expect("add a foreign node condition");
+
     // --- Killing an agent: Connected False at once, Ready Unknown after the grace period.
     w.agents.get_mut("edge-b").expect("edge-b").0.kill9();
     wait_until("edge-b Connected False", Duration::from_secs(30), || {
@@ -641,6 +653,11 @@ fn devices_become_nodes_and_run_cluster_workloads() {
     });
     w.cp.assert_running();
     let edge_b = w.node("edge-b").expect("edge-b");
+    assert_eq!(
+        condition(&edge_b, "example.com/NetworkOK").map(|c| c.status.as_str()),
+        Some("True"),
+        "the bridge wiped another writer's node condition"
+    );
     eprintln!(
         "edge-b conditions at the end: {:?}",
         edge_b
