@@ -217,51 +217,75 @@ impl Writer {
     }
 }
 
-fn enqueue(inner: &Inner, key: Key, work: Work, older: bool) {
-    let mut q = inner.queue.lock().expect("writer queue");
-    match (q.pending.remove(&key), work) {
-        (Some(Work::Node(mut existing)), Work::Node(new)) => {
-            inner.stats.coalesced.fetch_add(1, Ordering::Relaxed);
-            if older {
-                let mut merged = new;
-                merged.merge(existing);
-                q.pending.insert(key, Work::Node(merged));
-            } else {
-                existing.merge(new);
-                q.pending.insert(key, Work::Node(existing));
+impl Queue {
+    /// Queues `work` for `key`, merged with what already waits for it
+    /// (`older`: a retry, merged under the newer work). Returns whether it
+    /// was merged.
+    fn push(&mut self, key: Key, work: Work, older: bool) -> bool {
+        match (self.pending.remove(&key), work) {
+            (Some(Work::Node(mut existing)), Work::Node(new)) => {
+                if older {
+                    let mut merged = new;
+                    merged.merge(existing);
+                    self.pending.insert(key, Work::Node(merged));
+                } else {
+                    existing.merge(new);
+                    self.pending.insert(key, Work::Node(existing));
+                }
+                true
             }
-        }
-        (Some(existing), new) => {
-            inner.stats.coalesced.fetch_add(1, Ordering::Relaxed);
-            q.pending.insert(key, if older { existing } else { new });
-        }
-        (None, new) => {
-            q.pending.insert(key.clone(), new);
-            if key.urgent() {
-                q.urgent.push_back(key);
-            } else {
-                q.order.push_back(key);
+            (Some(existing), new) => {
+                self.pending.insert(key, if older { existing } else { new });
+                true
+            }
+            (None, new) => {
+                self.pending.insert(key.clone(), new);
+                if key.urgent() {
+                    self.urgent.push_back(key);
+                } else {
+                    self.order.push_back(key);
+                }
+                false
             }
         }
     }
-    drop(q);
+
+    /// The next work whose key is not in flight (urgent first); marks it in flight.
+    fn take(&mut self) -> Option<(Key, Work)> {
+        let in_flight = &self.in_flight;
+        let key = match self.urgent.iter().position(|k| !in_flight.contains(k)) {
+            Some(pos) => self.urgent.remove(pos)?,
+            None => {
+                let pos = self.order.iter().position(|k| !in_flight.contains(k))?;
+                self.order.remove(pos)?
+            }
+        };
+        let work = self.pending.remove(&key)?;
+        self.in_flight.insert(key.clone());
+        Some((key, work))
+    }
+
+    /// The work for `key` is finished. Work for it that arrived meanwhile is
+    /// already back in its queue (see `push`).
+    fn done(&mut self, key: &Key) {
+        self.in_flight.remove(key);
+    }
+}
+
+fn enqueue(inner: &Inner, key: Key, work: Work, older: bool) {
+    let merged = inner
+        .queue
+        .lock()
+        .expect("writer queue")
+        .push(key, work, older);
+    if merged {
+        inner.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+    }
     inner.notify.notify_one();
 }
 
-/// The next key not in flight, with its work.
 fn take(inner: &Inner) -> Option<(Key, Work)> {
-    let mut q = inner.queue.lock().expect("writer queue");
-    let q = &mut *q;
-    let key = match q.urgent.iter().position(|k| !q.in_flight.contains(k)) {
-        Some(pos) => q.urgent.remove(pos)?,
-        None => {
-            let pos = q.order.iter().position(|k| !q.in_flight.contains(k))?;
-            q.order.remove(pos)?
-        }
-    };
-    let work = q.pending.remove(&key)?;
-    q.in_flight.insert(key.clone());
-    Some((key, work))
+    inner.queue.lock().expect("writer queue").take()
 }
 
 async fn worker(inner: Arc<Inner>) {
@@ -271,14 +295,7 @@ async fn worker(inner: Arc<Inner>) {
             continue;
         };
         let retry = execute(&inner, &key, work).await;
-        // Work for this key that arrived while it was in flight is already
-        // back in its queue (see `enqueue`).
-        inner
-            .queue
-            .lock()
-            .expect("writer queue")
-            .in_flight
-            .remove(&key);
+        inner.queue.lock().expect("writer queue").done(&key);
         inner.notify.notify_one();
         if let Some(work) = retry {
             let inner = inner.clone();
@@ -558,4 +575,71 @@ async fn ensure_node(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(lease: Option<u64>, status: Option<Value>) -> Work {
+        Work::Node(NodeWork {
+            lease,
+            status,
+            ..Default::default()
+        })
+    }
+
+    fn pod(name: &str) -> Key {
+        Key::PodStatus(PodKey::new("default", name), PodStatusOwner::Device)
+    }
+
+    #[test]
+    fn work_for_one_object_is_merged_newest_wins() {
+        let mut q = Queue::default();
+        let k = Key::Node("gw1".into());
+        assert!(!q.push(k.clone(), node(Some(1), Some(json!(1))), false));
+        assert!(q.push(k.clone(), node(Some(2), None), false));
+        // A retry goes under what is newer.
+        assert!(q.push(k.clone(), node(Some(0), Some(json!(0))), true));
+        let (key, work) = q.take().expect("work");
+        assert_eq!(key, k);
+        let Work::Node(w) = work else {
+            panic!("node work")
+        };
+        assert_eq!(w.lease, Some(2));
+        assert_eq!(w.status, Some(json!(1)));
+        assert!(q.take().is_none());
+    }
+
+    #[test]
+    fn pod_statuses_go_before_node_work() {
+        let mut q = Queue::default();
+        for i in 0..3 {
+            q.push(Key::Node(format!("gw{i}")), node(Some(i), None), false);
+        }
+        q.push(
+            pod("web"),
+            Work::PodStatus(json!({"phase": "Running"})),
+            false,
+        );
+        assert_eq!(q.take().map(|(k, _)| k), Some(pod("web")));
+        assert_eq!(q.take().map(|(k, _)| k), Some(Key::Node("gw0".into())));
+    }
+
+    #[test]
+    fn an_object_is_never_in_flight_twice() {
+        let mut q = Queue::default();
+        let k = Key::Node("gw1".into());
+        q.push(k.clone(), node(Some(1), None), false);
+        let (taken, _) = q.take().expect("work");
+        // New work for the same node while the first is in flight waits.
+        q.push(k.clone(), node(Some(2), None), false);
+        q.push(Key::Node("gw2".into()), node(Some(1), None), false);
+        assert_eq!(q.take().map(|(k, _)| k), Some(Key::Node("gw2".into())));
+        assert!(q.take().is_none());
+        q.done(&taken);
+        let (again, work) = q.take().expect("the newer work");
+        assert_eq!(again, k);
+        assert!(matches!(work, Work::Node(NodeWork { lease: Some(2), .. })));
+    }
 }
