@@ -152,9 +152,13 @@ pub fn node_status(
         "metadata": {"name": status.name},
         "status": {
             "conditions": conditions,
+            // Both point at the bridge: the apiserver dials the first address
+            // type of its --kubelet-preferred-address-types it finds, and the
+            // default order starts with Hostname. The device's own addresses
+            // would not serve the kubelet API.
             "addresses": [
                 {"type": "InternalIP", "address": endpoint.address},
-                {"type": "Hostname", "address": status.name},
+                {"type": "Hostname", "address": endpoint.address},
             ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": endpoint.port}},
             "capacity": resources(&status.capacity),
@@ -454,6 +458,8 @@ mod tests {
         let s = &v["status"];
         assert_eq!(s["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
         assert_eq!(s["addresses"][0]["address"], "10.0.0.9");
+        assert_eq!(s["addresses"][1]["type"], "Hostname");
+        assert_eq!(s["addresses"][1]["address"], "10.0.0.9");
         assert_eq!(s["capacity"]["cpu"], "4");
         assert_eq!(s["allocatable"]["cpu"], "3500m");
         assert_eq!(s["capacity"]["memory"], "1073741824");

@@ -186,8 +186,6 @@ impl ControlPlane {
             ),
             &format!("--kubelet-client-key={}", c.kubelet_client_key.display()),
             &format!("--kubelet-certificate-authority={}", c.ca.display()),
-            // Virtual nodes' InternalIP is the bridge; their Hostname resolves nowhere.
-            "--kubelet-preferred-address-types=InternalIP",
             "--enable-priority-and-fairness=false",
             "--profiling=false",
             "--v=1",
