@@ -252,6 +252,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     crate::tls::install_crypto_provider();
+    if args.advertise_address.parse::<std::net::IpAddr>().is_err() {
+        anyhow::bail!(
+            "invalid --advertise-address {:?}: must be an IP address (it becomes the Nodes' InternalIP)",
+            args.advertise_address
+        );
+    }
     let client = kube_client(&args).await?;
     let topics = Topics::new(config.topic_prefix.trim_end_matches('/'));
     let mut settings = Settings::new(
