@@ -14,14 +14,15 @@ const NOW: u64 = 1_767_225_600_000;
 #[derive(Default)]
 struct Fixed {
     cms: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
 }
 
 impl Resolver for Fixed {
     fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
         self.cms.get(&format!("{namespace}/{name}")).cloned()
     }
-    fn secret(&self, _namespace: &str, _name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-        None
+    fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.secrets.get(&format!("{namespace}/{name}")).cloned()
     }
 }
 
@@ -732,4 +733,48 @@ fn allow_list_limits_the_devices() {
     );
     assert!(a.is_empty());
     assert_eq!(b.device_count(), 0);
+}
+
+#[test]
+fn image_pull_secrets_are_resolved_and_resent_when_they_change() {
+    let mut b = synced_bridge();
+    let p = pod(
+        "app",
+        "u1",
+        "gw1",
+        serde_json::json!({"runtimeClassName": null, "imagePullSecrets": [{"name": "regcred"}],
+            "containers": [{"name": "main", "image": "registry.example/app:1"}]}),
+    );
+    let cred = |user: &str| {
+        BTreeMap::from([(
+            ".dockerconfigjson".to_string(),
+            format!(r#"{{"auths":{{"registry.example":{{"username":"{user}","password":"p"}}}}}}"#)
+                .into_bytes(),
+        )])
+    };
+    let mut fixed = Fixed::default();
+    fixed
+        .secrets
+        .insert("default/regcred".into(), cred("alice"));
+    let a = b.handle(BridgeEvent::PodApplied(p), NOW, &fixed);
+    let s1 = spec_of(publishes(&a)[0].1);
+    assert_eq!(s1.image_pull_secrets.len(), 1);
+    assert!(
+        s1.image_pull_secrets[0].contains("alice"),
+        "{:?}",
+        s1.image_pull_secrets
+    );
+    fixed.secrets.insert("default/regcred".into(), cred("bob"));
+    let a = b.handle(
+        BridgeEvent::ObjectChanged(ObjRef {
+            kind: RefKind::Secret,
+            namespace: "default".into(),
+            name: "regcred".into(),
+        }),
+        NOW,
+        &fixed,
+    );
+    let s2 = spec_of(publishes(&a)[0].1);
+    assert!(s2.image_pull_secrets[0].contains("bob"));
+    assert_eq!(s2.generation, s1.generation + 1);
 }
