@@ -9,6 +9,7 @@
 pub mod decide;
 pub mod logs_rpc;
 pub mod pod_machine;
+pub mod probe;
 pub mod static_pods;
 pub mod supervisor;
 
@@ -77,6 +78,9 @@ pub struct Controller {
     store: Arc<Store>,
     /// Made when the first Wasm pod starts; None in builds without it.
     wasm: Option<LazyRuntime>,
+    /// The CRI client (cheap: it connects on first use); None when
+    /// `cri.endpoint` is empty or the build has no CRI support.
+    cri: Option<Arc<dyn Runtime>>,
     policy: BackoffPolicy,
     pods: HashMap<PodKey, PodEntry>,
     board: StatusBoard,
@@ -142,6 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         drop(http);
         (None, String::new())
     };
+    let (cri, runtime_versions) = cri_runtime(&config, runtime_versions).await;
     let (node_info, addresses) = crate::node::node_info(&runtime_versions);
 
     let (reports_tx, mut reports_rx) = mpsc::unbounded_channel();
@@ -151,6 +156,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         topics: topics.clone(),
         store: store.clone(),
         wasm,
+        cri,
         policy: BackoffPolicy {
             initial: Duration::from_millis(config.backoff.initial_ms),
             max: Duration::from_millis(config.backoff.max_ms),
@@ -256,6 +262,53 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
+/// The CRI runtime, if configured, and the node's runtime versions with the
+/// CRI runtime's (`containerd://1.6.20, wasmtime://48`) when it answers.
+#[cfg(feature = "cri")]
+async fn cri_runtime(config: &Config, versions: String) -> (Option<Arc<dyn Runtime>>, String) {
+    let Some(endpoint) = config.cri.endpoint.clone() else {
+        return (None, versions);
+    };
+    let opts = crate::runtime::cri::CriOptions {
+        endpoint: endpoint.clone(),
+        cgroup_parent: config.cri.cgroup_parent.clone(),
+        timeout: Duration::from_millis(config.cri.timeout_ms),
+        node: config.node_name.clone(),
+    };
+    let runtime = match crate::runtime::cri::CriRuntime::new(opts) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "cannot set up the CRI client; container pods will fail");
+            return (None, versions);
+        }
+    };
+    let versions = match tokio::time::timeout(Duration::from_secs(3), runtime.query_version()).await
+    {
+        Ok(Ok(v)) => {
+            info!(%endpoint, runtime = %v, "container runtime answers");
+            if versions.is_empty() {
+                v
+            } else {
+                format!("{v}, {versions}")
+            }
+        }
+        Ok(Err(e)) => {
+            info!(%endpoint, error = %e, "container runtime not reachable now; container pods retry it");
+            versions
+        }
+        Err(_) => {
+            info!(%endpoint, "container runtime did not answer within 3 s; container pods retry it");
+            versions
+        }
+    };
+    (Some(Arc::new(runtime)), versions)
+}
+
+#[cfg(not(feature = "cri"))]
+async fn cri_runtime(_config: &Config, versions: String) -> (Option<Arc<dyn Runtime>>, String) {
+    (None, versions)
+}
+
 impl Controller {
     fn pod_dir(&self, spec: &PodSpec) -> PathBuf {
         self.config
@@ -311,6 +364,16 @@ impl Controller {
             }
         }
         info!(pods = count, "restored desired pods from the store");
+        // Only now that the desired set is loaded may anything be removed.
+        if let Some(cri) = self.cri.clone() {
+            let keep: Vec<String> = self
+                .pods
+                .values()
+                .filter(|e| e.spec.runtime == RuntimeKind::Container)
+                .map(|e| e.spec.uid.clone())
+                .collect();
+            tokio::spawn(async move { cri.remove_orphans(keep).await });
+        }
         Ok(())
     }
 
@@ -321,9 +384,12 @@ impl Controller {
                 .get()
                 .map_err(|e| format!("the Wasm runtime cannot start: {e}")),
             (RuntimeKind::Wasm, None) => Err("this agent was built without the Wasm runtime".into()),
-            (RuntimeKind::Container, _) => Err(
-                "no container runtime (CRI) is configured on this node; set runtimeClassName: kedge-wasm to run Wasm modules".into(),
-            ),
+            (RuntimeKind::Container, _) => match &self.cri {
+                Some(cri) => Ok(cri.clone()),
+                None => Err(
+                    "no container runtime (CRI) is configured on this node (cri.endpoint); set runtimeClassName: kedge-wasm to run Wasm modules".into(),
+                ),
+            },
         };
         let host_ip = self
             .addresses

@@ -5,6 +5,8 @@
 //! reports how it ended and stops it on request. Decisions stay in
 //! `agent::pod_machine`.
 
+#[cfg(feature = "cri")]
+pub mod cri;
 pub mod logs;
 pub mod module_source;
 #[cfg(feature = "wasm")]
@@ -29,6 +31,12 @@ pub enum RuntimeError {
     /// The image (module) could not be fetched or verified.
     #[error("{0}")]
     ImagePull(String),
+    /// The image is not present and the pull policy is Never.
+    #[error("{0}")]
+    ImageNeverPull(String),
+    /// The pod's sandbox (network, cgroup) could not be created.
+    #[error("{0}")]
+    Sandbox(String),
     /// The image is invalid for this runtime (not a Wasm module, …).
     #[error("{0}")]
     InvalidImage(String),
@@ -47,6 +55,8 @@ impl RuntimeError {
     pub fn reason(&self) -> &'static str {
         match self {
             RuntimeError::ImagePull(_) => "ErrImagePull",
+            RuntimeError::ImageNeverPull(_) => "ErrImageNeverPull",
+            RuntimeError::Sandbox(_) => "CreatePodSandboxError",
             RuntimeError::InvalidImage(_) => "InvalidImageName",
             RuntimeError::CreateConfig(_) => "CreateContainerConfigError",
             RuntimeError::Create(_) => "CreateContainerError",
@@ -86,6 +96,9 @@ pub struct RunningContainer {
     pub exited: oneshot::Receiver<ExitStatus>,
     /// Asks the container to stop within the grace period.
     pub stop: StopHandle,
+    /// Found running (or exited) from before an agent restart rather than
+    /// started now: its restart count does not change.
+    pub adopted: bool,
 }
 
 /// Asks a running container to stop. Dropping it does not stop anything.
@@ -124,6 +137,55 @@ pub trait Runtime: Send + Sync {
     ) -> BoxFuture<'a, Result<RunningContainer, RuntimeError>>;
     /// Removes what `prepare_pod` made, once every container has stopped.
     fn cleanup_pod<'a>(&'a self, pod: &'a PodContext) -> BoxFuture<'a, ()>;
+    /// Runs a command in a running container (exec probes); returns its exit
+    /// code and output.
+    fn exec_sync<'a>(
+        &'a self,
+        _container_id: &'a str,
+        _command: &'a [String],
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<(i32, String), RuntimeError>> {
+        let name = self.name();
+        Box::pin(async move {
+            Err(RuntimeError::Unavailable(format!(
+                "the {name} runtime cannot run exec probes"
+            )))
+        })
+    }
+    /// The pod's own address once `prepare_pod` succeeded; None: the node's.
+    fn pod_ip(&self, _pod: &PodContext) -> Option<String> {
+        None
+    }
+    /// Removes workloads of pods that are not desired any more (after an
+    /// agent restart, once the desired set is loaded from the store).
+    fn remove_orphans<'a>(&'a self, _desired_uids: Vec<String>) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Writes configMap/secret files into a volume directory with their mode;
+/// a name that would leave the directory is refused.
+pub fn write_volume_files(
+    dir: &std::path::Path,
+    files: &[(String, Vec<u8>)],
+    mode: u32,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        if !path.starts_with(dir) || name.contains("..") {
+            return Err(std::io::Error::other(format!(
+                "file name {name:?} leaves the volume"
+            )));
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, bytes)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 /// Makes a runtime.

@@ -423,7 +423,7 @@ impl Runtime for WasmRuntime {
                     VolumeSource::Files {
                         files,
                         default_mode,
-                    } => write_files(&dir, files, *default_mode),
+                    } => super::write_volume_files(&dir, files, *default_mode),
                 };
                 made.map_err(|e| {
                     RuntimeError::CreateConfig(format!("cannot set up volume {:?}: {e}", v.name))
@@ -551,6 +551,7 @@ impl Runtime for WasmRuntime {
                 image_id,
                 exited,
                 stop,
+                adopted: false,
             })
         })
     }
@@ -558,23 +559,4 @@ impl Runtime for WasmRuntime {
     fn cleanup_pod<'a>(&'a self, _pod: &'a PodContext) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
-}
-
-fn write_files(dir: &Path, files: &[(String, Vec<u8>)], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    for (name, bytes) in files {
-        let path = dir.join(name);
-        if !path.starts_with(dir) || name.contains("..") {
-            return Err(std::io::Error::other(format!(
-                "file name {name:?} leaves the volume"
-            )));
-        }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&path, bytes)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
 }

@@ -1,0 +1,516 @@
+//! Container pods end to end: the real `kedge agent` against a real
+//! Mosquitto and a real containerd (CRI, runc, CNI bridge) started by
+//! `tests/support/cri.rs`, with busybox images built locally.
+//!
+//! These tests need root; without it each one says so loudly and returns.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::cri::{BUSYBOX, Containerd, cri_tests_can_run};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+struct CriEnv {
+    // Dropped in reverse order of declaration: the agent first, then
+    // containerd (which tears down pods, bridge, iptables and cgroups).
+    agent: Agent,
+    broker: Mosquitto,
+    containerd: Containerd,
+    dir: tempfile::TempDir,
+    node: String,
+}
+
+impl CriEnv {
+    fn start(node: &str) -> CriEnv {
+        let containerd = Containerd::start();
+        let broker = Mosquitto::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = start_agent(node, &broker, &containerd, dir.path());
+        CriEnv {
+            agent,
+            broker,
+            containerd,
+            dir,
+            node: node.into(),
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let url = self.broker.url();
+        let mut all = vec!["--broker", url.as_str()];
+        all.extend_from_slice(args);
+        kedge(&all)
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "kedge {args:?} failed:\nstdout: {}\nstderr: {}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.agent.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, yaml: &str) {
+        let path = self
+            .dir
+            .path()
+            .join(format!("m-{}.yaml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, yaml).expect("write manifest");
+        self.cli_ok(&[
+            "apply",
+            "-f",
+            path.to_str().expect("utf8"),
+            "--node",
+            &self.node,
+        ]);
+    }
+
+    /// Publishes a spec converted with ConfigMaps resolved from `config_maps`
+    /// (what the bridge does with the cluster's objects).
+    fn apply_resolved(&self, yaml: &str, config_maps: BTreeMap<String, BTreeMap<String, Vec<u8>>>) {
+        struct Maps(BTreeMap<String, BTreeMap<String, Vec<u8>>>);
+        impl kedge::model::convert::Resolver for Maps {
+            fn config_map(&self, _ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+                self.0.get(name).cloned()
+            }
+            fn secret(&self, _ns: &str, _name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+                None
+            }
+        }
+        let pods = kedge::model::convert::parse_pod_manifests(yaml).expect("parse");
+        let mut spec = kedge::model::convert::pod_spec_from_k8s_with(&pods[0], &Maps(config_maps))
+            .expect("convert");
+        spec.uid = uuid::Uuid::new_v4().to_string();
+        spec.generation = 1;
+        let payload = kedge::wire::encode(1, &kedge::wire::Message::DesiredPod(spec.clone()))
+            .expect("encode");
+        publish_raw(
+            &self.broker.url(),
+            &format!(
+                "kedge/v1/{}/desired/{}/{}",
+                self.node, spec.namespace, spec.name
+            ),
+            &payload,
+            true,
+        );
+    }
+
+    fn status(&self, name: &str) -> Option<Value> {
+        let out = kedge_ok(&[
+            "--broker",
+            &self.broker.url(),
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "json",
+        ]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v["items"]
+            .as_array()?
+            .iter()
+            .map(|i| i["status"].clone())
+            .find(|s| s["name"] == name)
+    }
+
+    fn wait_status(&self, what: &str, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let found = {
+            let mut last = None;
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                wait_until(what, WAIT, || {
+                    let s = self.status(name);
+                    last = s.clone();
+                    s.filter(|s| pred(s))
+                })
+            }));
+            r.map_err(|_| last)
+        };
+        match found {
+            Ok(v) => v,
+            Err(last) => panic!(
+                "timed out waiting for {what}; last status: {}\n--- agent log (tail):\n{}\n--- containerd log (tail):\n{}",
+                serde_json::to_string_pretty(&last).unwrap_or_default(),
+                tail(&self.agent.log(), 60),
+                tail(&self.containerd.log(), 40),
+            ),
+        }
+    }
+
+    fn logs(&self, pod: &str, container: &str) -> String {
+        self.cli_ok(&["logs", pod, "-c", container])
+    }
+}
+
+fn start_agent(
+    node: &str,
+    broker: &Mosquitto,
+    containerd: &Containerd,
+    dir: &std::path::Path,
+) -> Agent {
+    let mut extra = containerd.agent_args();
+    for s in [
+        "backoff.initial_ms=300",
+        "backoff.max_ms=600",
+        "node.heartbeat_ms=500",
+    ] {
+        extra.push("--set".into());
+        extra.push(s.into());
+    }
+    Agent::start(AgentOpts {
+        node: node.into(),
+        broker_url: Some(broker.url()),
+        data_dir: dir.join("data"),
+        extra_args: extra,
+        env: vec![],
+    })
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn phase(s: &Value) -> &str {
+    s["phase"].as_str().unwrap_or_default()
+}
+
+fn named<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["container_statuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn all_running(s: &Value) -> bool {
+    s["container_statuses"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty() && a.iter().all(|c| c["state"].get("Running").is_some()))
+}
+
+#[test]
+fn two_containers_share_localhost_and_an_empty_dir() {
+    if !cri_tests_can_run("two_containers_share_localhost_and_an_empty_dir") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-pair");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: pair}}
+spec:
+  containers:
+  - name: server
+    image: {BUSYBOX}
+    command: [sh, -c, "mkdir -p /shared/www && echo served-over-localhost > /shared/www/index.html && exec httpd -f -p 8080 -h /shared/www"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+  - name: client
+    image: {BUSYBOX}
+    command: [sh, -c, "until wget -qO /shared/got http://127.0.0.1:8080/; do sleep 0.2; done; cat /shared/got; echo client-saw-$(cat /shared/www/index.html); exec sleep 3600"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+  volumes:
+  - name: shared
+    emptyDir: {{}}
+"#
+    ));
+    let s = env.wait_status("both containers running", "pair", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    // The pod has its own address from the CNI bridge's subnet.
+    let ip = s["pod_ip"].as_str().expect("pod ip");
+    let prefix = env.containerd.subnet.rsplit_once('.').expect("subnet").0;
+    assert!(
+        ip.starts_with(prefix),
+        "pod ip {ip} not in {}",
+        env.containerd.subnet
+    );
+    for c in ["server", "client"] {
+        let st = named(&s, c);
+        assert!(
+            st["container_id"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("containerd://"),
+            "{st}"
+        );
+        assert!(
+            st["image_id"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("sha256:"),
+            "{st}"
+        );
+    }
+    wait_until("client logs", WAIT, || {
+        let l = env.logs("pair", "client");
+        (l.contains("served-over-localhost") && l.contains("client-saw-served-over-localhost"))
+            .then_some(())
+    });
+    // The node reports the container runtime it talks to.
+    let nodes = env.cli_ok(&["get", "nodes", "-o", "json"]);
+    assert!(nodes.contains("containerd://"), "{nodes}");
+
+    // Delete: the sandbox and its containers go away.
+    env.cli_ok(&["delete", "pod", "pair"]);
+    wait_until("pod status removed", WAIT, || {
+        env.status("pair").is_none().then_some(())
+    });
+    wait_until("containers removed from containerd", WAIT, || {
+        env.containerd
+            .ctr(&["-n", "k8s.io", "containers", "list", "-q"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+}
+
+#[test]
+fn init_output_env_and_config_files_reach_the_app() {
+    if !cri_tests_can_run("init_output_env_and_config_files_reach_the_app") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-init");
+    let mut maps = BTreeMap::new();
+    maps.insert(
+        "app-config".to_string(),
+        BTreeMap::from([("app.conf".to_string(), b"level=debug\n".to_vec())]),
+    );
+    env.apply_resolved(
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: initpod, namespace: default}}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: prepare
+    image: {BUSYBOX}
+    command: [sh, -c, "echo prepared-by-init > /work/msg"]
+    volumeMounts: [{{name: work, mountPath: /work}}]
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    workingDir: /work
+    env: [{{name: GREETING, value: hello-from-env}}]
+    command: [sh, -c, "cat msg; echo greeting=$GREETING; cat /config/app.conf; echo cwd=$(pwd)"]
+    volumeMounts:
+    - {{name: work, mountPath: /work}}
+    - {{name: config, mountPath: /config, readOnly: true}}
+  volumes:
+  - name: work
+    emptyDir: {{}}
+  - name: config
+    configMap: {{name: app-config}}
+"#
+        ),
+        maps,
+    );
+    let s = env.wait_status("pod succeeded", "initpod", |s| phase(s) == "Succeeded");
+    let init = &s["init_container_statuses"][0];
+    assert_eq!(init["state"]["Terminated"]["reason"], "Completed", "{init}");
+    let app = named(&s, "app");
+    assert_eq!(app["state"]["Terminated"]["exit_code"], 0, "{app}");
+    assert_eq!(app["state"]["Terminated"]["reason"], "Completed", "{app}");
+    let logs = env.logs("initpod", "app");
+    for want in [
+        "prepared-by-init",
+        "greeting=hello-from-env",
+        "level=debug",
+        "cwd=/work",
+    ] {
+        assert!(logs.contains(want), "missing {want:?} in logs:\n{logs}");
+    }
+    let init_logs = env.logs("initpod", "prepare");
+    assert!(
+        init_logs.is_empty() || !init_logs.contains("error"),
+        "{init_logs}"
+    );
+}
+
+#[test]
+fn exit_codes_and_oom_kills_are_reported_like_the_kubelet() {
+    if !cri_tests_can_run("exit_codes_and_oom_kills_are_reported_like_the_kubelet") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-exit");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: fails}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sh, -c, "echo failing; exit 3"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hog}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    # dd's 256 MiB buffer cannot fit under a 32 MiB limit.
+    command: [dd, if=/dev/zero, of=/dev/null, bs=256M, count=4]
+    resources:
+      limits: {{memory: 32Mi}}
+"#
+    ));
+    let s = env.wait_status("failed pod", "fails", |s| phase(s) == "Failed");
+    let t = &named(&s, "main")["state"]["Terminated"];
+    assert_eq!(t["exit_code"], 3, "{s}");
+    assert_eq!(t["reason"], "Error", "{s}");
+    assert!(env.logs("fails", "main").contains("failing"));
+
+    let s = env.wait_status("oom-killed pod", "hog", |s| phase(s) == "Failed");
+    let t = &named(&s, "main")["state"]["Terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{s}");
+    assert_eq!(t["exit_code"], 137, "{s}");
+}
+
+#[test]
+fn a_killed_agent_adopts_its_running_containers() {
+    if !cri_tests_can_run("a_killed_agent_adopts_its_running_containers") {
+        return;
+    }
+    let mut env = CriEnv::start("gw-cri-adopt");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: steady}}
+spec:
+  initContainers:
+  - name: setup
+    image: {BUSYBOX}
+    command: [sh, -c, "echo setup"]
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sh, -c, "echo started-once; exec sleep 3600"]
+"#
+    ));
+    let before = env.wait_status("pod running", "steady", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    let id_before = named(&before, "main")["container_id"].clone();
+    let ids_before = env.containerd.container_ids();
+    assert_eq!(ids_before.len(), 2, "init + app containers: {ids_before:?}");
+
+    env.agent.kill9();
+    env.agent = start_agent(&env.node, &env.broker, &env.containerd, env.dir.path());
+    // The log is shared by both runs; only the second one adopts.
+    wait_until("the new agent adopted the app container", WAIT, || {
+        let log = env.agent.log();
+        log.lines()
+            .any(|l| {
+                l.contains("container started") && l.contains("main") && l.contains("adopted=true")
+            })
+            .then_some(())
+    });
+    let after = env.wait_status("pod running after restart", "steady", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    let main = named(&after, "main");
+    assert_eq!(main["container_id"], id_before, "{after}");
+    assert_eq!(main["restart_count"], 0, "{after}");
+    let mut ids_after = env.containerd.container_ids();
+    let mut ids_before = ids_before;
+    ids_after.sort();
+    ids_before.sort();
+    assert_eq!(ids_after, ids_before, "no container was created anew");
+    assert_eq!(
+        env.logs("steady", "main").matches("started-once").count(),
+        1,
+        "the app ran once"
+    );
+}
+
+fn condition(s: &Value, kind: &str) -> Option<bool> {
+    s["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["kind"] == kind)?["status"]
+        .as_bool()
+}
+
+#[test]
+fn probes_drive_readiness_and_restart_unhealthy_containers() {
+    if !cri_tests_can_run("probes_drive_readiness_and_restart_unhealthy_containers") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-probe");
+    // The test controls both probes through files in a hostPath volume:
+    // `ready` is served by httpd (readiness httpGet), `healthy` is read by
+    // the liveness exec probe; a startup tcpSocket probe waits for httpd.
+    let www = env.dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("mkdir www");
+    std::fs::write(www.join("healthy"), "ok").expect("healthy");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: probed}}
+spec:
+  containers:
+  - name: web
+    image: {BUSYBOX}
+    command: [httpd, -f, -p, "8080", -h, /www]
+    volumeMounts: [{{name: www, mountPath: /www}}]
+    startupProbe:
+      tcpSocket: {{port: 8080}}
+      periodSeconds: 1
+      failureThreshold: 30
+    readinessProbe:
+      httpGet: {{path: /ready, port: 8080}}
+      periodSeconds: 1
+      failureThreshold: 1
+    livenessProbe:
+      exec: {{command: [cat, /www/healthy]}}
+      periodSeconds: 1
+      failureThreshold: 2
+  volumes:
+  - name: www
+    hostPath: {{path: {www}}}
+"#,
+        www = www.display()
+    ));
+    let s = env.wait_status("running but not ready", "probed", |s| {
+        phase(s) == "Running" && all_running(s) && named(s, "web")["started"] == true
+    });
+    assert_eq!(condition(&s, "Ready"), Some(false), "{s}");
+    std::fs::write(www.join("ready"), "yes").expect("ready");
+    env.wait_status("ready", "probed", |s| condition(s, "Ready") == Some(true));
+    std::fs::remove_file(www.join("ready")).expect("unready");
+    let s = env.wait_status("not ready again", "probed", |s| {
+        condition(s, "Ready") == Some(false)
+    });
+    assert_eq!(
+        named(&s, "web")["restart_count"],
+        0,
+        "readiness never restarts: {s}"
+    );
+
+    // Liveness: the container is killed and restarted.
+    std::fs::remove_file(www.join("healthy")).expect("unhealthy");
+    let s = env.wait_status("restarted by liveness", "probed", |s| {
+        named(s, "web")["restart_count"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(
+        named(&s, "web")["last_state"]["Terminated"].is_object(),
+        "{s}"
+    );
+    std::fs::write(www.join("healthy"), "ok").expect("healthy again");
+    std::fs::write(www.join("ready"), "yes").expect("ready again");
+    env.wait_status("ready after the restart", "probed", |s| {
+        condition(s, "Ready") == Some(true) && all_running(s)
+    });
+}
