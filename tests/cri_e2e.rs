@@ -397,16 +397,44 @@ spec:
   - name: main
     image: {BUSYBOX}
     command: [sh, -c, "echo started-once; exec sleep 3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: forgotten}}
+spec:
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
 "#
     ));
+    env.wait_status("second pod running", "forgotten", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
     let before = env.wait_status("pod running", "steady", |s| {
         phase(s) == "Running" && all_running(s)
     });
     let id_before = named(&before, "main")["container_id"].clone();
-    let ids_before = env.containerd.container_ids();
-    assert_eq!(ids_before.len(), 2, "init + app containers: {ids_before:?}");
+    let all_before = env.containerd.container_ids();
+    assert_eq!(
+        all_before.len(),
+        5,
+        "two sandboxes, init and two app containers: {all_before:?}"
+    );
 
     env.agent.kill9();
+    // While the agent is down its record of `forgotten` disappears (as if
+    // deleted): its sandbox becomes an orphan the next agent removes.
+    {
+        let store = kedge::store::Store::open(&env.dir.path().join("data/state.redb"))
+            .expect("open the agent's store");
+        store
+            .remove_desired(&kedge::model::PodKey::new("default", "forgotten"))
+            .expect("remove desired");
+    }
+    let ids_before = env.containerd.container_ids_of_pod("steady");
+    assert_eq!(ids_before.len(), 3, "sandbox, init and app: {ids_before:?}");
+    assert_eq!(env.containerd.container_ids_of_pod("forgotten").len(), 2);
     env.agent = start_agent(&env.node, &env.broker, &env.containerd, env.dir.path());
     // The log is shared by both runs; only the second one adopts.
     wait_until("the new agent adopted the app container", WAIT, || {
@@ -423,11 +451,18 @@ spec:
     let main = named(&after, "main");
     assert_eq!(main["container_id"], id_before, "{after}");
     assert_eq!(main["restart_count"], 0, "{after}");
-    let mut ids_after = env.containerd.container_ids();
-    let mut ids_before = ids_before;
-    ids_after.sort();
-    ids_before.sort();
-    assert_eq!(ids_after, ids_before, "no container was created anew");
+    assert_eq!(
+        env.containerd.container_ids_of_pod("steady"),
+        ids_before,
+        "no container was created anew"
+    );
+    wait_until("the orphaned pod's containers are removed", WAIT, || {
+        env.containerd
+            .container_ids_of_pod("forgotten")
+            .is_empty()
+            .then_some(())
+    });
+    assert!(env.agent.log().contains("removing orphaned pod sandbox"));
     assert_eq!(
         env.logs("steady", "main").matches("started-once").count(),
         1,

@@ -330,6 +330,19 @@ state = "{state}"
             .collect()
     }
 
+    /// Ids of the containers (sandboxes included) of the pod named `pod`,
+    /// found by the kubelet's pod-name label.
+    pub fn container_ids_of_pod(&self, pod: &str) -> Vec<String> {
+        let filter = format!("labels.\"io.kubernetes.pod.name\"=={pod}");
+        let mut ids: Vec<String> = self
+            .ctr(&["-n", "k8s.io", "containers", "list", "-q", &filter])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// containerd's log so far.
     pub fn log(&self) -> String {
         read_lossy(&self.log)
