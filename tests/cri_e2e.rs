@@ -15,6 +15,9 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// ConfigMaps or Secrets by name: key → bytes.
+type Objects = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
 struct CriEnv {
     // Dropped in reverse order of declaration: the agent first, then
     // containerd (which tears down pods, bridge, iptables and cgroups).
@@ -76,19 +79,26 @@ impl CriEnv {
 
     /// Publishes a spec converted with ConfigMaps resolved from `config_maps`
     /// (what the bridge does with the cluster's objects).
-    fn apply_resolved(&self, yaml: &str, config_maps: BTreeMap<String, BTreeMap<String, Vec<u8>>>) {
-        struct Maps(BTreeMap<String, BTreeMap<String, Vec<u8>>>);
+    fn apply_resolved(&self, yaml: &str, config_maps: Objects) {
+        self.apply_with(yaml, config_maps, Objects::new())
+    }
+
+    /// Publishes a spec converted with ConfigMaps and Secrets resolved from
+    /// these maps (name → key → bytes).
+    fn apply_with(&self, yaml: &str, config_maps: Objects, secrets: Objects) {
+        struct Maps(Objects, Objects);
         impl kedge::model::convert::Resolver for Maps {
             fn config_map(&self, _ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
                 self.0.get(name).cloned()
             }
-            fn secret(&self, _ns: &str, _name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-                None
+            fn secret(&self, _ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+                self.1.get(name).cloned()
             }
         }
         let pods = kedge::model::convert::parse_pod_manifests(yaml).expect("parse");
-        let mut spec = kedge::model::convert::pod_spec_from_k8s_with(&pods[0], &Maps(config_maps))
-            .expect("convert");
+        let mut spec =
+            kedge::model::convert::pod_spec_from_k8s_with(&pods[0], &Maps(config_maps, secrets))
+                .expect("convert");
         spec.uid = uuid::Uuid::new_v4().to_string();
         spec.generation = 1;
         let payload = kedge::wire::encode(1, &kedge::wire::Message::DesiredPod(spec.clone()))
@@ -548,4 +558,112 @@ spec:
     env.wait_status("ready after the restart", "probed", |s| {
         condition(s, "Ready") == Some(true) && all_running(s)
     });
+}
+
+/// Every status of `pod` published so far, decoded, in order.
+fn statuses(sub: &Subscriber) -> Vec<kedge::model::PodStatus> {
+    sub.messages()
+        .iter()
+        .filter_map(|(_, p)| match kedge::wire::decode(p).ok()?.message {
+            kedge::wire::Message::PodStatus(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn waiting_of(s: &kedge::model::PodStatus) -> Option<(String, String)> {
+    match &s.container_statuses.first()?.state {
+        kedge::model::ContainerState::Waiting { reason, message } => {
+            Some((reason.clone(), message.clone().unwrap_or_default()))
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn private_images_pull_with_credentials_and_wrong_ones_back_off() {
+    if !cri_tests_can_run("private_images_pull_with_credentials_and_wrong_ones_back_off") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-pull");
+    let registry = support::cri::Registry::start();
+    let image = registry.push_busybox("private/busybox", "v1");
+    let pod = |name: &str, secret: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default}}
+spec:
+  restartPolicy: Never
+  imagePullSecrets: [{{name: {secret}}}]
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: Always
+    command: [sh, -c, "echo pulled-and-ran"]
+"#
+        )
+    };
+    let mut secrets = Objects::new();
+    for (name, password) in [
+        ("good", registry.password.clone()),
+        ("bad", "wrong".to_string()),
+    ] {
+        secrets.insert(
+            name.into(),
+            BTreeMap::from([(
+                ".dockerconfigjson".to_string(),
+                registry.docker_config_json(&password).into_bytes(),
+            )]),
+        );
+    }
+    let events = Subscriber::start(
+        &env.broker.url(),
+        &format!("kedge/v1/{}/events", env.node),
+        None,
+    );
+    let reported = Subscriber::start(
+        &env.broker.url(),
+        &format!("kedge/v1/{}/reported/default/denied", env.node),
+        None,
+    );
+
+    env.apply_with(&pod("allowed", "good"), Objects::new(), secrets.clone());
+    let s = env.wait_status("private image ran", "allowed", |s| phase(s) == "Succeeded");
+    assert!(
+        named(&s, "main")["image_id"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("sha256:")
+    );
+    assert!(env.logs("allowed", "main").contains("pulled-and-ran"));
+    for reason in ["Pulling", "Pulled"] {
+        events.wait_for(&format!("{reason} event"), WAIT, |_, p| {
+            matches!(kedge::wire::decode(p).map(|e| e.message),
+                Ok(kedge::wire::Message::Event(e)) if e.reason == reason && e.pod.as_deref() == Some("allowed"))
+        });
+    }
+
+    env.apply_with(&pod("denied", "bad"), Objects::new(), secrets);
+    wait_until("ErrImagePull, then ImagePullBackOff", WAIT, || {
+        let reasons: Vec<(String, String)> =
+            statuses(&reported).iter().filter_map(waiting_of).collect();
+        let first_err = reasons.iter().position(|(r, _)| r == "ErrImagePull")?;
+        let backoff = reasons[first_err..]
+            .iter()
+            .find(|(r, _)| r == "ImagePullBackOff")?;
+        Some(backoff.clone())
+    });
+    let s = env.status("denied").expect("status");
+    let waiting = &named(&s, "main")["state"]["Waiting"];
+    let message = waiting["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&image) && message.contains("failed to pull image"),
+        "the message names the image and the failure: {message}"
+    );
+    assert!(
+        message.contains("401") || message.to_lowercase().contains("unauthorized"),
+        "the message says the credentials were refused: {message}"
+    );
+    assert_eq!(phase(&s), "Pending");
 }

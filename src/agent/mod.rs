@@ -47,6 +47,8 @@ pub enum AgentEvent {
     Supervisor(Report),
     /// The static pod directory changed: its complete contents.
     StaticPods(Vec<StaticPod>),
+    /// A runtime reported an event about a pod (image pulled, …).
+    Runtime(Event),
     /// Time to publish node status and trim the outbox.
     Heartbeat,
     Shutdown,
@@ -86,6 +88,8 @@ pub struct Controller {
     board: StatusBoard,
     session: Option<mpsc::UnboundedSender<SessionCommand>>,
     reports_tx: mpsc::UnboundedSender<Report>,
+    /// Handed to runtimes in every `PodContext`; read by the main loop.
+    runtime_events: mpsc::UnboundedSender<Event>,
     node_info: NodeInfo,
     addresses: Vec<crate::model::NodeAddress>,
     last_node_status: Option<NodeStatus>,
@@ -150,6 +154,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let (node_info, addresses) = crate::node::node_info(&runtime_versions);
 
     let (reports_tx, mut reports_rx) = mpsc::unbounded_channel();
+    let (runtime_events, mut runtime_events_rx) = mpsc::unbounded_channel();
     let topics = Topics::new(&config.topic_prefix);
     let mut controller = Controller {
         node: config.node_name.clone(),
@@ -166,6 +171,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         board: Arc::new(Mutex::new(HashMap::new())),
         session: None,
         reports_tx,
+        runtime_events,
         node_info,
         addresses,
         last_node_status: None,
@@ -245,6 +251,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             _ = &mut shutdown => AgentEvent::Shutdown,
             Some(ev) = session_events_rx.recv() => AgentEvent::Broker(ev),
             Some(report) = reports_rx.recv() => AgentEvent::Supervisor(report),
+            Some(event) = runtime_events_rx.recv() => AgentEvent::Runtime(event),
             Some(pods) = static_rx.recv() => AgentEvent::StaticPods(pods),
             _ = heartbeat.tick() => AgentEvent::Heartbeat,
         };
@@ -256,6 +263,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             AgentEvent::Broker(ev) => controller.on_broker(ev),
             AgentEvent::Supervisor(report) => controller.on_report(report),
             AgentEvent::StaticPods(pods) => controller.on_static_pods(pods),
+            AgentEvent::Runtime(event) => controller.node_event(event),
             AgentEvent::Heartbeat => controller.on_heartbeat(),
         }
     }
@@ -419,6 +427,7 @@ impl Controller {
                 let ctx = PodContext {
                     pod_dir: self.pod_dir(&spec),
                     spec: spec.clone(),
+                    events: crate::runtime::EventSink::new(self.runtime_events.clone()),
                 };
                 Some(supervisor::spawn(
                     machine,

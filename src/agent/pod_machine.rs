@@ -444,7 +444,23 @@ impl PodMachine {
         }
         let policy = self.policy;
         let mut actions = Vec::new();
+        let image = self
+            .container(c)
+            .map(|k| k.image.clone())
+            .unwrap_or_default();
         if let Some(s) = self.slot_mut(c) {
+            // A pull that failed again while backing off reads like the
+            // kubelet's: ImagePullBackOff, naming the image and the cause.
+            let again = matches!(&s.status.state, ContainerState::Waiting { reason: r, .. }
+                if r == "ErrImagePull" || r == "ImagePullBackOff");
+            let (reason, message) = if reason == "ErrImagePull" && again {
+                (
+                    "ImagePullBackOff",
+                    format!("Back-off pulling image \"{image}\": {message}"),
+                )
+            } else {
+                (reason, message)
+            };
             s.level = s.level.saturating_add(1);
             let delay = policy.delay(s.level).max(policy.initial.min(policy.max));
             s.restart_pending = true;
@@ -1158,5 +1174,32 @@ mod tests {
             m.on_probe(A, "c1", ProbeKind::Startup, false, 2),
             vec![Action::Kill(A, Duration::from_secs(7))]
         );
+    }
+
+    #[test]
+    fn repeated_pull_failures_read_image_pull_back_off() {
+        let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
+        m.start(0);
+        m.on_start_failed(A, "ErrImagePull", "unauthorized".into(), 1);
+        let waiting = |m: &PodMachine| m.status().container_statuses[0].state.clone();
+        assert_eq!(
+            waiting(&m),
+            ContainerState::Waiting {
+                reason: "ErrImagePull".into(),
+                message: Some("unauthorized".into())
+            }
+        );
+        m.on_timer(A, 20_000);
+        m.on_start_failed(A, "ErrImagePull", "unauthorized".into(), 20_001);
+        assert_eq!(
+            waiting(&m),
+            ContainerState::Waiting {
+                reason: "ImagePullBackOff".into(),
+                message: Some(
+                    "Back-off pulling image \"file:///m.wasm@sha256:00\": unauthorized".into()
+                )
+            }
+        );
+        assert_eq!(m.status().display_status(), "ImagePullBackOff");
     }
 }

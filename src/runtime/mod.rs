@@ -20,7 +20,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::model::{Container, PodSpec};
+use crate::model::{Container, Event, EventType, PodSpec};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -74,12 +74,46 @@ pub struct ExitStatus {
     pub message: Option<String>,
 }
 
+/// Where a runtime reports what happens to a pod (image pulls …) as
+/// Kubernetes-style events; the controller publishes them.
+#[derive(Debug, Clone, Default)]
+pub struct EventSink(Option<tokio::sync::mpsc::UnboundedSender<Event>>);
+
+impl EventSink {
+    pub fn new(tx: tokio::sync::mpsc::UnboundedSender<Event>) -> Self {
+        EventSink(Some(tx))
+    }
+
+    pub fn emit(
+        &self,
+        pod: &PodSpec,
+        container: Option<&str>,
+        kind: EventType,
+        reason: &str,
+        message: String,
+    ) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(Event {
+                namespace: Some(pod.namespace.clone()),
+                pod: Some(pod.name.clone()),
+                container: container.map(str::to_string),
+                kind,
+                reason: reason.into(),
+                message,
+                timestamp_ms: crate::model::now_ms(),
+            });
+        }
+    }
+}
+
 /// Everything a runtime needs to know about the pod a container belongs to.
 #[derive(Debug, Clone)]
 pub struct PodContext {
     pub spec: PodSpec,
     /// `{data_dir}/pods/{namespace}_{name}_{uid}`: volumes and logs live here.
     pub pod_dir: PathBuf,
+    /// Events about this pod (pulls, failures).
+    pub events: EventSink,
 }
 
 impl PodContext {

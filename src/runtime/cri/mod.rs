@@ -31,7 +31,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::{
     BoxFuture, ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle,
 };
-use crate::model::{Container, PullPolicy, VolumeSource};
+use crate::model::{Container, EventType, PullPolicy, VolumeSource};
 
 /// How often a running container's state is polled (containerd 1.6 has no
 /// container event stream in CRI).
@@ -268,7 +268,10 @@ impl CriRuntime {
                 Some(cri::AuthConfig {
                     username: c.username,
                     password: c.password,
-                    server_address: c.server,
+                    // containerd 1.6 parses this as a URL and refuses
+                    // `host:port`; the credential already matches the
+                    // image's registry, so it is left empty.
+                    server_address: String::new(),
                     ..Default::default()
                 })
             })
@@ -277,8 +280,15 @@ impl CriRuntime {
             attempts.push(None);
         }
         let mut last = String::new();
+        pod.events.emit(
+            &pod.spec,
+            Some(&container.name),
+            EventType::Normal,
+            "Pulling",
+            format!("Pulling image \"{image}\""),
+        );
+        let started = std::time::Instant::now();
         for auth in attempts {
-            let started = std::time::Instant::now();
             match self
                 .images
                 .clone()
@@ -293,7 +303,15 @@ impl CriRuntime {
                 .await
             {
                 Ok(r) => {
-                    info!(image = %image, took_ms = started.elapsed().as_millis() as u64, "pulled image");
+                    let took = started.elapsed();
+                    info!(image = %image, took_ms = took.as_millis() as u64, "pulled image");
+                    pod.events.emit(
+                        &pod.spec,
+                        Some(&container.name),
+                        EventType::Normal,
+                        "Pulled",
+                        format!("Successfully pulled image \"{image}\" in {took:.3?}"),
+                    );
                     return Ok(r.into_inner().image_ref);
                 }
                 Err(s) if s.code() == tonic::Code::Unavailable => {
@@ -302,9 +320,15 @@ impl CriRuntime {
                 Err(s) => last = s.message().to_string(),
             }
         }
-        Err(RuntimeError::ImagePull(format!(
-            "failed to pull image \"{image}\": {last}"
-        )))
+        let message = format!("failed to pull image \"{image}\": {last}");
+        pod.events.emit(
+            &pod.spec,
+            Some(&container.name),
+            EventType::Warning,
+            "Failed",
+            format!("Failed to pull image \"{image}\": {last}"),
+        );
+        Err(RuntimeError::ImagePull(message))
     }
 
     /// A container of this pod and name that another agent process made:
