@@ -667,3 +667,108 @@ spec:
     );
     assert_eq!(phase(&s), "Pending");
 }
+
+/// Pushes a Wasm module to the registry as a Wasm OCI artifact (one
+/// `application/wasm` layer, the Wasm config media type), as `wkg` or
+/// `oras` would.
+fn push_wasm_artifact(registry: &support::cri::Registry, repo: &str, module: &[u8]) -> String {
+    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+    let image = format!("{}/{repo}", registry.host());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        kedge::tls::install_crypto_provider();
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(vec![registry.host()]),
+            ..Default::default()
+        });
+        let reference: oci_client::Reference = image.parse().expect("reference");
+        let layer = ImageLayer::new(module.to_vec(), "application/wasm".into(), None);
+        let config = Config::new(
+            b"{}".to_vec(),
+            "application/vnd.wasm.config.v0+json".into(),
+            None,
+        );
+        let auth = oci_client::secrets::RegistryAuth::Basic(
+            registry.user.clone(),
+            registry.password.clone(),
+        );
+        client
+            .push(&reference, &[layer], config, &auth, None)
+            .await
+            .expect("push the Wasm artifact");
+    });
+    image
+}
+
+#[test]
+fn wasm_modules_pull_from_the_same_registry_with_credentials() {
+    if !cri_tests_can_run("wasm_modules_pull_from_the_same_registry_with_credentials") {
+        return;
+    }
+    let env = CriEnv::start("gw-wasm-oci");
+    let registry = support::cri::Registry::start();
+    let module = std::fs::read(guest_wasm(GuestTarget::P1)).expect("guest module");
+    let image = push_wasm_artifact(&registry, "modules/guest:v1", &module);
+    let mut secrets = Objects::new();
+    secrets.insert(
+        "regcred".into(),
+        BTreeMap::from([(
+            ".dockerconfigjson".to_string(),
+            registry.docker_config_json(&registry.password).into_bytes(),
+        )]),
+    );
+    env.apply_with(
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: oci-module, namespace: default}}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: Never
+  imagePullSecrets: [{{name: regcred}}]
+  containers:
+  - name: main
+    image: {image}
+    args: [hello, from, the, registry]
+"#
+        ),
+        Objects::new(),
+        secrets,
+    );
+    let s = env.wait_status("module ran", "oci-module", |s| phase(s) == "Succeeded");
+    let sha = sha256_file(guest_wasm(GuestTarget::P1));
+    assert_eq!(
+        named(&s, "main")["image_id"],
+        format!("sha256:{sha}"),
+        "the layer digest was verified against the module: {s}"
+    );
+    let logs = env.logs("oci-module", "main");
+    assert!(logs.contains("from the registry"), "{logs}");
+
+    // Without credentials the registry refuses, and the status says so.
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: oci-denied}}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {image}
+"#
+    ));
+    let s = env.wait_status("pull refused", "oci-denied", |s| {
+        named(s, "main")["state"]["Waiting"]["reason"]
+            .as_str()
+            .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+    });
+    let message = named(&s, "main")["state"]["Waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains(&image), "{message}");
+}

@@ -9,6 +9,7 @@
 pub mod cri;
 pub mod logs;
 pub mod module_source;
+pub mod registry_auth;
 #[cfg(feature = "wasm")]
 pub mod wasm;
 

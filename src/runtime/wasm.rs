@@ -187,14 +187,21 @@ impl WasmRuntime {
     }
 
     /// Fetches, verifies and compiles a module, or takes it from a cache.
-    async fn load(&self, image: &str) -> Result<(Compiled, String), RuntimeError> {
+    async fn load(
+        &self,
+        image: &str,
+        secrets: &[String],
+    ) -> Result<(Compiled, String), RuntimeError> {
         let r = ModuleRef::parse(image).map_err(|e| RuntimeError::InvalidImage(e.to_string()))?;
-        let Some(sha256) = r.sha256().map(str::to_string) else {
-            // OCI references: `fetch` says what is and is not supported.
-            let e = module_source::fetch(&r, &self.http).await.err();
-            return Err(RuntimeError::ImagePull(
-                e.map(|e| e.to_string()).unwrap_or_default(),
-            ));
+        // OCI references learn their digest from the registry's manifest
+        // (and bring the layer unless it is cached).
+        let (sha256, mut pulled) = match r.sha256() {
+            Some(sha256) => (sha256.to_string(), None),
+            None => module_source::pull_oci(image, secrets, |sha| {
+                self.memory_cached(sha).is_some() || self.cache_path(sha).is_file()
+            })
+            .await
+            .map_err(|e| RuntimeError::ImagePull(e.to_string()))?,
         };
         if let Some(c) = self.memory_cached(&sha256) {
             return Ok((c, sha256));
@@ -203,9 +210,20 @@ impl WasmRuntime {
         let compiled = match self.load_cached(&cache) {
             Some(c) => c,
             None => {
-                let bytes = module_source::fetch(&r, &self.http)
-                    .await
-                    .map_err(|e| RuntimeError::ImagePull(e.to_string()))?;
+                let bytes = match pulled.take() {
+                    Some(bytes) => bytes,
+                    // A cache entry that would not load: pull the layer again.
+                    None if matches!(r, ModuleRef::Oci(_)) => {
+                        module_source::pull_oci(image, secrets, |_| false)
+                            .await
+                            .map_err(|e| RuntimeError::ImagePull(e.to_string()))?
+                            .1
+                            .unwrap_or_default()
+                    }
+                    None => module_source::fetch(&r, &self.http)
+                        .await
+                        .map_err(|e| RuntimeError::ImagePull(e.to_string()))?,
+                };
                 let engine = self.engine.clone();
                 let compiled = tokio::task::spawn_blocking(move || compile(&engine, &bytes))
                     .await
@@ -440,7 +458,9 @@ impl Runtime for WasmRuntime {
         restart_count: u32,
     ) -> BoxFuture<'a, Result<RunningContainer, RuntimeError>> {
         Box::pin(async move {
-            let (compiled, sha256) = self.load(&container.image).await?;
+            let (compiled, sha256) = self
+                .load(&container.image, &pod.spec.image_pull_secrets)
+                .await?;
             let log = LogFile::create(
                 pod.log_path(&container.name, restart_count),
                 self.opts.rotation,

@@ -12,7 +12,6 @@
 //! `remove_orphans` removes kedge sandboxes of pods no longer desired; the
 //! controller calls it only once the desired set is loaded from the store.
 
-pub mod auth;
 pub mod spec;
 
 use std::collections::{HashMap, HashSet};
@@ -261,7 +260,8 @@ impl CriRuntime {
                 "container image \"{image}\" is not present with pull policy of Never"
             )));
         }
-        let credentials = auth::credentials_for(image, &pod.spec.image_pull_secrets);
+        let credentials =
+            super::registry_auth::credentials_for(image, &pod.spec.image_pull_secrets);
         let mut attempts: Vec<Option<cri::AuthConfig>> = credentials
             .into_iter()
             .map(|c| {

@@ -1,5 +1,6 @@
 //! Registry credentials for an image, from the pod's imagePullSecrets
-//! (`.dockerconfigjson` content, resolved by the sender). Pure: no I/O.
+//! (`.dockerconfigjson` content, resolved by the sender), for container
+//! image pulls (CRI) and Wasm module pulls (OCI) alike. Pure: no I/O.
 //!
 //! Like the kubelet, every secret whose registry matches the image's is a
 //! candidate, tried in order until a pull succeeds.
