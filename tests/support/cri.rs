@@ -361,6 +361,19 @@ state = "{state}"
     fn teardown(&mut self) {
         let root = self.dir.path().to_path_buf();
         let needle = root.display().to_string();
+        // 0. Every container id (sandboxes included), to find what libcni
+        //    cached for them (containerd's own `cni-loopback` network).
+        let sock = self.socket.display().to_string();
+        let ids: Vec<String> = Command::new("ctr")
+            .args(["-a", &sock, "-n", "k8s.io", "containers", "list", "-q"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
         // 1. Every shim of ours (their command line names our socket or
         //    state dir) and every process below them: the pods.
         let shims = pids_where(|cmdline| {
@@ -400,7 +413,12 @@ state = "{state}"
         for dir in ["/var/lib/cni/results", "/var/lib/cni/cache/results"] {
             if let Ok(rd) = std::fs::read_dir(dir) {
                 for e in rd.flatten() {
-                    if e.file_name().to_string_lossy().starts_with(&self.network) {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.starts_with(&self.network)
+                        || ids
+                            .iter()
+                            .any(|id| !id.is_empty() && name.contains(id.as_str()))
+                    {
                         let _ = std::fs::remove_file(e.path());
                     }
                 }
