@@ -772,3 +772,67 @@ spec:
         .to_string();
     assert!(message.contains(&image), "{message}");
 }
+
+/// `GET /` over plain HTTP/1.0; the body if the server answered 200.
+fn http_get(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status_line = out.lines().next()?;
+    status_line.contains(" 200 ").then(|| out.clone())
+}
+
+#[test]
+fn host_network_and_host_ports_reach_the_containers() {
+    if !cri_tests_can_run("host_network_and_host_ports_reach_the_containers") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-net");
+    let (host_net_port, host_port) = (free_port(), free_port());
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: on-host}}
+spec:
+  hostNetwork: true
+  containers:
+  - name: web
+    image: {BUSYBOX}
+    command: [sh, -c, "mkdir -p /tmp/www && echo host-network-pod > /tmp/www/index.html && exec httpd -f -p {host_net_port} -h /tmp/www"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: mapped}}
+spec:
+  containers:
+  - name: web
+    image: {BUSYBOX}
+    command: [sh, -c, "mkdir -p /tmp/www && echo host-port-pod > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+    ports: [{{containerPort: 8080, hostPort: {host_port}}}]
+"#
+    ));
+    let s = env.wait_status("host-network pod running", "on-host", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    let host_ip = s["host_ip"].as_str().expect("host ip").to_string();
+    assert_eq!(
+        s["pod_ip"], s["host_ip"],
+        "a hostNetwork pod has the node's address: {s}"
+    );
+    let body = wait_until("the host-network pod serves on the host", WAIT, || {
+        http_get(&format!("127.0.0.1:{host_net_port}"))
+    });
+    assert!(body.contains("host-network-pod"), "{body}");
+
+    let s = env.wait_status("mapped pod running", "mapped", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    assert_ne!(s["pod_ip"], s["host_ip"], "{s}");
+    let body = wait_until("the host port reaches the pod", WAIT, || {
+        http_get(&format!("{host_ip}:{host_port}"))
+    });
+    assert!(body.contains("host-port-pod"), "{body}");
+}
