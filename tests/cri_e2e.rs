@@ -3,6 +3,7 @@
 //! `tests/support/cri.rs`, with busybox images built locally.
 //!
 //! These tests need root; without it each one says so loudly and returns.
+#![cfg(feature = "cri")]
 
 mod support;
 
@@ -668,6 +669,7 @@ spec:
     assert_eq!(phase(&s), "Pending");
 }
 
+#[cfg(feature = "wasm")]
 /// Pushes a Wasm module to the registry as a Wasm OCI artifact (one
 /// `application/wasm` layer, the Wasm config media type), as `wkg` or
 /// `oras` would.
@@ -703,6 +705,7 @@ fn push_wasm_artifact(registry: &support::cri::Registry, repo: &str, module: &[u
     image
 }
 
+#[cfg(feature = "wasm")]
 #[test]
 fn wasm_modules_pull_from_the_same_registry_with_credentials() {
     if !cri_tests_can_run("wasm_modules_pull_from_the_same_registry_with_credentials") {
@@ -835,4 +838,46 @@ spec:
         http_get(&format!("{host_ip}:{host_port}"))
     });
     assert!(body.contains("host-port-pod"), "{body}");
+}
+
+#[test]
+fn pods_wait_for_an_unreachable_runtime_and_start_when_it_is_back() {
+    if !cri_tests_can_run("pods_wait_for_an_unreachable_runtime_and_start_when_it_is_back") {
+        return;
+    }
+    let mut env = CriEnv::start("gw-cri-down");
+    env.containerd.stop_daemon();
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: patient}}
+spec:
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+"#
+    ));
+    let s = env.wait_status("the runtime is reported unreachable", "patient", |s| {
+        named(s, "main")["state"]["Waiting"]["reason"] == "RuntimeUnavailable"
+    });
+    let message = named(&s, "main")["state"]["Waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("cannot reach the container runtime")
+            && message.contains(&env.containerd.endpoint()),
+        "{message}"
+    );
+    assert_eq!(phase(&s), "Pending");
+    env.containerd.start_daemon();
+    let s = env.wait_status("running once the runtime is back", "patient", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    let prefix = env.containerd.subnet.rsplit_once('.').expect("subnet").0;
+    assert!(
+        s["pod_ip"].as_str().unwrap_or_default().starts_with(prefix),
+        "the pod ip comes from the sandbox made on the retry: {s}"
+    );
 }

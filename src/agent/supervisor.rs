@@ -172,6 +172,8 @@ impl Supervisor {
                         self.start_probes(machine, c, &container_id, &tx);
                     }
                     self.running.insert(c, stop);
+                    // The sandbox may have been made by this start (a retry).
+                    machine.set_pod_ip(self.runtime.pod_ip(&self.pod));
                     if adopted {
                         machine.on_adopted(c, container_id, image_id, now)
                     } else {

@@ -265,15 +265,6 @@ state = "{state}"
         );
         std::fs::write(dir.path().join("config.toml"), config).expect("write config.toml");
         let log = dir.path().join("containerd.log");
-        let logf = std::fs::File::create(&log).expect("containerd.log");
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.path().join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("dup"))
-            .stderr(logf)
-            .spawn()
-            .expect("spawn containerd (is it installed?)");
         let mut c = Containerd {
             socket,
             network,
@@ -281,22 +272,10 @@ state = "{state}"
             subnet,
             cgroup_parent: format!("/kedge-test-{}", &id[..8]),
             log,
-            child: Some(child),
+            child: None,
             dir,
         };
-        let sock = c.socket.display().to_string();
-        let up = poll_until(Duration::from_secs(30), Duration::from_millis(50), || {
-            if let Some(Ok(Some(status))) = c.child.as_mut().map(|ch| ch.try_wait()) {
-                panic!("containerd exited ({status}):\n{}", c.log());
-            }
-            let out = sh("ctr", &["-a", &sock, "version"]);
-            out.status.success().then_some(())
-        });
-        assert!(
-            up.is_some(),
-            "containerd did not answer within 30 s:\n{}",
-            c.log()
-        );
+        c.start_daemon();
         for tar in [&images.pause_tar, &images.busybox_tar] {
             c.ctr(&[
                 "-n",
@@ -307,6 +286,47 @@ state = "{state}"
             ]);
         }
         c
+    }
+
+    /// Starts the containerd process (again) and waits until it answers.
+    pub fn start_daemon(&mut self) {
+        assert!(self.child.is_none(), "containerd already runs");
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("containerd.log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.dir.path().join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("dup"))
+            .stderr(logf)
+            .spawn()
+            .expect("spawn containerd (is it installed?)");
+        self.child = Some(child);
+        let sock = self.socket.display().to_string();
+        let up = poll_until(Duration::from_secs(30), Duration::from_millis(50), || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|ch| ch.try_wait()) {
+                panic!("containerd exited ({status}):\n{}", self.log());
+            }
+            let out = sh("ctr", &["-a", &sock, "version"]);
+            out.status.success().then_some(())
+        });
+        assert!(
+            up.is_some(),
+            "containerd did not answer within 30 s:\n{}",
+            self.log()
+        );
+    }
+
+    /// Kills the containerd process only (shims and pods keep running), as
+    /// a crash or an upgrade of the runtime would.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// `unix://…`, the value for `cri.endpoint`.

@@ -476,9 +476,14 @@ impl CriRuntime {
         container: &Container,
         restart_count: u32,
     ) -> Result<RunningContainer, RuntimeError> {
+        // No sandbox yet: `prepare_pod` failed (the runtime was down, CNI
+        // was not ready …); every start retries it, with the back-off.
+        if self.sandbox(&pod.spec.uid).is_none() {
+            self.prepare_inner(pod).await?;
+        }
         let sandbox = self
             .sandbox(&pod.spec.uid)
-            .ok_or_else(|| RuntimeError::Create("the pod's sandbox is not ready".into()))?;
+            .ok_or_else(|| RuntimeError::Sandbox("the pod's sandbox is not ready".into()))?;
         if sandbox.adopted
             && let Some(found) = self.adoptable(&sandbox.id, &container.name).await?
         {
