@@ -375,6 +375,25 @@ spec:
     command: [dd, if=/dev/zero, of=/dev/null, bs=256M, count=4]
     resources:
       limits: {{memory: 32Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: crashy}}
+spec:
+  restartPolicy: Always
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sh, -c, "echo crashing; exit 1"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: absent}}
+spec:
+  containers:
+  - name: main
+    image: kedge.test/not-here:1
+    imagePullPolicy: Never
 "#
     ));
     let s = env.wait_status("failed pod", "fails", |s| phase(s) == "Failed");
@@ -387,6 +406,26 @@ spec:
     let t = &named(&s, "main")["state"]["Terminated"];
     assert_eq!(t["reason"], "OOMKilled", "{s}");
     assert_eq!(t["exit_code"], 137, "{s}");
+
+    // Restarted by the same supervisor and back-off as Wasm containers.
+    let s = env.wait_status("crash loop", "crashy", |s| {
+        named(s, "main")["restart_count"].as_u64().unwrap_or(0) >= 2
+            && named(s, "main")["state"]["Waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    assert_eq!(
+        named(&s, "main")["last_state"]["Terminated"]["exit_code"],
+        1,
+        "{s}"
+    );
+
+    let s = env.wait_status("never pulled", "absent", |s| {
+        named(s, "main")["state"]["Waiting"]["reason"] == "ErrImageNeverPull"
+    });
+    let message = named(&s, "main")["state"]["Waiting"]["message"].to_string();
+    assert!(
+        message.contains("kedge.test/not-here:1") && message.contains("Never"),
+        "{message}"
+    );
 }
 
 #[test]
