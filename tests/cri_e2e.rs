@@ -534,6 +534,11 @@ fn probes_drive_readiness_and_restart_unhealthy_containers() {
         return;
     }
     let env = CriEnv::start("gw-cri-probe");
+    let events = Subscriber::start(
+        &env.broker.url(),
+        &format!("kedge/v1/{}/events", env.node),
+        None,
+    );
     // The test controls both probes through files in a hostPath volume:
     // `ready` is served by httpd (readiness httpGet), `healthy` is read by
     // the liveness exec probe; a startup tcpSocket probe waits for httpd.

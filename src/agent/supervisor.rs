@@ -14,7 +14,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::pod_machine::{Action, ContainerRef, Exit, PodMachine};
 use super::probe::{self, ProbeKind};
-use crate::model::{PodKey, PodStatus, now_ms};
+use crate::model::{EventType, PodKey, PodStatus, now_ms};
 use crate::runtime::{ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle};
 
 /// What a supervisor tells the controller.
@@ -209,7 +209,15 @@ impl Supervisor {
                     result,
                 } => {
                     if let Err(why) = &result {
-                        info!(container = %self.name_of(machine, c), probe = kind.as_str(), %why, "probe failed");
+                        let name = self.name_of(machine, c);
+                        info!(container = %name, probe = kind.as_str(), %why, "probe failed");
+                        self.pod.events.emit(
+                            &self.pod.spec,
+                            Some(&name),
+                            EventType::Warning,
+                            "Unhealthy",
+                            format!("{} probe failed: {why}", kind.as_str()),
+                        );
                     }
                     machine.on_probe(c, &container_id, kind, result.is_ok(), now)
                 }
@@ -331,7 +339,15 @@ impl Supervisor {
                     });
                 }
                 Action::Kill(c, grace) => {
-                    warn!(container = %self.name_of(machine, c), "probe failed past its threshold; killing the container");
+                    let name = self.name_of(machine, c);
+                    warn!(container = %name, "probe failed past its threshold; killing the container");
+                    self.pod.events.emit(
+                        &self.pod.spec,
+                        Some(&name),
+                        EventType::Normal,
+                        "Killing",
+                        format!("Container {name} failed its probe, will be restarted"),
+                    );
                     if let Some(stop) = self.running.get_mut(&c) {
                         stop.stop(grace);
                     }
