@@ -417,6 +417,11 @@ spec:
         1,
         "{s}"
     );
+    let previous = env.cli_ok(&["logs", "crashy", "-c", "main", "--previous"]);
+    assert!(
+        previous.contains("crashing"),
+        "the previous run's log: {previous}"
+    );
 
     let s = env.wait_status("never pulled", "absent", |s| {
         named(s, "main")["state"]["Waiting"]["reason"] == "ErrImageNeverPull"
@@ -598,6 +603,15 @@ spec:
         named(&s, "web")["last_state"]["Terminated"].is_object(),
         "{s}"
     );
+    for (reason, text) in [
+        ("Unhealthy", "Liveness probe failed"),
+        ("Killing", "will be restarted"),
+    ] {
+        events.wait_for(&format!("{reason} event"), WAIT, |_, p| {
+            matches!(kedge::wire::decode(p).map(|e| e.message),
+                Ok(kedge::wire::Message::Event(e)) if e.reason == reason && e.message.contains(text))
+        });
+    }
     std::fs::write(www.join("healthy"), "ok").expect("healthy again");
     std::fs::write(www.join("ready"), "yes").expect("ready again");
     env.wait_status("ready after the restart", "probed", |s| {
