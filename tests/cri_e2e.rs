@@ -939,3 +939,93 @@ spec:
         "the pod ip comes from the sandbox made on the retry: {s}"
     );
 }
+
+#[test]
+fn a_failing_test_still_tears_down_containerd_and_its_network() {
+    if !cri_tests_can_run("a_failing_test_still_tears_down_containerd_and_its_network") {
+        return;
+    }
+    struct Seen {
+        dir: std::path::PathBuf,
+        network: String,
+        bridge: String,
+        cgroup: String,
+    }
+    let seen: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let env = CriEnv::start("gw-cri-teardown");
+        env.apply(&format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: left-running}}
+spec:
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+    ports: [{{containerPort: 80, hostPort: {port}}}]
+"#,
+            port = free_port()
+        ));
+        env.wait_status("pod running", "left-running", |s| {
+            phase(s) == "Running" && all_running(s)
+        });
+        let c = &env.containerd;
+        let iptables = String::from_utf8_lossy(
+            &std::process::Command::new("iptables-save")
+                .output()
+                .expect("iptables-save")
+                .stdout,
+        )
+        .into_owned();
+        assert!(iptables.contains(&c.network), "CNI made rules for the pod");
+        assert!(
+            std::path::Path::new(&format!("/sys/class/net/{}", c.bridge)).exists(),
+            "CNI made the bridge"
+        );
+        *seen.lock().expect("lock") = Some(Seen {
+            dir: c.dir.path().to_path_buf(),
+            network: c.network.clone(),
+            bridge: c.bridge.clone(),
+            cgroup: c.cgroup_parent.trim_start_matches('/').to_string(),
+        });
+        panic!("a test failing while its pod runs");
+    }));
+    assert!(outcome.is_err(), "the closure panicked");
+    let seen = seen.lock().expect("lock").take().expect("names recorded");
+    let needle = seen.dir.display().to_string();
+    let iptables = String::from_utf8_lossy(
+        &std::process::Command::new("iptables-save")
+            .output()
+            .expect("iptables-save")
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !iptables.contains(&seen.network),
+        "iptables rules left:\n{iptables}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/sys/class/net/{}", seen.bridge)).exists(),
+        "bridge {} left",
+        seen.bridge
+    );
+    for hierarchy in ["memory", "cpu", "pids", "unified", ""] {
+        let p = std::path::Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(&seen.cgroup);
+        assert!(!p.exists(), "cgroup {} left", p.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&needle), "mounts left under {needle}");
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        assert!(
+            !cmdline.contains(&needle),
+            "process {} still runs: {cmdline}",
+            entry.file_name().to_string_lossy()
+        );
+    }
+    assert!(!seen.dir.exists(), "{} left", seen.dir.display());
+}
