@@ -820,6 +820,7 @@ spec:
   containers:
   - name: main
     image: {image}
+    imagePullPolicy: Always
 "#
     ));
     let s = env.wait_status("pull refused", "oci-denied", |s| {
@@ -832,6 +833,32 @@ spec:
         .unwrap_or_default()
         .to_string();
     assert!(message.contains(&image), "{message}");
+    // IfNotPresent: the module is remembered, so a new pod runs from the
+    // cache even with the registry gone (a device restarting offline).
+    let registry_host = registry.host();
+    drop(registry);
+    assert!(
+        std::net::TcpStream::connect(&registry_host).is_err(),
+        "registry stopped"
+    );
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: oci-offline}}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    args: [hello, offline]
+"#
+    ));
+    env.wait_status("module ran offline", "oci-offline", |s| {
+        phase(s) == "Succeeded"
+    });
+    assert!(env.logs("oci-offline", "main").contains("offline"));
 }
 
 /// `GET /` over plain HTTP/1.0; the body if the server answered 200.

@@ -161,11 +161,46 @@ fn is_loopback(registry: &str) -> bool {
 /// and, unless `cached(sha256)` says it is already here, downloads and
 /// verifies the layer. Credentials come from the pod's dockerconfigjson
 /// secrets; each matching one is tried, then anonymous access.
+///
+/// Each resolved reference is remembered in `refs_dir` (reference → layer
+/// digest). With pull policy IfNotPresent (or Never) a remembered, cached
+/// module is used without asking the registry, so a device restarts its
+/// pods offline; Always asks the registry every time (and fails without
+/// it, as the kubelet does); Never without a remembered module is an error.
 #[cfg(feature = "wasm")]
 pub async fn pull_oci(
     image: &str,
     secrets: &[String],
+    policy: crate::model::PullPolicy,
+    refs_dir: &std::path::Path,
     cached: impl Fn(&str) -> bool,
+) -> Result<(String, Option<Vec<u8>>), SourceError> {
+    let remembered_path = refs_dir.join(sha256_hex(image.as_bytes()));
+    let remembered = std::fs::read_to_string(&remembered_path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.len() == 64 && cached(s));
+    match (policy, &remembered) {
+        (crate::model::PullPolicy::Always, _) => {}
+        (_, Some(sha)) => return Ok((sha.clone(), None)),
+        (crate::model::PullPolicy::Never, None) => {
+            return Err(SourceError::Fetch {
+                url: image.to_string(),
+                message: "the module is not present with pull policy of Never".into(),
+            });
+        }
+        (crate::model::PullPolicy::IfNotPresent, None) => {}
+    }
+    let (sha, bytes) = pull_oci_from_registry(image, secrets, &cached).await?;
+    let _ = std::fs::create_dir_all(refs_dir).and_then(|_| std::fs::write(&remembered_path, &sha));
+    Ok((sha, bytes))
+}
+
+#[cfg(feature = "wasm")]
+async fn pull_oci_from_registry(
+    image: &str,
+    secrets: &[String],
+    cached: &impl Fn(&str) -> bool,
 ) -> Result<(String, Option<Vec<u8>>), SourceError> {
     use oci_client::secrets::RegistryAuth;
     let fetch_err = |message: String| SourceError::Fetch {
@@ -276,6 +311,33 @@ mod tests {
         ] {
             assert!(ModuleRef::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[cfg(feature = "wasm")]
+    #[tokio::test]
+    async fn remembered_oci_modules_need_no_registry_unless_always() {
+        use crate::model::PullPolicy;
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Nothing listens on port 1: any registry request fails.
+        let image = "127.0.0.1:1/modules/m:v1";
+        let never = pull_oci(image, &[], PullPolicy::Never, dir.path(), |_| true).await;
+        assert!(never.is_err(), "nothing remembered yet");
+        let unreachable =
+            pull_oci(image, &[], PullPolicy::IfNotPresent, dir.path(), |_| true).await;
+        assert!(matches!(unreachable, Err(SourceError::Fetch { .. })));
+        std::fs::write(dir.path().join(sha256_hex(image.as_bytes())), D).expect("remember");
+        for policy in [PullPolicy::IfNotPresent, PullPolicy::Never] {
+            let got = pull_oci(image, &[], policy, dir.path(), |_| true).await;
+            assert_eq!(got, Ok((D.to_string(), None)), "{policy:?}");
+        }
+        let always = pull_oci(image, &[], PullPolicy::Always, dir.path(), |_| true).await;
+        assert!(always.is_err(), "Always asks the registry");
+        let evicted = pull_oci(image, &[], PullPolicy::Never, dir.path(), |_| false).await;
+        assert!(
+            evicted.is_err(),
+            "a remembered digest without the module is not enough"
+        );
     }
 
     #[cfg(feature = "wasm")]

@@ -191,13 +191,15 @@ impl WasmRuntime {
         &self,
         image: &str,
         secrets: &[String],
+        policy: crate::model::PullPolicy,
     ) -> Result<(Compiled, String), RuntimeError> {
+        let refs_dir = self.opts.data_dir.join("wasm-cache").join("oci-refs");
         let r = ModuleRef::parse(image).map_err(|e| RuntimeError::InvalidImage(e.to_string()))?;
         // OCI references learn their digest from the registry's manifest
         // (and bring the layer unless it is cached).
         let (sha256, mut pulled) = match r.sha256() {
             Some(sha256) => (sha256.to_string(), None),
-            None => module_source::pull_oci(image, secrets, |sha| {
+            None => module_source::pull_oci(image, secrets, policy, &refs_dir, |sha| {
                 self.memory_cached(sha).is_some() || self.cache_path(sha).is_file()
             })
             .await
@@ -213,13 +215,17 @@ impl WasmRuntime {
                 let bytes = match pulled.take() {
                     Some(bytes) => bytes,
                     // A cache entry that would not load: pull the layer again.
-                    None if matches!(r, ModuleRef::Oci(_)) => {
-                        module_source::pull_oci(image, secrets, |_| false)
-                            .await
-                            .map_err(|e| RuntimeError::ImagePull(e.to_string()))?
-                            .1
-                            .unwrap_or_default()
-                    }
+                    None if matches!(r, ModuleRef::Oci(_)) => module_source::pull_oci(
+                        image,
+                        secrets,
+                        crate::model::PullPolicy::Always,
+                        &refs_dir,
+                        |_| false,
+                    )
+                    .await
+                    .map_err(|e| RuntimeError::ImagePull(e.to_string()))?
+                    .1
+                    .unwrap_or_default(),
                     None => module_source::fetch(&r, &self.http)
                         .await
                         .map_err(|e| RuntimeError::ImagePull(e.to_string()))?,
@@ -459,7 +465,11 @@ impl Runtime for WasmRuntime {
     ) -> BoxFuture<'a, Result<RunningContainer, RuntimeError>> {
         Box::pin(async move {
             let (compiled, sha256) = self
-                .load(&container.image, &pod.spec.image_pull_secrets)
+                .load(
+                    &container.image,
+                    &pod.spec.image_pull_secrets,
+                    container.image_pull_policy,
+                )
                 .await?;
             let log = LogFile::create(
                 pod.log_path(&container.name, restart_count),
