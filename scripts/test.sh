@@ -32,12 +32,15 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     added_policy=1
   fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
-  [ "$added_policy" = 1 ] && $SUDO rm -f /usr/sbin/policy-rc.d
+  if [ "$added_policy" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
 fi
 for svc in containerd docker-registry; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  elif command -v service >/dev/null && service "$svc" status >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO service "$svc" stop >/dev/null 2>&1 || true
   fi
 done
 # Mosquitto must not hold 1883 as a system service; the tests start their own.

@@ -124,23 +124,19 @@ impl CriRuntime {
         Ok(version)
     }
 
+    /// A failed CRI call as the kubelet would word it: an unreachable
+    /// runtime is `RuntimeUnavailable`, anything else names the call.
     fn status_error(&self, call: &str, s: tonic::Status) -> RuntimeError {
-        match s.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown
-                if s.message().contains("transport") || s.message().contains("connect") =>
-            {
-                RuntimeError::Unavailable(format!(
-                    "cannot reach the container runtime at {}: {}",
-                    self.opts.endpoint,
-                    s.message()
-                ))
-            }
-            tonic::Code::Unavailable => RuntimeError::Unavailable(format!(
+        let transport = s.code() == tonic::Code::Unavailable
+            || (s.code() == tonic::Code::Unknown && s.message().contains("transport"));
+        if transport {
+            RuntimeError::Unavailable(format!(
                 "cannot reach the container runtime at {}: {}",
                 self.opts.endpoint,
                 s.message()
-            )),
-            _ => RuntimeError::Create(format!("{call}: {}", s.message())),
+            ))
+        } else {
+            RuntimeError::Create(format!("{call}: {}", s.message()))
         }
     }
 
