@@ -931,7 +931,10 @@ fn pods_wait_for_an_unreachable_runtime_and_start_when_it_is_back() {
         return;
     }
     let mut env = CriEnv::start("gw-cri-down");
+    // The agent starts while the runtime is down (a device booting).
+    env.agent.kill9();
     env.containerd.stop_daemon();
+    env.agent = start_agent(&env.node, &env.broker, &env.containerd, env.dir.path());
     env.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
@@ -956,6 +959,10 @@ spec:
         "{message}"
     );
     assert_eq!(phase(&s), "Pending");
+    wait_until("the node reports no container runtime yet", WAIT, || {
+        let nodes = env.cli_ok(&["get", "nodes", "-o", "json"]);
+        (nodes.contains("gw-cri-down") && !nodes.contains("containerd://")).then_some(())
+    });
     env.containerd.start_daemon();
     let s = env.wait_status("running once the runtime is back", "patient", |s| {
         phase(s) == "Running" && all_running(s)
@@ -965,6 +972,10 @@ spec:
         s["pod_ip"].as_str().unwrap_or_default().starts_with(prefix),
         "the pod ip comes from the sandbox made on the retry: {s}"
     );
+    wait_until("the node names the runtime once it answered", WAIT, || {
+        let nodes = env.cli_ok(&["get", "nodes", "-o", "json"]);
+        nodes.contains("containerd://").then_some(())
+    });
 }
 
 #[test]

@@ -757,6 +757,19 @@ impl Controller {
     }
 
     fn publish_node_status(&mut self) {
+        // A container runtime that was not up when the agent started is
+        // named once it has answered.
+        if let Some(cri) = &self.cri {
+            let version = cri.version();
+            let known = &mut self.node_info.container_runtime_version;
+            if !version.is_empty() && !known.contains(&version) {
+                *known = if known.is_empty() {
+                    version
+                } else {
+                    format!("{version}, {known}")
+                };
+            }
+        }
         let sample = crate::node::sample(&self.config.data_dir);
         let status = crate::node::status(
             &self.node,

@@ -518,6 +518,10 @@ impl CriRuntime {
 
     async fn prepare_inner(&self, pod: &PodContext) -> Result<(), RuntimeError> {
         self.materialize(pod)?;
+        if self.version().is_empty() {
+            // Not up when the agent started: learn its name now.
+            self.query_version().await?;
+        }
         let uid = &pod.spec.uid;
         let config = spec::sandbox_config(
             &pod.spec,
