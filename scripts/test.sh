@@ -10,15 +10,39 @@ export KEDGE_GUESTS_TARGET_DIR="${KEDGE_GUESTS_TARGET_DIR:-/var/tmp/kedge-guests
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 need_pkgs=()
-for p in mosquitto mosquitto-clients openssl curl; do
+# containerd … protobuf-compiler: the CRI tests start their own containerd
+# (runc, CNI plugins), build busybox/pause images (busybox-static, umoci,
+# skopeo), run a registry with htpasswd auth (docker-registry,
+# apache2-utils), and k8s-cri compiles its protos with protoc.
+for p in mosquitto mosquitto-clients openssl containerd runc containernetworking-plugins \
+  busybox-static umoci skopeo docker-registry apache2-utils protobuf-compiler iptables iproute2 curl; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "== installing ${need_pkgs[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
+  # No package may start its system service (containerd, docker-registry):
+  # the tests start their own. policy-rc.d refuses service starts during
+  # the install; any that slipped through are stopped below.
+  added_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    added_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  if [ "$added_policy" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
 fi
+for svc in containerd docker-registry; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  elif command -v service >/dev/null && service "$svc" status >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO service "$svc" stop >/dev/null 2>&1 || true
+  fi
+done
 # Mosquitto must not hold 1883 as a system service; the tests start their own.
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 installed=$(rustup target list --installed)

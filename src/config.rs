@@ -205,6 +205,24 @@ pub const KEYS: &[KeyDoc] = &[
         default: "268435456",
         help: "memory limit of a Wasm container without resources.limits.memory",
     },
+    KeyDoc {
+        key: "cri.endpoint",
+        ty: KeyType::Str,
+        default: "unix:///run/containerd/containerd.sock",
+        help: "CRI socket of the container runtime (containerd, CRI-O); empty: no container pods",
+    },
+    KeyDoc {
+        key: "cri.cgroup_parent",
+        ty: KeyType::Str,
+        default: "/kedge",
+        help: "cgroup (cgroupfs path) under which each container pod gets its own cgroup",
+    },
+    KeyDoc {
+        key: "cri.timeout_ms",
+        ty: KeyType::Int,
+        default: "120000",
+        help: "deadline of one CRI call (image pulls included)",
+    },
 ];
 
 #[derive(Debug, Error)]
@@ -253,6 +271,7 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub logs: LogsConfig,
     pub wasm: WasmConfig,
+    pub cri: CriConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -319,6 +338,15 @@ pub struct WasmConfig {
     pub default_memory_limit_bytes: u64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriConfig {
+    /// None: no container runtime on this node.
+    pub endpoint: Option<String>,
+    pub cgroup_parent: String,
+    pub timeout_ms: u64,
+}
+
 fn default_of(key: &str) -> &'static str {
     KEYS.iter()
         .find(|k| k.key == key)
@@ -346,6 +374,7 @@ impl Default for Config {
             outbox: OutboxConfig::default(),
             logs: LogsConfig::default(),
             wasm: WasmConfig::default(),
+            cri: CriConfig::default(),
         }
     }
 }
@@ -426,6 +455,16 @@ impl Default for WasmConfig {
             epoch_tick_ms: default_int("wasm.epoch_tick_ms"),
             ca_file: None,
             default_memory_limit_bytes: default_int("wasm.default_memory_limit_bytes"),
+        }
+    }
+}
+
+impl Default for CriConfig {
+    fn default() -> Self {
+        CriConfig {
+            endpoint: Some(default_of("cri.endpoint").into()),
+            cgroup_parent: default_of("cri.cgroup_parent").into(),
+            timeout_ms: default_int("cri.timeout_ms"),
         }
     }
 }
@@ -543,6 +582,24 @@ impl Config {
         self.broker.password_file = non_empty(self.broker.password_file);
         self.manifests_dir = non_empty(self.manifests_dir);
         self.wasm.ca_file = non_empty(self.wasm.ca_file);
+        self.cri.endpoint = self.cri.endpoint.filter(|e| !e.is_empty());
+        if let Some(endpoint) = &self.cri.endpoint
+            && !endpoint.starts_with("unix://")
+            && !endpoint.starts_with('/')
+        {
+            return Err(ConfigError::value(
+                "cri.endpoint",
+                endpoint,
+                "expected unix:///path/to/socket",
+            ));
+        }
+        if !self.cri.cgroup_parent.starts_with('/') || self.cri.cgroup_parent.contains("..") {
+            return Err(ConfigError::value(
+                "cri.cgroup_parent",
+                &self.cri.cgroup_parent,
+                "expected an absolute cgroupfs path such as /kedge",
+            ));
+        }
 
         if !crate::wire::valid_topic_level(&self.node_name) || self.node_name.starts_with('_') {
             return Err(ConfigError::value(
@@ -586,6 +643,7 @@ impl Config {
             ("outbox.max_entries", self.outbox.max_entries),
             ("logs.max_file_bytes", self.logs.max_file_bytes),
             ("wasm.epoch_tick_ms", self.wasm.epoch_tick_ms),
+            ("cri.timeout_ms", self.cri.timeout_ms),
             ("manifests_poll_ms", self.manifests_poll_ms),
         ] {
             if v == 0 {

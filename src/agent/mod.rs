@@ -9,6 +9,7 @@
 pub mod decide;
 pub mod logs_rpc;
 pub mod pod_machine;
+pub mod probe;
 pub mod static_pods;
 pub mod supervisor;
 
@@ -46,6 +47,8 @@ pub enum AgentEvent {
     Supervisor(Report),
     /// The static pod directory changed: its complete contents.
     StaticPods(Vec<StaticPod>),
+    /// A runtime reported an event about a pod (image pulled, …).
+    Runtime(Event),
     /// Time to publish node status and trim the outbox.
     Heartbeat,
     Shutdown,
@@ -77,11 +80,16 @@ pub struct Controller {
     store: Arc<Store>,
     /// Made when the first Wasm pod starts; None in builds without it.
     wasm: Option<LazyRuntime>,
+    /// The CRI client (cheap: it connects on first use); None when
+    /// `cri.endpoint` is empty or the build has no CRI support.
+    cri: Option<Arc<dyn Runtime>>,
     policy: BackoffPolicy,
     pods: HashMap<PodKey, PodEntry>,
     board: StatusBoard,
     session: Option<mpsc::UnboundedSender<SessionCommand>>,
     reports_tx: mpsc::UnboundedSender<Report>,
+    /// Handed to runtimes in every `PodContext`; read by the main loop.
+    runtime_events: mpsc::UnboundedSender<Event>,
     node_info: NodeInfo,
     addresses: Vec<crate::model::NodeAddress>,
     last_node_status: Option<NodeStatus>,
@@ -142,15 +150,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         drop(http);
         (None, String::new())
     };
+    let (cri, runtime_versions) = cri_runtime(&config, runtime_versions).await;
     let (node_info, addresses) = crate::node::node_info(&runtime_versions);
 
     let (reports_tx, mut reports_rx) = mpsc::unbounded_channel();
+    let (runtime_events, mut runtime_events_rx) = mpsc::unbounded_channel();
     let topics = Topics::new(&config.topic_prefix);
     let mut controller = Controller {
         node: config.node_name.clone(),
         topics: topics.clone(),
         store: store.clone(),
         wasm,
+        cri,
         policy: BackoffPolicy {
             initial: Duration::from_millis(config.backoff.initial_ms),
             max: Duration::from_millis(config.backoff.max_ms),
@@ -160,6 +171,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         board: Arc::new(Mutex::new(HashMap::new())),
         session: None,
         reports_tx,
+        runtime_events,
         node_info,
         addresses,
         last_node_status: None,
@@ -239,6 +251,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             _ = &mut shutdown => AgentEvent::Shutdown,
             Some(ev) = session_events_rx.recv() => AgentEvent::Broker(ev),
             Some(report) = reports_rx.recv() => AgentEvent::Supervisor(report),
+            Some(event) = runtime_events_rx.recv() => AgentEvent::Runtime(event),
             Some(pods) = static_rx.recv() => AgentEvent::StaticPods(pods),
             _ = heartbeat.tick() => AgentEvent::Heartbeat,
         };
@@ -250,10 +263,58 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             AgentEvent::Broker(ev) => controller.on_broker(ev),
             AgentEvent::Supervisor(report) => controller.on_report(report),
             AgentEvent::StaticPods(pods) => controller.on_static_pods(pods),
+            AgentEvent::Runtime(event) => controller.node_event(event),
             AgentEvent::Heartbeat => controller.on_heartbeat(),
         }
     }
     Ok(())
+}
+
+/// The CRI runtime, if configured, and the node's runtime versions with the
+/// CRI runtime's (`containerd://1.6.20, wasmtime://48`) when it answers.
+#[cfg(feature = "cri")]
+async fn cri_runtime(config: &Config, versions: String) -> (Option<Arc<dyn Runtime>>, String) {
+    let Some(endpoint) = config.cri.endpoint.clone() else {
+        return (None, versions);
+    };
+    let opts = crate::runtime::cri::CriOptions {
+        endpoint: endpoint.clone(),
+        cgroup_parent: config.cri.cgroup_parent.clone(),
+        timeout: Duration::from_millis(config.cri.timeout_ms),
+        node: config.node_name.clone(),
+    };
+    let runtime = match crate::runtime::cri::CriRuntime::new(opts) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "cannot set up the CRI client; container pods will fail");
+            return (None, versions);
+        }
+    };
+    let versions = match tokio::time::timeout(Duration::from_secs(3), runtime.query_version()).await
+    {
+        Ok(Ok(v)) => {
+            info!(%endpoint, runtime = %v, "container runtime answers");
+            if versions.is_empty() {
+                v
+            } else {
+                format!("{v}, {versions}")
+            }
+        }
+        Ok(Err(e)) => {
+            info!(%endpoint, error = %e, "container runtime not reachable now; container pods retry it");
+            versions
+        }
+        Err(_) => {
+            info!(%endpoint, "container runtime did not answer within 3 s; container pods retry it");
+            versions
+        }
+    };
+    (Some(Arc::new(runtime)), versions)
+}
+
+#[cfg(not(feature = "cri"))]
+async fn cri_runtime(_config: &Config, versions: String) -> (Option<Arc<dyn Runtime>>, String) {
+    (None, versions)
 }
 
 impl Controller {
@@ -311,6 +372,16 @@ impl Controller {
             }
         }
         info!(pods = count, "restored desired pods from the store");
+        // Only now that the desired set is loaded may anything be removed.
+        if let Some(cri) = self.cri.clone() {
+            let keep: Vec<String> = self
+                .pods
+                .values()
+                .filter(|e| e.spec.runtime == RuntimeKind::Container)
+                .map(|e| e.spec.uid.clone())
+                .collect();
+            tokio::spawn(async move { cri.remove_orphans(keep).await });
+        }
         Ok(())
     }
 
@@ -321,9 +392,12 @@ impl Controller {
                 .get()
                 .map_err(|e| format!("the Wasm runtime cannot start: {e}")),
             (RuntimeKind::Wasm, None) => Err("this agent was built without the Wasm runtime".into()),
-            (RuntimeKind::Container, _) => Err(
-                "no container runtime (CRI) is configured on this node; set runtimeClassName: kedge-wasm to run Wasm modules".into(),
-            ),
+            (RuntimeKind::Container, _) => match &self.cri {
+                Some(cri) => Ok(cri.clone()),
+                None => Err(
+                    "no container runtime (CRI) is configured on this node (cri.endpoint); set runtimeClassName: kedge-wasm to run Wasm modules".into(),
+                ),
+            },
         };
         let host_ip = self
             .addresses
@@ -353,6 +427,7 @@ impl Controller {
                 let ctx = PodContext {
                     pod_dir: self.pod_dir(&spec),
                     spec: spec.clone(),
+                    events: crate::runtime::EventSink::new(self.runtime_events.clone()),
                 };
                 Some(supervisor::spawn(
                     machine,
@@ -682,6 +757,19 @@ impl Controller {
     }
 
     fn publish_node_status(&mut self) {
+        // A container runtime that was not up when the agent started is
+        // named once it has answered.
+        if let Some(cri) = &self.cri {
+            let version = cri.version();
+            let known = &mut self.node_info.container_runtime_version;
+            if !version.is_empty() && !known.contains(&version) {
+                *known = if known.is_empty() {
+                    version
+                } else {
+                    format!("{version}, {known}")
+                };
+            }
+        }
         let sample = crate::node::sample(&self.config.data_dir);
         let status = crate::node::status(
             &self.node,

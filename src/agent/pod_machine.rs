@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use super::probe::{ProbeKind, Tracker};
 use crate::model::{
     Container, ContainerState, ContainerStatus, PodCondition, PodConditionType, PodPhase, PodSpec,
     PodStatus, RestartPolicy, RuntimeKind,
@@ -63,6 +64,9 @@ pub enum Action {
     WakeAfter(ContainerRef, Duration),
     /// Stop every running container, giving it this long to exit.
     StopAll { grace: Duration },
+    /// Kill this container (a liveness or startup probe failed); its exit
+    /// then follows the restart policy.
+    Kill(ContainerRef, Duration),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +89,10 @@ struct Slot {
     restart_pending: bool,
     /// Counts as restarted once the next start succeeds.
     has_run: bool,
+    /// Probe results of the current run (None: the container has no such probe).
+    startup: Option<Tracker>,
+    liveness: Option<Tracker>,
+    readiness: Option<Tracker>,
 }
 
 /// One pod's state machine.
@@ -118,6 +126,9 @@ fn slot(c: &Container, waiting_reason: &str) -> Slot {
         started_at_ms: None,
         restart_pending: false,
         has_run: false,
+        startup: None,
+        liveness: None,
+        readiness: None,
     }
 }
 
@@ -312,24 +323,109 @@ impl PodMachine {
         if matches!(self.stage, Stage::Done) {
             return Vec::new();
         }
+        let probes = self
+            .container(c)
+            .map(|k| {
+                (
+                    k.startup_probe.as_ref().map(Tracker::new),
+                    k.liveness_probe.as_ref().map(Tracker::new),
+                    k.readiness_probe.as_ref().map(Tracker::new),
+                )
+            })
+            .unwrap_or((None, None, None));
         if let Some(s) = self.slot_mut(c) {
             if s.has_run {
                 s.status.restart_count += 1;
             }
+            (s.startup, s.liveness, s.readiness) = probes;
             s.has_run = true;
             s.restart_pending = false;
             s.started_at_ms = Some(now_ms);
             s.status.container_id = container_id;
             s.status.image_id = image_id;
-            s.status.started = true;
-            // No readiness probe on this runtime yet: running means ready.
-            s.status.ready = !c.init;
+            // A startup probe holds `started` (and readiness) back; without
+            // a readiness probe, running (and started) means ready.
+            s.status.started = s.startup.is_none();
+            s.status.ready = !c.init && s.startup.is_none() && s.readiness.is_none();
             s.status.state = ContainerState::Running {
                 started_at_ms: now_ms,
             };
         }
         self.refresh(now_ms);
         Vec::new()
+    }
+
+    /// The runtime found this container already running (or exited) from
+    /// before an agent restart: it is this container's current run, so the
+    /// restart count stays as it was.
+    pub fn on_adopted(
+        &mut self,
+        c: ContainerRef,
+        container_id: String,
+        image_id: String,
+        now_ms: u64,
+    ) -> Vec<Action> {
+        if let Some(s) = self.slot_mut(c) {
+            s.has_run = false;
+        }
+        self.on_started(c, container_id, image_id, now_ms)
+    }
+
+    /// A probe of container `c` gave a result. `container_id` names the
+    /// run it was for; results for an earlier run are ignored.
+    pub fn on_probe(
+        &mut self,
+        c: ContainerRef,
+        container_id: &str,
+        kind: ProbeKind,
+        success: bool,
+        now_ms: u64,
+    ) -> Vec<Action> {
+        if matches!(self.stage, Stage::Done | Stage::Terminating) {
+            return Vec::new();
+        }
+        let grace = Duration::from_secs(self.spec.termination_grace_period_secs);
+        let Some(s) = self.slot_mut(c) else {
+            return Vec::new();
+        };
+        if s.status.container_id != container_id
+            || !matches!(s.status.state, ContainerState::Running { .. })
+        {
+            return Vec::new();
+        }
+        let started = s.startup.as_ref().is_none_or(|t| t.state() == Some(true));
+        let mut actions = Vec::new();
+        match kind {
+            ProbeKind::Startup => match s.startup.as_mut().and_then(|t| t.record(success)) {
+                Some(true) => {
+                    s.status.started = true;
+                    s.status.ready = !c.init && s.readiness.is_none();
+                }
+                Some(false) if !started => actions.push(Action::Kill(c, grace)),
+                _ => {}
+            },
+            ProbeKind::Liveness
+                if started
+                    && s.liveness.as_mut().and_then(|t| t.record(success)) == Some(false) =>
+            {
+                actions.push(Action::Kill(c, grace));
+            }
+            ProbeKind::Readiness if started => {
+                if let Some(ready) = s.readiness.as_mut().and_then(|t| t.record(success)) {
+                    s.status.ready = ready && !c.init;
+                }
+            }
+            _ => {}
+        }
+        self.refresh(now_ms);
+        actions
+    }
+
+    /// The pod's own address, known once its sandbox exists.
+    pub fn set_pod_ip(&mut self, ip: Option<String>) {
+        if ip.is_some() {
+            self.status.pod_ip = ip;
+        }
     }
 
     /// The runtime could not create or start a container (bad image, bad
@@ -348,7 +444,23 @@ impl PodMachine {
         }
         let policy = self.policy;
         let mut actions = Vec::new();
+        let image = self
+            .container(c)
+            .map(|k| k.image.clone())
+            .unwrap_or_default();
         if let Some(s) = self.slot_mut(c) {
+            // A pull that failed again while backing off reads like the
+            // kubelet's: ImagePullBackOff, naming the image and the cause.
+            let again = matches!(&s.status.state, ContainerState::Waiting { reason: r, .. }
+                if r == "ErrImagePull" || r == "ImagePullBackOff");
+            let (reason, message) = if reason == "ErrImagePull" && again {
+                (
+                    "ImagePullBackOff",
+                    format!("Back-off pulling image \"{image}\": {message}"),
+                )
+            } else {
+                (reason, message)
+            };
             s.level = s.level.saturating_add(1);
             let delay = policy.delay(s.level).max(policy.initial.min(policy.max));
             s.restart_pending = true;
@@ -964,5 +1076,130 @@ mod tests {
                 .last_transition_ms,
             50
         );
+    }
+
+    fn probe(failure: u32) -> Probe {
+        Probe {
+            handler: ProbeHandler::Exec {
+                command: vec!["true".into()],
+            },
+            initial_delay_secs: 0,
+            period_secs: 1,
+            timeout_secs: 1,
+            success_threshold: 1,
+            failure_threshold: failure,
+        }
+    }
+
+    #[test]
+    fn adopted_containers_keep_their_restart_count() {
+        let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
+        let mut previous = m.status().clone();
+        previous.container_statuses[0].restart_count = 2;
+        previous.container_statuses[0].state = ContainerState::Running { started_at_ms: 5 };
+        m.carry_over(&previous);
+        m.start(1000);
+        assert_eq!(
+            m.next_run_number(A),
+            3,
+            "a new run would be the third restart"
+        );
+        m.on_adopted(A, "c1".into(), "sha256:x".into(), 1001);
+        assert_eq!(m.status().container_statuses[0].restart_count, 2);
+        assert_eq!(m.status().phase, PodPhase::Running);
+        // A later exit restarts it and counts as usual.
+        m.on_exited(A, exit(1), 2000);
+        m.on_timer(A, 60_000);
+        m.on_started(A, "c2".into(), "sha256:x".into(), 60_001);
+        assert_eq!(m.status().container_statuses[0].restart_count, 3);
+    }
+
+    #[test]
+    fn probes_gate_started_and_ready_and_kill_on_liveness_failure() {
+        let mut s = spec(&[], &["a"], RestartPolicy::Always);
+        s.containers[0].startup_probe = Some(probe(3));
+        s.containers[0].readiness_probe = Some(probe(1));
+        s.containers[0].liveness_probe = Some(probe(2));
+        let mut m = PodMachine::new(s, POLICY, Some("10.0.0.9".into()));
+        m.set_pod_ip(Some("10.88.0.4".into()));
+        assert_eq!(m.status().pod_ip.as_deref(), Some("10.88.0.4"));
+        m.start(0);
+        m.on_started(A, "c1".into(), "i".into(), 1);
+        let st = |m: &PodMachine| {
+            let c = &m.status().container_statuses[0];
+            (c.started, c.ready)
+        };
+        assert_eq!(st(&m), (false, false), "startup probe pending");
+        // Liveness and readiness wait for the startup probe.
+        assert!(
+            m.on_probe(A, "c1", ProbeKind::Liveness, false, 2)
+                .is_empty()
+        );
+        assert!(
+            m.on_probe(A, "c1", ProbeKind::Liveness, false, 3)
+                .is_empty()
+        );
+        m.on_probe(A, "c1", ProbeKind::Readiness, true, 3);
+        assert_eq!(st(&m), (false, false));
+        m.on_probe(A, "c1", ProbeKind::Startup, true, 4);
+        assert_eq!(st(&m), (true, false), "started, not yet ready");
+        m.on_probe(A, "c1", ProbeKind::Readiness, true, 5);
+        assert_eq!(st(&m), (true, true));
+        assert!(cond(&m, PodConditionType::Ready));
+        m.on_probe(A, "c1", ProbeKind::Readiness, false, 6);
+        assert!(!cond(&m, PodConditionType::Ready));
+        // Results for another run are ignored.
+        assert!(
+            m.on_probe(A, "old", ProbeKind::Liveness, false, 7)
+                .is_empty()
+        );
+        assert!(
+            m.on_probe(A, "c1", ProbeKind::Liveness, false, 8)
+                .is_empty()
+        );
+        assert_eq!(
+            m.on_probe(A, "c1", ProbeKind::Liveness, false, 9),
+            vec![Action::Kill(A, Duration::from_secs(7))]
+        );
+    }
+
+    #[test]
+    fn a_failing_startup_probe_kills() {
+        let mut s = spec(&[], &["a"], RestartPolicy::Always);
+        s.containers[0].startup_probe = Some(probe(1));
+        let mut m = PodMachine::new(s, POLICY, None);
+        m.start(0);
+        m.on_started(A, "c1".into(), "i".into(), 1);
+        assert_eq!(
+            m.on_probe(A, "c1", ProbeKind::Startup, false, 2),
+            vec![Action::Kill(A, Duration::from_secs(7))]
+        );
+    }
+
+    #[test]
+    fn repeated_pull_failures_read_image_pull_back_off() {
+        let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
+        m.start(0);
+        m.on_start_failed(A, "ErrImagePull", "unauthorized".into(), 1);
+        let waiting = |m: &PodMachine| m.status().container_statuses[0].state.clone();
+        assert_eq!(
+            waiting(&m),
+            ContainerState::Waiting {
+                reason: "ErrImagePull".into(),
+                message: Some("unauthorized".into())
+            }
+        );
+        m.on_timer(A, 20_000);
+        m.on_start_failed(A, "ErrImagePull", "unauthorized".into(), 20_001);
+        assert_eq!(
+            waiting(&m),
+            ContainerState::Waiting {
+                reason: "ImagePullBackOff".into(),
+                message: Some(
+                    "Back-off pulling image \"file:///m.wasm@sha256:00\": unauthorized".into()
+                )
+            }
+        );
+        assert_eq!(m.status().display_status(), "ImagePullBackOff");
     }
 }

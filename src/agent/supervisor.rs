@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::pod_machine::{Action, ContainerRef, Exit, PodMachine};
-use crate::model::{PodKey, PodStatus, now_ms};
+use super::probe::{self, ProbeKind};
+use crate::model::{EventType, PodKey, PodStatus, now_ms};
 use crate::runtime::{ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle};
 
 /// What a supervisor tells the controller.
@@ -53,6 +54,13 @@ enum Event {
     Started(ContainerRef, Result<RunningContainer, RuntimeError>),
     Exited(ContainerRef, ExitStatus),
     Timer(ContainerRef),
+    /// A probe of a container run (named by its id) gave a result.
+    Probe {
+        c: ContainerRef,
+        container_id: String,
+        kind: ProbeKind,
+        result: Result<(), String>,
+    },
     StopDeadline,
 }
 
@@ -73,6 +81,7 @@ pub fn spawn(
                 runtime,
                 reports,
                 running: HashMap::new(),
+                probes: HashMap::new(),
                 starting: 0,
                 last_reported: None,
                 stop_deadline_set: false,
@@ -93,6 +102,8 @@ struct Supervisor {
     reports: mpsc::UnboundedSender<Report>,
     /// Stop handles of the containers that run now.
     running: HashMap<ContainerRef, StopHandle>,
+    /// Probe loops of the containers that run now; aborted when they exit.
+    probes: HashMap<ContainerRef, Vec<tokio::task::AbortHandle>>,
     /// Container starts in flight.
     starting: usize,
     last_reported: Option<PodStatus>,
@@ -120,6 +131,7 @@ impl Supervisor {
             }
             self.execute(machine, actions, &tx);
         } else {
+            machine.set_pod_ip(self.runtime.pod_ip(&self.pod));
             let actions = machine.start(now_ms());
             self.execute(machine, actions, &tx);
         }
@@ -142,8 +154,9 @@ impl Supervisor {
                         image_id,
                         exited,
                         mut stop,
+                        adopted,
                     } = rc;
-                    info!(container = %self.name_of(machine, c), %container_id, "container started");
+                    info!(container = %self.name_of(machine, c), %container_id, adopted, "container started");
                     let tx2 = tx.clone();
                     tokio::spawn(async move {
                         let status = exited.await.unwrap_or(ExitStatus {
@@ -155,9 +168,17 @@ impl Supervisor {
                     });
                     if machine.is_terminating() || machine.is_done() {
                         stop.stop(Duration::ZERO);
+                    } else {
+                        self.start_probes(machine, c, &container_id, &tx);
                     }
                     self.running.insert(c, stop);
-                    machine.on_started(c, container_id, image_id, now)
+                    // The sandbox may have been made by this start (a retry).
+                    machine.set_pod_ip(self.runtime.pod_ip(&self.pod));
+                    if adopted {
+                        machine.on_adopted(c, container_id, image_id, now)
+                    } else {
+                        machine.on_started(c, container_id, image_id, now)
+                    }
                 }
                 Event::Started(c, Err(e)) => {
                     self.starting -= 1;
@@ -166,6 +187,9 @@ impl Supervisor {
                 }
                 Event::Exited(c, status) => {
                     self.running.remove(&c);
+                    for p in self.probes.remove(&c).unwrap_or_default() {
+                        p.abort();
+                    }
                     info!(container = %self.name_of(machine, c), exit_code = status.exit_code, reason = ?status.reason, "container exited");
                     machine.on_exited(
                         c,
@@ -178,6 +202,25 @@ impl Supervisor {
                     )
                 }
                 Event::Timer(c) => machine.on_timer(c, now),
+                Event::Probe {
+                    c,
+                    container_id,
+                    kind,
+                    result,
+                } => {
+                    if let Err(why) = &result {
+                        let name = self.name_of(machine, c);
+                        info!(container = %name, probe = kind.as_str(), %why, "probe failed");
+                        self.pod.events.emit(
+                            &self.pod.spec,
+                            Some(&name),
+                            EventType::Warning,
+                            "Unhealthy",
+                            format!("{} probe failed: {why}", kind.as_str()),
+                        );
+                    }
+                    machine.on_probe(c, &container_id, kind, result.is_ok(), now)
+                }
                 Event::StopDeadline => {
                     // The runtime did not confirm the stop in time; the
                     // containers are gone from our side regardless.
@@ -199,6 +242,60 @@ impl Supervisor {
                 return;
             }
         }
+    }
+
+    /// Starts one loop per probe of a container run: wait the initial
+    /// delay, then check every period and report each result.
+    fn start_probes(
+        &mut self,
+        machine: &PodMachine,
+        c: ContainerRef,
+        container_id: &str,
+        tx: &mpsc::UnboundedSender<Event>,
+    ) {
+        let Some(container) = machine.container(c) else {
+            return;
+        };
+        if c.init {
+            return;
+        }
+        let pod_ip = machine.status().pod_ip.clone().unwrap_or_default();
+        let mut handles = Vec::new();
+        for (kind, probe) in [
+            (ProbeKind::Startup, &container.startup_probe),
+            (ProbeKind::Liveness, &container.liveness_probe),
+            (ProbeKind::Readiness, &container.readiness_probe),
+        ] {
+            let Some(probe) = probe.clone() else { continue };
+            let (runtime, tx) = (self.runtime.clone(), tx.clone());
+            let (container_id, pod_ip) = (container_id.to_string(), pod_ip.clone());
+            let task = tokio::spawn(
+                async move {
+                    tokio::time::sleep(Duration::from_secs(u64::from(probe.initial_delay_secs)))
+                        .await;
+                    let period = Duration::from_secs(u64::from(probe.period_secs.max(1)));
+                    let mut tick = tokio::time::interval(period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tick.tick().await;
+                        let result =
+                            probe::check(&probe, runtime.as_ref(), &container_id, &pod_ip).await;
+                        let event = Event::Probe {
+                            c,
+                            container_id: container_id.clone(),
+                            kind,
+                            result,
+                        };
+                        if tx.send(event).is_err() {
+                            return;
+                        }
+                    }
+                }
+                .in_current_span(),
+            );
+            handles.push(task.abort_handle());
+        }
+        self.probes.insert(c, handles);
     }
 
     fn name_of(&self, machine: &PodMachine, c: ContainerRef) -> String {
@@ -240,6 +337,20 @@ impl Supervisor {
                         tokio::time::sleep(delay).await;
                         let _ = tx.send(Event::Timer(c));
                     });
+                }
+                Action::Kill(c, grace) => {
+                    let name = self.name_of(machine, c);
+                    warn!(container = %name, "probe failed past its threshold; killing the container");
+                    self.pod.events.emit(
+                        &self.pod.spec,
+                        Some(&name),
+                        EventType::Normal,
+                        "Killing",
+                        format!("Container {name} failed its probe, will be restarted"),
+                    );
+                    if let Some(stop) = self.running.get_mut(&c) {
+                        stop.stop(grace);
+                    }
                 }
                 Action::StopAll { grace } => {
                     for stop in self.running.values_mut() {

@@ -5,8 +5,11 @@
 //! reports how it ended and stops it on request. Decisions stay in
 //! `agent::pod_machine`.
 
+#[cfg(feature = "cri")]
+pub mod cri;
 pub mod logs;
 pub mod module_source;
+pub mod registry_auth;
 #[cfg(feature = "wasm")]
 pub mod wasm;
 
@@ -18,7 +21,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::model::{Container, PodSpec};
+use crate::model::{Container, Event, EventType, PodSpec};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -29,6 +32,12 @@ pub enum RuntimeError {
     /// The image (module) could not be fetched or verified.
     #[error("{0}")]
     ImagePull(String),
+    /// The image is not present and the pull policy is Never.
+    #[error("{0}")]
+    ImageNeverPull(String),
+    /// The pod's sandbox (network, cgroup) could not be created.
+    #[error("{0}")]
+    Sandbox(String),
     /// The image is invalid for this runtime (not a Wasm module, …).
     #[error("{0}")]
     InvalidImage(String),
@@ -47,6 +56,8 @@ impl RuntimeError {
     pub fn reason(&self) -> &'static str {
         match self {
             RuntimeError::ImagePull(_) => "ErrImagePull",
+            RuntimeError::ImageNeverPull(_) => "ErrImageNeverPull",
+            RuntimeError::Sandbox(_) => "CreatePodSandboxError",
             RuntimeError::InvalidImage(_) => "InvalidImageName",
             RuntimeError::CreateConfig(_) => "CreateContainerConfigError",
             RuntimeError::Create(_) => "CreateContainerError",
@@ -64,12 +75,46 @@ pub struct ExitStatus {
     pub message: Option<String>,
 }
 
+/// Where a runtime reports what happens to a pod (image pulls …) as
+/// Kubernetes-style events; the controller publishes them.
+#[derive(Debug, Clone, Default)]
+pub struct EventSink(Option<tokio::sync::mpsc::UnboundedSender<Event>>);
+
+impl EventSink {
+    pub fn new(tx: tokio::sync::mpsc::UnboundedSender<Event>) -> Self {
+        EventSink(Some(tx))
+    }
+
+    pub fn emit(
+        &self,
+        pod: &PodSpec,
+        container: Option<&str>,
+        kind: EventType,
+        reason: &str,
+        message: String,
+    ) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(Event {
+                namespace: Some(pod.namespace.clone()),
+                pod: Some(pod.name.clone()),
+                container: container.map(str::to_string),
+                kind,
+                reason: reason.into(),
+                message,
+                timestamp_ms: crate::model::now_ms(),
+            });
+        }
+    }
+}
+
 /// Everything a runtime needs to know about the pod a container belongs to.
 #[derive(Debug, Clone)]
 pub struct PodContext {
     pub spec: PodSpec,
     /// `{data_dir}/pods/{namespace}_{name}_{uid}`: volumes and logs live here.
     pub pod_dir: PathBuf,
+    /// Events about this pod (pulls, failures).
+    pub events: EventSink,
 }
 
 impl PodContext {
@@ -86,6 +131,9 @@ pub struct RunningContainer {
     pub exited: oneshot::Receiver<ExitStatus>,
     /// Asks the container to stop within the grace period.
     pub stop: StopHandle,
+    /// Found running (or exited) from before an agent restart rather than
+    /// started now: its restart count does not change.
+    pub adopted: bool,
 }
 
 /// Asks a running container to stop. Dropping it does not stop anything.
@@ -124,6 +172,55 @@ pub trait Runtime: Send + Sync {
     ) -> BoxFuture<'a, Result<RunningContainer, RuntimeError>>;
     /// Removes what `prepare_pod` made, once every container has stopped.
     fn cleanup_pod<'a>(&'a self, pod: &'a PodContext) -> BoxFuture<'a, ()>;
+    /// Runs a command in a running container (exec probes); returns its exit
+    /// code and output.
+    fn exec_sync<'a>(
+        &'a self,
+        _container_id: &'a str,
+        _command: &'a [String],
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<(i32, String), RuntimeError>> {
+        let name = self.name();
+        Box::pin(async move {
+            Err(RuntimeError::Unavailable(format!(
+                "the {name} runtime cannot run exec probes"
+            )))
+        })
+    }
+    /// The pod's own address once `prepare_pod` succeeded; None: the node's.
+    fn pod_ip(&self, _pod: &PodContext) -> Option<String> {
+        None
+    }
+    /// Removes workloads of pods that are not desired any more (after an
+    /// agent restart, once the desired set is loaded from the store).
+    fn remove_orphans<'a>(&'a self, _desired_uids: Vec<String>) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Writes configMap/secret files into a volume directory with their mode;
+/// a name that would leave the directory is refused.
+pub fn write_volume_files(
+    dir: &std::path::Path,
+    files: &[(String, Vec<u8>)],
+    mode: u32,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    for (name, bytes) in files {
+        let path = dir.join(name);
+        if !path.starts_with(dir) || name.contains("..") {
+            return Err(std::io::Error::other(format!(
+                "file name {name:?} leaves the volume"
+            )));
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, bytes)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 /// Makes a runtime.

@@ -187,14 +187,23 @@ impl WasmRuntime {
     }
 
     /// Fetches, verifies and compiles a module, or takes it from a cache.
-    async fn load(&self, image: &str) -> Result<(Compiled, String), RuntimeError> {
+    async fn load(
+        &self,
+        image: &str,
+        secrets: &[String],
+        policy: crate::model::PullPolicy,
+    ) -> Result<(Compiled, String), RuntimeError> {
+        let refs_dir = self.opts.data_dir.join("wasm-cache").join("oci-refs");
         let r = ModuleRef::parse(image).map_err(|e| RuntimeError::InvalidImage(e.to_string()))?;
-        let Some(sha256) = r.sha256().map(str::to_string) else {
-            // OCI references: `fetch` says what is and is not supported.
-            let e = module_source::fetch(&r, &self.http).await.err();
-            return Err(RuntimeError::ImagePull(
-                e.map(|e| e.to_string()).unwrap_or_default(),
-            ));
+        // OCI references learn their digest from the registry's manifest
+        // (and bring the layer unless it is cached).
+        let (sha256, mut pulled) = match r.sha256() {
+            Some(sha256) => (sha256.to_string(), None),
+            None => module_source::pull_oci(image, secrets, policy, &refs_dir, |sha| {
+                self.memory_cached(sha).is_some() || self.cache_path(sha).is_file()
+            })
+            .await
+            .map_err(|e| RuntimeError::ImagePull(e.to_string()))?,
         };
         if let Some(c) = self.memory_cached(&sha256) {
             return Ok((c, sha256));
@@ -203,9 +212,24 @@ impl WasmRuntime {
         let compiled = match self.load_cached(&cache) {
             Some(c) => c,
             None => {
-                let bytes = module_source::fetch(&r, &self.http)
+                let bytes = match pulled.take() {
+                    Some(bytes) => bytes,
+                    // A cache entry that would not load: pull the layer again.
+                    None if matches!(r, ModuleRef::Oci(_)) => module_source::pull_oci(
+                        image,
+                        secrets,
+                        crate::model::PullPolicy::Always,
+                        &refs_dir,
+                        |_| false,
+                    )
                     .await
-                    .map_err(|e| RuntimeError::ImagePull(e.to_string()))?;
+                    .map_err(|e| RuntimeError::ImagePull(e.to_string()))?
+                    .1
+                    .unwrap_or_default(),
+                    None => module_source::fetch(&r, &self.http)
+                        .await
+                        .map_err(|e| RuntimeError::ImagePull(e.to_string()))?,
+                };
                 let engine = self.engine.clone();
                 let compiled = tokio::task::spawn_blocking(move || compile(&engine, &bytes))
                     .await
@@ -423,7 +447,7 @@ impl Runtime for WasmRuntime {
                     VolumeSource::Files {
                         files,
                         default_mode,
-                    } => write_files(&dir, files, *default_mode),
+                    } => super::write_volume_files(&dir, files, *default_mode),
                 };
                 made.map_err(|e| {
                     RuntimeError::CreateConfig(format!("cannot set up volume {:?}: {e}", v.name))
@@ -440,7 +464,13 @@ impl Runtime for WasmRuntime {
         restart_count: u32,
     ) -> BoxFuture<'a, Result<RunningContainer, RuntimeError>> {
         Box::pin(async move {
-            let (compiled, sha256) = self.load(&container.image).await?;
+            let (compiled, sha256) = self
+                .load(
+                    &container.image,
+                    &pod.spec.image_pull_secrets,
+                    container.image_pull_policy,
+                )
+                .await?;
             let log = LogFile::create(
                 pod.log_path(&container.name, restart_count),
                 self.opts.rotation,
@@ -551,6 +581,7 @@ impl Runtime for WasmRuntime {
                 image_id,
                 exited,
                 stop,
+                adopted: false,
             })
         })
     }
@@ -558,23 +589,4 @@ impl Runtime for WasmRuntime {
     fn cleanup_pod<'a>(&'a self, _pod: &'a PodContext) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
-}
-
-fn write_files(dir: &Path, files: &[(String, Vec<u8>)], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    for (name, bytes) in files {
-        let path = dir.join(name);
-        if !path.starts_with(dir) || name.contains("..") {
-            return Err(std::io::Error::other(format!(
-                "file name {name:?} leaves the volume"
-            )));
-        }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&path, bytes)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
 }

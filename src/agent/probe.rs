@@ -1,0 +1,226 @@
+//! Probes: the pure counting of results against thresholds (`Tracker`),
+//! and the checks themselves (`check`: exec through the runtime, httpGet and
+//! tcpSocket from the agent to the pod's address).
+//!
+//! Kubelet semantics: a startup probe holds the other two back until it
+//! succeeds; liveness and startup failures kill the container (the restart
+//! policy then decides); readiness turns the container's `ready` on after
+//! `successThreshold` successes and off after `failureThreshold` failures.
+
+use std::time::Duration;
+
+use crate::model::{Probe, ProbeHandler};
+use crate::runtime::Runtime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    Startup,
+    Liveness,
+    Readiness,
+}
+
+impl ProbeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Startup => "Startup",
+            ProbeKind::Liveness => "Liveness",
+            ProbeKind::Readiness => "Readiness",
+        }
+    }
+}
+
+/// Consecutive results of one probe of one container run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracker {
+    success_threshold: u32,
+    failure_threshold: u32,
+    successes: u32,
+    failures: u32,
+    /// The last verdict: None until a threshold was first reached.
+    state: Option<bool>,
+}
+
+impl Tracker {
+    pub fn new(probe: &Probe) -> Tracker {
+        Tracker {
+            success_threshold: probe.success_threshold.max(1),
+            failure_threshold: probe.failure_threshold.max(1),
+            successes: 0,
+            failures: 0,
+            state: None,
+        }
+    }
+
+    /// Records one result; returns the new verdict when it changes.
+    pub fn record(&mut self, success: bool) -> Option<bool> {
+        if success {
+            self.successes += 1;
+            self.failures = 0;
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+        }
+        let verdict = if self.successes >= self.success_threshold {
+            Some(true)
+        } else if self.failures >= self.failure_threshold {
+            Some(false)
+        } else {
+            None
+        };
+        match verdict {
+            // Failures are reported once per threshold reached, so a
+            // failing liveness probe kills again if the failures go on.
+            Some(false) => {
+                self.failures = 0;
+                self.state = Some(false);
+                Some(false)
+            }
+            Some(true) if self.state != Some(true) => {
+                self.state = Some(true);
+                Some(true)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn state(&self) -> Option<bool> {
+        self.state
+    }
+}
+
+/// Where network probes connect: the probe's host, else the pod's address.
+fn target_host(host: &Option<String>, pod_ip: &str) -> String {
+    host.clone()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| pod_ip.to_string())
+}
+
+/// Runs one check. `Err` carries what failed, for the event message.
+pub async fn check(
+    probe: &Probe,
+    runtime: &dyn Runtime,
+    container_id: &str,
+    pod_ip: &str,
+) -> Result<(), String> {
+    let timeout = Duration::from_secs(u64::from(probe.timeout_secs.max(1)));
+    match &probe.handler {
+        ProbeHandler::Exec { command } => {
+            match runtime.exec_sync(container_id, command, timeout).await {
+                Ok((0, _)) => Ok(()),
+                Ok((code, output)) => Err(format!(
+                    "command {command:?} exited with {code}: {}",
+                    output.trim()
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        ProbeHandler::TcpSocket { port, host } => {
+            let host = target_host(host, pod_ip);
+            match tokio::time::timeout(
+                timeout,
+                tokio::net::TcpStream::connect((host.as_str(), *port)),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {e}")),
+                Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
+            }
+        }
+        ProbeHandler::HttpGet {
+            path,
+            port,
+            host,
+            https,
+            headers,
+        } => {
+            let host = target_host(host, pod_ip);
+            let scheme = if *https { "https" } else { "http" };
+            let path = if path.starts_with('/') {
+                path.clone()
+            } else {
+                format!("/{path}")
+            };
+            let url = format!("{scheme}://{host}:{port}{path}");
+            let client = reqwest::Client::builder()
+                .timeout(timeout)
+                // Like the kubelet: https probes do not verify certificates.
+                .tls_danger_accept_invalid_certs(true)
+                .build()
+                .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+            let mut req = client.get(&url).header("User-Agent", "kube-probe/kedge");
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            match req.send().await {
+                Ok(r) if (200..400).contains(&r.status().as_u16()) => Ok(()),
+                Ok(r) => Err(format!(
+                    "HTTP probe failed with statuscode: {}",
+                    r.status().as_u16()
+                )),
+                Err(e) => Err(format!("Get \"{url}\": {e}")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(success: u32, failure: u32) -> Probe {
+        Probe {
+            handler: ProbeHandler::TcpSocket {
+                port: 1,
+                host: None,
+            },
+            initial_delay_secs: 0,
+            period_secs: 1,
+            timeout_secs: 1,
+            success_threshold: success,
+            failure_threshold: failure,
+        }
+    }
+
+    #[test]
+    fn readiness_needs_its_thresholds_both_ways() {
+        let mut t = Tracker::new(&probe(2, 3));
+        assert_eq!(t.record(true), None, "one success of two");
+        assert_eq!(t.record(true), Some(true));
+        assert_eq!(t.record(true), None, "no change");
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(true), None, "a success resets the failures");
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), Some(false));
+        assert_eq!(t.state(), Some(false));
+    }
+
+    #[test]
+    fn liveness_failures_report_once_per_threshold() {
+        let mut t = Tracker::new(&probe(1, 2));
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), Some(false));
+        assert_eq!(t.record(false), None, "counting starts again");
+        assert_eq!(t.record(false), Some(false));
+        assert_eq!(t.record(true), Some(true));
+    }
+
+    #[test]
+    fn zero_thresholds_count_as_one() {
+        let mut t = Tracker::new(&probe(0, 0));
+        assert_eq!(t.record(false), Some(false));
+        assert_eq!(t.record(true), Some(true));
+    }
+
+    #[test]
+    fn network_probes_target_the_pod_unless_a_host_is_given() {
+        assert_eq!(target_host(&None, "10.1.2.3"), "10.1.2.3");
+        assert_eq!(target_host(&Some(String::new()), "10.1.2.3"), "10.1.2.3");
+        assert_eq!(
+            target_host(&Some("127.0.0.1".into()), "10.1.2.3"),
+            "127.0.0.1"
+        );
+    }
+}

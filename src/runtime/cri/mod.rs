@@ -1,0 +1,735 @@
+//! Containers through a CRI runtime (containerd, CRI-O) over its gRPC unix
+//! socket, doing for each pod what the kubelet does: RunPodSandbox (CNI or
+//! the host's network), PullImage per imagePullPolicy with the pod's
+//! registry credentials, Create/StartContainer, exit watching, StopContainer
+//! with the grace period, StopPodSandbox/RemovePodSandbox.
+//!
+//! Adoption: every sandbox and container carries kedge's labels
+//! (`spec::LABEL_*`). After an agent restart `prepare_pod` finds the pod's
+//! ready sandbox by its uid, and `start_container` finds the container of
+//! that name that this process has not seen yet and hands it back marked
+//! `adopted` (running, or already exited), so nothing healthy is recreated.
+//! `remove_orphans` removes kedge sandboxes of pods no longer desired; the
+//! controller calls it only once the desired set is loaded from the store.
+
+pub mod spec;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tokio::sync::oneshot;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{
+    BoxFuture, ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle,
+};
+use crate::model::{Container, EventType, PullPolicy, VolumeSource};
+
+/// How often a running container's state is polled (containerd 1.6 has no
+/// container event stream in CRI).
+const POLL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone)]
+pub struct CriOptions {
+    /// `unix:///run/containerd/containerd.sock` or a bare path.
+    pub endpoint: String,
+    /// Each pod's cgroup is `{cgroup_parent}/pod{uid}`.
+    pub cgroup_parent: String,
+    /// Deadline of one CRI call.
+    pub timeout: Duration,
+    /// This node's name, a label on every sandbox.
+    pub node: String,
+}
+
+/// A pod's sandbox as this process knows it.
+#[derive(Debug, Clone)]
+struct Sandbox {
+    id: String,
+    config: cri::PodSandboxConfig,
+    ip: Option<String>,
+    /// Found running at start rather than made by this process: its
+    /// containers may be adopted.
+    adopted: bool,
+}
+
+pub struct CriRuntime {
+    opts: CriOptions,
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+    /// `containerd://1.6.20`, once `Version` answered.
+    version: Mutex<String>,
+    /// Sandboxes by pod uid; an entry lives from prepare_pod to cleanup_pod.
+    sandboxes: Mutex<HashMap<String, Sandbox>>,
+    /// Container ids this process made or adopted; adoption never picks them.
+    known: Mutex<HashSet<String>>,
+    /// Per (pod uid, container name): its containers, oldest first; all but
+    /// the last two are removed (the previous one keeps `--previous` logs).
+    history: Mutex<HashMap<(String, String), Vec<String>>>,
+}
+
+fn socket_path(endpoint: &str) -> PathBuf {
+    PathBuf::from(endpoint.strip_prefix("unix://").unwrap_or(endpoint))
+}
+
+impl CriRuntime {
+    /// Makes the client; the socket is connected on first use, so the agent
+    /// starts even while the container runtime is still coming up.
+    pub fn new(opts: CriOptions) -> Result<CriRuntime, RuntimeError> {
+        let path = socket_path(&opts.endpoint);
+        let channel = Endpoint::try_from("http://[::1]:0")
+            .map_err(|e| RuntimeError::Unavailable(format!("invalid CRI endpoint: {e}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(opts.timeout)
+            .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }));
+        Ok(CriRuntime {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+            opts,
+            version: Mutex::new(String::new()),
+            sandboxes: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashSet::new()),
+            history: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Asks the runtime for its name and version (`containerd://1.6.20`).
+    pub async fn query_version(&self) -> Result<String, RuntimeError> {
+        let v = self
+            .runtime
+            .clone()
+            .version(cri::VersionRequest {
+                version: "v1".into(),
+            })
+            .await
+            .map_err(|s| self.status_error("Version", s))?
+            .into_inner();
+        let version = format!("{}://{}", v.runtime_name, v.runtime_version);
+        if let Ok(mut g) = self.version.lock() {
+            *g = version.clone();
+        }
+        Ok(version)
+    }
+
+    /// A failed CRI call as the kubelet would word it: an unreachable
+    /// runtime is `RuntimeUnavailable`, anything else names the call.
+    fn status_error(&self, call: &str, s: tonic::Status) -> RuntimeError {
+        let transport = s.code() == tonic::Code::Unavailable
+            || (s.code() == tonic::Code::Unknown && s.message().contains("transport"));
+        if transport {
+            RuntimeError::Unavailable(format!(
+                "cannot reach the container runtime at {}: {}",
+                self.opts.endpoint,
+                s.message()
+            ))
+        } else {
+            RuntimeError::Create(format!("{call}: {}", s.message()))
+        }
+    }
+
+    fn sandbox(&self, uid: &str) -> Option<Sandbox> {
+        self.sandboxes.lock().ok()?.get(uid).cloned()
+    }
+
+    /// Makes the pod's volume directories and its log directory.
+    fn materialize(&self, pod: &PodContext) -> Result<(), RuntimeError> {
+        std::fs::create_dir_all(spec::log_directory(&pod.pod_dir)).map_err(|e| {
+            RuntimeError::CreateConfig(format!("cannot create the pod's log directory: {e}"))
+        })?;
+        for v in &pod.spec.volumes {
+            let dir = pod.pod_dir.join("volumes").join(&v.name);
+            let made = match &v.source {
+                VolumeSource::HostPath { .. } => Ok(()),
+                VolumeSource::EmptyDir { .. } => std::fs::create_dir_all(&dir),
+                VolumeSource::Files {
+                    files,
+                    default_mode,
+                } => super::write_volume_files(&dir, files, *default_mode),
+            };
+            made.map_err(|e| {
+                RuntimeError::CreateConfig(format!("cannot set up volume {:?}: {e}", v.name))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The pod's sandboxes that kedge made, any state.
+    async fn sandboxes_of(&self, uid: &str) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
+        let mut selector = HashMap::new();
+        selector.insert(spec::LABEL_MANAGED.to_string(), "true".to_string());
+        selector.insert(spec::LABEL_POD_UID.to_string(), uid.to_string());
+        let items = self
+            .runtime
+            .clone()
+            .list_pod_sandbox(cri::ListPodSandboxRequest {
+                filter: Some(cri::PodSandboxFilter {
+                    label_selector: selector,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|s| self.status_error("ListPodSandbox", s))?
+            .into_inner()
+            .items;
+        Ok(items)
+    }
+
+    async fn sandbox_ip(&self, id: &str) -> Option<String> {
+        let status = self
+            .runtime
+            .clone()
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .status?;
+        status.network.map(|n| n.ip).filter(|ip| !ip.is_empty())
+    }
+
+    async fn remove_sandbox(&self, id: &str) {
+        let mut rt = self.runtime.clone();
+        if let Err(e) = rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+        {
+            warn!(sandbox = %id, error = %e.message(), "cannot stop sandbox");
+        }
+        if let Err(e) = rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+        {
+            warn!(sandbox = %id, error = %e.message(), "cannot remove sandbox");
+        }
+    }
+
+    /// Makes sure the image is there per the pull policy; returns its id.
+    async fn ensure_image(
+        &self,
+        pod: &PodContext,
+        container: &Container,
+        sandbox: &cri::PodSandboxConfig,
+    ) -> Result<String, RuntimeError> {
+        let image = &container.image;
+        let present = if container.image_pull_policy == PullPolicy::Always {
+            None
+        } else {
+            self.images
+                .clone()
+                .image_status(cri::ImageStatusRequest {
+                    image: Some(cri::ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                })
+                .await
+                .map_err(|s| self.status_error("ImageStatus", s))?
+                .into_inner()
+                .image
+                .map(|i| i.id)
+        };
+        if let Some(id) = present {
+            return Ok(id);
+        }
+        if container.image_pull_policy == PullPolicy::Never {
+            return Err(RuntimeError::ImageNeverPull(format!(
+                "container image \"{image}\" is not present with pull policy of Never"
+            )));
+        }
+        let credentials =
+            super::registry_auth::credentials_for(image, &pod.spec.image_pull_secrets);
+        let mut attempts: Vec<Option<cri::AuthConfig>> = credentials
+            .into_iter()
+            .map(|c| {
+                Some(cri::AuthConfig {
+                    username: c.username,
+                    password: c.password,
+                    // containerd 1.6 parses this as a URL and refuses
+                    // `host:port`; the credential already matches the
+                    // image's registry, so it is left empty.
+                    server_address: String::new(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        if attempts.is_empty() {
+            attempts.push(None);
+        }
+        let mut last = String::new();
+        pod.events.emit(
+            &pod.spec,
+            Some(&container.name),
+            EventType::Normal,
+            "Pulling",
+            format!("Pulling image \"{image}\""),
+        );
+        let started = std::time::Instant::now();
+        for auth in attempts {
+            match self
+                .images
+                .clone()
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                    auth,
+                    sandbox_config: Some(sandbox.clone()),
+                })
+                .await
+            {
+                Ok(r) => {
+                    let took = started.elapsed();
+                    info!(image = %image, took_ms = took.as_millis() as u64, "pulled image");
+                    pod.events.emit(
+                        &pod.spec,
+                        Some(&container.name),
+                        EventType::Normal,
+                        "Pulled",
+                        format!("Successfully pulled image \"{image}\" in {took:.3?}"),
+                    );
+                    return Ok(r.into_inner().image_ref);
+                }
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    return Err(self.status_error("PullImage", s));
+                }
+                Err(s) => last = s.message().to_string(),
+            }
+        }
+        let message = format!("failed to pull image \"{image}\": {last}");
+        pod.events.emit(
+            &pod.spec,
+            Some(&container.name),
+            EventType::Warning,
+            "Failed",
+            format!("Failed to pull image \"{image}\": {last}"),
+        );
+        Err(RuntimeError::ImagePull(message))
+    }
+
+    /// A container of this pod and name that another agent process made:
+    /// the newest one not seen by this process.
+    async fn adoptable(
+        &self,
+        sandbox_id: &str,
+        name: &str,
+    ) -> Result<Option<cri::Container>, RuntimeError> {
+        let mut selector = HashMap::new();
+        selector.insert(spec::LABEL_CONTAINER.to_string(), name.to_string());
+        let list = self
+            .runtime
+            .clone()
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    pod_sandbox_id: sandbox_id.into(),
+                    label_selector: selector,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|s| self.status_error("ListContainers", s))?
+            .into_inner()
+            .containers;
+        let known = self.known.lock().map(|k| k.clone()).unwrap_or_default();
+        Ok(list
+            .into_iter()
+            .filter(|c| !known.contains(&c.id))
+            .filter(|c| c.state != cri::ContainerState::ContainerCreated as i32)
+            .max_by_key(|c| c.created_at))
+    }
+
+    /// Records a new container of (uid, name) and removes all but the
+    /// newest two.
+    async fn remember(&self, uid: &str, name: &str, id: &str) {
+        if let Ok(mut k) = self.known.lock() {
+            k.insert(id.to_string());
+        }
+        let old: Vec<String> = match self.history.lock() {
+            Ok(mut h) => {
+                let ids = h.entry((uid.into(), name.into())).or_default();
+                ids.push(id.into());
+                let extra = ids.len().saturating_sub(2);
+                ids.drain(..extra).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for id in old {
+            let _ = self
+                .runtime
+                .clone()
+                .remove_container(cri::RemoveContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await;
+            if let Ok(mut k) = self.known.lock() {
+                k.remove(&id);
+            }
+        }
+    }
+
+    /// Watches a container until it exits (or is stopped), then reports how.
+    fn watch(
+        &self,
+        container_id: String,
+        exit_tx: oneshot::Sender<ExitStatus>,
+        mut stop_rx: oneshot::Receiver<Duration>,
+    ) {
+        let rt = self.runtime.clone();
+        let span = info_span!("cri container", container_id = %container_id, runtime = "cri");
+        tokio::spawn(
+            async move {
+                let mut rt = rt;
+                let mut tick = tokio::time::interval(POLL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut stopping = false;
+                let mut failures = 0u32;
+                loop {
+                    tokio::select! {
+                        grace = &mut stop_rx, if !stopping => {
+                            stopping = true;
+                            let grace = grace.unwrap_or(Duration::ZERO);
+                            debug!(grace_s = grace.as_secs(), "stopping container");
+                            if let Err(e) = rt.stop_container(cri::StopContainerRequest {
+                                container_id: container_id.clone(),
+                                timeout: grace.as_secs() as i64,
+                            }).await {
+                                warn!(error = %e.message(), "cannot stop container");
+                            }
+                            tick.reset_immediately();
+                        }
+                        _ = tick.tick() => {
+                            match rt.container_status(cri::ContainerStatusRequest {
+                                container_id: container_id.clone(),
+                                verbose: false,
+                            }).await {
+                                Ok(r) => {
+                                    failures = 0;
+                                    let Some(s) = r.into_inner().status else { continue };
+                                    if s.state == cri::ContainerState::ContainerExited as i32 {
+                                        let _ = exit_tx.send(spec::exit_status(&s));
+                                        return;
+                                    }
+                                }
+                                Err(s) if s.code() == tonic::Code::NotFound => {
+                                    let _ = exit_tx.send(ExitStatus {
+                                        exit_code: 137,
+                                        reason: Some("ContainerStatusUnknown".into()),
+                                        message: Some("the container could not be located when the pod was checked".into()),
+                                    });
+                                    return;
+                                }
+                                Err(s) => {
+                                    failures += 1;
+                                    if failures == 1 || failures.is_multiple_of(50) {
+                                        warn!(error = %s.message(), "cannot read container status");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    fn running(&self, container_id: String, image_id: String, adopted: bool) -> RunningContainer {
+        let (stop, stop_rx) = StopHandle::new();
+        let (exit_tx, exited) = oneshot::channel();
+        self.watch(container_id.clone(), exit_tx, stop_rx);
+        RunningContainer {
+            container_id: format!("containerd://{container_id}"),
+            image_id,
+            exited,
+            stop,
+            adopted,
+        }
+    }
+
+    async fn start_inner(
+        &self,
+        pod: &PodContext,
+        container: &Container,
+        restart_count: u32,
+    ) -> Result<RunningContainer, RuntimeError> {
+        // No sandbox yet: `prepare_pod` failed (the runtime was down, CNI
+        // was not ready …); every start retries it, with the back-off.
+        if self.sandbox(&pod.spec.uid).is_none() {
+            self.prepare_inner(pod).await?;
+        }
+        let sandbox = self
+            .sandbox(&pod.spec.uid)
+            .ok_or_else(|| RuntimeError::Sandbox("the pod's sandbox is not ready".into()))?;
+        if sandbox.adopted
+            && let Some(found) = self.adoptable(&sandbox.id, &container.name).await?
+        {
+            info!(container = %container.name, container_id = %found.id, "adopting container");
+            self.remember(&pod.spec.uid, &container.name, &found.id)
+                .await;
+            return Ok(self.running(found.id, found.image_ref, true));
+        }
+        let image_id = self.ensure_image(pod, container, &sandbox.config).await?;
+        std::fs::create_dir_all(spec::log_directory(&pod.pod_dir).join(&container.name))
+            .map_err(|e| RuntimeError::Create(format!("cannot create the log directory: {e}")))?;
+        let config =
+            spec::container_config(&pod.spec, &pod.pod_dir, container, &image_id, restart_count)?;
+        let mut rt = self.runtime.clone();
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox.id.clone(),
+                config: Some(config),
+                sandbox_config: Some(sandbox.config.clone()),
+            })
+            .await
+            .map_err(|s| self.status_error("CreateContainer", s))?
+            .into_inner()
+            .container_id;
+        self.remember(&pod.spec.uid, &container.name, &id).await;
+        if let Err(s) = rt
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+        {
+            return Err(self.status_error("StartContainer", s));
+        }
+        Ok(self.running(id, image_id, false))
+    }
+
+    async fn prepare_inner(&self, pod: &PodContext) -> Result<(), RuntimeError> {
+        self.materialize(pod)?;
+        if self.version().is_empty() {
+            // Not up when the agent started: learn its name now.
+            self.query_version().await?;
+        }
+        let uid = &pod.spec.uid;
+        let config = spec::sandbox_config(
+            &pod.spec,
+            &pod.pod_dir,
+            &self.opts.cgroup_parent,
+            &self.opts.node,
+        );
+        // Adoption: a ready sandbox of this pod from an earlier agent process.
+        let existing = self.sandboxes_of(uid).await?;
+        let mut adopted = None;
+        for s in existing {
+            if s.state == cri::PodSandboxState::SandboxReady as i32 && adopted.is_none() {
+                adopted = Some(s.id);
+            } else {
+                self.remove_sandbox(&s.id).await;
+            }
+        }
+        let (id, was_adopted) = match adopted {
+            Some(id) => {
+                info!(sandbox = %id, "adopting pod sandbox");
+                (id, true)
+            }
+            None => {
+                let id = self
+                    .runtime
+                    .clone()
+                    .run_pod_sandbox(cri::RunPodSandboxRequest {
+                        config: Some(config.clone()),
+                        runtime_handler: String::new(),
+                    })
+                    .await
+                    .map_err(|s| match self.status_error("RunPodSandbox", s) {
+                        RuntimeError::Create(m) => RuntimeError::Sandbox(m),
+                        other => other,
+                    })?
+                    .into_inner()
+                    .pod_sandbox_id;
+                (id, false)
+            }
+        };
+        let ip = if pod.spec.host_network {
+            None
+        } else {
+            self.sandbox_ip(&id).await
+        };
+        if let Ok(mut s) = self.sandboxes.lock() {
+            s.insert(
+                uid.clone(),
+                Sandbox {
+                    id,
+                    config,
+                    ip,
+                    adopted: was_adopted,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes the pod's cgroup directories, which containerd leaves behind.
+    fn remove_pod_cgroup(&self, uid: &str) {
+        let rel = spec::pod_cgroup(&self.opts.cgroup_parent, uid);
+        let rel = rel.trim_start_matches('/');
+        let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        let mut roots: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        roots.push(PathBuf::from("/sys/fs/cgroup"));
+        for root in roots {
+            let dir = root.join(rel);
+            if dir.is_dir() {
+                remove_cgroup_tree(&dir);
+            }
+        }
+    }
+}
+
+fn remove_cgroup_tree(dir: &std::path::Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        debug!(cgroup = %dir.display(), error = %e, "cannot remove pod cgroup");
+    }
+}
+
+impl Runtime for CriRuntime {
+    fn name(&self) -> &'static str {
+        "cri"
+    }
+
+    fn version(&self) -> String {
+        self.version.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    fn prepare_pod<'a>(&'a self, pod: &'a PodContext) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.prepare_inner(pod))
+    }
+
+    fn exec_sync<'a>(
+        &'a self,
+        container_id: &'a str,
+        command: &'a [String],
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(i32, String), RuntimeError>> {
+        Box::pin(async move {
+            let id = container_id
+                .split_once("://")
+                .map(|(_, id)| id)
+                .unwrap_or(container_id);
+            let mut request = tonic::Request::new(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: command.to_vec(),
+                timeout: timeout.as_secs().max(1) as i64,
+            });
+            request.set_timeout(timeout + Duration::from_secs(2));
+            let r = self
+                .runtime
+                .clone()
+                .exec_sync(request)
+                .await
+                .map_err(|s| self.status_error("ExecSync", s))?
+                .into_inner();
+            let mut output = String::from_utf8_lossy(&r.stdout).into_owned();
+            output.push_str(&String::from_utf8_lossy(&r.stderr));
+            Ok((r.exit_code, output))
+        })
+    }
+
+    fn pod_ip(&self, pod: &PodContext) -> Option<String> {
+        self.sandbox(&pod.spec.uid).and_then(|s| s.ip)
+    }
+
+    fn start_container<'a>(
+        &'a self,
+        pod: &'a PodContext,
+        container: &'a Container,
+        restart_count: u32,
+    ) -> BoxFuture<'a, Result<RunningContainer, RuntimeError>> {
+        let span =
+            info_span!("cri start", container = %container.name, restart_count, runtime = "cri");
+        Box::pin(
+            self.start_inner(pod, container, restart_count)
+                .instrument(span),
+        )
+    }
+
+    fn cleanup_pod<'a>(&'a self, pod: &'a PodContext) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let uid = &pod.spec.uid;
+            let known = self.sandboxes.lock().ok().and_then(|mut s| s.remove(uid));
+            let mut ids: Vec<String> = known.into_iter().map(|s| s.id).collect();
+            if let Ok(found) = self.sandboxes_of(uid).await {
+                for s in found {
+                    if !ids.contains(&s.id) {
+                        ids.push(s.id);
+                    }
+                }
+            }
+            for id in ids {
+                self.remove_sandbox(&id).await;
+            }
+            if let Ok(mut h) = self.history.lock() {
+                h.retain(|(u, _), _| u != uid);
+            }
+            self.remove_pod_cgroup(uid);
+        })
+    }
+
+    fn remove_orphans<'a>(&'a self, desired_uids: Vec<String>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mut selector = HashMap::new();
+            selector.insert(spec::LABEL_MANAGED.to_string(), "true".to_string());
+            selector.insert(spec::LABEL_NODE.to_string(), self.opts.node.clone());
+            let items = match self
+                .runtime
+                .clone()
+                .list_pod_sandbox(cri::ListPodSandboxRequest {
+                    filter: Some(cri::PodSandboxFilter {
+                        label_selector: selector,
+                        ..Default::default()
+                    }),
+                })
+                .await
+            {
+                Ok(r) => r.into_inner().items,
+                Err(e) => {
+                    debug!(error = %e.message(), "cannot list sandboxes for orphans");
+                    return;
+                }
+            };
+            for s in items {
+                let uid = s
+                    .labels
+                    .get(spec::LABEL_POD_UID)
+                    .cloned()
+                    .unwrap_or_default();
+                if desired_uids.contains(&uid) {
+                    continue;
+                }
+                info!(sandbox = %s.id, pod_uid = %uid, "removing orphaned pod sandbox");
+                self.remove_sandbox(&s.id).await;
+                self.remove_pod_cgroup(&uid);
+            }
+        })
+    }
+}

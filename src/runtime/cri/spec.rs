@@ -1,0 +1,445 @@
+//! Edge pod specs → CRI v1 configs, as the kubelet builds them. Pure: no I/O,
+//! unit-tested.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1 as cri;
+
+use crate::model::{Container, PodSpec, VolumeSource};
+use crate::runtime::RuntimeError;
+
+/// Labels every kedge sandbox and container carries; adoption after an
+/// agent restart finds its workloads by them.
+pub const LABEL_MANAGED: &str = "kedge.io/managed";
+pub const LABEL_NODE: &str = "kedge.io/node";
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_CONTAINER: &str = "io.kubernetes.container.name";
+/// Annotation with the container's restart count when it was created.
+pub const ANNOTATION_RESTART: &str = "io.kubernetes.container.restartCount";
+
+/// The kubelet's CFS period.
+const CPU_PERIOD: i64 = 100_000;
+const MIN_SHARES: i64 = 2;
+const MIN_QUOTA: i64 = 1_000;
+
+/// The pod's cgroup (cgroupfs path) under `parent`.
+pub fn pod_cgroup(parent: &str, uid: &str) -> String {
+    format!("{}/pod{uid}", parent.trim_end_matches('/'))
+}
+
+/// The directory CRI writes the pod's container logs under.
+pub fn log_directory(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("logs")
+}
+
+/// The log path of a container run, relative to [`log_directory`]; the
+/// same file `runtime::logs::container_log_path` names.
+pub fn log_path(container: &str, restart_count: u32) -> String {
+    format!("{container}/{restart_count}.log")
+}
+
+fn pod_labels(spec: &PodSpec, node: &str) -> HashMap<String, String> {
+    let mut labels: HashMap<String, String> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert(LABEL_MANAGED.into(), "true".into());
+    labels.insert(LABEL_NODE.into(), node.into());
+    labels.insert(LABEL_POD_UID.into(), spec.uid.clone());
+    labels.insert(LABEL_POD_NAME.into(), spec.name.clone());
+    labels.insert(LABEL_POD_NAMESPACE.into(), spec.namespace.clone());
+    labels
+}
+
+fn protocol(p: &str) -> i32 {
+    match p.to_ascii_uppercase().as_str() {
+        "UDP" => cri::Protocol::Udp as i32,
+        "SCTP" => cri::Protocol::Sctp as i32,
+        _ => cri::Protocol::Tcp as i32,
+    }
+}
+
+/// The sandbox of a pod: its network (CNI or the host's), hostname, log
+/// directory, host ports, labels and cgroup.
+pub fn sandbox_config(
+    spec: &PodSpec,
+    pod_dir: &Path,
+    cgroup_parent: &str,
+    node: &str,
+) -> cri::PodSandboxConfig {
+    let network = if spec.host_network {
+        cri::NamespaceMode::Node
+    } else {
+        cri::NamespaceMode::Pod
+    };
+    let port_mappings = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter())
+        .flat_map(|c| c.ports.iter())
+        .filter_map(|p| {
+            p.host_port.map(|host_port| cri::PortMapping {
+                protocol: protocol(&p.protocol),
+                container_port: i32::from(p.container_port),
+                host_port: i32::from(host_port),
+                host_ip: String::new(),
+            })
+        })
+        .collect();
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: spec.name.clone(),
+            uid: spec.uid.clone(),
+            namespace: spec.namespace.clone(),
+            attempt: 0,
+        }),
+        // runc refuses a hostname without a private UTS namespace, and the
+        // kubelet leaves it empty for hostNetwork pods too.
+        hostname: if spec.host_network {
+            String::new()
+        } else {
+            spec.name.clone()
+        },
+        log_directory: log_directory(pod_dir).display().to_string(),
+        port_mappings,
+        labels: pod_labels(spec, node),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: pod_cgroup(cgroup_parent, &spec.uid),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: network as i32,
+                    pid: cri::NamespaceMode::Container as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Requests and limits → CFS shares and quota and a memory limit, with the
+/// kubelet's formulas (a limit without a request requests the limit).
+pub fn linux_resources(r: &crate::model::Resources) -> cri::LinuxContainerResources {
+    let request = r.cpu_request_millis.or(r.cpu_limit_millis);
+    let cpu_shares = match request {
+        Some(m) => ((m as i64) * 1024 / 1000).max(MIN_SHARES),
+        None => MIN_SHARES,
+    };
+    let (cpu_period, cpu_quota) = match r.cpu_limit_millis {
+        Some(m) => (CPU_PERIOD, ((m as i64) * CPU_PERIOD / 1000).max(MIN_QUOTA)),
+        None => (0, 0),
+    };
+    cri::LinuxContainerResources {
+        cpu_period,
+        cpu_quota,
+        cpu_shares,
+        memory_limit_in_bytes: r.memory_limit_bytes.map(|b| b as i64).unwrap_or(0),
+        ..Default::default()
+    }
+}
+
+/// Where a pod volume lives on the host (`hostPath`, or a directory the
+/// agent made under the pod dir).
+pub fn volume_host_path(spec: &PodSpec, pod_dir: &Path, name: &str) -> Option<PathBuf> {
+    let v = spec.volumes.iter().find(|v| v.name == name)?;
+    Some(match &v.source {
+        VolumeSource::HostPath { path } => PathBuf::from(path),
+        VolumeSource::EmptyDir { .. } | VolumeSource::Files { .. } => {
+            pod_dir.join("volumes").join(name)
+        }
+    })
+}
+
+/// The container's config: process, mounts, log file, resources and
+/// security context.
+pub fn container_config(
+    spec: &PodSpec,
+    pod_dir: &Path,
+    container: &Container,
+    image_ref: &str,
+    restart_count: u32,
+) -> Result<cri::ContainerConfig, RuntimeError> {
+    let mut mounts = Vec::new();
+    for m in &container.volume_mounts {
+        let host = volume_host_path(spec, pod_dir, &m.name).ok_or_else(|| {
+            RuntimeError::CreateConfig(format!(
+                "volume {:?} of container {:?} is not defined in the pod",
+                m.name, container.name
+            ))
+        })?;
+        let host = match &m.sub_path {
+            Some(sub) if sub.contains("..") || sub.starts_with('/') => {
+                return Err(RuntimeError::CreateConfig(format!(
+                    "subPath {sub:?} of volume {:?} must be a relative path inside it",
+                    m.name
+                )));
+            }
+            Some(sub) => host.join(sub),
+            None => host,
+        };
+        mounts.push(cri::Mount {
+            container_path: m.mount_path.clone(),
+            host_path: host.display().to_string(),
+            readonly: m.read_only,
+            ..Default::default()
+        });
+    }
+    let sc = container.security_context.clone().unwrap_or_default();
+    let mut labels = HashMap::new();
+    labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
+    labels.insert(LABEL_POD_UID.to_string(), spec.uid.clone());
+    labels.insert(LABEL_POD_NAME.to_string(), spec.name.clone());
+    labels.insert(LABEL_POD_NAMESPACE.to_string(), spec.namespace.clone());
+    labels.insert(LABEL_CONTAINER.to_string(), container.name.clone());
+    let mut annotations = HashMap::new();
+    annotations.insert(ANNOTATION_RESTART.to_string(), restart_count.to_string());
+    Ok(cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: container.name.clone(),
+            attempt: restart_count,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image_ref.into(),
+            user_specified_image: container.image.clone(),
+            ..Default::default()
+        }),
+        command: container.command.clone(),
+        args: container.args.clone(),
+        working_dir: container.working_dir.clone().unwrap_or_default(),
+        envs: container
+            .env
+            .iter()
+            .map(|e| cri::KeyValue {
+                key: e.name.clone(),
+                value: e.value.clone(),
+            })
+            .collect(),
+        mounts,
+        labels,
+        annotations,
+        log_path: log_path(&container.name, restart_count),
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(linux_resources(&container.resources)),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    add_capabilities: sc.capabilities_add.clone(),
+                    drop_capabilities: sc.capabilities_drop.clone(),
+                    ..Default::default()
+                }),
+                privileged: sc.privileged,
+                namespace_options: Some(cri::NamespaceOption {
+                    network: if spec.host_network {
+                        cri::NamespaceMode::Node as i32
+                    } else {
+                        cri::NamespaceMode::Pod as i32
+                    },
+                    pid: cri::NamespaceMode::Container as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                run_as_user: sc.run_as_user.map(|value| cri::Int64Value { value }),
+                run_as_group: sc.run_as_group.map(|value| cri::Int64Value { value }),
+                readonly_rootfs: sc.read_only_root_filesystem,
+                // allowPrivilegeEscalation: false is no_new_privs (the
+                // kubelet's default is to allow it).
+                no_new_privs: sc.allow_privilege_escalation == Some(false),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    })
+}
+
+/// How a container ended, from its CRI status: the runtime's reason when it
+/// is telling (`OOMKilled`), otherwise the exit code decides.
+pub fn exit_status(s: &cri::ContainerStatus) -> crate::runtime::ExitStatus {
+    let reason = match s.reason.as_str() {
+        "" | "Completed" | "Error" => None,
+        other => Some(other.to_string()),
+    };
+    crate::runtime::ExitStatus {
+        exit_code: s.exit_code,
+        reason,
+        message: (!s.message.is_empty()).then(|| s.message.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::samples;
+    use crate::model::{
+        ContainerPort, PullPolicy, Resources, RestartPolicy, RuntimeKind, SecurityContext, Volume,
+        VolumeMount,
+    };
+
+    fn container() -> Container {
+        Container {
+            name: "app".into(),
+            image: "kedge.test/busybox:1".into(),
+            image_pull_policy: PullPolicy::IfNotPresent,
+            command: vec!["/bin/sh".into()],
+            args: vec!["-c".into(), "echo hi".into()],
+            working_dir: Some("/tmp".into()),
+            env: vec![crate::model::EnvVar {
+                name: "A".into(),
+                value: "1".into(),
+            }],
+            volume_mounts: vec![VolumeMount {
+                name: "data".into(),
+                mount_path: "/data".into(),
+                read_only: true,
+                sub_path: Some("sub".into()),
+            }],
+            ports: vec![ContainerPort {
+                name: None,
+                container_port: 80,
+                host_port: Some(8080),
+                protocol: "TCP".into(),
+            }],
+            resources: Resources {
+                cpu_request_millis: Some(250),
+                cpu_limit_millis: Some(500),
+                memory_request_bytes: None,
+                memory_limit_bytes: Some(64 << 20),
+            },
+            liveness_probe: None,
+            readiness_probe: None,
+            startup_probe: None,
+            security_context: Some(SecurityContext {
+                run_as_user: Some(1000),
+                run_as_group: Some(2000),
+                read_only_root_filesystem: true,
+                privileged: false,
+                allow_privilege_escalation: Some(false),
+                capabilities_add: vec!["NET_ADMIN".into()],
+                capabilities_drop: vec!["ALL".into()],
+            }),
+        }
+    }
+
+    fn pod() -> PodSpec {
+        let mut spec = samples::spec("web", "u1", 1, RestartPolicy::Always);
+        spec.runtime = RuntimeKind::Container;
+        spec.containers = vec![container()];
+        spec.volumes = vec![Volume {
+            name: "data".into(),
+            source: VolumeSource::EmptyDir {
+                memory: false,
+                size_limit_bytes: None,
+            },
+        }];
+        spec
+    }
+
+    #[test]
+    fn sandbox_has_labels_ports_cgroup_and_network_mode() {
+        let spec = pod();
+        let c = sandbox_config(&spec, Path::new("/d/pods/p"), "/kedge", "gw");
+        assert_eq!(c.hostname, "web");
+        assert_eq!(c.log_directory, "/d/pods/p/logs");
+        assert_eq!(c.labels[LABEL_POD_UID], "u1");
+        assert_eq!(c.labels[LABEL_NODE], "gw");
+        assert_eq!(c.port_mappings.len(), 1);
+        assert_eq!(c.port_mappings[0].host_port, 8080);
+        let linux = c.linux.expect("linux");
+        assert_eq!(linux.cgroup_parent, "/kedge/podu1");
+        let ns = linux
+            .security_context
+            .and_then(|s| s.namespace_options)
+            .expect("ns");
+        assert_eq!(ns.network, cri::NamespaceMode::Pod as i32);
+
+        let mut host = pod();
+        host.host_network = true;
+        let c = sandbox_config(&host, Path::new("/d"), "/kedge/", "gw");
+        assert_eq!(c.hostname, "", "hostNetwork sandboxes have no hostname");
+        let ns = c
+            .linux
+            .and_then(|l| l.security_context)
+            .and_then(|s| s.namespace_options)
+            .expect("ns");
+        assert_eq!(ns.network, cri::NamespaceMode::Node as i32);
+    }
+
+    #[test]
+    fn resources_follow_the_kubelet_formulas() {
+        let r = linux_resources(&container().resources);
+        assert_eq!(r.cpu_shares, 256);
+        assert_eq!(r.cpu_period, 100_000);
+        assert_eq!(r.cpu_quota, 50_000);
+        assert_eq!(r.memory_limit_in_bytes, 64 << 20);
+        let none = linux_resources(&Resources::default());
+        assert_eq!((none.cpu_shares, none.cpu_quota), (2, 0));
+        let tiny = linux_resources(&Resources {
+            cpu_limit_millis: Some(1),
+            ..Default::default()
+        });
+        assert_eq!((tiny.cpu_shares, tiny.cpu_quota), (2, 1_000));
+    }
+
+    #[test]
+    fn container_config_carries_process_mounts_logs_and_security() {
+        let spec = pod();
+        let c = container_config(
+            &spec,
+            Path::new("/d/p"),
+            &spec.containers[0],
+            "sha256:ab",
+            3,
+        )
+        .expect("config");
+        assert_eq!(c.command, ["/bin/sh"]);
+        assert_eq!(c.args, ["-c", "echo hi"]);
+        assert_eq!(c.working_dir, "/tmp");
+        assert_eq!(c.envs[0].key, "A");
+        assert_eq!(c.log_path, "app/3.log");
+        assert_eq!(c.metadata.as_ref().map(|m| m.attempt), Some(3));
+        assert_eq!(c.mounts[0].host_path, "/d/p/volumes/data/sub");
+        assert!(c.mounts[0].readonly);
+        assert_eq!(c.labels[LABEL_CONTAINER], "app");
+        let sc = c.linux.and_then(|l| l.security_context).expect("security");
+        assert_eq!(sc.run_as_user.map(|v| v.value), Some(1000));
+        assert_eq!(sc.run_as_group.map(|v| v.value), Some(2000));
+        assert!(sc.readonly_rootfs && sc.no_new_privs && !sc.privileged);
+        let caps = sc.capabilities.expect("caps");
+        assert_eq!(caps.drop_capabilities, ["ALL"]);
+        assert_eq!(caps.add_capabilities, ["NET_ADMIN"]);
+    }
+
+    #[test]
+    fn bad_mounts_are_config_errors() {
+        let mut spec = pod();
+        spec.containers[0].volume_mounts[0].name = "missing".into();
+        let e = container_config(&spec, Path::new("/d"), &spec.containers[0], "x", 0)
+            .expect_err("missing volume");
+        assert_eq!(e.reason(), "CreateContainerConfigError");
+        let mut spec = pod();
+        spec.containers[0].volume_mounts[0].sub_path = Some("../etc".into());
+        assert!(container_config(&spec, Path::new("/d"), &spec.containers[0], "x", 0).is_err());
+    }
+
+    #[test]
+    fn exit_reasons_keep_oom_and_let_codes_decide_otherwise() {
+        let s = cri::ContainerStatus {
+            exit_code: 137,
+            reason: "OOMKilled".into(),
+            ..Default::default()
+        };
+        assert_eq!(exit_status(&s).reason.as_deref(), Some("OOMKilled"));
+        let s = cri::ContainerStatus {
+            exit_code: 3,
+            reason: "Error".into(),
+            ..Default::default()
+        };
+        assert_eq!(exit_status(&s).reason, None);
+        assert_eq!(exit_status(&s).exit_code, 3);
+    }
+}

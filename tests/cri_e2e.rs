@@ -1,0 +1,1069 @@
+//! Container pods end to end: the real `kedge agent` against a real
+//! Mosquitto and a real containerd (CRI, runc, CNI bridge) started by
+//! `tests/support/cri.rs`, with busybox images built locally.
+//!
+//! These tests need root; without it each one says so loudly and returns.
+#![cfg(feature = "cri")]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::cri::{BUSYBOX, Containerd, cri_tests_can_run};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// ConfigMaps or Secrets by name: key → bytes.
+type Objects = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+struct CriEnv {
+    // Dropped in reverse order of declaration: the agent first, then
+    // containerd (which tears down pods, bridge, iptables and cgroups).
+    agent: Agent,
+    broker: Mosquitto,
+    containerd: Containerd,
+    dir: tempfile::TempDir,
+    node: String,
+}
+
+impl CriEnv {
+    fn start(node: &str) -> CriEnv {
+        let containerd = Containerd::start();
+        let broker = Mosquitto::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = start_agent(node, &broker, &containerd, dir.path());
+        CriEnv {
+            agent,
+            broker,
+            containerd,
+            dir,
+            node: node.into(),
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let url = self.broker.url();
+        let mut all = vec!["--broker", url.as_str()];
+        all.extend_from_slice(args);
+        kedge(&all)
+    }
+
+    fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "kedge {args:?} failed:\nstdout: {}\nstderr: {}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.agent.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, yaml: &str) {
+        let path = self
+            .dir
+            .path()
+            .join(format!("m-{}.yaml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, yaml).expect("write manifest");
+        self.cli_ok(&[
+            "apply",
+            "-f",
+            path.to_str().expect("utf8"),
+            "--node",
+            &self.node,
+        ]);
+    }
+
+    /// Publishes a spec converted with ConfigMaps resolved from `config_maps`
+    /// (what the bridge does with the cluster's objects).
+    fn apply_resolved(&self, yaml: &str, config_maps: Objects) {
+        self.apply_with(yaml, config_maps, Objects::new())
+    }
+
+    /// Publishes a spec converted with ConfigMaps and Secrets resolved from
+    /// these maps (name → key → bytes).
+    fn apply_with(&self, yaml: &str, config_maps: Objects, secrets: Objects) {
+        struct Maps(Objects, Objects);
+        impl kedge::model::convert::Resolver for Maps {
+            fn config_map(&self, _ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+                self.0.get(name).cloned()
+            }
+            fn secret(&self, _ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+                self.1.get(name).cloned()
+            }
+        }
+        let pods = kedge::model::convert::parse_pod_manifests(yaml).expect("parse");
+        let mut spec =
+            kedge::model::convert::pod_spec_from_k8s_with(&pods[0], &Maps(config_maps, secrets))
+                .expect("convert");
+        spec.uid = uuid::Uuid::new_v4().to_string();
+        spec.generation = 1;
+        let payload = kedge::wire::encode(1, &kedge::wire::Message::DesiredPod(spec.clone()))
+            .expect("encode");
+        publish_raw(
+            &self.broker.url(),
+            &format!(
+                "kedge/v1/{}/desired/{}/{}",
+                self.node, spec.namespace, spec.name
+            ),
+            &payload,
+            true,
+        );
+    }
+
+    fn status(&self, name: &str) -> Option<Value> {
+        let out = kedge_ok(&[
+            "--broker",
+            &self.broker.url(),
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "json",
+        ]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v["items"]
+            .as_array()?
+            .iter()
+            .map(|i| i["status"].clone())
+            .find(|s| s["name"] == name)
+    }
+
+    fn wait_status(&self, what: &str, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let found = {
+            let mut last = None;
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                wait_until(what, WAIT, || {
+                    let s = self.status(name);
+                    last = s.clone();
+                    s.filter(|s| pred(s))
+                })
+            }));
+            r.map_err(|_| last)
+        };
+        match found {
+            Ok(v) => v,
+            Err(last) => panic!(
+                "timed out waiting for {what}; last status: {}\n--- agent log (tail):\n{}\n--- containerd log (tail):\n{}",
+                serde_json::to_string_pretty(&last).unwrap_or_default(),
+                tail(&self.agent.log(), 60),
+                tail(&self.containerd.log(), 40),
+            ),
+        }
+    }
+
+    fn logs(&self, pod: &str, container: &str) -> String {
+        self.cli_ok(&["logs", pod, "-c", container])
+    }
+}
+
+fn start_agent(
+    node: &str,
+    broker: &Mosquitto,
+    containerd: &Containerd,
+    dir: &std::path::Path,
+) -> Agent {
+    let mut extra = containerd.agent_args();
+    for s in [
+        "backoff.initial_ms=300",
+        "backoff.max_ms=600",
+        "node.heartbeat_ms=500",
+    ] {
+        extra.push("--set".into());
+        extra.push(s.into());
+    }
+    Agent::start(AgentOpts {
+        node: node.into(),
+        broker_url: Some(broker.url()),
+        data_dir: dir.join("data"),
+        extra_args: extra,
+        env: vec![],
+    })
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn phase(s: &Value) -> &str {
+    s["phase"].as_str().unwrap_or_default()
+}
+
+fn named<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["container_statuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+fn all_running(s: &Value) -> bool {
+    s["container_statuses"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty() && a.iter().all(|c| c["state"].get("Running").is_some()))
+}
+
+#[test]
+fn two_containers_share_localhost_and_an_empty_dir() {
+    if !cri_tests_can_run("two_containers_share_localhost_and_an_empty_dir") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-pair");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: pair}}
+spec:
+  containers:
+  - name: server
+    image: {BUSYBOX}
+    command: [sh, -c, "mkdir -p /shared/www && echo served-over-localhost > /shared/www/index.html && exec httpd -f -p 8080 -h /shared/www"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+  - name: client
+    image: {BUSYBOX}
+    command: [sh, -c, "until wget -qO /shared/got http://127.0.0.1:8080/; do sleep 0.2; done; cat /shared/got; echo client-saw-$(cat /shared/www/index.html); exec sleep 3600"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+  volumes:
+  - name: shared
+    emptyDir: {{}}
+"#
+    ));
+    let s = env.wait_status("both containers running", "pair", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    // The pod has its own address from the CNI bridge's subnet.
+    let ip = s["pod_ip"].as_str().expect("pod ip");
+    let prefix = env.containerd.subnet.rsplit_once('.').expect("subnet").0;
+    assert!(
+        ip.starts_with(prefix),
+        "pod ip {ip} not in {}",
+        env.containerd.subnet
+    );
+    for c in ["server", "client"] {
+        let st = named(&s, c);
+        assert!(
+            st["container_id"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("containerd://"),
+            "{st}"
+        );
+        assert!(
+            st["image_id"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("sha256:"),
+            "{st}"
+        );
+    }
+    wait_until("client logs", WAIT, || {
+        let l = env.logs("pair", "client");
+        (l.contains("served-over-localhost") && l.contains("client-saw-served-over-localhost"))
+            .then_some(())
+    });
+    // The node reports the container runtime it talks to.
+    let nodes = env.cli_ok(&["get", "nodes", "-o", "json"]);
+    assert!(nodes.contains("containerd://"), "{nodes}");
+
+    // Delete: the sandbox and its containers go away.
+    env.cli_ok(&["delete", "pod", "pair"]);
+    wait_until("pod status removed", WAIT, || {
+        env.status("pair").is_none().then_some(())
+    });
+    wait_until("containers removed from containerd", WAIT, || {
+        env.containerd
+            .ctr(&["-n", "k8s.io", "containers", "list", "-q"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+}
+
+#[test]
+fn init_output_env_and_config_files_reach_the_app() {
+    if !cri_tests_can_run("init_output_env_and_config_files_reach_the_app") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-init");
+    let mut maps = BTreeMap::new();
+    maps.insert(
+        "app-config".to_string(),
+        BTreeMap::from([("app.conf".to_string(), b"level=debug\n".to_vec())]),
+    );
+    env.apply_resolved(
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: initpod, namespace: default}}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - name: prepare
+    image: {BUSYBOX}
+    command: [sh, -c, "echo prepared-by-init > /work/msg"]
+    volumeMounts: [{{name: work, mountPath: /work}}]
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    workingDir: /work
+    env: [{{name: GREETING, value: hello-from-env}}]
+    command: [sh, -c, "cat msg; echo greeting=$GREETING; cat /config/app.conf; echo cwd=$(pwd)"]
+    volumeMounts:
+    - {{name: work, mountPath: /work}}
+    - {{name: config, mountPath: /config, readOnly: true}}
+  volumes:
+  - name: work
+    emptyDir: {{}}
+  - name: config
+    configMap: {{name: app-config}}
+"#
+        ),
+        maps,
+    );
+    let s = env.wait_status("pod succeeded", "initpod", |s| phase(s) == "Succeeded");
+    let init = &s["init_container_statuses"][0];
+    assert_eq!(init["state"]["Terminated"]["reason"], "Completed", "{init}");
+    let app = named(&s, "app");
+    assert_eq!(app["state"]["Terminated"]["exit_code"], 0, "{app}");
+    assert_eq!(app["state"]["Terminated"]["reason"], "Completed", "{app}");
+    let logs = env.logs("initpod", "app");
+    for want in [
+        "prepared-by-init",
+        "greeting=hello-from-env",
+        "level=debug",
+        "cwd=/work",
+    ] {
+        assert!(logs.contains(want), "missing {want:?} in logs:\n{logs}");
+    }
+    let init_logs = env.logs("initpod", "prepare");
+    assert!(
+        init_logs.is_empty() || !init_logs.contains("error"),
+        "{init_logs}"
+    );
+}
+
+#[test]
+fn exit_codes_and_oom_kills_are_reported_like_the_kubelet() {
+    if !cri_tests_can_run("exit_codes_and_oom_kills_are_reported_like_the_kubelet") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-exit");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: fails}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sh, -c, "echo failing; exit 3"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hog}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    # dd's 256 MiB buffer cannot fit under a 32 MiB limit.
+    command: [dd, if=/dev/zero, of=/dev/null, bs=256M, count=4]
+    resources:
+      limits: {{memory: 32Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: crashy}}
+spec:
+  restartPolicy: Always
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sh, -c, "echo crashing; exit 1"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: absent}}
+spec:
+  containers:
+  - name: main
+    image: kedge.test/not-here:1
+    imagePullPolicy: Never
+"#
+    ));
+    let s = env.wait_status("failed pod", "fails", |s| phase(s) == "Failed");
+    let t = &named(&s, "main")["state"]["Terminated"];
+    assert_eq!(t["exit_code"], 3, "{s}");
+    assert_eq!(t["reason"], "Error", "{s}");
+    assert!(env.logs("fails", "main").contains("failing"));
+
+    let s = env.wait_status("oom-killed pod", "hog", |s| phase(s) == "Failed");
+    let t = &named(&s, "main")["state"]["Terminated"];
+    assert_eq!(t["reason"], "OOMKilled", "{s}");
+    assert_eq!(t["exit_code"], 137, "{s}");
+
+    // Restarted by the same supervisor and back-off as Wasm containers.
+    let s = env.wait_status("crash loop", "crashy", |s| {
+        named(s, "main")["restart_count"].as_u64().unwrap_or(0) >= 2
+            && named(s, "main")["state"]["Waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    assert_eq!(
+        named(&s, "main")["last_state"]["Terminated"]["exit_code"],
+        1,
+        "{s}"
+    );
+    let previous = env.cli_ok(&["logs", "crashy", "-c", "main", "--previous"]);
+    assert!(
+        previous.contains("crashing"),
+        "the previous run's log: {previous}"
+    );
+
+    let s = env.wait_status("never pulled", "absent", |s| {
+        named(s, "main")["state"]["Waiting"]["reason"] == "ErrImageNeverPull"
+    });
+    let message = named(&s, "main")["state"]["Waiting"]["message"].to_string();
+    assert!(
+        message.contains("kedge.test/not-here:1") && message.contains("Never"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_killed_agent_adopts_its_running_containers() {
+    if !cri_tests_can_run("a_killed_agent_adopts_its_running_containers") {
+        return;
+    }
+    let mut env = CriEnv::start("gw-cri-adopt");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: steady}}
+spec:
+  initContainers:
+  - name: setup
+    image: {BUSYBOX}
+    command: [sh, -c, "echo setup"]
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sh, -c, "echo started-once; exec sleep 3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: forgotten}}
+spec:
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+"#
+    ));
+    env.wait_status("second pod running", "forgotten", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    let before = env.wait_status("pod running", "steady", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    let id_before = named(&before, "main")["container_id"].clone();
+    let all_before = env.containerd.container_ids();
+    assert_eq!(
+        all_before.len(),
+        5,
+        "two sandboxes, init and two app containers: {all_before:?}"
+    );
+
+    env.agent.kill9();
+    // While the agent is down its record of `forgotten` disappears (as if
+    // deleted): its sandbox becomes an orphan the next agent removes.
+    {
+        let store = kedge::store::Store::open(&env.dir.path().join("data/state.redb"))
+            .expect("open the agent's store");
+        store
+            .remove_desired(&kedge::model::PodKey::new("default", "forgotten"))
+            .expect("remove desired");
+    }
+    let ids_before = env.containerd.container_ids_of_pod("steady");
+    assert_eq!(ids_before.len(), 3, "sandbox, init and app: {ids_before:?}");
+    assert_eq!(env.containerd.container_ids_of_pod("forgotten").len(), 2);
+    env.agent = start_agent(&env.node, &env.broker, &env.containerd, env.dir.path());
+    // The log is shared by both runs; only the second one adopts.
+    wait_until("the new agent adopted the app container", WAIT, || {
+        let log = env.agent.log();
+        log.lines()
+            .any(|l| {
+                l.contains("container started") && l.contains("main") && l.contains("adopted=true")
+            })
+            .then_some(())
+    });
+    let after = env.wait_status("pod running after restart", "steady", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    let main = named(&after, "main");
+    assert_eq!(main["container_id"], id_before, "{after}");
+    assert_eq!(main["restart_count"], 0, "{after}");
+    assert_eq!(
+        env.containerd.container_ids_of_pod("steady"),
+        ids_before,
+        "no container was created anew"
+    );
+    wait_until("the orphaned pod's containers are removed", WAIT, || {
+        env.containerd
+            .container_ids_of_pod("forgotten")
+            .is_empty()
+            .then_some(())
+    });
+    assert!(env.agent.log().contains("removing orphaned pod sandbox"));
+    assert_eq!(
+        env.logs("steady", "main").matches("started-once").count(),
+        1,
+        "the app ran once"
+    );
+}
+
+fn condition(s: &Value, kind: &str) -> Option<bool> {
+    s["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["kind"] == kind)?["status"]
+        .as_bool()
+}
+
+#[test]
+fn probes_drive_readiness_and_restart_unhealthy_containers() {
+    if !cri_tests_can_run("probes_drive_readiness_and_restart_unhealthy_containers") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-probe");
+    let events = Subscriber::start(
+        &env.broker.url(),
+        &format!("kedge/v1/{}/events", env.node),
+        None,
+    );
+    // The test controls both probes through files in a hostPath volume:
+    // `ready` is served by httpd (readiness httpGet), `healthy` is read by
+    // the liveness exec probe; a startup tcpSocket probe waits for httpd.
+    let www = env.dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("mkdir www");
+    std::fs::write(www.join("healthy"), "ok").expect("healthy");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: probed}}
+spec:
+  containers:
+  - name: web
+    image: {BUSYBOX}
+    command: [httpd, -f, -p, "8080", -h, /www]
+    volumeMounts: [{{name: www, mountPath: /www}}]
+    startupProbe:
+      tcpSocket: {{port: 8080}}
+      periodSeconds: 1
+      failureThreshold: 30
+    readinessProbe:
+      httpGet: {{path: /ready, port: 8080}}
+      periodSeconds: 1
+      failureThreshold: 1
+    livenessProbe:
+      exec: {{command: [cat, /www/healthy]}}
+      periodSeconds: 1
+      failureThreshold: 2
+  volumes:
+  - name: www
+    hostPath: {{path: {www}}}
+"#,
+        www = www.display()
+    ));
+    let s = env.wait_status("running but not ready", "probed", |s| {
+        phase(s) == "Running" && all_running(s) && named(s, "web")["started"] == true
+    });
+    assert_eq!(condition(&s, "Ready"), Some(false), "{s}");
+    std::fs::write(www.join("ready"), "yes").expect("ready");
+    env.wait_status("ready", "probed", |s| condition(s, "Ready") == Some(true));
+    std::fs::remove_file(www.join("ready")).expect("unready");
+    let s = env.wait_status("not ready again", "probed", |s| {
+        condition(s, "Ready") == Some(false)
+    });
+    assert_eq!(
+        named(&s, "web")["restart_count"],
+        0,
+        "readiness never restarts: {s}"
+    );
+
+    // Liveness: the container is killed and restarted.
+    std::fs::remove_file(www.join("healthy")).expect("unhealthy");
+    let s = env.wait_status("restarted by liveness", "probed", |s| {
+        named(s, "web")["restart_count"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(
+        named(&s, "web")["last_state"]["Terminated"].is_object(),
+        "{s}"
+    );
+    for (reason, text) in [
+        ("Unhealthy", "Liveness probe failed"),
+        ("Killing", "will be restarted"),
+    ] {
+        events.wait_for(&format!("{reason} event"), WAIT, |_, p| {
+            matches!(kedge::wire::decode(p).map(|e| e.message),
+                Ok(kedge::wire::Message::Event(e)) if e.reason == reason && e.message.contains(text))
+        });
+    }
+    std::fs::write(www.join("healthy"), "ok").expect("healthy again");
+    std::fs::write(www.join("ready"), "yes").expect("ready again");
+    env.wait_status("ready after the restart", "probed", |s| {
+        condition(s, "Ready") == Some(true) && all_running(s)
+    });
+}
+
+/// Every status of `pod` published so far, decoded, in order.
+fn statuses(sub: &Subscriber) -> Vec<kedge::model::PodStatus> {
+    sub.messages()
+        .iter()
+        .filter_map(|(_, p)| match kedge::wire::decode(p).ok()?.message {
+            kedge::wire::Message::PodStatus(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn waiting_of(s: &kedge::model::PodStatus) -> Option<(String, String)> {
+    match &s.container_statuses.first()?.state {
+        kedge::model::ContainerState::Waiting { reason, message } => {
+            Some((reason.clone(), message.clone().unwrap_or_default()))
+        }
+        _ => None,
+    }
+}
+
+#[test]
+fn private_images_pull_with_credentials_and_wrong_ones_back_off() {
+    if !cri_tests_can_run("private_images_pull_with_credentials_and_wrong_ones_back_off") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-pull");
+    let registry = support::cri::Registry::start();
+    let image = registry.push_busybox("private/busybox", "v1");
+    let pod = |name: &str, secret: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default}}
+spec:
+  restartPolicy: Never
+  imagePullSecrets: [{{name: {secret}}}]
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: Always
+    command: [sh, -c, "echo pulled-and-ran"]
+"#
+        )
+    };
+    let mut secrets = Objects::new();
+    for (name, password) in [
+        ("good", registry.password.clone()),
+        ("bad", "wrong".to_string()),
+    ] {
+        secrets.insert(
+            name.into(),
+            BTreeMap::from([(
+                ".dockerconfigjson".to_string(),
+                registry.docker_config_json(&password).into_bytes(),
+            )]),
+        );
+    }
+    let events = Subscriber::start(
+        &env.broker.url(),
+        &format!("kedge/v1/{}/events", env.node),
+        None,
+    );
+    let reported = Subscriber::start(
+        &env.broker.url(),
+        &format!("kedge/v1/{}/reported/default/denied", env.node),
+        None,
+    );
+
+    env.apply_with(&pod("allowed", "good"), Objects::new(), secrets.clone());
+    let s = env.wait_status("private image ran", "allowed", |s| phase(s) == "Succeeded");
+    assert!(
+        named(&s, "main")["image_id"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("sha256:")
+    );
+    assert!(env.logs("allowed", "main").contains("pulled-and-ran"));
+    for reason in ["Pulling", "Pulled"] {
+        events.wait_for(&format!("{reason} event"), WAIT, |_, p| {
+            matches!(kedge::wire::decode(p).map(|e| e.message),
+                Ok(kedge::wire::Message::Event(e)) if e.reason == reason && e.pod.as_deref() == Some("allowed"))
+        });
+    }
+
+    env.apply_with(&pod("denied", "bad"), Objects::new(), secrets);
+    wait_until("ErrImagePull, then ImagePullBackOff", WAIT, || {
+        let reasons: Vec<(String, String)> =
+            statuses(&reported).iter().filter_map(waiting_of).collect();
+        let first_err = reasons.iter().position(|(r, _)| r == "ErrImagePull")?;
+        let backoff = reasons[first_err..]
+            .iter()
+            .find(|(r, _)| r == "ImagePullBackOff")?;
+        Some(backoff.clone())
+    });
+    let s = env.status("denied").expect("status");
+    let waiting = &named(&s, "main")["state"]["Waiting"];
+    let message = waiting["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&image) && message.contains("failed to pull image"),
+        "the message names the image and the failure: {message}"
+    );
+    assert!(
+        message.contains("401") || message.to_lowercase().contains("unauthorized"),
+        "the message says the credentials were refused: {message}"
+    );
+    assert_eq!(phase(&s), "Pending");
+}
+
+#[cfg(feature = "wasm")]
+/// Pushes a Wasm module to the registry as a Wasm OCI artifact (one
+/// `application/wasm` layer, the Wasm config media type), as `wkg` or
+/// `oras` would.
+fn push_wasm_artifact(registry: &support::cri::Registry, repo: &str, module: &[u8]) -> String {
+    use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+    let image = format!("{}/{repo}", registry.host());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    rt.block_on(async {
+        kedge::tls::install_crypto_provider();
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(vec![registry.host()]),
+            ..Default::default()
+        });
+        let reference: oci_client::Reference = image.parse().expect("reference");
+        let layer = ImageLayer::new(module.to_vec(), "application/wasm".into(), None);
+        let config = Config::new(
+            b"{}".to_vec(),
+            "application/vnd.wasm.config.v0+json".into(),
+            None,
+        );
+        let auth = oci_client::secrets::RegistryAuth::Basic(
+            registry.user.clone(),
+            registry.password.clone(),
+        );
+        client
+            .push(&reference, &[layer], config, &auth, None)
+            .await
+            .expect("push the Wasm artifact");
+    });
+    image
+}
+
+#[cfg(feature = "wasm")]
+#[test]
+fn wasm_modules_pull_from_the_same_registry_with_credentials() {
+    if !cri_tests_can_run("wasm_modules_pull_from_the_same_registry_with_credentials") {
+        return;
+    }
+    let env = CriEnv::start("gw-wasm-oci");
+    let registry = support::cri::Registry::start();
+    let module = std::fs::read(guest_wasm(GuestTarget::P1)).expect("guest module");
+    let image = push_wasm_artifact(&registry, "modules/guest:v1", &module);
+    let mut secrets = Objects::new();
+    secrets.insert(
+        "regcred".into(),
+        BTreeMap::from([(
+            ".dockerconfigjson".to_string(),
+            registry.docker_config_json(&registry.password).into_bytes(),
+        )]),
+    );
+    env.apply_with(
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: oci-module, namespace: default}}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: Never
+  imagePullSecrets: [{{name: regcred}}]
+  containers:
+  - name: main
+    image: {image}
+    args: [hello, from, the, registry]
+"#
+        ),
+        Objects::new(),
+        secrets,
+    );
+    let s = env.wait_status("module ran", "oci-module", |s| phase(s) == "Succeeded");
+    let sha = sha256_file(guest_wasm(GuestTarget::P1));
+    assert_eq!(
+        named(&s, "main")["image_id"],
+        format!("sha256:{sha}"),
+        "the layer digest was verified against the module: {s}"
+    );
+    let logs = env.logs("oci-module", "main");
+    assert!(logs.contains("from the registry"), "{logs}");
+
+    // Without credentials the registry refuses, and the status says so.
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: oci-denied}}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: Always
+"#
+    ));
+    let s = env.wait_status("pull refused", "oci-denied", |s| {
+        named(s, "main")["state"]["Waiting"]["reason"]
+            .as_str()
+            .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+    });
+    let message = named(&s, "main")["state"]["Waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains(&image), "{message}");
+    // IfNotPresent: the module is remembered, so a new pod runs from the
+    // cache even with the registry gone (a device restarting offline).
+    let registry_host = registry.host();
+    drop(registry);
+    assert!(
+        std::net::TcpStream::connect(&registry_host).is_err(),
+        "registry stopped"
+    );
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: oci-offline}}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: IfNotPresent
+    args: [hello, offline]
+"#
+    ));
+    env.wait_status("module ran offline", "oci-offline", |s| {
+        phase(s) == "Succeeded"
+    });
+    assert!(env.logs("oci-offline", "main").contains("offline"));
+}
+
+/// `GET /` over plain HTTP/1.0; the body if the server answered 200.
+fn http_get(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status_line = out.lines().next()?;
+    status_line.contains(" 200 ").then(|| out.clone())
+}
+
+#[test]
+fn host_network_and_host_ports_reach_the_containers() {
+    if !cri_tests_can_run("host_network_and_host_ports_reach_the_containers") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-net");
+    let (host_net_port, host_port) = (free_port(), free_port());
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: on-host}}
+spec:
+  hostNetwork: true
+  containers:
+  - name: web
+    image: {BUSYBOX}
+    command: [sh, -c, "mkdir -p /tmp/www && echo host-network-pod > /tmp/www/index.html && exec httpd -f -p {host_net_port} -h /tmp/www"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: mapped}}
+spec:
+  containers:
+  - name: web
+    image: {BUSYBOX}
+    command: [sh, -c, "mkdir -p /tmp/www && echo host-port-pod > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+    ports: [{{containerPort: 8080, hostPort: {host_port}}}]
+"#
+    ));
+    let s = env.wait_status("host-network pod running", "on-host", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    let host_ip = s["host_ip"].as_str().expect("host ip").to_string();
+    assert_eq!(
+        s["pod_ip"], s["host_ip"],
+        "a hostNetwork pod has the node's address: {s}"
+    );
+    let body = wait_until("the host-network pod serves on the host", WAIT, || {
+        http_get(&format!("127.0.0.1:{host_net_port}"))
+    });
+    assert!(body.contains("host-network-pod"), "{body}");
+
+    let s = env.wait_status("mapped pod running", "mapped", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    assert_ne!(s["pod_ip"], s["host_ip"], "{s}");
+    let body = wait_until("the host port reaches the pod", WAIT, || {
+        http_get(&format!("{host_ip}:{host_port}"))
+    });
+    assert!(body.contains("host-port-pod"), "{body}");
+}
+
+#[test]
+fn pods_wait_for_an_unreachable_runtime_and_start_when_it_is_back() {
+    if !cri_tests_can_run("pods_wait_for_an_unreachable_runtime_and_start_when_it_is_back") {
+        return;
+    }
+    let mut env = CriEnv::start("gw-cri-down");
+    // The agent starts while the runtime is down (a device booting).
+    env.agent.kill9();
+    env.containerd.stop_daemon();
+    env.agent = start_agent(&env.node, &env.broker, &env.containerd, env.dir.path());
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: patient}}
+spec:
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+"#
+    ));
+    let s = env.wait_status("the runtime is reported unreachable", "patient", |s| {
+        named(s, "main")["state"]["Waiting"]["reason"] == "RuntimeUnavailable"
+    });
+    let message = named(&s, "main")["state"]["Waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("cannot reach the container runtime")
+            && message.contains(&env.containerd.endpoint()),
+        "{message}"
+    );
+    assert_eq!(phase(&s), "Pending");
+    wait_until("the node reports no container runtime yet", WAIT, || {
+        let nodes = env.cli_ok(&["get", "nodes", "-o", "json"]);
+        (nodes.contains("gw-cri-down") && !nodes.contains("containerd://")).then_some(())
+    });
+    env.containerd.start_daemon();
+    let s = env.wait_status("running once the runtime is back", "patient", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    let prefix = env.containerd.subnet.rsplit_once('.').expect("subnet").0;
+    assert!(
+        s["pod_ip"].as_str().unwrap_or_default().starts_with(prefix),
+        "the pod ip comes from the sandbox made on the retry: {s}"
+    );
+    wait_until("the node names the runtime once it answered", WAIT, || {
+        let nodes = env.cli_ok(&["get", "nodes", "-o", "json"]);
+        nodes.contains("containerd://").then_some(())
+    });
+}
+
+#[test]
+fn a_failing_test_still_tears_down_containerd_and_its_network() {
+    if !cri_tests_can_run("a_failing_test_still_tears_down_containerd_and_its_network") {
+        return;
+    }
+    struct Seen {
+        dir: std::path::PathBuf,
+        network: String,
+        bridge: String,
+        cgroup: String,
+    }
+    let seen: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let env = CriEnv::start("gw-cri-teardown");
+        env.apply(&format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: left-running}}
+spec:
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+    ports: [{{containerPort: 80, hostPort: {port}}}]
+"#,
+            port = free_port()
+        ));
+        env.wait_status("pod running", "left-running", |s| {
+            phase(s) == "Running" && all_running(s)
+        });
+        let c = &env.containerd;
+        let iptables = String::from_utf8_lossy(
+            &std::process::Command::new("iptables-save")
+                .output()
+                .expect("iptables-save")
+                .stdout,
+        )
+        .into_owned();
+        assert!(iptables.contains(&c.network), "CNI made rules for the pod");
+        assert!(
+            std::path::Path::new(&format!("/sys/class/net/{}", c.bridge)).exists(),
+            "CNI made the bridge"
+        );
+        *seen.lock().expect("lock") = Some(Seen {
+            dir: c.dir.path().to_path_buf(),
+            network: c.network.clone(),
+            bridge: c.bridge.clone(),
+            cgroup: c.cgroup_parent.trim_start_matches('/').to_string(),
+        });
+        panic!("a test failing while its pod runs");
+    }));
+    assert!(outcome.is_err(), "the closure panicked");
+    let seen = seen.lock().expect("lock").take().expect("names recorded");
+    let needle = seen.dir.display().to_string();
+    let iptables = String::from_utf8_lossy(
+        &std::process::Command::new("iptables-save")
+            .output()
+            .expect("iptables-save")
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !iptables.contains(&seen.network),
+        "iptables rules left:\n{iptables}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/sys/class/net/{}", seen.bridge)).exists(),
+        "bridge {} left",
+        seen.bridge
+    );
+    for hierarchy in ["memory", "cpu", "pids", "unified", ""] {
+        let p = std::path::Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(&seen.cgroup);
+        assert!(!p.exists(), "cgroup {} left", p.display());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(&needle), "mounts left under {needle}");
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        assert!(
+            !cmdline.contains(&needle),
+            "process {} still runs: {cmdline}",
+            entry.file_name().to_string_lossy()
+        );
+    }
+    assert!(!seen.dir.exists(), "{} left", seen.dir.display());
+}
