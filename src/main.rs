@@ -139,6 +139,15 @@ fn main() -> ExitCode {
                 print!("{}", config::keys_markdown());
                 Ok(())
             }
+            #[cfg(feature = "wasm-compiler")]
+            Command::Wasm {
+                command:
+                    cli::WasmCommand::Compile {
+                        target,
+                        input,
+                        output,
+                    },
+            } => cli::wasm_compile(target, &input, &output),
         }
     });
     // Wasm tasks may still be parked; do not wait for them on the way out.
