@@ -10,7 +10,7 @@ export KEDGE_GUESTS_TARGET_DIR="${KEDGE_GUESTS_TARGET_DIR:-/var/tmp/kedge-guests
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 need_pkgs=()
-for p in mosquitto mosquitto-clients openssl; do
+for p in mosquitto mosquitto-clients openssl python3 file systemd; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -30,18 +30,27 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+echo "== cargo clippy (default = full, and minimal)"
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --no-default-features --features minimal -- -D warnings
 echo "== cargo test"
 cargo test --locked --no-fail-fast -- --test-threads="${KEDGE_TEST_THREADS:-4}"
 
-# Static device binaries for every built target (targets/), then the aarch64
-# one under qemu-user against a real Mosquitto (hil/). KEDGE_SKIP_CROSS=1
-# skips this stage on machines without the cross toolchains.
+# Static device binaries (targets/): x86-64 `full` and `minimal` against
+# their size budgets (over budget fails), aarch64 `minimal` for the HIL.
+# Then hardware in the loop: the aarch64 `minimal` agent under qemu-user,
+# and a whole emulated arm64 machine (qemu-system) that is rebooted.
+# KEDGE_SKIP_CROSS=1 skips this stage; KEDGE_SKIP_QEMU_SYSTEM=1 skips the
+# emulated machine.
 if [ "${KEDGE_SKIP_CROSS:-0}" != 1 ]; then
-  echo "== static device binaries"
+  echo "== static device binaries and size budgets"
   ./scripts/build-targets.sh
-  echo "== hardware in the loop: qemu-user (aarch64)"
   cargo build --locked --bin kedge
-  hil/qemu-user.sh "$CARGO_TARGET_DIR/aarch64-unknown-linux-musl/release/kedge" "$CARGO_TARGET_DIR/debug/kedge"
+  arm="$CARGO_TARGET_DIR/device/aarch64-unknown-linux-musl/minimal/kedge"
+  echo "== hardware in the loop: qemu-user (aarch64, minimal)"
+  hil/run.sh --backend qemu-user --device-bin "$arm" --scenario hil/scenarios/minimal.scn
+  if [ "${KEDGE_SKIP_QEMU_SYSTEM:-0}" != 1 ]; then
+    echo "== hardware in the loop: qemu-system (arm64 machine, minimal)"
+    hil/run.sh --backend qemu-system --device-bin "$arm" --scenario hil/scenarios/basic.scn
+  fi
 fi
