@@ -114,7 +114,7 @@ esac
 # Steps
 # ---------------------------------------------------------------------------
 results=() failed=0 latencies=() stats=""
-declare -A images applied
+declare -A images applied containers
 record() { # name, status
   results+=("| $1 | $2 |")
   [ "$2" = pass ] || failed=1
@@ -142,8 +142,25 @@ step_apply() { # MANIFEST
   kedge apply -f "$m" --node "$node"
 }
 pod_is() { kedge get pods 2>/dev/null | awk -v p="$1" '$1 == p' | grep -q "$2"; }
+container_id() { # POD: its first container's id while Running
+  kedge get pods -o json 2>/dev/null | python3 -c '
+import json, sys
+for item in json.load(sys.stdin)["items"]:
+    s = item["status"]
+    if s["name"] == sys.argv[1] and s["phase"] == "Running" and s["container_statuses"]:
+        c = s["container_statuses"][0]
+        if "Running" in c["state"]:
+            print(c["container_id"])
+' "$1"
+}
+runs_anew() { local id; id=$(container_id "$1") && [ -n "$id" ] && [ "$id" != "${containers[$1]:-}" ]; }
+step_pod_recreated() { # POD: Running again in a new container (after a restart)
+  wait_for 300 runs_anew "$1" || return 1
+  containers[$1]=$(container_id "$1")
+}
 step_pod_running() { # POD
   wait_for 180 pod_is "$1" Running || return 1
+  containers[$1]=$(container_id "$1")
   # Start latency: only for the first Running after an apply.
   [ -n "${applied[$1]:-}" ] && latencies+=("$1 $(( ($(date +%s%N) - applied[$1]) / 1000000 ))")
   unset "applied[$1]"
@@ -174,10 +191,17 @@ sys.exit(1)' "$1" "$2"
 }
 step_pod_exit() { wait_for 120 pod_exited_with "$1" "$2"; }
 node_is_ready() { kedge get nodes 2>/dev/null | awk -v n="$node" '$1 == n' | grep Ready | grep -q "$k8s_arch"; }
-step_node_ready() { wait_for 300 node_is_ready; }
+step_node_ready() {
+  wait_for 300 node_is_ready || return 1
+  [ -n "${started_at:-}" ] && latencies+=("node $node: start (boot) → Ready $(( ($(date +%s%N) - started_at) / 1000000 ))")
+  started_at=""
+}
+step_start() { started_at=$(date +%s%N); be_start; }
+step_restart() { started_at=$(date +%s%N); be_restart; }
 logs_have() { kedge logs "$1" 2>/dev/null | grep -qF "$2"; }
 step_logs_contain() { wait_for 60 logs_have "$1" "$2"; }
-step_measure() { stats=$(be_stats) && [ -n "$stats" ]; }
+have_stats() { stats=$(be_stats) && [ -n "$stats" ]; }
+step_measure() { wait_for 30 have_stats; }
 log_says_restored() { be_log 2>/dev/null | grep -q "restored desired pods from the store pods=$1"; }
 step_restored() { wait_for 300 log_says_restored "$1"; }
 
@@ -189,7 +213,6 @@ run_step() { # VERB ARGS...
     be_prepare_done=1
   fi
   local fn="step_${verb//-/_}"
-  case "$verb" in start) fn=be_start ;; restart) fn=be_restart ;; esac
   type "$fn" >/dev/null 2>&1 || { record "$verb: unknown step" FAIL; return; }
   if "$fn" "$@" >>"$work/steps.log" 2>&1; then record "$verb $*" pass; else record "$verb $*" FAIL; fi
 }
@@ -218,7 +241,10 @@ note=""; [ "$backend" = qemu-user ] && [ "$arch" != "$(uname -m)" ] && note=" (i
 echo "| agent RSS / PSS on the device$note | $rss / $pss KiB |"
 echo "| agent CPU time so far$note | $cpu ms |"
 for l in "${latencies[@]}"; do
-  echo "| ${l%% *}: apply → Running seen from the host (polled every 0.2 s) | ${l##* } ms |"
+  case "$l" in
+    "node "*) echo "| ${l% *}, seen from the host | ${l##* } ms |" ;;
+    *) echo "| ${l%% *}: apply → Running seen from the host (polled every 0.2 s) | ${l##* } ms |" ;;
+  esac
 done
 if [ $failed -ne 0 ]; then
   echo; echo "== steps log"; tail -40 "$work/steps.log"; echo "== agent log (tail)"; be_log 2>/dev/null | tail -40

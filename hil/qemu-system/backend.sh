@@ -16,19 +16,22 @@ be_prepare() {
   cp "$cache/busybox/bin/busybox" "$initrd/bin/busybox"
   install -m 0755 "$device_bin" "$initrd/usr/bin/kedge"
   [ -d "$work/modules" ] && cp "$work"/modules/* "$initrd/modules/"
-  # Kernel modules for virtio (PCI, block, net) and ext4, dependencies first.
+  # Kernel modules for virtio (PCI, block, net) and ext4, dependencies first
+  # (read from each module's .modinfo: the package ships no modules.dep).
   kver=$(ls "$cache/kernel/root/lib/modules")
   local moddir="$cache/kernel/root/lib/modules/$kver"
   mods=()
-  add_mod() { # module path relative to moddir, with its dependencies first
-    local dep
-    for dep in $(awk -F: -v m="$1" '$1 == m {print $2}' "$moddir/modules.dep"); do add_mod "$dep"; done
-    case " ${mods[*]} " in *" $1 "*) ;; *) mods+=("$1") ;; esac
+  add_mod() { # module name
+    local path dep
+    path=$(find "$moddir" -name "$1.ko" | head -1)
+    [ -n "$path" ] || { echo "no kernel module $1" >&2; return 1; }
+    for dep in $(tr '\0' '\n' <"$path" | grep -a '^depends=' | head -1 | cut -d= -f2 | tr ',' ' '); do
+      add_mod "$dep" || return 1
+    done
+    case " ${mods[*]} " in *" $path "*) ;; *) mods+=("$path") ;; esac
   }
-  for m in virtio_pci virtio_blk virtio_net ext4; do
-    add_mod "$(grep -E "/$m\.ko:" "$moddir/modules.dep" | cut -d: -f1)"
-  done
-  for m in "${mods[@]}"; do cp "$moddir/$m" "$initrd/lib/modules/"; basename "$m" >>"$initrd/lib/modules/order"; done
+  for m in virtio_pci virtio_blk virtio_net crc32c_generic ext4; do add_mod "$m" || return 1; done
+  for m in "${mods[@]}"; do cp "$m" "$initrd/lib/modules/"; basename "$m" >>"$initrd/lib/modules/order"; done
   cat >"$initrd/etc/kedge/config.toml" <<EOC
 node_name = "$node"
 data_dir = "/var/lib/kedge"
@@ -50,11 +53,14 @@ echo "KEDGE-INIT up"
 # Stats for the HIL report: the agent's RSS, PSS (KiB) and CPU time (ms).
 (while sleep 2; do
   pid=$(cat /run/kedge.pid 2>/dev/null) || continue
+  [ -r /proc/$pid/smaps_rollup ] || continue
   echo "KEDGE-STATS $(awk '/^Rss:/ {print $2}' /proc/$pid/smaps_rollup) $(awk '/^Pss:/ {print $2}' /proc/$pid/smaps_rollup) $(awk '{print ($14 + $15) * 10}' /proc/$pid/stat)"
-done) &
-# Like systemd's Restart=always.
+done) 2>/dev/null &
+# Like systemd's Restart=always. The log goes to the console through a
+# pipe, as under journald (not a terminal: no colours).
+mkfifo /run/kedge.log; cat /run/kedge.log &
 while true; do
-  /usr/bin/kedge agent --config /etc/kedge/config.toml & echo $! >/run/kedge.pid
+  /usr/bin/kedge agent --config /etc/kedge/config.toml >/run/kedge.log 2>&1 & echo $! >/run/kedge.pid
   wait $!; echo "KEDGE-INIT agent exited with $?"; sleep 2
 done
 EOI
@@ -73,6 +79,6 @@ be_start() {
 }
 # A power cycle: the data disk keeps whatever reached it.
 be_restart() { kill -9 "$qemu_pid" 2>/dev/null; wait "$qemu_pid" 2>/dev/null; be_start; }
-be_stats() { grep -a '^KEDGE-STATS ' "$work/console.log" | tail -1 | cut -d' ' -f2-4 | tr -d '\r'; }
+be_stats() { tr -d '\r' <"$work/console.log" | grep -a '^KEDGE-STATS [0-9]* [0-9]* [0-9]*$' | tail -1 | cut -d' ' -f2-4; }
 be_log() { tr -d '\r' <"$work/console.log"; }
 be_stop() { [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null; }
