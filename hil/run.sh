@@ -193,7 +193,7 @@ step_pod_exit() { wait_for 120 pod_exited_with "$1" "$2"; }
 node_is_ready() { kedge get nodes 2>/dev/null | awk -v n="$node" '$1 == n' | grep Ready | grep -q "$k8s_arch"; }
 step_node_ready() {
   wait_for 300 node_is_ready || return 1
-  [ -n "${started_at:-}" ] && latencies+=("node $node: start (boot) → Ready $(( ($(date +%s%N) - started_at) / 1000000 ))")
+  [ -n "${started_at:-}" ] && latencies+=("node $node: start → Ready $(( ($(date +%s%N) - started_at) / 1000000 ))")
   started_at=""
 }
 step_start() { started_at=$(date +%s%N); be_start; }
@@ -214,7 +214,7 @@ run_step() { # VERB ARGS...
   fi
   local fn="step_${verb//-/_}"
   type "$fn" >/dev/null 2>&1 || { record "$verb: unknown step" FAIL; return; }
-  if "$fn" "$@" >>"$work/steps.log" 2>&1; then record "$verb $*" pass; else record "$verb $*" FAIL; fi
+  if "$fn" "$@" >>"$work/steps.log" 2>&1; then record "$verb${*:+ $*}" pass; else record "$verb${*:+ $*}" FAIL; fi
 }
 
 record "binary is a static $arch executable" "$(file -L "$device_bin" | grep -q "$( [ $arch = aarch64 ] && echo 'ARM aarch64' || echo 'x86-64')" && file -L "$device_bin" | grep -Eq 'statically linked|static-pie linked' && echo pass || echo FAIL)"
