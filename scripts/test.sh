@@ -47,9 +47,10 @@ if [ "${KEDGE_SKIP_CROSS:-0}" != 1 ]; then
   ./scripts/build-targets.sh
   cargo build --locked --bin kedge
   arm="$CARGO_TARGET_DIR/device/aarch64-unknown-linux-musl/minimal/kedge"
-  echo "== hardware in the loop: x86-64 minimal, native"
-  hil/run.sh --backend qemu-user --arch x86_64 --scenario hil/scenarios/minimal.scn \
-    --device-bin "$CARGO_TARGET_DIR/device/x86_64-unknown-linux-musl/minimal/kedge"
+  echo "== hardware in the loop: x86-64 full and minimal, native"
+  x86="$CARGO_TARGET_DIR/device/x86_64-unknown-linux-musl"
+  hil/run.sh --backend qemu-user --arch x86_64 --scenario hil/scenarios/basic.scn --device-bin "$x86/full/kedge"
+  hil/run.sh --backend qemu-user --arch x86_64 --scenario hil/scenarios/minimal.scn --device-bin "$x86/minimal/kedge"
   echo "== hardware in the loop: qemu-user (aarch64, minimal)"
   hil/run.sh --backend qemu-user --device-bin "$arm" --scenario hil/scenarios/minimal.scn
   if [ "${KEDGE_SKIP_QEMU_SYSTEM:-0}" != 1 ]; then
