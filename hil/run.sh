@@ -119,17 +119,15 @@ record() { # name, status
   results+=("| $1 | $2 |")
   [ "$2" = pass ] || failed=1
 }
-step_module() { # NAME FILE [raw]
+step_module() { # NAME FILE [raw|pulley]
   local name=$1 file=$2 mode=${3:-}
   mkdir -p "$work/modules"
   local out
-  if [ "$mode" = raw ]; then
-    out="$work/modules/$name.${file##*.}"
-    cp "$file" "$out"
-  else
-    out="$work/modules/$name.cwasm"
-    "$host_bin" wasm compile --target "$arch" "$file" -o "$out" >/dev/null || return 1
-  fi
+  case "$mode" in
+    raw) out="$work/modules/$name.${file##*.}"; cp "$file" "$out" || return 1 ;;
+    pulley) out="$work/modules/$name.cwasm"; "$host_bin" wasm compile --target pulley64 "$file" -o "$out" >/dev/null || return 1 ;;
+    *) out="$work/modules/$name.cwasm"; "$host_bin" wasm compile --target "$arch" "$file" -o "$out" >/dev/null || return 1 ;;
+  esac
   images[$name]="file://$device_modules/$(basename "$out")@sha256:$(sha256sum "$out" | cut -d' ' -f1)"
 }
 step_apply() { # MANIFEST

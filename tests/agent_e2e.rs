@@ -211,6 +211,15 @@ fn precompiled_modules_run_and_other_architectures_are_refused() {
         let logs = env.cli_ok(&["logs", name]);
         assert!(logs.contains("hello from kedge guest"), "{logs}");
     }
+    // Portable Pulley bytecode runs too (interpreted).
+    let code = precompiled(env.dir.path(), GuestTarget::P1, "pulley64");
+    env.apply(&wasm_pod("pre-pulley", &code, &["hello"], "Never", ""));
+    let s = env.wait_status("pre-pulley Succeeded", "pre-pulley", |s| {
+        phase(s) == "Succeeded"
+    });
+    assert_eq!(terminated(&s).expect("terminated")["exit_code"], 0);
+    let logs = env.cli_ok(&["logs", "pre-pulley"]);
+    assert!(logs.contains("hello from kedge guest"), "{logs}");
     // Nothing was compiled on the node: the cache holds the artifacts as given.
     let cache = env.dir.path().join("data/wasm-cache");
     for guest in [GuestTarget::P1, GuestTarget::P2] {

@@ -62,15 +62,54 @@ enum Compiled {
 }
 
 pub struct WasmRuntime {
-    engine: Engine,
+    /// The engine for this CPU's code (compiled here or precompiled).
+    native: Arc<EngineSet>,
+    /// The engine for Pulley bytecode (portable precompiled modules), made
+    /// on the first Pulley module; lives as long as the runtime.
+    pulley: Mutex<Option<Arc<EngineSet>>>,
     opts: WasmOptions,
     http: reqwest::Client,
     /// Compiled code by module digest; modules are immutable, so entries
     /// never go stale.
     compiled: Mutex<HashMap<String, Compiled>>,
+    fingerprint: String,
+}
+
+/// An engine with the WASI linkers bound to it (linkers belong to one engine).
+struct EngineSet {
+    engine: Engine,
     p1_linker: Linker<P1State>,
     p2_linker: wasmtime::component::Linker<P2State>,
-    fingerprint: String,
+}
+
+impl EngineSet {
+    /// Makes the engine and its linkers, and starts its epoch ticker: every
+    /// tick, every running module yields once. The ticker ends with the engine.
+    fn new(config: &Config, tick: Duration) -> anyhow::Result<EngineSet> {
+        let engine = Engine::new(config).map_err(wasmtime_error)?;
+        let mut p1_linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |s: &mut P1State| &mut s.wasi)
+            .map_err(wasmtime_error)?;
+        let mut p2_linker = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker).map_err(wasmtime_error)?;
+        let ticker_engine = engine.weak();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                interval.tick().await;
+                match ticker_engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        });
+        Ok(EngineSet {
+            engine,
+            p1_linker,
+            p2_linker,
+        })
+    }
 }
 
 struct Limits {
@@ -142,37 +181,55 @@ impl StdoutStream for LogOutput {
 
 impl WasmRuntime {
     pub fn new(opts: WasmOptions, http: reqwest::Client) -> anyhow::Result<Arc<WasmRuntime>> {
-        let engine = Engine::new(&engine_config()).map_err(wasmtime_error)?;
-        let mut p1_linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |s: &mut P1State| &mut s.wasi)
-            .map_err(wasmtime_error)?;
-        let mut p2_linker = wasmtime::component::Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker).map_err(wasmtime_error)?;
-        let fingerprint = engine_fingerprint(&engine);
-
-        // The epoch ticker: every tick, every running module yields once.
-        let ticker_engine = engine.weak();
-        let tick = opts.epoch_tick;
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(tick);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                interval.tick().await;
-                match ticker_engine.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
-                }
-            }
-        });
+        let native = Arc::new(EngineSet::new(&engine_config(), opts.epoch_tick)?);
+        let fingerprint = engine_fingerprint(&native.engine);
         Ok(Arc::new(WasmRuntime {
-            engine,
+            native,
+            pulley: Mutex::new(None),
             opts,
             http,
             compiled: Mutex::new(HashMap::new()),
-            p1_linker,
-            p2_linker,
             fingerprint,
         }))
+    }
+
+    /// The engine for code of `arch` (an `artifact_arch` answer): Pulley's,
+    /// made now if needed, or this CPU's.
+    fn engine_for(&self, arch: Option<&str>) -> Result<Engine, RuntimeError> {
+        if arch != Some(PULLEY) {
+            return Ok(self.native.engine.clone());
+        }
+        let mut slot = self
+            .pulley
+            .lock()
+            .map_err(|_| RuntimeError::Create("pulley engine lock poisoned".into()))?;
+        if slot.is_none() {
+            let set =
+                EngineSet::new(&pulley_engine_config(), self.opts.epoch_tick).map_err(|e| {
+                    RuntimeError::Create(format!("cannot start the Pulley engine: {e:#}"))
+                })?;
+            *slot = Some(Arc::new(set));
+        }
+        Ok(slot
+            .as_ref()
+            .map(|s| s.engine.clone())
+            .unwrap_or_else(|| self.native.engine.clone()))
+    }
+
+    /// The engine set a module or component was loaded into.
+    fn set_of(&self, engine: &Engine) -> Result<Arc<EngineSet>, RuntimeError> {
+        if Engine::same(&self.native.engine, engine) {
+            return Ok(self.native.clone());
+        }
+        if let Ok(slot) = self.pulley.lock()
+            && let Some(set) = slot.as_ref()
+            && Engine::same(&set.engine, engine)
+        {
+            return Ok(set.clone());
+        }
+        Err(RuntimeError::Create(
+            "module belongs to no engine of this agent".into(),
+        ))
     }
 
     fn cache_path(&self, sha256: &str) -> PathBuf {
@@ -207,7 +264,7 @@ impl WasmRuntime {
                 let bytes = module_source::fetch(&r, &self.http)
                     .await
                     .map_err(|e| RuntimeError::ImagePull(e.to_string()))?;
-                let engine = self.engine.clone();
+                let engine = self.engine_for(artifact_arch(&bytes))?;
                 let name = sha256_short(&r);
                 let (compiled, serialized) =
                     tokio::task::spawn_blocking(move || load_verified(&engine, &bytes, &name))
@@ -229,9 +286,12 @@ impl WasmRuntime {
 
     fn load_cached(&self, path: &Path) -> Option<Compiled> {
         let kind = Engine::detect_precompiled_file(path).ok()??;
+        let mut header = [0u8; 64];
+        std::io::Read::read_exact(&mut std::fs::File::open(path).ok()?, &mut header).ok()?;
+        let engine = self.engine_for(artifact_arch(&header)).ok()?;
         // The file was written by `store_cached` into the agent's private
-        // data directory, from code this engine compiled or deserialized.
-        match deserialize(&self.engine, kind, Artifact::CacheFile(path)) {
+        // data directory, from code this agent compiled or deserialized.
+        match deserialize(&engine, kind, Artifact::CacheFile(path)) {
             Ok(c) => Some(c),
             Err(e) => {
                 warn!(path = %path.display(), error = %e, "ignoring unusable compiled-module cache entry");
@@ -323,6 +383,15 @@ pub fn engine_config() -> Config {
     config
 }
 
+/// The configuration of the engine for Pulley bytecode: the agent's, with
+/// the 64-bit little-endian Pulley target (what `--target pulley64` makes).
+pub fn pulley_engine_config() -> Config {
+    let mut config = engine_config();
+    // The target name is a constant wasmtime knows.
+    let _ = config.target("pulley64");
+    config
+}
+
 /// Names the engine's code in cache file names, so code for another engine
 /// configuration is never picked up: wasmtime's compatibility hash where
 /// there is a compiler, else the agent and wasmtime versions (a runtime-only
@@ -371,7 +440,7 @@ fn load_plan(
              Wasm compiler); compile it with `kedge wasm compile --target {node_arch}`"
         ))),
         Some(kind) => match artifact_arch {
-            Some(arch) if arch == node_arch => Ok(LoadPlan::Deserialize(kind)),
+            Some(arch) if arch == node_arch || arch == PULLEY => Ok(LoadPlan::Deserialize(kind)),
             other => Err(RuntimeError::ImagePull(format!(
                 "module {image} was precompiled for {} but this node is {node_arch}; \
                  compile it with `kedge wasm compile --target {node_arch}`",
@@ -381,15 +450,23 @@ fn load_plan(
     }
 }
 
+/// The `kedge wasm compile --target` of portable Pulley bytecode.
+pub const PULLEY: &str = "pulley64";
+
 /// The CPU a precompiled artifact (an ELF file) was compiled for, from its
-/// ELF header's machine field; None when it is not one kedge builds for.
+/// ELF header's machine field (Pulley: wasmtime marks a RISC-V header with
+/// its own flag); None when it is not one kedge builds for.
 fn artifact_arch(bytes: &[u8]) -> Option<&'static str> {
-    if bytes.len() < 20 || bytes[..4] != *b"\x7fELF" || bytes[5] != 1 {
+    /// wasmtime_environ::obj::EF_WASMTIME_PULLEY64
+    const EF_WASMTIME_PULLEY64: u32 = 1 << 3;
+    if bytes.len() < 52 || bytes[..4] != *b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
         return None;
     }
+    let flags = u32::from_le_bytes([bytes[48], bytes[49], bytes[50], bytes[51]]);
     match u16::from_le_bytes([bytes[18], bytes[19]]) {
         62 => Some("x86_64"),
         183 => Some("aarch64"),
+        243 if flags & EF_WASMTIME_PULLEY64 != 0 => Some(PULLEY),
         _ => None,
     }
 }
@@ -515,6 +592,9 @@ pub enum CompileTarget {
     X86_64,
     #[value(name = "aarch64")]
     Aarch64,
+    /// Portable Pulley bytecode: runs on every device, interpreted (slower).
+    #[value(name = "pulley64")]
+    Pulley64,
 }
 
 impl CompileTarget {
@@ -523,6 +603,7 @@ impl CompileTarget {
         match self {
             CompileTarget::X86_64 => "x86_64-unknown-linux-musl",
             CompileTarget::Aarch64 => "aarch64-unknown-linux-musl",
+            CompileTarget::Pulley64 => "pulley64",
         }
     }
 }
@@ -670,8 +751,9 @@ impl Runtime for WasmRuntime {
 
             let run: BoxFuture<'static, ExitStatus> = match compiled {
                 Compiled::Module(module) => {
+                    let set = self.set_of(module.engine())?;
                     let mut store = Store::new(
-                        &self.engine,
+                        &set.engine,
                         P1State {
                             wasi: wasi.build_p1(),
                             limits,
@@ -680,7 +762,7 @@ impl Runtime for WasmRuntime {
                     store.limiter(|s| &mut s.limits);
                     store.set_epoch_deadline(1);
                     store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-                    let instance = self
+                    let instance = set
                         .p1_linker
                         .instantiate_async(&mut store, &module)
                         .await
@@ -700,8 +782,9 @@ impl Runtime for WasmRuntime {
                     })
                 }
                 Compiled::Component(component) => {
+                    let set = self.set_of(component.engine())?;
                     let mut store = Store::new(
-                        &self.engine,
+                        &set.engine,
                         P2State {
                             ctx: wasi.build(),
                             table: ResourceTable::new(),
@@ -712,7 +795,7 @@ impl Runtime for WasmRuntime {
                     store.set_epoch_deadline(1);
                     store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
                     let command =
-                        Command::instantiate_async(&mut store, &component, &self.p2_linker)
+                        Command::instantiate_async(&mut store, &component, &set.p2_linker)
                             .await
                             .map_err(|e| {
                                 RuntimeError::InvalidImage(format!(
@@ -834,6 +917,18 @@ mod tests {
                 "module m was precompiled for aarch64 but this node is x86_64; \
                  compile it with `kedge wasm compile --target x86_64`"
             );
+            assert_eq!(
+                load_plan(
+                    "m",
+                    Some(Precompiled::Module),
+                    Some(PULLEY),
+                    compiler,
+                    "aarch64"
+                )
+                .ok(),
+                Some(LoadPlan::Deserialize(Precompiled::Module)),
+                "Pulley bytecode runs on every node"
+            );
             let e = load_plan("m", Some(Precompiled::Module), None, compiler, "x86_64")
                 .expect_err("unknown arch");
             assert!(
@@ -847,13 +942,16 @@ mod tests {
     fn artifact_arch_reads_the_elf_machine() {
         let mut elf = vec![0u8; 64];
         elf[..4].copy_from_slice(b"\x7fELF");
-        elf[5] = 1;
+        elf[4] = 2; // 64-bit
+        elf[5] = 1; // little-endian
         elf[18] = 183;
         assert_eq!(artifact_arch(&elf), Some("aarch64"));
         elf[18] = 62;
         assert_eq!(artifact_arch(&elf), Some("x86_64"));
-        elf[18] = 243; // riscv64, and Pulley's artifacts
+        elf[18] = 243; // RISC-V: real riscv64 code is not for us…
         assert_eq!(artifact_arch(&elf), None);
+        elf[48] = 1 << 3; // …but wasmtime's Pulley flag makes it Pulley
+        assert_eq!(artifact_arch(&elf), Some(PULLEY));
         assert_eq!(artifact_arch(b"\0asm\x01\0\0\0"), None);
         assert_eq!(artifact_arch(&elf[..10]), None);
     }
@@ -886,5 +984,12 @@ mod tests {
         );
         let e = precompile(&code, here).expect_err("already precompiled");
         assert!(e.to_string().contains("already precompiled"), "{e}");
+
+        // Pulley bytecode loads into the Pulley engine, on any CPU.
+        let portable = precompile(wat, CompileTarget::Pulley64).expect("pulley");
+        assert_eq!(artifact_arch(&portable), Some(PULLEY));
+        let pulley = Engine::new(&pulley_engine_config()).expect("pulley engine");
+        let (compiled, _) = load_verified(&pulley, &portable, "m").expect("pulley loads");
+        assert!(matches!(compiled, Compiled::Module(_)));
     }
 }
