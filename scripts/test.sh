@@ -15,7 +15,8 @@ need_pkgs=()
 # skopeo), run a registry with htpasswd auth (docker-registry,
 # apache2-utils), and k8s-cri compiles its protos with protoc.
 for p in mosquitto mosquitto-clients openssl containerd runc containernetworking-plugins \
-  busybox-static umoci skopeo docker-registry apache2-utils protobuf-compiler iptables iproute2 curl; do
+  busybox-static umoci skopeo docker-registry apache2-utils protobuf-compiler iptables iproute2 curl \
+  python3 file systemd; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -63,8 +64,9 @@ export KEDGE_K8S_BIN_DIR
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+echo "== cargo clippy (default = full, and minimal)"
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --no-default-features --features minimal -- -D warnings
 echo "== cargo test"
 cargo test --locked --no-fail-fast -- --test-threads="${KEDGE_TEST_THREADS:-4}"
 echo "== kedge bridge (feature bridge): clippy, unit tests, end to end against the control plane"
@@ -72,13 +74,25 @@ cargo clippy --all-targets --locked --features bridge -- -D warnings
 cargo test --locked --features bridge --lib -- bridge::
 cargo test --locked --features bridge --test bridge_e2e -- --test-threads=1
 
-# Static device binaries for every built target (targets/), then the aarch64
-# one under qemu-user against a real Mosquitto (hil/). KEDGE_SKIP_CROSS=1
-# skips this stage on machines without the cross toolchains.
+# Static device binaries (targets/): x86-64 `full` and `minimal` against
+# their size budgets (over budget fails), aarch64 `minimal` for the HIL.
+# Then hardware in the loop: the aarch64 `minimal` agent under qemu-user,
+# and a whole emulated arm64 machine (qemu-system) that is rebooted.
+# KEDGE_SKIP_CROSS=1 skips this stage; KEDGE_SKIP_QEMU_SYSTEM=1 skips the
+# emulated machine.
 if [ "${KEDGE_SKIP_CROSS:-0}" != 1 ]; then
-  echo "== static device binaries"
+  echo "== static device binaries and size budgets"
   ./scripts/build-targets.sh
-  echo "== hardware in the loop: qemu-user (aarch64)"
   cargo build --locked --bin kedge
-  hil/qemu-user.sh "$CARGO_TARGET_DIR/aarch64-unknown-linux-musl/release/kedge" "$CARGO_TARGET_DIR/debug/kedge"
+  arm="$CARGO_TARGET_DIR/device/aarch64-unknown-linux-musl/minimal/kedge"
+  echo "== hardware in the loop: x86-64 full and minimal, native"
+  x86="$CARGO_TARGET_DIR/device/x86_64-unknown-linux-musl"
+  hil/run.sh --backend qemu-user --arch x86_64 --scenario hil/scenarios/basic.scn --device-bin "$x86/full/kedge"
+  hil/run.sh --backend qemu-user --arch x86_64 --scenario hil/scenarios/minimal.scn --device-bin "$x86/minimal/kedge"
+  echo "== hardware in the loop: qemu-user (aarch64, minimal)"
+  hil/run.sh --backend qemu-user --device-bin "$arm" --scenario hil/scenarios/minimal.scn
+  if [ "${KEDGE_SKIP_QEMU_SYSTEM:-0}" != 1 ]; then
+    echo "== hardware in the loop: qemu-system (arm64 machine, minimal)"
+    hil/run.sh --backend qemu-system --device-bin "$arm" --scenario hil/scenarios/basic.scn
+  fi
 fi

@@ -10,20 +10,29 @@ use kedge::config::{self, Config};
 const EXIT_CONFIG: u8 = 64;
 
 fn init_tracing(config: &Config) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    // `Targets` takes `level,target=level,…` like RUST_LOG without regex
+    // support, which keeps the regex engine out of device builds.
     let filter = std::env::var("KEDGE_LOG")
         .ok()
         .unwrap_or_else(|| format!("{},rumqttd=off", config.log.level));
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter: Targets = filter.parse().unwrap_or_else(|e| {
+        eprintln!("warning: ignoring log filter {filter:?} ({e}); logging at info");
+        Targets::new().with_default(tracing::Level::INFO)
+    });
     let format = std::env::var("KEDGE_LOG_FORMAT").unwrap_or_else(|_| config.log.format.clone());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
-        builder.json().init();
+        tracing_subscriber::registry()
+            .with(fmt.json().with_filter(filter))
+            .init();
     } else {
-        builder.init();
+        tracing_subscriber::registry()
+            .with(fmt.with_filter(filter))
+            .init();
     }
 }
 
@@ -141,6 +150,15 @@ fn main() -> ExitCode {
                 print!("{}", config::keys_markdown());
                 Ok(())
             }
+            #[cfg(feature = "wasm-compiler")]
+            Command::Wasm {
+                command:
+                    cli::WasmCommand::Compile {
+                        target,
+                        input,
+                        output,
+                    },
+            } => cli::wasm_compile(target, &input, &output),
         }
     });
     // Wasm tasks may still be parked; do not wait for them on the way out.

@@ -171,6 +171,87 @@ fn p1() -> PathBuf {
     guest_wasm(GuestTarget::P1)
 }
 
+/// The guest precompiled by `kedge wasm compile --target {target}` into
+/// `dir`, as a file whose image reference `wasm_pod` can pin.
+fn precompiled(dir: &Path, guest: GuestTarget, target: &str) -> PathBuf {
+    let out = dir.join(format!("{}-{target}.cwasm", guest.triple()));
+    let input = guest_wasm(guest);
+    let printed = kedge_ok(&[
+        "wasm",
+        "compile",
+        "--target",
+        target,
+        input.to_str().expect("utf8"),
+        "-o",
+        out.to_str().expect("utf8"),
+    ]);
+    assert_eq!(
+        printed.trim(),
+        format!("file://{}@sha256:{}", out.display(), sha256_file(&out))
+    );
+    out
+}
+
+#[test]
+fn precompiled_modules_run_and_other_architectures_are_refused() {
+    let env = Env::start("gw-precompiled");
+    let here = std::env::consts::ARCH;
+    let there = if here == "aarch64" {
+        "x86_64"
+    } else {
+        "aarch64"
+    };
+    for (name, guest) in [("pre-p1", GuestTarget::P1), ("pre-p2", GuestTarget::P2)] {
+        let code = precompiled(env.dir.path(), guest, here);
+        env.apply(&wasm_pod(name, &code, &["hello"], "Never", ""));
+        let s = env.wait_status(&format!("{name} Succeeded"), name, |s| {
+            phase(s) == "Succeeded"
+        });
+        assert_eq!(terminated(&s).expect("terminated")["exit_code"], 0);
+        let logs = env.cli_ok(&["logs", name]);
+        assert!(logs.contains("hello from kedge guest"), "{logs}");
+    }
+    // Portable Pulley bytecode runs too (interpreted).
+    let code = precompiled(env.dir.path(), GuestTarget::P1, "pulley64");
+    env.apply(&wasm_pod("pre-pulley", &code, &["hello"], "Never", ""));
+    let s = env.wait_status("pre-pulley Succeeded", "pre-pulley", |s| {
+        phase(s) == "Succeeded"
+    });
+    assert_eq!(terminated(&s).expect("terminated")["exit_code"], 0);
+    let logs = env.cli_ok(&["logs", "pre-pulley"]);
+    assert!(logs.contains("hello from kedge guest"), "{logs}");
+    // Nothing was compiled on the node: the cache holds the artifacts as given.
+    let cache = env.dir.path().join("data/wasm-cache");
+    for guest in [GuestTarget::P1, GuestTarget::P2] {
+        let sha = sha256_file(
+            env.dir
+                .path()
+                .join(format!("{}-{here}.cwasm", guest.triple())),
+        );
+        let entry = std::fs::read_dir(&cache)
+            .expect("cache dir")
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_name().to_string_lossy().starts_with(&sha))
+            .expect("cache entry");
+        assert_eq!(sha256_file(entry.path()), sha);
+    }
+
+    let code = precompiled(env.dir.path(), GuestTarget::P1, there);
+    env.apply(&wasm_pod("pre-foreign", &code, &["hello"], "Never", ""));
+    let s = env.wait_status("foreign artifact refused", "pre-foreign", |s| {
+        waiting_reason(s) == Some("ErrImagePull")
+    });
+    let msg = container(&s)["state"]["Waiting"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        msg.contains(&format!(
+            "was precompiled for {there} but this node is {here}; compile it with `kedge wasm compile --target {here}`"
+        )),
+        "{msg}"
+    );
+}
+
 #[test]
 fn pod_runs_to_completion_with_exit_code_and_logs() {
     let env = Env::start("gw-complete");

@@ -116,15 +116,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         })?,
     }
 
-    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(120));
+    // Trusted roots for https:// modules: the system's, if it has any (a
+    // busybox device often has none; that must not stop the agent), plus
+    // wasm.ca_file.
+    let mut roots: Vec<reqwest::Certificate> = rustls_native_certs::load_native_certs()
+        .certs
+        .iter()
+        .filter_map(|der| reqwest::Certificate::from_der(der).ok())
+        .collect();
     if let Some(ca) = &config.wasm.ca_file {
         let pem = std::fs::read(ca)
             .with_context(|| format!("cannot read wasm.ca_file {}", ca.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .with_context(|| format!("invalid wasm.ca_file {}", ca.display()))?;
-        http = http.tls_certs_merge(certs);
+        roots.extend(certs);
     }
-    let http = http.build().context("cannot set up the HTTP client")?;
+    if roots.is_empty() {
+        warn!("no system CA certificates and no wasm.ca_file: https:// modules cannot be verified");
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .tls_certs_only(roots)
+        .build()
+        .context("cannot set up the HTTP client")?;
     #[cfg(feature = "wasm")]
     let (wasm, runtime_versions) = {
         let opts = crate::runtime::wasm::WasmOptions {

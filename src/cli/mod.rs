@@ -114,6 +114,29 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Precompile Wasm modules for devices.
+    #[cfg(feature = "wasm-compiler")]
+    Wasm {
+        #[command(subcommand)]
+        command: WasmCommand,
+    },
+}
+
+#[cfg(feature = "wasm-compiler")]
+#[derive(Subcommand, Debug)]
+pub enum WasmCommand {
+    /// Compile a module or component for a device's CPU, so agents built
+    /// without the Wasm compiler (`minimal`) can run it.
+    Compile {
+        /// The device's architecture.
+        #[arg(long)]
+        target: crate::runtime::wasm::CompileTarget,
+        /// The .wasm module or component (or .wat text).
+        input: PathBuf,
+        /// Where to write the precompiled module (.cwasm).
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -127,6 +150,24 @@ pub struct AgentArgs {
     /// Static pod manifests to run and follow (manifests_dir).
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
+}
+
+/// `kedge wasm compile`: writes the artifact and prints the image reference
+/// a pod names it by.
+#[cfg(feature = "wasm-compiler")]
+pub fn wasm_compile(
+    target: crate::runtime::wasm::CompileTarget,
+    input: &std::path::Path,
+    output: &std::path::Path,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let code = crate::runtime::wasm::precompile(&bytes, target)
+        .with_context(|| format!("cannot compile {}", input.display()))?;
+    std::fs::write(output, &code).with_context(|| format!("cannot write {}", output.display()))?;
+    let sha256 = crate::runtime::module_source::sha256_hex(&code);
+    let absolute = std::path::absolute(output).unwrap_or_else(|_| output.to_path_buf());
+    println!("file://{}@sha256:{sha256}", absolute.display());
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]

@@ -10,6 +10,11 @@
 //! - Compiled code is cached on disk by module digest and engine
 //!   fingerprint (`{data_dir}/wasm-cache`), and in memory, so restarts and
 //!   repeated starts do not compile again.
+//! - A pod image is either plain Wasm, compiled here by Cranelift (builds
+//!   with `wasm-compiler`), or code precompiled for this node's CPU by
+//!   `kedge wasm compile --target …` (`.cwasm`), which every build loads.
+//!   Precompiled code is native code: only bytes verified against the pod's
+//!   pinned sha256 digest, or the agent's own cache, are ever deserialized.
 //! - stdout/stderr go to CRI-format log files (`runtime::logs`).
 
 use std::collections::HashMap;
@@ -57,15 +62,54 @@ enum Compiled {
 }
 
 pub struct WasmRuntime {
-    engine: Engine,
+    /// The engine for this CPU's code (compiled here or precompiled).
+    native: Arc<EngineSet>,
+    /// The engine for Pulley bytecode (portable precompiled modules), made
+    /// on the first Pulley module; lives as long as the runtime.
+    pulley: Mutex<Option<Arc<EngineSet>>>,
     opts: WasmOptions,
     http: reqwest::Client,
     /// Compiled code by module digest; modules are immutable, so entries
     /// never go stale.
     compiled: Mutex<HashMap<String, Compiled>>,
+    fingerprint: String,
+}
+
+/// An engine with the WASI linkers bound to it (linkers belong to one engine).
+struct EngineSet {
+    engine: Engine,
     p1_linker: Linker<P1State>,
     p2_linker: wasmtime::component::Linker<P2State>,
-    fingerprint: String,
+}
+
+impl EngineSet {
+    /// Makes the engine and its linkers, and starts its epoch ticker: every
+    /// tick, every running module yields once. The ticker ends with the engine.
+    fn new(config: &Config, tick: Duration) -> anyhow::Result<EngineSet> {
+        let engine = Engine::new(config).map_err(wasmtime_error)?;
+        let mut p1_linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |s: &mut P1State| &mut s.wasi)
+            .map_err(wasmtime_error)?;
+        let mut p2_linker = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker).map_err(wasmtime_error)?;
+        let ticker_engine = engine.weak();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(tick);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                interval.tick().await;
+                match ticker_engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        });
+        Ok(EngineSet {
+            engine,
+            p1_linker,
+            p2_linker,
+        })
+    }
 }
 
 struct Limits {
@@ -137,42 +181,55 @@ impl StdoutStream for LogOutput {
 
 impl WasmRuntime {
     pub fn new(opts: WasmOptions, http: reqwest::Client) -> anyhow::Result<Arc<WasmRuntime>> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.wasm_component_model(true);
-        let engine = Engine::new(&config).map_err(wasmtime_error)?;
-        let mut p1_linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |s: &mut P1State| &mut s.wasi)
-            .map_err(wasmtime_error)?;
-        let mut p2_linker = wasmtime::component::Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker).map_err(wasmtime_error)?;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        let fingerprint = format!("{:016x}", hasher.finish());
-
-        // The epoch ticker: every tick, every running module yields once.
-        let ticker_engine = engine.weak();
-        let tick = opts.epoch_tick;
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(tick);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                interval.tick().await;
-                match ticker_engine.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
-                }
-            }
-        });
+        let native = Arc::new(EngineSet::new(&engine_config(), opts.epoch_tick)?);
+        let fingerprint = engine_fingerprint(&native.engine);
         Ok(Arc::new(WasmRuntime {
-            engine,
+            native,
+            pulley: Mutex::new(None),
             opts,
             http,
             compiled: Mutex::new(HashMap::new()),
-            p1_linker,
-            p2_linker,
             fingerprint,
         }))
+    }
+
+    /// The engine for code of `arch` (an `artifact_arch` answer): Pulley's,
+    /// made now if needed, or this CPU's.
+    fn engine_for(&self, arch: Option<&str>) -> Result<Engine, RuntimeError> {
+        if arch != Some(PULLEY) {
+            return Ok(self.native.engine.clone());
+        }
+        let mut slot = self
+            .pulley
+            .lock()
+            .map_err(|_| RuntimeError::Create("pulley engine lock poisoned".into()))?;
+        if slot.is_none() {
+            let set =
+                EngineSet::new(&pulley_engine_config(), self.opts.epoch_tick).map_err(|e| {
+                    RuntimeError::Create(format!("cannot start the Pulley engine: {e:#}"))
+                })?;
+            *slot = Some(Arc::new(set));
+        }
+        Ok(slot
+            .as_ref()
+            .map(|s| s.engine.clone())
+            .unwrap_or_else(|| self.native.engine.clone()))
+    }
+
+    /// The engine set a module or component was loaded into.
+    fn set_of(&self, engine: &Engine) -> Result<Arc<EngineSet>, RuntimeError> {
+        if Engine::same(&self.native.engine, engine) {
+            return Ok(self.native.clone());
+        }
+        if let Ok(slot) = self.pulley.lock()
+            && let Some(set) = slot.as_ref()
+            && Engine::same(&set.engine, engine)
+        {
+            return Ok(set.clone());
+        }
+        Err(RuntimeError::Create(
+            "module belongs to no engine of this agent".into(),
+        ))
     }
 
     fn cache_path(&self, sha256: &str) -> PathBuf {
@@ -212,6 +269,7 @@ impl WasmRuntime {
         let compiled = match self.load_cached(&cache) {
             Some(c) => c,
             None => {
+                // Verified against the pinned digest by `fetch` / `pull_oci`.
                 let bytes = match pulled.take() {
                     Some(bytes) => bytes,
                     // A cache entry that would not load: pull the layer again.
@@ -230,11 +288,15 @@ impl WasmRuntime {
                         .await
                         .map_err(|e| RuntimeError::ImagePull(e.to_string()))?,
                 };
-                let engine = self.engine.clone();
-                let compiled = tokio::task::spawn_blocking(move || compile(&engine, &bytes))
-                    .await
-                    .map_err(|e| RuntimeError::Create(format!("compiler task failed: {e}")))??;
-                if let Err(e) = store_cached(&cache, &compiled) {
+                let engine = self.engine_for(artifact_arch(&bytes))?;
+                let name = sha256_short(&sha256);
+                let (compiled, serialized) =
+                    tokio::task::spawn_blocking(move || load_verified(&engine, &bytes, &name))
+                        .await
+                        .map_err(|e| {
+                            RuntimeError::Create(format!("compiler task failed: {e}"))
+                        })??;
+                if let Err(e) = store_cached(&cache, &serialized) {
                     warn!(path = %cache.display(), error = %e, "cannot cache compiled module");
                 }
                 compiled
@@ -248,22 +310,12 @@ impl WasmRuntime {
 
     fn load_cached(&self, path: &Path) -> Option<Compiled> {
         let kind = Engine::detect_precompiled_file(path).ok()??;
-        // SAFETY: the file was written by `store_cached` from code this
-        // engine (same fingerprint, in the file name) compiled, into the
-        // agent's private data directory. wasmtime checks the header and
-        // refuses code for another engine configuration.
-        #[allow(unsafe_code)]
-        let compiled = unsafe {
-            match kind {
-                wasmtime::Precompiled::Module => {
-                    Module::deserialize_file(&self.engine, path).map(Compiled::Module)
-                }
-                wasmtime::Precompiled::Component => {
-                    Component::deserialize_file(&self.engine, path).map(Compiled::Component)
-                }
-            }
-        };
-        match compiled {
+        let mut header = [0u8; 64];
+        std::io::Read::read_exact(&mut std::fs::File::open(path).ok()?, &mut header).ok()?;
+        let engine = self.engine_for(artifact_arch(&header)).ok()?;
+        // The file was written by `store_cached` into the agent's private
+        // data directory, from code this agent compiled or deserialized.
+        match deserialize(&engine, kind, Artifact::CacheFile(path)) {
             Ok(c) => Some(c),
             Err(e) => {
                 warn!(path = %path.display(), error = %e, "ignoring unusable compiled-module cache entry");
@@ -344,27 +396,262 @@ fn wasmtime_error(e: wasmtime::Error) -> anyhow::Error {
     anyhow::anyhow!("{e:#}")
 }
 
-fn compile(engine: &Engine, bytes: &[u8]) -> Result<Compiled, RuntimeError> {
-    let invalid =
-        |e: wasmtime::Error| RuntimeError::InvalidImage(format!("invalid Wasm module: {e:#}"));
-    // Components carry layer 1 in the header; core modules (and WAT text,
-    // accepted for hand-written modules) are compiled as modules.
-    if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0] {
-        Component::new(engine, bytes)
-            .map(Compiled::Component)
-            .map_err(invalid)
-    } else {
-        Module::new(engine, bytes)
-            .map(Compiled::Module)
-            .map_err(invalid)
+/// The wasmtime configuration of the agent's engine. `kedge wasm compile`
+/// compiles with this same configuration (plus a target), which is what
+/// makes its artifacts load on a device: wasmtime refuses code compiled
+/// with other settings.
+pub fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    config
+}
+
+/// The configuration of the engine for Pulley bytecode: the agent's, with
+/// the 64-bit little-endian Pulley target (what `--target pulley64` makes).
+pub fn pulley_engine_config() -> Config {
+    let mut config = engine_config();
+    // The target name is a constant wasmtime knows.
+    let _ = config.target("pulley64");
+    config
+}
+
+/// Names the engine's code in cache file names, so code for another engine
+/// configuration is never picked up: wasmtime's compatibility hash where
+/// there is a compiler, else the agent and wasmtime versions (a runtime-only
+/// engine's configuration is fixed by them).
+fn engine_fingerprint(engine: &Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    #[cfg(feature = "wasm-compiler")]
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    #[cfg(not(feature = "wasm-compiler"))]
+    {
+        let _ = engine;
+        (env!("CARGO_PKG_VERSION"), VERSION, NODE_ARCH).hash(&mut hasher);
+    }
+    format!("{:016x}", hasher.finish())
+}
+
+/// The architecture this agent runs on, in `kedge wasm compile --target` words.
+pub const NODE_ARCH: &str = std::env::consts::ARCH;
+
+/// Whether this build can compile plain Wasm (Cranelift is in it).
+pub const HAS_COMPILER: bool = cfg!(feature = "wasm-compiler");
+
+/// How a verified module's bytes become code on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoadPlan {
+    /// Plain Wasm (or WAT): compile it here.
+    Compile,
+    /// Precompiled code for this node: deserialize it.
+    Deserialize(wasmtime::Precompiled),
+}
+
+/// Decides how to load a module from what its bytes are (`precompiled`:
+/// wasmtime's header check; `artifact_arch`: the ELF machine of a
+/// precompiled artifact) and what this build can do. No I/O.
+fn load_plan(
+    image: &str,
+    precompiled: Option<wasmtime::Precompiled>,
+    artifact_arch: Option<&str>,
+    has_compiler: bool,
+    node_arch: &str,
+) -> Result<LoadPlan, RuntimeError> {
+    match precompiled {
+        None if has_compiler => Ok(LoadPlan::Compile),
+        None => Err(RuntimeError::ImagePull(format!(
+            "module {image} is not precompiled for this node ({node_arch}, an agent without the \
+             Wasm compiler); compile it with `kedge wasm compile --target {node_arch}`"
+        ))),
+        Some(kind) => match artifact_arch {
+            Some(arch) if arch == node_arch || arch == PULLEY => Ok(LoadPlan::Deserialize(kind)),
+            other => Err(RuntimeError::ImagePull(format!(
+                "module {image} was precompiled for {} but this node is {node_arch}; \
+                 compile it with `kedge wasm compile --target {node_arch}`",
+                other.unwrap_or("another architecture")
+            ))),
+        },
     }
 }
 
-fn store_cached(path: &Path, compiled: &Compiled) -> anyhow::Result<()> {
-    let bytes = match compiled {
-        Compiled::Module(m) => m.serialize().map_err(wasmtime_error)?,
-        Compiled::Component(c) => c.serialize().map_err(wasmtime_error)?,
+/// The `kedge wasm compile --target` of portable Pulley bytecode.
+pub const PULLEY: &str = "pulley64";
+
+/// The CPU a precompiled artifact (an ELF file) was compiled for, from its
+/// ELF header's machine field (Pulley: wasmtime marks a RISC-V header with
+/// its own flag); None when it is not one kedge builds for.
+fn artifact_arch(bytes: &[u8]) -> Option<&'static str> {
+    /// wasmtime_environ::obj::EF_WASMTIME_PULLEY64
+    const EF_WASMTIME_PULLEY64: u32 = 1 << 3;
+    if bytes.len() < 52 || bytes[..4] != *b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
+        return None;
+    }
+    let flags = u32::from_le_bytes([bytes[48], bytes[49], bytes[50], bytes[51]]);
+    match u16::from_le_bytes([bytes[18], bytes[19]]) {
+        62 => Some("x86_64"),
+        183 => Some("aarch64"),
+        243 if flags & EF_WASMTIME_PULLEY64 != 0 => Some(PULLEY),
+        _ => None,
+    }
+}
+
+/// `sha256:` and the first 12 hex digits: how errors name a module.
+fn sha256_short(sha: &str) -> String {
+    format!("sha256:{}", &sha[..sha.len().min(12)])
+}
+
+/// Turns verified module bytes into code: compiles plain Wasm or
+/// deserializes a precompiled artifact. Also returns the serialized code
+/// for the disk cache.
+fn load_verified(
+    engine: &Engine,
+    bytes: &[u8],
+    image: &str,
+) -> Result<(Compiled, Vec<u8>), RuntimeError> {
+    let plan = load_plan(
+        image,
+        Engine::detect_precompiled(bytes),
+        artifact_arch(bytes),
+        HAS_COMPILER,
+        NODE_ARCH,
+    )?;
+    match plan {
+        LoadPlan::Compile => compile(engine, bytes),
+        LoadPlan::Deserialize(kind) => {
+            // `bytes` matched the digest the pod pinned (`load`).
+            let compiled = deserialize(engine, kind, Artifact::Verified(bytes)).map_err(|e| {
+                RuntimeError::ImagePull(format!(
+                    "module {image} was precompiled for another engine: {e:#}; compile it with \
+                     `kedge wasm compile --target {NODE_ARCH}` of this agent's version ({VERSION})"
+                ))
+            })?;
+            Ok((compiled, bytes.to_vec()))
+        }
+    }
+}
+
+/// Precompiled code to deserialize, and why it may be trusted.
+enum Artifact<'a> {
+    /// Bytes whose sha256 matched the digest pinned in the pod spec.
+    Verified(&'a [u8]),
+    /// A file the agent wrote into its private `wasm-cache`.
+    CacheFile(&'a Path),
+}
+
+/// Loads precompiled native code into the engine.
+fn deserialize(
+    engine: &Engine,
+    kind: wasmtime::Precompiled,
+    artifact: Artifact<'_>,
+) -> wasmtime::Result<Compiled> {
+    use wasmtime::Precompiled;
+    // SAFETY: deserializing runs native code that wasmtime cannot check;
+    // it is only sound for trusted artifacts. `Artifact` admits two: bytes
+    // verified against the sha256 digest the pod spec pins (whoever may
+    // write pod specs for this node may run code on it), and the agent's
+    // own cache files in its private data directory, written from such
+    // bytes or from its own compiler. wasmtime still checks the header
+    // (version, target, flags) and refuses code for another engine.
+    #[allow(unsafe_code)]
+    unsafe {
+        match (kind, artifact) {
+            (Precompiled::Module, Artifact::Verified(b)) => {
+                Module::deserialize(engine, b).map(Compiled::Module)
+            }
+            (Precompiled::Module, Artifact::CacheFile(p)) => {
+                Module::deserialize_file(engine, p).map(Compiled::Module)
+            }
+            (Precompiled::Component, Artifact::Verified(b)) => {
+                Component::deserialize(engine, b).map(Compiled::Component)
+            }
+            (Precompiled::Component, Artifact::CacheFile(p)) => {
+                Component::deserialize_file(engine, p).map(Compiled::Component)
+            }
+        }
+    }
+}
+
+/// Components carry layer 1 in the header; anything else (core modules,
+/// WAT text) is compiled as a module.
+#[cfg(feature = "wasm-compiler")]
+fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+/// Compiles plain Wasm; also returns the code serialized for the cache.
+#[cfg(feature = "wasm-compiler")]
+fn compile(engine: &Engine, bytes: &[u8]) -> Result<(Compiled, Vec<u8>), RuntimeError> {
+    let invalid =
+        |e: wasmtime::Error| RuntimeError::InvalidImage(format!("invalid Wasm module: {e:#}"));
+    let compiled = if is_component(bytes) {
+        Component::new(engine, bytes)
+            .map(Compiled::Component)
+            .map_err(invalid)?
+    } else {
+        Module::new(engine, bytes)
+            .map(Compiled::Module)
+            .map_err(invalid)?
     };
+    let serialized = match &compiled {
+        Compiled::Module(m) => m.serialize(),
+        Compiled::Component(c) => c.serialize(),
+    }
+    .map_err(|e| RuntimeError::Create(format!("cannot serialize compiled code: {e:#}")))?;
+    Ok((compiled, serialized))
+}
+
+/// Without Cranelift `load_plan` never asks to compile.
+#[cfg(not(feature = "wasm-compiler"))]
+fn compile(_engine: &Engine, _bytes: &[u8]) -> Result<(Compiled, Vec<u8>), RuntimeError> {
+    Err(RuntimeError::Create(
+        "this agent was built without the Wasm compiler".into(),
+    ))
+}
+
+/// A target of `kedge wasm compile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompileTarget {
+    #[value(name = "x86_64")]
+    X86_64,
+    #[value(name = "aarch64")]
+    Aarch64,
+    /// Portable Pulley bytecode: runs on every device, interpreted (slower).
+    #[value(name = "pulley64")]
+    Pulley64,
+}
+
+impl CompileTarget {
+    /// The triple wasmtime compiles for (it checks architecture and OS).
+    pub fn triple(self) -> &'static str {
+        match self {
+            CompileTarget::X86_64 => "x86_64-unknown-linux-musl",
+            CompileTarget::Aarch64 => "aarch64-unknown-linux-musl",
+            CompileTarget::Pulley64 => "pulley64",
+        }
+    }
+}
+
+/// Compiles a Wasm module or component (or WAT) for `target` with the
+/// agent's engine configuration; the result is what `.cwasm` files hold.
+/// Baseline CPU features of the target are assumed (no host detection), so
+/// the code runs on every CPU of that architecture.
+#[cfg(feature = "wasm-compiler")]
+pub fn precompile(bytes: &[u8], target: CompileTarget) -> anyhow::Result<Vec<u8>> {
+    let mut config = engine_config();
+    config.target(target.triple()).map_err(wasmtime_error)?;
+    let engine = Engine::new(&config).map_err(wasmtime_error)?;
+    if Engine::detect_precompiled(bytes).is_some() {
+        anyhow::bail!("the input is already precompiled; give the .wasm module instead");
+    }
+    if is_component(bytes) {
+        engine.precompile_component(bytes)
+    } else {
+        engine.precompile_module(bytes)
+    }
+    .map_err(|e| anyhow::anyhow!("invalid Wasm module: {e:#}"))
+}
+
+fn store_cached(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -493,8 +780,9 @@ impl Runtime for WasmRuntime {
 
             let run: BoxFuture<'static, ExitStatus> = match compiled {
                 Compiled::Module(module) => {
+                    let set = self.set_of(module.engine())?;
                     let mut store = Store::new(
-                        &self.engine,
+                        &set.engine,
                         P1State {
                             wasi: wasi.build_p1(),
                             limits,
@@ -503,7 +791,7 @@ impl Runtime for WasmRuntime {
                     store.limiter(|s| &mut s.limits);
                     store.set_epoch_deadline(1);
                     store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-                    let instance = self
+                    let instance = set
                         .p1_linker
                         .instantiate_async(&mut store, &module)
                         .await
@@ -523,8 +811,9 @@ impl Runtime for WasmRuntime {
                     })
                 }
                 Compiled::Component(component) => {
+                    let set = self.set_of(component.engine())?;
                     let mut store = Store::new(
-                        &self.engine,
+                        &set.engine,
                         P2State {
                             ctx: wasi.build(),
                             table: ResourceTable::new(),
@@ -535,7 +824,7 @@ impl Runtime for WasmRuntime {
                     store.set_epoch_deadline(1);
                     store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
                     let command =
-                        Command::instantiate_async(&mut store, &component, &self.p2_linker)
+                        Command::instantiate_async(&mut store, &component, &set.p2_linker)
                             .await
                             .map_err(|e| {
                                 RuntimeError::InvalidImage(format!(
@@ -588,5 +877,130 @@ impl Runtime for WasmRuntime {
 
     fn cleanup_pod<'a>(&'a self, _pod: &'a PodContext) -> BoxFuture<'a, ()> {
         Box::pin(async {})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::Precompiled;
+
+    #[test]
+    fn plain_wasm_is_compiled_only_by_builds_with_the_compiler() {
+        assert_eq!(
+            load_plan("m", None, None, true, "aarch64").ok(),
+            Some(LoadPlan::Compile)
+        );
+        let e = load_plan("sha256:abc", None, None, false, "aarch64").expect_err("refused");
+        assert_eq!(e.reason(), "ErrImagePull");
+        assert_eq!(
+            e.to_string(),
+            "module sha256:abc is not precompiled for this node (aarch64, an agent without the \
+             Wasm compiler); compile it with `kedge wasm compile --target aarch64`"
+        );
+    }
+
+    #[test]
+    fn precompiled_code_loads_only_on_its_architecture() {
+        for compiler in [true, false] {
+            assert_eq!(
+                load_plan(
+                    "m",
+                    Some(Precompiled::Component),
+                    Some("x86_64"),
+                    compiler,
+                    "x86_64"
+                )
+                .ok(),
+                Some(LoadPlan::Deserialize(Precompiled::Component))
+            );
+            let e = load_plan(
+                "m",
+                Some(Precompiled::Module),
+                Some("aarch64"),
+                compiler,
+                "x86_64",
+            )
+            .expect_err("wrong arch");
+            assert_eq!(e.reason(), "ErrImagePull");
+            assert_eq!(
+                e.to_string(),
+                "module m was precompiled for aarch64 but this node is x86_64; \
+                 compile it with `kedge wasm compile --target x86_64`"
+            );
+            assert_eq!(
+                load_plan(
+                    "m",
+                    Some(Precompiled::Module),
+                    Some(PULLEY),
+                    compiler,
+                    "aarch64"
+                )
+                .ok(),
+                Some(LoadPlan::Deserialize(Precompiled::Module)),
+                "Pulley bytecode runs on every node"
+            );
+            let e = load_plan("m", Some(Precompiled::Module), None, compiler, "x86_64")
+                .expect_err("unknown arch");
+            assert!(
+                e.to_string()
+                    .contains("precompiled for another architecture")
+            );
+        }
+    }
+
+    #[test]
+    fn artifact_arch_reads_the_elf_machine() {
+        let mut elf = vec![0u8; 64];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2; // 64-bit
+        elf[5] = 1; // little-endian
+        elf[18] = 183;
+        assert_eq!(artifact_arch(&elf), Some("aarch64"));
+        elf[18] = 62;
+        assert_eq!(artifact_arch(&elf), Some("x86_64"));
+        elf[18] = 243; // RISC-V: real riscv64 code is not for us…
+        assert_eq!(artifact_arch(&elf), None);
+        elf[48] = 1 << 3; // …but wasmtime's Pulley flag makes it Pulley
+        assert_eq!(artifact_arch(&elf), Some(PULLEY));
+        assert_eq!(artifact_arch(b"\0asm\x01\0\0\0"), None);
+        assert_eq!(artifact_arch(&elf[..10]), None);
+    }
+
+    /// `kedge wasm compile` output for this node loads in the agent's
+    /// engine; output for the other architecture is refused by name.
+    #[cfg(feature = "wasm-compiler")]
+    #[test]
+    fn precompiled_artifacts_round_trip_through_the_agent_engine() {
+        let wat = br#"(module (func (export "_start")))"#;
+        let (here, there) = if NODE_ARCH == "aarch64" {
+            (CompileTarget::Aarch64, CompileTarget::X86_64)
+        } else {
+            (CompileTarget::X86_64, CompileTarget::Aarch64)
+        };
+        let engine = Engine::new(&engine_config()).expect("engine");
+        let code = precompile(wat, here).expect("precompile");
+        assert_eq!(artifact_arch(&code), Some(NODE_ARCH));
+        let (compiled, cached) = load_verified(&engine, &code, "m").expect("loads");
+        assert!(matches!(compiled, Compiled::Module(_)));
+        assert_eq!(cached, code, "the artifact itself is cached");
+
+        let other = precompile(wat, there).expect("cross-compile");
+        let e = load_verified(&engine, &other, "m").err().expect("refused");
+        assert!(
+            e.to_string().contains(&format!(
+                "compile it with `kedge wasm compile --target {NODE_ARCH}`"
+            )),
+            "{e}"
+        );
+        let e = precompile(&code, here).expect_err("already precompiled");
+        assert!(e.to_string().contains("already precompiled"), "{e}");
+
+        // Pulley bytecode loads into the Pulley engine, on any CPU.
+        let portable = precompile(wat, CompileTarget::Pulley64).expect("pulley");
+        assert_eq!(artifact_arch(&portable), Some(PULLEY));
+        let pulley = Engine::new(&pulley_engine_config()).expect("pulley engine");
+        let (compiled, _) = load_verified(&pulley, &portable, "m").expect("pulley loads");
+        assert!(matches!(compiled, Compiled::Module(_)));
     }
 }
