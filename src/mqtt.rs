@@ -23,7 +23,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::config::{BrokerConfig, BrokerUrl};
+use crate::config::{BrokerConfig, BrokerUrl, Config, ConfigError};
 use crate::store::Store;
 
 /// At most this many outbox entries are unacknowledged at once.
@@ -118,6 +118,33 @@ pub fn mqtt_options(
         opts.set_credentials(user.clone(), password);
     }
     Ok(opts)
+}
+
+/// Why a client's options could not be made.
+#[derive(Debug, Error)]
+pub enum OptionsError {
+    #[error(transparent)]
+    Url(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Options for a client that keeps no session (the CLI, the bridge): the
+/// configured broker, or the embedded broker's address when none is set.
+/// Returns the broker URL too, for messages.
+pub fn clean_session_options(
+    config: &Config,
+    client_id: &str,
+) -> Result<(String, MqttOptions), OptionsError> {
+    crate::tls::install_crypto_provider();
+    let url = config
+        .broker
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("mqtt://{}", config.embedded_broker.listen));
+    let mut opts = mqtt_options(&BrokerUrl::parse(&url)?, &config.broker, client_id)?;
+    opts.set_clean_session(true);
+    Ok((url, opts))
 }
 
 /// The delay before reconnect attempt `attempt` (0-based): `initial`

@@ -17,9 +17,9 @@ use tracing::{debug, info, warn};
 
 use super::state::BridgeEvent;
 use crate::cli::{decode_node, decode_spec, decode_status};
-use crate::config::{BrokerUrl, Config};
+use crate::config::Config;
 use crate::model::{LogChunk, LogRequest};
-use crate::mqtt::{mqtt_options, reconnect_delay};
+use crate::mqtt::reconnect_delay;
 use crate::wire::{self, Kind, Message, TopicKind, Topics};
 
 #[derive(Debug, thiserror::Error)]
@@ -105,16 +105,8 @@ impl MqttLink {
         shared: bool,
         events: mpsc::Sender<BridgeEvent>,
     ) -> Result<MqttLink, LinkError> {
-        crate::tls::install_crypto_provider();
-        let url = config
-            .broker
-            .url
-            .clone()
-            .unwrap_or_else(|| format!("mqtt://{}", config.embedded_broker.listen));
-        let parsed = BrokerUrl::parse(&url).map_err(|e| LinkError::Broker(e.to_string()))?;
-        let mut opts = mqtt_options(&parsed, &config.broker, client_id)
+        let (url, opts) = crate::mqtt::clean_session_options(config, client_id)
             .map_err(|e| LinkError::Broker(e.to_string()))?;
-        opts.set_clean_session(true);
         let (client, eventloop) = AsyncClient::new(opts, 65_536);
         let topics = Topics::new(config.topic_prefix.trim_end_matches('/'));
         let barrier = format!("{}/_cli/{client_id}/barrier", topics.prefix());

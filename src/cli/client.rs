@@ -12,8 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use rumqttc::{AsyncClient, Event, EventLoop, Incoming, QoS};
 
-use crate::config::{BrokerUrl, Config};
-use crate::mqtt::mqtt_options;
+use crate::config::Config;
 
 /// How long the CLI waits for the broker or a device before giving up.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -28,16 +27,8 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(config: &Config) -> anyhow::Result<Client> {
-        crate::tls::install_crypto_provider();
-        let url = config
-            .broker
-            .url
-            .clone()
-            .unwrap_or_else(|| format!("mqtt://{}", config.embedded_broker.listen));
-        let parsed = BrokerUrl::parse(&url)?;
         let id = format!("kedge-cli-{}", uuid::Uuid::new_v4().simple());
-        let mut opts = mqtt_options(&parsed, &config.broker, &id)?;
-        opts.set_clean_session(true);
+        let (url, opts) = crate::mqtt::clean_session_options(config, &id)?;
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
         eventloop.network_options.set_tcp_nodelay(true);
         let connected = tokio::time::timeout(ANSWER_TIMEOUT, async {

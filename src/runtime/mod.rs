@@ -198,6 +198,27 @@ pub trait Runtime: Send + Sync {
     }
 }
 
+/// Makes the pod's volume directories under `{pod_dir}/volumes`: emptyDir
+/// directories and configMap/secret files (hostPath needs nothing). Both
+/// runtimes call it from `prepare_pod`.
+pub fn materialize_volumes(pod: &PodContext) -> Result<(), RuntimeError> {
+    for v in &pod.spec.volumes {
+        let dir = pod.pod_dir.join("volumes").join(&v.name);
+        let made = match &v.source {
+            crate::model::VolumeSource::HostPath { .. } => Ok(()),
+            crate::model::VolumeSource::EmptyDir { .. } => std::fs::create_dir_all(&dir),
+            crate::model::VolumeSource::Files {
+                files,
+                default_mode,
+            } => write_volume_files(&dir, files, *default_mode),
+        };
+        made.map_err(|e| {
+            RuntimeError::CreateConfig(format!("cannot set up volume {:?}: {e}", v.name))
+        })?;
+    }
+    Ok(())
+}
+
 /// Writes configMap/secret files into a volume directory with their mode;
 /// a name that would leave the directory is refused.
 pub fn write_volume_files(

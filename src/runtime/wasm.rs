@@ -725,23 +725,7 @@ impl Runtime for WasmRuntime {
     }
 
     fn prepare_pod<'a>(&'a self, pod: &'a PodContext) -> BoxFuture<'a, Result<(), RuntimeError>> {
-        Box::pin(async move {
-            for v in &pod.spec.volumes {
-                let dir = pod.pod_dir.join("volumes").join(&v.name);
-                let made = match &v.source {
-                    VolumeSource::HostPath { .. } => Ok(()),
-                    VolumeSource::EmptyDir { .. } => std::fs::create_dir_all(&dir),
-                    VolumeSource::Files {
-                        files,
-                        default_mode,
-                    } => super::write_volume_files(&dir, files, *default_mode),
-                };
-                made.map_err(|e| {
-                    RuntimeError::CreateConfig(format!("cannot set up volume {:?}: {e}", v.name))
-                })?;
-            }
-            Ok(())
-        })
+        Box::pin(async move { super::materialize_volumes(pod) })
     }
 
     fn start_container<'a>(

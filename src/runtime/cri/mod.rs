@@ -30,7 +30,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::{
     BoxFuture, ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle,
 };
-use crate::model::{Container, EventType, PullPolicy, VolumeSource};
+use crate::model::{Container, EventType, PullPolicy};
 
 /// How often a running container's state is polled (containerd 1.6 has no
 /// container event stream in CRI).
@@ -149,21 +149,7 @@ impl CriRuntime {
         std::fs::create_dir_all(spec::log_directory(&pod.pod_dir)).map_err(|e| {
             RuntimeError::CreateConfig(format!("cannot create the pod's log directory: {e}"))
         })?;
-        for v in &pod.spec.volumes {
-            let dir = pod.pod_dir.join("volumes").join(&v.name);
-            let made = match &v.source {
-                VolumeSource::HostPath { .. } => Ok(()),
-                VolumeSource::EmptyDir { .. } => std::fs::create_dir_all(&dir),
-                VolumeSource::Files {
-                    files,
-                    default_mode,
-                } => super::write_volume_files(&dir, files, *default_mode),
-            };
-            made.map_err(|e| {
-                RuntimeError::CreateConfig(format!("cannot set up volume {:?}: {e}", v.name))
-            })?;
-        }
-        Ok(())
+        super::materialize_volumes(pod)
     }
 
     /// The pod's sandboxes that kedge made, any state.
