@@ -154,10 +154,20 @@ impl CriRuntime {
 
     /// The pod's sandboxes that kedge made, any state.
     async fn sandboxes_of(&self, uid: &str) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
-        let mut selector = HashMap::new();
-        selector.insert(spec::LABEL_MANAGED.to_string(), "true".to_string());
-        selector.insert(spec::LABEL_POD_UID.to_string(), uid.to_string());
-        let items = self
+        self.managed_sandboxes(spec::LABEL_POD_UID, uid).await
+    }
+
+    /// Sandboxes that kedge made with one more label, any state.
+    async fn managed_sandboxes(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
+        let selector = HashMap::from([
+            (spec::LABEL_MANAGED.to_string(), "true".to_string()),
+            (label.to_string(), value.to_string()),
+        ]);
+        Ok(self
             .runtime
             .clone()
             .list_pod_sandbox(cri::ListPodSandboxRequest {
@@ -169,8 +179,7 @@ impl CriRuntime {
             .await
             .map_err(|s| self.status_error("ListPodSandbox", s))?
             .into_inner()
-            .items;
-        Ok(items)
+            .items)
     }
 
     async fn sandbox_ip(&self, id: &str) -> Option<String> {
@@ -683,23 +692,13 @@ impl Runtime for CriRuntime {
 
     fn remove_orphans<'a>(&'a self, desired_uids: Vec<String>) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let mut selector = HashMap::new();
-            selector.insert(spec::LABEL_MANAGED.to_string(), "true".to_string());
-            selector.insert(spec::LABEL_NODE.to_string(), self.opts.node.clone());
             let items = match self
-                .runtime
-                .clone()
-                .list_pod_sandbox(cri::ListPodSandboxRequest {
-                    filter: Some(cri::PodSandboxFilter {
-                        label_selector: selector,
-                        ..Default::default()
-                    }),
-                })
+                .managed_sandboxes(spec::LABEL_NODE, &self.opts.node)
                 .await
             {
-                Ok(r) => r.into_inner().items,
+                Ok(items) => items,
                 Err(e) => {
-                    debug!(error = %e.message(), "cannot list sandboxes for orphans");
+                    debug!(error = %e, "cannot list sandboxes for orphans");
                     return;
                 }
             };
