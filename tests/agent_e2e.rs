@@ -57,22 +57,11 @@ impl Env {
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
-        let url = self.broker.url();
-        let mut all = vec!["--broker", url.as_str()];
-        all.extend_from_slice(args);
-        kedge(&all)
+        kedge_on(&self.broker, args)
     }
 
     fn cli_ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "kedge {args:?} failed:\nstdout: {}\nstderr: {}\nagent log:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.agent.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        kedge_on_ok(&self.broker, &self.agent, args)
     }
 
     fn apply(&self, yaml: &str) -> String {

@@ -540,6 +540,28 @@ pub fn kedge_ok(args: &[&str]) -> String {
     stdout
 }
 
+/// Runs `kedge --broker URL ARGS` against a test broker.
+pub fn kedge_on(broker: &Mosquitto, args: &[&str]) -> Output {
+    let url = broker.url();
+    let mut all = vec!["--broker", url.as_str()];
+    all.extend_from_slice(args);
+    kedge(&all)
+}
+
+/// Runs `kedge --broker URL ARGS`, asserts it succeeded and returns its
+/// stdout; a failure shows the agent's log too.
+pub fn kedge_on_ok(broker: &Mosquitto, agent: &Agent, args: &[&str]) -> String {
+    let out = kedge_on(broker, args);
+    assert!(
+        out.status.success(),
+        "kedge {args:?} failed:\nstdout: {}\nstderr: {}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Options for [`Agent::start`].
 #[derive(Debug, Clone, Default)]
 pub struct AgentOpts {
