@@ -7,6 +7,7 @@
 
 #[cfg(feature = "cri")]
 pub mod cri;
+pub mod image_ref;
 pub mod logs;
 pub mod module_source;
 pub mod registry_auth;

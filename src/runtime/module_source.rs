@@ -207,10 +207,26 @@ async fn pull_oci_from_registry(
         url: image.to_string(),
         message,
     };
-    let reference: oci_client::Reference = image.parse().map_err(|e| SourceError::Reference {
+    let parsed = super::image_ref::ImageRef::parse(image).map_err(|e| SourceError::Reference {
         image: image.to_string(),
         message: format!("not an OCI reference: {e}"),
     })?;
+    let reference = match (parsed.tag, parsed.digest) {
+        (Some(tag), Some(digest)) => oci_client::Reference::with_tag_and_digest(
+            parsed.registry,
+            parsed.repository,
+            tag,
+            digest,
+        ),
+        (None, Some(digest)) => {
+            oci_client::Reference::with_digest(parsed.registry, parsed.repository, digest)
+        }
+        (tag, None) => oci_client::Reference::with_tag(
+            parsed.registry,
+            parsed.repository,
+            tag.unwrap_or_else(|| "latest".into()),
+        ),
+    };
     let registry = reference.resolve_registry().to_string();
     let protocol = if is_loopback(&registry) {
         oci_client::client::ClientProtocol::HttpsExcept(vec![registry.clone()])

@@ -37,12 +37,7 @@ struct DockerAuth {
 /// The registry host of an image reference, as docker resolves it:
 /// `busybox` and `library/busybox` live on `docker.io`.
 pub fn registry_of(image: &str) -> String {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            normalize(first)
-        }
-        _ => "docker.io".into(),
-    }
+    normalize(&super::image_ref::split_domain(image).0)
 }
 
 /// `https://index.docker.io/v1/` → `docker.io`; `http://host:5000/x` → `host:5000`.
