@@ -637,6 +637,17 @@ impl CompileTarget {
 /// the code runs on every CPU of that architecture.
 #[cfg(feature = "wasm-compiler")]
 pub fn precompile(bytes: &[u8], target: CompileTarget) -> anyhow::Result<Vec<u8>> {
+    // Device builds carry Cranelift's code generator for their own CPU only.
+    if !cfg!(feature = "build-host")
+        && target != CompileTarget::Pulley64
+        && !target.triple().starts_with(NODE_ARCH)
+    {
+        anyhow::bail!(
+            "this kedge is a device build: it compiles for {NODE_ARCH} and pulley64 only; \
+             compile for {} on a build host (a kedge built with default features)",
+            target.triple().split('-').next().unwrap_or_default()
+        );
+    }
     let mut config = engine_config();
     config.target(target.triple()).map_err(wasmtime_error)?;
     let engine = Engine::new(&config).map_err(wasmtime_error)?;
@@ -953,7 +964,7 @@ mod tests {
 
     /// `kedge wasm compile` output for this node loads in the agent's
     /// engine; output for the other architecture is refused by name.
-    #[cfg(feature = "wasm-compiler")]
+    #[cfg(feature = "build-host")]
     #[test]
     fn precompiled_artifacts_round_trip_through_the_agent_engine() {
         let wat = br#"(module (func (export "_start")))"#;
