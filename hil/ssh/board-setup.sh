@@ -7,7 +7,9 @@ set -eu
 root=$1
 echo kedge-board >"$root/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 kedge-board\n' >"$root/etc/hosts"
-printf '/dev/vda / ext4 defaults,noatime 0 1\n' >"$root/etc/fstab"
+# The kernel mounts the root (root=/dev/vda rw): no fstab entry, so nothing
+# waits for udev to announce the disk, and no fsck.
+echo '# root: /dev/vda, mounted read-write by the kernel' >"$root/etc/fstab"
 
 mkdir -p "$root/etc/systemd/network"
 cat >"$root/etc/systemd/network/10-wired.network" <<'EOF'
@@ -39,6 +41,14 @@ UseDNS no
 EOF
 mkdir -p "$root/root/.ssh"
 chmod 0700 "$root/root/.ssh"
+# A board user with passwordless sudo, as on boards that do not let root in;
+# hil/ssh/emulated-board.sh puts the run's key here too.
+chroot "$root" useradd --uid 1000 --user-group --create-home --shell /bin/bash board
+echo 'board ALL=(ALL) NOPASSWD: ALL' >"$root/etc/sudoers.d/board"
+chmod 0440 "$root/etc/sudoers.d/board"
+mkdir -p "$root/home/board/.ssh"
+chmod 0700 "$root/home/board/.ssh"
+chroot "$root" chown -R board:board /home/board/.ssh
 
 chroot "$root" systemctl enable systemd-networkd.service ssh.service
 # Nothing logs in on a console; timers that fetch or scrub would only compete

@@ -19,7 +19,8 @@
 #   KEDGE_HIL_BROKER_HOST=10.0.2.2
 # runs COMMAND with them (hil/run.sh reads them as defaults), and powers the
 # board off when COMMAND ends. Without COMMAND it prints the variables and
-# keeps the board up until interrupted.
+# keeps the board up until interrupted. KEDGE_HIL_BOARD_USER=board logs in
+# as the board's user with passwordless sudo instead of root.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cache="${KEDGE_HIL_CACHE:-/var/tmp/kedge-hil-cache}/ssh-board"
@@ -43,7 +44,7 @@ fi
 # The cached image
 # ---------------------------------------------------------------------------
 # Bump when the recipe below changes: a new recipe builds a new image.
-recipe=1
+recipe=2
 image="$cache/rootfs-$recipe.ext4"
 build_image() {
   # arm64 maintainer scripts run in the chroot through qemu-aarch64-static,
@@ -63,7 +64,7 @@ build_image() {
   # set before the kernel's postinst builds the initramfs.
   # shellcheck disable=SC2016 # the hooks are run by mmdebstrap's shell
   $SUDO mmdebstrap --arch=arm64 --variant=minbase \
-    --include=systemd,systemd-sysv,openssh-server,linux-image-arm64,initramfs-tools,kmod,iproute2,procps \
+    --include=systemd,systemd-sysv,openssh-server,sudo,linux-image-arm64,initramfs-tools,kmod,iproute2,procps \
     --setup-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" "$1/usr/share/initramfs-tools/modules.d"' \
     --setup-hook='echo MODULES=list >"$1/etc/initramfs-tools/conf.d/kedge-hil"' \
     --setup-hook='printf "%s\n" virtio_pci virtio_blk virtio_net ext4 >"$1/usr/share/initramfs-tools/modules.d/kedge-hil"' \
@@ -77,13 +78,19 @@ build_image() {
   used=$($SUDO du -sm "$tree" | cut -f1)
   $SUDO mkfs.ext4 -q -F -L kedge-root -d "$tree" "$image.tmp" "$((used + 768))M"
   $SUDO chown "$(id -u):$(id -g)" "$image.tmp" "$cache/vmlinuz.tmp" "$cache/initrd.img.tmp"
+  rm -f "$cache"/rootfs-*.ext4 "$cache"/vmlinuz-* "$cache"/initrd.img-* # older recipes
   mv "$cache/vmlinuz.tmp" "$cache/vmlinuz-$recipe"
   mv "$cache/initrd.img.tmp" "$cache/initrd.img-$recipe"
   mv "$image.tmp" "$image"
   $SUDO rm -rf "$tree"
   log "built $image in $((SECONDS - t0)) s"
 }
+# One build at a time (CI and a developer may share the cache).
+mkdir -p "$cache"
+exec {lock}>"$cache/build.lock"
+flock "$lock"
 [ -f "$image" ] || build_image
+exec {lock}>&-
 
 # ---------------------------------------------------------------------------
 # One run: a copy of the image with a fresh key, booted
@@ -116,22 +123,30 @@ trap 'exit 130' INT TERM
 ssh-keygen -q -t ed25519 -N '' -C kedge-hil -f "$run/id"
 cp --sparse=always "$image" "$run/disk.ext4"
 # The key goes in without mounting: debugfs writes into the ext4 image.
+# For root and for the sudo user `board` (uid 1000).
 debugfs -w -f - "$run/disk.ext4" >/dev/null 2>"$run/debugfs.err" <<EOD
 cd /root/.ssh
 write $run/id.pub authorized_keys
 sif authorized_keys mode 0100600
 sif authorized_keys uid 0
 sif authorized_keys gid 0
+cd /home/board/.ssh
+write $run/id.pub authorized_keys
+sif authorized_keys mode 0100600
+sif authorized_keys uid 1000
+sif authorized_keys gid 1000
 EOD
-debugfs -R 'stat /root/.ssh/authorized_keys' "$run/disk.ext4" 2>/dev/null | grep -q 'Mode:  0600' ||
-  { log "could not write the ssh key into the image"; cat "$run/debugfs.err" >&2; exit 1; }
+for f in /root/.ssh/authorized_keys /home/board/.ssh/authorized_keys; do
+  debugfs -R "stat $f" "$run/disk.ext4" 2>/dev/null | grep -q 'Mode:  0600' ||
+    { log "could not write the ssh key into the image ($f)"; cat "$run/debugfs.err" >&2; exit 1; }
+done
 
 boot_start=$SECONDS
 for attempt in 1 2 3; do
   ssh_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   qemu-system-aarch64 -M virt -cpu cortex-a57 -smp 2 -m 1024 -nographic -no-reboot \
     -kernel "$cache/vmlinuz-$recipe" -initrd "$cache/initrd.img-$recipe" \
-    -append "root=/dev/vda rw console=ttyAMA0 quiet systemd.show_status=0" \
+    -append "root=/dev/vda rw fsck.mode=skip console=ttyAMA0 quiet systemd.show_status=0" \
     -drive "file=$run/disk.ext4,format=raw,if=virtio" \
     -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$ssh_port-:22" -device virtio-net-pci,netdev=n0 \
     -device virtio-rng-pci \
@@ -151,7 +166,7 @@ until board_ssh true 2>/dev/null; do
 done
 log "booted; ssh answered after $((SECONDS - boot_start)) s ($(board_ssh 'systemd-analyze 2>/dev/null | head -1'))"
 
-export KEDGE_HIL_SSH=root@127.0.0.1 KEDGE_HIL_SSH_PORT=$ssh_port KEDGE_HIL_SSH_IDENTITY=$run/id
+export KEDGE_HIL_SSH=${KEDGE_HIL_BOARD_USER:-root}@127.0.0.1 KEDGE_HIL_SSH_PORT=$ssh_port KEDGE_HIL_SSH_IDENTITY=$run/id
 export KEDGE_HIL_SSH_OPTIONS="UserKnownHostsFile=$run/known_hosts StrictHostKeyChecking=accept-new"
 export KEDGE_HIL_BROKER_HOST=10.0.2.2 KEDGE_HIL_BOARD_CONSOLE=$run/console.log
 if [ $# -gt 0 ]; then
