@@ -34,18 +34,21 @@ be_prepare() {
   cp "$device_bin" "$ship/kedge"
   cp install/install.sh install/kedge.service "$ship/install/"
   [ -d "$work/modules" ] && cp "$work"/modules/* "$ship/modules/"
-  tar -C "$ship" -cf - . | on_board_stdin 'rm -rf /tmp/kedge-hil && mkdir -p /tmp/kedge-hil && tar -xf - -C /tmp/kedge-hil' || return 1
+  # /var/tmp, not /tmp: install.sh runs the binary, and /tmp may be noexec.
+  local dir
+  dir=$(on_board 'mktemp -d /var/tmp/kedge-hil.XXXXXX') && [ -n "$dir" ] || return 1
+  tar -C "$ship" -cf - . | on_board_stdin "tar -xf - -C $dir" || return 1
   # A fresh data dir and config for the run: the scenario owns the board.
   # Heartbeats every second, as on the other back-ends.
   board_sh <<EOS
 set -e
 systemctl stop kedge.service 2>/dev/null || true
 rm -rf $device_modules && mkdir -p $device_modules && chmod 0755 /var/lib/kedge-hil $device_modules
-for m in /tmp/kedge-hil/modules/*; do [ -f "\$m" ] && install -m 0644 "\$m" $device_modules/; done
+for m in $dir/modules/*; do [ -f "\$m" ] && install -m 0644 "\$m" $device_modules/; done
 rm -rf /var/lib/kedge/* /etc/kedge/config.toml
-sh /tmp/kedge-hil/install/install.sh --binary /tmp/kedge-hil/kedge --broker mqtt://$broker_host:$port --node $node --no-start
+sh $dir/install/install.sh --binary $dir/kedge --broker mqtt://$broker_host:$port --node $node --no-start
 printf '\n[node]\nheartbeat_ms = 1000\n' >>/etc/kedge/config.toml
-rm -rf /tmp/kedge-hil
+rm -rf $dir
 EOS
 }
 be_start() {
