@@ -24,7 +24,8 @@
 #              KEDGE_HIL_SSH, KEDGE_HIL_SSH_PORT, KEDGE_HIL_SSH_IDENTITY,
 #              KEDGE_HIL_SSH_OPTIONS (space separated) and
 #              KEDGE_HIL_BROKER_HOST, which hil/ssh/emulated-board.sh sets
-#              for its emulated board.
+#              for its emulated board (and KEDGE_HIL_BROKER_LISTEN: the
+#              broker's listen address, else 0.0.0.0 for this back-end).
 #
 # The broker is a Mosquitto started here on a free port; the host CLI
 # (--host-bin, a build with the Wasm compiler) drives the device.
@@ -49,7 +50,7 @@ while [ $# -gt 0 ]; do
     --ssh-identity) ssh_identity=$2; shift 2 ;;
     --ssh-option) ssh_options+=("$2"); shift 2 ;;
     --broker-host) broker_host=$2; shift 2 ;;
-    -h|--help) sed -n '2,30s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 64 ;;
   esac
 done
@@ -74,7 +75,7 @@ trap cleanup EXIT
 # ---------------------------------------------------------------------------
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("0.0.0.0",0)); print(s.getsockname()[1])')
 url="mqtt://127.0.0.1:$port"
-listen=127.0.0.1; [ "$backend" = ssh ] && listen=0.0.0.0
+listen=127.0.0.1; [ "$backend" = ssh ] && listen=${KEDGE_HIL_BROKER_LISTEN:-0.0.0.0} # boards reach it from outside
 printf 'listener %s %s\nallow_anonymous true\nset_tcp_nodelay true\n' "$port" "$listen" >"$work/mosquitto.conf"
 /usr/sbin/mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 & pids+=($!)
 kedge() { "$host_bin" --broker "$url" "$@"; }
@@ -116,7 +117,7 @@ qemu-system)
   source hil/qemu-system/backend.sh
   ;;
 ssh)
-  [ -n "$ssh_dest" ] || { echo "run.sh: --ssh USER@BOARD is needed" >&2; exit 64; }
+  [ -n "$ssh_dest" ] || { echo "run.sh: --ssh USER@BOARD (or KEDGE_HIL_SSH) is needed" >&2; exit 64; }
   [ -n "$broker_host" ] || { echo "run.sh: --broker-host ADDR (this machine as the board sees it) is needed" >&2; exit 64; }
   device_modules=/var/lib/kedge-hil/modules
   source hil/ssh/backend.sh

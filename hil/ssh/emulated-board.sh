@@ -16,7 +16,8 @@
 # with debugfs), waits until ssh answers, exports
 #   KEDGE_HIL_SSH=root@127.0.0.1  KEDGE_HIL_SSH_PORT  KEDGE_HIL_SSH_IDENTITY
 #   KEDGE_HIL_SSH_OPTIONS (ssh -o options, space separated)
-#   KEDGE_HIL_BROKER_HOST=10.0.2.2
+#   KEDGE_HIL_BROKER_HOST=10.0.2.2  KEDGE_HIL_BROKER_LISTEN=127.0.0.1
+#   KEDGE_HIL_BOARD_CONSOLE (the board's serial console log)
 # runs COMMAND with them (hil/run.sh reads them as defaults), and powers the
 # board off when COMMAND ends. Without COMMAND it prints the variables and
 # keeps the board up until interrupted. KEDGE_HIL_BOARD_USER=board logs in
@@ -101,15 +102,14 @@ ssh_port=""
 board_ssh() {
   ssh -i "$run/id" -p "$ssh_port" -o BatchMode=yes -o ConnectTimeout=5 \
     -o UserKnownHostsFile="$run/known_hosts" -o StrictHostKeyChecking=accept-new \
-    -o LogLevel=ERROR root@127.0.0.1 "$@"
+    -o ServerAliveInterval=5 -o LogLevel=ERROR root@127.0.0.1 "$@" </dev/null
 }
-export -f board_ssh
 shutdown_board() {
   set +e
   if [ -n "$qemu_pid" ] && kill -0 "$qemu_pid" 2>/dev/null; then
     # A clean power-off; the copy of the disk is thrown away, so a board that
     # does not answer is switched off.
-    run=$run ssh_port=$ssh_port timeout 10 bash -c "board_ssh 'systemctl --no-block poweroff'" >/dev/null 2>&1 &&
+    board_ssh 'systemctl --no-block poweroff' >/dev/null 2>&1 &&
       timeout 30 tail --pid="$qemu_pid" -f /dev/null
     kill -0 "$qemu_pid" 2>/dev/null && log "the board did not power off; switching it off"
     kill "$qemu_pid" 2>/dev/null
@@ -168,11 +168,13 @@ log "booted; ssh answered after $((SECONDS - boot_start)) s ($(board_ssh 'system
 
 export KEDGE_HIL_SSH=${KEDGE_HIL_BOARD_USER:-root}@127.0.0.1 KEDGE_HIL_SSH_PORT=$ssh_port KEDGE_HIL_SSH_IDENTITY=$run/id
 export KEDGE_HIL_SSH_OPTIONS="UserKnownHostsFile=$run/known_hosts StrictHostKeyChecking=accept-new"
-export KEDGE_HIL_BROKER_HOST=10.0.2.2 KEDGE_HIL_BOARD_CONSOLE=$run/console.log
+# qemu's user network reaches the host's loopback: the broker need not
+# listen on every interface.
+export KEDGE_HIL_BROKER_HOST=10.0.2.2 KEDGE_HIL_BROKER_LISTEN=127.0.0.1 KEDGE_HIL_BOARD_CONSOLE=$run/console.log
 if [ $# -gt 0 ]; then
   "$@"
 else
-  for v in KEDGE_HIL_SSH KEDGE_HIL_SSH_PORT KEDGE_HIL_SSH_IDENTITY KEDGE_HIL_SSH_OPTIONS KEDGE_HIL_BROKER_HOST; do
+  for v in KEDGE_HIL_SSH KEDGE_HIL_SSH_PORT KEDGE_HIL_SSH_IDENTITY KEDGE_HIL_SSH_OPTIONS KEDGE_HIL_BROKER_HOST KEDGE_HIL_BROKER_LISTEN; do
     printf 'export %s=%q\n' "$v" "${!v}"
   done
   log "the board runs until interrupted (Ctrl-C)"
