@@ -16,8 +16,10 @@
 #              with busybox and kedge started by init, user networking to
 #              the host's broker (10.0.2.2), a virtio disk for the data dir;
 #              `restart` reboots it (hil/qemu-system/).
-# ssh          a real board: copies the binary and modules, installs the
-#              systemd service with install/install.sh, runs the scenario;
+# ssh          a board with systemd (a real one, or the emulated one of
+#              hil/ssh/emulated-board.sh): copies the binary and modules,
+#              installs the systemd service with install/install.sh, runs
+#              the scenario;
 #              `restart` kills the agent (-9), systemd starts it again.
 #              --broker-host is this machine's address as the board sees it.
 #              --ssh-option is passed to ssh as -o OPT. Defaults come from
@@ -50,7 +52,7 @@ while [ $# -gt 0 ]; do
     --ssh-identity) ssh_identity=$2; shift 2 ;;
     --ssh-option) ssh_options+=("$2"); shift 2 ;;
     --broker-host) broker_host=$2; shift 2 ;;
-    -h|--help) sed -n '2,32s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 64 ;;
   esac
 done
