@@ -49,11 +49,11 @@ rm -rf /var/lib/kedge/* /etc/kedge/config.toml
 sh $dir/install/install.sh --binary $dir/kedge --broker mqtt://$broker_host:$port --node $node --no-start
 printf '\n[node]\nheartbeat_ms = 1000\n' >>/etc/kedge/config.toml
 rm -rf $dir
+systemctl daemon-reload
 EOS
 }
-be_start() {
-  be_started_at=$(on_board "date '+%Y-%m-%d %H:%M:%S'")
-  echo 'systemctl daemon-reload && systemctl restart kedge.service' | board_sh
+be_start() { # one round trip: the board's clock (for journalctl --since), then the start
+  be_started_at=$(echo "date '+%Y-%m-%d %H:%M:%S' && systemctl restart kedge.service" | board_sh) || return 1
 }
 # Kill -9 the agent as a crash would; systemd's Restart=always brings it back.
 be_restart() { echo 'systemctl kill --signal=KILL kedge.service' | board_sh; }
@@ -61,11 +61,11 @@ be_stats() {
   board_sh <<'EOS'
 pid=$(systemctl show -p MainPID --value kedge.service)
 [ "$pid" -gt 0 ] || exit 1
-rss=$(awk '/^Rss:/ {print $2}' /proc/$pid/smaps_rollup)
-pss=$(awk '/^Pss:/ {print $2}' /proc/$pid/smaps_rollup)
+# RSS and PSS from one read of smaps_rollup (two reads can disagree).
+mem=$(awk '/^Rss:/ {r = $2} /^Pss:/ {p = $2} END {print r, p}' /proc/$pid/smaps_rollup)
 hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
 cpu=$(awk -v hz="$hz" '{print int(($14 + $15) * 1000 / hz)}' /proc/$pid/stat)
-echo "$rss $pss $cpu"
+echo "$mem $cpu"
 EOS
 }
 be_log() { echo "journalctl -u kedge.service --no-pager -o cat --since '$be_started_at'" | board_sh; }
