@@ -6,7 +6,8 @@
 #
 #   hil/run.sh --backend qemu-user|qemu-system|ssh [--scenario FILE]
 #              [--device-bin PATH] [--host-bin PATH] [--arch aarch64|x86_64]
-#              [--ssh USER@BOARD] [--broker-host ADDR]
+#              [--ssh USER@BOARD] [--ssh-port N] [--ssh-identity FILE]
+#              [--ssh-option OPT]... [--broker-host ADDR]
 #
 # qemu-user    the device binary under qemu-<arch>-static on this machine
 #              (default arch aarch64; this machine's own arch runs natively);
@@ -15,9 +16,18 @@
 #              with busybox and kedge started by init, user networking to
 #              the host's broker (10.0.2.2), a virtio disk for the data dir;
 #              `restart` reboots it (hil/qemu-system/).
-# ssh          a real board: copies the binary and modules, installs the
-#              systemd service with install/install.sh, runs the scenario.
+# ssh          a board with systemd (a real one, or the emulated one of
+#              hil/ssh/emulated-board.sh): copies the binary and modules,
+#              installs the systemd service with install/install.sh, runs
+#              the scenario;
+#              `restart` kills the agent (-9), systemd starts it again.
 #              --broker-host is this machine's address as the board sees it.
+#              --ssh-option is passed to ssh as -o OPT. Defaults come from
+#              KEDGE_HIL_SSH, KEDGE_HIL_SSH_PORT, KEDGE_HIL_SSH_IDENTITY,
+#              KEDGE_HIL_SSH_OPTIONS (space separated) and
+#              KEDGE_HIL_BROKER_HOST, which hil/ssh/emulated-board.sh sets
+#              for its emulated board (and KEDGE_HIL_BROKER_LISTEN: the
+#              broker's listen address, else 0.0.0.0 for this back-end).
 #
 # The broker is a Mosquitto started here on a free port; the host CLI
 # (--host-bin, a build with the Wasm compiler) drives the device.
@@ -25,7 +35,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 target_dir="${CARGO_TARGET_DIR:-/var/tmp/kedge-target}"
-backend="" scenario=hil/scenarios/basic.scn arch=aarch64 device_bin="" ssh_dest="" broker_host=""
+backend="" scenario=hil/scenarios/basic.scn arch=aarch64 device_bin=""
+ssh_dest="${KEDGE_HIL_SSH:-}" ssh_port="${KEDGE_HIL_SSH_PORT:-}" ssh_identity="${KEDGE_HIL_SSH_IDENTITY:-}"
+broker_host="${KEDGE_HIL_BROKER_HOST:-}"
+read -ra ssh_options <<<"${KEDGE_HIL_SSH_OPTIONS:-}"
 host_bin="$target_dir/debug/kedge"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -35,8 +48,11 @@ while [ $# -gt 0 ]; do
     --host-bin) host_bin=$2; shift 2 ;;
     --arch) arch=$2; shift 2 ;;
     --ssh) ssh_dest=$2; shift 2 ;;
+    --ssh-port) ssh_port=$2; shift 2 ;;
+    --ssh-identity) ssh_identity=$2; shift 2 ;;
+    --ssh-option) ssh_options+=("$2"); shift 2 ;;
     --broker-host) broker_host=$2; shift 2 ;;
-    -h|--help) sed -n '2,21s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 64 ;;
   esac
 done
@@ -61,7 +77,7 @@ trap cleanup EXIT
 # ---------------------------------------------------------------------------
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("0.0.0.0",0)); print(s.getsockname()[1])')
 url="mqtt://127.0.0.1:$port"
-listen=127.0.0.1; [ "$backend" = ssh ] && listen=0.0.0.0
+listen=127.0.0.1; [ "$backend" = ssh ] && listen=${KEDGE_HIL_BROKER_LISTEN:-0.0.0.0} # boards reach it from outside
 printf 'listener %s %s\nallow_anonymous true\nset_tcp_nodelay true\n' "$port" "$listen" >"$work/mosquitto.conf"
 /usr/sbin/mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 & pids+=($!)
 kedge() { "$host_bin" --broker "$url" "$@"; }
@@ -103,7 +119,7 @@ qemu-system)
   source hil/qemu-system/backend.sh
   ;;
 ssh)
-  [ -n "$ssh_dest" ] || { echo "run.sh: --ssh USER@BOARD is needed" >&2; exit 64; }
+  [ -n "$ssh_dest" ] || { echo "run.sh: --ssh USER@BOARD (or KEDGE_HIL_SSH) is needed" >&2; exit 64; }
   [ -n "$broker_host" ] || { echo "run.sh: --broker-host ADDR (this machine as the board sees it) is needed" >&2; exit 64; }
   device_modules=/var/lib/kedge-hil/modules
   source hil/ssh/backend.sh

@@ -77,9 +77,11 @@ cargo test --locked --features bridge --test bridge_e2e -- --test-threads=1
 # Static device binaries (targets/): x86-64 `full` and `minimal` against
 # their size budgets (over budget fails), aarch64 `minimal` for the HIL.
 # Then hardware in the loop: the aarch64 `minimal` agent under qemu-user,
-# and a whole emulated arm64 machine (qemu-system) that is rebooted.
-# KEDGE_SKIP_CROSS=1 skips this stage; KEDGE_SKIP_QEMU_SYSTEM=1 skips the
-# emulated machine.
+# a whole emulated arm64 machine (qemu-system) that is rebooted, and the ssh
+# back-end against an emulated Debian arm64 board with systemd and sshd
+# (its root filesystem is built once, cached in /var/tmp/kedge-hil-cache).
+# KEDGE_SKIP_CROSS=1 skips this stage; KEDGE_SKIP_QEMU_SYSTEM=1 skips both
+# emulated machines, KEDGE_SKIP_SSH_BOARD=1 only the ssh board.
 if [ "${KEDGE_SKIP_CROSS:-0}" != 1 ]; then
   echo "== static device binaries and size budgets"
   ./scripts/build-targets.sh
@@ -94,5 +96,9 @@ if [ "${KEDGE_SKIP_CROSS:-0}" != 1 ]; then
   if [ "${KEDGE_SKIP_QEMU_SYSTEM:-0}" != 1 ]; then
     echo "== hardware in the loop: qemu-system (arm64 machine, minimal)"
     hil/run.sh --backend qemu-system --device-bin "$arm" --scenario hil/scenarios/basic.scn
+    if [ "${KEDGE_SKIP_SSH_BOARD:-0}" != 1 ]; then
+      echo "== hardware in the loop: ssh (an emulated Debian arm64 board: systemd, sshd, minimal)"
+      hil/ssh/emulated-board.sh hil/run.sh --backend ssh --device-bin "$arm" --scenario hil/scenarios/minimal.scn
+    fi
   fi
 fi
