@@ -95,6 +95,8 @@ fn main() -> ExitCode {
                 node,
                 namespace,
             } => cli::apply(&config, &file, &node, namespace.as_deref()).await,
+            #[cfg(feature = "manifests")]
+            Command::Convert { file } => cli::convert(&file),
             Command::Get {
                 what,
                 namespace,

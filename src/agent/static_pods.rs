@@ -1,6 +1,11 @@
 //! Static pods: the manifests in `--manifests DIR`, like the kubelet's file
 //! source. The directory is re-read every poll interval and its complete
 //! contents are sent to the controller whenever a file changed.
+//!
+//! `*.yaml`, `*.yml` and `*.json` files hold Kubernetes Pods (builds with the
+//! `manifests` feature); `*.kedge.json` files hold kedge pod specs as
+//! `kedge convert` writes them, read by every build (`minimal` reads only
+//! these).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,8 +14,41 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::model::PodSpec;
-use crate::model::convert::{parse_pod_manifests, pod_spec_from_k8s};
 use crate::runtime::module_source::sha256_hex;
+
+/// The ending of static pod files that hold kedge pod specs.
+pub const SPEC_FILE_SUFFIX: &str = ".kedge.json";
+
+/// The pods of one file, each converted or refused on its own; `Err` when
+/// the file as a whole cannot be read as pods.
+type FilePods = Result<Vec<Result<PodSpec, String>>, String>;
+
+fn pods_in(file: &Path, text: &str) -> FilePods {
+    if file.to_string_lossy().ends_with(SPEC_FILE_SUFFIX) {
+        return serde_json::from_str::<Vec<PodSpec>>(text)
+            .map(|specs| specs.into_iter().map(Ok).collect())
+            .map_err(|e| format!("not a list of kedge pod specs (`kedge convert` output): {e}"));
+    }
+    manifest_pods(text)
+}
+
+#[cfg(feature = "manifests")]
+fn manifest_pods(text: &str) -> FilePods {
+    use crate::model::convert::{parse_pod_manifests, pod_spec_from_k8s};
+    let manifests = parse_pod_manifests(text).map_err(|e| e.to_string())?;
+    Ok(manifests
+        .iter()
+        .map(|m| pod_spec_from_k8s(m).map_err(|e| e.to_string()))
+        .collect())
+}
+
+#[cfg(not(feature = "manifests"))]
+fn manifest_pods(_text: &str) -> FilePods {
+    Err(format!(
+        "this agent was built without Kubernetes manifest support (`minimal`); \
+         convert the file on a build host with `kedge convert -f FILE > NAME{SPEC_FILE_SUFFIX}`"
+    ))
+}
 
 #[derive(Debug, Clone)]
 pub enum StaticPod {
@@ -54,10 +92,10 @@ pub fn read_dir(dir: &Path, node: &str) -> (Vec<StaticPod>, BTreeMap<PathBuf, St
         };
         let digest = sha256_hex(text.as_bytes());
         digests.insert(file.clone(), digest.clone());
-        match parse_pod_manifests(&text) {
-            Ok(manifests) => {
-                for m in manifests {
-                    match pod_spec_from_k8s(&m) {
+        match pods_in(&file, &text) {
+            Ok(specs) => {
+                for spec in specs {
+                    match spec {
                         Ok(mut spec) => {
                             // Like the kubelet: a static pod's uid is a hash of
                             // its node, name and manifest, so an edit makes a
@@ -70,17 +108,14 @@ pub fn read_dir(dir: &Path, node: &str) -> (Vec<StaticPod>, BTreeMap<PathBuf, St
                             spec.generation = 1;
                             pods.push(StaticPod::Pod(spec));
                         }
-                        Err(e) => pods.push(StaticPod::Invalid {
+                        Err(error) => pods.push(StaticPod::Invalid {
                             file: file.clone(),
-                            error: e.to_string(),
+                            error,
                         }),
                     }
                 }
             }
-            Err(e) => pods.push(StaticPod::Invalid {
-                file,
-                error: e.to_string(),
-            }),
+            Err(error) => pods.push(StaticPod::Invalid { file, error }),
         }
     }
     (pods, digests)
@@ -102,5 +137,97 @@ pub async fn watch(
             last = Some(digests);
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POD: &str = "apiVersion: v1
+kind: Pod
+metadata:
+  name: ticker
+spec:
+  runtimeClassName: kedge-wasm
+  containers:
+    - name: t
+      image: file:///opt/t.wasm@sha256:ab5df625bc76dbd4e163bed2dd888df828f90159bb93556525c31821b6541d46
+";
+
+    #[cfg(feature = "manifests")]
+    fn specs(pods: &[StaticPod]) -> Vec<&PodSpec> {
+        pods.iter()
+            .filter_map(|p| match p {
+                StaticPod::Pod(s) => Some(s),
+                StaticPod::Invalid { .. } => None,
+            })
+            .collect()
+    }
+
+    fn errors(pods: &[StaticPod]) -> Vec<(String, String)> {
+        pods.iter()
+            .filter_map(|p| match p {
+                StaticPod::Invalid { file, error } => Some((
+                    file.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into(),
+                    error.clone(),
+                )),
+                StaticPod::Pod(_) => None,
+            })
+            .collect()
+    }
+
+    /// A `kedge convert` file runs the same pod as the manifest it came
+    /// from; a broken one is refused by name.
+    #[cfg(feature = "manifests")]
+    #[test]
+    fn converted_specs_run_like_their_manifests() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let converted = crate::model::convert::parse_pod_manifests(POD)
+            .expect("parse")
+            .iter()
+            .map(|p| crate::model::convert::pod_spec_from_k8s(p).expect("convert"))
+            .collect::<Vec<_>>();
+        std::fs::write(dir.path().join("a.yaml"), POD).expect("write");
+        std::fs::write(
+            dir.path().join("b.kedge.json"),
+            serde_json::to_string(&converted).expect("json"),
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("c.kedge.json"), "{\"name\": 1}").expect("write");
+        let (pods, digests) = read_dir(dir.path(), "n1");
+        assert_eq!(digests.len(), 3);
+        let got = specs(&pods);
+        assert_eq!(got.len(), 2);
+        let (from_yaml, from_json) = (got[0], got[1]);
+        assert_eq!(from_yaml.name, "ticker");
+        assert_eq!(from_json.containers, from_yaml.containers);
+        assert_eq!(from_json.runtime, from_yaml.runtime);
+        assert!(from_json.uid.starts_with("static-"));
+        assert_ne!(from_json.uid, from_yaml.uid, "the uid hashes the file");
+        let errs = errors(&pods);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].0, "c.kedge.json");
+        assert!(
+            errs[0].1.contains("not a list of kedge pod specs"),
+            "{}",
+            errs[0].1
+        );
+    }
+
+    /// Without manifest support a Pod file is refused with the command
+    /// that converts it.
+    #[cfg(not(feature = "manifests"))]
+    #[test]
+    fn manifests_need_conversion_in_minimal_builds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.yaml"), POD).expect("write");
+        let (pods, _) = read_dir(dir.path(), "n1");
+        let errs = errors(&pods);
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].1.contains("kedge convert -f FILE"), "{}", errs[0].1);
     }
 }

@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
+#[cfg(feature = "manifests")]
 use crate::model::convert::{parse_pod_manifests, pod_spec_from_k8s};
 use crate::model::{
     LogChunk, LogRequest, NodeConditionType, NodeStatus, PodKey, PodSpec, PodStatus, now_ms,
@@ -58,6 +59,15 @@ pub enum Command {
         /// Namespace for pods that name none.
         #[arg(short = 'n', long)]
         namespace: Option<String>,
+    },
+    /// Convert Kubernetes Pod manifests into kedge pod specs (JSON), the
+    /// static pods (`NAME.kedge.json`) of agents built without manifest
+    /// support (`minimal`).
+    #[cfg(feature = "manifests")]
+    Convert {
+        /// YAML or JSON file with one or more Pods; - for stdin.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
     },
     /// Show pods or nodes.
     Get {
@@ -257,7 +267,56 @@ pub fn decode_node(payload: &[u8]) -> Result<NodeStatus, wire::WireError> {
     .map(|(_, n)| n)
 }
 
+/// A manifest file's text; `-` is stdin.
+#[cfg(feature = "manifests")]
+fn read_manifest_file(file: &PathBuf) -> anyhow::Result<String> {
+    if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+    }
+}
+
+/// `kedge convert -f`: the pods of a manifest file as kedge pod specs, a
+/// JSON list (what `*.kedge.json` static pod files hold).
+#[cfg(feature = "manifests")]
+pub fn convert(file: &PathBuf) -> anyhow::Result<()> {
+    let text = read_manifest_file(file)?;
+    let manifests = parse_pod_manifests(&text)
+        .with_context(|| format!("error validating {:?}", file.display().to_string()))?;
+    let specs = manifests
+        .iter()
+        .map(|pod| {
+            let name = pod.metadata.name.as_deref().unwrap_or_default();
+            pod_spec_from_k8s(pod).with_context(|| format!("pod/{name} is invalid"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::to_string_pretty(&specs)?
+    )?;
+    Ok(())
+}
+
+/// `kedge apply -f` in a build without Kubernetes manifests (`minimal`).
+#[cfg(not(feature = "manifests"))]
+pub async fn apply(
+    _config: &Config,
+    _file: &PathBuf,
+    _node: &str,
+    _namespace: Option<&str>,
+) -> anyhow::Result<()> {
+    bail!(
+        "this kedge was built without Kubernetes manifest support (a `minimal` device build); \
+         run `kedge apply` from a workstation's kedge against the same broker"
+    )
+}
+
 /// `kedge apply -f`.
+#[cfg(feature = "manifests")]
 pub async fn apply(
     config: &Config,
     file: &PathBuf,
@@ -267,13 +326,7 @@ pub async fn apply(
     if !wire::valid_topic_level(node) {
         bail!("invalid node name {node:?}");
     }
-    let text = if file.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s)?;
-        s
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
-    };
+    let text = read_manifest_file(file)?;
     let manifests = parse_pod_manifests(&text)
         .with_context(|| format!("error validating {:?}", file.display().to_string()))?;
     if manifests.is_empty() {

@@ -5,6 +5,7 @@
 //! only what a device can honour. `convert` turns Kubernetes manifests into
 //! them (and is the one place that knows Kubernetes field paths).
 
+#[cfg(feature = "manifests")]
 pub mod convert;
 
 use std::collections::BTreeMap;

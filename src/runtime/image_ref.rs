@@ -214,7 +214,7 @@ mod tests {
     const D: &str = "sha256:ab5df625bc76dbd4e163bed2dd888df828f90159bb93556525c31821b6541d46";
 
     fn parts(s: &str) -> (String, String, Option<String>, Option<String>) {
-        let r = ImageRef::parse(s).unwrap();
+        let r = ImageRef::parse(s).expect("parses");
         (r.registry, r.repository, r.tag, r.digest)
     }
 
@@ -247,7 +247,7 @@ mod tests {
             (s("127.0.0.1:5000"), s("m"), None, Some(s(D)))
         );
         assert_eq!(
-            ImageRef::parse("busybox").unwrap().to_string(),
+            ImageRef::parse("busybox").expect("parses").to_string(),
             "docker.io/library/busybox:latest"
         );
     }
