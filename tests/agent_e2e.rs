@@ -644,10 +644,34 @@ fn static_pods_follow_their_directory() {
     wait_until("static pod Running", WAIT, || {
         status("static-a").filter(|s| phase(s) == "Running")
     });
+    // What a `minimal` agent reads: the pod as `kedge convert` writes it.
+    let yaml = dir.path().join("b.yaml");
+    std::fs::write(
+        &yaml,
+        wasm_pod("static-b", &p1(), &["ticker", "0", "100"], "Always", ""),
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kedge"))
+        .args(["convert", "-f"])
+        .arg(&yaml)
+        .output()
+        .expect("kedge convert runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let specs: Value = serde_json::from_slice(&out.stdout).expect("convert prints JSON");
+    assert_eq!(specs[0]["name"], "static-b", "{specs}");
+    std::fs::write(manifests.join("b.kedge.json"), &out.stdout).expect("write");
+    wait_until("converted static pod Running", WAIT, || {
+        status("static-b").filter(|s| phase(s) == "Running")
+    });
     std::fs::remove_file(manifests.join("a.yaml")).expect("remove");
     wait_until("static pod removed", WAIT, || {
         status("static-a").is_none().then_some(())
     });
+    assert!(status("static-b").is_some(), "the converted pod stays");
     drop(agent);
 }
 

@@ -578,9 +578,26 @@ fn is_component(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[6..8] == [1, 0]
 }
 
+/// Device builds parse binary Wasm only: WAT text needs a build host.
+#[cfg(feature = "wasm-compiler")]
+fn refuse_wat(bytes: &[u8]) -> Result<(), String> {
+    let text = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| matches!(b, b'(' | b';'));
+    if text && !cfg!(feature = "build-host") {
+        return Err("the module is WAT text, which device builds do not parse; \
+                    give the binary .wasm (e.g. `wasm-tools parse m.wat -o m.wasm`) \
+                    or run `kedge wasm compile` on a build host"
+            .into());
+    }
+    Ok(())
+}
+
 /// Compiles plain Wasm; also returns the code serialized for the cache.
 #[cfg(feature = "wasm-compiler")]
 fn compile(engine: &Engine, bytes: &[u8]) -> Result<(Compiled, Vec<u8>), RuntimeError> {
+    refuse_wat(bytes).map_err(RuntimeError::InvalidImage)?;
     let invalid =
         |e: wasmtime::Error| RuntimeError::InvalidImage(format!("invalid Wasm module: {e:#}"));
     let compiled = if is_component(bytes) {
@@ -654,6 +671,7 @@ pub fn precompile(bytes: &[u8], target: CompileTarget) -> anyhow::Result<Vec<u8>
     if Engine::detect_precompiled(bytes).is_some() {
         anyhow::bail!("the input is already precompiled; give the .wasm module instead");
     }
+    refuse_wat(bytes).map_err(anyhow::Error::msg)?;
     if is_component(bytes) {
         engine.precompile_component(bytes)
     } else {
@@ -960,6 +978,18 @@ mod tests {
         assert_eq!(artifact_arch(&elf), Some(PULLEY));
         assert_eq!(artifact_arch(b"\0asm\x01\0\0\0"), None);
         assert_eq!(artifact_arch(&elf[..10]), None);
+    }
+
+    /// WAT is refused by name in device builds and compiled on build hosts.
+    #[cfg(feature = "wasm-compiler")]
+    #[test]
+    fn wat_text_needs_a_build_host() {
+        let wat = b"  ;; demo\n(module)";
+        assert_eq!(refuse_wat(wat).is_ok(), cfg!(feature = "build-host"));
+        if let Err(e) = refuse_wat(wat) {
+            assert!(e.contains("WAT text"), "{e}");
+        }
+        assert!(refuse_wat(b"\0asm\x01\0\0\0").is_ok());
     }
 
     /// `kedge wasm compile` output for this node loads in the agent's

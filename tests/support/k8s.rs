@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{free_port, openssl, read_lossy, repo_root, run_with_deadline, wait_until};
+use super::{
+    TestPki, free_port, leaf_ext, openssl, read_lossy, repo_root, run_with_deadline, wait_until,
+};
 
 /// Directory of the built control-plane binaries: `KEDGE_K8S_BIN_DIR` if set,
 /// else the output of `tests/k8s-harness/build.sh` (built once per machine
@@ -324,117 +326,39 @@ fn write_kubeconfig(path: &Path, server: &str, ca: &Path, cert: &Path, key: &Pat
 /// Every certificate and key of a control plane, made with the `openssl` CLI.
 fn generate_certs(d: &Path) -> ClusterCerts {
     let p = |n: &str| d.join(n);
-    let leaf = |eku: &str, san: &str| {
-        format!(
-            "basicConstraints = critical, CA:FALSE\n\
-             keyUsage = critical, digitalSignature, keyEncipherment\n\
-             extendedKeyUsage = {eku}\n\
-             subjectKeyIdentifier = hash\n\
-             authorityKeyIdentifier = keyid\n{san}"
-        )
-    };
-    std::fs::write(
-        p("ca.ext"),
-        "basicConstraints = critical, CA:TRUE\n\
-         keyUsage = critical, keyCertSign, cRLSign, digitalSignature\n\
-         subjectKeyIdentifier = hash\n",
-    )
-    .expect("write ca.ext");
-    let ec_key = |name: &str| {
-        openssl(
-            d,
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                name,
-            ],
-        )
-    };
-    ec_key("ca.key");
-    openssl(
-        d,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "ca.key",
-            "-subj",
-            "/CN=kedge-k8s-test-ca",
-            "-out",
-            "ca.csr",
-        ],
+    let pki = TestPki { dir: d, days: "30" };
+    pki.ca(
+        "/CN=kedge-k8s-test-ca",
+        "keyCertSign, cRLSign, digitalSignature",
     );
-    openssl(
-        d,
-        &[
-            "x509", "-req", "-in", "ca.csr", "-key", "ca.key", "-days", "30", "-sha256",
-            "-extfile", "ca.ext", "-out", "ca.pem",
-        ],
-    );
+    let usage = "digitalSignature, keyEncipherment";
     let server_san = "subjectAltName = DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, \
                       DNS:kubernetes.default.svc, IP:127.0.0.1, IP:10.96.0.1\n";
     let kubelet_san = "subjectAltName = DNS:localhost, IP:127.0.0.1\n";
-    let leaves: [(&str, &str, String); 5] = [
-        (
-            "apiserver",
-            "/CN=kube-apiserver",
-            leaf("serverAuth", server_san),
-        ),
+    let leaves = [
+        ("apiserver", "/CN=kube-apiserver", "serverAuth", server_san),
         (
             "admin",
             "/O=system:masters/CN=kedge-admin",
-            leaf("clientAuth", ""),
+            "clientAuth",
+            "",
         ),
-        ("bridge", "/CN=kedge-bridge", leaf("clientAuth", "")),
+        ("bridge", "/CN=kedge-bridge", "clientAuth", ""),
         (
             "kubelet-client",
             "/O=system:masters/CN=kube-apiserver-kubelet-client",
-            leaf("clientAuth", ""),
+            "clientAuth",
+            "",
         ),
         (
             "kubelet-serving",
             "/CN=kedge-bridge-kubelet",
-            leaf("serverAuth", kubelet_san),
+            "serverAuth",
+            kubelet_san,
         ),
     ];
-    for (name, subj, ext) in &leaves {
-        let (key, csr, extf, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.ext"),
-            format!("{name}.pem"),
-        );
-        std::fs::write(p(&extf), ext).expect("write ext");
-        ec_key(&key);
-        openssl(
-            d,
-            &["req", "-new", "-key", &key, "-subj", subj, "-out", &csr],
-        );
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "30",
-                "-sha256",
-                "-extfile",
-                &extf,
-                "-out",
-                &pem,
-            ],
-        );
+    for (name, subject, eku, san) in leaves {
+        pki.leaf(name, subject, &leaf_ext(usage, eku, san));
     }
     openssl(
         d,

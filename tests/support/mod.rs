@@ -393,32 +393,46 @@ pub fn generate_tls(client_cn: &str) -> TlsFiles {
         .tempdir()
         .expect("create TLS temp dir");
     let p = |name: &str| dir.path().join(name);
-    let ca_ext = "basicConstraints = critical, CA:TRUE\n\
-                  keyUsage = critical, keyCertSign, cRLSign\n\
-                  subjectKeyIdentifier = hash\n";
-    let leaf_ext = |eku: &str, san: &str| {
-        format!(
-            "basicConstraints = critical, CA:FALSE\n\
-             keyUsage = critical, digitalSignature\n\
-             extendedKeyUsage = {eku}\n\
-             subjectKeyIdentifier = hash\n\
-             authorityKeyIdentifier = keyid\n{san}"
-        )
+    let pki = TestPki {
+        dir: dir.path(),
+        days: "365",
     };
-    std::fs::write(p("ca.ext"), ca_ext).expect("write ca.ext");
-    std::fs::write(
-        p("server.ext"),
-        leaf_ext(
-            "serverAuth",
-            "subjectAltName = DNS:localhost, IP:127.0.0.1\n",
-        ),
-    )
-    .expect("write server.ext");
-    std::fs::write(p("client.ext"), leaf_ext("clientAuth", "")).expect("write client.ext");
+    pki.ca("/CN=kedge test CA", "keyCertSign, cRLSign");
+    let san = "subjectAltName = DNS:localhost, IP:127.0.0.1\n";
+    let usage = "digitalSignature";
+    pki.leaf(
+        "server",
+        "/CN=localhost",
+        &leaf_ext(usage, "serverAuth", san),
+    );
+    pki.leaf(
+        "client",
+        &format!("/CN={client_cn}"),
+        &leaf_ext(usage, "clientAuth", ""),
+    );
+    TlsFiles {
+        ca: p("ca.pem"),
+        server_cert: p("server.pem"),
+        server_key: p("server.key"),
+        client_cert: p("client.pem"),
+        client_key: p("client.key"),
+        dir,
+    }
+}
 
-    for key in ["ca.key", "server.key", "client.key"] {
+/// A test PKI made with the `openssl` CLI in `dir`: `ca` writes ca.key and
+/// ca.pem, `leaf` writes NAME.key and NAME.pem signed by that CA.
+pub struct TestPki<'a> {
+    pub dir: &'a Path,
+    /// Validity of every certificate, in days.
+    pub days: &'static str,
+}
+
+impl TestPki<'_> {
+    /// A P-256 key.
+    pub fn ec_key(&self, name: &str) {
         openssl(
-            dir.path(),
+            self.dir,
             &[
                 "genpkey",
                 "-algorithm",
@@ -426,48 +440,54 @@ pub fn generate_tls(client_cn: &str) -> TlsFiles {
                 "-pkeyopt",
                 "ec_paramgen_curve:P-256",
                 "-out",
-                key,
+                name,
             ],
         );
     }
-    // Self-signed CA: make a CSR, then sign it with its own key so -extfile applies.
-    openssl(
-        dir.path(),
-        &[
-            "req",
-            "-new",
-            "-key",
-            "ca.key",
-            "-subj",
-            "/CN=kedge test CA",
-            "-out",
-            "ca.csr",
-        ],
-    );
-    openssl(
-        dir.path(),
-        &[
-            "x509", "-req", "-in", "ca.csr", "-key", "ca.key", "-days", "3650", "-sha256",
-            "-extfile", "ca.ext", "-out", "ca.pem",
-        ],
-    );
-    let client_subj = format!("/CN={client_cn}");
-    for (name, subj) in [
-        ("server", "/CN=localhost"),
-        ("client", client_subj.as_str()),
-    ] {
-        let (key, csr, ext, pem) = (
+
+    /// A self-signed CA (a CSR signed with its own key, so the extensions apply).
+    pub fn ca(&self, subject: &str, key_usage: &str) {
+        std::fs::write(
+            self.dir.join("ca.ext"),
+            format!(
+                "basicConstraints = critical, CA:TRUE\n\
+                 keyUsage = critical, {key_usage}\n\
+                 subjectKeyIdentifier = hash\n"
+            ),
+        )
+        .expect("write ca.ext");
+        self.ec_key("ca.key");
+        openssl(
+            self.dir,
+            &[
+                "req", "-new", "-key", "ca.key", "-subj", subject, "-out", "ca.csr",
+            ],
+        );
+        openssl(
+            self.dir,
+            &[
+                "x509", "-req", "-in", "ca.csr", "-key", "ca.key", "-days", self.days, "-sha256",
+                "-extfile", "ca.ext", "-out", "ca.pem",
+            ],
+        );
+    }
+
+    /// NAME.key and NAME.pem for `subject`, with the extensions `ext`.
+    pub fn leaf(&self, name: &str, subject: &str, ext: &str) {
+        let (key, csr, extf, pem) = (
             format!("{name}.key"),
             format!("{name}.csr"),
             format!("{name}.ext"),
             format!("{name}.pem"),
         );
+        std::fs::write(self.dir.join(&extf), ext).expect("write ext");
+        self.ec_key(&key);
         openssl(
-            dir.path(),
-            &["req", "-new", "-key", &key, "-subj", subj, "-out", &csr],
+            self.dir,
+            &["req", "-new", "-key", &key, "-subj", subject, "-out", &csr],
         );
         openssl(
-            dir.path(),
+            self.dir,
             &[
                 "x509",
                 "-req",
@@ -479,23 +499,26 @@ pub fn generate_tls(client_cn: &str) -> TlsFiles {
                 "ca.key",
                 "-CAcreateserial",
                 "-days",
-                "365",
+                self.days,
                 "-sha256",
                 "-extfile",
-                &ext,
+                &extf,
                 "-out",
                 &pem,
             ],
         );
     }
-    TlsFiles {
-        ca: p("ca.pem"),
-        server_cert: p("server.pem"),
-        server_key: p("server.key"),
-        client_cert: p("client.pem"),
-        client_key: p("client.key"),
-        dir,
-    }
+}
+
+/// The extensions of a leaf certificate.
+pub fn leaf_ext(key_usage: &str, extended_key_usage: &str, san: &str) -> String {
+    format!(
+        "basicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, {key_usage}\n\
+         extendedKeyUsage = {extended_key_usage}\n\
+         subjectKeyIdentifier = hash\n\
+         authorityKeyIdentifier = keyid\n{san}"
+    )
 }
 
 /// Runs `openssl ARGS` in `dir`, panicking with its output on failure.
