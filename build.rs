@@ -43,7 +43,7 @@ fn main() {
         let link = dir.join("ld.lld");
         let _ = std::fs::create_dir_all(&dir);
         let _ = std::fs::remove_file(&link);
-        if let Err(e) = std::os::unix::fs::symlink(&lld, &link) {
+        if let Err(e) = symlink(&lld, &link) {
             println!("cargo:warning=cannot link {}: {e}", link.display());
             return;
         }
@@ -56,4 +56,16 @@ fn main() {
              so the binary comes out larger (Debian: apt install lld)"
         );
     }
+}
+
+#[cfg(unix)]
+fn symlink(target: &std::path::Path, link: &std::path::Path) -> std::io::Result<()> {
+    std::os::unix::fs::symlink(target, link)
+}
+
+/// Device binaries are cross-compiled on Linux or macOS; on other hosts
+/// they link without lld (build.rs warns), and this file still compiles.
+#[cfg(not(unix))]
+fn symlink(_target: &std::path::Path, _link: &std::path::Path) -> std::io::Result<()> {
+    Err(std::io::Error::other("not a unix build host"))
 }
