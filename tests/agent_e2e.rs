@@ -65,18 +65,7 @@ impl Env {
     }
 
     fn apply(&self, yaml: &str) -> String {
-        let path = self
-            .dir
-            .path()
-            .join(format!("m-{}.yaml", uuid::Uuid::new_v4().simple()));
-        std::fs::write(&path, yaml).expect("write manifest");
-        self.cli_ok(&[
-            "apply",
-            "-f",
-            path.to_str().expect("utf8"),
-            "--node",
-            &self.node,
-        ])
+        apply_on(&self.broker, &self.agent, self.dir.path(), &self.node, yaml)
     }
 
     /// The pod's status as JSON (from `kedge get pods -o json`), if reported.

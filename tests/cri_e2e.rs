@@ -49,18 +49,7 @@ impl CriEnv {
     }
 
     fn apply(&self, yaml: &str) {
-        let path = self
-            .dir
-            .path()
-            .join(format!("m-{}.yaml", uuid::Uuid::new_v4().simple()));
-        std::fs::write(&path, yaml).expect("write manifest");
-        self.cli_ok(&[
-            "apply",
-            "-f",
-            path.to_str().expect("utf8"),
-            "--node",
-            &self.node,
-        ]);
+        apply_on(&self.broker, &self.agent, self.dir.path(), &self.node, yaml);
     }
 
     /// Publishes a spec converted with ConfigMaps resolved from `config_maps`

@@ -573,6 +573,15 @@ pub fn kedge_on(broker: &Mosquitto, args: &[&str]) -> Output {
 
 /// Runs `kedge --broker URL ARGS`, asserts it succeeded and returns its
 /// stdout; a failure shows the agent's log too.
+/// `kedge apply` of `yaml` (written to a fresh file in `dir`) to `node`;
+/// returns the CLI's output, failing with the agent's log.
+pub fn apply_on(broker: &Mosquitto, agent: &Agent, dir: &Path, node: &str, yaml: &str) -> String {
+    let path = dir.join(format!("m-{}.yaml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, yaml).expect("write manifest");
+    let file = path.to_str().expect("utf8");
+    kedge_on_ok(broker, agent, &["apply", "-f", file, "--node", node])
+}
+
 pub fn kedge_on_ok(broker: &Mosquitto, agent: &Agent, args: &[&str]) -> String {
     let out = kedge_on(broker, args);
     assert!(
