@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    StateError, Transport,
 };
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -28,6 +29,21 @@ use crate::store::Store;
 
 /// At most this many outbox entries are unacknowledged at once.
 const OUTBOX_WINDOW: usize = 32;
+
+/// The largest MQTT packet the agent reads (and the CLI and bridge accept).
+/// The documented broker configuration caps packets below it
+/// (`max_packet_size` in docs/wire.md), so it is only reached through a
+/// misconfigured broker.
+pub const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
+
+/// A connection that lasted this long counts as stable: the reconnect
+/// back-off starts again from its initial delay. Shorter ones keep growing
+/// it, so a broker that closes every connection at once is not hammered.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Broker-side closes this close together mean another client is taking
+/// the session over (MQTT 3.1.1 says nothing when it does).
+const TAKEOVER_CLOSES: u32 = 3;
 
 #[derive(Debug, Error)]
 pub enum TlsError {
@@ -96,7 +112,7 @@ pub fn mqtt_options(
 ) -> Result<MqttOptions, TlsError> {
     let mut opts = MqttOptions::new(client_id, url.host.clone(), url.port);
     opts.set_keep_alive(Duration::from_secs(broker.keep_alive_secs.max(5)));
-    opts.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+    opts.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     if url.tls {
         let config = tls_config(broker)?;
         opts.set_transport(Transport::tls_with_config(
@@ -148,11 +164,140 @@ pub fn clean_session_options(
 }
 
 /// The delay before reconnect attempt `attempt` (0-based): `initial`
-/// doubling to `max`, then spread by ±25 % with `jitter` in [0, 1).
+/// doubling, spread by ±25 % with `jitter` in [0, 1), and never above `max`
+/// (the cap applies after the jitter).
 pub fn reconnect_delay(attempt: u32, initial: Duration, max: Duration, jitter: f64) -> Duration {
     let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
     let base = initial.saturating_mul(factor).min(max);
-    base.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0))
+    base.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0)).min(max)
+}
+
+/// Why a connection ended, as far as the session can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The broker sent a packet larger than [`MAX_PACKET_BYTES`]: it cannot
+    /// be read, and a retained or queued one comes back on every connection.
+    Oversized {
+        bytes: usize,
+    },
+    /// The broker closed the connection. In MQTT 3.1.1 this is also how a
+    /// second client with the same client id takes the session over.
+    ClosedByBroker,
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Oversized { bytes } => write!(
+                f,
+                "the broker sent a message of {bytes} bytes, larger than the {MAX_PACKET_BYTES} bytes this client reads"
+            ),
+            Failure::ClosedByBroker => write!(f, "the broker closed the connection"),
+            Failure::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+fn classify(e: &ConnectionError) -> Failure {
+    match e {
+        ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(bytes),
+        )) => Failure::Oversized { bytes: *bytes },
+        ConnectionError::MqttState(StateError::ConnectionAborted) => Failure::ClosedByBroker,
+        ConnectionError::MqttState(StateError::Io(io)) | ConnectionError::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Failure::ClosedByBroker
+        }
+        other => Failure::Other(other.to_string()),
+    }
+}
+
+/// What the session does after a connection ended: pure, so the rules are
+/// unit-tested without a broker or a clock.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Reconnect attempts since the last stable connection.
+    attempt: u32,
+    /// Consecutive connections the broker closed before they were stable.
+    quick_closes: u32,
+    /// While set, connections leave out the subscriptions that brought a
+    /// message too large to read, until this instant.
+    degraded_until: Option<tokio::time::Instant>,
+    /// How long the next degraded period lasts (doubles up to an hour).
+    degraded_for: Duration,
+}
+
+/// The verdict on one ended connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfterFailure {
+    /// Reconnect attempt number for `reconnect_delay`.
+    pub attempt: u32,
+    /// Tell the owner: a message could not be read (bytes).
+    pub oversized: Option<usize>,
+    /// Tell the owner: the session is probably being taken over
+    /// (consecutive quick closes).
+    pub taken_over: Option<u32>,
+}
+
+impl Recovery {
+    /// `lasted`: how long the connection was up after its CONNACK (None if
+    /// it never connected).
+    pub fn on_failure(
+        &mut self,
+        failure: &Failure,
+        lasted: Option<Duration>,
+        now: tokio::time::Instant,
+    ) -> AfterFailure {
+        let stable = lasted.is_some_and(|d| d >= STABLE_AFTER);
+        if stable {
+            self.attempt = 0;
+        }
+        let attempt = self.attempt;
+        self.attempt = self.attempt.saturating_add(1);
+        let mut verdict = AfterFailure {
+            attempt,
+            oversized: None,
+            taken_over: None,
+        };
+        match failure {
+            Failure::Oversized { bytes } => {
+                self.quick_closes = 0;
+                self.degraded_for = (self.degraded_for * 2)
+                    .clamp(Duration::from_secs(300), Duration::from_secs(3600));
+                self.degraded_until = Some(now + self.degraded_for);
+                verdict.oversized = Some(*bytes);
+            }
+            Failure::ClosedByBroker if lasted.is_some() && !stable => {
+                self.quick_closes += 1;
+                if self.quick_closes >= TAKEOVER_CLOSES {
+                    verdict.taken_over = Some(self.quick_closes);
+                }
+            }
+            _ if stable => self.quick_closes = 0,
+            _ => {}
+        }
+        verdict
+    }
+
+    /// Whether the next connection leaves out the subscriptions that
+    /// brought a message too large to read.
+    pub fn degraded(&mut self, now: tokio::time::Instant) -> bool {
+        match self.degraded_until {
+            Some(t) if now < t => true,
+            Some(_) => {
+                self.degraded_until = None;
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 /// Lets the receiver of a QoS 1 message acknowledge it once it is safe.
@@ -165,9 +310,24 @@ pub struct AckToken {
 /// What the session tells its owner.
 #[derive(Debug)]
 pub enum SessionEvent {
-    Connected,
+    /// `degraded`: the subscriptions in `SessionSettings::dropped_when_oversized`
+    /// are left out on this connection (a message too large to read blocks them).
+    Connected {
+        degraded: bool,
+    },
     Disconnected {
         error: String,
+    },
+    /// A message larger than [`MAX_PACKET_BYTES`] could not be read; the
+    /// session leaves the subscriptions that bring it out for a while.
+    Oversized {
+        bytes: usize,
+    },
+    /// The broker keeps closing the connection right after it is made:
+    /// probably another client with the same client id.
+    TakenOver {
+        client_id: String,
+        closes: u32,
     },
     Message {
         topic: String,
@@ -195,6 +355,9 @@ pub enum SessionCommand {
 pub struct SessionSettings {
     pub options: MqttOptions,
     pub subscriptions: Vec<(String, QoS)>,
+    /// Filters of `subscriptions` left out (with a clean session, which
+    /// drops a queued copy) while a message too large to read blocks them.
+    pub dropped_when_oversized: Vec<String>,
     pub last_will: Option<LastWill>,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
@@ -202,13 +365,15 @@ pub struct SessionSettings {
 
 enum Internal {
     Event(u64, Event),
-    Failed(u64, String),
+    Failed(u64, Failure),
 }
 
 struct Connection {
     id: u64,
     client: AsyncClient,
     connected: bool,
+    /// When the CONNACK arrived.
+    connected_at: Option<tokio::time::Instant>,
     /// One tag per publish request, in request order: the outbox id, or
     /// None for publishes outside the outbox.
     tags: VecDeque<Option<u64>>,
@@ -233,7 +398,8 @@ pub async fn run(
     }
     let (internal_tx, mut internal_rx) = mpsc::unbounded_channel::<Internal>();
     let mut next_id = 0u64;
-    let mut attempt = 0u32;
+    let mut recovery = Recovery::default();
+    let mut degraded = false;
     let mut conn: Option<Connection> = None;
     let mut reconnect_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
 
@@ -244,11 +410,21 @@ pub async fn run(
             _ = tokio::time::sleep_until(sleep_until), if reconnect_at.is_some() => {
                 reconnect_at = None;
                 next_id += 1;
-                let (client, mut eventloop) = AsyncClient::new(settings.options.clone(), 4096);
+                degraded = recovery.degraded(tokio::time::Instant::now());
+                let mut options = settings.options.clone();
+                if degraded {
+                    // A clean session drops the copy the broker queued for
+                    // the old one; the retained one is not asked for.
+                    options.set_clean_session(true);
+                }
+                let (client, mut eventloop) = AsyncClient::new(options, 4096);
                 // Small messages both ways: without this, Nagle's algorithm and
                 // delayed ACKs add ~40 ms to every exchange.
                 eventloop.network_options.set_tcp_nodelay(true);
                 for (topic, qos) in &settings.subscriptions {
+                    if degraded && settings.dropped_when_oversized.contains(topic) {
+                        continue;
+                    }
                     let _ = client.try_subscribe(topic.clone(), *qos);
                 }
                 tokio::spawn(drive(eventloop, next_id, internal_tx.clone()));
@@ -256,6 +432,7 @@ pub async fn run(
                     id: next_id,
                     client,
                     connected: false,
+                    connected_at: None,
                     tags: VecDeque::new(),
                     inflight: HashMap::new(),
                     sent_upto: 0,
@@ -284,10 +461,10 @@ pub async fn run(
                     let Some(c) = conn.as_mut().filter(|c| c.id == id) else { continue };
                     match event {
                         Event::Incoming(Incoming::ConnAck(ack)) => {
-                            info!(session_present = ack.session_present, "connected to broker");
+                            info!(session_present = ack.session_present, degraded, "connected to broker");
                             c.connected = true;
-                            attempt = 0;
-                            let _ = events.send(SessionEvent::Connected);
+                            c.connected_at = Some(tokio::time::Instant::now());
+                            let _ = events.send(SessionEvent::Connected { degraded });
                             fill(c, &store);
                         }
                         Event::Incoming(Incoming::Publish(p)) => {
@@ -325,14 +502,25 @@ pub async fn run(
                         continue;
                     }
                     let was_connected = conn.as_ref().map(|c| c.connected).unwrap_or(false);
+                    let now = tokio::time::Instant::now();
+                    let lasted = conn.as_ref().and_then(|c| c.connected_at).map(|t| now - t);
                     conn = None;
-                    let delay = reconnect_delay(attempt, settings.reconnect_initial, settings.reconnect_max, fastrand::f64());
-                    attempt = attempt.saturating_add(1);
+                    let verdict = recovery.on_failure(&error, lasted, now);
+                    let delay = reconnect_delay(verdict.attempt, settings.reconnect_initial, settings.reconnect_max, fastrand::f64());
                     if was_connected {
                         warn!(%error, "lost the broker connection");
-                        let _ = events.send(SessionEvent::Disconnected { error: error.clone() });
+                        let _ = events.send(SessionEvent::Disconnected { error: error.to_string() });
                     } else {
                         debug!(%error, "cannot connect to broker");
+                    }
+                    if let Some(bytes) = verdict.oversized {
+                        warn!(bytes, limit = MAX_PACKET_BYTES, "a message too large to read blocks the subscriptions; leaving them out for a while");
+                        let _ = events.send(SessionEvent::Oversized { bytes });
+                    }
+                    if let Some(closes) = verdict.taken_over {
+                        let client_id = settings.options.client_id();
+                        warn!(%client_id, closes, "the broker keeps closing this session right after it connects: another client probably uses the same client id");
+                        let _ = events.send(SessionEvent::TakenOver { client_id, closes });
                     }
                     info!(retry_in = ?delay, "reconnecting");
                     reconnect_at = Some(tokio::time::Instant::now() + delay);
@@ -381,7 +569,7 @@ async fn drive(mut eventloop: EventLoop, id: u64, tx: mpsc::UnboundedSender<Inte
                 }
             }
             Err(e) => {
-                let _ = tx.send(Internal::Failed(id, e.to_string()));
+                let _ = tx.send(Internal::Failed(id, classify(&e)));
                 return;
             }
         }
@@ -402,9 +590,65 @@ mod tests {
         assert_eq!(reconnect_delay(30, i, m, 0.5), m);
         assert_eq!(reconnect_delay(0, i, m, 0.0), Duration::from_millis(375));
         assert_eq!(reconnect_delay(0, i, m, 0.999_999).as_millis(), 624);
+        // The cap holds after the jitter too.
+        assert_eq!(reconnect_delay(40, i, m, 1.0), m);
+        assert_eq!(reconnect_delay(6, i, m, 0.999), m);
+        assert!(reconnect_delay(40, i, m, 0.0) >= m.mul_f64(0.75));
+    }
+
+    #[test]
+    fn quick_closes_by_the_broker_are_a_takeover_and_keep_the_back_off() {
+        let mut r = Recovery::default();
+        let now = tokio::time::Instant::now();
+        let quick = Some(Duration::from_millis(300));
+        let v1 = r.on_failure(&Failure::ClosedByBroker, quick, now);
+        let v2 = r.on_failure(&Failure::ClosedByBroker, quick, now);
+        let v3 = r.on_failure(&Failure::ClosedByBroker, quick, now);
+        assert_eq!((v1.attempt, v2.attempt, v3.attempt), (0, 1, 2));
         assert_eq!(
-            reconnect_delay(40, i, m, 1.0),
-            Duration::from_millis(37_500)
+            (v1.taken_over, v2.taken_over, v3.taken_over),
+            (None, None, Some(3))
         );
+        // A stable connection resets both.
+        let v = r.on_failure(&Failure::ClosedByBroker, Some(STABLE_AFTER), now);
+        assert_eq!((v.attempt, v.taken_over), (0, None));
+        // Failing to connect at all is not a takeover.
+        for _ in 0..5 {
+            let v = r.on_failure(&Failure::Other("refused".into()), None, now);
+            assert_eq!(v.taken_over, None);
+        }
+    }
+
+    #[test]
+    fn an_oversized_message_degrades_the_next_connections_for_a_while() {
+        let mut r = Recovery::default();
+        let now = tokio::time::Instant::now();
+        assert!(!r.degraded(now));
+        let v = r.on_failure(
+            &Failure::Oversized { bytes: 17 << 20 },
+            Some(Duration::from_millis(50)),
+            now,
+        );
+        assert_eq!(v.oversized, Some(17 << 20));
+        assert!(r.degraded(now + Duration::from_secs(299)));
+        assert!(!r.degraded(now + Duration::from_secs(300)));
+        // The next one lasts twice as long.
+        let later = now + Duration::from_secs(301);
+        r.on_failure(&Failure::Oversized { bytes: 17 << 20 }, None, later);
+        assert!(r.degraded(later + Duration::from_secs(599)));
+        assert!(!r.degraded(later + Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let oversized = ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(20 << 20),
+        ));
+        assert_eq!(classify(&oversized), Failure::Oversized { bytes: 20 << 20 });
+        let closed = ConnectionError::MqttState(StateError::ConnectionAborted);
+        assert_eq!(classify(&closed), Failure::ClosedByBroker);
+        let refused =
+            ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(classify(&refused), Failure::Other(_)));
     }
 }

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::model::validate::Validate;
 use crate::model::{Event, LogChunk, LogRequest, NodeStatus, PodKey, PodSpec, PodStatus};
 
 /// The schema version this build writes and reads.
@@ -31,6 +32,12 @@ pub enum WireError {
     MalformedBody { kind: &'static str, detail: String },
     #[error("cannot encode {kind}: {detail}")]
     Encode { kind: &'static str, detail: String },
+    /// Well-formed, but a value breaks the rules of `model::validate`.
+    #[error("invalid {kind}: {invalid}")]
+    Invalid {
+        kind: &'static str,
+        invalid: crate::model::validate::Invalid,
+    },
 }
 
 /// The message kinds; the numbers are part of the wire format.
@@ -121,31 +128,64 @@ fn body_bytes<T: Serialize>(kind: Kind, value: &T) -> Result<Vec<u8>, WireError>
     })
 }
 
-/// Encodes a message into an envelope.
-pub fn encode(seq: u64, message: &Message) -> Result<Vec<u8>, WireError> {
-    let kind = message.kind();
-    let body = match message {
-        Message::DesiredPod(v) => body_bytes(kind, v)?,
-        Message::PodStatus(v) => body_bytes(kind, v)?,
-        Message::NodeStatus(v) => body_bytes(kind, v)?,
-        Message::Event(v) => body_bytes(kind, v)?,
-        Message::LogRequest(v) => body_bytes(kind, v)?,
-        Message::LogChunk(v) => body_bytes(kind, v)?,
-    };
-    let raw = RawEnvelope {
-        version: SCHEMA_VERSION,
-        kind: kind as u8,
-        seq,
-        signature: Vec::new(),
-        body,
-    };
-    postcard::to_stdvec(&raw).map_err(|e| WireError::Encode {
-        kind: "envelope",
-        detail: e.to_string(),
-    })
+/// A message body already encoded: the fallible half of [`encode`], done
+/// before a sequence number is taken, so that an encoding error can never
+/// turn into an empty payload (an empty retained payload is a tombstone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body {
+    kind: Kind,
+    bytes: Vec<u8>,
 }
 
-fn body<T: for<'de> Deserialize<'de>>(kind: Kind, bytes: &[u8]) -> Result<T, WireError> {
+impl Body {
+    /// Encodes `message`'s body.
+    pub fn of(message: &Message) -> Result<Body, WireError> {
+        let kind = message.kind();
+        let bytes = match message {
+            Message::DesiredPod(v) => body_bytes(kind, v)?,
+            Message::PodStatus(v) => body_bytes(kind, v)?,
+            Message::NodeStatus(v) => body_bytes(kind, v)?,
+            Message::Event(v) => body_bytes(kind, v)?,
+            Message::LogRequest(v) => body_bytes(kind, v)?,
+            Message::LogChunk(v) => body_bytes(kind, v)?,
+        };
+        Ok(Body { kind, bytes })
+    }
+
+    /// The envelope around this body with `seq`: cannot fail. Written by
+    /// hand in postcard's format (LEB128 varints for integers and lengths,
+    /// `kind` as one byte); `envelope_matches_postcard` keeps it equal to
+    /// what postcard writes for `RawEnvelope`.
+    pub fn envelope(&self, seq: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.bytes.len() + 16);
+        varint(&mut out, u64::from(SCHEMA_VERSION));
+        out.push(self.kind as u8);
+        varint(&mut out, seq);
+        varint(&mut out, 0); // signature: empty
+        varint(&mut out, self.bytes.len() as u64);
+        out.extend_from_slice(&self.bytes);
+        out
+    }
+}
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Encodes a message into an envelope.
+pub fn encode(seq: u64, message: &Message) -> Result<Vec<u8>, WireError> {
+    Ok(Body::of(message)?.envelope(seq))
+}
+
+fn body<T: for<'de> Deserialize<'de> + Validate>(kind: Kind, bytes: &[u8]) -> Result<T, WireError> {
     let (value, rest) =
         postcard::take_from_bytes::<T>(bytes).map_err(|e| WireError::MalformedBody {
             kind: kind.name(),
@@ -157,10 +197,17 @@ fn body<T: for<'de> Deserialize<'de>>(kind: Kind, bytes: &[u8]) -> Result<T, Wir
             detail: format!("{} trailing bytes", rest.len()),
         });
     }
+    // Validated right where it crosses the boundary: nothing downstream sees
+    // a value that breaks the rules.
+    value.validate().map_err(|invalid| WireError::Invalid {
+        kind: kind.name(),
+        invalid,
+    })?;
     Ok(value)
 }
 
-/// Decodes any payload. Never panics.
+/// Decodes any payload and validates its body (`model::validate`). Never
+/// panics.
 pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
     // Read the version on its own first, so a future envelope layout is
     // reported as an unknown version rather than as garbage.
@@ -406,6 +453,52 @@ mod tests {
         let bytes = encode(3, &Message::Event(ev)).expect("encodes");
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "prefix {cut} decoded");
+        }
+    }
+
+    #[test]
+    fn envelope_matches_postcard() {
+        let ev = Event {
+            namespace: None,
+            pod: None,
+            container: None,
+            kind: crate::model::EventType::Normal,
+            reason: "R".repeat(200),
+            message: "m".into(),
+            timestamp_ms: 1,
+        };
+        let message = Message::Event(ev);
+        let body = Body::of(&message).expect("encodes");
+        for seq in [0, 1, 127, 128, 300, u64::from(u32::MAX) + 7, u64::MAX] {
+            let raw = RawEnvelope {
+                version: SCHEMA_VERSION,
+                kind: Kind::Event as u8,
+                seq,
+                signature: vec![],
+                body: body.bytes.clone(),
+            };
+            let expected = postcard::to_stdvec(&raw).expect("encodes");
+            assert_eq!(body.envelope(seq), expected, "seq {seq}");
+        }
+    }
+
+    #[test]
+    fn invalid_bodies_are_refused_at_decode() {
+        let mut spec = crate::model::samples::spec(
+            "web",
+            "x/../../..",
+            1,
+            crate::model::RestartPolicy::Always,
+        );
+        spec.containers
+            .push(crate::model::samples::container("main"));
+        let bytes = encode(1, &Message::DesiredPod(spec)).expect("encodes");
+        match decode(&bytes) {
+            Err(WireError::Invalid { kind, invalid }) => {
+                assert_eq!(kind, "DesiredPod");
+                assert_eq!(invalid.field, "metadata.uid");
+            }
+            other => panic!("expected an invalid spec, got {other:?}"),
         }
     }
 

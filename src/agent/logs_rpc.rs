@@ -118,9 +118,12 @@ pub async fn serve(
     let opts = ReadOptions {
         tail_lines: req.tail_lines,
         timestamps: req.timestamps,
-        since: req
-            .since_seconds
-            .map(|s| SystemTime::now() - Duration::from_secs(s)),
+        // checked_sub: a value before the epoch means "everything".
+        since: req.since_seconds.map(|s| {
+            SystemTime::now()
+                .checked_sub(Duration::from_secs(s))
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        }),
         limit_bytes: req.limit_bytes,
     };
     let (data, mut offset) = match logs::read_log(&path, max_files, &opts) {

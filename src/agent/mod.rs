@@ -31,7 +31,7 @@ use crate::model::{
 };
 use crate::mqtt::{self, AckToken, SessionCommand, SessionEvent, SessionSettings};
 use crate::runtime::{LazyRuntime, PodContext, Runtime};
-use crate::store::{DesiredRecord, OutboxEntry, Store};
+use crate::store::{DesiredRecord, OutboxEntry, Store, StoreError};
 use crate::wire::{self, Message, TopicKind, Topics};
 use decide::{Decision, Incoming, decide};
 use pod_machine::{BackoffPolicy, PodMachine};
@@ -93,6 +93,14 @@ pub struct Controller {
     node_info: NodeInfo,
     addresses: Vec<crate::model::NodeAddress>,
     last_node_status: Option<NodeStatus>,
+    /// Desired changes that could not be committed (a full disk): not
+    /// acknowledged, retried on every heartbeat; one per pod, the newest.
+    uncommitted: HashMap<PodKey, Uncommitted>,
+}
+
+struct Uncommitted {
+    payload: Vec<u8>,
+    ack: Option<AckToken>,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -189,6 +197,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         node_info,
         addresses,
         last_node_status: None,
+        uncommitted: HashMap::new(),
         config,
     };
 
@@ -206,7 +215,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 &controller.config.broker,
                 &format!("kedge-agent-{}", controller.node),
             )?;
-            let will = controller.offline_status();
+            let will = controller
+                .offline_status()
+                .context("cannot encode the last will")?;
             let settings = SessionSettings {
                 options,
                 subscriptions: vec![
@@ -216,6 +227,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                         QoS::AtLeastOnce,
                     ),
                 ],
+                dropped_when_oversized: vec![topics.desired_filter(&controller.node)],
                 last_will: Some(LastWill::new(
                     topics.node(&controller.node),
                     will,
@@ -339,7 +351,9 @@ impl Controller {
             .join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid))
     }
 
-    fn offline_status(&self) -> Vec<u8> {
+    /// The last will. An empty payload would be a tombstone for the node,
+    /// so an encoding error stops the agent instead.
+    fn offline_status(&self) -> Result<Vec<u8>, wire::WireError> {
         let status = NodeStatus {
             name: self.node.clone(),
             online: false,
@@ -351,7 +365,7 @@ impl Controller {
             addresses: self.addresses.clone(),
             pod_count: 0,
         };
-        wire::encode(0, &Message::NodeStatus(status)).unwrap_or_default()
+        wire::encode(0, &Message::NodeStatus(status))
     }
 
     fn send(&self, cmd: SessionCommand) {
@@ -464,10 +478,23 @@ impl Controller {
 
     fn on_broker(&mut self, ev: SessionEvent) {
         match ev {
-            SessionEvent::Connected => {
-                info!("broker connected");
+            SessionEvent::Connected { degraded } => {
+                info!(degraded, "broker connected");
                 self.publish_node_status();
                 self.send(SessionCommand::OutboxChanged);
+            }
+            SessionEvent::Oversized { bytes } => {
+                let message = format!(
+                    "the broker sent this node a message of {bytes} bytes, larger than the {} bytes the agent reads; its desired pods cannot be read until it is removed from the broker (cap the broker's max_packet_size below that, docs/wire.md). Pods keep running; desired specs are read again later",
+                    mqtt::MAX_PACKET_BYTES
+                );
+                self.node_warning("MessageTooLarge", message);
+            }
+            SessionEvent::TakenOver { client_id, closes } => {
+                let message = format!(
+                    "the broker closed this node's session {closes} times right after it connected: another client is probably connected with client id {client_id} (bind client ids to certificate identities: docs/wire.md, \"Broker configuration\")"
+                );
+                self.node_warning("SessionTakenOver", message);
             }
             SessionEvent::Disconnected { error } => {
                 warn!(%error, "broker disconnected; working offline, reports wait in the outbox");
@@ -478,9 +505,19 @@ impl Controller {
                 ack,
             } => match self.topics.parse(&topic) {
                 Some(TopicKind::Desired { node, pod }) if node == self.node => {
-                    self.on_desired(pod, &payload);
-                    // Acknowledged only now: the spec is committed (or refused).
-                    self.ack(ack);
+                    // Acknowledged only once the change is committed (or
+                    // refused for good); otherwise retried on the heartbeat,
+                    // and the broker keeps it until then.
+                    if let Some(old) = self.uncommitted.remove(&pod) {
+                        self.ack(old.ack);
+                    }
+                    match self.on_desired(pod.clone(), &payload) {
+                        Ok(()) => self.ack(ack),
+                        Err(e) => {
+                            warn!(pod = %pod, error = %e, "cannot record the desired change; retrying");
+                            self.uncommitted.insert(pod, Uncommitted { payload, ack });
+                        }
+                    }
                 }
                 Some(TopicKind::RpcRequest { node, request_id }) if node == self.node => {
                     self.ack(ack);
@@ -494,7 +531,35 @@ impl Controller {
         }
     }
 
-    fn on_desired(&mut self, key: PodKey, payload: &[u8]) {
+    /// Retries the desired changes that could not be committed.
+    fn retry_uncommitted(&mut self) {
+        let keys: Vec<PodKey> = self.uncommitted.keys().cloned().collect();
+        for key in keys {
+            let Some(u) = self.uncommitted.remove(&key) else {
+                continue;
+            };
+            match self.on_desired(key.clone(), &u.payload) {
+                Ok(()) => self.ack(u.ack),
+                Err(_) => {
+                    self.uncommitted.insert(key, u);
+                }
+            }
+        }
+    }
+
+    /// Err only when the change could not be committed to the store (it is
+    /// then not acknowledged); refusals are Ok: they are final.
+    fn on_desired(&mut self, key: PodKey, payload: &[u8]) -> Result<(), StoreError> {
+        // The topic names the pod: its levels must be a valid namespace and
+        // name before they are used for anything (status topics, the store).
+        if let Err(e) = crate::model::validate::label("namespace", "namespace", &key.namespace)
+            .and_then(|()| crate::model::validate::subdomain("name", "pod name", &key.name))
+        {
+            let message =
+                format!("ignoring a desired spec on a topic that names no valid pod: {e}");
+            self.node_warning("InvalidSpec", message);
+            return Ok(());
+        }
         let incoming = if payload.is_empty() {
             Incoming::Delete(PodSource::Mqtt)
         } else {
@@ -503,7 +568,7 @@ impl Controller {
                 _ => None,
             }) {
                 Ok((_, spec)) if spec.key() != key => {
-                    return self.refuse(
+                    self.refuse(
                         &key,
                         "InvalidSpec",
                         format!(
@@ -511,15 +576,17 @@ impl Controller {
                             spec.key()
                         ),
                     );
+                    return Ok(());
                 }
                 Ok((_, spec)) => Incoming::Apply(spec, PodSource::Mqtt),
                 Err(e) => {
                     let message = format!("cannot decode desired spec: {e}");
-                    return self.refuse(&key, "InvalidSpec", message);
+                    self.refuse(&key, "InvalidSpec", message);
+                    return Ok(());
                 }
             }
         };
-        self.apply(key, incoming);
+        self.apply(key, incoming)
     }
 
     /// A desired spec that cannot be used: an event, and a status that says
@@ -547,7 +614,9 @@ impl Controller {
         }
     }
 
-    fn apply(&mut self, key: PodKey, incoming: Incoming) {
+    /// Carries out a desired change. Err when it could not be committed
+    /// (nothing was changed then).
+    fn apply(&mut self, key: PodKey, incoming: Incoming) -> Result<(), StoreError> {
         let current = self.pods.get(&key).map(|e| {
             // While a replacement is pending, compare with the newest spec.
             match &e.then {
@@ -564,24 +633,21 @@ impl Controller {
                         "node {} already runs its maximum of {} pods",
                         self.node, self.config.node.max_pods
                     );
-                    return self.refuse(&key, "OutOfpods", msg);
+                    self.refuse(&key, "OutOfpods", msg);
+                    return Ok(());
                 }
-                if let Err(e) = self.store.put_desired(&DesiredRecord {
+                self.store.put_desired(&DesiredRecord {
                     source,
                     spec: spec.clone(),
-                }) {
-                    return warn!(pod = %key, error = %e, "cannot record desired pod; not starting it");
-                }
+                })?;
                 info!(pod = %key, uid = %spec.uid, generation = spec.generation, "starting pod");
                 self.start_pod(spec, source, None);
             }
             (Decision::Replace, Incoming::Apply(spec, source)) => {
-                if let Err(e) = self.store.put_desired(&DesiredRecord {
+                self.store.put_desired(&DesiredRecord {
                     source,
                     spec: spec.clone(),
-                }) {
-                    return warn!(pod = %key, error = %e, "cannot record desired pod; keeping the old one");
-                }
+                })?;
                 info!(pod = %key, uid = %spec.uid, generation = spec.generation, "replacing pod");
                 if let Some(entry) = self.pods.get_mut(&key) {
                     entry.then = AfterStop::Replace(spec, source);
@@ -592,9 +658,7 @@ impl Controller {
                 }
             }
             (Decision::Delete, _) => {
-                if let Err(e) = self.store.remove_desired(&key) {
-                    return warn!(pod = %key, error = %e, "cannot record deletion; keeping the pod");
-                }
+                self.store.remove_desired(&key)?;
                 info!(pod = %key, "deleting pod");
                 if let Some(entry) = self.pods.get_mut(&key) {
                     entry.then = AfterStop::Delete;
@@ -608,6 +672,7 @@ impl Controller {
             (Decision::Reject(why), _) => self.event(&key, EventType::Warning, "Rejected", &why),
             (d, i) => warn!(pod = %key, decision = ?d, incoming = ?i, "inconsistent decision"),
         }
+        Ok(())
     }
 
     fn on_report(&mut self, report: Report) {
@@ -671,10 +736,15 @@ impl Controller {
             b.insert(key.clone(), status.clone());
         }
         let topic = self.topics.reported(&self.node, key);
-        let message = Message::PodStatus(status.clone());
+        let body = match wire::Body::of(&Message::PodStatus(status.clone())) {
+            Ok(b) => b,
+            Err(e) => {
+                return warn!(pod = %key, error = %e, "cannot encode pod status; not recorded");
+            }
+        };
         let result = self.store.record_status(status, |seq| OutboxEntry {
             topic,
-            payload: wire::encode(seq, &message).unwrap_or_default(),
+            payload: body.envelope(seq),
             retain: true,
             created_ms: now_ms(),
         });
@@ -699,9 +769,13 @@ impl Controller {
 
     fn node_event(&mut self, event: Event) {
         let topic = self.topics.events(&self.node);
+        let body = match wire::Body::of(&Message::Event(event)) {
+            Ok(b) => b,
+            Err(e) => return warn!(error = %e, "cannot encode event; not recorded"),
+        };
         let result = self.store.append_outbox(|seq| OutboxEntry {
             topic,
-            payload: wire::encode(seq, &Message::Event(event)).unwrap_or_default(),
+            payload: body.envelope(seq),
             retain: false,
             created_ms: now_ms(),
         });
@@ -711,25 +785,34 @@ impl Controller {
         }
     }
 
+    /// A Warning event about the node itself.
+    fn node_warning(&mut self, reason: &str, message: String) {
+        self.node_event(Event {
+            namespace: None,
+            pod: None,
+            container: None,
+            kind: EventType::Warning,
+            reason: reason.into(),
+            message,
+            timestamp_ms: now_ms(),
+        });
+    }
+
     fn on_static_pods(&mut self, pods: Vec<StaticPod>) {
         let mut seen = Vec::new();
         for p in pods {
             match p {
                 StaticPod::Pod(spec) => {
                     seen.push(spec.key());
-                    self.apply(spec.key(), Incoming::Apply(spec, PodSource::File));
+                    let key = spec.key();
+                    if let Err(e) = self.apply(key.clone(), Incoming::Apply(spec, PodSource::File))
+                    {
+                        warn!(pod = %key, error = %e, "cannot record static pod; read again on the next change or restart");
+                    }
                 }
                 StaticPod::Invalid { file, error } => {
                     warn!(file = %file.display(), %error, "invalid static pod manifest");
-                    self.node_event(Event {
-                        namespace: None,
-                        pod: None,
-                        container: None,
-                        kind: EventType::Warning,
-                        reason: "InvalidManifest".into(),
-                        message: format!("{}: {error}", file.display()),
-                        timestamp_ms: now_ms(),
-                    });
+                    self.node_warning("InvalidManifest", format!("{}: {error}", file.display()));
                 }
             }
         }
@@ -740,11 +823,14 @@ impl Controller {
             .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
-            self.apply(key, Incoming::Delete(PodSource::File));
+            if let Err(e) = self.apply(key.clone(), Incoming::Delete(PodSource::File)) {
+                warn!(pod = %key, error = %e, "cannot record static pod removal; read again on the next change or restart");
+            }
         }
     }
 
     fn on_heartbeat(&mut self) {
+        self.retry_uncommitted();
         self.publish_node_status();
         match self.store.trim_outbox(
             self.config.outbox.max_entries,
@@ -754,17 +840,10 @@ impl Controller {
             Ok(0) => {}
             Ok(dropped) => {
                 warn!(dropped, "outbox full: dropped the oldest reports");
-                self.node_event(Event {
-                    namespace: None,
-                    pod: None,
-                    container: None,
-                    kind: EventType::Warning,
-                    reason: "OutboxOverflow".into(),
-                    message: format!(
-                        "dropped {dropped} reports that waited too long for the broker"
-                    ),
-                    timestamp_ms: now_ms(),
-                });
+                self.node_warning(
+                    "OutboxOverflow",
+                    format!("dropped {dropped} reports that waited too long for the broker"),
+                );
             }
             Err(e) => warn!(error = %e, "cannot trim the outbox"),
         }

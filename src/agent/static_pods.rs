@@ -106,7 +106,14 @@ pub fn read_dir(dir: &Path, node: &str) -> (Vec<StaticPod>, BTreeMap<PathBuf, St
                             );
                             spec.uid = format!("static-{}", &id[..24]);
                             spec.generation = 1;
-                            pods.push(StaticPod::Pod(spec));
+                            // The same rules as a spec from the broker.
+                            match crate::model::validate::Validate::validate(&spec) {
+                                Ok(()) => pods.push(StaticPod::Pod(spec)),
+                                Err(e) => pods.push(StaticPod::Invalid {
+                                    file: file.clone(),
+                                    error: format!("pod {}: {e}", spec.key()),
+                                }),
+                            }
                         }
                         Err(error) => pods.push(StaticPod::Invalid {
                             file: file.clone(),

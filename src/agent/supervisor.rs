@@ -360,7 +360,7 @@ impl Supervisor {
                         self.stop_deadline_set = true;
                         let tx = tx.clone();
                         tokio::spawn(async move {
-                            tokio::time::sleep(grace + Duration::from_secs(5)).await;
+                            tokio::time::sleep(grace.saturating_add(Duration::from_secs(5))).await;
                             let _ = tx.send(Event::StopDeadline);
                         });
                     }

@@ -387,24 +387,7 @@ pub fn bytes(q: &str) -> Result<u64, String> {
 // ---------------------------------------------------------------------------
 // Names
 
-fn is_dns1123_label(s: &str) -> bool {
-    s.len() <= 63 && is_dns1123_label_unbounded(s)
-}
-
-fn is_dns1123_label_unbounded(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns1123_label_unbounded)
-}
-
-const LABEL_RULE: &str = "lowercase letters, digits and '-' only, starting and ending with a letter or digit, at most 63 characters";
-const SUBDOMAIN_RULE: &str = "lowercase letters, digits, '-' and '.' only, starting and ending with a letter or digit, at most 253 characters";
+use crate::model::validate::{LABEL_RULE, SUBDOMAIN_RULE, is_dns1123_label, is_dns1123_subdomain};
 
 fn check_label(path: &str, what: &str, value: &str) -> Result<(), ConvertError> {
     if value.is_empty() {
@@ -591,7 +574,7 @@ pub fn pod_spec_from_k8s_with(
 
     let image_pull_secrets = ctx.image_pull_secrets()?;
 
-    Ok(PodSpec {
+    let spec = PodSpec {
         namespace: namespace.to_owned(),
         name: name.to_owned(),
         uid: uid.clone(),
@@ -605,7 +588,25 @@ pub fn pod_spec_from_k8s_with(
         containers,
         volumes,
         image_pull_secrets,
-    })
+    };
+    validate_converted(spec)
+}
+
+/// The rules every receiver applies (`model::validate`), checked here too so
+/// that `kedge apply`, `kedge convert` and the bridge refuse what a device
+/// would refuse, with the field path. An empty uid is the caller's to fill.
+fn validate_converted(mut spec: PodSpec) -> Result<PodSpec, ConvertError> {
+    use crate::model::validate::Validate;
+    let no_uid = spec.uid.is_empty();
+    if no_uid {
+        spec.uid.push_str("to-be-set");
+    }
+    let result = spec.validate();
+    if no_uid {
+        spec.uid.clear();
+    }
+    result.map_err(|e| field(e.field, e.detail))?;
+    Ok(spec)
 }
 
 /// Rejects the pod-level fields the agent cannot honour. Accepted and ignored,

@@ -7,6 +7,7 @@
 
 #[cfg(feature = "manifests")]
 pub mod convert;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -559,6 +560,26 @@ pub mod samples {
             containers: vec![],
             volumes: vec![],
             image_pull_secrets: vec![],
+        }
+    }
+
+    /// A Wasm container `name` with a pinned file module.
+    pub fn container(name: &str) -> Container {
+        Container {
+            name: name.into(),
+            image: format!("file:///m.wasm@sha256:{}", "0".repeat(64)),
+            image_pull_policy: PullPolicy::IfNotPresent,
+            command: vec![],
+            args: vec![],
+            working_dir: None,
+            env: vec![],
+            volume_mounts: vec![],
+            ports: vec![],
+            resources: Resources::default(),
+            liveness_probe: None,
+            readiness_probe: None,
+            startup_probe: None,
+            security_context: None,
         }
     }
 }

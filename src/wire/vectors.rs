@@ -85,7 +85,7 @@ fn container(name: &str, image: &str) -> Container {
         })),
         security_context: Some(SecurityContext {
             run_as_user: Some(1000),
-            run_as_group: Some(-1),
+            run_as_group: Some(4_294_967_295),
             read_only_root_filesystem: true,
             privileged: false,
             allow_privilege_escalation: Some(false),

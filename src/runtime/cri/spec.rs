@@ -129,20 +129,30 @@ pub fn sandbox_config(
 pub fn linux_resources(r: &crate::model::Resources) -> cri::LinuxContainerResources {
     let request = r.cpu_request_millis.or(r.cpu_limit_millis);
     let cpu_shares = match request {
-        Some(m) => ((m as i64) * 1024 / 1000).max(MIN_SHARES),
+        Some(m) => millis_times(m, 1024).max(MIN_SHARES),
         None => MIN_SHARES,
     };
     let (cpu_period, cpu_quota) = match r.cpu_limit_millis {
-        Some(m) => (CPU_PERIOD, ((m as i64) * CPU_PERIOD / 1000).max(MIN_QUOTA)),
+        Some(m) => (CPU_PERIOD, millis_times(m, CPU_PERIOD).max(MIN_QUOTA)),
         None => (0, 0),
     };
     cri::LinuxContainerResources {
         cpu_period,
         cpu_quota,
         cpu_shares,
-        memory_limit_in_bytes: r.memory_limit_bytes.map(|b| b as i64).unwrap_or(0),
+        memory_limit_in_bytes: r
+            .memory_limit_bytes
+            .map(|b| i64::try_from(b).unwrap_or(i64::MAX))
+            .unwrap_or(0),
         ..Default::default()
     }
+}
+
+/// `millis * factor / 1000` without wrapping (validated specs stay far
+/// below the limit; this only keeps a bad value from turning negative).
+fn millis_times(millis: u64, factor: i64) -> i64 {
+    let v = i128::from(millis) * i128::from(factor) / 1000;
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Where a pod volume lives on the host (`hostPath`, or a directory the
@@ -274,6 +284,18 @@ pub fn exit_status(s: &cri::ContainerStatus) -> crate::runtime::ExitStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_resources_never_wrap_negative() {
+        let r = crate::model::Resources {
+            cpu_request_millis: Some(u64::MAX),
+            cpu_limit_millis: Some(u64::MAX),
+            memory_request_bytes: None,
+            memory_limit_bytes: Some(u64::MAX),
+        };
+        let l = linux_resources(&r);
+        assert!(l.cpu_shares > 0 && l.cpu_quota > 0 && l.memory_limit_in_bytes > 0);
+    }
     use crate::model::samples;
     use crate::model::{
         ContainerPort, PullPolicy, Resources, RestartPolicy, RuntimeKind, SecurityContext, Volume,

@@ -1,0 +1,923 @@
+//! The rules every decoded message must pass before anything acts on it:
+//! names with the Kubernetes rules (they become topic levels and file
+//! names), uids that are safe as path components, and a bound on every
+//! number, count and string length (so one message cannot overflow
+//! arithmetic, exhaust memory or escape a directory).
+//!
+//! `wire::decode` runs [`Validate::validate`] on every body it decodes, so
+//! the agent, the bridge and the CLI see only values that passed. Pure: no
+//! I/O. The bounds are part of the wire contract (docs/wire.md, "Limits").
+
+use std::collections::BTreeSet;
+
+use super::{
+    Container, ContainerState, ContainerStatus, Event, LogChunk, LogRequest, NodeStatus, PodSpec,
+    PodStatus, Probe, ProbeHandler, VolumeSource,
+};
+
+/// Containers in one pod (app containers; init containers have their own
+/// bound of the same size). One pod must not cost the device more than a
+/// few dozen workloads' worth of tasks, files and status.
+pub const MAX_CONTAINERS: usize = 64;
+pub const MAX_VOLUMES: usize = 256;
+pub const MAX_ENV: usize = 4096;
+pub const MAX_ARGS: usize = 4096;
+pub const MAX_LABELS: usize = 256;
+pub const MAX_PORTS: usize = 256;
+pub const MAX_MOUNTS: usize = 256;
+pub const MAX_FILES_PER_VOLUME: usize = 4096;
+pub const MAX_PULL_SECRETS: usize = 64;
+pub const MAX_HEADERS: usize = 64;
+/// Strings that are names, references or short messages.
+pub const MAX_SHORT: usize = 4096;
+/// Free text shown to people (status and event messages).
+pub const MAX_MESSAGE: usize = 32 * 1024;
+/// `terminationGracePeriodSeconds` and probe times: at most a year, so that
+/// adding them to a clock never overflows.
+pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
+/// CPU in millicores: a million cores; memory in bytes: what fits an i64
+/// (the CRI's type).
+pub const MAX_CPU_MILLIS: u64 = 1_000_000_000;
+pub const MAX_BYTES: u64 = i64::MAX as u64;
+/// Conditions, addresses and the like in a node status.
+pub const MAX_NODE_ITEMS: usize = 64;
+/// One log chunk's data.
+pub const MAX_LOG_CHUNK: usize = 4 * 1024 * 1024;
+
+/// A value that breaks a rule: the field path (as in the Kubernetes API,
+/// `spec.containers[0].name`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {detail}")]
+pub struct Invalid {
+    pub field: String,
+    pub detail: String,
+}
+
+fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Invalid {
+    Invalid {
+        field: field.into(),
+        detail: detail.into(),
+    }
+}
+
+pub type Result = std::result::Result<(), Invalid>;
+
+/// Every message kind that crosses the wire checks itself.
+pub trait Validate {
+    fn validate(&self) -> Result;
+}
+
+// ---------------------------------------------------------------------------
+// Rules on single values
+
+pub const LABEL_RULE: &str = "lowercase letters, digits and '-' only, starting and ending with a letter or digit, at most 63 characters";
+pub const SUBDOMAIN_RULE: &str = "lowercase letters, digits, '-' and '.' only, starting and ending with a letter or digit, at most 253 characters";
+pub const UID_RULE: &str = "letters, digits, '-' and '_' only, 1 to 128 characters";
+
+/// An RFC 1123 label: namespaces, container, volume and port names.
+pub fn is_dns1123_label(s: &str) -> bool {
+    s.len() <= 63 && is_dns1123_label_unbounded(s)
+}
+
+fn is_dns1123_label_unbounded(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// An RFC 1123 subdomain: pod and node names.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_label_unbounded)
+}
+
+/// A uid is a path component on the device (`pods/{ns}_{name}_{uid}`):
+/// no separators, no dots, nothing a shell or a file system treats
+/// specially. Kubernetes uids (UUIDs), the CLI's and static pods' fit.
+pub fn is_uid(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A request id is a topic level and nothing else.
+fn is_request_id(s: &str) -> bool {
+    is_uid(s)
+}
+
+pub fn label(field: &str, what: &str, value: &str) -> Result {
+    if value.is_empty() {
+        return Err(invalid(field, "Required value"));
+    }
+    if !is_dns1123_label(value) {
+        return Err(invalid(
+            field,
+            format!("Invalid value: {value:?}: a {what} must consist of {LABEL_RULE}"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn subdomain(field: &str, what: &str, value: &str) -> Result {
+    if value.is_empty() {
+        return Err(invalid(field, "Required value"));
+    }
+    if !is_dns1123_subdomain(value) {
+        return Err(invalid(
+            field,
+            format!("Invalid value: {value:?}: a {what} must consist of {SUBDOMAIN_RULE}"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn uid(field: &str, value: &str) -> Result {
+    if !is_uid(value) {
+        return Err(invalid(
+            field,
+            format!(
+                "Invalid value: {:?}: a uid must consist of {UID_RULE}",
+                clip(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Text of at most `max` bytes with no NUL (NUL cannot be in a path, an
+/// argument or an environment string).
+fn text(field: &str, value: &str, max: usize) -> Result {
+    if value.len() > max {
+        return Err(invalid(
+            field,
+            format!("Too long: {} bytes, at most {max}", value.len()),
+        ));
+    }
+    if value.contains('\0') {
+        return Err(invalid(field, "Invalid value: contains a NUL character"));
+    }
+    Ok(())
+}
+
+fn count(field: &str, n: usize, max: usize) -> Result {
+    if n > max {
+        return Err(invalid(field, format!("Too many: {n}, at most {max}")));
+    }
+    Ok(())
+}
+
+fn at_most(field: &str, value: u64, max: u64) -> Result {
+    if value > max {
+        return Err(invalid(
+            field,
+            format!("Invalid value: {value}: must be at most {max}"),
+        ));
+    }
+    Ok(())
+}
+
+fn absolute_path(field: &str, value: &str) -> Result {
+    text(field, value, MAX_SHORT)?;
+    if !value.starts_with('/') {
+        return Err(invalid(
+            field,
+            format!("Invalid value: {:?}: must be an absolute path", clip(value)),
+        ));
+    }
+    Ok(())
+}
+
+/// A path below a directory: relative, no `..` or `.` components, no empty
+/// components.
+pub fn relative_path(field: &str, value: &str) -> Result {
+    text(field, value, MAX_SHORT)?;
+    if value.is_empty() {
+        return Err(invalid(field, "Required value"));
+    }
+    if value.starts_with('/') {
+        return Err(invalid(field, "Invalid value: must be a relative path"));
+    }
+    if value
+        .split('/')
+        .any(|part| part == ".." || part == "." || part.is_empty())
+    {
+        return Err(invalid(
+            field,
+            "Invalid value: must not contain '..', '.' or empty path elements",
+        ));
+    }
+    Ok(())
+}
+
+/// A label key: an optional DNS subdomain prefix and `/`, then a name of
+/// at most 63 characters (letters, digits, '-', '_', '.').
+fn label_key(field: &str, key: &str) -> Result {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let name_ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !name_ok || prefix.is_some_and(|p| !is_dns1123_subdomain(p)) {
+        return Err(invalid(
+            field,
+            format!(
+                "Invalid value: {:?}: a label key is an optional DNS subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+                clip(key)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn label_value(field: &str, value: &str) -> Result {
+    let ok = value.is_empty()
+        || (value.len() <= 63
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
+    if !ok {
+        return Err(invalid(
+            field,
+            format!(
+                "Invalid value: {:?}: a label value is at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+                clip(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The first 64 characters of a value, for messages about huge values.
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Messages
+
+impl Validate for PodSpec {
+    fn validate(&self) -> Result {
+        label("metadata.namespace", "namespace", &self.namespace)?;
+        subdomain("metadata.name", "pod name", &self.name)?;
+        uid("metadata.uid", &self.uid)?;
+        count("metadata.labels", self.labels.len(), MAX_LABELS)?;
+        for (k, v) in &self.labels {
+            label_key(&format!("metadata.labels[{k:?}]"), k)?;
+            label_value(&format!("metadata.labels[{k:?}]"), v)?;
+        }
+        at_most(
+            "spec.terminationGracePeriodSeconds",
+            self.termination_grace_period_secs,
+            MAX_SECONDS,
+        )?;
+        if self.containers.is_empty() {
+            return Err(invalid("spec.containers", "Required value"));
+        }
+        count("spec.containers", self.containers.len(), MAX_CONTAINERS)?;
+        count(
+            "spec.initContainers",
+            self.init_containers.len(),
+            MAX_CONTAINERS,
+        )?;
+        count("spec.volumes", self.volumes.len(), MAX_VOLUMES)?;
+        let mut volume_names = BTreeSet::new();
+        for (i, v) in self.volumes.iter().enumerate() {
+            let path = format!("spec.volumes[{i}]");
+            label(&format!("{path}.name"), "volume name", &v.name)?;
+            if !volume_names.insert(v.name.as_str()) {
+                return Err(invalid(
+                    format!("{path}.name"),
+                    format!("Duplicate value: {:?}", v.name),
+                ));
+            }
+            match &v.source {
+                VolumeSource::EmptyDir {
+                    size_limit_bytes, ..
+                } => {
+                    if let Some(b) = size_limit_bytes {
+                        at_most(&format!("{path}.emptyDir.sizeLimit"), *b, MAX_BYTES)?;
+                    }
+                }
+                VolumeSource::HostPath { path: p } => {
+                    absolute_path(&format!("{path}.hostPath.path"), p)?
+                }
+                VolumeSource::Files {
+                    files,
+                    default_mode,
+                } => {
+                    count(&format!("{path}.items"), files.len(), MAX_FILES_PER_VOLUME)?;
+                    at_most(
+                        &format!("{path}.defaultMode"),
+                        u64::from(*default_mode),
+                        0o777,
+                    )?;
+                    for (name, _) in files {
+                        relative_path(&format!("{path}.items[{:?}]", clip(name)), name)?;
+                    }
+                }
+            }
+        }
+        let mut container_names = BTreeSet::new();
+        for (list, field) in [
+            (&self.init_containers, "spec.initContainers"),
+            (&self.containers, "spec.containers"),
+        ] {
+            for (i, c) in list.iter().enumerate() {
+                let path = format!("{field}[{i}]");
+                container(&path, c, &volume_names)?;
+                if !container_names.insert(c.name.as_str()) {
+                    return Err(invalid(
+                        format!("{path}.name"),
+                        format!("Duplicate value: {:?}", c.name),
+                    ));
+                }
+            }
+        }
+        count(
+            "spec.imagePullSecrets",
+            self.image_pull_secrets.len(),
+            MAX_PULL_SECRETS,
+        )?;
+        Ok(())
+    }
+}
+
+fn container(path: &str, c: &Container, volumes: &BTreeSet<&str>) -> Result {
+    label(&format!("{path}.name"), "container name", &c.name)?;
+    if c.image.is_empty() {
+        return Err(invalid(format!("{path}.image"), "Required value"));
+    }
+    text(&format!("{path}.image"), &c.image, MAX_SHORT)?;
+    if c.image.chars().any(|ch| ch.is_control() || ch == ' ') {
+        return Err(invalid(
+            format!("{path}.image"),
+            "Invalid value: must not contain spaces or control characters",
+        ));
+    }
+    count(&format!("{path}.command"), c.command.len(), MAX_ARGS)?;
+    count(&format!("{path}.args"), c.args.len(), MAX_ARGS)?;
+    for (i, a) in c.command.iter().enumerate() {
+        text(&format!("{path}.command[{i}]"), a, MAX_MESSAGE * 4)?;
+    }
+    for (i, a) in c.args.iter().enumerate() {
+        text(&format!("{path}.args[{i}]"), a, MAX_MESSAGE * 4)?;
+    }
+    if let Some(w) = &c.working_dir {
+        text(&format!("{path}.workingDir"), w, MAX_SHORT)?;
+    }
+    count(&format!("{path}.env"), c.env.len(), MAX_ENV)?;
+    for (i, e) in c.env.iter().enumerate() {
+        let p = format!("{path}.env[{i}]");
+        if e.name.is_empty() {
+            return Err(invalid(format!("{p}.name"), "Required value"));
+        }
+        text(&format!("{p}.name"), &e.name, 256)?;
+        if e.name.contains('=') {
+            return Err(invalid(
+                format!("{p}.name"),
+                format!("Invalid value: {:?}: must not contain '='", clip(&e.name)),
+            ));
+        }
+        text(&format!("{p}.value"), &e.value, MAX_MESSAGE * 4)?;
+    }
+    count(
+        &format!("{path}.volumeMounts"),
+        c.volume_mounts.len(),
+        MAX_MOUNTS,
+    )?;
+    for (i, m) in c.volume_mounts.iter().enumerate() {
+        let p = format!("{path}.volumeMounts[{i}]");
+        if !volumes.contains(m.name.as_str()) {
+            return Err(invalid(
+                format!("{p}.name"),
+                format!("Not found: {:?}", clip(&m.name)),
+            ));
+        }
+        absolute_path(&format!("{p}.mountPath"), &m.mount_path)?;
+        if let Some(sub) = &m.sub_path {
+            relative_path(&format!("{p}.subPath"), sub)?;
+        }
+    }
+    count(&format!("{path}.ports"), c.ports.len(), MAX_PORTS)?;
+    for (i, port) in c.ports.iter().enumerate() {
+        let p = format!("{path}.ports[{i}]");
+        if port.container_port == 0 {
+            return Err(invalid(
+                format!("{p}.containerPort"),
+                "Invalid value: 0: must be between 1 and 65535, inclusive",
+            ));
+        }
+        if port.host_port == Some(0) {
+            return Err(invalid(
+                format!("{p}.hostPort"),
+                "Invalid value: 0: must be between 1 and 65535, inclusive",
+            ));
+        }
+        if !matches!(port.protocol.as_str(), "TCP" | "UDP" | "SCTP") {
+            return Err(invalid(
+                format!("{p}.protocol"),
+                format!(
+                    "Unsupported value: {:?}: supported values: \"SCTP\", \"TCP\", \"UDP\"",
+                    clip(&port.protocol)
+                ),
+            ));
+        }
+        if let Some(name) = &port.name {
+            text(&format!("{p}.name"), name, 15)?;
+        }
+    }
+    let r = &c.resources;
+    for (value, field, max) in [
+        (r.cpu_request_millis, "requests.cpu", MAX_CPU_MILLIS),
+        (r.cpu_limit_millis, "limits.cpu", MAX_CPU_MILLIS),
+        (r.memory_request_bytes, "requests.memory", MAX_BYTES),
+        (r.memory_limit_bytes, "limits.memory", MAX_BYTES),
+    ] {
+        if let Some(v) = value {
+            at_most(&format!("{path}.resources.{field}"), v, max)?;
+        }
+    }
+    for (probe, name) in [
+        (&c.liveness_probe, "livenessProbe"),
+        (&c.readiness_probe, "readinessProbe"),
+        (&c.startup_probe, "startupProbe"),
+    ] {
+        if let Some(p) = probe {
+            self::probe(&format!("{path}.{name}"), p)?;
+        }
+    }
+    if let Some(sc) = &c.security_context {
+        let p = format!("{path}.securityContext");
+        for (id, field) in [
+            (sc.run_as_user, "runAsUser"),
+            (sc.run_as_group, "runAsGroup"),
+        ] {
+            if let Some(id) = id
+                && !(0..=i64::from(u32::MAX)).contains(&id)
+            {
+                return Err(invalid(
+                    format!("{p}.{field}"),
+                    format!("Invalid value: {id}: must be between 0 and 4294967295, inclusive"),
+                ));
+            }
+        }
+        count(
+            &format!("{p}.capabilities.add"),
+            sc.capabilities_add.len(),
+            64,
+        )?;
+        count(
+            &format!("{p}.capabilities.drop"),
+            sc.capabilities_drop.len(),
+            64,
+        )?;
+        for cap in sc.capabilities_add.iter().chain(&sc.capabilities_drop) {
+            if cap.is_empty()
+                || cap.len() > 64
+                || !cap.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(invalid(
+                    format!("{p}.capabilities"),
+                    format!("Invalid value: {:?}: not a capability name", clip(cap)),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn probe(path: &str, p: &Probe) -> Result {
+    for (value, field, min) in [
+        (p.initial_delay_secs, "initialDelaySeconds", 0),
+        (p.period_secs, "periodSeconds", 1),
+        (p.timeout_secs, "timeoutSeconds", 1),
+        (p.success_threshold, "successThreshold", 1),
+        (p.failure_threshold, "failureThreshold", 1),
+    ] {
+        let value = u64::from(value);
+        if value < min {
+            return Err(invalid(
+                format!("{path}.{field}"),
+                format!("Invalid value: {value}: must be at least {min}"),
+            ));
+        }
+        at_most(&format!("{path}.{field}"), value, MAX_SECONDS)?;
+    }
+    match &p.handler {
+        ProbeHandler::Exec { command } => {
+            if command.is_empty() {
+                return Err(invalid(format!("{path}.exec.command"), "Required value"));
+            }
+            count(&format!("{path}.exec.command"), command.len(), MAX_ARGS)?;
+            for (i, a) in command.iter().enumerate() {
+                text(&format!("{path}.exec.command[{i}]"), a, MAX_MESSAGE)?;
+            }
+        }
+        ProbeHandler::HttpGet {
+            path: p,
+            port,
+            host,
+            headers,
+            ..
+        } => {
+            text(&format!("{path}.httpGet.path"), p, MAX_SHORT)?;
+            if p.chars().any(|c| c.is_control()) {
+                return Err(invalid(
+                    format!("{path}.httpGet.path"),
+                    "Invalid value: must not contain control characters",
+                ));
+            }
+            if *port == 0 {
+                return Err(invalid(
+                    format!("{path}.httpGet.port"),
+                    "Invalid value: 0: must be between 1 and 65535, inclusive",
+                ));
+            }
+            if let Some(h) = host {
+                text(&format!("{path}.httpGet.host"), h, 253)?;
+            }
+            count(
+                &format!("{path}.httpGet.httpHeaders"),
+                headers.len(),
+                MAX_HEADERS,
+            )?;
+            for (i, (k, v)) in headers.iter().enumerate() {
+                text(&format!("{path}.httpGet.httpHeaders[{i}].name"), k, 256)?;
+                text(
+                    &format!("{path}.httpGet.httpHeaders[{i}].value"),
+                    v,
+                    MAX_SHORT,
+                )?;
+            }
+        }
+        ProbeHandler::TcpSocket { port, host } => {
+            if *port == 0 {
+                return Err(invalid(
+                    format!("{path}.tcpSocket.port"),
+                    "Invalid value: 0: must be between 1 and 65535, inclusive",
+                ));
+            }
+            if let Some(h) = host {
+                text(&format!("{path}.tcpSocket.host"), h, 253)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Validate for PodStatus {
+    fn validate(&self) -> Result {
+        label("namespace", "namespace", &self.namespace)?;
+        subdomain("name", "pod name", &self.name)?;
+        // A status for a spec that was refused before it had a uid has none.
+        if !self.uid.is_empty() {
+            uid("uid", &self.uid)?;
+        }
+        count("conditions", self.conditions.len(), MAX_NODE_ITEMS)?;
+        for (i, c) in self.conditions.iter().enumerate() {
+            opt_text(&format!("conditions[{i}].reason"), &c.reason, MAX_SHORT)?;
+            opt_text(&format!("conditions[{i}].message"), &c.message, MAX_MESSAGE)?;
+        }
+        opt_text("reason", &self.reason, MAX_SHORT)?;
+        opt_text("message", &self.message, MAX_MESSAGE)?;
+        opt_text("hostIP", &self.host_ip, 64)?;
+        opt_text("podIP", &self.pod_ip, 64)?;
+        for (list, field) in [
+            (&self.init_container_statuses, "initContainerStatuses"),
+            (&self.container_statuses, "containerStatuses"),
+        ] {
+            count(field, list.len(), MAX_CONTAINERS)?;
+            for (i, c) in list.iter().enumerate() {
+                container_status(&format!("{field}[{i}]"), c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn opt_text(field: &str, value: &Option<String>, max: usize) -> Result {
+    match value {
+        Some(v) => text(field, v, max),
+        None => Ok(()),
+    }
+}
+
+fn container_status(path: &str, c: &ContainerStatus) -> Result {
+    label(&format!("{path}.name"), "container name", &c.name)?;
+    text(&format!("{path}.image"), &c.image, MAX_SHORT)?;
+    text(&format!("{path}.imageID"), &c.image_id, MAX_SHORT)?;
+    text(&format!("{path}.containerID"), &c.container_id, MAX_SHORT)?;
+    state(&format!("{path}.state"), &c.state)?;
+    if let Some(s) = &c.last_state {
+        state(&format!("{path}.lastState"), s)?;
+    }
+    Ok(())
+}
+
+fn state(path: &str, s: &ContainerState) -> Result {
+    match s {
+        ContainerState::Waiting { reason, message } => {
+            text(&format!("{path}.waiting.reason"), reason, MAX_SHORT)?;
+            opt_text(&format!("{path}.waiting.message"), message, MAX_MESSAGE)
+        }
+        ContainerState::Running { .. } => Ok(()),
+        ContainerState::Terminated {
+            reason, message, ..
+        } => {
+            text(&format!("{path}.terminated.reason"), reason, MAX_SHORT)?;
+            opt_text(&format!("{path}.terminated.message"), message, MAX_MESSAGE)
+        }
+    }
+}
+
+impl Validate for NodeStatus {
+    fn validate(&self) -> Result {
+        subdomain("name", "node name", &self.name)?;
+        let i = &self.info;
+        for (v, f) in [
+            (&i.architecture, "nodeInfo.architecture"),
+            (&i.operating_system, "nodeInfo.operatingSystem"),
+            (&i.kernel_version, "nodeInfo.kernelVersion"),
+            (&i.os_image, "nodeInfo.osImage"),
+            (&i.hostname, "nodeInfo.hostname"),
+            (&i.agent_version, "nodeInfo.kubeletVersion"),
+            (
+                &i.container_runtime_version,
+                "nodeInfo.containerRuntimeVersion",
+            ),
+        ] {
+            text(f, v, MAX_SHORT)?;
+        }
+        count("conditions", self.conditions.len(), MAX_NODE_ITEMS)?;
+        for (n, c) in self.conditions.iter().enumerate() {
+            text(&format!("conditions[{n}].reason"), &c.reason, MAX_SHORT)?;
+            text(&format!("conditions[{n}].message"), &c.message, MAX_MESSAGE)?;
+        }
+        count("addresses", self.addresses.len(), MAX_NODE_ITEMS)?;
+        for (n, a) in self.addresses.iter().enumerate() {
+            text(&format!("addresses[{n}].type"), &a.kind, 64)?;
+            text(&format!("addresses[{n}].address"), &a.address, 253)?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for Event {
+    fn validate(&self) -> Result {
+        if let Some(ns) = &self.namespace {
+            label("namespace", "namespace", ns)?;
+        }
+        if let Some(pod) = &self.pod {
+            subdomain("pod", "pod name", pod)?;
+        }
+        if let Some(c) = &self.container {
+            label("container", "container name", c)?;
+        }
+        text("reason", &self.reason, 128)?;
+        text("message", &self.message, MAX_MESSAGE)
+    }
+}
+
+impl Validate for LogRequest {
+    fn validate(&self) -> Result {
+        if !is_request_id(&self.request_id) {
+            return Err(invalid(
+                "requestId",
+                format!(
+                    "Invalid value: {:?}: a request id must consist of {UID_RULE}",
+                    clip(&self.request_id)
+                ),
+            ));
+        }
+        label("namespace", "namespace", &self.namespace)?;
+        subdomain("pod", "pod name", &self.pod)?;
+        if let Some(c) = &self.container {
+            label("container", "container name", c)?;
+        }
+        if let Some(s) = self.since_seconds {
+            at_most("sinceSeconds", s, MAX_SECONDS * 100)?;
+        }
+        if let Some(t) = self.tail_lines {
+            at_most("tailLines", t, MAX_BYTES)?;
+        }
+        if let Some(l) = self.limit_bytes {
+            at_most("limitBytes", l, MAX_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for LogChunk {
+    fn validate(&self) -> Result {
+        if !is_request_id(&self.request_id) {
+            return Err(invalid(
+                "requestId",
+                format!(
+                    "Invalid value: {:?}: a request id must consist of {UID_RULE}",
+                    clip(&self.request_id)
+                ),
+            ));
+        }
+        count("data", self.data.len(), MAX_LOG_CHUNK)?;
+        opt_text("error", &self.error, MAX_MESSAGE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::samples;
+    use crate::model::*;
+
+    fn pod() -> PodSpec {
+        let mut s = samples::spec(
+            "web",
+            "0b9c6a3e-1f7e-4c1b-9d3a-2f7e1c9b8a70",
+            1,
+            RestartPolicy::Always,
+        );
+        s.containers.push(samples::container("main"));
+        s
+    }
+
+    fn field_of(spec: &PodSpec) -> String {
+        spec.validate().expect_err("refused").field
+    }
+
+    #[test]
+    fn a_plain_pod_passes() {
+        pod().validate().expect("valid");
+    }
+
+    #[test]
+    fn uids_that_walk_out_of_the_data_directory_are_refused() {
+        for bad in ["x/../../..", "..", ".", "", "a b", "a\0b", &"x".repeat(129)] {
+            let mut s = pod();
+            s.uid = bad.into();
+            assert_eq!(field_of(&s), "metadata.uid", "uid {bad:?}");
+        }
+    }
+
+    #[test]
+    fn names_follow_the_kubernetes_rules() {
+        let mut s = pod();
+        s.name = "../etc".into();
+        assert_eq!(field_of(&s), "metadata.name");
+        let mut s = pod();
+        s.namespace = "a/b".into();
+        assert_eq!(field_of(&s), "metadata.namespace");
+        let mut s = pod();
+        s.containers[0].name = "../logs".into();
+        assert_eq!(field_of(&s), "spec.containers[0].name");
+        let mut s = pod();
+        s.volumes.push(Volume {
+            name: "Data".into(),
+            source: VolumeSource::EmptyDir {
+                memory: false,
+                size_limit_bytes: None,
+            },
+        });
+        assert_eq!(field_of(&s), "spec.volumes[0].name");
+        let mut s = pod();
+        s.containers.push(samples::container("main"));
+        assert_eq!(field_of(&s), "spec.containers[1].name");
+        let err = {
+            let mut s = pod();
+            s.containers[0].name = "Main".into();
+            s.validate().expect_err("refused").to_string()
+        };
+        assert!(
+            err.starts_with("spec.containers[0].name: Invalid value: \"Main\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn numbers_are_bounded() {
+        let mut s = pod();
+        s.termination_grace_period_secs = u64::MAX;
+        assert_eq!(field_of(&s), "spec.terminationGracePeriodSeconds");
+        let mut s = pod();
+        s.containers[0].resources.memory_limit_bytes = Some(u64::MAX);
+        assert_eq!(field_of(&s), "spec.containers[0].resources.limits.memory");
+        let mut s = pod();
+        s.containers[0].resources.cpu_request_millis = Some(u64::MAX);
+        assert_eq!(field_of(&s), "spec.containers[0].resources.requests.cpu");
+        let mut s = pod();
+        s.containers[0].security_context = Some(SecurityContext {
+            run_as_user: Some(-1),
+            ..Default::default()
+        });
+        assert_eq!(field_of(&s), "spec.containers[0].securityContext.runAsUser");
+        let mut s = pod();
+        s.containers[0].ports.push(ContainerPort {
+            name: None,
+            container_port: 0,
+            host_port: None,
+            protocol: "TCP".into(),
+        });
+        assert_eq!(field_of(&s), "spec.containers[0].ports[0].containerPort");
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        let mut s = pod();
+        s.containers = (0..=MAX_CONTAINERS)
+            .map(|i| samples::container(&format!("c{i}")))
+            .collect();
+        assert_eq!(field_of(&s), "spec.containers");
+        let mut s = pod();
+        s.containers.clear();
+        assert_eq!(field_of(&s), "spec.containers");
+    }
+
+    #[test]
+    fn paths_stay_inside_their_directory() {
+        let mut s = pod();
+        s.volumes.push(Volume {
+            name: "cfg".into(),
+            source: VolumeSource::Files {
+                files: vec![("../../state.redb".into(), b"x".to_vec())],
+                default_mode: 0o644,
+            },
+        });
+        assert_eq!(field_of(&s), "spec.volumes[0].items[\"../../state.redb\"]");
+        let mut s = pod();
+        s.volumes.push(Volume {
+            name: "cfg".into(),
+            source: VolumeSource::EmptyDir {
+                memory: false,
+                size_limit_bytes: None,
+            },
+        });
+        s.containers[0].volume_mounts.push(VolumeMount {
+            name: "cfg".into(),
+            mount_path: "/data".into(),
+            read_only: false,
+            sub_path: Some("../..".into()),
+        });
+        assert_eq!(field_of(&s), "spec.containers[0].volumeMounts[0].subPath");
+        s.containers[0].volume_mounts[0].sub_path = None;
+        s.containers[0].volume_mounts[0].name = "missing".into();
+        assert_eq!(field_of(&s), "spec.containers[0].volumeMounts[0].name");
+    }
+
+    #[test]
+    fn log_requests_are_bounded() {
+        let mut r = LogRequest {
+            request_id: "abc".into(),
+            namespace: "default".into(),
+            pod: "web".into(),
+            ..Default::default()
+        };
+        r.validate().expect("valid");
+        r.since_seconds = Some(u64::MAX);
+        assert_eq!(r.validate().expect_err("refused").field, "sinceSeconds");
+        r.since_seconds = None;
+        r.request_id = "../x".into();
+        assert_eq!(r.validate().expect_err("refused").field, "requestId");
+    }
+
+    #[test]
+    fn statuses_and_events_are_checked_too() {
+        let mut st = PodStatus {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: String::new(),
+            observed_generation: 0,
+            phase: PodPhase::Failed,
+            conditions: vec![],
+            reason: Some("InvalidSpec".into()),
+            message: Some("m".into()),
+            start_time_ms: None,
+            host_ip: None,
+            pod_ip: None,
+            init_container_statuses: vec![],
+            container_statuses: vec![],
+        };
+        st.validate().expect("a refused pod's status has no uid");
+        st.name = "a/b".into();
+        assert_eq!(st.validate().expect_err("refused").field, "name");
+        let ev = Event {
+            namespace: Some("default".into()),
+            pod: Some("web".into()),
+            container: None,
+            kind: EventType::Warning,
+            reason: "R".repeat(200),
+            message: "m".into(),
+            timestamp_ms: 0,
+        };
+        assert_eq!(ev.validate().expect_err("refused").field, "reason");
+    }
+}
