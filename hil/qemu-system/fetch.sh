@@ -2,8 +2,12 @@
 # Fetches what the qemu-system back-end boots (cached in $KEDGE_HIL_CACHE,
 # default /var/tmp/kedge-hil-cache): Debian's arm64 kernel and its modules,
 # and busybox-static for arm64, with apt (arm64 added as a foreign
-# architecture), plus qemu-system-arm, cpio and e2fsprogs. Prints the cache dir.
+# architecture), plus qemu-system-arm, cpio and e2fsprogs. Prints the cache
+# dir on stdout, and nothing else there: callers capture it
+# (`cache=$(hil/qemu-system/fetch.sh)`), so everything else (apt's progress
+# and errors) goes to stderr.
 set -euo pipefail
+exec 3>&1 1>&2 # fd 3: the one line of output; stdout is stderr from here on
 cache="${KEDGE_HIL_CACHE:-/var/tmp/kedge-hil-cache}"
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 need=()
@@ -28,6 +32,8 @@ if [ ! -f kernel/vmlinuz ] || [ ! -f busybox/bin/busybox ]; then
     kpkg=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
   fi
   rm -rf debs kernel busybox && mkdir debs
+  # apt-get download prints progress ("Get:1 http://…") and, as root, a
+  # note that the download is unsandboxed: both to stderr, the note dropped.
   (cd debs && apt-get download "${kpkg%:arm64}:arm64" busybox-static:arm64 2>&1 | grep -v unsandboxed || true)
   mkdir -p kernel busybox
   dpkg-deb -x debs/linux-image-*.deb kernel/root
@@ -35,4 +41,4 @@ if [ ! -f kernel/vmlinuz ] || [ ! -f busybox/bin/busybox ]; then
   cp kernel/root/boot/vmlinuz-* kernel/vmlinuz
   rm -rf debs
 fi
-echo "$cache"
+echo "$cache" >&3

@@ -6,9 +6,11 @@
 #
 # The binaries go to a cache outside the clone keyed by the hash of the inputs,
 # so a CI run rebuilds only when go.mod, go.sum or the sources change. Prints
-# the binary directory on stdout (last line).
+# the binary directory on stdout, and nothing else there (callers capture
+# it): go's own output and the progress lines go to stderr.
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+exec 3>&1 1>&2 # fd 3: the one line of output; stdout is stderr from here on
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" >/dev/null && pwd)"
 export GOCACHE="${GOCACHE:-/var/tmp/kedge-go-cache}"
 export GOMODCACHE="${GOMODCACHE:-/var/tmp/kedge-go-mod}"
 export GOFLAGS="-mod=mod -buildvcs=false"
@@ -21,7 +23,7 @@ complete=1
 for b in "${bins[@]}"; do [[ -x "$out/$b" ]] || complete=0; done
 if [[ $complete == 1 ]]; then
 	echo "k8s harness: cached in $out" >&2
-	echo "$out"
+	echo "$out" >&3
 	exit 0
 fi
 k8s_version="$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$here/go.mod")"
@@ -49,4 +51,4 @@ rm -rf "$out"
 mv "$tmp" "$out"
 trap - EXIT
 echo "k8s harness: built $k8s_version in $(( $(date +%s) - start ))s into $out" >&2
-echo "$out"
+echo "$out" >&3
