@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kedge-target}"
-export KEDGE_GUESTS_TARGET_DIR="${KEDGE_GUESTS_TARGET_DIR:-/var/tmp/kedge-guests-target}"
+# Every cache location (cargo, the Wasm guests, Go, the control plane, HIL,
+# CRI images) from KEDGE_CACHE_ROOT, default /var/tmp: scripts/cache-env.sh.
+source scripts/cache-env.sh
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 need_pkgs=()

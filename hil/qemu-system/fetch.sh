@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches what the qemu-system back-end boots (cached in $KEDGE_HIL_CACHE,
-# default /var/tmp/kedge-hil-cache): Debian's arm64 kernel and its modules,
+# default $KEDGE_CACHE_ROOT/kedge-hil-cache = /var/tmp/kedge-hil-cache): Debian's arm64 kernel and its modules,
 # and busybox-static for arm64, with apt (arm64 added as a foreign
 # architecture), plus qemu-system-arm, cpio and e2fsprogs. Prints the cache
 # dir on stdout, and nothing else there: callers capture it
@@ -8,7 +8,8 @@
 # and errors) goes to stderr.
 set -euo pipefail
 exec 3>&1 1>&2 # fd 3: the one line of output; stdout is stderr from here on
-cache="${KEDGE_HIL_CACHE:-/var/tmp/kedge-hil-cache}"
+source "$(dirname "$0")/../../scripts/cache-env.sh" # KEDGE_HIL_CACHE
+cache="$KEDGE_HIL_CACHE"
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 need=()
 for p in qemu-system-arm cpio e2fsprogs; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done

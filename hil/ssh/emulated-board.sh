@@ -7,8 +7,8 @@
 #
 #   hil/ssh/emulated-board.sh [COMMAND ARGS...]
 #
-# Builds once, into $KEDGE_HIL_CACHE/ssh-board (default
-# /var/tmp/kedge-hil-cache): a root filesystem made by mmdebstrap (arm64
+# Builds once, into $KEDGE_HIL_BOARD_CACHE (default $KEDGE_HIL_CACHE/ssh-board,
+# i.e. /var/tmp/kedge-hil-cache/ssh-board; scripts/cache-env.sh): a root filesystem made by mmdebstrap (arm64
 # maintainer scripts run under qemu-user through binfmt_misc), Debian's
 # kernel and an initramfs that mounts a virtio root, and an ext4 image made
 # from the tree with mkfs.ext4 -d (nothing is mounted). Each run boots a copy
@@ -29,7 +29,8 @@
 set -euo pipefail
 exec 3>&1 1>&2 # fd 3: the real stdout; stdout is stderr from here on
 cd "$(dirname "$0")/../.."
-cache="${KEDGE_HIL_CACHE:-/var/tmp/kedge-hil-cache}/ssh-board"
+source scripts/cache-env.sh # KEDGE_HIL_BOARD_CACHE
+cache="$KEDGE_HIL_BOARD_CACHE"
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 log() { echo "emulated-board: $*" >&2; }
 

@@ -4,19 +4,21 @@
 # version pinned in go.mod) and a single-member etcd (go.etcd.io/etcd/server/v3
 # embedded in etcd/main.go).
 #
-# The binaries go to a cache outside the clone keyed by the hash of the inputs,
+# The binaries go to a cache outside the clone keyed by the hash of the inputs
+# ($KEDGE_K8S_BIN_ROOT/<hash>, default /var/tmp/kedge-k8s-bin; Go's caches in
+# GOCACHE and GOMODCACHE: scripts/cache-env.sh),
 # so a CI run rebuilds only when go.mod, go.sum or the sources change. Prints
 # the binary directory on stdout, and nothing else there (callers capture
 # it): go's own output and the progress lines go to stderr.
 set -euo pipefail
 exec 3>&1 1>&2 # fd 3: the one line of output; stdout is stderr from here on
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" >/dev/null && pwd)"
-export GOCACHE="${GOCACHE:-/var/tmp/kedge-go-cache}"
-export GOMODCACHE="${GOMODCACHE:-/var/tmp/kedge-go-mod}"
+# GOCACHE, GOMODCACHE and KEDGE_K8S_BIN_ROOT (scripts/cache-env.sh).
+source "$here/../../scripts/cache-env.sh"
 export GOFLAGS="-mod=mod -buildvcs=false"
 export CGO_ENABLED=0
 hash="$(cd "$here" && cat go.mod go.sum build.sh etcd/main.go tools.go | sha256sum | cut -c1-16)"
-root="${KEDGE_K8S_BIN_ROOT:-/var/tmp/kedge-k8s-bin}"
+root="$KEDGE_K8S_BIN_ROOT"
 out="$root/$hash"
 bins=(kube-apiserver kube-controller-manager kube-scheduler etcd)
 complete=1

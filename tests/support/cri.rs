@@ -55,8 +55,9 @@ fn sh_ok(cmd: &str, args: &[&str]) -> String {
 // ---------------------------------------------------------------------------
 // Images
 
-/// Image archives built once per machine and kept under /var/tmp: an OCI
-/// layout with `busybox` and `pause` tags and a docker-archive per image.
+/// Image archives built once per machine and kept in
+/// `$KEDGE_CRI_IMAGE_CACHE` (default `$KEDGE_CACHE_ROOT`, else /var/tmp): an
+/// OCI layout with `busybox` and `pause` tags and a docker-archive per image.
 pub struct ImageCache {
     pub layout: PathBuf,
     pub busybox_tar: PathBuf,
@@ -75,7 +76,9 @@ pub fn images() -> &'static ImageCache {
             "/bin/busybox is missing: install busybox-static (scripts/test.sh does)"
         );
         let key = &super::sha256_file(busybox)[..16];
-        let dir = PathBuf::from(format!("/var/tmp/kedge-cri-images-{key}"));
+        let parent = super::cache_dir("KEDGE_CRI_IMAGE_CACHE", "");
+        std::fs::create_dir_all(&parent).expect("CRI image cache dir");
+        let dir = parent.join(format!("kedge-cri-images-{key}"));
         let cache = ImageCache {
             layout: dir.join("layout"),
             busybox_tar: dir.join("busybox.tar"),
@@ -86,7 +89,7 @@ pub fn images() -> &'static ImageCache {
         }
         let tmp = tempfile::Builder::new()
             .prefix("kedge-cri-images-build-")
-            .tempdir_in("/var/tmp")
+            .tempdir_in(&parent)
             .expect("temp dir for images");
         build_images(tmp.path());
         let built = tmp.keep();
