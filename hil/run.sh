@@ -34,7 +34,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-target_dir="${CARGO_TARGET_DIR:-/var/tmp/kedge-target}"
+source scripts/cache-env.sh # CARGO_TARGET_DIR, KEDGE_HIL_CACHE
+target_dir="$CARGO_TARGET_DIR"
 backend="" scenario=hil/scenarios/basic.scn arch=aarch64 device_bin=""
 ssh_dest="${KEDGE_HIL_SSH:-}" ssh_port="${KEDGE_HIL_SSH_PORT:-}" ssh_identity="${KEDGE_HIL_SSH_IDENTITY:-}"
 broker_host="${KEDGE_HIL_BROKER_HOST:-}"

@@ -14,7 +14,7 @@ set -eu
 
 usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; exit "${1:-0}"; }
 root=/ binary="" broker="" node="" ca="" cert="" key="" start=1 user=kedge
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")" >/dev/null && pwd) # >/dev/null: cd prints the dir when CDPATH is set
 while [ $# -gt 0 ]; do
   case "$1" in
     --binary) binary=$2; shift 2 ;;

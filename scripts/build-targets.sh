@@ -12,7 +12,7 @@
 #   scripts/build-targets.sh [TARGET…]       KEDGE_FEATURE_SETS="full" overrides the sets
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kedge-target}"
+source scripts/cache-env.sh # CARGO_TARGET_DIR
 field() { sed -n "s/^$2 *= *\"\{0,1\}\([^\"#]*\)\"\{0,1\}.*/\1/p" "$1" | head -1 | sed 's/ *$//'; }
 
 targets=("$@")

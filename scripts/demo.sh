@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kedge-target}"
+source scripts/cache-env.sh # CARGO_TARGET_DIR
 cargo build --bin kedge
 mkdir -p "$root/target"
 ln -sfn "$CARGO_TARGET_DIR/debug/kedge" "$root/target/kedge" 2>/dev/null || true

@@ -1,14 +1,104 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
 # (Debian packages, rustup targets), then format and lint checks, then every
-# unit and integration test against real parts (Mosquitto, wasmtime).
+# unit and integration test against real parts (Mosquitto, wasmtime,
+# containerd, a Kubernetes control plane), then the static device binaries
+# and hardware in the loop.
+#
+# Each stage's duration and result is printed at the end in a table, also
+# when a stage fails (the run stops at the first failing stage). Every skip
+# prints one line saying what was skipped and why. The last line counts the
+# tests: "tests: N passed, N failed, N skipped".
+#
+# Switches: KEDGE_SKIP_CROSS=1 (device binaries and all HIL),
+# KEDGE_SKIP_QEMU_SYSTEM=1 (both emulated arm64 machines),
+# KEDGE_SKIP_SSH_BOARD=1 (the emulated ssh board only), KEDGE_TEST_THREADS
+# (default 4). Caches: scripts/cache-env.sh (KEDGE_CACHE_ROOT).
+#
+# Fewer builds of the same crate graph: one clippy check graph covers the
+# default features and the bridge (`--features bridge`), one test build runs
+# the default tests and the bridge's (bridge_e2e is a second invocation of
+# that same build, single-threaded), and the HIL's host CLI is that build's
+# binary. Distinct graphs left: clippy `minimal`, the `minimal` unit tests,
+# the three release device builds (each its own target/features, measured
+# against its size budget).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kedge-target}"
-export KEDGE_GUESTS_TARGET_DIR="${KEDGE_GUESTS_TARGET_DIR:-/var/tmp/kedge-guests-target}"
+# Every cache location (cargo, the Wasm guests, Go, the control plane, HIL,
+# CRI images) from KEDGE_CACHE_ROOT, default /var/tmp: scripts/cache-env.sh.
+source scripts/cache-env.sh
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+threads="${KEDGE_TEST_THREADS:-4}"
 
+# ---------------------------------------------------------------------------
+# Stages: `stage NAME` starts one (ending the previous one as ok); a failing
+# command ends the run (set -e) and the EXIT trap records the open stage as
+# failed, then prints the table. `skip NAME WHY` records a skip.
+# ---------------------------------------------------------------------------
+logs=$(mktemp -d /tmp/kedge-test.XXXXXX) # cargo test output, read for counts and skips
+stage_rows=() skipped=() current="" current_start=0 run_start=$SECONDS
+stage_end() {
+  [ -n "$current" ] || return 0
+  stage_rows+=("| $current | $((SECONDS - current_start)) | ok |")
+  current=""
+}
+stage() {
+  stage_end
+  current=$1 current_start=$SECONDS
+  echo "== $1"
+}
+skip() {
+  stage_end
+  echo "== SKIPPED $1: $2"
+  stage_rows+=("| $1 | 0 | skipped: $2 |")
+  skipped+=("$1: $2")
+}
+# Sums libtest's "test result:" lines over every cargo test run so far.
+# CRI tests that skipped (not root) ran as passes: counted as skipped.
+count_tests() {
+  local p=0 f=0 i=0 cri_skips
+  if compgen -G "$logs/*.log" >/dev/null; then
+    read -r p f i < <(grep -ah '^test result:' "$logs"/*.log |
+      awk '{for (n = 1; n < NF; n++) { if ($(n+1) ~ /^passed/) p += $n; if ($(n+1) ~ /^failed/) f += $n; if ($(n+1) ~ /^ignored/) i += $n }}
+           END {print p + 0, f + 0, i + 0}')
+    cri_skips=$( (grep -aoh 'KEDGE-TEST-SKIPPED [^:]*:' "$logs"/*.log || true) | sort -u | wc -l)
+    p=$((p - cri_skips)) i=$((i + cri_skips))
+  fi
+  echo "tests: $p passed, $f failed, $i skipped"
+}
+summary() {
+  local rc=$?
+  set +e
+  if [ -n "$current" ]; then
+    stage_rows+=("| $current | $((SECONDS - current_start)) | FAILED (exit $rc) |")
+    current=""
+    [ "$rc" = 0 ] || stage_rows+=("| (any later stage) | | not run |")
+  fi
+  echo
+  echo "## scripts/test.sh: $((SECONDS - run_start)) s in all"
+  echo
+  echo "| stage | seconds | result |"
+  echo "|---|---:|---|"
+  printf '%s\n' "${stage_rows[@]}"
+  if [ ${#skipped[@]} -gt 0 ]; then
+    echo
+    printf 'skipped: %s\n' "${skipped[@]}"
+  fi
+  echo
+  count_tests
+  rm -rf "$logs"
+  exit "$rc"
+}
+trap summary EXIT
+# A cargo test invocation whose output is kept for the counts and skips.
+cargo_test() { # LOGNAME ARGS...
+  local log="$logs/$1.log"; shift
+  cargo test "$@" 2>&1 | tee -a "$log"
+}
+
+# ---------------------------------------------------------------------------
+stage "setup: Debian packages, rustup targets and components"
 need_pkgs=()
 # containerd … protobuf-compiler: the CRI tests start their own containerd
 # (runc, CNI plugins), build busybox/pause images (busybox-static, umoci,
@@ -52,53 +142,122 @@ for t in wasm32-wasip1 wasm32-wasip2; do
 done
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
-
-# The bridge tests run a real control plane built from the upstream Go modules
-# (tests/k8s-harness). The binaries are cached under /var/tmp by input hash:
-# a cold build takes ~20 min on 2 cores, a cache hit milliseconds.
 export PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null || { echo "go not found: install Go >= 1.25 (https://go.dev/dl) first" >&2; exit 1; }
-echo "== Kubernetes control plane (tests/k8s-harness)"
+
+# ---------------------------------------------------------------------------
+stage "cargo fmt --check"
+cargo fmt --all -- --check
+
+# One check graph for the default features and the bridge: --features bridge
+# adds the bridge to the default set, so every default item is linted too
+# (no code is compiled only without the bridge).
+stage "cargo clippy --all-targets --features bridge (default + bridge)"
+cargo clippy --all-targets --locked --features bridge -- -D warnings
+stage "cargo clippy --all-targets, minimal"
+cargo clippy --all-targets --locked --no-default-features --features minimal -- -D warnings
+
+# One test build for the default features and the bridge: the unit tests
+# (bridge:: included) and every integration test but bridge_e2e, then
+# bridge_e2e from the same build, one test at a time (it runs a control
+# plane per test).
+tests=()
+for f in tests/*.rs; do
+  t=$(basename "$f" .rs)
+  [ "$t" = bridge_e2e ] || tests+=(--test "$t")
+done
+stage "cargo test --features bridge: unit and integration tests (--test-threads=$threads)"
+cargo_test main --locked --features bridge --no-fail-fast --lib --bins "${tests[@]}" -- --test-threads="$threads"
+# The target selection above leaves out doc tests: run them when src/ has one
+# (a fenced block that is Rust: no info string, or rust/no_run/should_panic…).
+if find src -name '*.rs' -exec cat {} + | awk '/^[ \t]*\/\/[\/!][ \t]*```/ {
+          if (!inb) { info = $0; sub(/.*```/, "", info); gsub(/[ \t]/, "", info)
+                      if (info == "" || info ~ /^(rust|no_run|should_panic|compile_fail|edition)/) found = 1 }
+          inb = !inb }
+        END { exit !found }'; then
+  stage "cargo test --doc --features bridge"
+  cargo_test doc --locked --features bridge --doc
+else
+  skip "doc tests" "src/ has no Rust doc-test block"
+fi
+# The CRI end-to-end tests need root; without it each one prints
+# "KEDGE-TEST-SKIPPED <test>: …" (tests/support/cri.rs) and returns.
+cri_skips=$( (grep -aoh 'KEDGE-TEST-SKIPPED [^:]*:' "$logs/main.log" || true) | sort -u | wc -l)
+cri_passed=$(awk '/Running tests\/cri_e2e\.rs/ {on = 1} on && /^test result:/ {for (n = 1; n < NF; n++) if ($(n+1) ~ /^passed/) print $n; exit}' "$logs/main.log")
+if [ "$cri_skips" -gt 0 ]; then
+  skip "CRI end-to-end tests ($cri_skips of tests/cri_e2e.rs)" "not root (uid $(id -u)): they start containerd, CNI bridges and cgroups"
+fi
+if [ "${CI:-}" = true ] && [ "$(id -u)" -eq 0 ]; then
+  # CI runs as root: the CRI tests must have run, every one of them.
+  stage "CI: the CRI end-to-end tests ran"
+  if [ "$cri_skips" -gt 0 ] || [ "${cri_passed:-0}" -eq 0 ]; then
+    echo "CI on a root machine: the CRI end-to-end tests did not run (passed: ${cri_passed:-none}, skipped: $cri_skips)" >&2
+    exit 1
+  fi
+  echo "tests/cri_e2e.rs: $cri_passed passed, none skipped"
+fi
+
+# minimal (the small devices' set) has its own graph: its unit tests, once.
+stage "cargo test --lib, minimal"
+cargo_test minimal --locked --no-default-features --features minimal --lib -- --test-threads="$threads"
+
+# The bridge tests run a real control plane built from the upstream Go
+# modules (tests/k8s-harness), cached by input hash in $KEDGE_K8S_BIN_ROOT:
+# a cold build takes ~25 min on 2 cores, a cache hit milliseconds.
+stage "Kubernetes control plane (tests/k8s-harness, Go)"
 KEDGE_K8S_BIN_DIR="$(nice -n 10 tests/k8s-harness/build.sh | tail -n 1)"
 export KEDGE_K8S_BIN_DIR
+stage "cargo test --features bridge --test bridge_e2e (--test-threads=1)"
+cargo_test bridge_e2e --locked --features bridge --no-fail-fast --test bridge_e2e -- --test-threads=1
 
-echo "== cargo fmt --check"
-cargo fmt --all -- --check
-echo "== cargo clippy (default = full, and minimal)"
-cargo clippy --all-targets --locked -- -D warnings
-cargo clippy --all-targets --locked --no-default-features --features minimal -- -D warnings
-echo "== cargo test"
-cargo test --locked --no-fail-fast -- --test-threads="${KEDGE_TEST_THREADS:-4}"
-echo "== kedge bridge (feature bridge): clippy, unit tests, end to end against the control plane"
-cargo clippy --all-targets --locked --features bridge -- -D warnings
-cargo test --locked --features bridge --lib -- bridge::
-cargo test --locked --features bridge --test bridge_e2e -- --test-threads=1
-
+# ---------------------------------------------------------------------------
 # Static device binaries (targets/): x86-64 `full` and `minimal` against
 # their size budgets (over budget fails), aarch64 `minimal` for the HIL.
-# Then hardware in the loop: the aarch64 `minimal` agent under qemu-user,
-# a whole emulated arm64 machine (qemu-system) that is rebooted, and the ssh
-# back-end against an emulated Debian arm64 board with systemd and sshd
-# (its root filesystem is built once, cached in /var/tmp/kedge-hil-cache).
-# KEDGE_SKIP_CROSS=1 skips this stage; KEDGE_SKIP_QEMU_SYSTEM=1 skips both
-# emulated machines, KEDGE_SKIP_SSH_BOARD=1 only the ssh board.
-if [ "${KEDGE_SKIP_CROSS:-0}" != 1 ]; then
-  echo "== static device binaries and size budgets"
+# Then hardware in the loop. What each run adds that the others do not:
+# - x86-64 `full` (basic.scn) and `minimal` (minimal.scn), native: the
+#   release device binaries themselves (LTO, panic=abort, static, no unwind
+#   tables; the tests above use debug builds). Seconds.
+# - qemu-user, aarch64 `minimal`: the arm64 binary and modules precompiled
+#   for aarch64 (and Pulley) under user-mode emulation. Seconds.
+# - qemu-system, aarch64 `minimal` (basic.scn): a real arm64 kernel and a
+#   busybox init (no systemd), and a power cycle: only what reached the
+#   virtio disk survives, so redb's durability is tested as on a device
+#   losing power (a kill -9 keeps the host's page cache). ~20 s; the first
+#   run fetches ~60 MB of Debian packages into $KEDGE_HIL_CACHE.
+# - ssh to the emulated Debian arm64 board (minimal.scn): install/install.sh
+#   and kedge.service under a real systemd (the kedge user, Restart=always
+#   after kill -9, journald), through the ssh back-end a real board uses.
+#   ~70 s; the board's image is built once (5-6 min, $KEDGE_HIL_BOARD_CACHE).
+# No stage is dropped: each covers something the others cannot.
+# ---------------------------------------------------------------------------
+if [ "${KEDGE_SKIP_CROSS:-0}" = 1 ]; then
+  skip "static device binaries, size budgets and all hardware in the loop" "KEDGE_SKIP_CROSS=1"
+else
+  stage "static device binaries and size budgets (3 release builds)"
   ./scripts/build-targets.sh
-  cargo build --locked --bin kedge
+  # The host CLI for the HIL: the test build's binary (same features and
+  # profile as the tests above, so nothing is compiled again).
+  stage "host CLI (cargo build --features bridge, from the test build)"
+  cargo build --locked --features bridge --bin kedge
   arm="$CARGO_TARGET_DIR/device/aarch64-unknown-linux-musl/minimal/kedge"
-  echo "== hardware in the loop: x86-64 full and minimal, native"
   x86="$CARGO_TARGET_DIR/device/x86_64-unknown-linux-musl"
+  stage "hardware in the loop: x86-64 full, native (basic.scn)"
   hil/run.sh --backend qemu-user --arch x86_64 --scenario hil/scenarios/basic.scn --device-bin "$x86/full/kedge"
+  stage "hardware in the loop: x86-64 minimal, native (minimal.scn)"
   hil/run.sh --backend qemu-user --arch x86_64 --scenario hil/scenarios/minimal.scn --device-bin "$x86/minimal/kedge"
-  echo "== hardware in the loop: qemu-user (aarch64, minimal)"
+  stage "hardware in the loop: qemu-user, aarch64 minimal (minimal.scn)"
   hil/run.sh --backend qemu-user --device-bin "$arm" --scenario hil/scenarios/minimal.scn
-  if [ "${KEDGE_SKIP_QEMU_SYSTEM:-0}" != 1 ]; then
-    echo "== hardware in the loop: qemu-system (arm64 machine, minimal)"
+  if [ "${KEDGE_SKIP_QEMU_SYSTEM:-0}" = 1 ]; then
+    skip "hardware in the loop: qemu-system arm64 machine and the emulated ssh board" "KEDGE_SKIP_QEMU_SYSTEM=1"
+  else
+    stage "hardware in the loop: qemu-system arm64 machine, power cycle (basic.scn)"
     hil/run.sh --backend qemu-system --device-bin "$arm" --scenario hil/scenarios/basic.scn
-    if [ "${KEDGE_SKIP_SSH_BOARD:-0}" != 1 ]; then
-      echo "== hardware in the loop: ssh (an emulated Debian arm64 board: systemd, sshd, minimal)"
+    if [ "${KEDGE_SKIP_SSH_BOARD:-0}" = 1 ]; then
+      skip "hardware in the loop: ssh to the emulated Debian arm64 board" "KEDGE_SKIP_SSH_BOARD=1"
+    else
+      stage "hardware in the loop: ssh to the emulated Debian arm64 board (minimal.scn)"
       hil/ssh/emulated-board.sh hil/run.sh --backend ssh --device-bin "$arm" --scenario hil/scenarios/minimal.scn
     fi
   fi
 fi
+stage_end

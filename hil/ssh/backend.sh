@@ -53,7 +53,8 @@ systemctl daemon-reload
 EOS
 }
 be_start() { # one round trip: the board's clock (for journalctl --since), then the start
-  be_started_at=$(echo "date '+%Y-%m-%d %H:%M:%S' && systemctl restart kedge.service" | board_sh) || return 1
+  # Captured: only the date may reach stdout.
+  be_started_at=$(echo "date '+%Y-%m-%d %H:%M:%S' && systemctl restart kedge.service >&2" | board_sh) || return 1
 }
 # Kill -9 the agent as a crash would; systemd's Restart=always brings it back.
 be_restart() { echo 'systemctl kill --signal=KILL kedge.service' | board_sh; }

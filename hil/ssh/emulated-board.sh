@@ -7,8 +7,8 @@
 #
 #   hil/ssh/emulated-board.sh [COMMAND ARGS...]
 #
-# Builds once, into $KEDGE_HIL_CACHE/ssh-board (default
-# /var/tmp/kedge-hil-cache): a root filesystem made by mmdebstrap (arm64
+# Builds once, into $KEDGE_HIL_BOARD_CACHE (default $KEDGE_HIL_CACHE/ssh-board,
+# i.e. /var/tmp/kedge-hil-cache/ssh-board; scripts/cache-env.sh): a root filesystem made by mmdebstrap (arm64
 # maintainer scripts run under qemu-user through binfmt_misc), Debian's
 # kernel and an initramfs that mounts a virtio root, and an ext4 image made
 # from the tree with mkfs.ext4 -d (nothing is mounted). Each run boots a copy
@@ -22,9 +22,15 @@
 # board off when COMMAND ends. Without COMMAND it prints the variables and
 # keeps the board up until interrupted. KEDGE_HIL_BOARD_USER=board logs in
 # as the board's user with passwordless sudo instead of root.
+#
+# Standard output carries only COMMAND's output, or the export lines (which
+# a caller may eval); everything this script says or runs itself goes to
+# stderr.
 set -euo pipefail
+exec 3>&1 1>&2 # fd 3: the real stdout; stdout is stderr from here on
 cd "$(dirname "$0")/../.."
-cache="${KEDGE_HIL_CACHE:-/var/tmp/kedge-hil-cache}/ssh-board"
+source scripts/cache-env.sh # KEDGE_HIL_BOARD_CACHE
+cache="$KEDGE_HIL_BOARD_CACHE"
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 log() { echo "emulated-board: $*" >&2; }
 
@@ -172,10 +178,10 @@ export KEDGE_HIL_SSH_OPTIONS="UserKnownHostsFile=$run/known_hosts StrictHostKeyC
 # listen on every interface.
 export KEDGE_HIL_BROKER_HOST=10.0.2.2 KEDGE_HIL_BROKER_LISTEN=127.0.0.1 KEDGE_HIL_BOARD_CONSOLE=$run/console.log
 if [ $# -gt 0 ]; then
-  "$@"
+  "$@" >&3 3>&-
 else
   for v in KEDGE_HIL_SSH KEDGE_HIL_SSH_PORT KEDGE_HIL_SSH_IDENTITY KEDGE_HIL_SSH_OPTIONS KEDGE_HIL_BROKER_HOST KEDGE_HIL_BROKER_LISTEN; do
-    printf 'export %s=%q\n' "$v" "${!v}"
+    printf 'export %s=%q\n' "$v" "${!v}" >&3
   done
   log "the board runs until interrupted (Ctrl-C)"
   wait "$qemu_pid"

@@ -23,14 +23,21 @@ pub const BUSYBOX: &str = "kedge.test/busybox:1";
 pub const PAUSE: &str = "kedge.test/pause:1";
 
 /// Whether the CRI tests can run here. They need root (containerd, CNI,
-/// cgroups); without it they say so loudly and skip. CI runs as root.
+/// cgroups); without it they print one line and skip. CI runs as root.
+///
+/// The line is written to stderr directly, past libtest's output capture
+/// (which swallows `eprintln!` of passing tests), and starts with
+/// `KEDGE-TEST-SKIPPED <test>:`: scripts/test.sh counts these lines and CI
+/// fails on a root machine if any appear.
 pub fn cri_tests_can_run(test: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
     }
-    eprintln!(
-        "\n*** SKIPPING {test}: the CRI tests need root (they start containerd, CNI bridges and cgroups) ***\n"
+    use std::io::Write as _;
+    let line = format!(
+        "KEDGE-TEST-SKIPPED {test}: the CRI tests need root (they start containerd, CNI bridges and cgroups)\n"
     );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
     false
 }
 
@@ -55,8 +62,9 @@ fn sh_ok(cmd: &str, args: &[&str]) -> String {
 // ---------------------------------------------------------------------------
 // Images
 
-/// Image archives built once per machine and kept under /var/tmp: an OCI
-/// layout with `busybox` and `pause` tags and a docker-archive per image.
+/// Image archives built once per machine and kept in
+/// `$KEDGE_CRI_IMAGE_CACHE` (default `$KEDGE_CACHE_ROOT`, else /var/tmp): an
+/// OCI layout with `busybox` and `pause` tags and a docker-archive per image.
 pub struct ImageCache {
     pub layout: PathBuf,
     pub busybox_tar: PathBuf,
@@ -75,7 +83,9 @@ pub fn images() -> &'static ImageCache {
             "/bin/busybox is missing: install busybox-static (scripts/test.sh does)"
         );
         let key = &super::sha256_file(busybox)[..16];
-        let dir = PathBuf::from(format!("/var/tmp/kedge-cri-images-{key}"));
+        let parent = super::cache_dir("KEDGE_CRI_IMAGE_CACHE", "");
+        std::fs::create_dir_all(&parent).expect("CRI image cache dir");
+        let dir = parent.join(format!("kedge-cri-images-{key}"));
         let cache = ImageCache {
             layout: dir.join("layout"),
             busybox_tar: dir.join("busybox.tar"),
@@ -86,7 +96,7 @@ pub fn images() -> &'static ImageCache {
         }
         let tmp = tempfile::Builder::new()
             .prefix("kedge-cri-images-build-")
-            .tempdir_in("/var/tmp")
+            .tempdir_in(&parent)
             .expect("temp dir for images");
         build_images(tmp.path());
         let built = tmp.keep();

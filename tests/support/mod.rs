@@ -26,6 +26,19 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A persistent cache kept between test runs: `$var` if set, else
+/// `$KEDGE_CACHE_ROOT/name`, else `/var/tmp/name` (the rule of
+/// scripts/cache-env.sh; an empty `name` is the root itself).
+pub fn cache_dir(var: &str, name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(var).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let root = std::env::var_os("KEDGE_CACHE_ROOT")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from);
+    root.join(name)
+}
+
 // ---------------------------------------------------------------------------
 // Waiting
 // ---------------------------------------------------------------------------
@@ -144,9 +157,7 @@ pub fn guest_wasm(target: GuestTarget) -> PathBuf {
 
 /// Runs `cargo build --release` for the guest crate and target.
 fn build_guest(target: GuestTarget) -> PathBuf {
-    let target_dir = std::env::var_os("KEDGE_GUESTS_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/kedge-guests-target"));
+    let target_dir = cache_dir("KEDGE_GUESTS_TARGET_DIR", "kedge-guests-target");
     let manifest = repo_root().join("tests/wasm-guests/Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
