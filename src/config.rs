@@ -116,6 +116,12 @@ pub const KEYS: &[KeyDoc] = &[
         help: "cap of the reconnect delay",
     },
     KeyDoc {
+        key: "broker.unreadable_retry_ms",
+        ty: KeyType::Int,
+        default: "300000",
+        help: "after a message larger than the agent reads (16 MiB) arrives on its desired topics, how long it leaves them out before reading them again; doubles up to an hour",
+    },
+    KeyDoc {
         key: "embedded_broker.listen",
         ty: KeyType::Str,
         default: "127.0.0.1:1883",
@@ -286,6 +292,7 @@ pub struct BrokerConfig {
     pub keep_alive_secs: u64,
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
+    pub unreadable_retry_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -391,6 +398,7 @@ impl Default for BrokerConfig {
             keep_alive_secs: default_int("broker.keep_alive_secs"),
             reconnect_initial_ms: default_int("broker.reconnect_initial_ms"),
             reconnect_max_ms: default_int("broker.reconnect_max_ms"),
+            unreadable_retry_ms: default_int("broker.unreadable_retry_ms"),
         }
     }
 }
@@ -639,6 +647,10 @@ impl Config {
         for (key, v) in [
             ("backoff.max_ms", self.backoff.max_ms),
             ("broker.reconnect_max_ms", self.broker.reconnect_max_ms),
+            (
+                "broker.unreadable_retry_ms",
+                self.broker.unreadable_retry_ms,
+            ),
             ("node.heartbeat_ms", self.node.heartbeat_ms),
             ("outbox.max_entries", self.outbox.max_entries),
             ("logs.max_file_bytes", self.logs.max_file_bytes),

@@ -221,7 +221,7 @@ fn classify(e: &ConnectionError) -> Failure {
 
 /// What the session does after a connection ended: pure, so the rules are
 /// unit-tested without a broker or a clock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Recovery {
     /// Reconnect attempts since the last stable connection.
     attempt: u32,
@@ -230,8 +230,11 @@ pub struct Recovery {
     /// While set, connections leave out the subscriptions that brought a
     /// message too large to read, until this instant.
     degraded_until: Option<tokio::time::Instant>,
-    /// How long the next degraded period lasts (doubles up to an hour).
+    /// How long the last degraded period lasted (the next one doubles it,
+    /// up to an hour).
     degraded_for: Duration,
+    /// The first degraded period (`broker.unreadable_retry_ms`).
+    degraded_initial: Duration,
 }
 
 /// The verdict on one ended connection.
@@ -247,6 +250,16 @@ pub struct AfterFailure {
 }
 
 impl Recovery {
+    pub fn new(degraded_initial: Duration) -> Recovery {
+        Recovery {
+            attempt: 0,
+            quick_closes: 0,
+            degraded_until: None,
+            degraded_for: Duration::ZERO,
+            degraded_initial,
+        }
+    }
+
     /// `lasted`: how long the connection was up after its CONNACK (None if
     /// it never connected).
     pub fn on_failure(
@@ -269,8 +282,10 @@ impl Recovery {
         match failure {
             Failure::Oversized { bytes } => {
                 self.quick_closes = 0;
+                let hour = Duration::from_secs(3600);
                 self.degraded_for = (self.degraded_for * 2)
-                    .clamp(Duration::from_secs(300), Duration::from_secs(3600));
+                    .max(self.degraded_initial)
+                    .min(hour.max(self.degraded_initial));
                 self.degraded_until = Some(now + self.degraded_for);
                 verdict.oversized = Some(*bytes);
             }
@@ -284,6 +299,11 @@ impl Recovery {
             _ => {}
         }
         verdict
+    }
+
+    /// When the current pause of the left-out subscriptions ends.
+    pub fn degraded_until(&self) -> Option<tokio::time::Instant> {
+        self.degraded_until
     }
 
     /// Whether the next connection leaves out the subscriptions that
@@ -361,6 +381,8 @@ pub struct SessionSettings {
     pub last_will: Option<LastWill>,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
+    /// The first pause of the `dropped_when_oversized` subscriptions.
+    pub unreadable_retry: Duration,
 }
 
 enum Internal {
@@ -398,7 +420,7 @@ pub async fn run(
     }
     let (internal_tx, mut internal_rx) = mpsc::unbounded_channel::<Internal>();
     let mut next_id = 0u64;
-    let mut recovery = Recovery::default();
+    let mut recovery = Recovery::new(settings.unreadable_retry);
     let mut degraded = false;
     let mut conn: Option<Connection> = None;
     let mut reconnect_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
@@ -406,7 +428,24 @@ pub async fn run(
     loop {
         let sleep_until =
             reconnect_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        // While degraded and connected: when the pause ends, subscribe to
+        // what was left out on the live connection (if the message is still
+        // there, it fails again and the next pause is longer).
+        let resume_at = recovery
+            .degraded_until()
+            .filter(|_| degraded && conn.as_ref().is_some_and(|c| c.connected));
         tokio::select! {
+            _ = tokio::time::sleep_until(resume_at.unwrap_or(sleep_until)), if resume_at.is_some() => {
+                degraded = false;
+                if let Some(c) = conn.as_ref() {
+                    info!("reading the subscriptions left out after a message too large to read");
+                    for (topic, qos) in &settings.subscriptions {
+                        if settings.dropped_when_oversized.contains(topic) {
+                            let _ = c.client.try_subscribe(topic.clone(), *qos);
+                        }
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(sleep_until), if reconnect_at.is_some() => {
                 reconnect_at = None;
                 next_id += 1;
@@ -598,7 +637,7 @@ mod tests {
 
     #[test]
     fn quick_closes_by_the_broker_are_a_takeover_and_keep_the_back_off() {
-        let mut r = Recovery::default();
+        let mut r = Recovery::new(Duration::from_secs(300));
         let now = tokio::time::Instant::now();
         let quick = Some(Duration::from_millis(300));
         let v1 = r.on_failure(&Failure::ClosedByBroker, quick, now);
@@ -621,7 +660,7 @@ mod tests {
 
     #[test]
     fn an_oversized_message_degrades_the_next_connections_for_a_while() {
-        let mut r = Recovery::default();
+        let mut r = Recovery::new(Duration::from_secs(300));
         let now = tokio::time::Instant::now();
         assert!(!r.degraded(now));
         let v = r.on_failure(

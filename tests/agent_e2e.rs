@@ -1092,3 +1092,230 @@ fn args_env_and_working_directory_reach_the_module() {
         assert!(logs.contains("cwd=/"), "{logs}");
     }
 }
+
+/// A spec from `kedge convert` of `yaml`, to be altered and published raw.
+fn converted_spec(dir: &Path, yaml: &str) -> kedge::model::PodSpec {
+    let path = dir.join("to-convert.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    let json = kedge_ok(&["convert", "-f", path.to_str().expect("utf8")]);
+    let mut specs: Vec<kedge::model::PodSpec> = serde_json::from_str(&json).expect("specs");
+    specs.remove(0)
+}
+
+fn publish_spec(url: &str, node: &str, spec: &kedge::model::PodSpec) {
+    let payload =
+        kedge::wire::encode(1, &kedge::wire::Message::DesiredPod(spec.clone())).expect("encodes");
+    let topic = format!("kedge/v1/{node}/desired/{}/{}", spec.namespace, spec.name);
+    publish_raw(url, &topic, &payload, true);
+}
+
+/// One message must not take a device down or reach outside its data
+/// directory: a uid that walks up the tree, a log request whose arithmetic
+/// would overflow, a topic that names no valid pod.
+#[test]
+fn hostile_messages_are_refused_and_nothing_escapes_the_data_dir() {
+    let env = Env::start("gw-hostile");
+    let url = env.broker.url();
+    env.apply(&wasm_pod(
+        "survivor",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    env.wait_status("survivor Running", "survivor", |s| phase(s) == "Running");
+    let sub = Subscriber::start(&url, "kedge/v1/gw-hostile/events", None);
+
+    // A uid with path separators: refused with the field, nothing created.
+    let mut spec = converted_spec(
+        env.dir.path(),
+        &wasm_pod("escape", &p1(), &["hello"], "Never", ""),
+    );
+    spec.uid = "x/../../..".into();
+    publish_spec(&url, "gw-hostile", &spec);
+    let s = env.wait_status("escape refused", "escape", |s| s["reason"] == "InvalidSpec");
+    let msg = s["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("metadata.uid: Invalid value"), "{msg}");
+    // Nothing of the pod's was made anywhere: not in the pods directory, and
+    // not beside or above the data directory.
+    let data = env.dir.path().join("data");
+    let pods: Vec<_> = std::fs::read_dir(data.join("pods"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        pods.iter().all(|n| !n.to_string_lossy().contains("escape")),
+        "{pods:?}"
+    );
+    for dir in [env.dir.path(), data.as_path()] {
+        assert!(
+            !dir.join("logs").exists(),
+            "logs written in {}",
+            dir.display()
+        );
+    }
+
+    // Numbers past their bounds, each refused by field.
+    let mut spec = converted_spec(
+        env.dir.path(),
+        &wasm_pod("forever", &p1(), &["hello"], "Never", ""),
+    );
+    spec.uid = "0f6a8a3c-0d43-4b5e-9a7a-5b0a3f5e2c11".into();
+    spec.termination_grace_period_secs = u64::MAX;
+    publish_spec(&url, "gw-hostile", &spec);
+    let s = env.wait_status("grace refused", "forever", |s| s["reason"] == "InvalidSpec");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spec.terminationGracePeriodSeconds"),
+        "{s}"
+    );
+
+    // A log request whose `since` would underflow the clock: an error reply,
+    // and the agent lives on.
+    let request = kedge::model::LogRequest {
+        request_id: "r1".into(),
+        namespace: "default".into(),
+        pod: "survivor".into(),
+        container: None,
+        tail_lines: None,
+        follow: false,
+        previous: false,
+        timestamps: false,
+        since_seconds: Some(u64::MAX),
+        limit_bytes: None,
+    };
+    let replies = Subscriber::start(&url, "kedge/v1/gw-hostile/rpc/res/r1", None);
+    let payload = kedge::wire::encode(0, &kedge::wire::Message::LogRequest(request.clone()))
+        .expect("encodes");
+    publish_raw(&url, "kedge/v1/gw-hostile/rpc/req/r1", &payload, false);
+    let (_, reply) = replies.wait_for("log error reply", WAIT, |_, _| true);
+    let chunk = match kedge::wire::decode(&reply).expect("reply decodes").message {
+        kedge::wire::Message::LogChunk(c) => c,
+        other => panic!("expected a log chunk, got {other:?}"),
+    };
+    let error = chunk.error.unwrap_or_default();
+    assert!(error.contains("sinceSeconds"), "{error}");
+    // The largest accepted value works: everything since the epoch.
+    let mut request = request;
+    request.request_id = "r2".into();
+    request.since_seconds = Some(kedge::model::validate::MAX_SECONDS * 100);
+    let replies = Subscriber::start(&url, "kedge/v1/gw-hostile/rpc/res/r2", None);
+    let payload =
+        kedge::wire::encode(0, &kedge::wire::Message::LogRequest(request)).expect("encodes");
+    publish_raw(&url, "kedge/v1/gw-hostile/rpc/req/r2", &payload, false);
+    replies.wait_for("log data", WAIT, |_, p| {
+        matches!(kedge::wire::decode(p).map(|e| e.message), Ok(kedge::wire::Message::LogChunk(c)) if c.error.is_none())
+    });
+
+    // A topic whose levels are no valid pod: a node event, no status.
+    publish_raw(&url, "kedge/v1/gw-hostile/desired/Bad_NS/x", b"junk", true);
+    sub.wait_for("InvalidSpec node event", WAIT, |_, p| {
+        decode_event(p).is_some_and(|e| e.reason == "InvalidSpec" && e.pod.is_none())
+    });
+
+    // Through all of it the survivor kept running, without a restart.
+    let s = env.status("survivor").expect("survivor");
+    assert_eq!(phase(&s), "Running");
+    assert_eq!(restarts(&s), 0);
+}
+
+/// A spec larger than the agent reads must not lock it in a reconnect loop:
+/// it says so, keeps its pods and its other topics, and reads its desired
+/// topics again once the message is gone.
+#[test]
+fn a_message_too_large_to_read_is_reported_and_the_agent_carries_on() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = fast_args();
+    args.extend(["--set".into(), "broker.unreadable_retry_ms=2000".into()]);
+    let agent = Agent::start(AgentOpts {
+        node: "gw-huge".into(),
+        broker_url: Some(broker.url()),
+        data_dir: dir.path().join("data"),
+        extra_args: args,
+        env: vec![],
+    });
+    let env = Env {
+        broker,
+        agent,
+        dir,
+        node: "gw-huge".into(),
+    };
+    let url = env.broker.url();
+    env.apply(&wasm_pod(
+        "survivor",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    env.wait_status("survivor Running", "survivor", |s| phase(s) == "Running");
+    let sub = Subscriber::start(&url, "kedge/v1/gw-huge/events", None);
+
+    let huge = vec![0x5a_u8; kedge::mqtt::MAX_PACKET_BYTES + 1024];
+    publish_raw(&url, "kedge/v1/gw-huge/desired/default/huge", &huge, true);
+    let (_, payload) = sub.wait_for("MessageTooLarge event", WAIT, |_, p| {
+        decode_event(p).is_some_and(|e| e.reason == "MessageTooLarge")
+    });
+    let event = decode_event(&payload).expect("event");
+    assert!(
+        event.message.contains("larger than the 16777216 bytes"),
+        "{}",
+        event.message
+    );
+    // The degraded session still serves the node: logs of the survivor.
+    wait_until("degraded connection", WAIT, || {
+        env.agent.log().contains("degraded=true").then_some(())
+    });
+    wait_until("logs while degraded", WAIT, || {
+        let out = env.cli(&["logs", "survivor"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("tick")
+            .then_some(())
+    });
+
+    // Once the message is gone, desired topics are read again.
+    publish_raw(&url, "kedge/v1/gw-huge/desired/default/huge", b"", true);
+    env.apply(&wasm_pod("after-huge", &p1(), &["hello"], "Never", ""));
+    env.wait_status("new pod runs after recovery", "after-huge", |s| {
+        phase(s) == "Succeeded"
+    });
+    let s = env.status("survivor").expect("survivor");
+    assert_eq!(phase(&s), "Running");
+    assert_eq!(restarts(&s), 0);
+}
+
+/// A second client with the agent's client id takes its session over (MQTT
+/// 3.1.1 closes the older connection without a word). The agent notices the
+/// pattern and says so, instead of reconnecting in silence.
+#[test]
+fn a_duplicate_client_id_is_reported() {
+    let env = Env::start("gw-twin");
+    let url = env.broker.url();
+    wait_until("node Ready", WAIT, || {
+        kedge_ok(&["--broker", &url, "get", "nodes"])
+            .contains("Ready")
+            .then_some(())
+    });
+    let sub = Subscriber::start(&url, "kedge/v1/gw-twin/events", None);
+    // mosquitto_sub reconnects when it is kicked out, so the two clients
+    // take the session from each other in turn.
+    let mut cmd = std::process::Command::new("mosquitto_sub");
+    cmd.args(mqtt_cli_args(&url, None))
+        .args(["-i", "kedge-agent-gw-twin", "-t", "impostor/#", "-q", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut impostor = cmd.spawn().expect("mosquitto_sub");
+    let found = sub.wait_for("SessionTakenOver event", WAIT, |_, p| {
+        decode_event(p).is_some_and(|e| e.reason == "SessionTakenOver")
+    });
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    let event = decode_event(&found.1).expect("event");
+    assert!(
+        event.message.contains("client id kedge-agent-gw-twin"),
+        "{}",
+        event.message
+    );
+}

@@ -238,6 +238,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     controller.config.broker.reconnect_initial_ms,
                 ),
                 reconnect_max: Duration::from_millis(controller.config.broker.reconnect_max_ms),
+                unreadable_retry: Duration::from_millis(
+                    controller.config.broker.unreadable_retry_ms,
+                ),
             };
             let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
             controller.session = Some(cmd_tx);
