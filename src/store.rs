@@ -22,6 +22,11 @@ use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
 /// Bumped when a table's layout changes; `open` migrates older files.
 pub const STORE_SCHEMA_VERSION: u32 = 1;
 
+/// redb's page cache. The state of a busy node (hundreds of pods, a full
+/// outbox) is a few MiB; reads past the cache go to the page cache of the
+/// kernel, which gives memory back under pressure.
+const STORE_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
 const OBSERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("observed");
@@ -133,7 +138,11 @@ fn read_u64(
 impl Store {
     /// Opens (or creates) the database and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
+        // redb caches up to 1 GiB by default, and keeps what it cached: on a
+        // gateway, a burst of outbox writes would hold that memory for good.
+        let db = Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)?;
         let store = Store { db };
         store.migrate()?;
         Ok(store)

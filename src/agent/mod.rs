@@ -43,8 +43,9 @@ use supervisor::{Report, SupervisorHandle};
 pub enum AgentEvent {
     /// A message from the broker (desired spec, tombstone, log request).
     Broker(SessionEvent),
-    /// A supervisor reported a status change or its end.
-    Supervisor(Report),
+    /// Supervisors reported status changes or their end: every report
+    /// waiting at that moment, in order (coalesced per pod when handled).
+    Supervisor(Vec<Report>),
     /// The static pod directory changed: its complete contents.
     StaticPods(Vec<StaticPod>),
     /// A runtime reported an event about a pod (image pulled, …).
@@ -279,7 +280,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let event = tokio::select! {
             _ = &mut shutdown => AgentEvent::Shutdown,
             Some(ev) = session_events_rx.recv() => AgentEvent::Broker(ev),
-            Some(report) = reports_rx.recv() => AgentEvent::Supervisor(report),
+            Some(reports) = recv_batch(&mut reports_rx) => AgentEvent::Supervisor(reports),
             Some(event) = runtime_events_rx.recv() => AgentEvent::Runtime(event),
             Some(pods) = static_rx.recv() => AgentEvent::StaticPods(pods),
             _ = heartbeat.tick() => AgentEvent::Heartbeat,
@@ -290,13 +291,47 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 break;
             }
             AgentEvent::Broker(ev) => controller.on_broker(ev),
-            AgentEvent::Supervisor(report) => controller.on_report(report),
+            AgentEvent::Supervisor(reports) => controller.on_reports(reports),
             AgentEvent::StaticPods(pods) => controller.on_static_pods(pods),
             AgentEvent::Runtime(event) => controller.node_event(event),
             AgentEvent::Heartbeat => controller.on_heartbeat(),
         }
     }
     Ok(())
+}
+
+/// Every report waiting now (at least one; None once the channel closed).
+async fn recv_batch(rx: &mut mpsc::UnboundedReceiver<Report>) -> Option<Vec<Report>> {
+    let mut batch = Vec::new();
+    (rx.recv_many(&mut batch, 1024).await > 0).then_some(batch)
+}
+
+/// Keeps only the newest status of each pod among `reports`, in order: a
+/// pod with many containers reports a status per container change, and
+/// every status carries all of them, so recording each would cost the
+/// square of its size in writes and on the link. A `Stopped` report stays
+/// behind its pod's last status.
+fn coalesce(reports: Vec<Report>) -> Vec<Report> {
+    // A `Stopped` report splits a pod's reports in two: the last status
+    // before it and the last one after it (a replacement's) are both kept.
+    let mut segment: HashMap<&PodKey, u32> = HashMap::new();
+    let mut last: HashMap<(&PodKey, u32), usize> = HashMap::new();
+    for (i, r) in reports.iter().enumerate() {
+        match r {
+            Report::Status { key, .. } => {
+                let seg = segment.get(key).copied().unwrap_or(0);
+                last.insert((key, seg), i);
+            }
+            Report::Stopped { key, .. } => *segment.entry(key).or_insert(0) += 1,
+        }
+    }
+    let keep: std::collections::HashSet<usize> = last.into_values().collect();
+    reports
+        .into_iter()
+        .enumerate()
+        .filter(|(i, r)| matches!(r, Report::Stopped { .. }) || keep.contains(i))
+        .map(|(_, r)| r)
+        .collect()
 }
 
 /// The CRI runtime, if configured, and the node's runtime versions with the
@@ -678,6 +713,12 @@ impl Controller {
         Ok(())
     }
 
+    fn on_reports(&mut self, reports: Vec<Report>) {
+        for report in coalesce(reports) {
+            self.on_report(report);
+        }
+    }
+
     fn on_report(&mut self, report: Report) {
         match report {
             Report::Status { key, status } => {
@@ -971,5 +1012,74 @@ impl Controller {
             self.config.logs.max_files,
             self.board.clone(),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{RestartPolicy, samples};
+
+    fn status(name: &str, uid: &str, generation: u64) -> Report {
+        let spec = samples::spec(name, uid, generation, RestartPolicy::Always);
+        let machine = PodMachine::new(
+            spec,
+            BackoffPolicy {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(2),
+                reset_after: Duration::from_secs(3),
+            },
+            None,
+        );
+        Report::Status {
+            key: PodKey::new("default", name),
+            status: machine.status().clone(),
+        }
+    }
+
+    fn stopped(name: &str, uid: &str) -> Report {
+        Report::Stopped {
+            key: PodKey::new("default", name),
+            uid: uid.into(),
+        }
+    }
+
+    fn describe(reports: &[Report]) -> Vec<String> {
+        reports
+            .iter()
+            .map(|r| match r {
+                Report::Status { key, status } => {
+                    format!("{}:{}@{}", key.name, status.uid, status.observed_generation)
+                }
+                Report::Stopped { key, uid } => format!("stop {}:{uid}", key.name),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_newest_status_of_each_pod_is_recorded() {
+        let batch = vec![
+            status("a", "u1", 1),
+            status("b", "u2", 1),
+            status("a", "u1", 2),
+            status("a", "u1", 3),
+            status("b", "u2", 2),
+        ];
+        assert_eq!(describe(&coalesce(batch)), ["a:u1@3", "b:u2@2"]);
+    }
+
+    #[test]
+    fn a_stop_keeps_the_status_before_it_and_the_replacements_after() {
+        let batch = vec![
+            status("a", "u1", 1),
+            status("a", "u1", 2),
+            stopped("a", "u1"),
+            status("a", "u9", 1),
+            status("a", "u9", 2),
+        ];
+        assert_eq!(
+            describe(&coalesce(batch)),
+            ["a:u1@2", "stop a:u1", "a:u9@2"]
+        );
     }
 }
