@@ -638,7 +638,12 @@ impl Agent {
             .append(true)
             .open(&log_path)
             .expect("open agent.log");
-        let mut cmd = Command::new(kedge_bin());
+        // KEDGE_AGENT_BIN: run another build as the agent (a static device
+        // binary, for benchmarks); the CLI stays this build's.
+        let bin = std::env::var_os("KEDGE_AGENT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(kedge_bin);
+        let mut cmd = Command::new(bin);
         cmd.arg("agent").arg("--node").arg(&opts.node);
         if let Some(url) = &opts.broker_url {
             cmd.arg("--broker").arg(url);
