@@ -2250,6 +2250,26 @@ status: {}
         assert_eq!(c.liveness_probe, None);
     }
 
+    /// What a device would refuse, `kedge apply` and the bridge refuse too:
+    /// a uid that is not a safe path component, a grace period past its
+    /// bound, a file key that walks up.
+    #[test]
+    fn values_past_the_wire_limits_are_refused_with_their_field() {
+        let err = convert_err(json!({"metadata": {"uid": "x/../../.."}}));
+        assert!(err.starts_with("metadata.uid: Invalid value"), "{err}");
+        let err =
+            convert_err(json!({"spec": {"terminationGracePeriodSeconds": 9_000_000_000_i64}}));
+        assert!(
+            err.starts_with("spec.terminationGracePeriodSeconds"),
+            "{err}"
+        );
+        let containers: Vec<Value> = (0..=crate::model::validate::MAX_CONTAINERS)
+            .map(|i| json!({"name": format!("c{i}"), "image": "nginx"}))
+            .collect();
+        let err = convert_err(json!({"spec": {"containers": containers}}));
+        assert!(err.starts_with("spec.containers: Too many"), "{err}");
+    }
+
     #[test]
     fn metadata_and_explicit_pod_fields_are_copied() {
         let spec = convert(json!({
