@@ -96,7 +96,82 @@ pub struct NodeIdentity {
 }
 
 pub struct Store {
-    db: Database,
+    db: Db,
+}
+
+/// The database, reopened after an I/O error. redb refuses every
+/// transaction after a failed write ("Previous I/O error occurred") until it
+/// is opened again; on a device that error is usually a full disk, and the
+/// agent must carry on once space is free instead of failing until it is
+/// restarted. Opening again runs redb's repair, which brings the file back
+/// to its last committed transaction.
+struct Db {
+    path: std::path::PathBuf,
+    /// None after an I/O error closed it: the next transaction opens it.
+    current: std::sync::Mutex<Option<std::sync::Arc<Database>>>,
+}
+
+impl Db {
+    fn open(path: &Path) -> Result<Database, redb::DatabaseError> {
+        // redb caches up to 1 GiB by default, and keeps what it cached: on a
+        // gateway, a burst of outbox writes would hold that memory for good.
+        Database::builder()
+            .set_cache_size(STORE_CACHE_BYTES)
+            .create(path)
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<std::sync::Arc<Database>>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn current(&self) -> Result<std::sync::Arc<Database>, StoreError> {
+        let mut slot = self.slot();
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        // Transactions still running keep the old file open; then this
+        // fails (DatabaseAlreadyOpen) and the next transaction tries again.
+        let db = std::sync::Arc::new(Db::open(&self.path)?);
+        tracing::warn!(path = %self.path.display(), "state database opened again after an I/O error");
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Closes the database after an I/O error (when the last transaction
+    /// using it ends).
+    fn close(&self, failed: std::sync::Arc<Database>) {
+        let mut slot = self.slot();
+        if slot
+            .as_ref()
+            .is_some_and(|db| std::sync::Arc::ptr_eq(db, &failed))
+        {
+            *slot = None;
+        }
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let db = self.current()?;
+        match db.begin_write() {
+            Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
+                self.close(db);
+                Ok(self.current()?.begin_write()?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        let db = self.current()?;
+        match db.begin_read() {
+            Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
+                self.close(db);
+                Ok(self.current()?.begin_read()?)
+            }
+            other => Ok(other?),
+        }
+    }
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -138,12 +213,13 @@ fn read_u64(
 impl Store {
     /// Opens (or creates) the database and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        // redb caches up to 1 GiB by default, and keeps what it cached: on a
-        // gateway, a burst of outbox writes would hold that memory for good.
-        let db = Database::builder()
-            .set_cache_size(STORE_CACHE_BYTES)
-            .create(path)?;
-        let store = Store { db };
+        let db = Db::open(path)?;
+        let store = Store {
+            db: Db {
+                path: path.to_path_buf(),
+                current: std::sync::Mutex::new(Some(std::sync::Arc::new(db))),
+            },
+        };
         store.migrate()?;
         Ok(store)
     }

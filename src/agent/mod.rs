@@ -97,6 +97,9 @@ pub struct Controller {
     /// Desired changes that could not be committed (a full disk): not
     /// acknowledged, retried on every heartbeat; one per pod, the newest.
     uncommitted: HashMap<PodKey, Uncommitted>,
+    /// Pod statuses that could not be recorded (a full disk): the newest
+    /// per pod, recorded again on every heartbeat.
+    unrecorded: HashMap<PodKey, PodStatus>,
 }
 
 struct Uncommitted {
@@ -199,6 +202,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         addresses,
         last_node_status: None,
         uncommitted: HashMap::new(),
+        unrecorded: HashMap::new(),
         config,
     };
 
@@ -793,8 +797,30 @@ impl Controller {
             created_ms: now_ms(),
         });
         match result {
-            Ok(_) => self.send(SessionCommand::OutboxChanged),
-            Err(e) => warn!(pod = %key, error = %e, "cannot record pod status"),
+            Ok(_) => {
+                self.unrecorded.remove(key);
+                self.send(SessionCommand::OutboxChanged)
+            }
+            Err(e) => {
+                // Kept and written again on the heartbeat: a supervisor
+                // reports a status only when it changes, so a status lost
+                // here would stay wrong until the next change.
+                warn!(pod = %key, error = %e, "cannot record pod status; retrying");
+                self.unrecorded.insert(key.clone(), status.clone());
+            }
+        }
+    }
+
+    /// Records again the statuses that could not be recorded, unless the
+    /// pod has gone or another status has been recorded since.
+    fn retry_unrecorded(&mut self) {
+        let pending: Vec<(PodKey, PodStatus)> = self.unrecorded.drain().collect();
+        for (key, status) in pending {
+            let current = self.pods.get(&key).map(|e| e.spec.uid.as_str());
+            if current == Some(status.uid.as_str()) || (current.is_none() && status.uid.is_empty())
+            {
+                self.record_status(&key, &status);
+            }
         }
     }
 
@@ -875,6 +901,7 @@ impl Controller {
 
     fn on_heartbeat(&mut self) {
         self.retry_uncommitted();
+        self.retry_unrecorded();
         self.publish_node_status();
         match self.store.trim_outbox(
             self.config.outbox.max_entries,
