@@ -155,6 +155,15 @@ pub fn reconnect_delay(attempt: u32, initial: Duration, max: Duration, jitter: f
     base.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
+/// Fault hook for tests, named as one: with `KEDGE_FAULT_ABORT_AFTER_DELETE_ACK=1`
+/// the process aborts as soon as the PUBACK of a tombstone on a desired topic
+/// has been written to the broker, the narrowest window a kill -9 can hit
+/// after a delete was acknowledged. Read once; documented in ARCHITECTURE.md.
+fn fault_abort_after_delete_ack() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KEDGE_FAULT_ABORT_AFTER_DELETE_ACK").is_ok_and(|v| v == "1"))
+}
+
 /// Lets the receiver of a QoS 1 message acknowledge it once it is safe.
 #[derive(Debug, Clone)]
 pub struct AckToken {
@@ -217,6 +226,8 @@ struct Connection {
     /// Highest outbox id sent on this connection.
     sent_upto: u64,
     outstanding: usize,
+    /// Packet ids of tombstone acks the fault hook aborts after.
+    abort_after_ack: Vec<u16>,
 }
 
 /// Runs the session until `commands` closes.
@@ -260,6 +271,7 @@ pub async fn run(
                     inflight: HashMap::new(),
                     sent_upto: 0,
                     outstanding: 0,
+                    abort_after_ack: Vec::new(),
                 });
             }
             cmd = commands.recv() => {
@@ -274,7 +286,11 @@ pub async fn run(
                     }
                     SessionCommand::Ack(token) => {
                         if token.connection == c.id {
-                            let _ = c.client.try_ack(&token.publish);
+                            let p = &token.publish;
+                            if fault_abort_after_delete_ack() && p.payload.is_empty() && p.topic.contains("/desired/") {
+                                c.abort_after_ack.push(p.pkid);
+                            }
+                            let _ = c.client.try_ack(p);
                         }
                     }
                 }
@@ -306,6 +322,11 @@ pub async fn run(
                                 c.outstanding = c.outstanding.saturating_sub(1);
                                 fill(c, &store);
                             }
+                        }
+                        Event::Outgoing(Outgoing::PubAck(pkid)) if c.abort_after_ack.contains(&pkid) => {
+                            // Written and flushed: the broker has the ack.
+                            warn!(pkid, "fault hook KEDGE_FAULT_ABORT_AFTER_DELETE_ACK: aborting after a tombstone's PUBACK");
+                            std::process::abort();
                         }
                         Event::Outgoing(Outgoing::Publish(pkid)) => {
                             let tag = c.tags.pop_front().flatten();

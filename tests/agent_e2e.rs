@@ -331,6 +331,115 @@ fn delete_stops_the_workload_and_removes_its_status() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
 }
 
+/// The agent of `env` (killed first if it still runs) started again on its
+/// data directory, with `env_vars`.
+fn restart_agent(env: &mut Env, env_vars: &[(&str, &str)]) {
+    restart_agent_with(env, env_vars, &[]);
+}
+
+fn restart_agent_with(env: &mut Env, env_vars: &[(&str, &str)], args: &[&str]) {
+    env.agent.kill9();
+    env.agent = Agent::start(AgentOpts {
+        node: env.node.clone(),
+        broker_url: Some(env.broker.url()),
+        data_dir: env.dir.path().join("data"),
+        extra_args: [fast_args(), args.iter().map(|a| a.to_string()).collect()].concat(),
+        env: env_vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    });
+}
+
+fn pod_dirs(env: &Env) -> usize {
+    std::fs::read_dir(env.dir.path().join("data/pods"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+const FAULT_ABORT: (&str, &str) = ("KEDGE_FAULT_ABORT_AFTER_DELETE_ACK", "1");
+
+#[test]
+fn a_delete_acknowledged_before_a_crash_is_finished_after_restart() {
+    let mut env = Env::start("gw-durable-delete");
+    // The fault hook aborts the agent right after a tombstone's PUBACK went
+    // out: the window between the ack and the pod's clean-up, every time.
+    restart_agent(&mut env, &[FAULT_ABORT]);
+    for round in 0..5 {
+        let name = format!("victim-{round}");
+        env.apply(&wasm_pod(
+            &name,
+            &p1(),
+            &["ticker", "0", "50"],
+            "Always",
+            "",
+        ));
+        env.wait_status(&format!("{name} Running"), &name, |s| phase(s) == "Running");
+        assert_eq!(pod_dirs(&env), 1);
+        env.cli_ok(&["delete", "pod", &name]);
+        let status = env.agent.wait_exit(WAIT);
+        assert!(!status.success(), "round {round}: {status}");
+        assert!(
+            env.agent
+                .log()
+                .contains("fault hook KEDGE_FAULT_ABORT_AFTER_DELETE_ACK"),
+            "round {round}"
+        );
+        restart_agent(&mut env, &[FAULT_ABORT]);
+        wait_until(&format!("{name}'s status removed"), WAIT, || {
+            env.status(&name).is_none().then_some(())
+        });
+        wait_until(&format!("{name}'s directory removed"), WAIT, || {
+            (pod_dirs(&env) == 0).then_some(())
+        });
+    }
+    // And with real kills at whatever moment the delete happens to be in.
+    restart_agent(&mut env, &[]);
+    for round in 0..8 {
+        let name = format!("killed-{round}");
+        env.apply(&wasm_pod(
+            &name,
+            &p1(),
+            &["ticker", "0", "50"],
+            "Always",
+            "",
+        ));
+        env.wait_status(&format!("{name} Running"), &name, |s| phase(s) == "Running");
+        env.cli_ok(&["delete", "pod", &name]);
+        env.agent.kill9();
+        restart_agent(&mut env, &[]);
+        wait_until(&format!("{name}'s status removed"), WAIT, || {
+            env.status(&name).is_none().then_some(())
+        });
+        wait_until(&format!("{name}'s directory removed"), WAIT, || {
+            (pod_dirs(&env) == 0).then_some(())
+        });
+    }
+}
+
+#[test]
+fn a_tombstone_removes_the_status_of_a_refused_spec() {
+    let mut env = Env::start("gw-refused");
+    let url = env.broker.url();
+    let topic = "kedge/v1/gw-refused/desired/default/junk";
+    publish_raw(&url, topic, b"junk", true);
+    env.wait_status("junk refused", "junk", |s| s["reason"] == "InvalidSpec");
+    // The refused spec's status survives a restart (it is in redb) …
+    env.agent.kill9();
+    restart_agent(&mut env, &[]);
+    // … and a tombstone removes it, on the broker and in the agent.
+    publish_raw(&url, topic, b"", true);
+    wait_until("refused status removed", WAIT, || {
+        env.status("junk").is_none().then_some(())
+    });
+    wait_until("the agent says so", WAIT, || {
+        env.agent
+            .log()
+            .contains("removing the status of a refused spec")
+            .then_some(())
+    });
+}
+
 #[test]
 fn newer_generation_replaces_and_older_is_ignored() {
     let env = Env::start("gw-gen");

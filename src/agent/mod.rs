@@ -31,7 +31,7 @@ use crate::model::{
 };
 use crate::mqtt::{self, AckToken, SessionCommand, SessionEvent, SessionSettings};
 use crate::runtime::{LazyRuntime, PodContext, Runtime};
-use crate::store::{DesiredRecord, OutboxEntry, Store};
+use crate::store::{DeletingRecord, DesiredRecord, OutboxEntry, Store};
 use crate::wire::{self, Message, TopicKind, Topics};
 use decide::{Decision, Incoming, decide};
 use pod_machine::{BackoffPolicy, PodMachine};
@@ -333,10 +333,14 @@ async fn cri_runtime(_config: &Config, versions: String) -> (Option<Arc<dyn Runt
 
 impl Controller {
     fn pod_dir(&self, spec: &PodSpec) -> PathBuf {
+        self.pod_dir_of(&spec.namespace, &spec.name, &spec.uid)
+    }
+
+    fn pod_dir_of(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
         self.config
             .data_dir
             .join("pods")
-            .join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid))
+            .join(format!("{namespace}_{name}_{uid}"))
     }
 
     fn offline_status(&self) -> Vec<u8> {
@@ -368,6 +372,7 @@ impl Controller {
 
     /// Brings back every desired pod from the store, as it was.
     fn restore(&mut self) -> anyhow::Result<()> {
+        self.finish_interrupted_deletes()?;
         let observed: HashMap<PodKey, PodStatus> = self
             .store
             .observed()?
@@ -397,6 +402,53 @@ impl Controller {
             tokio::spawn(async move { cri.remove_orphans(keep).await });
         }
         Ok(())
+    }
+
+    /// Deletes committed before a crash but not finished: the workload is
+    /// gone with the process (Wasm) or removed as an orphan (CRI, after
+    /// `restore`); the directory, the status and the retained report go here.
+    fn finish_interrupted_deletes(&mut self) -> anyhow::Result<()> {
+        for rec in self.store.deleting()? {
+            let key = rec.key();
+            let replaced_by = self.store.get_desired(&key)?;
+            if replaced_by.as_ref().map(|r| r.spec.uid.as_str()) != Some(rec.uid.as_str()) {
+                let _ =
+                    std::fs::remove_dir_all(self.pod_dir_of(&rec.namespace, &rec.name, &rec.uid));
+            }
+            if replaced_by.is_some() {
+                // A new pod of that name was committed after the delete.
+                self.store.cancel_delete(&key)?;
+                continue;
+            }
+            info!(pod = %key, uid = %rec.uid, "finishing a delete interrupted by a restart");
+            self.clear_status(&key, true);
+        }
+        Ok(())
+    }
+
+    /// Forgets a pod's status and queues the empty retained report that
+    /// clears it on the broker; with `deleting`, the delete intent goes in
+    /// the same transaction.
+    fn clear_status(&mut self, key: &PodKey, deleting: bool) {
+        if let Ok(mut b) = self.board.lock() {
+            b.remove(key);
+        }
+        let topic = self.topics.reported(&self.node, key);
+        let make = |_| OutboxEntry {
+            topic,
+            payload: Vec::new(),
+            retain: true,
+            created_ms: now_ms(),
+        };
+        let result = if deleting {
+            self.store.finish_delete(key, make)
+        } else {
+            self.store.remove_status(key, make)
+        };
+        match result {
+            Ok(_) => self.send(SessionCommand::OutboxChanged),
+            Err(e) => warn!(pod = %key, error = %e, "cannot record pod removal"),
+        }
     }
 
     fn start_pod(&mut self, spec: PodSpec, source: PodSource, previous: Option<PodStatus>) {
@@ -555,7 +607,10 @@ impl Controller {
                 _ => (&e.spec, e.source),
             }
         });
-        let decision = decide(current, &incoming);
+        // A status left by a refused spec, for a pod that does not run.
+        let refused_status =
+            current.is_none() && matches!(self.store.status(&key), Ok(Some(s)) if s.uid.is_empty());
+        let decision = decide(current, refused_status, &incoming);
         debug!(pod = %key, ?decision, "desired change");
         match (decision, incoming) {
             (Decision::Create, Incoming::Apply(spec, source)) => {
@@ -592,7 +647,17 @@ impl Controller {
                 }
             }
             (Decision::Delete, _) => {
-                if let Err(e) = self.store.remove_desired(&key) {
+                let Some(uid) = self.pods.get(&key).map(|e| e.spec.uid.clone()) else {
+                    return;
+                };
+                // Committed before the tombstone is acknowledged: a crash from
+                // here on is finished by `restore`.
+                let intent = DeletingRecord {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    uid,
+                };
+                if let Err(e) = self.store.begin_delete(&intent) {
                     return warn!(pod = %key, error = %e, "cannot record deletion; keeping the pod");
                 }
                 info!(pod = %key, "deleting pod");
@@ -603,6 +668,10 @@ impl Controller {
                         None => self.finish_stop(&key),
                     }
                 }
+            }
+            (Decision::ClearRefused, _) => {
+                info!(pod = %key, "removing the status of a refused spec");
+                self.clear_status(&key, false);
             }
             (Decision::Ignore(why), _) => debug!(pod = %key, %why, "ignoring desired change"),
             (Decision::Reject(why), _) => self.event(&key, EventType::Warning, "Rejected", &why),
@@ -635,23 +704,17 @@ impl Controller {
         match entry.then {
             AfterStop::Replace(spec, source) => {
                 let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
+                // A delete that a new spec overtook while the pod stopped.
+                if matches!(self.store.is_deleting(key), Ok(true)) {
+                    if let Err(e) = self.store.cancel_delete(key) {
+                        warn!(pod = %key, error = %e, "cannot record that the delete was replaced");
+                    }
+                }
                 self.start_pod(spec, source, None);
             }
             AfterStop::Delete => {
                 let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
-                if let Ok(mut b) = self.board.lock() {
-                    b.remove(key);
-                }
-                let topic = self.topics.reported(&self.node, key);
-                match self.store.remove_status(key, |_| OutboxEntry {
-                    topic,
-                    payload: Vec::new(),
-                    retain: true,
-                    created_ms: now_ms(),
-                }) {
-                    Ok(_) => self.send(SessionCommand::OutboxChanged),
-                    Err(e) => warn!(pod = %key, error = %e, "cannot record pod removal"),
-                }
+                self.clear_status(key, true);
                 info!(pod = %key, "pod deleted");
             }
             AfterStop::Nothing => {

@@ -680,6 +680,20 @@ impl Agent {
         status
     }
 
+    /// Waits for the agent to exit by itself (a fault hook's abort) and
+    /// returns its exit status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let pid = self.pid;
+        let child = self.child.as_mut().expect("agent is not running");
+        let status = wait_until(
+            &format!("kedge agent (pid {pid}) to exit"),
+            deadline,
+            || child.try_wait().expect("try_wait agent"),
+        );
+        self.child = None;
+        status
+    }
+
     /// The agent's combined stdout/stderr so far (all runs sharing this data dir).
     pub fn log(&self) -> String {
         read_lossy(&self.log_path)
