@@ -183,6 +183,10 @@ pub enum SessionEvent {
         payload: Vec<u8>,
         ack: Option<AckToken>,
     },
+    /// This connection's barrier came back: every retained message of the
+    /// subscriptions (and everything queued in the session) has been handed
+    /// over before this event.
+    Synced,
 }
 
 /// What the owner asks of the session.
@@ -204,6 +208,11 @@ pub enum SessionCommand {
 pub struct SessionSettings {
     pub options: MqttOptions,
     pub subscriptions: Vec<(String, QoS)>,
+    /// A topic of the owner's own subtree, also among `subscriptions`: after
+    /// subscribing, the session publishes a fresh nonce there (QoS 1); the
+    /// broker handles one client's packets in order, so when it comes back
+    /// every retained message has arrived (`SessionEvent::Synced`).
+    pub sync_topic: Option<String>,
     pub last_will: Option<LastWill>,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
@@ -228,6 +237,8 @@ struct Connection {
     outstanding: usize,
     /// Packet ids of tombstone acks the fault hook aborts after.
     abort_after_ack: Vec<u16>,
+    /// The barrier nonce of this connection.
+    nonce: Vec<u8>,
 }
 
 /// Runs the session until `commands` closes.
@@ -262,16 +273,24 @@ pub async fn run(
                 for (topic, qos) in &settings.subscriptions {
                     let _ = client.try_subscribe(topic.clone(), *qos);
                 }
+                let nonce = format!("{next_id}-{:016x}", fastrand::u64(..)).into_bytes();
+                let mut tags = VecDeque::new();
+                if let Some(sync) = &settings.sync_topic
+                    && client.try_publish(sync.clone(), QoS::AtLeastOnce, false, nonce.clone()).is_ok()
+                {
+                    tags.push_back(None);
+                }
                 tokio::spawn(drive(eventloop, next_id, internal_tx.clone()));
                 conn = Some(Connection {
                     id: next_id,
                     client,
                     connected: false,
-                    tags: VecDeque::new(),
+                    tags,
                     inflight: HashMap::new(),
                     sent_upto: 0,
                     outstanding: 0,
                     abort_after_ack: Vec::new(),
+                    nonce,
                 });
             }
             cmd = commands.recv() => {
@@ -305,6 +324,14 @@ pub async fn run(
                             attempt = 0;
                             let _ = events.send(SessionEvent::Connected);
                             fill(c, &store);
+                        }
+                        Event::Incoming(Incoming::Publish(p)) if settings.sync_topic.as_deref() == Some(p.topic.as_str()) => {
+                            let _ = c.client.try_ack(&p);
+                            // A nonce of an earlier connection is stale.
+                            if p.payload[..] == c.nonce[..] {
+                                debug!("barrier back: the retained state has arrived");
+                                let _ = events.send(SessionEvent::Synced);
+                            }
                         }
                         Event::Incoming(Incoming::Publish(p)) => {
                             let ack = (p.qos != QoS::AtMostOnce).then(|| AckToken { connection: c.id, publish: p.clone() });

@@ -440,6 +440,150 @@ fn a_tombstone_removes_the_status_of_a_refused_spec() {
     });
 }
 
+/// The retained desired index of `author` for `node`, decoded.
+fn retained_index(url: &str, node: &str, author: &str) -> Option<kedge::model::DesiredIndex> {
+    let topic = format!("kedge/v1/{node}/index/{author}");
+    let sub = Subscriber::start(url, &topic, None);
+    // Retained messages come before the subscription's ready marker.
+    let found = sub
+        .messages()
+        .into_iter()
+        .find(|(t, p)| t == &topic && !p.is_empty());
+    found.map(|(_, p)| kedge::cli::decode_index(&p).expect("a desired index"))
+}
+
+fn index_names(ix: &kedge::model::DesiredIndex) -> Vec<String> {
+    ix.pods.iter().map(|e| e.name.clone()).collect()
+}
+
+#[test]
+fn the_cli_keeps_its_desired_index() {
+    let env = Env::start("gw-index-cli");
+    let url = env.broker.url();
+    assert!(retained_index(&url, "gw-index-cli", "cli").is_none());
+    env.apply(&wasm_pod(
+        "one",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    env.apply(&wasm_pod(
+        "two",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    let s = env.wait_status("one Running", "one", |s| phase(s) == "Running");
+    let ix = retained_index(&url, "gw-index-cli", "cli").expect("index");
+    assert_eq!(index_names(&ix), ["one", "two"]);
+    assert_eq!(ix.pods[0].uid, s["uid"].as_str().expect("uid"));
+    assert_eq!(ix.pods[0].generation, 1);
+    // A change: the new generation is listed.
+    env.apply(&wasm_pod(
+        "one",
+        &p1(),
+        &["ticker", "0", "200"],
+        "Always",
+        "",
+    ));
+    let ix = retained_index(&url, "gw-index-cli", "cli").expect("index");
+    assert_eq!(ix.pods[0].generation, 2);
+    // Deletes: the entry goes; an empty index is still an index.
+    env.cli_ok(&["delete", "pod", "one"]);
+    let ix = retained_index(&url, "gw-index-cli", "cli").expect("index");
+    assert_eq!(index_names(&ix), ["two"]);
+    env.cli_ok(&["delete", "pod", "two"]);
+    let ix = retained_index(&url, "gw-index-cli", "cli").expect("index");
+    assert!(ix.pods.is_empty());
+}
+
+#[test]
+fn a_delete_lost_with_the_broker_session_is_done_from_the_index() {
+    let mut env = Env::start("gw-index-lost");
+    env.apply(&wasm_pod(
+        "keep",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    env.apply(&wasm_pod(
+        "gone",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    env.wait_status("keep Running", "keep", |s| phase(s) == "Running");
+    env.wait_status("gone Running", "gone", |s| phase(s) == "Running");
+    // The agent is away and its broker session is lost (another client
+    // took its client id with a clean session), so the tombstone below is
+    // queued for nobody.
+    env.agent.stop();
+    wipe_session(&env.broker.url(), "kedge-agent-gw-index-lost");
+    env.cli_ok(&["delete", "pod", "gone", "--node", "gw-index-lost"]);
+    restart_agent(&mut env, &[]);
+    // The index no longer lists it: deleted, status and directory gone.
+    wait_until("gone removed through the index", WAIT, || {
+        env.status("gone").is_none().then_some(())
+    });
+    wait_until("one pod directory left", WAIT, || {
+        (pod_dirs(&env) == 1).then_some(())
+    });
+    assert!(
+        env.agent
+            .log()
+            .contains("no desired index lists this pod any more"),
+        "{}",
+        env.agent.log()
+    );
+    // The other pod runs on (Wasm pods restart with the agent).
+    env.wait_status("keep Running", "keep", |s| phase(s) == "Running");
+}
+
+#[test]
+fn a_broker_that_lost_its_state_kills_no_pod_and_says_so() {
+    let mut env = Env::start("gw-index-amnesia");
+    // Slow reconnects, so the subscriber below is in place first.
+    restart_agent_with(
+        &mut env,
+        &[],
+        &[
+            "--set",
+            "broker.reconnect_initial_ms=2000",
+            "--set",
+            "broker.reconnect_max_ms=2000",
+        ],
+    );
+    env.apply(&wasm_pod(
+        "steady",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    env.wait_status("steady Running", "steady", |s| phase(s) == "Running");
+    // Restarted without persistence: no spec, no index, no session.
+    env.broker.restart();
+    let sub = Subscriber::start(&env.broker.url(), "kedge/v1/gw-index-amnesia/events", None);
+    let (_, payload) = sub.wait_for("DesiredIndexMissing event", WAIT, |_, p| {
+        decode_event(p).is_some_and(|e| e.reason == "DesiredIndexMissing")
+    });
+    let event = decode_event(&payload).expect("event");
+    assert_eq!(event.kind, kedge::model::EventType::Warning);
+    // The pod still runs: its logs keep growing.
+    // (The broker forgot which node has it: name the node.)
+    let logs = || env.cli_ok(&["logs", "steady", "--node", "gw-index-amnesia"]);
+    let ticks = |l: String| l.matches("tick").count();
+    let before = ticks(logs());
+    wait_until("steady keeps ticking", WAIT, || {
+        (ticks(logs()) > before).then_some(())
+    });
+    assert!(!env.agent.log().contains("deleting pod"));
+}
+
 #[test]
 fn newer_generation_replaces_and_older_is_ignored() {
     let env = Env::start("gw-gen");

@@ -10,10 +10,11 @@ pub mod decide;
 pub mod logs_rpc;
 pub mod pod_machine;
 pub mod probe;
+pub mod reconcile;
 pub mod static_pods;
 pub mod supervisor;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,7 @@ use crate::store::{DeletingRecord, DesiredRecord, OutboxEntry, Store};
 use crate::wire::{self, Message, TopicKind, Topics};
 use decide::{Decision, Incoming, decide};
 use pod_machine::{BackoffPolicy, PodMachine};
+use reconcile::{AuthorIndex, Have, Verdict, reconcile};
 use static_pods::StaticPod;
 use supervisor::{Report, SupervisorHandle};
 
@@ -93,6 +95,21 @@ pub struct Controller {
     node_info: NodeInfo,
     addresses: Vec<crate::model::NodeAddress>,
     last_node_status: Option<NodeStatus>,
+    /// What this connection says about the desired set (reset on connect).
+    desired_view: DesiredView,
+}
+
+/// The desired indexes and specs received on the current broker connection.
+#[derive(Default)]
+struct DesiredView {
+    /// The barrier came back: the retained snapshot is complete.
+    synced: bool,
+    indexes: BTreeMap<String, AuthorIndex>,
+    /// (pod, uid) of every desired spec received on this connection.
+    seen: HashSet<(PodKey, String)>,
+    /// Reported once per connection.
+    warned_unknown: bool,
+    warned_missing: HashSet<(PodKey, String)>,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -189,6 +206,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         node_info,
         addresses,
         last_node_status: None,
+        desired_view: DesiredView::default(),
         config,
     };
 
@@ -211,11 +229,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 options,
                 subscriptions: vec![
                     (topics.desired_filter(&controller.node), QoS::AtLeastOnce),
+                    (topics.index_filter(&controller.node), QoS::AtLeastOnce),
+                    (topics.sync(&controller.node), QoS::AtLeastOnce),
                     (
                         topics.rpc_request_filter(&controller.node),
                         QoS::AtLeastOnce,
                     ),
                 ],
+                sync_topic: Some(topics.sync(&controller.node)),
                 last_will: Some(LastWill::new(
                     topics.node(&controller.node),
                     will,
@@ -518,10 +539,21 @@ impl Controller {
         match ev {
             SessionEvent::Connected => {
                 info!("broker connected");
+                // Retained specs and indexes arrive again, then the barrier.
+                self.desired_view = DesiredView::default();
                 self.publish_node_status();
                 self.send(SessionCommand::OutboxChanged);
             }
+            SessionEvent::Synced => {
+                info!(
+                    indexes = self.desired_view.indexes.len(),
+                    "the broker's retained desired state has arrived"
+                );
+                self.desired_view.synced = true;
+                self.reconcile_with_indexes();
+            }
             SessionEvent::Disconnected { error } => {
+                self.desired_view.synced = false;
                 warn!(%error, "broker disconnected; working offline, reports wait in the outbox");
             }
             SessionEvent::Message {
@@ -532,6 +564,10 @@ impl Controller {
                 Some(TopicKind::Desired { node, pod }) if node == self.node => {
                     self.on_desired(pod, &payload);
                     // Acknowledged only now: the spec is committed (or refused).
+                    self.ack(ack);
+                }
+                Some(TopicKind::Index { node, author }) if node == self.node => {
+                    self.on_index(author, &payload);
                     self.ack(ack);
                 }
                 Some(TopicKind::RpcRequest { node, request_id }) if node == self.node => {
@@ -546,8 +582,104 @@ impl Controller {
         }
     }
 
+    /// An author's index (or its removal): known at once; acted on once the
+    /// retained snapshot is complete.
+    fn on_index(&mut self, author: String, payload: &[u8]) {
+        if payload.is_empty() {
+            info!(%author, "desired index removed");
+            self.desired_view.indexes.remove(&author);
+        } else {
+            let decoded = wire::decode_as(payload, wire::Kind::DesiredIndex, |m| match m {
+                Message::DesiredIndex(i) => Some(i),
+                _ => None,
+            });
+            let index = match decoded {
+                Ok((_, i)) => {
+                    debug!(%author, pods = i.pods.len(), "desired index");
+                    AuthorIndex::Listed(i)
+                }
+                Err(e) => {
+                    warn!(%author, error = %e, "cannot decode desired index");
+                    AuthorIndex::Unreadable(e.to_string())
+                }
+            };
+            self.desired_view.indexes.insert(author, index);
+        }
+        if self.desired_view.synced {
+            self.reconcile_with_indexes();
+        }
+    }
+
+    /// Compares the pods from the broker with the indexes (`reconcile`) and
+    /// carries out the verdict.
+    fn reconcile_with_indexes(&mut self) {
+        let view = &self.desired_view;
+        let have: Vec<Have> = self
+            .pods
+            .iter()
+            .filter(|(_, e)| !matches!(e.then, AfterStop::Delete))
+            .map(|(key, e)| {
+                let (spec, source) = match &e.then {
+                    AfterStop::Replace(s, src) => (s, *src),
+                    _ => (&e.spec, e.source),
+                };
+                Have {
+                    key: key.clone(),
+                    uid: spec.uid.clone(),
+                    generation: spec.generation,
+                    source,
+                    spec_seen: view.seen.contains(&(key.clone(), spec.uid.clone())),
+                }
+            })
+            .collect();
+        let refused: Vec<PodKey> = match self.store.observed() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|s| s.uid.is_empty())
+                .map(|s| s.key())
+                .filter(|k| !self.pods.contains_key(k))
+                .collect(),
+            Err(e) => {
+                return warn!(error = %e, "cannot read statuses; not comparing with the desired index");
+            }
+        };
+        match reconcile(&view.indexes, &have, &refused) {
+            Verdict::Unknown { reason, message } => {
+                if !self.desired_view.warned_unknown {
+                    self.desired_view.warned_unknown = true;
+                    warn!(reason, %message, "desired set unknown");
+                    self.node_event(Event {
+                        namespace: None,
+                        pod: None,
+                        container: None,
+                        kind: EventType::Warning,
+                        reason: reason.into(),
+                        message,
+                        timestamp_ms: now_ms(),
+                    });
+                }
+            }
+            Verdict::Known { delete, missing } => {
+                self.desired_view.warned_unknown = false;
+                for key in delete {
+                    let message = "no desired index lists this pod any more: its delete was lost with the broker session; deleting it";
+                    info!(pod = %key, "{message}");
+                    self.event(&key, EventType::Normal, "NotInDesiredIndex", message);
+                    self.apply(key, Incoming::Delete(PodSource::Mqtt));
+                }
+                for (key, uid, message) in missing {
+                    if self.desired_view.warned_missing.insert((key.clone(), uid)) {
+                        warn!(pod = %key, %message, "desired spec missing");
+                        self.event(&key, EventType::Warning, "DesiredSpecMissing", &message);
+                    }
+                }
+            }
+        }
+    }
+
     fn on_desired(&mut self, key: PodKey, payload: &[u8]) {
         let incoming = if payload.is_empty() {
+            self.desired_view.seen.retain(|(k, _)| k != &key);
             Incoming::Delete(PodSource::Mqtt)
         } else {
             match wire::decode_as(payload, wire::Kind::DesiredPod, |m| match m {
@@ -564,7 +696,12 @@ impl Controller {
                         ),
                     );
                 }
-                Ok((_, spec)) => Incoming::Apply(spec, PodSource::Mqtt),
+                Ok((_, spec)) => {
+                    self.desired_view
+                        .seen
+                        .insert((key.clone(), spec.uid.clone()));
+                    Incoming::Apply(spec, PodSource::Mqtt)
+                }
                 Err(e) => {
                     let message = format!("cannot decode desired spec: {e}");
                     return self.refuse(&key, "InvalidSpec", message);

@@ -769,6 +769,30 @@ pub fn publish_raw_tls(
     );
 }
 
+/// Connects with `client_id` and a clean session, publishes one message and
+/// disconnects: the broker drops that client id's persistent session (and
+/// everything queued in it), as when another client takes over the id.
+pub fn wipe_session(url: &str, client_id: &str) {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(mqtt_cli_args(url, None)).args([
+        "-i",
+        client_id,
+        "-q",
+        "1",
+        "-t",
+        "kedge-test/session-takeover",
+        "-m",
+        "x",
+    ]);
+    let out = run_with_deadline(cmd, b"", Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "mosquitto_pub as {client_id} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Topic prefix used by [`Subscriber::start`] to prove its subscription is active.
 const READY_PREFIX: &str = "kedge-test/ready/";
 
