@@ -842,10 +842,10 @@ impl Controller {
             AfterStop::Replace(spec, source) => {
                 let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
                 // A delete that a new spec overtook while the pod stopped.
-                if matches!(self.store.is_deleting(key), Ok(true)) {
-                    if let Err(e) = self.store.cancel_delete(key) {
-                        warn!(pod = %key, error = %e, "cannot record that the delete was replaced");
-                    }
+                if matches!(self.store.is_deleting(key), Ok(true))
+                    && let Err(e) = self.store.cancel_delete(key)
+                {
+                    warn!(pod = %key, error = %e, "cannot record that the delete was replaced");
                 }
                 self.start_pod(spec, source, None);
             }
