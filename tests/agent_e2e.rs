@@ -497,6 +497,28 @@ fn the_cli_keeps_its_desired_index() {
     env.cli_ok(&["delete", "pod", "two"]);
     let ix = retained_index(&url, "gw-index-cli", "cli").expect("index");
     assert!(ix.pods.is_empty());
+    // A tombstone whose index update was lost (another tool, or a CLI that
+    // died in between): the next apply drops the stale entry.
+    env.apply(&wasm_pod(
+        "three",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    publish_raw(
+        &url,
+        "kedge/v1/gw-index-cli/desired/default/three",
+        b"",
+        true,
+    );
+    assert_eq!(
+        index_names(&retained_index(&url, "gw-index-cli", "cli").expect("index")),
+        ["three"]
+    );
+    env.apply(&wasm_pod("four", &p1(), &["hello"], "Never", ""));
+    let ix = retained_index(&url, "gw-index-cli", "cli").expect("index");
+    assert_eq!(index_names(&ix), ["four"]);
 }
 
 #[test]

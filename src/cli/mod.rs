@@ -262,24 +262,38 @@ pub fn decode_index(payload: &[u8]) -> Result<DesiredIndex, wire::WireError> {
 }
 
 /// The CLI's desired index for `node` (`index/cli`), read back through the
-/// barrier; empty when there is none. An unreadable index is an error: a
-/// rewritten index would drop the pods it listed, and the agent would then
-/// delete them.
+/// barrier; empty when there is none. Entries whose spec is no longer
+/// retained (a tombstone whose index update was lost: a CLI that died in
+/// between, or another writer) are dropped. An unreadable index is an
+/// error: a rewritten index would drop the pods it listed, and the agent
+/// would then delete them.
 async fn read_cli_index(
     client: &mut Client,
     topics: &Topics,
     node: &str,
 ) -> anyhow::Result<DesiredIndex> {
     let topic = topics.index(node, wire::INDEX_AUTHOR_CLI);
-    match client.retained(&topic).await?.into_iter().next() {
-        None => Ok(DesiredIndex::default()),
+    let mut index = match client.retained(&topic).await?.into_iter().next() {
+        None => return Ok(DesiredIndex::default()),
         Some((_, payload)) => decode_index(&payload).with_context(|| {
             format!(
                 "the desired index on {topic} cannot be read; remove it (an empty retained \
                  publish) and apply the node's pods again"
             )
-        }),
-    }
+        })?,
+    };
+    let retained: Vec<(PodKey, String)> = client
+        .retained(&topics.desired_filter(node))
+        .await?
+        .into_iter()
+        .filter_map(|(_, p)| decode_spec(&p).ok().map(|s| (s.key(), s.uid)))
+        .collect();
+    index.pods.retain(|e| {
+        retained
+            .iter()
+            .any(|(k, uid)| *k == e.key() && *uid == e.uid)
+    });
+    Ok(index)
 }
 
 /// Publishes the CLI's index for `node` after the specs it lists (same
