@@ -365,7 +365,7 @@ fn a_delete_acknowledged_before_a_crash_is_finished_after_restart() {
     // The fault hook aborts the agent right after a tombstone's PUBACK went
     // out: the window between the ack and the pod's clean-up, every time.
     restart_agent(&mut env, &[FAULT_ABORT]);
-    for round in 0..5 {
+    for round in 0..10 {
         let name = format!("victim-{round}");
         env.apply(&wasm_pod(
             &name,
@@ -395,7 +395,7 @@ fn a_delete_acknowledged_before_a_crash_is_finished_after_restart() {
     }
     // And with real kills at whatever moment the delete happens to be in.
     restart_agent(&mut env, &[]);
-    for round in 0..8 {
+    for round in 0..20 {
         let name = format!("killed-{round}");
         env.apply(&wasm_pod(
             &name,
