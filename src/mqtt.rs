@@ -320,6 +320,15 @@ impl Recovery {
     }
 }
 
+/// Fault hook for tests, named as one: with `KEDGE_FAULT_ABORT_AFTER_DELETE_ACK=1`
+/// the process aborts as soon as the PUBACK of a tombstone on a desired topic
+/// has been written to the broker, the narrowest window a kill -9 can hit
+/// after a delete was acknowledged. Read once; documented in ARCHITECTURE.md.
+fn fault_abort_after_delete_ack() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KEDGE_FAULT_ABORT_AFTER_DELETE_ACK").is_ok_and(|v| v == "1"))
+}
+
 /// Lets the receiver of a QoS 1 message acknowledge it once it is safe.
 #[derive(Debug, Clone)]
 pub struct AckToken {
@@ -354,6 +363,10 @@ pub enum SessionEvent {
         payload: Vec<u8>,
         ack: Option<AckToken>,
     },
+    /// This connection's barrier came back: every retained message of the
+    /// subscriptions (and everything queued in the session) has been handed
+    /// over before this event.
+    Synced,
 }
 
 /// What the owner asks of the session.
@@ -378,6 +391,13 @@ pub struct SessionSettings {
     /// Filters of `subscriptions` left out (with a clean session, which
     /// drops a queued copy) while a message too large to read blocks them.
     pub dropped_when_oversized: Vec<String>,
+    /// A topic of the owner's own subtree, also among `subscriptions`: after
+    /// subscribing, the session publishes a fresh nonce there (QoS 1); the
+    /// broker handles one client's packets in order, so when it comes back
+    /// every retained message has arrived (`SessionEvent::Synced`). Not on
+    /// a degraded connection (its retained state is incomplete on purpose);
+    /// once the left-out subscriptions are made, a new nonce follows them.
+    pub sync_topic: Option<String>,
     pub last_will: Option<LastWill>,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
@@ -404,6 +424,10 @@ struct Connection {
     /// Highest outbox id sent on this connection.
     sent_upto: u64,
     outstanding: usize,
+    /// Packet ids of tombstone acks the fault hook aborts after.
+    abort_after_ack: Vec<u16>,
+    /// The barrier nonce of this connection.
+    nonce: Vec<u8>,
 }
 
 /// Runs the session until `commands` closes.
@@ -437,12 +461,19 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep_until(resume_at.unwrap_or(sleep_until)), if resume_at.is_some() => {
                 degraded = false;
-                if let Some(c) = conn.as_ref() {
+                if let Some(c) = conn.as_mut() {
                     info!("reading the subscriptions left out after a message too large to read");
                     for (topic, qos) in &settings.subscriptions {
                         if settings.dropped_when_oversized.contains(topic) {
                             let _ = c.client.try_subscribe(topic.clone(), *qos);
                         }
+                    }
+                    // The retained state is complete only now.
+                    c.nonce = format!("{}-{:016x}", c.id, fastrand::u64(..)).into_bytes();
+                    if let Some(sync) = &settings.sync_topic
+                        && c.client.try_publish(sync.clone(), QoS::AtLeastOnce, false, c.nonce.clone()).is_ok()
+                    {
+                        c.tags.push_back(None);
                     }
                 }
             }
@@ -466,16 +497,25 @@ pub async fn run(
                     }
                     let _ = client.try_subscribe(topic.clone(), *qos);
                 }
+                let nonce = format!("{next_id}-{:016x}", fastrand::u64(..)).into_bytes();
+                let mut tags = VecDeque::new();
+                if let Some(sync) = settings.sync_topic.as_ref().filter(|_| !degraded)
+                    && client.try_publish(sync.clone(), QoS::AtLeastOnce, false, nonce.clone()).is_ok()
+                {
+                    tags.push_back(None);
+                }
                 tokio::spawn(drive(eventloop, next_id, internal_tx.clone()));
                 conn = Some(Connection {
                     id: next_id,
                     client,
                     connected: false,
                     connected_at: None,
-                    tags: VecDeque::new(),
+                    tags,
                     inflight: HashMap::new(),
                     sent_upto: 0,
                     outstanding: 0,
+                    abort_after_ack: Vec::new(),
+                    nonce,
                 });
             }
             cmd = commands.recv() => {
@@ -490,7 +530,11 @@ pub async fn run(
                     }
                     SessionCommand::Ack(token) => {
                         if token.connection == c.id {
-                            let _ = c.client.try_ack(&token.publish);
+                            let p = &token.publish;
+                            if fault_abort_after_delete_ack() && p.payload.is_empty() && p.topic.contains("/desired/") {
+                                c.abort_after_ack.push(p.pkid);
+                            }
+                            let _ = c.client.try_ack(p);
                         }
                     }
                 }
@@ -505,6 +549,14 @@ pub async fn run(
                             c.connected_at = Some(tokio::time::Instant::now());
                             let _ = events.send(SessionEvent::Connected { degraded });
                             fill(c, &store);
+                        }
+                        Event::Incoming(Incoming::Publish(p)) if settings.sync_topic.as_deref() == Some(p.topic.as_str()) => {
+                            let _ = c.client.try_ack(&p);
+                            // A nonce of an earlier connection is stale.
+                            if p.payload[..] == c.nonce[..] {
+                                debug!("barrier back: the retained state has arrived");
+                                let _ = events.send(SessionEvent::Synced);
+                            }
                         }
                         Event::Incoming(Incoming::Publish(p)) => {
                             let ack = (p.qos != QoS::AtMostOnce).then(|| AckToken { connection: c.id, publish: p.clone() });
@@ -522,6 +574,11 @@ pub async fn run(
                                 c.outstanding = c.outstanding.saturating_sub(1);
                                 fill(c, &store);
                             }
+                        }
+                        Event::Outgoing(Outgoing::PubAck(pkid)) if c.abort_after_ack.contains(&pkid) => {
+                            // Written and flushed: the broker has the ack.
+                            warn!(pkid, "fault hook KEDGE_FAULT_ABORT_AFTER_DELETE_ACK: aborting after a tombstone's PUBACK");
+                            std::process::abort();
                         }
                         Event::Outgoing(Outgoing::Publish(pkid)) => {
                             let tag = c.tags.pop_front().flatten();

@@ -3,6 +3,11 @@
 //!
 //! Invariants:
 //! - a desired spec is committed before it is acted on (`put_desired`);
+//! - a delete is committed as an intent before it is acknowledged
+//!   (`begin_delete` removes the desired record and records what is needed
+//!   to finish in `deleting`, one transaction); `finish_delete` removes the
+//!   intent, the status and queues the empty retained status, one
+//!   transaction, so a crash in between is finished on the next start;
 //! - a status change and the outbox entry that publishes it are one
 //!   transaction (`record_status`, `remove_status`), so what the agent
 //!   believes and what it will tell the broker never diverge;
@@ -20,7 +25,7 @@ use thiserror::Error;
 use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
 
 /// Bumped when a table's layout changes; `open` migrates older files.
-pub const STORE_SCHEMA_VERSION: u32 = 1;
+pub const STORE_SCHEMA_VERSION: u32 = 2;
 
 /// redb's page cache. The state of a busy node (hundreds of pods, a full
 /// outbox) is a few MiB; reads past the cache go to the page cache of the
@@ -33,6 +38,8 @@ const OBSERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("observed");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 /// Runtime handles (sandbox and container ids) for adoption after restart.
 const HANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("handles");
+/// Deletes committed but not finished: pod key → `DeletingRecord`.
+const DELETING: TableDefinition<&str, &[u8]> = TableDefinition::new("deleting");
 
 const KEY_SCHEMA: &str = "schema_version";
 const KEY_SEQ: &str = "seq";
@@ -76,6 +83,23 @@ db_err!(
 pub struct DesiredRecord {
     pub source: PodSource,
     pub spec: PodSpec,
+}
+
+/// A delete that was committed (and acknowledged) but whose pod may still
+/// have a directory, a status and a retained report to clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletingRecord {
+    pub namespace: String,
+    pub name: String,
+    /// The uid of the pod being deleted: its directory is
+    /// `pods/{namespace}_{name}_{uid}`.
+    pub uid: String,
+}
+
+impl DeletingRecord {
+    pub fn key(&self) -> PodKey {
+        PodKey::new(&self.namespace, &self.name)
+    }
 }
 
 /// A message waiting for the broker's acknowledgement.
@@ -238,6 +262,8 @@ impl Store {
             txn.open_table(OBSERVED)?;
             txn.open_table(OUTBOX)?;
             txn.open_table(HANDLES)?;
+            // Version 1 → 2: the delete intents.
+            txn.open_table(DELETING)?;
             meta.insert(KEY_SCHEMA, STORE_SCHEMA_VERSION.to_le_bytes().as_slice())?;
         }
         txn.commit()?;
@@ -284,6 +310,73 @@ impl Store {
         txn.open_table(DESIRED)?.remove(key.to_string().as_str())?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Removes the desired record and records the delete intent, in one
+    /// transaction: once this returns, the delete survives a crash.
+    pub fn begin_delete(&self, rec: &DeletingRecord) -> Result<(), StoreError> {
+        let key = rec.key().to_string();
+        let txn = self.db.begin_write()?;
+        txn.open_table(DESIRED)?.remove(key.as_str())?;
+        txn.open_table(DELETING)?
+            .insert(key.as_str(), encode(rec).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Delete intents not finished yet.
+    pub fn deleting(&self) -> Result<Vec<DeletingRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DELETING)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push(decode("deleting", k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn is_deleting(&self, key: &PodKey) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn
+            .open_table(DELETING)?
+            .get(key.to_string().as_str())?
+            .is_some())
+    }
+
+    /// Drops a delete intent without touching the status: the pod of that
+    /// name was replaced by a new one instead.
+    pub fn cancel_delete(&self, key: &PodKey) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(DELETING)?.remove(key.to_string().as_str())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Finishes a delete: the intent and the status go, and the publication
+    /// that clears the retained status is queued, in one transaction.
+    pub fn finish_delete(
+        &self,
+        key: &PodKey,
+        make: impl FnOnce(u64) -> OutboxEntry,
+    ) -> Result<u64, StoreError> {
+        let key = key.to_string();
+        self.append_with(make, |txn| {
+            txn.open_table(OBSERVED)?.remove(key.as_str())?;
+            txn.open_table(DELETING)?.remove(key.as_str())?;
+            Ok(())
+        })
+    }
+
+    /// The last-known status of one pod.
+    pub fn status(&self, key: &PodKey) -> Result<Option<PodStatus>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OBSERVED)?;
+        let k = key.to_string();
+        match table.get(k.as_str())? {
+            Some(v) => Ok(Some(decode("observed", &k, v.value())?)),
+            None => Ok(None),
+        }
     }
 
     /// Every desired pod. A record that cannot be decoded is returned as an
@@ -571,6 +664,38 @@ mod tests {
             .map(|(_, e)| e.created_ms)
             .collect();
         assert_eq!(left, [1007, 1008, 1009, 1010]);
+    }
+
+    #[test]
+    fn a_delete_intent_survives_reopen_until_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let key = PodKey::new("default", "a");
+        {
+            let s = Store::open(&path).expect("open");
+            s.put_desired(&DesiredRecord {
+                source: PodSource::Mqtt,
+                spec: spec("a", 1),
+            })
+            .expect("put");
+            s.record_status(&status("a"), |seq| entry("t/a", seq))
+                .expect("status");
+            s.begin_delete(&DeletingRecord {
+                namespace: "default".into(),
+                name: "a".into(),
+                uid: "u1".into(),
+            })
+            .expect("begin");
+        }
+        let s = Store::open(&path).expect("reopen");
+        assert!(s.desired().expect("desired").is_empty());
+        assert_eq!(s.deleting().expect("deleting")[0].uid, "u1");
+        assert!(s.is_deleting(&key).expect("is"));
+        s.finish_delete(&key, |seq| entry("t/a", seq))
+            .expect("finish");
+        assert!(s.deleting().expect("deleting").is_empty());
+        assert!(s.status(&key).expect("status").is_none());
+        assert_eq!(s.outbox_len().expect("len"), 2);
     }
 
     #[test]

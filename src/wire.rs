@@ -8,10 +8,15 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::model::validate::Validate;
-use crate::model::{Event, LogChunk, LogRequest, NodeStatus, PodKey, PodSpec, PodStatus};
+use crate::model::{
+    DesiredIndex, Event, LogChunk, LogRequest, NodeStatus, PodKey, PodSpec, PodStatus,
+};
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u16 = 1;
+/// Index authors: the level after `index/` (docs/wire.md, "Desired index").
+pub const INDEX_AUTHOR_BRIDGE: &str = "bridge";
+pub const INDEX_AUTHOR_CLI: &str = "cli";
 /// The topic prefix when none is configured.
 pub const DEFAULT_PREFIX: &str = "kedge/v1";
 
@@ -50,6 +55,7 @@ pub enum Kind {
     Event = 4,
     LogRequest = 5,
     LogChunk = 6,
+    DesiredIndex = 7,
 }
 
 impl Kind {
@@ -61,6 +67,7 @@ impl Kind {
             4 => Kind::Event,
             5 => Kind::LogRequest,
             6 => Kind::LogChunk,
+            7 => Kind::DesiredIndex,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -72,6 +79,7 @@ impl Kind {
             Kind::Event => "Event",
             Kind::LogRequest => "LogRequest",
             Kind::LogChunk => "LogChunk",
+            Kind::DesiredIndex => "DesiredIndex",
         }
     }
 }
@@ -106,6 +114,7 @@ pub enum Message {
     Event(Event),
     LogRequest(LogRequest),
     LogChunk(LogChunk),
+    DesiredIndex(DesiredIndex),
 }
 
 impl Message {
@@ -117,6 +126,7 @@ impl Message {
             Message::Event(_) => Kind::Event,
             Message::LogRequest(_) => Kind::LogRequest,
             Message::LogChunk(_) => Kind::LogChunk,
+            Message::DesiredIndex(_) => Kind::DesiredIndex,
         }
     }
 }
@@ -148,6 +158,7 @@ impl Body {
             Message::Event(v) => body_bytes(kind, v)?,
             Message::LogRequest(v) => body_bytes(kind, v)?,
             Message::LogChunk(v) => body_bytes(kind, v)?,
+            Message::DesiredIndex(v) => body_bytes(kind, v)?,
         };
         Ok(Body { kind, bytes })
     }
@@ -232,6 +243,7 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
         Kind::Event => Message::Event(body(kind, &raw.body)?),
         Kind::LogRequest => Message::LogRequest(body(kind, &raw.body)?),
         Kind::LogChunk => Message::LogChunk(body(kind, &raw.body)?),
+        Kind::DesiredIndex => Message::DesiredIndex(body(kind, &raw.body)?),
     };
     Ok(Envelope {
         seq: raw.seq,
@@ -270,6 +282,7 @@ pub fn to_json(payload: &[u8]) -> Result<serde_json::Value, WireError> {
         Message::Event(v) => serde_json::to_value(v),
         Message::LogRequest(v) => serde_json::to_value(v),
         Message::LogChunk(v) => serde_json::to_value(v),
+        Message::DesiredIndex(v) => serde_json::to_value(v),
     }
     .map_err(|e| WireError::Encode {
         kind,
@@ -296,12 +309,37 @@ pub struct Topics {
 /// What a topic under the prefix addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TopicKind {
-    Desired { node: String, pod: PodKey },
-    Reported { node: String, pod: PodKey },
-    Node { node: String },
-    Events { node: String },
-    RpcRequest { node: String, request_id: String },
-    RpcResponse { node: String, request_id: String },
+    Desired {
+        node: String,
+        pod: PodKey,
+    },
+    Reported {
+        node: String,
+        pod: PodKey,
+    },
+    Node {
+        node: String,
+    },
+    Events {
+        node: String,
+    },
+    RpcRequest {
+        node: String,
+        request_id: String,
+    },
+    RpcResponse {
+        node: String,
+        request_id: String,
+    },
+    /// An author's desired index (`bridge`, `cli`).
+    Index {
+        node: String,
+        author: String,
+    },
+    /// The agent's own barrier topic.
+    Sync {
+        node: String,
+    },
 }
 
 impl Topics {
@@ -348,6 +386,17 @@ impl Topics {
     pub fn rpc_response(&self, node: &str, request_id: &str) -> String {
         format!("{}/{node}/rpc/res/{request_id}", self.prefix)
     }
+    /// The desired index of one author for a node.
+    pub fn index(&self, node: &str, author: &str) -> String {
+        format!("{}/{node}/index/{author}", self.prefix)
+    }
+    pub fn index_filter(&self, node: &str) -> String {
+        format!("{}/{node}/index/+", self.prefix)
+    }
+    /// The agent's barrier: it publishes a nonce here after subscribing.
+    pub fn sync(&self, node: &str) -> String {
+        format!("{}/{node}/sync", self.prefix)
+    }
 
     /// Parses a topic under this prefix; `None` for anything else.
     pub fn parse(&self, topic: &str) -> Option<TopicKind> {
@@ -376,6 +425,11 @@ impl Topics {
                 node,
                 request_id: id.to_string(),
             }),
+            [_, "index", author] => Some(TopicKind::Index {
+                node,
+                author: author.to_string(),
+            }),
+            [_, "sync"] => Some(TopicKind::Sync { node }),
             _ => None,
         }
     }
@@ -423,6 +477,18 @@ mod tests {
                 node: "gw1".into(),
                 request_id: "r1".into()
             })
+        );
+        assert_eq!(
+            t.parse(&t.index("gw1", "cli")),
+            Some(TopicKind::Index {
+                node: "gw1".into(),
+                author: "cli".into()
+            })
+        );
+        assert_eq!(t.index_filter("gw1"), "kedge/v1/gw1/index/+");
+        assert_eq!(
+            t.parse(&t.sync("gw1")),
+            Some(TopicKind::Sync { node: "gw1".into() })
         );
         assert_eq!(t.parse("kedge/v1/gw1/desired/default"), None);
         assert_eq!(t.parse("other/gw1/node"), None);

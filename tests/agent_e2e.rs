@@ -331,6 +331,281 @@ fn delete_stops_the_workload_and_removes_its_status() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
 }
 
+/// The agent of `env` (killed first if it still runs) started again on its
+/// data directory, with `env_vars`.
+fn restart_agent(env: &mut Env, env_vars: &[(&str, &str)]) {
+    restart_agent_with(env, env_vars, &[]);
+}
+
+fn restart_agent_with(env: &mut Env, env_vars: &[(&str, &str)], args: &[&str]) {
+    env.agent.kill9();
+    env.agent = Agent::start(AgentOpts {
+        node: env.node.clone(),
+        broker_url: Some(env.broker.url()),
+        data_dir: env.dir.path().join("data"),
+        extra_args: [fast_args(), args.iter().map(|a| a.to_string()).collect()].concat(),
+        env: env_vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    });
+}
+
+fn pod_dirs(env: &Env) -> usize {
+    std::fs::read_dir(env.dir.path().join("data/pods"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+const FAULT_ABORT: (&str, &str) = ("KEDGE_FAULT_ABORT_AFTER_DELETE_ACK", "1");
+
+#[test]
+fn a_delete_acknowledged_before_a_crash_is_finished_after_restart() {
+    let mut env = Env::start("gw-durable-delete");
+    // The fault hook aborts the agent right after a tombstone's PUBACK went
+    // out: the window between the ack and the pod's clean-up, every time.
+    restart_agent(&mut env, &[FAULT_ABORT]);
+    for round in 0..10 {
+        let name = format!("victim-{round}");
+        env.apply(&wasm_pod(
+            &name,
+            &p1(),
+            &["ticker", "0", "50"],
+            "Always",
+            "",
+        ));
+        env.wait_status(&format!("{name} Running"), &name, |s| phase(s) == "Running");
+        assert_eq!(pod_dirs(&env), 1);
+        env.cli_ok(&["delete", "pod", &name]);
+        let status = env.agent.wait_exit(WAIT);
+        assert!(!status.success(), "round {round}: {status}");
+        assert!(
+            env.agent
+                .log()
+                .contains("fault hook KEDGE_FAULT_ABORT_AFTER_DELETE_ACK"),
+            "round {round}"
+        );
+        restart_agent(&mut env, &[FAULT_ABORT]);
+        wait_until(&format!("{name}'s status removed"), WAIT, || {
+            env.status(&name).is_none().then_some(())
+        });
+        wait_until(&format!("{name}'s directory removed"), WAIT, || {
+            (pod_dirs(&env) == 0).then_some(())
+        });
+    }
+    // And with real kills at whatever moment the delete happens to be in.
+    restart_agent(&mut env, &[]);
+    for round in 0..20 {
+        let name = format!("killed-{round}");
+        env.apply(&wasm_pod(
+            &name,
+            &p1(),
+            &["ticker", "0", "50"],
+            "Always",
+            "",
+        ));
+        env.wait_status(&format!("{name} Running"), &name, |s| phase(s) == "Running");
+        env.cli_ok(&["delete", "pod", &name]);
+        env.agent.kill9();
+        restart_agent(&mut env, &[]);
+        wait_until(&format!("{name}'s status removed"), WAIT, || {
+            env.status(&name).is_none().then_some(())
+        });
+        wait_until(&format!("{name}'s directory removed"), WAIT, || {
+            (pod_dirs(&env) == 0).then_some(())
+        });
+    }
+}
+
+#[test]
+fn a_tombstone_removes_the_status_of_a_refused_spec() {
+    let mut env = Env::start("gw-refused");
+    let url = env.broker.url();
+    let topic = "kedge/v1/gw-refused/desired/default/junk";
+    publish_raw(&url, topic, b"junk", true);
+    env.wait_status("junk refused", "junk", |s| s["reason"] == "InvalidSpec");
+    // The refused spec's status survives a restart (it is in redb) …
+    env.agent.kill9();
+    restart_agent(&mut env, &[]);
+    // … and a tombstone removes it, on the broker and in the agent.
+    publish_raw(&url, topic, b"", true);
+    wait_until("refused status removed", WAIT, || {
+        env.status("junk").is_none().then_some(())
+    });
+    wait_until("the agent says so", WAIT, || {
+        env.agent
+            .log()
+            .contains("removing the status of a refused spec")
+            .then_some(())
+    });
+}
+
+/// The retained desired index of `author` for `node`, decoded.
+fn retained_index(url: &str, node: &str, author: &str) -> Option<kedge::model::DesiredIndex> {
+    let topic = format!("kedge/v1/{node}/index/{author}");
+    let sub = Subscriber::start(url, &topic, None);
+    // Retained messages come before the subscription's ready marker.
+    let found = sub
+        .messages()
+        .into_iter()
+        .find(|(t, p)| t == &topic && !p.is_empty());
+    found.map(|(_, p)| kedge::cli::decode_index(&p).expect("a desired index"))
+}
+
+fn index_names(ix: &kedge::model::DesiredIndex) -> Vec<String> {
+    ix.pods.iter().map(|e| e.name.clone()).collect()
+}
+
+#[test]
+fn the_cli_keeps_its_desired_index() {
+    let env = Env::start("gw-index-cli");
+    let url = env.broker.url();
+    assert!(retained_index(&url, "gw-index-cli", "cli").is_none());
+    env.apply(&wasm_pod(
+        "one",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    env.apply(&wasm_pod(
+        "two",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    let s = env.wait_status("one Running", "one", |s| phase(s) == "Running");
+    let ix = retained_index(&url, "gw-index-cli", "cli").expect("index");
+    assert_eq!(index_names(&ix), ["one", "two"]);
+    assert_eq!(ix.pods[0].uid, s["uid"].as_str().expect("uid"));
+    assert_eq!(ix.pods[0].generation, 1);
+    // A change: the new generation is listed.
+    env.apply(&wasm_pod(
+        "one",
+        &p1(),
+        &["ticker", "0", "200"],
+        "Always",
+        "",
+    ));
+    let ix = retained_index(&url, "gw-index-cli", "cli").expect("index");
+    assert_eq!(ix.pods[0].generation, 2);
+    // Deletes: the entry goes; an empty index is still an index.
+    env.cli_ok(&["delete", "pod", "one"]);
+    let ix = retained_index(&url, "gw-index-cli", "cli").expect("index");
+    assert_eq!(index_names(&ix), ["two"]);
+    env.cli_ok(&["delete", "pod", "two"]);
+    let ix = retained_index(&url, "gw-index-cli", "cli").expect("index");
+    assert!(ix.pods.is_empty());
+    // A tombstone whose index update was lost (another tool, or a CLI that
+    // died in between): the next apply drops the stale entry.
+    env.apply(&wasm_pod(
+        "three",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    publish_raw(
+        &url,
+        "kedge/v1/gw-index-cli/desired/default/three",
+        b"",
+        true,
+    );
+    assert_eq!(
+        index_names(&retained_index(&url, "gw-index-cli", "cli").expect("index")),
+        ["three"]
+    );
+    env.apply(&wasm_pod("four", &p1(), &["hello"], "Never", ""));
+    let ix = retained_index(&url, "gw-index-cli", "cli").expect("index");
+    assert_eq!(index_names(&ix), ["four"]);
+}
+
+#[test]
+fn a_delete_lost_with_the_broker_session_is_done_from_the_index() {
+    let mut env = Env::start("gw-index-lost");
+    env.apply(&wasm_pod(
+        "keep",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    env.apply(&wasm_pod(
+        "gone",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    env.wait_status("keep Running", "keep", |s| phase(s) == "Running");
+    env.wait_status("gone Running", "gone", |s| phase(s) == "Running");
+    // The agent is away and its broker session is lost (another client
+    // took its client id with a clean session), so the tombstone below is
+    // queued for nobody.
+    env.agent.stop();
+    wipe_session(&env.broker.url(), "kedge-agent-gw-index-lost");
+    env.cli_ok(&["delete", "pod", "gone", "--node", "gw-index-lost"]);
+    restart_agent(&mut env, &[]);
+    // The index no longer lists it: deleted, status and directory gone.
+    wait_until("gone removed through the index", WAIT, || {
+        env.status("gone").is_none().then_some(())
+    });
+    wait_until("one pod directory left", WAIT, || {
+        (pod_dirs(&env) == 1).then_some(())
+    });
+    assert!(
+        env.agent
+            .log()
+            .contains("no desired index lists this pod any more"),
+        "{}",
+        env.agent.log()
+    );
+    // The other pod runs on (Wasm pods restart with the agent).
+    env.wait_status("keep Running", "keep", |s| phase(s) == "Running");
+}
+
+#[test]
+fn a_broker_that_lost_its_state_kills_no_pod_and_says_so() {
+    let mut env = Env::start("gw-index-amnesia");
+    // Slow reconnects, so the subscriber below is in place first.
+    restart_agent_with(
+        &mut env,
+        &[],
+        &[
+            "--set",
+            "broker.reconnect_initial_ms=2000",
+            "--set",
+            "broker.reconnect_max_ms=2000",
+        ],
+    );
+    env.apply(&wasm_pod(
+        "steady",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    env.wait_status("steady Running", "steady", |s| phase(s) == "Running");
+    // Restarted without persistence: no spec, no index, no session.
+    env.broker.restart();
+    let sub = Subscriber::start(&env.broker.url(), "kedge/v1/gw-index-amnesia/events", None);
+    let (_, payload) = sub.wait_for("DesiredIndexMissing event", WAIT, |_, p| {
+        decode_event(p).is_some_and(|e| e.reason == "DesiredIndexMissing")
+    });
+    let event = decode_event(&payload).expect("event");
+    assert_eq!(event.kind, kedge::model::EventType::Warning);
+    // The pod still runs: its logs keep growing.
+    // (The broker forgot which node has it: name the node.)
+    let logs = || env.cli_ok(&["logs", "steady", "--node", "gw-index-amnesia"]);
+    let ticks = |l: String| l.matches("tick").count();
+    let before = ticks(logs());
+    wait_until("steady keeps ticking", WAIT, || {
+        (ticks(logs()) > before).then_some(())
+    });
+    assert!(!env.agent.log().contains("deleting pod"));
+}
+
 #[test]
 fn newer_generation_replaces_and_older_is_ignored() {
     let env = Env::start("gw-gen");

@@ -20,16 +20,25 @@ pub enum Decision {
     Replace,
     /// Stop the pod and forget it.
     Delete,
+    /// A tombstone for a pod that never ran because its spec was refused:
+    /// remove the Failed status the refusal left.
+    ClearRefused,
     /// Nothing to do (already applied, stale, or nothing to delete).
     Ignore(String),
     /// Refused; the reason becomes an event.
     Reject(String),
 }
 
-/// `current` is what the agent has for the same namespace/name.
-pub fn decide(current: Option<(&PodSpec, PodSource)>, incoming: &Incoming) -> Decision {
+/// `current` is what the agent has for the same namespace/name;
+/// `refused_status` says a refusal left a status for that name.
+pub fn decide(
+    current: Option<(&PodSpec, PodSource)>,
+    refused_status: bool,
+    incoming: &Incoming,
+) -> Decision {
     match (current, incoming) {
         (None, Incoming::Apply(..)) => Decision::Create,
+        (None, Incoming::Delete(PodSource::Mqtt)) if refused_status => Decision::ClearRefused,
         (None, Incoming::Delete(_)) => Decision::Ignore("no such pod".into()),
         (Some((_, cur_src)), Incoming::Apply(_, src)) if cur_src != *src => {
             Decision::Reject(format!(
@@ -82,34 +91,58 @@ mod tests {
         let cur = spec("u1", 3);
         let m = PodSource::Mqtt;
         assert_eq!(
-            decide(None, &Incoming::Apply(spec("u1", 1), m)),
+            decide(None, false, &Incoming::Apply(spec("u1", 1), m)),
             Decision::Create
         );
         assert_eq!(
-            decide(Some((&cur, m)), &Incoming::Apply(spec("u1", 4), m)),
+            decide(Some((&cur, m)), false, &Incoming::Apply(spec("u1", 4), m)),
             Decision::Replace
         );
         assert_eq!(
-            decide(Some((&cur, m)), &Incoming::Apply(spec("u1", 3), m)),
+            decide(Some((&cur, m)), false, &Incoming::Apply(spec("u1", 3), m)),
             Decision::Ignore("generation 3 already applied".into())
         );
         assert_eq!(
-            decide(Some((&cur, m)), &Incoming::Apply(spec("u1", 2), m)),
+            decide(Some((&cur, m)), false, &Incoming::Apply(spec("u1", 2), m)),
             Decision::Ignore("stale generation 2 (applied: 3)".into())
         );
         // A new uid is a new pod, whatever its generation.
         assert_eq!(
-            decide(Some((&cur, m)), &Incoming::Apply(spec("u2", 1), m)),
+            decide(Some((&cur, m)), false, &Incoming::Apply(spec("u2", 1), m)),
             Decision::Replace
         );
         assert_eq!(
-            decide(Some((&cur, m)), &Incoming::Delete(m)),
+            decide(Some((&cur, m)), false, &Incoming::Delete(m)),
             Decision::Delete
         );
         assert!(matches!(
-            decide(None, &Incoming::Delete(m)),
+            decide(None, false, &Incoming::Delete(m)),
             Decision::Ignore(_)
         ));
+    }
+
+    #[test]
+    fn a_tombstone_clears_what_a_refusal_left() {
+        let m = PodSource::Mqtt;
+        assert_eq!(
+            decide(None, true, &Incoming::Delete(m)),
+            Decision::ClearRefused
+        );
+        // A running pod is deleted as usual; static pods never leave a
+        // refused status to clear through the broker.
+        let cur = spec("u1", 1);
+        assert_eq!(
+            decide(Some((&cur, m)), true, &Incoming::Delete(m)),
+            Decision::Delete
+        );
+        assert!(matches!(
+            decide(None, true, &Incoming::Delete(PodSource::File)),
+            Decision::Ignore(_)
+        ));
+        assert_eq!(
+            decide(None, true, &Incoming::Apply(spec("u1", 1), m)),
+            Decision::Create
+        );
     }
 
     #[test]
@@ -118,6 +151,7 @@ mod tests {
         assert!(matches!(
             decide(
                 Some((&cur, PodSource::File)),
+                false,
                 &Incoming::Apply(spec("u9", 1), PodSource::Mqtt)
             ),
             Decision::Reject(_)
@@ -125,6 +159,7 @@ mod tests {
         assert!(matches!(
             decide(
                 Some((&cur, PodSource::File)),
+                false,
                 &Incoming::Delete(PodSource::Mqtt)
             ),
             Decision::Ignore(_)
@@ -132,6 +167,7 @@ mod tests {
         assert_eq!(
             decide(
                 Some((&cur, PodSource::File)),
+                false,
                 &Incoming::Delete(PodSource::File)
             ),
             Decision::Delete

@@ -10,10 +10,11 @@ pub mod decide;
 pub mod logs_rpc;
 pub mod pod_machine;
 pub mod probe;
+pub mod reconcile;
 pub mod static_pods;
 pub mod supervisor;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -31,10 +32,11 @@ use crate::model::{
 };
 use crate::mqtt::{self, AckToken, SessionCommand, SessionEvent, SessionSettings};
 use crate::runtime::{LazyRuntime, PodContext, Runtime};
-use crate::store::{DesiredRecord, OutboxEntry, Store, StoreError};
+use crate::store::{DeletingRecord, DesiredRecord, OutboxEntry, Store, StoreError};
 use crate::wire::{self, Message, TopicKind, Topics};
 use decide::{Decision, Incoming, decide};
 use pod_machine::{BackoffPolicy, PodMachine};
+use reconcile::{AuthorIndex, Have, Verdict, reconcile};
 use static_pods::StaticPod;
 use supervisor::{Report, SupervisorHandle};
 
@@ -100,11 +102,26 @@ pub struct Controller {
     /// Pod statuses that could not be recorded (a full disk): the newest
     /// per pod, recorded again on every heartbeat.
     unrecorded: HashMap<PodKey, PodStatus>,
+    /// What this connection says about the desired set (reset on connect).
+    desired_view: DesiredView,
 }
 
 struct Uncommitted {
     payload: Vec<u8>,
     ack: Option<AckToken>,
+}
+
+/// The desired indexes and specs received on the current broker connection.
+#[derive(Default)]
+struct DesiredView {
+    /// The barrier came back: the retained snapshot is complete.
+    synced: bool,
+    indexes: BTreeMap<String, AuthorIndex>,
+    /// (pod, uid) of every desired spec received on this connection.
+    seen: HashSet<(PodKey, String)>,
+    /// Reported once per connection.
+    warned_unknown: bool,
+    warned_missing: HashSet<(PodKey, String)>,
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -203,6 +220,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         last_node_status: None,
         uncommitted: HashMap::new(),
         unrecorded: HashMap::new(),
+        desired_view: DesiredView::default(),
         config,
     };
 
@@ -227,12 +245,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 options,
                 subscriptions: vec![
                     (topics.desired_filter(&controller.node), QoS::AtLeastOnce),
+                    (topics.index_filter(&controller.node), QoS::AtLeastOnce),
+                    (topics.sync(&controller.node), QoS::AtLeastOnce),
                     (
                         topics.rpc_request_filter(&controller.node),
                         QoS::AtLeastOnce,
                     ),
                 ],
-                dropped_when_oversized: vec![topics.desired_filter(&controller.node)],
+                dropped_when_oversized: vec![
+                    topics.desired_filter(&controller.node),
+                    topics.index_filter(&controller.node),
+                ],
+                sync_topic: Some(topics.sync(&controller.node)),
                 last_will: Some(LastWill::new(
                     topics.node(&controller.node),
                     will,
@@ -387,10 +411,14 @@ async fn cri_runtime(_config: &Config, versions: String) -> (Option<Arc<dyn Runt
 
 impl Controller {
     fn pod_dir(&self, spec: &PodSpec) -> PathBuf {
+        self.pod_dir_of(&spec.namespace, &spec.name, &spec.uid)
+    }
+
+    fn pod_dir_of(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
         self.config
             .data_dir
             .join("pods")
-            .join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid))
+            .join(format!("{namespace}_{name}_{uid}"))
     }
 
     /// The last will. An empty payload would be a tombstone for the node,
@@ -424,6 +452,7 @@ impl Controller {
 
     /// Brings back every desired pod from the store, as it was.
     fn restore(&mut self) -> anyhow::Result<()> {
+        self.finish_interrupted_deletes()?;
         let observed: HashMap<PodKey, PodStatus> = self
             .store
             .observed()?
@@ -453,6 +482,53 @@ impl Controller {
             tokio::spawn(async move { cri.remove_orphans(keep).await });
         }
         Ok(())
+    }
+
+    /// Deletes committed before a crash but not finished: the workload is
+    /// gone with the process (Wasm) or removed as an orphan (CRI, after
+    /// `restore`); the directory, the status and the retained report go here.
+    fn finish_interrupted_deletes(&mut self) -> anyhow::Result<()> {
+        for rec in self.store.deleting()? {
+            let key = rec.key();
+            let replaced_by = self.store.get_desired(&key)?;
+            if replaced_by.as_ref().map(|r| r.spec.uid.as_str()) != Some(rec.uid.as_str()) {
+                let _ =
+                    std::fs::remove_dir_all(self.pod_dir_of(&rec.namespace, &rec.name, &rec.uid));
+            }
+            if replaced_by.is_some() {
+                // A new pod of that name was committed after the delete.
+                self.store.cancel_delete(&key)?;
+                continue;
+            }
+            info!(pod = %key, uid = %rec.uid, "finishing a delete interrupted by a restart");
+            self.clear_status(&key, true);
+        }
+        Ok(())
+    }
+
+    /// Forgets a pod's status and queues the empty retained report that
+    /// clears it on the broker; with `deleting`, the delete intent goes in
+    /// the same transaction.
+    fn clear_status(&mut self, key: &PodKey, deleting: bool) {
+        if let Ok(mut b) = self.board.lock() {
+            b.remove(key);
+        }
+        let topic = self.topics.reported(&self.node, key);
+        let make = |_| OutboxEntry {
+            topic,
+            payload: Vec::new(),
+            retain: true,
+            created_ms: now_ms(),
+        };
+        let result = if deleting {
+            self.store.finish_delete(key, make)
+        } else {
+            self.store.remove_status(key, make)
+        };
+        match result {
+            Ok(_) => self.send(SessionCommand::OutboxChanged),
+            Err(e) => warn!(pod = %key, error = %e, "cannot record pod removal"),
+        }
     }
 
     fn start_pod(&mut self, spec: PodSpec, source: PodSource, previous: Option<PodStatus>) {
@@ -522,8 +598,18 @@ impl Controller {
         match ev {
             SessionEvent::Connected { degraded } => {
                 info!(degraded, "broker connected");
+                // Retained specs and indexes arrive again, then the barrier.
+                self.desired_view = DesiredView::default();
                 self.publish_node_status();
                 self.send(SessionCommand::OutboxChanged);
+            }
+            SessionEvent::Synced => {
+                info!(
+                    indexes = self.desired_view.indexes.len(),
+                    "the broker's retained desired state has arrived"
+                );
+                self.desired_view.synced = true;
+                self.reconcile_with_indexes();
             }
             SessionEvent::Oversized { bytes } => {
                 let message = format!(
@@ -539,6 +625,7 @@ impl Controller {
                 self.node_warning("SessionTakenOver", message);
             }
             SessionEvent::Disconnected { error } => {
+                self.desired_view.synced = false;
                 warn!(%error, "broker disconnected; working offline, reports wait in the outbox");
             }
             SessionEvent::Message {
@@ -560,6 +647,10 @@ impl Controller {
                             self.uncommitted.insert(pod, Uncommitted { payload, ack });
                         }
                     }
+                }
+                Some(TopicKind::Index { node, author }) if node == self.node => {
+                    self.on_index(author, &payload);
+                    self.ack(ack);
                 }
                 Some(TopicKind::RpcRequest { node, request_id }) if node == self.node => {
                     self.ack(ack);
@@ -589,6 +680,103 @@ impl Controller {
         }
     }
 
+    /// An author's index (or its removal): known at once; acted on once the
+    /// retained snapshot is complete.
+    fn on_index(&mut self, author: String, payload: &[u8]) {
+        if payload.is_empty() {
+            info!(%author, "desired index removed");
+            self.desired_view.indexes.remove(&author);
+        } else {
+            let decoded = wire::decode_as(payload, wire::Kind::DesiredIndex, |m| match m {
+                Message::DesiredIndex(i) => Some(i),
+                _ => None,
+            });
+            let index = match decoded {
+                Ok((_, i)) => {
+                    debug!(%author, pods = i.pods.len(), "desired index");
+                    AuthorIndex::Listed(i)
+                }
+                Err(e) => {
+                    warn!(%author, error = %e, "cannot decode desired index");
+                    AuthorIndex::Unreadable(e.to_string())
+                }
+            };
+            self.desired_view.indexes.insert(author, index);
+        }
+        if self.desired_view.synced {
+            self.reconcile_with_indexes();
+        }
+    }
+
+    /// Compares the pods from the broker with the indexes (`reconcile`) and
+    /// carries out the verdict.
+    fn reconcile_with_indexes(&mut self) {
+        let view = &self.desired_view;
+        let have: Vec<Have> = self
+            .pods
+            .iter()
+            .filter(|(_, e)| !matches!(e.then, AfterStop::Delete))
+            .map(|(key, e)| {
+                let (spec, source) = match &e.then {
+                    AfterStop::Replace(s, src) => (s, *src),
+                    _ => (&e.spec, e.source),
+                };
+                Have {
+                    key: key.clone(),
+                    uid: spec.uid.clone(),
+                    generation: spec.generation,
+                    source,
+                    spec_seen: view.seen.contains(&(key.clone(), spec.uid.clone())),
+                }
+            })
+            .collect();
+        let refused: Vec<PodKey> = match self.store.observed() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|s| s.uid.is_empty())
+                .map(|s| s.key())
+                .filter(|k| !self.pods.contains_key(k))
+                .collect(),
+            Err(e) => {
+                return warn!(error = %e, "cannot read statuses; not comparing with the desired index");
+            }
+        };
+        match reconcile(&view.indexes, &have, &refused) {
+            Verdict::Unknown { reason, message } => {
+                if !self.desired_view.warned_unknown {
+                    self.desired_view.warned_unknown = true;
+                    warn!(reason, %message, "desired set unknown");
+                    self.node_event(Event {
+                        namespace: None,
+                        pod: None,
+                        container: None,
+                        kind: EventType::Warning,
+                        reason: reason.into(),
+                        message,
+                        timestamp_ms: now_ms(),
+                    });
+                }
+            }
+            Verdict::Known { delete, missing } => {
+                self.desired_view.warned_unknown = false;
+                for key in delete {
+                    let message = "no desired index lists this pod any more: its delete was lost with the broker session; deleting it";
+                    info!(pod = %key, "{message}");
+                    self.event(&key, EventType::Normal, "NotInDesiredIndex", message);
+                    if let Err(e) = self.apply(key.clone(), Incoming::Delete(PodSource::Mqtt)) {
+                        warn!(pod = %key, error = %e, "cannot record the deletion; trying again on the next index or connection");
+                    }
+                }
+                for (key, uid, message) in missing {
+                    if self.desired_view.warned_missing.insert((key.clone(), uid)) {
+                        warn!(pod = %key, %message, "desired spec missing");
+                        self.event(&key, EventType::Warning, "DesiredSpecMissing", &message);
+                    }
+                }
+            }
+        }
+    }
+
     /// Err only when the change could not be committed to the store (it is
     /// then not acknowledged); refusals are Ok: they are final.
     fn on_desired(&mut self, key: PodKey, payload: &[u8]) -> Result<(), StoreError> {
@@ -603,6 +791,7 @@ impl Controller {
             return Ok(());
         }
         let incoming = if payload.is_empty() {
+            self.desired_view.seen.retain(|(k, _)| k != &key);
             Incoming::Delete(PodSource::Mqtt)
         } else {
             match wire::decode_as(payload, wire::Kind::DesiredPod, |m| match m {
@@ -620,7 +809,12 @@ impl Controller {
                     );
                     return Ok(());
                 }
-                Ok((_, spec)) => Incoming::Apply(spec, PodSource::Mqtt),
+                Ok((_, spec)) => {
+                    self.desired_view
+                        .seen
+                        .insert((key.clone(), spec.uid.clone()));
+                    Incoming::Apply(spec, PodSource::Mqtt)
+                }
                 Err(e) => {
                     let message = format!("cannot decode desired spec: {e}");
                     self.refuse(&key, "InvalidSpec", message);
@@ -666,7 +860,10 @@ impl Controller {
                 _ => (&e.spec, e.source),
             }
         });
-        let decision = decide(current, &incoming);
+        // A status left by a refused spec, for a pod that does not run.
+        let refused_status =
+            current.is_none() && matches!(self.store.status(&key), Ok(Some(s)) if s.uid.is_empty());
+        let decision = decide(current, refused_status, &incoming);
         debug!(pod = %key, ?decision, "desired change");
         match (decision, incoming) {
             (Decision::Create, Incoming::Apply(spec, source)) => {
@@ -700,7 +897,17 @@ impl Controller {
                 }
             }
             (Decision::Delete, _) => {
-                self.store.remove_desired(&key)?;
+                let Some(uid) = self.pods.get(&key).map(|e| e.spec.uid.clone()) else {
+                    return Ok(());
+                };
+                // Committed before the tombstone is acknowledged: a crash from
+                // here on is finished by `restore`.
+                let intent = DeletingRecord {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    uid,
+                };
+                self.store.begin_delete(&intent)?;
                 info!(pod = %key, "deleting pod");
                 if let Some(entry) = self.pods.get_mut(&key) {
                     entry.then = AfterStop::Delete;
@@ -709,6 +916,10 @@ impl Controller {
                         None => self.finish_stop(&key),
                     }
                 }
+            }
+            (Decision::ClearRefused, _) => {
+                info!(pod = %key, "removing the status of a refused spec");
+                self.clear_status(&key, false);
             }
             (Decision::Ignore(why), _) => debug!(pod = %key, %why, "ignoring desired change"),
             (Decision::Reject(why), _) => self.event(&key, EventType::Warning, "Rejected", &why),
@@ -748,23 +959,17 @@ impl Controller {
         match entry.then {
             AfterStop::Replace(spec, source) => {
                 let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
+                // A delete that a new spec overtook while the pod stopped.
+                if matches!(self.store.is_deleting(key), Ok(true))
+                    && let Err(e) = self.store.cancel_delete(key)
+                {
+                    warn!(pod = %key, error = %e, "cannot record that the delete was replaced");
+                }
                 self.start_pod(spec, source, None);
             }
             AfterStop::Delete => {
                 let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
-                if let Ok(mut b) = self.board.lock() {
-                    b.remove(key);
-                }
-                let topic = self.topics.reported(&self.node, key);
-                match self.store.remove_status(key, |_| OutboxEntry {
-                    topic,
-                    payload: Vec::new(),
-                    retain: true,
-                    created_ms: now_ms(),
-                }) {
-                    Ok(_) => self.send(SessionCommand::OutboxChanged),
-                    Err(e) => warn!(pod = %key, error = %e, "cannot record pod removal"),
-                }
+                self.clear_status(key, true);
                 info!(pod = %key, "pod deleted");
             }
             AfterStop::Nothing => {

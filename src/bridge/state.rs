@@ -24,7 +24,10 @@ use serde_json::Value;
 
 use super::render::{self, KubeletEndpoint};
 use crate::model::convert::{Resolver, pod_spec_from_k8s_with};
-use crate::model::{Event, EventType, NodeStatus, PodKey, PodSpec, PodStatus, next_desired};
+use crate::model::{
+    DesiredIndex, Event, EventType, IndexEntry, NodeStatus, PodKey, PodSpec, PodStatus,
+    next_desired,
+};
 use crate::wire::{self, Message, Topics};
 
 /// Label the bridge adds to every spec it publishes, so that it only ever
@@ -255,6 +258,11 @@ pub struct Bridge {
     reported: HashMap<NodePod, Reported>,
     mqtt_synced: bool,
     pods_synced: bool,
+    /// Nodes whose set of retained specs changed since their index was last
+    /// considered.
+    index_dirty: BTreeSet<String>,
+    /// The index last published per node (on this MQTT connection).
+    index_sent: HashMap<String, DesiredIndex>,
 }
 
 /// A [`Resolver`] that records every reference looked up, and which were missing.
@@ -338,6 +346,8 @@ impl Bridge {
             reported: HashMap::new(),
             mqtt_synced: false,
             pods_synced: false,
+            index_dirty: BTreeSet::new(),
+            index_sent: HashMap::new(),
         }
     }
 
@@ -384,15 +394,22 @@ impl Bridge {
                 let k = (node, pod);
                 match spec {
                     Some(s) => {
+                        self.index_dirty.insert(k.0.clone());
                         self.desired.insert(k, s);
                     }
                     None => {
+                        self.index_dirty.insert(k.0.clone());
                         self.desired.remove(&k);
                     }
                 }
             }
             BridgeEvent::MqttSynced => {
                 self.mqtt_synced = true;
+                // A new connection (the broker may have lost its state):
+                // every index goes out again.
+                self.index_sent.clear();
+                let nodes: Vec<String> = self.desired.keys().map(|(n, _)| n.clone()).collect();
+                self.index_dirty.extend(nodes);
                 self.resync_all(now_ms, resolver, &mut out);
             }
             BridgeEvent::PodsSynced { present_uids } => {
@@ -438,7 +455,46 @@ impl Bridge {
                 self.reported.retain(|(node, _), _| admit.admits(node));
             }
         }
+        self.publish_indexes(&mut out);
         out
+    }
+
+    /// The desired index of every node whose specs changed: after the specs
+    /// in `out` (the caller publishes in order on one connection), once per
+    /// event however many specs changed, and only when it differs from the
+    /// one last published.
+    fn publish_indexes(&mut self, out: &mut Vec<Action>) {
+        if !self.synced() {
+            return;
+        }
+        for node in std::mem::take(&mut self.index_dirty) {
+            if !self.settings.admit.admits(&node) {
+                continue;
+            }
+            let mut pods: Vec<IndexEntry> = self
+                .desired
+                .iter()
+                .filter(|((n, _), spec)| n == &node && spec.labels.contains_key(BRIDGE_SPEC_LABEL))
+                .map(|(_, spec)| IndexEntry::of(spec))
+                .collect();
+            pods.sort();
+            let index = DesiredIndex { pods };
+            if self.index_sent.get(&node) == Some(&index) {
+                continue;
+            }
+            match wire::encode(0, &Message::DesiredIndex(index.clone())) {
+                Ok(payload) => {
+                    out.push(Action::Publish {
+                        topic: self.settings.topics.index(&node, wire::INDEX_AUTHOR_BRIDGE),
+                        payload,
+                    });
+                    self.index_sent.insert(node, index);
+                }
+                Err(err) => {
+                    tracing::error!(%node, error = %err, "cannot encode the desired index")
+                }
+            }
+        }
     }
 
     fn on_node(
@@ -843,6 +899,7 @@ impl Bridge {
             && self.devices.contains_key(&node)
             && self.desired.get(&k).is_some_and(|s| s.uid == uid)
         {
+            self.index_dirty.insert(node.clone());
             self.desired.remove(&k);
             out.push(Action::Publish {
                 topic: self.settings.topics.desired(&node, &key),
@@ -877,6 +934,7 @@ impl Bridge {
             .collect();
         orphans.sort();
         for (node, key) in orphans {
+            self.index_dirty.insert(node.clone());
             self.desired.remove(&(node.clone(), key.clone()));
             out.push(Action::Publish {
                 topic: self.settings.topics.desired(&node, &key),
@@ -906,6 +964,7 @@ impl Bridge {
         let dk = (e.node.clone(), key.clone());
         if e.deleting {
             if self.desired.get(&dk).is_some_and(|s| s.uid == e.uid) {
+                self.index_dirty.insert(e.node.clone());
                 self.desired.remove(&dk);
                 out.push(Action::Publish {
                     topic: self.settings.topics.desired(&e.node, key),
@@ -995,6 +1054,7 @@ impl Bridge {
                         topic: self.settings.topics.desired(&e.node, key),
                         payload,
                     });
+                    self.index_dirty.insert(e.node.clone());
                     self.desired.insert(dk, spec);
                 }
                 if !e.accepted_sent {

@@ -14,7 +14,8 @@ use crate::config::{self, Config};
 #[cfg(feature = "manifests")]
 use crate::model::convert::{parse_pod_manifests, pod_spec_from_k8s};
 use crate::model::{
-    LogChunk, LogRequest, NodeConditionType, NodeStatus, PodKey, PodSpec, PodStatus, now_ms,
+    DesiredIndex, LogChunk, LogRequest, NodeConditionType, NodeStatus, PodKey, PodSpec, PodStatus,
+    now_ms,
 };
 use crate::wire::{self, Kind, Message, TopicKind, Topics};
 use client::{ANSWER_TIMEOUT, Client};
@@ -252,6 +253,63 @@ pub fn decode_spec(payload: &[u8]) -> Result<PodSpec, wire::WireError> {
     .map(|(_, p)| p)
 }
 
+pub fn decode_index(payload: &[u8]) -> Result<DesiredIndex, wire::WireError> {
+    wire::decode_as(payload, Kind::DesiredIndex, |m| match m {
+        Message::DesiredIndex(i) => Some(i),
+        _ => None,
+    })
+    .map(|(_, i)| i)
+}
+
+/// The CLI's desired index for `node` (`index/cli`), read back through the
+/// barrier; empty when there is none. Entries whose spec is no longer
+/// retained (a tombstone whose index update was lost: a CLI that died in
+/// between, or another writer) are dropped. An unreadable index is an
+/// error: a rewritten index would drop the pods it listed, and the agent
+/// would then delete them.
+async fn read_cli_index(
+    client: &mut Client,
+    topics: &Topics,
+    node: &str,
+) -> anyhow::Result<DesiredIndex> {
+    let topic = topics.index(node, wire::INDEX_AUTHOR_CLI);
+    let mut index = match client.retained(&topic).await?.into_iter().next() {
+        None => return Ok(DesiredIndex::default()),
+        Some((_, payload)) => decode_index(&payload).with_context(|| {
+            format!(
+                "the desired index on {topic} cannot be read; remove it (an empty retained \
+                 publish) and apply the node's pods again"
+            )
+        })?,
+    };
+    let retained: Vec<(PodKey, String)> = client
+        .retained(&topics.desired_filter(node))
+        .await?
+        .into_iter()
+        .filter_map(|(_, p)| decode_spec(&p).ok().map(|s| (s.key(), s.uid)))
+        .collect();
+    index.pods.retain(|e| {
+        retained
+            .iter()
+            .any(|(k, uid)| *k == e.key() && *uid == e.uid)
+    });
+    Ok(index)
+}
+
+/// Publishes the CLI's index for `node` after the specs it lists (same
+/// client, QoS 1: the broker keeps the order).
+async fn publish_cli_index(
+    client: &mut Client,
+    topics: &Topics,
+    node: &str,
+    index: &DesiredIndex,
+) -> anyhow::Result<()> {
+    let payload = wire::encode(0, &Message::DesiredIndex(index.clone()))?;
+    client
+        .publish_acked(&topics.index(node, wire::INDEX_AUTHOR_CLI), payload, true)
+        .await
+}
+
 pub fn decode_status(payload: &[u8]) -> Result<(u64, PodStatus), wire::WireError> {
     wire::decode_as(payload, Kind::PodStatus, |m| match m {
         Message::PodStatus(p) => Some(p),
@@ -334,6 +392,8 @@ pub async fn apply(
     }
     let topics = Topics::new(&config.topic_prefix);
     let mut client = Client::connect(config).await?;
+    let mut index = read_cli_index(&mut client, &topics, node).await?;
+    let index_before = index.clone();
     for mut pod in manifests {
         let ns = pod
             .metadata
@@ -370,12 +430,19 @@ pub async fn apply(
             "created"
         };
         let Some(spec) = crate::model::next_desired(existing.as_ref(), spec) else {
+            if let Some(e) = &existing {
+                index.upsert(crate::model::IndexEntry::of(e));
+            }
             writeln!(std::io::stdout(), "pod/{name} unchanged")?;
             continue;
         };
+        index.upsert(crate::model::IndexEntry::of(&spec));
         let payload = wire::encode(spec.generation, &Message::DesiredPod(spec))?;
         client.publish_acked(&topic, payload, true).await?;
         writeln!(std::io::stdout(), "pod/{name} {verb}")?;
+    }
+    if index != index_before {
+        publish_cli_index(&mut client, &topics, node, &index).await?;
     }
     client.disconnect().await;
     Ok(())
@@ -437,9 +504,13 @@ pub async fn delete(
     let mut client = Client::connect(config).await?;
     let key = PodKey::new(namespace, name);
     let node = find_node(&mut client, &topics, &key, node).await?;
+    let mut index = read_cli_index(&mut client, &topics, &node).await?;
     client
         .publish_acked(&topics.desired(&node, &key), Vec::new(), true)
         .await?;
+    if index.remove(&key) {
+        publish_cli_index(&mut client, &topics, &node, &index).await?;
+    }
     writeln!(std::io::stdout(), "pod \"{name}\" deleted")?;
     client.disconnect().await;
     Ok(())

@@ -511,6 +511,55 @@ pub struct LogChunk {
     pub error: Option<String>,
 }
 
+/// One author's statement of every desired spec it has retained for a node
+/// (`{prefix}/{node}/index/{author}`), so that an agent whose session lost a
+/// tombstone still learns the pod is no longer desired.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DesiredIndex {
+    /// Sorted by namespace, then name; one entry per pod.
+    pub pods: Vec<IndexEntry>,
+}
+
+/// A pod an index lists: which spec (uid) and which generation of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub generation: u64,
+}
+
+impl IndexEntry {
+    pub fn of(spec: &PodSpec) -> IndexEntry {
+        IndexEntry {
+            namespace: spec.namespace.clone(),
+            name: spec.name.clone(),
+            uid: spec.uid.clone(),
+            generation: spec.generation,
+        }
+    }
+    pub fn key(&self) -> PodKey {
+        PodKey::new(&self.namespace, &self.name)
+    }
+}
+
+impl DesiredIndex {
+    /// Adds or replaces the entry for the entry's pod, keeping the order.
+    pub fn upsert(&mut self, entry: IndexEntry) {
+        self.pods
+            .retain(|e| !(e.namespace == entry.namespace && e.name == entry.name));
+        self.pods.push(entry);
+        self.pods.sort();
+    }
+    /// Removes the pod's entry; true if there was one.
+    pub fn remove(&mut self, key: &PodKey) -> bool {
+        let before = self.pods.len();
+        self.pods
+            .retain(|e| !(e.namespace == key.namespace && e.name == key.name));
+        self.pods.len() != before
+    }
+}
+
 /// The wire contract's rule for writing a desired spec (docs/wire.md,
 /// "Writing specs"): `None` if `existing` already carries this content for
 /// the same uid; otherwise `spec` with the generation to send: the old

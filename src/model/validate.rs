@@ -11,8 +11,8 @@
 use std::collections::BTreeSet;
 
 use super::{
-    Container, ContainerState, ContainerStatus, Event, LogChunk, LogRequest, NodeStatus, PodSpec,
-    PodStatus, Probe, ProbeHandler, VolumeSource,
+    Container, ContainerState, ContainerStatus, DesiredIndex, Event, LogChunk, LogRequest,
+    NodeStatus, PodSpec, PodStatus, Probe, ProbeHandler, VolumeSource,
 };
 
 /// Containers in one pod (app containers; init containers have their own
@@ -43,6 +43,9 @@ pub const MAX_BYTES: u64 = i64::MAX as u64;
 pub const MAX_NODE_ITEMS: usize = 64;
 /// One log chunk's data.
 pub const MAX_LOG_CHUNK: usize = 4 * 1024 * 1024;
+/// Pods one desired index may list (the most pods a node can be asked to
+/// run is far below it).
+pub const MAX_INDEX_PODS: usize = 65_536;
 
 /// A value that breaks a rule: the field path (as in the Kubernetes API,
 /// `spec.containers[0].name`) and what is wrong with it.
@@ -734,6 +737,18 @@ impl Validate for LogChunk {
     }
 }
 
+impl Validate for DesiredIndex {
+    fn validate(&self) -> Result {
+        count("pods", self.pods.len(), MAX_INDEX_PODS)?;
+        for (i, p) in self.pods.iter().enumerate() {
+            label(&format!("pods[{i}].namespace"), "namespace", &p.namespace)?;
+            subdomain(&format!("pods[{i}].name"), "pod name", &p.name)?;
+            uid(&format!("pods[{i}].uid"), &p.uid)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -887,6 +902,21 @@ mod tests {
         r.since_seconds = None;
         r.request_id = "../x".into();
         assert_eq!(r.validate().expect_err("refused").field, "requestId");
+    }
+
+    #[test]
+    fn desired_indexes_are_checked_too() {
+        let mut index = DesiredIndex {
+            pods: vec![IndexEntry {
+                namespace: "default".into(),
+                name: "web".into(),
+                uid: "u-1".into(),
+                generation: 1,
+            }],
+        };
+        index.validate().expect("valid");
+        index.pods[0].uid = "../x".into();
+        assert_eq!(index.validate().expect_err("refused").field, "pods[0].uid");
     }
 
     #[test]

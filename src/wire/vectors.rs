@@ -27,6 +27,7 @@ const POD_STATUS_SEQ: u64 = 42; // the node-wide counter
 const NODE_STATUS_SEQ: u64 = 1_767_225_600_000; // heartbeat_ms
 const EVENT_SEQ: u64 = 43; // the node-wide counter
 const LOG_SEQ: u64 = 0; // unused for the log RPC
+const INDEX_SEQ: u64 = 0; // unused for the desired index
 
 fn probe(handler: ProbeHandler) -> Probe {
     Probe {
@@ -306,6 +307,25 @@ pub(super) fn log_chunk() -> LogChunk {
     }
 }
 
+pub(super) fn desired_index() -> DesiredIndex {
+    DesiredIndex {
+        pods: vec![
+            IndexEntry {
+                namespace: "default".into(),
+                name: "sensor".into(),
+                uid: "0b5e6a52-4c1d-4e8a-9f3b-6d2c1a7e9f10".into(),
+                generation: 3,
+            },
+            IndexEntry {
+                namespace: "edge".into(),
+                name: "relay".into(),
+                uid: "7c1f2e3d-5b6a-4978-8e9d-0a1b2c3d4e5f".into(),
+                generation: 300,
+            },
+        ],
+    }
+}
+
 /// Every vector: file name, envelope seq, sample message.
 fn all() -> Vec<(&'static str, u64, Message)> {
     vec![
@@ -331,6 +351,11 @@ fn all() -> Vec<(&'static str, u64, Message)> {
             Message::LogRequest(log_request()),
         ),
         ("log_chunk.hex", LOG_SEQ, Message::LogChunk(log_chunk())),
+        (
+            "desired_index.hex",
+            INDEX_SEQ,
+            Message::DesiredIndex(desired_index()),
+        ),
     ]
 }
 
@@ -430,12 +455,17 @@ fn vector_log_chunk() {
     check("log_chunk.hex");
 }
 
+#[test]
+fn vector_desired_index() {
+    check("desired_index.hex");
+}
+
 /// One vector per kind, and no vector files that no test checks.
 #[test]
 fn vectors_cover_every_kind() {
     let mut kinds: Vec<u8> = all().iter().map(|(_, _, m)| m.kind() as u8).collect();
     kinds.sort_unstable();
-    assert_eq!(kinds, (1..=6).collect::<Vec<u8>>());
+    assert_eq!(kinds, (1..=7).collect::<Vec<u8>>());
     for k in 0..=u8::MAX {
         assert_eq!(Kind::from_u8(k).is_ok(), kinds.contains(&k), "kind {k}");
     }

@@ -696,6 +696,20 @@ impl Agent {
         status
     }
 
+    /// Waits for the agent to exit by itself (a fault hook's abort) and
+    /// returns its exit status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let pid = self.pid;
+        let child = self.child.as_mut().expect("agent is not running");
+        let status = wait_until(
+            &format!("kedge agent (pid {pid}) to exit"),
+            deadline,
+            || child.try_wait().expect("try_wait agent"),
+        );
+        self.child = None;
+        status
+    }
+
     /// The agent's combined stdout/stderr so far (all runs sharing this data dir).
     pub fn log(&self) -> String {
         read_lossy(&self.log_path)
@@ -766,6 +780,30 @@ pub fn publish_raw_tls(
     assert!(
         out.status.success(),
         "mosquitto_pub to {url} topic {topic} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Connects with `client_id` and a clean session, publishes one message and
+/// disconnects: the broker drops that client id's persistent session (and
+/// everything queued in it), as when another client takes over the id.
+pub fn wipe_session(url: &str, client_id: &str) {
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args(mqtt_cli_args(url, None)).args([
+        "-i",
+        client_id,
+        "-q",
+        "1",
+        "-t",
+        "kedge-test/session-takeover",
+        "-m",
+        "x",
+    ]);
+    let out = run_with_deadline(cmd, b"", Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "mosquitto_pub as {client_id} failed ({}): {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );

@@ -138,11 +138,28 @@ fn synced_bridge() -> Bridge {
     b
 }
 
+/// The desired specs and tombstones published (indexes aside).
 fn publishes(actions: &[Action]) -> Vec<(&str, &[u8])> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Publish { topic, payload } => Some((topic.as_str(), payload.as_slice())),
+            Action::Publish { topic, payload } if topic.contains("/desired/") => {
+                Some((topic.as_str(), payload.as_slice()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The desired indexes published: (topic, index).
+fn indexes(actions: &[Action]) -> Vec<(&str, DesiredIndex)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish { topic, payload } if topic.contains("/index/") => Some((
+                topic.as_str(),
+                crate::cli::decode_index(payload).expect("a desired index"),
+            )),
             _ => None,
         })
         .collect()
@@ -777,4 +794,90 @@ fn image_pull_secrets_are_resolved_and_resent_when_they_change() {
     let s2 = spec_of(publishes(&a)[0].1);
     assert!(s2.image_pull_secrets[0].contains("bob"));
     assert_eq!(s2.generation, s1.generation + 1);
+}
+
+#[test]
+fn the_desired_index_lists_the_bridge_specs_of_each_node_after_them() {
+    let mut b = synced_bridge();
+    // A spec of kedge apply on the same node is not the bridge's to list.
+    let cli = crate::model::samples::spec("manual", "u8", 1, RestartPolicy::Always);
+    let a = b.handle(
+        BridgeEvent::Desired {
+            node: "gw1".into(),
+            pod: cli.key(),
+            spec: Some(cli),
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert_eq!(
+        indexes(&a),
+        vec![("kedge/v1/gw1/index/bridge", DesiredIndex::default())]
+    );
+    let web = pod("web", "u1", "gw1", serde_json::json!({}));
+    let a = b.handle(BridgeEvent::PodApplied(web.clone()), NOW, &NoResolver);
+    // The spec first, then the index that lists it.
+    let topics: Vec<&str> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Publish { topic, .. } => Some(topic.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "kedge/v1/gw1/desired/default/web",
+            "kedge/v1/gw1/index/bridge"
+        ]
+    );
+    let spec = spec_of(publishes(&a)[0].1);
+    let listed = &indexes(&a)[0].1;
+    assert_eq!(
+        listed.pods,
+        vec![IndexEntry {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: "u1".into(),
+            generation: spec.generation,
+        }]
+    );
+    // The echo of our own spec changes nothing: no second index.
+    let a = b.handle(
+        BridgeEvent::Desired {
+            node: "gw1".into(),
+            pod: spec.key(),
+            spec: Some(spec.clone()),
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert!(indexes(&a).is_empty(), "{a:?}");
+    // A second pod: one index listing both.
+    let db = pod("db", "u2", "gw1", serde_json::json!({}));
+    let a = b.handle(BridgeEvent::PodApplied(db), NOW, &NoResolver);
+    let names: Vec<String> = indexes(&a)[0]
+        .1
+        .pods
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    assert_eq!(names, ["db", "web"]);
+    // Deleted: the tombstone, then the index without it.
+    let a = b.handle(BridgeEvent::PodApplied(deleting(&web)), NOW, &NoResolver);
+    assert_eq!(
+        publishes(&a),
+        vec![("kedge/v1/gw1/desired/default/web", &b""[..])]
+    );
+    let names: Vec<String> = indexes(&a)[0]
+        .1
+        .pods
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    assert_eq!(names, ["db"]);
+    // After a reconnection (the broker may have lost everything) the index
+    // goes out again.
+    let a = b.handle(BridgeEvent::MqttSynced, NOW, &NoResolver);
+    assert_eq!(indexes(&a).len(), 1, "{a:?}");
 }
