@@ -209,7 +209,10 @@ fn precompiled_modules_run_and_other_architectures_are_refused() {
         let entry = std::fs::read_dir(&cache)
             .expect("cache dir")
             .filter_map(|e| e.ok())
-            .find(|e| e.file_name().to_string_lossy().starts_with(&sha))
+            .find(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with(&sha) && name.ends_with(".cwasm")
+            })
             .expect("cache entry");
         assert_eq!(sha256_file(entry.path()), sha);
     }

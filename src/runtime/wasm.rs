@@ -32,6 +32,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::Command;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::digest::Sha256Digest;
 use super::logs::{LogFile, LogStream, Rotation};
 use super::module_source::{self, ModuleRef};
 use super::{
@@ -71,7 +72,7 @@ pub struct WasmRuntime {
     http: reqwest::Client,
     /// Compiled code by module digest; modules are immutable, so entries
     /// never go stale.
-    compiled: Mutex<HashMap<String, Compiled>>,
+    compiled: Mutex<HashMap<Sha256Digest, Compiled>>,
     fingerprint: String,
 }
 
@@ -232,14 +233,17 @@ impl WasmRuntime {
         ))
     }
 
-    fn cache_path(&self, sha256: &str) -> PathBuf {
+    /// The cache file of a module: a name made of two checked parts only
+    /// (the module's digest and the engine's fingerprint), so no digest from
+    /// a registry or a pod spec can point it elsewhere.
+    fn cache_path(&self, sha256: &Sha256Digest) -> PathBuf {
         self.opts
             .data_dir
             .join("wasm-cache")
             .join(format!("{sha256}-{}.cwasm", self.fingerprint))
     }
 
-    fn memory_cached(&self, sha256: &str) -> Option<Compiled> {
+    fn memory_cached(&self, sha256: &Sha256Digest) -> Option<Compiled> {
         self.compiled.lock().ok()?.get(sha256).cloned()
     }
 
@@ -249,13 +253,13 @@ impl WasmRuntime {
         image: &str,
         secrets: &[String],
         policy: crate::model::PullPolicy,
-    ) -> Result<(Compiled, String), RuntimeError> {
+    ) -> Result<(Compiled, Sha256Digest), RuntimeError> {
         let refs_dir = self.opts.data_dir.join("wasm-cache").join("oci-refs");
         let r = ModuleRef::parse(image).map_err(|e| RuntimeError::InvalidImage(e.to_string()))?;
         // OCI references learn their digest from the registry's manifest
         // (and bring the layer unless it is cached).
         let (sha256, mut pulled) = match r.sha256() {
-            Some(sha256) => (sha256.to_string(), None),
+            Some(sha256) => (sha256.clone(), None),
             None => module_source::pull_oci(image, secrets, policy, &refs_dir, |sha| {
                 self.memory_cached(sha).is_some() || self.cache_path(sha).is_file()
             })
@@ -273,23 +277,32 @@ impl WasmRuntime {
                 let bytes = match pulled.take() {
                     Some(bytes) => bytes,
                     // A cache entry that would not load: pull the layer again.
-                    None if matches!(r, ModuleRef::Oci(_)) => module_source::pull_oci(
-                        image,
-                        secrets,
-                        crate::model::PullPolicy::Always,
-                        &refs_dir,
-                        |_| false,
-                    )
-                    .await
-                    .map_err(|e| RuntimeError::ImagePull(e.to_string()))?
-                    .1
-                    .unwrap_or_default(),
+                    None if matches!(r, ModuleRef::Oci(_)) => {
+                        let (again, bytes) = module_source::pull_oci(
+                            image,
+                            secrets,
+                            crate::model::PullPolicy::Always,
+                            &refs_dir,
+                            |_| false,
+                        )
+                        .await
+                        .map_err(|e| RuntimeError::ImagePull(e.to_string()))?;
+                        // The bytes were verified against `again`: they may
+                        // be cached only under that digest.
+                        if again != sha256 {
+                            return Err(RuntimeError::ImagePull(format!(
+                                "image {image} moved from sha256:{sha256} to sha256:{again} \
+                                 while it was pulled; pull it again"
+                            )));
+                        }
+                        bytes.unwrap_or_default()
+                    }
                     None => module_source::fetch(&r, &self.http)
                         .await
                         .map_err(|e| RuntimeError::ImagePull(e.to_string()))?,
                 };
                 let engine = self.engine_for(artifact_arch(&bytes))?;
-                let name = sha256_short(&sha256);
+                let name = sha256.short();
                 let (compiled, serialized) =
                     tokio::task::spawn_blocking(move || load_verified(&engine, &bytes, &name))
                         .await
@@ -308,18 +321,34 @@ impl WasmRuntime {
         Ok((compiled, sha256))
     }
 
+    /// Loads a cache entry whose bytes still have the digest recorded when
+    /// the agent wrote it; anything else is removed and compiled again.
     fn load_cached(&self, path: &Path) -> Option<Compiled> {
-        let kind = Engine::detect_precompiled_file(path).ok()??;
-        let mut header = [0u8; 64];
-        std::io::Read::read_exact(&mut std::fs::File::open(path).ok()?, &mut header).ok()?;
-        let engine = self.engine_for(artifact_arch(&header)).ok()?;
-        // The file was written by `store_cached` into the agent's private
-        // data directory, from code this agent compiled or deserialized.
-        match deserialize(&engine, kind, Artifact::CacheFile(path)) {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot open compiled-module cache entry");
+                return None;
+            }
+        };
+        let checked = read_cache_entry(path, file).and_then(|(file, bytes)| {
+            let kind = Engine::detect_precompiled(&bytes)
+                .ok_or_else(|| "not precompiled code".to_string())?;
+            let engine = self
+                .engine_for(artifact_arch(&bytes))
+                .map_err(|e| e.to_string())?;
+            // The bytes matched the digest the agent recorded when it wrote
+            // the entry (`store_cached`), from code it compiled or verified.
+            deserialize(&engine, kind, Artifact::CacheFile(path, file))
+                .map_err(|e| format!("{e:#}"))
+        });
+        match checked {
             Ok(c) => Some(c),
             Err(e) => {
                 warn!(path = %path.display(), error = %e, "ignoring unusable compiled-module cache entry");
                 let _ = std::fs::remove_file(path);
+                let _ = std::fs::remove_file(digest_sidecar(path));
                 None
             }
         }
@@ -495,11 +524,6 @@ fn artifact_arch(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// `sha256:` and the first 12 hex digits: how errors name a module.
-fn sha256_short(sha: &str) -> String {
-    format!("sha256:{}", &sha[..sha.len().min(12)])
-}
-
 /// Turns verified module bytes into code: compiles plain Wasm or
 /// deserializes a precompiled artifact. Also returns the serialized code
 /// for the disk cache.
@@ -534,8 +558,9 @@ fn load_verified(
 enum Artifact<'a> {
     /// Bytes whose sha256 matched the digest pinned in the pod spec.
     Verified(&'a [u8]),
-    /// A file the agent wrote into its private `wasm-cache`.
-    CacheFile(&'a Path),
+    /// A file the agent wrote into its private `wasm-cache`, open, whose
+    /// bytes were just checked against the digest recorded beside it.
+    CacheFile(&'a Path, std::fs::File),
 }
 
 /// Loads precompiled native code into the engine.
@@ -550,7 +575,9 @@ fn deserialize(
     // verified against the sha256 digest the pod spec pins (whoever may
     // write pod specs for this node may run code on it), and the agent's
     // own cache files in its private data directory, written from such
-    // bytes or from its own compiler. wasmtime still checks the header
+    // bytes or from its own compiler, under a name made of checked digests
+    // only, and whose bytes matched the digest recorded when they were
+    // written. wasmtime still checks the header
     // (version, target, flags) and refuses code for another engine.
     #[allow(unsafe_code)]
     unsafe {
@@ -558,13 +585,17 @@ fn deserialize(
             (Precompiled::Module, Artifact::Verified(b)) => {
                 Module::deserialize(engine, b).map(Compiled::Module)
             }
-            (Precompiled::Module, Artifact::CacheFile(p)) => {
-                Module::deserialize_file(engine, p).map(Compiled::Module)
+            // Mapped from the file: instances share its pages, including
+            // the copy-on-write memory image.
+            (Precompiled::Module, Artifact::CacheFile(_, f)) => {
+                Module::deserialize_open_file(engine, f).map(Compiled::Module)
             }
             (Precompiled::Component, Artifact::Verified(b)) => {
                 Component::deserialize(engine, b).map(Compiled::Component)
             }
-            (Precompiled::Component, Artifact::CacheFile(p)) => {
+            // wasmtime opens components by path only; entries are replaced
+            // by rename, never rewritten, and one load of a digest runs at a time.
+            (Precompiled::Component, Artifact::CacheFile(p, _)) => {
                 Component::deserialize_file(engine, p).map(Compiled::Component)
             }
         }
@@ -680,14 +711,43 @@ pub fn precompile(bytes: &[u8], target: CompileTarget) -> anyhow::Result<Vec<u8>
     .map_err(|e| anyhow::anyhow!("invalid Wasm module: {e:#}"))
 }
 
-fn store_cached(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Where the digest of a cache entry's own bytes is recorded.
+fn digest_sidecar(entry: &Path) -> PathBuf {
+    let mut name = entry.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// Writes a compiled module to the cache with the digest of its bytes
+/// beside it; each file is replaced atomically.
+fn store_cached(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    let digest = Sha256Digest::of(bytes);
+    module_source::write_atomically(&digest_sidecar(path), digest.as_str().as_bytes())?;
+    module_source::write_atomically(path, bytes)
+}
+
+/// Reads a cache entry and checks it against its recorded digest; returns
+/// the open file (what is deserialized) and its bytes.
+fn read_cache_entry(
+    path: &Path,
+    mut file: std::fs::File,
+) -> Result<(std::fs::File, Vec<u8>), String> {
+    let recorded = std::fs::read_to_string(digest_sidecar(path))
+        .map_err(|e| format!("no recorded digest: {e}"))?;
+    let recorded = Sha256Digest::parse(recorded.trim_end_matches('\n'))
+        .map_err(|e| format!("recorded digest: {e}"))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| e.to_string())?;
+    let actual = Sha256Digest::of(&bytes);
+    if actual != recorded {
+        return Err(format!(
+            "its bytes have digest sha256:{actual}, recorded sha256:{recorded}"
+        ));
+    }
+    Ok((file, bytes))
 }
 
 /// Where a pod volume lives on the host.
@@ -897,6 +957,136 @@ impl Runtime for WasmRuntime {
 mod tests {
     use super::*;
     use wasmtime::Precompiled;
+
+    fn test_runtime(dir: &Path) -> Arc<WasmRuntime> {
+        WasmRuntime::new(
+            WasmOptions {
+                data_dir: dir.to_path_buf(),
+                epoch_tick: Duration::from_millis(10),
+                default_memory_limit: 64 << 20,
+                rotation: Rotation {
+                    max_file_bytes: 1 << 20,
+                    max_files: 2,
+                },
+            },
+            reqwest::Client::new(),
+        )
+        .expect("runtime")
+    }
+
+    /// A module referenced by `file://` with its digest pinned.
+    #[cfg(feature = "wasm-compiler")]
+    fn module_file(dir: &Path, name: &str, bytes: &[u8]) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write module");
+        format!(
+            "file://{}@sha256:{}",
+            path.display(),
+            Sha256Digest::of(bytes)
+        )
+    }
+
+    #[cfg(feature = "wasm-compiler")]
+    /// `(module (func (export "_start")))` in binary form (no WAT parser
+    /// needed, so this runs in every build with the compiler).
+    const START_ONLY: &[u8] = &[
+        0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, // header
+        1, 4, 1, 0x60, 0, 0, // type section: () -> ()
+        3, 2, 1, 0, // function section
+        7, 10, 1, 6, b'_', b's', b't', b'a', b'r', b't', 0, 0, // export "_start"
+        10, 4, 1, 2, 0, 0x0b, // code section
+    ];
+
+    /// Image references with hostile digests never reach the cache or the
+    /// network: they are refused where they enter.
+    #[tokio::test]
+    async fn hostile_digests_are_refused_before_any_path_is_made() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = test_runtime(dir.path());
+        let ok = Sha256Digest::of(b"m").to_string();
+        for digest in [
+            "../../etc/x".to_string(),
+            ok.to_uppercase(),
+            ok[..63].to_string(),
+            format!("{ok}0"),
+            format!("{}\0", &ok[..63]),
+        ] {
+            let image = format!("file:///m.wasm@sha256:{digest}");
+            let e = rt
+                .load(&image, &[], crate::model::PullPolicy::IfNotPresent)
+                .await
+                .err()
+                .expect("refused");
+            assert_eq!(e.reason(), "InvalidImageName", "{e}");
+            assert!(
+                e.to_string()
+                    .contains(": expected 64 lowercase hex characters"),
+                "{e}"
+            );
+        }
+        assert!(!dir.path().join("wasm-cache").exists());
+    }
+
+    /// A cache entry is deserialized only while its bytes have the digest
+    /// recorded when the agent wrote it.
+    #[cfg(feature = "wasm-compiler")]
+    #[tokio::test]
+    async fn cache_entries_are_checked_against_their_recorded_digest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = module_file(dir.path(), "m.wasm", START_ONLY);
+        let digest = Sha256Digest::of(START_ONLY);
+        let rt = test_runtime(&dir.path().join("data"));
+        rt.load(&image, &[], crate::model::PullPolicy::IfNotPresent)
+            .await
+            .expect("compiles");
+        let entry = rt.cache_path(&digest);
+        let sidecar = digest_sidecar(&entry);
+        let code = std::fs::read(&entry).expect("cache entry written");
+        assert_eq!(
+            std::fs::read_to_string(&sidecar).expect("digest recorded"),
+            Sha256Digest::of(&code).as_str()
+        );
+        assert!(rt.load_cached(&entry).is_some(), "an intact entry loads");
+
+        // Changed bytes (a flipped bit in the code) are not loaded, and the
+        // entry goes.
+        let mut tampered = code.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        std::fs::write(&entry, &tampered).expect("tamper");
+        assert!(rt.load_cached(&entry).is_none(), "tampered entry refused");
+        assert!(!entry.exists() && !sidecar.exists());
+
+        // A hostile or missing recorded digest is a miss too.
+        for recorded in [
+            None,
+            Some("../../etc/x"),
+            Some(&*digest.as_str().to_uppercase()),
+        ] {
+            std::fs::write(&entry, &code).expect("entry");
+            match recorded {
+                Some(r) => std::fs::write(&sidecar, r).expect("sidecar"),
+                None => {
+                    let _ = std::fs::remove_file(&sidecar);
+                }
+            }
+            assert!(rt.load_cached(&entry).is_none(), "{recorded:?}");
+        }
+
+        // A fresh agent compiles again rather than trusting the bad entry.
+        std::fs::write(&entry, &tampered).expect("tamper");
+        std::fs::write(&sidecar, Sha256Digest::of(&code).as_str()).expect("sidecar");
+        let fresh = test_runtime(&dir.path().join("data"));
+        fresh
+            .load(&image, &[], crate::model::PullPolicy::IfNotPresent)
+            .await
+            .expect("compiles again");
+        let rewritten = std::fs::read(&entry).expect("entry rewritten");
+        assert_eq!(
+            std::fs::read_to_string(&sidecar).expect("sidecar"),
+            Sha256Digest::of(&rewritten).as_str()
+        );
+    }
 
     #[test]
     fn plain_wasm_is_compiled_only_by_builds_with_the_compiler() {
