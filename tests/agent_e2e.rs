@@ -280,6 +280,43 @@ fn pod_runs_to_completion_with_exit_code_and_logs() {
     );
 }
 
+/// Twenty pods of one module the agent has never seen, arriving together:
+/// it is compiled once (the others wait for that compile) and every pod runs.
+#[test]
+fn a_burst_of_pods_of_one_new_module_compiles_it_once() {
+    let env = Env::start("gw-burst");
+    let pods: Vec<String> = (0..20)
+        .map(|i| {
+            wasm_pod(
+                &format!("burst-{i:02}"),
+                &p1(),
+                &["ticker", "0", "1000"],
+                "Always",
+                "",
+            )
+        })
+        .collect();
+    env.apply(&pods.join("---\n"));
+    let url = env.broker.url();
+    wait_until("all 20 pods Running", WAIT, || {
+        let out = kedge_ok(&["--broker", &url, "get", "pods", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        let running = v["items"]
+            .as_array()?
+            .iter()
+            .filter(|i| phase(&i["status"]) == "Running" && restarts(&i["status"]) == 0)
+            .count();
+        (running == 20).then_some(())
+    });
+    let log = env.agent.log();
+    assert_eq!(
+        log.matches("compiled Wasm module").count(),
+        1,
+        "one compile for twenty pods; agent log:\n{log}"
+    );
+    assert!(!log.contains("cannot cache compiled module"), "{log}");
+}
+
 #[test]
 fn crashing_module_backs_off_and_counts_restarts() {
     let env = Env::start("gw-crash");

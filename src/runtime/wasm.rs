@@ -20,11 +20,12 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Config, Engine, Linker, Module, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -73,7 +74,61 @@ pub struct WasmRuntime {
     /// Compiled code by module digest; modules are immutable, so entries
     /// never go stale.
     compiled: Mutex<HashMap<Sha256Digest, Compiled>>,
+    /// One load at a time per module digest (and per OCI reference while
+    /// it is resolved): pods that arrive together wait for the first one's
+    /// compile instead of compiling again.
+    flights: Flights,
+    /// Compiles performed (plain Wasm through Cranelift), for tests and
+    /// benchmarks.
+    compiles: AtomicU64,
     fingerprint: String,
+}
+
+/// Per-key async gates; an entry lives while someone holds or waits for it.
+#[derive(Default)]
+struct Flights(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// Holding the gate of one key; dropping it lets the next waiter in and
+/// removes the entry when nobody else wants it.
+struct Flight<'a> {
+    flights: &'a Flights,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Flights {
+    async fn enter(&self, key: String) -> Flight<'_> {
+        let gate = match self.0.lock() {
+            Ok(mut map) => map.entry(key.clone()).or_default().clone(),
+            // A poisoned map only loses the sharing, never correctness.
+            Err(_) => Arc::default(),
+        };
+        let mut flight = Flight {
+            flights: self,
+            key,
+            guard: None,
+        };
+        flight.guard = Some(gate.lock_owned().await);
+        flight
+    }
+
+    #[cfg(all(test, feature = "wasm-compiler"))]
+    fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        if let Ok(mut map) = self.flights.0.lock()
+            && map
+                .get(&self.key)
+                .is_some_and(|g| Arc::strong_count(g) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
 }
 
 /// An engine with the WASI linkers bound to it (linkers belong to one engine).
@@ -190,6 +245,8 @@ impl WasmRuntime {
             opts,
             http,
             compiled: Mutex::new(HashMap::new()),
+            flights: Flights::default(),
+            compiles: AtomicU64::new(0),
             fingerprint,
         }))
     }
@@ -243,6 +300,12 @@ impl WasmRuntime {
             .join(format!("{sha256}-{}.cwasm", self.fingerprint))
     }
 
+    /// How many modules this runtime compiled (not counting cache hits and
+    /// precompiled artifacts).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
     fn memory_cached(&self, sha256: &Sha256Digest) -> Option<Compiled> {
         self.compiled.lock().ok()?.get(sha256).cloned()
     }
@@ -256,6 +319,12 @@ impl WasmRuntime {
     ) -> Result<(Compiled, Sha256Digest), RuntimeError> {
         let refs_dir = self.opts.data_dir.join("wasm-cache").join("oci-refs");
         let r = ModuleRef::parse(image).map_err(|e| RuntimeError::InvalidImage(e.to_string()))?;
+        // Pods of one OCI reference resolve it one at a time, so a burst
+        // asks the registry for the layer once (with IfNotPresent).
+        let _resolving = match &r {
+            ModuleRef::Oci(_) => Some(self.flights.enter(format!("ref:{image}")).await),
+            _ => None,
+        };
         // OCI references learn their digest from the registry's manifest
         // (and bring the layer unless it is cached).
         let (sha256, mut pulled) = match r.sha256() {
@@ -266,6 +335,12 @@ impl WasmRuntime {
             .await
             .map_err(|e| RuntimeError::ImagePull(e.to_string()))?,
         };
+        if let Some(c) = self.memory_cached(&sha256) {
+            return Ok((c, sha256));
+        }
+        // Single flight: the first pod of a digest loads it (from the disk
+        // cache or by compiling), the others wait here and find it in memory.
+        let _loading = self.flights.enter(format!("sha256:{sha256}")).await;
         if let Some(c) = self.memory_cached(&sha256) {
             return Ok((c, sha256));
         }
@@ -302,6 +377,7 @@ impl WasmRuntime {
                         .map_err(|e| RuntimeError::ImagePull(e.to_string()))?,
                 };
                 let engine = self.engine_for(artifact_arch(&bytes))?;
+                let compiles = Engine::detect_precompiled(&bytes).is_none();
                 let name = sha256.short();
                 let (compiled, serialized) =
                     tokio::task::spawn_blocking(move || load_verified(&engine, &bytes, &name))
@@ -309,6 +385,10 @@ impl WasmRuntime {
                         .map_err(|e| {
                             RuntimeError::Create(format!("compiler task failed: {e}"))
                         })??;
+                if compiles {
+                    self.compiles.fetch_add(1, Ordering::Relaxed);
+                    info!(module = %sha256.short(), "compiled Wasm module");
+                }
                 if let Err(e) = store_cached(&cache, &serialized) {
                     warn!(path = %cache.display(), error = %e, "cannot cache compiled module");
                 }
@@ -1025,6 +1105,39 @@ mod tests {
             );
         }
         assert!(!dir.path().join("wasm-cache").exists());
+    }
+
+    /// Twenty pods of one new module arriving together: one compile, the
+    /// others wait for it; one cache entry, no temporary files, no gates left.
+    #[cfg(feature = "wasm-compiler")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pods_of_one_new_module_compile_it_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = module_file(dir.path(), "m.wasm", START_ONLY);
+        let rt = test_runtime(&dir.path().join("data"));
+        let mut loads = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let (rt, image) = (rt.clone(), image.clone());
+            loads.spawn(async move {
+                rt.load(&image, &[], crate::model::PullPolicy::IfNotPresent)
+                    .await
+                    .map(|(_, digest)| digest)
+            });
+        }
+        let mut digests = Vec::new();
+        while let Some(done) = loads.join_next().await {
+            digests.push(done.expect("task").expect("loads"));
+        }
+        assert_eq!(digests.len(), 20);
+        assert_eq!(rt.compiles(), 1, "compiled once");
+        assert_eq!(rt.flights.len(), 0, "no gate left behind");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("data/wasm-cache"))
+            .expect("cache dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        let entry = format!("{}-{}.cwasm", Sha256Digest::of(START_ONLY), rt.fingerprint);
+        assert_eq!(names, [entry.clone(), format!("{entry}.sha256")]);
     }
 
     /// A cache entry is deserialized only while its bytes have the digest
