@@ -1115,9 +1115,11 @@ fn args_env_and_working_directory_reach_the_module() {
         ));
         env.wait_status("env done", name, |s| phase(s) == "Succeeded");
         let logs = env.cli_ok(&["logs", name]);
-        assert!(logs.contains("GREETING=hi there"), "{logs}");
-        assert!(
-            logs.contains("HOSTNAME=") && logs.contains("PWD=/work"),
+        // Exactly what the pod declares (workingDir becomes PWD), nothing
+        // the runtime made up.
+        assert_eq!(
+            environment(&logs),
+            ["GREETING=hi there", "PWD=/work"],
             "{logs}"
         );
         // command replaces argv[0]; args follow it.
@@ -1131,4 +1133,19 @@ fn args_env_and_working_directory_reach_the_module() {
         // initial-cwd, which today's wasi-libc does not read yet).
         assert!(logs.contains("cwd=/"), "{logs}");
     }
+    // A pod that declares nothing gets an empty environment.
+    for (name, target) in [("bare-p1", GuestTarget::P1), ("bare-p2", GuestTarget::P2)] {
+        env.apply(&wasm_pod(name, &guest_wasm(target), &["env"], "Never", ""));
+        env.wait_status("env done", name, |s| phase(s) == "Succeeded");
+        let logs = env.cli_ok(&["logs", name]);
+        assert_eq!(environment(&logs), Vec::<String>::new(), "{logs}");
+    }
+}
+
+/// The `NAME=value` lines the guest's `env` mode prints before its arguments.
+fn environment(logs: &str) -> Vec<String> {
+    logs.lines()
+        .take_while(|l| !l.starts_with("arg["))
+        .map(str::to_string)
+        .collect()
 }

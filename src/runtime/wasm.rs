@@ -449,7 +449,8 @@ impl WasmRuntime {
         };
         argv.extend(container.args.iter().cloned());
         b.args(&argv);
-        b.env("HOSTNAME", &pod.spec.name);
+        // Only what the pod declares: WASI programs list their environment,
+        // and a variable nobody set (HOSTNAME was one) is a variable too.
         for e in &container.env {
             b.env(&e.name, &e.value);
         }
