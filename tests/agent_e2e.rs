@@ -544,6 +544,35 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
     });
 }
 
+/// A module that fails keeps the cause in its status, on one line, not
+/// wasmtime's "error while executing at wasm backtrace:" header.
+#[test]
+fn a_failing_module_keeps_the_cause_in_its_status() {
+    let env = Env::start("gw-cause");
+    let message = |s: &Value| {
+        terminated(s).expect("terminated")["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // WASI preview 1 exit statuses stop at 125.
+    env.apply(&wasm_pod("exit-200", &p1(), &["exit", "200"], "Never", ""));
+    let s = env.wait_status("exit-200 Failed", "exit-200", |s| phase(s) == "Failed");
+    let msg = message(&s);
+    assert!(
+        msg.contains("exit with invalid exit status outside of [0..126)"),
+        "{s}"
+    );
+    assert!(!msg.contains("backtrace") && !msg.contains('\n'), "{msg}");
+    assert_eq!(terminated(&s).expect("terminated")["exit_code"], 134);
+
+    env.apply(&wasm_pod("aborter", &p1(), &["abort"], "Never", ""));
+    let s = env.wait_status("aborter Failed", "aborter", |s| phase(s) == "Failed");
+    let msg = message(&s);
+    assert!(msg.starts_with("wasm trap: "), "{s}");
+    assert!(msg.contains("unreachable"), "{s}");
+}
+
 #[test]
 fn offline_restart_keeps_pods_and_delivers_every_report_in_order() {
     let mut env = Env::start("gw-offline");

@@ -849,6 +849,38 @@ fn volume_host_path(pod: &PodContext, name: &str) -> Result<PathBuf, RuntimeErro
     })
 }
 
+/// The longest status message kept from a failed run (the kubelet's
+/// termination messages are short too).
+const MAX_MESSAGE: usize = 512;
+
+/// Why a run failed, on one line: the error's causes without wasmtime's
+/// backtrace context ("error while executing at wasm backtrace: …"), which
+/// says where, not why.
+fn error_cause(e: &wasmtime::Error) -> String {
+    const BACKTRACE: &str = "error while executing at wasm backtrace:";
+    let causes: Vec<String> = e
+        .chain()
+        .map(|c| c.to_string())
+        .filter(|c| !c.starts_with(BACKTRACE))
+        .collect();
+    let text = if causes.is_empty() {
+        e.to_string()
+    } else {
+        causes.join(": ")
+    };
+    one_line(&text)
+}
+
+/// Whitespace (newlines included) folded to single spaces, cut to
+/// `MAX_MESSAGE` characters.
+fn one_line(text: &str) -> String {
+    let folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match folded.char_indices().nth(MAX_MESSAGE) {
+        Some((at, _)) => format!("{}…", &folded[..at]),
+        None => folded,
+    }
+}
+
 /// Maps how a run ended to an exit status.
 fn exit_status(result: wasmtime::Result<()>, oom: bool) -> ExitStatus {
     match result {
@@ -874,12 +906,12 @@ fn exit_status(result: wasmtime::Result<()>, oom: bool) -> ExitStatus {
             }
             let detail = match e.downcast_ref::<wasmtime::Trap>() {
                 Some(trap) => format!("wasm trap: {trap}"),
-                None => format!("{e:#}"),
+                None => error_cause(&e),
             };
             ExitStatus {
                 exit_code: TRAP_EXIT_CODE,
                 reason: Some("Error".into()),
-                message: Some(detail.lines().next().unwrap_or_default().to_string()),
+                message: Some(detail),
             }
         }
     }
@@ -1199,6 +1231,24 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&sidecar).expect("sidecar"),
             Sha256Digest::of(&rewritten).as_str()
+        );
+    }
+
+    #[test]
+    fn failures_keep_their_cause_on_one_line() {
+        let e = wasmtime::Error::msg("exit with invalid exit status outside of [0..126)")
+            .context("error while executing at wasm backtrace:\n    0: 0x1234 - guest!main\n    1: 0x5678 - <unknown>!_start");
+        let s = exit_status(Err(e), false);
+        assert_eq!(s.exit_code, TRAP_EXIT_CODE);
+        assert_eq!(
+            s.message.as_deref(),
+            Some("exit with invalid exit status outside of [0..126)")
+        );
+        let long = wasmtime::Error::msg(format!("a\nb {}", "x".repeat(2000)));
+        let m = exit_status(Err(long), false).message.unwrap_or_default();
+        assert!(
+            m.starts_with("a b xxx") && m.chars().count() == MAX_MESSAGE + 1,
+            "{m}"
         );
     }
 
