@@ -395,6 +395,7 @@ impl WasmRuntime {
                 compiled
             }
         };
+        check_kind(&compiled, &sha256.short())?;
         if let Ok(mut map) = self.compiled.lock() {
             map.insert(sha256.clone(), compiled.clone());
         }
@@ -621,7 +622,10 @@ fn load_verified(
         NODE_ARCH,
     )?;
     match plan {
-        LoadPlan::Compile => compile(engine, bytes),
+        LoadPlan::Compile => {
+            refuse_foreign_component(bytes, image)?;
+            compile(engine, bytes)
+        }
         LoadPlan::Deserialize(kind) => {
             // `bytes` matched the digest the pod pinned (`load`).
             let compiled = deserialize(engine, kind, Artifact::Verified(bytes)).map_err(|e| {
@@ -633,6 +637,114 @@ fn load_verified(
             Ok((compiled, bytes.to_vec()))
         }
     }
+}
+
+/// What this runtime runs, named when it refuses something else.
+pub const SUPPORTED_KINDS: &str = "WASI preview 1 modules (wasm32-wasip1) and WASI preview 2 \
+                                   command components (wasm32-wasip2)";
+
+fn unsupported_kind(image: &str, what: &str) -> RuntimeError {
+    RuntimeError::Create(format!(
+        "module {image} is {what}, which is not supported: kedge runs {SUPPORTED_KINDS}"
+    ))
+}
+
+/// The WASI version of a component's import or export name when it is not
+/// preview 2 (`wasi:cli/run@0.3.0-rc-2025-09-16` → `0.3`).
+fn foreign_wasi_version(name: &str) -> Option<String> {
+    let (package, version) = name.strip_prefix("wasi:")?.split_once('@')?;
+    let _ = package;
+    let mut parts = version.split(['.', '-', '+']);
+    let version = format!("{}.{}", parts.next()?, parts.next()?);
+    (version != "0.2").then_some(version)
+}
+
+/// Refuses, before compiling, a component of a WASI version this runtime
+/// does not run (its top-level import and export names say which; the
+/// compiler would otherwise refuse a WASI 0.3 component's async ABI with a
+/// validation error). Other input is left to the compiler.
+fn refuse_foreign_component(bytes: &[u8], image: &str) -> Result<(), RuntimeError> {
+    use wasmtime::wasmparser::{Parser, Payload};
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else {
+            return Ok(());
+        };
+        let names: Vec<&str> = match payload {
+            Payload::Version { .. } => {
+                depth += 1;
+                continue;
+            }
+            Payload::End(_) => {
+                depth = depth.saturating_sub(1);
+                continue;
+            }
+            Payload::ComponentImportSection(r) if depth == 1 => {
+                r.into_iter().flatten().map(|i| i.name.name).collect()
+            }
+            Payload::ComponentExportSection(r) if depth == 1 => {
+                r.into_iter().flatten().map(|e| e.name.name).collect()
+            }
+            _ => continue,
+        };
+        if let Some(v) = names.into_iter().find_map(foreign_wasi_version) {
+            return Err(unsupported_kind(image, &format!("a WASI {v} component")));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses loaded code this runtime cannot run: core modules must be WASI
+/// preview 1 commands (imports from `wasi_snapshot_preview1` only, a
+/// `_start` function), components WASI preview 2 commands (exporting
+/// `wasi:cli/run@0.2`).
+fn check_kind(compiled: &Compiled, image: &str) -> Result<(), RuntimeError> {
+    match compiled {
+        Compiled::Module(m) => {
+            if let Some(i) = m.imports().find(|i| i.module() != "wasi_snapshot_preview1") {
+                let what = if i.module() == "wasi_unstable" {
+                    "a WASI preview 0 module (it imports from wasi_unstable)".to_string()
+                } else {
+                    format!(
+                        "a core module that imports from {:?}, not only WASI preview 1",
+                        i.module()
+                    )
+                };
+                return Err(unsupported_kind(image, &what));
+            }
+            let start = m
+                .exports()
+                .any(|e| e.name() == "_start" && matches!(e.ty(), wasmtime::ExternType::Func(_)));
+            if !start {
+                return Err(unsupported_kind(
+                    image,
+                    "a core module without a _start function (a library or reactor, not a WASI command)",
+                ));
+            }
+        }
+        Compiled::Component(c) => {
+            let ty = c.component_type();
+            let engine = c.engine();
+            let names: Vec<&str> = ty
+                .imports(engine)
+                .map(|(n, _)| n)
+                .chain(ty.exports(engine).map(|(n, _)| n))
+                .collect();
+            if let Some(v) = names.iter().copied().find_map(foreign_wasi_version) {
+                return Err(unsupported_kind(image, &format!("a WASI {v} component")));
+            }
+            if !ty
+                .exports(engine)
+                .any(|(n, _)| n.starts_with("wasi:cli/run@0.2"))
+            {
+                return Err(unsupported_kind(
+                    image,
+                    "a component that exports no wasi:cli/run@0.2 (not a WASI preview 2 command)",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Precompiled code to deserialize, and why it may be trusted.
@@ -986,11 +1098,7 @@ impl Runtime for WasmRuntime {
                         })?;
                     let start = instance
                         .get_typed_func::<(), ()>(&mut store, "_start")
-                        .map_err(|_| {
-                            RuntimeError::InvalidImage(
-                                "module exports no _start function (not a WASI command)".into(),
-                            )
-                        })?;
+                        .map_err(|e| RuntimeError::Create(format!("cannot call _start: {e:#}")))?;
                     Box::pin(async move {
                         let result = start.call_async(&mut store, ()).await;
                         exit_status(result, store.data().limits.exceeded)
@@ -1013,9 +1121,7 @@ impl Runtime for WasmRuntime {
                         Command::instantiate_async(&mut store, &component, &set.p2_linker)
                             .await
                             .map_err(|e| {
-                                RuntimeError::InvalidImage(format!(
-                                    "component is not a WASI command: {e:#}"
-                                ))
+                                RuntimeError::Create(format!("cannot instantiate component: {e:#}"))
                             })?;
                     Box::pin(async move {
                         let result = command.wasi_cli_run().call_run(&mut store).await;
@@ -1232,6 +1338,82 @@ mod tests {
             std::fs::read_to_string(&sidecar).expect("sidecar"),
             Sha256Digest::of(&rewritten).as_str()
         );
+    }
+
+    #[test]
+    fn wasi_versions_are_read_from_names() {
+        assert_eq!(
+            foreign_wasi_version("wasi:cli/run@0.3.0-rc-2025-09-16").as_deref(),
+            Some("0.3")
+        );
+        assert_eq!(foreign_wasi_version("wasi:cli/run@0.2.6"), None);
+        assert_eq!(foreign_wasi_version("wasi:io/streams@0.2.0"), None);
+        assert_eq!(foreign_wasi_version("acme:app/api@1.0.0"), None);
+        assert_eq!(
+            foreign_wasi_version("wasi:http/types@1.0.0").as_deref(),
+            Some("1.0")
+        );
+    }
+
+    /// Kinds kedge cannot run are refused by name, with what it runs, not
+    /// as an invalid image with a parser error.
+    #[cfg(feature = "wasm-compiler")]
+    #[test]
+    fn unsupported_kinds_are_named_with_the_supported_ones() {
+        let engine = Engine::new(&engine_config()).expect("engine");
+        let wasm = |wat: &str| wat::parse_str(wat).expect("wat");
+        let refused = |bytes: &[u8]| -> RuntimeError {
+            match load_verified(&engine, bytes, "m")
+                .and_then(|(c, _)| check_kind(&c, "m").map(|()| c))
+            {
+                Ok(_) => panic!("accepted"),
+                Err(e) => e,
+            }
+        };
+        // A WASI 0.3 command: an async `run` (the component model's async
+        // ABI, which this engine does not enable).
+        let p3 = wasm(
+            r#"(component
+                 (import "wasi:cli/stdout@0.3.0-rc-2025-09-16" (instance))
+                 (core module $m
+                   (func (export "run") (result i32) i32.const 0)
+                   (func (export "cb") (param i32 i32 i32) (result i32) i32.const 0))
+                 (core instance $i (instantiate $m))
+                 (func $run (result (result))
+                   (canon lift (core func $i "run") async (callback (core func $i "cb"))))
+                 (instance $r (export "run" (func $run)))
+                 (export "wasi:cli/run@0.3.0-rc-2025-09-16" (instance $r)))"#,
+        );
+        let preview0 = wasm(
+            r#"(module (import "wasi_unstable" "proc_exit" (func (param i32)))
+                       (func (export "_start")))"#,
+        );
+        let reactor = wasm(r#"(module (func (export "_initialize")))"#);
+        let library = wasm(
+            r#"(component (core module $m (func (export "f")))
+                          (core instance $i (instantiate $m))
+                          (func (export "f") (canon lift (core func $i "f"))))"#,
+        );
+        for (bytes, what) in [
+            (&p3, "is a WASI 0.3 component"),
+            (&preview0, "is a WASI preview 0 module"),
+            (&reactor, "is a core module without a _start function"),
+            (&library, "is a component that exports no wasi:cli/run@0.2"),
+        ] {
+            let e = refused(bytes);
+            assert_eq!(e.reason(), "CreateContainerError", "{e}");
+            let text = e.to_string();
+            assert!(text.starts_with(&format!("module m {what}")), "{text}");
+            assert!(
+                text.ends_with(&format!(
+                    "which is not supported: kedge runs {SUPPORTED_KINDS}"
+                )),
+                "{text}"
+            );
+        }
+        // A WASI preview 1 command passes.
+        let (c, _) = load_verified(&engine, START_ONLY, "m").expect("compiles");
+        check_kind(&c, "m").expect("a WASI command");
     }
 
     #[test]
