@@ -10,6 +10,16 @@
 //! that pod with phase Running on `kedge/v1/bench/reported/#`. Pods start
 //! one after another, one in flight, so the figure is latency, not queueing.
 //!
+//! Burst and density (a second table, the two guests side by side): for the
+//! WAT demo module and the Rust std test guest (`tests/wasm-guests` built for
+//! wasm32-wasip1), each on a fresh agent with an empty module cache, N pods
+//! of that new module are published at once: the time until all N report
+//! Running, how many compiles the agent performed (its "compiled Wasm
+//! module" log lines) and the PSS the burst added. Then N more pods of it start, and the PSS they add,
+//! divided by N, is the memory per running instance (the marginal cost:
+//! the engine, the compiled code and the first pods' one-off costs are in
+//! the first N).
+//!
 //! Environment:
 //! - `KEDGE_BENCH_PODS` (200): pods started one after another.
 //! - `KEDGE_BENCH_GAP_MS` (20): pause after one pod runs before the next is
@@ -24,12 +34,14 @@
 //! - `KEDGE_BENCH_SKIP_MUSL`: skip the static musl build.
 //! - `KEDGE_BENCH_BIN`: run this `kedge` binary instead of the release build
 //!   (to compare builds; a wrapper script must `exec` it).
+//! - `KEDGE_BENCH_DENSITY_PODS` (100): N of the burst and density table
+//!   (below); `0` skips it.
 //! - `KEDGE_BENCH_NODELAY` (1): the harness (this bench's MQTT client and
 //!   Mosquitto's `set_tcp_nodelay`) sends without Nagle's algorithm, so only
 //!   the agent's own sockets can hold a packet back waiting for a delayed
 //!   ACK (up to 40 ms per hop on Linux). `0`: stock settings everywhere.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -223,6 +235,12 @@ impl Agent {
     /// `kedge --config <empty> <args…> agent --node <node> --data-dir <tmp>`,
     /// with no `KEDGE_*` variable from our environment but `KEDGE_LOG`.
     fn start(bin: &Path, node: &str, args: &[String]) -> Agent {
+        let level = std::env::var("KEDGE_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into());
+        Self::start_logging(bin, node, args, &level)
+    }
+
+    /// [`Agent::start`] with the agent's log filter given.
+    fn start_logging(bin: &Path, node: &str, args: &[String], level: &str) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("kedge-bench-agent-")
             .tempdir()
@@ -234,7 +252,6 @@ impl Agent {
             .map(PathBuf::from)
             .unwrap_or_else(|| dir.path().join("agent.log"));
         let out = std::fs::File::create(&log).expect("create agent log");
-        let level = std::env::var("KEDGE_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into());
         let mut cmd = Command::new(bin);
         cmd.arg("--config")
             .arg(&config)
@@ -520,6 +537,248 @@ async fn delete_pods(
 }
 
 // ---------------------------------------------------------------------------
+// Bursts and density
+
+/// A module for the burst and density table.
+struct Guest {
+    name: String,
+    path: PathBuf,
+    args: Vec<String>,
+}
+
+impl Guest {
+    fn kib(&self) -> f64 {
+        std::fs::metadata(&self.path).map_or(0.0, |m| m.len() as f64 / 1024.0)
+    }
+}
+
+/// The Rust std test guest (`tests/wasm-guests`) built for wasm32-wasip1,
+/// as the integration tests build it.
+fn rust_guest() -> Result<PathBuf, String> {
+    let target_dir = std::env::var_os("KEDGE_GUESTS_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/kedge-guests-target"));
+    eprintln!("bench: building the Rust guest (wasm32-wasip1)");
+    let status = cargo()
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "--manifest-path",
+        ])
+        .arg(manifest_dir().join("tests/wasm-guests/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "building the guest failed ({status}); is wasm32-wasip1 installed?"
+        ));
+    }
+    Ok(target_dir.join("wasm32-wasip1/release/guest.wasm"))
+}
+
+/// The template pod running `guest`.
+fn guest_spec(template: &PodSpec, guest: &Guest, name: &str) -> PodSpec {
+    let mut spec = pod_named(template, name);
+    let bytes =
+        std::fs::read(&guest.path).unwrap_or_else(|e| panic!("read {}: {e}", guest.path.display()));
+    let container = spec
+        .containers
+        .first_mut()
+        .expect("the template has a container");
+    container.image = format!(
+        "file://{}@sha256:{}",
+        guest.path.display(),
+        sha256_hex(&bytes)
+    );
+    container.args = guest.args.clone();
+    spec
+}
+
+/// Publishes every spec at once; returns when the last one reported Running.
+async fn start_all(
+    mqtt: &mut Mqtt,
+    topics: &Topics,
+    specs: &[PodSpec],
+    agent: &mut Agent,
+) -> Duration {
+    let mut waiting: HashMap<String, String> = specs
+        .iter()
+        .map(|s| (topics.reported(NODE, &s.key()), s.uid.clone()))
+        .collect();
+    let t0 = Instant::now();
+    for spec in specs {
+        let payload =
+            wire::encode(spec.generation, &Message::DesiredPod(spec.clone())).expect("encode spec");
+        mqtt.publish(&topics.desired(NODE, &spec.key()), payload)
+            .await;
+    }
+    let mut last = t0;
+    while !waiting.is_empty() {
+        let what = format!(
+            "starting {} pods at once ({} not Running yet)",
+            specs.len(),
+            waiting.len()
+        );
+        let (topic, payload, at) = mqtt.next(&what, agent).await;
+        let Some(uid) = waiting.get(&topic) else {
+            continue;
+        };
+        let Some(status) = decode_status(&payload).filter(|s| &s.uid == uid) else {
+            continue;
+        };
+        match status.phase {
+            PodPhase::Running => {
+                waiting.remove(&topic);
+                last = at;
+            }
+            PodPhase::Succeeded | PodPhase::Failed => panic!(
+                "{topic} ended {} before running: {} {}; agent log:\n{}",
+                status.phase.as_str(),
+                status.display_status(),
+                status.message.unwrap_or_default(),
+                tail(&agent.log)
+            ),
+            PodPhase::Pending | PodPhase::Unknown => {}
+        }
+    }
+    last - t0
+}
+
+/// What one guest costs on a fresh agent (see the module documentation).
+struct Density {
+    all_running: Duration,
+    compiles: usize,
+    /// PSS the burst added, per pod (with the engine and the compile).
+    burst_kib: f64,
+    per_instance_kib: f64,
+}
+
+async fn density(
+    bin: &Path,
+    template: &PodSpec,
+    guest: &Guest,
+    n: usize,
+    settle: Duration,
+) -> Density {
+    let topics = Topics::new(wire::DEFAULT_PREFIX);
+    let broker = start_mosquitto();
+    let mut agent = Agent::start_logging(
+        bin,
+        NODE,
+        &[
+            "--broker".into(),
+            format!("mqtt://127.0.0.1:{}", broker.port),
+            "--set".into(),
+            format!("node.max_pods={}", 2 * n + 16),
+        ],
+        "warn,kedge::runtime::wasm=info",
+    );
+    let mut mqtt = Mqtt::connect(broker.port, "kedge-bench-density");
+    mqtt.subscribe(&topics.reported_filter(NODE)).await;
+    wait_node_online(&mut mqtt, &topics, NODE, &mut agent).await;
+    tokio::time::sleep(settle).await;
+    agent.check_alive();
+    let idle = memory(agent.proc.pid());
+    eprintln!("bench: {n} pods of {} at once", guest.name);
+    let burst: Vec<PodSpec> = (0..n)
+        .map(|i| guest_spec(template, guest, &format!("burst-{i:03}")))
+        .collect();
+    let all_running = start_all(&mut mqtt, &topics, &burst, &mut agent).await;
+    let compiles = std::fs::read_to_string(&agent.log)
+        .unwrap_or_default()
+        .matches("compiled Wasm module")
+        .count();
+    tokio::time::sleep(settle).await;
+    agent.check_alive();
+    let before = memory(agent.proc.pid());
+    eprintln!("bench: {n} more pods of {}", guest.name);
+    let more: Vec<PodSpec> = (0..n)
+        .map(|i| guest_spec(template, guest, &format!("dense-{i:03}")))
+        .collect();
+    start_all(&mut mqtt, &topics, &more, &mut agent).await;
+    tokio::time::sleep(settle).await;
+    agent.check_alive();
+    let after = memory(agent.proc.pid());
+    Density {
+        all_running,
+        compiles,
+        burst_kib: (before.pss_kib as f64 - idle.pss_kib as f64) / n as f64,
+        per_instance_kib: (after.pss_kib as f64 - before.pss_kib as f64) / n as f64,
+    }
+}
+
+/// The burst and density table: the WAT demo module and the Rust std guest
+/// side by side.
+async fn burst_and_density(bin: &Path, n: usize, settle: Duration) -> String {
+    let template = template_spec();
+    let wat = Guest {
+        name: "the WAT demo module".into(),
+        path: manifest_dir().join("edge-manifests/demo-wasm.wat"),
+        args: Vec::new(),
+    };
+    let rust = match rust_guest() {
+        Ok(path) => Guest {
+            name: "the Rust std guest".into(),
+            path,
+            // Prints a line every 2 s, like the demo module.
+            args: ["ticker", "0", "2000"].map(String::from).to_vec(),
+        },
+        Err(why) => return format!("burst and density not measured: {why}\n"),
+    };
+    let a = density(bin, &template, &wat, n, settle).await;
+    let b = density(bin, &template, &rust, n, settle).await;
+    let ratio = |x: f64, y: f64| {
+        if x > 0.0 {
+            format!("×{:.1}", y / x)
+        } else {
+            "—".into()
+        }
+    };
+    let mut out = format!(
+        "| measure (N = {n}) | WAT demo module ({:.1} KB) | Rust std guest, wasm32-wasip1 ({:.1} KB) | Rust / WAT | goal |\n|---|---|---|---|---|\n",
+        wat.kib(),
+        rust.kib()
+    );
+    let _ = writeln!(
+        out,
+        "| N pods of one new module published at once → all Running | {:.0} ms | {:.0} ms | {} | — |",
+        ms(a.all_running),
+        ms(b.all_running),
+        ratio(ms(a.all_running), ms(b.all_running))
+    );
+    let _ = writeln!(
+        out,
+        "| … compiles performed by the agent | {} | {} | — | 1 each: {} |",
+        a.compiles,
+        b.compiles,
+        verdict(a.compiles == 1 && b.compiles == 1)
+    );
+    let _ = writeln!(
+        out,
+        "| PSS added by the burst / N (with the engine and the compile) | {:.0} KiB | {:.0} KiB | {} | — |",
+        a.burst_kib,
+        b.burst_kib,
+        ratio(a.burst_kib, b.burst_kib)
+    );
+    let _ = writeln!(
+        out,
+        "| PSS per running instance (N more pods, PSS added / N) | {:.0} KiB | {:.0} KiB | {} | Rust ≤ 512 KiB: {} |",
+        a.per_instance_kib,
+        b.per_instance_kib,
+        ratio(a.per_instance_kib, b.per_instance_kib),
+        verdict(b.per_instance_kib <= 512.0)
+    );
+    out
+}
+
+// ---------------------------------------------------------------------------
 // Binaries
 
 /// `<target dir>/release`: where this bench runs from
@@ -697,6 +956,12 @@ fn main() {
     json.insert("bench".into(), "wasm_start".into());
     json.insert("pods".into(), pods.into());
     runtime.block_on(run(&bin, pods, gap, settle, &mut table, &mut json));
+    let dense = env_u64("KEDGE_BENCH_DENSITY_PODS", 100) as usize;
+    let density_table = if dense == 0 {
+        "burst and density skipped (KEDGE_BENCH_DENSITY_PODS=0)\n".to_string()
+    } else {
+        runtime.block_on(burst_and_density(&bin, dense, settle))
+    };
 
     let size = std::fs::metadata(&bin).expect("stat kedge").len();
     table.row(
@@ -726,6 +991,7 @@ fn main() {
 
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "\n{}", table.markdown());
+    let _ = writeln!(stdout, "{density_table}");
     let _ = writeln!(stdout, "{}", serde_json::Value::Object(json));
 }
 

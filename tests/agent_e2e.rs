@@ -209,7 +209,10 @@ fn precompiled_modules_run_and_other_architectures_are_refused() {
         let entry = std::fs::read_dir(&cache)
             .expect("cache dir")
             .filter_map(|e| e.ok())
-            .find(|e| e.file_name().to_string_lossy().starts_with(&sha))
+            .find(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with(&sha) && name.ends_with(".cwasm")
+            })
             .expect("cache entry");
         assert_eq!(sha256_file(entry.path()), sha);
     }
@@ -275,6 +278,43 @@ fn pod_runs_to_completion_with_exit_code_and_logs() {
         nodes.contains("gw-complete") && nodes.contains("Ready"),
         "{nodes}"
     );
+}
+
+/// Twenty pods of one module the agent has never seen, arriving together:
+/// it is compiled once (the others wait for that compile) and every pod runs.
+#[test]
+fn a_burst_of_pods_of_one_new_module_compiles_it_once() {
+    let env = Env::start("gw-burst");
+    let pods: Vec<String> = (0..20)
+        .map(|i| {
+            wasm_pod(
+                &format!("burst-{i:02}"),
+                &p1(),
+                &["ticker", "0", "1000"],
+                "Always",
+                "",
+            )
+        })
+        .collect();
+    env.apply(&pods.join("---\n"));
+    let url = env.broker.url();
+    wait_until("all 20 pods Running", WAIT, || {
+        let out = kedge_ok(&["--broker", &url, "get", "pods", "-o", "json"]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        let running = v["items"]
+            .as_array()?
+            .iter()
+            .filter(|i| phase(&i["status"]) == "Running" && restarts(&i["status"]) == 0)
+            .count();
+        (running == 20).then_some(())
+    });
+    let log = env.agent.log();
+    assert_eq!(
+        log.matches("compiled Wasm module").count(),
+        1,
+        "one compile for twenty pods; agent log:\n{log}"
+    );
+    assert!(!log.contains("cannot cache compiled module"), "{log}");
 }
 
 #[test]
@@ -777,6 +817,35 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
     wait_until("spinner gone", WAIT, || {
         env.status("spinner").is_none().then_some(())
     });
+}
+
+/// A module that fails keeps the cause in its status, on one line, not
+/// wasmtime's "error while executing at wasm backtrace:" header.
+#[test]
+fn a_failing_module_keeps_the_cause_in_its_status() {
+    let env = Env::start("gw-cause");
+    let message = |s: &Value| {
+        terminated(s).expect("terminated")["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // WASI preview 1 exit statuses stop at 125.
+    env.apply(&wasm_pod("exit-200", &p1(), &["exit", "200"], "Never", ""));
+    let s = env.wait_status("exit-200 Failed", "exit-200", |s| phase(s) == "Failed");
+    let msg = message(&s);
+    assert!(
+        msg.contains("exit with invalid exit status outside of [0..126)"),
+        "{s}"
+    );
+    assert!(!msg.contains("backtrace") && !msg.contains('\n'), "{msg}");
+    assert_eq!(terminated(&s).expect("terminated")["exit_code"], 134);
+
+    env.apply(&wasm_pod("aborter", &p1(), &["abort"], "Never", ""));
+    let s = env.wait_status("aborter Failed", "aborter", |s| phase(s) == "Failed");
+    let msg = message(&s);
+    assert!(msg.starts_with("wasm trap: "), "{s}");
+    assert!(msg.contains("unreachable"), "{s}");
 }
 
 #[test]
@@ -1350,9 +1419,11 @@ fn args_env_and_working_directory_reach_the_module() {
         ));
         env.wait_status("env done", name, |s| phase(s) == "Succeeded");
         let logs = env.cli_ok(&["logs", name]);
-        assert!(logs.contains("GREETING=hi there"), "{logs}");
-        assert!(
-            logs.contains("HOSTNAME=") && logs.contains("PWD=/work"),
+        // Exactly what the pod declares (workingDir becomes PWD), nothing
+        // the runtime made up.
+        assert_eq!(
+            environment(&logs),
+            ["GREETING=hi there", "PWD=/work"],
             "{logs}"
         );
         // command replaces argv[0]; args follow it.
@@ -1366,6 +1437,21 @@ fn args_env_and_working_directory_reach_the_module() {
         // initial-cwd, which today's wasi-libc does not read yet).
         assert!(logs.contains("cwd=/"), "{logs}");
     }
+    // A pod that declares nothing gets an empty environment.
+    for (name, target) in [("bare-p1", GuestTarget::P1), ("bare-p2", GuestTarget::P2)] {
+        env.apply(&wasm_pod(name, &guest_wasm(target), &["env"], "Never", ""));
+        env.wait_status("env done", name, |s| phase(s) == "Succeeded");
+        let logs = env.cli_ok(&["logs", name]);
+        assert_eq!(environment(&logs), Vec::<String>::new(), "{logs}");
+    }
+}
+
+/// The `NAME=value` lines the guest's `env` mode prints before its arguments.
+fn environment(logs: &str) -> Vec<String> {
+    logs.lines()
+        .take_while(|l| !l.starts_with("arg["))
+        .map(str::to_string)
+        .collect()
 }
 
 /// A spec from `kedge convert` of `yaml`, to be altered and published raw.

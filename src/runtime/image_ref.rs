@@ -82,6 +82,11 @@ impl ImageRef {
             if hex.len() != want {
                 return Err(RefError::DigestLength);
             }
+            // go-digest (docker, containerd) accepts sha256 in lowercase
+            // only; the digest reaches the registry and the cache as is.
+            if algorithm == "sha256" && super::digest::Sha256Digest::parse(hex).is_err() {
+                return Err(RefError::DigestFormat);
+            }
         }
         let tag = match (tag, digest) {
             (None, None) => Some("latest".to_string()),
@@ -266,6 +271,11 @@ mod tests {
         assert_eq!(
             ImageRef::parse(&format!("app@sha256:{}", "a".repeat(63))),
             Err(RefError::DigestLength)
+        );
+        // Stricter than oci-client's regex, as go-digest is: lowercase only.
+        assert_eq!(
+            ImageRef::parse(&format!("app@sha256:{}", "A".repeat(64))),
+            Err(RefError::DigestFormat)
         );
         assert_eq!(
             ImageRef::parse(&format!("h.io/{}", "a".repeat(256))),

@@ -7,6 +7,7 @@
 
 #[cfg(feature = "cri")]
 pub mod cri;
+pub mod digest;
 pub mod image_ref;
 pub mod logs;
 pub mod module_source;

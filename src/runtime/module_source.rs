@@ -4,8 +4,9 @@
 //! layer) whose layer digest comes from the manifest. Fetching verifies the
 //! digest; nothing unverified is ever compiled or run.
 
-use sha2::{Digest, Sha256};
 use thiserror::Error;
+
+use super::digest::Sha256Digest;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SourceError {
@@ -26,11 +27,11 @@ pub enum SourceError {
 pub enum ModuleRef {
     File {
         path: String,
-        sha256: String,
+        sha256: Sha256Digest,
     },
     Https {
         url: String,
-        sha256: String,
+        sha256: Sha256Digest,
     },
     /// An OCI reference (registry/repo:tag or @digest).
     Oci(String),
@@ -56,10 +57,7 @@ impl ModuleRef {
         let (location, digest) = image
             .rsplit_once("@sha256:")
             .ok_or_else(|| bad("needs a digest: append @sha256:<hex>"))?;
-        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad("the sha256 digest must be 64 hex digits"));
-        }
-        let sha256 = digest.to_ascii_lowercase();
+        let sha256 = Sha256Digest::parse(digest).map_err(|e| bad(&e.to_string()))?;
         Ok(match scheme {
             "file" => {
                 let path = location.trim_start_matches("file://").to_string();
@@ -75,7 +73,7 @@ impl ModuleRef {
         })
     }
 
-    pub fn sha256(&self) -> Option<&str> {
+    pub fn sha256(&self) -> Option<&Sha256Digest> {
         match self {
             ModuleRef::File { sha256, .. } | ModuleRef::Https { sha256, .. } => Some(sha256),
             ModuleRef::Oci(_) => None,
@@ -84,17 +82,17 @@ impl ModuleRef {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    Sha256Digest::of(bytes).to_string()
 }
 
 /// Checks fetched bytes against the pinned digest.
-pub fn verify(url: &str, bytes: &[u8], expected: &str) -> Result<(), SourceError> {
-    let actual = sha256_hex(bytes);
-    if actual != expected {
+pub fn verify(url: &str, bytes: &[u8], expected: &Sha256Digest) -> Result<(), SourceError> {
+    let actual = Sha256Digest::of(bytes);
+    if &actual != expected {
         return Err(SourceError::DigestMismatch {
             url: url.to_string(),
             expected: expected.to_string(),
-            actual,
+            actual: actual.to_string(),
         });
     }
     Ok(())
@@ -173,13 +171,14 @@ pub async fn pull_oci(
     secrets: &[String],
     policy: crate::model::PullPolicy,
     refs_dir: &std::path::Path,
-    cached: impl Fn(&str) -> bool,
-) -> Result<(String, Option<Vec<u8>>), SourceError> {
+    cached: impl Fn(&Sha256Digest) -> bool,
+) -> Result<(Sha256Digest, Option<Vec<u8>>), SourceError> {
     let remembered_path = refs_dir.join(sha256_hex(image.as_bytes()));
+    // What the agent wrote, read back as strictly as a registry's answer.
     let remembered = std::fs::read_to_string(&remembered_path)
         .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| s.len() == 64 && cached(s));
+        .and_then(|s| Sha256Digest::parse(s.trim_end_matches('\n')).ok())
+        .filter(|d| cached(d));
     match (policy, &remembered) {
         (crate::model::PullPolicy::Always, _) => {}
         (_, Some(sha)) => return Ok((sha.clone(), None)),
@@ -192,7 +191,8 @@ pub async fn pull_oci(
         (crate::model::PullPolicy::IfNotPresent, None) => {}
     }
     let (sha, bytes) = pull_oci_from_registry(image, secrets, &cached).await?;
-    let _ = std::fs::create_dir_all(refs_dir).and_then(|_| std::fs::write(&remembered_path, &sha));
+    let _ = std::fs::create_dir_all(refs_dir)
+        .and_then(|_| write_atomically(&remembered_path, sha.as_str().as_bytes()));
     Ok((sha, bytes))
 }
 
@@ -200,8 +200,8 @@ pub async fn pull_oci(
 async fn pull_oci_from_registry(
     image: &str,
     secrets: &[String],
-    cached: &impl Fn(&str) -> bool,
-) -> Result<(String, Option<Vec<u8>>), SourceError> {
+    cached: &impl Fn(&Sha256Digest) -> bool,
+) -> Result<(Sha256Digest, Option<Vec<u8>>), SourceError> {
     use oci_client::secrets::RegistryAuth;
     let fetch_err = |message: String| SourceError::Fetch {
         url: image.to_string(),
@@ -261,12 +261,9 @@ async fn pull_oci_from_registry(
                     WASM_LAYER_TYPES.join(" or ")
                 ))
             })?;
-        let sha256 = layer
-            .digest
-            .strip_prefix("sha256:")
-            .filter(|d| d.len() == 64)
-            .ok_or_else(|| fetch_err(format!("unsupported layer digest {}", layer.digest)))?
-            .to_ascii_lowercase();
+        // The registry is not trusted: its digest becomes a file name.
+        let sha256 = Sha256Digest::parse_prefixed(&layer.digest)
+            .map_err(|e| fetch_err(format!("the manifest's Wasm layer has an {e}")))?;
         if cached(&sha256) {
             return Ok((sha256, None));
         }
@@ -279,6 +276,42 @@ async fn pull_oci_from_registry(
         return Ok((sha256, Some(bytes)));
     }
     Err(fetch_err(last))
+}
+
+/// Writes a file so that readers see the old content or the new, never a
+/// part: a temporary file of its own in the same directory, flushed to disk,
+/// then renamed over the target (and the directory flushed).
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other(format!("{} has no directory", path.display())))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other(format!("{} has no file name", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// An error and its causes on one line, as reqwest hides the useful part.
@@ -299,20 +332,24 @@ mod tests {
 
     const D: &str = "ab5df625bc76dbd4e163bed2dd888df828f90159bb93556525c31821b6541d46";
 
+    fn d() -> Sha256Digest {
+        Sha256Digest::parse(D).expect("digest")
+    }
+
     #[test]
     fn parses_references() {
         assert_eq!(
             ModuleRef::parse(&format!("file:///opt/m.wasm@sha256:{D}")),
             Ok(ModuleRef::File {
                 path: "/opt/m.wasm".into(),
-                sha256: D.into()
+                sha256: d()
             })
         );
         assert_eq!(
-            ModuleRef::parse(&format!("https://h/x.wasm@sha256:{}", D.to_uppercase())),
+            ModuleRef::parse(&format!("https://h/x.wasm@sha256:{D}")),
             Ok(ModuleRef::Https {
                 url: "https://h/x.wasm".into(),
-                sha256: D.into()
+                sha256: d()
             })
         );
         assert_eq!(
@@ -327,6 +364,61 @@ mod tests {
         ] {
             assert!(ModuleRef::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Only 64 lowercase hex characters pass, whichever scheme.
+    #[test]
+    fn hostile_digests_in_references_are_refused() {
+        let upper = D.to_uppercase();
+        let short = &D[..63];
+        let long = format!("{D}0");
+        let nul = format!("{short}\0");
+        for digest in ["../../etc/x", &upper, short, &long, &nul] {
+            for scheme in ["file:///m.wasm", "https://h/m.wasm"] {
+                let image = format!("{scheme}@sha256:{digest}");
+                let e = ModuleRef::parse(&image).expect_err(&image);
+                assert!(
+                    e.to_string()
+                        .contains(": expected 64 lowercase hex characters"),
+                    "{e}"
+                );
+            }
+        }
+    }
+
+    /// A remembered digest is read back as strictly as a registry's: a
+    /// hostile file in `oci-refs` is a miss, never a path.
+    #[cfg(feature = "wasm")]
+    #[tokio::test]
+    async fn hostile_remembered_digests_are_ignored() {
+        use crate::model::PullPolicy;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = "127.0.0.1:1/modules/m:v1";
+        for hostile in ["../../etc/passwd", &D.to_uppercase(), &D[..63]] {
+            std::fs::write(dir.path().join(sha256_hex(image.as_bytes())), hostile)
+                .expect("remember");
+            let got = pull_oci(image, &[], PullPolicy::Never, dir.path(), |_| true).await;
+            assert!(got.is_err(), "{hostile}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn writes_atomically() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        write_atomically(&path, b"one").expect("write");
+        write_atomically(&path, b"two").expect("rewrite");
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("f")],
+            "no temporary left"
+        );
     }
 
     #[cfg(feature = "wasm")]
@@ -345,7 +437,7 @@ mod tests {
         std::fs::write(dir.path().join(sha256_hex(image.as_bytes())), D).expect("remember");
         for policy in [PullPolicy::IfNotPresent, PullPolicy::Never] {
             let got = pull_oci(image, &[], policy, dir.path(), |_| true).await;
-            assert_eq!(got, Ok((D.to_string(), None)), "{policy:?}");
+            assert_eq!(got, Ok((d(), None)), "{policy:?}");
         }
         let always = pull_oci(image, &[], PullPolicy::Always, dir.path(), |_| true).await;
         assert!(always.is_err(), "Always asks the registry");
@@ -367,15 +459,11 @@ mod tests {
 
     #[test]
     fn verifies_digests() {
-        assert!(
-            verify(
-                "u",
-                b"hello",
-                "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-            )
-            .is_ok()
-        );
-        let e = verify("u", b"hello", D).expect_err("mismatch");
+        let hello =
+            Sha256Digest::parse("2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+                .expect("digest");
+        assert!(verify("u", b"hello", &hello).is_ok());
+        let e = verify("u", b"hello", &d()).expect_err("mismatch");
         assert!(
             e.to_string()
                 .starts_with("module u has digest sha256:2cf24dba"),
@@ -392,12 +480,12 @@ mod tests {
         let http = reqwest::Client::new();
         let ok = ModuleRef::File {
             path: path.display().to_string(),
-            sha256: sha256_hex(b"hello"),
+            sha256: Sha256Digest::of(b"hello"),
         };
         assert_eq!(fetch(&ok, &http).await.expect("fetch"), b"hello");
         let missing = ModuleRef::File {
             path: "/nonexistent/m.wasm".into(),
-            sha256: D.into(),
+            sha256: d(),
         };
         assert!(matches!(
             fetch(&missing, &http).await,

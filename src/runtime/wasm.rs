@@ -20,11 +20,12 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Config, Engine, Linker, Module, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -32,6 +33,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::Command;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::digest::Sha256Digest;
 use super::logs::{LogFile, LogStream, Rotation};
 use super::module_source::{self, ModuleRef};
 use super::{
@@ -71,8 +73,62 @@ pub struct WasmRuntime {
     http: reqwest::Client,
     /// Compiled code by module digest; modules are immutable, so entries
     /// never go stale.
-    compiled: Mutex<HashMap<String, Compiled>>,
+    compiled: Mutex<HashMap<Sha256Digest, Compiled>>,
+    /// One load at a time per module digest (and per OCI reference while
+    /// it is resolved): pods that arrive together wait for the first one's
+    /// compile instead of compiling again.
+    flights: Flights,
+    /// Compiles performed (plain Wasm through Cranelift), for tests and
+    /// benchmarks.
+    compiles: AtomicU64,
     fingerprint: String,
+}
+
+/// Per-key async gates; an entry lives while someone holds or waits for it.
+#[derive(Default)]
+struct Flights(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// Holding the gate of one key; dropping it lets the next waiter in and
+/// removes the entry when nobody else wants it.
+struct Flight<'a> {
+    flights: &'a Flights,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Flights {
+    async fn enter(&self, key: String) -> Flight<'_> {
+        let gate = match self.0.lock() {
+            Ok(mut map) => map.entry(key.clone()).or_default().clone(),
+            // A poisoned map only loses the sharing, never correctness.
+            Err(_) => Arc::default(),
+        };
+        let mut flight = Flight {
+            flights: self,
+            key,
+            guard: None,
+        };
+        flight.guard = Some(gate.lock_owned().await);
+        flight
+    }
+
+    #[cfg(all(test, feature = "wasm-compiler"))]
+    fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        if let Ok(mut map) = self.flights.0.lock()
+            && map
+                .get(&self.key)
+                .is_some_and(|g| Arc::strong_count(g) == 1)
+        {
+            map.remove(&self.key);
+        }
+    }
 }
 
 /// An engine with the WASI linkers bound to it (linkers belong to one engine).
@@ -189,6 +245,8 @@ impl WasmRuntime {
             opts,
             http,
             compiled: Mutex::new(HashMap::new()),
+            flights: Flights::default(),
+            compiles: AtomicU64::new(0),
             fingerprint,
         }))
     }
@@ -232,14 +290,23 @@ impl WasmRuntime {
         ))
     }
 
-    fn cache_path(&self, sha256: &str) -> PathBuf {
+    /// The cache file of a module: a name made of two checked parts only
+    /// (the module's digest and the engine's fingerprint), so no digest from
+    /// a registry or a pod spec can point it elsewhere.
+    fn cache_path(&self, sha256: &Sha256Digest) -> PathBuf {
         self.opts
             .data_dir
             .join("wasm-cache")
             .join(format!("{sha256}-{}.cwasm", self.fingerprint))
     }
 
-    fn memory_cached(&self, sha256: &str) -> Option<Compiled> {
+    /// How many modules this runtime compiled (not counting cache hits and
+    /// precompiled artifacts).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    fn memory_cached(&self, sha256: &Sha256Digest) -> Option<Compiled> {
         self.compiled.lock().ok()?.get(sha256).cloned()
     }
 
@@ -249,19 +316,31 @@ impl WasmRuntime {
         image: &str,
         secrets: &[String],
         policy: crate::model::PullPolicy,
-    ) -> Result<(Compiled, String), RuntimeError> {
+    ) -> Result<(Compiled, Sha256Digest), RuntimeError> {
         let refs_dir = self.opts.data_dir.join("wasm-cache").join("oci-refs");
         let r = ModuleRef::parse(image).map_err(|e| RuntimeError::InvalidImage(e.to_string()))?;
+        // Pods of one OCI reference resolve it one at a time, so a burst
+        // asks the registry for the layer once (with IfNotPresent).
+        let _resolving = match &r {
+            ModuleRef::Oci(_) => Some(self.flights.enter(format!("ref:{image}")).await),
+            _ => None,
+        };
         // OCI references learn their digest from the registry's manifest
         // (and bring the layer unless it is cached).
         let (sha256, mut pulled) = match r.sha256() {
-            Some(sha256) => (sha256.to_string(), None),
+            Some(sha256) => (sha256.clone(), None),
             None => module_source::pull_oci(image, secrets, policy, &refs_dir, |sha| {
                 self.memory_cached(sha).is_some() || self.cache_path(sha).is_file()
             })
             .await
             .map_err(|e| RuntimeError::ImagePull(e.to_string()))?,
         };
+        if let Some(c) = self.memory_cached(&sha256) {
+            return Ok((c, sha256));
+        }
+        // Single flight: the first pod of a digest loads it (from the disk
+        // cache or by compiling), the others wait here and find it in memory.
+        let _loading = self.flights.enter(format!("sha256:{sha256}")).await;
         if let Some(c) = self.memory_cached(&sha256) {
             return Ok((c, sha256));
         }
@@ -273,53 +352,84 @@ impl WasmRuntime {
                 let bytes = match pulled.take() {
                     Some(bytes) => bytes,
                     // A cache entry that would not load: pull the layer again.
-                    None if matches!(r, ModuleRef::Oci(_)) => module_source::pull_oci(
-                        image,
-                        secrets,
-                        crate::model::PullPolicy::Always,
-                        &refs_dir,
-                        |_| false,
-                    )
-                    .await
-                    .map_err(|e| RuntimeError::ImagePull(e.to_string()))?
-                    .1
-                    .unwrap_or_default(),
+                    None if matches!(r, ModuleRef::Oci(_)) => {
+                        let (again, bytes) = module_source::pull_oci(
+                            image,
+                            secrets,
+                            crate::model::PullPolicy::Always,
+                            &refs_dir,
+                            |_| false,
+                        )
+                        .await
+                        .map_err(|e| RuntimeError::ImagePull(e.to_string()))?;
+                        // The bytes were verified against `again`: they may
+                        // be cached only under that digest.
+                        if again != sha256 {
+                            return Err(RuntimeError::ImagePull(format!(
+                                "image {image} moved from sha256:{sha256} to sha256:{again} \
+                                 while it was pulled; pull it again"
+                            )));
+                        }
+                        bytes.unwrap_or_default()
+                    }
                     None => module_source::fetch(&r, &self.http)
                         .await
                         .map_err(|e| RuntimeError::ImagePull(e.to_string()))?,
                 };
                 let engine = self.engine_for(artifact_arch(&bytes))?;
-                let name = sha256_short(&sha256);
+                let compiles = Engine::detect_precompiled(&bytes).is_none();
+                let name = sha256.short();
                 let (compiled, serialized) =
                     tokio::task::spawn_blocking(move || load_verified(&engine, &bytes, &name))
                         .await
                         .map_err(|e| {
                             RuntimeError::Create(format!("compiler task failed: {e}"))
                         })??;
+                if compiles {
+                    self.compiles.fetch_add(1, Ordering::Relaxed);
+                    info!(module = %sha256.short(), "compiled Wasm module");
+                }
                 if let Err(e) = store_cached(&cache, &serialized) {
                     warn!(path = %cache.display(), error = %e, "cannot cache compiled module");
                 }
                 compiled
             }
         };
+        check_kind(&compiled, &sha256.short())?;
         if let Ok(mut map) = self.compiled.lock() {
             map.insert(sha256.clone(), compiled.clone());
         }
         Ok((compiled, sha256))
     }
 
+    /// Loads a cache entry whose bytes still have the digest recorded when
+    /// the agent wrote it; anything else is removed and compiled again.
     fn load_cached(&self, path: &Path) -> Option<Compiled> {
-        let kind = Engine::detect_precompiled_file(path).ok()??;
-        let mut header = [0u8; 64];
-        std::io::Read::read_exact(&mut std::fs::File::open(path).ok()?, &mut header).ok()?;
-        let engine = self.engine_for(artifact_arch(&header)).ok()?;
-        // The file was written by `store_cached` into the agent's private
-        // data directory, from code this agent compiled or deserialized.
-        match deserialize(&engine, kind, Artifact::CacheFile(path)) {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot open compiled-module cache entry");
+                return None;
+            }
+        };
+        let checked = read_cache_entry(path, file).and_then(|(file, bytes)| {
+            let kind = Engine::detect_precompiled(&bytes)
+                .ok_or_else(|| "not precompiled code".to_string())?;
+            let engine = self
+                .engine_for(artifact_arch(&bytes))
+                .map_err(|e| e.to_string())?;
+            // The bytes matched the digest the agent recorded when it wrote
+            // the entry (`store_cached`), from code it compiled or verified.
+            deserialize(&engine, kind, Artifact::CacheFile(path, file))
+                .map_err(|e| format!("{e:#}"))
+        });
+        match checked {
             Ok(c) => Some(c),
             Err(e) => {
                 warn!(path = %path.display(), error = %e, "ignoring unusable compiled-module cache entry");
                 let _ = std::fs::remove_file(path);
+                let _ = std::fs::remove_file(digest_sidecar(path));
                 None
             }
         }
@@ -340,7 +450,8 @@ impl WasmRuntime {
         };
         argv.extend(container.args.iter().cloned());
         b.args(&argv);
-        b.env("HOSTNAME", &pod.spec.name);
+        // Only what the pod declares: WASI programs list their environment,
+        // and a variable nobody set (HOSTNAME was one) is a variable too.
         for e in &container.env {
             b.env(&e.name, &e.value);
         }
@@ -495,11 +606,6 @@ fn artifact_arch(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// `sha256:` and the first 12 hex digits: how errors name a module.
-fn sha256_short(sha: &str) -> String {
-    format!("sha256:{}", &sha[..sha.len().min(12)])
-}
-
 /// Turns verified module bytes into code: compiles plain Wasm or
 /// deserializes a precompiled artifact. Also returns the serialized code
 /// for the disk cache.
@@ -516,7 +622,10 @@ fn load_verified(
         NODE_ARCH,
     )?;
     match plan {
-        LoadPlan::Compile => compile(engine, bytes),
+        LoadPlan::Compile => {
+            refuse_foreign_component(bytes, image)?;
+            compile(engine, bytes)
+        }
         LoadPlan::Deserialize(kind) => {
             // `bytes` matched the digest the pod pinned (`load`).
             let compiled = deserialize(engine, kind, Artifact::Verified(bytes)).map_err(|e| {
@@ -530,12 +639,121 @@ fn load_verified(
     }
 }
 
+/// What this runtime runs, named when it refuses something else.
+pub const SUPPORTED_KINDS: &str = "WASI preview 1 modules (wasm32-wasip1) and WASI preview 2 \
+                                   command components (wasm32-wasip2)";
+
+fn unsupported_kind(image: &str, what: &str) -> RuntimeError {
+    RuntimeError::Create(format!(
+        "module {image} is {what}, which is not supported: kedge runs {SUPPORTED_KINDS}"
+    ))
+}
+
+/// The WASI version of a component's import or export name when it is not
+/// preview 2 (`wasi:cli/run@0.3.0-rc-2025-09-16` → `0.3`).
+fn foreign_wasi_version(name: &str) -> Option<String> {
+    let (package, version) = name.strip_prefix("wasi:")?.split_once('@')?;
+    let _ = package;
+    let mut parts = version.split(['.', '-', '+']);
+    let version = format!("{}.{}", parts.next()?, parts.next()?);
+    (version != "0.2").then_some(version)
+}
+
+/// Refuses, before compiling, a component of a WASI version this runtime
+/// does not run (its top-level import and export names say which; the
+/// compiler would otherwise refuse a WASI 0.3 component's async ABI with a
+/// validation error). Other input is left to the compiler.
+fn refuse_foreign_component(bytes: &[u8], image: &str) -> Result<(), RuntimeError> {
+    use wasmtime::wasmparser::{Parser, Payload};
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Ok(payload) = payload else {
+            return Ok(());
+        };
+        let names: Vec<&str> = match payload {
+            Payload::Version { .. } => {
+                depth += 1;
+                continue;
+            }
+            Payload::End(_) => {
+                depth = depth.saturating_sub(1);
+                continue;
+            }
+            Payload::ComponentImportSection(r) if depth == 1 => {
+                r.into_iter().flatten().map(|i| i.name.name).collect()
+            }
+            Payload::ComponentExportSection(r) if depth == 1 => {
+                r.into_iter().flatten().map(|e| e.name.name).collect()
+            }
+            _ => continue,
+        };
+        if let Some(v) = names.into_iter().find_map(foreign_wasi_version) {
+            return Err(unsupported_kind(image, &format!("a WASI {v} component")));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses loaded code this runtime cannot run: core modules must be WASI
+/// preview 1 commands (imports from `wasi_snapshot_preview1` only, a
+/// `_start` function), components WASI preview 2 commands (exporting
+/// `wasi:cli/run@0.2`).
+fn check_kind(compiled: &Compiled, image: &str) -> Result<(), RuntimeError> {
+    match compiled {
+        Compiled::Module(m) => {
+            if let Some(i) = m.imports().find(|i| i.module() != "wasi_snapshot_preview1") {
+                let what = if i.module() == "wasi_unstable" {
+                    "a WASI preview 0 module (it imports from wasi_unstable)".to_string()
+                } else {
+                    format!(
+                        "a core module that imports from {:?}, not only WASI preview 1",
+                        i.module()
+                    )
+                };
+                return Err(unsupported_kind(image, &what));
+            }
+            let start = m
+                .exports()
+                .any(|e| e.name() == "_start" && matches!(e.ty(), wasmtime::ExternType::Func(_)));
+            if !start {
+                return Err(unsupported_kind(
+                    image,
+                    "a core module without a _start function (a library or reactor, not a WASI command)",
+                ));
+            }
+        }
+        Compiled::Component(c) => {
+            let ty = c.component_type();
+            let engine = c.engine();
+            let names: Vec<&str> = ty
+                .imports(engine)
+                .map(|(n, _)| n)
+                .chain(ty.exports(engine).map(|(n, _)| n))
+                .collect();
+            if let Some(v) = names.iter().copied().find_map(foreign_wasi_version) {
+                return Err(unsupported_kind(image, &format!("a WASI {v} component")));
+            }
+            if !ty
+                .exports(engine)
+                .any(|(n, _)| n.starts_with("wasi:cli/run@0.2"))
+            {
+                return Err(unsupported_kind(
+                    image,
+                    "a component that exports no wasi:cli/run@0.2 (not a WASI preview 2 command)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Precompiled code to deserialize, and why it may be trusted.
 enum Artifact<'a> {
     /// Bytes whose sha256 matched the digest pinned in the pod spec.
     Verified(&'a [u8]),
-    /// A file the agent wrote into its private `wasm-cache`.
-    CacheFile(&'a Path),
+    /// A file the agent wrote into its private `wasm-cache`, open, whose
+    /// bytes were just checked against the digest recorded beside it.
+    CacheFile(&'a Path, std::fs::File),
 }
 
 /// Loads precompiled native code into the engine.
@@ -550,7 +768,9 @@ fn deserialize(
     // verified against the sha256 digest the pod spec pins (whoever may
     // write pod specs for this node may run code on it), and the agent's
     // own cache files in its private data directory, written from such
-    // bytes or from its own compiler. wasmtime still checks the header
+    // bytes or from its own compiler, under a name made of checked digests
+    // only, and whose bytes matched the digest recorded when they were
+    // written. wasmtime still checks the header
     // (version, target, flags) and refuses code for another engine.
     #[allow(unsafe_code)]
     unsafe {
@@ -558,13 +778,17 @@ fn deserialize(
             (Precompiled::Module, Artifact::Verified(b)) => {
                 Module::deserialize(engine, b).map(Compiled::Module)
             }
-            (Precompiled::Module, Artifact::CacheFile(p)) => {
-                Module::deserialize_file(engine, p).map(Compiled::Module)
+            // Mapped from the file: instances share its pages, including
+            // the copy-on-write memory image.
+            (Precompiled::Module, Artifact::CacheFile(_, f)) => {
+                Module::deserialize_open_file(engine, f).map(Compiled::Module)
             }
             (Precompiled::Component, Artifact::Verified(b)) => {
                 Component::deserialize(engine, b).map(Compiled::Component)
             }
-            (Precompiled::Component, Artifact::CacheFile(p)) => {
+            // wasmtime opens components by path only; entries are replaced
+            // by rename, never rewritten, and one load of a digest runs at a time.
+            (Precompiled::Component, Artifact::CacheFile(p, _)) => {
                 Component::deserialize_file(engine, p).map(Compiled::Component)
             }
         }
@@ -680,14 +904,43 @@ pub fn precompile(bytes: &[u8], target: CompileTarget) -> anyhow::Result<Vec<u8>
     .map_err(|e| anyhow::anyhow!("invalid Wasm module: {e:#}"))
 }
 
-fn store_cached(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Where the digest of a cache entry's own bytes is recorded.
+fn digest_sidecar(entry: &Path) -> PathBuf {
+    let mut name = entry.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// Writes a compiled module to the cache with the digest of its bytes
+/// beside it; each file is replaced atomically.
+fn store_cached(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    let digest = Sha256Digest::of(bytes);
+    module_source::write_atomically(&digest_sidecar(path), digest.as_str().as_bytes())?;
+    module_source::write_atomically(path, bytes)
+}
+
+/// Reads a cache entry and checks it against its recorded digest; returns
+/// the open file (what is deserialized) and its bytes.
+fn read_cache_entry(
+    path: &Path,
+    mut file: std::fs::File,
+) -> Result<(std::fs::File, Vec<u8>), String> {
+    let recorded = std::fs::read_to_string(digest_sidecar(path))
+        .map_err(|e| format!("no recorded digest: {e}"))?;
+    let recorded = Sha256Digest::parse(recorded.trim_end_matches('\n'))
+        .map_err(|e| format!("recorded digest: {e}"))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| e.to_string())?;
+    let actual = Sha256Digest::of(&bytes);
+    if actual != recorded {
+        return Err(format!(
+            "its bytes have digest sha256:{actual}, recorded sha256:{recorded}"
+        ));
+    }
+    Ok((file, bytes))
 }
 
 /// Where a pod volume lives on the host.
@@ -706,6 +959,38 @@ fn volume_host_path(pod: &PodContext, name: &str) -> Result<PathBuf, RuntimeErro
             pod.pod_dir.join("volumes").join(name)
         }
     })
+}
+
+/// The longest status message kept from a failed run (the kubelet's
+/// termination messages are short too).
+const MAX_MESSAGE: usize = 512;
+
+/// Why a run failed, on one line: the error's causes without wasmtime's
+/// backtrace context ("error while executing at wasm backtrace: …"), which
+/// says where, not why.
+fn error_cause(e: &wasmtime::Error) -> String {
+    const BACKTRACE: &str = "error while executing at wasm backtrace:";
+    let causes: Vec<String> = e
+        .chain()
+        .map(|c| c.to_string())
+        .filter(|c| !c.starts_with(BACKTRACE))
+        .collect();
+    let text = if causes.is_empty() {
+        e.to_string()
+    } else {
+        causes.join(": ")
+    };
+    one_line(&text)
+}
+
+/// Whitespace (newlines included) folded to single spaces, cut to
+/// `MAX_MESSAGE` characters.
+fn one_line(text: &str) -> String {
+    let folded = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match folded.char_indices().nth(MAX_MESSAGE) {
+        Some((at, _)) => format!("{}…", &folded[..at]),
+        None => folded,
+    }
 }
 
 /// Maps how a run ended to an exit status.
@@ -733,12 +1018,12 @@ fn exit_status(result: wasmtime::Result<()>, oom: bool) -> ExitStatus {
             }
             let detail = match e.downcast_ref::<wasmtime::Trap>() {
                 Some(trap) => format!("wasm trap: {trap}"),
-                None => format!("{e:#}"),
+                None => error_cause(&e),
             };
             ExitStatus {
                 exit_code: TRAP_EXIT_CODE,
                 reason: Some("Error".into()),
-                message: Some(detail.lines().next().unwrap_or_default().to_string()),
+                message: Some(detail),
             }
         }
     }
@@ -813,11 +1098,7 @@ impl Runtime for WasmRuntime {
                         })?;
                     let start = instance
                         .get_typed_func::<(), ()>(&mut store, "_start")
-                        .map_err(|_| {
-                            RuntimeError::InvalidImage(
-                                "module exports no _start function (not a WASI command)".into(),
-                            )
-                        })?;
+                        .map_err(|e| RuntimeError::Create(format!("cannot call _start: {e:#}")))?;
                     Box::pin(async move {
                         let result = start.call_async(&mut store, ()).await;
                         exit_status(result, store.data().limits.exceeded)
@@ -840,9 +1121,7 @@ impl Runtime for WasmRuntime {
                         Command::instantiate_async(&mut store, &component, &set.p2_linker)
                             .await
                             .map_err(|e| {
-                                RuntimeError::InvalidImage(format!(
-                                    "component is not a WASI command: {e:#}"
-                                ))
+                                RuntimeError::Create(format!("cannot instantiate component: {e:#}"))
                             })?;
                     Box::pin(async move {
                         let result = command.wasi_cli_run().call_run(&mut store).await;
@@ -897,6 +1176,263 @@ impl Runtime for WasmRuntime {
 mod tests {
     use super::*;
     use wasmtime::Precompiled;
+
+    fn test_runtime(dir: &Path) -> Arc<WasmRuntime> {
+        WasmRuntime::new(
+            WasmOptions {
+                data_dir: dir.to_path_buf(),
+                epoch_tick: Duration::from_millis(10),
+                default_memory_limit: 64 << 20,
+                rotation: Rotation {
+                    max_file_bytes: 1 << 20,
+                    max_files: 2,
+                },
+            },
+            reqwest::Client::new(),
+        )
+        .expect("runtime")
+    }
+
+    /// A module referenced by `file://` with its digest pinned.
+    #[cfg(feature = "wasm-compiler")]
+    fn module_file(dir: &Path, name: &str, bytes: &[u8]) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write module");
+        format!(
+            "file://{}@sha256:{}",
+            path.display(),
+            Sha256Digest::of(bytes)
+        )
+    }
+
+    #[cfg(feature = "wasm-compiler")]
+    /// `(module (func (export "_start")))` in binary form (no WAT parser
+    /// needed, so this runs in every build with the compiler).
+    const START_ONLY: &[u8] = &[
+        0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, // header
+        1, 4, 1, 0x60, 0, 0, // type section: () -> ()
+        3, 2, 1, 0, // function section
+        7, 10, 1, 6, b'_', b's', b't', b'a', b'r', b't', 0, 0, // export "_start"
+        10, 4, 1, 2, 0, 0x0b, // code section
+    ];
+
+    /// Image references with hostile digests never reach the cache or the
+    /// network: they are refused where they enter.
+    #[tokio::test]
+    async fn hostile_digests_are_refused_before_any_path_is_made() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = test_runtime(dir.path());
+        let ok = Sha256Digest::of(b"m").to_string();
+        for digest in [
+            "../../etc/x".to_string(),
+            ok.to_uppercase(),
+            ok[..63].to_string(),
+            format!("{ok}0"),
+            format!("{}\0", &ok[..63]),
+        ] {
+            let image = format!("file:///m.wasm@sha256:{digest}");
+            let e = rt
+                .load(&image, &[], crate::model::PullPolicy::IfNotPresent)
+                .await
+                .err()
+                .expect("refused");
+            assert_eq!(e.reason(), "InvalidImageName", "{e}");
+            assert!(
+                e.to_string()
+                    .contains(": expected 64 lowercase hex characters"),
+                "{e}"
+            );
+        }
+        assert!(!dir.path().join("wasm-cache").exists());
+    }
+
+    /// Twenty pods of one new module arriving together: one compile, the
+    /// others wait for it; one cache entry, no temporary files, no gates left.
+    #[cfg(feature = "wasm-compiler")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pods_of_one_new_module_compile_it_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = module_file(dir.path(), "m.wasm", START_ONLY);
+        let rt = test_runtime(&dir.path().join("data"));
+        let mut loads = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let (rt, image) = (rt.clone(), image.clone());
+            loads.spawn(async move {
+                rt.load(&image, &[], crate::model::PullPolicy::IfNotPresent)
+                    .await
+                    .map(|(_, digest)| digest)
+            });
+        }
+        let mut digests = Vec::new();
+        while let Some(done) = loads.join_next().await {
+            digests.push(done.expect("task").expect("loads"));
+        }
+        assert_eq!(digests.len(), 20);
+        assert_eq!(rt.compiles(), 1, "compiled once");
+        assert_eq!(rt.flights.len(), 0, "no gate left behind");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("data/wasm-cache"))
+            .expect("cache dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        let entry = format!("{}-{}.cwasm", Sha256Digest::of(START_ONLY), rt.fingerprint);
+        assert_eq!(names, [entry.clone(), format!("{entry}.sha256")]);
+    }
+
+    /// A cache entry is deserialized only while its bytes have the digest
+    /// recorded when the agent wrote it.
+    #[cfg(feature = "wasm-compiler")]
+    #[tokio::test]
+    async fn cache_entries_are_checked_against_their_recorded_digest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = module_file(dir.path(), "m.wasm", START_ONLY);
+        let digest = Sha256Digest::of(START_ONLY);
+        let rt = test_runtime(&dir.path().join("data"));
+        rt.load(&image, &[], crate::model::PullPolicy::IfNotPresent)
+            .await
+            .expect("compiles");
+        let entry = rt.cache_path(&digest);
+        let sidecar = digest_sidecar(&entry);
+        let code = std::fs::read(&entry).expect("cache entry written");
+        assert_eq!(
+            std::fs::read_to_string(&sidecar).expect("digest recorded"),
+            Sha256Digest::of(&code).as_str()
+        );
+        assert!(rt.load_cached(&entry).is_some(), "an intact entry loads");
+
+        // Changed bytes (a flipped bit in the code) are not loaded, and the
+        // entry goes.
+        let mut tampered = code.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        std::fs::write(&entry, &tampered).expect("tamper");
+        assert!(rt.load_cached(&entry).is_none(), "tampered entry refused");
+        assert!(!entry.exists() && !sidecar.exists());
+
+        // A hostile or missing recorded digest is a miss too.
+        for recorded in [
+            None,
+            Some("../../etc/x"),
+            Some(&*digest.as_str().to_uppercase()),
+        ] {
+            std::fs::write(&entry, &code).expect("entry");
+            match recorded {
+                Some(r) => std::fs::write(&sidecar, r).expect("sidecar"),
+                None => {
+                    let _ = std::fs::remove_file(&sidecar);
+                }
+            }
+            assert!(rt.load_cached(&entry).is_none(), "{recorded:?}");
+        }
+
+        // A fresh agent compiles again rather than trusting the bad entry.
+        std::fs::write(&entry, &tampered).expect("tamper");
+        std::fs::write(&sidecar, Sha256Digest::of(&code).as_str()).expect("sidecar");
+        let fresh = test_runtime(&dir.path().join("data"));
+        fresh
+            .load(&image, &[], crate::model::PullPolicy::IfNotPresent)
+            .await
+            .expect("compiles again");
+        let rewritten = std::fs::read(&entry).expect("entry rewritten");
+        assert_eq!(
+            std::fs::read_to_string(&sidecar).expect("sidecar"),
+            Sha256Digest::of(&rewritten).as_str()
+        );
+    }
+
+    #[test]
+    fn wasi_versions_are_read_from_names() {
+        assert_eq!(
+            foreign_wasi_version("wasi:cli/run@0.3.0-rc-2025-09-16").as_deref(),
+            Some("0.3")
+        );
+        assert_eq!(foreign_wasi_version("wasi:cli/run@0.2.6"), None);
+        assert_eq!(foreign_wasi_version("wasi:io/streams@0.2.0"), None);
+        assert_eq!(foreign_wasi_version("acme:app/api@1.0.0"), None);
+        assert_eq!(
+            foreign_wasi_version("wasi:http/types@1.0.0").as_deref(),
+            Some("1.0")
+        );
+    }
+
+    /// Kinds kedge cannot run are refused by name, with what it runs, not
+    /// as an invalid image with a parser error.
+    #[cfg(feature = "wasm-compiler")]
+    #[test]
+    fn unsupported_kinds_are_named_with_the_supported_ones() {
+        let engine = Engine::new(&engine_config()).expect("engine");
+        let wasm = |wat: &str| wat::parse_str(wat).expect("wat");
+        let refused = |bytes: &[u8]| -> RuntimeError {
+            match load_verified(&engine, bytes, "m")
+                .and_then(|(c, _)| check_kind(&c, "m").map(|()| c))
+            {
+                Ok(_) => panic!("accepted"),
+                Err(e) => e,
+            }
+        };
+        // A WASI 0.3 command: an async `run` (the component model's async
+        // ABI, which this engine does not enable).
+        let p3 = wasm(
+            r#"(component
+                 (import "wasi:cli/stdout@0.3.0-rc-2025-09-16" (instance))
+                 (core module $m
+                   (func (export "run") (result i32) i32.const 0)
+                   (func (export "cb") (param i32 i32 i32) (result i32) i32.const 0))
+                 (core instance $i (instantiate $m))
+                 (func $run (result (result))
+                   (canon lift (core func $i "run") async (callback (core func $i "cb"))))
+                 (instance $r (export "run" (func $run)))
+                 (export "wasi:cli/run@0.3.0-rc-2025-09-16" (instance $r)))"#,
+        );
+        let preview0 = wasm(
+            r#"(module (import "wasi_unstable" "proc_exit" (func (param i32)))
+                       (func (export "_start")))"#,
+        );
+        let reactor = wasm(r#"(module (func (export "_initialize")))"#);
+        let library = wasm(
+            r#"(component (core module $m (func (export "f")))
+                          (core instance $i (instantiate $m))
+                          (func (export "f") (canon lift (core func $i "f"))))"#,
+        );
+        for (bytes, what) in [
+            (&p3, "is a WASI 0.3 component"),
+            (&preview0, "is a WASI preview 0 module"),
+            (&reactor, "is a core module without a _start function"),
+            (&library, "is a component that exports no wasi:cli/run@0.2"),
+        ] {
+            let e = refused(bytes);
+            assert_eq!(e.reason(), "CreateContainerError", "{e}");
+            let text = e.to_string();
+            assert!(text.starts_with(&format!("module m {what}")), "{text}");
+            assert!(
+                text.ends_with(&format!(
+                    "which is not supported: kedge runs {SUPPORTED_KINDS}"
+                )),
+                "{text}"
+            );
+        }
+        // A WASI preview 1 command passes.
+        let (c, _) = load_verified(&engine, START_ONLY, "m").expect("compiles");
+        check_kind(&c, "m").expect("a WASI command");
+    }
+
+    #[test]
+    fn failures_keep_their_cause_on_one_line() {
+        let e = wasmtime::Error::msg("exit with invalid exit status outside of [0..126)")
+            .context("error while executing at wasm backtrace:\n    0: 0x1234 - guest!main\n    1: 0x5678 - <unknown>!_start");
+        let s = exit_status(Err(e), false);
+        assert_eq!(s.exit_code, TRAP_EXIT_CODE);
+        assert_eq!(
+            s.message.as_deref(),
+            Some("exit with invalid exit status outside of [0..126)")
+        );
+        let long = wasmtime::Error::msg(format!("a\nb {}", "x".repeat(2000)));
+        let m = exit_status(Err(long), false).message.unwrap_or_default();
+        assert!(
+            m.starts_with("a b xxx") && m.chars().count() == MAX_MESSAGE + 1,
+            "{m}"
+        );
+    }
 
     #[test]
     fn plain_wasm_is_compiled_only_by_builds_with_the_compiler() {

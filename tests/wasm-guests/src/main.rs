@@ -1,6 +1,6 @@
 //! Test guest for kedge's integration tests: one WASI binary (built for
 //! wasm32-wasip1 as a core module and wasm32-wasip2 as a component) whose first
-//! argument picks a behaviour (hello, exit, trap, alloc, spin, ticker, env,
+//! argument picks a behaviour (hello, exit, trap, abort, alloc, spin, ticker, env,
 //! write, read, crash-after). See `usage()` for the list.
 
 use std::io::Write;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: guest hello [text..] | exit N | trap | alloc MIB | spin | ticker N MS | env \
+        "usage: guest hello [text..] | exit N | trap | abort | alloc MIB | spin | ticker N MS | env \
          | write FILE TEXT | read FILE | crash-after MS"
     );
     ExitCode::from(64)
@@ -58,6 +58,11 @@ fn main() -> ExitCode {
             println!("about to trap");
             flush();
             trap()
+        }
+        "abort" => {
+            println!("about to abort");
+            flush();
+            std::process::abort()
         }
         "alloc" => {
             let mib: usize = num(&args, 2);
