@@ -1680,3 +1680,89 @@ fn a_duplicate_client_id_is_reported() {
         event.message
     );
 }
+
+/// A tmpfs of a fixed size, unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk under the agent's data directory: the desired spec that
+/// cannot be committed is not acknowledged and is retried, the state
+/// database is opened again once space is free (redb refuses everything
+/// after a failed write until then), and the pod then runs and its status
+/// is right. Nothing is lost and the agent does not need a restart.
+#[test]
+fn a_full_disk_loses_nothing_and_the_agent_recovers() {
+    if !rustix::process::geteuid().is_root() {
+        eprint!(
+            "KEDGE-TEST-SKIPPED a_full_disk_loses_nothing_and_the_agent_recovers: mounting a small tmpfs needs root\n"
+        );
+        return;
+    }
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&data)
+        .status()
+        .expect("mount");
+    assert!(ok.success(), "mount tmpfs");
+    let _disk = SmallDisk(data.clone());
+    let agent = Agent::start(AgentOpts {
+        node: "gw-full".into(),
+        broker_url: Some(broker.url()),
+        data_dir: data.clone(),
+        extra_args: fast_args(),
+        env: vec![],
+    });
+    let env = Env {
+        broker,
+        agent,
+        dir,
+        node: "gw-full".into(),
+    };
+    let url = env.broker.url();
+    wait_until("node Ready", WAIT, || {
+        kedge_ok(&["--broker", &url, "get", "nodes"])
+            .contains("Ready")
+            .then_some(())
+    });
+    // Fill the disk.
+    let filler = data.join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    env.apply(&wasm_pod(
+        "on-full-disk",
+        &p1(),
+        &["ticker", "0", "100"],
+        "Always",
+        "",
+    ));
+    wait_until("a commit refused for lack of space", WAIT, || {
+        env.agent
+            .log()
+            .contains("cannot record the desired change; retrying")
+            .then_some(())
+    });
+    std::fs::remove_file(&filler).expect("free the disk");
+    env.wait_status("pod Running once space is free", "on-full-disk", |s| {
+        phase(s) == "Running" && container(s)["state"]["Running"].is_object()
+    });
+    assert!(
+        env.agent.log().contains("state database opened again"),
+        "the store was not reopened"
+    );
+}
