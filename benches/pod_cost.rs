@@ -18,7 +18,6 @@
 //! build from scripts/build-targets.sh; default: this build's `kedge`).
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -185,7 +185,7 @@ fi
 cri_skips=$( (grep -aoh 'KEDGE-TEST-SKIPPED [^:]*:' "$logs/main.log" || true) | sort -u | wc -l)
 cri_passed=$(awk '/Running tests\/cri_e2e\.rs/ {on = 1} on && /^test result:/ {for (n = 1; n < NF; n++) if ($(n+1) ~ /^passed/) print $n; exit}' "$logs/main.log")
 if [ "$cri_skips" -gt 0 ]; then
-  skip "CRI end-to-end tests ($cri_skips of tests/cri_e2e.rs)" "not root (uid $(id -u)): they start containerd, CNI bridges and cgroups"
+  skip "end-to-end tests that need root ($cri_skips: the CRI tests of tests/cri_e2e.rs, the agent's full-disk test)" "not root (uid $(id -u)): they start containerd, CNI bridges and cgroups, or mount a tmpfs"
 fi
 if [ "${CI:-}" = true ] && [ "$(id -u)" -eq 0 ]; then
   # CI runs as root: the CRI tests must have run, every one of them.

@@ -1701,8 +1701,9 @@ impl Drop for SmallDisk {
 #[test]
 fn a_full_disk_loses_nothing_and_the_agent_recovers() {
     if !rustix::process::geteuid().is_root() {
-        eprint!(
-            "KEDGE-TEST-SKIPPED a_full_disk_loses_nothing_and_the_agent_recovers: mounting a small tmpfs needs root\n"
+        skip_test(
+            "a_full_disk_loses_nothing_and_the_agent_recovers",
+            "mounting a small tmpfs needs root",
         );
         return;
     }

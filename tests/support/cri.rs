@@ -33,11 +33,10 @@ pub fn cri_tests_can_run(test: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
     }
-    use std::io::Write as _;
-    let line = format!(
-        "KEDGE-TEST-SKIPPED {test}: the CRI tests need root (they start containerd, CNI bridges and cgroups)\n"
+    super::skip_test(
+        test,
+        "the CRI tests need root (they start containerd, CNI bridges and cgroups)",
     );
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
     false
 }
 
