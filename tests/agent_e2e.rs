@@ -73,6 +73,25 @@ impl Env {
         pod_status(&self.broker.url(), name)
     }
 
+    /// A long-running pod that must outlive whatever a test throws at the
+    /// agent (checked at the end with [`Env::assert_survivor_untouched`]).
+    fn start_survivor(&self) {
+        self.apply(&wasm_pod(
+            "survivor",
+            &p1(),
+            &["ticker", "0", "100"],
+            "Always",
+            "",
+        ));
+        self.wait_status("survivor Running", "survivor", |s| phase(s) == "Running");
+    }
+
+    fn assert_survivor_untouched(&self) {
+        let s = self.status("survivor").expect("survivor");
+        assert_eq!(phase(&s), "Running");
+        assert_eq!(restarts(&s), 0);
+    }
+
     fn wait_status(&self, what: &str, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
         wait_until(what, WAIT, || self.status(name).filter(|s| pred(s)))
     }
@@ -697,14 +716,7 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
     let env = Env::start("gw-bad");
     let url = env.broker.url();
     // A long-running pod that must survive everything below.
-    env.apply(&wasm_pod(
-        "survivor",
-        &p1(),
-        &["ticker", "0", "100"],
-        "Always",
-        "",
-    ));
-    env.wait_status("survivor Running", "survivor", |s| phase(s) == "Running");
+    env.start_survivor();
 
     publish_raw(
         &url,
@@ -809,9 +821,7 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
     });
 
     // Through all of it the first pod kept running without a restart.
-    let s = env.status("survivor").expect("survivor");
-    assert_eq!(phase(&s), "Running");
-    assert_eq!(restarts(&s), 0);
+    env.assert_survivor_untouched();
     // Deleting the busy loop works too.
     env.cli_ok(&["delete", "pod", "spinner"]);
     wait_until("spinner gone", WAIT, || {
@@ -1477,14 +1487,7 @@ fn publish_spec(url: &str, node: &str, spec: &kedge::model::PodSpec) {
 fn hostile_messages_are_refused_and_nothing_escapes_the_data_dir() {
     let env = Env::start("gw-hostile");
     let url = env.broker.url();
-    env.apply(&wasm_pod(
-        "survivor",
-        &p1(),
-        &["ticker", "0", "100"],
-        "Always",
-        "",
-    ));
-    env.wait_status("survivor Running", "survivor", |s| phase(s) == "Running");
+    env.start_survivor();
     let sub = Subscriber::start(&url, "kedge/v1/gw-hostile/events", None);
 
     // A uid with path separators: refused with the field, nothing created.
@@ -1576,9 +1579,7 @@ fn hostile_messages_are_refused_and_nothing_escapes_the_data_dir() {
     });
 
     // Through all of it the survivor kept running, without a restart.
-    let s = env.status("survivor").expect("survivor");
-    assert_eq!(phase(&s), "Running");
-    assert_eq!(restarts(&s), 0);
+    env.assert_survivor_untouched();
 }
 
 /// A spec larger than the agent reads must not lock it in a reconnect loop:
@@ -1604,14 +1605,7 @@ fn a_message_too_large_to_read_is_reported_and_the_agent_carries_on() {
         node: "gw-huge".into(),
     };
     let url = env.broker.url();
-    env.apply(&wasm_pod(
-        "survivor",
-        &p1(),
-        &["ticker", "0", "100"],
-        "Always",
-        "",
-    ));
-    env.wait_status("survivor Running", "survivor", |s| phase(s) == "Running");
+    env.start_survivor();
     let sub = Subscriber::start(&url, "kedge/v1/gw-huge/events", None);
 
     let huge = vec![0x5a_u8; kedge::mqtt::MAX_PACKET_BYTES + 1024];
@@ -1642,9 +1636,7 @@ fn a_message_too_large_to_read_is_reported_and_the_agent_carries_on() {
     env.wait_status("new pod runs after recovery", "after-huge", |s| {
         phase(s) == "Succeeded"
     });
-    let s = env.status("survivor").expect("survivor");
-    assert_eq!(phase(&s), "Running");
-    assert_eq!(restarts(&s), 0);
+    env.assert_survivor_untouched();
 }
 
 /// A second client with the agent's client id takes its session over (MQTT

@@ -746,15 +746,7 @@ impl Controller {
                 if !self.desired_view.warned_unknown {
                     self.desired_view.warned_unknown = true;
                     warn!(reason, %message, "desired set unknown");
-                    self.node_event(Event {
-                        namespace: None,
-                        pod: None,
-                        container: None,
-                        kind: EventType::Warning,
-                        reason: reason.into(),
-                        message,
-                        timestamp_ms: now_ms(),
-                    });
+                    self.node_warning(reason, message);
                 }
             }
             Verdict::Known { delete, missing } => {

@@ -772,22 +772,7 @@ mod tests {
     };
 
     fn container(name: &str) -> Container {
-        Container {
-            name: name.into(),
-            image: "file:///m.wasm@sha256:00".into(),
-            image_pull_policy: PullPolicy::IfNotPresent,
-            command: vec![],
-            args: vec![],
-            working_dir: None,
-            env: vec![],
-            volume_mounts: vec![],
-            ports: vec![],
-            resources: Resources::default(),
-            liveness_probe: None,
-            readiness_probe: None,
-            startup_probe: None,
-            security_context: None,
-        }
+        crate::model::samples::container(name)
     }
 
     fn spec(init: &[&str], main: &[&str], policy: RestartPolicy) -> PodSpec {
@@ -1195,9 +1180,10 @@ mod tests {
             waiting(&m),
             ContainerState::Waiting {
                 reason: "ImagePullBackOff".into(),
-                message: Some(
-                    "Back-off pulling image \"file:///m.wasm@sha256:00\": unauthorized".into()
-                )
+                message: Some(format!(
+                    "Back-off pulling image \"{}\": unauthorized",
+                    container("a").image
+                ))
             }
         );
         assert_eq!(m.status().display_status(), "ImagePullBackOff");
