@@ -29,7 +29,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use kedge::model::convert::{parse_pod_manifests, pod_spec_from_k8s};
 use kedge::model::{PodPhase, PodSpec};
 use kedge::runtime::cri::spec;
-use kedge::wire::{self, Kind, Message, Topics};
+use kedge::wire::{self, Message, Topics};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use support::cri::{BUSYBOX, Containerd};
 use support::{Agent, AgentOpts, Mosquitto};
@@ -184,10 +184,7 @@ async fn kedge_once(mqtt: &mut Mqtt, topics: &Topics, pod: &PodSpec, agent: &Age
         if topic != reported {
             continue;
         }
-        let Ok((_, status)) = wire::decode_as(&payload, Kind::PodStatus, |m| match m {
-            Message::PodStatus(s) => Some(s),
-            _ => None,
-        }) else {
+        let Ok((_, status)) = wire::decode_as::<kedge::model::PodStatus>(&payload) else {
             continue;
         };
         if status.uid != pod.uid {

@@ -52,7 +52,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kedge::model::convert::{parse_pod_manifests, pod_spec_from_k8s};
 use kedge::model::{NodeStatus, PodKey, PodPhase, PodSpec, PodStatus};
 use kedge::runtime::module_source::sha256_hex;
-use kedge::wire::{self, Kind, Message, Topics};
+use kedge::wire::{self, Message, Topics};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tempfile::TempDir;
 use tokio::sync::mpsc;
@@ -399,21 +399,15 @@ impl Mqtt {
 }
 
 fn decode_status(payload: &[u8]) -> Option<PodStatus> {
-    wire::decode_as(payload, Kind::PodStatus, |m| match m {
-        Message::PodStatus(s) => Some(s),
-        _ => None,
-    })
-    .ok()
-    .map(|(_, s)| s)
+    wire::decode_as::<kedge::model::PodStatus>(payload)
+        .ok()
+        .map(|(_, s)| s)
 }
 
 fn decode_node(payload: &[u8]) -> Option<NodeStatus> {
-    wire::decode_as(payload, Kind::NodeStatus, |m| match m {
-        Message::NodeStatus(s) => Some(s),
-        _ => None,
-    })
-    .ok()
-    .map(|(_, s)| s)
+    wire::decode_as::<kedge::model::NodeStatus>(payload)
+        .ok()
+        .map(|(_, s)| s)
 }
 
 /// Waits for the node's retained status saying it is online.

@@ -2,9 +2,34 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use kedge::cli::{self, Cli, Command, ConfigCommand, WireCommand};
+use clap::{Parser, Subcommand};
+use kedge::cli::{self, Command, ConfigCommand, GlobalArgs, WireCommand};
 use kedge::config::{self, Config};
+
+/// The whole command line. The operator commands and the agent are
+/// `cli::Command`; the bridge's flags are its own: `cli` and `bridge` do not
+/// know each other, and this is the one place that joins them.
+#[derive(Parser, Debug)]
+#[command(
+    name = "kedge",
+    version,
+    about = "Kubernetes pods on edge devices, over MQTT"
+)]
+struct Kedge {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand, Debug)]
+enum Top {
+    #[command(flatten)]
+    Cli(Command),
+    /// Make every device a Kubernetes Node (the Virtual Kubelet pattern).
+    #[cfg(feature = "bridge")]
+    Bridge(kedge::bridge::BridgeArgs),
+}
 
 /// EX_USAGE: a bad configuration value.
 const EXIT_CONFIG: u8 = 64;
@@ -52,9 +77,9 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Kedge::parse();
     let extra: Vec<(&str, Option<String>)> = match &cli.command {
-        Command::Agent(a) => vec![
+        Top::Cli(Command::Agent(a)) => vec![
             ("node_name", a.node.clone()),
             (
                 "data_dir",
@@ -86,10 +111,15 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Agent(_) => kedge::agent::run(config, shutdown_signal()).await,
+        // Without the `bridge` feature this match has one arm.
+        #[allow(clippy::infallible_destructuring_match)]
+        let command = match cli.command {
             #[cfg(feature = "bridge")]
-            Command::Bridge(args) => kedge::bridge::run(config, args, shutdown_signal()).await,
+            Top::Bridge(args) => return kedge::bridge::run(config, args, shutdown_signal()).await,
+            Top::Cli(command) => command,
+        };
+        match command {
+            Command::Agent(_) => kedge::agent::run(config, shutdown_signal()).await,
             Command::Apply {
                 file,
                 node,

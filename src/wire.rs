@@ -251,21 +251,47 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
     })
 }
 
-/// Decodes a payload that must be of one kind.
-pub fn decode_as<T>(
-    payload: &[u8],
-    expected: Kind,
-    pick: impl FnOnce(Message) -> Option<T>,
-) -> Result<(u64, T), WireError> {
+/// A body type that knows its message kind, for [`decode_as`].
+pub trait WireMessage: Sized {
+    const KIND: Kind;
+    fn from_message(message: Message) -> Option<Self>;
+}
+
+macro_rules! wire_message {
+    ($($ty:ty => $kind:ident),* $(,)?) => {$(
+        impl WireMessage for $ty {
+            const KIND: Kind = Kind::$kind;
+            fn from_message(message: Message) -> Option<Self> {
+                match message {
+                    Message::$kind(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+wire_message!(
+    PodSpec => DesiredPod,
+    PodStatus => PodStatus,
+    NodeStatus => NodeStatus,
+    Event => Event,
+    LogRequest => LogRequest,
+    LogChunk => LogChunk,
+    DesiredIndex => DesiredIndex,
+);
+
+/// Decodes (and validates) a payload that must be a `T`, with its envelope
+/// sequence: `wire::decode_as::<PodSpec>(payload)`.
+pub fn decode_as<T: WireMessage>(payload: &[u8]) -> Result<(u64, T), WireError> {
     let env = decode(payload)?;
     let found = env.message.kind();
-    match pick(env.message) {
-        Some(v) => Ok((env.seq, v)),
-        None => Err(WireError::WrongKind {
-            expected: expected.name(),
+    T::from_message(env.message)
+        .map(|v| (env.seq, v))
+        .ok_or(WireError::WrongKind {
+            expected: T::KIND.name(),
             found: found.name(),
-        }),
-    }
+        })
 }
 
 /// Turns any payload into JSON for humans (`kedge wire decode`).
@@ -382,6 +408,12 @@ impl Topics {
     }
     pub fn rpc_request_filter(&self, node: &str) -> String {
         format!("{}/{node}/rpc/req/+", self.prefix)
+    }
+    /// The barrier topic of a short-lived client (CLI, bridge): a message it
+    /// publishes there comes back after every retained message of its
+    /// earlier subscriptions (docs/wire.md, "Barrier").
+    pub fn barrier(&self, client_id: &str) -> String {
+        format!("{}/_cli/{client_id}/barrier", self.prefix)
     }
     pub fn rpc_response(&self, node: &str, request_id: &str) -> String {
         format!("{}/{node}/rpc/res/{request_id}", self.prefix)

@@ -508,7 +508,11 @@ fn retained_index(url: &str, node: &str, author: &str) -> Option<kedge::model::D
         .messages()
         .into_iter()
         .find(|(t, p)| t == &topic && !p.is_empty());
-    found.map(|(_, p)| kedge::cli::decode_index(&p).expect("a desired index"))
+    found.map(|(_, p)| {
+        kedge::wire::decode_as::<kedge::model::DesiredIndex>(&p)
+            .expect("a desired index")
+            .1
+    })
 }
 
 fn index_names(ix: &kedge::model::DesiredIndex) -> Vec<String> {

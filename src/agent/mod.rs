@@ -27,8 +27,8 @@ use tracing::{debug, info, warn};
 
 use crate::config::{BrokerUrl, Config};
 use crate::model::{
-    Event, EventType, NodeInfo, NodeStatus, PodKey, PodPhase, PodSource, PodSpec, PodStatus,
-    RuntimeKind, now_ms,
+    DesiredIndex, Event, EventType, LogRequest, NodeInfo, NodeStatus, PodKey, PodPhase, PodSource,
+    PodSpec, PodStatus, RuntimeKind, now_ms,
 };
 use crate::mqtt::{self, AckToken, SessionCommand, SessionEvent, SessionSettings};
 use crate::runtime::{LazyRuntime, PodContext, Runtime};
@@ -687,10 +687,7 @@ impl Controller {
             info!(%author, "desired index removed");
             self.desired_view.indexes.remove(&author);
         } else {
-            let decoded = wire::decode_as(payload, wire::Kind::DesiredIndex, |m| match m {
-                Message::DesiredIndex(i) => Some(i),
-                _ => None,
-            });
+            let decoded = wire::decode_as::<DesiredIndex>(payload);
             let index = match decoded {
                 Ok((_, i)) => {
                     debug!(%author, pods = i.pods.len(), "desired index");
@@ -786,10 +783,7 @@ impl Controller {
             self.desired_view.seen.retain(|(k, _)| k != &key);
             Incoming::Delete(PodSource::Mqtt)
         } else {
-            match wire::decode_as(payload, wire::Kind::DesiredPod, |m| match m {
-                Message::DesiredPod(p) => Some(p),
-                _ => None,
-            }) {
+            match wire::decode_as::<PodSpec>(payload) {
                 Ok((_, spec)) if spec.key() != key => {
                     self.refuse(
                         &key,
@@ -1159,10 +1153,7 @@ impl Controller {
         let Some(session) = self.session.clone() else {
             return;
         };
-        let request = wire::decode_as(payload, wire::Kind::LogRequest, |m| match m {
-            Message::LogRequest(r) => Some(r),
-            _ => None,
-        });
+        let request = wire::decode_as::<LogRequest>(payload);
         let request = match request {
             Ok((_, r)) => r,
             Err(e) => {

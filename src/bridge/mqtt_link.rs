@@ -16,11 +16,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::state::BridgeEvent;
-use crate::cli::{decode_node, decode_spec, decode_status};
 use crate::config::Config;
-use crate::model::{LogChunk, LogRequest};
+use crate::model::{Event, LogChunk, LogRequest, NodeStatus, PodSpec, PodStatus};
 use crate::mqtt::reconnect_delay;
-use crate::wire::{self, Kind, Message, TopicKind, Topics};
+use crate::wire::{self, Message, TopicKind, Topics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -109,7 +108,7 @@ impl MqttLink {
             .map_err(|e| LinkError::Broker(e.to_string()))?;
         let (client, eventloop) = AsyncClient::new(opts, 65_536);
         let topics = Topics::new(config.topic_prefix.trim_end_matches('/'));
-        let barrier = format!("{}/_cli/{client_id}/barrier", topics.prefix());
+        let barrier = topics.barrier(client_id);
         let link = MqttLink {
             client,
             topics: topics.clone(),
@@ -192,10 +191,7 @@ impl MqttLink {
     }
 
     fn route_chunk(&self, request_id: &str, payload: &[u8]) {
-        let Ok((_, chunk)) = wire::decode_as(payload, Kind::LogChunk, |m| match m {
-            Message::LogChunk(c) => Some(c),
-            _ => None,
-        }) else {
+        let Ok((_, chunk)) = wire::decode_as::<LogChunk>(payload) else {
             return;
         };
         let Ok(mut m) = self.rpc.lock() else { return };
@@ -214,7 +210,7 @@ impl MqttLink {
 /// Turns one publish into a bridge event.
 pub fn classify(topics: &Topics, topic: &str, payload: &[u8]) -> Option<BridgeEvent> {
     match topics.parse(topic)? {
-        TopicKind::Node { node } => match decode_node(payload) {
+        TopicKind::Node { node } => match wire::decode_as::<NodeStatus>(payload).map(|(_, n)| n) {
             Ok(status) => Some(BridgeEvent::Node { node, status }),
             Err(e) => {
                 debug!(topic, error = %e, "undecodable node status skipped");
@@ -230,7 +226,7 @@ pub fn classify(topics: &Topics, topic: &str, payload: &[u8]) -> Option<BridgeEv
                     status: None,
                 });
             }
-            match decode_status(payload) {
+            match wire::decode_as::<PodStatus>(payload) {
                 Ok((seq, status)) => Some(BridgeEvent::Report {
                     node,
                     pod,
@@ -243,15 +239,10 @@ pub fn classify(topics: &Topics, topic: &str, payload: &[u8]) -> Option<BridgeEv
                 }
             }
         }
-        TopicKind::Events { node } => {
-            match wire::decode_as(payload, Kind::Event, |m| match m {
-                Message::Event(e) => Some(e),
-                _ => None,
-            }) {
-                Ok((seq, event)) => Some(BridgeEvent::DeviceEvent { node, seq, event }),
-                Err(_) => None,
-            }
-        }
+        TopicKind::Events { node } => match wire::decode_as::<Event>(payload) {
+            Ok((seq, event)) => Some(BridgeEvent::DeviceEvent { node, seq, event }),
+            Err(_) => None,
+        },
         TopicKind::Desired { node, pod } => Some(BridgeEvent::Desired {
             node,
             pod,
@@ -259,7 +250,7 @@ pub fn classify(topics: &Topics, topic: &str, payload: &[u8]) -> Option<BridgeEv
             spec: if payload.is_empty() {
                 None
             } else {
-                decode_spec(payload).ok()
+                wire::decode_as::<PodSpec>(payload).ok().map(|(_, s)| s)
             },
         }),
         _ => None,

@@ -70,7 +70,7 @@ impl Client {
 
     /// Every retained message under `filter`.
     pub async fn retained(&mut self, filter: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-        let barrier = format!("{}/_cli/{}/barrier", self.prefix, self.id);
+        let barrier = crate::wire::Topics::new(&self.prefix).barrier(&self.id);
         self.client.subscribe(filter, QoS::AtLeastOnce).await?;
         self.client.subscribe(&barrier, QoS::AtLeastOnce).await?;
         self.client

@@ -17,7 +17,7 @@ use crate::model::{
     DesiredIndex, LogChunk, LogRequest, NodeConditionType, NodeStatus, PodKey, PodSpec, PodStatus,
     now_ms,
 };
-use crate::wire::{self, Kind, Message, TopicKind, Topics};
+use crate::wire::{self, Message, TopicKind, Topics};
 use client::{ANSWER_TIMEOUT, Client};
 
 #[derive(Parser, Debug)]
@@ -112,9 +112,6 @@ pub enum Command {
         #[arg(long)]
         timestamps: bool,
     },
-    /// Make every device a Kubernetes Node (the Virtual Kubelet pattern).
-    #[cfg(feature = "bridge")]
-    Bridge(crate::bridge::BridgeArgs),
     /// Work with wire payloads.
     Wire {
         #[command(subcommand)]
@@ -245,22 +242,6 @@ pub fn load_config(
     config::load(global.config.as_deref(), std::env::vars(), &overrides)
 }
 
-pub fn decode_spec(payload: &[u8]) -> Result<PodSpec, wire::WireError> {
-    wire::decode_as(payload, Kind::DesiredPod, |m| match m {
-        Message::DesiredPod(p) => Some(p),
-        _ => None,
-    })
-    .map(|(_, p)| p)
-}
-
-pub fn decode_index(payload: &[u8]) -> Result<DesiredIndex, wire::WireError> {
-    wire::decode_as(payload, Kind::DesiredIndex, |m| match m {
-        Message::DesiredIndex(i) => Some(i),
-        _ => None,
-    })
-    .map(|(_, i)| i)
-}
-
 /// The CLI's desired index for `node` (`index/cli`), read back through the
 /// barrier; empty when there is none. Entries whose spec is no longer
 /// retained (a tombstone whose index update was lost: a CLI that died in
@@ -275,18 +256,24 @@ async fn read_cli_index(
     let topic = topics.index(node, wire::INDEX_AUTHOR_CLI);
     let mut index = match client.retained(&topic).await?.into_iter().next() {
         None => return Ok(DesiredIndex::default()),
-        Some((_, payload)) => decode_index(&payload).with_context(|| {
-            format!(
-                "the desired index on {topic} cannot be read; remove it (an empty retained \
+        Some((_, payload)) => wire::decode_as::<DesiredIndex>(&payload)
+            .map(|(_, i)| i)
+            .with_context(|| {
+                format!(
+                    "the desired index on {topic} cannot be read; remove it (an empty retained \
                  publish) and apply the node's pods again"
-            )
-        })?,
+                )
+            })?,
     };
     let retained: Vec<(PodKey, String)> = client
         .retained(&topics.desired_filter(node))
         .await?
         .into_iter()
-        .filter_map(|(_, p)| decode_spec(&p).ok().map(|s| (s.key(), s.uid)))
+        .filter_map(|(_, p)| {
+            wire::decode_as::<PodSpec>(&p)
+                .ok()
+                .map(|(_, s)| (s.key(), s.uid))
+        })
         .collect();
     index.pods.retain(|e| {
         retained
@@ -308,21 +295,6 @@ async fn publish_cli_index(
     client
         .publish_acked(&topics.index(node, wire::INDEX_AUTHOR_CLI), payload, true)
         .await
-}
-
-pub fn decode_status(payload: &[u8]) -> Result<(u64, PodStatus), wire::WireError> {
-    wire::decode_as(payload, Kind::PodStatus, |m| match m {
-        Message::PodStatus(p) => Some(p),
-        _ => None,
-    })
-}
-
-pub fn decode_node(payload: &[u8]) -> Result<NodeStatus, wire::WireError> {
-    wire::decode_as(payload, Kind::NodeStatus, |m| match m {
-        Message::NodeStatus(p) => Some(p),
-        _ => None,
-    })
-    .map(|(_, n)| n)
 }
 
 /// A manifest file's text; `-` is stdin.
@@ -409,13 +381,15 @@ pub async fn apply(
             .retained(&topic)
             .await?
             .into_iter()
-            .find_map(|(t, p)| match decode_spec(&p) {
-                Ok(spec) => Some(spec),
-                Err(e) => {
-                    eprintln!("warning: the spec on {t} cannot be read ({e}); replacing it");
-                    None
-                }
-            });
+            .find_map(
+                |(t, p)| match wire::decode_as::<PodSpec>(&p).map(|(_, s)| s) {
+                    Ok(spec) => Some(spec),
+                    Err(e) => {
+                        eprintln!("warning: the spec on {t} cannot be read ({e}); replacing it");
+                        None
+                    }
+                },
+            );
         let uid = existing
             .as_ref()
             .map(|e| e.uid.clone())
@@ -618,7 +592,7 @@ pub async fn get(
                 let Some(TopicKind::Reported { node, .. }) = topics.parse(&topic) else {
                     continue;
                 };
-                match decode_status(&payload) {
+                match wire::decode_as::<PodStatus>(&payload) {
                     Ok((_, s)) if all_namespaces || s.namespace == namespace => {
                         pods.push((node, s))
                     }
@@ -659,7 +633,7 @@ pub async fn get(
             let filter = format!("{}/{node_level}/node", topics.prefix());
             let mut nodes: Vec<NodeStatus> = Vec::new();
             for (topic, payload) in client.retained(&filter).await? {
-                match decode_node(&payload) {
+                match wire::decode_as::<NodeStatus>(&payload).map(|(_, n)| n) {
                     Ok(n) => nodes.push(n),
                     Err(e) => eprintln!("warning: skipping {topic}: {e}"),
                 }
@@ -802,10 +776,7 @@ pub async fn logs(
         };
         first = false;
         let (_, payload) = next;
-        let Ok((_, chunk)) = wire::decode_as(&payload, Kind::LogChunk, |m| match m {
-            Message::LogChunk(c) => Some(c),
-            _ => None,
-        }) else {
+        let Ok((_, chunk)) = wire::decode_as::<LogChunk>(&payload) else {
             continue;
         };
         let LogChunk {

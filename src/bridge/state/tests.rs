@@ -158,7 +158,9 @@ fn indexes(actions: &[Action]) -> Vec<(&str, DesiredIndex)> {
         .filter_map(|a| match a {
             Action::Publish { topic, payload } if topic.contains("/index/") => Some((
                 topic.as_str(),
-                crate::cli::decode_index(payload).expect("a desired index"),
+                crate::wire::decode_as::<crate::model::DesiredIndex>(payload)
+                    .expect("a desired index")
+                    .1,
             )),
             _ => None,
         })
@@ -166,7 +168,9 @@ fn indexes(actions: &[Action]) -> Vec<(&str, DesiredIndex)> {
 }
 
 fn spec_of(payload: &[u8]) -> PodSpec {
-    crate::cli::decode_spec(payload).expect("a desired spec")
+    crate::wire::decode_as::<crate::model::PodSpec>(payload)
+        .expect("a desired spec")
+        .1
 }
 
 #[test]

@@ -1,0 +1,65 @@
+//! The module layering that ARCHITECTURE.md promises, checked on the
+//! sources: the operator CLI and the bridge both build on `wire` and the
+//! shared client pieces, never on each other; the agent knows neither.
+
+use std::path::Path;
+
+fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).expect("read");
+            out.push((path.display().to_string(), text));
+        }
+    }
+}
+
+fn uses(module_dir: &str, other: &str) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src")
+        .join(module_dir);
+    let mut files = Vec::new();
+    sources(&root, &mut files);
+    if let Ok(text) = std::fs::read_to_string(root.with_extension("rs")) {
+        files.push((root.with_extension("rs").display().to_string(), text));
+    }
+    let needle = format!("crate::{other}");
+    files
+        .into_iter()
+        .flat_map(|(file, text)| {
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| l.contains(&needle) && !l.trim_start().starts_with("//"))
+                .map(|(n, l)| format!("{file}:{}: {}", n + 1, l.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn the_cli_and_the_bridge_do_not_know_each_other() {
+    let found: Vec<String> = uses("cli", "bridge")
+        .into_iter()
+        .chain(uses("bridge", "cli"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "a cycle between cli and bridge:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn the_agent_knows_neither_the_cli_nor_the_bridge() {
+    let found: Vec<String> = uses("agent", "cli")
+        .into_iter()
+        .chain(uses("agent", "bridge"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "the agent depends on an operator side:\n{}",
+        found.join("\n")
+    );
+}
