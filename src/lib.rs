@@ -6,6 +6,7 @@ pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod embedded_broker;
+pub mod fleet;
 pub mod model;
 pub mod mqtt;
 pub mod node;

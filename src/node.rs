@@ -233,6 +233,7 @@ pub fn status(
         conditions,
         addresses: addresses.to_vec(),
         pod_count,
+        labels: Default::default(),
     }
 }
 

@@ -9,11 +9,15 @@ use thiserror::Error;
 
 use crate::model::validate::Validate;
 use crate::model::{
-    DesiredIndex, Event, LogChunk, LogRequest, NodeStatus, PodKey, PodSpec, PodStatus,
+    DesiredIndex, Event, FleetDeployment, FleetReport, LogChunk, LogRequest, NodeLabels,
+    NodeStatus, PodKey, PodSpec, PodStatus,
 };
 
-/// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: u16 = 1;
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u16 = 2;
+/// The oldest version this build still reads (docs/wire.md, "Evolving the
+/// schema"): version 1 differs only in `NodeStatus`, which had no labels.
+pub const OLDEST_READABLE_VERSION: u16 = 1;
 /// Index authors: the level after `index/` (docs/wire.md, "Desired index").
 pub const INDEX_AUTHOR_BRIDGE: &str = "bridge";
 pub const INDEX_AUTHOR_CLI: &str = "cli";
@@ -24,7 +28,9 @@ pub const DEFAULT_PREFIX: &str = "kedge/v1";
 pub enum WireError {
     #[error("malformed envelope: {0}")]
     MalformedEnvelope(String),
-    #[error("unsupported schema version {found} (this agent speaks version {SCHEMA_VERSION})")]
+    #[error(
+        "unsupported schema version {found} (this agent reads versions {OLDEST_READABLE_VERSION} to {SCHEMA_VERSION})"
+    )]
     UnknownVersion { found: u16 },
     #[error("unknown message kind {0}")]
     UnknownKind(u8),
@@ -56,6 +62,9 @@ pub enum Kind {
     LogRequest = 5,
     LogChunk = 6,
     DesiredIndex = 7,
+    FleetDeployment = 8,
+    FleetReport = 9,
+    NodeLabels = 10,
 }
 
 impl Kind {
@@ -68,6 +77,9 @@ impl Kind {
             5 => Kind::LogRequest,
             6 => Kind::LogChunk,
             7 => Kind::DesiredIndex,
+            8 => Kind::FleetDeployment,
+            9 => Kind::FleetReport,
+            10 => Kind::NodeLabels,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -80,6 +92,9 @@ impl Kind {
             Kind::LogRequest => "LogRequest",
             Kind::LogChunk => "LogChunk",
             Kind::DesiredIndex => "DesiredIndex",
+            Kind::FleetDeployment => "FleetDeployment",
+            Kind::FleetReport => "FleetReport",
+            Kind::NodeLabels => "NodeLabels",
         }
     }
 }
@@ -102,6 +117,9 @@ struct RawEnvelope {
 /// A decoded message with its envelope sequence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
+    /// The schema version it was written in (the message is upgraded to
+    /// this build's types).
+    pub version: u16,
     pub seq: u64,
     pub message: Message,
 }
@@ -115,6 +133,9 @@ pub enum Message {
     LogRequest(LogRequest),
     LogChunk(LogChunk),
     DesiredIndex(DesiredIndex),
+    FleetDeployment(FleetDeployment),
+    FleetReport(FleetReport),
+    NodeLabels(NodeLabels),
 }
 
 impl Message {
@@ -127,6 +148,9 @@ impl Message {
             Message::LogRequest(_) => Kind::LogRequest,
             Message::LogChunk(_) => Kind::LogChunk,
             Message::DesiredIndex(_) => Kind::DesiredIndex,
+            Message::FleetDeployment(_) => Kind::FleetDeployment,
+            Message::FleetReport(_) => Kind::FleetReport,
+            Message::NodeLabels(_) => Kind::NodeLabels,
         }
     }
 }
@@ -159,6 +183,9 @@ impl Body {
             Message::LogRequest(v) => body_bytes(kind, v)?,
             Message::LogChunk(v) => body_bytes(kind, v)?,
             Message::DesiredIndex(v) => body_bytes(kind, v)?,
+            Message::FleetDeployment(v) => body_bytes(kind, v)?,
+            Message::FleetReport(v) => body_bytes(kind, v)?,
+            Message::NodeLabels(v) => body_bytes(kind, v)?,
         };
         Ok(Body { kind, bytes })
     }
@@ -224,7 +251,7 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
     // reported as an unknown version rather than as garbage.
     let (version, _) = postcard::take_from_bytes::<u16>(payload)
         .map_err(|e| WireError::MalformedEnvelope(e.to_string()))?;
-    if version != SCHEMA_VERSION {
+    if !(OLDEST_READABLE_VERSION..=SCHEMA_VERSION).contains(&version) {
         return Err(WireError::UnknownVersion { found: version });
     }
     let (raw, rest) = postcard::take_from_bytes::<RawEnvelope>(payload)
@@ -239,13 +266,24 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
     let message = match kind {
         Kind::DesiredPod => Message::DesiredPod(body(kind, &raw.body)?),
         Kind::PodStatus => Message::PodStatus(body(kind, &raw.body)?),
+        Kind::NodeStatus if version == 1 => {
+            Message::NodeStatus(body::<v1::NodeStatus>(kind, &raw.body)?.into())
+        }
         Kind::NodeStatus => Message::NodeStatus(body(kind, &raw.body)?),
         Kind::Event => Message::Event(body(kind, &raw.body)?),
         Kind::LogRequest => Message::LogRequest(body(kind, &raw.body)?),
         Kind::LogChunk => Message::LogChunk(body(kind, &raw.body)?),
         Kind::DesiredIndex => Message::DesiredIndex(body(kind, &raw.body)?),
+        // Kinds that version 1 did not have.
+        Kind::FleetDeployment | Kind::FleetReport | Kind::NodeLabels if version == 1 => {
+            return Err(WireError::UnknownKind(raw.kind));
+        }
+        Kind::FleetDeployment => Message::FleetDeployment(body(kind, &raw.body)?),
+        Kind::FleetReport => Message::FleetReport(body(kind, &raw.body)?),
+        Kind::NodeLabels => Message::NodeLabels(body(kind, &raw.body)?),
     };
     Ok(Envelope {
+        version,
         seq: raw.seq,
         message,
     })
@@ -279,6 +317,9 @@ wire_message!(
     LogRequest => LogRequest,
     LogChunk => LogChunk,
     DesiredIndex => DesiredIndex,
+    FleetDeployment => FleetDeployment,
+    FleetReport => FleetReport,
+    NodeLabels => NodeLabels,
 );
 
 /// Decodes (and validates) a payload that must be a `T`, with its envelope
@@ -309,13 +350,16 @@ pub fn to_json(payload: &[u8]) -> Result<serde_json::Value, WireError> {
         Message::LogRequest(v) => serde_json::to_value(v),
         Message::LogChunk(v) => serde_json::to_value(v),
         Message::DesiredIndex(v) => serde_json::to_value(v),
+        Message::FleetDeployment(v) => serde_json::to_value(v),
+        Message::FleetReport(v) => serde_json::to_value(v),
+        Message::NodeLabels(v) => serde_json::to_value(v),
     }
     .map_err(|e| WireError::Encode {
         kind,
         detail: e.to_string(),
     })?;
     Ok(serde_json::json!({
-        "version": SCHEMA_VERSION,
+        "version": env.version,
         "kind": kind,
         "seq": env.seq,
         "body": body,
@@ -364,6 +408,23 @@ pub enum TopicKind {
     },
     /// The agent's own barrier topic.
     Sync {
+        node: String,
+    },
+    /// A fleet deployment (`_fleet/{ns}/{name}`).
+    Fleet {
+        fleet: PodKey,
+    },
+    /// A fleet pod spec by digest (`_fleet-spec/{digest}`).
+    FleetSpec {
+        digest: String,
+    },
+    /// A device's report on a fleet deployment.
+    FleetReport {
+        node: String,
+        fleet: PodKey,
+    },
+    /// The labels the cloud sets on a device.
+    Labels {
         node: String,
     },
 }
@@ -430,6 +491,32 @@ impl Topics {
         format!("{}/{node}/sync", self.prefix)
     }
 
+    /// A fleet deployment (devices read every one: `fleet_filter`).
+    pub fn fleet(&self, fleet: &PodKey) -> String {
+        format!("{}/_fleet/{}/{}", self.prefix, fleet.namespace, fleet.name)
+    }
+    pub fn fleet_filter(&self) -> String {
+        format!("{}/_fleet/+/+", self.prefix)
+    }
+    /// A fleet's pod spec, addressed by the sha256 of its payload.
+    pub fn fleet_spec(&self, digest: &str) -> String {
+        format!("{}/_fleet-spec/{digest}", self.prefix)
+    }
+    /// A device's report on one fleet deployment; `node` may be `+`.
+    pub fn fleet_report(&self, node: &str, fleet: &PodKey) -> String {
+        format!(
+            "{}/{node}/fleet/{}/{}",
+            self.prefix, fleet.namespace, fleet.name
+        )
+    }
+    pub fn fleet_report_filter(&self, node: &str) -> String {
+        format!("{}/{node}/fleet/#", self.prefix)
+    }
+    /// The labels the cloud sets on a device.
+    pub fn labels(&self, node: &str) -> String {
+        format!("{}/{node}/labels", self.prefix)
+    }
+
     /// Parses a topic under this prefix; `None` for anything else.
     pub fn parse(&self, topic: &str) -> Option<TopicKind> {
         let rest = topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;
@@ -439,6 +526,17 @@ impl Topics {
         }
         let node = parts.first()?.to_string();
         match parts.as_slice() {
+            ["_fleet", ns, name] => Some(TopicKind::Fleet {
+                fleet: PodKey::new(*ns, *name),
+            }),
+            ["_fleet-spec", digest] => Some(TopicKind::FleetSpec {
+                digest: digest.to_string(),
+            }),
+            [_, "fleet", ns, name] => Some(TopicKind::FleetReport {
+                node,
+                fleet: PodKey::new(*ns, *name),
+            }),
+            [_, "labels"] => Some(TopicKind::Labels { node }),
             [_, "desired", ns, name] => Some(TopicKind::Desired {
                 node,
                 pod: PodKey::new(*ns, *name),
@@ -463,6 +561,51 @@ impl Topics {
             }),
             [_, "sync"] => Some(TopicKind::Sync { node }),
             _ => None,
+        }
+    }
+}
+
+/// Bodies of schema version 1 that version 2 changed, and their upgrade.
+mod v1 {
+    use serde::{Deserialize, Serialize};
+
+    use crate::model::validate::{Result, Validate};
+    use crate::model::{NodeAddress, NodeCondition, NodeInfo, NodeResources};
+
+    /// Version 1's `NodeStatus`: the same fields without `labels`.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct NodeStatus {
+        pub name: String,
+        pub online: bool,
+        pub heartbeat_ms: u64,
+        pub info: NodeInfo,
+        pub capacity: NodeResources,
+        pub allocatable: NodeResources,
+        pub conditions: Vec<NodeCondition>,
+        pub addresses: Vec<NodeAddress>,
+        pub pod_count: u32,
+    }
+
+    impl From<NodeStatus> for crate::model::NodeStatus {
+        fn from(v: NodeStatus) -> Self {
+            crate::model::NodeStatus {
+                name: v.name,
+                online: v.online,
+                heartbeat_ms: v.heartbeat_ms,
+                info: v.info,
+                capacity: v.capacity,
+                allocatable: v.allocatable,
+                conditions: v.conditions,
+                addresses: v.addresses,
+                pod_count: v.pod_count,
+                labels: Default::default(),
+            }
+        }
+    }
+
+    impl Validate for NodeStatus {
+        fn validate(&self) -> Result {
+            crate::model::NodeStatus::from(self.clone()).validate()
         }
     }
 }
@@ -521,6 +664,31 @@ mod tests {
         assert_eq!(
             t.parse(&t.sync("gw1")),
             Some(TopicKind::Sync { node: "gw1".into() })
+        );
+        let fleet = PodKey::new("default", "sensors");
+        assert_eq!(t.fleet(&fleet), "kedge/v1/_fleet/default/sensors");
+        assert_eq!(
+            t.parse(&t.fleet(&fleet)),
+            Some(TopicKind::Fleet {
+                fleet: fleet.clone()
+            })
+        );
+        assert_eq!(
+            t.parse(&t.fleet_spec("ab12")),
+            Some(TopicKind::FleetSpec {
+                digest: "ab12".into()
+            })
+        );
+        assert_eq!(
+            t.parse(&t.fleet_report("gw1", &fleet)),
+            Some(TopicKind::FleetReport {
+                node: "gw1".into(),
+                fleet
+            })
+        );
+        assert_eq!(
+            t.parse(&t.labels("gw1")),
+            Some(TopicKind::Labels { node: "gw1".into() })
         );
         assert_eq!(t.parse("kedge/v1/gw1/desired/default"), None);
         assert_eq!(t.parse("other/gw1/node"), None);

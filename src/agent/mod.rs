@@ -434,6 +434,7 @@ impl Controller {
             conditions: Vec::new(),
             addresses: self.addresses.clone(),
             pod_count: 0,
+            labels: Default::default(),
         };
         wire::encode(0, &Message::NodeStatus(status))
     }

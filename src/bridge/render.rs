@@ -427,6 +427,7 @@ mod tests {
                 address: "192.168.1.5".into(),
             }],
             pod_count: 0,
+            labels: Default::default(),
         }
     }
 

@@ -7,7 +7,14 @@
 
 #[cfg(feature = "manifests")]
 pub mod convert;
+pub mod fleet;
+pub mod selector;
 pub mod validate;
+
+pub use fleet::{
+    Batch, Cohort, FleetDeployment, FleetPodState, FleetReport, Limit, NodeLabels, Revision,
+    Rollout, RolloutPhase, RolloutPolicy, RolloutState,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -459,6 +466,9 @@ pub struct NodeStatus {
     pub conditions: Vec<NodeCondition>,
     pub addresses: Vec<NodeAddress>,
     pub pod_count: u32,
+    /// The device's labels: its own (`node.labels`) and the cloud's
+    /// (`{node}/labels`), which win on a conflict. Schema version 2.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl NodeStatus {

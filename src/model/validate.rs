@@ -10,9 +10,11 @@
 
 use std::collections::BTreeSet;
 
+use super::selector::Selector;
 use super::{
-    Container, ContainerState, ContainerStatus, DesiredIndex, Event, LogChunk, LogRequest,
-    NodeStatus, PodSpec, PodStatus, Probe, ProbeHandler, VolumeSource,
+    Cohort, Container, ContainerState, ContainerStatus, DesiredIndex, Event, FleetDeployment,
+    FleetReport, Limit, LogChunk, LogRequest, NodeLabels, NodeStatus, PodSpec, PodStatus, Probe,
+    ProbeHandler, Revision, VolumeSource,
 };
 
 /// Containers in one pod (app containers; init containers have their own
@@ -46,6 +48,9 @@ pub const MAX_LOG_CHUNK: usize = 4 * 1024 * 1024;
 /// Pods one desired index may list (the most pods a node can be asked to
 /// run is far below it).
 pub const MAX_INDEX_PODS: usize = 65_536;
+/// Cohorts and batches of one fleet deployment (a device reports the batch
+/// groups it is in as bits of a u64).
+pub const MAX_BATCHES: usize = 64;
 
 /// A value that breaks a rule: the field path (as in the Kubernetes API,
 /// `spec.containers[0].name`) and what is wrong with it.
@@ -215,7 +220,7 @@ pub fn relative_path(field: &str, value: &str) -> Result {
 
 /// A label key: an optional DNS subdomain prefix and `/`, then a name of
 /// at most 63 characters (letters, digits, '-', '_', '.').
-fn label_key(field: &str, key: &str) -> Result {
+pub(crate) fn label_key(field: &str, key: &str) -> Result {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -238,7 +243,7 @@ fn label_key(field: &str, key: &str) -> Result {
     Ok(())
 }
 
-fn label_value(field: &str, value: &str) -> Result {
+pub(crate) fn label_value(field: &str, value: &str) -> Result {
     let ok = value.is_empty()
         || (value.len() <= 63
             && value
@@ -672,7 +677,111 @@ impl Validate for NodeStatus {
             text(&format!("addresses[{n}].type"), &a.kind, 64)?;
             text(&format!("addresses[{n}].address"), &a.address, 253)?;
         }
-        Ok(())
+        labels("metadata.labels", &self.labels)
+    }
+}
+
+/// A label set: bounded, every key and value by the label rules.
+pub fn labels(field: &str, labels: &std::collections::BTreeMap<String, String>) -> Result {
+    count(field, labels.len(), MAX_LABELS)?;
+    for (k, v) in labels {
+        label_key(field, k)?;
+        label_value(&format!("{field}[{k}]"), v)?;
+    }
+    Ok(())
+}
+
+/// A sha256 digest as the fleet topics carry it: 64 lowercase hex digits.
+pub fn sha256_hex(field: &str, value: &str) -> Result {
+    if value.len() != 64
+        || !value
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(invalid(
+            field,
+            format!(
+                "Invalid value: {:?}: a sha256 digest is 64 lowercase hex digits",
+                clip(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn limit(field: &str, l: Limit) -> Result {
+    match l {
+        Limit::Percent(p) if !(1..=100).contains(&p) => Err(invalid(
+            field,
+            format!("Invalid value: {p}%: a percentage is 1% to 100%"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn revision(field: &str, r: &Revision) -> Result {
+    if r.revision == 0 {
+        return Err(invalid(field, "Invalid value: revisions start at 1"));
+    }
+    sha256_hex(&format!("{field}.specDigest"), &r.spec_digest)
+}
+
+impl Validate for FleetDeployment {
+    fn validate(&self) -> Result {
+        label("metadata.namespace", "namespace", &self.namespace)?;
+        subdomain("metadata.name", "fleet name", &self.name)?;
+        uid("metadata.uid", &self.uid)?;
+        Selector::parse("spec.selector", &self.selector)?;
+        subdomain("spec.podName", "pod name", &self.pod_name)?;
+        revision("status.revision", &self.target())?;
+        count("status.cohorts", self.cohorts.len(), MAX_BATCHES)?;
+        for (n, Cohort { selector, per_10k }) in self.cohorts.iter().enumerate() {
+            Selector::parse(&format!("status.cohorts[{n}].selector"), selector)?;
+            at_most(
+                &format!("status.cohorts[{n}].per10k"),
+                u64::from(*per_10k),
+                u64::from(super::fleet::BUCKETS),
+            )?;
+        }
+        if let Some(stable) = &self.stable {
+            revision("status.stable", stable)?;
+        }
+        let policy = &self.rollout.policy;
+        count("spec.rollout.batches", policy.batches.len(), MAX_BATCHES)?;
+        for (n, b) in policy.batches.iter().enumerate() {
+            Selector::parse(&format!("spec.rollout.batches[{n}].selector"), &b.selector)?;
+            limit(&format!("spec.rollout.batches[{n}].limit"), b.limit)?;
+        }
+        if !(1..=100).contains(&policy.success_threshold_pct) {
+            return Err(invalid(
+                "spec.rollout.successThreshold",
+                format!(
+                    "Invalid value: {}%: a percentage is 1% to 100%",
+                    policy.success_threshold_pct
+                ),
+            ));
+        }
+        at_most(
+            "spec.rollout.deviceTimeoutSeconds",
+            u64::from(policy.device_timeout_secs),
+            MAX_SECONDS,
+        )?;
+        limit("spec.rollout.maxUnavailable", policy.max_unavailable)?;
+        text("status.message", &self.rollout.state.message, MAX_MESSAGE)
+    }
+}
+
+impl Validate for FleetReport {
+    fn validate(&self) -> Result {
+        uid("fleetUid", &self.fleet_uid)?;
+        opt_text("reason", &self.reason, MAX_SHORT)?;
+        opt_text("message", &self.message, MAX_MESSAGE)
+    }
+}
+
+impl Validate for NodeLabels {
+    fn validate(&self) -> Result {
+        labels("labels", &self.labels)
     }
 }
 

@@ -28,6 +28,8 @@ const NODE_STATUS_SEQ: u64 = 1_767_225_600_000; // heartbeat_ms
 const EVENT_SEQ: u64 = 43; // the node-wide counter
 const LOG_SEQ: u64 = 0; // unused for the log RPC
 const INDEX_SEQ: u64 = 0; // unused for the desired index
+const FLEET_SEQ: u64 = 0; // unused for fleet deployments and labels
+const FLEET_REPORT_SEQ: u64 = 44; // the node-wide counter
 
 fn probe(handler: ProbeHandler) -> Probe {
     Probe {
@@ -268,6 +270,10 @@ pub(super) fn node_status() -> NodeStatus {
             },
         ],
         pod_count: 3,
+        labels: BTreeMap::from([
+            ("building".to_string(), "b43".to_string()),
+            ("kedge.io/tier".to_string(), "canary".to_string()),
+        ]),
     }
 }
 
@@ -326,6 +332,79 @@ pub(super) fn desired_index() -> DesiredIndex {
     }
 }
 
+pub(super) fn fleet_deployment() -> FleetDeployment {
+    FleetDeployment {
+        namespace: "factory".into(),
+        name: "sensors".into(),
+        uid: "3e0f7a9c-1b2d-4c5e-8f60-718293a4b5c6".into(),
+        selector: "building=b43,tier in (a,b),!beta".into(),
+        priority: -5,
+        pod_name: "sensor".into(),
+        revision: 7,
+        spec_digest: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        cohorts: vec![
+            Cohort {
+                selector: "kedge.io/tier=canary".into(),
+                per_10k: 10_000,
+            },
+            Cohort {
+                selector: String::new(),
+                per_10k: 2_500,
+            },
+        ],
+        stable: Some(Revision {
+            revision: 6,
+            spec_digest: "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752".into(),
+        }),
+        rollout: Rollout {
+            policy: RolloutPolicy {
+                batches: vec![
+                    Batch {
+                        selector: "kedge.io/tier=canary".into(),
+                        limit: Limit::Count(5),
+                    },
+                    Batch {
+                        selector: String::new(),
+                        limit: Limit::Percent(25),
+                    },
+                ],
+                success_threshold_pct: 90,
+                device_timeout_secs: 300,
+                max_unavailable: Limit::Percent(10),
+                auto_rollback: true,
+            },
+            state: RolloutState {
+                phase: RolloutPhase::Paused,
+                batch: 1,
+                started_ms: 1_767_225_000_000,
+                batch_started_ms: 1_767_225_300_000,
+                message: "batch 2 of 2: 1,875 of 2,500 devices run revision 7".into(),
+            },
+        },
+    }
+}
+
+pub(super) fn fleet_report() -> FleetReport {
+    FleetReport {
+        fleet_uid: "3e0f7a9c-1b2d-4c5e-8f60-718293a4b5c6".into(),
+        desired_revision: 7,
+        running_revision: 6,
+        state: FleetPodState::Failed,
+        groups: 0b11,
+        reason: Some("ErrImagePull".into()),
+        message: Some("pull access denied for registry.local/sensor:7".into()),
+    }
+}
+
+pub(super) fn node_labels() -> NodeLabels {
+    NodeLabels {
+        labels: BTreeMap::from([
+            ("building".to_string(), "b43".to_string()),
+            ("tier".to_string(), "a".to_string()),
+        ]),
+    }
+}
+
 /// Every vector: file name, envelope seq, sample message.
 fn all() -> Vec<(&'static str, u64, Message)> {
     vec![
@@ -355,6 +434,21 @@ fn all() -> Vec<(&'static str, u64, Message)> {
             "desired_index.hex",
             INDEX_SEQ,
             Message::DesiredIndex(desired_index()),
+        ),
+        (
+            "fleet_deployment.hex",
+            FLEET_SEQ,
+            Message::FleetDeployment(fleet_deployment()),
+        ),
+        (
+            "fleet_report.hex",
+            FLEET_REPORT_SEQ,
+            Message::FleetReport(fleet_report()),
+        ),
+        (
+            "node_labels.hex",
+            FLEET_SEQ,
+            Message::NodeLabels(node_labels()),
         ),
     ]
 }
@@ -460,12 +554,62 @@ fn vector_desired_index() {
     check("desired_index.hex");
 }
 
+#[test]
+fn vector_fleet_deployment() {
+    check("fleet_deployment.hex");
+}
+
+#[test]
+fn vector_fleet_report() {
+    check("fleet_report.hex");
+}
+
+#[test]
+fn vector_node_labels() {
+    check("node_labels.hex");
+}
+
+/// Version 1's vectors (tests/vectors/v1, committed before version 2) are
+/// still read: every kind decodes to the same sample, a node status with no
+/// labels.
+#[test]
+fn version_1_vectors_are_still_read() {
+    for (file, seq, message) in all() {
+        let path = vector_path("v1").join(file);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            assert!(
+                message.kind() as u8 > 7,
+                "{file}: version 1 had this kind, its vector must stay"
+            );
+            continue;
+        };
+        let bytes = from_hex_text(&text);
+        assert_eq!(bytes[0], 1, "{file}: a version 1 envelope");
+        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(decoded.version, 1);
+        assert_eq!(decoded.seq, seq, "{file}");
+        let expected = match message {
+            Message::NodeStatus(mut n) => {
+                n.labels.clear();
+                Message::NodeStatus(n)
+            }
+            other => other,
+        };
+        assert_eq!(decoded.message, expected, "{file}");
+        assert_eq!(to_json(&bytes).expect("renders")["version"], 1);
+    }
+    // A version 1 envelope of a kind version 1 did not have is unknown.
+    let mut bytes = encode(0, &Message::NodeLabels(node_labels())).expect("encodes");
+    bytes[0] = 1;
+    assert_eq!(decode(&bytes), Err(WireError::UnknownKind(10)));
+}
+
 /// One vector per kind, and no vector files that no test checks.
 #[test]
 fn vectors_cover_every_kind() {
     let mut kinds: Vec<u8> = all().iter().map(|(_, _, m)| m.kind() as u8).collect();
     kinds.sort_unstable();
-    assert_eq!(kinds, (1..=7).collect::<Vec<u8>>());
+    assert_eq!(kinds, (1..=10).collect::<Vec<u8>>());
     for k in 0..=u8::MAX {
         assert_eq!(Kind::from_u8(k).is_ok(), kinds.contains(&k), "kind {k}");
     }
@@ -495,7 +639,7 @@ fn vectors_cover_every_kind() {
 #[test]
 fn envelope_layout_matches_the_spec() {
     let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
-    assert_eq!(bytes[0], 0x01, "version 1 as a one-byte varint");
+    assert_eq!(bytes[0], 0x02, "version 2 as a one-byte varint");
     assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
     assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
     assert_eq!(bytes[3], 0x00, "empty signature: length 0");

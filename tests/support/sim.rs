@@ -132,6 +132,7 @@ fn node_status(name: &str, ip: &str) -> NodeStatus {
             address: ip.into(),
         }],
         pod_count: 0,
+        labels: Default::default(),
     }
 }
 
