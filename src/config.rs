@@ -164,6 +164,12 @@ pub const KEYS: &[KeyDoc] = &[
         help: "how often node status is published",
     },
     KeyDoc {
+        key: "node.labels",
+        ty: KeyType::Str,
+        default: "",
+        help: "the device's own labels, key=value,key2=value2 (fleet selectors match them; labels the cloud sets on {prefix}/{node}/labels win on a conflict)",
+    },
+    KeyDoc {
         key: "node.max_pods",
         ty: KeyType::Int,
         default: "110",
@@ -320,6 +326,7 @@ pub struct BackoffConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     pub heartbeat_ms: u64,
+    pub labels: String,
     pub max_pods: u64,
 }
 
@@ -434,6 +441,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             heartbeat_ms: default_int("node.heartbeat_ms"),
+            labels: default_of("node.labels").to_string(),
             max_pods: default_int("node.max_pods"),
         }
     }
@@ -616,6 +624,15 @@ impl Config {
                 "must be non-empty without '/', '+' or '#', and not start with '_' (reserved)",
             ));
         }
+        if let Err(e) =
+            crate::model::selector::Selector::parse_labels("node.labels", &self.node.labels)
+        {
+            return Err(ConfigError::value(
+                "node.labels",
+                &self.node.labels,
+                &e.detail,
+            ));
+        }
         if self.topic_prefix.is_empty() || self.topic_prefix.contains(['+', '#']) {
             return Err(ConfigError::value(
                 "topic_prefix",
@@ -677,6 +694,12 @@ impl Config {
             ));
         }
         Ok(self)
+    }
+
+    /// The device's own labels (`node.labels`, checked by `validate`).
+    pub fn labels(&self) -> std::collections::BTreeMap<String, String> {
+        crate::model::selector::Selector::parse_labels("node.labels", &self.node.labels)
+            .unwrap_or_default()
     }
 
     pub fn heartbeat(&self) -> Duration {

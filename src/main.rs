@@ -89,6 +89,7 @@ fn main() -> ExitCode {
                 "manifests_dir",
                 a.manifests.as_ref().map(|p| p.display().to_string()),
             ),
+            ("node.labels", a.labels.clone()),
         ],
         _ => Vec::new(),
     };

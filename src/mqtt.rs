@@ -383,6 +383,10 @@ pub enum SessionCommand {
         qos: QoS,
     },
     Ack(AckToken),
+    /// Subscribe (QoS 1) now and on every later connection, until
+    /// `Unsubscribe`: the fleet specs a device waits for.
+    Subscribe(String),
+    Unsubscribe(String),
 }
 
 pub struct SessionSettings {
@@ -448,6 +452,8 @@ pub async fn run(
     let mut degraded = false;
     let mut conn: Option<Connection> = None;
     let mut reconnect_at: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+    // Subscriptions the owner asked for at run time (`SessionCommand::Subscribe`).
+    let mut extra: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
 
     loop {
         let sleep_until =
@@ -497,6 +503,9 @@ pub async fn run(
                     }
                     let _ = client.try_subscribe(topic.clone(), *qos);
                 }
+                for topic in &extra {
+                    let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                }
                 let nonce = format!("{next_id}-{:016x}", fastrand::u64(..)).into_bytes();
                 let mut tags = VecDeque::new();
                 if let Some(sync) = settings.sync_topic.as_ref().filter(|_| !degraded)
@@ -520,6 +529,22 @@ pub async fn run(
             }
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
+                // Run-time subscriptions are remembered for later connections.
+                let cmd = match cmd {
+                    SessionCommand::Subscribe(topic) => {
+                        if extra.insert(topic.clone()) && let Some(c) = conn.as_mut().filter(|c| c.connected) {
+                            let _ = c.client.try_subscribe(topic, QoS::AtLeastOnce);
+                        }
+                        continue;
+                    }
+                    SessionCommand::Unsubscribe(topic) => {
+                        if extra.remove(&topic) && let Some(c) = conn.as_mut().filter(|c| c.connected) {
+                            let _ = c.client.try_unsubscribe(topic);
+                        }
+                        continue;
+                    }
+                    other => other,
+                };
                 let Some(c) = conn.as_mut().filter(|c| c.connected) else { continue };
                 match cmd {
                     SessionCommand::OutboxChanged => fill(c, &store),
@@ -537,6 +562,7 @@ pub async fn run(
                             let _ = c.client.try_ack(p);
                         }
                     }
+                    SessionCommand::Subscribe(_) | SessionCommand::Unsubscribe(_) => {}
                 }
             }
             Some(internal) = internal_rx.recv() => match internal {

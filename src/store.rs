@@ -25,7 +25,7 @@ use thiserror::Error;
 use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
 
 /// Bumped when a table's layout changes; `open` migrates older files.
-pub const STORE_SCHEMA_VERSION: u32 = 2;
+pub const STORE_SCHEMA_VERSION: u32 = 3;
 
 /// redb's page cache. The state of a busy node (hundreds of pods, a full
 /// outbox) is a few MiB; reads past the cache go to the page cache of the
@@ -40,6 +40,11 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const HANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("handles");
 /// Deletes committed but not finished: pod key → `DeletingRecord`.
 const DELETING: TableDefinition<&str, &[u8]> = TableDefinition::new("deleting");
+/// Fleet state (schema 3), by key: `fleet/{ns}/{name}` → the fleet
+/// deployment's payload, `spec/{digest}` → a fleet spec's payload (both
+/// decoded and checked again when read), `labels` → the cloud's labels'
+/// payload, `report/{ns}/{name}` → the last report sent (postcard).
+const FLEET: TableDefinition<&str, &[u8]> = TableDefinition::new("fleet");
 
 const KEY_SCHEMA: &str = "schema_version";
 const KEY_SEQ: &str = "seq";
@@ -264,6 +269,8 @@ impl Store {
             txn.open_table(HANDLES)?;
             // Version 1 → 2: the delete intents.
             txn.open_table(DELETING)?;
+            // Version 2 → 3: fleet state.
+            txn.open_table(FLEET)?;
             meta.insert(KEY_SCHEMA, STORE_SCHEMA_VERSION.to_le_bytes().as_slice())?;
         }
         txn.commit()?;
@@ -285,6 +292,36 @@ impl Store {
             .insert(KEY_IDENTITY, encode(id).as_slice())?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Writes (`Some`) or removes (`None`) fleet state under `key`.
+    pub fn put_fleet(&self, key: &str, value: Option<&[u8]>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(FLEET)?;
+            match value {
+                Some(v) => {
+                    t.insert(key, v)?;
+                }
+                None => {
+                    t.remove(key)?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// All fleet state, by key.
+    pub fn fleet_state(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(FLEET)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     pub fn put_desired(&self, rec: &DesiredRecord) -> Result<(), StoreError> {

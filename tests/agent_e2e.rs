@@ -1763,3 +1763,300 @@ fn a_full_disk_loses_nothing_and_the_agent_recovers() {
         "the store was not reopened"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Fleets, published here message by message (the CLI and the bridge have
+// tests of their own): what an agent does with them.
+
+mod fleets {
+    use std::collections::BTreeMap;
+
+    use kedge::model::{
+        Cohort, FleetDeployment, FleetPodState, FleetReport, NodeLabels, PodSpec, Rollout,
+    };
+    use kedge::wire::{self, Message};
+
+    use super::*;
+
+    fn spec_of(yaml: &str, uid: &str) -> PodSpec {
+        let pods = kedge::model::convert::parse_pod_manifests(yaml).expect("manifest");
+        let mut spec = kedge::model::convert::pod_spec_from_k8s(&pods[0]).expect("converts");
+        spec.namespace = "default".into();
+        spec.uid = uid.into();
+        spec.generation = 0;
+        spec
+    }
+
+    /// Publishes the spec under its digest; returns the digest.
+    fn publish_spec(url: &str, spec: &PodSpec) -> String {
+        let payload = wire::encode(0, &Message::DesiredPod(spec.clone())).expect("encodes");
+        let digest = sha256_hex(&payload);
+        publish_raw(
+            url,
+            &format!("kedge/v1/_fleet-spec/{digest}"),
+            &payload,
+            true,
+        );
+        digest
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("payload");
+        std::fs::write(&path, bytes).expect("write");
+        sha256_file(&path)
+    }
+
+    fn fleet(
+        name: &str,
+        selector: &str,
+        priority: i32,
+        spec: &PodSpec,
+        revision: u64,
+        digest: &str,
+    ) -> FleetDeployment {
+        FleetDeployment {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: spec.uid.clone(),
+            selector: selector.into(),
+            priority,
+            pod_name: spec.name.clone(),
+            revision,
+            spec_digest: digest.into(),
+            cohorts: vec![Cohort::everyone()],
+            stable: None,
+            rollout: Rollout::default(),
+        }
+    }
+
+    fn publish_fleet(url: &str, f: &FleetDeployment) {
+        let payload = wire::encode(0, &Message::FleetDeployment(f.clone())).expect("encodes");
+        publish_raw(
+            url,
+            &format!("kedge/v1/_fleet/default/{}", f.name),
+            &payload,
+            true,
+        );
+    }
+
+    fn publish_labels(url: &str, node: &str, labels: &[(&str, &str)]) {
+        let l = NodeLabels {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let payload = wire::encode(0, &Message::NodeLabels(l)).expect("encodes");
+        publish_raw(url, &format!("kedge/v1/{node}/labels"), &payload, true);
+    }
+
+    /// Every device's retained report on a fleet.
+    fn reports(url: &str, fleet: &str) -> BTreeMap<String, FleetReport> {
+        let sub = Subscriber::start(url, &format!("kedge/v1/+/fleet/default/{fleet}"), None);
+        sub.messages()
+            .into_iter()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(t, p)| {
+                let node = t.split('/').nth(2).expect("node level").to_string();
+                (
+                    node,
+                    wire::decode_as::<FleetReport>(&p).expect("a report").1,
+                )
+            })
+            .collect()
+    }
+
+    /// The pod `name` on `node` (from `kedge get pods --node`).
+    fn pod_on(url: &str, node: &str, name: &str) -> Option<Value> {
+        let out = kedge_ok(&[
+            "--broker", url, "get", "pods", "--node", node, "-A", "-o", "json",
+        ]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v["items"]
+            .as_array()?
+            .iter()
+            .map(|i| i["status"].clone())
+            .find(|s| s["name"] == name)
+    }
+
+    fn node_labels(url: &str, node: &str) -> Option<BTreeMap<String, String>> {
+        let sub = Subscriber::start(url, &format!("kedge/v1/{node}/node"), None);
+        sub.messages().into_iter().find_map(|(_, p)| {
+            wire::decode_as::<kedge::model::NodeStatus>(&p)
+                .ok()
+                .filter(|(_, s)| s.online)
+                .map(|(_, s)| s.labels)
+        })
+    }
+
+    fn running(s: &Value) -> bool {
+        phase(s) == "Running"
+    }
+
+    #[test]
+    fn fleets_reach_matching_agents_layer_by_priority_and_follow_labels() {
+        let broker = Mosquitto::start();
+        let url = broker.url();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let start = |node: &str, labels: &str| {
+            let mut extra = fast_args();
+            if !labels.is_empty() {
+                extra.extend(["--labels".to_string(), labels.to_string()]);
+            }
+            Agent::start(AgentOpts {
+                node: node.into(),
+                broker_url: Some(url.clone()),
+                data_dir: dir.path().join(node),
+                extra_args: extra,
+                env: vec![],
+            })
+        };
+        let _a = start("gw-a", "building=b43");
+        let _b = start("gw-b", "building=b44");
+        let _c = start("gw-c", "");
+
+        let ticker = |name: &str, period: &str| {
+            wasm_pod(name, &p1(), &["ticker", "0", period], "Always", "")
+        };
+        let sensor = spec_of(&ticker("sensor", "100"), "fleet-b43");
+        let sensor_digest = publish_spec(&url, &sensor);
+        publish_fleet(
+            &url,
+            &fleet("b43", "building=b43", 0, &sensor, 1, &sensor_digest),
+        );
+        // A fleet for everyone, published after: a device that runs it has
+        // read the first one too.
+        let beacon = spec_of(&ticker("beacon", "200"), "fleet-all");
+        let beacon_digest = publish_spec(&url, &beacon);
+        publish_fleet(&url, &fleet("all", "", 0, &beacon, 1, &beacon_digest));
+
+        for node in ["gw-a", "gw-b", "gw-c"] {
+            wait_until(&format!("beacon on {node}"), WAIT, || {
+                pod_on(&url, node, "beacon").filter(running)
+            });
+        }
+        let s = wait_until("sensor on gw-a", WAIT, || {
+            pod_on(&url, "gw-a", "sensor").filter(running)
+        });
+        assert_eq!(s["uid"], "fleet-b43");
+        assert_eq!(s["observed_generation"], 1);
+        assert!(
+            pod_on(&url, "gw-b", "sensor").is_none(),
+            "gw-b is in building b44"
+        );
+        assert!(
+            pod_on(&url, "gw-c", "sensor").is_none(),
+            "gw-c has no building"
+        );
+        let r = wait_until("gw-a reports b43 running", WAIT, || {
+            reports(&url, "b43")
+                .remove("gw-a")
+                .filter(|r| r.running_revision == 1 && r.state == FleetPodState::Ready)
+        });
+        assert_eq!(r.desired_revision, 1);
+        assert_eq!(reports(&url, "b43").len(), 1, "only gw-a is targeted");
+        assert_eq!(
+            node_labels(&url, "gw-a").map(|l| l.get("building").cloned()),
+            Some(Some("b43".into()))
+        );
+
+        // Labelled from the cloud: gw-b joins (the cloud's value wins over
+        // its own b44); unlabelled: it leaves, and says so.
+        publish_labels(&url, "gw-b", &[("building", "b43")]);
+        wait_until("sensor on gw-b", WAIT, || {
+            pod_on(&url, "gw-b", "sensor").filter(running)
+        });
+        wait_until("gw-b reports b43", WAIT, || {
+            reports(&url, "b43").remove("gw-b")
+        });
+        publish_labels(&url, "gw-b", &[]);
+        wait_until("sensor leaves gw-b", WAIT, || {
+            pod_on(&url, "gw-b", "sensor").is_none().then_some(())
+        });
+        wait_until("gw-b's report on b43 removed", WAIT, || {
+            (!reports(&url, "b43").contains_key("gw-b")).then_some(())
+        });
+        assert_eq!(
+            node_labels(&url, "gw-b").map(|l| l.get("building").cloned()),
+            Some(Some("b44".into()))
+        );
+
+        // A higher priority fleet with a pod of the same name wins on gw-a;
+        // the lower one says it is superseded; when it goes, the lower one
+        // comes back.
+        let override_spec = spec_of(&ticker("sensor", "300"), "fleet-override");
+        let override_digest = publish_spec(&url, &override_spec);
+        publish_fleet(
+            &url,
+            &fleet(
+                "override",
+                "building=b43",
+                10,
+                &override_spec,
+                1,
+                &override_digest,
+            ),
+        );
+        wait_until("the override runs on gw-a", WAIT, || {
+            pod_on(&url, "gw-a", "sensor").filter(|s| running(s) && s["uid"] == "fleet-override")
+        });
+        wait_until("b43 superseded on gw-a", WAIT, || {
+            reports(&url, "b43")
+                .remove("gw-a")
+                .filter(|r| r.state == FleetPodState::Superseded)
+        });
+        publish_raw(&url, "kedge/v1/_fleet/default/override", b"", true);
+        wait_until("b43's sensor back on gw-a", WAIT, || {
+            pod_on(&url, "gw-a", "sensor").filter(|s| running(s) && s["uid"] == "fleet-b43")
+        });
+
+        // The same spec as a new revision (a rollback to what runs): the
+        // pod is not restarted.
+        let started = pod_on(&url, "gw-a", "sensor").expect("sensor")["start_time_ms"].clone();
+        publish_fleet(
+            &url,
+            &fleet("b43", "building=b43", 0, &sensor, 2, &sensor_digest),
+        );
+        let r = wait_until("gw-a runs b43 revision 2", WAIT, || {
+            reports(&url, "b43")
+                .remove("gw-a")
+                .filter(|r| r.running_revision == 2 && r.state == FleetPodState::Ready)
+        });
+        assert_eq!(r.desired_revision, 2);
+        let s = pod_on(&url, "gw-a", "sensor").expect("sensor");
+        assert_eq!(s["start_time_ms"], started, "not restarted");
+        assert_eq!(restarts(&s), 0);
+
+        // A spec whose bytes do not match its digest is refused; the old
+        // revision keeps running (no gap) and the report says why.
+        let tampered = spec_of(&ticker("beacon", "250"), "fleet-all");
+        let good = wire::encode(0, &Message::DesiredPod(tampered.clone())).expect("encodes");
+        let digest = sha256_hex(&good);
+        let mut evil = tampered;
+        evil.containers[0].args = vec!["crash".into()];
+        let evil = wire::encode(0, &Message::DesiredPod(evil)).expect("encodes");
+        publish_raw(&url, &format!("kedge/v1/_fleet-spec/{digest}"), &evil, true);
+        publish_fleet(&url, &fleet("all", "", 0, &beacon, 2, &digest));
+        let r = wait_until("gw-c refuses the tampered spec", WAIT, || {
+            reports(&url, "all")
+                .remove("gw-c")
+                .filter(|r| r.state == FleetPodState::Failed)
+        });
+        assert_eq!(r.reason.as_deref(), Some("InvalidFleetSpec"));
+        assert_eq!(r.desired_revision, 2);
+        assert_eq!(r.running_revision, 1, "the old revision keeps running");
+        let s = pod_on(&url, "gw-c", "beacon").expect("beacon");
+        assert!(running(&s));
+        assert_eq!(s["observed_generation"], 1);
+
+        // Deleting a fleet removes its pods everywhere.
+        publish_raw(&url, "kedge/v1/_fleet/default/all", b"", true);
+        for node in ["gw-a", "gw-b", "gw-c"] {
+            wait_until(&format!("beacon leaves {node}"), WAIT, || {
+                pod_on(&url, node, "beacon").is_none().then_some(())
+            });
+        }
+        assert!(pod_on(&url, "gw-a", "sensor").is_some_and(|s| running(&s)));
+    }
+}

@@ -40,6 +40,8 @@ pub fn decide(
         (None, Incoming::Apply(..)) => Decision::Create,
         (None, Incoming::Delete(PodSource::Mqtt)) if refused_status => Decision::ClearRefused,
         (None, Incoming::Delete(_)) => Decision::Ignore("no such pod".into()),
+        // A pod sent to this node by name wins over a fleet's of that name.
+        (Some((_, PodSource::Fleet)), Incoming::Apply(_, PodSource::Mqtt)) => Decision::Replace,
         (Some((_, cur_src)), Incoming::Apply(_, src)) if cur_src != *src => {
             Decision::Reject(format!(
                 "a pod of this name already comes from {}; delete it there first",
@@ -74,6 +76,7 @@ fn source_name(s: PodSource) -> &'static str {
     match s {
         PodSource::Mqtt => "the broker",
         PodSource::File => "the static manifests directory",
+        PodSource::Fleet => "a fleet deployment",
     }
 }
 
@@ -84,6 +87,35 @@ mod tests {
 
     fn spec(uid: &str, generation: u64) -> PodSpec {
         crate::model::samples::spec("p", uid, generation, RestartPolicy::Always)
+    }
+
+    #[test]
+    fn a_pod_sent_by_name_replaces_a_fleet_pod_and_not_the_reverse() {
+        let cur = spec("u1", 3);
+        assert_eq!(
+            decide(
+                Some((&cur, PodSource::Fleet)),
+                false,
+                &Incoming::Apply(spec("u2", 1), PodSource::Mqtt)
+            ),
+            Decision::Replace
+        );
+        assert!(matches!(
+            decide(
+                Some((&cur, PodSource::Mqtt)),
+                false,
+                &Incoming::Apply(spec("u2", 9), PodSource::Fleet)
+            ),
+            Decision::Reject(_)
+        ));
+        assert!(matches!(
+            decide(
+                Some((&cur, PodSource::Fleet)),
+                false,
+                &Incoming::Delete(PodSource::Mqtt)
+            ),
+            Decision::Ignore(_)
+        ));
     }
 
     #[test]

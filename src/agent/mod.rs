@@ -7,6 +7,7 @@
 //! this file carries them out.
 
 pub mod decide;
+mod fleet;
 pub mod logs_rpc;
 pub mod pod_machine;
 pub mod probe;
@@ -104,6 +105,8 @@ pub struct Controller {
     unrecorded: HashMap<PodKey, PodStatus>,
     /// What this connection says about the desired set (reset on connect).
     desired_view: DesiredView,
+    /// Labels, fleet deployments, fleet specs and reports (`agent::fleet`).
+    fleet: fleet::FleetView,
 }
 
 struct Uncommitted {
@@ -221,6 +224,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         uncommitted: HashMap::new(),
         unrecorded: HashMap::new(),
         desired_view: DesiredView::default(),
+        fleet: fleet::FleetView::default(),
         config,
     };
 
@@ -246,6 +250,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 subscriptions: vec![
                     (topics.desired_filter(&controller.node), QoS::AtLeastOnce),
                     (topics.index_filter(&controller.node), QoS::AtLeastOnce),
+                    (topics.labels(&controller.node), QoS::AtLeastOnce),
+                    (topics.fleet_filter(), QoS::AtLeastOnce),
                     (topics.sync(&controller.node), QoS::AtLeastOnce),
                     (
                         topics.rpc_request_filter(&controller.node),
@@ -255,6 +261,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 dropped_when_oversized: vec![
                     topics.desired_filter(&controller.node),
                     topics.index_filter(&controller.node),
+                    topics.labels(&controller.node),
+                    topics.fleet_filter(),
                 ],
                 sync_topic: Some(topics.sync(&controller.node)),
                 last_will: Some(LastWill::new(
@@ -300,7 +308,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         drop(static_tx);
     }
 
+    controller.restore_fleets();
     controller.restore()?;
+    controller.refleet();
     let mut heartbeat = tokio::time::interval(controller.config.heartbeat());
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -601,6 +611,7 @@ impl Controller {
                 info!(degraded, "broker connected");
                 // Retained specs and indexes arrive again, then the barrier.
                 self.desired_view = DesiredView::default();
+                self.fleets_connected();
                 self.publish_node_status();
                 self.send(SessionCommand::OutboxChanged);
             }
@@ -611,6 +622,7 @@ impl Controller {
                 );
                 self.desired_view.synced = true;
                 self.reconcile_with_indexes();
+                self.fleets_synced();
             }
             SessionEvent::Oversized { bytes } => {
                 let message = format!(
@@ -651,6 +663,18 @@ impl Controller {
                 }
                 Some(TopicKind::Index { node, author }) if node == self.node => {
                     self.on_index(author, &payload);
+                    self.ack(ack);
+                }
+                Some(TopicKind::Fleet { fleet }) => {
+                    self.on_fleet(fleet, &payload);
+                    self.ack(ack);
+                }
+                Some(TopicKind::FleetSpec { digest }) => {
+                    self.on_fleet_spec(digest, &payload);
+                    self.ack(ack);
+                }
+                Some(TopicKind::Labels { node }) if node == self.node => {
+                    self.on_labels(&payload);
                     self.ack(ack);
                 }
                 Some(TopicKind::RpcRequest { node, request_id }) if node == self.node => {
@@ -958,6 +982,9 @@ impl Controller {
                 let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
                 self.clear_status(key, true);
                 info!(pod = %key, "pod deleted");
+                if entry.source == PodSource::Fleet {
+                    self.fleet_pod_changed(key);
+                }
             }
             AfterStop::Nothing => {
                 self.pods.insert(
@@ -991,7 +1018,14 @@ impl Controller {
         match result {
             Ok(_) => {
                 self.unrecorded.remove(key);
-                self.send(SessionCommand::OutboxChanged)
+                self.send(SessionCommand::OutboxChanged);
+                if self
+                    .pods
+                    .get(key)
+                    .is_some_and(|e| e.source == PodSource::Fleet)
+                {
+                    self.fleet_pod_changed(key);
+                }
             }
             Err(e) => {
                 // Kept and written again on the heartbeat: a supervisor
@@ -1137,6 +1171,10 @@ impl Controller {
             self.last_node_status.as_ref(),
             now_ms(),
         );
+        let status = NodeStatus {
+            labels: self.fleet.labels(),
+            ..status
+        };
         if let Ok(payload) = wire::encode(status.heartbeat_ms, &Message::NodeStatus(status.clone()))
         {
             self.send(SessionCommand::Publish {

@@ -158,6 +158,9 @@ pub struct AgentArgs {
     /// Static pod manifests to run and follow (manifests_dir).
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
+    /// The device's labels, key=value,key2=value2 (node.labels).
+    #[arg(long, value_name = "K=V,...")]
+    pub labels: Option<String>,
 }
 
 /// `kedge wasm compile`: writes the artifact and prints the image reference

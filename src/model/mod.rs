@@ -59,6 +59,9 @@ pub enum PodSource {
     Mqtt,
     /// A manifest in the agent's `--manifests` directory (a static pod).
     File,
+    /// A fleet deployment whose selector matches this device
+    /// (`{prefix}/_fleet/…`, docs/wire.md "Fleets").
+    Fleet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,551 @@
+//! The device's side of fleets (docs/wire.md, "Fleets"): its labels, the
+//! fleet deployments it has read, the specs it fetched by digest, the pods
+//! it runs for the fleets that win (`fleet::resolve`), and its reports.
+//!
+//! Invariants:
+//! - a fleet spec is used only if the sha256 of its payload is the digest
+//!   the fleet deployment names, and it names the fleet's pod and uid;
+//! - a pod keeps running its current revision until the spec of the next
+//!   one has arrived and checked (no gap while it is fetched);
+//! - the same spec under a new revision (a rollback to what runs) changes
+//!   the recorded generation only: no restart;
+//! - fleet records and specs are kept in the store, so fleet pods come back
+//!   after a restart with no broker; a fleet deployment is dropped when its
+//!   retained record is gone at the barrier, except when every one is gone
+//!   at once (a broker that lost its state): then nothing is deleted and
+//!   `FleetsMissing` says so.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use super::{AfterStop, Controller, Incoming};
+use crate::fleet::resolve::{self, Verdict};
+use crate::model::{
+    FleetDeployment, FleetPodState, FleetReport, NodeLabels, PodConditionType, PodKey, PodPhase,
+    PodSource, PodSpec, now_ms,
+};
+use crate::mqtt::SessionCommand;
+use crate::store::{DesiredRecord, OutboxEntry};
+use crate::wire;
+
+/// Container waiting reasons that mean the revision failed on this device.
+const FAILED_REASONS: &[&str] = &[
+    "CrashLoopBackOff",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerError",
+    "CreateContainerConfigError",
+    "RunContainerError",
+];
+
+#[derive(Debug, Default)]
+pub(super) struct FleetView {
+    /// The device's own labels (`node.labels`).
+    pub own_labels: BTreeMap<String, String>,
+    /// The cloud's labels (`{node}/labels`).
+    pub cloud_labels: BTreeMap<String, String>,
+    pub records: BTreeMap<PodKey, FleetDeployment>,
+    /// Fleet records received on this connection.
+    pub seen: BTreeSet<PodKey>,
+    /// Checked fleet specs by digest.
+    pub specs: HashMap<String, PodSpec>,
+    /// Digests subscribed to and not yet received.
+    pub fetching: BTreeSet<String>,
+    /// Digests whose payload failed its checks: why.
+    pub bad_specs: HashMap<String, String>,
+    /// The last report sent per fleet.
+    pub reports: BTreeMap<PodKey, FleetReport>,
+    pub warned_missing: bool,
+}
+
+impl FleetView {
+    /// Own labels, overlaid with the cloud's.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut l = self.own_labels.clone();
+        l.extend(self.cloud_labels.clone());
+        l
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn fleet_key(k: &PodKey) -> String {
+    format!("fleet/{}/{}", k.namespace, k.name)
+}
+
+impl Controller {
+    /// Loads the fleet state kept in the store (before pods are restored).
+    pub(super) fn restore_fleets(&mut self) {
+        self.fleet.own_labels = self.config.labels();
+        let rows = match self.store.fleet_state() {
+            Ok(r) => r,
+            Err(e) => return warn!(error = %e, "cannot read the fleet state"),
+        };
+        for (key, value) in rows {
+            if key == "labels" {
+                match wire::decode_as::<NodeLabels>(&value) {
+                    Ok((_, l)) => self.fleet.cloud_labels = l.labels,
+                    Err(e) => warn!(error = %e, "stored labels unreadable; ignored"),
+                }
+            } else if key.starts_with("fleet/") {
+                match wire::decode_as::<FleetDeployment>(&value) {
+                    Ok((_, f)) => {
+                        self.fleet.records.insert(f.key(), f);
+                    }
+                    Err(e) => {
+                        warn!(%key, error = %e, "stored fleet deployment unreadable; ignored")
+                    }
+                }
+            } else if let Some(digest) = key.strip_prefix("spec/") {
+                if sha256_hex(&value) != digest {
+                    warn!(%key, "stored fleet spec does not match its digest; ignored");
+                    continue;
+                }
+                match wire::decode_as::<PodSpec>(&value) {
+                    Ok((_, s)) => {
+                        self.fleet.specs.insert(digest.to_string(), s);
+                    }
+                    Err(e) => warn!(%key, error = %e, "stored fleet spec unreadable; ignored"),
+                }
+            } else if let Some(fleet) = key.strip_prefix("report/")
+                && let (Some(k), Ok(r)) = (
+                    PodKey::parse(fleet),
+                    postcard::from_bytes::<FleetReport>(&value),
+                )
+            {
+                self.fleet.reports.insert(k, r);
+            }
+        }
+        info!(
+            fleets = self.fleet.records.len(),
+            specs = self.fleet.specs.len(),
+            labels = ?self.fleet.labels(),
+            "fleet state restored"
+        );
+    }
+
+    /// A new connection: records arrive again, then the barrier.
+    pub(super) fn fleets_connected(&mut self) {
+        self.fleet.seen.clear();
+        self.fleet.warned_missing = false;
+    }
+
+    /// The barrier: every retained fleet record has arrived. Those not
+    /// seen were deleted while this device was away.
+    pub(super) fn fleets_synced(&mut self) {
+        let gone: Vec<PodKey> = self
+            .fleet
+            .records
+            .keys()
+            .filter(|k| !self.fleet.seen.contains(*k))
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        if self.fleet.seen.is_empty() {
+            if !self.fleet.warned_missing {
+                self.fleet.warned_missing = true;
+                let message = format!(
+                    "the broker holds none of the {} fleet deployments this node runs; keeping them (a broker that lost its retained messages must not stop every fleet pod). Delete a fleet deployment with kedge delete fleet or by removing its custom resource",
+                    gone.len()
+                );
+                self.node_warning("FleetsMissing", message);
+            }
+            return;
+        }
+        for key in gone {
+            info!(fleet = %key, "fleet deployment deleted while away");
+            self.remove_fleet(&key);
+        }
+        self.refleet();
+    }
+
+    fn remove_fleet(&mut self, key: &PodKey) {
+        if let Err(e) = self.store.put_fleet(&fleet_key(key), None) {
+            warn!(fleet = %key, error = %e, "cannot forget fleet deployment");
+        }
+        self.fleet.records.remove(key);
+    }
+
+    /// `{prefix}/_fleet/{ns}/{name}`.
+    pub(super) fn on_fleet(&mut self, key: PodKey, payload: &[u8]) {
+        self.fleet.seen.insert(key.clone());
+        if payload.is_empty() {
+            info!(fleet = %key, "fleet deployment deleted");
+            self.remove_fleet(&key);
+            self.refleet();
+            return;
+        }
+        let f = match wire::decode_as::<FleetDeployment>(payload) {
+            Ok((_, f)) if f.key() == key => f,
+            Ok((_, f)) => {
+                let message = format!(
+                    "ignoring fleet deployment {} sent on the topic of {key}",
+                    f.key()
+                );
+                return self.node_warning("InvalidFleetDeployment", message);
+            }
+            Err(e) => {
+                // The last good record (if any) stays in force.
+                let message = format!("cannot read fleet deployment {key}: {e}");
+                return self.node_warning("InvalidFleetDeployment", message);
+            }
+        };
+        if self.fleet.records.get(&key) == Some(&f) {
+            return;
+        }
+        debug!(fleet = %key, revision = f.revision, "fleet deployment");
+        if let Err(e) = self.store.put_fleet(&fleet_key(&key), Some(payload)) {
+            warn!(fleet = %key, error = %e, "cannot record fleet deployment; using it anyway");
+        }
+        self.fleet.records.insert(key, f);
+        self.refleet();
+    }
+
+    /// `{prefix}/_fleet-spec/{digest}`.
+    pub(super) fn on_fleet_spec(&mut self, digest: String, payload: &[u8]) {
+        if !self.fleet.fetching.contains(&digest) || payload.is_empty() {
+            return;
+        }
+        let checked = if sha256_hex(payload) != digest {
+            Err("its payload does not match its sha256 digest".to_string())
+        } else {
+            match wire::decode_as::<PodSpec>(payload) {
+                Ok((_, spec)) => {
+                    let named = self.fleet.records.values().any(|f| {
+                        (f.spec_digest == digest
+                            || f.stable.as_ref().is_some_and(|s| s.spec_digest == digest))
+                            && f.pod_key() == spec.key()
+                            && f.uid == spec.uid
+                    });
+                    if named {
+                        Ok(spec)
+                    } else {
+                        Err(format!(
+                            "it names pod {} uid {}, which no fleet deployment with this digest runs",
+                            spec.key(),
+                            spec.uid
+                        ))
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        self.fleet.fetching.remove(&digest);
+        self.send(SessionCommand::Unsubscribe(self.topics.fleet_spec(&digest)));
+        match checked {
+            Ok(spec) => {
+                if let Err(e) = self
+                    .store
+                    .put_fleet(&format!("spec/{digest}"), Some(payload))
+                {
+                    warn!(%digest, error = %e, "cannot record fleet spec; using it anyway");
+                }
+                self.fleet.bad_specs.remove(&digest);
+                self.fleet.specs.insert(digest, spec);
+            }
+            Err(why) => {
+                let message = format!("refusing fleet spec {digest}: {why}");
+                self.node_warning("InvalidFleetSpec", message);
+                self.fleet.bad_specs.insert(digest, why);
+            }
+        }
+        self.refleet();
+    }
+
+    /// `{prefix}/{node}/labels`.
+    pub(super) fn on_labels(&mut self, payload: &[u8]) {
+        let labels = if payload.is_empty() {
+            BTreeMap::new()
+        } else {
+            match wire::decode_as::<NodeLabels>(payload) {
+                Ok((_, l)) => l.labels,
+                Err(e) => {
+                    let message = format!("cannot read the labels set for this node: {e}");
+                    return self.node_warning("InvalidLabels", message);
+                }
+            }
+        };
+        if labels == self.fleet.cloud_labels {
+            return;
+        }
+        info!(?labels, "labels set by the cloud");
+        let stored = (!payload.is_empty()).then_some(payload);
+        if let Err(e) = self.store.put_fleet("labels", stored) {
+            warn!(error = %e, "cannot record labels; using them anyway");
+        }
+        self.fleet.cloud_labels = labels;
+        self.publish_node_status();
+        self.refleet();
+    }
+
+    fn fleet_plan(&self) -> resolve::Plan {
+        let by_name: BTreeSet<PodKey> = self
+            .pods
+            .iter()
+            .filter(|(_, e)| e.source != PodSource::Fleet)
+            .map(|(k, _)| k.clone())
+            .collect();
+        resolve::plan(
+            crate::fleet::bucket(&self.node),
+            &self.fleet.labels(),
+            self.fleet.records.values(),
+            &by_name,
+        )
+    }
+
+    /// Brings the pods from fleets in line with the plan, then reports.
+    pub(super) fn refleet(&mut self) {
+        let plan = self.fleet_plan();
+        let mut needed: BTreeSet<String> = BTreeSet::new();
+        for (pod, (fleet, revision)) in &plan.pods {
+            let Some(f) = self.fleet.records.get(fleet) else {
+                continue;
+            };
+            let Some(body) = self.fleet.specs.get(&revision.spec_digest) else {
+                if !self.fleet.bad_specs.contains_key(&revision.spec_digest) {
+                    needed.insert(revision.spec_digest.clone());
+                }
+                continue;
+            };
+            let mut spec = body.clone();
+            spec.uid = f.uid.clone();
+            spec.generation = revision.revision;
+            self.run_fleet_pod(pod.clone(), spec);
+        }
+        // Fleet pods no fleet gives this device any more.
+        let leaving: Vec<PodKey> = self
+            .pods
+            .iter()
+            .filter(|(k, e)| {
+                e.source == PodSource::Fleet
+                    && !matches!(e.then, AfterStop::Delete)
+                    && !plan.pods.contains_key(*k)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in leaving {
+            info!(pod = %key, "no fleet deployment gives this node the pod any more");
+            if let Err(e) = self.apply(key.clone(), Incoming::Delete(PodSource::Fleet)) {
+                warn!(pod = %key, error = %e, "cannot record the delete; retried on the next change");
+            }
+        }
+        for digest in needed.difference(&self.fleet.fetching.clone()) {
+            debug!(%digest, "fetching fleet spec");
+            self.send(SessionCommand::Subscribe(self.topics.fleet_spec(digest)));
+        }
+        for digest in self.fleet.fetching.difference(&needed) {
+            self.send(SessionCommand::Unsubscribe(self.topics.fleet_spec(digest)));
+        }
+        self.fleet.fetching = needed;
+        self.report_fleets(&plan.fleets, true);
+    }
+
+    fn run_fleet_pod(&mut self, pod: PodKey, spec: PodSpec) {
+        if let Some(entry) = self.pods.get_mut(&pod)
+            && entry.source == PodSource::Fleet
+            && matches!(entry.then, AfterStop::Nothing)
+            && entry.spec.uid == spec.uid
+            && entry.spec.generation != spec.generation
+        {
+            let mut same = entry.spec.clone();
+            same.generation = spec.generation;
+            if same == spec {
+                // The same spec under a new revision (a rollback to what
+                // runs): recorded, not restarted.
+                let record = DesiredRecord {
+                    source: PodSource::Fleet,
+                    spec: spec.clone(),
+                };
+                if let Err(e) = self.store.put_desired(&record) {
+                    return warn!(pod = %pod, error = %e, "cannot record the new revision");
+                }
+                info!(pod = %pod, revision = spec.generation, "same spec under a new revision; not restarted");
+                entry.spec.generation = spec.generation;
+                return;
+            }
+        }
+        if let Err(e) = self.apply(pod.clone(), Incoming::Apply(spec, PodSource::Fleet)) {
+            warn!(pod = %pod, error = %e, "cannot record the fleet pod; retried on the next change");
+        }
+    }
+
+    /// What this device says about one fleet deployment.
+    fn fleet_report(&self, fleet: &FleetDeployment, t: &resolve::Targeted) -> FleetReport {
+        let pod = fleet.pod_key();
+        let desired = t.want.as_ref().map_or(0, |r| r.revision);
+        let running_pod = self
+            .pods
+            .get(&pod)
+            .filter(|e| e.source == PodSource::Fleet && e.spec.uid == fleet.uid);
+        let status = running_pod.and_then(|_| self.store.status(&pod).ok().flatten());
+        // The revision of the spec that runs (a new revision of the same
+        // spec is recorded on the pod without a restart, so its status may
+        // still carry the generation it started with).
+        let running = match (running_pod, &status) {
+            (Some(e), Some(s)) if s.uid == fleet.uid => {
+                e.spec.generation.max(s.observed_generation)
+            }
+            _ => 0,
+        };
+        let mut report = FleetReport {
+            fleet_uid: fleet.uid.clone(),
+            desired_revision: desired,
+            running_revision: running,
+            state: FleetPodState::Pending,
+            groups: t.groups,
+            reason: None,
+            message: None,
+        };
+        if let Some(by) = &t.superseded_by {
+            report.state = FleetPodState::Superseded;
+            report.reason = Some("Superseded".into());
+            report.message = Some(format!("this node runs pod {pod} from {by}"));
+            return report;
+        }
+        let Some(want) = &t.want else {
+            report.state = FleetPodState::Waiting;
+            return report;
+        };
+        if let Some(why) = self.fleet.bad_specs.get(&want.spec_digest) {
+            report.state = FleetPodState::Failed;
+            report.reason = Some("InvalidFleetSpec".into());
+            report.message = Some(why.clone());
+            return report;
+        }
+        let Some(status) = status.filter(|s| s.uid == fleet.uid) else {
+            report.reason = Some(
+                if self.fleet.specs.contains_key(&want.spec_digest) {
+                    "ContainerCreating"
+                } else {
+                    "FetchingSpec"
+                }
+                .into(),
+            );
+            return report;
+        };
+        let waiting = status
+            .init_container_statuses
+            .iter()
+            .chain(&status.container_statuses)
+            .find_map(|c| match &c.state {
+                crate::model::ContainerState::Waiting { reason, message }
+                    if FAILED_REASONS.contains(&reason.as_str()) =>
+                {
+                    Some((reason.clone(), message.clone()))
+                }
+                _ => None,
+            });
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.kind == PodConditionType::Ready && c.status);
+        report.state = match (status.phase, &waiting) {
+            (PodPhase::Failed, _) => FleetPodState::Failed,
+            (_, Some(_)) => FleetPodState::Failed,
+            (PodPhase::Succeeded, _) => FleetPodState::Succeeded,
+            (PodPhase::Running, _) if ready => FleetPodState::Ready,
+            (PodPhase::Running, _) => FleetPodState::Running,
+            _ => FleetPodState::Pending,
+        };
+        if report.state == FleetPodState::Failed {
+            let (reason, message) = waiting
+                .map(|(r, m)| (Some(r), m))
+                .unwrap_or((status.reason.clone(), status.message.clone()));
+            report.reason = reason;
+            report.message = message;
+        }
+        report
+    }
+
+    /// Sends the reports that changed (retained, through the outbox); an
+    /// empty retained report for fleets this device left. `all`: the
+    /// verdicts cover every fleet (fleets not among them were deleted).
+    fn report_fleets(&mut self, verdicts: &BTreeMap<PodKey, Verdict>, all: bool) {
+        let mut changes: Vec<(PodKey, Option<FleetReport>)> = Vec::new();
+        for (key, verdict) in verdicts {
+            let report = match (verdict, self.fleet.records.get(key)) {
+                (Verdict::Targeted(t), Some(f)) => Some(self.fleet_report(f, t)),
+                _ => None,
+            };
+            if self.fleet.reports.get(key) != report.as_ref() {
+                changes.push((key.clone(), report));
+            }
+        }
+        // Fleets deleted altogether.
+        for key in self.fleet.reports.keys().filter(|_| all) {
+            if !verdicts.contains_key(key) {
+                changes.push((key.clone(), None));
+            }
+        }
+        for (key, report) in changes {
+            if report.is_none() && !self.fleet.reports.contains_key(&key) {
+                continue;
+            }
+            let topic = self.topics.fleet_report(&self.node, &key);
+            let body = match &report {
+                Some(r) => match wire::Body::of(&wire::Message::FleetReport(r.clone())) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        warn!(fleet = %key, error = %e, "cannot encode fleet report");
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let queued = self.store.append_outbox(|seq| OutboxEntry {
+                topic,
+                payload: body.map(|b| b.envelope(seq)).unwrap_or_default(),
+                retain: true,
+                created_ms: now_ms(),
+            });
+            if let Err(e) = queued {
+                warn!(fleet = %key, error = %e, "cannot queue fleet report; sent on the next change");
+                continue;
+            }
+            let stored = report
+                .as_ref()
+                .map(|r| postcard::to_stdvec(r).unwrap_or_default());
+            let _ = self.store.put_fleet(
+                &format!("report/{}/{}", key.namespace, key.name),
+                stored.as_deref(),
+            );
+            match report {
+                Some(r) => {
+                    debug!(fleet = %key, state = r.state.as_str(), desired = r.desired_revision, running = r.running_revision, "fleet report");
+                    self.fleet.reports.insert(key, r);
+                }
+                None => {
+                    self.fleet.reports.remove(&key);
+                }
+            }
+            self.send(SessionCommand::OutboxChanged);
+        }
+    }
+
+    /// A fleet pod's status changed: its fleets' reports may have.
+    pub(super) fn fleet_pod_changed(&mut self, pod: &PodKey) {
+        if !self.fleet.records.values().any(|f| f.pod_key() == *pod) {
+            return;
+        }
+        let plan = self.fleet_plan();
+        let only: BTreeMap<PodKey, Verdict> = plan
+            .fleets
+            .into_iter()
+            .filter(|(k, _)| {
+                self.fleet
+                    .records
+                    .get(k)
+                    .is_some_and(|f| f.pod_key() == *pod)
+            })
+            .collect();
+        self.report_fleets(&only, false);
+    }
+}
