@@ -29,7 +29,7 @@ use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use support::k8s::{BridgeOpts, BridgeProc, ControlPlane, ControlPlaneOpts};
-use support::{Mosquitto, wait_until};
+use support::{Mosquitto, percentile, rss_kib, wait_until};
 
 struct Row {
     devices: usize,
@@ -42,17 +42,6 @@ struct Row {
     status_p50: Duration,
     status_p99: Duration,
     create_to_running_p50: Duration,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 /// The bridge's `kedge_bridge_api_requests_total`, through its kubelet API.
@@ -71,15 +60,6 @@ fn api_requests(cp: &ControlPlane, port: u16) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("kedge_bridge_api_requests_total "))
         .and_then(|v| v.trim().parse().ok())
-}
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
 }
 
 fn run(devices: usize, pods: usize, qps: f64) -> Row {

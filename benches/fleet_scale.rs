@@ -42,20 +42,9 @@ use fleet_sim::{FleetSim, FleetSimOpts};
 use kedge::model::{Cohort, FleetDeployment, PodSpec, Rollout};
 use kedge::wire::{self, Message, Topics};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
-use support::{free_port, wait_until};
+use support::{free_port, percentile, rss_kib, wait_until};
 
 const PREFIX: &str = "kedge/v1";
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
 
 fn raise_nofile(want: u64) -> u64 {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
@@ -185,14 +174,6 @@ impl SysBytes {
         });
         self.received.load(Ordering::Relaxed) + self.sent.load(Ordering::Relaxed)
     }
-}
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    if v.is_empty() {
-        return Duration::ZERO;
-    }
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// A fleet pod spec (never run by the simulator; its size is realistic).

@@ -968,3 +968,24 @@ fn parse_sub_line(line: &str) -> Option<(String, Vec<u8>)> {
     let (topic, hexpayload) = line.rsplit_once(' ')?;
     Some((topic.to_string(), hex::decode(hexpayload).ok()?))
 }
+
+/// A process's resident set size in KiB (0 if it is gone): for benchmarks.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// The `p` quantile (0–1) of `v`, which it sorts; zero when empty.
+pub fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
