@@ -5,10 +5,11 @@
 //! `cargo bench --features bridge --bench fleet_scale`
 //! (`KEDGE_BENCH_DEVICES=10000,30000,100000` the sizes;
 //! `KEDGE_BENCH_IDLE_SECS` the idle window, default 120;
-//! `KEDGE_BENCH_CONTROLLER=direct|bridge`: who publishes the fleet
-//! deployment — `direct` publishes the spec and the record itself, the
-//! floor; `bridge` runs the real control plane and `kedge bridge` with a
-//! FleetDeployment custom resource).
+//! `KEDGE_BENCH_CONTROLLER=bridge|direct`: who turns the rollout into MQTT
+//! messages — `bridge` (the default) runs the real control plane and
+//! `kedge bridge`, creates a FleetDeployment custom resource and then
+//! changes its template; `direct` publishes the spec and the record from
+//! the bench, the floor any controller must at least send).
 //!
 //! One process may hold at most `ulimit -Hn` sockets (20,000 on the
 //! development machines, which cannot raise it: no CAP_SYS_RESOURCE). So,
@@ -20,11 +21,13 @@
 //! EMQX/HiveMQ cluster with Mosquitto's means. Each (address, port) pair
 //! has ~28,000 source ports, so one listener per shard is enough.
 //!
-//! Prints one row per size: connect time, broker RSS per device, time from
-//! the apply until each device reports the revision Ready (p50/p99, all),
-//! MQTT bytes per device per rollout (the broker's own `$SYS` byte
-//! counters, both directions, the controller's included), and per idle
-//! hour, then the same for an update.
+//! Prints one row per size: connect time, broker RSS per device, the
+//! bridge's RSS per device, time from the apply until each device reports
+//! the revision Ready (p50/p99, all), MQTT bytes per device per rollout
+//! (the device-facing brokers' own `$SYS` byte counters, both directions),
+//! the bridge's CPU time and Kubernetes API writes per rollout, the same
+//! for an update, and the bytes per device per idle hour (keep-alives
+//! every 60 s, node status every 10 min).
 
 #[path = "../tests/support/fleet_sim.rs"]
 mod fleet_sim;
@@ -39,9 +42,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fleet_sim::{FleetSim, FleetSimOpts};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kedge::model::{Cohort, FleetDeployment, PodSpec, Rollout};
 use kedge::wire::{self, Message, Topics};
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use support::k8s::{
+    BridgeOpts, BridgeProc, ControlPlane, ControlPlaneOpts, bridge_metric, cpu_time,
+};
 use support::{free_port, percentile, rss_kib, wait_until};
 
 const PREFIX: &str = "kedge/v1";
@@ -207,7 +216,7 @@ spec:
 
 /// The floor: publishes the spec and the record itself (what any
 /// controller must at least send), returns the publish instant.
-async fn publish_direct(client: &AsyncClient, revision: u64, version: &str) -> Instant {
+async fn publish_direct(client: &AsyncClient, revision: u64, version: &str) {
     let topics = Topics::new(PREFIX);
     let s = spec("fleet-sensors", version);
     let payload = wire::encode(0, &Message::DesiredPod(s)).expect("encodes");
@@ -231,7 +240,6 @@ async fn publish_direct(client: &AsyncClient, revision: u64, version: &str) -> I
         stable: None,
         rollout: Rollout::default(),
     };
-    let start = Instant::now();
     client
         .publish(topics.fleet_spec(&digest), QoS::AtLeastOnce, true, payload)
         .await
@@ -246,7 +254,131 @@ async fn publish_direct(client: &AsyncClient, revision: u64, version: &str) -> I
         )
         .await
         .expect("publish record");
-    start
+}
+
+/// Who turns "roll this out" into MQTT messages.
+enum Controller {
+    /// The bench publishes the spec and the record itself: the floor.
+    Direct(AsyncClient),
+    /// The real `kedge bridge` with the real control plane: a
+    /// FleetDeployment custom resource is created, then its template
+    /// changed.
+    Bridge(Box<BridgeSide>),
+}
+
+struct BridgeSide {
+    cp: ControlPlane,
+    bridge: BridgeProc,
+    client: kube::Client,
+}
+
+impl BridgeSide {
+    fn start(rt: &tokio::runtime::Runtime, core_port: u16) -> BridgeSide {
+        let cp = ControlPlane::start(ControlPlaneOpts {
+            controllers: false,
+            ..Default::default()
+        });
+        let bridge = BridgeProc::start(BridgeOpts {
+            broker_url: format!("mqtt://127.0.0.1:{core_port}"),
+            kubeconfig: cp.kubeconfig.clone(),
+            certs: cp.certs.clone(),
+            extra_args: vec![
+                // The simulated devices are fleet members, not Nodes.
+                "--node-selector=kedge.io/node=true".into(),
+                "--heartbeat-timeout-ms=1200000".into(),
+            ],
+        });
+        let client = rt.block_on(async {
+            let kc = kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("kubeconfig");
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .expect("config");
+            kube::Client::try_from(cfg).expect("client")
+        });
+        // The CRD, as users install it.
+        let crd: CustomResourceDefinition = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(
+                support::repo_root().join("edge-manifests/fleetdeployment-crd.yaml"),
+            )
+            .expect("edge-manifests/fleetdeployment-crd.yaml"),
+        )
+        .expect("CRD yaml");
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        rt.block_on(crds.create(&PostParams::default(), &crd))
+            .expect("create CRD");
+        wait_until("CRD established", Duration::from_secs(60), || {
+            let c = rt.block_on(crds.get("fleetdeployments.kedge.io")).ok()?;
+            c.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        });
+        BridgeSide { cp, bridge, client }
+    }
+
+    fn fleets(&self) -> Api<DynamicObject> {
+        let ar = ApiResource {
+            group: "kedge.io".into(),
+            version: "v1alpha1".into(),
+            api_version: "kedge.io/v1alpha1".into(),
+            kind: "FleetDeployment".into(),
+            plural: "fleetdeployments".into(),
+        };
+        Api::namespaced_with(self.client.clone(), "default", &ar)
+    }
+
+    fn writes(&self) -> f64 {
+        bridge_metric(
+            &self.cp,
+            self.bridge.kubelet_port,
+            "kedge_bridge_api_requests_total",
+        )
+        .unwrap_or(0.0)
+    }
+}
+
+fn template(version: &str) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"labels": {"app": "sensor"}},
+        "spec": {
+            "runtimeClassName": "kedge-wasm",
+            "containers": [{
+                "name": "main",
+                "image": format!("registry.example.com/acme/sensor:{version}"),
+                "args": ["--interval", "5s", "--topic", "telemetry/temperature"],
+                "env": [{"name": "MODE", "value": "edge"}],
+                "resources": {"limits": {"memory": "16Mi"}}
+            }]
+        }
+    })
+}
+
+/// Rolls `version` out through the controller.
+fn apply(rt: &tokio::runtime::Runtime, c: &Controller, revision: u64, version: &str) {
+    match c {
+        Controller::Direct(client) => {
+            rt.block_on(publish_direct(client, revision, version));
+        }
+        Controller::Bridge(b) => {
+            let api = b.fleets();
+            if revision == 1 {
+                let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "kedge.io/v1alpha1",
+                    "kind": "FleetDeployment",
+                    "metadata": {"name": "sensors", "namespace": "default"},
+                    "spec": {"selector": "building=b43", "template": template(version)}
+                }))
+                .expect("object");
+                rt.block_on(api.create(&PostParams::default(), &obj))
+                    .expect("create FleetDeployment");
+            } else {
+                let patch = serde_json::json!({"spec": {"template": template(version)}});
+                rt.block_on(api.patch("sensors", &PatchParams::default(), &Patch::Merge(&patch)))
+                    .expect("patch FleetDeployment");
+            }
+        }
+    }
 }
 
 struct Rollout1 {
@@ -254,11 +386,17 @@ struct Rollout1 {
     p99: Duration,
     all: Duration,
     bytes_per_device: f64,
+    /// The bridge's CPU time and Kubernetes API writes during the rollout.
+    bridge_cpu: Duration,
+    api_writes: f64,
 }
 
 struct Row {
     devices: usize,
     brokers: usize,
+    /// The bridge's RSS growth per device, once every device has reported
+    /// (bridge mode).
+    bridge_bytes_per_device: Option<f64>,
     connect: Duration,
     broker_kib_per_device: f64,
     first: Rollout1,
@@ -405,7 +543,7 @@ fn child_main(spec: &str) {
 
 fn rollout(
     rt: &tokio::runtime::Runtime,
-    publisher: &AsyncClient,
+    controller: &Controller,
     devices: &Devices,
     sys: &[SysBytes],
     n: usize,
@@ -414,8 +552,13 @@ fn rollout(
 ) -> Rollout1 {
     let bytes = |sys: &[SysBytes]| sys.iter().map(SysBytes::settled).sum::<u64>();
     let before = bytes(sys);
+    let (cpu0, writes0) = match controller {
+        Controller::Bridge(b) => (cpu_time(b.bridge.pid()), b.writes()),
+        Controller::Direct(_) => (Duration::ZERO, 0.0),
+    };
     let since_ms = kedge::model::now_ms();
-    let start = rt.block_on(publish_direct(publisher, revision, version));
+    let start = Instant::now();
+    apply(rt, controller, revision, version);
     wait_until(
         &format!("{n} devices report revision {revision} Ready"),
         Duration::from_secs(1800),
@@ -424,15 +567,38 @@ fn rollout(
     let all = start.elapsed();
     let mut lat = devices.latencies(revision, since_ms);
     let after = bytes(sys);
+    let (bridge_cpu, api_writes) = match controller {
+        Controller::Bridge(b) => {
+            // The bridge has seen every report once its status says so.
+            let api = b.fleets();
+            wait_until(
+                "the FleetDeployment's status counts every device",
+                Duration::from_secs(600),
+                || {
+                    let o = rt.block_on(api.get("sensors")).ok()?;
+                    (o.data["status"]["upToDate"].as_u64()? >= n as u64
+                        && o.data["status"]["phase"] == "Complete")
+                        .then_some(())
+                },
+            );
+            (
+                cpu_time(b.bridge.pid()).saturating_sub(cpu0),
+                b.writes() - writes0,
+            )
+        }
+        Controller::Direct(_) => (Duration::ZERO, 0.0),
+    };
     Rollout1 {
         p50: percentile(&mut lat, 0.5),
         p99: percentile(&mut lat, 0.99),
         all,
         bytes_per_device: (after - before) as f64 / n as f64,
+        bridge_cpu,
+        api_writes,
     }
 }
 
-fn run(n: usize, idle: Duration) -> Row {
+fn run(n: usize, idle: Duration, bridge: bool) -> Row {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -459,13 +625,19 @@ fn run(n: usize, idle: Duration) -> Row {
         let _g = rt.enter();
         facing.iter().map(|b| SysBytes::start(b.port)).collect()
     };
-    let publisher = {
+    let controller = if bridge {
+        Controller::Bridge(Box::new(BridgeSide::start(&rt, core.port)))
+    } else {
         let _g = rt.enter();
         let mut o = MqttOptions::new("bench-publisher", "127.0.0.1", core.port);
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut ev) = AsyncClient::new(o, 64);
         tokio::spawn(async move { while ev.poll().await.is_ok() {} });
-        client
+        Controller::Direct(client)
+    };
+    let bridge_rss0 = match &controller {
+        Controller::Bridge(b) => rss_kib(b.bridge.pid()),
+        Controller::Direct(_) => 0,
     };
     let devices = Arc::new(Devices {
         connected: AtomicU64::new(0),
@@ -487,8 +659,14 @@ fn run(n: usize, idle: Duration) -> Row {
     );
     let connect = start.elapsed();
     let rss1 = rss(&facing);
-    let first = rollout(&rt, &publisher, &devices, &sys, n, 1, "1.0.0");
-    let update = rollout(&rt, &publisher, &devices, &sys, n, 2, "1.1.0");
+    let first = rollout(&rt, &controller, &devices, &sys, n, 1, "1.0.0");
+    let bridge_bytes_per_device = match &controller {
+        Controller::Bridge(b) => {
+            Some(rss_kib(b.bridge.pid()).saturating_sub(bridge_rss0) as f64 * 1024.0 / n as f64)
+        }
+        Controller::Direct(_) => None,
+    };
+    let update = rollout(&rt, &controller, &devices, &sys, n, 2, "1.1.0");
     // Idle: keep-alives and node statuses only.
     let bytes = |sys: &[SysBytes]| sys.iter().map(SysBytes::settled).sum::<u64>();
     let before = bytes(&sys);
@@ -499,6 +677,7 @@ fn run(n: usize, idle: Duration) -> Row {
     Row {
         devices: n,
         brokers: facing.len(),
+        bridge_bytes_per_device,
         connect,
         broker_kib_per_device: rss1.saturating_sub(rss0) as f64 / n as f64,
         first,
@@ -543,39 +722,61 @@ fn main() {
         std::process::exit(1);
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let bridge = match std::env::var("KEDGE_BENCH_CONTROLLER").as_deref() {
+        Ok("direct") => false,
+        Ok("bridge") | Err(_) => true,
+        Ok(other) => {
+            eprintln!("KEDGE_BENCH_CONTROLLER={other}: expected direct or bridge");
+            std::process::exit(2);
+        }
+    };
     let mut rows = Vec::new();
     for n in sizes {
         eprintln!("fleet_scale: {n} devices…");
-        rows.push(run(n, idle));
+        rows.push(run(n, idle, bridge));
     }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "\nfleet_scale (controller: direct publish, the floor; one MQTT connection per device; {}, single-threaded, at most {} devices per broker)\n",
+        "\nfleet_scale (controller: {}; one MQTT connection per device; {}, single-threaded, at most {} devices per broker)\n",
+        if bridge {
+            "kedge bridge with a FleetDeployment custom resource, real kube-apiserver"
+        } else {
+            "direct publish, the floor"
+        },
         mosquitto_version(),
         shard()
     );
     let _ = writeln!(
         out,
-        "| devices | brokers | connect all | broker RSS/device | rollout p50 | p99 | all Ready | MQTT bytes/device | update p50 | p99 | all Ready | bytes/device | idle bytes/device/h (kbit/s) |"
+        "| devices | brokers | connect all | broker RSS/device | bridge RSS/device | rollout p50 | p99 | all Ready | MQTT bytes/device | bridge CPU | API writes | update p50 | p99 | all Ready | bytes/device | bridge CPU | API writes | idle bytes/device/h (kbit/s) |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in &rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} s | {:.1} KiB | {:.2} s | {:.2} s | {:.2} s | {:.0} | {:.2} s | {:.2} s | {:.2} s | {:.0} | {:.0} ({:.4}) |",
+            "| {} | {} | {:.1} s | {:.1} KiB | {} | {:.2} s | {:.2} s | {:.2} s | {:.0} | {:.2} s | {:.0} | {:.2} s | {:.2} s | {:.2} s | {:.0} | {:.2} s | {:.0} | {:.0} ({:.4}) |",
             r.devices,
             r.brokers,
             r.connect.as_secs_f64(),
             r.broker_kib_per_device,
+            r.bridge_bytes_per_device
+                .map_or("-".to_string(), |b| format!("{b:.0} B")),
             r.first.p50.as_secs_f64(),
             r.first.p99.as_secs_f64(),
             r.first.all.as_secs_f64(),
             r.first.bytes_per_device,
+            r.first.bridge_cpu.as_secs_f64(),
+            r.first.api_writes,
             r.update.p50.as_secs_f64(),
             r.update.p99.as_secs_f64(),
             r.update.all.as_secs_f64(),
             r.update.bytes_per_device,
+            r.update.bridge_cpu.as_secs_f64(),
+            r.update.api_writes,
             r.idle_bytes_per_device_hour,
             r.idle_bytes_per_device_hour * 8.0 / 3600.0 / 1000.0,
         );

@@ -484,3 +484,40 @@ impl Drop for BridgeProc {
         }
     }
 }
+
+/// One value of the bridge's Prometheus metrics (`/metrics` on its kubelet
+/// API, read with the control plane's admin certificate), for benchmarks.
+pub fn bridge_metric(cp: &ControlPlane, port: u16, name: &str) -> Option<f64> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(&cp.certs.ca)
+        .arg("--cert")
+        .arg(cp.dir().join("admin.pem"))
+        .arg("--key")
+        .arg(cp.dir().join("admin.key"))
+        .arg(format!("https://127.0.0.1:{port}/metrics"))
+        .output()
+        .ok()?;
+    let prefix = format!("{name} ");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A process's CPU time (user + system) so far, for benchmarks.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 (1-based), 11 and 12 after ')'.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // USER_HZ: 100 on every Linux architecture kedge builds for.
+    Duration::from_millis(ticks * 10)
+}
