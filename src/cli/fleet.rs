@@ -4,10 +4,11 @@
 //! show it with its devices' reports, `kedge delete fleet` removes it.
 //! The rules are in `crate::fleet`; this module reads and publishes.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 
 use crate::config::Config;
@@ -191,6 +192,8 @@ pub async fn apply(
     namespace: Option<&str>,
     args: &FleetArgs,
 ) -> anyhow::Result<()> {
+    use anyhow::Context;
+
     use crate::fleet::manage::{Applied, Definition};
     use crate::model::convert::{parse_pod_manifests, pod_spec_from_k8s};
     use crate::model::validate::Validate;
@@ -453,9 +456,8 @@ fn progress_line(driver: &Driver, now: u64) -> String {
         let shown: Vec<&str> = unreported.iter().take(5).copied().collect();
         return format!(
             "Waiting for fleet \"{name}\" rollout to finish: {} matching device(s) have not \
-             reported on revision {} yet ({}{})...",
+             reported yet ({}{})...",
             unreported.len(),
-            f.revision,
             shown.join(", "),
             if unreported.len() > shown.len() {
                 ", …"
@@ -511,10 +513,15 @@ pub async fn drive(
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut stdout = std::io::stdout();
     let mut last_line = String::new();
+    // Records this loop published, whose echoes are still to come (in
+    // order: one client's publishes keep theirs). An echo is not news; fed
+    // to the driver, an older one would take it back a step.
+    let mut echoes: VecDeque<FleetDeployment> = VecDeque::new();
     loop {
         let now = now_ms();
         let mut previous = driver.fleet().clone();
         for next in driver.step(now) {
+            echoes.push_back(next.clone());
             publish_record(client, topics, Some(&previous), &next).await?;
             writeln!(
                 stdout,
@@ -533,10 +540,9 @@ pub async fn drive(
                 )?;
                 return Ok(());
             }
-            Outcome::Failed(phase) => bail!(
-                "fleet \"{}\" rollout {}: {}",
+            Outcome::Failed(_) => bail!(
+                "fleet \"{}\" rollout failed: {}",
                 key.name,
-                phase.as_str().to_lowercase(),
                 f.rollout.state.message
             ),
             Outcome::Paused => bail!(
@@ -558,6 +564,14 @@ pub async fn drive(
         // A change, or the tick (device timeouts, stale heartbeats).
         if let Ok(message) = tokio::time::timeout(TICK, client.next_message()).await {
             let (topic, payload) = message?;
+            if topic == filters[0]
+                && echoes.front().is_some_and(|ours| {
+                    wire::decode_as::<FleetDeployment>(&payload).is_ok_and(|(_, f)| f == *ours)
+                })
+            {
+                echoes.pop_front();
+                continue;
+            }
             if !feed(&mut driver, topics, &topic, &payload, now_ms()) {
                 bail!("fleet \"{}\" was deleted", key.name);
             }
@@ -624,7 +638,7 @@ async fn read_fleets(
             }
         }
     }
-    views.sort_by(|a, b| a.fleet().key().cmp(&b.fleet().key()));
+    views.sort_by_key(|a| a.fleet().key());
     Ok(views)
 }
 
