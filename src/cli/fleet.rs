@@ -29,7 +29,7 @@ pub struct FleetArgs {
     /// Make a fleet deployment instead of sending to one node: every device
     /// whose labels match this label selector runs the pods, now and later
     /// ('building=b43,tier in (a,b)'; '' is every device).
-    #[arg(short = 'l', long, value_name = "SELECTOR", conflicts_with = "node")]
+    #[arg(long, value_name = "SELECTOR", conflicts_with = "node")]
     pub selector: Option<String>,
     /// When two fleets give a device a pod of the same name, the higher
     /// priority wins (default 0).
@@ -230,7 +230,12 @@ pub async fn apply(
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let name = args.fleet.clone().unwrap_or_else(|| pod_name.clone());
         if !wire::valid_topic_level(&name) {
-            bail!("invalid --fleet {name:?}: a fleet name is a DNS subdomain");
+            if args.fleet.is_some() {
+                bail!("invalid --fleet {name:?}: a fleet name is a DNS subdomain");
+            }
+            // The pod's own name is wrong: say so as `kedge apply` does.
+            pod_spec_from_k8s(&pod).with_context(|| format!("pod/{pod_name} is invalid"))?;
+            bail!("invalid pod name {pod_name:?}");
         }
         let key = PodKey::new(&ns, &name);
         let previous = read_record(&mut client, &topics, &key).await?;
