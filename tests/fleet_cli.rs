@@ -469,6 +469,42 @@ fn a_staged_rollout_goes_by_batches_and_rolls_back_when_the_canary_fails() {
     ] {
         assert!(described.contains(want), "{want:?} not in\n{described}");
     }
+
+    // Revision 4, applied without --wait: staged, it reaches no device
+    // until a driver runs; meanwhile every device keeps the stable spec.
+    // A separate `kedge rollout status` drives it from the retained record.
+    let v4 = f.manifest(&ticker("meter", "200"));
+    let mut args = vec!["apply", "-f", v4.as_str()];
+    args.extend(&flags[..flags.len() - 1]);
+    let out = f.cli(&args);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "fleet/meter configured"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("revision 4 of fleet/meter waits for its first batch: drive the rollout with `kedge rollout status fleet/meter`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fleet = f.fleet("meter").expect("fleet");
+    assert_eq!(fleet["fleet"]["revision"], 4);
+    assert_eq!(fleet["fleet"]["cohorts"], serde_json::json!([]));
+    let out = f.cli_ok(&["rollout", "status", "fleet/meter"]);
+    assert!(
+        out.contains("batch 1 of 2: revision 4 to 1 of 1 devices matching canary=true"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("fleet \"meter\" successfully rolled out (revision 4)\n"),
+        "{out}"
+    );
+    for node in ["gw-1", "gw-2", "gw-3"] {
+        f.wait_pod(node, "meter", |s| {
+            running(s) && s["observed_generation"] == 4
+        });
+    }
 }
 
 #[test]
