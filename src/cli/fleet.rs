@@ -168,6 +168,9 @@ async fn publish_record(
     previous: Option<&FleetDeployment>,
     next: &FleetDeployment,
 ) -> anyhow::Result<()> {
+    // Never publish what every device would refuse.
+    crate::model::validate::Validate::validate(next)
+        .map_err(|e| anyhow::anyhow!("fleet/{} is invalid: {e}", next.name))?;
     let payload = wire::encode(0, &wire::Message::FleetDeployment(next.clone()))?;
     client
         .publish_acked(&topics.fleet(&next.key()), payload, true)
@@ -266,15 +269,13 @@ pub async fn apply(
             Applied::Created(f) => (*f, "created"),
             Applied::Configured(f) => (*f, "configured"),
         };
-        record.validate().map_err(|e| match e.field.as_str() {
+        Validate::validate(&record).map_err(|e| match e.field.as_str() {
             "metadata.name" => anyhow::anyhow!("invalid --fleet {name:?}: {}", e.detail),
             _ => anyhow::anyhow!("fleet/{name} is invalid: {e}"),
         })?;
-        if previous.as_ref().is_none_or(|p| p.spec_digest != digest) {
-            client
-                .publish_acked(&topics.fleet_spec(&digest), payload, true)
-                .await?;
-        }
+        client
+            .publish_acked(&topics.fleet_spec(&digest), payload, true)
+            .await?;
         publish_record(&mut client, &topics, previous.as_ref(), &record).await?;
         writeln!(stdout, "fleet/{name} {verb}")?;
         if !args.wait && manage::is_staged(&record.rollout.policy) && record.cohorts.is_empty() {

@@ -26,6 +26,25 @@ use super::tally::Tally;
 /// Kubernetes node lease duration; `kedge get nodes` uses the same).
 pub const NODE_STALE_MS: u64 = 40_000;
 
+/// The longest rollout message a published record carries: the step's
+/// message quotes devices' failure messages, each up to
+/// `validate::MAX_MESSAGE`, and a record whose message is over that bound
+/// is refused by every device (a rollback that never happens).
+pub const MAX_RECORD_MESSAGE: usize = 2_048;
+
+/// `message` cut to [`MAX_RECORD_MESSAGE`] bytes at a character boundary.
+pub fn clip_message(message: &mut String) {
+    if message.len() <= MAX_RECORD_MESSAGE {
+        return;
+    }
+    let mut end = MAX_RECORD_MESSAGE - '…'.len_utf8();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push('…');
+}
+
 /// What the controller knows of a device from its node status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Device {
@@ -234,7 +253,8 @@ impl Driver {
         for _ in 0..8 {
             match rollout::step(&self.fleet, &self.tally, now_ms) {
                 Step::Wait => break,
-                Step::Publish(next) => {
+                Step::Publish(mut next) => {
+                    clip_message(&mut next.rollout.state.message);
                     self.on_record(*next.clone(), now_ms);
                     out.push(*next);
                 }
@@ -374,6 +394,25 @@ mod tests {
         let last = published.last().expect("rolled back");
         assert_eq!(last.spec_digest, digest('a'));
         assert_eq!(last.revision, 3);
+    }
+
+    #[test]
+    fn long_failure_messages_are_clipped_so_devices_accept_the_rollback() {
+        let mut first = define('a', "", None);
+        first.rollout.state.phase = RolloutPhase::Complete;
+        let second = define('b', "", Some(&first));
+        let mut driver = Driver::new(second.clone(), 0);
+        for node in ["gw1", "gw2", "gw3"] {
+            let mut r = report(&second, node, "app=x", true);
+            r.message = Some("é".repeat(16_000));
+            driver.on_report(node, Some(r), 1);
+        }
+        let published = driver.step(1);
+        let last = published.last().expect("rolled back");
+        assert_eq!(last.rollout.state.phase, RolloutPhase::RolledBack);
+        assert!(last.rollout.state.message.len() <= MAX_RECORD_MESSAGE);
+        assert!(last.rollout.state.message.ends_with('…'));
+        crate::model::validate::Validate::validate(last).expect("devices accept it");
     }
 
     #[test]
