@@ -125,7 +125,30 @@ fn main() -> ExitCode {
                 file,
                 node,
                 namespace,
-            } => cli::apply(&config, &file, &node, namespace.as_deref()).await,
+                fleet,
+            } => {
+                cli::apply_command(
+                    &config,
+                    &file,
+                    node.as_deref(),
+                    namespace.as_deref(),
+                    &fleet,
+                )
+                .await
+            }
+            Command::Label {
+                what: _,
+                node,
+                labels,
+                overwrite,
+                list,
+            } => cli::label::label_node(&config, &node, &labels, overwrite, list).await,
+            Command::Rollout { command } => cli::fleet::rollout(&config, &command).await,
+            Command::Describe {
+                what: _,
+                name,
+                namespace,
+            } => cli::fleet::describe(&config, &name, &namespace).await,
             #[cfg(feature = "manifests")]
             Command::Convert { file } => cli::convert(&file),
             Command::Get {
@@ -146,11 +169,11 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Delete {
-                what: _,
+                what,
                 name,
                 namespace,
                 node,
-            } => cli::delete(&config, &name, &namespace, node.as_deref()).await,
+            } => cli::delete_any(&config, what, &name, &namespace, node.as_deref()).await,
             Command::Logs {
                 pod,
                 container,

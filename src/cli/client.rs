@@ -7,6 +7,7 @@
 //! barrier message comes back every retained message of the earlier
 //! subscription has been delivered.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -23,6 +24,9 @@ pub struct Client {
     prefix: String,
     id: String,
     url: String,
+    /// Publishes that arrived while `publish_acked` waited for its ack,
+    /// handed out by `next_message` first (a watch loses none).
+    pending: VecDeque<(String, Vec<u8>)>,
 }
 
 impl Client {
@@ -52,11 +56,15 @@ impl Client {
             prefix: config.topic_prefix.trim_end_matches('/').to_string(),
             id,
             url,
+            pending: VecDeque::new(),
         })
     }
 
     /// Waits for the next publish from the broker.
     pub async fn next_message(&mut self) -> anyhow::Result<(String, Vec<u8>)> {
+        if let Some(message) = self.pending.pop_front() {
+            return Ok(message);
+        }
         loop {
             match self.eventloop.poll().await {
                 Ok(Event::Incoming(Incoming::Publish(p))) => {
@@ -83,7 +91,7 @@ impl Client {
                 if topic == barrier {
                     return anyhow::Ok(());
                 }
-                if !payload.is_empty() {
+                if !payload.is_empty() && rumqttc::matches(&topic, filter) {
                     out.push((topic, payload));
                 }
             }
@@ -97,6 +105,38 @@ impl Client {
         })?;
         collected?;
         self.client.unsubscribe(filter).await?;
+        Ok(out)
+    }
+
+    /// Subscribes to `filters` and keeps the subscriptions: returns every
+    /// retained message under them (tombstones included, as empty
+    /// payloads); later messages come from `next_message`.
+    pub async fn watch(&mut self, filters: &[String]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let barrier = crate::wire::Topics::new(&self.prefix).barrier(&self.id);
+        for filter in filters {
+            self.client.subscribe(filter, QoS::AtLeastOnce).await?;
+        }
+        self.client.subscribe(&barrier, QoS::AtLeastOnce).await?;
+        self.client
+            .publish(&barrier, QoS::AtLeastOnce, false, b"barrier".to_vec())
+            .await?;
+        let mut out = Vec::new();
+        tokio::time::timeout(ANSWER_TIMEOUT, async {
+            loop {
+                let (topic, payload) = self.next_message().await?;
+                if topic == barrier {
+                    return anyhow::Ok(());
+                }
+                out.push((topic, payload));
+            }
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "broker {} did not answer within {ANSWER_TIMEOUT:?}",
+                self.url
+            )
+        })??;
         Ok(out)
     }
 
@@ -119,6 +159,10 @@ impl Client {
             loop {
                 match self.eventloop.poll().await {
                     Ok(Event::Incoming(Incoming::PubAck(_))) => return Ok(()),
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        self.pending
+                            .push_back((p.topic.clone(), p.payload.to_vec()));
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         return Err(anyhow!("lost the connection to broker {}: {e}", self.url));

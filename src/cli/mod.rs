@@ -1,8 +1,11 @@
 //! The command line: `kedge agent`, and the operator commands that drive
-//! devices over MQTT without Kubernetes (`apply`, `get`, `delete`, `logs`),
-//! plus `wire decode` and `config keys`. Output reads like kubectl's.
+//! devices over MQTT without Kubernetes (`apply`, `get`, `delete`, `logs`,
+//! and for fleets `label`, `rollout`, `describe`), plus `wire decode` and
+//! `config keys`. Output reads like kubectl's.
 
 pub mod client;
+pub mod fleet;
+pub mod label;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -50,16 +53,45 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run the device agent.
     Agent(AgentArgs),
-    /// Send the pods of a manifest file to a node.
+    /// Send the pods of a manifest file to a node, or to every device whose
+    /// labels match (--selector: a fleet deployment).
     Apply {
         /// YAML or JSON file with one or more Pods; - for stdin.
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
-        #[arg(long)]
-        node: String,
+        #[arg(long, required_unless_present = "selector")]
+        node: Option<String>,
         /// Namespace for pods that name none.
         #[arg(short = 'n', long)]
         namespace: Option<String>,
+        #[command(flatten)]
+        fleet: fleet::FleetArgs,
+    },
+    /// Set or remove the labels of a device (key=value, key-), which fleet
+    /// selectors match.
+    Label {
+        what: LabelWhat,
+        node: String,
+        /// key=value to set, key- to remove.
+        labels: Vec<String>,
+        /// Change labels that already have a value.
+        #[arg(long)]
+        overwrite: bool,
+        /// Print the device's labels (its own and the cloud's).
+        #[arg(long, conflicts_with = "labels")]
+        list: bool,
+    },
+    /// Drive, pause, resume or undo a fleet's rollout.
+    Rollout {
+        #[command(subcommand)]
+        command: fleet::RolloutCommand,
+    },
+    /// Show a fleet in detail: policy, rollout, devices, failures.
+    Describe {
+        what: DescribeWhat,
+        name: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
     },
     /// Convert Kubernetes Pod manifests into kedge pod specs (JSON), the
     /// static pods (`NAME.kedge.json`) of agents built without manifest
@@ -70,7 +102,7 @@ pub enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// Show pods or nodes.
+    /// Show pods, nodes or fleets.
     Get {
         what: GetWhat,
         #[arg(short = 'n', long, default_value = "default")]
@@ -84,13 +116,13 @@ pub enum Command {
         #[arg(short = 'o', long)]
         output: Option<Output>,
     },
-    /// Delete a pod.
+    /// Delete a pod or a fleet.
     Delete {
         what: DeleteWhat,
         name: String,
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
-        /// The node (found from the retained specs when omitted).
+        /// The node of a pod (found from the retained specs when omitted).
         #[arg(long)]
         node: Option<String>,
     },
@@ -204,12 +236,28 @@ pub enum GetWhat {
     Pods,
     #[value(alias = "node", alias = "no")]
     Nodes,
+    #[value(alias = "fleet")]
+    Fleets,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeleteWhat {
     #[value(alias = "pods", alias = "po")]
     Pod,
+    #[value(alias = "fleets")]
+    Fleet,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelWhat {
+    #[value(alias = "nodes", alias = "no")]
+    Node,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DescribeWhat {
+    #[value(alias = "fleets")]
+    Fleet,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -348,6 +396,29 @@ pub async fn apply(
     )
 }
 
+/// `kedge apply -f`: to one node (`--node`), or as fleet deployments
+/// (`--selector`).
+pub async fn apply_command(
+    config: &Config,
+    file: &PathBuf,
+    node: Option<&str>,
+    namespace: Option<&str>,
+    args: &fleet::FleetArgs,
+) -> anyhow::Result<()> {
+    match node {
+        Some(node) => {
+            if let Some(flag) = args.fleet_flag() {
+                bail!("{flag} applies to fleet deployments: use --selector instead of --node");
+            }
+            apply(config, file, node, namespace).await
+        }
+        #[cfg(feature = "manifests")]
+        None => fleet::apply(config, file, namespace, args).await,
+        #[cfg(not(feature = "manifests"))]
+        None => apply(config, file, "", namespace).await,
+    }
+}
+
 /// `kedge apply -f`.
 #[cfg(feature = "manifests")]
 pub async fn apply(
@@ -470,6 +541,23 @@ async fn find_node(
     )
 }
 
+/// `kedge delete pod|fleet`.
+pub async fn delete_any(
+    config: &Config,
+    what: DeleteWhat,
+    name: &str,
+    namespace: &str,
+    node: Option<&str>,
+) -> anyhow::Result<()> {
+    match what {
+        DeleteWhat::Pod => delete(config, name, namespace, node).await,
+        DeleteWhat::Fleet if node.is_some() => {
+            bail!("--node names a pod's node; a fleet is deleted from every device")
+        }
+        DeleteWhat::Fleet => fleet::delete(config, name, namespace).await,
+    }
+}
+
 /// `kedge delete pod`.
 pub async fn delete(
     config: &Config,
@@ -575,7 +663,7 @@ pub fn pods_table(
     table(&rows)
 }
 
-/// `kedge get pods|nodes`.
+/// `kedge get pods|nodes|fleets`.
 pub async fn get(
     config: &Config,
     what: GetWhat,
@@ -631,6 +719,17 @@ pub async fn get(
                     pods_table(&pods, all_namespaces, o == Some(Output::Wide), now_ms())
                 )?,
             }
+        }
+        GetWhat::Fleets => {
+            fleet::get(
+                &mut client,
+                &topics,
+                namespace,
+                all_namespaces,
+                node,
+                output,
+            )
+            .await?;
         }
         GetWhat::Nodes => {
             let filter = format!("{}/{node_level}/node", topics.prefix());
@@ -833,6 +932,80 @@ mod tests {
         assert_eq!(age(1_800_000), "30m");
         assert_eq!(age(5 * 3_600_000), "5h");
         assert_eq!(age(3 * 86_400_000), "3d");
+    }
+
+    #[test]
+    fn fleet_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "kedge",
+            "apply",
+            "-f",
+            "app.yaml",
+            "--selector",
+            "building=b43,tier in (a,b)",
+            "--priority",
+            "-5",
+            "--batches",
+            "canary=true:100%,25%,100%",
+            "--wait",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Apply {
+                node: None, fleet, ..
+            } => {
+                assert_eq!(
+                    fleet.selector.as_deref(),
+                    Some("building=b43,tier in (a,b)")
+                );
+                assert_eq!(fleet.priority, Some(-5));
+                assert!(fleet.wait);
+            }
+            other => panic!("{other:?}"),
+        }
+        // One of --node and --selector, not both; fleet flags need --selector
+        // (beside --node, `apply_command` refuses them: clap lets a flag that
+        // requires a conflicting one through).
+        for bad in [
+            &["kedge", "apply", "-f", "a.yaml"][..],
+            &[
+                "kedge",
+                "apply",
+                "-f",
+                "a.yaml",
+                "--node",
+                "gw1",
+                "--selector",
+                "a=b",
+            ],
+            &["kedge", "apply", "-f", "a.yaml", "--batches", "10%"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["kedge", "apply", "-f", "a", "--node", "n", "--wait"])
+            .expect("parses");
+        assert!(
+            matches!(cli.command, Command::Apply { ref fleet, .. } if fleet.fleet_flag() == Some("--wait"))
+        );
+        let cli =
+            Cli::try_parse_from(["kedge", "label", "node", "gw1", "a=b", "c-"]).expect("parses");
+        assert!(matches!(cli.command, Command::Label { ref labels, .. } if labels.len() == 2));
+        for args in [
+            &[
+                "kedge",
+                "rollout",
+                "status",
+                "fleet/sensors",
+                "--timeout",
+                "5m",
+            ][..],
+            &["kedge", "rollout", "undo", "fleet", "sensors", "-n", "b43"],
+            &["kedge", "get", "fleets", "-A", "-o", "wide"],
+            &["kedge", "describe", "fleet", "sensors"],
+            &["kedge", "delete", "fleet", "sensors"],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
     }
 
     #[test]
