@@ -359,6 +359,8 @@ fn a_staged_rollout_goes_by_batches_and_rolls_back_when_the_canary_fails() {
         "canary=true:100%,100%",
         "--device-timeout",
         "2m",
+        "--min-ready",
+        "3s",
         "--wait",
     ];
     // Revision 1, by batches: the canary first, then everyone.
@@ -405,20 +407,14 @@ fn a_staged_rollout_goes_by_batches_and_rolls_back_when_the_canary_fails() {
         "{table}"
     );
 
-    // Revision 2 cannot start (its module does not match its digest): the
+    // Revision 2 starts, runs half a second and crashes, again and again:
+    // it is Running before each crash, but never for --min-ready, so the
     // canary fails it, the rollout rolls back by itself (revision 3,
-    // revision 1's spec) and the others never get it. (Not a module that
-    // crashes: a device reports Running before the first crash, and the
-    // rollout counts Running as done.)
-    let bad_image = format!(
-        "file://{}@sha256:{}",
-        guest_wasm(GuestTarget::P1).display(),
-        "0".repeat(64)
-    );
-    let v2 = f.manifest(&wasm_pod_image(
+    // revision 1's spec) and the others never get it.
+    let v2 = f.manifest(&wasm_pod(
         "meter",
-        &bad_image,
-        &["ticker", "0", "100"],
+        &guest_wasm(GuestTarget::P1),
+        &["crash-after", "500"],
         "Always",
     ));
     let mut args = vec!["apply", "-f", v2.as_str()];

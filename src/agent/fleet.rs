@@ -420,6 +420,12 @@ impl Controller {
             report.message = Some(why.clone());
             return report;
         }
+        // The pod is being stopped (for the next revision, or for good):
+        // its containers' exits are the agent's doing, not failures.
+        if running_pod.is_some_and(|e| !matches!(e.then, AfterStop::Nothing)) {
+            report.reason = Some("Replacing".into());
+            return report;
+        }
         let Some(status) = status.filter(|s| s.uid == fleet.uid) else {
             report.reason = Some(
                 if self.fleet.specs.contains_key(&want.spec_digest) {
@@ -441,6 +447,19 @@ impl Controller {
                 {
                     Some((reason.clone(), message.clone()))
                 }
+                // A container that exited with an error and will be
+                // restarted: a crash loop between two restarts.
+                crate::model::ContainerState::Terminated {
+                    exit_code,
+                    reason,
+                    message,
+                    ..
+                } if *exit_code != 0 && status.observed_generation == want.revision => Some((
+                    reason.clone(),
+                    Some(message.clone().unwrap_or_else(|| {
+                        format!("container {} exited with code {exit_code}", c.name)
+                    })),
+                )),
                 _ => None,
             });
         let ready = status

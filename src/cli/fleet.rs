@@ -50,6 +50,11 @@ pub struct FleetArgs {
     /// to counts as failed (default 10m).
     #[arg(long, requires = "selector", value_name = "DURATION")]
     pub device_timeout: Option<String>,
+    /// A device counts as running the revision once it has been up this
+    /// long without a break, so one that crash-loops fails its batch
+    /// (default 10s; Kubernetes' minReadySeconds).
+    #[arg(long, requires = "selector", value_name = "DURATION")]
+    pub min_ready: Option<String>,
     /// At most this many devices (10) or this share (10%) updating or
     /// failed at once (default: no limit).
     #[arg(long, requires = "selector", value_name = "LIMIT")]
@@ -78,6 +83,7 @@ impl FleetArgs {
             (self.batches.is_some(), "--batches"),
             (self.success_threshold.is_some(), "--success-threshold"),
             (self.device_timeout.is_some(), "--device-timeout"),
+            (self.min_ready.is_some(), "--min-ready"),
             (self.max_unavailable.is_some(), "--max-unavailable"),
             (self.no_rollback, "--no-rollback"),
             (self.wait, "--wait"),
@@ -110,6 +116,10 @@ pub fn policy_from_args(args: &FleetArgs) -> anyhow::Result<RolloutPolicy> {
     if let Some(t) = &args.device_timeout {
         policy.device_timeout_secs = manage::parse_duration_secs(t)
             .map_err(|e| anyhow::anyhow!("invalid --device-timeout: {e}"))?;
+    }
+    if let Some(t) = &args.min_ready {
+        policy.min_ready_secs = manage::parse_duration_secs(t)
+            .map_err(|e| anyhow::anyhow!("invalid --min-ready: {e}"))?;
     }
     if let Some(m) = &args.max_unavailable {
         policy.max_unavailable = m
@@ -827,6 +837,7 @@ pub fn describe_text(view: &FleetView, now: u64) -> String {
         "Device Timeout",
         format_duration_secs(policy.device_timeout_secs),
     );
+    line("Min Ready", format_duration_secs(policy.min_ready_secs));
     line(
         "Max Unavailable",
         match policy.max_unavailable {
@@ -978,6 +989,7 @@ mod tests {
                 "batches" => a.batches = v,
                 "success-threshold" => a.success_threshold = v,
                 "device-timeout" => a.device_timeout = v,
+                "min-ready" => a.min_ready = v,
                 "max-unavailable" => a.max_unavailable = v,
                 other => panic!("{other}"),
             }
@@ -998,9 +1010,11 @@ mod tests {
             ("batches", "canary=true:100%,25%,100%"),
             ("success-threshold", "90"),
             ("device-timeout", "10m"),
+            ("min-ready", "30s"),
             ("max-unavailable", "10%"),
         ]))
         .expect("valid");
+        assert_eq!(p.min_ready_secs, 30);
         assert_eq!(p.batches.len(), 3);
         assert_eq!(p.success_threshold_pct, 90);
         assert_eq!(p.device_timeout_secs, 600);

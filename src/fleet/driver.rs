@@ -26,24 +26,7 @@ use super::tally::Tally;
 /// Kubernetes node lease duration; `kedge get nodes` uses the same).
 pub const NODE_STALE_MS: u64 = 40_000;
 
-/// The longest rollout message a published record carries: the step's
-/// message quotes devices' failure messages, each up to
-/// `validate::MAX_MESSAGE`, and a record whose message is over that bound
-/// is refused by every device (a rollback that never happens).
-pub const MAX_RECORD_MESSAGE: usize = 2_048;
-
-/// `message` cut to [`MAX_RECORD_MESSAGE`] bytes at a character boundary.
-pub fn clip_message(message: &mut String) {
-    if message.len() <= MAX_RECORD_MESSAGE {
-        return;
-    }
-    let mut end = MAX_RECORD_MESSAGE - '…'.len_utf8();
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    message.truncate(end);
-    message.push('…');
-}
+pub use super::rollout::{MAX_RECORD_MESSAGE, clip_message};
 
 /// What the controller knows of a device from its node status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -289,6 +272,8 @@ mod tests {
                 spec_digest: digest(d),
                 policy: RolloutPolicy {
                     batches: manage::parse_batches(batches).expect("batches"),
+                    // Devices here are up for good once they report it.
+                    min_ready_secs: 0,
                     ..RolloutPolicy::default()
                 },
             },

@@ -93,6 +93,7 @@ pub struct BatchProgress {
 /// Counts the devices the cohorts cover against their reports.
 pub fn progress(f: &FleetDeployment, tally: &Tally, now_ms: u64) -> BatchProgress {
     let timeout_ms = u64::from(f.rollout.policy.device_timeout_secs) * 1000;
+    let min_ready_ms = u64::from(f.rollout.policy.min_ready_secs) * 1000;
     let started = f.rollout.state.batch_started_ms;
     let mut p = BatchProgress::default();
     for (_, e) in tally.entries() {
@@ -111,11 +112,15 @@ pub fn progress(f: &FleetDeployment, tally: &Tally, now_ms: u64) -> BatchProgres
         if !covered && !asked {
             continue;
         }
+        // Up long enough: a container that starts and then crash-loops
+        // must not pass its batch on its first Running report.
         let up = e.running == f.revision
             && matches!(
                 e.state,
                 FleetPodState::Running | FleetPodState::Ready | FleetPodState::Succeeded
-            );
+            )
+            && e.up_since_ms != 0
+            && now_ms.saturating_sub(e.up_since_ms) >= min_ready_ms;
         let since = if asked && e.since_ms != 0 {
             e.since_ms
         } else {
@@ -173,8 +178,37 @@ pub fn start(
     f
 }
 
-/// The next step of `f`'s rollout given its devices' reports.
+/// The longest `rollout.state.message` a step writes: the record must pass
+/// every device's checks (`model::validate`, 32 KiB), and a rollback quotes
+/// devices' failure messages.
+pub const MAX_RECORD_MESSAGE: usize = 2_048;
+
+/// `message` cut to [`MAX_RECORD_MESSAGE`] bytes at a character boundary.
+pub fn clip_message(message: &mut String) {
+    if message.len() <= MAX_RECORD_MESSAGE {
+        return;
+    }
+    let mut end = MAX_RECORD_MESSAGE - '…'.len_utf8();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push('…');
+}
+
+/// The next step of `f`'s rollout given its devices' reports; a record it
+/// returns has a message of at most [`MAX_RECORD_MESSAGE`] bytes.
 pub fn step(f: &FleetDeployment, tally: &Tally, now_ms: u64) -> Step {
+    match step_unclipped(f, tally, now_ms) {
+        Step::Publish(mut next) => {
+            clip_message(&mut next.rollout.state.message);
+            Step::Publish(next)
+        }
+        Step::Wait => Step::Wait,
+    }
+}
+
+fn step_unclipped(f: &FleetDeployment, tally: &Tally, now_ms: u64) -> Step {
     if f.rollout.state.phase != RolloutPhase::Progressing || tally.target() != f.revision {
         return Step::Wait;
     }
@@ -327,6 +361,7 @@ mod tests {
                     batches,
                     success_threshold_pct: 80,
                     device_timeout_secs: 60,
+                    min_ready_secs: 0,
                     ..RolloutPolicy::default()
                 },
                 state: Default::default(),
@@ -573,6 +608,55 @@ mod tests {
             Step::Publish(next) => assert_eq!(next.rollout.state.phase, RolloutPhase::Halted),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A device that comes up and then crash-loops within `min_ready_secs`
+    /// fails its batch; one up that long passes.
+    #[test]
+    fn a_device_must_stay_up_for_min_ready_to_count() {
+        let mut f = fleet(vec![]);
+        f.rollout.policy.min_ready_secs = 10;
+        f.rollout.policy.success_threshold_pct = 100;
+        let report = |state| FleetReport {
+            fleet_uid: "u".into(),
+            desired_revision: 1,
+            running_revision: 1,
+            state,
+            groups: 0,
+            reason: None,
+            message: None,
+        };
+        let mut tally = Tally::new(1);
+        tally.apply("gw1", Some(&report(FleetPodState::Ready)), 1_000);
+        let Step::Publish(admitted) = step(&f, &tally, 1_000) else {
+            panic!("admits");
+        };
+        // Up for 5 s: not yet.
+        assert_eq!(step(&admitted, &tally, 6_000), Step::Wait);
+        // Then it crashes: the batch fails.
+        tally.apply("gw1", Some(&report(FleetPodState::Failed)), 7_000);
+        match step(&admitted, &tally, 7_000) {
+            Step::Publish(next) => assert_eq!(next.rollout.state.phase, RolloutPhase::Halted),
+            other => panic!("{other:?}"),
+        }
+        // One that stays up 10 s completes the rollout.
+        let mut tally = Tally::new(1);
+        tally.apply("gw2", Some(&report(FleetPodState::Ready)), 1_000);
+        let Step::Publish(admitted) = step(&f, &tally, 1_000) else {
+            panic!("admits");
+        };
+        match step(&admitted, &tally, 11_000) {
+            Step::Publish(next) => assert_eq!(next.rollout.state.phase, RolloutPhase::Complete),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_long_message_is_clipped_so_devices_still_accept_the_record() {
+        let mut m = "é".repeat(5_000);
+        clip_message(&mut m);
+        assert!(m.len() <= MAX_RECORD_MESSAGE);
+        assert!(m.ends_with('…'));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct Entry {
     /// When `desired` became the target revision (Unix ms, the tally's
     /// clock); 0 if it is not the target.
     pub since_ms: u64,
+    /// Since when it has run the target and been up (Running, Ready,
+    /// Succeeded) without a break; 0 if it is not.
+    pub up_since_ms: u64,
     pub bucket: u16,
     pub state: FleetPodState,
     pub online: bool,
@@ -133,11 +136,18 @@ impl Tally {
             _ if r.desired_revision == self.target => now_ms,
             _ => 0,
         };
+        let up = r.running_revision == self.target && is_up(r.state);
+        let up_since_ms = match old {
+            _ if !up => 0,
+            Some(o) if o.up_since_ms != 0 && o.running == self.target => o.up_since_ms,
+            _ => now_ms.max(1),
+        };
         let entry = Entry {
             desired: r.desired_revision,
             running: r.running_revision,
             groups: r.groups,
             since_ms,
+            up_since_ms,
             bucket: old.map_or_else(|| super::bucket(node), |o| o.bucket),
             state: r.state,
             online: old.is_none_or(|o| o.online),
@@ -189,6 +199,11 @@ impl Tally {
         let entries: Vec<Entry> = self.devices.values().copied().collect();
         for e in self.devices.values_mut() {
             e.since_ms = if e.desired == target { now_ms } else { 0 };
+            e.up_since_ms = if e.running == target && is_up(e.state) {
+                now_ms.max(1)
+            } else {
+                0
+            };
         }
         for e in entries {
             self.add(&e, 1);
@@ -266,8 +281,14 @@ mod tests {
         t.apply("gw1", Some(&report(3, 3, FleetPodState::Running)), 20);
         assert_eq!(t.failures(5).count(), 0);
         assert_eq!(t.counts().running, 2);
-        // The time a device was first asked for the target is kept.
+        // The time a device was first asked for the target is kept, and
+        // when it came up.
         assert_eq!(t.devices["gw1"].since_ms, 10);
+        assert_eq!(t.devices["gw1"].up_since_ms, 20);
+        t.apply("gw1", Some(&report(3, 3, FleetPodState::Ready)), 25);
+        assert_eq!(t.devices["gw1"].up_since_ms, 20, "still up: kept");
+        t.apply("gw1", Some(&report(3, 3, FleetPodState::Failed)), 26);
+        assert_eq!(t.devices["gw1"].up_since_ms, 0, "a break resets it");
         t.set_online("gw2", false);
         assert_eq!(t.counts().offline, 1);
         t.apply("gw2", None, 30);

@@ -104,6 +104,11 @@ pub struct RolloutPolicy {
     /// A device that has not run the revision this long after it was asked
     /// to counts as failed.
     pub device_timeout_secs: u32,
+    /// A device counts as running the revision only once it has been up
+    /// this long without a break (Kubernetes' `minReadySeconds`), so a
+    /// container that starts and then crash-loops fails its batch instead
+    /// of passing it.
+    pub min_ready_secs: u32,
     /// Devices updating or failed at once; 0 = no limit.
     pub max_unavailable: Limit,
     /// When the failure threshold is crossed: roll back to the stable
@@ -117,6 +122,7 @@ impl Default for RolloutPolicy {
             batches: Vec::new(),
             success_threshold_pct: 100,
             device_timeout_secs: 600,
+            min_ready_secs: 10,
             max_unavailable: Limit::Count(0),
             auto_rollback: true,
         }

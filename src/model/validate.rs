@@ -766,6 +766,11 @@ impl Validate for FleetDeployment {
             u64::from(policy.device_timeout_secs),
             MAX_SECONDS,
         )?;
+        at_most(
+            "spec.rollout.minReadySeconds",
+            u64::from(policy.min_ready_secs),
+            MAX_SECONDS,
+        )?;
         limit("spec.rollout.maxUnavailable", policy.max_unavailable)?;
         text("status.message", &self.rollout.state.message, MAX_MESSAGE)
     }

@@ -370,6 +370,7 @@ pub(super) fn fleet_deployment() -> FleetDeployment {
                 ],
                 success_threshold_pct: 90,
                 device_timeout_secs: 300,
+                min_ready_secs: 15,
                 max_unavailable: Limit::Percent(10),
                 auto_rollback: true,
             },
