@@ -2,8 +2,13 @@
 # The main job on embedded defaults: builds kedge and runs an agent with the
 # embedded MQTT broker and the demo Wasm pod from edge-manifests/. Status
 # changes are printed as they happen; in another terminal try
-#   target/debug/kedge get pods       target/debug/kedge logs kedge-demo -f
+#   target/kedge get pods       target/kedge logs kedge-demo -f
 # Ctrl-C stops the agent; the pod comes back on the next start (state in redb).
+#
+# scripts/demo.sh --fleet: three devices on the first one's embedded broker,
+# labelled site=lab (canary), site=lab and site=office; the demo pod goes to
+# the lab as a fleet deployment, canary first; then the office device is
+# labelled into the lab and gets it too. Ctrl-C stops the three agents.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -12,11 +17,54 @@ source scripts/cache-env.sh # CARGO_TARGET_DIR
 cargo build --bin kedge
 mkdir -p "$root/target"
 ln -sfn "$CARGO_TARGET_DIR/debug/kedge" "$root/target/kedge" 2>/dev/null || true
+kedge="$CARGO_TARGET_DIR/debug/kedge"
 
 state="${KEDGE_DEMO_DIR:-$HOME/.local/share/kedge-demo}"
 mkdir -p "$state/manifests"
 # The manifest names the module by absolute path and digest.
 sed "s#DEMO_DIR#$root/edge-manifests#" edge-manifests/demo.yaml > "$state/manifests/demo.yaml"
-echo "== kedge agent: node demo, embedded broker on 127.0.0.1:1883, state in $state"
-echo "== try: $root/target/kedge get pods   |   $root/target/kedge logs kedge-demo -f"
-exec "$CARGO_TARGET_DIR/debug/kedge" agent --node demo --data-dir "$state/data" --manifests "$state/manifests" "$@"
+
+if [ "${1:-}" != --fleet ]; then
+  echo "== kedge agent: node demo, embedded broker on 127.0.0.1:1883, state in $state"
+  echo "== try: $root/target/kedge get pods   |   $root/target/kedge logs kedge-demo -f"
+  exec "$kedge" agent --node demo --data-dir "$state/data" --manifests "$state/manifests" "$@"
+fi
+
+fleet="$state/fleet"
+mkdir -p "$fleet"
+cp "$state/manifests/demo.yaml" "$fleet/demo.yaml"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+# lab-1 starts the embedded broker (no broker configured); the others use it.
+"$kedge" agent --node lab-1 --labels site=lab,canary=true --data-dir "$fleet/lab-1" >"$fleet/lab-1.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && break
+  sleep 0.1
+done
+for n in lab-2:site=lab office-1:site=office; do
+  "$kedge" --broker mqtt://127.0.0.1:1883 agent --node "${n%%:*}" --labels "${n#*:}" \
+    --data-dir "$fleet/${n%%:*}" >"$fleet/${n%%:*}.log" 2>&1 &
+  pids+=($!)
+done
+k() { echo "\$ kedge $*"; "$kedge" --broker mqtt://127.0.0.1:1883 "$@"; echo; }
+echo "== three devices (logs in $fleet): lab-1 (site=lab, canary), lab-2 (site=lab), office-1 (site=office)"
+for _ in $(seq 100); do
+  [ "$("$kedge" --broker mqtt://127.0.0.1:1883 get nodes 2>/dev/null | grep -c Ready)" -ge 3 ] && break
+  sleep 0.1
+done
+k get nodes
+k apply -f "$fleet/demo.yaml" --selector site=lab --batches 'canary=true:100%,100%' --min-ready 3s --wait
+k get fleets
+k get pods -A --node lab-1
+k get pods -A --node office-1
+k label node office-1 site=lab --overwrite
+echo "== office-1 joins the lab: it gets the pod without a new rollout"
+for _ in $(seq 300); do
+  "$kedge" --broker mqtt://127.0.0.1:1883 get pods -A --node office-1 2>/dev/null | grep -q 'kedge-demo.*Running' && break
+  sleep 0.1
+done
+k get pods -A --node office-1
+k get fleets
+echo "== Ctrl-C stops the three agents"
+wait
