@@ -34,7 +34,9 @@ fleet="$state/fleet"
 mkdir -p "$fleet"
 cp "$state/manifests/demo.yaml" "$fleet/demo.yaml"
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap stop EXIT
+trap 'exit 130' INT TERM
 # lab-1 starts the embedded broker (no broker configured); the others use it.
 "$kedge" agent --node lab-1 --labels site=lab,canary=true --data-dir "$fleet/lab-1" >"$fleet/lab-1.log" 2>&1 &
 pids+=($!)
