@@ -2028,6 +2028,39 @@ mod fleets {
         assert_eq!(s["start_time_ms"], started, "not restarted");
         assert_eq!(restarts(&s), 0);
 
+        // A revision whose module cannot be fetched never stops the one
+        // that runs: the agent prefetches before it stops, reports the
+        // failure, and keeps revision 2 running.
+        let mut broken = sensor.clone();
+        broken.containers[0].image = format!("file://{}@sha256:{}", p1().display(), "0".repeat(64));
+        let broken_digest = publish_spec(&url, &broken);
+        publish_fleet(
+            &url,
+            &fleet("b43", "building=b43", 0, &broken, 3, &broken_digest),
+        );
+        let r = wait_until("gw-a cannot prefetch revision 3", WAIT, || {
+            reports(&url, "b43")
+                .remove("gw-a")
+                .filter(|r| r.desired_revision == 3 && r.state == FleetPodState::Failed)
+        });
+        assert_eq!(r.reason.as_deref(), Some("ErrImagePull"), "{r:?}");
+        assert_eq!(r.running_revision, 2);
+        let s = pod_on(&url, "gw-a", "sensor").expect("sensor");
+        assert!(running(&s));
+        assert_eq!(s["start_time_ms"], started, "revision 2 was never stopped");
+        // Back to a spec that can start: it replaces revision 2.
+        let sensor4 = spec_of(&ticker("sensor", "150"), "fleet-b43");
+        let sensor4_digest = publish_spec(&url, &sensor4);
+        publish_fleet(
+            &url,
+            &fleet("b43", "building=b43", 0, &sensor4, 4, &sensor4_digest),
+        );
+        wait_until("gw-a runs revision 4", WAIT, || {
+            reports(&url, "b43")
+                .remove("gw-a")
+                .filter(|r| r.running_revision == 4 && r.state == FleetPodState::Ready)
+        });
+
         // A spec whose bytes do not match its digest is refused; the old
         // revision keeps running (no gap) and the report says why.
         let tampered = spec_of(&ticker("beacon", "250"), "fleet-all");

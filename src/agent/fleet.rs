@@ -6,7 +6,10 @@
 //! - a fleet spec is used only if the sha256 of its payload is the digest
 //!   the fleet deployment names, and it names the fleet's pod and uid;
 //! - a pod keeps running its current revision until the spec of the next
-//!   one has arrived and checked (no gap while it is fetched);
+//!   one has arrived and passed its checks and everything it needs is on
+//!   the device (`Runtime::prefetch`: images pulled, modules fetched and
+//!   compiled): a revision whose image cannot be pulled never stops the one
+//!   that runs, it is reported `Failed` (and retried every minute);
 //! - the same spec under a new revision (a rollback to what runs) changes
 //!   the recorded generation only: no restart;
 //! - fleet records and specs are kept in the store, so fleet pods come back
@@ -16,6 +19,7 @@
 //!   `FleetsMissing` says so.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
@@ -59,6 +63,42 @@ pub(super) struct FleetView {
     /// The last report sent per fleet.
     pub reports: BTreeMap<PodKey, FleetReport>,
     pub warned_missing: bool,
+    /// The next revision of running fleet pods, being brought to the
+    /// device before the running one is stopped.
+    pub prefetch: HashMap<PodKey, Prefetch>,
+}
+
+/// A fleet pod's next revision being prefetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Prefetch {
+    pub uid: String,
+    pub generation: u64,
+    pub state: PrefetchState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PrefetchState {
+    Running,
+    Done,
+    /// The runtime's reason and message; retried after [`PREFETCH_RETRY`].
+    Failed {
+        reason: String,
+        message: String,
+        at: tokio::time::Instant,
+    },
+}
+
+/// How long a failed prefetch waits before it is tried again.
+const PREFETCH_RETRY: Duration = Duration::from_secs(60);
+
+/// What a prefetch task reports to the controller.
+#[derive(Debug)]
+pub struct Prefetched {
+    pod: PodKey,
+    uid: String,
+    generation: u64,
+    /// The runtime's reason and message.
+    result: Result<(), (String, String)>,
 }
 
 impl FleetView {
@@ -337,6 +377,12 @@ impl Controller {
                 warn!(pod = %key, error = %e, "cannot record the delete; retried on the next change");
             }
         }
+        // Prefetches of revisions no fleet asks for any more.
+        self.fleet.prefetch.retain(|pod, p| {
+            plan.pods
+                .get(pod)
+                .is_some_and(|(_, r)| r.revision == p.generation)
+        });
         for digest in needed.difference(&self.fleet.fetching.clone()) {
             debug!(%digest, "fetching fleet spec");
             self.send(SessionCommand::Subscribe(self.topics.fleet_spec(digest)));
@@ -369,11 +415,103 @@ impl Controller {
                 }
                 info!(pod = %pod, revision = spec.generation, "same spec under a new revision; not restarted");
                 entry.spec.generation = spec.generation;
+                self.fleet.prefetch.remove(&pod);
                 return;
             }
         }
+        // A running revision is replaced only once its successor can start.
+        let replaces = self
+            .pods
+            .get(&pod)
+            .is_some_and(|e| e.source == PodSource::Fleet && matches!(e.then, AfterStop::Nothing));
+        if replaces && !self.prefetched(&pod, &spec) {
+            return;
+        }
+        self.fleet.prefetch.remove(&pod);
         if let Err(e) = self.apply(pod.clone(), Incoming::Apply(spec, PodSource::Fleet)) {
             warn!(pod = %pod, error = %e, "cannot record the fleet pod; retried on the next change");
+        }
+    }
+
+    /// Whether `spec` (the next revision of `pod`) is on the device; starts
+    /// bringing it if not.
+    fn prefetched(&mut self, pod: &PodKey, spec: &PodSpec) -> bool {
+        let retry = match self.fleet.prefetch.get(pod) {
+            Some(p) if p.uid == spec.uid && p.generation == spec.generation => match &p.state {
+                PrefetchState::Done => return true,
+                PrefetchState::Running => return false,
+                PrefetchState::Failed { at, .. } => at.elapsed() >= PREFETCH_RETRY,
+            },
+            _ => true,
+        };
+        if !retry {
+            return false;
+        }
+        let runtime = match self.runtime_for(spec) {
+            Ok(r) => r,
+            // Nothing to prefetch with: starting it will say why.
+            Err(_) => return true,
+        };
+        info!(pod = %pod, revision = spec.generation, "prefetching the next revision before stopping the running one");
+        self.fleet.prefetch.insert(
+            pod.clone(),
+            Prefetch {
+                uid: spec.uid.clone(),
+                generation: spec.generation,
+                state: PrefetchState::Running,
+            },
+        );
+        let ctx = crate::runtime::PodContext {
+            pod_dir: self.pod_dir(spec),
+            spec: spec.clone(),
+            events: crate::runtime::EventSink::new(self.runtime_events.clone()),
+        };
+        let tx = self.prefetched.clone();
+        let (pod, uid, generation) = (pod.clone(), spec.uid.clone(), spec.generation);
+        tokio::spawn(async move {
+            let result = runtime
+                .prefetch(&ctx)
+                .await
+                .map_err(|e| (e.reason().to_string(), e.to_string()));
+            let _ = tx.send(Prefetched {
+                pod,
+                uid,
+                generation,
+                result,
+            });
+        });
+        false
+    }
+
+    /// A prefetch task finished.
+    pub(super) fn on_prefetched(&mut self, p: Prefetched) {
+        let Some(entry) = self.fleet.prefetch.get_mut(&p.pod) else {
+            return;
+        };
+        if entry.uid != p.uid || entry.generation != p.generation {
+            return;
+        }
+        entry.state = match p.result {
+            Ok(()) => PrefetchState::Done,
+            Err((reason, message)) => {
+                warn!(pod = %p.pod, revision = p.generation, %reason, %message, "the next revision cannot start; the running one stays");
+                PrefetchState::Failed {
+                    reason,
+                    message,
+                    at: tokio::time::Instant::now(),
+                }
+            }
+        };
+        self.refleet();
+    }
+
+    /// Failed prefetches whose wait is over are tried again.
+    pub(super) fn retry_prefetches(&mut self) {
+        let due = self.fleet.prefetch.values().any(
+            |p| matches!(&p.state, PrefetchState::Failed { at, .. } if at.elapsed() >= PREFETCH_RETRY),
+        );
+        if due {
+            self.refleet();
         }
     }
 
@@ -418,6 +556,21 @@ impl Controller {
             report.state = FleetPodState::Failed;
             report.reason = Some("InvalidFleetSpec".into());
             report.message = Some(why.clone());
+            return report;
+        }
+        if let Some(Prefetch {
+            generation,
+            state: PrefetchState::Failed {
+                reason, message, ..
+            },
+            ..
+        }) = self.fleet.prefetch.get(&pod)
+            && *generation == want.revision
+        {
+            // The running revision stays; the next one cannot start.
+            report.state = FleetPodState::Failed;
+            report.reason = Some(reason.clone());
+            report.message = Some(message.clone());
             return report;
         }
         // The pod is being stopped (for the next revision, or for good):

@@ -53,6 +53,8 @@ pub enum AgentEvent {
     StaticPods(Vec<StaticPod>),
     /// A runtime reported an event about a pod (image pulled, …).
     Runtime(Event),
+    /// A fleet pod's next revision was prefetched (or could not be).
+    Prefetched(fleet::Prefetched),
     /// Time to publish node status and trim the outbox.
     Heartbeat,
     Shutdown,
@@ -107,6 +109,8 @@ pub struct Controller {
     desired_view: DesiredView,
     /// Labels, fleet deployments, fleet specs and reports (`agent::fleet`).
     fleet: fleet::FleetView,
+    /// Where prefetch tasks report (`AgentEvent::Prefetched`).
+    prefetched: mpsc::UnboundedSender<fleet::Prefetched>,
 }
 
 struct Uncommitted {
@@ -201,6 +205,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let (reports_tx, mut reports_rx) = mpsc::unbounded_channel();
     let (runtime_events, mut runtime_events_rx) = mpsc::unbounded_channel();
+    let (prefetched, mut prefetched_rx) = mpsc::unbounded_channel();
     let topics = Topics::new(&config.topic_prefix);
     let mut controller = Controller {
         node: config.node_name.clone(),
@@ -225,6 +230,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         unrecorded: HashMap::new(),
         desired_view: DesiredView::default(),
         fleet: fleet::FleetView::default(),
+        prefetched,
         config,
     };
 
@@ -320,6 +326,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             Some(ev) = session_events_rx.recv() => AgentEvent::Broker(ev),
             Some(reports) = recv_batch(&mut reports_rx) => AgentEvent::Supervisor(reports),
             Some(event) = runtime_events_rx.recv() => AgentEvent::Runtime(event),
+            Some(p) = prefetched_rx.recv() => AgentEvent::Prefetched(p),
             Some(pods) = static_rx.recv() => AgentEvent::StaticPods(pods),
             _ = heartbeat.tick() => AgentEvent::Heartbeat,
         };
@@ -332,6 +339,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             AgentEvent::Supervisor(reports) => controller.on_reports(reports),
             AgentEvent::StaticPods(pods) => controller.on_static_pods(pods),
             AgentEvent::Runtime(event) => controller.node_event(event),
+            AgentEvent::Prefetched(p) => controller.on_prefetched(p),
             AgentEvent::Heartbeat => controller.on_heartbeat(),
         }
     }
@@ -542,9 +550,10 @@ impl Controller {
         }
     }
 
-    fn start_pod(&mut self, spec: PodSpec, source: PodSource, previous: Option<PodStatus>) {
-        let key = spec.key();
-        let runtime: Result<Arc<dyn Runtime>, String> = match (spec.runtime, self.wasm.as_mut()) {
+    /// The runtime that runs `spec`, made now if needed; the error says why
+    /// there is none.
+    fn runtime_for(&mut self, spec: &PodSpec) -> Result<Arc<dyn Runtime>, String> {
+        match (spec.runtime, self.wasm.as_mut()) {
             (RuntimeKind::Wasm, Some(lazy)) => lazy
                 .get()
                 .map_err(|e| format!("the Wasm runtime cannot start: {e}")),
@@ -555,7 +564,12 @@ impl Controller {
                     "no container runtime (CRI) is configured on this node (cri.endpoint); set runtimeClassName: kedge-wasm to run Wasm modules".into(),
                 ),
             },
-        };
+        }
+    }
+
+    fn start_pod(&mut self, spec: PodSpec, source: PodSource, previous: Option<PodStatus>) {
+        let key = spec.key();
+        let runtime = self.runtime_for(&spec);
         let host_ip = self
             .addresses
             .iter()
@@ -1128,6 +1142,7 @@ impl Controller {
     fn on_heartbeat(&mut self) {
         self.retry_uncommitted();
         self.retry_unrecorded();
+        self.retry_prefetches();
         self.publish_node_status();
         match self.store.trim_outbox(
             self.config.outbox.max_entries,

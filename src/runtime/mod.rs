@@ -193,6 +193,13 @@ pub trait Runtime: Send + Sync {
     fn pod_ip(&self, _pod: &PodContext) -> Option<String> {
         None
     }
+    /// Brings everything a pod needs before it can start (images, modules
+    /// compiled to the cache) without starting anything, so a running
+    /// revision is stopped only once its successor can start. The error is
+    /// the one `start_container` would give (`ErrImagePull`, …).
+    fn prefetch<'a>(&'a self, _pod: &'a PodContext) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Removes workloads of pods that are not desired any more (after an
     /// agent restart, once the desired set is loaded from the store).
     fn remove_orphans<'a>(&'a self, _desired_uids: Vec<String>) -> BoxFuture<'a, ()> {

@@ -1042,6 +1042,16 @@ impl Runtime for WasmRuntime {
         Box::pin(async move { super::materialize_volumes(pod) })
     }
 
+    fn prefetch<'a>(&'a self, pod: &'a PodContext) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            for c in pod.spec.init_containers.iter().chain(&pod.spec.containers) {
+                self.load(&c.image, &pod.spec.image_pull_secrets, c.image_pull_policy)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+
     fn start_container<'a>(
         &'a self,
         pod: &'a PodContext,

@@ -222,7 +222,7 @@ impl CriRuntime {
         &self,
         pod: &PodContext,
         container: &Container,
-        sandbox: &cri::PodSandboxConfig,
+        sandbox: Option<&cri::PodSandboxConfig>,
     ) -> Result<String, RuntimeError> {
         let image = &container.image;
         let present = if container.image_pull_policy == PullPolicy::Always {
@@ -289,7 +289,7 @@ impl CriRuntime {
                         ..Default::default()
                     }),
                     auth,
-                    sandbox_config: Some(sandbox.clone()),
+                    sandbox_config: sandbox.cloned(),
                 })
                 .await
             {
@@ -483,7 +483,9 @@ impl CriRuntime {
                 .await;
             return Ok(self.running(found.id, found.image_ref, true));
         }
-        let image_id = self.ensure_image(pod, container, &sandbox.config).await?;
+        let image_id = self
+            .ensure_image(pod, container, Some(&sandbox.config))
+            .await?;
         std::fs::create_dir_all(spec::log_directory(&pod.pod_dir).join(&container.name))
             .map_err(|e| RuntimeError::Create(format!("cannot create the log directory: {e}")))?;
         let config =
@@ -652,6 +654,15 @@ impl Runtime for CriRuntime {
 
     fn pod_ip(&self, pod: &PodContext) -> Option<String> {
         self.sandbox(&pod.spec.uid).and_then(|s| s.ip)
+    }
+
+    fn prefetch<'a>(&'a self, pod: &'a PodContext) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            for c in pod.spec.init_containers.iter().chain(&pod.spec.containers) {
+                self.ensure_image(pod, c, None).await?;
+            }
+            Ok(())
+        })
     }
 
     fn start_container<'a>(
