@@ -6,6 +6,8 @@
 //! live in `decide` (desired-set changes) and `pod_machine` (a pod's life);
 //! this file carries them out.
 
+#[cfg(test)]
+mod controller_tests;
 pub mod decide;
 mod fleet;
 pub mod logs_rpc;
