@@ -473,3 +473,52 @@ async fn a_fleet_deployment_and_its_spec_give_a_fleet_pod_and_a_report() {
         ("uid-sensors", 1)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_container_adopted_after_a_restart_keeps_its_restart_count() {
+    let device = Device::new();
+    let mut agent = device.start();
+    agent.apply(&pod("web", 1, RestartPolicy::Always, &["app"]));
+    agent
+        .until("web running", |a| a.phase("web") == Some(PodPhase::Running))
+        .await;
+    agent.stop().await;
+
+    // A CRI container outlives the agent: found again, not restarted.
+    let mut agent = device.start();
+    agent.runtime.script("app", [Start::Adopt]);
+    agent
+        .until("web adopted", |a| {
+            a.status("web")
+                .is_some_and(|s| s.phase == PodPhase::Running && s.restart_count() == 0)
+                && a.runtime.starts_of(&key("web"), "app").len() == 1
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_start_waits_out_its_back_off_then_runs() {
+    let device = Device::new();
+    let mut agent = device.start();
+    let failure = crate::runtime::RuntimeError::ImagePull("registry unreachable".into());
+    agent.runtime.script("app", [Start::Fail(failure)]);
+    agent.apply(&pod("web", 1, RestartPolicy::Always, &["app"]));
+    agent
+        .until("the pull failure reported", |a| {
+            a.status("web").is_some_and(|s| {
+                matches!(&s.container_statuses[0].state,
+                    crate::model::ContainerState::Waiting { reason, .. } if reason == "ErrImagePull")
+            })
+        })
+        .await;
+    let failed_at = tokio::time::Instant::now();
+    agent
+        .until("web running", |a| a.phase("web") == Some(PodPhase::Running))
+        .await;
+    assert_eq!(agent.runtime.starts_of(&key("web"), "app").len(), 2);
+    let initial = Duration::from_millis(device.config.backoff.initial_ms);
+    assert!(
+        failed_at.elapsed() >= initial,
+        "the retry waited its back-off"
+    );
+}
