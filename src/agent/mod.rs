@@ -2,7 +2,7 @@
 //! one supervisor task per pod, and the reports that go back to the broker.
 //!
 //! Every reason the controller acts is a variant of `AgentEvent`, produced by
-//! one `select!` in `Controller::run` and handled by one `match`. Decisions
+//! one `select!` in `Controller::serve` and handled by one `match`. Decisions
 //! live in `decide` (desired-set changes) and `pod_machine` (a pod's life);
 //! this file carries them out.
 
