@@ -8,7 +8,8 @@
 # Each stage's duration and result is printed at the end in a table, also
 # when a stage fails (the run stops at the first failing stage). Every skip
 # prints one line saying what was skipped and why. The last line counts the
-# tests: "tests: N passed, N failed, N skipped".
+# tests: "tests: N passed, N failed, N skipped, N ignored" (ignored: tools
+# that are tests on purpose, such as scripts/regen-vectors.sh's, not checks).
 #
 # Switches: KEDGE_SKIP_CROSS=1 (device binaries and all HIL),
 # KEDGE_SKIP_QEMU_SYSTEM=1 (both emulated arm64 machines),
@@ -56,16 +57,18 @@ skip() {
 }
 # Sums libtest's "test result:" lines over every cargo test run so far.
 # CRI tests that skipped (not root) ran as passes: counted as skipped.
+# Ignored tests (#[ignore]) are tools run by their own scripts, never checks
+# (scripts/regen-vectors.sh): counted apart from the skips.
 count_tests() {
-  local p=0 f=0 i=0 cri_skips
+  local p=0 f=0 i=0 s=0 cri_skips
   if compgen -G "$logs/*.log" >/dev/null; then
     read -r p f i < <(grep -ah '^test result:' "$logs"/*.log |
       awk '{for (n = 1; n < NF; n++) { if ($(n+1) ~ /^passed/) p += $n; if ($(n+1) ~ /^failed/) f += $n; if ($(n+1) ~ /^ignored/) i += $n }}
            END {print p + 0, f + 0, i + 0}')
     cri_skips=$( (grep -aoh 'KEDGE-TEST-SKIPPED [^:]*:' "$logs"/*.log || true) | sort -u | wc -l)
-    p=$((p - cri_skips)) i=$((i + cri_skips))
+    p=$((p - cri_skips)) s=$cri_skips
   fi
-  echo "tests: $p passed, $f failed, $i skipped"
+  echo "tests: $p passed, $f failed, $s skipped, $i ignored"
 }
 summary() {
   local rc=$?

@@ -336,6 +336,23 @@ pub struct AckToken {
     publish: rumqttc::Publish,
 }
 
+#[cfg(test)]
+impl AckToken {
+    /// A token for a message handed over by a test that plays the session
+    /// (`agent::controller_tests`).
+    pub(crate) fn for_test(topic: &str) -> AckToken {
+        AckToken {
+            connection: 0,
+            publish: rumqttc::Publish::new(topic, QoS::AtLeastOnce, Vec::new()),
+        }
+    }
+
+    /// The topic of the message it acknowledges.
+    pub(crate) fn topic(&self) -> &str {
+        &self.publish.topic
+    }
+}
+
 /// What the session tells its owner.
 #[derive(Debug)]
 pub enum SessionEvent {

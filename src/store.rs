@@ -138,6 +138,9 @@ struct Db {
     path: std::path::PathBuf,
     /// None after an I/O error closed it: the next transaction opens it.
     current: std::sync::Mutex<Option<std::sync::Arc<Database>>>,
+    /// Fault hook for tests, named as one (`Store::fault_fail_writes`).
+    #[cfg(test)]
+    fail_writes: std::sync::atomic::AtomicBool,
 }
 
 impl Db {
@@ -181,6 +184,11 @@ impl Db {
     }
 
     fn begin_write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        #[cfg(test)]
+        if self.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+            return Err(redb::StorageError::Io(full).into());
+        }
         let db = self.current()?;
         match db.begin_write() {
             Err(redb::TransactionError::Storage(redb::StorageError::PreviousIo)) => {
@@ -247,6 +255,8 @@ impl Store {
             db: Db {
                 path: path.to_path_buf(),
                 current: std::sync::Mutex::new(Some(std::sync::Arc::new(db))),
+                #[cfg(test)]
+                fail_writes: Default::default(),
             },
         };
         store.migrate()?;
@@ -275,6 +285,16 @@ impl Store {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Fault hook for tests, named as one: while `on`, every write
+    /// transaction fails as on a full disk, before it touches the file.
+    /// What a full disk does to redb itself is `agent_e2e`'s (a tmpfs).
+    #[cfg(test)]
+    pub fn fault_fail_writes(&self, on: bool) {
+        self.db
+            .fail_writes
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn node_identity(&self) -> Result<Option<NodeIdentity>, StoreError> {

@@ -2,10 +2,12 @@
 //! one supervisor task per pod, and the reports that go back to the broker.
 //!
 //! Every reason the controller acts is a variant of `AgentEvent`, produced by
-//! one `select!` in `Controller::run` and handled by one `match`. Decisions
+//! one `select!` in `Controller::serve` and handled by one `match`. Decisions
 //! live in `decide` (desired-set changes) and `pod_machine` (a pod's life);
 //! this file carries them out.
 
+#[cfg(test)]
+mod controller_tests;
 pub mod decide;
 mod fleet;
 pub mod logs_rpc;
@@ -203,39 +205,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let (cri, runtime_versions) = cri_runtime(&config, runtime_versions).await;
     let (node_info, addresses) = crate::node::node_info(&runtime_versions);
 
-    let (reports_tx, mut reports_rx) = mpsc::unbounded_channel();
-    let (runtime_events, mut runtime_events_rx) = mpsc::unbounded_channel();
-    let (prefetched, mut prefetched_rx) = mpsc::unbounded_channel();
-    let topics = Topics::new(&config.topic_prefix);
-    let mut controller = Controller {
-        node: config.node_name.clone(),
-        topics: topics.clone(),
+    let (mut controller, receivers) = Controller::new(Parts {
+        config,
         store: store.clone(),
         wasm,
         cri,
-        policy: BackoffPolicy {
-            initial: Duration::from_millis(config.backoff.initial_ms),
-            max: Duration::from_millis(config.backoff.max_ms),
-            reset_after: Duration::from_millis(config.backoff.reset_after_ms),
-        },
-        pods: HashMap::new(),
-        board: Arc::new(Mutex::new(HashMap::new())),
-        session: None,
-        reports_tx,
-        runtime_events,
         node_info,
         addresses,
-        last_node_status: None,
-        uncommitted: HashMap::new(),
-        unrecorded: HashMap::new(),
-        desired_view: DesiredView::default(),
-        fleet: fleet::FleetView::default(),
-        prefetched,
-        config,
-    };
+    });
+    let topics = controller.topics.clone();
 
     // The broker: the configured one, the embedded one, or none (offline).
-    let (session_events_tx, mut session_events_rx) = mpsc::unbounded_channel();
+    let (session_events_tx, session_events_rx) = mpsc::unbounded_channel();
     let broker_url = match &controller.config.broker.url {
         Some(url) => Some(url.clone()),
         None => crate::embedded_broker::start(&controller.config.embedded_broker.listen)?,
@@ -302,7 +283,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
 
-    let (static_tx, mut static_rx) = mpsc::unbounded_channel();
+    let (static_tx, static_rx) = mpsc::unbounded_channel();
     if let Some(dir) = controller.config.manifests_dir.clone() {
         tokio::spawn(static_pods::watch(
             dir,
@@ -314,36 +295,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         drop(static_tx);
     }
 
-    controller.restore_fleets();
-    controller.restore()?;
-    controller.refleet();
-    let mut heartbeat = tokio::time::interval(controller.config.heartbeat());
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        let event = tokio::select! {
-            _ = &mut shutdown => AgentEvent::Shutdown,
-            Some(ev) = session_events_rx.recv() => AgentEvent::Broker(ev),
-            Some(reports) = recv_batch(&mut reports_rx) => AgentEvent::Supervisor(reports),
-            Some(event) = runtime_events_rx.recv() => AgentEvent::Runtime(event),
-            Some(p) = prefetched_rx.recv() => AgentEvent::Prefetched(p),
-            Some(pods) = static_rx.recv() => AgentEvent::StaticPods(pods),
-            _ = heartbeat.tick() => AgentEvent::Heartbeat,
-        };
-        match event {
-            AgentEvent::Shutdown => {
-                info!("shutting down; workloads stay recorded and come back on the next start");
-                break;
-            }
-            AgentEvent::Broker(ev) => controller.on_broker(ev),
-            AgentEvent::Supervisor(reports) => controller.on_reports(reports),
-            AgentEvent::StaticPods(pods) => controller.on_static_pods(pods),
-            AgentEvent::Runtime(event) => controller.node_event(event),
-            AgentEvent::Prefetched(p) => controller.on_prefetched(p),
-            AgentEvent::Heartbeat => controller.on_heartbeat(),
-        }
-    }
-    Ok(())
+    controller
+        .serve(receivers, session_events_rx, static_rx, shutdown)
+        .await
+}
+
+/// What a controller is made of. `run` makes them from the configuration;
+/// the in-process tests (`controller_tests`) pass their own (a store in a
+/// temporary directory, `runtime::fake::FakeRuntime` in the Wasm slot).
+pub(crate) struct Parts {
+    pub config: Config,
+    pub store: Arc<Store>,
+    /// Made when the first Wasm pod starts; None in builds without it.
+    pub wasm: Option<LazyRuntime>,
+    /// The CRI client; None when `cri.endpoint` is empty or the build has
+    /// no CRI support.
+    pub cri: Option<Arc<dyn Runtime>>,
+    pub node_info: NodeInfo,
+    pub addresses: Vec<crate::model::NodeAddress>,
+}
+
+/// The receiving ends of the controller's own channels, owned by `serve`.
+pub(crate) struct Receivers {
+    /// From every supervisor (each holds a sender).
+    reports: mpsc::UnboundedReceiver<Report>,
+    /// From the runtimes, through the `EventSink` of each `PodContext`.
+    runtime_events: mpsc::UnboundedReceiver<Event>,
+    /// From fleet prefetch tasks (`agent::fleet`).
+    prefetched: mpsc::UnboundedReceiver<fleet::Prefetched>,
 }
 
 /// Every report waiting now (at least one; None once the channel closed).
@@ -428,6 +407,100 @@ async fn cri_runtime(_config: &Config, versions: String) -> (Option<Arc<dyn Runt
 }
 
 impl Controller {
+    /// A controller with no pods and no session yet (`run` sets `session`
+    /// once it has the last will, which needs the node's addresses).
+    pub(crate) fn new(parts: Parts) -> (Controller, Receivers) {
+        let Parts {
+            config,
+            store,
+            wasm,
+            cri,
+            node_info,
+            addresses,
+        } = parts;
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        let (runtime_events, runtime_events_rx) = mpsc::unbounded_channel();
+        let (prefetched, prefetched_rx) = mpsc::unbounded_channel();
+        let controller = Controller {
+            node: config.node_name.clone(),
+            topics: Topics::new(&config.topic_prefix),
+            store,
+            wasm,
+            cri,
+            policy: BackoffPolicy {
+                initial: Duration::from_millis(config.backoff.initial_ms),
+                max: Duration::from_millis(config.backoff.max_ms),
+                reset_after: Duration::from_millis(config.backoff.reset_after_ms),
+            },
+            pods: HashMap::new(),
+            board: Arc::new(Mutex::new(HashMap::new())),
+            session: None,
+            reports_tx,
+            runtime_events,
+            node_info,
+            addresses,
+            last_node_status: None,
+            uncommitted: HashMap::new(),
+            unrecorded: HashMap::new(),
+            desired_view: DesiredView::default(),
+            fleet: fleet::FleetView::default(),
+            prefetched,
+            config,
+        };
+        let receivers = Receivers {
+            reports,
+            runtime_events: runtime_events_rx,
+            prefetched: prefetched_rx,
+        };
+        (controller, receivers)
+    }
+
+    /// Restores the pods from the store, then handles every event until
+    /// `shutdown` resolves. `session_events` and `static_pods` may be
+    /// closed (offline, no manifests directory).
+    pub(crate) async fn serve(
+        mut self,
+        receivers: Receivers,
+        mut session_events: mpsc::UnboundedReceiver<SessionEvent>,
+        mut static_pods: mpsc::UnboundedReceiver<Vec<StaticPod>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let Receivers {
+            mut reports,
+            mut runtime_events,
+            mut prefetched,
+        } = receivers;
+        self.restore_fleets();
+        self.restore()?;
+        self.refleet();
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat());
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            let event = tokio::select! {
+                _ = &mut shutdown => AgentEvent::Shutdown,
+                Some(ev) = session_events.recv() => AgentEvent::Broker(ev),
+                Some(batch) = recv_batch(&mut reports) => AgentEvent::Supervisor(batch),
+                Some(event) = runtime_events.recv() => AgentEvent::Runtime(event),
+                Some(p) = prefetched.recv() => AgentEvent::Prefetched(p),
+                Some(pods) = static_pods.recv() => AgentEvent::StaticPods(pods),
+                _ = heartbeat.tick() => AgentEvent::Heartbeat,
+            };
+            match event {
+                AgentEvent::Shutdown => {
+                    info!("shutting down; workloads stay recorded and come back on the next start");
+                    return Ok(());
+                }
+                AgentEvent::Broker(ev) => self.on_broker(ev),
+                AgentEvent::Supervisor(batch) => self.on_reports(batch),
+                AgentEvent::StaticPods(pods) => self.on_static_pods(pods),
+                AgentEvent::Runtime(event) => self.node_event(event),
+                AgentEvent::Prefetched(p) => self.on_prefetched(p),
+                AgentEvent::Heartbeat => self.on_heartbeat(),
+            }
+        }
+    }
+
     fn pod_dir(&self, spec: &PodSpec) -> PathBuf {
         self.pod_dir_of(&spec.namespace, &spec.name, &spec.uid)
     }

@@ -3,7 +3,10 @@
 //!
 //! The supervisor (`agent::supervisor`) feeds it events and carries out the
 //! actions it returns; everything here is plain data and unit-tested with
-//! made-up clocks. Semantics follow the kubelet:
+//! made-up clocks. Time is an argument (`Now`): durations are measured on a
+//! monotonic clock, since a device without a real-time clock steps its
+//! wall clock at boot (NTP); wall time is only shown (start and finish
+//! times, transition times). Semantics follow the kubelet:
 //! - init containers run one at a time, in order, each to success;
 //! - app containers start together once every init container succeeded;
 //! - `restartPolicy` decides restarts; the first restart is immediate, later
@@ -19,6 +22,18 @@ use crate::model::{
     Container, ContainerState, ContainerStatus, PodCondition, PodConditionType, PodPhase, PodSpec,
     PodStatus, RestartPolicy, RuntimeKind,
 };
+
+/// A moment, as the machine is told it: both clocks, read once by the
+/// caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Milliseconds since the Unix epoch: shown in the status, never
+    /// subtracted (it can step back or forward).
+    pub wall_ms: u64,
+    /// Time since a monotonic origin of the caller's (the supervisor's
+    /// start): only differences mean anything, and they are the durations.
+    pub monotonic: Duration,
+}
 
 /// Restart back-off limits (configurable so tests need not wait minutes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +99,9 @@ struct Slot {
     status: ContainerStatus,
     /// Back-off level: how many restarts since the back-off last reset.
     level: u32,
-    started_at_ms: Option<u64>,
+    /// When the current run started: shown (wall clock) and measured from
+    /// (monotonic clock).
+    started: Option<Now>,
     /// A restart is scheduled (waiting out back-off, or about to start).
     restart_pending: bool,
     /// Counts as restarted once the next start succeeds.
@@ -123,7 +140,7 @@ fn slot(c: &Container, waiting_reason: &str) -> Slot {
             last_state: None,
         },
         level: 0,
-        started_at_ms: None,
+        started: None,
         restart_pending: false,
         has_run: false,
         startup: None,
@@ -267,9 +284,9 @@ impl PodMachine {
     }
 
     /// Begins the pod.
-    pub fn start(&mut self, now_ms: u64) -> Vec<Action> {
+    pub fn start(&mut self, now: Now) -> Vec<Action> {
         if self.status.start_time_ms.is_none() {
-            self.status.start_time_ms = Some(now_ms);
+            self.status.start_time_ms = Some(now.wall_ms);
         }
         let actions = if self.init.is_empty() {
             self.enter_main()
@@ -284,7 +301,7 @@ impl PodMachine {
                 index: 0,
             })]
         };
-        self.refresh(now_ms);
+        self.refresh(now);
         actions
     }
 
@@ -318,7 +335,7 @@ impl PodMachine {
         c: ContainerRef,
         container_id: String,
         image_id: String,
-        now_ms: u64,
+        now: Now,
     ) -> Vec<Action> {
         if matches!(self.stage, Stage::Done) {
             return Vec::new();
@@ -340,7 +357,7 @@ impl PodMachine {
             (s.startup, s.liveness, s.readiness) = probes;
             s.has_run = true;
             s.restart_pending = false;
-            s.started_at_ms = Some(now_ms);
+            s.started = Some(now);
             s.status.container_id = container_id;
             s.status.image_id = image_id;
             // A startup probe holds `started` (and readiness) back; without
@@ -348,10 +365,10 @@ impl PodMachine {
             s.status.started = s.startup.is_none();
             s.status.ready = !c.init && s.startup.is_none() && s.readiness.is_none();
             s.status.state = ContainerState::Running {
-                started_at_ms: now_ms,
+                started_at_ms: now.wall_ms,
             };
         }
-        self.refresh(now_ms);
+        self.refresh(now);
         Vec::new()
     }
 
@@ -363,12 +380,12 @@ impl PodMachine {
         c: ContainerRef,
         container_id: String,
         image_id: String,
-        now_ms: u64,
+        now: Now,
     ) -> Vec<Action> {
         if let Some(s) = self.slot_mut(c) {
             s.has_run = false;
         }
-        self.on_started(c, container_id, image_id, now_ms)
+        self.on_started(c, container_id, image_id, now)
     }
 
     /// A probe of container `c` gave a result. `container_id` names the
@@ -379,7 +396,7 @@ impl PodMachine {
         container_id: &str,
         kind: ProbeKind,
         success: bool,
-        now_ms: u64,
+        now: Now,
     ) -> Vec<Action> {
         if matches!(self.stage, Stage::Done | Stage::Terminating) {
             return Vec::new();
@@ -417,7 +434,7 @@ impl PodMachine {
             }
             _ => {}
         }
-        self.refresh(now_ms);
+        self.refresh(now);
         actions
     }
 
@@ -437,7 +454,7 @@ impl PodMachine {
         c: ContainerRef,
         reason: &str,
         message: String,
-        now_ms: u64,
+        now: Now,
     ) -> Vec<Action> {
         if matches!(self.stage, Stage::Done | Stage::Terminating) {
             return Vec::new();
@@ -473,12 +490,12 @@ impl PodMachine {
             };
             actions.push(Action::WakeAfter(c, delay));
         }
-        self.refresh(now_ms);
+        self.refresh(now);
         actions
     }
 
     /// A container exited.
-    pub fn on_exited(&mut self, c: ContainerRef, exit: Exit, now_ms: u64) -> Vec<Action> {
+    pub fn on_exited(&mut self, c: ContainerRef, exit: Exit, now: Now) -> Vec<Action> {
         let policy = self.policy;
         let restart_policy = self.spec.restart_policy;
         let stage = self.stage;
@@ -489,24 +506,23 @@ impl PodMachine {
         let Some(s) = self.slot_mut(c) else {
             return Vec::new();
         };
-        let started_at_ms = s.started_at_ms.unwrap_or(now_ms);
+        let started = s.started.take().unwrap_or(now);
         let reason = exit_reason(&exit);
         let terminated = ContainerState::Terminated {
             exit_code: exit.exit_code,
             reason,
             message: exit.message.clone(),
-            started_at_ms,
-            finished_at_ms: now_ms,
+            started_at_ms: started.wall_ms,
+            finished_at_ms: now.wall_ms,
         };
         s.status.ready = false;
         s.status.started = false;
-        s.started_at_ms = None;
         s.status.state = terminated.clone();
         if matches!(stage, Stage::Terminating | Stage::Done) {
-            self.refresh(now_ms);
+            self.refresh(now);
             return Vec::new();
         }
-        let ran_for = Duration::from_millis(now_ms.saturating_sub(started_at_ms));
+        let ran_for = now.monotonic.saturating_sub(started.monotonic);
         if ran_for >= policy.reset_after {
             s.level = 0;
         }
@@ -556,7 +572,7 @@ impl PodMachine {
                 actions.extend(self.enter_main());
             }
         }
-        self.refresh(now_ms);
+        self.refresh(now);
         if self.status.phase.is_terminal() {
             self.stage = Stage::Done;
         }
@@ -564,7 +580,7 @@ impl PodMachine {
     }
 
     /// A back-off wait ended.
-    pub fn on_timer(&mut self, c: ContainerRef, _now_ms: u64) -> Vec<Action> {
+    pub fn on_timer(&mut self, c: ContainerRef, _now: Now) -> Vec<Action> {
         if matches!(self.stage, Stage::Done | Stage::Terminating) {
             return Vec::new();
         }
@@ -578,7 +594,7 @@ impl PodMachine {
     }
 
     /// The pod is being deleted or replaced.
-    pub fn stop(&mut self, now_ms: u64) -> Vec<Action> {
+    pub fn stop(&mut self, now: Now) -> Vec<Action> {
         if matches!(self.stage, Stage::Terminating) {
             return Vec::new();
         }
@@ -588,7 +604,7 @@ impl PodMachine {
             s.restart_pending = false;
             s.status.ready = false;
         }
-        self.refresh(now_ms);
+        self.refresh(now);
         if was_done {
             self.stage = Stage::Done;
             return Vec::new();
@@ -599,13 +615,13 @@ impl PodMachine {
     }
 
     /// Every container has stopped after `stop`.
-    pub fn on_stopped(&mut self, now_ms: u64) {
+    pub fn on_stopped(&mut self, now: Now) {
         self.stage = Stage::Done;
-        self.refresh(now_ms);
+        self.refresh(now);
     }
 
     /// Recomputes phase and conditions; call after every change.
-    fn refresh(&mut self, now_ms: u64) {
+    fn refresh(&mut self, now: Now) {
         self.status.init_container_statuses = self.init.iter().map(|s| s.status.clone()).collect();
         self.status.container_statuses = self.main.iter().map(|s| s.status.clone()).collect();
         let previous = self.status.phase;
@@ -664,21 +680,21 @@ impl PodMachine {
             initialized,
             init_reason,
             init_message,
-            now_ms,
+            now,
         );
         self.set_condition(
             PodConditionType::ContainersReady,
             ready,
             ready_reason.clone(),
             ready_message.clone(),
-            now_ms,
+            now,
         );
         self.set_condition(
             PodConditionType::Ready,
             ready,
             ready_reason,
             ready_message,
-            now_ms,
+            now,
         );
     }
 
@@ -688,12 +704,12 @@ impl PodMachine {
         status: bool,
         reason: Option<String>,
         message: Option<String>,
-        now_ms: u64,
+        now: Now,
     ) {
         match self.status.conditions.iter_mut().find(|c| c.kind == kind) {
             Some(c) => {
                 if c.status != status {
-                    c.last_transition_ms = now_ms;
+                    c.last_transition_ms = now.wall_ms;
                 }
                 c.status = status;
                 c.reason = reason;
@@ -702,7 +718,7 @@ impl PodMachine {
             None => self.status.conditions.push(PodCondition {
                 kind,
                 status,
-                last_transition_ms: now_ms,
+                last_transition_ms: now.wall_ms,
                 reason,
                 message,
             }),
@@ -808,6 +824,14 @@ mod tests {
         }
     }
 
+    /// Both clocks at `ms`: they agree unless a test says otherwise.
+    fn at(ms: u64) -> Now {
+        Now {
+            wall_ms: ms,
+            monotonic: Duration::from_millis(ms),
+        }
+    }
+
     fn cond(m: &PodMachine, kind: PodConditionType) -> bool {
         m.status()
             .condition(kind)
@@ -825,13 +849,13 @@ mod tests {
     #[test]
     fn run_to_completion_never() {
         let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Never), POLICY, None);
-        assert_eq!(m.start(1000), vec![Action::Start(A)]);
+        assert_eq!(m.start(at(1000)), vec![Action::Start(A)]);
         assert_eq!(m.status().phase, PodPhase::Pending);
         assert_eq!(m.status().display_status(), "ContainerCreating");
-        m.on_started(A, "c1".into(), "sha256:x".into(), 1001);
+        m.on_started(A, "c1".into(), "sha256:x".into(), at(1001));
         assert_eq!(m.status().phase, PodPhase::Running);
         assert!(cond(&m, PodConditionType::Ready));
-        assert!(m.on_exited(A, exit(0), 2000).is_empty());
+        assert!(m.on_exited(A, exit(0), at(2000)).is_empty());
         assert_eq!(m.status().phase, PodPhase::Succeeded);
         assert!(m.is_done());
         assert_eq!(m.status().display_status(), "Completed");
@@ -859,29 +883,29 @@ mod tests {
     #[test]
     fn failure_with_never_is_failed_with_exit_code() {
         let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Never), POLICY, None);
-        m.start(0);
-        m.on_started(A, "c".into(), "i".into(), 1);
-        m.on_exited(A, exit(3), 2);
+        m.start(at(0));
+        m.on_started(A, "c".into(), "i".into(), at(1));
+        m.on_exited(A, exit(3), at(2));
         assert_eq!(m.status().phase, PodPhase::Failed);
         assert_eq!(m.status().display_status(), "Error");
         // Terminal: a late event changes nothing.
-        assert!(m.on_timer(A, 5).is_empty());
-        assert!(m.on_exited(A, exit(0), 6).is_empty());
+        assert!(m.on_timer(A, at(5)).is_empty());
+        assert!(m.on_exited(A, exit(0), at(6)).is_empty());
         assert_eq!(m.status().phase, PodPhase::Failed);
     }
 
     #[test]
     fn always_restarts_with_crash_loop_back_off() {
         let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
-        m.start(0);
-        m.on_started(A, "c1".into(), "i".into(), 10);
+        m.start(at(0));
+        m.on_started(A, "c1".into(), "i".into(), at(10));
         // First crash: immediate restart.
-        assert_eq!(m.on_exited(A, exit(1), 20), vec![Action::Start(A)]);
-        m.on_started(A, "c2".into(), "i".into(), 30);
+        assert_eq!(m.on_exited(A, exit(1), at(20)), vec![Action::Start(A)]);
+        m.on_started(A, "c2".into(), "i".into(), at(30));
         assert_eq!(m.status().container_statuses[0].restart_count, 1);
         // Second crash: back-off 10 s, CrashLoopBackOff, phase stays Running.
         assert_eq!(
-            m.on_exited(A, exit(1), 40),
+            m.on_exited(A, exit(1), at(40)),
             vec![Action::WakeAfter(A, Duration::from_secs(10))]
         );
         assert_eq!(m.status().phase, PodPhase::Running);
@@ -902,12 +926,12 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(m.on_timer(A, 10_040), vec![Action::Start(A)]);
-        m.on_started(A, "c3".into(), "i".into(), 10_050);
+        assert_eq!(m.on_timer(A, at(10_040)), vec![Action::Start(A)]);
+        m.on_started(A, "c3".into(), "i".into(), at(10_050));
         assert_eq!(m.status().container_statuses[0].restart_count, 2);
         // Third crash: 20 s.
         assert_eq!(
-            m.on_exited(A, exit(1), 10_060),
+            m.on_exited(A, exit(1), at(10_060)),
             vec![Action::WakeAfter(A, Duration::from_secs(20))]
         );
     }
@@ -915,17 +939,96 @@ mod tests {
     #[test]
     fn long_run_resets_back_off() {
         let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
-        m.start(0);
-        m.on_started(A, "c".into(), "i".into(), 0);
-        m.on_exited(A, exit(1), 1);
-        m.on_started(A, "c".into(), "i".into(), 2);
-        m.on_exited(A, exit(1), 3);
-        m.on_timer(A, 10_003);
-        m.on_started(A, "c".into(), "i".into(), 10_003);
+        m.start(at(0));
+        m.on_started(A, "c".into(), "i".into(), at(0));
+        m.on_exited(A, exit(1), at(1));
+        m.on_started(A, "c".into(), "i".into(), at(2));
+        m.on_exited(A, exit(1), at(3));
+        m.on_timer(A, at(10_003));
+        m.on_started(A, "c".into(), "i".into(), at(10_003));
         // Ran for more than reset_after: back to an immediate restart.
         assert_eq!(
-            m.on_exited(A, exit(1), 10_003 + 600_000),
+            m.on_exited(A, exit(1), at(10_003 + 600_000)),
             vec![Action::Start(A)]
+        );
+    }
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    /// The wall clock at `wall_ms`, the monotonic one at `mono_ms`.
+    fn clocks(wall_ms: u64, mono_ms: u64) -> Now {
+        Now {
+            wall_ms,
+            monotonic: Duration::from_millis(mono_ms),
+        }
+    }
+
+    #[test]
+    fn the_wall_clock_stepping_back_an_hour_leaves_the_back_off_alone() {
+        let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
+        let t0 = 10 * HOUR_MS;
+        m.start(clocks(t0, 0));
+        m.on_started(A, "c1".into(), "i".into(), clocks(t0, 0));
+        assert_eq!(
+            m.on_exited(A, exit(1), clocks(t0 + 1_000, 1_000)),
+            vec![Action::Start(A)]
+        );
+        m.on_started(A, "c2".into(), "i".into(), clocks(t0 + 1_000, 1_000));
+        // NTP steps the clock back an hour while the container runs 2 s.
+        let back = t0 - HOUR_MS;
+        assert_eq!(
+            m.on_exited(A, exit(1), clocks(back + 3_000, 3_000)),
+            vec![Action::WakeAfter(A, Duration::from_secs(10))]
+        );
+        // What is shown is what the wall clock said.
+        match &m.status().container_statuses[0].last_state {
+            Some(ContainerState::Terminated {
+                started_at_ms,
+                finished_at_ms,
+                ..
+            }) => assert_eq!(
+                (*started_at_ms, *finished_at_ms),
+                (t0 + 1_000, back + 3_000)
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+        m.on_timer(A, clocks(back + 13_000, 13_000));
+        m.on_started(A, "c3".into(), "i".into(), clocks(back + 13_000, 13_000));
+        assert_eq!(
+            m.on_exited(A, exit(1), clocks(back + 14_000, 14_000)),
+            vec![Action::WakeAfter(A, Duration::from_secs(20))],
+            "the back-off keeps doubling"
+        );
+        // Ten minutes of monotonic time reset it, whatever the wall clock
+        // did meanwhile (here: another hour back, so it reads earlier than
+        // the start).
+        m.on_timer(A, clocks(back + 34_000, 34_000));
+        m.on_started(A, "c4".into(), "i".into(), clocks(back + 34_000, 34_000));
+        let ten_minutes_later = 34_000 + 600_000;
+        assert_eq!(
+            m.on_exited(
+                A,
+                exit(1),
+                clocks(back - HOUR_MS + ten_minutes_later, ten_minutes_later)
+            ),
+            vec![Action::Start(A)]
+        );
+    }
+
+    #[test]
+    fn the_wall_clock_stepping_forward_does_not_reset_the_back_off() {
+        let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
+        // A device without a real-time clock boots in 1970, then NTP
+        // sets the date while the container crash-loops.
+        m.start(clocks(0, 0));
+        m.on_started(A, "c1".into(), "i".into(), clocks(0, 0));
+        m.on_exited(A, exit(1), clocks(1_000, 1_000));
+        m.on_started(A, "c2".into(), "i".into(), clocks(1_000, 1_000));
+        let now = 20_000 * HOUR_MS;
+        assert_eq!(
+            m.on_exited(A, exit(1), clocks(now, 2_000)),
+            vec![Action::WakeAfter(A, Duration::from_secs(10))],
+            "one second of running is not ten minutes"
         );
     }
 
@@ -936,15 +1039,15 @@ mod tests {
             POLICY,
             None,
         );
-        assert_eq!(m.start(0), vec![Action::Start(A), Action::Start(B)]);
-        m.on_started(A, "a".into(), "i".into(), 1);
-        m.on_started(B, "b".into(), "i".into(), 1);
-        assert!(m.on_exited(A, exit(0), 2).is_empty());
+        assert_eq!(m.start(at(0)), vec![Action::Start(A), Action::Start(B)]);
+        m.on_started(A, "a".into(), "i".into(), at(1));
+        m.on_started(B, "b".into(), "i".into(), at(1));
+        assert!(m.on_exited(A, exit(0), at(2)).is_empty());
         assert_eq!(m.status().phase, PodPhase::Running);
-        assert_eq!(m.on_exited(B, exit(2), 3), vec![Action::Start(B)]);
+        assert_eq!(m.on_exited(B, exit(2), at(3)), vec![Action::Start(B)]);
         assert_eq!(m.status().phase, PodPhase::Running);
-        m.on_started(B, "b2".into(), "i".into(), 4);
-        m.on_exited(B, exit(0), 5);
+        m.on_started(B, "b2".into(), "i".into(), at(4));
+        m.on_exited(B, exit(0), at(5));
         assert_eq!(m.status().phase, PodPhase::Succeeded);
     }
 
@@ -955,17 +1058,17 @@ mod tests {
             POLICY,
             None,
         );
-        assert_eq!(m.start(0), vec![Action::Start(I0)]);
+        assert_eq!(m.start(at(0)), vec![Action::Start(I0)]);
         assert_eq!(m.status().display_status(), "Init:0/2");
         assert!(!cond(&m, PodConditionType::Initialized));
-        m.on_started(I0, "i0".into(), "x".into(), 1);
-        assert_eq!(m.on_exited(I0, exit(0), 2), vec![Action::Start(I1)]);
-        m.on_started(I1, "i1".into(), "x".into(), 3);
+        m.on_started(I0, "i0".into(), "x".into(), at(1));
+        assert_eq!(m.on_exited(I0, exit(0), at(2)), vec![Action::Start(I1)]);
+        m.on_started(I1, "i1".into(), "x".into(), at(3));
         assert_eq!(m.status().display_status(), "Init:1/2");
-        assert_eq!(m.on_exited(I1, exit(0), 4), vec![Action::Start(A)]);
+        assert_eq!(m.on_exited(I1, exit(0), at(4)), vec![Action::Start(A)]);
         assert!(cond(&m, PodConditionType::Initialized));
         assert_eq!(m.status().phase, PodPhase::Pending);
-        m.on_started(A, "a".into(), "x".into(), 5);
+        m.on_started(A, "a".into(), "x".into(), at(5));
         assert_eq!(m.status().phase, PodPhase::Running);
         assert!(cond(&m, PodConditionType::ContainersReady));
     }
@@ -977,15 +1080,15 @@ mod tests {
             POLICY,
             None,
         );
-        m.start(0);
-        m.on_started(I0, "i0".into(), "x".into(), 1);
-        assert_eq!(m.on_exited(I0, exit(1), 2), vec![Action::Start(I0)]);
+        m.start(at(0));
+        m.on_started(I0, "i0".into(), "x".into(), at(1));
+        assert_eq!(m.on_exited(I0, exit(1), at(2)), vec![Action::Start(I0)]);
         assert_eq!(m.status().phase, PodPhase::Pending);
 
         let mut m = PodMachine::new(spec(&["i0"], &["a"], RestartPolicy::Never), POLICY, None);
-        m.start(0);
-        m.on_started(I0, "i0".into(), "x".into(), 1);
-        assert!(m.on_exited(I0, exit(1), 2).is_empty());
+        m.start(at(0));
+        m.on_started(I0, "i0".into(), "x".into(), at(1));
+        assert!(m.on_exited(I0, exit(1), at(2)).is_empty());
         assert_eq!(m.status().phase, PodPhase::Failed);
         assert_eq!(m.status().display_status(), "Init:Error");
         assert!(m.is_done());
@@ -994,13 +1097,13 @@ mod tests {
     #[test]
     fn start_failures_back_off_and_recover() {
         let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
-        m.start(0);
-        let actions = m.on_start_failed(A, "ErrImagePull", "sha256 mismatch".into(), 1);
+        m.start(at(0));
+        let actions = m.on_start_failed(A, "ErrImagePull", "sha256 mismatch".into(), at(1));
         assert_eq!(actions, vec![Action::WakeAfter(A, Duration::from_secs(10))]);
         assert_eq!(m.status().display_status(), "ErrImagePull");
         assert_eq!(m.status().phase, PodPhase::Pending);
-        assert_eq!(m.on_timer(A, 10_001), vec![Action::Start(A)]);
-        m.on_started(A, "c".into(), "i".into(), 10_002);
+        assert_eq!(m.on_timer(A, at(10_001)), vec![Action::Start(A)]);
+        m.on_started(A, "c".into(), "i".into(), at(10_002));
         assert_eq!(m.status().phase, PodPhase::Running);
         // A failed start is not a restart.
         assert_eq!(m.status().container_statuses[0].restart_count, 0);
@@ -1009,20 +1112,20 @@ mod tests {
     #[test]
     fn stop_asks_for_the_grace_period_and_ends_done() {
         let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
-        m.start(0);
-        m.on_started(A, "c".into(), "i".into(), 1);
+        m.start(at(0));
+        m.on_started(A, "c".into(), "i".into(), at(1));
         assert_eq!(
-            m.stop(2),
+            m.stop(at(2)),
             vec![Action::StopAll {
                 grace: Duration::from_secs(7)
             }]
         );
         assert!(m.is_terminating());
         // Exits while terminating never restart.
-        assert!(m.on_exited(A, exit(137), 3).is_empty());
-        m.on_stopped(4);
+        assert!(m.on_exited(A, exit(137), at(3)).is_empty());
+        m.on_stopped(at(4));
         assert!(m.is_done());
-        assert!(m.stop(5).is_empty());
+        assert!(m.stop(at(5)).is_empty());
     }
 
     #[test]
@@ -1036,8 +1139,8 @@ mod tests {
         }];
         prev.start_time_ms = Some(42);
         m.carry_over(&prev);
-        m.start(100);
-        m.on_started(A, "c".into(), "i".into(), 101);
+        m.start(at(100));
+        m.on_started(A, "c".into(), "i".into(), at(101));
         assert_eq!(m.status().container_statuses[0].restart_count, 5);
         assert_eq!(m.status().start_time_ms, Some(42));
     }
@@ -1045,15 +1148,15 @@ mod tests {
     #[test]
     fn conditions_transition_times_move_only_on_change() {
         let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
-        m.start(0);
-        m.on_started(A, "c".into(), "i".into(), 50);
+        m.start(at(0));
+        m.on_started(A, "c".into(), "i".into(), at(50));
         let t = m
             .status()
             .condition(PodConditionType::Ready)
             .expect("ready")
             .last_transition_ms;
         assert_eq!(t, 50);
-        m.refresh(99);
+        m.refresh(at(99));
         assert_eq!(
             m.status()
                 .condition(PodConditionType::Ready)
@@ -1083,19 +1186,19 @@ mod tests {
         previous.container_statuses[0].restart_count = 2;
         previous.container_statuses[0].state = ContainerState::Running { started_at_ms: 5 };
         m.carry_over(&previous);
-        m.start(1000);
+        m.start(at(1000));
         assert_eq!(
             m.next_run_number(A),
             3,
             "a new run would be the third restart"
         );
-        m.on_adopted(A, "c1".into(), "sha256:x".into(), 1001);
+        m.on_adopted(A, "c1".into(), "sha256:x".into(), at(1001));
         assert_eq!(m.status().container_statuses[0].restart_count, 2);
         assert_eq!(m.status().phase, PodPhase::Running);
         // A later exit restarts it and counts as usual.
-        m.on_exited(A, exit(1), 2000);
-        m.on_timer(A, 60_000);
-        m.on_started(A, "c2".into(), "sha256:x".into(), 60_001);
+        m.on_exited(A, exit(1), at(2000));
+        m.on_timer(A, at(60_000));
+        m.on_started(A, "c2".into(), "sha256:x".into(), at(60_001));
         assert_eq!(m.status().container_statuses[0].restart_count, 3);
     }
 
@@ -1108,8 +1211,8 @@ mod tests {
         let mut m = PodMachine::new(s, POLICY, Some("10.0.0.9".into()));
         m.set_pod_ip(Some("10.88.0.4".into()));
         assert_eq!(m.status().pod_ip.as_deref(), Some("10.88.0.4"));
-        m.start(0);
-        m.on_started(A, "c1".into(), "i".into(), 1);
+        m.start(at(0));
+        m.on_started(A, "c1".into(), "i".into(), at(1));
         let st = |m: &PodMachine| {
             let c = &m.status().container_statuses[0];
             (c.started, c.ready)
@@ -1117,33 +1220,33 @@ mod tests {
         assert_eq!(st(&m), (false, false), "startup probe pending");
         // Liveness and readiness wait for the startup probe.
         assert!(
-            m.on_probe(A, "c1", ProbeKind::Liveness, false, 2)
+            m.on_probe(A, "c1", ProbeKind::Liveness, false, at(2))
                 .is_empty()
         );
         assert!(
-            m.on_probe(A, "c1", ProbeKind::Liveness, false, 3)
+            m.on_probe(A, "c1", ProbeKind::Liveness, false, at(3))
                 .is_empty()
         );
-        m.on_probe(A, "c1", ProbeKind::Readiness, true, 3);
+        m.on_probe(A, "c1", ProbeKind::Readiness, true, at(3));
         assert_eq!(st(&m), (false, false));
-        m.on_probe(A, "c1", ProbeKind::Startup, true, 4);
+        m.on_probe(A, "c1", ProbeKind::Startup, true, at(4));
         assert_eq!(st(&m), (true, false), "started, not yet ready");
-        m.on_probe(A, "c1", ProbeKind::Readiness, true, 5);
+        m.on_probe(A, "c1", ProbeKind::Readiness, true, at(5));
         assert_eq!(st(&m), (true, true));
         assert!(cond(&m, PodConditionType::Ready));
-        m.on_probe(A, "c1", ProbeKind::Readiness, false, 6);
+        m.on_probe(A, "c1", ProbeKind::Readiness, false, at(6));
         assert!(!cond(&m, PodConditionType::Ready));
         // Results for another run are ignored.
         assert!(
-            m.on_probe(A, "old", ProbeKind::Liveness, false, 7)
+            m.on_probe(A, "old", ProbeKind::Liveness, false, at(7))
                 .is_empty()
         );
         assert!(
-            m.on_probe(A, "c1", ProbeKind::Liveness, false, 8)
+            m.on_probe(A, "c1", ProbeKind::Liveness, false, at(8))
                 .is_empty()
         );
         assert_eq!(
-            m.on_probe(A, "c1", ProbeKind::Liveness, false, 9),
+            m.on_probe(A, "c1", ProbeKind::Liveness, false, at(9)),
             vec![Action::Kill(A, Duration::from_secs(7))]
         );
     }
@@ -1153,10 +1256,10 @@ mod tests {
         let mut s = spec(&[], &["a"], RestartPolicy::Always);
         s.containers[0].startup_probe = Some(probe(1));
         let mut m = PodMachine::new(s, POLICY, None);
-        m.start(0);
-        m.on_started(A, "c1".into(), "i".into(), 1);
+        m.start(at(0));
+        m.on_started(A, "c1".into(), "i".into(), at(1));
         assert_eq!(
-            m.on_probe(A, "c1", ProbeKind::Startup, false, 2),
+            m.on_probe(A, "c1", ProbeKind::Startup, false, at(2)),
             vec![Action::Kill(A, Duration::from_secs(7))]
         );
     }
@@ -1164,8 +1267,8 @@ mod tests {
     #[test]
     fn repeated_pull_failures_read_image_pull_back_off() {
         let mut m = PodMachine::new(spec(&[], &["a"], RestartPolicy::Always), POLICY, None);
-        m.start(0);
-        m.on_start_failed(A, "ErrImagePull", "unauthorized".into(), 1);
+        m.start(at(0));
+        m.on_start_failed(A, "ErrImagePull", "unauthorized".into(), at(1));
         let waiting = |m: &PodMachine| m.status().container_statuses[0].state.clone();
         assert_eq!(
             waiting(&m),
@@ -1174,8 +1277,8 @@ mod tests {
                 message: Some("unauthorized".into())
             }
         );
-        m.on_timer(A, 20_000);
-        m.on_start_failed(A, "ErrImagePull", "unauthorized".into(), 20_001);
+        m.on_timer(A, at(20_000));
+        m.on_start_failed(A, "ErrImagePull", "unauthorized".into(), at(20_001));
         assert_eq!(
             waiting(&m),
             ContainerState::Waiting {

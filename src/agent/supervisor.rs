@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::pod_machine::{Action, ContainerRef, Exit, PodMachine};
+use super::pod_machine::{Action, ContainerRef, Exit, Now, PodMachine};
 use super::probe::{self, ProbeKind};
 use crate::model::{EventType, PodKey, PodStatus, now_ms};
 use crate::runtime::{ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle};
@@ -85,6 +85,7 @@ pub fn spawn(
                 starting: 0,
                 last_reported: None,
                 stop_deadline_set: false,
+                origin: tokio::time::Instant::now(),
             };
             sup.run(&mut machine, stop_rx).await;
         }
@@ -108,9 +109,21 @@ struct Supervisor {
     starting: usize,
     last_reported: Option<PodStatus>,
     stop_deadline_set: bool,
+    /// The monotonic origin of every `Now` given to the machine (tokio's
+    /// clock: paused in tests).
+    origin: tokio::time::Instant,
 }
 
 impl Supervisor {
+    /// Both clocks, read now: wall time for what the status shows,
+    /// monotonic time for durations.
+    fn now(&self) -> Now {
+        Now {
+            wall_ms: now_ms(),
+            monotonic: self.origin.elapsed(),
+        }
+    }
+
     async fn run(
         &mut self,
         machine: &mut PodMachine,
@@ -122,7 +135,7 @@ impl Supervisor {
             self.report(machine);
         } else if let Err(e) = self.runtime.prepare_pod(&self.pod).await {
             warn!(error = %e, "cannot prepare pod");
-            let now = now_ms();
+            let now = self.now();
             let mut actions = machine.start(now);
             // Every container fails to start with the same reason.
             actions.retain(|a| !matches!(a, Action::Start(_)));
@@ -132,7 +145,7 @@ impl Supervisor {
             self.execute(machine, actions, &tx);
         } else {
             machine.set_pod_ip(self.runtime.pod_ip(&self.pod));
-            let actions = machine.start(now_ms());
+            let actions = machine.start(self.now());
             self.execute(machine, actions, &tx);
         }
         let mut stop_requested = false;
@@ -144,7 +157,7 @@ impl Supervisor {
                 }
                 Some(ev) = rx.recv() => ev,
             };
-            let now = now_ms();
+            let now = self.now();
             let actions = match event {
                 Event::StopRequested => machine.stop(now),
                 Event::Started(c, Ok(rc)) => {
@@ -232,7 +245,7 @@ impl Supervisor {
             self.execute(machine, actions, &tx);
             if stop_requested && self.running.is_empty() && self.starting == 0 {
                 self.runtime.cleanup_pod(&self.pod).await;
-                machine.on_stopped(now_ms());
+                machine.on_stopped(self.now());
                 self.report(machine);
                 let _ = self.reports.send(Report::Stopped {
                     key: self.key.clone(),

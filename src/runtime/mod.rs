@@ -8,6 +8,9 @@
 #[cfg(feature = "cri")]
 pub mod cri;
 pub mod digest;
+/// Test builds only: the controller's in-process tests run pods on it.
+#[cfg(test)]
+pub mod fake;
 pub mod image_ref;
 pub mod logs;
 pub mod module_source;

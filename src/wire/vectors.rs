@@ -3,9 +3,11 @@
 //!
 //! The committed files are the contract: these tests fail if the encoder
 //! stops producing them byte for byte, or the decoder stops reading them
-//! back into the samples. After an intended format change (which is a new
-//! `SCHEMA_VERSION`), regenerate them with
-//! `KEDGE_WRITE_VECTORS=1 cargo test --lib wire::vectors`.
+//! back into the samples. They only compare. After an intended format change
+//! (which is a new `SCHEMA_VERSION`), `scripts/regen-vectors.sh` regenerates
+//! the files with `write_vectors_then_fail_on_purpose`, a test that is
+//! ignored in every test run and fails after writing: regenerating can never
+//! make a test pass. Review `git diff tests/vectors`, then run the checks.
 //!
 //! The samples use every `Option` as `Some`, non-empty collections and enum
 //! variants beyond index 0, so that each encoding rule shows up in the bytes.
@@ -16,8 +18,9 @@ use std::path::PathBuf;
 use super::*;
 use crate::model::*;
 
-/// Set to `1` to (re)write the vector files instead of comparing with them.
-const WRITE_ENV: &str = "KEDGE_WRITE_VECTORS";
+/// What `write_vectors_then_fail_on_purpose` prints once it has written
+/// every file; `scripts/regen-vectors.sh` looks for it.
+const WRITTEN: &str = "KEDGE-VECTORS-WRITTEN";
 /// Bytes per line in the hex files (whitespace is ignored when reading).
 const BYTES_PER_LINE: usize = 32;
 
@@ -475,12 +478,8 @@ fn from_hex_text(text: &str) -> Vec<u8> {
     hex::decode(digits).expect("vector file is hex")
 }
 
-fn writing() -> bool {
-    std::env::var(WRITE_ENV).is_ok_and(|v| v == "1")
-}
-
-/// Encodes the sample, compares with (or writes) the committed file, then
-/// decodes the committed bytes back and renders them as JSON.
+/// Encodes the sample, compares with the committed file, then decodes the
+/// committed bytes back and renders them as JSON.
 fn check(file: &str) {
     let (_, seq, message) = all()
         .into_iter()
@@ -488,12 +487,9 @@ fn check(file: &str) {
         .expect("known vector");
     let encoded = encode(seq, &message).expect("sample encodes");
     let path = vector_path(file);
-    if writing() {
-        std::fs::write(&path, to_hex_lines(&encoded)).expect("write vector");
-    }
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "cannot read {}: {e} (generate with {WRITE_ENV}=1)",
+            "cannot read {}: {e} (generate it with scripts/regen-vectors.sh)",
             path.display()
         )
     });
@@ -503,7 +499,7 @@ fn check(file: &str) {
     assert!(
         encoded == committed,
         "{file}: encoding changed; a change to the wire format needs a new SCHEMA_VERSION \
-         (then regenerate with {WRITE_ENV}=1)\n  encoded:   {}\n  committed: {}",
+         (then regenerate with scripts/regen-vectors.sh)\n  encoded:   {}\n  committed: {}",
         hex::encode(&encoded),
         hex::encode(&committed)
     );
@@ -614,9 +610,6 @@ fn vectors_cover_every_kind() {
     for k in 0..=u8::MAX {
         assert_eq!(Kind::from_u8(k).is_ok(), kinds.contains(&k), "kind {k}");
     }
-    if writing() {
-        return;
-    }
     let dir = vector_path("");
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
         .expect("tests/vectors exists")
@@ -632,6 +625,28 @@ fn vectors_cover_every_kind() {
     let mut expected: Vec<String> = all().iter().map(|(f, _, _)| f.to_string()).collect();
     expected.sort();
     assert_eq!(on_disk, expected);
+}
+
+/// Writes every vector file from its sample, then fails: run by
+/// `scripts/regen-vectors.sh` after an intended format change, never part
+/// of a test run (ignored), and never a pass, so a run that regenerates
+/// the expectations cannot also claim to have checked them.
+#[test]
+#[ignore = "writes tests/vectors and fails on purpose: scripts/regen-vectors.sh runs it"]
+fn write_vectors_then_fail_on_purpose() {
+    let files = all();
+    for (file, seq, message) in &files {
+        let encoded = encode(*seq, message).expect("sample encodes");
+        let path = vector_path(file);
+        std::fs::write(&path, to_hex_lines(&encoded))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        println!("wrote {}", path.display());
+    }
+    panic!(
+        "{WRITTEN}: {} vector files written; this test always fails. Review git diff tests/vectors, \
+         then run the checks: cargo test --lib wire",
+        files.len()
+    );
 }
 
 /// The envelope header as docs/wire.md describes it, checked on the event

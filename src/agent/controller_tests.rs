@@ -1,0 +1,524 @@
+//! The controller in process: the middle rung between the pure unit tests
+//! and the end-to-end tests that run the binary against a real broker.
+//!
+//! Each test builds the controller from its parts (`Controller::new`): a real
+//! redb store in a temporary directory, `FakeRuntime` (a fake, named as one)
+//! in the Wasm slot, and the session's two channels, with the test playing
+//! the session: it hands over `SessionEvent`s and reads the
+//! `SessionCommand`s. Time is tokio's paused clock, so back-off and
+//! heartbeats cost nothing. Every wait is for an observable condition (a
+//! command arrives, then the store or the runtime is looked at again), with
+//! a deadline in that paused time.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Controller, Parts};
+use crate::config::Config;
+use crate::model::{
+    Cohort, Event, EventType, FleetDeployment, FleetPodState, FleetReport, NodeInfo, PodKey,
+    PodPhase, PodSource, PodSpec, PodStatus, RestartPolicy, Rollout, samples,
+};
+use crate::mqtt::{AckToken, SessionCommand, SessionEvent};
+use crate::runtime::fake::{FakeRuntime, Start};
+use crate::runtime::{LazyRuntime, Runtime};
+use crate::store::Store;
+use crate::wire::{self, Message, Topics};
+
+const NODE: &str = "edge-1";
+
+/// How long (in paused time) a wait may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(600);
+
+/// A device's data directory, kept across agent restarts.
+struct Device {
+    dir: tempfile::TempDir,
+    config: Config,
+}
+
+impl Device {
+    fn new() -> Device {
+        Device::with(|_| {})
+    }
+
+    fn with(change: impl FnOnce(&mut Config)) -> Device {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = Config {
+            node_name: NODE.into(),
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        change(&mut config);
+        Device { dir, config }
+    }
+
+    /// Starts an agent on this device's store with a new fake runtime.
+    fn start(&self) -> Agent {
+        Agent::start(self.config.clone(), self.dir.path())
+    }
+}
+
+/// A running controller and the test's ends of its channels.
+struct Agent {
+    store: Arc<Store>,
+    runtime: Arc<FakeRuntime>,
+    topics: Topics,
+    events: mpsc::UnboundedSender<SessionEvent>,
+    commands: mpsc::UnboundedReceiver<SessionCommand>,
+    /// Every command received so far, in order.
+    seen: Vec<SessionCommand>,
+    shutdown: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Agent {
+    fn start(config: Config, dir: &Path) -> Agent {
+        let store = Arc::new(Store::open(&dir.join("state.redb")).expect("store opens"));
+        let runtime = FakeRuntime::new();
+        let made: Arc<dyn Runtime> = runtime.clone();
+        let (mut controller, receivers) = Controller::new(Parts {
+            config,
+            store: store.clone(),
+            wasm: Some(LazyRuntime::new(Box::new(move || Ok(made)))),
+            cri: None,
+            node_info: NodeInfo::default(),
+            addresses: Vec::new(),
+        });
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        controller.session = Some(commands_tx);
+        let topics = controller.topics.clone();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (_static_tx, static_rx) = mpsc::unbounded_channel();
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(controller.serve(receivers, events_rx, static_rx, async {
+            let _ = shutdown_rx.await;
+        }));
+        Agent {
+            store,
+            runtime,
+            topics,
+            events,
+            commands,
+            seen: Vec::new(),
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the controller (its pods stay recorded) and closes the store.
+    async fn stop(self) {
+        let _ = self.shutdown.send(());
+        self.task
+            .await
+            .expect("controller task")
+            .expect("controller ends cleanly");
+    }
+
+    /// Hands a QoS 1 message over as the session would.
+    fn send(&self, topic: &str, payload: Vec<u8>) {
+        let event = SessionEvent::Message {
+            topic: topic.into(),
+            payload,
+            ack: Some(AckToken::for_test(topic)),
+        };
+        self.events.send(event).expect("controller listens");
+    }
+
+    fn desired_topic(&self, name: &str) -> String {
+        self.topics.desired(NODE, &key(name))
+    }
+
+    fn apply(&self, spec: &PodSpec) {
+        let payload =
+            wire::encode(spec.generation, &Message::DesiredPod(spec.clone())).expect("encodes");
+        self.send(&self.desired_topic(&spec.name), payload);
+    }
+
+    /// Reads commands until `done` holds.
+    async fn until(&mut self, what: &str, done: impl Fn(&Agent) -> bool) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !done(self) {
+            match tokio::time::timeout_at(deadline, self.commands.recv()).await {
+                Ok(Some(command)) => self.seen.push(command),
+                Ok(None) => panic!("the controller ended while waiting for {what}"),
+                Err(_) => panic!("no {what} within {DEADLINE:?}"),
+            }
+        }
+    }
+
+    /// How many acknowledgements of messages on `topic` were sent.
+    fn acks(&self, topic: &str) -> usize {
+        self.seen
+            .iter()
+            .filter(|c| matches!(c, SessionCommand::Ack(a) if a.topic() == topic))
+            .count()
+    }
+
+    fn status(&self, name: &str) -> Option<PodStatus> {
+        self.store.status(&key(name)).expect("status readable")
+    }
+
+    fn phase(&self, name: &str) -> Option<PodPhase> {
+        self.status(name).map(|s| s.phase)
+    }
+
+    /// Every message waiting in the outbox: (topic, message; None for an
+    /// empty retained payload).
+    fn outbox(&self) -> Vec<(String, Option<Message>)> {
+        self.store
+            .outbox_after(0, usize::MAX)
+            .expect("outbox readable")
+            .into_iter()
+            .map(|(_, e)| {
+                let message = (!e.payload.is_empty()).then(|| {
+                    wire::decode(&e.payload)
+                        .expect("outbox entry decodes")
+                        .message
+                });
+                (e.topic, message)
+            })
+            .collect()
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.outbox()
+            .into_iter()
+            .filter_map(|(_, m)| match m {
+                Some(Message::Event(e)) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn has_event(&self, pod: Option<&str>, reason: &str) -> bool {
+        self.events()
+            .iter()
+            .any(|e| e.pod.as_deref() == pod && e.reason == reason)
+    }
+
+    fn fleet_reports(&self, fleet: &PodKey) -> Vec<FleetReport> {
+        let topic = self.topics.fleet_report(NODE, fleet);
+        self.outbox()
+            .into_iter()
+            .filter_map(|(t, m)| match m {
+                Some(Message::FleetReport(r)) if t == topic => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn key(name: &str) -> PodKey {
+    PodKey::new("default", name)
+}
+
+/// A Wasm pod `default/{name}` running the given containers.
+fn pod(name: &str, generation: u64, policy: RestartPolicy, containers: &[&str]) -> PodSpec {
+    let mut spec = samples::spec(name, &format!("uid-{name}"), generation, policy);
+    spec.containers = containers.iter().map(|c| samples::container(c)).collect();
+    spec
+}
+
+#[tokio::test(start_paused = true)]
+async fn pods_come_back_after_a_restart_and_terminal_pods_stay_terminal() {
+    let device = Device::new();
+    let mut agent = device.start();
+    agent.runtime.script("task", [Start::Exit(0)]);
+    agent.apply(&pod("web", 1, RestartPolicy::Always, &["app"]));
+    agent.apply(&pod("job", 1, RestartPolicy::Never, &["task"]));
+    agent
+        .until("web running and job succeeded", |a| {
+            a.phase("web") == Some(PodPhase::Running) && a.phase("job") == Some(PodPhase::Succeeded)
+        })
+        .await;
+    let job_before = agent.status("job");
+    let web_before = agent.status("web").expect("web status");
+    agent.stop().await;
+
+    // No broker this time: everything comes from the store.
+    let mut agent = device.start();
+    agent
+        .until("web running again", |a| {
+            a.status("web").is_some_and(|s| {
+                s.phase == PodPhase::Running
+                    && s.container_statuses[0].container_id
+                        != web_before.container_statuses[0].container_id
+            })
+        })
+        .await;
+    // A Wasm workload dies with the agent: its new run is a restart.
+    assert_eq!(agent.runtime.starts_of(&key("web"), "app"), [(1, 1)]);
+    assert_eq!(agent.runtime.starts_of(&key("job"), "task"), []);
+    assert_eq!(
+        agent.status("job"),
+        job_before,
+        "a terminal pod stays as it was"
+    );
+    assert_eq!(agent.runtime.running(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_spec_is_refused_with_a_status_and_an_event_and_a_running_pod_keeps_running() {
+    let device = Device::new();
+    let mut agent = device.start();
+    agent.apply(&pod("web", 1, RestartPolicy::Always, &["app"]));
+    agent
+        .until("web running", |a| a.phase("web") == Some(PodPhase::Running))
+        .await;
+
+    // A pod that does not run yet: a Failed status naming the cause.
+    let bad = agent.desired_topic("bad");
+    agent.send(&bad, b"not a pod spec".to_vec());
+    agent
+        .until("the refusal acknowledged", |a| a.acks(&bad) == 1)
+        .await;
+    let status = agent.status("bad").expect("a status for the refused pod");
+    assert_eq!(status.phase, PodPhase::Failed);
+    assert_eq!(status.reason.as_deref(), Some("InvalidSpec"));
+    assert!(status.uid.is_empty());
+    assert!(agent.has_event(Some("bad"), "InvalidSpec"));
+
+    // The running pod: an event, and nothing else changes.
+    let web = agent.desired_topic("web");
+    agent.send(&web, vec![0xff, 0x01, 0x02]);
+    let mut other = pod("other", 2, RestartPolicy::Always, &["app"]);
+    other.uid = "uid-web".into();
+    let payload = wire::encode(2, &Message::DesiredPod(other)).expect("encodes");
+    agent.send(&web, payload);
+    agent
+        .until("both refusals acknowledged", |a| a.acks(&web) == 3)
+        .await;
+    let refusals = agent
+        .events()
+        .into_iter()
+        .filter(|e| e.pod.as_deref() == Some("web") && e.reason == "InvalidSpec")
+        .count();
+    assert_eq!(refusals, 2);
+    let status = agent.status("web").expect("web status");
+    assert_eq!(
+        (status.phase, status.uid.as_str()),
+        (PodPhase::Running, "uid-web")
+    );
+    assert_eq!(agent.runtime.stops_of(&key("web")), 0);
+    assert_eq!(agent.runtime.starts_of(&key("web"), "app"), [(1, 0)]);
+    assert_eq!(agent.runtime.running(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_generation_replaces_the_pod_and_an_older_one_is_ignored() {
+    let device = Device::new();
+    let mut agent = device.start();
+    let first = pod("web", 1, RestartPolicy::Always, &["app"]);
+    agent.apply(&first);
+    agent
+        .until("generation 1 running", |a| {
+            a.phase("web") == Some(PodPhase::Running)
+        })
+        .await;
+
+    let mut second = pod("web", 2, RestartPolicy::Always, &["app"]);
+    second.containers[0].args = vec!["--v2".into()];
+    agent.apply(&second);
+    agent
+        .until("generation 2 running", |a| {
+            a.status("web")
+                .is_some_and(|s| s.observed_generation == 2 && s.phase == PodPhase::Running)
+        })
+        .await;
+    assert_eq!(
+        agent.runtime.starts_of(&key("web"), "app"),
+        [(1, 0), (2, 0)]
+    );
+    assert_eq!(agent.runtime.stops_of(&key("web")), 1);
+    assert_eq!(agent.runtime.running(), 1);
+
+    // A late copy of generation 1: acknowledged, and nothing happens.
+    let topic = agent.desired_topic("web");
+    agent.apply(&first);
+    agent
+        .until("the old copy acknowledged", |a| a.acks(&topic) == 3)
+        .await;
+    let desired = agent.store.get_desired(&key("web")).expect("readable");
+    assert_eq!(desired.map(|d| d.spec.generation), Some(2));
+    assert_eq!(agent.runtime.starts_of(&key("web"), "app").len(), 2);
+    assert_eq!(agent.runtime.stops_of(&key("web")), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_desired_spec_is_acknowledged_only_once_committed() {
+    let device = Device::new();
+    let mut agent = device.start();
+    let web = agent.desired_topic("web");
+
+    // The disk is full: no commit, so no acknowledgement and no start.
+    agent.store.fault_fail_writes(true);
+    agent.apply(&pod("web", 1, RestartPolicy::Always, &["app"]));
+    // Messages are handled in order: once this one is acknowledged, the
+    // spec before it has been handled.
+    let index = agent.topics.index(NODE, "cli");
+    agent.send(&index, Vec::new());
+    agent
+        .until("the later message acknowledged", |a| a.acks(&index) == 1)
+        .await;
+    assert_eq!(agent.acks(&web), 0);
+    assert_eq!(
+        agent.store.get_desired(&key("web")).expect("readable"),
+        None
+    );
+    assert_eq!(agent.runtime.starts_of(&key("web"), "app"), []);
+
+    // Space again: the heartbeat retries, commits, then acknowledges.
+    agent.store.fault_fail_writes(false);
+    agent
+        .until("the spec acknowledged", |a| a.acks(&web) == 1)
+        .await;
+    let committed = agent.store.get_desired(&key("web")).expect("readable");
+    assert_eq!(committed.map(|d| d.spec.generation), Some(1));
+    agent
+        .until("web running", |a| a.phase("web") == Some(PodPhase::Running))
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reports_dropped_from_a_full_outbox_are_reported() {
+    let device = Device::with(|c| c.outbox.max_entries = 4);
+    let mut agent = device.start();
+    // Nobody acknowledges the outbox (no broker): each refusal adds an
+    // event and a status.
+    for name in ["a", "b", "c", "d"] {
+        let topic = agent.desired_topic(name);
+        agent.send(&topic, b"garbage".to_vec());
+    }
+    let last = agent.desired_topic("d");
+    agent
+        .until("the refusals handled", |a| a.acks(&last) == 1)
+        .await;
+    assert_eq!(agent.store.outbox_len().expect("readable"), 8);
+
+    agent
+        .until("an OutboxOverflow event", |a| {
+            a.has_event(None, "OutboxOverflow")
+        })
+        .await;
+    let overflow = agent
+        .events()
+        .into_iter()
+        .find(|e| e.reason == "OutboxOverflow")
+        .expect("the event");
+    assert_eq!(overflow.kind, EventType::Warning);
+    assert_eq!(
+        overflow.message,
+        "dropped 4 reports that waited too long for the broker"
+    );
+    // The newest four, then the report of the drop.
+    assert_eq!(agent.store.outbox_len().expect("readable"), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_deployment_and_its_spec_give_a_fleet_pod_and_a_report() {
+    let device = Device::new();
+    let mut agent = device.start();
+    let mut spec = pod("sensor", 0, RestartPolicy::Always, &["probe"]);
+    spec.uid = "uid-sensors".into();
+    let (digest, payload) = crate::fleet::spec_payload(&spec).expect("spec payload");
+    let fleet = FleetDeployment {
+        namespace: "default".into(),
+        name: "sensors".into(),
+        uid: "uid-sensors".into(),
+        selector: String::new(),
+        priority: 0,
+        pod_name: "sensor".into(),
+        revision: 1,
+        spec_digest: digest.clone(),
+        cohorts: vec![Cohort::everyone()],
+        stable: None,
+        rollout: Rollout::default(),
+    };
+    let record = wire::encode(0, &Message::FleetDeployment(fleet.clone())).expect("encodes");
+    agent.send(&agent.topics.fleet(&fleet.key()), record);
+    let spec_topic = agent.topics.fleet_spec(&digest);
+    agent
+        .until("a subscription to the spec", |a| {
+            a.seen
+                .iter()
+                .any(|c| matches!(c, SessionCommand::Subscribe(t) if *t == spec_topic))
+        })
+        .await;
+
+    agent.send(&spec_topic, payload);
+    agent
+        .until("a report of the running revision", |a| {
+            a.fleet_reports(&fleet.key()).iter().any(|r| {
+                r.running_revision == 1
+                    && matches!(r.state, FleetPodState::Running | FleetPodState::Ready)
+            })
+        })
+        .await;
+    assert!(
+        agent
+            .seen
+            .iter()
+            .any(|c| matches!(c, SessionCommand::Unsubscribe(t) if *t == spec_topic)),
+        "the spec's subscription ends once it arrived"
+    );
+    assert_eq!(agent.runtime.starts_of(&key("sensor"), "probe"), [(1, 0)]);
+    let desired = agent.store.get_desired(&key("sensor")).expect("readable");
+    assert_eq!(desired.map(|d| d.source), Some(PodSource::Fleet));
+    let first = &agent.fleet_reports(&fleet.key())[0];
+    assert_eq!(
+        (first.fleet_uid.as_str(), first.desired_revision),
+        ("uid-sensors", 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_container_adopted_after_a_restart_keeps_its_restart_count() {
+    let device = Device::new();
+    let mut agent = device.start();
+    agent.apply(&pod("web", 1, RestartPolicy::Always, &["app"]));
+    agent
+        .until("web running", |a| a.phase("web") == Some(PodPhase::Running))
+        .await;
+    agent.stop().await;
+
+    // A CRI container outlives the agent: found again, not restarted.
+    let mut agent = device.start();
+    agent.runtime.script("app", [Start::Adopt]);
+    agent
+        .until("web adopted", |a| {
+            a.status("web")
+                .is_some_and(|s| s.phase == PodPhase::Running && s.restart_count() == 0)
+                && a.runtime.starts_of(&key("web"), "app").len() == 1
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_start_waits_out_its_back_off_then_runs() {
+    let device = Device::new();
+    let mut agent = device.start();
+    let failure = crate::runtime::RuntimeError::ImagePull("registry unreachable".into());
+    agent.runtime.script("app", [Start::Fail(failure)]);
+    agent.apply(&pod("web", 1, RestartPolicy::Always, &["app"]));
+    agent
+        .until("the pull failure reported", |a| {
+            a.status("web").is_some_and(|s| {
+                matches!(&s.container_statuses[0].state,
+                    crate::model::ContainerState::Waiting { reason, .. } if reason == "ErrImagePull")
+            })
+        })
+        .await;
+    let failed_at = tokio::time::Instant::now();
+    agent
+        .until("web running", |a| a.phase("web") == Some(PodPhase::Running))
+        .await;
+    assert_eq!(agent.runtime.starts_of(&key("web"), "app").len(), 2);
+    let initial = Duration::from_millis(device.config.backoff.initial_ms);
+    assert!(
+        failed_at.elapsed() >= initial,
+        "the retry waited its back-off"
+    );
+}

@@ -1,0 +1,313 @@
+//! Environment variables: values, ConfigMap and Secret references, field references.
+
+use super::*;
+
+impl Ctx<'_> {
+    pub(super) fn env(&self, c: &k8s::Container, path: &str) -> Result<Vec<EnvVar>, ConvertError> {
+        let mut env: Vec<EnvVar> = Vec::new();
+        // A later variable of the same name wins, as in Kubernetes.
+        let mut set = |name: String, value: String| match env.iter_mut().find(|e| e.name == name) {
+            Some(existing) => existing.value = value,
+            None => env.push(EnvVar { name, value }),
+        };
+
+        // envFrom first; env overrides it.
+        for (j, source) in c.env_from.iter().flatten().enumerate() {
+            let path = format!("{path}.envFrom[{j}]");
+            let prefix = source.prefix.as_deref().unwrap_or_default();
+            if prefix.contains('=') {
+                return Err(field(format!("{path}.prefix"), "must not contain '='"));
+            }
+            let (kind, name, optional, ref_path) =
+                match (&source.config_map_ref, &source.secret_ref) {
+                    (Some(cm), None) => (
+                        ObjectKind::ConfigMap,
+                        &cm.name,
+                        cm.optional,
+                        format!("{path}.configMapRef"),
+                    ),
+                    (None, Some(secret)) => (
+                        ObjectKind::Secret,
+                        &secret.name,
+                        secret.optional,
+                        format!("{path}.secretRef"),
+                    ),
+                    _ => {
+                        return Err(field(
+                            path,
+                            "must specify exactly one of configMapRef and secretRef",
+                        ));
+                    }
+                };
+            let Some(data) = self.lookup(kind, name, optional, &ref_path)? else {
+                continue;
+            };
+            for (key, value) in data {
+                let value = utf8(value, kind, name, &key, &ref_path)?;
+                set(format!("{prefix}{key}"), value);
+            }
+        }
+
+        for (j, e) in c.env.iter().flatten().enumerate() {
+            let path = format!("{path}.env[{j}]");
+            if e.name.is_empty() {
+                return Err(field(format!("{path}.name"), "required"));
+            }
+            if e.name.contains('=') {
+                return Err(field(format!("{path}.name"), "must not contain '='"));
+            }
+            let Some(source) = &e.value_from else {
+                set(e.name.clone(), e.value.clone().unwrap_or_default());
+                continue;
+            };
+            if e.value.as_ref().is_some_and(|v| !v.is_empty()) {
+                return Err(field(
+                    format!("{path}.valueFrom"),
+                    "may not be specified when value is not empty",
+                ));
+            }
+            if let Some(value) = self.env_value_from(source, &format!("{path}.valueFrom"))? {
+                set(e.name.clone(), value);
+            }
+        }
+        Ok(env)
+    }
+
+    /// The value of an `env[].valueFrom`, `None` if an optional reference is missing.
+    pub(super) fn env_value_from(
+        &self,
+        source: &k8s::EnvVarSource,
+        path: &str,
+    ) -> Result<Option<String>, ConvertError> {
+        let count = [
+            source.config_map_key_ref.is_some(),
+            source.secret_key_ref.is_some(),
+            source.field_ref.is_some(),
+            source.resource_field_ref.is_some(),
+        ]
+        .iter()
+        .filter(|s| **s)
+        .count();
+        if count != 1 {
+            return Err(field(
+                path,
+                "must specify exactly one of configMapKeyRef, secretKeyRef, fieldRef and resourceFieldRef",
+            ));
+        }
+        let key_ref = if let Some(r) = &source.config_map_key_ref {
+            Some((
+                ObjectKind::ConfigMap,
+                &r.name,
+                &r.key,
+                r.optional,
+                format!("{path}.configMapKeyRef"),
+            ))
+        } else {
+            source.secret_key_ref.as_ref().map(|r| {
+                (
+                    ObjectKind::Secret,
+                    &r.name,
+                    &r.key,
+                    r.optional,
+                    format!("{path}.secretKeyRef"),
+                )
+            })
+        };
+        if let Some((kind, name, key, optional, path)) = key_ref {
+            if key.is_empty() {
+                return Err(field(format!("{path}.key"), "required"));
+            }
+            let Some(mut data) = self.lookup(kind, name, optional, &path)? else {
+                return Ok(None);
+            };
+            return match data.remove(key.as_str()) {
+                Some(value) => Ok(Some(utf8(value, kind, name, key, &path)?)),
+                None if optional == Some(true) => Ok(None),
+                None => Err(field(
+                    format!("{path}.key"),
+                    format!("key {key:?} not found in {} {name:?}", kind.word()),
+                )),
+            };
+        }
+        if let Some(field_ref) = &source.field_ref {
+            return self
+                .field_ref(field_ref, &format!("{path}.fieldRef"))
+                .map(Some);
+        }
+        Err(field(
+            format!("{path}.resourceFieldRef"),
+            "not supported on kedge nodes",
+        ))
+    }
+
+    /// Downward API values that are known before the pod reaches the node.
+    pub(super) fn field_ref(
+        &self,
+        selector: &k8s::ObjectFieldSelector,
+        path: &str,
+    ) -> Result<String, ConvertError> {
+        if let Some(version) = selector.api_version.as_deref()
+            && !version.is_empty()
+            && version != "v1"
+        {
+            return Err(field(
+                format!("{path}.apiVersion"),
+                format!("unsupported apiVersion {version:?} (use v1)"),
+            ));
+        }
+        let field_path = selector.field_path.as_str();
+        let fp = format!("{path}.fieldPath");
+        let bracketed = |prefix: &str| {
+            field_path
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix("['"))
+                .and_then(|rest| rest.strip_suffix("']"))
+        };
+        let meta = &self.pod.metadata;
+        match field_path {
+            "metadata.name" => Ok(self.name.to_owned()),
+            "metadata.namespace" => Ok(self.namespace.to_owned()),
+            "metadata.uid" if self.uid.is_empty() => Err(field(
+                fp,
+                "metadata.uid is not known yet (set metadata.uid before converting)",
+            )),
+            "metadata.uid" => Ok(self.uid.to_owned()),
+            "spec.nodeName" => self
+                .spec
+                .node_name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| field(fp, "spec.nodeName is not set")),
+            "spec.serviceAccountName" => Ok(self
+                .spec
+                .service_account_name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "default".into())),
+            "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => Err(field(
+                fp,
+                format!(
+                    "{field_path} is only known on the node and is not supported on kedge nodes"
+                ),
+            )),
+            _ => {
+                if let Some(key) = bracketed("metadata.labels") {
+                    let labels = meta.labels.as_ref();
+                    return Ok(labels.and_then(|l| l.get(key)).cloned().unwrap_or_default());
+                }
+                if let Some(key) = bracketed("metadata.annotations") {
+                    let annotations = meta.annotations.as_ref();
+                    return Ok(annotations
+                        .and_then(|a| a.get(key))
+                        .cloned()
+                        .unwrap_or_default());
+                }
+                Err(field(fp, format!("unsupported field path {field_path:?}")))
+            }
+        }
+    }
+}
+
+pub(super) fn utf8(
+    value: Vec<u8>,
+    kind: ObjectKind,
+    name: &str,
+    key: &str,
+    path: &str,
+) -> Result<String, ConvertError> {
+    String::from_utf8(value).map_err(|_| {
+        field(
+            path,
+            format!("key {key:?} of {} {name:?} is not valid utf-8", kind.word()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::convert::testing::*;
+    use serde_json::json;
+
+    #[test]
+    fn resolver_fills_env_from_configmaps_and_secrets() {
+        let spec = convert_with(
+            json!({"spec": {"containers": [{"name": "app", "image": "nginx",
+                "envFrom": [
+                    {"configMapRef": {"name": "cfg"}, "prefix": "APP_"},
+                    {"configMapRef": {"name": "absent", "optional": true}}
+                ],
+                "env": [
+                    {"name": "APP_MODE", "value": "override"},
+                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                    {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "LEVEL"}}},
+                    {"name": "OPT_KEY", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "nope", "optional": true}}},
+                    {"name": "OPT_MAP", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k", "optional": true}}}
+                ]}]}}),
+            &resolver(),
+        )
+        .expect("pod converts");
+        let env: Vec<(&str, &str)> = spec.containers[0]
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("APP_LEVEL", "debug"),
+                ("APP_MODE", "override"),
+                ("PASSWORD", "hunter2"),
+                ("LEVEL", "debug"),
+            ]
+        );
+    }
+
+    #[test]
+    fn field_refs_resolve_statically() {
+        let field_env = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+        let spec = convert(json!({
+            "metadata": {"namespace": "factory", "uid": "u-1", "labels": {"app": "web"},
+                "annotations": {"team": "edge"}},
+            "spec": {"nodeName": "gw-1", "containers": [{"name": "app", "image": "nginx", "env": [
+                field_env("NAME", "metadata.name"),
+                field_env("NS", "metadata.namespace"),
+                field_env("UID", "metadata.uid"),
+                field_env("NODE", "spec.nodeName"),
+                field_env("SA", "spec.serviceAccountName"),
+                field_env("APP", "metadata.labels['app']"),
+                field_env("TEAM", "metadata.annotations['team']"),
+                field_env("NONE", "metadata.labels['missing']")
+            ]}]}
+        }));
+        let env: Vec<(&str, &str)> = spec.containers[0]
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("NAME", "web"),
+                ("NS", "factory"),
+                ("UID", "u-1"),
+                ("NODE", "gw-1"),
+                ("SA", "default"),
+                ("APP", "web"),
+                ("TEAM", "edge"),
+                ("NONE", ""),
+            ]
+        );
+        let err = convert_err(with_container(json!({"name": "app", "image": "nginx",
+            "env": [field_env("X", "spec.nodeName")]})));
+        assert_eq!(
+            err,
+            "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: spec.nodeName is not set"
+        );
+        let err = convert_err(with_container(json!({"name": "app", "image": "nginx",
+            "env": [field_env("X", "metadata.generation")]})));
+        assert_eq!(
+            err,
+            "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: unsupported field path \"metadata.generation\""
+        );
+    }
+}

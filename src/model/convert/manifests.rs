@@ -1,0 +1,312 @@
+//! Manifest files: YAML or JSON, several documents, lists; each document a v1 Pod.
+
+use super::*;
+
+/// Parses a YAML or JSON file that may hold several documents (`---`), and
+/// `kind: List` / `kind: PodList` items. Empty documents are skipped. Any
+/// document whose kind is not `Pod` (apiVersion `v1`) is an error naming its
+/// index and kind (Deployments etc. are for the bridge). Fields unknown to
+/// Kubernetes are errors, like `kubectl apply --validate=strict`.
+pub fn parse_pod_manifests(text: &str) -> Result<Vec<k8s::Pod>, ConvertError> {
+    let mut pods = Vec::new();
+    for (index, doc) in split_documents(text)?.into_iter().enumerate() {
+        if doc.is_null() {
+            continue;
+        }
+        collect_pods(index, doc, &mut pods)?;
+    }
+    Ok(pods)
+}
+
+/// Every document of the file as JSON, empty documents as `Null`.
+fn split_documents(text: &str) -> Result<Vec<Value>, ConvertError> {
+    let mut docs = Vec::new();
+    // Like kubectl: a file starting with `{` is JSON (JSON is nearly YAML, but
+    // YAML rejects the tabs many JSON writers indent with).
+    if text.trim_start().starts_with('{') {
+        for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+            let value = value.map_err(|e| document(docs.len(), format!("invalid json: {e}")))?;
+            docs.push(value);
+        }
+    } else {
+        for de in serde_yaml_ng::Deserializer::from_str(text) {
+            let value = Value::deserialize(de)
+                .map_err(|e| document(docs.len(), format!("invalid yaml: {e}")))?;
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+fn str_field<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
+    value.get(key).and_then(Value::as_str)
+}
+
+fn collect_pods(index: usize, doc: Value, pods: &mut Vec<k8s::Pod>) -> Result<(), ConvertError> {
+    if !doc.is_object() {
+        return Err(document(
+            index,
+            "expected a mapping with apiVersion and kind",
+        ));
+    }
+    let kind = str_field(&doc, "kind").unwrap_or_default().to_owned();
+    let api_version = str_field(&doc, "apiVersion").unwrap_or_default().to_owned();
+    match (kind.as_str(), api_version.as_str()) {
+        ("List" | "PodList", "v1") => {
+            let pod_list = kind == "PodList";
+            let items = match doc.get("items") {
+                None | Some(Value::Null) => return Ok(()),
+                Some(Value::Array(items)) => items.clone(),
+                Some(_) => return Err(document(index, "items: expected a list")),
+            };
+            for (i, mut item) in items.into_iter().enumerate() {
+                let prefix = format!("items[{i}]");
+                // Items of a PodList need not repeat their kind.
+                if pod_list && let Value::Object(map) = &mut item {
+                    map.entry("kind").or_insert_with(|| "Pod".into());
+                    map.entry("apiVersion").or_insert_with(|| "v1".into());
+                }
+                if !item.is_object() {
+                    return Err(document(index, format!("{prefix}: expected a pod")));
+                }
+                let kind = str_field(&item, "kind").unwrap_or_default();
+                let api_version = str_field(&item, "apiVersion").unwrap_or_default();
+                if (kind, api_version) != ("Pod", "v1") {
+                    return Err(document(
+                        index,
+                        format!("{prefix}: {}", wrong_kind(kind, api_version)),
+                    ));
+                }
+                let pod =
+                    pod_from_value(item).map_err(|m| document(index, format!("{prefix}: {m}")))?;
+                pods.push(pod);
+            }
+            Ok(())
+        }
+        ("Pod", "v1") => {
+            pods.push(pod_from_value(doc).map_err(|m| document(index, m))?);
+            Ok(())
+        }
+        (kind, api_version) => Err(document(index, wrong_kind(kind, api_version))),
+    }
+}
+
+fn wrong_kind(kind: &str, api_version: &str) -> String {
+    if kind.is_empty() {
+        return "missing kind (expected apiVersion: v1, kind: Pod)".into();
+    }
+    if api_version.is_empty() {
+        return format!("kind {kind:?} has no apiVersion (expected apiVersion: v1, kind: Pod)");
+    }
+    format!(
+        "kind {kind:?} (apiVersion {api_version}) is not supported: only v1 pods can be applied \
+         to kedge nodes (deployments and other workloads go through the bridge)"
+    )
+}
+
+fn pod_from_value(value: Value) -> Result<k8s::Pod, String> {
+    let pod: k8s::Pod = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    // k8s-openapi ignores unknown fields; find them by comparing the input with
+    // what the parsed pod serialises back to.
+    let round_trip = serde_json::to_value(&pod).map_err(|e| e.to_string())?;
+    let mut path = String::new();
+    if let Some(unknown) = first_unknown_field(&value, &round_trip, &mut path) {
+        return Err(format!("unknown field {unknown:?}"));
+    }
+    Ok(pod)
+}
+
+fn first_unknown_field(input: &Value, parsed: &Value, path: &mut String) -> Option<String> {
+    match (input, parsed) {
+        (Value::Object(input), Value::Object(parsed)) => {
+            for (key, value) in input {
+                if value.is_null() {
+                    continue;
+                }
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                let found = match parsed.get(key) {
+                    None => Some(path.clone()),
+                    Some(parsed) => first_unknown_field(value, parsed, path),
+                };
+                path.truncate(len);
+                if found.is_some() {
+                    return found;
+                }
+            }
+            None
+        }
+        (Value::Array(input), Value::Array(parsed)) => {
+            for (i, (value, parsed)) in input.iter().zip(parsed).enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = first_unknown_field(value, parsed, path);
+                path.truncate(len);
+                if found.is_some() {
+                    return found;
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::convert::testing::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_multi_document_yaml_with_empty_json_and_list_documents() {
+        let text = r#"
+# a comment before the first document
+apiVersion: v1
+kind: Pod
+metadata:
+  name: one
+spec:
+  containers:
+  - name: app
+    image: nginx
+    resources:
+      limits:
+        cpu: 1
+        memory: 1e3
+---
+---
+# only a comment
+---
+{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "two"},
+ "spec": {"containers": [{"name": "app", "image": "nginx"}]}}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: three}
+  spec:
+    containers: [{name: app, image: nginx}]
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: four}
+  spec:
+    containers: [{name: app, image: nginx}]
+"#;
+        let pods = parse_pod_manifests(text).expect("manifests parse");
+        let names: Vec<_> = pods
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(names, ["one", "two", "three", "four"]);
+        let spec = pod_spec_from_k8s(&pods[0]).expect("pod converts");
+        assert_eq!(spec.containers[0].resources.cpu_limit_millis, Some(1000));
+        assert_eq!(spec.containers[0].resources.memory_limit_bytes, Some(1000));
+    }
+
+    #[test]
+    fn parses_json_files_with_tabs_and_pod_lists() {
+        let text = "{\n\t\"apiVersion\": \"v1\",\n\t\"kind\": \"PodList\",\n\t\"items\": [\n\t\t{\"metadata\": {\"name\": \"a\"}, \"spec\": {\"containers\": [{\"name\": \"c\", \"image\": \"busybox\"}]}}\n\t]\n}\n{\"apiVersion\": \"v1\", \"kind\": \"Pod\", \"metadata\": {\"name\": \"b\"}, \"spec\": {\"containers\": [{\"name\": \"c\", \"image\": \"busybox\"}]}}";
+        let pods = parse_pod_manifests(text).expect("json parses");
+        assert_eq!(pods.len(), 2);
+        assert_eq!(pods[0].metadata.name.as_deref(), Some("a"));
+        assert_eq!(pods[1].metadata.name.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn empty_files_hold_no_pods() {
+        assert_eq!(parse_pod_manifests("").expect("empty parses"), vec![]);
+        assert_eq!(
+            parse_pod_manifests("---\n# nothing\n---\n").expect("parses"),
+            vec![]
+        );
+        let empty_list = "apiVersion: v1\nkind: List\nitems: []\n";
+        assert_eq!(parse_pod_manifests(empty_list).expect("parses"), vec![]);
+    }
+
+    #[test]
+    fn non_pod_documents_are_errors_naming_index_and_kind() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c, image: i}]}\n---\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n";
+        let err = parse_pod_manifests(text).expect_err("deployment is rejected");
+        let ConvertError::Document { index, message } = &err else {
+            panic!("expected a document error, got {err:?}");
+        };
+        assert_eq!(*index, 2);
+        assert!(message.contains("\"Deployment\""), "{message}");
+        assert!(message.contains("apps/v1"), "{message}");
+        assert!(
+            err.to_string()
+                .starts_with("document 2: kind \"Deployment\"")
+        );
+
+        let err = parse_pod_manifests("metadata: {name: a}\n").expect_err("no kind");
+        assert_eq!(
+            err.to_string(),
+            "document 0: missing kind (expected apiVersion: v1, kind: Pod)"
+        );
+
+        let err = parse_pod_manifests("apiVersion: v2\nkind: Pod\n").expect_err("wrong version");
+        assert!(err.to_string().contains("(apiVersion v2)"), "{err}");
+
+        let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: s}\n";
+        let err = parse_pod_manifests(list).expect_err("service in a list");
+        assert!(
+            err.to_string()
+                .starts_with("document 0: items[0]: kind \"Service\""),
+            "{err}"
+        );
+
+        let err = parse_pod_manifests("- a\n- b\n").expect_err("a sequence");
+        assert!(matches!(err, ConvertError::Document { index: 0, .. }));
+    }
+
+    #[test]
+    fn syntax_and_type_errors_name_the_document() {
+        let err = parse_pod_manifests("apiVersion: v1\nkind: Pod\n---\nkey: [unclosed\n")
+            .expect_err("bad yaml");
+        assert!(
+            matches!(err, ConvertError::Document { index: 1, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("invalid yaml"), "{err}");
+
+        let bad_type = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - name: c\n    image: i\n    ports: [{containerPort: http}]\n";
+        let err = parse_pod_manifests(bad_type).expect_err("string port");
+        assert!(
+            matches!(err, ConvertError::Document { index: 0, .. }),
+            "{err:?}"
+        );
+
+        let err = parse_pod_manifests("{\"kind\": ").expect_err("bad json");
+        assert!(
+            err.to_string().starts_with("document 0: invalid json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_with_their_path() {
+        let text = manifest(with_container(
+            json!({"name": "app", "image": "nginx", "imagePullPoilcy": "Always"}),
+        ))
+        .to_string();
+        let err = parse_pod_manifests(&text).expect_err("typo is rejected");
+        assert_eq!(
+            err.to_string(),
+            "document 0: unknown field \"spec.containers[0].imagePullPoilcy\""
+        );
+        // Null values and known-but-empty fields are fine.
+        let text = manifest(json!({
+            "metadata": {"creationTimestamp": null, "annotations": {}},
+            "spec": {"nodeSelector": {}, "volumes": []},
+            "status": {}
+        }))
+        .to_string();
+        parse_pod_manifests(&text).expect("null and empty fields parse");
+    }
+}

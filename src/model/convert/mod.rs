@@ -1,0 +1,297 @@
+//! Kubernetes Pod manifests → edge [`PodSpec`]: the one conversion used by
+//! `kedge apply -f`, the agent's static-pod directory and the Kubernetes bridge.
+//!
+//! The rules follow the kubelet's: Kubernetes defaults are applied, a field the
+//! agent cannot honour is rejected with its exact field path
+//! (`spec.containers[0].lifecycle: not supported on kedge nodes`), and fields
+//! that only matter to a scheduler or to the cluster are accepted and ignored.
+//!
+//! References to cluster objects (ConfigMaps, Secrets, image pull secrets) are
+//! resolved through a [`Resolver`]; `kedge apply` and static pods use
+//! [`NoResolver`], for which every mandatory reference is an error and every
+//! optional one is skipped (the referenced object does not exist on the edge).
+//!
+//! By concern: `manifests` (files → Pods), `pod` (the entry points and the
+//! pod-level fields), `container`, `volumes`, `env`, `probes`, `security`,
+//! `quantities`; here the errors, the resolver and what they share.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1 as k8s;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    Container, ContainerPort, EnvVar, PodSpec, Probe, ProbeHandler, PullPolicy, Resources,
+    RestartPolicy, RuntimeKind, SecurityContext, Volume, VolumeMount, VolumeSource,
+    WASM_RUNTIME_CLASS,
+};
+use crate::model::validate::{LABEL_RULE, SUBDOMAIN_RULE, is_dns1123_label, is_dns1123_subdomain};
+
+mod container;
+mod env;
+mod manifests;
+mod pod;
+mod probes;
+mod quantities;
+mod security;
+#[cfg(test)]
+mod testing;
+mod volumes;
+
+pub use manifests::parse_pod_manifests;
+pub use pod::{pod_spec_from_k8s, pod_spec_from_k8s_with};
+use probes::ProbeKind;
+pub use quantities::{bytes, cpu_millis};
+use volumes::volume_mounts;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConvertError {
+    /// A field of a pod that cannot be converted, e.g.
+    /// `spec.containers[0].lifecycle: not supported on kedge nodes`.
+    #[error("{path}: {message}")]
+    Field { path: String, message: String },
+    /// A document of a manifest file that cannot be parsed or is not a v1 Pod.
+    /// `index` counts the documents of the file from 0, empty ones included.
+    #[error("document {index}: {message}")]
+    Document { index: usize, message: String },
+}
+
+fn field(path: impl Into<String>, message: impl Into<String>) -> ConvertError {
+    ConvertError::Field {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn unsupported(path: impl Into<String>) -> ConvertError {
+    field(path, "not supported on kedge nodes")
+}
+
+fn document(index: usize, message: impl Into<String>) -> ConvertError {
+    ConvertError::Document {
+        index,
+        message: message.into(),
+    }
+}
+
+/// Looks up the ConfigMaps and Secrets a pod refers to. The bridge implements
+/// it with the Kubernetes API; `kedge apply` uses [`NoResolver`].
+pub trait Resolver {
+    /// The ConfigMap's `data` and `binaryData` merged, or `None` if it does not exist.
+    fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
+    /// The Secret's `data` (decoded), or `None` if it does not exist.
+    fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
+    /// Whether this resolver can look anything up at all. Only changes the
+    /// wording of errors for missing mandatory references.
+    fn can_resolve(&self) -> bool {
+        true
+    }
+}
+
+/// The resolver for manifests converted without cluster access: nothing
+/// exists, and mandatory references must have been resolved by the sender.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoResolver;
+
+impl Resolver for NoResolver {
+    fn config_map(&self, _namespace: &str, _name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        None
+    }
+    fn secret(&self, _namespace: &str, _name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        None
+    }
+    fn can_resolve(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ObjectKind {
+    ConfigMap,
+    Secret,
+}
+
+impl ObjectKind {
+    fn word(self) -> &'static str {
+        match self {
+            ObjectKind::ConfigMap => "configmap",
+            ObjectKind::Secret => "secret",
+        }
+    }
+}
+
+fn check_label(path: &str, what: &str, value: &str) -> Result<(), ConvertError> {
+    if value.is_empty() {
+        return Err(field(path, "required"));
+    }
+    if !is_dns1123_label(value) {
+        return Err(field(
+            path,
+            format!("{value:?} is not a valid {what}: {LABEL_RULE}"),
+        ));
+    }
+    Ok(())
+}
+
+/// IANA service name, as Kubernetes requires for port names.
+fn is_port_name(s: &str) -> bool {
+    (1..=15).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+fn non_empty<T>(list: &Option<Vec<T>>) -> bool {
+    list.as_ref().is_some_and(|l| !l.is_empty())
+}
+
+struct Ctx<'a> {
+    pod: &'a k8s::Pod,
+    spec: &'a k8s::PodSpec,
+    namespace: &'a str,
+    name: &'a str,
+    uid: &'a str,
+    runtime: RuntimeKind,
+    host_network: bool,
+    resolver: &'a dyn Resolver,
+}
+
+impl Ctx<'_> {
+    /// Looks up a referenced object: `Ok(None)` if it is optional and missing.
+    fn lookup(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        optional: Option<bool>,
+        path: &str,
+    ) -> Result<Option<BTreeMap<String, Vec<u8>>>, ConvertError> {
+        if name.is_empty() {
+            return Err(field(path, format!("{} name is required", kind.word())));
+        }
+        let found = match kind {
+            ObjectKind::ConfigMap => self.resolver.config_map(self.namespace, name),
+            ObjectKind::Secret => self.resolver.secret(self.namespace, name),
+        };
+        match found {
+            Some(data) => Ok(Some(data)),
+            None if optional == Some(true) => Ok(None),
+            None if self.resolver.can_resolve() => {
+                Err(field(path, format!("{} {name:?} not found", kind.word())))
+            }
+            None => Err(field(
+                path,
+                format!(
+                    "{} {name:?} must be resolved before sending (kedge apply cannot read the cluster)",
+                    kind.word()
+                ),
+            )),
+        }
+    }
+}
+
+pub(super) fn port_number(n: i32) -> Option<u16> {
+    u16::try_from(n).ok().filter(|p| *p != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::convert::testing::*;
+    use serde_json::json;
+
+    #[test]
+    fn resolver_reports_missing_mandatory_references() {
+        let r = resolver();
+        let env = |source: Value| {
+            json!({"spec": {"containers": [{"name": "app", "image": "nginx",
+                "env": [{"name": "X", "valueFrom": source}]}]}})
+        };
+        let cases = [
+            (
+                env(json!({"configMapKeyRef": {"name": "absent", "key": "k"}})),
+                "spec.containers[0].env[0].valueFrom.configMapKeyRef: configmap \"absent\" not found",
+            ),
+            (
+                env(json!({"configMapKeyRef": {"name": "cfg", "key": "nope"}})),
+                "spec.containers[0].env[0].valueFrom.configMapKeyRef.key: key \"nope\" not found in configmap \"cfg\"",
+            ),
+            (
+                env(json!({"secretKeyRef": {"name": "absent", "key": "k"}})),
+                "spec.containers[0].env[0].valueFrom.secretKeyRef: secret \"absent\" not found",
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "app", "image": "nginx",
+                    "envFrom": [{"secretRef": {"name": "absent"}}]}]}}),
+                "spec.containers[0].envFrom[0].secretRef: secret \"absent\" not found",
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "app", "image": "nginx",
+                    "envFrom": [{"prefix": "X_"}]}]}}),
+                "spec.containers[0].envFrom[0]: must specify exactly one of configMapRef and secretRef",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "v", "secret": {"secretName": "absent"}}]}}),
+                "spec.volumes[0].secret.secretName: secret \"absent\" not found",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "v", "configMap": {"name": "cfg",
+                    "items": [{"key": "nope", "path": "n"}]}}]}}),
+                "spec.volumes[0].configMap.items[0].key: key \"nope\" not found in configmap \"cfg\"",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "v", "configMap": {"name": "cfg",
+                    "items": [{"key": "LEVEL", "path": "/etc/level"}]}}]}}),
+                "spec.volumes[0].configMap.items[0].path: must be a relative path",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "v", "configMap": {"name": "cfg",
+                    "items": [{"key": "LEVEL", "path": "level", "mode": 256}]}}]}}),
+                "spec.volumes[0].configMap.items[0].mode: per-file modes are not supported on kedge nodes (use defaultMode)",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "v", "configMap": {"name": "cfg", "defaultMode": 4096}}]}}),
+                "spec.volumes[0].configMap.defaultMode: must be a file mode between 0 and 0777 (octal)",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "v", "secret": {"secretName": "dotted"}}]}}),
+                "spec.volumes[0].secret.secretName: secret \"dotted\" has key \"..data\", which is not a valid file name",
+            ),
+            (
+                json!({"spec": {"imagePullSecrets": [{"name": "opaque"}]}}),
+                "spec.imagePullSecrets[0].name: secret \"opaque\" has no .dockerconfigjson (use a kubernetes.io/dockerconfigjson secret)",
+            ),
+        ];
+        for (patch, expected) in cases {
+            assert_eq!(
+                convert_with(patch.clone(), &r),
+                Err(expected.to_owned()),
+                "patch: {patch}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_resolver_skips_optional_references() {
+        let spec = convert(json!({"spec": {
+            "volumes": [{"name": "cfg", "configMap": {"name": "cfg", "optional": true}}],
+            "containers": [{"name": "app", "image": "nginx",
+                "envFrom": [{"configMapRef": {"name": "cfg", "optional": true}}],
+                "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k", "optional": true}}}]
+            }]
+        }}));
+        assert!(spec.containers[0].env.is_empty());
+        assert_eq!(
+            spec.volumes[0].source,
+            VolumeSource::Files {
+                files: vec![],
+                default_mode: 0o644
+            }
+        );
+    }
+}

@@ -1,0 +1,841 @@
+//! A Pod as a whole: the entry points, the pod-level fields, image pull secrets.
+
+use super::*;
+
+/// Converts one Pod without cluster access (see [`NoResolver`]).
+pub fn pod_spec_from_k8s(pod: &k8s::Pod) -> Result<PodSpec, ConvertError> {
+    pod_spec_from_k8s_with(pod, &NoResolver)
+}
+
+/// Converts one Pod, resolving ConfigMap and Secret references with `resolver`.
+///
+/// `uid` and `generation` come from `metadata.uid` and `metadata.generation`
+/// when set, otherwise they are `""` and `0` and the caller fills them in (a
+/// caller that makes up a uid should set `metadata.uid` first, so that a
+/// `fieldRef` to `metadata.uid` resolves). The namespace defaults to `default`.
+pub fn pod_spec_from_k8s_with(
+    pod: &k8s::Pod,
+    resolver: &dyn Resolver,
+) -> Result<PodSpec, ConvertError> {
+    let meta = &pod.metadata;
+    let name = match meta.name.as_deref() {
+        Some(name) if !name.is_empty() => name,
+        _ if meta.generate_name.is_some() => {
+            return Err(field(
+                "metadata.generateName",
+                "not supported on kedge nodes (set metadata.name)",
+            ));
+        }
+        _ => return Err(field("metadata.name", "required")),
+    };
+    if !is_dns1123_subdomain(name) {
+        return Err(field(
+            "metadata.name",
+            format!("{name:?} is not a valid pod name: {SUBDOMAIN_RULE}"),
+        ));
+    }
+    let namespace = meta
+        .namespace
+        .as_deref()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or("default");
+    check_label("metadata.namespace", "namespace", namespace)?;
+    let uid = meta.uid.clone().unwrap_or_default();
+    let generation = match meta.generation {
+        None => 0,
+        Some(g) => {
+            u64::try_from(g).map_err(|_| field("metadata.generation", "must not be negative"))?
+        }
+    };
+    let spec = pod.spec.as_ref().ok_or_else(|| field("spec", "required"))?;
+
+    check_pod_fields(spec, name)?;
+
+    let runtime = match spec.runtime_class_name.as_deref() {
+        None => RuntimeKind::Container,
+        Some(WASM_RUNTIME_CLASS) => RuntimeKind::Wasm,
+        Some(other) => {
+            return Err(field(
+                "spec.runtimeClassName",
+                format!(
+                    "runtime class {other:?} is not available on kedge nodes (use {WASM_RUNTIME_CLASS} or none)"
+                ),
+            ));
+        }
+    };
+    let restart_policy = match spec.restart_policy.as_deref() {
+        None | Some("Always") => RestartPolicy::Always,
+        Some("OnFailure") => RestartPolicy::OnFailure,
+        Some("Never") => RestartPolicy::Never,
+        Some(other) => {
+            return Err(field(
+                "spec.restartPolicy",
+                format!("unknown restart policy {other:?} (use Always, OnFailure or Never)"),
+            ));
+        }
+    };
+    let termination_grace_period_secs = match spec.termination_grace_period_seconds {
+        None => 30,
+        Some(secs) => u64::try_from(secs)
+            .map_err(|_| field("spec.terminationGracePeriodSeconds", "must not be negative"))?,
+    };
+    let host_network = spec.host_network.unwrap_or(false);
+    if host_network && runtime == RuntimeKind::Wasm {
+        return Err(field(
+            "spec.hostNetwork",
+            "wasm pods cannot use the host network",
+        ));
+    }
+
+    let ctx = Ctx {
+        pod,
+        spec,
+        namespace,
+        name,
+        uid: &uid,
+        runtime,
+        host_network,
+        resolver,
+    };
+
+    let mut volumes = Vec::new();
+    let mut volume_names = BTreeSet::new();
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        let path = format!("spec.volumes[{i}]");
+        check_label(&format!("{path}.name"), "volume name", &v.name)?;
+        if !volume_names.insert(v.name.as_str()) {
+            return Err(field(
+                format!("{path}.name"),
+                format!("duplicate volume name {:?}", v.name),
+            ));
+        }
+        volumes.push(ctx.volume(v, &path)?);
+    }
+
+    let mut container_names = BTreeSet::new();
+    let mut host_ports = BTreeSet::new();
+    let mut init_containers = Vec::new();
+    let mut containers = Vec::new();
+    let lists = [
+        (
+            spec.init_containers.as_deref().unwrap_or_default(),
+            "spec.initContainers",
+            true,
+        ),
+        (spec.containers.as_slice(), "spec.containers", false),
+    ];
+    for (list, list_path, init) in lists {
+        for (i, c) in list.iter().enumerate() {
+            let path = format!("{list_path}[{i}]");
+            if !c.name.is_empty() && !container_names.insert(c.name.as_str()) {
+                return Err(field(
+                    format!("{path}.name"),
+                    format!("duplicate container name {:?}", c.name),
+                ));
+            }
+            let container = ctx.container(c, &path, init, &volume_names)?;
+            for (k, port) in container.ports.iter().enumerate() {
+                if let Some(host_port) = port.host_port
+                    && !host_ports.insert((host_port, port.protocol.clone()))
+                {
+                    return Err(field(
+                        format!("{path}.ports[{k}].hostPort"),
+                        format!("duplicate host port {host_port}/{}", port.protocol),
+                    ));
+                }
+            }
+            if init {
+                init_containers.push(container);
+            } else {
+                containers.push(container);
+            }
+        }
+    }
+    if containers.is_empty() {
+        return Err(field(
+            "spec.containers",
+            "at least one container is required",
+        ));
+    }
+
+    let image_pull_secrets = ctx.image_pull_secrets()?;
+
+    let spec = PodSpec {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        uid: uid.clone(),
+        generation,
+        labels: meta.labels.clone().unwrap_or_default(),
+        runtime,
+        restart_policy,
+        termination_grace_period_secs,
+        host_network,
+        init_containers,
+        containers,
+        volumes,
+        image_pull_secrets,
+    };
+    validate_converted(spec)
+}
+
+/// The rules every receiver applies (`model::validate`), checked here too so
+/// that `kedge apply`, `kedge convert` and the bridge refuse what a device
+/// would refuse, with the field path. An empty uid is the caller's to fill.
+fn validate_converted(mut spec: PodSpec) -> Result<PodSpec, ConvertError> {
+    use crate::model::validate::Validate;
+    let no_uid = spec.uid.is_empty();
+    if no_uid {
+        spec.uid.push_str("to-be-set");
+    }
+    let result = spec.validate();
+    if no_uid {
+        spec.uid.clear();
+    }
+    result.map_err(|e| field(e.field, e.detail))?;
+    Ok(spec)
+}
+
+/// Rejects the pod-level fields the agent cannot honour. Accepted and ignored,
+/// because they only matter to a scheduler or the cluster: affinity, tolerations,
+/// nodeSelector, nodeName, schedulerName, priority, priorityClassName,
+/// preemptionPolicy, topologySpreadConstraints, serviceAccount(Name),
+/// automountServiceAccountToken, enableServiceLinks, dnsPolicy and subdomain
+/// (there is no cluster DNS on the edge), and status. `hostname` is accepted
+/// when it is the pod's name (the default, and what StatefulSets set).
+fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError> {
+    let flags = [
+        (spec.host_pid, "spec.hostPID"),
+        (spec.host_ipc, "spec.hostIPC"),
+        (spec.share_process_namespace, "spec.shareProcessNamespace"),
+        (spec.set_hostname_as_fqdn, "spec.setHostnameAsFQDN"),
+    ];
+    for (flag, path) in flags {
+        if flag == Some(true) {
+            return Err(unsupported(path));
+        }
+    }
+    if spec.host_users == Some(false) {
+        return Err(field(
+            "spec.hostUsers",
+            "user namespaces are not supported on kedge nodes",
+        ));
+    }
+    let present = [
+        (
+            non_empty(&spec.ephemeral_containers),
+            "spec.ephemeralContainers",
+        ),
+        (non_empty(&spec.readiness_gates), "spec.readinessGates"),
+        (non_empty(&spec.resource_claims), "spec.resourceClaims"),
+        (non_empty(&spec.host_aliases), "spec.hostAliases"),
+        (
+            spec.overhead.as_ref().is_some_and(|o| !o.is_empty()),
+            "spec.overhead",
+        ),
+        (spec.dns_config.is_some(), "spec.dnsConfig"),
+        (
+            spec.active_deadline_seconds.is_some(),
+            "spec.activeDeadlineSeconds",
+        ),
+        (spec.resources.is_some(), "spec.resources"),
+        (
+            spec.hostname
+                .as_ref()
+                .is_some_and(|h| !h.is_empty() && h != name),
+            "spec.hostname",
+        ),
+    ];
+    for (is_set, path) in present {
+        if is_set {
+            return Err(unsupported(path));
+        }
+    }
+    if non_empty(&spec.scheduling_gates) {
+        return Err(field(
+            "spec.schedulingGates",
+            "the pod is gated and must not run yet (remove its scheduling gates)",
+        ));
+    }
+    if let Some(os) = &spec.os
+        && os.name != "linux"
+    {
+        return Err(field(
+            "spec.os.name",
+            format!(
+                "os {:?} is not supported: kedge nodes run linux pods",
+                os.name
+            ),
+        ));
+    }
+    // Pod security context. Honoured: runAsUser and runAsGroup (copied into
+    // every container that does not set its own) and runAsNonRoot (checked
+    // statically, see `Ctx::security_context`). Rejected: fsGroup,
+    // supplementalGroups and sysctls, which the agent cannot apply. Ignored:
+    // seLinuxOptions and seLinuxChangePolicy (gateways run without SELinux
+    // labelling), seccompProfile and appArmorProfile (the runtime's default
+    // profile applies), windowsOptions (linux only), and fsGroupChangePolicy and
+    // supplementalGroupsPolicy (meaningless without fsGroup/supplementalGroups).
+    if let Some(sc) = &spec.security_context {
+        if sc.fs_group.is_some() {
+            return Err(unsupported("spec.securityContext.fsGroup"));
+        }
+        if non_empty(&sc.supplemental_groups) {
+            return Err(unsupported("spec.securityContext.supplementalGroups"));
+        }
+        if non_empty(&sc.sysctls) {
+            return Err(unsupported("spec.securityContext.sysctls"));
+        }
+    }
+    Ok(())
+}
+
+impl Ctx<'_> {
+    pub(super) fn image_pull_secrets(&self) -> Result<Vec<String>, ConvertError> {
+        let mut out = Vec::new();
+        for (i, reference) in self.spec.image_pull_secrets.iter().flatten().enumerate() {
+            let path = format!("spec.imagePullSecrets[{i}].name");
+            if reference.name.is_empty() {
+                return Err(field(path, "required"));
+            }
+            if !self.resolver.can_resolve() {
+                return Err(field(
+                    path,
+                    format!(
+                        "secret {:?} must be resolved before sending (kedge apply cannot read the cluster)",
+                        reference.name
+                    ),
+                ));
+            }
+            // Like the kubelet, a missing pull secret is skipped: the image may be public.
+            let Some(data) = self.resolver.secret(self.namespace, &reference.name) else {
+                continue;
+            };
+            let config = if let Some(json) = data.get(".dockerconfigjson") {
+                String::from_utf8(json.clone()).map_err(|_| {
+                    field(
+                        &path,
+                        format!(
+                            "secret {:?}: .dockerconfigjson is not valid utf-8",
+                            reference.name
+                        ),
+                    )
+                })?
+            } else if let Some(legacy) = data.get(".dockercfg") {
+                // The legacy format is the `auths` map on its own.
+                let auths: Value = serde_json::from_slice(legacy).map_err(|e| {
+                    field(
+                        &path,
+                        format!("secret {:?}: invalid .dockercfg: {e}", reference.name),
+                    )
+                })?;
+                serde_json::json!({ "auths": auths }).to_string()
+            } else {
+                return Err(field(
+                    path,
+                    format!(
+                        "secret {:?} has no .dockerconfigjson (use a kubernetes.io/dockerconfigjson secret)",
+                        reference.name
+                    ),
+                ));
+            };
+            out.push(config);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::convert::testing::*;
+    use serde_json::json;
+
+    #[test]
+    fn kubectl_generated_manifests_convert() {
+        // `kubectl run web --image=nginx --dry-run=client -o yaml`
+        let text = r#"apiVersion: v1
+kind: Pod
+metadata:
+  creationTimestamp: null
+  labels:
+    run: web
+  name: web
+spec:
+  containers:
+  - image: nginx
+    name: web
+    resources: {}
+  dnsPolicy: ClusterFirst
+  restartPolicy: Always
+status: {}
+"#;
+        let pods = parse_pod_manifests(text).expect("kubectl output parses");
+        let spec = pod_spec_from_k8s(&pods[0]).expect("kubectl output converts");
+        assert_eq!(spec.labels.get("run").map(String::as_str), Some("web"));
+        assert_eq!(spec.containers[0].image_pull_policy, PullPolicy::Always);
+
+        // A pod read back from a cluster carries the API access volume.
+        let err = convert_err(
+            json!({"spec": {"volumes": [{"name": "kube-api-access-x", "projected": {
+                "sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]
+            }}]}}),
+        );
+        assert_eq!(
+            err,
+            "spec.volumes[0].projected: service account tokens are not available on kedge nodes (set automountServiceAccountToken: false)"
+        );
+    }
+
+    #[test]
+    fn minimal_pod_gets_kubernetes_defaults() {
+        let spec = convert(json!({}));
+        assert_eq!(spec.name, "web");
+        assert_eq!(spec.namespace, "default");
+        assert_eq!(spec.uid, "");
+        assert_eq!(spec.generation, 0);
+        assert!(spec.labels.is_empty());
+        assert_eq!(spec.runtime, RuntimeKind::Container);
+        assert_eq!(spec.restart_policy, RestartPolicy::Always);
+        assert_eq!(spec.termination_grace_period_secs, 30);
+        assert!(!spec.host_network);
+        assert!(spec.init_containers.is_empty());
+        assert!(spec.volumes.is_empty());
+        assert!(spec.image_pull_secrets.is_empty());
+        let c = &spec.containers[0];
+        assert_eq!(c.name, "app");
+        assert_eq!(c.image, "nginx:1.25");
+        assert_eq!(c.image_pull_policy, PullPolicy::IfNotPresent);
+        assert!(c.command.is_empty() && c.args.is_empty() && c.env.is_empty());
+        assert_eq!(c.working_dir, None);
+        assert_eq!(c.resources, Resources::default());
+        assert_eq!(c.security_context, None);
+        assert_eq!(c.liveness_probe, None);
+    }
+
+    /// What a device would refuse, `kedge apply` and the bridge refuse too:
+    /// a uid that is not a safe path component, a grace period past its
+    /// bound, a file key that walks up.
+
+    #[test]
+    fn values_past_the_wire_limits_are_refused_with_their_field() {
+        let err = convert_err(json!({"metadata": {"uid": "x/../../.."}}));
+        assert!(err.starts_with("metadata.uid: Invalid value"), "{err}");
+        let err =
+            convert_err(json!({"spec": {"terminationGracePeriodSeconds": 9_000_000_000_i64}}));
+        assert!(
+            err.starts_with("spec.terminationGracePeriodSeconds"),
+            "{err}"
+        );
+        let containers: Vec<Value> = (0..=crate::model::validate::MAX_CONTAINERS)
+            .map(|i| json!({"name": format!("c{i}"), "image": "nginx"}))
+            .collect();
+        let err = convert_err(json!({"spec": {"containers": containers}}));
+        assert!(err.starts_with("spec.containers: Too many"), "{err}");
+    }
+
+    #[test]
+    fn metadata_and_explicit_pod_fields_are_copied() {
+        let spec = convert(json!({
+            "metadata": {
+                "namespace": "factory",
+                "uid": "1234-5678",
+                "generation": 7,
+                "labels": {"app": "web", "tier": "edge"},
+                "annotations": {"ignored": "yes"}
+            },
+            "spec": {
+                "restartPolicy": "OnFailure",
+                "terminationGracePeriodSeconds": 5,
+                "hostNetwork": true,
+                "containers": [{
+                    "name": "app",
+                    "image": "nginx:1.25",
+                    "command": ["/bin/sh"],
+                    "args": ["-c", "echo hi"],
+                    "workingDir": "/srv",
+                    "env": [{"name": "A", "value": "1"}, {"name": "B"}, {"name": "A", "value": "2"}],
+                    "ports": [{"containerPort": 80, "name": "http"}, {"containerPort": 53, "protocol": "UDP"}]
+                }]
+            }
+        }));
+        assert_eq!(spec.key().to_string(), "factory/web");
+        assert_eq!(spec.uid, "1234-5678");
+        assert_eq!(spec.generation, 7);
+        assert_eq!(spec.labels.get("tier").map(String::as_str), Some("edge"));
+        assert_eq!(spec.restart_policy, RestartPolicy::OnFailure);
+        assert_eq!(spec.termination_grace_period_secs, 5);
+        assert!(spec.host_network);
+        let c = &spec.containers[0];
+        assert_eq!(c.command, ["/bin/sh"]);
+        assert_eq!(c.args, ["-c", "echo hi"]);
+        assert_eq!(c.working_dir.as_deref(), Some("/srv"));
+        assert_eq!(
+            c.env,
+            [
+                EnvVar {
+                    name: "A".into(),
+                    value: "2".into()
+                },
+                EnvVar {
+                    name: "B".into(),
+                    value: String::new()
+                },
+            ]
+        );
+        // With the host network, the host port defaults to the container port.
+        assert_eq!(
+            c.ports,
+            [
+                ContainerPort {
+                    name: Some("http".into()),
+                    container_port: 80,
+                    host_port: Some(80),
+                    protocol: "TCP".into()
+                },
+                ContainerPort {
+                    name: None,
+                    container_port: 53,
+                    host_port: Some(53),
+                    protocol: "UDP".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn scheduler_only_fields_are_ignored() {
+        let spec = convert(json!({"spec": {
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]
+            }}},
+            "tolerations": [{"key": "edge", "operator": "Exists", "effect": "NoSchedule"}],
+            "nodeSelector": {"kubernetes.io/arch": "arm64"},
+            "nodeName": "gateway-1",
+            "schedulerName": "custom",
+            "priority": 100,
+            "priorityClassName": "high",
+            "preemptionPolicy": "Never",
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}],
+            "serviceAccountName": "robot",
+            "automountServiceAccountToken": false,
+            "enableServiceLinks": false,
+            "dnsPolicy": "ClusterFirst",
+            "hostname": "web",
+            "subdomain": "edge",
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}, "seLinuxOptions": {"level": "s0"}}
+        }, "status": {"phase": "Running"}}));
+        assert_eq!(spec, convert(json!({})));
+    }
+
+    #[test]
+    fn rejected_fields_name_their_path() {
+        let app = |extra: Value| {
+            let mut c = json!({"name": "app", "image": "nginx:1"});
+            merge(&mut c, extra);
+            c
+        };
+        let cases: Vec<(Value, &str)> = vec![
+            (
+                with_container(app(
+                    json!({"lifecycle": {"preStop": {"exec": {"command": ["x"]}}}}),
+                )),
+                "spec.containers[0].lifecycle: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"initContainers": [
+                    {"name": "i0", "image": "busybox:1"},
+                    {"name": "i1", "image": "busybox:1", "tty": true}
+                ]}}),
+                "spec.initContainers[1].tty: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"initContainers": [
+                    {"name": "side", "image": "busybox:1", "restartPolicy": "Always"}
+                ]}}),
+                "spec.initContainers[0].restartPolicy: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"initContainers": [
+                    {"name": "i", "image": "busybox:1", "readinessProbe": {"tcpSocket": {"port": 1}}}
+                ]}}),
+                "spec.initContainers[0].readinessProbe: not supported on init containers",
+            ),
+            (
+                with_container(app(json!({"stdin": true}))),
+                "spec.containers[0].stdin: not supported on kedge nodes",
+            ),
+            (
+                with_container(app(json!({"stdinOnce": true}))),
+                "spec.containers[0].stdinOnce: not supported on kedge nodes",
+            ),
+            (
+                with_container(app(
+                    json!({"resizePolicy": [{"resourceName": "cpu", "restartPolicy": "NotRequired"}]}),
+                )),
+                "spec.containers[0].resizePolicy: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"hostPID": true}}),
+                "spec.hostPID: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"hostIPC": true}}),
+                "spec.hostIPC: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"shareProcessNamespace": true}}),
+                "spec.shareProcessNamespace: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"hostUsers": false}}),
+                "spec.hostUsers: user namespaces are not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"ephemeralContainers": [{"name": "debug", "image": "busybox"}]}}),
+                "spec.ephemeralContainers: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"readinessGates": [{"conditionType": "x"}]}}),
+                "spec.readinessGates: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"dnsConfig": {"nameservers": ["1.1.1.1"]}}}),
+                "spec.dnsConfig: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"hostAliases": [{"ip": "10.0.0.1", "hostnames": ["a"]}]}}),
+                "spec.hostAliases: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"overhead": {"cpu": "100m"}}}),
+                "spec.overhead: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"hostname": "other"}}),
+                "spec.hostname: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"activeDeadlineSeconds": 60}}),
+                "spec.activeDeadlineSeconds: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"os": {"name": "windows"}}}),
+                "spec.os.name: os \"windows\" is not supported: kedge nodes run linux pods",
+            ),
+            (
+                json!({"spec": {"securityContext": {"fsGroup": 2000}}}),
+                "spec.securityContext.fsGroup: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"runtimeClassName": "gvisor"}}),
+                "spec.runtimeClassName: runtime class \"gvisor\" is not available on kedge nodes (use kedge-wasm or none)",
+            ),
+            (
+                json!({"spec": {"terminationGracePeriodSeconds": -1}}),
+                "spec.terminationGracePeriodSeconds: must not be negative",
+            ),
+            (
+                json!({"spec": {"restartPolicy": "Sometimes"}}),
+                "spec.restartPolicy: unknown restart policy \"Sometimes\" (use Always, OnFailure or Never)",
+            ),
+            (
+                json!({"spec": {"schedulingGates": [{"name": "wait"}]}}),
+                "spec.schedulingGates: the pod is gated and must not run yet (remove its scheduling gates)",
+            ),
+            (
+                json!({"spec": {"containers": []}}),
+                "spec.containers: at least one container is required",
+            ),
+            (
+                with_container(app(
+                    json!({"env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "k"}}}]}),
+                )),
+                "spec.containers[0].env[0].valueFrom.configMapKeyRef: configmap \"cfg\" must be resolved before sending (kedge apply cannot read the cluster)",
+            ),
+            (
+                with_container(app(json!({"envFrom": [{"secretRef": {"name": "creds"}}]}))),
+                "spec.containers[0].envFrom[0].secretRef: secret \"creds\" must be resolved before sending (kedge apply cannot read the cluster)",
+            ),
+            (
+                with_container(app(
+                    json!({"env": [{"name": "X", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}]}),
+                )),
+                "spec.containers[0].env[0].valueFrom.resourceFieldRef: not supported on kedge nodes",
+            ),
+            (
+                with_container(app(
+                    json!({"env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}),
+                )),
+                "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: status.podIP is only known on the node and is not supported on kedge nodes",
+            ),
+            (
+                with_container(app(
+                    json!({"env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}}]}),
+                )),
+                "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: metadata.uid is not known yet (set metadata.uid before converting)",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "cfg", "configMap": {"name": "cfg"}}]}}),
+                "spec.volumes[0].configMap.name: configmap \"cfg\" must be resolved before sending (kedge apply cannot read the cluster)",
+            ),
+            (
+                json!({"spec": {"imagePullSecrets": [{"name": "regcred"}]}}),
+                "spec.imagePullSecrets[0].name: secret \"regcred\" must be resolved before sending (kedge apply cannot read the cluster)",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "pvc"}}]}}),
+                "spec.volumes[0].persistentVolumeClaim: volume type not supported on kedge nodes (use emptyDir, hostPath, configMap or secret)",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "ram", "emptyDir": {"medium": "HugePages"}}]}}),
+                "spec.volumes[0].emptyDir.medium: medium \"HugePages\" is not supported on kedge nodes (use \"\" or Memory)",
+            ),
+            (
+                with_container(app(
+                    json!({"volumeMounts": [{"name": "missing", "mountPath": "/data"}]}),
+                )),
+                "spec.containers[0].volumeMounts[0].name: volume \"missing\" not found in spec.volumes",
+            ),
+            (
+                with_container(app(json!({"ports": [{"containerPort": 70000}]}))),
+                "spec.containers[0].ports[0].containerPort: must be between 1 and 65535",
+            ),
+            (
+                with_container(app(
+                    json!({"resources": {"limits": {"nvidia.com/gpu": "1"}}}),
+                )),
+                "spec.containers[0].resources.limits[nvidia.com/gpu]: resource \"nvidia.com/gpu\" is not available on kedge nodes",
+            ),
+            (
+                with_container(app(
+                    json!({"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}),
+                )),
+                "spec.containers[0].resources.requests[cpu]: must be less than or equal to the cpu limit",
+            ),
+            (
+                with_container(app(json!({"resources": {"limits": {"memory": "lots"}}}))),
+                "spec.containers[0].resources.limits[memory]: invalid quantity \"lots\"",
+            ),
+            (
+                with_container(app(json!({"livenessProbe": {"grpc": {"port": 9000}}}))),
+                "spec.containers[0].livenessProbe.grpc: grpc probes are not supported on kedge nodes",
+            ),
+            (
+                with_container(app(json!({"livenessProbe": {"httpGet": {"port": "http"}}}))),
+                "spec.containers[0].livenessProbe.httpGet.port: no container port named \"http\"",
+            ),
+            (
+                with_container(app(
+                    json!({"livenessProbe": {"tcpSocket": {"port": 80}, "successThreshold": 2}}),
+                )),
+                "spec.containers[0].livenessProbe.successThreshold: must be 1 for liveness and startup probes",
+            ),
+            (
+                with_container(app(json!({"securityContext": {"procMount": "Unmasked"}}))),
+                "spec.containers[0].securityContext.procMount: not supported on kedge nodes",
+            ),
+            (
+                with_container(app(json!({"securityContext": {"runAsNonRoot": true}}))),
+                "spec.containers[0].securityContext.runAsNonRoot: needs an explicit non-zero runAsUser on kedge nodes (the image's user is not checked)",
+            ),
+            (
+                json!({"spec": {"securityContext": {"runAsNonRoot": true, "runAsUser": 0}}}),
+                "spec.securityContext.runAsNonRoot: conflicts with runAsUser 0",
+            ),
+            (
+                json!({"metadata": {"name": "Web"}}),
+                "metadata.name: \"Web\" is not a valid pod name: lowercase letters, digits, '-' and '.' only, starting and ending with a letter or digit, at most 253 characters",
+            ),
+            (
+                json!({"metadata": {"name": "a/b"}}),
+                "metadata.name: \"a/b\" is not a valid pod name: lowercase letters, digits, '-' and '.' only, starting and ending with a letter or digit, at most 253 characters",
+            ),
+            (
+                json!({"metadata": {"namespace": "a.b"}}),
+                "metadata.namespace: \"a.b\" is not a valid namespace: lowercase letters, digits and '-' only, starting and ending with a letter or digit, at most 63 characters",
+            ),
+            (
+                json!({"metadata": {"generation": -1}}),
+                "metadata.generation: must not be negative",
+            ),
+            (
+                with_container(json!({"name": "App_1", "image": "nginx"})),
+                "spec.containers[0].name: \"App_1\" is not a valid container name: lowercase letters, digits and '-' only, starting and ending with a letter or digit, at most 63 characters",
+            ),
+            (
+                with_container(json!({"name": "app"})),
+                "spec.containers[0].image: required",
+            ),
+            (
+                with_container(json!({"image": "nginx"})),
+                "spec.containers[0].name: required",
+            ),
+            (
+                json!({"spec": {"initContainers": [{"name": "app", "image": "busybox"}]}}),
+                "spec.containers[0].name: duplicate container name \"app\"",
+            ),
+        ];
+        for (patch, expected) in cases {
+            assert_eq!(convert_err(patch.clone()), expected, "patch: {patch}");
+        }
+        let module = format!("file:///m.wasm@sha256:{DIGEST}");
+        assert_eq!(
+            convert_err(with_container(json!({"name": "app", "image": module}))),
+            format!(
+                "spec.containers[0].image: {module:?} is a wasm module url: set runtimeClassName: kedge-wasm to run it"
+            )
+        );
+    }
+
+    #[test]
+    fn missing_name_and_spec_are_errors() {
+        let pod = k8s::Pod {
+            metadata: Default::default(),
+            spec: None,
+            status: None,
+        };
+        assert_eq!(
+            pod_spec_from_k8s(&pod).expect_err("no name"),
+            field("metadata.name", "required")
+        );
+        let mut pod = pod;
+        pod.metadata.name = Some("web".into());
+        assert_eq!(
+            pod_spec_from_k8s(&pod).expect_err("no spec"),
+            field("spec", "required")
+        );
+        pod.metadata.name = None;
+        pod.metadata.generate_name = Some("web-".into());
+        assert_eq!(
+            pod_spec_from_k8s(&pod)
+                .expect_err("generateName")
+                .to_string(),
+            "metadata.generateName: not supported on kedge nodes (set metadata.name)"
+        );
+    }
+
+    #[test]
+    fn resolver_resolves_image_pull_secrets() {
+        let spec = convert_with(
+            json!({"spec": {"imagePullSecrets": [{"name": "regcred"}, {"name": "legacy"}, {"name": "absent"}]}}),
+            &resolver(),
+        )
+        .expect("pod converts");
+        assert_eq!(spec.image_pull_secrets.len(), 2);
+        assert_eq!(spec.image_pull_secrets[0], r#"{"auths":{"r.example":{}}}"#);
+        let legacy: Value =
+            serde_json::from_str(&spec.image_pull_secrets[1]).expect("legacy secret is json");
+        assert_eq!(legacy, json!({"auths": {"r.example": {}}}));
+    }
+
+    #[test]
+    fn resolver_uses_the_pod_namespace() {
+        let spec = convert_with(
+            json!({"metadata": {"namespace": "other"}, "spec": {"containers": [{"name": "app", "image": "nginx",
+                "envFrom": [{"configMapRef": {"name": "cfg"}}]}]}}),
+            &resolver(),
+        )
+        .expect("pod converts");
+        assert_eq!(spec.containers[0].env[0].value, "wrong-namespace");
+    }
+}

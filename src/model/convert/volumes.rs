@@ -1,0 +1,473 @@
+//! Volumes (emptyDir, hostPath, configMap, secret, projected) and volume mounts.
+
+use super::*;
+
+impl Ctx<'_> {
+    pub(super) fn volume(&self, v: &k8s::Volume, path: &str) -> Result<Volume, ConvertError> {
+        // Every source but the supported ones, by its field name.
+        let others = [
+            (v.aws_elastic_block_store.is_some(), "awsElasticBlockStore"),
+            (v.azure_disk.is_some(), "azureDisk"),
+            (v.azure_file.is_some(), "azureFile"),
+            (v.cephfs.is_some(), "cephfs"),
+            (v.cinder.is_some(), "cinder"),
+            (v.csi.is_some(), "csi"),
+            (v.downward_api.is_some(), "downwardAPI"),
+            (v.ephemeral.is_some(), "ephemeral"),
+            (v.fc.is_some(), "fc"),
+            (v.flex_volume.is_some(), "flexVolume"),
+            (v.flocker.is_some(), "flocker"),
+            (v.gce_persistent_disk.is_some(), "gcePersistentDisk"),
+            (v.git_repo.is_some(), "gitRepo"),
+            (v.glusterfs.is_some(), "glusterfs"),
+            (v.image.is_some(), "image"),
+            (v.iscsi.is_some(), "iscsi"),
+            (v.nfs.is_some(), "nfs"),
+            (v.persistent_volume_claim.is_some(), "persistentVolumeClaim"),
+            (v.photon_persistent_disk.is_some(), "photonPersistentDisk"),
+            (v.portworx_volume.is_some(), "portworxVolume"),
+            (v.projected.is_some(), "projected"),
+            (v.quobyte.is_some(), "quobyte"),
+            (v.rbd.is_some(), "rbd"),
+            (v.scale_io.is_some(), "scaleIO"),
+            (v.storageos.is_some(), "storageos"),
+            (v.vsphere_volume.is_some(), "vsphereVolume"),
+        ];
+        let supported = [
+            v.empty_dir.is_some(),
+            v.host_path.is_some(),
+            v.config_map.is_some(),
+            v.secret.is_some(),
+        ];
+        let count =
+            supported.iter().filter(|s| **s).count() + others.iter().filter(|(s, _)| *s).count();
+        if count > 1 {
+            return Err(field(path, "may not specify more than 1 volume type"));
+        }
+        let token = v.projected.as_ref().is_some_and(|p| {
+            p.sources
+                .iter()
+                .flatten()
+                .any(|s| s.service_account_token.is_some())
+        });
+        if token {
+            // The volume Kubernetes injects for API access (kube-api-access-*).
+            return Err(field(
+                format!("{path}.projected"),
+                "service account tokens are not available on kedge nodes (set automountServiceAccountToken: false)",
+            ));
+        }
+        if let Some((_, source)) = others.iter().find(|(s, _)| *s) {
+            return Err(field(
+                format!("{path}.{source}"),
+                "volume type not supported on kedge nodes (use emptyDir, hostPath, configMap or secret)",
+            ));
+        }
+        let source = if let Some(host_path) = &v.host_path {
+            self.host_path(host_path, &format!("{path}.hostPath"))?
+        } else if let Some(cm) = &v.config_map {
+            let path = format!("{path}.configMap");
+            self.files(
+                ObjectKind::ConfigMap,
+                &cm.name,
+                cm.optional,
+                cm.items.as_deref(),
+                cm.default_mode,
+                &path,
+            )?
+        } else if let Some(secret) = &v.secret {
+            let path = format!("{path}.secret");
+            self.files(
+                ObjectKind::Secret,
+                secret.secret_name.as_deref().unwrap_or_default(),
+                secret.optional,
+                secret.items.as_deref(),
+                secret.default_mode,
+                &path,
+            )?
+        } else {
+            // No source at all defaults to an emptyDir, as in Kubernetes.
+            let empty_dir = v.empty_dir.clone().unwrap_or_default();
+            self.empty_dir(&empty_dir, &format!("{path}.emptyDir"))?
+        };
+        Ok(Volume {
+            name: v.name.clone(),
+            source,
+        })
+    }
+
+    pub(super) fn empty_dir(
+        &self,
+        e: &k8s::EmptyDirVolumeSource,
+        path: &str,
+    ) -> Result<VolumeSource, ConvertError> {
+        let memory = match e.medium.as_deref() {
+            None | Some("") => false,
+            Some("Memory") => true,
+            Some(other) => {
+                return Err(field(
+                    format!("{path}.medium"),
+                    format!(
+                        "medium {other:?} is not supported on kedge nodes (use \"\" or Memory)"
+                    ),
+                ));
+            }
+        };
+        let size_limit_bytes = e
+            .size_limit
+            .as_ref()
+            .map(|q| bytes(&q.0).map_err(|m| field(format!("{path}.sizeLimit"), m)))
+            .transpose()?;
+        Ok(VolumeSource::EmptyDir {
+            memory,
+            size_limit_bytes,
+        })
+    }
+
+    pub(super) fn host_path(
+        &self,
+        h: &k8s::HostPathVolumeSource,
+        path: &str,
+    ) -> Result<VolumeSource, ConvertError> {
+        if h.path.is_empty() {
+            return Err(field(format!("{path}.path"), "required"));
+        }
+        if !h.path.starts_with('/') {
+            return Err(field(format!("{path}.path"), "must be an absolute path"));
+        }
+        if h.path.split('/').any(|part| part == "..") {
+            return Err(field(format!("{path}.path"), "must not contain '..'"));
+        }
+        // The type is accepted and not checked: the agent mounts what is there.
+        match h.type_.as_deref() {
+            None
+            | Some(
+                "" | "DirectoryOrCreate" | "Directory" | "FileOrCreate" | "File" | "Socket"
+                | "CharDevice" | "BlockDevice",
+            ) => {}
+            Some(other) => {
+                return Err(field(
+                    format!("{path}.type"),
+                    format!("unknown hostPath type {other:?}"),
+                ));
+            }
+        }
+        Ok(VolumeSource::HostPath {
+            path: h.path.clone(),
+        })
+    }
+
+    /// A configMap or secret volume as resolved files.
+    pub(super) fn files(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        optional: Option<bool>,
+        items: Option<&[k8s::KeyToPath]>,
+        default_mode: Option<i32>,
+        path: &str,
+    ) -> Result<VolumeSource, ConvertError> {
+        let default_mode = match default_mode {
+            None => 0o644,
+            Some(mode) => file_mode(mode).ok_or_else(|| {
+                field(
+                    format!("{path}.defaultMode"),
+                    "must be a file mode between 0 and 0777 (octal)",
+                )
+            })?,
+        };
+        for (k, item) in items.into_iter().flatten().enumerate() {
+            let item_path = format!("{path}.items[{k}]");
+            if item.key.is_empty() {
+                return Err(field(format!("{item_path}.key"), "required"));
+            }
+            check_relative_path(&format!("{item_path}.path"), &item.path)?;
+            if let Some(mode) = item.mode
+                && file_mode(mode) != Some(default_mode)
+            {
+                return Err(field(
+                    format!("{item_path}.mode"),
+                    "per-file modes are not supported on kedge nodes (use defaultMode)",
+                ));
+            }
+        }
+        let name_path = match kind {
+            ObjectKind::ConfigMap => format!("{path}.name"),
+            ObjectKind::Secret => format!("{path}.secretName"),
+        };
+        let Some(data) = self.lookup(kind, name, optional, &name_path)? else {
+            // Optional and missing: an empty volume, as in Kubernetes.
+            return Ok(VolumeSource::Files {
+                files: Vec::new(),
+                default_mode,
+            });
+        };
+        let files = match items {
+            None => {
+                if let Some(key) = data.keys().find(|k| !is_file_name(k)) {
+                    return Err(field(
+                        name_path,
+                        format!(
+                            "{} {name:?} has key {key:?}, which is not a valid file name",
+                            kind.word()
+                        ),
+                    ));
+                }
+                data.into_iter().collect()
+            }
+            Some(items) => {
+                let mut files = Vec::new();
+                for (k, item) in items.iter().enumerate() {
+                    match data.get(&item.key) {
+                        Some(content) => files.push((item.path.clone(), content.clone())),
+                        None if optional == Some(true) => {}
+                        None => {
+                            return Err(field(
+                                format!("{path}.items[{k}].key"),
+                                format!("key {:?} not found in {} {name:?}", item.key, kind.word()),
+                            ));
+                        }
+                    }
+                }
+                files
+            }
+        };
+        Ok(VolumeSource::Files {
+            files,
+            default_mode,
+        })
+    }
+}
+
+pub(super) fn file_mode(mode: i32) -> Option<u32> {
+    u32::try_from(mode).ok().filter(|m| *m <= 0o777)
+}
+
+/// A ConfigMap or Secret key that can be a file name in a volume.
+pub(super) fn is_file_name(key: &str) -> bool {
+    !key.is_empty() && !key.starts_with("..") && key != "." && !key.contains('/')
+}
+
+pub(super) fn check_relative_path(path: &str, value: &str) -> Result<(), ConvertError> {
+    if value.is_empty() {
+        return Err(field(path, "required"));
+    }
+    if value.starts_with('/') {
+        return Err(field(path, "must be a relative path"));
+    }
+    if value.split('/').any(|part| part == "..") {
+        return Err(field(path, "must not contain '..'"));
+    }
+    Ok(())
+}
+
+pub(super) fn volume_mounts(
+    c: &k8s::Container,
+    path: &str,
+    volume_names: &BTreeSet<&str>,
+) -> Result<Vec<VolumeMount>, ConvertError> {
+    let mut out: Vec<VolumeMount> = Vec::new();
+    for (k, m) in c.volume_mounts.iter().flatten().enumerate() {
+        let path = format!("{path}.volumeMounts[{k}]");
+        if m.name.is_empty() {
+            return Err(field(format!("{path}.name"), "required"));
+        }
+        if !volume_names.contains(m.name.as_str()) {
+            return Err(field(
+                format!("{path}.name"),
+                format!("volume {:?} not found in spec.volumes", m.name),
+            ));
+        }
+        if m.mount_path.is_empty() {
+            return Err(field(format!("{path}.mountPath"), "required"));
+        }
+        if !m.mount_path.starts_with('/') {
+            return Err(field(
+                format!("{path}.mountPath"),
+                "must be an absolute path",
+            ));
+        }
+        if out.iter().any(|o| o.mount_path == m.mount_path) {
+            return Err(field(
+                format!("{path}.mountPath"),
+                format!("duplicate mount path {:?}", m.mount_path),
+            ));
+        }
+        if let Some(propagation) = m.mount_propagation.as_deref()
+            && propagation != "None"
+        {
+            return Err(unsupported(format!("{path}.mountPropagation")));
+        }
+        if m.sub_path_expr.as_ref().is_some_and(|e| !e.is_empty()) {
+            return Err(unsupported(format!("{path}.subPathExpr")));
+        }
+        // recursiveReadOnly: IfPossible and Disabled are satisfied by a plain
+        // read-only mount; Enabled is a guarantee the agent cannot give.
+        if m.recursive_read_only.as_deref() == Some("Enabled") {
+            return Err(unsupported(format!("{path}.recursiveReadOnly")));
+        }
+        let sub_path = m.sub_path.clone().filter(|s| !s.is_empty());
+        if let Some(sub_path) = &sub_path {
+            check_relative_path(&format!("{path}.subPath"), sub_path)?;
+        }
+        out.push(VolumeMount {
+            name: m.name.clone(),
+            mount_path: m.mount_path.clone(),
+            read_only: m.read_only.unwrap_or(false),
+            sub_path,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::convert::testing::*;
+    use serde_json::json;
+
+    #[test]
+    fn volumes_and_mounts() {
+        let spec = convert(json!({"spec": {
+            "volumes": [
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "ram", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+                {"name": "dev", "hostPath": {"path": "/dev/ttyUSB0", "type": "CharDevice"}},
+                {"name": "implicit"}
+            ],
+            "containers": [{"name": "app", "image": "nginx", "volumeMounts": [
+                {"name": "scratch", "mountPath": "/tmp"},
+                {"name": "dev", "mountPath": "/dev/ttyUSB0", "readOnly": true, "subPath": "x/y",
+                 "mountPropagation": "None"}
+            ]}]
+        }}));
+        assert_eq!(
+            spec.volumes,
+            [
+                Volume {
+                    name: "scratch".into(),
+                    source: VolumeSource::EmptyDir {
+                        memory: false,
+                        size_limit_bytes: None
+                    }
+                },
+                Volume {
+                    name: "ram".into(),
+                    source: VolumeSource::EmptyDir {
+                        memory: true,
+                        size_limit_bytes: Some(64 << 20)
+                    }
+                },
+                Volume {
+                    name: "dev".into(),
+                    source: VolumeSource::HostPath {
+                        path: "/dev/ttyUSB0".into()
+                    }
+                },
+                Volume {
+                    name: "implicit".into(),
+                    source: VolumeSource::EmptyDir {
+                        memory: false,
+                        size_limit_bytes: None
+                    }
+                },
+            ]
+        );
+        assert_eq!(
+            spec.containers[0].volume_mounts,
+            [
+                VolumeMount {
+                    name: "scratch".into(),
+                    mount_path: "/tmp".into(),
+                    read_only: false,
+                    sub_path: None
+                },
+                VolumeMount {
+                    name: "dev".into(),
+                    mount_path: "/dev/ttyUSB0".into(),
+                    read_only: true,
+                    sub_path: Some("x/y".into())
+                },
+            ]
+        );
+
+        let volume = json!([{"name": "v", "emptyDir": {}}]);
+        let cases = [
+            (
+                json!({"spec": {"volumes": volume, "containers": [{"name": "app", "image": "nginx",
+                    "volumeMounts": [{"name": "v", "mountPath": "/v", "mountPropagation": "HostToContainer"}]}]}}),
+                "spec.containers[0].volumeMounts[0].mountPropagation: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"volumes": volume, "containers": [{"name": "app", "image": "nginx",
+                    "volumeMounts": [{"name": "v", "mountPath": "/v", "subPath": "../etc"}]}]}}),
+                "spec.containers[0].volumeMounts[0].subPath: must not contain '..'",
+            ),
+            (
+                json!({"spec": {"volumes": volume, "containers": [{"name": "app", "image": "nginx",
+                    "volumeMounts": [{"name": "v", "mountPath": ""}]}]}}),
+                "spec.containers[0].volumeMounts[0].mountPath: required",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "v", "emptyDir": {}}, {"name": "v", "emptyDir": {}}]}}),
+                "spec.volumes[1].name: duplicate volume name \"v\"",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "v", "emptyDir": {}, "hostPath": {"path": "/x"}}]}}),
+                "spec.volumes[0]: may not specify more than 1 volume type",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "v", "hostPath": {"path": "relative"}}]}}),
+                "spec.volumes[0].hostPath.path: must be an absolute path",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "v", "emptyDir": {"sizeLimit": "1.5"}}]}}),
+                "spec.volumes[0].emptyDir.sizeLimit: fractional byte value \"1.5\" is invalid, must be an integer",
+            ),
+        ];
+        for (patch, expected) in cases {
+            assert_eq!(convert_err(patch.clone()), expected, "patch: {patch}");
+        }
+    }
+
+    #[test]
+    fn resolver_fills_configmap_and_secret_volumes() {
+        let spec = convert_with(
+            json!({"spec": {"volumes": [
+                {"name": "all", "configMap": {"name": "cfg"}},
+                {"name": "some", "configMap": {"name": "cfg", "defaultMode": 0o600,
+                    "items": [{"key": "MODE", "path": "conf/mode", "mode": 0o600},
+                              {"key": "gone", "path": "gone"}], "optional": true}},
+                {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 0o400}},
+                {"name": "maybe", "secret": {"secretName": "absent", "optional": true}}
+            ]}}),
+            &resolver(),
+        )
+        .expect("pod converts");
+        let sources: Vec<&VolumeSource> = spec.volumes.iter().map(|v| &v.source).collect();
+        assert_eq!(
+            sources,
+            [
+                &VolumeSource::Files {
+                    files: vec![
+                        ("LEVEL".into(), b"debug".to_vec()),
+                        ("MODE".into(), b"edge".to_vec()),
+                    ],
+                    default_mode: 0o644,
+                },
+                &VolumeSource::Files {
+                    files: vec![("conf/mode".into(), b"edge".to_vec())],
+                    default_mode: 0o600,
+                },
+                &VolumeSource::Files {
+                    files: vec![("password".into(), b"hunter2".to_vec())],
+                    default_mode: 0o400,
+                },
+                &VolumeSource::Files {
+                    files: vec![],
+                    default_mode: 0o644
+                },
+            ]
+        );
+    }
+}
