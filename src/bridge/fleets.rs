@@ -37,11 +37,12 @@ use super::render;
 use super::state::{Action, BridgeEvent, KubeEvent, ObjRef, Recording};
 use crate::fleet::rollout::{self, Step};
 use crate::fleet::tally::Tally;
+use crate::fleet::{driver, manage};
 use crate::model::convert::{ConvertError, Resolver, pod_spec_from_k8s_with};
 use crate::model::selector::Selector;
 use crate::model::validate::Validate;
 use crate::model::{
-    EventType, FleetDeployment, FleetReport, PodKey, Rollout, RolloutPhase, RolloutState,
+    Cohort, EventType, FleetDeployment, FleetReport, PodKey, Rollout, RolloutPhase, RolloutState,
 };
 use crate::wire::{self, Message, Topics};
 use crd::{FailingDevice, FleetCondition, FleetDeploymentResource, FleetDeploymentStatus};
@@ -115,6 +116,9 @@ struct Fleet {
     progressing: Option<Since>,
     /// The resource was deleted while the bridge was not synced.
     deleted: bool,
+    /// Devices in the tally at the last tick: a rollout steps once they
+    /// stop joining (see `on_tick`).
+    last_len: usize,
 }
 
 impl Fleet {
@@ -134,6 +138,7 @@ impl Fleet {
             accepted: None,
             progressing: None,
             deleted: false,
+            last_len: 0,
         }
     }
 
@@ -609,6 +614,11 @@ impl Fleets {
             },
         };
         let paused = cr.spec.paused;
+        if new_revision && !paused && !manage::is_staged(&next.rollout.policy) {
+            // No batches and no budget: every device at once (as `kedge
+            // apply --selector` does).
+            next.cohorts = vec![Cohort::everyone()];
+        }
         match next.rollout.state.phase {
             RolloutPhase::Progressing if paused => {
                 next.rollout.state.phase = RolloutPhase::Paused;
@@ -658,12 +668,25 @@ impl Fleets {
                 continue;
             };
             let Some(cr) = f.cr.clone() else { continue };
+            // Devices answer a new record with their first reports: step
+            // once they stop joining (else a batch could be measured on
+            // the few that answered first, or a new fleet on none), or
+            // after the device timeout.
+            let joined = f.tally.len() != f.last_len;
+            f.last_len = f.tally.len();
+            let settled = |r: &FleetDeployment| {
+                let timeout = u64::from(r.rollout.policy.device_timeout_secs) * 1000;
+                (!joined && !f.tally.is_empty())
+                    || now_ms.saturating_sub(r.rollout.state.started_ms) > timeout
+            };
             if f.refusal.is_none()
                 && let Some(record) = &f.record
                 && record.uid == f.uid().unwrap_or_default()
+                && settled(record)
                 && let Step::Publish(next) = rollout::step(record, &f.tally, now_ms)
             {
-                let next = *next;
+                let mut next = *next;
+                driver::clip_message(&mut next.rollout.state.message);
                 if matches!(
                     next.rollout.state.phase,
                     RolloutPhase::RolledBack | RolloutPhase::Halted
@@ -762,6 +785,11 @@ fn publish_record(
     now_ms: u64,
     out: &mut Vec<Action>,
 ) {
+    // Every device refuses a record that does not validate.
+    if let Err(err) = next.validate() {
+        tracing::error!(fleet = %next.key(), error = %err, "fleet record not published");
+        return;
+    }
     let payload = match wire::encode(0, &Message::FleetDeployment(next.clone())) {
         Ok(p) => p,
         Err(err) => {

@@ -665,3 +665,91 @@ fn node_status(name: &str, online: bool) -> NodeStatus {
         labels: Default::default(),
     }
 }
+
+#[test]
+fn a_new_fleet_waits_for_its_devices_to_answer_before_it_steps() {
+    let rollout = json!({"batches": [
+        {"selector": "canary=true", "limit": "100%"},
+        {"limit": "100%"},
+    ]});
+    let mut f = synced();
+    apply(&mut f, &sensors(1, IMAGE, rollout), NOW);
+    // No device has answered: no batch is measured on nobody.
+    for t in 1..10 {
+        assert!(records(&tick(&mut f, NOW + t * 1_000)).is_empty());
+    }
+    // They answer (not all in the same tick): the canaries go first.
+    let devices = Devices::new(20, 3);
+    let record = f.record(&key()).expect("record").clone();
+    for (name, l) in devices.names.iter().take(8) {
+        report(
+            &mut f,
+            name,
+            device_report(&record, name, l, false),
+            NOW + 10_000,
+        );
+    }
+    assert!(
+        records(&tick(&mut f, NOW + 11_000)).is_empty(),
+        "still joining"
+    );
+    for (name, l) in devices.names.iter().skip(8) {
+        report(
+            &mut f,
+            name,
+            device_report(&record, name, l, false),
+            NOW + 11_500,
+        );
+    }
+    assert!(
+        records(&tick(&mut f, NOW + 12_000)).is_empty(),
+        "still joining"
+    );
+    let out = tick(&mut f, NOW + 13_000);
+    let first = &records(&out)[0];
+    assert_eq!(first.cohorts.len(), 1);
+    assert_eq!(first.cohorts[0].selector, "canary=true");
+    devices.run(&mut f, NOW + 13_000);
+    assert_eq!(
+        f.record(&key()).map(|r| r.rollout.state.phase),
+        Some(RolloutPhase::Complete)
+    );
+}
+
+#[test]
+fn an_unstaged_fleet_goes_to_every_device_at_once() {
+    let mut f = synced();
+    let out = apply(&mut f, &sensors(1, IMAGE, json!({})), NOW);
+    assert_eq!(records(&out)[0].cohorts, vec![Cohort::everyone()]);
+}
+
+#[test]
+fn a_rollback_quoting_long_failures_still_publishes_a_valid_record() {
+    let mut f = synced();
+    let rollout =
+        json!({"batches": [{"selector": "canary=true", "limit": "100%"}, {"limit": "100%"}]});
+    apply(&mut f, &sensors(1, IMAGE, rollout.clone()), NOW);
+    let mut devices = Devices::new(6, 3);
+    devices.run(&mut f, NOW);
+    let image2 = IMAGE.replace("aaaa", "bbbb");
+    apply(&mut f, &sensors(2, &image2, rollout), NOW + 100_000);
+    devices.broken = devices.names.iter().map(|(n, _)| n.clone()).collect();
+    let now = NOW + 100_000;
+    let record = f.record(&key()).expect("record").clone();
+    for t in 0..5u64 {
+        let record = f.record(&key()).expect("record").clone();
+        for (name, l) in &devices.names {
+            if let Some(mut r) = device_report(&record, name, l, true) {
+                if r.state == FleetPodState::Failed {
+                    r.message = Some("x".repeat(30_000));
+                }
+                report(&mut f, name, Some(r), now + t * 1_000);
+            }
+        }
+        tick(&mut f, now + (t + 1) * 1_000);
+    }
+    let last = f.record(&key()).expect("record");
+    assert_ne!(last.revision, record.revision);
+    assert_eq!(last.rollout.state.phase, RolloutPhase::RolledBack);
+    assert!(last.validate().is_ok());
+}
