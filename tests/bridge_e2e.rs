@@ -1330,3 +1330,234 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
     // Still 3 Nodes: the other 27 devices are fleet members only.
     assert_eq!(edge_nodes().len(), 3);
 }
+
+/// Agent flags that make back-off and heartbeats test-sized.
+fn fast_agent_args(labels: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--set",
+        "backoff.initial_ms=300",
+        "--set",
+        "backoff.max_ms=600",
+        "--set",
+        "node.heartbeat_ms=1000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !labels.is_empty() {
+        args.extend(["--labels".to_string(), labels.to_string()]);
+    }
+    args
+}
+
+/// The status of `pod` on `node` as the device reports it (`kedge get pods`).
+fn device_pod(broker: &str, node: &str, pod: &str) -> Option<serde_json::Value> {
+    let out = kedge_ok(&[
+        "get", "pods", "--node", node, "-A", "-o", "json", "--broker", broker,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v["items"]
+        .as_array()?
+        .iter()
+        .map(|i| i["status"].clone())
+        .find(|s| s["name"] == pod)
+}
+
+/// Real agents with labels and Wasm pods: a FleetDeployment reaches every
+/// matching agent and no other; an update goes canary first; a revision
+/// that cannot start on the canary rolls back by itself and the other
+/// device never gets it.
+#[test]
+fn a_fleet_deployment_runs_on_every_matching_agent_and_rolls_back_a_failing_canary() {
+    use kedge::bridge::fleets::crd::{FleetDeploymentResource, FleetDeploymentStatus};
+    use kedge::model::RolloutPhase;
+
+    let rt = runtime();
+    let cp = ControlPlane::start(ControlPlaneOpts {
+        controllers: false,
+        ..Default::default()
+    });
+    let mqtt = Mosquitto::start();
+    let admin = client(&rt, &cp.kubeconfig);
+    for f in ["bridge-rbac.yaml", "fleetdeployment-crd.yaml"] {
+        apply_file(&rt, &admin, &repo_root().join("edge-manifests").join(f));
+    }
+    let fleets: Api<FleetDeploymentResource> = Api::namespaced(admin.clone(), "default");
+    wait_until("the FleetDeployment resource is served", LONG, || {
+        rt.block_on(fleets.list(&ListParams::default())).ok()
+    });
+    let data = tempfile::Builder::new()
+        .prefix("kedge-fleet-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    let mut agents = Vec::new();
+    for (node, labels) in [
+        ("edge-a", "site=b43,canary=true"),
+        ("edge-b", "site=b43"),
+        ("edge-c", "site=b44"),
+    ] {
+        agents.push(Agent::start(AgentOpts {
+            node: node.into(),
+            broker_url: Some(mqtt.url()),
+            data_dir: data.path().join(node),
+            extra_args: fast_agent_args(labels),
+            ..Default::default()
+        }));
+    }
+    let mut bridge = BridgeProc::start(BridgeOpts {
+        broker_url: mqtt.url(),
+        kubeconfig: cp.bridge_kubeconfig.clone(),
+        certs: cp.certs.clone(),
+        extra_args: vec![],
+    });
+    let records = collect_records(&rt, mqtt.port, "kedge/v1/_fleet/default/meter".into());
+    let wasm = guest_wasm(GuestTarget::P1);
+    let image = format!("file://{}@sha256:{}", wasm.display(), sha256_file(&wasm));
+    let spec = |image: &str, period: &str| {
+        json!({
+            "selector": "site=b43",
+            "template": {
+                "spec": {
+                    "runtimeClassName": "kedge-wasm",
+                    "containers": [{"name": "main", "image": image, "args": ["ticker", "0", period]}],
+                },
+            },
+            "rollout": {
+                "batches": [{"selector": "canary=true", "limit": "100%"}, {"limit": "100%"}],
+                "deviceTimeoutSeconds": 120,
+            },
+        })
+    };
+    let create: FleetDeploymentResource = serde_json::from_value(json!({
+        "apiVersion": "kedge.io/v1alpha1",
+        "kind": "FleetDeployment",
+        "metadata": {"name": "meter", "namespace": "default"},
+        "spec": spec(&image, "100"),
+    }))
+    .expect("fleet deployment");
+    rt.block_on(fleets.create(&PostParams::default(), &create))
+        .expect("create");
+    let url = mqtt.url();
+    let mut status = |what: &str, want: &dyn Fn(&FleetDeploymentStatus) -> bool| {
+        let mut last = None;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(what, LONG, || {
+                bridge.assert_running();
+                let s = rt.block_on(fleets.get("meter")).ok()?.status?;
+                last = Some(s.clone());
+                want(&s).then_some(s)
+            })
+        }));
+        r.unwrap_or_else(|e| {
+            eprintln!("last status: {last:?}");
+            for l in bridge.log().lines().rev().take(40) {
+                eprintln!("bridge: {l}");
+            }
+            for (i, a) in agents.iter().enumerate() {
+                eprintln!("--- agent {i}");
+                for l in a.log().lines().rev().take(20) {
+                    eprintln!("{l}");
+                }
+            }
+            std::panic::resume_unwind(e)
+        })
+    };
+    let s = status("revision 1 on both devices at b43", &|s| {
+        s.revision == Some(1) && s.phase.as_deref() == Some("Complete") && s.ready == 2
+    });
+    assert_eq!((s.targeted, s.up_to_date, s.failed), (2, 2, 0));
+    for node in ["edge-a", "edge-b"] {
+        let p = device_pod(&url, node, "meter").expect("the fleet pod");
+        assert_eq!(p["phase"], "Running", "{node}: {p}");
+        assert_eq!(p["observed_generation"], 1, "{node}: {p}");
+    }
+    assert!(
+        device_pod(&url, "edge-c", "meter").is_none(),
+        "edge-c is at b44"
+    );
+    // A fleet pod is not a Kubernetes Pod.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    assert!(
+        rt.block_on(pods.list(&ListParams::default()))
+            .expect("pods")
+            .items
+            .is_empty()
+    );
+
+    // An update: the canary first, then everyone.
+    let patch = |spec: serde_json::Value| {
+        rt.block_on(fleets.patch(
+            "meter",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        ))
+        .expect("patch");
+    };
+    let before = records.lock().expect("records").len();
+    patch(spec(&image, "200"));
+    status("revision 2 on both devices", &|s| {
+        s.revision == Some(2) && s.phase.as_deref() == Some("Complete") && s.ready == 2
+    });
+    wait_until("the completed record of revision 2", LONG, || {
+        records
+            .lock()
+            .expect("records")
+            .iter()
+            .any(|r| r.revision == 2 && r.rollout.state.phase == RolloutPhase::Complete)
+            .then_some(())
+    });
+    {
+        let seen = records.lock().expect("records")[before..].to_vec();
+        let admitted: Vec<usize> = seen
+            .iter()
+            .filter(|r| r.revision == 2 && r.rollout.state.phase == RolloutPhase::Progressing)
+            .map(|r| r.cohorts.len())
+            .collect();
+        assert!(
+            admitted.first() == Some(&0) && admitted.contains(&1) && admitted.contains(&2),
+            "cohorts of revision 2's records: {admitted:?}"
+        );
+    }
+    for node in ["edge-a", "edge-b"] {
+        wait_until(&format!("{node} runs revision 2"), LONG, || {
+            let p = device_pod(&url, node, "meter")?;
+            (p["observed_generation"] == 2 && p["phase"] == "Running").then_some(())
+        });
+    }
+
+    // Revision 3 cannot start (its module does not match its digest): the
+    // canary fails it and revision 4 brings revision 2's spec back; edge-b
+    // never gets revision 3.
+    let bad_image = format!("file://{}@sha256:{}", wasm.display(), "0".repeat(64));
+    patch(spec(&bad_image, "200"));
+    let s = status("rolled back as revision 4", &|s| {
+        s.phase.as_deref() == Some("RolledBack") && s.revision == Some(4)
+    });
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("rolled back to the spec of revision 2 as revision 4"),
+        "{s:?}"
+    );
+    status("both devices run revision 4", &|s| {
+        s.revision == Some(4) && s.ready == 2 && s.failed == 0
+    });
+    wait_until("edge-a runs revision 4", LONG, || {
+        let p = device_pod(&url, "edge-a", "meter")?;
+        (p["observed_generation"] == 4 && p["phase"] == "Running").then_some(())
+    });
+    // edge-b kept revision 2's pod running: revision 4 is the same spec, a
+    // new generation for the agent, not a restart.
+    let p = device_pod(&url, "edge-b", "meter").expect("edge-b's pod");
+    assert_eq!(p["phase"], "Running", "{p}");
+    assert_ne!(p["observed_generation"], 3, "{p}");
+    let seen = records.lock().expect("records").clone();
+    assert!(
+        seen.iter()
+            .filter(|r| r.revision == 3)
+            .all(|r| r.cohorts.iter().all(|c| c.selector == "canary=true")),
+        "only the canary was asked to run revision 3"
+    );
+    assert!(device_pod(&url, "edge-c", "meter").is_none());
+}
