@@ -619,15 +619,25 @@ impl Fleets {
             // apply --selector` does).
             next.cohorts = vec![Cohort::everyone()];
         }
-        match next.rollout.state.phase {
-            RolloutPhase::Progressing if paused => {
-                next.rollout.state.phase = RolloutPhase::Paused;
-                next.rollout.state.message = format!("paused at revision {}", next.revision);
+        // `paused` as `kedge rollout pause|resume`; a halted rollout is
+        // resumed by pausing it, then unpausing it.
+        match (paused, next.rollout.state.phase) {
+            (true, RolloutPhase::Progressing) | (false, RolloutPhase::Paused) => {
+                let changed = if paused {
+                    manage::pause(&next)
+                } else {
+                    manage::resume(&next, now_ms)
+                };
+                if let Ok(changed) = changed {
+                    next = changed;
+                }
             }
-            RolloutPhase::Paused if !paused => {
-                next.rollout.state.phase = RolloutPhase::Progressing;
-                next.rollout.state.batch_started_ms = now_ms;
-                next.rollout.state.message = format!("revision {} resumed", next.revision);
+            (true, RolloutPhase::Halted) => {
+                next.rollout.state.phase = RolloutPhase::Paused;
+                next.rollout.state.message = format!(
+                    "paused after a halt at batch {}; unpause to resume",
+                    u32::from(next.rollout.state.batch) + 1
+                );
             }
             _ => {}
         }

@@ -753,3 +753,38 @@ fn a_rollback_quoting_long_failures_still_publishes_a_valid_record() {
     assert_eq!(last.rollout.state.phase, RolloutPhase::RolledBack);
     assert!(last.validate().is_ok());
 }
+
+#[test]
+fn a_halted_rollout_resumes_when_paused_then_unpaused() {
+    // No stable revision: a failing canary halts the rollout.
+    let rollout =
+        json!({"batches": [{"selector": "canary=true", "limit": "100%"}, {"limit": "100%"}]});
+    let mut devices = Devices::new(10, 2);
+    devices.broken = ["gw0".to_string()].into();
+    let mut f = synced();
+    apply(&mut f, &sensors(1, IMAGE, rollout.clone()), NOW);
+    devices.run(&mut f, NOW);
+    assert_eq!(
+        f.record(&key()).map(|r| r.rollout.state.phase),
+        Some(RolloutPhase::Halted)
+    );
+    let mut cr = (*sensors(2, IMAGE, rollout)).clone();
+    cr.spec.paused = true;
+    let out = apply(&mut f, &Arc::new(cr.clone()), NOW + 500_000);
+    assert_eq!(records(&out)[0].rollout.state.phase, RolloutPhase::Paused);
+    assert_eq!(records(&out)[0].revision, 1, "no new revision");
+    // Fixed on the device, unpaused: the rollout goes on and completes.
+    devices.broken.clear();
+    cr.spec.paused = false;
+    cr.metadata.generation = Some(3);
+    let out = apply(&mut f, &Arc::new(cr), NOW + 501_000);
+    assert_eq!(
+        records(&out)[0].rollout.state.phase,
+        RolloutPhase::Progressing
+    );
+    devices.run(&mut f, NOW + 501_000);
+    assert_eq!(
+        f.record(&key()).map(|r| r.rollout.state.phase),
+        Some(RolloutPhase::Complete)
+    );
+}
