@@ -35,9 +35,9 @@ use serde_json::{Value, json};
 
 use super::render;
 use super::state::{Action, BridgeEvent, KubeEvent, ObjRef, Recording};
+use crate::fleet::manage;
 use crate::fleet::rollout::{self, Step};
 use crate::fleet::tally::Tally;
-use crate::fleet::{driver, manage};
 use crate::model::convert::{ConvertError, Resolver, pod_spec_from_k8s_with};
 use crate::model::selector::Selector;
 use crate::model::validate::Validate;
@@ -695,8 +695,8 @@ impl Fleets {
                 && settled(record)
                 && let Step::Publish(next) = rollout::step(record, &f.tally, now_ms)
             {
-                let mut next = *next;
-                driver::clip_message(&mut next.rollout.state.message);
+                // `step` clips its message; `publish_record` validates.
+                let next = *next;
                 if matches!(
                     next.rollout.state.phase,
                     RolloutPhase::RolledBack | RolloutPhase::Halted

@@ -70,6 +70,9 @@ pub struct RolloutSpec {
     /// A device that has not run the revision this long after it was asked counts as failed.
     #[serde(default = "default_device_timeout")]
     pub device_timeout_seconds: i64,
+    /// A device counts as running the revision once it has been up this long without a break.
+    #[serde(default = "default_min_ready")]
+    pub min_ready_seconds: i64,
     /// Devices updating or failed at once (a count or a percentage); unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "int_or_string")]
@@ -85,6 +88,7 @@ impl Default for RolloutSpec {
             batches: Vec::new(),
             success_threshold: default_success_threshold(),
             device_timeout_seconds: default_device_timeout(),
+            min_ready_seconds: default_min_ready(),
             max_unavailable: None,
             auto_rollback: true,
         }
@@ -115,6 +119,9 @@ fn default_success_threshold() -> i32 {
 }
 fn default_device_timeout() -> i64 {
     600
+}
+fn default_min_ready() -> i64 {
+    10
 }
 fn default_true() -> bool {
     true
@@ -241,6 +248,12 @@ impl RolloutSpec {
                 format!("{}: must be 0 or more", self.device_timeout_seconds),
             )
         })?;
+        let min_ready_secs = u32::try_from(self.min_ready_seconds).map_err(|_| {
+            refuse(
+                "spec.rollout.minReadySeconds",
+                format!("{}: must be 0 or more", self.min_ready_seconds),
+            )
+        })?;
         let max_unavailable = match &self.max_unavailable {
             None => Limit::Count(0),
             Some(v) => limit("spec.rollout.maxUnavailable", v)?,
@@ -249,6 +262,7 @@ impl RolloutSpec {
             batches,
             success_threshold_pct,
             device_timeout_secs,
+            min_ready_secs,
             max_unavailable,
             auto_rollback: self.auto_rollback,
         })
@@ -299,6 +313,7 @@ mod tests {
         assert_eq!(p.batches[1].limit, Limit::Percent(25));
         assert_eq!(p.success_threshold_pct, 100);
         assert_eq!(p.device_timeout_secs, 600);
+        assert_eq!(p.min_ready_secs, 10);
         assert_eq!(p.max_unavailable, Limit::Percent(10));
         assert!(p.auto_rollback);
         let bad: RolloutSpec = serde_json::from_value(serde_json::json!({

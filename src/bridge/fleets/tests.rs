@@ -230,7 +230,7 @@ impl Devices {
         let mut all = Vec::new();
         let mut quiet = 0;
         let mut ticks = 0;
-        while quiet < 3 && ticks < 500 {
+        while quiet < 15 && ticks < 500 {
             self.report_all(f, now);
             now += 1_000;
             ticks += 1;
