@@ -135,6 +135,7 @@ fn run(devices: usize, pods: usize, qps: f64) -> Row {
         name_prefix: "sim-".into(),
         connections: 8,
         heartbeat: Duration::from_secs(10),
+        fleet: None,
     };
     let simulation = {
         let _g = rt.enter();

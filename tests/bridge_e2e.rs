@@ -701,6 +701,7 @@ fn simulated_devices_become_ready_nodes() {
         name_prefix: "sim-".into(),
         connections: 3,
         heartbeat: Duration::from_secs(5),
+        fleet: None,
     };
     let simulation = {
         let _g = rt.enter();
@@ -804,6 +805,7 @@ fn two_bridges_share_the_devices_through_leases() {
         name_prefix: "sim-".into(),
         connections: 2,
         heartbeat: Duration::from_secs(3),
+        fleet: None,
     };
     let _simulation = {
         let _g = rt.enter();
@@ -897,4 +899,667 @@ fn two_bridges_share_the_devices_through_leases() {
         (renewed == DEVICES).then_some(())
     });
     assert_eq!(ready_nodes(), DEVICES);
+}
+
+// ---------------------------------------------------------------- fleets
+
+/// The labels of simulated device i: devices 0-2 are gateways (Nodes under
+/// `--node-selector=kedge.io/role=gateway`), every fifth device is at site
+/// b44, the others at b43; devices 5-7 are canaries.
+fn fleet_labels(i: usize) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert(
+        "site".to_string(),
+        if i % 5 == 4 { "b44" } else { "b43" }.to_string(),
+    );
+    if i < 3 {
+        l.insert("kedge.io/role".to_string(), "gateway".to_string());
+    }
+    if (5..8).contains(&i) {
+        l.insert("canary".to_string(), "true".to_string());
+    }
+    l
+}
+
+/// A pod whose image says "broken" fails on every device.
+fn fleet_fails(_: usize, spec: &kedge::model::PodSpec) -> bool {
+    spec.containers.iter().any(|c| c.image.contains("broken"))
+}
+
+/// The bridge's `/metrics`, read as the apiserver reads its kubelet API:
+/// over TLS with the apiserver's kubelet client certificate.
+fn bridge_metrics(
+    rt: &tokio::runtime::Runtime,
+    certs: &support::k8s::ClusterCerts,
+    port: u16,
+) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&certs.ca).expect("ca") {
+        roots.add(ca.expect("ca")).expect("root");
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(&certs.kubelet_client_cert)
+            .expect("client cert")
+            .collect::<Result<_, _>>()
+            .expect("client cert");
+    let key = PrivateKeyDer::from_pem_file(&certs.kubelet_client_key).expect("client key");
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .expect("client auth");
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .expect("http client");
+    rt.block_on(async {
+        http.get(format!("https://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    })
+}
+
+/// Every fleet record the broker hands out for one fleet deployment, in order.
+fn collect_records(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    topic: String,
+) -> std::sync::Arc<std::sync::Mutex<Vec<kedge::model::FleetDeployment>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = seen.clone();
+    let _g = rt.enter();
+    tokio::spawn(async move {
+        let mut mo = rumqttc::MqttOptions::new(
+            format!("kedge-test-records-{}", std::process::id()),
+            "127.0.0.1",
+            port,
+        );
+        mo.set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut ev) = rumqttc::AsyncClient::new(mo, 1000);
+        loop {
+            match ev.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Incoming::ConnAck(_))) => {
+                    let _ = client.subscribe(&topic, rumqttc::QoS::AtLeastOnce).await;
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p))) => {
+                    if let Ok((_, r)) =
+                        kedge::wire::decode_as::<kedge::model::FleetDeployment>(&p.payload)
+                    {
+                        out.lock().expect("records").push(r);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    seen
+}
+
+fn fleet_spec(image: &str) -> serde_json::Value {
+    json!({
+        "selector": "site=b43",
+        "template": {
+            "metadata": {"labels": {"app": "sensor"}},
+            "spec": {"containers": [{"name": "main", "image": image}]},
+        },
+        "rollout": {
+            "batches": [
+                {"selector": "canary=true", "limit": "100%"},
+                {"limit": "50%"},
+                {"limit": "100%"},
+            ],
+            "successThreshold": 100,
+            "minReadySeconds": 2,
+        },
+    })
+}
+
+/// A FleetDeployment against 30 simulated devices, only 3 of which are
+/// Nodes (`--node-selector`): it reaches the 24 devices at site b43 and no
+/// other, in batches (canaries, half, all); its status, the server-side
+/// table `kubectl get fleetdeployments` prints and the bridge's `/metrics`
+/// show the counts; a template that fails on the canaries rolls back by
+/// itself; the status writes do not grow with the devices.
+#[test]
+fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
+    use kedge::bridge::fleets::crd::FleetDeploymentResource;
+    use kedge::model::RolloutPhase;
+
+    const DEVICES: usize = 30;
+    const AT_B43: i32 = 24;
+    let rt = runtime();
+    let cp = ControlPlane::start(ControlPlaneOpts {
+        controllers: false,
+        ..Default::default()
+    });
+    let mqtt = Mosquitto::start();
+    let admin = client(&rt, &cp.kubeconfig);
+    for f in ["bridge-rbac.yaml", "fleetdeployment-crd.yaml"] {
+        apply_file(&rt, &admin, &repo_root().join("edge-manifests").join(f));
+    }
+    let fleets: Api<FleetDeploymentResource> = Api::namespaced(admin.clone(), "default");
+    wait_until("the FleetDeployment resource is served", LONG, || {
+        rt.block_on(fleets.list(&ListParams::default())).ok()
+    });
+    let mut bridge = BridgeProc::start(BridgeOpts {
+        broker_url: mqtt.url(),
+        kubeconfig: cp.bridge_kubeconfig.clone(),
+        certs: cp.certs.clone(),
+        extra_args: vec!["--node-selector=kedge.io/role=gateway".into()],
+    });
+    let kubelet_port = bridge.kubelet_port;
+    let opts = sim::SimOpts {
+        host: "127.0.0.1".into(),
+        port: mqtt.port,
+        prefix: "kedge/v1".into(),
+        devices: DEVICES,
+        name_prefix: "sim-".into(),
+        connections: 2,
+        heartbeat: Duration::from_secs(5),
+        fleet: Some(sim::SimFleet {
+            labels: fleet_labels,
+            fails: fleet_fails,
+        }),
+    };
+    let simulation = {
+        let _g = rt.enter();
+        sim::start(opts.clone())
+    };
+    let records = collect_records(&rt, mqtt.port, "kedge/v1/_fleet/default/sensors".into());
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let edge_nodes = || {
+        rt.block_on(nodes.list(&ListParams::default().labels("kedge.io/edge=true")))
+            .map(|l| l.items)
+            .unwrap_or_default()
+    };
+    // Only the gateways are Nodes, with their device labels mirrored.
+    wait_until("the 3 gateways are Nodes with their labels", LONG, || {
+        bridge.assert_running();
+        let n = edge_nodes();
+        (n.len() == 3
+            && n.iter().all(|n| {
+                let l = n.metadata.labels.clone().unwrap_or_default();
+                l.get("kedge.io/role").map(String::as_str) == Some("gateway")
+                    && l.get("site").map(String::as_str) == Some("b43")
+            }))
+        .then_some(())
+    });
+
+    let create: FleetDeploymentResource = serde_json::from_value(json!({
+        "apiVersion": "kedge.io/v1alpha1",
+        "kind": "FleetDeployment",
+        "metadata": {"name": "sensors", "namespace": "default"},
+        "spec": fleet_spec("registry.example/sensor:1"),
+    }))
+    .expect("fleet deployment");
+    rt.block_on(fleets.create(&PostParams::default(), &create))
+        .expect("create");
+    let mut status = |want: &dyn Fn(&kedge::bridge::fleets::crd::FleetDeploymentStatus) -> bool| {
+        let mut last = None;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until("the fleet deployment's status", LONG, || {
+                bridge.assert_running();
+                let f = rt.block_on(fleets.get("sensors")).ok()?;
+                let s = f.status.clone()?;
+                last = Some(s.clone());
+                want(&s).then_some(s)
+            })
+        }));
+        r.unwrap_or_else(|e| {
+            eprintln!("last status: {last:?}");
+            for l in bridge.log().lines().rev().take(40) {
+                eprintln!("bridge: {l}");
+            }
+            std::panic::resume_unwind(e)
+        })
+    };
+    let s = status(&|s| {
+        s.revision == Some(1) && s.phase.as_deref() == Some("Complete") && s.ready == AT_B43
+    });
+    assert_eq!(
+        (s.targeted, s.up_to_date, s.running, s.failed, s.offline),
+        (AT_B43, AT_B43, AT_B43, 0, 0)
+    );
+    assert!(
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Accepted" && c.status == "True")
+    );
+    // Revision 1 went out in batches: the canaries alone first.
+    wait_until("the broker hands out the completed record", LONG, || {
+        records
+            .lock()
+            .expect("records")
+            .iter()
+            .any(|r| r.revision == 1 && r.rollout.state.phase == RolloutPhase::Complete)
+            .then_some(())
+    });
+    {
+        let seen = records.lock().expect("records").clone();
+        let first = seen
+            .iter()
+            .find(|r| !r.cohorts.is_empty())
+            .expect("a batch");
+        assert_eq!(first.cohorts.len(), 1);
+        assert_eq!(first.cohorts[0].selector, "canary=true");
+        assert!(seen.iter().any(|r| r.cohorts.len() == 2));
+        assert_eq!(
+            seen.last().map(|r| r.rollout.state.phase),
+            Some(RolloutPhase::Complete)
+        );
+    }
+    // Reports came from every device at b43 and from no other.
+    let reported = simulation
+        .stats
+        .fleet_reports
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(reported >= AT_B43 as u64, "{reported}");
+
+    // `kubectl get fleetdeployments`: the server-side table.
+    let mut req =
+        kube::core::Request::new("/apis/kedge.io/v1alpha1/namespaces/default/fleetdeployments")
+            .list(&ListParams::default())
+            .expect("request");
+    req.headers_mut().insert(
+        "accept",
+        "application/json;as=Table;v=v1;g=meta.k8s.io"
+            .parse()
+            .expect("header"),
+    );
+    let table: serde_json::Value =
+        serde_json::from_str(&rt.block_on(admin.request_text(req)).expect("table")).expect("json");
+    let columns: Vec<&str> = table["columnDefinitions"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Name",
+            "Selector",
+            "Revision",
+            "Targeted",
+            "Up-to-date",
+            "Ready",
+            "Failed",
+            "Phase",
+            "Age"
+        ]
+    );
+    let cells = &table["rows"][0]["cells"];
+    assert_eq!(cells[0], "sensors");
+    assert_eq!(cells[1], "site=b43");
+    assert_eq!(cells[2], 1);
+    assert_eq!(cells[3], AT_B43);
+    assert_eq!(cells[4], AT_B43);
+    assert_eq!(cells[5], AT_B43);
+    assert_eq!(cells[6], 0);
+    assert_eq!(cells[7], "Complete");
+
+    // `/metrics` of the kubelet API, through the apiserver's node proxy.
+    let metrics = bridge_metrics(&rt, &cp.certs, kubelet_port);
+    for line in [
+        format!(
+            "kedge_fleet_devices{{namespace=\"default\",fleet=\"sensors\",state=\"targeted\"}} {AT_B43}"
+        ),
+        format!(
+            "kedge_fleet_devices{{namespace=\"default\",fleet=\"sensors\",state=\"ready\"}} {AT_B43}"
+        ),
+        "kedge_fleet_devices{namespace=\"default\",fleet=\"sensors\",state=\"failed\"} 0"
+            .to_string(),
+        "kedge_fleet_revision{namespace=\"default\",fleet=\"sensors\"} 1".to_string(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
+
+    // A new template rolls out in batches as revision 2.
+    let patch = |image: &str| {
+        rt.block_on(fleets.patch(
+            "sensors",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "main", "image": image}]}}}})),
+        ))
+        .expect("patch");
+    };
+    let before = records.lock().expect("records").len();
+    patch("registry.example/sensor:2");
+    status(&|s| {
+        s.revision == Some(2) && s.phase.as_deref() == Some("Complete") && s.up_to_date == AT_B43
+    });
+    let completed = |revision: u64| {
+        wait_until("the broker hands out the completed record", LONG, || {
+            records
+                .lock()
+                .expect("records")
+                .iter()
+                .any(|r| r.revision == revision && r.rollout.state.phase == RolloutPhase::Complete)
+                .then_some(())
+        })
+    };
+    completed(2);
+    {
+        let seen = records.lock().expect("records")[before..].to_vec();
+        let rev2: Vec<_> = seen.iter().filter(|r| r.revision == 2).collect();
+        // One cohort more per batch (canaries, half, all), then the
+        // completed record names everyone.
+        let batches: Vec<usize> = rev2
+            .iter()
+            .filter(|r| r.rollout.state.phase != RolloutPhase::Complete)
+            .map(|r| r.cohorts.len())
+            .collect();
+        assert!(
+            batches.windows(2).all(|w| w[0] <= w[1])
+                && batches.contains(&1)
+                && batches.contains(&3),
+            "cohorts per record: {batches:?}"
+        );
+        let last = rev2.last().expect("a record");
+        assert_eq!(last.rollout.state.phase, RolloutPhase::Complete);
+        assert_eq!(last.cohorts, vec![kedge::model::Cohort::everyone()]);
+        assert_eq!(rev2[0].stable.as_ref().map(|s| s.revision), Some(1));
+    }
+
+    // A template that fails on the canaries: revision 3 stops there and
+    // revision 4 brings revision 2's spec back, by itself.
+    let before = records.lock().expect("records").len();
+    patch("registry.example/sensor:broken");
+    let s = status(&|s| s.phase.as_deref() == Some("RolledBack") && s.revision == Some(4));
+    wait_until("the broker hands out revision 4", LONG, || {
+        records
+            .lock()
+            .expect("records")
+            .iter()
+            .any(|r| r.revision == 4)
+            .then_some(())
+    });
+    let seen = records.lock().expect("records")[before..].to_vec();
+    let rev3: Vec<_> = seen.iter().filter(|r| r.revision == 3).collect();
+    assert!(
+        rev3.iter()
+            .all(|r| r.cohorts.len() <= 1 && r.cohorts.iter().all(|c| c.selector == "canary=true")),
+        "only the canaries got revision 3: {rev3:?}"
+    );
+    let rev4 = seen.iter().find(|r| r.revision == 4).expect("revision 4");
+    let rev2_digest = rev4.stable.as_ref().map(|s| s.spec_digest.clone());
+    assert_eq!(Some(rev4.spec_digest.clone()), rev2_digest);
+    assert!(
+        s.message.as_deref().unwrap_or("").contains("rolled back"),
+        "{s:?}"
+    );
+    status(&|s| s.revision == Some(4) && s.ready == AT_B43 && s.failed == 0);
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), "default");
+    wait_until(
+        "a RolledBack Warning Event on the fleet deployment",
+        LONG,
+        || {
+            let l = rt.block_on(events.list(&ListParams::default())).ok()?;
+            l.items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("RolledBack")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.involved_object.kind.as_deref() == Some("FleetDeployment")
+                })
+                .then_some(())
+        },
+    );
+
+    // Status writes: a few per rollout step, not per device.
+    let metrics = bridge_metrics(&rt, &cp.certs, kubelet_port);
+    let writes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kedge_bridge_fleet_status_writes_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the status write counter");
+    eprintln!("fleet status writes for 4 revisions on {DEVICES} devices: {writes}");
+    assert!(writes < 60, "{writes} status writes");
+    // Still 3 Nodes: the other 27 devices are fleet members only.
+    assert_eq!(edge_nodes().len(), 3);
+}
+
+/// Agent flags that make back-off and heartbeats test-sized.
+fn fast_agent_args(labels: &str) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--set",
+        "backoff.initial_ms=300",
+        "--set",
+        "backoff.max_ms=600",
+        "--set",
+        "node.heartbeat_ms=1000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !labels.is_empty() {
+        args.extend(["--labels".to_string(), labels.to_string()]);
+    }
+    args
+}
+
+/// The status of `pod` on `node` as the device reports it (`kedge get pods`).
+fn device_pod(broker: &str, node: &str, pod: &str) -> Option<serde_json::Value> {
+    let out = kedge_ok(&[
+        "get", "pods", "--node", node, "-A", "-o", "json", "--broker", broker,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v["items"]
+        .as_array()?
+        .iter()
+        .map(|i| i["status"].clone())
+        .find(|s| s["name"] == pod)
+}
+
+/// Real agents with labels and Wasm pods: a FleetDeployment reaches every
+/// matching agent and no other; an update goes canary first; a revision
+/// that cannot start on the canary rolls back by itself and the other
+/// device never gets it.
+#[test]
+fn a_fleet_deployment_runs_on_every_matching_agent_and_rolls_back_a_failing_canary() {
+    use kedge::bridge::fleets::crd::{FleetDeploymentResource, FleetDeploymentStatus};
+    use kedge::model::RolloutPhase;
+
+    let rt = runtime();
+    let cp = ControlPlane::start(ControlPlaneOpts {
+        controllers: false,
+        ..Default::default()
+    });
+    let mqtt = Mosquitto::start();
+    let admin = client(&rt, &cp.kubeconfig);
+    for f in ["bridge-rbac.yaml", "fleetdeployment-crd.yaml"] {
+        apply_file(&rt, &admin, &repo_root().join("edge-manifests").join(f));
+    }
+    let fleets: Api<FleetDeploymentResource> = Api::namespaced(admin.clone(), "default");
+    wait_until("the FleetDeployment resource is served", LONG, || {
+        rt.block_on(fleets.list(&ListParams::default())).ok()
+    });
+    let data = tempfile::Builder::new()
+        .prefix("kedge-fleet-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    let mut agents = Vec::new();
+    for (node, labels) in [
+        ("edge-a", "site=b43,canary=true"),
+        ("edge-b", "site=b43"),
+        ("edge-c", "site=b44"),
+    ] {
+        agents.push(Agent::start(AgentOpts {
+            node: node.into(),
+            broker_url: Some(mqtt.url()),
+            data_dir: data.path().join(node),
+            extra_args: fast_agent_args(labels),
+            ..Default::default()
+        }));
+    }
+    let mut bridge = BridgeProc::start(BridgeOpts {
+        broker_url: mqtt.url(),
+        kubeconfig: cp.bridge_kubeconfig.clone(),
+        certs: cp.certs.clone(),
+        extra_args: vec![],
+    });
+    let records = collect_records(&rt, mqtt.port, "kedge/v1/_fleet/default/meter".into());
+    let wasm = guest_wasm(GuestTarget::P1);
+    let image = format!("file://{}@sha256:{}", wasm.display(), sha256_file(&wasm));
+    let spec = |image: &str, period: &str| {
+        json!({
+            "selector": "site=b43",
+            "template": {
+                "spec": {
+                    "runtimeClassName": "kedge-wasm",
+                    "containers": [{"name": "main", "image": image, "args": ["ticker", "0", period]}],
+                },
+            },
+            "rollout": {
+                "batches": [{"selector": "canary=true", "limit": "100%"}, {"limit": "100%"}],
+                "deviceTimeoutSeconds": 120,
+                "minReadySeconds": 2,
+            },
+        })
+    };
+    let create: FleetDeploymentResource = serde_json::from_value(json!({
+        "apiVersion": "kedge.io/v1alpha1",
+        "kind": "FleetDeployment",
+        "metadata": {"name": "meter", "namespace": "default"},
+        "spec": spec(&image, "100"),
+    }))
+    .expect("fleet deployment");
+    rt.block_on(fleets.create(&PostParams::default(), &create))
+        .expect("create");
+    let url = mqtt.url();
+    let mut status = |what: &str, want: &dyn Fn(&FleetDeploymentStatus) -> bool| {
+        let mut last = None;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(what, LONG, || {
+                bridge.assert_running();
+                let s = rt.block_on(fleets.get("meter")).ok()?.status?;
+                last = Some(s.clone());
+                want(&s).then_some(s)
+            })
+        }));
+        r.unwrap_or_else(|e| {
+            eprintln!("last status: {last:?}");
+            for l in bridge.log().lines().rev().take(40) {
+                eprintln!("bridge: {l}");
+            }
+            for (i, a) in agents.iter().enumerate() {
+                eprintln!("--- agent {i}");
+                for l in a.log().lines().rev().take(20) {
+                    eprintln!("{l}");
+                }
+            }
+            std::panic::resume_unwind(e)
+        })
+    };
+    let s = status("revision 1 on both devices at b43", &|s| {
+        s.revision == Some(1) && s.phase.as_deref() == Some("Complete") && s.ready == 2
+    });
+    assert_eq!((s.targeted, s.up_to_date, s.failed), (2, 2, 0));
+    for node in ["edge-a", "edge-b"] {
+        let p = device_pod(&url, node, "meter").expect("the fleet pod");
+        assert_eq!(p["phase"], "Running", "{node}: {p}");
+        assert_eq!(p["observed_generation"], 1, "{node}: {p}");
+    }
+    assert!(
+        device_pod(&url, "edge-c", "meter").is_none(),
+        "edge-c is at b44"
+    );
+    // A fleet pod is not a Kubernetes Pod.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    assert!(
+        rt.block_on(pods.list(&ListParams::default()))
+            .expect("pods")
+            .items
+            .is_empty()
+    );
+
+    // An update: the canary first, then everyone.
+    let patch = |spec: serde_json::Value| {
+        rt.block_on(fleets.patch(
+            "meter",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        ))
+        .expect("patch");
+    };
+    let before = records.lock().expect("records").len();
+    patch(spec(&image, "200"));
+    status("revision 2 on both devices", &|s| {
+        s.revision == Some(2) && s.phase.as_deref() == Some("Complete") && s.ready == 2
+    });
+    wait_until("the completed record of revision 2", LONG, || {
+        records
+            .lock()
+            .expect("records")
+            .iter()
+            .any(|r| r.revision == 2 && r.rollout.state.phase == RolloutPhase::Complete)
+            .then_some(())
+    });
+    {
+        let seen = records.lock().expect("records")[before..].to_vec();
+        let admitted: Vec<usize> = seen
+            .iter()
+            .filter(|r| r.revision == 2 && r.rollout.state.phase == RolloutPhase::Progressing)
+            .map(|r| r.cohorts.len())
+            .collect();
+        assert!(
+            admitted.first() == Some(&0) && admitted.contains(&1) && admitted.contains(&2),
+            "cohorts of revision 2's records: {admitted:?}"
+        );
+    }
+    for node in ["edge-a", "edge-b"] {
+        wait_until(&format!("{node} runs revision 2"), LONG, || {
+            let p = device_pod(&url, node, "meter")?;
+            (p["observed_generation"] == 2 && p["phase"] == "Running").then_some(())
+        });
+    }
+
+    // Revision 3 cannot start (its module does not match its digest): the
+    // canary fails it and revision 4 brings revision 2's spec back; edge-b
+    // never gets revision 3.
+    let bad_image = format!("file://{}@sha256:{}", wasm.display(), "0".repeat(64));
+    patch(spec(&bad_image, "200"));
+    let s = status("rolled back as revision 4", &|s| {
+        s.phase.as_deref() == Some("RolledBack") && s.revision == Some(4)
+    });
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("rolled back to the spec of revision 2 as revision 4"),
+        "{s:?}"
+    );
+    status("both devices run revision 4", &|s| {
+        s.revision == Some(4) && s.ready == 2 && s.failed == 0
+    });
+    // Neither device stopped revision 2's pod: revision 3 never started on
+    // the canary (its module is fetched and checked before the running pod
+    // is replaced), and revision 4 is revision 2's spec (a new generation
+    // for the agent, not a restart).
+    for node in ["edge-a", "edge-b"] {
+        let p = device_pod(&url, node, "meter").expect("the fleet pod");
+        assert_eq!(p["phase"], "Running", "{node}: {p}");
+        assert_ne!(p["observed_generation"], 3, "{node}: {p}");
+    }
+    let seen = records.lock().expect("records").clone();
+    assert!(
+        seen.iter()
+            .filter(|r| r.revision == 3)
+            .all(|r| r.cohorts.iter().all(|c| c.selector == "canary=true")),
+        "only the canary was asked to run revision 3"
+    );
+    assert!(device_pod(&url, "edge-c", "meter").is_none());
 }

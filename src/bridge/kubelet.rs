@@ -95,6 +95,9 @@ pub struct Ctx {
     pub pods: Store<Pod>,
     pub mqtt: MqttLink,
     pub stats: Arc<WriteStats>,
+    /// The fleet gauges (`kedge_fleet_*`), rendered by the bridge's loop on
+    /// every tick.
+    pub fleet_metrics: Arc<std::sync::Mutex<String>>,
 }
 
 /// Serves until the listener fails.
@@ -190,13 +193,19 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         "/healthz" => return text(StatusCode::OK, "ok"),
         "/metrics" => {
             let s = &ctx.stats;
+            let fleets = ctx
+                .fleet_metrics
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default();
             return text(
                 StatusCode::OK,
                 format!(
-                    "kedge_bridge_api_requests_total {}\nkedge_bridge_api_errors_total {}\nkedge_bridge_api_coalesced_total {}\n",
+                    "kedge_bridge_api_requests_total {}\nkedge_bridge_api_errors_total {}\nkedge_bridge_api_coalesced_total {}\nkedge_bridge_fleet_status_writes_total {}\n{fleets}",
                     s.requests.load(Ordering::Relaxed),
                     s.errors.load(Ordering::Relaxed),
                     s.coalesced.load(Ordering::Relaxed),
+                    s.fleet_status_writes.load(Ordering::Relaxed),
                 ),
             );
         }

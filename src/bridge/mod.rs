@@ -1,11 +1,12 @@
 //! `kedge bridge`: every device a Kubernetes Node (the Virtual Kubelet
 //! pattern over MQTT). See ARCHITECTURE.md, "The bridge".
 //!
-//! Wiring only: the decisions live in [`state`] (pure), Kubernetes objects in
+//! Wiring only: the decisions live in [`state`] and [`fleets`] (pure), Kubernetes objects in
 //! [`render`] (pure), API writes in [`writer`], the broker session in
 //! [`mqtt_link`] and the kubelet API in [`kubelet`]. One loop owns the state
 //! and handles one [`BridgeEvent`] at a time.
 
+pub mod fleets;
 pub mod kubelet;
 pub mod mqtt_link;
 pub mod render;
@@ -33,6 +34,8 @@ use crate::config::Config;
 use crate::model::convert::Resolver;
 use crate::model::now_ms;
 use crate::wire::Topics;
+use fleets::crd::FleetDeploymentResource;
+use fleets::{FleetEvent, Fleets};
 use state::{Action, Bridge, BridgeEvent, ObjRef, RefKind, Settings};
 
 /// `kedge bridge` arguments (broker and topic prefix come from the configuration).
@@ -62,6 +65,11 @@ pub struct BridgeArgs {
     /// Only these devices become nodes (comma-separated; default: every device).
     #[arg(long, value_delimiter = ',', value_name = "NODES")]
     pub allow_nodes: Vec<String>,
+    /// Only devices whose labels match this label selector become Nodes
+    /// (`kedge.io/role=gateway`); the others are fleet members only: no
+    /// Node, no Lease, no API writes of their own (default: every device).
+    #[arg(long, value_name = "SELECTOR")]
+    pub node_selector: Option<String>,
     /// Maximum Kubernetes API write requests per second.
     #[arg(long, default_value_t = 50.0)]
     pub api_qps: f64,
@@ -245,6 +253,49 @@ async fn pump_nodes(api: Api<Node>, tx: mpsc::Sender<BridgeEvent>) {
     }
 }
 
+/// Forwards FleetDeployment changes into the main loop. Resources missing
+/// from a re-list are reported as deleted (`Synced`).
+async fn pump_fleets(api: Api<FleetDeploymentResource>, tx: mpsc::Sender<BridgeEvent>) {
+    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    let mut listing: Option<HashSet<String>> = None;
+    let mut warned = false;
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                // Without the CRD installed this repeats: say it once.
+                if !warned {
+                    warn!(error = %e, "FleetDeployment watch error (is edge-manifests/fleetdeployment-crd.yaml applied?); retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        warned = false;
+        let out = match ev {
+            watcher::Event::Init => {
+                listing = Some(HashSet::new());
+                continue;
+            }
+            watcher::Event::InitApply(f) => {
+                if let Some(l) = &mut listing {
+                    l.insert(f.metadata.uid.clone().unwrap_or_default());
+                }
+                FleetEvent::Applied(Arc::new(f))
+            }
+            watcher::Event::Apply(f) => FleetEvent::Applied(Arc::new(f)),
+            watcher::Event::Delete(f) => FleetEvent::Deleted(Arc::new(f)),
+            watcher::Event::InitDone => FleetEvent::Synced {
+                present_uids: listing.take().unwrap_or_default(),
+            },
+        };
+        if tx.send(BridgeEvent::Fleet(out)).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs the bridge until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -267,6 +318,11 @@ pub async fn run(
             port: args.kubelet_port.unwrap_or(args.kubelet_listen.port()),
         },
     );
+    if let Some(sel) = &args.node_selector {
+        let selector = crate::model::selector::Selector::parse("--node-selector", sel)
+            .map_err(|e| anyhow::anyhow!("invalid --node-selector {sel:?}: {e}"))?;
+        settings.admit.node_selector = Some(selector);
+    }
     if !args.allow_nodes.is_empty() {
         settings.admit.allow = Some(args.allow_nodes.iter().cloned().collect());
     }
@@ -325,10 +381,16 @@ pub async fn run(
         tx.clone(),
     ));
     tokio::spawn(pump_nodes(Api::<Node>::all(client.clone()), tx.clone()));
+    tokio::spawn(pump_fleets(
+        Api::<FleetDeploymentResource>::all(client.clone()),
+        tx.clone(),
+    ));
+    let fleet_metrics = Arc::new(std::sync::Mutex::new(String::new()));
     let ctx = Arc::new(kubelet::Ctx {
         pods: pods.clone(),
         mqtt: mqtt.clone(),
         stats: writer.stats(),
+        fleet_metrics: fleet_metrics.clone(),
     });
     tokio::spawn(kubelet::serve(listener, Arc::new(tls), ctx));
     info!(
@@ -341,6 +403,7 @@ pub async fn run(
         config_maps: cms,
         secrets,
     };
+    let mut fleets = Fleets::new(settings.topics.clone(), args.shards > 0);
     let mut bridge = Bridge::new(settings);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -359,7 +422,15 @@ pub async fn run(
         if let BridgeEvent::NodeObjectDeleted(name) = &ev {
             writer.forget_node(name);
         }
-        for action in bridge.handle(ev, now_ms(), &resolver) {
+        let now = now_ms();
+        let mut actions = fleets.handle(&ev, now, &resolver);
+        if matches!(ev, BridgeEvent::Tick)
+            && let Ok(mut m) = fleet_metrics.lock()
+        {
+            *m = fleets::render_metrics(&fleets.gauges());
+        }
+        actions.extend(bridge.handle(ev, now, &resolver));
+        for action in actions {
             match action {
                 Action::Publish { topic, payload } => mqtt.publish_retained(topic, payload).await,
                 other => writer.push(other),
@@ -384,5 +455,8 @@ fn event_name(ev: &BridgeEvent) -> &'static str {
         BridgeEvent::NodeObjectDeleted(_) => "node_deleted",
         BridgeEvent::Tick => "tick",
         BridgeEvent::ShardsChanged { .. } => "shards_changed",
+        BridgeEvent::Fleet(FleetEvent::Report { .. }) => "fleet_report",
+        BridgeEvent::Fleet(FleetEvent::Record { .. }) => "fleet_record",
+        BridgeEvent::Fleet(_) => "fleet_deployment",
     }
 }

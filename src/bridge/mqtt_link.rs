@@ -15,9 +15,12 @@ use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, Incoming, QoS};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::fleets::FleetEvent;
 use super::state::BridgeEvent;
 use crate::config::Config;
-use crate::model::{Event, LogChunk, LogRequest, NodeStatus, PodSpec, PodStatus};
+use crate::model::{
+    Event, FleetDeployment, FleetReport, LogChunk, LogRequest, NodeStatus, PodSpec, PodStatus,
+};
 use crate::mqtt::reconnect_delay;
 use crate::wire::{self, Message, TopicKind, Topics};
 
@@ -80,6 +83,9 @@ pub fn filters(topics: &Topics, shared: bool) -> Vec<String> {
         format!("{share}{p}/+/reported/#"),
         format!("{share}{p}/+/events"),
         format!("{p}/+/desired/#"),
+        // Fleets: every replica keeps the tallies (plain subscriptions).
+        topics.fleet_report_filter("+"),
+        topics.fleet_filter(),
     ]
 }
 
@@ -243,6 +249,38 @@ pub fn classify(topics: &Topics, topic: &str, payload: &[u8]) -> Option<BridgeEv
             Ok((seq, event)) => Some(BridgeEvent::DeviceEvent { node, seq, event }),
             Err(_) => None,
         },
+        TopicKind::FleetReport { node, fleet } => {
+            let report = if payload.is_empty() {
+                None
+            } else {
+                match wire::decode_as::<FleetReport>(payload) {
+                    Ok((_, r)) => Some(r),
+                    Err(e) => {
+                        debug!(topic, error = %e, "undecodable fleet report skipped");
+                        return None;
+                    }
+                }
+            };
+            Some(BridgeEvent::Fleet(FleetEvent::Report {
+                node,
+                fleet,
+                report,
+            }))
+        }
+        TopicKind::Fleet { fleet } => {
+            let record = if payload.is_empty() {
+                None
+            } else {
+                match wire::decode_as::<FleetDeployment>(payload) {
+                    Ok((_, r)) => Some(r),
+                    Err(e) => {
+                        debug!(topic, error = %e, "undecodable fleet record skipped");
+                        return None;
+                    }
+                }
+            };
+            Some(BridgeEvent::Fleet(FleetEvent::Record { fleet, record }))
+        }
         TopicKind::Desired { node, pod } => Some(BridgeEvent::Desired {
             node,
             pod,

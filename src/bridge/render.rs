@@ -20,6 +20,8 @@ use crate::model::{
 pub const MANAGER: &str = "kedge-bridge";
 /// Field manager of the `kedge.io/Connected` node condition.
 pub const CONNECTED_MANAGER: &str = "kedge-bridge-connected";
+/// Field manager of the device's own labels on its Node.
+pub const DEVICE_LABELS_MANAGER: &str = "kedge-device-labels";
 /// Label and taint key that marks a kedge node.
 pub const EDGE_LABEL: &str = "kedge.io/edge";
 /// The node condition that says at once whether the device's MQTT session is up.
@@ -92,6 +94,39 @@ pub fn node_labels(status: &NodeStatus) -> BTreeMap<String, String> {
     l.insert("kubernetes.io/hostname".into(), status.name.clone());
     l.insert(EDGE_LABEL.into(), "true".into());
     l
+}
+
+/// Whether a device may set this label on its Node: not the bridge's own
+/// labels, and nothing under `kubernetes.io` or `k8s.io` (as the
+/// NodeRestriction admission plugin keeps kubelets from labelling
+/// themselves into roles: a device must not attract workloads it was not
+/// given).
+pub fn device_may_set(key: &str) -> bool {
+    let Some((prefix, _)) = key.split_once('/') else {
+        return true;
+    };
+    let reserved = |d: &str| prefix == d || prefix.ends_with(&format!(".{d}"));
+    !(reserved("kubernetes.io") || reserved("k8s.io") || key == EDGE_LABEL)
+}
+
+/// The device's own labels (its node status) that go on its Node, beside
+/// the bridge's [`node_labels`].
+pub fn device_labels(status: &NodeStatus) -> BTreeMap<String, String> {
+    status
+        .labels
+        .iter()
+        .filter(|(k, _)| device_may_set(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The server-side apply body of a device's labels on its Node.
+pub fn node_labels_apply(name: &str, labels: &BTreeMap<String, String>) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+    })
 }
 
 /// The Node object created for a device: labels and the edge taint.

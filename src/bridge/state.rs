@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use super::render::{self, KubeletEndpoint};
 use crate::model::convert::{Resolver, pod_spec_from_k8s_with};
+use crate::model::selector::Selector;
 use crate::model::{
     DesiredIndex, Event, EventType, IndexEntry, NodeStatus, PodKey, PodSpec, PodStatus,
     next_desired,
@@ -93,13 +94,15 @@ pub enum BridgeEvent {
     Tick,
     /// This replica now holds exactly these shards.
     ShardsChanged { held: HashSet<u32> },
+    /// Fleets: reports, records and FleetDeployments (`bridge::fleets`).
+    Fleet(super::fleets::FleetEvent),
 }
 
 /// A Kubernetes Event to record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KubeEvent {
     pub namespace: String,
-    /// `Pod` or `Node`.
+    /// `Pod`, `Node` or `FleetDeployment`.
     pub involved_kind: &'static str,
     pub involved_name: String,
     pub involved_uid: String,
@@ -146,6 +149,14 @@ pub enum Action {
     DeletePod { pod: PodKey, uid: String },
     /// Record an Event.
     Event(KubeEvent),
+    /// Apply the device's own labels to its Node (a field manager of their
+    /// own, so labels the device dropped are removed and no other is).
+    NodeLabels {
+        name: String,
+        labels: BTreeMap<String, String>,
+    },
+    /// Apply a FleetDeployment's status.
+    FleetStatus { fleet: PodKey, body: Value },
 }
 
 /// Which devices this bridge serves.
@@ -156,9 +167,19 @@ pub struct Admit {
     /// With several replicas: the shard count and the shards this replica
     /// holds a Lease for (see `bridge::shard`).
     pub shards: Option<(u32, HashSet<u32>)>,
+    /// `--node-selector`: only devices whose labels (node status) match
+    /// become Nodes; the others are fleet members only. `None`: every device.
+    pub node_selector: Option<Selector>,
 }
 
 impl Admit {
+    /// Whether a device with these labels becomes a Node.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.node_selector
+            .as_ref()
+            .is_none_or(|s| s.matches(labels))
+    }
+
     pub fn admits(&self, node: &str) -> bool {
         self.allow.as_ref().is_none_or(|a| a.contains(node))
             && self
@@ -220,6 +241,8 @@ struct Device {
     alive: bool,
     last_seen_ms: u64,
     node_ensured: bool,
+    /// The device labels last applied to the Node.
+    labels_sent: Option<BTreeMap<String, String>>,
     last_lease_ms: u64,
     last_status_ms: u64,
     connected: Option<bool>,
@@ -266,13 +289,27 @@ pub struct Bridge {
 }
 
 /// A [`Resolver`] that records every reference looked up, and which were missing.
-struct Recording<'a> {
+pub(super) struct Recording<'a> {
     inner: &'a dyn Resolver,
     refs: RefCell<BTreeSet<ObjRef>>,
     missing: RefCell<Vec<ObjRef>>,
 }
 
-impl Recording<'_> {
+impl<'a> Recording<'a> {
+    pub(super) fn new(inner: &'a dyn Resolver) -> Recording<'a> {
+        Recording {
+            inner,
+            refs: RefCell::new(BTreeSet::new()),
+            missing: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The references looked up, and whether any was missing.
+    pub(super) fn finish(self) -> (BTreeSet<ObjRef>, bool) {
+        let missing = !self.missing.borrow().is_empty();
+        (self.refs.into_inner(), missing)
+    }
+
     fn record(
         &self,
         kind: RefKind,
@@ -442,6 +479,8 @@ impl Bridge {
             }
             BridgeEvent::NodeObjectDeleted(name) => self.on_node_deleted(name, now_ms, &mut out),
             BridgeEvent::Tick => self.on_tick(now_ms, &mut out),
+            // Fleets are `bridge::fleets`' business.
+            BridgeEvent::Fleet(_) => {}
             BridgeEvent::ShardsChanged { held } => {
                 if let Some((_, h)) = &mut self.settings.admit.shards {
                     *h = held;
@@ -508,6 +547,23 @@ impl Bridge {
         if !self.settings.admit.admits(&node) || !wire::valid_topic_level(&node) {
             return;
         }
+        // Presence alone (a last will) says nothing about the labels.
+        if (status.online || !self.devices.contains_key(&node))
+            && !self.settings.admit.selects(&status.labels)
+        {
+            if self.devices.contains_key(&node) {
+                // Its labels no longer match: no longer a Node of this bridge.
+                self.disconnect(
+                    &node,
+                    "NotSelected",
+                    "the device's labels no longer match the bridge's --node-selector",
+                    now_ms,
+                    out,
+                );
+                self.devices.remove(&node);
+            }
+            return;
+        }
         let newly = !self.devices.contains_key(&node);
         let dev = self.devices.entry(node.clone()).or_default();
         if status.online {
@@ -538,6 +594,20 @@ impl Bridge {
                     ),
                 });
                 dev.last_status_ms = now_ms;
+            }
+            // Sent when they change (on first sight only if there are any:
+            // one request less per device when the bridge starts).
+            let labels = render::device_labels(&status);
+            if dev
+                .labels_sent
+                .as_ref()
+                .map_or(!labels.is_empty(), |l| *l != labels)
+            {
+                out.push(Action::NodeLabels {
+                    name: node.clone(),
+                    labels: labels.clone(),
+                });
+                dev.labels_sent = Some(labels);
             }
             dev.last = Some(status);
             if dev.connected != Some(true) {
@@ -649,6 +719,14 @@ impl Bridge {
             name: name.clone(),
             labels: render::node_labels(&last),
         });
+        let labels = render::device_labels(&last);
+        if !labels.is_empty() {
+            out.push(Action::NodeLabels {
+                name: name.clone(),
+                labels: labels.clone(),
+            });
+        }
+        dev.labels_sent = Some(labels);
         if dev.alive {
             out.push(Action::NodeStatus {
                 name: name.clone(),

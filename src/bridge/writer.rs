@@ -22,7 +22,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::render::{self, CONNECTED_MANAGER, LEASE_NAMESPACE, MANAGER};
+use super::fleets::{self, crd::FleetDeploymentResource};
+use super::render::{self, CONNECTED_MANAGER, DEVICE_LABELS_MANAGER, LEASE_NAMESPACE, MANAGER};
 use super::state::{Action, KubeEvent, PodStatusOwner};
 use crate::model::{EventType, PodKey};
 
@@ -35,6 +36,8 @@ pub struct WriteStats {
     pub errors: AtomicU64,
     /// Work items merged into one already waiting.
     pub coalesced: AtomicU64,
+    /// FleetDeployment status writes (they do not grow with the fleet).
+    pub fleet_status_writes: AtomicU64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,6 +46,7 @@ enum Key {
     PodStatus(PodKey, PodStatusOwner),
     PodDelete(PodKey),
     Event(u64),
+    FleetStatus(PodKey),
 }
 
 impl Key {
@@ -57,6 +61,7 @@ impl Key {
 #[derive(Debug, Default, Clone)]
 struct NodeWork {
     ensure: Option<BTreeMap<String, String>>,
+    labels: Option<BTreeMap<String, String>>,
     status: Option<Value>,
     connected: Option<Value>,
     lease: Option<u64>,
@@ -67,6 +72,9 @@ impl NodeWork {
     fn merge(&mut self, newer: NodeWork) {
         if newer.ensure.is_some() {
             self.ensure = newer.ensure;
+        }
+        if newer.labels.is_some() {
+            self.labels = newer.labels;
         }
         if newer.status.is_some() {
             self.status = newer.status;
@@ -86,6 +94,7 @@ enum Work {
     PodStatus(Value),
     PodDelete(String),
     Event(KubeEvent),
+    FleetStatus(Value),
 }
 
 #[derive(Default)]
@@ -202,6 +211,16 @@ impl Writer {
                 (Key::PodStatus(pod, owner), Work::PodStatus(body))
             }
             Action::DeletePod { pod, uid } => (Key::PodDelete(pod), Work::PodDelete(uid)),
+            Action::NodeLabels { name, labels } => (
+                Key::Node(name),
+                Work::Node(NodeWork {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+            ),
+            Action::FleetStatus { fleet, body } => {
+                (Key::FleetStatus(fleet), Work::FleetStatus(body))
+            }
             Action::Event(ev) => {
                 let mut q = self.inner.queue.lock().expect("writer queue");
                 q.next_event += 1;
@@ -388,6 +407,33 @@ async fn execute(inner: &Inner, key: &Key, work: Work) -> Option<Work> {
             write_event(inner, &ev).await;
             None
         }
+        (Key::FleetStatus(fleet), Work::FleetStatus(body)) => {
+            let api: Api<FleetDeploymentResource> =
+                Api::namespaced(inner.client.clone(), &fleet.namespace);
+            slot(inner).await;
+            inner
+                .stats
+                .fleet_status_writes
+                .fetch_add(1, Ordering::Relaxed);
+            match api
+                .patch_status(
+                    &fleet.name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&body),
+                )
+                .await
+            {
+                Ok(_) => None,
+                Err(e) if matches!(status_code(&e), Some(404 | 409 | 422)) => {
+                    debug!(fleet = %fleet, error = %e, "fleet status not written");
+                    None
+                }
+                Err(e) => {
+                    failed(inner, &format!("writing the status of fleet {fleet}"), &e);
+                    Some(Work::FleetStatus(body))
+                }
+            }
+        }
         _ => None,
     }
 }
@@ -401,12 +447,17 @@ async fn write_event(inner: &Inner, ev: &KubeEvent) {
         ev.time_ms,
         fastrand::u16(..)
     );
+    let api_version = if ev.involved_kind == fleets::KIND {
+        fleets::API_VERSION
+    } else {
+        "v1"
+    };
     let mut involved = json!({
-        "apiVersion": "v1",
+        "apiVersion": api_version,
         "kind": ev.involved_kind,
         "name": ev.involved_name,
     });
-    if ev.involved_kind == "Pod" {
+    if ev.involved_kind != "Node" {
         involved["namespace"] = json!(ev.namespace);
     }
     if !ev.involved_uid.is_empty() {
@@ -423,9 +474,13 @@ async fn write_event(inner: &Inner, ev: &KubeEvent) {
         "firstTimestamp": t,
         "lastTimestamp": t,
         "count": 1,
-        "source": {"component": "kedge-bridge", "host": ev.host},
+        "source": if ev.host.is_empty() {
+            json!({"component": "kedge-bridge"})
+        } else {
+            json!({"component": "kedge-bridge", "host": ev.host})
+        },
         "reportingComponent": "kedge.io/bridge",
-        "reportingInstance": ev.host,
+        "reportingInstance": if ev.host.is_empty() { "kedge-bridge" } else { ev.host.as_str() },
     });
     let event: K8sEvent = match serde_json::from_value(body) {
         Ok(e) => e,
@@ -452,6 +507,22 @@ async fn node_work(inner: &Inner, name: &str, mut w: NodeWork) -> Option<NodeWor
         return Some(w);
     }
     let mut retry = NodeWork::default();
+    if let Some(labels) = w.labels.take() {
+        slot(inner).await;
+        if let Err(e) = api
+            .patch(
+                name,
+                &PatchParams::apply(DEVICE_LABELS_MANAGER).force(),
+                &Patch::Apply(&render::node_labels_apply(name, &labels)),
+            )
+            .await
+        {
+            failed(inner, &format!("labelling node {name}"), &e);
+            if status_code(&e) != Some(422) {
+                retry.labels = Some(labels);
+            }
+        }
+    }
     for (body, manager, slot_ref) in [
         (w.status.take(), MANAGER, 0),
         (w.connected.take(), CONNECTED_MANAGER, 1),
@@ -519,7 +590,11 @@ async fn node_work(inner: &Inner, name: &str, mut w: NodeWork) -> Option<NodeWor
             }
         }
     }
-    (retry.status.is_some() || retry.connected.is_some() || retry.lease.is_some()).then_some(retry)
+    (retry.labels.is_some()
+        || retry.status.is_some()
+        || retry.connected.is_some()
+        || retry.lease.is_some())
+    .then_some(retry)
 }
 
 async fn ensure_node(

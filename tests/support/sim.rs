@@ -7,6 +7,12 @@
 //! `benches/bridge_scale.rs`). Include it with
 //! `#[path = "support/sim.rs"] mod sim;`.
 //!
+//! With `fleet`, devices carry labels in their node status, read every
+//! fleet record (`_fleet/+/+`) and spec (`_fleet-spec/+`), decide what to
+//! run with `fleet::resolve` as the agent does, and report on each fleet
+//! that targets them (`{node}/fleet/{ns}/{name}`): Ready at once, or Failed
+//! when `fails` says the spec does not run on that device.
+//!
 //! Simulated devices share connections, so they have no last will; the
 //! bridge's heartbeat timeout still applies to them.
 #![allow(dead_code)]
@@ -16,10 +22,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use kedge::fleet::resolve;
 use kedge::model::{
     ContainerState, ContainerStatus, NodeAddress, NodeCondition, NodeConditionType, NodeInfo,
     NodeResources, NodeStatus, PodCondition, PodConditionType, PodKey, PodPhase, PodStatus, now_ms,
 };
+use kedge::model::{FleetDeployment, FleetPodState, FleetReport, PodSpec};
 use kedge::wire::{self, Message, TopicKind, Topics};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::task::JoinHandle;
@@ -37,6 +47,17 @@ pub struct SimOpts {
     /// MQTT connections shared by the devices.
     pub connections: usize,
     pub heartbeat: Duration,
+    /// Fleet members (None: devices only take specs by name).
+    pub fleet: Option<SimFleet>,
+}
+
+/// How simulated devices take part in fleets.
+#[derive(Debug, Clone)]
+pub struct SimFleet {
+    /// Device i's labels.
+    pub labels: fn(usize) -> BTreeMap<String, String>,
+    /// Whether device i fails to run this fleet pod spec.
+    pub fails: fn(usize, &PodSpec) -> bool,
 }
 
 /// Counters and timestamps of a running simulation.
@@ -45,6 +66,7 @@ pub struct SimStats {
     pub node_statuses: AtomicU64,
     pub specs: AtomicU64,
     pub reports: AtomicU64,
+    pub fleet_reports: AtomicU64,
     /// When the Running status of each pod was published.
     pub running_at: Mutex<HashMap<PodKey, Instant>>,
 }
@@ -74,7 +96,7 @@ fn epoch_ms() -> u64 {
     *EPOCH.get_or_init(now_ms)
 }
 
-fn node_status(name: &str, ip: &str) -> NodeStatus {
+fn node_status(name: &str, ip: &str, labels: &BTreeMap<String, String>) -> NodeStatus {
     let now = now_ms();
     let cond = |kind, status: bool, reason: &str| NodeCondition {
         kind,
@@ -132,7 +154,7 @@ fn node_status(name: &str, ip: &str) -> NodeStatus {
             address: ip.into(),
         }],
         pod_count: 0,
-        labels: Default::default(),
+        labels: labels.clone(),
     }
 }
 
@@ -220,9 +242,15 @@ async fn run_connection(opts: SimOpts, c: usize, devices: Vec<usize>, stats: Arc
 
     // Heartbeats: every device once per interval, spread over the interval.
     let hb_client = client.clone();
-    let hb_names: Vec<(String, String)> = devices
+    let labels_of = |i: usize| {
+        opts.fleet
+            .as_ref()
+            .map(|f| (f.labels)(i))
+            .unwrap_or_default()
+    };
+    let hb_names: Vec<(String, String, BTreeMap<String, String>)> = devices
         .iter()
-        .map(|i| (device_name(&opts, *i), ip_of(*i)))
+        .map(|i| (device_name(&opts, *i), ip_of(*i), labels_of(*i)))
         .collect();
     let hb_stats = stats.clone();
     let hb_topics = topics.clone();
@@ -231,8 +259,8 @@ async fn run_connection(opts: SimOpts, c: usize, devices: Vec<usize>, stats: Arc
         loop {
             let start = Instant::now();
             let step = heartbeat / (hb_names.len().max(1) as u32);
-            for (k, (name, ip)) in hb_names.iter().enumerate() {
-                let s = node_status(name, ip);
+            for (k, (name, ip, labels)) in hb_names.iter().enumerate() {
+                let s = node_status(name, ip, labels);
                 let Ok(payload) = wire::encode(s.heartbeat_ms, &Message::NodeStatus(s)) else {
                     continue;
                 };
@@ -250,21 +278,43 @@ async fn run_connection(opts: SimOpts, c: usize, devices: Vec<usize>, stats: Arc
         }
     });
 
+    let mut fleets = FleetMembers::default();
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                let filters: Vec<rumqttc::SubscribeFilter> = index
+                let mut filters: Vec<rumqttc::SubscribeFilter> = index
                     .keys()
                     .map(|n| {
                         rumqttc::SubscribeFilter::new(topics.desired_filter(n), QoS::AtLeastOnce)
                     })
                     .collect();
+                if opts.fleet.is_some() {
+                    for f in [
+                        topics.fleet_filter(),
+                        format!("{}/_fleet-spec/+", topics.prefix()),
+                    ] {
+                        filters.push(rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+                    }
+                }
                 for chunk in filters.chunks(500) {
                     let _ = client.subscribe_many(chunk.to_vec()).await;
                 }
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => {
-                let Some(TopicKind::Desired { node, pod }) = topics.parse(&p.topic) else {
+                let parsed = topics.parse(&p.topic);
+                if let (
+                    Some(fleet_opts),
+                    Some(TopicKind::Fleet { .. } | TopicKind::FleetSpec { .. }),
+                ) = (&opts.fleet, &parsed)
+                {
+                    fleets.take(parsed.clone(), &p.payload);
+                    for (topic, payload) in fleets.reports(&opts, fleet_opts, &devices, &topics) {
+                        stats.fleet_reports.fetch_add(1, Ordering::Relaxed);
+                        let _ = client.publish(topic, QoS::AtLeastOnce, true, payload).await;
+                    }
+                    continue;
+                }
+                let Some(TopicKind::Desired { node, pod }) = parsed else {
                     continue;
                 };
                 let Some(i) = index.get(&node) else { continue };
@@ -313,5 +363,98 @@ async fn run_connection(opts: SimOpts, c: usize, devices: Vec<usize>, stats: Arc
         if hb.is_finished() {
             return;
         }
+    }
+}
+
+/// The fleet side of one connection's devices.
+#[derive(Default)]
+struct FleetMembers {
+    records: BTreeMap<PodKey, FleetDeployment>,
+    specs: HashMap<String, PodSpec>,
+    /// What each device last reported: (node, fleet) → payload.
+    sent: HashMap<(String, PodKey), Vec<u8>>,
+}
+
+impl FleetMembers {
+    fn take(&mut self, topic: Option<TopicKind>, payload: &[u8]) {
+        match topic {
+            Some(TopicKind::Fleet { fleet }) => match wire::decode_as::<FleetDeployment>(payload) {
+                Ok((_, r)) if !payload.is_empty() => {
+                    self.records.insert(fleet, r);
+                }
+                _ => {
+                    self.records.remove(&fleet);
+                }
+            },
+            Some(TopicKind::FleetSpec { digest }) => {
+                if let Ok((_, spec)) = wire::decode_as::<PodSpec>(payload) {
+                    self.specs.insert(digest, spec);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The reports that changed, as (topic, retained payload).
+    fn reports(
+        &mut self,
+        opts: &SimOpts,
+        fleet_opts: &SimFleet,
+        devices: &[usize],
+        topics: &Topics,
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for &i in devices {
+            let node = device_name(opts, i);
+            let labels = (fleet_opts.labels)(i);
+            let plan = resolve::plan(
+                kedge::fleet::bucket(&node),
+                &labels,
+                self.records.values(),
+                &BTreeSet::new(),
+            );
+            for (key, record) in &self.records {
+                let report = match plan.fleets.get(key) {
+                    Some(resolve::Verdict::Targeted(t)) => {
+                        let want = t.want.clone();
+                        let spec = want.as_ref().and_then(|w| self.specs.get(&w.spec_digest));
+                        let (state, running, reason) = match (&want, spec) {
+                            _ if t.superseded_by.is_some() => (FleetPodState::Superseded, 0, None),
+                            (None, _) => (FleetPodState::Waiting, 0, None),
+                            (Some(_), None) => (FleetPodState::Pending, 0, None),
+                            (Some(w), Some(spec)) if (fleet_opts.fails)(i, spec) => (
+                                FleetPodState::Failed,
+                                0,
+                                Some(format!("CrashLoopBackOff: revision {} fails", w.revision)),
+                            ),
+                            (Some(w), Some(_)) => (FleetPodState::Ready, w.revision, None),
+                        };
+                        let r = FleetReport {
+                            fleet_uid: record.uid.clone(),
+                            desired_revision: want.as_ref().map_or(0, |w| w.revision),
+                            running_revision: running,
+                            state,
+                            groups: t.groups,
+                            reason,
+                            message: None,
+                        };
+                        wire::encode(0, &Message::FleetReport(r)).unwrap_or_default()
+                    }
+                    _ => Vec::new(),
+                };
+                let k = (node.clone(), key.clone());
+                let before = self.sent.get(&k);
+                if before == Some(&report) || (before.is_none() && report.is_empty()) {
+                    continue;
+                }
+                out.push((topics.fleet_report(&node, key), report.clone()));
+                if report.is_empty() {
+                    self.sent.remove(&k);
+                } else {
+                    self.sent.insert(k, report);
+                }
+            }
+        }
+        out
     }
 }

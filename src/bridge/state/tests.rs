@@ -886,3 +886,127 @@ fn the_desired_index_lists_the_bridge_specs_of_each_node_after_them() {
     let a = b.handle(BridgeEvent::MqttSynced, NOW, &NoResolver);
     assert_eq!(indexes(&a).len(), 1, "{a:?}");
 }
+
+#[test]
+fn only_devices_matching_the_node_selector_become_nodes() {
+    let mut s = settings();
+    s.admit.node_selector =
+        Some(Selector::parse("--node-selector", "kedge.io/role=gateway").expect("selector"));
+    let mut b = Bridge::new(s);
+    let with = |labels: &[(&str, &str)], online: bool| {
+        let mut st = node_status("gw1", online, NOW);
+        st.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: st,
+        }
+    };
+    // A sensor: a fleet member only, no API writes at all.
+    assert!(b.handle(with(&[], true), NOW, &NoResolver).is_empty());
+    assert!(
+        b.handle(with(&[("kedge.io/role", "sensor")], true), NOW, &NoResolver)
+            .is_empty()
+    );
+    assert!(b.handle(with(&[], false), NOW, &NoResolver).is_empty());
+    assert_eq!(b.device_count(), 0);
+    assert!(
+        b.handle(BridgeEvent::Tick, NOW + 20_000, &NoResolver)
+            .is_empty()
+    );
+    // A gateway: a Node.
+    let a = b.handle(
+        with(&[("kedge.io/role", "gateway")], true),
+        NOW + 21_000,
+        &NoResolver,
+    );
+    assert!(matches!(&a[0], Action::EnsureNode { name, .. } if name == "gw1"));
+    // Its last will carries no labels: still its Node (Connected False).
+    let a = b.handle(with(&[], false), NOW + 22_000, &NoResolver);
+    assert!(
+        matches!(&a[..], [Action::Connected { body, .. }] if body["status"]["conditions"][0]["status"] == "False"),
+        "{a:?}"
+    );
+    assert_eq!(b.device_count(), 1);
+    // Back, relabelled: no longer a Node of this bridge.
+    b.handle(
+        with(&[("kedge.io/role", "sensor")], true),
+        NOW + 23_000,
+        &NoResolver,
+    );
+    assert_eq!(b.device_count(), 0);
+}
+
+#[test]
+fn device_labels_go_on_the_node_except_reserved_ones_and_only_when_they_change() {
+    let mut b = Bridge::new(settings());
+    let with = |labels: &[(&str, &str)], hb: u64| {
+        let mut st = node_status("gw1", true, hb);
+        st.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: st,
+        }
+    };
+    let node_labels = |a: &[Action]| -> Vec<BTreeMap<String, String>> {
+        a.iter()
+            .filter_map(|a| match a {
+                Action::NodeLabels { labels, .. } => Some(labels.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let a = b.handle(
+        with(
+            &[
+                ("site", "b43"),
+                ("kedge.io/edge", "false"),
+                ("kubernetes.io/arch", "amd64"),
+                ("node-role.kubernetes.io/control-plane", ""),
+                ("example.com/zone", "a"),
+            ],
+            NOW,
+        ),
+        NOW,
+        &NoResolver,
+    );
+    let want: BTreeMap<String, String> = [("site", "b43"), ("example.com/zone", "a")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(node_labels(&a), vec![want.clone()]);
+    // The EnsureNode labels stay the bridge's own.
+    assert!(
+        matches!(&a[0], Action::EnsureNode { labels, .. } if labels["kubernetes.io/arch"] == "arm64" && labels["kedge.io/edge"] == "true")
+    );
+    // A heartbeat with the same labels: nothing.
+    let a = b.handle(
+        with(&[("site", "b43"), ("example.com/zone", "a")], NOW + 10_000),
+        NOW + 10_000,
+        &NoResolver,
+    );
+    assert!(node_labels(&a).is_empty());
+    // One dropped: the whole set again (its field manager removes the other).
+    let a = b.handle(
+        with(&[("site", "b43")], NOW + 20_000),
+        NOW + 20_000,
+        &NoResolver,
+    );
+    assert_eq!(node_labels(&a).len(), 1);
+    assert_eq!(node_labels(&a)[0].len(), 1);
+    // A device without labels sends none on first sight.
+    let a = b.handle(
+        BridgeEvent::Node {
+            node: "gw2".into(),
+            status: node_status("gw2", true, NOW),
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert!(node_labels(&a).is_empty());
+}
