@@ -19,9 +19,12 @@
 //! - per device the bridge keeps one tally entry per fleet it reports on and
 //!   its presence (the set of devices whose last will arrived), nothing
 //!   else: no node status and no pod status for devices that are not Nodes;
-//! - a fleet's status is written at most once per [`STATUS_INTERVAL_MS`] and
-//!   only when it changed, so the API writes of a rollout do not grow with
-//!   the number of devices;
+//! - a fleet's status is written at most once per [`STATUS_INTERVAL_MS`],
+//!   and only for a change that matters (`status_worth_writing`): a new
+//!   phase, revision, batch, message, condition or failing device, counts
+//!   that moved by [`COUNT_STEP_PER_MILLE`] of the fleet, or any difference
+//!   left standing for [`TRICKLE_MS`]; so a rollout's API writes depend on
+//!   its steps, not on its devices (measured: `benches/fleet_scale.rs`);
 //! - with shards (`--shards`), only the replica holding shard 0 drives
 //!   fleets; every replica keeps the tallies, so a takeover continues.
 
@@ -49,6 +52,57 @@ use crd::{FailingDevice, FleetCondition, FleetDeploymentResource, FleetDeploymen
 
 /// A fleet's status is written at most this often.
 pub const STATUS_INTERVAL_MS: u64 = 1_000;
+/// Counts are written again once one of them moved by this share (per
+/// mille) of the targeted devices: about 50 writes while a fleet goes from
+/// none to all, whatever its size.
+pub const COUNT_STEP_PER_MILLE: u64 = 20;
+/// A smaller difference is written once it has stood this long, so the
+/// status ends exact.
+pub const TRICKLE_MS: u64 = 5_000;
+
+/// Whether `new` is worth an API write after `sent` (written
+/// `since_ms` ago).
+pub fn status_worth_writing(
+    sent: Option<&FleetDeploymentStatus>,
+    new: &FleetDeploymentStatus,
+    since_ms: u64,
+) -> bool {
+    let Some(sent) = sent else {
+        return true;
+    };
+    if sent == new {
+        return false;
+    }
+    let structural = sent.observed_generation != new.observed_generation
+        || sent.revision != new.revision
+        || sent.phase != new.phase
+        || sent.message != new.message
+        || sent.batch != new.batch
+        || sent.failing_devices != new.failing_devices
+        || sent
+            .conditions
+            .iter()
+            .map(|c| (&c.type_, &c.status, &c.reason))
+            .ne(new
+                .conditions
+                .iter()
+                .map(|c| (&c.type_, &c.status, &c.reason)));
+    if structural {
+        return true;
+    }
+    let step = (u64::from(new.targeted.max(0) as u32) * COUNT_STEP_PER_MILLE / 1000).max(1);
+    let moved = [
+        (sent.targeted, new.targeted),
+        (sent.up_to_date, new.up_to_date),
+        (sent.running, new.running),
+        (sent.ready, new.ready),
+        (sent.failed, new.failed),
+        (sent.offline, new.offline),
+    ]
+    .iter()
+    .any(|(a, b)| u64::from(a.abs_diff(*b)) >= step);
+    moved || since_ms >= TRICKLE_MS
+}
 /// Failing devices named in the status.
 pub const FAILING_DEVICES_SHOWN: usize = 5;
 /// The resource's API version, for status bodies and Events.
@@ -713,9 +767,12 @@ impl Fleets {
                 publish_record(&topics, f, next, now_ms, out);
             }
             if f.dirty && now_ms.saturating_sub(f.last_status_ms) >= STATUS_INTERVAL_MS {
-                f.dirty = false;
                 let status = status_of(&cr, f, now_ms);
-                if f.status_sent.as_ref() != Some(&status) {
+                let since = now_ms.saturating_sub(f.last_status_ms);
+                // Dirty until what stands is written.
+                f.dirty = f.status_sent.as_ref() != Some(&status);
+                if status_worth_writing(f.status_sent.as_ref(), &status, since) {
+                    f.dirty = false;
                     f.last_status_ms = now_ms;
                     out.push(Action::FleetStatus {
                         fleet: key.clone(),

@@ -788,3 +788,55 @@ fn a_halted_rollout_resumes_when_paused_then_unpaused() {
         Some(RolloutPhase::Complete)
     );
 }
+
+/// Counts are written in steps of 2 % of the fleet (and any difference
+/// once it stood 5 s); structure at once.
+#[test]
+fn status_writes_follow_progress_in_steps_not_devices() {
+    let status = |targeted: i32, running: i32, phase: &str| FleetDeploymentStatus {
+        targeted,
+        running,
+        phase: Some(phase.into()),
+        ..Default::default()
+    };
+    let sent = status(10_000, 1_000, "Progressing");
+    assert!(!status_worth_writing(
+        Some(&sent),
+        &status(10_000, 1_150, "Progressing"),
+        1_000
+    ));
+    assert!(status_worth_writing(
+        Some(&sent),
+        &status(10_000, 1_200, "Progressing"),
+        1_000
+    ));
+    assert!(status_worth_writing(
+        Some(&sent),
+        &status(10_000, 1_001, "Progressing"),
+        TRICKLE_MS
+    ));
+    assert!(status_worth_writing(
+        Some(&sent),
+        &status(10_000, 1_000, "Complete"),
+        1_000
+    ));
+    assert!(!status_worth_writing(Some(&sent), &sent.clone(), 60_000));
+    // A small fleet: every device counts.
+    assert!(status_worth_writing(
+        Some(&status(10, 1, "Progressing")),
+        &status(10, 2, "Progressing"),
+        1_000
+    ));
+    // From none to all of a large fleet, a device at a time: about 50
+    // writes, not 100,000.
+    let mut sent = status(100_000, 0, "Progressing");
+    let mut writes = 0;
+    for running in 1..=100_000 {
+        let new = status(100_000, running, "Progressing");
+        if status_worth_writing(Some(&sent), &new, 1_000) {
+            writes += 1;
+            sent = new;
+        }
+    }
+    assert_eq!(writes, 50);
+}
