@@ -1562,4 +1562,39 @@ fn a_fleet_deployment_runs_on_every_matching_agent_and_rolls_back_a_failing_cana
         "only the canary was asked to run revision 3"
     );
     assert!(device_pod(&url, "edge-c", "meter").is_none());
+
+    // Node labels become device labels: a user labels edge-c's Node into
+    // b43; the bridge publishes it as the device's cloud labels, which win
+    // over the agent's own site=b44, and the fleet reaches edge-c.
+    let nodes: Api<Node> = Api::all(admin.clone());
+    rt.block_on(nodes.patch(
+        "edge-c",
+        &PatchParams {
+            field_manager: Some("kubectl-label".into()),
+            ..Default::default()
+        },
+        &Patch::Merge(json!({"metadata": {"labels": {"site": "b43"}}})),
+    ))
+    .expect("label the Node");
+    wait_until("edge-c reports site=b43 in its node status", LONG, || {
+        let out = kedge_ok(&["get", "nodes", "-o", "json", "--broker", &url]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v["items"]
+            .as_array()?
+            .iter()
+            .any(|n| n["name"] == "edge-c" && n["labels"]["site"] == "b43")
+            .then_some(())
+    });
+    status("the fleet reaches edge-c", &|s| {
+        s.targeted == 3 && s.ready == 3 && s.failed == 0
+    });
+    let p = device_pod(&url, "edge-c", "meter").expect("the fleet pod on edge-c");
+    assert_eq!(p["phase"], "Running", "edge-c: {p}");
+    // The label stays the user's on the Node (the device-label mirror does
+    // not take it over).
+    let n = rt.block_on(nodes.get("edge-c")).expect("node");
+    assert_eq!(
+        n.metadata.labels.unwrap_or_default().get("site").map(String::as_str),
+        Some("b43")
+    );
 }

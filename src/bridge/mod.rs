@@ -14,7 +14,7 @@ pub mod shard;
 pub mod state;
 pub mod writer;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -231,24 +232,45 @@ async fn pump_refs<K>(
     }
 }
 
-/// Reports deleted kedge Node objects, so the bridge recreates them.
-async fn pump_nodes(api: Api<Node>, tx: mpsc::Sender<BridgeEvent>) {
+/// Reports deleted kedge Node objects, so the bridge recreates them, and
+/// the labels users set on each (`render::user_labels`), when they change,
+/// so that they reach the device. A metadata watch: labels and
+/// managedFields are all it reads.
+async fn pump_nodes(api: Api<PartialObjectMeta<Node>>, tx: mpsc::Sender<BridgeEvent>) {
     let cfg = watcher::Config::default().labels(&format!("{}=true", render::EDGE_LABEL));
     let mut stream = watcher::watcher(api, cfg).boxed();
+    // The user labels last forwarded per Node: a Node changes with every
+    // status write, its labels seldom.
+    let mut sent: HashMap<String, BTreeMap<String, String>> = HashMap::new();
     while let Some(ev) = stream.next().await {
-        match ev {
+        let out = match ev {
             Ok(watcher::Event::Delete(n)) => {
-                if let Some(name) = n.metadata.name
-                    && tx.send(BridgeEvent::NodeObjectDeleted(name)).await.is_err()
-                {
-                    return;
-                }
+                let Some(name) = n.metadata.name else {
+                    continue;
+                };
+                sent.remove(&name);
+                BridgeEvent::NodeObjectDeleted(name)
             }
-            Ok(_) => {}
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                let Some(name) = n.metadata.name.clone() else {
+                    continue;
+                };
+                let user_labels = render::user_labels(&n.metadata);
+                if sent.get(&name) == Some(&user_labels) {
+                    continue;
+                }
+                sent.insert(name.clone(), user_labels.clone());
+                BridgeEvent::NodeObject { name, user_labels }
+            }
+            Ok(_) => continue,
             Err(e) => {
                 warn!(error = %e, "node watch error; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
+        };
+        if tx.send(out).await.is_err() {
+            return;
         }
     }
 }
@@ -380,7 +402,10 @@ pub async fn run(
         pods_w,
         tx.clone(),
     ));
-    tokio::spawn(pump_nodes(Api::<Node>::all(client.clone()), tx.clone()));
+    tokio::spawn(pump_nodes(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        tx.clone(),
+    ));
     tokio::spawn(pump_fleets(
         Api::<FleetDeploymentResource>::all(client.clone()),
         tx.clone(),
@@ -453,6 +478,8 @@ fn event_name(ev: &BridgeEvent) -> &'static str {
         BridgeEvent::PodsSynced { .. } => "pods_synced",
         BridgeEvent::ObjectChanged(_) => "object_changed",
         BridgeEvent::NodeObjectDeleted(_) => "node_deleted",
+        BridgeEvent::NodeObject { .. } => "node_object",
+        BridgeEvent::CloudLabels { .. } => "cloud_labels",
         BridgeEvent::Tick => "tick",
         BridgeEvent::ShardsChanged { .. } => "shards_changed",
         BridgeEvent::Fleet(FleetEvent::Report { .. }) => "fleet_report",
