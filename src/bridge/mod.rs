@@ -34,7 +34,7 @@ use tracing::{info, info_span, warn};
 use crate::config::Config;
 use crate::model::convert::Resolver;
 use crate::model::now_ms;
-use crate::wire::Topics;
+use crate::wire::{self, Topics};
 use fleets::crd::FleetDeploymentResource;
 use fleets::{FleetEvent, Fleets};
 use state::{Action, Bridge, BridgeEvent, ObjRef, RefKind, Settings};
@@ -71,6 +71,12 @@ pub struct BridgeArgs {
     /// Node, no Lease, no API writes of their own (default: every device).
     #[arg(long, value_name = "SELECTOR")]
     pub node_selector: Option<String>,
+    /// A fleet virtual node (repeatable): Node `kedge-fleet-NAME`, to which
+    /// a pod (a Deployment's template) is bound to become a fleet
+    /// deployment over the devices its `kedge.io/selector` annotation
+    /// selects (the seed path).
+    #[arg(long = "fleet-node", value_name = "NAME")]
+    pub fleet_nodes: Vec<String>,
     /// Maximum Kubernetes API write requests per second.
     #[arg(long, default_value_t = 50.0)]
     pub api_qps: f64,
@@ -348,6 +354,15 @@ pub async fn run(
     if !args.allow_nodes.is_empty() {
         settings.admit.allow = Some(args.allow_nodes.iter().cloned().collect());
     }
+    for name in &args.fleet_nodes {
+        let node = fleets::seed::node_name(name);
+        crate::model::validate::label("--fleet-node", "fleet node name", name)
+            .map_err(|e| anyhow::anyhow!("invalid --fleet-node {name:?}: {e}"))?;
+        if !wire::valid_topic_level(&node) {
+            anyhow::bail!("invalid --fleet-node {name:?}: {node:?} is not a valid node name");
+        }
+    }
+    settings.fleet_nodes = args.fleet_nodes.clone();
     settings.heartbeat_timeout_ms = args.heartbeat_timeout_ms;
     settings.shared_status = args.shared_status;
     if args.shards > 0 {
@@ -428,7 +443,8 @@ pub async fn run(
         config_maps: cms,
         secrets,
     };
-    let mut fleets = Fleets::new(settings.topics.clone(), args.shards > 0);
+    let mut fleets = Fleets::new(settings.topics.clone(), args.shards > 0)
+        .with_fleet_nodes(args.fleet_nodes.clone());
     let mut bridge = Bridge::new(settings);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

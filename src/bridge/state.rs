@@ -230,9 +230,19 @@ pub struct Settings {
     /// get any device's report: write it for every known pod, not only for
     /// the devices of this replica's shards.
     pub shared_status: bool,
+    /// `--fleet-node` names: the bridge registers Node `kedge-fleet-NAME`
+    /// for each, and leaves the pods bound to them to `bridge::fleets`
+    /// (the seed path).
+    pub fleet_nodes: Vec<String>,
 }
 
 impl Settings {
+    /// Whether `node` is the Node of a fleet node.
+    pub fn is_fleet_node(&self, node: &str) -> bool {
+        node.strip_prefix(super::fleets::seed::NODE_PREFIX)
+            .is_some_and(|n| self.fleet_nodes.iter().any(|f| f == n))
+    }
+
     pub fn new(topics: Topics, endpoint: KubeletEndpoint) -> Settings {
         Settings {
             topics,
@@ -243,6 +253,7 @@ impl Settings {
             status_refresh_ms: 60_000,
             heartbeat_timeout_ms: 40_000,
             shared_status: false,
+            fleet_nodes: Vec::new(),
         }
     }
 }
@@ -537,7 +548,15 @@ impl Bridge {
                     self.remirror(&node, &mut out);
                 }
             }
-            BridgeEvent::Tick => self.on_tick(now_ms, &mut out),
+            BridgeEvent::Tick => {
+                // Fleet nodes are alive while the bridge runs: each tick is
+                // their heartbeat.
+                for name in self.settings.fleet_nodes.clone() {
+                    let status = super::fleets::seed::node_status(&name, now_ms);
+                    self.on_node(status.name.clone(), status, now_ms, resolver, &mut out);
+                }
+                self.on_tick(now_ms, &mut out)
+            }
             // Fleets are `bridge::fleets`' business.
             BridgeEvent::Fleet(_) => {}
             BridgeEvent::ShardsChanged { held } => {
@@ -607,7 +626,8 @@ impl Bridge {
             return;
         }
         // Presence alone (a last will) says nothing about the labels.
-        if (status.online || !self.devices.contains_key(&node))
+        if !self.settings.is_fleet_node(&node)
+            && (status.online || !self.devices.contains_key(&node))
             && !self.settings.admit.selects(&status.labels)
         {
             if self.devices.contains_key(&node) {
@@ -734,6 +754,7 @@ impl Bridge {
     /// node` set).
     fn sync_cloud_labels(&mut self, node: &str, out: &mut Vec<Action>) {
         if !self.mqtt_synced
+            || self.settings.is_fleet_node(node)
             || !self.settings.admit.admits(node)
             || !self.devices.contains_key(node)
         {
@@ -1044,6 +1065,10 @@ impl Bridge {
         else {
             return;
         };
+        if self.settings.is_fleet_node(&node) {
+            // A seed pod: `bridge::fleets`' business.
+            return;
+        }
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let deleting = pod.metadata.deletion_timestamp.is_some();
         let terminal = pod_terminal(&pod);

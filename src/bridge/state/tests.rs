@@ -1207,3 +1207,54 @@ fn a_deleted_node_takes_its_users_labels_with_it() {
         vec![("kedge/v1/gw1/labels", BTreeMap::new())]
     );
 }
+
+#[test]
+fn fleet_nodes_are_ready_nodes_while_the_bridge_runs_and_their_pods_are_not_device_pods() {
+    let mut s = settings();
+    s.fleet_nodes = vec!["edge".into()];
+    let mut b = Bridge::new(s);
+    b.handle(BridgeEvent::MqttSynced, NOW, &NoResolver);
+    b.handle(
+        BridgeEvent::PodsSynced { present_uids: None },
+        NOW,
+        &NoResolver,
+    );
+    let a = b.handle(BridgeEvent::Tick, NOW, &NoResolver);
+    let ensured: Vec<&BTreeMap<String, String>> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::EnsureNode { name, labels } if name == "kedge-fleet-edge" => Some(labels),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ensured.len(), 1, "{a:?}");
+    assert_eq!(ensured[0]["kedge.io/edge"], "true");
+    assert_eq!(
+        mirrored(&a),
+        vec![labels(&[
+            ("kedge.io/fleet-node", "edge"),
+            ("type", "virtual-kubelet")
+        ])]
+    );
+    let status = a
+        .iter()
+        .find_map(|a| match a {
+            Action::NodeStatus { name, body } if name == "kedge-fleet-edge" => Some(body),
+            _ => None,
+        })
+        .expect("node status");
+    assert_eq!(status["status"]["allocatable"]["pods"], "100000");
+    assert!(a.iter().any(|a| matches!(a, Action::RenewLease { .. })));
+    // Alive tick after tick, past the heartbeat timeout.
+    for i in 1..=60 {
+        b.handle(BridgeEvent::Tick, NOW + i * 1_000, &NoResolver);
+    }
+    assert!(b.is_alive("kedge-fleet-edge"));
+    // A pod bound to it is no device's: nothing published, no status.
+    let a = b.handle(
+        BridgeEvent::PodApplied(pod("p", "u1", "kedge-fleet-edge", serde_json::json!({}))),
+        NOW + 61_000,
+        &NoResolver,
+    );
+    assert!(a.is_empty(), "{a:?}");
+}
