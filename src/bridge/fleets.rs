@@ -819,6 +819,12 @@ impl Fleets {
                 if missing && refusal.reason == "UnsupportedField" {
                     refusal.reason = "CreateContainerConfigError";
                 }
+                if seed::seed_pod(&cr).is_some()
+                    && let Some(path) = refusal.message.strip_prefix("spec.template.")
+                {
+                    // A seed pod's own field path.
+                    refusal.message = path.to_string();
+                }
                 refuse(key, &cr, f, refusal, now_ms, out);
                 return;
             }

@@ -1080,3 +1080,40 @@ fn nothing_is_published_for_seed_pods_before_the_pods_are_listed() {
     assert!(records(&out).is_empty(), "{out:?}");
     assert_eq!(f.record(&key()).map(|r| r.revision), Some(1));
 }
+
+#[test]
+fn a_seed_pod_that_does_not_convert_says_why_on_the_pod() {
+    let mut f = seed_synced();
+    let mut p = (*seed_pod(
+        "sensors-aaa-1",
+        "aaa",
+        "2026-01-01T00:00:00Z",
+        IMAGE,
+        Some("site=b43"),
+    ))
+    .clone();
+    p.spec.as_mut().expect("spec").containers[0].lifecycle =
+        serde_json::from_value(json!({"preStop": {"exec": {"command": ["x"]}}})).ok();
+    let out = pod_applied(&mut f, &Arc::new(p), NOW);
+    assert!(published(&out).is_empty(), "{out:?}");
+    let ev = events(&out);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (ev[0].involved_kind, ev[0].involved_name.as_str()),
+        ("Pod", "sensors-aaa-1")
+    );
+    assert!(
+        ev[0].message.starts_with("spec.containers[0].lifecycle"),
+        "{}",
+        ev[0].message
+    );
+    let out = tick(&mut f, NOW + 2_000);
+    let st = pod_statuses(&out);
+    assert_eq!(st.len(), 1);
+    let cond = &st[0].1["status"]["conditions"][0];
+    assert_eq!(
+        (&cond["status"], &cond["reason"]),
+        (&json!("False"), &json!("UnsupportedField"))
+    );
+    assert_eq!(st[0].1["status"]["phase"], "Pending");
+}
