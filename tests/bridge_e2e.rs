@@ -1562,4 +1562,219 @@ fn a_fleet_deployment_runs_on_every_matching_agent_and_rolls_back_a_failing_cana
         "only the canary was asked to run revision 3"
     );
     assert!(device_pod(&url, "edge-c", "meter").is_none());
+
+    // Node labels become device labels: a user labels edge-c's Node into
+    // b43; the bridge publishes it as the device's cloud labels, which win
+    // over the agent's own site=b44, and the fleet reaches edge-c.
+    let nodes: Api<Node> = Api::all(admin.clone());
+    rt.block_on(nodes.patch(
+        "edge-c",
+        &PatchParams {
+            field_manager: Some("kubectl-label".into()),
+            ..Default::default()
+        },
+        &Patch::Merge(json!({"metadata": {"labels": {"site": "b43"}}})),
+    ))
+    .expect("label the Node");
+    wait_until("edge-c reports site=b43 in its node status", LONG, || {
+        let out = kedge_ok(&["get", "nodes", "-o", "json", "--broker", &url]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v["items"]
+            .as_array()?
+            .iter()
+            .any(|n| n["name"] == "edge-c" && n["labels"]["site"] == "b43")
+            .then_some(())
+    });
+    status("the fleet reaches edge-c", &|s| {
+        s.targeted == 3 && s.ready == 3 && s.failed == 0
+    });
+    let p = device_pod(&url, "edge-c", "meter").expect("the fleet pod on edge-c");
+    assert_eq!(p["phase"], "Running", "edge-c: {p}");
+    // The label stays the user's on the Node (the device-label mirror does
+    // not take it over).
+    let n = rt.block_on(nodes.get("edge-c")).expect("node");
+    assert_eq!(
+        n.metadata
+            .labels
+            .unwrap_or_default()
+            .get("site")
+            .map(String::as_str),
+        Some("b43")
+    );
+}
+
+/// The seed path with real agents: a Deployment whose template is bound to
+/// the fleet node `kedge-fleet-edge` becomes a fleet deployment over the
+/// devices its `kedge.io/selector` selects (not the others), its pod shows
+/// the counts, and a template change rolls out as revision 2 of the same
+/// fleet deployment.
+#[test]
+fn a_deployment_on_a_fleet_node_reaches_the_matching_agents_and_an_update_is_revision_2() {
+    let rt = runtime();
+    let cp = ControlPlane::start(ControlPlaneOpts {
+        controllers: true,
+        node_monitor_grace: Duration::from_secs(12),
+    });
+    let mqtt = Mosquitto::start();
+    let admin = client(&rt, &cp.kubeconfig);
+    for f in ["bridge-rbac.yaml", "fleetdeployment-crd.yaml"] {
+        apply_file(&rt, &admin, &repo_root().join("edge-manifests").join(f));
+    }
+    let data = tempfile::Builder::new()
+        .prefix("kedge-seed-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    let mut agents = Vec::new();
+    for (node, labels) in [
+        ("edge-a", "site=b43"),
+        ("edge-b", "site=b43"),
+        ("edge-c", "site=b44"),
+    ] {
+        agents.push(Agent::start(AgentOpts {
+            node: node.into(),
+            broker_url: Some(mqtt.url()),
+            data_dir: data.path().join(node),
+            extra_args: fast_agent_args(labels),
+            ..Default::default()
+        }));
+    }
+    let mut bridge = BridgeProc::start(BridgeOpts {
+        broker_url: mqtt.url(),
+        kubeconfig: cp.bridge_kubeconfig.clone(),
+        certs: cp.certs.clone(),
+        extra_args: vec!["--fleet-node".into(), "edge".into()],
+    });
+    let records = collect_records(&rt, mqtt.port, "kedge/v1/_fleet/default/meter".into());
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let mut dump = |what: &str, f: &mut dyn FnMut() -> bool| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(what, LONG, || f().then_some(()))
+        }));
+        if let Err(e) = r {
+            for l in bridge.log().lines().rev().take(60) {
+                eprintln!("bridge: {l}");
+            }
+            for (i, a) in agents.iter().enumerate() {
+                eprintln!("--- agent {i}");
+                for l in a.log().lines().rev().take(20) {
+                    eprintln!("{l}");
+                }
+            }
+            std::panic::resume_unwind(e)
+        }
+        bridge.assert_running();
+    };
+    dump("the fleet node is a Ready Node", &mut || {
+        rt.block_on(nodes.get_opt("kedge-fleet-edge"))
+            .ok()
+            .flatten()
+            .is_some_and(|n| {
+                let labels = n.metadata.labels.clone().unwrap_or_default();
+                labels.get("kedge.io/fleet-node").map(String::as_str) == Some("edge")
+                    && labels.get("type").map(String::as_str) == Some("virtual-kubelet")
+                    && condition(&n, "Ready").is_some_and(|c| c.status == "True")
+            })
+    });
+
+    let wasm = guest_wasm(GuestTarget::P1);
+    let image = format!("file://{}@sha256:{}", wasm.display(), sha256_file(&wasm));
+    let deployment = |period: &str| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "meter", "namespace": "default"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "meter"}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": "100%"}},
+                "template": {
+                    "metadata": {"labels": {"app": "meter"}, "annotations": {"kedge.io/selector": "site=b43"}},
+                    "spec": wasm_pod_spec(&image, &["ticker", "0", period], json!({
+                        "nodeSelector": {"kedge.io/fleet-node": "edge"},
+                    })),
+                },
+            },
+        })
+    };
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), "default");
+    let d: Deployment = serde_json::from_value(deployment("100")).expect("deployment");
+    rt.block_on(deployments.create(&PostParams::default(), &d))
+        .expect("create the Deployment");
+    let url = mqtt.url();
+    for node in ["edge-a", "edge-b"] {
+        dump(&format!("{node} runs the fleet pod"), &mut || {
+            device_pod(&url, node, "meter")
+                .is_some_and(|p| p["phase"] == "Running" && p["observed_generation"] == 1)
+        });
+    }
+    assert!(
+        device_pod(&url, "edge-c", "meter").is_none(),
+        "edge-c is at b44"
+    );
+    let seed_pods = || {
+        rt.block_on(pods.list(&ListParams::default().labels("app=meter")))
+            .map(|l| l.items)
+            .unwrap_or_default()
+    };
+    let fleet_ready = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "kedge.io/FleetReady"))
+            .cloned()
+    };
+    dump("the pod is Running and shows its devices", &mut || {
+        let ps = seed_pods();
+        ps.len() == 1
+            && ps[0].spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("kedge-fleet-edge")
+            && ps[0].status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            && fleet_ready(&ps[0]).is_some_and(|c| {
+                c.message.as_deref() == Some("2 of 2 devices running") && c.status == "True"
+            })
+    });
+    let first = seed_pods()[0].metadata.uid.clone();
+
+    // A new template: the old pod goes, the new one comes, and the fleet
+    // deployment (the same one) rolls out revision 2.
+    rt.block_on(deployments.patch(
+        "meter",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"template": deployment("200")["spec"]["template"].clone()}})),
+    ))
+    .expect("update the Deployment");
+    for node in ["edge-a", "edge-b"] {
+        dump(&format!("{node} runs revision 2"), &mut || {
+            device_pod(&url, node, "meter")
+                .is_some_and(|p| p["phase"] == "Running" && p["observed_generation"] == 2)
+        });
+    }
+    dump("the new pod shows its devices", &mut || {
+        let ps = seed_pods();
+        ps.len() == 1
+            && ps[0].metadata.uid != first
+            && fleet_ready(&ps[0])
+                .is_some_and(|c| c.message.as_deref() == Some("2 of 2 devices running"))
+    });
+    {
+        let seen = records.lock().expect("records").clone();
+        assert!(seen.iter().all(|r| !r.uid.is_empty()));
+        let uids: BTreeSet<&str> = seen.iter().map(|r| r.uid.as_str()).collect();
+        assert_eq!(uids.len(), 1, "one fleet deployment throughout: {uids:?}");
+        assert!(seen.iter().any(|r| r.revision == 2), "revision 2 published");
+    }
+    assert!(device_pod(&url, "edge-c", "meter").is_none());
+
+    // Scaled to 0: the fleet deployment goes, and with it the devices' pods.
+    rt.block_on(deployments.patch(
+        "meter",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 0}})),
+    ))
+    .expect("scale to 0");
+    for node in ["edge-a", "edge-b"] {
+        dump(&format!("{node} no longer runs the fleet pod"), &mut || {
+            device_pod(&url, node, "meter").is_none()
+        });
+    }
+    assert!(seed_pods().is_empty());
 }

@@ -26,9 +26,16 @@
 //!   left standing for [`TRICKLE_MS`]; so a rollout's API writes depend on
 //!   its steps, not on its devices (measured: `benches/fleet_scale.rs`);
 //! - with shards (`--shards`), only the replica holding shard 0 drives
-//!   fleets; every replica keeps the tallies, so a takeover continues.
+//!   fleets; every replica keeps the tallies, so a takeover continues;
+//! - the seed path ([`seed`]): a pod bound to a fleet node makes a fleet
+//!   deployment named after its controller, from the newest of its live
+//!   pods; with fleet nodes nothing goes out before the pods are listed;
+//!   it is tombstoned [`SEED_LINGER_MS`] after its last pod went, so a
+//!   Deployment's update is a new revision, not a new fleet deployment;
+//!   its status goes to its pods (phase, `kedge.io/FleetReady`).
 
 pub mod crd;
+pub mod seed;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -37,7 +44,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
 use super::render;
-use super::state::{Action, BridgeEvent, KubeEvent, ObjRef, Recording};
+use super::state::{Action, BridgeEvent, KubeEvent, ObjRef, PodStatusOwner, Recording};
 use crate::fleet::manage;
 use crate::fleet::rollout::{self, Step};
 use crate::fleet::tally::Tally;
@@ -50,6 +57,11 @@ use crate::model::{
 use crate::wire::{self, Message, Topics};
 use crd::{FailingDevice, FleetCondition, FleetDeploymentResource, FleetDeploymentStatus};
 
+/// A seed fleet deployment outlives its last pod this long: a Deployment's
+/// update (`maxUnavailable: 100%`) deletes the old pod before it creates the
+/// new one, which must be a new revision of the same fleet deployment, not a
+/// new one. Scaled to 0 or deleted, it is removed then.
+pub const SEED_LINGER_MS: u64 = 10_000;
 /// A fleet's status is written at most this often.
 pub const STATUS_INTERVAL_MS: u64 = 1_000;
 /// Counts are written again once one of them moved by this share (per
@@ -173,6 +185,15 @@ struct Fleet {
     /// Devices in the tally at the last tick: a rollout steps once they
     /// stop joining (see `on_tick`).
     last_len: usize,
+    /// The seed path: the live pods on a fleet node that make this fleet
+    /// deployment (its `cr` is made from the newest), and the status last
+    /// written to each (by uid).
+    seeds: BTreeMap<PodKey, Arc<Pod>>,
+    seed_status_sent: HashMap<String, seed::SeedStatus>,
+    /// Made from seed pods, not a FleetDeployment.
+    seed: bool,
+    /// When its last seed pod went (it goes [`SEED_LINGER_MS`] later).
+    orphaned_ms: Option<u64>,
 }
 
 impl Fleet {
@@ -193,6 +214,10 @@ impl Fleet {
             progressing: None,
             deleted: false,
             last_len: 0,
+            seeds: BTreeMap::new(),
+            seed_status_sent: HashMap::new(),
+            seed: false,
+            orphaned_ms: None,
         }
     }
 
@@ -226,6 +251,13 @@ pub struct Fleets {
     /// holds shard 0.
     sharded: bool,
     active: bool,
+    /// `--fleet-node` names: pods bound to their Nodes are seeds.
+    fleet_nodes: Vec<String>,
+    pods_synced: bool,
+    /// Seed pods refused (by uid), with the refusal told once.
+    seed_refused: HashMap<String, seed::SeedRefusal>,
+    /// Seed pods whose deletion was asked (by uid).
+    seed_deleting: HashSet<String>,
 }
 
 fn pod_name(cr: &FleetDeploymentResource) -> String {
@@ -318,6 +350,20 @@ fn convert(
     Ok(Wanted { record, payload })
 }
 
+fn pod_key_of(pod: &Pod) -> Option<PodKey> {
+    Some(PodKey::new(
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref()?,
+    ))
+}
+
+fn pod_finished(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed")
+}
+
 /// The digests a record names (its target and its stable revision).
 fn digests(r: Option<&FleetDeployment>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -340,11 +386,24 @@ impl Fleets {
             crs_synced: false,
             sharded,
             active: !sharded,
+            fleet_nodes: Vec::new(),
+            // Without fleet nodes no pod is a seed: nothing to wait for.
+            pods_synced: true,
+            seed_refused: HashMap::new(),
+            seed_deleting: HashSet::new(),
         }
     }
 
+    /// The seed path: pods bound to these fleet nodes become fleet
+    /// deployments; nothing is published before the pods are listed.
+    pub fn with_fleet_nodes(mut self, fleet_nodes: Vec<String>) -> Fleets {
+        self.pods_synced = fleet_nodes.is_empty();
+        self.fleet_nodes = fleet_nodes;
+        self
+    }
+
     fn synced(&self) -> bool {
-        self.mqtt_synced && self.crs_synced && self.active
+        self.mqtt_synced && self.crs_synced && self.pods_synced && self.active
     }
 
     /// The record retained for a fleet deployment, as this bridge knows it.
@@ -402,16 +461,200 @@ impl Fleets {
                 }
             }
             BridgeEvent::Tick => self.on_tick(now_ms, &mut out),
+            BridgeEvent::PodApplied(pod) => {
+                self.on_seed_pod(pod, false, now_ms, resolver, &mut out)
+            }
+            BridgeEvent::PodDeleted(pod) => self.on_seed_pod(pod, true, now_ms, resolver, &mut out),
+            BridgeEvent::PodsSynced { present_uids } => {
+                if let Some(present) = present_uids {
+                    let gone: Vec<Arc<Pod>> = self
+                        .fleets
+                        .values()
+                        .flat_map(|f| f.seeds.values())
+                        .filter(|p| {
+                            !present.contains(p.metadata.uid.as_deref().unwrap_or_default())
+                        })
+                        .cloned()
+                        .collect();
+                    for p in gone {
+                        self.on_seed_pod(&p, true, now_ms, resolver, &mut out);
+                    }
+                }
+                let was = self.pods_synced;
+                self.pods_synced = true;
+                if !was {
+                    self.resync(now_ms, resolver, &mut out);
+                }
+            }
             _ => {}
         }
         out
+    }
+
+    /// A pod on a fleet node was added, changed or deleted: the fleet
+    /// deployment it makes is made again from its live pods (the newest is
+    /// the template, so a Deployment's new pod is a new revision of the
+    /// same fleet deployment, whichever of old and new is seen first); a
+    /// pod being deleted is let go at once (grace 0: the devices run the
+    /// fleet, not the pod); the fleet deployment goes with its last pod.
+    fn on_seed_pod(
+        &mut self,
+        pod: &Arc<Pod>,
+        deleted: bool,
+        now_ms: u64,
+        resolver: &dyn Resolver,
+        out: &mut Vec<Action>,
+    ) {
+        if seed::fleet_node_of(pod, &self.fleet_nodes).is_none() {
+            return;
+        }
+        let (Some(key), Some(pod_key)) = (seed::fleet_key(pod), pod_key_of(pod)) else {
+            return;
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let gone = deleted || pod.metadata.deletion_timestamp.is_some() || pod_finished(pod);
+        if gone {
+            self.seed_refused.remove(&uid);
+            if !deleted && self.seed_deleting.insert(uid.clone()) {
+                out.push(Action::DeletePod {
+                    pod: pod_key.clone(),
+                    uid: uid.clone(),
+                });
+            }
+            if deleted {
+                self.seed_deleting.remove(&uid);
+            }
+        }
+        let f = self.fleets.entry(key.clone()).or_insert_with(Fleet::new);
+        if gone {
+            if f.seeds
+                .get(&pod_key)
+                .is_some_and(|p| p.metadata.uid.as_deref() == Some(&uid))
+            {
+                f.seeds.remove(&pod_key);
+            }
+            f.seed_status_sent.remove(&uid);
+        } else {
+            f.seeds.insert(pod_key, pod.clone());
+        }
+        self.seed_changed(&key, now_ms, resolver, out);
+    }
+
+    /// Makes a seed fleet's resource again from its live pods.
+    fn seed_changed(
+        &mut self,
+        key: &PodKey,
+        now_ms: u64,
+        resolver: &dyn Resolver,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(f) = self.fleets.get_mut(key) else {
+            return;
+        };
+        if f.cr.is_some() && !f.seed {
+            // A FleetDeployment of the same name is not made from pods.
+            return;
+        }
+        let Some(newest) = seed::newest(f.seeds.values().map(|p| p.as_ref())).cloned() else {
+            if f.seed {
+                f.orphaned_ms.get_or_insert(now_ms);
+            } else if f.cr.is_none() && f.record.is_none() && f.tally.is_empty() {
+                self.fleets.remove(key);
+            }
+            return;
+        };
+        // The fleet's uid: kept while it has pods; at start, the retained
+        // record's (the fleet continues); else its first pod's.
+        let uid = f
+            .uid()
+            .map(str::to_string)
+            .or_else(|| f.record.as_ref().map(|r| r.uid.clone()))
+            .or_else(|| newest.metadata.uid.clone())
+            .unwrap_or_default();
+        let pod_uid = newest.metadata.uid.clone().unwrap_or_default();
+        match seed::resource(key, &uid, &newest) {
+            Ok(cr) => {
+                f.orphaned_ms = None;
+                self.seed_refused.remove(&pod_uid);
+                f.cr = Some(Arc::new(cr));
+                f.seed = true;
+                f.deleted = false;
+                f.dirty = true;
+                self.evaluate(key, now_ms, resolver, out);
+            }
+            Err(refusal) => {
+                if self.seed_refused.get(&pod_uid) != Some(&refusal) {
+                    let pod_key = pod_key_of(&newest).unwrap_or_else(|| key.clone());
+                    out.push(Action::Event(KubeEvent {
+                        namespace: pod_key.namespace.clone(),
+                        involved_kind: "Pod",
+                        involved_name: pod_key.name.clone(),
+                        involved_uid: pod_uid.clone(),
+                        kind: EventType::Warning,
+                        reason: refusal.reason.to_string(),
+                        message: refusal.message.clone(),
+                        time_ms: now_ms,
+                        host: String::new(),
+                    }));
+                    let s = seed::seed_status(
+                        &Default::default(),
+                        None,
+                        &[],
+                        Some((refusal.reason, &refusal.message)),
+                    );
+                    out.push(Action::PodStatus {
+                        pod: pod_key,
+                        owner: PodStatusOwner::Bridge,
+                        body: seed::pod_status_body(
+                            &pod_key_of(&newest).unwrap_or_else(|| key.clone()),
+                            &pod_uid,
+                            &s,
+                            &render::time(now_ms),
+                        ),
+                    });
+                    f.seed_status_sent.insert(pod_uid.clone(), s);
+                    self.seed_refused.insert(pod_uid, refusal);
+                }
+            }
+        }
+    }
+
+    /// Writes the seed pods' status (at most once per
+    /// [`STATUS_INTERVAL_MS`], only on change; the caller checked both).
+    fn seed_statuses(
+        f: &mut Fleet,
+        refused: &HashMap<String, seed::SeedRefusal>,
+        now_ms: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let failing: Vec<(String, String)> = f
+            .tally
+            .failures(FAILING_DEVICES_SHOWN)
+            .map(|(n, r)| (n.to_string(), r.to_string()))
+            .collect();
+        let phase = f.record.as_ref().map(|r| r.rollout.state.phase.as_str());
+        let refusal = f.refusal.as_ref().map(|r| (r.reason, r.message.as_str()));
+        let status = seed::seed_status(&f.tally.counts(), phase, &failing, refusal);
+        for (pod_key, pod) in &f.seeds {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            if refused.contains_key(&uid) || f.seed_status_sent.get(&uid) == Some(&status) {
+                continue;
+            }
+            out.push(Action::PodStatus {
+                pod: pod_key.clone(),
+                owner: PodStatusOwner::Bridge,
+                body: seed::pod_status_body(pod_key, &uid, &status, &render::time(now_ms)),
+            });
+            f.seed_status_sent.insert(uid, status.clone());
+        }
     }
 
     /// Whether reports and records of a fleet are kept: before the cluster
     /// is listed every fleet's (its resource may be in the list), after it
     /// only those of a resource (the others are not this bridge's).
     fn tracks(&self, fleet: &PodKey) -> bool {
-        !self.crs_synced || self.fleets.get(fleet).is_some_and(|f| f.cr.is_some())
+        !(self.crs_synced && self.pods_synced)
+            || self.fleets.get(fleet).is_some_and(|f| f.cr.is_some())
     }
 
     fn on_presence(&mut self, node: &str, online: bool) {
@@ -488,6 +731,7 @@ impl Fleets {
                     f.progressing = None;
                 }
                 f.cr = Some(cr.clone());
+                f.seed = false;
                 f.deleted = false;
                 f.dirty = true;
                 self.evaluate(&key, now_ms, resolver, out);
@@ -497,7 +741,7 @@ impl Fleets {
                 let Some(f) = self.fleets.get_mut(&key) else {
                     return;
                 };
-                if f.uid() != cr.metadata.uid.as_deref() {
+                if f.seed || f.uid() != cr.metadata.uid.as_deref() {
                     return;
                 }
                 f.deleted = true;
@@ -505,7 +749,7 @@ impl Fleets {
             }
             FleetEvent::Synced { present_uids } => {
                 for f in self.fleets.values_mut() {
-                    if f.uid().is_some_and(|u| !present_uids.contains(u)) {
+                    if !f.seed && f.uid().is_some_and(|u| !present_uids.contains(u)) {
                         f.deleted = true;
                     }
                 }
@@ -629,6 +873,12 @@ impl Fleets {
                 if missing && refusal.reason == "UnsupportedField" {
                     refusal.reason = "CreateContainerConfigError";
                 }
+                if seed::seed_pod(&cr).is_some()
+                    && let Some(path) = refusal.message.strip_prefix("spec.template.")
+                {
+                    // A seed pod's own field path.
+                    refusal.message = path.to_string();
+                }
                 refuse(key, &cr, f, refusal, now_ms, out);
                 return;
             }
@@ -727,6 +977,17 @@ impl Fleets {
         let topics = self.topics.clone();
         let mut keys: Vec<PodKey> = self.fleets.keys().cloned().collect();
         keys.sort();
+        for key in &keys {
+            if let Some(f) = self.fleets.get_mut(key)
+                && f.seed
+                && f.seeds.is_empty()
+                && f.orphaned_ms
+                    .is_some_and(|t| now_ms.saturating_sub(t) >= SEED_LINGER_MS)
+            {
+                f.deleted = true;
+                self.delete(key, out);
+            }
+        }
         for key in keys {
             let Some(f) = self.fleets.get_mut(&key) else {
                 continue;
@@ -765,6 +1026,14 @@ impl Fleets {
                     )));
                 }
                 publish_record(&topics, f, next, now_ms, out);
+            }
+            if f.seed {
+                if f.dirty && now_ms.saturating_sub(f.last_status_ms) >= STATUS_INTERVAL_MS {
+                    f.dirty = false;
+                    f.last_status_ms = now_ms;
+                    Self::seed_statuses(f, &self.seed_refused, now_ms, out);
+                }
+                continue;
             }
             if f.dirty && now_ms.saturating_sub(f.last_status_ms) >= STATUS_INTERVAL_MS {
                 let status = status_of(&cr, f, now_ms);
@@ -891,6 +1160,19 @@ fn fleet_event(
     message: &str,
     now_ms: u64,
 ) -> KubeEvent {
+    if let Some(pod) = seed::seed_pod(cr) {
+        return KubeEvent {
+            namespace: key.namespace.clone(),
+            involved_kind: "Pod",
+            involved_name: pod.to_string(),
+            involved_uid: String::new(),
+            kind,
+            reason: reason.to_string(),
+            message: message.to_string(),
+            time_ms: now_ms,
+            host: String::new(),
+        };
+    }
     KubeEvent {
         namespace: key.namespace.clone(),
         involved_kind: KIND,

@@ -14,7 +14,7 @@ pub mod shard;
 pub mod state;
 pub mod writer;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -33,7 +34,7 @@ use tracing::{info, info_span, warn};
 use crate::config::Config;
 use crate::model::convert::Resolver;
 use crate::model::now_ms;
-use crate::wire::Topics;
+use crate::wire::{self, Topics};
 use fleets::crd::FleetDeploymentResource;
 use fleets::{FleetEvent, Fleets};
 use state::{Action, Bridge, BridgeEvent, ObjRef, RefKind, Settings};
@@ -70,6 +71,12 @@ pub struct BridgeArgs {
     /// Node, no Lease, no API writes of their own (default: every device).
     #[arg(long, value_name = "SELECTOR")]
     pub node_selector: Option<String>,
+    /// A fleet virtual node (repeatable): Node `kedge-fleet-NAME`, to which
+    /// a pod (a Deployment's template) is bound to become a fleet
+    /// deployment over the devices its `kedge.io/selector` annotation
+    /// selects (the seed path).
+    #[arg(long = "fleet-node", value_name = "NAME")]
+    pub fleet_nodes: Vec<String>,
     /// Maximum Kubernetes API write requests per second.
     #[arg(long, default_value_t = 50.0)]
     pub api_qps: f64,
@@ -231,24 +238,45 @@ async fn pump_refs<K>(
     }
 }
 
-/// Reports deleted kedge Node objects, so the bridge recreates them.
-async fn pump_nodes(api: Api<Node>, tx: mpsc::Sender<BridgeEvent>) {
+/// Reports deleted kedge Node objects, so the bridge recreates them, and
+/// the labels users set on each (`render::user_labels`), when they change,
+/// so that they reach the device. A metadata watch: labels and
+/// managedFields are all it reads.
+async fn pump_nodes(api: Api<PartialObjectMeta<Node>>, tx: mpsc::Sender<BridgeEvent>) {
     let cfg = watcher::Config::default().labels(&format!("{}=true", render::EDGE_LABEL));
     let mut stream = watcher::watcher(api, cfg).boxed();
+    // The user labels last forwarded per Node: a Node changes with every
+    // status write, its labels seldom.
+    let mut sent: HashMap<String, BTreeMap<String, String>> = HashMap::new();
     while let Some(ev) = stream.next().await {
-        match ev {
+        let out = match ev {
             Ok(watcher::Event::Delete(n)) => {
-                if let Some(name) = n.metadata.name
-                    && tx.send(BridgeEvent::NodeObjectDeleted(name)).await.is_err()
-                {
-                    return;
-                }
+                let Some(name) = n.metadata.name else {
+                    continue;
+                };
+                sent.remove(&name);
+                BridgeEvent::NodeObjectDeleted(name)
             }
-            Ok(_) => {}
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                let Some(name) = n.metadata.name.clone() else {
+                    continue;
+                };
+                let user_labels = render::user_labels(&n.metadata);
+                if sent.get(&name) == Some(&user_labels) {
+                    continue;
+                }
+                sent.insert(name.clone(), user_labels.clone());
+                BridgeEvent::NodeObject { name, user_labels }
+            }
+            Ok(_) => continue,
             Err(e) => {
                 warn!(error = %e, "node watch error; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
+        };
+        if tx.send(out).await.is_err() {
+            return;
         }
     }
 }
@@ -326,6 +354,15 @@ pub async fn run(
     if !args.allow_nodes.is_empty() {
         settings.admit.allow = Some(args.allow_nodes.iter().cloned().collect());
     }
+    for name in &args.fleet_nodes {
+        let node = fleets::seed::node_name(name);
+        crate::model::validate::label("--fleet-node", "fleet node name", name)
+            .map_err(|e| anyhow::anyhow!("invalid --fleet-node {name:?}: {e}"))?;
+        if !wire::valid_topic_level(&node) {
+            anyhow::bail!("invalid --fleet-node {name:?}: {node:?} is not a valid node name");
+        }
+    }
+    settings.fleet_nodes = args.fleet_nodes.clone();
     settings.heartbeat_timeout_ms = args.heartbeat_timeout_ms;
     settings.shared_status = args.shared_status;
     if args.shards > 0 {
@@ -380,7 +417,10 @@ pub async fn run(
         pods_w,
         tx.clone(),
     ));
-    tokio::spawn(pump_nodes(Api::<Node>::all(client.clone()), tx.clone()));
+    tokio::spawn(pump_nodes(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        tx.clone(),
+    ));
     tokio::spawn(pump_fleets(
         Api::<FleetDeploymentResource>::all(client.clone()),
         tx.clone(),
@@ -403,7 +443,8 @@ pub async fn run(
         config_maps: cms,
         secrets,
     };
-    let mut fleets = Fleets::new(settings.topics.clone(), args.shards > 0);
+    let mut fleets = Fleets::new(settings.topics.clone(), args.shards > 0)
+        .with_fleet_nodes(args.fleet_nodes.clone());
     let mut bridge = Bridge::new(settings);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -453,6 +494,8 @@ fn event_name(ev: &BridgeEvent) -> &'static str {
         BridgeEvent::PodsSynced { .. } => "pods_synced",
         BridgeEvent::ObjectChanged(_) => "object_changed",
         BridgeEvent::NodeObjectDeleted(_) => "node_deleted",
+        BridgeEvent::NodeObject { .. } => "node_object",
+        BridgeEvent::CloudLabels { .. } => "cloud_labels",
         BridgeEvent::Tick => "tick",
         BridgeEvent::ShardsChanged { .. } => "shards_changed",
         BridgeEvent::Fleet(FleetEvent::Report { .. }) => "fleet_report",

@@ -7,7 +7,7 @@
 //! after subscribing, the bridge publishes to its own barrier topic; when that
 //! message comes back, every retained message before it was delivered.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,8 @@ use super::fleets::FleetEvent;
 use super::state::BridgeEvent;
 use crate::config::Config;
 use crate::model::{
-    Event, FleetDeployment, FleetReport, LogChunk, LogRequest, NodeStatus, PodSpec, PodStatus,
+    Event, FleetDeployment, FleetReport, LogChunk, LogRequest, NodeLabels, NodeStatus, PodSpec,
+    PodStatus,
 };
 use crate::mqtt::reconnect_delay;
 use crate::wire::{self, Message, TopicKind, Topics};
@@ -83,6 +84,8 @@ pub fn filters(topics: &Topics, shared: bool) -> Vec<String> {
         format!("{share}{p}/+/reported/#"),
         format!("{share}{p}/+/events"),
         format!("{p}/+/desired/#"),
+        // Node labels become device labels: what is retained there.
+        format!("{p}/+/labels"),
         // Fleets: every replica keeps the tallies (plain subscriptions).
         topics.fleet_report_filter("+"),
         topics.fleet_filter(),
@@ -98,6 +101,7 @@ fn retained_filters(topics: &Topics) -> Vec<String> {
         format!("{p}/+/node"),
         format!("{p}/+/desired/#"),
         format!("{p}/+/reported/#"),
+        format!("{p}/+/labels"),
     ]
 }
 
@@ -281,6 +285,21 @@ pub fn classify(topics: &Topics, topic: &str, payload: &[u8]) -> Option<BridgeEv
             };
             Some(BridgeEvent::Fleet(FleetEvent::Record { fleet, record }))
         }
+        TopicKind::Labels { node } => Some(BridgeEvent::CloudLabels {
+            node,
+            labels: if payload.is_empty() {
+                BTreeMap::new()
+            } else {
+                match wire::decode_as::<NodeLabels>(payload) {
+                    Ok((_, l)) => l.labels,
+                    Err(e) => {
+                        // Replaced as a whole if the Node's users set any.
+                        debug!(topic, error = %e, "undecodable node labels read as none");
+                        BTreeMap::new()
+                    }
+                }
+            },
+        }),
         TopicKind::Desired { node, pod } => Some(BridgeEvent::Desired {
             node,
             pod,

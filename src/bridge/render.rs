@@ -120,6 +120,51 @@ pub fn device_labels(status: &NodeStatus) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The field managers of the bridge itself: labels only they own on a Node
+/// are the bridge's (its own, or the device-label mirror), not the user's.
+pub const BRIDGE_MANAGERS: [&str; 3] = [MANAGER, CONNECTED_MANAGER, DEVICE_LABELS_MANAGER];
+
+/// The labels users set on a device's Node (`kubectl label node gw1
+/// building=b43`), which the bridge publishes to the device as its cloud
+/// labels. A label is the user's when some field manager other than the
+/// bridge's own ([`BRIDGE_MANAGERS`]) owns it in `metadata.managedFields`,
+/// and it is not one a device may never set ([`device_may_set`]:
+/// `kubernetes.io/*`, `k8s.io/*`, `kedge.io/edge`, which covers every label
+/// of [`node_labels`]). A label only the device-label mirror owns came from
+/// the device, so the two directions never loop.
+pub fn user_labels(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> BTreeMap<String, String> {
+    let Some(labels) = &meta.labels else {
+        return BTreeMap::new();
+    };
+    let mut owned: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for entry in meta.managed_fields.iter().flatten() {
+        if entry
+            .manager
+            .as_deref()
+            .is_some_and(|m| BRIDGE_MANAGERS.contains(&m))
+        {
+            continue;
+        }
+        let Some(fields) = entry
+            .fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:metadata"))
+            .and_then(|m| m.get("f:labels"))
+            .and_then(Value::as_object)
+        else {
+            continue;
+        };
+        owned.extend(fields.keys().filter_map(|k| k.strip_prefix("f:")));
+    }
+    labels
+        .iter()
+        .filter(|(k, _)| owned.contains(k.as_str()) && device_may_set(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// The server-side apply body of a device's labels on its Node.
 pub fn node_labels_apply(name: &str, labels: &BTreeMap<String, String>) -> Value {
     json!({
@@ -470,6 +515,45 @@ mod tests {
     fn times_are_rfc3339() {
         assert_eq!(time(1_767_225_600_123), "2026-01-01T00:00:00Z");
         assert_eq!(micro_time(1_767_225_600_123), "2026-01-01T00:00:00.123000Z");
+    }
+
+    #[test]
+    fn user_labels_are_those_a_user_manager_owns_and_a_device_may_carry() {
+        let meta: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta =
+            serde_json::from_value(json!({
+                "name": "gw1",
+                "labels": {
+                    "kubernetes.io/arch": "arm64",
+                    "kedge.io/edge": "true",
+                    "site": "b43",
+                    "building": "b43",
+                    "floor": "2",
+                    "node-role.kubernetes.io/edge": "",
+                    "orphan": "x",
+                },
+                "managedFields": [
+                    {"manager": "kedge-bridge", "operation": "Update", "fieldsV1": {"f:metadata": {"f:labels": {
+                        ".": {}, "f:kubernetes.io/arch": {}, "f:kedge.io/edge": {}}}}},
+                    {"manager": "kedge-device-labels", "operation": "Apply", "fieldsV1": {"f:metadata": {"f:labels": {
+                        "f:site": {}, "f:floor": {}}}}},
+                    {"manager": "kubectl-label", "operation": "Update", "fieldsV1": {"f:metadata": {"f:labels": {
+                        "f:building": {}, "f:floor": {}, "f:node-role.kubernetes.io/edge": {}}}}},
+                    {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:spec": {"f:unschedulable": {}}}},
+                ],
+            }))
+            .expect("meta");
+        let l = user_labels(&meta);
+        // floor: the mirror and a user both own it, so it is the user's;
+        // site: the mirror's alone; the role label: reserved; orphan: nobody's.
+        assert_eq!(
+            l,
+            BTreeMap::from([
+                ("building".to_string(), "b43".to_string()),
+                ("floor".to_string(), "2".to_string()),
+            ])
+        );
+        let bare = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta::default();
+        assert!(user_labels(&bare).is_empty());
     }
 
     #[test]

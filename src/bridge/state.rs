@@ -26,7 +26,7 @@ use super::render::{self, KubeletEndpoint};
 use crate::model::convert::{Resolver, pod_spec_from_k8s_with};
 use crate::model::selector::Selector;
 use crate::model::{
-    DesiredIndex, Event, EventType, IndexEntry, NodeStatus, PodKey, PodSpec, PodStatus,
+    DesiredIndex, Event, EventType, IndexEntry, NodeLabels, NodeStatus, PodKey, PodSpec, PodStatus,
     next_desired,
 };
 use crate::wire::{self, Message, Topics};
@@ -90,6 +90,18 @@ pub enum BridgeEvent {
     ObjectChanged(ObjRef),
     /// A kedge Node object was deleted (by hand, or by anyone).
     NodeObjectDeleted(String),
+    /// A kedge Node object was added or changed: the labels its users set
+    /// on it ([`render::user_labels`]).
+    NodeObject {
+        name: String,
+        user_labels: BTreeMap<String, String>,
+    },
+    /// The cloud's labels of a device, retained on `{prefix}/{node}/labels`
+    /// (empty: none, or unreadable).
+    CloudLabels {
+        node: String,
+        labels: BTreeMap<String, String>,
+    },
     /// The periodic tick: lease renewals, heartbeat timeouts, status refresh.
     Tick,
     /// This replica now holds exactly these shards.
@@ -218,9 +230,19 @@ pub struct Settings {
     /// get any device's report: write it for every known pod, not only for
     /// the devices of this replica's shards.
     pub shared_status: bool,
+    /// `--fleet-node` names: the bridge registers Node `kedge-fleet-NAME`
+    /// for each, and leaves the pods bound to them to `bridge::fleets`
+    /// (the seed path).
+    pub fleet_nodes: Vec<String>,
 }
 
 impl Settings {
+    /// Whether `node` is the Node of a fleet node.
+    pub fn is_fleet_node(&self, node: &str) -> bool {
+        node.strip_prefix(super::fleets::seed::NODE_PREFIX)
+            .is_some_and(|n| self.fleet_nodes.iter().any(|f| f == n))
+    }
+
     pub fn new(topics: Topics, endpoint: KubeletEndpoint) -> Settings {
         Settings {
             topics,
@@ -231,6 +253,7 @@ impl Settings {
             status_refresh_ms: 60_000,
             heartbeat_timeout_ms: 40_000,
             shared_status: false,
+            fleet_nodes: Vec::new(),
         }
     }
 }
@@ -286,6 +309,11 @@ pub struct Bridge {
     index_dirty: BTreeSet<String>,
     /// The index last published per node (on this MQTT connection).
     index_sent: HashMap<String, DesiredIndex>,
+    /// The labels users set on each kedge Node (from the Node watch).
+    node_user_labels: HashMap<String, BTreeMap<String, String>>,
+    /// The cloud labels retained for each device (as read from the broker,
+    /// or as last published).
+    cloud_labels: HashMap<String, BTreeMap<String, String>>,
 }
 
 /// A [`Resolver`] that records every reference looked up, and which were missing.
@@ -360,6 +388,20 @@ fn keeps_terminal(terminal: bool, report: &PodStatus) -> bool {
     !terminal || report.phase.is_terminal()
 }
 
+/// The device-label mirror: the device's own labels that go on its Node
+/// (its reported set, less the reserved keys and less the cloud's keys:
+/// those came from the Node's users, who own them there).
+fn mirror_labels(
+    cloud: Option<&BTreeMap<String, String>>,
+    status: &NodeStatus,
+) -> BTreeMap<String, String> {
+    let mut labels = render::device_labels(status);
+    if let Some(cloud) = cloud {
+        labels.retain(|k, _| !cloud.contains_key(k));
+    }
+    labels
+}
+
 /// A node status with the fields that change on every heartbeat cleared, to
 /// tell a real change from a heartbeat.
 fn significant(s: &NodeStatus) -> NodeStatus {
@@ -385,6 +427,8 @@ impl Bridge {
             pods_synced: false,
             index_dirty: BTreeSet::new(),
             index_sent: HashMap::new(),
+            node_user_labels: HashMap::new(),
+            cloud_labels: HashMap::new(),
         }
     }
 
@@ -447,6 +491,11 @@ impl Bridge {
                 self.index_sent.clear();
                 let nodes: Vec<String> = self.desired.keys().map(|(n, _)| n.clone()).collect();
                 self.index_dirty.extend(nodes);
+                let mut nodes: Vec<String> = self.node_user_labels.keys().cloned().collect();
+                nodes.sort();
+                for node in nodes {
+                    self.sync_cloud_labels(&node, &mut out);
+                }
                 self.resync_all(now_ms, resolver, &mut out);
             }
             BridgeEvent::PodsSynced { present_uids } => {
@@ -477,8 +526,37 @@ impl Bridge {
                     self.evaluate(&k, now_ms, resolver, &mut out);
                 }
             }
-            BridgeEvent::NodeObjectDeleted(name) => self.on_node_deleted(name, now_ms, &mut out),
-            BridgeEvent::Tick => self.on_tick(now_ms, &mut out),
+            BridgeEvent::NodeObjectDeleted(name) => {
+                // Its users' labels went with it (a Node made again starts bare).
+                self.node_user_labels.remove(&name);
+                self.on_node_deleted(name, now_ms, &mut out)
+            }
+            BridgeEvent::NodeObject { name, user_labels } => {
+                self.node_user_labels.insert(name.clone(), user_labels);
+                self.sync_cloud_labels(&name, &mut out);
+            }
+            BridgeEvent::CloudLabels { node, labels } => {
+                if labels.is_empty() {
+                    self.cloud_labels.remove(&node);
+                } else {
+                    self.cloud_labels.insert(node.clone(), labels);
+                }
+                if self.mqtt_synced {
+                    // Someone else (`kedge label node`) may have written it:
+                    // the Node's users' labels win on a Node's device.
+                    self.sync_cloud_labels(&node, &mut out);
+                    self.remirror(&node, &mut out);
+                }
+            }
+            BridgeEvent::Tick => {
+                // Fleet nodes are alive while the bridge runs: each tick is
+                // their heartbeat.
+                for name in self.settings.fleet_nodes.clone() {
+                    let status = super::fleets::seed::node_status(&name, now_ms);
+                    self.on_node(status.name.clone(), status, now_ms, resolver, &mut out);
+                }
+                self.on_tick(now_ms, &mut out)
+            }
             // Fleets are `bridge::fleets`' business.
             BridgeEvent::Fleet(_) => {}
             BridgeEvent::ShardsChanged { held } => {
@@ -548,7 +626,8 @@ impl Bridge {
             return;
         }
         // Presence alone (a last will) says nothing about the labels.
-        if (status.online || !self.devices.contains_key(&node))
+        if !self.settings.is_fleet_node(&node)
+            && (status.online || !self.devices.contains_key(&node))
             && !self.settings.admit.selects(&status.labels)
         {
             if self.devices.contains_key(&node) {
@@ -597,7 +676,7 @@ impl Bridge {
             }
             // Sent when they change (on first sight only if there are any:
             // one request less per device when the bridge starts).
-            let labels = render::device_labels(&status);
+            let labels = mirror_labels(self.cloud_labels.get(&node), &status);
             if dev
                 .labels_sent
                 .as_ref()
@@ -654,6 +733,7 @@ impl Bridge {
             );
         }
         if newly {
+            self.sync_cloud_labels(&node, out);
             let keys: Vec<PodKey> = self
                 .pods_by_node
                 .get(&node)
@@ -662,6 +742,81 @@ impl Bridge {
             for k in keys {
                 self.evaluate(&k, now_ms, resolver, out);
             }
+        }
+    }
+
+    /// Node labels become device labels: publishes the labels users set on
+    /// the device's Node as its cloud labels (`{prefix}/{node}/labels`,
+    /// retained, the whole set; empty payload = none), when they differ
+    /// from those retained. Only for devices that are Nodes of this bridge,
+    /// once the broker's retained labels have been read; on such a device
+    /// the Node's labels are the cloud's (they replace what `kedge label
+    /// node` set).
+    fn sync_cloud_labels(&mut self, node: &str, out: &mut Vec<Action>) {
+        if !self.mqtt_synced
+            || self.settings.is_fleet_node(node)
+            || !self.settings.admit.admits(node)
+            || !self.devices.contains_key(node)
+        {
+            return;
+        }
+        let Some(want) = self.node_user_labels.get(node) else {
+            return;
+        };
+        let have = self.cloud_labels.get(node);
+        if have.map_or(want.is_empty(), |h| h == want) {
+            return;
+        }
+        let payload = if want.is_empty() {
+            Vec::new()
+        } else {
+            let labels = NodeLabels {
+                labels: want.clone(),
+            };
+            if let Err(err) = crate::model::validate::Validate::validate(&labels) {
+                tracing::warn!(%node, error = %err, "the Node's labels cannot go to the device");
+                return;
+            }
+            match wire::encode(0, &Message::NodeLabels(labels)) {
+                Ok(p) => p,
+                Err(err) => {
+                    tracing::error!(%node, error = %err, "cannot encode the node labels");
+                    return;
+                }
+            }
+        };
+        out.push(Action::Publish {
+            topic: self.settings.topics.labels(node),
+            payload,
+        });
+        if want.is_empty() {
+            self.cloud_labels.remove(node);
+        } else {
+            self.cloud_labels.insert(node.to_string(), want.clone());
+        }
+        self.remirror(node, out);
+    }
+
+    /// Applies the device-label mirror again if the cloud labels changed
+    /// what it carries.
+    fn remirror(&mut self, node: &str, out: &mut Vec<Action>) {
+        let Some(dev) = self.devices.get_mut(node) else {
+            return;
+        };
+        let (Some(last), true) = (&dev.last, dev.node_ensured) else {
+            return;
+        };
+        let labels = mirror_labels(self.cloud_labels.get(node), last);
+        if dev
+            .labels_sent
+            .as_ref()
+            .map_or(!labels.is_empty(), |l| *l != labels)
+        {
+            out.push(Action::NodeLabels {
+                name: node.to_string(),
+                labels: labels.clone(),
+            });
+            dev.labels_sent = Some(labels);
         }
     }
 
@@ -719,7 +874,7 @@ impl Bridge {
             name: name.clone(),
             labels: render::node_labels(&last),
         });
-        let labels = render::device_labels(&last);
+        let labels = mirror_labels(self.cloud_labels.get(&name), &last);
         if !labels.is_empty() {
             out.push(Action::NodeLabels {
                 name: name.clone(),
@@ -910,6 +1065,10 @@ impl Bridge {
         else {
             return;
         };
+        if self.settings.is_fleet_node(&node) {
+            // A seed pod: `bridge::fleets`' business.
+            return;
+        }
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let deleting = pod.metadata.deletion_timestamp.is_some();
         let terminal = pod_terminal(&pod);

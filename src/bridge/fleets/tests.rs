@@ -840,3 +840,332 @@ fn status_writes_follow_progress_in_steps_not_devices() {
     }
     assert_eq!(writes, 50);
 }
+
+// The seed path: pods bound to a fleet node.
+
+fn seed_pod(
+    name: &str,
+    hash: &str,
+    created: &str,
+    image: &str,
+    selector: Option<&str>,
+) -> Arc<Pod> {
+    let mut annotations = serde_json::Map::new();
+    if let Some(s) = selector {
+        annotations.insert("kedge.io/selector".into(), json!(s));
+    }
+    Arc::new(
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                "creationTimestamp": created,
+                "labels": {"app": "sensors", "pod-template-hash": hash},
+                "annotations": annotations,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": format!("sensors-{hash}"), "uid": format!("rs-{hash}"), "controller": true}],
+            },
+            "spec": {
+                "nodeName": "kedge-fleet-edge",
+                "nodeSelector": {"kedge.io/fleet-node": "edge"},
+                "tolerations": [{"key": "kedge.io/edge", "operator": "Exists"}],
+                "runtimeClassName": "kedge-wasm",
+                "containers": [{"name": "main", "image": image}],
+            },
+        }))
+        .expect("pod"),
+    )
+}
+
+/// A synced `Fleets` with fleet node `edge` (broker, FleetDeployments and pods listed).
+fn seed_synced() -> Fleets {
+    let mut f = Fleets::new(topics(), false).with_fleet_nodes(vec!["edge".into()]);
+    f.handle(&BridgeEvent::MqttSynced, NOW, &NoResolver);
+    f.handle(
+        &BridgeEvent::Fleet(FleetEvent::Synced {
+            present_uids: HashSet::new(),
+        }),
+        NOW,
+        &NoResolver,
+    );
+    assert!(
+        f.handle(
+            &BridgeEvent::PodsSynced {
+                present_uids: Some(HashSet::new())
+            },
+            NOW,
+            &NoResolver
+        )
+        .is_empty()
+    );
+    f
+}
+
+fn pod_applied(f: &mut Fleets, p: &Arc<Pod>, now: u64) -> Vec<Action> {
+    f.handle(&BridgeEvent::PodApplied(p.clone()), now, &NoResolver)
+}
+
+fn deleting_pod(p: &Arc<Pod>) -> Arc<Pod> {
+    let mut p = (**p).clone();
+    p.metadata.deletion_timestamp = serde_json::from_value(json!("2026-01-01T00:10:00Z")).ok();
+    Arc::new(p)
+}
+
+fn pod_statuses(actions: &[Action]) -> Vec<(&PodKey, &serde_json::Value)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::PodStatus { pod, body, .. } => Some((pod, body)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_pod_on_a_fleet_node_becomes_a_fleet_deployment_named_after_its_deployment() {
+    let mut f = seed_synced();
+    let a = seed_pod(
+        "sensors-5d9c-x1",
+        "5d9c",
+        "2026-01-01T00:00:00Z",
+        IMAGE,
+        Some("site=b43"),
+    );
+    let out = pod_applied(&mut f, &a, NOW);
+    let recs = records(&out);
+    assert_eq!(recs.len(), 1, "{out:?}");
+    let r = &recs[0];
+    assert_eq!(
+        (r.name.as_str(), r.pod_name.as_str()),
+        ("sensors", "sensors")
+    );
+    assert_eq!((r.revision, r.selector.as_str()), (1, "site=b43"));
+    assert_eq!(r.uid, "uid-sensors-5d9c-x1");
+    // Unstaged: every device at once.
+    assert_eq!(r.cohorts, vec![Cohort::everyone()]);
+    // The spec goes out before the record.
+    let topics_out: Vec<String> = published(&out).into_iter().map(|(t, _)| t).collect();
+    assert!(topics_out[0].contains("_fleet-spec/"), "{topics_out:?}");
+    // A pod elsewhere is not a seed.
+    let mut other = (*seed_pod("x", "h", "2026-01-01T00:00:00Z", IMAGE, Some("a=b"))).clone();
+    other.spec.as_mut().expect("spec").node_name = Some("gw1".into());
+    assert!(pod_applied(&mut f, &Arc::new(other), NOW).is_empty());
+
+    // Devices report: the pod is Running with the counts, at most once a
+    // second and only on change.
+    let labelled = labels(&[("site", "b43")]);
+    report(
+        &mut f,
+        "gw1",
+        device_report(r, "gw1", &labelled, false),
+        NOW + 10,
+    );
+    report(
+        &mut f,
+        "gw2",
+        device_report(r, "gw2", &labelled, true),
+        NOW + 10,
+    );
+    let out = tick(&mut f, NOW + 2_000);
+    let st = pod_statuses(&out);
+    assert_eq!(st.len(), 1, "{out:?}");
+    assert_eq!(st[0].0, &PodKey::new("default", "sensors-5d9c-x1"));
+    let status = &st[0].1["status"];
+    assert_eq!(status["phase"], "Running");
+    let cond = &status["conditions"][0];
+    assert_eq!(cond["type"], "kedge.io/FleetReady");
+    assert_eq!(cond["status"], "False");
+    assert_eq!(
+        cond["message"],
+        "1 of 2 devices running, 1 failing: gw2: CrashLoopBackOff"
+    );
+    // Within the second: nothing; once the rollout settles: nothing more.
+    assert!(pod_statuses(&tick(&mut f, NOW + 2_500)).is_empty());
+    tick(&mut f, NOW + 4_000);
+    tick(&mut f, NOW + 6_000);
+    assert!(pod_statuses(&tick(&mut f, NOW + 8_000)).is_empty());
+    assert!(statuses(&out).is_empty(), "no FleetDeployment status");
+}
+
+#[test]
+fn a_deployment_update_is_a_new_revision_of_the_same_fleet_deployment_in_either_order() {
+    for old_goes_first in [true, false] {
+        let mut f = seed_synced();
+        let old = seed_pod(
+            "sensors-aaa-1",
+            "aaa",
+            "2026-01-01T00:00:00Z",
+            IMAGE,
+            Some("site=b43"),
+        );
+        let r1 = records(&pod_applied(&mut f, &old, NOW)).remove(0);
+        let image2 = IMAGE.replace("aaaa", "bbbb");
+        let new = seed_pod(
+            "sensors-bbb-1",
+            "bbb",
+            "2026-01-01T00:01:00Z",
+            &image2,
+            Some("site=b43"),
+        );
+        let mut out = Vec::new();
+        if old_goes_first {
+            // Deleted gracefully: the bridge lets it go at once.
+            let o = pod_applied(&mut f, &deleting_pod(&old), NOW + 1);
+            assert!(
+                o.iter().any(
+                    |a| matches!(a, Action::DeletePod { uid, .. } if uid == "uid-sensors-aaa-1")
+                ),
+                "{o:?}"
+            );
+            assert!(
+                published(&o).is_empty(),
+                "no tombstone while it lingers: {o:?}"
+            );
+            out.extend(f.handle(&BridgeEvent::PodDeleted(old.clone()), NOW + 2, &NoResolver));
+            out.extend(tick(&mut f, NOW + 3));
+            out.extend(pod_applied(&mut f, &new, NOW + 4));
+        } else {
+            out.extend(pod_applied(&mut f, &new, NOW + 1));
+            out.extend(pod_applied(&mut f, &deleting_pod(&old), NOW + 2));
+            out.extend(f.handle(&BridgeEvent::PodDeleted(old.clone()), NOW + 3, &NoResolver));
+        }
+        let recs = records(&out);
+        assert_eq!(recs.len(), 1, "{out:?}");
+        assert_eq!(recs[0].revision, 2);
+        assert_eq!(recs[0].uid, r1.uid, "the same fleet deployment");
+        assert!(
+            !published(&out)
+                .iter()
+                .any(|(t, p)| t == &topics().fleet(&key()) && p.is_empty()),
+            "never tombstoned"
+        );
+        // The last pod goes (scaled to 0): the fleet deployment goes after the linger.
+        let o = pod_applied(&mut f, &deleting_pod(&new), NOW + 10);
+        f.handle(&BridgeEvent::PodDeleted(new.clone()), NOW + 11, &NoResolver);
+        assert!(published(&o).is_empty());
+        assert!(published(&tick(&mut f, NOW + 12)).is_empty());
+        let o = tick(&mut f, NOW + 11 + SEED_LINGER_MS);
+        let tomb: Vec<String> = published(&o)
+            .into_iter()
+            .filter(|(_, p)| p.is_empty())
+            .map(|(t, _)| t)
+            .collect();
+        assert!(tomb.contains(&topics().fleet(&key())), "{o:?}");
+        assert!(f.record(&key()).is_none());
+    }
+}
+
+#[test]
+fn a_seed_pod_without_a_valid_selector_is_refused_with_an_event_and_a_condition() {
+    let mut f = seed_synced();
+    let p = seed_pod("sensors-aaa-1", "aaa", "2026-01-01T00:00:00Z", IMAGE, None);
+    let out = pod_applied(&mut f, &p, NOW);
+    assert!(published(&out).is_empty());
+    let ev = events(&out);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (ev[0].involved_kind, ev[0].reason.as_str()),
+        ("Pod", "InvalidAnnotation")
+    );
+    assert!(
+        ev[0].message.contains("kedge.io/selector"),
+        "{}",
+        ev[0].message
+    );
+    let st = pod_statuses(&out);
+    assert_eq!(st[0].1["status"]["conditions"][0]["status"], "False");
+    assert_eq!(
+        st[0].1["status"]["conditions"][0]["reason"],
+        "InvalidAnnotation"
+    );
+    // Told once.
+    assert!(pod_applied(&mut f, &p, NOW + 1).is_empty());
+    let bad = seed_pod(
+        "sensors-aaa-1",
+        "aaa",
+        "2026-01-01T00:00:00Z",
+        IMAGE,
+        Some("site in (b43"),
+    );
+    assert_eq!(events(&pod_applied(&mut f, &bad, NOW + 2)).len(), 1);
+}
+
+#[test]
+fn nothing_is_published_for_seed_pods_before_the_pods_are_listed() {
+    let mut f = Fleets::new(topics(), false).with_fleet_nodes(vec!["edge".into()]);
+    f.handle(&BridgeEvent::MqttSynced, NOW, &NoResolver);
+    f.handle(
+        &BridgeEvent::Fleet(FleetEvent::Synced {
+            present_uids: HashSet::new(),
+        }),
+        NOW,
+        &NoResolver,
+    );
+    // The record a previous bridge left, read while the pods are not listed yet.
+    let p = seed_pod(
+        "sensors-aaa-1",
+        "aaa",
+        "2026-01-01T00:00:00Z",
+        IMAGE,
+        Some("site=b43"),
+    );
+    let prev = {
+        let mut g = seed_synced();
+        records(&pod_applied(&mut g, &p, NOW)).remove(0)
+    };
+    f.handle(
+        &BridgeEvent::Fleet(FleetEvent::Record {
+            fleet: key(),
+            record: Some(prev.clone()),
+        }),
+        NOW,
+        &NoResolver,
+    );
+    assert!(pod_applied(&mut f, &p, NOW).is_empty());
+    // Listed: the same spec continues, nothing new is published.
+    let out = f.handle(
+        &BridgeEvent::PodsSynced {
+            present_uids: Some(HashSet::from(["uid-sensors-aaa-1".to_string()])),
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert!(records(&out).is_empty(), "{out:?}");
+    assert_eq!(f.record(&key()).map(|r| r.revision), Some(1));
+}
+
+#[test]
+fn a_seed_pod_that_does_not_convert_says_why_on_the_pod() {
+    let mut f = seed_synced();
+    let mut p = (*seed_pod(
+        "sensors-aaa-1",
+        "aaa",
+        "2026-01-01T00:00:00Z",
+        IMAGE,
+        Some("site=b43"),
+    ))
+    .clone();
+    p.spec.as_mut().expect("spec").containers[0].lifecycle =
+        serde_json::from_value(json!({"preStop": {"exec": {"command": ["x"]}}})).ok();
+    let out = pod_applied(&mut f, &Arc::new(p), NOW);
+    assert!(published(&out).is_empty(), "{out:?}");
+    let ev = events(&out);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (ev[0].involved_kind, ev[0].involved_name.as_str()),
+        ("Pod", "sensors-aaa-1")
+    );
+    assert!(
+        ev[0].message.starts_with("spec.containers[0].lifecycle"),
+        "{}",
+        ev[0].message
+    );
+    let out = tick(&mut f, NOW + 2_000);
+    let st = pod_statuses(&out);
+    assert_eq!(st.len(), 1);
+    let cond = &st[0].1["status"]["conditions"][0];
+    assert_eq!(
+        (&cond["status"], &cond["reason"]),
+        (&json!("False"), &json!("UnsupportedField"))
+    );
+    assert_eq!(st[0].1["status"]["phase"], "Pending");
+}

@@ -1010,3 +1010,251 @@ fn device_labels_go_on_the_node_except_reserved_ones_and_only_when_they_change()
     );
     assert!(node_labels(&a).is_empty());
 }
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The cloud labels published for each node: (topic, labels; empty = tombstone).
+fn cloud_labels_published(actions: &[Action]) -> Vec<(&str, BTreeMap<String, String>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish { topic, payload } if topic.ends_with("/labels") => Some((
+                topic.as_str(),
+                if payload.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    wire::decode_as::<NodeLabels>(payload)
+                        .expect("node labels")
+                        .1
+                        .labels
+                },
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn mirrored(actions: &[Action]) -> Vec<BTreeMap<String, String>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::NodeLabels { labels, .. } => Some(labels.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn node_object(name: &str, user: &[(&str, &str)]) -> BridgeEvent {
+    BridgeEvent::NodeObject {
+        name: name.into(),
+        user_labels: labels(user),
+    }
+}
+
+#[test]
+fn node_labels_set_by_users_are_published_to_the_device_only_on_change() {
+    let mut b = Bridge::new(settings());
+    // Before the broker's retained labels are read: nothing.
+    b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: node_status("gw1", true, NOW),
+        },
+        NOW,
+        &NoResolver,
+    );
+    let a = b.handle(node_object("gw1", &[("building", "b43")]), NOW, &NoResolver);
+    assert!(cloud_labels_published(&a).is_empty());
+    // The broker had older labels: at the barrier, the Node's replace them.
+    b.handle(
+        BridgeEvent::CloudLabels {
+            node: "gw1".into(),
+            labels: labels(&[("old", "1")]),
+        },
+        NOW,
+        &NoResolver,
+    );
+    let a = b.handle(BridgeEvent::MqttSynced, NOW, &NoResolver);
+    assert_eq!(
+        cloud_labels_published(&a),
+        vec![("kedge/v1/gw1/labels", labels(&[("building", "b43")]))]
+    );
+    // The echo of our own publish, and the same labels again: nothing.
+    let a = b.handle(
+        BridgeEvent::CloudLabels {
+            node: "gw1".into(),
+            labels: labels(&[("building", "b43")]),
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert!(cloud_labels_published(&a).is_empty());
+    let a = b.handle(node_object("gw1", &[("building", "b43")]), NOW, &NoResolver);
+    assert!(a.is_empty(), "{a:?}");
+    // A change: the whole set.
+    let a = b.handle(
+        node_object("gw1", &[("building", "b43"), ("floor", "2")]),
+        NOW,
+        &NoResolver,
+    );
+    assert_eq!(
+        cloud_labels_published(&a),
+        vec![(
+            "kedge/v1/gw1/labels",
+            labels(&[("building", "b43"), ("floor", "2")])
+        )]
+    );
+    // `kedge label node` overwrote them: the Node's users win on a Node.
+    let a = b.handle(
+        BridgeEvent::CloudLabels {
+            node: "gw1".into(),
+            labels: labels(&[("cli", "x")]),
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert_eq!(cloud_labels_published(&a).len(), 1);
+    // All removed: an empty retained payload, once.
+    let a = b.handle(node_object("gw1", &[]), NOW, &NoResolver);
+    assert_eq!(
+        cloud_labels_published(&a),
+        vec![("kedge/v1/gw1/labels", BTreeMap::new())]
+    );
+    let a = b.handle(node_object("gw1", &[]), NOW, &NoResolver);
+    assert!(cloud_labels_published(&a).is_empty());
+    // A Node whose device this bridge does not know (not a Node of it, or
+    // another replica's): nothing.
+    let a = b.handle(node_object("gw9", &[("building", "b43")]), NOW, &NoResolver);
+    assert!(cloud_labels_published(&a).is_empty());
+    // Its device shows up: published then.
+    let a = b.handle(
+        BridgeEvent::Node {
+            node: "gw9".into(),
+            status: node_status("gw9", true, NOW),
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert_eq!(
+        cloud_labels_published(&a),
+        vec![("kedge/v1/gw9/labels", labels(&[("building", "b43")]))]
+    );
+}
+
+#[test]
+fn the_device_label_mirror_leaves_out_the_nodes_own_labels_so_they_never_loop() {
+    let mut b = synced_bridge();
+    let with = |pairs: &[(&str, &str)]| {
+        let mut st = node_status("gw1", true, NOW + 1_000);
+        st.labels = labels(pairs);
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: st,
+        }
+    };
+    let a = b.handle(with(&[("site", "b44")]), NOW + 1_000, &NoResolver);
+    assert_eq!(mirrored(&a), vec![labels(&[("site", "b44")])]);
+    // A user sets site=b43 on the Node: published, and the mirror lets go
+    // of site (the user owns it on the Node now).
+    let a = b.handle(node_object("gw1", &[("site", "b43")]), NOW, &NoResolver);
+    assert_eq!(
+        cloud_labels_published(&a),
+        vec![("kedge/v1/gw1/labels", labels(&[("site", "b43")]))]
+    );
+    assert_eq!(mirrored(&a), vec![BTreeMap::new()]);
+    // The device applies it (cloud labels win) and reports the merged set:
+    // the mirror does not carry it back.
+    let a = b.handle(
+        with(&[("site", "b43"), ("own", "1")]),
+        NOW + 2_000,
+        &NoResolver,
+    );
+    assert_eq!(mirrored(&a), vec![labels(&[("own", "1")])]);
+    assert!(cloud_labels_published(&a).is_empty());
+    // The user removes it: the device's own value comes back through the mirror.
+    let a = b.handle(node_object("gw1", &[]), NOW, &NoResolver);
+    assert_eq!(
+        cloud_labels_published(&a),
+        vec![("kedge/v1/gw1/labels", BTreeMap::new())]
+    );
+    assert_eq!(mirrored(&a), vec![labels(&[("site", "b43"), ("own", "1")])]);
+    let a = b.handle(
+        with(&[("site", "b44"), ("own", "1")]),
+        NOW + 3_000,
+        &NoResolver,
+    );
+    assert_eq!(mirrored(&a), vec![labels(&[("site", "b44"), ("own", "1")])]);
+}
+
+#[test]
+fn a_deleted_node_takes_its_users_labels_with_it() {
+    let mut b = synced_bridge();
+    b.handle(node_object("gw1", &[("building", "b43")]), NOW, &NoResolver);
+    b.handle(
+        BridgeEvent::NodeObjectDeleted("gw1".into()),
+        NOW,
+        &NoResolver,
+    );
+    // Made again by the bridge, bare: the device's cloud labels go.
+    let a = b.handle(node_object("gw1", &[]), NOW, &NoResolver);
+    assert_eq!(
+        cloud_labels_published(&a),
+        vec![("kedge/v1/gw1/labels", BTreeMap::new())]
+    );
+}
+
+#[test]
+fn fleet_nodes_are_ready_nodes_while_the_bridge_runs_and_their_pods_are_not_device_pods() {
+    let mut s = settings();
+    s.fleet_nodes = vec!["edge".into()];
+    let mut b = Bridge::new(s);
+    b.handle(BridgeEvent::MqttSynced, NOW, &NoResolver);
+    b.handle(
+        BridgeEvent::PodsSynced { present_uids: None },
+        NOW,
+        &NoResolver,
+    );
+    let a = b.handle(BridgeEvent::Tick, NOW, &NoResolver);
+    let ensured: Vec<&BTreeMap<String, String>> = a
+        .iter()
+        .filter_map(|a| match a {
+            Action::EnsureNode { name, labels } if name == "kedge-fleet-edge" => Some(labels),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ensured.len(), 1, "{a:?}");
+    assert_eq!(ensured[0]["kedge.io/edge"], "true");
+    assert_eq!(
+        mirrored(&a),
+        vec![labels(&[
+            ("kedge.io/fleet-node", "edge"),
+            ("type", "virtual-kubelet")
+        ])]
+    );
+    let status = a
+        .iter()
+        .find_map(|a| match a {
+            Action::NodeStatus { name, body } if name == "kedge-fleet-edge" => Some(body),
+            _ => None,
+        })
+        .expect("node status");
+    assert_eq!(status["status"]["allocatable"]["pods"], "100000");
+    assert!(a.iter().any(|a| matches!(a, Action::RenewLease { .. })));
+    // Alive tick after tick, past the heartbeat timeout.
+    for i in 1..=60 {
+        b.handle(BridgeEvent::Tick, NOW + i * 1_000, &NoResolver);
+    }
+    assert!(b.is_alive("kedge-fleet-edge"));
+    // A pod bound to it is no device's: nothing published, no status.
+    let a = b.handle(
+        BridgeEvent::PodApplied(pod("p", "u1", "kedge-fleet-edge", serde_json::json!({}))),
+        NOW + 61_000,
+        &NoResolver,
+    );
+    assert!(a.is_empty(), "{a:?}");
+}
