@@ -17,7 +17,6 @@ mod sim;
 mod support;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +27,7 @@ use kedge::model::PodKey;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
-use support::k8s::{BridgeOpts, BridgeProc, ControlPlane, ControlPlaneOpts};
+use support::k8s::{BridgeOpts, BridgeProc, ControlPlane, ControlPlaneOpts, bridge_metric};
 use support::{Mosquitto, percentile, rss_kib, wait_until};
 
 struct Row {
@@ -46,20 +45,7 @@ struct Row {
 
 /// The bridge's `kedge_bridge_api_requests_total`, through its kubelet API.
 fn api_requests(cp: &ControlPlane, port: u16) -> Option<u64> {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "5", "--cacert"])
-        .arg(&cp.certs.ca)
-        .arg("--cert")
-        .arg(cp.dir().join("admin.pem"))
-        .arg("--key")
-        .arg(cp.dir().join("admin.key"))
-        .arg(format!("https://127.0.0.1:{port}/metrics"))
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("kedge_bridge_api_requests_total "))
-        .and_then(|v| v.trim().parse().ok())
+    bridge_metric(cp, port, "kedge_bridge_api_requests_total").map(|v| v as u64)
 }
 
 fn run(devices: usize, pods: usize, qps: f64) -> Row {

@@ -335,6 +335,15 @@ pub fn decode_as<T: WireMessage>(payload: &[u8]) -> Result<(u64, T), WireError> 
         })
 }
 
+/// Decodes a retained payload where empty means "none" (a tombstone):
+/// `Ok(None)` for an empty payload, else [`decode_as`].
+pub fn decode_retained<T: WireMessage>(payload: &[u8]) -> Result<Option<(u64, T)>, WireError> {
+    if payload.is_empty() {
+        return Ok(None);
+    }
+    decode_as::<T>(payload).map(Some)
+}
+
 /// Turns any payload into JSON for humans (`kedge wire decode`).
 pub fn to_json(payload: &[u8]) -> Result<serde_json::Value, WireError> {
     if payload.is_empty() {

@@ -14,25 +14,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-/// Agent flags that make back-off and heartbeats test-sized.
-fn fast_args() -> Vec<String> {
-    [
-        "--set",
-        "backoff.initial_ms=300",
-        "--set",
-        "backoff.max_ms=600",
-        "--set",
-        "node.heartbeat_ms=500",
-        "--set",
-        "broker.reconnect_initial_ms=200",
-        "--set",
-        "broker.reconnect_max_ms=1000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 /// A broker and agents with labels, each in its own data directory.
 struct Fleet {
     broker: Mosquitto,

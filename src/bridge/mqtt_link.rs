@@ -227,76 +227,53 @@ pub fn classify(topics: &Topics, topic: &str, payload: &[u8]) -> Option<BridgeEv
                 None
             }
         },
-        TopicKind::Reported { node, pod } => {
-            if payload.is_empty() {
-                return Some(BridgeEvent::Report {
-                    node,
-                    pod,
-                    seq: 0,
-                    status: None,
-                });
+        TopicKind::Reported { node, pod } => match wire::decode_retained::<PodStatus>(payload) {
+            Ok(r) => Some(BridgeEvent::Report {
+                node,
+                pod,
+                seq: r.as_ref().map_or(0, |(seq, _)| *seq),
+                status: r.map(|(_, s)| s),
+            }),
+            Err(e) => {
+                debug!(topic, error = %e, "undecodable pod status skipped");
+                None
             }
-            match wire::decode_as::<PodStatus>(payload) {
-                Ok((seq, status)) => Some(BridgeEvent::Report {
-                    node,
-                    pod,
-                    seq,
-                    status: Some(status),
-                }),
-                Err(e) => {
-                    debug!(topic, error = %e, "undecodable pod status skipped");
-                    None
-                }
-            }
-        }
+        },
         TopicKind::Events { node } => match wire::decode_as::<Event>(payload) {
             Ok((seq, event)) => Some(BridgeEvent::DeviceEvent { node, seq, event }),
             Err(_) => None,
         },
         TopicKind::FleetReport { node, fleet } => {
-            let report = if payload.is_empty() {
-                None
-            } else {
-                match wire::decode_as::<FleetReport>(payload) {
-                    Ok((_, r)) => Some(r),
-                    Err(e) => {
-                        debug!(topic, error = %e, "undecodable fleet report skipped");
-                        return None;
-                    }
+            match wire::decode_retained::<FleetReport>(payload) {
+                Ok(r) => Some(BridgeEvent::Fleet(FleetEvent::Report {
+                    node,
+                    fleet,
+                    report: r.map(|(_, r)| r),
+                })),
+                Err(e) => {
+                    debug!(topic, error = %e, "undecodable fleet report skipped");
+                    None
                 }
-            };
-            Some(BridgeEvent::Fleet(FleetEvent::Report {
-                node,
+            }
+        }
+        TopicKind::Fleet { fleet } => match wire::decode_retained::<FleetDeployment>(payload) {
+            Ok(r) => Some(BridgeEvent::Fleet(FleetEvent::Record {
                 fleet,
-                report,
-            }))
-        }
-        TopicKind::Fleet { fleet } => {
-            let record = if payload.is_empty() {
+                record: r.map(|(_, r)| r),
+            })),
+            Err(e) => {
+                debug!(topic, error = %e, "undecodable fleet record skipped");
                 None
-            } else {
-                match wire::decode_as::<FleetDeployment>(payload) {
-                    Ok((_, r)) => Some(r),
-                    Err(e) => {
-                        debug!(topic, error = %e, "undecodable fleet record skipped");
-                        return None;
-                    }
-                }
-            };
-            Some(BridgeEvent::Fleet(FleetEvent::Record { fleet, record }))
-        }
+            }
+        },
         TopicKind::Labels { node } => Some(BridgeEvent::CloudLabels {
             node,
-            labels: if payload.is_empty() {
-                BTreeMap::new()
-            } else {
-                match wire::decode_as::<NodeLabels>(payload) {
-                    Ok((_, l)) => l.labels,
-                    Err(e) => {
-                        // Replaced as a whole if the Node's users set any.
-                        debug!(topic, error = %e, "undecodable node labels read as none");
-                        BTreeMap::new()
-                    }
+            labels: match wire::decode_retained::<NodeLabels>(payload) {
+                Ok(l) => l.map(|(_, l)| l.labels).unwrap_or_default(),
+                Err(e) => {
+                    // Replaced as a whole if the Node's users set any.
+                    debug!(topic, error = %e, "undecodable node labels read as none");
+                    BTreeMap::new()
                 }
             },
         }),
@@ -304,11 +281,10 @@ pub fn classify(topics: &Topics, topic: &str, payload: &[u8]) -> Option<BridgeEv
             node,
             pod,
             // An undecodable spec counts as absent (as for `kedge apply`).
-            spec: if payload.is_empty() {
-                None
-            } else {
-                wire::decode_as::<PodSpec>(payload).ok().map(|(_, s)| s)
-            },
+            spec: wire::decode_retained::<PodSpec>(payload)
+                .ok()
+                .flatten()
+                .map(|(_, s)| s),
         }),
         _ => None,
     }

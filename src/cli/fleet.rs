@@ -434,18 +434,10 @@ fn feed(driver: &mut Driver, topics: &Topics, topic: &str, payload: &[u8], now: 
             }
         }
         Some(TopicKind::FleetReport { node, .. }) => {
-            let report = if payload.is_empty() {
-                None
-            } else {
-                match wire::decode_as::<FleetReport>(payload) {
-                    Ok((_, r)) => Some(r),
-                    Err(e) => {
-                        eprintln!("warning: skipping {topic}: {e}");
-                        return true;
-                    }
-                }
-            };
-            driver.on_report(&node, report, now);
+            match wire::decode_retained::<FleetReport>(payload) {
+                Ok(r) => driver.on_report(&node, r.map(|(_, r)| r), now),
+                Err(e) => eprintln!("warning: skipping {topic}: {e}"),
+            }
         }
         Some(TopicKind::Node { node }) if !payload.is_empty() => {
             if let Some((n, has_labels)) = node_status(payload) {
@@ -764,21 +756,9 @@ pub async fn get(
                     })
                 })
                 .collect();
-            writeln!(
-                stdout,
-                "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({ "kind": "List", "items": items })
-                )?
-            )?;
+            super::print_list(&mut stdout, items)?;
         }
-        _ if views.is_empty() => {
-            if all_namespaces {
-                eprintln!("No resources found");
-            } else {
-                eprintln!("No resources found in {namespace} namespace.");
-            }
-        }
+        _ if views.is_empty() => super::no_resources(all_namespaces, namespace),
         o => {
             let rows: Vec<(FleetDeployment, Counts)> = views
                 .iter()

@@ -698,21 +698,9 @@ pub async fn get(
                         .iter()
                         .map(|(n, s)| serde_json::json!({ "node": n, "status": s }))
                         .collect();
-                    writeln!(
-                        stdout,
-                        "{}",
-                        serde_json::to_string_pretty(
-                            &serde_json::json!({ "kind": "List", "items": items })
-                        )?
-                    )?;
+                    print_list(&mut stdout, items)?;
                 }
-                _ if pods.is_empty() => {
-                    if all_namespaces {
-                        eprintln!("No resources found");
-                    } else {
-                        eprintln!("No resources found in {namespace} namespace.");
-                    }
-                }
+                _ if pods.is_empty() => no_resources(all_namespaces, namespace),
                 o => write!(
                     stdout,
                     "{}",
@@ -919,6 +907,25 @@ pub fn wire_decode(file: Option<&PathBuf>, hex_input: bool) -> anyhow::Result<()
         serde_json::to_string_pretty(&json)?
     )?;
     Ok(())
+}
+
+/// `{"kind": "List", "items": […]}`, as kubectl prints `-o json`.
+pub(crate) fn print_list(
+    out: &mut impl std::io::Write,
+    items: Vec<serde_json::Value>,
+) -> anyhow::Result<()> {
+    let list = serde_json::json!({ "kind": "List", "items": items });
+    writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+    Ok(())
+}
+
+/// What kubectl says when a list is empty.
+pub(crate) fn no_resources(all_namespaces: bool, namespace: &str) {
+    if all_namespaces {
+        eprintln!("No resources found");
+    } else {
+        eprintln!("No resources found in {namespace} namespace.");
+    }
 }
 
 #[cfg(test)]

@@ -989,3 +989,22 @@ pub fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
+
+/// Agent flags that make back-off and heartbeats test-sized.
+pub fn fast_args() -> Vec<String> {
+    [
+        "--set",
+        "backoff.initial_ms=300",
+        "--set",
+        "backoff.max_ms=600",
+        "--set",
+        "node.heartbeat_ms=500",
+        "--set",
+        "broker.reconnect_initial_ms=200",
+        "--set",
+        "broker.reconnect_max_ms=1000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
