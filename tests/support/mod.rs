@@ -622,7 +622,7 @@ pub struct AgentOpts {
     pub node: String,
     /// `--broker URL`; omitted when `None`.
     pub broker_url: Option<String>,
-    /// `--data-dir DIR` (created if missing; `agent.log` is written here).
+    /// `--data-dir DIR` (created if missing; the log goes to `DIR.agent.log`).
     pub data_dir: PathBuf,
     /// Extra arguments appended after the standard ones.
     pub extra_args: Vec<String>,
@@ -638,11 +638,13 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Spawns `kedge agent --node N [--broker URL] --data-dir DIR EXTRA…`, output appended to `agent.log`.
+    /// Spawns `kedge agent --node N [--broker URL] --data-dir DIR EXTRA…`,
+    /// output appended to `DIR.agent.log` beside the data directory (not in
+    /// it: a test that fills the data directory's disk still reads the log).
     pub fn start(opts: AgentOpts) -> Agent {
         std::fs::create_dir_all(&opts.data_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", opts.data_dir.display()));
-        let log_path = opts.data_dir.join("agent.log");
+        let log_path = PathBuf::from(format!("{}.agent.log", opts.data_dir.display()));
         let log = OpenOptions::new()
             .create(true)
             .append(true)
