@@ -233,13 +233,7 @@ pub async fn apply(
     let mut stdout = std::io::stdout();
     let mut applied = Vec::new();
     for mut pod in manifests {
-        let ns = pod
-            .metadata
-            .namespace
-            .clone()
-            .or_else(|| namespace.map(str::to_string))
-            .unwrap_or_else(|| "default".into());
-        pod.metadata.namespace = Some(ns.clone());
+        let ns = super::place_in_namespace(&mut pod, namespace);
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let name = args.fleet.clone().unwrap_or_else(|| pod_name.clone());
         if !wire::valid_topic_level(&name) {

@@ -441,13 +441,7 @@ pub async fn apply(
     let mut index = read_cli_index(&mut client, &topics, node).await?;
     let index_before = index.clone();
     for mut pod in manifests {
-        let ns = pod
-            .metadata
-            .namespace
-            .clone()
-            .or_else(|| namespace.map(str::to_string))
-            .unwrap_or_else(|| "default".into());
-        pod.metadata.namespace = Some(ns.clone());
+        let ns = place_in_namespace(&mut pod, namespace);
         let name = pod.metadata.name.clone().unwrap_or_default();
         let key = PodKey::new(&ns, &name);
         let topic = topics.desired(node, &key);
@@ -907,6 +901,23 @@ pub fn wire_decode(file: Option<&PathBuf>, hex_input: bool) -> anyhow::Result<()
         serde_json::to_string_pretty(&json)?
     )?;
     Ok(())
+}
+
+/// The pod's namespace: its own, else `-n`, else `default` (kubectl's
+/// order); written into the pod.
+#[cfg(feature = "manifests")]
+pub(crate) fn place_in_namespace(
+    pod: &mut k8s_openapi::api::core::v1::Pod,
+    namespace: Option<&str>,
+) -> String {
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .or_else(|| namespace.map(str::to_string))
+        .unwrap_or_else(|| "default".into());
+    pod.metadata.namespace = Some(ns.clone());
+    ns
 }
 
 /// `{"kind": "List", "items": […]}`, as kubectl prints `-o json`.
