@@ -13,4 +13,5 @@ pub mod node;
 pub mod runtime;
 pub mod store;
 pub mod tls;
+pub mod trust;
 pub mod wire;
