@@ -126,12 +126,14 @@ impl Env {
             .map(|(_, p)| p)
     }
 
-    fn logs(&self, name: &str) -> String {
-        kedge_on_ok(
-            &self.broker,
-            &self.agent,
-            &["logs", name, "--node", &self.node],
-        )
+    /// `kedge logs`: log requests are signed too (with `key`).
+    fn logs(&self, key: Option<&Path>, name: &str) -> String {
+        let mut args = vec!["logs", name, "--node", &self.node];
+        let key = key.map(|k| k.to_str().expect("utf8").to_string());
+        if let Some(k) = &key {
+            args.extend(["--signing-key", k.as_str()]);
+        }
+        kedge_on_ok(&self.broker, &self.agent, &args)
     }
 }
 
@@ -247,7 +249,15 @@ fn a_signing_agent_refuses_what_the_key_did_not_sign() {
         s["observed_generation"] == 2 && phase(s) == "Succeeded"
     });
     let uid = s["uid"].as_str().expect("uid").to_string();
-    assert!(env.logs("app").contains("VERSION=two"));
+    assert!(env.logs(Some(&key), "app").contains("VERSION=two"));
+    // An unsigned log request is refused.
+    let out = kedge_on(&env.broker, &["logs", "app", "--node", "gw-signed"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SignatureMissing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let signed_v2 = env.retained(&topic).expect("retained");
 
     // 1. A spec from a client without the key (generation 3, same uid): refused.
@@ -288,7 +298,7 @@ fn a_signing_agent_refuses_what_the_key_did_not_sign() {
     assert_eq!(s["uid"], uid.as_str());
     assert_eq!(s["observed_generation"], 2);
     assert_eq!(phase(&s), "Succeeded");
-    assert!(!env.logs("app").contains("forged"));
+    assert!(!env.logs(Some(&key), "app").contains("forged"));
 
     // A restart (a new session, every retained message again) is not
     // tricked either: the counters are in the agent's store.
@@ -397,7 +407,7 @@ fn an_expired_key_is_refused_and_its_successor_accepted() {
     // The same pod signed with the current key runs.
     env.apply(Some(&new), &env_pod("rotated", "new"));
     env.wait_status("rotated done", "rotated", |s| phase(s) == "Succeeded");
-    assert!(env.logs("rotated").contains("VERSION=new"));
+    assert!(env.logs(Some(&new), "rotated").contains("VERSION=new"));
 }
 
 #[test]
@@ -411,7 +421,7 @@ fn an_agent_without_keys_takes_signed_and_unsigned_messages() {
     env.wait_status("plain v2 done", "plain", |s| {
         s["observed_generation"] == 2 && phase(s) == "Succeeded"
     });
-    assert!(env.logs("plain").contains("VERSION=signed"));
+    assert!(env.logs(None, "plain").contains("VERSION=signed"));
     // A hand-made unsigned spec, as clients of schema version 2 send.
     let topic = env.desired_topic("plain");
     let (_, mut spec) =
