@@ -512,7 +512,7 @@ mod tests {
             .expect("signs");
         let r = check(&[trusted(&signer(1), None)], TOPIC, &signed);
         assert!(matches!(r, Err(Refusal::UnknownKey(_))), "{r:?}");
-        assert_eq!(r.unwrap_err().reason(), "SignatureUntrusted");
+        assert_eq!(r.expect_err("refused").reason(), "SignatureUntrusted");
     }
 
     #[test]
@@ -622,7 +622,7 @@ mod tests {
                 last: 100
             })
         );
-        assert_eq!(r.unwrap_err().reason(), "SignatureReplayed");
+        assert_eq!(r.expect_err("refused").reason(), "SignatureReplayed");
     }
 
     #[test]

@@ -456,10 +456,8 @@ impl Controller {
             prefetched,
             trust: {
                 let keys = config.trusted_keys();
-                (!keys.is_empty()).then(|| TrustPolicy {
-                    keys,
-                    require: config.trust.require_signatures,
-                })
+                let require = config.trust.require_signatures;
+                (!keys.is_empty()).then_some(TrustPolicy { keys, require })
             },
             config,
         };
@@ -1012,7 +1010,7 @@ impl Controller {
             // An unsigned empty payload where no pod runs deletes nothing
             // (the bridge clears the signed tombstones it left this way);
             // it may still clear the status of a refused spec.
-            if !(payload.is_empty() && !runs) {
+            if !payload.is_empty() || runs {
                 let what = if wire::is_tombstone(payload) {
                     "delete"
                 } else {
