@@ -204,6 +204,18 @@ impl World {
             .unwrap_or_default()
     }
 
+    /// The Events about one object of the default namespace, as `kubectl
+    /// get events --field-selector involvedObject.name=NAME` lists them.
+    fn events_of(&self, name: &str) -> Vec<k8s_openapi::api::core::v1::Event> {
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.admin.clone(), "default");
+        let params = ListParams::default().fields(&format!("involvedObject.name={name}"));
+        self.rt
+            .block_on(events.list(&params))
+            .map(|l| l.items)
+            .unwrap_or_default()
+    }
+
     fn logs(&self, pod: &str, container: &str) -> Result<String, String> {
         self.rt
             .block_on(self.pods().logs(
@@ -395,6 +407,18 @@ fn devices_become_nodes_and_run_cluster_workloads() {
             },
         }),
     );
+    // A crash-looping pod: its BackOff events become one Event with a count
+    // (checked further down, once two back-offs have passed).
+    w.create(
+        &w.pods(),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "crasher"},
+            "spec": wasm_pod_spec(&w.image, &["exit", "3"], json!({
+                "nodeSelector": {"kubernetes.io/hostname": "edge-a"},
+            })),
+        }),
+    );
     let ticker_pods = w.wait_or_dump("2 ticker pods Running and Ready", || {
         let pods = w.list_pods("app=ticker");
         (pods.len() == 2 && pods.iter().all(pod_ready)).then_some(pods)
@@ -460,6 +484,44 @@ fn devices_become_nodes_and_run_cluster_workloads() {
         .collect();
     assert_eq!(numbers.len(), 4, "{followed:?}");
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{followed:?}");
+
+    // --- The device's events reach `kubectl get events`, as a kubelet's do.
+    let first_uid = ticker_pods[0].metadata.uid.clone().expect("uid");
+    let first_node = ticker_pods[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .expect("node");
+    let seen = wait_until(
+        "Pulled, Created and Started events of a ticker pod",
+        LONG,
+        || {
+            let events = w.events_of(&first);
+            let reasons: BTreeSet<String> = events
+                .iter()
+                .filter(|e| e.involved_object.uid.as_deref() == Some(first_uid.as_str()))
+                .filter_map(|e| e.reason.clone())
+                .collect();
+            ["Pulled", "Created", "Started"]
+                .iter()
+                .all(|r| reasons.contains(*r))
+                .then_some(events)
+        },
+    );
+    let started = seen
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Started"))
+        .expect("Started");
+    assert_eq!(started.message.as_deref(), Some("Started container main"));
+    assert_eq!(started.type_.as_deref(), Some("Normal"));
+    assert_eq!(
+        started.involved_object.field_path.as_deref(),
+        Some("spec.containers{main}")
+    );
+    assert_eq!(
+        started.source.as_ref().and_then(|s| s.host.as_deref()),
+        Some(first_node.as_str())
+    );
 
     // --- The kubelet API: only clients with a certificate from the CA.
     let healthz = |cert: Option<(&Path, &Path)>| {
@@ -581,6 +643,30 @@ fn devices_become_nodes_and_run_cluster_workloads() {
             .cloned()
     });
 
+    // --- A crash loop: Warning BackOff, repeats counted on one Event.
+    let backoff = wait_until("one BackOff Event of crasher with count 2", LONG, || {
+        w.events_of("crasher")
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("BackOff") && e.count.unwrap_or(0) >= 2)
+    });
+    assert_eq!(backoff.type_.as_deref(), Some("Warning"));
+    assert!(
+        backoff
+            .message
+            .as_deref()
+            .is_some_and(|m| m
+                .starts_with("Back-off restarting failed container main in pod crasher_default(")),
+        "{backoff:?}"
+    );
+    assert_eq!(
+        w.events_of("crasher")
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("BackOff"))
+            .count(),
+        1,
+        "repeats of one BackOff are one Event"
+    );
+
     // --- Deleting the Deployment removes the workloads and the Pod objects.
     w.rt.block_on(deployments.delete("ticker", &DeleteParams::foreground()))
         .expect("delete deployment");
@@ -592,6 +678,12 @@ fn devices_become_nodes_and_run_cluster_workloads() {
         let out = kedge_ok(&["get", "pods", "-A", "--broker", &url]);
         (!out.contains("ticker-")).then_some(())
     });
+    let killing = wait_until("a Killing event of a ticker pod", LONG, || {
+        w.events_of(&first)
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("Killing"))
+    });
+    assert_eq!(killing.message.as_deref(), Some("Stopping container main"));
 
     // --- A node deleted by hand comes back while its device is alive.
     let old_uid = w.node("edge-a").and_then(|n| n.metadata.uid).expect("uid");

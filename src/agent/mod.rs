@@ -9,6 +9,7 @@
 #[cfg(test)]
 mod controller_tests;
 pub mod decide;
+pub mod event_budget;
 mod fleet;
 pub mod logs_rpc;
 pub mod pod_machine;
@@ -113,6 +114,11 @@ pub struct Controller {
     fleet: fleet::FleetView,
     /// Where prefetch tasks report (`AgentEvent::Prefetched`).
     prefetched: mpsc::UnboundedSender<fleet::Prefetched>,
+    /// Each pod's event budget (the kubelet's spam filter).
+    event_budget: event_budget::EventBudget,
+    /// The monotonic origin of the event budget's clock (tokio's: paused
+    /// in the in-process tests).
+    origin: tokio::time::Instant,
 }
 
 struct Uncommitted {
@@ -445,6 +451,8 @@ impl Controller {
             desired_view: DesiredView::default(),
             fleet: fleet::FleetView::default(),
             prefetched,
+            event_budget: event_budget::EventBudget::default(),
+            origin: tokio::time::Instant::now(),
             config,
         };
         let receivers = Receivers {
@@ -1068,6 +1076,7 @@ impl Controller {
             AfterStop::Delete => {
                 let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
                 self.clear_status(key, true);
+                self.event_budget.forget(key);
                 info!(pod = %key, "pod deleted");
                 if entry.source == PodSource::Fleet {
                     self.fleet_pod_changed(key);
@@ -1150,7 +1159,24 @@ impl Controller {
         self.node_event(event);
     }
 
-    fn node_event(&mut self, event: Event) {
+    fn node_event(&mut self, mut event: Event) {
+        if let (Some(ns), Some(pod)) = (&event.namespace, &event.pod) {
+            let key = PodKey::new(ns, pod);
+            match self.event_budget.admit(&key, self.origin.elapsed()) {
+                event_budget::Admit::No => {
+                    return debug!(pod = %key, reason = %event.reason, "event over the pod's budget; not sent");
+                }
+                event_budget::Admit::Yes { dropped: 0 } => {}
+                event_budget::Admit::Yes { dropped } => {
+                    event.message = format!(
+                        "{} ({dropped} earlier events of this pod not sent: over its budget of {} at once and one per {} s)",
+                        event.message,
+                        event_budget::BURST,
+                        event_budget::REFILL.as_secs()
+                    );
+                }
+            }
+        }
         let topic = self.topics.events(&self.node);
         let body = match wire::Body::of(&Message::Event(event)) {
             Ok(b) => b,

@@ -595,6 +595,7 @@ impl Fleets {
                         message: refusal.message.clone(),
                         time_ms: now_ms,
                         host: String::new(),
+                        field_path: None,
                     }));
                     let s = seed::seed_status(
                         &Default::default(),
@@ -1171,6 +1172,7 @@ fn fleet_event(
             message: message.to_string(),
             time_ms: now_ms,
             host: String::new(),
+            field_path: None,
         };
     }
     KubeEvent {
@@ -1183,6 +1185,7 @@ fn fleet_event(
         message: message.to_string(),
         time_ms: now_ms,
         host: String::new(),
+        field_path: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! [`mqtt_link`] and the kubelet API in [`kubelet`]. One loop owns the state
 //! and handles one [`BridgeEvent`] at a time.
 
+pub mod event_series;
 pub mod fleets;
 pub mod kubelet;
 pub mod mqtt_link;

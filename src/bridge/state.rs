@@ -124,6 +124,9 @@ pub struct KubeEvent {
     pub time_ms: u64,
     /// The node the event is about (the `source.host`).
     pub host: String,
+    /// The part of the object it is about: `spec.containers{NAME}` for a
+    /// container, as the kubelet sets it.
+    pub field_path: Option<String>,
 }
 
 /// Who applies a pod status: the device's report, or the bridge's own
@@ -1032,10 +1035,16 @@ impl Bridge {
             }
             _ => ("default".to_string(), "Node", node.clone(), String::new()),
         };
-        let message = match &event.container {
-            Some(c) if kind == "Pod" => format!("container {c}: {}", event.message),
-            _ => event.message.clone(),
+        // The kubelet names the container in `fieldPath`, not the message.
+        let field_path = match &event.container {
+            Some(c) if kind == "Pod" => Some(container_field_path(
+                self.desired
+                    .get(&(node.clone(), PodKey::new(&namespace, &name))),
+                c,
+            )),
+            _ => None,
         };
+        let message = event.message.clone();
         out.push(Action::Event(KubeEvent {
             namespace,
             involved_kind: kind,
@@ -1046,6 +1055,7 @@ impl Bridge {
             message,
             time_ms: event.timestamp_ms,
             host: node,
+            field_path,
         }));
     }
 
@@ -1257,6 +1267,7 @@ impl Bridge {
                     message: message.clone(),
                     time_ms: now_ms,
                     host: e.node.clone(),
+                    field_path: None,
                 }));
                 out.push(Action::PodStatus {
                     pod: key.clone(),
@@ -1322,3 +1333,14 @@ impl Bridge {
 
 #[cfg(test)]
 mod tests;
+
+/// `spec.containers{NAME}`, or `spec.initContainers{NAME}` for an init
+/// container of `spec` (the kubelet's `fieldPath` of a container's events).
+fn container_field_path(spec: Option<&PodSpec>, container: &str) -> String {
+    let init = spec.is_some_and(|s| s.init_containers.iter().any(|c| c.name == container));
+    if init {
+        format!("spec.initContainers{{{container}}}")
+    } else {
+        format!("spec.containers{{{container}}}")
+    }
+}
