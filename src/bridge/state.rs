@@ -250,7 +250,7 @@ impl Settings {
         Settings {
             topics,
             endpoint,
-            kubelet_version: format!("v{}-kedge", env!("CARGO_PKG_VERSION")),
+            kubelet_version: kubelet_version(),
             admit: Admit::default(),
             lease_renew_ms: 10_000,
             status_refresh_ms: 60_000,
@@ -1333,6 +1333,17 @@ impl Bridge {
 
 #[cfg(test)]
 mod tests;
+
+/// The Kubernetes API level the bridge is built against (k8s-openapi's
+/// `v1_33` feature, Cargo.toml): the minor version its Nodes claim.
+pub const KUBE_API_LEVEL: &str = "1.33.0";
+
+/// The Nodes' `kubeletVersion`: a Kubernetes version string that tools
+/// parse (`v1.33.0-kedge.0.1.0`: semver, kedge's version as the
+/// pre-release), as Virtual Kubelet providers write theirs.
+pub fn kubelet_version() -> String {
+    format!("v{KUBE_API_LEVEL}-kedge.{}", env!("CARGO_PKG_VERSION"))
+}
 
 /// `spec.containers{NAME}`, or `spec.initContainers{NAME}` for an init
 /// container of `spec` (the kubelet's `fieldPath` of a container's events).
