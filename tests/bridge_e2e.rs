@@ -1699,7 +1699,9 @@ fn a_fleet_deployment_runs_on_every_matching_agent_and_rolls_back_a_failing_cana
 /// the fleet node `kedge-fleet-edge` becomes a fleet deployment over the
 /// devices its `kedge.io/selector` selects (not the others), its pod shows
 /// the counts, and a template change rolls out as revision 2 of the same
-/// fleet deployment.
+/// fleet deployment. The fleet nodes' capacity is the sum over their
+/// devices (`edge`: all three; `b43:site=b43`: the two at b43, then one
+/// when a device's labels stop matching).
 #[test]
 fn a_deployment_on_a_fleet_node_reaches_the_matching_agents_and_an_update_is_revision_2() {
     let rt = runtime();
@@ -1734,7 +1736,9 @@ fn a_deployment_on_a_fleet_node_reaches_the_matching_agents_and_an_update_is_rev
         broker_url: mqtt.url(),
         kubeconfig: cp.bridge_kubeconfig.clone(),
         certs: cp.certs.clone(),
-        extra_args: vec!["--fleet-node".into(), "edge".into()],
+        extra_args: ["--fleet-node", "edge", "--fleet-node", "b43:site=b43"]
+            .map(String::from)
+            .to_vec(),
     });
     let records = collect_records(&rt, mqtt.port, "kedge/v1/_fleet/default/meter".into());
     let nodes: Api<Node> = Api::all(admin.clone());
@@ -1768,6 +1772,33 @@ fn a_deployment_on_a_fleet_node_reaches_the_matching_agents_and_an_update_is_rev
                     && condition(&n, "Ready").is_some_and(|c| c.status == "True")
             })
     });
+
+    // A fleet node's capacity is the sum over its devices: every device
+    // for `edge`, the two at site b43 for `b43`.
+    let node = |name: &str| rt.block_on(nodes.get_opt(name)).ok().flatten();
+    dump(
+        "the fleet nodes' capacity is their devices' summed",
+        &mut || {
+            let Some(devices) = ["edge-a", "edge-b", "edge-c"]
+                .iter()
+                .map(|n| node(n).map(|n| capacity(&n)))
+                .collect::<Option<Vec<[u64; 4]>>>()
+            else {
+                return false;
+            };
+            let (edge, b43) = (node("kedge-fleet-edge"), node("kedge-fleet-b43"));
+            edge.is_some_and(|n| capacity(&n) == summed(&devices))
+                && b43.is_some_and(|n| {
+                    capacity(&n) == summed(&devices[..2])
+                        && condition(&n, "Ready")
+                            .and_then(|c| c.message.clone())
+                            .as_deref()
+                            == Some(
+                                "2 of 2 devices online; the kedge bridge serves this fleet node",
+                            )
+                })
+        },
+    );
 
     let wasm = guest_wasm(GuestTarget::P1);
     let image = format!("file://{}@sha256:{}", wasm.display(), sha256_file(&wasm));
@@ -1869,4 +1900,57 @@ fn a_deployment_on_a_fleet_node_reaches_the_matching_agents_and_an_update_is_rev
         });
     }
     assert!(seed_pods().is_empty());
+
+    // edge-b's labels stop matching (a user moves its Node to site b45):
+    // fleet node b43 stands for edge-a alone.
+    rt.block_on(nodes.patch(
+        "edge-b",
+        &PatchParams {
+            field_manager: Some("kubectl-label".into()),
+            ..Default::default()
+        },
+        &Patch::Merge(json!({"metadata": {"labels": {"site": "b45"}}})),
+    ))
+    .expect("label the Node");
+    dump("fleet node b43 drops edge-b", &mut || {
+        let (Some(a), Some(b43)) = (node("edge-a"), node("kedge-fleet-b43")) else {
+            return false;
+        };
+        capacity(&b43) == summed(&[capacity(&a)])
+            && condition(&b43, "Ready")
+                .and_then(|c| c.message.clone())
+                .as_deref()
+                == Some("1 of 1 devices online; the kedge bridge serves this fleet node")
+    });
+}
+
+/// A Node's capacity: CPU in millicores, memory, pods, ephemeral storage
+/// (the bridge writes plain numbers, and CPU in cores or millicores).
+fn capacity(n: &Node) -> [u64; 4] {
+    let c = n
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.clone())
+        .unwrap_or_default();
+    let get = |k: &str| c.get(k).map(|q| q.0.clone()).unwrap_or_default();
+    let cpu = get("cpu");
+    let cpu = match cpu.strip_suffix('m') {
+        Some(m) => m.parse().unwrap_or(0),
+        None => cpu.parse::<u64>().unwrap_or(0) * 1000,
+    };
+    let int = |k: &str| get(k).parse::<u64>().unwrap_or(0);
+    [cpu, int("memory"), int("pods"), int("ephemeral-storage")]
+}
+
+/// Devices' capacities summed as a fleet node sums them: memory in whole
+/// KiB and ephemeral storage in whole MiB per device.
+fn summed(devices: &[[u64; 4]]) -> [u64; 4] {
+    devices.iter().fold([0; 4], |s, d| {
+        [
+            s[0] + d[0],
+            s[1] + (d[1] >> 10 << 10),
+            s[2] + d[2],
+            s[3] + (d[3] >> 20 << 20),
+        ]
+    })
 }

@@ -36,6 +36,7 @@
 //!   its status goes to its pods (phase, `kedge.io/FleetReady`).
 
 pub mod crd;
+pub mod nodes;
 pub mod seed;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -304,8 +305,8 @@ pub struct Fleets {
     /// holds shard 0.
     sharded: bool,
     active: bool,
-    /// `--fleet-node` names: pods bound to their Nodes are seeds.
-    fleet_nodes: Vec<String>,
+    /// `--fleet-node`s: pods bound to their Nodes are seeds.
+    fleet_nodes: Vec<nodes::FleetNode>,
     pods_synced: bool,
     /// Seed pods refused (by uid), with the refusal told once.
     seed_refused: HashMap<String, seed::SeedRefusal>,
@@ -449,7 +450,7 @@ impl Fleets {
 
     /// The seed path: pods bound to these fleet nodes become fleet
     /// deployments; nothing is published before the pods are listed.
-    pub fn with_fleet_nodes(mut self, fleet_nodes: Vec<String>) -> Fleets {
+    pub fn with_fleet_nodes(mut self, fleet_nodes: Vec<nodes::FleetNode>) -> Fleets {
         self.pods_synced = fleet_nodes.is_empty();
         self.fleet_nodes = fleet_nodes;
         self
@@ -625,7 +626,9 @@ impl Fleets {
             .or_else(|| newest.metadata.uid.clone())
             .unwrap_or_default();
         let pod_uid = newest.metadata.uid.clone().unwrap_or_default();
-        match seed::resource(key, &uid, &newest) {
+        let node_selector =
+            seed::fleet_node_of(&newest, &self.fleet_nodes).and_then(|n| n.selector.as_ref());
+        match seed::resource(key, &uid, &newest, node_selector) {
             Ok(cr) => {
                 f.orphaned_ms = None;
                 self.seed_refused.remove(&pod_uid);

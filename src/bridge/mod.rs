@@ -72,11 +72,13 @@ pub struct BridgeArgs {
     /// Node, no Lease, no API writes of their own (default: every device).
     #[arg(long, value_name = "SELECTOR")]
     pub node_selector: Option<String>,
-    /// A fleet virtual node (repeatable): Node `kedge-fleet-NAME`, to which
-    /// a pod (a Deployment's template) is bound to become a fleet
-    /// deployment over the devices its `kedge.io/selector` annotation
-    /// selects (the seed path).
-    #[arg(long = "fleet-node", value_name = "NAME")]
+    /// A fleet virtual node (repeatable, at most 16): Node
+    /// `kedge-fleet-NAME`, standing for the devices whose labels match
+    /// SELECTOR (none: every device), with their capacity summed. A pod (a
+    /// Deployment's template) bound to it becomes a fleet deployment over
+    /// the devices that match both SELECTOR and its `kedge.io/selector`
+    /// annotation (required when the node has no SELECTOR): the seed path.
+    #[arg(long = "fleet-node", value_name = "NAME[:SELECTOR]")]
     pub fleet_nodes: Vec<String>,
     /// Maximum Kubernetes API write requests per second.
     #[arg(long, default_value_t = 50.0)]
@@ -355,15 +357,17 @@ pub async fn run(
     if !args.allow_nodes.is_empty() {
         settings.admit.allow = Some(args.allow_nodes.iter().cloned().collect());
     }
-    for name in &args.fleet_nodes {
-        let node = fleets::seed::node_name(name);
-        crate::model::validate::label("--fleet-node", "fleet node name", name)
-            .map_err(|e| anyhow::anyhow!("invalid --fleet-node {name:?}: {e}"))?;
+    let fleet_nodes = fleets::nodes::FleetNode::parse_all(&args.fleet_nodes)?;
+    for n in &fleet_nodes {
+        let node = fleets::seed::node_name(&n.name);
         if !wire::valid_topic_level(&node) {
-            anyhow::bail!("invalid --fleet-node {name:?}: {node:?} is not a valid node name");
+            anyhow::bail!(
+                "invalid --fleet-node {:?}: {node:?} is not a valid node name",
+                n.name
+            );
         }
     }
-    settings.fleet_nodes = args.fleet_nodes.clone();
+    settings.fleet_nodes = fleet_nodes.clone();
     settings.heartbeat_timeout_ms = args.heartbeat_timeout_ms;
     settings.shared_status = args.shared_status;
     if args.shards > 0 {
@@ -444,8 +448,8 @@ pub async fn run(
         config_maps: cms,
         secrets,
     };
-    let mut fleets = Fleets::new(settings.topics.clone(), args.shards > 0)
-        .with_fleet_nodes(args.fleet_nodes.clone());
+    let mut fleets =
+        Fleets::new(settings.topics.clone(), args.shards > 0).with_fleet_nodes(fleet_nodes);
     let mut bridge = Bridge::new(settings);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
+use super::fleets::nodes::{FleetNode, FleetNodes};
 use super::render::{self, KubeletEndpoint};
 use crate::model::convert::{Resolver, pod_spec_from_k8s_with};
 use crate::model::selector::Selector;
@@ -233,17 +234,17 @@ pub struct Settings {
     /// get any device's report: write it for every known pod, not only for
     /// the devices of this replica's shards.
     pub shared_status: bool,
-    /// `--fleet-node` names: the bridge registers Node `kedge-fleet-NAME`
-    /// for each, and leaves the pods bound to them to `bridge::fleets`
-    /// (the seed path).
-    pub fleet_nodes: Vec<String>,
+    /// `--fleet-node`s: the bridge registers Node `kedge-fleet-NAME`
+    /// for each, with the capacity of the devices it stands for, and leaves
+    /// the pods bound to them to `bridge::fleets` (the seed path).
+    pub fleet_nodes: Vec<FleetNode>,
 }
 
 impl Settings {
     /// Whether `node` is the Node of a fleet node.
     pub fn is_fleet_node(&self, node: &str) -> bool {
         node.strip_prefix(super::fleets::seed::NODE_PREFIX)
-            .is_some_and(|n| self.fleet_nodes.iter().any(|f| f == n))
+            .is_some_and(|n| self.fleet_nodes.iter().any(|f| f.name == n))
     }
 
     pub fn new(topics: Topics, endpoint: KubeletEndpoint) -> Settings {
@@ -317,6 +318,9 @@ pub struct Bridge {
     /// The cloud labels retained for each device (as read from the broker,
     /// or as last published).
     cloud_labels: HashMap<String, BTreeMap<String, String>>,
+    /// The devices each fleet node stands for and their summed capacity,
+    /// fed with every device's node status (Node or not, any shard).
+    fleet_nodes: FleetNodes,
 }
 
 /// A [`Resolver`] that records every reference looked up, and which were missing.
@@ -420,6 +424,7 @@ fn significant(s: &NodeStatus) -> NodeStatus {
 impl Bridge {
     pub fn new(settings: Settings) -> Bridge {
         Bridge {
+            fleet_nodes: FleetNodes::new(settings.fleet_nodes.clone()),
             settings,
             devices: HashMap::new(),
             pods: HashMap::new(),
@@ -554,8 +559,15 @@ impl Bridge {
             BridgeEvent::Tick => {
                 // Fleet nodes are alive while the bridge runs: each tick is
                 // their heartbeat.
-                for name in self.settings.fleet_nodes.clone() {
-                    let status = super::fleets::seed::node_status(&name, now_ms);
+                let names: Vec<String> = self
+                    .settings
+                    .fleet_nodes
+                    .iter()
+                    .map(|n| n.name.clone())
+                    .collect();
+                for name in names {
+                    let devices = self.fleet_nodes.summary(&name).unwrap_or_default();
+                    let status = super::fleets::seed::node_status(&name, &devices, now_ms);
                     self.on_node(status.name.clone(), status, now_ms, resolver, &mut out);
                 }
                 self.on_tick(now_ms, &mut out)
@@ -625,7 +637,15 @@ impl Bridge {
         resolver: &dyn Resolver,
         out: &mut Vec<Action>,
     ) {
-        if !self.settings.admit.admits(&node) || !wire::valid_topic_level(&node) {
+        if !wire::valid_topic_level(&node) {
+            return;
+        }
+        if !self.settings.is_fleet_node(&node) {
+            // Every device counts for the fleet nodes whose selector it
+            // matches, whether it is a Node (of this replica) or not.
+            self.fleet_nodes.on_node_status(&node, &status);
+        }
+        if !self.settings.admit.admits(&node) {
             return;
         }
         // Presence alone (a last will) says nothing about the labels.

@@ -931,7 +931,8 @@ fn seed_pod(
 
 /// A synced `Fleets` with fleet node `edge` (broker, FleetDeployments and pods listed).
 fn seed_synced() -> Fleets {
-    let mut f = Fleets::new(topics(), false).with_fleet_nodes(vec!["edge".into()]);
+    let mut f =
+        Fleets::new(topics(), false).with_fleet_nodes(vec![nodes::FleetNode::named("edge")]);
     f.handle(&BridgeEvent::MqttSynced, NOW, &NoResolver);
     f.handle(
         &BridgeEvent::Fleet(FleetEvent::Synced {
@@ -1144,7 +1145,8 @@ fn a_seed_pod_without_a_valid_selector_is_refused_with_an_event_and_a_condition(
 
 #[test]
 fn nothing_is_published_for_seed_pods_before_the_pods_are_listed() {
-    let mut f = Fleets::new(topics(), false).with_fleet_nodes(vec!["edge".into()]);
+    let mut f =
+        Fleets::new(topics(), false).with_fleet_nodes(vec![nodes::FleetNode::named("edge")]);
     f.handle(&BridgeEvent::MqttSynced, NOW, &NoResolver);
     f.handle(
         &BridgeEvent::Fleet(FleetEvent::Synced {
