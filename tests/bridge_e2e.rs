@@ -1222,6 +1222,17 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
         (s.targeted, s.up_to_date, s.running, s.failed, s.offline),
         (AT_B43, AT_B43, AT_B43, 0, 0)
     );
+    // Per revision: every device on revision 1.
+    assert_eq!(
+        s.revisions,
+        vec![kedge::bridge::fleets::crd::RevisionStatus {
+            revision: Some(1),
+            devices: AT_B43,
+            running: AT_B43,
+            ready: AT_B43,
+            ..Default::default()
+        }]
+    );
     assert!(
         s.conditions
             .iter()
@@ -1312,6 +1323,9 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
         "kedge_fleet_devices{namespace=\"default\",fleet=\"sensors\",state=\"failed\"} 0"
             .to_string(),
         "kedge_fleet_revision{namespace=\"default\",fleet=\"sensors\"} 1".to_string(),
+        format!(
+            "kedge_fleet_revision_devices{{namespace=\"default\",fleet=\"sensors\",revision=\"1\",state=\"ready\"}} {AT_B43}"
+        ),
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
@@ -1393,7 +1407,17 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
         s.message.as_deref().unwrap_or("").contains("rolled back"),
         "{s:?}"
     );
-    status(&|s| s.revision == Some(4) && s.ready == AT_B43 && s.failed == 0);
+    let s = status(&|s| {
+        s.revision == Some(4) && s.ready == AT_B43 && s.failed == 0 && s.revisions.len() == 1
+    });
+    // Everyone on revision 4 now (revision 3's failures went with the
+    // canaries' next reports).
+    assert_eq!(
+        (s.revisions[0].revision, s.revisions[0].devices),
+        (Some(4), AT_B43),
+        "{:?}",
+        s.revisions
+    );
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), "default");
     wait_until(
         "a RolledBack Warning Event on the fleet deployment",
