@@ -8,6 +8,7 @@
 
 pub mod fleets;
 pub mod kubelet;
+pub mod kubelet_auth;
 pub mod mqtt_link;
 pub mod render;
 pub mod shard;
@@ -63,6 +64,24 @@ pub struct BridgeArgs {
     /// CA that signs the apiserver's kubelet client certificate.
     #[arg(long, value_name = "FILE")]
     pub client_ca_file: PathBuf,
+    /// How long an allowed SubjectAccessReview answer of the kubelet API is
+    /// cached (the kubelet's flag and default).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub authorization_webhook_cache_authorized_ttl: Duration,
+    /// How long a denied SubjectAccessReview answer is cached.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub authorization_webhook_cache_unauthorized_ttl: Duration,
+    /// A kubelet API client must finish its TLS handshake within this.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub kubelet_tls_handshake_timeout: Duration,
+    /// A kubelet API request's headers must arrive within this (HTTP/1;
+    /// also the idle limit between requests of a kept-alive connection).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub kubelet_header_read_timeout: Duration,
+    /// Kubelet API connections served at once; further ones wait in the
+    /// listen backlog until one closes.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub kubelet_max_connections: usize,
     /// Only these devices become nodes (comma-separated; default: every device).
     #[arg(long, value_delimiter = ',', value_name = "NODES")]
     pub allow_nodes: Vec<String>,
@@ -431,8 +450,26 @@ pub async fn run(
         mqtt: mqtt.clone(),
         stats: writer.stats(),
         fleet_metrics: fleet_metrics.clone(),
+        authorizer: kubelet_auth::Authorizer::new(
+            client.clone(),
+            args.authorization_webhook_cache_authorized_ttl,
+            args.authorization_webhook_cache_unauthorized_ttl,
+        ),
+        log_stats: mqtt.log_stats(),
     });
-    tokio::spawn(kubelet::serve(listener, Arc::new(tls), ctx));
+    if args.kubelet_max_connections == 0 {
+        anyhow::bail!("invalid --kubelet-max-connections 0: must be at least 1");
+    }
+    tokio::spawn(kubelet::serve(
+        listener,
+        Arc::new(tls),
+        ctx,
+        kubelet::ServeLimits {
+            handshake_timeout: args.kubelet_tls_handshake_timeout,
+            header_read_timeout: args.kubelet_header_read_timeout,
+            max_connections: args.kubelet_max_connections,
+        },
+    ));
     info!(
         kubelet = %args.kubelet_listen,
         advertise = %args.advertise_address,
