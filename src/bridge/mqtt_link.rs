@@ -566,7 +566,7 @@ mod tests {
         routes.route("a", chunk(&[1; 20], false));
         routes.route("b", chunk(&[2; 20], false));
         assert!(!routes.is_open("b"), "b would pass the total");
-        assert_eq!(b.recv().await.and_then(|c| c.error).is_some(), true);
+        assert!(b.recv().await.and_then(|c| c.error).is_some());
         drop(a);
         routes.close("a");
         assert_eq!(stats.buffered_bytes.load(Ordering::Relaxed), 0);
