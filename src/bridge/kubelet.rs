@@ -120,7 +120,9 @@ pub struct ServeLimits {
     pub handshake_timeout: Duration,
     /// An HTTP/1 request's headers must arrive within this (hyper's
     /// `header_read_timeout`, also between requests of a kept-alive
-    /// connection), or the connection is closed.
+    /// connection), or the connection is closed. HTTP/2 (by ALPN only)
+    /// has keep-alive pings instead: a peer that stops answering them for
+    /// 20 s is dropped.
     pub header_read_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog (they
     /// are not accepted) until one closes.
@@ -191,8 +193,16 @@ pub async fn serve(
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // The protocol from ALPN, not from sniffing the first bytes:
+                // hyper-util's sniffing waits for them without a timeout,
+                // before the header read timeout starts.
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder = if h2 {
+                    builder.http2_only()
+                } else {
+                    builder.http1_only()
+                };
                 builder
                     .http1()
                     .timer(TokioTimer::new())
