@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Client;
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PostParams,
@@ -138,6 +139,16 @@ struct World {
 
 impl World {
     fn start(nodes: &[&str]) -> World {
+        World::start_with(nodes, vec![], vec![])
+    }
+
+    /// [`World::start`] with extra arguments for the bridge and extra
+    /// environment for the agents.
+    fn start_with(
+        nodes: &[&str],
+        bridge_args: Vec<String>,
+        agent_env: Vec<(String, String)>,
+    ) -> World {
         let rt = runtime();
         let cp = ControlPlane::start(ControlPlaneOpts {
             controllers: true,
@@ -161,6 +172,7 @@ impl World {
                 node: n.to_string(),
                 broker_url: Some(mqtt.url()),
                 data_dir: dir.clone(),
+                env: agent_env.clone(),
                 ..Default::default()
             });
             agents.insert(n.to_string(), (agent, dir));
@@ -169,7 +181,7 @@ impl World {
             broker_url: mqtt.url(),
             kubeconfig: cp.bridge_kubeconfig.clone(),
             certs: cp.certs.clone(),
-            extra_args: vec![],
+            extra_args: bridge_args,
         });
         let wasm = guest_wasm(GuestTarget::P1);
         let image = format!("file://{}@sha256:{}", wasm.display(), sha256_file(&wasm));
@@ -1977,4 +1989,276 @@ fn summed(devices: &[[u64; 4]]) -> [u64; 4] {
             s[3] + (d[3] >> 20 << 20),
         ]
     })
+}
+
+/// A rustls client of the bridge's kubelet API with this client certificate.
+fn kubelet_tls(ca: &Path, cert: &Path, key: &Path) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(c.expect("ca")).expect("root");
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .expect("client cert")
+        .collect::<Result<_, _>>()
+        .expect("client cert");
+    let key = PrivateKeyDer::from_pem_file(key).expect("client key");
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client auth"),
+    )
+}
+
+/// `curl` of the bridge's kubelet API with a client certificate: (status, body).
+fn kubelet_get(
+    w: &World,
+    cert: &(std::path::PathBuf, std::path::PathBuf),
+    path: &str,
+) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(&w.cp.certs.ca)
+        .arg("--cert")
+        .arg(&cert.0)
+        .arg("--key")
+        .arg(&cert.1)
+        .arg(format!("https://127.0.0.1:{}{path}", w.bridge.kubelet_port))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn the_kubelet_api_authorises_like_a_kubelet_and_a_slow_log_reader_loses_nothing() {
+    let mut w = World::start_with(
+        &["edge-a"],
+        vec![
+            "--kubelet-header-read-timeout=2s".into(),
+            "--kubelet-tls-handshake-timeout=2s".into(),
+        ],
+        // The burst below writes ~30 MB of CRI log: no rotation under it.
+        vec![(
+            "KEDGE_LOGS_MAX_FILE_BYTES".into(),
+            (64u64 << 20).to_string(),
+        )],
+    );
+    w.wait_node_ready("edge-a");
+    let accounts: Api<ServiceAccount> = Api::namespaced(w.admin.clone(), "default");
+    wait_until("the default service account", LONG, || {
+        w.rt.block_on(accounts.get_opt("default")).ok().flatten()
+    });
+    let on_edge_a = |args: &[&str], extra: serde_json::Value| {
+        let mut spec = wasm_pod_spec(&w.image, args, extra);
+        spec["nodeSelector"] = json!({"kubernetes.io/hostname": "edge-a"});
+        spec
+    };
+    w.create(
+        &w.pods(),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "talker"},
+               "spec": on_edge_a(&["ticker", "0", "500"], json!({}))}),
+    );
+
+    // Users from the cluster CA: alice has no rights on nodes; bob's group
+    // is granted nodes/log through RBAC.
+    let alice = w.cp.user_cert("alice", "/O=dev/CN=alice");
+    let bob = w.cp.user_cert("bob", "/O=log-readers/CN=bob");
+    let roles: Api<ClusterRole> = Api::all(w.admin.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(w.admin.clone());
+    w.create(
+        &roles,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": "node-log-reader"},
+               "rules": [{"apiGroups": [""], "resources": ["nodes/log"], "verbs": ["get"]}]}),
+    );
+    w.create(
+        &bindings,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "log-readers"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "node-log-reader"},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "log-readers"}]}),
+    );
+    w.wait_or_dump("talker Running and Ready", || {
+        let p = w.rt.block_on(w.pods().get_opt("talker")).ok().flatten()?;
+        pod_ready(&p).then_some(())
+    });
+
+    // --- Denied: 403 with the kubelet's words, for logs and everything else.
+    let (code, body) = kubelet_get(&w, &alice, "/containerLogs/default/talker/main");
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        body,
+        "Forbidden (user=alice, verb=get, resource=nodes, subresource(s)=[log proxy])\n"
+    );
+    let (code, body) = kubelet_get(&w, &alice, "/metrics");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("subresource(s)=[metrics]"), "{body}");
+    // Nobody learns which pods exist without the right to read their logs.
+    let (code, _) = kubelet_get(&w, &alice, "/containerLogs/default/no-such-pod/main");
+    assert_eq!(code, 403);
+
+    // --- Allowed through nodes/log: the logs.
+    let log = wait_until("bob reads talker's log from the bridge", LONG, || {
+        let (code, body) = kubelet_get(&w, &bob, "/containerLogs/default/talker/main");
+        (code == 200 && body.contains("tick 1")).then_some(body)
+    });
+    assert!(log.starts_with("tick 1"), "{log}");
+    // Only that: nodes/log is not nodes/metrics.
+    assert_eq!(kubelet_get(&w, &bob, "/metrics").0, 403);
+    // Typed errors: no previous run is 400, as the kubelet; unknown
+    // container and pod are 404.
+    let (code, body) = kubelet_get(&w, &bob, "/containerLogs/default/talker/main?previous=true");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("previous terminated container"), "{body}");
+    let (code, body) = kubelet_get(&w, &bob, "/containerLogs/default/talker/nope");
+    assert_eq!(
+        (code, body.as_str()),
+        (404, "container \"nope\" not found in pod \"talker\"\n")
+    );
+    assert_eq!(
+        kubelet_get(&w, &bob, "/containerLogs/default/no-such-pod/main").0,
+        404
+    );
+
+    // --- The apiserver's path (pods/log → the bridge as kube-apiserver-kubelet-client,
+    // allowed by the system:kubelet-api-admin binding of bridge-rbac.yaml).
+    let through_apiserver = w
+        .logs("talker", "main")
+        .expect("logs through the apiserver");
+    assert!(
+        through_apiserver.starts_with("tick 1"),
+        "{through_apiserver}"
+    );
+
+    // --- A slow reader of a follow stream gets every line. The pod writes
+    // 600,000 lines (7.4 MB) at once; the reader takes the head, then stops
+    // reading (a 4 KiB receive buffer) until the bridge holds over 1 MiB
+    // that the reader has not taken (the rest of the body is in the socket
+    // buffers and hyper's), then reads on.
+    const LINES: u64 = 600_000;
+    w.create(
+        &w.pods(),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "burst"},
+               "spec": on_edge_a(&["ticker", &LINES.to_string(), "0"], json!({"restartPolicy": "Never"}))}),
+    );
+    w.wait_or_dump("burst started", || {
+        let p = w.rt.block_on(w.pods().get_opt("burst")).ok().flatten()?;
+        let phase = p.status?.phase?;
+        (phase == "Running" || phase == "Succeeded").then_some(())
+    });
+    let tls = kubelet_tls(&w.cp.certs.ca, &bob.0, &bob.1);
+    let port = w.bridge.kubelet_port;
+    let (head, mut conn) = w.rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(4096)
+            .expect("small receive buffer");
+        let tcp = sock
+            .connect(([127, 0, 0, 1], port).into())
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut conn = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .expect("TLS");
+        // HTTP/1.0: the body ends when the connection does (no chunking).
+        conn.write_all(
+            b"GET /containerLogs/default/burst/main?follow=true HTTP/1.0\r\nHost: bridge\r\n\r\n",
+        )
+        .await
+        .expect("request");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 512];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.expect("read head");
+            assert!(
+                n > 0,
+                "closed before the headers: {}",
+                String::from_utf8_lossy(&head)
+            );
+            head.extend_from_slice(&buf[..n]);
+        }
+        (head, conn)
+    });
+    let head_text = String::from_utf8_lossy(&head).to_string();
+    assert!(head_text.starts_with("HTTP/1.0 200"), "{head_text}");
+    wait_until(
+        "the bridge holds log data the reader has not taken",
+        LONG,
+        || {
+            let held = support::k8s::bridge_metric(&w.cp, port, "kedge_bridge_log_buffered_bytes")?;
+            (held >= 1024.0 * 1024.0).then_some(())
+        },
+    );
+    let rest = w.rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        tokio::time::timeout(LONG, conn.read_to_end(&mut rest))
+            .await
+            .expect("the follow stream ends with the container")
+            .expect("read body");
+        rest
+    });
+    let mut all = head;
+    all.extend_from_slice(&rest);
+    let text = String::from_utf8(all).expect("utf-8");
+    let (_, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let numbers: Vec<u64> = body
+        .lines()
+        .map(|l| {
+            l.strip_prefix("tick ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("not a tick line: {l:?}"))
+        })
+        .collect();
+    assert_eq!(numbers.len() as u64, LINES, "every line, once");
+    assert!(numbers.iter().copied().eq(1..=LINES), "in order");
+    assert_eq!(
+        support::k8s::bridge_metric(&w.cp, port, "kedge_bridge_log_streams_cut_total"),
+        Some(0.0)
+    );
+
+    // --- A client that never finishes its handshake, and one that never
+    // sends its headers: both are closed by the bridge (2 s limits here).
+    w.rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(LONG, silent.read(&mut buf))
+            .await
+            .expect("closed by the handshake timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "no bytes to a client that sent none");
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut idle = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .expect("TLS");
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(LONG, idle.read_to_end(&mut out))
+            .await
+            .expect("closed by the header read timeout");
+    });
+    w.bridge.assert_running();
 }

@@ -922,8 +922,13 @@ impl Fleets {
         }
         let rec = Recording::new(resolver);
         let result = convert(key, &cr, &rec);
-        let (refs, missing) = rec.finish();
-        f.refs = refs;
+        let recorded = rec.finish();
+        f.refs = recorded.refs;
+        let missing = recorded.missing;
+        if recorded.pending {
+            // Decided when the ConfigMap or Secret has been read.
+            return;
+        }
         let wanted = match result {
             Ok(w) => w,
             Err(mut refusal) => {
@@ -1108,6 +1113,11 @@ impl Fleets {
                 }
             }
         }
+    }
+
+    /// Every ConfigMap and Secret the fleet deployments refer to.
+    pub fn referenced(&self) -> impl Iterator<Item = &ObjRef> {
+        self.fleets.values().flat_map(|f| f.refs.iter())
     }
 
     /// Gauges of every fleet deployment of the cluster.

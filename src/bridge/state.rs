@@ -323,11 +323,23 @@ pub struct Bridge {
     fleet_nodes: FleetNodes,
 }
 
-/// A [`Resolver`] that records every reference looked up, and which were missing.
+/// A [`Resolver`] that records every reference looked up, which were
+/// missing, and whether any answer is still being fetched.
 pub(super) struct Recording<'a> {
     inner: &'a dyn Resolver,
     refs: RefCell<BTreeSet<ObjRef>>,
     missing: RefCell<Vec<ObjRef>>,
+    pending: RefCell<bool>,
+}
+
+/// What a [`Recording`] saw.
+pub(super) struct Recorded {
+    pub refs: BTreeSet<ObjRef>,
+    /// A reference was looked up and does not exist.
+    pub missing: bool,
+    /// A reference's answer is not known yet (being fetched): decide
+    /// nothing until it is ([`BridgeEvent::ObjectChanged`] follows).
+    pub pending: bool,
 }
 
 impl<'a> Recording<'a> {
@@ -336,13 +348,16 @@ impl<'a> Recording<'a> {
             inner,
             refs: RefCell::new(BTreeSet::new()),
             missing: RefCell::new(Vec::new()),
+            pending: RefCell::new(false),
         }
     }
 
-    /// The references looked up, and whether any was missing.
-    pub(super) fn finish(self) -> (BTreeSet<ObjRef>, bool) {
-        let missing = !self.missing.borrow().is_empty();
-        (self.refs.into_inner(), missing)
+    pub(super) fn finish(self) -> Recorded {
+        Recorded {
+            missing: !self.missing.borrow().is_empty(),
+            pending: self.pending.into_inner(),
+            refs: self.refs.into_inner(),
+        }
     }
 
     fn record(
@@ -358,7 +373,11 @@ impl<'a> Recording<'a> {
             name: name.to_string(),
         };
         if found.is_none() {
-            self.missing.borrow_mut().push(r.clone());
+            if self.inner.pending(kind == RefKind::Secret, ns, name) {
+                *self.pending.borrow_mut() = true;
+            } else {
+                self.missing.borrow_mut().push(r.clone());
+            }
         }
         self.refs.borrow_mut().insert(r);
         found
@@ -373,6 +392,9 @@ impl Resolver for Recording<'_> {
     fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
         let found = self.inner.secret(namespace, name);
         self.record(RefKind::Secret, namespace, name, found)
+    }
+    fn pending(&self, secret: bool, namespace: &str, name: &str) -> bool {
+        self.inner.pending(secret, namespace, name)
     }
 }
 
@@ -1257,23 +1279,24 @@ impl Bridge {
             // Never start a finished pod again.
             return;
         }
-        let rec = Recording {
-            inner: resolver,
-            refs: RefCell::new(BTreeSet::new()),
-            missing: RefCell::new(Vec::new()),
-        };
+        let rec = Recording::new(resolver);
         let result = pod_spec_from_k8s_with(&e.pod, &rec);
-        e.refs = rec.refs.into_inner();
+        let recorded = rec.finish();
+        e.refs = recorded.refs;
+        if recorded.pending {
+            // Decided when the ConfigMap or Secret has been read.
+            return;
+        }
         match result {
             Err(err) => {
                 let message = err.to_string();
                 if e.refusal.as_deref() == Some(message.as_str()) {
                     return;
                 }
-                let reason = if rec.missing.borrow().is_empty() {
-                    "UnsupportedField"
-                } else {
+                let reason = if recorded.missing {
                     "CreateContainerConfigError"
+                } else {
+                    "UnsupportedField"
                 };
                 e.refusal = Some(message.clone());
                 e.accepted_sent = false;
@@ -1340,6 +1363,11 @@ impl Bridge {
                 }
             }
         }
+    }
+
+    /// Every ConfigMap and Secret the pods refer to (as last looked up).
+    pub fn referenced(&self) -> impl Iterator<Item = &ObjRef> {
+        self.pods.values().flat_map(|e| e.refs.iter())
     }
 
     /// The node a pod is bound to, if it is one of this bridge's devices.

@@ -366,6 +366,51 @@ fn unchanged_pods_are_not_resent_and_changes_bump_the_generation() {
     assert_eq!(second.restart_policy, RestartPolicy::Never);
 }
 
+/// A resolver whose every object is still being fetched.
+struct AllPending;
+
+impl Resolver for AllPending {
+    fn config_map(&self, _: &str, _: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        None
+    }
+    fn secret(&self, _: &str, _: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        None
+    }
+    fn pending(&self, _: bool, _: &str, _: &str) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_pod_waits_without_a_word_while_its_secret_is_being_read() {
+    let mut b = synced_bridge();
+    let p = pod(
+        "web",
+        "u1",
+        "gw1",
+        serde_json::json!({"containers": [{"name": "main", "image": "file:///m.wasm@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]}]}),
+    );
+    // Not read yet: no spec, no event, no refusal.
+    let a = b.handle(BridgeEvent::PodApplied(p), NOW, &AllPending);
+    assert!(a.is_empty(), "{a:?}");
+    // Read: the pod is decided.
+    let mut fixed = Fixed::default();
+    fixed.secrets.insert(
+        "default/db".into(),
+        BTreeMap::from([("password".to_string(), b"s3cret".to_vec())]),
+    );
+    let db = ObjRef {
+        kind: RefKind::Secret,
+        namespace: "default".into(),
+        name: "db".into(),
+    };
+    assert_eq!(b.referenced().collect::<Vec<_>>(), vec![&db]);
+    let a = b.handle(BridgeEvent::ObjectChanged(db), NOW, &fixed);
+    let s = spec_of(publishes(&a)[0].1);
+    assert_eq!(s.containers[0].env[0].name, "PASSWORD");
+}
+
 #[test]
 fn configmap_change_resends_the_pod_and_missing_mandatory_blocks_it() {
     let mut b = synced_bridge();
