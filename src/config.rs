@@ -253,6 +253,48 @@ pub const KEYS: &[KeyDoc] = &[
         default: "",
         help: "CLI and bridge: the Ed25519 private key (PKCS#8 PEM, kedge keys generate) that signs what they publish for devices; empty: unsigned (also --signing-key)",
     },
+    KeyDoc {
+        key: "data.routes",
+        ty: KeyType::Str,
+        default: "",
+        help: "workload data routes, separated by ';' or newlines: FROM namespace/pod[/container] topic-filter INTO $upstream [TTL 2h] (empty: no data path; feature data)",
+    },
+    KeyDoc {
+        key: "data.listen",
+        ty: KeyType::Str,
+        default: "127.0.0.1:1884",
+        help: "where the data endpoint (MQTT 3.1.1 for workloads) listens; 0.0.0.0:PORT for pods on a CNI network",
+    },
+    KeyDoc {
+        key: "data.advertise",
+        ty: KeyType::Str,
+        default: "",
+        help: "host:port workloads connect to (KEDGE_DATA_URL), e.g. the node's address on the pod network; empty: data.listen",
+    },
+    KeyDoc {
+        key: "data.sink_public_key",
+        ty: KeyType::Str,
+        default: "",
+        help: "the sink's X25519 public key (64 hex characters, `kedge sink keygen`); batches are sealed to it; required with data.routes",
+    },
+    KeyDoc {
+        key: "data.default_ttl_secs",
+        ty: KeyType::Int,
+        default: "7200",
+        help: "how long a message waits for the broker when its route names no TTL",
+    },
+    KeyDoc {
+        key: "data.budget_bytes",
+        ty: KeyType::Int,
+        default: "67108864",
+        help: "bytes of workload messages kept while offline; beyond it the oldest are dropped (counted, reported as a DataDropped event)",
+    },
+    KeyDoc {
+        key: "data.batch_max_messages",
+        ty: KeyType::Int,
+        default: "1000",
+        help: "most messages in one sealed batch on the link",
+    },
 ];
 
 #[derive(Debug, Error)]
@@ -303,6 +345,7 @@ pub struct Config {
     pub wasm: WasmConfig,
     pub cri: CriConfig,
     pub trust: TrustConfig,
+    pub data: DataConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -321,6 +364,54 @@ impl Default for TrustConfig {
             require_signatures: default_of("trust.require_signatures") == "true",
             signing_key_file: None,
         }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub routes: String,
+    pub listen: String,
+    pub advertise: String,
+    pub sink_public_key: String,
+    pub default_ttl_secs: u64,
+    pub budget_bytes: u64,
+    pub batch_max_messages: u64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            routes: String::new(),
+            listen: default_of("data.listen").into(),
+            advertise: String::new(),
+            sink_public_key: String::new(),
+            default_ttl_secs: default_int("data.default_ttl_secs"),
+            budget_bytes: default_int("data.budget_bytes"),
+            batch_max_messages: default_int("data.batch_max_messages"),
+        }
+    }
+}
+
+impl DataConfig {
+    /// The address put in KEDGE_DATA_URL.
+    pub fn advertised(&self) -> &str {
+        if self.advertise.is_empty() {
+            &self.listen
+        } else {
+            &self.advertise
+        }
+    }
+
+    /// The routes (checked by `Config::validate`, so this only fails on a
+    /// configuration made without it).
+    #[cfg(feature = "data")]
+    pub fn parsed_routes(&self) -> Result<Vec<crate::data::Route>, crate::data::RouteError> {
+        crate::data::parse_routes(
+            "data.routes",
+            &self.routes,
+            Duration::from_secs(self.default_ttl_secs),
+        )
     }
 }
 
@@ -428,6 +519,7 @@ impl Default for Config {
             wasm: WasmConfig::default(),
             cri: CriConfig::default(),
             trust: TrustConfig::default(),
+            data: DataConfig::default(),
         }
     }
 }
@@ -627,6 +719,62 @@ fn non_empty(p: Option<PathBuf>) -> Option<PathBuf> {
 }
 
 impl Config {
+    fn validate_data(&self) -> Result<(), ConfigError> {
+        let data = &self.data;
+        if data.routes.trim().is_empty() {
+            return Ok(());
+        }
+        #[cfg(not(feature = "data"))]
+        return Err(ConfigError::value(
+            "data.routes",
+            &data.routes,
+            "this build has no data path (cargo feature data)",
+        ));
+        #[cfg(feature = "data")]
+        {
+            data.parsed_routes().map_err(|e| {
+                ConfigError::value(&format!("{}[{}]", e.key, e.index), &data.routes, e.message)
+            })?;
+            if data.sink_public_key.is_empty() {
+                return Err(ConfigError::value(
+                    "data.sink_public_key",
+                    "",
+                    "required with data.routes: the sink's public key (kedge sink keygen)",
+                ));
+            }
+            crate::data::SinkPublicKey::parse(&data.sink_public_key, "data.sink_public_key")
+                .map_err(|e| {
+                    ConfigError::value("data.sink_public_key", &data.sink_public_key, e.to_string())
+                })?;
+            for (key, addr) in [
+                ("data.listen", &data.listen),
+                ("data.advertise", &data.advertise),
+            ] {
+                if !addr.is_empty()
+                    && addr.parse::<std::net::SocketAddr>().is_err()
+                    && !addr.contains(':')
+                {
+                    return Err(ConfigError::value(key, addr, "expected host:port"));
+                }
+            }
+            if data.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::value(
+                    "data.listen",
+                    &data.listen,
+                    "expected ip:port such as 127.0.0.1:1884",
+                ));
+            }
+            if data.batch_max_messages == 0 || data.default_ttl_secs == 0 {
+                return Err(ConfigError::value(
+                    "data.batch_max_messages",
+                    data.batch_max_messages,
+                    "must be positive (and so must data.default_ttl_secs)",
+                ));
+            }
+            Ok(())
+        }
+    }
+
     fn validate(mut self) -> Result<Config, ConfigError> {
         // Empty strings mean "not set" so env and flags can unset file values.
         self.broker.url = self.broker.url.filter(|u| !u.is_empty());
@@ -664,6 +812,7 @@ impl Config {
             ));
         }
 
+        self.validate_data()?;
         if !crate::wire::valid_topic_level(&self.node_name) || self.node_name.starts_with('_') {
             return Err(ConfigError::value(
                 "node_name",

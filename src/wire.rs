@@ -674,6 +674,11 @@ impl Topics {
     pub fn events(&self, node: &str) -> String {
         format!("{}/{node}/events", self.prefix)
     }
+    /// Sealed workload data batches (docs/wire.md, "Data path"); `node` may
+    /// be `+` for every node.
+    pub fn data(&self, node: &str) -> String {
+        format!("{}/{node}/data", self.prefix)
+    }
     pub fn rpc_request(&self, node: &str, request_id: &str) -> String {
         format!("{}/{node}/rpc/req/{request_id}", self.prefix)
     }

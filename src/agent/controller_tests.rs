@@ -692,3 +692,101 @@ async fn fleet_records_and_labels_need_a_signature() {
         .until("the fleet pod deleted", |a| a.status("sensor").is_none())
         .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn lifecycle_events_read_like_the_kubelets_and_a_crash_loop_backs_off_with_an_event() {
+    let device = Device::new();
+    let mut agent = device.start();
+    agent
+        .runtime
+        .script("app", [Start::Exit(1), Start::Exit(1)]);
+    agent.apply(&pod("web", 1, RestartPolicy::Always, &["app"]));
+    agent
+        .until("a BackOff event", |a| a.has_event(Some("web"), "BackOff"))
+        .await;
+    agent
+        .until("web running after its back-off", |a| {
+            a.phase("web") == Some(PodPhase::Running) && a.runtime.running() == 1
+        })
+        .await;
+    let events = agent.events();
+    let of = |reason: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e.pod.as_deref() == Some("web") && e.reason == reason)
+            .map(|e| e.message.clone())
+            .collect()
+    };
+    // Three runs: the first exit restarts at once, the second backs off.
+    assert_eq!(of("Created"), vec!["Created container: app"; 3]);
+    assert_eq!(of("Started"), vec!["Started container app"; 3]);
+    assert_eq!(
+        of("BackOff"),
+        ["Back-off restarting failed container app in pod web_default(uid-web)"]
+    );
+    let backoff = events
+        .iter()
+        .find(|e| e.reason == "BackOff")
+        .expect("BackOff");
+    assert_eq!(
+        (backoff.kind, backoff.container.as_deref()),
+        (EventType::Warning, Some("app"))
+    );
+
+    // Deleting it: Killing, naming the container stopped.
+    agent.send(&agent.desired_topic("web"), Vec::new());
+    agent
+        .until("a Killing event", |a| a.has_event(Some("web"), "Killing"))
+        .await;
+    let killing: Vec<_> = agent
+        .events()
+        .into_iter()
+        .filter(|e| e.reason == "Killing")
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(killing, ["Stopping container app"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_pod_cannot_flood_the_outbox_with_events() {
+    use super::event_budget::{BURST, REFILL};
+    let device = Device::new();
+    let mut agent = device.start();
+    let names: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    agent.apply(&pod("wide", 1, RestartPolicy::Always, &names));
+    agent
+        .until("40 containers running", |a| a.runtime.running() == 40)
+        .await;
+    let count = |a: &Agent| {
+        a.events()
+            .iter()
+            .filter(|e| e.pod.as_deref() == Some("wide"))
+            .count()
+    };
+    // Another pod has its own budget; its events come after wide's on the
+    // one channel, so once they are out, so is everything wide made.
+    agent.apply(&pod("other", 1, RestartPolicy::Always, &["app"]));
+    agent
+        .until("other's Started", |a| a.has_event(Some("other"), "Started"))
+        .await;
+    // 80 lifecycle events (Created and Started of each) made; the budget sent.
+    assert_eq!(count(&agent), BURST as usize);
+    // After a refill period, the next event says how many were not sent.
+    tokio::time::advance(REFILL).await;
+    agent.runtime.exit(&key("wide"), "c0", 1);
+    agent
+        .until("one more event of wide", |a| count(a) == BURST as usize + 1)
+        .await;
+    let last = agent
+        .events()
+        .into_iter()
+        .rfind(|e| e.pod.as_deref() == Some("wide"))
+        .expect("an event");
+    assert!(
+        last.message
+            .contains("55 earlier events of this pod not sent"),
+        "{}",
+        last.message
+    );
+}

@@ -8,7 +8,10 @@
 
 #[cfg(test)]
 mod controller_tests;
+#[cfg(feature = "data")]
+pub mod data;
 pub mod decide;
+pub mod event_budget;
 mod fleet;
 pub mod logs_rpc;
 pub mod pod_machine;
@@ -113,6 +116,15 @@ pub struct Controller {
     fleet: fleet::FleetView,
     /// Where prefetch tasks report (`AgentEvent::Prefetched`).
     prefetched: mpsc::UnboundedSender<fleet::Prefetched>,
+    /// Each pod's event budget (the kubelet's spam filter).
+    event_budget: event_budget::EventBudget,
+    /// The monotonic origin of the event budget's clock (tokio's: paused
+    /// in the in-process tests).
+    origin: tokio::time::Instant,
+    /// The data path, when routes are configured (`agent::data`): pods a
+    /// route names get the endpoint's address and credentials.
+    #[cfg(feature = "data")]
+    data: Option<Arc<data::DataPath>>,
     /// Signed desired state (`trust.keys`); None: signatures not checked.
     trust: Option<TrustPolicy>,
 }
@@ -230,7 +242,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(url) => Some(url.clone()),
         None => crate::embedded_broker::start(&controller.config.embedded_broker.listen)?,
     };
-    let _session_task = match broker_url {
+    let _session_task = match broker_url.clone() {
         Some(url) => {
             let parsed = BrokerUrl::parse(&url)?;
             let options = mqtt::mqtt_options(
@@ -292,6 +304,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
 
+    #[cfg(feature = "data")]
+    {
+        controller.data = start_data_path(&controller, &store, broker_url.as_deref()).await?;
+    }
+
     let (static_tx, static_rx) = mpsc::unbounded_channel();
     if let Some(dir) = controller.config.manifests_dir.clone() {
         tokio::spawn(static_pods::watch(
@@ -307,6 +324,70 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     controller
         .serve(receivers, session_events_rx, static_rx, shutdown)
         .await
+}
+
+/// Starts the data endpoint and its forwarder when routes are configured.
+#[cfg(feature = "data")]
+async fn start_data_path(
+    controller: &Controller,
+    store: &Arc<Store>,
+    broker_url: Option<&str>,
+) -> anyhow::Result<Option<Arc<data::DataPath>>> {
+    let config = &controller.config;
+    let routes = config.data.parsed_routes()?;
+    if routes.is_empty() {
+        return Ok(None);
+    }
+    let dir = config.data_dir.join("data");
+    let device_key = crate::data::DeviceKey::load_or_create(&dir.join("device-key.pk8"))?;
+    let sink =
+        crate::data::SinkPublicKey::parse(&config.data.sink_public_key, "data.sink_public_key")?;
+    let path = Arc::new(data::DataPath::new(
+        &config.data,
+        routes,
+        &dir,
+        store.clone(),
+    )?);
+    let listener = tokio::net::TcpListener::bind(&config.data.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "data endpoint cannot listen on {} (data.listen)",
+                config.data.listen
+            )
+        })?;
+    info!(
+        listen = %config.data.listen,
+        device_key = %hex::encode(device_key.public_key()),
+        "data endpoint listening"
+    );
+    tokio::spawn(data::serve_endpoint(listener, path.clone()));
+    match broker_url {
+        Some(url) => {
+            let mut options = mqtt::mqtt_options(
+                &BrokerUrl::parse(url)?,
+                &config.broker,
+                &format!("kedge-data-{}", controller.node),
+            )?;
+            options.set_clean_session(true);
+            let settings = data::ForwarderSettings {
+                options,
+                topic: controller.topics.data(&controller.node),
+                node: controller.node.clone(),
+                device_key,
+                sink,
+                batch_max_messages: config.data.batch_max_messages as usize,
+                reconnect_initial: Duration::from_millis(config.broker.reconnect_initial_ms),
+                reconnect_max: Duration::from_millis(config.broker.reconnect_max_ms),
+                events: controller.runtime_events.clone(),
+            };
+            tokio::spawn(data::forward(settings, path.clone()));
+        }
+        None => warn!(
+            "no broker: workload data is kept (up to its TTL and data.budget_bytes) but not sent"
+        ),
+    }
+    Ok(Some(path))
 }
 
 /// What a controller is made of. `run` makes them from the configuration;
@@ -459,6 +540,10 @@ impl Controller {
                 let require = config.trust.require_signatures;
                 (!keys.is_empty()).then_some(TrustPolicy { keys, require })
             },
+            event_budget: event_budget::EventBudget::default(),
+            origin: tokio::time::Instant::now(),
+            #[cfg(feature = "data")]
+            data: None,
             config,
         };
         let receivers = Receivers {
@@ -662,7 +747,17 @@ impl Controller {
             .iter()
             .find(|a| a.kind == "InternalIP")
             .map(|a| a.address.clone());
-        let mut machine = PodMachine::new(spec.clone(), self.policy, host_ip);
+        // What the pod's containers run with: the spec as sent, plus the
+        // data endpoint's address and credentials for a pod a route names
+        // (`agent::data`). The stored spec stays as sent.
+        #[cfg(feature = "data")]
+        let runtime_spec = match &self.data {
+            Some(data) => data.admit(spec.clone()),
+            None => spec.clone(),
+        };
+        #[cfg(not(feature = "data"))]
+        let runtime_spec = spec.clone();
+        let mut machine = PodMachine::new(runtime_spec, self.policy, host_ip);
         let supervisor = match runtime {
             Err(what) => {
                 let what = what.as_str();
@@ -684,7 +779,7 @@ impl Controller {
                 }
                 let ctx = PodContext {
                     pod_dir: self.pod_dir(&spec),
-                    spec: spec.clone(),
+                    spec: machine.spec().clone(),
                     events: crate::runtime::EventSink::new(self.runtime_events.clone()),
                 };
                 Some(supervisor::spawn(
@@ -1192,6 +1287,10 @@ impl Controller {
         let Some(entry) = self.pods.remove(key) else {
             return;
         };
+        #[cfg(feature = "data")]
+        if let Some(data) = &self.data {
+            data.forget(&key.namespace, &key.name);
+        }
         match entry.then {
             AfterStop::Replace(spec, source) => {
                 let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
@@ -1206,6 +1305,7 @@ impl Controller {
             AfterStop::Delete => {
                 let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
                 self.clear_status(key, true);
+                self.event_budget.forget(key);
                 info!(pod = %key, "pod deleted");
                 if entry.source == PodSource::Fleet {
                     self.fleet_pod_changed(key);
@@ -1288,7 +1388,24 @@ impl Controller {
         self.node_event(event);
     }
 
-    fn node_event(&mut self, event: Event) {
+    fn node_event(&mut self, mut event: Event) {
+        if let (Some(ns), Some(pod)) = (&event.namespace, &event.pod) {
+            let key = PodKey::new(ns, pod);
+            match self.event_budget.admit(&key, self.origin.elapsed()) {
+                event_budget::Admit::No => {
+                    return debug!(pod = %key, reason = %event.reason, "event over the pod's budget; not sent");
+                }
+                event_budget::Admit::Yes { dropped: 0 } => {}
+                event_budget::Admit::Yes { dropped } => {
+                    event.message = format!(
+                        "{} ({dropped} earlier events of this pod not sent: over its budget of {} at once and one per {} s)",
+                        event.message,
+                        event_budget::BURST,
+                        event_budget::REFILL.as_secs()
+                    );
+                }
+            }
+        }
         let topic = self.topics.events(&self.node);
         let body = match wire::Body::of(&Message::Event(event)) {
             Ok(b) => b,

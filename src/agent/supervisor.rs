@@ -14,7 +14,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::pod_machine::{Action, ContainerRef, Exit, Now, PodMachine};
 use super::probe::{self, ProbeKind};
-use crate::model::{EventType, PodKey, PodStatus, now_ms};
+use crate::model::{ContainerState, EventType, PodKey, PodStatus, now_ms};
 use crate::runtime::{ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle};
 
 /// What a supervisor tells the controller.
@@ -190,12 +190,34 @@ impl Supervisor {
                     if adopted {
                         machine.on_adopted(c, container_id, image_id, now)
                     } else {
+                        // The kubelet's pair: made, then started.
+                        let name = self.name_of(machine, c);
+                        self.emit(
+                            Some(&name),
+                            EventType::Normal,
+                            "Created",
+                            format!("Created container: {name}"),
+                        );
+                        self.emit(
+                            Some(&name),
+                            EventType::Normal,
+                            "Started",
+                            format!("Started container {name}"),
+                        );
                         machine.on_started(c, container_id, image_id, now)
                     }
                 }
                 Event::Started(c, Err(e)) => {
                     self.starting -= 1;
-                    warn!(container = %self.name_of(machine, c), reason = e.reason(), error = %e, "container failed to start");
+                    let name = self.name_of(machine, c);
+                    warn!(container = %name, reason = e.reason(), error = %e, "container failed to start");
+                    // As the kubelet: a pull failure's own event names the
+                    // image and cause (the runtime sent it); this one the reason.
+                    let message = match e {
+                        RuntimeError::ImagePull(_) => format!("Error: {}", e.reason()),
+                        _ => format!("Error: {e}"),
+                    };
+                    self.emit(Some(&name), EventType::Warning, "Failed", message);
                     machine.on_start_failed(c, e.reason(), e.to_string(), now)
                 }
                 Event::Exited(c, status) => {
@@ -311,6 +333,44 @@ impl Supervisor {
         self.probes.insert(c, handles);
     }
 
+    fn emit(&self, container: Option<&str>, kind: EventType, reason: &str, message: String) {
+        self.pod
+            .events
+            .emit(&self.pod.spec, container, kind, reason, message);
+    }
+
+    /// A restart waits out its back-off: the kubelet's BackOff event, for a
+    /// crash loop or an image that cannot be pulled.
+    fn backoff_event(&self, machine: &PodMachine, c: ContainerRef) {
+        let Some(container) = machine.container(c) else {
+            return;
+        };
+        let status = machine.status();
+        let statuses = if c.init {
+            &status.init_container_statuses
+        } else {
+            &status.container_statuses
+        };
+        let pulling = statuses
+            .get(c.index)
+            .is_some_and(|s| matches!(&s.state, ContainerState::Waiting { reason, .. } if reason == "ImagePullBackOff"));
+        let spec = &self.pod.spec;
+        let message = if pulling {
+            format!("Back-off pulling image \"{}\"", container.image)
+        } else {
+            format!(
+                "Back-off restarting failed container {} in pod {}_{}({})",
+                container.name, spec.name, spec.namespace, spec.uid
+            )
+        };
+        self.emit(
+            Some(&container.name),
+            EventType::Warning,
+            "BackOff",
+            message,
+        );
+    }
+
     fn name_of(&self, machine: &PodMachine, c: ContainerRef) -> String {
         machine
             .container(c)
@@ -345,6 +405,9 @@ impl Supervisor {
                     );
                 }
                 Action::WakeAfter(c, delay) => {
+                    if !delay.is_zero() {
+                        self.backoff_event(machine, c);
+                    }
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
@@ -366,6 +429,20 @@ impl Supervisor {
                     }
                 }
                 Action::StopAll { grace } => {
+                    let mut names: Vec<String> = self
+                        .running
+                        .keys()
+                        .map(|c| self.name_of(machine, *c))
+                        .collect();
+                    names.sort();
+                    for name in names {
+                        self.emit(
+                            Some(&name),
+                            EventType::Normal,
+                            "Killing",
+                            format!("Stopping container {name}"),
+                        );
+                    }
                     for stop in self.running.values_mut() {
                         stop.stop(grace);
                     }

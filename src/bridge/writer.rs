@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::event_series::{EventSeries, Write};
 use super::fleets::{self, crd::FleetDeploymentResource};
 use super::render::{self, CONNECTED_MANAGER, DEVICE_LABELS_MANAGER, LEASE_NAMESPACE, MANAGER};
 use super::state::{Action, KubeEvent, PodStatusOwner};
@@ -116,6 +117,8 @@ struct Inner {
     stats: Arc<WriteStats>,
     interval: Duration,
     next_slot: tokio::sync::Mutex<Instant>,
+    /// Repeats of an Event bump its count (`bridge::event_series`).
+    series: Mutex<EventSeries>,
 }
 
 /// The API write queue; cheap to clone.
@@ -147,6 +150,7 @@ impl Writer {
             stats: Arc::new(WriteStats::default()),
             interval,
             next_slot: tokio::sync::Mutex::new(Instant::now()),
+            series: Mutex::new(EventSeries::default()),
         });
         for _ in 0..workers.max(1) {
             let inner = inner.clone();
@@ -440,13 +444,53 @@ async fn execute(inner: &Inner, key: &Key, work: Work) -> Option<Work> {
 
 async fn write_event(inner: &Inner, ev: &KubeEvent) {
     let api: Api<K8sEvent> = Api::namespaced(inner.client.clone(), &ev.namespace);
+    let fresh = || {
+        format!(
+            "{}.{:x}{:04x}",
+            ev.involved_name,
+            ev.time_ms,
+            fastrand::u16(..)
+        )
+    };
+    let write = match inner.series.lock() {
+        Ok(mut s) => s.next(ev, fresh),
+        Err(_) => Write::Create { name: fresh() },
+    };
+    let name = match write {
+        Write::Create { name } => name,
+        Write::Bump {
+            name,
+            count,
+            first_ms,
+        } => {
+            let patch = json!({
+                "count": count,
+                "firstTimestamp": render::time(first_ms),
+                "lastTimestamp": render::time(ev.time_ms),
+            });
+            slot(inner).await;
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return,
+                // Gone (its TTL) or not made yet: a new object.
+                Err(e) if status_code(&e) == Some(404) => {
+                    if let Ok(mut s) = inner.series.lock() {
+                        s.lost(ev);
+                        match s.next(ev, fresh) {
+                            Write::Create { name } => name,
+                            Write::Bump { .. } => return,
+                        }
+                    } else {
+                        fresh()
+                    }
+                }
+                Err(e) => return failed(inner, "updating an event", &e),
+            }
+        }
+    };
     let t = render::time(ev.time_ms);
-    let name = format!(
-        "{}.{:x}{:04x}",
-        ev.involved_name,
-        ev.time_ms,
-        fastrand::u16(..)
-    );
     let api_version = if ev.involved_kind == fleets::KIND {
         fleets::API_VERSION
     } else {
@@ -462,6 +506,9 @@ async fn write_event(inner: &Inner, ev: &KubeEvent) {
     }
     if !ev.involved_uid.is_empty() {
         involved["uid"] = json!(ev.involved_uid);
+    }
+    if let Some(path) = &ev.field_path {
+        involved["fieldPath"] = json!(path);
     }
     let body = json!({
         "apiVersion": "v1",

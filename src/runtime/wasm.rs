@@ -39,7 +39,7 @@ use super::module_source::{self, ModuleRef};
 use super::{
     BoxFuture, ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle,
 };
-use crate::model::{Container, VolumeSource};
+use crate::model::{Container, EventType, VolumeSource};
 
 /// Reported as the node's containerRuntimeVersion.
 pub const VERSION: &str = "wasmtime://48";
@@ -1059,13 +1059,43 @@ impl Runtime for WasmRuntime {
         restart_count: u32,
     ) -> BoxFuture<'a, Result<RunningContainer, RuntimeError>> {
         Box::pin(async move {
-            let (compiled, sha256) = self
+            let loading = std::time::Instant::now();
+            let loaded = self
                 .load(
                     &container.image,
                     &pod.spec.image_pull_secrets,
                     container.image_pull_policy,
                 )
-                .await?;
+                .await;
+            let (compiled, sha256) = match loaded {
+                Ok(l) => l,
+                Err(e) => {
+                    if let RuntimeError::ImagePull(why) = &e {
+                        pod.events.emit(
+                            &pod.spec,
+                            Some(&container.name),
+                            EventType::Warning,
+                            "Failed",
+                            format!("Failed to pull module \"{}\": {why}", container.image),
+                        );
+                    }
+                    return Err(e);
+                }
+            };
+            // The kubelet's Pulled, for a module: fetched, verified and
+            // compiled, or found in the cache.
+            pod.events.emit(
+                &pod.spec,
+                Some(&container.name),
+                EventType::Normal,
+                "Pulled",
+                format!(
+                    "Module \"{}\" ready (sha256:{}) in {:.3?}",
+                    container.image,
+                    sha256.short(),
+                    loading.elapsed()
+                ),
+            );
             let log = LogFile::create(
                 pod.log_path(&container.name, restart_count),
                 self.opts.rotation,
