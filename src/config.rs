@@ -236,6 +236,24 @@ pub const KEYS: &[KeyDoc] = &[
         help: "deadline of one CRI call (image pulls included)",
     },
     KeyDoc {
+        key: "trust.keys",
+        ty: KeyType::Str,
+        default: "",
+        help: "agent: the public keys whose signatures it accepts on desired state, separated by spaces: <base64 Ed25519 key>[,expires=<RFC 3339>] (kedge keys generate; docs/keys.md); empty: signatures are not checked",
+    },
+    KeyDoc {
+        key: "trust.require_signatures",
+        ty: KeyType::Bool,
+        default: "true",
+        help: "agent, with trust.keys: refuse unsigned desired specs, tombstones, indexes, fleet records, labels and log requests; false: accept unsigned ones (a migration step), still refuse bad signatures",
+    },
+    KeyDoc {
+        key: "trust.signing_key_file",
+        ty: KeyType::Str,
+        default: "",
+        help: "CLI and bridge: the Ed25519 private key (PKCS#8 PEM, kedge keys generate) that signs what they publish for devices; empty: unsigned (also --signing-key)",
+    },
+    KeyDoc {
         key: "data.routes",
         ty: KeyType::Str,
         default: "",
@@ -326,7 +344,27 @@ pub struct Config {
     pub logs: LogsConfig,
     pub wasm: WasmConfig,
     pub cri: CriConfig,
+    pub trust: TrustConfig,
     pub data: DataConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    /// Checked by `validate`; parsed by `Config::trusted_keys`.
+    pub keys: String,
+    pub require_signatures: bool,
+    pub signing_key_file: Option<PathBuf>,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            keys: default_of("trust.keys").into(),
+            require_signatures: default_of("trust.require_signatures") == "true",
+            signing_key_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -480,6 +518,7 @@ impl Default for Config {
             logs: LogsConfig::default(),
             wasm: WasmConfig::default(),
             cri: CriConfig::default(),
+            trust: TrustConfig::default(),
             data: DataConfig::default(),
         }
     }
@@ -747,6 +786,14 @@ impl Config {
         self.manifests_dir = non_empty(self.manifests_dir);
         self.wasm.ca_file = non_empty(self.wasm.ca_file);
         self.cri.endpoint = self.cri.endpoint.filter(|e| !e.is_empty());
+        self.trust.signing_key_file = non_empty(self.trust.signing_key_file);
+        if let Err(e) = crate::trust::TrustedKey::parse_list(&self.trust.keys) {
+            return Err(ConfigError::value(
+                "trust.keys",
+                &self.trust.keys,
+                e.to_string(),
+            ));
+        }
         if let Some(endpoint) = &self.cri.endpoint
             && !endpoint.starts_with("unix://")
             && !endpoint.starts_with('/')
@@ -849,6 +896,20 @@ impl Config {
     pub fn labels(&self) -> std::collections::BTreeMap<String, String> {
         crate::model::selector::Selector::parse_labels("node.labels", &self.node.labels)
             .unwrap_or_default()
+    }
+
+    /// The keys of `trust.keys` (checked by `validate`).
+    pub fn trusted_keys(&self) -> Vec<crate::trust::TrustedKey> {
+        crate::trust::TrustedKey::parse_list(&self.trust.keys).unwrap_or_default()
+    }
+
+    /// The signer of `trust.signing_key_file`, if set.
+    pub fn signer(&self) -> Result<Option<crate::trust::Signer>, crate::trust::TrustError> {
+        self.trust
+            .signing_key_file
+            .as_deref()
+            .map(crate::trust::Signer::load)
+            .transpose()
     }
 
     pub fn heartbeat(&self) -> Duration {

@@ -17,4 +17,5 @@ pub mod runtime;
 pub mod sink;
 pub mod store;
 pub mod tls;
+pub mod trust;
 pub mod wire;

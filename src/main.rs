@@ -211,6 +211,12 @@ fn main() -> ExitCode {
                 print!("{}", config::keys_markdown());
                 Ok(())
             }
+            Command::Keys {
+                command: cli::KeysCommand::Generate { out },
+            } => cli::keys_generate(&out),
+            Command::Keys {
+                command: cli::KeysCommand::Public { file },
+            } => cli::keys_public(&file),
             #[cfg(feature = "wasm-compiler")]
             Command::Wasm {
                 command:

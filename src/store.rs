@@ -25,7 +25,7 @@ use thiserror::Error;
 use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
 
 /// Bumped when a table's layout changes; `open` migrates older files.
-pub const STORE_SCHEMA_VERSION: u32 = 4;
+pub const STORE_SCHEMA_VERSION: u32 = 5;
 
 /// redb's page cache. The state of a busy node (hundreds of pods, a full
 /// outbox) is a few MiB; reads past the cache go to the page cache of the
@@ -45,6 +45,10 @@ const DELETING: TableDefinition<&str, &[u8]> = TableDefinition::new("deleting");
 /// decoded and checked again when read), `labels` → the cloud's labels'
 /// payload, `report/{ns}/{name}` → the last report sent (postcard).
 const FLEET: TableDefinition<&str, &[u8]> = TableDefinition::new("fleet");
+/// Signed desired state (schema 5): full MQTT topic → the last message
+/// accepted there (`trust::Accepted`, postcard), so that a restart cannot
+/// be tricked into an older signed message.
+const TRUST: TableDefinition<&str, &[u8]> = TableDefinition::new("trust");
 
 /// Workload messages waiting for the broker (schema 4, feature `data`):
 /// message id (node-wide, increasing) → `DataRecord` (postcard). A table of
@@ -338,6 +342,8 @@ impl Store {
             // Version 3 → 4: workload data waiting for the broker.
             txn.open_table(DATA)?;
             txn.open_table(DATA_QOS2)?;
+            // Version 4 → 5: the last signed message accepted per topic.
+            txn.open_table(TRUST)?;
             meta.insert(KEY_SCHEMA, STORE_SCHEMA_VERSION.to_le_bytes().as_slice())?;
         }
         txn.commit()?;
@@ -385,6 +391,48 @@ impl Store {
                 }
             }
         }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The last signed message accepted on `topic`.
+    pub fn accepted(&self, topic: &str) -> Result<Option<crate::trust::Accepted>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(TRUST)?;
+        match t.get(topic)? {
+            Some(v) => Ok(Some(decode("trust", topic, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every topic under `prefix` with the last signed message accepted there.
+    pub fn accepted_under(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, crate::trust::Accepted)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(TRUST)?;
+        let mut out = Vec::new();
+        for row in t.range(prefix..)? {
+            let (k, v) = row?;
+            let topic = k.value().to_string();
+            if !topic.starts_with(prefix) {
+                break;
+            }
+            out.push((topic.clone(), decode("trust", &topic, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Records the signed message accepted on `topic`.
+    pub fn set_accepted(
+        &self,
+        topic: &str,
+        accepted: &crate::trust::Accepted,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(TRUST)?
+            .insert(topic, encode(accepted).as_slice())?;
         txn.commit()?;
         Ok(())
     }
@@ -1089,6 +1137,60 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((fresh.ids.len(), fresh.duplicates), (1, 0));
+    }
+
+    #[test]
+    fn accepted_counters_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let a = crate::trust::Accepted {
+            counter: 7,
+            digest: [1; 32],
+            tombstone: false,
+        };
+        {
+            let s = Store::open(&path).expect("open");
+            s.set_accepted("p/gw1/index/cli", &a).expect("set");
+            s.set_accepted("p/gw1/index/bridge", &a).expect("set");
+            s.set_accepted("p/gw1/labels", &a).expect("set");
+        }
+        let s = Store::open(&path).expect("reopen");
+        assert_eq!(s.accepted("p/gw1/index/cli").expect("get"), Some(a));
+        assert_eq!(s.accepted("p/gw1/other").expect("get"), None);
+        let under: Vec<String> = s
+            .accepted_under("p/gw1/index/")
+            .expect("range")
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(under, ["p/gw1/index/bridge", "p/gw1/index/cli"]);
+    }
+
+    /// A schema 3 file (before the data path and signed desired state)
+    /// opens and gains the trust table, keeping what it held.
+    #[test]
+    fn schema_3_is_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(KEY_SCHEMA, 3u32.to_le_bytes().as_slice())
+                .expect("insert");
+            txn.open_table(FLEET)
+                .expect("fleet")
+                .insert("labels", b"x".as_slice())
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let s = Store::open(&path).expect("migrates");
+        assert_eq!(s.accepted("t").expect("trust table"), None);
+        assert_eq!(
+            s.fleet_state().expect("fleet"),
+            [("labels".to_string(), b"x".to_vec())]
+        );
     }
 
     #[test]

@@ -2262,3 +2262,79 @@ fn the_kubelet_api_authorises_like_a_kubelet_and_a_slow_log_reader_loses_nothing
     });
     w.bridge.assert_running();
 }
+
+/// The bridge with `--signing-key` drives an agent that requires signed
+/// desired state through a pod's life: the spec it publishes is signed and
+/// runs, `kubectl logs` (a signed log request) works, the delete (a signed
+/// tombstone) stops the pod, and once the device reported it gone the
+/// bridge clears its tombstone from the broker.
+#[test]
+fn a_signing_bridge_drives_a_signing_agent_through_a_pod_create_and_delete() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("bridge.pem");
+    let key = key.to_str().expect("utf8").to_string();
+    let public = kedge_ok(&["keys", "generate", "--out", &key]);
+    let node = "edge-signed";
+    let mut w = World::start_with(
+        &[node],
+        vec!["--signing-key".into(), key.clone()],
+        vec![("KEDGE_TRUST_KEYS".into(), public.trim().to_string())],
+    );
+    w.wait_node_ready(node);
+    let mut spec = wasm_pod_spec(&w.image, &["ticker", "0", "200"], json!({}));
+    spec["nodeName"] = json!(node);
+    w.create(
+        &w.pods(),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "signed"}, "spec": spec}),
+    );
+    w.wait_or_dump("the signed pod Running and Ready", || {
+        w.rt.block_on(w.pods().get_opt("signed"))
+            .ok()
+            .flatten()
+            .filter(pod_ready)
+    });
+    let topic = format!("kedge/v1/{node}/desired/default/signed");
+    let retained = |topic: &str| {
+        let sub = support::Subscriber::start(&w.mqtt.url(), topic, None);
+        sub.messages()
+            .into_iter()
+            .find(|(t, p)| t == topic && !p.is_empty())
+            .map(|(_, p)| p)
+    };
+    let payload = retained(&topic).expect("the spec is retained");
+    let opened = kedge::wire::open(&payload).expect("an envelope");
+    assert!(opened.signature.is_some(), "the bridge signs the spec");
+    let index = retained(&format!("kedge/v1/{node}/index/bridge")).expect("index");
+    assert!(
+        kedge::wire::open(&index)
+            .expect("opens")
+            .signature
+            .is_some()
+    );
+    // A signed log request through the kubelet API.
+    let log = wait_until("the log through the apiserver", LONG, || {
+        w.logs("signed", "main")
+            .ok()
+            .filter(|l| l.contains("tick 2"))
+    });
+    assert!(log.starts_with("tick 1"), "{log}");
+
+    w.rt.block_on(w.pods().delete("signed", &DeleteParams::default()))
+        .expect("delete");
+    w.wait_or_dump("the pod gone from the API", || {
+        w.rt.block_on(w.pods().get_opt("signed"))
+            .ok()
+            .and_then(|p| p.is_none().then_some(()))
+    });
+    // The device stopped it, and the signed tombstone was cleared.
+    wait_until("the tombstone cleared from the broker", LONG, || {
+        retained(&topic).is_none().then_some(())
+    });
+    let (agent, _) = &w.agents[node];
+    let log = agent.log();
+    assert!(log.contains("deleting pod"), "{log}");
+    assert!(
+        !log.contains("Signature"),
+        "a refusal in the agent's log: {log}"
+    );
+}

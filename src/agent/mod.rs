@@ -125,6 +125,15 @@ pub struct Controller {
     /// route names get the endpoint's address and credentials.
     #[cfg(feature = "data")]
     data: Option<Arc<data::DataPath>>,
+    /// Signed desired state (`trust.keys`); None: signatures not checked.
+    trust: Option<TrustPolicy>,
+}
+
+/// What an agent with `trust.keys` accepts (docs/wire.md, "Signatures").
+struct TrustPolicy {
+    keys: Vec<crate::trust::TrustedKey>,
+    /// `trust.require_signatures`: unsigned messages are refused.
+    require: bool,
 }
 
 struct Uncommitted {
@@ -526,6 +535,11 @@ impl Controller {
             desired_view: DesiredView::default(),
             fleet: fleet::FleetView::default(),
             prefetched,
+            trust: {
+                let keys = config.trusted_keys();
+                let require = config.trust.require_signatures;
+                (!keys.is_empty()).then_some(TrustPolicy { keys, require })
+            },
             event_budget: event_budget::EventBudget::default(),
             origin: tokio::time::Instant::now(),
             #[cfg(feature = "data")]
@@ -887,10 +901,71 @@ impl Controller {
         }
     }
 
+    /// Whether signatures are required (`trust.keys` and
+    /// `trust.require_signatures`).
+    fn signatures_required(&self) -> bool {
+        self.trust.as_ref().is_some_and(|t| t.require)
+    }
+
+    /// The signature check of a desired-side message received on `topic`
+    /// (docs/wire.md, "Signatures"): Ok when it may be acted on. A signed
+    /// message that is new on its topic is recorded in the store, so that
+    /// no older one is accepted there again, even after a restart. A payload
+    /// that is no envelope passes: its handler refuses it when it decodes.
+    fn admit(&mut self, topic: &str, payload: &[u8]) -> Result<(), crate::trust::Refusal> {
+        use crate::trust::{self, Accepted, Fresh, Refusal};
+        let Some(policy) = &self.trust else {
+            return Ok(());
+        };
+        if payload.is_empty() {
+            return if policy.require {
+                Err(Refusal::Missing)
+            } else {
+                Ok(())
+            };
+        }
+        let Ok(opened) = wire::open(payload) else {
+            return Ok(());
+        };
+        let verified = match trust::verify(&policy.keys, now_ms(), topic, &opened) {
+            Ok(v) => v,
+            Err(Refusal::Missing) if !policy.require => return Ok(()),
+            Err(r) => return Err(r),
+        };
+        // Log requests read; each goes to a topic of its own: no counter.
+        if matches!(self.topics.parse(topic), Some(TopicKind::RpcRequest { .. })) {
+            return Ok(());
+        }
+        let digest = trust::sha256(payload);
+        let last = self.store.accepted(topic).unwrap_or_else(|e| {
+            warn!(topic, error = %e, "cannot read the last accepted signature; checking without it");
+            None
+        });
+        if trust::check_replay(last.as_ref(), verified.counter, &digest)? == Fresh::New {
+            let accepted = Accepted {
+                counter: verified.counter,
+                digest,
+                tombstone: opened.kind == wire::Kind::Tombstone,
+            };
+            if let Err(e) = self.store.set_accepted(topic, &accepted) {
+                warn!(topic, error = %e, "cannot record the accepted signature");
+            }
+        }
+        Ok(())
+    }
+
     /// An author's index (or its removal): known at once; acted on once the
     /// retained snapshot is complete.
     fn on_index(&mut self, author: String, payload: &[u8]) {
-        if payload.is_empty() {
+        let topic = self.topics.index(&self.node, &author);
+        if let Err(r) = self.admit(&topic, payload) {
+            // Read as unreadable: nothing is deleted for lack of a listing.
+            warn!(%author, reason = r.reason(), error = %r, "refusing desired index");
+            self.desired_view.indexes.insert(
+                author,
+                AuthorIndex::Unreadable(format!("{}: {r}", r.reason())),
+            );
+        } else if wire::is_tombstone(payload) {
             info!(%author, "desired index removed");
             self.desired_view.indexes.remove(&author);
         } else {
@@ -915,6 +990,7 @@ impl Controller {
     /// Compares the pods from the broker with the indexes (`reconcile`) and
     /// carries out the verdict.
     fn reconcile_with_indexes(&mut self) {
+        let missing_signed = self.missing_signed_indexes();
         let view = &self.desired_view;
         let have: Vec<Have> = self
             .pods
@@ -945,7 +1021,13 @@ impl Controller {
                 return warn!(error = %e, "cannot read statuses; not comparing with the desired index");
             }
         };
-        match reconcile(&view.indexes, &have, &refused) {
+        let mut indexes = view.indexes.clone();
+        for (author, why) in missing_signed {
+            indexes
+                .entry(author)
+                .or_insert(AuthorIndex::Unreadable(why));
+        }
+        match reconcile(&indexes, &have, &refused) {
             Verdict::Unknown { reason, message } => {
                 if !self.desired_view.warned_unknown {
                     self.desired_view.warned_unknown = true;
@@ -973,6 +1055,34 @@ impl Controller {
         }
     }
 
+    /// With signatures required: the authors whose signed index this node
+    /// accepted and which the broker no longer holds (nor did they delete it
+    /// with a signed tombstone). Cleared by anyone, it counts as unreadable:
+    /// otherwise removing an index and a retained spec would make the agent
+    /// delete the pod.
+    fn missing_signed_indexes(&self) -> Vec<(String, String)> {
+        if !self.signatures_required() {
+            return Vec::new();
+        }
+        let prefix = self.topics.index(&self.node, "");
+        let accepted = match self.store.accepted_under(&prefix) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "cannot read the accepted indexes");
+                return Vec::new();
+            }
+        };
+        accepted
+            .into_iter()
+            .filter(|(_, a)| !a.tombstone)
+            .filter_map(|(topic, _)| {
+                let author = topic.strip_prefix(&prefix)?.to_string();
+                let why = "its signed index is no longer on the broker, and was not deleted with a signed tombstone".to_string();
+                (!self.desired_view.indexes.contains_key(&author)).then_some((author, why))
+            })
+            .collect()
+    }
+
     /// Err only when the change could not be committed to the store (it is
     /// then not acknowledged); refusals are Ok: they are final.
     fn on_desired(&mut self, key: PodKey, payload: &[u8]) -> Result<(), StoreError> {
@@ -986,7 +1096,35 @@ impl Controller {
             self.node_warning("InvalidSpec", message);
             return Ok(());
         }
-        let incoming = if payload.is_empty() {
+        let topic = self.topics.desired(&self.node, &key);
+        if let Err(r) = self.admit(&topic, payload) {
+            let runs = self
+                .pods
+                .get(&key)
+                .is_some_and(|e| e.source == PodSource::Mqtt);
+            // An unsigned empty payload where no pod runs deletes nothing
+            // (the bridge clears the signed tombstones it left this way);
+            // it may still clear the status of a refused spec.
+            if !payload.is_empty() || runs {
+                let what = if wire::is_tombstone(payload) {
+                    "delete"
+                } else {
+                    "desired spec"
+                };
+                let keeps = if runs {
+                    "; the pod keeps its last accepted spec"
+                } else {
+                    ""
+                };
+                self.refuse(
+                    &key,
+                    r.reason(),
+                    format!("refusing the {what} of pod {key}: {r}{keeps}"),
+                );
+                return Ok(());
+            }
+        }
+        let incoming = if wire::is_tombstone(payload) {
             self.desired_view.seen.retain(|(k, _)| k != &key);
             Incoming::Delete(PodSource::Mqtt)
         } else {
@@ -1397,6 +1535,16 @@ impl Controller {
         let Some(session) = self.session.clone() else {
             return;
         };
+        let topic = self.topics.rpc_request(&self.node, &request_id);
+        if let Err(r) = self.admit(&topic, payload) {
+            logs_rpc::reply_error(
+                &session,
+                &reply_topic,
+                &request_id,
+                format!("forbidden: {r} ({})", r.reason()),
+            );
+            return;
+        }
         let request = wire::decode_as::<LogRequest>(payload);
         let request = match request {
             Ok((_, r)) => r,

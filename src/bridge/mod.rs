@@ -451,6 +451,7 @@ pub async fn run(
         for action in actions {
             match action {
                 Action::Publish { topic, payload } => mqtt.publish_retained(topic, payload).await,
+                Action::ClearRetained { topic } => mqtt.clear_signed_tombstone(topic).await,
                 other => writer.push(other),
             }
         }

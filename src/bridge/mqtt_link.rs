@@ -43,6 +43,8 @@ pub struct MqttLink {
     log_stats: Arc<LogStats>,
     barrier: String,
     shared: bool,
+    /// Signs what devices act on (`--signing-key`, `trust.signing_key_file`).
+    signer: Option<Arc<crate::trust::Signer>>,
 }
 
 /// Log bytes one stream may hold in the bridge, received from the device
@@ -259,6 +261,13 @@ impl MqttLink {
     ) -> Result<MqttLink, LinkError> {
         let (url, opts) = crate::mqtt::clean_session_options(config, client_id)
             .map_err(|e| LinkError::Broker(e.to_string()))?;
+        let signer = config
+            .signer()
+            .map_err(|e| LinkError::Broker(e.to_string()))?
+            .map(Arc::new);
+        if let Some(s) = &signer {
+            info!(key_id = %hex::encode(s.key_id()), "signing desired state");
+        }
         let (client, eventloop) = AsyncClient::new(opts, 65_536);
         let topics = Topics::new(config.topic_prefix.trim_end_matches('/'));
         let barrier = topics.barrier(client_id);
@@ -274,6 +283,7 @@ impl MqttLink {
             log_stats,
             barrier: barrier.clone(),
             shared,
+            signer,
         };
         let initial = Duration::from_millis(config.broker.reconnect_initial_ms.max(1));
         let max = Duration::from_millis(config.broker.reconnect_max_ms.max(1));
@@ -302,10 +312,29 @@ impl MqttLink {
     }
 
     /// Publishes retained at QoS 1 (an empty payload is a tombstone).
+    /// With a signing key, what devices act on is signed, an empty payload
+    /// there becoming a signed tombstone (`trust::signed_topic`).
     pub async fn publish_retained(&self, topic: String, payload: Vec<u8>) {
+        let payload = crate::trust::seal(self.signer.as_deref(), &self.topics, &topic, payload);
         if let Err(e) = self
             .client
             .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+        {
+            warn!(error = %e, "cannot queue an MQTT publish");
+        }
+    }
+
+    /// Clears the signed tombstone left on a desired topic (an unsigned
+    /// empty retained publish). Without a signer the tombstone already was
+    /// an empty payload: nothing to do.
+    pub async fn clear_signed_tombstone(&self, topic: String) {
+        if self.signer.is_none() {
+            return;
+        }
+        if let Err(e) = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, true, Vec::new())
             .await
         {
             warn!(error = %e, "cannot queue an MQTT publish");
@@ -338,13 +367,15 @@ impl MqttLink {
             .map_err(|e| LinkError::Broker(e.to_string()))?;
         let payload = wire::encode(0, &Message::LogRequest(request))
             .map_err(|e| LinkError::Broker(e.to_string()))?;
+        let request_topic = self.topics.rpc_request(node, &id);
+        let payload = crate::trust::seal(
+            self.signer.as_deref(),
+            &self.topics,
+            &request_topic,
+            payload,
+        );
         self.client
-            .publish(
-                self.topics.rpc_request(node, &id),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
+            .publish(request_topic, QoS::AtLeastOnce, false, payload)
             .await
             .map_err(|e| LinkError::Broker(e.to_string()))?;
         Ok(stream)

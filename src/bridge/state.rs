@@ -144,6 +144,11 @@ pub enum PodStatusOwner {
 pub enum Action {
     /// Publish retained at QoS 1 (an empty payload is a tombstone).
     Publish { topic: String, payload: Vec<u8> },
+    /// The device reported the pod on this desired topic gone: a signing
+    /// bridge clears the signed tombstone it left there (an empty retained
+    /// publish, which a signing agent running no such pod ignores), so
+    /// tombstones do not pile up on the broker; without signing, nothing.
+    ClearRetained { topic: String },
     /// Create the Node (labels, taint) if absent.
     EnsureNode {
         name: String,
@@ -1270,6 +1275,9 @@ impl Bridge {
                 out.push(Action::DeletePod {
                     pod: key.clone(),
                     uid: e.uid.clone(),
+                });
+                out.push(Action::ClearRetained {
+                    topic: self.settings.topics.desired(&e.node, key),
                 });
             }
             return;

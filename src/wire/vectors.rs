@@ -454,7 +454,98 @@ fn all() -> Vec<(&'static str, u64, Message)> {
             FLEET_SEQ,
             Message::NodeLabels(node_labels()),
         ),
+        ("tombstone.hex", TOMBSTONE_SEQ, Message::Tombstone),
     ]
+}
+
+const TOMBSTONE_SEQ: u64 = 0; // unused for tombstones
+/// The signing key of the signed vectors: the Ed25519 seed 32 × `42`. Its
+/// public key is `SIGNED_PUBLIC_KEY` (base64, as `trust.keys` takes it).
+const SIGNED_SEED: [u8; 32] = [0x42; 32];
+const SIGNED_PUBLIC_KEY: &str = "IVL40Zt5HSRFMkLhXy6rbLfP+ntqXtMAl5YOBpiB2xI=";
+/// The signer's clock at signing: the counter.
+const SIGNED_COUNTER: u64 = 1_767_225_700_000;
+/// The desired spec's signature expires a day later.
+const SIGNED_TTL_MS: u64 = 86_400_000;
+const SIGNED_TOPIC: &str = "kedge/v1/gw1/desired/factory/sensor";
+
+/// The signed vectors (tests/vectors/signed/): file, topic, seq, message,
+/// signature lifetime (0: no expiry).
+fn signed() -> Vec<(&'static str, &'static str, u64, Message, u64)> {
+    vec![
+        (
+            "desired_pod.hex",
+            SIGNED_TOPIC,
+            DESIRED_SEQ,
+            Message::DesiredPod(desired_pod()),
+            SIGNED_TTL_MS,
+        ),
+        (
+            "tombstone.hex",
+            SIGNED_TOPIC,
+            TOMBSTONE_SEQ,
+            Message::Tombstone,
+            0,
+        ),
+    ]
+}
+
+fn sign_sample(topic: &str, seq: u64, message: &Message, ttl_ms: u64) -> Vec<u8> {
+    let mut signer = crate::trust::Signer::from_seed(&SIGNED_SEED);
+    signer.ttl_ms = ttl_ms;
+    let unsigned = encode(seq, message).expect("sample encodes");
+    signer
+        .sign_envelope(topic, &unsigned, SIGNED_COUNTER)
+        .expect("sample signs")
+}
+
+/// The signed vectors: the bytes are the committed ones (Ed25519 is
+/// deterministic), they decode to the sample, and the signature verifies
+/// with the public key on the topic, and on no other.
+#[test]
+fn signed_vectors() {
+    let signer = crate::trust::Signer::from_seed(&SIGNED_SEED);
+    assert_eq!(signer.public_key_base64(), SIGNED_PUBLIC_KEY);
+    let keys = crate::trust::TrustedKey::parse_list(SIGNED_PUBLIC_KEY).expect("key parses");
+    for (file, topic, seq, message, ttl) in signed() {
+        let path = vector_path("signed").join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "cannot read {}: {e} (generate it with scripts/regen-vectors.sh)",
+                path.display()
+            )
+        });
+        let committed = from_hex_text(&text);
+        let encoded = sign_sample(topic, seq, &message, ttl);
+        assert!(
+            encoded == committed,
+            "signed/{file}: encoding changed\n  encoded:   {}\n  committed: {}",
+            hex::encode(&encoded),
+            hex::encode(&committed)
+        );
+        let decoded = decode(&committed).expect("decodes");
+        assert_eq!((decoded.seq, &decoded.message), (seq, &message), "{file}");
+        let opened = open(&committed).expect("opens");
+        let sig = opened.signature.clone().expect("signed");
+        assert_eq!(sig.counter, SIGNED_COUNTER);
+        assert_eq!(
+            sig.expires_ms,
+            if ttl == 0 { 0 } else { SIGNED_COUNTER + ttl }
+        );
+        assert_eq!(sig.key_id, signer.key_id());
+        let now = SIGNED_COUNTER + 1;
+        assert!(
+            crate::trust::verify(&keys, now, topic, &opened).is_ok(),
+            "{file}"
+        );
+        assert!(
+            crate::trust::verify(&keys, now, "kedge/v1/gw2/desired/factory/sensor", &opened)
+                .is_err(),
+            "{file}: verifies on another node's topic"
+        );
+        let json = to_json(&committed).expect("renders");
+        assert_eq!(json["signature"]["counter"], SIGNED_COUNTER);
+    }
 }
 
 fn vector_path(file: &str) -> PathBuf {
@@ -566,6 +657,11 @@ fn vector_node_labels() {
     check("node_labels.hex");
 }
 
+#[test]
+fn vector_tombstone() {
+    check("tombstone.hex");
+}
+
 /// Version 1's vectors (tests/vectors/v1, committed before version 2) are
 /// still read: every kind decodes to the same sample, a node status with no
 /// labels.
@@ -601,12 +697,38 @@ fn version_1_vectors_are_still_read() {
     assert_eq!(decode(&bytes), Err(WireError::UnknownKind(10)));
 }
 
+/// Version 2's vectors (tests/vectors/v2, committed before version 3) are
+/// still read, to the same samples; version 2 had no tombstone kind.
+#[test]
+fn version_2_vectors_are_still_read() {
+    for (file, seq, message) in all() {
+        let path = vector_path("v2").join(file);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            assert!(
+                message.kind() as u8 > 10,
+                "{file}: version 2 had this kind, its vector must stay"
+            );
+            continue;
+        };
+        let bytes = from_hex_text(&text);
+        assert_eq!(bytes[0], 2, "{file}: a version 2 envelope");
+        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(decoded.version, 2);
+        assert_eq!((decoded.seq, decoded.message), (seq, message), "{file}");
+        // Version 2 envelopes carry no signature that counts.
+        assert_eq!(open(&bytes).expect("opens").signature, None);
+    }
+    let mut bytes = encode(0, &Message::Tombstone).expect("encodes");
+    bytes[0] = 2;
+    assert_eq!(decode(&bytes), Err(WireError::UnknownKind(11)));
+}
+
 /// One vector per kind, and no vector files that no test checks.
 #[test]
 fn vectors_cover_every_kind() {
     let mut kinds: Vec<u8> = all().iter().map(|(_, _, m)| m.kind() as u8).collect();
     kinds.sort_unstable();
-    assert_eq!(kinds, (1..=10).collect::<Vec<u8>>());
+    assert_eq!(kinds, (1..=11).collect::<Vec<u8>>());
     for k in 0..=u8::MAX {
         assert_eq!(Kind::from_u8(k).is_ok(), kinds.contains(&k), "kind {k}");
     }
@@ -642,6 +764,14 @@ fn write_vectors_then_fail_on_purpose() {
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
         println!("wrote {}", path.display());
     }
+    let dir = vector_path("signed");
+    std::fs::create_dir_all(&dir).expect("creates tests/vectors/signed");
+    for (file, topic, seq, message, ttl) in signed() {
+        let path = dir.join(file);
+        std::fs::write(&path, to_hex_lines(&sign_sample(topic, seq, &message, ttl)))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        println!("wrote {}", path.display());
+    }
     panic!(
         "{WRITTEN}: {} vector files written; this test always fails. Review git diff tests/vectors, \
          then run the checks: cargo test --lib wire",
@@ -655,7 +785,7 @@ fn write_vectors_then_fail_on_purpose() {
 #[test]
 fn envelope_layout_matches_the_spec() {
     let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
-    assert_eq!(bytes[0], 0x02, "version 2 as a one-byte varint");
+    assert_eq!(bytes[0], 0x03, "version 3 as a one-byte varint");
     assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
     assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
     assert_eq!(bytes[3], 0x00, "empty signature: length 0");

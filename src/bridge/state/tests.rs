@@ -686,10 +686,16 @@ fn deletion_sends_tombstone_then_deletes_with_uid_once_the_device_reports_gone()
     );
     assert_eq!(
         a,
-        vec![Action::DeletePod {
-            pod: key,
-            uid: "u1".into()
-        }]
+        vec![
+            Action::DeletePod {
+                pod: key,
+                uid: "u1".into()
+            },
+            // A signing bridge clears its signed tombstone now.
+            Action::ClearRetained {
+                topic: "kedge/v1/gw1/desired/default/web".into()
+            }
+        ]
     );
 }
 
