@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced (bash) by scripts/, hil/ and tests/k8s-harness/build.sh: where
+# Sourced (bash) by scripts/, hil/ and tests/k8s-harness/{,kubectl/}build.sh: where
 # every persistent cache of the test suite lives, from one root.
 #
 # Each cache has its own variable; one set by the caller wins. The others
@@ -8,9 +8,9 @@
 #
 #   CARGO_TARGET_DIR         $KEDGE_CACHE_ROOT/kedge-target (.ci/run: kedge-ci-target)
 #   KEDGE_GUESTS_TARGET_DIR  $KEDGE_CACHE_ROOT/kedge-guests-target  (tests/wasm-guests)
-#   GOCACHE                  $KEDGE_CACHE_ROOT/kedge-go-cache       (tests/k8s-harness)
+#   GOCACHE                  $KEDGE_CACHE_ROOT/kedge-go-cache       (tests/k8s-harness, its kubectl/)
 #   GOMODCACHE               $KEDGE_CACHE_ROOT/kedge-go-mod
-#   KEDGE_K8S_BIN_ROOT       $KEDGE_CACHE_ROOT/kedge-k8s-bin        (control-plane binaries)
+#   KEDGE_K8S_BIN_ROOT       $KEDGE_CACHE_ROOT/kedge-k8s-bin        (control-plane binaries, kubectl)
 #   KEDGE_HIL_CACHE          $KEDGE_CACHE_ROOT/kedge-hil-cache      (qemu-system kernel, busybox)
 #   KEDGE_HIL_BOARD_CACHE    $KEDGE_HIL_CACHE/ssh-board             (the emulated board's image)
 #   KEDGE_CRI_IMAGE_CACHE    $KEDGE_CACHE_ROOT                      (holds kedge-cri-images-<key>)
