@@ -152,6 +152,12 @@ for t in wasm32-wasip1 wasm32-wasip2; do
 done
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+# The fuzzing stage (scripts/fuzz.sh) needs the nightly toolchain and
+# cargo-fuzz: CI installs them; elsewhere their absence is a skip.
+if [ "${CI:-}" = true ]; then
+  rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+  cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version '^0.13'
+fi
 export PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null || { echo "go not found: install Go >= 1.25 (https://go.dev/dl) first" >&2; exit 1; }
 
@@ -227,6 +233,17 @@ fi
 # minimal (the small devices' set) has its own graph: its unit tests, once.
 stage "cargo test --lib, minimal"
 cargo_test minimal --locked --no-default-features --features minimal --lib -- --test-threads="$threads"
+
+# Coverage-guided fuzzing (docs/fuzzing.md): every target of tests/fuzz for
+# 30 s from its seeds, its past crashes and the corpus kept between runs
+# ($KEDGE_FUZZ_CORPUS). The documented long run is `scripts/fuzz.sh`.
+if rustup run nightly rustc --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
+  stage "fuzzing: 30 s per target (scripts/fuzz.sh --time 30, nightly)"
+  ./scripts/fuzz.sh --time 30
+else
+  # Under CI the setup stage installed both, so this is a local run.
+  skip "fuzzing (scripts/fuzz.sh)" "no nightly toolchain or no cargo-fuzz (rustup toolchain install nightly; cargo install cargo-fuzz)"
+fi
 
 # The bridge tests run a real control plane built from the upstream Go
 # modules (tests/k8s-harness) and drive it with a real kubectl
