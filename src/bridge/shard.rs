@@ -397,6 +397,63 @@ mod tests {
         assert_eq!(a.take, BTreeSet::from([1]));
     }
 
+    /// `Held::release` against kube's mock service pair: what it asks the
+    /// apiserver.
+    #[tokio::test]
+    async fn release_clears_the_holder_under_the_last_resource_version_and_deletes_the_membership()
+    {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<Lease> = Api::namespaced(Client::new(service, "default"), "kedge-system");
+        let mut written = lease_body(&shard_lease_name(2), "shard", "a", NOW, Some("41"));
+        written.metadata.namespace = Some("kedge-system".into());
+        let held = Held {
+            api,
+            me: "a".into(),
+            leases: BTreeMap::from([(2, written)]),
+        };
+        let release = tokio::spawn(held.release());
+        let mut seen = Vec::new();
+        for reply in [
+            // The shard Lease is replaced; the membership Lease was already gone.
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "kedge-bridge-shard-2"}}),
+            json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": "gone"}),
+        ] {
+            let (request, respond) = handle.next_request().await.expect("a request");
+            let method = request.method().clone();
+            let uri = request.uri().to_string();
+            let body = request.into_body().collect_bytes().await.expect("body");
+            seen.push((method, uri, body));
+            let code = reply["code"].as_u64().unwrap_or(200) as u16;
+            respond.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&reply).expect("json")))
+                    .expect("response"),
+            );
+        }
+        assert!(release.await.expect("release").is_empty(), "nothing kept");
+        let (method, uri, body) = &seen[0];
+        assert_eq!(*method, http::Method::PUT);
+        assert_eq!(
+            uri,
+            "/apis/coordination.k8s.io/v1/namespaces/kedge-system/leases/kedge-bridge-shard-2?"
+        );
+        let lease: serde_json::Value = serde_json::from_slice(body).expect("a Lease");
+        assert_eq!(lease["metadata"]["resourceVersion"], "41");
+        assert_eq!(lease["spec"]["holderIdentity"], "");
+        assert_eq!(lease["spec"]["leaseDurationSeconds"], 1);
+        let released = view(&serde_json::from_value(lease).expect("lease"));
+        assert!(!released.valid(NOW), "free for the others at once");
+        let (method, uri, _) = &seen[1];
+        assert_eq!(*method, http::Method::DELETE);
+        assert_eq!(
+            uri,
+            "/apis/coordination.k8s.io/v1/namespaces/kedge-system/leases/kedge-bridge-replica-a?"
+        );
+    }
+
     #[test]
     fn shard_of_is_stable_and_spread() {
         use super::super::state::shard_of;
