@@ -561,13 +561,14 @@ pub async fn run(
     info!(grace_period = ?args.shutdown_grace_period, "kedge bridge stopping");
     stop.cancel();
     let held = match shard_task {
-        Some(task) => match tokio::time::timeout_at(deadline, task).await {
+        Some(mut task) => match tokio::time::timeout_at(deadline, &mut task).await {
             Ok(Ok(held)) => Some(held),
             Ok(Err(e)) => {
                 warn!(error = %e, "the shard task failed; its Leases expire on their own");
                 None
             }
             Err(_) => {
+                task.abort();
                 warn!(
                     "a shard round was still running at the deadline; its Leases expire on their own"
                 );
@@ -597,11 +598,13 @@ pub async fn run(
         }
     }
     mqtt.close().await;
-    if tokio::time::timeout(RELEASE_TIMEOUT, mqtt_task)
+    let mut mqtt_task = mqtt_task;
+    if tokio::time::timeout(RELEASE_TIMEOUT, &mut mqtt_task)
         .await
         .is_err()
     {
-        warn!("the broker link did not close in time");
+        mqtt_task.abort();
+        warn!("the broker link did not close in time; dropped without DISCONNECT");
     }
     drop(rx);
     info!("kedge bridge stopped");
