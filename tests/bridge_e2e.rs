@@ -840,7 +840,6 @@ fn simulated_devices_become_ready_nodes() {
     };
     let nodes: Api<Node> = Api::all(admin.clone());
     bridge.wait("every simulated device a Ready node", LONG, || {
-        bridge.assert_running();
         let list = rt
             .block_on(nodes.list(&ListParams::default().labels("kedge.io/edge=true")))
             .ok()?;
@@ -1291,7 +1290,6 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
     };
     // Only the gateways are Nodes, with their device labels mirrored.
     bridge.wait("the 3 gateways are Nodes with their labels", LONG, || {
-        bridge.assert_running();
         let n = edge_nodes();
         (n.len() == 3
             && n.iter().all(|n| {
@@ -1315,7 +1313,6 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
         let mut last = None;
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             bridge.wait("the fleet deployment's status", LONG, || {
-                bridge.assert_running();
                 let f = rt.block_on(fleets.get("sensors")).ok()?;
                 let s = f.status.clone()?;
                 last = Some(s.clone());
@@ -1683,7 +1680,6 @@ fn a_fleet_deployment_runs_on_every_matching_agent_and_rolls_back_a_failing_cana
         let mut last = None;
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             bridge.wait(what, LONG, || {
-                bridge.assert_running();
                 let s = rt.block_on(fleets.get("meter")).ok()?.status?;
                 last = Some(s.clone());
                 want(&s).then_some(s)
@@ -2451,4 +2447,275 @@ fn a_signing_bridge_drives_a_signing_agent_through_a_pod_create_and_delete() {
         !log.contains("Signature"),
         "a refusal in the agent's log: {log}"
     );
+}
+
+// ---------------------------------------------------------------- kubectl
+
+/// A real kubectl (tests/k8s-harness/kubectl, the control plane's release)
+/// drives the bridge as a user does, through the admin kubeconfig the
+/// support code writes: it applies the bridge's RBAC and the FleetDeployment
+/// CRD; `kubectl get nodes` lists the devices Ready; `kubectl apply -f` of a
+/// FleetDeployment runs it on the devices and `kubectl get fleetdeployments`
+/// shows the counts; `kubectl apply -f` of the changed definition (an env
+/// var added) rolls revision 2 out to them; `kubectl logs` of a pod on a
+/// device Node returns its container's lines through the apiserver and the
+/// bridge's kubelet API.
+#[test]
+fn kubectl_drives_device_nodes_fleets_and_pod_logs() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kedge::bridge::fleets::crd::{FleetDeploymentResource, FleetDeploymentStatus};
+    use support::k8s::{Kubectl, kubectl_or_skip, kubectl_rows};
+
+    let Some(bin) = kubectl_or_skip("kubectl_drives_device_nodes_fleets_and_pod_logs") else {
+        return;
+    };
+    let rt = runtime();
+    let cp = ControlPlane::start(ControlPlaneOpts::default());
+    let kubectl = Kubectl::new(&bin, &cp.kubeconfig);
+    let version = kubectl.ok(&["version", "-o", "json"]);
+    let version: serde_json::Value = serde_json::from_str(&version).expect("version json");
+    assert_eq!(
+        version["clientVersion"]["gitVersion"], version["serverVersion"]["gitVersion"],
+        "kubectl is the control plane's release: {version}"
+    );
+
+    let manifests = repo_root().join("edge-manifests");
+    let rbac = manifests.join("bridge-rbac.yaml");
+    let crd = manifests.join("fleetdeployment-crd.yaml");
+    let out = kubectl.ok(&[
+        "apply",
+        "-f",
+        &rbac.to_string_lossy(),
+        "-f",
+        &crd.to_string_lossy(),
+    ]);
+    assert!(
+        out.contains(
+            "customresourcedefinition.apiextensions.k8s.io/fleetdeployments.kedge.io created"
+        ),
+        "{out}"
+    );
+    kubectl.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=180s",
+        "customresourcedefinition/fleetdeployments.kedge.io",
+    ]);
+
+    let mqtt = Mosquitto::start();
+    let url = mqtt.url();
+    let data = tempfile::Builder::new()
+        .prefix("kedge-kubectl-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    let mut agents = Vec::new();
+    for (node, labels) in [("edge-a", "site=b43,canary=true"), ("edge-b", "site=b43")] {
+        agents.push(Agent::start(AgentOpts {
+            node: node.into(),
+            broker_url: Some(url.clone()),
+            data_dir: data.path().join(node),
+            extra_args: fast_agent_args(labels),
+            ..Default::default()
+        }));
+    }
+    let bridge = BridgeProc::start(BridgeOpts {
+        broker_url: url.clone(),
+        kubeconfig: cp.bridge_kubeconfig.clone(),
+        certs: cp.certs.clone(),
+        extra_args: vec![],
+    });
+    let admin = client(&rt, &cp.kubeconfig);
+    let dump = |agents: &[Agent], bridge: &BridgeProc| {
+        for l in bridge.log().lines().rev().take(40) {
+            eprintln!("bridge: {l}");
+        }
+        for (i, a) in agents.iter().enumerate() {
+            eprintln!("--- agent {i}");
+            for l in a.log().lines().rev().take(20) {
+                eprintln!("{l}");
+            }
+        }
+    };
+
+    // --- kubectl get nodes: the devices, Ready.
+    let nodes: Api<Node> = Api::all(admin.clone());
+    for name in ["edge-a", "edge-b"] {
+        bridge.wait(&format!("node {name} Ready"), LONG, || {
+            let n = rt.block_on(nodes.get_opt(name)).ok().flatten()?;
+            (condition(&n, "Ready")?.status == "True").then_some(())
+        });
+    }
+    let out = kubectl.ok(&["get", "nodes", "-l", "kedge.io/edge=true"]);
+    let rows = kubectl_rows(&out);
+    assert_eq!(
+        rows[0],
+        ["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        "{out}"
+    );
+    let devices: Vec<(&str, &str)> = rows[1..]
+        .iter()
+        .map(|r| (r[0].as_str(), r[1].as_str()))
+        .collect();
+    assert_eq!(devices, [("edge-a", "Ready"), ("edge-b", "Ready")], "{out}");
+    eprintln!("kubectl get nodes:\n{out}");
+
+    // --- kubectl apply -f of a FleetDeployment; kubectl get shows the counts.
+    let wasm = guest_wasm(GuestTarget::P1);
+    let image = format!("file://{}@sha256:{}", wasm.display(), sha256_file(&wasm));
+    let fleet = |env: serde_json::Value| {
+        json!({
+            "apiVersion": "kedge.io/v1alpha1",
+            "kind": "FleetDeployment",
+            "metadata": {"name": "meter", "namespace": "default"},
+            "spec": {
+                "selector": "site=b43",
+                "template": {
+                    "spec": {
+                        "runtimeClassName": "kedge-wasm",
+                        "containers": [{
+                            "name": "main",
+                            "image": image,
+                            "args": ["ticker", "0", "100"],
+                            "env": env,
+                        }],
+                    },
+                },
+                "rollout": {
+                    "batches": [{"selector": "canary=true", "limit": "100%"}, {"limit": "100%"}],
+                    "deviceTimeoutSeconds": 120,
+                    "minReadySeconds": 2,
+                },
+            },
+        })
+    };
+    // The definition as a user keeps it: a YAML file, applied and re-applied.
+    let file = data.path().join("meter.yaml");
+    let write = |v: serde_json::Value| {
+        std::fs::write(&file, serde_yaml_ng::to_string(&v).expect("yaml")).expect("write")
+    };
+    write(fleet(json!([])));
+    let out = kubectl.ok(&["apply", "-f", &file.to_string_lossy()]);
+    assert_eq!(out.trim(), "fleetdeployment.kedge.io/meter created");
+    let fleets: Api<FleetDeploymentResource> = Api::namespaced(admin.clone(), "default");
+    let status = |what: &str, want: &dyn Fn(&FleetDeploymentStatus) -> bool| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            bridge.wait(what, LONG, || {
+                let s = rt.block_on(fleets.get("meter")).ok()?.status?;
+                want(&s).then_some(())
+            })
+        }));
+        if let Err(e) = r {
+            eprintln!(
+                "{}",
+                kubectl.ok(&["get", "fleetdeployment", "meter", "-o", "yaml"])
+            );
+            dump(&agents, &bridge);
+            std::panic::resume_unwind(e)
+        }
+    };
+    status("revision 1 on both devices", &|s| {
+        s.revision == Some(1) && s.phase.as_deref() == Some("Complete") && s.ready == 2
+    });
+    let header = [
+        "NAME",
+        "SELECTOR",
+        "REVISION",
+        "TARGETED",
+        "UP-TO-DATE",
+        "READY",
+        "FAILED",
+        "PHASE",
+        "AGE",
+    ];
+    let fleet_row = |args: &[&str]| {
+        let out = kubectl.ok(args);
+        let rows = kubectl_rows(&out);
+        assert_eq!(rows.len(), 2, "{out}");
+        assert_eq!(rows[0], header, "{out}");
+        eprintln!("kubectl {}:\n{out}", args.join(" "));
+        rows[1][..8].to_vec()
+    };
+    let row1 = ["meter", "site=b43", "1", "2", "2", "2", "0", "Complete"];
+    assert_eq!(fleet_row(&["get", "fleetdeployments"]), row1);
+    // No column of the CRD is wide-only: -o wide shows the same.
+    assert_eq!(fleet_row(&["get", "fleetdeployments", "-o", "wide"]), row1);
+    for node in ["edge-a", "edge-b"] {
+        let p = device_pod(&url, node, "meter").expect("the fleet pod");
+        assert_eq!(p["phase"], "Running", "{node}: {p}");
+        assert_eq!(p["observed_generation"], 1, "{node}: {p}");
+    }
+
+    // --- kubectl apply -f of the changed definition: revision 2.
+    write(fleet(json!([{"name": "METER_UNIT", "value": "kWh"}])));
+    let out = kubectl.ok(&["apply", "-f", &file.to_string_lossy()]);
+    assert_eq!(out.trim(), "fleetdeployment.kedge.io/meter configured");
+    let applied = kubectl.ok(&[
+        "get",
+        "fleetdeployment",
+        "meter",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].env[0].value}",
+    ]);
+    assert_eq!(applied, "kWh");
+    status("revision 2 on both devices", &|s| {
+        s.revision == Some(2) && s.phase.as_deref() == Some("Complete") && s.ready == 2
+    });
+    for node in ["edge-a", "edge-b"] {
+        bridge.wait(&format!("{node} runs revision 2"), LONG, || {
+            let p = device_pod(&url, node, "meter")?;
+            (p["observed_generation"] == 2 && p["phase"] == "Running").then_some(())
+        });
+    }
+    assert_eq!(
+        fleet_row(&["get", "fleetdeployments", "meter"]),
+        ["meter", "site=b43", "2", "2", "2", "2", "0", "Complete"]
+    );
+
+    // --- kubectl logs of a pod on a device Node, through the apiserver and
+    // the bridge's kubelet API. (Pods need the namespace's default
+    // ServiceAccount, which the controller manager creates.)
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
+    bridge.wait("the default ServiceAccount", LONG, || {
+        rt.block_on(accounts.get_opt("default")).ok().flatten()
+    });
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "ticker", "namespace": "default"},
+        "spec": wasm_pod_spec(&image, &["ticker", "0", "300"], json!({"nodeName": "edge-a"})),
+    });
+    let pod_file = data.path().join("ticker.yaml");
+    std::fs::write(&pod_file, serde_yaml_ng::to_string(&pod).expect("yaml")).expect("write");
+    let out = kubectl.ok(&["apply", "-f", &pod_file.to_string_lossy()]);
+    assert_eq!(out.trim(), "pod/ticker created");
+    let ready = kubectl.run(&[
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=180s",
+        "pod/ticker",
+    ]);
+    if !ready.status.success() {
+        eprintln!("{}", kubectl.ok(&["get", "pod", "ticker", "-o", "yaml"]));
+        dump(&agents, &bridge);
+        panic!(
+            "pod/ticker not Ready: {}",
+            String::from_utf8_lossy(&ready.stderr)
+        );
+    }
+    let log = bridge.wait("kubectl logs shows tick 2", LONG, || {
+        let out = kubectl.run(&["logs", "ticker", "-c", "main"]);
+        let log = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && log.contains("tick 2\n")).then_some(log)
+    });
+    assert!(log.starts_with("tick 1\n"), "{log}");
+    eprintln!("kubectl logs ticker:\n{log}");
+    let tail = kubectl.ok(&["logs", "ticker", "--tail=1"]);
+    assert_eq!(tail.lines().count(), 1, "{tail:?}");
+    assert!(tail.starts_with("tick "), "{tail}");
+    // The pod's row: Running on edge-a.
+    let out = kubectl.ok(&["get", "pod", "ticker", "-o", "wide"]);
+    let rows = kubectl_rows(&out);
+    assert_eq!(&rows[0][..3], ["NAME", "READY", "STATUS"], "{out}");
+    assert_eq!(&rows[1][..3], ["ticker", "1/1", "Running"], "{out}");
+    assert!(rows[1].iter().any(|c| c == "edge-a"), "{out}");
 }

@@ -19,6 +19,10 @@
 //!   bridge verifies the apiserver's client certificate against it;
 //! - on demand, client certificates for test users ([`ControlPlane::user_cert`]).
 //! - an RSA key pair for service-account tokens.
+//!
+//! [`Kubectl`] drives a real kubectl (`tests/k8s-harness/kubectl/build.sh`,
+//! the control plane's release) against such a control plane through one of
+//! its kubeconfigs.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -56,6 +60,144 @@ pub fn k8s_bin_dir() -> PathBuf {
         PathBuf::from(dir)
     })
     .clone()
+}
+
+/// The kubectl the tests drive: `KEDGE_KUBECTL` if set (scripts/test.sh
+/// builds it in the background and sets it), else the output of
+/// `tests/k8s-harness/kubectl/build.sh` (built once per machine and input
+/// hash: under a minute with the control plane's Go cache warm, milliseconds
+/// when cached). `Err` says why there is none (the variable names no
+/// executable, or the build failed, e.g. without Go).
+pub fn kubectl_bin() -> Result<PathBuf, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(find_kubectl).clone()
+}
+
+fn find_kubectl() -> Result<PathBuf, String> {
+    let executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if let Some(p) = std::env::var_os("KEDGE_KUBECTL").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if executable(&p) {
+            Ok(p)
+        } else {
+            Err(format!(
+                "KEDGE_KUBECTL={} is not an executable file",
+                p.display()
+            ))
+        };
+    }
+    let script = repo_root().join("tests/k8s-harness/kubectl/build.sh");
+    let out = run_with_deadline(Command::new(&script), b"", Duration::from_secs(1800));
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("{stderr}");
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+        return Err(format!(
+            "KEDGE_KUBECTL is not set and {} failed ({}): {}",
+            script.display(),
+            out.status,
+            last.unwrap_or("no output")
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let bin = PathBuf::from(stdout.lines().last().unwrap_or_default().trim()).join("kubectl");
+    if executable(&bin) {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} printed no directory holding kubectl",
+            script.display()
+        ))
+    }
+}
+
+/// The kubectl for `test`, or `None` after one skip line
+/// (`KEDGE-TEST-SKIPPED <test>: …`, counted by scripts/test.sh) when there
+/// is none. In CI (`CI=true`) a missing kubectl fails the test instead.
+pub fn kubectl_or_skip(test: &str) -> Option<PathBuf> {
+    match kubectl_bin() {
+        Ok(bin) => Some(bin),
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{test} needs kubectl, and CI must run it: {why}")
+        }
+        Err(why) => {
+            super::skip_test(
+                test,
+                &format!(
+                    "no kubectl ({why}); scripts/test.sh builds it \
+                     (tests/k8s-harness/kubectl/build.sh) and sets KEDGE_KUBECTL"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A real kubectl as one user of a control plane: every command runs with
+/// `--kubeconfig` (the user), `KUBECONFIG` unset, no kuberc preferences
+/// (`KUBERC=off`) and a discovery cache of its own, so nothing of the
+/// machine's `~/.kube` takes part.
+pub struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    cache: TempDir,
+}
+
+impl Kubectl {
+    pub fn new(bin: &Path, kubeconfig: &Path) -> Kubectl {
+        Kubectl {
+            bin: bin.to_path_buf(),
+            kubeconfig: kubeconfig.to_path_buf(),
+            cache: tempfile::Builder::new()
+                .prefix("kedge-kubectl-cache-")
+                .tempdir()
+                .expect("kubectl cache dir"),
+        }
+    }
+
+    /// The same kubectl as another user (another kubeconfig).
+    pub fn as_user(&self, kubeconfig: &Path) -> Kubectl {
+        Kubectl::new(&self.bin, kubeconfig)
+    }
+
+    /// Runs `kubectl ARGS…` to its end (at most two minutes).
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--request-timeout=30s")
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env("KUBERC", "off")
+            .env("KUBECACHEDIR", self.cache.path());
+        run_with_deadline(cmd, b"", Duration::from_secs(120))
+    }
+
+    /// `kubectl ARGS…`, which must succeed: its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The rows of a table kubectl prints (`get`, header first), each split at
+/// whitespace: fine for the columns the tests read, none of which holds a
+/// space.
+pub fn kubectl_rows(out: &str) -> Vec<Vec<String>> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
 }
 
 /// Options for [`ControlPlane::start`].
