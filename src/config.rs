@@ -176,6 +176,12 @@ pub const KEYS: &[KeyDoc] = &[
         help: "pods capacity reported and enforced",
     },
     KeyDoc {
+        key: "node.disk_available_min_percent",
+        ty: KeyType::Int,
+        default: "10",
+        help: "DiskPressure is reported while less than this percent of the data directory's file system is available (the kubelet's nodefs.available hard eviction threshold); 0: never",
+    },
+    KeyDoc {
         key: "outbox.max_entries",
         ty: KeyType::Int,
         default: "10000",
@@ -518,6 +524,7 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     pub labels: String,
     pub max_pods: u64,
+    pub disk_available_min_percent: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -624,6 +631,7 @@ impl Default for NodeConfig {
             heartbeat_ms: default_int!("node.heartbeat_ms"),
             labels: default_str!("node.labels").to_string(),
             max_pods: default_int!("node.max_pods"),
+            disk_available_min_percent: default_int!("node.disk_available_min_percent"),
         }
     }
 }
@@ -930,6 +938,13 @@ impl Config {
                 "backoff.initial_ms",
                 self.backoff.initial_ms,
                 "must not exceed backoff.max_ms",
+            ));
+        }
+        if self.node.disk_available_min_percent > 100 {
+            return Err(ConfigError::value(
+                "node.disk_available_min_percent",
+                self.node.disk_available_min_percent,
+                "must be a percentage, 0 to 100",
             ));
         }
         if self.logs.max_files == 0 {

@@ -26,8 +26,8 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -563,7 +563,9 @@ pub struct BridgeOpts {
 /// 127.0.0.1 at a free port with the control plane's kubelet serving
 /// certificate and verifies clients against the control plane's CA.
 pub struct BridgeProc {
-    child: Option<Child>,
+    /// In a mutex so that [`BridgeProc::assert_running`] takes `&self` and
+    /// can run inside any wait.
+    child: Mutex<Option<Child>>,
     pub kubelet_port: u16,
     log: PathBuf,
     _dir: TempDir,
@@ -600,23 +602,50 @@ impl BridgeProc {
             .spawn()
             .expect("spawn kedge bridge");
         BridgeProc {
-            child: Some(child),
+            child: Mutex::new(Some(child)),
             kubelet_port,
             log,
             _dir: dir,
         }
     }
 
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.child().as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     /// SIGKILLs the bridge (a replica dying).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.child().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends SIGTERM (what Kubernetes sends a pod it stops) and waits up to
+    /// `deadline` for the bridge to exit; returns its exit status.
+    pub fn terminate(&mut self, deadline: Duration) -> ExitStatus {
+        let pid = self.pid();
+        let st = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(st.success(), "kill -TERM {pid} failed: {st}");
+        // On timeout this panics and Drop SIGKILLs the bridge.
+        let status = wait_until(
+            &format!("kedge bridge (pid {pid}) to exit after SIGTERM"),
+            deadline,
+            || {
+                self.child()
+                    .as_mut()
+                    .and_then(|c| c.try_wait().expect("try_wait bridge"))
+            },
+        );
+        self.child().take();
+        status
     }
 
     /// The bridge's output so far.
@@ -625,18 +654,29 @@ impl BridgeProc {
     }
 
     /// Panics with the log if the bridge has exited.
-    pub fn assert_running(&mut self) {
-        if let Some(c) = self.child.as_mut()
-            && let Ok(Some(status)) = c.try_wait()
-        {
+    pub fn assert_running(&self) {
+        let exited = self
+            .child()
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        if let Some(status) = exited {
             panic!("kedge bridge exited ({status}):\n{}", read_lossy(&self.log));
         }
+    }
+
+    /// [`wait_until`], failing at once (with the bridge's log) if the
+    /// bridge has exited.
+    pub fn wait<T>(&self, what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        wait_until(what, deadline, || {
+            self.assert_running();
+            f()
+        })
     }
 }
 
 impl Drop for BridgeProc {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.child().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
