@@ -3,8 +3,12 @@
 # (docs/fuzzing.md): cargo-fuzz (libFuzzer) targets in tests/fuzz, one
 # target at a time, one process, at the lowest priority.
 #
-#   scripts/fuzz.sh [TARGET] [--runs N | --time S]
+#   scripts/fuzz.sh [TARGET] [--runs N | --time S] [--dev]
 #
+# --dev builds the targets without optimisation (AddressSanitizer and
+# coverage still on): a fraction of the release build's compile time, fewer
+# executions per second. scripts/test.sh's short run uses it; the long run
+# does not.
 # Without TARGET every target runs, one after the other. Without --runs or
 # --time each runs the documented long run: 10,000,000 executions.
 # scripts/test.sh runs `scripts/fuzz.sh --time 30` after the unit tests.
@@ -26,13 +30,14 @@ cd "$(dirname "$0")/.."
 source scripts/cache-env.sh
 
 targets_all=(wire_decode manifest_convert cri_log_reader kubelet_request selector_parse)
-targets=() limit=(-runs=10000000) limit_text="10000000 runs"
+targets=() limit=(-runs=10000000) limit_text="10000000 runs" profile=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) limit=(-runs="$2") limit_text="$2 runs"; shift 2 ;;
     --time) limit=(-max_total_time="$2") limit_text="$2 s"; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
-    -*) echo "unknown option $1 (usage: scripts/fuzz.sh [TARGET] [--runs N | --time S])" >&2; exit 64 ;;
+    --dev) profile=(--dev); shift ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -*) echo "unknown option $1 (usage: scripts/fuzz.sh [TARGET] [--runs N | --time S] [--dev])" >&2; exit 64 ;;
     *)
       if [[ " ${targets_all[*]} " != *" $1 "* ]]; then
         echo "unknown target $1 (targets: ${targets_all[*]})" >&2
@@ -61,9 +66,10 @@ fuzz_target_dir="$KEDGE_FUZZ_TARGET_DIR"
 work=$(mktemp -d /tmp/kedge-fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-# One build of every target (release, debug assertions, AddressSanitizer).
+# One build of every target (release, debug assertions, AddressSanitizer;
+# --dev: unoptimised).
 echo "== building the fuzz targets (nightly, $fuzz_target_dir)"
-nice -n 19 cargo +nightly fuzz build --fuzz-dir "$fuzz_dir" --target-dir "$fuzz_target_dir"
+nice -n 19 cargo +nightly fuzz build "${profile[@]}" --fuzz-dir "$fuzz_dir" --target-dir "$fuzz_target_dir"
 
 # Seeds made from files the repository keeps for their own sake.
 seeds_from_repo() { # TARGET DIR
@@ -92,7 +98,7 @@ for t in "${targets[@]}"; do
   echo "== fuzzing $t ($limit_text)"
   log="$work/$t.log"
   set +e
-  nice -n 19 cargo +nightly fuzz run --fuzz-dir "$fuzz_dir" --target-dir "$fuzz_target_dir" \
+  nice -n 19 cargo +nightly fuzz run "${profile[@]}" --fuzz-dir "$fuzz_dir" --target-dir "$fuzz_target_dir" \
     "$t" "${dirs[@]}" -- \
     "${limit[@]}" "${dict[@]}" -timeout=30 -print_final_stats=1 \
     -artifact_prefix="$fuzz_dir/artifacts/$t/" 2>&1 | tee "$log" | grep -av -e '^#[0-9]*[[:space:]]*\(NEW\|REDUCE\|pulse\)' -e '^"' -e '^######'

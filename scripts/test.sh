@@ -238,8 +238,8 @@ cargo_test minimal --locked --no-default-features --features minimal --lib -- --
 # 30 s from its seeds, its past crashes and the corpus kept between runs
 # ($KEDGE_FUZZ_CORPUS). The documented long run is `scripts/fuzz.sh`.
 if rustup run nightly rustc --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
-  stage "fuzzing: 30 s per target (scripts/fuzz.sh --time 30, nightly)"
-  ./scripts/fuzz.sh --time 30
+  stage "fuzzing: 30 s per target (scripts/fuzz.sh --time 30 --dev, nightly)"
+  ./scripts/fuzz.sh --time 30 --dev
 else
   # Under CI the setup stage installed both, so this is a local run.
   skip "fuzzing (scripts/fuzz.sh)" "no nightly toolchain or no cargo-fuzz (rustup toolchain install nightly; cargo install cargo-fuzz)"
