@@ -1,18 +1,19 @@
 //! The device binary that memory and size verdicts are about (included with
 //! `#[path]`; not a bench of its own): the static x86-64 musl build with the
-//! `full` feature set, made as `scripts/build-targets.sh` makes it
-//! (`cargo build --release --locked --target x86_64-unknown-linux-musl
-//! --bin kedge --no-default-features --features full`), its budget from
+//! `full` feature set, as `scripts/build-targets.sh` makes it and leaves it
+//! in `$CARGO_TARGET_DIR/device/x86_64-unknown-linux-musl/full/kedge`
+//! (`KEDGE_FEATURE_SETS=full scripts/build-targets.sh
+//! x86_64-unknown-linux-musl`), its budget from
 //! `targets/x86_64-unknown-linux-musl.toml`.
 //!
-//! `KEDGE_BENCH_DEVICE_BIN`: use this device binary (e.g.
-//! `$CARGO_TARGET_DIR/device/x86_64-unknown-linux-musl/full/kedge` from
-//! scripts/build-targets.sh) instead of building one.
-//! `KEDGE_BENCH_SKIP_MUSL`: do not build it; the verdicts are then skipped
-//! with one line saying why.
+//! The bench does not build it: `cargo bench` holds the target directory's
+//! lock while its benches run, so a cargo inside one would wait for ever.
+//! `KEDGE_BENCH_DEVICE_BIN`: measure this device binary instead. Without
+//! one, or with one older than the newest source file, the verdicts are
+//! skipped with one line saying why.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::time::SystemTime;
 
 pub const TARGET: &str = "x86_64-unknown-linux-musl";
 pub const FEATURES: &str = "full";
@@ -40,12 +41,22 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| manifest_dir().join("target"))
 }
 
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+/// The newest modification time under `dir` (files only).
+fn newest(dir: &Path) -> Option<SystemTime> {
+    let mut latest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry.metadata().ok().and_then(|m| m.modified().ok())
+        };
+        latest = latest.max(t);
+    }
+    latest
 }
 
-/// The device binary, built if needed, or why there is none.
+/// The device binary, or why there is none.
 pub fn device_binary() -> Result<DeviceBin, String> {
     if let Some(path) = std::env::var_os("KEDGE_BENCH_DEVICE_BIN") {
         let path = PathBuf::from(path);
@@ -60,54 +71,34 @@ pub fn device_binary() -> Result<DeviceBin, String> {
             label: "given by KEDGE_BENCH_DEVICE_BIN".into(),
         });
     }
-    if std::env::var_os("KEDGE_BENCH_SKIP_MUSL").is_some() {
-        return Err("not built: KEDGE_BENCH_SKIP_MUSL is set".into());
-    }
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map_err(|e| format!("not built: cannot run rustup: {e}"))?;
-    if !String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|l| l.trim() == TARGET)
-    {
+    let build = format!("KEDGE_FEATURE_SETS={FEATURES} scripts/build-targets.sh {TARGET}");
+    let path = target_dir()
+        .join("device")
+        .join(TARGET)
+        .join(FEATURES)
+        .join("kedge");
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .map_err(|_| format!("{} is missing (build it: {build})", short(&path)))?;
+    let root = manifest_dir();
+    let sources = [
+        newest(&root.join("src")),
+        std::fs::metadata(root.join("Cargo.toml"))
+            .and_then(|m| m.modified())
+            .ok(),
+        std::fs::metadata(root.join("Cargo.lock"))
+            .and_then(|m| m.modified())
+            .ok(),
+    ];
+    if sources.into_iter().flatten().any(|t| t > built) {
         return Err(format!(
-            "not built: target {TARGET} is not installed (rustup target add {TARGET})"
+            "{} is older than the sources (rebuild it: {build})",
+            short(&path)
         ));
-    }
-    if !on_path("musl-gcc") {
-        return Err("not built: musl-gcc is not on PATH (apt-get install musl-tools)".into());
-    }
-    eprintln!(
-        "bench: building the device binary (cargo build --release --locked --target {TARGET} --bin kedge --no-default-features --features {FEATURES})"
-    );
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(manifest_dir())
-        .args(["build", "--release", "--locked", "--target", TARGET])
-        .args([
-            "--bin",
-            "kedge",
-            "--no-default-features",
-            "--features",
-            FEATURES,
-        ])
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|e| format!("not built: cannot run cargo: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "not built: cargo build --target {TARGET} failed ({status})"
-        ));
-    }
-    let path = target_dir().join(TARGET).join("release").join("kedge");
-    if !path.is_file() {
-        return Err(format!("{} is missing after the build", path.display()));
     }
     Ok(DeviceBin {
         path,
-        label: format!(
-            "x86-64 musl static, features `{FEATURES}`, built as scripts/build-targets.sh does"
-        ),
+        label: format!("x86-64 musl static, features `{FEATURES}`, from scripts/build-targets.sh"),
     })
 }
 

@@ -10,17 +10,16 @@
 //!
 //! Everything is real: a Mosquitto on a free loopback port, the test guest
 //! built for wasm32-wasip1, and as the agent **the device binary**
-//! (`benches/device.rs`: x86-64 musl static, features `full`, built as
-//! scripts/build-targets.sh builds it); the CLI (`kedge apply`) is this
-//! build's. The figures are reported, never asserted; the memory verdict is
+//! (`benches/device.rs`: x86-64 musl static, features `full`, from
+//! scripts/build-targets.sh); the CLI (`kedge apply`) is this build's. The figures are reported, never asserted; the memory verdict is
 //! given only when the agent is the device binary.
 //!
 //! Environment: `KEDGE_BENCH_CONTAINERS` (64), `KEDGE_BENCH_ROUNDS` (3),
 //! `KEDGE_BENCH_SETTLE_SECS` (3: wait before each memory reading),
-//! `KEDGE_BENCH_DEVICE_BIN` (a device binary already built, e.g. by
-//! scripts/build-targets.sh), `KEDGE_BENCH_SKIP_MUSL` (do not build one:
-//! this build's `kedge` runs, without a verdict), `KEDGE_AGENT_BIN` (run
-//! another build as the agent, to compare; no verdict).
+//! `KEDGE_BENCH_DEVICE_BIN` (the device binary, if not where
+//! scripts/build-targets.sh leaves it; without one this build's `kedge`
+//! runs, without a verdict), `KEDGE_AGENT_BIN` (run another build as the
+//! agent, to compare; no verdict).
 
 #[path = "device.rs"]
 #[allow(dead_code)]

@@ -3,9 +3,9 @@
 //! binary is. Everything is real: a Mosquitto broker on a free loopback
 //! port, the demo module (`edge-manifests/demo-wasm.wat`, as binary Wasm)
 //! and the agent under test, by default **the device binary**
-//! (`benches/device.rs`: x86-64 musl static, features `full`, built as
-//! scripts/build-targets.sh builds it), so that the memory and size verdicts
-//! are about what a device runs. Prints Markdown tables (and a JSON line);
+//! (`benches/device.rs`: x86-64 musl static, features `full`, from
+//! scripts/build-targets.sh), so that the memory and size verdicts are about
+//! what a device runs. Prints Markdown tables (and a JSON line);
 //! measurements are reported against the goals, never asserted.
 //!
 //! Start latency of a pod: from just before its desired spec is published
@@ -53,11 +53,12 @@
 //!   temporary file, printed on failure).
 //! - `KEDGE_BENCH_TRACE`: write per-pod timings there as CSV (wall-clock
 //!   microseconds), to line up with agent log timestamps.
-//! - `KEDGE_BENCH_DEVICE_BIN`: the device binary to measure (e.g. from
-//!   scripts/build-targets.sh) instead of building it;
-//!   `KEDGE_BENCH_SKIP_MUSL`: do not build it. Without a device binary the
-//!   host's release build runs and the memory and size verdicts are skipped,
-//!   each with the reason.
+//! - `KEDGE_BENCH_DEVICE_BIN`: the device binary to measure, instead of
+//!   `$CARGO_TARGET_DIR/device/x86_64-unknown-linux-musl/full/kedge` (built
+//!   by `KEDGE_FEATURE_SETS=full scripts/build-targets.sh
+//!   x86_64-unknown-linux-musl`). Without a device binary (or with one older
+//!   than the sources) the host's release build runs and the memory and size
+//!   verdicts are skipped, each saying why.
 //! - `KEDGE_BENCH_BIN`: run this `kedge` binary as the agent instead (to
 //!   compare builds; a wrapper script must `exec` it); no memory verdicts.
 //! - `KEDGE_BENCH_DENSITY_PODS` (100): N of the burst and density table;
@@ -930,21 +931,14 @@ fn release_dir() -> PathBuf {
     }
 }
 
-/// The host's release `kedge` binary, built first if missing.
+/// The host's release `kedge` binary (`cargo bench` builds it with the
+/// bench; a cargo run from here would wait for the lock `cargo bench`
+/// holds on the target directory).
 fn host_binary() -> PathBuf {
     let bin = release_dir().join("kedge");
-    if !bin.is_file() {
-        eprintln!("bench: {} is missing; building it", bin.display());
-        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .current_dir(manifest_dir())
-            .args(["build", "--release", "--bin", "kedge"])
-            .status()
-            .expect("run cargo build --release");
-        assert!(status.success(), "cargo build --release failed: {status}");
-    }
     assert!(
         bin.is_file(),
-        "{} is missing after the build",
+        "{} is missing (cargo build --release --bin kedge)",
         bin.display()
     );
     bin
