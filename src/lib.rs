@@ -1,4 +1,8 @@
 //! kedge: an edge orchestrator. See ARCHITECTURE.md for the code map.
+// Every `pub` item is reachable from outside the crate (the binary, the
+// tests, the benches) or says `pub(crate)`: what `pub` hides from the
+// dead-code lint is found this way.
+#![warn(unreachable_pub)]
 
 pub mod agent;
 #[cfg(feature = "bridge")]

@@ -36,8 +36,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
 const OBSERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("observed");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-/// Runtime handles (sandbox and container ids) for adoption after restart.
-const HANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("handles");
+/// Runtime handles, never written (adoption reads the runtime's labels):
+/// created by stores of schema 1 to 5, deleted when a store is opened.
+const LEGACY_HANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("handles");
 /// Deletes committed but not finished: pod key → `DeletingRecord`.
 const DELETING: TableDefinition<&str, &[u8]> = TableDefinition::new("deleting");
 /// Fleet state (schema 3), by key: `fleet/{ns}/{name}` → the fleet
@@ -334,7 +335,6 @@ impl Store {
             txn.open_table(DESIRED)?;
             txn.open_table(OBSERVED)?;
             txn.open_table(OUTBOX)?;
-            txn.open_table(HANDLES)?;
             // Version 1 → 2: the delete intents.
             txn.open_table(DELETING)?;
             // Version 2 → 3: fleet state.
@@ -344,6 +344,8 @@ impl Store {
             txn.open_table(DATA_QOS2)?;
             // Version 4 → 5: the last signed message accepted per topic.
             txn.open_table(TRUST)?;
+            // The `handles` table older stores made and nothing wrote.
+            txn.delete_table(LEGACY_HANDLES)?;
             meta.insert(KEY_SCHEMA, STORE_SCHEMA_VERSION.to_le_bytes().as_slice())?;
         }
         txn.commit()?;
@@ -861,13 +863,6 @@ impl Store {
         }
         txn.commit()?;
         Ok(dropped)
-    }
-
-    pub fn put_handle(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(HANDLES)?.insert(key, value)?;
-        txn.commit()?;
-        Ok(())
     }
 }
 

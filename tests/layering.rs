@@ -63,3 +63,50 @@ fn the_agent_knows_neither_the_cli_nor_the_bridge() {
         found.join("\n")
     );
 }
+
+/// Dead code that `pub` hides from the compiler's dead-code lint (every
+/// module of the library is public, so every `pub fn` counts as used): a
+/// public function whose name appears nowhere else in the sources, tests,
+/// benches or HIL is dead. Names shared by several functions are not
+/// judged (one use covers them all), so this finds the plain cases only.
+#[test]
+fn every_public_function_is_used_somewhere() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "benches", "hil"] {
+        if root.join(dir).is_dir() {
+            sources(&root.join(dir), &mut files);
+        }
+    }
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    // Every identifier-like word and how often it occurs.
+    let mut counts = std::collections::HashMap::<&str, usize>::new();
+    for (_, text) in &files {
+        for word in text.split(|c: char| !is_ident(c)).filter(|w| !w.is_empty()) {
+            *counts.entry(word).or_default() += 1;
+        }
+    }
+    let mut dead = Vec::new();
+    for (file, text) in files.iter().filter(|(f, _)| f.contains("/src/")) {
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim_start();
+            let Some(rest) = line
+                .strip_prefix("pub fn ")
+                .or_else(|| line.strip_prefix("pub async fn "))
+                .or_else(|| line.strip_prefix("pub const fn "))
+            else {
+                continue;
+            };
+            let name: String = rest.chars().take_while(|c| is_ident(*c)).collect();
+            // Its definition is one occurrence; nothing else names it.
+            if counts.get(name.as_str()).copied().unwrap_or(0) <= 1 {
+                dead.push(format!("{file}:{}: {name}", n + 1));
+            }
+        }
+    }
+    assert!(
+        dead.is_empty(),
+        "public functions nothing uses (delete them, or use them):\n{}",
+        dead.join("\n")
+    );
+}

@@ -476,11 +476,6 @@ impl Bridge {
         self.devices.len()
     }
 
-    /// Number of devices alive now.
-    pub fn alive_count(&self) -> usize {
-        self.devices.values().filter(|d| d.alive).count()
-    }
-
     /// Whether the device is alive (for the kubelet API and tests).
     pub fn is_alive(&self, node: &str) -> bool {
         self.devices.get(node).is_some_and(|d| d.alive)
@@ -1376,14 +1371,6 @@ impl Bridge {
     /// Every ConfigMap and Secret the pods refer to (as last looked up).
     pub fn referenced(&self) -> impl Iterator<Item = &ObjRef> {
         self.pods.values().flat_map(|e| e.refs.iter())
-    }
-
-    /// The node a pod is bound to, if it is one of this bridge's devices.
-    pub fn node_of(&self, key: &PodKey) -> Option<&str> {
-        self.pods
-            .get(key)
-            .map(|e| e.node.as_str())
-            .filter(|n| self.devices.contains_key(*n))
     }
 }
 

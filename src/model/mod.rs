@@ -297,17 +297,6 @@ pub enum ContainerState {
     },
 }
 
-impl ContainerState {
-    /// The word `kubectl get pods` shows for this state.
-    pub fn short_reason(&self) -> &str {
-        match self {
-            ContainerState::Waiting { reason, .. } => reason,
-            ContainerState::Running { .. } => "Running",
-            ContainerState::Terminated { reason, .. } => reason,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerStatus {
     pub name: String,
