@@ -38,6 +38,7 @@ use super::kubelet_auth::{
 use super::mqtt_link::{LogStats, MqttLink};
 use super::writer::WriteStats;
 use crate::model::LogRequest;
+use crate::model::validate::MAX_SINCE_SECONDS;
 
 /// How long the first log chunk may take (the CLI's limit too).
 const FIRST_CHUNK_TIMEOUT: Duration = Duration::from_secs(15);
@@ -307,6 +308,8 @@ pub struct LogQuery {
 }
 
 /// Parses `follow=true&tailLines=10&…`; a malformed number is an error.
+/// `sinceSeconds` beyond what a device takes (a hundred years) means every
+/// line, as it does for the kubelet, and is sent as that bound.
 pub fn parse_log_query(q: &str) -> Result<LogQuery, String> {
     let mut out = LogQuery::default();
     for pair in q.split('&').filter(|p| !p.is_empty()) {
@@ -324,7 +327,9 @@ pub fn parse_log_query(q: &str) -> Result<LogQuery, String> {
             "previous" => out.previous = flag(),
             "timestamps" => out.timestamps = flag(),
             "tailLines" => out.tail_lines = Some(num("tailLines")?),
-            "sinceSeconds" => out.since_seconds = Some(num("sinceSeconds")?),
+            "sinceSeconds" => {
+                out.since_seconds = Some(num("sinceSeconds")?.min(MAX_SINCE_SECONDS));
+            }
             "limitBytes" => out.limit_bytes = Some(num("limitBytes")?),
             _ => {}
         }
@@ -619,5 +624,36 @@ mod tests {
         ] {
             assert_eq!(container_logs_path(p), None, "{p}");
         }
+    }
+
+    /// Found by fuzzing (tests/fuzz/regressions/kubelet_request): the API
+    /// took any sinceSeconds up to i64::MAX, and the device refused the
+    /// request as invalid one round trip later. More than a device takes is
+    /// every line, as for the kubelet.
+    #[test]
+    fn a_since_beyond_what_a_device_takes_is_every_line() {
+        use crate::model::validate::Validate;
+        for q in [
+            "sinceSeconds=23079245013099471",
+            "sinceSeconds=9223372036854775807",
+        ] {
+            let q = parse_log_query(q).expect("valid");
+            assert_eq!(q.since_seconds, Some(MAX_SINCE_SECONDS));
+            let request = LogRequest {
+                request_id: "0123456789abcdef0123456789abcdef".into(),
+                namespace: "default".into(),
+                pod: "sensor".into(),
+                container: Some("app".into()),
+                tail_lines: q.tail_lines,
+                follow: q.follow,
+                previous: q.previous,
+                timestamps: q.timestamps,
+                since_seconds: q.since_seconds,
+                limit_bytes: q.limit_bytes,
+            };
+            assert_eq!(request.validate(), Ok(()));
+        }
+        let q = parse_log_query("sinceSeconds=3600").expect("valid");
+        assert_eq!(q.since_seconds, Some(3600));
     }
 }

@@ -37,6 +37,8 @@ pub const MAX_MESSAGE: usize = 32 * 1024;
 /// `terminationGracePeriodSeconds` and probe times: at most a year, so that
 /// adding them to a clock never overflows.
 pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
+/// A log request's `sinceSeconds`: a hundred years, which is "every line".
+pub const MAX_SINCE_SECONDS: u64 = MAX_SECONDS * 100;
 /// CPU in millicores: a million cores; memory in bytes: what fits an i64
 /// (the CRI's type).
 pub const MAX_CPU_MILLIS: u64 = 1_000_000_000;
@@ -823,7 +825,7 @@ impl Validate for LogRequest {
             label("container", "container name", c)?;
         }
         if let Some(s) = self.since_seconds {
-            at_most("sinceSeconds", s, MAX_SECONDS * 100)?;
+            at_most("sinceSeconds", s, MAX_SINCE_SECONDS)?;
         }
         if let Some(t) = self.tail_lines {
             at_most("tailLines", t, MAX_BYTES)?;
