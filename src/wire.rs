@@ -14,9 +14,10 @@ use crate::model::{
 };
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u16 = 2;
+pub const SCHEMA_VERSION: u16 = 3;
 /// The oldest version this build still reads (docs/wire.md, "Evolving the
-/// schema"): version 1 differs only in `NodeStatus`, which had no labels.
+/// schema"): version 1 differs in `NodeStatus`, which had no labels, and
+/// versions 1 and 2 in `PodSpec` (`wire::v2`).
 pub const OLDEST_READABLE_VERSION: u16 = 1;
 /// Index authors: the level after `index/` (docs/wire.md, "Desired index").
 pub const INDEX_AUTHOR_BRIDGE: &str = "bridge";
@@ -264,6 +265,10 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
     }
     let kind = Kind::from_u8(raw.kind)?;
     let message = match kind {
+        // Versions 1 and 2 had the same `PodSpec`, which version 3 changed.
+        Kind::DesiredPod if version <= 2 => {
+            Message::DesiredPod(body::<v2::PodSpec>(kind, &raw.body)?.into())
+        }
         Kind::DesiredPod => Message::DesiredPod(body(kind, &raw.body)?),
         Kind::PodStatus => Message::PodStatus(body(kind, &raw.body)?),
         Kind::NodeStatus if version == 1 => {
@@ -618,6 +623,10 @@ mod v1 {
         }
     }
 }
+
+/// The `PodSpec` of versions 1 and 2 and its upgrade (also read by the
+/// store's migration).
+pub(crate) mod v2;
 
 /// Node names and namespaces become topic levels: they must not contain MQTT
 /// wildcards or separators.

@@ -97,6 +97,8 @@ fn container(name: &str, image: &str) -> Container {
             allow_privilege_escalation: Some(false),
             capabilities_add: vec!["NET_BIND_SERVICE".into()],
             capabilities_drop: vec!["ALL".into()],
+            seccomp_profile: Some(SecurityProfile::Localhost("profiles/sensor.json".into())),
+            app_armor_profile: Some(SecurityProfile::Unconfined),
         }),
     }
 }
@@ -136,6 +138,7 @@ pub(super) fn desired_pod() -> PodSpec {
                 name: "dev".into(),
                 source: VolumeSource::HostPath {
                     path: "/dev/ttyUSB0".into(),
+                    kind: HostPathType::CharDevice,
                 },
             },
             Volume {
@@ -590,7 +593,7 @@ fn version_1_vectors_are_still_read() {
                 n.labels.clear();
                 Message::NodeStatus(n)
             }
-            other => other,
+            other => as_of_version_2(other),
         };
         assert_eq!(decoded.message, expected, "{file}");
         assert_eq!(to_json(&bytes).expect("renders")["version"], 1);
@@ -599,6 +602,104 @@ fn version_1_vectors_are_still_read() {
     let mut bytes = encode(0, &Message::NodeLabels(node_labels())).expect("encodes");
     bytes[0] = 1;
     assert_eq!(decode(&bytes), Err(WireError::UnknownKind(10)));
+}
+
+/// A sample as versions 1 and 2 carried it: a `PodSpec` without what
+/// version 3 added (seccomp and AppArmor profiles, hostPath types). The
+/// samples' strings hold no `$`, so the upgrade's escaping changes nothing.
+fn as_of_version_2(message: Message) -> Message {
+    let Message::DesiredPod(mut spec) = message else {
+        return message;
+    };
+    for c in spec.containers.iter_mut().chain(&mut spec.init_containers) {
+        assert!(
+            c.env.iter().all(|e| !e.value.contains('$'))
+                && c.command.iter().chain(&c.args).all(|a| !a.contains('$')),
+            "the samples hold no `$`"
+        );
+        if let Some(sc) = &mut c.security_context {
+            sc.seccomp_profile = None;
+            sc.app_armor_profile = None;
+        }
+    }
+    for v in &mut spec.volumes {
+        if let VolumeSource::HostPath { kind, .. } = &mut v.source {
+            *kind = HostPathType::Unset;
+        }
+    }
+    Message::DesiredPod(spec)
+}
+
+/// Version 2's vectors (tests/vectors/v2, committed before version 3) are
+/// still read: every kind decodes to the same sample, a pod spec without
+/// what version 3 added.
+#[test]
+fn version_2_vectors_are_still_read() {
+    for (file, seq, message) in all() {
+        let path = vector_path("v2").join(file);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            assert!(
+                message.kind() as u8 > 10,
+                "{file}: version 2 had this kind, its vector must stay"
+            );
+            continue;
+        };
+        let bytes = from_hex_text(&text);
+        assert_eq!(bytes[0], 2, "{file}: a version 2 envelope");
+        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(decoded.version, 2);
+        assert_eq!(decoded.seq, seq, "{file}");
+        assert_eq!(decoded.message, as_of_version_2(message), "{file}");
+    }
+}
+
+/// Version 2 ran `command`, `args` and env values literally; version 3
+/// expands them, so a version 2 spec is read with them escaped and runs as
+/// before.
+#[test]
+fn version_2_specs_keep_their_literal_dollars() {
+    let mut old = desired_pod();
+    old.containers[0].command = vec!["echo".into(), "$(MODE)".into(), "$$".into()];
+    old.containers[0].env[0].value = "a$(B)".into();
+    let v2 = v2::PodSpec {
+        namespace: old.namespace.clone(),
+        name: old.name.clone(),
+        uid: old.uid.clone(),
+        generation: old.generation,
+        labels: old.labels.clone(),
+        runtime: old.runtime,
+        restart_policy: old.restart_policy,
+        termination_grace_period_secs: old.termination_grace_period_secs,
+        host_network: old.host_network,
+        init_containers: vec![],
+        containers: vec![v2::Container {
+            name: "main".into(),
+            image: old.containers[0].image.clone(),
+            image_pull_policy: PullPolicy::IfNotPresent,
+            command: old.containers[0].command.clone(),
+            args: vec![],
+            working_dir: None,
+            env: old.containers[0].env.clone(),
+            volume_mounts: vec![],
+            ports: vec![],
+            resources: Resources::default(),
+            liveness_probe: None,
+            readiness_probe: None,
+            startup_probe: None,
+            security_context: None,
+        }],
+        volumes: vec![],
+        image_pull_secrets: vec![],
+    };
+    // A version 2 envelope around version 2's body.
+    let body = postcard::to_stdvec(&v2).expect("v2 body");
+    let mut bytes = vec![2, Kind::DesiredPod as u8, 3, 0];
+    varint(&mut bytes, body.len() as u64);
+    bytes.extend_from_slice(&body);
+    let (_, spec) = decode_as::<PodSpec>(&bytes).expect("version 2 decodes");
+    let running = crate::model::expansion::expand_container(&spec.containers[0]);
+    assert_eq!(running.command, ["echo", "$(MODE)", "$$"]);
+    assert_eq!(running.env[0].value, "a$(B)");
 }
 
 /// One vector per kind, and no vector files that no test checks.
@@ -655,7 +756,7 @@ fn write_vectors_then_fail_on_purpose() {
 #[test]
 fn envelope_layout_matches_the_spec() {
     let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
-    assert_eq!(bytes[0], 0x02, "version 2 as a one-byte varint");
+    assert_eq!(bytes[0], 0x03, "version 3 as a one-byte varint");
     assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
     assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
     assert_eq!(bytes[3], 0x00, "empty signature: length 0");
