@@ -235,6 +235,12 @@ pub const KEYS: &[KeyDoc] = &[
         default: "120000",
         help: "deadline of one CRI call (image pulls included)",
     },
+    KeyDoc {
+        key: "cri.seccomp_default",
+        ty: KeyType::Bool,
+        default: "false",
+        help: "containers without a seccompProfile get the runtime's default profile (RuntimeDefault, the kubelet's --seccomp-default); false: Unconfined, the kubelet's default. Localhost profiles are files under {data_dir}/seccomp",
+    },
 ];
 
 #[derive(Debug, Error)]
@@ -359,6 +365,7 @@ pub struct CriConfig {
     pub endpoint: Option<String>,
     pub cgroup_parent: String,
     pub timeout_ms: u64,
+    pub seccomp_default: bool,
 }
 
 fn default_of(key: &str) -> &'static str {
@@ -481,6 +488,7 @@ impl Default for CriConfig {
             endpoint: Some(default_of("cri.endpoint").into()),
             cgroup_parent: default_of("cri.cgroup_parent").into(),
             timeout_ms: default_int("cri.timeout_ms"),
+            seccomp_default: default_of("cri.seccomp_default") == "true",
         }
     }
 }
