@@ -312,12 +312,20 @@ mod tests {
     fn memory_volumes_are_sized_by_limit_or_pod_memory() {
         let mut spec =
             crate::model::samples::spec("web", "u1", 1, crate::model::RestartPolicy::Never);
-        spec.containers[0].resources.memory_limit_bytes = None;
+        spec.containers = vec![crate::model::samples::container("app")];
         assert_eq!(memory_volume_size(&spec, None), None);
         assert_eq!(memory_volume_size(&spec, Some(5)), Some(5));
         spec.containers[0].resources.memory_limit_bytes = Some(64 << 20);
         assert_eq!(memory_volume_size(&spec, None), Some(64 << 20));
         assert_eq!(memory_volume_size(&spec, Some(1 << 20)), Some(1 << 20));
         assert_eq!(memory_volume_size(&spec, Some(1 << 30)), Some(64 << 20));
+        // An init container's limit counts when it is the larger; one
+        // without a limit leaves the pod without one.
+        spec.init_containers = vec![crate::model::samples::container("init")];
+        assert_eq!(memory_volume_size(&spec, None), None);
+        spec.init_containers[0].resources.memory_limit_bytes = Some(128 << 20);
+        assert_eq!(memory_volume_size(&spec, None), Some(128 << 20));
+        spec.init_containers[0].resources.memory_limit_bytes = Some(1 << 20);
+        assert_eq!(memory_volume_size(&spec, None), Some(64 << 20));
     }
 }

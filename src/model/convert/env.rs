@@ -326,7 +326,6 @@ mod tests {
             .secret("default", "creds", &[("password", "pa$$(word)")]);
         let spec = convert_with(
             json!({
-                "metadata": {"labels": {"app": "$(x)"}},
                 "spec": {"containers": [{"name": "app", "image": "nginx",
                 "envFrom": [{"configMapRef": {"name": "cfg"}}],
                 "env": [

@@ -123,11 +123,13 @@ impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys<'_> {
                 format!("{}.{key}", self.path)
             };
             let value = map.next_value_seed(NoDuplicateKeys { path: &path })?;
-            if out.insert(key, value).is_some() {
+            if out.contains_key(&key) {
+                // kubectl's words; YAML errors add the parent's path.
                 return Err(serde::de::Error::custom(format!(
-                    "{path}: key already set in map (a key may appear once)"
+                    "key {key:?} already set in map ({path})"
                 )));
             }
+            out.insert(key, value);
         }
         Ok(Value::Object(out))
     }
@@ -426,21 +428,23 @@ items:
         );
         assert!(
             err.to_string()
-                .contains("invalid yaml: spec.containers[0].image: key already set in map"),
+                .contains("key \"image\" already set in map (spec.containers[0].image)"),
             "{err}"
         );
         let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nmetadata: {name: b}\n";
         let err = parse_pod_manifests(yaml).expect_err("duplicate top-level key");
         assert!(
-            err.to_string().contains("metadata: key already set"),
+            err.to_string()
+                .contains("key \"metadata\" already set in map (metadata)"),
             "{err}"
         );
 
         let json = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "labels": {"x": "1", "x": "2"}}}"#;
         let err = parse_pod_manifests(json).expect_err("duplicate json key");
         assert!(
-            err.to_string()
-                .contains("document 0: invalid json: metadata.labels.x: key already set in map"),
+            err.to_string().contains(
+                "document 0: invalid json: key \"x\" already set in map (metadata.labels.x)"
+            ),
             "{err}"
         );
         // The same key in different mappings, and several JSON documents,

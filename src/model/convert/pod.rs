@@ -540,7 +540,7 @@ status: {}
             "dnsPolicy": "ClusterFirst",
             "hostname": "web",
             "subdomain": "edge",
-            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}, "seLinuxOptions": {"level": "s0"}}
+            "securityContext": {"seLinuxOptions": {"level": "s0"}}
         }, "status": {"phase": "Running"}}));
         assert_eq!(spec, convert(json!({})));
     }
