@@ -110,10 +110,12 @@ need_pkgs=()
 # containerd … protobuf-compiler: the CRI tests start their own containerd
 # (runc, CNI plugins), build busybox/pause images (busybox-static, umoci,
 # skopeo), run a registry with htpasswd auth (docker-registry,
-# apache2-utils), and k8s-cri compiles its protos with protoc.
+# apache2-utils), and k8s-cri compiles its protos with protoc. The data
+# path's tests start their own PostgreSQL cluster (postgresql: initdb and
+# the server; no system cluster is used).
 for p in mosquitto mosquitto-clients openssl containerd runc containernetworking-plugins \
   busybox-static umoci skopeo docker-registry apache2-utils protobuf-compiler iptables iproute2 curl \
-  python3 file systemd; do
+  python3 file systemd postgresql; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -132,7 +134,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
   if [ "$added_policy" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
 fi
-for svc in containerd docker-registry; do
+for svc in containerd docker-registry postgresql; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
@@ -169,8 +171,8 @@ cargo fmt --all -- --check
 # One check graph for the default features and the bridge: --features bridge
 # adds the bridge to the default set, so every default item is linted too
 # (no code is compiled only without the bridge).
-stage "cargo clippy --all-targets --features bridge (default + bridge)"
-cargo clippy --all-targets --locked --features bridge -- -D warnings
+stage "cargo clippy --all-targets --features bridge,sink (default + bridge + sink)"
+cargo clippy --all-targets --locked --features bridge,sink -- -D warnings
 stage "cargo clippy --all-targets, minimal"
 cargo clippy --all-targets --locked --no-default-features --features minimal -- -D warnings
 
@@ -183,8 +185,8 @@ for f in tests/*.rs; do
   t=$(basename "$f" .rs)
   [ "$t" = bridge_e2e ] || tests+=(--test "$t")
 done
-stage "cargo test --features bridge: unit and integration tests (--test-threads=$threads)"
-cargo_test main --locked --features bridge --no-fail-fast --lib --bins "${tests[@]}" -- --test-threads="$threads"
+stage "cargo test --features bridge,sink: unit and integration tests (--test-threads=$threads)"
+cargo_test main --locked --features bridge,sink --no-fail-fast --lib --bins "${tests[@]}" -- --test-threads="$threads"
 # The target selection above leaves out doc tests: run them when src/ has one
 # (a fenced block that is Rust: no info string, or rust/no_run/should_panic…).
 if find src -name '*.rs' -exec cat {} + | awk '/^[ \t]*\/\/[\/!][ \t]*```/ {
@@ -192,8 +194,8 @@ if find src -name '*.rs' -exec cat {} + | awk '/^[ \t]*\/\/[\/!][ \t]*```/ {
                       if (info == "" || info ~ /^(rust|no_run|should_panic|compile_fail|edition)/) found = 1 }
           inb = !inb }
         END { exit !found }'; then
-  stage "cargo test --doc --features bridge"
-  cargo_test doc --locked --features bridge --doc
+  stage "cargo test --doc --features bridge,sink"
+  cargo_test doc --locked --features bridge,sink --doc
 else
   skip "doc tests" "src/ has no Rust doc-test block"
 fi
@@ -230,8 +232,8 @@ fi
 tail -n 3 "$logs/k8s-harness.log"
 KEDGE_K8S_BIN_DIR="$(tail -n 1 "$k8s_out")"
 export KEDGE_K8S_BIN_DIR
-stage "cargo test --features bridge --test bridge_e2e (--test-threads=1)"
-cargo_test bridge_e2e --locked --features bridge --no-fail-fast --test bridge_e2e -- --test-threads=1
+stage "cargo test --features bridge,sink --test bridge_e2e (--test-threads=1)"
+cargo_test bridge_e2e --locked --features bridge,sink --no-fail-fast --test bridge_e2e -- --test-threads=1
 
 # ---------------------------------------------------------------------------
 # Static device binaries (targets/): x86-64 `full` and `minimal` against
@@ -260,8 +262,8 @@ else
   ./scripts/build-targets.sh
   # The host CLI for the HIL: the test build's binary (same features and
   # profile as the tests above, so nothing is compiled again).
-  stage "host CLI (cargo build --features bridge, from the test build)"
-  cargo build --locked --features bridge --bin kedge
+  stage "host CLI (cargo build --features bridge,sink, from the test build)"
+  cargo build --locked --features bridge,sink --bin kedge
   arm="$CARGO_TARGET_DIR/device/aarch64-unknown-linux-musl/minimal/kedge"
   x86="$CARGO_TARGET_DIR/device/x86_64-unknown-linux-musl"
   stage "hardware in the loop: x86-64 full, native (basic.scn)"

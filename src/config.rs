@@ -241,6 +241,66 @@ pub const KEYS: &[KeyDoc] = &[
         default: "false",
         help: "containers without a seccompProfile get the runtime's default profile (RuntimeDefault, the kubelet's --seccomp-default); false: Unconfined, the kubelet's default. Localhost profiles are files under {data_dir}/seccomp",
     },
+    KeyDoc {
+        key: "trust.keys",
+        ty: KeyType::Str,
+        default: "",
+        help: "agent: the public keys whose signatures it accepts on desired state, separated by spaces: <base64 Ed25519 key>[,expires=<RFC 3339>] (kedge keys generate; docs/keys.md); empty: signatures are not checked",
+    },
+    KeyDoc {
+        key: "trust.require_signatures",
+        ty: KeyType::Bool,
+        default: "true",
+        help: "agent, with trust.keys: refuse unsigned desired specs, tombstones, indexes, fleet records, labels and log requests; false: accept unsigned ones (a migration step), still refuse bad signatures",
+    },
+    KeyDoc {
+        key: "trust.signing_key_file",
+        ty: KeyType::Str,
+        default: "",
+        help: "CLI and bridge: the Ed25519 private key (PKCS#8 PEM, kedge keys generate) that signs what they publish for devices; empty: unsigned (also --signing-key)",
+    },
+    KeyDoc {
+        key: "data.routes",
+        ty: KeyType::Str,
+        default: "",
+        help: "workload data routes, separated by ';' or newlines: FROM namespace/pod[/container] topic-filter INTO $upstream [TTL 2h] (empty: no data path; feature data)",
+    },
+    KeyDoc {
+        key: "data.listen",
+        ty: KeyType::Str,
+        default: "127.0.0.1:1884",
+        help: "where the data endpoint (MQTT 3.1.1 for workloads) listens; 0.0.0.0:PORT for pods on a CNI network",
+    },
+    KeyDoc {
+        key: "data.advertise",
+        ty: KeyType::Str,
+        default: "",
+        help: "host:port workloads connect to (KEDGE_DATA_URL), e.g. the node's address on the pod network; empty: data.listen",
+    },
+    KeyDoc {
+        key: "data.sink_public_key",
+        ty: KeyType::Str,
+        default: "",
+        help: "the sink's X25519 public key (64 hex characters, `kedge sink keygen`); batches are sealed to it; required with data.routes",
+    },
+    KeyDoc {
+        key: "data.default_ttl_secs",
+        ty: KeyType::Int,
+        default: "7200",
+        help: "how long a message waits for the broker when its route names no TTL",
+    },
+    KeyDoc {
+        key: "data.budget_bytes",
+        ty: KeyType::Int,
+        default: "67108864",
+        help: "bytes of workload messages kept while offline; beyond it the oldest are dropped (counted, reported as a DataDropped event)",
+    },
+    KeyDoc {
+        key: "data.batch_max_messages",
+        ty: KeyType::Int,
+        default: "1000",
+        help: "most messages in one sealed batch on the link",
+    },
 ];
 
 #[derive(Debug, Error)]
@@ -290,6 +350,75 @@ pub struct Config {
     pub logs: LogsConfig,
     pub wasm: WasmConfig,
     pub cri: CriConfig,
+    pub trust: TrustConfig,
+    pub data: DataConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConfig {
+    /// Checked by `validate`; parsed by `Config::trusted_keys`.
+    pub keys: String,
+    pub require_signatures: bool,
+    pub signing_key_file: Option<PathBuf>,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            keys: default_of("trust.keys").into(),
+            require_signatures: default_of("trust.require_signatures") == "true",
+            signing_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    pub routes: String,
+    pub listen: String,
+    pub advertise: String,
+    pub sink_public_key: String,
+    pub default_ttl_secs: u64,
+    pub budget_bytes: u64,
+    pub batch_max_messages: u64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            routes: String::new(),
+            listen: default_of("data.listen").into(),
+            advertise: String::new(),
+            sink_public_key: String::new(),
+            default_ttl_secs: default_int("data.default_ttl_secs"),
+            budget_bytes: default_int("data.budget_bytes"),
+            batch_max_messages: default_int("data.batch_max_messages"),
+        }
+    }
+}
+
+impl DataConfig {
+    /// The address put in KEDGE_DATA_URL.
+    pub fn advertised(&self) -> &str {
+        if self.advertise.is_empty() {
+            &self.listen
+        } else {
+            &self.advertise
+        }
+    }
+
+    /// The routes (checked by `Config::validate`, so this only fails on a
+    /// configuration made without it).
+    #[cfg(feature = "data")]
+    pub fn parsed_routes(&self) -> Result<Vec<crate::data::Route>, crate::data::RouteError> {
+        crate::data::parse_routes(
+            "data.routes",
+            &self.routes,
+            Duration::from_secs(self.default_ttl_secs),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -396,6 +525,8 @@ impl Default for Config {
             logs: LogsConfig::default(),
             wasm: WasmConfig::default(),
             cri: CriConfig::default(),
+            trust: TrustConfig::default(),
+            data: DataConfig::default(),
         }
     }
 }
@@ -596,6 +727,62 @@ fn non_empty(p: Option<PathBuf>) -> Option<PathBuf> {
 }
 
 impl Config {
+    fn validate_data(&self) -> Result<(), ConfigError> {
+        let data = &self.data;
+        if data.routes.trim().is_empty() {
+            return Ok(());
+        }
+        #[cfg(not(feature = "data"))]
+        return Err(ConfigError::value(
+            "data.routes",
+            &data.routes,
+            "this build has no data path (cargo feature data)",
+        ));
+        #[cfg(feature = "data")]
+        {
+            data.parsed_routes().map_err(|e| {
+                ConfigError::value(&format!("{}[{}]", e.key, e.index), &data.routes, e.message)
+            })?;
+            if data.sink_public_key.is_empty() {
+                return Err(ConfigError::value(
+                    "data.sink_public_key",
+                    "",
+                    "required with data.routes: the sink's public key (kedge sink keygen)",
+                ));
+            }
+            crate::data::SinkPublicKey::parse(&data.sink_public_key, "data.sink_public_key")
+                .map_err(|e| {
+                    ConfigError::value("data.sink_public_key", &data.sink_public_key, e.to_string())
+                })?;
+            for (key, addr) in [
+                ("data.listen", &data.listen),
+                ("data.advertise", &data.advertise),
+            ] {
+                if !addr.is_empty()
+                    && addr.parse::<std::net::SocketAddr>().is_err()
+                    && !addr.contains(':')
+                {
+                    return Err(ConfigError::value(key, addr, "expected host:port"));
+                }
+            }
+            if data.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::value(
+                    "data.listen",
+                    &data.listen,
+                    "expected ip:port such as 127.0.0.1:1884",
+                ));
+            }
+            if data.batch_max_messages == 0 || data.default_ttl_secs == 0 {
+                return Err(ConfigError::value(
+                    "data.batch_max_messages",
+                    data.batch_max_messages,
+                    "must be positive (and so must data.default_ttl_secs)",
+                ));
+            }
+            Ok(())
+        }
+    }
+
     fn validate(mut self) -> Result<Config, ConfigError> {
         // Empty strings mean "not set" so env and flags can unset file values.
         self.broker.url = self.broker.url.filter(|u| !u.is_empty());
@@ -607,6 +794,14 @@ impl Config {
         self.manifests_dir = non_empty(self.manifests_dir);
         self.wasm.ca_file = non_empty(self.wasm.ca_file);
         self.cri.endpoint = self.cri.endpoint.filter(|e| !e.is_empty());
+        self.trust.signing_key_file = non_empty(self.trust.signing_key_file);
+        if let Err(e) = crate::trust::TrustedKey::parse_list(&self.trust.keys) {
+            return Err(ConfigError::value(
+                "trust.keys",
+                &self.trust.keys,
+                e.to_string(),
+            ));
+        }
         if let Some(endpoint) = &self.cri.endpoint
             && !endpoint.starts_with("unix://")
             && !endpoint.starts_with('/')
@@ -625,6 +820,7 @@ impl Config {
             ));
         }
 
+        self.validate_data()?;
         if !crate::wire::valid_topic_level(&self.node_name) || self.node_name.starts_with('_') {
             return Err(ConfigError::value(
                 "node_name",
@@ -708,6 +904,20 @@ impl Config {
     pub fn labels(&self) -> std::collections::BTreeMap<String, String> {
         crate::model::selector::Selector::parse_labels("node.labels", &self.node.labels)
             .unwrap_or_default()
+    }
+
+    /// The keys of `trust.keys` (checked by `validate`).
+    pub fn trusted_keys(&self) -> Vec<crate::trust::TrustedKey> {
+        crate::trust::TrustedKey::parse_list(&self.trust.keys).unwrap_or_default()
+    }
+
+    /// The signer of `trust.signing_key_file`, if set.
+    pub fn signer(&self) -> Result<Option<crate::trust::Signer>, crate::trust::TrustError> {
+        self.trust
+            .signing_key_file
+            .as_deref()
+            .map(crate::trust::Signer::load)
+            .transpose()
     }
 
     pub fn heartbeat(&self) -> Duration {

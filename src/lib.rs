@@ -5,12 +5,17 @@ pub mod agent;
 pub mod bridge;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "data")]
+pub mod data;
 pub mod embedded_broker;
 pub mod fleet;
 pub mod model;
 pub mod mqtt;
 pub mod node;
 pub mod runtime;
+#[cfg(feature = "sink")]
+pub mod sink;
 pub mod store;
 pub mod tls;
+pub mod trust;
 pub mod wire;

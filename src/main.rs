@@ -29,6 +29,9 @@ enum Top {
     /// Make every device a Kubernetes Node (the Virtual Kubelet pattern).
     #[cfg(feature = "bridge")]
     Bridge(kedge::bridge::BridgeArgs),
+    /// Open the devices' sealed data batches and store them in PostgreSQL.
+    #[cfg(feature = "sink")]
+    Sink(kedge::sink::SinkArgs),
 }
 
 /// EX_USAGE: a bad configuration value.
@@ -117,6 +120,8 @@ fn main() -> ExitCode {
         let command = match cli.command {
             #[cfg(feature = "bridge")]
             Top::Bridge(args) => return kedge::bridge::run(config, args, shutdown_signal()).await,
+            #[cfg(feature = "sink")]
+            Top::Sink(args) => return kedge::sink::run(config, args, shutdown_signal()).await,
             Top::Cli(command) => command,
         };
         match command {
@@ -206,6 +211,12 @@ fn main() -> ExitCode {
                 print!("{}", config::keys_markdown());
                 Ok(())
             }
+            Command::Keys {
+                command: cli::KeysCommand::Generate { out },
+            } => cli::keys_generate(&out),
+            Command::Keys {
+                command: cli::KeysCommand::Public { file },
+            } => cli::keys_public(&file),
             #[cfg(feature = "wasm-compiler")]
             Command::Wasm {
                 command:

@@ -25,10 +25,10 @@ use thiserror::Error;
 use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
 
 /// Bumped when a table's layout changes; `open` migrates older files.
-pub const STORE_SCHEMA_VERSION: u32 = 4;
+pub const STORE_SCHEMA_VERSION: u32 = 6;
 /// The first store schema whose desired records hold the `PodSpec` of wire
-/// version 3; older ones are re-encoded by `open` (`wire::v2`).
-const PODSPEC_V3_SINCE: u32 = 4;
+/// version 4; older ones are re-encoded by `open` (`wire::v3`).
+const POD_FIELDS_SINCE: u32 = 6;
 
 /// redb's page cache. The state of a busy node (hundreds of pods, a full
 /// outbox) is a few MiB; reads past the cache go to the page cache of the
@@ -48,11 +48,29 @@ const DELETING: TableDefinition<&str, &[u8]> = TableDefinition::new("deleting");
 /// decoded and checked again when read), `labels` → the cloud's labels'
 /// payload, `report/{ns}/{name}` → the last report sent (postcard).
 const FLEET: TableDefinition<&str, &[u8]> = TableDefinition::new("fleet");
+/// Signed desired state (schema 5): full MQTT topic → the last message
+/// accepted there (`trust::Accepted`, postcard), so that a restart cannot
+/// be tricked into an older signed message.
+const TRUST: TableDefinition<&str, &[u8]> = TableDefinition::new("trust");
+
+/// Workload messages waiting for the broker (schema 4, feature `data`):
+/// message id (node-wide, increasing) → `DataRecord` (postcard). A table of
+/// its own, apart from the outbox: data never delays a status report, and its
+/// bounds (TTL per route, a byte budget) are its own.
+const DATA: TableDefinition<u64, &[u8]> = TableDefinition::new("data");
+
+/// QoS 2 publishes received and not yet released, per workload connection
+/// (schema 4): `{client}\n{packet id}` → (). Written in the transaction that
+/// commits the message, so a publish sent again after a crash of the agent
+/// is recognised and not stored twice.
+const DATA_QOS2: TableDefinition<&str, ()> = TableDefinition::new("data_qos2");
 
 const KEY_SCHEMA: &str = "schema_version";
 const KEY_SEQ: &str = "seq";
 const KEY_OUTBOX_ID: &str = "outbox_next_id";
 const KEY_IDENTITY: &str = "node_identity";
+const KEY_DATA_ID: &str = "data_next_id";
+const KEY_DATA_BYTES: &str = "data_bytes";
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -118,6 +136,46 @@ pub struct OutboxEntry {
     pub payload: Vec<u8>,
     pub retain: bool,
     pub created_ms: u64,
+}
+
+/// A workload message waiting for the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataRecord {
+    pub source: crate::model::DataSource,
+    pub topic: String,
+    pub device_time_ms: u64,
+    /// When its route's time to live runs out (device clock, ms).
+    pub expires_ms: u64,
+    pub payload: Vec<u8>,
+}
+
+/// What one read of a workload connection asks `append_data` to commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataWrite {
+    /// Messages, with the QoS 2 key (`{client}\n{packet id}`) of those sent
+    /// with QoS 2.
+    pub records: Vec<(DataRecord, Option<String>)>,
+    /// QoS 2 keys the workload released (PUBREL).
+    pub released: Vec<String>,
+    /// A connection with a clean session: every QoS 2 key of this client
+    /// is forgotten first.
+    pub clear_client: Option<String>,
+}
+
+impl DataWrite {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.released.is_empty() && self.clear_client.is_none()
+    }
+}
+
+/// What `append_data` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataAppend {
+    pub ids: Vec<u64>,
+    /// QoS 2 publishes sent again that were stored already.
+    pub duplicates: u64,
+    /// Older messages dropped to stay within the byte budget.
+    pub dropped_budget: u64,
 }
 
 /// Who this node is; written on first start.
@@ -220,23 +278,23 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_default()
 }
 
-/// A desired record as store schemas 1–3 wrote it.
+/// A desired record as store schemas 1–5 wrote it.
 #[derive(Serialize, Deserialize)]
-struct DesiredRecordV2 {
+struct DesiredRecordV5 {
     source: PodSource,
-    spec: crate::wire::v2::PodSpec,
+    spec: crate::wire::v3::PodSpec,
 }
 
 /// Re-encodes every desired record from the old `PodSpec` layout. A record
 /// that does not decode is left as it is (reading it reports it corrupt, as
 /// before the migration).
-fn migrate_desired_to_podspec_v3(
+fn migrate_desired_pod_fields(
     table: &mut redb::Table<&'static str, &'static [u8]>,
 ) -> Result<(), StoreError> {
     let mut upgraded = Vec::new();
     for row in table.iter()? {
         let (k, v) = row?;
-        if let Ok(old) = postcard::from_bytes::<DesiredRecordV2>(v.value()) {
+        if let Ok(old) = postcard::from_bytes::<DesiredRecordV5>(v.value()) {
             let rec = DesiredRecord {
                 source: old.source,
                 spec: old.spec.into(),
@@ -314,11 +372,17 @@ impl Store {
             txn.open_table(DELETING)?;
             // Version 2 → 3: fleet state.
             txn.open_table(FLEET)?;
-            // Version 3 → 4: desired records in the PodSpec of wire
-            // version 3 (seccomp/AppArmor profiles, hostPath types, `$(VAR)`
-            // templates: the old literal values are escaped).
-            if (1..PODSPEC_V3_SINCE).contains(&found) {
-                migrate_desired_to_podspec_v3(&mut txn.open_table(DESIRED)?)?;
+            // Version 3 → 4: workload data waiting for the broker.
+            txn.open_table(DATA)?;
+            txn.open_table(DATA_QOS2)?;
+            // Version 4 → 5: the last signed message accepted per topic.
+            txn.open_table(TRUST)?;
+            // Version 5 → 6 (from any earlier version): desired records in
+            // the PodSpec of wire version 4 (seccomp/AppArmor profiles,
+            // hostPath types, `$(VAR)` templates: the old literal values are
+            // escaped).
+            if (1..POD_FIELDS_SINCE).contains(&found) {
+                migrate_desired_pod_fields(&mut txn.open_table(DESIRED)?)?;
             }
             meta.insert(KEY_SCHEMA, STORE_SCHEMA_VERSION.to_le_bytes().as_slice())?;
         }
@@ -367,6 +431,48 @@ impl Store {
                 }
             }
         }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The last signed message accepted on `topic`.
+    pub fn accepted(&self, topic: &str) -> Result<Option<crate::trust::Accepted>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(TRUST)?;
+        match t.get(topic)? {
+            Some(v) => Ok(Some(decode("trust", topic, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every topic under `prefix` with the last signed message accepted there.
+    pub fn accepted_under(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, crate::trust::Accepted)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(TRUST)?;
+        let mut out = Vec::new();
+        for row in t.range(prefix..)? {
+            let (k, v) = row?;
+            let topic = k.value().to_string();
+            if !topic.starts_with(prefix) {
+                break;
+            }
+            out.push((topic.clone(), decode("trust", &topic, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Records the signed message accepted on `topic`.
+    pub fn set_accepted(
+        &self,
+        topic: &str,
+        accepted: &crate::trust::Accepted,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(TRUST)?
+            .insert(topic, encode(accepted).as_slice())?;
         txn.commit()?;
         Ok(())
     }
@@ -638,6 +744,165 @@ impl Store {
         Ok(dropped)
     }
 
+    /// Commits what one read of a workload connection brought, in one
+    /// durable transaction (the workload's publishes are acknowledged only
+    /// after it returns): new messages, each with the time it expires; a
+    /// message with a QoS 2 key already recorded is a duplicate and is not
+    /// stored again; released QoS 2 keys are forgotten. Then drops the
+    /// oldest messages while the table holds more than `budget_bytes`.
+    pub fn append_data(
+        &self,
+        write: DataWrite,
+        budget_bytes: u64,
+    ) -> Result<DataAppend, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut appended = DataAppend::default();
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut table = txn.open_table(DATA)?;
+            let mut qos2 = txn.open_table(DATA_QOS2)?;
+            let mut next = read_u64(&meta, KEY_DATA_ID)?;
+            let mut bytes = read_u64(&meta, KEY_DATA_BYTES)?;
+            if let Some(client) = &write.clear_client {
+                let prefix = format!("{client}\n");
+                let stale: Vec<String> = qos2
+                    .range(prefix.as_str()..)?
+                    .filter_map(Result::ok)
+                    .map(|(k, _)| k.value().to_string())
+                    .take_while(|k| k.starts_with(&prefix))
+                    .collect();
+                for key in stale {
+                    qos2.remove(key.as_str())?;
+                }
+            }
+            for (record, key) in write.records {
+                if let Some(key) = &key {
+                    if qos2.get(key.as_str())?.is_some() {
+                        appended.duplicates += 1;
+                        continue;
+                    }
+                    qos2.insert(key.as_str(), ())?;
+                }
+                next += 1;
+                let value = encode(&record);
+                bytes += value.len() as u64;
+                table.insert(next, value.as_slice())?;
+                appended.ids.push(next);
+            }
+            for key in &write.released {
+                qos2.remove(key.as_str())?;
+            }
+            while bytes > budget_bytes {
+                let Some((k, v)) = table.first()? else { break };
+                let (id, len) = (k.value(), v.value().len() as u64);
+                drop((k, v));
+                table.remove(id)?;
+                bytes = bytes.saturating_sub(len);
+                appended.dropped_budget += 1;
+            }
+            meta.insert(KEY_DATA_ID, next.to_le_bytes().as_slice())?;
+            meta.insert(KEY_DATA_BYTES, bytes.to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(appended)
+    }
+
+    /// Up to `max_count` messages (and about `max_bytes`, at least one) with
+    /// ids above `after`, oldest first.
+    pub fn data_after(
+        &self,
+        after: u64,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, DataRecord)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DATA)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in table.range(after.saturating_add(1)..)? {
+            let (k, v) = item?;
+            if out.len() >= max_count || (!out.is_empty() && bytes + v.value().len() > max_bytes) {
+                break;
+            }
+            bytes += v.value().len();
+            let id = k.value();
+            out.push((id, decode("data", id, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// How many messages wait, and their bytes.
+    pub fn data_backlog(&self) -> Result<(u64, u64), StoreError> {
+        let txn = self.db.begin_read()?;
+        let count = txn.open_table(DATA)?.len()?;
+        let bytes = read_u64(&txn.open_table(META)?, KEY_DATA_BYTES)?;
+        Ok((count, bytes))
+    }
+
+    /// Removes messages up to and including `last_id` (a batch the broker
+    /// acknowledged: batches go out in id order). Not synced on its own:
+    /// a crash may send a batch again, which the sink drops by message id.
+    pub fn ack_data(&self, last_id: u64) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut table = txn.open_table(DATA)?;
+            let mut bytes = read_u64(&meta, KEY_DATA_BYTES)?;
+            loop {
+                let Some((k, v)) = table.first()? else { break };
+                let (id, len) = (k.value(), v.value().len() as u64);
+                drop((k, v));
+                if id > last_id {
+                    break;
+                }
+                table.remove(id)?;
+                bytes = bytes.saturating_sub(len);
+            }
+            meta.insert(KEY_DATA_BYTES, bytes.to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Drops the messages whose time to live has passed; returns how many.
+    pub fn expire_data(&self, now_ms: u64) -> Result<u64, StoreError> {
+        let expired: Vec<(u64, u64)> = {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(DATA)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                let record: Result<DataRecord, _> = decode("data", k.value(), v.value());
+                // A record that does not decode can never be sent: it goes too.
+                if record.is_ok_and(|r| r.expires_ms > now_ms) {
+                    continue;
+                }
+                out.push((k.value(), v.value().len() as u64));
+            }
+            out
+        };
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write()?;
+        let mut dropped = 0;
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut table = txn.open_table(DATA)?;
+            let mut bytes = read_u64(&meta, KEY_DATA_BYTES)?;
+            for (id, len) in expired {
+                if table.remove(id)?.is_some() {
+                    bytes = bytes.saturating_sub(len);
+                    dropped += 1;
+                }
+            }
+            meta.insert(KEY_DATA_BYTES, bytes.to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(dropped)
+    }
+
     pub fn put_handle(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         txn.open_table(HANDLES)?.insert(key, value)?;
@@ -794,14 +1059,195 @@ mod tests {
         assert_eq!(s.outbox_len().expect("len"), 2);
     }
 
-    /// A schema 3 file (desired records in the PodSpec of wire version 2)
-    /// opens with its records re-encoded: the same pod, nothing it did not
-    /// have, and its literal `$` kept literal.
+    fn record(n: u8, expires_ms: u64) -> DataRecord {
+        DataRecord {
+            source: DataSource {
+                namespace: "default".into(),
+                pod: "sensor".into(),
+                container: "main".into(),
+            },
+            topic: "sensors/t".into(),
+            device_time_ms: 1,
+            expires_ms,
+            payload: vec![n; 100],
+        }
+    }
+
     #[test]
-    fn schema_3_desired_records_are_migrated() {
+    fn data_waits_in_order_until_acknowledged_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.redb");
+        {
+            let store = Store::open(&path).expect("open");
+            let write = DataWrite {
+                records: (0..5).map(|n| (record(n, u64::MAX), None)).collect(),
+                ..Default::default()
+            };
+            let appended = store.append_data(write, u64::MAX).expect("append");
+            assert_eq!(appended.ids, [1, 2, 3, 4, 5]);
+        }
+        let store = Store::open(&path).expect("reopen");
+        let first = store.data_after(0, 2, usize::MAX).expect("read");
+        assert_eq!(first.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(first[1].1.payload, vec![1; 100]);
+        store.ack_data(2).expect("ack");
+        let rest = store.data_after(0, 10, usize::MAX).expect("read");
+        assert_eq!(
+            rest.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        let (count, bytes) = store.data_backlog().expect("backlog");
+        assert_eq!(count, 3);
+        assert!(bytes > 300, "{bytes}");
+        // Ids keep rising after acknowledgements.
+        let more = store
+            .append_data(
+                DataWrite {
+                    records: vec![(record(9, u64::MAX), None)],
+                    ..Default::default()
+                },
+                u64::MAX,
+            )
+            .expect("append");
+        assert_eq!(more.ids, [6]);
+    }
+
+    #[test]
+    fn data_is_bounded_by_ttl_and_budget_and_says_how_much_it_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("open");
+        let write = DataWrite {
+            records: vec![
+                (record(0, 1_000), None),
+                (record(1, 5_000), None),
+                (record(2, 1_000), None),
+            ],
+            ..Default::default()
+        };
+        store.append_data(write, u64::MAX).expect("append");
+        assert_eq!(store.expire_data(2_000).expect("expire"), 2);
+        assert_eq!(store.data_backlog().expect("backlog").0, 1);
+        let (_, one) = store.data_backlog().expect("backlog");
+        // A budget of about two messages (these have a longer TTL field):
+        // appending three drops the oldest two.
+        let write = DataWrite {
+            records: (3..6).map(|n| (record(n, u64::MAX), None)).collect(),
+            ..Default::default()
+        };
+        let appended = store.append_data(write, 2 * one + 40).expect("append");
+        assert_eq!(appended.dropped_budget, 2);
+        let left = store.data_after(0, 10, usize::MAX).expect("read");
+        assert_eq!(
+            left.iter().map(|(_, r)| r.payload[0]).collect::<Vec<_>>(),
+            [4, 5]
+        );
+    }
+
+    #[test]
+    fn a_qos2_publish_sent_again_is_stored_once_until_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("open");
+        let key = || Some("default/sensor/main|c1\n7".to_string());
+        let once = |write: DataWrite| store.append_data(write, u64::MAX).expect("append");
+        let first = once(DataWrite {
+            records: vec![(record(0, u64::MAX), key())],
+            ..Default::default()
+        });
+        assert_eq!((first.ids.len(), first.duplicates), (1, 0));
+        // The client did not get PUBREC (the agent crashed) and sends it again.
+        let again = once(DataWrite {
+            records: vec![(record(0, u64::MAX), key())],
+            ..Default::default()
+        });
+        assert_eq!((again.ids.len(), again.duplicates), (0, 1));
+        // Released: the packet id may carry a new message.
+        once(DataWrite {
+            released: vec![key().expect("key")],
+            ..Default::default()
+        });
+        let reused = once(DataWrite {
+            records: vec![(record(1, u64::MAX), key())],
+            ..Default::default()
+        });
+        assert_eq!(reused.ids.len(), 1);
+        // A clean session forgets what was not released.
+        let fresh = once(DataWrite {
+            records: vec![(record(2, u64::MAX), key())],
+            clear_client: Some("default/sensor/main|c1".into()),
+            ..Default::default()
+        });
+        assert_eq!((fresh.ids.len(), fresh.duplicates), (1, 0));
+    }
+
+    #[test]
+    fn accepted_counters_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.redb");
-        let old = crate::wire::v2::PodSpec {
+        let a = crate::trust::Accepted {
+            counter: 7,
+            digest: [1; 32],
+            tombstone: false,
+        };
+        {
+            let s = Store::open(&path).expect("open");
+            s.set_accepted("p/gw1/index/cli", &a).expect("set");
+            s.set_accepted("p/gw1/index/bridge", &a).expect("set");
+            s.set_accepted("p/gw1/labels", &a).expect("set");
+        }
+        let s = Store::open(&path).expect("reopen");
+        assert_eq!(s.accepted("p/gw1/index/cli").expect("get"), Some(a));
+        assert_eq!(s.accepted("p/gw1/other").expect("get"), None);
+        let under: Vec<String> = s
+            .accepted_under("p/gw1/index/")
+            .expect("range")
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(under, ["p/gw1/index/bridge", "p/gw1/index/cli"]);
+    }
+
+    /// A schema 3 file (before the data path and signed desired state)
+    /// opens and gains the trust table, keeping what it held.
+    #[test]
+    fn schema_3_is_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(KEY_SCHEMA, 3u32.to_le_bytes().as_slice())
+                .expect("insert");
+            txn.open_table(FLEET)
+                .expect("fleet")
+                .insert("labels", b"x".as_slice())
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let s = Store::open(&path).expect("migrates");
+        assert_eq!(s.accepted("t").expect("trust table"), None);
+        assert_eq!(
+            s.fleet_state().expect("fleet"),
+            [("labels".to_string(), b"x".to_vec())]
+        );
+    }
+
+    /// A file of an older schema (desired records in the PodSpec of wire
+    /// versions 1 to 3: store schemas 1 to 5) opens with its records
+    /// re-encoded: the same pod, nothing it did not have, and its literal `$`
+    /// kept literal.
+    #[test]
+    fn desired_records_are_migrated_from_every_older_schema() {
+        for schema in 1..POD_FIELDS_SINCE {
+            desired_records_are_migrated_from(schema);
+        }
+    }
+
+    fn desired_records_are_migrated_from(schema: u32) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let old = crate::wire::v3::PodSpec {
             namespace: "default".into(),
             name: "web".into(),
             uid: "u1".into(),
@@ -812,7 +1258,7 @@ mod tests {
             termination_grace_period_secs: 30,
             host_network: false,
             init_containers: vec![],
-            containers: vec![crate::wire::v2::Container {
+            containers: vec![crate::wire::v3::Container {
                 name: "app".into(),
                 image: "busybox".into(),
                 image_pull_policy: PullPolicy::IfNotPresent,
@@ -829,14 +1275,14 @@ mod tests {
                 liveness_probe: None,
                 readiness_probe: None,
                 startup_probe: None,
-                security_context: Some(crate::wire::v2::SecurityContext {
+                security_context: Some(crate::wire::v3::SecurityContext {
                     run_as_user: Some(7),
                     ..Default::default()
                 }),
             }],
-            volumes: vec![crate::wire::v2::Volume {
+            volumes: vec![crate::wire::v3::Volume {
                 name: "dev".into(),
-                source: crate::wire::v2::VolumeSource::HostPath {
+                source: crate::wire::v3::VolumeSource::HostPath {
                     path: "/dev/x".into(),
                 },
             }],
@@ -847,9 +1293,9 @@ mod tests {
             let txn = db.begin_write().expect("txn");
             txn.open_table(META)
                 .expect("meta")
-                .insert(KEY_SCHEMA, 3u32.to_le_bytes().as_slice())
+                .insert(KEY_SCHEMA, schema.to_le_bytes().as_slice())
                 .expect("insert");
-            let rec = DesiredRecordV2 {
+            let rec = DesiredRecordV5 {
                 source: PodSource::File,
                 spec: old,
             };
@@ -861,6 +1307,11 @@ mod tests {
             txn.commit().expect("commit");
         }
         let s = Store::open(&path).expect("migrates");
+        assert_eq!(
+            s.accepted("t").expect("trust table"),
+            None,
+            "schema {schema}"
+        );
         let rec = s
             .get_desired(&PodKey::new("default", "web"))
             .expect("reads")

@@ -13,11 +13,20 @@ use crate::model::{
     NodeStatus, PodKey, PodSpec, PodStatus,
 };
 
-/// The schema version this build writes.
-pub const SCHEMA_VERSION: u16 = 3;
+/// The schema version this build writes (docs/wire.md, "Evolving the
+/// schema": 2 added node labels and fleets, 3 signatures and `Tombstone`,
+/// 4 the `PodSpec` fields of issue 15).
+pub const SCHEMA_VERSION: u16 = 4;
+/// The first version whose `signature` field has a meaning (docs/wire.md,
+/// "Signatures"); in older envelopes it is ignored.
+pub const SIGNED_SINCE_VERSION: u16 = 3;
+/// The first version whose `PodSpec` has seccomp/AppArmor profiles,
+/// hostPath types and `$(VAR)` templates; older ones are read with
+/// `wire::v3` (docs/wire.md, "Evolving the schema").
+pub const POD_FIELDS_SINCE_VERSION: u16 = 4;
 /// The oldest version this build still reads (docs/wire.md, "Evolving the
 /// schema"): version 1 differs in `NodeStatus`, which had no labels, and
-/// versions 1 and 2 in `PodSpec` (`wire::v2`).
+/// versions 1 to 3 in `PodSpec` (`wire::v3`).
 pub const OLDEST_READABLE_VERSION: u16 = 1;
 /// Index authors: the level after `index/` (docs/wire.md, "Desired index").
 pub const INDEX_AUTHOR_BRIDGE: &str = "bridge";
@@ -66,6 +75,9 @@ pub enum Kind {
     FleetDeployment = 8,
     FleetReport = 9,
     NodeLabels = 10,
+    /// A signed delete (version 3): sent where an empty payload would be a
+    /// tombstone, so that the delete can carry a signature. Empty body.
+    Tombstone = 11,
 }
 
 impl Kind {
@@ -81,6 +93,7 @@ impl Kind {
             8 => Kind::FleetDeployment,
             9 => Kind::FleetReport,
             10 => Kind::NodeLabels,
+            11 => Kind::Tombstone,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -96,12 +109,16 @@ impl Kind {
             Kind::FleetDeployment => "FleetDeployment",
             Kind::FleetReport => "FleetReport",
             Kind::NodeLabels => "NodeLabels",
+            Kind::Tombstone => "Tombstone",
         }
     }
 }
 
 /// The envelope every payload travels in. Field order is the wire order:
 /// `version` must stay first so any future reader can tell versions apart.
+/// Written by hand (`envelope_bytes`) and read by hand (`open`); this
+/// postcard type pins both to postcard's own encoding in the tests.
+#[cfg(test)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct RawEnvelope {
     version: u16,
@@ -110,7 +127,8 @@ struct RawEnvelope {
     /// status and events; `heartbeat_ms` for node status (0 in the last
     /// will); 0 for the log RPC. See docs/wire.md.
     seq: u64,
-    /// Reserved for a signature over `body`; empty today.
+    /// Empty (unsigned), or a [`Signature`] (since version 3; docs/wire.md,
+    /// "Signatures"); ignored in versions 1 and 2.
     signature: Vec<u8>,
     body: Vec<u8>,
 }
@@ -125,6 +143,196 @@ pub struct Envelope {
     pub message: Message,
 }
 
+/// The `signature` field of an envelope of version 3 or later (docs/wire.md,
+/// "Signatures"). Layout: `key_id` (8 raw bytes), `counter` (varint),
+/// `expires_ms` (varint), `signature` (64 raw bytes), nothing after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// The first 8 bytes of the sha256 of the signer's 32-byte public key.
+    pub key_id: [u8; 8],
+    /// The signer's Unix time in ms at signing, strictly increasing per
+    /// signer: a receiver refuses a lower one than it accepted on the topic.
+    pub counter: u64,
+    /// Unix ms after which the message is refused; 0 = never.
+    pub expires_ms: u64,
+    /// Ed25519 over [`signed_bytes`].
+    pub signature: [u8; 64],
+}
+
+/// The domain-separation string that starts every signed message.
+pub const SIGNATURE_DOMAIN: &[u8] = b"kedge-signed-v1\0";
+
+impl Signature {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 10 + 10 + 64);
+        out.extend_from_slice(&self.key_id);
+        varint(&mut out, self.counter);
+        varint(&mut out, self.expires_ms);
+        out.extend_from_slice(&self.signature);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Signature, WireError> {
+        let bad = |what: &str| WireError::MalformedEnvelope(format!("signature: {what}"));
+        let key_id: [u8; 8] = bytes
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad("truncated key id"))?;
+        let rest = &bytes[8..];
+        let (counter, rest) =
+            postcard::take_from_bytes::<u64>(rest).map_err(|e| bad(&e.to_string()))?;
+        let (expires_ms, rest) =
+            postcard::take_from_bytes::<u64>(rest).map_err(|e| bad(&e.to_string()))?;
+        let signature: [u8; 64] = rest
+            .try_into()
+            .map_err(|_| bad(&format!("expected 64 signature bytes, got {}", rest.len())))?;
+        Ok(Signature {
+            key_id,
+            counter,
+            expires_ms,
+            signature,
+        })
+    }
+}
+
+/// The bytes a signature covers: the domain string, the full MQTT topic
+/// (length first), then the envelope's version, kind and seq, the
+/// signature's counter, expiry and key id, and the body (length first).
+/// Binding the topic means a signed message cannot be replayed onto another
+/// node, pod name or kind.
+#[allow(clippy::too_many_arguments)]
+pub fn signed_bytes(
+    topic: &str,
+    version: u16,
+    kind: u8,
+    seq: u64,
+    counter: u64,
+    expires_ms: u64,
+    key_id: &[u8; 8],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SIGNATURE_DOMAIN.len() + topic.len() + body.len() + 48);
+    out.extend_from_slice(SIGNATURE_DOMAIN);
+    varint(&mut out, topic.len() as u64);
+    out.extend_from_slice(topic.as_bytes());
+    varint(&mut out, u64::from(version));
+    out.push(kind);
+    varint(&mut out, seq);
+    varint(&mut out, counter);
+    varint(&mut out, expires_ms);
+    out.extend_from_slice(key_id);
+    varint(&mut out, body.len() as u64);
+    out.extend_from_slice(body);
+    out
+}
+
+/// An envelope parsed without decoding its body: what a signature is
+/// checked on (`trust::verify`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened<'a> {
+    pub version: u16,
+    pub kind: Kind,
+    pub seq: u64,
+    /// None when the envelope is unsigned, or of a version before
+    /// signatures.
+    pub signature: Option<Signature>,
+    pub body: &'a [u8],
+}
+
+impl Opened<'_> {
+    /// The bytes this envelope's signature must cover on `topic`.
+    pub fn signed_bytes(&self, topic: &str, sig: &Signature) -> Vec<u8> {
+        signed_bytes(
+            topic,
+            self.version,
+            self.kind as u8,
+            self.seq,
+            sig.counter,
+            sig.expires_ms,
+            &sig.key_id,
+            self.body,
+        )
+    }
+}
+
+/// Reads a varint like postcard (at most 10 bytes, no overflow).
+fn take_varint(bytes: &[u8]) -> Result<(u64, &[u8]), WireError> {
+    postcard::take_from_bytes::<u64>(bytes).map_err(|e| WireError::MalformedEnvelope(e.to_string()))
+}
+
+/// A length-prefixed byte string.
+fn take_bytes(bytes: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
+    let (len, rest) = take_varint(bytes)?;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|l| *l <= rest.len())
+        .ok_or_else(|| WireError::MalformedEnvelope("length beyond the payload".into()))?;
+    Ok(rest.split_at(len))
+}
+
+/// Parses the envelope (version, kind, seq, signature) without decoding or
+/// validating the body. Never panics.
+pub fn open(payload: &[u8]) -> Result<Opened<'_>, WireError> {
+    let (version, rest) = postcard::take_from_bytes::<u16>(payload)
+        .map_err(|e| WireError::MalformedEnvelope(e.to_string()))?;
+    if !(OLDEST_READABLE_VERSION..=SCHEMA_VERSION).contains(&version) {
+        return Err(WireError::UnknownVersion { found: version });
+    }
+    let (&kind, rest) = rest
+        .split_first()
+        .ok_or_else(|| WireError::MalformedEnvelope("truncated before the kind".into()))?;
+    let (seq, rest) = take_varint(rest)?;
+    let (signature, rest) = take_bytes(rest)?;
+    let (body, rest) = take_bytes(rest)?;
+    if !rest.is_empty() {
+        return Err(WireError::MalformedEnvelope(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
+    }
+    let kind = Kind::from_u8(kind)?;
+    let since = match kind {
+        Kind::FleetDeployment | Kind::FleetReport | Kind::NodeLabels => 2,
+        Kind::Tombstone => 3,
+        _ => 1,
+    };
+    if version < since {
+        // Kinds that this version did not have.
+        return Err(WireError::UnknownKind(kind as u8));
+    }
+    let signature = if version >= SIGNED_SINCE_VERSION && !signature.is_empty() {
+        Some(Signature::decode(signature)?)
+    } else {
+        None
+    };
+    Ok(Opened {
+        version,
+        kind,
+        seq,
+        signature,
+        body,
+    })
+}
+
+/// The envelope of `kind` with this signature field (empty: unsigned).
+pub fn envelope_bytes(kind: Kind, seq: u64, signature: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + signature.len() + 16);
+    varint(&mut out, u64::from(SCHEMA_VERSION));
+    out.push(kind as u8);
+    varint(&mut out, seq);
+    varint(&mut out, signature.len() as u64);
+    out.extend_from_slice(signature);
+    varint(&mut out, body.len() as u64);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Whether a payload deletes what its retained topic held: empty, or a
+/// `Tombstone` envelope (signed or not).
+pub fn is_tombstone(payload: &[u8]) -> bool {
+    payload.is_empty() || open(payload).is_ok_and(|o| o.kind == Kind::Tombstone)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     DesiredPod(PodSpec),
@@ -137,6 +345,8 @@ pub enum Message {
     FleetDeployment(FleetDeployment),
     FleetReport(FleetReport),
     NodeLabels(NodeLabels),
+    /// A delete that can be signed (kind 11, empty body).
+    Tombstone,
 }
 
 impl Message {
@@ -152,6 +362,7 @@ impl Message {
             Message::FleetDeployment(_) => Kind::FleetDeployment,
             Message::FleetReport(_) => Kind::FleetReport,
             Message::NodeLabels(_) => Kind::NodeLabels,
+            Message::Tombstone => Kind::Tombstone,
         }
     }
 }
@@ -187,6 +398,7 @@ impl Body {
             Message::FleetDeployment(v) => body_bytes(kind, v)?,
             Message::FleetReport(v) => body_bytes(kind, v)?,
             Message::NodeLabels(v) => body_bytes(kind, v)?,
+            Message::Tombstone => Vec::new(),
         };
         Ok(Body { kind, bytes })
     }
@@ -196,14 +408,7 @@ impl Body {
     /// `kind` as one byte); `envelope_matches_postcard` keeps it equal to
     /// what postcard writes for `RawEnvelope`.
     pub fn envelope(&self, seq: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.bytes.len() + 16);
-        varint(&mut out, u64::from(SCHEMA_VERSION));
-        out.push(self.kind as u8);
-        varint(&mut out, seq);
-        varint(&mut out, 0); // signature: empty
-        varint(&mut out, self.bytes.len() as u64);
-        out.extend_from_slice(&self.bytes);
-        out
+        envelope_bytes(self.kind, seq, &[], &self.bytes)
     }
 }
 
@@ -246,50 +451,42 @@ fn body<T: for<'de> Deserialize<'de> + Validate>(kind: Kind, bytes: &[u8]) -> Re
 }
 
 /// Decodes any payload and validates its body (`model::validate`). Never
-/// panics.
+/// panics. A signature is parsed (a malformed one makes the envelope
+/// malformed) but not checked: that is `trust::verify`'s, against the topic.
 pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
-    // Read the version on its own first, so a future envelope layout is
-    // reported as an unknown version rather than as garbage.
-    let (version, _) = postcard::take_from_bytes::<u16>(payload)
-        .map_err(|e| WireError::MalformedEnvelope(e.to_string()))?;
-    if !(OLDEST_READABLE_VERSION..=SCHEMA_VERSION).contains(&version) {
-        return Err(WireError::UnknownVersion { found: version });
-    }
-    let (raw, rest) = postcard::take_from_bytes::<RawEnvelope>(payload)
-        .map_err(|e| WireError::MalformedEnvelope(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(WireError::MalformedEnvelope(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
-    }
-    let kind = Kind::from_u8(raw.kind)?;
+    // `open` reads the version on its own first, so a future envelope
+    // layout is reported as an unknown version rather than as garbage.
+    let opened = open(payload)?;
+    let (version, kind, raw) = (opened.version, opened.kind, opened.body);
     let message = match kind {
-        // Versions 1 and 2 had the same `PodSpec`, which version 3 changed.
-        Kind::DesiredPod if version <= 2 => {
-            Message::DesiredPod(body::<v2::PodSpec>(kind, &raw.body)?.into())
+        // Versions 1 to 3 had the same `PodSpec`, which version 4 changed.
+        Kind::DesiredPod if version < POD_FIELDS_SINCE_VERSION => {
+            Message::DesiredPod(body::<v3::PodSpec>(kind, raw)?.into())
         }
-        Kind::DesiredPod => Message::DesiredPod(body(kind, &raw.body)?),
-        Kind::PodStatus => Message::PodStatus(body(kind, &raw.body)?),
+        Kind::DesiredPod => Message::DesiredPod(body(kind, raw)?),
+        Kind::PodStatus => Message::PodStatus(body(kind, raw)?),
         Kind::NodeStatus if version == 1 => {
-            Message::NodeStatus(body::<v1::NodeStatus>(kind, &raw.body)?.into())
+            Message::NodeStatus(body::<v1::NodeStatus>(kind, raw)?.into())
         }
-        Kind::NodeStatus => Message::NodeStatus(body(kind, &raw.body)?),
-        Kind::Event => Message::Event(body(kind, &raw.body)?),
-        Kind::LogRequest => Message::LogRequest(body(kind, &raw.body)?),
-        Kind::LogChunk => Message::LogChunk(body(kind, &raw.body)?),
-        Kind::DesiredIndex => Message::DesiredIndex(body(kind, &raw.body)?),
-        // Kinds that version 1 did not have.
-        Kind::FleetDeployment | Kind::FleetReport | Kind::NodeLabels if version == 1 => {
-            return Err(WireError::UnknownKind(raw.kind));
+        Kind::NodeStatus => Message::NodeStatus(body(kind, raw)?),
+        Kind::Event => Message::Event(body(kind, raw)?),
+        Kind::LogRequest => Message::LogRequest(body(kind, raw)?),
+        Kind::LogChunk => Message::LogChunk(body(kind, raw)?),
+        Kind::DesiredIndex => Message::DesiredIndex(body(kind, raw)?),
+        Kind::FleetDeployment => Message::FleetDeployment(body(kind, raw)?),
+        Kind::FleetReport => Message::FleetReport(body(kind, raw)?),
+        Kind::NodeLabels => Message::NodeLabels(body(kind, raw)?),
+        Kind::Tombstone if raw.is_empty() => Message::Tombstone,
+        Kind::Tombstone => {
+            return Err(WireError::MalformedBody {
+                kind: kind.name(),
+                detail: format!("{} trailing bytes", raw.len()),
+            });
         }
-        Kind::FleetDeployment => Message::FleetDeployment(body(kind, &raw.body)?),
-        Kind::FleetReport => Message::FleetReport(body(kind, &raw.body)?),
-        Kind::NodeLabels => Message::NodeLabels(body(kind, &raw.body)?),
     };
     Ok(Envelope {
         version,
-        seq: raw.seq,
+        seq: opened.seq,
         message,
     })
 }
@@ -340,10 +537,10 @@ pub fn decode_as<T: WireMessage>(payload: &[u8]) -> Result<(u64, T), WireError> 
         })
 }
 
-/// Decodes a retained payload where empty means "none" (a tombstone):
-/// `Ok(None)` for an empty payload, else [`decode_as`].
+/// Decodes a retained payload where a tombstone means "none": `Ok(None)`
+/// for an empty payload or a `Tombstone` envelope, else [`decode_as`].
 pub fn decode_retained<T: WireMessage>(payload: &[u8]) -> Result<Option<(u64, T)>, WireError> {
-    if payload.is_empty() {
+    if is_tombstone(payload) {
         return Ok(None);
     }
     decode_as::<T>(payload).map(Some)
@@ -367,17 +564,27 @@ pub fn to_json(payload: &[u8]) -> Result<serde_json::Value, WireError> {
         Message::FleetDeployment(v) => serde_json::to_value(v),
         Message::FleetReport(v) => serde_json::to_value(v),
         Message::NodeLabels(v) => serde_json::to_value(v),
+        Message::Tombstone => Ok(serde_json::Value::Null),
     }
     .map_err(|e| WireError::Encode {
         kind,
         detail: e.to_string(),
     })?;
-    Ok(serde_json::json!({
+    let mut json = serde_json::json!({
         "version": env.version,
         "kind": kind,
         "seq": env.seq,
         "body": body,
-    }))
+    });
+    if let Some(sig) = open(payload)?.signature {
+        json["signature"] = serde_json::json!({
+            "key_id": hex::encode(sig.key_id),
+            "counter": sig.counter,
+            "expires_ms": sig.expires_ms,
+            "signature": hex::encode(sig.signature),
+        });
+    }
+    Ok(json)
 }
 
 // ---------------------------------------------------------------------------
@@ -477,6 +684,11 @@ impl Topics {
     }
     pub fn events(&self, node: &str) -> String {
         format!("{}/{node}/events", self.prefix)
+    }
+    /// Sealed workload data batches (docs/wire.md, "Data path"); `node` may
+    /// be `+` for every node.
+    pub fn data(&self, node: &str) -> String {
+        format!("{}/{node}/data", self.prefix)
     }
     pub fn rpc_request(&self, node: &str, request_id: &str) -> String {
         format!("{}/{node}/rpc/req/{request_id}", self.prefix)
@@ -624,9 +836,9 @@ mod v1 {
     }
 }
 
-/// The `PodSpec` of versions 1 and 2 and its upgrade (also read by the
+/// The `PodSpec` of versions 1 to 3 and its upgrade (also read by the
 /// store's migration).
-pub(crate) mod v2;
+pub(crate) mod v3;
 
 /// Node names and namespaces become topic levels: they must not contain MQTT
 /// wildcards or separators.

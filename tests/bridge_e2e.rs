@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Client;
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PostParams,
@@ -138,6 +139,16 @@ struct World {
 
 impl World {
     fn start(nodes: &[&str]) -> World {
+        World::start_with(nodes, vec![], vec![])
+    }
+
+    /// [`World::start`] with extra arguments for the bridge and extra
+    /// environment for the agents.
+    fn start_with(
+        nodes: &[&str],
+        bridge_args: Vec<String>,
+        agent_env: Vec<(String, String)>,
+    ) -> World {
         let rt = runtime();
         let cp = ControlPlane::start(ControlPlaneOpts {
             controllers: true,
@@ -161,6 +172,7 @@ impl World {
                 node: n.to_string(),
                 broker_url: Some(mqtt.url()),
                 data_dir: dir.clone(),
+                env: agent_env.clone(),
                 ..Default::default()
             });
             agents.insert(n.to_string(), (agent, dir));
@@ -169,7 +181,7 @@ impl World {
             broker_url: mqtt.url(),
             kubeconfig: cp.bridge_kubeconfig.clone(),
             certs: cp.certs.clone(),
-            extra_args: vec![],
+            extra_args: bridge_args,
         });
         let wasm = guest_wasm(GuestTarget::P1);
         let image = format!("file://{}@sha256:{}", wasm.display(), sha256_file(&wasm));
@@ -1222,6 +1234,17 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
         (s.targeted, s.up_to_date, s.running, s.failed, s.offline),
         (AT_B43, AT_B43, AT_B43, 0, 0)
     );
+    // Per revision: every device on revision 1.
+    assert_eq!(
+        s.revisions,
+        vec![kedge::bridge::fleets::crd::RevisionStatus {
+            revision: Some(1),
+            devices: AT_B43,
+            running: AT_B43,
+            ready: AT_B43,
+            ..Default::default()
+        }]
+    );
     assert!(
         s.conditions
             .iter()
@@ -1312,6 +1335,9 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
         "kedge_fleet_devices{namespace=\"default\",fleet=\"sensors\",state=\"failed\"} 0"
             .to_string(),
         "kedge_fleet_revision{namespace=\"default\",fleet=\"sensors\"} 1".to_string(),
+        format!(
+            "kedge_fleet_revision_devices{{namespace=\"default\",fleet=\"sensors\",revision=\"1\",state=\"ready\"}} {AT_B43}"
+        ),
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
@@ -1393,7 +1419,17 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
         s.message.as_deref().unwrap_or("").contains("rolled back"),
         "{s:?}"
     );
-    status(&|s| s.revision == Some(4) && s.ready == AT_B43 && s.failed == 0);
+    let s = status(&|s| {
+        s.revision == Some(4) && s.ready == AT_B43 && s.failed == 0 && s.revisions.len() == 1
+    });
+    // Everyone on revision 4 now (revision 3's failures went with the
+    // canaries' next reports).
+    assert_eq!(
+        (s.revisions[0].revision, s.revisions[0].devices),
+        (Some(4), AT_B43),
+        "{:?}",
+        s.revisions
+    );
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), "default");
     wait_until(
         "a RolledBack Warning Event on the fleet deployment",
@@ -1699,7 +1735,9 @@ fn a_fleet_deployment_runs_on_every_matching_agent_and_rolls_back_a_failing_cana
 /// the fleet node `kedge-fleet-edge` becomes a fleet deployment over the
 /// devices its `kedge.io/selector` selects (not the others), its pod shows
 /// the counts, and a template change rolls out as revision 2 of the same
-/// fleet deployment.
+/// fleet deployment. The fleet nodes' capacity is the sum over their
+/// devices (`edge`: all three; `b43:site=b43`: the two at b43, then one
+/// when a device's labels stop matching).
 #[test]
 fn a_deployment_on_a_fleet_node_reaches_the_matching_agents_and_an_update_is_revision_2() {
     let rt = runtime();
@@ -1734,7 +1772,9 @@ fn a_deployment_on_a_fleet_node_reaches_the_matching_agents_and_an_update_is_rev
         broker_url: mqtt.url(),
         kubeconfig: cp.bridge_kubeconfig.clone(),
         certs: cp.certs.clone(),
-        extra_args: vec!["--fleet-node".into(), "edge".into()],
+        extra_args: ["--fleet-node", "edge", "--fleet-node", "b43:site=b43"]
+            .map(String::from)
+            .to_vec(),
     });
     let records = collect_records(&rt, mqtt.port, "kedge/v1/_fleet/default/meter".into());
     let nodes: Api<Node> = Api::all(admin.clone());
@@ -1768,6 +1808,33 @@ fn a_deployment_on_a_fleet_node_reaches_the_matching_agents_and_an_update_is_rev
                     && condition(&n, "Ready").is_some_and(|c| c.status == "True")
             })
     });
+
+    // A fleet node's capacity is the sum over its devices: every device
+    // for `edge`, the two at site b43 for `b43`.
+    let node = |name: &str| rt.block_on(nodes.get_opt(name)).ok().flatten();
+    dump(
+        "the fleet nodes' capacity is their devices' summed",
+        &mut || {
+            let Some(devices) = ["edge-a", "edge-b", "edge-c"]
+                .iter()
+                .map(|n| node(n).map(|n| capacity(&n)))
+                .collect::<Option<Vec<[u64; 4]>>>()
+            else {
+                return false;
+            };
+            let (edge, b43) = (node("kedge-fleet-edge"), node("kedge-fleet-b43"));
+            edge.is_some_and(|n| capacity(&n) == summed(&devices))
+                && b43.is_some_and(|n| {
+                    capacity(&n) == summed(&devices[..2])
+                        && condition(&n, "Ready")
+                            .and_then(|c| c.message.clone())
+                            .as_deref()
+                            == Some(
+                                "2 of 2 devices online; the kedge bridge serves this fleet node",
+                            )
+                })
+        },
+    );
 
     let wasm = guest_wasm(GuestTarget::P1);
     let image = format!("file://{}@sha256:{}", wasm.display(), sha256_file(&wasm));
@@ -1869,4 +1936,405 @@ fn a_deployment_on_a_fleet_node_reaches_the_matching_agents_and_an_update_is_rev
         });
     }
     assert!(seed_pods().is_empty());
+
+    // edge-b's labels stop matching (a user moves its Node to site b45):
+    // fleet node b43 stands for edge-a alone.
+    rt.block_on(nodes.patch(
+        "edge-b",
+        &PatchParams {
+            field_manager: Some("kubectl-label".into()),
+            ..Default::default()
+        },
+        &Patch::Merge(json!({"metadata": {"labels": {"site": "b45"}}})),
+    ))
+    .expect("label the Node");
+    dump("fleet node b43 drops edge-b", &mut || {
+        let (Some(a), Some(b43)) = (node("edge-a"), node("kedge-fleet-b43")) else {
+            return false;
+        };
+        capacity(&b43) == summed(&[capacity(&a)])
+            && condition(&b43, "Ready")
+                .and_then(|c| c.message.clone())
+                .as_deref()
+                == Some("1 of 1 devices online; the kedge bridge serves this fleet node")
+    });
+}
+
+/// A Node's capacity: CPU in millicores, memory, pods, ephemeral storage
+/// (the bridge writes plain numbers, and CPU in cores or millicores).
+fn capacity(n: &Node) -> [u64; 4] {
+    let c = n
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.clone())
+        .unwrap_or_default();
+    let get = |k: &str| c.get(k).map(|q| q.0.clone()).unwrap_or_default();
+    let cpu = get("cpu");
+    let cpu = match cpu.strip_suffix('m') {
+        Some(m) => m.parse().unwrap_or(0),
+        None => cpu.parse::<u64>().unwrap_or(0) * 1000,
+    };
+    let int = |k: &str| get(k).parse::<u64>().unwrap_or(0);
+    [cpu, int("memory"), int("pods"), int("ephemeral-storage")]
+}
+
+/// Devices' capacities summed as a fleet node sums them: memory in whole
+/// KiB and ephemeral storage in whole MiB per device.
+fn summed(devices: &[[u64; 4]]) -> [u64; 4] {
+    devices.iter().fold([0; 4], |s, d| {
+        [
+            s[0] + d[0],
+            s[1] + (d[1] >> 10 << 10),
+            s[2] + d[2],
+            s[3] + (d[3] >> 20 << 20),
+        ]
+    })
+}
+
+/// A rustls client of the bridge's kubelet API with this client certificate.
+fn kubelet_tls(ca: &Path, cert: &Path, key: &Path) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(c.expect("ca")).expect("root");
+    }
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .expect("client cert")
+        .collect::<Result<_, _>>()
+        .expect("client cert");
+    let key = PrivateKeyDer::from_pem_file(key).expect("client key");
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client auth"),
+    )
+}
+
+/// `curl` of the bridge's kubelet API with a client certificate: (status, body).
+fn kubelet_get(
+    w: &World,
+    cert: &(std::path::PathBuf, std::path::PathBuf),
+    path: &str,
+) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(&w.cp.certs.ca)
+        .arg("--cert")
+        .arg(&cert.0)
+        .arg("--key")
+        .arg(&cert.1)
+        .arg(format!("https://127.0.0.1:{}{path}", w.bridge.kubelet_port))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn the_kubelet_api_authorises_like_a_kubelet_and_a_slow_log_reader_loses_nothing() {
+    let mut w = World::start_with(
+        &["edge-a"],
+        vec![
+            "--kubelet-header-read-timeout=2s".into(),
+            "--kubelet-tls-handshake-timeout=2s".into(),
+        ],
+        // The burst below writes ~30 MB of CRI log: no rotation under it.
+        vec![(
+            "KEDGE_LOGS_MAX_FILE_BYTES".into(),
+            (64u64 << 20).to_string(),
+        )],
+    );
+    w.wait_node_ready("edge-a");
+    let accounts: Api<ServiceAccount> = Api::namespaced(w.admin.clone(), "default");
+    wait_until("the default service account", LONG, || {
+        w.rt.block_on(accounts.get_opt("default")).ok().flatten()
+    });
+    let on_edge_a = |args: &[&str], extra: serde_json::Value| {
+        let mut spec = wasm_pod_spec(&w.image, args, extra);
+        spec["nodeSelector"] = json!({"kubernetes.io/hostname": "edge-a"});
+        spec
+    };
+    w.create(
+        &w.pods(),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "talker"},
+               "spec": on_edge_a(&["ticker", "0", "500"], json!({}))}),
+    );
+
+    // Users from the cluster CA: alice has no rights on nodes; bob's group
+    // is granted nodes/log through RBAC.
+    let alice = w.cp.user_cert("alice", "/O=dev/CN=alice");
+    let bob = w.cp.user_cert("bob", "/O=log-readers/CN=bob");
+    let roles: Api<ClusterRole> = Api::all(w.admin.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(w.admin.clone());
+    w.create(
+        &roles,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": "node-log-reader"},
+               "rules": [{"apiGroups": [""], "resources": ["nodes/log"], "verbs": ["get"]}]}),
+    );
+    w.create(
+        &bindings,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "log-readers"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "node-log-reader"},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "log-readers"}]}),
+    );
+    w.wait_or_dump("talker Running and Ready", || {
+        let p = w.rt.block_on(w.pods().get_opt("talker")).ok().flatten()?;
+        pod_ready(&p).then_some(())
+    });
+
+    // --- Denied: 403 with the kubelet's words, for logs and everything else.
+    let (code, body) = kubelet_get(&w, &alice, "/containerLogs/default/talker/main");
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        body,
+        "Forbidden (user=alice, verb=get, resource=nodes, subresource(s)=[log proxy])\n"
+    );
+    let (code, body) = kubelet_get(&w, &alice, "/metrics");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("subresource(s)=[metrics]"), "{body}");
+    // Nobody learns which pods exist without the right to read their logs.
+    let (code, _) = kubelet_get(&w, &alice, "/containerLogs/default/no-such-pod/main");
+    assert_eq!(code, 403);
+
+    // --- Allowed through nodes/log: the logs.
+    let log = wait_until("bob reads talker's log from the bridge", LONG, || {
+        let (code, body) = kubelet_get(&w, &bob, "/containerLogs/default/talker/main");
+        (code == 200 && body.contains("tick 1")).then_some(body)
+    });
+    assert!(log.starts_with("tick 1"), "{log}");
+    // Only that: nodes/log is not nodes/metrics.
+    assert_eq!(kubelet_get(&w, &bob, "/metrics").0, 403);
+    // Typed errors: no previous run is 400, as the kubelet; unknown
+    // container and pod are 404.
+    let (code, body) = kubelet_get(&w, &bob, "/containerLogs/default/talker/main?previous=true");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("previous terminated container"), "{body}");
+    let (code, body) = kubelet_get(&w, &bob, "/containerLogs/default/talker/nope");
+    assert_eq!(
+        (code, body.as_str()),
+        (404, "container \"nope\" not found in pod \"talker\"\n")
+    );
+    assert_eq!(
+        kubelet_get(&w, &bob, "/containerLogs/default/no-such-pod/main").0,
+        404
+    );
+
+    // --- The apiserver's path (pods/log → the bridge as kube-apiserver-kubelet-client,
+    // allowed by the system:kubelet-api-admin binding of bridge-rbac.yaml).
+    let through_apiserver = w
+        .logs("talker", "main")
+        .expect("logs through the apiserver");
+    assert!(
+        through_apiserver.starts_with("tick 1"),
+        "{through_apiserver}"
+    );
+
+    // --- A slow reader of a follow stream gets every line. The pod writes
+    // 600,000 lines (7.4 MB) at once; the reader takes the head, then stops
+    // reading (a 4 KiB receive buffer) until the bridge holds over 1 MiB
+    // that the reader has not taken (the rest of the body is in the socket
+    // buffers and hyper's), then reads on.
+    const LINES: u64 = 600_000;
+    w.create(
+        &w.pods(),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "burst"},
+               "spec": on_edge_a(&["ticker", &LINES.to_string(), "0"], json!({"restartPolicy": "Never"}))}),
+    );
+    w.wait_or_dump("burst started", || {
+        let p = w.rt.block_on(w.pods().get_opt("burst")).ok().flatten()?;
+        let phase = p.status?.phase?;
+        (phase == "Running" || phase == "Succeeded").then_some(())
+    });
+    let tls = kubelet_tls(&w.cp.certs.ca, &bob.0, &bob.1);
+    let port = w.bridge.kubelet_port;
+    let (head, mut conn) = w.rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(4096)
+            .expect("small receive buffer");
+        let tcp = sock
+            .connect(([127, 0, 0, 1], port).into())
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut conn = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .expect("TLS");
+        // HTTP/1.0: the body ends when the connection does (no chunking).
+        conn.write_all(
+            b"GET /containerLogs/default/burst/main?follow=true HTTP/1.0\r\nHost: bridge\r\n\r\n",
+        )
+        .await
+        .expect("request");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 512];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).await.expect("read head");
+            assert!(
+                n > 0,
+                "closed before the headers: {}",
+                String::from_utf8_lossy(&head)
+            );
+            head.extend_from_slice(&buf[..n]);
+        }
+        (head, conn)
+    });
+    let head_text = String::from_utf8_lossy(&head).to_string();
+    assert!(head_text.starts_with("HTTP/1.0 200"), "{head_text}");
+    wait_until(
+        "the bridge holds log data the reader has not taken",
+        LONG,
+        || {
+            let held = support::k8s::bridge_metric(&w.cp, port, "kedge_bridge_log_buffered_bytes")?;
+            (held >= 1024.0 * 1024.0).then_some(())
+        },
+    );
+    let rest = w.rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        tokio::time::timeout(LONG, conn.read_to_end(&mut rest))
+            .await
+            .expect("the follow stream ends with the container")
+            .expect("read body");
+        rest
+    });
+    let mut all = head;
+    all.extend_from_slice(&rest);
+    let text = String::from_utf8(all).expect("utf-8");
+    let (_, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let numbers: Vec<u64> = body
+        .lines()
+        .map(|l| {
+            l.strip_prefix("tick ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("not a tick line: {l:?}"))
+        })
+        .collect();
+    assert_eq!(numbers.len() as u64, LINES, "every line, once");
+    assert!(numbers.iter().copied().eq(1..=LINES), "in order");
+    assert_eq!(
+        support::k8s::bridge_metric(&w.cp, port, "kedge_bridge_log_streams_cut_total"),
+        Some(0.0)
+    );
+
+    // --- A client that never finishes its handshake, and one that never
+    // sends its headers: both are closed by the bridge (2 s limits here).
+    w.rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(LONG, silent.read(&mut buf))
+            .await
+            .expect("closed by the handshake timeout")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "no bytes to a client that sent none");
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut idle = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .expect("TLS");
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(LONG, idle.read_to_end(&mut out))
+            .await
+            .expect("closed by the header read timeout");
+    });
+    w.bridge.assert_running();
+}
+
+/// The bridge with `--signing-key` drives an agent that requires signed
+/// desired state through a pod's life: the spec it publishes is signed and
+/// runs, `kubectl logs` (a signed log request) works, the delete (a signed
+/// tombstone) stops the pod, and once the device reported it gone the
+/// bridge clears its tombstone from the broker.
+#[test]
+fn a_signing_bridge_drives_a_signing_agent_through_a_pod_create_and_delete() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("bridge.pem");
+    let key = key.to_str().expect("utf8").to_string();
+    let public = kedge_ok(&["keys", "generate", "--out", &key]);
+    let node = "edge-signed";
+    let mut w = World::start_with(
+        &[node],
+        vec!["--signing-key".into(), key.clone()],
+        vec![("KEDGE_TRUST_KEYS".into(), public.trim().to_string())],
+    );
+    w.wait_node_ready(node);
+    let mut spec = wasm_pod_spec(&w.image, &["ticker", "0", "200"], json!({}));
+    spec["nodeName"] = json!(node);
+    w.create(
+        &w.pods(),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "signed"}, "spec": spec}),
+    );
+    w.wait_or_dump("the signed pod Running and Ready", || {
+        w.rt.block_on(w.pods().get_opt("signed"))
+            .ok()
+            .flatten()
+            .filter(pod_ready)
+    });
+    let topic = format!("kedge/v1/{node}/desired/default/signed");
+    let retained = |topic: &str| {
+        let sub = support::Subscriber::start(&w.mqtt.url(), topic, None);
+        sub.messages()
+            .into_iter()
+            .find(|(t, p)| t == topic && !p.is_empty())
+            .map(|(_, p)| p)
+    };
+    let payload = retained(&topic).expect("the spec is retained");
+    let opened = kedge::wire::open(&payload).expect("an envelope");
+    assert!(opened.signature.is_some(), "the bridge signs the spec");
+    let index = retained(&format!("kedge/v1/{node}/index/bridge")).expect("index");
+    assert!(
+        kedge::wire::open(&index)
+            .expect("opens")
+            .signature
+            .is_some()
+    );
+    // A signed log request through the kubelet API.
+    let log = wait_until("the log through the apiserver", LONG, || {
+        w.logs("signed", "main")
+            .ok()
+            .filter(|l| l.contains("tick 2"))
+    });
+    assert!(log.starts_with("tick 1"), "{log}");
+
+    w.rt.block_on(w.pods().delete("signed", &DeleteParams::default()))
+        .expect("delete");
+    w.wait_or_dump("the pod gone from the API", || {
+        w.rt.block_on(w.pods().get_opt("signed"))
+            .ok()
+            .and_then(|p| p.is_none().then_some(()))
+    });
+    // The device stopped it, and the signed tombstone was cleared.
+    wait_until("the tombstone cleared from the broker", LONG, || {
+        retained(&topic).is_none().then_some(())
+    });
+    let (agent, _) = &w.agents[node];
+    let log = agent.log();
+    assert!(log.contains("deleting pod"), "{log}");
+    assert!(
+        !log.contains("Signature"),
+        "a refusal in the agent's log: {log}"
+    );
 }

@@ -443,6 +443,7 @@ fn a_staged_rollout_goes_by_batches_and_rolls_back_when_the_canary_fails() {
         "Stable Revision:    1 (spec sha256:",
         "Phase:              RolledBack",
         "rolled back to the spec of revision 1",
+        "Revisions:\n  Revision   Devices   Running   Ready   Failed   Offline\n",
     ] {
         assert!(described.contains(want), "{want:?} not in\n{described}");
     }

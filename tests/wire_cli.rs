@@ -74,10 +74,25 @@ fn decodes_the_event_vector_from_hex() {
         "stdout: {stdout}"
     );
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is JSON");
-    assert_eq!(json["version"], 2);
+    assert_eq!(json["version"], 3);
     assert_eq!(json["seq"], 43);
     assert_eq!(json["body"]["kind"], "Warning");
     assert_eq!(json["body"]["pod"], "sensor");
+}
+
+#[test]
+fn shows_the_signature_of_a_signed_vector() {
+    let out = kedge()
+        .args(["wire", "decode", "--hex"])
+        .arg(vector("signed/tombstone.hex"))
+        .output()
+        .expect("kedge runs");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is JSON");
+    assert_eq!(json["kind"], "Tombstone");
+    assert_eq!(json["signature"]["counter"], 1_767_225_700_000u64);
+    assert_eq!(json["signature"]["key_id"].as_str().map(str::len), Some(16));
 }
 
 #[test]

@@ -523,6 +523,176 @@ async fn a_failed_start_waits_out_its_back_off_then_runs() {
     );
 }
 
+/// A device that trusts the key of seed `1` (and requires signatures).
+fn signing_device() -> (Device, crate::trust::Signer) {
+    let signer = crate::trust::Signer::from_seed(&[1; 32]);
+    let public = signer.public_key_base64();
+    let device = Device::with(|c| c.trust.keys = public);
+    (device, signer)
+}
+
+fn signed(signer: &crate::trust::Signer, topic: &str, payload: &[u8]) -> Vec<u8> {
+    signer
+        .sign_envelope(topic, payload, crate::model::now_ms())
+        .expect("signs")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signed_index_that_vanished_deletes_nothing() {
+    let (device, signer) = signing_device();
+    let mut agent = device.start();
+    let web = agent.desired_topic("web");
+    let spec = pod("web", 1, RestartPolicy::Always, &["app"]);
+    let payload = wire::encode(1, &Message::DesiredPod(spec.clone())).expect("encodes");
+    agent.send(&web, signed(&signer, &web, &payload));
+    let cli_index = agent.topics.index(NODE, "cli");
+    let mut index = crate::model::DesiredIndex::default();
+    index.upsert(crate::model::IndexEntry::of(&spec));
+    let payload = wire::encode(0, &Message::DesiredIndex(index)).expect("encodes");
+    agent.send(&cli_index, signed(&signer, &cli_index, &payload));
+    agent
+        .until("web running", |a| a.phase("web") == Some(PodPhase::Running))
+        .await;
+    // A new connection on which someone has cleared both the retained spec
+    // and index/cli; another author's signed index lists nothing here.
+    agent
+        .events
+        .send(SessionEvent::Connected { degraded: false })
+        .expect("listens");
+    let bridge_index = agent.topics.index(NODE, "bridge");
+    let empty = wire::encode(
+        0,
+        &Message::DesiredIndex(crate::model::DesiredIndex::default()),
+    )
+    .expect("encodes");
+    agent.send(&bridge_index, signed(&signer, &bridge_index, &empty));
+    agent.events.send(SessionEvent::Synced).expect("listens");
+    agent
+        .until("the index called unreadable", |a| {
+            a.has_event(None, "DesiredIndexUnreadable")
+        })
+        .await;
+    let e = agent
+        .events()
+        .into_iter()
+        .find(|e| e.reason == "DesiredIndexUnreadable")
+        .expect("event");
+    assert!(e.message.contains("cli"), "{}", e.message);
+    assert_eq!(agent.runtime.stops_of(&key("web")), 0);
+    assert!(
+        agent
+            .store
+            .get_desired(&key("web"))
+            .expect("readable")
+            .is_some()
+    );
+
+    // An unsigned empty index (someone clearing it) is refused the same way,
+    // and an unsigned empty payload on the desired topic deletes nothing.
+    agent.send(&cli_index, Vec::new());
+    agent.send(&web, Vec::new());
+    agent
+        .until("both acknowledged", |a| a.acks(&web) == 2)
+        .await;
+    assert!(agent.has_event(Some("web"), "SignatureMissing"));
+    assert_eq!(agent.runtime.stops_of(&key("web")), 0);
+    // A signed tombstone deletes.
+    agent.send(&web, signed(&signer, &web, &[]));
+    agent
+        .until("web deleted", |a| a.status("web").is_none())
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fleet_records_and_labels_need_a_signature() {
+    let (device, signer) = signing_device();
+    let mut agent = device.start();
+    let mut spec = pod("sensor", 0, RestartPolicy::Always, &["probe"]);
+    spec.uid = "uid-sensors".into();
+    let (digest, spec_payload) = crate::fleet::spec_payload(&spec).expect("spec payload");
+    let fleet = FleetDeployment {
+        namespace: "default".into(),
+        name: "sensors".into(),
+        uid: "uid-sensors".into(),
+        selector: "tier=a".into(),
+        priority: 0,
+        pod_name: "sensor".into(),
+        revision: 1,
+        spec_digest: digest.clone(),
+        cohorts: vec![Cohort::everyone()],
+        stable: None,
+        rollout: Rollout::default(),
+    };
+    let fleet_topic = agent.topics.fleet(&fleet.key());
+    let record = wire::encode(0, &Message::FleetDeployment(fleet.clone())).expect("encodes");
+    // Unsigned: refused, nothing fetched.
+    agent.send(&fleet_topic, record.clone());
+    agent
+        .until("the refusal", |a| a.has_event(None, "SignatureMissing"))
+        .await;
+    agent.send(&fleet_topic, signed(&signer, &fleet_topic, &record));
+    // Labels: unsigned ones are refused; signed ones select the device.
+    let labels_topic = agent.topics.labels(NODE);
+    let labels = wire::encode(
+        0,
+        &Message::NodeLabels(crate::model::NodeLabels {
+            labels: [("tier".to_string(), "a".to_string())].into(),
+        }),
+    )
+    .expect("encodes");
+    agent.send(&labels_topic, labels.clone());
+    agent
+        .until("the labels refused", |a| a.acks(&labels_topic) == 1)
+        .await;
+    assert!(
+        agent.fleet_reports(&fleet.key()).is_empty(),
+        "not selected yet"
+    );
+    agent.send(&labels_topic, signed(&signer, &labels_topic, &labels));
+    let spec_topic = agent.topics.fleet_spec(&digest);
+    agent
+        .until("a subscription to the spec", |a| {
+            a.seen
+                .iter()
+                .any(|c| matches!(c, SessionCommand::Subscribe(t) if *t == spec_topic))
+        })
+        .await;
+    // The spec is pinned by the signed record's digest: no signature.
+    agent.send(&spec_topic, spec_payload);
+    agent
+        .until("the fleet pod running", |a| {
+            a.phase("sensor") == Some(PodPhase::Running)
+        })
+        .await;
+
+    // Someone clears the record: an unsigned delete is refused, and a
+    // connection on which the record is missing keeps the fleet.
+    agent.send(&fleet_topic, Vec::new());
+    agent
+        .events
+        .send(SessionEvent::Connected { degraded: false })
+        .expect("listens");
+    agent.events.send(SessionEvent::Synced).expect("listens");
+    agent
+        .until("FleetsMissing", |a| a.has_event(None, "FleetsMissing"))
+        .await;
+    assert_eq!(agent.runtime.stops_of(&key("sensor")), 0);
+    // The older signed record replayed is refused as well.
+    let older = signed(&signer, &fleet_topic, &record);
+    agent.send(&fleet_topic, signed(&signer, &fleet_topic, &record));
+    agent.send(&fleet_topic, older);
+    agent
+        .until("the replay refused", |a| {
+            a.has_event(None, "SignatureReplayed")
+        })
+        .await;
+    // A signed delete removes the fleet and its pod.
+    agent.send(&fleet_topic, signed(&signer, &fleet_topic, &[]));
+    agent
+        .until("the fleet pod deleted", |a| a.status("sensor").is_none())
+        .await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn lifecycle_events_read_like_the_kubelets_and_a_crash_loop_backs_off_with_an_event() {
     let device = Device::new();

@@ -189,6 +189,20 @@ impl Controller {
         if gone.is_empty() {
             return;
         }
+        if self.signatures_required() {
+            // Anyone can clear a retained record: with signed desired state
+            // only a signed tombstone deletes a fleet deployment.
+            if !self.fleet.warned_missing {
+                self.fleet.warned_missing = true;
+                let names: Vec<String> = gone.iter().map(|k| k.to_string()).collect();
+                let message = format!(
+                    "the broker no longer holds fleet deployment(s) {}, and no signed delete arrived; keeping them (this node requires signed desired state)",
+                    names.join(", ")
+                );
+                self.node_warning("FleetsMissing", message);
+            }
+            return;
+        }
         if self.fleet.seen.is_empty() {
             if !self.fleet.warned_missing {
                 self.fleet.warned_missing = true;
@@ -217,7 +231,15 @@ impl Controller {
     /// `{prefix}/_fleet/{ns}/{name}`.
     pub(super) fn on_fleet(&mut self, key: PodKey, payload: &[u8]) {
         self.fleet.seen.insert(key.clone());
-        if payload.is_empty() {
+        let topic = self.topics.fleet(&key);
+        if let Err(r) = self.admit(&topic, payload) {
+            // The last accepted record (if any) stays in force.
+            let message = format!(
+                "refusing fleet deployment {key}: {r}; the last accepted record stays in force"
+            );
+            return self.node_warning(r.reason(), message);
+        }
+        if wire::is_tombstone(payload) {
             info!(fleet = %key, "fleet deployment deleted");
             self.remove_fleet(&key);
             self.refleet();
@@ -302,7 +324,14 @@ impl Controller {
 
     /// `{prefix}/{node}/labels`.
     pub(super) fn on_labels(&mut self, payload: &[u8]) {
-        let labels = if payload.is_empty() {
+        let topic = self.topics.labels(&self.node);
+        if let Err(r) = self.admit(&topic, payload) {
+            let message =
+                format!("refusing the labels set for this node: {r}; keeping the labels it has");
+            return self.node_warning(r.reason(), message);
+        }
+        let tombstone = wire::is_tombstone(payload);
+        let labels = if tombstone {
             BTreeMap::new()
         } else {
             match wire::decode_as::<NodeLabels>(payload) {
@@ -317,7 +346,7 @@ impl Controller {
             return;
         }
         info!(?labels, "labels set by the cloud");
-        let stored = (!payload.is_empty()).then_some(payload);
+        let stored = (!tombstone).then_some(payload);
         if let Err(e) = self.store.put_fleet("labels", stored) {
             warn!(error = %e, "cannot record labels; using them anyway");
         }

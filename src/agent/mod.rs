@@ -8,6 +8,8 @@
 
 #[cfg(test)]
 mod controller_tests;
+#[cfg(feature = "data")]
+pub mod data;
 pub mod decide;
 pub mod event_budget;
 mod fleet;
@@ -119,6 +121,19 @@ pub struct Controller {
     /// The monotonic origin of the event budget's clock (tokio's: paused
     /// in the in-process tests).
     origin: tokio::time::Instant,
+    /// The data path, when routes are configured (`agent::data`): pods a
+    /// route names get the endpoint's address and credentials.
+    #[cfg(feature = "data")]
+    data: Option<Arc<data::DataPath>>,
+    /// Signed desired state (`trust.keys`); None: signatures not checked.
+    trust: Option<TrustPolicy>,
+}
+
+/// What an agent with `trust.keys` accepts (docs/wire.md, "Signatures").
+struct TrustPolicy {
+    keys: Vec<crate::trust::TrustedKey>,
+    /// `trust.require_signatures`: unsigned messages are refused.
+    require: bool,
 }
 
 struct Uncommitted {
@@ -227,7 +242,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(url) => Some(url.clone()),
         None => crate::embedded_broker::start(&controller.config.embedded_broker.listen)?,
     };
-    let _session_task = match broker_url {
+    let _session_task = match broker_url.clone() {
         Some(url) => {
             let parsed = BrokerUrl::parse(&url)?;
             let options = mqtt::mqtt_options(
@@ -289,6 +304,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
 
+    #[cfg(feature = "data")]
+    {
+        controller.data = start_data_path(&controller, &store, broker_url.as_deref()).await?;
+    }
+
     let (static_tx, static_rx) = mpsc::unbounded_channel();
     if let Some(dir) = controller.config.manifests_dir.clone() {
         tokio::spawn(static_pods::watch(
@@ -304,6 +324,70 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     controller
         .serve(receivers, session_events_rx, static_rx, shutdown)
         .await
+}
+
+/// Starts the data endpoint and its forwarder when routes are configured.
+#[cfg(feature = "data")]
+async fn start_data_path(
+    controller: &Controller,
+    store: &Arc<Store>,
+    broker_url: Option<&str>,
+) -> anyhow::Result<Option<Arc<data::DataPath>>> {
+    let config = &controller.config;
+    let routes = config.data.parsed_routes()?;
+    if routes.is_empty() {
+        return Ok(None);
+    }
+    let dir = config.data_dir.join("data");
+    let device_key = crate::data::DeviceKey::load_or_create(&dir.join("device-key.pk8"))?;
+    let sink =
+        crate::data::SinkPublicKey::parse(&config.data.sink_public_key, "data.sink_public_key")?;
+    let path = Arc::new(data::DataPath::new(
+        &config.data,
+        routes,
+        &dir,
+        store.clone(),
+    )?);
+    let listener = tokio::net::TcpListener::bind(&config.data.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "data endpoint cannot listen on {} (data.listen)",
+                config.data.listen
+            )
+        })?;
+    info!(
+        listen = %config.data.listen,
+        device_key = %hex::encode(device_key.public_key()),
+        "data endpoint listening"
+    );
+    tokio::spawn(data::serve_endpoint(listener, path.clone()));
+    match broker_url {
+        Some(url) => {
+            let mut options = mqtt::mqtt_options(
+                &BrokerUrl::parse(url)?,
+                &config.broker,
+                &format!("kedge-data-{}", controller.node),
+            )?;
+            options.set_clean_session(true);
+            let settings = data::ForwarderSettings {
+                options,
+                topic: controller.topics.data(&controller.node),
+                node: controller.node.clone(),
+                device_key,
+                sink,
+                batch_max_messages: config.data.batch_max_messages as usize,
+                reconnect_initial: Duration::from_millis(config.broker.reconnect_initial_ms),
+                reconnect_max: Duration::from_millis(config.broker.reconnect_max_ms),
+                events: controller.runtime_events.clone(),
+            };
+            tokio::spawn(data::forward(settings, path.clone()));
+        }
+        None => warn!(
+            "no broker: workload data is kept (up to its TTL and data.budget_bytes) but not sent"
+        ),
+    }
+    Ok(Some(path))
 }
 
 /// What a controller is made of. `run` makes them from the configuration;
@@ -462,8 +546,15 @@ impl Controller {
             desired_view: DesiredView::default(),
             fleet: fleet::FleetView::default(),
             prefetched,
+            trust: {
+                let keys = config.trusted_keys();
+                let require = config.trust.require_signatures;
+                (!keys.is_empty()).then_some(TrustPolicy { keys, require })
+            },
             event_budget: event_budget::EventBudget::default(),
             origin: tokio::time::Instant::now(),
+            #[cfg(feature = "data")]
+            data: None,
             config,
         };
         let receivers = Receivers {
@@ -670,7 +761,17 @@ impl Controller {
             .iter()
             .find(|a| a.kind == "InternalIP")
             .map(|a| a.address.clone());
-        let mut machine = PodMachine::new(spec.clone(), self.policy, host_ip);
+        // What the pod's containers run with: the spec as sent, plus the
+        // data endpoint's address and credentials for a pod a route names
+        // (`agent::data`). The stored spec stays as sent.
+        #[cfg(feature = "data")]
+        let runtime_spec = match &self.data {
+            Some(data) => data.admit(spec.clone()),
+            None => spec.clone(),
+        };
+        #[cfg(not(feature = "data"))]
+        let runtime_spec = spec.clone();
+        let mut machine = PodMachine::new(runtime_spec, self.policy, host_ip);
         let supervisor = match runtime {
             Err(what) => {
                 let what = what.as_str();
@@ -692,7 +793,7 @@ impl Controller {
                 }
                 let ctx = PodContext {
                     pod_dir: self.pod_dir(&spec),
-                    spec: spec.clone(),
+                    spec: machine.spec().clone(),
                     events: crate::runtime::EventSink::new(self.runtime_events.clone()),
                 };
                 Some(supervisor::spawn(
@@ -814,10 +915,71 @@ impl Controller {
         }
     }
 
+    /// Whether signatures are required (`trust.keys` and
+    /// `trust.require_signatures`).
+    fn signatures_required(&self) -> bool {
+        self.trust.as_ref().is_some_and(|t| t.require)
+    }
+
+    /// The signature check of a desired-side message received on `topic`
+    /// (docs/wire.md, "Signatures"): Ok when it may be acted on. A signed
+    /// message that is new on its topic is recorded in the store, so that
+    /// no older one is accepted there again, even after a restart. A payload
+    /// that is no envelope passes: its handler refuses it when it decodes.
+    fn admit(&mut self, topic: &str, payload: &[u8]) -> Result<(), crate::trust::Refusal> {
+        use crate::trust::{self, Accepted, Fresh, Refusal};
+        let Some(policy) = &self.trust else {
+            return Ok(());
+        };
+        if payload.is_empty() {
+            return if policy.require {
+                Err(Refusal::Missing)
+            } else {
+                Ok(())
+            };
+        }
+        let Ok(opened) = wire::open(payload) else {
+            return Ok(());
+        };
+        let verified = match trust::verify(&policy.keys, now_ms(), topic, &opened) {
+            Ok(v) => v,
+            Err(Refusal::Missing) if !policy.require => return Ok(()),
+            Err(r) => return Err(r),
+        };
+        // Log requests read; each goes to a topic of its own: no counter.
+        if matches!(self.topics.parse(topic), Some(TopicKind::RpcRequest { .. })) {
+            return Ok(());
+        }
+        let digest = trust::sha256(payload);
+        let last = self.store.accepted(topic).unwrap_or_else(|e| {
+            warn!(topic, error = %e, "cannot read the last accepted signature; checking without it");
+            None
+        });
+        if trust::check_replay(last.as_ref(), verified.counter, &digest)? == Fresh::New {
+            let accepted = Accepted {
+                counter: verified.counter,
+                digest,
+                tombstone: opened.kind == wire::Kind::Tombstone,
+            };
+            if let Err(e) = self.store.set_accepted(topic, &accepted) {
+                warn!(topic, error = %e, "cannot record the accepted signature");
+            }
+        }
+        Ok(())
+    }
+
     /// An author's index (or its removal): known at once; acted on once the
     /// retained snapshot is complete.
     fn on_index(&mut self, author: String, payload: &[u8]) {
-        if payload.is_empty() {
+        let topic = self.topics.index(&self.node, &author);
+        if let Err(r) = self.admit(&topic, payload) {
+            // Read as unreadable: nothing is deleted for lack of a listing.
+            warn!(%author, reason = r.reason(), error = %r, "refusing desired index");
+            self.desired_view.indexes.insert(
+                author,
+                AuthorIndex::Unreadable(format!("{}: {r}", r.reason())),
+            );
+        } else if wire::is_tombstone(payload) {
             info!(%author, "desired index removed");
             self.desired_view.indexes.remove(&author);
         } else {
@@ -842,6 +1004,7 @@ impl Controller {
     /// Compares the pods from the broker with the indexes (`reconcile`) and
     /// carries out the verdict.
     fn reconcile_with_indexes(&mut self) {
+        let missing_signed = self.missing_signed_indexes();
         let view = &self.desired_view;
         let have: Vec<Have> = self
             .pods
@@ -872,7 +1035,13 @@ impl Controller {
                 return warn!(error = %e, "cannot read statuses; not comparing with the desired index");
             }
         };
-        match reconcile(&view.indexes, &have, &refused) {
+        let mut indexes = view.indexes.clone();
+        for (author, why) in missing_signed {
+            indexes
+                .entry(author)
+                .or_insert(AuthorIndex::Unreadable(why));
+        }
+        match reconcile(&indexes, &have, &refused) {
             Verdict::Unknown { reason, message } => {
                 if !self.desired_view.warned_unknown {
                     self.desired_view.warned_unknown = true;
@@ -900,6 +1069,34 @@ impl Controller {
         }
     }
 
+    /// With signatures required: the authors whose signed index this node
+    /// accepted and which the broker no longer holds (nor did they delete it
+    /// with a signed tombstone). Cleared by anyone, it counts as unreadable:
+    /// otherwise removing an index and a retained spec would make the agent
+    /// delete the pod.
+    fn missing_signed_indexes(&self) -> Vec<(String, String)> {
+        if !self.signatures_required() {
+            return Vec::new();
+        }
+        let prefix = self.topics.index(&self.node, "");
+        let accepted = match self.store.accepted_under(&prefix) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "cannot read the accepted indexes");
+                return Vec::new();
+            }
+        };
+        accepted
+            .into_iter()
+            .filter(|(_, a)| !a.tombstone)
+            .filter_map(|(topic, _)| {
+                let author = topic.strip_prefix(&prefix)?.to_string();
+                let why = "its signed index is no longer on the broker, and was not deleted with a signed tombstone".to_string();
+                (!self.desired_view.indexes.contains_key(&author)).then_some((author, why))
+            })
+            .collect()
+    }
+
     /// Err only when the change could not be committed to the store (it is
     /// then not acknowledged); refusals are Ok: they are final.
     fn on_desired(&mut self, key: PodKey, payload: &[u8]) -> Result<(), StoreError> {
@@ -913,7 +1110,35 @@ impl Controller {
             self.node_warning("InvalidSpec", message);
             return Ok(());
         }
-        let incoming = if payload.is_empty() {
+        let topic = self.topics.desired(&self.node, &key);
+        if let Err(r) = self.admit(&topic, payload) {
+            let runs = self
+                .pods
+                .get(&key)
+                .is_some_and(|e| e.source == PodSource::Mqtt);
+            // An unsigned empty payload where no pod runs deletes nothing
+            // (the bridge clears the signed tombstones it left this way);
+            // it may still clear the status of a refused spec.
+            if !payload.is_empty() || runs {
+                let what = if wire::is_tombstone(payload) {
+                    "delete"
+                } else {
+                    "desired spec"
+                };
+                let keeps = if runs {
+                    "; the pod keeps its last accepted spec"
+                } else {
+                    ""
+                };
+                self.refuse(
+                    &key,
+                    r.reason(),
+                    format!("refusing the {what} of pod {key}: {r}{keeps}"),
+                );
+                return Ok(());
+            }
+        }
+        let incoming = if wire::is_tombstone(payload) {
             self.desired_view.seen.retain(|(k, _)| k != &key);
             Incoming::Delete(PodSource::Mqtt)
         } else {
@@ -1076,6 +1301,10 @@ impl Controller {
         let Some(entry) = self.pods.remove(key) else {
             return;
         };
+        #[cfg(feature = "data")]
+        if let Some(data) = &self.data {
+            data.forget(&key.namespace, &key.name);
+        }
         match entry.then {
             AfterStop::Replace(spec, source) => {
                 let _ = crate::runtime::volumes::remove_pod_dir(&self.pod_dir(&entry.spec));
@@ -1320,6 +1549,16 @@ impl Controller {
         let Some(session) = self.session.clone() else {
             return;
         };
+        let topic = self.topics.rpc_request(&self.node, &request_id);
+        if let Err(r) = self.admit(&topic, payload) {
+            logs_rpc::reply_error(
+                &session,
+                &reply_topic,
+                &request_id,
+                format!("forbidden: {r} ({})", r.reason()),
+            );
+            return;
+        }
         let request = wire::decode_as::<LogRequest>(payload);
         let request = match request {
             Ok((_, r)) => r,

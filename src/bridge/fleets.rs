@@ -22,7 +22,8 @@
 //! - a fleet's status is written at most once per [`STATUS_INTERVAL_MS`],
 //!   and only for a change that matters (`status_worth_writing`): a new
 //!   phase, revision, batch, message, condition or failing device, counts
-//!   that moved by [`COUNT_STEP_PER_MILLE`] of the fleet, or any difference
+//!   (also per revision) that moved by [`COUNT_STEP_PER_MILLE`] of the
+//!   fleet, or any difference
 //!   left standing for [`TRICKLE_MS`]; so a rollout's API writes depend on
 //!   its steps, not on its devices (measured: `benches/fleet_scale.rs`);
 //! - with shards (`--shards`), only the replica holding shard 0 drives
@@ -35,6 +36,7 @@
 //!   its status goes to its pods (phase, `kedge.io/FleetReady`).
 
 pub mod crd;
+pub mod nodes;
 pub mod seed;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -47,7 +49,7 @@ use super::render;
 use super::state::{Action, BridgeEvent, KubeEvent, ObjRef, PodStatusOwner, Recording};
 use crate::fleet::manage;
 use crate::fleet::rollout::{self, Step};
-use crate::fleet::tally::Tally;
+use crate::fleet::tally::{RevisionCounts, Tally};
 use crate::model::convert::{ConvertError, Resolver, pod_spec_from_k8s_with};
 use crate::model::selector::Selector;
 use crate::model::validate::Validate;
@@ -55,7 +57,9 @@ use crate::model::{
     Cohort, EventType, FleetDeployment, FleetReport, PodKey, Rollout, RolloutPhase, RolloutState,
 };
 use crate::wire::{self, Message, Topics};
-use crd::{FailingDevice, FleetCondition, FleetDeploymentResource, FleetDeploymentStatus};
+use crd::{
+    FailingDevice, FleetCondition, FleetDeploymentResource, FleetDeploymentStatus, RevisionStatus,
+};
 
 /// A seed fleet deployment outlives its last pod this long: a Deployment's
 /// update (`maxUnavailable: 100%`) deletes the old pod before it creates the
@@ -112,8 +116,54 @@ pub fn status_worth_writing(
         (sent.offline, new.offline),
     ]
     .iter()
-    .any(|(a, b)| u64::from(a.abs_diff(*b)) >= step);
+    .any(|(a, b)| u64::from(a.abs_diff(*b)) >= step)
+        || revisions_moved(&sent.revisions, &new.revisions) >= step;
     moved || since_ms >= TRICKLE_MS
+}
+
+/// The largest move of a count per revision between two lists (a line
+/// that comes or goes moves from or to zero): the revisions list is
+/// paced like the counts, since devices move between revisions one by one.
+fn revisions_moved(sent: &[RevisionStatus], new: &[RevisionStatus]) -> u64 {
+    let key = |r: &RevisionStatus| (r.revision, r.older_than);
+    let counts = |r: &RevisionStatus| [r.devices, r.running, r.ready, r.failed, r.offline];
+    let find =
+        |list: &[RevisionStatus], k| list.iter().find(|r| key(r) == k).map_or([0; 5], &counts);
+    sent.iter()
+        .chain(new)
+        .map(|r| {
+            let (a, b) = (find(sent, key(r)), find(new, key(r)));
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| u64::from(x.abs_diff(y)))
+                .max()
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// The tally's counts per revision as the status lists them.
+fn revisions_status(t: &Tally) -> Vec<RevisionStatus> {
+    let n = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    let line = |revision, older_than, c: &RevisionCounts| RevisionStatus {
+        revision,
+        older_than,
+        devices: n(c.devices),
+        running: n(c.running),
+        ready: n(c.ready),
+        failed: n(c.failed),
+        offline: n(c.offline),
+    };
+    let b = t.by_revision();
+    let as_i64 = |r: u64| i64::try_from(r).unwrap_or(i64::MAX);
+    b.revisions()
+        .map(|(r, c)| line(Some(as_i64(r)), None, c))
+        .chain(
+            b.older()
+                .map(|(below, c)| line(None, Some(as_i64(below)), c)),
+        )
+        .collect()
 }
 /// Failing devices named in the status.
 pub const FAILING_DEVICES_SHOWN: usize = 5;
@@ -237,6 +287,10 @@ pub struct FleetGauges {
     pub ready: u32,
     pub failed: u32,
     pub offline: u32,
+    /// The devices per revision, newest first: `("3", counts)`, and
+    /// `("older", counts)` for the revisions folded together (at most
+    /// `MAX_REVISIONS_KEPT` + 1 lines, so the series stay bounded).
+    pub revisions: Vec<(String, RevisionCounts)>,
 }
 
 /// The bridge's fleet state.
@@ -251,8 +305,8 @@ pub struct Fleets {
     /// holds shard 0.
     sharded: bool,
     active: bool,
-    /// `--fleet-node` names: pods bound to their Nodes are seeds.
-    fleet_nodes: Vec<String>,
+    /// `--fleet-node`s: pods bound to their Nodes are seeds.
+    fleet_nodes: Vec<nodes::FleetNode>,
     pods_synced: bool,
     /// Seed pods refused (by uid), with the refusal told once.
     seed_refused: HashMap<String, seed::SeedRefusal>,
@@ -396,7 +450,7 @@ impl Fleets {
 
     /// The seed path: pods bound to these fleet nodes become fleet
     /// deployments; nothing is published before the pods are listed.
-    pub fn with_fleet_nodes(mut self, fleet_nodes: Vec<String>) -> Fleets {
+    pub fn with_fleet_nodes(mut self, fleet_nodes: Vec<nodes::FleetNode>) -> Fleets {
         self.pods_synced = fleet_nodes.is_empty();
         self.fleet_nodes = fleet_nodes;
         self
@@ -572,7 +626,9 @@ impl Fleets {
             .or_else(|| newest.metadata.uid.clone())
             .unwrap_or_default();
         let pod_uid = newest.metadata.uid.clone().unwrap_or_default();
-        match seed::resource(key, &uid, &newest) {
+        let node_selector =
+            seed::fleet_node_of(&newest, &self.fleet_nodes).and_then(|n| n.selector.as_ref());
+        match seed::resource(key, &uid, &newest, node_selector) {
             Ok(cr) => {
                 f.orphaned_ms = None;
                 self.seed_refused.remove(&pod_uid);
@@ -866,8 +922,13 @@ impl Fleets {
         }
         let rec = Recording::new(resolver);
         let result = convert(key, &cr, &rec);
-        let (refs, missing) = rec.finish();
-        f.refs = refs;
+        let recorded = rec.finish();
+        f.refs = recorded.refs;
+        let missing = recorded.missing;
+        if recorded.pending {
+            // Decided when the ConfigMap or Secret has been read.
+            return;
+        }
         let wanted = match result {
             Ok(w) => w,
             Err(mut refusal) => {
@@ -1054,6 +1115,11 @@ impl Fleets {
         }
     }
 
+    /// Every ConfigMap and Secret the fleet deployments refer to.
+    pub fn referenced(&self) -> impl Iterator<Item = &ObjRef> {
+        self.fleets.values().flat_map(|f| f.refs.iter())
+    }
+
     /// Gauges of every fleet deployment of the cluster.
     pub fn gauges(&self) -> Vec<FleetGauges> {
         let mut out: Vec<FleetGauges> = self
@@ -1071,12 +1137,24 @@ impl Fleets {
                     ready: c.ready,
                     failed: c.failed,
                     offline: c.offline,
+                    revisions: revision_gauges(&f.tally),
                 }
             })
             .collect();
         out.sort_by(|a, b| a.fleet.cmp(&b.fleet));
         out
     }
+}
+
+/// The label value of the folded line of `kedge_fleet_revision_devices`.
+pub const OLDER_REVISIONS: &str = "older";
+
+fn revision_gauges(t: &Tally) -> Vec<(String, RevisionCounts)> {
+    let b = t.by_revision();
+    b.revisions()
+        .map(|(r, c)| (r.to_string(), *c))
+        .chain(b.older().map(|(_, c)| (OLDER_REVISIONS.to_string(), *c)))
+        .collect()
 }
 
 /// The gauges in the Prometheus text format.
@@ -1109,6 +1187,26 @@ pub fn render_metrics(gauges: &[FleetGauges]) -> String {
             "kedge_fleet_revision{{namespace=\"{}\",fleet=\"{}\"}} {}\n",
             g.fleet.namespace, g.fleet.name, g.revision
         ));
+    }
+    s.push_str(
+        "# HELP kedge_fleet_revision_devices Devices of a fleet deployment per revision they run (failed: asked to run) by state; revision=\"older\" counts the revisions folded together.\n",
+    );
+    s.push_str("# TYPE kedge_fleet_revision_devices gauge\n");
+    for g in gauges {
+        for (revision, c) in &g.revisions {
+            for (state, v) in [
+                ("devices", c.devices),
+                ("running", c.running),
+                ("ready", c.ready),
+                ("failed", c.failed),
+                ("offline", c.offline),
+            ] {
+                s.push_str(&format!(
+                    "kedge_fleet_revision_devices{{namespace=\"{}\",fleet=\"{}\",revision=\"{revision}\",state=\"{state}\"}} {v}\n",
+                    g.fleet.namespace, g.fleet.name
+                ));
+            }
+        }
     }
     s
 }
@@ -1265,6 +1363,7 @@ fn status_of(cr: &FleetDeploymentResource, f: &mut Fleet, now_ms: u64) -> FleetD
         ready: n(c.ready),
         failed: n(c.failed),
         offline: n(c.offline),
+        revisions: revisions_status(&f.tally),
         failing_devices: f
             .tally
             .failures(FAILING_DEVICES_SHOWN)

@@ -3,7 +3,13 @@
 //! over the MQTT log RPC, `/healthz`, and `/metrics` (the bridge's own
 //! counters). Every connection must present a client certificate signed by
 //! the configured CA (the apiserver's `--kubelet-client-certificate`), as the
-//! kubelet does with `--client-ca-file`.
+//! kubelet does with `--client-ca-file`, and every request is authorised
+//! like a kubelet's in webhook mode ([`super::kubelet_auth`]): a
+//! SubjectAccessReview for `nodes/{log,proxy,stats,metrics,…}`.
+//!
+//! Limits: a TLS handshake timeout, hyper's header read timeout, and a cap
+//! on connections at once ([`ServeLimits`]). Errors are [`ApiError`]s, each
+//! with its status code.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,16 +22,20 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::{ObjectRef, Store};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::mqtt_link::MqttLink;
+use super::kubelet_auth::{
+    Authorizer, CertNameError, User, forbidden_message, request_attributes, user_from_certificate,
+};
+use super::mqtt_link::{LogStats, MqttLink};
 use super::writer::WriteStats;
 use crate::model::LogRequest;
 
@@ -98,12 +108,42 @@ pub struct Ctx {
     /// The fleet gauges (`kedge_fleet_*`), rendered by the bridge's loop on
     /// every tick.
     pub fleet_metrics: Arc<std::sync::Mutex<String>>,
+    /// Decides every request (SubjectAccessReview).
+    pub authorizer: Authorizer,
+    pub log_stats: Arc<LogStats>,
+}
+
+/// Limits of the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// A TLS handshake must finish within this, or the connection is closed.
+    pub handshake_timeout: Duration,
+    /// An HTTP/1 request's headers must arrive within this (hyper's
+    /// `header_read_timeout`, also between requests of a kept-alive
+    /// connection), or the connection is closed. HTTP/2 (by ALPN only)
+    /// has keep-alive pings instead: a peer that stops answering them for
+    /// 20 s is dropped.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog (they
+    /// are not accepted) until one closes.
+    pub max_connections: usize,
 }
 
 /// Serves until the listener fails.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ctx: Arc<Ctx>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    ctx: Arc<Ctx>,
+    limits: ServeLimits,
+) {
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
+        // Over the limit, stop accepting: new connections queue in the
+        // kernel's backlog (and time out there on the client's side).
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -116,21 +156,63 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, ctx: A
         let ctx = ctx.clone();
         tokio::spawn(
             async move {
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(s) => s,
-                    Err(e) => {
+                let _slot = slot;
+                let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
                         debug!(error = %e, "kubelet API: TLS handshake refused");
                         return;
                     }
+                    Err(_) => {
+                        debug!("kubelet API: TLS handshake timed out");
+                        return;
+                    }
                 };
+                // The handshake verified the chain against the client CA.
+                let user = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .ok_or(CertNameError::Der("no client certificate"))
+                    .and_then(|c| user_from_certificate(c.as_ref()));
+                if let Err(e) = &user {
+                    debug!(error = %e, "kubelet API: client certificate names no user");
+                }
+                let user = Arc::new(user.ok());
                 let service = hyper::service::service_fn(move |req| {
                     let ctx = ctx.clone();
-                    async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+                    let user = user.clone();
+                    async move {
+                        let resp = match handle(&ctx, (*user).as_ref(), req).await {
+                            Ok(r) => r,
+                            Err(e) => e.response(),
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
-                if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await
-                {
+                // The protocol from ALPN, not from sniffing the first bytes:
+                // hyper-util's sniffing waits for them without a timeout,
+                // before the header read timeout starts.
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder = if h2 {
+                    builder.http2_only()
+                } else {
+                    builder.http1_only()
+                };
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Some(Duration::from_secs(30)))
+                    .keep_alive_timeout(Duration::from_secs(20));
+                if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
                     debug!(error = %e, "kubelet API connection ended");
                 }
             }
@@ -145,6 +227,72 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
         .header("content-type", "text/plain; charset=utf-8")
         .body(Full::new(body.into()).boxed())
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+/// Why a request failed; each variant has one status code
+/// ([`ApiError::status`]), and its message is the body.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApiError {
+    /// No user could be read from the client certificate.
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    /// The SubjectAccessReview itself failed.
+    #[error("Authorization error (user={user}, verb={verb}, resource=nodes): {message}")]
+    Authorization {
+        user: String,
+        verb: &'static str,
+        message: String,
+    },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("404 page not found")]
+    NoSuchPath,
+    #[error("pods \"{pod}\" not found in namespace \"{namespace}\"")]
+    PodNotFound { namespace: String, pod: String },
+    #[error("container \"{container}\" not found in pod \"{pod}\"")]
+    ContainerNotFound { pod: String, container: String },
+    /// A malformed query parameter.
+    #[error("{0}")]
+    BadQuery(String),
+    /// The device answered with an error: like the kubelet passing on the
+    /// runtime's (no previous run, waiting to start, …), a 400. (The wire's
+    /// error carries no kind; what the bridge can check itself, the Pod and
+    /// its container, it answers with 404 before asking.)
+    #[error("{0}")]
+    Device(String),
+    /// The log request could not be sent.
+    #[error("{0}")]
+    Link(String),
+    #[error("the log stream of node {0} ended before any answer")]
+    StreamEnded(String),
+    #[error("node {node} did not answer within {secs} s (is it online?)")]
+    NoAnswer { node: String, secs: u64 },
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Authorization { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NoSuchPath | ApiError::PodNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::ContainerNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::BadQuery(_) | ApiError::Device(_) => StatusCode::BAD_REQUEST,
+            ApiError::Link(_) | ApiError::StreamEnded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NoAnswer { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn response(&self) -> Response<Body> {
+        let mut body = self.to_string();
+        if !body.ends_with('\n') {
+            body.push('\n');
+        }
+        text(self.status(), body)
+    }
 }
 
 /// The kubelet's query parameters of `/containerLogs`.
@@ -184,63 +332,122 @@ pub fn parse_log_query(q: &str) -> Result<LogQuery, String> {
     Ok(out)
 }
 
-async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+/// `/containerLogs/{ns}/{pod}/{container}` split, or `None`.
+fn container_logs_path(path: &str) -> Option<(&str, &str, &str)> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["containerLogs", ns, pod, container]
+            if !ns.is_empty() && !pod.is_empty() && !container.is_empty() =>
+        {
+            Some((ns, pod, container))
+        }
+        _ => None,
+    }
+}
+
+async fn handle(
+    ctx: &Ctx,
+    user: Option<&User>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    // Authenticate, authorise, then route: as the kubelet's filter chain
+    // does, so that nobody learns what exists without the right to see it.
+    let user = user.ok_or(ApiError::Unauthorized)?;
     let path = req.uri().path().to_string();
+    let attrs = request_attributes(req.method(), &path).ok_or(ApiError::MethodNotAllowed)?;
+    let logs = container_logs_path(&path);
+    // The node a request is about: the pod's, for its logs; otherwise none
+    // in particular (the bridge serves all its nodes on one endpoint).
+    let pod = logs.and_then(|(ns, pod, _)| ctx.pods.get(&ObjectRef::new(pod).within(ns)));
+    let node = pod
+        .as_ref()
+        .and_then(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+        .unwrap_or_default();
+    let allowed = ctx
+        .authorizer
+        .allowed(user, &attrs, &node)
+        .await
+        .map_err(|e| ApiError::Authorization {
+            user: user.name.clone(),
+            verb: attrs.verb,
+            message: e.to_string(),
+        })?;
+    if !allowed {
+        debug!(user = %user.name, verb = attrs.verb, subresources = ?attrs.subresources, %path, "kubelet API: forbidden");
+        return Err(ApiError::Forbidden(forbidden_message(&user.name, &attrs)));
+    }
     if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        return Err(ApiError::MethodNotAllowed);
     }
     match path.as_str() {
-        "/healthz" => return text(StatusCode::OK, "ok"),
-        "/metrics" => {
-            let s = &ctx.stats;
-            let fleets = ctx
-                .fleet_metrics
-                .lock()
-                .map(|m| m.clone())
-                .unwrap_or_default();
-            return text(
-                StatusCode::OK,
-                format!(
-                    "kedge_bridge_api_requests_total {}\nkedge_bridge_api_errors_total {}\nkedge_bridge_api_coalesced_total {}\nkedge_bridge_fleet_status_writes_total {}\n{fleets}",
-                    s.requests.load(Ordering::Relaxed),
-                    s.errors.load(Ordering::Relaxed),
-                    s.coalesced.load(Ordering::Relaxed),
-                    s.fleet_status_writes.load(Ordering::Relaxed),
-                ),
-            );
-        }
+        "/healthz" => return Ok(text(StatusCode::OK, "ok")),
+        "/metrics" => return Ok(text(StatusCode::OK, metrics(ctx))),
         _ => {}
     }
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let ["containerLogs", ns, pod, container] = parts.as_slice() else {
-        return text(StatusCode::NOT_FOUND, "404 page not found\n");
+    let Some((ns, pod_name, container)) = logs else {
+        return Err(ApiError::NoSuchPath);
     };
-    let query = match parse_log_query(req.uri().query().unwrap_or("")) {
-        Ok(q) => q,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e),
-    };
-    container_logs(ctx, ns, pod, container, query)
-        .instrument(info_span!("container_logs", %ns, %pod, %container))
+    let query = parse_log_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadQuery)?;
+    let pod = pod
+        .filter(|_| !node.is_empty())
+        .ok_or_else(|| ApiError::PodNotFound {
+            namespace: ns.to_string(),
+            pod: pod_name.to_string(),
+        })?;
+    if !pod_has_container(&pod, container) {
+        return Err(ApiError::ContainerNotFound {
+            pod: pod_name.to_string(),
+            container: container.to_string(),
+        });
+    }
+    container_logs(ctx, &node, ns, pod_name, container, query)
+        .instrument(info_span!("container_logs", %ns, pod = %pod_name, %container))
         .await
+}
+
+fn pod_has_container(pod: &Pod, container: &str) -> bool {
+    let Some(spec) = pod.spec.as_ref() else {
+        return false;
+    };
+    spec.containers.iter().any(|c| c.name == container)
+        || spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == container)
+        || spec
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == container)
+}
+
+fn metrics(ctx: &Ctx) -> String {
+    let s = &ctx.stats;
+    let fleets = ctx
+        .fleet_metrics
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    format!(
+        "kedge_bridge_api_requests_total {}\nkedge_bridge_api_errors_total {}\nkedge_bridge_api_coalesced_total {}\nkedge_bridge_fleet_status_writes_total {}\nkedge_bridge_log_buffered_bytes {}\nkedge_bridge_log_streams_cut_total {}\n{fleets}",
+        s.requests.load(Ordering::Relaxed),
+        s.errors.load(Ordering::Relaxed),
+        s.coalesced.load(Ordering::Relaxed),
+        s.fleet_status_writes.load(Ordering::Relaxed),
+        ctx.log_stats.buffered_bytes.load(Ordering::Relaxed),
+        ctx.log_stats.cut_streams.load(Ordering::Relaxed),
+    )
 }
 
 async fn container_logs(
     ctx: &Ctx,
+    node: &str,
     ns: &str,
     pod: &str,
     container: &str,
     q: LogQuery,
-) -> Response<Body> {
-    let node = ctx
-        .pods
-        .get(&ObjectRef::new(pod).within(ns))
-        .and_then(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()));
-    let Some(node) = node else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("pods \"{pod}\" not found in namespace \"{ns}\"\n"),
-        );
-    };
+) -> Result<Response<Body>, ApiError> {
     let request = LogRequest {
         request_id: String::new(),
         namespace: ns.to_string(),
@@ -253,36 +460,36 @@ async fn container_logs(
         since_seconds: q.since_seconds,
         limit_bytes: q.limit_bytes,
     };
-    let mut stream = match ctx.mqtt.logs(&node, request).await {
-        Ok(s) => s,
-        Err(e) => return text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
-    };
+    let mut stream = ctx
+        .mqtt
+        .logs(node, request)
+        .await
+        .map_err(|e| ApiError::Link(e.to_string()))?;
     let first = match tokio::time::timeout(FIRST_CHUNK_TIMEOUT, stream.recv()).await {
         Ok(Some(c)) => c,
-        Ok(None) => return text(StatusCode::SERVICE_UNAVAILABLE, "the log stream ended\n"),
+        Ok(None) => return Err(ApiError::StreamEnded(node.to_string())),
         Err(_) => {
-            return text(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "node {node} did not answer within {FIRST_CHUNK_TIMEOUT:?} (is it online?)\n"
-                ),
-            );
+            return Err(ApiError::NoAnswer {
+                node: node.to_string(),
+                secs: FIRST_CHUNK_TIMEOUT.as_secs(),
+            });
         }
     };
     if let Some(e) = &first.error
         && first.data.is_empty()
     {
-        let status = if e.contains("not found") || e.contains("unknown") {
-            StatusCode::NOT_FOUND
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        return text(status, format!("{e}\n"));
+        return Err(ApiError::Device(e.clone()));
     }
     let done = first.eof || first.error.is_some();
-    let head = Bytes::from(first.data);
+    let mut head = first.data;
+    if let Some(e) = first.error {
+        head.extend_from_slice(format!("\n{e}\n").as_bytes());
+    }
+    // The body takes the next chunk only when hyper has written the last
+    // one: a slow reader leaves the chunks queued in the log route
+    // (mqtt_link::LogRoutes), which bounds them.
     let body = futures_util::stream::unfold(
-        (Some(head), stream, done),
+        (Some(Bytes::from(head)), stream, done),
         |(head, mut stream, done)| async move {
             if let Some(h) = head {
                 return Some((Ok::<_, Infallible>(Frame::data(h)), (None, stream, done)));
@@ -299,11 +506,11 @@ async fn container_logs(
             Some((Ok(Frame::data(Bytes::from(data))), (None, stream, end)))
         },
     );
-    Response::builder()
+    Ok(Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "text/plain")
         .body(BodyExt::boxed(StreamBody::new(body)))
-        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response")))
 }
 
 /// Binds the kubelet API listener.
@@ -334,5 +541,83 @@ mod tests {
         assert_eq!(parse_log_query("").expect("empty"), LogQuery::default());
         assert!(parse_log_query("tailLines=x").is_err());
         assert!(parse_log_query("tailLines=-1").is_err());
+    }
+
+    #[test]
+    fn every_error_has_its_status_code() {
+        let cases = [
+            (ApiError::Unauthorized, 401),
+            (ApiError::Forbidden("Forbidden (…)".into()), 403),
+            (
+                ApiError::Authorization {
+                    user: "a".into(),
+                    verb: "get",
+                    message: "x".into(),
+                },
+                500,
+            ),
+            (ApiError::MethodNotAllowed, 405),
+            (ApiError::NoSuchPath, 404),
+            (
+                ApiError::PodNotFound {
+                    namespace: "default".into(),
+                    pod: "p".into(),
+                },
+                404,
+            ),
+            (
+                ApiError::ContainerNotFound {
+                    pod: "p".into(),
+                    container: "c".into(),
+                },
+                404,
+            ),
+            (ApiError::BadQuery("invalid tailLines".into()), 400),
+            // `kubectl logs --previous` without a previous run: 400, as the kubelet.
+            (
+                ApiError::Device(
+                    "previous terminated container \"main\" in pod \"p\" not found".into(),
+                ),
+                400,
+            ),
+            (ApiError::Link("broker".into()), 503),
+            (ApiError::StreamEnded("n".into()), 503),
+            (
+                ApiError::NoAnswer {
+                    node: "n".into(),
+                    secs: 15,
+                },
+                504,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.status().as_u16(), code, "{e:?}");
+            assert_eq!(e.response().status().as_u16(), code);
+        }
+        assert_eq!(
+            ApiError::ContainerNotFound {
+                pod: "p".into(),
+                container: "c".into()
+            }
+            .to_string(),
+            "container \"c\" not found in pod \"p\""
+        );
+    }
+
+    #[test]
+    fn container_log_paths_have_three_non_empty_parts() {
+        assert_eq!(
+            container_logs_path("/containerLogs/default/web/main"),
+            Some(("default", "web", "main"))
+        );
+        for p in [
+            "/containerLogs/default/web",
+            "/containerLogs/default/web/main/x",
+            "/containerLogs//web/main",
+            "/containerLogs/default/web/",
+            "/healthz",
+        ] {
+            assert_eq!(container_logs_path(p), None, "{p}");
+        }
     }
 }

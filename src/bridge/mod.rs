@@ -9,13 +9,15 @@
 pub mod event_series;
 pub mod fleets;
 pub mod kubelet;
+pub mod kubelet_auth;
 pub mod mqtt_link;
+pub mod refs;
 pub mod render;
 pub mod shard;
 pub mod state;
 pub mod writer;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,21 +26,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::mpsc;
 use tracing::{info, info_span, warn};
 
 use crate::config::Config;
-use crate::model::convert::Resolver;
 use crate::model::now_ms;
 use crate::wire::{self, Topics};
 use fleets::crd::FleetDeploymentResource;
 use fleets::{FleetEvent, Fleets};
-use state::{Action, Bridge, BridgeEvent, ObjRef, RefKind, Settings};
+use state::{Action, Bridge, BridgeEvent, ObjRef, Settings};
 
 /// `kedge bridge` arguments (broker and topic prefix come from the configuration).
 #[derive(clap::Args, Debug, Clone)]
@@ -64,6 +65,24 @@ pub struct BridgeArgs {
     /// CA that signs the apiserver's kubelet client certificate.
     #[arg(long, value_name = "FILE")]
     pub client_ca_file: PathBuf,
+    /// How long an allowed SubjectAccessReview answer of the kubelet API is
+    /// cached (the kubelet's flag and default).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub authorization_webhook_cache_authorized_ttl: Duration,
+    /// How long a denied SubjectAccessReview answer is cached.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub authorization_webhook_cache_unauthorized_ttl: Duration,
+    /// A kubelet API client must finish its TLS handshake within this.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub kubelet_tls_handshake_timeout: Duration,
+    /// A kubelet API request's headers must arrive within this (HTTP/1;
+    /// also the idle limit between requests of a kept-alive connection).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub kubelet_header_read_timeout: Duration,
+    /// Kubelet API connections served at once; further ones wait in the
+    /// listen backlog until one closes.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub kubelet_max_connections: usize,
     /// Only these devices become nodes (comma-separated; default: every device).
     #[arg(long, value_delimiter = ',', value_name = "NODES")]
     pub allow_nodes: Vec<String>,
@@ -72,11 +91,13 @@ pub struct BridgeArgs {
     /// Node, no Lease, no API writes of their own (default: every device).
     #[arg(long, value_name = "SELECTOR")]
     pub node_selector: Option<String>,
-    /// A fleet virtual node (repeatable): Node `kedge-fleet-NAME`, to which
-    /// a pod (a Deployment's template) is bound to become a fleet
-    /// deployment over the devices its `kedge.io/selector` annotation
-    /// selects (the seed path).
-    #[arg(long = "fleet-node", value_name = "NAME")]
+    /// A fleet virtual node (repeatable, at most 16): Node
+    /// `kedge-fleet-NAME`, standing for the devices whose labels match
+    /// SELECTOR (none: every device), with their capacity summed. A pod (a
+    /// Deployment's template) bound to it becomes a fleet deployment over
+    /// the devices that match both SELECTOR and its `kedge.io/selector`
+    /// annotation (required when the node has no SELECTOR): the seed path.
+    #[arg(long = "fleet-node", value_name = "NAME[:SELECTOR]")]
     pub fleet_nodes: Vec<String>,
     /// Maximum Kubernetes API write requests per second.
     #[arg(long, default_value_t = 50.0)]
@@ -97,43 +118,15 @@ pub struct BridgeArgs {
     /// Namespace of the shard and replica Leases.
     #[arg(long, default_value = "kedge-system")]
     pub shard_namespace: String,
+    /// How often the ConfigMaps and Secrets the pods refer to are read
+    /// again (they are read by name, never watched): an update reaches the
+    /// devices within this.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub ref_refresh_interval: Duration,
     /// Read pod reports and events through an MQTT shared subscription
     /// (`$share/kedge-bridge/…`): each report reaches one replica, which writes it.
     #[arg(long)]
     pub shared_status: bool,
-}
-
-/// Resolves ConfigMaps and Secrets from the reflector stores.
-struct StoreResolver {
-    config_maps: Store<ConfigMap>,
-    secrets: Store<Secret>,
-}
-
-impl Resolver for StoreResolver {
-    fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-        let cm = self
-            .config_maps
-            .get(&ObjectRef::new(name).within(namespace))?;
-        let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for (k, v) in cm.data.clone().unwrap_or_default() {
-            out.insert(k, v.into_bytes());
-        }
-        for (k, v) in cm.binary_data.clone().unwrap_or_default() {
-            out.insert(k, v.0);
-        }
-        Some(out)
-    }
-    fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-        let s = self.secrets.get(&ObjectRef::new(name).within(namespace))?;
-        let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for (k, v) in s.data.clone().unwrap_or_default() {
-            out.insert(k, v.0);
-        }
-        for (k, v) in s.string_data.clone().unwrap_or_default() {
-            out.insert(k, v.into_bytes());
-        }
-        Some(out)
-    }
 }
 
 async fn kube_client(args: &BridgeArgs) -> anyhow::Result<Client> {
@@ -194,46 +187,6 @@ async fn pump_pods(
             },
         };
         if tx.send(out).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Forwards ConfigMap or Secret changes into the main loop.
-async fn pump_refs<K>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    kind: RefKind,
-    tx: mpsc::Sender<BridgeEvent>,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let mut stream =
-        reflector::reflector(writer, watcher::watcher(api, watcher::Config::default())).boxed();
-    while let Some(ev) = stream.next().await {
-        let obj = match ev {
-            Ok(
-                watcher::Event::Apply(o) | watcher::Event::Delete(o) | watcher::Event::InitApply(o),
-            ) => o,
-            Ok(_) => continue,
-            Err(e) => {
-                warn!(error = %e, "watch error; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let r = ObjRef {
-            kind,
-            namespace: obj.meta().namespace.clone().unwrap_or_default(),
-            name: obj.meta().name.clone().unwrap_or_default(),
-        };
-        if tx.send(BridgeEvent::ObjectChanged(r)).await.is_err() {
             return;
         }
     }
@@ -355,15 +308,17 @@ pub async fn run(
     if !args.allow_nodes.is_empty() {
         settings.admit.allow = Some(args.allow_nodes.iter().cloned().collect());
     }
-    for name in &args.fleet_nodes {
-        let node = fleets::seed::node_name(name);
-        crate::model::validate::label("--fleet-node", "fleet node name", name)
-            .map_err(|e| anyhow::anyhow!("invalid --fleet-node {name:?}: {e}"))?;
+    let fleet_nodes = fleets::nodes::FleetNode::parse_all(&args.fleet_nodes)?;
+    for n in &fleet_nodes {
+        let node = fleets::seed::node_name(&n.name);
         if !wire::valid_topic_level(&node) {
-            anyhow::bail!("invalid --fleet-node {name:?}: {node:?} is not a valid node name");
+            anyhow::bail!(
+                "invalid --fleet-node {:?}: {node:?} is not a valid node name",
+                n.name
+            );
         }
     }
-    settings.fleet_nodes = args.fleet_nodes.clone();
+    settings.fleet_nodes = fleet_nodes.clone();
     settings.heartbeat_timeout_ms = args.heartbeat_timeout_ms;
     settings.shared_status = args.shared_status;
     if args.shards > 0 {
@@ -399,18 +354,17 @@ pub async fn run(
     let writer = writer::Writer::start(client.clone(), args.api_qps, args.api_concurrency);
 
     let (pods, pods_w) = reflector::store::<Pod>();
-    let (cms, cms_w) = reflector::store::<ConfigMap>();
-    let (secrets, secrets_w) = reflector::store::<Secret>();
-    tokio::spawn(pump_refs(
-        Api::<ConfigMap>::all(client.clone()),
-        cms_w,
-        RefKind::ConfigMap,
-        tx.clone(),
-    ));
-    tokio::spawn(pump_refs(
-        Api::<Secret>::all(client.clone()),
-        secrets_w,
-        RefKind::Secret,
+    // ConfigMaps and Secrets: only those referenced, read by name (refs.rs).
+    let ref_table = Arc::new(std::sync::Mutex::new(refs::RefTable::default()));
+    let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
+    if args.ref_refresh_interval.is_zero() {
+        anyhow::bail!("invalid --ref-refresh-interval 0s: must be positive");
+    }
+    tokio::spawn(refs::run(
+        client.clone(),
+        ref_table.clone(),
+        fetch_rx,
+        args.ref_refresh_interval,
         tx.clone(),
     ));
     tokio::spawn(pump_pods(
@@ -432,20 +386,38 @@ pub async fn run(
         mqtt: mqtt.clone(),
         stats: writer.stats(),
         fleet_metrics: fleet_metrics.clone(),
+        authorizer: kubelet_auth::Authorizer::new(
+            client.clone(),
+            args.authorization_webhook_cache_authorized_ttl,
+            args.authorization_webhook_cache_unauthorized_ttl,
+        ),
+        log_stats: mqtt.log_stats(),
     });
-    tokio::spawn(kubelet::serve(listener, Arc::new(tls), ctx));
+    if args.kubelet_max_connections == 0 {
+        anyhow::bail!("invalid --kubelet-max-connections 0: must be at least 1");
+    }
+    tokio::spawn(kubelet::serve(
+        listener,
+        Arc::new(tls),
+        ctx,
+        kubelet::ServeLimits {
+            handshake_timeout: args.kubelet_tls_handshake_timeout,
+            header_read_timeout: args.kubelet_header_read_timeout,
+            max_connections: args.kubelet_max_connections,
+        },
+    ));
     info!(
         kubelet = %args.kubelet_listen,
         advertise = %args.advertise_address,
         "kedge bridge started"
     );
 
-    let resolver = StoreResolver {
-        config_maps: cms,
-        secrets,
+    let resolver = refs::TableResolver {
+        table: ref_table.clone(),
+        fetch: fetch_tx,
     };
-    let mut fleets = Fleets::new(settings.topics.clone(), args.shards > 0)
-        .with_fleet_nodes(args.fleet_nodes.clone());
+    let mut fleets =
+        Fleets::new(settings.topics.clone(), args.shards > 0).with_fleet_nodes(fleet_nodes);
     let mut bridge = Bridge::new(settings);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -466,15 +438,20 @@ pub async fn run(
         }
         let now = now_ms();
         let mut actions = fleets.handle(&ev, now, &resolver);
-        if matches!(ev, BridgeEvent::Tick)
-            && let Ok(mut m) = fleet_metrics.lock()
-        {
+        let tick = matches!(ev, BridgeEvent::Tick);
+        if tick && let Ok(mut m) = fleet_metrics.lock() {
             *m = fleets::render_metrics(&fleets.gauges());
         }
         actions.extend(bridge.handle(ev, now, &resolver));
+        if tick && let Ok(mut t) = ref_table.lock() {
+            let referenced: BTreeSet<&ObjRef> =
+                bridge.referenced().chain(fleets.referenced()).collect();
+            t.retain(&referenced);
+        }
         for action in actions {
             match action {
                 Action::Publish { topic, payload } => mqtt.publish_retained(topic, payload).await,
+                Action::ClearRetained { topic } => mqtt.clear_signed_tombstone(topic).await,
                 other => writer.push(other),
             }
         }

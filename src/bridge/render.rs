@@ -574,7 +574,7 @@ mod tests {
             address: "10.0.0.9".into(),
             port: 10250,
         };
-        let v = node_status(&device(), &ep, "v0.1.0-kedge");
+        let v = node_status(&device(), &ep, &super::super::state::kubelet_version());
         let s = &v["status"];
         assert_eq!(s["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
         assert_eq!(s["addresses"][0]["address"], "10.0.0.9");
@@ -584,7 +584,27 @@ mod tests {
         assert_eq!(s["allocatable"]["cpu"], "3500m");
         assert_eq!(s["capacity"]["memory"], "1073741824");
         assert_eq!(s["nodeInfo"]["architecture"], "arm64");
-        assert_eq!(s["nodeInfo"]["kubeletVersion"], "v0.1.0-kedge");
+        // A version Kubernetes' own parser takes: vMAJOR.MINOR.PATCH, then
+        // a pre-release of dot-separated identifiers.
+        let version = s["nodeInfo"]["kubeletVersion"].as_str().expect("a string");
+        let (core, pre) = version
+            .strip_prefix('v')
+            .and_then(|v| v.split_once('-'))
+            .expect("v<core>-<pre-release>");
+        assert_eq!(
+            core.split('.').filter(|n| n.parse::<u32>().is_ok()).count(),
+            3,
+            "{version}"
+        );
+        assert!(pre.starts_with("kedge."), "{version}");
+        assert!(
+            pre.split('.').all(|id| !id.is_empty()
+                && id.chars().all(|c| c.is_ascii_alphanumeric())
+                && !(id.len() > 1
+                    && id.starts_with('0')
+                    && id.chars().all(|c| c.is_ascii_digit()))),
+            "{version}"
+        );
         assert_eq!(s["conditions"][0]["type"], "Ready");
         assert_eq!(s["conditions"][0]["status"], "True");
         // No Connected condition here: that one has its own field manager.

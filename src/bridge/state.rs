@@ -22,6 +22,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
+use super::fleets::nodes::{FleetNode, FleetNodes};
 use super::render::{self, KubeletEndpoint};
 use crate::model::convert::{Resolver, pod_spec_from_k8s_with};
 use crate::model::selector::Selector;
@@ -143,6 +144,11 @@ pub enum PodStatusOwner {
 pub enum Action {
     /// Publish retained at QoS 1 (an empty payload is a tombstone).
     Publish { topic: String, payload: Vec<u8> },
+    /// The device reported the pod on this desired topic gone: a signing
+    /// bridge clears the signed tombstone it left there (an empty retained
+    /// publish, which a signing agent running no such pod ignores), so
+    /// tombstones do not pile up on the broker; without signing, nothing.
+    ClearRetained { topic: String },
     /// Create the Node (labels, taint) if absent.
     EnsureNode {
         name: String,
@@ -233,24 +239,24 @@ pub struct Settings {
     /// get any device's report: write it for every known pod, not only for
     /// the devices of this replica's shards.
     pub shared_status: bool,
-    /// `--fleet-node` names: the bridge registers Node `kedge-fleet-NAME`
-    /// for each, and leaves the pods bound to them to `bridge::fleets`
-    /// (the seed path).
-    pub fleet_nodes: Vec<String>,
+    /// `--fleet-node`s: the bridge registers Node `kedge-fleet-NAME`
+    /// for each, with the capacity of the devices it stands for, and leaves
+    /// the pods bound to them to `bridge::fleets` (the seed path).
+    pub fleet_nodes: Vec<FleetNode>,
 }
 
 impl Settings {
     /// Whether `node` is the Node of a fleet node.
     pub fn is_fleet_node(&self, node: &str) -> bool {
         node.strip_prefix(super::fleets::seed::NODE_PREFIX)
-            .is_some_and(|n| self.fleet_nodes.iter().any(|f| f == n))
+            .is_some_and(|n| self.fleet_nodes.iter().any(|f| f.name == n))
     }
 
     pub fn new(topics: Topics, endpoint: KubeletEndpoint) -> Settings {
         Settings {
             topics,
             endpoint,
-            kubelet_version: format!("v{}-kedge", env!("CARGO_PKG_VERSION")),
+            kubelet_version: kubelet_version(),
             admit: Admit::default(),
             lease_renew_ms: 10_000,
             status_refresh_ms: 60_000,
@@ -317,13 +323,28 @@ pub struct Bridge {
     /// The cloud labels retained for each device (as read from the broker,
     /// or as last published).
     cloud_labels: HashMap<String, BTreeMap<String, String>>,
+    /// The devices each fleet node stands for and their summed capacity,
+    /// fed with every device's node status (Node or not, any shard).
+    fleet_nodes: FleetNodes,
 }
 
-/// A [`Resolver`] that records every reference looked up, and which were missing.
+/// A [`Resolver`] that records every reference looked up, which were
+/// missing, and whether any answer is still being fetched.
 pub(super) struct Recording<'a> {
     inner: &'a dyn Resolver,
     refs: RefCell<BTreeSet<ObjRef>>,
     missing: RefCell<Vec<ObjRef>>,
+    pending: RefCell<bool>,
+}
+
+/// What a [`Recording`] saw.
+pub(super) struct Recorded {
+    pub refs: BTreeSet<ObjRef>,
+    /// A reference was looked up and does not exist.
+    pub missing: bool,
+    /// A reference's answer is not known yet (being fetched): decide
+    /// nothing until it is ([`BridgeEvent::ObjectChanged`] follows).
+    pub pending: bool,
 }
 
 impl<'a> Recording<'a> {
@@ -332,13 +353,16 @@ impl<'a> Recording<'a> {
             inner,
             refs: RefCell::new(BTreeSet::new()),
             missing: RefCell::new(Vec::new()),
+            pending: RefCell::new(false),
         }
     }
 
-    /// The references looked up, and whether any was missing.
-    pub(super) fn finish(self) -> (BTreeSet<ObjRef>, bool) {
-        let missing = !self.missing.borrow().is_empty();
-        (self.refs.into_inner(), missing)
+    pub(super) fn finish(self) -> Recorded {
+        Recorded {
+            missing: !self.missing.borrow().is_empty(),
+            pending: self.pending.into_inner(),
+            refs: self.refs.into_inner(),
+        }
     }
 
     fn record(
@@ -354,7 +378,11 @@ impl<'a> Recording<'a> {
             name: name.to_string(),
         };
         if found.is_none() {
-            self.missing.borrow_mut().push(r.clone());
+            if self.inner.pending(kind == RefKind::Secret, ns, name) {
+                *self.pending.borrow_mut() = true;
+            } else {
+                self.missing.borrow_mut().push(r.clone());
+            }
         }
         self.refs.borrow_mut().insert(r);
         found
@@ -369,6 +397,9 @@ impl Resolver for Recording<'_> {
     fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
         let found = self.inner.secret(namespace, name);
         self.record(RefKind::Secret, namespace, name, found)
+    }
+    fn pending(&self, secret: bool, namespace: &str, name: &str) -> bool {
+        self.inner.pending(secret, namespace, name)
     }
 }
 
@@ -420,6 +451,7 @@ fn significant(s: &NodeStatus) -> NodeStatus {
 impl Bridge {
     pub fn new(settings: Settings) -> Bridge {
         Bridge {
+            fleet_nodes: FleetNodes::new(settings.fleet_nodes.clone()),
             settings,
             devices: HashMap::new(),
             pods: HashMap::new(),
@@ -554,8 +586,15 @@ impl Bridge {
             BridgeEvent::Tick => {
                 // Fleet nodes are alive while the bridge runs: each tick is
                 // their heartbeat.
-                for name in self.settings.fleet_nodes.clone() {
-                    let status = super::fleets::seed::node_status(&name, now_ms);
+                let names: Vec<String> = self
+                    .settings
+                    .fleet_nodes
+                    .iter()
+                    .map(|n| n.name.clone())
+                    .collect();
+                for name in names {
+                    let devices = self.fleet_nodes.summary(&name).unwrap_or_default();
+                    let status = super::fleets::seed::node_status(&name, &devices, now_ms);
                     self.on_node(status.name.clone(), status, now_ms, resolver, &mut out);
                 }
                 self.on_tick(now_ms, &mut out)
@@ -625,7 +664,15 @@ impl Bridge {
         resolver: &dyn Resolver,
         out: &mut Vec<Action>,
     ) {
-        if !self.settings.admit.admits(&node) || !wire::valid_topic_level(&node) {
+        if !wire::valid_topic_level(&node) {
+            return;
+        }
+        if !self.settings.is_fleet_node(&node) {
+            // Every device counts for the fleet nodes whose selector it
+            // matches, whether it is a Node (of this replica) or not.
+            self.fleet_nodes.on_node_status(&node, &status);
+        }
+        if !self.settings.admit.admits(&node) {
             return;
         }
         // Presence alone (a last will) says nothing about the labels.
@@ -1229,6 +1276,9 @@ impl Bridge {
                     pod: key.clone(),
                     uid: e.uid.clone(),
                 });
+                out.push(Action::ClearRetained {
+                    topic: self.settings.topics.desired(&e.node, key),
+                });
             }
             return;
         }
@@ -1237,23 +1287,24 @@ impl Bridge {
             // Never start a finished pod again.
             return;
         }
-        let rec = Recording {
-            inner: resolver,
-            refs: RefCell::new(BTreeSet::new()),
-            missing: RefCell::new(Vec::new()),
-        };
+        let rec = Recording::new(resolver);
         let result = pod_spec_from_k8s_with(&e.pod, &rec);
-        e.refs = rec.refs.into_inner();
+        let recorded = rec.finish();
+        e.refs = recorded.refs;
+        if recorded.pending {
+            // Decided when the ConfigMap or Secret has been read.
+            return;
+        }
         match result {
             Err(err) => {
                 let message = err.to_string();
                 if e.refusal.as_deref() == Some(message.as_str()) {
                     return;
                 }
-                let reason = if rec.missing.borrow().is_empty() {
-                    "UnsupportedField"
-                } else {
+                let reason = if recorded.missing {
                     "CreateContainerConfigError"
+                } else {
+                    "UnsupportedField"
                 };
                 e.refusal = Some(message.clone());
                 e.accepted_sent = false;
@@ -1322,6 +1373,11 @@ impl Bridge {
         }
     }
 
+    /// Every ConfigMap and Secret the pods refer to (as last looked up).
+    pub fn referenced(&self) -> impl Iterator<Item = &ObjRef> {
+        self.pods.values().flat_map(|e| e.refs.iter())
+    }
+
     /// The node a pod is bound to, if it is one of this bridge's devices.
     pub fn node_of(&self, key: &PodKey) -> Option<&str> {
         self.pods
@@ -1333,6 +1389,17 @@ impl Bridge {
 
 #[cfg(test)]
 mod tests;
+
+/// The Kubernetes API level the bridge is built against (k8s-openapi's
+/// `v1_33` feature, Cargo.toml): the minor version its Nodes claim.
+pub const KUBE_API_LEVEL: &str = "1.33.0";
+
+/// The Nodes' `kubeletVersion`: a Kubernetes version string that tools
+/// parse (`v1.33.0-kedge.0.1.0`: semver, kedge's version as the
+/// pre-release), as Virtual Kubelet providers write theirs.
+pub fn kubelet_version() -> String {
+    format!("v{KUBE_API_LEVEL}-kedge.{}", env!("CARGO_PKG_VERSION"))
+}
 
 /// `spec.containers{NAME}`, or `spec.initContainers{NAME}` for an init
 /// container of `spec` (the kubelet's `fieldPath` of a container's events).

@@ -182,7 +182,7 @@ impl Writer {
     /// Queues the API part of an action (`Publish` is not for the writer).
     pub fn push(&self, action: Action) {
         let (key, work) = match action {
-            Action::Publish { .. } => return,
+            Action::Publish { .. } | Action::ClearRetained { .. } => return,
             Action::EnsureNode { name, labels } => (
                 Key::Node(name),
                 Work::Node(NodeWork {

@@ -27,10 +27,13 @@ pub struct Client {
     /// Publishes that arrived while `publish_acked` waited for its ack,
     /// handed out by `next_message` first (a watch loses none).
     pending: VecDeque<(String, Vec<u8>)>,
+    /// Signs what devices act on (`trust.signing_key_file`).
+    signer: Option<crate::trust::Signer>,
 }
 
 impl Client {
     pub async fn connect(config: &Config) -> anyhow::Result<Client> {
+        let signer = config.signer()?;
         let id = format!("kedge-cli-{}", uuid::Uuid::new_v4().simple());
         let (url, opts) = crate::mqtt::clean_session_options(config, &id)?;
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
@@ -57,6 +60,7 @@ impl Client {
             id,
             url,
             pending: VecDeque::new(),
+            signer,
         })
     }
 
@@ -68,7 +72,7 @@ impl Client {
         loop {
             match self.eventloop.poll().await {
                 Ok(Event::Incoming(Incoming::Publish(p))) => {
-                    return Ok((p.topic.clone(), p.payload.to_vec()));
+                    return Ok((p.topic.clone(), unsigned_tombstone(&p.payload)));
                 }
                 Ok(_) => {}
                 Err(e) => bail!("lost the connection to broker {}: {e}", self.url),
@@ -146,12 +150,16 @@ impl Client {
     }
 
     /// Publishes at QoS 1 and returns once the broker acknowledged it.
+    /// With a signing key, what devices act on is signed (an empty payload
+    /// there becomes a signed tombstone): `trust::signed_topic`.
     pub async fn publish_acked(
         &mut self,
         topic: &str,
         payload: Vec<u8>,
         retain: bool,
     ) -> anyhow::Result<()> {
+        let topics = crate::wire::Topics::new(&self.prefix);
+        let payload = crate::trust::seal(self.signer.as_ref(), &topics, topic, payload);
         self.client
             .publish(topic, QoS::AtLeastOnce, retain, payload)
             .await?;
@@ -161,7 +169,7 @@ impl Client {
                     Ok(Event::Incoming(Incoming::PubAck(_))) => return Ok(()),
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
                         self.pending
-                            .push_back((p.topic.clone(), p.payload.to_vec()));
+                            .push_back((p.topic.clone(), unsigned_tombstone(&p.payload)));
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -179,11 +187,26 @@ impl Client {
         })?
     }
 
+    /// Whether this client signs what it publishes.
+    pub fn signs(&self) -> bool {
+        self.signer.is_some()
+    }
+
     pub async fn disconnect(mut self) {
         let _ = self.client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_millis(500), async {
             while self.eventloop.poll().await.is_ok() {}
         })
         .await;
+    }
+}
+
+/// A received payload, with a signed tombstone read as the empty payload
+/// it stands for: readers of retained state see one kind of tombstone.
+fn unsigned_tombstone(payload: &[u8]) -> Vec<u8> {
+    if crate::wire::is_tombstone(payload) {
+        Vec::new()
+    } else {
+        payload.to_vec()
     }
 }

@@ -14,7 +14,7 @@ use clap::{Args, Subcommand};
 use crate::config::Config;
 use crate::fleet::driver::{Driver, Outcome};
 use crate::fleet::manage::{self, format_batches, format_duration_secs};
-use crate::fleet::tally::Counts;
+use crate::fleet::tally::{Counts, RevisionCounts, Tally};
 use crate::model::{
     FleetDeployment, FleetReport, Limit, NodeStatus, PodKey, RolloutPolicy, now_ms,
 };
@@ -873,6 +873,7 @@ pub fn describe_text(view: &FleetView, now: u64) -> String {
     ] {
         out.push_str(&format!("  {:<16}{v}\n", format!("{k}:")));
     }
+    out.push_str(&revisions_table(view.driver.tally()));
     let failures: Vec<(&str, &str)> = view.driver.tally().failures(10).collect();
     if !failures.is_empty() {
         out.push_str("Failing Devices:\n");
@@ -886,6 +887,42 @@ pub fn describe_text(view: &FleetView, now: u64) -> String {
                 c.failed as usize - failures.len()
             ));
         }
+    }
+    out
+}
+
+/// The `Revisions:` table of `kedge describe fleet` (as kubectl describe
+/// prints its tables): the devices per revision they run, newest first,
+/// the older revisions in one line; nothing when no device runs one.
+fn revisions_table(tally: &Tally) -> String {
+    let b = tally.by_revision();
+    let mut rows: Vec<Vec<String>> = vec![
+        [
+            "Revision", "Devices", "Running", "Ready", "Failed", "Offline",
+        ]
+        .map(String::from)
+        .to_vec(),
+        [
+            "--------", "-------", "-------", "-----", "------", "-------",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    let line = |name: String, c: &RevisionCounts| {
+        let mut row = vec![name];
+        row.extend([c.devices, c.running, c.ready, c.failed, c.offline].map(|n| n.to_string()));
+        row
+    };
+    rows.extend(b.revisions().map(|(r, c)| line(r.to_string(), c)));
+    rows.extend(b.older().map(|(below, c)| line(format!("< {below}"), c)));
+    if rows.len() == 2 {
+        return String::new();
+    }
+    let mut out = String::from("Revisions:\n");
+    for l in super::table(&rows).lines() {
+        out.push_str("  ");
+        out.push_str(l);
+        out.push('\n');
     }
     out
 }
@@ -1158,6 +1195,16 @@ mod tests {
         for want in wants {
             assert!(text.contains(&want), "{want:?} not in\n{text}");
         }
+        // The devices per revision, as kubectl describe prints a table.
+        assert!(
+            text.contains(concat!(
+                "Revisions:\n",
+                "  Revision   Devices   Running   Ready   Failed   Offline\n",
+                "  --------   -------   -------   -----   ------   -------\n",
+                "  1          1         1         1       1        0\n",
+            )),
+            "{text}"
+        );
         let mut view = sample();
         let mut f = view.fleet().clone();
         f.rollout.state.phase = RolloutPhase::Complete;

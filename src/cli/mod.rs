@@ -47,6 +47,10 @@ pub struct GlobalArgs {
     /// Set any configuration key, e.g. --set backoff.initial_ms=100.
     #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Sign what is published for devices with this Ed25519 key
+    /// (trust.signing_key_file; `kedge keys generate`).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub signing_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -154,6 +158,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Make and show the Ed25519 keys that sign desired state (docs/keys.md).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Precompile Wasm modules for devices.
     #[cfg(feature = "wasm-compiler")]
     Wasm {
@@ -225,6 +234,19 @@ pub enum WireCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Write a new private key (PKCS#8 PEM, mode 0600) and print its public
+    /// key as an agent's trust.keys takes it.
+    Generate {
+        /// Where to write the private key (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the public key of a private key file.
+    Public { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Every configuration key with its environment variable and default.
     Keys,
@@ -274,6 +296,9 @@ pub fn load_config(
     let mut overrides: Vec<(String, String)> = Vec::new();
     if let Some(b) = &global.broker {
         overrides.push(("broker.url".into(), b.clone()));
+    }
+    if let Some(k) = &global.signing_key {
+        overrides.push(("trust.signing_key_file".into(), k.display().to_string()));
     }
     for (k, v) in extra {
         if let Some(v) = v {
@@ -572,6 +597,36 @@ pub async fn delete(
     }
     writeln!(std::io::stdout(), "pod \"{name}\" deleted")?;
     client.disconnect().await;
+    Ok(())
+}
+
+/// `kedge keys generate --out FILE`: a new key, readable only by its owner.
+pub fn keys_generate(out: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let der = crate::trust::generate()?;
+    let signer = crate::trust::Signer::from_pkcs8(&der).map_err(anyhow::Error::msg)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    file.write_all(crate::trust::to_pem(&der).as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "wrote the private key to {} (key id {}); give agents this line in trust.keys:",
+        out.display(),
+        hex::encode(signer.key_id())
+    );
+    writeln!(std::io::stdout(), "{}", signer.public_key_base64())?;
+    Ok(())
+}
+
+/// `kedge keys public FILE`.
+pub fn keys_public(file: &std::path::Path) -> anyhow::Result<()> {
+    let signer = crate::trust::Signer::load(file)?;
+    writeln!(std::io::stdout(), "{}", signer.public_key_base64())?;
     Ok(())
 }
 

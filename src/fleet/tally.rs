@@ -4,7 +4,9 @@
 //!
 //! A device costs one entry: its name and 40 bytes (figures in
 //! ARCHITECTURE.md, "Fleets"); the reasons of at most
-//! [`MAX_FAILURES_KEPT`] failing devices are kept besides.
+//! [`MAX_FAILURES_KEPT`] failing devices are kept besides, and the counts
+//! per revision ([`ByRevision`]: at most [`MAX_REVISIONS_KEPT`] revisions
+//! and one line for the older ones, whatever the number of devices).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -49,12 +51,124 @@ pub struct Counts {
     pub offline: u32,
 }
 
+/// Revisions counted one by one; devices on older revisions are counted
+/// together (one line), so the breakdown stays small whatever the history.
+pub const MAX_REVISIONS_KEPT: usize = 16;
+
+/// Devices of one revision (or of the older revisions together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RevisionCounts {
+    /// Devices that run it (whatever its state).
+    pub devices: u32,
+    /// Run it and it is Running, Ready or Succeeded.
+    pub running: u32,
+    pub ready: u32,
+    /// Devices asked to run it that failed (keyed by the revision asked
+    /// for, which a failed device may not run: it keeps the one before).
+    pub failed: u32,
+    /// Devices that run it and are offline.
+    pub offline: u32,
+}
+
+impl RevisionCounts {
+    fn is_zero(&self) -> bool {
+        *self == RevisionCounts::default()
+    }
+}
+
+/// Counts per revision, moved as reports arrive like [`Counts`]: the
+/// newest [`MAX_REVISIONS_KEPT`] revisions any device runs or failed, one
+/// line each (no line with all counts zero); every revision below
+/// `older_below` in one line. `older_below` only grows: a revision, once
+/// folded, stays folded, so a device's contribution is always taken from
+/// the line it was added to. Devices that run no revision (waiting, or
+/// their first revision failed) are in no line but the one they failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ByRevision {
+    kept: BTreeMap<u64, RevisionCounts>,
+    older: RevisionCounts,
+    older_below: u64,
+}
+
+impl ByRevision {
+    /// The revisions counted one by one, newest first.
+    pub fn revisions(&self) -> impl Iterator<Item = (u64, &RevisionCounts)> {
+        self.kept.iter().rev().map(|(r, c)| (*r, c))
+    }
+
+    /// The devices on revisions below the returned one, counted together
+    /// (`None`: there are none).
+    pub fn older(&self) -> Option<(u64, &RevisionCounts)> {
+        (!self.older.is_zero()).then_some((self.older_below, &self.older))
+    }
+
+    fn line(&mut self, revision: u64) -> &mut RevisionCounts {
+        if revision < self.older_below {
+            return &mut self.older;
+        }
+        if !self.kept.contains_key(&revision) && self.kept.len() >= MAX_REVISIONS_KEPT {
+            // Fold the oldest line kept (or this revision, if older still).
+            let oldest = self.kept.keys().next().copied().unwrap_or(revision);
+            if revision < oldest {
+                self.older_below = revision + 1;
+                return &mut self.older;
+            }
+            if let Some(c) = self.kept.remove(&oldest) {
+                self.older = sum(self.older, c, 1);
+            }
+            self.older_below = oldest + 1;
+        }
+        self.kept.entry(revision).or_default()
+    }
+
+    fn bump(&mut self, revision: u64, sign: i64, f: impl Fn(&mut RevisionCounts) -> &mut u32) {
+        if revision == 0 {
+            return;
+        }
+        let line = self.line(revision);
+        let v = f(line);
+        *v = (i64::from(*v) + sign).max(0) as u32;
+        if line.is_zero() && revision >= self.older_below {
+            self.kept.remove(&revision);
+        }
+    }
+
+    fn add(&mut self, e: &Entry, sign: i64) {
+        let up = is_up(e.state);
+        self.bump(e.running, sign, |c| &mut c.devices);
+        if up {
+            self.bump(e.running, sign, |c| &mut c.running);
+        }
+        if e.state == FleetPodState::Ready {
+            self.bump(e.running, sign, |c| &mut c.ready);
+        }
+        if !e.online {
+            self.bump(e.running, sign, |c| &mut c.offline);
+        }
+        if e.state == FleetPodState::Failed {
+            self.bump(e.desired, sign, |c| &mut c.failed);
+        }
+    }
+}
+
+fn sum(a: RevisionCounts, b: RevisionCounts, sign: i64) -> RevisionCounts {
+    let f = |x: u32, y: u32| (i64::from(x) + sign * i64::from(y)).max(0) as u32;
+    RevisionCounts {
+        devices: f(a.devices, b.devices),
+        running: f(a.running, b.running),
+        ready: f(a.ready, b.ready),
+        failed: f(a.failed, b.failed),
+        offline: f(a.offline, b.offline),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Tally {
     target: u64,
     devices: HashMap<Box<str>, Entry>,
     counts: Counts,
     failures: BTreeMap<Box<str>, String>,
+    by_revision: ByRevision,
 }
 
 fn is_up(state: FleetPodState) -> bool {
@@ -71,6 +185,7 @@ impl Tally {
             devices: HashMap::new(),
             counts: Counts::default(),
             failures: BTreeMap::new(),
+            by_revision: ByRevision::default(),
         }
     }
 
@@ -79,6 +194,10 @@ impl Tally {
     }
     pub fn counts(&self) -> Counts {
         self.counts
+    }
+    /// The counts per revision.
+    pub fn by_revision(&self) -> &ByRevision {
+        &self.by_revision
     }
     pub fn len(&self) -> usize {
         self.devices.len()
@@ -95,6 +214,7 @@ impl Tally {
     }
 
     fn add(&mut self, e: &Entry, sign: i64) {
+        self.by_revision.add(e, sign);
         let t = self.target;
         let c = &mut self.counts;
         let bump = |v: &mut u32, cond: bool| {
@@ -205,9 +325,12 @@ impl Tally {
                 0
             };
         }
+        // The counts per revision do not depend on the target.
+        let by_revision = std::mem::take(&mut self.by_revision);
         for e in entries {
             self.add(&e, 1);
         }
+        self.by_revision = by_revision;
     }
 }
 
@@ -264,7 +387,145 @@ mod tests {
                 recount.add(e, 1);
             }
             assert_eq!(t.counts(), recount.counts, "after step {step}");
+            assert_by_revision_is_a_recount(&t, step);
         }
+    }
+
+    /// The counts per revision from scratch: every device's revisions
+    /// counted, those below the tally's `older_below` in one line.
+    fn assert_by_revision_is_a_recount(t: &Tally, step: u64) {
+        let b = t.by_revision();
+        let mut all: BTreeMap<u64, RevisionCounts> = BTreeMap::new();
+        for e in t.devices.values() {
+            let mut at = |r: u64, f: &dyn Fn(&mut RevisionCounts)| {
+                if r != 0 {
+                    f(all.entry(r).or_default());
+                }
+            };
+            at(e.running, &|c| c.devices += 1);
+            if is_up(e.state) {
+                at(e.running, &|c| c.running += 1);
+            }
+            if e.state == FleetPodState::Ready {
+                at(e.running, &|c| c.ready += 1);
+            }
+            if !e.online {
+                at(e.running, &|c| c.offline += 1);
+            }
+            if e.state == FleetPodState::Failed {
+                at(e.desired, &|c| c.failed += 1);
+            }
+        }
+        let mut older = RevisionCounts::default();
+        let mut kept = BTreeMap::new();
+        for (r, c) in all {
+            if r < b.older_below {
+                older = sum(older, c, 1);
+            } else {
+                kept.insert(r, c);
+            }
+        }
+        assert_eq!(b.kept, kept, "kept lines after step {step}");
+        assert_eq!(b.older, older, "older line after step {step}");
+        assert!(b.kept.len() <= MAX_REVISIONS_KEPT, "after step {step}");
+        assert!(b.kept.values().all(|c| !c.is_zero()), "after step {step}");
+        // What is folded is older than what is kept.
+        assert!(b.kept.keys().all(|r| *r >= b.older_below));
+    }
+
+    /// Devices spread over many revisions (a long history, stragglers
+    /// offline on old ones): the breakdown stays a recount, keeps at most
+    /// [`MAX_REVISIONS_KEPT`] lines, the newest, and folds the rest.
+    #[test]
+    fn counts_per_revision_equal_a_recount_and_stay_bounded() {
+        use FleetPodState::*;
+        let states = [
+            Waiting, Pending, Running, Ready, Failed, Superseded, Succeeded,
+        ];
+        let mut t = Tally::new(1);
+        let mut seed: u64 = 11;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for step in 0..20_000u64 {
+            let node = format!("gw{}", next() % 200);
+            // The fleet's history grows: revision 1 to 40 over the run;
+            // devices run the newest few, some lag far behind.
+            let newest = 1 + step / 500;
+            let revision = |k: usize| match k % 10 {
+                0 => (k as u64 / 10) % newest,
+                _ => newest.saturating_sub((k % 3) as u64),
+            };
+            match next() % 12 {
+                0 => t.apply(&node, None, step),
+                1 => t.set_online(&node, next() % 2 == 0),
+                2 if step % 500 == 0 => t.retarget(newest, step),
+                _ => {
+                    let r = report(
+                        revision(next()),
+                        revision(next()),
+                        states[next() % states.len()],
+                    );
+                    t.apply(&node, Some(&r), step);
+                }
+            }
+            assert_by_revision_is_a_recount(&t, step);
+        }
+        let b = t.by_revision();
+        // 40 revisions were run: some folded, the lines kept the newest.
+        assert!(b.revisions().count() <= MAX_REVISIONS_KEPT, "{b:?}");
+        assert!(b.older_below > 1, "{b:?}");
+        assert_eq!(b.revisions().next().map(|(r, _)| r), Some(40), "{b:?}");
+        assert!(b.older().is_some(), "some devices lag: {b:?}");
+        let newest: Vec<u64> = b.revisions().map(|(r, _)| r).collect();
+        assert!(newest.windows(2).all(|w| w[0] > w[1]), "newest first");
+    }
+
+    #[test]
+    fn counts_per_revision_follow_what_devices_run_and_what_failed() {
+        let mut t = Tally::new(2);
+        t.apply("gw1", Some(&report(2, 2, FleetPodState::Ready)), 1);
+        t.apply("gw2", Some(&report(2, 1, FleetPodState::Failed)), 1);
+        t.apply("gw3", Some(&report(1, 1, FleetPodState::Running)), 1);
+        t.set_online("gw3", false);
+        let lines: Vec<(u64, RevisionCounts)> =
+            t.by_revision().revisions().map(|(r, c)| (r, *c)).collect();
+        assert_eq!(
+            lines,
+            vec![
+                (
+                    2,
+                    RevisionCounts {
+                        devices: 1,
+                        running: 1,
+                        ready: 1,
+                        failed: 1,
+                        offline: 0
+                    }
+                ),
+                (
+                    1,
+                    RevisionCounts {
+                        devices: 2,
+                        running: 1,
+                        ready: 0,
+                        failed: 0,
+                        offline: 1
+                    }
+                ),
+            ]
+        );
+        // Every device of revision 1 gone: its line goes.
+        t.apply("gw2", None, 2);
+        t.apply("gw3", None, 2);
+        assert_eq!(t.by_revision().revisions().count(), 1);
+        // A retarget moves nothing per revision.
+        let before = t.by_revision().clone();
+        t.retarget(3, 3);
+        assert_eq!(*t.by_revision(), before);
     }
 
     #[test]

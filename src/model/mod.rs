@@ -570,6 +570,22 @@ pub enum EventType {
     Warning,
 }
 
+/// Who published a workload message on the device's data endpoint: the
+/// pod and container its connection authenticated as (feature `data`; here
+/// because the store keeps it in every build).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DataSource {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+impl std::fmt::Display for DataSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.pod, self.container)
+    }
+}
+
 /// A Kubernetes-style event (`kubectl get events`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

@@ -457,7 +457,98 @@ fn all() -> Vec<(&'static str, u64, Message)> {
             FLEET_SEQ,
             Message::NodeLabels(node_labels()),
         ),
+        ("tombstone.hex", TOMBSTONE_SEQ, Message::Tombstone),
     ]
+}
+
+const TOMBSTONE_SEQ: u64 = 0; // unused for tombstones
+/// The signing key of the signed vectors: the Ed25519 seed 32 × `42`. Its
+/// public key is `SIGNED_PUBLIC_KEY` (base64, as `trust.keys` takes it).
+const SIGNED_SEED: [u8; 32] = [0x42; 32];
+const SIGNED_PUBLIC_KEY: &str = "IVL40Zt5HSRFMkLhXy6rbLfP+ntqXtMAl5YOBpiB2xI=";
+/// The signer's clock at signing: the counter.
+const SIGNED_COUNTER: u64 = 1_767_225_700_000;
+/// The desired spec's signature expires a day later.
+const SIGNED_TTL_MS: u64 = 86_400_000;
+const SIGNED_TOPIC: &str = "kedge/v1/gw1/desired/factory/sensor";
+
+/// The signed vectors (tests/vectors/signed/): file, topic, seq, message,
+/// signature lifetime (0: no expiry).
+fn signed() -> Vec<(&'static str, &'static str, u64, Message, u64)> {
+    vec![
+        (
+            "desired_pod.hex",
+            SIGNED_TOPIC,
+            DESIRED_SEQ,
+            Message::DesiredPod(desired_pod()),
+            SIGNED_TTL_MS,
+        ),
+        (
+            "tombstone.hex",
+            SIGNED_TOPIC,
+            TOMBSTONE_SEQ,
+            Message::Tombstone,
+            0,
+        ),
+    ]
+}
+
+fn sign_sample(topic: &str, seq: u64, message: &Message, ttl_ms: u64) -> Vec<u8> {
+    let mut signer = crate::trust::Signer::from_seed(&SIGNED_SEED);
+    signer.ttl_ms = ttl_ms;
+    let unsigned = encode(seq, message).expect("sample encodes");
+    signer
+        .sign_envelope(topic, &unsigned, SIGNED_COUNTER)
+        .expect("sample signs")
+}
+
+/// The signed vectors: the bytes are the committed ones (Ed25519 is
+/// deterministic), they decode to the sample, and the signature verifies
+/// with the public key on the topic, and on no other.
+#[test]
+fn signed_vectors() {
+    let signer = crate::trust::Signer::from_seed(&SIGNED_SEED);
+    assert_eq!(signer.public_key_base64(), SIGNED_PUBLIC_KEY);
+    let keys = crate::trust::TrustedKey::parse_list(SIGNED_PUBLIC_KEY).expect("key parses");
+    for (file, topic, seq, message, ttl) in signed() {
+        let path = vector_path("signed").join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "cannot read {}: {e} (generate it with scripts/regen-vectors.sh)",
+                path.display()
+            )
+        });
+        let committed = from_hex_text(&text);
+        let encoded = sign_sample(topic, seq, &message, ttl);
+        assert!(
+            encoded == committed,
+            "signed/{file}: encoding changed\n  encoded:   {}\n  committed: {}",
+            hex::encode(&encoded),
+            hex::encode(&committed)
+        );
+        let decoded = decode(&committed).expect("decodes");
+        assert_eq!((decoded.seq, &decoded.message), (seq, &message), "{file}");
+        let opened = open(&committed).expect("opens");
+        let sig = opened.signature.clone().expect("signed");
+        assert_eq!(sig.counter, SIGNED_COUNTER);
+        assert_eq!(
+            sig.expires_ms,
+            if ttl == 0 { 0 } else { SIGNED_COUNTER + ttl }
+        );
+        assert_eq!(sig.key_id, signer.key_id());
+        let now = SIGNED_COUNTER + 1;
+        assert!(
+            crate::trust::verify(&keys, now, topic, &opened).is_ok(),
+            "{file}"
+        );
+        assert!(
+            crate::trust::verify(&keys, now, "kedge/v1/gw2/desired/factory/sensor", &opened)
+                .is_err(),
+            "{file}: verifies on another node's topic"
+        );
+        let json = to_json(&committed).expect("renders");
+        assert_eq!(json["signature"]["counter"], SIGNED_COUNTER);
+    }
 }
 
 fn vector_path(file: &str) -> PathBuf {
@@ -569,99 +660,138 @@ fn vector_node_labels() {
     check("node_labels.hex");
 }
 
-/// Version 1's vectors (tests/vectors/v1, committed before version 2) are
-/// still read: every kind decodes to the same sample, a node status with no
-/// labels.
+#[test]
+fn vector_tombstone() {
+    check("tombstone.hex");
+}
+
+/// A sample as an older version carried it: version 1's `NodeStatus` had
+/// no labels; versions 1 to 3 had a `PodSpec` without what version 4 added
+/// (seccomp and AppArmor profiles, hostPath types). The samples' strings
+/// hold no `$`, so the upgrade's escaping changes nothing.
+fn as_of_version(version: u16, message: Message) -> Message {
+    match message {
+        Message::NodeStatus(mut n) if version == 1 => {
+            n.labels.clear();
+            Message::NodeStatus(n)
+        }
+        Message::DesiredPod(mut spec) if version < POD_FIELDS_SINCE_VERSION => {
+            for c in spec.containers.iter_mut().chain(&mut spec.init_containers) {
+                assert!(
+                    c.env.iter().all(|e| !e.value.contains('$'))
+                        && c.command.iter().chain(&c.args).all(|a| !a.contains('$')),
+                    "the samples hold no `$`"
+                );
+                if let Some(sc) = &mut c.security_context {
+                    sc.seccomp_profile = None;
+                    sc.app_armor_profile = None;
+                }
+            }
+            for v in &mut spec.volumes {
+                if let VolumeSource::HostPath { kind, .. } = &mut v.source {
+                    *kind = HostPathType::Unset;
+                }
+            }
+            Message::DesiredPod(spec)
+        }
+        other => other,
+    }
+}
+
+/// The vectors of an older version (tests/vectors/v{version}, committed
+/// before the next one) are still read: every kind that version had decodes
+/// to the sample as that version carried it (`as_of_version`), with no
+/// signature before version 3; a kind it did not have is unknown in it.
+fn older_vectors_are_still_read(version: u16, last_kind: u8) {
+    let dir = format!("v{version}");
+    for (file, seq, message) in all() {
+        let path = vector_path(&dir).join(file);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            assert!(
+                message.kind() as u8 > last_kind,
+                "{dir}/{file}: version {version} had this kind, its vector must stay"
+            );
+            continue;
+        };
+        let bytes = from_hex_text(&text);
+        assert_eq!(
+            bytes[0] as u16, version,
+            "{dir}/{file}: the envelope's version"
+        );
+        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("{dir}/{file}: {e}"));
+        assert_eq!(decoded.version, version);
+        assert_eq!(
+            (decoded.seq, decoded.message),
+            (seq, as_of_version(version, message)),
+            "{dir}/{file}"
+        );
+        assert_eq!(to_json(&bytes).expect("renders")["version"], version);
+        if version < SIGNED_SINCE_VERSION {
+            // These envelopes carry no signature that counts.
+            assert_eq!(open(&bytes).expect("opens").signature, None);
+        }
+    }
+    // An envelope of a kind this version did not have is unknown.
+    if let Some(unknown) = all()
+        .into_iter()
+        .map(|(_, seq, message)| (seq, message))
+        .find(|(_, m)| m.kind() as u8 == last_kind + 1)
+    {
+        let mut bytes = encode(unknown.0, &unknown.1).expect("encodes");
+        bytes[0] = version as u8;
+        assert_eq!(decode(&bytes), Err(WireError::UnknownKind(last_kind + 1)));
+    }
+}
+
+/// Version 1 had kinds 1–7 and no node labels.
 #[test]
 fn version_1_vectors_are_still_read() {
-    for (file, seq, message) in all() {
-        let path = vector_path("v1").join(file);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            assert!(
-                message.kind() as u8 > 7,
-                "{file}: version 1 had this kind, its vector must stay"
-            );
-            continue;
-        };
-        let bytes = from_hex_text(&text);
-        assert_eq!(bytes[0], 1, "{file}: a version 1 envelope");
-        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert_eq!(decoded.version, 1);
-        assert_eq!(decoded.seq, seq, "{file}");
-        let expected = match message {
-            Message::NodeStatus(mut n) => {
-                n.labels.clear();
-                Message::NodeStatus(n)
-            }
-            other => as_of_version_2(other),
-        };
-        assert_eq!(decoded.message, expected, "{file}");
-        assert_eq!(to_json(&bytes).expect("renders")["version"], 1);
-    }
-    // A version 1 envelope of a kind version 1 did not have is unknown.
-    let mut bytes = encode(0, &Message::NodeLabels(node_labels())).expect("encodes");
-    bytes[0] = 1;
-    assert_eq!(decode(&bytes), Err(WireError::UnknownKind(10)));
+    older_vectors_are_still_read(1, 7);
 }
 
-/// A sample as versions 1 and 2 carried it: a `PodSpec` without what
-/// version 3 added (seccomp and AppArmor profiles, hostPath types). The
-/// samples' strings hold no `$`, so the upgrade's escaping changes nothing.
-fn as_of_version_2(message: Message) -> Message {
-    let Message::DesiredPod(mut spec) = message else {
-        return message;
-    };
-    for c in spec.containers.iter_mut().chain(&mut spec.init_containers) {
-        assert!(
-            c.env.iter().all(|e| !e.value.contains('$'))
-                && c.command.iter().chain(&c.args).all(|a| !a.contains('$')),
-            "the samples hold no `$`"
-        );
-        if let Some(sc) = &mut c.security_context {
-            sc.seccomp_profile = None;
-            sc.app_armor_profile = None;
-        }
-    }
-    for v in &mut spec.volumes {
-        if let VolumeSource::HostPath { kind, .. } = &mut v.source {
-            *kind = HostPathType::Unset;
-        }
-    }
-    Message::DesiredPod(spec)
-}
-
-/// Version 2's vectors (tests/vectors/v2, committed before version 3) are
-/// still read: every kind decodes to the same sample, a pod spec without
-/// what version 3 added.
+/// Version 2 had kinds 1–10 and version 1's `PodSpec`.
 #[test]
 fn version_2_vectors_are_still_read() {
-    for (file, seq, message) in all() {
-        let path = vector_path("v2").join(file);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            assert!(
-                message.kind() as u8 > 10,
-                "{file}: version 2 had this kind, its vector must stay"
-            );
-            continue;
-        };
+    older_vectors_are_still_read(2, 10);
+}
+
+/// Version 3 had kinds 1–11, signatures and version 1's `PodSpec`; its
+/// signed vectors still decode, and still verify on their topic (a signature
+/// covers the version it was made for).
+#[test]
+fn version_3_vectors_are_still_read() {
+    older_vectors_are_still_read(3, 11);
+    let keys = crate::trust::TrustedKey::parse_list(SIGNED_PUBLIC_KEY).expect("key parses");
+    for (file, topic, seq, message, _) in signed() {
+        let path = vector_path("v3/signed").join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         let bytes = from_hex_text(&text);
-        assert_eq!(bytes[0], 2, "{file}: a version 2 envelope");
-        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert_eq!(decoded.version, 2);
-        assert_eq!(decoded.seq, seq, "{file}");
-        assert_eq!(decoded.message, as_of_version_2(message), "{file}");
+        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("v3/signed/{file}: {e}"));
+        assert_eq!(decoded.version, 3);
+        assert_eq!(
+            (decoded.seq, decoded.message),
+            (seq, as_of_version(3, message)),
+            "v3/signed/{file}"
+        );
+        let opened = open(&bytes).expect("opens");
+        let now = SIGNED_COUNTER + 1;
+        assert!(
+            crate::trust::verify(&keys, now, topic, &opened).is_ok(),
+            "v3/signed/{file}"
+        );
     }
 }
 
-/// Version 2 ran `command`, `args` and env values literally; version 3
-/// expands them, so a version 2 spec is read with them escaped and runs as
+/// Versions 1 to 3 ran `command`, `args` and env values literally; version
+/// 4 expands them, so an older spec is read with them escaped and runs as
 /// before.
 #[test]
-fn version_2_specs_keep_their_literal_dollars() {
+fn older_specs_keep_their_literal_dollars() {
     let mut old = desired_pod();
     old.containers[0].command = vec!["echo".into(), "$(MODE)".into(), "$$".into()];
     old.containers[0].env[0].value = "a$(B)".into();
-    let v2 = v2::PodSpec {
+    let v3 = v3::PodSpec {
         namespace: old.namespace.clone(),
         name: old.name.clone(),
         uid: old.uid.clone(),
@@ -672,7 +802,7 @@ fn version_2_specs_keep_their_literal_dollars() {
         termination_grace_period_secs: old.termination_grace_period_secs,
         host_network: old.host_network,
         init_containers: vec![],
-        containers: vec![v2::Container {
+        containers: vec![v3::Container {
             name: "main".into(),
             image: old.containers[0].image.clone(),
             image_pull_policy: PullPolicy::IfNotPresent,
@@ -691,15 +821,22 @@ fn version_2_specs_keep_their_literal_dollars() {
         volumes: vec![],
         image_pull_secrets: vec![],
     };
-    // A version 2 envelope around version 2's body.
-    let body = postcard::to_stdvec(&v2).expect("v2 body");
-    let mut bytes = vec![2, Kind::DesiredPod as u8, 3, 0];
-    varint(&mut bytes, body.len() as u64);
-    bytes.extend_from_slice(&body);
-    let (_, spec) = decode_as::<PodSpec>(&bytes).expect("version 2 decodes");
-    let running = crate::model::expansion::expand_container(&spec.containers[0]);
-    assert_eq!(running.command, ["echo", "$(MODE)", "$$"]);
-    assert_eq!(running.env[0].value, "a$(B)");
+    // An envelope of each older version around that version's body.
+    let body = postcard::to_stdvec(&v3).expect("v3 body");
+    for version in 1..POD_FIELDS_SINCE_VERSION {
+        let mut bytes = vec![version as u8, Kind::DesiredPod as u8, 3, 0];
+        varint(&mut bytes, body.len() as u64);
+        bytes.extend_from_slice(&body);
+        let (_, spec) = decode_as::<PodSpec>(&bytes)
+            .unwrap_or_else(|e| panic!("version {version} decodes: {e}"));
+        let running = crate::model::expansion::expand_container(&spec.containers[0]);
+        assert_eq!(
+            running.command,
+            ["echo", "$(MODE)", "$$"],
+            "version {version}"
+        );
+        assert_eq!(running.env[0].value, "a$(B)", "version {version}");
+    }
 }
 
 /// One vector per kind, and no vector files that no test checks.
@@ -707,7 +844,7 @@ fn version_2_specs_keep_their_literal_dollars() {
 fn vectors_cover_every_kind() {
     let mut kinds: Vec<u8> = all().iter().map(|(_, _, m)| m.kind() as u8).collect();
     kinds.sort_unstable();
-    assert_eq!(kinds, (1..=10).collect::<Vec<u8>>());
+    assert_eq!(kinds, (1..=11).collect::<Vec<u8>>());
     for k in 0..=u8::MAX {
         assert_eq!(Kind::from_u8(k).is_ok(), kinds.contains(&k), "kind {k}");
     }
@@ -743,6 +880,14 @@ fn write_vectors_then_fail_on_purpose() {
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
         println!("wrote {}", path.display());
     }
+    let dir = vector_path("signed");
+    std::fs::create_dir_all(&dir).expect("creates tests/vectors/signed");
+    for (file, topic, seq, message, ttl) in signed() {
+        let path = dir.join(file);
+        std::fs::write(&path, to_hex_lines(&sign_sample(topic, seq, &message, ttl)))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        println!("wrote {}", path.display());
+    }
     panic!(
         "{WRITTEN}: {} vector files written; this test always fails. Review git diff tests/vectors, \
          then run the checks: cargo test --lib wire",
@@ -756,7 +901,7 @@ fn write_vectors_then_fail_on_purpose() {
 #[test]
 fn envelope_layout_matches_the_spec() {
     let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
-    assert_eq!(bytes[0], 0x03, "version 3 as a one-byte varint");
+    assert_eq!(bytes[0], 0x04, "version 4 as a one-byte varint");
     assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
     assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
     assert_eq!(bytes[3], 0x00, "empty signature: length 0");

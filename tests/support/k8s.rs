@@ -11,10 +11,13 @@
 //! - a client certificate for the bridge (`CN=kedge-bridge`, no groups: it
 //!   only gets what `edge-manifests/bridge-rbac.yaml` grants), in
 //!   `bridge_kubeconfig`;
-//! - the apiserver's kubelet client certificate (`CN=kube-apiserver-kubelet-client`)
-//!   and a kubelet serving certificate for the bridge (127.0.0.1): the
-//!   apiserver verifies the bridge's kubelet API against the CA, and the
-//!   bridge verifies the apiserver's client certificate against it.
+//! - the apiserver's kubelet client certificate (`CN=kube-apiserver-kubelet-client`,
+//!   no groups: `edge-manifests/bridge-rbac.yaml` binds it to
+//!   `system:kubelet-api-admin`, which the bridge's SubjectAccessReviews
+//!   check) and a kubelet serving certificate for the bridge (127.0.0.1):
+//!   the apiserver verifies the bridge's kubelet API against the CA, and the
+//!   bridge verifies the apiserver's client certificate against it;
+//! - on demand, client certificates for test users ([`ControlPlane::user_cert`]).
 //! - an RSA key pair for service-account tokens.
 
 use std::fs::File;
@@ -299,6 +302,25 @@ impl ControlPlane {
             .unwrap_or_default()
     }
 
+    /// A client certificate from the cluster CA for `subject`
+    /// (`/CN=alice/O=dev`: user alice in group dev); returns (cert, key).
+    pub fn user_cert(&self, file_name: &str, subject: &str) -> (PathBuf, PathBuf) {
+        let pki = TestPki {
+            dir: self.dir.path(),
+            days: "30",
+        };
+        pki.leaf(
+            file_name,
+            subject,
+            &leaf_ext("digitalSignature, keyEncipherment", "clientAuth", ""),
+        );
+        let d = self.dir.path();
+        (
+            d.join(format!("{file_name}.pem")),
+            d.join(format!("{file_name}.key")),
+        )
+    }
+
     /// The temp dir holding certificates, kubeconfigs and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -344,9 +366,11 @@ fn generate_certs(d: &Path) -> ClusterCerts {
             "",
         ),
         ("bridge", "/CN=kedge-bridge", "clientAuth", ""),
+        // No admin group: RBAC gives it what it needs on kubelets
+        // (edge-manifests/bridge-rbac.yaml binds system:kubelet-api-admin).
         (
             "kubelet-client",
-            "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            "/CN=kube-apiserver-kubelet-client",
             "clientAuth",
             "",
         ),

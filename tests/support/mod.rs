@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 pub mod cri;
+pub mod postgres;
 
 /// Repository root (the kedge crate's manifest directory).
 pub fn repo_root() -> PathBuf {
@@ -311,6 +312,36 @@ impl Mosquitto {
     pub fn url(&self) -> String {
         let scheme = if self.tls { "mqtts" } else { "mqtt" };
         format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts a plain-TCP broker that keeps its state (sessions,
+    /// subscriptions, queued messages) in its directory across a
+    /// `stop_gracefully` + `restart`, as a production broker does.
+    pub fn start_persistent() -> Mosquitto {
+        let mut m = Self::start();
+        let store = m.dir.path().join("store");
+        std::fs::create_dir_all(&store).expect("mkdir mosquitto store");
+        let conf = mosquitto_conf(m.port, None).replace(
+            "persistence false\n",
+            &format!(
+                "persistence true\npersistence_location {}/\n",
+                store.display()
+            ),
+        );
+        std::fs::write(&m.conf, conf).expect("write mosquitto.conf");
+        m.restart();
+        m
+    }
+
+    /// Stops the broker with SIGTERM (it saves its state when persistent)
+    /// and waits for it to exit.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
     }
 
     /// Kills the broker and waits for it to exit (simulates an outage).

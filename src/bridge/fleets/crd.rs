@@ -171,11 +171,39 @@ pub struct FleetDeploymentStatus {
     pub failed: i32,
     #[serde(default)]
     pub offline: i32,
+    /// Devices per revision, newest first: each revision a device runs
+    /// (or failed to run), at most 16, then one line for the older ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<RevisionStatus>,
     /// The first failing devices by name, with their reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failing_devices: Vec<FailingDevice>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<FleetCondition>,
+}
+
+/// The devices of one revision (or, with `olderThan`, of every revision
+/// below that one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// This line counts the devices of every revision below this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub older_than: Option<i64>,
+    /// Devices that run it.
+    #[serde(default)]
+    pub devices: i32,
+    #[serde(default)]
+    pub running: i32,
+    #[serde(default)]
+    pub ready: i32,
+    /// Devices asked to run it that failed.
+    #[serde(default)]
+    pub failed: i32,
+    #[serde(default)]
+    pub offline: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -13,10 +13,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
 use super::crd::{BatchSpec, FleetDeploymentResource, FleetDeploymentSpec, IntOrString};
+use super::nodes::{FleetNode, Summary};
 use crate::fleet::manage;
 use crate::fleet::tally::Counts;
 use crate::model::selector::Selector;
-use crate::model::{NodeCondition, NodeConditionType, NodeInfo, NodeResources, NodeStatus, PodKey};
+use crate::model::{NodeCondition, NodeConditionType, NodeInfo, NodeStatus, PodKey};
 
 /// The Node of fleet node `NAME` is `kedge-fleet-NAME`.
 pub const NODE_PREFIX: &str = "kedge-fleet-";
@@ -34,11 +35,6 @@ pub const FLEET_READY_CONDITION: &str = "kedge.io/FleetReady";
 /// Set on the resource made from seed pods: the pod it came from (its
 /// Events go to that pod).
 pub const SEED_POD_ANNOTATION: &str = "kedge.io/seed-pod";
-/// A fleet node's capacity and allocatable pods: a fixed large number (the
-/// devices it stands for are not counted; a seed pod asks for no resources
-/// of its own on the node).
-pub const FLEET_NODE_PODS: u64 = 100_000;
-
 /// The Node name of a fleet node.
 pub fn node_name(fleet_node: &str) -> String {
     format!("{NODE_PREFIX}{fleet_node}")
@@ -53,14 +49,9 @@ pub fn node_labels(fleet_node: &str) -> BTreeMap<String, String> {
 }
 
 /// The status the bridge reports for a fleet node while it runs: Ready,
-/// with [`FLEET_NODE_PODS`] pods and a large fixed capacity.
-pub fn node_status(fleet_node: &str, now_ms: u64) -> NodeStatus {
-    let resources = NodeResources {
-        cpu_millis: 1_000_000,
-        memory_bytes: 1 << 42,
-        pods: FLEET_NODE_PODS,
-        ephemeral_storage_bytes: 1 << 42,
-    };
+/// with the capacity and allocatable summed over its online devices
+/// ([`super::nodes`]) and how many it stands for in the message.
+pub fn node_status(fleet_node: &str, devices: &Summary, now_ms: u64) -> NodeStatus {
     NodeStatus {
         name: node_name(fleet_node),
         online: true,
@@ -70,13 +61,17 @@ pub fn node_status(fleet_node: &str, now_ms: u64) -> NodeStatus {
             operating_system: "linux".into(),
             ..Default::default()
         },
-        capacity: resources,
-        allocatable: resources,
+        capacity: devices.capacity,
+        allocatable: devices.allocatable,
         conditions: vec![NodeCondition {
             kind: NodeConditionType::Ready,
             status: true,
             reason: "KedgeFleetNodeReady".into(),
-            message: "the kedge bridge serves this fleet node".into(),
+            message: format!(
+                "{} of {} devices online; the kedge bridge serves this fleet node",
+                thousands(devices.online),
+                thousands(devices.devices)
+            ),
             last_transition_ms: 0,
             last_heartbeat_ms: now_ms,
         }],
@@ -87,10 +82,10 @@ pub fn node_status(fleet_node: &str, now_ms: u64) -> NodeStatus {
 }
 
 /// The fleet node a pod is bound to, if it is one of `fleet_nodes`.
-pub fn fleet_node_of<'a>(pod: &Pod, fleet_nodes: &'a [String]) -> Option<&'a str> {
+pub fn fleet_node_of<'a>(pod: &Pod, fleet_nodes: &'a [FleetNode]) -> Option<&'a FleetNode> {
     let node = pod.spec.as_ref()?.node_name.as_deref()?;
     let name = node.strip_prefix(NODE_PREFIX)?;
-    fleet_nodes.iter().find(|n| *n == name).map(String::as_str)
+    fleet_nodes.iter().find(|n| n.name == name)
 }
 
 /// The fleet deployment a seed pod makes: namespace and its controller's
@@ -142,23 +137,42 @@ fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
 /// `uid` (the fleet's, kept across its pods), the selector, priority and
 /// rollout from the pod's annotations, the pod's labels, annotations and
 /// spec as the template (the devices' pod is named after the fleet), with
-/// the scheduling the fleet node needed removed.
+/// the scheduling the fleet node needed removed. The devices are those
+/// that match both the fleet node's selector (`node_selector`, from
+/// `--fleet-node NAME:SELECTOR`) and the pod's `kedge.io/selector`; the
+/// annotation is required only on a fleet node without a selector.
 pub fn resource(
     key: &PodKey,
     uid: &str,
     pod: &Pod,
+    node_selector: Option<&Selector>,
 ) -> Result<FleetDeploymentResource, SeedRefusal> {
     let invalid = |message: String| SeedRefusal {
         reason: "InvalidAnnotation",
         message,
     };
-    let selector = annotation(pod, SELECTOR_ANNOTATION).ok_or_else(|| {
-        invalid(format!(
-            "metadata.annotations[{SELECTOR_ANNOTATION}]: Required value: a pod on a fleet node needs a label selector over the devices' labels"
-        ))
-    })?;
     let field = format!("metadata.annotations[{SELECTOR_ANNOTATION}]");
-    Selector::parse(&field, selector).map_err(|e| invalid(e.to_string()))?;
+    let own = annotation(pod, SELECTOR_ANNOTATION);
+    if let Some(own) = own {
+        Selector::parse(&field, own).map_err(|e| invalid(e.to_string()))?;
+    }
+    // Both must hold: requirements joined by a comma.
+    let selector = match (node_selector.filter(|s| !s.is_everything()), own) {
+        (None, None) => {
+            return Err(invalid(format!(
+                "{field}: Required value: a pod on a fleet node needs a label selector over the devices' labels"
+            )));
+        }
+        (None, Some(own)) => own.to_string(),
+        (Some(node), None) => node.to_string(),
+        (Some(node), Some(own)) if own.trim().is_empty() => node.to_string(),
+        (Some(node), Some(own)) => {
+            let both = format!("{node},{own}");
+            Selector::parse(&field, &both)
+                .map_err(|e| invalid(format!("{e} (with the fleet node's selector {node:?})")))?;
+            both
+        }
+    };
     let priority = match annotation(pod, PRIORITY_ANNOTATION) {
         None => 0,
         Some(p) => p.trim().parse::<i32>().map_err(|_| {
@@ -215,7 +229,7 @@ pub fn resource(
     let mut cr = FleetDeploymentResource::new(
         &key.name,
         FleetDeploymentSpec {
-            selector: selector.to_string(),
+            selector,
             priority,
             template,
             rollout,
@@ -248,7 +262,7 @@ pub fn newest<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Option<&'a Pod> {
 }
 
 /// `9412` as `9,412`.
-fn thousands(n: u32) -> String {
+pub fn thousands(n: u32) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -383,9 +397,12 @@ mod tests {
     #[test]
     fn only_pods_on_a_configured_fleet_node_are_seeds() {
         let p = deployment_pod("a", "h", json!({}));
-        let nodes = vec!["edge".to_string()];
-        assert_eq!(fleet_node_of(&p, &nodes), Some("edge"));
-        assert_eq!(fleet_node_of(&p, &["other".to_string()]), None);
+        let nodes = vec![FleetNode::named("edge")];
+        assert_eq!(
+            fleet_node_of(&p, &nodes).map(|n| n.name.as_str()),
+            Some("edge")
+        );
+        assert_eq!(fleet_node_of(&p, &[FleetNode::named("other")]), None);
         let mut q = p.clone();
         q.spec.as_mut().expect("spec").node_name = Some("gw1".into());
         assert_eq!(fleet_node_of(&q, &nodes), None);
@@ -400,7 +417,7 @@ mod tests {
                    "kedge.io/rollout": "canary=true:100%,25%,100%"}),
         );
         let key = fleet_key(&p).expect("key");
-        let cr = resource(&key, "fleet-uid", &p).expect("resource");
+        let cr = resource(&key, "fleet-uid", &p, None).expect("resource");
         assert_eq!(cr.metadata.name.as_deref(), Some("meter"));
         assert_eq!(cr.metadata.namespace.as_deref(), Some("prod"));
         assert_eq!(cr.metadata.uid.as_deref(), Some("fleet-uid"));
@@ -427,7 +444,7 @@ mod tests {
         );
         // No rollout annotation: every device at once.
         let p = deployment_pod("a", "h1", json!({"kedge.io/selector": "site=b43"}));
-        let cr = resource(&key, "u", &p).expect("resource");
+        let cr = resource(&key, "u", &p, None).expect("resource");
         assert!(!manage::is_staged(
             &cr.spec.rollout.policy().expect("policy")
         ));
@@ -436,7 +453,8 @@ mod tests {
     #[test]
     fn a_missing_or_invalid_selector_or_annotation_is_refused_naming_it() {
         let key = PodKey::new("prod", "meter");
-        let e = resource(&key, "u", &deployment_pod("a", "h", json!({}))).expect_err("refused");
+        let e =
+            resource(&key, "u", &deployment_pod("a", "h", json!({})), None).expect_err("refused");
         assert_eq!(e.reason, "InvalidAnnotation");
         assert!(
             e.message
@@ -448,6 +466,7 @@ mod tests {
             &key,
             "u",
             &deployment_pod("a", "h", json!({"kedge.io/selector": "site in (b43"})),
+            None,
         )
         .expect_err("refused");
         assert!(e.message.contains("kedge.io/selector"), "{}", e.message);
@@ -459,6 +478,7 @@ mod tests {
                 "h",
                 json!({"kedge.io/selector": "a=b", "kedge.io/priority": "high"}),
             ),
+            None,
         )
         .expect_err("refused");
         assert!(e.message.contains("kedge.io/priority"), "{}", e.message);
@@ -470,9 +490,61 @@ mod tests {
                 "h",
                 json!({"kedge.io/selector": "a=b", "kedge.io/rollout": "canary=true"}),
             ),
+            None,
         )
         .expect_err("refused");
         assert!(e.message.contains("kedge.io/rollout"), "{}", e.message);
+    }
+
+    /// On a fleet node with a selector, the pod's devices match both; its
+    /// own selector is then optional.
+    #[test]
+    fn a_fleet_nodes_selector_and_the_pods_both_hold() {
+        let key = PodKey::new("prod", "meter");
+        let node = FleetNode::parse("b43:site=b43").expect("valid");
+        let sel = node.selector.as_ref();
+        let p = deployment_pod("a", "h", json!({}));
+        let cr = resource(&key, "u", &p, sel).expect("the node's selector is enough");
+        assert_eq!(cr.spec.selector, "site=b43");
+        let p = deployment_pod("a", "h", json!({"kedge.io/selector": "tier in (a,b)"}));
+        let cr = resource(&key, "u", &p, sel).expect("both");
+        assert_eq!(cr.spec.selector, "site=b43,tier in (a,b)");
+        let both = Selector::parse("s", &cr.spec.selector).expect("parses");
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert!(both.matches(&labels(&[("site", "b43"), ("tier", "a")])));
+        assert!(!both.matches(&labels(&[("site", "b44"), ("tier", "a")])));
+        assert!(!both.matches(&labels(&[("site", "b43")])));
+        // Still refused when the pod's own selector is invalid.
+        let p = deployment_pod("a", "h", json!({"kedge.io/selector": "tier in (a"}));
+        let e = resource(&key, "u", &p, sel).expect_err("refused");
+        assert!(e.message.contains("kedge.io/selector"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_fleet_nodes_status_carries_its_devices_sums() {
+        let devices = Summary {
+            capacity: crate::model::NodeResources {
+                cpu_millis: 3_000,
+                memory_bytes: 3 << 30,
+                pods: 30,
+                ephemeral_storage_bytes: 24 << 30,
+            },
+            allocatable: Default::default(),
+            devices: 3_000,
+            online: 2_999,
+        };
+        let s = node_status("b43", &devices, 5);
+        assert_eq!(s.name, "kedge-fleet-b43");
+        assert_eq!(s.capacity, devices.capacity);
+        assert_eq!(
+            s.conditions[0].message,
+            "2,999 of 3,000 devices online; the kedge bridge serves this fleet node"
+        );
     }
 
     #[test]

@@ -617,6 +617,24 @@ fn presence_reports_and_metrics() {
         "kedge_fleet_devices{namespace=\"default\",fleet=\"sensors\",state=\"offline\"} 1\n"
     ));
     assert!(text.contains("kedge_fleet_revision{namespace=\"default\",fleet=\"sensors\"} 1\n"));
+    // Per revision: the two devices on revision 1, one of them offline.
+    assert!(text.contains(
+        "kedge_fleet_revision_devices{namespace=\"default\",fleet=\"sensors\",revision=\"1\",state=\"devices\"} 2\n"
+    ), "{text}");
+    assert!(text.contains(
+        "kedge_fleet_revision_devices{namespace=\"default\",fleet=\"sensors\",revision=\"1\",state=\"offline\"} 1\n"
+    ), "{text}");
+    assert_eq!(
+        st[0].revisions,
+        vec![RevisionStatus {
+            revision: Some(1),
+            devices: 3,
+            running: 3,
+            ready: 3,
+            offline: 1,
+            ..Default::default()
+        }]
+    );
     // Back online.
     f.handle(
         &BridgeEvent::Node {
@@ -839,6 +857,41 @@ fn status_writes_follow_progress_in_steps_not_devices() {
         }
     }
     assert_eq!(writes, 50);
+    // The revisions list is paced like the counts: 100,000 devices moving
+    // from revision 1 to 2 one by one are about 50 writes too.
+    let moving = |on_2: i32| {
+        let line = |r: i64, devices: i32| RevisionStatus {
+            revision: Some(r),
+            devices,
+            running: devices,
+            ..Default::default()
+        };
+        FleetDeploymentStatus {
+            targeted: 100_000,
+            revisions: [line(2, on_2), line(1, 100_000 - on_2)]
+                .into_iter()
+                .filter(|l| l.devices > 0)
+                .collect(),
+            ..Default::default()
+        }
+    };
+    let mut sent = moving(0);
+    let mut writes = 0;
+    for on_2 in 1..=100_000 {
+        let new = moving(on_2);
+        if status_worth_writing(Some(&sent), &new, 1_000) {
+            writes += 1;
+            sent = new;
+        }
+    }
+    assert_eq!(writes, 50);
+    // A line that comes is a move from zero: small, it waits (trickles).
+    assert!(!status_worth_writing(Some(&moving(0)), &moving(1), 1_000));
+    assert!(status_worth_writing(
+        Some(&moving(0)),
+        &moving(1),
+        TRICKLE_MS
+    ));
 }
 
 // The seed path: pods bound to a fleet node.
@@ -878,7 +931,8 @@ fn seed_pod(
 
 /// A synced `Fleets` with fleet node `edge` (broker, FleetDeployments and pods listed).
 fn seed_synced() -> Fleets {
-    let mut f = Fleets::new(topics(), false).with_fleet_nodes(vec!["edge".into()]);
+    let mut f =
+        Fleets::new(topics(), false).with_fleet_nodes(vec![nodes::FleetNode::named("edge")]);
     f.handle(&BridgeEvent::MqttSynced, NOW, &NoResolver);
     f.handle(
         &BridgeEvent::Fleet(FleetEvent::Synced {
@@ -1091,7 +1145,8 @@ fn a_seed_pod_without_a_valid_selector_is_refused_with_an_event_and_a_condition(
 
 #[test]
 fn nothing_is_published_for_seed_pods_before_the_pods_are_listed() {
-    let mut f = Fleets::new(topics(), false).with_fleet_nodes(vec!["edge".into()]);
+    let mut f =
+        Fleets::new(topics(), false).with_fleet_nodes(vec![nodes::FleetNode::named("edge")]);
     f.handle(&BridgeEvent::MqttSynced, NOW, &NoResolver);
     f.handle(
         &BridgeEvent::Fleet(FleetEvent::Synced {

@@ -366,6 +366,51 @@ fn unchanged_pods_are_not_resent_and_changes_bump_the_generation() {
     assert_eq!(second.restart_policy, RestartPolicy::Never);
 }
 
+/// A resolver whose every object is still being fetched.
+struct AllPending;
+
+impl Resolver for AllPending {
+    fn config_map(&self, _: &str, _: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        None
+    }
+    fn secret(&self, _: &str, _: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        None
+    }
+    fn pending(&self, _: bool, _: &str, _: &str) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_pod_waits_without_a_word_while_its_secret_is_being_read() {
+    let mut b = synced_bridge();
+    let p = pod(
+        "web",
+        "u1",
+        "gw1",
+        serde_json::json!({"containers": [{"name": "main", "image": "file:///m.wasm@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]}]}),
+    );
+    // Not read yet: no spec, no event, no refusal.
+    let a = b.handle(BridgeEvent::PodApplied(p), NOW, &AllPending);
+    assert!(a.is_empty(), "{a:?}");
+    // Read: the pod is decided.
+    let mut fixed = Fixed::default();
+    fixed.secrets.insert(
+        "default/db".into(),
+        BTreeMap::from([("password".to_string(), b"s3cret".to_vec())]),
+    );
+    let db = ObjRef {
+        kind: RefKind::Secret,
+        namespace: "default".into(),
+        name: "db".into(),
+    };
+    assert_eq!(b.referenced().collect::<Vec<_>>(), vec![&db]);
+    let a = b.handle(BridgeEvent::ObjectChanged(db), NOW, &fixed);
+    let s = spec_of(publishes(&a)[0].1);
+    assert_eq!(s.containers[0].env[0].name, "PASSWORD");
+}
+
 #[test]
 fn configmap_change_resends_the_pod_and_missing_mandatory_blocks_it() {
     let mut b = synced_bridge();
@@ -641,10 +686,16 @@ fn deletion_sends_tombstone_then_deletes_with_uid_once_the_device_reports_gone()
     );
     assert_eq!(
         a,
-        vec![Action::DeletePod {
-            pod: key,
-            uid: "u1".into()
-        }]
+        vec![
+            Action::DeletePod {
+                pod: key,
+                uid: "u1".into()
+            },
+            // A signing bridge clears its signed tombstone now.
+            Action::ClearRetained {
+                topic: "kedge/v1/gw1/desired/default/web".into()
+            }
+        ]
     );
 }
 
@@ -1211,7 +1262,7 @@ fn a_deleted_node_takes_its_users_labels_with_it() {
 #[test]
 fn fleet_nodes_are_ready_nodes_while_the_bridge_runs_and_their_pods_are_not_device_pods() {
     let mut s = settings();
-    s.fleet_nodes = vec!["edge".into()];
+    s.fleet_nodes = vec![FleetNode::named("edge")];
     let mut b = Bridge::new(s);
     b.handle(BridgeEvent::MqttSynced, NOW, &NoResolver);
     b.handle(
@@ -1243,7 +1294,8 @@ fn fleet_nodes_are_ready_nodes_while_the_bridge_runs_and_their_pods_are_not_devi
             _ => None,
         })
         .expect("node status");
-    assert_eq!(status["status"]["allocatable"]["pods"], "100000");
+    // No device yet: nothing to sum.
+    assert_eq!(status["status"]["allocatable"]["pods"], "0");
     assert!(a.iter().any(|a| matches!(a, Action::RenewLease { .. })));
     // Alive tick after tick, past the heartbeat timeout.
     for i in 1..=60 {
@@ -1257,4 +1309,73 @@ fn fleet_nodes_are_ready_nodes_while_the_bridge_runs_and_their_pods_are_not_devi
         &NoResolver,
     );
     assert!(a.is_empty(), "{a:?}");
+}
+
+/// A fleet node stands for the devices its selector matches, Nodes or not
+/// (`--node-selector`) and of any shard: its capacity is theirs summed,
+/// online devices only, and follows their labels.
+#[test]
+fn a_fleet_nodes_capacity_is_the_sum_over_its_matching_devices() {
+    let mut s = settings();
+    s.fleet_nodes = vec![FleetNode::parse("b43:site=b43").expect("valid")];
+    s.admit.node_selector =
+        Some(Selector::parse("--node-selector", "kedge.io/role=gateway").expect("selector"));
+    s.admit.shards = Some((4, [shard_of("kedge-fleet-b43", 4)].into()));
+    let mut b = Bridge::new(s);
+    b.handle(BridgeEvent::MqttSynced, NOW, &NoResolver);
+    b.handle(
+        BridgeEvent::PodsSynced { present_uids: None },
+        NOW,
+        &NoResolver,
+    );
+    let device = |b: &mut Bridge, name: &str, site: &str, online: bool, at: u64| {
+        let mut st = node_status(name, online, at);
+        if online {
+            st.labels = labels(&[("site", site)]);
+        }
+        b.handle(
+            BridgeEvent::Node {
+                node: name.into(),
+                status: st,
+            },
+            at,
+            &NoResolver,
+        );
+    };
+    let fleet_status = |b: &mut Bridge, at: u64| {
+        b.handle(BridgeEvent::Tick, at, &NoResolver)
+            .into_iter()
+            .find_map(|a| match a {
+                Action::NodeStatus { name, body } if name == "kedge-fleet-b43" => Some(body),
+                _ => None,
+            })
+    };
+    for (i, name) in ["gw1", "gw2", "gw3"].iter().enumerate() {
+        device(&mut b, name, "b43", true, NOW + i as u64);
+    }
+    device(&mut b, "gw4", "b44", true, NOW);
+    let st = fleet_status(&mut b, NOW + 1_000).expect("a status");
+    // Three devices of 2 CPUs, 1 GiB and 10 pods each.
+    assert_eq!(st["status"]["capacity"]["cpu"], "6");
+    assert_eq!(st["status"]["capacity"]["memory"], (3u64 << 30).to_string());
+    assert_eq!(st["status"]["capacity"]["pods"], "30");
+    let ready = &st["status"]["conditions"][0];
+    assert_eq!(ready["type"], "Ready");
+    assert_eq!(
+        ready["message"],
+        "3 of 3 devices online; the kedge bridge serves this fleet node"
+    );
+    // Unchanged: not written again.
+    assert!(fleet_status(&mut b, NOW + 2_000).is_none());
+    // One goes offline, one leaves site b43.
+    device(&mut b, "gw2", "", false, NOW + 2_500);
+    device(&mut b, "gw3", "b44", true, NOW + 2_500);
+    let st = fleet_status(&mut b, NOW + 3_000).expect("a new status");
+    assert_eq!(st["status"]["capacity"]["cpu"], "2");
+    assert_eq!(
+        st["status"]["conditions"][0]["message"],
+        "1 of 2 devices online; the kedge bridge serves this fleet node"
+    );
+    // None of them is a Node (no gateway), yet all count.
+    assert_eq!(b.device_count(), 1, "only the fleet node is a Node here");
 }

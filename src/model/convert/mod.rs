@@ -89,6 +89,12 @@ pub trait Resolver {
     fn can_resolve(&self) -> bool {
         true
     }
+    /// Whether the ConfigMap (`secret` false) or Secret a lookup just found
+    /// nothing for is still being fetched: its answer is not known yet, and
+    /// a caller waits for it rather than report the object missing.
+    fn pending(&self, _secret: bool, _namespace: &str, _name: &str) -> bool {
+        false
+    }
 }
 
 /// The resolver for manifests converted without cluster access: nothing

@@ -1,12 +1,12 @@
-//! The `PodSpec` of schema versions 1 and 2, which version 3 changed, and
-//! its upgrade: read from `DesiredPod` envelopes of versions 1 and 2
+//! The `PodSpec` of schema versions 1 to 3, which version 4 changed, and
+//! its upgrade: read from `DesiredPod` envelopes of versions 1 to 3
 //! (`wire::decode`) and from desired records the store wrote before its
-//! schema 4 (`store::Store::open` migrates them).
+//! schema 6 (`store::Store::open` migrates them).
 //!
-//! Version 3 added `seccomp_profile` and `app_armor_profile` to
+//! Version 4 added `seccomp_profile` and `app_armor_profile` to
 //! `SecurityContext` and `kind` (`hostPath.type`) to `VolumeSource::HostPath`,
 //! and made `command`, `args` and env values templates the agent expands
-//! (`model::expansion`). Versions 1 and 2 ran them literally, so the upgrade
+//! (`model::expansion`). Versions 1 to 3 ran them literally, so the upgrade
 //! escapes them: an old spec runs exactly as before.
 
 use serde::{Deserialize, Serialize};
@@ -18,7 +18,7 @@ use crate::model::{
     VolumeMount,
 };
 
-/// Version 2's `PodSpec` (field for field; the nested types that changed are
+/// Version 3's `PodSpec` (field for field; the nested types that changed are
 /// this module's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodSpec {

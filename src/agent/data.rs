@@ -1,0 +1,680 @@
+//! The device side of the data path (feature `data`): the local MQTT
+//! endpoint workloads publish to, and the forwarder that sends what they
+//! published upstream, sealed, from the store.
+//!
+//! - **Endpoint.** MQTT 3.1.1 on `data.listen` (packets read and written by
+//!   rumqttc's `mqttbytes` v4 codec). A connection authenticates as one
+//!   container of one pod: username `namespace/pod/container`, password the
+//!   HMAC-SHA256 (a per-device secret, 0600 in the data directory) of the
+//!   pod's uid and that name — what the agent injects into the containers
+//!   of pods a route names (`KEDGE_DATA_URL`, `KEDGE_DATA_USERNAME`,
+//!   `KEDGE_DATA_PASSWORD`), so a pod can only publish as itself. A
+//!   publish is routed (`data::route`), committed to redb in one durable
+//!   transaction with the others read in the same pass, and only then
+//!   acknowledged (QoS 1 PUBACK). A message no route takes is acknowledged
+//!   and counted (MQTT 3.1.1 has no negative PUBACK).
+//! - **Forwarder.** Its own broker connection (`kedge-data-{node}`, clean
+//!   session), so data never queues in front of status reports. While
+//!   connected it reads the store in id order, builds batches of up to
+//!   `data.batch_max_messages`, signs and seals each (`data::seal`) and
+//!   publishes it with QoS 1 on `{prefix}/{node}/data`; a batch's messages
+//!   leave the store on its PUBACK, and only once every earlier batch was
+//!   acknowledged too. Every new connection starts again from the oldest
+//!   message still stored (the sink drops repeats by message id).
+//! - **Bounds.** A route's TTL and `data.budget_bytes`: what they drop is
+//!   counted, logged and reported as a `DataDropped` Warning event.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ring::hmac;
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{
+    ConnAck, ConnectReturnCode, Packet, PingResp, PubAck, PubComp, PubRec, SubAck,
+    SubscribeReasonCode,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::data::{self, Batch, DataMessage, DeviceKey, Route, SinkPublicKey, Source};
+use crate::model::{EnvVar, Event, EventType, PodSpec};
+use crate::store::{DataRecord, DataWrite, Store};
+
+/// Largest packet a workload may send (a message and its topic).
+const MAX_PACKET_BYTES: usize = 256 * 1024;
+/// Batches published and not yet acknowledged, at most.
+const WINDOW: usize = 8;
+/// Bytes of stored messages per batch, about (below `data::MAX_BATCH_BYTES`).
+const BATCH_BYTES: usize = 512 * 1024;
+
+/// Counters of the data path since the agent started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub received: AtomicU64,
+    pub unrouted: AtomicU64,
+    pub sent: AtomicU64,
+    pub dropped_ttl: AtomicU64,
+    pub dropped_budget: AtomicU64,
+    pub refused_connections: AtomicU64,
+}
+
+/// What the controller, the endpoint and the forwarder share.
+pub struct DataPath {
+    routes: Vec<Route>,
+    /// Pods that may connect: (namespace, pod) → uid. Written by the
+    /// controller when it starts a pod a route names.
+    pods: RwLock<HashMap<(String, String), String>>,
+    credentials: hmac::Key,
+    url: String,
+    store: Arc<Store>,
+    budget_bytes: u64,
+    /// Woken after every commit, so the forwarder sends at once.
+    committed: Notify,
+    pub counters: Counters,
+}
+
+impl DataPath {
+    /// Reads (or makes) the credentials secret in `dir`.
+    pub fn new(
+        config: &crate::config::DataConfig,
+        routes: Vec<Route>,
+        dir: &Path,
+        store: Arc<Store>,
+    ) -> anyhow::Result<DataPath> {
+        let secret = load_or_create_secret(&dir.join("endpoint-secret"))?;
+        Ok(DataPath {
+            routes,
+            pods: RwLock::new(HashMap::new()),
+            credentials: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            url: format!("mqtt://{}", config.advertised()),
+            store,
+            budget_bytes: config.budget_bytes,
+            committed: Notify::new(),
+            counters: Counters::default(),
+        })
+    }
+
+    fn password(&self, uid: &str, username: &str) -> hmac::Tag {
+        hmac::sign(&self.credentials, format!("{uid}\n{username}").as_bytes())
+    }
+
+    /// For a pod a route names: lets its containers connect, and returns
+    /// the spec its runtime gets, with the endpoint's address and each
+    /// container's credentials in its environment. Other pods are returned
+    /// as they are (they did not ask for the endpoint).
+    pub fn admit(&self, mut spec: PodSpec) -> PodSpec {
+        if !self
+            .routes
+            .iter()
+            .any(|r| r.names_pod(&spec.namespace, &spec.name))
+        {
+            return spec;
+        }
+        self.pods.write().unwrap_or_else(|p| p.into_inner()).insert(
+            (spec.namespace.clone(), spec.name.clone()),
+            spec.uid.clone(),
+        );
+        for container in spec.containers.iter_mut() {
+            let username = format!("{}/{}/{}", spec.namespace, spec.name, container.name);
+            let password = hex::encode(self.password(&spec.uid, &username).as_ref());
+            container.env.retain(|e| !e.name.starts_with("KEDGE_DATA_"));
+            for (name, value) in [
+                ("KEDGE_DATA_URL", self.url.clone()),
+                ("KEDGE_DATA_USERNAME", username),
+                ("KEDGE_DATA_PASSWORD", password),
+            ] {
+                container.env.push(EnvVar {
+                    name: name.into(),
+                    value,
+                });
+            }
+        }
+        spec
+    }
+
+    /// A pod that is gone can no longer connect.
+    pub fn forget(&self, namespace: &str, pod: &str) {
+        self.pods
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(namespace.to_string(), pod.to_string()));
+    }
+
+    /// The source a CONNECT's credentials name, if they are right.
+    fn authenticate(&self, username: &str, password: &str) -> Option<Source> {
+        let mut parts = username.split('/');
+        let (Some(namespace), Some(pod), Some(container), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let uid = self
+            .pods
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(namespace.to_string(), pod.to_string()))?
+            .clone();
+        let given = hex::decode(password).ok()?;
+        hmac::verify(
+            &self.credentials,
+            format!("{uid}\n{username}").as_bytes(),
+            &given,
+        )
+        .ok()?;
+        Some(Source {
+            namespace: namespace.into(),
+            pod: pod.into(),
+            container: container.into(),
+        })
+    }
+}
+
+fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context as _;
+    match std::fs::read(path) {
+        Ok(bytes) if bytes.len() == 32 => return Ok(bytes),
+        Ok(_) => anyhow::bail!("{} is not a 32-byte secret", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let mut secret = vec![0; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        .map_err(|_| anyhow::anyhow!("no randomness from the system"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&secret)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(secret)
+}
+
+// ---------------------------------------------------------------------------
+// Endpoint
+// ---------------------------------------------------------------------------
+
+/// Accepts workload connections until the listener fails.
+pub async fn serve_endpoint(listener: TcpListener, path: Arc<DataPath>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let path = path.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = connection(stream, &path).await {
+                        debug!(%peer, error = %e, "data endpoint connection closed");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "data endpoint cannot accept connections");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed MQTT packet: {0:?}")]
+    Packet(rumqttc::mqttbytes::Error),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("cannot commit workload messages: {0}")]
+    Store(String),
+}
+
+async fn connection(mut stream: TcpStream, path: &DataPath) -> Result<(), ConnectionError> {
+    stream.set_nodelay(true)?;
+    let mut input = BytesMut::with_capacity(4096);
+    let mut output = BytesMut::with_capacity(1024);
+    // The pod and container, and this client's key for QoS 2 state.
+    let mut source: Option<(Source, String)> = None;
+    let mut keep_alive = Duration::from_secs(60);
+    let mut unrouted_warned = false;
+    loop {
+        // Every complete packet read so far: what they bring is committed
+        // in one transaction, then acknowledged.
+        let mut write = DataWrite::default();
+        let mut replies = Vec::new();
+        loop {
+            let packet = match Packet::read(&mut input, MAX_PACKET_BYTES) {
+                Ok(p) => p,
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => break,
+                Err(e) => return Err(ConnectionError::Packet(e)),
+            };
+            let Some((who, client)) = &source else {
+                let Packet::Connect(connect) = packet else {
+                    return Err(ConnectionError::Protocol("expected CONNECT first".into()));
+                };
+                let login = connect.login.as_ref();
+                let Some(s) = login.and_then(|l| path.authenticate(&l.username, &l.password))
+                else {
+                    path.counters
+                        .refused_connections
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(
+                        username = login.map_or("", |l| l.username.as_str()),
+                        "data endpoint refused a connection: unknown pod or wrong credentials"
+                    );
+                    ConnAck::new(ConnectReturnCode::BadUserNamePassword, false)
+                        .write(&mut output)
+                        .map_err(ConnectionError::Packet)?;
+                    stream.write_all(&output).await?;
+                    return Ok(());
+                };
+                debug!(source = %s, client_id = %connect.client_id, "workload connected to the data endpoint");
+                let client = format!("{s}|{}", connect.client_id);
+                // The only session state is the QoS 2 publishes not yet
+                // released, kept durably for every client that asks for a
+                // session (so its session is always present: a client told
+                // otherwise would drop what it has not sent yet); a clean
+                // session forgets them.
+                let present = !connect.clean_session;
+                if connect.clean_session {
+                    write.clear_client = Some(client.clone());
+                }
+                if connect.keep_alive > 0 {
+                    keep_alive = Duration::from_secs(u64::from(connect.keep_alive) * 3 / 2);
+                }
+                replies.push(Packet::ConnAck(ConnAck::new(
+                    ConnectReturnCode::Success,
+                    present,
+                )));
+                source = Some((s, client));
+                continue;
+            };
+            match packet {
+                Packet::Publish(publish) => {
+                    path.counters.received.fetch_add(1, Ordering::Relaxed);
+                    let key = match publish.qos {
+                        QoS::AtMostOnce => None,
+                        QoS::AtLeastOnce => {
+                            replies.push(Packet::PubAck(PubAck::new(publish.pkid)));
+                            None
+                        }
+                        QoS::ExactlyOnce => {
+                            replies.push(Packet::PubRec(PubRec::new(publish.pkid)));
+                            Some(format!("{client}\n{}", publish.pkid))
+                        }
+                    };
+                    let now = crate::model::now_ms();
+                    match data::route::route_for(&path.routes, who, &publish.topic) {
+                        Some(route) => write.records.push((
+                            DataRecord {
+                                source: who.clone(),
+                                topic: publish.topic,
+                                device_time_ms: now,
+                                expires_ms: now.saturating_add(route.ttl.as_millis() as u64),
+                                payload: publish.payload.to_vec(),
+                            },
+                            key,
+                        )),
+                        None => {
+                            path.counters.unrouted.fetch_add(1, Ordering::Relaxed);
+                            if !unrouted_warned {
+                                unrouted_warned = true;
+                                warn!(source = %who, topic = %publish.topic, "no data route takes this message; dropped (counted as unrouted)");
+                            }
+                        }
+                    }
+                }
+                Packet::PubRel(rel) => {
+                    write.released.push(format!("{client}\n{}", rel.pkid));
+                    replies.push(Packet::PubComp(PubComp::new(rel.pkid)));
+                }
+                Packet::PingReq => replies.push(Packet::PingResp),
+                Packet::Subscribe(sub) => {
+                    // Module-to-module routes are not built yet.
+                    let codes = sub
+                        .filters
+                        .iter()
+                        .map(|_| SubscribeReasonCode::Failure)
+                        .collect();
+                    replies.push(Packet::SubAck(SubAck::new(sub.pkid, codes)));
+                }
+                Packet::Disconnect => {
+                    commit(path, write).await?;
+                    return Ok(());
+                }
+                Packet::Connect(_) => {
+                    return Err(ConnectionError::Protocol("a second CONNECT".into()));
+                }
+                other => debug!(packet = ?other, "data endpoint ignores this packet"),
+            }
+        }
+        commit(path, write).await?;
+        for reply in replies {
+            let written = match reply {
+                Packet::ConnAck(p) => p.write(&mut output),
+                Packet::PubAck(p) => p.write(&mut output),
+                Packet::PubRec(p) => p.write(&mut output),
+                Packet::PubComp(p) => p.write(&mut output),
+                Packet::PingResp => PingResp.write(&mut output),
+                Packet::SubAck(p) => p.write(&mut output),
+                _ => Ok(0),
+            };
+            written.map_err(ConnectionError::Packet)?;
+        }
+        if !output.is_empty() {
+            stream.write_all(&output).await?;
+            output.clear();
+        }
+        let read = tokio::time::timeout(keep_alive, stream.read_buf(&mut input)).await;
+        match read {
+            Err(_) => return Err(ConnectionError::Protocol("keep-alive expired".into())),
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Commits `write` durably (one transaction), or fails the connection
+/// without acknowledging anything: the workload's client sends it again.
+async fn commit(path: &DataPath, write: DataWrite) -> Result<(), ConnectionError> {
+    if write.is_empty() {
+        return Ok(());
+    }
+    let new_messages = !write.records.is_empty();
+    let store = path.store.clone();
+    let budget = path.budget_bytes;
+    let appended = tokio::task::spawn_blocking(move || store.append_data(write, budget))
+        .await
+        .map_err(|e| ConnectionError::Store(e.to_string()))?
+        .map_err(|e| ConnectionError::Store(e.to_string()))?;
+    if appended.dropped_budget > 0 {
+        path.counters
+            .dropped_budget
+            .fetch_add(appended.dropped_budget, Ordering::Relaxed);
+    }
+    if new_messages {
+        path.committed.notify_one();
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Forwarder
+// ---------------------------------------------------------------------------
+
+/// What the forwarder needs besides the shared path.
+pub struct ForwarderSettings {
+    pub options: rumqttc::MqttOptions,
+    pub topic: String,
+    pub node: String,
+    pub device_key: DeviceKey,
+    pub sink: SinkPublicKey,
+    pub batch_max_messages: usize,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+    /// Where `DataDropped` events go (the controller's event channel).
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+/// A batch published and not yet acknowledged.
+struct InFlight {
+    pkid: Option<u16>,
+    last_id: u64,
+    messages: u64,
+    acked: bool,
+}
+
+/// Sends stored messages upstream, forever; one broker connection at a time.
+pub async fn forward(settings: ForwarderSettings, path: Arc<DataPath>) {
+    let mut attempt = 0u32;
+    let mut reported = (0u64, 0u64);
+    loop {
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(settings.options.clone(), 64);
+        let mut connected = false;
+        // Batches in publish order; `pkid` is learnt from the outgoing event.
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut sent_up_to = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let failure = loop {
+            tokio::select! {
+                event = eventloop.poll() => match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        info!("data forwarder connected");
+                        connected = true;
+                        attempt = 0;
+                    }
+                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+                        if let Some(b) = in_flight.iter_mut().find(|b| b.pkid.is_none()) {
+                            b.pkid = Some(pkid);
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(ack))) => {
+                        if let Some(b) = in_flight.iter_mut().find(|b| b.pkid == Some(ack.pkid)) {
+                            b.acked = true;
+                        }
+                        let mut acked_up_to = None;
+                        while in_flight.front().is_some_and(|b| b.acked) {
+                            if let Some(b) = in_flight.pop_front() {
+                                acked_up_to = Some(b.last_id);
+                                path.counters.sent.fetch_add(b.messages, Ordering::Relaxed);
+                            }
+                        }
+                        debug!(pkid = ack.pkid, ?acked_up_to, in_flight = in_flight.len(), "data batch acknowledged");
+                        if let Some(last) = acked_up_to
+                            && let Err(e) = path.store.ack_data(last)
+                        {
+                            warn!(error = %e, "cannot delete acknowledged workload messages; they will be sent again");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => break e.to_string(),
+                },
+                _ = path.committed.notified() => {}
+                _ = tick.tick() => {
+                    expire_and_report(&settings, &path, &mut reported);
+                }
+            }
+            if connected {
+                while in_flight.len() < WINDOW {
+                    match next_batch(&settings, &path, sent_up_to) {
+                        Ok(Some((sealed, last_id, messages))) => {
+                            if let Err(e) = client.try_publish(
+                                settings.topic.as_str(),
+                                rumqttc::QoS::AtLeastOnce,
+                                false,
+                                sealed,
+                            ) {
+                                warn!(error = %e, "cannot queue a data batch");
+                                break;
+                            }
+                            debug!(last_id, messages, "data batch published");
+                            in_flight.push_back(InFlight {
+                                pkid: None,
+                                last_id,
+                                messages,
+                                acked: false,
+                            });
+                            sent_up_to = last_id;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            warn!(error = %e, "cannot build a data batch");
+                            break;
+                        }
+                    }
+                }
+            }
+        };
+        if connected {
+            info!(error = %failure, "data forwarder disconnected; unacknowledged batches are sent again");
+        } else {
+            debug!(error = %failure, "data forwarder cannot connect");
+        }
+        drop(client);
+        let delay = crate::mqtt::reconnect_delay(
+            attempt,
+            settings.reconnect_initial,
+            settings.reconnect_max,
+            fastrand::f64(),
+        );
+        attempt = attempt.saturating_add(1);
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                _ = tick.tick() => expire_and_report(&settings, &path, &mut reported),
+            }
+        }
+    }
+}
+
+/// The next batch after `after`: sealed bytes, its last id and its size.
+fn next_batch(
+    settings: &ForwarderSettings,
+    path: &DataPath,
+    after: u64,
+) -> anyhow::Result<Option<(Vec<u8>, u64, u64)>> {
+    let records = path
+        .store
+        .data_after(after, settings.batch_max_messages, BATCH_BYTES)?;
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let batch = Batch {
+        device: settings.node.clone(),
+        messages: records
+            .into_iter()
+            .map(|(id, r)| {
+                (
+                    id,
+                    DataMessage {
+                        source: r.source,
+                        topic: r.topic,
+                        device_time_ms: r.device_time_ms,
+                        payload: r.payload,
+                    },
+                )
+            })
+            .collect(),
+    };
+    let sealed = data::seal(&batch, &settings.device_key, &settings.sink)?;
+    Ok(Some((sealed, batch.last_id(), batch.messages.len() as u64)))
+}
+
+/// Drops expired messages and reports what was dropped since the last
+/// report as one `DataDropped` event.
+fn expire_and_report(settings: &ForwarderSettings, path: &DataPath, reported: &mut (u64, u64)) {
+    match path.store.expire_data(crate::model::now_ms()) {
+        Ok(0) => {}
+        Ok(n) => {
+            path.counters.dropped_ttl.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(e) => warn!(error = %e, "cannot drop expired workload messages"),
+    }
+    let ttl = path.counters.dropped_ttl.load(Ordering::Relaxed);
+    let budget = path.counters.dropped_budget.load(Ordering::Relaxed);
+    if (ttl, budget) == *reported {
+        return;
+    }
+    let (new_ttl, new_budget) = (ttl - reported.0, budget - reported.1);
+    *reported = (ttl, budget);
+    let message = format!(
+        "dropped {} workload messages: {new_ttl} past their route's TTL, {new_budget} over data.budget_bytes; {ttl} and {budget} since the agent started",
+        new_ttl + new_budget
+    );
+    warn!(
+        dropped_ttl = new_ttl,
+        dropped_budget = new_budget,
+        "{message}"
+    );
+    let _ = settings.events.send(Event {
+        namespace: None,
+        pod: None,
+        container: None,
+        kind: EventType::Warning,
+        reason: "DataDropped".into(),
+        message,
+        timestamp_ms: crate::model::now_ms(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(dir: &Path) -> DataPath {
+        let store = Arc::new(Store::open(&dir.join("state.redb")).expect("store"));
+        let routes = data::parse_routes(
+            "data.routes",
+            "FROM default/sensor sensors/# INTO $upstream",
+            Duration::from_secs(60),
+        )
+        .expect("routes");
+        DataPath::new(
+            &crate::config::DataConfig::default(),
+            routes,
+            &dir.join("data"),
+            store,
+        )
+        .expect("path")
+    }
+
+    #[test]
+    fn only_a_named_pod_gets_credentials_and_they_name_its_containers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = path(dir.path());
+        use crate::model::samples;
+        let mut spec = samples::spec("sensor", "uid-1", 1, crate::model::RestartPolicy::Always);
+        spec.containers.push(samples::container("main"));
+        let mut other = samples::spec("camera", "uid-2", 1, crate::model::RestartPolicy::Always);
+        other.containers.push(samples::container("main"));
+        let other = path.admit(other);
+        assert!(other.containers.iter().all(|c| c.env.is_empty()));
+        let admitted = path.admit(spec.clone());
+        let env = |name: &str| {
+            admitted.containers[0]
+                .env
+                .iter()
+                .find(|e| e.name == name)
+                .map(|e| e.value.clone())
+                .expect(name)
+        };
+        assert_eq!(env("KEDGE_DATA_URL"), "mqtt://127.0.0.1:1884");
+        let username = env("KEDGE_DATA_USERNAME");
+        let password = env("KEDGE_DATA_PASSWORD");
+        let source = path.authenticate(&username, &password).expect("valid");
+        assert_eq!(source.pod, "sensor");
+        assert_eq!(source.container, spec.containers[0].name);
+        // Another container's name with this password, another pod, or a
+        // new uid (the pod was replaced) are refused.
+        assert!(
+            path.authenticate("default/sensor/other", &password)
+                .is_none()
+        );
+        assert!(
+            path.authenticate("default/camera/main", &password)
+                .is_none()
+        );
+        spec.uid = "uid-3".into();
+        path.admit(spec);
+        assert!(path.authenticate(&username, &password).is_none());
+        path.forget("default", "sensor");
+        assert!(path.authenticate(&username, "00").is_none());
+    }
+}

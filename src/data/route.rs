@@ -1,0 +1,229 @@
+//! Routes: which workload messages go where (pure).
+//!
+//! Written in the node configuration (`data.routes`), one route per line or
+//! separated by `;`:
+//!
+//! ```text
+//! FROM default/sensor sensors/# INTO $upstream TTL 2h
+//! FROM default/camera/uploader # INTO $upstream
+//! ```
+//!
+//! `FROM namespace/pod[/container] topic-filter INTO $upstream [TTL duration]`.
+//! The source names the pod (and optionally one container; without it every
+//! container of the pod); the filter is an MQTT topic filter on the topic
+//! the workload publishes to. A pod named by a route is a pod that asks for
+//! the data endpoint: only its containers get the endpoint's address and
+//! credentials. `$upstream` is the only sink so far.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use crate::model::DataSource as Source;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub namespace: String,
+    pub pod: String,
+    /// None: every container of the pod.
+    pub container: Option<String>,
+    pub filter: String,
+    /// How long a message may wait on the device for the broker.
+    pub ttl: Duration,
+}
+
+impl Route {
+    /// Whether this route names the pod.
+    pub fn names_pod(&self, namespace: &str, pod: &str) -> bool {
+        self.namespace == namespace && self.pod == pod
+    }
+
+    pub fn matches(&self, source: &Source, topic: &str) -> bool {
+        self.names_pod(&source.namespace, &source.pod)
+            && self
+                .container
+                .as_ref()
+                .is_none_or(|c| *c == source.container)
+            && rumqttc::mqttbytes::matches(topic, &self.filter)
+    }
+}
+
+/// The route a message takes: the first that matches.
+pub fn route_for<'a>(routes: &'a [Route], source: &Source, topic: &str) -> Option<&'a Route> {
+    routes.iter().find(|r| r.matches(source, topic))
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("{key}[{index}]: {message}")]
+pub struct RouteError {
+    pub key: String,
+    pub index: usize,
+    pub message: String,
+}
+
+/// Parses `text` (the value of `key`), every route or none.
+pub fn parse_routes(
+    key: &str,
+    text: &str,
+    default_ttl: Duration,
+) -> Result<Vec<Route>, RouteError> {
+    text.split(['\n', ';'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(index, line)| {
+            parse_route(line, default_ttl).map_err(|message| RouteError {
+                key: key.to_string(),
+                index,
+                message,
+            })
+        })
+        .collect()
+}
+
+fn parse_route(line: &str, default_ttl: Duration) -> Result<Route, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let [from, source, filter, into, sink, rest @ ..] = words.as_slice() else {
+        return Err(format!(
+            "{line:?}: expected FROM namespace/pod[/container] topic-filter INTO $upstream [TTL duration]"
+        ));
+    };
+    if !from.eq_ignore_ascii_case("FROM") || !into.eq_ignore_ascii_case("INTO") {
+        return Err(format!(
+            "{line:?}: expected FROM namespace/pod[/container] topic-filter INTO $upstream [TTL duration]"
+        ));
+    }
+    let parts: Vec<&str> = source.split('/').collect();
+    let (namespace, pod, container) = match parts.as_slice() {
+        [ns, pod] => (*ns, *pod, None),
+        [ns, pod, c] => (*ns, *pod, Some(c.to_string())),
+        _ => {
+            return Err(format!(
+                "source {source:?}: expected namespace/pod[/container]"
+            ));
+        }
+    };
+    for (what, name) in [("namespace", namespace), ("pod", pod)]
+        .into_iter()
+        .chain(container.as_deref().map(|c| ("container", c)))
+    {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        {
+            return Err(format!("source {source:?}: invalid {what} name {name:?}"));
+        }
+    }
+    if !rumqttc::mqttbytes::valid_filter(filter) {
+        return Err(format!("invalid MQTT topic filter {filter:?}"));
+    }
+    if *sink != "$upstream" {
+        return Err(format!(
+            "unsupported sink {sink:?}: only $upstream (module-to-module routes are not built yet)"
+        ));
+    }
+    let ttl = match rest {
+        [] => default_ttl,
+        [ttl_word, value] if ttl_word.eq_ignore_ascii_case("TTL") => {
+            let ttl =
+                humantime::parse_duration(value).map_err(|e| format!("TTL {value:?}: {e}"))?;
+            if ttl.is_zero() {
+                return Err(format!("TTL {value:?}: must be positive"));
+            }
+            ttl
+        }
+        [word, ..] if word.eq_ignore_ascii_case("PRIORITY") => {
+            return Err("PRIORITY is not supported yet".into());
+        }
+        other => return Err(format!("unexpected {:?} after the sink", other.join(" "))),
+    };
+    Ok(Route {
+        namespace: namespace.to_string(),
+        pod: pod.to_string(),
+        container,
+        filter: filter.to_string(),
+        ttl,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_HOURS: Duration = Duration::from_secs(7200);
+
+    fn source(container: &str) -> Source {
+        Source {
+            namespace: "default".into(),
+            pod: "sensor".into(),
+            container: container.into(),
+        }
+    }
+
+    #[test]
+    fn routes_parse_and_match() {
+        let routes = parse_routes(
+            "data.routes",
+            "FROM default/sensor sensors/# INTO $upstream TTL 30m;\n FROM default/sensor/aux # INTO $upstream",
+            TWO_HOURS,
+        )
+        .expect("valid");
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].ttl, Duration::from_secs(1800));
+        assert_eq!(routes[1].ttl, TWO_HOURS);
+        assert_eq!(routes[1].container.as_deref(), Some("aux"));
+        let main = source("main");
+        assert!(route_for(&routes, &main, "sensors/t1").is_some());
+        assert!(route_for(&routes, &main, "other").is_none());
+        assert!(route_for(&routes, &source("aux"), "other").is_some());
+        let other_pod = Source {
+            pod: "camera".into(),
+            ..main
+        };
+        assert!(route_for(&routes, &other_pod, "sensors/t1").is_none());
+    }
+
+    #[test]
+    fn invalid_routes_name_their_index_and_what_is_wrong() {
+        let err = |text: &str| parse_routes("data.routes", text, TWO_HOURS).expect_err(text);
+        let e = err("FROM default/sensor # INTO $upstream; FROM default/x # INTO elsewhere");
+        assert_eq!(e.index, 1);
+        assert!(
+            e.to_string()
+                .starts_with("data.routes[1]: unsupported sink"),
+            "{e}"
+        );
+        assert!(
+            err("FROM sensor # INTO $upstream")
+                .message
+                .contains("namespace/pod")
+        );
+        assert!(
+            err("FROM default/sensor sensors/#/x INTO $upstream")
+                .message
+                .contains("filter")
+        );
+        assert!(
+            err("FROM default/sensor # INTO $upstream TTL soon")
+                .message
+                .contains("TTL")
+        );
+        assert!(
+            err("FROM default/sensor # INTO $upstream PRIORITY 1")
+                .message
+                .contains("PRIORITY")
+        );
+        assert!(
+            err("TO default/sensor # INTO $upstream")
+                .message
+                .contains("expected FROM")
+        );
+        assert!(
+            err("FROM default/Sensor_ # INTO $upstream")
+                .message
+                .contains("invalid pod")
+        );
+        assert_eq!(parse_routes("data.routes", " ; \n", TWO_HOURS), Ok(vec![]));
+    }
+}

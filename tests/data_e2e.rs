@@ -1,0 +1,421 @@
+//! The data path end to end, with real parts: a real `kedge agent`, a real
+//! Mosquitto, `kedge sink` and a real PostgreSQL (Debian's package, its own
+//! cluster in a temporary directory).
+//!
+//! The workload: a real Wasm pod that a route names gets the endpoint's
+//! address and its credentials injected (it prints them); a test client
+//! process **stands in for that pod's container** and publishes with them
+//! (WASI preview 1 has no sockets, and the Wasm host interface is not built
+//! yet), with QoS 2 and a persistent session as an IoT client would.
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use support::postgres::Postgres;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(120);
+const NODE: &str = "gw-data";
+/// Messages the stand-in workload publishes.
+const N: u64 = 10_000;
+/// The stand-in's QoS 2 window. rumqttc re-sends its window after a
+/// reconnect in packet-id order, not in the order it first sent it, so the
+/// messages in flight when the agent is killed may be stored in another
+/// order than they were first sent (the client's doing; checked below).
+const INFLIGHT: u16 = 50;
+
+fn wasm_env_pod(name: &str, module: &Path) -> String {
+    let sha = sha256_file(module);
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: file://{module}@sha256:{sha}
+    args: ["env"]
+"#,
+        module = module.display(),
+    )
+}
+
+fn pod_phase(url: &str, name: &str) -> Option<String> {
+    let out = kedge_ok(&["--broker", url, "get", "pods", "-A", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v["items"]
+        .as_array()?
+        .iter()
+        .map(|i| i["status"].clone())
+        .find(|s| s["name"] == name)
+        .and_then(|s| s["phase"].as_str().map(str::to_string))
+}
+
+/// The stand-in workload: publishes `{"n":i}` for i in 0..N on
+/// `sensors/t` with QoS 2 and a persistent session, reconnecting through
+/// outages (rumqttc re-sends what was not completed), as far as the test
+/// `allowed` so far; `done` counts the completed publishes (PUBCOMP).
+fn spawn_publisher(
+    url: String,
+    username: String,
+    password: String,
+    allowed: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let addr = url.trim_start_matches("mqtt://").to_string();
+            let (host, port) = addr.rsplit_once(':').expect("host:port");
+            let mut opts =
+                rumqttc::MqttOptions::new("sensor-main", host, port.parse::<u16>().expect("port"));
+            opts.set_clean_session(false);
+            opts.set_credentials(username, password);
+            opts.set_keep_alive(Duration::from_secs(5));
+            opts.set_inflight(INFLIGHT);
+            let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 100);
+            tokio::spawn(async move {
+                for i in 0..N {
+                    while i >= allowed.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    client
+                        .publish(
+                            "sensors/t",
+                            rumqttc::QoS::ExactlyOnce,
+                            false,
+                            format!("{{\"n\":{i},\"unit\":\"plaintext-marker\"}}"),
+                        )
+                        .await
+                        .expect("queue publish");
+                }
+            });
+            while done.load(Ordering::SeqCst) < N {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubComp(_))) => {
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(_) => {}
+                    // The agent is down (killed, restarting): try again.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+    })
+}
+
+fn count(pg: &Postgres, sql: &str) -> u64 {
+    pg.psql(sql).parse().unwrap_or(0)
+}
+
+fn publish_file(broker: &Mosquitto, topic: &str, payload: &[u8], dir: &Path) {
+    let file = dir.join(format!("p-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&file, payload).expect("write payload");
+    let mut cmd = std::process::Command::new("mosquitto_pub");
+    cmd.args(mqtt_cli_args(&broker.url(), None))
+        .args(["-q", "1", "-t", topic, "-f"])
+        .arg(&file);
+    let out = run_with_deadline(cmd, b"", Duration::from_secs(30));
+    assert!(out.status.success(), "mosquitto_pub: {out:?}");
+}
+
+#[test]
+fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed_on_the_wire() {
+    if support::postgres::pg_bin_dir().is_none() {
+        panic!("PostgreSQL is not installed (apt-get install postgresql; scripts/test.sh does)");
+    }
+    // A broker that keeps the sink's session across its restart (as
+    // production brokers do): what the device hands it while the sink's
+    // subscription exists is the broker's to deliver.
+    let mut broker = Mosquitto::start_persistent();
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // The sink's key; the devices get its public half.
+    let sink_key = dir.path().join("sink.key");
+    let sink_public = kedge_ok(&["sink", "keygen", "--out", sink_key.to_str().expect("utf8")])
+        .trim()
+        .to_string();
+
+    let data_port = free_port();
+    let agent_opts = AgentOpts {
+        node: NODE.into(),
+        broker_url: Some(broker.url()),
+        data_dir: dir.path().join("data"),
+        extra_args: vec![],
+        env: vec![
+            (
+                "KEDGE_DATA_ROUTES".into(),
+                "FROM default/sensor sensors/# INTO $upstream TTL 1h".into(),
+            ),
+            ("KEDGE_DATA_SINK_PUBLIC_KEY".into(), sink_public.clone()),
+            ("KEDGE_DATA_LISTEN".into(), format!("127.0.0.1:{data_port}")),
+            ("KEDGE_DATA_BATCH_MAX_MESSAGES".into(), "200".into()),
+            ("KEDGE_BROKER_RECONNECT_MAX_MS".into(), "1000".into()),
+        ],
+    };
+    let mut agent = Agent::start(agent_opts.clone());
+
+    // A real Wasm pod the route names: it is given the endpoint and its
+    // own credentials, and prints them.
+    let pod = dir.path().join("sensor.yaml");
+    std::fs::write(&pod, wasm_env_pod("sensor", &guest_wasm(GuestTarget::P1))).expect("write");
+    kedge_ok(&[
+        "--broker",
+        &broker.url(),
+        "apply",
+        "-f",
+        pod.to_str().expect("utf8"),
+        "--node",
+        NODE,
+    ]);
+    wait_until("the sensor pod ran", WAIT, || {
+        (pod_phase(&broker.url(), "sensor").as_deref() == Some("Succeeded")).then_some(())
+    });
+    let logs = kedge_ok(&["--broker", &broker.url(), "logs", "sensor"]);
+    let env = |name: &str| -> String {
+        logs.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} not in the pod's environment:\n{logs}"))
+            .to_string()
+    };
+    let (url, username, password) = (
+        env("KEDGE_DATA_URL"),
+        env("KEDGE_DATA_USERNAME"),
+        env("KEDGE_DATA_PASSWORD"),
+    );
+    assert_eq!(url, format!("mqtt://127.0.0.1:{data_port}"));
+    assert_eq!(username, "default/sensor/main");
+
+    // The device's public key goes to the sink's directory.
+    let device_keys = dir.path().join("device-keys");
+    std::fs::create_dir_all(&device_keys).expect("mkdir");
+    std::fs::copy(
+        dir.path().join("data/data/device-key.pk8.pub"),
+        device_keys.join(format!("{NODE}.pub")),
+    )
+    .expect("copy the device's public key");
+
+    let sink_log = std::fs::File::create(dir.path().join("sink.log")).expect("log");
+    let mut sink = std::process::Command::new(kedge_bin())
+        .args(["--broker", &broker.url(), "sink", "run", "--key"])
+        .arg(&sink_key)
+        .arg("--device-keys")
+        .arg(&device_keys)
+        .args(["--postgres", &pg.conn()])
+        // A plain subscription: Mosquitto 2.0 (Debian's) does not keep a
+        // shared subscription across its restart (README, "Sending workload
+        // data"), and this test restarts it.
+        .args(["--share-group", ""])
+        .env("KEDGE_LOG", "info,kedge=debug")
+        .stdout(sink_log.try_clone().expect("dup"))
+        .stderr(sink_log)
+        .spawn()
+        .expect("spawn kedge sink");
+    let sink_log = || std::fs::read_to_string(dir.path().join("sink.log")).unwrap_or_default();
+    wait_until("the sink subscribed", WAIT, || {
+        sink_log().contains("sink ready").then_some(())
+    });
+
+    // Everything on the broker, as a curious subscriber sees it.
+    let everything = Subscriber::start(&broker.url(), "#", None);
+
+    let done = Arc::new(AtomicU64::new(0));
+    let allowed = Arc::new(AtomicU64::new(N / 3));
+    let publisher = spawn_publisher(url, username, password, allowed.clone(), done.clone());
+    let rows = || count(&pg, "SELECT count(*) FROM kedge_messages");
+    let done_reaches = |what: &str, n: u64| {
+        wait_until(what, WAIT, || {
+            (done.load(Ordering::SeqCst) >= n).then_some(())
+        })
+    };
+
+    // Online: the first third is acknowledged and reaches PostgreSQL.
+    done_reaches("the first third acknowledged", N / 3);
+    wait_until("the first rows in PostgreSQL", WAIT, || {
+        (rows() >= N / 10).then_some(())
+    });
+    // The broker goes away; the second third goes into the store.
+    broker.stop_gracefully();
+    allowed.store(2 * N / 3, Ordering::SeqCst);
+    done_reaches(
+        "the second third acknowledged while the broker is down",
+        2 * N / 3,
+    );
+    // The last third starts, and the agent dies in the middle of it (kill
+    // -9), then comes back on the same data directory.
+    allowed.store(N, Ordering::SeqCst);
+    done_reaches("a few more acknowledged", 2 * N / 3 + 10);
+    let at_kill = done.load(Ordering::SeqCst);
+    agent.kill9();
+    drop(agent);
+    eprintln!(
+        "agent killed with {at_kill} of {N} publishes completed, {} rows stored",
+        rows()
+    );
+    let agent = Agent::start(agent_opts.clone());
+    done_reaches("every publish acknowledged", N);
+    publisher.join().expect("publisher");
+    // Only now the broker comes back: everything was kept on the device.
+    broker.restart();
+    let start = std::time::Instant::now();
+    while rows() < N {
+        if start.elapsed() > WAIT {
+            let tail = |s: String| {
+                s.lines()
+                    .rev()
+                    .take(60)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            panic!(
+                "only {} of {N} messages in PostgreSQL after {WAIT:?}\n--- broker log (drops)\n{}\n--- agent log (tail)\n{}\n--- sink log (tail)\n{}",
+                rows(),
+                tail(
+                    broker
+                        .log()
+                        .lines()
+                        .filter(|l| l.to_lowercase().contains("drop")
+                            || l.contains("kedge-sink")
+                            || l.contains("kedge-data"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+                tail(
+                    agent
+                        .log()
+                        .lines()
+                        .filter(|l| l.contains("data"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+                tail(sink_log())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    eprintln!(
+        "refused so far: {}",
+        pg.psql("SELECT coalesce(string_agg(reason || '=' || n, ', '), 'none') FROM (SELECT reason, count(*) n FROM kedge_refused GROUP BY reason) r")
+    );
+    // Exactly once, in order per source.
+    assert_eq!(rows(), N, "sink log:\n{}", sink_log());
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(DISTINCT payload_json->>'n') FROM kedge_messages"
+        ),
+        N
+    );
+    let order: Vec<u64> = pg
+        .psql(
+            "SELECT string_agg(payload_json->>'n', ',' ORDER BY seq) FROM kedge_messages \
+             WHERE device = 'gw-data' AND namespace = 'default' AND pod = 'sensor' AND container = 'main'",
+        )
+        .split(',')
+        .map(|n| n.parse().expect("n"))
+        .collect();
+    // In the order the workload sent them, except the client's own
+    // re-sent window at the crash (at most INFLIGHT messages from at_kill).
+    let resent = at_kill..at_kill + 2 * u64::from(INFLIGHT);
+    let outside: Vec<u64> = order
+        .iter()
+        .copied()
+        .filter(|n| !resent.contains(n))
+        .collect();
+    assert!(
+        outside.windows(2).all(|w| w[0] < w[1]),
+        "order per source broken outside the re-sent window {resent:?}"
+    );
+    assert_eq!(
+        pg.psql("SELECT DISTINCT topic FROM kedge_messages"),
+        "sensors/t"
+    );
+
+    // The broker saw only ciphertext: no plaintext byte pattern of any
+    // message, and no workload topic.
+    let seen = everything.messages();
+    let data_topic = format!("kedge/v1/{NODE}/data");
+    let batches: Vec<&Vec<u8>> = seen
+        .iter()
+        .filter(|(t, _)| *t == data_topic)
+        .map(|(_, p)| p)
+        .collect();
+    assert!(!batches.is_empty(), "no data batch seen on {data_topic}");
+    for (topic, payload) in &seen {
+        assert!(
+            !topic.starts_with("sensors"),
+            "a workload topic on the broker: {topic}"
+        );
+        let text = String::from_utf8_lossy(payload);
+        assert!(
+            !text.contains("plaintext-marker") && !text.contains("\"n\":"),
+            "plaintext on {topic}"
+        );
+    }
+
+    // Refusals, counted: a replayed batch, a batch signed by another key,
+    // a batch of a device the sink does not know.
+    publish_file(&broker, &data_topic, batches[0], dir.path());
+    let sink_public_key =
+        kedge::data::SinkPublicKey::parse(&sink_public, "sink").expect("sink key");
+    let batch = |device: &str| kedge::data::Batch {
+        device: device.into(),
+        messages: vec![(
+            u64::MAX / 2,
+            kedge::data::DataMessage {
+                source: kedge::model::DataSource {
+                    namespace: "default".into(),
+                    pod: "sensor".into(),
+                    container: "main".into(),
+                },
+                topic: "sensors/t".into(),
+                device_time_ms: 0,
+                payload: b"forged".to_vec(),
+            },
+        )],
+    };
+    let stranger = kedge::data::DeviceKey::generate().expect("key");
+    let forged = kedge::data::seal(&batch(NODE), &stranger, &sink_public_key).expect("seal");
+    publish_file(&broker, &data_topic, &forged, dir.path());
+    let unknown =
+        kedge::data::seal(&batch("gw-unknown"), &stranger, &sink_public_key).expect("seal");
+    publish_file(&broker, "kedge/v1/gw-unknown/data", &unknown, dir.path());
+    let refused = |reason: &str| {
+        count(
+            &pg,
+            &format!("SELECT count(*) FROM kedge_refused WHERE reason = '{reason}'"),
+        )
+    };
+    wait_until("the three refusals counted", WAIT, || {
+        (refused("duplicate") >= 1
+            && refused("bad_signature") == 1
+            && refused("unknown_device") == 1)
+            .then_some(())
+    });
+    assert_eq!(rows(), N, "nothing refused was stored");
+    assert_eq!(
+        count(
+            &pg,
+            "SELECT count(*) FROM kedge_messages WHERE payload = 'forged'"
+        ),
+        0
+    );
+
+    let _ = sink.kill();
+    let _ = sink.wait();
+    drop(agent);
+}

@@ -1,0 +1,438 @@
+//! Signed desired state end to end (docs/keys.md, docs/wire.md
+//! "Signatures"): a real Mosquitto, real agents configured with trusted
+//! keys, the CLI signing with `--signing-key`, and a client without the key
+//! publishing straight to the broker.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kedge::model::{DesiredIndex, Event, PodSpec};
+use kedge::wire::{self, Message};
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `kedge keys generate --out DIR/NAME.pem`: the key file and the public
+/// key line it printed.
+fn generate_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(format!("{name}.pem"));
+    let public = kedge_ok(&["keys", "generate", "--out", path.to_str().expect("utf8")]);
+    let public = public.trim().to_string();
+    assert_eq!(
+        kedge_ok(&["keys", "public", path.to_str().expect("utf8")]).trim(),
+        public
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path)
+        .expect("key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the private key is the owner's only");
+    (path, public)
+}
+
+struct Env {
+    broker: Mosquitto,
+    agent: Agent,
+    dir: tempfile::TempDir,
+    node: String,
+    /// `--set trust.keys=…` for the agent (empty: none).
+    trust_keys: String,
+}
+
+impl Env {
+    fn start(node: &str, dir: tempfile::TempDir, trust_keys: &str) -> Env {
+        let broker = Mosquitto::start();
+        let agent = start_agent(&broker, dir.path(), node, trust_keys);
+        Env {
+            broker,
+            agent,
+            dir,
+            node: node.into(),
+            trust_keys: trust_keys.into(),
+        }
+    }
+
+    fn restart_agent(&mut self) {
+        self.agent.kill9();
+        self.agent = start_agent(&self.broker, self.dir.path(), &self.node, &self.trust_keys);
+    }
+
+    /// `kedge apply` of `yaml` to the node, signed with `key` if given.
+    fn apply(&self, key: Option<&Path>, yaml: &str) -> String {
+        let path = self
+            .dir
+            .path()
+            .join(format!("m-{}.yaml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, yaml).expect("write manifest");
+        let mut args = vec![
+            "apply",
+            "-f",
+            path.to_str().expect("utf8"),
+            "--node",
+            &self.node,
+        ];
+        let key = key.map(|k| k.to_str().expect("utf8").to_string());
+        if let Some(k) = &key {
+            args.extend(["--signing-key", k.as_str()]);
+        }
+        kedge_on_ok(&self.broker, &self.agent, &args)
+    }
+
+    fn delete(&self, key: Option<&Path>, name: &str) -> String {
+        let mut args = vec!["delete", "pod", name, "--node", &self.node];
+        let key = key.map(|k| k.to_str().expect("utf8").to_string());
+        if let Some(k) = &key {
+            args.extend(["--signing-key", k.as_str()]);
+        }
+        kedge_on_ok(&self.broker, &self.agent, &args)
+    }
+
+    fn status(&self, name: &str) -> Option<Value> {
+        let out = kedge_ok(&[
+            "--broker",
+            &self.broker.url(),
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "json",
+        ]);
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v["items"]
+            .as_array()?
+            .iter()
+            .map(|i| i["status"].clone())
+            .find(|s| s["name"] == name)
+    }
+
+    fn wait_status(&self, what: &str, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_until(what, WAIT, || self.status(name).filter(|s| pred(s)))
+    }
+
+    fn desired_topic(&self, name: &str) -> String {
+        format!("kedge/v1/{}/desired/default/{name}", self.node)
+    }
+
+    /// The retained payload on `topic` (None: nothing retained).
+    fn retained(&self, topic: &str) -> Option<Vec<u8>> {
+        let sub = Subscriber::start(&self.broker.url(), topic, None);
+        sub.messages()
+            .into_iter()
+            .find(|(t, p)| t == topic && !p.is_empty())
+            .map(|(_, p)| p)
+    }
+
+    /// `kedge logs`: log requests are signed too (with `key`).
+    fn logs(&self, key: Option<&Path>, name: &str) -> String {
+        let mut args = vec!["logs", name, "--node", &self.node];
+        let key = key.map(|k| k.to_str().expect("utf8").to_string());
+        if let Some(k) = &key {
+            args.extend(["--signing-key", k.as_str()]);
+        }
+        kedge_on_ok(&self.broker, &self.agent, &args)
+    }
+}
+
+fn start_agent(broker: &Mosquitto, dir: &Path, node: &str, trust_keys: &str) -> Agent {
+    let mut extra_args = fast_args();
+    if !trust_keys.is_empty() {
+        extra_args.extend(["--set".to_string(), format!("trust.keys={trust_keys}")]);
+    }
+    Agent::start(AgentOpts {
+        node: node.into(),
+        broker_url: Some(broker.url()),
+        data_dir: dir.join("data"),
+        extra_args,
+        env: vec![],
+    })
+}
+
+fn phase(s: &Value) -> &str {
+    s["phase"].as_str().unwrap_or_default()
+}
+
+fn decode_event(payload: &[u8]) -> Option<Event> {
+    match wire::decode(payload).ok()?.message {
+        Message::Event(e) => Some(e),
+        _ => None,
+    }
+}
+
+/// Events about `pod` with `reason` received so far.
+fn events(sub: &Subscriber, pod: Option<&str>, reason: &str) -> Vec<Event> {
+    sub.messages()
+        .iter()
+        .filter_map(|(_, p)| decode_event(p))
+        .filter(|e| e.reason == reason && e.pod.as_deref() == pod)
+        .collect()
+}
+
+/// Waits for the `n`th event about `pod` with `reason`, and returns it.
+fn wait_event(sub: &Subscriber, pod: Option<&str>, reason: &str, n: usize) -> Event {
+    wait_until(
+        &format!("{n} {reason} event(s) about {pod:?}"),
+        WAIT,
+        || events(sub, pod, reason).into_iter().nth(n - 1),
+    )
+}
+
+/// A long-running Wasm pod (its environment carries `VERSION`).
+fn ticker(name: &str, version: &str) -> String {
+    let module = guest_wasm(GuestTarget::P1);
+    let sha = sha256_file(&module);
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: Always
+  containers:
+  - name: main
+    image: file://{module}@sha256:{sha}
+    args: ["ticker", "0", "100"]
+    env: [{{name: VERSION, value: "{version}"}}]
+"#,
+        module = module.display(),
+    )
+}
+
+/// A pod that prints its environment and exits.
+fn env_pod(name: &str, version: &str) -> String {
+    let module = guest_wasm(GuestTarget::P1);
+    let sha = sha256_file(&module);
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: file://{module}@sha256:{sha}
+    args: ["env"]
+    env: [{{name: VERSION, value: "{version}"}}]
+"#,
+        module = module.display(),
+    )
+}
+
+#[test]
+fn a_signing_agent_refuses_what_the_key_did_not_sign() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, public) = generate_key(dir.path(), "author");
+    let mut env = Env::start("gw-signed", dir, &public);
+    let url = env.broker.url();
+    let events_sub = Subscriber::start(&url, "kedge/v1/gw-signed/events", None);
+
+    // A signed spec runs; a signed update replaces it.
+    assert_eq!(
+        env.apply(Some(&key), &env_pod("app", "one")).trim(),
+        "pod/app created"
+    );
+    env.wait_status("app v1 done", "app", |s| phase(s) == "Succeeded");
+    let topic = env.desired_topic("app");
+    let signed_v1 = env.retained(&topic).expect("the signed spec is retained");
+    assert!(wire::open(&signed_v1).expect("opens").signature.is_some());
+    assert_eq!(
+        env.apply(Some(&key), &env_pod("app", "two")).trim(),
+        "pod/app configured"
+    );
+    let s = env.wait_status("app v2 done", "app", |s| {
+        s["observed_generation"] == 2 && phase(s) == "Succeeded"
+    });
+    let uid = s["uid"].as_str().expect("uid").to_string();
+    assert!(env.logs(Some(&key), "app").contains("VERSION=two"));
+    // An unsigned log request is refused.
+    let out = kedge_on(&env.broker, &["logs", "app", "--node", "gw-signed"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SignatureMissing"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signed_v2 = env.retained(&topic).expect("retained");
+
+    // 1. A spec from a client without the key (generation 3, same uid): refused.
+    let (_, mut forged) = wire::decode_as::<PodSpec>(&signed_v2).expect("decodes");
+    forged.generation = 3;
+    forged.containers[0].env[0].value = "forged".into();
+    let unsigned = wire::encode(3, &Message::DesiredPod(forged)).expect("encodes");
+    publish_raw(&url, &topic, &unsigned, true);
+    let e = wait_event(&events_sub, Some("app"), "SignatureMissing", 1);
+    assert_eq!(e.kind, kedge::model::EventType::Warning);
+    assert!(
+        e.message
+            .contains("refusing the desired spec of pod default/app")
+            && e.message.contains("keeps its last accepted spec"),
+        "{}",
+        e.message
+    );
+
+    // 2. The older signed spec replayed: refused, not merely stale.
+    publish_raw(&url, &topic, &signed_v1, true);
+    let e = wait_event(&events_sub, Some("app"), "SignatureReplayed", 1);
+    assert!(e.message.contains("older than"), "{}", e.message);
+
+    // 3. An unsigned tombstone (clearing the retained spec): the pod stays.
+    publish_raw(&url, &topic, b"", true);
+    let e = wait_event(&events_sub, Some("app"), "SignatureMissing", 2);
+    assert!(e.message.contains("refusing the delete"), "{}", e.message);
+
+    // 4. A desired index from a client without the key, listing nothing:
+    // read as unreadable, so it deletes nothing.
+    let index = wire::encode(0, &Message::DesiredIndex(DesiredIndex::default())).expect("enc");
+    publish_raw(&url, "kedge/v1/gw-signed/index/cli", &index, true);
+    let e = wait_event(&events_sub, None, "DesiredIndexUnreadable", 1);
+    assert!(e.message.contains("SignatureMissing"), "{}", e.message);
+
+    // Through all of it the pod kept its last good spec.
+    let s = env.status("app").expect("status");
+    assert_eq!(s["uid"], uid.as_str());
+    assert_eq!(s["observed_generation"], 2);
+    assert_eq!(phase(&s), "Succeeded");
+    assert!(!env.logs(Some(&key), "app").contains("forged"));
+
+    // A restart (a new session, every retained message again) is not
+    // tricked either: the counters are in the agent's store.
+    env.agent.kill9();
+    let restarted_from = events(&events_sub, None, "DesiredIndexUnreadable").len();
+    env.restart_agent();
+    wait_event(
+        &events_sub,
+        None,
+        "DesiredIndexUnreadable",
+        restarted_from + 1,
+    );
+    let s = env.status("app").expect("status");
+    assert_eq!(
+        (s["observed_generation"].as_u64(), phase(&s)),
+        (Some(2), "Succeeded")
+    );
+
+    // A signed delete works, and a replay of the signed spec afterwards
+    // does not bring the pod back.
+    env.delete(Some(&key), "app");
+    wait_until("app deleted", WAIT, || {
+        env.status("app").is_none().then_some(())
+    });
+    let replayed_before = events(&events_sub, Some("app"), "SignatureReplayed").len();
+    publish_raw(&url, &topic, &signed_v2, true);
+    wait_event(
+        &events_sub,
+        Some("app"),
+        "SignatureReplayed",
+        replayed_before + 1,
+    );
+    let s = env.wait_status("refusal reported", "app", |s| {
+        s["reason"] == "SignatureReplayed"
+    });
+    assert_eq!(phase(&s), "Failed");
+    assert_eq!(s["uid"], "", "no pod runs: the status of a refused spec");
+}
+
+#[test]
+fn a_running_pod_keeps_running_when_its_spec_is_forged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, public) = generate_key(dir.path(), "author");
+    let env = Env::start("gw-forged", dir, &public);
+    let url = env.broker.url();
+    let events_sub = Subscriber::start(&url, "kedge/v1/gw-forged/events", None);
+    env.apply(Some(&key), &ticker("tick", "good"));
+    env.wait_status("tick Running", "tick", |s| phase(s) == "Running");
+    // A spec signed by another key (an attacker's own): refused.
+    let (other, _) = generate_key(env.dir.path(), "attacker");
+    let other_signer = kedge::trust::Signer::load(&other).expect("loads");
+    let topic = env.desired_topic("tick");
+    let (_, mut spec) =
+        wire::decode_as::<PodSpec>(&env.retained(&topic).expect("retained")).expect("spec");
+    spec.generation += 1;
+    spec.containers[0].env[0].value = "evil".into();
+    let payload = other_signer
+        .sign_message(&topic, spec.generation, &Message::DesiredPod(spec.clone()))
+        .expect("signs");
+    publish_raw(&url, &topic, &payload, true);
+    let e = wait_event(&events_sub, Some("tick"), "SignatureUntrusted", 1);
+    assert!(e.message.contains("does not trust"), "{}", e.message);
+    // The author's own signature for another node does not pass either.
+    let author = kedge::trust::Signer::load(&key).expect("loads");
+    let elsewhere = author
+        .sign_message(
+            "kedge/v1/gw-other/desired/default/tick",
+            spec.generation,
+            &Message::DesiredPod(spec),
+        )
+        .expect("signs");
+    publish_raw(&url, &topic, &elsewhere, true);
+    let e = wait_event(&events_sub, Some("tick"), "SignatureInvalid", 1);
+    assert!(
+        e.message.contains("signed for another node"),
+        "{}",
+        e.message
+    );
+    let s = env.status("tick").expect("status");
+    assert_eq!(
+        (s["observed_generation"].as_u64(), phase(&s)),
+        (Some(1), "Running")
+    );
+    assert_eq!(s["container_statuses"][0]["restart_count"], 0);
+}
+
+#[test]
+fn an_expired_key_is_refused_and_its_successor_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old, old_public) = generate_key(dir.path(), "old");
+    let (new, new_public) = generate_key(dir.path(), "new");
+    let keys = format!("{old_public},expires=2020-01-01T00:00:00Z {new_public}");
+    let env = Env::start("gw-rotate", dir, &keys);
+    let events_sub = Subscriber::start(&env.broker.url(), "kedge/v1/gw-rotate/events", None);
+    env.apply(Some(&old), &env_pod("rotated", "old"));
+    let e = wait_event(&events_sub, Some("rotated"), "SignatureUntrusted", 1);
+    assert!(
+        e.message.contains("trusted until 2020-01-01T00:00:00Z"),
+        "{}",
+        e.message
+    );
+    let s = env.wait_status("refused", "rotated", |s| {
+        s["reason"] == "SignatureUntrusted"
+    });
+    assert_eq!(phase(&s), "Failed");
+    // The same pod signed with the current key runs.
+    env.apply(Some(&new), &env_pod("rotated", "new"));
+    env.wait_status("rotated done", "rotated", |s| phase(s) == "Succeeded");
+    assert!(env.logs(Some(&new), "rotated").contains("VERSION=new"));
+}
+
+#[test]
+fn an_agent_without_keys_takes_signed_and_unsigned_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, _) = generate_key(dir.path(), "author");
+    let env = Env::start("gw-open", dir, "");
+    env.apply(None, &env_pod("plain", "unsigned"));
+    env.wait_status("plain done", "plain", |s| phase(s) == "Succeeded");
+    env.apply(Some(&key), &env_pod("plain", "signed"));
+    env.wait_status("plain v2 done", "plain", |s| {
+        s["observed_generation"] == 2 && phase(s) == "Succeeded"
+    });
+    assert!(env.logs(None, "plain").contains("VERSION=signed"));
+    // A hand-made unsigned spec, as clients of schema version 2 send.
+    let topic = env.desired_topic("plain");
+    let (_, mut spec) =
+        wire::decode_as::<PodSpec>(&env.retained(&topic).expect("retained")).expect("spec");
+    spec.generation = 3;
+    let mut v2 = wire::encode(3, &Message::DesiredPod(spec)).expect("encodes");
+    v2[0] = 2;
+    publish_raw(&env.broker.url(), &topic, &v2, true);
+    env.wait_status("plain v3", "plain", |s| s["observed_generation"] == 3);
+    env.delete(None, "plain");
+    wait_until("plain deleted", WAIT, || {
+        env.status("plain").is_none().then_some(())
+    });
+}
