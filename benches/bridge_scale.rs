@@ -59,7 +59,7 @@ fn run(devices: usize, pods: usize, qps: f64) -> Row {
         ..Default::default()
     });
     let mqtt = Mosquitto::start();
-    let mut bridge = BridgeProc::start(BridgeOpts {
+    let bridge = BridgeProc::start(BridgeOpts {
         broker_url: mqtt.url(),
         kubeconfig: cp.kubeconfig.clone(),
         certs: cp.certs.clone(),

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced (bash) by scripts/, hil/ and tests/k8s-harness/build.sh: where
+# Sourced (bash) by scripts/, hil/ and tests/k8s-harness/{,kubectl/}build.sh: where
 # every persistent cache of the test suite lives, from one root.
 #
 # Each cache has its own variable; one set by the caller wins. The others
@@ -8,12 +8,14 @@
 #
 #   CARGO_TARGET_DIR         $KEDGE_CACHE_ROOT/kedge-target (.ci/run: kedge-ci-target)
 #   KEDGE_GUESTS_TARGET_DIR  $KEDGE_CACHE_ROOT/kedge-guests-target  (tests/wasm-guests)
-#   GOCACHE                  $KEDGE_CACHE_ROOT/kedge-go-cache       (tests/k8s-harness)
+#   GOCACHE                  $KEDGE_CACHE_ROOT/kedge-go-cache       (tests/k8s-harness, its kubectl/)
 #   GOMODCACHE               $KEDGE_CACHE_ROOT/kedge-go-mod
-#   KEDGE_K8S_BIN_ROOT       $KEDGE_CACHE_ROOT/kedge-k8s-bin        (control-plane binaries)
+#   KEDGE_K8S_BIN_ROOT       $KEDGE_CACHE_ROOT/kedge-k8s-bin        (control-plane binaries, kubectl)
 #   KEDGE_HIL_CACHE          $KEDGE_CACHE_ROOT/kedge-hil-cache      (qemu-system kernel, busybox)
 #   KEDGE_HIL_BOARD_CACHE    $KEDGE_HIL_CACHE/ssh-board             (the emulated board's image)
 #   KEDGE_CRI_IMAGE_CACHE    $KEDGE_CACHE_ROOT                      (holds kedge-cri-images-<key>)
+#   KEDGE_FUZZ_TARGET_DIR    $KEDGE_CACHE_ROOT/kedge-fuzz-target    (tests/fuzz, nightly)
+#   KEDGE_FUZZ_CORPUS        $KEDGE_CACHE_ROOT/kedge-fuzz-corpus    (scripts/fuzz.sh)
 #
 # The Rust test support (tests/support) applies the same rule to the two it
 # reads (KEDGE_GUESTS_TARGET_DIR, KEDGE_CRI_IMAGE_CACHE), so a plain `cargo
@@ -29,4 +31,6 @@ export KEDGE_K8S_BIN_ROOT="${KEDGE_K8S_BIN_ROOT:-$kedge_cache_root/kedge-k8s-bin
 export KEDGE_HIL_CACHE="${KEDGE_HIL_CACHE:-$kedge_cache_root/kedge-hil-cache}"
 export KEDGE_HIL_BOARD_CACHE="${KEDGE_HIL_BOARD_CACHE:-$KEDGE_HIL_CACHE/ssh-board}"
 export KEDGE_CRI_IMAGE_CACHE="${KEDGE_CRI_IMAGE_CACHE:-$kedge_cache_root}"
+export KEDGE_FUZZ_TARGET_DIR="${KEDGE_FUZZ_TARGET_DIR:-$kedge_cache_root/kedge-fuzz-target}"
+export KEDGE_FUZZ_CORPUS="${KEDGE_FUZZ_CORPUS:-$kedge_cache_root/kedge-fuzz-corpus}"
 unset kedge_cache_root

@@ -14,7 +14,7 @@
 # --ref REF   what to test (default: main), a commit of this repository
 #             (committed work only; the run needs a REF with
 #             scripts/cache-env.sh, else its .ci/run would use warm caches)
-# --keep-go   reuse this machine's Go caches and control-plane binaries
+# --keep-go   reuse this machine's Go caches, control-plane binaries and kubectl
 #             (a cold Go build of the control plane is ~25 min here), to
 #             measure a cold run of everything else
 # --keep      keep the temporary directory (clone and caches) afterwards

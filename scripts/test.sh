@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine: installs what the tests need
 # (Debian packages, rustup targets), then format and lint checks, then every
 # unit and integration test against real parts (Mosquitto, wasmtime,
-# containerd, a Kubernetes control plane), then the static device binaries
+# containerd, a Kubernetes control plane and kubectl, both built from the
+# upstream Go modules in the background), then the static device binaries
 # and hardware in the loop.
 #
 # Each stage's duration and result is printed at the end in a table, also
@@ -151,6 +152,12 @@ for t in wasm32-wasip1 wasm32-wasip2; do
 done
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+# The fuzzing stage (scripts/fuzz.sh) needs the nightly toolchain and
+# cargo-fuzz: CI installs them; elsewhere their absence is a skip.
+if [ "${CI:-}" = true ]; then
+  rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+  cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked --version '^0.13'
+fi
 export PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null || { echo "go not found: install Go >= 1.25 (https://go.dev/dl) first" >&2; exit 1; }
 
@@ -159,9 +166,16 @@ command -v go >/dev/null || { echo "go not found: install Go >= 1.25 (https://go
 # A cold build starts now, at the lowest priority, and overlaps the Rust
 # stages (whose tests spend much of their time waiting on brokers,
 # containers and timers); its stage below waits for it.
-k8s_out="$logs/k8s-harness.out"
+# Then the kubectl those tests drive (tests/k8s-harness/kubectl: its own
+# module and cache key, the control plane's release): after the control
+# plane, so that it reuses the packages the control plane just compiled
+# (~40 s then; cached, milliseconds).
+k8s_out="$logs/k8s-harness.out" kubectl_out="$logs/kubectl.out"
 # Its own process group (setsid), so that a run stopping early can end it.
-setsid nice -n 19 tests/k8s-harness/build.sh >"$k8s_out" 2>"$logs/k8s-harness.log" &
+setsid nice -n 19 bash -c '
+  tests/k8s-harness/build.sh >"$1" 2>"$2" &&
+  tests/k8s-harness/kubectl/build.sh >"$3" 2>"$4"' \
+  go-builds "$k8s_out" "$logs/k8s-harness.log" "$kubectl_out" "$logs/kubectl.log" &
 k8s_pid=$!
 
 # ---------------------------------------------------------------------------
@@ -177,7 +191,7 @@ stage "cargo clippy --all-targets, minimal"
 cargo clippy --all-targets --locked --no-default-features --features minimal -- -D warnings
 
 # One test build for the default features and the bridge: the unit tests
-# (bridge:: included) and every integration test but bridge_e2e, then
+# (bridge:: included), then every integration test but bridge_e2e, then
 # bridge_e2e from the same build, one test at a time (it runs a control
 # plane per test).
 tests=()
@@ -185,8 +199,14 @@ for f in tests/*.rs; do
   t=$(basename "$f" .rs)
   [ "$t" = bridge_e2e ] || tests+=(--test "$t")
 done
-stage "cargo test --features bridge,sink: unit and integration tests (--test-threads=$threads)"
-cargo_test main --locked --features bridge,sink --no-fail-fast --lib --bins "${tests[@]}" -- --test-threads="$threads"
+# The fast rungs first: the unit tests and the in-process tests (the
+# controller on a fake runtime with paused time, the writer against kube's
+# mock service pair, …), no process or service started; then, from the same
+# build, the integration tests against real parts.
+stage "cargo test --features bridge,sink --lib --bins: unit and in-process tests"
+cargo_test lib --locked --features bridge,sink --no-fail-fast --lib --bins -- --test-threads="$threads"
+stage "cargo test --features bridge,sink: integration tests against real parts (--test-threads=$threads)"
+cargo_test main --locked --features bridge,sink --no-fail-fast "${tests[@]}" -- --test-threads="$threads"
 # The target selection above leaves out doc tests: run them when src/ has one
 # (a fenced block that is Rust: no info string, or rust/no_run/should_panic…).
 if find src -name '*.rs' -exec cat {} + | awk '/^[ \t]*\/\/[\/!][ \t]*```/ {
@@ -220,20 +240,52 @@ fi
 stage "cargo test --lib, minimal"
 cargo_test minimal --locked --no-default-features --features minimal --lib -- --test-threads="$threads"
 
+# Coverage-guided fuzzing (docs/fuzzing.md): every target of tests/fuzz for
+# 30 s from its seeds, its past crashes and the corpus kept between runs
+# ($KEDGE_FUZZ_CORPUS). The documented long run is `scripts/fuzz.sh`.
+if rustup run nightly rustc --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
+  stage "fuzzing: 30 s per target (scripts/fuzz.sh --time 30 --dev, nightly)"
+  ./scripts/fuzz.sh --time 30 --dev
+else
+  # Under CI the setup stage installed both, so this is a local run.
+  skip "fuzzing (scripts/fuzz.sh)" "no nightly toolchain or no cargo-fuzz (rustup toolchain install nightly; cargo install cargo-fuzz)"
+fi
+
 # The bridge tests run a real control plane built from the upstream Go
-# modules (tests/k8s-harness), cached by input hash in $KEDGE_K8S_BIN_ROOT;
-# the build started in the background at the top of this script.
-stage "Kubernetes control plane (tests/k8s-harness, Go; waiting for the background build)"
+# modules (tests/k8s-harness) and drive it with a real kubectl
+# (tests/k8s-harness/kubectl), both cached by input hash in
+# $KEDGE_K8S_BIN_ROOT; the builds started in the background at the top of
+# this script.
+stage "Kubernetes control plane and kubectl (tests/k8s-harness, Go; waiting for the background build)"
 if ! wait "$k8s_pid"; then
-  cat "$logs/k8s-harness.log" >&2
-  echo "tests/k8s-harness/build.sh failed (log above)" >&2
+  # build.sh prints its directory only once it succeeded.
+  if [ ! -s "$k8s_out" ]; then
+    failed=tests/k8s-harness/build.sh log="$logs/k8s-harness.log"
+  else
+    failed=tests/k8s-harness/kubectl/build.sh log="$logs/kubectl.log"
+  fi
+  cat "$log" >&2
+  echo "$failed failed (log above)" >&2
   exit 1
 fi
 tail -n 3 "$logs/k8s-harness.log"
+tail -n 1 "$logs/kubectl.log"
 KEDGE_K8S_BIN_DIR="$(tail -n 1 "$k8s_out")"
-export KEDGE_K8S_BIN_DIR
+KEDGE_KUBECTL="$(tail -n 1 "$kubectl_out")/kubectl"
+export KEDGE_K8S_BIN_DIR KEDGE_KUBECTL
 stage "cargo test --features bridge,sink --test bridge_e2e (--test-threads=1)"
 cargo_test bridge_e2e --locked --features bridge,sink --no-fail-fast --test bridge_e2e -- --test-threads=1
+if [ "${CI:-}" = true ] && [ "$(id -u)" -eq 0 ]; then
+  # CI on a root machine has every part a test needs (the setup stage
+  # installed it, the background job built the control plane and kubectl):
+  # a test that skipped itself there is a broken set-up, not a pass.
+  stage "CI: no test skipped itself"
+  if grep -aoh 'KEDGE-TEST-SKIPPED [^:]*:' "$logs"/*.log | sort -u | grep .; then
+    echo "CI on a root machine: the tests above skipped themselves (each printed why)" >&2
+    exit 1
+  fi
+  echo "no KEDGE-TEST-SKIPPED line in any test log"
+fi
 
 # ---------------------------------------------------------------------------
 # Static device binaries (targets/): x86-64 `full` and `minimal` against

@@ -176,6 +176,12 @@ pub const KEYS: &[KeyDoc] = &[
         help: "pods capacity reported and enforced",
     },
     KeyDoc {
+        key: "node.disk_available_min_percent",
+        ty: KeyType::Int,
+        default: "10",
+        help: "DiskPressure is reported while less than this percent of the data directory's file system is available (the kubelet's nodefs.available hard eviction threshold); 0: never",
+    },
+    KeyDoc {
         key: "outbox.max_entries",
         ty: KeyType::Int,
         default: "10000",
@@ -332,6 +338,67 @@ impl ConfigError {
     }
 }
 
+/// The documented default of `key`, looked up at compile time: a key that
+/// is not in `KEYS` (a typo) does not compile, and neither does an integer
+/// default that is not a number or a key that is not an integer.
+macro_rules! default_str {
+    ($key:literal) => {
+        const { KEYS[key_index($key)].default }
+    };
+}
+macro_rules! default_int {
+    ($key:literal) => {
+        const { int_default(key_index($key)) }
+    };
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+const fn key_index(key: &str) -> usize {
+    let mut i = 0;
+    while i < KEYS.len() {
+        if str_eq(KEYS[i].key, key) {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("not a configuration key (config::KEYS)")
+}
+
+const fn int_default(index: usize) -> u64 {
+    let doc = &KEYS[index];
+    assert!(
+        matches!(doc.ty, KeyType::Int),
+        "an integer default of a key that is not an integer"
+    );
+    let digits = doc.default.as_bytes();
+    assert!(!digits.is_empty(), "an integer key without a default");
+    let mut value: u64 = 0;
+    let mut i = 0;
+    while i < digits.len() {
+        assert!(
+            digits[i].is_ascii_digit(),
+            "an integer default that is not a number"
+        );
+        value = value * 10 + (digits[i] - b'0') as u64;
+        i += 1;
+    }
+    value
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -366,8 +433,8 @@ pub struct TrustConfig {
 impl Default for TrustConfig {
     fn default() -> Self {
         TrustConfig {
-            keys: default_of("trust.keys").into(),
-            require_signatures: default_of("trust.require_signatures") == "true",
+            keys: default_str!("trust.keys").into(),
+            require_signatures: default_str!("trust.require_signatures") == "true",
             signing_key_file: None,
         }
     }
@@ -389,12 +456,12 @@ impl Default for DataConfig {
     fn default() -> Self {
         DataConfig {
             routes: String::new(),
-            listen: default_of("data.listen").into(),
+            listen: default_str!("data.listen").into(),
             advertise: String::new(),
             sink_public_key: String::new(),
-            default_ttl_secs: default_int("data.default_ttl_secs"),
-            budget_bytes: default_int("data.budget_bytes"),
-            batch_max_messages: default_int("data.batch_max_messages"),
+            default_ttl_secs: default_int!("data.default_ttl_secs"),
+            budget_bytes: default_int!("data.budget_bytes"),
+            batch_max_messages: default_int!("data.batch_max_messages"),
         }
     }
 }
@@ -463,6 +530,7 @@ pub struct NodeConfig {
     pub heartbeat_ms: u64,
     pub labels: String,
     pub max_pods: u64,
+    pub disk_available_min_percent: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -497,25 +565,14 @@ pub struct CriConfig {
     pub seccomp_default: bool,
 }
 
-fn default_of(key: &str) -> &'static str {
-    KEYS.iter()
-        .find(|k| k.key == key)
-        .map(|k| k.default)
-        .unwrap_or("")
-}
-
-fn default_int(key: &str) -> u64 {
-    default_of(key).parse().unwrap_or(0)
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
             node_name: hostname(),
-            data_dir: PathBuf::from(default_of("data_dir")),
+            data_dir: PathBuf::from(default_str!("data_dir")),
             manifests_dir: None,
-            manifests_poll_ms: default_int("manifests_poll_ms"),
-            topic_prefix: default_of("topic_prefix").into(),
+            manifests_poll_ms: default_int!("manifests_poll_ms"),
+            topic_prefix: default_str!("topic_prefix").into(),
             broker: BrokerConfig::default(),
             embedded_broker: EmbeddedBrokerConfig::default(),
             log: LogConfig::default(),
@@ -540,10 +597,10 @@ impl Default for BrokerConfig {
             key_file: None,
             username: None,
             password_file: None,
-            keep_alive_secs: default_int("broker.keep_alive_secs"),
-            reconnect_initial_ms: default_int("broker.reconnect_initial_ms"),
-            reconnect_max_ms: default_int("broker.reconnect_max_ms"),
-            unreadable_retry_ms: default_int("broker.unreadable_retry_ms"),
+            keep_alive_secs: default_int!("broker.keep_alive_secs"),
+            reconnect_initial_ms: default_int!("broker.reconnect_initial_ms"),
+            reconnect_max_ms: default_int!("broker.reconnect_max_ms"),
+            unreadable_retry_ms: default_int!("broker.unreadable_retry_ms"),
         }
     }
 }
@@ -551,7 +608,7 @@ impl Default for BrokerConfig {
 impl Default for EmbeddedBrokerConfig {
     fn default() -> Self {
         EmbeddedBrokerConfig {
-            listen: default_of("embedded_broker.listen").into(),
+            listen: default_str!("embedded_broker.listen").into(),
         }
     }
 }
@@ -559,8 +616,8 @@ impl Default for EmbeddedBrokerConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: default_of("log.level").into(),
-            format: default_of("log.format").into(),
+            level: default_str!("log.level").into(),
+            format: default_str!("log.format").into(),
         }
     }
 }
@@ -568,9 +625,9 @@ impl Default for LogConfig {
 impl Default for BackoffConfig {
     fn default() -> Self {
         BackoffConfig {
-            initial_ms: default_int("backoff.initial_ms"),
-            max_ms: default_int("backoff.max_ms"),
-            reset_after_ms: default_int("backoff.reset_after_ms"),
+            initial_ms: default_int!("backoff.initial_ms"),
+            max_ms: default_int!("backoff.max_ms"),
+            reset_after_ms: default_int!("backoff.reset_after_ms"),
         }
     }
 }
@@ -578,9 +635,10 @@ impl Default for BackoffConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
-            heartbeat_ms: default_int("node.heartbeat_ms"),
-            labels: default_of("node.labels").to_string(),
-            max_pods: default_int("node.max_pods"),
+            heartbeat_ms: default_int!("node.heartbeat_ms"),
+            labels: default_str!("node.labels").to_string(),
+            max_pods: default_int!("node.max_pods"),
+            disk_available_min_percent: default_int!("node.disk_available_min_percent"),
         }
     }
 }
@@ -588,8 +646,8 @@ impl Default for NodeConfig {
 impl Default for OutboxConfig {
     fn default() -> Self {
         OutboxConfig {
-            max_entries: default_int("outbox.max_entries"),
-            max_age_secs: default_int("outbox.max_age_secs"),
+            max_entries: default_int!("outbox.max_entries"),
+            max_age_secs: default_int!("outbox.max_age_secs"),
         }
     }
 }
@@ -597,8 +655,8 @@ impl Default for OutboxConfig {
 impl Default for LogsConfig {
     fn default() -> Self {
         LogsConfig {
-            max_file_bytes: default_int("logs.max_file_bytes"),
-            max_files: default_int("logs.max_files") as u32,
+            max_file_bytes: default_int!("logs.max_file_bytes"),
+            max_files: default_int!("logs.max_files") as u32,
         }
     }
 }
@@ -606,9 +664,9 @@ impl Default for LogsConfig {
 impl Default for WasmConfig {
     fn default() -> Self {
         WasmConfig {
-            epoch_tick_ms: default_int("wasm.epoch_tick_ms"),
+            epoch_tick_ms: default_int!("wasm.epoch_tick_ms"),
             ca_file: None,
-            default_memory_limit_bytes: default_int("wasm.default_memory_limit_bytes"),
+            default_memory_limit_bytes: default_int!("wasm.default_memory_limit_bytes"),
         }
     }
 }
@@ -616,10 +674,10 @@ impl Default for WasmConfig {
 impl Default for CriConfig {
     fn default() -> Self {
         CriConfig {
-            endpoint: Some(default_of("cri.endpoint").into()),
-            cgroup_parent: default_of("cri.cgroup_parent").into(),
-            timeout_ms: default_int("cri.timeout_ms"),
-            seccomp_default: default_of("cri.seccomp_default") == "true",
+            endpoint: Some(default_str!("cri.endpoint").into()),
+            cgroup_parent: default_str!("cri.cgroup_parent").into(),
+            timeout_ms: default_int!("cri.timeout_ms"),
+            seccomp_default: default_str!("cri.seccomp_default") == "true",
         }
     }
 }
@@ -890,6 +948,13 @@ impl Config {
                 "must not exceed backoff.max_ms",
             ));
         }
+        if self.node.disk_available_min_percent > 100 {
+            return Err(ConfigError::value(
+                "node.disk_available_min_percent",
+                self.node.disk_available_min_percent,
+                "must be a percentage, 0 to 100",
+            ));
+        }
         if self.logs.max_files == 0 {
             return Err(ConfigError::value(
                 "logs.max_files",
@@ -965,6 +1030,81 @@ impl BrokerUrl {
             port,
         })
     }
+}
+
+/// A role's own flags (`kedge bridge`, `kedge sink run`) read from the
+/// environment too: `--kubelet-listen` of `kedge bridge` is
+/// `KEDGE_BRIDGE_KUBELET_LISTEN`. The flag wins over the variable, as a
+/// flag wins over the environment for the configuration keys above. Every
+/// flag of `cmd` and its subcommands gets its name here, from one rule, so
+/// that the docs (`flags_markdown`) and the parser cannot disagree.
+pub fn flags_from_env(cmd: clap::Command, prefix: &str) -> clap::Command {
+    let cmd = cmd.mut_args(|arg| match arg.get_long() {
+        Some(long) if long != "help" => {
+            let name = flag_env_name(prefix, long);
+            arg.env(&*Box::leak(name.into_boxed_str()))
+        }
+        _ => arg,
+    });
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    names.into_iter().fold(cmd, |cmd, sub| {
+        let prefix = format!("{prefix}_{}", sub.replace('-', "_").to_uppercase());
+        cmd.mut_subcommand(sub, |c| flags_from_env(c, &prefix))
+    })
+}
+
+/// `KEDGE_BRIDGE` + `kubelet-listen` → `KEDGE_BRIDGE_KUBELET_LISTEN`.
+pub fn flag_env_name(prefix: &str, long: &str) -> String {
+    format!("{prefix}_{}", long.replace('-', "_").to_uppercase())
+}
+
+/// A role's flags as Markdown (docs/config.md, `kedge config keys`): the
+/// flag, its environment variable, its default and its help, from the
+/// parser itself (`flags_from_env` applied).
+pub fn flags_markdown(cmd: &clap::Command) -> String {
+    fn rows(c: &clap::Command, title: &str, out: &mut String) {
+        out.push_str(&format!(
+            "\n### `{title}`\n\n| flag | environment | default | meaning |\n|---|---|---|---|\n"
+        ));
+        for arg in c.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" {
+                continue;
+            }
+            let env = arg
+                .get_env()
+                .map(|e| e.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let default = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(",");
+            let help = arg
+                .get_help()
+                .map(|h| h.to_string().replace('\n', " ").replace('|', "\\|"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "| `--{long}` | `{env}` | `{default}` | {help} |\n"
+            ));
+        }
+    }
+    let mut out = String::new();
+    let name = cmd.get_name().to_string();
+    if cmd
+        .get_arguments()
+        .any(|a| a.get_long().is_some_and(|l| l != "help"))
+    {
+        rows(cmd, &format!("kedge {name}"), &mut out);
+    }
+    for sub in cmd.get_subcommands() {
+        rows(sub, &format!("kedge {name} {}", sub.get_name()), &mut out);
+    }
+    out
 }
 
 /// The key table as Markdown (docs/config.md and `kedge config keys`).
@@ -1072,6 +1212,10 @@ mod tests {
             .filter(|k| !k.default.starts_with('<'))
             .map(|k| (k.key.to_string(), k.default.to_string()))
             .collect();
-        load(None, std::iter::empty(), &flags).expect("defaults load");
+        let spelled_out = load(None, std::iter::empty(), &flags).expect("defaults load");
+        // … and give the configuration that no setting gives: the structs'
+        // defaults are the documented ones.
+        let unset = load(None, std::iter::empty(), &[]).expect("loads");
+        assert_eq!(format!("{spelled_out:?}"), format!("{unset:?}"));
     }
 }

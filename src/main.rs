@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use kedge::cli::{self, Command, ConfigCommand, GlobalArgs, WireCommand};
 use kedge::config::{self, Config};
 
@@ -34,6 +34,31 @@ enum Top {
     Sink(kedge::sink::SinkArgs),
 }
 
+/// The parser: `Kedge`'s, with the bridge's and the sink's flags also read
+/// from `KEDGE_BRIDGE_*` and `KEDGE_SINK_*` variables (config::flags_from_env).
+fn command() -> clap::Command {
+    let cmd = Kedge::command();
+    #[cfg(feature = "bridge")]
+    let cmd = cmd.mut_subcommand("bridge", |c| config::flags_from_env(c, "KEDGE_BRIDGE"));
+    #[cfg(feature = "sink")]
+    let cmd = cmd.mut_subcommand("sink", |c| config::flags_from_env(c, "KEDGE_SINK"));
+    cmd
+}
+
+/// Every key and flag, as docs/config.md lists them: the agent's keys, then
+/// the flags of the roles built in.
+fn keys_and_flags_markdown() -> String {
+    #[allow(unused_mut)]
+    let mut out = config::keys_markdown();
+    let cmd = command();
+    for role in ["bridge", "sink"] {
+        if let Some(c) = cmd.find_subcommand(role) {
+            out.push_str(&config::flags_markdown(c));
+        }
+    }
+    out
+}
+
 /// EX_USAGE: a bad configuration value.
 const EXIT_CONFIG: u8 = 64;
 
@@ -49,7 +74,8 @@ fn init_tracing(config: &Config) {
         eprintln!("warning: ignoring log filter {filter:?} ({e}); logging at info");
         Targets::new().with_default(tracing::Level::INFO)
     });
-    let format = std::env::var("KEDGE_LOG_FORMAT").unwrap_or_else(|_| config.log.format.clone());
+    // `log.format` (KEDGE_LOG_FORMAT, --set) from the configuration's layers.
+    let format = config.log.format.as_str();
     let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
@@ -80,7 +106,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = Kedge::parse();
+    let cli = Kedge::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     let extra: Vec<(&str, Option<String>)> = match &cli.command {
         Top::Cli(Command::Agent(a)) => vec![
             ("node_name", a.node.clone()),
@@ -208,7 +234,7 @@ fn main() -> ExitCode {
             Command::Config {
                 command: ConfigCommand::Keys,
             } => {
-                print!("{}", config::keys_markdown());
+                print!("{}", keys_and_flags_markdown());
                 Ok(())
             }
             Command::Keys {
@@ -242,6 +268,48 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/config.md holds what `kedge config keys` prints for the roles
+    /// this build has (CI builds them all: default + bridge + sink).
+    #[test]
+    fn docs_list_every_key_and_flag() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md");
+        let doc = std::fs::read_to_string(path).expect("docs/config.md");
+        let cmd = command();
+        let roles = ["bridge", "sink"]
+            .into_iter()
+            .filter_map(|r| cmd.find_subcommand(r))
+            .map(config::flags_markdown);
+        for table in std::iter::once(config::keys_markdown()).chain(roles) {
+            assert!(
+                doc.contains(&table),
+                "docs/config.md is stale: regenerate its tables with `kedge config keys` (a build with --features bridge,sink); missing:\n{table}"
+            );
+        }
+    }
+
+    #[test]
+    fn role_flags_read_the_environment() {
+        command().debug_assert();
+        #[cfg(feature = "bridge")]
+        {
+            let cmd = command();
+            let bridge = cmd.find_subcommand("bridge").expect("bridge");
+            let listen = bridge
+                .get_arguments()
+                .find(|a| a.get_long() == Some("kubelet-listen"))
+                .expect("--kubelet-listen");
+            assert_eq!(
+                listen.get_env().and_then(|e| e.to_str()),
+                Some("KEDGE_BRIDGE_KUBELET_LISTEN")
+            );
         }
     }
 }

@@ -8,9 +8,10 @@ use crate::model::{
     NodeAddress, NodeCondition, NodeConditionType, NodeInfo, NodeResources, NodeStatus,
 };
 
-/// Thresholds like the kubelet's default hard eviction thresholds.
+/// Thresholds like the kubelet's default hard eviction thresholds (the
+/// disk's is configuration: `node.disk_available_min_percent`, an argument
+/// of [`status`]).
 const MEMORY_AVAILABLE_MIN: u64 = 100 * 1024 * 1024;
-const DISK_AVAILABLE_MIN_PERCENT: u64 = 10;
 const PID_USED_MAX_PERCENT: u64 = 90;
 
 /// A reading of the machine's resources.
@@ -133,7 +134,8 @@ pub fn node_info(runtime_versions: &str) -> (NodeInfo, Vec<NodeAddress>) {
 }
 
 /// Builds the node status from a sample, keeping transition times from the
-/// previous status where a condition did not change.
+/// previous status where a condition did not change. DiskPressure: less
+/// than `disk_available_min_percent` % of the disk available (0: never).
 #[allow(clippy::too_many_arguments)]
 pub fn status(
     name: &str,
@@ -141,6 +143,7 @@ pub fn status(
     addresses: &[NodeAddress],
     s: &Sample,
     max_pods: u64,
+    disk_available_min_percent: u64,
     pod_count: u32,
     previous: Option<&NodeStatus>,
     now_ms: u64,
@@ -153,7 +156,7 @@ pub fn status(
     };
     let memory_pressure = s.memory_total > 0 && s.memory_available < MEMORY_AVAILABLE_MIN;
     let disk_pressure =
-        s.disk_total > 0 && s.disk_available * 100 < s.disk_total * DISK_AVAILABLE_MIN_PERCENT;
+        s.disk_total > 0 && s.disk_available * 100 < s.disk_total * disk_available_min_percent;
     let pid_pressure = s.pids_max > 0 && s.pids_used * 100 > s.pids_max * PID_USED_MAX_PERCENT;
     let make = |kind: NodeConditionType, status: bool, reason: &str, message: String| {
         let last_transition_ms = previous
@@ -268,7 +271,7 @@ mod tests {
             pids_used: 10,
             pids_max: 100,
         };
-        let s1 = status("n", &info, &[], &healthy, 110, 0, None, 1000);
+        let s1 = status("n", &info, &[], &healthy, 110, 10, 0, None, 1000);
         assert!(
             s1.condition(NodeConditionType::Ready)
                 .expect("ready")
@@ -286,7 +289,7 @@ mod tests {
             pids_used: 95,
             ..healthy
         };
-        let s2 = status("n", &info, &[], &starved, 110, 0, Some(&s1), 2000);
+        let s2 = status("n", &info, &[], &starved, 110, 10, 0, Some(&s1), 2000);
         let mem = s2
             .condition(NodeConditionType::MemoryPressure)
             .expect("mem");
@@ -308,5 +311,27 @@ mod tests {
             (ready.last_transition_ms, ready.last_heartbeat_ms),
             (1000, 2000)
         );
+    }
+
+    #[test]
+    fn the_disk_threshold_is_configuration_and_zero_never_reports_pressure() {
+        let info = NodeInfo::default();
+        let sample = Sample {
+            disk_total: 1000,
+            disk_available: 50,
+            ..Default::default()
+        };
+        let disk = |min_percent| {
+            status("n", &info, &[], &sample, 110, min_percent, 0, None, 1000)
+                .condition(NodeConditionType::DiskPressure)
+                .expect("disk")
+                .status
+        };
+        // 5 % available.
+        assert!(disk(10));
+        assert!(disk(6));
+        assert!(!disk(5));
+        assert!(!disk(1));
+        assert!(!disk(0));
     }
 }

@@ -31,6 +31,20 @@ use support::{
 
 const LONG: Duration = Duration::from_secs(180);
 
+/// DiskPressure threshold of the test agents (`node.disk_available_min_percent`):
+/// the shared test machine's disk can be below the kubelet's 10 % free, and
+/// a node reporting DiskPressure is tainted `node.kubernetes.io/disk-pressure`,
+/// which would keep the test pods off it. 1 %: the condition is still
+/// computed, the pods need no toleration a user's pods would not have.
+const TEST_DISK_MIN_PERCENT: (&str, &str) = ("KEDGE_NODE_DISK_AVAILABLE_MIN_PERCENT", "1");
+
+fn test_agent_env() -> Vec<(String, String)> {
+    vec![(
+        TEST_DISK_MIN_PERCENT.0.to_string(),
+        TEST_DISK_MIN_PERCENT.1.to_string(),
+    )]
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -166,13 +180,15 @@ impl World {
             .tempdir()
             .expect("tempdir");
         let mut agents = BTreeMap::new();
+        let mut env = test_agent_env();
+        env.extend(agent_env);
         for n in nodes {
             let dir = data.path().join(n);
             let agent = Agent::start(AgentOpts {
                 node: n.to_string(),
                 broker_url: Some(mqtt.url()),
                 data_dir: dir.clone(),
-                env: agent_env.clone(),
+                env: env.clone(),
                 ..Default::default()
             });
             agents.insert(n.to_string(), (agent, dir));
@@ -240,17 +256,19 @@ impl World {
             .map_err(|e| e.to_string())
     }
 
-    fn wait_node_ready(&mut self, name: &str) -> Node {
-        wait_until(&format!("node {name} Ready"), LONG, || {
-            self.bridge.assert_running();
+    fn wait_node_ready(&self, name: &str) -> Node {
+        self.bridge.wait(&format!("node {name} Ready"), LONG, || {
             let n = self.node(name)?;
             (condition(&n, "Ready")?.status == "True").then_some(n)
         })
     }
 
-    /// `wait_until`, but on a timeout it prints every pod and the agents' logs.
+    /// `wait_until` (failing at once if the bridge died), but on a timeout
+    /// it prints every pod and the agents' logs.
     fn wait_or_dump<T>(&self, what: &str, f: impl FnMut() -> Option<T>) -> T {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_until(what, LONG, f))) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.bridge.wait(what, LONG, f)
+        })) {
             Ok(v) => v,
             Err(e) => {
                 for p in self.list_pods("") {
@@ -314,12 +332,10 @@ fn wasm_pod_spec(image: &str, args: &[&str], extra: serde_json::Value) -> serde_
         "runtimeClassName": "kedge-wasm",
         "automountServiceAccountToken": false,
         "nodeSelector": {"kedge.io/edge": "true"},
-        // The shared test machine's disk can be below the kubelet's 10 % free
-        // threshold; the agent then reports DiskPressure (rightly) and the node
-        // controller taints the node. The workloads here write nothing.
+        // Only the kedge taint: the test agents' DiskPressure threshold
+        // (`TEST_DISK_MIN_PERCENT`) keeps the disk-pressure taint off.
         "tolerations": [
             {"key": "kedge.io/edge", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
-            {"key": "node.kubernetes.io/disk-pressure", "operator": "Exists", "effect": "NoSchedule"},
         ],
         "containers": [{"name": "main", "image": image, "args": args}],
     });
@@ -382,12 +398,12 @@ fn devices_become_nodes_and_run_cluster_workloads() {
                 .as_ref()
                 .is_some_and(|c| c.contains_key("cpu") && c.contains_key("pods"))
         );
-        wait_until(&format!("{name} Connected True"), LONG, || {
+        w.bridge.wait(&format!("{name} Connected True"), LONG, || {
             let n = w.node(name)?;
             (condition(&n, "kedge.io/Connected")?.status == "True").then_some(())
         });
         let leases: Api<Lease> = Api::namespaced(w.admin.clone(), "kube-node-lease");
-        let lease = wait_until("node lease", LONG, || {
+        let lease = w.bridge.wait("node lease", LONG, || {
             w.rt.block_on(leases.get_opt(name)).ok().flatten()
         });
         assert_eq!(
@@ -449,7 +465,7 @@ fn devices_become_nodes_and_run_cluster_workloads() {
 
     // --- kubectl logs through the apiserver and the bridge's kubelet API.
     let first = ticker_pods[0].metadata.name.clone().expect("name");
-    let log = wait_until("ticker log through the apiserver", LONG, || {
+    let log = w.bridge.wait("ticker log through the apiserver", LONG, || {
         w.logs(&first, "main").ok().filter(|l| l.contains("tick 2"))
     });
     assert!(log.starts_with("tick 1"), "{log}");
@@ -504,7 +520,7 @@ fn devices_become_nodes_and_run_cluster_workloads() {
         .as_ref()
         .and_then(|s| s.node_name.clone())
         .expect("node");
-    let seen = wait_until(
+    let seen = w.bridge.wait(
         "Pulled, Created and Started events of a ticker pod",
         LONG,
         || {
@@ -576,15 +592,17 @@ fn devices_become_nodes_and_run_cluster_workloads() {
             },
         }),
     );
-    let ds_nodes = wait_until("DaemonSet pods Ready on both kedge nodes", LONG, || {
-        let pods = w.list_pods("app=agent-ds");
-        let nodes: BTreeSet<String> = pods
-            .iter()
-            .filter(|p| pod_ready(p))
-            .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
-            .collect();
-        (nodes.len() == 2).then_some((nodes, pods.len()))
-    });
+    let ds_nodes = w
+        .bridge
+        .wait("DaemonSet pods Ready on both kedge nodes", LONG, || {
+            let pods = w.list_pods("app=agent-ds");
+            let nodes: BTreeSet<String> = pods
+                .iter()
+                .filter(|p| pod_ready(p))
+                .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+                .collect();
+            (nodes.len() == 2).then_some((nodes, pods.len()))
+        });
     assert_eq!(
         ds_nodes.0,
         BTreeSet::from(["edge-a".to_string(), "edge-b".to_string()])
@@ -609,22 +627,24 @@ fn devices_become_nodes_and_run_cluster_workloads() {
             })),
         }),
     );
-    wait_until("env-reader prints the ConfigMap value", LONG, || {
-        w.logs("env-reader", "main")
-            .ok()
-            .filter(|l| l.contains("GREETING=hello"))
-    });
+    w.bridge
+        .wait("env-reader prints the ConfigMap value", LONG, || {
+            w.logs("env-reader", "main")
+                .ok()
+                .filter(|l| l.contains("GREETING=hello"))
+        });
     w.rt.block_on(cms.patch(
         "greeting",
         &PatchParams::default(),
         &Patch::Merge(json!({"data": {"greeting": "bonjour"}})),
     ))
     .expect("patch configmap");
-    wait_until("env-reader prints the new ConfigMap value", LONG, || {
-        w.logs("env-reader", "main")
-            .ok()
-            .filter(|l| l.contains("GREETING=bonjour"))
-    });
+    w.bridge
+        .wait("env-reader prints the new ConfigMap value", LONG, || {
+            w.logs("env-reader", "main")
+                .ok()
+                .filter(|l| l.contains("GREETING=bonjour"))
+        });
 
     // --- A missing mandatory ConfigMap: not sent, an Event and a condition naming it.
     w.create(
@@ -638,29 +658,32 @@ fn devices_become_nodes_and_run_cluster_workloads() {
             })),
         }),
     );
-    wait_until("needs-missing refused with a condition", LONG, || {
-        let p =
-            w.rt.block_on(w.pods().get_opt("needs-missing"))
-                .ok()
-                .flatten()?;
-        let conds = p.status?.conditions?;
-        conds
-            .iter()
-            .find(|c| c.type_ == "kedge.io/Accepted" && c.status == "False")
-            .filter(|c| {
-                c.message
-                    .as_deref()
-                    .is_some_and(|m| m.contains("does-not-exist"))
-            })
-            .cloned()
-    });
+    w.bridge
+        .wait("needs-missing refused with a condition", LONG, || {
+            let p =
+                w.rt.block_on(w.pods().get_opt("needs-missing"))
+                    .ok()
+                    .flatten()?;
+            let conds = p.status?.conditions?;
+            conds
+                .iter()
+                .find(|c| c.type_ == "kedge.io/Accepted" && c.status == "False")
+                .filter(|c| {
+                    c.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("does-not-exist"))
+                })
+                .cloned()
+        });
 
     // --- A crash loop: Warning BackOff, repeats counted on one Event.
-    let backoff = wait_until("one BackOff Event of crasher with count 2", LONG, || {
-        w.events_of("crasher")
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("BackOff") && e.count.unwrap_or(0) >= 2)
-    });
+    let backoff = w
+        .bridge
+        .wait("one BackOff Event of crasher with count 2", LONG, || {
+            w.events_of("crasher")
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("BackOff") && e.count.unwrap_or(0) >= 2)
+        });
     assert_eq!(backoff.type_.as_deref(), Some("Warning"));
     assert!(
         backoff
@@ -682,15 +705,16 @@ fn devices_become_nodes_and_run_cluster_workloads() {
     // --- Deleting the Deployment removes the workloads and the Pod objects.
     w.rt.block_on(deployments.delete("ticker", &DeleteParams::foreground()))
         .expect("delete deployment");
-    wait_until("ticker Pod objects gone", LONG, || {
+    w.bridge.wait("ticker Pod objects gone", LONG, || {
         w.list_pods("app=ticker").is_empty().then_some(())
     });
     let url = w.mqtt.url();
-    wait_until("ticker workloads gone from the devices", LONG, || {
-        let out = kedge_ok(&["get", "pods", "-A", "--broker", &url]);
-        (!out.contains("ticker-")).then_some(())
-    });
-    let killing = wait_until("a Killing event of a ticker pod", LONG, || {
+    w.bridge
+        .wait("ticker workloads gone from the devices", LONG, || {
+            let out = kedge_ok(&["get", "pods", "-A", "--broker", &url]);
+            (!out.contains("ticker-")).then_some(())
+        });
+    let killing = w.bridge.wait("a Killing event of a ticker pod", LONG, || {
         w.events_of(&first)
             .into_iter()
             .find(|e| e.reason.as_deref() == Some("Killing"))
@@ -701,7 +725,7 @@ fn devices_become_nodes_and_run_cluster_workloads() {
     let old_uid = w.node("edge-a").and_then(|n| n.metadata.uid).expect("uid");
     w.rt.block_on(w.nodes().delete("edge-a", &DeleteParams::default()))
         .expect("delete node");
-    wait_until("edge-a recreated", LONG, || {
+    w.bridge.wait("edge-a recreated", LONG, || {
         let n = w.node("edge-a")?;
         (n.metadata.uid.as_deref() != Some(old_uid.as_str())).then_some(())
     });
@@ -720,12 +744,13 @@ fn devices_become_nodes_and_run_cluster_workloads() {
 
     // --- Killing an agent: Connected False at once, Ready Unknown after the grace period.
     w.agents.get_mut("edge-b").expect("edge-b").0.kill9();
-    wait_until("edge-b Connected False", Duration::from_secs(30), || {
-        let n = w.node("edge-b")?;
-        let c = condition(&n, "kedge.io/Connected")?;
-        (c.status == "False").then_some(())
-    });
-    wait_until(
+    w.bridge
+        .wait("edge-b Connected False", Duration::from_secs(30), || {
+            let n = w.node("edge-b")?;
+            let c = condition(&n, "kedge.io/Connected")?;
+            (c.status == "False").then_some(())
+        });
+    w.bridge.wait(
         "edge-b Ready Unknown (node lifecycle controller)",
         LONG,
         || {
@@ -740,21 +765,23 @@ fn devices_become_nodes_and_run_cluster_workloads() {
         node: "edge-b".into(),
         broker_url: Some(url.clone()),
         data_dir: dir.clone(),
+        env: test_agent_env(),
         ..Default::default()
     });
     w.agents.insert("edge-b".into(), (agent, dir));
     w.wait_node_ready("edge-b");
-    wait_until("edge-b Connected True again", LONG, || {
+    w.bridge.wait("edge-b Connected True again", LONG, || {
         let n = w.node("edge-b")?;
         (condition(&n, "kedge.io/Connected")?.status == "True").then_some(())
     });
-    wait_until("the DaemonSet pod on edge-b Ready again", LONG, || {
-        w.list_pods("app=agent-ds")
-            .iter()
-            .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("edge-b"))
-            .filter(|p| pod_ready(p))
-            .map(|_| ())
-    });
+    w.bridge
+        .wait("the DaemonSet pod on edge-b Ready again", LONG, || {
+            w.list_pods("app=agent-ds")
+                .iter()
+                .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("edge-b"))
+                .filter(|p| pod_ready(p))
+                .map(|_| ())
+        });
     w.cp.assert_running();
     let edge_b = w.node("edge-b").expect("edge-b");
     assert_eq!(
@@ -791,7 +818,7 @@ fn simulated_devices_become_ready_nodes() {
         &admin,
         &repo_root().join("edge-manifests/bridge-rbac.yaml"),
     );
-    let mut bridge = BridgeProc::start(BridgeOpts {
+    let bridge = BridgeProc::start(BridgeOpts {
         broker_url: mqtt.url(),
         kubeconfig: cp.bridge_kubeconfig.clone(),
         certs: cp.certs.clone(),
@@ -812,8 +839,7 @@ fn simulated_devices_become_ready_nodes() {
         sim::start(opts.clone())
     };
     let nodes: Api<Node> = Api::all(admin.clone());
-    wait_until("every simulated device a Ready node", LONG, || {
-        bridge.assert_running();
+    bridge.wait("every simulated device a Ready node", LONG, || {
         let list = rt
             .block_on(nodes.list(&ListParams::default().labels("kedge.io/edge=true")))
             .ok()?;
@@ -844,7 +870,7 @@ fn simulated_devices_become_ready_nodes() {
         rt.block_on(pods.create(&PostParams::default(), &pod))
             .expect("create");
     }
-    wait_until("5 pods Running with the simulator's pod IP", LONG, || {
+    bridge.wait("5 pods Running with the simulator's pod IP", LONG, || {
         let list = rt.block_on(pods.list(&ListParams::default())).ok()?;
         let ok = list
             .items
@@ -900,7 +926,7 @@ fn two_bridges_share_the_devices_through_leases() {
         })
     };
     let mut a = replica("a");
-    let mut b = replica("b");
+    let b = replica("b");
     let opts = sim::SimOpts {
         host: "127.0.0.1".into(),
         port: mqtt.port,
@@ -1003,6 +1029,82 @@ fn two_bridges_share_the_devices_through_leases() {
         (renewed == DEVICES).then_some(())
     });
     assert_eq!(ready_nodes(), DEVICES);
+}
+
+/// A replica stopped with SIGTERM (as Kubernetes stops a pod) gives its
+/// shard Leases back and deletes its membership Lease before it exits 0, so
+/// the other replica takes the shards over in its next round instead of
+/// after the Leases expire.
+#[test]
+fn a_bridge_stopped_with_sigterm_releases_its_shard_leases_and_exits_0() {
+    const SHARDS: usize = 4;
+    let rt = runtime();
+    let cp = ControlPlane::start(ControlPlaneOpts {
+        controllers: false,
+        ..Default::default()
+    });
+    let mqtt = Mosquitto::start();
+    let admin = client(&rt, &cp.kubeconfig);
+    apply_file(
+        &rt,
+        &admin,
+        &repo_root().join("edge-manifests/bridge-rbac.yaml"),
+    );
+    let replica = |id: &str| {
+        BridgeProc::start(BridgeOpts {
+            broker_url: mqtt.url(),
+            kubeconfig: cp.bridge_kubeconfig.clone(),
+            certs: cp.certs.clone(),
+            extra_args: vec![format!("--id={id}"), format!("--shards={SHARDS}")],
+        })
+    };
+    let mut a = replica("a");
+    let b = replica("b");
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), "kedge-system");
+    let holders = || -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        if let Ok(l) =
+            rt.block_on(leases.list(&ListParams::default().labels("kedge.io/bridge-lease=shard")))
+        {
+            for lease in l.items {
+                let h = lease
+                    .spec
+                    .and_then(|s| s.holder_identity)
+                    .unwrap_or_default();
+                *m.entry(h).or_insert(0) += 1;
+            }
+        }
+        m
+    };
+    b.wait("both replicas hold half of the shards", LONG, || {
+        a.assert_running();
+        let h = holders();
+        (h.get("a") == Some(&(SHARDS / 2)) && h.get("b") == Some(&(SHARDS / 2))).then_some(h)
+    });
+
+    let status = a.terminate(Duration::from_secs(60));
+    let log = a.log();
+    assert!(status.success(), "bridge a exited with {status}:\n{log}");
+    // Released before the exit, not left to expire: no shard Lease names a.
+    let h = holders();
+    assert!(!h.contains_key("a"), "shard Leases after a exited: {h:?}");
+    assert!(
+        rt.block_on(leases.get_opt("kedge-bridge-replica-a"))
+            .expect("read the replica lease")
+            .is_none(),
+        "a's membership Lease is deleted"
+    );
+    for line in [
+        "shard leases released",
+        "Kubernetes API writes flushed",
+        "kedge bridge stopped",
+    ] {
+        assert!(log.contains(line), "{line:?} missing from a's log:\n{log}");
+    }
+    b.wait("replica b holds every shard", LONG, || {
+        let h = holders();
+        (h.get("b") == Some(&SHARDS) && h.len() == 1).then_some(())
+    });
 }
 
 // ---------------------------------------------------------------- fleets
@@ -1155,7 +1257,7 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
     wait_until("the FleetDeployment resource is served", LONG, || {
         rt.block_on(fleets.list(&ListParams::default())).ok()
     });
-    let mut bridge = BridgeProc::start(BridgeOpts {
+    let bridge = BridgeProc::start(BridgeOpts {
         broker_url: mqtt.url(),
         kubeconfig: cp.bridge_kubeconfig.clone(),
         certs: cp.certs.clone(),
@@ -1187,8 +1289,7 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
             .unwrap_or_default()
     };
     // Only the gateways are Nodes, with their device labels mirrored.
-    wait_until("the 3 gateways are Nodes with their labels", LONG, || {
-        bridge.assert_running();
+    bridge.wait("the 3 gateways are Nodes with their labels", LONG, || {
         let n = edge_nodes();
         (n.len() == 3
             && n.iter().all(|n| {
@@ -1208,11 +1309,10 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
     .expect("fleet deployment");
     rt.block_on(fleets.create(&PostParams::default(), &create))
         .expect("create");
-    let mut status = |want: &dyn Fn(&kedge::bridge::fleets::crd::FleetDeploymentStatus) -> bool| {
+    let status = |want: &dyn Fn(&kedge::bridge::fleets::crd::FleetDeploymentStatus) -> bool| {
         let mut last = None;
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_until("the fleet deployment's status", LONG, || {
-                bridge.assert_running();
+            bridge.wait("the fleet deployment's status", LONG, || {
                 let f = rt.block_on(fleets.get("sensors")).ok()?;
                 let s = f.status.clone()?;
                 last = Some(s.clone());
@@ -1251,7 +1351,7 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
             .any(|c| c.type_ == "Accepted" && c.status == "True")
     );
     // Revision 1 went out in batches: the canaries alone first.
-    wait_until("the broker hands out the completed record", LONG, || {
+    bridge.wait("the broker hands out the completed record", LONG, || {
         records
             .lock()
             .expect("records")
@@ -1360,7 +1460,7 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
         s.revision == Some(2) && s.phase.as_deref() == Some("Complete") && s.up_to_date == AT_B43
     });
     let completed = |revision: u64| {
-        wait_until("the broker hands out the completed record", LONG, || {
+        bridge.wait("the broker hands out the completed record", LONG, || {
             records
                 .lock()
                 .expect("records")
@@ -1397,7 +1497,7 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
     let before = records.lock().expect("records").len();
     patch("registry.example/sensor:broken");
     let s = status(&|s| s.phase.as_deref() == Some("RolledBack") && s.revision == Some(4));
-    wait_until("the broker hands out revision 4", LONG, || {
+    bridge.wait("the broker hands out revision 4", LONG, || {
         records
             .lock()
             .expect("records")
@@ -1431,7 +1531,7 @@ fn fleet_deployments_roll_out_in_batches_and_roll_back_a_failing_canary() {
         s.revisions
     );
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), "default");
-    wait_until(
+    bridge.wait(
         "a RolledBack Warning Event on the fleet deployment",
         LONG,
         || {
@@ -1473,6 +1573,14 @@ fn fast_agent_args(labels: &str) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    // See `TEST_DISK_MIN_PERCENT`.
+    args.extend([
+        "--set".to_string(),
+        format!(
+            "node.disk_available_min_percent={}",
+            TEST_DISK_MIN_PERCENT.1
+        ),
+    ]);
     if !labels.is_empty() {
         args.extend(["--labels".to_string(), labels.to_string()]);
     }
@@ -1533,7 +1641,7 @@ fn a_fleet_deployment_runs_on_every_matching_agent_and_rolls_back_a_failing_cana
             ..Default::default()
         }));
     }
-    let mut bridge = BridgeProc::start(BridgeOpts {
+    let bridge = BridgeProc::start(BridgeOpts {
         broker_url: mqtt.url(),
         kubeconfig: cp.bridge_kubeconfig.clone(),
         certs: cp.certs.clone(),
@@ -1568,11 +1676,10 @@ fn a_fleet_deployment_runs_on_every_matching_agent_and_rolls_back_a_failing_cana
     rt.block_on(fleets.create(&PostParams::default(), &create))
         .expect("create");
     let url = mqtt.url();
-    let mut status = |what: &str, want: &dyn Fn(&FleetDeploymentStatus) -> bool| {
+    let status = |what: &str, want: &dyn Fn(&FleetDeploymentStatus) -> bool| {
         let mut last = None;
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_until(what, LONG, || {
-                bridge.assert_running();
+            bridge.wait(what, LONG, || {
                 let s = rt.block_on(fleets.get("meter")).ok()?.status?;
                 last = Some(s.clone());
                 want(&s).then_some(s)
@@ -1628,7 +1735,7 @@ fn a_fleet_deployment_runs_on_every_matching_agent_and_rolls_back_a_failing_cana
     status("revision 2 on both devices", &|s| {
         s.revision == Some(2) && s.phase.as_deref() == Some("Complete") && s.ready == 2
     });
-    wait_until("the completed record of revision 2", LONG, || {
+    bridge.wait("the completed record of revision 2", LONG, || {
         records
             .lock()
             .expect("records")
@@ -1649,7 +1756,7 @@ fn a_fleet_deployment_runs_on_every_matching_agent_and_rolls_back_a_failing_cana
         );
     }
     for node in ["edge-a", "edge-b"] {
-        wait_until(&format!("{node} runs revision 2"), LONG, || {
+        bridge.wait(&format!("{node} runs revision 2"), LONG, || {
             let p = device_pod(&url, node, "meter")?;
             (p["observed_generation"] == 2 && p["phase"] == "Running").then_some(())
         });
@@ -1704,7 +1811,7 @@ fn a_fleet_deployment_runs_on_every_matching_agent_and_rolls_back_a_failing_cana
         &Patch::Merge(json!({"metadata": {"labels": {"site": "b43"}}})),
     ))
     .expect("label the Node");
-    wait_until("edge-c reports site=b43 in its node status", LONG, || {
+    bridge.wait("edge-c reports site=b43 in its node status", LONG, || {
         let out = kedge_ok(&["get", "nodes", "-o", "json", "--broker", &url]);
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         v["items"]
@@ -1768,7 +1875,7 @@ fn a_deployment_on_a_fleet_node_reaches_the_matching_agents_and_an_update_is_rev
             ..Default::default()
         }));
     }
-    let mut bridge = BridgeProc::start(BridgeOpts {
+    let bridge = BridgeProc::start(BridgeOpts {
         broker_url: mqtt.url(),
         kubeconfig: cp.bridge_kubeconfig.clone(),
         certs: cp.certs.clone(),
@@ -1779,9 +1886,9 @@ fn a_deployment_on_a_fleet_node_reaches_the_matching_agents_and_an_update_is_rev
     let records = collect_records(&rt, mqtt.port, "kedge/v1/_fleet/default/meter".into());
     let nodes: Api<Node> = Api::all(admin.clone());
     let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
-    let mut dump = |what: &str, f: &mut dyn FnMut() -> bool| {
+    let dump = |what: &str, f: &mut dyn FnMut() -> bool| {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_until(what, LONG, || f().then_some(()))
+            bridge.wait(what, LONG, || f().then_some(()))
         }));
         if let Err(e) = r {
             for l in bridge.log().lines().rev().take(60) {
@@ -2046,7 +2153,7 @@ fn kubelet_get(
 
 #[test]
 fn the_kubelet_api_authorises_like_a_kubelet_and_a_slow_log_reader_loses_nothing() {
-    let mut w = World::start_with(
+    let w = World::start_with(
         &["edge-a"],
         vec![
             "--kubelet-header-read-timeout=2s".into(),
@@ -2060,7 +2167,7 @@ fn the_kubelet_api_authorises_like_a_kubelet_and_a_slow_log_reader_loses_nothing
     );
     w.wait_node_ready("edge-a");
     let accounts: Api<ServiceAccount> = Api::namespaced(w.admin.clone(), "default");
-    wait_until("the default service account", LONG, || {
+    w.bridge.wait("the default service account", LONG, || {
         w.rt.block_on(accounts.get_opt("default")).ok().flatten()
     });
     let on_edge_a = |args: &[&str], extra: serde_json::Value| {
@@ -2113,10 +2220,12 @@ fn the_kubelet_api_authorises_like_a_kubelet_and_a_slow_log_reader_loses_nothing
     assert_eq!(code, 403);
 
     // --- Allowed through nodes/log: the logs.
-    let log = wait_until("bob reads talker's log from the bridge", LONG, || {
-        let (code, body) = kubelet_get(&w, &bob, "/containerLogs/default/talker/main");
-        (code == 200 && body.contains("tick 1")).then_some(body)
-    });
+    let log = w
+        .bridge
+        .wait("bob reads talker's log from the bridge", LONG, || {
+            let (code, body) = kubelet_get(&w, &bob, "/containerLogs/default/talker/main");
+            (code == 200 && body.contains("tick 1")).then_some(body)
+        });
     assert!(log.starts_with("tick 1"), "{log}");
     // Only that: nodes/log is not nodes/metrics.
     assert_eq!(kubelet_get(&w, &bob, "/metrics").0, 403);
@@ -2198,7 +2307,7 @@ fn the_kubelet_api_authorises_like_a_kubelet_and_a_slow_log_reader_loses_nothing
     });
     let head_text = String::from_utf8_lossy(&head).to_string();
     assert!(head_text.starts_with("HTTP/1.0 200"), "{head_text}");
-    wait_until(
+    w.bridge.wait(
         "the bridge holds log data the reader has not taken",
         LONG,
         || {
@@ -2275,7 +2384,7 @@ fn a_signing_bridge_drives_a_signing_agent_through_a_pod_create_and_delete() {
     let key = key.to_str().expect("utf8").to_string();
     let public = kedge_ok(&["keys", "generate", "--out", &key]);
     let node = "edge-signed";
-    let mut w = World::start_with(
+    let w = World::start_with(
         &[node],
         vec!["--signing-key".into(), key.clone()],
         vec![("KEDGE_TRUST_KEYS".into(), public.trim().to_string())],
@@ -2312,7 +2421,7 @@ fn a_signing_bridge_drives_a_signing_agent_through_a_pod_create_and_delete() {
             .is_some()
     );
     // A signed log request through the kubelet API.
-    let log = wait_until("the log through the apiserver", LONG, || {
+    let log = w.bridge.wait("the log through the apiserver", LONG, || {
         w.logs("signed", "main")
             .ok()
             .filter(|l| l.contains("tick 2"))
@@ -2327,9 +2436,10 @@ fn a_signing_bridge_drives_a_signing_agent_through_a_pod_create_and_delete() {
             .and_then(|p| p.is_none().then_some(()))
     });
     // The device stopped it, and the signed tombstone was cleared.
-    wait_until("the tombstone cleared from the broker", LONG, || {
-        retained(&topic).is_none().then_some(())
-    });
+    w.bridge
+        .wait("the tombstone cleared from the broker", LONG, || {
+            retained(&topic).is_none().then_some(())
+        });
     let (agent, _) = &w.agents[node];
     let log = agent.log();
     assert!(log.contains("deleting pod"), "{log}");
@@ -2337,4 +2447,275 @@ fn a_signing_bridge_drives_a_signing_agent_through_a_pod_create_and_delete() {
         !log.contains("Signature"),
         "a refusal in the agent's log: {log}"
     );
+}
+
+// ---------------------------------------------------------------- kubectl
+
+/// A real kubectl (tests/k8s-harness/kubectl, the control plane's release)
+/// drives the bridge as a user does, through the admin kubeconfig the
+/// support code writes: it applies the bridge's RBAC and the FleetDeployment
+/// CRD; `kubectl get nodes` lists the devices Ready; `kubectl apply -f` of a
+/// FleetDeployment runs it on the devices and `kubectl get fleetdeployments`
+/// shows the counts; `kubectl apply -f` of the changed definition (an env
+/// var added) rolls revision 2 out to them; `kubectl logs` of a pod on a
+/// device Node returns its container's lines through the apiserver and the
+/// bridge's kubelet API.
+#[test]
+fn kubectl_drives_device_nodes_fleets_and_pod_logs() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kedge::bridge::fleets::crd::{FleetDeploymentResource, FleetDeploymentStatus};
+    use support::k8s::{Kubectl, kubectl_or_skip, kubectl_rows};
+
+    let Some(bin) = kubectl_or_skip("kubectl_drives_device_nodes_fleets_and_pod_logs") else {
+        return;
+    };
+    let rt = runtime();
+    let cp = ControlPlane::start(ControlPlaneOpts::default());
+    let kubectl = Kubectl::new(&bin, &cp.kubeconfig);
+    let version = kubectl.ok(&["version", "-o", "json"]);
+    let version: serde_json::Value = serde_json::from_str(&version).expect("version json");
+    assert_eq!(
+        version["clientVersion"]["gitVersion"], version["serverVersion"]["gitVersion"],
+        "kubectl is the control plane's release: {version}"
+    );
+
+    let manifests = repo_root().join("edge-manifests");
+    let rbac = manifests.join("bridge-rbac.yaml");
+    let crd = manifests.join("fleetdeployment-crd.yaml");
+    let out = kubectl.ok(&[
+        "apply",
+        "-f",
+        &rbac.to_string_lossy(),
+        "-f",
+        &crd.to_string_lossy(),
+    ]);
+    assert!(
+        out.contains(
+            "customresourcedefinition.apiextensions.k8s.io/fleetdeployments.kedge.io created"
+        ),
+        "{out}"
+    );
+    kubectl.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=180s",
+        "customresourcedefinition/fleetdeployments.kedge.io",
+    ]);
+
+    let mqtt = Mosquitto::start();
+    let url = mqtt.url();
+    let data = tempfile::Builder::new()
+        .prefix("kedge-kubectl-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    let mut agents = Vec::new();
+    for (node, labels) in [("edge-a", "site=b43,canary=true"), ("edge-b", "site=b43")] {
+        agents.push(Agent::start(AgentOpts {
+            node: node.into(),
+            broker_url: Some(url.clone()),
+            data_dir: data.path().join(node),
+            extra_args: fast_agent_args(labels),
+            ..Default::default()
+        }));
+    }
+    let bridge = BridgeProc::start(BridgeOpts {
+        broker_url: url.clone(),
+        kubeconfig: cp.bridge_kubeconfig.clone(),
+        certs: cp.certs.clone(),
+        extra_args: vec![],
+    });
+    let admin = client(&rt, &cp.kubeconfig);
+    let dump = |agents: &[Agent], bridge: &BridgeProc| {
+        for l in bridge.log().lines().rev().take(40) {
+            eprintln!("bridge: {l}");
+        }
+        for (i, a) in agents.iter().enumerate() {
+            eprintln!("--- agent {i}");
+            for l in a.log().lines().rev().take(20) {
+                eprintln!("{l}");
+            }
+        }
+    };
+
+    // --- kubectl get nodes: the devices, Ready.
+    let nodes: Api<Node> = Api::all(admin.clone());
+    for name in ["edge-a", "edge-b"] {
+        bridge.wait(&format!("node {name} Ready"), LONG, || {
+            let n = rt.block_on(nodes.get_opt(name)).ok().flatten()?;
+            (condition(&n, "Ready")?.status == "True").then_some(())
+        });
+    }
+    let out = kubectl.ok(&["get", "nodes", "-l", "kedge.io/edge=true"]);
+    let rows = kubectl_rows(&out);
+    assert_eq!(
+        rows[0],
+        ["NAME", "STATUS", "ROLES", "AGE", "VERSION"],
+        "{out}"
+    );
+    let devices: Vec<(&str, &str)> = rows[1..]
+        .iter()
+        .map(|r| (r[0].as_str(), r[1].as_str()))
+        .collect();
+    assert_eq!(devices, [("edge-a", "Ready"), ("edge-b", "Ready")], "{out}");
+    eprintln!("kubectl get nodes:\n{out}");
+
+    // --- kubectl apply -f of a FleetDeployment; kubectl get shows the counts.
+    let wasm = guest_wasm(GuestTarget::P1);
+    let image = format!("file://{}@sha256:{}", wasm.display(), sha256_file(&wasm));
+    let fleet = |env: serde_json::Value| {
+        json!({
+            "apiVersion": "kedge.io/v1alpha1",
+            "kind": "FleetDeployment",
+            "metadata": {"name": "meter", "namespace": "default"},
+            "spec": {
+                "selector": "site=b43",
+                "template": {
+                    "spec": {
+                        "runtimeClassName": "kedge-wasm",
+                        "containers": [{
+                            "name": "main",
+                            "image": image,
+                            "args": ["ticker", "0", "100"],
+                            "env": env,
+                        }],
+                    },
+                },
+                "rollout": {
+                    "batches": [{"selector": "canary=true", "limit": "100%"}, {"limit": "100%"}],
+                    "deviceTimeoutSeconds": 120,
+                    "minReadySeconds": 2,
+                },
+            },
+        })
+    };
+    // The definition as a user keeps it: a YAML file, applied and re-applied.
+    let file = data.path().join("meter.yaml");
+    let write = |v: serde_json::Value| {
+        std::fs::write(&file, serde_yaml_ng::to_string(&v).expect("yaml")).expect("write")
+    };
+    write(fleet(json!([])));
+    let out = kubectl.ok(&["apply", "-f", &file.to_string_lossy()]);
+    assert_eq!(out.trim(), "fleetdeployment.kedge.io/meter created");
+    let fleets: Api<FleetDeploymentResource> = Api::namespaced(admin.clone(), "default");
+    let status = |what: &str, want: &dyn Fn(&FleetDeploymentStatus) -> bool| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            bridge.wait(what, LONG, || {
+                let s = rt.block_on(fleets.get("meter")).ok()?.status?;
+                want(&s).then_some(())
+            })
+        }));
+        if let Err(e) = r {
+            eprintln!(
+                "{}",
+                kubectl.ok(&["get", "fleetdeployment", "meter", "-o", "yaml"])
+            );
+            dump(&agents, &bridge);
+            std::panic::resume_unwind(e)
+        }
+    };
+    status("revision 1 on both devices", &|s| {
+        s.revision == Some(1) && s.phase.as_deref() == Some("Complete") && s.ready == 2
+    });
+    let header = [
+        "NAME",
+        "SELECTOR",
+        "REVISION",
+        "TARGETED",
+        "UP-TO-DATE",
+        "READY",
+        "FAILED",
+        "PHASE",
+        "AGE",
+    ];
+    let fleet_row = |args: &[&str]| {
+        let out = kubectl.ok(args);
+        let rows = kubectl_rows(&out);
+        assert_eq!(rows.len(), 2, "{out}");
+        assert_eq!(rows[0], header, "{out}");
+        eprintln!("kubectl {}:\n{out}", args.join(" "));
+        rows[1][..8].to_vec()
+    };
+    let row1 = ["meter", "site=b43", "1", "2", "2", "2", "0", "Complete"];
+    assert_eq!(fleet_row(&["get", "fleetdeployments"]), row1);
+    // No column of the CRD is wide-only: -o wide shows the same.
+    assert_eq!(fleet_row(&["get", "fleetdeployments", "-o", "wide"]), row1);
+    for node in ["edge-a", "edge-b"] {
+        let p = device_pod(&url, node, "meter").expect("the fleet pod");
+        assert_eq!(p["phase"], "Running", "{node}: {p}");
+        assert_eq!(p["observed_generation"], 1, "{node}: {p}");
+    }
+
+    // --- kubectl apply -f of the changed definition: revision 2.
+    write(fleet(json!([{"name": "METER_UNIT", "value": "kWh"}])));
+    let out = kubectl.ok(&["apply", "-f", &file.to_string_lossy()]);
+    assert_eq!(out.trim(), "fleetdeployment.kedge.io/meter configured");
+    let applied = kubectl.ok(&[
+        "get",
+        "fleetdeployment",
+        "meter",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].env[0].value}",
+    ]);
+    assert_eq!(applied, "kWh");
+    status("revision 2 on both devices", &|s| {
+        s.revision == Some(2) && s.phase.as_deref() == Some("Complete") && s.ready == 2
+    });
+    for node in ["edge-a", "edge-b"] {
+        bridge.wait(&format!("{node} runs revision 2"), LONG, || {
+            let p = device_pod(&url, node, "meter")?;
+            (p["observed_generation"] == 2 && p["phase"] == "Running").then_some(())
+        });
+    }
+    assert_eq!(
+        fleet_row(&["get", "fleetdeployments", "meter"]),
+        ["meter", "site=b43", "2", "2", "2", "2", "0", "Complete"]
+    );
+
+    // --- kubectl logs of a pod on a device Node, through the apiserver and
+    // the bridge's kubelet API. (Pods need the namespace's default
+    // ServiceAccount, which the controller manager creates.)
+    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
+    bridge.wait("the default ServiceAccount", LONG, || {
+        rt.block_on(accounts.get_opt("default")).ok().flatten()
+    });
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "ticker", "namespace": "default"},
+        "spec": wasm_pod_spec(&image, &["ticker", "0", "300"], json!({"nodeName": "edge-a"})),
+    });
+    let pod_file = data.path().join("ticker.yaml");
+    std::fs::write(&pod_file, serde_yaml_ng::to_string(&pod).expect("yaml")).expect("write");
+    let out = kubectl.ok(&["apply", "-f", &pod_file.to_string_lossy()]);
+    assert_eq!(out.trim(), "pod/ticker created");
+    let ready = kubectl.run(&[
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=180s",
+        "pod/ticker",
+    ]);
+    if !ready.status.success() {
+        eprintln!("{}", kubectl.ok(&["get", "pod", "ticker", "-o", "yaml"]));
+        dump(&agents, &bridge);
+        panic!(
+            "pod/ticker not Ready: {}",
+            String::from_utf8_lossy(&ready.stderr)
+        );
+    }
+    let log = bridge.wait("kubectl logs shows tick 2", LONG, || {
+        let out = kubectl.run(&["logs", "ticker", "-c", "main"]);
+        let log = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && log.contains("tick 2\n")).then_some(log)
+    });
+    assert!(log.starts_with("tick 1\n"), "{log}");
+    eprintln!("kubectl logs ticker:\n{log}");
+    let tail = kubectl.ok(&["logs", "ticker", "--tail=1"]);
+    assert_eq!(tail.lines().count(), 1, "{tail:?}");
+    assert!(tail.starts_with("tick "), "{tail}");
+    // The pod's row: Running on edge-a.
+    let out = kubectl.ok(&["get", "pod", "ticker", "-o", "wide"]);
+    let rows = kubectl_rows(&out);
+    assert_eq!(&rows[0][..3], ["NAME", "READY", "STATUS"], "{out}");
+    assert_eq!(&rows[1][..3], ["ticker", "1/1", "Running"], "{out}");
+    assert!(rows[1].iter().any(|c| c == "edge-a"), "{out}");
 }

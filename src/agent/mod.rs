@@ -1524,6 +1524,7 @@ impl Controller {
             &self.addresses,
             &sample,
             self.config.node.max_pods,
+            self.config.node.disk_available_min_percent,
             self.pods.len() as u32,
             self.last_node_status.as_ref(),
             now_ms(),

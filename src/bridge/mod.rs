@@ -5,6 +5,14 @@
 //! [`render`] (pure), API writes in [`writer`], the broker session in
 //! [`mqtt_link`] and the kubelet API in [`kubelet`]. One loop owns the state
 //! and handles one [`BridgeEvent`] at a time.
+//!
+//! Shutdown (SIGTERM, Ctrl-C): the loop stops taking events and a
+//! cancellation token stops the watches, the reference reads, the kubelet
+//! API's listener, the shard rounds and the MQTT forwarding (kube-runtime
+//! and mini-redis do the same); the writer then has until
+//! `--shutdown-grace-period` to make the writes queued; the shard Leases
+//! are released ([`shard::Held::release`]), the broker link is closed, and
+//! the process exits 0. What was not finished is logged.
 
 pub mod event_series;
 pub mod fleets;
@@ -28,11 +36,15 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::mpsc;
-use tracing::{info, info_span, warn};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::Config;
 use crate::model::now_ms;
@@ -127,6 +139,66 @@ pub struct BridgeArgs {
     /// (`$share/kedge-bridge/…`): each report reaches one replica, which writes it.
     #[arg(long)]
     pub shared_status: bool,
+    /// On SIGTERM or Ctrl-C, how long the Kubernetes API writes already
+    /// queued may take to be made before the bridge gives up on them (and
+    /// logs what was left); releasing the shard Leases and closing the
+    /// broker link take up to a further 5 s each. Keep the sum under the
+    /// pod's terminationGracePeriodSeconds.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub shutdown_grace_period: Duration,
+}
+
+/// The most that releasing the shard Leases, and then closing the broker
+/// link, may each take on shutdown (after the writer's grace period).
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The bridge's background tasks, each under a name: stopped together by
+/// one token and awaited up to a deadline, so what did not finish is named.
+struct Tasks {
+    set: JoinSet<&'static str>,
+    running: BTreeSet<&'static str>,
+    stop: CancellationToken,
+}
+
+impl Tasks {
+    fn new(stop: CancellationToken) -> Tasks {
+        Tasks {
+            set: JoinSet::new(),
+            running: BTreeSet::new(),
+            stop,
+        }
+    }
+
+    /// Runs `fut` until it ends or the token is cancelled.
+    fn spawn(&mut self, name: &'static str, fut: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.running.insert(name);
+        self.set.spawn(
+            async move {
+                stop.run_until_cancelled(fut).await;
+                name
+            }
+            .instrument(info_span!("task", name)),
+        );
+    }
+
+    /// Waits for every task up to `deadline`; aborts and returns the names
+    /// of those still running then.
+    async fn join(mut self, deadline: Instant) -> BTreeSet<&'static str> {
+        loop {
+            match tokio::time::timeout_at(deadline, self.set.join_next()).await {
+                Ok(Some(Ok(name))) => {
+                    self.running.remove(name);
+                }
+                Ok(Some(Err(e))) => warn!(error = %e, "a bridge task failed"),
+                Ok(None) => return BTreeSet::new(),
+                Err(_) => {
+                    self.set.abort_all();
+                    return self.running;
+                }
+            }
+        }
+    }
 }
 
 async fn kube_client(args: &BridgeArgs) -> anyhow::Result<Client> {
@@ -153,14 +225,16 @@ async fn pump_pods(
     tx: mpsc::Sender<BridgeEvent>,
 ) {
     let cfg = watcher::Config::default().fields("spec.nodeName!=");
-    let mut stream = reflector::reflector(writer, watcher::watcher(api, cfg)).boxed();
+    // kube-runtime's back-off after an error (client-go's reflector: 0.8 s
+    // doubling to 30 s, jittered), reset by the next event.
+    let mut stream =
+        reflector::reflector(writer, watcher::watcher(api, cfg).default_backoff()).boxed();
     let mut listing: Option<HashSet<(String, String)>> = None;
     while let Some(ev) = stream.next().await {
         let ev = match ev {
             Ok(ev) => ev,
             Err(e) => {
                 warn!(error = %e, "pod watch error; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
@@ -198,7 +272,7 @@ async fn pump_pods(
 /// managedFields are all it reads.
 async fn pump_nodes(api: Api<PartialObjectMeta<Node>>, tx: mpsc::Sender<BridgeEvent>) {
     let cfg = watcher::Config::default().labels(&format!("{}=true", render::EDGE_LABEL));
-    let mut stream = watcher::watcher(api, cfg).boxed();
+    let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
     // The user labels last forwarded per Node: a Node changes with every
     // status write, its labels seldom.
     let mut sent: HashMap<String, BTreeMap<String, String>> = HashMap::new();
@@ -225,7 +299,6 @@ async fn pump_nodes(api: Api<PartialObjectMeta<Node>>, tx: mpsc::Sender<BridgeEv
             Ok(_) => continue,
             Err(e) => {
                 warn!(error = %e, "node watch error; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
@@ -238,7 +311,9 @@ async fn pump_nodes(api: Api<PartialObjectMeta<Node>>, tx: mpsc::Sender<BridgeEv
 /// Forwards FleetDeployment changes into the main loop. Resources missing
 /// from a re-list are reported as deleted (`Synced`).
 async fn pump_fleets(api: Api<FleetDeploymentResource>, tx: mpsc::Sender<BridgeEvent>) {
-    let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     let mut listing: Option<HashSet<String>> = None;
     let mut warned = false;
     while let Some(ev) = stream.next().await {
@@ -250,7 +325,6 @@ async fn pump_fleets(api: Api<FleetDeploymentResource>, tx: mpsc::Sender<BridgeE
                     warn!(error = %e, "FleetDeployment watch error (is edge-manifests/fleetdeployment-crd.yaml applied?); retrying");
                     warned = true;
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
@@ -334,52 +408,71 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}", args.kubelet_listen))?;
 
+    if args.ref_refresh_interval.is_zero() {
+        anyhow::bail!("invalid --ref-refresh-interval 0s: must be positive");
+    }
+    if args.kubelet_max_connections == 0 {
+        anyhow::bail!("invalid --kubelet-max-connections 0: must be at least 1");
+    }
+
+    let stop = CancellationToken::new();
+    let mut tasks = Tasks::new(stop.clone());
     let (tx, mut rx) = mpsc::channel::<BridgeEvent>(65_536);
-    let mqtt = mqtt_link::MqttLink::start(
+    let (mqtt, mqtt_task) = mqtt_link::MqttLink::start(
         &config,
         &format!("kedge-bridge-{}", args.id),
         args.shared_status,
         tx.clone(),
+        stop.clone(),
     )?;
-    if args.shards > 0 {
-        tokio::spawn(shard::run(
-            client.clone(),
-            args.shard_namespace.clone(),
-            args.id.clone(),
-            args.shards,
-            tx.clone(),
-            mqtt.clone(),
-        ));
-    }
+    let shard_task = (args.shards > 0).then(|| {
+        tokio::spawn(
+            shard::run(
+                client.clone(),
+                args.shard_namespace.clone(),
+                args.id.clone(),
+                args.shards,
+                tx.clone(),
+                mqtt.clone(),
+                stop.clone(),
+            )
+            .instrument(info_span!("shards")),
+        )
+    });
     let writer = writer::Writer::start(client.clone(), args.api_qps, args.api_concurrency);
 
     let (pods, pods_w) = reflector::store::<Pod>();
     // ConfigMaps and Secrets: only those referenced, read by name (refs.rs).
     let ref_table = Arc::new(std::sync::Mutex::new(refs::RefTable::default()));
     let (fetch_tx, fetch_rx) = mpsc::unbounded_channel();
-    if args.ref_refresh_interval.is_zero() {
-        anyhow::bail!("invalid --ref-refresh-interval 0s: must be positive");
-    }
-    tokio::spawn(refs::run(
-        client.clone(),
-        ref_table.clone(),
-        fetch_rx,
-        args.ref_refresh_interval,
-        tx.clone(),
-    ));
-    tokio::spawn(pump_pods(
-        Api::<Pod>::all(client.clone()),
-        pods_w,
-        tx.clone(),
-    ));
-    tokio::spawn(pump_nodes(
-        Api::<PartialObjectMeta<Node>>::all(client.clone()),
-        tx.clone(),
-    ));
-    tokio::spawn(pump_fleets(
-        Api::<FleetDeploymentResource>::all(client.clone()),
-        tx.clone(),
-    ));
+    tasks.spawn(
+        "reference reads",
+        refs::run(
+            client.clone(),
+            ref_table.clone(),
+            fetch_rx,
+            args.ref_refresh_interval,
+            tx.clone(),
+        ),
+    );
+    tasks.spawn(
+        "pod watch",
+        pump_pods(Api::<Pod>::all(client.clone()), pods_w, tx.clone()),
+    );
+    tasks.spawn(
+        "node watch",
+        pump_nodes(
+            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            tx.clone(),
+        ),
+    );
+    tasks.spawn(
+        "fleet deployment watch",
+        pump_fleets(
+            Api::<FleetDeploymentResource>::all(client.clone()),
+            tx.clone(),
+        ),
+    );
     let fleet_metrics = Arc::new(std::sync::Mutex::new(String::new()));
     let ctx = Arc::new(kubelet::Ctx {
         pods: pods.clone(),
@@ -393,19 +486,19 @@ pub async fn run(
         ),
         log_stats: mqtt.log_stats(),
     });
-    if args.kubelet_max_connections == 0 {
-        anyhow::bail!("invalid --kubelet-max-connections 0: must be at least 1");
-    }
-    tokio::spawn(kubelet::serve(
-        listener,
-        Arc::new(tls),
-        ctx,
-        kubelet::ServeLimits {
-            handshake_timeout: args.kubelet_tls_handshake_timeout,
-            header_read_timeout: args.kubelet_header_read_timeout,
-            max_connections: args.kubelet_max_connections,
-        },
-    ));
+    tasks.spawn(
+        "kubelet API",
+        kubelet::serve(
+            listener,
+            Arc::new(tls),
+            ctx,
+            kubelet::ServeLimits {
+                handshake_timeout: args.kubelet_tls_handshake_timeout,
+                header_read_timeout: args.kubelet_header_read_timeout,
+                max_connections: args.kubelet_max_connections,
+            },
+        ),
+    );
     info!(
         kubelet = %args.kubelet_listen,
         advertise = %args.advertise_address,
@@ -432,30 +525,88 @@ pub async fn run(
             _ = &mut shutdown => break,
         };
         let span = info_span!("bridge_event", kind = event_name(&ev));
-        let _g = span.enter();
-        if let BridgeEvent::NodeObjectDeleted(name) = &ev {
-            writer.forget_node(name);
-        }
-        let now = now_ms();
-        let mut actions = fleets.handle(&ev, now, &resolver);
-        let tick = matches!(ev, BridgeEvent::Tick);
-        if tick && let Ok(mut m) = fleet_metrics.lock() {
-            *m = fleets::render_metrics(&fleets.gauges());
-        }
-        actions.extend(bridge.handle(ev, now, &resolver));
-        if tick && let Ok(mut t) = ref_table.lock() {
-            let referenced: BTreeSet<&ObjRef> =
-                bridge.referenced().chain(fleets.referenced()).collect();
-            t.retain(&referenced);
-        }
-        for action in actions {
-            match action {
-                Action::Publish { topic, payload } => mqtt.publish_retained(topic, payload).await,
-                Action::ClearRetained { topic } => mqtt.clear_signed_tombstone(topic).await,
-                other => writer.push(other),
+        async {
+            if let BridgeEvent::NodeObjectDeleted(name) = &ev {
+                writer.forget_node(name);
+            }
+            let now = now_ms();
+            let mut actions = fleets.handle(&ev, now, &resolver);
+            let tick = matches!(ev, BridgeEvent::Tick);
+            if tick && let Ok(mut m) = fleet_metrics.lock() {
+                *m = fleets::render_metrics(&fleets.gauges());
+            }
+            actions.extend(bridge.handle(ev, now, &resolver));
+            if tick && let Ok(mut t) = ref_table.lock() {
+                let referenced: BTreeSet<&ObjRef> =
+                    bridge.referenced().chain(fleets.referenced()).collect();
+                t.retain(&referenced);
+            }
+            for action in actions {
+                match action {
+                    Action::Publish { topic, payload } => {
+                        mqtt.publish_retained(topic, payload).await
+                    }
+                    Action::ClearRetained { topic } => mqtt.clear_signed_tombstone(topic).await,
+                    other => writer.push(other),
+                }
             }
         }
+        .instrument(span)
+        .await;
     }
+
+    // Shutdown: no new work; what is queued is written, then the shards
+    // are given back and the broker link closed.
+    let deadline = Instant::now() + args.shutdown_grace_period;
+    info!(grace_period = ?args.shutdown_grace_period, "kedge bridge stopping");
+    stop.cancel();
+    let held = match shard_task {
+        Some(mut task) => match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(Ok(held)) => Some(held),
+            Ok(Err(e)) => {
+                warn!(error = %e, "the shard task failed; its Leases expire on their own");
+                None
+            }
+            Err(_) => {
+                task.abort();
+                warn!(
+                    "a shard round was still running at the deadline; its Leases expire on their own"
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let unfinished = tasks.join(deadline).await;
+    if !unfinished.is_empty() {
+        warn!(tasks = ?unfinished, "bridge tasks still running at the deadline were aborted");
+    }
+    match writer.drain(deadline).await {
+        Ok(()) => info!("Kubernetes API writes flushed"),
+        Err(left) => warn!(
+            unwritten = %left,
+            grace_period = ?args.shutdown_grace_period,
+            "Kubernetes API writes not made within the shutdown grace period"
+        ),
+    }
+    if let Some(held) = held {
+        let shards = held.len();
+        match tokio::time::timeout(RELEASE_TIMEOUT, held.release()).await {
+            Ok(kept) if kept.is_empty() => info!(shards, "shard leases released"),
+            Ok(kept) => warn!(?kept, "shard leases not released; they expire on their own"),
+            Err(_) => warn!("releasing the shard leases timed out; they expire on their own"),
+        }
+    }
+    mqtt.close().await;
+    let mut mqtt_task = mqtt_task;
+    if tokio::time::timeout(RELEASE_TIMEOUT, &mut mqtt_task)
+        .await
+        .is_err()
+    {
+        mqtt_task.abort();
+        warn!("the broker link did not close in time; dropped without DISCONNECT");
+    }
+    drop(rx);
     info!("kedge bridge stopped");
     Ok(())
 }

@@ -6,14 +6,20 @@
 //! "All retained messages have arrived" uses the CLI's barrier (docs/wire.md):
 //! after subscribing, the bridge publishes to its own barrier topic; when that
 //! message comes back, every retained message before it was delivered.
+//!
+//! On shutdown the session stops forwarding what it receives and
+//! [`MqttLink::close`] ends it with a DISCONNECT, after every publish queued
+//! before it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, Incoming, QoS};
+use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, Incoming, Outgoing, QoS};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::fleets::FleetEvent;
@@ -251,14 +257,16 @@ fn retained_filters(topics: &Topics) -> Vec<String> {
 }
 
 impl MqttLink {
-    /// Connects (in the background, reconnecting forever) and forwards
-    /// everything to `events`.
+    /// Connects (in the background, reconnecting until `stop`) and forwards
+    /// everything to `events` until `stop`. The task ends after
+    /// [`MqttLink::close`] (or, after `stop`, when the connection is lost).
     pub fn start(
         config: &Config,
         client_id: &str,
         shared: bool,
         events: mpsc::Sender<BridgeEvent>,
-    ) -> Result<MqttLink, LinkError> {
+        stop: CancellationToken,
+    ) -> Result<(MqttLink, JoinHandle<()>), LinkError> {
         let (url, opts) = crate::mqtt::clean_session_options(config, client_id)
             .map_err(|e| LinkError::Broker(e.to_string()))?;
         let signer = config
@@ -287,7 +295,7 @@ impl MqttLink {
         };
         let initial = Duration::from_millis(config.broker.reconnect_initial_ms.max(1));
         let max = Duration::from_millis(config.broker.reconnect_max_ms.max(1));
-        tokio::spawn(run(
+        let task = tokio::spawn(run(
             link.clone(),
             eventloop,
             barrier,
@@ -295,8 +303,17 @@ impl MqttLink {
             url,
             initial,
             max,
+            stop,
         ));
-        Ok(link)
+        Ok((link, task))
+    }
+
+    /// Ends the session: a DISCONNECT goes out after everything published
+    /// before, and the session's task ends.
+    pub async fn close(&self) {
+        if let Err(e) = self.client.disconnect().await {
+            debug!(error = %e, "the MQTT session had already ended");
+        }
     }
 
     /// Reads the broker's retained node statuses, specs and reports again
@@ -469,6 +486,23 @@ pub fn classify(topics: &Topics, topic: &str, payload: &[u8]) -> Option<BridgeEv
     }
 }
 
+/// Hands `ev` to the main loop unless the bridge is stopping; false when
+/// the main loop is gone.
+async fn forward(
+    events: &mpsc::Sender<BridgeEvent>,
+    stop: &CancellationToken,
+    ev: BridgeEvent,
+) -> bool {
+    if stop.is_cancelled() {
+        return true;
+    }
+    match stop.run_until_cancelled(events.send(ev)).await {
+        Some(sent) => sent.is_ok(),
+        None => true,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     link: MqttLink,
     mut eventloop: EventLoop,
@@ -477,6 +511,7 @@ async fn run(
     url: String,
     initial: Duration,
     max: Duration,
+    stop: CancellationToken,
 ) {
     let mut attempt = 0u32;
     loop {
@@ -504,7 +539,7 @@ async fn run(
                         let replay = format!("{}/+/reported/#", link.topics.prefix());
                         let _ = link.client.unsubscribe(replay).await;
                     }
-                    if events.send(BridgeEvent::MqttSynced).await.is_err() {
+                    if !forward(&events, &stop, BridgeEvent::MqttSynced).await {
                         return;
                     }
                     continue;
@@ -515,17 +550,31 @@ async fn run(
                     continue;
                 }
                 if let Some(ev) = classify(&link.topics, &p.topic, &p.payload)
-                    && events.send(ev).await.is_err()
+                    && !forward(&events, &stop, ev).await
                 {
                     return;
                 }
             }
+            Ok(MqttEvent::Outgoing(Outgoing::Disconnect)) => {
+                info!(broker = %url, "bridge disconnected from the broker");
+                return;
+            }
             Ok(_) => {}
+            Err(e) if stop.is_cancelled() => {
+                warn!(broker = %url, error = %e, "bridge lost the broker while stopping");
+                return;
+            }
             Err(e) => {
                 let delay = reconnect_delay(attempt, initial, max, fastrand::f64());
                 attempt = attempt.saturating_add(1);
                 warn!(broker = %url, error = %e, ?delay, "bridge lost the broker; reconnecting");
-                tokio::time::sleep(delay).await;
+                if stop
+                    .run_until_cancelled(tokio::time::sleep(delay))
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
             }
         }
     }

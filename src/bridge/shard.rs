@@ -9,6 +9,13 @@
 //! use the Lease's resourceVersion (optimistic concurrency): two replicas
 //! never both believe they hold a shard after a round.
 //!
+//! On shutdown [`run`] stops renewing and hands back what it holds
+//! ([`Held`]); once the writer drained, [`Held::release`] gives the shard
+//! Leases back as client-go's leader election does with `ReleaseOnCancel`
+//! (holder cleared, duration 1 s, under the resourceVersion this replica
+//! last wrote) and deletes the membership Lease, so the other replicas take
+//! the shards over in their next round instead of after [`LEASE_SECS`].
+//!
 //! [`plan`] is the decision, pure and unit-tested; [`run`] does the I/O.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -19,6 +26,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, P
 use kube::{Client, Error as KubeError};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::mqtt_link::MqttLink;
@@ -112,13 +120,24 @@ fn view(l: &Lease) -> ShardLease {
 }
 
 fn lease_body(name: &str, kind: &str, holder: &str, now_ms: u64, rv: Option<&str>) -> Lease {
+    lease_object(name, kind, holder, LEASE_SECS, now_ms, rv)
+}
+
+fn lease_object(
+    name: &str,
+    kind: &str,
+    holder: &str,
+    duration_secs: u64,
+    now_ms: u64,
+    rv: Option<&str>,
+) -> Lease {
     let mut v = json!({
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
         "metadata": {"name": name, "labels": {LEASE_LABEL: kind}},
         "spec": {
             "holderIdentity": holder,
-            "leaseDurationSeconds": LEASE_SECS,
+            "leaseDurationSeconds": duration_secs,
             "renewTime": render::micro_time(now_ms),
         },
     });
@@ -132,8 +151,56 @@ fn conflict(e: &KubeError) -> bool {
     matches!(e, KubeError::Api(s) if s.code == 409 || s.code == 404)
 }
 
-/// Runs the shard protocol forever, telling the main loop which shards this
-/// replica holds and re-reading the broker's retained state when it gains any.
+/// The shard Leases a replica held when it stopped, as it last wrote them.
+pub struct Held {
+    api: Api<Lease>,
+    me: String,
+    leases: BTreeMap<u32, Lease>,
+}
+
+impl Held {
+    /// How many shard Leases are held.
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
+    /// Gives the shard Leases back and deletes the membership Lease.
+    /// Returns the shards still held (a write failed, or another replica
+    /// wrote the Lease since: then it is not ours to clear).
+    pub async fn release(self) -> Vec<u32> {
+        let now = now_ms();
+        let mut kept = Vec::new();
+        for (n, lease) in &self.leases {
+            let name = shard_lease_name(*n);
+            let rv = lease.metadata.resource_version.as_deref();
+            let body = lease_object(&name, "shard", "", 1, now, rv);
+            match self.api.replace(&name, &PostParams::default(), &body).await {
+                Ok(_) => debug!(shard = n, "shard lease released"),
+                Err(e) if conflict(&e) => debug!(shard = n, "shard lease already taken"),
+                Err(e) => {
+                    warn!(shard = n, error = %e, "cannot release a shard lease");
+                    kept.push(*n);
+                }
+            }
+        }
+        let member = replica_lease_name(&self.me);
+        if let Err(e) = self.api.delete(&member, &DeleteParams::default()).await
+            && !conflict(&e)
+        {
+            warn!(error = %e, "cannot delete the replica lease");
+        }
+        kept
+    }
+}
+
+/// Runs the shard protocol until `stop`, telling the main loop which shards
+/// this replica holds and re-reading the broker's retained state when it
+/// gains any. A round under way when `stop` comes is finished, so the
+/// Leases it wrote are known; returns what is held then.
 pub async fn run(
     client: Client,
     namespace: String,
@@ -141,10 +208,21 @@ pub async fn run(
     shards: u32,
     events: mpsc::Sender<BridgeEvent>,
     mqtt: MqttLink,
-) {
+    stop: CancellationToken,
+) -> Held {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     let mut held: HashSet<u32> = HashSet::new();
+    // The shard Leases as last written by this replica (their resourceVersion).
+    let mut written: BTreeMap<u32, Lease> = BTreeMap::new();
+    let stopped = |written: BTreeMap<u32, Lease>| Held {
+        api: api.clone(),
+        me: me.clone(),
+        leases: written,
+    };
     loop {
+        if stop.is_cancelled() {
+            return stopped(written);
+        }
         let now = now_ms();
         let member = lease_body(&replica_lease_name(&me), "replica", &me, now, None);
         if let Err(e) = api
@@ -161,7 +239,13 @@ pub async fn run(
             Ok(l) => l.items,
             Err(e) => {
                 warn!(error = %e, "cannot list bridge leases");
-                tokio::time::sleep(ROUND).await;
+                if stop
+                    .run_until_cancelled(tokio::time::sleep(ROUND))
+                    .await
+                    .is_none()
+                {
+                    return stopped(written);
+                }
                 continue;
             }
         };
@@ -215,22 +299,23 @@ pub async fn run(
                 }
             };
             match result {
-                Ok(_) => {
+                Ok(lease) => {
                     next.insert(*n);
+                    written.insert(*n, lease);
                 }
                 Err(e) if conflict(&e) => debug!(shard = n, "another replica won the shard"),
                 Err(e) => warn!(shard = n, error = %e, "cannot write a shard lease"),
             }
         }
+        written.retain(|n, _| next.contains(n));
         if next != held {
             let gained = next.difference(&held).count();
             info!(held = next.len(), members, "bridge shards changed");
-            if events
-                .send(BridgeEvent::ShardsChanged { held: next.clone() })
-                .await
-                .is_err()
-            {
-                return;
+            let sent = stop
+                .run_until_cancelled(events.send(BridgeEvent::ShardsChanged { held: next.clone() }))
+                .await;
+            if !matches!(sent, Some(Ok(()))) {
+                return stopped(written);
             }
             if gained > 0 {
                 mqtt.resync().await;
@@ -250,7 +335,13 @@ pub async fn run(
                 let _ = api.delete(&shard_lease_name(*n), &dp).await;
             }
         }
-        tokio::time::sleep(ROUND).await;
+        if stop
+            .run_until_cancelled(tokio::time::sleep(ROUND))
+            .await
+            .is_none()
+        {
+            return stopped(written);
+        }
     }
 }
 
@@ -304,6 +395,63 @@ mod tests {
         let a = plan("a", 2, 1, &leases, NOW);
         assert_eq!(a.renew, BTreeSet::from([0]));
         assert_eq!(a.take, BTreeSet::from([1]));
+    }
+
+    /// `Held::release` against kube's mock service pair: what it asks the
+    /// apiserver.
+    #[tokio::test]
+    async fn release_clears_the_holder_under_the_last_resource_version_and_deletes_the_membership()
+    {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<Lease> = Api::namespaced(Client::new(service, "default"), "kedge-system");
+        let mut written = lease_body(&shard_lease_name(2), "shard", "a", NOW, Some("41"));
+        written.metadata.namespace = Some("kedge-system".into());
+        let held = Held {
+            api,
+            me: "a".into(),
+            leases: BTreeMap::from([(2, written)]),
+        };
+        let release = tokio::spawn(held.release());
+        let mut seen = Vec::new();
+        for reply in [
+            // The shard Lease is replaced; the membership Lease was already gone.
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "kedge-bridge-shard-2"}}),
+            json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": "gone"}),
+        ] {
+            let (request, respond) = handle.next_request().await.expect("a request");
+            let method = request.method().clone();
+            let uri = request.uri().to_string();
+            let body = request.into_body().collect_bytes().await.expect("body");
+            seen.push((method, uri, body));
+            let code = reply["code"].as_u64().unwrap_or(200) as u16;
+            respond.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&reply).expect("json")))
+                    .expect("response"),
+            );
+        }
+        assert!(release.await.expect("release").is_empty(), "nothing kept");
+        let (method, uri, body) = &seen[0];
+        assert_eq!(*method, http::Method::PUT);
+        assert_eq!(
+            uri,
+            "/apis/coordination.k8s.io/v1/namespaces/kedge-system/leases/kedge-bridge-shard-2?"
+        );
+        let lease: serde_json::Value = serde_json::from_slice(body).expect("a Lease");
+        assert_eq!(lease["metadata"]["resourceVersion"], "41");
+        assert_eq!(lease["spec"]["holderIdentity"], "");
+        assert_eq!(lease["spec"]["leaseDurationSeconds"], 1);
+        let released = view(&serde_json::from_value(lease).expect("lease"));
+        assert!(!released.valid(NOW), "free for the others at once");
+        let (method, uri, _) = &seen[1];
+        assert_eq!(*method, http::Method::DELETE);
+        assert_eq!(
+            uri,
+            "/apis/coordination.k8s.io/v1/namespaces/kedge-system/leases/kedge-bridge-replica-a?"
+        );
     }
 
     #[test]

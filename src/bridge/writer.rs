@@ -4,10 +4,16 @@
 //! object (a node's create/status/Connected/Lease, a pod's status) waiting in
 //! the queue is merged, newest wins, so a burst of reports for one pod costs
 //! one request. Work on one object is never in flight twice, so a node is
-//! created before its status and Lease are written. A token bucket caps the
-//! request rate (`--api-qps`) and a fixed number of workers the concurrency.
+//! created before its status and Lease are written. Requests are paced
+//! (`--api-qps`: one request slot every 1/qps s) and a fixed number of
+//! workers caps the concurrency. A failed write is retried after
+//! kube-runtime's back-off ([`Retries`]), per object, reset by its next
+//! success. On shutdown [`Writer::drain`] waits for the queue to empty, up to
+//! a deadline, and says what was left.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,10 +22,12 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event as K8sEvent, Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::watcher::DefaultBackoff;
 use kube::{Client, Error as KubeError};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::event_series::{EventSeries, Write};
@@ -98,6 +106,95 @@ enum Work {
     FleetStatus(Value),
 }
 
+/// The longest a retry waits if the back-off ever ran out (it does not:
+/// kube-runtime's default has no limit of attempts).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
+/// Retry delays per object: kube-runtime's [`DefaultBackoff`] (the
+/// watcher's, after client-go's reflector: 0.8 s doubling to 30 s, with up
+/// to 100 % jitter), one per object that failed, forgotten when a write of
+/// it succeeds, so the next failure starts from the shortest delay again.
+pub struct Retries<K> {
+    failing: HashMap<K, DefaultBackoff>,
+}
+
+impl<K> Default for Retries<K> {
+    fn default() -> Self {
+        Retries {
+            failing: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> Retries<K> {
+    /// A write of `key` failed: how long to wait before trying it again.
+    pub fn failed(&mut self, key: &K) -> Duration {
+        self.failing
+            .entry(key.clone())
+            .or_default()
+            .next()
+            .unwrap_or(MAX_RETRY_DELAY)
+    }
+
+    /// A write of `key` succeeded (or will not be retried): its back-off
+    /// starts afresh.
+    pub fn succeeded(&mut self, key: &K) {
+        self.failing.remove(key);
+    }
+
+    /// Objects whose last write failed.
+    pub fn failing(&self) -> usize {
+        self.failing.len()
+    }
+}
+
+/// What a [`Writer`] had not written when its drain deadline passed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    pub pod_statuses: usize,
+    pub pod_deletions: usize,
+    pub nodes: usize,
+    pub events: usize,
+    pub fleet_statuses: usize,
+    /// Requests under way.
+    pub in_flight: usize,
+    /// Failed writes waiting for their retry.
+    pub retrying: usize,
+}
+
+impl Backlog {
+    pub fn is_empty(&self) -> bool {
+        *self == Backlog::default()
+    }
+}
+
+impl fmt::Display for Backlog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = [
+            (self.pod_statuses, "pod status", "pod statuses"),
+            (self.pod_deletions, "pod deletion", "pod deletions"),
+            (self.nodes, "node", "nodes"),
+            (self.events, "event", "events"),
+            (self.fleet_statuses, "fleet status", "fleet statuses"),
+            (self.in_flight, "request in flight", "requests in flight"),
+            (
+                self.retrying,
+                "write waiting to retry",
+                "writes waiting to retry",
+            ),
+        ]
+        .into_iter()
+        .filter(|(n, _, _)| *n > 0)
+        .map(|(n, one, many)| format!("{n} {}", if n == 1 { one } else { many }))
+        .collect();
+        if parts.is_empty() {
+            f.write_str("nothing")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
+}
+
 #[derive(Default)]
 struct Queue {
     pending: HashMap<Key, Work>,
@@ -107,6 +204,9 @@ struct Queue {
     order: VecDeque<Key>,
     in_flight: HashSet<Key>,
     next_event: u64,
+    retries: Retries<Key>,
+    /// Failed work sleeping before it is queued again.
+    retrying: usize,
 }
 
 struct Inner {
@@ -119,6 +219,10 @@ struct Inner {
     next_slot: tokio::sync::Mutex<Instant>,
     /// Repeats of an Event bump its count (`bridge::event_series`).
     series: Mutex<EventSeries>,
+    /// Woken whenever work finishes (what [`Writer::drain`] waits on).
+    progress: Notify,
+    /// Ends the workers and the retries waiting (after the drain).
+    stop: CancellationToken,
 }
 
 /// The API write queue; cheap to clone.
@@ -151,12 +255,45 @@ impl Writer {
             interval,
             next_slot: tokio::sync::Mutex::new(Instant::now()),
             series: Mutex::new(EventSeries::default()),
+            progress: Notify::new(),
+            stop: CancellationToken::new(),
         });
         for _ in 0..workers.max(1) {
             let inner = inner.clone();
             tokio::spawn(async move { worker(inner).await });
         }
         Writer { inner }
+    }
+
+    /// Waits until every queued write was made (or given up, as a write
+    /// that fails with 404 is) and no retry is waiting, or until
+    /// `deadline`; then stops the workers. Returns what was left at the
+    /// deadline. Nothing pushed after this is written.
+    pub async fn drain(&self, deadline: Instant) -> Result<(), Backlog> {
+        let result = loop {
+            let progress = self.inner.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            let left = self.unfinished();
+            if left.is_empty() {
+                break Ok(());
+            }
+            tokio::select! {
+                _ = &mut progress => {}
+                _ = tokio::time::sleep_until(deadline) => break Err(self.unfinished()),
+            }
+        };
+        self.inner.stop.cancel();
+        result
+    }
+
+    /// What is queued, in flight or waiting to be retried.
+    pub fn unfinished(&self) -> Backlog {
+        self.inner
+            .queue
+            .lock()
+            .map(|q| q.unfinished())
+            .unwrap_or_default()
     }
 
     pub fn stats(&self) -> Arc<WriteStats> {
@@ -293,6 +430,24 @@ impl Queue {
     fn done(&mut self, key: &Key) {
         self.in_flight.remove(key);
     }
+
+    fn unfinished(&self) -> Backlog {
+        let mut b = Backlog {
+            in_flight: self.in_flight.len(),
+            retrying: self.retrying,
+            ..Default::default()
+        };
+        for key in self.pending.keys() {
+            match key {
+                Key::Node(_) => b.nodes += 1,
+                Key::PodStatus(..) => b.pod_statuses += 1,
+                Key::PodDelete(_) => b.pod_deletions += 1,
+                Key::Event(_) => b.events += 1,
+                Key::FleetStatus(_) => b.fleet_statuses += 1,
+            }
+        }
+        b
+    }
 }
 
 fn enqueue(inner: &Inner, key: Key, work: Work, older: bool) {
@@ -312,19 +467,55 @@ fn take(inner: &Inner) -> Option<(Key, Work)> {
 }
 
 async fn worker(inner: Arc<Inner>) {
+    let stop = inner.stop.clone();
+    stop.run_until_cancelled(work_loop(&inner)).await;
+}
+
+async fn work_loop(inner: &Arc<Inner>) {
     loop {
-        let Some((key, work)) = take(&inner) else {
+        let Some((key, work)) = take(inner) else {
             inner.notify.notified().await;
             continue;
         };
-        let retry = execute(&inner, &key, work).await;
-        inner.queue.lock().expect("writer queue").done(&key);
+        let retry = execute(inner, &key, work).await;
+        let delay = {
+            let mut q = inner.queue.lock().expect("writer queue");
+            q.done(&key);
+            match &retry {
+                Some(_) => {
+                    q.retrying += 1;
+                    Some(q.retries.failed(&key))
+                }
+                None => {
+                    q.retries.succeeded(&key);
+                    None
+                }
+            }
+        };
         inner.notify.notify_one();
-        if let Some(work) = retry {
+        inner.progress.notify_waiters();
+        if let (Some(work), Some(delay)) = (retry, delay) {
+            debug!(?delay, "retrying a failed write");
             let inner = inner.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                enqueue(&inner, key, work, true);
+                let stop = inner.stop.clone();
+                let slept = stop
+                    .run_until_cancelled(tokio::time::sleep(delay))
+                    .await
+                    .is_some();
+                if slept {
+                    // One lock: the drain never sees the work neither
+                    // retrying nor queued.
+                    let merged = {
+                        let mut q = inner.queue.lock().expect("writer queue");
+                        q.retrying -= 1;
+                        q.push(key, work, true)
+                    };
+                    if merged {
+                        inner.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                    }
+                    inner.notify.notify_one();
+                }
             });
         }
     }
@@ -763,5 +954,272 @@ mod tests {
         let (again, work) = q.take().expect("the newer work");
         assert_eq!(again, k);
         assert!(matches!(work, Work::Node(NodeWork { lease: Some(2), .. })));
+    }
+
+    fn within(d: Duration, low_ms: u64, high_ms: u64) -> bool {
+        d >= Duration::from_millis(low_ms) && d < Duration::from_millis(high_ms)
+    }
+
+    #[test]
+    fn retries_back_off_per_object_and_start_afresh_after_a_success() {
+        let mut r: Retries<&str> = Retries::default();
+        // kube-runtime's default: 0.8 s doubling to 30 s, plus up to 100 % jitter.
+        assert!(within(r.failed(&"a"), 800, 1_600));
+        assert!(within(r.failed(&"a"), 1_600, 3_200));
+        assert!(within(r.failed(&"a"), 3_200, 6_400));
+        // Another object has its own back-off.
+        assert!(within(r.failed(&"b"), 800, 1_600));
+        for _ in 0..10 {
+            r.failed(&"a");
+        }
+        assert!(within(r.failed(&"a"), 30_000, 60_000), "capped");
+        assert_eq!(r.failing(), 2);
+        r.succeeded(&"a");
+        assert!(within(r.failed(&"a"), 800, 1_600), "reset by the success");
+        r.succeeded(&"a");
+        r.succeeded(&"b");
+        assert_eq!(r.failing(), 0);
+    }
+
+    #[test]
+    fn a_backlog_says_what_was_left() {
+        assert_eq!(Backlog::default().to_string(), "nothing");
+        let b = Backlog {
+            pod_statuses: 2,
+            events: 1,
+            in_flight: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            b.to_string(),
+            "2 pod statuses, 1 event, 1 request in flight"
+        );
+    }
+
+    /// The writer against kube's mock service pair (`tower_test::mock`):
+    /// every request it makes is seen here and answered by the test.
+    mod against_a_mock_apiserver {
+        use super::*;
+        use http::{Request, Response};
+        use kube::client::Body;
+        use tower_test::mock;
+
+        type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+        fn writer(workers: usize) -> (Writer, Handle) {
+            let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let client = Client::new(service, "default");
+            (Writer::start(client, 0.0, workers), handle)
+        }
+
+        /// One request seen by the apiserver.
+        #[derive(Debug)]
+        struct Seen {
+            method: http::Method,
+            uri: String,
+            content_type: String,
+            body: Value,
+        }
+
+        /// Takes the next request and answers it with `status` and `reply`.
+        async fn answer(handle: &mut Handle, status: u16, reply: Value) -> Seen {
+            let (request, respond) = handle.next_request().await.expect("a request");
+            let seen = take(request).await;
+            respond.send_response(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&reply).expect("json")))
+                    .expect("response"),
+            );
+            seen
+        }
+
+        async fn take(request: Request<Body>) -> Seen {
+            let method = request.method().clone();
+            let uri = request.uri().to_string();
+            let content_type = request
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let bytes = request
+                .into_body()
+                .collect_bytes()
+                .await
+                .expect("request body");
+            let body = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("a JSON body")
+            };
+            Seen {
+                method,
+                uri,
+                content_type,
+                body,
+            }
+        }
+
+        fn pod_object(name: &str) -> Value {
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default", "uid": "u-1"},
+            })
+        }
+
+        fn status_failure(code: u16) -> Value {
+            json!({
+                "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "message": "injected", "reason": "InternalError", "code": code,
+            })
+        }
+
+        fn pod_status(name: &str, phase: &str) -> Action {
+            Action::PodStatus {
+                pod: PodKey::new("default", name),
+                owner: PodStatusOwner::Device,
+                body: json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "namespace": "default"},
+                    "status": {"phase": phase},
+                }),
+            }
+        }
+
+        #[tokio::test]
+        async fn a_pod_status_is_a_forced_server_side_apply_of_the_status_subresource() {
+            let (writer, mut handle) = writer(1);
+            writer.push(pod_status("web", "Running"));
+            let seen = answer(&mut handle, 200, pod_object("web")).await;
+            assert_eq!(seen.method, http::Method::PATCH);
+            assert!(
+                seen.uri
+                    .starts_with("/api/v1/namespaces/default/pods/web/status?"),
+                "{}",
+                seen.uri
+            );
+            assert!(
+                seen.uri.contains(&format!("fieldManager={MANAGER}")),
+                "{}",
+                seen.uri
+            );
+            assert!(seen.uri.contains("force=true"), "{}", seen.uri);
+            assert_eq!(seen.content_type, "application/apply-patch+yaml");
+            assert_eq!(seen.body["status"]["phase"], "Running");
+            writer
+                .drain(Instant::now() + Duration::from_secs(3600))
+                .await
+                .expect("nothing left");
+            assert_eq!(writer.stats().requests.load(Ordering::Relaxed), 1);
+            assert_eq!(writer.stats().errors.load(Ordering::Relaxed), 0);
+        }
+
+        #[tokio::test]
+        async fn queued_writes_are_flushed_before_the_drain_returns() {
+            let (writer, mut handle) = writer(1);
+            writer.push(pod_status("web", "Running"));
+            writer.push(Action::RenewLease {
+                name: "edge-a".into(),
+                now_ms: 1_700_000_000_000,
+            });
+            // Merged into the waiting status: one request for it, the newest.
+            writer.push(pod_status("web", "Succeeded"));
+            let drain = tokio::spawn({
+                let writer = writer.clone();
+                async move {
+                    writer
+                        .drain(Instant::now() + Duration::from_secs(3600))
+                        .await
+                }
+            });
+            let status = answer(&mut handle, 200, pod_object("web")).await;
+            assert!(status.uri.contains("/pods/web/status"), "{}", status.uri);
+            assert_eq!(status.body["status"]["phase"], "Succeeded");
+            // The Lease is still queued: the drain waits for it.
+            assert!(!drain.is_finished());
+            // The Lease names its Node's uid: read first, then applied.
+            let node = answer(
+                &mut handle,
+                200,
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "edge-a", "uid": "n-1"}}),
+            )
+            .await;
+            assert_eq!(node.method, http::Method::GET);
+            assert_eq!(node.uri, "/api/v1/nodes/edge-a");
+            assert!(!drain.is_finished());
+            let lease = answer(
+                &mut handle,
+                200,
+                json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "edge-a"}}),
+            )
+            .await;
+            assert_eq!(lease.method, http::Method::PATCH);
+            assert!(
+                lease.uri.starts_with(
+                    "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/edge-a?"
+                ),
+                "{}",
+                lease.uri
+            );
+            assert_eq!(lease.body["metadata"]["ownerReferences"][0]["uid"], "n-1");
+            assert_eq!(lease.body["spec"]["holderIdentity"], "edge-a");
+            drain
+                .await
+                .expect("drain task")
+                .expect("everything written");
+            assert!(writer.unfinished().is_empty());
+            assert_eq!(writer.stats().coalesced.load(Ordering::Relaxed), 1);
+            assert_eq!(writer.stats().requests.load(Ordering::Relaxed), 3);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_failed_write_is_retried_after_the_back_off_and_the_drain_waits_for_it() {
+            let (writer, mut handle) = writer(1);
+            writer.push(pod_status("web", "Running"));
+            let drain = tokio::spawn({
+                let writer = writer.clone();
+                async move {
+                    writer
+                        .drain(Instant::now() + Duration::from_secs(600))
+                        .await
+                }
+            });
+            answer(&mut handle, 500, status_failure(500)).await;
+            let failed_at = Instant::now();
+            let again = answer(&mut handle, 200, pod_object("web")).await;
+            // Paused time: the retry came after the back-off's first step.
+            let waited = failed_at.elapsed();
+            assert!(within(waited, 800, 1_600), "{waited:?}");
+            assert_eq!(again.body["status"]["phase"], "Running");
+            drain
+                .await
+                .expect("drain task")
+                .expect("written on the retry");
+            assert_eq!(writer.stats().errors.load(Ordering::Relaxed), 1);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn what_is_not_written_by_the_deadline_is_named() {
+            let (writer, mut handle) = writer(1);
+            writer.push(pod_status("web", "Running"));
+            writer.push(pod_status("db", "Running"));
+            // The apiserver takes the first request and never answers.
+            let (_request, _respond) = handle.next_request().await.expect("a request");
+            let left = writer
+                .drain(Instant::now() + Duration::from_secs(10))
+                .await
+                .expect_err("the deadline passes");
+            assert_eq!(
+                left,
+                Backlog {
+                    pod_statuses: 1,
+                    in_flight: 1,
+                    ..Default::default()
+                }
+            );
+            assert_eq!(left.to_string(), "1 pod status, 1 request in flight");
+        }
     }
 }

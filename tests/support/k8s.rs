@@ -19,11 +19,15 @@
 //!   bridge verifies the apiserver's client certificate against it;
 //! - on demand, client certificates for test users ([`ControlPlane::user_cert`]).
 //! - an RSA key pair for service-account tokens.
+//!
+//! [`Kubectl`] drives a real kubectl (`tests/k8s-harness/kubectl/build.sh`,
+//! the control plane's release) against such a control plane through one of
+//! its kubeconfigs.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -56,6 +60,144 @@ pub fn k8s_bin_dir() -> PathBuf {
         PathBuf::from(dir)
     })
     .clone()
+}
+
+/// The kubectl the tests drive: `KEDGE_KUBECTL` if set (scripts/test.sh
+/// builds it in the background and sets it), else the output of
+/// `tests/k8s-harness/kubectl/build.sh` (built once per machine and input
+/// hash: under a minute with the control plane's Go cache warm, milliseconds
+/// when cached). `Err` says why there is none (the variable names no
+/// executable, or the build failed, e.g. without Go).
+pub fn kubectl_bin() -> Result<PathBuf, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(find_kubectl).clone()
+}
+
+fn find_kubectl() -> Result<PathBuf, String> {
+    let executable = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if let Some(p) = std::env::var_os("KEDGE_KUBECTL").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if executable(&p) {
+            Ok(p)
+        } else {
+            Err(format!(
+                "KEDGE_KUBECTL={} is not an executable file",
+                p.display()
+            ))
+        };
+    }
+    let script = repo_root().join("tests/k8s-harness/kubectl/build.sh");
+    let out = run_with_deadline(Command::new(&script), b"", Duration::from_secs(1800));
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("{stderr}");
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+        return Err(format!(
+            "KEDGE_KUBECTL is not set and {} failed ({}): {}",
+            script.display(),
+            out.status,
+            last.unwrap_or("no output")
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let bin = PathBuf::from(stdout.lines().last().unwrap_or_default().trim()).join("kubectl");
+    if executable(&bin) {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} printed no directory holding kubectl",
+            script.display()
+        ))
+    }
+}
+
+/// The kubectl for `test`, or `None` after one skip line
+/// (`KEDGE-TEST-SKIPPED <test>: …`, counted by scripts/test.sh) when there
+/// is none. In CI (`CI=true`) a missing kubectl fails the test instead.
+pub fn kubectl_or_skip(test: &str) -> Option<PathBuf> {
+    match kubectl_bin() {
+        Ok(bin) => Some(bin),
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{test} needs kubectl, and CI must run it: {why}")
+        }
+        Err(why) => {
+            super::skip_test(
+                test,
+                &format!(
+                    "no kubectl ({why}); scripts/test.sh builds it \
+                     (tests/k8s-harness/kubectl/build.sh) and sets KEDGE_KUBECTL"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A real kubectl as one user of a control plane: every command runs with
+/// `--kubeconfig` (the user), `KUBECONFIG` unset, no kuberc preferences
+/// (`KUBERC=off`) and a discovery cache of its own, so nothing of the
+/// machine's `~/.kube` takes part.
+pub struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+    cache: TempDir,
+}
+
+impl Kubectl {
+    pub fn new(bin: &Path, kubeconfig: &Path) -> Kubectl {
+        Kubectl {
+            bin: bin.to_path_buf(),
+            kubeconfig: kubeconfig.to_path_buf(),
+            cache: tempfile::Builder::new()
+                .prefix("kedge-kubectl-cache-")
+                .tempdir()
+                .expect("kubectl cache dir"),
+        }
+    }
+
+    /// The same kubectl as another user (another kubeconfig).
+    pub fn as_user(&self, kubeconfig: &Path) -> Kubectl {
+        Kubectl::new(&self.bin, kubeconfig)
+    }
+
+    /// Runs `kubectl ARGS…` to its end (at most two minutes).
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--request-timeout=30s")
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env("KUBERC", "off")
+            .env("KUBECACHEDIR", self.cache.path());
+        run_with_deadline(cmd, b"", Duration::from_secs(120))
+    }
+
+    /// `kubectl ARGS…`, which must succeed: its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The rows of a table kubectl prints (`get`, header first), each split at
+/// whitespace: fine for the columns the tests read, none of which holds a
+/// space.
+pub fn kubectl_rows(out: &str) -> Vec<Vec<String>> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
 }
 
 /// Options for [`ControlPlane::start`].
@@ -421,7 +563,9 @@ pub struct BridgeOpts {
 /// 127.0.0.1 at a free port with the control plane's kubelet serving
 /// certificate and verifies clients against the control plane's CA.
 pub struct BridgeProc {
-    child: Option<Child>,
+    /// In a mutex so that [`BridgeProc::assert_running`] takes `&self` and
+    /// can run inside any wait.
+    child: Mutex<Option<Child>>,
     pub kubelet_port: u16,
     log: PathBuf,
     _dir: TempDir,
@@ -458,23 +602,50 @@ impl BridgeProc {
             .spawn()
             .expect("spawn kedge bridge");
         BridgeProc {
-            child: Some(child),
+            child: Mutex::new(Some(child)),
             kubelet_port,
             log,
             _dir: dir,
         }
     }
 
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.child().as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     /// SIGKILLs the bridge (a replica dying).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.child().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends SIGTERM (what Kubernetes sends a pod it stops) and waits up to
+    /// `deadline` for the bridge to exit; returns its exit status.
+    pub fn terminate(&mut self, deadline: Duration) -> ExitStatus {
+        let pid = self.pid();
+        let st = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(st.success(), "kill -TERM {pid} failed: {st}");
+        // On timeout this panics and Drop SIGKILLs the bridge.
+        let status = wait_until(
+            &format!("kedge bridge (pid {pid}) to exit after SIGTERM"),
+            deadline,
+            || {
+                self.child()
+                    .as_mut()
+                    .and_then(|c| c.try_wait().expect("try_wait bridge"))
+            },
+        );
+        self.child().take();
+        status
     }
 
     /// The bridge's output so far.
@@ -483,18 +654,29 @@ impl BridgeProc {
     }
 
     /// Panics with the log if the bridge has exited.
-    pub fn assert_running(&mut self) {
-        if let Some(c) = self.child.as_mut()
-            && let Ok(Some(status)) = c.try_wait()
-        {
+    pub fn assert_running(&self) {
+        let exited = self
+            .child()
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        if let Some(status) = exited {
             panic!("kedge bridge exited ({status}):\n{}", read_lossy(&self.log));
         }
+    }
+
+    /// [`wait_until`], failing at once (with the bridge's log) if the
+    /// bridge has exited.
+    pub fn wait<T>(&self, what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        wait_until(what, deadline, || {
+            self.assert_running();
+            f()
+        })
     }
 }
 
 impl Drop for BridgeProc {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.child().take() {
             let _ = c.kill();
             let _ = c.wait();
         }

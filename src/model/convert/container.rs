@@ -426,6 +426,16 @@ mod tests {
             ),
             (
                 json!({"spec": {"runtimeClassName": "kedge-wasm",
+                    "containers": [{"name": "app", "image": file, "readinessProbe": {"tcpSocket": {"port": 80}}}]}}),
+                "spec.containers[0].readinessProbe.tcpSocket.host: required for wasm containers: a module has no network address of its own to probe".into(),
+            ),
+            (
+                json!({"spec": {"runtimeClassName": "kedge-wasm",
+                    "containers": [{"name": "app", "image": file, "livenessProbe": {"httpGet": {"port": 80}}}]}}),
+                "spec.containers[0].livenessProbe.httpGet.host: required for wasm containers: a module has no network address of its own to probe".into(),
+            ),
+            (
+                json!({"spec": {"runtimeClassName": "kedge-wasm",
                     "containers": [{"name": "app", "image": file, "securityContext": {"privileged": true}}]}}),
                 "spec.containers[0].securityContext.privileged: not supported for wasm containers".into(),
             ),
@@ -433,12 +443,13 @@ mod tests {
         for (patch, expected) in cases {
             assert_eq!(convert_err(patch.clone()), expected, "patch: {patch}");
         }
-        // Ports without host ports, http probes and runAsNonRoot are fine.
+        // Ports without host ports (informational, as in Kubernetes), http
+        // probes of an explicit host and runAsNonRoot are fine.
         let spec = convert(json!({"spec": {"runtimeClassName": "kedge-wasm",
             "securityContext": {"runAsNonRoot": true},
             "containers": [{"name": "app", "image": file,
                 "ports": [{"containerPort": 8080, "name": "http"}],
-                "readinessProbe": {"httpGet": {"port": "http", "path": "/ready"}}}]}}));
+                "readinessProbe": {"httpGet": {"host": "192.0.2.7", "port": "http", "path": "/ready"}}}]}}));
         assert_eq!(spec.containers[0].ports[0].host_port, None);
         assert!(spec.containers[0].readiness_probe.is_some());
     }

@@ -98,6 +98,22 @@ impl Ctx<'_> {
                 "must specify a handler type (exec, httpGet or tcpSocket)",
             ));
         };
+        // A Wasm module has no network of its own (WASI sockets are not
+        // granted): a network probe without a host would dial nothing and
+        // fail for ever, so it is refused here rather than accepted.
+        if self.runtime == RuntimeKind::Wasm {
+            let (handler_name, host) = match &handler {
+                ProbeHandler::HttpGet { host, .. } => ("httpGet", host),
+                ProbeHandler::TcpSocket { host, .. } => ("tcpSocket", host),
+                ProbeHandler::Exec { .. } => ("exec", &None),
+            };
+            if host.is_none() && !matches!(handler, ProbeHandler::Exec { .. }) {
+                return Err(field(
+                    format!("{path}.{handler_name}.host"),
+                    "required for wasm containers: a module has no network address of its own to probe",
+                ));
+            }
+        }
         // Kubernetes defaults unset and zero values; negatives are errors.
         let number = |value: Option<i32>, name: &str, default: u32| match value {
             None | Some(0) => Ok(default),
