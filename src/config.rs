@@ -242,6 +242,12 @@ pub const KEYS: &[KeyDoc] = &[
         help: "deadline of one CRI call (image pulls included)",
     },
     KeyDoc {
+        key: "cri.seccomp_default",
+        ty: KeyType::Bool,
+        default: "false",
+        help: "containers without a seccompProfile get the runtime's default profile (RuntimeDefault, the kubelet's --seccomp-default); false: Unconfined, the kubelet's default. Localhost profiles are files under {data_dir}/seccomp",
+    },
+    KeyDoc {
         key: "trust.keys",
         ty: KeyType::Str,
         default: "",
@@ -556,6 +562,7 @@ pub struct CriConfig {
     pub endpoint: Option<String>,
     pub cgroup_parent: String,
     pub timeout_ms: u64,
+    pub seccomp_default: bool,
 }
 
 impl Default for Config {
@@ -670,6 +677,7 @@ impl Default for CriConfig {
             endpoint: Some(default_str!("cri.endpoint").into()),
             cgroup_parent: default_str!("cri.cgroup_parent").into(),
             timeout_ms: default_int!("cri.timeout_ms"),
+            seccomp_default: default_str!("cri.seccomp_default") == "true",
         }
     }
 }

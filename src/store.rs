@@ -25,7 +25,10 @@ use thiserror::Error;
 use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
 
 /// Bumped when a table's layout changes; `open` migrates older files.
-pub const STORE_SCHEMA_VERSION: u32 = 5;
+pub const STORE_SCHEMA_VERSION: u32 = 6;
+/// The first store schema whose desired records hold the `PodSpec` of wire
+/// version 4; older ones are re-encoded by `open` (`wire::v3`).
+const POD_FIELDS_SINCE: u32 = 6;
 
 /// redb's page cache. The state of a busy node (hundreds of pods, a full
 /// outbox) is a few MiB; reads past the cache go to the page cache of the
@@ -276,6 +279,36 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_default()
 }
 
+/// A desired record as store schemas 1–5 wrote it.
+#[derive(Serialize, Deserialize)]
+struct DesiredRecordV5 {
+    source: PodSource,
+    spec: crate::wire::v3::PodSpec,
+}
+
+/// Re-encodes every desired record from the old `PodSpec` layout. A record
+/// that does not decode is left as it is (reading it reports it corrupt, as
+/// before the migration).
+fn migrate_desired_pod_fields(
+    table: &mut redb::Table<&'static str, &'static [u8]>,
+) -> Result<(), StoreError> {
+    let mut upgraded = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        if let Ok(old) = postcard::from_bytes::<DesiredRecordV5>(v.value()) {
+            let rec = DesiredRecord {
+                source: old.source,
+                spec: old.spec.into(),
+            };
+            upgraded.push((k.value().to_string(), encode(&rec)));
+        }
+    }
+    for (k, v) in upgraded {
+        table.insert(k.as_str(), v.as_slice())?;
+    }
+    Ok(())
+}
+
 fn decode<T: for<'de> Deserialize<'de>>(
     table: &'static str,
     key: impl ToString,
@@ -344,6 +377,13 @@ impl Store {
             txn.open_table(DATA_QOS2)?;
             // Version 4 → 5: the last signed message accepted per topic.
             txn.open_table(TRUST)?;
+            // Version 5 → 6 (from any earlier version): desired records in
+            // the PodSpec of wire version 4 (seccomp/AppArmor profiles,
+            // hostPath types, `$(VAR)` templates: the old literal values are
+            // escaped).
+            if (1..POD_FIELDS_SINCE).contains(&found) {
+                migrate_desired_pod_fields(&mut txn.open_table(DESIRED)?)?;
+            }
             // The `handles` table older stores made and nothing wrote.
             txn.delete_table(LEGACY_HANDLES)?;
             meta.insert(KEY_SCHEMA, STORE_SCHEMA_VERSION.to_le_bytes().as_slice())?;
@@ -1186,6 +1226,117 @@ mod tests {
             s.fleet_state().expect("fleet"),
             [("labels".to_string(), b"x".to_vec())]
         );
+    }
+
+    /// A file of an older schema (desired records in the PodSpec of wire
+    /// versions 1 to 3: store schemas 1 to 5) opens with its records
+    /// re-encoded: the same pod, nothing it did not have, and its literal `$`
+    /// kept literal.
+    #[test]
+    fn desired_records_are_migrated_from_every_older_schema() {
+        for schema in 1..POD_FIELDS_SINCE {
+            desired_records_are_migrated_from(schema);
+        }
+    }
+
+    fn desired_records_are_migrated_from(schema: u32) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let old = crate::wire::v3::PodSpec {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: "u1".into(),
+            generation: 4,
+            labels: Default::default(),
+            runtime: RuntimeKind::Container,
+            restart_policy: RestartPolicy::Always,
+            termination_grace_period_secs: 30,
+            host_network: false,
+            init_containers: vec![],
+            containers: vec![crate::wire::v3::Container {
+                name: "app".into(),
+                image: "busybox".into(),
+                image_pull_policy: PullPolicy::IfNotPresent,
+                command: vec!["echo".into(), "$(HOME)".into()],
+                args: vec![],
+                working_dir: None,
+                env: vec![EnvVar {
+                    name: "PRICE".into(),
+                    value: "$5".into(),
+                }],
+                volume_mounts: vec![],
+                ports: vec![],
+                resources: Resources::default(),
+                liveness_probe: None,
+                readiness_probe: None,
+                startup_probe: None,
+                security_context: Some(crate::wire::v3::SecurityContext {
+                    run_as_user: Some(7),
+                    ..Default::default()
+                }),
+            }],
+            volumes: vec![crate::wire::v3::Volume {
+                name: "dev".into(),
+                source: crate::wire::v3::VolumeSource::HostPath {
+                    path: "/dev/x".into(),
+                },
+            }],
+            image_pull_secrets: vec![],
+        };
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(KEY_SCHEMA, schema.to_le_bytes().as_slice())
+                .expect("insert");
+            let rec = DesiredRecordV5 {
+                source: PodSource::File,
+                spec: old,
+            };
+            let mut t = txn.open_table(DESIRED).expect("desired");
+            t.insert("default/web", encode(&rec).as_slice())
+                .expect("insert");
+            t.insert("default/bad", b"\xff".as_slice()).expect("insert");
+            drop(t);
+            txn.commit().expect("commit");
+        }
+        let s = Store::open(&path).expect("migrates");
+        assert_eq!(
+            s.accepted("t").expect("trust table"),
+            None,
+            "schema {schema}"
+        );
+        let rec = s
+            .get_desired(&PodKey::new("default", "web"))
+            .expect("reads")
+            .expect("kept");
+        assert_eq!(rec.source, PodSource::File);
+        let c = &rec.spec.containers[0];
+        assert_eq!(c.command, ["echo", "$$(HOME)"]);
+        assert_eq!(c.env[0].value, "$$5");
+        let sc = c.security_context.as_ref().expect("kept");
+        assert_eq!(
+            (sc.run_as_user, &sc.seccomp_profile, &sc.app_armor_profile),
+            (Some(7), &None, &None)
+        );
+        assert_eq!(
+            rec.spec.volumes[0].source,
+            VolumeSource::HostPath {
+                path: "/dev/x".into(),
+                kind: HostPathType::Unset
+            }
+        );
+        // Migrated once: opening again changes nothing.
+        drop(s);
+        let s = Store::open(&path).expect("reopens");
+        let again = s
+            .get_desired(&PodKey::new("default", "web"))
+            .expect("reads")
+            .expect("kept");
+        assert_eq!(again, rec);
+        // An unreadable record stays unreadable, and did not stop the open.
+        assert!(s.get_desired(&PodKey::new("default", "bad")).is_err());
     }
 
     #[test]

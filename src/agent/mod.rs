@@ -461,7 +461,18 @@ async fn cri_runtime(config: &Config, versions: String) -> (Option<Arc<dyn Runti
         cgroup_parent: config.cri.cgroup_parent.clone(),
         timeout: Duration::from_millis(config.cri.timeout_ms),
         node: config.node_name.clone(),
+        profiles: crate::runtime::cri::spec::ProfileSettings {
+            seccomp_default: config.cri.seccomp_default,
+            seccomp_root: config.data_dir.join("seccomp"),
+        },
     };
+    // What a container without a seccompProfile gets, said once (the
+    // kubelet's --seccomp-default is as silent in its status).
+    info!(
+        seccomp_default = if config.cri.seccomp_default { "RuntimeDefault" } else { "Unconfined" },
+        seccomp_profiles = %config.data_dir.join("seccomp").display(),
+        "container pods without a seccompProfile run with the seccomp default"
+    );
     let runtime = match crate::runtime::cri::CriRuntime::new(opts) {
         Ok(r) => r,
         Err(e) => {
@@ -683,8 +694,11 @@ impl Controller {
             let key = rec.key();
             let replaced_by = self.store.get_desired(&key)?;
             if replaced_by.as_ref().map(|r| r.spec.uid.as_str()) != Some(rec.uid.as_str()) {
-                let _ =
-                    std::fs::remove_dir_all(self.pod_dir_of(&rec.namespace, &rec.name, &rec.uid));
+                let _ = crate::runtime::volumes::remove_pod_dir(&self.pod_dir_of(
+                    &rec.namespace,
+                    &rec.name,
+                    &rec.uid,
+                ));
             }
             if replaced_by.is_some() {
                 // A new pod of that name was committed after the delete.
@@ -1293,7 +1307,7 @@ impl Controller {
         }
         match entry.then {
             AfterStop::Replace(spec, source) => {
-                let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
+                let _ = crate::runtime::volumes::remove_pod_dir(&self.pod_dir(&entry.spec));
                 // A delete that a new spec overtook while the pod stopped.
                 if matches!(self.store.is_deleting(key), Ok(true))
                     && let Err(e) = self.store.cancel_delete(key)
@@ -1303,7 +1317,7 @@ impl Controller {
                 self.start_pod(spec, source, None);
             }
             AfterStop::Delete => {
-                let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
+                let _ = crate::runtime::volumes::remove_pod_dir(&self.pod_dir(&entry.spec));
                 self.clear_status(key, true);
                 self.event_budget.forget(key);
                 info!(pod = %key, "pod deleted");
