@@ -11,6 +11,7 @@
 //! on connections at once ([`ServeLimits`]). Errors are [`ApiError`]s, each
 //! with its status code.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -112,6 +113,10 @@ pub struct Ctx {
     /// Decides every request (SubjectAccessReview).
     pub authorizer: Authorizer,
     pub log_stats: Arc<LogStats>,
+    /// The devices the bridge knows to be disconnected, as of the loop's
+    /// last tick (at most a second old): a log request for one is answered
+    /// 503 at once instead of waiting for a device that cannot answer.
+    pub offline: Arc<std::sync::RwLock<HashSet<String>>>,
 }
 
 /// Limits of the listener.
@@ -270,6 +275,9 @@ pub enum ApiError {
     StreamEnded(String),
     #[error("node {node} did not answer within {secs} s (is it online?)")]
     NoAnswer { node: String, secs: u64 },
+    /// The bridge knows the device is disconnected.
+    #[error("node {0} is not connected")]
+    NodeOffline(String),
 }
 
 impl ApiError {
@@ -282,7 +290,9 @@ impl ApiError {
             ApiError::NoSuchPath | ApiError::PodNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::ContainerNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::BadQuery(_) | ApiError::Device(_) => StatusCode::BAD_REQUEST,
-            ApiError::Link(_) | ApiError::StreamEnded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Link(_) | ApiError::StreamEnded(_) | ApiError::NodeOffline(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::NoAnswer { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -453,6 +463,9 @@ async fn container_logs(
     container: &str,
     q: LogQuery,
 ) -> Result<Response<Body>, ApiError> {
+    if ctx.offline.read().is_ok_and(|o| o.contains(node)) {
+        return Err(ApiError::NodeOffline(node.to_string()));
+    }
     let request = LogRequest {
         request_id: String::new(),
         namespace: ns.to_string(),
@@ -587,6 +600,7 @@ mod tests {
             ),
             (ApiError::Link("broker".into()), 503),
             (ApiError::StreamEnded("n".into()), 503),
+            (ApiError::NodeOffline("gw1".into()), 503),
             (
                 ApiError::NoAnswer {
                     node: "n".into(),

@@ -474,6 +474,7 @@ pub async fn run(
         ),
     );
     let fleet_metrics = Arc::new(std::sync::Mutex::new(String::new()));
+    let offline = Arc::new(std::sync::RwLock::new(HashSet::new()));
     let ctx = Arc::new(kubelet::Ctx {
         pods: pods.clone(),
         mqtt: mqtt.clone(),
@@ -485,6 +486,7 @@ pub async fn run(
             args.authorization_webhook_cache_unauthorized_ttl,
         ),
         log_stats: mqtt.log_stats(),
+        offline: offline.clone(),
     });
     tasks.spawn(
         "kubelet API",
@@ -536,6 +538,15 @@ pub async fn run(
                 *m = fleets::render_metrics(&fleets.gauges());
             }
             actions.extend(bridge.handle(ev, now, &resolver));
+            if tick {
+                let now_offline: HashSet<String> =
+                    bridge.offline_devices().map(str::to_string).collect();
+                if let Ok(mut o) = offline.write()
+                    && *o != now_offline
+                {
+                    *o = now_offline;
+                }
+            }
             if tick && let Ok(mut t) = ref_table.lock() {
                 let referenced: BTreeSet<&ObjRef> =
                     bridge.referenced().chain(fleets.referenced()).collect();

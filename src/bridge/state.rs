@@ -481,6 +481,15 @@ impl Bridge {
         self.devices.get(node).is_some_and(|d| d.alive)
     }
 
+    /// The devices known and not connected now (their will arrived, or
+    /// they fell silent): the kubelet API answers for them at once.
+    pub fn offline_devices(&self) -> impl Iterator<Item = &str> {
+        self.devices
+            .iter()
+            .filter(|(_, d)| !d.alive)
+            .map(|(n, _)| n.as_str())
+    }
+
     fn synced(&self) -> bool {
         self.mqtt_synced && self.pods_synced
     }
