@@ -279,20 +279,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     QoS::AtLeastOnce,
                     true,
                 )),
-                reconnect_initial: Duration::from_millis(
-                    controller.config.broker.reconnect_initial_ms,
-                ),
-                reconnect_max: Duration::from_millis(controller.config.broker.reconnect_max_ms),
+                reconnect: mqtt::Reconnect::Backoff {
+                    initial: Duration::from_millis(controller.config.broker.reconnect_initial_ms),
+                    max: Duration::from_millis(controller.config.broker.reconnect_max_ms),
+                },
                 unreadable_retry: Duration::from_millis(
                     controller.config.broker.unreadable_retry_ms,
                 ),
+                // A persistent session, acknowledged after the commit.
+                clean_session: false,
+                manual_acks: true,
+                read_once: Vec::new(),
+                request_capacity: 4096,
+                // Gone is gone: the last will says so.
+                goodbye: false,
+                tap: None,
             };
             let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
             controller.session = Some(cmd_tx);
             info!(broker = %url, node = %controller.node, "starting MQTT session");
             Some(tokio::spawn(mqtt::run(
                 settings,
-                store.clone(),
+                Some(store.clone()),
                 cmd_rx,
                 session_events_tx,
             )))

@@ -450,8 +450,8 @@ pub async fn run(
         }
         for action in actions {
             match action {
-                Action::Publish { topic, payload } => mqtt.publish_retained(topic, payload).await,
-                Action::ClearRetained { topic } => mqtt.clear_signed_tombstone(topic).await,
+                Action::Publish { topic, payload } => mqtt.publish_retained(topic, payload),
+                Action::ClearRetained { topic } => mqtt.clear_signed_tombstone(topic),
                 other => writer.push(other),
             }
         }

@@ -233,7 +233,7 @@ pub async fn run(
                 return;
             }
             if gained > 0 {
-                mqtt.resync().await;
+                mqtt.resync();
             }
             held = next;
         }
