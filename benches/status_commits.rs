@@ -243,7 +243,7 @@ fn main() {
         base.display()
     );
     println!(
-        "| commits | statuses/s | commits | ping p50 ms | ping p99 ms | ping max ms | pings |"
+        "| how statuses are committed | statuses/s | commits | ping p50 ms | ping p99 ms | ping max ms | pings |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (mode, t) in modes.iter().zip(&mut tallies) {
