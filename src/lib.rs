@@ -8,6 +8,7 @@ pub mod agent;
 #[cfg(feature = "bridge")]
 pub mod bridge;
 pub mod cli;
+pub mod client;
 pub mod config;
 #[cfg(feature = "data")]
 pub mod data;

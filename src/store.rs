@@ -339,6 +339,18 @@ fn read_u64(
     Ok(u64::from_le_bytes(le_bytes(table, key)?))
 }
 
+/// A write transaction made and not yet committed (`Store::stage_statuses`).
+pub struct Staged(redb::WriteTransaction);
+
+impl Staged {
+    /// Commits (and fsyncs). An I/O error here is handled like any other:
+    /// the next transaction opens the database again.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.0.commit()?;
+        Ok(())
+    }
+}
+
 impl Store {
     /// Opens (or creates) the database and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -646,6 +658,53 @@ impl Store {
                 .insert(key.as_str(), encode(status).as_slice())?;
             Ok(())
         })
+    }
+
+    /// Records several pods' statuses and queues their publications in one
+    /// transaction (one commit, one fsync): each status with its outbox
+    /// entry, in order, so every status still travels with its entry and
+    /// none is recorded without the others. `make(i, seq)` makes the entry
+    /// of `statuses[i]`. Returns the sequence numbers, in order.
+    pub fn record_statuses(
+        &self,
+        statuses: &[PodStatus],
+        make: impl FnMut(usize, u64) -> OutboxEntry,
+    ) -> Result<Vec<u64>, StoreError> {
+        let (staged, seqs) = self.stage_statuses(statuses, make)?;
+        staged.commit()?;
+        Ok(seqs)
+    }
+
+    /// `record_statuses` up to its commit: the changes are made and the
+    /// transaction holds redb's write lock, so every later write waits for
+    /// this one and transactions commit in the order they began. The
+    /// commit (the fsync, the slow part) can then run off the async loop
+    /// (`Staged::commit` in `spawn_blocking`); readers see the change once
+    /// it is committed. Dropped uncommitted, nothing is recorded.
+    pub fn stage_statuses(
+        &self,
+        statuses: &[PodStatus],
+        mut make: impl FnMut(usize, u64) -> OutboxEntry,
+    ) -> Result<(Staged, Vec<u64>), StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut seqs = Vec::with_capacity(statuses.len());
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let mut observed = txn.open_table(OBSERVED)?;
+            let mut seq = read_u64(&meta, KEY_SEQ)?;
+            let mut id = read_u64(&meta, KEY_OUTBOX_ID)?;
+            for (i, status) in statuses.iter().enumerate() {
+                seq += 1;
+                id += 1;
+                outbox.insert(id, encode(&make(i, seq)).as_slice())?;
+                observed.insert(status.key().to_string().as_str(), encode(status).as_slice())?;
+                seqs.push(seq);
+            }
+            meta.insert(KEY_SEQ, seq.to_le_bytes().as_slice())?;
+            meta.insert(KEY_OUTBOX_ID, id.to_le_bytes().as_slice())?;
+        }
+        Ok((Staged(txn), seqs))
     }
 
     /// Forgets a pod's status and queues the publication that clears it.
@@ -999,6 +1058,52 @@ mod tests {
         assert_eq!(rest.len(), 2);
         assert_eq!(rest[0].0, out[1].0);
         assert_eq!(s.outbox_after(out[1].0, 10).expect("after").len(), 1);
+    }
+
+    #[test]
+    fn statuses_recorded_together_are_one_write_each_with_its_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("s.redb")).expect("open");
+        let first = s
+            .record_status(&status("a"), |seq| entry("t/a", seq))
+            .expect("record");
+        let batch = [status("b"), status("c"), status("a")];
+        let topics = ["t/b", "t/c", "t/a"];
+        // A failed write records none of them.
+        s.fault_fail_writes(true);
+        assert!(
+            s.record_statuses(&batch, |i, seq| entry(topics[i], seq))
+                .is_err()
+        );
+        s.fault_fail_writes(false);
+        assert_eq!(s.outbox_after(0, 10).expect("outbox").len(), 1);
+        let seqs = s
+            .record_statuses(&batch, |i, seq| entry(topics[i], seq))
+            .expect("record");
+        assert_eq!(seqs, [first + 1, first + 2, first + 3]);
+        let out = s.outbox_after(0, 10).expect("outbox");
+        let got: Vec<_> = out
+            .iter()
+            .map(|(_, e)| (e.topic.as_str(), e.created_ms - 1000))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("t/a", first),
+                ("t/b", first + 1),
+                ("t/c", first + 2),
+                ("t/a", first + 3)
+            ]
+        );
+        assert_eq!(s.observed().expect("observed").len(), 3);
+        // The next single write continues the sequence.
+        let next = s.append_outbox(|seq| entry("t", seq)).expect("append");
+        assert_eq!(next, first + 4);
+        assert!(
+            s.record_statuses(&[], |_, _| unreachable!())
+                .expect("empty")
+                .is_empty()
+        );
     }
 
     #[test]

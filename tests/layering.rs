@@ -1,6 +1,8 @@
 //! The module layering that ARCHITECTURE.md promises, checked on the
 //! sources: the operator CLI and the bridge both build on `wire` and the
-//! shared client pieces, never on each other; the agent knows neither.
+//! shared client (`client`, over the session in `mqtt`), never on each
+//! other; the agent knows neither; the shared client and the session know
+//! none of their users.
 
 use std::path::Path;
 
@@ -21,17 +23,28 @@ fn uses(module_dir: &str, other: &str) -> Vec<String> {
         .join("src")
         .join(module_dir);
     let mut files = Vec::new();
-    sources(&root, &mut files);
+    if root.is_dir() {
+        sources(&root, &mut files);
+    }
     if let Ok(text) = std::fs::read_to_string(root.with_extension("rs")) {
         files.push((root.with_extension("rs").display().to_string(), text));
     }
     let needle = format!("crate::{other}");
+    // `crate::cli` must not match `crate::client`.
+    let names = |l: &str| {
+        l.match_indices(&needle).any(|(i, _)| {
+            !l[i + needle.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_')
+        })
+    };
     files
         .into_iter()
         .flat_map(|(file, text)| {
             text.lines()
                 .enumerate()
-                .filter(|(_, l)| l.contains(&needle) && !l.trim_start().starts_with("//"))
+                .filter(|(_, l)| names(l) && !l.trim_start().starts_with("//"))
                 .map(|(n, l)| format!("{file}:{}: {}", n + 1, l.trim()))
                 .collect::<Vec<_>>()
         })
@@ -108,5 +121,19 @@ fn every_public_function_is_used_somewhere() {
         dead.is_empty(),
         "public functions nothing uses (delete them, or use them):\n{}",
         dead.join("\n")
+    );
+}
+
+#[test]
+fn the_shared_client_and_session_know_none_of_their_users() {
+    let found: Vec<String> = ["cli", "bridge", "agent"]
+        .into_iter()
+        .flat_map(|user| uses("client", user).into_iter().chain(uses("mqtt", user)))
+        .chain(uses("mqtt", "client"))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "the shared client or session depends on a user:\n{}",
+        found.join("\n")
     );
 }

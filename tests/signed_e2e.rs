@@ -452,11 +452,14 @@ fn documented_conf(after: &str) -> String {
     rest[start..start + end].to_string()
 }
 
+/// What a test client received: (topic, payload), in order.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// One MQTT connection with a certificate, its event loop polled on a task:
 /// what it receives, the SUBACK codes, and whether the broker ever closed it.
 struct Client {
     client: rumqttc::AsyncClient,
-    got: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    got: Received,
     subacks: tokio::sync::mpsc::UnboundedReceiver<Vec<rumqttc::SubscribeReasonCode>>,
     pubacks: tokio::sync::mpsc::UnboundedReceiver<u16>,
     dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -475,7 +478,7 @@ impl Client {
         let mut opts = kedge::mqtt::mqtt_options(&url, &settings, client_id).expect("options");
         opts.set_clean_session(true);
         let (client, mut events) = rumqttc::AsyncClient::new(opts, 64);
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let got: Received = Default::default();
         let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (suback_tx, subacks) = tokio::sync::mpsc::unbounded_channel();
         let (puback_tx, pubacks) = tokio::sync::mpsc::unbounded_channel();

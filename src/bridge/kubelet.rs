@@ -36,8 +36,9 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::kubelet_auth::{
     Authorizer, CertNameError, User, forbidden_message, request_attributes, user_from_certificate,
 };
-use super::mqtt_link::{LogStats, MqttLink};
+use super::mqtt_link::MqttLink;
 use super::writer::WriteStats;
+use crate::client::logs::LogStats;
 use crate::model::LogRequest;
 use crate::model::validate::MAX_SINCE_SECONDS;
 
@@ -505,7 +506,7 @@ async fn container_logs(
     }
     // The body takes the next chunk only when hyper has written the last
     // one: a slow reader leaves the chunks queued in the log route
-    // (mqtt_link::LogRoutes), which bounds them.
+    // (client::logs::LogRoutes), which bounds them.
     let body = futures_util::stream::unfold(
         (Some(Bytes::from(head)), stream, done),
         |(head, mut stream, done)| async move {

@@ -554,10 +554,8 @@ pub async fn run(
             }
             for action in actions {
                 match action {
-                    Action::Publish { topic, payload } => {
-                        mqtt.publish_retained(topic, payload).await
-                    }
-                    Action::ClearRetained { topic } => mqtt.clear_signed_tombstone(topic).await,
+                    Action::Publish { topic, payload } => mqtt.publish_retained(topic, payload),
+                    Action::ClearRetained { topic } => mqtt.clear_signed_tombstone(topic),
                     other => writer.push(other),
                 }
             }
@@ -608,7 +606,7 @@ pub async fn run(
             Err(_) => warn!("releasing the shard leases timed out; they expire on their own"),
         }
     }
-    mqtt.close().await;
+    mqtt.close();
     let mut mqtt_task = mqtt_task;
     if tokio::time::timeout(RELEASE_TIMEOUT, &mut mqtt_task)
         .await
