@@ -90,21 +90,7 @@ impl CriEnv {
     }
 
     fn status(&self, name: &str) -> Option<Value> {
-        let out = kedge_ok(&[
-            "--broker",
-            &self.broker.url(),
-            "get",
-            "pods",
-            "-A",
-            "-o",
-            "json",
-        ]);
-        let v: Value = serde_json::from_str(&out).ok()?;
-        v["items"]
-            .as_array()?
-            .iter()
-            .map(|i| i["status"].clone())
-            .find(|s| s["name"] == name)
+        pod_status(&self.broker.url(), name)
     }
 
     fn wait_status(&self, what: &str, name: &str, pred: impl Fn(&Value) -> bool) -> Value {

@@ -92,21 +92,7 @@ impl Env {
     }
 
     fn status(&self, name: &str) -> Option<Value> {
-        let out = kedge_ok(&[
-            "--broker",
-            &self.broker.url(),
-            "get",
-            "pods",
-            "-A",
-            "-o",
-            "json",
-        ]);
-        let v: Value = serde_json::from_str(&out).ok()?;
-        v["items"]
-            .as_array()?
-            .iter()
-            .map(|i| i["status"].clone())
-            .find(|s| s["name"] == name)
+        pod_status(&self.broker.url(), name)
     }
 
     fn wait_status(&self, what: &str, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
@@ -182,46 +168,20 @@ fn wait_event(sub: &Subscriber, pod: Option<&str>, reason: &str, n: usize) -> Ev
 
 /// A long-running Wasm pod (its environment carries `VERSION`).
 fn ticker(name: &str, version: &str) -> String {
-    let module = guest_wasm(GuestTarget::P1);
-    let sha = sha256_file(&module);
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  runtimeClassName: kedge-wasm
-  restartPolicy: Always
-  containers:
-  - name: main
-    image: file://{module}@sha256:{sha}
-    args: ["ticker", "0", "100"]
-    env: [{{name: VERSION, value: "{version}"}}]
-"#,
-        module = module.display(),
+    let env = format!("    env: [{{name: VERSION, value: \"{version}\"}}]\n");
+    wasm_pod(
+        name,
+        &guest_wasm(GuestTarget::P1),
+        &["ticker", "0", "100"],
+        "Always",
+        &env,
     )
 }
 
 /// A pod that prints its environment and exits.
 fn env_pod(name: &str, version: &str) -> String {
-    let module = guest_wasm(GuestTarget::P1);
-    let sha = sha256_file(&module);
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  runtimeClassName: kedge-wasm
-  restartPolicy: Never
-  containers:
-  - name: main
-    image: file://{module}@sha256:{sha}
-    args: ["env"]
-    env: [{{name: VERSION, value: "{version}"}}]
-"#,
-        module = module.display(),
-    )
+    let env = format!("    env: [{{name: VERSION, value: \"{version}\"}}]\n");
+    wasm_pod(name, &guest_wasm(GuestTarget::P1), &["env"], "Never", &env)
 }
 
 #[test]

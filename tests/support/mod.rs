@@ -1052,3 +1052,43 @@ pub fn fast_args() -> Vec<String> {
     .map(|s| s.to_string())
     .collect()
 }
+
+// ---------------------------------------------------------------------------
+// Pods through the CLI
+// ---------------------------------------------------------------------------
+
+/// A pod's status from `kedge get pods -A -o json`, if reported.
+pub fn pod_status(url: &str, name: &str) -> Option<serde_json::Value> {
+    let out = kedge_ok(&["--broker", url, "get", "pods", "-A", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v["items"]
+        .as_array()?
+        .iter()
+        .map(|i| i["status"].clone())
+        .find(|s| s["name"] == name)
+}
+
+/// A pod manifest running the Wasm `module` (pinned by its sha256) as its
+/// container `main` with these arguments and restart policy; `extra` is
+/// YAML appended to the container (`    env: [...]\n`, a second
+/// container…), or empty.
+pub fn wasm_pod(name: &str, module: &Path, args: &[&str], restart: &str, extra: &str) -> String {
+    let sha = sha256_file(module);
+    let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: {restart}
+  containers:
+  - name: main
+    image: file://{module}@sha256:{sha}
+    args: [{args}]
+{extra}"#,
+        module = module.display(),
+        args = args.join(", "),
+    )
+}
