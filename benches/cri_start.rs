@@ -94,7 +94,12 @@ async fn floor_once(
 ) -> (Duration, String) {
     std::fs::create_dir_all(spec::log_directory(pod_dir).join("main")).expect("log dir");
     let sandbox = spec::sandbox_config(pod, pod_dir, cgroup_parent, NODE);
-    let container = spec::container_config(pod, pod_dir, &pod.containers[0], BUSYBOX, 0)
+    // The agent's defaults: no seccomp default (Unconfined, as the kubelet's).
+    let profiles = spec::ProfileSettings {
+        seccomp_default: false,
+        seccomp_root: pod_dir.join("seccomp"),
+    };
+    let container = spec::container_config(pod, pod_dir, &pod.containers[0], BUSYBOX, 0, &profiles)
         .expect("container config");
     let t0 = Instant::now();
     let id = rt

@@ -75,7 +75,7 @@ nice -n 19 cargo +nightly fuzz build "${profile[@]}" --fuzz-dir "$fuzz_dir" --ta
 seeds_from_repo() { # TARGET DIR
   case "$1" in
     wire_decode)
-      for f in tests/vectors/*.hex tests/vectors/v1/*.hex; do
+      for f in tests/vectors/*.hex tests/vectors/v*/*.hex; do
         name=$(basename "$(dirname "$f")")-$(basename "$f" .hex)
         tr -d ' \n' <"$f" | xxd -r -p >"$2/$name"
       done ;;

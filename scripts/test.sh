@@ -191,7 +191,7 @@ stage "cargo clippy --all-targets, minimal"
 cargo clippy --all-targets --locked --no-default-features --features minimal -- -D warnings
 
 # One test build for the default features and the bridge: the unit tests
-# (bridge:: included) and every integration test but bridge_e2e, then
+# (bridge:: included), then every integration test but bridge_e2e, then
 # bridge_e2e from the same build, one test at a time (it runs a control
 # plane per test).
 tests=()
@@ -199,8 +199,14 @@ for f in tests/*.rs; do
   t=$(basename "$f" .rs)
   [ "$t" = bridge_e2e ] || tests+=(--test "$t")
 done
-stage "cargo test --features bridge,sink: unit and integration tests (--test-threads=$threads)"
-cargo_test main --locked --features bridge,sink --no-fail-fast --lib --bins "${tests[@]}" -- --test-threads="$threads"
+# The fast rungs first: the unit tests and the in-process tests (the
+# controller on a fake runtime with paused time, the writer against kube's
+# mock service pair, …), no process or service started; then, from the same
+# build, the integration tests against real parts.
+stage "cargo test --features bridge,sink --lib --bins: unit and in-process tests"
+cargo_test lib --locked --features bridge,sink --no-fail-fast --lib --bins -- --test-threads="$threads"
+stage "cargo test --features bridge,sink: integration tests against real parts (--test-threads=$threads)"
+cargo_test main --locked --features bridge,sink --no-fail-fast "${tests[@]}" -- --test-threads="$threads"
 # The target selection above leaves out doc tests: run them when src/ has one
 # (a fenced block that is Rust: no info string, or rust/no_run/should_panic…).
 if find src -name '*.rs' -exec cat {} + | awk '/^[ \t]*\/\/[\/!][ \t]*```/ {

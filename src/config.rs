@@ -242,6 +242,12 @@ pub const KEYS: &[KeyDoc] = &[
         help: "deadline of one CRI call (image pulls included)",
     },
     KeyDoc {
+        key: "cri.seccomp_default",
+        ty: KeyType::Bool,
+        default: "false",
+        help: "containers without a seccompProfile get the runtime's default profile (RuntimeDefault, the kubelet's --seccomp-default); false: Unconfined, the kubelet's default. Localhost profiles are files under {data_dir}/seccomp",
+    },
+    KeyDoc {
         key: "trust.keys",
         ty: KeyType::Str,
         default: "",
@@ -556,6 +562,7 @@ pub struct CriConfig {
     pub endpoint: Option<String>,
     pub cgroup_parent: String,
     pub timeout_ms: u64,
+    pub seccomp_default: bool,
 }
 
 impl Default for Config {
@@ -670,6 +677,7 @@ impl Default for CriConfig {
             endpoint: Some(default_str!("cri.endpoint").into()),
             cgroup_parent: default_str!("cri.cgroup_parent").into(),
             timeout_ms: default_int!("cri.timeout_ms"),
+            seccomp_default: default_str!("cri.seccomp_default") == "true",
         }
     }
 }
@@ -690,26 +698,12 @@ pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &[(String, String)],
 ) -> Result<Config, ConfigError> {
-    let default_file = Path::new("/etc/kedge/config.toml");
-    let file = match file {
-        Some(f) => Some(f.to_path_buf()),
-        None if default_file.exists() => Some(default_file.to_path_buf()),
-        None => None,
-    };
-    let mut table = match &file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            text.parse::<toml::Table>()
-                .map_err(|e| ConfigError::Parse {
-                    path: path.clone(),
-                    message: e.to_string().trim().to_string(),
-                })?
-        }
-        None => toml::Table::new(),
-    };
+    let file = config_file(file);
+    let mut table = read_file(file.as_deref())?;
+    // The roles' own tables are their flags' (`role_defaults`), not keys.
+    for role in ROLE_TABLES {
+        table.remove(*role);
+    }
     for (name, value) in env {
         if let Some(doc) = KEYS.iter().find(|k| env_name(k.key) == name) {
             set_key(&mut table, doc, &value)?;
@@ -729,6 +723,88 @@ pub fn load(
         message: e.to_string().trim().to_string(),
     })?;
     config.validate()
+}
+
+/// The tables of a configuration file that belong to a cloud-side role's
+/// flags (`[bridge]`: `kubelet-listen = "0.0.0.0:10250"`), read by
+/// `role_defaults`, never by `load`.
+pub const ROLE_TABLES: &[&str] = &["bridge"];
+
+/// The file to read: the one given, else /etc/kedge/config.toml if present.
+fn config_file(file: Option<&Path>) -> Option<PathBuf> {
+    let default_file = Path::new("/etc/kedge/config.toml");
+    match file {
+        Some(f) => Some(f.to_path_buf()),
+        None if default_file.exists() => Some(default_file.to_path_buf()),
+        None => None,
+    }
+}
+
+fn read_file(file: Option<&Path>) -> Result<toml::Table, ConfigError> {
+    let Some(path) = file else {
+        return Ok(toml::Table::new());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim().to_string(),
+    })
+}
+
+/// A role's flags from the configuration file's `[role]` table, as the
+/// defaults of `cmd` (the role's subcommand): the file is the lowest layer,
+/// under `KEDGE_{ROLE}_*` and the flags themselves. A key is a flag's long
+/// name (`kubelet-listen`, or `kubelet_listen`); an unknown key is an
+/// error naming it; arrays give a repeatable flag several values.
+pub fn role_defaults(
+    cmd: clap::Command,
+    file: Option<&Path>,
+    role: &str,
+) -> Result<clap::Command, ConfigError> {
+    let file = config_file(file);
+    let mut table = read_file(file.as_deref())?;
+    let Some(section) = table.remove(role) else {
+        return Ok(cmd);
+    };
+    let bad = |key: &str, value: &toml::Value, message: &str| {
+        ConfigError::value(&format!("{role}.{key}"), value.type_str(), message)
+    };
+    let toml::Value::Table(section) = section else {
+        return Err(bad("", &section, "must be a table of flags"));
+    };
+    let mut cmd = cmd;
+    for (key, value) in section {
+        let long = key.replace('_', "-");
+        let Some(arg) = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long.as_str()) && long != "help")
+        else {
+            return Err(ConfigError::UnknownKey(format!("{role}.{key}")));
+        };
+        let id = arg.get_id().clone();
+        let text = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
+            other => Err(bad(&key, other, "must be a string, a number or a boolean")),
+        };
+        let values: Vec<String> = match &value {
+            toml::Value::Array(items) => items.iter().map(text).collect::<Result<_, _>>()?,
+            one => vec![text(one)?],
+        };
+        let values: Vec<&'static str> = values
+            .into_iter()
+            .map(|v| &*Box::leak(v.into_boxed_str()))
+            .collect();
+        // A value from the file satisfies a flag the command line must
+        // otherwise give.
+        cmd = cmd.mut_arg(id, |a| a.default_values(values).required(false));
+    }
+    Ok(cmd)
 }
 
 /// `KEDGE_BROKER_URL` for `broker.url`.

@@ -45,6 +45,29 @@ fn command() -> clap::Command {
     cmd
 }
 
+/// The command line. For `kedge bridge` the configuration file's
+/// `[bridge]` table gives its flags' defaults first (config::role_defaults:
+/// file → KEDGE_BRIDGE_* → flags), so the file named by `--config` is
+/// found with a lenient first pass.
+fn parse() -> Result<Kedge, config::ConfigError> {
+    #[allow(unused_mut)]
+    let mut cmd = command();
+    #[cfg(feature = "bridge")]
+    {
+        let pre = command().ignore_errors(true).get_matches();
+        if let Some(sub) = pre.subcommand_matches("bridge") {
+            let file = sub
+                .get_one::<std::path::PathBuf>("config")
+                .or_else(|| pre.get_one::<std::path::PathBuf>("config"))
+                .cloned();
+            let bridge = cmd.find_subcommand("bridge").expect("bridge").clone();
+            let bridge = config::role_defaults(bridge, file.as_deref(), "bridge")?;
+            cmd = cmd.mut_subcommand("bridge", |_| bridge);
+        }
+    }
+    Ok(Kedge::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit()))
+}
+
 /// Every key and flag, as docs/config.md lists them: the agent's keys, then
 /// the flags of the roles built in.
 fn keys_and_flags_markdown() -> String {
@@ -106,7 +129,13 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = Kedge::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let extra: Vec<(&str, Option<String>)> = match &cli.command {
         Top::Cli(Command::Agent(a)) => vec![
             ("node_name", a.node.clone()),
@@ -311,5 +340,46 @@ mod tests {
                 Some("KEDGE_BRIDGE_KUBELET_LISTEN")
             );
         }
+    }
+
+    /// `[bridge]` in the configuration file gives the bridge's flags: the
+    /// required ones need not be on the command line, and a flag given there
+    /// wins over the file.
+    #[cfg(feature = "bridge")]
+    #[test]
+    fn the_bridge_reads_its_flags_from_the_configuration_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "[broker]\nurl = \"mqtt://127.0.0.1:1883\"\n\n[bridge]\n\
+             advertise-address = \"10.0.0.5\"\ntls_cert_file = \"/etc/kedge/tls.crt\"\n\
+             tls-private-key-file = \"/etc/kedge/tls.key\"\nclient-ca-file = \"/etc/kedge/ca.crt\"\n\
+             kubelet-listen = \"0.0.0.0:10350\"\nallow-nodes = [\"gw1\", \"gw2\"]\nshards = 4\n",
+        )
+        .expect("write");
+        let cmd = command();
+        let bridge = cmd.find_subcommand("bridge").expect("bridge").clone();
+        let bridge =
+            config::role_defaults(bridge, Some(&file), "bridge").expect("the [bridge] table");
+        let cmd = cmd.mut_subcommand("bridge", |_| bridge);
+        let m = cmd
+            .clone()
+            .try_get_matches_from(["kedge", "bridge", "--shards", "2"])
+            .expect("the file gives the required flags");
+        let Top::Bridge(args) = Kedge::from_arg_matches(&m).expect("parses").command else {
+            panic!("not the bridge");
+        };
+        assert_eq!(args.advertise_address, "10.0.0.5");
+        assert_eq!(args.kubelet_listen.port(), 10350);
+        assert_eq!(args.allow_nodes, ["gw1", "gw2"]);
+        assert_eq!(args.shards, 2, "the flag wins over the file");
+        // The agent's loader leaves the table to the bridge.
+        config::load(Some(&file), std::iter::empty(), &[]).expect("the agent's keys load");
+        // An unknown key is an error naming it.
+        std::fs::write(&file, "[bridge]\nkubelet-lisen = \"x\"\n").expect("write");
+        let bridge = command().find_subcommand("bridge").expect("bridge").clone();
+        let e = config::role_defaults(bridge, Some(&file), "bridge").expect_err("unknown");
+        assert!(e.to_string().contains("bridge.kubelet-lisen"), "{e}");
     }
 }

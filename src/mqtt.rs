@@ -21,7 +21,7 @@ use rumqttc::{
     StateError, Transport,
 };
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::{BrokerConfig, BrokerUrl, Config, ConfigError};
@@ -358,23 +358,18 @@ impl AckToken {
 pub enum SessionEvent {
     /// `degraded`: the subscriptions in `SessionSettings::dropped_when_oversized`
     /// are left out on this connection (a message too large to read blocks them).
-    Connected {
-        degraded: bool,
-    },
-    Disconnected {
-        error: String,
-    },
+    Connected { degraded: bool },
+    /// The connection ended. With [`Reconnect::Never`] this is the last
+    /// event (also when the first connection never came up).
+    Disconnected { error: String },
     /// A message larger than [`MAX_PACKET_BYTES`] could not be read; the
     /// session leaves the subscriptions that bring it out for a while.
-    Oversized {
-        bytes: usize,
-    },
+    Oversized { bytes: usize },
     /// The broker keeps closing the connection right after it is made:
     /// probably another client with the same client id.
-    TakenOver {
-        client_id: String,
-        closes: u32,
-    },
+    TakenOver { client_id: String, closes: u32 },
+    /// `ack` is set for QoS 1 and 2 messages when the owner acknowledges
+    /// them itself (`SessionSettings::manual_acks`).
     Message {
         topic: String,
         payload: Vec<u8>,
@@ -399,36 +394,205 @@ pub enum SessionCommand {
         retain: bool,
         qos: QoS,
     },
+    /// Publish at QoS 1 and answer on `done` when the broker acknowledged
+    /// it. `done` is dropped unanswered when the publish is not made (not
+    /// connected) or its connection ends before the acknowledgement.
+    PublishAcked {
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+        done: oneshot::Sender<()>,
+    },
     Ack(AckToken),
     /// Subscribe (QoS 1) now and on every later connection, until
-    /// `Unsubscribe`: the fleet specs a device waits for.
+    /// `Unsubscribe`: the fleet specs a device waits for, a log stream.
     Subscribe(String),
     Unsubscribe(String),
+    /// The barrier on demand (needs `SessionSettings::sync_topic`):
+    /// subscribe to `resubscribe` again (the broker sends their retained
+    /// messages again; they stay subscribed) and to `read_once` (left again
+    /// when the barrier comes back), then publish a fresh nonce:
+    /// `SessionEvent::Synced` follows once all of it has arrived. Nothing
+    /// while disconnected (the next connection has its own barrier).
+    Sync {
+        resubscribe: Vec<String>,
+        read_once: Vec<String>,
+    },
+    /// End the session now: a DISCONNECT after every request queued
+    /// before it (with `SessionSettings::goodbye`), and no reconnect.
+    Close,
+}
+
+/// What the session does when a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconnect {
+    /// Again and again, after `reconnect_delay(attempt, initial, max, jitter)`
+    /// (the agent, the bridge).
+    Backoff { initial: Duration, max: Duration },
+    /// Never: the session ends after `SessionEvent::Disconnected` (a
+    /// short-lived client, the CLI).
+    Never,
+}
+
+/// Looks at every incoming publish before it becomes a
+/// `SessionEvent::Message`; returns true to consume it (the log RPC's
+/// responses, routed to their readers). Only for sessions with automatic
+/// acks: a consumed message has no ack token.
+pub type Tap = Box<dyn FnMut(&str, &[u8]) -> bool + Send>;
+
+/// Where the session's events go. Unbounded: the owner never waits for
+/// the session (the agent). Bounded: a burst waits in the broker's socket
+/// rather than in memory, since the session stops reading while the owner
+/// is behind (the bridge).
+pub enum EventTx {
+    Unbounded(mpsc::UnboundedSender<SessionEvent>),
+    Bounded(mpsc::Sender<SessionEvent>),
+}
+
+impl From<mpsc::UnboundedSender<SessionEvent>> for EventTx {
+    fn from(tx: mpsc::UnboundedSender<SessionEvent>) -> EventTx {
+        EventTx::Unbounded(tx)
+    }
+}
+
+impl From<mpsc::Sender<SessionEvent>> for EventTx {
+    fn from(tx: mpsc::Sender<SessionEvent>) -> EventTx {
+        EventTx::Bounded(tx)
+    }
+}
+
+impl EventTx {
+    async fn send(&self, event: SessionEvent) {
+        let _ = match self {
+            EventTx::Unbounded(tx) => tx.send(event).map_err(drop),
+            EventTx::Bounded(tx) => tx.send(event).await.map_err(drop),
+        };
+    }
+
+    fn bounded(&self) -> bool {
+        matches!(self, EventTx::Bounded(_))
+    }
 }
 
 pub struct SessionSettings {
     pub options: MqttOptions,
+    /// A clean session (the CLI, the bridge) or a persistent one that the
+    /// broker keeps across connections (the agent).
+    pub clean_session: bool,
+    /// The owner acknowledges QoS 1 messages (`SessionCommand::Ack`) once
+    /// they are safe; otherwise rumqttc acknowledges them on receipt.
+    pub manual_acks: bool,
     pub subscriptions: Vec<(String, QoS)>,
     /// Filters of `subscriptions` left out (with a clean session, which
     /// drops a queued copy) while a message too large to read blocks them.
+    /// Empty: such a message is reported and the connection made again
+    /// with every subscription.
     pub dropped_when_oversized: Vec<String>,
+    /// Filters subscribed on every connection before its barrier and left
+    /// when it comes back: retained messages read once (the bridge reads
+    /// retained reports this way beside a shared subscription, which gets
+    /// none).
+    pub read_once: Vec<String>,
     /// A topic of the owner's own subtree, also among `subscriptions`: after
     /// subscribing, the session publishes a fresh nonce there (QoS 1); the
     /// broker handles one client's packets in order, so when it comes back
     /// every retained message has arrived (`SessionEvent::Synced`). Not on
     /// a degraded connection (its retained state is incomplete on purpose);
     /// once the left-out subscriptions are made, a new nonce follows them.
+    /// `SessionCommand::Sync` publishes one on demand.
     pub sync_topic: Option<String>,
     pub last_will: Option<LastWill>,
-    pub reconnect_initial: Duration,
-    pub reconnect_max: Duration,
+    pub reconnect: Reconnect,
     /// The first pause of the `dropped_when_oversized` subscriptions.
     pub unreadable_retry: Duration,
+    /// Requests rumqttc queues for one connection.
+    pub request_capacity: usize,
+    /// When the owner closes the session, its DISCONNECT is written before
+    /// the session ends (the CLI). Off for the agent, whose last will says
+    /// it went away.
+    pub goodbye: bool,
+    pub tap: Option<Tap>,
+}
+
+impl SessionSettings {
+    /// A clean session with automatic acks and no subscriptions, barrier,
+    /// will or tap, reconnecting with `broker`'s back-off: the base of the
+    /// CLI's and the bridge's sessions.
+    pub fn clean(options: MqttOptions, broker: &BrokerConfig) -> SessionSettings {
+        SessionSettings {
+            options,
+            clean_session: true,
+            manual_acks: false,
+            subscriptions: Vec::new(),
+            dropped_when_oversized: Vec::new(),
+            read_once: Vec::new(),
+            sync_topic: None,
+            last_will: None,
+            reconnect: Reconnect::Backoff {
+                initial: Duration::from_millis(broker.reconnect_initial_ms.max(1)),
+                max: Duration::from_millis(broker.reconnect_max_ms.max(1)),
+            },
+            unreadable_retry: Duration::from_millis(broker.unreadable_retry_ms.max(1)),
+            request_capacity: 4096,
+            goodbye: false,
+            tap: None,
+        }
+    }
 }
 
 enum Internal {
     Event(u64, Event),
     Failed(u64, Failure),
+}
+
+/// The channel from a connection's event-loop task to the session: bounded
+/// when the owner's is, so that a slow owner stops the reading.
+enum InternalTx {
+    Unbounded(mpsc::UnboundedSender<Internal>),
+    Bounded(mpsc::Sender<Internal>),
+}
+
+enum InternalRx {
+    Unbounded(mpsc::UnboundedReceiver<Internal>),
+    Bounded(mpsc::Receiver<Internal>),
+}
+
+impl InternalTx {
+    async fn send(&self, m: Internal) -> Result<(), ()> {
+        match self {
+            InternalTx::Unbounded(tx) => tx.send(m).map_err(drop),
+            InternalTx::Bounded(tx) => tx.send(m).await.map_err(drop),
+        }
+    }
+}
+
+impl Clone for InternalTx {
+    fn clone(&self) -> InternalTx {
+        match self {
+            InternalTx::Unbounded(tx) => InternalTx::Unbounded(tx.clone()),
+            InternalTx::Bounded(tx) => InternalTx::Bounded(tx.clone()),
+        }
+    }
+}
+
+impl InternalRx {
+    async fn recv(&mut self) -> Option<Internal> {
+        match self {
+            InternalRx::Unbounded(rx) => rx.recv().await,
+            InternalRx::Bounded(rx) => rx.recv().await,
+        }
+    }
+}
+
+/// What a publish request stands for, kept in request order and then by
+/// packet id until its PUBACK.
+enum Tag {
+    /// Nothing to do on the ack.
+    Plain,
+    /// An outbox entry: deleted on the ack.
+    Outbox(u64),
+    /// `SessionCommand::PublishAcked`: answered on the ack.
+    Notify(oneshot::Sender<()>),
 }
 
 struct Connection {
@@ -437,11 +601,10 @@ struct Connection {
     connected: bool,
     /// When the CONNACK arrived.
     connected_at: Option<tokio::time::Instant>,
-    /// One tag per publish request, in request order: the outbox id, or
-    /// None for publishes outside the outbox.
-    tags: VecDeque<Option<u64>>,
-    /// Packet id → outbox id of QoS 1 publishes awaiting PUBACK.
-    inflight: HashMap<u16, Option<u64>>,
+    /// One tag per publish request, in request order.
+    tags: VecDeque<Tag>,
+    /// Packet id → tag of QoS 1 publishes awaiting PUBACK.
+    inflight: HashMap<u16, Tag>,
     /// Highest outbox id sent on this connection.
     sent_upto: u64,
     outstanding: usize,
@@ -449,21 +612,60 @@ struct Connection {
     abort_after_ack: Vec<u16>,
     /// The barrier nonce of this connection.
     nonce: Vec<u8>,
+    /// Filters to leave when the barrier comes back.
+    read_once: Vec<String>,
+    /// The task driving this connection's event loop.
+    drive: tokio::task::JoinHandle<()>,
 }
 
-/// Runs the session until `commands` closes.
+impl Connection {
+    /// Subscribes to `read_once` (remembered until the barrier) and
+    /// publishes a fresh nonce on `sync`: the barrier.
+    fn barrier(&mut self, sync: &str, read_once: &[String]) {
+        for f in read_once {
+            if !self.read_once.contains(f) {
+                self.read_once.push(f.clone());
+            }
+            let _ = self.client.try_subscribe(f.clone(), QoS::AtLeastOnce);
+        }
+        self.nonce = format!("{}-{:016x}", self.id, fastrand::u64(..)).into_bytes();
+        if self
+            .client
+            .try_publish(
+                sync.to_string(),
+                QoS::AtLeastOnce,
+                false,
+                self.nonce.clone(),
+            )
+            .is_ok()
+        {
+            self.tags.push_back(Tag::Plain);
+        }
+    }
+}
+
+/// Runs the session until `commands` closes, or (with [`Reconnect::Never`])
+/// its connection ends. `outbox`: the store whose outbox the session drains
+/// (the agent); none for the others.
 pub async fn run(
     mut settings: SessionSettings,
-    store: Arc<Store>,
+    outbox: Option<Arc<Store>>,
     mut commands: mpsc::UnboundedReceiver<SessionCommand>,
-    events: mpsc::UnboundedSender<SessionEvent>,
+    events: impl Into<EventTx>,
 ) {
-    settings.options.set_clean_session(false);
-    settings.options.set_manual_acks(true);
+    let events: EventTx = events.into();
+    settings.options.set_clean_session(settings.clean_session);
+    settings.options.set_manual_acks(settings.manual_acks);
     if let Some(will) = settings.last_will.take() {
         settings.options.set_last_will(will);
     }
-    let (internal_tx, mut internal_rx) = mpsc::unbounded_channel::<Internal>();
+    let (internal_tx, mut internal_rx) = if events.bounded() {
+        let (tx, rx) = mpsc::channel::<Internal>(256);
+        (InternalTx::Bounded(tx), InternalRx::Bounded(rx))
+    } else {
+        let (tx, rx) = mpsc::unbounded_channel::<Internal>();
+        (InternalTx::Unbounded(tx), InternalRx::Unbounded(rx))
+    };
     let mut next_id = 0u64;
     let mut recovery = Recovery::new(settings.unreadable_retry);
     let mut degraded = false;
@@ -492,25 +694,24 @@ pub async fn run(
                         }
                     }
                     // The retained state is complete only now.
-                    c.nonce = format!("{}-{:016x}", c.id, fastrand::u64(..)).into_bytes();
-                    if let Some(sync) = &settings.sync_topic
-                        && c.client.try_publish(sync.clone(), QoS::AtLeastOnce, false, c.nonce.clone()).is_ok()
-                    {
-                        c.tags.push_back(None);
+                    if let Some(sync) = &settings.sync_topic {
+                        c.barrier(sync, &[]);
                     }
                 }
             }
             _ = tokio::time::sleep_until(sleep_until), if reconnect_at.is_some() => {
                 reconnect_at = None;
                 next_id += 1;
-                degraded = recovery.degraded(tokio::time::Instant::now());
+                // Degraded only if there is something to leave out.
+                degraded = recovery.degraded(tokio::time::Instant::now())
+                    && !settings.dropped_when_oversized.is_empty();
                 let mut options = settings.options.clone();
                 if degraded {
                     // A clean session drops the copy the broker queued for
                     // the old one; the retained one is not asked for.
                     options.set_clean_session(true);
                 }
-                let (client, mut eventloop) = AsyncClient::new(options, 4096);
+                let (client, mut eventloop) = AsyncClient::new(options, settings.request_capacity);
                 // Small messages both ways: without this, Nagle's algorithm and
                 // delayed ACKs add ~40 ms to every exchange.
                 eventloop.network_options.set_tcp_nodelay(true);
@@ -523,31 +724,33 @@ pub async fn run(
                 for topic in &extra {
                     let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
                 }
-                let nonce = format!("{next_id}-{:016x}", fastrand::u64(..)).into_bytes();
-                let mut tags = VecDeque::new();
-                if let Some(sync) = settings.sync_topic.as_ref().filter(|_| !degraded)
-                    && client.try_publish(sync.clone(), QoS::AtLeastOnce, false, nonce.clone()).is_ok()
-                {
-                    tags.push_back(None);
-                }
-                tokio::spawn(drive(eventloop, next_id, internal_tx.clone()));
-                conn = Some(Connection {
+                let drive = tokio::spawn(drive(eventloop, next_id, internal_tx.clone()));
+                let mut c = Connection {
                     id: next_id,
                     client,
                     connected: false,
                     connected_at: None,
-                    tags,
+                    tags: VecDeque::new(),
                     inflight: HashMap::new(),
                     sent_upto: 0,
                     outstanding: 0,
                     abort_after_ack: Vec::new(),
-                    nonce,
-                });
+                    // Replaced by the barrier; never empty, so that an
+                    // empty payload on the sync topic is never taken for it.
+                    nonce: format!("{next_id}-{:016x}", fastrand::u64(..)).into_bytes(),
+                    read_once: Vec::new(),
+                    drive,
+                };
+                if let Some(sync) = settings.sync_topic.as_ref().filter(|_| !degraded) {
+                    c.barrier(sync, &settings.read_once);
+                }
+                conn = Some(c);
             }
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
                 // Run-time subscriptions are remembered for later connections.
                 let cmd = match cmd {
+                    SessionCommand::Close => break,
                     SessionCommand::Subscribe(topic) => {
                         if extra.insert(topic.clone()) && let Some(c) = conn.as_mut().filter(|c| c.connected) {
                             let _ = c.client.try_subscribe(topic, QoS::AtLeastOnce);
@@ -564,10 +767,15 @@ pub async fn run(
                 };
                 let Some(c) = conn.as_mut().filter(|c| c.connected) else { continue };
                 match cmd {
-                    SessionCommand::OutboxChanged => fill(c, &store),
+                    SessionCommand::OutboxChanged => fill(c, outbox.as_deref()),
                     SessionCommand::Publish { topic, payload, retain, qos } => {
                         if c.client.try_publish(topic, qos, retain, payload).is_ok() {
-                            c.tags.push_back(None);
+                            c.tags.push_back(Tag::Plain);
+                        }
+                    }
+                    SessionCommand::PublishAcked { topic, payload, retain, done } => {
+                        if c.client.try_publish(topic, QoS::AtLeastOnce, retain, payload).is_ok() {
+                            c.tags.push_back(Tag::Notify(done));
                         }
                     }
                     SessionCommand::Ack(token) => {
@@ -579,7 +787,17 @@ pub async fn run(
                             let _ = c.client.try_ack(p);
                         }
                     }
-                    SessionCommand::Subscribe(_) | SessionCommand::Unsubscribe(_) => {}
+                    SessionCommand::Sync { resubscribe, read_once } => {
+                        for f in resubscribe {
+                            let _ = c.client.try_subscribe(f, QoS::AtLeastOnce);
+                        }
+                        match &settings.sync_topic {
+                            Some(sync) if !degraded => c.barrier(sync, &read_once),
+                            // The barrier after the resumed subscriptions covers it.
+                            _ => {}
+                        }
+                    }
+                    SessionCommand::Subscribe(_) | SessionCommand::Unsubscribe(_) | SessionCommand::Close => {}
                 }
             }
             Some(internal) = internal_rx.recv() => match internal {
@@ -590,44 +808,61 @@ pub async fn run(
                             info!(session_present = ack.session_present, degraded, "connected to broker");
                             c.connected = true;
                             c.connected_at = Some(tokio::time::Instant::now());
-                            let _ = events.send(SessionEvent::Connected { degraded });
-                            fill(c, &store);
+                            events.send(SessionEvent::Connected { degraded }).await;
+                            fill(c, outbox.as_deref());
                         }
                         Event::Incoming(Incoming::Publish(p)) if settings.sync_topic.as_deref() == Some(p.topic.as_str()) => {
-                            let _ = c.client.try_ack(&p);
-                            // A nonce of an earlier connection is stale.
+                            if settings.manual_acks {
+                                let _ = c.client.try_ack(&p);
+                            }
+                            // A nonce of an earlier connection or request is stale.
                             if p.payload[..] == c.nonce[..] {
                                 debug!("barrier back: the retained state has arrived");
-                                let _ = events.send(SessionEvent::Synced);
+                                for f in std::mem::take(&mut c.read_once) {
+                                    let _ = c.client.try_unsubscribe(f);
+                                }
+                                events.send(SessionEvent::Synced).await;
                             }
                         }
                         Event::Incoming(Incoming::Publish(p)) => {
-                            let ack = (p.qos != QoS::AtMostOnce).then(|| AckToken { connection: c.id, publish: p.clone() });
-                            let _ = events.send(SessionEvent::Message {
+                            if let Some(tap) = settings.tap.as_mut()
+                                && tap(&p.topic, &p.payload)
+                            {
+                                continue;
+                            }
+                            let ack = (settings.manual_acks && p.qos != QoS::AtMostOnce)
+                                .then(|| AckToken { connection: c.id, publish: p.clone() });
+                            events.send(SessionEvent::Message {
                                 topic: p.topic.clone(),
                                 payload: p.payload.to_vec(),
                                 ack,
-                            });
+                            }).await;
                         }
-                        Event::Incoming(Incoming::PubAck(ack)) => {
-                            if let Some(Some(outbox_id)) = c.inflight.remove(&ack.pkid) {
-                                if let Err(e) = store.ack_outbox(&[outbox_id]) {
+                        Event::Incoming(Incoming::PubAck(ack)) => match c.inflight.remove(&ack.pkid) {
+                            Some(Tag::Outbox(outbox_id)) => {
+                                if let Some(store) = &outbox
+                                    && let Err(e) = store.ack_outbox(&[outbox_id])
+                                {
                                     warn!(error = %e, "cannot remove acknowledged outbox entry");
                                 }
                                 c.outstanding = c.outstanding.saturating_sub(1);
-                                fill(c, &store);
+                                fill(c, outbox.as_deref());
                             }
-                        }
+                            Some(Tag::Notify(done)) => {
+                                let _ = done.send(());
+                            }
+                            Some(Tag::Plain) | None => {}
+                        },
                         Event::Outgoing(Outgoing::PubAck(pkid)) if c.abort_after_ack.contains(&pkid) => {
                             // Written and flushed: the broker has the ack.
                             warn!(pkid, "fault hook KEDGE_FAULT_ABORT_AFTER_DELETE_ACK: aborting after a tombstone's PUBACK");
                             std::process::abort();
                         }
                         Event::Outgoing(Outgoing::Publish(pkid)) => {
-                            let tag = c.tags.pop_front().flatten();
+                            let tag = c.tags.pop_front().unwrap_or(Tag::Plain);
                             if pkid != 0 {
                                 c.inflight.insert(pkid, tag);
-                            } else if tag.is_some() {
+                            } else if let Tag::Outbox(_) = tag {
                                 // An outbox entry went out at QoS 0: cannot happen
                                 // (they are all QoS 1), but never count it acked.
                                 c.outstanding = c.outstanding.saturating_sub(1);
@@ -644,22 +879,35 @@ pub async fn run(
                     let now = tokio::time::Instant::now();
                     let lasted = conn.as_ref().and_then(|c| c.connected_at).map(|t| now - t);
                     conn = None;
+                    let Reconnect::Backoff { initial, max } = settings.reconnect else {
+                        if was_connected {
+                            warn!(%error, "lost the broker connection");
+                        } else {
+                            debug!(%error, "cannot connect to broker");
+                        }
+                        events.send(SessionEvent::Disconnected { error: error.to_string() }).await;
+                        break;
+                    };
                     let verdict = recovery.on_failure(&error, lasted, now);
-                    let delay = reconnect_delay(verdict.attempt, settings.reconnect_initial, settings.reconnect_max, fastrand::f64());
+                    let delay = reconnect_delay(verdict.attempt, initial, max, fastrand::f64());
                     if was_connected {
                         warn!(%error, "lost the broker connection");
-                        let _ = events.send(SessionEvent::Disconnected { error: error.to_string() });
+                        events.send(SessionEvent::Disconnected { error: error.to_string() }).await;
                     } else {
                         debug!(%error, "cannot connect to broker");
                     }
                     if let Some(bytes) = verdict.oversized {
-                        warn!(bytes, limit = MAX_PACKET_BYTES, "a message too large to read blocks the subscriptions; leaving them out for a while");
-                        let _ = events.send(SessionEvent::Oversized { bytes });
+                        if settings.dropped_when_oversized.is_empty() {
+                            warn!(bytes, limit = MAX_PACKET_BYTES, "the broker sent a message too large to read");
+                        } else {
+                            warn!(bytes, limit = MAX_PACKET_BYTES, "a message too large to read blocks the subscriptions; leaving them out for a while");
+                        }
+                        events.send(SessionEvent::Oversized { bytes }).await;
                     }
                     if let Some(closes) = verdict.taken_over {
                         let client_id = settings.options.client_id();
                         warn!(%client_id, closes, "the broker keeps closing this session right after it connects: another client probably uses the same client id");
-                        let _ = events.send(SessionEvent::TakenOver { client_id, closes });
+                        events.send(SessionEvent::TakenOver { client_id, closes }).await;
                     }
                     info!(retry_in = ?delay, "reconnecting");
                     reconnect_at = Some(tokio::time::Instant::now() + delay);
@@ -669,11 +917,27 @@ pub async fn run(
     }
     if let Some(c) = conn {
         let _ = c.client.try_disconnect();
+        if settings.goodbye {
+            // The event loop writes the DISCONNECT, then ends once it
+            // finds no client left (`RequestsDone`) or the broker closes.
+            drop(c.client);
+            let mut drive = c.drive;
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                loop {
+                    tokio::select! {
+                        _ = &mut drive => break,
+                        _ = internal_rx.recv() => {}
+                    }
+                }
+            })
+            .await;
+        }
     }
 }
 
 /// Sends the next outbox entries, up to the window.
-fn fill(c: &mut Connection, store: &Store) {
+fn fill(c: &mut Connection, store: Option<&Store>) {
+    let Some(store) = store else { return };
     if c.outstanding >= OUTBOX_WINDOW {
         return;
     }
@@ -691,24 +955,26 @@ fn fill(c: &mut Connection, store: &Store) {
         {
             break;
         }
-        c.tags.push_back(Some(id));
+        c.tags.push_back(Tag::Outbox(id));
         c.sent_upto = id;
         c.outstanding += 1;
     }
 }
 
-/// Drives one connection's event loop until it fails. Never cancelled from
-/// outside: it ends by itself when the connection or the session ends.
-async fn drive(mut eventloop: EventLoop, id: u64, tx: mpsc::UnboundedSender<Internal>) {
+/// Drives one connection's event loop until it fails: the one place a
+/// rumqttc `EventLoop` is polled for the agent, the bridge and the CLI.
+/// Never cancelled from outside: it ends by itself when the connection or
+/// the session ends.
+async fn drive(mut eventloop: EventLoop, id: u64, tx: InternalTx) {
     loop {
         match eventloop.poll().await {
             Ok(event) => {
-                if tx.send(Internal::Event(id, event)).is_err() {
+                if tx.send(Internal::Event(id, event)).await.is_err() {
                     return;
                 }
             }
             Err(e) => {
-                let _ = tx.send(Internal::Failed(id, classify(&e)));
+                let _ = tx.send(Internal::Failed(id, classify(&e))).await;
                 return;
             }
         }

@@ -25,7 +25,10 @@ use thiserror::Error;
 use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
 
 /// Bumped when a table's layout changes; `open` migrates older files.
-pub const STORE_SCHEMA_VERSION: u32 = 5;
+pub const STORE_SCHEMA_VERSION: u32 = 6;
+/// The first store schema whose desired records hold the `PodSpec` of wire
+/// version 4; older ones are re-encoded by `open` (`wire::v3`).
+const POD_FIELDS_SINCE: u32 = 6;
 
 /// redb's page cache. The state of a busy node (hundreds of pods, a full
 /// outbox) is a few MiB; reads past the cache go to the page cache of the
@@ -36,8 +39,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired");
 const OBSERVED: TableDefinition<&str, &[u8]> = TableDefinition::new("observed");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-/// Runtime handles (sandbox and container ids) for adoption after restart.
-const HANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("handles");
+/// Runtime handles, never written (adoption reads the runtime's labels):
+/// created by stores of schema 1 to 5, deleted when a store is opened.
+const LEGACY_HANDLES: TableDefinition<&str, &[u8]> = TableDefinition::new("handles");
 /// Deletes committed but not finished: pod key → `DeletingRecord`.
 const DELETING: TableDefinition<&str, &[u8]> = TableDefinition::new("deleting");
 /// Fleet state (schema 3), by key: `fleet/{ns}/{name}` → the fleet
@@ -275,6 +279,36 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_default()
 }
 
+/// A desired record as store schemas 1–5 wrote it.
+#[derive(Serialize, Deserialize)]
+struct DesiredRecordV5 {
+    source: PodSource,
+    spec: crate::wire::v3::PodSpec,
+}
+
+/// Re-encodes every desired record from the old `PodSpec` layout. A record
+/// that does not decode is left as it is (reading it reports it corrupt, as
+/// before the migration).
+fn migrate_desired_pod_fields(
+    table: &mut redb::Table<&'static str, &'static [u8]>,
+) -> Result<(), StoreError> {
+    let mut upgraded = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        if let Ok(old) = postcard::from_bytes::<DesiredRecordV5>(v.value()) {
+            let rec = DesiredRecord {
+                source: old.source,
+                spec: old.spec.into(),
+            };
+            upgraded.push((k.value().to_string(), encode(&rec)));
+        }
+    }
+    for (k, v) in upgraded {
+        table.insert(k.as_str(), v.as_slice())?;
+    }
+    Ok(())
+}
+
 fn decode<T: for<'de> Deserialize<'de>>(
     table: &'static str,
     key: impl ToString,
@@ -303,6 +337,18 @@ fn read_u64(
     key: &str,
 ) -> Result<u64, StoreError> {
     Ok(u64::from_le_bytes(le_bytes(table, key)?))
+}
+
+/// A write transaction made and not yet committed (`Store::stage_statuses`).
+pub struct Staged(redb::WriteTransaction);
+
+impl Staged {
+    /// Commits (and fsyncs). An I/O error here is handled like any other:
+    /// the next transaction opens the database again.
+    pub fn commit(self) -> Result<(), StoreError> {
+        self.0.commit()?;
+        Ok(())
+    }
 }
 
 impl Store {
@@ -334,7 +380,6 @@ impl Store {
             txn.open_table(DESIRED)?;
             txn.open_table(OBSERVED)?;
             txn.open_table(OUTBOX)?;
-            txn.open_table(HANDLES)?;
             // Version 1 → 2: the delete intents.
             txn.open_table(DELETING)?;
             // Version 2 → 3: fleet state.
@@ -344,6 +389,15 @@ impl Store {
             txn.open_table(DATA_QOS2)?;
             // Version 4 → 5: the last signed message accepted per topic.
             txn.open_table(TRUST)?;
+            // Version 5 → 6 (from any earlier version): desired records in
+            // the PodSpec of wire version 4 (seccomp/AppArmor profiles,
+            // hostPath types, `$(VAR)` templates: the old literal values are
+            // escaped).
+            if (1..POD_FIELDS_SINCE).contains(&found) {
+                migrate_desired_pod_fields(&mut txn.open_table(DESIRED)?)?;
+            }
+            // The `handles` table older stores made and nothing wrote.
+            txn.delete_table(LEGACY_HANDLES)?;
             meta.insert(KEY_SCHEMA, STORE_SCHEMA_VERSION.to_le_bytes().as_slice())?;
         }
         txn.commit()?;
@@ -606,6 +660,53 @@ impl Store {
         })
     }
 
+    /// Records several pods' statuses and queues their publications in one
+    /// transaction (one commit, one fsync): each status with its outbox
+    /// entry, in order, so every status still travels with its entry and
+    /// none is recorded without the others. `make(i, seq)` makes the entry
+    /// of `statuses[i]`. Returns the sequence numbers, in order.
+    pub fn record_statuses(
+        &self,
+        statuses: &[PodStatus],
+        make: impl FnMut(usize, u64) -> OutboxEntry,
+    ) -> Result<Vec<u64>, StoreError> {
+        let (staged, seqs) = self.stage_statuses(statuses, make)?;
+        staged.commit()?;
+        Ok(seqs)
+    }
+
+    /// `record_statuses` up to its commit: the changes are made and the
+    /// transaction holds redb's write lock, so every later write waits for
+    /// this one and transactions commit in the order they began. The
+    /// commit (the fsync, the slow part) can then run off the async loop
+    /// (`Staged::commit` in `spawn_blocking`); readers see the change once
+    /// it is committed. Dropped uncommitted, nothing is recorded.
+    pub fn stage_statuses(
+        &self,
+        statuses: &[PodStatus],
+        mut make: impl FnMut(usize, u64) -> OutboxEntry,
+    ) -> Result<(Staged, Vec<u64>), StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut seqs = Vec::with_capacity(statuses.len());
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut outbox = txn.open_table(OUTBOX)?;
+            let mut observed = txn.open_table(OBSERVED)?;
+            let mut seq = read_u64(&meta, KEY_SEQ)?;
+            let mut id = read_u64(&meta, KEY_OUTBOX_ID)?;
+            for (i, status) in statuses.iter().enumerate() {
+                seq += 1;
+                id += 1;
+                outbox.insert(id, encode(&make(i, seq)).as_slice())?;
+                observed.insert(status.key().to_string().as_str(), encode(status).as_slice())?;
+                seqs.push(seq);
+            }
+            meta.insert(KEY_SEQ, seq.to_le_bytes().as_slice())?;
+            meta.insert(KEY_OUTBOX_ID, id.to_le_bytes().as_slice())?;
+        }
+        Ok((Staged(txn), seqs))
+    }
+
     /// Forgets a pod's status and queues the publication that clears it.
     pub fn remove_status(
         &self,
@@ -862,13 +963,6 @@ impl Store {
         txn.commit()?;
         Ok(dropped)
     }
-
-    pub fn put_handle(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(HANDLES)?.insert(key, value)?;
-        txn.commit()?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -964,6 +1058,52 @@ mod tests {
         assert_eq!(rest.len(), 2);
         assert_eq!(rest[0].0, out[1].0);
         assert_eq!(s.outbox_after(out[1].0, 10).expect("after").len(), 1);
+    }
+
+    #[test]
+    fn statuses_recorded_together_are_one_write_each_with_its_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("s.redb")).expect("open");
+        let first = s
+            .record_status(&status("a"), |seq| entry("t/a", seq))
+            .expect("record");
+        let batch = [status("b"), status("c"), status("a")];
+        let topics = ["t/b", "t/c", "t/a"];
+        // A failed write records none of them.
+        s.fault_fail_writes(true);
+        assert!(
+            s.record_statuses(&batch, |i, seq| entry(topics[i], seq))
+                .is_err()
+        );
+        s.fault_fail_writes(false);
+        assert_eq!(s.outbox_after(0, 10).expect("outbox").len(), 1);
+        let seqs = s
+            .record_statuses(&batch, |i, seq| entry(topics[i], seq))
+            .expect("record");
+        assert_eq!(seqs, [first + 1, first + 2, first + 3]);
+        let out = s.outbox_after(0, 10).expect("outbox");
+        let got: Vec<_> = out
+            .iter()
+            .map(|(_, e)| (e.topic.as_str(), e.created_ms - 1000))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("t/a", first),
+                ("t/b", first + 1),
+                ("t/c", first + 2),
+                ("t/a", first + 3)
+            ]
+        );
+        assert_eq!(s.observed().expect("observed").len(), 3);
+        // The next single write continues the sequence.
+        let next = s.append_outbox(|seq| entry("t", seq)).expect("append");
+        assert_eq!(next, first + 4);
+        assert!(
+            s.record_statuses(&[], |_, _| unreachable!())
+                .expect("empty")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -1191,6 +1331,117 @@ mod tests {
             s.fleet_state().expect("fleet"),
             [("labels".to_string(), b"x".to_vec())]
         );
+    }
+
+    /// A file of an older schema (desired records in the PodSpec of wire
+    /// versions 1 to 3: store schemas 1 to 5) opens with its records
+    /// re-encoded: the same pod, nothing it did not have, and its literal `$`
+    /// kept literal.
+    #[test]
+    fn desired_records_are_migrated_from_every_older_schema() {
+        for schema in 1..POD_FIELDS_SINCE {
+            desired_records_are_migrated_from(schema);
+        }
+    }
+
+    fn desired_records_are_migrated_from(schema: u32) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let old = crate::wire::v3::PodSpec {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: "u1".into(),
+            generation: 4,
+            labels: Default::default(),
+            runtime: RuntimeKind::Container,
+            restart_policy: RestartPolicy::Always,
+            termination_grace_period_secs: 30,
+            host_network: false,
+            init_containers: vec![],
+            containers: vec![crate::wire::v3::Container {
+                name: "app".into(),
+                image: "busybox".into(),
+                image_pull_policy: PullPolicy::IfNotPresent,
+                command: vec!["echo".into(), "$(HOME)".into()],
+                args: vec![],
+                working_dir: None,
+                env: vec![EnvVar {
+                    name: "PRICE".into(),
+                    value: "$5".into(),
+                }],
+                volume_mounts: vec![],
+                ports: vec![],
+                resources: Resources::default(),
+                liveness_probe: None,
+                readiness_probe: None,
+                startup_probe: None,
+                security_context: Some(crate::wire::v3::SecurityContext {
+                    run_as_user: Some(7),
+                    ..Default::default()
+                }),
+            }],
+            volumes: vec![crate::wire::v3::Volume {
+                name: "dev".into(),
+                source: crate::wire::v3::VolumeSource::HostPath {
+                    path: "/dev/x".into(),
+                },
+            }],
+            image_pull_secrets: vec![],
+        };
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(KEY_SCHEMA, schema.to_le_bytes().as_slice())
+                .expect("insert");
+            let rec = DesiredRecordV5 {
+                source: PodSource::File,
+                spec: old,
+            };
+            let mut t = txn.open_table(DESIRED).expect("desired");
+            t.insert("default/web", encode(&rec).as_slice())
+                .expect("insert");
+            t.insert("default/bad", b"\xff".as_slice()).expect("insert");
+            drop(t);
+            txn.commit().expect("commit");
+        }
+        let s = Store::open(&path).expect("migrates");
+        assert_eq!(
+            s.accepted("t").expect("trust table"),
+            None,
+            "schema {schema}"
+        );
+        let rec = s
+            .get_desired(&PodKey::new("default", "web"))
+            .expect("reads")
+            .expect("kept");
+        assert_eq!(rec.source, PodSource::File);
+        let c = &rec.spec.containers[0];
+        assert_eq!(c.command, ["echo", "$$(HOME)"]);
+        assert_eq!(c.env[0].value, "$$5");
+        let sc = c.security_context.as_ref().expect("kept");
+        assert_eq!(
+            (sc.run_as_user, &sc.seccomp_profile, &sc.app_armor_profile),
+            (Some(7), &None, &None)
+        );
+        assert_eq!(
+            rec.spec.volumes[0].source,
+            VolumeSource::HostPath {
+                path: "/dev/x".into(),
+                kind: HostPathType::Unset
+            }
+        );
+        // Migrated once: opening again changes nothing.
+        drop(s);
+        let s = Store::open(&path).expect("reopens");
+        let again = s
+            .get_desired(&PodKey::new("default", "web"))
+            .expect("reads")
+            .expect("kept");
+        assert_eq!(again, rec);
+        // An unreadable record stays unreadable, and did not stop the open.
+        assert!(s.get_desired(&PodKey::new("default", "bad")).is_err());
     }
 
     #[test]

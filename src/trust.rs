@@ -368,7 +368,7 @@ impl Signer {
         *last
     }
 
-    /// Signs `message` for `topic` at `seq`: a version 3 envelope.
+    /// Signs `message` for `topic` at `seq`: an envelope of `wire::SCHEMA_VERSION`.
     pub fn sign_message(
         &self,
         topic: &str,

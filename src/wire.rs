@@ -13,13 +13,20 @@ use crate::model::{
     NodeStatus, PodKey, PodSpec, PodStatus,
 };
 
-/// The schema version this build writes.
-pub const SCHEMA_VERSION: u16 = 3;
+/// The schema version this build writes (docs/wire.md, "Evolving the
+/// schema": 2 added node labels and fleets, 3 signatures and `Tombstone`,
+/// 4 the `PodSpec` fields of issue 15).
+pub const SCHEMA_VERSION: u16 = 4;
 /// The first version whose `signature` field has a meaning (docs/wire.md,
 /// "Signatures"); in older envelopes it is ignored.
 pub const SIGNED_SINCE_VERSION: u16 = 3;
+/// The first version whose `PodSpec` has seccomp/AppArmor profiles,
+/// hostPath types and `$(VAR)` templates; older ones are read with
+/// `wire::v3` (docs/wire.md, "Evolving the schema").
+pub const POD_FIELDS_SINCE_VERSION: u16 = 4;
 /// The oldest version this build still reads (docs/wire.md, "Evolving the
-/// schema"): version 1 differs only in `NodeStatus`, which had no labels.
+/// schema"): version 1 differs in `NodeStatus`, which had no labels, and
+/// versions 1 to 3 in `PodSpec` (`wire::v3`).
 pub const OLDEST_READABLE_VERSION: u16 = 1;
 /// Index authors: the level after `index/` (docs/wire.md, "Desired index").
 pub const INDEX_AUTHOR_BRIDGE: &str = "bridge";
@@ -120,7 +127,7 @@ struct RawEnvelope {
     /// status and events; `heartbeat_ms` for node status (0 in the last
     /// will); 0 for the log RPC. See docs/wire.md.
     seq: u64,
-    /// Empty (unsigned), or a [`Signature`] (version 3; docs/wire.md,
+    /// Empty (unsigned), or a [`Signature`] (since version 3; docs/wire.md,
     /// "Signatures"); ignored in versions 1 and 2.
     signature: Vec<u8>,
     body: Vec<u8>,
@@ -136,7 +143,7 @@ pub struct Envelope {
     pub message: Message,
 }
 
-/// The `signature` field of a version 3 envelope (docs/wire.md,
+/// The `signature` field of an envelope of version 3 or later (docs/wire.md,
 /// "Signatures"). Layout: `key_id` (8 raw bytes), `counter` (varint),
 /// `expires_ms` (varint), `signature` (64 raw bytes), nothing after.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -452,6 +459,10 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
     let opened = open(payload)?;
     let (version, kind, raw) = (opened.version, opened.kind, opened.body);
     let message = match kind {
+        // Versions 1 to 3 had the same `PodSpec`, which version 4 changed.
+        Kind::DesiredPod if version < POD_FIELDS_SINCE_VERSION => {
+            Message::DesiredPod(body::<v3::PodSpec>(kind, raw)?.into())
+        }
         Kind::DesiredPod => Message::DesiredPod(body(kind, raw)?),
         Kind::PodStatus => Message::PodStatus(body(kind, raw)?),
         Kind::NodeStatus if version == 1 => {
@@ -824,6 +835,10 @@ mod v1 {
         }
     }
 }
+
+/// The `PodSpec` of versions 1 to 3 and its upgrade (also read by the
+/// store's migration).
+pub(crate) mod v3;
 
 /// Node names and namespaces become topic levels: they must not contain MQTT
 /// wildcards or separators.

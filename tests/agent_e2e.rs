@@ -78,17 +78,6 @@ impl Env {
     }
 }
 
-/// A pod's status from `kedge get pods -A -o json`, if reported.
-fn pod_status(url: &str, name: &str) -> Option<Value> {
-    let out = kedge_ok(&["--broker", url, "get", "pods", "-A", "-o", "json"]);
-    let v: Value = serde_json::from_str(&out).ok()?;
-    v["items"]
-        .as_array()?
-        .iter()
-        .map(|i| i["status"].clone())
-        .find(|s| s["name"] == name)
-}
-
 /// A static-pod directory holding one manifest.
 fn manifest_dir(parent: &Path, file: &str, yaml: &str) -> PathBuf {
     let dir = parent.join("manifests");
@@ -115,34 +104,6 @@ fn restarts(s: &Value) -> u64 {
 
 fn waiting_reason(s: &Value) -> Option<&str> {
     container(s)["state"]["Waiting"]["reason"].as_str()
-}
-
-/// A pod manifest running the test guest with these arguments.
-fn wasm_pod(
-    name: &str,
-    module: &Path,
-    args: &[&str],
-    restart: &str,
-    extra_container: &str,
-) -> String {
-    let sha = sha256_file(module);
-    let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  runtimeClassName: kedge-wasm
-  restartPolicy: {restart}
-  containers:
-  - name: main
-    image: file://{module}@sha256:{sha}
-    args: [{args}]
-{extra_container}"#,
-        module = module.display(),
-        args = args.join(", "),
-    )
 }
 
 fn p1() -> PathBuf {

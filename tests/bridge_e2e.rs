@@ -750,6 +750,35 @@ fn devices_become_nodes_and_run_cluster_workloads() {
             let c = condition(&n, "kedge.io/Connected")?;
             (c.status == "False").then_some(())
         });
+    // Logs of a pod on the disconnected device: the kubelet API says so at
+    // once (503 "node edge-b is not connected", as the apiserver's kubelet
+    // client sees it), and the apiserver answers ServiceUnavailable at once,
+    // instead of waiting for an answer that cannot come.
+    let on_b = w
+        .list_pods("app=agent-ds")
+        .into_iter()
+        .find(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("edge-b"))
+        .expect("the DaemonSet pod on edge-b");
+    let container = on_b.spec.as_ref().expect("spec").containers[0].name.clone();
+    let name = on_b.metadata.name.clone().expect("name");
+    let apiserver_client = (
+        w.cp.certs.kubelet_client_cert.clone(),
+        w.cp.certs.kubelet_client_key.clone(),
+    );
+    let path = format!("/containerLogs/default/{name}/{container}");
+    w.bridge.wait(
+        "the kubelet API: logs on edge-b refused as not connected",
+        Duration::from_secs(30),
+        || {
+            let (code, body) = kubelet_get(&w, &apiserver_client, &path);
+            (code == 503 && body.contains("node edge-b is not connected")).then_some(())
+        },
+    );
+    let through_apiserver = w.logs(&name, &container).expect_err("edge-b is offline");
+    assert!(
+        through_apiserver.contains("ServiceUnavailable"),
+        "{through_apiserver}"
+    );
     w.bridge.wait(
         "edge-b Ready Unknown (node lifecycle controller)",
         LONG,

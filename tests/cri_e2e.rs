@@ -90,21 +90,7 @@ impl CriEnv {
     }
 
     fn status(&self, name: &str) -> Option<Value> {
-        let out = kedge_ok(&[
-            "--broker",
-            &self.broker.url(),
-            "get",
-            "pods",
-            "-A",
-            "-o",
-            "json",
-        ]);
-        let v: Value = serde_json::from_str(&out).ok()?;
-        v["items"]
-            .as_array()?
-            .iter()
-            .map(|i| i["status"].clone())
-            .find(|s| s["name"] == name)
+        pod_status(&self.broker.url(), name)
     }
 
     fn wait_status(&self, what: &str, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
@@ -1040,4 +1026,129 @@ spec:
         );
     }
     assert!(!seen.dir.exists(), "{} left", seen.dir.display());
+}
+
+/// What changes what runs (issue 15's "silently dropped" fields), through
+/// containerd: seccomp RuntimeDefault filters syscalls (a user namespace is
+/// refused) while an unset profile is the kubelet's Unconfined; a Memory
+/// emptyDir is a tmpfs of its sizeLimit; `$(VAR)` is expanded and `$$`
+/// unescaped; hostPath types are made (DirectoryOrCreate) or checked (File)
+/// before a container starts.
+#[test]
+fn seccomp_memory_volumes_expansion_and_host_path_types_change_what_runs() {
+    if !cri_tests_can_run("seccomp_memory_volumes_expansion_and_host_path_types_change_what_runs") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-fidelity");
+    let made = env.dir.path().join("host/made-by-kedge");
+    let probe = "grep Seccomp: /proc/self/status; if unshare -U true; then echo unshare-allowed; else echo unshare-denied; fi";
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: fidelity}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: strict
+    image: {BUSYBOX}
+    securityContext: {{seccompProfile: {{type: RuntimeDefault}}}}
+    command: [sh, -c, "{probe}"]
+  - name: loose
+    image: {BUSYBOX}
+    command: [sh, -c, "{probe}"]
+  - name: ram
+    image: {BUSYBOX}
+    command: [sh, -c, "grep ' /cache ' /proc/mounts; dd if=/dev/zero of=/cache/f bs=1M count=5 2>&1 || echo write-refused"]
+    volumeMounts:
+    - {{name: cache, mountPath: /cache}}
+    - {{name: made, mountPath: /made}}
+  - name: expand
+    image: {BUSYBOX}
+    env:
+    - {{name: A, value: hello}}
+    - {{name: B, value: "$(A)-world"}}
+    command: [echo, "$(B)", "$$(B)", "$(MISSING)"]
+  volumes:
+  - name: cache
+    emptyDir: {{medium: Memory, sizeLimit: 4Mi}}
+  - name: made
+    hostPath: {{path: {made}, type: DirectoryOrCreate}}
+"#,
+        made = made.display()
+    ));
+    let s = env.wait_status("every container done", "fidelity", |s| {
+        phase(s) == "Succeeded" || phase(s) == "Failed"
+    });
+    assert_eq!(phase(&s), "Succeeded", "{s}");
+
+    let strict = env.logs("fidelity", "strict");
+    assert!(
+        strict.contains("Seccomp:\t2"),
+        "a filter applies:\n{strict}"
+    );
+    assert!(strict.contains("unshare-denied"), "{strict}");
+    let loose = env.logs("fidelity", "loose");
+    assert!(
+        loose.contains("Seccomp:\t0"),
+        "unset is Unconfined:\n{loose}"
+    );
+    // The same call without the filter: what refused it was seccomp.
+    assert!(loose.contains("unshare-allowed"), "{loose}");
+
+    let ram = env.logs("fidelity", "ram");
+    assert!(ram.contains("tmpfs /cache tmpfs"), "{ram}");
+    assert!(ram.contains("size=4096k"), "{ram}");
+    assert!(ram.contains("No space left on device"), "{ram}");
+    assert!(made.is_dir(), "DirectoryOrCreate made {}", made.display());
+
+    let expand = env.logs("fidelity", "expand");
+    assert!(expand.contains("hello-world $(B) $(MISSING)"), "{expand}");
+
+    // A hostPath that must be a file and is missing: the container waits
+    // with the kubelet's reason and message, and nothing runs.
+    let missing = env.dir.path().join("host/no-such-file");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hostpath-file}}
+spec:
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+    volumeMounts: [{{name: f, mountPath: /f}}]
+  volumes:
+  - name: f
+    hostPath: {{path: {missing}, type: File}}
+"#,
+        missing = missing.display()
+    ));
+    let s = env.wait_status(
+        "the container waits on its hostPath",
+        "hostpath-file",
+        |s| named(s, "app")["state"]["Waiting"]["reason"] == "CreateContainerConfigError",
+    );
+    let message = named(&s, "app")["state"]["Waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        message,
+        format!(
+            "MountVolume.SetUp failed for volume \"f\" : hostPath type check failed: {} is not a file",
+            missing.display()
+        )
+    );
+
+    // Deleting the pod unmounts its tmpfs.
+    env.cli_ok(&["delete", "pod", "fidelity"]);
+    wait_until("pod status removed", WAIT, || {
+        env.status("fidelity").is_none().then_some(())
+    });
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    let data = env.dir.path().join("data").display().to_string();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&data)),
+        "a tmpfs of the pod is still mounted:\n{mounts}"
+    );
 }

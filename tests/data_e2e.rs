@@ -28,33 +28,11 @@ const N: u64 = 10_000;
 const INFLIGHT: u16 = 50;
 
 fn wasm_env_pod(name: &str, module: &Path) -> String {
-    let sha = sha256_file(module);
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  runtimeClassName: kedge-wasm
-  restartPolicy: Never
-  containers:
-  - name: main
-    image: file://{module}@sha256:{sha}
-    args: ["env"]
-"#,
-        module = module.display(),
-    )
+    wasm_pod(name, module, &["env"], "Never", "")
 }
 
 fn pod_phase(url: &str, name: &str) -> Option<String> {
-    let out = kedge_ok(&["--broker", url, "get", "pods", "-A", "-o", "json"]);
-    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-    v["items"]
-        .as_array()?
-        .iter()
-        .map(|i| i["status"].clone())
-        .find(|s| s["name"] == name)
-        .and_then(|s| s["phase"].as_str().map(str::to_string))
+    pod_status(url, name).and_then(|s| s["phase"].as_str().map(str::to_string))
 }
 
 /// The stand-in workload: publishes `{"n":i}` for i in 0..N on

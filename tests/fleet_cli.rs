@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -144,37 +143,13 @@ fn support_wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     .ok()
 }
 
-/// A pod running the test guest with these arguments.
-fn wasm_pod(name: &str, module: &Path, args: &[&str], restart: &str) -> String {
-    let image = format!("file://{}@sha256:{}", module.display(), sha256_file(module));
-    wasm_pod_image(name, &image, args, restart)
-}
-
-fn wasm_pod_image(name: &str, image: &str, args: &[&str], restart: &str) -> String {
-    let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  runtimeClassName: kedge-wasm
-  restartPolicy: {restart}
-  containers:
-  - name: main
-    image: {image}
-    args: [{args}]
-"#,
-        args = args.join(", "),
-    )
-}
-
 fn ticker(name: &str, period_ms: &str) -> String {
     wasm_pod(
         name,
         &guest_wasm(GuestTarget::P1),
         &["ticker", "0", period_ms],
         "Always",
+        "",
     )
 }
 
@@ -397,6 +372,7 @@ fn a_staged_rollout_goes_by_batches_and_rolls_back_when_the_canary_fails() {
         &guest_wasm(GuestTarget::P1),
         &["crash-after", "500"],
         "Always",
+        "",
     ));
     let mut args = vec!["apply", "-f", v2.as_str()];
     args.extend(flags);

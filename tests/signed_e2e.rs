@@ -92,21 +92,7 @@ impl Env {
     }
 
     fn status(&self, name: &str) -> Option<Value> {
-        let out = kedge_ok(&[
-            "--broker",
-            &self.broker.url(),
-            "get",
-            "pods",
-            "-A",
-            "-o",
-            "json",
-        ]);
-        let v: Value = serde_json::from_str(&out).ok()?;
-        v["items"]
-            .as_array()?
-            .iter()
-            .map(|i| i["status"].clone())
-            .find(|s| s["name"] == name)
+        pod_status(&self.broker.url(), name)
     }
 
     fn wait_status(&self, what: &str, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
@@ -182,46 +168,20 @@ fn wait_event(sub: &Subscriber, pod: Option<&str>, reason: &str, n: usize) -> Ev
 
 /// A long-running Wasm pod (its environment carries `VERSION`).
 fn ticker(name: &str, version: &str) -> String {
-    let module = guest_wasm(GuestTarget::P1);
-    let sha = sha256_file(&module);
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  runtimeClassName: kedge-wasm
-  restartPolicy: Always
-  containers:
-  - name: main
-    image: file://{module}@sha256:{sha}
-    args: ["ticker", "0", "100"]
-    env: [{{name: VERSION, value: "{version}"}}]
-"#,
-        module = module.display(),
+    let env = format!("    env: [{{name: VERSION, value: \"{version}\"}}]\n");
+    wasm_pod(
+        name,
+        &guest_wasm(GuestTarget::P1),
+        &["ticker", "0", "100"],
+        "Always",
+        &env,
     )
 }
 
 /// A pod that prints its environment and exits.
 fn env_pod(name: &str, version: &str) -> String {
-    let module = guest_wasm(GuestTarget::P1);
-    let sha = sha256_file(&module);
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  runtimeClassName: kedge-wasm
-  restartPolicy: Never
-  containers:
-  - name: main
-    image: file://{module}@sha256:{sha}
-    args: ["env"]
-    env: [{{name: VERSION, value: "{version}"}}]
-"#,
-        module = module.display(),
-    )
+    let env = format!("    env: [{{name: VERSION, value: \"{version}\"}}]\n");
+    wasm_pod(name, &guest_wasm(GuestTarget::P1), &["env"], "Never", &env)
 }
 
 #[test]
@@ -435,4 +395,293 @@ fn an_agent_without_keys_takes_signed_and_unsigned_messages() {
     wait_until("plain deleted", WAIT, || {
         env.status("plain").is_none().then_some(())
     });
+}
+
+// ------------------------------------------------ the documented broker ACL
+
+/// The ```conf block that follows the line containing `after` in
+/// docs/wire.md: the test runs the configuration as documented.
+fn documented_conf(after: &str) -> String {
+    let doc = std::fs::read_to_string(repo_root().join("docs/wire.md")).expect("docs/wire.md");
+    let from = doc
+        .find(after)
+        .unwrap_or_else(|| panic!("{after} in docs/wire.md"));
+    let rest = &doc[from..];
+    let start = rest.find("```conf\n").expect("a conf block") + "```conf\n".len();
+    let end = rest[start..].find("```").expect("its end");
+    rest[start..start + end].to_string()
+}
+
+/// What a test client received: (topic, payload), in order.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// One MQTT connection with a certificate, its event loop polled on a task:
+/// what it receives, the SUBACK codes, and whether the broker ever closed it.
+struct Client {
+    client: rumqttc::AsyncClient,
+    got: Received,
+    subacks: tokio::sync::mpsc::UnboundedReceiver<Vec<rumqttc::SubscribeReasonCode>>,
+    pubacks: tokio::sync::mpsc::UnboundedReceiver<u16>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Client {
+    async fn connect(broker: &Mosquitto, pki: &Path, cn: &str, client_id: &str) -> Client {
+        kedge::tls::install_crypto_provider();
+        let url = kedge::config::BrokerUrl::parse(&broker.url()).expect("url");
+        let settings = kedge::config::BrokerConfig {
+            ca_file: Some(pki.join("ca.pem")),
+            cert_file: Some(pki.join(format!("{cn}.pem"))),
+            key_file: Some(pki.join(format!("{cn}.key"))),
+            ..Default::default()
+        };
+        let mut opts = kedge::mqtt::mqtt_options(&url, &settings, client_id).expect("options");
+        opts.set_clean_session(true);
+        let (client, mut events) = rumqttc::AsyncClient::new(opts, 64);
+        let got: Received = Default::default();
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (suback_tx, subacks) = tokio::sync::mpsc::unbounded_channel();
+        let (puback_tx, pubacks) = tokio::sync::mpsc::unbounded_channel();
+        let (connack_tx, connack) = tokio::sync::oneshot::channel();
+        let (g, d) = (got.clone(), dropped.clone());
+        tokio::spawn(async move {
+            let mut connack_tx = Some(connack_tx);
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        if let Some(tx) = connack_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        g.lock().expect("lock").push((p.topic, p.payload.to_vec()));
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(s))) => {
+                        let _ = suback_tx.send(s.return_codes);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a))) => {
+                        let _ = puback_tx.send(a.pkid);
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        // The broker closed the connection (or refused it):
+                        // recorded, and this client stops.
+                        d.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, connack)
+            .await
+            .expect("CONNACK in time")
+            .expect("connected");
+        Client {
+            client,
+            got,
+            subacks,
+            pubacks,
+            dropped,
+        }
+    }
+
+    /// Subscribes and returns the SUBACK's code.
+    async fn subscribe(&mut self, filter: &str) -> rumqttc::SubscribeReasonCode {
+        self.client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let codes = tokio::time::timeout(WAIT, self.subacks.recv())
+            .await
+            .expect("SUBACK in time")
+            .expect("SUBACK");
+        codes[0]
+    }
+
+    /// Publishes at QoS 1 and waits for the broker's PUBACK (Mosquitto
+    /// acknowledges a publish its ACL refuses too, and drops it).
+    async fn publish(&mut self, topic: &str, payload: &[u8], retain: bool) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.to_vec())
+            .await
+            .expect("publish");
+        tokio::time::timeout(WAIT, self.pubacks.recv())
+            .await
+            .expect("PUBACK in time")
+            .expect("PUBACK");
+    }
+
+    /// Waits until a message on `topic` arrived; returns everything received
+    /// up to then, in order.
+    async fn wait_for(&self, topic: &str) -> Vec<(String, Vec<u8>)> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = self.got.lock().expect("lock").clone();
+            if got.iter().any(|(t, _)| t == topic) {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no message on {topic}; got {:?}",
+                got.iter().map(|(t, _)| t).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn was_dropped(&self) -> bool {
+        self.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Two devices' certificates under docs/wire.md's Mosquitto configuration
+/// and ACL, run as written on a real Mosquitto: device A cannot read
+/// device B's desired specs, cannot write or tombstone them, and cannot
+/// take B's session by connecting with B's client id; the bridge's
+/// certificate reads and writes both. Absence is shown by order, not by
+/// waiting: a marker published after the forbidden message, by the same
+/// client, arrives; the forbidden one, had the broker let it through,
+/// would have arrived before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_cannot_read_write_tombstone_or_take_over_each_others_topics() {
+    let pki_dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki {
+        dir: pki_dir.path(),
+        days: "365",
+    };
+    pki.ca("/CN=kedge test CA", "keyCertSign, cRLSign");
+    pki.leaf(
+        "server",
+        "/CN=localhost",
+        &leaf_ext(
+            "digitalSignature",
+            "serverAuth",
+            "subjectAltName = DNS:localhost, IP:127.0.0.1\n",
+        ),
+    );
+    for cn in ["dev-a", "dev-b", "kedge-bridge", "ops-alice"] {
+        pki.leaf(
+            cn,
+            &format!("/CN={cn}"),
+            &leaf_ext("digitalSignature", "clientAuth", ""),
+        );
+    }
+    let dir = pki_dir.path().to_path_buf();
+    let acl_path = dir.join("kedge.acl");
+    std::fs::write(&acl_path, documented_conf("`/etc/mosquitto/kedge.acl`:")).expect("acl");
+    let conf = documented_conf("`mosquitto.conf`:");
+    assert!(conf.contains("use_username_as_clientid true"), "{conf}");
+    let broker = Mosquitto::start_custom(true, |port| {
+        // The documented file with this machine's paths and port; `user
+        // root` so that a root mosquitto keeps reading our 0700 temp dir.
+        let doc = conf
+            .replace("listener 8883", &format!("listener {port} 127.0.0.1"))
+            .replace(
+                "/etc/mosquitto/ca.crt",
+                &dir.join("ca.pem").display().to_string(),
+            )
+            .replace(
+                "/etc/mosquitto/server.crt",
+                &dir.join("server.pem").display().to_string(),
+            )
+            .replace(
+                "/etc/mosquitto/server.key",
+                &dir.join("server.key").display().to_string(),
+            )
+            .replace("/etc/mosquitto/kedge.acl", &acl_path.display().to_string());
+        assert!(!doc.contains("/etc/mosquitto"), "{doc}");
+        format!("user root\npersistence false\nlog_dest stderr\nlog_type all\n{doc}")
+    });
+
+    let b_spec = "kedge/v1/dev-b/desired/default/web";
+    let mut bridge = Client::connect(&broker, &dir, "kedge-bridge", "kedge-bridge-0").await;
+    assert_ne!(
+        bridge.subscribe("kedge/v1/#").await,
+        rumqttc::SubscribeReasonCode::Failure
+    );
+    let mut dev_b = Client::connect(&broker, &dir, "dev-b", "kedge-agent-dev-b").await;
+    assert_ne!(
+        dev_b.subscribe("kedge/v1/dev-b/desired/#").await,
+        rumqttc::SubscribeReasonCode::Failure
+    );
+    let mut dev_a = Client::connect(&broker, &dir, "dev-a", "kedge-agent-dev-a").await;
+    assert_ne!(
+        dev_a.subscribe("kedge/v1/dev-a/desired/#").await,
+        rumqttc::SubscribeReasonCode::Failure
+    );
+    // Read: A asks for B's specs. Mosquitto may refuse the subscription or
+    // grant it and deliver nothing; either way nothing of B's may arrive.
+    let _ = dev_a.subscribe("kedge/v1/dev-b/#").await;
+    bridge.publish(b_spec, b"spec-for-b", true).await;
+    bridge
+        .publish("kedge/v1/dev-a/desired/default/marker", b"marker", false)
+        .await;
+    dev_b.wait_for(b_spec).await;
+    let got = dev_a
+        .wait_for("kedge/v1/dev-a/desired/default/marker")
+        .await;
+    assert!(
+        got.iter().all(|(t, _)| !t.starts_with("kedge/v1/dev-b/")),
+        "device A read device B's topics: {got:?}"
+    );
+
+    // Write and tombstone: A publishes a spec and an empty retained payload
+    // to B's desired topics, then a marker to its own subtree.
+    dev_a
+        .publish("kedge/v1/dev-b/desired/default/evil", b"hostPath: /", true)
+        .await;
+    dev_a.publish(b_spec, b"", true).await;
+    dev_a
+        .publish("kedge/v1/dev-a/reported/default/marker", b"m", false)
+        .await;
+    let seen = bridge
+        .wait_for("kedge/v1/dev-a/reported/default/marker")
+        .await;
+    assert!(
+        !seen
+            .iter()
+            .any(|(t, p)| t == "kedge/v1/dev-b/desired/default/evil"
+                || (t == b_spec && p.is_empty())),
+        "device A wrote into device B's desired state: {seen:?}"
+    );
+    assert!(
+        dev_b
+            .got
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|(t, p)| t == b_spec && p == b"spec-for-b"),
+        "device B received something from device A"
+    );
+    // B's retained spec is intact: a new subscriber reads it (an operator's
+    // certificate: one certificate is one session under
+    // use_username_as_clientid, so the bridge's would end the bridge's).
+    let mut reader = Client::connect(&broker, &dir, "ops-alice", "kedge-cli-1").await;
+    reader.subscribe(b_spec).await;
+    let retained = reader.wait_for(b_spec).await;
+    assert_eq!(retained[0].1, b"spec-for-b");
+
+    // Take-over: A connects with B's client id. Under
+    // use_username_as_clientid its client id is its certificate's name, so
+    // B's session stays: B still round-trips, and was never disconnected.
+    let rogue = Client::connect(&broker, &dir, "dev-a", "kedge-agent-dev-b").await;
+    dev_b
+        .publish(
+            "kedge/v1/dev-b/reported/default/after",
+            b"still here",
+            false,
+        )
+        .await;
+    bridge
+        .wait_for("kedge/v1/dev-b/reported/default/after")
+        .await;
+    assert!(!dev_b.was_dropped(), "device B's session was taken over");
+    assert!(!bridge.was_dropped(), "the bridge's session ended");
+    assert!(!rogue.was_dropped());
+    // … and the broker named the rogue connection by its certificate.
+    let log = broker.log();
+    assert!(
+        !log.contains("Client kedge-agent-dev-b already connected"),
+        "{log}"
+    );
 }

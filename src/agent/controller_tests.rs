@@ -790,3 +790,88 @@ async fn one_pod_cannot_flood_the_outbox_with_events() {
         last.message
     );
 }
+
+/// Supervisor statuses are committed off the loop, many in one
+/// transaction: every pod's newest status in the store is also the newest
+/// report of it in the outbox (a status and its entry are one write); a
+/// stop while commits are under way finishes them, so the next start opens
+/// the store; a status whose commit failed is written again once space is
+/// back.
+#[tokio::test(start_paused = true)]
+async fn supervisor_statuses_commit_together_off_the_loop_and_nothing_is_lost() {
+    let device = Device::new();
+    let mut agent = device.start();
+    let names: Vec<String> = (0..16).map(|i| format!("p{i}")).collect();
+    for name in &names {
+        agent.apply(&pod(name, 1, RestartPolicy::Always, &["app"]));
+    }
+    agent
+        .until("every pod running", |a| {
+            names.iter().all(|n| a.phase(n) == Some(PodPhase::Running))
+        })
+        .await;
+    // Every container exits at once: a burst of reports.
+    for name in &names {
+        assert!(agent.runtime.exit(&key(name), "app", 1));
+    }
+    agent
+        .until("every pod restarted and recorded", |a| {
+            names.iter().all(|n| {
+                a.status(n)
+                    .is_some_and(|s| s.restart_count() == 1 && s.phase == PodPhase::Running)
+            })
+        })
+        .await;
+    let newest_reports = |a: &Agent| {
+        let mut newest = std::collections::HashMap::new();
+        for (topic, message) in a.outbox() {
+            if let Some(Message::PodStatus(s)) = message {
+                newest.insert(topic, s);
+            }
+        }
+        newest
+    };
+    let reports = newest_reports(&agent);
+    for name in &names {
+        let topic = agent.topics.reported(NODE, &key(name));
+        assert_eq!(reports.get(&topic), agent.status(name).as_ref(), "{name}");
+    }
+
+    // Exits again, and a stop at once: the commits under way finish
+    // before the controller ends, so the store opens again.
+    for name in &names {
+        assert!(agent.runtime.exit(&key(name), "app", 1));
+    }
+    agent.stop().await;
+    let mut agent = device.start();
+    agent
+        .until("every pod running again", |a| {
+            names.iter().all(|n| {
+                a.phase(n) == Some(PodPhase::Running)
+                    && a.runtime.starts_of(&key(n), "app").len() == 1
+            })
+        })
+        .await;
+
+    // A full disk: the statuses of a crash are not recorded, then are.
+    let before = agent.status("p0").expect("status").restart_count();
+    agent.store.fault_fail_writes(true);
+    assert!(agent.runtime.exit(&key("p0"), "app", 1));
+    agent
+        .until("p0 restarted by its supervisor", |a| {
+            a.runtime.starts_of(&key("p0"), "app").len() >= 2
+        })
+        .await;
+    agent.store.fault_fail_writes(false);
+    agent
+        .until("p0's restart recorded", |a| {
+            a.status("p0")
+                .is_some_and(|s| s.restart_count() > before && s.phase == PodPhase::Running)
+        })
+        .await;
+    let topic = agent.topics.reported(NODE, &key("p0"));
+    assert_eq!(
+        newest_reports(&agent).get(&topic),
+        agent.status("p0").as_ref()
+    );
+}

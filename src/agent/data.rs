@@ -129,9 +129,11 @@ impl DataPath {
                 ("KEDGE_DATA_USERNAME", username),
                 ("KEDGE_DATA_PASSWORD", password),
             ] {
+                // Literal values: the runtime expands `$(VAR)` in env values
+                // at start (`model::expansion`), so they travel escaped.
                 container.env.push(EnvVar {
                     name: name.into(),
-                    value,
+                    value: crate::model::expansion::escape(&value),
                 });
             }
         }

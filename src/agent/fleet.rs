@@ -103,7 +103,7 @@ pub struct Prefetched {
 
 impl FleetView {
     /// Own labels, overlaid with the cloud's.
-    pub fn labels(&self) -> BTreeMap<String, String> {
+    pub(super) fn labels(&self) -> BTreeMap<String, String> {
         let mut l = self.own_labels.clone();
         l.extend(self.cloud_labels.clone());
         l

@@ -62,7 +62,18 @@ pub enum AgentEvent {
     Prefetched(fleet::Prefetched),
     /// Time to publish node status and trim the outbox.
     Heartbeat,
+    /// A batch of supervisor statuses was committed off the loop (or not).
+    Recorded(Recorded),
     Shutdown,
+}
+
+/// The outcome of a status batch committed off the loop
+/// (`Controller::record_statuses_off_loop`).
+#[derive(Debug)]
+pub struct Recorded {
+    keys: Vec<PodKey>,
+    statuses: Vec<PodStatus>,
+    result: Result<(), crate::store::StoreError>,
 }
 
 /// Last known status per pod, shared with log followers.
@@ -110,6 +121,10 @@ pub struct Controller {
     /// Pod statuses that could not be recorded (a full disk): the newest
     /// per pod, recorded again on every heartbeat.
     unrecorded: HashMap<PodKey, PodStatus>,
+    /// Where status batches committed off the loop report (`AgentEvent::Recorded`).
+    recorded: mpsc::UnboundedSender<Recorded>,
+    /// Status batches whose commit has not reported yet.
+    commits_in_flight: usize,
     /// What this connection says about the desired set (reset on connect).
     desired_view: DesiredView,
     /// Labels, fleet deployments, fleet specs and reports (`agent::fleet`).
@@ -279,20 +294,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     QoS::AtLeastOnce,
                     true,
                 )),
-                reconnect_initial: Duration::from_millis(
-                    controller.config.broker.reconnect_initial_ms,
-                ),
-                reconnect_max: Duration::from_millis(controller.config.broker.reconnect_max_ms),
+                reconnect: mqtt::Reconnect::Backoff {
+                    initial: Duration::from_millis(controller.config.broker.reconnect_initial_ms),
+                    max: Duration::from_millis(controller.config.broker.reconnect_max_ms),
+                },
                 unreadable_retry: Duration::from_millis(
                     controller.config.broker.unreadable_retry_ms,
                 ),
+                // A persistent session, acknowledged after the commit.
+                clean_session: false,
+                manual_acks: true,
+                read_once: Vec::new(),
+                request_capacity: 4096,
+                // Gone is gone: the last will says so.
+                goodbye: false,
+                tap: None,
             };
             let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
             controller.session = Some(cmd_tx);
             info!(broker = %url, node = %controller.node, "starting MQTT session");
             Some(tokio::spawn(mqtt::run(
                 settings,
-                store.clone(),
+                Some(store.clone()),
                 cmd_rx,
                 session_events_tx,
             )))
@@ -413,12 +436,39 @@ pub(crate) struct Receivers {
     runtime_events: mpsc::UnboundedReceiver<Event>,
     /// From fleet prefetch tasks (`agent::fleet`).
     prefetched: mpsc::UnboundedReceiver<fleet::Prefetched>,
+    /// From status commits off the loop.
+    recorded: mpsc::UnboundedReceiver<Recorded>,
 }
 
 /// Every report waiting now (at least one; None once the channel closed).
 async fn recv_batch(rx: &mut mpsc::UnboundedReceiver<Report>) -> Option<Vec<Report>> {
     let mut batch = Vec::new();
     (rx.recv_many(&mut batch, 1024).await > 0).then_some(batch)
+}
+
+/// Statuses ready to be recorded (`Controller::prepare_statuses`).
+struct Prepared {
+    keys: Vec<PodKey>,
+    records: Vec<PodStatus>,
+    outgoing: Outgoing,
+}
+
+/// The retained reports of a status batch, one per status, in order.
+struct Outgoing {
+    created_ms: u64,
+    messages: Vec<(String, wire::Body)>,
+}
+
+impl Outgoing {
+    fn entry(&self, i: usize, seq: u64) -> OutboxEntry {
+        let (topic, body) = &self.messages[i];
+        OutboxEntry {
+            topic: topic.clone(),
+            payload: body.envelope(seq),
+            retain: true,
+            created_ms: self.created_ms,
+        }
+    }
 }
 
 /// Keeps only the newest status of each pod among `reports`, in order: a
@@ -461,7 +511,18 @@ async fn cri_runtime(config: &Config, versions: String) -> (Option<Arc<dyn Runti
         cgroup_parent: config.cri.cgroup_parent.clone(),
         timeout: Duration::from_millis(config.cri.timeout_ms),
         node: config.node_name.clone(),
+        profiles: crate::runtime::cri::spec::ProfileSettings {
+            seccomp_default: config.cri.seccomp_default,
+            seccomp_root: config.data_dir.join("seccomp"),
+        },
     };
+    // What a container without a seccompProfile gets, said once (the
+    // kubelet's --seccomp-default is as silent in its status).
+    info!(
+        seccomp_default = if config.cri.seccomp_default { "RuntimeDefault" } else { "Unconfined" },
+        seccomp_profiles = %config.data_dir.join("seccomp").display(),
+        "container pods without a seccompProfile run with the seccomp default"
+    );
     let runtime = match crate::runtime::cri::CriRuntime::new(opts) {
         Ok(r) => r,
         Err(e) => {
@@ -511,6 +572,7 @@ impl Controller {
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let (runtime_events, runtime_events_rx) = mpsc::unbounded_channel();
         let (prefetched, prefetched_rx) = mpsc::unbounded_channel();
+        let (recorded, recorded_rx) = mpsc::unbounded_channel();
         let controller = Controller {
             node: config.node_name.clone(),
             topics: Topics::new(&config.topic_prefix),
@@ -532,6 +594,8 @@ impl Controller {
             last_node_status: None,
             uncommitted: HashMap::new(),
             unrecorded: HashMap::new(),
+            recorded,
+            commits_in_flight: 0,
             desired_view: DesiredView::default(),
             fleet: fleet::FleetView::default(),
             prefetched,
@@ -550,6 +614,7 @@ impl Controller {
             reports,
             runtime_events: runtime_events_rx,
             prefetched: prefetched_rx,
+            recorded: recorded_rx,
         };
         (controller, receivers)
     }
@@ -568,6 +633,7 @@ impl Controller {
             mut reports,
             mut runtime_events,
             mut prefetched,
+            mut recorded,
         } = receivers;
         self.restore_fleets();
         self.restore()?;
@@ -579,7 +645,10 @@ impl Controller {
             let event = tokio::select! {
                 _ = &mut shutdown => AgentEvent::Shutdown,
                 Some(ev) = session_events.recv() => AgentEvent::Broker(ev),
-                Some(batch) = recv_batch(&mut reports) => AgentEvent::Supervisor(batch),
+                // While a status batch commits, reports wait and make the
+                // next batch bigger (one commit for all of them).
+                Some(batch) = recv_batch(&mut reports), if self.commits_in_flight == 0 => AgentEvent::Supervisor(batch),
+                Some(r) = recorded.recv() => AgentEvent::Recorded(r),
                 Some(event) = runtime_events.recv() => AgentEvent::Runtime(event),
                 Some(p) = prefetched.recv() => AgentEvent::Prefetched(p),
                 Some(pods) = static_pods.recv() => AgentEvent::StaticPods(pods),
@@ -587,6 +656,13 @@ impl Controller {
             };
             match event {
                 AgentEvent::Shutdown => {
+                    // The commits under way finish first: they hold the
+                    // database, which the next start opens.
+                    while self.commits_in_flight > 0
+                        && let Some(r) = recorded.recv().await
+                    {
+                        self.on_recorded(r);
+                    }
                     info!("shutting down; workloads stay recorded and come back on the next start");
                     return Ok(());
                 }
@@ -596,6 +672,7 @@ impl Controller {
                 AgentEvent::Runtime(event) => self.node_event(event),
                 AgentEvent::Prefetched(p) => self.on_prefetched(p),
                 AgentEvent::Heartbeat => self.on_heartbeat(),
+                AgentEvent::Recorded(r) => self.on_recorded(r),
             }
         }
     }
@@ -683,8 +760,11 @@ impl Controller {
             let key = rec.key();
             let replaced_by = self.store.get_desired(&key)?;
             if replaced_by.as_ref().map(|r| r.spec.uid.as_str()) != Some(rec.uid.as_str()) {
-                let _ =
-                    std::fs::remove_dir_all(self.pod_dir_of(&rec.namespace, &rec.name, &rec.uid));
+                let _ = crate::runtime::volumes::remove_pod_dir(&self.pod_dir_of(
+                    &rec.namespace,
+                    &rec.name,
+                    &rec.uid,
+                ));
             }
             if replaced_by.is_some() {
                 // A new pod of that name was committed after the delete.
@@ -1259,27 +1339,35 @@ impl Controller {
         Ok(())
     }
 
+    /// A batch of supervisor reports, coalesced per pod: the statuses are
+    /// recorded together, one transaction (one fsync) for all of them
+    /// rather than one each, so a burst (a restore, a node-wide restart)
+    /// holds the loop for one commit. A `Stopped` report first records the
+    /// statuses before it, so nothing recorded earlier lands after what
+    /// the stop does (a delete clears the status).
     fn on_reports(&mut self, reports: Vec<Report>) {
+        let mut statuses = Vec::new();
         for report in coalesce(reports) {
-            self.on_report(report);
-        }
-    }
-
-    fn on_report(&mut self, report: Report) {
-        match report {
-            Report::Status { key, status } => {
-                if self.pods.get(&key).map(|e| e.spec.uid.as_str()) != Some(status.uid.as_str()) {
-                    return;
+            match report {
+                Report::Status { key, status } => {
+                    if self.pods.get(&key).map(|e| e.spec.uid.as_str()) != Some(status.uid.as_str())
+                    {
+                        continue;
+                    }
+                    info!(pod = %key, phase = status.phase.as_str(), status = %status.display_status(), restarts = status.restart_count(), "pod status");
+                    statuses.push((key, status));
                 }
-                info!(pod = %key, phase = status.phase.as_str(), status = %status.display_status(), restarts = status.restart_count(), "pod status");
-                self.record_status(&key, &status);
-            }
-            Report::Stopped { key, uid } => {
-                if self.pods.get(&key).map(|e| e.spec.uid.as_str()) == Some(uid.as_str()) {
-                    self.finish_stop(&key);
+                Report::Stopped { key, uid } => {
+                    // Whatever the stop writes waits for this commit
+                    // (`Store::stage_statuses`): the order holds.
+                    self.record_statuses_off_loop(std::mem::take(&mut statuses));
+                    if self.pods.get(&key).map(|e| e.spec.uid.as_str()) == Some(uid.as_str()) {
+                        self.finish_stop(&key);
+                    }
                 }
             }
         }
+        self.record_statuses_off_loop(statuses);
     }
 
     /// The pod's supervisor ended: carry out what was waiting for it.
@@ -1293,7 +1381,7 @@ impl Controller {
         }
         match entry.then {
             AfterStop::Replace(spec, source) => {
-                let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
+                let _ = crate::runtime::volumes::remove_pod_dir(&self.pod_dir(&entry.spec));
                 // A delete that a new spec overtook while the pod stopped.
                 if matches!(self.store.is_deleting(key), Ok(true))
                     && let Err(e) = self.store.cancel_delete(key)
@@ -1303,7 +1391,7 @@ impl Controller {
                 self.start_pod(spec, source, None);
             }
             AfterStop::Delete => {
-                let _ = std::fs::remove_dir_all(self.pod_dir(&entry.spec));
+                let _ = crate::runtime::volumes::remove_pod_dir(&self.pod_dir(&entry.spec));
                 self.clear_status(key, true);
                 self.event_budget.forget(key);
                 info!(pod = %key, "pod deleted");
@@ -1324,40 +1412,141 @@ impl Controller {
     }
 
     fn record_status(&mut self, key: &PodKey, status: &PodStatus) {
-        if let Ok(mut b) = self.board.lock() {
-            b.insert(key.clone(), status.clone());
-        }
-        let topic = self.topics.reported(&self.node, key);
-        let body = match wire::Body::of(&Message::PodStatus(status.clone())) {
-            Ok(b) => b,
-            Err(e) => {
-                return warn!(pod = %key, error = %e, "cannot encode pod status; not recorded");
-            }
+        self.record_statuses(vec![(key.clone(), status.clone())]);
+    }
+
+    /// Records statuses and their outbox entries in one transaction
+    /// (`Store::record_statuses`), on the loop, then nudges the session.
+    fn record_statuses(&mut self, statuses: Vec<(PodKey, PodStatus)>) {
+        let Some(Prepared {
+            keys,
+            records,
+            outgoing,
+        }) = self.prepare_statuses(statuses)
+        else {
+            return;
         };
-        let result = self.store.record_status(status, |seq| OutboxEntry {
-            topic,
-            payload: body.envelope(seq),
-            retain: true,
-            created_ms: now_ms(),
+        let result = self
+            .store
+            .record_statuses(&records, |i, seq| outgoing.entry(i, seq))
+            .map(drop);
+        // `on_recorded` counts a commit that was in flight.
+        self.commits_in_flight += 1;
+        self.on_recorded(Recorded {
+            keys,
+            statuses: records,
+            result,
         });
-        match result {
-            Ok(_) => {
-                self.unrecorded.remove(key);
+    }
+
+    /// The supervisors' statuses: the transaction is made on the loop (it
+    /// takes redb's write lock, so every later write waits for it and the
+    /// order of writes is the loop's), its commit and fsync run on a
+    /// blocking thread, and `AgentEvent::Recorded` brings the outcome back:
+    /// the session is nudged and fleet pods are looked at only then. The
+    /// loop meanwhile handles whatever does not write (acks, log requests,
+    /// the runtime's events up to their outbox write).
+    fn record_statuses_off_loop(&mut self, statuses: Vec<(PodKey, PodStatus)>) {
+        let Some(Prepared {
+            keys,
+            records,
+            outgoing,
+        }) = self.prepare_statuses(statuses)
+        else {
+            return;
+        };
+        let staged = self
+            .store
+            .stage_statuses(&records, |i, seq| outgoing.entry(i, seq));
+        match staged {
+            Ok((staged, _)) => {
+                let tx = self.recorded.clone();
+                self.commits_in_flight += 1;
+                tokio::task::spawn_blocking(move || {
+                    let result = staged.commit();
+                    let _ = tx.send(Recorded {
+                        keys,
+                        statuses: records,
+                        result,
+                    });
+                });
+            }
+            Err(e) => {
+                self.commits_in_flight += 1;
+                self.on_recorded(Recorded {
+                    keys,
+                    statuses: records,
+                    result: Err(e),
+                });
+            }
+        }
+    }
+
+    /// Updates the board, encodes each status (one that cannot be encoded
+    /// is left out, logged) and names its topic.
+    fn prepare_statuses(&mut self, statuses: Vec<(PodKey, PodStatus)>) -> Option<Prepared> {
+        if statuses.is_empty() {
+            return None;
+        }
+        if let Ok(mut b) = self.board.lock() {
+            for (key, status) in &statuses {
+                b.insert(key.clone(), status.clone());
+            }
+        }
+        let mut p = Prepared {
+            keys: Vec::with_capacity(statuses.len()),
+            records: Vec::with_capacity(statuses.len()),
+            outgoing: Outgoing {
+                created_ms: now_ms(),
+                messages: Vec::with_capacity(statuses.len()),
+            },
+        };
+        for (key, status) in statuses {
+            match wire::Body::of(&Message::PodStatus(status.clone())) {
+                Ok(body) => {
+                    let topic = self.topics.reported(&self.node, &key);
+                    p.outgoing.messages.push((topic, body));
+                    p.keys.push(key);
+                    p.records.push(status);
+                }
+                Err(e) => warn!(pod = %key, error = %e, "cannot encode pod status; not recorded"),
+            }
+        }
+        (!p.records.is_empty()).then_some(p)
+    }
+
+    /// After a status batch's commit (on the loop or off it).
+    fn on_recorded(&mut self, r: Recorded) {
+        self.commits_in_flight = self.commits_in_flight.saturating_sub(1);
+        match r.result {
+            Ok(()) => {
                 self.send(SessionCommand::OutboxChanged);
-                if self
-                    .pods
-                    .get(key)
-                    .is_some_and(|e| e.source == PodSource::Fleet)
-                {
-                    self.fleet_pod_changed(key);
+                for key in &r.keys {
+                    // Unless a newer one failed since.
+                    if self
+                        .unrecorded
+                        .get(key)
+                        .is_some_and(|s| r.statuses.iter().any(|t| t == s))
+                    {
+                        self.unrecorded.remove(key);
+                    }
+                    if self
+                        .pods
+                        .get(key)
+                        .is_some_and(|e| e.source == PodSource::Fleet)
+                    {
+                        self.fleet_pod_changed(key);
+                    }
                 }
             }
             Err(e) => {
                 // Kept and written again on the heartbeat: a supervisor
                 // reports a status only when it changes, so a status lost
                 // here would stay wrong until the next change.
-                warn!(pod = %key, error = %e, "cannot record pod status; retrying");
-                self.unrecorded.insert(key.clone(), status.clone());
+                for (key, status) in r.keys.into_iter().zip(r.statuses) {
+                    warn!(pod = %key, error = %e, "cannot record pod status; retrying");
+                    self.unrecorded.insert(key, status);
+                }
             }
         }
     }
@@ -1366,13 +1555,14 @@ impl Controller {
     /// pod has gone or another status has been recorded since.
     fn retry_unrecorded(&mut self) {
         let pending: Vec<(PodKey, PodStatus)> = self.unrecorded.drain().collect();
-        for (key, status) in pending {
-            let current = self.pods.get(&key).map(|e| e.spec.uid.as_str());
-            if current == Some(status.uid.as_str()) || (current.is_none() && status.uid.is_empty())
-            {
-                self.record_status(&key, &status);
-            }
-        }
+        let still: Vec<(PodKey, PodStatus)> = pending
+            .into_iter()
+            .filter(|(key, status)| {
+                let current = self.pods.get(key).map(|e| e.spec.uid.as_str());
+                current == Some(status.uid.as_str()) || (current.is_none() && status.uid.is_empty())
+            })
+            .collect();
+        self.record_statuses(still);
     }
 
     fn event(&mut self, key: &PodKey, kind: EventType, reason: &str, message: &str) {

@@ -397,8 +397,13 @@ impl Supervisor {
                     let tx = tx.clone();
                     tokio::spawn(
                         async move {
-                            let result =
-                                runtime.start_container(&pod, &container, run_number).await;
+                            let result = match crate::runtime::container_to_start(&pod, &container)
+                            {
+                                Ok(container) => {
+                                    runtime.start_container(&pod, &container, run_number).await
+                                }
+                                Err(e) => Err(e),
+                            };
                             let _ = tx.send(Event::Started(c, result));
                         }
                         .in_current_span(),

@@ -11,6 +11,7 @@
 //! on connections at once ([`ServeLimits`]). Errors are [`ApiError`]s, each
 //! with its status code.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,9 +36,11 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::kubelet_auth::{
     Authorizer, CertNameError, User, forbidden_message, request_attributes, user_from_certificate,
 };
-use super::mqtt_link::{LogStats, MqttLink};
+use super::mqtt_link::MqttLink;
 use super::writer::WriteStats;
+use crate::client::logs::LogStats;
 use crate::model::LogRequest;
+use crate::model::validate::MAX_SINCE_SECONDS;
 
 /// How long the first log chunk may take (the CLI's limit too).
 const FIRST_CHUNK_TIMEOUT: Duration = Duration::from_secs(15);
@@ -111,6 +114,10 @@ pub struct Ctx {
     /// Decides every request (SubjectAccessReview).
     pub authorizer: Authorizer,
     pub log_stats: Arc<LogStats>,
+    /// The devices the bridge knows to be disconnected, as of the loop's
+    /// last tick (at most a second old): a log request for one is answered
+    /// 503 at once instead of waiting for a device that cannot answer.
+    pub offline: Arc<std::sync::RwLock<HashSet<String>>>,
 }
 
 /// Limits of the listener.
@@ -269,6 +276,9 @@ pub enum ApiError {
     StreamEnded(String),
     #[error("node {node} did not answer within {secs} s (is it online?)")]
     NoAnswer { node: String, secs: u64 },
+    /// The bridge knows the device is disconnected.
+    #[error("node {0} is not connected")]
+    NodeOffline(String),
 }
 
 impl ApiError {
@@ -281,7 +291,9 @@ impl ApiError {
             ApiError::NoSuchPath | ApiError::PodNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::ContainerNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::BadQuery(_) | ApiError::Device(_) => StatusCode::BAD_REQUEST,
-            ApiError::Link(_) | ApiError::StreamEnded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Link(_) | ApiError::StreamEnded(_) | ApiError::NodeOffline(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::NoAnswer { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -307,6 +319,8 @@ pub struct LogQuery {
 }
 
 /// Parses `follow=true&tailLines=10&…`; a malformed number is an error.
+/// `sinceSeconds` beyond what a device takes (a hundred years) means every
+/// line, as it does for the kubelet, and is sent as that bound.
 pub fn parse_log_query(q: &str) -> Result<LogQuery, String> {
     let mut out = LogQuery::default();
     for pair in q.split('&').filter(|p| !p.is_empty()) {
@@ -324,7 +338,9 @@ pub fn parse_log_query(q: &str) -> Result<LogQuery, String> {
             "previous" => out.previous = flag(),
             "timestamps" => out.timestamps = flag(),
             "tailLines" => out.tail_lines = Some(num("tailLines")?),
-            "sinceSeconds" => out.since_seconds = Some(num("sinceSeconds")?),
+            "sinceSeconds" => {
+                out.since_seconds = Some(num("sinceSeconds")?.min(MAX_SINCE_SECONDS));
+            }
             "limitBytes" => out.limit_bytes = Some(num("limitBytes")?),
             _ => {}
         }
@@ -448,6 +464,9 @@ async fn container_logs(
     container: &str,
     q: LogQuery,
 ) -> Result<Response<Body>, ApiError> {
+    if ctx.offline.read().is_ok_and(|o| o.contains(node)) {
+        return Err(ApiError::NodeOffline(node.to_string()));
+    }
     let request = LogRequest {
         request_id: String::new(),
         namespace: ns.to_string(),
@@ -487,7 +506,7 @@ async fn container_logs(
     }
     // The body takes the next chunk only when hyper has written the last
     // one: a slow reader leaves the chunks queued in the log route
-    // (mqtt_link::LogRoutes), which bounds them.
+    // (client::logs::LogRoutes), which bounds them.
     let body = futures_util::stream::unfold(
         (Some(Bytes::from(head)), stream, done),
         |(head, mut stream, done)| async move {
@@ -582,6 +601,7 @@ mod tests {
             ),
             (ApiError::Link("broker".into()), 503),
             (ApiError::StreamEnded("n".into()), 503),
+            (ApiError::NodeOffline("gw1".into()), 503),
             (
                 ApiError::NoAnswer {
                     node: "n".into(),
@@ -619,5 +639,36 @@ mod tests {
         ] {
             assert_eq!(container_logs_path(p), None, "{p}");
         }
+    }
+
+    /// Found by fuzzing (tests/fuzz/regressions/kubelet_request): the API
+    /// took any sinceSeconds up to i64::MAX, and the device refused the
+    /// request as invalid one round trip later. More than a device takes is
+    /// every line, as for the kubelet.
+    #[test]
+    fn a_since_beyond_what_a_device_takes_is_every_line() {
+        use crate::model::validate::Validate;
+        for q in [
+            "sinceSeconds=23079245013099471",
+            "sinceSeconds=9223372036854775807",
+        ] {
+            let q = parse_log_query(q).expect("valid");
+            assert_eq!(q.since_seconds, Some(MAX_SINCE_SECONDS));
+            let request = LogRequest {
+                request_id: "0123456789abcdef0123456789abcdef".into(),
+                namespace: "default".into(),
+                pod: "sensor".into(),
+                container: Some("app".into()),
+                tail_lines: q.tail_lines,
+                follow: q.follow,
+                previous: q.previous,
+                timestamps: q.timestamps,
+                since_seconds: q.since_seconds,
+                limit_bytes: q.limit_bytes,
+            };
+            assert_eq!(request.validate(), Ok(()));
+        }
+        let q = parse_log_query("sinceSeconds=3600").expect("valid");
+        assert_eq!(q.since_seconds, Some(3600));
     }
 }

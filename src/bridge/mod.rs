@@ -474,6 +474,7 @@ pub async fn run(
         ),
     );
     let fleet_metrics = Arc::new(std::sync::Mutex::new(String::new()));
+    let offline = Arc::new(std::sync::RwLock::new(HashSet::new()));
     let ctx = Arc::new(kubelet::Ctx {
         pods: pods.clone(),
         mqtt: mqtt.clone(),
@@ -485,6 +486,7 @@ pub async fn run(
             args.authorization_webhook_cache_unauthorized_ttl,
         ),
         log_stats: mqtt.log_stats(),
+        offline: offline.clone(),
     });
     tasks.spawn(
         "kubelet API",
@@ -536,6 +538,15 @@ pub async fn run(
                 *m = fleets::render_metrics(&fleets.gauges());
             }
             actions.extend(bridge.handle(ev, now, &resolver));
+            if tick {
+                let now_offline: HashSet<String> =
+                    bridge.offline_devices().map(str::to_string).collect();
+                if let Ok(mut o) = offline.write()
+                    && *o != now_offline
+                {
+                    *o = now_offline;
+                }
+            }
             if tick && let Ok(mut t) = ref_table.lock() {
                 let referenced: BTreeSet<&ObjRef> =
                     bridge.referenced().chain(fleets.referenced()).collect();
@@ -543,10 +554,8 @@ pub async fn run(
             }
             for action in actions {
                 match action {
-                    Action::Publish { topic, payload } => {
-                        mqtt.publish_retained(topic, payload).await
-                    }
-                    Action::ClearRetained { topic } => mqtt.clear_signed_tombstone(topic).await,
+                    Action::Publish { topic, payload } => mqtt.publish_retained(topic, payload),
+                    Action::ClearRetained { topic } => mqtt.clear_signed_tombstone(topic),
                     other => writer.push(other),
                 }
             }
@@ -597,7 +606,7 @@ pub async fn run(
             Err(_) => warn!("releasing the shard leases timed out; they expire on their own"),
         }
     }
-    mqtt.close().await;
+    mqtt.close();
     let mut mqtt_task = mqtt_task;
     if tokio::time::timeout(RELEASE_TIMEOUT, &mut mqtt_task)
         .await

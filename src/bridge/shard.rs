@@ -318,7 +318,7 @@ pub async fn run(
                 return stopped(written);
             }
             if gained > 0 {
-                mqtt.resync().await;
+                mqtt.resync();
             }
             held = next;
         }

@@ -476,14 +476,18 @@ impl Bridge {
         self.devices.len()
     }
 
-    /// Number of devices alive now.
-    pub fn alive_count(&self) -> usize {
-        self.devices.values().filter(|d| d.alive).count()
-    }
-
     /// Whether the device is alive (for the kubelet API and tests).
     pub fn is_alive(&self, node: &str) -> bool {
         self.devices.get(node).is_some_and(|d| d.alive)
+    }
+
+    /// The devices known and not connected now (their will arrived, or
+    /// they fell silent): the kubelet API answers for them at once.
+    pub fn offline_devices(&self) -> impl Iterator<Item = &str> {
+        self.devices
+            .iter()
+            .filter(|(_, d)| !d.alive)
+            .map(|(n, _)| n.as_str())
     }
 
     fn synced(&self) -> bool {
@@ -1376,14 +1380,6 @@ impl Bridge {
     /// Every ConfigMap and Secret the pods refer to (as last looked up).
     pub fn referenced(&self) -> impl Iterator<Item = &ObjRef> {
         self.pods.values().flat_map(|e| e.refs.iter())
-    }
-
-    /// The node a pod is bound to, if it is one of this bridge's devices.
-    pub fn node_of(&self, key: &PodKey) -> Option<&str> {
-        self.pods
-            .get(key)
-            .map(|e| e.node.as_str())
-            .filter(|n| self.devices.contains_key(*n))
     }
 }
 

@@ -1,152 +1,109 @@
-//! A short-lived MQTT client for the operator CLI: connect, read retained
-//! state, publish with acknowledgement, exchange request/response.
-//!
-//! "All retained messages have arrived" is known without waiting on a
-//! clock: after subscribing, the client publishes to a barrier topic of its
-//! own; the broker handles one client's packets in order, so when the
-//! barrier message comes back every retained message of the earlier
-//! subscription has been delivered.
+//! The CLI's use of the shared client (`crate::client`): connect once, read
+//! retained state through the barrier, publish with acknowledgement, watch.
+//! No sleeps: what arrived before the barrier came back is all there is.
 
-use std::collections::VecDeque;
-use std::time::Duration;
+use anyhow::{Context, bail};
 
-use anyhow::{Context, anyhow, bail};
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, QoS};
-
+use crate::client::{self, ClientOptions, Inbound, Inbox};
 use crate::config::Config;
 
-/// How long the CLI waits for the broker or a device before giving up.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+pub use crate::client::ANSWER_TIMEOUT;
 
 pub struct Client {
-    client: AsyncClient,
-    eventloop: EventLoop,
-    prefix: String,
-    id: String,
-    url: String,
-    /// Publishes that arrived while `publish_acked` waited for its ack,
-    /// handed out by `next_message` first (a watch loses none).
-    pending: VecDeque<(String, Vec<u8>)>,
-    /// Signs what devices act on (`trust.signing_key_file`).
-    signer: Option<crate::trust::Signer>,
+    client: client::Client,
+    inbox: Inbox,
 }
 
 impl Client {
+    /// Connects, and returns once the first barrier came back.
     pub async fn connect(config: &Config) -> anyhow::Result<Client> {
-        let signer = config.signer()?;
         let id = format!("kedge-cli-{}", uuid::Uuid::new_v4().simple());
-        let (url, opts) = crate::mqtt::clean_session_options(config, &id)?;
-        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-        eventloop.network_options.set_tcp_nodelay(true);
-        let connected = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        let (client, mut inbox) = client::start(config, ClientOptions::new(id))?;
+        let url = client.url().to_string();
+        let ready = tokio::time::timeout(ANSWER_TIMEOUT, async {
             loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => return Ok(()),
-                    Ok(_) => {}
-                    Err(e) => return Err(anyhow!("{e}")),
+                match inbox.recv().await {
+                    Some(Inbound::Synced) => return Ok(()),
+                    Some(Inbound::Disconnected { error }) => return Err(error),
+                    Some(_) => {}
+                    None => return Err("the session ended".to_string()),
                 }
             }
         })
         .await;
-        match connected {
-            Ok(Ok(())) => {}
+        match ready {
+            Ok(Ok(())) => Ok(Client { client, inbox }),
             Ok(Err(e)) => bail!("cannot connect to broker {url}: {e}"),
             Err(_) => bail!("cannot connect to broker {url}: no answer within {ANSWER_TIMEOUT:?}"),
         }
-        Ok(Client {
-            client,
-            eventloop,
-            prefix: config.topic_prefix.trim_end_matches('/').to_string(),
-            id,
-            url,
-            pending: VecDeque::new(),
-            signer,
-        })
     }
 
-    /// Waits for the next publish from the broker.
+    /// Waits for the next publish from the broker (cancel-safe). A signed
+    /// tombstone reads as the empty payload it stands for.
     pub async fn next_message(&mut self) -> anyhow::Result<(String, Vec<u8>)> {
-        if let Some(message) = self.pending.pop_front() {
-            return Ok(message);
-        }
         loop {
-            match self.eventloop.poll().await {
-                Ok(Event::Incoming(Incoming::Publish(p))) => {
-                    return Ok((p.topic.clone(), unsigned_tombstone(&p.payload)));
+            match self.inbox.recv().await {
+                Some(Inbound::Message { topic, payload }) => {
+                    return Ok((topic, unsigned_tombstone(payload)));
                 }
-                Ok(_) => {}
-                Err(e) => bail!("lost the connection to broker {}: {e}", self.url),
+                Some(Inbound::Disconnected { error }) => {
+                    bail!(
+                        "lost the connection to broker {}: {error}",
+                        self.client.url()
+                    )
+                }
+                Some(_) => {}
+                None => bail!("lost the connection to broker {}", self.client.url()),
             }
         }
     }
 
-    /// Every retained message under `filter`.
-    pub async fn retained(&mut self, filter: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-        let barrier = crate::wire::Topics::new(&self.prefix).barrier(&self.id);
-        self.client.subscribe(filter, QoS::AtLeastOnce).await?;
-        self.client.subscribe(&barrier, QoS::AtLeastOnce).await?;
-        self.client
-            .publish(&barrier, QoS::AtLeastOnce, false, b"barrier".to_vec())
-            .await?;
+    /// Reads until the barrier: `keep` decides which messages count.
+    async fn until_barrier(
+        &mut self,
+        mut keep: impl FnMut(&str, &[u8]) -> bool,
+    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let url = self.client.url().to_string();
         let mut out = Vec::new();
-        let collected = tokio::time::timeout(ANSWER_TIMEOUT, async {
+        tokio::time::timeout(ANSWER_TIMEOUT, async {
             loop {
-                let (topic, payload) = self.next_message().await?;
-                if topic == barrier {
-                    return anyhow::Ok(());
-                }
-                if !payload.is_empty() && rumqttc::matches(&topic, filter) {
-                    out.push((topic, payload));
+                match self.inbox.recv().await {
+                    Some(Inbound::Synced) => return anyhow::Ok(()),
+                    Some(Inbound::Message { topic, payload }) => {
+                        let payload = unsigned_tombstone(payload);
+                        if keep(&topic, &payload) {
+                            out.push((topic, payload));
+                        }
+                    }
+                    Some(Inbound::Disconnected { error }) => {
+                        bail!("lost the connection to broker {url}: {error}")
+                    }
+                    Some(Inbound::Connected) => {}
+                    None => bail!("lost the connection to broker {url}"),
                 }
             }
         })
         .await
-        .with_context(|| {
-            format!(
-                "broker {} did not answer within {ANSWER_TIMEOUT:?}",
-                self.url
-            )
-        })?;
-        collected?;
-        self.client.unsubscribe(filter).await?;
+        .with_context(|| format!("broker {url} did not answer within {ANSWER_TIMEOUT:?}"))??;
         Ok(out)
+    }
+
+    /// Every retained message under `filter` (tombstones left out).
+    pub async fn retained(&mut self, filter: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        self.client.sync(Vec::new(), vec![filter.to_string()]);
+        self.until_barrier(|topic, payload| !payload.is_empty() && rumqttc::matches(topic, filter))
+            .await
     }
 
     /// Subscribes to `filters` and keeps the subscriptions: returns every
     /// retained message under them (tombstones included, as empty
     /// payloads); later messages come from `next_message`.
     pub async fn watch(&mut self, filters: &[String]) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-        let barrier = crate::wire::Topics::new(&self.prefix).barrier(&self.id);
         for filter in filters {
-            self.client.subscribe(filter, QoS::AtLeastOnce).await?;
+            self.client.subscribe(filter);
         }
-        self.client.subscribe(&barrier, QoS::AtLeastOnce).await?;
-        self.client
-            .publish(&barrier, QoS::AtLeastOnce, false, b"barrier".to_vec())
-            .await?;
-        let mut out = Vec::new();
-        tokio::time::timeout(ANSWER_TIMEOUT, async {
-            loop {
-                let (topic, payload) = self.next_message().await?;
-                if topic == barrier {
-                    return anyhow::Ok(());
-                }
-                out.push((topic, payload));
-            }
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "broker {} did not answer within {ANSWER_TIMEOUT:?}",
-                self.url
-            )
-        })??;
-        Ok(out)
-    }
-
-    pub async fn subscribe(&mut self, filter: &str) -> anyhow::Result<()> {
-        self.client.subscribe(filter, QoS::AtLeastOnce).await?;
-        Ok(())
+        self.client.sync(Vec::new(), Vec::new());
+        self.until_barrier(|_, _| true).await
     }
 
     /// Publishes at QoS 1 and returns once the broker acknowledged it.
@@ -158,55 +115,41 @@ impl Client {
         payload: Vec<u8>,
         retain: bool,
     ) -> anyhow::Result<()> {
-        let topics = crate::wire::Topics::new(&self.prefix);
-        let payload = crate::trust::seal(self.signer.as_ref(), &topics, topic, payload);
-        self.client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await?;
-        tokio::time::timeout(ANSWER_TIMEOUT, async {
-            loop {
-                match self.eventloop.poll().await {
-                    Ok(Event::Incoming(Incoming::PubAck(_))) => return Ok(()),
-                    Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        self.pending
-                            .push_back((p.topic.clone(), unsigned_tombstone(&p.payload)));
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        return Err(anyhow!("lost the connection to broker {}: {e}", self.url));
-                    }
-                }
-            }
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "broker {} did not acknowledge within {ANSWER_TIMEOUT:?}",
-                self.url
-            )
-        })?
+        Ok(self.client.publish_acked(topic, payload, retain).await?)
+    }
+
+    /// Sends a log request to `node`: its chunks come from the stream.
+    pub async fn logs(
+        &mut self,
+        node: &str,
+        request: crate::model::LogRequest,
+    ) -> anyhow::Result<client::logs::LogStream> {
+        Ok(self.client.logs(node, request).await?)
+    }
+
+    /// The broker's URL, for messages.
+    pub fn url(&self) -> &str {
+        self.client.url()
     }
 
     /// Whether this client signs what it publishes.
     pub fn signs(&self) -> bool {
-        self.signer.is_some()
+        self.client.signs()
     }
 
-    pub async fn disconnect(mut self) {
-        let _ = self.client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            while self.eventloop.poll().await.is_ok() {}
-        })
-        .await;
+    /// Says goodbye to the broker (DISCONNECT) and waits for it to be sent.
+    pub async fn disconnect(self) {
+        drop(self.client);
+        self.inbox.closed().await;
     }
 }
 
 /// A received payload, with a signed tombstone read as the empty payload
 /// it stands for: readers of retained state see one kind of tombstone.
-fn unsigned_tombstone(payload: &[u8]) -> Vec<u8> {
-    if crate::wire::is_tombstone(payload) {
+fn unsigned_tombstone(payload: Vec<u8>) -> Vec<u8> {
+    if crate::wire::is_tombstone(&payload) {
         Vec::new()
     } else {
-        payload.to_vec()
+        payload
     }
 }

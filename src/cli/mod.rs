@@ -877,12 +877,8 @@ pub async fn logs(
     let mut client = Client::connect(config).await?;
     let key = PodKey::new(namespace, pod);
     let node = find_node(&mut client, &topics, &key, node).await?;
-    let request_id = uuid::Uuid::new_v4().simple().to_string();
-    client
-        .subscribe(&topics.rpc_response(&node, &request_id))
-        .await?;
     let request = LogRequest {
-        request_id: request_id.clone(),
+        request_id: String::new(),
         namespace: namespace.into(),
         pod: pod.into(),
         container,
@@ -893,34 +889,30 @@ pub async fn logs(
         since_seconds: None,
         limit_bytes: None,
     };
-    client
-        .publish_acked(
-            &topics.rpc_request(&node, &request_id),
-            wire::encode(0, &Message::LogRequest(request))?,
-            false,
-        )
-        .await?;
+    let mut stream = client.logs(&node, request).await?;
     let mut stdout = std::io::stdout();
     let mut first = true;
     loop {
         let next = if first || !follow {
-            match tokio::time::timeout(ANSWER_TIMEOUT, client.next_message()).await {
-                Ok(m) => m?,
+            match tokio::time::timeout(ANSWER_TIMEOUT, stream.recv()).await {
+                Ok(m) => m,
                 Err(_) => {
                     bail!("node {node} did not answer within {ANSWER_TIMEOUT:?} (is it online?)")
                 }
             }
         } else {
-            client.next_message().await?
+            stream.recv().await
         };
         first = false;
-        let (_, payload) = next;
-        let Ok((_, chunk)) = wire::decode_as::<LogChunk>(&payload) else {
-            continue;
-        };
-        let LogChunk {
+        let Some(LogChunk {
             data, eof, error, ..
-        } = chunk;
+        }) = next
+        else {
+            bail!(
+                "lost the connection to broker {} while reading the logs of node {node}",
+                client.url()
+            );
+        };
         stdout.write_all(&data)?;
         stdout.flush()?;
         if let Some(e) = error {
@@ -930,6 +922,7 @@ pub async fn logs(
             break;
         }
     }
+    drop(stream);
     client.disconnect().await;
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 #[cfg(feature = "manifests")]
 pub mod convert;
+pub mod expansion;
 pub mod fleet;
 pub mod selector;
 pub mod validate;
@@ -113,6 +114,11 @@ impl PodSpec {
     }
 }
 
+/// A container. `command`, `args` and env values are templates: the agent
+/// expands `$(VAR)` and unescapes `$$` at container start, the kubelet's way
+/// (`model::expansion`); a value that must stay literal (one read from a
+/// ConfigMap, a Secret or the downward API) is sent escaped
+/// (`expansion::escape`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Container {
     pub name: String,
@@ -200,6 +206,75 @@ pub struct SecurityContext {
     pub allow_privilege_escalation: Option<bool>,
     pub capabilities_add: Vec<String>,
     pub capabilities_drop: Vec<String>,
+    /// The container's seccompProfile, or the pod's. None: unset, and the
+    /// node's default applies (config `cri.seccomp_default`). Schema 3.
+    #[serde(default)]
+    pub seccomp_profile: Option<SecurityProfile>,
+    /// The container's appArmorProfile (or its annotation), or the pod's.
+    /// None: unset, the runtime's default applies. Schema 3.
+    #[serde(default)]
+    pub app_armor_profile: Option<SecurityProfile>,
+}
+
+/// A seccomp or AppArmor profile (`securityContext.seccompProfile`,
+/// `appArmorProfile`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecurityProfile {
+    /// The container runtime's default profile.
+    RuntimeDefault,
+    /// No profile.
+    Unconfined,
+    /// A profile on the node: for seccomp a file relative to the agent's
+    /// `{data_dir}/seccomp` (the kubelet's `{root-dir}/seccomp`), for
+    /// AppArmor a loaded profile's name.
+    Localhost(String),
+}
+
+/// `hostPath.type`: what must be at the path before a container starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostPathType {
+    /// `""`: no check.
+    #[default]
+    Unset,
+    DirectoryOrCreate,
+    Directory,
+    FileOrCreate,
+    File,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl HostPathType {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostPathType::Unset => "",
+            HostPathType::DirectoryOrCreate => "DirectoryOrCreate",
+            HostPathType::Directory => "Directory",
+            HostPathType::FileOrCreate => "FileOrCreate",
+            HostPathType::File => "File",
+            HostPathType::Socket => "Socket",
+            HostPathType::CharDevice => "CharDevice",
+            HostPathType::BlockDevice => "BlockDevice",
+        }
+    }
+
+    /// Parses the Kubernetes spelling.
+    pub fn parse(s: &str) -> Option<HostPathType> {
+        [
+            HostPathType::Unset,
+            HostPathType::DirectoryOrCreate,
+            HostPathType::Directory,
+            HostPathType::FileOrCreate,
+            HostPathType::File,
+            HostPathType::Socket,
+            HostPathType::CharDevice,
+            HostPathType::BlockDevice,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,12 +285,18 @@ pub struct Volume {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VolumeSource {
+    /// `memory`: a tmpfs the agent mounts (`medium: Memory`), of
+    /// `size_limit_bytes` when given.
     EmptyDir {
         memory: bool,
         size_limit_bytes: Option<u64>,
     },
     HostPath {
         path: String,
+        /// Checked (and for the `*OrCreate` types made) before the pod's
+        /// containers start. Schema 3.
+        #[serde(default)]
+        kind: HostPathType,
     },
     /// ConfigMap or Secret content, resolved by the sender: file name → bytes.
     Files {
@@ -295,17 +376,6 @@ pub enum ContainerState {
         started_at_ms: u64,
         finished_at_ms: u64,
     },
-}
-
-impl ContainerState {
-    /// The word `kubectl get pods` shows for this state.
-    pub fn short_reason(&self) -> &str {
-        match self {
-            ContainerState::Waiting { reason, .. } => reason,
-            ContainerState::Running { .. } => "Running",
-            ContainerState::Terminated { reason, .. } => reason,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

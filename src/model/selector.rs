@@ -105,7 +105,8 @@ impl Selector {
     }
 
     /// Parses `k=v,k2=v2` (labels to set, as in `kubectl label`): only
-    /// equality, each key once.
+    /// equality, each key once, at most `validate::MAX_LABELS` of them (the
+    /// bound every receiver of a label set applies).
     pub fn parse_labels(field: &str, input: &str) -> Result<BTreeMap<String, String>, Invalid> {
         let mut out = BTreeMap::new();
         for part in input.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -119,6 +120,12 @@ impl Selector {
                 return Err(Invalid {
                     field: field.to_string(),
                     detail: format!("Duplicate value: label {k:?} is given twice"),
+                });
+            }
+            if out.len() > validate::MAX_LABELS {
+                return Err(Invalid {
+                    field: field.to_string(),
+                    detail: format!("Too many: more than {} labels", validate::MAX_LABELS),
                 });
             }
         }
@@ -381,5 +388,27 @@ mod tests {
         assert!(Selector::parse_labels("labels", "a=1,a=2").is_err());
         assert!(Selector::parse_labels("labels", "a").is_err());
         assert!(Selector::parse_labels("labels", "a=b c").is_err());
+    }
+
+    /// Found by the `selector_parse` fuzz target's property (labels it
+    /// returns pass `validate::labels`), on a made input:
+    /// tests/fuzz/regressions/selector_parse. 257 labels passed `node.labels`
+    /// in the configuration, and every node status carrying them was then
+    /// refused by its receivers.
+    #[test]
+    fn labels_to_set_are_bounded_like_every_label_set() {
+        let list = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let max = Selector::parse_labels("node.labels", &list(validate::MAX_LABELS))
+            .expect("the most labels a set may have");
+        assert_eq!(validate::labels("node.labels", &max), Ok(()));
+        let err = Selector::parse_labels("node.labels", &list(validate::MAX_LABELS + 1))
+            .expect_err("one too many");
+        assert_eq!(err.field, "node.labels");
+        assert!(err.detail.contains("Too many"), "{}", err.detail);
     }
 }

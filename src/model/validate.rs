@@ -14,7 +14,7 @@ use super::selector::Selector;
 use super::{
     Cohort, Container, ContainerState, ContainerStatus, DesiredIndex, Event, FleetDeployment,
     FleetReport, Limit, LogChunk, LogRequest, NodeLabels, NodeStatus, PodSpec, PodStatus, Probe,
-    ProbeHandler, Revision, VolumeSource,
+    ProbeHandler, Revision, SecurityProfile, VolumeSource,
 };
 
 /// Containers in one pod (app containers; init containers have their own
@@ -37,6 +37,8 @@ pub const MAX_MESSAGE: usize = 32 * 1024;
 /// `terminationGracePeriodSeconds` and probe times: at most a year, so that
 /// adding them to a clock never overflows.
 pub const MAX_SECONDS: u64 = 365 * 24 * 3600;
+/// A log request's `sinceSeconds`: a hundred years, which is "every line".
+pub const MAX_SINCE_SECONDS: u64 = MAX_SECONDS * 100;
 /// CPU in millicores: a million cores; memory in bytes: what fits an i64
 /// (the CRI's type).
 pub const MAX_CPU_MILLIS: u64 = 1_000_000_000;
@@ -317,7 +319,7 @@ impl Validate for PodSpec {
                         at_most(&format!("{path}.emptyDir.sizeLimit"), *b, MAX_BYTES)?;
                     }
                 }
-                VolumeSource::HostPath { path: p } => {
+                VolumeSource::HostPath { path: p, .. } => {
                     absolute_path(&format!("{path}.hostPath.path"), p)?
                 }
                 VolumeSource::Files {
@@ -477,6 +479,23 @@ fn container(path: &str, c: &Container, volumes: &BTreeSet<&str>) -> Result {
                 return Err(invalid(
                     format!("{p}.{field}"),
                     format!("Invalid value: {id}: must be between 0 and 4294967295, inclusive"),
+                ));
+            }
+        }
+        if let Some(SecurityProfile::Localhost(name)) = &sc.seccomp_profile {
+            // A file under the agent's seccomp directory.
+            relative_path(&format!("{p}.seccompProfile.localhostProfile"), name)?;
+        }
+        if let Some(SecurityProfile::Localhost(name)) = &sc.app_armor_profile {
+            let field = format!("{p}.appArmorProfile.localhostProfile");
+            if name.is_empty() {
+                return Err(invalid(field, "Required value"));
+            }
+            text(&field, name, MAX_SHORT)?;
+            if name.chars().any(char::is_control) {
+                return Err(invalid(
+                    field,
+                    "Invalid value: must not contain control characters",
                 ));
             }
         }
@@ -823,7 +842,7 @@ impl Validate for LogRequest {
             label("container", "container name", c)?;
         }
         if let Some(s) = self.since_seconds {
-            at_most("sinceSeconds", s, MAX_SECONDS * 100)?;
+            at_most("sinceSeconds", s, MAX_SINCE_SECONDS)?;
         }
         if let Some(t) = self.tail_lines {
             at_most("tailLines", t, MAX_BYTES)?;

@@ -15,6 +15,7 @@ pub mod image_ref;
 pub mod logs;
 pub mod module_source;
 pub mod registry_auth;
+pub mod volumes;
 #[cfg(feature = "wasm")]
 pub mod wasm;
 
@@ -211,13 +212,21 @@ pub trait Runtime: Send + Sync {
 }
 
 /// Makes the pod's volume directories under `{pod_dir}/volumes`: emptyDir
-/// directories and configMap/secret files (hostPath needs nothing). Both
-/// runtimes call it from `prepare_pod`.
+/// directories (a tmpfs for `medium: Memory`, `volumes::mount_memory_volume`)
+/// and configMap/secret files (hostPath is checked before each container
+/// starts, `container_to_start`). Both runtimes call it from `prepare_pod`.
 pub fn materialize_volumes(pod: &PodContext) -> Result<(), RuntimeError> {
     for v in &pod.spec.volumes {
         let dir = pod.pod_dir.join("volumes").join(&v.name);
         let made = match &v.source {
             crate::model::VolumeSource::HostPath { .. } => Ok(()),
+            crate::model::VolumeSource::EmptyDir {
+                memory: true,
+                size_limit_bytes,
+            } => volumes::mount_memory_volume(
+                &dir,
+                volumes::memory_volume_size(&pod.spec, *size_limit_bytes),
+            ),
             crate::model::VolumeSource::EmptyDir { .. } => std::fs::create_dir_all(&dir),
             crate::model::VolumeSource::Files {
                 files,
@@ -229,6 +238,20 @@ pub fn materialize_volumes(pod: &PodContext) -> Result<(), RuntimeError> {
         })?;
     }
     Ok(())
+}
+
+/// The container as the runtime must start it, checked as the kubelet does
+/// before a start: every hostPath volume of the pod against its type (the
+/// `*OrCreate` types made), then `$(VAR)` expanded in env, command and args
+/// (`model::expansion`). The supervisor calls it before every start, for
+/// both runtimes; a failed check is a `CreateContainerConfigError`, retried
+/// with the restart back-off like the kubelet's volume set-up.
+pub fn container_to_start(
+    pod: &PodContext,
+    container: &Container,
+) -> Result<Container, RuntimeError> {
+    volumes::check_host_paths(&pod.spec).map_err(RuntimeError::CreateConfig)?;
+    Ok(crate::model::expansion::expand_container(container))
 }
 
 /// Writes configMap/secret files into a volume directory with their mode;

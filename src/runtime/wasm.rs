@@ -943,6 +943,29 @@ fn read_cache_entry(
     Ok((file, bytes))
 }
 
+/// A Wasm container runs inside the agent, where no seccomp or AppArmor
+/// profile of its own can apply: only RuntimeDefault (the agent's own
+/// confinement, and WASI's) or unset is accepted. `kedge convert` refuses the
+/// others with their field path; this is for specs made without it.
+fn refuse_kernel_profiles(container: &Container) -> Result<(), RuntimeError> {
+    let Some(sc) = &container.security_context else {
+        return Ok(());
+    };
+    for (profile, field) in [
+        (&sc.seccomp_profile, "seccompProfile"),
+        (&sc.app_armor_profile, "appArmorProfile"),
+    ] {
+        if let Some(p) = profile
+            && *p != crate::model::SecurityProfile::RuntimeDefault
+        {
+            return Err(RuntimeError::CreateConfig(format!(
+                "securityContext.{field} {p:?} is not supported for wasm containers (no kernel profile applies inside the agent)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Where a pod volume lives on the host.
 fn volume_host_path(pod: &PodContext, name: &str) -> Result<PathBuf, RuntimeError> {
     let v = pod
@@ -954,7 +977,7 @@ fn volume_host_path(pod: &PodContext, name: &str) -> Result<PathBuf, RuntimeErro
             RuntimeError::CreateConfig(format!("volume {name:?} is not defined in the pod"))
         })?;
     Ok(match &v.source {
-        VolumeSource::HostPath { path } => PathBuf::from(path),
+        VolumeSource::HostPath { path, .. } => PathBuf::from(path),
         VolumeSource::EmptyDir { .. } | VolumeSource::Files { .. } => {
             pod.pod_dir.join("volumes").join(name)
         }
@@ -1059,6 +1082,7 @@ impl Runtime for WasmRuntime {
         restart_count: u32,
     ) -> BoxFuture<'a, Result<RunningContainer, RuntimeError>> {
         Box::pin(async move {
+            refuse_kernel_profiles(container)?;
             let loading = std::time::Instant::now();
             let loaded = self
                 .load(

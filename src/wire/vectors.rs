@@ -97,6 +97,8 @@ fn container(name: &str, image: &str) -> Container {
             allow_privilege_escalation: Some(false),
             capabilities_add: vec!["NET_BIND_SERVICE".into()],
             capabilities_drop: vec!["ALL".into()],
+            seccomp_profile: Some(SecurityProfile::Localhost("profiles/sensor.json".into())),
+            app_armor_profile: Some(SecurityProfile::Unconfined),
         }),
     }
 }
@@ -136,6 +138,7 @@ pub(super) fn desired_pod() -> PodSpec {
                 name: "dev".into(),
                 source: VolumeSource::HostPath {
                     path: "/dev/ttyUSB0".into(),
+                    kind: HostPathType::CharDevice,
                 },
             },
             Volume {
@@ -662,65 +665,178 @@ fn vector_tombstone() {
     check("tombstone.hex");
 }
 
-/// Version 1's vectors (tests/vectors/v1, committed before version 2) are
-/// still read: every kind decodes to the same sample, a node status with no
-/// labels.
-#[test]
-fn version_1_vectors_are_still_read() {
-    for (file, seq, message) in all() {
-        let path = vector_path("v1").join(file);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            assert!(
-                message.kind() as u8 > 7,
-                "{file}: version 1 had this kind, its vector must stay"
-            );
-            continue;
-        };
-        let bytes = from_hex_text(&text);
-        assert_eq!(bytes[0], 1, "{file}: a version 1 envelope");
-        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert_eq!(decoded.version, 1);
-        assert_eq!(decoded.seq, seq, "{file}");
-        let expected = match message {
-            Message::NodeStatus(mut n) => {
-                n.labels.clear();
-                Message::NodeStatus(n)
+/// A sample as an older version carried it: version 1's `NodeStatus` had
+/// no labels; versions 1 to 3 had a `PodSpec` without what version 4 added
+/// (seccomp and AppArmor profiles, hostPath types). The samples' strings
+/// hold no `$`, so the upgrade's escaping changes nothing.
+fn as_of_version(version: u16, message: Message) -> Message {
+    match message {
+        Message::NodeStatus(mut n) if version == 1 => {
+            n.labels.clear();
+            Message::NodeStatus(n)
+        }
+        Message::DesiredPod(mut spec) if version < POD_FIELDS_SINCE_VERSION => {
+            for c in spec.containers.iter_mut().chain(&mut spec.init_containers) {
+                assert!(
+                    c.env.iter().all(|e| !e.value.contains('$'))
+                        && c.command.iter().chain(&c.args).all(|a| !a.contains('$')),
+                    "the samples hold no `$`"
+                );
+                if let Some(sc) = &mut c.security_context {
+                    sc.seccomp_profile = None;
+                    sc.app_armor_profile = None;
+                }
             }
-            other => other,
-        };
-        assert_eq!(decoded.message, expected, "{file}");
-        assert_eq!(to_json(&bytes).expect("renders")["version"], 1);
+            for v in &mut spec.volumes {
+                if let VolumeSource::HostPath { kind, .. } = &mut v.source {
+                    *kind = HostPathType::Unset;
+                }
+            }
+            Message::DesiredPod(spec)
+        }
+        other => other,
     }
-    // A version 1 envelope of a kind version 1 did not have is unknown.
-    let mut bytes = encode(0, &Message::NodeLabels(node_labels())).expect("encodes");
-    bytes[0] = 1;
-    assert_eq!(decode(&bytes), Err(WireError::UnknownKind(10)));
 }
 
-/// Version 2's vectors (tests/vectors/v2, committed before version 3) are
-/// still read, to the same samples; version 2 had no tombstone kind.
-#[test]
-fn version_2_vectors_are_still_read() {
+/// The vectors of an older version (tests/vectors/v{version}, committed
+/// before the next one) are still read: every kind that version had decodes
+/// to the sample as that version carried it (`as_of_version`), with no
+/// signature before version 3; a kind it did not have is unknown in it.
+fn older_vectors_are_still_read(version: u16, last_kind: u8) {
+    let dir = format!("v{version}");
     for (file, seq, message) in all() {
-        let path = vector_path("v2").join(file);
+        let path = vector_path(&dir).join(file);
         let Ok(text) = std::fs::read_to_string(&path) else {
             assert!(
-                message.kind() as u8 > 10,
-                "{file}: version 2 had this kind, its vector must stay"
+                message.kind() as u8 > last_kind,
+                "{dir}/{file}: version {version} had this kind, its vector must stay"
             );
             continue;
         };
         let bytes = from_hex_text(&text);
-        assert_eq!(bytes[0], 2, "{file}: a version 2 envelope");
-        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert_eq!(decoded.version, 2);
-        assert_eq!((decoded.seq, decoded.message), (seq, message), "{file}");
-        // Version 2 envelopes carry no signature that counts.
-        assert_eq!(open(&bytes).expect("opens").signature, None);
+        assert_eq!(
+            bytes[0] as u16, version,
+            "{dir}/{file}: the envelope's version"
+        );
+        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("{dir}/{file}: {e}"));
+        assert_eq!(decoded.version, version);
+        assert_eq!(
+            (decoded.seq, decoded.message),
+            (seq, as_of_version(version, message)),
+            "{dir}/{file}"
+        );
+        assert_eq!(to_json(&bytes).expect("renders")["version"], version);
+        if version < SIGNED_SINCE_VERSION {
+            // These envelopes carry no signature that counts.
+            assert_eq!(open(&bytes).expect("opens").signature, None);
+        }
     }
-    let mut bytes = encode(0, &Message::Tombstone).expect("encodes");
-    bytes[0] = 2;
-    assert_eq!(decode(&bytes), Err(WireError::UnknownKind(11)));
+    // An envelope of a kind this version did not have is unknown.
+    if let Some(unknown) = all()
+        .into_iter()
+        .map(|(_, seq, message)| (seq, message))
+        .find(|(_, m)| m.kind() as u8 == last_kind + 1)
+    {
+        let mut bytes = encode(unknown.0, &unknown.1).expect("encodes");
+        bytes[0] = version as u8;
+        assert_eq!(decode(&bytes), Err(WireError::UnknownKind(last_kind + 1)));
+    }
+}
+
+/// Version 1 had kinds 1–7 and no node labels.
+#[test]
+fn version_1_vectors_are_still_read() {
+    older_vectors_are_still_read(1, 7);
+}
+
+/// Version 2 had kinds 1–10 and version 1's `PodSpec`.
+#[test]
+fn version_2_vectors_are_still_read() {
+    older_vectors_are_still_read(2, 10);
+}
+
+/// Version 3 had kinds 1–11, signatures and version 1's `PodSpec`; its
+/// signed vectors still decode, and still verify on their topic (a signature
+/// covers the version it was made for).
+#[test]
+fn version_3_vectors_are_still_read() {
+    older_vectors_are_still_read(3, 11);
+    let keys = crate::trust::TrustedKey::parse_list(SIGNED_PUBLIC_KEY).expect("key parses");
+    for (file, topic, seq, message, _) in signed() {
+        let path = vector_path("v3/signed").join(file);
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let bytes = from_hex_text(&text);
+        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("v3/signed/{file}: {e}"));
+        assert_eq!(decoded.version, 3);
+        assert_eq!(
+            (decoded.seq, decoded.message),
+            (seq, as_of_version(3, message)),
+            "v3/signed/{file}"
+        );
+        let opened = open(&bytes).expect("opens");
+        let now = SIGNED_COUNTER + 1;
+        assert!(
+            crate::trust::verify(&keys, now, topic, &opened).is_ok(),
+            "v3/signed/{file}"
+        );
+    }
+}
+
+/// Versions 1 to 3 ran `command`, `args` and env values literally; version
+/// 4 expands them, so an older spec is read with them escaped and runs as
+/// before.
+#[test]
+fn older_specs_keep_their_literal_dollars() {
+    let mut old = desired_pod();
+    old.containers[0].command = vec!["echo".into(), "$(MODE)".into(), "$$".into()];
+    old.containers[0].env[0].value = "a$(B)".into();
+    let v3 = v3::PodSpec {
+        namespace: old.namespace.clone(),
+        name: old.name.clone(),
+        uid: old.uid.clone(),
+        generation: old.generation,
+        labels: old.labels.clone(),
+        runtime: old.runtime,
+        restart_policy: old.restart_policy,
+        termination_grace_period_secs: old.termination_grace_period_secs,
+        host_network: old.host_network,
+        init_containers: vec![],
+        containers: vec![v3::Container {
+            name: "main".into(),
+            image: old.containers[0].image.clone(),
+            image_pull_policy: PullPolicy::IfNotPresent,
+            command: old.containers[0].command.clone(),
+            args: vec![],
+            working_dir: None,
+            env: old.containers[0].env.clone(),
+            volume_mounts: vec![],
+            ports: vec![],
+            resources: Resources::default(),
+            liveness_probe: None,
+            readiness_probe: None,
+            startup_probe: None,
+            security_context: None,
+        }],
+        volumes: vec![],
+        image_pull_secrets: vec![],
+    };
+    // An envelope of each older version around that version's body.
+    let body = postcard::to_stdvec(&v3).expect("v3 body");
+    for version in 1..POD_FIELDS_SINCE_VERSION {
+        let mut bytes = vec![version as u8, Kind::DesiredPod as u8, 3, 0];
+        varint(&mut bytes, body.len() as u64);
+        bytes.extend_from_slice(&body);
+        let (_, spec) = decode_as::<PodSpec>(&bytes)
+            .unwrap_or_else(|e| panic!("version {version} decodes: {e}"));
+        let running = crate::model::expansion::expand_container(&spec.containers[0]);
+        assert_eq!(
+            running.command,
+            ["echo", "$(MODE)", "$$"],
+            "version {version}"
+        );
+        assert_eq!(running.env[0].value, "a$(B)", "version {version}");
+    }
 }
 
 /// One vector per kind, and no vector files that no test checks.
@@ -785,7 +901,7 @@ fn write_vectors_then_fail_on_purpose() {
 #[test]
 fn envelope_layout_matches_the_spec() {
     let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
-    assert_eq!(bytes[0], 0x03, "version 3 as a one-byte varint");
+    assert_eq!(bytes[0], 0x04, "version 4 as a one-byte varint");
     assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
     assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
     assert_eq!(bytes[3], 0x00, "empty signature: length 0");

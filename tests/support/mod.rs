@@ -238,15 +238,26 @@ impl Mosquitto {
         Self::start_with(Some((tls, require_client_cert)))
     }
 
+    /// Starts a broker with the configuration `conf(port)` writes (a
+    /// listener on 127.0.0.1:port; `tls` for the URL's scheme), for tests
+    /// of a configuration as documented.
+    pub fn start_custom(tls: bool, conf: impl Fn(u16) -> String) -> Mosquitto {
+        Self::start_conf(tls, conf)
+    }
+
     /// Picks a port, writes the config and starts; retries if the port got taken meanwhile.
     fn start_with(tls: Option<(&TlsFiles, bool)>) -> Mosquitto {
+        Self::start_conf(tls.is_some(), |port| mosquitto_conf(port, tls))
+    }
+
+    fn start_conf(tls: bool, conf: impl Fn(u16) -> String) -> Mosquitto {
         let dir = tempfile::Builder::new()
             .prefix("kedge-mosquitto-")
             .tempdir()
             .expect("create mosquitto temp dir");
         let mut m = Mosquitto {
             port: 0,
-            tls: tls.is_some(),
+            tls,
             conf: dir.path().join("mosquitto.conf"),
             log_path: dir.path().join("mosquitto.log"),
             dir,
@@ -255,7 +266,7 @@ impl Mosquitto {
         let mut last_log = String::new();
         for _attempt in 0..5 {
             m.port = free_port();
-            std::fs::write(&m.conf, mosquitto_conf(m.port, tls)).expect("write mosquitto.conf");
+            std::fs::write(&m.conf, conf(m.port)).expect("write mosquitto.conf");
             match m.spawn_and_wait() {
                 Ok(()) => return m,
                 Err(log) => last_log = log,
@@ -1046,4 +1057,44 @@ pub fn fast_args() -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Pods through the CLI
+// ---------------------------------------------------------------------------
+
+/// A pod's status from `kedge get pods -A -o json`, if reported.
+pub fn pod_status(url: &str, name: &str) -> Option<serde_json::Value> {
+    let out = kedge_ok(&["--broker", url, "get", "pods", "-A", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v["items"]
+        .as_array()?
+        .iter()
+        .map(|i| i["status"].clone())
+        .find(|s| s["name"] == name)
+}
+
+/// A pod manifest running the Wasm `module` (pinned by its sha256) as its
+/// container `main` with these arguments and restart policy; `extra` is
+/// YAML appended to the container (`    env: [...]\n`, a second
+/// container…), or empty.
+pub fn wasm_pod(name: &str, module: &Path, args: &[&str], restart: &str, extra: &str) -> String {
+    let sha = sha256_file(module);
+    let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: {restart}
+  containers:
+  - name: main
+    image: file://{module}@sha256:{sha}
+    args: [{args}]
+{extra}"#,
+        module = module.display(),
+        args = args.join(", "),
+    )
 }

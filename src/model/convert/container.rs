@@ -87,7 +87,7 @@ impl Ctx<'_> {
         let liveness_probe = probe(&c.liveness_probe, "livenessProbe", ProbeKind::Liveness)?;
         let readiness_probe = probe(&c.readiness_probe, "readinessProbe", ProbeKind::Readiness)?;
         let startup_probe = probe(&c.startup_probe, "startupProbe", ProbeKind::Startup)?;
-        let security_context = self.security_context(c.security_context.as_ref(), path)?;
+        let security_context = self.security_context(&c.name, c.security_context.as_ref(), path)?;
 
         Ok(Container {
             name: c.name.clone(),

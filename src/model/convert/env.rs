@@ -1,11 +1,16 @@
 //! Environment variables: values, ConfigMap and Secret references, field references.
 
 use super::*;
+use crate::model::expansion::escape;
 
 impl Ctx<'_> {
     pub(super) fn env(&self, c: &k8s::Container, path: &str) -> Result<Vec<EnvVar>, ConvertError> {
         let mut env: Vec<EnvVar> = Vec::new();
-        // A later variable of the same name wins, as in Kubernetes.
+        // A later variable of the same name wins, as in Kubernetes. Values
+        // are templates the agent expands (`model::expansion`); only literal
+        // `value`s are expanded by the kubelet, so every other value is sent
+        // escaped. (One corner differs: a variable between two definitions
+        // of a name sees the later one here, the earlier one on a kubelet.)
         let mut set = |name: String, value: String| match env.iter_mut().find(|e| e.name == name) {
             Some(existing) => existing.value = value,
             None => env.push(EnvVar { name, value }),
@@ -44,7 +49,7 @@ impl Ctx<'_> {
             };
             for (key, value) in data {
                 let value = utf8(value, kind, name, &key, &ref_path)?;
-                set(format!("{prefix}{key}"), value);
+                set(format!("{prefix}{key}"), escape(&value));
             }
         }
 
@@ -67,7 +72,7 @@ impl Ctx<'_> {
                 ));
             }
             if let Some(value) = self.env_value_from(source, &format!("{path}.valueFrom"))? {
-                set(e.name.clone(), value);
+                set(e.name.clone(), escape(&value));
             }
         }
         Ok(env)
@@ -309,5 +314,42 @@ mod tests {
             err,
             "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: unsupported field path \"metadata.generation\""
         );
+    }
+
+    /// Only literal values are templates: what comes from a ConfigMap, a
+    /// Secret or the downward API is sent escaped, so the agent's expansion
+    /// gives it back as it was (the kubelet expands only `value`).
+    #[test]
+    fn values_from_sources_are_escaped_literal_values_are_not() {
+        let resolver = MapResolver::default()
+            .config_map("default", "cfg", &[("TEMPLATE", "$(HOME) costs $$5")])
+            .secret("default", "creds", &[("password", "pa$$(word)")]);
+        let spec = convert_with(
+            json!({
+                "spec": {"containers": [{"name": "app", "image": "nginx",
+                "envFrom": [{"configMapRef": {"name": "cfg"}}],
+                "env": [
+                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                    {"name": "LITERAL", "value": "$(PASSWORD)-$$"}
+                ]}]}}),
+            &resolver,
+        )
+        .expect("pod converts");
+        let env: Vec<(&str, &str)> = spec.containers[0]
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("TEMPLATE", "$$(HOME) costs $$$$5"),
+                ("PASSWORD", "pa$$$$(word)"),
+                ("LITERAL", "$(PASSWORD)-$$"),
+            ]
+        );
+        let running = crate::model::expansion::expand_container(&spec.containers[0]);
+        let env: Vec<&str> = running.env.iter().map(|e| e.value.as_str()).collect();
+        assert_eq!(env, ["$(HOME) costs $$5", "pa$$(word)", "pa$$(word)-$"]);
     }
 }

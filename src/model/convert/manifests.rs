@@ -1,5 +1,7 @@
 //! Manifest files: YAML or JSON, several documents, lists; each document a v1 Pod.
 
+use serde::de::DeserializeSeed;
+
 use super::*;
 
 /// Parses a YAML or JSON file that may hold several documents (`---`), and
@@ -24,18 +26,145 @@ fn split_documents(text: &str) -> Result<Vec<Value>, ConvertError> {
     // Like kubectl: a file starting with `{` is JSON (JSON is nearly YAML, but
     // YAML rejects the tabs many JSON writers indent with).
     if text.trim_start().starts_with('{') {
-        for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
-            let value = value.map_err(|e| document(docs.len(), format!("invalid json: {e}")))?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        loop {
+            // Whitespace only until the end: no more documents.
+            if de.end().is_ok() {
+                break;
+            }
+            let value = NoDuplicateKeys::root()
+                .deserialize(&mut de)
+                .map_err(|e| document(docs.len(), format!("invalid json: {e}")))?;
             docs.push(value);
         }
     } else {
         for de in serde_yaml_ng::Deserializer::from_str(text) {
-            let value = Value::deserialize(de)
+            let value = NoDuplicateKeys::root()
+                .deserialize(de)
                 .map_err(|e| document(docs.len(), format!("invalid yaml: {e}")))?;
             docs.push(value);
         }
     }
     Ok(docs)
+}
+
+/// Reads a document as a JSON value, refusing a key set twice in one
+/// mapping (kubectl refuses it: `key "image" already set in map`), with
+/// the key's path (`spec.containers[0].image`).
+struct NoDuplicateKeys<'p> {
+    /// The path of the value being read, `""` at the root.
+    path: &'p str,
+}
+
+impl NoDuplicateKeys<'static> {
+    fn root() -> Self {
+        NoDuplicateKeys { path: "" }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicateKeys<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, de: D) -> Result<Value, D::Error> {
+        de.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        loop {
+            let path = format!("{}[{}]", self.path, out.len());
+            match seq.next_element_seed(NoDuplicateKeys { path: &path })? {
+                Some(v) => out.push(v),
+                None => return Ok(Value::Array(out)),
+            }
+        }
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<KeyString>()? {
+            let key = key.0;
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            let value = map.next_value_seed(NoDuplicateKeys { path: &path })?;
+            if out.contains_key(&key) {
+                // kubectl's words; YAML errors add the parent's path.
+                return Err(serde::de::Error::custom(format!(
+                    "key {key:?} already set in map ({path})"
+                )));
+            }
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// A mapping key: strings, and numbers and booleans as their text (YAML
+/// allows `80: x`; JSON objects only have string keys).
+struct KeyString(String);
+
+impl<'de> Deserialize<'de> for KeyString {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = KeyString;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping key")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<KeyString, E> {
+                Ok(KeyString(v.to_owned()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<KeyString, E> {
+                Ok(KeyString(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<KeyString, E> {
+                Ok(KeyString(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<KeyString, E> {
+                Ok(KeyString(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<KeyString, E> {
+                Ok(KeyString(v.to_string()))
+            }
+        }
+        de.deserialize_any(V)
+    }
 }
 
 fn str_field<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
@@ -287,6 +416,43 @@ items:
             err.to_string().starts_with("document 0: invalid json"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_with_their_path() {
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - name: c\n    image: one\n    image: two\n";
+        let err = parse_pod_manifests(yaml).expect_err("duplicate key");
+        assert!(
+            matches!(err, ConvertError::Document { index: 0, .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("key \"image\" already set in map (spec.containers[0].image)"),
+            "{err}"
+        );
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nmetadata: {name: b}\n";
+        let err = parse_pod_manifests(yaml).expect_err("duplicate top-level key");
+        assert!(
+            err.to_string()
+                .contains("key \"metadata\" already set in map (metadata)"),
+            "{err}"
+        );
+
+        let json = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "labels": {"x": "1", "x": "2"}}}"#;
+        let err = parse_pod_manifests(json).expect_err("duplicate json key");
+        assert!(
+            err.to_string().contains(
+                "document 0: invalid json: key \"x\" already set in map (metadata.labels.x)"
+            ),
+            "{err}"
+        );
+        // The same key in different mappings, and several JSON documents,
+        // are fine.
+        let ok = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}, "spec": {"containers": [{"name": "c", "image": "i"}, {"name": "d", "image": "i"}]}}
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "b"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+        "#;
+        assert_eq!(parse_pod_manifests(ok).expect("parses").len(), 2);
     }
 
     #[test]

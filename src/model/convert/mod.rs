@@ -24,9 +24,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    Container, ContainerPort, EnvVar, PodSpec, Probe, ProbeHandler, PullPolicy, Resources,
-    RestartPolicy, RuntimeKind, SecurityContext, Volume, VolumeMount, VolumeSource,
-    WASM_RUNTIME_CLASS,
+    Container, ContainerPort, EnvVar, HostPathType, PodSpec, Probe, ProbeHandler, PullPolicy,
+    Resources, RestartPolicy, RuntimeKind, SecurityContext, SecurityProfile, Volume, VolumeMount,
+    VolumeSource, WASM_RUNTIME_CLASS,
 };
 use crate::model::validate::{LABEL_RULE, SUBDOMAIN_RULE, is_dns1123_label, is_dns1123_subdomain};
 

@@ -199,7 +199,8 @@ fn validate_converted(mut spec: PodSpec) -> Result<PodSpec, ConvertError> {
 /// because they only matter to a scheduler or the cluster: affinity, tolerations,
 /// nodeSelector, nodeName, schedulerName, priority, priorityClassName,
 /// preemptionPolicy, topologySpreadConstraints, serviceAccount(Name),
-/// automountServiceAccountToken, enableServiceLinks, dnsPolicy and subdomain
+/// automountServiceAccountToken unset or false (no token is mounted; true is
+/// refused until tokens exist), enableServiceLinks, dnsPolicy and subdomain
 /// (there is no cluster DNS on the edge), and status. `hostname` is accepted
 /// when it is the pod's name (the default, and what StatefulSets set).
 fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError> {
@@ -213,6 +214,15 @@ fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError>
         if flag == Some(true) {
             return Err(unsupported(path));
         }
+    }
+    if spec.automount_service_account_token == Some(true) {
+        // Refused rather than run without the token the workload asked for.
+        // Unset is accepted: no token is mounted, as for a ServiceAccount
+        // with automountServiceAccountToken: false.
+        return Err(field(
+            "spec.automountServiceAccountToken",
+            "service account tokens are not available on kedge nodes (set it to false or leave it unset)",
+        ));
     }
     if spec.host_users == Some(false) {
         return Err(field(
@@ -374,6 +384,14 @@ status: {}
         assert_eq!(spec.labels.get("run").map(String::as_str), Some("web"));
         assert_eq!(spec.containers[0].image_pull_policy, PullPolicy::Always);
 
+        // Asking for a token that cannot be given is refused; unset and
+        // false mount none.
+        assert_eq!(
+            convert_err(json!({"spec": {"automountServiceAccountToken": true}})),
+            "spec.automountServiceAccountToken: service account tokens are not available on kedge nodes (set it to false or leave it unset)"
+        );
+        convert(json!({"spec": {"automountServiceAccountToken": false}}));
+
         // A pod read back from a cluster carries the API access volume.
         let err = convert_err(
             json!({"spec": {"volumes": [{"name": "kube-api-access-x", "projected": {
@@ -522,7 +540,7 @@ status: {}
             "dnsPolicy": "ClusterFirst",
             "hostname": "web",
             "subdomain": "edge",
-            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}, "seLinuxOptions": {"level": "s0"}}
+            "securityContext": {"seLinuxOptions": {"level": "s0"}}
         }, "status": {"phase": "Running"}}));
         assert_eq!(spec, convert(json!({})));
     }

@@ -3,12 +3,13 @@
 use super::*;
 
 impl Ctx<'_> {
-    /// The container's security context with the pod's runAsUser/runAsGroup
-    /// as defaults. Ignored (accepted): seLinuxOptions (no SELinux labelling on
-    /// gateways), seccompProfile and appArmorProfile (the runtime's default
-    /// profile applies), windowsOptions (linux only).
+    /// The container's security context with the pod's runAsUser/runAsGroup,
+    /// seccompProfile and appArmorProfile as defaults (the container's win).
+    /// Ignored (accepted): seLinuxOptions (no SELinux labelling on gateways),
+    /// windowsOptions (linux only).
     pub(super) fn security_context(
         &self,
+        container: &str,
         sc: Option<&k8s::SecurityContext>,
         path: &str,
     ) -> Result<Option<SecurityContext>, ConvertError> {
@@ -63,6 +64,59 @@ impl Ctx<'_> {
                 any = true;
             }
         }
+        // seccomp and AppArmor: the container's field, else the pod's (for
+        // AppArmor, else the deprecated annotation, which the apiserver still
+        // honours).
+        let seccomp = match (
+            sc.and_then(|sc| sc.seccomp_profile.as_ref()),
+            pod_sc.and_then(|p| p.seccomp_profile.as_ref()),
+        ) {
+            (Some(p), _) => Some(self.profile(
+                ProfileKind::Seccomp,
+                &p.type_,
+                p.localhost_profile.as_deref(),
+                &format!("{sc_path}.seccompProfile"),
+            )?),
+            (None, Some(p)) => Some(self.profile(
+                ProfileKind::Seccomp,
+                &p.type_,
+                p.localhost_profile.as_deref(),
+                "spec.securityContext.seccompProfile",
+            )?),
+            (None, None) => None,
+        };
+        let annotation_key = format!("{APPARMOR_ANNOTATION_PREFIX}{container}");
+        let annotation = self
+            .pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(&annotation_key));
+        let app_armor = match (
+            sc.and_then(|sc| sc.app_armor_profile.as_ref()),
+            pod_sc.and_then(|p| p.app_armor_profile.as_ref()),
+            annotation,
+        ) {
+            (Some(p), _, _) => Some(self.profile(
+                ProfileKind::AppArmor,
+                &p.type_,
+                p.localhost_profile.as_deref(),
+                &format!("{sc_path}.appArmorProfile"),
+            )?),
+            (None, _, Some(value)) => Some(self.app_armor_annotation(value, &annotation_key)?),
+            (None, Some(p), None) => Some(self.profile(
+                ProfileKind::AppArmor,
+                &p.type_,
+                p.localhost_profile.as_deref(),
+                "spec.securityContext.appArmorProfile",
+            )?),
+            (None, None, None) => None,
+        };
+        if seccomp.is_some() || app_armor.is_some() {
+            any = true;
+        }
+        out.seccomp_profile = seccomp;
+        out.app_armor_profile = app_armor;
         let ids = [
             (
                 sc.and_then(|sc| sc.run_as_user),
@@ -116,6 +170,108 @@ impl Ctx<'_> {
         }
         Ok(any.then_some(out))
     }
+
+    /// A `seccompProfile` or `appArmorProfile` at `path`, checked as the
+    /// apiserver does; Wasm containers take only RuntimeDefault (the agent's
+    /// own confinement): no kernel profile applies inside the agent.
+    fn profile(
+        &self,
+        kind: ProfileKind,
+        type_: &str,
+        localhost: Option<&str>,
+        path: &str,
+    ) -> Result<SecurityProfile, ConvertError> {
+        let localhost_path = format!("{path}.localhostProfile");
+        let profile = match type_ {
+            "RuntimeDefault" | "Unconfined" if localhost.is_some() => {
+                return Err(field(
+                    localhost_path,
+                    "can only be set if the type is Localhost",
+                ));
+            }
+            "RuntimeDefault" => SecurityProfile::RuntimeDefault,
+            "Unconfined" => SecurityProfile::Unconfined,
+            "Localhost" => {
+                let Some(name) = localhost.filter(|l| !l.is_empty()) else {
+                    return Err(field(
+                        localhost_path,
+                        "must be set if the type is Localhost",
+                    ));
+                };
+                if kind == ProfileKind::Seccomp {
+                    // A file under the node's seccomp directory.
+                    crate::model::validate::relative_path(&localhost_path, name)
+                        .map_err(|e| field(e.field, e.detail))?;
+                } else if name.len() > 4095 || name.chars().any(char::is_control) {
+                    return Err(field(localhost_path, "not an AppArmor profile name"));
+                }
+                SecurityProfile::Localhost(name.to_owned())
+            }
+            other => {
+                return Err(field(
+                    format!("{path}.type"),
+                    format!(
+                        "Unsupported value: {other:?}: supported values: \"Localhost\", \"RuntimeDefault\", \"Unconfined\""
+                    ),
+                ));
+            }
+        };
+        if self.runtime == RuntimeKind::Wasm && profile != SecurityProfile::RuntimeDefault {
+            return Err(field(
+                format!("{path}.type"),
+                format!(
+                    "{type_} is not supported for wasm containers (no kernel {} profile applies inside the agent; use RuntimeDefault or leave it unset)",
+                    kind.word()
+                ),
+            ));
+        }
+        Ok(profile)
+    }
+
+    /// The deprecated `container.apparmor.security.beta.kubernetes.io/{name}`
+    /// annotation: `runtime/default`, `unconfined` or `localhost/{profile}`.
+    fn app_armor_annotation(
+        &self,
+        value: &str,
+        key: &str,
+    ) -> Result<SecurityProfile, ConvertError> {
+        let path = format!("metadata.annotations[{key:?}]");
+        let (type_, localhost) = match value {
+            "runtime/default" => ("RuntimeDefault", None),
+            "unconfined" => ("Unconfined", None),
+            other => match other.strip_prefix("localhost/") {
+                Some(name) => ("Localhost", Some(name)),
+                None => {
+                    return Err(field(
+                        path,
+                        format!(
+                            "invalid AppArmor profile {other:?} (use runtime/default, unconfined or localhost/<profile>)"
+                        ),
+                    ));
+                }
+            },
+        };
+        self.profile(ProfileKind::AppArmor, type_, localhost, &path)
+    }
+}
+
+/// The deprecated per-container AppArmor annotation, before the container's
+/// name.
+const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProfileKind {
+    Seccomp,
+    AppArmor,
+}
+
+impl ProfileKind {
+    fn word(self) -> &'static str {
+        match self {
+            ProfileKind::Seccomp => "seccomp",
+            ProfileKind::AppArmor => "AppArmor",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -156,6 +312,8 @@ mod tests {
                 allow_privilege_escalation: Some(false),
                 capabilities_add: vec!["NET_BIND_SERVICE".into()],
                 capabilities_drop: vec!["ALL".into()],
+                seccomp_profile: Some(SecurityProfile::RuntimeDefault),
+                app_armor_profile: Some(SecurityProfile::RuntimeDefault),
             })
         );
         let err = convert_err(with_container(json!({"name": "app", "image": "nginx",
@@ -164,5 +322,131 @@ mod tests {
             err,
             "spec.containers[0].securityContext.allowPrivilegeEscalation: cannot be false when privileged is true"
         );
+    }
+
+    #[test]
+    fn seccomp_and_apparmor_profiles_container_over_pod() {
+        let spec = convert(json!({
+            "metadata": {"annotations": {
+                "container.apparmor.security.beta.kubernetes.io/legacy": "localhost/k8s-deny-write"
+            }},
+            "spec": {
+            "securityContext": {
+                "seccompProfile": {"type": "RuntimeDefault"},
+                "appArmorProfile": {"type": "Unconfined"}
+            },
+            "containers": [
+                {"name": "app", "image": "nginx"},
+                {"name": "own", "image": "nginx", "securityContext": {
+                    "seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/audit.json"},
+                    "appArmorProfile": {"type": "RuntimeDefault"}
+                }},
+                {"name": "legacy", "image": "nginx"}
+            ]
+        }}));
+        let profiles: Vec<_> = spec
+            .containers
+            .iter()
+            .map(|c| {
+                let sc = c.security_context.clone().expect("set");
+                (sc.seccomp_profile, sc.app_armor_profile)
+            })
+            .collect();
+        assert_eq!(
+            profiles,
+            [
+                (
+                    Some(SecurityProfile::RuntimeDefault),
+                    Some(SecurityProfile::Unconfined)
+                ),
+                (
+                    Some(SecurityProfile::Localhost("profiles/audit.json".into())),
+                    Some(SecurityProfile::RuntimeDefault)
+                ),
+                // The annotation wins over the pod's field, not the container's.
+                (
+                    Some(SecurityProfile::RuntimeDefault),
+                    Some(SecurityProfile::Localhost("k8s-deny-write".into()))
+                ),
+            ]
+        );
+        // Unset everywhere: unset (the node's default applies on the device).
+        let spec = convert(json!({}));
+        assert_eq!(spec.containers[0].security_context, None);
+    }
+
+    #[test]
+    fn bad_profiles_are_refused_with_their_path() {
+        let sc = |sc: serde_json::Value| {
+            with_container(json!({"name": "app", "image": "nginx", "securityContext": sc}))
+        };
+        let cases = [
+            (
+                sc(json!({"seccompProfile": {"type": "Localhost"}})),
+                "spec.containers[0].securityContext.seccompProfile.localhostProfile: must be set if the type is Localhost",
+            ),
+            (
+                sc(
+                    json!({"seccompProfile": {"type": "RuntimeDefault", "localhostProfile": "x.json"}}),
+                ),
+                "spec.containers[0].securityContext.seccompProfile.localhostProfile: can only be set if the type is Localhost",
+            ),
+            (
+                sc(
+                    json!({"seccompProfile": {"type": "Localhost", "localhostProfile": "../etc/x.json"}}),
+                ),
+                "spec.containers[0].securityContext.seccompProfile.localhostProfile: Invalid value: must not contain '..', '.' or empty path elements",
+            ),
+            (
+                sc(
+                    json!({"seccompProfile": {"type": "Localhost", "localhostProfile": "/abs.json"}}),
+                ),
+                "spec.containers[0].securityContext.seccompProfile.localhostProfile: Invalid value: must be a relative path",
+            ),
+            (
+                sc(json!({"appArmorProfile": {"type": "Strict"}})),
+                "spec.containers[0].securityContext.appArmorProfile.type: Unsupported value: \"Strict\": supported values: \"Localhost\", \"RuntimeDefault\", \"Unconfined\"",
+            ),
+            (
+                json!({"spec": {"securityContext": {"seccompProfile": {"type": "Bogus"}}}}),
+                "spec.securityContext.seccompProfile.type: Unsupported value: \"Bogus\": supported values: \"Localhost\", \"RuntimeDefault\", \"Unconfined\"",
+            ),
+            (
+                json!({"metadata": {"annotations": {"container.apparmor.security.beta.kubernetes.io/app": "strict"}}}),
+                "metadata.annotations[\"container.apparmor.security.beta.kubernetes.io/app\"]: invalid AppArmor profile \"strict\" (use runtime/default, unconfined or localhost/<profile>)",
+            ),
+        ];
+        for (patch, expected) in cases {
+            assert_eq!(convert_err(patch.clone()), expected, "patch: {patch}");
+        }
+    }
+
+    #[test]
+    fn wasm_containers_take_only_the_runtime_default_profile() {
+        let mut ok = wasm(&format!("file:///m.wasm@sha256:{DIGEST}"));
+        merge(
+            &mut ok,
+            json!({"spec": {"securityContext": {"seccompProfile": {"type": "RuntimeDefault"},
+                "appArmorProfile": {"type": "RuntimeDefault"}}}}),
+        );
+        let spec = convert(ok);
+        let sc = spec.containers[0].security_context.clone().expect("set");
+        assert_eq!(sc.seccomp_profile, Some(SecurityProfile::RuntimeDefault));
+
+        for (patch, expected) in [
+            (
+                json!({"spec": {"securityContext": {"seccompProfile": {"type": "Unconfined"}}}}),
+                "spec.securityContext.seccompProfile.type: Unconfined is not supported for wasm containers (no kernel seccomp profile applies inside the agent; use RuntimeDefault or leave it unset)",
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "app", "image": format!("file:///m.wasm@sha256:{DIGEST}"),
+                    "securityContext": {"appArmorProfile": {"type": "Localhost", "localhostProfile": "p"}}}]}}),
+                "spec.containers[0].securityContext.appArmorProfile.type: Localhost is not supported for wasm containers (no kernel AppArmor profile applies inside the agent; use RuntimeDefault or leave it unset)",
+            ),
+        ] {
+            let mut pod = wasm(&format!("file:///m.wasm@sha256:{DIGEST}"));
+            merge(&mut pod, patch);
+            assert_eq!(convert_err(pod), expected);
+        }
     }
 }

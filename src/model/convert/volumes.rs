@@ -138,22 +138,22 @@ impl Ctx<'_> {
         if h.path.split('/').any(|part| part == "..") {
             return Err(field(format!("{path}.path"), "must not contain '..'"));
         }
-        // The type is accepted and not checked: the agent mounts what is there.
-        match h.type_.as_deref() {
-            None
-            | Some(
-                "" | "DirectoryOrCreate" | "Directory" | "FileOrCreate" | "File" | "Socket"
-                | "CharDevice" | "BlockDevice",
-            ) => {}
-            Some(other) => {
+        // Checked on the device before the pod's containers start.
+        let kind = match HostPathType::parse(h.type_.as_deref().unwrap_or_default()) {
+            Some(kind) => kind,
+            None => {
                 return Err(field(
                     format!("{path}.type"),
-                    format!("unknown hostPath type {other:?}"),
+                    format!(
+                        "Unsupported value: {:?}: supported values: \"\", \"BlockDevice\", \"CharDevice\", \"Directory\", \"DirectoryOrCreate\", \"File\", \"FileOrCreate\", \"Socket\"",
+                        h.type_.as_deref().unwrap_or_default()
+                    ),
                 ));
             }
-        }
+        };
         Ok(VolumeSource::HostPath {
             path: h.path.clone(),
+            kind,
         })
     }
 
@@ -361,7 +361,8 @@ mod tests {
                 Volume {
                     name: "dev".into(),
                     source: VolumeSource::HostPath {
-                        path: "/dev/ttyUSB0".into()
+                        path: "/dev/ttyUSB0".into(),
+                        kind: HostPathType::CharDevice,
                     }
                 },
                 Volume {
@@ -419,6 +420,10 @@ mod tests {
             (
                 json!({"spec": {"volumes": [{"name": "v", "hostPath": {"path": "relative"}}]}}),
                 "spec.volumes[0].hostPath.path: must be an absolute path",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "v", "hostPath": {"path": "/x", "type": "Dir"}}]}}),
+                "spec.volumes[0].hostPath.type: Unsupported value: \"Dir\": supported values: \"\", \"BlockDevice\", \"CharDevice\", \"Directory\", \"DirectoryOrCreate\", \"File\", \"FileOrCreate\", \"Socket\"",
             ),
             (
                 json!({"spec": {"volumes": [{"name": "v", "emptyDir": {"sizeLimit": "1.5"}}]}}),

@@ -46,6 +46,8 @@ pub struct CriOptions {
     pub timeout: Duration,
     /// This node's name, a label on every sandbox.
     pub node: String,
+    /// The node's seccomp default and Localhost profile directory.
+    pub profiles: spec::ProfileSettings,
 }
 
 /// A pod's sandbox as this process knows it.
@@ -488,8 +490,14 @@ impl CriRuntime {
             .await?;
         std::fs::create_dir_all(spec::log_directory(&pod.pod_dir).join(&container.name))
             .map_err(|e| RuntimeError::Create(format!("cannot create the log directory: {e}")))?;
-        let config =
-            spec::container_config(&pod.spec, &pod.pod_dir, container, &image_id, restart_count)?;
+        let config = spec::container_config(
+            &pod.spec,
+            &pod.pod_dir,
+            container,
+            &image_id,
+            restart_count,
+            &self.opts.profiles,
+        )?;
         let mut rt = self.runtime.clone();
         let id = rt
             .create_container(cri::CreateContainerRequest {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 
-use crate::model::{Container, PodSpec, VolumeSource};
+use crate::model::{Container, PodSpec, SecurityProfile, VolumeSource};
 use crate::runtime::RuntimeError;
 
 /// Labels every kedge sandbox and container carries; adoption after an
@@ -24,6 +24,78 @@ pub const ANNOTATION_RESTART: &str = "io.kubernetes.container.restartCount";
 const CPU_PERIOD: i64 = 100_000;
 const MIN_SHARES: i64 = 2;
 const MIN_QUOTA: i64 = 1_000;
+
+/// The node's rules for security profiles, as the kubelet's flags give them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileSettings {
+    /// A container without a seccompProfile gets RuntimeDefault (the
+    /// kubelet's `--seccomp-default`; config `cri.seccomp_default`), else
+    /// Unconfined.
+    pub seccomp_default: bool,
+    /// Where Localhost seccomp profiles are (the kubelet's
+    /// `{root-dir}/seccomp`): `{data_dir}/seccomp`.
+    pub seccomp_root: PathBuf,
+}
+
+/// The seccomp profile a container gets, as the kubelet's
+/// `getSeccompProfile`: its own (the converter merged the pod's into it),
+/// else the node's default.
+pub fn seccomp_profile(
+    profile: Option<&SecurityProfile>,
+    settings: &ProfileSettings,
+) -> cri::SecurityProfile {
+    use cri::security_profile::ProfileType;
+    let (profile_type, localhost_ref) = match profile {
+        Some(SecurityProfile::RuntimeDefault) => (ProfileType::RuntimeDefault, String::new()),
+        Some(SecurityProfile::Unconfined) => (ProfileType::Unconfined, String::new()),
+        Some(SecurityProfile::Localhost(name)) => (
+            ProfileType::Localhost,
+            settings.seccomp_root.join(name).display().to_string(),
+        ),
+        None if settings.seccomp_default => (ProfileType::RuntimeDefault, String::new()),
+        None => (ProfileType::Unconfined, String::new()),
+    };
+    cri::SecurityProfile {
+        profile_type: profile_type as i32,
+        localhost_ref,
+    }
+}
+
+/// The AppArmor profile a container gets, as the kubelet's
+/// `getAppArmorProfile`: none when unset (the runtime applies its default),
+/// with the deprecated string form for runtimes that only read that.
+pub fn app_armor_profile(
+    profile: Option<&SecurityProfile>,
+) -> (Option<cri::SecurityProfile>, String) {
+    use cri::security_profile::ProfileType;
+    let Some(profile) = profile else {
+        return (None, String::new());
+    };
+    let (profile_type, localhost_ref, deprecated) = match profile {
+        SecurityProfile::RuntimeDefault => (
+            ProfileType::RuntimeDefault,
+            String::new(),
+            "runtime/default".to_string(),
+        ),
+        SecurityProfile::Unconfined => (
+            ProfileType::Unconfined,
+            String::new(),
+            "unconfined".to_string(),
+        ),
+        SecurityProfile::Localhost(name) => (
+            ProfileType::Localhost,
+            name.clone(),
+            format!("localhost/{name}"),
+        ),
+    };
+    (
+        Some(cri::SecurityProfile {
+            profile_type: profile_type as i32,
+            localhost_ref,
+        }),
+        deprecated,
+    )
+}
 
 /// The pod's cgroup (cgroupfs path) under `parent`.
 pub fn pod_cgroup(parent: &str, uid: &str) -> String {
@@ -160,7 +232,7 @@ fn millis_times(millis: u64, factor: i64) -> i64 {
 pub fn volume_host_path(spec: &PodSpec, pod_dir: &Path, name: &str) -> Option<PathBuf> {
     let v = spec.volumes.iter().find(|v| v.name == name)?;
     Some(match &v.source {
-        VolumeSource::HostPath { path } => PathBuf::from(path),
+        VolumeSource::HostPath { path, .. } => PathBuf::from(path),
         VolumeSource::EmptyDir { .. } | VolumeSource::Files { .. } => {
             pod_dir.join("volumes").join(name)
         }
@@ -168,13 +240,16 @@ pub fn volume_host_path(spec: &PodSpec, pod_dir: &Path, name: &str) -> Option<Pa
 }
 
 /// The container's config: process, mounts, log file, resources and
-/// security context.
+/// security context. (`apparmor_profile` is deprecated in the CRI API; the
+/// kubelet still sets it for runtimes that read only that.)
+#[allow(deprecated)]
 pub fn container_config(
     spec: &PodSpec,
     pod_dir: &Path,
     container: &Container,
     image_ref: &str,
     restart_count: u32,
+    profiles: &ProfileSettings,
 ) -> Result<cri::ContainerConfig, RuntimeError> {
     let mut mounts = Vec::new();
     for m in &container.volume_mounts {
@@ -202,6 +277,8 @@ pub fn container_config(
         });
     }
     let sc = container.security_context.clone().unwrap_or_default();
+    let seccomp = seccomp_profile(sc.seccomp_profile.as_ref(), profiles);
+    let (apparmor, apparmor_profile) = app_armor_profile(sc.app_armor_profile.as_ref());
     let mut labels = HashMap::new();
     labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
     labels.insert(LABEL_POD_UID.to_string(), spec.uid.clone());
@@ -260,6 +337,9 @@ pub fn container_config(
                 // allowPrivilegeEscalation: false is no_new_privs (the
                 // kubelet's default is to allow it).
                 no_new_privs: sc.allow_privilege_escalation == Some(false),
+                seccomp: Some(seccomp),
+                apparmor,
+                apparmor_profile,
                 ..Default::default()
             }),
         }),
@@ -298,8 +378,8 @@ mod tests {
     }
     use crate::model::samples;
     use crate::model::{
-        ContainerPort, PullPolicy, Resources, RestartPolicy, RuntimeKind, SecurityContext, Volume,
-        VolumeMount,
+        ContainerPort, PullPolicy, Resources, RestartPolicy, RuntimeKind, SecurityContext,
+        SecurityProfile, Volume, VolumeMount,
     };
 
     fn container() -> Container {
@@ -343,7 +423,16 @@ mod tests {
                 allow_privilege_escalation: Some(false),
                 capabilities_add: vec!["NET_ADMIN".into()],
                 capabilities_drop: vec!["ALL".into()],
+                seccomp_profile: None,
+                app_armor_profile: None,
             }),
+        }
+    }
+
+    fn settings(seccomp_default: bool) -> ProfileSettings {
+        ProfileSettings {
+            seccomp_default,
+            seccomp_root: PathBuf::from("/var/lib/kedge/seccomp"),
         }
     }
 
@@ -408,6 +497,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(deprecated)]
     fn container_config_carries_process_mounts_logs_and_security() {
         let spec = pod();
         let c = container_config(
@@ -416,6 +506,7 @@ mod tests {
             &spec.containers[0],
             "sha256:ab",
             3,
+            &settings(false),
         )
         .expect("config");
         assert_eq!(c.command, ["/bin/sh"]);
@@ -434,18 +525,124 @@ mod tests {
         let caps = sc.capabilities.expect("caps");
         assert_eq!(caps.drop_capabilities, ["ALL"]);
         assert_eq!(caps.add_capabilities, ["NET_ADMIN"]);
+        // Unset seccomp: Unconfined, as the kubelet without --seccomp-default;
+        // unset AppArmor: nothing (the runtime's default).
+        assert_eq!(
+            sc.seccomp,
+            Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::Unconfined as i32,
+                localhost_ref: String::new(),
+            })
+        );
+        assert_eq!((sc.apparmor, sc.apparmor_profile.as_str()), (None, ""));
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn seccomp_and_apparmor_profiles_reach_the_cri() {
+        use cri::security_profile::ProfileType;
+        let profile = |t: ProfileType, r: &str| cri::SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r.into(),
+        };
+        let config = |sc: SecurityContext, seccomp_default: bool| {
+            let mut spec = pod();
+            spec.containers[0].security_context = Some(sc);
+            container_config(
+                &spec,
+                Path::new("/d"),
+                &spec.containers[0],
+                "x",
+                0,
+                &settings(seccomp_default),
+            )
+            .expect("config")
+            .linux
+            .and_then(|l| l.security_context)
+            .expect("security")
+        };
+        // The node default when unset.
+        let sc = config(SecurityContext::default(), true);
+        assert_eq!(sc.seccomp, Some(profile(ProfileType::RuntimeDefault, "")));
+        // An explicit profile wins over the node default.
+        let sc = config(
+            SecurityContext {
+                seccomp_profile: Some(SecurityProfile::Unconfined),
+                ..Default::default()
+            },
+            true,
+        );
+        assert_eq!(sc.seccomp, Some(profile(ProfileType::Unconfined, "")));
+        let sc = config(
+            SecurityContext {
+                seccomp_profile: Some(SecurityProfile::RuntimeDefault),
+                app_armor_profile: Some(SecurityProfile::RuntimeDefault),
+                ..Default::default()
+            },
+            false,
+        );
+        assert_eq!(sc.seccomp, Some(profile(ProfileType::RuntimeDefault, "")));
+        assert_eq!(sc.apparmor, Some(profile(ProfileType::RuntimeDefault, "")));
+        assert_eq!(sc.apparmor_profile, "runtime/default");
+        // Localhost: seccomp files under the node's directory, AppArmor names.
+        let sc = config(
+            SecurityContext {
+                seccomp_profile: Some(SecurityProfile::Localhost("profiles/audit.json".into())),
+                app_armor_profile: Some(SecurityProfile::Localhost("k8s-apparmor-deny".into())),
+                ..Default::default()
+            },
+            false,
+        );
+        assert_eq!(
+            sc.seccomp,
+            Some(profile(
+                ProfileType::Localhost,
+                "/var/lib/kedge/seccomp/profiles/audit.json"
+            ))
+        );
+        assert_eq!(
+            sc.apparmor,
+            Some(profile(ProfileType::Localhost, "k8s-apparmor-deny"))
+        );
+        assert_eq!(sc.apparmor_profile, "localhost/k8s-apparmor-deny");
+        let sc = config(
+            SecurityContext {
+                app_armor_profile: Some(SecurityProfile::Unconfined),
+                ..Default::default()
+            },
+            false,
+        );
+        assert_eq!(sc.apparmor, Some(profile(ProfileType::Unconfined, "")));
+        assert_eq!(sc.apparmor_profile, "unconfined");
     }
 
     #[test]
     fn bad_mounts_are_config_errors() {
         let mut spec = pod();
         spec.containers[0].volume_mounts[0].name = "missing".into();
-        let e = container_config(&spec, Path::new("/d"), &spec.containers[0], "x", 0)
-            .expect_err("missing volume");
+        let e = container_config(
+            &spec,
+            Path::new("/d"),
+            &spec.containers[0],
+            "x",
+            0,
+            &settings(false),
+        )
+        .expect_err("missing volume");
         assert_eq!(e.reason(), "CreateContainerConfigError");
         let mut spec = pod();
         spec.containers[0].volume_mounts[0].sub_path = Some("../etc".into());
-        assert!(container_config(&spec, Path::new("/d"), &spec.containers[0], "x", 0).is_err());
+        assert!(
+            container_config(
+                &spec,
+                Path::new("/d"),
+                &spec.containers[0],
+                "x",
+                0,
+                &settings(false)
+            )
+            .is_err()
+        );
     }
 
     #[test]

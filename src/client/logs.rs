@@ -1,0 +1,316 @@
+//! The log RPC's client side, for the CLI (`kedge logs`) and the bridge
+//! (the kubelet API's `/containerLogs`): a request on
+//! `{node}/rpc/req/{id}`, its chunks on `{node}/rpc/res/{id}` (docs/wire.md),
+//! routed to the reader of each stream with a bound on what waits for it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::model::LogChunk;
+use crate::wire::{self, TopicKind, Topics};
+
+/// Log bytes one stream may hold in the bridge, received from the device
+/// and not yet taken by the HTTP reader.
+pub const STREAM_BUFFER_BYTES: usize = 8 << 20;
+/// Log bytes all streams together may hold.
+pub const TOTAL_BUFFER_BYTES: usize = 64 << 20;
+
+/// Counters of the log RPC (the kubelet API's `/metrics`).
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Bytes received from devices and not yet taken by HTTP readers.
+    pub buffered_bytes: AtomicUsize,
+    /// Streams cut because their reader fell too far behind.
+    pub cut_streams: AtomicU64,
+}
+
+struct Route {
+    tx: mpsc::UnboundedSender<LogChunk>,
+    buffered: Arc<AtomicUsize>,
+    node: String,
+}
+
+/// The open log requests, and the chunks on their way to the readers.
+///
+/// Back-pressure runs from the HTTP reader to here: a stream's chunks wait
+/// in its queue until the response body takes them, which it does only as
+/// fast as the reader reads. Nothing is dropped on the way. MQTT has no
+/// flow control back to the device, so a device that outpaces its reader
+/// fills the queue; at [`STREAM_BUFFER_BYTES`] for one stream, or
+/// [`TOTAL_BUFFER_BYTES`] for all, the stream is cut: the reader gets
+/// everything before the cut, then a line saying where and why it ended.
+/// (The MQTT session itself is never stalled by a slow reader: its other
+/// traffic, node status and reports, keeps flowing.)
+pub struct LogRoutes {
+    routes: HashMap<String, Route>,
+    stats: Arc<LogStats>,
+    stream_limit: usize,
+    total_limit: usize,
+}
+
+impl LogRoutes {
+    pub fn new(stats: Arc<LogStats>, stream_limit: usize, total_limit: usize) -> LogRoutes {
+        LogRoutes {
+            routes: HashMap::new(),
+            stats,
+            stream_limit,
+            total_limit,
+        }
+    }
+
+    /// Opens a route; its chunks come out of the receiver.
+    pub fn open(&mut self, id: &str, node: &str) -> ChunkQueue {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let buffered = Arc::new(AtomicUsize::new(0));
+        self.routes.insert(
+            id.to_string(),
+            Route {
+                tx,
+                buffered: buffered.clone(),
+                node: node.to_string(),
+            },
+        );
+        ChunkQueue {
+            rx,
+            buffered,
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Forgets a route (its reader is gone).
+    pub fn close(&mut self, id: &str) {
+        self.routes.remove(id);
+    }
+
+    pub fn is_open(&self, id: &str) -> bool {
+        self.routes.contains_key(id)
+    }
+
+    /// Queues a chunk for its reader, or cuts the stream if the reader is
+    /// too far behind.
+    pub fn route(&mut self, request_id: &str, chunk: LogChunk) {
+        let Some(r) = self.routes.get(request_id) else {
+            return;
+        };
+        let len = chunk.data.len();
+        let stream = r.buffered.load(Ordering::Relaxed);
+        let total = self.stats.buffered_bytes.load(Ordering::Relaxed);
+        if stream + len > self.stream_limit || total + len > self.total_limit {
+            let (limit, whose) = if stream + len > self.stream_limit {
+                (self.stream_limit, "this stream's")
+            } else {
+                (self.total_limit, "all streams'")
+            };
+            warn!(request_id, node = %r.node, limit, "log reader too slow; stream cut");
+            let _ = r.tx.send(LogChunk {
+                request_id: request_id.to_string(),
+                data: Vec::new(),
+                eof: true,
+                error: Some(format!(
+                    "kedge bridge: the log stream from node {} was cut here: the reader fell behind by more than {whose} limit of {} MiB",
+                    r.node,
+                    limit >> 20
+                )),
+            });
+            self.stats.cut_streams.fetch_add(1, Ordering::Relaxed);
+            self.routes.remove(request_id);
+            return;
+        }
+        let eof = chunk.eof;
+        r.buffered.fetch_add(len, Ordering::Relaxed);
+        self.stats.buffered_bytes.fetch_add(len, Ordering::Relaxed);
+        if r.tx.send(chunk).is_err() || eof {
+            self.routes.remove(request_id);
+        }
+    }
+}
+
+/// The reader's end of a route.
+pub struct ChunkQueue {
+    rx: mpsc::UnboundedReceiver<LogChunk>,
+    buffered: Arc<AtomicUsize>,
+    stats: Arc<LogStats>,
+}
+
+impl ChunkQueue {
+    pub async fn recv(&mut self) -> Option<LogChunk> {
+        let chunk = self.rx.recv().await?;
+        let len = chunk.data.len();
+        self.buffered.fetch_sub(len, Ordering::Relaxed);
+        self.stats.buffered_bytes.fetch_sub(len, Ordering::Relaxed);
+        Some(chunk)
+    }
+}
+
+impl Drop for ChunkQueue {
+    fn drop(&mut self) {
+        // What the reader never took no longer counts.
+        let left = self.buffered.swap(0, Ordering::Relaxed);
+        self.stats.buffered_bytes.fetch_sub(left, Ordering::Relaxed);
+    }
+}
+
+/// The routes of one client, shared by its session's tap (which delivers
+/// the chunks) and its log streams.
+#[derive(Clone)]
+pub(crate) struct Rpc {
+    routes: Arc<Mutex<LogRoutes>>,
+    stats: Arc<LogStats>,
+}
+
+impl Rpc {
+    pub(crate) fn new() -> Rpc {
+        let stats = Arc::new(LogStats::default());
+        Rpc {
+            routes: Arc::new(Mutex::new(LogRoutes::new(
+                stats.clone(),
+                STREAM_BUFFER_BYTES,
+                TOTAL_BUFFER_BYTES,
+            ))),
+            stats,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Arc<LogStats> {
+        self.stats.clone()
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, LogRoutes> {
+        // A panic while routing leaves nothing half-done worth refusing.
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn open(&self, id: &str, node: &str) -> ChunkQueue {
+        self.routes().open(id, node)
+    }
+
+    pub(crate) fn close(&self, id: &str) {
+        self.routes().close(id);
+    }
+
+    /// The session's tap: takes every response (true), routes those that
+    /// decode to their stream.
+    pub(crate) fn tap(&self, topics: Topics) -> crate::mqtt::Tap {
+        let end = EndStreams(self.clone());
+        Box::new(move |topic: &str, payload: &[u8]| {
+            let rpc = &end.0;
+            let Some(TopicKind::RpcResponse { request_id, .. }) = topics.parse(topic) else {
+                return false;
+            };
+            if let Ok((_, chunk)) = wire::decode_as::<LogChunk>(payload) {
+                rpc.routes().route(&request_id, chunk);
+            }
+            true
+        })
+    }
+}
+
+/// Dropped with the session's tap, when the session ended: every stream
+/// then ends (its reader gets None) instead of waiting for chunks that can
+/// no longer come.
+struct EndStreams(Rpc);
+
+impl Drop for EndStreams {
+    fn drop(&mut self) {
+        self.0.routes().routes.clear();
+    }
+}
+
+/// The chunks of one log request; leaves its response topic when dropped.
+pub struct LogStream {
+    pub(crate) queue: ChunkQueue,
+    pub(crate) id: String,
+    pub(crate) topic: String,
+    pub(crate) client: super::Client,
+}
+
+impl LogStream {
+    /// The next chunk; None once the stream ended or was cut.
+    pub async fn recv(&mut self) -> Option<LogChunk> {
+        self.queue.recv().await
+    }
+}
+
+impl Drop for LogStream {
+    fn drop(&mut self) {
+        self.client.rpc.close(&self.id);
+        self.client.unsubscribe(&self.topic);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(data: &[u8], eof: bool) -> LogChunk {
+        LogChunk {
+            request_id: "r".into(),
+            data: data.to_vec(),
+            eof,
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_gets_every_chunk_in_order_within_the_bound() {
+        let stats = Arc::new(LogStats::default());
+        let mut routes = LogRoutes::new(stats.clone(), 100, 1000);
+        let mut q = routes.open("r", "edge-a");
+        for i in 0..10u8 {
+            routes.route("r", chunk(&[i; 10], false));
+        }
+        assert_eq!(stats.buffered_bytes.load(Ordering::Relaxed), 100);
+        // The reader takes one: room for one more.
+        assert_eq!(q.recv().await.map(|c| c.data), Some(vec![0; 10]));
+        routes.route("r", chunk(&[10; 10], false));
+        routes.route("r", chunk(b"", true));
+        assert!(!routes.is_open("r"), "eof closes the route");
+        for i in 1..=10u8 {
+            assert_eq!(q.recv().await.map(|c| c.data), Some(vec![i; 10]));
+        }
+        let last = q.recv().await.expect("eof chunk");
+        assert!(last.eof && last.error.is_none());
+        assert_eq!(stats.buffered_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.cut_streams.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_the_stream_is_cut_with_a_message_never_silently() {
+        let stats = Arc::new(LogStats::default());
+        let mut routes = LogRoutes::new(stats.clone(), 25, 1000);
+        let mut q = routes.open("r", "edge-a");
+        routes.route("r", chunk(b"0123456789", false));
+        routes.route("r", chunk(b"abcdefghij", false));
+        routes.route("r", chunk(b"ABCDEFGHIJ", false));
+        // Arrives after the cut: ignored, the route is gone.
+        routes.route("r", chunk(b"late", false));
+        assert!(!routes.is_open("r"));
+        assert_eq!(q.recv().await.map(|c| c.data), Some(b"0123456789".to_vec()));
+        assert_eq!(q.recv().await.map(|c| c.data), Some(b"abcdefghij".to_vec()));
+        let cut = q.recv().await.expect("cut chunk");
+        assert!(cut.eof);
+        let msg = cut.error.expect("a message");
+        assert!(msg.contains("node edge-a was cut here"), "{msg}");
+        assert_eq!(stats.cut_streams.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.buffered_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn the_total_bound_covers_every_stream_and_a_gone_reader_frees_its_share() {
+        let stats = Arc::new(LogStats::default());
+        let mut routes = LogRoutes::new(stats.clone(), 100, 30);
+        let a = routes.open("a", "n");
+        let mut b = routes.open("b", "n");
+        routes.route("a", chunk(&[1; 20], false));
+        routes.route("b", chunk(&[2; 20], false));
+        assert!(!routes.is_open("b"), "b would pass the total");
+        assert!(b.recv().await.and_then(|c| c.error).is_some());
+        drop(a);
+        routes.close("a");
+        assert_eq!(stats.buffered_bytes.load(Ordering::Relaxed), 0);
+    }
+}

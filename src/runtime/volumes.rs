@@ -1,0 +1,331 @@
+//! What the kubelet's volume manager does for the volumes kedge has, on the
+//! device, for both runtimes: `hostPath.type` checked (and the `*OrCreate`
+//! types made) before a container starts, `emptyDir.medium: Memory` a tmpfs
+//! mounted on the volume's directory (of `sizeLimit`, or the pod's memory
+//! limit), unmounted before the pod's directory is removed.
+
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use crate::model::{HostPathType, PodSpec, VolumeSource};
+
+/// Checks `path` against `kind` as the kubelet does (`checkType` of its
+/// hostPath plugin), making a missing directory (0755) or empty file
+/// (0644) for the `*OrCreate` types. The error is the kubelet's message.
+pub fn check_host_path(path: &Path, kind: HostPathType) -> Result<(), String> {
+    let shown = path.display();
+    // Like the kubelet's `os.Stat`: symbolic links are followed.
+    let meta = std::fs::metadata(path).ok();
+    let file_type = meta.as_ref().map(|m| m.file_type());
+    let is = |pred: fn(&std::fs::FileType) -> bool| file_type.as_ref().is_some_and(pred);
+    match kind {
+        HostPathType::Unset => Ok(()),
+        HostPathType::DirectoryOrCreate if meta.is_none() => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(path)
+            .map_err(|e| {
+                format!("hostPath type check failed: cannot create directory {shown}: {e}")
+            }),
+        HostPathType::DirectoryOrCreate | HostPathType::Directory => {
+            if is(std::fs::FileType::is_dir) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "hostPath type check failed: {shown} is not a directory"
+                ))
+            }
+        }
+        // The parent must exist, as on the kubelet.
+        HostPathType::FileOrCreate if meta.is_none() => std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+            .map(drop)
+            .map_err(|e| format!("hostPath type check failed: cannot create file {shown}: {e}")),
+        HostPathType::FileOrCreate | HostPathType::File => {
+            if is(std::fs::FileType::is_file) {
+                Ok(())
+            } else {
+                Err(format!("hostPath type check failed: {shown} is not a file"))
+            }
+        }
+        HostPathType::Socket => {
+            if is(FileTypeExt::is_socket) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "hostPath type check failed: {shown} is not a socket file"
+                ))
+            }
+        }
+        HostPathType::CharDevice => {
+            if is(FileTypeExt::is_char_device) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "hostPath type check failed: {shown} is not a character device"
+                ))
+            }
+        }
+        HostPathType::BlockDevice => {
+            if is(FileTypeExt::is_block_device) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "hostPath type check failed: {shown} is not a block device"
+                ))
+            }
+        }
+    }
+}
+
+/// Checks every hostPath volume of the pod (the kubelet sets up all of a
+/// pod's volumes, used or not); the message names the volume as the
+/// kubelet's `FailedMount` does.
+pub fn check_host_paths(spec: &PodSpec) -> Result<(), String> {
+    for v in &spec.volumes {
+        if let VolumeSource::HostPath { path, kind } = &v.source {
+            check_host_path(Path::new(path), *kind)
+                .map_err(|e| format!("MountVolume.SetUp failed for volume {:?} : {e}", v.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The size of a Memory emptyDir's tmpfs: its sizeLimit, else the pod's
+/// memory limit when every container has one (the kubelet's
+/// `SizeMemoryBackedVolumes`: the smaller of the two), else None (the
+/// kernel's default, half of the RAM).
+pub fn memory_volume_size(spec: &PodSpec, size_limit: Option<u64>) -> Option<u64> {
+    let limits = |list: &[crate::model::Container]| -> Option<Vec<u64>> {
+        list.iter()
+            .map(|c| c.resources.memory_limit_bytes)
+            .collect()
+    };
+    let pod_limit = match (limits(&spec.containers), limits(&spec.init_containers)) {
+        (Some(app), Some(init)) => Some(
+            app.iter()
+                .fold(0u64, |a, b| a.saturating_add(*b))
+                .max(init.into_iter().max().unwrap_or(0)),
+        ),
+        _ => None,
+    };
+    match (size_limit, pod_limit) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Whether `dir` is a mount point (another device than its parent's).
+fn is_mount_point(dir: &Path) -> bool {
+    let parent = dir.parent().unwrap_or(dir);
+    match (std::fs::metadata(dir), std::fs::metadata(parent)) {
+        (Ok(d), Ok(p)) => d.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// Mounts a tmpfs of `size` bytes on `dir` (made if missing), unless one
+/// is mounted there already (an agent restarted under running containers:
+/// their data stays).
+pub fn mount_memory_volume(dir: &Path, size: Option<u64>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if is_mount_point(dir) {
+        return Ok(());
+    }
+    let data = match size {
+        Some(bytes) => format!("size={bytes}"),
+        None => String::new(),
+    };
+    let data = std::ffi::CString::new(data).map_err(std::io::Error::other)?;
+    rustix::mount::mount(
+        "tmpfs",
+        dir,
+        "tmpfs",
+        rustix::mount::MountFlags::NODEV | rustix::mount::MountFlags::NOSUID,
+        Some(data.as_c_str()),
+    )
+    .map_err(|e| std::io::Error::other(format!("cannot mount a tmpfs on {}: {e}", dir.display())))
+}
+
+/// Removes a pod's directory, unmounting its Memory volumes first (a mount
+/// point cannot be removed, and its contents must not outlive the pod).
+pub fn remove_pod_dir(pod_dir: &Path) -> std::io::Result<()> {
+    if let Ok(entries) = std::fs::read_dir(pod_dir.join("volumes")) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if is_mount_point(&path)
+                && let Err(e) = rustix::mount::unmount(&path, rustix::mount::UnmountFlags::DETACH)
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot unmount a memory volume");
+            }
+        }
+    }
+    match std::fs::remove_dir_all(pod_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_path_types_are_checked_like_the_kubelet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::write(d.join("file"), b"x").expect("file");
+        std::fs::create_dir(d.join("dir")).expect("dir");
+        let socket = std::os::unix::net::UnixListener::bind(d.join("sock")).expect("socket");
+        std::os::unix::fs::symlink(d.join("dir"), d.join("link-to-dir")).expect("symlink");
+        let ok = [
+            ("file", HostPathType::File),
+            ("file", HostPathType::FileOrCreate),
+            ("file", HostPathType::Unset),
+            ("missing", HostPathType::Unset),
+            ("dir", HostPathType::Directory),
+            ("dir", HostPathType::DirectoryOrCreate),
+            ("link-to-dir", HostPathType::Directory),
+            ("sock", HostPathType::Socket),
+        ];
+        for (name, kind) in ok {
+            assert_eq!(
+                check_host_path(&d.join(name), kind),
+                Ok(()),
+                "{name} {kind:?}"
+            );
+        }
+        assert_eq!(
+            check_host_path(Path::new("/dev/null"), HostPathType::CharDevice),
+            Ok(())
+        );
+        let shown = |name: &str| d.join(name).display().to_string();
+        let refused = [
+            ("file", HostPathType::Directory, "is not a directory"),
+            (
+                "file",
+                HostPathType::DirectoryOrCreate,
+                "is not a directory",
+            ),
+            ("missing", HostPathType::Directory, "is not a directory"),
+            ("dir", HostPathType::File, "is not a file"),
+            ("dir", HostPathType::FileOrCreate, "is not a file"),
+            ("missing", HostPathType::File, "is not a file"),
+            ("file", HostPathType::Socket, "is not a socket file"),
+            (
+                "file",
+                HostPathType::CharDevice,
+                "is not a character device",
+            ),
+            ("file", HostPathType::BlockDevice, "is not a block device"),
+        ];
+        for (name, kind, what) in refused {
+            assert_eq!(
+                check_host_path(&d.join(name), kind),
+                Err(format!(
+                    "hostPath type check failed: {} {what}",
+                    shown(name)
+                )),
+                "{name} {kind:?}"
+            );
+        }
+        drop(socket);
+    }
+
+    #[test]
+    fn or_create_types_make_what_is_missing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        // The kubelet's modes, less the umask.
+        let umask = {
+            let probe = d.join("umask-probe");
+            std::fs::DirBuilder::new()
+                .mode(0o777)
+                .create(&probe)
+                .expect("probe");
+            0o777
+                & !std::fs::metadata(&probe)
+                    .expect("meta")
+                    .permissions()
+                    .mode()
+        };
+        let new_dir = d.join("a/b/c");
+        assert_eq!(
+            check_host_path(&new_dir, HostPathType::DirectoryOrCreate),
+            Ok(())
+        );
+        let meta = std::fs::metadata(&new_dir).expect("made");
+        assert!(meta.is_dir());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755 & !umask);
+
+        let new_file = d.join("a/new.sock");
+        assert_eq!(
+            check_host_path(&new_file, HostPathType::FileOrCreate),
+            Ok(())
+        );
+        let meta = std::fs::metadata(&new_file).expect("made");
+        assert!(meta.is_file() && meta.len() == 0);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644 & !umask);
+        // An existing file is left alone.
+        std::fs::write(&new_file, b"kept").expect("write");
+        assert_eq!(
+            check_host_path(&new_file, HostPathType::FileOrCreate),
+            Ok(())
+        );
+        assert_eq!(std::fs::read(&new_file).expect("read"), b"kept");
+
+        // FileOrCreate does not make the parent directory.
+        let err = check_host_path(&d.join("no/such/file"), HostPathType::FileOrCreate)
+            .expect_err("no parent");
+        assert!(
+            err.starts_with(&format!(
+                "hostPath type check failed: cannot create file {}",
+                d.join("no/such/file").display()
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_volume_is_named_in_the_message() {
+        let mut spec =
+            crate::model::samples::spec("web", "u1", 1, crate::model::RestartPolicy::Never);
+        spec.volumes = vec![crate::model::Volume {
+            name: "sock".into(),
+            source: VolumeSource::HostPath {
+                path: "/definitely/not/here".into(),
+                kind: HostPathType::Socket,
+            },
+        }];
+        assert_eq!(
+            check_host_paths(&spec),
+            Err("MountVolume.SetUp failed for volume \"sock\" : hostPath type check failed: /definitely/not/here is not a socket file".into())
+        );
+    }
+
+    #[test]
+    fn memory_volumes_are_sized_by_limit_or_pod_memory() {
+        let mut spec =
+            crate::model::samples::spec("web", "u1", 1, crate::model::RestartPolicy::Never);
+        spec.containers = vec![crate::model::samples::container("app")];
+        assert_eq!(memory_volume_size(&spec, None), None);
+        assert_eq!(memory_volume_size(&spec, Some(5)), Some(5));
+        spec.containers[0].resources.memory_limit_bytes = Some(64 << 20);
+        assert_eq!(memory_volume_size(&spec, None), Some(64 << 20));
+        assert_eq!(memory_volume_size(&spec, Some(1 << 20)), Some(1 << 20));
+        assert_eq!(memory_volume_size(&spec, Some(1 << 30)), Some(64 << 20));
+        // An init container's limit counts when it is the larger; one
+        // without a limit leaves the pod without one.
+        spec.init_containers = vec![crate::model::samples::container("init")];
+        assert_eq!(memory_volume_size(&spec, None), None);
+        spec.init_containers[0].resources.memory_limit_bytes = Some(128 << 20);
+        assert_eq!(memory_volume_size(&spec, None), Some(128 << 20));
+        spec.init_containers[0].resources.memory_limit_bytes = Some(1 << 20);
+        assert_eq!(memory_volume_size(&spec, None), Some(64 << 20));
+    }
+}
