@@ -23,7 +23,8 @@
 //!
 //! Prints one row per size: connect time, broker RSS per device, the
 //! bridge's RSS per device, time from the apply until each device reports
-//! the revision Ready (p50/p99, all), MQTT bytes per device per rollout
+//! the revision Ready (p50/p99 over every device, with the sample count;
+//! `benches/stats.rs`, so a p99 needs 100 devices; all), MQTT bytes per device per rollout
 //! (the device-facing brokers' own `$SYS` byte counters, both directions),
 //! the bridge's CPU time and Kubernetes API writes per rollout, the same
 //! for an update, and the bytes per device per idle hour (keep-alives
@@ -31,6 +32,9 @@
 
 #[path = "../tests/support/fleet_sim.rs"]
 mod fleet_sim;
+#[path = "stats.rs"]
+#[allow(dead_code)]
+mod stats;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -51,7 +55,7 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use support::k8s::{
     BridgeOpts, BridgeProc, ControlPlane, ControlPlaneOpts, bridge_metric, cpu_time,
 };
-use support::{free_port, percentile, rss_kib, wait_until};
+use support::{free_port, rss_kib, wait_until};
 
 const PREFIX: &str = "kedge/v1";
 
@@ -382,8 +386,8 @@ fn apply(rt: &tokio::runtime::Runtime, c: &Controller, revision: u64, version: &
 }
 
 struct Rollout1 {
-    p50: Duration,
-    p99: Duration,
+    /// Apply → each device reports the revision Ready.
+    ready: stats::Summary,
     all: Duration,
     bytes_per_device: f64,
     /// The bridge's CPU time and Kubernetes API writes during the rollout.
@@ -565,7 +569,7 @@ fn rollout(
         || (devices.ready(revision) >= n).then_some(()),
     );
     let all = start.elapsed();
-    let mut lat = devices.latencies(revision, since_ms);
+    let lat = devices.latencies(revision, since_ms);
     let after = bytes(sys);
     let (bridge_cpu, api_writes) = match controller {
         Controller::Bridge(b) => {
@@ -589,8 +593,7 @@ fn rollout(
         Controller::Direct(_) => (Duration::ZERO, 0.0),
     };
     Rollout1 {
-        p50: percentile(&mut lat, 0.5),
-        p99: percentile(&mut lat, 0.99),
+        ready: stats::Summary::new(lat),
         all,
         bytes_per_device: (after - before) as f64 / n as f64,
         bridge_cpu,
@@ -738,41 +741,44 @@ fn main() {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
-        "\nfleet_scale (controller: {}; one MQTT connection per device; {}, single-threaded, at most {} devices per broker)\n",
+        "\nfleet_scale (controller: {}; one MQTT connection per device; {}, single-threaded, at most {} devices per broker; bridge {}; nearest-rank percentiles over every device, \"—\" where the samples cannot carry one)\n",
         if bridge {
             "kedge bridge with a FleetDeployment custom resource, real kube-apiserver"
         } else {
             "direct publish, the floor"
         },
         mosquitto_version(),
-        shard()
+        shard(),
+        support::kedge_bin().display()
     );
     let _ = writeln!(
         out,
-        "| devices | brokers | connect all | broker RSS/device | bridge RSS/device | rollout p50 | p99 | all Ready | MQTT bytes/device | bridge CPU | API writes | update p50 | p99 | all Ready | bytes/device | bridge CPU | API writes | idle bytes/device/h (kbit/s) |"
+        "| devices | brokers | connect all | broker RSS/device | bridge RSS/device | rollout samples | p50 | p99 | all Ready | MQTT bytes/device | bridge CPU | API writes | update samples | p50 | p99 | all Ready | bytes/device | bridge CPU | API writes | idle bytes/device/h (kbit/s) |"
     );
     let _ = writeln!(
         out,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in &rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} s | {:.1} KiB | {} | {:.2} s | {:.2} s | {:.2} s | {:.0} | {:.2} s | {:.0} | {:.2} s | {:.2} s | {:.2} s | {:.0} | {:.2} s | {:.0} | {:.0} ({:.4}) |",
+            "| {} | {} | {:.1} s | {:.1} KiB | {} | {} | {} | {} | {:.2} s | {:.0} | {:.2} s | {:.0} | {} | {} | {} | {:.2} s | {:.0} | {:.2} s | {:.0} | {:.0} ({:.4}) |",
             r.devices,
             r.brokers,
             r.connect.as_secs_f64(),
             r.broker_kib_per_device,
             r.bridge_bytes_per_device
                 .map_or("-".to_string(), |b| format!("{b:.0} B")),
-            r.first.p50.as_secs_f64(),
-            r.first.p99.as_secs_f64(),
+            r.first.ready.n(),
+            r.first.ready.secs(50.0, 2),
+            r.first.ready.secs(99.0, 2),
             r.first.all.as_secs_f64(),
             r.first.bytes_per_device,
             r.first.bridge_cpu.as_secs_f64(),
             r.first.api_writes,
-            r.update.p50.as_secs_f64(),
-            r.update.p99.as_secs_f64(),
+            r.update.ready.n(),
+            r.update.ready.secs(50.0, 2),
+            r.update.ready.secs(99.0, 2),
             r.update.all.as_secs_f64(),
             r.update.bytes_per_device,
             r.update.bridge_cpu.as_secs_f64(),

@@ -21,13 +21,18 @@
 //!   runs (the agent now: `Controller::record_statuses_off_loop`).
 //!
 //! Prints one Markdown table: statuses recorded per second, commits, and
-//! the ping latency's percentiles with the number of pings they come from.
+//! the ping latency's percentiles with the number of pings they come from
+//! (`benches/stats.rs`: nearest rank, "—" for a p99 from fewer than 100).
 //! Nothing is asserted.
 //!
 //! Environment: `KEDGE_BENCH_PODS` (64), `KEDGE_BENCH_BURSTS` (100 per
 //! round), `KEDGE_BENCH_ROUNDS` (3), `KEDGE_BENCH_DIR` (where the database
 //! lives: the fsync is what is measured, so put it on the device's kind of
 //! storage; default: a temporary directory under /var/tmp).
+
+#[path = "stats.rs"]
+#[allow(dead_code)]
+mod stats;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -202,14 +207,6 @@ async fn run(store: Arc<Store>, mode: Mode, pods: usize, bursts: usize) -> Tally
     tally
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 fn main() {
     let pods = env_usize("KEDGE_BENCH_PODS", 64);
     let bursts = env_usize("KEDGE_BENCH_BURSTS", 100);
@@ -246,17 +243,26 @@ fn main() {
         "| how statuses are committed | statuses/s | commits | ping p50 ms | ping p99 ms | ping max ms | pings |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (mode, t) in modes.iter().zip(&mut tallies) {
-        t.pings.sort();
+    for (mode, t) in modes.iter().zip(tallies) {
+        let pings = stats::Summary::new(t.pings);
+        let cell = |q: f64| {
+            pings.get(q).map_or_else(
+                || "—".to_string(),
+                |d| format!("{:.2}", d.as_secs_f64() * 1000.0),
+            )
+        };
         println!(
-            "| {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} |",
             mode.label(),
             t.statuses as f64 / t.elapsed.as_secs_f64(),
             t.commits,
-            percentile(&t.pings, 0.5),
-            percentile(&t.pings, 0.99),
-            t.pings.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-            t.pings.len(),
+            cell(50.0),
+            cell(99.0),
+            pings.max().map_or("—".to_string(), |d| format!(
+                "{:.2}",
+                d.as_secs_f64() * 1000.0
+            )),
+            pings.n(),
         );
     }
 }

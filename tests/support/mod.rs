@@ -684,6 +684,17 @@ impl Agent {
     /// output appended to `DIR.agent.log` beside the data directory (not in
     /// it: a test that fills the data directory's disk still reads the log).
     pub fn start(opts: AgentOpts) -> Agent {
+        // KEDGE_AGENT_BIN: run another build as the agent (a static device
+        // binary, for benchmarks); the CLI stays this build's.
+        let bin = std::env::var_os("KEDGE_AGENT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(kedge_bin);
+        Self::start_bin(&bin, opts)
+    }
+
+    /// [`Agent::start`] running `bin` as the agent (benchmarks: the device
+    /// binary).
+    pub fn start_bin(bin: &Path, opts: AgentOpts) -> Agent {
         std::fs::create_dir_all(&opts.data_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", opts.data_dir.display()));
         let log_path = PathBuf::from(format!("{}.agent.log", opts.data_dir.display()));
@@ -692,11 +703,6 @@ impl Agent {
             .append(true)
             .open(&log_path)
             .expect("open agent.log");
-        // KEDGE_AGENT_BIN: run another build as the agent (a static device
-        // binary, for benchmarks); the CLI stays this build's.
-        let bin = std::env::var_os("KEDGE_AGENT_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(kedge_bin);
         let mut cmd = Command::new(bin);
         cmd.arg("agent").arg("--node").arg(&opts.node);
         if let Some(url) = &opts.broker_url {
