@@ -1683,23 +1683,43 @@ fn a_full_disk_loses_nothing_and_the_agent_recovers() {
         let chunk = vec![0u8; 1 << 20];
         while f.write_all(&chunk).is_ok() {}
     }
-    env.apply(&wasm_pod(
-        "on-full-disk",
-        &p1(),
-        &["ticker", "0", "100"],
-        "Always",
-        "",
-    ));
-    wait_until("a commit refused for lack of space", WAIT, || {
+    // Desired changes until one cannot be committed: redb may still have
+    // free pages inside its file (how many depends on what the agent wrote
+    // before), so the first small commit need not grow the file. Each pod
+    // applied is one more record that must not be lost.
+    let refused = || {
         env.agent
             .log()
             .contains("cannot record the desired change; retrying")
-            .then_some(())
-    });
+    };
+    let mut applied = Vec::new();
+    while !refused() {
+        assert!(
+            applied.len() < 40,
+            "no commit refused for lack of space after {} pods; the agent's log:\n{}",
+            applied.len(),
+            env.agent.log()
+        );
+        let name = format!("on-full-disk-{}", applied.len());
+        env.apply(&wasm_pod(
+            &name,
+            &p1(),
+            &["ticker", "0", "100"],
+            "Always",
+            "",
+        ));
+        applied.push(name);
+        // The agent's answer to this change: a refusal, or its status.
+        let _ = poll_until(Duration::from_secs(5), Duration::from_millis(50), || {
+            (refused() || env.status(applied.last().expect("one")).is_some()).then_some(())
+        });
+    }
     std::fs::remove_file(&filler).expect("free the disk");
-    env.wait_status("pod Running once space is free", "on-full-disk", |s| {
-        phase(s) == "Running" && container(s)["state"]["Running"].is_object()
-    });
+    for name in &applied {
+        env.wait_status("pod Running once space is free", name, |s| {
+            phase(s) == "Running" && container(s)["state"]["Running"].is_object()
+        });
+    }
     assert!(
         env.agent.log().contains("state database opened again"),
         "the store was not reopened"

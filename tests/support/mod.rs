@@ -62,7 +62,7 @@ pub fn wait_until<T>(what: &str, deadline: Duration, f: impl FnMut() -> Option<T
 
 /// Polls `f` every `interval` until it returns `Some` or `deadline` passes (then `None`).
 /// This is the only place the helpers sleep: always waiting for a condition.
-fn poll_until<T>(
+pub fn poll_until<T>(
     deadline: Duration,
     interval: Duration,
     mut f: impl FnMut() -> Option<T>,
