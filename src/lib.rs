@@ -18,6 +18,7 @@ pub mod model;
 pub mod mqtt;
 pub mod node;
 pub mod runtime;
+pub mod seal;
 #[cfg(feature = "sink")]
 pub mod sink;
 pub mod store;

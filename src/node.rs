@@ -97,6 +97,18 @@ pub fn sample(data_dir: &Path) -> Sample {
     }
 }
 
+/// One line of an identity file, trimmed; empty when it cannot be read or
+/// is not a short single word (the status must stay valid).
+fn read_id(path: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let id = text.trim();
+    if id.len() <= 128 && !id.contains(char::is_whitespace) && !id.contains('\0') {
+        id.to_string()
+    } else {
+        String::new()
+    }
+}
+
 /// Static facts about this node, read once.
 pub fn node_info(runtime_versions: &str) -> (NodeInfo, Vec<NodeAddress>) {
     let uname = rustix::system::uname();
@@ -116,6 +128,11 @@ pub fn node_info(runtime_versions: &str) -> (NodeInfo, Vec<NodeAddress>) {
         hostname: hostname.clone(),
         agent_version: format!("kedge/v{}", env!("CARGO_PKG_VERSION")),
         container_runtime_version: runtime_versions.into(),
+        // The kubelet's machineID, bootID and systemUUID, read from the
+        // same files (empty where a file is absent or unreadable).
+        machine_id: read_id("/etc/machine-id"),
+        boot_id: read_id("/proc/sys/kernel/random/boot_id"),
+        system_uuid: read_id("/sys/class/dmi/id/product_uuid"),
     };
     let mut addresses = Vec::new();
     if let Some(ip) =
@@ -237,6 +254,7 @@ pub fn status(
         addresses: addresses.to_vec(),
         pod_count,
         labels: Default::default(),
+        sealing_key: None,
     }
 }
 

@@ -10,13 +10,14 @@ use thiserror::Error;
 use crate::model::validate::Validate;
 use crate::model::{
     DesiredIndex, Event, FleetDeployment, FleetReport, LogChunk, LogRequest, NodeLabels,
-    NodeStatus, PodKey, PodSpec, PodStatus,
+    NodeStatus, PodKey, PodSpec, PodStatus, SealedPod,
 };
 
 /// The schema version this build writes (docs/wire.md, "Evolving the
 /// schema": 2 added node labels and fleets, 3 signatures and `Tombstone`,
-/// 4 the `PodSpec` fields of issue 15).
-pub const SCHEMA_VERSION: u16 = 4;
+/// 4 the `PodSpec` fields of issue 15, 5 `SealedPod` and the node's
+/// sealing key and machine identity).
+pub const SCHEMA_VERSION: u16 = 5;
 /// The first version whose `signature` field has a meaning (docs/wire.md,
 /// "Signatures"); in older envelopes it is ignored.
 pub const SIGNED_SINCE_VERSION: u16 = 3;
@@ -24,9 +25,13 @@ pub const SIGNED_SINCE_VERSION: u16 = 3;
 /// hostPath types and `$(VAR)` templates; older ones are read with
 /// `wire::v3` (docs/wire.md, "Evolving the schema").
 pub const POD_FIELDS_SINCE_VERSION: u16 = 4;
+/// The first version with `SealedPod` and the `NodeStatus` that carries the
+/// sealing key and the machine identity (`wire::v4` reads the older one).
+pub const SEALED_SINCE_VERSION: u16 = 5;
 /// The oldest version this build still reads (docs/wire.md, "Evolving the
-/// schema"): version 1 differs in `NodeStatus`, which had no labels, and
-/// versions 1 to 3 in `PodSpec` (`wire::v3`).
+/// schema"): version 1 differs in `NodeStatus`, which had no labels,
+/// versions 1 to 4 in `NodeStatus` (`wire::v4`), and versions 1 to 3 in
+/// `PodSpec` (`wire::v3`).
 pub const OLDEST_READABLE_VERSION: u16 = 1;
 /// Index authors: the level after `index/` (docs/wire.md, "Desired index").
 pub const INDEX_AUTHOR_BRIDGE: &str = "bridge";
@@ -78,6 +83,9 @@ pub enum Kind {
     /// A signed delete (version 3): sent where an empty payload would be a
     /// tombstone, so that the delete can carry a signature. Empty body.
     Tombstone = 11,
+    /// A desired spec sealed to the device's key (version 5): sent instead
+    /// of `DesiredPod` when the spec carries Secret values.
+    SealedPod = 12,
 }
 
 impl Kind {
@@ -94,6 +102,7 @@ impl Kind {
             9 => Kind::FleetReport,
             10 => Kind::NodeLabels,
             11 => Kind::Tombstone,
+            12 => Kind::SealedPod,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -110,6 +119,7 @@ impl Kind {
             Kind::FleetReport => "FleetReport",
             Kind::NodeLabels => "NodeLabels",
             Kind::Tombstone => "Tombstone",
+            Kind::SealedPod => "SealedPod",
         }
     }
 }
@@ -294,6 +304,7 @@ pub fn open(payload: &[u8]) -> Result<Opened<'_>, WireError> {
     let since = match kind {
         Kind::FleetDeployment | Kind::FleetReport | Kind::NodeLabels => 2,
         Kind::Tombstone => 3,
+        Kind::SealedPod => SEALED_SINCE_VERSION,
         _ => 1,
     };
     if version < since {
@@ -347,6 +358,8 @@ pub enum Message {
     NodeLabels(NodeLabels),
     /// A delete that can be signed (kind 11, empty body).
     Tombstone,
+    /// A desired spec sealed to the device's key (kind 12).
+    SealedPod(SealedPod),
 }
 
 impl Message {
@@ -363,6 +376,7 @@ impl Message {
             Message::FleetReport(_) => Kind::FleetReport,
             Message::NodeLabels(_) => Kind::NodeLabels,
             Message::Tombstone => Kind::Tombstone,
+            Message::SealedPod(_) => Kind::SealedPod,
         }
     }
 }
@@ -399,6 +413,7 @@ impl Body {
             Message::FleetReport(v) => body_bytes(kind, v)?,
             Message::NodeLabels(v) => body_bytes(kind, v)?,
             Message::Tombstone => Vec::new(),
+            Message::SealedPod(v) => body_bytes(kind, v)?,
         };
         Ok(Body { kind, bytes })
     }
@@ -468,7 +483,11 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
         Kind::NodeStatus if version == 1 => {
             Message::NodeStatus(body::<v1::NodeStatus>(kind, raw)?.into())
         }
+        Kind::NodeStatus if version < SEALED_SINCE_VERSION => {
+            Message::NodeStatus(body::<v4::NodeStatus>(kind, raw)?.into())
+        }
         Kind::NodeStatus => Message::NodeStatus(body(kind, raw)?),
+        Kind::SealedPod => Message::SealedPod(body(kind, raw)?),
         Kind::Event => Message::Event(body(kind, raw)?),
         Kind::LogRequest => Message::LogRequest(body(kind, raw)?),
         Kind::LogChunk => Message::LogChunk(body(kind, raw)?),
@@ -522,7 +541,19 @@ wire_message!(
     FleetDeployment => FleetDeployment,
     FleetReport => FleetReport,
     NodeLabels => NodeLabels,
+    SealedPod => SealedPod,
 );
+
+/// A `PodSpec` body of this version (what a `SealedPod` seals).
+pub fn pod_spec_body(spec: &PodSpec) -> Result<Vec<u8>, WireError> {
+    body_bytes(Kind::DesiredPod, spec)
+}
+
+/// Decodes and validates a `PodSpec` body of this version (what a
+/// `SealedPod` opens to), like the body of a `DesiredPod` envelope.
+pub fn pod_spec_from_body(bytes: &[u8]) -> Result<PodSpec, WireError> {
+    body(Kind::DesiredPod, bytes)
+}
 
 /// Decodes (and validates) a payload that must be a `T`, with its envelope
 /// sequence: `wire::decode_as::<PodSpec>(payload)`.
@@ -565,6 +596,11 @@ pub fn to_json(payload: &[u8]) -> Result<serde_json::Value, WireError> {
         Message::FleetReport(v) => serde_json::to_value(v),
         Message::NodeLabels(v) => serde_json::to_value(v),
         Message::Tombstone => Ok(serde_json::Value::Null),
+        Message::SealedPod(v) => Ok(serde_json::json!({
+            "uid": v.uid,
+            "key_id": hex::encode(v.key_id),
+            "ciphertext_bytes": v.ciphertext.len(),
+        })),
     }
     .map_err(|e| WireError::Encode {
         kind,
@@ -795,8 +831,9 @@ impl Topics {
 mod v1 {
     use serde::{Deserialize, Serialize};
 
+    use super::v4::NodeInfo;
     use crate::model::validate::{Result, Validate};
-    use crate::model::{NodeAddress, NodeCondition, NodeInfo, NodeResources};
+    use crate::model::{NodeAddress, NodeCondition, NodeResources};
 
     /// Version 1's `NodeStatus`: the same fields without `labels`.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -818,13 +855,14 @@ mod v1 {
                 name: v.name,
                 online: v.online,
                 heartbeat_ms: v.heartbeat_ms,
-                info: v.info,
+                info: v.info.into(),
                 capacity: v.capacity,
                 allocatable: v.allocatable,
                 conditions: v.conditions,
                 addresses: v.addresses,
                 pod_count: v.pod_count,
                 labels: Default::default(),
+                sealing_key: None,
             }
         }
     }
@@ -839,6 +877,10 @@ mod v1 {
 /// The `PodSpec` of versions 1 to 3 and its upgrade (also read by the
 /// store's migration).
 pub(crate) mod v3;
+
+/// The `NodeStatus` of versions 2 to 4 (no sealing key, no machine
+/// identity) and its upgrade.
+mod v4;
 
 /// Node names and namespaces become topic levels: they must not contain MQTT
 /// wildcards or separators.

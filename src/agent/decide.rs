@@ -18,6 +18,10 @@ pub enum Decision {
     Create,
     /// A different uid or a newer generation: stop the old pod, start this.
     Replace,
+    /// A newer generation of the same spec (a sender that could not compare
+    /// with what it sent before: a sealed spec read back by a restarted
+    /// bridge): record the generation, keep the pod running.
+    Adopt,
     /// Stop the pod and forget it.
     Delete,
     /// A tombstone for a pod that never ran because its spec was refused:
@@ -50,7 +54,12 @@ pub fn decide(
         }
         (Some((cur, _)), Incoming::Apply(new, _)) => {
             // A new uid is a new pod, whatever its generation.
-            if cur.uid != new.uid || new.generation > cur.generation {
+            if cur.uid == new.uid
+                && new.generation > cur.generation
+                && same_but_generation(cur, new)
+            {
+                Decision::Adopt
+            } else if cur.uid != new.uid || new.generation > cur.generation {
                 Decision::Replace
             } else if new.generation == cur.generation {
                 Decision::Ignore(format!("generation {} already applied", new.generation))
@@ -72,6 +81,15 @@ pub fn decide(
     }
 }
 
+/// Whether two specs differ in nothing but their generation.
+fn same_but_generation(a: &PodSpec, b: &PodSpec) -> bool {
+    a.generation != b.generation && {
+        let mut a = a.clone();
+        a.generation = b.generation;
+        a == *b
+    }
+}
+
 fn source_name(s: PodSource) -> &'static str {
     match s {
         PodSource::Mqtt => "the broker",
@@ -87,6 +105,40 @@ mod tests {
 
     fn spec(uid: &str, generation: u64) -> PodSpec {
         crate::model::samples::spec("p", uid, generation, RestartPolicy::Always)
+    }
+
+    #[test]
+    fn a_newer_generation_of_the_same_spec_is_adopted_and_a_changed_one_replaces() {
+        let cur = spec("u1", 3);
+        let mqtt = PodSource::Mqtt;
+        let same_newer = Incoming::Apply(spec("u1", 4), mqtt);
+        assert_eq!(
+            decide(Some((&cur, mqtt)), false, &same_newer),
+            Decision::Adopt
+        );
+        let mut changed = spec("u1", 4);
+        changed.labels.insert("x".into(), "y".into());
+        assert_eq!(
+            decide(Some((&cur, mqtt)), false, &Incoming::Apply(changed, mqtt)),
+            Decision::Replace
+        );
+        assert_eq!(
+            decide(
+                Some((&cur, mqtt)),
+                false,
+                &Incoming::Apply(spec("u2", 4), mqtt)
+            ),
+            Decision::Replace,
+            "a new uid is a new pod"
+        );
+        assert!(matches!(
+            decide(
+                Some((&cur, mqtt)),
+                false,
+                &Incoming::Apply(spec("u1", 3), mqtt)
+            ),
+            Decision::Ignore(_)
+        ));
     }
 
     #[test]
@@ -126,8 +178,10 @@ mod tests {
             decide(None, false, &Incoming::Apply(spec("u1", 1), m)),
             Decision::Create
         );
+        let mut newer = spec("u1", 4);
+        newer.labels.insert("changed".into(), "yes".into());
         assert_eq!(
-            decide(Some((&cur, m)), false, &Incoming::Apply(spec("u1", 4), m)),
+            decide(Some((&cur, m)), false, &Incoming::Apply(newer, m)),
             Decision::Replace
         );
         assert_eq!(

@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rumqttc::{LastWill, QoS};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{BrokerUrl, Config};
 use crate::model::{
@@ -39,7 +39,7 @@ use crate::model::{
 use crate::mqtt::{self, AckToken, SessionCommand, SessionEvent, SessionSettings};
 use crate::runtime::{LazyRuntime, PodContext, Runtime};
 use crate::store::{DeletingRecord, DesiredRecord, OutboxEntry, Store, StoreError};
-use crate::wire::{self, Message, TopicKind, Topics};
+use crate::wire::{self, Kind, Message, TopicKind, Topics};
 use decide::{Decision, Incoming, decide};
 use pod_machine::{BackoffPolicy, PodMachine};
 use reconcile::{AuthorIndex, Have, Verdict, reconcile};
@@ -142,6 +142,9 @@ pub struct Controller {
     data: Option<Arc<data::DataPath>>,
     /// Signed desired state (`trust.keys`); None: signatures not checked.
     trust: Option<TrustPolicy>,
+    /// The device's sealing key (`{data_dir}/sealing.key`): opens specs
+    /// sealed to it. None when it could not be read or made.
+    sealing: Option<crate::seal::KeyPair>,
 }
 
 /// What an agent with `trust.keys` accepts (docs/wire.md, "Signatures").
@@ -240,6 +243,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let (cri, runtime_versions) = cri_runtime(&config, runtime_versions).await;
     let (node_info, addresses) = crate::node::node_info(&runtime_versions);
+    let sealing_path = config.data_dir.join("sealing.key");
+    let sealing = match crate::seal::KeyPair::load_or_create(&sealing_path) {
+        Ok(key) => {
+            info!(key_id = %hex::encode(key.id()), public_key = %key.public().to_hex(), "sealing key");
+            Some(key)
+        }
+        Err(e) => {
+            error!(error = %e, "no sealing key: specs that carry Secrets cannot be opened on this node");
+            None
+        }
+    };
 
     let (mut controller, receivers) = Controller::new(Parts {
         config,
@@ -248,6 +262,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         cri,
         node_info,
         addresses,
+        sealing,
     });
     let topics = controller.topics.clone();
 
@@ -426,6 +441,8 @@ pub(crate) struct Parts {
     pub cri: Option<Arc<dyn Runtime>>,
     pub node_info: NodeInfo,
     pub addresses: Vec<crate::model::NodeAddress>,
+    /// The device's sealing key (`seal`); None: sealed specs are refused.
+    pub sealing: Option<crate::seal::KeyPair>,
 }
 
 /// The receiving ends of the controller's own channels, owned by `serve`.
@@ -568,6 +585,7 @@ impl Controller {
             cri,
             node_info,
             addresses,
+            sealing,
         } = parts;
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let (runtime_events, runtime_events_rx) = mpsc::unbounded_channel();
@@ -604,6 +622,7 @@ impl Controller {
                 let require = config.trust.require_signatures;
                 (!keys.is_empty()).then_some(TrustPolicy { keys, require })
             },
+            sealing,
             event_budget: event_budget::EventBudget::default(),
             origin: tokio::time::Instant::now(),
             #[cfg(feature = "data")]
@@ -702,6 +721,7 @@ impl Controller {
             addresses: self.addresses.clone(),
             pod_count: 0,
             labels: Default::default(),
+            sealing_key: self.sealing.as_ref().map(|k| k.public().to_bytes()),
         };
         wire::encode(0, &Message::NodeStatus(status))
     }
@@ -1208,8 +1228,8 @@ impl Controller {
             self.desired_view.seen.retain(|(k, _)| k != &key);
             Incoming::Delete(PodSource::Mqtt)
         } else {
-            match wire::decode_as::<PodSpec>(payload) {
-                Ok((_, spec)) if spec.key() != key => {
+            match self.desired_spec(&topic, payload) {
+                Ok(spec) if spec.key() != key => {
                     self.refuse(
                         &key,
                         "InvalidSpec",
@@ -1220,20 +1240,49 @@ impl Controller {
                     );
                     return Ok(());
                 }
-                Ok((_, spec)) => {
+                Ok(spec) => {
                     self.desired_view
                         .seen
                         .insert((key.clone(), spec.uid.clone()));
                     Incoming::Apply(spec, PodSource::Mqtt)
                 }
-                Err(e) => {
-                    let message = format!("cannot decode desired spec: {e}");
-                    self.refuse(&key, "InvalidSpec", message);
+                Err((reason, message)) => {
+                    self.refuse(&key, reason, message);
                     return Ok(());
                 }
             }
         };
         self.apply(key, incoming)
+    }
+
+    /// The spec a desired payload carries: a `DesiredPod`, or a `SealedPod`
+    /// opened with this device's sealing key (`seal`). Err: the reason and
+    /// message of the refusal.
+    fn desired_spec(&self, topic: &str, payload: &[u8]) -> Result<PodSpec, (&'static str, String)> {
+        let invalid =
+            |e: wire::WireError| ("InvalidSpec", format!("cannot decode desired spec: {e}"));
+        match wire::decode(payload).map_err(invalid)?.message {
+            Message::DesiredPod(spec) => Ok(spec),
+            Message::SealedPod(sealed) => {
+                let Some(key) = &self.sealing else {
+                    return Err((
+                        "SealedSpecError",
+                        "the desired spec is sealed, and this agent has no sealing key (see its log)"
+                            .to_string(),
+                    ));
+                };
+                crate::seal::open_pod(key, topic, &sealed).map_err(|e| {
+                    (
+                        "SealedSpecError",
+                        format!("cannot open the sealed desired spec: {e}"),
+                    )
+                })
+            }
+            other => Err(invalid(wire::WireError::WrongKind {
+                expected: Kind::DesiredPod.name(),
+                found: other.kind().name(),
+            })),
+        }
     }
 
     /// A desired spec that cannot be used: an event, and a status that says
@@ -1304,6 +1353,19 @@ impl Controller {
                     match entry.supervisor.as_mut() {
                         Some(s) => s.stop(),
                         None => self.finish_stop(&key),
+                    }
+                }
+            }
+            (Decision::Adopt, Incoming::Apply(spec, source)) => {
+                self.store.put_desired(&DesiredRecord {
+                    source,
+                    spec: spec.clone(),
+                })?;
+                info!(pod = %key, generation = spec.generation, "the spec is unchanged: generation recorded, the pod keeps running");
+                if let Some(entry) = self.pods.get_mut(&key) {
+                    match &mut entry.then {
+                        AfterStop::Replace(pending, _) => pending.generation = spec.generation,
+                        _ => entry.spec.generation = spec.generation,
                     }
                 }
             }
@@ -1707,6 +1769,7 @@ impl Controller {
         );
         let status = NodeStatus {
             labels: self.fleet.labels(),
+            sealing_key: self.sealing.as_ref().map(|k| k.public().to_bytes()),
             ..status
         };
         if let Ok(payload) = wire::encode(status.heartbeat_ms, &Message::NodeStatus(status.clone()))

@@ -481,6 +481,9 @@ mod tests {
                 hostname: "gw1".into(),
                 agent_version: "0.1.0".into(),
                 container_runtime_version: "wasmtime://48".into(),
+                machine_id: String::new(),
+                boot_id: String::new(),
+                system_uuid: String::new(),
             },
             capacity: NodeResources {
                 cpu_millis: 4000,
@@ -508,6 +511,7 @@ mod tests {
             }],
             pod_count: 0,
             labels: Default::default(),
+            sealing_key: None,
         }
     }
 

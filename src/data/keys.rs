@@ -10,24 +10,9 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use hpke::{Deserializable as _, Kem as _, Serializable as _};
 use ring::signature::{self, KeyPair as _};
-use sha2::{Digest as _, Sha256};
-use thiserror::Error;
 
-type Kem = hpke::kem::X25519HkdfSha256;
-
-#[derive(Debug, Error)]
-pub enum KeyError {
-    #[error("cannot read key file {path}: {message}")]
-    Read { path: String, message: String },
-    #[error("cannot write key file {path}: {message}")]
-    Write { path: String, message: String },
-    #[error("invalid key in {what}: {message}")]
-    Invalid { what: String, message: String },
-    #[error("no randomness from the system")]
-    Random,
-}
+pub use crate::seal::KeyError;
 
 /// The device's signing key.
 pub struct DeviceKey {
@@ -118,131 +103,14 @@ pub fn verify(public: &[u8], message: &[u8], signature: &[u8]) -> bool {
         .is_ok()
 }
 
-/// Parses 32 bytes of hex (surrounding whitespace allowed).
-pub fn parse_hex32(text: &str, what: &str) -> Result<[u8; 32], KeyError> {
-    let bytes = hex::decode(text.trim()).map_err(|e| KeyError::Invalid {
-        what: what.to_string(),
-        message: format!("expected 64 hex characters: {e}"),
-    })?;
-    bytes.try_into().map_err(|b: Vec<u8>| KeyError::Invalid {
-        what: what.to_string(),
-        message: format!("expected 32 bytes, found {}", b.len()),
-    })
-}
+pub use crate::seal::parse_hex32;
 
-/// A sink's public key, as devices are configured with it.
-#[derive(Clone)]
-pub struct SinkPublicKey {
-    key: <Kem as hpke::Kem>::PublicKey,
-    id: [u8; 8],
-}
+/// A sink's public key, as devices are configured with it (an X25519
+/// public key, `seal`).
+pub type SinkPublicKey = crate::seal::PublicKey;
 
-impl SinkPublicKey {
-    pub fn parse(hex_text: &str, what: &str) -> Result<SinkPublicKey, KeyError> {
-        let bytes = parse_hex32(hex_text, what)?;
-        let key =
-            <Kem as hpke::Kem>::PublicKey::from_bytes(&bytes).map_err(|e| KeyError::Invalid {
-                what: what.to_string(),
-                message: e.to_string(),
-            })?;
-        Ok(SinkPublicKey {
-            key,
-            id: key_id(&bytes),
-        })
-    }
-
-    /// The first 8 bytes of the SHA-256 of the public key: names the key in
-    /// each batch so a sink holding several (a rotation) picks the right one.
-    pub fn id(&self) -> [u8; 8] {
-        self.id
-    }
-
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.key.to_bytes())
-    }
-
-    pub(super) fn hpke(&self) -> &<Kem as hpke::Kem>::PublicKey {
-        &self.key
-    }
-}
-
-fn key_id(public: &[u8]) -> [u8; 8] {
-    let digest = Sha256::digest(public);
-    let mut id = [0; 8];
-    id.copy_from_slice(&digest[..8]);
-    id
-}
-
-/// A sink's private key.
-#[derive(Clone)]
-pub struct SinkKey {
-    private: <Kem as hpke::Kem>::PrivateKey,
-    public: SinkPublicKey,
-}
-
-impl SinkKey {
-    fn from_seed(seed: &[u8; 32]) -> SinkKey {
-        let (private, public) = Kem::derive_keypair(seed);
-        let id = key_id(&public.to_bytes());
-        SinkKey {
-            private,
-            public: SinkPublicKey { key: public, id },
-        }
-    }
-
-    fn random_seed() -> Result<[u8; 32], KeyError> {
-        let mut seed = [0; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
-            .map_err(|_| KeyError::Random)?;
-        Ok(seed)
-    }
-
-    pub fn generate() -> Result<SinkKey, KeyError> {
-        Ok(Self::from_seed(&Self::random_seed()?))
-    }
-
-    /// Makes a new key file (mode 0600, refused if it exists) and returns
-    /// the key.
-    pub fn create_file(path: &Path) -> Result<SinkKey, KeyError> {
-        let seed = Self::random_seed()?;
-        let err = |e: std::io::Error| KeyError::Write {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(err)?;
-        file.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
-            .map_err(err)?;
-        file.sync_all().map_err(err)?;
-        Ok(Self::from_seed(&seed))
-    }
-
-    pub fn load(path: &Path) -> Result<SinkKey, KeyError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| KeyError::Read {
-            path: shown.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(Self::from_seed(&parse_hex32(&text, &shown)?))
-    }
-
-    pub fn public(&self) -> SinkPublicKey {
-        self.public.clone()
-    }
-
-    pub(super) fn id(&self) -> [u8; 8] {
-        self.public.id
-    }
-
-    pub(super) fn hpke(&self) -> &<Kem as hpke::Kem>::PrivateKey {
-        &self.private
-    }
-}
+/// A sink's private key (`seal::KeyPair`).
+pub type SinkKey = crate::seal::KeyPair;
 
 #[cfg(test)]
 mod tests {
@@ -264,18 +132,5 @@ mod tests {
         let sig = first.sign(b"x");
         assert!(verify(again.public_key(), b"x", &sig));
         assert!(!verify(again.public_key(), b"y", &sig));
-    }
-
-    #[test]
-    fn a_sink_key_file_round_trips_and_is_never_overwritten() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("sink.key");
-        let made = SinkKey::create_file(&path).expect("create");
-        let loaded = SinkKey::load(&path).expect("load");
-        assert_eq!(made.public().to_hex(), loaded.public().to_hex());
-        assert!(SinkKey::create_file(&path).is_err());
-        let public = SinkPublicKey::parse(&made.public().to_hex(), "test").expect("parse");
-        assert_eq!(public.id(), made.id());
-        assert!(SinkPublicKey::parse("abcd", "data.sink_public_key").is_err());
     }
 }

@@ -87,6 +87,22 @@ pub enum PullPolicy {
     Never,
 }
 
+/// A desired spec sealed to the device's public key (`seal`; kind
+/// `SealedPod`, schema version 5): what travels instead of a `PodSpec` that
+/// carries Secret values, so the broker holds only ciphertext. The plaintext
+/// is the `PodSpec` body in this version's encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedPod {
+    /// The spec's uid, in clear: an author compares it without the key.
+    pub uid: String,
+    /// The first 8 bytes of the SHA-256 of the public key sealed to.
+    pub key_id: [u8; 8],
+    /// HPKE's encapsulated key.
+    pub encapped_key: [u8; 32],
+    /// The sealed `PodSpec` body and its 16-byte tag.
+    pub ciphertext: Vec<u8>,
+}
+
 /// The compact edge pod spec: what the agent runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodSpec {
@@ -481,6 +497,14 @@ pub struct NodeInfo {
     pub hostname: String,
     pub agent_version: String,
     pub container_runtime_version: String,
+    /// `/etc/machine-id` (the kubelet's `machineID`; empty when absent).
+    /// Schema version 5.
+    pub machine_id: String,
+    /// `/proc/sys/kernel/random/boot_id`: changes at every boot. Version 5.
+    pub boot_id: String,
+    /// The firmware's product UUID (`/sys/class/dmi/id/product_uuid`,
+    /// readable by root only; empty when absent). Version 5.
+    pub system_uuid: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -542,6 +566,9 @@ pub struct NodeStatus {
     /// The device's labels: its own (`node.labels`) and the cloud's
     /// (`{node}/labels`), which win on a conflict. Schema version 2.
     pub labels: BTreeMap<String, String>,
+    /// The device's X25519 public key that Secret-bearing specs are sealed
+    /// to (`seal`); None from an agent that cannot open them. Version 5.
+    pub sealing_key: Option<[u8; 32]>,
 }
 
 impl NodeStatus {

@@ -14,7 +14,7 @@ use super::selector::Selector;
 use super::{
     Cohort, Container, ContainerState, ContainerStatus, DesiredIndex, Event, FleetDeployment,
     FleetReport, Limit, LogChunk, LogRequest, NodeLabels, NodeStatus, PodSpec, PodStatus, Probe,
-    ProbeHandler, Revision, SecurityProfile, VolumeSource,
+    ProbeHandler, Revision, SealedPod, SecurityProfile, VolumeSource,
 };
 
 /// Containers in one pod (app containers; init containers have their own
@@ -275,6 +275,27 @@ fn clip(s: &str) -> &str {
 
 // ---------------------------------------------------------------------------
 // Messages
+
+/// A sealed spec's ciphertext: the plaintext is a `PodSpec` body, which
+/// the MQTT packet bound (`mqtt::MAX_PACKET_BYTES`) already limits; this
+/// bound keeps a hostile one from costing more than that to decrypt.
+pub const MAX_SEALED_BYTES: usize = 16 * 1024 * 1024;
+
+impl Validate for SealedPod {
+    fn validate(&self) -> Result {
+        uid("metadata.uid", &self.uid)?;
+        if self.ciphertext.len() > MAX_SEALED_BYTES {
+            return Err(invalid(
+                "ciphertext",
+                format!(
+                    "Too long: {} bytes, at most {MAX_SEALED_BYTES}",
+                    self.ciphertext.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 
 impl Validate for PodSpec {
     fn validate(&self) -> Result {
@@ -679,6 +700,9 @@ impl Validate for NodeStatus {
             (&i.os_image, "nodeInfo.osImage"),
             (&i.hostname, "nodeInfo.hostname"),
             (&i.agent_version, "nodeInfo.kubeletVersion"),
+            (&i.machine_id, "nodeInfo.machineID"),
+            (&i.boot_id, "nodeInfo.bootID"),
+            (&i.system_uuid, "nodeInfo.systemUUID"),
             (
                 &i.container_runtime_version,
                 "nodeInfo.containerRuntimeVersion",

@@ -234,6 +234,9 @@ pub(super) fn node_status() -> NodeStatus {
             hostname: "gw1.local".into(),
             agent_version: "0.1.0".into(),
             container_runtime_version: "wasmtime://48.0.0".into(),
+            machine_id: "4c4c4544004b3110804bc4c04f4e3732".into(),
+            boot_id: "1f0e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into(),
+            system_uuid: "4c4c4544-004b-3110-804b-c4c04f4e3732".into(),
         },
         capacity: NodeResources {
             cpu_millis: 4000,
@@ -280,6 +283,18 @@ pub(super) fn node_status() -> NodeStatus {
             ("building".to_string(), "b43".to_string()),
             ("kedge.io/tier".to_string(), "canary".to_string()),
         ]),
+        sealing_key: Some([0x5a; 32]),
+    }
+}
+
+/// Not a real sealing (HPKE is randomised): fixed bytes, so the vector
+/// pins the layout. `seal`'s tests seal and open for real.
+pub(super) fn sealed_pod() -> SealedPod {
+    SealedPod {
+        uid: "3f1b2c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d".into(),
+        key_id: [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88],
+        encapped_key: [0xe5; 32],
+        ciphertext: (0u8..=200).collect(),
     }
 }
 
@@ -458,6 +473,11 @@ fn all() -> Vec<(&'static str, u64, Message)> {
             Message::NodeLabels(node_labels()),
         ),
         ("tombstone.hex", TOMBSTONE_SEQ, Message::Tombstone),
+        (
+            "sealed_pod.hex",
+            DESIRED_SEQ,
+            Message::SealedPod(sealed_pod()),
+        ),
     ]
 }
 
@@ -671,8 +691,14 @@ fn vector_tombstone() {
 /// hold no `$`, so the upgrade's escaping changes nothing.
 fn as_of_version(version: u16, message: Message) -> Message {
     match message {
-        Message::NodeStatus(mut n) if version == 1 => {
-            n.labels.clear();
+        Message::NodeStatus(mut n) if version < SEALED_SINCE_VERSION => {
+            if version == 1 {
+                n.labels.clear();
+            }
+            n.sealing_key = None;
+            n.info.machine_id.clear();
+            n.info.boot_id.clear();
+            n.info.system_uuid.clear();
             Message::NodeStatus(n)
         }
         Message::DesiredPod(mut spec) if version < POD_FIELDS_SINCE_VERSION => {
@@ -783,6 +809,30 @@ fn version_3_vectors_are_still_read() {
     }
 }
 
+/// Version 4 had kinds 1–11, signatures, and no sealing key or machine
+/// identity in `NodeStatus`; its signed vectors still verify.
+#[test]
+fn version_4_vectors_are_still_read() {
+    older_vectors_are_still_read(4, 11);
+    let keys = crate::trust::TrustedKey::parse_list(SIGNED_PUBLIC_KEY).expect("key parses");
+    for (file, topic, seq, message, _) in signed() {
+        let path = vector_path("v4/signed").join(file);
+        let bytes = from_hex_text(&std::fs::read_to_string(&path).expect("v4 signed vector"));
+        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("v4/signed/{file}: {e}"));
+        assert_eq!(decoded.version, 4);
+        assert_eq!(
+            (decoded.seq, decoded.message),
+            (seq, message),
+            "v4/signed/{file}"
+        );
+        let opened = open(&bytes).expect("opens");
+        assert!(
+            crate::trust::verify(&keys, SIGNED_COUNTER + 1, topic, &opened).is_ok(),
+            "v4/signed/{file}"
+        );
+    }
+}
+
 /// Versions 1 to 3 ran `command`, `args` and env values literally; version
 /// 4 expands them, so an older spec is read with them escaped and runs as
 /// before.
@@ -844,7 +894,7 @@ fn older_specs_keep_their_literal_dollars() {
 fn vectors_cover_every_kind() {
     let mut kinds: Vec<u8> = all().iter().map(|(_, _, m)| m.kind() as u8).collect();
     kinds.sort_unstable();
-    assert_eq!(kinds, (1..=11).collect::<Vec<u8>>());
+    assert_eq!(kinds, (1..=12).collect::<Vec<u8>>());
     for k in 0..=u8::MAX {
         assert_eq!(Kind::from_u8(k).is_ok(), kinds.contains(&k), "kind {k}");
     }
@@ -901,7 +951,7 @@ fn write_vectors_then_fail_on_purpose() {
 #[test]
 fn envelope_layout_matches_the_spec() {
     let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
-    assert_eq!(bytes[0], 0x04, "version 4 as a one-byte varint");
+    assert_eq!(bytes[0], 0x05, "version 5 as a one-byte varint");
     assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
     assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
     assert_eq!(bytes[3], 0x00, "empty signature: length 0");

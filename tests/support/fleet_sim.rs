@@ -116,6 +116,9 @@ fn node_status(name: &str, online: bool, labels: &BTreeMap<String, String>) -> N
             hostname: name.into(),
             agent_version: "kedge-sim".into(),
             container_runtime_version: String::new(),
+            machine_id: String::new(),
+            boot_id: String::new(),
+            system_uuid: String::new(),
         },
         capacity: NodeResources {
             cpu_millis: 4000,
@@ -133,6 +136,7 @@ fn node_status(name: &str, online: bool, labels: &BTreeMap<String, String>) -> N
         addresses: Vec::new(),
         pod_count: 0,
         labels: labels.clone(),
+        sealing_key: None,
     }
 }
 

@@ -118,6 +118,9 @@ fn node_status(name: &str, ip: &str, labels: &BTreeMap<String, String>) -> NodeS
             hostname: name.into(),
             agent_version: "0.1.0".into(),
             container_runtime_version: "sim://1".into(),
+            machine_id: String::new(),
+            boot_id: String::new(),
+            system_uuid: String::new(),
         },
         capacity: NodeResources {
             cpu_millis: 1000,
@@ -155,6 +158,7 @@ fn node_status(name: &str, ip: &str, labels: &BTreeMap<String, String>) -> NodeS
         }],
         pod_count: 0,
         labels: labels.clone(),
+        sealing_key: None,
     }
 }
 

@@ -681,6 +681,7 @@ fn node_status(name: &str, online: bool) -> NodeStatus {
         addresses: vec![],
         pod_count: 0,
         labels: Default::default(),
+        sealing_key: None,
     }
 }
 

@@ -68,6 +68,7 @@ fn node_status(name: &str, online: bool, heartbeat_ms: u64) -> NodeStatus {
         addresses: vec![],
         pod_count: 0,
         labels: Default::default(),
+        sealing_key: None,
     }
 }
 
