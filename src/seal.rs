@@ -54,8 +54,8 @@ pub enum SealError {
     OtherKey { sealed_to: String, ours: String },
     #[error("cannot open the sealed spec: it was altered, or moved from another pod's topic")]
     Open,
-    #[error("the sealed spec names uid {inside}, its envelope {outside}")]
-    UidMismatch { inside: String, outside: String },
+    #[error("the sealed spec's {what} differs from what its envelope shows in clear")]
+    Mismatch { what: &'static str },
     #[error("cannot seal: {0}")]
     Seal(String),
     #[error(transparent)]
@@ -293,6 +293,7 @@ pub fn seal_pod(to: &PublicKey, topic: &str, spec: &PodSpec) -> Result<SealedPod
         .map_err(|_| SealError::Seal("encapsulated key is not 32 bytes".into()))?;
     Ok(SealedPod {
         uid: spec.uid.clone(),
+        labels: spec.labels.clone(),
         key_id: to.id(),
         encapped_key,
         ciphertext,
@@ -321,11 +322,13 @@ pub fn open_pod(key: &KeyPair, topic: &str, sealed: &SealedPod) -> Result<PodSpe
     )
     .map_err(|_| SealError::Open)?;
     let spec = wire::pod_spec_from_body(&plain)?;
+    // The uid is bound by the associated data; the labels in clear must
+    // say what the sealed spec says.
     if spec.uid != sealed.uid {
-        return Err(SealError::UidMismatch {
-            inside: spec.uid,
-            outside: sealed.uid.clone(),
-        });
+        return Err(SealError::Mismatch { what: "uid" });
+    }
+    if spec.labels != sealed.labels {
+        return Err(SealError::Mismatch { what: "labels" });
     }
     Ok(spec)
 }
@@ -373,6 +376,12 @@ mod tests {
         let mut renamed = sealed.clone();
         renamed.uid = "u2".into();
         assert_eq!(open_pod(&device, TOPIC, &renamed), Err(SealError::Open));
+        let mut relabelled = sealed.clone();
+        relabelled.labels.insert("kedge.io/bridge".into(), "true".into());
+        assert_eq!(
+            open_pod(&device, TOPIC, &relabelled),
+            Err(SealError::Mismatch { what: "labels" })
+        );
         let mut flipped = sealed.clone();
         let last = flipped.ciphertext.len() - 1;
         flipped.ciphertext[last] ^= 1;

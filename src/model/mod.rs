@@ -95,12 +95,40 @@ pub enum PullPolicy {
 pub struct SealedPod {
     /// The spec's uid, in clear: an author compares it without the key.
     pub uid: String,
+    /// The spec's labels, in clear (metadata, as visible as the Pod's in
+    /// the cluster): an author tells its own specs from others' by them.
+    pub labels: BTreeMap<String, String>,
     /// The first 8 bytes of the SHA-256 of the public key sealed to.
     pub key_id: [u8; 8],
     /// HPKE's encapsulated key.
     pub encapped_key: [u8; 32],
     /// The sealed `PodSpec` body and its 16-byte tag.
     pub ciphertext: Vec<u8>,
+}
+
+impl SealedPod {
+    /// What an author that cannot open a sealed spec knows of it, as a
+    /// `PodSpec` with no containers (which no real spec equals, so a
+    /// comparison with it always sends again): namespace and name from
+    /// the topic, uid and labels from the envelope, the generation from
+    /// its seq.
+    pub fn stub(&self, pod: &PodKey, generation: u64) -> PodSpec {
+        PodSpec {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: self.uid.clone(),
+            generation,
+            labels: self.labels.clone(),
+            runtime: RuntimeKind::Wasm,
+            restart_policy: RestartPolicy::Always,
+            termination_grace_period_secs: 0,
+            host_network: false,
+            init_containers: Vec::new(),
+            containers: Vec::new(),
+            volumes: Vec::new(),
+            image_pull_secrets: Vec::new(),
+        }
+    }
 }
 
 /// The compact edge pod spec: what the agent runs.

@@ -284,6 +284,7 @@ pub const MAX_SEALED_BYTES: usize = 16 * 1024 * 1024;
 impl Validate for SealedPod {
     fn validate(&self) -> Result {
         uid("metadata.uid", &self.uid)?;
+        labels("metadata.labels", &self.labels)?;
         if self.ciphertext.len() > MAX_SEALED_BYTES {
             return Err(invalid(
                 "ciphertext",

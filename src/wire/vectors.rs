@@ -292,6 +292,7 @@ pub(super) fn node_status() -> NodeStatus {
 pub(super) fn sealed_pod() -> SealedPod {
     SealedPod {
         uid: "3f1b2c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d".into(),
+        labels: BTreeMap::from([("kedge.io/bridge".to_string(), "true".to_string())]),
         key_id: [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88],
         encapped_key: [0xe5; 32],
         ciphertext: (0u8..=200).collect(),
