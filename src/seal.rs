@@ -377,7 +377,9 @@ mod tests {
         renamed.uid = "u2".into();
         assert_eq!(open_pod(&device, TOPIC, &renamed), Err(SealError::Open));
         let mut relabelled = sealed.clone();
-        relabelled.labels.insert("kedge.io/bridge".into(), "true".into());
+        relabelled
+            .labels
+            .insert("kedge.io/bridge".into(), "true".into());
         assert_eq!(
             open_pod(&device, TOPIC, &relabelled),
             Err(SealError::Mismatch { what: "labels" })

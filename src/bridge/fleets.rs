@@ -338,6 +338,29 @@ struct Wanted {
     payload: Vec<u8>,
 }
 
+/// The cluster's ConfigMaps, and no Secrets: a fleet's one spec goes to
+/// every matching device through the broker, and cannot be sealed to each
+/// device's key (`seal`), so a Secret in it would travel in the clear.
+struct NoSecrets<'a>(&'a dyn Resolver);
+
+/// Why a fleet's template cannot reference a Secret (the refusal's text).
+const FLEET_SECRETS: &str = "fleet deployments cannot carry Secrets: one spec goes to every matching device and cannot be sealed to each device's key (send pods that need Secrets to device nodes, where each spec is sealed to its device)";
+
+impl Resolver for NoSecrets<'_> {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.0.config_map(namespace, name)
+    }
+    fn secret(&self, _namespace: &str, _name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        None
+    }
+    fn pending(&self, secret: bool, namespace: &str, name: &str) -> bool {
+        self.0.pending(secret, namespace, name)
+    }
+    fn secrets_refused(&self) -> Option<&'static str> {
+        Some(FLEET_SECRETS)
+    }
+}
+
 /// Converts a resource; every refusal names its field.
 fn convert(
     key: &PodKey,
@@ -366,7 +389,7 @@ fn convert(
         spec: cr.spec.template.spec.clone(),
         status: None,
     };
-    let spec = pod_spec_from_k8s_with(&pod, resolver).map_err(|e| {
+    let spec = pod_spec_from_k8s_with(&pod, &NoSecrets(resolver)).map_err(|e| {
         let message = match e {
             ConvertError::Field { path, message } => {
                 format!("spec.template.{path}: {message}")

@@ -21,9 +21,9 @@ use crate::client::logs::{LogStats, LogStream};
 use crate::client::{self, ClientError, ClientOptions, Inbound, Inbox};
 use crate::config::Config;
 use crate::model::{
-    Event, FleetDeployment, FleetReport, LogRequest, NodeLabels, NodeStatus, PodSpec, PodStatus,
+    Event, FleetDeployment, FleetReport, LogRequest, NodeLabels, NodeStatus, PodStatus,
 };
-use crate::wire::{self, TopicKind, Topics};
+use crate::wire::{self, Message, TopicKind, Topics};
 
 /// Handle to the session; cheap to clone.
 #[derive(Clone)]
@@ -221,15 +221,25 @@ pub fn classify(topics: &Topics, topic: &str, payload: &[u8]) -> Option<BridgeEv
                 }
             },
         }),
-        TopicKind::Desired { node, pod } => Some(BridgeEvent::Desired {
-            node,
-            pod,
-            // An undecodable spec counts as absent (as for `kedge apply`).
-            spec: wire::decode_retained::<PodSpec>(payload)
-                .ok()
-                .flatten()
-                .map(|(_, s)| s),
-        }),
+        TopicKind::Desired { node, pod } => {
+            // An undecodable spec counts as absent (as for `kedge apply`); a
+            // sealed one as what its envelope shows in clear.
+            let (spec, sealed) = match wire::decode(payload) {
+                _ if wire::is_tombstone(payload) => (None, false),
+                Ok(env) => match env.message {
+                    Message::DesiredPod(s) => (Some(s), false),
+                    Message::SealedPod(s) => (Some(s.stub(&pod, env.seq)), true),
+                    _ => (None, false),
+                },
+                Err(_) => (None, false),
+            };
+            Some(BridgeEvent::Desired {
+                node,
+                pod,
+                spec,
+                sealed,
+            })
+        }
         _ => None,
     }
 }

@@ -244,9 +244,9 @@ pub fn node_status(
             "capacity": resources(&status.capacity),
             "allocatable": resources(&status.allocatable),
             "nodeInfo": {
-                "machineID": "",
-                "systemUUID": "",
-                "bootID": "",
+                "machineID": status.info.machine_id,
+                "systemUUID": status.info.system_uuid,
+                "bootID": status.info.boot_id,
                 "kernelVersion": i.kernel_version,
                 "osImage": i.os_image,
                 "containerRuntimeVersion": i.container_runtime_version,
@@ -481,9 +481,9 @@ mod tests {
                 hostname: "gw1".into(),
                 agent_version: "0.1.0".into(),
                 container_runtime_version: "wasmtime://48".into(),
-                machine_id: String::new(),
-                boot_id: String::new(),
-                system_uuid: String::new(),
+                machine_id: "0123456789abcdef0123456789abcdef".into(),
+                boot_id: "5f1c2a9e-0d3b-4e6f-8a7c-9b0d1e2f3a4b".into(),
+                system_uuid: "4c4c4544-004b-3110-804b-c4c04f4e3732".into(),
             },
             capacity: NodeResources {
                 cpu_millis: 4000,
@@ -588,6 +588,18 @@ mod tests {
         assert_eq!(s["allocatable"]["cpu"], "3500m");
         assert_eq!(s["capacity"]["memory"], "1073741824");
         assert_eq!(s["nodeInfo"]["architecture"], "arm64");
+        assert_eq!(
+            s["nodeInfo"]["machineID"],
+            "0123456789abcdef0123456789abcdef"
+        );
+        assert_eq!(
+            s["nodeInfo"]["bootID"],
+            "5f1c2a9e-0d3b-4e6f-8a7c-9b0d1e2f3a4b"
+        );
+        assert_eq!(
+            s["nodeInfo"]["systemUUID"],
+            "4c4c4544-004b-3110-804b-c4c04f4e3732"
+        );
         // A version Kubernetes' own parser takes: vMAJOR.MINOR.PATCH, then
         // a pre-release of dot-separated identifiers.
         let version = s["nodeInfo"]["kubeletVersion"].as_str().expect("a string");

@@ -73,7 +73,10 @@ pub enum BridgeEvent {
     Desired {
         node: String,
         pod: PodKey,
+        /// For a `SealedPod`, what can be known without the device's key
+        /// (`SealedPod::stub`), and `sealed` is true.
         spec: Option<PodSpec>,
+        sealed: bool,
     },
     /// Every retained message of the subscriptions has arrived (barrier).
     MqttSynced,
@@ -310,6 +313,10 @@ pub struct Bridge {
     pods: HashMap<PodKey, PodEntry>,
     pods_by_node: HashMap<String, BTreeSet<PodKey>>,
     desired: HashMap<NodePod, PodSpec>,
+    /// The sealing key (its id) each spec in `desired` that carries Secret
+    /// values was sealed to by this process: sent again, sealed to the new
+    /// key, when the device reports another.
+    sealed_to: HashMap<NodePod, [u8; 8]>,
     reported: HashMap<NodePod, Reported>,
     mqtt_synced: bool,
     pods_synced: bool,
@@ -335,6 +342,7 @@ pub(super) struct Recording<'a> {
     refs: RefCell<BTreeSet<ObjRef>>,
     missing: RefCell<Vec<ObjRef>>,
     pending: RefCell<bool>,
+    secrets: RefCell<bool>,
 }
 
 /// What a [`Recording`] saw.
@@ -345,6 +353,9 @@ pub(super) struct Recorded {
     /// A reference's answer is not known yet (being fetched): decide
     /// nothing until it is ([`BridgeEvent::ObjectChanged`] follows).
     pub pending: bool,
+    /// A Secret was found: the spec carries its values and goes to the
+    /// device only sealed to its key (`seal`).
+    pub secrets: bool,
 }
 
 impl<'a> Recording<'a> {
@@ -354,6 +365,7 @@ impl<'a> Recording<'a> {
             refs: RefCell::new(BTreeSet::new()),
             missing: RefCell::new(Vec::new()),
             pending: RefCell::new(false),
+            secrets: RefCell::new(false),
         }
     }
 
@@ -361,6 +373,7 @@ impl<'a> Recording<'a> {
         Recorded {
             missing: !self.missing.borrow().is_empty(),
             pending: self.pending.into_inner(),
+            secrets: self.secrets.into_inner(),
             refs: self.refs.into_inner(),
         }
     }
@@ -377,6 +390,9 @@ impl<'a> Recording<'a> {
             namespace: ns.to_string(),
             name: name.to_string(),
         };
+        if kind == RefKind::Secret && found.is_some() {
+            *self.secrets.borrow_mut() = true;
+        }
         if found.is_none() {
             if self.inner.pending(kind == RefKind::Secret, ns, name) {
                 *self.pending.borrow_mut() = true;
@@ -457,6 +473,7 @@ impl Bridge {
             pods: HashMap::new(),
             pods_by_node: HashMap::new(),
             desired: HashMap::new(),
+            sealed_to: HashMap::new(),
             reported: HashMap::new(),
             mqtt_synced: false,
             pods_synced: false,
@@ -510,16 +527,29 @@ impl Bridge {
             BridgeEvent::DeviceEvent { node, seq, event } => {
                 self.on_device_event(node, seq, event, &mut out)
             }
-            BridgeEvent::Desired { node, pod, spec } => {
+            BridgeEvent::Desired {
+                node,
+                pod,
+                spec,
+                sealed,
+            } => {
                 let k = (node, pod);
                 match spec {
+                    // What this bridge sealed and still knows in clear.
+                    Some(s)
+                        if sealed
+                            && self.desired.get(&k).is_some_and(|d| {
+                                d.uid == s.uid && d.generation == s.generation
+                            }) => {}
                     Some(s) => {
                         self.index_dirty.insert(k.0.clone());
+                        self.sealed_to.remove(&k);
                         self.desired.insert(k, s);
                     }
                     None => {
                         self.index_dirty.insert(k.0.clone());
                         self.desired.remove(&k);
+                        self.sealed_to.remove(&k);
                     }
                 }
             }
@@ -742,7 +772,26 @@ impl Bridge {
                 });
                 dev.labels_sent = Some(labels);
             }
+            let key_changed = dev
+                .last
+                .as_ref()
+                .is_some_and(|l| l.sealing_key != status.sealing_key);
             dev.last = Some(status);
+            if key_changed && !newly {
+                // Specs that carry Secrets go out again, sealed to the new key
+                // (or wait for one).
+                let keys: Vec<PodKey> = self
+                    .pods_by_node
+                    .get(&node)
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default();
+                for k in keys {
+                    self.evaluate(&k, now_ms, resolver, out);
+                }
+            }
+            let Some(dev) = self.devices.get_mut(&node) else {
+                return;
+            };
             if dev.connected != Some(true) {
                 dev.connected = Some(true);
                 dev.connected_since_ms = now_ms;
@@ -1199,6 +1248,7 @@ impl Bridge {
         {
             self.index_dirty.insert(node.clone());
             self.desired.remove(&k);
+            self.sealed_to.remove(&k);
             out.push(Action::Publish {
                 topic: self.settings.topics.desired(&node, &key),
                 payload: Vec::new(),
@@ -1234,6 +1284,7 @@ impl Bridge {
         for (node, key) in orphans {
             self.index_dirty.insert(node.clone());
             self.desired.remove(&(node.clone(), key.clone()));
+            self.sealed_to.remove(&(node.clone(), key.clone()));
             out.push(Action::Publish {
                 topic: self.settings.topics.desired(&node, &key),
                 payload: Vec::new(),
@@ -1264,6 +1315,7 @@ impl Bridge {
             if self.desired.get(&dk).is_some_and(|s| s.uid == e.uid) {
                 self.index_dirty.insert(e.node.clone());
                 self.desired.remove(&dk);
+                self.sealed_to.remove(&dk);
                 out.push(Action::Publish {
                     topic: self.settings.topics.desired(&e.node, key),
                     payload: Vec::new(),
@@ -1338,26 +1390,86 @@ impl Bridge {
                 });
             }
             Ok(mut spec) => {
-                e.refusal = None;
                 spec.uid = e.uid.clone();
                 spec.labels
                     .insert(BRIDGE_SPEC_LABEL.to_string(), "true".to_string());
-                if let Some(spec) = next_desired(existing, spec) {
-                    let payload = match wire::encode(
-                        spec.generation,
-                        &Message::DesiredPod(spec.clone()),
-                    ) {
+                let seal_to = if recorded.secrets {
+                    let device_key = self
+                        .devices
+                        .get(&e.node)
+                        .and_then(|d| d.last.as_ref())
+                        .and_then(|s| s.sealing_key);
+                    match sealing_key(&e.node, device_key) {
+                        Ok(k) => Some(k),
+                        Err(message) => {
+                            if e.refusal.as_deref() != Some(message.as_str()) {
+                                e.refusal = Some(message.clone());
+                                e.accepted_sent = false;
+                                out.push(Action::Event(KubeEvent {
+                                    namespace: key.namespace.clone(),
+                                    involved_kind: "Pod",
+                                    involved_name: key.name.clone(),
+                                    involved_uid: e.uid.clone(),
+                                    kind: EventType::Warning,
+                                    reason: NO_SEALING_KEY.to_string(),
+                                    message: message.clone(),
+                                    time_ms: now_ms,
+                                    host: e.node.clone(),
+                                    field_path: None,
+                                }));
+                                out.push(Action::PodStatus {
+                                    pod: key.clone(),
+                                    owner: PodStatusOwner::Bridge,
+                                    body: render::refused_pod_status(
+                                        &key.namespace,
+                                        &key.name,
+                                        &e.uid,
+                                        NO_SEALING_KEY,
+                                        &message,
+                                        now_ms,
+                                    ),
+                                });
+                            }
+                            return;
+                        }
+                    }
+                } else {
+                    None
+                };
+                e.refusal = None;
+                // Sealed to another key than the device's now (or by another
+                // process): sent again, whatever the comparison says.
+                let reseal = seal_to
+                    .as_ref()
+                    .is_some_and(|k| self.sealed_to.get(&dk) != Some(&k.id()));
+                let next = if reseal {
+                    Some(resend(existing, spec))
+                } else {
+                    next_desired(existing, spec)
+                };
+                if let Some(spec) = next {
+                    let topic = self.settings.topics.desired(&e.node, key);
+                    let message = match &seal_to {
+                        Some(k) => crate::seal::seal_pod(k, &topic, &spec)
+                            .map(Message::SealedPod)
+                            .map_err(|e| e.to_string()),
+                        None => Ok(Message::DesiredPod(spec.clone())),
+                    };
+                    let payload = match message
+                        .and_then(|m| wire::encode(spec.generation, &m).map_err(|e| e.to_string()))
+                    {
                         Ok(p) => p,
                         Err(err) => {
                             tracing::error!(pod = %key, error = %err, "cannot encode the desired spec");
                             return;
                         }
                     };
-                    out.push(Action::Publish {
-                        topic: self.settings.topics.desired(&e.node, key),
-                        payload,
-                    });
+                    out.push(Action::Publish { topic, payload });
                     self.index_dirty.insert(e.node.clone());
+                    match &seal_to {
+                        Some(k) => self.sealed_to.insert(dk.clone(), k.id()),
+                        None => self.sealed_to.remove(&dk),
+                    };
                     self.desired.insert(dk, spec);
                 }
                 if !e.accepted_sent {
@@ -1381,6 +1493,33 @@ impl Bridge {
     pub fn referenced(&self) -> impl Iterator<Item = &ObjRef> {
         self.pods.values().flat_map(|e| e.refs.iter())
     }
+}
+
+/// The reason on a pod that needs Secrets sealed to a device that has
+/// reported no (valid) sealing key.
+pub const NO_SEALING_KEY: &str = "SealingKeyUnknown";
+
+/// The key to seal a node's Secret-bearing specs to, from its last status;
+/// Err: why the pod waits (its message).
+fn sealing_key(node: &str, key: Option<[u8; 32]>) -> Result<crate::seal::PublicKey, String> {
+    let Some(bytes) = key else {
+        return Err(format!(
+            "node {node:?} has not reported a sealing key (an agent older than wire version 5, or one that could not make its key: see its log); the pod uses Secrets, whose values are sent only sealed to the device"
+        ));
+    };
+    crate::seal::PublicKey::from_bytes(&bytes, "the node status's sealing key")
+        .map_err(|e| format!("node {node:?} reported an unusable sealing key ({e}); the pod uses Secrets, whose values are sent only sealed to the device"))
+}
+
+/// `spec` as the next generation after `existing` (same uid), or as at
+/// least generation 1: for a spec that must go out again although it may
+/// be unchanged (the device adopts it without a restart).
+fn resend(existing: Option<&PodSpec>, mut spec: PodSpec) -> PodSpec {
+    spec.generation = match existing {
+        Some(e) if e.uid == spec.uid => e.generation + 1,
+        _ => spec.generation.max(1),
+    };
+    spec
 }
 
 #[cfg(test)]

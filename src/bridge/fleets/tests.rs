@@ -386,6 +386,38 @@ fn a_template_that_does_not_convert_publishes_nothing_and_says_why() {
     assert_eq!(st[0].conditions[0].status, "True");
 }
 
+/// A fleet's one spec goes to every matching device and cannot be sealed
+/// to each one's key: a Secret in its template, optional or not, is
+/// refused at its field, and nothing goes out.
+#[test]
+fn a_template_that_uses_a_secret_is_refused_at_its_field() {
+    let mut f = synced();
+    for (extra, path) in [
+        (
+            json!({"env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "p", "optional": true}}}]}),
+            "spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef",
+        ),
+        (
+            json!({"envFrom": [{"secretRef": {"name": "db"}}]}),
+            "spec.template.spec.containers[0].envFrom[0].secretRef",
+        ),
+    ] {
+        let cr = resource("sensors", 1, json!({"template": template(IMAGE, extra)}));
+        let out = apply(&mut f, &cr, NOW);
+        assert!(published(&out).is_empty(), "{out:?}");
+        let ev = events(&out);
+        assert_eq!(ev.len(), 1, "{out:?}");
+        assert!(
+            ev[0].message.starts_with(path)
+                && ev[0]
+                    .message
+                    .contains("fleet deployments cannot carry Secrets"),
+            "{}",
+            ev[0].message
+        );
+    }
+}
+
 #[test]
 fn a_rollout_completes_in_batches_and_status_writes_do_not_grow_with_the_fleet() {
     let rollout = json!({"batches": [

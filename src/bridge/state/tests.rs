@@ -68,8 +68,15 @@ fn node_status(name: &str, online: bool, heartbeat_ms: u64) -> NodeStatus {
         addresses: vec![],
         pod_count: 0,
         labels: Default::default(),
-        sealing_key: None,
+        sealing_key: Some(device_key().public().to_bytes()),
     }
+}
+
+/// gw1's sealing key (every test device reports it).
+fn device_key() -> crate::seal::KeyPair {
+    static KEY: std::sync::OnceLock<crate::seal::KeyPair> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| crate::seal::KeyPair::generate().expect("key"))
+        .clone()
 }
 
 fn pod(name: &str, uid: &str, node: &str, extra_spec: serde_json::Value) -> Arc<Pod> {
@@ -167,6 +174,13 @@ fn indexes(actions: &[Action]) -> Vec<(&str, DesiredIndex)> {
             _ => None,
         })
         .collect()
+}
+
+/// A published spec that carries Secrets: sealed, opened with `key`.
+fn sealed_spec_of(key: &crate::seal::KeyPair, (topic, payload): (&str, &[u8])) -> PodSpec {
+    let (_, sealed) =
+        crate::wire::decode_as::<crate::model::SealedPod>(payload).expect("a sealed spec");
+    crate::seal::open_pod(key, topic, &sealed).expect("opens with the device key")
 }
 
 fn spec_of(payload: &[u8]) -> PodSpec {
@@ -349,6 +363,7 @@ fn unchanged_pods_are_not_resent_and_changes_bump_the_generation() {
             node: "gw1".into(),
             pod: PodKey::new("default", "web"),
             spec: Some(first.clone()),
+            sealed: false,
         },
         NOW,
         &NoResolver,
@@ -408,7 +423,7 @@ fn a_pod_waits_without_a_word_while_its_secret_is_being_read() {
     };
     assert_eq!(b.referenced().collect::<Vec<_>>(), vec![&db]);
     let a = b.handle(BridgeEvent::ObjectChanged(db), NOW, &fixed);
-    let s = spec_of(publishes(&a)[0].1);
+    let s = sealed_spec_of(&device_key(), publishes(&a)[0]);
     assert_eq!(s.containers[0].env[0].name, "PASSWORD");
 }
 
@@ -652,6 +667,7 @@ fn deletion_sends_tombstone_then_deletes_with_uid_once_the_device_reports_gone()
             node: "gw1".into(),
             pod: key.clone(),
             spec: Some(spec),
+            sealed: false,
         },
         NOW,
         &NoResolver,
@@ -720,6 +736,7 @@ fn orphaned_bridge_specs_are_tombstoned_after_sync_but_not_cli_specs() {
                 node: "gw1".into(),
                 pod: s.key(),
                 spec: Some(s),
+                sealed: false,
             },
             NOW,
             &NoResolver,
@@ -831,7 +848,7 @@ fn image_pull_secrets_are_resolved_and_resent_when_they_change() {
         .secrets
         .insert("default/regcred".into(), cred("alice"));
     let a = b.handle(BridgeEvent::PodApplied(p), NOW, &fixed);
-    let s1 = spec_of(publishes(&a)[0].1);
+    let s1 = sealed_spec_of(&device_key(), publishes(&a)[0]);
     assert_eq!(s1.image_pull_secrets.len(), 1);
     assert!(
         s1.image_pull_secrets[0].contains("alice"),
@@ -848,7 +865,7 @@ fn image_pull_secrets_are_resolved_and_resent_when_they_change() {
         NOW,
         &fixed,
     );
-    let s2 = spec_of(publishes(&a)[0].1);
+    let s2 = sealed_spec_of(&device_key(), publishes(&a)[0]);
     assert!(s2.image_pull_secrets[0].contains("bob"));
     assert_eq!(s2.generation, s1.generation + 1);
 }
@@ -863,6 +880,7 @@ fn the_desired_index_lists_the_bridge_specs_of_each_node_after_them() {
             node: "gw1".into(),
             pod: cli.key(),
             spec: Some(cli),
+            sealed: false,
         },
         NOW,
         &NoResolver,
@@ -905,6 +923,7 @@ fn the_desired_index_lists_the_bridge_specs_of_each_node_after_them() {
             node: "gw1".into(),
             pod: spec.key(),
             spec: Some(spec.clone()),
+            sealed: false,
         },
         NOW,
         &NoResolver,
@@ -1379,4 +1398,192 @@ fn a_fleet_nodes_capacity_is_the_sum_over_its_matching_devices() {
     );
     // None of them is a Node (no gateway), yet all count.
     assert_eq!(b.device_count(), 1, "only the fleet node is a Node here");
+}
+
+/// The pod of the sealing tests: its env takes a Secret's value.
+fn secret_pod(uid: &str) -> Arc<Pod> {
+    pod(
+        "db",
+        uid,
+        "gw1",
+        serde_json::json!({"containers": [{"name": "main", "image": "file:///m.wasm@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]}]}),
+    )
+}
+
+fn db_secret(value: &str) -> Fixed {
+    let mut fixed = Fixed::default();
+    fixed.secrets.insert(
+        "default/db".into(),
+        BTreeMap::from([("password".to_string(), value.as_bytes().to_vec())]),
+    );
+    fixed
+}
+
+fn gw1_reports_key(b: &mut Bridge, key: Option<&crate::seal::KeyPair>, now: u64) -> Vec<Action> {
+    let mut status = node_status("gw1", true, now);
+    status.sealing_key = key.map(|k| k.public().to_bytes());
+    b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status,
+        },
+        now,
+        &db_secret("hunter2-hunter2"),
+    )
+}
+
+/// A spec that carries a Secret's value goes out only sealed to the
+/// device's key: no value in the payload; one without Secrets in clear.
+#[test]
+fn a_spec_with_secret_values_is_sealed_to_the_device_key() {
+    let mut b = synced_bridge();
+    let a = b.handle(
+        BridgeEvent::PodApplied(secret_pod("u1")),
+        NOW,
+        &db_secret("hunter2-hunter2"),
+    );
+    let published = publishes(&a);
+    assert_eq!(published.len(), 1, "{a:?}");
+    assert!(
+        !published[0].1.windows(7).any(|w| w == b"hunter2"),
+        "the value is not in the payload"
+    );
+    let spec = sealed_spec_of(&device_key(), published[0]);
+    assert_eq!(spec.containers[0].env[0].value, "hunter2-hunter2");
+    assert_eq!(spec.generation, 1);
+    // The index lists it like any spec.
+    let index = indexes(&a);
+    assert_eq!(index[0].1.pods[0].uid, "u1");
+    // Unchanged: not sent again.
+    let a = b.handle(
+        BridgeEvent::PodApplied(secret_pod("u1")),
+        NOW,
+        &db_secret("hunter2-hunter2"),
+    );
+    assert!(publishes(&a).is_empty(), "{a:?}");
+    // A pod without Secrets goes in clear.
+    let a = b.handle(
+        BridgeEvent::PodApplied(pod("web", "u2", "gw1", serde_json::json!({}))),
+        NOW,
+        &NoResolver,
+    );
+    assert_eq!(spec_of(publishes(&a)[0].1).uid, "u2");
+}
+
+/// No key reported: the pod waits with a condition and one event that say
+/// why, and nothing goes out; the key arrives: sealed to it. The device is
+/// re-keyed: sent again, sealed to the new key, as the next generation.
+#[test]
+fn a_pod_with_secrets_waits_for_the_sealing_key_and_follows_a_re_key() {
+    let mut b = synced_bridge();
+    gw1_reports_key(&mut b, None, NOW);
+    let a = b.handle(
+        BridgeEvent::PodApplied(secret_pod("u1")),
+        NOW,
+        &db_secret("hunter2-hunter2"),
+    );
+    assert!(publishes(&a).is_empty(), "{a:?}");
+    let reasons: Vec<&str> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Event(e) => Some(e.reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, vec![NO_SEALING_KEY]);
+    let cond = a
+        .iter()
+        .find_map(|x| match x {
+            Action::PodStatus { body, .. } => Some(body["status"]["conditions"][0].clone()),
+            _ => None,
+        })
+        .expect("a condition");
+    assert_eq!(cond["reason"], NO_SEALING_KEY);
+    assert!(
+        cond["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("has not reported a sealing key"),
+        "{cond}"
+    );
+    // Said once.
+    let a = b.handle(
+        BridgeEvent::PodApplied(secret_pod("u1")),
+        NOW,
+        &db_secret("hunter2-hunter2"),
+    );
+    assert!(a.is_empty(), "{a:?}");
+
+    let a = gw1_reports_key(&mut b, Some(&device_key()), NOW + 1);
+    let first = sealed_spec_of(&device_key(), publishes(&a)[0]);
+    assert_eq!(first.generation, 1);
+
+    let new_key = crate::seal::KeyPair::generate().expect("key");
+    let a = gw1_reports_key(&mut b, Some(&new_key), NOW + 2);
+    let published = publishes(&a);
+    assert_eq!(published.len(), 1, "{a:?}");
+    let again = sealed_spec_of(&new_key, published[0]);
+    assert_eq!(
+        again.generation, 2,
+        "the next generation: the device adopts it"
+    );
+    let (_, sealed) =
+        crate::wire::decode_as::<crate::model::SealedPod>(published[0].1).expect("sealed");
+    assert!(crate::seal::open_pod(&device_key(), published[0].0, &sealed).is_err());
+}
+
+/// A restarted bridge reads back a sealed spec it cannot open: it sends it
+/// again once, as the next generation (the device adopts an unchanged one
+/// without a restart), and not on every resync; a sealed spec it made
+/// itself in this process is kept as it knows it.
+#[test]
+fn a_sealed_spec_read_back_after_a_restart_is_sent_again_once() {
+    let mut b = Bridge::new(settings());
+    b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: node_status("gw1", true, NOW),
+        },
+        NOW,
+        &NoResolver,
+    );
+    let topic = Topics::new("kedge/v1").desired("gw1", &PodKey::new("default", "db"));
+    let mut before = crate::model::samples::spec("db", "u1", 4, RestartPolicy::Always);
+    before
+        .containers
+        .push(crate::model::samples::container("main"));
+    before
+        .labels
+        .insert(BRIDGE_SPEC_LABEL.into(), "true".into());
+    let sealed = crate::seal::seal_pod(&device_key().public(), &topic, &before).expect("seals");
+    let read_back = BridgeEvent::Desired {
+        node: "gw1".into(),
+        pod: PodKey::new("default", "db"),
+        spec: Some(sealed.stub(&PodKey::new("default", "db"), 4)),
+        sealed: true,
+    };
+    b.handle(read_back, NOW, &NoResolver);
+    let secret = db_secret("hunter2-hunter2");
+    b.handle(BridgeEvent::PodApplied(secret_pod("u1")), NOW, &secret);
+    b.handle(BridgeEvent::MqttSynced, NOW, &secret);
+    let a = b.handle(BridgeEvent::PodsSynced { present_uids: None }, NOW, &secret);
+    let published = publishes(&a);
+    assert_eq!(published.len(), 1, "{a:?}");
+    assert_eq!(sealed_spec_of(&device_key(), published[0]).generation, 5);
+    // The broker gives back what this bridge just sealed: kept, not resent.
+    let (_, now_sealed) =
+        crate::wire::decode_as::<crate::model::SealedPod>(published[0].1).expect("sealed");
+    b.handle(
+        BridgeEvent::Desired {
+            node: "gw1".into(),
+            pod: PodKey::new("default", "db"),
+            spec: Some(now_sealed.stub(&PodKey::new("default", "db"), 5)),
+            sealed: true,
+        },
+        NOW,
+        &NoResolver,
+    );
+    let a = b.handle(BridgeEvent::MqttSynced, NOW, &db_secret("hunter2-hunter2"));
+    assert!(publishes(&a).is_empty(), "{a:?}");
 }

@@ -95,6 +95,12 @@ pub trait Resolver {
     fn pending(&self, _secret: bool, _namespace: &str, _name: &str) -> bool {
         false
     }
+    /// Why this caller cannot send Secret values at all (a fleet's one spec
+    /// goes to many devices and cannot be sealed to each), or None. A
+    /// reference to a Secret, optional or not, is then refused at its path.
+    fn secrets_refused(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// The resolver for manifests converted without cluster access: nothing
@@ -182,7 +188,12 @@ impl Ctx<'_> {
         }
         let found = match kind {
             ObjectKind::ConfigMap => self.resolver.config_map(self.namespace, name),
-            ObjectKind::Secret => self.resolver.secret(self.namespace, name),
+            ObjectKind::Secret => {
+                if let Some(why) = self.resolver.secrets_refused() {
+                    return Err(field(path, format!("secret {name:?}: {why}")));
+                }
+                self.resolver.secret(self.namespace, name)
+            }
         };
         match found {
             Some(data) => Ok(Some(data)),
