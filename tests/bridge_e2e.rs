@@ -163,12 +163,21 @@ impl World {
         bridge_args: Vec<String>,
         agent_env: Vec<(String, String)>,
     ) -> World {
+        World::start_on(Mosquitto::start(), nodes, bridge_args, agent_env)
+    }
+
+    /// [`World::start_with`] on a broker the test started.
+    fn start_on(
+        mqtt: Mosquitto,
+        nodes: &[&str],
+        bridge_args: Vec<String>,
+        agent_env: Vec<(String, String)>,
+    ) -> World {
         let rt = runtime();
         let cp = ControlPlane::start(ControlPlaneOpts {
             controllers: true,
             node_monitor_grace: Duration::from_secs(12),
         });
-        let mqtt = Mosquitto::start();
         let admin = client(&rt, &cp.kubeconfig);
         apply_file(
             &rt,
@@ -2747,4 +2756,153 @@ fn kubectl_drives_device_nodes_fleets_and_pod_logs() {
     assert_eq!(&rows[0][..3], ["NAME", "READY", "STATUS"], "{out}");
     assert_eq!(&rows[1][..3], ["ticker", "1/1", "Running"], "{out}");
     assert!(rows[1].iter().any(|c| c == "edge-a"), "{out}");
+}
+
+// ---------------------------------------------------------------- sealed secrets
+
+/// A Secret's value reaches the device sealed to its key (issue 13.2): the
+/// pod that takes it as an env var and as a secret volume runs, its init
+/// container prints the value (read back through `kubectl logs`' path), and
+/// the value is in no retained message and nowhere in the broker's
+/// persistence file. Re-keyed (its key file removed, the agent restarted),
+/// the device gets the spec again sealed to its new key and the pod runs.
+#[test]
+fn a_secret_reaches_the_device_sealed_and_the_broker_never_holds_it() {
+    const VALUE: &str = "s3cr3t-v4lu3-kedge-e2e";
+    let node = "edge-sealed";
+    let mut w = World::start_on(Mosquitto::start_persistent(), &[node], vec![], vec![]);
+    w.wait_node_ready(node);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(w.admin.clone(), "default");
+    w.create(
+        &secrets,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+               "stringData": {"password": VALUE}}),
+    );
+    let mut spec = wasm_pod_spec(
+        &w.image,
+        &["ticker", "0", "200"],
+        json!({
+            "volumes": [{"name": "creds", "secret": {"secretName": "db"}}],
+            "initContainers": [{"name": "show", "image": w.image, "args": ["env"],
+                "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}],
+                "volumeMounts": [{"name": "creds", "mountPath": "/creds"}]}],
+        }),
+    );
+    spec["nodeName"] = json!(node);
+    w.create(
+        &w.pods(),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sealed"}, "spec": spec}),
+    );
+    w.wait_or_dump("the pod with the Secret Running and Ready", || {
+        w.rt.block_on(w.pods().get_opt("sealed"))
+            .ok()
+            .flatten()
+            .filter(pod_ready)
+    });
+    let log = w.bridge.wait(
+        "the init container's env through the apiserver",
+        LONG,
+        || {
+            w.logs("sealed", "show")
+                .ok()
+                .filter(|l| l.contains("PASSWORD="))
+        },
+    );
+    assert!(log.contains(&format!("PASSWORD={VALUE}")), "{log}");
+
+    let topic = format!("kedge/v1/{node}/desired/default/sealed");
+    let retained = |w: &World| {
+        let sub = support::Subscriber::start(&w.mqtt.url(), "kedge/v1/#", None);
+        // The sealed spec itself, once the subscription has its retained copy.
+        w.bridge.wait("the retained spec", LONG, || {
+            sub.messages()
+                .into_iter()
+                .find(|(t, p)| *t == topic && !p.is_empty())
+                .map(|_| ())
+        });
+        sub.messages()
+    };
+    let messages = retained(&w);
+    for (t, p) in &messages {
+        assert!(
+            !p.windows(VALUE.len()).any(|x| x == VALUE.as_bytes()),
+            "the Secret's value in the clear on {t}"
+        );
+    }
+    let spec_payload = &messages.iter().find(|(t, _)| *t == topic).expect("spec").1;
+    let (_, sealed) =
+        kedge::wire::decode_as::<kedge::model::SealedPod>(spec_payload).expect("a SealedPod");
+    let key_file = w.agents[node].1.join("sealing.key");
+    let key_id = |path: &Path| {
+        kedge::seal::KeyPair::load(path)
+            .expect("the device's sealing key")
+            .id()
+    };
+    assert_eq!(
+        sealed.key_id,
+        key_id(&key_file),
+        "sealed to the device's key"
+    );
+
+    // Re-keyed: the key file is gone when the agent starts again.
+    {
+        let (agent, dir) = w.agents.get_mut(node).expect("agent");
+        agent.stop();
+        std::fs::remove_file(dir.join("sealing.key")).expect("remove the key file");
+        *agent = Agent::start(AgentOpts {
+            node: node.to_string(),
+            broker_url: Some(w.mqtt.url()),
+            data_dir: dir.clone(),
+            env: test_agent_env(),
+            ..Default::default()
+        });
+    }
+    let new_id = w.bridge.wait("the new key file", LONG, || {
+        key_file.exists().then(|| key_id(&key_file))
+    });
+    assert_ne!(new_id, sealed.key_id, "a new key");
+    w.wait_or_dump("the spec sealed again to the new key", || {
+        let sub = support::Subscriber::start(&w.mqtt.url(), &topic, None);
+        sub.messages()
+            .into_iter()
+            .find(|(t, p)| *t == topic && !p.is_empty())
+            .and_then(|(_, p)| kedge::wire::decode_as::<kedge::model::SealedPod>(&p).ok())
+            .filter(|(_, s)| s.key_id == new_id)
+    });
+    w.wait_or_dump("the pod Running and Ready after the re-key", || {
+        w.rt.block_on(w.pods().get_opt("sealed"))
+            .ok()
+            .flatten()
+            .filter(pod_ready)
+    });
+
+    // Nowhere in the broker's persistence file, which a graceful stop writes.
+    w.mqtt.stop_gracefully();
+    let mut db = Vec::new();
+    for entry in walk(&w.mqtt.dir().join("store")) {
+        db.extend(std::fs::read(&entry).unwrap_or_default());
+    }
+    assert!(
+        db.windows(topic.len()).any(|x| x == topic.as_bytes()),
+        "the persistence file holds the retained spec's topic"
+    );
+    assert!(
+        !db.windows(VALUE.len()).any(|x| x == VALUE.as_bytes()),
+        "the Secret's value is in the broker's files"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
