@@ -158,7 +158,8 @@ impl std::fmt::Debug for KeyPair {
 }
 
 impl KeyPair {
-    fn from_seed(seed: &[u8; 32]) -> KeyPair {
+    /// The key pair a 32-byte seed derives (what a key file holds).
+    pub fn from_seed(seed: &[u8; 32]) -> KeyPair {
         let (private, public) = Kem::derive_keypair(seed);
         let bytes: [u8; 32] = public
             .to_bytes()

@@ -8,8 +8,11 @@
 //! - `decode_as::<T>` and `decode_retained::<T>` agree with `decode` (same
 //!   value and seq, `WrongKind` exactly when the kind differs, the same
 //!   error otherwise; empty is `None` for retained): for the payload's own
-//!   kind and one other chosen by the input, so all ten body types and
+//!   kind and one other chosen by the input, so all eleven body types and
 //!   every pair come up over a run;
+//! - a `SealedPod` goes through `seal::open_pod` with a fixed device key
+//!   and topic (what the agent does with it): never a panic, and whatever
+//!   opens has the uid and labels its envelope shows;
 //! - `to_json` succeeds on every payload `decode` accepts;
 //! - round trip: a decoded message encodes, decodes again to the same seq
 //!   and message (in this build's version), and encodes to the same bytes.
@@ -25,7 +28,7 @@ use std::fmt::Debug;
 
 use kedge::model::{
     DesiredIndex, Event, FleetDeployment, FleetReport, LogChunk, LogRequest, NodeLabels,
-    NodeStatus, PodSpec, PodStatus,
+    NodeStatus, PodSpec, PodStatus, SealedPod,
 };
 use kedge::wire::{self, Envelope, WireError, WireMessage};
 use libfuzzer_sys::{fuzz_mutator, fuzz_target, fuzzer_mutate};
@@ -39,8 +42,9 @@ fuzz_target!(|data: &[u8]| {
         Ok(env) => env.message.kind() as u8,
         Err(_) => data.get(1).copied().unwrap_or(1),
     };
-    let other = (named as usize + data.len() % 9) % 10 + 1;
-    for k in [named as usize, other] {
+    const KINDS: [u8; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12];
+    let other = KINDS[(named as usize + data.len()) % KINDS.len()];
+    for k in [named, other] {
         match k {
             1 => agrees::<PodSpec>(data, &decoded),
             2 => agrees::<PodStatus>(data, &decoded),
@@ -51,7 +55,20 @@ fuzz_target!(|data: &[u8]| {
             7 => agrees::<DesiredIndex>(data, &decoded),
             8 => agrees::<FleetDeployment>(data, &decoded),
             9 => agrees::<FleetReport>(data, &decoded),
+            12 => agrees::<SealedPod>(data, &decoded),
             _ => agrees::<NodeLabels>(data, &decoded),
+        }
+    }
+    if let Ok(Envelope {
+        message: wire::Message::SealedPod(sealed),
+        ..
+    }) = &decoded
+    {
+        static KEY: std::sync::OnceLock<kedge::seal::KeyPair> = std::sync::OnceLock::new();
+        let key = KEY.get_or_init(|| kedge::seal::KeyPair::from_seed(&[7; 32]));
+        if let Ok(spec) = kedge::seal::open_pod(key, "kedge/v1/gw1/desired/default/web", sealed) {
+            assert_eq!(spec.uid, sealed.uid);
+            assert_eq!(spec.labels, sealed.labels);
         }
     }
 
