@@ -234,7 +234,15 @@ fn wrong_kind(kind: &str, api_version: &str) -> String {
 }
 
 fn pod_from_value(value: Value) -> Result<k8s::Pod, String> {
-    let pod: k8s::Pod = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    // A wrong-typed value names its field, as kubectl's validation does.
+    let pod: k8s::Pod = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
+    })?;
     // k8s-openapi ignores unknown fields; find them by comparing the input with
     // what the parsed pod serialises back to.
     let round_trip = serde_json::to_value(&pod).map_err(|e| e.to_string())?;
@@ -465,6 +473,18 @@ items:
         assert_eq!(
             err.to_string(),
             "document 0: unknown field \"spec.containers[0].imagePullPoilcy\""
+        );
+        // A value of the wrong type names its field.
+        let text = manifest(json!({"spec": {"containers": [
+            {"name": "a", "image": "x", "ports": [{"containerPort": "eighty"}]}
+        ]}}))
+        .to_string();
+        let err = parse_pod_manifests(&text).expect_err("a string port");
+        assert!(
+            err.to_string().starts_with(
+                "document 0: spec.containers[0].ports[0].containerPort: invalid type: string \"eighty\", expected i32"
+            ),
+            "{err}"
         );
         // Null values and known-but-empty fields are fine.
         let text = manifest(json!({
