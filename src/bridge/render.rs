@@ -422,7 +422,10 @@ pub fn pod_status(uid: &str, s: &PodStatus) -> Value {
 }
 
 /// The status of a pod the bridge cannot send to its device: Pending, with
-/// the `kedge.io/Accepted` condition False naming the field or reference.
+/// the `kedge.io/Accepted` condition False naming the field or reference,
+/// and each container (`waiting`: name, image) waiting with the reason. For
+/// a pod the device runs (`waiting` None) only the condition: a refused
+/// update never rewrites the phase of a running pod.
 pub fn refused_pod_status(
     namespace: &str,
     name: &str,
@@ -430,21 +433,40 @@ pub fn refused_pod_status(
     reason: &str,
     message: &str,
     now_ms: u64,
+    waiting: Option<&[(String, String)]>,
 ) -> Value {
+    let condition = json!({
+        "type": ACCEPTED_CONDITION,
+        "status": "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": time(now_ms),
+    });
+    let status = match waiting {
+        // The pod runs on the device: its phase and containers stay the
+        // device's; the refused update shows only in the condition.
+        None => json!({"conditions": [condition]}),
+        // As the kubelet shows a container it cannot create: waiting with
+        // the reason, which `kubectl get pods` prints as the STATUS.
+        Some(containers) => json!({
+            "phase": PodPhase::Pending.as_str(),
+            "conditions": [condition],
+            "containerStatuses": containers.iter().map(|(c, image)| json!({
+                "name": c,
+                "image": image,
+                "imageID": "",
+                "ready": false,
+                "started": false,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": reason, "message": message}},
+            })).collect::<Vec<_>>(),
+        }),
+    };
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "uid": uid},
-        "status": {
-            "phase": PodPhase::Pending.as_str(),
-            "conditions": [{
-                "type": ACCEPTED_CONDITION,
-                "status": "False",
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": time(now_ms),
-            }],
-        },
+        "status": status,
     })
 }
 

@@ -1386,6 +1386,7 @@ impl Bridge {
                         reason,
                         &message,
                         now_ms,
+                        refused_waiting(&self.reported, e, &dk).as_deref(),
                     ),
                 });
             }
@@ -1427,6 +1428,7 @@ impl Bridge {
                                         NO_SEALING_KEY,
                                         &message,
                                         now_ms,
+                                        refused_waiting(&self.reported, e, &dk).as_deref(),
                                     ),
                                 });
                             }
@@ -1493,6 +1495,28 @@ impl Bridge {
     pub fn referenced(&self) -> impl Iterator<Item = &ObjRef> {
         self.pods.values().flat_map(|e| e.refs.iter())
     }
+}
+
+/// The containers (name, image) a refused pod shows waiting, or None when
+/// its device reports it (it runs: a refused update changes only the
+/// condition, never the phase).
+fn refused_waiting(
+    reported: &HashMap<NodePod, Reported>,
+    e: &PodEntry,
+    dk: &NodePod,
+) -> Option<Vec<(String, String)>> {
+    let runs = reported
+        .get(dk)
+        .and_then(|r| r.status.as_ref())
+        .is_some_and(|s| s.uid == e.uid);
+    (!runs).then(|| {
+        e.pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+            .collect()
+    })
 }
 
 /// The reason on a pod that needs Secrets sealed to a device that has

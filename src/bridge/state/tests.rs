@@ -454,10 +454,28 @@ fn configmap_change_resends_the_pod_and_missing_mandatory_blocks_it() {
         "{}",
         ev.message
     );
-    assert!(a.iter().any(
-        |x| matches!(x, Action::PodStatus { owner: PodStatusOwner::Bridge, body, .. }
-        if body["status"]["conditions"][0]["status"] == "False")
-    ));
+    let refused = |a: &[Action]| {
+        a.iter()
+            .find_map(|x| match x {
+                Action::PodStatus {
+                    owner: PodStatusOwner::Bridge,
+                    body,
+                    ..
+                } if body["status"]["conditions"][0]["status"] == "False" => Some(body.clone()),
+                _ => None,
+            })
+            .expect("the refusal's status")
+    };
+    // As the kubelet shows it: Pending, the container waiting with the reason
+    // (`kubectl get pods` prints it as the STATUS).
+    let body = refused(&a);
+    assert_eq!(body["status"]["phase"], "Pending");
+    let waiting = &body["status"]["containerStatuses"][0];
+    assert_eq!(waiting["name"], "main");
+    assert_eq!(
+        waiting["state"]["waiting"]["reason"],
+        "CreateContainerConfigError"
+    );
     // The ConfigMap appears: the pod is sent.
     let mut fixed = Fixed::default();
     fixed.cms.insert(
@@ -477,10 +495,27 @@ fn configmap_change_resends_the_pod_and_missing_mandatory_blocks_it() {
         "default/cfg".into(),
         BTreeMap::from([("greeting".to_string(), b"bonjour".to_vec())]),
     );
-    let a = b.handle(BridgeEvent::ObjectChanged(cfg), NOW, &fixed);
+    let a = b.handle(BridgeEvent::ObjectChanged(cfg.clone()), NOW, &fixed);
     let s2 = spec_of(publishes(&a)[0].1);
     assert_eq!(s2.containers[0].env[0].value, "bonjour");
     assert_eq!(s2.generation, s1.generation + 1);
+    // The device runs it; then the ConfigMap is deleted: the refused update
+    // shows in the condition only, never as a phase of the running pod.
+    b.handle(
+        BridgeEvent::Report {
+            node: "gw1".into(),
+            pod: PodKey::new("default", "web"),
+            seq: 1,
+            status: Some(report("u1", PodPhase::Running)),
+        },
+        NOW,
+        &fixed,
+    );
+    let a = b.handle(BridgeEvent::ObjectChanged(cfg), NOW, &none);
+    assert!(publishes(&a).is_empty());
+    let body = refused(&a);
+    assert!(body["status"].get("phase").is_none(), "{body}");
+    assert!(body["status"].get("containerStatuses").is_none(), "{body}");
 }
 
 #[test]
