@@ -776,6 +776,23 @@ impl Bridge {
                 .last
                 .as_ref()
                 .is_some_and(|l| l.sealing_key != status.sealing_key);
+            // A new boot id is a reboot, as the kubelet reports it.
+            if let Some(l) = &dev.last
+                && !l.info.boot_id.is_empty()
+                && !status.info.boot_id.is_empty()
+                && l.info.boot_id != status.info.boot_id
+            {
+                out.push(node_event(
+                    &node,
+                    EventType::Warning,
+                    "Rebooted",
+                    format!(
+                        "Node {node} has been rebooted, boot id: {}",
+                        status.info.boot_id
+                    ),
+                    now_ms,
+                ));
+            }
             dev.last = Some(status);
             if key_changed && !newly {
                 // Specs that carry Secrets go out again, sealed to the new key
@@ -793,6 +810,17 @@ impl Bridge {
                 return;
             };
             if dev.connected != Some(true) {
+                // A transition this bridge saw, not the retained statuses it
+                // reads when it starts (no burst of events per restart).
+                if dev.connected == Some(false) || self.mqtt_synced {
+                    out.push(node_event(
+                        &node,
+                        EventType::Normal,
+                        "NodeReady",
+                        format!("Node {node} status is now: NodeReady"),
+                        now_ms,
+                    ));
+                }
                 dev.connected = Some(true);
                 dev.connected_since_ms = now_ms;
                 out.push(Action::Connected {
@@ -936,6 +964,17 @@ impl Bridge {
         };
         dev.alive = false;
         if dev.connected != Some(false) {
+            // Said only when it was Ready before (not for a device first
+            // seen through its last will).
+            if dev.connected == Some(true) {
+                out.push(node_event(
+                    node,
+                    EventType::Normal,
+                    "NodeNotReady",
+                    format!("Node {node} status is now: NodeNotReady ({message})"),
+                    now_ms,
+                ));
+            }
             dev.connected = Some(false);
             dev.connected_since_ms = now_ms;
             out.push(Action::Connected {
@@ -1495,6 +1534,29 @@ impl Bridge {
     pub fn referenced(&self) -> impl Iterator<Item = &ObjRef> {
         self.pods.values().flat_map(|e| e.refs.iter())
     }
+}
+
+/// An Event about a Node, as the kubelet records them (namespace
+/// `default`, the node's name as its uid).
+fn node_event(
+    node: &str,
+    kind: EventType,
+    reason: &str,
+    message: String,
+    now_ms: u64,
+) -> Action {
+    Action::Event(KubeEvent {
+        namespace: "default".to_string(),
+        involved_kind: "Node",
+        involved_name: node.to_string(),
+        involved_uid: node.to_string(),
+        kind,
+        reason: reason.to_string(),
+        message,
+        time_ms: now_ms,
+        host: node.to_string(),
+        field_path: None,
+    })
 }
 
 /// The containers (name, image) a refused pod shows waiting, or None when

@@ -209,6 +209,49 @@ fn first_online_status_creates_node_status_connected_and_lease() {
     );
     assert!(matches!(&a[3], Action::RenewLease { name, .. } if name == "gw1"));
     assert!(b.is_alive("gw1"));
+    // Read while the bridge starts (retained): no event. A device that
+    // comes up once it runs: an Event on the Node, as the kubelet says it.
+    b.handle(BridgeEvent::MqttSynced, NOW, &NoResolver);
+    let a = b.handle(
+        BridgeEvent::Node {
+            node: "gw2".into(),
+            status: node_status("gw2", true, NOW),
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert!(
+        a.iter().any(|x| matches!(x, Action::Event(e) if e.involved_kind == "Node"
+            && e.reason == "NodeReady" && e.message == "Node gw2 status is now: NodeReady")),
+        "{a:?}"
+    );
+    // Rebooted (a new boot id): a Warning, as the kubelet reports it.
+    let mut rebooted = node_status("gw1", true, NOW + 1_000);
+    rebooted.info.boot_id = "boot-2".into();
+    let mut before = node_status("gw1", true, NOW + 500);
+    before.info.boot_id = "boot-1".into();
+    for (status, now) in [(before, NOW + 500), (rebooted, NOW + 1_000)] {
+        let a = b.handle(
+            BridgeEvent::Node {
+                node: "gw1".into(),
+                status,
+            },
+            now,
+            &NoResolver,
+        );
+        let reboots: Vec<&str> = a
+            .iter()
+            .filter_map(|x| match x {
+                Action::Event(e) if e.reason == "Rebooted" => Some(e.message.as_str()),
+                _ => None,
+            })
+            .collect();
+        if now == NOW + 1_000 {
+            assert_eq!(reboots, vec!["Node gw1 has been rebooted, boot id: boot-2"]);
+        } else {
+            assert!(reboots.is_empty(), "a first boot id is no reboot: {a:?}");
+        }
+    }
 }
 
 #[test]
@@ -260,7 +303,9 @@ fn last_will_turns_connected_false_at_once_and_stops_the_lease() {
         &NoResolver,
     );
     assert!(
-        matches!(&a[..], [Action::Connected { body, .. }] if body["status"]["conditions"][0]["status"] == "False"
+        matches!(&a[..], [Action::Event(e), Action::Connected { body, .. }]
+            if e.reason == "NodeNotReady"
+            && body["status"]["conditions"][0]["status"] == "False"
             && body["status"]["conditions"][0]["reason"] == "DeviceOffline"),
         "{a:?}"
     );
@@ -1032,7 +1077,7 @@ fn only_devices_matching_the_node_selector_become_nodes() {
     // Its last will carries no labels: still its Node (Connected False).
     let a = b.handle(with(&[], false), NOW + 22_000, &NoResolver);
     assert!(
-        matches!(&a[..], [Action::Connected { body, .. }] if body["status"]["conditions"][0]["status"] == "False"),
+        matches!(&a[..], [Action::Event(_), Action::Connected { body, .. }] if body["status"]["conditions"][0]["status"] == "False"),
         "{a:?}"
     );
     assert_eq!(b.device_count(), 1);
