@@ -952,5 +952,10 @@ async fn sealed_specs_open_with_the_device_key_and_nothing_else() {
         "adopted, not restarted"
     );
     assert_eq!(agent.phase("db"), Some(PodPhase::Running));
+    agent
+        .until("the status observes generation 3", |a| {
+            a.status("db").is_some_and(|s| s.observed_generation == 3)
+        })
+        .await;
     agent.stop().await;
 }

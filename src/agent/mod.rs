@@ -1362,11 +1362,23 @@ impl Controller {
                     spec: spec.clone(),
                 })?;
                 info!(pod = %key, generation = spec.generation, "the spec is unchanged: generation recorded, the pod keeps running");
+                let mut running = false;
                 if let Some(entry) = self.pods.get_mut(&key) {
                     match &mut entry.then {
                         AfterStop::Replace(pending, _) => pending.generation = spec.generation,
-                        _ => entry.spec.generation = spec.generation,
+                        _ => {
+                            entry.spec.generation = spec.generation;
+                            running = true;
+                        }
                     }
+                }
+                // The status says it observed the new generation at once.
+                if running
+                    && let Ok(Some(mut status)) = self.store.status(&key)
+                    && status.uid == spec.uid
+                {
+                    status.observed_generation = spec.generation;
+                    self.record_status(&key, &status);
                 }
             }
             (Decision::Delete, _) => {
@@ -1411,11 +1423,12 @@ impl Controller {
         let mut statuses = Vec::new();
         for report in coalesce(reports) {
             match report {
-                Report::Status { key, status } => {
-                    if self.pods.get(&key).map(|e| e.spec.uid.as_str()) != Some(status.uid.as_str())
-                    {
+                Report::Status { key, mut status } => {
+                    let Some(e) = self.pods.get(&key).filter(|e| e.spec.uid == status.uid) else {
                         continue;
-                    }
+                    };
+                    // A generation adopted after the supervisor started.
+                    status.observed_generation = status.observed_generation.max(e.spec.generation);
                     info!(pod = %key, phase = status.phase.as_str(), status = %status.display_status(), restarts = status.restart_count(), "pod status");
                     statuses.push((key, status));
                 }

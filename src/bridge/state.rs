@@ -1538,13 +1538,7 @@ impl Bridge {
 
 /// An Event about a Node, as the kubelet records them (namespace
 /// `default`, the node's name as its uid).
-fn node_event(
-    node: &str,
-    kind: EventType,
-    reason: &str,
-    message: String,
-    now_ms: u64,
-) -> Action {
+fn node_event(node: &str, kind: EventType, reason: &str, message: String, now_ms: u64) -> Action {
     Action::Event(KubeEvent {
         namespace: "default".to_string(),
         involved_kind: "Node",

@@ -221,8 +221,10 @@ fn first_online_status_creates_node_status_connected_and_lease() {
         &NoResolver,
     );
     assert!(
-        a.iter().any(|x| matches!(x, Action::Event(e) if e.involved_kind == "Node"
-            && e.reason == "NodeReady" && e.message == "Node gw2 status is now: NodeReady")),
+        a.iter().any(
+            |x| matches!(x, Action::Event(e) if e.involved_kind == "Node"
+            && e.reason == "NodeReady" && e.message == "Node gw2 status is now: NodeReady")
+        ),
         "{a:?}"
     );
     // Rebooted (a new boot id): a Warning, as the kubelet reports it.
