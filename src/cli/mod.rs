@@ -15,11 +15,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
 #[cfg(feature = "manifests")]
-use crate::model::convert::{parse_pod_manifests, pod_spec_from_k8s};
+use crate::model::convert::{FileResolver, Reader, parse_manifests, pod_spec_from_k8s_with};
 use crate::model::{
     DesiredIndex, LogChunk, LogRequest, NodeConditionType, NodeStatus, PodKey, PodSpec, PodStatus,
     now_ms,
 };
+#[cfg(feature = "manifests")]
+use crate::seal::PublicKey;
 use crate::wire::{self, Message, TopicKind, Topics};
 use client::{ANSWER_TIMEOUT, Client};
 
@@ -60,7 +62,10 @@ pub enum Command {
     /// Send the pods of a manifest file to a node, or to every device whose
     /// labels match (--selector: a fleet deployment).
     Apply {
-        /// YAML or JSON file with one or more Pods; - for stdin.
+        /// YAML or JSON file with one or more Pods; - for stdin. With
+        /// --node, the Secrets and ConfigMaps in the file resolve the pods'
+        /// references, and a spec that carries Secret values is sealed to
+        /// the node's key (docs/keys.md).
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
         #[arg(long, required_unless_present = "selector")]
@@ -99,10 +104,14 @@ pub enum Command {
     },
     /// Convert Kubernetes Pod manifests into kedge pod specs (JSON), the
     /// static pods (`NAME.kedge.json`) of agents built without manifest
-    /// support (`minimal`).
+    /// support (`minimal`). Secrets and ConfigMaps in the file resolve the
+    /// pods' references; the output then holds the Secret values in clear
+    /// (as `kubectl create --dry-run=client -o yaml` prints them): keep it
+    /// where only the device's owner can read it.
     #[cfg(feature = "manifests")]
     Convert {
-        /// YAML or JSON file with one or more Pods; - for stdin.
+        /// YAML or JSON file with Pods, and the Secrets and ConfigMaps they
+        /// refer to; - for stdin.
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
@@ -345,10 +354,9 @@ async fn read_cli_index(
         .retained(&topics.desired_filter(node))
         .await?
         .into_iter()
-        .filter_map(|(_, p)| {
-            wire::decode_as::<PodSpec>(&p)
-                .ok()
-                .map(|(_, s)| (s.key(), s.uid))
+        .filter_map(|(t, p)| match (topics.parse(&t), Retained::read(&p)) {
+            (Some(TopicKind::Desired { pod, .. }), Ok(Some(r))) => Some((pod, r.uid().to_string())),
+            _ => None,
         })
         .collect();
     index.pods.retain(|e| {
@@ -386,19 +394,30 @@ fn read_manifest_file(file: &PathBuf) -> anyhow::Result<String> {
 }
 
 /// `kedge convert -f`: the pods of a manifest file as kedge pod specs, a
-/// JSON list (what `*.kedge.json` static pod files hold).
+/// JSON list (what `*.kedge.json` static pod files hold), their references
+/// resolved from the Secrets and ConfigMaps of the same file.
 #[cfg(feature = "manifests")]
 pub fn convert(file: &PathBuf) -> anyhow::Result<()> {
     let text = read_manifest_file(file)?;
-    let manifests = parse_pod_manifests(&text)
+    let manifests = parse_manifests(&text)
         .with_context(|| format!("error validating {:?}", file.display().to_string()))?;
-    let specs = manifests
-        .iter()
-        .map(|pod| {
-            let name = pod.metadata.name.as_deref().unwrap_or_default();
-            pod_spec_from_k8s(pod).with_context(|| format!("pod/{name} is invalid"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let resolver = FileResolver::new(&manifests, None, Reader::Convert)
+        .with_context(|| format!("error validating {:?}", file.display().to_string()))?;
+    let mut specs = Vec::new();
+    for pod in &manifests.pods {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let spec = pod_spec_from_k8s_with(pod, &resolver)
+            .with_context(|| format!("pod/{name} is invalid"))?;
+        for (_, secret) in resolver.take_secrets_found() {
+            eprintln!(
+                "warning: pod/{name} carries the values of secret {secret:?} in clear in this output"
+            );
+        }
+        specs.push(spec);
+    }
+    for unused in resolver.unused() {
+        eprintln!("warning: no pod in the file uses {unused}");
+    }
     writeln!(
         std::io::stdout(),
         "{}",
@@ -456,16 +475,25 @@ pub async fn apply(
         bail!("invalid node name {node:?}");
     }
     let text = read_manifest_file(file)?;
-    let manifests = parse_pod_manifests(&text)
-        .with_context(|| format!("error validating {:?}", file.display().to_string()))?;
-    if manifests.is_empty() {
+    let invalid = || format!("error validating {:?}", file.display().to_string());
+    let manifests = parse_manifests(&text).with_context(invalid)?;
+    if manifests.pods.is_empty() {
+        if !manifests.secrets.is_empty() || !manifests.config_maps.is_empty() {
+            bail!(
+                "no pods in {}: kedge keeps no Secrets or ConfigMaps, they only resolve the \
+                 references of the pods applied with them",
+                file.display()
+            );
+        }
         bail!("no objects passed to apply");
     }
+    let resolver = FileResolver::new(&manifests, namespace, Reader::Apply).with_context(invalid)?;
     let topics = Topics::new(&config.topic_prefix);
     let mut client = Client::connect(config).await?;
     let mut index = read_cli_index(&mut client, &topics, node).await?;
     let index_before = index.clone();
-    for mut pod in manifests {
+    let mut sealing_key: Option<PublicKey> = None;
+    for mut pod in manifests.pods {
         let ns = place_in_namespace(&mut pod, namespace);
         let name = pod.metadata.name.clone().unwrap_or_default();
         let key = PodKey::new(&ns, &name);
@@ -474,45 +502,171 @@ pub async fn apply(
             .retained(&topic)
             .await?
             .into_iter()
-            .find_map(
-                |(t, p)| match wire::decode_as::<PodSpec>(&p).map(|(_, s)| s) {
-                    Ok(spec) => Some(spec),
-                    Err(e) => {
-                        eprintln!("warning: the spec on {t} cannot be read ({e}); replacing it");
-                        None
-                    }
-                },
-            );
+            .find_map(|(t, p)| match Retained::read(&p) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("warning: the spec on {t} cannot be read ({e}); replacing it");
+                    None
+                }
+            });
         let uid = existing
             .as_ref()
-            .map(|e| e.uid.clone())
+            .map(|e| e.uid().to_string())
             .or_else(|| pod.metadata.uid.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         pod.metadata.uid = Some(uid.clone());
-        let mut spec = pod_spec_from_k8s(&pod).with_context(|| format!("pod/{name} is invalid"))?;
+        let mut spec = pod_spec_from_k8s_with(&pod, &resolver)
+            .with_context(|| format!("pod/{name} is invalid"))?;
         spec.uid = uid;
+        let secrets = resolver.take_secrets_found();
         let verb = if existing.is_some() {
             "configured"
         } else {
             "created"
         };
-        let Some(spec) = crate::model::next_desired(existing.as_ref(), spec) else {
-            if let Some(e) = &existing {
+        let Some(spec) = next_to_send(existing.as_ref(), spec, !secrets.is_empty()) else {
+            if let Some(Retained::Plain(e)) = &existing {
                 index.upsert(crate::model::IndexEntry::of(e));
             }
             writeln!(std::io::stdout(), "pod/{name} unchanged")?;
             continue;
         };
         index.upsert(crate::model::IndexEntry::of(&spec));
-        let payload = wire::encode(spec.generation, &Message::DesiredPod(spec))?;
+        let message = match secrets.first() {
+            None => Message::DesiredPod(spec.clone()),
+            Some((_, secret)) => {
+                let to = match &sealing_key {
+                    Some(k) => k.clone(),
+                    None => {
+                        let k = node_sealing_key(&mut client, &topics, node, secret).await?;
+                        eprintln!(
+                            "sealing Secret values to the key of node {node} (key id {})",
+                            hex::encode(k.id())
+                        );
+                        sealing_key.insert(k).clone()
+                    }
+                };
+                Message::SealedPod(
+                    crate::seal::seal_pod(&to, &topic, &spec)
+                        .with_context(|| format!("cannot seal pod/{name}"))?,
+                )
+            }
+        };
+        let payload = wire::encode(spec.generation, &message)?;
         client.publish_acked(&topic, payload, true).await?;
         writeln!(std::io::stdout(), "pod/{name} {verb}")?;
+    }
+    for unused in resolver.unused() {
+        eprintln!("warning: no pod in the file uses {unused}");
     }
     if index != index_before {
         publish_cli_index(&mut client, &topics, node, &index).await?;
     }
     client.disconnect().await;
     Ok(())
+}
+
+/// What is retained on a pod's desired topic, as far as the CLI can read
+/// it: a plain spec, or a sealed one, of which only the uid (in clear) and
+/// the generation (the envelope's sequence) can be read.
+#[derive(Debug, Clone, PartialEq)]
+enum Retained {
+    Plain(PodSpec),
+    Sealed { uid: String, generation: u64 },
+}
+
+impl Retained {
+    /// A retained desired payload; `None` for a tombstone.
+    fn read(payload: &[u8]) -> Result<Option<Retained>, wire::WireError> {
+        if wire::is_tombstone(payload) {
+            return Ok(None);
+        }
+        let env = wire::decode(payload)?;
+        match env.message {
+            Message::DesiredPod(spec) => Ok(Some(Retained::Plain(spec))),
+            Message::SealedPod(sealed) => Ok(Some(Retained::Sealed {
+                uid: sealed.uid,
+                generation: env.seq,
+            })),
+            other => Err(wire::WireError::WrongKind {
+                expected: "DesiredPod or SealedPod",
+                found: other.kind().name(),
+            }),
+        }
+    }
+
+    fn uid(&self) -> &str {
+        match self {
+            Retained::Plain(spec) => &spec.uid,
+            Retained::Sealed { uid, .. } => uid,
+        }
+    }
+}
+
+/// The spec to publish over `existing` (`None`: unchanged, publish
+/// nothing); `sealed` says it carries Secret values. A sealed spec on the
+/// broker cannot be compared: the same uid is sent again with the next
+/// generation (an agent adopts an unchanged spec without restarting its
+/// pod). A plain spec on the broker equal to one that carries Secret
+/// values holds them in clear: it is replaced by the sealed one.
+#[cfg(feature = "manifests")]
+fn next_to_send(existing: Option<&Retained>, spec: PodSpec, sealed: bool) -> Option<PodSpec> {
+    match existing {
+        Some(Retained::Sealed { uid, generation }) if *uid == spec.uid => {
+            let mut spec = spec;
+            spec.generation = generation + 1;
+            Some(spec)
+        }
+        Some(Retained::Plain(e)) if sealed && e.uid == spec.uid => {
+            let generation = e.generation + 1;
+            crate::model::next_desired(Some(e), spec.clone()).or_else(|| {
+                let mut spec = spec;
+                spec.generation = generation;
+                Some(spec)
+            })
+        }
+        Some(Retained::Plain(e)) => crate::model::next_desired(Some(e), spec),
+        _ => crate::model::next_desired(None, spec),
+    }
+}
+
+/// The public key node `node` reports in its retained status, to seal the
+/// values of `secret` (and any other) to. Never a fallback to plaintext.
+#[cfg(feature = "manifests")]
+async fn node_sealing_key(
+    client: &mut Client,
+    topics: &Topics,
+    node: &str,
+    secret: &str,
+) -> anyhow::Result<PublicKey> {
+    let topic = topics.node(node);
+    let status = match client.retained(&topic).await?.into_iter().next() {
+        None => None,
+        Some((_, payload)) => wire::decode_retained::<NodeStatus>(&payload)
+            .with_context(|| {
+                format!(
+                    "the status of node {node} on {topic} cannot be read; refusing to send the \
+                     values of secret {secret:?} in the clear"
+                )
+            })?
+            .map(|(_, s)| s),
+    };
+    let Some(status) = status else {
+        bail!(
+            "node {node} has not reported its status on this broker (has its agent ever \
+             connected? is the node name right?), so there is no key to seal to; refusing to \
+             send the values of secret {secret:?} in the clear"
+        );
+    };
+    let Some(key) = status.sealing_key else {
+        bail!(
+            "node {node} has not reported a sealing key (an agent older than wire version 5, \
+             or it could not make its key: see its log); refusing to send the values of secret \
+             {secret:?} in the clear"
+        );
+    };
+    PublicKey::from_bytes(&key, &format!("the status of node {node}"))
+        .with_context(|| format!("refusing to send the values of secret {secret:?} in the clear"))
 }
 
 /// The node given, or else the one that has the pod, from retained desired
@@ -1072,6 +1226,67 @@ mod tests {
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
+    }
+
+    #[cfg(feature = "manifests")]
+    #[test]
+    fn a_sealed_spec_on_the_broker_is_sent_again_with_the_next_generation() {
+        use crate::model::{RestartPolicy, samples};
+        let spec = |generation| samples::spec("web", "u1", generation, RestartPolicy::Always);
+        let sealed = Retained::Sealed {
+            uid: "u1".into(),
+            generation: 4,
+        };
+        // Sealed: cannot be compared; the same uid goes again as generation 5
+        // (sealed or not), which the agent adopts without a restart.
+        for carries_secrets in [true, false] {
+            let next = next_to_send(Some(&sealed), spec(1), carries_secrets).expect("sent");
+            assert_eq!((next.uid.as_str(), next.generation), ("u1", 5));
+        }
+        // A plain spec equal to the new one: unchanged, unless the new one
+        // carries Secret values, which must not stay in clear.
+        let plain = Retained::Plain(spec(3));
+        assert_eq!(next_to_send(Some(&plain), spec(1), false), None);
+        let next = next_to_send(Some(&plain), spec(1), true).expect("sealed over plain");
+        assert_eq!(next.generation, 4);
+        let mut changed = spec(1);
+        changed.restart_policy = RestartPolicy::Never;
+        for carries_secrets in [true, false] {
+            let next = next_to_send(Some(&plain), changed.clone(), carries_secrets);
+            assert_eq!(next.map(|s| s.generation), Some(4));
+        }
+        assert_eq!(
+            next_to_send(None, spec(0), true).map(|s| s.generation),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn retained_desired_payloads_read_sealed_or_not() {
+        use crate::model::{RestartPolicy, samples};
+        let mut spec = samples::spec("web", "u1", 7, RestartPolicy::Always);
+        spec.containers.push(samples::container("app"));
+        let plain = wire::encode(7, &Message::DesiredPod(spec.clone())).expect("encodes");
+        assert_eq!(
+            Retained::read(&plain).expect("reads"),
+            Some(Retained::Plain(spec.clone()))
+        );
+        let key = crate::seal::KeyPair::generate().expect("key");
+        let topic = "kedge/v1/gw1/desired/default/web";
+        let sealed = crate::seal::seal_pod(&key.public(), topic, &spec).expect("seals");
+        let payload = wire::encode(7, &Message::SealedPod(sealed)).expect("encodes");
+        let read = Retained::read(&payload).expect("reads").expect("some");
+        assert_eq!(
+            read,
+            Retained::Sealed {
+                uid: "u1".into(),
+                generation: 7
+            }
+        );
+        assert_eq!(read.uid(), "u1");
+        assert_eq!(Retained::read(&[]).expect("tombstone"), None);
+        let index = wire::encode(0, &Message::DesiredIndex(DesiredIndex::default())).expect("x");
+        assert!(Retained::read(&index).is_err());
     }
 
     #[test]

@@ -1,8 +1,19 @@
-//! Manifest files: YAML or JSON, several documents, lists; each document a v1 Pod.
+//! Manifest files: YAML or JSON, several documents, lists; each document a
+//! v1 Pod, or (for `kedge apply -f --node` and `kedge convert`) a v1 Secret
+//! or ConfigMap that the pods refer to.
 
 use serde::de::DeserializeSeed;
 
 use super::*;
+
+/// What a manifest file holds: pods, and the Secrets and ConfigMaps that
+/// resolve their references ([`FileResolver`]), in file order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Manifests {
+    pub pods: Vec<k8s::Pod>,
+    pub secrets: Vec<k8s::Secret>,
+    pub config_maps: Vec<k8s::ConfigMap>,
+}
 
 /// Parses a YAML or JSON file that may hold several documents (`---`), and
 /// `kind: List` / `kind: PodList` items. Empty documents are skipped. Any
@@ -10,14 +21,26 @@ use super::*;
 /// index and kind (Deployments etc. are for the bridge). Fields unknown to
 /// Kubernetes are errors, like `kubectl apply --validate=strict`.
 pub fn parse_pod_manifests(text: &str) -> Result<Vec<k8s::Pod>, ConvertError> {
-    let mut pods = Vec::new();
+    Ok(parse(text, false)?.pods)
+}
+
+/// [`parse_pod_manifests`] that also takes v1 Secrets (`data` in base64,
+/// `stringData`) and ConfigMaps (`data`, `binaryData`), checked as the API
+/// server checks them (names, keys, a `kubernetes.io/dockerconfigjson`
+/// Secret's `.dockerconfigjson`).
+pub fn parse_manifests(text: &str) -> Result<Manifests, ConvertError> {
+    parse(text, true)
+}
+
+fn parse(text: &str, objects: bool) -> Result<Manifests, ConvertError> {
+    let mut found = Manifests::default();
     for (index, doc) in split_documents(text)?.into_iter().enumerate() {
         if doc.is_null() {
             continue;
         }
-        collect_pods(index, doc, &mut pods)?;
+        collect(index, doc, objects, &mut found)?;
     }
-    Ok(pods)
+    Ok(found)
 }
 
 /// Every document of the file as JSON, empty documents as `Null`.
@@ -171,7 +194,12 @@ fn str_field<'a>(value: &'a Value, key: &str) -> Option<&'a str> {
     value.get(key).and_then(Value::as_str)
 }
 
-fn collect_pods(index: usize, doc: Value, pods: &mut Vec<k8s::Pod>) -> Result<(), ConvertError> {
+fn collect(
+    index: usize,
+    doc: Value,
+    objects: bool,
+    found: &mut Manifests,
+) -> Result<(), ConvertError> {
     if !doc.is_object() {
         return Err(document(
             index,
@@ -198,44 +226,168 @@ fn collect_pods(index: usize, doc: Value, pods: &mut Vec<k8s::Pod>) -> Result<()
                 if !item.is_object() {
                     return Err(document(index, format!("{prefix}: expected a pod")));
                 }
-                let kind = str_field(&item, "kind").unwrap_or_default();
-                let api_version = str_field(&item, "apiVersion").unwrap_or_default();
-                if (kind, api_version) != ("Pod", "v1") {
-                    return Err(document(
-                        index,
-                        format!("{prefix}: {}", wrong_kind(kind, api_version)),
-                    ));
-                }
-                let pod =
-                    pod_from_value(item).map_err(|m| document(index, format!("{prefix}: {m}")))?;
-                pods.push(pod);
+                let kind = str_field(&item, "kind").unwrap_or_default().to_owned();
+                let api_version = str_field(&item, "apiVersion")
+                    .unwrap_or_default()
+                    .to_owned();
+                let objects = objects && !pod_list;
+                collect_object(&kind, &api_version, item, objects, found)
+                    .map_err(|m| document(index, format!("{prefix}: {m}")))?;
             }
             Ok(())
         }
-        ("Pod", "v1") => {
-            pods.push(pod_from_value(doc).map_err(|m| document(index, m))?);
-            Ok(())
+        (kind, api_version) => {
+            collect_object(kind, api_version, doc, objects, found).map_err(|m| document(index, m))
         }
-        (kind, api_version) => Err(document(index, wrong_kind(kind, api_version))),
     }
 }
 
-fn wrong_kind(kind: &str, api_version: &str) -> String {
+/// One object (a document or a list's item): a pod, or with `objects` a
+/// Secret or ConfigMap.
+fn collect_object(
+    kind: &str,
+    api_version: &str,
+    value: Value,
+    objects: bool,
+    found: &mut Manifests,
+) -> Result<(), String> {
+    match (kind, api_version) {
+        ("Pod", "v1") => found.pods.push(object_from_value(value)?),
+        ("Secret", "v1") if objects => {
+            let secret: k8s::Secret = object_from_value(value)?;
+            let name = check_object_name("secret", secret.metadata.name.as_deref())?;
+            check_secret(&secret).map_err(|m| format!("secret {name:?}: {m}"))?;
+            found.secrets.push(secret);
+        }
+        ("ConfigMap", "v1") if objects => {
+            let config_map: k8s::ConfigMap = object_from_value(value)?;
+            let name = check_object_name("configmap", config_map.metadata.name.as_deref())?;
+            check_config_map(&config_map).map_err(|m| format!("configmap {name:?}: {m}"))?;
+            found.config_maps.push(config_map);
+        }
+        (kind, api_version) => return Err(wrong_kind(kind, api_version, objects)),
+    }
+    Ok(())
+}
+
+fn wrong_kind(kind: &str, api_version: &str, objects: bool) -> String {
+    let expected = if objects {
+        "apiVersion: v1, kind: Pod, Secret or ConfigMap"
+    } else {
+        "apiVersion: v1, kind: Pod"
+    };
     if kind.is_empty() {
-        return "missing kind (expected apiVersion: v1, kind: Pod)".into();
+        return format!("missing kind (expected {expected})");
     }
     if api_version.is_empty() {
-        return format!("kind {kind:?} has no apiVersion (expected apiVersion: v1, kind: Pod)");
+        return format!("kind {kind:?} has no apiVersion (expected {expected})");
     }
+    if !objects && matches!((kind, api_version), ("Secret" | "ConfigMap", "v1")) {
+        return format!(
+            "kind {kind:?} (apiVersion v1) is not supported here: only `kedge apply -f FILE \
+             --node NODE` and `kedge convert` read Secrets and ConfigMaps, to resolve the \
+             references of the pods in the same file"
+        );
+    }
+    let what = if objects {
+        "v1 pods (and the Secrets and ConfigMaps they refer to)"
+    } else {
+        "v1 pods"
+    };
     format!(
-        "kind {kind:?} (apiVersion {api_version}) is not supported: only v1 pods can be applied \
+        "kind {kind:?} (apiVersion {api_version}) is not supported: only {what} can be applied \
          to kedge nodes (deployments and other workloads go through the bridge)"
     )
 }
 
-fn pod_from_value(value: Value) -> Result<k8s::Pod, String> {
+/// A Secret as the API server validates it: a name, valid keys, and what
+/// its type requires of the types that matter here.
+fn check_secret(secret: &k8s::Secret) -> Result<(), String> {
+    for key in secret.data.iter().flatten().map(|(k, _)| k) {
+        check_key("data", key)?;
+    }
+    for key in secret.string_data.iter().flatten().map(|(k, _)| k) {
+        check_key("stringData", key)?;
+    }
+    if secret.type_.as_deref() == Some("kubernetes.io/dockerconfigjson") {
+        let value = secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(".dockerconfigjson").map(|s| s.as_bytes().to_vec()))
+            .or_else(|| {
+                secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(".dockerconfigjson").map(|b| b.0.clone()))
+            })
+            .ok_or_else(|| {
+                "data[.dockerconfigjson]: required for a secret of type \
+                 kubernetes.io/dockerconfigjson"
+                    .to_string()
+            })?;
+        serde_json::from_slice::<Value>(&value)
+            .map_err(|e| format!("data[.dockerconfigjson]: invalid JSON: {e}"))?;
+    }
+    Ok(())
+}
+
+fn check_config_map(config_map: &k8s::ConfigMap) -> Result<(), String> {
+    for key in config_map.data.iter().flatten().map(|(k, _)| k) {
+        check_key("data", key)?;
+    }
+    for key in config_map.binary_data.iter().flatten().map(|(k, _)| k) {
+        check_key("binaryData", key)?;
+        if config_map
+            .data
+            .as_ref()
+            .is_some_and(|d| d.contains_key(key))
+        {
+            return Err(format!(
+                "binaryData[{key}]: duplicate of key {key:?} present in data"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The object's name, which must be a DNS subdomain.
+fn check_object_name<'a>(kind: &str, name: Option<&'a str>) -> Result<&'a str, String> {
+    match name {
+        None | Some("") => Err(format!("{kind}: metadata.name: required")),
+        Some(name) if !is_dns1123_subdomain(name) => Err(format!(
+            "{kind} {name:?}: metadata.name: not a valid name: {SUBDOMAIN_RULE}"
+        )),
+        Some(name) => Ok(name),
+    }
+}
+
+/// The API server's rule for ConfigMap and Secret keys.
+fn check_key(field: &str, key: &str) -> Result<(), String> {
+    let valid = !key.is_empty()
+        && key.len() <= 253
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && key != "."
+        && key != ".."
+        && !key.starts_with("..");
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field}[{key}]: invalid key {key:?}: a valid config key must consist of \
+             alphanumeric characters, '-', '_' or '.' (and not be '.', '..' or start with '..')"
+        ))
+    }
+}
+
+/// Reads an object, refusing fields Kubernetes does not know.
+fn object_from_value<T>(value: Value) -> Result<T, String>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize,
+{
     // A wrong-typed value names its field, as kubectl's validation does.
-    let pod: k8s::Pod = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+    let object: T = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {
             e.into_inner().to_string()
@@ -244,13 +396,13 @@ fn pod_from_value(value: Value) -> Result<k8s::Pod, String> {
         }
     })?;
     // k8s-openapi ignores unknown fields; find them by comparing the input with
-    // what the parsed pod serialises back to.
-    let round_trip = serde_json::to_value(&pod).map_err(|e| e.to_string())?;
+    // what the parsed object serialises back to.
+    let round_trip = serde_json::to_value(&object).map_err(|e| e.to_string())?;
     let mut path = String::new();
     if let Some(unknown) = first_unknown_field(&value, &round_trip, &mut path) {
         return Err(format!("unknown field {unknown:?}"));
     }
-    Ok(pod)
+    Ok(object)
 }
 
 fn first_unknown_field(input: &Value, parsed: &Value, path: &mut String) -> Option<String> {

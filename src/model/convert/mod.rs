@@ -7,9 +7,11 @@
 //! that only matter to a scheduler or to the cluster are accepted and ignored.
 //!
 //! References to cluster objects (ConfigMaps, Secrets, image pull secrets) are
-//! resolved through a [`Resolver`]; `kedge apply` and static pods use
-//! [`NoResolver`], for which every mandatory reference is an error and every
-//! optional one is skipped (the referenced object does not exist on the edge).
+//! resolved through a [`Resolver`]: the bridge reads the cluster; `kedge
+//! apply -f --node` and `kedge convert` use a [`FileResolver`] over the
+//! Secrets and ConfigMaps of the same file; static pods use [`NoResolver`].
+//! Without the cluster, every mandatory reference to an object not given is
+//! an error and every optional one is skipped.
 //!
 //! By concern: `manifests` (files → Pods), `pod` (the entry points and the
 //! pod-level fields), `container`, `volumes`, `env`, `probes`, `security`,
@@ -33,6 +35,7 @@ use crate::model::validate::{LABEL_RULE, SUBDOMAIN_RULE, is_dns1123_label, is_dn
 mod container;
 mod env;
 mod manifests;
+mod objects;
 mod pod;
 mod probes;
 mod quantities;
@@ -41,7 +44,8 @@ mod security;
 mod testing;
 mod volumes;
 
-pub use manifests::parse_pod_manifests;
+pub use manifests::{Manifests, parse_manifests, parse_pod_manifests};
+pub use objects::{FileResolver, Reader};
 pub use pod::{pod_spec_from_k8s, pod_spec_from_k8s_with};
 use probes::ProbeKind;
 pub use quantities::{bytes, cpu_millis};
@@ -84,10 +88,19 @@ pub trait Resolver {
     fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
     /// The Secret's `data` (decoded), or `None` if it does not exist.
     fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>>;
-    /// Whether this resolver can look anything up at all. Only changes the
-    /// wording of errors for missing mandatory references.
+    /// Whether this resolver reads the cluster. One that sees only what it
+    /// was given ([`NoResolver`]: nothing; [`FileResolver`]: the objects of
+    /// a manifest file) reports a missing mandatory reference with
+    /// [`Resolver::missing_words`], and a missing image pull secret too (the
+    /// kubelet skips one, as the image may be public; here it was more
+    /// likely left out of the file).
     fn can_resolve(&self) -> bool {
         true
+    }
+    /// What follows `secret "x"` in the error for a missing mandatory
+    /// reference of a resolver that does not read the cluster.
+    fn missing_words(&self) -> String {
+        "not found".into()
     }
     /// Whether the ConfigMap (`secret` false) or Secret a lookup just found
     /// nothing for is still being fetched: its answer is not known yet, and
@@ -117,6 +130,9 @@ impl Resolver for NoResolver {
     }
     fn can_resolve(&self) -> bool {
         false
+    }
+    fn missing_words(&self) -> String {
+        "must be resolved before sending (kedge apply cannot read the cluster)".into()
     }
 }
 
@@ -203,10 +219,7 @@ impl Ctx<'_> {
             }
             None => Err(field(
                 path,
-                format!(
-                    "{} {name:?} must be resolved before sending (kedge apply cannot read the cluster)",
-                    kind.word()
-                ),
+                format!("{} {name:?} {}", kind.word(), self.resolver.missing_words()),
             )),
         }
     }

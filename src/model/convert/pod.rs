@@ -307,17 +307,19 @@ impl Ctx<'_> {
             if reference.name.is_empty() {
                 return Err(field(path, "required"));
             }
-            if !self.resolver.can_resolve() {
-                return Err(field(
-                    path,
-                    format!(
-                        "secret {:?} must be resolved before sending (kedge apply cannot read the cluster)",
-                        reference.name
-                    ),
-                ));
-            }
-            // Like the kubelet, a missing pull secret is skipped: the image may be public.
+            // Like the kubelet, a missing pull secret is skipped (the image
+            // may be public), unless the resolver sees only what it was given.
             let Some(data) = self.resolver.secret(self.namespace, &reference.name) else {
+                if !self.resolver.can_resolve() {
+                    return Err(field(
+                        path,
+                        format!(
+                            "secret {:?} {}",
+                            reference.name,
+                            self.resolver.missing_words()
+                        ),
+                    ));
+                }
                 continue;
             };
             let config = if let Some(json) = data.get(".dockerconfigjson") {
