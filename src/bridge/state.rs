@@ -27,8 +27,8 @@ use super::render::{self, KubeletEndpoint};
 use crate::model::convert::{Resolver, pod_spec_from_k8s_with};
 use crate::model::selector::Selector;
 use crate::model::{
-    DesiredIndex, Event, EventType, IndexEntry, NodeLabels, NodeStatus, PodKey, PodSpec, PodStatus,
-    next_desired,
+    ContainerState, DesiredIndex, Event, EventType, IndexEntry, NodeLabels, NodeStatus, PodKey,
+    PodSpec, PodStatus, next_desired,
 };
 use crate::wire::{self, Message, Topics};
 
@@ -980,6 +980,71 @@ impl Bridge {
             out.push(Action::Connected {
                 name: node.to_string(),
                 body: render::connected_status(node, false, reason, message, now_ms, now_ms),
+            });
+            self.wasm_pods_down(node, now_ms, out);
+        }
+    }
+
+    /// The device is gone: its Wasm pods ran inside the agent, so they are
+    /// known to have stopped. Their status says so at once (not Ready, each
+    /// container waiting with reason `DeviceOffline`) without touching the
+    /// phase: the pod has not failed, the agent starts it again when it is
+    /// back (as after its own restart), and evictions stay Kubernetes'
+    /// decision. Container pods may still run on the device: unchanged.
+    fn wasm_pods_down(&self, node: &str, now_ms: u64, out: &mut Vec<Action>) {
+        let Some(keys) = self.pods_by_node.get(node) else {
+            return;
+        };
+        for k in keys {
+            let Some(e) = self.pods.get(k) else { continue };
+            let wasm = e
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.runtime_class_name.as_deref())
+                == Some(crate::model::WASM_RUNTIME_CLASS);
+            let Some(s) = self
+                .reported
+                .get(&(node.to_string(), k.clone()))
+                .and_then(|r| r.status.as_ref())
+                .filter(|s| wasm && s.uid == e.uid && !s.phase.is_terminal())
+            else {
+                continue;
+            };
+            let mut down = s.clone();
+            let why = "the device's agent, which runs this WebAssembly module, is offline";
+            for c in &mut down.conditions {
+                if matches!(
+                    c.kind,
+                    crate::model::PodConditionType::Ready
+                        | crate::model::PodConditionType::ContainersReady
+                ) && c.status
+                {
+                    c.status = false;
+                    c.last_transition_ms = now_ms;
+                    c.reason = Some("DeviceOffline".into());
+                    c.message = Some(why.into());
+                }
+            }
+            for c in down
+                .container_statuses
+                .iter_mut()
+                .chain(&mut down.init_container_statuses)
+            {
+                if matches!(c.state, ContainerState::Running { .. }) {
+                    c.last_state = Some(c.state.clone());
+                    c.state = ContainerState::Waiting {
+                        reason: "DeviceOffline".into(),
+                        message: Some(why.into()),
+                    };
+                    c.ready = false;
+                    c.started = false;
+                }
+            }
+            out.push(Action::PodStatus {
+                pod: k.clone(),
+                owner: PodStatusOwner::Device,
+                body: render::pod_status(&e.uid, &down),
             });
         }
     }

@@ -1669,3 +1669,91 @@ fn a_sealed_spec_read_back_after_a_restart_is_sent_again_once() {
     let a = b.handle(BridgeEvent::MqttSynced, NOW, &db_secret("hunter2-hunter2"));
     assert!(publishes(&a).is_empty(), "{a:?}");
 }
+
+/// When a device's last will arrives, its Wasm pods (which ran inside the
+/// agent) are known stopped: not Ready, containers waiting `DeviceOffline`,
+/// the phase kept; a container pod, which may still run, is left alone.
+#[test]
+fn a_devices_last_will_marks_its_wasm_pods_not_ready_at_once() {
+    let mut b = synced_bridge();
+    let running = |uid: &str, name: &str| {
+        let mut s = report(uid, PodPhase::Running);
+        s.name = name.into();
+        s.conditions = vec![crate::model::PodCondition {
+            kind: crate::model::PodConditionType::Ready,
+            status: true,
+            last_transition_ms: NOW,
+            reason: None,
+            message: None,
+        }];
+        s.container_statuses = vec![crate::model::ContainerStatus {
+            name: "main".into(),
+            image: "m".into(),
+            image_id: String::new(),
+            container_id: "c1".into(),
+            ready: true,
+            started: true,
+            restart_count: 0,
+            state: ContainerState::Running { started_at_ms: NOW },
+            last_state: None,
+        }];
+        s
+    };
+    b.handle(
+        BridgeEvent::PodApplied(pod("web", "u1", "gw1", serde_json::json!({}))),
+        NOW,
+        &NoResolver,
+    );
+    b.handle(
+        BridgeEvent::PodApplied(pod(
+            "ctr",
+            "u2",
+            "gw1",
+            serde_json::json!({"runtimeClassName": null, "containers": [{"name": "main", "image": "busybox"}]}),
+        )),
+        NOW,
+        &NoResolver,
+    );
+    for (name, uid) in [("web", "u1"), ("ctr", "u2")] {
+        b.handle(
+            BridgeEvent::Report {
+                node: "gw1".into(),
+                pod: PodKey::new("default", name),
+                seq: if name == "web" { 1 } else { 2 },
+                status: Some(running(uid, name)),
+            },
+            NOW,
+            &NoResolver,
+        );
+    }
+    let a = b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: node_status("gw1", false, 0),
+        },
+        NOW + 1_000,
+        &NoResolver,
+    );
+    let statuses: Vec<(&PodKey, &serde_json::Value)> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::PodStatus {
+                pod,
+                owner: PodStatusOwner::Device,
+                body,
+            } => Some((pod, body)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statuses.len(), 1, "only the Wasm pod: {a:?}");
+    let (pod_key, body) = statuses[0];
+    assert_eq!(pod_key.name, "web");
+    assert_eq!(body["status"]["phase"], "Running", "the phase is kept");
+    assert_eq!(body["status"]["conditions"][0]["type"], "Ready");
+    assert_eq!(body["status"]["conditions"][0]["status"], "False");
+    assert_eq!(body["status"]["conditions"][0]["reason"], "DeviceOffline");
+    let c = &body["status"]["containerStatuses"][0];
+    assert_eq!(c["ready"], false);
+    assert_eq!(c["state"]["waiting"]["reason"], "DeviceOffline");
+    assert!(c["lastState"]["running"].is_object(), "{c}");
+}
