@@ -203,12 +203,12 @@ fn main() -> ExitCode {
                 overwrite,
                 list,
             } => cli::label::label_node(&config, &node, &labels, overwrite, list).await,
-            Command::Rollout { command } => cli::fleet::rollout(&config, &command).await,
+            Command::Rollout { command } => cli::rollout_command(&config, &command).await,
             Command::Describe {
                 what: _,
                 name,
                 namespace,
-            } => cli::fleet::describe(&config, &name, &namespace).await,
+            } => cli::describe_command(&config, &name, &namespace).await,
             #[cfg(feature = "manifests")]
             Command::Convert { file } => cli::convert(&file),
             Command::Get {

@@ -4,7 +4,9 @@
 //! `config keys`. Output reads like kubectl's.
 
 pub mod client;
+#[cfg(feature = "operator")]
 pub mod fleet;
+pub mod fleet_args;
 pub mod label;
 
 use std::io::{Read, Write};
@@ -74,7 +76,7 @@ pub enum Command {
         #[arg(short = 'n', long)]
         namespace: Option<String>,
         #[command(flatten)]
-        fleet: fleet::FleetArgs,
+        fleet: fleet_args::FleetArgs,
     },
     /// Set or remove the labels of a device (key=value, key-), which fleet
     /// selectors match.
@@ -93,7 +95,7 @@ pub enum Command {
     /// Drive, pause, resume or undo a fleet's rollout.
     Rollout {
         #[command(subcommand)]
-        command: fleet::RolloutCommand,
+        command: fleet_args::RolloutCommand,
     },
     /// Show a fleet in detail: policy, rollout, devices, failures.
     Describe {
@@ -447,7 +449,7 @@ pub async fn apply_command(
     file: &PathBuf,
     node: Option<&str>,
     namespace: Option<&str>,
-    args: &fleet::FleetArgs,
+    args: &fleet_args::FleetArgs,
 ) -> anyhow::Result<()> {
     match node {
         Some(node) => {
@@ -456,10 +458,50 @@ pub async fn apply_command(
             }
             apply(config, file, node, namespace).await
         }
-        #[cfg(feature = "manifests")]
+        #[cfg(all(feature = "manifests", feature = "operator"))]
         None => fleet::apply(config, file, namespace, args).await,
+        #[cfg(all(feature = "manifests", not(feature = "operator")))]
+        None => {
+            let _ = (file, namespace, args);
+            Err(no_operator("kedge apply --selector"))
+        }
         #[cfg(not(feature = "manifests"))]
         None => apply(config, file, "", namespace).await,
+    }
+}
+
+/// What a build without the fleet operator commands (a device build: the
+/// `operator` feature is not in `full` or `minimal`) answers them.
+#[cfg(not(feature = "operator"))]
+fn no_operator(command: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{command}: this kedge was built without the fleet operator commands (a device build); \
+         run it from a workstation's kedge against the same broker"
+    )
+}
+
+/// `kedge rollout status|pause|resume|undo`.
+pub async fn rollout_command(
+    config: &Config,
+    command: &fleet_args::RolloutCommand,
+) -> anyhow::Result<()> {
+    #[cfg(feature = "operator")]
+    return fleet::rollout(config, command).await;
+    #[cfg(not(feature = "operator"))]
+    {
+        let _ = (config, command);
+        Err(no_operator("kedge rollout"))
+    }
+}
+
+/// `kedge describe fleet`.
+pub async fn describe_command(config: &Config, name: &str, namespace: &str) -> anyhow::Result<()> {
+    #[cfg(feature = "operator")]
+    return fleet::describe(config, name, namespace).await;
+    #[cfg(not(feature = "operator"))]
+    {
+        let _ = (config, name, namespace);
+        Err(no_operator("kedge describe fleet"))
     }
 }
 
@@ -727,7 +769,10 @@ pub async fn delete_any(
         DeleteWhat::Fleet if node.is_some() => {
             bail!("--node names a pod's node; a fleet is deleted from every device")
         }
+        #[cfg(feature = "operator")]
         DeleteWhat::Fleet => fleet::delete(config, name, namespace).await,
+        #[cfg(not(feature = "operator"))]
+        DeleteWhat::Fleet => Err(no_operator("kedge delete fleet")),
     }
 }
 
@@ -911,6 +956,7 @@ pub async fn get(
                 )?,
             }
         }
+        #[cfg(feature = "operator")]
         GetWhat::Fleets => {
             fleet::get(
                 &mut client,
@@ -922,6 +968,8 @@ pub async fn get(
             )
             .await?;
         }
+        #[cfg(not(feature = "operator"))]
+        GetWhat::Fleets => return Err(no_operator("kedge get fleets")),
         GetWhat::Nodes => {
             let filter = format!("{}/{node_level}/node", topics.prefix());
             let mut nodes: Vec<NodeStatus> = Vec::new();

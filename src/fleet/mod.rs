@@ -13,10 +13,16 @@
 //! - [`driver`] is a rollout controller's state: the record, the tally and
 //!   the devices' presence and labels, stepped on every change and tick.
 
+// The cloud side (the bridge, and the fleet operator commands of the CLI):
+// not in device builds (feature `operator`).
+#[cfg(feature = "operator")]
 pub mod driver;
+#[cfg(feature = "operator")]
 pub mod manage;
 pub mod resolve;
+#[cfg(feature = "operator")]
 pub mod rollout;
+#[cfg(feature = "operator")]
 pub mod tally;
 
 use sha2::{Digest, Sha256};
