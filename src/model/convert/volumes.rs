@@ -603,7 +603,7 @@ mod tests {
         };
         let converted = convert_warned(injected(token_volume(name), token_mount(name)));
         assert_eq!(converted.spec, without);
-        assert_eq!(converted.warnings, [warning.clone()]);
+        assert_eq!(converted.warnings, std::slice::from_ref(&warning));
         assert_eq!(
             warning.to_string(),
             format!("spec.volumes[1]: {}", warning.message)
