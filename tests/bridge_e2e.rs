@@ -2906,3 +2906,96 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A plain Deployment as written for any cluster: without
+/// `automountServiceAccountToken: false`, so the apiserver's ServiceAccount
+/// admission plugin injects the service account token volume
+/// (`kube-api-access-*`) and its read-only mount. It runs Ready on a device
+/// node without the token, and its pod gets one
+/// `ServiceAccountTokenNotMounted` Warning Event saying so.
+#[test]
+fn a_plain_deployment_runs_without_the_injected_token_volume_and_says_so() {
+    let w = World::start(&["edge-a"]);
+    w.wait_node_ready("edge-a");
+    // The admission plugin needs the namespace's default ServiceAccount,
+    // which the controller manager creates.
+    let accounts: Api<ServiceAccount> = Api::namespaced(w.admin.clone(), "default");
+    w.bridge.wait("the default service account", LONG, || {
+        w.rt.block_on(accounts.get_opt("default")).ok().flatten()
+    });
+    let mut spec = wasm_pod_spec(&w.image, &["ticker", "0", "300"], json!({}));
+    spec.as_object_mut()
+        .expect("spec")
+        .remove("automountServiceAccountToken");
+    let deployments: Api<Deployment> = Api::namespaced(w.admin.clone(), "default");
+    w.create(
+        &deployments,
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "plain"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "plain"}},
+                "template": {"metadata": {"labels": {"app": "plain"}}, "spec": spec},
+            },
+        }),
+    );
+    let pod = w.wait_or_dump("the plain pod Running and Ready", || {
+        let pods = w.list_pods("app=plain");
+        (pods.len() == 1 && pods.iter().all(pod_ready)).then(|| pods[0].clone())
+    });
+    let name = pod.metadata.name.clone().expect("name");
+
+    // The control plane did inject the volume and its mount.
+    let spec = pod.spec.expect("spec");
+    let injected: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.name.starts_with("kube-api-access-") && v.projected.is_some())
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(injected.len(), 1, "{:?}", spec.volumes);
+    assert!(
+        spec.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == injected[0]
+                && m.mount_path == "/var/run/secrets/kubernetes.io/serviceaccount"),
+        "{:?}",
+        spec.containers[0].volume_mounts
+    );
+
+    // `kubectl get events`: the warning, once, and no refusal.
+    let warnings = w
+        .bridge
+        .wait("the ServiceAccountTokenNotMounted event", LONG, || {
+            let events: Vec<_> = w
+                .events_of(&name)
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("ServiceAccountTokenNotMounted"))
+                .collect();
+            (!events.is_empty()).then_some(events)
+        });
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let ev = &warnings[0];
+    assert_eq!(ev.type_.as_deref(), Some("Warning"));
+    assert_eq!(ev.count.unwrap_or(1), 1, "{ev:?}");
+    assert_eq!(
+        ev.message.as_deref(),
+        Some(
+            "the pod runs without its service account token at /var/run/secrets/kubernetes.io/serviceaccount: kedge nodes do not mount API tokens (set automountServiceAccountToken: false to silence this)"
+        )
+    );
+    assert_eq!(
+        ev.involved_object.uid.as_deref(),
+        pod.metadata.uid.as_deref()
+    );
+    let refusals: Vec<_> = w
+        .events_of(&name)
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("UnsupportedField"))
+        .collect();
+    assert!(refusals.is_empty(), "{refusals:?}");
+}

@@ -1,4 +1,5 @@
-//! `kedge wire decode` on the committed wire vectors, through the real binary.
+//! `kedge wire decode` on the committed wire vectors, and `kedge convert`,
+//! through the real binary (no broker needed).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -134,4 +135,70 @@ fn garbage_is_an_error_not_a_panic() {
         .output()
         .expect("kedge runs");
     assert_malformed(&out, "truncated event");
+}
+
+/// A pod as a cluster holds it (`kubectl get pod -o yaml`): the service
+/// account token volume the apiserver injected is left out, and `kedge
+/// convert` says so on stderr as kubectl prints warnings; a token the user
+/// projects is refused with its field.
+#[test]
+fn convert_leaves_out_the_injected_token_volume_with_a_warning() {
+    let pod = |token_path: &str| {
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: default
+spec:
+  containers:
+  - name: app
+    image: nginx:1.25
+    volumeMounts:
+    - mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+      name: kube-api-access-7xk2p
+      readOnly: true
+  volumes:
+  - name: kube-api-access-7xk2p
+    projected:
+      defaultMode: 420
+      sources:
+      - serviceAccountToken:
+          expirationSeconds: 3607
+          path: {token_path}
+      - configMap:
+          items:
+          - key: ca.crt
+            path: ca.crt
+          name: kube-root-ca.crt
+      - downwardAPI:
+          items:
+          - fieldRef:
+              apiVersion: v1
+              fieldPath: metadata.namespace
+            path: namespace
+"
+        )
+    };
+    let out = run_with_stdin(&["convert", "-f", "-"], pod("token").as_bytes());
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "Warning: pod/web: spec.volumes[0]: the pod runs without its service account token at /var/run/secrets/kubernetes.io/serviceaccount: kedge nodes do not mount API tokens (set automountServiceAccountToken: false to silence this)\n"
+    );
+    let specs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(specs[0]["volumes"], serde_json::json!([]));
+    assert_eq!(
+        specs[0]["containers"][0]["volume_mounts"],
+        serde_json::json!([])
+    );
+
+    let out = run_with_stdin(&["convert", "-f", "-"], pod("api-token").as_bytes());
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("pod/web is invalid")
+            && stderr.contains("spec.volumes[0].projected.sources[0].serviceAccountToken: service account token projections are not supported"),
+        "{stderr}"
+    );
 }

@@ -1717,6 +1717,15 @@ impl Controller {
                     warn!(file = %file.display(), %error, "invalid static pod manifest");
                     self.node_warning("InvalidManifest", format!("{}: {error}", file.display()));
                 }
+                StaticPod::Warning {
+                    file,
+                    pod,
+                    reason,
+                    message,
+                } => {
+                    warn!(file = %file.display(), %pod, %reason, "static pod: {message}");
+                    self.event(&pod, EventType::Warning, &reason, &message);
+                }
             }
         }
         let gone: Vec<PodKey> = self

@@ -13,20 +13,21 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::model::PodSpec;
+use crate::model::{PodKey, PodSpec};
 use crate::runtime::module_source::sha256_hex;
 
 /// The ending of static pod files that hold kedge pod specs.
 pub const SPEC_FILE_SUFFIX: &str = ".kedge.json";
 
-/// The pods of one file, each converted or refused on its own; `Err` when
-/// the file as a whole cannot be read as pods.
-type FilePods = Result<Vec<Result<PodSpec, String>>, String>;
+/// The pods of one file, each converted (with its conversion's warnings:
+/// reason and text) or refused on its own; `Err` when the file as a whole
+/// cannot be read as pods.
+type FilePods = Result<Vec<Result<(PodSpec, Vec<(String, String)>), String>>, String>;
 
 fn pods_in(file: &Path, text: &str) -> FilePods {
     if file.to_string_lossy().ends_with(SPEC_FILE_SUFFIX) {
         return serde_json::from_str::<Vec<PodSpec>>(text)
-            .map(|specs| specs.into_iter().map(Ok).collect())
+            .map(|specs| specs.into_iter().map(|s| Ok((s, Vec::new()))).collect())
             .map_err(|e| format!("not a list of kedge pod specs (`kedge convert` output): {e}"));
     }
     manifest_pods(text)
@@ -34,11 +35,19 @@ fn pods_in(file: &Path, text: &str) -> FilePods {
 
 #[cfg(feature = "manifests")]
 fn manifest_pods(text: &str) -> FilePods {
-    use crate::model::convert::{parse_pod_manifests, pod_spec_from_k8s};
+    use crate::model::convert::{NoResolver, convert_pod, parse_pod_manifests};
     let manifests = parse_pod_manifests(text).map_err(|e| e.to_string())?;
     Ok(manifests
         .iter()
-        .map(|m| pod_spec_from_k8s(m).map_err(|e| e.to_string()))
+        .map(|m| {
+            let c = convert_pod(m, &NoResolver).map_err(|e| e.to_string())?;
+            let warnings = c
+                .warnings
+                .iter()
+                .map(|w| (w.reason.to_string(), w.to_string()))
+                .collect();
+            Ok((c.spec, warnings))
+        })
         .collect())
 }
 
@@ -53,7 +62,19 @@ fn manifest_pods(_text: &str) -> FilePods {
 #[derive(Debug, Clone)]
 pub enum StaticPod {
     Pod(PodSpec),
-    Invalid { file: PathBuf, error: String },
+    Invalid {
+        file: PathBuf,
+        error: String,
+    },
+    /// What the conversion of a pod of `file` accepted but does not honour
+    /// (the injected service account token volume, left out): a Warning
+    /// event on the pod.
+    Warning {
+        file: PathBuf,
+        pod: PodKey,
+        reason: String,
+        message: String,
+    },
 }
 
 /// Reads every `.yaml`, `.yml` and `.json` file of a directory.
@@ -96,7 +117,7 @@ pub fn read_dir(dir: &Path, node: &str) -> (Vec<StaticPod>, BTreeMap<PathBuf, St
             Ok(specs) => {
                 for spec in specs {
                     match spec {
-                        Ok(mut spec) => {
+                        Ok((mut spec, warnings)) => {
                             // Like the kubelet: a static pod's uid is a hash of
                             // its node, name and manifest, so an edit makes a
                             // new pod and an unchanged file the same pod.
@@ -108,7 +129,18 @@ pub fn read_dir(dir: &Path, node: &str) -> (Vec<StaticPod>, BTreeMap<PathBuf, St
                             spec.generation = 1;
                             // The same rules as a spec from the broker.
                             match crate::model::validate::Validate::validate(&spec) {
-                                Ok(()) => pods.push(StaticPod::Pod(spec)),
+                                Ok(()) => {
+                                    let key = spec.key();
+                                    pods.push(StaticPod::Pod(spec));
+                                    for (reason, message) in warnings {
+                                        pods.push(StaticPod::Warning {
+                                            file: file.clone(),
+                                            pod: key.clone(),
+                                            reason,
+                                            message,
+                                        });
+                                    }
+                                }
                                 Err(e) => pods.push(StaticPod::Invalid {
                                     file: file.clone(),
                                     error: format!("pod {}: {e}", spec.key()),
@@ -167,7 +199,7 @@ spec:
         pods.iter()
             .filter_map(|p| match p {
                 StaticPod::Pod(s) => Some(s),
-                StaticPod::Invalid { .. } => None,
+                StaticPod::Invalid { .. } | StaticPod::Warning { .. } => None,
             })
             .collect()
     }
@@ -182,7 +214,7 @@ spec:
                         .into(),
                     error.clone(),
                 )),
-                StaticPod::Pod(_) => None,
+                StaticPod::Pod(_) | StaticPod::Warning { .. } => None,
             })
             .collect()
     }
@@ -222,6 +254,56 @@ spec:
             errs[0].1.contains("not a list of kedge pod specs"),
             "{}",
             errs[0].1
+        );
+    }
+
+    /// A pod copied from a cluster (`kubectl get pod -o yaml`) runs without
+    /// the service account token volume the apiserver injected, and says so.
+    #[cfg(feature = "manifests")]
+    #[test]
+    fn the_injected_token_volume_of_a_static_pod_is_left_out_with_a_warning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pod = format!(
+            "{POD}      volumeMounts:
+        - {{name: kube-api-access-7xk2p, mountPath: /var/run/secrets/kubernetes.io/serviceaccount, readOnly: true}}
+  volumes:
+    - name: kube-api-access-7xk2p
+      projected:
+        defaultMode: 420
+        sources:
+          - serviceAccountToken: {{expirationSeconds: 3607, path: token}}
+          - configMap: {{name: kube-root-ca.crt, items: [{{key: ca.crt, path: ca.crt}}]}}
+          - downwardAPI: {{items: [{{path: namespace, fieldRef: {{apiVersion: v1, fieldPath: metadata.namespace}}}}]}}
+"
+        );
+        std::fs::write(dir.path().join("a.yaml"), pod).expect("write");
+        let (pods, _) = read_dir(dir.path(), "n1");
+        assert!(errors(&pods).is_empty(), "{:?}", errors(&pods));
+        let got = specs(&pods);
+        assert_eq!(got.len(), 1);
+        assert!(got[0].volumes.is_empty());
+        assert!(got[0].containers[0].volume_mounts.is_empty());
+        let warnings: Vec<(&PodKey, &str, &str)> = pods
+            .iter()
+            .filter_map(|p| match p {
+                StaticPod::Warning {
+                    pod,
+                    reason,
+                    message,
+                    ..
+                } => Some((pod, reason.as_str(), message.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(warnings.len(), 1, "{pods:?}");
+        assert_eq!(warnings[0].0, &PodKey::new("default", "ticker"));
+        assert_eq!(warnings[0].1, "ServiceAccountTokenNotMounted");
+        assert!(
+            warnings[0]
+                .2
+                .starts_with("spec.volumes[0]: the pod runs without its service account token"),
+            "{}",
+            warnings[0].2
         );
     }
 

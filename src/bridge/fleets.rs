@@ -50,7 +50,7 @@ use super::state::{Action, BridgeEvent, KubeEvent, ObjRef, PodStatusOwner, Recor
 use crate::fleet::manage;
 use crate::fleet::rollout::{self, Step};
 use crate::fleet::tally::{RevisionCounts, Tally};
-use crate::model::convert::{ConvertError, Resolver, pod_spec_from_k8s_with};
+use crate::model::convert::{ConvertError, ConvertWarning, Resolver, convert_pod};
 use crate::model::selector::Selector;
 use crate::model::validate::Validate;
 use crate::model::{
@@ -220,6 +220,9 @@ struct Fleet {
     /// revision starts only when the converted spec's digest differs.
     applied_digest: Option<String>,
     refusal: Option<Refusal>,
+    /// The resource (uid, and seed pod) the template's warnings were last
+    /// sent as Events for: once each, not on every evaluation.
+    warned: Option<(String, String)>,
     refs: BTreeSet<ObjRef>,
     /// Spec payloads this bridge published that a record still names, to
     /// publish them again after a reconnection.
@@ -255,6 +258,7 @@ impl Fleet {
             tally: Tally::new(0),
             applied_digest: None,
             refusal: None,
+            warned: None,
             refs: BTreeSet::new(),
             payloads: BTreeMap::new(),
             dirty: true,
@@ -336,6 +340,9 @@ fn key_of(cr: &FleetDeploymentResource) -> Option<PodKey> {
 struct Wanted {
     record: FleetDeployment,
     payload: Vec<u8>,
+    /// What the template has that is accepted but not honoured (the
+    /// injected service account token volume of a seed pod, left out).
+    warnings: Vec<ConvertWarning>,
 }
 
 /// The cluster's ConfigMaps, and no Secrets: a fleet's one spec goes to
@@ -389,7 +396,7 @@ fn convert(
         spec: cr.spec.template.spec.clone(),
         status: None,
     };
-    let spec = pod_spec_from_k8s_with(&pod, &NoSecrets(resolver)).map_err(|e| {
+    let converted = convert_pod(&pod, &NoSecrets(resolver)).map_err(|e| {
         let message = match e {
             ConvertError::Field { path, message } => {
                 format!("spec.template.{path}: {message}")
@@ -401,7 +408,7 @@ fn convert(
             message,
         }
     })?;
-    let mut spec = spec;
+    let mut spec = converted.spec;
     spec.namespace = key.namespace.clone();
     spec.name = pod_name.clone();
     spec.uid = uid.clone();
@@ -424,7 +431,11 @@ fn convert(
             state: RolloutState::default(),
         },
     };
-    Ok(Wanted { record, payload })
+    Ok(Wanted {
+        record,
+        payload,
+        warnings: converted.warnings,
+    })
 }
 
 fn pod_key_of(pod: &Pod) -> Option<PodKey> {
@@ -971,7 +982,25 @@ impl Fleets {
         let Wanted {
             record: wanted,
             payload,
+            warnings,
         } = wanted;
+        let warn_key = (
+            cr.metadata.uid.clone().unwrap_or_default(),
+            seed::seed_pod(&cr).unwrap_or_default().to_string(),
+        );
+        if !warnings.is_empty() && f.warned.as_ref() != Some(&warn_key) {
+            f.warned = Some(warn_key);
+            for w in &warnings {
+                out.push(Action::Event(fleet_event(
+                    key,
+                    &cr,
+                    EventType::Warning,
+                    w.reason,
+                    &w.message,
+                    now_ms,
+                )));
+            }
+        }
         let digest = wanted.spec_digest.clone();
         let prev = f.record.clone().filter(|r| r.uid == wanted.uid);
         if f.applied_digest.is_none()

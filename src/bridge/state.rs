@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use super::fleets::nodes::{FleetNode, FleetNodes};
 use super::render::{self, KubeletEndpoint};
-use crate::model::convert::{Resolver, pod_spec_from_k8s_with};
+use crate::model::convert::{Resolver, convert_pod};
 use crate::model::selector::Selector;
 use crate::model::{
     ContainerState, DesiredIndex, Event, EventType, IndexEntry, NodeLabels, NodeStatus, PodKey,
@@ -292,6 +292,8 @@ struct PodEntry {
     uid: String,
     refs: BTreeSet<ObjRef>,
     refusal: Option<String>,
+    /// The conversion's warnings were sent as Events (once per pod uid).
+    warned: bool,
     accepted_sent: bool,
     deleting: bool,
     terminal: bool,
@@ -1301,6 +1303,7 @@ impl Bridge {
                     uid: uid.clone(),
                     refs: BTreeSet::new(),
                     refusal: None,
+                    warned: false,
                     accepted_sent: false,
                     deleting,
                     terminal,
@@ -1448,7 +1451,7 @@ impl Bridge {
             return;
         }
         let rec = Recording::new(resolver);
-        let result = pod_spec_from_k8s_with(&e.pod, &rec);
+        let result = convert_pod(&e.pod, &rec);
         let recorded = rec.finish();
         e.refs = recorded.refs;
         if recorded.pending {
@@ -1494,7 +1497,27 @@ impl Bridge {
                     ),
                 });
             }
-            Ok(mut spec) => {
+            Ok(converted) => {
+                if !e.warned {
+                    // What is accepted but not honoured (the injected
+                    // token volume, left out): said once per pod.
+                    e.warned = true;
+                    for w in &converted.warnings {
+                        out.push(Action::Event(KubeEvent {
+                            namespace: key.namespace.clone(),
+                            involved_kind: "Pod",
+                            involved_name: key.name.clone(),
+                            involved_uid: e.uid.clone(),
+                            kind: EventType::Warning,
+                            reason: w.reason.to_string(),
+                            message: w.message.clone(),
+                            time_ms: now_ms,
+                            host: e.node.clone(),
+                            field_path: None,
+                        }));
+                    }
+                }
+                let mut spec = converted.spec;
                 spec.uid = e.uid.clone();
                 spec.labels
                     .insert(BRIDGE_SPEC_LABEL.to_string(), "true".to_string());

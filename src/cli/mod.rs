@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config};
 #[cfg(feature = "manifests")]
-use crate::model::convert::{FileResolver, Reader, parse_manifests, pod_spec_from_k8s_with};
+use crate::model::convert::{FileResolver, Reader, Resolver, convert_pod, parse_manifests};
 use crate::model::{
     DesiredIndex, LogChunk, LogRequest, NodeConditionType, NodeStatus, PodKey, PodSpec, PodStatus,
     now_ms,
@@ -383,6 +383,24 @@ async fn publish_cli_index(
         .await
 }
 
+/// Converts one pod of a manifest for `kedge apply` and `kedge convert`: a
+/// refusal is the error (`pod/NAME is invalid: FIELD: ...`), and what is
+/// accepted but not honoured (the injected service account token volume)
+/// is printed to stderr as kubectl prints the apiserver's warnings
+/// (`Warning: pod/NAME: FIELD: ...`).
+#[cfg(feature = "manifests")]
+pub(crate) fn pod_spec_warned(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    resolver: &dyn Resolver,
+) -> anyhow::Result<PodSpec> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let converted = convert_pod(pod, resolver).with_context(|| format!("pod/{name} is invalid"))?;
+    for w in &converted.warnings {
+        eprintln!("Warning: pod/{name}: {w}");
+    }
+    Ok(converted.spec)
+}
+
 /// A manifest file's text; `-` is stdin.
 #[cfg(feature = "manifests")]
 fn read_manifest_file(file: &PathBuf) -> anyhow::Result<String> {
@@ -408,8 +426,7 @@ pub fn convert(file: &PathBuf) -> anyhow::Result<()> {
     let mut specs = Vec::new();
     for pod in &manifests.pods {
         let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let spec = pod_spec_from_k8s_with(pod, &resolver)
-            .with_context(|| format!("pod/{name} is invalid"))?;
+        let spec = pod_spec_warned(pod, &resolver)?;
         for (_, secret) in resolver.take_secrets_found() {
             eprintln!(
                 "warning: pod/{name} carries the values of secret {secret:?} in clear in this output"
@@ -557,8 +574,7 @@ pub async fn apply(
             .or_else(|| pod.metadata.uid.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         pod.metadata.uid = Some(uid.clone());
-        let mut spec = pod_spec_from_k8s_with(&pod, &resolver)
-            .with_context(|| format!("pod/{name} is invalid"))?;
+        let mut spec = pod_spec_warned(&pod, &resolver)?;
         spec.uid = uid;
         let secrets = resolver.take_secrets_found();
         let verb = if existing.is_some() {

@@ -1257,3 +1257,59 @@ fn a_seed_pod_that_does_not_convert_says_why_on_the_pod() {
     );
     assert_eq!(st[0].1["status"]["phase"], "Pending");
 }
+
+#[test]
+fn a_seed_pod_with_the_injected_token_volume_runs_without_it_and_says_so_once() {
+    let mut f = seed_synced();
+    let mut p = (*seed_pod(
+        "sensors-5d9c-x1",
+        "5d9c",
+        "2026-01-01T00:00:00Z",
+        IMAGE,
+        Some("site=b43"),
+    ))
+    .clone();
+    let injected: Pod = serde_json::from_value(json!({"spec": {
+        "volumes": [{"name": "kube-api-access-q2x7k", "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace",
+                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+        ]}}],
+        "containers": [{"name": "main", "image": IMAGE, "volumeMounts": [{"name": "kube-api-access-q2x7k",
+            "mountPath": crate::model::convert::TOKEN_MOUNT_PATH, "readOnly": true}]}],
+    }}))
+    .expect("pod");
+    let spec = p.spec.as_mut().expect("spec");
+    let injected = injected.spec.expect("spec");
+    spec.volumes = injected.volumes;
+    spec.containers = injected.containers;
+    let p = Arc::new(p);
+    let out = pod_applied(&mut f, &p, NOW);
+    assert_eq!(records(&out).len(), 1, "{out:?}");
+    let evs = events(&out);
+    assert_eq!(evs.len(), 1, "{out:?}");
+    assert_eq!(evs[0].reason, "ServiceAccountTokenNotMounted");
+    assert_eq!(
+        (evs[0].involved_kind, evs[0].involved_name.as_str()),
+        ("Pod", "sensors-5d9c-x1")
+    );
+    assert!(
+        evs[0]
+            .message
+            .starts_with("the pod runs without its service account token")
+    );
+    // The spec that goes out has neither the volume nor its mount.
+    let (_, payload) = published(&out)
+        .into_iter()
+        .find(|(t, _)| t.contains("_fleet-spec/"))
+        .expect("a spec");
+    let spec = wire::decode_as::<PodSpec>(&payload)
+        .expect("spec payload")
+        .1;
+    assert!(spec.volumes.is_empty());
+    assert!(spec.containers[0].volume_mounts.is_empty());
+    // Evaluated again: not repeated.
+    let out = pod_applied(&mut f, &p, NOW + 10);
+    assert!(events(&out).is_empty(), "{out:?}");
+}

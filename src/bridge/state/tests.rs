@@ -1757,3 +1757,87 @@ fn a_devices_last_will_marks_its_wasm_pods_not_ready_at_once() {
     assert_eq!(c["state"]["waiting"]["reason"], "DeviceOffline");
     assert!(c["lastState"]["running"].is_object(), "{c}");
 }
+
+/// The service account token volume and mounts the apiserver injects into
+/// a pod that does not set automountServiceAccountToken: false.
+fn with_injected_token(label: &str) -> serde_json::Value {
+    let mount = serde_json::json!({"name": "kube-api-access-q2x7k",
+        "mountPath": crate::model::convert::TOKEN_MOUNT_PATH, "readOnly": true});
+    serde_json::json!({
+        "volumes": [{"name": "kube-api-access-q2x7k", "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace",
+                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+        ]}}],
+        "containers": [{"name": "main", "image": "file:///m.wasm@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "args": [label], "volumeMounts": [mount]}],
+    })
+}
+
+fn token_events(actions: &[Action]) -> Vec<&KubeEvent> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(e) if e.reason == "ServiceAccountTokenNotMounted" => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_injected_token_volume_is_left_out_with_one_warning_per_pod() {
+    let mut b = synced_bridge();
+    let a = b.handle(
+        BridgeEvent::PodApplied(pod("web", "u1", "gw1", with_injected_token("a"))),
+        NOW,
+        &NoResolver,
+    );
+    let sent = publishes(&a);
+    assert_eq!(sent.len(), 1, "{a:?}");
+    let spec = spec_of(sent[0].1);
+    assert!(spec.volumes.is_empty());
+    assert!(spec.containers[0].volume_mounts.is_empty());
+    let events = token_events(&a);
+    assert_eq!(events.len(), 1, "{a:?}");
+    let ev = events[0];
+    assert_eq!(ev.kind, EventType::Warning);
+    assert_eq!(
+        (
+            ev.involved_kind,
+            ev.involved_name.as_str(),
+            ev.involved_uid.as_str()
+        ),
+        ("Pod", "web", "u1")
+    );
+    assert_eq!(
+        ev.message,
+        "the pod runs without its service account token at /var/run/secrets/kubernetes.io/serviceaccount: kedge nodes do not mount API tokens (set automountServiceAccountToken: false to silence this)"
+    );
+
+    // Evaluated again (the same pod, then an update that changes the
+    // spec): the warning is not repeated.
+    let a = b.handle(
+        BridgeEvent::PodApplied(pod("web", "u1", "gw1", with_injected_token("a"))),
+        NOW,
+        &NoResolver,
+    );
+    assert!(token_events(&a).is_empty(), "{a:?}");
+    let a = b.handle(
+        BridgeEvent::PodApplied(pod("web", "u1", "gw1", with_injected_token("b"))),
+        NOW,
+        &NoResolver,
+    );
+    assert_eq!(publishes(&a).len(), 1, "{a:?}");
+    assert!(token_events(&a).is_empty(), "{a:?}");
+
+    // A new pod of the same name (a new uid) is told again.
+    let a = b.handle(
+        BridgeEvent::PodApplied(pod("web", "u2", "gw1", with_injected_token("b"))),
+        NOW,
+        &NoResolver,
+    );
+    let events = token_events(&a);
+    assert_eq!(events.len(), 1, "{a:?}");
+    assert_eq!(events[0].involved_uid, "u2");
+}

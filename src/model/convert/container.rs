@@ -77,7 +77,7 @@ impl Ctx<'_> {
 
         let ports = self.ports(c, path)?;
         let env = self.env(c, path)?;
-        let volume_mounts = volume_mounts(c, path, volume_names)?;
+        let volume_mounts = volume_mounts(c, path, volume_names, &self.token_volumes)?;
         let resources = resources(c.resources.as_ref(), &format!("{path}.resources"))?;
         let probe = |p: &Option<k8s::Probe>, name: &str, kind: ProbeKind| {
             p.as_ref()

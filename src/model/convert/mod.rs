@@ -46,10 +46,11 @@ mod volumes;
 
 pub use manifests::{Manifests, parse_manifests, parse_pod_manifests};
 pub use objects::{FileResolver, Reader};
-pub use pod::{pod_spec_from_k8s, pod_spec_from_k8s_with};
+pub use pod::{convert_pod, pod_spec_from_k8s, pod_spec_from_k8s_with};
 use probes::ProbeKind;
 pub use quantities::{bytes, cpu_millis};
 use volumes::volume_mounts;
+pub use volumes::{SERVICE_ACCOUNT_TOKEN_NOT_MOUNTED, TOKEN_MOUNT_PATH};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConvertError {
@@ -61,6 +62,35 @@ pub enum ConvertError {
     /// `index` counts the documents of the file from 0, empty ones included.
     #[error("document {index}: {message}")]
     Document { index: usize, message: String },
+}
+
+/// Something of a pod that is accepted but not honoured as Kubernetes
+/// would, and that the user must be told about: `kedge apply` and `kedge
+/// convert` print it (`Warning: ...`), the bridge makes it a Warning Event.
+/// Only what Kubernetes adds to every pod on its own is accepted this way
+/// (the service account token volume); what a user asks for explicitly and
+/// cannot be honoured is refused ([`ConvertError`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertWarning {
+    /// The field left out, e.g. `spec.volumes[0]`.
+    pub path: String,
+    /// A CamelCase reason, the Event's (`ServiceAccountTokenNotMounted`).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConvertWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A converted pod and what the user must be told about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Converted {
+    pub spec: PodSpec,
+    /// At most one per reason.
+    pub warnings: Vec<ConvertWarning>,
 }
 
 fn field(path: impl Into<String>, message: impl Into<String>) -> ConvertError {
@@ -188,6 +218,9 @@ struct Ctx<'a> {
     runtime: RuntimeKind,
     host_network: bool,
     resolver: &'a dyn Resolver,
+    /// The names of the service account token volumes Kubernetes injected
+    /// (left out, with their mounts; see `volumes::is_injected_token_volume`).
+    token_volumes: BTreeSet<&'a str>,
 }
 
 impl Ctx<'_> {

@@ -7,16 +7,25 @@ pub fn pod_spec_from_k8s(pod: &k8s::Pod) -> Result<PodSpec, ConvertError> {
     pod_spec_from_k8s_with(pod, &NoResolver)
 }
 
-/// Converts one Pod, resolving ConfigMap and Secret references with `resolver`.
+/// Converts one Pod, resolving ConfigMap and Secret references with
+/// `resolver`, without its warnings: for callers that only need the spec
+/// (a caller that runs the pod or shows it to a user uses [`convert_pod`]).
+pub fn pod_spec_from_k8s_with(
+    pod: &k8s::Pod,
+    resolver: &dyn Resolver,
+) -> Result<PodSpec, ConvertError> {
+    convert_pod(pod, resolver).map(|c| c.spec)
+}
+
+/// Converts one Pod, resolving ConfigMap and Secret references with
+/// `resolver`; the warnings say what is accepted but not honoured (the
+/// service account token volume Kubernetes injects, left out).
 ///
 /// `uid` and `generation` come from `metadata.uid` and `metadata.generation`
 /// when set, otherwise they are `""` and `0` and the caller fills them in (a
 /// caller that makes up a uid should set `metadata.uid` first, so that a
 /// `fieldRef` to `metadata.uid` resolves). The namespace defaults to `default`.
-pub fn pod_spec_from_k8s_with(
-    pod: &k8s::Pod,
-    resolver: &dyn Resolver,
-) -> Result<PodSpec, ConvertError> {
+pub fn convert_pod(pod: &k8s::Pod, resolver: &dyn Resolver) -> Result<Converted, ConvertError> {
     let meta = &pod.metadata;
     let name = match meta.name.as_deref() {
         Some(name) if !name.is_empty() => name,
@@ -87,7 +96,7 @@ pub fn pod_spec_from_k8s_with(
         ));
     }
 
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         pod,
         spec,
         namespace,
@@ -96,7 +105,9 @@ pub fn pod_spec_from_k8s_with(
         runtime,
         host_network,
         resolver,
+        token_volumes: BTreeSet::new(),
     };
+    let mut warnings: Vec<ConvertWarning> = Vec::new();
 
     let mut volumes = Vec::new();
     let mut volume_names = BTreeSet::new();
@@ -109,8 +120,20 @@ pub fn pod_spec_from_k8s_with(
                 format!("duplicate volume name {:?}", v.name),
             ));
         }
+        if volumes::is_injected_token_volume(v) {
+            // Left out, with its mounts: kedge nodes do not mount API tokens.
+            ctx.token_volumes.insert(v.name.as_str());
+            if !warnings
+                .iter()
+                .any(|w| w.reason == SERVICE_ACCOUNT_TOKEN_NOT_MOUNTED)
+            {
+                warnings.push(volumes::token_warning(&path));
+            }
+            continue;
+        }
         volumes.push(ctx.volume(v, &path)?);
     }
+    let ctx = ctx;
 
     let mut container_names = BTreeSet::new();
     let mut host_ports = BTreeSet::new();
@@ -175,7 +198,10 @@ pub fn pod_spec_from_k8s_with(
         volumes,
         image_pull_secrets,
     };
-    validate_converted(spec)
+    Ok(Converted {
+        spec: validate_converted(spec)?,
+        warnings,
+    })
 }
 
 /// The rules every receiver applies (`model::validate`), checked here too so
@@ -199,8 +225,10 @@ fn validate_converted(mut spec: PodSpec) -> Result<PodSpec, ConvertError> {
 /// because they only matter to a scheduler or the cluster: affinity, tolerations,
 /// nodeSelector, nodeName, schedulerName, priority, priorityClassName,
 /// preemptionPolicy, topologySpreadConstraints, serviceAccount(Name),
-/// automountServiceAccountToken unset or false (no token is mounted; true is
-/// refused until tokens exist), enableServiceLinks, dnsPolicy and subdomain
+/// automountServiceAccountToken unset or false (no token is mounted: the
+/// token volume Kubernetes injects when it is unset is left out with a
+/// warning, see `volumes::is_injected_token_volume`; true is refused until
+/// tokens exist), enableServiceLinks, dnsPolicy and subdomain
 /// (there is no cluster DNS on the edge), and status. `hostname` is accepted
 /// when it is the pod's name (the default, and what StatefulSets set).
 fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError> {
@@ -393,17 +421,6 @@ status: {}
             "spec.automountServiceAccountToken: service account tokens are not available on kedge nodes (set it to false or leave it unset)"
         );
         convert(json!({"spec": {"automountServiceAccountToken": false}}));
-
-        // A pod read back from a cluster carries the API access volume.
-        let err = convert_err(
-            json!({"spec": {"volumes": [{"name": "kube-api-access-x", "projected": {
-                "sources": [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}]
-            }}]}}),
-        );
-        assert_eq!(
-            err,
-            "spec.volumes[0].projected: service account tokens are not available on kedge nodes (set automountServiceAccountToken: false)"
-        );
     }
 
     #[test]

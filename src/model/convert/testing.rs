@@ -44,6 +44,11 @@ pub(super) fn convert(patch: Value) -> PodSpec {
     pod_spec_from_k8s(&k8s_pod(patch)).expect("pod converts")
 }
 
+/// The spec and its warnings.
+pub(super) fn convert_warned(patch: Value) -> Converted {
+    convert_pod(&k8s_pod(patch), &NoResolver).expect("pod converts")
+}
+
 pub(super) fn convert_err(patch: Value) -> String {
     pod_spec_from_k8s(&k8s_pod(patch))
         .expect_err("conversion fails")

@@ -1,6 +1,106 @@
-//! Volumes (emptyDir, hostPath, configMap, secret, projected) and volume mounts.
+//! Volumes (emptyDir, hostPath, configMap, secret, projected) and volume
+//! mounts, and the service account token volume Kubernetes injects.
 
 use super::*;
+
+/// Where Kubernetes mounts the service account token volume in every
+/// container (`DefaultAPITokenMountPath` of the ServiceAccount admission
+/// plugin).
+pub const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The reason of the warning for a pod whose injected token volume is left out.
+pub const SERVICE_ACCOUNT_TOKEN_NOT_MOUNTED: &str = "ServiceAccountTokenNotMounted";
+
+/// The prefix of the injected volume's name (`kube-api-access-` and five
+/// random characters).
+const TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
+
+/// Whether `v` is exactly the volume the apiserver's ServiceAccount admission
+/// plugin adds to every pod unless `automountServiceAccountToken: false`
+/// (`TokenVolumeSource` in plugin/pkg/admission/serviceaccount): named
+/// `kube-api-access-XXXXX`, a projected volume of the token (`token`, 3607
+/// seconds, the apiserver's audience), `ca.crt` of the `kube-root-ca.crt`
+/// ConfigMap and the namespace, nothing else, mode 0644. Kedge nodes do not
+/// mount API tokens: this volume (and its mounts) are left out with a
+/// warning; anything else with a token is a user's own projection, refused.
+pub(super) fn is_injected_token_volume(v: &k8s::Volume) -> bool {
+    let Some(suffix) = v.name.strip_prefix(TOKEN_VOLUME_PREFIX) else {
+        return false;
+    };
+    if suffix.len() != 5
+        || !suffix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return false;
+    }
+    let mut normalised = v.clone();
+    if let Some(p) = &mut normalised.projected
+        && p.default_mode.is_none()
+    {
+        // The apiserver's default (and the plugin's explicit value).
+        p.default_mode = Some(0o644);
+    }
+    normalised == injected_token_volume(&v.name)
+}
+
+/// The injected volume as the admission plugin makes it, after defaulting.
+fn injected_token_volume(name: &str) -> k8s::Volume {
+    k8s::Volume {
+        name: name.to_owned(),
+        projected: Some(k8s::ProjectedVolumeSource {
+            default_mode: Some(0o644),
+            sources: Some(vec![
+                k8s::VolumeProjection {
+                    service_account_token: Some(k8s::ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        expiration_seconds: Some(3607),
+                        audience: None,
+                    }),
+                    ..Default::default()
+                },
+                k8s::VolumeProjection {
+                    config_map: Some(k8s::ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![k8s::KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            mode: None,
+                        }]),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                },
+                k8s::VolumeProjection {
+                    downward_api: Some(k8s::DownwardAPIProjection {
+                        items: Some(vec![k8s::DownwardAPIVolumeFile {
+                            path: "namespace".into(),
+                            field_ref: Some(k8s::ObjectFieldSelector {
+                                api_version: Some("v1".into()),
+                                field_path: "metadata.namespace".into(),
+                            }),
+                            mode: None,
+                            resource_field_ref: None,
+                        }]),
+                    }),
+                    ..Default::default()
+                },
+            ]),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The warning for a pod whose injected token volume (at `path`) is left out.
+pub(super) fn token_warning(path: &str) -> ConvertWarning {
+    ConvertWarning {
+        path: path.to_owned(),
+        reason: SERVICE_ACCOUNT_TOKEN_NOT_MOUNTED,
+        message: format!(
+            "the pod runs without its service account token at {TOKEN_MOUNT_PATH}: kedge nodes do not mount API tokens (set automountServiceAccountToken: false to silence this)"
+        ),
+    }
+}
 
 impl Ctx<'_> {
     pub(super) fn volume(&self, v: &k8s::Volume, path: &str) -> Result<Volume, ConvertError> {
@@ -44,17 +144,18 @@ impl Ctx<'_> {
         if count > 1 {
             return Err(field(path, "may not specify more than 1 volume type"));
         }
-        let token = v.projected.as_ref().is_some_and(|p| {
+        // The volume Kubernetes injects is left out before this (see
+        // `is_injected_token_volume`); any other token projection is refused.
+        let token = v.projected.as_ref().and_then(|p| {
             p.sources
                 .iter()
                 .flatten()
-                .any(|s| s.service_account_token.is_some())
+                .position(|s| s.service_account_token.is_some())
         });
-        if token {
-            // The volume Kubernetes injects for API access (kube-api-access-*).
+        if let Some(j) = token {
             return Err(field(
-                format!("{path}.projected"),
-                "service account tokens are not available on kedge nodes (set automountServiceAccountToken: false)",
+                format!("{path}.projected.sources[{j}].serviceAccountToken"),
+                "service account token projections are not supported: kedge nodes do not mount API tokens (only the kube-api-access-* volume Kubernetes injects is left out, with a warning)",
             ));
         }
         if let Some((_, source)) = others.iter().find(|(s, _)| *s) {
@@ -261,10 +362,15 @@ pub(super) fn check_relative_path(path: &str, value: &str) -> Result<(), Convert
     Ok(())
 }
 
+/// The mounts of a container. `token_volumes` are the injected service
+/// account token volumes, left out: their mount as the admission plugin
+/// makes it (read-only at [`TOKEN_MOUNT_PATH`], nothing else) is left out
+/// too, any other mount of them is refused.
 pub(super) fn volume_mounts(
     c: &k8s::Container,
     path: &str,
     volume_names: &BTreeSet<&str>,
+    token_volumes: &BTreeSet<&str>,
 ) -> Result<Vec<VolumeMount>, ConvertError> {
     let mut out: Vec<VolumeMount> = Vec::new();
     for (k, m) in c.volume_mounts.iter().flatten().enumerate() {
@@ -276,6 +382,24 @@ pub(super) fn volume_mounts(
             return Err(field(
                 format!("{path}.name"),
                 format!("volume {:?} not found in spec.volumes", m.name),
+            ));
+        }
+        if token_volumes.contains(m.name.as_str()) {
+            let injected = k8s::VolumeMount {
+                name: m.name.clone(),
+                mount_path: TOKEN_MOUNT_PATH.to_owned(),
+                read_only: Some(true),
+                ..Default::default()
+            };
+            if *m == injected {
+                continue;
+            }
+            return Err(field(
+                path,
+                format!(
+                    "service account tokens are not available on kedge nodes: the token volume {:?} is left out, and only its read-only mount at {TOKEN_MOUNT_PATH} with it",
+                    m.name
+                ),
             ));
         }
         if m.mount_path.is_empty() {
@@ -433,6 +557,195 @@ mod tests {
         for (patch, expected) in cases {
             assert_eq!(convert_err(patch.clone()), expected, "patch: {patch}");
         }
+    }
+
+    /// The volume and mount the apiserver's ServiceAccount admission plugin
+    /// adds (as `kubectl get pod -o json` shows them).
+    fn token_volume(name: &str) -> Value {
+        json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace",
+                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+        ]}})
+    }
+
+    fn token_mount(name: &str) -> Value {
+        json!({"name": name, "mountPath": TOKEN_MOUNT_PATH, "readOnly": true})
+    }
+
+    /// A pod with the injected volume (second) mounted in its init
+    /// container and its container, besides an emptyDir.
+    fn injected(volume: Value, mount: Value) -> Value {
+        json!({"spec": {
+            "volumes": [{"name": "scratch", "emptyDir": {}}, volume],
+            "initContainers": [{"name": "init", "image": "busybox:1", "volumeMounts": [mount.clone()]}],
+            "containers": [{"name": "app", "image": "nginx:1.25", "volumeMounts": [
+                {"name": "scratch", "mountPath": "/tmp"}, mount
+            ]}]
+        }})
+    }
+
+    #[test]
+    fn the_injected_token_volume_is_left_out_with_a_warning() {
+        let name = "kube-api-access-7xk2p";
+        let without = convert(json!({"spec": {
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "initContainers": [{"name": "init", "image": "busybox:1"}],
+            "containers": [{"name": "app", "image": "nginx:1.25", "volumeMounts": [
+                {"name": "scratch", "mountPath": "/tmp"}
+            ]}]
+        }}));
+        let warning = ConvertWarning {
+            path: "spec.volumes[1]".into(),
+            reason: SERVICE_ACCOUNT_TOKEN_NOT_MOUNTED,
+            message: "the pod runs without its service account token at /var/run/secrets/kubernetes.io/serviceaccount: kedge nodes do not mount API tokens (set automountServiceAccountToken: false to silence this)".into(),
+        };
+        let converted = convert_warned(injected(token_volume(name), token_mount(name)));
+        assert_eq!(converted.spec, without);
+        assert_eq!(converted.warnings, std::slice::from_ref(&warning));
+        assert_eq!(
+            warning.to_string(),
+            format!("spec.volumes[1]: {}", warning.message)
+        );
+
+        // Without the explicit defaultMode (the same 0644), in a Wasm pod,
+        // and in a container that does not mount it.
+        let mut volume = token_volume(name);
+        volume["projected"]
+            .as_object_mut()
+            .expect("projected")
+            .remove("defaultMode");
+        let mut pod = injected(volume, token_mount(name));
+        merge(
+            &mut pod,
+            json!({"spec": {"runtimeClassName": "kedge-wasm", "initContainers": [],
+                "containers": [{"name": "app", "image": format!("https://m.example/m.wasm@sha256:{DIGEST}")}]}}),
+        );
+        let converted = convert_warned(pod);
+        let names: Vec<&str> = converted
+            .spec
+            .volumes
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(names, ["scratch"]);
+        assert_eq!(converted.warnings, [warning]);
+
+        // A pod without it has no warning.
+        assert!(convert_warned(json!({})).warnings.is_empty());
+    }
+
+    #[test]
+    fn other_token_projections_are_refused_at_their_field() {
+        let name = "kube-api-access-7xk2p";
+        let token = "spec.volumes[1].projected.sources[0].serviceAccountToken: service account token projections are not supported: kedge nodes do not mount API tokens (only the kube-api-access-* volume Kubernetes injects is left out, with a warning)";
+        let mount_refused = |k: usize| {
+            format!(
+                "spec.containers[0].volumeMounts[{k}]: service account tokens are not available on kedge nodes: the token volume \"{name}\" is left out, and only its read-only mount at {TOKEN_MOUNT_PATH} with it"
+            )
+        };
+        let changed = |patch: Value| {
+            let mut v = token_volume(name);
+            merge(&mut v, patch);
+            v
+        };
+        let sources = |f: &dyn Fn(&mut Vec<Value>)| {
+            let mut v = token_volume(name);
+            let list = v["projected"]["sources"].as_array_mut().expect("sources");
+            f(list);
+            v
+        };
+        let cases: Vec<(Value, Value, String)> = vec![
+            // Another file name for the token.
+            (
+                sources(&|s| s[0]["serviceAccountToken"]["path"] = json!("api-token")),
+                token_mount(name),
+                token.into(),
+            ),
+            // Another audience.
+            (
+                sources(&|s| s[0]["serviceAccountToken"]["audience"] = json!("vault")),
+                token_mount(name),
+                token.into(),
+            ),
+            // Another lifetime.
+            (
+                sources(&|s| s[0]["serviceAccountToken"]["expirationSeconds"] = json!(7200)),
+                token_mount(name),
+                token.into(),
+            ),
+            // An extra source (OpenShift adds its service CA this way).
+            (
+                sources(&|s| {
+                    s.push(json!({"configMap": {"name": "openshift-service-ca.crt",
+                        "items": [{"key": "service-ca.crt", "path": "service-ca.crt"}]}}))
+                }),
+                token_mount(name),
+                token.into(),
+            ),
+            // A source missing.
+            (
+                sources(&|s| {
+                    s.pop();
+                }),
+                token_mount(name),
+                token.into(),
+            ),
+            // Another mode.
+            (
+                changed(json!({"projected": {"defaultMode": 256}})),
+                token_mount(name),
+                token.into(),
+            ),
+            // The exact shape under a user's own name.
+            (
+                changed(json!({"name": "api-token"})),
+                token_mount("api-token"),
+                token.into(),
+            ),
+            (
+                changed(json!({"name": "kube-api-access-mine-too-long"})),
+                token_mount("kube-api-access-mine-too-long"),
+                token.into(),
+            ),
+            // The injected volume mounted writable, elsewhere, or in part.
+            (
+                token_volume(name),
+                json!({"name": name, "mountPath": TOKEN_MOUNT_PATH}),
+                mount_refused(1),
+            ),
+            (
+                token_volume(name),
+                json!({"name": name, "mountPath": "/token", "readOnly": true}),
+                mount_refused(1),
+            ),
+            (
+                token_volume(name),
+                json!({"name": name, "mountPath": TOKEN_MOUNT_PATH, "readOnly": true, "subPath": "token"}),
+                mount_refused(1),
+            ),
+        ];
+        for (volume, mount, expected) in cases {
+            let mut pod = injected(volume.clone(), mount.clone());
+            merge(&mut pod, json!({"spec": {"initContainers": []}}));
+            assert_eq!(
+                convert_err(pod),
+                expected,
+                "volume: {volume}, mount: {mount}"
+            );
+        }
+
+        // Asking for the token explicitly stays refused, injected volume or not.
+        let mut pod = injected(token_volume(name), token_mount(name));
+        merge(
+            &mut pod,
+            json!({"spec": {"automountServiceAccountToken": true}}),
+        );
+        assert_eq!(
+            convert_err(pod),
+            "spec.automountServiceAccountToken: service account tokens are not available on kedge nodes (set it to false or leave it unset)"
+        );
     }
 
     #[test]
