@@ -75,7 +75,7 @@ fn decodes_the_event_vector_from_hex() {
         "stdout: {stdout}"
     );
     let json: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is JSON");
-    assert_eq!(json["version"], 4);
+    assert_eq!(json["version"], kedge::wire::SCHEMA_VERSION);
     assert_eq!(json["seq"], 43);
     assert_eq!(json["body"]["kind"], "Warning");
     assert_eq!(json["body"]["pod"], "sensor");
