@@ -1160,13 +1160,24 @@ pub fn wire_decode(file: Option<&PathBuf>, hex_input: bool) -> anyhow::Result<()
         let text: String = String::from_utf8_lossy(&bytes).split_whitespace().collect();
         bytes = hex::decode(text).context("the input is not hex")?;
     }
-    let json = wire::to_json(&bytes)?;
-    writeln!(
-        std::io::stdout(),
-        "{}",
-        serde_json::to_string_pretty(&json)?
-    )?;
-    Ok(())
+    // Every message kind's JSON form: in build-host builds (`operator`),
+    // not worth its bytes in a device build.
+    #[cfg(not(feature = "operator"))]
+    bail!(
+        "kedge wire decode: this kedge is a device build, without the JSON forms of the wire \
+         messages; decode on a workstation's kedge ({} bytes read)",
+        bytes.len()
+    );
+    #[cfg(feature = "operator")]
+    {
+        let json = wire::to_json(&bytes)?;
+        writeln!(
+            std::io::stdout(),
+            "{}",
+            serde_json::to_string_pretty(&json)?
+        )?;
+        Ok(())
+    }
 }
 
 /// The pod's namespace: its own, else `-n`, else `default` (kubectl's

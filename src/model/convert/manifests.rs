@@ -253,12 +253,16 @@ fn collect_object(
 ) -> Result<(), String> {
     match (kind, api_version) {
         ("Pod", "v1") => found.pods.push(object_from_value(value)?),
+        // Read from a file by build hosts only: their types' serde code
+        // costs a device build more than its size budget has (targets/README.md).
+        #[cfg(feature = "operator")]
         ("Secret", "v1") if objects => {
             let secret: k8s::Secret = object_from_value(value)?;
             let name = check_object_name("secret", secret.metadata.name.as_deref())?;
             check_secret(&secret).map_err(|m| format!("secret {name:?}: {m}"))?;
             found.secrets.push(secret);
         }
+        #[cfg(feature = "operator")]
         ("ConfigMap", "v1") if objects => {
             let config_map: k8s::ConfigMap = object_from_value(value)?;
             let name = check_object_name("configmap", config_map.metadata.name.as_deref())?;
@@ -282,6 +286,16 @@ fn wrong_kind(kind: &str, api_version: &str, objects: bool) -> String {
     if api_version.is_empty() {
         return format!("kind {kind:?} has no apiVersion (expected {expected})");
     }
+    if cfg!(not(feature = "operator"))
+        && objects
+        && matches!((kind, api_version), ("Secret" | "ConfigMap", "v1"))
+    {
+        return format!(
+            "kind {kind:?} (apiVersion v1): this kedge is a device build, which reads only Pods \
+             from a file; apply pods that use Secrets or ConfigMaps with a workstation's kedge \
+             (a build-host build) against the same broker"
+        );
+    }
     if !objects && matches!((kind, api_version), ("Secret" | "ConfigMap", "v1")) {
         return format!(
             "kind {kind:?} (apiVersion v1) is not supported here: only `kedge apply -f FILE \
@@ -302,6 +316,7 @@ fn wrong_kind(kind: &str, api_version: &str, objects: bool) -> String {
 
 /// A Secret as the API server validates it: a name, valid keys, and what
 /// its type requires of the types that matter here.
+#[cfg(feature = "operator")]
 fn check_secret(secret: &k8s::Secret) -> Result<(), String> {
     for key in secret.data.iter().flatten().map(|(k, _)| k) {
         check_key("data", key)?;
@@ -331,6 +346,7 @@ fn check_secret(secret: &k8s::Secret) -> Result<(), String> {
     Ok(())
 }
 
+#[cfg(feature = "operator")]
 fn check_config_map(config_map: &k8s::ConfigMap) -> Result<(), String> {
     for key in config_map.data.iter().flatten().map(|(k, _)| k) {
         check_key("data", key)?;
@@ -351,6 +367,7 @@ fn check_config_map(config_map: &k8s::ConfigMap) -> Result<(), String> {
 }
 
 /// The object's name, which must be a DNS subdomain.
+#[cfg(feature = "operator")]
 fn check_object_name<'a>(kind: &str, name: Option<&'a str>) -> Result<&'a str, String> {
     match name {
         None | Some("") => Err(format!("{kind}: metadata.name: required")),
@@ -362,6 +379,7 @@ fn check_object_name<'a>(kind: &str, name: Option<&'a str>) -> Result<&'a str, S
 }
 
 /// The API server's rule for ConfigMap and Secret keys.
+#[cfg(feature = "operator")]
 fn check_key(field: &str, key: &str) -> Result<(), String> {
     let valid = !key.is_empty()
         && key.len() <= 253
@@ -386,7 +404,10 @@ fn object_from_value<T>(value: Value) -> Result<T, String>
 where
     T: serde::de::DeserializeOwned + serde::Serialize,
 {
-    // A wrong-typed value names its field, as kubectl's validation does.
+    // A wrong-typed value names its field, as kubectl's validation does
+    // (build hosts: the path tracking doubles the manifests' serde code,
+    // about 160 kB, more than a device build's budget has left).
+    #[cfg(feature = "operator")]
     let object: T = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {
@@ -395,6 +416,8 @@ where
             format!("{path}: {}", e.into_inner())
         }
     })?;
+    #[cfg(not(feature = "operator"))]
+    let object: T = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
     // k8s-openapi ignores unknown fields; find them by comparing the input with
     // what the parsed object serialises back to.
     let round_trip = serde_json::to_value(&object).map_err(|e| e.to_string())?;
