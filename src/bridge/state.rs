@@ -1469,33 +1469,7 @@ impl Bridge {
                 } else {
                     "UnsupportedField"
                 };
-                e.refusal = Some(message.clone());
-                e.accepted_sent = false;
-                out.push(Action::Event(KubeEvent {
-                    namespace: key.namespace.clone(),
-                    involved_kind: "Pod",
-                    involved_name: key.name.clone(),
-                    involved_uid: e.uid.clone(),
-                    kind: EventType::Warning,
-                    reason: reason.to_string(),
-                    message: message.clone(),
-                    time_ms: now_ms,
-                    host: e.node.clone(),
-                    field_path: None,
-                }));
-                out.push(Action::PodStatus {
-                    pod: key.clone(),
-                    owner: PodStatusOwner::Bridge,
-                    body: render::refused_pod_status(
-                        &key.namespace,
-                        &key.name,
-                        &e.uid,
-                        reason,
-                        &message,
-                        now_ms,
-                        refused_waiting(&self.reported, e, &dk).as_deref(),
-                    ),
-                });
+                refuse_pod(e, key, &self.reported, reason, message, now_ms, out);
             }
             Ok(converted) => {
                 if !e.warned {
@@ -1503,18 +1477,7 @@ impl Bridge {
                     // token volume, left out): said once per pod.
                     e.warned = true;
                     for w in &converted.warnings {
-                        out.push(Action::Event(KubeEvent {
-                            namespace: key.namespace.clone(),
-                            involved_kind: "Pod",
-                            involved_name: key.name.clone(),
-                            involved_uid: e.uid.clone(),
-                            kind: EventType::Warning,
-                            reason: w.reason.to_string(),
-                            message: w.message.clone(),
-                            time_ms: now_ms,
-                            host: e.node.clone(),
-                            field_path: None,
-                        }));
+                        out.push(pod_warning(e, key, w.reason, w.message.clone(), now_ms));
                     }
                 }
                 let mut spec = converted.spec;
@@ -1531,33 +1494,15 @@ impl Bridge {
                         Ok(k) => Some(k),
                         Err(message) => {
                             if e.refusal.as_deref() != Some(message.as_str()) {
-                                e.refusal = Some(message.clone());
-                                e.accepted_sent = false;
-                                out.push(Action::Event(KubeEvent {
-                                    namespace: key.namespace.clone(),
-                                    involved_kind: "Pod",
-                                    involved_name: key.name.clone(),
-                                    involved_uid: e.uid.clone(),
-                                    kind: EventType::Warning,
-                                    reason: NO_SEALING_KEY.to_string(),
-                                    message: message.clone(),
-                                    time_ms: now_ms,
-                                    host: e.node.clone(),
-                                    field_path: None,
-                                }));
-                                out.push(Action::PodStatus {
-                                    pod: key.clone(),
-                                    owner: PodStatusOwner::Bridge,
-                                    body: render::refused_pod_status(
-                                        &key.namespace,
-                                        &key.name,
-                                        &e.uid,
-                                        NO_SEALING_KEY,
-                                        &message,
-                                        now_ms,
-                                        refused_waiting(&self.reported, e, &dk).as_deref(),
-                                    ),
-                                });
+                                refuse_pod(
+                                    e,
+                                    key,
+                                    &self.reported,
+                                    NO_SEALING_KEY,
+                                    message,
+                                    now_ms,
+                                    out,
+                                );
                             }
                             return;
                         }
@@ -1639,6 +1584,52 @@ fn node_event(node: &str, kind: EventType, reason: &str, message: String, now_ms
         host: node.to_string(),
         field_path: None,
     })
+}
+
+/// A Warning event about a pod on a kedge node.
+fn pod_warning(e: &PodEntry, key: &PodKey, reason: &str, message: String, now_ms: u64) -> Action {
+    Action::Event(KubeEvent {
+        namespace: key.namespace.clone(),
+        involved_kind: "Pod",
+        involved_name: key.name.clone(),
+        involved_uid: e.uid.clone(),
+        kind: EventType::Warning,
+        reason: reason.to_string(),
+        message,
+        time_ms: now_ms,
+        host: e.node.clone(),
+        field_path: None,
+    })
+}
+
+/// A pod the bridge cannot send: the refusal recorded (so it is said
+/// once), a Warning event and the refused status.
+fn refuse_pod(
+    e: &mut PodEntry,
+    key: &PodKey,
+    reported: &HashMap<NodePod, Reported>,
+    reason: &str,
+    message: String,
+    now_ms: u64,
+    out: &mut Vec<Action>,
+) {
+    e.refusal = Some(message.clone());
+    e.accepted_sent = false;
+    out.push(pod_warning(e, key, reason, message.clone(), now_ms));
+    let dk = (e.node.clone(), key.clone());
+    out.push(Action::PodStatus {
+        pod: key.clone(),
+        owner: PodStatusOwner::Bridge,
+        body: render::refused_pod_status(
+            &key.namespace,
+            &key.name,
+            &e.uid,
+            reason,
+            &message,
+            now_ms,
+            refused_waiting(reported, e, &dk).as_deref(),
+        ),
+    });
 }
 
 /// The containers (name, image) a refused pod shows waiting, or None when
