@@ -799,14 +799,7 @@ impl Bridge {
             if key_changed && !newly {
                 // Specs that carry Secrets go out again, sealed to the new key
                 // (or wait for one).
-                let keys: Vec<PodKey> = self
-                    .pods_by_node
-                    .get(&node)
-                    .map(|s| s.iter().cloned().collect())
-                    .unwrap_or_default();
-                for k in keys {
-                    self.evaluate(&k, now_ms, resolver, out);
-                }
+                self.evaluate_node(&node, now_ms, resolver, out);
             }
             let Some(dev) = self.devices.get_mut(&node) else {
                 return;
@@ -867,14 +860,7 @@ impl Bridge {
         }
         if newly {
             self.sync_cloud_labels(&node, out);
-            let keys: Vec<PodKey> = self
-                .pods_by_node
-                .get(&node)
-                .map(|s| s.iter().cloned().collect())
-                .unwrap_or_default();
-            for k in keys {
-                self.evaluate(&k, now_ms, resolver, out);
-            }
+            self.evaluate_node(&node, now_ms, resolver, out);
         }
     }
 
@@ -1048,6 +1034,24 @@ impl Bridge {
                 owner: PodStatusOwner::Device,
                 body: render::pod_status(&e.uid, &down),
             });
+        }
+    }
+
+    /// Decides again what every pod bound to `node` needs.
+    fn evaluate_node(
+        &mut self,
+        node: &str,
+        now_ms: u64,
+        resolver: &dyn Resolver,
+        out: &mut Vec<Action>,
+    ) {
+        let keys: Vec<PodKey> = self
+            .pods_by_node
+            .get(node)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for k in keys {
+            self.evaluate(&k, now_ms, resolver, out);
         }
     }
 
