@@ -10,14 +10,14 @@ use thiserror::Error;
 use crate::model::validate::Validate;
 use crate::model::{
     DesiredIndex, Event, FleetDeployment, FleetReport, LogChunk, LogRequest, NodeLabels,
-    NodeStatus, PodKey, PodSpec, PodStatus, SealedPod,
+    NodeStatus, PodKey, PodSpec, PodStatus, SealedPod, StatsReply, StatsRequest,
 };
 
 /// The schema version this build writes (docs/wire.md, "Evolving the
 /// schema": 2 added node labels and fleets, 3 signatures and `Tombstone`,
 /// 4 the `PodSpec` fields of issue 15, 5 `SealedPod` and the node's
-/// sealing key and machine identity).
-pub const SCHEMA_VERSION: u16 = 5;
+/// sealing key and machine identity, 6 the stats RPC).
+pub const SCHEMA_VERSION: u16 = 6;
 /// The first version whose `signature` field has a meaning (docs/wire.md,
 /// "Signatures"); in older envelopes it is ignored.
 pub const SIGNED_SINCE_VERSION: u16 = 3;
@@ -28,6 +28,8 @@ pub const POD_FIELDS_SINCE_VERSION: u16 = 4;
 /// The first version with `SealedPod` and the `NodeStatus` that carries the
 /// sealing key and the machine identity (`wire::v4` reads the older one).
 pub const SEALED_SINCE_VERSION: u16 = 5;
+/// The first version with the stats RPC (`StatsRequest`, `StatsReply`).
+pub const STATS_SINCE_VERSION: u16 = 6;
 /// The oldest version this build still reads (docs/wire.md, "Evolving the
 /// schema"): version 1 differs in `NodeStatus`, which had no labels,
 /// versions 1 to 4 in `NodeStatus` (`wire::v4`), and versions 1 to 3 in
@@ -86,6 +88,10 @@ pub enum Kind {
     /// A desired spec sealed to the device's key (version 5): sent instead
     /// of `DesiredPod` when the spec carries Secret values.
     SealedPod = 12,
+    /// Asks for the node's resource usage (version 6; the stats RPC).
+    StatsRequest = 13,
+    /// The answer to a `StatsRequest`.
+    StatsReply = 14,
 }
 
 impl Kind {
@@ -103,6 +109,8 @@ impl Kind {
             10 => Kind::NodeLabels,
             11 => Kind::Tombstone,
             12 => Kind::SealedPod,
+            13 => Kind::StatsRequest,
+            14 => Kind::StatsReply,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -120,6 +128,8 @@ impl Kind {
             Kind::NodeLabels => "NodeLabels",
             Kind::Tombstone => "Tombstone",
             Kind::SealedPod => "SealedPod",
+            Kind::StatsRequest => "StatsRequest",
+            Kind::StatsReply => "StatsReply",
         }
     }
 }
@@ -305,6 +315,7 @@ pub fn open(payload: &[u8]) -> Result<Opened<'_>, WireError> {
         Kind::FleetDeployment | Kind::FleetReport | Kind::NodeLabels => 2,
         Kind::Tombstone => 3,
         Kind::SealedPod => SEALED_SINCE_VERSION,
+        Kind::StatsRequest | Kind::StatsReply => STATS_SINCE_VERSION,
         _ => 1,
     };
     if version < since {
@@ -360,6 +371,8 @@ pub enum Message {
     Tombstone,
     /// A desired spec sealed to the device's key (kind 12).
     SealedPod(SealedPod),
+    StatsRequest(StatsRequest),
+    StatsReply(StatsReply),
 }
 
 impl Message {
@@ -377,6 +390,8 @@ impl Message {
             Message::NodeLabels(_) => Kind::NodeLabels,
             Message::Tombstone => Kind::Tombstone,
             Message::SealedPod(_) => Kind::SealedPod,
+            Message::StatsRequest(_) => Kind::StatsRequest,
+            Message::StatsReply(_) => Kind::StatsReply,
         }
     }
 }
@@ -414,6 +429,8 @@ impl Body {
             Message::NodeLabels(v) => body_bytes(kind, v)?,
             Message::Tombstone => Vec::new(),
             Message::SealedPod(v) => body_bytes(kind, v)?,
+            Message::StatsRequest(v) => body_bytes(kind, v)?,
+            Message::StatsReply(v) => body_bytes(kind, v)?,
         };
         Ok(Body { kind, bytes })
     }
@@ -495,6 +512,8 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
         Kind::FleetDeployment => Message::FleetDeployment(body(kind, raw)?),
         Kind::FleetReport => Message::FleetReport(body(kind, raw)?),
         Kind::NodeLabels => Message::NodeLabels(body(kind, raw)?),
+        Kind::StatsRequest => Message::StatsRequest(body(kind, raw)?),
+        Kind::StatsReply => Message::StatsReply(body(kind, raw)?),
         Kind::Tombstone if raw.is_empty() => Message::Tombstone,
         Kind::Tombstone => {
             return Err(WireError::MalformedBody {
@@ -542,6 +561,8 @@ wire_message!(
     FleetReport => FleetReport,
     NodeLabels => NodeLabels,
     SealedPod => SealedPod,
+    StatsRequest => StatsRequest,
+    StatsReply => StatsReply,
 );
 
 /// A `PodSpec` body of this version (what a `SealedPod` seals).
@@ -601,6 +622,8 @@ pub fn to_json(payload: &[u8]) -> Result<serde_json::Value, WireError> {
             "key_id": hex::encode(v.key_id),
             "ciphertext_bytes": v.ciphertext.len(),
         })),
+        Message::StatsRequest(v) => serde_json::to_value(v),
+        Message::StatsReply(v) => serde_json::to_value(v),
     }
     .map_err(|e| WireError::Encode {
         kind,

@@ -665,6 +665,65 @@ pub struct LogChunk {
     pub error: Option<String>,
 }
 
+/// Asks an agent for its node's and its containers' resource usage (the
+/// bridge's `/stats/summary` and `/metrics/resource`; docs/wire.md, "Stats
+/// RPC"). Sent on the RPC request topic like a `LogRequest`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsRequest {
+    pub request_id: String,
+}
+
+/// The answer to a `StatsRequest`: the stats, or why there are none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReply {
+    pub request_id: String,
+    pub result: Result<NodeStats, String>,
+}
+
+/// A sample of the node's and its running containers' usage. Counters are
+/// cumulative (the reader computes rates from two samples, as
+/// metrics-server does from the kubelet's).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// When the node's boot (Unix ms): the node's `startTime`.
+    pub start_time_ms: u64,
+    pub usage: Usage,
+    /// Memory the node's processes could still get (MemAvailable).
+    pub memory_available_bytes: u64,
+    /// The pods that have at least one running container, each with those.
+    pub pods: Vec<PodStats>,
+}
+
+/// CPU time and memory of a node or a container at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// When it was sampled (Unix ms).
+    pub timestamp_ms: u64,
+    /// CPU time used since start, in core-nanoseconds.
+    pub cpu_core_ns: u64,
+    /// The working set: memory in use that cannot be reclaimed at once
+    /// (the kubelet's `workingSetBytes`; a Wasm module's linear memory).
+    pub memory_working_set_bytes: u64,
+}
+
+/// The running containers of one pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodStats {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub start_time_ms: u64,
+    pub containers: Vec<ContainerStats>,
+}
+
+/// One running container's usage.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    pub name: String,
+    pub start_time_ms: u64,
+    pub usage: Usage,
+}
+
 /// One author's statement of every desired spec it has retained for a node
 /// (`{prefix}/{node}/index/{author}`), so that an agent whose session lost a
 /// tombstone still learns the pod is no longer desired.

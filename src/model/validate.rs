@@ -14,7 +14,7 @@ use super::selector::Selector;
 use super::{
     Cohort, Container, ContainerState, ContainerStatus, DesiredIndex, Event, FleetDeployment,
     FleetReport, Limit, LogChunk, LogRequest, NodeLabels, NodeStatus, PodSpec, PodStatus, Probe,
-    ProbeHandler, Revision, SealedPod, SecurityProfile, VolumeSource,
+    ProbeHandler, Revision, SealedPod, SecurityProfile, StatsReply, StatsRequest, VolumeSource,
 };
 
 /// Containers in one pod (app containers; init containers have their own
@@ -50,6 +50,9 @@ pub const MAX_LOG_CHUNK: usize = 4 * 1024 * 1024;
 /// Pods one desired index may list (the most pods a node can be asked to
 /// run is far below it).
 pub const MAX_INDEX_PODS: usize = 65_536;
+/// Pods in one `StatsReply` (each with at most twice `MAX_CONTAINERS`:
+/// app and init containers).
+pub const MAX_STATS_PODS: usize = 4096;
 /// Cohorts and batches of one fleet deployment (a device reports the batch
 /// groups it is in as bits of a u64).
 pub const MAX_BATCHES: usize = 64;
@@ -852,15 +855,7 @@ impl Validate for Event {
 
 impl Validate for LogRequest {
     fn validate(&self) -> Result {
-        if !is_request_id(&self.request_id) {
-            return Err(invalid(
-                "requestId",
-                format!(
-                    "Invalid value: {:?}: a request id must consist of {UID_RULE}",
-                    clip(&self.request_id)
-                ),
-            ));
-        }
+        request_id(&self.request_id)?;
         label("namespace", "namespace", &self.namespace)?;
         subdomain("pod", "pod name", &self.pod)?;
         if let Some(c) = &self.container {
@@ -881,17 +876,50 @@ impl Validate for LogRequest {
 
 impl Validate for LogChunk {
     fn validate(&self) -> Result {
-        if !is_request_id(&self.request_id) {
-            return Err(invalid(
-                "requestId",
-                format!(
-                    "Invalid value: {:?}: a request id must consist of {UID_RULE}",
-                    clip(&self.request_id)
-                ),
-            ));
-        }
+        request_id(&self.request_id)?;
         count("data", self.data.len(), MAX_LOG_CHUNK)?;
         opt_text("error", &self.error, MAX_MESSAGE)
+    }
+}
+
+fn request_id(value: &str) -> Result {
+    if is_request_id(value) {
+        return Ok(());
+    }
+    Err(invalid(
+        "requestId",
+        format!(
+            "Invalid value: {:?}: a request id must consist of {UID_RULE}",
+            clip(value)
+        ),
+    ))
+}
+
+impl Validate for StatsRequest {
+    fn validate(&self) -> Result {
+        request_id(&self.request_id)
+    }
+}
+
+impl Validate for StatsReply {
+    fn validate(&self) -> Result {
+        request_id(&self.request_id)?;
+        let stats = match &self.result {
+            Ok(stats) => stats,
+            Err(e) => return text("error", e, MAX_MESSAGE),
+        };
+        count("stats.pods", stats.pods.len(), MAX_STATS_PODS)?;
+        for (i, p) in stats.pods.iter().enumerate() {
+            let path = format!("stats.pods[{i}]");
+            label(&format!("{path}.namespace"), "namespace", &p.namespace)?;
+            subdomain(&format!("{path}.name"), "pod name", &p.name)?;
+            uid(&format!("{path}.uid"), &p.uid)?;
+            count(&format!("{path}.containers"), p.containers.len(), 2 * MAX_CONTAINERS)?;
+            for (j, c) in p.containers.iter().enumerate() {
+                label(&format!("{path}.containers[{j}].name"), "container name", &c.name)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -428,6 +428,42 @@ pub(super) fn node_labels() -> NodeLabels {
     }
 }
 
+pub(super) fn stats_request() -> StatsRequest {
+    StatsRequest {
+        request_id: "0b5f7c2e9a4d4e1f8c3b6a5d2e1f0a9b".into(),
+    }
+}
+
+pub(super) fn stats_reply() -> StatsReply {
+    StatsReply {
+        request_id: "0b5f7c2e9a4d4e1f8c3b6a5d2e1f0a9b".into(),
+        result: Ok(NodeStats {
+            start_time_ms: 1_767_225_000_000,
+            usage: Usage {
+                timestamp_ms: 1_767_225_612_345,
+                cpu_core_ns: 41_250_000_000,
+                memory_working_set_bytes: 412_000_000,
+            },
+            memory_available_bytes: 1_512_000_000,
+            pods: vec![PodStats {
+                namespace: "factory".into(),
+                name: "sensor".into(),
+                uid: "8f14e45f-ceea-467f-a3c4-1b2c3d4e5f60".into(),
+                start_time_ms: 1_767_225_100_000,
+                containers: vec![ContainerStats {
+                    name: "reader".into(),
+                    start_time_ms: 1_767_225_101_000,
+                    usage: Usage {
+                        timestamp_ms: 1_767_225_612_000,
+                        cpu_core_ns: 1_500_000_000,
+                        memory_working_set_bytes: 2_097_152,
+                    },
+                }],
+            }],
+        }),
+    }
+}
+
 /// Every vector: file name, envelope seq, sample message.
 fn all() -> Vec<(&'static str, u64, Message)> {
     vec![
@@ -478,6 +514,16 @@ fn all() -> Vec<(&'static str, u64, Message)> {
             "sealed_pod.hex",
             DESIRED_SEQ,
             Message::SealedPod(sealed_pod()),
+        ),
+        (
+            "stats_request.hex",
+            LOG_SEQ,
+            Message::StatsRequest(stats_request()),
+        ),
+        (
+            "stats_reply.hex",
+            LOG_SEQ,
+            Message::StatsReply(stats_reply()),
         ),
     ]
 }
@@ -682,6 +728,16 @@ fn vector_node_labels() {
 }
 
 #[test]
+fn vector_stats_request() {
+    check("stats_request.hex");
+}
+
+#[test]
+fn vector_stats_reply() {
+    check("stats_reply.hex");
+}
+
+#[test]
 fn vector_tombstone() {
     check("tombstone.hex");
 }
@@ -834,6 +890,30 @@ fn version_4_vectors_are_still_read() {
     }
 }
 
+/// Version 5 had kinds 1–12 and every body as today's; its signed vectors
+/// still verify.
+#[test]
+fn version_5_vectors_are_still_read() {
+    older_vectors_are_still_read(5, 12);
+    let keys = crate::trust::TrustedKey::parse_list(SIGNED_PUBLIC_KEY).expect("key parses");
+    for (file, topic, seq, message, _) in signed() {
+        let path = vector_path("v5/signed").join(file);
+        let bytes = from_hex_text(&std::fs::read_to_string(&path).expect("v5 signed vector"));
+        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("v5/signed/{file}: {e}"));
+        assert_eq!(decoded.version, 5);
+        assert_eq!(
+            (decoded.seq, decoded.message),
+            (seq, message),
+            "v5/signed/{file}"
+        );
+        let opened = open(&bytes).expect("opens");
+        assert!(
+            crate::trust::verify(&keys, SIGNED_COUNTER + 1, topic, &opened).is_ok(),
+            "v5/signed/{file}"
+        );
+    }
+}
+
 /// Versions 1 to 3 ran `command`, `args` and env values literally; version
 /// 4 expands them, so an older spec is read with them escaped and runs as
 /// before.
@@ -895,7 +975,7 @@ fn older_specs_keep_their_literal_dollars() {
 fn vectors_cover_every_kind() {
     let mut kinds: Vec<u8> = all().iter().map(|(_, _, m)| m.kind() as u8).collect();
     kinds.sort_unstable();
-    assert_eq!(kinds, (1..=12).collect::<Vec<u8>>());
+    assert_eq!(kinds, (1..=14).collect::<Vec<u8>>());
     for k in 0..=u8::MAX {
         assert_eq!(Kind::from_u8(k).is_ok(), kinds.contains(&k), "kind {k}");
     }
@@ -952,7 +1032,7 @@ fn write_vectors_then_fail_on_purpose() {
 #[test]
 fn envelope_layout_matches_the_spec() {
     let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
-    assert_eq!(bytes[0], 0x05, "version 5 as a one-byte varint");
+    assert_eq!(bytes[0], 0x06, "version 6 as a one-byte varint");
     assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
     assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
     assert_eq!(bytes[3], 0x00, "empty signature: length 0");
