@@ -6,6 +6,9 @@
 //! `Start::Run` once the script is used up. A running container ends when
 //! its pod stops it (exit 137 for a kill, as a real runtime reports it) or
 //! when the test calls `exit`.
+//!
+//! Every running container reports a fixed usage ([`FakeRuntime::USAGE`]),
+//! the stats RPC's.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +19,9 @@ use tokio::sync::oneshot;
 
 use super::{
     BoxFuture, ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle,
+    UsageMap,
 };
-use crate::model::{Container, PodKey};
+use crate::model::{Container, PodKey, Usage};
 
 /// What the next start of a container does.
 #[derive(Debug)]
@@ -85,6 +89,13 @@ struct Running {
 }
 
 impl FakeRuntime {
+    /// What every running container reports as its usage.
+    pub const USAGE: Usage = Usage {
+        timestamp_ms: 1_000,
+        cpu_core_ns: 2_000_000,
+        memory_working_set_bytes: 3 << 20,
+    };
+
     pub fn new() -> Arc<FakeRuntime> {
         Arc::new(FakeRuntime::default())
     }
@@ -270,5 +281,15 @@ impl Runtime for FakeRuntime {
             uid: pod.spec.uid.clone(),
         });
         Box::pin(async {})
+    }
+
+    fn container_usage(&self) -> BoxFuture<'_, Result<UsageMap, RuntimeError>> {
+        let usage = self
+            .state()
+            .running
+            .keys()
+            .map(|id| (id.clone(), FakeRuntime::USAGE))
+            .collect();
+        Box::pin(async move { Ok(usage) })
     }
 }

@@ -27,7 +27,11 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::model::{Container, Event, EventType, PodSpec};
+use crate::model::{Container, Event, EventType, PodSpec, Usage};
+
+/// Container usage by container id, exactly as in
+/// `ContainerStatus.container_id` (`containerd://…`, `wasm://…`).
+pub type UsageMap = std::collections::HashMap<String, Usage>;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -209,6 +213,11 @@ pub trait Runtime: Send + Sync {
     fn remove_orphans<'a>(&'a self, _desired_uids: Vec<String>) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
+    /// The usage of the containers this runtime runs now (the stats RPC),
+    /// keyed by container id; a container it cannot measure is absent.
+    fn container_usage(&self) -> BoxFuture<'_, Result<UsageMap, RuntimeError>> {
+        Box::pin(async { Ok(UsageMap::new()) })
+    }
 }
 
 /// Makes the pod's volume directories under `{pod_dir}/volumes`: emptyDir
@@ -315,5 +324,10 @@ impl LazyRuntime {
             }
         }
         Err(self.failed.clone().unwrap_or_default())
+    }
+
+    /// The runtime if it was made already (never makes it).
+    pub fn made(&self) -> Option<std::sync::Arc<dyn Runtime>> {
+        self.made.clone()
     }
 }

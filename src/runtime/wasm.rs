@@ -16,13 +16,17 @@
 //!   Precompiled code is native code: only bytes verified against the pod's
 //!   pinned sha256 digest, or the agent's own cache, are ever deserialized.
 //! - stdout/stderr go to CRI-format log files (`runtime::logs`).
+//! - Usage (the stats RPC) is metered with atomics only: the bytes of each
+//!   instance's linear memories (the `ResourceLimiter` sees every creation
+//!   and growth) and the time spent polling its future (`Metered`).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -38,8 +42,9 @@ use super::logs::{LogFile, LogStream, Rotation};
 use super::module_source::{self, ModuleRef};
 use super::{
     BoxFuture, ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle,
+    UsageMap,
 };
-use crate::model::{Container, EventType, VolumeSource};
+use crate::model::{Container, EventType, Usage, VolumeSource};
 
 /// Reported as the node's containerRuntimeVersion.
 pub const VERSION: &str = "wasmtime://48";
@@ -82,6 +87,37 @@ pub struct WasmRuntime {
     /// benchmarks.
     compiles: AtomicU64,
     fingerprint: String,
+    /// The meter of every running instance by container id; an entry lives
+    /// until its instance's task ends.
+    meters: Meters,
+}
+
+type Meters = Arc<Mutex<HashMap<String, Arc<Meter>>>>;
+
+/// What one instance used so far.
+#[derive(Default)]
+struct Meter {
+    /// Time spent polling the instance's future.
+    cpu_ns: AtomicU64,
+    /// Bytes of its linear memories.
+    memory: AtomicU64,
+}
+
+/// The instance's future, timing every poll into its meter.
+struct Metered {
+    run: BoxFuture<'static, ExitStatus>,
+    meter: Arc<Meter>,
+}
+
+impl std::future::Future for Metered {
+    type Output = ExitStatus;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ExitStatus> {
+        let began = Instant::now();
+        let poll = self.run.as_mut().poll(cx);
+        let spent = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.meter.cpu_ns.fetch_add(spent, Ordering::Relaxed);
+        poll
+    }
 }
 
 /// Per-key async gates; an entry lives while someone holds or waits for it.
@@ -172,12 +208,15 @@ struct Limits {
     memory_limit: u64,
     /// Set when a growth was refused, so the trap is reported as OOMKilled.
     exceeded: bool,
+    /// Counts the bytes of every memory made or grown (wasmtime asks here
+    /// for both; a new memory grows from 0).
+    meter: Arc<Meter>,
 }
 
 impl ResourceLimiter for Limits {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -188,6 +227,8 @@ impl ResourceLimiter for Limits {
                 self.memory_limit
             ));
         }
+        let grown = desired.saturating_sub(current) as u64;
+        self.meter.memory.fetch_add(grown, Ordering::Relaxed);
         Ok(true)
     }
     fn table_growing(
@@ -248,6 +289,7 @@ impl WasmRuntime {
             flights: Flights::default(),
             compiles: AtomicU64::new(0),
             fingerprint,
+            meters: Meters::default(),
         }))
     }
 
@@ -1127,12 +1169,14 @@ impl Runtime for WasmRuntime {
             .map_err(|e| RuntimeError::Create(format!("cannot create log file: {e}")))?;
             let log = Arc::new(Mutex::new(log));
             let mut wasi = self.build_wasi(pod, container, &log)?;
+            let meter = Arc::new(Meter::default());
             let limits = Limits {
                 memory_limit: container
                     .resources
                     .memory_limit_bytes
                     .unwrap_or(self.opts.default_memory_limit),
                 exceeded: false,
+                meter: meter.clone(),
             };
             let container_id = format!("wasm://{}", uuid::Uuid::new_v4().simple());
             let image_id = format!("sha256:{sha256}");
@@ -1200,6 +1244,15 @@ impl Runtime for WasmRuntime {
                 }
             };
 
+            let run = Metered {
+                run,
+                meter: meter.clone(),
+            };
+            let meters = self.meters.clone();
+            if let Ok(mut m) = meters.lock() {
+                m.insert(container_id.clone(), meter);
+            }
+            let metered_id = container_id.clone();
             tokio::spawn(
                 async move {
                     let status = tokio::select! {
@@ -1217,6 +1270,9 @@ impl Runtime for WasmRuntime {
                     if let Ok(mut log) = log.lock() {
                         let _ = log.flush_partial();
                     }
+                    if let Ok(mut m) = meters.lock() {
+                        m.remove(&metered_id);
+                    }
                     let _ = exit_tx.send(status);
                 }
                 .instrument(span),
@@ -1233,6 +1289,24 @@ impl Runtime for WasmRuntime {
 
     fn cleanup_pod<'a>(&'a self, _pod: &'a PodContext) -> BoxFuture<'a, ()> {
         Box::pin(async {})
+    }
+
+    fn container_usage(&self) -> BoxFuture<'_, Result<UsageMap, RuntimeError>> {
+        let now = crate::model::now_ms();
+        let usage = self.meters.lock().map(|m| {
+            m.iter()
+                .map(|(id, meter)| {
+                    let usage = Usage {
+                        timestamp_ms: now,
+                        cpu_core_ns: meter.cpu_ns.load(Ordering::Relaxed),
+                        memory_working_set_bytes: meter.memory.load(Ordering::Relaxed),
+                    };
+                    (id.clone(), usage)
+                })
+                .collect()
+        });
+        let usage = usage.map_err(|_| RuntimeError::Create("wasm meters lock poisoned".into()));
+        Box::pin(async move { usage })
     }
 }
 
@@ -1279,6 +1353,56 @@ mod tests {
         7, 10, 1, 6, b'_', b's', b't', b'a', b'r', b't', 0, 0, // export "_start"
         10, 4, 1, 2, 0, 0x0b, // code section
     ];
+
+    #[cfg(feature = "wasm-compiler")]
+    /// A module with one page of memory whose `_start` loops forever.
+    const SPIN_ONE_PAGE: &[u8] = &[
+        0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, // header
+        1, 4, 1, 0x60, 0, 0, // type section: () -> ()
+        3, 2, 1, 0, // function section
+        5, 3, 1, 0, 1, // memory section: one memory, min 1 page
+        7, 10, 1, 6, b'_', b's', b't', b'a', b'r', b't', 0, 0, // export "_start"
+        10, 9, 1, 7, 0, 0x03, 0x40, 0x0c, 0, 0x0b, 0x0b, // loop br 0 end end
+    ];
+
+    /// A running instance is metered (its page of memory, the time it was
+    /// polled, growing); its meter is gone once it stopped.
+    #[cfg(feature = "wasm-compiler")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_running_instance_reports_its_memory_and_polled_time() {
+        use crate::model::{RestartPolicy, samples};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = test_runtime(&dir.path().join("data"));
+        let mut container = samples::container("spin");
+        container.image = module_file(dir.path(), "spin.wasm", SPIN_ONE_PAGE);
+        let pod = PodContext {
+            spec: samples::spec("spin", "u1", 1, RestartPolicy::Never),
+            pod_dir: dir.path().join("pod"),
+            events: super::super::EventSink::default(),
+        };
+        let mut running = rt
+            .start_container(&pod, &container, 0)
+            .await
+            .expect("starts");
+        let mut last = 0;
+        for _ in 0..3 {
+            loop {
+                let usage = rt.container_usage().await.expect("usage");
+                let u = usage[&running.container_id];
+                assert_eq!(u.memory_working_set_bytes, 65536);
+                assert!(u.cpu_core_ns >= last);
+                if u.cpu_core_ns > last {
+                    last = u.cpu_core_ns;
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        running.stop.stop(Duration::ZERO);
+        let status = running.exited.await.expect("exit status");
+        assert_eq!(status.exit_code, KILLED_EXIT_CODE);
+        assert!(rt.container_usage().await.expect("usage").is_empty());
+    }
 
     /// Image references with hostile digests never reach the cache or the
     /// network: they are refused where they enter.

@@ -29,8 +29,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
     BoxFuture, ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle,
+    UsageMap,
 };
-use crate::model::{Container, EventType, PullPolicy};
+use crate::model::{Container, EventType, PullPolicy, Usage};
 
 /// How often a running container's state is polled (containerd 1.6 has no
 /// container event stream in CRI).
@@ -617,6 +618,33 @@ fn remove_cgroup_tree(dir: &std::path::Path) {
     }
 }
 
+/// One container's CRI stats as the stats RPC's usage, keyed like its
+/// `ContainerStatus.container_id`, sampled when the CPU counter was read
+/// (CRI timestamps are ns; now when the runtime gives none).
+fn usage_of(s: &cri::ContainerStats) -> Option<(String, Usage)> {
+    let id = &s.attributes.as_ref()?.id;
+    let cpu = s.cpu.as_ref();
+    let memory = s.memory.as_ref();
+    let timestamp_ns = cpu.map_or(0, |c| c.timestamp);
+    let timestamp_ms = u64::try_from(timestamp_ns / 1_000_000).unwrap_or(0);
+    Some((
+        format!("containerd://{id}"),
+        Usage {
+            timestamp_ms: if timestamp_ms > 0 {
+                timestamp_ms
+            } else {
+                crate::model::now_ms()
+            },
+            cpu_core_ns: cpu
+                .and_then(|c| c.usage_core_nano_seconds.as_ref())
+                .map_or(0, |v| v.value),
+            memory_working_set_bytes: memory
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .map_or(0, |v| v.value),
+        },
+    ))
+}
+
 impl Runtime for CriRuntime {
     fn name(&self) -> &'static str {
         "cri"
@@ -709,6 +737,26 @@ impl Runtime for CriRuntime {
         })
     }
 
+    fn container_usage(&self) -> BoxFuture<'_, Result<UsageMap, RuntimeError>> {
+        Box::pin(async move {
+            let filter = cri::ContainerStatsFilter {
+                label_selector: [(spec::LABEL_MANAGED.to_string(), "true".to_string())].into(),
+                ..Default::default()
+            };
+            let stats = self
+                .runtime
+                .clone()
+                .list_container_stats(cri::ListContainerStatsRequest {
+                    filter: Some(filter),
+                })
+                .await
+                .map_err(|s| self.status_error("ListContainerStats", s))?
+                .into_inner()
+                .stats;
+            Ok(stats.iter().filter_map(usage_of).collect())
+        })
+    }
+
     fn remove_orphans<'a>(&'a self, desired_uids: Vec<String>) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let items = match self
@@ -735,5 +783,37 @@ impl Runtime for CriRuntime {
                 self.remove_pod_cgroup(&uid);
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_stats_map_to_the_status_id_and_the_kubelets_fields() {
+        let stats = cri::ContainerStats {
+            attributes: Some(cri::ContainerAttributes {
+                id: "abc".into(),
+                ..Default::default()
+            }),
+            cpu: Some(cri::CpuUsage {
+                timestamp: 1_700_000_000_123_456_789,
+                usage_core_nano_seconds: Some(cri::UInt64Value { value: 42_000 }),
+                usage_nano_cores: None,
+            }),
+            memory: Some(cri::MemoryUsage {
+                working_set_bytes: Some(cri::UInt64Value { value: 4096 }),
+                usage_bytes: Some(cri::UInt64Value { value: 9999 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (id, u) = usage_of(&stats).expect("has attributes");
+        assert_eq!(id, "containerd://abc");
+        assert_eq!(u.timestamp_ms, 1_700_000_000_123);
+        assert_eq!(u.cpu_core_ns, 42_000);
+        assert_eq!(u.memory_working_set_bytes, 4096);
+        assert!(usage_of(&cri::ContainerStats::default()).is_none());
     }
 }
