@@ -959,3 +959,89 @@ async fn sealed_specs_open_with_the_device_key_and_nothing_else() {
         .await;
     agent.stop().await;
 }
+
+/// The messages published on `topic` so far.
+fn published(agent: &Agent, topic: &str) -> Vec<Message> {
+    agent
+        .seen
+        .iter()
+        .filter_map(|c| match c {
+            SessionCommand::Publish {
+                topic: t, payload, ..
+            } if t == topic => Some(wire::decode(payload).expect("reply decodes").message),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stats_request_gets_one_reply_with_the_running_containers_usage() {
+    let device = Device::new();
+    let mut agent = device.start();
+    agent.runtime.script("task", [Start::Exit(0)]);
+    agent.apply(&pod("web", 1, RestartPolicy::Always, &["app"]));
+    agent.apply(&pod("job", 1, RestartPolicy::Never, &["task"]));
+    agent
+        .until("web running and job succeeded", |a| {
+            a.phase("web") == Some(PodPhase::Running) && a.phase("job") == Some(PodPhase::Succeeded)
+        })
+        .await;
+    let ask = |agent: &Agent, id: &str, message: Message| {
+        let payload = wire::encode(0, &message).expect("encodes");
+        agent.send(&agent.topics.rpc_request(NODE, id), payload);
+        agent.topics.rpc_response(NODE, id)
+    };
+    let request = |id: &str| {
+        Message::StatsRequest(crate::model::StatsRequest {
+            request_id: id.into(),
+        })
+    };
+
+    let reply = ask(&agent, "s1", request("s1"));
+    agent
+        .until("the stats reply", |a| !published(a, &reply).is_empty())
+        .await;
+    let replies = published(&agent, &reply);
+    let [Message::StatsReply(r)] = replies.as_slice() else {
+        panic!("one StatsReply: {replies:?}");
+    };
+    assert_eq!(r.request_id, "s1");
+    let stats = r.result.as_ref().expect("sampled");
+    assert!(stats.usage.cpu_core_ns > 0 && stats.start_time_ms > 0);
+    let web = agent.status("web").expect("web status");
+    assert_eq!(stats.pods.len(), 1, "only the running pod: {stats:?}");
+    let p = &stats.pods[0];
+    assert_eq!((p.name.as_str(), p.uid.as_str()), ("web", "uid-web"));
+    assert_eq!(p.start_time_ms, web.start_time_ms.expect("started"));
+    assert_eq!(p.containers.len(), 1);
+    assert_eq!(p.containers[0].name, "app");
+    assert_eq!(p.containers[0].usage, FakeRuntime::USAGE);
+
+    // A body naming another request, or another kind: refused as bad
+    // requests with the log RPC's error chunk.
+    let mismatched = ask(&agent, "s2", request("s3"));
+    let wrong_kind = ask(&agent, "s4", Message::Tombstone);
+    agent
+        .until("both refusals", |a| {
+            !published(a, &mismatched).is_empty() && !published(a, &wrong_kind).is_empty()
+        })
+        .await;
+    for (topic, says) in [
+        (
+            &mismatched,
+            "bad request: the request id \"s3\" is not the topic's \"s2\"",
+        ),
+        (
+            &wrong_kind,
+            "bad request: expected a LogRequest or StatsRequest message, got Tombstone",
+        ),
+    ] {
+        match published(&agent, topic).as_slice() {
+            [Message::LogChunk(c)] => {
+                assert!(c.eof);
+                assert_eq!(c.error.as_deref(), Some(says));
+            }
+            other => panic!("one error chunk: {other:?}"),
+        }
+    }
+}

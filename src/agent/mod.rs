@@ -18,6 +18,7 @@ pub mod pod_machine;
 pub mod probe;
 pub mod reconcile;
 pub mod static_pods;
+pub mod stats_rpc;
 pub mod supervisor;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -1821,19 +1822,56 @@ impl Controller {
             );
             return;
         }
-        let request = wire::decode_as::<LogRequest>(payload);
-        let request = match request {
-            Ok((_, r)) => r,
-            Err(e) => {
-                logs_rpc::reply_error(
-                    &session,
-                    &reply_topic,
-                    &request_id,
-                    format!("bad request: {e}"),
+        let span = tracing::info_span!("rpc", request = %request_id);
+        let _entered = span.enter();
+        let bad = match wire::decode(payload).map(|e| e.message) {
+            Ok(Message::LogRequest(r)) => {
+                return self.on_log_request(session, reply_topic, request_id, r);
+            }
+            Ok(Message::StatsRequest(r)) if r.request_id == request_id => {
+                debug!("stats requested");
+                let runtimes = [
+                    self.wasm.as_ref().and_then(LazyRuntime::made),
+                    self.cri.clone(),
+                ];
+                let serve = stats_rpc::serve(
+                    session,
+                    reply_topic,
+                    request_id,
+                    self.board.clone(),
+                    runtimes.into_iter().flatten().collect(),
                 );
+                tokio::spawn(tracing::Instrument::instrument(serve, span.clone()));
                 return;
             }
+            Ok(Message::StatsRequest(r)) => format!(
+                "the request id {:?} is not the topic's {request_id:?}",
+                r.request_id
+            ),
+            Ok(other) => wire::WireError::WrongKind {
+                expected: "LogRequest or StatsRequest",
+                found: other.kind().name(),
+            }
+            .to_string(),
+            Err(e) => e.to_string(),
         };
+        logs_rpc::reply_error(
+            &session,
+            &reply_topic,
+            &request_id,
+            format!("bad request: {bad}"),
+        );
+    }
+
+    /// A log request: checked against the pod's spec here, then served by
+    /// its own task (`logs_rpc::serve`).
+    fn on_log_request(
+        &mut self,
+        session: mpsc::UnboundedSender<SessionCommand>,
+        reply_topic: String,
+        request_id: String,
+        request: LogRequest,
+    ) {
         let key = PodKey::new(&request.namespace, &request.pod);
         let Some(entry) = self.pods.get(&key) else {
             logs_rpc::reply_error(
@@ -1886,7 +1924,7 @@ impl Controller {
                 return;
             }
         };
-        tokio::spawn(logs_rpc::serve(
+        let serve = logs_rpc::serve(
             session,
             reply_topic,
             request,
@@ -1894,7 +1932,8 @@ impl Controller {
             container,
             self.config.logs.max_files,
             self.board.clone(),
-        ));
+        );
+        tokio::spawn(tracing::Instrument::in_current_span(serve));
     }
 }
 
