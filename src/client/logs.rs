@@ -2,16 +2,21 @@
 //! (the kubelet API's `/containerLogs`): a request on
 //! `{node}/rpc/req/{id}`, its chunks on `{node}/rpc/res/{id}` (docs/wire.md),
 //! routed to the reader of each stream with a bound on what waits for it.
+//! The stats RPC's one `StatsReply` (or an agent's `LogChunk` error, from an
+//! old agent or a bad request) takes the same routes to its waiter.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::model::LogChunk;
-use crate::wire::{self, TopicKind, Topics};
+use crate::model::{LogChunk, NodeStats, StatsReply};
+use crate::wire::{self, Message, TopicKind, Topics};
+
+/// What a stats request's waiter gets: the stats or the agent's error.
+pub type StatsResult = Result<NodeStats, String>;
 
 /// Log bytes one stream may hold in the bridge, received from the device
 /// and not yet taken by the HTTP reader.
@@ -47,6 +52,8 @@ struct Route {
 /// traffic, node status and reports, keeps flowing.)
 pub struct LogRoutes {
     routes: HashMap<String, Route>,
+    /// Open stats requests: each waits for one answer.
+    replies: HashMap<String, oneshot::Sender<StatsResult>>,
     stats: Arc<LogStats>,
     stream_limit: usize,
     total_limit: usize,
@@ -56,6 +63,7 @@ impl LogRoutes {
     pub fn new(stats: Arc<LogStats>, stream_limit: usize, total_limit: usize) -> LogRoutes {
         LogRoutes {
             routes: HashMap::new(),
+            replies: HashMap::new(),
             stats,
             stream_limit,
             total_limit,
@@ -81,18 +89,47 @@ impl LogRoutes {
         }
     }
 
+    /// Opens a route for one stats reply.
+    pub fn expect_reply(&mut self, id: &str) -> oneshot::Receiver<StatsResult> {
+        let (tx, rx) = oneshot::channel();
+        self.replies.insert(id.to_string(), tx);
+        rx
+    }
+
     /// Forgets a route (its reader is gone).
     pub fn close(&mut self, id: &str) {
         self.routes.remove(id);
+        self.replies.remove(id);
     }
 
     pub fn is_open(&self, id: &str) -> bool {
-        self.routes.contains_key(id)
+        self.routes.contains_key(id) || self.replies.contains_key(id)
+    }
+
+    /// Hands a stats reply to its waiter; the route is then closed.
+    pub fn reply(&mut self, request_id: &str, reply: StatsReply) {
+        if let Some(tx) = self.replies.remove(request_id) {
+            let result = match reply.result {
+                Ok(_) if reply.request_id != request_id => Err(format!(
+                    "the reply is for request {:?}, not {request_id:?}",
+                    reply.request_id
+                )),
+                r => r,
+            };
+            let _ = tx.send(result);
+        }
     }
 
     /// Queues a chunk for its reader, or cuts the stream if the reader is
-    /// too far behind.
+    /// too far behind. A chunk for a stats request is the agent's refusal.
     pub fn route(&mut self, request_id: &str, chunk: LogChunk) {
+        if let Some(tx) = self.replies.remove(request_id) {
+            let e = chunk
+                .error
+                .unwrap_or_else(|| "a log chunk, not a stats reply".into());
+            let _ = tx.send(Err(e));
+            return;
+        }
         let Some(r) = self.routes.get(request_id) else {
             return;
         };
@@ -192,6 +229,10 @@ impl Rpc {
         self.routes().close(id);
     }
 
+    pub(crate) fn expect_reply(&self, id: &str) -> oneshot::Receiver<StatsResult> {
+        self.routes().expect_reply(id)
+    }
+
     /// The session's tap: takes every response (true), routes those that
     /// decode to their stream.
     pub(crate) fn tap(&self, topics: Topics) -> crate::mqtt::Tap {
@@ -201,8 +242,10 @@ impl Rpc {
             let Some(TopicKind::RpcResponse { request_id, .. }) = topics.parse(topic) else {
                 return false;
             };
-            if let Ok((_, chunk)) = wire::decode_as::<LogChunk>(payload) {
-                rpc.routes().route(&request_id, chunk);
+            match wire::decode(payload).map(|e| e.message) {
+                Ok(Message::LogChunk(chunk)) => rpc.routes().route(&request_id, chunk),
+                Ok(Message::StatsReply(reply)) => rpc.routes().reply(&request_id, reply),
+                _ => {}
             }
             true
         })
@@ -216,7 +259,9 @@ struct EndStreams(Rpc);
 
 impl Drop for EndStreams {
     fn drop(&mut self) {
-        self.0.routes().routes.clear();
+        let mut routes = self.0.routes();
+        routes.routes.clear();
+        routes.replies.clear();
     }
 }
 
@@ -236,6 +281,21 @@ impl LogStream {
 }
 
 impl Drop for LogStream {
+    fn drop(&mut self) {
+        self.client.rpc.close(&self.id);
+        self.client.unsubscribe(&self.topic);
+    }
+}
+
+/// A stats request in flight: leaves its route and response topic when
+/// dropped (answered, timed out or cancelled).
+pub(crate) struct PendingReply {
+    pub(crate) id: String,
+    pub(crate) topic: String,
+    pub(crate) client: super::Client,
+}
+
+impl Drop for PendingReply {
     fn drop(&mut self) {
         self.client.rpc.close(&self.id);
         self.client.unsubscribe(&self.topic);
@@ -297,6 +357,44 @@ mod tests {
         assert!(msg.contains("node edge-a was cut here"), "{msg}");
         assert_eq!(stats.cut_streams.load(Ordering::Relaxed), 1);
         assert_eq!(stats.buffered_bytes.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stats_request_gets_its_reply_or_the_agents_error_chunk() {
+        let mut routes = LogRoutes::new(Arc::new(LogStats::default()), 100, 100);
+        let ok = routes.expect_reply("a");
+        let refused = routes.expect_reply("b");
+        let stray = routes.expect_reply("c");
+        assert!(routes.is_open("a"));
+        let stats = NodeStats {
+            start_time_ms: 7,
+            ..Default::default()
+        };
+        routes.reply(
+            "a",
+            StatsReply {
+                request_id: "a".into(),
+                result: Ok(stats.clone()),
+            },
+        );
+        // An old agent cannot read the request: its answer is a log chunk.
+        let mut old = chunk(b"", true);
+        old.error = Some("bad request: unsupported schema version 6".into());
+        routes.route("b", old);
+        routes.reply(
+            "c",
+            StatsReply {
+                request_id: "x".into(),
+                result: Ok(stats.clone()),
+            },
+        );
+        assert!(!routes.is_open("a") && !routes.is_open("b") && !routes.is_open("c"));
+        assert_eq!(ok.await.expect("answered"), Ok(stats));
+        assert_eq!(
+            refused.await.expect("answered"),
+            Err("bad request: unsupported schema version 6".into())
+        );
+        assert!(stray.await.expect("answered").is_err());
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::model::LogRequest;
+use crate::model::{LogRequest, NodeStats, StatsRequest};
 use crate::mqtt::{self, EventTx, OptionsError, Reconnect, SessionCommand, SessionEvent};
 use crate::trust::{Signer, TrustError};
 use crate::wire::{self, Message, Topics, WireError};
@@ -43,6 +43,12 @@ pub enum ClientError {
     NoAck { url: String, secs: u64 },
     #[error("node name {0:?} is not a valid topic level")]
     Node(String),
+    /// The agent answered with an error (it could not sample, refused the
+    /// request, or is too old to read it).
+    #[error("node {node}: {message}")]
+    Agent { node: String, message: String },
+    #[error("node {node} did not answer within {secs} s (is it online?)")]
+    NoAnswer { node: String, secs: u64 },
 }
 
 /// What a client's role needs of its session.
@@ -321,5 +327,56 @@ impl Client {
         self.publish_acked(&self.topics.rpc_request(node, &id), payload, false)
             .await?;
         Ok(stream)
+    }
+
+    /// Asks `node` for its stats (docs/wire.md, "Stats RPC") and waits
+    /// [`ANSWER_TIMEOUT`] for the answer.
+    pub async fn stats(&self, node: &str) -> Result<NodeStats, ClientError> {
+        self.stats_within(node, ANSWER_TIMEOUT).await
+    }
+
+    /// Asks `node` for its stats and waits at most `timeout` (publishing
+    /// included). The response topic is subscribed before the request goes
+    /// out; the agent's error (an old agent's error chunk too) is
+    /// `ClientError::Agent`.
+    pub async fn stats_within(
+        &self,
+        node: &str,
+        timeout: Duration,
+    ) -> Result<NodeStats, ClientError> {
+        if !wire::valid_topic_level(node) {
+            return Err(ClientError::Node(node.to_string()));
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let request = StatsRequest {
+            request_id: id.clone(),
+        };
+        let payload = wire::encode(0, &Message::StatsRequest(request))?;
+        let pending = logs::PendingReply {
+            topic: self.topics.rpc_response(node, &id),
+            id: id.clone(),
+            client: self.clone(),
+        };
+        let answer = self.rpc.expect_reply(&id);
+        self.subscribe(&pending.topic);
+        let asked = async {
+            self.publish_acked(&self.topics.rpc_request(node, &id), payload, false)
+                .await?;
+            answer
+                .await
+                .map_err(|_| ClientError::NotConnected(self.url.to_string()))
+        };
+        match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok(Ok(stats))) => Ok(stats),
+            Ok(Ok(Err(message))) => Err(ClientError::Agent {
+                node: node.to_string(),
+                message,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::NoAnswer {
+                node: node.to_string(),
+                secs: timeout.as_secs(),
+            }),
+        }
     }
 }
