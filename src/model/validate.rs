@@ -914,9 +914,17 @@ impl Validate for StatsReply {
             label(&format!("{path}.namespace"), "namespace", &p.namespace)?;
             subdomain(&format!("{path}.name"), "pod name", &p.name)?;
             uid(&format!("{path}.uid"), &p.uid)?;
-            count(&format!("{path}.containers"), p.containers.len(), 2 * MAX_CONTAINERS)?;
+            count(
+                &format!("{path}.containers"),
+                p.containers.len(),
+                2 * MAX_CONTAINERS,
+            )?;
             for (j, c) in p.containers.iter().enumerate() {
-                label(&format!("{path}.containers[{j}].name"), "container name", &c.name)?;
+                label(
+                    &format!("{path}.containers[{j}].name"),
+                    "container name",
+                    &c.name,
+                )?;
             }
         }
         Ok(())
