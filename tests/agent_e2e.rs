@@ -905,6 +905,73 @@ fn logs_follow_until_the_container_ends() {
     assert!(tail.contains("tick 8"));
 }
 
+/// Runs `f` with a client of the shared `kedge::client` on `broker`, once
+/// its first barrier came back.
+fn with_client<T>(broker: &Mosquitto, f: impl AsyncFnOnce(&kedge::client::Client) -> T) -> T {
+    use kedge::client::{self, ClientOptions, Inbound};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let mut config = kedge::config::Config::default();
+        config.broker.url = Some(broker.url());
+        let opts = ClientOptions::new(format!("kedge-cli-test-{}", std::process::id()));
+        let (client, mut inbox) = client::start(&config, opts).expect("client starts");
+        loop {
+            match tokio::time::timeout(WAIT, inbox.recv()).await {
+                Ok(Some(Inbound::Synced)) => break,
+                Ok(Some(Inbound::Disconnected { error })) => panic!("disconnected: {error}"),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => panic!("no barrier from {}", broker.url()),
+            }
+        }
+        let out = f(&client).await;
+        client.close();
+        inbox.closed().await;
+        out
+    })
+}
+
+#[test]
+fn stats_report_the_node_and_a_running_wasm_pod() {
+    let env = Env::start("gw-stats");
+    env.apply(&wasm_pod(
+        "spinner",
+        &p1(),
+        &["ticker", "0", "50"],
+        "Always",
+        "",
+    ));
+    let status = env.wait_status("spinner Running", "spinner", |s| phase(s) == "Running");
+    let (first, second) = with_client(&env.broker, async |client| {
+        let first = client.stats(&env.node).await.expect("stats");
+        let second = client.stats(&env.node).await.expect("stats again");
+        (first, second)
+    });
+    assert!(first.usage.cpu_core_ns > 0, "{first:?}");
+    assert!(first.usage.memory_working_set_bytes > 0, "{first:?}");
+    assert!(first.memory_available_bytes > 0 && first.start_time_ms > 0);
+    assert!(second.usage.cpu_core_ns >= first.usage.cpu_core_ns);
+    let spinner = |stats: &kedge::model::NodeStats| {
+        let pods: Vec<_> = stats.pods.iter().filter(|p| p.name == "spinner").collect();
+        assert_eq!(pods.len(), 1, "{stats:?}");
+        let pod = pods[0].clone();
+        assert_eq!(pod.uid, status["uid"].as_str().expect("uid"));
+        assert_eq!(pod.containers.len(), 1, "{pod:?}");
+        assert_eq!(pod.containers[0].name, "main");
+        pod.containers[0].usage
+    };
+    let (a, b) = (spinner(&first), spinner(&second));
+    assert!(
+        a.memory_working_set_bytes >= 64 << 10,
+        "one Wasm page: {a:?}"
+    );
+    assert!(b.cpu_core_ns >= a.cpu_core_ns, "{a:?} then {b:?}");
+    assert!(b.timestamp_ms >= a.timestamp_ms);
+}
+
 #[test]
 fn static_pods_follow_their_directory() {
     let broker = Mosquitto::start();
