@@ -244,6 +244,43 @@ spec:
 }
 
 #[test]
+fn a_container_pods_stats_come_from_containerd() {
+    if !cri_tests_can_run("a_container_pods_stats_come_from_containerd") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-stats");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: busy}}
+spec:
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, "head -c 4000000 /dev/zero > /dev/shm/fill; exec sleep 3600"]
+"#
+    ));
+    let s = env.wait_status("app running", "busy", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    let stats = with_client(&env.broker, async |client| {
+        client.stats(&env.node).await.expect("stats")
+    });
+    assert!(stats.usage.cpu_core_ns > 0 && stats.usage.memory_working_set_bytes > 0);
+    let pod = stats
+        .pods
+        .iter()
+        .find(|p| p.name == "busy")
+        .unwrap_or_else(|| panic!("busy listed: {stats:?}"));
+    assert_eq!(pod.uid, s["uid"].as_str().expect("uid"));
+    assert_eq!(pod.containers.len(), 1, "{pod:?}");
+    let app = &pod.containers[0];
+    assert_eq!(app.name, "app");
+    assert!(app.usage.memory_working_set_bytes > 0, "{app:?}");
+    assert!(app.start_time_ms > 0 && app.usage.timestamp_ms > 0);
+}
+
+#[test]
 fn init_output_env_and_config_files_reach_the_app() {
     if !cri_tests_can_run("init_output_env_and_config_files_reach_the_app") {
         return;

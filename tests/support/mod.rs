@@ -1098,3 +1098,32 @@ spec:
         args = args.join(", "),
     )
 }
+
+/// Runs `f` with a client of the shared `kedge::client` on `broker`, once
+/// its first barrier came back.
+pub fn with_client<T>(broker: &Mosquitto, f: impl AsyncFnOnce(&kedge::client::Client) -> T) -> T {
+    use kedge::client::{self, ClientOptions, Inbound};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let mut config = kedge::config::Config::default();
+        config.broker.url = Some(broker.url());
+        let opts = ClientOptions::new(format!("kedge-cli-test-{}", std::process::id()));
+        let (client, mut inbox) = client::start(&config, opts).expect("client starts");
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), inbox.recv()).await {
+                Ok(Some(Inbound::Synced)) => break,
+                Ok(Some(Inbound::Disconnected { error })) => panic!("disconnected: {error}"),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => panic!("no barrier from {}", broker.url()),
+            }
+        }
+        let out = f(&client).await;
+        client.close();
+        inbox.closed().await;
+        out
+    })
+}
