@@ -27,17 +27,16 @@ const NS_PER_TICK: u64 = 10_000_000;
 /// nice, system, irq, softirq and steal (not idle and iowait).
 pub fn parse_cpu_ns(stat: &str) -> Option<u64> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().ok())
-        .collect::<Option<_>>()?;
-    // user nice system idle iowait irq softirq steal …
-    let busy = [0, 1, 2, 5, 6, 7]
-        .iter()
-        .map(|&i| ticks.get(i).copied().unwrap_or(0))
-        .fold(0u64, u64::saturating_add);
-    (ticks.len() >= 4).then(|| busy.saturating_mul(NS_PER_TICK))
+    let (mut busy, mut fields) = (0u64, 0);
+    for (i, f) in line.split_ascii_whitespace().skip(1).enumerate() {
+        let ticks: u64 = f.parse().ok()?;
+        // user nice system idle iowait irq softirq steal …
+        if matches!(i, 0 | 1 | 2 | 5 | 6 | 7) {
+            busy = busy.saturating_add(ticks);
+        }
+        fields = i + 1;
+    }
+    (fields >= 4).then(|| busy.saturating_mul(NS_PER_TICK))
 }
 
 /// The node's boot time (Unix s) from the `btime` line of `/proc/stat`.
@@ -78,8 +77,8 @@ fn sample_node(now: u64) -> Result<(u64, Usage, u64), String> {
 }
 
 /// The pods of the stats reply: every pod with a running container that
-/// has a usage, with those containers (init and app), sorted by namespace
-/// and name, at most `MAX_STATS_PODS`. Also returns how many running
+/// has a usage, with those containers (init and app), at most
+/// `MAX_STATS_PODS` (in the board's order). Also returns how many running
 /// containers had no usage.
 pub fn assemble<'a>(
     statuses: impl Iterator<Item = &'a PodStatus>,
@@ -109,7 +108,7 @@ pub fn assemble<'a>(
                 None => missing += 1,
             }
         }
-        if containers.is_empty() {
+        if containers.is_empty() || pods.len() == MAX_STATS_PODS {
             continue;
         }
         let first_start = containers.iter().map(|c| c.start_time_ms).min();
@@ -121,8 +120,6 @@ pub fn assemble<'a>(
             containers,
         });
     }
-    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    pods.truncate(MAX_STATS_PODS);
     (pods, missing)
 }
 
@@ -315,8 +312,8 @@ Buffers:           43212 kB\n";
         let (pods, missing) = assemble(statuses.iter(), &usages);
         assert_eq!(missing, 1, "gone's container has no usage");
         let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["api", "web"]);
-        let web = &pods[1];
+        assert_eq!(names, ["web", "api"]);
+        let web = &pods[0];
         assert_eq!((web.uid.as_str(), web.start_time_ms), ("uid-web", 100));
         let containers: Vec<(&str, u64, u64)> = web
             .containers
@@ -324,7 +321,7 @@ Buffers:           43212 kB\n";
             .map(|c| (c.name.as_str(), c.start_time_ms, c.usage.cpu_core_ns))
             .collect();
         assert_eq!(containers, [("sidecar", 110, 1), ("app", 120, 2)]);
-        assert_eq!(pods[0].containers[0].usage, usage(4));
+        assert_eq!(pods[1].containers[0].usage, usage(4));
     }
 
     #[test]
