@@ -169,13 +169,16 @@ command -v go >/dev/null || { echo "go not found: install Go >= 1.25 (https://go
 # Then the kubectl those tests drive (tests/k8s-harness/kubectl: its own
 # module and cache key, the control plane's release): after the control
 # plane, so that it reuses the packages the control plane just compiled
-# (~40 s then; cached, milliseconds).
-k8s_out="$logs/k8s-harness.out" kubectl_out="$logs/kubectl.out"
+# (~40 s then; cached, milliseconds). Then the metrics-server `kubectl top`
+# reads (tests/k8s-harness/metrics-server, its own module and cache key).
+k8s_out="$logs/k8s-harness.out" kubectl_out="$logs/kubectl.out" ms_out="$logs/metrics-server.out"
 # Its own process group (setsid), so that a run stopping early can end it.
 setsid nice -n 19 bash -c '
   tests/k8s-harness/build.sh >"$1" 2>"$2" &&
-  tests/k8s-harness/kubectl/build.sh >"$3" 2>"$4"' \
-  go-builds "$k8s_out" "$logs/k8s-harness.log" "$kubectl_out" "$logs/kubectl.log" &
+  tests/k8s-harness/kubectl/build.sh >"$3" 2>"$4" &&
+  tests/k8s-harness/metrics-server/build.sh >"$5" 2>"$6"' \
+  go-builds "$k8s_out" "$logs/k8s-harness.log" "$kubectl_out" "$logs/kubectl.log" \
+  "$ms_out" "$logs/metrics-server.log" &
 k8s_pid=$!
 
 # ---------------------------------------------------------------------------
@@ -256,13 +259,15 @@ fi
 # (tests/k8s-harness/kubectl), both cached by input hash in
 # $KEDGE_K8S_BIN_ROOT; the builds started in the background at the top of
 # this script.
-stage "Kubernetes control plane and kubectl (tests/k8s-harness, Go; waiting for the background build)"
+stage "Kubernetes control plane, kubectl and metrics-server (tests/k8s-harness, Go; waiting for the background build)"
 if ! wait "$k8s_pid"; then
   # build.sh prints its directory only once it succeeded.
   if [ ! -s "$k8s_out" ]; then
     failed=tests/k8s-harness/build.sh log="$logs/k8s-harness.log"
-  else
+  elif [ ! -s "$kubectl_out" ]; then
     failed=tests/k8s-harness/kubectl/build.sh log="$logs/kubectl.log"
+  else
+    failed=tests/k8s-harness/metrics-server/build.sh log="$logs/metrics-server.log"
   fi
   cat "$log" >&2
   echo "$failed failed (log above)" >&2
@@ -270,9 +275,11 @@ if ! wait "$k8s_pid"; then
 fi
 tail -n 3 "$logs/k8s-harness.log"
 tail -n 1 "$logs/kubectl.log"
+tail -n 1 "$logs/metrics-server.log"
 KEDGE_K8S_BIN_DIR="$(tail -n 1 "$k8s_out")"
 KEDGE_KUBECTL="$(tail -n 1 "$kubectl_out")/kubectl"
-export KEDGE_K8S_BIN_DIR KEDGE_KUBECTL
+KEDGE_METRICS_SERVER="$(tail -n 1 "$ms_out")/metrics-server"
+export KEDGE_K8S_BIN_DIR KEDGE_KUBECTL KEDGE_METRICS_SERVER
 stage "cargo test --features bridge,sink --test bridge_e2e (--test-threads=1)"
 cargo_test bridge_e2e --locked --features bridge,sink --no-fail-fast --test bridge_e2e -- --test-threads=1
 if [ "${CI:-}" = true ] && [ "$(id -u)" -eq 0 ]; then

@@ -2181,7 +2181,10 @@ fn kubelet_get(
         .arg(&cert.0)
         .arg("--key")
         .arg(&cert.1)
-        .arg(format!("https://127.0.0.1:{}{path}", w.bridge.kubelet_port))
+        .arg(format!(
+            "https://{}:{}{path}",
+            w.bridge.kubelet_host, w.bridge.kubelet_port
+        ))
         .output()
         .expect("run curl");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -2998,4 +3001,159 @@ fn a_plain_deployment_runs_without_the_injected_token_volume_and_says_so() {
         .filter(|e| e.reason.as_deref() == Some("UnsupportedField"))
         .collect();
     assert!(refusals.is_empty(), "{refusals:?}");
+}
+
+/// `kubectl top` on edge pods: each device's Node has a kubelet API port of
+/// its own, where the bridge serves `/stats/summary` and
+/// `/metrics/resource` from one stats request to the device; a real
+/// metrics-server scrapes them, and a real kubectl shows `top node` and
+/// `top pod`. The shared port serves no node's stats, and a device that is
+/// gone is said to be at once.
+#[test]
+fn kubectl_top_shows_edge_nodes_and_pods_through_a_real_metrics_server() {
+    use support::k8s::{
+        Kubectl, MetricsServer, kubectl_or_skip, kubectl_rows, metrics_server_or_skip,
+    };
+    let test = "kubectl_top_shows_edge_nodes_and_pods_through_a_real_metrics_server";
+    let Some(bin) = kubectl_or_skip(test) else {
+        return;
+    };
+    let Some(ms_bin) = metrics_server_or_skip(test) else {
+        return;
+    };
+    let ip = match support::k8s::host_ipv4() {
+        Ok(ip) => ip,
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("{test}: {why}"),
+        Err(why) => return support::skip_test(test, &why),
+    };
+    // The apiserver's node proxy refuses loopback addresses: the bridge
+    // advertises (and listens on) this machine's own.
+    let mut w = World::start_with(
+        &["edge-a"],
+        vec!["--advertise-address".into(), ip.to_string()],
+        vec![],
+    );
+    let node = w.wait_node_ready("edge-a");
+    let port = node
+        .status
+        .as_ref()
+        .and_then(|s| s.daemon_endpoints.as_ref())
+        .and_then(|d| d.kubelet_endpoint.as_ref())
+        .map(|e| e.port)
+        .expect("daemonEndpoints");
+    assert_ne!(
+        port, w.bridge.kubelet_port as i32,
+        "the Node has a kubelet port of its own"
+    );
+    w.create(
+        &w.pods(),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "meter"},
+            "spec": wasm_pod_spec(&w.image, &["ticker", "0", "50"], json!({"nodeName": "edge-a"})),
+        }),
+    );
+    w.wait_or_dump("meter Running and Ready", || {
+        w.rt.block_on(w.pods().get_opt("meter"))
+            .ok()
+            .flatten()
+            .filter(pod_ready)
+    });
+    let kubectl = Kubectl::new(&bin, &w.cp.kubeconfig);
+
+    // The kubelet's endpoints, through the apiserver's node proxy.
+    let text = kubectl.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/nodes/edge-a/proxy/metrics/resource",
+    ]);
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert!(sample("node_cpu_usage_seconds_total ") > 0.0, "{text}");
+    assert!(sample("node_memory_working_set_bytes ") > 0.0, "{text}");
+    let labels = "{container=\"main\",namespace=\"default\",pod=\"meter\"}";
+    // A Wasm module's memory is its linear memory: at least one 64 KiB page.
+    assert!(
+        sample(&format!("container_memory_working_set_bytes{labels}")) >= 65536.0,
+        "{text}"
+    );
+    assert!(sample(&format!("container_cpu_usage_seconds_total{labels}")) >= 0.0);
+    assert!(
+        text.contains("# TYPE pod_cpu_usage_seconds_total counter"),
+        "{text}"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&kubectl.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/nodes/edge-a/proxy/stats/summary",
+    ]))
+    .expect("summary json");
+    assert_eq!(summary["node"]["nodeName"], "edge-a", "{summary}");
+    assert!(summary["node"]["cpu"]["usageCoreNanoSeconds"].as_u64() > Some(0));
+    let pod = summary["pods"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["podRef"]["name"] == "meter"))
+        .unwrap_or_else(|| panic!("meter in {summary}"));
+    assert_eq!(pod["podRef"]["namespace"], "default");
+    assert_eq!(pod["containers"][0]["name"], "main");
+    assert!(
+        pod["memory"]["workingSetBytes"].as_u64() >= Some(65536),
+        "{pod}"
+    );
+
+    // The shared port is every Node's, so it serves no node's stats.
+    let (kubelet_cert, kubelet_key) = (
+        w.cp.certs.kubelet_client_cert.clone(),
+        w.cp.certs.kubelet_client_key.clone(),
+    );
+    let (code, body) = kubelet_get(&w, &(kubelet_cert, kubelet_key), "/stats/summary");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("daemonEndpoints"), "{body}");
+
+    // A stock metrics-server, and `kubectl top`.
+    let ms = MetricsServer::start(&w.cp, &ms_bin, ip);
+    kubectl.ok(&["apply", "-f", &ms.manifest.to_string_lossy()]);
+    let top_node = w.wait_or_dump("kubectl top node edge-a", || {
+        ms.assert_running();
+        let out = kubectl.run(&["top", "node", "edge-a", "--no-headers"]);
+        out.status
+            .success()
+            .then(|| kubectl_rows(&String::from_utf8_lossy(&out.stdout)))
+    });
+    // NAME CPU(cores) CPU(%) MEMORY(bytes) MEMORY(%)
+    assert_eq!(top_node[0][0], "edge-a", "{top_node:?}");
+    assert!(top_node[0][1].ends_with('m'), "{top_node:?}");
+    assert!(top_node[0][3].ends_with("Mi"), "{top_node:?}");
+    let top_pod = w.wait_or_dump("kubectl top pod meter", || {
+        let out = kubectl.run(&["top", "pod", "meter", "--no-headers"]);
+        out.status
+            .success()
+            .then(|| kubectl_rows(&String::from_utf8_lossy(&out.stdout)))
+    });
+    // NAME CPU(cores) MEMORY(bytes)
+    assert_eq!(top_pod[0][0], "meter", "{top_pod:?}");
+    assert!(top_pod[0][1].ends_with('m'), "{top_pod:?}");
+    assert!(top_pod[0][2].ends_with("Mi"), "{top_pod:?}");
+    drop(ms);
+
+    // A device that is gone: the bridge says so at once.
+    w.agents.get_mut("edge-a").expect("agent").0.kill9();
+    let mut last = String::new();
+    let said = support::poll_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        let out = kubectl.run(&["get", "--raw", "/api/v1/nodes/edge-a/proxy/stats/summary"]);
+        last = String::from_utf8_lossy(&out.stderr).to_string();
+        (!out.status.success()
+            && last
+                .contains("Error from server (ServiceUnavailable): node edge-a is not connected"))
+        .then_some(())
+    });
+    assert!(
+        said.is_some(),
+        "kubectl get --raw of a gone device's stats: {last}"
+    );
 }

@@ -37,7 +37,9 @@ use super::kubelet_auth::{
     Authorizer, CertNameError, User, forbidden_message, request_attributes, user_from_certificate,
 };
 use super::mqtt_link::MqttLink;
+use super::usage;
 use super::writer::WriteStats;
+use crate::client::ClientError;
 use crate::client::logs::LogStats;
 use crate::model::LogRequest;
 use crate::model::validate::MAX_SINCE_SECONDS;
@@ -118,6 +120,8 @@ pub struct Ctx {
     /// last tick (at most a second old): a log request for one is answered
     /// 503 at once instead of waiting for a device that cannot answer.
     pub offline: Arc<std::sync::RwLock<HashSet<String>>>,
+    /// The previous CPU samples, for the summary's `usageNanoCores`.
+    pub rates: std::sync::Mutex<usage::Rates>,
 }
 
 /// Limits of the listener.
@@ -137,11 +141,16 @@ pub struct ServeLimits {
 }
 
 /// Serves until the listener fails.
+///
+/// `node`: the Node this listener is the port of ([`super::node_ports`]);
+/// None for the shared port, which serves every Node's pods but no node's
+/// stats.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     ctx: Arc<Ctx>,
     limits: ServeLimits,
+    node: Option<Arc<str>>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -161,6 +170,7 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let ctx = ctx.clone();
+        let node = node.clone();
         tokio::spawn(
             async move {
                 let _slot = slot;
@@ -192,8 +202,10 @@ pub async fn serve(
                 let service = hyper::service::service_fn(move |req| {
                     let ctx = ctx.clone();
                     let user = user.clone();
+                    let node = node.clone();
                     async move {
-                        let resp = match handle(&ctx, (*user).as_ref(), req).await {
+                        let resp = match handle(&ctx, node.as_deref(), (*user).as_ref(), req).await
+                        {
                             Ok(r) => r,
                             Err(e) => e.response(),
                         };
@@ -279,6 +291,14 @@ pub enum ApiError {
     /// The bridge knows the device is disconnected.
     #[error("node {0} is not connected")]
     NodeOffline(String),
+    /// Stats asked on the shared port, which is no single Node's.
+    #[error(
+        "this port serves the pods of every Node of the kedge bridge, and no Node's stats: a Node's are on its own port (status.daemonEndpoints.kubeletEndpoint.Port; bridge flag --kubelet-node-ports)"
+    )]
+    NoNodeOnThisPort,
+    /// The device answered a stats request with an error.
+    #[error("cannot get the stats of node {node}: {message}")]
+    Stats { node: String, message: String },
 }
 
 impl ApiError {
@@ -288,7 +308,10 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Authorization { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NoSuchPath | ApiError::PodNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NoSuchPath | ApiError::PodNotFound { .. } | ApiError::NoNodeOnThisPort => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::Stats { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ContainerNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::BadQuery(_) | ApiError::Device(_) => StatusCode::BAD_REQUEST,
             ApiError::Link(_) | ApiError::StreamEnded(_) | ApiError::NodeOffline(_) => {
@@ -296,6 +319,39 @@ impl ApiError {
             }
             ApiError::NoAnswer { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
+    }
+
+    /// As a `metav1.Status` (JSON): for what the apiserver proxies as it is
+    /// (`nodes/proxy`: stats, metrics), so that client-go, and kubectl,
+    /// show the message (a text body of a 503 would read "the server is
+    /// currently unable to handle the request"). `/containerLogs` answers
+    /// in text, as the kubelet does: the apiserver passes its text on.
+    pub fn status_response(&self) -> Response<Body> {
+        let code = self.status();
+        let reason = match code {
+            StatusCode::NOT_FOUND => "NotFound",
+            StatusCode::BAD_REQUEST => "BadRequest",
+            StatusCode::FORBIDDEN => "Forbidden",
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+            StatusCode::GATEWAY_TIMEOUT => "Timeout",
+            StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+            _ => "InternalError",
+        };
+        let body = serde_json::json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": reason,
+            "code": code.as_u16(),
+        });
+        Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())).boxed())
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
     }
 
     pub fn response(&self) -> Response<Body> {
@@ -363,6 +419,7 @@ fn container_logs_path(path: &str) -> Option<(&str, &str, &str)> {
 
 async fn handle(
     ctx: &Ctx,
+    port_node: Option<&str>,
     user: Option<&User>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
@@ -372,13 +429,17 @@ async fn handle(
     let path = req.uri().path().to_string();
     let attrs = request_attributes(req.method(), &path).ok_or(ApiError::MethodNotAllowed)?;
     let logs = container_logs_path(&path);
-    // The node a request is about: the pod's, for its logs; otherwise none
-    // in particular (the bridge serves all its nodes on one endpoint).
+    // The node a request is about: the pod's, for its logs; else the Node
+    // whose port this is; else none in particular (the shared port).
     let pod = logs.and_then(|(ns, pod, _)| ctx.pods.get(&ObjectRef::new(pod).within(ns)));
-    let node = pod
+    let pod_node = pod
         .as_ref()
-        .and_then(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
-        .unwrap_or_default();
+        .and_then(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()));
+    let node = match (&pod_node, port_node) {
+        (Some(n), _) => n.clone(),
+        (None, Some(n)) if logs.is_none() => n.to_string(),
+        _ => String::new(),
+    };
     let allowed = ctx
         .authorizer
         .allowed(user, &attrs, &node)
@@ -398,14 +459,26 @@ async fn handle(
     match path.as_str() {
         "/healthz" => return Ok(text(StatusCode::OK, "ok")),
         "/metrics" => return Ok(text(StatusCode::OK, metrics(ctx))),
+        "/stats/summary" | "/stats/summary/" | "/metrics/resource" => {
+            let Some(node) = port_node else {
+                return Ok(ApiError::NoNodeOnThisPort.status_response());
+            };
+            let summary = path.starts_with("/stats");
+            return Ok(node_stats(ctx, node, summary)
+                .instrument(info_span!("node_stats", %node, %path))
+                .await
+                .unwrap_or_else(|e| e.status_response()));
+        }
         _ => {}
     }
     let Some((ns, pod_name, container)) = logs else {
         return Err(ApiError::NoSuchPath);
     };
     let query = parse_log_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadQuery)?;
+    // On a Node's own port, only that Node's pods.
     let pod = pod
         .filter(|_| !node.is_empty())
+        .filter(|_| port_node.is_none_or(|n| n == node))
         .ok_or_else(|| ApiError::PodNotFound {
             namespace: ns.to_string(),
             pod: pod_name.to_string(),
@@ -454,6 +527,40 @@ fn metrics(ctx: &Ctx) -> String {
         ctx.log_stats.buffered_bytes.load(Ordering::Relaxed),
         ctx.log_stats.cut_streams.load(Ordering::Relaxed),
     )
+}
+
+/// `/stats/summary` (`summary`) or `/metrics/resource` of `node`, from one
+/// stats request to the device.
+async fn node_stats(ctx: &Ctx, node: &str, summary: bool) -> Result<Response<Body>, ApiError> {
+    if ctx.offline.read().is_ok_and(|o| o.contains(node)) {
+        return Err(ApiError::NodeOffline(node.to_string()));
+    }
+    // The client's call waits at most its answer timeout (15 s).
+    let stats = ctx.mqtt.stats(node).await.map_err(|e| match e {
+        ClientError::NoAnswer { node, secs } => ApiError::NoAnswer { node, secs },
+        ClientError::Agent { message, .. } => ApiError::Stats {
+            node: node.to_string(),
+            message,
+        },
+        other => ApiError::Link(other.to_string()),
+    })?;
+    let (body, content_type) = if summary {
+        let json = {
+            let mut rates = ctx.rates.lock().unwrap_or_else(|e| e.into_inner());
+            usage::summary(node, &stats, &mut rates)
+        };
+        (json.to_string(), "application/json")
+    } else {
+        (
+            usage::resource_metrics(&stats),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type)
+        .body(BodyExt::boxed(Full::new(Bytes::from(body))))
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response")))
 }
 
 async fn container_logs(
@@ -609,10 +716,19 @@ mod tests {
                 },
                 504,
             ),
+            (ApiError::NoNodeOnThisPort, 404),
+            (
+                ApiError::Stats {
+                    node: "n".into(),
+                    message: "cannot read /proc/stat".into(),
+                },
+                500,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(e.status().as_u16(), code, "{e:?}");
             assert_eq!(e.response().status().as_u16(), code);
+            assert_eq!(e.status_response().status().as_u16(), code);
         }
         assert_eq!(
             ApiError::ContainerNotFound {
@@ -622,6 +738,19 @@ mod tests {
             .to_string(),
             "container \"c\" not found in pod \"p\""
         );
+    }
+
+    #[tokio::test]
+    async fn a_status_body_is_what_client_go_decodes() {
+        let r = ApiError::NodeOffline("gw1".into()).status_response();
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let body = r.into_body().collect().await.expect("body").to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["kind"], "Status");
+        assert_eq!(v["status"], "Failure");
+        assert_eq!(v["reason"], "ServiceUnavailable");
+        assert_eq!(v["code"], 503);
+        assert_eq!(v["message"], "node gw1 is not connected");
     }
 
     #[test]

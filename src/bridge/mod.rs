@@ -19,10 +19,12 @@ pub mod fleets;
 pub mod kubelet;
 pub mod kubelet_auth;
 pub mod mqtt_link;
+pub mod node_ports;
 pub mod refs;
 pub mod render;
 pub mod shard;
 pub mod state;
+pub mod usage;
 pub mod writer;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -68,6 +70,13 @@ pub struct BridgeArgs {
     /// The port put in the Nodes' daemonEndpoints (default: the listen port).
     #[arg(long, value_name = "PORT")]
     pub kubelet_port: Option<u16>,
+    /// Each device's Node gets a kubelet API port of its own from this
+    /// range (START-END), on --kubelet-listen's address: requests that name
+    /// no pod (`/stats/summary`, `/metrics/resource`, so `kubectl top`) can
+    /// only tell the Node by its port. `auto`: the 10,000 ports after the
+    /// listen port; `none`: every Node has the one port (no stats).
+    #[arg(long, default_value = "auto", value_name = "RANGE")]
+    pub kubelet_node_ports: String,
     /// Serving certificate of the kubelet API (PEM).
     #[arg(long, value_name = "FILE")]
     pub tls_cert_file: PathBuf,
@@ -154,6 +163,55 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The bridge's background tasks, each under a name: stopped together by
 /// one token and awaited up to a deadline, so what did not finish is named.
+/// The kubelet API listeners of single Nodes (`Action::ServeNode`,
+/// [`node_ports`]), beside the shared one.
+struct NodeListeners {
+    ip: std::net::IpAddr,
+    tls: Arc<rustls::ServerConfig>,
+    ctx: Arc<kubelet::Ctx>,
+    limits: kubelet::ServeLimits,
+    stop: CancellationToken,
+    serving: HashMap<String, (u16, tokio::task::JoinHandle<()>)>,
+}
+
+impl NodeListeners {
+    /// Serves `node`'s kubelet API on `port` (nothing to do if it already
+    /// is; a previous port of the node is closed).
+    fn serve(&mut self, node: &str, port: u16) -> std::io::Result<()> {
+        if self.serving.get(node).is_some_and(|(p, _)| *p == port) {
+            return Ok(());
+        }
+        let std_listener = std::net::TcpListener::bind((self.ip, port))?;
+        std_listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let stop = self.stop.clone();
+        let serve = kubelet::serve(
+            listener,
+            self.tls.clone(),
+            self.ctx.clone(),
+            self.limits,
+            Some(Arc::from(node)),
+        );
+        let task = tokio::spawn(
+            async move {
+                stop.run_until_cancelled(serve).await;
+            }
+            .instrument(info_span!("node kubelet API", %node, port)),
+        );
+        if let Some((_, old)) = self.serving.insert(node.to_string(), (port, task)) {
+            old.abort();
+        }
+        info!(%node, port, "serving the Node's kubelet API");
+        Ok(())
+    }
+
+    fn stop_all(&mut self) {
+        for (_, (_, task)) in self.serving.drain() {
+            task.abort();
+        }
+    }
+}
+
 struct Tasks {
     set: JoinSet<&'static str>,
     running: BTreeSet<&'static str>,
@@ -398,6 +456,14 @@ pub async fn run(
     if args.shards > 0 {
         settings.admit.shards = Some((args.shards, HashSet::new()));
     }
+    settings.node_ports = match args.kubelet_node_ports.as_str() {
+        "auto" => {
+            let first = args.kubelet_listen.port().saturating_add(1);
+            (first > args.kubelet_listen.port()).then(|| first..=first.saturating_add(9_999))
+        }
+        range => node_ports::PortPool::parse_range(range)
+            .map_err(|e| anyhow::anyhow!("invalid --kubelet-node-ports: {e}"))?,
+    };
 
     let tls = kubelet::tls_config(
         &args.tls_cert_file,
@@ -475,6 +541,12 @@ pub async fn run(
     );
     let fleet_metrics = Arc::new(std::sync::Mutex::new(String::new()));
     let offline = Arc::new(std::sync::RwLock::new(HashSet::new()));
+    let limits = kubelet::ServeLimits {
+        handshake_timeout: args.kubelet_tls_handshake_timeout,
+        header_read_timeout: args.kubelet_header_read_timeout,
+        max_connections: args.kubelet_max_connections,
+    };
+    let tls = Arc::new(tls);
     let ctx = Arc::new(kubelet::Ctx {
         pods: pods.clone(),
         mqtt: mqtt.clone(),
@@ -487,20 +559,20 @@ pub async fn run(
         ),
         log_stats: mqtt.log_stats(),
         offline: offline.clone(),
+        rates: Default::default(),
     });
     tasks.spawn(
         "kubelet API",
-        kubelet::serve(
-            listener,
-            Arc::new(tls),
-            ctx,
-            kubelet::ServeLimits {
-                handshake_timeout: args.kubelet_tls_handshake_timeout,
-                header_read_timeout: args.kubelet_header_read_timeout,
-                max_connections: args.kubelet_max_connections,
-            },
-        ),
+        kubelet::serve(listener, tls.clone(), ctx.clone(), limits, None),
     );
+    let mut node_listeners = NodeListeners {
+        ip: args.kubelet_listen.ip(),
+        tls,
+        ctx,
+        limits,
+        stop: stop.clone(),
+        serving: HashMap::new(),
+    };
     info!(
         kubelet = %args.kubelet_listen,
         advertise = %args.advertise_address,
@@ -552,10 +624,18 @@ pub async fn run(
                     bridge.referenced().chain(fleets.referenced()).collect();
                 t.retain(&referenced);
             }
-            for action in actions {
+            let mut actions = std::collections::VecDeque::from(actions);
+            while let Some(action) = actions.pop_front() {
                 match action {
                     Action::Publish { topic, payload } => mqtt.publish_retained(topic, payload),
                     Action::ClearRetained { topic } => mqtt.clear_signed_tombstone(topic),
+                    Action::ServeNode { name, port } => {
+                        if let Err(e) = node_listeners.serve(&name, port) {
+                            warn!(node = %name, port, error = %e, "cannot serve the Node's kubelet API port; trying the next one");
+                            let failed = BridgeEvent::ServeFailed { node: name, port };
+                            actions.extend(bridge.handle(failed, now, &resolver));
+                        }
+                    }
                     other => writer.push(other),
                 }
             }
@@ -586,6 +666,7 @@ pub async fn run(
         },
         None => None,
     };
+    node_listeners.stop_all();
     let unfinished = tasks.join(deadline).await;
     if !unfinished.is_empty() {
         warn!(tasks = ?unfinished, "bridge tasks still running at the deadline were aborted");
@@ -636,6 +717,7 @@ fn event_name(ev: &BridgeEvent) -> &'static str {
         BridgeEvent::CloudLabels { .. } => "cloud_labels",
         BridgeEvent::Tick => "tick",
         BridgeEvent::ShardsChanged { .. } => "shards_changed",
+        BridgeEvent::ServeFailed { .. } => "serve_failed",
         BridgeEvent::Fleet(FleetEvent::Report { .. }) => "fleet_report",
         BridgeEvent::Fleet(FleetEvent::Record { .. }) => "fleet_record",
         BridgeEvent::Fleet(_) => "fleet_deployment",

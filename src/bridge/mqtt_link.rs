@@ -150,6 +150,11 @@ impl MqttLink {
         self.client.logs(node, request).await
     }
 
+    /// Asks `node` for its usage (the stats RPC, docs/wire.md).
+    pub async fn stats(&self, node: &str) -> Result<crate::model::NodeStats, ClientError> {
+        self.client.stats(node).await
+    }
+
     /// Counters of the log RPC.
     pub fn log_stats(&self) -> Arc<LogStats> {
         self.client.log_stats()

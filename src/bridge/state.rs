@@ -23,6 +23,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
 use super::fleets::nodes::{FleetNode, FleetNodes};
+use super::node_ports::PortPool;
 use super::render::{self, KubeletEndpoint};
 use crate::model::convert::{Resolver, convert_pod};
 use crate::model::selector::Selector;
@@ -112,6 +113,9 @@ pub enum BridgeEvent {
     ShardsChanged { held: HashSet<u32> },
     /// Fleets: reports, records and FleetDeployments (`bridge::fleets`).
     Fleet(super::fleets::FleetEvent),
+    /// The kubelet API port of `node` ([`Action::ServeNode`]) could not be
+    /// listened on (in use by another program).
+    ServeFailed { node: String, port: u16 },
 }
 
 /// A Kubernetes Event to record.
@@ -181,6 +185,10 @@ pub enum Action {
     },
     /// Apply a FleetDeployment's status.
     FleetStatus { fleet: PodKey, body: Value },
+    /// Serve the kubelet API of this Node on its own port
+    /// ([`super::node_ports`]); a failure comes back as
+    /// [`BridgeEvent::ServeFailed`].
+    ServeNode { name: String, port: u16 },
 }
 
 /// Which devices this bridge serves.
@@ -246,6 +254,9 @@ pub struct Settings {
     /// for each, with the capacity of the devices it stands for, and leaves
     /// the pods bound to them to `bridge::fleets` (the seed path).
     pub fleet_nodes: Vec<FleetNode>,
+    /// `--kubelet-node-ports`: each device's Node gets a kubelet API port
+    /// of its own from this range; None: every Node has `endpoint`'s port.
+    pub node_ports: Option<std::ops::RangeInclusive<u16>>,
 }
 
 impl Settings {
@@ -266,6 +277,7 @@ impl Settings {
             heartbeat_timeout_ms: 40_000,
             shared_status: false,
             fleet_nodes: Vec::new(),
+            node_ports: None,
         }
     }
 }
@@ -335,6 +347,50 @@ pub struct Bridge {
     /// The devices each fleet node stands for and their summed capacity,
     /// fed with every device's node status (Node or not, any shard).
     fleet_nodes: FleetNodes,
+    /// Each device Node's own kubelet API port (`Settings::node_ports`).
+    ports: Option<PortPool>,
+}
+
+/// Where the apiserver reaches `node`'s kubelet API: its own port when it
+/// has one, else the shared one.
+fn endpoint_of(settings: &Settings, ports: &Option<PortPool>, node: &str) -> KubeletEndpoint {
+    let mut e = settings.endpoint.clone();
+    if let Some(p) = ports.as_ref().and_then(|p| p.port(node)) {
+        e.port = p;
+    }
+    e
+}
+
+/// The actions that make a device's Node: its own kubelet API port first
+/// (device Nodes only; a fleet node's stands for many devices), then the
+/// Node.
+fn ensure_node(
+    settings: &Settings,
+    ports: &mut Option<PortPool>,
+    node: &str,
+    status: &NodeStatus,
+    out: &mut Vec<Action>,
+) {
+    if let Some(pool) = ports.as_mut().filter(|_| !settings.is_fleet_node(node)) {
+        serve_node(pool.assign(node), node, out);
+    }
+    out.push(Action::EnsureNode {
+        name: node.to_string(),
+        labels: render::node_labels(status),
+    });
+}
+
+fn serve_node(port: Option<u16>, node: &str, out: &mut Vec<Action>) {
+    match port {
+        Some(port) => out.push(Action::ServeNode {
+            name: node.to_string(),
+            port,
+        }),
+        None => tracing::warn!(
+            %node,
+            "no free port left in --kubelet-node-ports: the Node has the shared kubelet API port, which serves no stats"
+        ),
+    }
 }
 
 /// A [`Resolver`] that records every reference looked up, which were
@@ -470,6 +526,7 @@ impl Bridge {
     pub fn new(settings: Settings) -> Bridge {
         Bridge {
             fleet_nodes: FleetNodes::new(settings.fleet_nodes.clone()),
+            ports: settings.node_ports.clone().map(PortPool::new),
             settings,
             devices: HashMap::new(),
             pods: HashMap::new(),
@@ -488,6 +545,28 @@ impl Bridge {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The Node's kubelet API port could not be bound: it gets the next
+    /// free one, and its status says which.
+    fn on_serve_failed(&mut self, node: String, port: u16, out: &mut Vec<Action>) {
+        let Some(pool) = self.ports.as_mut() else {
+            return;
+        };
+        serve_node(pool.refuse(&node, port), &node, out);
+        if let Some(dev) = self.devices.get(&node)
+            && dev.alive
+            && let Some(last) = &dev.last
+        {
+            out.push(Action::NodeStatus {
+                name: node.clone(),
+                body: render::node_status(
+                    last,
+                    &endpoint_of(&self.settings, &self.ports, &node),
+                    &self.settings.kubelet_version,
+                ),
+            });
+        }
     }
 
     /// Number of devices known (alive or not).
@@ -597,6 +676,7 @@ impl Bridge {
                     self.evaluate(&k, now_ms, resolver, &mut out);
                 }
             }
+            BridgeEvent::ServeFailed { node, port } => self.on_serve_failed(node, port, &mut out),
             BridgeEvent::NodeObjectDeleted(name) => {
                 // Its users' labels went with it (a Node made again starts bare).
                 self.node_user_labels.remove(&name);
@@ -740,10 +820,7 @@ impl Bridge {
                 .as_ref()
                 .is_none_or(|l| significant(l) != significant(&status));
             if !dev.node_ensured {
-                out.push(Action::EnsureNode {
-                    name: node.clone(),
-                    labels: render::node_labels(&status),
-                });
+                ensure_node(&self.settings, &mut self.ports, &node, &status, out);
                 dev.node_ensured = true;
             }
             if changed
@@ -754,7 +831,7 @@ impl Bridge {
                     name: node.clone(),
                     body: render::node_status(
                         &status,
-                        &self.settings.endpoint,
+                        &endpoint_of(&self.settings, &self.ports, &node),
                         &self.settings.kubelet_version,
                     ),
                 });
@@ -841,10 +918,7 @@ impl Bridge {
         } else {
             dev.alive = false;
             if !dev.node_ensured {
-                out.push(Action::EnsureNode {
-                    name: node.clone(),
-                    labels: render::node_labels(&status),
-                });
+                ensure_node(&self.settings, &mut self.ports, &node, &status, out);
                 dev.node_ensured = true;
             }
             if dev.last.is_none() {
@@ -1083,10 +1157,7 @@ impl Bridge {
         };
         let Some(last) = dev.last.clone() else { return };
         dev.node_ensured = true;
-        out.push(Action::EnsureNode {
-            name: name.clone(),
-            labels: render::node_labels(&last),
-        });
+        ensure_node(&self.settings, &mut self.ports, &name, &last, out);
         let labels = mirror_labels(self.cloud_labels.get(&name), &last);
         if !labels.is_empty() {
             out.push(Action::NodeLabels {
@@ -1100,7 +1171,7 @@ impl Bridge {
                 name: name.clone(),
                 body: render::node_status(
                     &last,
-                    &self.settings.endpoint,
+                    &endpoint_of(&self.settings, &self.ports, &name),
                     &self.settings.kubelet_version,
                 ),
             });
@@ -1158,7 +1229,7 @@ impl Bridge {
                     name: name.clone(),
                     body: render::node_status(
                         &s,
-                        &self.settings.endpoint,
+                        &endpoint_of(&self.settings, &self.ports, name),
                         &self.settings.kubelet_version,
                     ),
                 });

@@ -319,7 +319,9 @@ impl Writer {
     /// Queues the API part of an action (`Publish` is not for the writer).
     pub fn push(&self, action: Action) {
         let (key, work) = match action {
-            Action::Publish { .. } | Action::ClearRetained { .. } => return,
+            Action::Publish { .. } | Action::ClearRetained { .. } | Action::ServeNode { .. } => {
+                return;
+            }
             Action::EnsureNode { name, labels } => (
                 Key::Node(name),
                 Work::Node(NodeWork {

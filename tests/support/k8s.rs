@@ -70,45 +70,54 @@ pub fn k8s_bin_dir() -> PathBuf {
 /// executable, or the build failed, e.g. without Go).
 pub fn kubectl_bin() -> Result<PathBuf, String> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(find_kubectl).clone()
+    BIN.get_or_init(|| harness_bin("KEDGE_KUBECTL", "kubectl"))
+        .clone()
 }
 
-fn find_kubectl() -> Result<PathBuf, String> {
+/// The metrics-server the `kubectl top` tests run: `KEDGE_METRICS_SERVER`
+/// if set (scripts/test.sh builds it in the background), else the output of
+/// `tests/k8s-harness/metrics-server/build.sh`, as [`kubectl_bin`].
+pub fn metrics_server_bin() -> Result<PathBuf, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| harness_bin("KEDGE_METRICS_SERVER", "metrics-server"))
+        .clone()
+}
+
+/// A Go program of the harness: the executable `var` names, else the one
+/// `tests/k8s-harness/{name}/build.sh` builds (it prints its directory).
+fn harness_bin(var: &str, name: &str) -> Result<PathBuf, String> {
     let executable = |p: &Path| {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
-    if let Some(p) = std::env::var_os("KEDGE_KUBECTL").filter(|p| !p.is_empty()) {
+    if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         return if executable(&p) {
             Ok(p)
         } else {
-            Err(format!(
-                "KEDGE_KUBECTL={} is not an executable file",
-                p.display()
-            ))
+            Err(format!("{var}={} is not an executable file", p.display()))
         };
     }
-    let script = repo_root().join("tests/k8s-harness/kubectl/build.sh");
+    let script = repo_root().join(format!("tests/k8s-harness/{name}/build.sh"));
     let out = run_with_deadline(Command::new(&script), b"", Duration::from_secs(1800));
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         eprintln!("{stderr}");
         let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
         return Err(format!(
-            "KEDGE_KUBECTL is not set and {} failed ({}): {}",
+            "{var} is not set and {} failed ({}): {}",
             script.display(),
             out.status,
             last.unwrap_or("no output")
         ));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let bin = PathBuf::from(stdout.lines().last().unwrap_or_default().trim()).join("kubectl");
+    let bin = PathBuf::from(stdout.lines().last().unwrap_or_default().trim()).join(name);
     if executable(&bin) {
         Ok(bin)
     } else {
         Err(format!(
-            "{} printed no directory holding kubectl",
+            "{} printed no directory holding {name}",
             script.display()
         ))
     }
@@ -118,17 +127,31 @@ fn find_kubectl() -> Result<PathBuf, String> {
 /// (`KEDGE-TEST-SKIPPED <test>: …`, counted by scripts/test.sh) when there
 /// is none. In CI (`CI=true`) a missing kubectl fails the test instead.
 pub fn kubectl_or_skip(test: &str) -> Option<PathBuf> {
-    match kubectl_bin() {
+    bin_or_skip(test, "kubectl", kubectl_bin(), "KEDGE_KUBECTL")
+}
+
+/// The metrics-server for `test`, as [`kubectl_or_skip`].
+pub fn metrics_server_or_skip(test: &str) -> Option<PathBuf> {
+    bin_or_skip(
+        test,
+        "metrics-server",
+        metrics_server_bin(),
+        "KEDGE_METRICS_SERVER",
+    )
+}
+
+fn bin_or_skip(test: &str, name: &str, bin: Result<PathBuf, String>, var: &str) -> Option<PathBuf> {
+    match bin {
         Ok(bin) => Some(bin),
         Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{test} needs kubectl, and CI must run it: {why}")
+            panic!("{test} needs {name}, and CI must run it: {why}")
         }
         Err(why) => {
             super::skip_test(
                 test,
                 &format!(
-                    "no kubectl ({why}); scripts/test.sh builds it \
-                     (tests/k8s-harness/kubectl/build.sh) and sets KEDGE_KUBECTL"
+                    "no {name} ({why}); scripts/test.sh builds it \
+                     (tests/k8s-harness/{name}/build.sh) and sets {var}"
                 ),
             );
             None
@@ -333,6 +356,24 @@ impl ControlPlane {
             ),
             &format!("--kubelet-client-key={}", c.kubelet_client_key.display()),
             &format!("--kubelet-certificate-authority={}", c.ca.display()),
+            // The aggregation layer (metrics.k8s.io from a metrics-server,
+            // [`MetricsServer`]): requests proxied with the front proxy's
+            // client certificate, and routed to the endpoint, not the
+            // service IP (there is no kube-proxy here).
+            &format!("--requestheader-client-ca-file={}", c.ca.display()),
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            &format!(
+                "--proxy-client-cert-file={}",
+                p("front-proxy-client.pem").display()
+            ),
+            &format!(
+                "--proxy-client-key-file={}",
+                p("front-proxy-client.key").display()
+            ),
+            "--enable-aggregator-routing=true",
             "--enable-priority-and-fairness=false",
             "--profiling=false",
             "--v=1",
@@ -498,7 +539,13 @@ fn generate_certs(d: &Path) -> ClusterCerts {
     let usage = "digitalSignature, keyEncipherment";
     let server_san = "subjectAltName = DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, \
                       DNS:kubernetes.default.svc, IP:127.0.0.1, IP:10.96.0.1\n";
-    let kubelet_san = "subjectAltName = DNS:localhost, IP:127.0.0.1\n";
+    // And this machine's own address, for a bridge that advertises it
+    // (the apiserver's node proxy refuses loopback addresses).
+    let kubelet_san = match host_ipv4() {
+        Ok(ip) => format!("subjectAltName = DNS:localhost, IP:127.0.0.1, IP:{ip}\n"),
+        Err(_) => "subjectAltName = DNS:localhost, IP:127.0.0.1\n".to_string(),
+    };
+    let kubelet_san = kubelet_san.as_str();
     let leaves = [
         ("apiserver", "/CN=kube-apiserver", "serverAuth", server_san),
         (
@@ -521,6 +568,13 @@ fn generate_certs(d: &Path) -> ClusterCerts {
             "/CN=kedge-bridge-kubelet",
             "serverAuth",
             kubelet_san,
+        ),
+        // The apiserver towards aggregated API servers (metrics-server).
+        (
+            "front-proxy-client",
+            "/CN=front-proxy-client",
+            "clientAuth",
+            "",
         ),
     ];
     for (name, subject, eku, san) in leaves {
@@ -566,6 +620,9 @@ pub struct BridgeProc {
     /// In a mutex so that [`BridgeProc::assert_running`] takes `&self` and
     /// can run inside any wait.
     child: Mutex<Option<Child>>,
+    /// Where its shared kubelet API listens: 127.0.0.1, or the
+    /// `--advertise-address` given in `extra_args`.
+    pub kubelet_host: String,
     pub kubelet_port: u16,
     log: PathBuf,
     _dir: TempDir,
@@ -580,14 +637,24 @@ impl BridgeProc {
         let log = dir.path().join("bridge.log");
         let f = File::create(&log).expect("create bridge.log");
         let kubelet_port = free_port();
-        let child = Command::new(super::kedge_bin())
-            .arg("bridge")
+        // An `--advertise-address` in `extra_args` is also where it listens.
+        let given = opts
+            .extra_args
+            .iter()
+            .position(|a| a == "--advertise-address")
+            .and_then(|i| opts.extra_args.get(i + 1).cloned());
+        let kubelet_host = given.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let mut cmd = Command::new(super::kedge_bin());
+        cmd.arg("bridge")
             .arg("--broker")
             .arg(&opts.broker_url)
             .arg("--kubeconfig")
-            .arg(&opts.kubeconfig)
-            .args(["--advertise-address", "127.0.0.1"])
-            .arg(format!("--kubelet-listen=127.0.0.1:{kubelet_port}"))
+            .arg(&opts.kubeconfig);
+        if given.is_none() {
+            cmd.args(["--advertise-address", "127.0.0.1"]);
+        }
+        let child = cmd
+            .arg(format!("--kubelet-listen={kubelet_host}:{kubelet_port}"))
             .arg("--tls-cert-file")
             .arg(&opts.certs.kubelet_serving_cert)
             .arg("--tls-private-key-file")
@@ -603,6 +670,7 @@ impl BridgeProc {
             .expect("spawn kedge bridge");
         BridgeProc {
             child: Mutex::new(Some(child)),
+            kubelet_host,
             kubelet_port,
             log,
             _dir: dir,
@@ -726,4 +794,138 @@ pub fn cpu_time(pid: u32) -> Duration {
         .sum();
     // USER_HZ: 100 on every Linux architecture kedge builds for.
     Duration::from_millis(ticks * 10)
+}
+
+/// A real metrics-server (`tests/k8s-harness/metrics-server`) beside a
+/// [`ControlPlane`], registered as the `v1beta1.metrics.k8s.io` APIService
+/// once [`MetricsServer::manifest`] is applied, so `kubectl top` works.
+/// It scrapes every Node's kubelet API at the Node's `InternalIP` and
+/// `daemonEndpoints` port (`--kubelet-use-node-status-port`) with the
+/// apiserver's kubelet client certificate, every 10 s (its minimum).
+/// Killed on drop.
+pub struct MetricsServer {
+    child: Mutex<Child>,
+    log: PathBuf,
+    /// The Service, Endpoints and APIService that route metrics.k8s.io to
+    /// this process (`kubectl apply -f` it as an admin).
+    pub manifest: PathBuf,
+}
+
+/// This machine's first non-loopback IPv4 address: the apiserver refuses
+/// loopback endpoints, so an aggregated API server must listen on another.
+pub fn host_ipv4() -> Result<std::net::Ipv4Addr, String> {
+    let out = Command::new("hostname")
+        .arg("-I")
+        .output()
+        .map_err(|e| format!("cannot run hostname -I: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .find(|a| !a.is_loopback() && !a.is_link_local() && !a.is_unspecified())
+        .ok_or_else(|| "this machine has no non-loopback IPv4 address (hostname -I)".to_string())
+}
+
+impl MetricsServer {
+    pub fn start(cp: &ControlPlane, bin: &Path, ip: std::net::Ipv4Addr) -> MetricsServer {
+        let d = cp.dir().join("metrics-server");
+        std::fs::create_dir_all(&d).expect("metrics-server dir");
+        let log = d.join("metrics-server.log");
+        let f = File::create(&log).expect("create metrics-server.log");
+        let port = free_port();
+        let kubeconfig = cp.kubeconfig.display().to_string();
+        let child = Command::new(bin)
+            .arg(format!("--secure-port={port}"))
+            .arg(format!("--bind-address={ip}"))
+            .arg(format!("--cert-dir={}", d.display()))
+            .arg(format!("--kubeconfig={kubeconfig}"))
+            .arg(format!("--authentication-kubeconfig={kubeconfig}"))
+            .arg(format!("--authorization-kubeconfig={kubeconfig}"))
+            .arg("--kubelet-preferred-address-types=InternalIP")
+            .arg("--kubelet-use-node-status-port")
+            .arg(format!(
+                "--kubelet-certificate-authority={}",
+                cp.certs.ca.display()
+            ))
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                cp.certs.kubelet_client_cert.display()
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                cp.certs.kubelet_client_key.display()
+            ))
+            .arg("--metric-resolution=10s")
+            .arg("--kubelet-request-timeout=5s")
+            .arg("--v=2")
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("dup log fd"))
+            .stderr(f)
+            .spawn()
+            .expect("spawn metrics-server");
+        let manifest = d.join("metrics-server.yaml");
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: v1
+kind: Service
+metadata: {{name: metrics-server, namespace: kube-system}}
+spec:
+  ports: [{{name: https, port: {port}, targetPort: {port}, protocol: TCP}}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: metrics-server, namespace: kube-system}}
+subsets:
+- addresses: [{{ip: \"{ip}\"}}]
+  ports: [{{name: https, port: {port}, protocol: TCP}}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {{name: v1beta1.metrics.k8s.io}}
+spec:
+  service: {{name: metrics-server, namespace: kube-system, port: {port}}}
+  group: metrics.k8s.io
+  version: v1beta1
+  insecureSkipTLSVerify: true
+  groupPriorityMinimum: 100
+  versionPriority: 100
+"
+            ),
+        )
+        .expect("write metrics-server.yaml");
+        MetricsServer {
+            child: Mutex::new(child),
+            log,
+            manifest,
+        }
+    }
+
+    /// Its output so far.
+    pub fn log(&self) -> String {
+        read_lossy(&self.log)
+    }
+
+    /// Panics (Drop prints its last lines) if it has exited.
+    pub fn assert_running(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("metrics-server exited: {status}");
+        }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of metrics-server ({})", self.log.display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
 }

@@ -256,6 +256,77 @@ fn first_online_status_creates_node_status_connected_and_lease() {
     }
 }
 
+/// The kubelet port in a Node status action.
+fn status_port(a: &[Action], node: &str) -> Option<u64> {
+    a.iter().find_map(|x| match x {
+        Action::NodeStatus { name, body } if name == node => {
+            body["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64()
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn each_device_node_gets_a_kubelet_port_of_its_own_and_a_busy_one_is_skipped() {
+    let mut s = settings();
+    s.node_ports = Some(10_300..=10_302);
+    let mut b = Bridge::new(s);
+    let online = |b: &mut Bridge, n: &str| {
+        b.handle(
+            BridgeEvent::Node {
+                node: n.into(),
+                status: node_status(n, true, NOW),
+            },
+            NOW,
+            &NoResolver,
+        )
+    };
+    let a = online(&mut b, "gw1");
+    // The port is served before the Node names it.
+    assert!(
+        matches!(&a[0], Action::ServeNode { name, port } if name == "gw1" && *port == 10_300),
+        "{a:?}"
+    );
+    assert!(matches!(&a[1], Action::EnsureNode { .. }));
+    assert_eq!(status_port(&a, "gw1"), Some(10_300));
+    let a = online(&mut b, "gw2");
+    assert_eq!(status_port(&a, "gw2"), Some(10_301));
+    // The port is in use by another program: the next one, and the Node
+    // status says so.
+    let a = b.handle(
+        BridgeEvent::ServeFailed {
+            node: "gw2".into(),
+            port: 10_301,
+        },
+        NOW,
+        &NoResolver,
+    );
+    assert!(
+        matches!(&a[0], Action::ServeNode { name, port } if name == "gw2" && *port == 10_302),
+        "{a:?}"
+    );
+    assert_eq!(status_port(&a, "gw2"), Some(10_302));
+    // The range is used up: the shared port, and no ServeNode.
+    let a = online(&mut b, "gw3");
+    assert!(
+        !a.iter().any(|x| matches!(x, Action::ServeNode { .. })),
+        "{a:?}"
+    );
+    assert_eq!(status_port(&a, "gw3"), Some(10_250));
+    // A Node deleted by hand comes back with the same port.
+    let a = b.handle(
+        BridgeEvent::NodeObjectDeleted("gw1".into()),
+        NOW,
+        &NoResolver,
+    );
+    assert_eq!(status_port(&a, "gw1"), Some(10_300));
+    // Without a range, every Node has the shared port and nothing is served.
+    let mut b = Bridge::new(settings());
+    let a = online(&mut b, "gw1");
+    assert!(!a.iter().any(|x| matches!(x, Action::ServeNode { .. })));
+    assert_eq!(status_port(&a, "gw1"), Some(10_250));
+}
+
 #[test]
 fn heartbeats_renew_the_lease_every_10s_and_status_only_on_change() {
     let mut b = synced_bridge();
