@@ -361,6 +361,7 @@ fn devices_become_nodes_and_run_cluster_workloads() {
     let mut w = World::start(&["edge-a", "edge-b"]);
 
     // --- Nodes: Ready, real arch label, taint, Connected, Lease, endpoint.
+    let mut ports = BTreeSet::new();
     for name in ["edge-a", "edge-b"] {
         let n = w.wait_node_ready(name);
         let labels = n.metadata.labels.clone().unwrap_or_default();
@@ -392,11 +393,21 @@ fn devices_become_nodes_and_run_cluster_workloads() {
             "{taints:?}"
         );
         let st = n.status.clone().expect("status");
-        assert_eq!(
-            st.daemon_endpoints
-                .and_then(|d| d.kubelet_endpoint)
-                .map(|e| e.port),
-            Some(w.bridge.kubelet_port as i32)
+        // Each Node's kubelet port is its own, from the range after the
+        // shared port (`--kubelet-node-ports auto`).
+        let port = st
+            .daemon_endpoints
+            .and_then(|d| d.kubelet_endpoint)
+            .map(|e| e.port)
+            .expect("daemonEndpoints");
+        let shared = i32::from(w.bridge.kubelet_port);
+        assert!(
+            port > shared && port <= shared + 10_000,
+            "{port} after {shared}"
+        );
+        assert!(
+            ports.insert(port),
+            "{name}: port {port} is another Node's too"
         );
         assert_eq!(
             st.node_info.as_ref().map(|i| i.architecture.as_str()),
