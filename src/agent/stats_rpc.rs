@@ -169,7 +169,7 @@ pub async fn serve(
 ) {
     let result = sample(&board, &runtimes).await;
     if let Err(e) = &result {
-        tracing::warn!(error = %e, "cannot sample stats");
+        tracing::warn!(request = %request_id, error = %e, "cannot sample stats");
     }
     let reply = Message::StatsReply(StatsReply { request_id, result });
     match wire::encode(0, &reply) {
