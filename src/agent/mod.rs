@@ -1829,19 +1829,14 @@ impl Controller {
                 return self.on_log_request(session, reply_topic, request_id, r);
             }
             Ok(Message::StatsRequest(r)) if r.request_id == request_id => {
-                debug!("stats requested");
-                let runtimes = [
-                    self.wasm.as_ref().and_then(LazyRuntime::made),
-                    self.cri.clone(),
-                ];
-                let serve = stats_rpc::serve(
-                    session,
-                    reply_topic,
-                    request_id,
-                    self.board.clone(),
-                    runtimes.into_iter().flatten().collect(),
-                );
-                tokio::spawn(tracing::Instrument::instrument(serve, span.clone()));
+                // Not instrumented (its warning names the request): an
+                // `Instrumented` future costs a device build kilobytes.
+                let mut runtimes = Vec::new();
+                runtimes.extend(self.wasm.as_ref().and_then(LazyRuntime::made));
+                runtimes.extend(self.cri.clone());
+                let board = self.board.clone();
+                let serve = stats_rpc::serve(session, reply_topic, request_id, board, runtimes);
+                tokio::spawn(serve);
                 return;
             }
             Ok(Message::StatsRequest(r)) => format!(
@@ -1924,7 +1919,7 @@ impl Controller {
                 return;
             }
         };
-        let serve = logs_rpc::serve(
+        tokio::spawn(logs_rpc::serve(
             session,
             reply_topic,
             request,
@@ -1932,8 +1927,7 @@ impl Controller {
             container,
             self.config.logs.max_files,
             self.board.clone(),
-        );
-        tokio::spawn(tracing::Instrument::in_current_span(serve));
+        ));
     }
 }
 

@@ -4,7 +4,6 @@
 //!
 //! Parsing and assembly are pure functions; only `sample_node` reads files.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rumqttc::QoS;
@@ -96,8 +95,8 @@ pub fn assemble<'a>(
             let ContainerState::Running { started_at_ms } = c.state else {
                 continue;
             };
-            match usages.get(&c.container_id) {
-                Some(usage) if containers.len() < 2 * MAX_CONTAINERS => {
+            match usages.iter().find(|(id, _)| *id == c.container_id) {
+                Some((_, usage)) if containers.len() < 2 * MAX_CONTAINERS => {
                     containers.push(ContainerStats {
                         name: c.name.clone(),
                         start_time_ms: started_at_ms,
@@ -128,7 +127,7 @@ pub fn assemble<'a>(
 /// without usage (a configured CRI endpoint with nothing running on it
 /// does not hide the Wasm pods' usage).
 async fn sample(board: &StatusBoard, runtimes: &[Arc<dyn Runtime>]) -> Result<NodeStats, String> {
-    let mut usages = HashMap::new();
+    let mut usages = UsageMap::new();
     let mut failed = None;
     for r in runtimes {
         match r.container_usage().await {
@@ -169,7 +168,7 @@ pub async fn serve(
 ) {
     let result = sample(&board, &runtimes).await;
     if let Err(e) = &result {
-        tracing::warn!(error = %e, "cannot sample stats");
+        tracing::warn!(request = %request_id, error = %e, "cannot sample stats");
     }
     let reply = Message::StatsReply(StatsReply { request_id, result });
     match wire::encode(0, &reply) {

@@ -30,8 +30,10 @@ use tokio::sync::oneshot;
 use crate::model::{Container, Event, EventType, PodSpec, Usage};
 
 /// Container usage by container id, exactly as in
-/// `ContainerStatus.container_id` (`containerd://…`, `wasm://…`).
-pub type UsageMap = std::collections::HashMap<String, Usage>;
+/// `ContainerStatus.container_id` (`containerd://…`, `wasm://…`). A list,
+/// not a map: a device runs few containers, and one more map type costs
+/// its build kilobytes.
+pub type UsageMap = Vec<(String, Usage)>;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

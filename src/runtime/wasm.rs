@@ -92,7 +92,7 @@ pub struct WasmRuntime {
     meters: Meters,
 }
 
-type Meters = Arc<Mutex<HashMap<String, Arc<Meter>>>>;
+type Meters = Arc<Mutex<Vec<(String, Arc<Meter>)>>>;
 
 /// What one instance used so far.
 #[derive(Default)]
@@ -1250,7 +1250,7 @@ impl Runtime for WasmRuntime {
             };
             let meters = self.meters.clone();
             if let Ok(mut m) = meters.lock() {
-                m.insert(container_id.clone(), meter);
+                m.push((container_id.clone(), meter));
             }
             let metered_id = container_id.clone();
             tokio::spawn(
@@ -1271,7 +1271,7 @@ impl Runtime for WasmRuntime {
                         let _ = log.flush_partial();
                     }
                     if let Ok(mut m) = meters.lock() {
-                        m.remove(&metered_id);
+                        m.retain(|(id, _)| *id != metered_id);
                     }
                     let _ = exit_tx.send(status);
                 }
@@ -1316,6 +1316,8 @@ mod tests {
     use wasmtime::Precompiled;
 
     fn test_runtime(dir: &Path) -> Arc<WasmRuntime> {
+        // reqwest's client needs it, whichever test runs first.
+        crate::tls::install_crypto_provider();
         WasmRuntime::new(
             WasmOptions {
                 data_dir: dir.to_path_buf(),
@@ -1388,7 +1390,11 @@ mod tests {
         for _ in 0..3 {
             loop {
                 let usage = rt.container_usage().await.expect("usage");
-                let u = usage[&running.container_id];
+                let u = usage
+                    .iter()
+                    .find(|(id, _)| *id == running.container_id)
+                    .expect("metered")
+                    .1;
                 assert_eq!(u.memory_working_set_bytes, 65536);
                 assert!(u.cpu_core_ns >= last);
                 if u.cpu_core_ns > last {

@@ -64,6 +64,7 @@ struct Sandbox {
 
 pub struct CriRuntime {
     opts: CriOptions,
+    channel: Channel,
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
     /// `containerd://1.6.20`, once `Version` answered.
@@ -100,7 +101,8 @@ impl CriRuntime {
             }));
         Ok(CriRuntime {
             runtime: RuntimeServiceClient::new(channel.clone()),
-            images: ImageServiceClient::new(channel),
+            images: ImageServiceClient::new(channel.clone()),
+            channel,
             opts,
             version: Mutex::new(String::new()),
             sandboxes: Mutex::new(HashMap::new()),
@@ -618,10 +620,47 @@ fn remove_cgroup_tree(dir: &std::path::Path) {
     }
 }
 
+/// The fields of CRI's `ListContainerStatsResponse` the stats RPC reads
+/// (prost skips the others: decoding k8s-cri's whole type costs a device
+/// build kilobytes).
+#[derive(Clone, PartialEq, prost::Message)]
+struct StatsList {
+    #[prost(message, repeated, tag = "1")]
+    stats: Vec<Stats>,
+}
+
+/// `ContainerStats`: 1 attributes, 2 cpu, 3 memory.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Stats {
+    #[prost(message, optional, tag = "1")]
+    attributes: Option<Attributes>,
+    #[prost(message, optional, tag = "2")]
+    cpu: Option<Sample>,
+    #[prost(message, optional, tag = "3")]
+    memory: Option<Sample>,
+}
+
+/// `ContainerAttributes`: 1 id.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Attributes {
+    #[prost(string, tag = "1")]
+    id: String,
+}
+
+/// `CpuUsage` and `MemoryUsage` alike: 1 timestamp (ns), 2
+/// `usage_core_nano_seconds` or `working_set_bytes`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Sample {
+    #[prost(int64, tag = "1")]
+    timestamp: i64,
+    #[prost(message, optional, tag = "2")]
+    value: Option<cri::UInt64Value>,
+}
+
 /// One container's CRI stats as the stats RPC's usage, keyed like its
 /// `ContainerStatus.container_id`, sampled when the CPU counter was read
 /// (CRI timestamps are ns; now when the runtime gives none).
-fn usage_of(s: &cri::ContainerStats) -> Option<(String, Usage)> {
+fn usage_of(s: &Stats) -> Option<(String, Usage)> {
     let id = &s.attributes.as_ref()?.id;
     let cpu = s.cpu.as_ref();
     let memory = s.memory.as_ref();
@@ -635,12 +674,8 @@ fn usage_of(s: &cri::ContainerStats) -> Option<(String, Usage)> {
             } else {
                 crate::model::now_ms()
             },
-            cpu_core_ns: cpu
-                .and_then(|c| c.usage_core_nano_seconds.as_ref())
-                .map_or(0, |v| v.value),
-            memory_working_set_bytes: memory
-                .and_then(|m| m.working_set_bytes.as_ref())
-                .map_or(0, |v| v.value),
+            cpu_core_ns: cpu.and_then(|c| c.value.as_ref()).map_or(0, |v| v.value),
+            memory_working_set_bytes: memory.and_then(|m| m.value.as_ref()).map_or(0, |v| v.value),
         },
     ))
 }
@@ -743,14 +778,26 @@ impl Runtime for CriRuntime {
                 label_selector: [(spec::LABEL_MANAGED.to_string(), "true".to_string())].into(),
                 ..Default::default()
             };
-            let stats = self
-                .runtime
-                .clone()
-                .list_container_stats(cri::ListContainerStatsRequest {
-                    filter: Some(filter),
-                })
+            let request = cri::ListContainerStatsRequest {
+                filter: Some(filter),
+            };
+            // Through `Grpc` rather than k8s-cri's client: the reply is
+            // decoded as `StatsList`, only the fields read here.
+            let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+            let call = "ListContainerStats";
+            grpc.ready()
                 .await
-                .map_err(|s| self.status_error("ListContainerStats", s))?
+                .map_err(|e| self.status_error(call, tonic::Status::unavailable(e.to_string())))?;
+            let path = "/runtime.v1.RuntimeService/ListContainerStats";
+            let codec = tonic_prost::ProstCodec::<_, StatsList>::default();
+            let stats = grpc
+                .unary(
+                    tonic::Request::new(request),
+                    path.parse().expect("path"),
+                    codec,
+                )
+                .await
+                .map_err(|s| self.status_error(call, s))?
                 .into_inner()
                 .stats;
             Ok(stats.iter().filter_map(usage_of).collect())
@@ -790,11 +837,18 @@ impl Runtime for CriRuntime {
 mod tests {
     use super::*;
 
+    /// k8s-cri's full response, encoded, read through `StatsList`.
     #[test]
     fn container_stats_map_to_the_status_id_and_the_kubelets_fields() {
+        use prost::Message;
         let stats = cri::ContainerStats {
             attributes: Some(cri::ContainerAttributes {
                 id: "abc".into(),
+                metadata: Some(cri::ContainerMetadata {
+                    name: "app".into(),
+                    attempt: 2,
+                }),
+                labels: [("k".to_string(), "v".to_string())].into(),
                 ..Default::default()
             }),
             cpu: Some(cri::CpuUsage {
@@ -807,13 +861,23 @@ mod tests {
                 usage_bytes: Some(cri::UInt64Value { value: 9999 }),
                 ..Default::default()
             }),
+            writable_layer: Some(cri::FilesystemUsage {
+                timestamp: 1,
+                used_bytes: Some(cri::UInt64Value { value: 77 }),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        let (id, u) = usage_of(&stats).expect("has attributes");
+        let full = cri::ListContainerStatsResponse {
+            stats: vec![stats, cri::ContainerStats::default()],
+        };
+        let read = StatsList::decode(full.encode_to_vec().as_slice()).expect("decodes");
+        assert_eq!(read.stats.len(), 2);
+        let (id, u) = usage_of(&read.stats[0]).expect("has attributes");
         assert_eq!(id, "containerd://abc");
         assert_eq!(u.timestamp_ms, 1_700_000_000_123);
         assert_eq!(u.cpu_core_ns, 42_000);
         assert_eq!(u.memory_working_set_bytes, 4096);
-        assert!(usage_of(&cri::ContainerStats::default()).is_none());
+        assert!(usage_of(&read.stats[1]).is_none());
     }
 }
