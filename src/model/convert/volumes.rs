@@ -23,6 +23,11 @@ const TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
 /// ConfigMap and the namespace, nothing else, mode 0644. Kedge nodes do not
 /// mount API tokens: this volume (and its mounts) are left out with a
 /// warning; anything else with a token is a user's own projection, refused.
+///
+/// Checked field by field with exhaustive patterns (a field a newer
+/// k8s-openapi adds does not compile until it is checked here), not by
+/// comparing with a built `Volume`: the derived equality of every volume
+/// source cost device builds 20 kB.
 pub(super) fn is_injected_token_volume(v: &k8s::Volume) -> bool {
     let Some(suffix) = v.name.strip_prefix(TOKEN_VOLUME_PREFIX) else {
         return false;
@@ -34,61 +39,90 @@ pub(super) fn is_injected_token_volume(v: &k8s::Volume) -> bool {
     {
         return false;
     }
-    let mut normalised = v.clone();
-    if let Some(p) = &mut normalised.projected
-        && p.default_mode.is_none()
-    {
-        // The apiserver's default (and the plugin's explicit value).
-        p.default_mode = Some(0o644);
+    let k8s::Volume {
+        name: _,
+        projected: Some(projected),
+        aws_elastic_block_store: None,
+        azure_disk: None,
+        azure_file: None,
+        cephfs: None,
+        cinder: None,
+        config_map: None,
+        csi: None,
+        downward_api: None,
+        empty_dir: None,
+        ephemeral: None,
+        fc: None,
+        flex_volume: None,
+        flocker: None,
+        gce_persistent_disk: None,
+        git_repo: None,
+        glusterfs: None,
+        host_path: None,
+        image: None,
+        iscsi: None,
+        nfs: None,
+        persistent_volume_claim: None,
+        photon_persistent_disk: None,
+        portworx_volume: None,
+        quobyte: None,
+        rbd: None,
+        scale_io: None,
+        secret: None,
+        storageos: None,
+        vsphere_volume: None,
+    } = v
+    else {
+        return false;
+    };
+    // The apiserver's default mode (and the plugin's explicit value).
+    if !matches!(projected.default_mode, None | Some(0o644)) {
+        return false;
     }
-    normalised == injected_token_volume(&v.name)
-}
-
-/// The injected volume as the admission plugin makes it, after defaulting.
-fn injected_token_volume(name: &str) -> k8s::Volume {
-    k8s::Volume {
-        name: name.to_owned(),
-        projected: Some(k8s::ProjectedVolumeSource {
-            default_mode: Some(0o644),
-            sources: Some(vec![
-                k8s::VolumeProjection {
-                    service_account_token: Some(k8s::ServiceAccountTokenProjection {
-                        path: "token".into(),
-                        expiration_seconds: Some(3607),
-                        audience: None,
-                    }),
-                    ..Default::default()
-                },
-                k8s::VolumeProjection {
-                    config_map: Some(k8s::ConfigMapProjection {
-                        name: "kube-root-ca.crt".into(),
-                        items: Some(vec![k8s::KeyToPath {
-                            key: "ca.crt".into(),
-                            path: "ca.crt".into(),
-                            mode: None,
-                        }]),
-                        optional: None,
-                    }),
-                    ..Default::default()
-                },
-                k8s::VolumeProjection {
-                    downward_api: Some(k8s::DownwardAPIProjection {
-                        items: Some(vec![k8s::DownwardAPIVolumeFile {
-                            path: "namespace".into(),
-                            field_ref: Some(k8s::ObjectFieldSelector {
-                                api_version: Some("v1".into()),
-                                field_path: "metadata.namespace".into(),
-                            }),
-                            mode: None,
-                            resource_field_ref: None,
-                        }]),
-                    }),
-                    ..Default::default()
-                },
-            ]),
-        }),
-        ..Default::default()
-    }
+    let Some(
+        [
+            k8s::VolumeProjection {
+                service_account_token: Some(token),
+                cluster_trust_bundle: None,
+                config_map: None,
+                downward_api: None,
+                secret: None,
+            },
+            k8s::VolumeProjection {
+                config_map: Some(ca),
+                cluster_trust_bundle: None,
+                downward_api: None,
+                secret: None,
+                service_account_token: None,
+            },
+            k8s::VolumeProjection {
+                downward_api: Some(namespace),
+                cluster_trust_bundle: None,
+                config_map: None,
+                secret: None,
+                service_account_token: None,
+            },
+        ],
+    ) = projected.sources.as_deref()
+    else {
+        return false;
+    };
+    let token_ok =
+        token.path == "token" && token.expiration_seconds == Some(3607) && token.audience.is_none();
+    let ca_ok = ca.name == "kube-root-ca.crt"
+        && ca.optional.is_none()
+        && matches!(ca.items.as_deref(), Some([k8s::KeyToPath { key, path, mode: None }])
+            if key == "ca.crt" && path == "ca.crt");
+    let namespace_ok = matches!(
+        namespace.items.as_deref(),
+        Some([k8s::DownwardAPIVolumeFile {
+            path,
+            field_ref: Some(k8s::ObjectFieldSelector { api_version: Some(v1), field_path }),
+            mode: None,
+            resource_field_ref: None,
+        }]) if path == "namespace" && v1 == "v1" && field_path == "metadata.namespace"
+    );
+    token_ok && ca_ok && namespace_ok
 }
 
 /// The warning for a pod whose injected token volume (at `path`) is left out.
