@@ -3129,24 +3129,23 @@ fn kubectl_top_shows_edge_nodes_and_pods_through_a_real_metrics_server() {
     // A stock metrics-server, and `kubectl top`.
     let ms = MetricsServer::start(&w.cp, &ms_bin, ip);
     kubectl.ok(&["apply", "-f", &ms.manifest.to_string_lossy()]);
-    let top_node = w.wait_or_dump("kubectl top node edge-a", || {
-        ms.assert_running();
-        let out = kubectl.run(&["top", "node", "edge-a", "--no-headers"]);
-        out.status
-            .success()
-            .then(|| kubectl_rows(&String::from_utf8_lossy(&out.stdout)))
-    });
+    // `kubectl top KIND NAME` once metrics-server has two samples of it.
+    let top = |kind: &str, name: &str| {
+        w.wait_or_dump(&format!("kubectl top {kind} {name}"), || {
+            ms.assert_running();
+            let out = kubectl.run(&["top", kind, name, "--no-headers"]);
+            out.status
+                .success()
+                .then(|| kubectl_rows(&String::from_utf8_lossy(&out.stdout)))
+        })
+    };
     // NAME CPU(cores) CPU(%) MEMORY(bytes) MEMORY(%)
+    let top_node = top("node", "edge-a");
     assert_eq!(top_node[0][0], "edge-a", "{top_node:?}");
     assert!(top_node[0][1].ends_with('m'), "{top_node:?}");
     assert!(top_node[0][3].ends_with("Mi"), "{top_node:?}");
-    let top_pod = w.wait_or_dump("kubectl top pod meter", || {
-        let out = kubectl.run(&["top", "pod", "meter", "--no-headers"]);
-        out.status
-            .success()
-            .then(|| kubectl_rows(&String::from_utf8_lossy(&out.stdout)))
-    });
     // NAME CPU(cores) MEMORY(bytes)
+    let top_pod = top("pod", "meter");
     assert_eq!(top_pod[0][0], "meter", "{top_pod:?}");
     assert!(top_pod[0][1].ends_with('m'), "{top_pod:?}");
     assert!(top_pod[0][2].ends_with("Mi"), "{top_pod:?}");

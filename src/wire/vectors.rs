@@ -866,28 +866,35 @@ fn version_3_vectors_are_still_read() {
     }
 }
 
+/// The signed vectors of `version` (tests/vectors/v{version}/signed) still
+/// decode to today's samples and verify on their topic.
+fn signed_vectors_still_verify(version: u16) {
+    let keys = crate::trust::TrustedKey::parse_list(SIGNED_PUBLIC_KEY).expect("key parses");
+    let dir = format!("v{version}/signed");
+    for (file, topic, seq, message, _) in signed() {
+        let path = vector_path(&dir).join(file);
+        let bytes = from_hex_text(&std::fs::read_to_string(&path).expect("signed vector"));
+        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("{dir}/{file}: {e}"));
+        assert_eq!(decoded.version, version);
+        assert_eq!(
+            (decoded.seq, decoded.message),
+            (seq, message),
+            "{dir}/{file}"
+        );
+        let opened = open(&bytes).expect("opens");
+        assert!(
+            crate::trust::verify(&keys, SIGNED_COUNTER + 1, topic, &opened).is_ok(),
+            "{dir}/{file}"
+        );
+    }
+}
+
 /// Version 4 had kinds 1–11, signatures, and no sealing key or machine
 /// identity in `NodeStatus`; its signed vectors still verify.
 #[test]
 fn version_4_vectors_are_still_read() {
     older_vectors_are_still_read(4, 11);
-    let keys = crate::trust::TrustedKey::parse_list(SIGNED_PUBLIC_KEY).expect("key parses");
-    for (file, topic, seq, message, _) in signed() {
-        let path = vector_path("v4/signed").join(file);
-        let bytes = from_hex_text(&std::fs::read_to_string(&path).expect("v4 signed vector"));
-        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("v4/signed/{file}: {e}"));
-        assert_eq!(decoded.version, 4);
-        assert_eq!(
-            (decoded.seq, decoded.message),
-            (seq, message),
-            "v4/signed/{file}"
-        );
-        let opened = open(&bytes).expect("opens");
-        assert!(
-            crate::trust::verify(&keys, SIGNED_COUNTER + 1, topic, &opened).is_ok(),
-            "v4/signed/{file}"
-        );
-    }
+    signed_vectors_still_verify(4);
 }
 
 /// Version 5 had kinds 1–12 and every body as today's; its signed vectors
@@ -895,23 +902,7 @@ fn version_4_vectors_are_still_read() {
 #[test]
 fn version_5_vectors_are_still_read() {
     older_vectors_are_still_read(5, 12);
-    let keys = crate::trust::TrustedKey::parse_list(SIGNED_PUBLIC_KEY).expect("key parses");
-    for (file, topic, seq, message, _) in signed() {
-        let path = vector_path("v5/signed").join(file);
-        let bytes = from_hex_text(&std::fs::read_to_string(&path).expect("v5 signed vector"));
-        let decoded = decode(&bytes).unwrap_or_else(|e| panic!("v5/signed/{file}: {e}"));
-        assert_eq!(decoded.version, 5);
-        assert_eq!(
-            (decoded.seq, decoded.message),
-            (seq, message),
-            "v5/signed/{file}"
-        );
-        let opened = open(&bytes).expect("opens");
-        assert!(
-            crate::trust::verify(&keys, SIGNED_COUNTER + 1, topic, &opened).is_ok(),
-            "v5/signed/{file}"
-        );
-    }
+    signed_vectors_still_verify(5);
 }
 
 /// Versions 1 to 3 ran `command`, `args` and env values literally; version
