@@ -51,6 +51,34 @@ pub fn parse_os_release(text: &str) -> Option<String> {
         .map(|v| v.trim_matches('"').to_string())
 }
 
+/// The node's `InternalIP`, as the kubelet chooses it without `--node-ip`:
+/// the address of the interface the default route goes through
+/// (`route_source`), not whichever local address sorts first (a container
+/// bridge's, `cni0` or `docker0`, would be wrong: nothing outside reaches
+/// the node there, and it goes away with the bridge). Without a default
+/// route (an offline device), the first non-loopback local address.
+pub fn internal_ip(route_source: Option<std::net::Ipv4Addr>, fib_trie: &str) -> Option<String> {
+    route_source
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .map(|ip| ip.to_string())
+        .or_else(|| parse_fib_trie(fib_trie))
+}
+
+/// The source address the kernel picks toward a global address, that is
+/// through the default route: a UDP socket's `connect` sends nothing, it
+/// only looks the route up. None without a default route.
+fn default_route_source() -> Option<std::net::Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    // Any global unicast address would do; nothing is sent to it.
+    socket
+        .connect((std::net::Ipv4Addr::new(1, 1, 1, 1), 53))
+        .ok()?;
+    match socket.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(_) => None,
+    }
+}
+
 /// The first non-loopback local IPv4 address in /proc/net/fib_trie text.
 pub fn parse_fib_trie(text: &str) -> Option<String> {
     let mut last_addr: Option<&str> = None;
@@ -135,9 +163,10 @@ pub fn node_info(runtime_versions: &str) -> (NodeInfo, Vec<NodeAddress>) {
         system_uuid: read_id("/sys/class/dmi/id/product_uuid"),
     };
     let mut addresses = Vec::new();
-    if let Some(ip) =
-        parse_fib_trie(&std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default())
-    {
+    if let Some(ip) = internal_ip(
+        default_route_source(),
+        &std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default(),
+    ) {
         addresses.push(NodeAddress {
             kind: "InternalIP".into(),
             address: ip,
@@ -275,6 +304,26 @@ mod tests {
         let trie = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 0.0.0.0\n        /0 universe UNICAST\n     +-- 127.0.0.0/8 2 0 2\n        |-- 127.0.0.1\n           /32 host LOCAL\n     |-- 10.0.2.15\n        /32 host LOCAL\n";
         assert_eq!(parse_fib_trie(trie).as_deref(), Some("10.0.2.15"));
         assert_eq!(parse_fib_trie(""), None);
+        // The default route's source wins over whatever sorts first (a
+        // container bridge's 10.x address here); without one, the trie's.
+        let bridge_first = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.201.7.1\n        /32 host LOCAL\n     |-- 192.0.2.2\n        /32 host LOCAL\n";
+        assert_eq!(
+            internal_ip(Some(std::net::Ipv4Addr::new(192, 0, 2, 2)), bridge_first).as_deref(),
+            Some("192.0.2.2")
+        );
+        assert_eq!(
+            internal_ip(None, bridge_first).as_deref(),
+            Some("10.201.7.1")
+        );
+        assert_eq!(
+            internal_ip(Some(std::net::Ipv4Addr::LOCALHOST), bridge_first).as_deref(),
+            Some("10.201.7.1")
+        );
+        // This machine: an address the kernel routes from is one of its own.
+        if let Some(ip) = default_route_source() {
+            let trie = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
+            assert!(trie.contains(&format!("|-- {ip}\n")), "{ip} in\n{trie}");
+        }
     }
 
     #[test]

@@ -985,6 +985,8 @@ fn a_failing_test_still_tears_down_containerd_and_its_network() {
         network: String,
         bridge: String,
         cgroup: String,
+        /// The per-pod chains our rules jump to (portmap's `CNI-DN-…`).
+        chains: Vec<String>,
     }
     let seen: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1014,6 +1016,18 @@ spec:
         )
         .into_owned();
         assert!(iptables.contains(&c.network), "CNI made rules for the pod");
+        let chains: Vec<String> = iptables
+            .lines()
+            .filter(|l| l.contains(&c.network))
+            .filter_map(|l| l.split(" -j ").nth(1))
+            .filter_map(|t| t.split_whitespace().next())
+            .filter(|t| t.starts_with("CNI-DN-"))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            !chains.is_empty(),
+            "portmap made a chain for the host port:\n{iptables}"
+        );
         assert!(
             std::path::Path::new(&format!("/sys/class/net/{}", c.bridge)).exists(),
             "CNI made the bridge"
@@ -1023,6 +1037,7 @@ spec:
             network: c.network.clone(),
             bridge: c.bridge.clone(),
             cgroup: c.cgroup_parent.trim_start_matches('/').to_string(),
+            chains,
         });
         panic!("a test failing while its pod runs");
     }));
@@ -1036,6 +1051,12 @@ spec:
             .stdout,
     )
     .into_owned();
+    for chain in &seen.chains {
+        assert!(
+            !iptables.contains(chain.as_str()),
+            "chain {chain} left:\n{iptables}"
+        );
+    }
     assert!(
         !iptables.contains(&seen.network),
         "iptables rules left:\n{iptables}"

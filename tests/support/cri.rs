@@ -514,10 +514,19 @@ fn remove_cni_iptables(network: &str) {
             .lines()
             .filter(|l| l.starts_with("-A ") && l.contains(network))
             .collect();
-        // Chains that hold our rules and were made by CNI for one pod.
+        // Chains that hold our rules, or that our rules jump to (portmap's
+        // per-pod `CNI-DN-…` chain carries no comment of its own: only the
+        // jump to it in CNI-HOSTPORT-DNAT does), made by CNI for one pod.
         let mut chains: Vec<String> = ours
             .iter()
-            .filter_map(|l| l.split_whitespace().nth(1))
+            .flat_map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let target = words
+                    .iter()
+                    .position(|w| *w == "-j")
+                    .and_then(|i| words.get(i + 1).copied());
+                words.get(1).copied().into_iter().chain(target)
+            })
             .filter(|c| {
                 c.starts_with("CNI-")
                     && !matches!(
