@@ -228,9 +228,9 @@ fn pod(name: &str, generation: u64, policy: RestartPolicy, containers: &[&str]) 
     spec
 }
 
-#[tokio::test(start_paused = true)]
-async fn pods_come_back_after_a_restart_and_terminal_pods_stay_terminal() {
-    let device = Device::new();
+/// An agent of `device` running pod `web` (restartPolicy Always), whose
+/// pod `job` (Never) has succeeded.
+async fn web_running_and_job_succeeded(device: &Device) -> Agent {
     let mut agent = device.start();
     agent.runtime.script("task", [Start::Exit(0)]);
     agent.apply(&pod("web", 1, RestartPolicy::Always, &["app"]));
@@ -240,6 +240,13 @@ async fn pods_come_back_after_a_restart_and_terminal_pods_stay_terminal() {
             a.phase("web") == Some(PodPhase::Running) && a.phase("job") == Some(PodPhase::Succeeded)
         })
         .await;
+    agent
+}
+
+#[tokio::test(start_paused = true)]
+async fn pods_come_back_after_a_restart_and_terminal_pods_stay_terminal() {
+    let device = Device::new();
+    let agent = web_running_and_job_succeeded(&device).await;
     let job_before = agent.status("job");
     let web_before = agent.status("web").expect("web status");
     agent.stop().await;
@@ -977,15 +984,7 @@ fn published(agent: &Agent, topic: &str) -> Vec<Message> {
 #[tokio::test(start_paused = true)]
 async fn a_stats_request_gets_one_reply_with_the_running_containers_usage() {
     let device = Device::new();
-    let mut agent = device.start();
-    agent.runtime.script("task", [Start::Exit(0)]);
-    agent.apply(&pod("web", 1, RestartPolicy::Always, &["app"]));
-    agent.apply(&pod("job", 1, RestartPolicy::Never, &["task"]));
-    agent
-        .until("web running and job succeeded", |a| {
-            a.phase("web") == Some(PodPhase::Running) && a.phase("job") == Some(PodPhase::Succeeded)
-        })
-        .await;
+    let mut agent = web_running_and_job_succeeded(&device).await;
     let ask = |agent: &Agent, id: &str, message: Message| {
         let payload = wire::encode(0, &message).expect("encodes");
         agent.send(&agent.topics.rpc_request(NODE, id), payload);
