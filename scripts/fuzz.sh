@@ -29,7 +29,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/cache-env.sh
 
-targets_all=(wire_decode manifest_convert cri_log_reader kubelet_request selector_parse)
+targets_all=(wire_decode manifest_convert cri_log_reader kubelet_request selector_parse spdy_frames)
 targets=() limit=(-runs=10000000) limit_text="10000000 runs" profile=()
 while [ $# -gt 0 ]; do
   case "$1" in

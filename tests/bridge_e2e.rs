@@ -3167,3 +3167,154 @@ fn kubectl_top_shows_edge_nodes_and_pods_through_a_real_metrics_server() {
         "kubectl get --raw of a gone device's stats: {last}"
     );
 }
+
+/// `kubectl exec` on edge pods through a real apiserver and a real kubectl:
+/// the apiserver upgrades to SPDY toward the bridge's kubelet API, the
+/// bridge runs the command on the device (the exec RPC) in a real
+/// containerd's container, and kubectl shows its stdout, its stderr and
+/// its exit code. A command that does not exist, `-i`, a Wasm container and
+/// a user without `pods/exec` are refused with what happened.
+#[test]
+fn kubectl_exec_runs_commands_in_edge_containers() {
+    use support::cri::{BUSYBOX, Containerd, cri_tests_can_run};
+    use support::k8s::{Kubectl, kubectl_or_skip};
+    let test = "kubectl_exec_runs_commands_in_edge_containers";
+    let Some(bin) = kubectl_or_skip(test) else {
+        return;
+    };
+    if !cri_tests_can_run(test) {
+        return;
+    }
+    let containerd = Containerd::start();
+    let mut w = World::start(&["edge-w"]);
+    let dir = w._data.path().join("edge-c");
+    let mut args = containerd.agent_args();
+    args.extend(["--set".into(), "node.heartbeat_ms=500".into()]);
+    let agent = Agent::start(AgentOpts {
+        node: "edge-c".into(),
+        broker_url: Some(w.mqtt.url()),
+        data_dir: dir.clone(),
+        extra_args: args,
+        env: test_agent_env(),
+    });
+    w.agents.insert("edge-c".into(), (agent, dir));
+    w.wait_node_ready("edge-c");
+    w.wait_node_ready("edge-w");
+    let toleration = json!([
+        {"key": "kedge.io/edge", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+    ]);
+    w.create(
+        &w.pods(),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "box"},
+            "spec": {
+                "nodeName": "edge-c",
+                "automountServiceAccountToken": false,
+                "tolerations": toleration,
+                "containers": [{
+                    "name": "main", "image": BUSYBOX, "imagePullPolicy": "Never",
+                    "command": ["sleep", "3600"],
+                }],
+            },
+        }),
+    );
+    w.create(
+        &w.pods(),
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "wasm"},
+            "spec": wasm_pod_spec(&w.image, &["ticker", "0", "50"], json!({"nodeName": "edge-w"})),
+        }),
+    );
+    for pod in ["box", "wasm"] {
+        w.wait_or_dump(&format!("{pod} Running and Ready"), || {
+            w.rt.block_on(w.pods().get_opt(pod))
+                .ok()
+                .flatten()
+                .filter(pod_ready)
+        });
+    }
+    let kubectl = Kubectl::new(&bin, &w.cp.kubeconfig);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+
+    // Output and success.
+    let out = kubectl.run(&["exec", "box", "--", "echo", "hello from the edge"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello from the edge\n");
+
+    // stdout and stderr apart, and the exit code as kubectl's own.
+    let out = kubectl.run(&[
+        "exec",
+        "box",
+        "-c",
+        "main",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert!(text(&out.stderr).starts_with("err\n"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("command terminated with exit code 3"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Bytes that are not text, and more than one frame's worth.
+    let out = kubectl.run(&["exec", "box", "--", "sh", "-c", "head -c 200000 /dev/zero"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), 200_000);
+    assert!(out.stdout.iter().all(|b| *b == 0));
+
+    // A command that does not exist.
+    let out = kubectl.run(&["exec", "box", "--", "no-such-command"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no-such-command"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Interactive exec is refused with why, before anything runs.
+    let out = kubectl.run(&["exec", "-i", "box", "--", "cat"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("-i and -t"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A Wasm container runs inside the agent: no exec there.
+    let out = kubectl.run(&["exec", "wasm", "--", "ls"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("WebAssembly"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A user who may read pods but has no RBAC for pods/exec.
+    kubectl.ok(&["create", "role", "pod-reader", "--verb=get,list", "--resource=pods"]);
+    kubectl.ok(&["create", "rolebinding", "alice-reads", "--role=pod-reader", "--user=alice"]);
+    let out = kubectl.run(&["--as=alice", "exec", "box", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot create resource \"pods/exec\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The audit line: who, which pod, which command.
+    let log = w.bridge.log();
+    assert!(
+        log.lines().any(|l| l.contains("exec")
+            && l.contains("box")
+            && l.contains("no-such-command")),
+        "no audit line for the exec in the bridge's log"
+    );
+    drop(w);
+    drop(containerd);
+}

@@ -1,7 +1,8 @@
 //! The kubelet API the apiserver calls for the bridge's nodes (HTTPS,
 //! rustls): `/containerLogs/{ns}/{pod}/{container}` tunnelled to the device
-//! over the MQTT log RPC, `/healthz`, and `/metrics` (the bridge's own
-//! counters). Every connection must present a client certificate signed by
+//! over the MQTT log RPC, `/exec/{ns}/{pod}/{container}` (SPDY upgrade,
+//! [`super::remotecommand`]) over the exec RPC, `/healthz`, and `/metrics`
+//! (the bridge's own counters). Every connection must present a client certificate signed by
 //! the configured CA (the apiserver's `--kubelet-client-certificate`), as the
 //! kubelet does with `--client-ca-file`, and every request is authorised
 //! like a kubelet's in webhook mode ([`super::kubelet_auth`]): a
@@ -37,15 +38,20 @@ use super::kubelet_auth::{
     Authorizer, CertNameError, User, forbidden_message, request_attributes, user_from_certificate,
 };
 use super::mqtt_link::MqttLink;
+use super::remotecommand::{self, ExecOptions, Outcome};
+use super::spdy;
 use super::usage;
 use super::writer::WriteStats;
 use crate::client::ClientError;
 use crate::client::logs::LogStats;
-use crate::model::LogRequest;
+use crate::model::{ExecRequest, LogRequest};
 use crate::model::validate::MAX_SINCE_SECONDS;
 
 /// How long the first log chunk may take (the CLI's limit too).
 const FIRST_CHUNK_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a command run by `kubectl exec` may take on the device (it has
+/// no stream yet: its output comes when it ends).
+const EXEC_TIMEOUT: Duration = Duration::from_secs(300);
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -231,7 +237,11 @@ pub async fn serve(
                     .timer(TokioTimer::new())
                     .keep_alive_interval(Some(Duration::from_secs(30)))
                     .keep_alive_timeout(Duration::from_secs(20));
-                if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+                // Upgrades: exec's SPDY session takes over the connection.
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await
+                {
                     debug!(error = %e, "kubelet API connection ended");
                 }
             }
@@ -266,6 +276,12 @@ pub enum ApiError {
     },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A request this bridge cannot serve (yet), with why.
+    #[error("{0}")]
+    Unsupported(String),
+    /// An upgrade that cannot be made (headers, protocol).
+    #[error("unable to upgrade: {0}")]
+    Upgrade(String),
     #[error("404 page not found")]
     NoSuchPath,
     #[error("pods \"{pod}\" not found in namespace \"{namespace}\"")]
@@ -313,7 +329,10 @@ impl ApiError {
             }
             ApiError::Stats { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ContainerNotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::BadQuery(_) | ApiError::Device(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadQuery(_)
+            | ApiError::Device(_)
+            | ApiError::Unsupported(_)
+            | ApiError::Upgrade(_) => StatusCode::BAD_REQUEST,
             ApiError::Link(_) | ApiError::StreamEnded(_) | ApiError::NodeOffline(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -404,15 +423,52 @@ pub fn parse_log_query(q: &str) -> Result<LogQuery, String> {
     Ok(out)
 }
 
-/// `/containerLogs/{ns}/{pod}/{container}` split, or `None`.
-fn container_logs_path(path: &str) -> Option<(&str, &str, &str)> {
+/// What a request about one pod's container asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PodVerb {
+    Logs,
+    Exec,
+    Attach,
+    PortForward,
+}
+
+/// A request about one pod (and container).
+#[derive(Debug, PartialEq, Eq)]
+struct PodPath<'a> {
+    verb: PodVerb,
+    ns: &'a str,
+    pod: &'a str,
+    /// Given: it must be the pod's.
+    uid: Option<&'a str>,
+    /// Empty for port-forward.
+    container: &'a str,
+}
+
+/// The kubelet's pod paths: `/containerLogs/{ns}/{pod}/{container}`,
+/// `/exec|attach/{ns}/{pod}[/{uid}]/{container}`,
+/// `/portForward/{ns}/{pod}[/{uid}]`; or `None`.
+fn pod_path(path: &str) -> Option<PodPath<'_>> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    let p = |verb, ns, pod, uid, container| {
+        Some(PodPath {
+            verb,
+            ns,
+            pod,
+            uid,
+            container,
+        })
+    };
     match parts.as_slice() {
-        ["containerLogs", ns, pod, container]
-            if !ns.is_empty() && !pod.is_empty() && !container.is_empty() =>
-        {
-            Some((ns, pod, container))
-        }
+        ["containerLogs", ns, pod, c] => p(PodVerb::Logs, ns, pod, None, c),
+        ["exec", ns, pod, c] => p(PodVerb::Exec, ns, pod, None, c),
+        ["exec", ns, pod, uid, c] => p(PodVerb::Exec, ns, pod, Some(uid), c),
+        ["attach", ns, pod, c] => p(PodVerb::Attach, ns, pod, None, c),
+        ["attach", ns, pod, uid, c] => p(PodVerb::Attach, ns, pod, Some(uid), c),
+        ["portForward", ns, pod] => p(PodVerb::PortForward, ns, pod, None, ""),
+        ["portForward", ns, pod, uid] => p(PodVerb::PortForward, ns, pod, Some(uid), ""),
         _ => None,
     }
 }
@@ -428,16 +484,19 @@ async fn handle(
     let user = user.ok_or(ApiError::Unauthorized)?;
     let path = req.uri().path().to_string();
     let attrs = request_attributes(req.method(), &path).ok_or(ApiError::MethodNotAllowed)?;
-    let logs = container_logs_path(&path);
-    // The node a request is about: the pod's, for its logs; else the Node
-    // whose port this is; else none in particular (the shared port).
-    let pod = logs.and_then(|(ns, pod, _)| ctx.pods.get(&ObjectRef::new(pod).within(ns)));
+    let target = pod_path(&path);
+    // The node a request is about: the pod's, for its logs or exec; else
+    // the Node whose port this is; else none in particular (the shared
+    // port).
+    let pod = target
+        .as_ref()
+        .and_then(|t| ctx.pods.get(&ObjectRef::new(t.pod).within(t.ns)));
     let pod_node = pod
         .as_ref()
         .and_then(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()));
     let node = match (&pod_node, port_node) {
         (Some(n), _) => n.clone(),
-        (None, Some(n)) if logs.is_none() => n.to_string(),
+        (None, Some(n)) if target.is_none() => n.to_string(),
         _ => String::new(),
     };
     let allowed = ctx
@@ -453,7 +512,11 @@ async fn handle(
         debug!(user = %user.name, verb = attrs.verb, subresources = ?attrs.subresources, %path, "kubelet API: forbidden");
         return Err(ApiError::Forbidden(forbidden_message(&user.name, &attrs)));
     }
-    if req.method() != Method::GET {
+    // Streams are upgraded from a POST (or a GET, as the kubelet takes).
+    let streams = target
+        .as_ref()
+        .is_some_and(|t| t.verb != PodVerb::Logs);
+    if req.method() != Method::GET && !(streams && req.method() == Method::POST) {
         return Err(ApiError::MethodNotAllowed);
     }
     match path.as_str() {
@@ -471,27 +534,180 @@ async fn handle(
         }
         _ => {}
     }
-    let Some((ns, pod_name, container)) = logs else {
+    let Some(PodPath {
+        verb,
+        ns,
+        pod: pod_name,
+        uid,
+        container,
+    }) = target
+    else {
         return Err(ApiError::NoSuchPath);
     };
-    let query = parse_log_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadQuery)?;
-    // On a Node's own port, only that Node's pods.
+    // On a Node's own port, only that Node's pods; a uid in the path must
+    // be the pod's.
     let pod = pod
         .filter(|_| !node.is_empty())
         .filter(|_| port_node.is_none_or(|n| n == node))
+        .filter(|p| uid.is_none_or(|u| p.metadata.uid.as_deref() == Some(u)))
         .ok_or_else(|| ApiError::PodNotFound {
             namespace: ns.to_string(),
             pod: pod_name.to_string(),
         })?;
-    if !pod_has_container(&pod, container) {
+    if verb != PodVerb::PortForward && !pod_has_container(&pod, container) {
         return Err(ApiError::ContainerNotFound {
             pod: pod_name.to_string(),
             container: container.to_string(),
         });
     }
-    container_logs(ctx, &node, ns, pod_name, container, query)
-        .instrument(info_span!("container_logs", %ns, pod = %pod_name, %container))
-        .await
+    match verb {
+        PodVerb::Logs => {
+            let query =
+                parse_log_query(req.uri().query().unwrap_or("")).map_err(ApiError::BadQuery)?;
+            container_logs(ctx, &node, ns, pod_name, container, query)
+                .instrument(info_span!("container_logs", %ns, pod = %pod_name, %container))
+                .await
+        }
+        PodVerb::Exec => {
+            let target = ExecTarget {
+                node,
+                namespace: ns.to_string(),
+                pod: pod_name.to_string(),
+                container: container.to_string(),
+            };
+            exec(ctx, user, target, req)
+        }
+        PodVerb::Attach => Err(ApiError::Unsupported(
+            "kedge does not attach to a container's own streams yet (kubectl attach); kubectl exec without -i and -t works".into(),
+        )),
+        PodVerb::PortForward => Err(ApiError::Unsupported(
+            "kedge does not forward ports yet (kubectl port-forward)".into(),
+        )),
+    }
+}
+
+/// The container an exec runs in.
+struct ExecTarget {
+    node: String,
+    namespace: String,
+    pod: String,
+    container: String,
+}
+
+/// `/exec`: checks the request, answers `101 Switching Protocols` and
+/// serves the SPDY session on the upgraded connection from a task of its
+/// own ([`remotecommand::serve`]), which runs the command once on the
+/// device. Every exec is logged (info) with who, which pod and which
+/// command, as an audit line.
+fn exec(
+    ctx: &Ctx,
+    user: &User,
+    target: ExecTarget,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let options = remotecommand::parse_exec_query(req.uri().query().unwrap_or(""))
+        .map_err(ApiError::BadQuery)?;
+    if let Some(why) = remotecommand::unsupported(&options) {
+        return Err(ApiError::Unsupported(why));
+    }
+    if ctx.offline.read().is_ok_and(|o| o.contains(&target.node)) {
+        return Err(ApiError::NodeOffline(target.node));
+    }
+    let header = |name: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if !header("connection").contains("upgrade")
+        || !header("upgrade").contains(&spdy::UPGRADE_TOKEN.to_ascii_lowercase())
+    {
+        return Err(ApiError::Upgrade(format!(
+            "exec needs a {} upgrade (Connection: Upgrade, Upgrade: {})",
+            spdy::UPGRADE_TOKEN,
+            spdy::UPGRADE_TOKEN
+        )));
+    }
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(remotecommand::PROTOCOL_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let protocol = remotecommand::negotiate(offered.iter().map(String::as_str)).ok_or_else(|| {
+        ApiError::Upgrade(format!(
+            "unable to negotiate protocol: client supports {offered:?}, server accepts [\"{}\"]",
+            remotecommand::PROTOCOL_V4
+        ))
+    })?;
+    tracing::info!(
+        user = %user.name,
+        namespace = %target.namespace,
+        pod = %target.pod,
+        container = %target.container,
+        command = ?options.command,
+        node = %target.node,
+        "exec"
+    );
+    let span = info_span!("exec", node = %target.node, namespace = %target.namespace, pod = %target.pod, container = %target.container);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let mqtt = ctx.mqtt.clone();
+    tokio::spawn(
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    debug!(error = %e, "exec: the upgrade failed");
+                    return;
+                }
+            };
+            let run = || run_exec(mqtt, target, options.command.clone());
+            if let Err(e) = remotecommand::serve(TokioIo::new(upgraded), options.clone(), run).await
+            {
+                debug!(error = %e, "exec session ended early");
+            }
+        }
+        .instrument(span),
+    );
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "Upgrade")
+        .header("upgrade", spdy::UPGRADE_TOKEN)
+        .header(remotecommand::PROTOCOL_HEADER, protocol)
+        .body(Full::new(Bytes::new()).boxed())
+        .map_err(|e| ApiError::Upgrade(e.to_string()))
+}
+
+/// One exec RPC to the device, its answer as the session needs it.
+async fn run_exec(
+    mqtt: MqttLink,
+    target: ExecTarget,
+    command: Vec<String>,
+) -> Result<Outcome, String> {
+    let request = ExecRequest {
+        request_id: String::new(),
+        namespace: target.namespace,
+        pod: target.pod,
+        container: target.container,
+        command,
+        timeout_secs: EXEC_TIMEOUT.as_secs() as u32,
+    };
+    // The device's own timeout comes first; this one is for a device that
+    // never answers.
+    let wait = EXEC_TIMEOUT + Duration::from_secs(15);
+    match mqtt.exec(&target.node, request, wait).await {
+        Ok(o) => Ok(Outcome {
+            exit_code: o.exit_code,
+            stdout: o.stdout,
+            stderr: o.stderr,
+            truncated: o.truncated,
+        }),
+        Err(ClientError::Agent { message, .. }) => Err(message),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn pod_has_container(pod: &Pod, container: &str) -> bool {
@@ -754,19 +970,47 @@ mod tests {
     }
 
     #[test]
-    fn container_log_paths_have_three_non_empty_parts() {
+    fn pod_paths_are_the_kubelets() {
+        let p = |verb, ns, pod, uid, container| {
+            Some(PodPath {
+                verb,
+                ns,
+                pod,
+                uid,
+                container,
+            })
+        };
         assert_eq!(
-            container_logs_path("/containerLogs/default/web/main"),
-            Some(("default", "web", "main"))
+            pod_path("/containerLogs/default/web/main"),
+            p(PodVerb::Logs, "default", "web", None, "main")
         );
-        for p in [
+        assert_eq!(
+            pod_path("/exec/default/web/main"),
+            p(PodVerb::Exec, "default", "web", None, "main")
+        );
+        assert_eq!(
+            pod_path("/exec/default/web/u-1/main"),
+            p(PodVerb::Exec, "default", "web", Some("u-1"), "main")
+        );
+        assert_eq!(
+            pod_path("/attach/default/web/main"),
+            p(PodVerb::Attach, "default", "web", None, "main")
+        );
+        assert_eq!(
+            pod_path("/portForward/default/web"),
+            p(PodVerb::PortForward, "default", "web", None, "")
+        );
+        for path in [
             "/containerLogs/default/web",
             "/containerLogs/default/web/main/x",
             "/containerLogs//web/main",
             "/containerLogs/default/web/",
+            "/exec/default/web",
+            "/exec/default/web/u/main/x",
+            "/portForward/default",
             "/healthz",
         ] {
-            assert_eq!(container_logs_path(p), None, "{p}");
+            assert_eq!(pod_path(path), None, "{path}");
         }
     }
 
