@@ -9,15 +9,16 @@ use thiserror::Error;
 
 use crate::model::validate::Validate;
 use crate::model::{
-    DesiredIndex, Event, FleetDeployment, FleetReport, LogChunk, LogRequest, NodeLabels,
-    NodeStatus, PodKey, PodSpec, PodStatus, SealedPod, StatsReply, StatsRequest,
+    DesiredIndex, Event, ExecReply, ExecRequest, FleetDeployment, FleetReport, LogChunk,
+    LogRequest, NodeLabels, NodeStatus, PodKey, PodSpec, PodStatus, SealedPod, StatsReply,
+    StatsRequest,
 };
 
 /// The schema version this build writes (docs/wire.md, "Evolving the
 /// schema": 2 added node labels and fleets, 3 signatures and `Tombstone`,
 /// 4 the `PodSpec` fields of issue 15, 5 `SealedPod` and the node's
-/// sealing key and machine identity, 6 the stats RPC).
-pub const SCHEMA_VERSION: u16 = 6;
+/// sealing key and machine identity, 6 the stats RPC, 7 the exec RPC).
+pub const SCHEMA_VERSION: u16 = 7;
 /// The first version whose `signature` field has a meaning (docs/wire.md,
 /// "Signatures"); in older envelopes it is ignored.
 pub const SIGNED_SINCE_VERSION: u16 = 3;
@@ -30,6 +31,8 @@ pub const POD_FIELDS_SINCE_VERSION: u16 = 4;
 pub const SEALED_SINCE_VERSION: u16 = 5;
 /// The first version with the stats RPC (`StatsRequest`, `StatsReply`).
 pub const STATS_SINCE_VERSION: u16 = 6;
+/// The first version with the exec RPC (`ExecRequest`, `ExecReply`).
+pub const EXEC_SINCE_VERSION: u16 = 7;
 /// The oldest version this build still reads (docs/wire.md, "Evolving the
 /// schema"): version 1 differs in `NodeStatus`, which had no labels,
 /// versions 1 to 4 in `NodeStatus` (`wire::v4`), and versions 1 to 3 in
@@ -92,6 +95,10 @@ pub enum Kind {
     StatsRequest = 13,
     /// The answer to a `StatsRequest`.
     StatsReply = 14,
+    /// Runs a command in a container (version 7; the exec RPC).
+    ExecRequest = 15,
+    /// The answer to an `ExecRequest`.
+    ExecReply = 16,
 }
 
 impl Kind {
@@ -111,6 +118,8 @@ impl Kind {
             12 => Kind::SealedPod,
             13 => Kind::StatsRequest,
             14 => Kind::StatsReply,
+            15 => Kind::ExecRequest,
+            16 => Kind::ExecReply,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -130,6 +139,8 @@ impl Kind {
             Kind::SealedPod => "SealedPod",
             Kind::StatsRequest => "StatsRequest",
             Kind::StatsReply => "StatsReply",
+            Kind::ExecRequest => "ExecRequest",
+            Kind::ExecReply => "ExecReply",
         }
     }
 }
@@ -316,6 +327,7 @@ pub fn open(payload: &[u8]) -> Result<Opened<'_>, WireError> {
         Kind::Tombstone => 3,
         Kind::SealedPod => SEALED_SINCE_VERSION,
         Kind::StatsRequest | Kind::StatsReply => STATS_SINCE_VERSION,
+        Kind::ExecRequest | Kind::ExecReply => EXEC_SINCE_VERSION,
         _ => 1,
     };
     if version < since {
@@ -373,6 +385,8 @@ pub enum Message {
     SealedPod(SealedPod),
     StatsRequest(StatsRequest),
     StatsReply(StatsReply),
+    ExecRequest(ExecRequest),
+    ExecReply(ExecReply),
 }
 
 impl Message {
@@ -392,6 +406,8 @@ impl Message {
             Message::SealedPod(_) => Kind::SealedPod,
             Message::StatsRequest(_) => Kind::StatsRequest,
             Message::StatsReply(_) => Kind::StatsReply,
+            Message::ExecRequest(_) => Kind::ExecRequest,
+            Message::ExecReply(_) => Kind::ExecReply,
         }
     }
 }
@@ -431,6 +447,8 @@ impl Body {
             Message::SealedPod(v) => body_bytes(kind, v)?,
             Message::StatsRequest(v) => body_bytes(kind, v)?,
             Message::StatsReply(v) => body_bytes(kind, v)?,
+            Message::ExecRequest(v) => body_bytes(kind, v)?,
+            Message::ExecReply(v) => body_bytes(kind, v)?,
         };
         Ok(Body { kind, bytes })
     }
@@ -514,6 +532,8 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
         Kind::NodeLabels => Message::NodeLabels(body(kind, raw)?),
         Kind::StatsRequest => Message::StatsRequest(body(kind, raw)?),
         Kind::StatsReply => Message::StatsReply(body(kind, raw)?),
+        Kind::ExecRequest => Message::ExecRequest(body(kind, raw)?),
+        Kind::ExecReply => Message::ExecReply(body(kind, raw)?),
         Kind::Tombstone if raw.is_empty() => Message::Tombstone,
         Kind::Tombstone => {
             return Err(WireError::MalformedBody {
@@ -563,6 +583,8 @@ wire_message!(
     SealedPod => SealedPod,
     StatsRequest => StatsRequest,
     StatsReply => StatsReply,
+    ExecRequest => ExecRequest,
+    ExecReply => ExecReply,
 );
 
 /// A `PodSpec` body of this version (what a `SealedPod` seals).
@@ -624,6 +646,8 @@ pub fn to_json(payload: &[u8]) -> Result<serde_json::Value, WireError> {
         })),
         Message::StatsRequest(v) => serde_json::to_value(v),
         Message::StatsReply(v) => serde_json::to_value(v),
+        Message::ExecRequest(v) => serde_json::to_value(v),
+        Message::ExecReply(v) => serde_json::to_value(v),
     }
     .map_err(|e| WireError::Encode {
         kind,
@@ -1066,14 +1090,19 @@ mod tests {
     #[test]
     fn unknown_version_is_reported() {
         let raw = RawEnvelope {
-            version: 7,
+            version: SCHEMA_VERSION + 1,
             kind: 1,
             seq: 0,
             signature: vec![],
             body: vec![],
         };
         let bytes = postcard::to_stdvec(&raw).expect("encodes");
-        assert_eq!(decode(&bytes), Err(WireError::UnknownVersion { found: 7 }));
+        assert_eq!(
+            decode(&bytes),
+            Err(WireError::UnknownVersion {
+                found: SCHEMA_VERSION + 1
+            })
+        );
     }
 
     #[test]

@@ -685,7 +685,7 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
     publish_raw(
         &url,
         "kedge/v1/gw-bad/desired/default/future",
-        &[7, 1, 0, 0, 0],
+        &[8, 1, 0, 0, 0],
         true,
     );
     let s = env.wait_status("future refused", "future", |s| s["reason"] == "InvalidSpec");
@@ -693,7 +693,7 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
         s["message"]
             .as_str()
             .unwrap_or_default()
-            .contains("unsupported schema version 7"),
+            .contains("unsupported schema version 8"),
         "{s}"
     );
 
@@ -941,6 +941,63 @@ fn stats_report_the_node_and_a_running_wasm_pod() {
     );
     assert!(b.cpu_core_ns >= a.cpu_core_ns, "{a:?} then {b:?}");
     assert!(b.timestamp_ms >= a.timestamp_ms);
+}
+
+/// The exec RPC over MQTT through the client call: a Wasm container is
+/// refused (the agent runs it as a module, there is nothing to exec in), as
+/// are a missing pod and container; the pod keeps running. The fake
+/// runtime's echo covers the happy path in the controller tests, the real
+/// one tests/cri_e2e.rs.
+#[test]
+fn exec_refuses_wasm_containers_and_missing_pods_or_containers() {
+    use kedge::client::ClientError;
+    use kedge::model::ExecRequest;
+    let env = Env::start("gw-exec");
+    env.apply(&wasm_pod(
+        "spinner",
+        &p1(),
+        &["ticker", "0", "50"],
+        "Always",
+        "",
+    ));
+    env.wait_status("spinner Running", "spinner", |s| phase(s) == "Running");
+    let request = |pod: &str, container: &str| ExecRequest {
+        namespace: "default".into(),
+        pod: pod.into(),
+        container: container.into(),
+        command: vec!["ls".into(), "/".into()],
+        timeout_secs: 5,
+        ..Default::default()
+    };
+    let answers = with_client(&env.broker, async |client| {
+        let mut answers = Vec::new();
+        for (pod, container) in [("spinner", "main"), ("nope", "main"), ("spinner", "db")] {
+            let r = client
+                .exec_within(&env.node, request(pod, container), WAIT)
+                .await;
+            answers.push(r);
+        }
+        answers
+    });
+    let node = &env.node;
+    let expected = [
+        r#"exec is not supported for WebAssembly containers (container "main" of pod "default/spinner" runs as a Wasm module inside the agent)"#.to_string(),
+        format!(r#"pod "default/nope" not found on node {node}"#),
+        r#"container "db" not found in pod "default/spinner""#.to_string(),
+    ];
+    for (answer, says) in answers.into_iter().zip(expected) {
+        match answer {
+            Err(ClientError::Agent { node: n, message }) => {
+                assert_eq!(
+                    (n.as_str(), message.as_str()),
+                    (node.as_str(), says.as_str())
+                )
+            }
+            other => panic!("expected the agent's refusal {says:?}, got {other:?}"),
+        }
+    }
+    let s = env.status("spinner").expect("status");
+    assert_eq!(phase(&s), "Running", "{s}");
 }
 
 #[test]

@@ -280,6 +280,93 @@ spec:
     assert!(app.start_time_ms > 0 && app.usage.timestamp_ms > 0);
 }
 
+/// The exec RPC against containerd's ExecSync: both streams apart and the
+/// exit code; output over the bound cut and flagged; a missing command and
+/// a timeout are containerd's errors.
+#[test]
+fn exec_runs_a_command_in_a_container_through_containerd() {
+    if !cri_tests_can_run("exec_runs_a_command_in_a_container_through_containerd") {
+        return;
+    }
+    use kedge::client::ClientError;
+    use kedge::model::{ExecRequest, validate::MAX_EXEC_OUTPUT};
+    let env = CriEnv::start("gw-cri-exec");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: shell}}
+spec:
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+"#
+    ));
+    env.wait_status("app running", "shell", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    let request = |command: &[&str]| ExecRequest {
+        namespace: "default".into(),
+        pod: "shell".into(),
+        container: "app".into(),
+        command: command.iter().map(|w| w.to_string()).collect(),
+        timeout_secs: 30,
+        ..Default::default()
+    };
+    let big = format!("head -c {} /dev/zero", MAX_EXEC_OUTPUT + 4096);
+    let (both, missing, long, slow) = with_client(&env.broker, async |client| {
+        let node = env.node.as_str();
+        let both = client
+            .exec_within(
+                node,
+                request(&["sh", "-c", "echo out; echo err >&2; exit 3"]),
+                WAIT,
+            )
+            .await;
+        let missing = client
+            .exec_within(node, request(&["no-such-command", "x"]), WAIT)
+            .await;
+        let long = client
+            .exec_within(node, request(&["sh", "-c", &big]), WAIT)
+            .await;
+        let mut slow = request(&["sleep", "60"]);
+        slow.timeout_secs = 1;
+        let slow = client.exec_within(node, slow, WAIT).await;
+        (both, missing, long, slow)
+    });
+    let both = both.expect("ran");
+    assert_eq!(
+        (
+            both.exit_code,
+            both.stdout.as_slice(),
+            both.stderr.as_slice()
+        ),
+        (3, b"out\n".as_slice(), b"err\n".as_slice())
+    );
+    assert!(!both.truncated);
+    // A command that does not exist: runc cannot start the exec process, so
+    // containerd fails the ExecSync call (no exit code), naming it.
+    match missing {
+        Err(ClientError::Agent { message, .. }) => assert!(
+            message.contains(r#"exec: "no-such-command": executable file not found in $PATH"#),
+            "{message}"
+        ),
+        other => panic!("the runtime's error: {other:?}"),
+    }
+    // Over its timeout: containerd gives up on the exec with an error.
+    match slow {
+        Err(ClientError::Agent { message, .. }) => {
+            assert!(message.contains("timeout 1s exceeded"), "{message}")
+        }
+        other => panic!("the runtime's timeout: {other:?}"),
+    }
+    let long = long.expect("ran");
+    assert_eq!(long.exit_code, 0);
+    assert!(long.truncated, "cut at the bound");
+    assert_eq!(long.stdout.len(), MAX_EXEC_OUTPUT);
+    assert!(long.stdout.iter().all(|b| *b == 0) && long.stderr.is_empty());
+}
+
 #[test]
 fn init_output_env_and_config_files_reach_the_app() {
     if !cri_tests_can_run("init_output_env_and_config_files_reach_the_app") {

@@ -23,7 +23,7 @@ use crate::model::{
     PodPhase, PodSource, PodSpec, PodStatus, RestartPolicy, Rollout, samples,
 };
 use crate::mqtt::{AckToken, SessionCommand, SessionEvent};
-use crate::runtime::fake::{FakeRuntime, Start};
+use crate::runtime::fake::{Call, FakeRuntime, Start};
 use crate::runtime::{LazyRuntime, Runtime};
 use crate::store::Store;
 use crate::wire::{self, Message, Topics};
@@ -59,6 +59,25 @@ impl Device {
     fn start(&self) -> Agent {
         Agent::start(self.config.clone(), self.dir.path())
     }
+
+    /// Starts an agent whose fake runtime is in the CRI slot (container
+    /// pods) and whose Wasm runtime can never be made: making it sets
+    /// `wasm_made` and fails.
+    fn start_with_cri(&self, wasm_made: Arc<std::sync::atomic::AtomicBool>) -> Agent {
+        let runtime = FakeRuntime::new();
+        let cri: Arc<dyn Runtime> = runtime.clone();
+        let wasm = LazyRuntime::new(Box::new(move || {
+            wasm_made.store(true, std::sync::atomic::Ordering::SeqCst);
+            anyhow::bail!("this test's Wasm runtime is never made")
+        }));
+        Agent::with_runtimes(
+            self.config.clone(),
+            self.dir.path(),
+            runtime,
+            wasm,
+            Some(cri),
+        )
+    }
 }
 
 /// A running controller and the test's ends of its channels.
@@ -76,14 +95,25 @@ struct Agent {
 
 impl Agent {
     fn start(config: Config, dir: &Path) -> Agent {
-        let store = Arc::new(Store::open(&dir.join("state.redb")).expect("store opens"));
         let runtime = FakeRuntime::new();
         let made: Arc<dyn Runtime> = runtime.clone();
+        let wasm = LazyRuntime::new(Box::new(move || Ok(made)));
+        Agent::with_runtimes(config, dir, runtime, wasm, None)
+    }
+
+    fn with_runtimes(
+        config: Config,
+        dir: &Path,
+        runtime: Arc<FakeRuntime>,
+        wasm: LazyRuntime,
+        cri: Option<Arc<dyn Runtime>>,
+    ) -> Agent {
+        let store = Arc::new(Store::open(&dir.join("state.redb")).expect("store opens"));
         let (mut controller, receivers) = Controller::new(Parts {
             config,
             store: store.clone(),
-            wasm: Some(LazyRuntime::new(Box::new(move || Ok(made)))),
-            cri: None,
+            wasm: Some(wasm),
+            cri,
             node_info: NodeInfo::default(),
             addresses: Vec::new(),
             sealing: Some(sealing_key()),
@@ -1032,7 +1062,7 @@ async fn a_stats_request_gets_one_reply_with_the_running_containers_usage() {
         ),
         (
             &wrong_kind,
-            "bad request: expected a LogRequest or StatsRequest message, got Tombstone",
+            "bad request: expected a LogRequest, StatsRequest or ExecRequest message, got Tombstone",
         ),
     ] {
         match published(&agent, topic).as_slice() {
@@ -1043,4 +1073,160 @@ async fn a_stats_request_gets_one_reply_with_the_running_containers_usage() {
             other => panic!("one error chunk: {other:?}"),
         }
     }
+}
+
+/// Asks the agent to run `command` in `container` of `pod` over the exec
+/// RPC; returns the response topic.
+fn exec(agent: &Agent, id: &str, pod: &str, container: &str, command: &[&str]) -> String {
+    let request = Message::ExecRequest(crate::model::ExecRequest {
+        request_id: id.into(),
+        namespace: "default".into(),
+        pod: pod.into(),
+        container: container.into(),
+        command: command.iter().map(|w| w.to_string()).collect(),
+        timeout_secs: 10,
+    });
+    let payload = wire::encode(0, &request).expect("encodes");
+    agent.send(&agent.topics.rpc_request(NODE, id), payload);
+    agent.topics.rpc_response(NODE, id)
+}
+
+/// The one exec reply published on `topic`, once it is there.
+async fn exec_reply(agent: &mut Agent, topic: &str) -> Result<crate::model::ExecOutput, String> {
+    agent
+        .until("the exec reply", |a| !published(a, topic).is_empty())
+        .await;
+    match published(agent, topic).as_slice() {
+        [Message::ExecReply(r)] => {
+            assert_eq!(Some(r.request_id.as_str()), topic.rsplit('/').next());
+            r.result.clone()
+        }
+        other => panic!("one ExecReply: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exec_request_runs_in_a_running_container_and_gets_one_reply() {
+    let device = Device::new();
+    let wasm_made = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut agent = device.start_with_cri(wasm_made.clone());
+    let mut web = pod("web", 1, RestartPolicy::Always, &["app"]);
+    web.runtime = crate::model::RuntimeKind::Container;
+    agent.apply(&web);
+    agent
+        .until("web running", |a| a.phase("web") == Some(PodPhase::Running))
+        .await;
+
+    // The fake runtime's echo (`runtime::fake`), its exit code, and output
+    // cut to the bound.
+    let echo = exec(&agent, "e1", "web", "app", &["echo", "hi there"]);
+    let out = exec_reply(&mut agent, &echo).await.expect("ran");
+    assert_eq!(out.exit_code, 0);
+    assert_eq!(out.stdout, b"echo hi there\n");
+    assert!(out.stderr.is_empty() && !out.truncated);
+    let failed = exec(&agent, "e2", "web", "app", &["exit", "3"]);
+    assert_eq!(
+        exec_reply(&mut agent, &failed)
+            .await
+            .expect("ran")
+            .exit_code,
+        3
+    );
+    let big = (crate::model::validate::MAX_EXEC_OUTPUT + 10).to_string();
+    let long = exec(&agent, "e3", "web", "app", &["yes", &big]);
+    let out = exec_reply(&mut agent, &long).await.expect("ran");
+    assert!(out.truncated);
+    let max = crate::model::validate::MAX_EXEC_OUTPUT;
+    assert_eq!((out.stdout.len(), out.stderr.len()), (max, max));
+
+    // Refusals, each the one reply's error.
+    for (id, pod, container, says) in [
+        (
+            "e4",
+            "nope",
+            "app",
+            r#"pod "default/nope" not found on node edge-1"#,
+        ),
+        (
+            "e5",
+            "web",
+            "db",
+            r#"container "db" not found in pod "default/web""#,
+        ),
+    ] {
+        let topic = exec(&agent, id, pod, container, &["ls"]);
+        assert_eq!(exec_reply(&mut agent, &topic).await, Err(says.to_string()));
+    }
+
+    // A body naming another request: a bad request, as for the other RPCs.
+    let mismatched = exec(&agent, "e6", "web", "app", &["ls"]);
+    let other = Message::ExecRequest(crate::model::ExecRequest {
+        request_id: "e7".into(),
+        namespace: "default".into(),
+        pod: "web".into(),
+        container: "app".into(),
+        command: vec!["ls".into()],
+        timeout_secs: 1,
+    });
+    agent.send(
+        &agent.topics.rpc_request(NODE, "e8"),
+        wire::encode(0, &other).expect("encodes"),
+    );
+    let wrong = agent.topics.rpc_response(NODE, "e8");
+    agent
+        .until("the refusal", |a| !published(a, &wrong).is_empty())
+        .await;
+    match published(&agent, &wrong).as_slice() {
+        [Message::LogChunk(c)] => assert_eq!(
+            c.error.as_deref(),
+            Some(r#"bad request: the request id "e7" is not the topic's "e8""#)
+        ),
+        other => panic!("one error chunk: {other:?}"),
+    }
+    let _ = exec_reply(&mut agent, &mismatched).await;
+    assert!(
+        !wasm_made.load(std::sync::atomic::Ordering::SeqCst),
+        "an exec never makes the Wasm runtime"
+    );
+
+    // A container that has ended is not running.
+    agent.runtime.script("task", [Start::Exit(0)]);
+    let mut job = pod("job", 1, RestartPolicy::Never, &["task"]);
+    job.runtime = crate::model::RuntimeKind::Container;
+    agent.apply(&job);
+    agent
+        .until("job succeeded", |a| {
+            a.phase("job") == Some(PodPhase::Succeeded)
+        })
+        .await;
+    let ended = exec(&agent, "e9", "job", "task", &["ls"]);
+    assert_eq!(
+        exec_reply(&mut agent, &ended).await,
+        Err(r#"container "task" in pod "default/job" is not running"#.into())
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exec_request_in_a_wasm_pod_is_refused() {
+    let device = Device::new();
+    let mut agent = device.start();
+    agent.apply(&pod("web", 1, RestartPolicy::Always, &["app"]));
+    agent
+        .until("web running", |a| a.phase("web") == Some(PodPhase::Running))
+        .await;
+    let topic = exec(&agent, "w1", "web", "app", &["ls"]);
+    assert_eq!(
+        exec_reply(&mut agent, &topic).await,
+        Err(r#"exec is not supported for WebAssembly containers (container "app" of pod "default/web" runs as a Wasm module inside the agent)"#.into())
+    );
+    assert!(
+        agent
+            .runtime
+            .calls()
+            .iter()
+            .all(|c| !matches!(c, Call::Cleanup { .. })),
+        "the pod kept running"
+    );
+    agent.stop().await;
 }

@@ -12,6 +12,7 @@ mod controller_tests;
 pub mod data;
 pub mod decide;
 pub mod event_budget;
+pub mod exec_rpc;
 mod fleet;
 pub mod logs_rpc;
 pub mod pod_machine;
@@ -34,8 +35,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{BrokerUrl, Config};
 use crate::model::{
-    DesiredIndex, Event, EventType, LogRequest, NodeInfo, NodeStatus, PodKey, PodPhase, PodSource,
-    PodSpec, PodStatus, RuntimeKind, now_ms,
+    DesiredIndex, Event, EventType, ExecRequest, LogRequest, NodeInfo, NodeStatus, PodKey,
+    PodPhase, PodSource, PodSpec, PodStatus, RuntimeKind, now_ms,
 };
 use crate::mqtt::{self, AckToken, SessionCommand, SessionEvent, SessionSettings};
 use crate::runtime::{LazyRuntime, PodContext, Runtime};
@@ -1839,12 +1840,15 @@ impl Controller {
                 tokio::spawn(serve);
                 return;
             }
-            Ok(Message::StatsRequest(r)) => format!(
-                "the request id {:?} is not the topic's {request_id:?}",
-                r.request_id
-            ),
+            Ok(Message::ExecRequest(r)) if r.request_id == request_id => {
+                return self.on_exec_request(session, reply_topic, r);
+            }
+            Ok(
+                Message::StatsRequest(crate::model::StatsRequest { request_id: id })
+                | Message::ExecRequest(crate::model::ExecRequest { request_id: id, .. }),
+            ) => format!("the request id {id:?} is not the topic's {request_id:?}"),
             Ok(other) => wire::WireError::WrongKind {
-                expected: "LogRequest or StatsRequest",
+                expected: "LogRequest, StatsRequest or ExecRequest",
                 found: other.kind().name(),
             }
             .to_string(),
@@ -1856,6 +1860,37 @@ impl Controller {
             &request_id,
             format!("bad request: {bad}"),
         );
+    }
+
+    /// An exec request: its container chosen here (`exec_rpc::target`),
+    /// the command run by a task of its own (`exec_rpc::serve`). Never makes
+    /// the Wasm runtime: a Wasm container is refused before.
+    fn on_exec_request(
+        &mut self,
+        session: mpsc::UnboundedSender<SessionCommand>,
+        reply_topic: String,
+        request: ExecRequest,
+    ) {
+        let first = request.command.first().map_or("", String::as_str);
+        let span = tracing::info_span!(
+            "exec",
+            namespace = %request.namespace,
+            pod = %request.pod,
+            container = %request.container,
+            command = %first,
+        );
+        span.in_scope(|| info!(command = ?request.command, "exec"));
+        let key = PodKey::new(&request.namespace, &request.pod);
+        let spec = self.pods.get(&key).map(|e| &e.spec);
+        let run_in = {
+            let board = self.board.lock().unwrap_or_else(|p| p.into_inner());
+            exec_rpc::target(&self.node, &request, spec, board.get(&key)).map(str::to_string)
+        };
+        let run_in = run_in.and_then(|id| match &self.cri {
+            Some(cri) => Ok((cri.clone(), id)),
+            None => Err("no container runtime (CRI) is configured on this node".into()),
+        });
+        tokio::spawn(exec_rpc::serve(session, reply_topic, request, run_in, span));
     }
 
     /// A log request: checked against the pod's spec here, then served by

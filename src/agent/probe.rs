@@ -106,11 +106,16 @@ pub async fn check(
     match &probe.handler {
         ProbeHandler::Exec { command } => {
             match runtime.exec_sync(container_id, command, timeout).await {
-                Ok((0, _)) => Ok(()),
-                Ok((code, output)) => Err(format!(
-                    "command {command:?} exited with {code}: {}",
-                    output.trim()
-                )),
+                Ok(out) if out.exit_code == 0 => Ok(()),
+                Ok(out) => {
+                    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+                    output.push_str(&String::from_utf8_lossy(&out.stderr));
+                    Err(format!(
+                        "command {command:?} exited with {}: {}",
+                        out.exit_code,
+                        output.trim()
+                    ))
+                }
                 Err(e) => Err(e.to_string()),
             }
         }

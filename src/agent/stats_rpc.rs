@@ -171,7 +171,12 @@ pub async fn serve(
         tracing::warn!(request = %request_id, error = %e, "cannot sample stats");
     }
     let reply = Message::StatsReply(StatsReply { request_id, result });
-    match wire::encode(0, &reply) {
+    publish(&session, topic, &reply);
+}
+
+/// Publishes an RPC's one reply (QoS 1, not retained).
+pub fn publish(session: &mpsc::UnboundedSender<SessionCommand>, topic: String, reply: &Message) {
+    match wire::encode(0, reply) {
         Ok(payload) => {
             let _ = session.send(SessionCommand::Publish {
                 topic,
@@ -180,7 +185,7 @@ pub async fn serve(
                 qos: QoS::AtLeastOnce,
             });
         }
-        Err(e) => tracing::warn!(error = %e, "cannot encode the stats reply"),
+        Err(e) => tracing::warn!(error = %e, "cannot encode the reply"),
     }
 }
 

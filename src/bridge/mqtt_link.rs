@@ -155,6 +155,17 @@ impl MqttLink {
         self.client.stats(node).await
     }
 
+    /// Runs a command in a container on `node` and waits at most `timeout`
+    /// for its output (the exec RPC, docs/wire.md: no stdin, no tty).
+    pub async fn exec(
+        &self,
+        node: &str,
+        request: crate::model::ExecRequest,
+        timeout: std::time::Duration,
+    ) -> Result<crate::model::ExecOutput, ClientError> {
+        self.client.exec_within(node, request, timeout).await
+    }
+
     /// Counters of the log RPC.
     pub fn log_stats(&self) -> Arc<LogStats> {
         self.client.log_stats()

@@ -2,8 +2,9 @@
 //! (the kubelet API's `/containerLogs`): a request on
 //! `{node}/rpc/req/{id}`, its chunks on `{node}/rpc/res/{id}` (docs/wire.md),
 //! routed to the reader of each stream with a bound on what waits for it.
-//! The stats RPC's one `StatsReply` (or an agent's `LogChunk` error, from an
-//! old agent or a bad request) takes the same routes to its waiter.
+//! The stats and exec RPCs' one reply (`StatsReply`, `ExecReply`; or an
+//! agent's `LogChunk` error, from an old agent or a bad request) takes the
+//! same routes to its waiter.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,11 +13,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::model::{LogChunk, NodeStats, StatsReply};
+use crate::model::LogChunk;
 use crate::wire::{self, Message, TopicKind, Topics};
 
-/// What a stats request's waiter gets: the stats or the agent's error.
-pub type StatsResult = Result<NodeStats, String>;
+/// What a stats or exec request's waiter gets: the agent's reply (a
+/// `StatsReply` or an `ExecReply` for this request) or the agent's error.
+pub type ReplyResult = Result<Message, String>;
 
 /// Log bytes one stream may hold in the bridge, received from the device
 /// and not yet taken by the HTTP reader.
@@ -52,8 +54,8 @@ struct Route {
 /// traffic, node status and reports, keeps flowing.)
 pub struct LogRoutes {
     routes: HashMap<String, Route>,
-    /// Open stats requests: each waits for one answer.
-    replies: HashMap<String, oneshot::Sender<StatsResult>>,
+    /// Open stats and exec requests: each waits for one answer.
+    replies: HashMap<String, oneshot::Sender<ReplyResult>>,
     stats: Arc<LogStats>,
     stream_limit: usize,
     total_limit: usize,
@@ -89,8 +91,8 @@ impl LogRoutes {
         }
     }
 
-    /// Opens a route for one stats reply.
-    pub fn expect_reply(&mut self, id: &str) -> oneshot::Receiver<StatsResult> {
+    /// Opens a route for one stats or exec reply.
+    pub fn expect_reply(&mut self, id: &str) -> oneshot::Receiver<ReplyResult> {
         let (tx, rx) = oneshot::channel();
         self.replies.insert(id.to_string(), tx);
         rx
@@ -106,27 +108,34 @@ impl LogRoutes {
         self.routes.contains_key(id) || self.replies.contains_key(id)
     }
 
-    /// Hands a stats reply to its waiter; the route is then closed.
-    pub fn reply(&mut self, request_id: &str, reply: StatsReply) {
+    /// Hands a reply (`StatsReply`, `ExecReply`) to its waiter; the route
+    /// is then closed. A reply naming another request is an error.
+    pub fn reply(&mut self, request_id: &str, reply: Message) {
+        let answers = match &reply {
+            Message::StatsReply(r) => &r.request_id,
+            Message::ExecReply(r) => &r.request_id,
+            _ => return,
+        };
         if let Some(tx) = self.replies.remove(request_id) {
-            let result = match reply.result {
-                Ok(_) if reply.request_id != request_id => Err(format!(
-                    "the reply is for request {:?}, not {request_id:?}",
-                    reply.request_id
-                )),
-                r => r,
+            let result = if answers == request_id {
+                Ok(reply)
+            } else {
+                Err(format!(
+                    "the reply is for request {answers:?}, not {request_id:?}"
+                ))
             };
             let _ = tx.send(result);
         }
     }
 
     /// Queues a chunk for its reader, or cuts the stream if the reader is
-    /// too far behind. A chunk for a stats request is the agent's refusal.
+    /// too far behind. A chunk for a stats or exec request is the agent's
+    /// refusal.
     pub fn route(&mut self, request_id: &str, chunk: LogChunk) {
         if let Some(tx) = self.replies.remove(request_id) {
             let e = chunk
                 .error
-                .unwrap_or_else(|| "a log chunk, not a stats reply".into());
+                .unwrap_or_else(|| "a log chunk, not a reply".into());
             let _ = tx.send(Err(e));
             return;
         }
@@ -229,7 +238,7 @@ impl Rpc {
         self.routes().close(id);
     }
 
-    pub(crate) fn expect_reply(&self, id: &str) -> oneshot::Receiver<StatsResult> {
+    pub(crate) fn expect_reply(&self, id: &str) -> oneshot::Receiver<ReplyResult> {
         self.routes().expect_reply(id)
     }
 
@@ -244,8 +253,8 @@ impl Rpc {
             };
             match wire::decode(payload).map(|e| e.message) {
                 Ok(Message::LogChunk(chunk)) => rpc.routes().route(&request_id, chunk),
-                Ok(Message::StatsReply(reply)) => rpc.routes().reply(&request_id, reply),
-                _ => {}
+                Ok(reply) => rpc.routes().reply(&request_id, reply),
+                Err(_) => {}
             }
             true
         })
@@ -287,7 +296,7 @@ impl Drop for LogStream {
     }
 }
 
-/// A stats request in flight: leaves its route and response topic when
+/// A stats or exec request in flight: leaves its route and response topic when
 /// dropped (answered, timed out or cancelled).
 pub(crate) struct PendingReply {
     pub(crate) id: String,
@@ -360,36 +369,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stats_request_gets_its_reply_or_the_agents_error_chunk() {
+    async fn a_request_gets_its_reply_or_the_agents_error_chunk() {
+        use crate::model::{ExecOutput, ExecReply, NodeStats, StatsReply};
         let mut routes = LogRoutes::new(Arc::new(LogStats::default()), 100, 100);
         let ok = routes.expect_reply("a");
         let refused = routes.expect_reply("b");
         let stray = routes.expect_reply("c");
+        let exec = routes.expect_reply("d");
         assert!(routes.is_open("a"));
         let stats = NodeStats {
             start_time_ms: 7,
             ..Default::default()
         };
-        routes.reply(
-            "a",
-            StatsReply {
-                request_id: "a".into(),
-                result: Ok(stats.clone()),
-            },
-        );
+        let reply = Message::StatsReply(StatsReply {
+            request_id: "a".into(),
+            result: Ok(stats.clone()),
+        });
+        routes.reply("a", reply.clone());
+        let exec_reply = Message::ExecReply(ExecReply {
+            request_id: "d".into(),
+            result: Ok(ExecOutput::default()),
+        });
+        // Another kind on a reply route is not an answer.
+        routes.reply("d", Message::Tombstone);
+        assert!(routes.is_open("d"));
+        routes.reply("d", exec_reply.clone());
         // An old agent cannot read the request: its answer is a log chunk.
         let mut old = chunk(b"", true);
         old.error = Some("bad request: unsupported schema version 6".into());
         routes.route("b", old);
         routes.reply(
             "c",
-            StatsReply {
+            Message::StatsReply(StatsReply {
                 request_id: "x".into(),
-                result: Ok(stats.clone()),
-            },
+                result: Ok(stats),
+            }),
         );
         assert!(!routes.is_open("a") && !routes.is_open("b") && !routes.is_open("c"));
-        assert_eq!(ok.await.expect("answered"), Ok(stats));
+        assert!(!routes.is_open("d"));
+        assert_eq!(ok.await.expect("answered"), Ok(reply));
+        assert_eq!(exec.await.expect("answered"), Ok(exec_reply));
         assert_eq!(
             refused.await.expect("answered"),
             Err("bad request: unsupported schema version 6".into())

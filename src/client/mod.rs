@@ -21,7 +21,9 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::model::{LogRequest, NodeStats, StatsRequest};
+use crate::model::{
+    ExecOutput, ExecReply, ExecRequest, LogRequest, NodeStats, StatsReply, StatsRequest,
+};
 use crate::mqtt::{self, EventTx, OptionsError, Reconnect, SessionCommand, SessionEvent};
 use crate::trust::{Signer, TrustError};
 use crate::wire::{self, Message, Topics, WireError};
@@ -344,14 +346,70 @@ impl Client {
         node: &str,
         timeout: Duration,
     ) -> Result<NodeStats, ClientError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let request = Message::StatsRequest(StatsRequest {
+            request_id: id.clone(),
+        });
+        match self.ask(node, id, request, timeout).await? {
+            Message::StatsReply(StatsReply { result: Ok(s), .. }) => Ok(s),
+            other => Err(self.not_answered(node, other)),
+        }
+    }
+
+    /// Runs `request.command` in a container on `node` (docs/wire.md, "Exec
+    /// RPC": no stdin, no tty; the whole output comes back at the end) and
+    /// waits at most `timeout` for the answer, which should be longer than
+    /// `request.timeout_secs`. An empty `request_id` is given a fresh one.
+    /// The agent's refusal, the runtime's error and an old agent's error
+    /// chunk are `ClientError::Agent`; a command that ran and failed is an
+    /// `ExecOutput` with its exit code.
+    pub async fn exec_within(
+        &self,
+        node: &str,
+        mut request: ExecRequest,
+        timeout: Duration,
+    ) -> Result<ExecOutput, ClientError> {
+        if request.request_id.is_empty() {
+            request.request_id = uuid::Uuid::new_v4().simple().to_string();
+        }
+        let id = request.request_id.clone();
+        match self
+            .ask(node, id, Message::ExecRequest(request), timeout)
+            .await?
+        {
+            Message::ExecReply(ExecReply { result: Ok(o), .. }) => Ok(o),
+            other => Err(self.not_answered(node, other)),
+        }
+    }
+
+    /// The agent's error in a reply that carries no answer.
+    fn not_answered(&self, node: &str, reply: Message) -> ClientError {
+        let message = match reply {
+            Message::StatsReply(StatsReply { result: Err(e), .. })
+            | Message::ExecReply(ExecReply { result: Err(e), .. }) => e,
+            other => format!("unexpected {} reply", other.kind().name()),
+        };
+        ClientError::Agent {
+            node: node.to_string(),
+            message,
+        }
+    }
+
+    /// Publishes `request` (whose id is `id`) to `node` and waits at most
+    /// `timeout` for its one reply (publishing included). The response
+    /// topic is subscribed before the request goes out; the agent's error
+    /// chunk (an old agent's too) is `ClientError::Agent`.
+    async fn ask(
+        &self,
+        node: &str,
+        id: String,
+        request: Message,
+        timeout: Duration,
+    ) -> Result<Message, ClientError> {
         if !wire::valid_topic_level(node) {
             return Err(ClientError::Node(node.to_string()));
         }
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let request = StatsRequest {
-            request_id: id.clone(),
-        };
-        let payload = wire::encode(0, &Message::StatsRequest(request))?;
+        let payload = wire::encode(0, &request)?;
         let pending = logs::PendingReply {
             topic: self.topics.rpc_response(node, &id),
             id: id.clone(),
@@ -367,7 +425,7 @@ impl Client {
                 .map_err(|_| ClientError::NotConnected(self.url.to_string()))
         };
         match tokio::time::timeout(timeout, asked).await {
-            Ok(Ok(Ok(stats))) => Ok(stats),
+            Ok(Ok(Ok(reply))) => Ok(reply),
             Ok(Ok(Err(message))) => Err(ClientError::Agent {
                 node: node.to_string(),
                 message,

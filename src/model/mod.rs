@@ -680,6 +680,41 @@ pub struct StatsReply {
     pub result: Result<NodeStats, String>,
 }
 
+/// Runs a command in a running container and returns its output, like
+/// `kubectl exec` without stdin or a tty (docs/wire.md, "Exec RPC": the
+/// non-interactive first slice). Sent on the RPC request topic like a
+/// `LogRequest`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub request_id: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// The command and its arguments (not run through a shell).
+    pub command: Vec<String>,
+    /// How long the command may run before the runtime stops it.
+    pub timeout_secs: u32,
+}
+
+/// The answer to an `ExecRequest`: the command's output, or why it did not
+/// run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecReply {
+    pub request_id: String,
+    pub result: Result<ExecOutput, String>,
+}
+
+/// What a command run in a container gave: its exit code and its two
+/// output streams, each cut to `validate::MAX_EXEC_OUTPUT` (`truncated`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Either stream was longer than `MAX_EXEC_OUTPUT` and was cut.
+    pub truncated: bool,
+}
+
 /// A sample of the node's and its running containers' usage. Counters are
 /// cumulative (the reader computes rates from two samples, as
 /// metrics-server does from the kubelet's).

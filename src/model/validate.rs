@@ -12,9 +12,10 @@ use std::collections::BTreeSet;
 
 use super::selector::Selector;
 use super::{
-    Cohort, Container, ContainerState, ContainerStatus, DesiredIndex, Event, FleetDeployment,
-    FleetReport, Limit, LogChunk, LogRequest, NodeLabels, NodeStatus, PodSpec, PodStatus, Probe,
-    ProbeHandler, Revision, SealedPod, SecurityProfile, StatsReply, StatsRequest, VolumeSource,
+    Cohort, Container, ContainerState, ContainerStatus, DesiredIndex, Event, ExecReply,
+    ExecRequest, FleetDeployment, FleetReport, Limit, LogChunk, LogRequest, NodeLabels, NodeStatus,
+    PodSpec, PodStatus, Probe, ProbeHandler, Revision, SealedPod, SecurityProfile, StatsReply,
+    StatsRequest, VolumeSource,
 };
 
 /// Containers in one pod (app containers; init containers have their own
@@ -53,6 +54,15 @@ pub const MAX_INDEX_PODS: usize = 65_536;
 /// Pods in one `StatsReply` (each with at most twice `MAX_CONTAINERS`:
 /// app and init containers).
 pub const MAX_STATS_PODS: usize = 4096;
+/// Arguments of an exec request's command.
+pub const MAX_EXEC_ARGS: usize = 256;
+/// Bytes of an exec request's command, every argument together.
+pub const MAX_EXEC_COMMAND_BYTES: usize = 64 * 1024;
+/// The longest an exec request may ask its command to run.
+pub const MAX_EXEC_TIMEOUT_SECS: u32 = 3600;
+/// Bytes of each output stream in an `ExecReply` (the agent cuts longer
+/// output and says so: `ExecOutput::truncated`).
+pub const MAX_EXEC_OUTPUT: usize = 1024 * 1024;
 /// Cohorts and batches of one fleet deployment (a device reports the batch
 /// groups it is in as bits of a u64).
 pub const MAX_BATCHES: usize = 64;
@@ -161,14 +171,19 @@ pub fn uid(field: &str, value: &str) -> Result {
 /// Text of at most `max` bytes with no NUL (NUL cannot be in a path, an
 /// argument or an environment string).
 fn text(field: &str, value: &str, max: usize) -> Result {
-    if value.len() > max {
-        return Err(invalid(
-            field,
-            format!("Too long: {} bytes, at most {max}", value.len()),
-        ));
-    }
+    bytes(field, value.len(), max)?;
     if value.contains('\0') {
         return Err(invalid(field, "Invalid value: contains a NUL character"));
+    }
+    Ok(())
+}
+
+fn bytes(field: &str, n: usize, max: usize) -> Result {
+    if n > max {
+        return Err(invalid(
+            field,
+            format!("Too long: {n} bytes, at most {max}"),
+        ));
     }
     Ok(())
 }
@@ -931,6 +946,48 @@ impl Validate for StatsReply {
     }
 }
 
+impl Validate for ExecRequest {
+    fn validate(&self) -> Result {
+        request_id(&self.request_id)?;
+        label("namespace", "namespace", &self.namespace)?;
+        subdomain("pod", "pod name", &self.pod)?;
+        label("container", "container name", &self.container)?;
+        let n = self.command.len();
+        if n == 0 {
+            return Err(invalid("command", "Required value: a command to run"));
+        }
+        count("command", n, MAX_EXEC_ARGS)?;
+        let total = self.command.iter().map(String::len).sum();
+        bytes("command", total, MAX_EXEC_COMMAND_BYTES)?;
+        for arg in &self.command {
+            text("command", arg, MAX_EXEC_COMMAND_BYTES)?;
+        }
+        if !(1..=MAX_EXEC_TIMEOUT_SECS).contains(&self.timeout_secs) {
+            return Err(invalid(
+                "timeoutSeconds",
+                format!(
+                    "Invalid value: {}: must be from 1 to {MAX_EXEC_TIMEOUT_SECS}",
+                    self.timeout_secs
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for ExecReply {
+    fn validate(&self) -> Result {
+        request_id(&self.request_id)?;
+        match &self.result {
+            Ok(out) => {
+                bytes("stdout", out.stdout.len(), MAX_EXEC_OUTPUT)?;
+                bytes("stderr", out.stderr.len(), MAX_EXEC_OUTPUT)
+            }
+            Err(e) => text("error", e, MAX_MESSAGE),
+        }
+    }
+}
+
 impl Validate for DesiredIndex {
     fn validate(&self) -> Result {
         count("pods", self.pods.len(), MAX_INDEX_PODS)?;
@@ -1096,6 +1153,71 @@ mod tests {
         r.since_seconds = None;
         r.request_id = "../x".into();
         assert_eq!(r.validate().expect_err("refused").field, "requestId");
+    }
+
+    #[test]
+    fn exec_requests_are_bounded() {
+        let valid = ExecRequest {
+            request_id: "abc".into(),
+            namespace: "default".into(),
+            pod: "web.v1".into(),
+            container: "app".into(),
+            command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            timeout_secs: 1,
+        };
+        valid.validate().expect("valid");
+        let refused = |change: &dyn Fn(&mut ExecRequest)| {
+            let mut r = valid.clone();
+            change(&mut r);
+            r.validate().expect_err("refused").field
+        };
+        assert_eq!(refused(&|r| r.request_id = "../x".into()), "requestId");
+        assert_eq!(refused(&|r| r.namespace = "Default".into()), "namespace");
+        assert_eq!(refused(&|r| r.pod = "-web".into()), "pod");
+        assert_eq!(refused(&|r| r.container = "a.b".into()), "container");
+        assert_eq!(refused(&|r| r.command.clear()), "command");
+        assert_eq!(refused(&|r| r.command[2] = "a\0b".into()), "command");
+        assert_eq!(refused(&|r| r.timeout_secs = 0), "timeoutSeconds");
+        assert_eq!(
+            refused(&|r| r.timeout_secs = MAX_EXEC_TIMEOUT_SECS + 1),
+            "timeoutSeconds"
+        );
+        // At the bounds: 256 arguments, 64 KiB together, an hour.
+        let mut r = valid.clone();
+        r.command = vec!["x".repeat(MAX_EXEC_COMMAND_BYTES / MAX_EXEC_ARGS); MAX_EXEC_ARGS];
+        r.timeout_secs = MAX_EXEC_TIMEOUT_SECS;
+        r.validate().expect("at the bounds");
+        r.command.push(String::new());
+        assert_eq!(r.validate().expect_err("257 arguments").field, "command");
+        r.command.truncate(MAX_EXEC_ARGS);
+        r.command[0].push('x');
+        let e = r.validate().expect_err("one byte over");
+        assert_eq!(e.field, "command");
+        assert!(e.to_string().contains("65537 bytes"), "{e}");
+    }
+
+    #[test]
+    fn exec_replies_are_bounded() {
+        let mut reply = ExecReply {
+            request_id: "abc".into(),
+            result: Ok(ExecOutput {
+                exit_code: -1,
+                stdout: vec![0; MAX_EXEC_OUTPUT],
+                stderr: vec![0; MAX_EXEC_OUTPUT],
+                truncated: true,
+            }),
+        };
+        reply.validate().expect("valid at the bound");
+        if let Ok(out) = &mut reply.result {
+            out.stderr.push(0);
+        }
+        assert_eq!(reply.validate().expect_err("refused").field, "stderr");
+        reply.result = Err("x".repeat(MAX_MESSAGE + 1));
+        assert_eq!(reply.validate().expect_err("refused").field, "error");
+        reply.result = Err("no such container".into());
+        reply.validate().expect("an error");
+        reply.request_id = String::new();
+        assert_eq!(reply.validate().expect_err("refused").field, "requestId");
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //!
 //! Every running container reports a fixed usage ([`FakeRuntime::USAGE`]),
 //! the stats RPC's.
+//!
+//! `exec_sync` is a fake too, an echo: nothing runs. In a running container
+//! it answers stdout = the command's words joined by spaces and a newline,
+//! exit code 0; `exit N` exits with N (and echoes); `yes N` writes N bytes
+//! of `y` to stdout and `N` bytes of `n` to stderr (for the exec RPC's
+//! truncation). A container that is not running is an error.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +27,7 @@ use super::{
     BoxFuture, ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle,
     UsageMap,
 };
-use crate::model::{Container, PodKey, Usage};
+use crate::model::{Container, ExecOutput, PodKey, Usage};
 
 /// What the next start of a container does.
 #[derive(Debug)]
@@ -281,6 +287,41 @@ impl Runtime for FakeRuntime {
             uid: pod.spec.uid.clone(),
         });
         Box::pin(async {})
+    }
+
+    fn exec_sync<'a>(
+        &'a self,
+        container_id: &'a str,
+        command: &'a [String],
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<ExecOutput, RuntimeError>> {
+        let running = self.state().running.contains_key(container_id);
+        Box::pin(async move {
+            if !running {
+                return Err(RuntimeError::Unavailable(format!(
+                    "fake: container {container_id} is not running"
+                )));
+            }
+            let word = |i: usize| command.get(i).map(String::as_str);
+            let number = word(1).and_then(|n| n.parse::<usize>().ok());
+            Ok(match (word(0), number) {
+                (Some("yes"), Some(n)) => ExecOutput {
+                    exit_code: 0,
+                    stdout: vec![b'y'; n],
+                    stderr: vec![b'n'; n],
+                    truncated: false,
+                },
+                (first, n) => ExecOutput {
+                    exit_code: match (first, n) {
+                        (Some("exit"), Some(code)) => code as i32,
+                        _ => 0,
+                    },
+                    stdout: format!("{}\n", command.join(" ")).into_bytes(),
+                    stderr: Vec::new(),
+                    truncated: false,
+                },
+            })
+        })
     }
 
     fn container_usage(&self) -> BoxFuture<'_, Result<UsageMap, RuntimeError>> {

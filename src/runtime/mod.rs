@@ -27,7 +27,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
-use crate::model::{Container, Event, EventType, PodSpec, Usage};
+use crate::model::{Container, Event, EventType, ExecOutput, PodSpec, Usage};
 
 /// Container usage by container id, exactly as in
 /// `ContainerStatus.container_id` (`containerd://…`, `wasm://…`). A list,
@@ -184,14 +184,15 @@ pub trait Runtime: Send + Sync {
     ) -> BoxFuture<'a, Result<RunningContainer, RuntimeError>>;
     /// Removes what `prepare_pod` made, once every container has stopped.
     fn cleanup_pod<'a>(&'a self, pod: &'a PodContext) -> BoxFuture<'a, ()>;
-    /// Runs a command in a running container (exec probes); returns its exit
-    /// code and output.
+    /// Runs a command in a running container (exec probes, the exec RPC);
+    /// returns its exit code and its stdout and stderr, whole (the caller
+    /// bounds them; `truncated` is false).
     fn exec_sync<'a>(
         &'a self,
         _container_id: &'a str,
         _command: &'a [String],
         _timeout: Duration,
-    ) -> BoxFuture<'a, Result<(i32, String), RuntimeError>> {
+    ) -> BoxFuture<'a, Result<ExecOutput, RuntimeError>> {
         let name = self.name();
         Box::pin(async move {
             Err(RuntimeError::Unavailable(format!(

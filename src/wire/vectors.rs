@@ -464,6 +464,33 @@ pub(super) fn stats_reply() -> StatsReply {
     }
 }
 
+pub(super) fn exec_request() -> ExecRequest {
+    ExecRequest {
+        request_id: "5d1c9e3b7a2f4c6e8b0a1d3f5e7c9b2a".into(),
+        namespace: "factory".into(),
+        pod: "sensor".into(),
+        container: "reader".into(),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "cat /etc/hostname; id -u >&2".into(),
+        ],
+        timeout_secs: 30,
+    }
+}
+
+pub(super) fn exec_reply() -> ExecReply {
+    ExecReply {
+        request_id: "5d1c9e3b7a2f4c6e8b0a1d3f5e7c9b2a".into(),
+        result: Ok(ExecOutput {
+            exit_code: 3,
+            stdout: b"sensor\n".to_vec(),
+            stderr: b"0\n".to_vec(),
+            truncated: false,
+        }),
+    }
+}
+
 /// Every vector: file name, envelope seq, sample message.
 fn all() -> Vec<(&'static str, u64, Message)> {
     vec![
@@ -525,6 +552,12 @@ fn all() -> Vec<(&'static str, u64, Message)> {
             LOG_SEQ,
             Message::StatsReply(stats_reply()),
         ),
+        (
+            "exec_request.hex",
+            LOG_SEQ,
+            Message::ExecRequest(exec_request()),
+        ),
+        ("exec_reply.hex", LOG_SEQ, Message::ExecReply(exec_reply())),
     ]
 }
 
@@ -738,6 +771,16 @@ fn vector_stats_reply() {
 }
 
 #[test]
+fn vector_exec_request() {
+    check("exec_request.hex");
+}
+
+#[test]
+fn vector_exec_reply() {
+    check("exec_reply.hex");
+}
+
+#[test]
 fn vector_tombstone() {
     check("tombstone.hex");
 }
@@ -905,6 +948,14 @@ fn version_5_vectors_are_still_read() {
     signed_vectors_still_verify(5);
 }
 
+/// Version 6 had kinds 1–14 and every body as today's; its signed vectors
+/// still verify.
+#[test]
+fn version_6_vectors_are_still_read() {
+    older_vectors_are_still_read(6, 14);
+    signed_vectors_still_verify(6);
+}
+
 /// Versions 1 to 3 ran `command`, `args` and env values literally; version
 /// 4 expands them, so an older spec is read with them escaped and runs as
 /// before.
@@ -966,7 +1017,7 @@ fn older_specs_keep_their_literal_dollars() {
 fn vectors_cover_every_kind() {
     let mut kinds: Vec<u8> = all().iter().map(|(_, _, m)| m.kind() as u8).collect();
     kinds.sort_unstable();
-    assert_eq!(kinds, (1..=14).collect::<Vec<u8>>());
+    assert_eq!(kinds, (1..=16).collect::<Vec<u8>>());
     for k in 0..=u8::MAX {
         assert_eq!(Kind::from_u8(k).is_ok(), kinds.contains(&k), "kind {k}");
     }
@@ -1023,7 +1074,7 @@ fn write_vectors_then_fail_on_purpose() {
 #[test]
 fn envelope_layout_matches_the_spec() {
     let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
-    assert_eq!(bytes[0], 0x06, "version 6 as a one-byte varint");
+    assert_eq!(bytes[0], 0x07, "version 7 as a one-byte varint");
     assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
     assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
     assert_eq!(bytes[3], 0x00, "empty signature: length 0");

@@ -698,7 +698,7 @@ impl Runtime for CriRuntime {
         container_id: &'a str,
         command: &'a [String],
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<(i32, String), RuntimeError>> {
+    ) -> BoxFuture<'a, Result<crate::model::ExecOutput, RuntimeError>> {
         Box::pin(async move {
             let id = container_id
                 .split_once("://")
@@ -717,9 +717,12 @@ impl Runtime for CriRuntime {
                 .await
                 .map_err(|s| self.status_error("ExecSync", s))?
                 .into_inner();
-            let mut output = String::from_utf8_lossy(&r.stdout).into_owned();
-            output.push_str(&String::from_utf8_lossy(&r.stderr));
-            Ok((r.exit_code, output))
+            Ok(crate::model::ExecOutput {
+                exit_code: r.exit_code,
+                stdout: r.stdout,
+                stderr: r.stderr,
+                truncated: false,
+            })
         })
     }
 

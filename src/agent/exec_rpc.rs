@@ -1,0 +1,258 @@
+//! Serving the exec RPC (docs/wire.md, "Exec RPC"), its non-interactive
+//! first slice: a command run to its end in a running container, its exit
+//! code and output answered with exactly one `ExecReply`.
+//!
+//! Which container a request may run in is decided by a pure function
+//! (`target`) from the pod's spec and its last status; the command runs in
+//! a task of its own (`serve`), so a long command never holds up the agent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::model::validate::{MAX_EXEC_OUTPUT, MAX_MESSAGE};
+use crate::model::{
+    ContainerState, ExecOutput, ExecReply, ExecRequest, PodSpec, PodStatus, RuntimeKind,
+};
+use crate::mqtt::SessionCommand;
+use crate::runtime::Runtime;
+use crate::wire::Message;
+
+/// The id of the container `request` runs in, or the error the client
+/// sees: the pod must be on this node (`spec`), have the container, the
+/// container must be running (`status`) and not be a Wasm module.
+pub fn target<'a>(
+    node: &str,
+    request: &ExecRequest,
+    spec: Option<&PodSpec>,
+    status: Option<&'a PodStatus>,
+) -> Result<&'a str, String> {
+    let pod = format!("{}/{}", request.namespace, request.pod);
+    let name = &request.container;
+    let Some(spec) = spec else {
+        return Err(format!("pod {pod:?} not found on node {node}"));
+    };
+    if !spec
+        .containers
+        .iter()
+        .chain(&spec.init_containers)
+        .any(|c| &c.name == name)
+    {
+        return Err(format!("container {name:?} not found in pod {pod:?}"));
+    }
+    let running = status.and_then(|s| {
+        s.container_statuses
+            .iter()
+            .chain(&s.init_container_statuses)
+            .find(|c| {
+                &c.name == name
+                    && !c.container_id.is_empty()
+                    && matches!(c.state, ContainerState::Running { .. })
+            })
+    });
+    let Some(running) = running else {
+        return Err(format!("container {name:?} in pod {pod:?} is not running"));
+    };
+    if spec.runtime == RuntimeKind::Wasm {
+        return Err(format!(
+            "exec is not supported for WebAssembly containers (container {name:?} of pod {pod:?} runs as a Wasm module inside the agent)"
+        ));
+    }
+    Ok(&running.container_id)
+}
+
+/// Cuts each stream to `MAX_EXEC_OUTPUT` bytes; `truncated` says whether
+/// either was cut.
+pub fn bound(mut out: ExecOutput) -> ExecOutput {
+    for stream in [&mut out.stdout, &mut out.stderr] {
+        if stream.len() > MAX_EXEC_OUTPUT {
+            stream.truncate(MAX_EXEC_OUTPUT);
+            out.truncated = true;
+        }
+    }
+    out
+}
+
+/// An error text cut to what a reply may carry (`MAX_MESSAGE`), at a
+/// character boundary.
+pub fn clip_error(mut e: String) -> String {
+    if e.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !e.is_char_boundary(end) {
+            end -= 1;
+        }
+        e.truncate(end);
+    }
+    e
+}
+
+/// Answers one `ExecRequest` with one `ExecReply` on `topic`: `Err` when
+/// `target` refused it, else what the runtime gave for the command in
+/// `container_id`. The audit line is logged in `span`.
+pub async fn serve(
+    session: mpsc::UnboundedSender<SessionCommand>,
+    topic: String,
+    request: ExecRequest,
+    run_in: Result<(Arc<dyn Runtime>, String), String>,
+    span: tracing::Span,
+) {
+    let result = match run_in {
+        Ok((runtime, container_id)) => {
+            let timeout = Duration::from_secs(u64::from(request.timeout_secs));
+            match runtime
+                .exec_sync(&container_id, &request.command, timeout)
+                .await
+            {
+                Ok(out) => Ok(bound(out)),
+                Err(e) => Err(clip_error(e.to_string())),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    span.in_scope(|| match &result {
+        Ok(out) => tracing::debug!(exit_code = out.exit_code, "exec finished"),
+        Err(e) => tracing::info!(error = %e, "exec failed"),
+    });
+    let reply = Message::ExecReply(ExecReply {
+        request_id: request.request_id,
+        result,
+    });
+    super::stats_rpc::publish(&session, topic, &reply);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ContainerStatus, PodPhase, RestartPolicy, samples};
+
+    fn request(container: &str) -> ExecRequest {
+        ExecRequest {
+            request_id: "r1".into(),
+            namespace: "default".into(),
+            pod: "web".into(),
+            container: container.into(),
+            command: vec!["ls".into()],
+            timeout_secs: 5,
+        }
+    }
+
+    fn status_of(name: &str, id: &str, state: ContainerState) -> ContainerStatus {
+        ContainerStatus {
+            name: name.into(),
+            image: "i".into(),
+            image_id: String::new(),
+            container_id: id.into(),
+            ready: true,
+            started: true,
+            restart_count: 0,
+            state,
+            last_state: None,
+        }
+    }
+
+    fn spec(runtime: RuntimeKind) -> PodSpec {
+        let mut spec = samples::spec("web", "uid-web", 1, RestartPolicy::Always);
+        spec.runtime = runtime;
+        spec.init_containers = vec![samples::container("setup")];
+        spec.containers = vec![samples::container("app"), samples::container("idle")];
+        spec
+    }
+
+    fn status() -> PodStatus {
+        let running = ContainerState::Running { started_at_ms: 1 };
+        PodStatus {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: "uid-web".into(),
+            observed_generation: 1,
+            phase: PodPhase::Running,
+            conditions: vec![],
+            reason: None,
+            message: None,
+            start_time_ms: Some(1),
+            host_ip: None,
+            pod_ip: None,
+            init_container_statuses: vec![status_of("setup", "containerd://s", running.clone())],
+            container_statuses: vec![
+                status_of("app", "containerd://a", running),
+                status_of(
+                    "idle",
+                    "containerd://i",
+                    ContainerState::Waiting {
+                        reason: "CrashLoopBackOff".into(),
+                        message: None,
+                    },
+                ),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_running_container_of_a_pod_on_this_node_is_the_target() {
+        let (spec, status) = (spec(RuntimeKind::Container), status());
+        let t = |c: &str| target("gw1", &request(c), Some(&spec), Some(&status));
+        assert_eq!(t("app"), Ok("containerd://a"));
+        assert_eq!(t("setup"), Ok("containerd://s"), "a running init container");
+        assert_eq!(
+            t("idle"),
+            Err(r#"container "idle" in pod "default/web" is not running"#.into())
+        );
+        assert_eq!(
+            t("db"),
+            Err(r#"container "db" not found in pod "default/web""#.into())
+        );
+        assert_eq!(
+            target("gw1", &request("app"), None, Some(&status)),
+            Err(r#"pod "default/web" not found on node gw1"#.into())
+        );
+        assert_eq!(
+            target("gw1", &request("app"), Some(&spec), None),
+            Err(r#"container "app" in pod "default/web" is not running"#.into()),
+            "no status yet"
+        );
+    }
+
+    #[test]
+    fn a_wasm_container_is_refused() {
+        let (spec, status) = (spec(RuntimeKind::Wasm), status());
+        assert_eq!(
+            target("gw1", &request("app"), Some(&spec), Some(&status)),
+            Err(r#"exec is not supported for WebAssembly containers (container "app" of pod "default/web" runs as a Wasm module inside the agent)"#.into())
+        );
+    }
+
+    #[test]
+    fn output_is_cut_to_its_bound_and_says_so() {
+        let out = |stdout: usize, stderr: usize| ExecOutput {
+            exit_code: 1,
+            stdout: vec![b'o'; stdout],
+            stderr: vec![b'e'; stderr],
+            truncated: false,
+        };
+        assert_eq!(bound(out(3, MAX_EXEC_OUTPUT)), out(3, MAX_EXEC_OUTPUT));
+        let cut = bound(out(MAX_EXEC_OUTPUT + 1, 2));
+        assert!(cut.truncated);
+        assert_eq!((cut.stdout.len(), cut.stderr.len()), (MAX_EXEC_OUTPUT, 2));
+        let cut = bound(out(0, 3 * MAX_EXEC_OUTPUT));
+        assert!(cut.truncated && cut.stderr.len() == MAX_EXEC_OUTPUT);
+        let reply = ExecReply {
+            request_id: "r1".into(),
+            result: Ok(cut),
+        };
+        crate::model::validate::Validate::validate(&reply).expect("a cut reply is valid");
+    }
+
+    #[test]
+    fn a_long_error_is_clipped_at_a_character() {
+        assert_eq!(clip_error("short".into()), "short");
+        let long = "é".repeat(MAX_MESSAGE);
+        let clipped = clip_error(long);
+        assert!(clipped.len() <= MAX_MESSAGE && clipped.len() > MAX_MESSAGE - 2);
+        let reply = ExecReply {
+            request_id: "r1".into(),
+            result: Err(clipped),
+        };
+        crate::model::validate::Validate::validate(&reply).expect("valid");
+    }
+}
