@@ -3172,8 +3172,8 @@ fn kubectl_top_shows_edge_nodes_and_pods_through_a_real_metrics_server() {
 /// the apiserver upgrades to SPDY toward the bridge's kubelet API, the
 /// bridge runs the command on the device (the exec RPC) in a real
 /// containerd's container, and kubectl shows its stdout, its stderr and
-/// its exit code. A command that does not exist, `-i`, a Wasm container and
-/// a user without `pods/exec` are refused with what happened.
+/// its exit code. A command that does not exist, `-i`, `attach`, a Wasm
+/// container and a user without `pods/exec` are refused with what happened.
 #[test]
 fn kubectl_exec_runs_commands_in_edge_containers() {
     use support::cri::{BUSYBOX, Containerd, cri_tests_can_run};
@@ -3256,7 +3256,11 @@ fn kubectl_exec_runs_commands_in_edge_containers() {
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "out\n");
-    assert!(text(&out.stderr).starts_with("err\n"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with("err\n"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(
         text(&out.stderr).contains("command terminated with exit code 3"),
         "{}",
@@ -3287,6 +3291,14 @@ fn kubectl_exec_runs_commands_in_edge_containers() {
         text(&out.stderr)
     );
 
+    let out = kubectl.run(&["attach", "box"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("does not attach"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // A Wasm container runs inside the agent: no exec there.
     let out = kubectl.run(&["exec", "wasm", "--", "ls"]);
     assert!(!out.status.success());
@@ -3297,8 +3309,20 @@ fn kubectl_exec_runs_commands_in_edge_containers() {
     );
 
     // A user who may read pods but has no RBAC for pods/exec.
-    kubectl.ok(&["create", "role", "pod-reader", "--verb=get,list", "--resource=pods"]);
-    kubectl.ok(&["create", "rolebinding", "alice-reads", "--role=pod-reader", "--user=alice"]);
+    kubectl.ok(&[
+        "create",
+        "role",
+        "pod-reader",
+        "--verb=get,list",
+        "--resource=pods",
+    ]);
+    kubectl.ok(&[
+        "create",
+        "rolebinding",
+        "alice-reads",
+        "--role=pod-reader",
+        "--user=alice",
+    ]);
     let out = kubectl.run(&["--as=alice", "exec", "box", "--", "true"]);
     assert!(!out.status.success());
     assert!(
@@ -3310,9 +3334,8 @@ fn kubectl_exec_runs_commands_in_edge_containers() {
     // The audit line: who, which pod, which command.
     let log = w.bridge.log();
     assert!(
-        log.lines().any(|l| l.contains("exec")
-            && l.contains("box")
-            && l.contains("no-such-command")),
+        log.lines()
+            .any(|l| l.contains("exec") && l.contains("box") && l.contains("no-such-command")),
         "no audit line for the exec in the bridge's log"
     );
     drop(w);

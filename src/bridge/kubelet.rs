@@ -38,14 +38,14 @@ use super::kubelet_auth::{
     Authorizer, CertNameError, User, forbidden_message, request_attributes, user_from_certificate,
 };
 use super::mqtt_link::MqttLink;
-use super::remotecommand::{self, ExecOptions, Outcome};
+use super::remotecommand::{self, Outcome};
 use super::spdy;
 use super::usage;
 use super::writer::WriteStats;
 use crate::client::ClientError;
 use crate::client::logs::LogStats;
-use crate::model::{ExecRequest, LogRequest};
 use crate::model::validate::MAX_SINCE_SECONDS;
+use crate::model::{ExecRequest, LogRequest};
 
 /// How long the first log chunk may take (the CLI's limit too).
 const FIRST_CHUNK_TIMEOUT: Duration = Duration::from_secs(15);
@@ -513,9 +513,7 @@ async fn handle(
         return Err(ApiError::Forbidden(forbidden_message(&user.name, &attrs)));
     }
     // Streams are upgraded from a POST (or a GET, as the kubelet takes).
-    let streams = target
-        .as_ref()
-        .is_some_and(|t| t.verb != PodVerb::Logs);
+    let streams = target.as_ref().is_some_and(|t| t.verb != PodVerb::Logs);
     if req.method() != Method::GET && !(streams && req.method() == Method::POST) {
         return Err(ApiError::MethodNotAllowed);
     }
@@ -575,11 +573,21 @@ async fn handle(
                 pod: pod_name.to_string(),
                 container: container.to_string(),
             };
-            exec(ctx, user, target, req)
+            exec(ctx, user, target, req, None)
         }
-        PodVerb::Attach => Err(ApiError::Unsupported(
-            "kedge does not attach to a container's own streams yet (kubectl attach); kubectl exec without -i and -t works".into(),
-        )),
+        // The same session, to say why through the error stream: what
+        // kubectl shows of a refused upgrade depends on its path (the
+        // apiserver's WebSocket translation loses it when stdin is on).
+        PodVerb::Attach => {
+            let target = ExecTarget {
+                node,
+                namespace: ns.to_string(),
+                pod: pod_name.to_string(),
+                container: container.to_string(),
+            };
+            let why = "kedge does not attach to a container's own streams yet (kubectl attach); kubectl exec without -i and -t works";
+            exec(ctx, user, target, req, Some(why.to_string()))
+        }
         PodVerb::PortForward => Err(ApiError::Unsupported(
             "kedge does not forward ports yet (kubectl port-forward)".into(),
         )),
@@ -599,17 +607,24 @@ struct ExecTarget {
 /// own ([`remotecommand::serve`]), which runs the command once on the
 /// device. Every exec is logged (info) with who, which pod and which
 /// command, as an audit line.
+///
+/// What this bridge cannot do (stdin, a TTY, `refusal`: attach) is said
+/// as the session's error status, without running anything: kubectl shows
+/// that message on every path (SPDY, or WebSocket translated by the
+/// apiserver).
 fn exec(
     ctx: &Ctx,
     user: &User,
     target: ExecTarget,
     mut req: Request<Incoming>,
+    refusal: Option<String>,
 ) -> Result<Response<Body>, ApiError> {
     let options = remotecommand::parse_exec_query(req.uri().query().unwrap_or(""))
         .map_err(ApiError::BadQuery)?;
-    if let Some(why) = remotecommand::unsupported(&options) {
-        return Err(ApiError::Unsupported(why));
+    if refusal.is_none() && options.command.is_empty() {
+        return Err(ApiError::BadQuery(remotecommand::NO_COMMAND.into()));
     }
+    let refusal = refusal.or_else(|| remotecommand::unsupported(&options));
     if ctx.offline.read().is_ok_and(|o| o.contains(&target.node)) {
         return Err(ApiError::NodeOffline(target.node));
     }
@@ -664,7 +679,13 @@ fn exec(
                     return;
                 }
             };
-            let run = || run_exec(mqtt, target, options.command.clone());
+            let command = options.command.clone();
+            let run = || async move {
+                match refusal {
+                    Some(why) => Err(why),
+                    None => run_exec(mqtt, target, command).await,
+                }
+            };
             if let Err(e) = remotecommand::serve(TokioIo::new(upgraded), options.clone(), run).await
             {
                 debug!(error = %e, "exec session ended early");

@@ -6,8 +6,8 @@
 //! writes the output, the status (a `metav1.Status`, exit code and all) and
 //! ends the session.
 //!
-//! This is the non-interactive slice: no stdin and no TTY (refused before
-//! the upgrade with a message that says so), the output comes when the
+//! This is the non-interactive slice: no stdin and no TTY (the session
+//! says so as its error status, running nothing), the output comes when the
 //! command has ended, at most 1 MiB per stream (the device truncates and
 //! says so on stderr).
 //!
@@ -53,18 +53,23 @@ pub struct Outcome {
     pub truncated: bool,
 }
 
-/// Parses `command=sh&command=-c&command=…&stdout=1&…` as the kubelet does
-/// (a flag is on when it is `1`; `true` is taken too). With a TTY there is
-/// no stderr (the kubelet drops it the same way).
+/// The kubelet's answer to an exec without a command.
+pub const NO_COMMAND: &str = "you must specify at least one command for the container";
+
+/// Parses `command=sh&command=-c&command=…&output=1&…` as the kubelet does
+/// (an attach has the same parameters but no command):
+/// its parameters are `input`, `output`, `error` and `tty` (the apiserver
+/// renames kubectl's `stdin`, `stdout`, `stderr`), a flag is on when it is
+/// `1`. With a TTY there is no stderr (the kubelet drops it the same way).
 pub fn parse_exec_query(query: &str) -> Result<ExecOptions, String> {
     let mut o = ExecOptions::default();
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        let on = v == "1" || v == "true";
+        let on = v == "1";
         match &*k {
             "command" => o.command.push(v.into_owned()),
-            "stdin" => o.stdin = on,
-            "stdout" => o.stdout = on,
-            "stderr" => o.stderr = on,
+            "input" => o.stdin = on,
+            "output" => o.stdout = on,
+            "error" => o.stderr = on,
             "tty" => o.tty = on,
             _ => {}
         }
@@ -74,9 +79,6 @@ pub fn parse_exec_query(query: &str) -> Result<ExecOptions, String> {
     }
     if !o.stdin && !o.stdout && !o.stderr {
         return Err("you must specify at least 1 of stdin, stdout, stderr".into());
-    }
-    if o.command.is_empty() {
-        return Err("you must specify at least one command for the container".into());
     }
     Ok(o)
 }
@@ -98,9 +100,10 @@ pub fn negotiate<'a>(offered: impl IntoIterator<Item = &'a str>) -> Option<&'sta
         .then_some(PROTOCOL_V4)
 }
 
-/// The streams the client opens: error, and stdout/stderr as asked.
+/// The streams the client opens: error, stdin/stdout/stderr as asked, and
+/// resize with a TTY (v4).
 pub fn expected_streams(o: &ExecOptions) -> usize {
-    1 + usize::from(o.stdin) + usize::from(o.stdout) + usize::from(o.stderr)
+    1 + usize::from(o.stdin) + usize::from(o.stdout) + usize::from(o.stderr) + usize::from(o.tty)
 }
 
 /// The `metav1.Status` the error stream carries (v4): Success; a non-zero
@@ -258,7 +261,9 @@ where
         Err(_) => (Vec::new(), Vec::new()),
     };
     if result.as_ref().is_ok_and(|o| o.truncated) {
-        stderr.extend_from_slice(b"\nkedge: the output was cut at the device's bound (1 MiB per stream)\n");
+        stderr.extend_from_slice(
+            b"\nkedge: the output was cut at the device's bound (1 MiB per stream)\n",
+        );
     }
     for (id, data) in [(streams.stdout, stdout), (streams.stderr, stderr)] {
         let Some(id) = id else { continue };
@@ -310,21 +315,25 @@ mod tests {
 
     #[test]
     fn the_query_is_read_as_the_kubelet_reads_it() {
-        let o = opts("command=sh&command=-c&command=echo+a%20b%3B+exit+3&stdout=1&stderr=true");
+        let o = opts("command=sh&command=-c&command=echo+a%20b%3B+exit+3&output=1&error=1");
         assert_eq!(o.command, ["sh", "-c", "echo a b; exit 3"]);
         assert!(o.stdout && o.stderr && !o.stdin && !o.tty);
         assert_eq!(expected_streams(&o), 3);
         assert_eq!(unsupported(&o), None);
         // A TTY has no stderr.
-        let t = opts("command=sh&stdin=1&stdout=1&stderr=1&tty=1");
+        let t = opts("command=sh&input=1&output=1&error=1&tty=1");
         assert!(!t.stderr && t.tty && t.stdin);
+        // error, stdin, stdout and resize.
+        assert_eq!(expected_streams(&t), 4);
         assert!(unsupported(&t).is_some_and(|m| m.contains("-i and -t")));
         assert_eq!(
-            parse_exec_query("command=ls").unwrap_err(),
+            parse_exec_query("command=ls").expect_err("no stream"),
             "you must specify at least 1 of stdin, stdout, stderr"
         );
-        assert!(parse_exec_query("stdout=1").is_err());
-        assert_eq!(opts("command=ls&stdout=0&stderr=1").stdout, false);
+        assert!(parse_exec_query("output=1").is_ok_and(|o| o.command.is_empty()));
+        // kubectl's own names are not the kubelet's.
+        assert!(parse_exec_query("command=ls&stdout=1").is_err());
+        assert!(!opts("command=ls&output=0&error=1").stdout);
     }
 
     #[test]
@@ -378,7 +387,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_answers_each_stream_then_writes_output_status_and_goaway() {
         let (server_io, client_io) = tokio::io::duplex(64 * 1024);
-        let options = opts("command=sh&command=-c&command=x&stdout=1&stderr=1");
+        let options = opts("command=sh&command=-c&command=x&output=1&error=1");
         let big = vec![b'o'; 100_000];
         let stdout = big.clone();
         let server = tokio::spawn(serve(server_io, options, move || async move {
@@ -391,6 +400,10 @@ mod tests {
         }));
         let mut client = Framed::new(client_io, Codec::new());
         for (id, kind) in [(1, "error"), (3, "stdout"), (5, "stderr")] {
+            if id == 5 {
+                // Before the last stream: the command has not started yet.
+                client.send(Frame::Ping { id: 1 }).await.expect("ping");
+            }
             client
                 .send(Frame::SynStream {
                     stream_id: id,
@@ -402,7 +415,6 @@ mod tests {
                 .await
                 .expect("open");
         }
-        client.send(Frame::Ping { id: 1 }).await.expect("ping");
         let (mut replies, mut pongs, mut goaway) = (vec![], 0, None);
         let mut data: std::collections::HashMap<u32, Vec<u8>> = Default::default();
         let mut fins = vec![];
@@ -442,7 +454,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_goes_away_ends_the_session() {
         let (server_io, client_io) = tokio::io::duplex(1024);
-        let options = opts("command=true&stdout=1");
+        let options = opts("command=true&output=1");
         drop(client_io);
         let r = serve(server_io, options, || async {
             Err::<Outcome, _>("never run".to_string())

@@ -113,7 +113,9 @@ pub enum Frame {
     },
     /// A control frame of a type this side does not know: the spec says to
     /// ignore it.
-    Unknown { kind: u16 },
+    Unknown {
+        kind: u16,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -276,7 +278,9 @@ impl Codec {
                     }
                 }
                 Err(e) if e.needs_dictionary().is_some() => {
-                    self.inflate.set_dictionary(dictionary()).map_err(|e| err(&e))?;
+                    self.inflate
+                        .set_dictionary(dictionary())
+                        .map_err(|e| err(&e))?;
                 }
                 Err(e) => return Err(err(&e)),
             }
@@ -692,7 +696,10 @@ mod tests {
             kinds.push(match f {
                 Frame::SynStream {
                     stream_id, headers, ..
-                } => format!("{stream_id}:{}", header(&headers, "streamtype").unwrap_or("")),
+                } => format!(
+                    "{stream_id}:{}",
+                    header(&headers, "streamtype").unwrap_or("")
+                ),
                 Frame::Ping { id } => format!("ping {id}"),
                 Frame::Data {
                     stream_id, flags, ..
@@ -761,7 +768,10 @@ mod tests {
         assert!(matches!(r.decode(&mut buf), Err(SpdyError::Version(2))));
         // A PING of 3 bytes.
         let mut buf = BytesMut::from(&[0x80, 3, 0, 6, 0, 0, 0, 3, 0, 0, 1][..]);
-        assert!(matches!(r.decode(&mut buf), Err(SpdyError::Malformed { .. })));
+        assert!(matches!(
+            r.decode(&mut buf),
+            Err(SpdyError::Malformed { .. })
+        ));
         // A header block that is not zlib.
         let mut buf = BytesMut::from(&[0x80, 3, 0, 2, 0, 0, 0, 8, 0, 0, 0, 1, 1, 2, 3, 4][..]);
         assert!(matches!(r.decode(&mut buf), Err(SpdyError::HeaderBlock(_))));
