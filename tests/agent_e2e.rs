@@ -969,7 +969,7 @@ fn exec_refuses_wasm_containers_and_missing_pods_or_containers() {
         timeout_secs: 5,
         ..Default::default()
     };
-    let answers = with_client(&env.broker, async |client| {
+    let (answers, invalid) = with_client(&env.broker, async |client| {
         let mut answers = Vec::new();
         for (pod, container) in [("spinner", "main"), ("nope", "main"), ("spinner", "db")] {
             let r = client
@@ -977,7 +977,11 @@ fn exec_refuses_wasm_containers_and_missing_pods_or_containers() {
                 .await;
             answers.push(r);
         }
-        answers
+        // Refused by the client itself, as the agent would refuse it.
+        let mut empty = request("spinner", "main");
+        empty.command.clear();
+        let invalid = client.exec_within(&env.node, empty, WAIT).await;
+        (answers, invalid)
     });
     let node = &env.node;
     let expected = [
@@ -995,6 +999,12 @@ fn exec_refuses_wasm_containers_and_missing_pods_or_containers() {
             }
             other => panic!("expected the agent's refusal {says:?}, got {other:?}"),
         }
+    }
+    match invalid {
+        Err(ClientError::Wire(kedge::wire::WireError::Invalid { kind, invalid })) => {
+            assert_eq!((kind, invalid.field.as_str()), ("ExecRequest", "command"))
+        }
+        other => panic!("refused by the client: {other:?}"),
     }
     let s = env.status("spinner").expect("status");
     assert_eq!(phase(&s), "Running", "{s}");

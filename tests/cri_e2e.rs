@@ -313,7 +313,8 @@ spec:
         timeout_secs: 30,
         ..Default::default()
     };
-    let big = format!("head -c {} /dev/zero", MAX_EXEC_OUTPUT + 4096);
+    // More than tonic's default bound (4 MiB) for a gRPC message.
+    let big = format!("head -c {} /dev/zero", 6 * MAX_EXEC_OUTPUT);
     let (both, missing, long, slow) = with_client(&env.broker, async |client| {
         let node = env.node.as_str();
         let both = client

@@ -89,7 +89,7 @@ pub fn clip_error(mut e: String) -> String {
 
 /// Answers one `ExecRequest` with one `ExecReply` on `topic`: `Err` when
 /// `target` refused it, else what the runtime gave for the command in
-/// `container_id`. The audit line is logged in `span`.
+/// `container_id`. A failure is logged in `span` (the request's).
 pub async fn serve(
     session: mpsc::UnboundedSender<SessionCommand>,
     topic: String,
@@ -110,10 +110,9 @@ pub async fn serve(
         }
         Err(e) => Err(e),
     };
-    span.in_scope(|| match &result {
-        Ok(out) => tracing::debug!(exit_code = out.exit_code, "exec finished"),
-        Err(e) => tracing::info!(error = %e, "exec failed"),
-    });
+    if let Err(e) = &result {
+        span.in_scope(|| tracing::info!(error = %e, "exec failed"));
+    }
     let reply = Message::ExecReply(ExecReply {
         request_id: request.request_id,
         result,

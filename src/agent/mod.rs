@@ -1836,8 +1836,13 @@ impl Controller {
                 runtimes.extend(self.wasm.as_ref().and_then(LazyRuntime::made));
                 runtimes.extend(self.cri.clone());
                 let board = self.board.clone();
-                let serve = stats_rpc::serve(session, reply_topic, request_id, board, runtimes);
-                tokio::spawn(serve);
+                spawn_rpc(stats_rpc::serve(
+                    session,
+                    reply_topic,
+                    request_id,
+                    board,
+                    runtimes,
+                ));
                 return;
             }
             Ok(Message::ExecRequest(r)) if r.request_id == request_id => {
@@ -1890,7 +1895,7 @@ impl Controller {
             Some(cri) => Ok((cri.clone(), id)),
             None => Err("no container runtime (CRI) is configured on this node".into()),
         });
-        tokio::spawn(exec_rpc::serve(session, reply_topic, request, run_in, span));
+        spawn_rpc(exec_rpc::serve(session, reply_topic, request, run_in, span));
     }
 
     /// A log request: checked against the pod's spec here, then served by
@@ -1954,7 +1959,7 @@ impl Controller {
                 return;
             }
         };
-        tokio::spawn(logs_rpc::serve(
+        spawn_rpc(logs_rpc::serve(
             session,
             reply_topic,
             request,
@@ -1964,6 +1969,14 @@ impl Controller {
             self.board.clone(),
         ));
     }
+}
+
+/// Serves one RPC request on a task of its own. Boxed: the log, stats and
+/// exec RPCs share one task type instead of a tokio task harness each
+/// (device size).
+fn spawn_rpc(serve: impl Future<Output = ()> + Send + 'static) {
+    let serve: crate::runtime::BoxFuture<'static, ()> = Box::pin(serve);
+    tokio::spawn(serve);
 }
 
 #[cfg(test)]

@@ -360,9 +360,11 @@ impl Client {
     /// RPC": no stdin, no tty; the whole output comes back at the end) and
     /// waits at most `timeout` for the answer, which should be longer than
     /// `request.timeout_secs`. An empty `request_id` is given a fresh one.
-    /// The agent's refusal, the runtime's error and an old agent's error
-    /// chunk are `ClientError::Agent`; a command that ran and failed is an
-    /// `ExecOutput` with its exit code.
+    /// The request is validated here as the agent would (`model::validate`):
+    /// an invalid one is `ClientError::Wire(WireError::Invalid)` and is not
+    /// sent. The agent's refusal, the runtime's error and an old agent's
+    /// error chunk are `ClientError::Agent`; a command that ran and failed
+    /// is an `ExecOutput` with its exit code.
     pub async fn exec_within(
         &self,
         node: &str,
@@ -372,6 +374,11 @@ impl Client {
         if request.request_id.is_empty() {
             request.request_id = uuid::Uuid::new_v4().simple().to_string();
         }
+        use crate::model::validate::Validate;
+        request.validate().map_err(|invalid| WireError::Invalid {
+            kind: wire::Kind::ExecRequest.name(),
+            invalid,
+        })?;
         let id = request.request_id.clone();
         match self
             .ask(node, id, Message::ExecRequest(request), timeout)

@@ -100,7 +100,11 @@ impl CriRuntime {
                 }
             }));
         Ok(CriRuntime {
-            runtime: RuntimeServiceClient::new(channel.clone()),
+            // ExecSync answers with a command's whole output: up to
+            // containerd's own bound (16 MiB a stream, 16 MiB a message),
+            // not tonic's default 4 MiB, so the exec RPC cuts long output
+            // to its bound instead of failing on it.
+            runtime: RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(16 << 20),
             images: ImageServiceClient::new(channel.clone()),
             channel,
             opts,
