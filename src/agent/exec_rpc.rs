@@ -7,6 +7,7 @@
 //! a task of its own (`serve`), so a long command never holds up the agent.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -87,6 +88,36 @@ pub fn clip_error(mut e: String) -> String {
     e
 }
 
+/// Exec commands one agent runs at once: each holds a CRI call and up to
+/// 16 MiB of its answer.
+pub const MAX_AT_ONCE: usize = 8;
+
+/// One of the `MAX_AT_ONCE` places, given back when dropped.
+pub struct ExecSlot(Arc<AtomicUsize>);
+
+impl ExecSlot {
+    /// A place, or None when `MAX_AT_ONCE` commands run already.
+    pub fn take(running: &Arc<AtomicUsize>) -> Option<ExecSlot> {
+        running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_AT_ONCE).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ExecSlot(running.clone()))
+    }
+}
+
+impl Drop for ExecSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The refusal when every place is taken.
+pub fn busy(node: &str) -> String {
+    format!("node {node} already runs {MAX_AT_ONCE} exec commands; try again when one has ended")
+}
+
 /// Answers one `ExecRequest` with one `ExecReply` on `topic`: `Err` when
 /// `target` refused it, else what the runtime gave for the command in
 /// `container_id`. A failure is logged in `span` (the request's).
@@ -94,11 +125,11 @@ pub async fn serve(
     session: mpsc::UnboundedSender<SessionCommand>,
     topic: String,
     request: ExecRequest,
-    run_in: Result<(Arc<dyn Runtime>, String), String>,
+    run_in: Result<(Arc<dyn Runtime>, String, ExecSlot), String>,
     span: tracing::Span,
 ) {
     let result = match run_in {
-        Ok((runtime, container_id)) => {
+        Ok((runtime, container_id, _slot)) => {
             let timeout = Duration::from_secs(u64::from(request.timeout_secs));
             match runtime
                 .exec_sync(&container_id, &request.command, timeout)
@@ -210,6 +241,22 @@ mod tests {
             Err(r#"container "app" in pod "default/web" is not running"#.into()),
             "no status yet"
         );
+    }
+
+    #[test]
+    fn at_most_max_at_once_commands_run_and_a_place_comes_back_when_one_ends() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let mut slots: Vec<ExecSlot> = (0..MAX_AT_ONCE)
+            .map(|_| ExecSlot::take(&running).expect("a place"))
+            .collect();
+        assert!(ExecSlot::take(&running).is_none());
+        assert!(busy("gw1").contains("gw1 already runs 8 exec commands"));
+        slots.pop();
+        assert_eq!(running.load(Ordering::Acquire), MAX_AT_ONCE - 1);
+        let again = ExecSlot::take(&running).expect("the place given back");
+        assert_eq!(running.load(Ordering::Acquire), MAX_AT_ONCE);
+        drop((again, slots));
+        assert_eq!(running.load(Ordering::Acquire), 0);
     }
 
     #[test]

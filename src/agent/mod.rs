@@ -107,6 +107,8 @@ pub struct Controller {
     /// The CRI client (cheap: it connects on first use); None when
     /// `cri.endpoint` is empty or the build has no CRI support.
     cri: Option<Arc<dyn Runtime>>,
+    /// Exec commands running now (at most `exec_rpc::MAX_AT_ONCE`).
+    execs: Arc<std::sync::atomic::AtomicUsize>,
     policy: BackoffPolicy,
     pods: HashMap<PodKey, PodEntry>,
     board: StatusBoard,
@@ -599,6 +601,7 @@ impl Controller {
             store,
             wasm,
             cri,
+            execs: Arc::default(),
             policy: BackoffPolicy {
                 initial: Duration::from_millis(config.backoff.initial_ms),
                 max: Duration::from_millis(config.backoff.max_ms),
@@ -1894,6 +1897,11 @@ impl Controller {
         let run_in = run_in.and_then(|id| match &self.cri {
             Some(cri) => Ok((cri.clone(), id)),
             None => Err("no container runtime (CRI) is configured on this node".into()),
+        });
+        let run_in = run_in.and_then(|(cri, id)| {
+            exec_rpc::ExecSlot::take(&self.execs)
+                .map(|slot| (cri, id, slot))
+                .ok_or_else(|| exec_rpc::busy(&self.node))
         });
         spawn_rpc(exec_rpc::serve(session, reply_topic, request, run_in, span));
     }
