@@ -482,6 +482,127 @@ mod tests {
         );
     }
 
+    /// The relay against a real socket on loopback, its messages routed by
+    /// hand and its answers read from the session channel.
+    #[cfg(feature = "streams")]
+    mod relay {
+        use super::*;
+        use crate::model::{StreamData, StreamWindow};
+        use crate::wire::stream::{DEFAULT_WINDOW, IDLE_ERROR};
+        use tokio::io::AsyncReadExt;
+
+        const ID: &str = "0123456789abcdef0123456789abcdef";
+
+        async fn answer(rx: &mut mpsc::UnboundedReceiver<SessionCommand>) -> Message {
+            match rx.recv().await.expect("an answer") {
+                SessionCommand::Publish { topic, payload, .. } => {
+                    assert_eq!(topic, "res");
+                    crate::wire::decode(&payload).expect("decodes").message
+                }
+                _ => panic!("a publish"),
+            }
+        }
+
+        fn data(seq: u64, bytes: &[u8]) -> Message {
+            Message::StreamData(StreamData {
+                stream_id: ID.into(),
+                seq,
+                data: bytes.to_vec(),
+                fin: false,
+            })
+        }
+
+        async fn start() -> (
+            Streams,
+            mpsc::UnboundedReceiver<SessionCommand>,
+            tokio::net::TcpStream,
+        ) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("binds");
+            let addr = listener.local_addr().expect("addr");
+            let (session, mut rx) = mpsc::unbounded_channel();
+            let mut streams = Streams::default();
+            let mut o = open(addr.port());
+            o.stream_id = ID.into();
+            let inbox = streams.open(ID, o.window);
+            assert!(streams.is_open(ID) && streams.count() == 1);
+            tokio::spawn(relay(
+                session,
+                "res".into(),
+                o,
+                addr,
+                inbox,
+                tracing::Span::none(),
+            ));
+            let (pod, _) = listener.accept().await.expect("accepts");
+            assert_eq!(
+                answer(&mut rx).await,
+                Message::StreamWindow(StreamWindow {
+                    stream_id: ID.into(),
+                    credit: DEFAULT_WINDOW
+                }),
+                "connected"
+            );
+            (streams, rx, pod)
+        }
+
+        #[tokio::test]
+        async fn bytes_reach_the_pod_and_a_gap_ends_the_stream_with_its_error() {
+            let (mut streams, mut rx, mut pod) = start().await;
+            assert_eq!(streams.route(data(0, b"hello")), Routed::Done);
+            assert_eq!(
+                streams.route(data(0, b"hello")),
+                Routed::Done,
+                "a duplicate"
+            );
+            let mut got = [0; 5];
+            pod.read_exact(&mut got).await.expect("the pod reads");
+            assert_eq!(&got, b"hello");
+            streams.route(data(2, b"lost one"));
+            match answer(&mut rx).await {
+                Message::StreamClose(c) => assert_eq!(
+                    c.error.as_deref(),
+                    Some(
+                        "stream protocol error: message 2 came where 1 was expected (messages were lost)"
+                    )
+                ),
+                other => panic!("a close: {other:?}"),
+            }
+            // The pod's socket is closed with the stream.
+            assert_eq!(pod.read(&mut got).await.expect("eof"), 0);
+            assert_eq!(streams.count(), 0);
+            assert_eq!(streams.route(data(3, b"x")), Routed::Unknown);
+        }
+
+        #[tokio::test]
+        async fn a_stream_without_data_for_30_minutes_is_closed_as_idle() {
+            let (mut streams, mut rx, _pod) = start().await;
+            tokio::time::pause();
+            match answer(&mut rx).await {
+                Message::StreamClose(c) => assert_eq!(c.error.as_deref(), Some(IDLE_ERROR)),
+                other => panic!("a close: {other:?}"),
+            }
+            assert_eq!(streams.count(), 0);
+        }
+
+        #[tokio::test]
+        async fn the_bridges_close_ends_the_stream_without_an_answer() {
+            let (mut streams, mut rx, mut pod) = start().await;
+            streams.route(Message::StreamClose(crate::model::StreamClose {
+                stream_id: ID.into(),
+                error: None,
+            }));
+            let mut buf = [0; 1];
+            assert_eq!(pod.read(&mut buf).await.expect("eof"), 0);
+            assert!(
+                rx.recv().await.is_none(),
+                "nothing answered, the task ended"
+            );
+            assert_eq!(streams.count(), 0);
+        }
+    }
+
     #[test]
     fn a_missing_pending_or_addressless_pod_is_refused() {
         let spec = pod(RuntimeKind::Container, false);

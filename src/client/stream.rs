@@ -404,3 +404,157 @@ impl StreamReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::LogChunk;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    fn data(seq: u64, len: usize, fin: bool) -> Message {
+        Message::StreamData(StreamData {
+            stream_id: ID.into(),
+            seq,
+            data: vec![7; len],
+            fin,
+        })
+    }
+
+    fn window(credit: u32) -> Message {
+        Message::StreamWindow(StreamWindow {
+            stream_id: ID.into(),
+            credit,
+        })
+    }
+
+    fn next(opened: &mut Opened) -> Option<Result<(usize, bool), StreamError>> {
+        match opened.reader.try_recv().ok()? {
+            ToReader::Data(d, fin) => Some(Ok((d.len(), fin))),
+            ToReader::End(e) => Some(Err(e)),
+        }
+    }
+
+    #[test]
+    fn the_first_window_connects_and_credits_the_writer() {
+        let mut routes = StreamRoutes::default();
+        let mut opened = routes.open(ID, 1000);
+        assert_eq!(
+            opened.shared.send.credit(),
+            0,
+            "nothing before the device's window"
+        );
+        assert!(routes.deliver(ID, window(500)));
+        assert_eq!(opened.connected.try_recv(), Ok(Ok(())));
+        assert_eq!(opened.shared.send.credit(), 500);
+        // A grant past the device's window is a protocol error.
+        assert!(routes.deliver(ID, window(1)));
+        assert!(!routes.is_open(ID));
+        assert!(matches!(
+            next(&mut opened),
+            Some(Err(StreamError::Protocol(ProtocolError::OverGrant {
+                window: 500
+            })))
+        ));
+        assert!(!routes.deliver(ID, window(1)), "the route is gone");
+    }
+
+    #[test]
+    fn data_is_queued_within_the_window_once_and_in_order() {
+        let mut routes = StreamRoutes::default();
+        let mut opened = routes.open(ID, 1000);
+        routes.deliver(ID, window(100));
+        routes.deliver(ID, data(0, 600, false));
+        routes.deliver(ID, data(0, 600, false));
+        routes.deliver(ID, data(1, 400, true));
+        assert_eq!(next(&mut opened), Some(Ok((600, false))));
+        assert_eq!(
+            next(&mut opened),
+            Some(Ok((400, true))),
+            "the duplicate dropped"
+        );
+        assert_eq!(next(&mut opened), None);
+        assert!(routes.is_open(ID), "a fin ends one direction only");
+    }
+
+    #[test]
+    fn bytes_beyond_the_window_or_a_gap_end_the_stream() {
+        let mut routes = StreamRoutes::default();
+        let mut opened = routes.open(ID, 1000);
+        routes.deliver(ID, window(100));
+        routes.deliver(ID, data(0, 1001, false));
+        assert_eq!(
+            next(&mut opened),
+            Some(Err(StreamError::Protocol(ProtocolError::OverWindow {
+                len: 1001,
+                credit: 1000
+            })))
+        );
+        assert!(!routes.is_open(ID));
+        assert!(opened.shared.state().ended.is_some());
+
+        let mut opened = routes.open(ID, 1000);
+        routes.deliver(ID, window(100));
+        routes.deliver(ID, data(1, 1, false));
+        assert!(matches!(
+            next(&mut opened),
+            Some(Err(StreamError::Protocol(ProtocolError::Gap {
+                expected: 0,
+                got: 1
+            })))
+        ));
+    }
+
+    #[test]
+    fn a_refusal_before_the_window_fails_the_open_with_the_devices_error() {
+        let mut routes = StreamRoutes::default();
+        let mut opened = routes.open(ID, 1000);
+        let refused = "error forwarding port 80 to pod default/web: connection refused";
+        routes.deliver(
+            ID,
+            Message::StreamClose(StreamClose {
+                stream_id: ID.into(),
+                error: Some(refused.into()),
+            }),
+        );
+        assert_eq!(opened.connected.try_recv(), Ok(Err(refused.to_string())));
+        assert!(!routes.is_open(ID));
+        assert!(opened.shared.state().closed, "no cancel is due");
+
+        // An agent too old to read the request answers with an error chunk.
+        let mut routes = StreamRoutes::default();
+        let mut opened = routes.open(ID, 1000);
+        routes.deliver(
+            ID,
+            Message::LogChunk(LogChunk {
+                request_id: ID.into(),
+                data: vec![],
+                eof: true,
+                error: Some("bad request: unsupported schema version 8".into()),
+            }),
+        );
+        assert_eq!(
+            opened.connected.try_recv(),
+            Ok(Err("bad request: unsupported schema version 8".into()))
+        );
+    }
+
+    #[test]
+    fn idle_and_cancel_read_as_such_and_the_session_end_ends_every_stream() {
+        assert_eq!(
+            StreamError::from_close(Some(IDLE_ERROR.into())),
+            StreamError::Idle
+        );
+        assert_eq!(StreamError::from_close(None), StreamError::Closed);
+        let mut routes = StreamRoutes::default();
+        let mut opened = routes.open(ID, 1000);
+        routes.deliver(ID, window(10));
+        routes.clear();
+        assert_eq!(next(&mut opened), Some(Err(StreamError::Disconnected)));
+        assert_eq!(
+            opened.shared.send.ended(),
+            Some(StreamError::Disconnected.to_string()),
+            "a waiting writer wakes with it"
+        );
+    }
+}
