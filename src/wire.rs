@@ -11,14 +11,17 @@ use crate::model::validate::Validate;
 use crate::model::{
     DesiredIndex, Event, ExecReply, ExecRequest, FleetDeployment, FleetReport, LogChunk,
     LogRequest, NodeLabels, NodeStatus, PodKey, PodSpec, PodStatus, SealedPod, StatsReply,
-    StatsRequest,
+    StatsRequest, StreamClose, StreamData, StreamOpen, StreamWindow,
 };
+
+pub mod stream;
 
 /// The schema version this build writes (docs/wire.md, "Evolving the
 /// schema": 2 added node labels and fleets, 3 signatures and `Tombstone`,
 /// 4 the `PodSpec` fields of issue 15, 5 `SealedPod` and the node's
-/// sealing key and machine identity, 6 the stats RPC, 7 the exec RPC).
-pub const SCHEMA_VERSION: u16 = 7;
+/// sealing key and machine identity, 6 the stats RPC, 7 the exec RPC, 8
+/// streams for port-forward).
+pub const SCHEMA_VERSION: u16 = 8;
 /// The first version whose `signature` field has a meaning (docs/wire.md,
 /// "Signatures"); in older envelopes it is ignored.
 pub const SIGNED_SINCE_VERSION: u16 = 3;
@@ -33,6 +36,9 @@ pub const SEALED_SINCE_VERSION: u16 = 5;
 pub const STATS_SINCE_VERSION: u16 = 6;
 /// The first version with the exec RPC (`ExecRequest`, `ExecReply`).
 pub const EXEC_SINCE_VERSION: u16 = 7;
+/// The first version with streams (`StreamOpen`, `StreamData`,
+/// `StreamWindow`, `StreamClose`: port-forward).
+pub const STREAMS_SINCE_VERSION: u16 = 8;
 /// The oldest version this build still reads (docs/wire.md, "Evolving the
 /// schema"): version 1 differs in `NodeStatus`, which had no labels,
 /// versions 1 to 4 in `NodeStatus` (`wire::v4`), and versions 1 to 3 in
@@ -99,6 +105,14 @@ pub enum Kind {
     ExecRequest = 15,
     /// The answer to an `ExecRequest`.
     ExecReply = 16,
+    /// Opens a byte stream to a pod's port (version 8; port-forward).
+    StreamOpen = 17,
+    /// A stream's bytes, either direction.
+    StreamData = 18,
+    /// Credit for a stream's bytes, either direction.
+    StreamWindow = 19,
+    /// A stream's end, either direction.
+    StreamClose = 20,
 }
 
 impl Kind {
@@ -120,6 +134,10 @@ impl Kind {
             14 => Kind::StatsReply,
             15 => Kind::ExecRequest,
             16 => Kind::ExecReply,
+            17 => Kind::StreamOpen,
+            18 => Kind::StreamData,
+            19 => Kind::StreamWindow,
+            20 => Kind::StreamClose,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -141,6 +159,10 @@ impl Kind {
             Kind::StatsReply => "StatsReply",
             Kind::ExecRequest => "ExecRequest",
             Kind::ExecReply => "ExecReply",
+            Kind::StreamOpen => "StreamOpen",
+            Kind::StreamData => "StreamData",
+            Kind::StreamWindow => "StreamWindow",
+            Kind::StreamClose => "StreamClose",
         }
     }
 }
@@ -328,6 +350,9 @@ pub fn open(payload: &[u8]) -> Result<Opened<'_>, WireError> {
         Kind::SealedPod => SEALED_SINCE_VERSION,
         Kind::StatsRequest | Kind::StatsReply => STATS_SINCE_VERSION,
         Kind::ExecRequest | Kind::ExecReply => EXEC_SINCE_VERSION,
+        Kind::StreamOpen | Kind::StreamData | Kind::StreamWindow | Kind::StreamClose => {
+            STREAMS_SINCE_VERSION
+        }
         _ => 1,
     };
     if version < since {
@@ -387,6 +412,10 @@ pub enum Message {
     StatsReply(StatsReply),
     ExecRequest(ExecRequest),
     ExecReply(ExecReply),
+    StreamOpen(StreamOpen),
+    StreamData(StreamData),
+    StreamWindow(StreamWindow),
+    StreamClose(StreamClose),
 }
 
 impl Message {
@@ -408,6 +437,10 @@ impl Message {
             Message::StatsReply(_) => Kind::StatsReply,
             Message::ExecRequest(_) => Kind::ExecRequest,
             Message::ExecReply(_) => Kind::ExecReply,
+            Message::StreamOpen(_) => Kind::StreamOpen,
+            Message::StreamData(_) => Kind::StreamData,
+            Message::StreamWindow(_) => Kind::StreamWindow,
+            Message::StreamClose(_) => Kind::StreamClose,
         }
     }
 }
@@ -449,6 +482,10 @@ impl Body {
             Message::StatsReply(v) => body_bytes(kind, v)?,
             Message::ExecRequest(v) => body_bytes(kind, v)?,
             Message::ExecReply(v) => body_bytes(kind, v)?,
+            Message::StreamOpen(v) => body_bytes(kind, v)?,
+            Message::StreamData(v) => body_bytes(kind, v)?,
+            Message::StreamWindow(v) => body_bytes(kind, v)?,
+            Message::StreamClose(v) => body_bytes(kind, v)?,
         };
         Ok(Body { kind, bytes })
     }
@@ -534,6 +571,10 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
         Kind::StatsReply => Message::StatsReply(body(kind, raw)?),
         Kind::ExecRequest => Message::ExecRequest(body(kind, raw)?),
         Kind::ExecReply => Message::ExecReply(body(kind, raw)?),
+        Kind::StreamOpen => Message::StreamOpen(body(kind, raw)?),
+        Kind::StreamData => Message::StreamData(body(kind, raw)?),
+        Kind::StreamWindow => Message::StreamWindow(body(kind, raw)?),
+        Kind::StreamClose => Message::StreamClose(body(kind, raw)?),
         Kind::Tombstone if raw.is_empty() => Message::Tombstone,
         Kind::Tombstone => {
             return Err(WireError::MalformedBody {
@@ -585,6 +626,10 @@ wire_message!(
     StatsReply => StatsReply,
     ExecRequest => ExecRequest,
     ExecReply => ExecReply,
+    StreamOpen => StreamOpen,
+    StreamData => StreamData,
+    StreamWindow => StreamWindow,
+    StreamClose => StreamClose,
 );
 
 /// A `PodSpec` body of this version (what a `SealedPod` seals).
@@ -648,6 +693,10 @@ pub fn to_json(payload: &[u8]) -> Result<serde_json::Value, WireError> {
         Message::StatsReply(v) => serde_json::to_value(v),
         Message::ExecRequest(v) => serde_json::to_value(v),
         Message::ExecReply(v) => serde_json::to_value(v),
+        Message::StreamOpen(v) => serde_json::to_value(v),
+        Message::StreamData(v) => serde_json::to_value(v),
+        Message::StreamWindow(v) => serde_json::to_value(v),
+        Message::StreamClose(v) => serde_json::to_value(v),
     }
     .map_err(|e| WireError::Encode {
         kind,

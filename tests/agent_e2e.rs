@@ -685,7 +685,7 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
     publish_raw(
         &url,
         "kedge/v1/gw-bad/desired/default/future",
-        &[8, 1, 0, 0, 0],
+        &[9, 1, 0, 0, 0],
         true,
     );
     let s = env.wait_status("future refused", "future", |s| s["reason"] == "InvalidSpec");
@@ -693,7 +693,7 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
         s["message"]
             .as_str()
             .unwrap_or_default()
-            .contains("unsupported schema version 8"),
+            .contains("unsupported schema version 9"),
         "{s}"
     );
 
@@ -941,6 +941,236 @@ fn stats_report_the_node_and_a_running_wasm_pod() {
     );
     assert!(b.cpu_core_ns >= a.cpu_core_ns, "{a:?} then {b:?}");
     assert!(b.timestamp_ms >= a.timestamp_ms);
+}
+
+/// FNV-1a, 64 bits: a checksum of a byte stream in any chunking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn of(bytes: &[u8]) -> Fnv {
+        let mut h = Fnv::new();
+        h.write(bytes);
+        h
+    }
+}
+
+/// `len` pseudo-random bytes (xorshift from `seed`).
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A listener on a free port of 127.0.0.1 with a small receive buffer
+/// (accepted connections inherit it), so that the kernel holds little of
+/// what the agent writes to the test's server.
+fn small_listener() -> (tokio::net::TcpListener, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(8192).expect("SO_RCVBUF");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("binds");
+    let listener = socket.listen(16).expect("listens");
+    let port = listener.local_addr().expect("addr").port();
+    (listener, port)
+}
+
+/// Port-forward through the client call to a Wasm pod, which uses the
+/// node's network: the agent connects to 127.0.0.1 and the port, where the
+/// test's own server listens. 10 MB go each way at once and arrive intact;
+/// then a server that reads slowly holds the writer back: what `write`
+/// accepted never runs ahead of what the server read by more than the two
+/// windows (the client's credit, the agent's queue) and the kernel's
+/// socket buffers.
+#[test]
+fn port_forward_moves_10_mb_both_ways_and_a_slow_reader_holds_the_writer() {
+    use kedge::wire::stream::DEFAULT_WINDOW;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TOTAL: usize = 10 << 20;
+    let env = Env::start("gw-pf");
+    env.apply(&wasm_pod(
+        "spinner",
+        &p1(),
+        &["ticker", "0", "50"],
+        "Always",
+        "",
+    ));
+    env.wait_status("spinner Running", "spinner", |s| phase(s) == "Running");
+    let (up, down) = (noise(TOTAL, 1), noise(TOTAL, 2));
+    let node = env.node.clone();
+    with_client(&env.broker, async |client| {
+        // Both ways at once: the server echoes nothing, it reads all and
+        // writes its own 10 MB, then half-closes.
+        let (listener, port) = small_listener();
+        let served = tokio::spawn({
+            let down = down.clone();
+            async move {
+                let (mut sock, _) = listener.accept().await.expect("accepts");
+                let (mut rd, mut wr) = sock.split();
+                let read = async {
+                    let (mut h, mut n, mut buf) = (Fnv::new(), 0, vec![0; 65536]);
+                    loop {
+                        let got = rd.read(&mut buf).await.expect("server reads");
+                        if got == 0 {
+                            return (h, n);
+                        }
+                        h.write(&buf[..got]);
+                        n += got;
+                    }
+                };
+                let write = async {
+                    wr.write_all(&down).await.expect("server writes");
+                    wr.shutdown().await.expect("server half-closes");
+                };
+                tokio::join!(read, write).0
+            }
+        });
+        let (mut w, mut r) = client
+            .port_forward(&node, "default", "spinner", port, WAIT)
+            .await
+            .expect("the agent connects");
+        let send = async {
+            for piece in up.chunks(100_000) {
+                w.write(piece).await.expect("writes");
+            }
+            w.finish().await.expect("finishes");
+        };
+        let recv = async {
+            let (mut h, mut n) = (Fnv::new(), 0);
+            while let Some(bytes) = r.read().await.expect("reads") {
+                h.write(&bytes);
+                n += bytes.len();
+            }
+            (h, n)
+        };
+        let ((), got) = tokio::join!(send, recv);
+        assert_eq!(got, (Fnv::of(&down), TOTAL), "the server's bytes, intact");
+        let sent = served.await.expect("server");
+        assert_eq!(sent, (Fnv::of(&up), TOTAL), "the client's bytes, intact");
+        drop((w, r));
+
+        // A slow reader: the server reads 4 KiB, then waits until the
+        // writer is a quarter window ahead of it (or done) before the next
+        // read, so the writer always could run ahead; flow control must
+        // stop it. The kernel may hold up to the agent's send buffer (at
+        // most tcp_wmem's maximum) and the server's receive buffer.
+        let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+            .expect("tcp_wmem")
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .expect("a maximum");
+        let window = DEFAULT_WINDOW as usize;
+        let bound = 2 * window + wmem_max + 2 * 65536;
+        assert!(bound < TOTAL, "the bound must be a real one");
+        let (listener, port) = small_listener();
+        let (accepted_tx, accepted_rx) = tokio::sync::watch::channel(0usize);
+        let slow = tokio::spawn({
+            let mut accepted = accepted_rx;
+            async move {
+                let (mut sock, _) = listener.accept().await.expect("accepts");
+                let (mut h, mut read, mut buf) = (Fnv::new(), 0usize, vec![0; 4096]);
+                let mut most_ahead = 0;
+                loop {
+                    let ahead = (read + window / 4).min(TOTAL);
+                    let a = *accepted.wait_for(|a| *a >= ahead).await.expect("writer");
+                    let got = sock.read(&mut buf).await.expect("server reads");
+                    if got == 0 {
+                        return (h, read, most_ahead);
+                    }
+                    h.write(&buf[..got]);
+                    read += got;
+                    let a = a.max(*accepted.borrow());
+                    assert!(
+                        a <= read + bound,
+                        "write() accepted {a} bytes while the server had read {read}: more than {bound} in flight"
+                    );
+                    most_ahead = most_ahead.max(a.saturating_sub(read));
+                }
+            }
+        });
+        let (mut w, _r) = client
+            .port_forward(&node, "default", "spinner", port, WAIT)
+            .await
+            .expect("the agent connects");
+        let mut accepted = 0;
+        for piece in up.chunks(32 * 1024) {
+            w.write(piece).await.expect("writes");
+            accepted += piece.len();
+            accepted_tx.send_replace(accepted);
+        }
+        w.finish().await.expect("finishes");
+        let (h, read, most_ahead) = slow.await.expect("slow server");
+        assert_eq!((h, read), (Fnv::of(&up), TOTAL), "intact");
+        assert!(most_ahead <= bound, "{most_ahead}");
+        println!(
+            "the writer ran at most {most_ahead} bytes ahead of the slow server (bound {bound})"
+        );
+    });
+}
+
+/// A port nobody listens on is the kubelet's "connection refused"; a pod
+/// that is not on the node is refused before any connection.
+#[test]
+fn port_forward_refusals_are_the_agents_errors() {
+    use kedge::client::ClientError;
+    let env = Env::start("gw-pf-no");
+    env.apply(&wasm_pod(
+        "spinner",
+        &p1(),
+        &["ticker", "0", "50"],
+        "Always",
+        "",
+    ));
+    env.wait_status("spinner Running", "spinner", |s| phase(s) == "Running");
+    // A free port: bound, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binds")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let node = env.node.clone();
+    let answers = with_client(&env.broker, async |client| {
+        let mut answers = Vec::new();
+        for (pod, port) in [("spinner", closed), ("nope", 80)] {
+            let r = client
+                .port_forward(&node, "default", pod, port, WAIT)
+                .await
+                .map(|_| ());
+            answers.push(r);
+        }
+        answers
+    });
+    let expected = [
+        format!("error forwarding port {closed} to pod default/spinner: connection refused"),
+        format!(r#"pod "default/nope" not found on node {node}"#),
+    ];
+    for (answer, says) in answers.into_iter().zip(expected) {
+        match answer {
+            Err(ClientError::Agent { node: n, message }) => {
+                assert_eq!(
+                    (n.as_str(), message.as_str()),
+                    (node.as_str(), says.as_str())
+                )
+            }
+            other => panic!("expected the agent's refusal {says:?}, got {other:?}"),
+        }
+    }
 }
 
 /// The exec RPC over MQTT through the client call: a Wasm container is

@@ -368,6 +368,76 @@ spec:
     assert!(long.stdout.iter().all(|b| *b == 0) && long.stderr.is_empty());
 }
 
+/// Port-forward to a container pod of its own network namespace: the agent
+/// connects to the pod's IP (from CNI); an HTTP/1.0 request written by the
+/// test fetches a file of 1 MiB (four windows) served by busybox httpd, and
+/// what comes back is the file.
+#[test]
+fn port_forward_reaches_a_cni_pod_on_its_ip() {
+    if !cri_tests_can_run("port_forward_reaches_a_cni_pod_on_its_ip") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-pf");
+    let www = env.dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("mkdir www");
+    let file: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(www.join("data.bin"), &file).expect("data.bin");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  containers:
+  - name: httpd
+    image: {BUSYBOX}
+    command: [httpd, -f, -p, "8080", -h, /www]
+    volumeMounts: [{{name: www, mountPath: /www}}]
+    readinessProbe:
+      tcpSocket: {{port: 8080}}
+      periodSeconds: 1
+  volumes:
+  - name: www
+    hostPath: {{path: {www}}}
+"#,
+        www = www.display()
+    ));
+    let s = env.wait_status("httpd ready", "web", |s| {
+        phase(s) == "Running" && condition(s, "Ready") == Some(true)
+    });
+    let pod_ip = s["pod_ip"].as_str().unwrap_or_default().to_string();
+    assert!(
+        pod_ip.parse::<std::net::IpAddr>().is_ok() && !pod_ip.starts_with("127."),
+        "a CNI pod has an IP of its own: {s}"
+    );
+    let response = with_client(&env.broker, async |client| {
+        let (mut w, mut r) = client
+            .port_forward(&env.node, "default", "web", 8080, WAIT)
+            .await
+            .expect("the agent connects to the pod's IP");
+        w.write(b"GET /data.bin HTTP/1.0\r\n\r\n")
+            .await
+            .expect("writes");
+        w.finish().await.expect("finishes");
+        let mut response = Vec::new();
+        while let Some(bytes) = r.read().await.expect("reads") {
+            response.extend_from_slice(&bytes);
+        }
+        response
+    });
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP header");
+    let head = String::from_utf8_lossy(&response[..split]);
+    // busybox answers HTTP/1.1 (and closes: the request was 1.0).
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    let body = &response[split + 4..];
+    assert_eq!(body.len(), file.len(), "{head}");
+    assert!(body == file.as_slice(), "the file's bytes");
+}
+
 #[test]
 fn init_output_env_and_config_files_reach_the_app() {
     if !cri_tests_can_run("init_output_env_and_config_files_reach_the_app") {

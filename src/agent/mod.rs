@@ -20,6 +20,7 @@ pub mod probe;
 pub mod reconcile;
 pub mod static_pods;
 pub mod stats_rpc;
+pub mod stream_rpc;
 pub mod supervisor;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -149,6 +150,8 @@ pub struct Controller {
     /// The device's sealing key (`{data_dir}/sealing.key`): opens specs
     /// sealed to it. None when it could not be read or made.
     sealing: Option<crate::seal::KeyPair>,
+    /// The port-forward streams this agent relays (`agent::stream_rpc`).
+    streams: stream_rpc::Streams,
 }
 
 /// What an agent with `trust.keys` accepts (docs/wire.md, "Signatures").
@@ -628,6 +631,7 @@ impl Controller {
                 (!keys.is_empty()).then_some(TrustPolicy { keys, require })
             },
             sealing,
+            streams: stream_rpc::Streams::default(),
             event_budget: event_budget::EventBudget::default(),
             origin: tokio::time::Instant::now(),
             #[cfg(feature = "data")]
@@ -1851,12 +1855,26 @@ impl Controller {
             Ok(Message::ExecRequest(r)) if r.request_id == request_id => {
                 return self.on_exec_request(session, reply_topic, r);
             }
+            Ok(Message::StreamOpen(o)) if o.stream_id == request_id => {
+                return self.on_stream_open(session, reply_topic, o);
+            }
+            Ok(m) if stream_rpc::stream_id(&m) == Some(request_id.as_str()) => {
+                if self.streams.route(m) == stream_rpc::Routed::Unknown {
+                    let e = stream_rpc::unknown(&self.node, &request_id);
+                    stream_rpc::close(&session, reply_topic, &request_id, Some(e));
+                }
+                return;
+            }
             Ok(
                 Message::StatsRequest(crate::model::StatsRequest { request_id: id })
                 | Message::ExecRequest(crate::model::ExecRequest { request_id: id, .. }),
             ) => format!("the request id {id:?} is not the topic's {request_id:?}"),
+            Ok(m) if stream_rpc::stream_id(&m).is_some() => format!(
+                "the stream id {:?} is not the topic's {request_id:?}",
+                stream_rpc::stream_id(&m).unwrap_or_default()
+            ),
             Ok(other) => wire::WireError::WrongKind {
-                expected: "LogRequest, StatsRequest or ExecRequest",
+                expected: "LogRequest, StatsRequest, ExecRequest or a stream message",
                 found: other.kind().name(),
             }
             .to_string(),
@@ -1868,6 +1886,62 @@ impl Controller {
             &request_id,
             format!("bad request: {bad}"),
         );
+    }
+
+    /// A port-forward stream: where it connects chosen here
+    /// (`stream_rpc::target`), relayed by a task of its own
+    /// (`stream_rpc::relay`); at most `stream_rpc::MAX_STREAMS` at once. A
+    /// redelivered `StreamOpen` of a running stream is dropped.
+    fn on_stream_open(
+        &mut self,
+        session: mpsc::UnboundedSender<SessionCommand>,
+        reply_topic: String,
+        open: crate::model::StreamOpen,
+    ) {
+        if self.streams.is_open(&open.stream_id) {
+            return;
+        }
+        // Not logged: the span and its audit line cost a device build
+        // kilobytes it does not have.
+        #[cfg(not(feature = "streams"))]
+        {
+            let e = stream_rpc::NOT_BUILT.to_string();
+            stream_rpc::close(&session, reply_topic, &open.stream_id, Some(e));
+        }
+        #[cfg(feature = "streams")]
+        {
+            let span = tracing::info_span!(
+                "port_forward",
+                stream = %open.stream_id,
+                namespace = %open.namespace,
+                pod = %open.pod,
+                port = open.port,
+            );
+            span.in_scope(|| info!("port-forward"));
+            let key = PodKey::new(&open.namespace, &open.pod);
+            let spec = self.pods.get(&key).map(|e| &e.spec);
+            let addr = if self.streams.count() >= stream_rpc::MAX_STREAMS {
+                Err(format!(
+                    "too many port-forward streams on node {}: at most {} at once",
+                    self.node,
+                    stream_rpc::MAX_STREAMS
+                ))
+            } else {
+                let board = self.board.lock().unwrap_or_else(|p| p.into_inner());
+                stream_rpc::target(&self.node, &open, spec, board.get(&key))
+            };
+            match addr {
+                Ok(addr) => {
+                    let inbox = self.streams.open(&open.stream_id, open.window);
+                    let relay = stream_rpc::relay(session, reply_topic, open, addr, inbox, span);
+                    tokio::spawn(relay);
+                }
+                Err(e) => {
+                    span.in_scope(|| info!(error = %e, "port-forward refused"));
+                    stream_rpc::close(&session, reply_topic, &open.stream_id, Some(e));
+                }
+            }
+        }
     }
 
     /// An exec request: its container chosen here (`exec_rpc::target`),

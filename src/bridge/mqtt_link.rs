@@ -166,6 +166,29 @@ impl MqttLink {
         self.client.exec_within(node, request, timeout).await
     }
 
+    /// Opens a byte stream to `port` of pod `namespace/pod` on `node`
+    /// (port-forward, docs/wire.md "Streams"): resolves once the device
+    /// has connected, or fails with its error (`ClientError::Agent`) or
+    /// after `timeout` (`ClientError::NoAnswer`).
+    pub async fn port_forward(
+        &self,
+        node: &str,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+        timeout: std::time::Duration,
+    ) -> Result<
+        (
+            crate::client::stream::StreamWriter,
+            crate::client::stream::StreamReader,
+        ),
+        ClientError,
+    > {
+        self.client
+            .port_forward(node, namespace, pod, port, timeout)
+            .await
+    }
+
     /// Counters of the log RPC.
     pub fn log_stats(&self) -> Arc<LogStats> {
         self.client.log_stats()

@@ -59,6 +59,9 @@ pub struct LogRoutes {
     stats: Arc<LogStats>,
     stream_limit: usize,
     total_limit: usize,
+    /// Open port-forward streams (`client::stream`).
+    #[cfg(feature = "streams")]
+    pub(crate) streams: super::stream::StreamRoutes,
 }
 
 impl LogRoutes {
@@ -69,6 +72,8 @@ impl LogRoutes {
             stats,
             stream_limit,
             total_limit,
+            #[cfg(feature = "streams")]
+            streams: Default::default(),
         }
     }
 
@@ -132,6 +137,11 @@ impl LogRoutes {
     /// too far behind. A chunk for a stats or exec request is the agent's
     /// refusal.
     pub fn route(&mut self, request_id: &str, chunk: LogChunk) {
+        #[cfg(feature = "streams")]
+        if self.streams.is_open(request_id) {
+            self.streams.deliver(request_id, Message::LogChunk(chunk));
+            return;
+        }
         if let Some(tx) = self.replies.remove(request_id) {
             let e = chunk
                 .error
@@ -242,6 +252,16 @@ impl Rpc {
         self.routes().expect_reply(id)
     }
 
+    #[cfg(feature = "streams")]
+    pub(crate) fn open_stream(&self, id: &str, window: u32) -> super::stream::Opened {
+        self.routes().streams.open(id, window)
+    }
+
+    #[cfg(feature = "streams")]
+    pub(crate) fn close_stream(&self, id: &str) {
+        self.routes().streams.close(id);
+    }
+
     /// The session's tap: takes every response (true), routes those that
     /// decode to their stream.
     pub(crate) fn tap(&self, topics: Topics) -> crate::mqtt::Tap {
@@ -253,6 +273,14 @@ impl Rpc {
             };
             match wire::decode(payload).map(|e| e.message) {
                 Ok(Message::LogChunk(chunk)) => rpc.routes().route(&request_id, chunk),
+                #[cfg(feature = "streams")]
+                Ok(
+                    m @ (Message::StreamWindow(_)
+                    | Message::StreamData(_)
+                    | Message::StreamClose(_)),
+                ) => {
+                    rpc.routes().streams.deliver(&request_id, m);
+                }
                 Ok(reply) => rpc.routes().reply(&request_id, reply),
                 Err(_) => {}
             }
@@ -271,6 +299,8 @@ impl Drop for EndStreams {
         let mut routes = self.0.routes();
         routes.routes.clear();
         routes.replies.clear();
+        #[cfg(feature = "streams")]
+        routes.streams.clear();
     }
 }
 

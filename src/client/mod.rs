@@ -12,6 +12,8 @@
 //! subscriptions has been delivered.
 
 pub mod logs;
+#[cfg(feature = "streams")]
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -386,6 +388,68 @@ impl Client {
         {
             Message::ExecReply(ExecReply { result: Ok(o), .. }) => Ok(o),
             other => Err(self.not_answered(node, other)),
+        }
+    }
+
+    /// Opens a byte stream to `port` of pod `namespace/pod` on `node`
+    /// (docs/wire.md, "Streams (port-forward)"); resolves once the device
+    /// has connected to it (its first `StreamWindow`), or fails with the
+    /// device's `StreamClose` error (`ClientError::Agent`), or
+    /// `ClientError::NoAnswer` after `timeout` (the device is then told to
+    /// drop the stream).
+    #[cfg(feature = "streams")]
+    pub async fn port_forward(
+        &self,
+        node: &str,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<(stream::StreamWriter, stream::StreamReader), ClientError> {
+        use crate::model::StreamOpen;
+        use crate::wire::stream::DEFAULT_WINDOW;
+        if !wire::valid_topic_level(node) {
+            return Err(ClientError::Node(node.to_string()));
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let payload = wire::encode(
+            0,
+            &Message::StreamOpen(StreamOpen {
+                stream_id: id.clone(),
+                namespace: namespace.to_string(),
+                pod: pod.to_string(),
+                port,
+                window: DEFAULT_WINDOW,
+            }),
+        )?;
+        let mut opened = self.rpc.open_stream(&id, DEFAULT_WINDOW);
+        // From here on, dropping the guard leaves the route and the topic
+        // and cancels the stream on the device.
+        let guard = stream::Guard {
+            id: id.clone(),
+            node: node.to_string(),
+            shared: opened.shared.clone(),
+            client: self.clone(),
+        };
+        self.subscribe(&self.topics.rpc_response(node, &id));
+        let connected = async {
+            self.publish_acked(&self.topics.rpc_request(node, &id), payload, false)
+                .await?;
+            (&mut opened.connected)
+                .await
+                .map_err(|_| ClientError::NotConnected(self.url.to_string()))
+        };
+        match tokio::time::timeout(timeout, connected).await {
+            Ok(Ok(Ok(()))) => Ok(stream::halves(guard, opened)),
+            Ok(Ok(Err(message))) => Err(ClientError::Agent {
+                node: node.to_string(),
+                message,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::NoAnswer {
+                node: node.to_string(),
+                secs: timeout.as_secs(),
+            }),
         }
     }
 

@@ -715,6 +715,50 @@ pub struct ExecOutput {
     pub truncated: bool,
 }
 
+/// Opens a byte stream to a TCP port of a pod, for `kubectl port-forward`
+/// (docs/wire.md, "Streams (port-forward)"). Sent on the RPC request topic
+/// `rpc/req/{stream_id}`; every later message of the stream goes on the same
+/// two topics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamOpen {
+    /// 32 lowercase hex digits, equal to the topic's `{request_id}`.
+    pub stream_id: String,
+    pub namespace: String,
+    pub pod: String,
+    /// The pod's port to connect to (1–65535).
+    pub port: u16,
+    /// Bytes the device may send before the opener grants more.
+    pub window: u32,
+}
+
+/// Bytes of a stream, in either direction (`seq` counts each direction's
+/// messages from 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamData {
+    pub stream_id: String,
+    pub seq: u64,
+    /// At most `validate::MAX_STREAM_CHUNK` bytes.
+    pub data: Vec<u8>,
+    /// This direction ends after `data` (a TCP half-close).
+    pub fin: bool,
+}
+
+/// The receiver of a direction grants `credit` more bytes. The device's
+/// first one also answers a `StreamOpen`: the connection is up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamWindow {
+    pub stream_id: String,
+    pub credit: u32,
+}
+
+/// The stream is over, in both directions: aborted with `error`, or
+/// cancelled (None).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamClose {
+    pub stream_id: String,
+    pub error: Option<String>,
+}
+
 /// A sample of the node's and its running containers' usage. Counters are
 /// cumulative (the reader computes rates from two samples, as
 /// metrics-server does from the kubelet's).

@@ -15,7 +15,7 @@ use super::{
     Cohort, Container, ContainerState, ContainerStatus, DesiredIndex, Event, ExecReply,
     ExecRequest, FleetDeployment, FleetReport, Limit, LogChunk, LogRequest, NodeLabels, NodeStatus,
     PodSpec, PodStatus, Probe, ProbeHandler, Revision, SealedPod, SecurityProfile, StatsReply,
-    StatsRequest, VolumeSource,
+    StatsRequest, StreamClose, StreamData, StreamOpen, StreamWindow, VolumeSource,
 };
 
 /// Containers in one pod (app containers; init containers have their own
@@ -63,6 +63,12 @@ pub const MAX_EXEC_TIMEOUT_SECS: u32 = 3600;
 /// Bytes of each output stream in an `ExecReply` (the agent cuts longer
 /// output and says so: `ExecOutput::truncated`).
 pub const MAX_EXEC_OUTPUT: usize = 1024 * 1024;
+/// Bytes of one `StreamData` message.
+pub const MAX_STREAM_CHUNK: usize = 32 * 1024;
+/// The largest window a stream's opener may give, and the most credit a
+/// receiver may have outstanding (`StreamOpen::window`,
+/// `StreamWindow::credit`).
+pub const MAX_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 /// Cohorts and batches of one fleet deployment (a device reports the batch
 /// groups it is in as bits of a u64).
 pub const MAX_BATCHES: usize = 64;
@@ -988,6 +994,67 @@ impl Validate for ExecReply {
     }
 }
 
+/// A stream id: 32 lowercase hex digits (a UUID without dashes).
+fn stream_id(value: &str) -> Result {
+    if value.len() == 32
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Ok(());
+    }
+    Err(invalid(
+        "streamId",
+        format!(
+            "Invalid value: {:?}: a stream id must be 32 lowercase hex digits",
+            clip(value)
+        ),
+    ))
+}
+
+fn window(field: &str, n: u32) -> Result {
+    if n > MAX_STREAM_WINDOW {
+        return Err(invalid(
+            field,
+            format!("Invalid value: {n}: at most {MAX_STREAM_WINDOW} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+impl Validate for StreamOpen {
+    fn validate(&self) -> Result {
+        stream_id(&self.stream_id)?;
+        label("namespace", "namespace", &self.namespace)?;
+        subdomain("pod", "pod name", &self.pod)?;
+        if self.port == 0 {
+            return Err(invalid("port", "Invalid value: 0: must be from 1 to 65535"));
+        }
+        window("window", self.window)
+    }
+}
+
+impl Validate for StreamData {
+    fn validate(&self) -> Result {
+        stream_id(&self.stream_id)?;
+        bytes("data", self.data.len(), MAX_STREAM_CHUNK)
+    }
+}
+
+impl Validate for StreamWindow {
+    fn validate(&self) -> Result {
+        stream_id(&self.stream_id)?;
+        window("credit", self.credit)
+    }
+}
+
+impl Validate for StreamClose {
+    fn validate(&self) -> Result {
+        stream_id(&self.stream_id)?;
+        opt_text("error", &self.error, MAX_MESSAGE)
+    }
+}
+
 impl Validate for DesiredIndex {
     fn validate(&self) -> Result {
         count("pods", self.pods.len(), MAX_INDEX_PODS)?;
@@ -1218,6 +1285,68 @@ mod tests {
         reply.validate().expect("an error");
         reply.request_id = String::new();
         assert_eq!(reply.validate().expect_err("refused").field, "requestId");
+    }
+
+    #[test]
+    fn stream_messages_are_bounded() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let open = StreamOpen {
+            stream_id: id.into(),
+            namespace: "default".into(),
+            pod: "web.v1".into(),
+            port: 65535,
+            window: MAX_STREAM_WINDOW,
+        };
+        open.validate().expect("valid at the bounds");
+        let refused = |change: &dyn Fn(&mut StreamOpen)| {
+            let mut o = open.clone();
+            change(&mut o);
+            o.validate().expect_err("refused").field
+        };
+        for bad in [
+            "0123456789ABCDEF0123456789ABCDEF",
+            "abc",
+            "",
+            "0123456789abcdef0123456789abcdeg",
+        ] {
+            assert_eq!(refused(&|o| o.stream_id = bad.into()), "streamId", "{bad}");
+        }
+        assert_eq!(refused(&|o| o.stream_id.push('0')), "streamId");
+        assert_eq!(refused(&|o| o.namespace = "Default".into()), "namespace");
+        assert_eq!(refused(&|o| o.pod = "-web".into()), "pod");
+        assert_eq!(refused(&|o| o.port = 0), "port");
+        assert_eq!(refused(&|o| o.window = MAX_STREAM_WINDOW + 1), "window");
+
+        let mut data = StreamData {
+            stream_id: id.into(),
+            seq: u64::MAX,
+            data: vec![7; MAX_STREAM_CHUNK],
+            fin: true,
+        };
+        data.validate().expect("a full chunk");
+        data.data.push(0);
+        assert_eq!(data.validate().expect_err("refused").field, "data");
+        data.data.clear();
+        data.stream_id = "x".into();
+        assert_eq!(data.validate().expect_err("refused").field, "streamId");
+
+        let mut w = StreamWindow {
+            stream_id: id.into(),
+            credit: MAX_STREAM_WINDOW,
+        };
+        w.validate().expect("valid at the bound");
+        w.credit += 1;
+        assert_eq!(w.validate().expect_err("refused").field, "credit");
+
+        let mut close = StreamClose {
+            stream_id: id.into(),
+            error: Some("x".repeat(MAX_MESSAGE)),
+        };
+        close.validate().expect("valid at the bound");
+        close.error = Some("x".repeat(MAX_MESSAGE + 1));
+        assert_eq!(close.validate().expect_err("refused").field, "error");
+        close.error = None;
+        close.validate().expect("a cancel");
     }
 
     #[test]

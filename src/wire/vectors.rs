@@ -491,6 +491,41 @@ pub(super) fn exec_reply() -> ExecReply {
     }
 }
 
+const STREAM_ID: &str = "9f86d081884c7d659a2feaa0c55ad015";
+
+pub(super) fn stream_open() -> StreamOpen {
+    StreamOpen {
+        stream_id: STREAM_ID.into(),
+        namespace: "factory".into(),
+        pod: "sensor".into(),
+        port: 8080,
+        window: 256 * 1024,
+    }
+}
+
+pub(super) fn stream_data() -> StreamData {
+    StreamData {
+        stream_id: STREAM_ID.into(),
+        seq: 300,
+        data: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+        fin: true,
+    }
+}
+
+pub(super) fn stream_window() -> StreamWindow {
+    StreamWindow {
+        stream_id: STREAM_ID.into(),
+        credit: 131_072,
+    }
+}
+
+pub(super) fn stream_close() -> StreamClose {
+    StreamClose {
+        stream_id: STREAM_ID.into(),
+        error: Some("error forwarding port 8080 to pod factory/sensor: connection refused".into()),
+    }
+}
+
 /// Every vector: file name, envelope seq, sample message.
 fn all() -> Vec<(&'static str, u64, Message)> {
     vec![
@@ -558,6 +593,26 @@ fn all() -> Vec<(&'static str, u64, Message)> {
             Message::ExecRequest(exec_request()),
         ),
         ("exec_reply.hex", LOG_SEQ, Message::ExecReply(exec_reply())),
+        (
+            "stream_open.hex",
+            LOG_SEQ,
+            Message::StreamOpen(stream_open()),
+        ),
+        (
+            "stream_data.hex",
+            LOG_SEQ,
+            Message::StreamData(stream_data()),
+        ),
+        (
+            "stream_window.hex",
+            LOG_SEQ,
+            Message::StreamWindow(stream_window()),
+        ),
+        (
+            "stream_close.hex",
+            LOG_SEQ,
+            Message::StreamClose(stream_close()),
+        ),
     ]
 }
 
@@ -781,6 +836,26 @@ fn vector_exec_reply() {
 }
 
 #[test]
+fn vector_stream_open() {
+    check("stream_open.hex");
+}
+
+#[test]
+fn vector_stream_data() {
+    check("stream_data.hex");
+}
+
+#[test]
+fn vector_stream_window() {
+    check("stream_window.hex");
+}
+
+#[test]
+fn vector_stream_close() {
+    check("stream_close.hex");
+}
+
+#[test]
 fn vector_tombstone() {
     check("tombstone.hex");
 }
@@ -956,6 +1031,14 @@ fn version_6_vectors_are_still_read() {
     signed_vectors_still_verify(6);
 }
 
+/// Version 7 had kinds 1–16 and every body as today's; its signed vectors
+/// still verify.
+#[test]
+fn version_7_vectors_are_still_read() {
+    older_vectors_are_still_read(7, 16);
+    signed_vectors_still_verify(7);
+}
+
 /// Versions 1 to 3 ran `command`, `args` and env values literally; version
 /// 4 expands them, so an older spec is read with them escaped and runs as
 /// before.
@@ -1017,7 +1100,7 @@ fn older_specs_keep_their_literal_dollars() {
 fn vectors_cover_every_kind() {
     let mut kinds: Vec<u8> = all().iter().map(|(_, _, m)| m.kind() as u8).collect();
     kinds.sort_unstable();
-    assert_eq!(kinds, (1..=16).collect::<Vec<u8>>());
+    assert_eq!(kinds, (1..=20).collect::<Vec<u8>>());
     for k in 0..=u8::MAX {
         assert_eq!(Kind::from_u8(k).is_ok(), kinds.contains(&k), "kind {k}");
     }
@@ -1074,7 +1157,7 @@ fn write_vectors_then_fail_on_purpose() {
 #[test]
 fn envelope_layout_matches_the_spec() {
     let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
-    assert_eq!(bytes[0], 0x07, "version 7 as a one-byte varint");
+    assert_eq!(bytes[0], 0x08, "version 8 as a one-byte varint");
     assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
     assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
     assert_eq!(bytes[3], 0x00, "empty signature: length 0");
