@@ -3168,22 +3168,17 @@ fn kubectl_top_shows_edge_nodes_and_pods_through_a_real_metrics_server() {
     );
 }
 
-/// `kubectl exec` on edge pods through a real apiserver and a real kubectl:
-/// the apiserver upgrades to SPDY toward the bridge's kubelet API, the
-/// bridge runs the command on the device (the exec RPC) in a real
-/// containerd's container, and kubectl shows its stdout, its stderr and
-/// its exit code. A command that does not exist, `-i`, `attach`, a Wasm
-/// container and a user without `pods/exec` are refused with what happened.
-#[test]
-fn kubectl_exec_runs_commands_in_edge_containers() {
-    use support::cri::{BUSYBOX, Containerd, cri_tests_can_run};
+/// A world with a Wasm node `edge-w` and a node `edge-c` whose agent runs
+/// containers in a containerd of the test's own; the kubectl to drive it.
+/// None (the skip said) without kubectl or root.
+fn world_with_containers(
+    test: &str,
+) -> Option<(World, support::cri::Containerd, support::k8s::Kubectl)> {
+    use support::cri::{Containerd, cri_tests_can_run};
     use support::k8s::{Kubectl, kubectl_or_skip};
-    let test = "kubectl_exec_runs_commands_in_edge_containers";
-    let Some(bin) = kubectl_or_skip(test) else {
-        return;
-    };
+    let bin = kubectl_or_skip(test)?;
     if !cri_tests_can_run(test) {
-        return;
+        return None;
     }
     let containerd = Containerd::start();
     let mut w = World::start(&["edge-w"]);
@@ -3200,25 +3195,54 @@ fn kubectl_exec_runs_commands_in_edge_containers() {
     w.agents.insert("edge-c".into(), (agent, dir));
     w.wait_node_ready("edge-c");
     w.wait_node_ready("edge-w");
-    let toleration = json!([
-        {"key": "kedge.io/edge", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
-    ]);
-    w.create(
-        &w.pods(),
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "box"},
-            "spec": {
-                "nodeName": "edge-c",
-                "automountServiceAccountToken": false,
-                "tolerations": toleration,
-                "containers": [{
-                    "name": "main", "image": BUSYBOX, "imagePullPolicy": "Never",
-                    "command": ["sleep", "3600"],
-                }],
-            },
-        }),
-    );
+    let kubectl = Kubectl::new(&bin, &w.cp.kubeconfig);
+    Some((w, containerd, kubectl))
+}
+
+/// A busybox pod on `edge-c` running `command`.
+fn busybox_pod(name: &str, command: &[&str]) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": "edge-c",
+            "automountServiceAccountToken": false,
+            "tolerations": [
+                {"key": "kedge.io/edge", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+            ],
+            "containers": [{
+                "name": "main", "image": support::cri::BUSYBOX, "imagePullPolicy": "Never",
+                "command": command,
+            }],
+        },
+    })
+}
+
+impl World {
+    fn wait_pod_ready(&self, pod: &str) {
+        self.wait_or_dump(&format!("{pod} Running and Ready"), || {
+            self.rt
+                .block_on(self.pods().get_opt(pod))
+                .ok()
+                .flatten()
+                .filter(pod_ready)
+        });
+    }
+}
+
+/// `kubectl exec` on edge pods through a real apiserver and a real kubectl:
+/// the apiserver upgrades to SPDY toward the bridge's kubelet API, the
+/// bridge runs the command on the device (the exec RPC) in a real
+/// containerd's container, and kubectl shows its stdout, its stderr and
+/// its exit code. A command that does not exist, `-i`, `attach`, a Wasm
+/// container and a user without `pods/exec` are refused with what happened.
+#[test]
+fn kubectl_exec_runs_commands_in_edge_containers() {
+    let test = "kubectl_exec_runs_commands_in_edge_containers";
+    let Some((w, containerd, kubectl)) = world_with_containers(test) else {
+        return;
+    };
+    w.create(&w.pods(), busybox_pod("box", &["sleep", "3600"]));
     w.create(
         &w.pods(),
         json!({
@@ -3227,15 +3251,8 @@ fn kubectl_exec_runs_commands_in_edge_containers() {
             "spec": wasm_pod_spec(&w.image, &["ticker", "0", "50"], json!({"nodeName": "edge-w"})),
         }),
     );
-    for pod in ["box", "wasm"] {
-        w.wait_or_dump(&format!("{pod} Running and Ready"), || {
-            w.rt.block_on(w.pods().get_opt(pod))
-                .ok()
-                .flatten()
-                .filter(pod_ready)
-        });
-    }
-    let kubectl = Kubectl::new(&bin, &w.cp.kubeconfig);
+    w.wait_pod_ready("box");
+    w.wait_pod_ready("wasm");
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
 
     // Output and success.
@@ -3337,6 +3354,117 @@ fn kubectl_exec_runs_commands_in_edge_containers() {
         log.lines()
             .any(|l| l.contains("exec") && l.contains("box") && l.contains("no-such-command")),
         "no audit line for the exec in the bridge's log"
+    );
+    drop(w);
+    drop(containerd);
+}
+
+/// `kubectl port-forward` to an edge container pod through a real
+/// apiserver (SPDY tunnelled in WebSocket from kubectl, SPDY to the bridge)
+/// and the device's stream to the pod's address: an HTTP download of
+/// 10 MB and a 10 MB echo both ways arrive whole; a port nothing listens
+/// on is refused with the device's error.
+#[test]
+fn kubectl_port_forward_carries_http_and_bytes_both_ways_to_an_edge_pod() {
+    use sha2::{Digest, Sha256};
+    use std::io::{BufRead, Read, Write};
+    let test = "kubectl_port_forward_carries_http_and_bytes_both_ways_to_an_edge_pod";
+    let Some((w, containerd, kubectl)) = world_with_containers(test) else {
+        return;
+    };
+    const SIZE: usize = 10 * 1024 * 1024;
+    w.create(
+        &w.pods(),
+        busybox_pod(
+            "web",
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /www && head -c 10485760 /dev/urandom > /www/big && httpd -p 8080 -h /www && exec nc -ll -p 9000 -e cat",
+            ],
+        ),
+    );
+    w.wait_pod_ready("web");
+    let want = kubectl.ok(&["exec", "web", "--", "sha256sum", "/www/big"]);
+    let want = want
+        .split_whitespace()
+        .next()
+        .expect("sha256sum")
+        .to_string();
+
+    // kubectl picks the local ports and says which.
+    let mut pf = kubectl.spawn(&["port-forward", "pod/web", ":8080", ":9000", ":9999"]);
+    let mut lines = std::io::BufReader::new(pf.stdout.take().expect("stdout")).lines();
+    let mut local = BTreeMap::new();
+    while local.len() < 3 {
+        let line = lines
+            .next()
+            .expect("kubectl port-forward said which ports")
+            .expect("read kubectl's stdout");
+        // "Forwarding from 127.0.0.1:41234 -> 8080"
+        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:")
+            && let Some((l, r)) = rest.split_once(" -> ")
+        {
+            local.insert(r.trim().to_string(), l.parse::<u16>().expect("local port"));
+        }
+    }
+    let connect = |remote: &str| {
+        std::net::TcpStream::connect(("127.0.0.1", local[remote])).expect("connect to kubectl")
+    };
+
+    // HTTP through it: the file, whole.
+    let mut http = connect("8080");
+    http.write_all(b"GET /big HTTP/1.0\r\n\r\n")
+        .expect("request");
+    let mut response = Vec::new();
+    http.read_to_end(&mut response).expect("response");
+    let body_at = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP header")
+        + 4;
+    assert!(
+        response.starts_with(b"HTTP/1.0 200"),
+        "{:?}",
+        String::from_utf8_lossy(&response[..body_at])
+    );
+    assert_eq!(response.len() - body_at, SIZE);
+    assert_eq!(hex::encode(Sha256::digest(&response[body_at..])), want);
+
+    // 10 MB both ways through the echo server, at once.
+    let sent: Vec<u8> = (0..SIZE).map(|_| fastrand::u8(..)).collect();
+    let echo = connect("9000");
+    let mut writer = echo.try_clone().expect("clone");
+    let to_send = sent.clone();
+    let send = std::thread::spawn(move || {
+        writer.write_all(&to_send).expect("send");
+        writer
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+    });
+    let mut got = Vec::with_capacity(SIZE);
+    (&echo)
+        .take(SIZE as u64)
+        .read_to_end(&mut got)
+        .expect("echo");
+    send.join().expect("sender");
+    assert_eq!(got.len(), SIZE);
+    assert!(got == sent, "the echo differs from what was sent");
+
+    // Nothing listens on 9999: the connection ends and kubectl says why.
+    let mut refused = connect("9999");
+    refused
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("read timeout");
+    let mut nothing = Vec::new();
+    let _ = refused.read_to_end(&mut nothing);
+    assert!(nothing.is_empty());
+    let _ = pf.kill();
+    let out = pf.wait_with_output().expect("kubectl port-forward output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("connection refused") || stderr.contains("Connection refused"),
+        "{stderr}"
     );
     drop(w);
     drop(containerd);

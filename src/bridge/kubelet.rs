@@ -38,6 +38,7 @@ use super::kubelet_auth::{
     Authorizer, CertNameError, User, forbidden_message, request_attributes, user_from_certificate,
 };
 use super::mqtt_link::MqttLink;
+use super::portforward;
 use super::remotecommand::{self, Outcome};
 use super::spdy;
 use super::usage;
@@ -276,9 +277,6 @@ pub enum ApiError {
     },
     #[error("method not allowed")]
     MethodNotAllowed,
-    /// A request this bridge cannot serve (yet), with why.
-    #[error("{0}")]
-    Unsupported(String),
     /// An upgrade that cannot be made (headers, protocol).
     #[error("unable to upgrade: {0}")]
     Upgrade(String),
@@ -329,10 +327,9 @@ impl ApiError {
             }
             ApiError::Stats { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ContainerNotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::BadQuery(_)
-            | ApiError::Device(_)
-            | ApiError::Unsupported(_)
-            | ApiError::Upgrade(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadQuery(_) | ApiError::Device(_) | ApiError::Upgrade(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Link(_) | ApiError::StreamEnded(_) | ApiError::NodeOffline(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -588,9 +585,9 @@ async fn handle(
             let why = "kedge does not attach to a container's own streams yet (kubectl attach); kubectl exec without -i and -t works";
             exec(ctx, user, target, req, Some(why.to_string()))
         }
-        PodVerb::PortForward => Err(ApiError::Unsupported(
-            "kedge does not forward ports yet (kubectl port-forward)".into(),
-        )),
+        PodVerb::PortForward => {
+            port_forward(ctx, user, node, ns.to_string(), pod_name.to_string(), req)
+        }
     }
 }
 
@@ -628,36 +625,7 @@ fn exec(
     if ctx.offline.read().is_ok_and(|o| o.contains(&target.node)) {
         return Err(ApiError::NodeOffline(target.node));
     }
-    let header = |name: &str| {
-        req.headers()
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_ascii_lowercase)
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    if !header("connection").contains("upgrade")
-        || !header("upgrade").contains(&spdy::UPGRADE_TOKEN.to_ascii_lowercase())
-    {
-        return Err(ApiError::Upgrade(format!(
-            "exec needs a {} upgrade (Connection: Upgrade, Upgrade: {})",
-            spdy::UPGRADE_TOKEN,
-            spdy::UPGRADE_TOKEN
-        )));
-    }
-    let offered: Vec<String> = req
-        .headers()
-        .get_all(remotecommand::PROTOCOL_HEADER)
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_string))
-        .collect();
-    let protocol = remotecommand::negotiate(offered.iter().map(String::as_str)).ok_or_else(|| {
-        ApiError::Upgrade(format!(
-            "unable to negotiate protocol: client supports {offered:?}, server accepts [\"{}\"]",
-            remotecommand::PROTOCOL_V4
-        ))
-    })?;
+    let protocol = spdy_upgrade(&req, remotecommand::PROTOCOL_V4)?;
     tracing::info!(
         user = %user.name,
         namespace = %target.namespace,
@@ -693,6 +661,44 @@ fn exec(
         }
         .instrument(span),
     );
+    switching_protocols(protocol)
+}
+
+/// Checks an upgrade to SPDY/3.1 with `protocol` among the client's
+/// `X-Stream-Protocol-Version`s, as the kubelet's `Handshake` does;
+/// returns the protocol to answer with.
+fn spdy_upgrade(req: &Request<Incoming>, protocol: &'static str) -> Result<&'static str, ApiError> {
+    let header = |name: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    if !header("connection").contains("upgrade")
+        || !header("upgrade").contains(&spdy::UPGRADE_TOKEN.to_ascii_lowercase())
+    {
+        return Err(ApiError::Upgrade(format!(
+            "missing upgrade headers in request (Connection: Upgrade, Upgrade: {})",
+            spdy::UPGRADE_TOKEN
+        )));
+    }
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(remotecommand::PROTOCOL_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    spdy::negotiate(offered.iter().map(String::as_str), protocol).ok_or_else(|| {
+            ApiError::Upgrade(format!(
+                "unable to negotiate protocol: client supports {offered:?}, server accepts [\"{protocol}\"]"
+            ))
+        })
+}
+
+fn switching_protocols(protocol: &'static str) -> Result<Response<Body>, ApiError> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("connection", "Upgrade")
@@ -700,6 +706,83 @@ fn exec(
         .header(remotecommand::PROTOCOL_HEADER, protocol)
         .body(Full::new(Bytes::new()).boxed())
         .map_err(|e| ApiError::Upgrade(e.to_string()))
+}
+
+/// `/portForward`: checks the upgrade, answers 101 and serves the session
+/// ([`portforward::serve`]) from a task of its own; each forwarded
+/// connection is a byte stream to the pod's port on the device (the
+/// stream RPC). Logged at info with who and which pod.
+fn port_forward(
+    ctx: &Ctx,
+    user: &User,
+    node: String,
+    namespace: String,
+    pod: String,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    if ctx.offline.read().is_ok_and(|o| o.contains(&node)) {
+        return Err(ApiError::NodeOffline(node));
+    }
+    let protocol = spdy_upgrade(&req, portforward::PROTOCOL)?;
+    tracing::info!(user = %user.name, %namespace, %pod, %node, "port-forward");
+    let span = info_span!("port_forward_session", %node, %namespace, %pod);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let mqtt = ctx.mqtt.clone();
+    tokio::spawn(
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    debug!(error = %e, "port-forward: the upgrade failed");
+                    return;
+                }
+            };
+            let open = move |port: u16| {
+                let (mqtt, node, namespace, pod) =
+                    (mqtt.clone(), node.clone(), namespace.clone(), pod.clone());
+                async move {
+                    mqtt.port_forward(&node, &namespace, &pod, port, PORT_FORWARD_CONNECT_TIMEOUT)
+                        .await
+                        .map(|(w, r)| (DeviceWriter(w), DeviceReader(r)))
+                        .map_err(|e| match e {
+                            ClientError::Agent { message, .. } => message,
+                            other => other.to_string(),
+                        })
+                }
+            };
+            if let Err(e) = portforward::serve(TokioIo::new(upgraded), open).await {
+                debug!(error = %e, "port-forward session ended with an error");
+            }
+        }
+        .instrument(span),
+    );
+    switching_protocols(protocol)
+}
+
+/// How long the device may take to connect to the pod's port.
+const PORT_FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The client's stream halves as the port-forward session uses them.
+struct DeviceWriter(crate::client::stream::StreamWriter);
+struct DeviceReader(crate::client::stream::StreamReader);
+
+impl portforward::Upstream for DeviceWriter {
+    async fn write(&mut self, data: Bytes) -> Result<(), String> {
+        self.0.write(&data).await.map_err(|e| e.to_string())
+    }
+    async fn finish(&mut self) -> Result<(), String> {
+        self.0.finish().await.map_err(|e| e.to_string())
+    }
+}
+
+impl portforward::Downstream for DeviceReader {
+    async fn read(&mut self) -> Result<Option<Bytes>, String> {
+        self.0
+            .read()
+            .await
+            .map(|d| d.map(Bytes::from))
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// One exec RPC to the device, its answer as the session needs it.

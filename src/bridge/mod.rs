@@ -20,6 +20,7 @@ pub mod kubelet;
 pub mod kubelet_auth;
 pub mod mqtt_link;
 pub mod node_ports;
+pub mod portforward;
 pub mod refs;
 pub mod remotecommand;
 pub mod render;

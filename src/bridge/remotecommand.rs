@@ -90,16 +90,6 @@ pub fn unsupported(o: &ExecOptions) -> Option<String> {
     })
 }
 
-/// The protocol to answer with, from the client's offer (one header value
-/// each, or comma-separated): v4 or nothing.
-pub fn negotiate<'a>(offered: impl IntoIterator<Item = &'a str>) -> Option<&'static str> {
-    offered
-        .into_iter()
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == PROTOCOL_V4)
-        .then_some(PROTOCOL_V4)
-}
-
 /// The streams the client opens: error, stdin/stdout/stderr as asked, and
 /// resize with a TTY (v4).
 pub fn expected_streams(o: &ExecOptions) -> usize {
@@ -334,22 +324,6 @@ mod tests {
         // kubectl's own names are not the kubelet's.
         assert!(parse_exec_query("command=ls&stdout=1").is_err());
         assert!(!opts("command=ls&output=0&error=1").stdout);
-    }
-
-    #[test]
-    fn only_v4_is_spoken() {
-        let offered = [
-            "v5.channel.k8s.io",
-            "v4.channel.k8s.io",
-            "v3.channel.k8s.io",
-        ];
-        assert_eq!(negotiate(offered), Some(PROTOCOL_V4));
-        assert_eq!(
-            negotiate(["v5.channel.k8s.io, v4.channel.k8s.io"]),
-            Some(PROTOCOL_V4)
-        );
-        assert_eq!(negotiate(["channel.k8s.io", "v3.channel.k8s.io"]), None);
-        assert_eq!(negotiate([]), None);
     }
 
     #[test]

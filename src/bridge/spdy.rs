@@ -58,6 +58,20 @@ const STREAM_ID_MASK: u32 = 0x7fff_ffff;
 /// with NUL bytes, as on the wire.
 pub type Headers = Vec<(String, String)>;
 
+/// `protocol` if the client offers it (`X-Stream-Protocol-Version`: one
+/// header value each, or comma-separated), as the kubelet's `Handshake`
+/// negotiates.
+pub fn negotiate<'a>(
+    offered: impl IntoIterator<Item = &'a str>,
+    protocol: &'static str,
+) -> Option<&'static str> {
+    offered
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == protocol)
+        .then_some(protocol)
+}
+
 /// The first value of `name` in `headers`.
 pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
     headers
@@ -616,6 +630,23 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn protocols_are_negotiated_from_any_header_form() {
+        let v4 = "v4.channel.k8s.io";
+        let offered = ["v5.channel.k8s.io", v4, "v3.channel.k8s.io"];
+        assert_eq!(negotiate(offered, v4), Some(v4));
+        assert_eq!(
+            negotiate(["v5.channel.k8s.io, v4.channel.k8s.io"], v4),
+            Some(v4)
+        );
+        assert_eq!(negotiate(["channel.k8s.io", "v3.channel.k8s.io"], v4), None);
+        assert_eq!(negotiate([], v4), None);
+        assert_eq!(
+            negotiate(["portforward.k8s.io"], "portforward.k8s.io"),
+            Some("portforward.k8s.io")
+        );
     }
 
     #[test]

@@ -198,6 +198,22 @@ impl Kubectl {
         run_with_deadline(cmd, b"", Duration::from_secs(120))
     }
 
+    /// Starts `kubectl ARGS…` (a long-running one, such as port-forward),
+    /// stdout and stderr piped; the caller kills it.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(&self.bin)
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env("KUBERC", "off")
+            .env("KUBECACHEDIR", self.cache.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start kubectl")
+    }
+
     /// `kubectl ARGS…`, which must succeed: its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
