@@ -1866,7 +1866,7 @@ impl Controller {
                 | Message::StreamClose(crate::model::StreamClose { stream_id: id, .. }),
             ) => format!("the request id {id:?} is not the topic's {request_id:?}"),
             Ok(other) => wire::WireError::WrongKind {
-                expected: "LogRequest, StatsRequest, ExecRequest or a stream message",
+                expected: "LogRequest, StatsRequest, ExecRequest or StreamOpen",
                 found: other.kind().name(),
             }
             .to_string(),
