@@ -311,14 +311,21 @@ fn migrate_desired_pod_fields(
 
 fn decode<T: for<'de> Deserialize<'de>>(
     table: &'static str,
-    key: impl ToString,
+    key: impl std::fmt::Display,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+    postcard::from_bytes(bytes).map_err(|e| corrupt(table, &key, e))
+}
+
+/// `decode`'s error, compiled once rather than once per record type (a
+/// device build is counted in bytes).
+#[inline(never)]
+fn corrupt(table: &'static str, key: &dyn std::fmt::Display, e: postcard::Error) -> StoreError {
+    StoreError::Corrupt {
         table,
         key: key.to_string(),
         detail: e.to_string(),
-    })
+    }
 }
 
 /// A little-endian integer stored as bytes; zero when absent or malformed.

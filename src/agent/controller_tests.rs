@@ -1062,7 +1062,7 @@ async fn a_stats_request_gets_one_reply_with_the_running_containers_usage() {
         ),
         (
             &wrong_kind,
-            "bad request: expected a LogRequest, StatsRequest or ExecRequest message, got Tombstone",
+            "bad request: expected a LogRequest, StatsRequest, ExecRequest or StreamOpen message, got Tombstone",
         ),
     ] {
         match published(&agent, topic).as_slice() {

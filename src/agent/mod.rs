@@ -1855,26 +1855,26 @@ impl Controller {
             Ok(Message::ExecRequest(r)) if r.request_id == request_id => {
                 return self.on_exec_request(session, reply_topic, r);
             }
+            #[cfg(feature = "streams")]
             Ok(Message::StreamOpen(o)) if o.stream_id == request_id => {
                 return self.on_stream_open(session, reply_topic, o);
             }
             Ok(m) if stream_rpc::stream_id(&m) == Some(request_id.as_str()) => {
-                if self.streams.route(m) == stream_rpc::Routed::Unknown {
-                    let e = stream_rpc::unknown(&self.node, &request_id);
+                if let Some(e) = self.streams.route(&self.node, m) {
                     stream_rpc::close(&session, reply_topic, &request_id, Some(e));
                 }
                 return;
             }
             Ok(
                 Message::StatsRequest(crate::model::StatsRequest { request_id: id })
-                | Message::ExecRequest(crate::model::ExecRequest { request_id: id, .. }),
+                | Message::ExecRequest(crate::model::ExecRequest { request_id: id, .. })
+                | Message::StreamOpen(crate::model::StreamOpen { stream_id: id, .. })
+                | Message::StreamData(crate::model::StreamData { stream_id: id, .. })
+                | Message::StreamWindow(crate::model::StreamWindow { stream_id: id, .. })
+                | Message::StreamClose(crate::model::StreamClose { stream_id: id, .. }),
             ) => format!("the request id {id:?} is not the topic's {request_id:?}"),
-            Ok(m) if stream_rpc::stream_id(&m).is_some() => format!(
-                "the stream id {:?} is not the topic's {request_id:?}",
-                stream_rpc::stream_id(&m).unwrap_or_default()
-            ),
             Ok(other) => wire::WireError::WrongKind {
-                expected: "LogRequest, StatsRequest, ExecRequest or a stream message",
+                expected: "LogRequest, StatsRequest, ExecRequest or StreamOpen",
                 found: other.kind().name(),
             }
             .to_string(),
@@ -1892,6 +1892,7 @@ impl Controller {
     /// (`stream_rpc::target`), relayed by a task of its own
     /// (`stream_rpc::relay`); at most `stream_rpc::MAX_STREAMS` at once. A
     /// redelivered `StreamOpen` of a running stream is dropped.
+    #[cfg(feature = "streams")]
     fn on_stream_open(
         &mut self,
         session: mpsc::UnboundedSender<SessionCommand>,
@@ -1901,45 +1902,35 @@ impl Controller {
         if self.streams.is_open(&open.stream_id) {
             return;
         }
-        // Not logged: the span and its audit line cost a device build
-        // kilobytes it does not have.
-        #[cfg(not(feature = "streams"))]
-        {
-            let e = stream_rpc::NOT_BUILT.to_string();
-            stream_rpc::close(&session, reply_topic, &open.stream_id, Some(e));
-        }
-        #[cfg(feature = "streams")]
-        {
-            let span = tracing::info_span!(
-                "port_forward",
-                stream = %open.stream_id,
-                namespace = %open.namespace,
-                pod = %open.pod,
-                port = open.port,
-            );
-            span.in_scope(|| info!("port-forward"));
-            let key = PodKey::new(&open.namespace, &open.pod);
-            let spec = self.pods.get(&key).map(|e| &e.spec);
-            let addr = if self.streams.count() >= stream_rpc::MAX_STREAMS {
-                Err(format!(
-                    "too many port-forward streams on node {}: at most {} at once",
-                    self.node,
-                    stream_rpc::MAX_STREAMS
-                ))
-            } else {
-                let board = self.board.lock().unwrap_or_else(|p| p.into_inner());
-                stream_rpc::target(&self.node, &open, spec, board.get(&key))
-            };
-            match addr {
-                Ok(addr) => {
-                    let inbox = self.streams.open(&open.stream_id, open.window);
-                    let relay = stream_rpc::relay(session, reply_topic, open, addr, inbox, span);
-                    tokio::spawn(relay);
-                }
-                Err(e) => {
-                    span.in_scope(|| info!(error = %e, "port-forward refused"));
-                    stream_rpc::close(&session, reply_topic, &open.stream_id, Some(e));
-                }
+        let span = tracing::info_span!(
+            "port_forward",
+            stream = %open.stream_id,
+            namespace = %open.namespace,
+            pod = %open.pod,
+            port = open.port,
+        );
+        span.in_scope(|| info!("port-forward"));
+        let key = PodKey::new(&open.namespace, &open.pod);
+        let spec = self.pods.get(&key).map(|e| &e.spec);
+        let addr = if self.streams.count() >= stream_rpc::MAX_STREAMS {
+            Err(format!(
+                "too many port-forward streams on node {}: at most {} at once",
+                self.node,
+                stream_rpc::MAX_STREAMS
+            ))
+        } else {
+            let board = self.board.lock().unwrap_or_else(|p| p.into_inner());
+            stream_rpc::target(&self.node, &open, spec, board.get(&key))
+        };
+        match addr {
+            Ok(addr) => {
+                let inbox = self.streams.open(&open.stream_id, open.window);
+                let relay = stream_rpc::relay(session, reply_topic, open, addr, inbox, span);
+                tokio::spawn(relay);
+            }
+            Err(e) => {
+                span.in_scope(|| info!(error = %e, "port-forward refused"));
+                stream_rpc::close(&session, reply_topic, &open.stream_id, Some(e));
             }
         }
     }

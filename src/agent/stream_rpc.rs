@@ -90,20 +90,6 @@ pub fn stream_id(message: &Message) -> Option<&str> {
     }
 }
 
-/// What the loop does with a stream message.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Routed {
-    /// Handed to the stream (or dropped as a duplicate).
-    Done,
-    /// No such stream here: to be answered with a `StreamClose` error.
-    Unknown,
-}
-
-/// The error of a message for a stream that is not open here.
-pub fn unknown(node: &str, stream_id: &str) -> String {
-    format!("stream {stream_id} is not open on node {node}")
-}
-
 #[cfg(feature = "streams")]
 pub use relay::{Streams, relay};
 
@@ -123,14 +109,12 @@ mod disabled {
     pub struct Streams {}
 
     impl Streams {
-        pub fn is_open(&self, _id: &str) -> bool {
-            false
-        }
-
-        pub fn route(&mut self, message: Message) -> Routed {
+        /// Every stream message but a close (a `StreamOpen` first) is
+        /// answered with [`NOT_BUILT`].
+        pub fn route(&mut self, _node: &str, message: Message) -> Option<String> {
             match message {
-                Message::StreamClose(_) => Routed::Done,
-                _ => Routed::Unknown,
+                Message::StreamClose(_) => None,
+                _ => Some(NOT_BUILT.to_string()),
             }
         }
     }
@@ -249,20 +233,21 @@ mod relay {
         }
 
         /// Hands a `StreamData`, `StreamWindow` or `StreamClose` (any other
-        /// message is `Done`) to its stream, checked against its window as
-        /// it arrives.
-        pub fn route(&mut self, message: Message) -> Routed {
+        /// message is ignored) to its stream, checked against its window as
+        /// it arrives. The error to answer with a `StreamClose` when the
+        /// stream is not open on `node` (it ended, or the agent restarted).
+        pub fn route(&mut self, node: &str, message: Message) -> Option<String> {
             let id = match &message {
                 Message::StreamData(m) => &m.stream_id,
                 Message::StreamWindow(m) => &m.stream_id,
                 Message::StreamClose(m) => &m.stream_id,
-                _ => return Routed::Done,
+                _ => return None,
             };
             let Some(slot) = self.open.get(id).filter(|s| !s.data.is_closed()) else {
                 // A late close of an ended stream needs no answer.
                 return match message {
-                    Message::StreamClose(_) => Routed::Done,
-                    _ => Routed::Unknown,
+                    Message::StreamClose(_) => None,
+                    _ => Some(format!("stream {id} is not open on node {node}")),
                 };
             };
             let shared = &slot.shared;
@@ -290,7 +275,7 @@ mod relay {
                 }
                 _ => {}
             }
-            Routed::Done
+            None
         }
     }
 
@@ -550,16 +535,12 @@ mod tests {
         #[tokio::test]
         async fn bytes_reach_the_pod_and_a_gap_ends_the_stream_with_its_error() {
             let (mut streams, mut rx, mut pod) = start().await;
-            assert_eq!(streams.route(data(0, b"hello")), Routed::Done);
-            assert_eq!(
-                streams.route(data(0, b"hello")),
-                Routed::Done,
-                "a duplicate"
-            );
+            assert_eq!(streams.route("gw1", data(0, b"hello")), None);
+            assert_eq!(streams.route("gw1", data(0, b"hello")), None, "a duplicate");
             let mut got = [0; 5];
             pod.read_exact(&mut got).await.expect("the pod reads");
             assert_eq!(&got, b"hello");
-            streams.route(data(2, b"lost one"));
+            streams.route("gw1", data(2, b"lost one"));
             match answer(&mut rx).await {
                 Message::StreamClose(c) => assert_eq!(
                     c.error.as_deref(),
@@ -572,7 +553,10 @@ mod tests {
             // The pod's socket is closed with the stream.
             assert_eq!(pod.read(&mut got).await.expect("eof"), 0);
             assert_eq!(streams.count(), 0);
-            assert_eq!(streams.route(data(3, b"x")), Routed::Unknown);
+            assert_eq!(
+                streams.route("gw1", data(3, b"x")),
+                Some(format!("stream {ID} is not open on node gw1"))
+            );
         }
 
         #[tokio::test]
@@ -589,10 +573,13 @@ mod tests {
         #[tokio::test]
         async fn the_bridges_close_ends_the_stream_without_an_answer() {
             let (mut streams, mut rx, mut pod) = start().await;
-            streams.route(Message::StreamClose(crate::model::StreamClose {
-                stream_id: ID.into(),
-                error: None,
-            }));
+            streams.route(
+                "gw1",
+                Message::StreamClose(crate::model::StreamClose {
+                    stream_id: ID.into(),
+                    error: None,
+                }),
+            );
             let mut buf = [0; 1];
             assert_eq!(pod.read(&mut buf).await.expect("eof"), 0);
             assert!(

@@ -436,6 +436,14 @@ mod tests {
     }
 
     #[test]
+    fn the_halves_can_move_to_tasks_of_their_own() {
+        fn send<T: Send + 'static>() {}
+        send::<StreamWriter>();
+        send::<StreamReader>();
+        send::<StreamError>();
+    }
+
+    #[test]
     fn the_first_window_connects_and_credits_the_writer() {
         let mut routes = StreamRoutes::default();
         let mut opened = routes.open(ID, 1000);
