@@ -3424,7 +3424,7 @@ fn kubectl_port_forward_carries_http_and_bytes_both_ways_to_an_edge_pod() {
         .expect("HTTP header")
         + 4;
     assert!(
-        response.starts_with(b"HTTP/1.0 200"),
+        response.starts_with(b"HTTP/1.1 200 OK\r\n"),
         "{:?}",
         String::from_utf8_lossy(&response[..body_at])
     );
