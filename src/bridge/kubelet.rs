@@ -636,27 +636,39 @@ fn exec(
         "exec"
     );
     let span = info_span!("exec", node = %target.node, namespace = %target.namespace, pod = %target.pod, container = %target.container);
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let mqtt = ctx.mqtt.clone();
+    upgraded(&mut req, protocol, span, move |io| async move {
+        let command = options.command.clone();
+        let run = || async move {
+            match refusal {
+                Some(why) => Err(why),
+                None => run_exec(mqtt, target, command).await,
+            }
+        };
+        if let Err(e) = remotecommand::serve(io, options.clone(), run).await {
+            debug!(error = %e, "exec session ended early");
+        }
+    })
+}
+
+/// Answers `101 Switching Protocols` with `protocol`, and serves the
+/// upgraded connection with `session` from a task of its own in `span`.
+fn upgraded<F, Fut>(
+    req: &mut Request<Incoming>,
+    protocol: &'static str,
+    span: tracing::Span,
+    session: F,
+) -> Result<Response<Body>, ApiError>
+where
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(
         async move {
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
-                Err(e) => {
-                    debug!(error = %e, "exec: the upgrade failed");
-                    return;
-                }
-            };
-            let command = options.command.clone();
-            let run = || async move {
-                match refusal {
-                    Some(why) => Err(why),
-                    None => run_exec(mqtt, target, command).await,
-                }
-            };
-            if let Err(e) = remotecommand::serve(TokioIo::new(upgraded), options.clone(), run).await
-            {
-                debug!(error = %e, "exec session ended early");
+            match on_upgrade.await {
+                Ok(u) => session(TokioIo::new(u)).await,
+                Err(e) => debug!(error = %e, "the upgrade failed"),
             }
         }
         .instrument(span),
@@ -726,37 +738,25 @@ fn port_forward(
     let protocol = spdy_upgrade(&req, portforward::PROTOCOL)?;
     tracing::info!(user = %user.name, %namespace, %pod, %node, "port-forward");
     let span = info_span!("port_forward_session", %node, %namespace, %pod);
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let mqtt = ctx.mqtt.clone();
-    tokio::spawn(
-        async move {
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
-                Err(e) => {
-                    debug!(error = %e, "port-forward: the upgrade failed");
-                    return;
-                }
-            };
-            let open = move |port: u16| {
-                let (mqtt, node, namespace, pod) =
-                    (mqtt.clone(), node.clone(), namespace.clone(), pod.clone());
-                async move {
-                    mqtt.port_forward(&node, &namespace, &pod, port, PORT_FORWARD_CONNECT_TIMEOUT)
-                        .await
-                        .map(|(w, r)| (DeviceWriter(w), DeviceReader(r)))
-                        .map_err(|e| match e {
-                            ClientError::Agent { message, .. } => message,
-                            other => other.to_string(),
-                        })
-                }
-            };
-            if let Err(e) = portforward::serve(TokioIo::new(upgraded), open).await {
-                debug!(error = %e, "port-forward session ended with an error");
+    upgraded(&mut req, protocol, span, move |io| async move {
+        let open = move |port: u16| {
+            let (mqtt, node, namespace, pod) =
+                (mqtt.clone(), node.clone(), namespace.clone(), pod.clone());
+            async move {
+                mqtt.port_forward(&node, &namespace, &pod, port, PORT_FORWARD_CONNECT_TIMEOUT)
+                    .await
+                    .map(|(w, r)| (DeviceWriter(w), DeviceReader(r)))
+                    .map_err(|e| match e {
+                        ClientError::Agent { message, .. } => message,
+                        other => other.to_string(),
+                    })
             }
+        };
+        if let Err(e) = portforward::serve(io, open).await {
+            debug!(error = %e, "port-forward session ended with an error");
         }
-        .instrument(span),
-    );
-    switching_protocols(protocol)
+    })
 }
 
 /// How long the device may take to connect to the pod's port.

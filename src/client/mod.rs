@@ -439,18 +439,12 @@ impl Client {
                 .await
                 .map_err(|_| ClientError::NotConnected(self.url.to_string()))
         };
-        match tokio::time::timeout(timeout, connected).await {
-            Ok(Ok(Ok(()))) => Ok(stream::halves(guard, opened)),
-            Ok(Ok(Err(message))) => Err(ClientError::Agent {
-                node: node.to_string(),
-                message,
-            }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ClientError::NoAnswer {
-                node: node.to_string(),
-                secs: timeout.as_secs(),
-            }),
-        }
+        answered(
+            node,
+            timeout,
+            tokio::time::timeout(timeout, connected).await,
+        )
+        .map(|()| stream::halves(guard, opened))
     }
 
     /// The agent's error in a reply that carries no answer.
@@ -495,17 +489,27 @@ impl Client {
                 .await
                 .map_err(|_| ClientError::NotConnected(self.url.to_string()))
         };
-        match tokio::time::timeout(timeout, asked).await {
-            Ok(Ok(Ok(reply))) => Ok(reply),
-            Ok(Ok(Err(message))) => Err(ClientError::Agent {
-                node: node.to_string(),
-                message,
-            }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ClientError::NoAnswer {
-                node: node.to_string(),
-                secs: timeout.as_secs(),
-            }),
-        }
+        answered(node, timeout, tokio::time::timeout(timeout, asked).await)
+    }
+}
+
+/// An RPC's outcome after waiting at most `timeout`: the answer, the
+/// agent's error (`Agent`), the link's, or `NoAnswer`.
+fn answered<T>(
+    node: &str,
+    timeout: Duration,
+    outcome: Result<Result<Result<T, String>, ClientError>, tokio::time::error::Elapsed>,
+) -> Result<T, ClientError> {
+    match outcome {
+        Ok(Ok(Ok(answer))) => Ok(answer),
+        Ok(Ok(Err(message))) => Err(ClientError::Agent {
+            node: node.to_string(),
+            message,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ClientError::NoAnswer {
+            node: node.to_string(),
+            secs: timeout.as_secs(),
+        }),
     }
 }
