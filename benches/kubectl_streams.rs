@@ -29,7 +29,9 @@
 //! execs of each kind, `KEDGE_BENCH_ROUNDS` (5) downloads of each kind,
 //! `KEDGE_BENCH_PINGS` (1000) pings of each kind, `KEDGE_BENCH_STREAMS`
 //! (50) idle connections, `KEDGE_BENCH_AGENT_LOG` (warn) the agent's
-//! `KEDGE_LOG`.
+//! `KEDGE_LOG`, `KEDGE_BENCH_NODELAY` (1): Mosquitto's `set_tcp_nodelay`,
+//! as README.md advises (`0`: the stock broker, whose small messages wait
+//! for delayed ACKs, up to 40 ms a hop).
 
 #[path = "stats.rs"]
 #[allow(dead_code)]
@@ -302,7 +304,10 @@ async fn exec_floor(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> Duratio
         .expect("ExecSync")
         .into_inner();
     let took = t0.elapsed();
-    assert_eq!((out.exit_code, out.stdout.as_slice()), (0, b"x\n".as_slice()));
+    assert_eq!(
+        (out.exit_code, out.stdout.as_slice()),
+        (0, b"x\n".as_slice())
+    );
     took
 }
 
@@ -321,7 +326,19 @@ async fn exec_rpc(client: &client::Client) -> Duration {
         .await
         .expect("exec RPC");
     let took = t0.elapsed();
-    assert_eq!((out.exit_code, out.stdout.as_slice()), (0, b"x\n".as_slice()));
+    assert_eq!(
+        (out.exit_code, out.stdout.as_slice()),
+        (0, b"x\n".as_slice())
+    );
+    took
+}
+
+/// For comparison: kubectl's start and one plain API call, no exec.
+fn get_kubectl(kubectl: &Kubectl) -> Duration {
+    let t0 = Instant::now();
+    let out = kubectl.ok(&["get", "pod", POD, "-o", "name"]);
+    let took = t0.elapsed();
+    assert_eq!(out.trim(), format!("pod/{POD}"));
     took
 }
 
@@ -331,6 +348,20 @@ fn exec_kubectl(kubectl: &Kubectl) -> Duration {
     let took = t0.elapsed();
     assert_eq!(out, "x\n");
     took
+}
+
+/// The process whose executable's name is `name` and whose command line
+/// mentions `needle` (a temp dir of this run), if any.
+fn pid_of(name: &str, needle: &Path) -> Option<u32> {
+    let needle = needle.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let mut args = cmdline.split(|b| *b == 0).map(String::from_utf8_lossy);
+        let exe = args.next()?;
+        (Path::new(exe.as_ref()).file_name()? == name && args.any(|a| a.contains(&needle)))
+            .then_some(pid)
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -380,10 +411,25 @@ fn main() {
     let pings = env_usize("KEDGE_BENCH_PINGS", 1000);
     let streams = env_usize("KEDGE_BENCH_STREAMS", 50);
     let agent_log = std::env::var("KEDGE_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into());
+    let nodelay = std::env::var("KEDGE_BENCH_NODELAY").map_or(true, |v| v.trim() != "0");
 
     // The world. Locals drop in reverse: the agent first, containerd last.
     let containerd = Containerd::start();
-    let mqtt = Mosquitto::start();
+    // As README.md advises for a deployment: no Nagle in the broker either
+    // (kedge turns it off on its own sockets).
+    let mqtt = Mosquitto::start_custom(false, |port| {
+        format!(
+            "user root\n\
+             listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             persistence false\n\
+             max_packet_size 15728640\n\
+             set_tcp_nodelay {nodelay}\n\
+             log_dest stderr\n\
+             log_type error\n\
+             log_type warning\n"
+        )
+    });
     let cp = ControlPlane::start(ControlPlaneOpts {
         controllers: false,
         ..Default::default()
@@ -447,7 +493,12 @@ fn main() {
         let (phase, ip) = out.split_once(' ')?;
         (phase == "Running").then(|| ip.trim().parse().ok())?
     })
-    .unwrap_or_else(|| panic!("{POD} not Running with a pod IP within {LONG:?}\n{}", dump()));
+    .unwrap_or_else(|| {
+        panic!(
+            "{POD} not Running with a pod IP within {LONG:?}\n{}",
+            dump()
+        )
+    });
     // Up once the echo server listens (after the file and httpd).
     let direct_echo = SocketAddr::new(pod_ip, ECHO_PORT);
     let direct_http = SocketAddr::new(pod_ip, HTTP_PORT);
@@ -485,8 +536,11 @@ fn main() {
     exec_kubectl(&kubectl);
     rt.block_on(exec_rpc(&client));
     rt.block_on(exec_floor(&mut cri_rt, &cid));
+    get_kubectl(&kubectl);
     let (mut via_kubectl, mut via_rpc, mut via_cri) = (Vec::new(), Vec::new(), Vec::new());
+    let mut kubectl_get = Vec::new();
     for _ in 0..execs {
+        kubectl_get.push(get_kubectl(&kubectl));
         via_kubectl.push(exec_kubectl(&kubectl));
         via_rpc.push(rt.block_on(exec_rpc(&client)));
         via_cri.push(rt.block_on(exec_floor(&mut cri_rt, &cid)));
@@ -494,6 +548,7 @@ fn main() {
     let via_kubectl = stats::Summary::new(via_kubectl);
     let via_rpc = stats::Summary::new(via_rpc);
     let via_cri = stats::Summary::new(via_cri);
+    let kubectl_get = stats::Summary::new(kubectl_get);
 
     // 2. throughput.
     let pf = PortForward::start(&kubectl, &[HTTP_PORT, ECHO_PORT]);
@@ -501,11 +556,32 @@ fn main() {
     download(pf.addr(HTTP_PORT), &mut buf, "warm-up through port-forward");
     download(direct_http, &mut buf, "warm-up direct");
     let mbps = |d: Duration| BIG as f64 / (1 << 20) as f64 / d.as_secs_f64();
+    // Where the CPU goes while the bytes cross: every process on the path.
+    let on_path: Vec<(&str, u32)> = [
+        ("kubectl port-forward", Some(pf.child.id())),
+        ("kube-apiserver", pid_of("kube-apiserver", cp.dir())),
+        ("bridge", Some(bridge.pid())),
+        ("mosquitto", pid_of("mosquitto", mqtt.dir())),
+        ("agent", Some(agent.pid())),
+    ]
+    .into_iter()
+    .filter_map(|(who, pid)| Some((who, pid?)))
+    .collect();
+    let mut cpu = vec![Duration::ZERO; on_path.len()];
+    let mut fwd_wall = Duration::ZERO;
     let (mut fwd_rate, mut direct_rate) = (Vec::new(), Vec::new());
     for r in 0..rounds {
         for through_forward in [r % 2 == 0, r % 2 != 0] {
             if through_forward {
+                let before: Vec<Duration> = on_path
+                    .iter()
+                    .map(|(_, p)| support::k8s::cpu_time(*p))
+                    .collect();
                 let d = download(pf.addr(HTTP_PORT), &mut buf, "through port-forward");
+                for (i, (_, p)) in on_path.iter().enumerate() {
+                    cpu[i] += support::k8s::cpu_time(*p).saturating_sub(before[i]);
+                }
+                fwd_wall += d;
                 fwd_rate.push(mbps(d));
             } else {
                 direct_rate.push(mbps(download(direct_http, &mut buf, "direct")));
@@ -580,7 +656,7 @@ fn main() {
         .to_string();
     println!();
     println!(
-        "## kubectl exec and port-forward through the bridge (commit {git}, kubectl {kv}, bridge and agent {})",
+        "## kubectl exec and port-forward through the bridge (commit {git}, kubectl {kv}, bridge and agent {}, Mosquitto set_tcp_nodelay {nodelay})",
         support::kedge_bin().display()
     );
     println!();
@@ -602,6 +678,10 @@ fn main() {
             &via_rpc,
         ),
         ("floor: CRI `ExecSync` on containerd's socket", &via_cri),
+        (
+            "for comparison, no exec: `kubectl get pod web -o name` (kubectl start, one API call)",
+            &kubectl_get,
+        ),
     ] {
         println!(
             "| {path} | {} | {} | {} | {} |",
@@ -644,8 +724,26 @@ fn main() {
         verdict(ratio >= 0.5)
     );
     println!();
+    println!(
+        "CPU time of each process on the forwarded path per 64 MiB download (mean over the {} forwarded rounds, {:.1} s of wall time each; /proc/PID/stat, 10 ms ticks):",
+        fwd_rate.len(),
+        fwd_wall.as_secs_f64() / fwd_rate.len().max(1) as f64
+    );
+    println!();
+    println!("| process | CPU s per download | share of the wall time |");
+    println!("|---|---:|---:|");
+    for ((who, _), c) in on_path.iter().zip(&cpu) {
+        println!(
+            "| {who} | {:.2} | {:.0} % |",
+            c.as_secs_f64() / fwd_rate.len().max(1) as f64,
+            100.0 * c.as_secs_f64() / fwd_wall.as_secs_f64().max(1e-9)
+        );
+    }
+    println!();
 
-    println!("### port-forward latency (1-byte ping-pong on one connection to the echo server, alternating)");
+    println!(
+        "### port-forward latency (1-byte ping-pong on one connection to the echo server, alternating)"
+    );
     println!();
     println!("| path | samples | p50 ms | p90 ms | p99 ms |");
     println!("|---|---:|---:|---:|---:|");
