@@ -25,3 +25,15 @@ pub mod store;
 pub mod tls;
 pub mod trust;
 pub mod wire;
+
+/// `tokio::spawn` for the tasks of the agent, its runtimes and the MQTT
+/// session: the future boxed, so that every task with the same output shares
+/// one tokio task harness instead of one per future type (2–3 kB of code
+/// each in a device build: targets/README.md). Not for a per-byte path: it
+/// costs an allocation per spawn.
+pub(crate) fn spawn<T: Send + 'static>(
+    task: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let task: runtime::BoxFuture<'static, T> = Box::pin(task);
+    tokio::spawn(task)
+}

@@ -724,7 +724,7 @@ pub async fn run(
                 for topic in &extra {
                     let _ = client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
                 }
-                let drive = tokio::spawn(drive(eventloop, next_id, internal_tx.clone()));
+                let drive = crate::spawn(drive(eventloop, next_id, internal_tx.clone()));
                 let mut c = Connection {
                     id: next_id,
                     client,

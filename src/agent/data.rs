@@ -219,7 +219,7 @@ pub async fn serve_endpoint(listener: TcpListener, path: Arc<DataPath>) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let path = path.clone();
-                tokio::spawn(async move {
+                crate::spawn(async move {
                     if let Err(e) = connection(stream, &path).await {
                         debug!(%peer, error = %e, "data endpoint connection closed");
                     }

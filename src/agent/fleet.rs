@@ -497,7 +497,7 @@ impl Controller {
         };
         let tx = self.prefetched.clone();
         let (pod, uid, generation) = (pod.clone(), spec.uid.clone(), spec.generation);
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let result = runtime
                 .prefetch(&ctx)
                 .await

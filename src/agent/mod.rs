@@ -335,7 +335,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
             controller.session = Some(cmd_tx);
             info!(broker = %url, node = %controller.node, "starting MQTT session");
-            Some(tokio::spawn(mqtt::run(
+            Some(crate::spawn(mqtt::run(
                 settings,
                 Some(store.clone()),
                 cmd_rx,
@@ -356,7 +356,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let (static_tx, static_rx) = mpsc::unbounded_channel();
     if let Some(dir) = controller.config.manifests_dir.clone() {
-        tokio::spawn(static_pods::watch(
+        crate::spawn(static_pods::watch(
             dir,
             controller.node.clone(),
             Duration::from_millis(controller.config.manifests_poll_ms),
@@ -406,7 +406,7 @@ async fn start_data_path(
         device_key = %hex::encode(device_key.public_key()),
         "data endpoint listening"
     );
-    tokio::spawn(data::serve_endpoint(listener, path.clone()));
+    crate::spawn(data::serve_endpoint(listener, path.clone()));
     match broker_url {
         Some(url) => {
             let mut options = mqtt::mqtt_options(
@@ -426,7 +426,7 @@ async fn start_data_path(
                 reconnect_max: Duration::from_millis(config.broker.reconnect_max_ms),
                 events: controller.runtime_events.clone(),
             };
-            tokio::spawn(data::forward(settings, path.clone()));
+            crate::spawn(data::forward(settings, path.clone()));
         }
         None => warn!(
             "no broker: workload data is kept (up to its TTL and data.budget_bytes) but not sent"
@@ -776,7 +776,7 @@ impl Controller {
                 .filter(|e| e.spec.runtime == RuntimeKind::Container)
                 .map(|e| e.spec.uid.clone())
                 .collect();
-            tokio::spawn(async move { cri.remove_orphans(keep).await });
+            crate::spawn(async move { cri.remove_orphans(keep).await });
         }
         Ok(())
     }
@@ -1843,7 +1843,7 @@ impl Controller {
                 runtimes.extend(self.wasm.as_ref().and_then(LazyRuntime::made));
                 runtimes.extend(self.cri.clone());
                 let board = self.board.clone();
-                spawn_rpc(stats_rpc::serve(
+                crate::spawn(stats_rpc::serve(
                     session,
                     reply_topic,
                     request_id,
@@ -1926,7 +1926,7 @@ impl Controller {
             Ok(addr) => {
                 let inbox = self.streams.open(&open.stream_id, open.window);
                 let relay = stream_rpc::relay(session, reply_topic, open, addr, inbox, span);
-                tokio::spawn(relay);
+                crate::spawn(relay);
             }
             Err(e) => {
                 span.in_scope(|| info!(error = %e, "port-forward refused"));
@@ -1968,7 +1968,7 @@ impl Controller {
                 .map(|slot| (cri, id, slot))
                 .ok_or_else(|| exec_rpc::busy(&self.node))
         });
-        spawn_rpc(exec_rpc::serve(session, reply_topic, request, run_in, span));
+        crate::spawn(exec_rpc::serve(session, reply_topic, request, run_in, span));
     }
 
     /// A log request: checked against the pod's spec here, then served by
@@ -2032,7 +2032,7 @@ impl Controller {
                 return;
             }
         };
-        spawn_rpc(logs_rpc::serve(
+        crate::spawn(logs_rpc::serve(
             session,
             reply_topic,
             request,
@@ -2042,14 +2042,6 @@ impl Controller {
             self.board.clone(),
         ));
     }
-}
-
-/// Serves one RPC request on a task of its own. Boxed: the log, stats and
-/// exec RPCs share one task type instead of a tokio task harness each
-/// (device size).
-fn spawn_rpc(serve: impl Future<Output = ()> + Send + 'static) {
-    let serve: crate::runtime::BoxFuture<'static, ()> = Box::pin(serve);
-    tokio::spawn(serve);
 }
 
 #[cfg(test)]

@@ -14,8 +14,9 @@
 //! fin (each side has seen the other's); otherwise with one: the bridge's
 //! (a cancel) ends it here, and this side sends one with the error when the
 //! connection fails, the peer breaks the flow control, or nothing moved for
-//! `wire::stream::IDLE_TIMEOUT`. Builds without the `streams` feature answer
-//! every `StreamOpen` with a `StreamClose` saying so.
+//! `wire::stream::IDLE_TIMEOUT`. Builds without the `streams` feature (which both
+//! device sets have) answer every `StreamOpen` with a `StreamClose` saying
+//! so.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 

@@ -73,7 +73,7 @@ pub fn spawn(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let key = pod.spec.key();
     let span = info_span!("pod", pod = %key, uid = %pod.spec.uid, runtime = runtime.name());
-    tokio::spawn(
+    crate::spawn(
         async move {
             let mut sup = Supervisor {
                 key: key.clone(),
@@ -171,7 +171,7 @@ impl Supervisor {
                     } = rc;
                     info!(container = %self.name_of(machine, c), %container_id, adopted, "container started");
                     let tx2 = tx.clone();
-                    tokio::spawn(async move {
+                    crate::spawn(async move {
                         let status = exited.await.unwrap_or(ExitStatus {
                             exit_code: 137,
                             reason: Some("Error".into()),
@@ -304,7 +304,7 @@ impl Supervisor {
             let Some(probe) = probe.clone() else { continue };
             let (runtime, tx) = (self.runtime.clone(), tx.clone());
             let (container_id, pod_ip) = (container_id.to_string(), pod_ip.clone());
-            let task = tokio::spawn(
+            let task = crate::spawn(
                 async move {
                     tokio::time::sleep(Duration::from_secs(u64::from(probe.initial_delay_secs)))
                         .await;
@@ -395,7 +395,7 @@ impl Supervisor {
                     let runtime = self.runtime.clone();
                     let pod = self.pod.clone();
                     let tx = tx.clone();
-                    tokio::spawn(
+                    crate::spawn(
                         async move {
                             let result = match crate::runtime::container_to_start(&pod, &container)
                             {
@@ -414,7 +414,7 @@ impl Supervisor {
                         self.backoff_event(machine, c);
                     }
                     let tx = tx.clone();
-                    tokio::spawn(async move {
+                    crate::spawn(async move {
                         tokio::time::sleep(delay).await;
                         let _ = tx.send(Event::Timer(c));
                     });
@@ -454,7 +454,7 @@ impl Supervisor {
                     if !self.stop_deadline_set {
                         self.stop_deadline_set = true;
                         let tx = tx.clone();
-                        tokio::spawn(async move {
+                        crate::spawn(async move {
                             tokio::time::sleep(grace.saturating_add(Duration::from_secs(5))).await;
                             let _ = tx.send(Event::StopDeadline);
                         });

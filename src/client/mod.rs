@@ -186,7 +186,7 @@ pub fn start(config: &Config, opts: ClientOptions) -> Result<(Client, Inbox), Cl
             (EventTx::Unbounded(tx), EventRx::Unbounded(rx))
         }
     };
-    let session = tokio::spawn(mqtt::run(settings, None, commands_rx, events));
+    let session = crate::spawn(mqtt::run(settings, None, commands_rx, events));
     Ok((
         Client {
             commands,

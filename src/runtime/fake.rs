@@ -263,7 +263,7 @@ impl Runtime for FakeRuntime {
                             exit: exit_tx,
                         },
                     );
-                    tokio::spawn(stop_when_asked(
+                    crate::spawn(stop_when_asked(
                         self.state.clone(),
                         container_id.clone(),
                         stop_rx,

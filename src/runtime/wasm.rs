@@ -185,7 +185,7 @@ impl EngineSet {
         let mut p2_linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker).map_err(wasmtime_error)?;
         let ticker_engine = engine.weak();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let mut interval = tokio::time::interval(tick);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -1253,7 +1253,7 @@ impl Runtime for WasmRuntime {
                 m.push((container_id.clone(), meter));
             }
             let metered_id = container_id.clone();
-            tokio::spawn(
+            crate::spawn(
                 async move {
                     let status = tokio::select! {
                         status = run => status,

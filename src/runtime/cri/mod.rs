@@ -400,7 +400,7 @@ impl CriRuntime {
     ) {
         let rt = self.runtime.clone();
         let span = info_span!("cri container", container_id = %container_id, runtime = "cri");
-        tokio::spawn(
+        crate::spawn(
             async move {
                 let mut rt = rt;
                 let mut tick = tokio::time::interval(POLL);
