@@ -222,27 +222,25 @@ pub async fn serve(
                 // The protocol from ALPN, not from sniffing the first bytes:
                 // hyper-util's sniffing waits for them without a timeout,
                 // before the header read timeout starts.
+                // (hyper-util's auto builder sniffs even when told the
+                // protocol if upgrades are on: hyper's own builders here.)
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let mut builder = if h2 {
-                    builder.http2_only()
+                let io = TokioIo::new(tls);
+                let ended = if h2 {
+                    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    b.timer(TokioTimer::new())
+                        .keep_alive_interval(Some(Duration::from_secs(30)))
+                        .keep_alive_timeout(Duration::from_secs(20));
+                    b.serve_connection(io, service).await
                 } else {
-                    builder.http1_only()
+                    // Upgrades (HTTP/1 only): exec's and port-forward's
+                    // SPDY sessions take over the connection.
+                    let mut b = hyper::server::conn::http1::Builder::new();
+                    b.timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_read_timeout);
+                    b.serve_connection(io, service).with_upgrades().await
                 };
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_read_timeout);
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Some(Duration::from_secs(30)))
-                    .keep_alive_timeout(Duration::from_secs(20));
-                // Upgrades: exec's SPDY session takes over the connection.
-                if let Err(e) = builder
-                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                    .await
-                {
+                if let Err(e) = ended {
                     debug!(error = %e, "kubelet API connection ended");
                 }
             }
