@@ -11,7 +11,7 @@ use crate::model::validate::Validate;
 use crate::model::{
     DesiredIndex, Event, ExecReply, ExecRequest, FleetDeployment, FleetReport, LogChunk,
     LogRequest, NodeLabels, NodeStatus, PodKey, PodSpec, PodStatus, SealedPod, StatsReply,
-    StatsRequest, StreamClose, StreamData, StreamOpen, StreamWindow,
+    StatsRequest, StreamClose, StreamData, StreamExec, StreamOpen, StreamWindow,
 };
 
 pub mod stream;
@@ -20,8 +20,8 @@ pub mod stream;
 /// schema": 2 added node labels and fleets, 3 signatures and `Tombstone`,
 /// 4 the `PodSpec` fields of issue 15, 5 `SealedPod` and the node's
 /// sealing key and machine identity, 6 the stats RPC, 7 the exec RPC, 8
-/// streams for port-forward).
-pub const SCHEMA_VERSION: u16 = 8;
+/// streams for port-forward, 9 `StreamExec` for exec and attach).
+pub const SCHEMA_VERSION: u16 = 9;
 /// The first version whose `signature` field has a meaning (docs/wire.md,
 /// "Signatures"); in older envelopes it is ignored.
 pub const SIGNED_SINCE_VERSION: u16 = 3;
@@ -39,6 +39,8 @@ pub const EXEC_SINCE_VERSION: u16 = 7;
 /// The first version with streams (`StreamOpen`, `StreamData`,
 /// `StreamWindow`, `StreamClose`: port-forward).
 pub const STREAMS_SINCE_VERSION: u16 = 8;
+/// The first version with `StreamExec` (exec and attach as streams).
+pub const STREAM_EXEC_SINCE_VERSION: u16 = 9;
 /// The oldest version this build still reads (docs/wire.md, "Evolving the
 /// schema"): version 1 differs in `NodeStatus`, which had no labels,
 /// versions 1 to 4 in `NodeStatus` (`wire::v4`), and versions 1 to 3 in
@@ -113,6 +115,9 @@ pub enum Kind {
     StreamWindow = 19,
     /// A stream's end, either direction.
     StreamClose = 20,
+    /// Opens a byte stream to the runtime's streaming server for an exec
+    /// or an attach (version 9).
+    StreamExec = 21,
 }
 
 impl Kind {
@@ -138,6 +143,7 @@ impl Kind {
             18 => Kind::StreamData,
             19 => Kind::StreamWindow,
             20 => Kind::StreamClose,
+            21 => Kind::StreamExec,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -163,6 +169,7 @@ impl Kind {
             Kind::StreamData => "StreamData",
             Kind::StreamWindow => "StreamWindow",
             Kind::StreamClose => "StreamClose",
+            Kind::StreamExec => "StreamExec",
         }
     }
 }
@@ -353,6 +360,7 @@ pub fn open(payload: &[u8]) -> Result<Opened<'_>, WireError> {
         Kind::StreamOpen | Kind::StreamData | Kind::StreamWindow | Kind::StreamClose => {
             STREAMS_SINCE_VERSION
         }
+        Kind::StreamExec => STREAM_EXEC_SINCE_VERSION,
         _ => 1,
     };
     if version < since {
@@ -416,6 +424,7 @@ pub enum Message {
     StreamData(StreamData),
     StreamWindow(StreamWindow),
     StreamClose(StreamClose),
+    StreamExec(StreamExec),
 }
 
 impl Message {
@@ -441,6 +450,7 @@ impl Message {
             Message::StreamData(_) => Kind::StreamData,
             Message::StreamWindow(_) => Kind::StreamWindow,
             Message::StreamClose(_) => Kind::StreamClose,
+            Message::StreamExec(_) => Kind::StreamExec,
         }
     }
 }
@@ -520,6 +530,7 @@ impl Body {
             Message::StreamData(v) => body_bytes(kind, v)?,
             Message::StreamWindow(v) => body_bytes(kind, v)?,
             Message::StreamClose(v) => body_bytes(kind, v)?,
+            Message::StreamExec(v) => body_bytes(kind, v)?,
         };
         Ok(Body { kind, bytes })
     }
@@ -602,6 +613,7 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
         Kind::StreamData => Message::StreamData(body(kind, raw)?),
         Kind::StreamWindow => Message::StreamWindow(body(kind, raw)?),
         Kind::StreamClose => Message::StreamClose(body(kind, raw)?),
+        Kind::StreamExec => Message::StreamExec(body(kind, raw)?),
         Kind::Tombstone if raw.is_empty() => Message::Tombstone,
         Kind::Tombstone => {
             return Err(WireError::MalformedBody {
@@ -657,6 +669,7 @@ wire_message!(
     StreamData => StreamData,
     StreamWindow => StreamWindow,
     StreamClose => StreamClose,
+    StreamExec => StreamExec,
 );
 
 /// A `PodSpec` body of this version (what a `SealedPod` seals).
@@ -724,6 +737,7 @@ pub fn to_json(payload: &[u8]) -> Result<serde_json::Value, WireError> {
         Message::StreamData(v) => serde_json::to_value(v),
         Message::StreamWindow(v) => serde_json::to_value(v),
         Message::StreamClose(v) => serde_json::to_value(v),
+        Message::StreamExec(v) => serde_json::to_value(v),
     }
     .map_err(|e| WireError::Encode {
         kind,

@@ -685,7 +685,7 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
     publish_raw(
         &url,
         "kedge/v1/gw-bad/desired/default/future",
-        &[9, 1, 0, 0, 0],
+        &[10, 1, 0, 0, 0],
         true,
     );
     let s = env.wait_status("future refused", "future", |s| s["reason"] == "InvalidSpec");
@@ -693,7 +693,7 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
         s["message"]
             .as_str()
             .unwrap_or_default()
-            .contains("unsupported schema version 9"),
+            .contains("unsupported schema version 10"),
         "{s}"
     );
 

@@ -3230,12 +3230,15 @@ impl World {
     }
 }
 
-/// `kubectl exec` on edge pods through a real apiserver and a real kubectl:
-/// the apiserver upgrades to SPDY toward the bridge's kubelet API, the
-/// bridge runs the command on the device (the exec RPC) in a real
-/// containerd's container, and kubectl shows its stdout, its stderr and
-/// its exit code. A command that does not exist, `-i`, `attach`, a Wasm
-/// container and a user without `pods/exec` are refused with what happened.
+/// `kubectl exec`, `attach` and `cp` on edge pods through a real
+/// apiserver and a real kubectl: the apiserver upgrades to SPDY toward the
+/// bridge's kubelet API, the bridge opens an exec stream to the device,
+/// which connects to the real containerd's streaming server (CRI `Exec`,
+/// `Attach`), and the session runs end to end: stdout, stderr, the exit
+/// code, stdin, a terminal of the user's size, the container's own output
+/// for attach, files both ways for cp. A command that does not exist, a
+/// Wasm container and a user without `pods/exec` are refused with what
+/// happened.
 #[test]
 fn kubectl_exec_runs_commands_in_edge_containers() {
     let test = "kubectl_exec_runs_commands_in_edge_containers";
@@ -3245,6 +3248,13 @@ fn kubectl_exec_runs_commands_in_edge_containers() {
     w.create(&w.pods(), busybox_pod("box", &["sleep", "3600"]));
     w.create(
         &w.pods(),
+        busybox_pod(
+            "talker",
+            &["sh", "-c", "while true; do echo tick; sleep 0.2; done"],
+        ),
+    );
+    w.create(
+        &w.pods(),
         json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "wasm"},
@@ -3252,6 +3262,7 @@ fn kubectl_exec_runs_commands_in_edge_containers() {
         }),
     );
     w.wait_pod_ready("box");
+    w.wait_pod_ready("talker");
     w.wait_pod_ready("wasm");
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
 
@@ -3299,21 +3310,64 @@ fn kubectl_exec_runs_commands_in_edge_containers() {
         text(&out.stderr)
     );
 
-    // Interactive exec is refused with why, before anything runs.
-    let out = kubectl.run(&["exec", "-i", "box", "--", "cat"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("-i and -t"),
-        "{}",
-        text(&out.stderr)
+    // stdin: read to its end by the command, 1 MiB of it.
+    let out = kubectl.run_with_input(
+        &["exec", "-i", "box", "--", "tr", "a-z", "A-Z"],
+        b"hello stdin\n",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "HELLO STDIN\n");
+    let input: Vec<u8> = (0..1024 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let out = kubectl.run_with_input(&["exec", "-i", "box", "--", "sha256sum"], &input);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).split_whitespace().next(),
+        Some(support::sha256_hex(&input).as_str()),
+        "the command read exactly the input"
     );
 
-    let out = kubectl.run(&["attach", "box"]);
-    assert!(!out.status.success());
+    // A terminal: the command sees a TTY of the user's size (kubectl sends
+    // it on the resize stream, which may come after the command started:
+    // it waits for it, as a kubelet's would), and the exit code still
+    // comes through.
+    let wait_for_size =
+        "tty; until stty size | grep -qv '^0 0$'; do sleep 0.1; done; stty size; exit 4";
+    let out = kubectl.run_in_terminal(
+        &["exec", "-it", "box", "--", "sh", "-c", wait_for_size],
+        33,
+        111,
+    );
+    let shown = text(&out.stdout);
+    assert!(shown.contains("/dev/pts/"), "{shown}{}", text(&out.stderr));
+    assert!(shown.contains("33 111"), "{shown}{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(4), "{shown}");
+
+    // attach: the container's own output, as it comes.
+    let mut attach = kubectl.spawn(&["attach", "talker", "-c", "main"]);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        attach.stdout.take().expect("stdout"),
+    ));
+    let first = lines.next().expect("a line").expect("utf-8");
+    assert_eq!(first, "tick");
+    let second = lines.next().expect("another line").expect("utf-8");
+    assert_eq!(second, "tick");
+    let _ = attach.kill();
+    let _ = attach.wait();
+
+    // cp: a file in and back out (tar through exec's stdin and stdout).
+    let local = w._data.path().join("to-the-edge.bin");
+    std::fs::write(&local, &input).expect("write");
+    kubectl.ok(&["cp", &local.display().to_string(), "box:/tmp/copied.bin"]);
+    let out = kubectl.ok(&["exec", "box", "--", "sha256sum", "/tmp/copied.bin"]);
+    assert_eq!(
+        out.split_whitespace().next(),
+        Some(support::sha256_hex(&input).as_str())
+    );
+    let back = w._data.path().join("from-the-edge.bin");
+    kubectl.ok(&["cp", "box:/tmp/copied.bin", &back.display().to_string()]);
     assert!(
-        text(&out.stderr).contains("does not attach"),
-        "{}",
-        text(&out.stderr)
+        std::fs::read(&back).expect("copied back") == input,
+        "cp back"
     );
 
     // A Wasm container runs inside the agent: no exec there.

@@ -20,17 +20,52 @@ use crate::mqtt::SessionCommand;
 use crate::runtime::Runtime;
 use crate::wire::Message;
 
-/// The id of the container `request` runs in, or the error the client
-/// sees: the pod must be on this node (`spec`), have the container, the
-/// container must be running (`status`) and not be a Wasm module.
+/// A container of a pod, as an exec, an attach or an exec RPC names it.
+pub struct ContainerRef<'r> {
+    pub namespace: &'r str,
+    pub pod: &'r str,
+    pub container: &'r str,
+    /// `exec` or `attach`, for the error a Wasm container gets.
+    pub verb: &'static str,
+}
+
+impl<'r> From<&'r ExecRequest> for ContainerRef<'r> {
+    fn from(r: &'r ExecRequest) -> Self {
+        ContainerRef {
+            namespace: &r.namespace,
+            pod: &r.pod,
+            container: &r.container,
+            verb: "exec",
+        }
+    }
+}
+
+impl<'r> From<&'r crate::model::StreamExec> for ContainerRef<'r> {
+    fn from(r: &'r crate::model::StreamExec) -> Self {
+        ContainerRef {
+            namespace: &r.namespace,
+            pod: &r.pod,
+            container: &r.container,
+            verb: if r.command.is_empty() {
+                "attach"
+            } else {
+                "exec"
+            },
+        }
+    }
+}
+
+/// The id of the container `at` names, or the error the client sees: the
+/// pod must be on this node (`spec`), have the container, the container
+/// must be running (`status`) and not be a Wasm module.
 pub fn target<'a>(
     node: &str,
-    request: &ExecRequest,
+    at: ContainerRef<'_>,
     spec: Option<&PodSpec>,
     status: Option<&'a PodStatus>,
 ) -> Result<&'a str, String> {
-    let pod = format!("{}/{}", request.namespace, request.pod);
-    let name = &request.container;
+    let pod = format!("{}/{}", at.namespace, at.pod);
+    let name = at.container;
     let Some(spec) = spec else {
         return Err(format!("pod {pod:?} not found on node {node}"));
     };
@@ -38,7 +73,7 @@ pub fn target<'a>(
         .containers
         .iter()
         .chain(&spec.init_containers)
-        .any(|c| &c.name == name)
+        .any(|c| c.name == name)
     {
         return Err(format!("container {name:?} not found in pod {pod:?}"));
     }
@@ -47,7 +82,7 @@ pub fn target<'a>(
             .iter()
             .chain(&s.init_container_statuses)
             .find(|c| {
-                &c.name == name
+                c.name == name
                     && !c.container_id.is_empty()
                     && matches!(c.state, ContainerState::Running { .. })
             })
@@ -57,7 +92,8 @@ pub fn target<'a>(
     };
     if spec.runtime == RuntimeKind::Wasm {
         return Err(format!(
-            "exec is not supported for WebAssembly containers (container {name:?} of pod {pod:?} runs as a Wasm module inside the agent)"
+            "{} is not supported for WebAssembly containers (container {name:?} of pod {pod:?} runs as a Wasm module inside the agent)",
+            at.verb
         ));
     }
     Ok(&running.container_id)
@@ -221,7 +257,7 @@ mod tests {
     #[test]
     fn a_running_container_of_a_pod_on_this_node_is_the_target() {
         let (spec, status) = (spec(RuntimeKind::Container), status());
-        let t = |c: &str| target("gw1", &request(c), Some(&spec), Some(&status));
+        let t = |c: &str| target("gw1", (&request(c)).into(), Some(&spec), Some(&status));
         assert_eq!(t("app"), Ok("containerd://a"));
         assert_eq!(t("setup"), Ok("containerd://s"), "a running init container");
         assert_eq!(
@@ -233,11 +269,11 @@ mod tests {
             Err(r#"container "db" not found in pod "default/web""#.into())
         );
         assert_eq!(
-            target("gw1", &request("app"), None, Some(&status)),
+            target("gw1", (&request("app")).into(), None, Some(&status)),
             Err(r#"pod "default/web" not found on node gw1"#.into())
         );
         assert_eq!(
-            target("gw1", &request("app"), Some(&spec), None),
+            target("gw1", (&request("app")).into(), Some(&spec), None),
             Err(r#"container "app" in pod "default/web" is not running"#.into()),
             "no status yet"
         );
@@ -263,7 +299,7 @@ mod tests {
     fn a_wasm_container_is_refused() {
         let (spec, status) = (spec(RuntimeKind::Wasm), status());
         assert_eq!(
-            target("gw1", &request("app"), Some(&spec), Some(&status)),
+            target("gw1", (&request("app")).into(), Some(&spec), Some(&status)),
             Err(r#"exec is not supported for WebAssembly containers (container "app" of pod "default/web" runs as a Wasm module inside the agent)"#.into())
         );
     }

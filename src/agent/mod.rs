@@ -1859,6 +1859,10 @@ impl Controller {
             Ok(Message::StreamOpen(o)) if o.stream_id == request_id => {
                 return self.on_stream_open(session, reply_topic, o);
             }
+            #[cfg(feature = "streams")]
+            Ok(Message::StreamExec(o)) if o.stream_id == request_id => {
+                return self.on_stream_exec(session, reply_topic, o);
+            }
             Ok(m) if stream_rpc::stream_id(&m) == Some(request_id.as_str()) => {
                 if let Some(e) = self.streams.route(&self.node, m) {
                     stream_rpc::close(&session, reply_topic, &request_id, Some(e));
@@ -1869,12 +1873,13 @@ impl Controller {
                 Message::StatsRequest(crate::model::StatsRequest { request_id: id })
                 | Message::ExecRequest(crate::model::ExecRequest { request_id: id, .. })
                 | Message::StreamOpen(crate::model::StreamOpen { stream_id: id, .. })
+                | Message::StreamExec(crate::model::StreamExec { stream_id: id, .. })
                 | Message::StreamData(crate::model::StreamData { stream_id: id, .. })
                 | Message::StreamWindow(crate::model::StreamWindow { stream_id: id, .. })
                 | Message::StreamClose(crate::model::StreamClose { stream_id: id, .. }),
             ) => format!("the request id {id:?} is not the topic's {request_id:?}"),
             Ok(other) => wire::WireError::WrongKind {
-                expected: "LogRequest, StatsRequest, ExecRequest or StreamOpen",
+                expected: "LogRequest, StatsRequest, ExecRequest, StreamOpen or StreamExec",
                 found: other.kind().name(),
             }
             .to_string(),
@@ -1922,15 +1927,89 @@ impl Controller {
             let board = self.board.lock().unwrap_or_else(|p| p.into_inner());
             stream_rpc::target(&self.node, &open, spec, board.get(&key))
         };
-        match addr {
-            Ok(addr) => {
-                let inbox = self.streams.open(&open.stream_id, open.window);
-                let relay = stream_rpc::relay(session, reply_topic, open, addr, inbox, span);
+        let dial = addr.map(|addr| stream_rpc::Dial::port(&open, addr));
+        self.start_stream(
+            session,
+            reply_topic,
+            open.stream_id,
+            open.window,
+            dial,
+            span,
+        );
+    }
+
+    /// An exec or attach stream (`kubectl exec`, `attach`): its container
+    /// chosen here (`exec_rpc::target`), connected to the runtime's
+    /// streaming server and relayed by a task of its own, within the same
+    /// `stream_rpc::MAX_STREAMS` as port-forwards. Every one is logged at
+    /// info with its command.
+    #[cfg(feature = "streams")]
+    fn on_stream_exec(
+        &mut self,
+        session: mpsc::UnboundedSender<SessionCommand>,
+        reply_topic: String,
+        exec: crate::model::StreamExec,
+    ) {
+        if self.streams.is_open(&exec.stream_id) {
+            return;
+        }
+        let span = tracing::info_span!(
+            "exec_stream",
+            stream = %exec.stream_id,
+            namespace = %exec.namespace,
+            pod = %exec.pod,
+            container = %exec.container,
+        );
+        span.in_scope(
+            || info!(command = ?exec.command, tty = exec.tty, stdin = exec.stdin, "exec stream"),
+        );
+        let key = PodKey::new(&exec.namespace, &exec.pod);
+        let spec = self.pods.get(&key).map(|e| &e.spec);
+        let container = if self.streams.count() >= stream_rpc::MAX_STREAMS {
+            Err(format!(
+                "too many streams on node {}: at most {} at once",
+                self.node,
+                stream_rpc::MAX_STREAMS
+            ))
+        } else {
+            let board = self.board.lock().unwrap_or_else(|p| p.into_inner());
+            exec_rpc::target(&self.node, (&exec).into(), spec, board.get(&key)).map(str::to_string)
+        };
+        let dial = container.and_then(|id| match &self.cri {
+            Some(cri) => Ok(stream_rpc::Dial::exec(cri.clone(), id, exec.clone())),
+            None => Err("no container runtime (CRI) is configured on this node".into()),
+        });
+        self.start_stream(
+            session,
+            reply_topic,
+            exec.stream_id,
+            exec.window,
+            dial,
+            span,
+        );
+    }
+
+    /// Starts the relay of stream `id` to where `dial` connects, or answers
+    /// its refusal with a `StreamClose`.
+    #[cfg(feature = "streams")]
+    fn start_stream(
+        &mut self,
+        session: mpsc::UnboundedSender<SessionCommand>,
+        reply_topic: String,
+        id: String,
+        window: u32,
+        dial: Result<stream_rpc::Dial, String>,
+        span: tracing::Span,
+    ) {
+        match dial {
+            Ok(dial) => {
+                let inbox = self.streams.open(&id, window);
+                let relay = stream_rpc::relay(session, reply_topic, id, dial, inbox, span);
                 crate::spawn(relay);
             }
             Err(e) => {
-                span.in_scope(|| info!(error = %e, "port-forward refused"));
-                stream_rpc::close(&session, reply_topic, &open.stream_id, Some(e));
+                span.in_scope(|| info!(error = %e, "stream refused"));
+                stream_rpc::close(&session, reply_topic, &id, Some(e));
             }
         }
     }
@@ -1957,7 +2036,8 @@ impl Controller {
         let spec = self.pods.get(&key).map(|e| &e.spec);
         let run_in = {
             let board = self.board.lock().unwrap_or_else(|p| p.into_inner());
-            exec_rpc::target(&self.node, &request, spec, board.get(&key)).map(str::to_string)
+            exec_rpc::target(&self.node, (&request).into(), spec, board.get(&key))
+                .map(str::to_string)
         };
         let run_in = run_in.and_then(|id| match &self.cri {
             Some(cri) => Ok((cri.clone(), id)),

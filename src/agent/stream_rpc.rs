@@ -1,10 +1,13 @@
-//! Serving streams, for `kubectl port-forward` (docs/wire.md, "Streams
-//! (port-forward)"): a `StreamOpen` connects to a TCP port of a pod on this
-//! node, and the stream's bytes are relayed both ways over the RPC topics
-//! with the flow control of `wire::stream`.
+//! Serving streams, for `kubectl port-forward`, `exec` and `attach`
+//! (docs/wire.md, "Streams"): a `StreamOpen` connects to a TCP port of a
+//! pod on this node, a `StreamExec` to the container runtime's streaming
+//! server (the URL of a CRI `Exec` or `Attach`, upgraded to SPDY/3.1 by a
+//! request this side writes: [`streaming_server`], [`upgrade_request`]),
+//! and the stream's bytes are relayed both ways over the RPC topics with
+//! the flow control of `wire::stream`.
 //!
-//! Where a stream connects is decided by a pure function (`target`) from the
-//! pod's spec and its last status. Each stream is a task of its own
+//! Where a stream connects is decided by pure functions (`target`,
+//! `exec_rpc::target`) from the pod's spec and its last status. Each stream is a task of its own
 //! (`relay`); the agent's loop only routes the stream's messages to it
 //! (`Streams::route`), checking them against the stream's window as they
 //! arrive, so what waits for a stream's task is bounded by its window and
@@ -24,6 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::model::{PodPhase, PodSpec, PodStatus, RuntimeKind, StreamClose, StreamOpen};
 use crate::mqtt::SessionCommand;
+use crate::runtime::BoxFuture;
 use crate::wire::Message;
 
 /// Streams one agent relays at once; more are refused.
@@ -66,6 +70,110 @@ pub fn target(
     }
 }
 
+/// The runtime's streaming server in the URL of a CRI `Exec` or `Attach`:
+/// `http://ADDRESS:PORT/PATH` with an IP address (the server listens on
+/// one); its address, the URL's authority and its path. Anything else is
+/// refused (TLS streaming is not supported).
+pub fn streaming_server(url: &str) -> Result<(SocketAddr, &str, &str), String> {
+    let bad = || format!("the runtime's streaming URL {url:?} is not http://ADDRESS:PORT/PATH");
+    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => return Err(bad()),
+    };
+    let addr = authority.parse::<SocketAddr>().map_err(|_| bad())?;
+    let printable = path.bytes().all(|b| b.is_ascii_graphic());
+    if !printable {
+        return Err(bad());
+    }
+    Ok((addr, authority, path))
+}
+
+/// The request that upgrades a connection to the streaming server to
+/// SPDY/3.1 offering `protocols` (validated: `model::validate`, so none can
+/// break the header), as the kubelet's client writes it.
+pub fn upgrade_request(authority: &str, path: &str, protocols: &[String]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+    );
+    for p in protocols {
+        r.push_str("X-Stream-Protocol-Version: ");
+        r.push_str(p);
+        r.push_str("\r\n");
+    }
+    r.push_str("Content-Length: 0\r\n\r\n");
+    r.into_bytes()
+}
+
+/// Where a stream's task connects: `connect` gives the connection (or the
+/// error, which starts with `what`, the stream's own words).
+pub struct Dial {
+    pub what: String,
+    pub connect: BoxFuture<'static, Result<tokio::net::TcpStream, String>>,
+}
+
+impl Dial {
+    /// A port-forward's: `addr`, within `CONNECT_TIMEOUT`.
+    pub fn port(open: &StreamOpen, addr: SocketAddr) -> Dial {
+        let what = format!(
+            "error forwarding port {} to pod {}/{}",
+            open.port, open.namespace, open.pod
+        );
+        Dial {
+            connect: Box::pin(connect(addr, what.clone())),
+            what,
+        }
+    }
+
+    /// An exec's or attach's: the streaming server the runtime names for
+    /// `exec` in container `container_id`, upgraded by [`upgrade_request`].
+    pub fn exec(
+        runtime: std::sync::Arc<dyn crate::runtime::Runtime>,
+        container_id: String,
+        exec: crate::model::StreamExec,
+    ) -> Dial {
+        let verb = if exec.command.is_empty() {
+            "attaching to"
+        } else {
+            "executing in"
+        };
+        let what = format!(
+            "error {verb} container {:?} of pod {}/{}",
+            exec.container, exec.namespace, exec.pod
+        );
+        let w = what.clone();
+        let connect = async move {
+            let url = runtime
+                .stream_url(&container_id, &exec)
+                .await
+                .map_err(|e| format!("{w}: {e}"))?;
+            let (addr, authority, path) =
+                streaming_server(&url).map_err(|e| format!("{w}: {e}"))?;
+            let mut tcp = connect(addr, w.clone()).await?;
+            let request = upgrade_request(authority, path, &exec.protocols);
+            tokio::io::AsyncWriteExt::write_all(&mut tcp, &request)
+                .await
+                .map_err(|e| format!("{w}: {}", e.kind()))?;
+            Ok(tcp)
+        };
+        Dial {
+            what,
+            connect: Box::pin(connect),
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, what: String) -> Result<tokio::net::TcpStream, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => Ok(tcp),
+        Ok(Err(e)) => Err(format!("{what}: {}", e.kind())),
+        Err(_) => Err(format!(
+            "{what}: no connection to {addr} within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 /// The `StreamClose` of a refused or failed stream.
 pub fn close(
     session: &mpsc::UnboundedSender<SessionCommand>,
@@ -87,6 +195,7 @@ pub fn stream_id(message: &Message) -> Option<&str> {
         Message::StreamData(m) => Some(&m.stream_id),
         Message::StreamWindow(m) => Some(&m.stream_id),
         Message::StreamClose(m) => Some(&m.stream_id),
+        Message::StreamExec(m) => Some(&m.stream_id),
         _ => None,
     }
 }
@@ -129,7 +238,6 @@ mod relay {
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
     use tokio::sync::Notify;
     use tokio::time::Instant;
 
@@ -280,38 +388,24 @@ mod relay {
         }
     }
 
-    /// Relays one stream: connects to `addr` (or answers its error), says
+    /// Relays stream `id`: connects (`dial`, or answers its error), says
     /// so with the first `StreamWindow`, then copies bytes both ways within
     /// the windows until both directions ended, either side closed it, or
     /// it was idle for [`IDLE_TIMEOUT`]. Logs in `span`.
     pub async fn relay(
         session: mpsc::UnboundedSender<SessionCommand>,
         topic: String,
-        open: StreamOpen,
-        addr: SocketAddr,
+        id: String,
+        dial: Dial,
         inbox: Inbox,
         span: tracing::Span,
     ) {
-        let id = open.stream_id.clone();
-        let failed = |e: &dyn std::fmt::Display| {
-            format!(
-                "error forwarding port {} to pod {}/{}: {e}",
-                open.port, open.namespace, open.pod
-            )
-        };
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                let e = failed(&e.kind());
-                span.in_scope(|| tracing::info!(error = %e, "port-forward failed"));
-                return close(&session, topic, &id, Some(e));
-            }
-            Err(_) => {
-                let e = failed(&format_args!(
-                    "no connection to {addr} within {} s",
-                    CONNECT_TIMEOUT.as_secs()
-                ));
-                span.in_scope(|| tracing::info!(error = %e, "port-forward failed"));
+        let Dial { what, connect } = dial;
+        let failed = |e: &dyn std::fmt::Display| format!("{what}: {e}");
+        let tcp = match connect.await {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                span.in_scope(|| tracing::info!(error = %e, "stream failed"));
                 return close(&session, topic, &id, Some(e));
             }
         };
@@ -324,7 +418,7 @@ mod relay {
             stream_id: id.clone(),
             credit: shared.recv().window(),
         }));
-        span.in_scope(|| tracing::debug!(%addr, "port-forward connected"));
+        span.in_scope(|| tracing::debug!("stream connected"));
 
         let start = Instant::now();
         let last = AtomicU64::new(0);
@@ -390,9 +484,9 @@ mod relay {
         // Routing stops at once (the slot's sender sees its receiver gone).
         drop(data);
         span.in_scope(|| match &end {
-            None => tracing::debug!("port-forward ended (both directions finished)"),
-            Some(End::Peer) => tracing::debug!("port-forward closed by the bridge"),
-            Some(End::Local(e)) => tracing::info!(error = %e, "port-forward ended"),
+            None => tracing::debug!("stream ended (both directions finished)"),
+            Some(End::Peer) => tracing::debug!("stream closed by the bridge"),
+            Some(End::Local(e)) => tracing::info!(error = %e, "stream ended"),
         });
         if let Some(End::Local(e)) = end {
             close(&session, topic.clone(), &id, Some(e));
@@ -509,15 +603,14 @@ mod tests {
             let addr = listener.local_addr().expect("addr");
             let (session, mut rx) = mpsc::unbounded_channel();
             let mut streams = Streams::default();
-            let mut o = open(addr.port());
-            o.stream_id = ID.into();
+            let o = open(addr.port());
             let inbox = streams.open(ID, o.window);
             assert!(streams.is_open(ID) && streams.count() == 1);
             tokio::spawn(relay(
                 session,
                 "res".into(),
-                o,
-                addr,
+                ID.into(),
+                Dial::port(&o, addr),
                 inbox,
                 tracing::Span::none(),
             ));
@@ -589,6 +682,42 @@ mod tests {
             );
             assert_eq!(streams.count(), 0);
         }
+    }
+
+    #[test]
+    fn the_streaming_url_must_be_plain_http_to_an_address() {
+        let (addr, authority, path) =
+            streaming_server("http://127.0.0.1:41234/exec/AbC_-12").expect("containerd's form");
+        assert_eq!(addr, "127.0.0.1:41234".parse().expect("addr"));
+        assert_eq!((authority, path), ("127.0.0.1:41234", "/exec/AbC_-12"));
+        let (addr, _, path) = streaming_server("http://[::1]:10010/attach/t").expect("v6");
+        assert_eq!((addr.port(), path), (10010, "/attach/t"));
+        for bad in [
+            "https://127.0.0.1:1/exec/t",
+            "http://localhost:1/exec/t",
+            "http://127.0.0.1/exec/t",
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:1/exec/t x",
+            "http://127.0.0.1:1/exec/t\r\nX: y",
+            "",
+        ] {
+            assert!(streaming_server(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_upgrade_request_offers_every_protocol_in_order() {
+        let r = upgrade_request(
+            "127.0.0.1:5",
+            "/exec/tok",
+            &["v4.channel.k8s.io".into(), "channel.k8s.io".into()],
+        );
+        assert_eq!(
+            String::from_utf8(r).expect("text"),
+            "POST /exec/tok HTTP/1.1\r\nHost: 127.0.0.1:5\r\nConnection: Upgrade\r\n\
+             Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\
+             X-Stream-Protocol-Version: channel.k8s.io\r\nContent-Length: 0\r\n\r\n"
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The kubelet API the apiserver calls for the bridge's nodes (HTTPS,
 //! rustls): `/containerLogs/{ns}/{pod}/{container}` tunnelled to the device
-//! over the MQTT log RPC, `/exec/{ns}/{pod}/{container}` (SPDY upgrade,
-//! [`super::remotecommand`]) over the exec RPC, `/healthz`, and `/metrics`
+//! over the MQTT log RPC, `/exec/{ns}/{pod}/{container}` and `/attach/…`
+//! (SPDY upgrade, [`super::remotecommand`]) over an exec stream to the
+//! device's runtime, `/portForward/…` ([`super::portforward`]) over
+//! port-forward streams, `/stats/summary` and `/metrics/resource`,
+//! `/healthz`, and `/metrics`
 //! (the bridge's own counters). Every connection must present a client certificate signed by
 //! the configured CA (the apiserver's `--kubelet-client-certificate`), as the
 //! kubelet does with `--client-ca-file`, and every request is authorised
@@ -23,6 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use k8s_openapi::api::core::v1::Pod;
@@ -39,20 +43,17 @@ use super::kubelet_auth::{
 };
 use super::mqtt_link::MqttLink;
 use super::portforward;
-use super::remotecommand::{self, Outcome};
+use super::remotecommand;
 use super::spdy;
 use super::usage;
 use super::writer::WriteStats;
 use crate::client::ClientError;
 use crate::client::logs::LogStats;
 use crate::model::validate::MAX_SINCE_SECONDS;
-use crate::model::{ExecRequest, LogRequest};
+use crate::model::{LogRequest, StreamExec};
 
 /// How long the first log chunk may take (the CLI's limit too).
 const FIRST_CHUNK_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a command run by `kubectl exec` may take on the device (it has
-/// no stream yet: its output comes when it ends).
-const EXEC_TIMEOUT: Duration = Duration::from_secs(300);
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -561,27 +562,14 @@ async fn handle(
                 .instrument(info_span!("container_logs", %ns, pod = %pod_name, %container))
                 .await
         }
-        PodVerb::Exec => {
+        PodVerb::Exec | PodVerb::Attach => {
             let target = ExecTarget {
                 node,
                 namespace: ns.to_string(),
                 pod: pod_name.to_string(),
                 container: container.to_string(),
             };
-            exec(ctx, user, target, req, None)
-        }
-        // The same session, to say why through the error stream: what
-        // kubectl shows of a refused upgrade depends on its path (the
-        // apiserver's WebSocket translation loses it when stdin is on).
-        PodVerb::Attach => {
-            let target = ExecTarget {
-                node,
-                namespace: ns.to_string(),
-                pod: pod_name.to_string(),
-                container: container.to_string(),
-            };
-            let why = "kedge does not attach to a container's own streams yet (kubectl attach); kubectl exec without -i and -t works";
-            exec(ctx, user, target, req, Some(why.to_string()))
+            exec(ctx, user, target, req, verb == PodVerb::Attach).await
         }
         PodVerb::PortForward => {
             port_forward(ctx, user, node, ns.to_string(), pod_name.to_string(), req)
@@ -597,63 +585,126 @@ struct ExecTarget {
     container: String,
 }
 
-/// `/exec`: checks the request, answers `101 Switching Protocols` and
-/// serves the SPDY session on the upgraded connection from a task of its
-/// own ([`remotecommand::serve`]), which runs the command once on the
-/// device. Every exec is logged (info) with who, which pod and which
-/// command, as an audit line.
+/// `/exec` and `/attach`: checks the request, opens an exec stream to the
+/// device (which connects to its runtime's streaming server and asks it
+/// to upgrade), answers `101 Switching Protocols` with the protocol the
+/// runtime chose and pipes the session's bytes both ways from a task of
+/// its own ([`remotecommand::pipe`]). Every exec and attach is logged
+/// (info) with who, which pod and which command, as an audit line.
 ///
-/// What this bridge cannot do (stdin, a TTY, `refusal`: attach) is said
-/// as the session's error status, without running anything: kubectl shows
+/// When the device refuses (or does not answer within
+/// `EXEC_OPEN_TIMEOUT`), the upgrade is still answered, and the session
+/// says why as its error status ([`remotecommand::refuse`]): kubectl shows
 /// that message on every path (SPDY, or WebSocket translated by the
 /// apiserver).
-fn exec(
+async fn exec(
     ctx: &Ctx,
     user: &User,
     target: ExecTarget,
     mut req: Request<Incoming>,
-    refusal: Option<String>,
+    attach: bool,
 ) -> Result<Response<Body>, ApiError> {
-    let options = remotecommand::parse_exec_query(req.uri().query().unwrap_or(""))
+    let mut options = remotecommand::parse_exec_query(req.uri().query().unwrap_or(""))
         .map_err(ApiError::BadQuery)?;
-    if refusal.is_none() && options.command.is_empty() {
+    if attach {
+        // An attach names no command (the kubelet ignores one).
+        options.command.clear();
+    } else if options.command.is_empty() {
         return Err(ApiError::BadQuery(remotecommand::NO_COMMAND.into()));
     }
-    let refusal = refusal.or_else(|| remotecommand::unsupported(&options));
     if ctx.offline.read().is_ok_and(|o| o.contains(&target.node)) {
         return Err(ApiError::NodeOffline(target.node));
     }
-    let protocol = spdy_upgrade(&req, remotecommand::PROTOCOL_V4)?;
+    // The refusal is said in v4, so the client must speak it.
+    spdy_upgrade(&req, remotecommand::PROTOCOL_V4)?;
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(remotecommand::PROTOCOL_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| remotecommand::PROTOCOLS.contains(p))
+        .map(str::to_string)
+        .collect();
+    let verb = if attach { "attach" } else { "exec" };
     tracing::info!(
         user = %user.name,
         namespace = %target.namespace,
         pod = %target.pod,
         container = %target.container,
         command = ?options.command,
+        tty = options.tty,
+        stdin = options.stdin,
         node = %target.node,
-        "exec"
+        "{verb}"
     );
-    let span = info_span!("exec", node = %target.node, namespace = %target.namespace, pod = %target.pod, container = %target.container);
+    let span = info_span!("exec", %verb, node = %target.node, namespace = %target.namespace, pod = %target.pod, container = %target.container);
+    let open = StreamExec {
+        stream_id: String::new(),
+        namespace: target.namespace,
+        pod: target.pod,
+        container: target.container,
+        command: options.command.clone(),
+        stdin: options.stdin,
+        stdout: options.stdout,
+        stderr: options.stderr,
+        tty: options.tty,
+        protocols: offered.clone(),
+        window: 0,
+    };
     let mqtt = ctx.mqtt.clone();
-    upgraded(&mut req, protocol, span, move |io| async move {
-        let command = options.command.clone();
-        let run = || async move {
-            match refusal {
-                Some(why) => Err(why),
-                None => run_exec(mqtt, target, command).await,
-            }
-        };
-        if let Err(e) = remotecommand::serve(io, options.clone(), run).await {
-            debug!(error = %e, "exec session ended early");
+    let node = target.node;
+    let opened = async {
+        let (up, down) = mqtt
+            .exec_stream(&node, open, EXEC_OPEN_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                ClientError::Agent { message, .. } => message,
+                other => other.to_string(),
+            })?;
+        let mut down = DeviceReader(down);
+        let (protocol, first) = remotecommand::read_upgrade(&mut down, &offered).await?;
+        Ok::<_, String>((protocol, first, DeviceWriter(up), down))
+    };
+    let opened = match tokio::time::timeout(EXEC_OPEN_TIMEOUT, opened).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "node {node} did not start the {verb} within {} s",
+            EXEC_OPEN_TIMEOUT.as_secs()
+        )),
+    };
+    match opened {
+        Ok((protocol, first, up, down)) => {
+            let protocol =
+                HeaderValue::from_str(&protocol).map_err(|e| ApiError::Upgrade(e.to_string()))?;
+            upgraded(&mut req, protocol, span, move |io| async move {
+                if let Err(e) = remotecommand::pipe(io, first, up, down).await {
+                    debug!(error = %e, "{verb} session ended with an error");
+                }
+            })
         }
-    })
+        Err(why) => {
+            span.in_scope(|| tracing::info!(error = %why, "{verb} refused"));
+            let protocol = HeaderValue::from_static(remotecommand::PROTOCOL_V4);
+            upgraded(&mut req, protocol, span, move |io| async move {
+                if let Err(e) = remotecommand::refuse(io, &options, &why).await {
+                    debug!(error = %e, "{verb} refusal ended early");
+                }
+            })
+        }
+    }
 }
+
+/// How long the device may take to start an exec or attach (the CRI call,
+/// the connection to the streaming server and its answer).
+const EXEC_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Answers `101 Switching Protocols` with `protocol`, and serves the
 /// upgraded connection with `session` from a task of its own in `span`.
 fn upgraded<F, Fut>(
     req: &mut Request<Incoming>,
-    protocol: &'static str,
+    protocol: HeaderValue,
     span: tracing::Span,
     session: F,
 ) -> Result<Response<Body>, ApiError>
@@ -708,7 +759,7 @@ fn spdy_upgrade(req: &Request<Incoming>, protocol: &'static str) -> Result<&'sta
         })
 }
 
-fn switching_protocols(protocol: &'static str) -> Result<Response<Body>, ApiError> {
+fn switching_protocols(protocol: HeaderValue) -> Result<Response<Body>, ApiError> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("connection", "Upgrade")
@@ -733,7 +784,7 @@ fn port_forward(
     if ctx.offline.read().is_ok_and(|o| o.contains(&node)) {
         return Err(ApiError::NodeOffline(node));
     }
-    let protocol = spdy_upgrade(&req, portforward::PROTOCOL)?;
+    let protocol = HeaderValue::from_static(spdy_upgrade(&req, portforward::PROTOCOL)?);
     tracing::info!(user = %user.name, %namespace, %pod, %node, "port-forward");
     let span = info_span!("port_forward_session", %node, %namespace, %pod);
     let mqtt = ctx.mqtt.clone();
@@ -780,35 +831,6 @@ impl portforward::Downstream for DeviceReader {
             .await
             .map(|d| d.map(Bytes::from))
             .map_err(|e| e.to_string())
-    }
-}
-
-/// One exec RPC to the device, its answer as the session needs it.
-async fn run_exec(
-    mqtt: MqttLink,
-    target: ExecTarget,
-    command: Vec<String>,
-) -> Result<Outcome, String> {
-    let request = ExecRequest {
-        request_id: String::new(),
-        namespace: target.namespace,
-        pod: target.pod,
-        container: target.container,
-        command,
-        timeout_secs: EXEC_TIMEOUT.as_secs() as u32,
-    };
-    // The device's own timeout comes first; this one is for a device that
-    // never answers.
-    let wait = EXEC_TIMEOUT + Duration::from_secs(15);
-    match mqtt.exec(&target.node, request, wait).await {
-        Ok(o) => Ok(Outcome {
-            exit_code: o.exit_code,
-            stdout: o.stdout,
-            stderr: o.stderr,
-            truncated: o.truncated,
-        }),
-        Err(ClientError::Agent { message, .. }) => Err(message),
-        Err(e) => Err(e.to_string()),
     }
 }
 

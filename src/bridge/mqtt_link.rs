@@ -155,15 +155,23 @@ impl MqttLink {
         self.client.stats(node).await
     }
 
-    /// Runs a command in a container on `node` and waits at most `timeout`
-    /// for its output (the exec RPC, docs/wire.md: no stdin, no tty).
-    pub async fn exec(
+    /// Opens a byte stream to the runtime's streaming server on `node` for
+    /// an exec or attach (docs/wire.md, "Streams (exec and attach)"):
+    /// resolves once the device has connected, or fails with its error
+    /// (`ClientError::Agent`) or after `timeout` (`ClientError::NoAnswer`).
+    pub async fn exec_stream(
         &self,
         node: &str,
-        request: crate::model::ExecRequest,
+        exec: crate::model::StreamExec,
         timeout: std::time::Duration,
-    ) -> Result<crate::model::ExecOutput, ClientError> {
-        self.client.exec_within(node, request, timeout).await
+    ) -> Result<
+        (
+            crate::client::stream::StreamWriter,
+            crate::client::stream::StreamReader,
+        ),
+        ClientError,
+    > {
+        self.client.exec_stream(node, exec, timeout).await
     }
 
     /// Opens a byte stream to `port` of pod `namespace/pod` on `node`

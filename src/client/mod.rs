@@ -408,20 +408,58 @@ impl Client {
     ) -> Result<(stream::StreamWriter, stream::StreamReader), ClientError> {
         use crate::model::StreamOpen;
         use crate::wire::stream::DEFAULT_WINDOW;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let open = Message::StreamOpen(StreamOpen {
+            stream_id: id.clone(),
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            port,
+            window: DEFAULT_WINDOW,
+        });
+        self.open_stream(node, id, open, timeout).await
+    }
+
+    /// Opens a byte stream to the runtime's streaming server on `node` for
+    /// an exec or an attach (`exec.command` empty) in a container
+    /// (docs/wire.md, "Streams (exec and attach)"): what is read first is
+    /// the streaming server's HTTP response to the upgrade the device
+    /// wrote. The stream id and the window are this function's; `exec` is
+    /// validated here as the agent would, an invalid one is not sent.
+    /// Resolves and fails like `port_forward`.
+    #[cfg(feature = "streams")]
+    pub async fn exec_stream(
+        &self,
+        node: &str,
+        mut exec: crate::model::StreamExec,
+        timeout: Duration,
+    ) -> Result<(stream::StreamWriter, stream::StreamReader), ClientError> {
+        use crate::model::validate::Validate;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        exec.stream_id = id.clone();
+        exec.window = crate::wire::stream::DEFAULT_WINDOW;
+        exec.validate().map_err(|invalid| WireError::Invalid {
+            kind: wire::Kind::StreamExec.name(),
+            invalid,
+        })?;
+        self.open_stream(node, id, Message::StreamExec(exec), timeout)
+            .await
+    }
+
+    /// Sends `open` (a `StreamOpen` or `StreamExec` of stream `id`) and
+    /// waits for the device's first `StreamWindow`: the stream's halves.
+    #[cfg(feature = "streams")]
+    async fn open_stream(
+        &self,
+        node: &str,
+        id: String,
+        open: Message,
+        timeout: Duration,
+    ) -> Result<(stream::StreamWriter, stream::StreamReader), ClientError> {
+        use crate::wire::stream::DEFAULT_WINDOW;
         if !wire::valid_topic_level(node) {
             return Err(ClientError::Node(node.to_string()));
         }
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let payload = wire::encode(
-            0,
-            &Message::StreamOpen(StreamOpen {
-                stream_id: id.clone(),
-                namespace: namespace.to_string(),
-                pod: pod.to_string(),
-                port,
-                window: DEFAULT_WINDOW,
-            }),
-        )?;
+        let payload = wire::encode(0, &open)?;
         let mut opened = self.rpc.open_stream(&id, DEFAULT_WINDOW);
         // From here on, dropping the guard leaves the route and the topic
         // and cancels the stream on the device.

@@ -731,6 +731,36 @@ pub struct StreamOpen {
     pub window: u32,
 }
 
+/// Opens a byte stream to the container runtime's streaming server, for
+/// `kubectl exec` and `kubectl attach` (docs/wire.md, "Streams (exec and
+/// attach)"): the device asks its runtime for a streaming URL (CRI `Exec`,
+/// or `Attach` when `command` is empty), connects to it and writes the HTTP
+/// request that upgrades it to SPDY/3.1 offering `protocols`; from then on
+/// the stream relays bytes like a `StreamOpen` stream, and the opener reads
+/// the streaming server's response and speaks the remotecommand protocol
+/// with it end to end (stdin, TTY and resize included).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamExec {
+    /// 32 lowercase hex digits, equal to the topic's `{request_id}`.
+    pub stream_id: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// The command and its arguments; empty: attach to the container's own
+    /// process.
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// A terminal (no separate stderr then).
+    pub tty: bool,
+    /// The remotecommand protocols the opener speaks
+    /// (`X-Stream-Protocol-Version`), most preferred first.
+    pub protocols: Vec<String>,
+    /// Bytes the device may send before the opener grants more.
+    pub window: u32,
+}
+
 /// Bytes of a stream, in either direction (`seq` counts each direction's
 /// messages from 0).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

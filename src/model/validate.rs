@@ -15,7 +15,7 @@ use super::{
     Cohort, Container, ContainerState, ContainerStatus, DesiredIndex, Event, ExecReply,
     ExecRequest, FleetDeployment, FleetReport, Limit, LogChunk, LogRequest, NodeLabels, NodeStatus,
     PodSpec, PodStatus, Probe, ProbeHandler, Revision, SealedPod, SecurityProfile, StatsReply,
-    StatsRequest, StreamClose, StreamData, StreamOpen, StreamWindow, VolumeSource,
+    StatsRequest, StreamClose, StreamData, StreamExec, StreamOpen, StreamWindow, VolumeSource,
 };
 
 /// Containers in one pod (app containers; init containers have their own
@@ -1025,6 +1025,59 @@ impl Validate for StreamOpen {
     }
 }
 
+/// Protocols a `StreamExec` may offer, and how long one may be: they go
+/// into an HTTP header on the device.
+pub const MAX_STREAM_PROTOCOLS: usize = 8;
+const MAX_PROTOCOL_LEN: usize = 64;
+
+impl Validate for StreamExec {
+    fn validate(&self) -> Result {
+        stream_id(&self.stream_id)?;
+        label("namespace", "namespace", &self.namespace)?;
+        subdomain("pod", "pod name", &self.pod)?;
+        label("container", "container name", &self.container)?;
+        count("command", self.command.len(), MAX_EXEC_ARGS)?;
+        let total = self.command.iter().map(String::len).sum();
+        bytes("command", total, MAX_EXEC_COMMAND_BYTES)?;
+        for arg in &self.command {
+            text("command", arg, MAX_EXEC_COMMAND_BYTES)?;
+        }
+        if !(self.stdin || self.stdout || self.stderr) {
+            return Err(invalid(
+                "stdin",
+                "Required value: at least one of stdin, stdout and stderr",
+            ));
+        }
+        if self.tty && self.stderr {
+            return Err(invalid(
+                "stderr",
+                "Invalid value: true: a TTY has no separate stderr",
+            ));
+        }
+        if self.protocols.is_empty() {
+            return Err(invalid(
+                "protocols",
+                "Required value: at least one protocol",
+            ));
+        }
+        count("protocols", self.protocols.len(), MAX_STREAM_PROTOCOLS)?;
+        for p in &self.protocols {
+            let token = p
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+            if p.is_empty() || p.len() > MAX_PROTOCOL_LEN || !token {
+                return Err(invalid(
+                    "protocols",
+                    format!(
+                        "Invalid value: a protocol is 1 to {MAX_PROTOCOL_LEN} of a-z, 0-9, '.' and '-'"
+                    ),
+                ));
+            }
+        }
+        window("window", self.window)
+    }
+}
+
 impl Validate for StreamData {
     fn validate(&self) -> Result {
         stream_id(&self.stream_id)?;
@@ -1276,6 +1329,64 @@ mod tests {
         reply.validate().expect("an error");
         reply.request_id = String::new();
         assert_eq!(reply.validate().expect_err("refused").field, "requestId");
+    }
+
+    #[test]
+    fn stream_exec_is_bounded_and_its_protocols_are_header_safe() {
+        let exec = StreamExec {
+            stream_id: "0123456789abcdef0123456789abcdef".into(),
+            namespace: "default".into(),
+            pod: "web".into(),
+            container: "main".into(),
+            command: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+            protocols: vec!["v4.channel.k8s.io".into(), "channel.k8s.io".into()],
+            window: MAX_STREAM_WINDOW,
+        };
+        exec.validate().expect("valid");
+        let refused = |change: &dyn Fn(&mut StreamExec)| {
+            let mut e = exec.clone();
+            change(&mut e);
+            e.validate().expect_err("refused").field
+        };
+        // Attach: no command.
+        let mut attach = exec.clone();
+        attach.command.clear();
+        attach.validate().expect("an attach");
+        assert_eq!(refused(&|e| e.stream_id = "x".into()), "streamId");
+        assert_eq!(refused(&|e| e.container = "Main".into()), "container");
+        assert_eq!(
+            refused(&|e| e.command = vec!["x".into(); MAX_EXEC_ARGS + 1]),
+            "command"
+        );
+        assert_eq!(
+            refused(&|e| {
+                e.stdin = false;
+                e.stdout = false;
+            }),
+            "stdin"
+        );
+        assert_eq!(refused(&|e| e.stderr = true), "stderr");
+        assert_eq!(refused(&|e| e.protocols.clear()), "protocols");
+        for bad in ["", "v4\r\nX-Evil: 1", "V4.channel.k8s.io", "a b"] {
+            assert_eq!(
+                refused(&|e| e.protocols = vec![bad.to_string()]),
+                "protocols",
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            refused(&|e| e.protocols = vec!["v4".into(); MAX_STREAM_PROTOCOLS + 1]),
+            "protocols"
+        );
+        assert_eq!(
+            refused(&|e| e.protocols = vec!["a".repeat(65)]),
+            "protocols"
+        );
+        assert_eq!(refused(&|e| e.window = MAX_STREAM_WINDOW + 1), "window");
     }
 
     #[test]

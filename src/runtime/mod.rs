@@ -200,6 +200,21 @@ pub trait Runtime: Send + Sync {
             )))
         })
     }
+    /// The URL of the runtime's streaming server for `exec` in a running
+    /// container: CRI `Exec`, or `Attach` when its command is empty (one
+    /// use, short-lived; `agent::stream_rpc` connects to it).
+    fn stream_url<'a>(
+        &'a self,
+        _container_id: &'a str,
+        _exec: &'a crate::model::StreamExec,
+    ) -> BoxFuture<'a, Result<String, RuntimeError>> {
+        let name = self.name();
+        Box::pin(async move {
+            Err(RuntimeError::Unavailable(format!(
+                "the {name} runtime cannot exec or attach"
+            )))
+        })
+    }
     /// The pod's own address once `prepare_pod` succeeded; None: the node's.
     fn pod_ip(&self, _pod: &PodContext) -> Option<String> {
         None

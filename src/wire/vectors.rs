@@ -526,6 +526,22 @@ pub(super) fn stream_close() -> StreamClose {
     }
 }
 
+pub(super) fn stream_exec() -> StreamExec {
+    StreamExec {
+        stream_id: STREAM_ID.into(),
+        namespace: "factory".into(),
+        pod: "sensor".into(),
+        container: "reader".into(),
+        command: vec!["sh".into(), "-c".into(), "cat /etc/hostname".into()],
+        stdin: true,
+        stdout: true,
+        stderr: false,
+        tty: true,
+        protocols: vec!["v4.channel.k8s.io".into(), "v3.channel.k8s.io".into()],
+        window: 256 * 1024,
+    }
+}
+
 /// Every vector: file name, envelope seq, sample message.
 fn all() -> Vec<(&'static str, u64, Message)> {
     vec![
@@ -612,6 +628,11 @@ fn all() -> Vec<(&'static str, u64, Message)> {
             "stream_close.hex",
             LOG_SEQ,
             Message::StreamClose(stream_close()),
+        ),
+        (
+            "stream_exec.hex",
+            LOG_SEQ,
+            Message::StreamExec(stream_exec()),
         ),
     ]
 }
@@ -856,6 +877,11 @@ fn vector_stream_close() {
 }
 
 #[test]
+fn vector_stream_exec() {
+    check("stream_exec.hex");
+}
+
+#[test]
 fn vector_tombstone() {
     check("tombstone.hex");
 }
@@ -1039,6 +1065,14 @@ fn version_7_vectors_are_still_read() {
     signed_vectors_still_verify(7);
 }
 
+/// Version 8 had kinds 1–20 and every body as today's; its signed vectors
+/// still verify.
+#[test]
+fn version_8_vectors_are_still_read() {
+    older_vectors_are_still_read(8, 20);
+    signed_vectors_still_verify(8);
+}
+
 /// Versions 1 to 3 ran `command`, `args` and env values literally; version
 /// 4 expands them, so an older spec is read with them escaped and runs as
 /// before.
@@ -1100,7 +1134,7 @@ fn older_specs_keep_their_literal_dollars() {
 fn vectors_cover_every_kind() {
     let mut kinds: Vec<u8> = all().iter().map(|(_, _, m)| m.kind() as u8).collect();
     kinds.sort_unstable();
-    assert_eq!(kinds, (1..=20).collect::<Vec<u8>>());
+    assert_eq!(kinds, (1..=21).collect::<Vec<u8>>());
     for k in 0..=u8::MAX {
         assert_eq!(Kind::from_u8(k).is_ok(), kinds.contains(&k), "kind {k}");
     }
@@ -1157,7 +1191,7 @@ fn write_vectors_then_fail_on_purpose() {
 #[test]
 fn envelope_layout_matches_the_spec() {
     let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
-    assert_eq!(bytes[0], 0x08, "version 8 as a one-byte varint");
+    assert_eq!(bytes[0], 0x09, "version 9 as a one-byte varint");
     assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
     assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
     assert_eq!(bytes[3], 0x00, "empty signature: length 0");

@@ -188,10 +188,37 @@ impl Kubectl {
 
     /// Runs `kubectl ARGS…` to its end (at most two minutes).
     pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.run_with_input(args, b"")
+    }
+
+    /// Runs `kubectl ARGS…` to its end with `input` on its stdin.
+    pub fn run_with_input(&self, args: &[&str], input: &[u8]) -> std::process::Output {
         let mut cmd = Command::new(&self.bin);
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .arg("--request-timeout=30s")
             .args(args)
+            .env_remove("KUBECONFIG")
+            .env("KUBERC", "off")
+            .env("KUBECACHEDIR", self.cache.path());
+        run_with_deadline(cmd, input, Duration::from_secs(120))
+    }
+
+    /// Runs `kubectl ARGS…` to its end in a terminal of `rows` × `cols`
+    /// (a pseudo-terminal made by util-linux `script`), as a user at a
+    /// shell runs `kubectl exec -it`: stdout is what the terminal showed.
+    pub fn run_in_terminal(&self, args: &[&str], rows: u16, cols: u16) -> std::process::Output {
+        let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
+        let mut line = format!(
+            "stty rows {rows} cols {cols}; exec {} {}",
+            quote(&self.bin.display().to_string()),
+            quote(&format!("--kubeconfig={}", self.kubeconfig.display())),
+        );
+        for a in args {
+            line.push(' ');
+            line.push_str(&quote(a));
+        }
+        let mut cmd = Command::new("script");
+        cmd.args(["-q", "-e", "-c", &line, "/dev/null"])
             .env_remove("KUBECONFIG")
             .env("KUBERC", "off")
             .env("KUBECACHEDIR", self.cache.path());

@@ -209,7 +209,12 @@ fn build_guest(target: GuestTarget) -> PathBuf {
 pub fn sha256_file(path: impl AsRef<Path>) -> String {
     let path = path.as_ref();
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    hex::encode(Sha256::digest(&bytes))
+    sha256_hex(&bytes)
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 // ---------------------------------------------------------------------------

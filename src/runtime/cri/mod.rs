@@ -730,6 +730,52 @@ impl Runtime for CriRuntime {
         })
     }
 
+    fn stream_url<'a>(
+        &'a self,
+        container_id: &'a str,
+        exec: &'a crate::model::StreamExec,
+    ) -> BoxFuture<'a, Result<String, RuntimeError>> {
+        Box::pin(async move {
+            let id = container_id
+                .split_once("://")
+                .map(|(_, id)| id)
+                .unwrap_or(container_id)
+                .to_string();
+            let mut runtime = self.runtime.clone();
+            let url = if exec.command.is_empty() {
+                let request = cri::AttachRequest {
+                    container_id: id,
+                    stdin: exec.stdin,
+                    tty: exec.tty,
+                    stdout: exec.stdout,
+                    stderr: exec.stderr,
+                };
+                runtime
+                    .attach(request)
+                    .await
+                    .map_err(|s| self.status_error("Attach", s))?
+                    .into_inner()
+                    .url
+            } else {
+                let request = cri::ExecRequest {
+                    container_id: id,
+                    cmd: exec.command.clone(),
+                    tty: exec.tty,
+                    stdin: exec.stdin,
+                    stdout: exec.stdout,
+                    stderr: exec.stderr,
+                };
+                runtime
+                    .exec(request)
+                    .await
+                    .map_err(|s| self.status_error("Exec", s))?
+                    .into_inner()
+                    .url
+            };
+            Ok(url)
+        })
+    }
+
     fn pod_ip(&self, pod: &PodContext) -> Option<String> {
         self.sandbox(&pod.spec.uid).and_then(|s| s.ip)
     }

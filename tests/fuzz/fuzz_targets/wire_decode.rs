@@ -8,7 +8,7 @@
 //! - `decode_as::<T>` and `decode_retained::<T>` agree with `decode` (same
 //!   value and seq, `WrongKind` exactly when the kind differs, the same
 //!   error otherwise; empty is `None` for retained): for the payload's own
-//!   kind and one other chosen by the input, so all nineteen body types and
+//!   kind and one other chosen by the input, so all twenty body types and
 //!   every pair come up over a run;
 //! - a `SealedPod` goes through `seal::open_pod` with a fixed device key
 //!   and topic (what the agent does with it): never a panic, and whatever
@@ -29,7 +29,7 @@ use std::fmt::Debug;
 use kedge::model::{
     DesiredIndex, Event, FleetDeployment, FleetReport, LogChunk, LogRequest, NodeLabels,
     NodeStatus, PodSpec, PodStatus, SealedPod, StatsReply, StatsRequest, ExecReply, ExecRequest,
-    StreamClose, StreamData, StreamOpen, StreamWindow,
+    StreamClose, StreamData, StreamExec, StreamOpen, StreamWindow,
 };
 use kedge::wire::{self, Envelope, WireError, WireMessage};
 use libfuzzer_sys::{fuzz_mutator, fuzz_target, fuzzer_mutate};
@@ -38,13 +38,13 @@ fuzz_target!(|data: &[u8]| {
     let decoded = wire::decode(data);
     // `decode_as` for the kind decoded (or, on an error, the kind the
     // payload names) and for one other kind, chosen by the input: every
-    // pair comes up over a run, at two decodes per input instead of 19.
+    // pair comes up over a run, at two decodes per input instead of 20.
     let named = match &decoded {
         Ok(env) => env.message.kind() as u8,
         Err(_) => data.get(1).copied().unwrap_or(1),
     };
-    const KINDS: [u8; 19] = [
-        1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+    const KINDS: [u8; 20] = [
+        1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
     ];
     let other = KINDS[(named as usize + data.len()) % KINDS.len()];
     for k in [named, other] {
@@ -67,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
             18 => agrees::<StreamData>(data, &decoded),
             19 => agrees::<StreamWindow>(data, &decoded),
             20 => agrees::<StreamClose>(data, &decoded),
+            21 => agrees::<StreamExec>(data, &decoded),
             _ => agrees::<NodeLabels>(data, &decoded),
         }
     }
