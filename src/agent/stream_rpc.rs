@@ -237,7 +237,7 @@ mod relay {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     use tokio::sync::Notify;
     use tokio::time::Instant;
 
@@ -423,15 +423,22 @@ mod relay {
         let start = Instant::now();
         let last = AtomicU64::new(0);
         let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let (mut rd, mut wr) = tcp.into_split();
+        let (rd, mut wr) = tcp.into_split();
         let up = async {
             loop {
                 let Ok(n) = shared.send.available(MAX_STREAM_CHUNK).await else {
                     // Ended: `ended` below says how.
                     return std::future::pending::<Result<(), String>>().await;
                 };
+                // The buffer is made once there is something to read: an
+                // idle stream holds none.
+                rd.readable().await.map_err(|e| failed(&e.kind()))?;
                 let mut buf = vec![0; n];
-                let got = rd.read(&mut buf).await.map_err(|e| failed(&e.kind()))?;
+                let got = match rd.try_read(&mut buf) {
+                    Ok(got) => got,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(failed(&e.kind())),
+                };
                 buf.truncate(got);
                 touch();
                 let seq = shared.send.sent(got);
