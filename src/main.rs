@@ -234,6 +234,7 @@ fn main() -> ExitCode {
                 namespace,
                 node,
             } => cli::delete_any(&config, what, &name, &namespace, node.as_deref()).await,
+            Command::Top { what } => cli::top_command(&config, &what).await,
             Command::Logs {
                 pod,
                 container,

@@ -943,6 +943,160 @@ fn stats_report_the_node_and_a_running_wasm_pod() {
     assert!(b.timestamp_ms >= a.timestamp_ms);
 }
 
+/// The rows of a `kedge top` table, split on whitespace.
+fn rows(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// `34Mi` → 34.
+fn mebibytes(cell: &str) -> u64 {
+    cell.strip_suffix("Mi")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not NNMi: {cell:?}"))
+}
+
+/// `12m` → 12.
+fn millicores(cell: &str) -> u64 {
+    cell.strip_suffix('m')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not NNm: {cell:?}"))
+}
+
+/// `kedge top node` and `kedge top pod`: the CLI asks the device over MQTT
+/// (the stats RPC) and prints kubectl's tables; a node that does not answer
+/// in time and a node that is gone are said per node, at once for the one
+/// whose last will says it is offline.
+#[test]
+fn kedge_top_shows_the_node_and_a_running_wasm_pod() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args = fast_args();
+    args.extend(["--set".into(), "broker.keep_alive_secs=5".into()]);
+    let agent = Agent::start(AgentOpts {
+        node: "gw-top".into(),
+        broker_url: Some(broker.url()),
+        data_dir: dir.path().join("data"),
+        extra_args: args,
+        env: vec![],
+    });
+    let mut env = Env {
+        broker,
+        agent,
+        dir,
+        node: "gw-top".into(),
+    };
+    env.apply(&wasm_pod(
+        "meter",
+        &p1(),
+        &["ticker", "0", "200"],
+        "Always",
+        "",
+    ));
+    env.wait_status("meter Running", "meter", |s| phase(s) == "Running");
+
+    // NAME CPU(cores) MEMORY(bytes): a Rust guest's linear memory holds its
+    // 1 MiB stack, so at least 1Mi.
+    let table = rows(&env.cli_ok(&["top", "pod"]));
+    assert_eq!(
+        table[0],
+        ["NAME", "CPU(cores)", "MEMORY(bytes)"],
+        "{table:?}"
+    );
+    assert_eq!(table.len(), 2, "{table:?}");
+    assert_eq!(table[1][0], "meter", "{table:?}");
+    millicores(&table[1][1]);
+    assert!(mebibytes(&table[1][2]) >= 1, "{table:?}");
+    // By name, per container, in every namespace.
+    let table = rows(&env.cli_ok(&["top", "pod", "meter", "--containers", "-A"]));
+    assert_eq!(
+        table[0],
+        ["NAMESPACE", "POD", "NAME", "CPU(cores)", "MEMORY(bytes)"],
+        "{table:?}"
+    );
+    assert_eq!(table[1][..3], ["default", "meter", "main"], "{table:?}");
+    assert!(mebibytes(&table[1][4]) >= 1, "{table:?}");
+    // Another namespace has nothing running.
+    let out = env.cli(&["top", "pod", "-n", "other"]);
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.ends_with("No resources found in other namespace.\n"),
+        "{stderr}"
+    );
+
+    // NAME CPU(cores) CPU(%) MEMORY(bytes) MEMORY(%), of allocatable. A
+    // node that says it is online but never answers (a fake: a retained
+    // status with no agent behind it) is reported after --timeout, beside
+    // the node that answered.
+    let ghost = kedge::model::NodeStatus {
+        name: "ghost".into(),
+        online: true,
+        heartbeat_ms: kedge::model::now_ms(),
+        info: Default::default(),
+        capacity: Default::default(),
+        allocatable: Default::default(),
+        conditions: Vec::new(),
+        addresses: Vec::new(),
+        pod_count: 0,
+        labels: Default::default(),
+        sealing_key: None,
+    };
+    let payload = kedge::wire::encode(0, &kedge::wire::Message::NodeStatus(ghost)).expect("enc");
+    publish_raw(&env.broker.url(), "kedge/v1/ghost/node", &payload, true);
+    let out = env.cli(&["top", "node", "--timeout", "1s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let table = rows(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        table[0],
+        ["NAME", "CPU(cores)", "CPU(%)", "MEMORY(bytes)", "MEMORY(%)"],
+        "{table:?}"
+    );
+    assert_eq!(
+        table[1],
+        ["ghost", "<unknown>", "<unknown>", "<unknown>", "<unknown>"]
+    );
+    assert_eq!(table[2][0], "gw-top", "{table:?}");
+    millicores(&table[2][1]);
+    assert!(table[2][2].ends_with('%'), "{table:?}");
+    assert!(mebibytes(&table[2][3]) > 0, "{table:?}");
+    assert!(table[2][4].ends_with('%'), "{table:?}");
+    let said: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        said,
+        ["error: node ghost did not answer within 1 s (is it online?)"],
+        "{stderr}"
+    );
+
+    // A node whose agent is gone (its last will): said at once, and the one
+    // node asked for could not be read, so the command fails.
+    env.agent.kill9();
+    let out = wait_until("kedge top node says gw-top is gone", WAIT, || {
+        let out = env.cli(&["top", "node", "gw-top", "--no-headers", "--timeout", "1s"]);
+        let gone = String::from_utf8_lossy(&out.stderr).contains("not connected");
+        (gone && !out.status.success()).then_some(out)
+    });
+    let table = rows(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        table,
+        [["gw-top", "<unknown>", "<unknown>", "<unknown>", "<unknown>"]]
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: node gw-top: not connected"),
+        "{stderr}"
+    );
+    let out = env.cli(&["top", "pod", "meter", "--node", "gw-top"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("node gw-top: not connected"), "{stderr}");
+}
+
 /// FNV-1a, 64 bits: a checksum of a byte stream in any chunking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Fnv(u64);

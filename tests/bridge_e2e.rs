@@ -3168,6 +3168,145 @@ fn kubectl_top_shows_edge_nodes_and_pods_through_a_real_metrics_server() {
     );
 }
 
+/// A Kubernetes quantity of bytes (`1180Ki`, `2Mi`, `1500k`, `65536`).
+fn quantity_bytes(q: &str) -> Option<u64> {
+    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
+    let (n, unit) = q.split_at(split);
+    let factor: u64 = match unit {
+        "" => 1,
+        "k" => 1000,
+        "Ki" => 1 << 10,
+        "M" => 1_000_000,
+        "Mi" => 1 << 20,
+        "G" => 1_000_000_000,
+        "Gi" => 1 << 30,
+        _ => return None,
+    };
+    n.parse::<u64>().ok()?.checked_mul(factor)
+}
+
+/// HPA on an edge Deployment: a stock metrics-server reads the Wasm pods'
+/// memory through the bridge's kubelet API, kube-controller-manager's
+/// HorizontalPodAutoscaler (autoscaling/v2, a memory `AverageValue` below
+/// what one replica holds: its linear memory, at least one 64 KiB page)
+/// reads it through metrics.k8s.io, and scales the Deployment up; the new
+/// replicas run on the device. Memory, not CPU: the guests idle.
+#[test]
+fn a_horizontal_pod_autoscaler_scales_an_edge_deployment_on_memory() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use support::k8s::{MetricsServer, metrics_server_or_skip};
+    let test = "a_horizontal_pod_autoscaler_scales_an_edge_deployment_on_memory";
+    let Some(ms_bin) = metrics_server_or_skip(test) else {
+        return;
+    };
+    let ip = match support::k8s::host_ipv4() {
+        Ok(ip) => ip,
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("{test}: {why}"),
+        Err(why) => return support::skip_test(test, &why),
+    };
+    let w = World::start_with(
+        &["edge-a"],
+        vec!["--advertise-address".into(), ip.to_string()],
+        vec![],
+    );
+    w.wait_node_ready("edge-a");
+    let deployments: Api<Deployment> = Api::namespaced(w.admin.clone(), "default");
+    w.create(
+        &deployments,
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "hog"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "hog"}},
+                "template": {
+                    "metadata": {"labels": {"app": "hog"}},
+                    "spec": wasm_pod_spec(&w.image, &["ticker", "0", "1000"], json!({})),
+                },
+            },
+        }),
+    );
+    w.wait_or_dump("one hog pod Running and Ready", || {
+        let pods = w.list_pods("app=hog");
+        (pods.len() == 1 && pods.iter().all(pod_ready)).then_some(())
+    });
+
+    let ms = MetricsServer::start(&w.cp, &ms_bin, ip);
+    apply_file(&w.rt, &w.admin, &ms.manifest);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(w.admin.clone(), "default");
+    w.create(
+        &hpas,
+        json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "hog"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "hog"},
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "metrics": [{
+                    "type": "Resource",
+                    "resource": {
+                        "name": "memory",
+                        "target": {"type": "AverageValue", "averageValue": "32Ki"},
+                    },
+                }],
+            },
+        }),
+    );
+
+    // The HPA reads the pods' memory and asks for the most replicas it may.
+    let status = w.wait_or_dump("the HPA scales hog to 3", || {
+        ms.assert_running();
+        let hpa = w.rt.block_on(hpas.get("hog")).ok()?;
+        let st = hpa.status?;
+        (st.desired_replicas == 3 && st.current_metrics.as_ref().is_some_and(|m| !m.is_empty()))
+            .then_some(st)
+    });
+    let metrics = status.current_metrics.expect("currentMetrics");
+    let memory = metrics
+        .iter()
+        .find_map(|m| m.resource.as_ref().filter(|r| r.name == "memory"))
+        .unwrap_or_else(|| panic!("a memory metric in {metrics:?}"));
+    let average = memory
+        .current
+        .average_value
+        .as_ref()
+        .and_then(|q| quantity_bytes(&q.0))
+        .unwrap_or_else(|| panic!("an averageValue in {memory:?}"));
+    assert!(average >= 64 << 10, "one Wasm page at least: {memory:?}");
+    let conditions = status.conditions.unwrap_or_default();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "ScalingActive" && c.status == "True"),
+        "{conditions:?}"
+    );
+
+    // The Deployment grew, and its new replicas run on the device.
+    let d = w.rt.block_on(deployments.get("hog")).expect("hog");
+    assert_eq!(d.spec.and_then(|s| s.replicas), Some(3));
+    let pods = w.wait_or_dump("3 hog pods Running and Ready on edge-a", || {
+        let pods = w.list_pods("app=hog");
+        (pods.len() == 3 && pods.iter().all(pod_ready)).then_some(pods)
+    });
+    for p in &pods {
+        let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        assert_eq!(node, Some("edge-a"), "{:?}", p.metadata.name);
+    }
+    let rescaled = w.wait_or_dump("the HPA's SuccessfulRescale event", || {
+        w.events_of("hog")
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("SuccessfulRescale"))
+    });
+    assert!(
+        rescaled
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("New size: 3") && m.contains("memory")),
+        "{rescaled:?}"
+    );
+}
+
 /// A world with a Wasm node `edge-w` and a node `edge-c` whose agent runs
 /// containers in a containerd of the test's own; the kubectl to drive it.
 /// None (the skip said) without kubectl or root.

@@ -127,6 +127,12 @@ impl Client {
         Ok(self.client.logs(node, request).await?)
     }
 
+    /// The shared client, whose RPCs take `&self`: to ask several devices
+    /// at once.
+    pub fn rpc(&self) -> client::Client {
+        self.client.clone()
+    }
+
     /// The broker's URL, for messages.
     pub fn url(&self) -> &str {
         self.client.url()

@@ -8,6 +8,8 @@ pub mod client;
 pub mod fleet;
 pub mod fleet_args;
 pub mod label;
+#[cfg(feature = "operator")]
+pub mod top;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -141,6 +143,12 @@ pub enum Command {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Show the CPU and memory of devices or pods, as each device measures
+    /// them (asked over MQTT twice, a second apart), like kubectl top.
+    Top {
+        #[command(subcommand)]
+        what: TopWhat,
+    },
     /// Print a container's log.
     Logs {
         pod: String,
@@ -231,6 +239,42 @@ pub fn wasm_compile(
     let absolute = std::path::absolute(output).unwrap_or_else(|_| output.to_path_buf());
     println!("file://{}@sha256:{sha256}", absolute.display());
     Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TopWhat {
+    /// NAME CPU(cores) CPU(%) MEMORY(bytes) MEMORY(%) of every node, or one;
+    /// percentages of what the node reports allocatable.
+    #[command(alias = "nodes", alias = "no")]
+    Node {
+        name: Option<String>,
+        /// How long each device has to answer (default 10s).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+        #[arg(long)]
+        no_headers: bool,
+    },
+    /// NAME CPU(cores) MEMORY(bytes) of the pods with a running container.
+    #[command(alias = "pods", alias = "po")]
+    Pod {
+        name: Option<String>,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// All namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Only the pods of this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// One line per container.
+        #[arg(long)]
+        containers: bool,
+        /// How long each device has to answer (default 10s).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+        #[arg(long)]
+        no_headers: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -487,14 +531,26 @@ pub async fn apply_command(
     }
 }
 
-/// What a build without the fleet operator commands (a device build: the
-/// `operator` feature is not in `full` or `minimal`) answers them.
+/// What a build without the operator commands (fleets, `top`; a device
+/// build: the `operator` feature is not in `full` or `minimal`) answers
+/// them.
 #[cfg(not(feature = "operator"))]
 fn no_operator(command: &str) -> anyhow::Error {
     anyhow::anyhow!(
-        "{command}: this kedge was built without the fleet operator commands (a device build); \
+        "{command}: this kedge was built without the operator commands (a device build); \
          run it from a workstation's kedge against the same broker"
     )
+}
+
+/// `kedge top node|pod`.
+pub async fn top_command(config: &Config, what: &TopWhat) -> anyhow::Result<()> {
+    #[cfg(feature = "operator")]
+    return top::top(config, what).await;
+    #[cfg(not(feature = "operator"))]
+    {
+        let _ = (config, what);
+        Err(no_operator("kedge top"))
+    }
 }
 
 /// `kedge rollout status|pause|resume|undo`.
