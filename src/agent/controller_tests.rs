@@ -934,10 +934,9 @@ async fn sealed_specs_open_with_the_device_key_and_nothing_else() {
     };
     let mine = sealing_key().public();
     let mut spec = pod("db", 1, RestartPolicy::Always, &["app"]);
-    spec.containers[0].env.push(crate::model::EnvVar {
-        name: "PASSWORD".into(),
-        value: "hunter2".into(),
-    });
+    spec.containers[0]
+        .env
+        .push(crate::model::EnvVar::new("PASSWORD", "hunter2"));
     agent.send(&topic, sealed(&spec, &mine));
     agent
         .until("db running", |a| a.phase("db") == Some(PodPhase::Running))

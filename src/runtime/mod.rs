@@ -159,6 +159,12 @@ impl StopHandle {
         (StopHandle { tx: Some(tx) }, rx)
     }
 
+    /// This handle's request, moved out (a pre-stop hook runs before it is
+    /// made); this one asks nothing any more.
+    pub fn take(&mut self) -> StopHandle {
+        StopHandle { tx: self.tx.take() }
+    }
+
     /// Requests a stop; the container is killed after `grace`.
     pub fn stop(&mut self, grace: Duration) {
         if let Some(tx) = self.tx.take() {
@@ -255,15 +261,19 @@ pub fn materialize_volumes(pod: &PodContext) -> Result<(), RuntimeError> {
 /// The container as the runtime must start it, checked as the kubelet does
 /// before a start: every hostPath volume of the pod against its type (the
 /// `*OrCreate` types made), then `$(VAR)` expanded in env, command and args
-/// (`model::expansion`). The supervisor calls it before every start, for
-/// both runtimes; a failed check is a `CreateContainerConfigError`, retried
-/// with the restart back-off like the kubelet's volume set-up.
+/// (`model::expansion`), env status fields with `addresses`. The supervisor
+/// calls it before every start, for both runtimes; a failed check is a
+/// `CreateContainerConfigError`, retried with the restart back-off like the
+/// kubelet's volume set-up.
 pub fn container_to_start(
     pod: &PodContext,
     container: &Container,
+    addresses: &crate::model::expansion::Addresses,
 ) -> Result<Container, RuntimeError> {
     volumes::check_host_paths(&pod.spec).map_err(RuntimeError::CreateConfig)?;
-    Ok(crate::model::expansion::expand_container(container))
+    Ok(crate::model::expansion::expand_container(
+        container, addresses,
+    ))
 }
 
 /// Writes configMap/secret files into a volume directory with their mode;

@@ -390,10 +390,7 @@ mod tests {
             command: vec!["/bin/sh".into()],
             args: vec!["-c".into(), "echo hi".into()],
             working_dir: Some("/tmp".into()),
-            env: vec![crate::model::EnvVar {
-                name: "A".into(),
-                value: "1".into(),
-            }],
+            env: vec![crate::model::EnvVar::new("A", "1")],
             volume_mounts: vec![VolumeMount {
                 name: "data".into(),
                 mount_path: "/data".into(),
@@ -426,6 +423,9 @@ mod tests {
                 seccomp_profile: None,
                 app_armor_profile: None,
             }),
+            lifecycle: Default::default(),
+            termination_message_path: None,
+            termination_message_fallback_to_logs: false,
         }
     }
 
