@@ -1516,3 +1516,54 @@ spec:
         "the container read Running with a failed postStart hook: {all:?}"
     );
 }
+
+/// The message of a terminated container, the kubelet's way: what it wrote
+/// to its `terminationMessagePath` (the default `/dev/termination-log`, or
+/// its own), else with `FallbackToLogsOnError` the end of its log when it
+/// failed.
+#[test]
+fn termination_messages_come_from_the_file_or_the_log() {
+    if !cri_tests_can_run("termination_messages_come_from_the_file_or_the_log") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-lastwords");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: lastwords}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: default-path
+    image: {BUSYBOX}
+    command: [sh, -c, "printf 'all done' > /dev/termination-log"]
+  - name: own-path
+    image: {BUSYBOX}
+    terminationMessagePath: /tmp/why
+    securityContext: {{runAsUser: 1000}}
+    command: [sh, -c, "printf 'disk full' > /tmp/why; exit 4"]
+  - name: from-log
+    image: {BUSYBOX}
+    terminationMessagePolicy: FallbackToLogsOnError
+    command: [sh, -c, "echo first; echo 'it broke'; exit 1"]
+"#
+    ));
+    let s = env.wait_status("every container ended", "lastwords", |s| {
+        phase(s) == "Failed"
+            && s["container_statuses"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|c| c["state"]["Terminated"].is_object()))
+    });
+    let message = |name: &str| {
+        named(&s, name)["state"]["Terminated"]["message"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(message("default-path").as_deref(), Some("all done"), "{s}");
+    assert_eq!(message("own-path").as_deref(), Some("disk full"), "{s}");
+    assert_eq!(
+        message("from-log").as_deref(),
+        Some("first\nit broke\n"),
+        "{s}"
+    );
+}

@@ -222,12 +222,32 @@ impl Supervisor {
                     } = rc;
                     info!(container = %self.name_of(machine, c), %container_id, adopted, "container started");
                     let tx2 = tx.clone();
+                    // The run's termination message file and log, read
+                    // when it ends.
+                    let run = if adopted {
+                        machine.restart_count(c)
+                    } else {
+                        machine.next_run_number(c)
+                    };
+                    let name = self.name_of(machine, c);
+                    let file = crate::runtime::termination_log_path(&self.pod.pod_dir, &name, run);
+                    let log = self.pod.log_path(&name, run);
+                    let fallback = machine
+                        .container(c)
+                        .is_some_and(|k| k.termination_message_fallback_to_logs);
                     crate::spawn(async move {
-                        let status = exited.await.unwrap_or(ExitStatus {
+                        let mut status = exited.await.unwrap_or(ExitStatus {
                             exit_code: 137,
                             reason: Some("Error".into()),
                             message: Some("the runtime lost the container".into()),
                         });
+                        status.message = crate::runtime::read_termination_message(
+                            status.message,
+                            &file,
+                            &log,
+                            fallback,
+                            status.exit_code,
+                        );
                         let _ = tx2.send(Event::Exited(c, status));
                     });
                     if machine.is_terminating() || machine.is_done() {

@@ -276,6 +276,15 @@ pub fn container_config(
             ..Default::default()
         });
     }
+    // The termination message file (`start_inner` makes it), as the
+    // kubelet mounts it.
+    mounts.push(cri::Mount {
+        container_path: container.termination_message_path().to_string(),
+        host_path: crate::runtime::termination_log_path(pod_dir, &container.name, restart_count)
+            .display()
+            .to_string(),
+        ..Default::default()
+    });
     let sc = container.security_context.clone().unwrap_or_default();
     let seccomp = seccomp_profile(sc.seccomp_profile.as_ref(), profiles);
     let (apparmor, apparmor_profile) = app_armor_profile(sc.app_armor_profile.as_ref());
