@@ -671,14 +671,24 @@ pub fn pod_spec_body(spec: &PodSpec) -> Result<Vec<u8>, WireError> {
 pub fn pod_spec_from_body(bytes: &[u8], version: u16) -> Result<PodSpec, WireError> {
     let kind = Kind::DesiredPod;
     // Versions 1 to 3 had the same `PodSpec`, which version 4 changed;
-    // version 9 changed its `Container`.
-    Ok(if version < POD_FIELDS_SINCE_VERSION {
-        body::<v3::PodSpec>(kind, bytes)?.into()
-    } else if version < CONTAINER_FIELDS_SINCE_VERSION {
-        body::<v8::PodSpec>(kind, bytes)?.into()
+    // version 9 changed its `Container`. An older one is upgraded, then
+    // validated as today's (once: the rules are today's).
+    if version >= CONTAINER_FIELDS_SINCE_VERSION {
+        return body(kind, bytes);
+    }
+    let taken = if version < POD_FIELDS_SINCE_VERSION {
+        postcard::take_from_bytes::<v3::PodSpec>(bytes).map(|(s, rest)| (s.into(), rest))
     } else {
-        body(kind, bytes)?
-    })
+        postcard::take_from_bytes::<v8::PodSpec>(bytes).map(|(s, rest)| (s.into(), rest))
+    };
+    let (spec, rest): (PodSpec, &[u8]) = taken.map_err(|e| malformed_body(kind, e))?;
+    let valid = if rest.is_empty() {
+        spec.validate()
+    } else {
+        Ok(())
+    };
+    checked_body(kind, rest.len(), valid)?;
+    Ok(spec)
 }
 
 /// Decodes (and validates) a payload that must be a `T`, with its envelope

@@ -17,7 +17,7 @@ use super::probe::{self, ProbeKind};
 use crate::model::expansion::Addresses;
 use crate::model::{
     Container, ContainerState, EventType, Hook, PodKey, PodSpec, PodStatus, ProbeHandler,
-    StatusField, now_ms,
+    RuntimeKind, StatusField, now_ms,
 };
 use crate::runtime::{ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle};
 
@@ -99,7 +99,7 @@ pub fn spawn(
                 last_reported: None,
                 stop_deadline_set: false,
                 origin: tokio::time::Instant::now(),
-                stopping: tokio::sync::watch::channel(false).0,
+                hooks_in_flight: Vec::new(),
             };
             sup.run(&mut machine, stop_rx).await;
         }
@@ -126,9 +126,10 @@ struct Supervisor {
     /// The monotonic origin of every `Now` given to the machine (tokio's
     /// clock: paused in tests).
     origin: tokio::time::Instant,
-    /// Turns true when the pod is asked to stop: a postStart hook under way
-    /// is abandoned (its container is then stopped like any other).
-    stopping: tokio::sync::watch::Sender<bool>,
+    /// One sender per postStart hook under way, dropped when the pod is
+    /// asked to stop: the hook is then abandoned (its container is stopped
+    /// like any other).
+    hooks_in_flight: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Supervisor {
@@ -177,7 +178,7 @@ impl Supervisor {
             let now = self.now();
             let actions = match event {
                 Event::StopRequested => {
-                    self.stopping.send_replace(true);
+                    self.hooks_in_flight.clear();
                     machine.stop(now)
                 }
                 Event::PostStartFailed {
@@ -468,7 +469,11 @@ impl Supervisor {
                     let tx = tx.clone();
                     let status = machine.status();
                     let (known_pod_ip, host_ip) = (status.pod_ip.clone(), status.host_ip.clone());
-                    let mut stopping = self.stopping.subscribe();
+                    let (cancel_tx, mut cancel) = tokio::sync::oneshot::channel::<()>();
+                    if container.lifecycle.post_start.is_some() {
+                        self.hooks_in_flight.retain(|h| !h.is_closed());
+                        self.hooks_in_flight.push(cancel_tx);
+                    }
                     crate::spawn(
                         async move {
                             let pod_ip =
@@ -500,7 +505,7 @@ impl Supervisor {
                                     );
                                     let outcome = tokio::select! {
                                         r = run => r,
-                                        _ = stopping.wait_for(|s| *s) => Ok(()),
+                                        _ = &mut cancel => Ok(()),
                                     };
                                     match outcome {
                                         Ok(()) => Event::Started(c, Ok(rc)),
@@ -595,7 +600,8 @@ impl Supervisor {
     /// if it has one, then the stop signal with what is left of the grace
     /// period (at least 2 s, as the kubelet's).
     fn stop_container(&mut self, machine: &PodMachine, c: ContainerRef, grace: Duration) {
-        let Some(stop) = self.running.get_mut(&c) else {
+        // A stop under way (its preStop hook running) is not made twice.
+        let Some(stop) = self.running.get_mut(&c).filter(|s| !s.requested()) else {
             return;
         };
         let hook = machine
@@ -661,17 +667,14 @@ fn grace_after_hook(grace: Duration, spent: Duration) -> Duration {
 /// A failed hook's message, as the kubelet words it.
 fn hook_failure(hook: &Hook, container: &str, spec: &PodSpec, error: &str) -> String {
     let pod = format!("{}_{}({})", spec.name, spec.namespace, spec.uid);
-    match hook {
-        Hook::Run(ProbeHandler::Exec { command }) => format!(
-            "Exec lifecycle hook ({command:?}) for Container {container:?} in Pod {pod:?} failed - error: {error}"
-        ),
-        Hook::Run(_) => format!(
-            "HTTP lifecycle hook for Container {container:?} in Pod {pod:?} failed - error: {error}"
-        ),
-        Hook::Sleep { .. } => format!(
-            "Sleep lifecycle hook for Container {container:?} in Pod {pod:?} failed - error: {error}"
-        ),
-    }
+    let (kind, command) = match hook {
+        Hook::Run(ProbeHandler::Exec { command }) => ("Exec", format!(" ({command:?})")),
+        Hook::Run(_) => ("HTTP", String::new()),
+        Hook::Sleep { .. } => ("Sleep", String::new()),
+    };
+    format!(
+        "{kind} lifecycle hook{command} for Container {container:?} in Pod {pod:?} failed - error: {error}"
+    )
 }
 
 /// The pod's address for env status fields: the runtime's once its sandbox
@@ -692,7 +695,8 @@ async fn pod_ip(
         .env
         .iter()
         .any(|e| matches!(e.field, Some(StatusField::PodIp | StatusField::PodIps)));
-    if known.is_none() && needs && runtime.prepare_pod(pod).await.is_ok() {
+    let own_network = pod.spec.runtime == RuntimeKind::Container && !pod.spec.host_network;
+    if known.is_none() && needs && own_network && runtime.prepare_pod(pod).await.is_ok() {
         return runtime.pod_ip(pod);
     }
     known

@@ -159,6 +159,11 @@ impl StopHandle {
         (StopHandle { tx: Some(tx) }, rx)
     }
 
+    /// Whether a stop was requested already (or the request moved out).
+    pub fn requested(&self) -> bool {
+        self.tx.is_none()
+    }
+
     /// This handle's request, moved out (a pre-stop hook runs before it is
     /// made); this one asks nothing any more.
     pub fn take(&mut self) -> StopHandle {

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use super::v8::EnvVar;
 use crate::model::expansion::escape;
-use crate::model::validate::{Result, Validate};
 use crate::model::{
     ContainerPort, HostPathType, Probe, PullPolicy, Resources, RestartPolicy, RuntimeKind,
     VolumeMount,
@@ -178,12 +177,6 @@ impl From<Volume> for crate::model::Volume {
                 },
             },
         }
-    }
-}
-
-impl Validate for PodSpec {
-    fn validate(&self) -> Result {
-        super::v8::PodSpec::from(self.clone()).validate()
     }
 }
 

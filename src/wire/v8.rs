@@ -11,7 +11,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::validate::{Result, Validate};
 use crate::model::{
     ContainerPort, Probe, PullPolicy, Resources, RestartPolicy, RuntimeKind, SecurityContext,
     Volume, VolumeMount,
@@ -108,11 +107,5 @@ impl From<Container> for crate::model::Container {
             termination_message_path: None,
             termination_message_fallback_to_logs: false,
         }
-    }
-}
-
-impl Validate for PodSpec {
-    fn validate(&self) -> Result {
-        crate::model::PodSpec::from(self.clone()).validate()
     }
 }
