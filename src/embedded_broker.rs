@@ -20,27 +20,7 @@ pub fn start(listen: &str) -> anyhow::Result<Option<String>> {
             return Err(e).with_context(|| format!("embedded broker cannot listen on {addr}"));
         }
     }
-    let config_text = format!(
-        r#"
-id = 0
-[router]
-max_connections = 1000
-max_outgoing_packet_count = 200
-max_segment_size = 104857600
-max_segment_count = 10
-[v4.1]
-name = "v4-1"
-listen = "{addr}"
-next_connection_delay_ms = 1
-[v4.1.connections]
-connection_timeout_ms = 60000
-max_payload_size = 16777216
-max_inflight_count = 100
-dynamic_filters = true
-"#
-    );
-    let config: rumqttd::Config =
-        toml::from_str(&config_text).context("embedded broker configuration")?;
+    let config = broker_config(addr);
     std::thread::Builder::new()
         .name("embedded-broker".into())
         .spawn(move || {
@@ -58,6 +38,41 @@ dynamic_filters = true
     }
     tracing::info!(%url, "embedded MQTT broker started");
     Ok(Some(url))
+}
+
+/// The broker's settings: one MQTT 3.1.1 listener on `addr`, 16 MiB
+/// payloads (the agent's own limit), no console, no metrics. Built as a
+/// value rather than parsed from TOML: rumqttd's configuration parser
+/// would bring its deserialisers into device builds (tens of kB).
+#[cfg(feature = "embedded-broker")]
+fn broker_config(addr: std::net::SocketAddr) -> rumqttd::Config {
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: 16 * 1024 * 1024,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = rumqttd::ServerSettings {
+        name: "v4-1".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 1000,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 100 * 1024 * 1024,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some([("1".to_string(), server)].into_iter().collect()),
+        ..Default::default()
+    }
 }
 
 #[cfg(not(feature = "embedded-broker"))]

@@ -717,7 +717,7 @@ fn bad_input_gets_clear_errors_and_the_agent_keeps_running() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("spec.containers[0].lifecycle: not supported on kedge nodes"),
+        err.contains("spec.containers[0].lifecycle.preStop.exec: exec hooks are not supported for wasm containers"),
         "{err}"
     );
 

@@ -402,13 +402,26 @@ fn check_key(field: &str, key: &str) -> Result<(), String> {
 /// Reads an object, refusing fields Kubernetes does not know.
 fn object_from_value<T>(value: Value) -> Result<T, String>
 where
-    T: serde::de::DeserializeOwned + serde::Serialize,
+    T: serde::de::DeserializeOwned,
 {
+    // k8s-openapi ignores unknown fields: `serde_ignored` tells which (the
+    // first one is the error). This replaced serialising the object back
+    // and comparing, which linked every k8s type's `Serialize` into device
+    // builds.
+    let mut unknown = None;
+    let mut note = |path: serde_ignored::Path| {
+        if unknown.is_none() {
+            let mut text = String::new();
+            field_path(&path, &mut text);
+            unknown = Some(text);
+        }
+    };
+    let de = serde_ignored::Deserializer::new(value, &mut note);
     // A wrong-typed value names its field, as kubectl's validation does
     // (build hosts: the path tracking doubles the manifests' serde code,
     // about 160 kB, more than a device build's budget has left).
     #[cfg(feature = "operator")]
-    let object: T = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+    let object: T = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {
             e.into_inner().to_string()
@@ -417,53 +430,32 @@ where
         }
     })?;
     #[cfg(not(feature = "operator"))]
-    let object: T = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
-    // k8s-openapi ignores unknown fields; find them by comparing the input with
-    // what the parsed object serialises back to.
-    let round_trip = serde_json::to_value(&object).map_err(|e| e.to_string())?;
-    let mut path = String::new();
-    if let Some(unknown) = first_unknown_field(&value, &round_trip, &mut path) {
-        return Err(format!("unknown field {unknown:?}"));
+    let object: T = T::deserialize(de).map_err(|e| e.to_string())?;
+    match unknown {
+        Some(path) => Err(format!("unknown field {path:?}")),
+        None => Ok(object),
     }
-    Ok(object)
 }
 
-fn first_unknown_field(input: &Value, parsed: &Value, path: &mut String) -> Option<String> {
-    match (input, parsed) {
-        (Value::Object(input), Value::Object(parsed)) => {
-            for (key, value) in input {
-                if value.is_null() {
-                    continue;
-                }
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(key);
-                let found = match parsed.get(key) {
-                    None => Some(path.clone()),
-                    Some(parsed) => first_unknown_field(value, parsed, path),
-                };
-                path.truncate(len);
-                if found.is_some() {
-                    return found;
-                }
-            }
-            None
+/// An ignored field's path as kubectl writes it: `spec.containers[0].x`.
+fn field_path(path: &serde_ignored::Path, out: &mut String) {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => {}
+        Path::Seq { parent, index } => {
+            field_path(parent, out);
+            out.push_str(&format!("[{index}]"));
         }
-        (Value::Array(input), Value::Array(parsed)) => {
-            for (i, (value, parsed)) in input.iter().zip(parsed).enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                let found = first_unknown_field(value, parsed, path);
-                path.truncate(len);
-                if found.is_some() {
-                    return found;
-                }
+        Path::Map { parent, key } => {
+            field_path(parent, out);
+            if !out.is_empty() {
+                out.push('.');
             }
-            None
+            out.push_str(key);
         }
-        _ => None,
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent, out),
     }
 }
 
