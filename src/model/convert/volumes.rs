@@ -202,53 +202,18 @@ impl Ctx<'_> {
         }
         let source = if let Some(host_path) = &v.host_path {
             self.host_path(host_path, &format!("{path}.hostPath"))?
-        } else if let Some(cm) = &v.config_map {
-            let path = format!("{path}.configMap");
-            let mode = default_mode(cm.default_mode, &path)?;
-            let mut files = Vec::new();
-            self.key_files(
-                ObjectKind::ConfigMap,
-                &cm.name,
-                cm.optional,
-                cm.items.as_deref(),
-                mode,
-                &path,
-                &format!("{path}.name"),
-                &mut files,
-            )?;
+        } else if let Some((default_mode, files)) = self.file_volume(v, path)? {
+            // The same path twice: the later file, as in the kubelet's
+            // payload (a map); kept linear for large ConfigMaps.
+            let mut seen = BTreeSet::new();
+            let mut files: Vec<_> = (files.into_iter().rev())
+                .filter(|(name, _)| seen.insert(name.clone()))
+                .collect();
+            files.reverse();
             VolumeSource::Files {
                 files,
-                default_mode: mode,
+                default_mode,
             }
-        } else if let Some(secret) = &v.secret {
-            let path = format!("{path}.secret");
-            let mode = default_mode(secret.default_mode, &path)?;
-            let mut files = Vec::new();
-            self.key_files(
-                ObjectKind::Secret,
-                secret.secret_name.as_deref().unwrap_or_default(),
-                secret.optional,
-                secret.items.as_deref(),
-                mode,
-                &path,
-                &format!("{path}.secretName"),
-                &mut files,
-            )?;
-            VolumeSource::Files {
-                files,
-                default_mode: mode,
-            }
-        } else if let Some(d) = &v.downward_api {
-            let path = format!("{path}.downwardAPI");
-            let mode = default_mode(d.default_mode, &path)?;
-            let mut files = Vec::new();
-            self.downward_files(d.items.as_deref(), mode, &path, &mut files)?;
-            VolumeSource::Files {
-                files,
-                default_mode: mode,
-            }
-        } else if let Some(p) = &v.projected {
-            self.projected(p, &format!("{path}.projected"))?
         } else {
             // No source at all defaults to an emptyDir, as in Kubernetes.
             let empty_dir = v.empty_dir.clone().unwrap_or_default();
@@ -321,6 +286,60 @@ impl Ctx<'_> {
         })
     }
 
+    /// A configMap, secret, downwardAPI or projected volume: its mode and
+    /// its files, in order; None for any other volume.
+    fn file_volume(
+        &self,
+        v: &k8s::Volume,
+        path: &str,
+    ) -> Result<Option<(u32, Vec<(String, Vec<u8>)>)>, ConvertError> {
+        let mut files = Vec::new();
+        let mode = if let Some(cm) = &v.config_map {
+            let path = format!("{path}.configMap");
+            let mode = default_mode(cm.default_mode, &path)?;
+            let (name, optional, items) = (&cm.name, cm.optional, cm.items.as_deref());
+            let name_path = format!("{path}.name");
+            self.key_files(
+                ObjectKind::ConfigMap,
+                name,
+                optional,
+                items,
+                mode,
+                &path,
+                &name_path,
+                &mut files,
+            )?;
+            mode
+        } else if let Some(secret) = &v.secret {
+            let path = format!("{path}.secret");
+            let mode = default_mode(secret.default_mode, &path)?;
+            let name = secret.secret_name.as_deref().unwrap_or_default();
+            let name_path = format!("{path}.secretName");
+            let (optional, items) = (secret.optional, secret.items.as_deref());
+            self.key_files(
+                ObjectKind::Secret,
+                name,
+                optional,
+                items,
+                mode,
+                &path,
+                &name_path,
+                &mut files,
+            )?;
+            mode
+        } else if let Some(d) = &v.downward_api {
+            let path = format!("{path}.downwardAPI");
+            let mode = default_mode(d.default_mode, &path)?;
+            self.downward_files(d.items.as_deref(), mode, &path, &mut files)?;
+            mode
+        } else if let Some(p) = &v.projected {
+            self.projected(p, &format!("{path}.projected"), &mut files)?
+        } else {
+            return Ok(None);
+        };
+        Ok(Some((mode, files)))
+    }
+
     /// The files of a configMap or secret volume or projection, added to
     /// `files`: every key, or the `items` asked for.
     #[allow(clippy::too_many_arguments)]
@@ -359,13 +378,13 @@ impl Ctx<'_> {
                 ));
             }
             for (key, content) in data {
-                add_file(files, key, content);
+                files.push((key, content));
             }
             return Ok(());
         };
         for ((k, item), file) in items.iter().enumerate().zip(checked) {
             match data.get(&item.key) {
-                Some(content) => add_file(files, file, content.clone()),
+                Some(content) => files.push((file, content.clone())),
                 None if optional == Some(true) => {}
                 None => {
                     return Err(field(
@@ -408,7 +427,7 @@ impl Ctx<'_> {
                     ));
                 }
             };
-            add_file(files, file, value.into_bytes());
+            files.push((file, value.into_bytes()));
         }
         Ok(())
     }
@@ -421,7 +440,8 @@ impl Ctx<'_> {
         &self,
         p: &k8s::ProjectedVolumeSource,
         path: &str,
-    ) -> Result<VolumeSource, ConvertError> {
+        files: &mut Vec<(String, Vec<u8>)>,
+    ) -> Result<u32, ConvertError> {
         let mode = default_mode(p.default_mode, path)?;
         let sources = p.sources.as_deref().unwrap_or_default();
         let mut item_paths = BTreeSet::new();
@@ -473,47 +493,31 @@ impl Ctx<'_> {
                 }
             }
         }
-        let mut files = Vec::new();
         for (j, s) in sources.iter().enumerate() {
             let path = format!("{path}.sources[{j}]");
-            if let Some(cm) = &s.config_map {
-                let path = format!("{path}.configMap");
-                let name_path = format!("{path}.name");
-                let (name, optional, items) = (&cm.name, cm.optional, cm.items.as_deref());
-                self.key_files(
+            let keys = if let Some(cm) = &s.config_map {
+                Some((
                     ObjectKind::ConfigMap,
-                    name,
-                    optional,
-                    items,
-                    mode,
-                    &path,
-                    &name_path,
-                    &mut files,
-                )?;
-            } else if let Some(secret) = &s.secret {
-                let path = format!("{path}.secret");
+                    "configMap",
+                    &cm.name,
+                    cm.optional,
+                    &cm.items,
+                ))
+            } else {
+                (s.secret.as_ref())
+                    .map(|s| (ObjectKind::Secret, "secret", &s.name, s.optional, &s.items))
+            };
+            if let Some((kind, field, name, optional, items)) = keys {
+                let path = format!("{path}.{field}");
                 let name_path = format!("{path}.name");
-                let (name, optional, items) =
-                    (&secret.name, secret.optional, secret.items.as_deref());
-                self.key_files(
-                    ObjectKind::Secret,
-                    name,
-                    optional,
-                    items,
-                    mode,
-                    &path,
-                    &name_path,
-                    &mut files,
-                )?;
+                let items = items.as_deref();
+                self.key_files(kind, name, optional, items, mode, &path, &name_path, files)?;
             } else if let Some(d) = &s.downward_api {
                 let path = format!("{path}.downwardAPI");
-                self.downward_files(d.items.as_deref(), mode, &path, &mut files)?;
+                self.downward_files(d.items.as_deref(), mode, &path, files)?;
             }
         }
-        Ok(VolumeSource::Files {
-            files,
-            default_mode: mode,
-        })
+        Ok(mode)
     }
 }
 
@@ -544,15 +548,6 @@ fn item_mode(mode: Option<i32>, default: u32, item_path: &str) -> Result<(), Con
             format!("{item_path}.mode"),
             "per-file modes are not supported on kedge nodes (use defaultMode)",
         )),
-    }
-}
-
-/// Adds a file; one of the same name already there is replaced (the later
-/// one wins, as in the kubelet's payload).
-fn add_file(files: &mut Vec<(String, Vec<u8>)>, name: String, content: Vec<u8>) {
-    match files.iter_mut().find(|(n, _)| *n == name) {
-        Some(existing) => existing.1 = content,
-        None => files.push((name, content)),
     }
 }
 
