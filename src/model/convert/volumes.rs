@@ -292,7 +292,7 @@ impl Ctx<'_> {
         &self,
         v: &k8s::Volume,
         path: &str,
-    ) -> Result<Option<(u32, Vec<(String, Vec<u8>)>)>, ConvertError> {
+    ) -> Result<Option<(u32, Files)>, ConvertError> {
         let mut files = Vec::new();
         let mode = if let Some(cm) = &v.config_map {
             let path = format!("{path}.configMap");
@@ -352,7 +352,7 @@ impl Ctx<'_> {
         mode: u32,
         path: &str,
         name_path: &str,
-        files: &mut Vec<(String, Vec<u8>)>,
+        files: &mut Files,
     ) -> Result<(), ConvertError> {
         let mut checked = Vec::new();
         for (k, item) in items.into_iter().flatten().enumerate() {
@@ -403,7 +403,7 @@ impl Ctx<'_> {
         items: Option<&[k8s::DownwardAPIVolumeFile]>,
         mode: u32,
         path: &str,
-        files: &mut Vec<(String, Vec<u8>)>,
+        files: &mut Files,
     ) -> Result<(), ConvertError> {
         for (k, item) in items.into_iter().flatten().enumerate() {
             let item_path = format!("{path}.items[{k}]");
@@ -440,7 +440,7 @@ impl Ctx<'_> {
         &self,
         p: &k8s::ProjectedVolumeSource,
         path: &str,
-        files: &mut Vec<(String, Vec<u8>)>,
+        files: &mut Files,
     ) -> Result<u32, ConvertError> {
         let mode = default_mode(p.default_mode, path)?;
         let sources = p.sources.as_deref().unwrap_or_default();
@@ -520,6 +520,9 @@ impl Ctx<'_> {
         Ok(mode)
     }
 }
+
+/// A volume's files: relative path → content.
+type Files = Vec<(String, Vec<u8>)>;
 
 /// A volume's `defaultMode` (0644 when unset, the apiserver's default).
 fn default_mode(mode: Option<i32>, path: &str) -> Result<u32, ConvertError> {
