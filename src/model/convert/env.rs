@@ -239,15 +239,16 @@ impl Ctx<'_> {
             _ => Err(field(
                 format!("{path}.divisor"),
                 format!(
-                    "Invalid value: {:?}: {}",
+                    "Invalid value: {:?}: only divisor's values {} are supported with the {} resource",
                     r.resource,
+                    if cpu {
+                        "1m and 1"
+                    } else {
+                        "1, 1k, 1M, 1G, 1T, 1P, 1E, 1Ki, 1Mi, 1Gi, 1Ti, 1Pi, 1Ei"
+                    },
                     match resource {
-                        "cpu" =>
-                            "only divisor's values 1m and 1 are supported with the cpu resource",
-                        "memory" =>
-                            "only divisor's values 1, 1k, 1M, 1G, 1T, 1P, 1E, 1Ki, 1Mi, 1Gi, 1Ti, 1Pi, 1Ei are supported with the memory resource",
-                        _ =>
-                            "only divisor's values 1, 1k, 1M, 1G, 1T, 1P, 1E, 1Ki, 1Mi, 1Gi, 1Ti, 1Pi, 1Ei are supported with the local ephemeral storage resource",
+                        "ephemeral-storage" => "local ephemeral storage",
+                        other => other,
                     }
                 ),
             )),
@@ -362,20 +363,32 @@ pub(super) fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
         out.push_str("=\"");
         for c in value.chars() {
             let code = u32::from(c);
-            let _ = match c {
-                '"' | '\\' => write!(out, "\\{c}"),
-                '\x07' => write!(out, "\\a"),
-                '\x08' => write!(out, "\\b"),
-                '\x0c' => write!(out, "\\f"),
-                '\n' => write!(out, "\\n"),
-                '\r' => write!(out, "\\r"),
-                '\t' => write!(out, "\\t"),
-                '\x0b' => write!(out, "\\v"),
-                _ if code < 0x20 || code == 0x7f => write!(out, "\\x{code:02x}"),
-                _ if c.is_ascii() || is_printable(c) => write!(out, "{c}"),
-                _ if code < 0x10000 => write!(out, "\\u{code:04x}"),
-                _ => write!(out, "\\U{code:08x}"),
+            let escaped = match c {
+                '"' => "\\\"",
+                '\\' => "\\\\",
+                '\x07' => "\\a",
+                '\x08' => "\\b",
+                '\x0c' => "\\f",
+                '\n' => "\\n",
+                '\r' => "\\r",
+                '\t' => "\\t",
+                '\x0b' => "\\v",
+                _ => "",
             };
+            let (prefix, width) = match code {
+                0x20..0x7f => ("", 0),
+                0..0x80 => ("\\x", 2),
+                _ if is_printable(c) => ("", 0),
+                0..0x10000 => ("\\u", 4),
+                _ => ("\\U", 8),
+            };
+            if !escaped.is_empty() {
+                out.push_str(escaped);
+            } else if width == 0 {
+                out.push(c);
+            } else {
+                let _ = write!(out, "{prefix}{code:0width$x}");
+            }
         }
         out.push('"');
     }
