@@ -379,7 +379,7 @@ pub(super) fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
                 0x20..0x7f => ("", 0),
                 0..0x80 => ("\\x", 2),
                 _ if is_printable(c) => ("", 0),
-                0..0x10000 => ("\\u", 4),
+                0x80..0x10000 => ("\\u", 4),
                 _ => ("\\U", 8),
             };
             if !escaped.is_empty() {
