@@ -203,15 +203,8 @@ impl Ctx<'_> {
         let source = if let Some(host_path) = &v.host_path {
             self.host_path(host_path, &format!("{path}.hostPath"))?
         } else if let Some((default_mode, files)) = self.file_volume(v, path)? {
-            // The same path twice: the later file, as in the kubelet's
-            // payload (a map); kept linear for large ConfigMaps.
-            let mut seen = BTreeSet::new();
-            let mut files: Vec<_> = (files.into_iter().rev())
-                .filter(|(name, _)| seen.insert(name.clone()))
-                .collect();
-            files.reverse();
             VolumeSource::Files {
-                files,
+                files: files.into_iter().collect(),
                 default_mode,
             }
         } else {
@@ -293,7 +286,7 @@ impl Ctx<'_> {
         v: &k8s::Volume,
         path: &str,
     ) -> Result<Option<(u32, Files)>, ConvertError> {
-        let mut files = Vec::new();
+        let mut files = Files::new();
         let mode = if let Some(cm) = &v.config_map {
             let path = format!("{path}.configMap");
             let mode = default_mode(cm.default_mode, &path)?;
@@ -377,14 +370,14 @@ impl Ctx<'_> {
                     ),
                 ));
             }
-            for (key, content) in data {
-                files.push((key, content));
-            }
+            files.extend(data);
             return Ok(());
         };
         for ((k, item), file) in items.iter().enumerate().zip(checked) {
             match data.get(&item.key) {
-                Some(content) => files.push((file, content.clone())),
+                Some(content) => {
+                    files.insert(file, content.clone());
+                }
                 None if optional == Some(true) => {}
                 None => {
                     return Err(field(
@@ -427,7 +420,7 @@ impl Ctx<'_> {
                     ));
                 }
             };
-            files.push((file, value.into_bytes()));
+            files.insert(file, value.into_bytes());
         }
         Ok(())
     }
@@ -521,8 +514,9 @@ impl Ctx<'_> {
     }
 }
 
-/// A volume's files: relative path → content.
-type Files = Vec<(String, Vec<u8>)>;
+/// A volume's files: relative path → content. A path given twice is the
+/// later file's, as in the kubelet's payload (a map).
+type Files = BTreeMap<String, Vec<u8>>;
 
 /// A volume's `defaultMode` (0644 when unset, the apiserver's default).
 fn default_mode(mode: Option<i32>, path: &str) -> Result<u32, ConvertError> {
@@ -1079,9 +1073,6 @@ mod tests {
         assert_eq!(
             files(source),
             [
-                ("name", "web"),
-                ("ns", "factory"),
-                ("uid", "u-1"),
                 ("labels", "app=\"web\"\ntier=\"edge\""),
                 // strconv.Quote: escapes, \x for ASCII controls, \u and \U
                 // for what Go does not print (no-break space, zero-width
@@ -1093,7 +1084,10 @@ mod tests {
                 ),
                 ("meta/app", "web"),
                 ("missing", ""),
+                ("name", "web"),
+                ("ns", "factory"),
                 ("same-mode", "web"),
+                ("uid", "u-1"),
             ]
         );
         assert_eq!(format_map_of(&[]), "");
@@ -1132,10 +1126,10 @@ mod tests {
                 ("cpu-limit-zero-divisor", "2"),
                 // Below a millicore rounds up to one.
                 ("cpu-request", "1"),
+                ("mem-limit-k", "134218"),
+                ("mem-limit-ki", "131072"),
                 // A request not set is its limit.
                 ("mem-request", "128"),
-                ("mem-limit-ki", "131072"),
-                ("mem-limit-k", "134218"),
                 ("storage", "1074"),
                 ("storage-request", "1073741824"),
             ]
@@ -1162,6 +1156,7 @@ mod tests {
 
     #[test]
     fn projected_volumes_merge_their_sources_in_order() {
+        // (The files are sent sorted by path.)
         let spec = convert_with(
             pod_with(
                 json!({"name": "all", "projected": {"defaultMode": 0o440, "sources": [
@@ -1187,12 +1182,12 @@ mod tests {
         assert_eq!(
             files(source),
             [
-                ("conf/level", "debug"),
                 ("LEVEL", "debug"),
                 // A whole ConfigMap's key that a later one has too is the later one's.
                 ("MODE", "cloud"),
-                ("password", "hunter2"),
+                ("conf/level", "debug"),
                 ("labels", "app=\"web\"\ntier=\"edge\""),
+                ("password", "hunter2"),
             ]
         );
         // Without defaultMode: 0644.
