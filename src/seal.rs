@@ -304,7 +304,13 @@ pub fn seal_pod(to: &PublicKey, topic: &str, spec: &PodSpec) -> Result<SealedPod
 /// Opens a sealed spec that arrived on `topic` with the device's key, then
 /// decodes and validates the spec like any desired spec. Every refusal is
 /// an error value; nothing here panics on hostile input.
-pub fn open_pod(key: &KeyPair, topic: &str, sealed: &SealedPod) -> Result<PodSpec, SealError> {
+/// `version` is the envelope's: the plaintext is a `PodSpec` body of it.
+pub fn open_pod(
+    key: &KeyPair,
+    topic: &str,
+    sealed: &SealedPod,
+    version: u16,
+) -> Result<PodSpec, SealError> {
     if sealed.key_id != key.id() {
         return Err(SealError::OtherKey {
             sealed_to: hex::encode(sealed.key_id),
@@ -322,7 +328,7 @@ pub fn open_pod(key: &KeyPair, topic: &str, sealed: &SealedPod) -> Result<PodSpe
         &pod_aad(topic, &sealed.uid),
     )
     .map_err(|_| SealError::Open)?;
-    let spec = wire::pod_spec_from_body(&plain)?;
+    let spec = wire::pod_spec_from_body(&plain, version)?;
     // The uid is bound by the associated data; the labels in clear must
     // say what the sealed spec says.
     if spec.uid != sealed.uid {
@@ -339,16 +345,16 @@ mod tests {
     use super::*;
     use crate::model::samples;
     use crate::model::{EnvVar, RestartPolicy};
+    use crate::wire::SCHEMA_VERSION;
 
     const TOPIC: &str = "kedge/v1/gw1/desired/default/web";
 
     fn secret_spec() -> PodSpec {
         let mut spec = samples::spec("web", "u1", 3, RestartPolicy::Always);
         spec.containers.push(samples::container("app"));
-        spec.containers[0].env.push(EnvVar {
-            name: "PASSWORD".into(),
-            value: "hunter2-hunter2".into(),
-        });
+        spec.containers[0]
+            .env
+            .push(EnvVar::new("PASSWORD", "hunter2-hunter2"));
         spec
     }
 
@@ -362,36 +368,53 @@ mod tests {
             !bytes.windows(7).any(|w| w == b"hunter2"),
             "no plaintext in the envelope"
         );
-        assert_eq!(open_pod(&device, TOPIC, &sealed), Ok(spec.clone()));
+        assert_eq!(
+            open_pod(&device, TOPIC, &sealed, SCHEMA_VERSION),
+            Ok(spec.clone())
+        );
 
         let other = KeyPair::generate().expect("key");
         assert!(matches!(
-            open_pod(&other, TOPIC, &sealed),
+            open_pod(&other, TOPIC, &sealed, SCHEMA_VERSION),
             Err(SealError::OtherKey { .. })
         ));
         assert_eq!(
-            open_pod(&device, "kedge/v1/gw2/desired/default/web", &sealed),
+            open_pod(
+                &device,
+                "kedge/v1/gw2/desired/default/web",
+                &sealed,
+                SCHEMA_VERSION
+            ),
             Err(SealError::Open),
             "moved to another node's topic it does not open"
         );
         let mut renamed = sealed.clone();
         renamed.uid = "u2".into();
-        assert_eq!(open_pod(&device, TOPIC, &renamed), Err(SealError::Open));
+        assert_eq!(
+            open_pod(&device, TOPIC, &renamed, SCHEMA_VERSION),
+            Err(SealError::Open)
+        );
         let mut relabelled = sealed.clone();
         relabelled
             .labels
             .insert("kedge.io/bridge".into(), "true".into());
         assert_eq!(
-            open_pod(&device, TOPIC, &relabelled),
+            open_pod(&device, TOPIC, &relabelled, SCHEMA_VERSION),
             Err(SealError::Mismatch { what: "labels" })
         );
         let mut flipped = sealed.clone();
         let last = flipped.ciphertext.len() - 1;
         flipped.ciphertext[last] ^= 1;
-        assert_eq!(open_pod(&device, TOPIC, &flipped), Err(SealError::Open));
+        assert_eq!(
+            open_pod(&device, TOPIC, &flipped, SCHEMA_VERSION),
+            Err(SealError::Open)
+        );
         let mut short = sealed;
         short.ciphertext.truncate(3);
-        assert_eq!(open_pod(&device, TOPIC, &short), Err(SealError::Open));
+        assert_eq!(
+            open_pod(&device, TOPIC, &short, SCHEMA_VERSION),
+            Err(SealError::Open)
+        );
     }
 
     #[test]
@@ -401,7 +424,7 @@ mod tests {
         spec.name = "../etc".into();
         let sealed = seal_pod(&device.public(), TOPIC, &spec).expect("seals");
         assert!(matches!(
-            open_pod(&device, TOPIC, &sealed),
+            open_pod(&device, TOPIC, &sealed, SCHEMA_VERSION),
             Err(SealError::Wire(WireError::Invalid { .. }))
         ));
     }

@@ -25,10 +25,13 @@ use thiserror::Error;
 use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
 
 /// Bumped when a table's layout changes; `open` migrates older files.
-pub const STORE_SCHEMA_VERSION: u32 = 6;
+pub const STORE_SCHEMA_VERSION: u32 = 7;
 /// The first store schema whose desired records hold the `PodSpec` of wire
 /// version 4; older ones are re-encoded by `open` (`wire::v3`).
 const POD_FIELDS_SINCE: u32 = 6;
+/// The first store schema whose desired records hold the `PodSpec` of wire
+/// version 9; schema 6's are re-encoded by `open` (`wire::v8`).
+const CONTAINER_FIELDS_SINCE: u32 = 7;
 
 /// redb's page cache. The state of a busy node (hundreds of pods, a full
 /// outbox) is a few MiB; reads past the cache go to the page cache of the
@@ -286,20 +289,32 @@ struct DesiredRecordV5 {
     spec: crate::wire::v3::PodSpec,
 }
 
-/// Re-encodes every desired record from the old `PodSpec` layout. A record
-/// that does not decode is left as it is (reading it reports it corrupt, as
-/// before the migration).
+/// A desired record as store schema 6 wrote it.
+#[derive(Serialize, Deserialize)]
+struct DesiredRecordV6 {
+    source: PodSource,
+    spec: crate::wire::v8::PodSpec,
+}
+
+/// Re-encodes every desired record from the old `PodSpec` layout of store
+/// schema `found`. A record that does not decode is left as it is (reading
+/// it reports it corrupt, as before the migration).
 fn migrate_desired_pod_fields(
     table: &mut redb::Table<&'static str, &'static [u8]>,
+    found: u32,
 ) -> Result<(), StoreError> {
     let mut upgraded = Vec::new();
     for row in table.iter()? {
         let (k, v) = row?;
-        if let Ok(old) = postcard::from_bytes::<DesiredRecordV5>(v.value()) {
-            let rec = DesiredRecord {
-                source: old.source,
-                spec: old.spec.into(),
-            };
+        let old = if found < POD_FIELDS_SINCE {
+            postcard::from_bytes::<DesiredRecordV5>(v.value())
+                .map(|old| (old.source, old.spec.into()))
+        } else {
+            postcard::from_bytes::<DesiredRecordV6>(v.value())
+                .map(|old| (old.source, old.spec.into()))
+        };
+        if let Ok((source, spec)) = old {
+            let rec = DesiredRecord { source, spec };
             upgraded.push((k.value().to_string(), encode(&rec)));
         }
     }
@@ -400,8 +415,10 @@ impl Store {
             // the PodSpec of wire version 4 (seccomp/AppArmor profiles,
             // hostPath types, `$(VAR)` templates: the old literal values are
             // escaped).
-            if (1..POD_FIELDS_SINCE).contains(&found) {
-                migrate_desired_pod_fields(&mut txn.open_table(DESIRED)?)?;
+            // Version 6 → 7 (likewise): the `PodSpec` of wire version 9
+            // (lifecycle hooks, termination messages, env status fields).
+            if (1..CONTAINER_FIELDS_SINCE).contains(&found) {
+                migrate_desired_pod_fields(&mut txn.open_table(DESIRED)?, found)?;
             }
             // The `handles` table older stores made and nothing wrote.
             txn.delete_table(LEGACY_HANDLES)?;
@@ -1372,7 +1389,7 @@ mod tests {
                 command: vec!["echo".into(), "$(HOME)".into()],
                 args: vec![],
                 working_dir: None,
-                env: vec![EnvVar {
+                env: vec![crate::wire::v8::EnvVar {
                     name: "PRICE".into(),
                     value: "$5".into(),
                 }],
@@ -1449,6 +1466,78 @@ mod tests {
         assert_eq!(again, rec);
         // An unreadable record stays unreadable, and did not stop the open.
         assert!(s.get_desired(&PodKey::new("default", "bad")).is_err());
+    }
+
+    /// A schema 6 file (desired records in the PodSpec of wire versions 4
+    /// to 8) opens with its records re-encoded: no hooks, the default
+    /// termination message, the values as they were.
+    #[test]
+    fn schema_6_desired_records_are_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let mut spec: crate::wire::v8::PodSpec = crate::wire::v3::PodSpec {
+            namespace: "default".into(),
+            name: "web".into(),
+            uid: "u1".into(),
+            generation: 4,
+            labels: Default::default(),
+            runtime: RuntimeKind::Container,
+            restart_policy: RestartPolicy::Always,
+            termination_grace_period_secs: 30,
+            host_network: false,
+            init_containers: vec![],
+            containers: vec![],
+            volumes: vec![],
+            image_pull_secrets: vec![],
+        }
+        .into();
+        let mut c: crate::model::Container = crate::model::samples::container("app");
+        c.env = vec![EnvVar::new("PRICE", "$$5")];
+        spec.containers.push(crate::wire::v8::Container {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            image_pull_policy: c.image_pull_policy,
+            command: vec!["echo".into()],
+            args: vec![],
+            working_dir: None,
+            env: vec![crate::wire::v8::EnvVar {
+                name: "PRICE".into(),
+                value: "$$5".into(),
+            }],
+            volume_mounts: vec![],
+            ports: vec![],
+            resources: Resources::default(),
+            liveness_probe: None,
+            readiness_probe: None,
+            startup_probe: None,
+            security_context: None,
+        });
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(KEY_SCHEMA, 6u32.to_le_bytes().as_slice())
+                .expect("insert");
+            let rec = DesiredRecordV6 {
+                source: PodSource::Mqtt,
+                spec,
+            };
+            txn.open_table(DESIRED)
+                .expect("desired")
+                .insert("default/web", encode(&rec).as_slice())
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let s = Store::open(&path).expect("migrates");
+        let rec = s
+            .get_desired(&PodKey::new("default", "web"))
+            .expect("reads")
+            .expect("kept");
+        assert_eq!(rec.source, PodSource::Mqtt);
+        let mut want = c;
+        want.command = vec!["echo".into()];
+        assert_eq!(rec.spec.containers, [want]);
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub mod stream;
 /// schema": 2 added node labels and fleets, 3 signatures and `Tombstone`,
 /// 4 the `PodSpec` fields of issue 15, 5 `SealedPod` and the node's
 /// sealing key and machine identity, 6 the stats RPC, 7 the exec RPC, 8
-/// streams for port-forward, 9 `StreamExec` for exec and attach).
+/// streams for port-forward, 9 `StreamExec` for exec and attach and the
+/// container fields of lifecycle hooks, termination messages and env
+/// status references).
 pub const SCHEMA_VERSION: u16 = 9;
 /// The first version whose `signature` field has a meaning (docs/wire.md,
 /// "Signatures"); in older envelopes it is ignored.
@@ -41,10 +43,14 @@ pub const EXEC_SINCE_VERSION: u16 = 7;
 pub const STREAMS_SINCE_VERSION: u16 = 8;
 /// The first version with `StreamExec` (exec and attach as streams).
 pub const STREAM_EXEC_SINCE_VERSION: u16 = 9;
+/// The first version whose `Container` has `lifecycle` and the termination
+/// message fields and whose `EnvVar` has `field`; older ones are read with
+/// `wire::v8` (docs/wire.md, "Evolving the schema").
+pub const CONTAINER_FIELDS_SINCE_VERSION: u16 = 9;
 /// The oldest version this build still reads (docs/wire.md, "Evolving the
 /// schema"): version 1 differs in `NodeStatus`, which had no labels,
-/// versions 1 to 4 in `NodeStatus` (`wire::v4`), and versions 1 to 3 in
-/// `PodSpec` (`wire::v3`).
+/// versions 1 to 4 in `NodeStatus` (`wire::v4`), versions 1 to 3 in
+/// `PodSpec` (`wire::v3`) and 4 to 8 in its `Container` (`wire::v8`).
 pub const OLDEST_READABLE_VERSION: u16 = 1;
 /// Index authors: the level after `index/` (docs/wire.md, "Desired index").
 pub const INDEX_AUTHOR_BRIDGE: &str = "bridge";
@@ -585,10 +591,7 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
     let (version, kind, raw) = (opened.version, opened.kind, opened.body);
     let message = match kind {
         // Versions 1 to 3 had the same `PodSpec`, which version 4 changed.
-        Kind::DesiredPod if version < POD_FIELDS_SINCE_VERSION => {
-            Message::DesiredPod(body::<v3::PodSpec>(kind, raw)?.into())
-        }
-        Kind::DesiredPod => Message::DesiredPod(body(kind, raw)?),
+        Kind::DesiredPod => Message::DesiredPod(pod_spec_from_body(raw, version)?),
         Kind::PodStatus => Message::PodStatus(body(kind, raw)?),
         Kind::NodeStatus if version == 1 => {
             Message::NodeStatus(body::<v1::NodeStatus>(kind, raw)?.into())
@@ -677,10 +680,29 @@ pub fn pod_spec_body(spec: &PodSpec) -> Result<Vec<u8>, WireError> {
     body_bytes(Kind::DesiredPod, spec)
 }
 
-/// Decodes and validates a `PodSpec` body of this version (what a
-/// `SealedPod` opens to), like the body of a `DesiredPod` envelope.
-pub fn pod_spec_from_body(bytes: &[u8]) -> Result<PodSpec, WireError> {
-    body(Kind::DesiredPod, bytes)
+/// Decodes and validates a `PodSpec` body of `version` (a `DesiredPod`'s,
+/// or what a `SealedPod` of that version opens to).
+pub fn pod_spec_from_body(bytes: &[u8], version: u16) -> Result<PodSpec, WireError> {
+    let kind = Kind::DesiredPod;
+    // Versions 1 to 3 had the same `PodSpec`, which version 4 changed;
+    // version 9 changed its `Container`. An older one is upgraded, then
+    // validated as today's (once: the rules are today's).
+    if version >= CONTAINER_FIELDS_SINCE_VERSION {
+        return body(kind, bytes);
+    }
+    let taken = if version < POD_FIELDS_SINCE_VERSION {
+        postcard::take_from_bytes::<v3::PodSpec>(bytes).map(|(s, rest)| (s.into(), rest))
+    } else {
+        postcard::take_from_bytes::<v8::PodSpec>(bytes).map(|(s, rest)| (s.into(), rest))
+    };
+    let (spec, rest): (PodSpec, &[u8]) = taken.map_err(|e| malformed_body(kind, e))?;
+    let valid = if rest.is_empty() {
+        spec.validate()
+    } else {
+        Ok(())
+    };
+    checked_body(kind, rest.len(), valid)?;
+    Ok(spec)
 }
 
 /// Decodes (and validates) a payload that must be a `T`, with its envelope
@@ -1018,6 +1040,10 @@ pub(crate) mod v3;
 /// The `NodeStatus` of versions 2 to 4 (no sealing key, no machine
 /// identity) and its upgrade.
 mod v4;
+
+/// The `PodSpec` of versions 4 to 8 and its upgrade (also read by the
+/// store's migration).
+pub(crate) mod v8;
 
 /// Node names and namespaces become topic levels: they must not contain MQTT
 /// wildcards or separators.

@@ -2178,9 +2178,22 @@ fn kubelet_get(
     cert: &(std::path::PathBuf, std::path::PathBuf),
     path: &str,
 ) -> (u16, String) {
+    kubelet_request(w, cert, "GET", path)
+}
+
+/// `method path` on the bridge's kubelet API as the holder of `cert`: the
+/// status code and the body.
+fn kubelet_request(
+    w: &World,
+    cert: &(std::path::PathBuf, std::path::PathBuf),
+    method: &str,
+    path: &str,
+) -> (u16, String) {
     let out = std::process::Command::new("curl")
         .args([
             "-sS",
+            "-X",
+            method,
             "--max-time",
             "60",
             "-w",
@@ -3584,6 +3597,24 @@ fn kubectl_exec_runs_commands_in_edge_containers() {
         std::fs::read(&back).expect("copied back") == input,
         "cp back"
     );
+
+    // The kubelet's `/run` (a POST, `cmd` split at spaces), as the
+    // apiserver calls it (its node proxy refuses the loopback address these
+    // Nodes have): the output, or a 500 with the exit code.
+    let apiserver = (
+        w.cp.certs.kubelet_client_cert.clone(),
+        w.cp.certs.kubelet_client_key.clone(),
+    );
+    let run = "/run/default/box/main?cmd=echo%20run%20works";
+    assert_eq!(
+        kubelet_request(&w, &apiserver, "POST", run),
+        (200, "run works\n".to_string())
+    );
+    let (code, body) = kubelet_request(&w, &apiserver, "POST", "/run/default/box/main?cmd=false");
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("exited with 1"), "{body}");
+    let (code, _) = kubelet_request(&w, &apiserver, "GET", run);
+    assert_eq!(code, 405, "a run is a POST");
 
     // A Wasm container runs inside the agent: no exec there.
     let out = kubectl.run(&["exec", "wasm", "--", "ls"]);

@@ -1368,3 +1368,202 @@ spec:
         "a tmpfs of the pod is still mounted:\n{mounts}"
     );
 }
+
+/// Lifecycle hooks and env status fields, the kubelet's way: a postStart
+/// exec hook runs in the container before it reads Running (the container
+/// sees what the hook made); a failing one kills the container, which is
+/// restarted with a `FailedPostStartHook` event and never reads Running; a
+/// preStop hook runs before the stop signal; `status.podIP` in env is the
+/// pod's IP.
+#[test]
+fn lifecycle_hooks_run_around_the_container_and_env_reads_the_pod_ip() {
+    if !cri_tests_can_run("lifecycle_hooks_run_around_the_container_and_env_reads_the_pod_ip") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-hooks");
+    let events = Subscriber::start(
+        &env.broker.url(),
+        &format!("kedge/v1/{}/events", env.node),
+        None,
+    );
+    let reported = Subscriber::start(
+        &env.broker.url(),
+        &format!("kedge/v1/{}/reported/default/badhook", env.node),
+        None,
+    );
+    let out = env.dir.path().join("out");
+    std::fs::create_dir_all(&out).expect("mkdir out");
+    // The app waits for what its postStart hook writes inside the
+    // container, and appends to `order` when it gets SIGTERM; the preStop
+    // hook appends to `order` first.
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hooks}}
+spec:
+  terminationGracePeriodSeconds: 20
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    env:
+    - name: MY_POD_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+    - name: MY_HOST_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.hostIP}}}}
+    - name: ADDR
+      value: "$(MY_POD_IP):8080"
+    command:
+    - sh
+    - -c
+    - |
+      trap 'echo term >> /out/order; exit 0' TERM
+      echo "$MY_POD_IP" > /out/pod_ip
+      echo "$ADDR" > /out/addr
+      while [ ! -f /tmp/hook-ran ]; do sleep 0.1; done
+      cat /tmp/hook-ran > /out/saw
+      while true; do sleep 0.2; done
+    lifecycle:
+      postStart:
+        exec: {{command: [sh, -c, "echo made-by-post-start > /tmp/hook-ran"]}}
+      preStop:
+        exec: {{command: [sh, -c, "echo pre-stop >> /out/order"]}}
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  volumes:
+  - name: out
+    hostPath: {{path: {out}}}
+"#,
+        out = out.display()
+    ));
+    let s = env.wait_status("running", "hooks", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    wait_until("the container saw the hook's file", WAIT, || {
+        std::fs::read_to_string(out.join("saw"))
+            .ok()
+            .filter(|t| !t.is_empty())
+    });
+    assert_eq!(
+        std::fs::read_to_string(out.join("saw"))
+            .expect("saw")
+            .trim(),
+        "made-by-post-start"
+    );
+    let pod_ip = s["pod_ip"].as_str().expect("a pod ip").to_string();
+    assert!(!pod_ip.is_empty(), "{s}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("pod_ip"))
+            .expect("pod_ip")
+            .trim(),
+        pod_ip
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("addr"))
+            .expect("addr")
+            .trim(),
+        format!("{pod_ip}:8080")
+    );
+
+    // preStop runs before the stop signal.
+    env.cli_ok(&["delete", "pod", "hooks"]);
+    wait_until("pod status removed", WAIT, || {
+        env.status("hooks").is_none().then_some(())
+    });
+    assert_eq!(
+        std::fs::read_to_string(out.join("order")).expect("order"),
+        "pre-stop\nterm\n"
+    );
+
+    // A failing postStart hook: killed, restarted, an event, never Running.
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: badhook}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+    lifecycle:
+      postStart:
+        exec: {{command: [sh, -c, "echo no-good; exit 3"]}}
+"#
+    ));
+    let s = env.wait_status("restarted after its hook failed", "badhook", |s| {
+        named(s, "app")["restart_count"].as_u64().unwrap_or(0) >= 1
+            && named(s, "app")["last_state"]["Terminated"].is_object()
+    });
+    let message = named(&s, "app")["last_state"]["Terminated"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.starts_with("Exec lifecycle hook ([\"sh\", \"-c\", \"echo no-good; exit 3\"]) for Container \"app\" in Pod \"badhook_default(")
+            && message.contains("exited with 3: no-good"),
+        "{message}"
+    );
+    events.wait_for("FailedPostStartHook event", WAIT, |_, p| {
+        matches!(kedge::wire::decode(p).map(|e| e.message),
+            Ok(kedge::wire::Message::Event(e)) if e.reason == "FailedPostStartHook"
+                && e.message == "PostStartHook failed" && e.pod.as_deref() == Some("badhook"))
+    });
+    let all = statuses(&reported);
+    assert!(!all.is_empty());
+    assert!(
+        all.iter().all(|s| s.container_statuses.iter().all(|c| {
+            !matches!(c.state, kedge::model::ContainerState::Running { .. }) && !c.ready
+        })),
+        "the container read Running with a failed postStart hook: {all:?}"
+    );
+}
+
+/// The message of a terminated container, the kubelet's way: what it wrote
+/// to its `terminationMessagePath` (the default `/dev/termination-log`, or
+/// its own), else with `FallbackToLogsOnError` the end of its log when it
+/// failed.
+#[test]
+fn termination_messages_come_from_the_file_or_the_log() {
+    if !cri_tests_can_run("termination_messages_come_from_the_file_or_the_log") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-lastwords");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: lastwords}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: default-path
+    image: {BUSYBOX}
+    command: [sh, -c, "printf 'all done' > /dev/termination-log"]
+  - name: own-path
+    image: {BUSYBOX}
+    terminationMessagePath: /tmp/why
+    securityContext: {{runAsUser: 1000}}
+    command: [sh, -c, "printf 'disk full' > /tmp/why; exit 4"]
+  - name: from-log
+    image: {BUSYBOX}
+    terminationMessagePolicy: FallbackToLogsOnError
+    command: [sh, -c, "echo first; echo 'it broke'; exit 1"]
+"#
+    ));
+    let s = env.wait_status("every container ended", "lastwords", |s| {
+        phase(s) == "Failed"
+            && s["container_statuses"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|c| c["state"]["Terminated"].is_object()))
+    });
+    let message = |name: &str| {
+        named(&s, name)["state"]["Terminated"]["message"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(message("default-path").as_deref(), Some("all done"), "{s}");
+    assert_eq!(message("own-path").as_deref(), Some("disk full"), "{s}");
+    assert_eq!(
+        message("from-log").as_deref(),
+        Some("first\nit broke\n"),
+        "{s}"
+    );
+}

@@ -790,6 +790,91 @@ async fn lifecycle_events_read_like_the_kubelets_and_a_crash_loop_backs_off_with
     assert_eq!(killing, ["Stopping container app"]);
 }
 
+/// Lifecycle hooks in process: a postStart hook runs before the container
+/// reads Running, a failing one kills it (a `FailedPostStartHook` event, a
+/// restart), and a preStop hook runs before the stop, which gets what is
+/// left of the grace period.
+#[tokio::test(start_paused = true)]
+async fn hooks_run_after_the_start_and_before_the_stop() {
+    use crate::model::{Hook, ProbeHandler};
+    let exec = |words: &[&str]| {
+        Some(Hook::Run(ProbeHandler::Exec {
+            command: words.iter().map(|w| w.to_string()).collect(),
+        }))
+    };
+    let device = Device::new();
+    let mut agent = device.start();
+    let mut spec = pod("web", 1, RestartPolicy::Always, &["app"]);
+    spec.containers[0].lifecycle.post_start = exec(&["warm", "up"]);
+    spec.containers[0].lifecycle.pre_stop = exec(&["drain"]);
+    agent.apply(&spec);
+    agent
+        .until("web running", |a| a.phase("web") == Some(PodPhase::Running))
+        .await;
+    let calls = agent.runtime.calls();
+    let started = calls
+        .iter()
+        .position(|c| matches!(c, Call::Start { container, .. } if container == "app"))
+        .expect("started");
+    assert!(
+        matches!(&calls[started + 1], Call::Exec { command, .. } if command == &["warm", "up"]),
+        "{calls:?}"
+    );
+    agent.send(&agent.desired_topic("web"), Vec::new());
+    agent
+        .until("web stopped", |a| a.runtime.stops_of(&key("web")) == 1)
+        .await;
+    let calls = agent.runtime.calls();
+    let drain = calls
+        .iter()
+        .position(|c| matches!(c, Call::Exec { command, .. } if command == &["drain"]))
+        .expect("preStop ran");
+    let stop = calls
+        .iter()
+        .position(|c| matches!(c, Call::Stop { .. }))
+        .expect("stopped");
+    assert!(drain < stop, "{calls:?}");
+    assert!(
+        matches!(calls[stop], Call::Stop { grace, .. } if grace <= Duration::from_secs(30) && grace > Duration::from_secs(2)),
+        "{calls:?}"
+    );
+
+    // A failing postStart hook: killed, restarted, never Running.
+    let mut spec = pod("bad", 1, RestartPolicy::Always, &["app"]);
+    spec.containers[0].lifecycle.post_start = exec(&["exit", "3"]);
+    agent.apply(&spec);
+    agent
+        .until("a FailedPostStartHook event", |a| {
+            a.has_event(Some("bad"), "FailedPostStartHook")
+        })
+        .await;
+    agent
+        .until("bad restarted", |a| {
+            a.status("bad")
+                .is_some_and(|s| s.container_statuses[0].restart_count >= 1)
+        })
+        .await;
+    let s = agent.status("bad").expect("a status");
+    assert!(
+        !matches!(
+            s.container_statuses[0].state,
+            crate::model::ContainerState::Running { .. }
+        ),
+        "{s:?}"
+    );
+    let Some(crate::model::ContainerState::Terminated { message, .. }) =
+        &s.container_statuses[0].last_state
+    else {
+        panic!("{s:?}");
+    };
+    assert!(
+        message.as_deref().is_some_and(|m| m.starts_with(
+            "Exec lifecycle hook ([\"exit\", \"3\"]) for Container \"app\" in Pod \"bad_default(uid-bad)\" failed - error: command [\"exit\", \"3\"] exited with 3"
+        )),
+        "{message:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn one_pod_cannot_flood_the_outbox_with_events() {
     use super::event_budget::{BURST, REFILL};
@@ -934,10 +1019,9 @@ async fn sealed_specs_open_with_the_device_key_and_nothing_else() {
     };
     let mine = sealing_key().public();
     let mut spec = pod("db", 1, RestartPolicy::Always, &["app"]);
-    spec.containers[0].env.push(crate::model::EnvVar {
-        name: "PASSWORD".into(),
-        value: "hunter2".into(),
-    });
+    spec.containers[0]
+        .env
+        .push(crate::model::EnvVar::new("PASSWORD", "hunter2"));
     agent.send(&topic, sealed(&spec, &mine));
     agent
         .until("db running", |a| a.phase("db") == Some(PodPhase::Running))
@@ -1062,7 +1146,7 @@ async fn a_stats_request_gets_one_reply_with_the_running_containers_usage() {
         ),
         (
             &wrong_kind,
-            "bad request: expected a LogRequest, StatsRequest, ExecRequest or StreamOpen message, got Tombstone",
+            "bad request: expected a LogRequest, StatsRequest, ExecRequest, StreamOpen or StreamExec message, got Tombstone",
         ),
     ] {
         match published(&agent, topic).as_slice() {

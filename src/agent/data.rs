@@ -131,10 +131,9 @@ impl DataPath {
             ] {
                 // Literal values: the runtime expands `$(VAR)` in env values
                 // at start (`model::expansion`), so they travel escaped.
-                container.env.push(EnvVar {
-                    name: name.into(),
-                    value: crate::model::expansion::escape(&value),
-                });
+                container
+                    .env
+                    .push(EnvVar::new(name, crate::model::expansion::escape(&value)));
             }
         }
         spec

@@ -1270,7 +1270,8 @@ impl Controller {
     fn desired_spec(&self, topic: &str, payload: &[u8]) -> Result<PodSpec, (&'static str, String)> {
         let invalid =
             |e: wire::WireError| ("InvalidSpec", format!("cannot decode desired spec: {e}"));
-        match wire::decode(payload).map_err(invalid)?.message {
+        let envelope = wire::decode(payload).map_err(invalid)?;
+        match envelope.message {
             Message::DesiredPod(spec) => Ok(spec),
             Message::SealedPod(sealed) => {
                 let Some(key) = &self.sealing else {
@@ -1280,7 +1281,7 @@ impl Controller {
                             .to_string(),
                     ));
                 };
-                crate::seal::open_pod(key, topic, &sealed).map_err(|e| {
+                crate::seal::open_pod(key, topic, &sealed, envelope.version).map_err(|e| {
                     (
                         "SealedSpecError",
                         format!("cannot open the sealed desired spec: {e}"),

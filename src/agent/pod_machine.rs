@@ -260,6 +260,27 @@ impl PodMachine {
         }
     }
 
+    /// The id of the container's current (or last) run, once it started.
+    pub fn container_id(&self, c: ContainerRef) -> Option<&str> {
+        let slot = if c.init {
+            self.init.get(c.index)
+        } else {
+            self.main.get(c.index)
+        };
+        slot.map(|s| s.status.container_id.as_str())
+            .filter(|id| !id.is_empty())
+    }
+
+    /// The container's restart count: its current run's number.
+    pub fn restart_count(&self, c: ContainerRef) -> u32 {
+        let slot = if c.init {
+            self.init.get(c.index)
+        } else {
+            self.main.get(c.index)
+        };
+        slot.map_or(0, |s| s.status.restart_count)
+    }
+
     /// The number of the next run of a container (names its log file):
     /// 0 for the first run, then its restart count.
     pub fn next_run_number(&self, c: ContainerRef) -> u32 {

@@ -1,6 +1,7 @@
 //! Probes: the pure counting of results against thresholds (`Tracker`),
 //! and the checks themselves (`check`: exec through the runtime, httpGet and
-//! tcpSocket from the agent to the pod's address).
+//! tcpSocket from the agent to the pod's address); lifecycle hooks run with
+//! the same handlers (`run_hook`).
 //!
 //! Kubelet semantics: a startup probe holds the other two back until it
 //! succeeds; liveness and startup failures kill the container (the restart
@@ -9,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::model::{Probe, ProbeHandler};
+use crate::model::{Hook, Probe, ProbeHandler};
 use crate::runtime::Runtime;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,7 +104,47 @@ pub async fn check(
     pod_ip: &str,
 ) -> Result<(), String> {
     let timeout = Duration::from_secs(u64::from(probe.timeout_secs.max(1)));
-    match &probe.handler {
+    run(
+        &probe.handler,
+        runtime,
+        container_id,
+        pod_ip,
+        timeout,
+        false,
+    )
+    .await
+}
+
+/// Runs a lifecycle hook (`postStart`, `preStop`) in `timeout` at most.
+/// As the kubelet's: an HTTP hook that gets any answer succeeded, an exec
+/// hook must exit 0, a sleep hook sleeps.
+pub async fn run_hook(
+    hook: &Hook,
+    runtime: &dyn Runtime,
+    container_id: &str,
+    pod_ip: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    match hook {
+        Hook::Sleep { seconds } => {
+            tokio::time::sleep(Duration::from_secs(u64::from(*seconds)).min(timeout)).await;
+            Ok(())
+        }
+        Hook::Run(handler) => run(handler, runtime, container_id, pod_ip, timeout, true).await,
+    }
+}
+
+/// One probe handler's check; `hook`: a lifecycle hook's (any HTTP answer
+/// succeeds).
+async fn run(
+    handler: &ProbeHandler,
+    runtime: &dyn Runtime,
+    container_id: &str,
+    pod_ip: &str,
+    timeout: Duration,
+    hook: bool,
+) -> Result<(), String> {
+    match handler {
         ProbeHandler::Exec { command } => {
             match runtime.exec_sync(container_id, command, timeout).await {
                 Ok(out) if out.exit_code == 0 => Ok(()),
@@ -158,7 +199,7 @@ pub async fn check(
                 req = req.header(k, v);
             }
             match req.send().await {
-                Ok(r) if (200..400).contains(&r.status().as_u16()) => Ok(()),
+                Ok(r) if hook || (200..400).contains(&r.status().as_u16()) => Ok(()),
                 Ok(r) => Err(format!(
                     "HTTP probe failed with statuscode: {}",
                     r.status().as_u16()

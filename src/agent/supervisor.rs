@@ -14,7 +14,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::pod_machine::{Action, ContainerRef, Exit, Now, PodMachine};
 use super::probe::{self, ProbeKind};
-use crate::model::{ContainerState, EventType, PodKey, PodStatus, now_ms};
+use crate::model::expansion::Addresses;
+use crate::model::{
+    Container, ContainerState, EventType, Hook, PodKey, PodSpec, PodStatus, ProbeHandler,
+    RuntimeKind, StatusField, now_ms,
+};
 use crate::runtime::{ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle};
 
 /// What a supervisor tells the controller.
@@ -62,6 +66,15 @@ enum Event {
         result: Result<(), String>,
     },
     StopDeadline,
+    /// A container started, and its postStart hook failed: it was killed
+    /// (`status`: how it ended), with the hook's error in `message`.
+    PostStartFailed {
+        c: ContainerRef,
+        container_id: String,
+        image_id: String,
+        status: ExitStatus,
+        message: String,
+    },
 }
 
 pub fn spawn(
@@ -86,6 +99,7 @@ pub fn spawn(
                 last_reported: None,
                 stop_deadline_set: false,
                 origin: tokio::time::Instant::now(),
+                hooks_in_flight: Vec::new(),
             };
             sup.run(&mut machine, stop_rx).await;
         }
@@ -112,6 +126,10 @@ struct Supervisor {
     /// The monotonic origin of every `Now` given to the machine (tokio's
     /// clock: paused in tests).
     origin: tokio::time::Instant,
+    /// One sender per postStart hook under way, dropped when the pod is
+    /// asked to stop: the hook is then abandoned (its container is stopped
+    /// like any other).
+    hooks_in_flight: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Supervisor {
@@ -159,7 +177,41 @@ impl Supervisor {
             };
             let now = self.now();
             let actions = match event {
-                Event::StopRequested => machine.stop(now),
+                Event::StopRequested => {
+                    self.hooks_in_flight.clear();
+                    machine.stop(now)
+                }
+                Event::PostStartFailed {
+                    c,
+                    container_id,
+                    image_id,
+                    status,
+                    message,
+                } => {
+                    // As the kubelet: the container ran, its hook failed, it
+                    // was killed; the restart policy decides what follows.
+                    // It never read Running (one report for both steps).
+                    self.starting -= 1;
+                    let name = self.name_of(machine, c);
+                    warn!(container = %name, %container_id, error = %message, "postStart hook failed");
+                    self.emit(
+                        Some(&name),
+                        EventType::Warning,
+                        "FailedPostStartHook",
+                        "PostStartHook failed".into(),
+                    );
+                    let mut actions = machine.on_started(c, container_id, image_id, now);
+                    actions.extend(machine.on_exited(
+                        c,
+                        Exit {
+                            exit_code: status.exit_code,
+                            reason: status.reason,
+                            message: Some(message),
+                        },
+                        now,
+                    ));
+                    actions
+                }
                 Event::Started(c, Ok(rc)) => {
                     self.starting -= 1;
                     let RunningContainer {
@@ -171,12 +223,32 @@ impl Supervisor {
                     } = rc;
                     info!(container = %self.name_of(machine, c), %container_id, adopted, "container started");
                     let tx2 = tx.clone();
+                    // The run's termination message file and log, read
+                    // when it ends.
+                    let run = if adopted {
+                        machine.restart_count(c)
+                    } else {
+                        machine.next_run_number(c)
+                    };
+                    let name = self.name_of(machine, c);
+                    let file = crate::runtime::termination_log_path(&self.pod.pod_dir, &name, run);
+                    let log = self.pod.log_path(&name, run);
+                    let fallback = machine
+                        .container(c)
+                        .is_some_and(|k| k.termination_message_fallback_to_logs);
                     crate::spawn(async move {
-                        let status = exited.await.unwrap_or(ExitStatus {
+                        let mut status = exited.await.unwrap_or(ExitStatus {
                             exit_code: 137,
                             reason: Some("Error".into()),
                             message: Some("the runtime lost the container".into()),
                         });
+                        status.message = crate::runtime::read_termination_message(
+                            status.message,
+                            &file,
+                            &log,
+                            fallback,
+                            status.exit_code,
+                        );
                         let _ = tx2.send(Event::Exited(c, status));
                     });
                     if machine.is_terminating() || machine.is_done() {
@@ -395,16 +467,76 @@ impl Supervisor {
                     let runtime = self.runtime.clone();
                     let pod = self.pod.clone();
                     let tx = tx.clone();
+                    let status = machine.status();
+                    let (known_pod_ip, host_ip) = (status.pod_ip.clone(), status.host_ip.clone());
+                    let (cancel_tx, mut cancel) = tokio::sync::oneshot::channel::<()>();
+                    if container.lifecycle.post_start.is_some() {
+                        self.hooks_in_flight.retain(|h| !h.is_closed());
+                        self.hooks_in_flight.push(cancel_tx);
+                    }
                     crate::spawn(
                         async move {
-                            let result = match crate::runtime::container_to_start(&pod, &container)
-                            {
+                            let pod_ip =
+                                pod_ip(runtime.as_ref(), &pod, &container, known_pod_ip).await;
+                            let addresses = Addresses {
+                                pod_ip: pod_ip.as_deref().unwrap_or_default(),
+                                host_ip: host_ip.as_deref().unwrap_or_default(),
+                            };
+                            let result = match crate::runtime::container_to_start(
+                                &pod, &container, &addresses,
+                            ) {
                                 Ok(container) => {
                                     runtime.start_container(&pod, &container, run_number).await
                                 }
                                 Err(e) => Err(e),
                             };
-                            let _ = tx.send(Event::Started(c, result));
+                            // postStart runs right after the start; the
+                            // container is not Running until it returns
+                            // (not again for one adopted after a restart).
+                            let hook = container.lifecycle.post_start.as_ref();
+                            let event = match (result, hook) {
+                                (Ok(mut rc), Some(hook)) if !rc.adopted => {
+                                    let run = probe::run_hook(
+                                        hook,
+                                        runtime.as_ref(),
+                                        &rc.container_id,
+                                        addresses.pod_ip,
+                                        UNBOUNDED_HOOK,
+                                    );
+                                    let outcome = tokio::select! {
+                                        r = run => r,
+                                        _ = &mut cancel => Ok(()),
+                                    };
+                                    match outcome {
+                                        Ok(()) => Event::Started(c, Ok(rc)),
+                                        Err(e) => {
+                                            let grace = Duration::from_secs(
+                                                pod.spec.termination_grace_period_secs,
+                                            );
+                                            rc.stop.stop(grace);
+                                            let status = rc.exited.await.unwrap_or(ExitStatus {
+                                                exit_code: 137,
+                                                reason: Some("Error".into()),
+                                                message: None,
+                                            });
+                                            Event::PostStartFailed {
+                                                c,
+                                                container_id: rc.container_id,
+                                                image_id: rc.image_id,
+                                                status,
+                                                message: hook_failure(
+                                                    hook,
+                                                    &container.name,
+                                                    &pod.spec,
+                                                    &e,
+                                                ),
+                                            }
+                                        }
+                                    }
+                                }
+                                (result, _) => Event::Started(c, result),
+                            };
+                            let _ = tx.send(event);
                         }
                         .in_current_span(),
                     );
@@ -429,9 +561,7 @@ impl Supervisor {
                         "Killing",
                         format!("Container {name} failed its probe, will be restarted"),
                     );
-                    if let Some(stop) = self.running.get_mut(&c) {
-                        stop.stop(grace);
-                    }
+                    self.stop_container(machine, c, grace);
                 }
                 Action::StopAll { grace } => {
                     let mut names: Vec<String> = self
@@ -448,8 +578,9 @@ impl Supervisor {
                             format!("Stopping container {name}"),
                         );
                     }
-                    for stop in self.running.values_mut() {
-                        stop.stop(grace);
+                    let running: Vec<ContainerRef> = self.running.keys().copied().collect();
+                    for c in running {
+                        self.stop_container(machine, c, grace);
                     }
                     if !self.stop_deadline_set {
                         self.stop_deadline_set = true;
@@ -463,6 +594,50 @@ impl Supervisor {
             }
         }
         self.report(machine);
+    }
+
+    /// Stops a running container within `grace`: its preStop hook first,
+    /// if it has one, then the stop signal with what is left of the grace
+    /// period (at least 2 s, as the kubelet's).
+    fn stop_container(&mut self, machine: &PodMachine, c: ContainerRef, grace: Duration) {
+        // A stop under way (its preStop hook running) is not made twice.
+        let Some(stop) = self.running.get_mut(&c).filter(|s| !s.requested()) else {
+            return;
+        };
+        let hook = machine
+            .container(c)
+            .and_then(|k| k.lifecycle.pre_stop.clone());
+        let container_id = machine.container_id(c).unwrap_or_default().to_string();
+        let (Some(hook), false, false) = (hook, grace.is_zero(), container_id.is_empty()) else {
+            stop.stop(grace);
+            return;
+        };
+        let mut stop = stop.take();
+        let runtime = self.runtime.clone();
+        let pod_ip = machine.status().pod_ip.clone().unwrap_or_default();
+        let (pod, name) = (self.pod.clone(), self.name_of(machine, c));
+        crate::spawn(
+            async move {
+                let started = tokio::time::Instant::now();
+                let run = probe::run_hook(&hook, runtime.as_ref(), &container_id, &pod_ip, grace);
+                match tokio::time::timeout(grace, run).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        warn!(container = %name, error = %hook_failure(&hook, &name, &pod.spec, &e), "preStop hook failed");
+                        pod.events.emit(
+                            &pod.spec,
+                            Some(&name),
+                            EventType::Warning,
+                            "FailedPreStopHook",
+                            "PreStopHook failed".into(),
+                        );
+                    }
+                    Err(_) => info!(container = %name, "preStop hook did not complete in the grace period"),
+                }
+                stop.stop(grace_after_hook(grace, started.elapsed()));
+            }
+            .in_current_span(),
+        );
     }
 
     /// Sends the status if it changed since the last report.
@@ -479,6 +654,54 @@ impl Supervisor {
     }
 }
 
+/// How long a postStart hook may run: the kubelet gives it no limit; a
+/// stop of the pod ends the wait (`Supervisor::stopping`).
+const UNBOUNDED_HOOK: Duration = Duration::from_secs(24 * 3600);
+
+/// The grace period left for the stop signal after a preStop hook ran for
+/// `spent`: the kubelet's, never under 2 s.
+fn grace_after_hook(grace: Duration, spent: Duration) -> Duration {
+    grace.saturating_sub(spent).max(Duration::from_secs(2))
+}
+
+/// A failed hook's message, as the kubelet words it.
+fn hook_failure(hook: &Hook, container: &str, spec: &PodSpec, error: &str) -> String {
+    let pod = format!("{}_{}({})", spec.name, spec.namespace, spec.uid);
+    let (kind, command) = match hook {
+        Hook::Run(ProbeHandler::Exec { command }) => ("Exec", format!(" ({command:?})")),
+        Hook::Run(_) => ("HTTP", String::new()),
+        Hook::Sleep { .. } => ("Sleep", String::new()),
+    };
+    format!(
+        "{kind} lifecycle hook{command} for Container {container:?} in Pod {pod:?} failed - error: {error}"
+    )
+}
+
+/// The pod's address for env status fields: the runtime's once its sandbox
+/// exists, else the one the status shows (the node's for host-network and
+/// Wasm pods). A container pod whose sandbox could not be made yet needs it
+/// made first when this container reads `status.podIP`: the start would
+/// retry it anyway.
+async fn pod_ip(
+    runtime: &dyn Runtime,
+    pod: &PodContext,
+    container: &Container,
+    known: Option<String>,
+) -> Option<String> {
+    if let Some(ip) = runtime.pod_ip(pod) {
+        return Some(ip);
+    }
+    let needs = container
+        .env
+        .iter()
+        .any(|e| matches!(e.field, Some(StatusField::PodIp | StatusField::PodIps)));
+    let own_network = pod.spec.runtime == RuntimeKind::Container && !pod.spec.host_network;
+    if known.is_none() && needs && own_network && runtime.prepare_pod(pod).await.is_ok() {
+        return runtime.pod_ip(pod);
+    }
+    known
+}
+
 /// The containers that would start first (init 0, or every app container).
 fn first_containers(machine: &PodMachine) -> Vec<ContainerRef> {
     let spec = machine.spec();
@@ -491,5 +714,32 @@ fn first_containers(machine: &PodMachine) -> Vec<ContainerRef> {
             init: true,
             index: 0,
         }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stop signal gets what the preStop hook left of the grace period,
+    /// never under the kubelet's 2 s.
+    #[test]
+    fn the_grace_period_counts_the_pre_stop_hook() {
+        let s = Duration::from_secs;
+        assert_eq!(grace_after_hook(s(30), s(10)), s(20));
+        assert_eq!(grace_after_hook(s(30), s(29)), s(2));
+        assert_eq!(grace_after_hook(s(30), s(45)), s(2));
+    }
+
+    #[test]
+    fn hook_failures_read_like_the_kubelets() {
+        let spec = crate::model::samples::spec("web", "u1", 1, crate::model::RestartPolicy::Always);
+        let exec = Hook::Run(ProbeHandler::Exec {
+            command: vec!["false".into()],
+        });
+        assert_eq!(
+            hook_failure(&exec, "app", &spec, "command [\"false\"] exited with 1: "),
+            "Exec lifecycle hook ([\"false\"]) for Container \"app\" in Pod \"web_default(u1)\" failed - error: command [\"false\"] exited with 1: "
+        );
     }
 }

@@ -309,6 +309,10 @@ pub enum ApiError {
         "this port serves the pods of every Node of the kedge bridge, and no Node's stats: a Node's are on its own port (status.daemonEndpoints.kubeletEndpoint.Port; bridge flag --kubelet-node-ports)"
     )]
     NoNodeOnThisPort,
+    /// A `/run` command failed, or the device could not run it: the
+    /// kubelet's 500.
+    #[error("{0}")]
+    Run(String),
     /// The device answered a stats request with an error.
     #[error("cannot get the stats of node {node}: {message}")]
     Stats { node: String, message: String },
@@ -324,7 +328,7 @@ impl ApiError {
             ApiError::NoSuchPath | ApiError::PodNotFound { .. } | ApiError::NoNodeOnThisPort => {
                 StatusCode::NOT_FOUND
             }
-            ApiError::Stats { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Stats { .. } | ApiError::Run(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ContainerNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::BadQuery(_) | ApiError::Device(_) | ApiError::Upgrade(_) => {
                 StatusCode::BAD_REQUEST
@@ -426,6 +430,7 @@ enum PodVerb {
     Exec,
     Attach,
     PortForward,
+    Run,
 }
 
 /// A request about one pod (and container).
@@ -441,7 +446,7 @@ struct PodPath<'a> {
 }
 
 /// The kubelet's pod paths: `/containerLogs/{ns}/{pod}/{container}`,
-/// `/exec|attach/{ns}/{pod}[/{uid}]/{container}`,
+/// `/exec|attach|run/{ns}/{pod}[/{uid}]/{container}`,
 /// `/portForward/{ns}/{pod}[/{uid}]`; or `None`.
 fn pod_path(path: &str) -> Option<PodPath<'_>> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -463,6 +468,8 @@ fn pod_path(path: &str) -> Option<PodPath<'_>> {
         ["exec", ns, pod, uid, c] => p(PodVerb::Exec, ns, pod, Some(uid), c),
         ["attach", ns, pod, c] => p(PodVerb::Attach, ns, pod, None, c),
         ["attach", ns, pod, uid, c] => p(PodVerb::Attach, ns, pod, Some(uid), c),
+        ["run", ns, pod, c] => p(PodVerb::Run, ns, pod, None, c),
+        ["run", ns, pod, uid, c] => p(PodVerb::Run, ns, pod, Some(uid), c),
         ["portForward", ns, pod] => p(PodVerb::PortForward, ns, pod, None, ""),
         ["portForward", ns, pod, uid] => p(PodVerb::PortForward, ns, pod, Some(uid), ""),
         _ => None,
@@ -508,9 +515,16 @@ async fn handle(
         debug!(user = %user.name, verb = attrs.verb, subresources = ?attrs.subresources, %path, "kubelet API: forbidden");
         return Err(ApiError::Forbidden(forbidden_message(&user.name, &attrs)));
     }
-    // Streams are upgraded from a POST (or a GET, as the kubelet takes).
-    let streams = target.as_ref().is_some_and(|t| t.verb != PodVerb::Logs);
-    if req.method() != Method::GET && !(streams && req.method() == Method::POST) {
+    // Streams are upgraded from a POST (or a GET, as the kubelet takes);
+    // a run is a POST.
+    let verb = target.as_ref().map(|t| t.verb);
+    let streams = verb.is_some_and(|v| v != PodVerb::Logs);
+    let allowed = match *req.method() {
+        Method::GET => verb != Some(PodVerb::Run),
+        Method::POST => streams,
+        _ => false,
+    };
+    if !allowed {
         return Err(ApiError::MethodNotAllowed);
     }
     match path.as_str() {
@@ -574,7 +588,91 @@ async fn handle(
         PodVerb::PortForward => {
             port_forward(ctx, user, node, ns.to_string(), pod_name.to_string(), req)
         }
+        PodVerb::Run => {
+            let target = ExecTarget {
+                node,
+                namespace: ns.to_string(),
+                pod: pod_name.to_string(),
+                container: container.to_string(),
+            };
+            let cmd = run_command(req.uri().query().unwrap_or(""));
+            run(ctx, user, target, cmd)
+                .instrument(info_span!("run", %ns, pod = %pod_name, %container))
+                .await
+        }
     }
+}
+
+/// `/run`'s command: the `cmd` parameter split at spaces, as the kubelet
+/// splits it ("for legacy reasons").
+fn run_command(query: &str) -> Vec<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "cmd")
+        .map(|(_, v)| v.split(' ').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// How long a `/run` command may take on the device.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `/run`: runs the command to its end on the device (the exec RPC,
+/// docs/wire.md) and answers its output, stdout then stderr, as the
+/// kubelet's `RunInContainer` does: 200 when it exited 0, else 500 with
+/// the exit code and the output. Logged at info like an exec.
+async fn run(
+    ctx: &Ctx,
+    user: &User,
+    target: ExecTarget,
+    command: Vec<String>,
+) -> Result<Response<Body>, ApiError> {
+    if ctx.offline.read().is_ok_and(|o| o.contains(&target.node)) {
+        return Err(ApiError::NodeOffline(target.node));
+    }
+    tracing::info!(
+        user = %user.name,
+        namespace = %target.namespace,
+        pod = %target.pod,
+        container = %target.container,
+        command = ?command,
+        node = %target.node,
+        "run"
+    );
+    let request = crate::model::ExecRequest {
+        request_id: String::new(),
+        namespace: target.namespace,
+        pod: target.pod,
+        container: target.container,
+        command: command.clone(),
+        timeout_secs: RUN_TIMEOUT.as_secs() as u32,
+    };
+    // The device's own timeout comes first; this one is for a device that
+    // never answers.
+    let wait = RUN_TIMEOUT + Duration::from_secs(15);
+    let out = match ctx.mqtt.exec(&target.node, request, wait).await {
+        Ok(out) => out,
+        Err(ClientError::Agent { message, .. }) => return Err(ApiError::Run(message)),
+        Err(ClientError::NoAnswer { .. }) => {
+            return Err(ApiError::NoAnswer {
+                node: target.node,
+                secs: wait.as_secs(),
+            });
+        }
+        Err(e) => return Err(ApiError::Link(e.to_string())),
+    };
+    let mut output = out.stdout;
+    output.extend_from_slice(&out.stderr);
+    if out.exit_code != 0 {
+        return Err(ApiError::Run(format!(
+            "command {command:?} exited with {}: {}",
+            out.exit_code,
+            String::from_utf8_lossy(&output)
+        )));
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(output)).boxed())
+        .map_err(|e| ApiError::Link(e.to_string()))
 }
 
 /// The container an exec runs in.
@@ -1124,6 +1222,10 @@ mod tests {
             pod_path("/portForward/default/web"),
             p(PodVerb::PortForward, "default", "web", None, "")
         );
+        assert_eq!(
+            pod_path("/run/default/web/u-1/main"),
+            p(PodVerb::Run, "default", "web", Some("u-1"), "main")
+        );
         for path in [
             "/containerLogs/default/web",
             "/containerLogs/default/web/main/x",
@@ -1136,6 +1238,13 @@ mod tests {
         ] {
             assert_eq!(pod_path(path), None, "{path}");
         }
+    }
+
+    #[test]
+    fn a_runs_command_is_split_at_spaces_as_the_kubelet_splits_it() {
+        assert_eq!(run_command("cmd=ls%20-l%20/tmp"), ["ls", "-l", "/tmp"]);
+        assert_eq!(run_command("x=1&cmd=echo+a++b"), ["echo", "a", "", "b"]);
+        assert!(run_command("command=ls").is_empty());
     }
 
     /// Found by fuzzing (tests/fuzz/regressions/kubelet_request): the API

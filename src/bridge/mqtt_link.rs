@@ -155,6 +155,18 @@ impl MqttLink {
         self.client.stats(node).await
     }
 
+    /// Runs a command in a container on `node` and waits at most `timeout`
+    /// for its output (the exec RPC, docs/wire.md: no stdin, no tty; the
+    /// kubelet API's `/run`).
+    pub async fn exec(
+        &self,
+        node: &str,
+        request: crate::model::ExecRequest,
+        timeout: std::time::Duration,
+    ) -> Result<crate::model::ExecOutput, ClientError> {
+        self.client.exec_within(node, request, timeout).await
+    }
+
     /// Opens a byte stream to the runtime's streaming server on `node` for
     /// an exec or attach (docs/wire.md, "Streams (exec and attach)"):
     /// resolves once the device has connected, or fails with its error

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use super::Container;
+use super::{Container, StatusField};
 
 const OPERATOR: u8 = b'$';
 const OPENER: u8 = b'(';
@@ -77,14 +77,37 @@ pub fn escape(s: &str) -> String {
     s.replace('$', "$$")
 }
 
+/// The addresses env status fields (`EnvVar::field`) read, known on the
+/// device at container start: the pod's and the node's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Addresses<'a> {
+    pub pod_ip: &'a str,
+    pub host_ip: &'a str,
+}
+
+impl Addresses<'_> {
+    /// The value of a status field. One address each: the lists
+    /// (`status.podIPs`, `status.hostIPs`, comma-separated) have one item.
+    pub fn value(&self, field: StatusField) -> &str {
+        match field {
+            StatusField::PodIp | StatusField::PodIps => self.pod_ip,
+            StatusField::HostIp | StatusField::HostIps => self.host_ip,
+        }
+    }
+}
+
 /// The container as its process sees it: env values expanded in order (each
-/// with the variables before it), then `command` and `args` with the whole
-/// environment (a name set twice: the later value).
-pub fn expand_container(container: &Container) -> Container {
+/// with the variables before it; a status field's value is the address, as
+/// it is), then `command` and `args` with the whole environment (a name set
+/// twice: the later value).
+pub fn expand_container(container: &Container, addresses: &Addresses) -> Container {
     let mut out = container.clone();
     let mut seen: HashMap<String, String> = HashMap::with_capacity(container.env.len());
     for var in &mut out.env {
-        let value = expand(&var.value, |name| seen.get(name).map(String::as_str));
+        let value = match var.field.take() {
+            Some(field) => addresses.value(field).to_owned(),
+            None => expand(&var.value, |name| seen.get(name).map(String::as_str)),
+        };
         seen.insert(var.name.clone(), value.clone());
         var.value = value;
     }
@@ -185,14 +208,14 @@ mod tests {
             readiness_probe: None,
             startup_probe: None,
             security_context: None,
+            lifecycle: Default::default(),
+            termination_message_path: None,
+            termination_message_fallback_to_logs: false,
         }
     }
 
     fn env(name: &str, value: &str) -> EnvVar {
-        EnvVar {
-            name: name.into(),
-            value: value.into(),
-        }
+        EnvVar::new(name, value)
     }
 
     #[test]
@@ -210,7 +233,7 @@ mod tests {
             args: vec!["$(PORT)".into(), "$(MISSING)".into(), "$$(PORT)".into()],
             ..container()
         };
-        let e = expand_container(&c);
+        let e = expand_container(&c, &Default::default());
         let values: Vec<&str> = e.env.iter().map(|v| v.value.as_str()).collect();
         assert_eq!(
             values,
@@ -225,5 +248,48 @@ mod tests {
         );
         assert_eq!(e.command, ["echo", "postgres://db:$(PORT)/x", "db2"]);
         assert_eq!(e.args, ["5432", "$(MISSING)", "$(PORT)"]);
+    }
+
+    /// A status field takes the address as it is (a `$` in it would stay),
+    /// and later variables and the command see it like any other.
+    #[test]
+    fn status_fields_read_the_addresses_given() {
+        let field = |name: &str, field: StatusField| EnvVar {
+            name: name.into(),
+            value: String::new(),
+            field: Some(field),
+        };
+        let c = Container {
+            env: vec![
+                field("POD_IP", StatusField::PodIp),
+                field("POD_IPS", StatusField::PodIps),
+                field("HOST_IP", StatusField::HostIp),
+                field("HOST_IPS", StatusField::HostIps),
+                env("URL", "http://$(POD_IP):80"),
+            ],
+            args: vec!["--bind=$(POD_IP)".into()],
+            ..container()
+        };
+        let addresses = Addresses {
+            pod_ip: "10.88.0.7",
+            host_ip: "192.168.1.2",
+        };
+        let e = expand_container(&c, &addresses);
+        let values: Vec<(&str, &str, Option<StatusField>)> = e
+            .env
+            .iter()
+            .map(|v| (v.name.as_str(), v.value.as_str(), v.field))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                ("POD_IP", "10.88.0.7", None),
+                ("POD_IPS", "10.88.0.7", None),
+                ("HOST_IP", "192.168.1.2", None),
+                ("HOST_IPS", "192.168.1.2", None),
+                ("URL", "http://10.88.0.7:80", None),
+            ]
+        );
+        assert_eq!(e.args, ["--bind=10.88.0.7"]);
     }
 }

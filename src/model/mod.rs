@@ -180,12 +180,95 @@ pub struct Container {
     pub readiness_probe: Option<Probe>,
     pub startup_probe: Option<Probe>,
     pub security_context: Option<SecurityContext>,
+    /// `lifecycle.postStart` and `lifecycle.preStop`. Schema 9.
+    pub lifecycle: Lifecycle,
+    /// `terminationMessagePath`; None: the default, `/dev/termination-log`.
+    /// Schema 9.
+    pub termination_message_path: Option<String>,
+    /// `terminationMessagePolicy: FallbackToLogsOnError` (false: `File`).
+    /// Schema 9.
+    pub termination_message_fallback_to_logs: bool,
+}
+
+/// The path a container's termination message is read from when its spec
+/// names none (Kubernetes' default `terminationMessagePath`).
+pub const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+
+impl Container {
+    /// The file the container may write its termination message to.
+    pub fn termination_message_path(&self) -> &str {
+        self.termination_message_path
+            .as_deref()
+            .unwrap_or(DEFAULT_TERMINATION_MESSAGE_PATH)
+    }
+}
+
+/// A container's lifecycle hooks (`lifecycle`). Schema 9.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// Runs right after the container starts; the container is not
+    /// Running until it returns, and is killed if it fails.
+    pub post_start: Option<Hook>,
+    /// Runs before the container is sent its stop signal, within the
+    /// termination grace period.
+    pub pre_stop: Option<Hook>,
+}
+
+/// What a lifecycle hook does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Hook {
+    /// `exec` or `httpGet`, with a probe's handler (never `TcpSocket`: the
+    /// kubelet deprecates it for hooks, and conversion refuses it).
+    Run(ProbeHandler),
+    /// `sleep.seconds`.
+    Sleep { seconds: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvVar {
     pub name: String,
+    /// A template (`model::expansion`); empty when `field` is set.
     pub value: String,
+    /// A value only the device knows (env `fieldRef` of `status.podIP` and
+    /// the like), read at each container start. Schema 9.
+    pub field: Option<StatusField>,
+}
+
+impl EnvVar {
+    /// A variable with a value (a template).
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> EnvVar {
+        EnvVar {
+            name: name.into(),
+            value: value.into(),
+            field: None,
+        }
+    }
+}
+
+/// A pod status field an env variable may take its value from
+/// (`valueFrom.fieldRef`), resolved by the agent at container start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StatusField {
+    /// `status.podIP`
+    PodIp,
+    /// `status.podIPs`: the pod's addresses, comma-separated.
+    PodIps,
+    /// `status.hostIP`
+    HostIp,
+    /// `status.hostIPs`: the node's addresses, comma-separated.
+    HostIps,
+}
+
+impl StatusField {
+    /// The Kubernetes field path.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusField::PodIp => "status.podIP",
+            StatusField::PodIps => "status.podIPs",
+            StatusField::HostIp => "status.hostIP",
+            StatusField::HostIps => "status.hostIPs",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -952,6 +1035,9 @@ pub mod samples {
             readiness_probe: None,
             startup_probe: None,
             security_context: None,
+            lifecycle: Lifecycle::default(),
+            termination_message_path: None,
+            termination_message_fallback_to_logs: false,
         }
     }
 }

@@ -13,9 +13,10 @@ use std::collections::BTreeSet;
 use super::selector::Selector;
 use super::{
     Cohort, Container, ContainerState, ContainerStatus, DesiredIndex, Event, ExecReply,
-    ExecRequest, FleetDeployment, FleetReport, Limit, LogChunk, LogRequest, NodeLabels, NodeStatus,
-    PodSpec, PodStatus, Probe, ProbeHandler, Revision, SealedPod, SecurityProfile, StatsReply,
-    StatsRequest, StreamClose, StreamData, StreamExec, StreamOpen, StreamWindow, VolumeSource,
+    ExecRequest, FleetDeployment, FleetReport, Hook, Limit, LogChunk, LogRequest, NodeLabels,
+    NodeStatus, PodSpec, PodStatus, Probe, ProbeHandler, Revision, SealedPod, SecurityProfile,
+    StatsReply, StatsRequest, StreamClose, StreamData, StreamExec, StreamOpen, StreamWindow,
+    VolumeSource,
 };
 
 /// Containers in one pod (app containers; init containers have their own
@@ -446,6 +447,36 @@ fn container(path: &str, c: &Container, volumes: &BTreeSet<&str>) -> Result {
             ));
         }
         text(&format!("{p}.value"), &e.value, MAX_MESSAGE * 4)?;
+        if e.field.is_some() && !e.value.is_empty() {
+            return Err(invalid(
+                format!("{p}.valueFrom"),
+                "Invalid value: may not be specified when `value` is not empty",
+            ));
+        }
+    }
+    for (hook, name) in [
+        (&c.lifecycle.post_start, "postStart"),
+        (&c.lifecycle.pre_stop, "preStop"),
+    ] {
+        let p = format!("{path}.lifecycle.{name}");
+        match hook {
+            Some(Hook::Run(ProbeHandler::TcpSocket { .. })) => {
+                return Err(invalid(
+                    format!("{p}.tcpSocket"),
+                    "Forbidden: tcpSocket is not a lifecycle hook handler",
+                ));
+            }
+            Some(Hook::Run(handler)) => probe_handler(&p, handler)?,
+            Some(Hook::Sleep { seconds }) => at_most(
+                &format!("{p}.sleep.seconds"),
+                u64::from(*seconds),
+                MAX_SECONDS,
+            )?,
+            None => {}
+        }
+    }
+    if let Some(t) = &c.termination_message_path {
+        absolute_path(&format!("{path}.terminationMessagePath"), t)?;
     }
     count(
         &format!("{path}.volumeMounts"),
@@ -587,7 +618,12 @@ fn probe(path: &str, p: &Probe) -> Result {
         }
         at_most(&format!("{path}.{field}"), value, MAX_SECONDS)?;
     }
-    match &p.handler {
+    probe_handler(path, &p.handler)
+}
+
+/// A probe's handler, or a lifecycle hook's.
+fn probe_handler(path: &str, handler: &ProbeHandler) -> Result {
+    match handler {
         ProbeHandler::Exec { command } => {
             if command.is_empty() {
                 return Err(invalid(format!("{path}.exec.command"), "Required value"));

@@ -66,6 +66,11 @@ pub enum Call {
         pod: PodKey,
         uid: String,
     },
+    /// `exec_sync` in a container (by id): a probe, a hook or the exec RPC.
+    Exec {
+        container_id: String,
+        command: Vec<String>,
+    },
 }
 
 /// The fake runtime. Shared (`Arc`) between the controller and the test.
@@ -295,7 +300,13 @@ impl Runtime for FakeRuntime {
         command: &'a [String],
         _timeout: Duration,
     ) -> BoxFuture<'a, Result<ExecOutput, RuntimeError>> {
-        let running = self.state().running.contains_key(container_id);
+        let mut state = self.state();
+        let running = state.running.contains_key(container_id);
+        state.calls.push(Call::Exec {
+            container_id: container_id.to_string(),
+            command: command.to_vec(),
+        });
+        drop(state);
         Box::pin(async move {
             if !running {
                 return Err(RuntimeError::Unavailable(format!(

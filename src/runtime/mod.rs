@@ -159,6 +159,17 @@ impl StopHandle {
         (StopHandle { tx: Some(tx) }, rx)
     }
 
+    /// Whether a stop was requested already (or the request moved out).
+    pub fn requested(&self) -> bool {
+        self.tx.is_none()
+    }
+
+    /// This handle's request, moved out (a pre-stop hook runs before it is
+    /// made); this one asks nothing any more.
+    pub fn take(&mut self) -> StopHandle {
+        StopHandle { tx: self.tx.take() }
+    }
+
     /// Requests a stop; the container is killed after `grace`.
     pub fn stop(&mut self, grace: Duration) {
         if let Some(tx) = self.tx.take() {
@@ -270,15 +281,105 @@ pub fn materialize_volumes(pod: &PodContext) -> Result<(), RuntimeError> {
 /// The container as the runtime must start it, checked as the kubelet does
 /// before a start: every hostPath volume of the pod against its type (the
 /// `*OrCreate` types made), then `$(VAR)` expanded in env, command and args
-/// (`model::expansion`). The supervisor calls it before every start, for
-/// both runtimes; a failed check is a `CreateContainerConfigError`, retried
-/// with the restart back-off like the kubelet's volume set-up.
+/// (`model::expansion`), env status fields with `addresses`. The supervisor
+/// calls it before every start, for both runtimes; a failed check is a
+/// `CreateContainerConfigError`, retried with the restart back-off like the
+/// kubelet's volume set-up.
 pub fn container_to_start(
     pod: &PodContext,
     container: &Container,
+    addresses: &crate::model::expansion::Addresses,
 ) -> Result<Container, RuntimeError> {
     volumes::check_host_paths(&pod.spec).map_err(RuntimeError::CreateConfig)?;
-    Ok(crate::model::expansion::expand_container(container))
+    Ok(crate::model::expansion::expand_container(
+        container, addresses,
+    ))
+}
+
+/// The host file a container run may write its termination message to:
+/// `{pod_dir}/containers/{name}/{run}.termination-log`. The CRI runtime
+/// makes it and mounts it at the container's `terminationMessagePath`, as
+/// the kubelet does; a Wasm module has none.
+pub fn termination_log_path(
+    pod_dir: &std::path::Path,
+    container: &str,
+    run: u32,
+) -> std::path::PathBuf {
+    pod_dir
+        .join("containers")
+        .join(container)
+        .join(format!("{run}.termination-log"))
+}
+
+/// The most of a termination message file that is read (its end), and of
+/// the log when `FallbackToLogsOnError` reads it instead: the last 80 lines,
+/// of which the last 2048 bytes (the kubelet's limits).
+const TERMINATION_MESSAGE_BYTES: usize = 4096;
+const TERMINATION_LOG_LINES: u64 = 80;
+const TERMINATION_LOG_BYTES: usize = 2048;
+
+/// The message of a container run that ended, the kubelet's way: the
+/// runtime's own message, then (after `": "`) what the container wrote to
+/// its termination message file (`file`: its last 4096 bytes, None when
+/// there is none), or with `fallback_to_logs` and a failure, the end of its
+/// log when the file is empty. Pure; `log` reads the log when needed.
+pub fn termination_message(
+    runtime_message: Option<String>,
+    file: Option<Vec<u8>>,
+    fallback_to_logs: bool,
+    exit_code: i32,
+    log: impl FnOnce() -> Vec<u8>,
+) -> Option<String> {
+    let mut written = file.unwrap_or_default();
+    if written.is_empty() && fallback_to_logs && exit_code != 0 {
+        written = log();
+        written.drain(..written.len().saturating_sub(TERMINATION_LOG_BYTES));
+    }
+    if written.is_empty() {
+        return runtime_message;
+    }
+    let written = String::from_utf8_lossy(&written);
+    Some(match runtime_message {
+        Some(m) if !m.is_empty() => format!("{m}: {written}"),
+        _ => written.into_owned(),
+    })
+}
+
+/// `termination_message` for a container run of `pod_dir` whose log is
+/// `log_path`, reading the files.
+pub fn read_termination_message(
+    runtime_message: Option<String>,
+    file: &std::path::Path,
+    log_path: &std::path::Path,
+    fallback_to_logs: bool,
+    exit_code: i32,
+) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let written = std::fs::File::open(file).ok().and_then(|mut f| {
+        let len = f.metadata().ok()?.len();
+        let from = len.saturating_sub(TERMINATION_MESSAGE_BYTES as u64);
+        f.seek(SeekFrom::Start(from)).ok()?;
+        let mut bytes = Vec::new();
+        f.take(TERMINATION_MESSAGE_BYTES as u64)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        Some(bytes)
+    });
+    termination_message(
+        runtime_message,
+        written,
+        fallback_to_logs,
+        exit_code,
+        || {
+            let opts = logs::ReadOptions {
+                tail_lines: Some(TERMINATION_LOG_LINES),
+                ..Default::default()
+            };
+            logs::read_log(log_path, 1, &opts)
+                .map(|(bytes, _)| bytes)
+                .unwrap_or_default()
+        },
+    )
 }
 
 /// Writes configMap/secret files into a volume directory with their mode;
@@ -347,5 +448,61 @@ impl LazyRuntime {
     /// The runtime if it was made already (never makes it).
     pub fn made(&self) -> Option<std::sync::Arc<dyn Runtime>> {
         self.made.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_log() -> Vec<u8> {
+        panic!("the log is not read")
+    }
+
+    /// The kubelet's `getTerminationMessage` and its enrichment of the
+    /// runtime's message.
+    #[test]
+    fn termination_messages_come_from_the_file_then_the_log() {
+        let msg = |s: &str| Some(s.to_string());
+        // The file, after the runtime's own message.
+        assert_eq!(
+            termination_message(None, Some(b"bye".to_vec()), false, 1, no_log),
+            msg("bye")
+        );
+        assert_eq!(
+            termination_message(msg("OOM"), Some(b"bye".to_vec()), true, 137, no_log),
+            msg("OOM: bye")
+        );
+        // An empty or missing file: the runtime's message alone, unless
+        // the policy falls back to the log of a failed run.
+        assert_eq!(
+            termination_message(msg("x"), Some(vec![]), false, 1, no_log),
+            msg("x")
+        );
+        assert_eq!(termination_message(None, None, true, 0, no_log), None);
+        assert_eq!(
+            termination_message(None, None, true, 2, || b"line 1\nline 2\n".to_vec()),
+            msg("line 1\nline 2\n")
+        );
+        // Of the log, the last 2048 bytes.
+        let long: Vec<u8> = (0..3000).map(|i| b'a' + (i % 26) as u8).collect();
+        let got =
+            termination_message(None, Some(vec![]), true, 1, || long.clone()).expect("a message");
+        assert_eq!(got.as_bytes(), &long[3000 - 2048..]);
+    }
+
+    #[test]
+    fn termination_message_files_are_read_from_their_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = termination_log_path(dir.path(), "app", 2);
+        assert!(file.ends_with("containers/app/2.termination-log"));
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        let mut written = vec![b'x'; 5000];
+        written.extend_from_slice(b"the end");
+        std::fs::write(&file, &written).expect("write");
+        let got = read_termination_message(None, &file, &dir.path().join("none.log"), true, 1)
+            .expect("a message");
+        assert_eq!(got.len(), 4096);
+        assert!(got.ends_with("the end"));
     }
 }

@@ -7,14 +7,15 @@
 //! `SecurityContext` and `kind` (`hostPath.type`) to `VolumeSource::HostPath`,
 //! and made `command`, `args` and env values templates the agent expands
 //! (`model::expansion`). Versions 1 to 3 ran them literally, so the upgrade
-//! escapes them: an old spec runs exactly as before.
+//! escapes them: an old spec runs exactly as before. The upgrade gives
+//! version 8's spec (`wire::v8`), which upgrades further.
 
 use serde::{Deserialize, Serialize};
 
+use super::v8::EnvVar;
 use crate::model::expansion::escape;
-use crate::model::validate::{Result, Validate};
 use crate::model::{
-    ContainerPort, EnvVar, HostPathType, Probe, PullPolicy, Resources, RestartPolicy, RuntimeKind,
+    ContainerPort, HostPathType, Probe, PullPolicy, Resources, RestartPolicy, RuntimeKind,
     VolumeMount,
 };
 
@@ -89,9 +90,9 @@ pub enum VolumeSource {
     },
 }
 
-impl From<PodSpec> for crate::model::PodSpec {
+impl From<PodSpec> for super::v8::PodSpec {
     fn from(v: PodSpec) -> Self {
-        crate::model::PodSpec {
+        super::v8::PodSpec {
             namespace: v.namespace,
             name: v.name,
             uid: v.uid,
@@ -109,10 +110,10 @@ impl From<PodSpec> for crate::model::PodSpec {
     }
 }
 
-impl From<Container> for crate::model::Container {
+impl From<Container> for super::v8::Container {
     fn from(c: Container) -> Self {
         let literal = |list: Vec<String>| list.iter().map(|s| escape(s)).collect();
-        crate::model::Container {
+        super::v8::Container {
             name: c.name,
             image: c.image,
             image_pull_policy: c.image_pull_policy,
@@ -179,8 +180,8 @@ impl From<Volume> for crate::model::Volume {
     }
 }
 
-impl Validate for PodSpec {
-    fn validate(&self) -> Result {
-        crate::model::PodSpec::from(self.clone()).validate()
+impl From<PodSpec> for crate::model::PodSpec {
+    fn from(v: PodSpec) -> Self {
+        super::v8::PodSpec::from(v).into()
     }
 }

@@ -53,10 +53,14 @@ fn container(name: &str, image: &str) -> Container {
         command: vec!["/bin/sensor".into()],
         args: vec!["--interval".into(), "5s".into()],
         working_dir: Some("/work".into()),
-        env: vec![EnvVar {
-            name: "MODE".into(),
-            value: "edge".into(),
-        }],
+        env: vec![
+            EnvVar::new("MODE", "edge"),
+            EnvVar {
+                name: "POD_IP".into(),
+                value: String::new(),
+                field: Some(StatusField::HostIps),
+            },
+        ],
         volume_mounts: vec![VolumeMount {
             name: "config".into(),
             mount_path: "/etc/sensor".into(),
@@ -100,6 +104,14 @@ fn container(name: &str, image: &str) -> Container {
             seccomp_profile: Some(SecurityProfile::Localhost("profiles/sensor.json".into())),
             app_armor_profile: Some(SecurityProfile::Unconfined),
         }),
+        lifecycle: Lifecycle {
+            post_start: Some(Hook::Run(ProbeHandler::Exec {
+                command: vec!["/bin/warm-up".into()],
+            })),
+            pre_stop: Some(Hook::Sleep { seconds: 5 }),
+        },
+        termination_message_path: Some("/tmp/last-words".into()),
+        termination_message_fallback_to_logs: true,
     }
 }
 
@@ -888,8 +900,10 @@ fn vector_tombstone() {
 
 /// A sample as an older version carried it: version 1's `NodeStatus` had
 /// no labels; versions 1 to 3 had a `PodSpec` without what version 4 added
-/// (seccomp and AppArmor profiles, hostPath types). The samples' strings
-/// hold no `$`, so the upgrade's escaping changes nothing.
+/// (seccomp and AppArmor profiles, hostPath types), versions 1 to 8 one
+/// without what version 9 added (lifecycle hooks, the termination message
+/// fields, env status fields: the old samples had no such variable). The
+/// samples' strings hold no `$`, so the upgrade's escaping changes nothing.
 fn as_of_version(version: u16, message: Message) -> Message {
     match message {
         Message::NodeStatus(mut n) if version < SEALED_SINCE_VERSION => {
@@ -902,7 +916,16 @@ fn as_of_version(version: u16, message: Message) -> Message {
             n.info.system_uuid.clear();
             Message::NodeStatus(n)
         }
-        Message::DesiredPod(mut spec) if version < POD_FIELDS_SINCE_VERSION => {
+        Message::DesiredPod(mut spec) if version < CONTAINER_FIELDS_SINCE_VERSION => {
+            for c in spec.containers.iter_mut().chain(&mut spec.init_containers) {
+                c.lifecycle = Lifecycle::default();
+                c.termination_message_path = None;
+                c.termination_message_fallback_to_logs = false;
+                c.env.retain(|e| e.field.is_none());
+            }
+            if version >= POD_FIELDS_SINCE_VERSION {
+                return Message::DesiredPod(spec);
+            }
             for c in spec.containers.iter_mut().chain(&mut spec.init_containers) {
                 assert!(
                     c.env.iter().all(|e| !e.value.contains('$'))
@@ -1011,7 +1034,8 @@ fn version_3_vectors_are_still_read() {
 }
 
 /// The signed vectors of `version` (tests/vectors/v{version}/signed) still
-/// decode to today's samples and verify on their topic.
+/// decode to the samples as that version carried them and verify on their
+/// topic.
 fn signed_vectors_still_verify(version: u16) {
     let keys = crate::trust::TrustedKey::parse_list(SIGNED_PUBLIC_KEY).expect("key parses");
     let dir = format!("v{version}/signed");
@@ -1022,7 +1046,7 @@ fn signed_vectors_still_verify(version: u16) {
         assert_eq!(decoded.version, version);
         assert_eq!(
             (decoded.seq, decoded.message),
-            (seq, message),
+            (seq, as_of_version(version, message)),
             "{dir}/{file}"
         );
         let opened = open(&bytes).expect("opens");
@@ -1065,7 +1089,7 @@ fn version_7_vectors_are_still_read() {
     signed_vectors_still_verify(7);
 }
 
-/// Version 8 had kinds 1–20 and every body as today's; its signed vectors
+/// Version 8 had kinds 1–20 and version 4's `PodSpec`; its signed vectors
 /// still verify.
 #[test]
 fn version_8_vectors_are_still_read() {
@@ -1099,7 +1123,10 @@ fn older_specs_keep_their_literal_dollars() {
             command: old.containers[0].command.clone(),
             args: vec![],
             working_dir: None,
-            env: old.containers[0].env.clone(),
+            env: vec![v8::EnvVar {
+                name: "MODE".into(),
+                value: old.containers[0].env[0].value.clone(),
+            }],
             volume_mounts: vec![],
             ports: vec![],
             resources: Resources::default(),
@@ -1119,7 +1146,8 @@ fn older_specs_keep_their_literal_dollars() {
         bytes.extend_from_slice(&body);
         let (_, spec) = decode_as::<PodSpec>(&bytes)
             .unwrap_or_else(|e| panic!("version {version} decodes: {e}"));
-        let running = crate::model::expansion::expand_container(&spec.containers[0]);
+        let running =
+            crate::model::expansion::expand_container(&spec.containers[0], &Default::default());
         assert_eq!(
             running.command,
             ["echo", "$(MODE)", "$$"],

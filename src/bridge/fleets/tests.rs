@@ -338,7 +338,7 @@ fn a_template_that_does_not_convert_publishes_nothing_and_says_why() {
         "sensors",
         1,
         json!({
-            "template": template(IMAGE, json!({"lifecycle": {"preStop": {"exec": {"command": ["x"]}}}})),
+            "template": template(IMAGE, json!({"stdin": true})),
         }),
     );
     let out = apply(&mut f, &cr, NOW);
@@ -350,7 +350,7 @@ fn a_template_that_does_not_convert_publishes_nothing_and_says_why() {
     assert!(
         ev[0]
             .message
-            .starts_with("spec.template.spec.containers[0].lifecycle"),
+            .starts_with("spec.template.spec.containers[0].stdin"),
         "{}",
         ev[0].message
     );
@@ -365,7 +365,7 @@ fn a_template_that_does_not_convert_publishes_nothing_and_says_why() {
     assert!(
         accepted
             .message
-            .contains("spec.template.spec.containers[0].lifecycle")
+            .contains("spec.template.spec.containers[0].stdin")
     );
     assert_eq!(st[0].observed_generation, Some(1));
     assert!(st[0].revision.is_none());

@@ -180,7 +180,8 @@ fn indexes(actions: &[Action]) -> Vec<(&str, DesiredIndex)> {
 fn sealed_spec_of(key: &crate::seal::KeyPair, (topic, payload): (&str, &[u8])) -> PodSpec {
     let (_, sealed) =
         crate::wire::decode_as::<crate::model::SealedPod>(payload).expect("a sealed spec");
-    crate::seal::open_pod(key, topic, &sealed).expect("opens with the device key")
+    crate::seal::open_pod(key, topic, &sealed, crate::wire::SCHEMA_VERSION)
+        .expect("opens with the device key")
 }
 
 fn spec_of(payload: &[u8]) -> PodSpec {
@@ -1683,7 +1684,15 @@ fn a_pod_with_secrets_waits_for_the_sealing_key_and_follows_a_re_key() {
     );
     let (_, sealed) =
         crate::wire::decode_as::<crate::model::SealedPod>(published[0].1).expect("sealed");
-    assert!(crate::seal::open_pod(&device_key(), published[0].0, &sealed).is_err());
+    assert!(
+        crate::seal::open_pod(
+            &device_key(),
+            published[0].0,
+            &sealed,
+            crate::wire::SCHEMA_VERSION
+        )
+        .is_err()
+    );
 }
 
 /// A restarted bridge reads back a sealed spec it cannot open: it sends it

@@ -22,9 +22,6 @@ impl Ctx<'_> {
                 return Err(unsupported(format!("{path}.{name}")));
             }
         }
-        if c.lifecycle.is_some() {
-            return Err(unsupported(format!("{path}.lifecycle")));
-        }
         if non_empty(&c.resize_policy) {
             return Err(unsupported(format!("{path}.resizePolicy")));
         }
@@ -49,8 +46,36 @@ impl Ctx<'_> {
                 }
             }
         }
-        // terminationMessagePath and terminationMessagePolicy are ignored: they
-        // only shape the message in the container's status.
+        // The message of a terminated container: a file the container writes
+        // (a Wasm module has no file system of its own to write it to), or
+        // the end of its log.
+        let termination_message_path = match c.termination_message_path.as_deref() {
+            None | Some("") => None,
+            Some(p) if p == DEFAULT_TERMINATION_MESSAGE_PATH => None,
+            Some(p) => {
+                let tpath = format!("{path}.terminationMessagePath");
+                if !p.starts_with('/') {
+                    return Err(field(tpath, "must be an absolute path"));
+                }
+                if self.runtime == RuntimeKind::Wasm {
+                    return Err(field(
+                        tpath,
+                        "not supported for wasm containers: a module has no file system of its own to write it to",
+                    ));
+                }
+                Some(p.to_owned())
+            }
+        };
+        let termination_message_fallback_to_logs = match c.termination_message_policy.as_deref() {
+            None | Some("" | "File") => false,
+            Some("FallbackToLogsOnError") => true,
+            Some(other) => {
+                return Err(field(
+                    format!("{path}.terminationMessagePolicy"),
+                    format!("unknown policy {other:?} (use File or FallbackToLogsOnError)"),
+                ));
+            }
+        };
 
         let image = c.image.as_deref().unwrap_or_default();
         let image_path = format!("{path}.image");
@@ -88,6 +113,14 @@ impl Ctx<'_> {
         let readiness_probe = probe(&c.readiness_probe, "readinessProbe", ProbeKind::Readiness)?;
         let startup_probe = probe(&c.startup_probe, "startupProbe", ProbeKind::Startup)?;
         let security_context = self.security_context(&c.name, c.security_context.as_ref(), path)?;
+        let lifecycle =
+            self.lifecycle(c.lifecycle.as_ref(), &format!("{path}.lifecycle"), &ports)?;
+        if init && lifecycle != Lifecycle::default() {
+            return Err(field(
+                format!("{path}.lifecycle"),
+                "may not be set for init containers",
+            ));
+        }
 
         Ok(Container {
             name: c.name.clone(),
@@ -104,6 +137,9 @@ impl Ctx<'_> {
             readiness_probe,
             startup_probe,
             security_context,
+            lifecycle,
+            termination_message_path,
+            termination_message_fallback_to_logs,
         })
     }
 
@@ -329,6 +365,28 @@ mod tests {
     use super::*;
     use crate::model::convert::testing::*;
     use serde_json::json;
+
+    #[test]
+    fn termination_message_fields_convert() {
+        let spec = convert(with_container(json!({"name": "app", "image": "nginx",
+            "terminationMessagePath": "/tmp/last", "terminationMessagePolicy": "FallbackToLogsOnError"})));
+        let c = &spec.containers[0];
+        assert_eq!(c.termination_message_path.as_deref(), Some("/tmp/last"));
+        assert!(c.termination_message_fallback_to_logs);
+        // The defaults (as the apiserver fills them in) are the defaults.
+        let spec = convert(with_container(json!({"name": "app", "image": "nginx",
+            "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"})));
+        let c = &spec.containers[0];
+        assert_eq!(c.termination_message_path, None);
+        assert_eq!(c.termination_message_path(), "/dev/termination-log");
+        assert!(!c.termination_message_fallback_to_logs);
+        let mut pod = wasm(&format!("file:///m.wasm@sha256:{}", "0".repeat(64)));
+        pod["spec"]["containers"][0]["terminationMessagePath"] = json!("/tmp/last");
+        assert_eq!(
+            convert_err(pod),
+            "spec.containers[0].terminationMessagePath: not supported for wasm containers: a module has no file system of its own to write it to"
+        );
+    }
 
     #[test]
     fn pull_policy_defaults_follow_kubernetes() {

@@ -13,9 +13,9 @@ impl Ctx<'_> {
         // `value`s are expanded by the kubelet, so every other value is sent
         // escaped. (One corner differs: a variable between two definitions
         // of a name sees the later one here, the earlier one on a kubelet.)
-        let mut set = |name: String, value: String| match env.iter_mut().find(|e| e.name == name) {
-            Some(existing) => existing.value = value,
-            None => env.push(EnvVar { name, value }),
+        let mut set = |var: EnvVar| match env.iter_mut().find(|e| e.name == var.name) {
+            Some(existing) => *existing = var,
+            None => env.push(var),
         };
 
         // envFrom first; env overrides it.
@@ -51,7 +51,7 @@ impl Ctx<'_> {
             };
             for (key, value) in data {
                 let value = utf8(value, kind, name, &key, &ref_path)?;
-                set(format!("{prefix}{key}"), escape(&value));
+                set(EnvVar::new(format!("{prefix}{key}"), escape(&value)));
             }
         }
 
@@ -64,7 +64,10 @@ impl Ctx<'_> {
                 return Err(field(format!("{path}.name"), "must not contain '='"));
             }
             let Some(source) = &e.value_from else {
-                set(e.name.clone(), e.value.clone().unwrap_or_default());
+                set(EnvVar::new(
+                    e.name.clone(),
+                    e.value.clone().unwrap_or_default(),
+                ));
                 continue;
             };
             if e.value.as_ref().is_some_and(|v| !v.is_empty()) {
@@ -73,10 +76,37 @@ impl Ctx<'_> {
                     "may not be specified when value is not empty",
                 ));
             }
-            if let Some(value) =
+            // The pod's and the node's addresses are known on the device
+            // only: the agent reads them at each container start.
+            let status = source.field_ref.as_ref().and_then(|f| {
+                [
+                    StatusField::PodIp,
+                    StatusField::PodIps,
+                    StatusField::HostIp,
+                    StatusField::HostIps,
+                ]
+                .into_iter()
+                .find(|s| s.as_str() == f.field_path)
+                .filter(|_| {
+                    f.api_version
+                        .as_deref()
+                        .is_none_or(|v| v.is_empty() || v == "v1")
+                })
+            });
+            if let Some(status) = status
+                && source.config_map_key_ref.is_none()
+                && source.secret_key_ref.is_none()
+                && source.resource_field_ref.is_none()
+            {
+                set(EnvVar {
+                    name: e.name.clone(),
+                    value: String::new(),
+                    field: Some(status),
+                });
+            } else if let Some(value) =
                 self.env_value_from(source, &c.name, &format!("{path}.valueFrom"))?
             {
-                set(e.name.clone(), escape(&value));
+                set(EnvVar::new(e.name.clone(), escape(&value)));
             }
         }
         Ok(env)
@@ -315,12 +345,6 @@ impl Ctx<'_> {
                 .clone()
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| "default".into())),
-            "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => Err(field(
-                fp,
-                format!(
-                    "{field_path} is only known on the node and is not supported on kedge nodes"
-                ),
-            )),
             _ => {
                 if let Some(key) = bracketed("metadata.labels") {
                     let labels = meta.labels.as_ref();
@@ -508,6 +532,52 @@ mod tests {
         );
     }
 
+    /// The pod's and the node's addresses are known on the device only:
+    /// they travel as status fields the agent reads at container start.
+    #[test]
+    fn status_field_refs_travel_as_fields() {
+        use crate::model::{EnvVar, StatusField};
+        let field_env = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+        let spec = convert(with_container(
+            json!({"name": "app", "image": "nginx", "env": [
+                field_env("POD_IP", "status.podIP"),
+                field_env("POD_IPS", "status.podIPs"),
+                field_env("HOST_IP", "status.hostIP"),
+                field_env("HOST_IPS", "status.hostIPs"),
+                {"name": "URL", "value": "http://$(POD_IP)"}
+            ]}),
+        ));
+        let field = |name: &str, field: StatusField| EnvVar {
+            name: name.into(),
+            value: String::new(),
+            field: Some(field),
+        };
+        assert_eq!(
+            spec.containers[0].env,
+            [
+                field("POD_IP", StatusField::PodIp),
+                field("POD_IPS", StatusField::PodIps),
+                field("HOST_IP", StatusField::HostIp),
+                field("HOST_IPS", StatusField::HostIps),
+                EnvVar::new("URL", "http://$(POD_IP)"),
+            ]
+        );
+        // A later plain value of the same name replaces the field.
+        let spec = convert(with_container(
+            json!({"name": "app", "image": "nginx", "env": [
+            field_env("IP", "status.podIP"), {"name": "IP", "value": "x"}]}),
+        ));
+        assert_eq!(spec.containers[0].env, [EnvVar::new("IP", "x")]);
+        let err = convert_err(with_container(
+            json!({"name": "app", "image": "nginx", "env": [
+            {"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP", "apiVersion": "v2"}}}]}),
+        ));
+        assert_eq!(
+            err,
+            "spec.containers[0].env[0].valueFrom.fieldRef.apiVersion: unsupported apiVersion \"v2\" (use v1)"
+        );
+    }
+
     /// Only literal values are templates: what comes from a ConfigMap, a
     /// Secret or the downward API is sent escaped, so the agent's expansion
     /// gives it back as it was (the kubelet expands only `value`).
@@ -540,7 +610,8 @@ mod tests {
                 ("LITERAL", "$(PASSWORD)-$$"),
             ]
         );
-        let running = crate::model::expansion::expand_container(&spec.containers[0]);
+        let running =
+            crate::model::expansion::expand_container(&spec.containers[0], &Default::default());
         let env: Vec<&str> = running.env.iter().map(|e| e.value.as_str()).collect();
         assert_eq!(env, ["$(HOME) costs $$5", "pa$$(word)", "pa$$(word)-$"]);
     }

@@ -3,7 +3,7 @@
 //!
 //! The rules follow the kubelet's: Kubernetes defaults are applied, a field the
 //! agent cannot honour is rejected with its exact field path
-//! (`spec.containers[0].lifecycle: not supported on kedge nodes`), and fields
+//! (`spec.containers[0].stdin: not supported on kedge nodes`), and fields
 //! that only matter to a scheduler or to the cluster are accepted and ignored.
 //!
 //! References to cluster objects (ConfigMaps, Secrets, image pull secrets) are
@@ -26,9 +26,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    Container, ContainerPort, EnvVar, HostPathType, PodSpec, Probe, ProbeHandler, PullPolicy,
-    Resources, RestartPolicy, RuntimeKind, SecurityContext, SecurityProfile, Volume, VolumeMount,
-    VolumeSource, WASM_RUNTIME_CLASS,
+    Container, ContainerPort, DEFAULT_TERMINATION_MESSAGE_PATH, EnvVar, Hook, HostPathType,
+    Lifecycle, PodSpec, Probe, ProbeHandler, PullPolicy, Resources, RestartPolicy, RuntimeKind,
+    SecurityContext, SecurityProfile, StatusField, Volume, VolumeMount, VolumeSource,
+    WASM_RUNTIME_CLASS,
 };
 use crate::model::validate::{LABEL_RULE, SUBDOMAIN_RULE, is_dns1123_label, is_dns1123_subdomain};
 
@@ -55,7 +56,7 @@ pub use volumes::{SERVICE_ACCOUNT_TOKEN_NOT_MOUNTED, TOKEN_MOUNT_PATH};
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConvertError {
     /// A field of a pod that cannot be converted, e.g.
-    /// `spec.containers[0].lifecycle: not supported on kedge nodes`.
+    /// `spec.containers[0].stdin: not supported on kedge nodes`.
     #[error("{path}: {message}")]
     Field { path: String, message: String },
     /// A document of a manifest file that cannot be parsed or is not a v1 Pod.

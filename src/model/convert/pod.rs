@@ -508,16 +508,7 @@ status: {}
         assert_eq!(c.working_dir.as_deref(), Some("/srv"));
         assert_eq!(
             c.env,
-            [
-                EnvVar {
-                    name: "A".into(),
-                    value: "2".into()
-                },
-                EnvVar {
-                    name: "B".into(),
-                    value: String::new()
-                },
-            ]
+            [EnvVar::new("A", "2"), EnvVar::new("B", String::new()),]
         );
         // With the host network, the host port defaults to the container port.
         assert_eq!(
@@ -574,9 +565,47 @@ status: {}
         let cases: Vec<(Value, &str)> = vec![
             (
                 with_container(app(
-                    json!({"lifecycle": {"preStop": {"exec": {"command": ["x"]}}}}),
+                    json!({"lifecycle": {"preStop": {"tcpSocket": {"port": 80}}}}),
                 )),
-                "spec.containers[0].lifecycle: not supported on kedge nodes",
+                "spec.containers[0].lifecycle.preStop.tcpSocket: tcpSocket is deprecated as a lifecycle hook handler and not supported: use exec, httpGet or sleep",
+            ),
+            (
+                with_container(app(json!({"lifecycle": {"postStart": {}}}))),
+                "spec.containers[0].lifecycle.postStart: must specify a handler type (exec, httpGet or sleep)",
+            ),
+            (
+                with_container(app(json!({"lifecycle": {"postStart": {
+                    "exec": {"command": ["x"]}, "sleep": {"seconds": 1}}}}))),
+                "spec.containers[0].lifecycle.postStart: may not specify more than 1 handler type",
+            ),
+            (
+                with_container(app(
+                    json!({"lifecycle": {"preStop": {"sleep": {"seconds": -1}}}}),
+                )),
+                "spec.containers[0].lifecycle.preStop.sleep.seconds: must not be negative",
+            ),
+            (
+                with_container(app(
+                    json!({"lifecycle": {"preStop": {"exec": {"command": []}}}}),
+                )),
+                "spec.containers[0].lifecycle.preStop.exec.command: required",
+            ),
+            (
+                with_container(app(json!({"lifecycle": {"stopSignal": "SIGUSR1"}}))),
+                "spec.containers[0].lifecycle.stopSignal: not supported on kedge nodes",
+            ),
+            (
+                json!({"spec": {"initContainers": [{"name": "i0", "image": "busybox:1",
+                    "lifecycle": {"postStart": {"sleep": {"seconds": 1}}}}]}}),
+                "spec.initContainers[0].lifecycle: may not be set for init containers",
+            ),
+            (
+                with_container(app(json!({"terminationMessagePath": "relative/log"}))),
+                "spec.containers[0].terminationMessagePath: must be an absolute path",
+            ),
+            (
+                with_container(app(json!({"terminationMessagePolicy": "Sometimes"}))),
+                "spec.containers[0].terminationMessagePolicy: unknown policy \"Sometimes\" (use File or FallbackToLogsOnError)",
             ),
             (
                 json!({"spec": {"initContainers": [
@@ -698,12 +727,6 @@ status: {}
                     json!({"env": [{"name": "X", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}]}),
                 )),
                 "spec.containers[0].env[0].valueFrom.resourceFieldRef.resource: container \"app\" has no cpu limit: a kubelet would use the node's allocatable cpu, which is not known before the pod reaches the node (set resources.limits.cpu)",
-            ),
-            (
-                with_container(app(
-                    json!({"env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]}),
-                )),
-                "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: status.podIP is only known on the node and is not supported on kedge nodes",
             ),
             (
                 with_container(app(

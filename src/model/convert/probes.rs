@@ -57,35 +57,7 @@ impl Ctx<'_> {
             }
             ProbeHandler::Exec { command }
         } else if let Some(http) = &p.http_get {
-            let path = format!("{path}.httpGet");
-            let https = match http.scheme.as_deref() {
-                None | Some("" | "HTTP") => false,
-                Some("HTTPS") => true,
-                Some(other) => {
-                    return Err(field(
-                        format!("{path}.scheme"),
-                        format!("unknown scheme {other:?} (use HTTP or HTTPS)"),
-                    ));
-                }
-            };
-            let mut headers = Vec::new();
-            for (k, h) in http.http_headers.iter().flatten().enumerate() {
-                if h.name.is_empty() {
-                    return Err(field(format!("{path}.httpHeaders[{k}].name"), "required"));
-                }
-                headers.push((h.name.clone(), h.value.clone()));
-            }
-            ProbeHandler::HttpGet {
-                path: http
-                    .path
-                    .clone()
-                    .filter(|p| !p.is_empty())
-                    .unwrap_or_else(|| "/".into()),
-                port: probe_port(&http.port, ports, &format!("{path}.port"))?,
-                host: http.host.clone().filter(|h| !h.is_empty()),
-                https,
-                headers,
-            }
+            http_get(http, &format!("{path}.httpGet"), ports)?
         } else if let Some(tcp) = &p.tcp_socket {
             let path = format!("{path}.tcpSocket");
             ProbeHandler::TcpSocket {
@@ -138,6 +110,128 @@ impl Ctx<'_> {
     }
 }
 
+/// An `httpGet` action, of a probe or a lifecycle hook.
+fn http_get(
+    http: &k8s::HTTPGetAction,
+    path: &str,
+    ports: &[ContainerPort],
+) -> Result<ProbeHandler, ConvertError> {
+    let https = match http.scheme.as_deref() {
+        None | Some("" | "HTTP") => false,
+        Some("HTTPS") => true,
+        Some(other) => {
+            return Err(field(
+                format!("{path}.scheme"),
+                format!("unknown scheme {other:?} (use HTTP or HTTPS)"),
+            ));
+        }
+    };
+    let mut headers = Vec::new();
+    for (k, h) in http.http_headers.iter().flatten().enumerate() {
+        if h.name.is_empty() {
+            return Err(field(format!("{path}.httpHeaders[{k}].name"), "required"));
+        }
+        headers.push((h.name.clone(), h.value.clone()));
+    }
+    Ok(ProbeHandler::HttpGet {
+        path: http
+            .path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "/".into()),
+        port: probe_port(&http.port, ports, &format!("{path}.port"))?,
+        host: http.host.clone().filter(|h| !h.is_empty()),
+        https,
+        headers,
+    })
+}
+
+impl Ctx<'_> {
+    /// `lifecycle`: postStart and preStop hooks (exec, httpGet, sleep; the
+    /// deprecated tcpSocket is refused).
+    pub(super) fn lifecycle(
+        &self,
+        l: Option<&k8s::Lifecycle>,
+        path: &str,
+        ports: &[ContainerPort],
+    ) -> Result<Lifecycle, ConvertError> {
+        let Some(l) = l else {
+            return Ok(Lifecycle::default());
+        };
+        if l.stop_signal.is_some() {
+            return Err(unsupported(format!("{path}.stopSignal")));
+        }
+        let hook = |h: &Option<k8s::LifecycleHandler>, name: &str| {
+            h.as_ref()
+                .map(|h| self.hook(h, &format!("{path}.{name}"), ports))
+                .transpose()
+        };
+        Ok(Lifecycle {
+            post_start: hook(&l.post_start, "postStart")?,
+            pre_stop: hook(&l.pre_stop, "preStop")?,
+        })
+    }
+
+    fn hook(
+        &self,
+        h: &k8s::LifecycleHandler,
+        path: &str,
+        ports: &[ContainerPort],
+    ) -> Result<Hook, ConvertError> {
+        if h.tcp_socket.is_some() {
+            return Err(field(
+                format!("{path}.tcpSocket"),
+                "tcpSocket is deprecated as a lifecycle hook handler and not supported: use exec, httpGet or sleep",
+            ));
+        }
+        let count = [h.exec.is_some(), h.http_get.is_some(), h.sleep.is_some()]
+            .iter()
+            .filter(|s| **s)
+            .count();
+        if count == 0 {
+            return Err(field(
+                path,
+                "must specify a handler type (exec, httpGet or sleep)",
+            ));
+        }
+        if count > 1 {
+            return Err(field(path, "may not specify more than 1 handler type"));
+        }
+        if let Some(exec) = &h.exec {
+            let path = format!("{path}.exec");
+            if self.runtime == RuntimeKind::Wasm {
+                return Err(field(
+                    path,
+                    "exec hooks are not supported for wasm containers: a module cannot be exec'd",
+                ));
+            }
+            let command = exec.command.clone().unwrap_or_default();
+            if command.is_empty() {
+                return Err(field(format!("{path}.command"), "required"));
+            }
+            return Ok(Hook::Run(ProbeHandler::Exec { command }));
+        }
+        if let Some(sleep) = &h.sleep {
+            let seconds = u32::try_from(sleep.seconds)
+                .map_err(|_| field(format!("{path}.sleep.seconds"), "must not be negative"))?;
+            return Ok(Hook::Sleep { seconds });
+        }
+        let http = h.http_get.as_ref().ok_or_else(|| field(path, "required"))?;
+        let path = format!("{path}.httpGet");
+        let handler = http_get(http, &path, ports)?;
+        // A Wasm module has no address of its own (as for probes).
+        if self.runtime == RuntimeKind::Wasm
+            && matches!(&handler, ProbeHandler::HttpGet { host: None, .. })
+        {
+            return Err(field(
+                format!("{path}.host"),
+                "required for wasm containers: a module has no network address of its own",
+            ));
+        }
+        Ok(Hook::Run(handler))
+    }
+}
+
 /// A probe's port: a number, or the name of one of the container's ports.
 pub(super) fn probe_port(
     port: &IntOrString,
@@ -168,6 +262,69 @@ mod tests {
     use super::*;
     use crate::model::convert::testing::*;
     use serde_json::json;
+
+    #[test]
+    fn lifecycle_hooks_convert_with_the_probe_handlers_and_sleep() {
+        let spec = convert(with_container(json!({"name": "app", "image": "nginx",
+            "ports": [{"containerPort": 8080, "name": "http"}],
+            "lifecycle": {
+                "postStart": {"exec": {"command": ["sh", "-c", "touch /ready"]}},
+                "preStop": {"httpGet": {"port": "http", "path": "/drain"}}
+            }
+        })));
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.lifecycle,
+            Lifecycle {
+                post_start: Some(Hook::Run(ProbeHandler::Exec {
+                    command: vec!["sh".into(), "-c".into(), "touch /ready".into()]
+                })),
+                pre_stop: Some(Hook::Run(ProbeHandler::HttpGet {
+                    path: "/drain".into(),
+                    port: 8080,
+                    host: None,
+                    https: false,
+                    headers: vec![],
+                })),
+            }
+        );
+        let spec = convert(with_container(json!({"name": "app", "image": "nginx",
+            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}})));
+        assert_eq!(
+            spec.containers[0].lifecycle.pre_stop,
+            Some(Hook::Sleep { seconds: 5 })
+        );
+        // None given: none.
+        let spec = convert(with_container(json!({"name": "app", "image": "nginx"})));
+        assert_eq!(spec.containers[0].lifecycle, Lifecycle::default());
+    }
+
+    /// A Wasm module cannot be exec'd and has no address of its own; a
+    /// sleep, or an HTTP hook to a given host, it can have.
+    #[test]
+    fn wasm_hooks_refuse_exec_and_keep_sleep() {
+        let hooks = |lifecycle: serde_json::Value| {
+            let mut pod = wasm(&format!("file:///m.wasm@sha256:{}", "0".repeat(64)));
+            pod["spec"]["containers"][0]["lifecycle"] = lifecycle;
+            pod
+        };
+        assert_eq!(
+            convert_err(hooks(json!({"postStart": {"exec": {"command": ["x"]}}}))),
+            "spec.containers[0].lifecycle.postStart.exec: exec hooks are not supported for wasm containers: a module cannot be exec'd"
+        );
+        assert_eq!(
+            convert_err(hooks(json!({"preStop": {"httpGet": {"port": 80}}}))),
+            "spec.containers[0].lifecycle.preStop.httpGet.host: required for wasm containers: a module has no network address of its own"
+        );
+        let spec = convert(hooks(json!({"preStop": {"sleep": {"seconds": 2}},
+            "postStart": {"httpGet": {"port": 80, "host": "127.0.0.1"}}})));
+        let l = &spec.containers[0].lifecycle;
+        assert_eq!(l.pre_stop, Some(Hook::Sleep { seconds: 2 }));
+        assert!(matches!(
+            l.post_start,
+            Some(Hook::Run(ProbeHandler::HttpGet { .. }))
+        ));
+    }
 
     #[test]
     fn probes_get_defaults_and_named_ports() {

@@ -497,6 +497,13 @@ impl CriRuntime {
             .await?;
         std::fs::create_dir_all(spec::log_directory(&pod.pod_dir).join(&container.name))
             .map_err(|e| RuntimeError::Create(format!("cannot create the log directory: {e}")))?;
+        // The termination message file, writable by any user of the
+        // container (the kubelet's mode).
+        let message_file =
+            crate::runtime::termination_log_path(&pod.pod_dir, &container.name, restart_count);
+        make_termination_log(&message_file).map_err(|e| {
+            RuntimeError::Create(format!("cannot create the termination message file: {e}"))
+        })?;
         let config = spec::container_config(
             &pod.spec,
             &pod.pod_dir,
@@ -609,6 +616,16 @@ impl CriRuntime {
             }
         }
     }
+}
+
+/// An empty file, mode 0666, in a directory made if needed.
+fn make_termination_log(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::File::create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
 }
 
 fn remove_cgroup_tree(dir: &std::path::Path) {

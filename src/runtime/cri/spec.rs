@@ -276,6 +276,15 @@ pub fn container_config(
             ..Default::default()
         });
     }
+    // The termination message file (`start_inner` makes it), as the
+    // kubelet mounts it.
+    mounts.push(cri::Mount {
+        container_path: container.termination_message_path().to_string(),
+        host_path: crate::runtime::termination_log_path(pod_dir, &container.name, restart_count)
+            .display()
+            .to_string(),
+        ..Default::default()
+    });
     let sc = container.security_context.clone().unwrap_or_default();
     let seccomp = seccomp_profile(sc.seccomp_profile.as_ref(), profiles);
     let (apparmor, apparmor_profile) = app_armor_profile(sc.app_armor_profile.as_ref());
@@ -390,10 +399,7 @@ mod tests {
             command: vec!["/bin/sh".into()],
             args: vec!["-c".into(), "echo hi".into()],
             working_dir: Some("/tmp".into()),
-            env: vec![crate::model::EnvVar {
-                name: "A".into(),
-                value: "1".into(),
-            }],
+            env: vec![crate::model::EnvVar::new("A", "1")],
             volume_mounts: vec![VolumeMount {
                 name: "data".into(),
                 mount_path: "/data".into(),
@@ -426,6 +432,9 @@ mod tests {
                 seccomp_profile: None,
                 app_armor_profile: None,
             }),
+            lifecycle: Default::default(),
+            termination_message_path: None,
+            termination_message_fallback_to_logs: false,
         }
     }
 

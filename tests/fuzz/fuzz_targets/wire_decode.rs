@@ -27,8 +27,8 @@
 use std::fmt::Debug;
 
 use kedge::model::{
-    DesiredIndex, Event, FleetDeployment, FleetReport, LogChunk, LogRequest, NodeLabels,
-    NodeStatus, PodSpec, PodStatus, SealedPod, StatsReply, StatsRequest, ExecReply, ExecRequest,
+    DesiredIndex, Event, ExecReply, ExecRequest, FleetDeployment, FleetReport, LogChunk,
+    LogRequest, NodeLabels, NodeStatus, PodSpec, PodStatus, SealedPod, StatsReply, StatsRequest,
     StreamClose, StreamData, StreamExec, StreamOpen, StreamWindow,
 };
 use kedge::wire::{self, Envelope, WireError, WireMessage};
@@ -73,12 +73,15 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(Envelope {
         message: wire::Message::SealedPod(sealed),
+        version,
         ..
     }) = &decoded
     {
         static KEY: std::sync::OnceLock<kedge::seal::KeyPair> = std::sync::OnceLock::new();
         let key = KEY.get_or_init(|| kedge::seal::KeyPair::from_seed(&[7; 32]));
-        if let Ok(spec) = kedge::seal::open_pod(key, "kedge/v1/gw1/desired/default/web", sealed) {
+        if let Ok(spec) =
+            kedge::seal::open_pod(key, "kedge/v1/gw1/desired/default/web", sealed, *version)
+        {
             assert_eq!(spec.uid, sealed.uid);
             assert_eq!(spec.labels, sealed.labels);
         }
