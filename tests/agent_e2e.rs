@@ -1612,6 +1612,95 @@ spec:
     );
 }
 
+/// downwardAPI and projected volumes are files fixed by `kedge apply`
+/// (ConfigMap from the same file, labels in the kubelet's format, a
+/// resource limit over its divisor), written by the agent at nested paths
+/// with the volume's mode, and read by the module.
+#[test]
+fn downward_api_and_projected_files_reach_the_module() {
+    let env = Env::start("gw-proj");
+    let module = p1();
+    let image = format!(
+        "file://{}@sha256:{}",
+        module.display(),
+        sha256_file(&module)
+    );
+    let reader = |name: &str, file: &str| {
+        format!(
+            "  - name: {name}\n    image: {image}\n    args: [read, {file}]\n    resources: {{limits: {{memory: 64Mi}}}}\n    volumeMounts: [{{name: info, mountPath: /info, readOnly: true}}, {{name: pod, mountPath: /pod}}]\n"
+        )
+    };
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: app-config}}
+data: {{level: debug}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: proj
+  labels: {{app: web, tier: edge}}
+  annotations: {{note: "say \"hi\"\n"}}
+spec:
+  runtimeClassName: kedge-wasm
+  restartPolicy: Never
+  containers:
+{level}{labels}{annotations}{memory}{name}  volumes:
+  - name: info
+    projected:
+      defaultMode: 0o440
+      sources:
+      - configMap:
+          name: app-config
+          items: [{{key: level, path: conf/level}}]
+      - downwardAPI:
+          items:
+          - {{path: meta/labels, fieldRef: {{fieldPath: metadata.labels}}}}
+          - {{path: meta/annotations, fieldRef: {{fieldPath: metadata.annotations}}}}
+          - path: mem-mi
+            resourceFieldRef: {{containerName: memory, resource: limits.memory, divisor: 1Mi}}
+  - name: pod
+    downwardAPI:
+      items: [{{path: name, fieldRef: {{fieldPath: metadata.name}}}}]
+"#,
+        level = reader("level", "/info/conf/level"),
+        labels = reader("labels", "/info/meta/labels"),
+        annotations = reader("annotations", "/info/meta/annotations"),
+        memory = reader("memory", "/info/mem-mi"),
+        name = reader("name", "/pod/name"),
+    );
+    env.apply(&manifest);
+    let s = env.wait_status("proj Succeeded", "proj", |s| phase(s) == "Succeeded");
+    for (c, want) in [
+        ("level", "debug"),
+        ("labels", "app=\"web\"\ntier=\"edge\""),
+        ("annotations", r#"note="say \"hi\"\n""#),
+        ("memory", "64"),
+        ("name", "proj"),
+    ] {
+        // The file has no newline at its end; the log's line has one.
+        assert_eq!(
+            env.cli_ok(&["logs", "proj", "-c", c]),
+            format!("{want}\n"),
+            "{s}"
+        );
+    }
+    // On the device: the nested path, with the volume's mode.
+    use std::os::unix::fs::PermissionsExt;
+    let uid = s["uid"].as_str().expect("uid");
+    let level = env.dir.path().join(format!(
+        "data/pods/default_proj_{uid}/volumes/info/conf/level"
+    ));
+    let mode = std::fs::metadata(&level).expect("the file is on the device");
+    assert_eq!(
+        mode.permissions().mode() & 0o777,
+        0o440,
+        "{}",
+        level.display()
+    );
+}
+
 /// A real HTTPS server (Python's http.server behind TLS) serving `dir`.
 struct HttpsServer {
     child: std::process::Child,

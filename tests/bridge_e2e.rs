@@ -3027,6 +3027,82 @@ fn a_plain_deployment_runs_without_the_injected_token_volume_and_says_so() {
     assert!(refusals.is_empty(), "{refusals:?}");
 }
 
+/// A Deployment whose pods mount a projected volume of a cluster ConfigMap
+/// (read by the bridge by name) and downwardAPI files (the pod's labels as
+/// the apiserver made them, a memory limit over its divisor): the files
+/// reach the module on the device.
+#[test]
+fn a_deployment_with_a_projected_volume_of_a_config_map_and_the_downward_api_runs() {
+    let w = World::start(&["edge-a"]);
+    w.wait_node_ready("edge-a");
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(w.admin.clone(), "default");
+    w.create(
+        &config_maps,
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "proj-config"},
+            "data": {"level": "debug"}}),
+    );
+    let read = |name: &str, file: &str| {
+        json!({"name": name, "image": w.image, "args": ["read", file],
+            "volumeMounts": [{"name": "info", "mountPath": "/info", "readOnly": true}]})
+    };
+    let mut spec = wasm_pod_spec(
+        &w.image,
+        &["ticker", "0", "300"],
+        json!({
+            "initContainers": [
+                read("level", "/info/conf/level"),
+                read("labels", "/info/labels"),
+                read("memory", "/info/mem-mi"),
+            ],
+            "volumes": [{"name": "info", "projected": {"sources": [
+                {"configMap": {"name": "proj-config", "items": [{"key": "level", "path": "conf/level"}]}},
+                {"downwardAPI": {"items": [
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                    {"path": "mem-mi", "resourceFieldRef": {"containerName": "main",
+                        "resource": "limits.memory", "divisor": "1Mi"}}
+                ]}}
+            ]}}],
+        }),
+    );
+    spec["containers"][0]["resources"] = json!({"limits": {"memory": "64Mi"}});
+    let deployments: Api<Deployment> = Api::namespaced(w.admin.clone(), "default");
+    w.create(
+        &deployments,
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "projected"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "projected"}},
+                "template": {"metadata": {"labels": {"app": "projected"}}, "spec": spec},
+            },
+        }),
+    );
+    let pod = w.wait_or_dump("the projected pod Running and Ready", || {
+        let pods = w.list_pods("app=projected");
+        (pods.len() == 1 && pods.iter().all(pod_ready)).then(|| pods[0].clone())
+    });
+    let name = pod.metadata.name.clone().expect("name");
+    // The labels as the apiserver made them (the ReplicaSet's hash too).
+    let labels: Vec<String> = pod
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v:?}"))
+        .collect();
+    assert!(labels.len() == 2, "{labels:?}");
+    for (container, want) in [
+        ("level", "debug".to_string()),
+        ("labels", labels.join("\n")),
+        ("memory", "64".to_string()),
+    ] {
+        let logs = w.logs(&name, container).expect("logs");
+        assert_eq!(logs.trim_end_matches('\n'), want, "{container}");
+    }
+}
+
 /// `kubectl top` on edge pods: each device's Node has a kubelet API port of
 /// its own, where the bridge serves `/stats/summary` and
 /// `/metrics/resource` from one stats request to the device; a real

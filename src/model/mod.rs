@@ -425,7 +425,8 @@ pub enum VolumeSource {
         #[serde(default)]
         kind: HostPathType,
     },
-    /// ConfigMap or Secret content, resolved by the sender: file name → bytes.
+    /// configMap, secret, downwardAPI or projected volume content, resolved
+    /// by the sender: relative file path → bytes, all of `default_mode`.
     Files {
         files: Vec<(String, Vec<u8>)>,
         default_mode: u32,

@@ -1,4 +1,6 @@
-//! Environment variables: values, ConfigMap and Secret references, field references.
+//! Environment variables: values, ConfigMap and Secret references, field
+//! and resource references (the downward API, shared with downwardAPI
+//! volumes).
 
 use super::*;
 use crate::model::expansion::escape;
@@ -101,7 +103,9 @@ impl Ctx<'_> {
                     value: String::new(),
                     field: Some(status),
                 });
-            } else if let Some(value) = self.env_value_from(source, &format!("{path}.valueFrom"))? {
+            } else if let Some(value) =
+                self.env_value_from(source, &c.name, &format!("{path}.valueFrom"))?
+            {
                 set(EnvVar::new(e.name.clone(), escape(&value)));
             }
         }
@@ -112,6 +116,7 @@ impl Ctx<'_> {
     pub(super) fn env_value_from(
         &self,
         source: &k8s::EnvVarSource,
+        container: &str,
         path: &str,
     ) -> Result<Option<String>, ConvertError> {
         let count = [
@@ -169,10 +174,139 @@ impl Ctx<'_> {
                 .field_ref(field_ref, &format!("{path}.fieldRef"))
                 .map(Some);
         }
-        Err(field(
-            format!("{path}.resourceFieldRef"),
-            "not supported on kedge nodes",
-        ))
+        let r = source.resource_field_ref.as_ref();
+        r.map(|r| self.resource_field_ref(r, Some(container), &format!("{path}.resourceFieldRef")))
+            .transpose()
+    }
+
+    /// A downwardAPI volume file's `fieldRef`: the fields the apiserver
+    /// allows there, the whole label and annotation maps in the kubelet's
+    /// format ([`format_map`]).
+    pub(super) fn volume_field_ref(
+        &self,
+        selector: &k8s::ObjectFieldSelector,
+        path: &str,
+    ) -> Result<String, ConvertError> {
+        check_api_version(selector, path)?;
+        let meta = &self.pod.metadata;
+        let field_path = selector.field_path.as_str();
+        match field_path {
+            "metadata.labels" => Ok(format_map(meta.labels.as_ref())),
+            "metadata.annotations" => Ok(format_map(meta.annotations.as_ref())),
+            "metadata.name" | "metadata.namespace" | "metadata.uid" => {
+                self.field_ref(selector, path)
+            }
+            _ if field_path.starts_with("metadata.labels[")
+                || field_path.starts_with("metadata.annotations[") =>
+            {
+                self.field_ref(selector, path)
+            }
+            _ => Err(field(
+                format!("{path}.fieldPath"),
+                format!(
+                    "Unsupported value: {field_path:?}: supported values: \"metadata.annotations\", \"metadata.labels\", \"metadata.name\", \"metadata.namespace\", \"metadata.uid\""
+                ),
+            )),
+        }
+    }
+
+    /// A `resourceFieldRef` as the kubelet computes it: the container's
+    /// limit or request divided by `divisor`, rounded up. `container` is
+    /// the default for an empty `containerName` (env only). A limit not
+    /// set is the node's allocatable on a kubelet, which is not known
+    /// here: refused.
+    pub(super) fn resource_field_ref(
+        &self,
+        r: &k8s::ResourceFieldSelector,
+        container: Option<&str>,
+        path: &str,
+    ) -> Result<String, ConvertError> {
+        let name = r.container_name.as_deref().filter(|n| !n.is_empty());
+        let name = name
+            .or(container)
+            .ok_or_else(|| field(format!("{path}.containerName"), "Required value"))?;
+        let spec = self.spec;
+        let c = (spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten()))
+        .find(|c| c.name == name)
+        .ok_or_else(|| {
+            field(
+                format!("{path}.containerName"),
+                format!("container {name:?} not found in the pod"),
+            )
+        })?;
+        let resource_path = format!("{path}.resource");
+        let (which, resource) = match r.resource.split_once('.') {
+            Some((w @ ("limits" | "requests"), res @ ("cpu" | "memory" | "ephemeral-storage"))) => {
+                (w, res)
+            }
+            _ => {
+                return Err(field(
+                    resource_path,
+                    format!(
+                        "Unsupported value: {:?}: supported values: \"limits.cpu\", \"limits.ephemeral-storage\", \"limits.memory\", \"requests.cpu\", \"requests.ephemeral-storage\", \"requests.memory\"",
+                        r.resource
+                    ),
+                ));
+            }
+        };
+        let cpu = resource == "cpu";
+        let units = |q: &str| if cpu { cpu_millis(q) } else { bytes(q) };
+        // An unset (or zero) divisor is 1.
+        let divisor = match r.divisor.as_ref().map(|d| units(&d.0)) {
+            None | Some(Ok(0)) => Ok(if cpu { 1000 } else { 1 }),
+            Some(Ok(d))
+                if if cpu {
+                    d == 1 || d == 1000
+                } else {
+                    (1..=6).any(|k| d == 1000u64.pow(k) || d == 1u64 << (10 * k)) || d == 1
+                } =>
+            {
+                Ok(d)
+            }
+            _ => Err(field(
+                format!("{path}.divisor"),
+                format!(
+                    "Invalid value: {:?}: only divisor's values {} are supported with the {} resource",
+                    r.resource,
+                    if cpu {
+                        "1m and 1"
+                    } else {
+                        "1, 1k, 1M, 1G, 1T, 1P, 1E, 1Ki, 1Mi, 1Gi, 1Ti, 1Pi, 1Ei"
+                    },
+                    match resource {
+                        "ephemeral-storage" => "local ephemeral storage",
+                        other => other,
+                    }
+                ),
+            )),
+        }?;
+        let resources = c.resources.as_ref();
+        let limit = resources
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|m| m.get(resource));
+        // A request not set is its limit (the apiserver's default), or none.
+        let quantity = match which {
+            "limits" => Some(limit.ok_or_else(|| {
+                field(
+                    &resource_path,
+                    format!(
+                        "container {name:?} has no {resource} limit: a kubelet would use the node's allocatable {resource}, which is not known before the pod reaches the node (set resources.limits.{resource})"
+                    ),
+                )
+            })?),
+            _ => resources
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|m| m.get(resource))
+                .or(limit),
+        };
+        let value = match quantity {
+            None => 0,
+            Some(q) => units(&q.0).map_err(|m| field(&resource_path, m))?,
+        };
+        Ok(value.div_ceil(divisor).to_string())
     }
 
     /// Downward API values that are known before the pod reaches the node.
@@ -181,15 +315,7 @@ impl Ctx<'_> {
         selector: &k8s::ObjectFieldSelector,
         path: &str,
     ) -> Result<String, ConvertError> {
-        if let Some(version) = selector.api_version.as_deref()
-            && !version.is_empty()
-            && version != "v1"
-        {
-            return Err(field(
-                format!("{path}.apiVersion"),
-                format!("unsupported apiVersion {version:?} (use v1)"),
-            ));
-        }
+        check_api_version(selector, path)?;
         let field_path = selector.field_path.as_str();
         let fp = format!("{path}.fieldPath");
         let bracketed = |prefix: &str| {
@@ -235,6 +361,72 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+fn check_api_version(selector: &k8s::ObjectFieldSelector, path: &str) -> Result<(), ConvertError> {
+    match selector.api_version.as_deref() {
+        Some(version) if !version.is_empty() && version != "v1" => Err(field(
+            format!("{path}.apiVersion"),
+            format!("unsupported apiVersion {version:?} (use v1)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Labels or annotations as the kubelet writes them in a downwardAPI file
+/// (`fieldpath.FormatMap`): `key="value"` lines sorted by key, no newline
+/// after the last, each value quoted as Go's `strconv.Quote` does.
+pub(super) fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for (key, value) in map.into_iter().flatten() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(key);
+        out.push_str("=\"");
+        for c in value.chars() {
+            let code = u32::from(c);
+            let escaped = match c {
+                '"' => "\\\"",
+                '\\' => "\\\\",
+                '\x07' => "\\a",
+                '\x08' => "\\b",
+                '\x0c' => "\\f",
+                '\n' => "\\n",
+                '\r' => "\\r",
+                '\t' => "\\t",
+                '\x0b' => "\\v",
+                _ => "",
+            };
+            let (prefix, width) = match code {
+                0x20..0x7f => ("", 0),
+                0..0x80 => ("\\x", 2),
+                _ if is_printable(c) => ("", 0),
+                0x80..0x10000 => ("\\u", 4),
+                _ => ("\\U", 8),
+            };
+            if !escaped.is_empty() {
+                out.push_str(escaped);
+            } else if width == 0 {
+                out.push(c);
+            } else {
+                let _ = write!(out, "{prefix}{code:0width$x}");
+            }
+        }
+        out.push('"');
+    }
+    out
+}
+
+/// Go's `unicode.IsPrint` for a non-ASCII character: not a control, format,
+/// private-use, unassigned or separator character. Rust's `escape_debug`
+/// leaves exactly those characters as they are (after the first character
+/// of a string, where it escapes combining marks too).
+fn is_printable(c: char) -> bool {
+    let mut buf = [b'a'; 5];
+    let len = c.encode_utf8(&mut buf[1..]).len();
+    std::str::from_utf8(&buf[..=len]).is_ok_and(|s| s.escape_debug().count() == 2)
 }
 
 pub(super) fn utf8(

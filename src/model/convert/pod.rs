@@ -726,7 +726,7 @@ status: {}
                 with_container(app(
                     json!({"env": [{"name": "X", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}]}),
                 )),
-                "spec.containers[0].env[0].valueFrom.resourceFieldRef: not supported on kedge nodes",
+                "spec.containers[0].env[0].valueFrom.resourceFieldRef.resource: container \"app\" has no cpu limit: a kubelet would use the node's allocatable cpu, which is not known before the pod reaches the node (set resources.limits.cpu)",
             ),
             (
                 with_container(app(
@@ -744,7 +744,7 @@ status: {}
             ),
             (
                 json!({"spec": {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "pvc"}}]}}),
-                "spec.volumes[0].persistentVolumeClaim: volume type not supported on kedge nodes (use emptyDir, hostPath, configMap or secret)",
+                "spec.volumes[0].persistentVolumeClaim: volume type not supported on kedge nodes (use emptyDir, hostPath, configMap, secret, downwardAPI or projected)",
             ),
             (
                 json!({"spec": {"volumes": [{"name": "ram", "emptyDir": {"medium": "HugePages"}}]}}),

@@ -1,5 +1,7 @@
-//! Volumes (emptyDir, hostPath, configMap, secret, projected) and volume
-//! mounts, and the service account token volume Kubernetes injects.
+//! Volumes (emptyDir, hostPath, configMap, secret, downwardAPI, projected)
+//! and volume mounts, and the service account token volume Kubernetes
+//! injects. configMap, secret, downwardAPI and projected volumes are
+//! resolved here into files ([`VolumeSource::Files`]), fixed at conversion.
 
 use super::*;
 
@@ -146,7 +148,6 @@ impl Ctx<'_> {
             (v.cephfs.is_some(), "cephfs"),
             (v.cinder.is_some(), "cinder"),
             (v.csi.is_some(), "csi"),
-            (v.downward_api.is_some(), "downwardAPI"),
             (v.ephemeral.is_some(), "ephemeral"),
             (v.fc.is_some(), "fc"),
             (v.flex_volume.is_some(), "flexVolume"),
@@ -160,7 +161,6 @@ impl Ctx<'_> {
             (v.persistent_volume_claim.is_some(), "persistentVolumeClaim"),
             (v.photon_persistent_disk.is_some(), "photonPersistentDisk"),
             (v.portworx_volume.is_some(), "portworxVolume"),
-            (v.projected.is_some(), "projected"),
             (v.quobyte.is_some(), "quobyte"),
             (v.rbd.is_some(), "rbd"),
             (v.scale_io.is_some(), "scaleIO"),
@@ -172,6 +172,8 @@ impl Ctx<'_> {
             v.host_path.is_some(),
             v.config_map.is_some(),
             v.secret.is_some(),
+            v.downward_api.is_some(),
+            v.projected.is_some(),
         ];
         let count =
             supported.iter().filter(|s| **s).count() + others.iter().filter(|(s, _)| *s).count();
@@ -195,31 +197,16 @@ impl Ctx<'_> {
         if let Some((_, source)) = others.iter().find(|(s, _)| *s) {
             return Err(field(
                 format!("{path}.{source}"),
-                "volume type not supported on kedge nodes (use emptyDir, hostPath, configMap or secret)",
+                "volume type not supported on kedge nodes (use emptyDir, hostPath, configMap, secret, downwardAPI or projected)",
             ));
         }
         let source = if let Some(host_path) = &v.host_path {
             self.host_path(host_path, &format!("{path}.hostPath"))?
-        } else if let Some(cm) = &v.config_map {
-            let path = format!("{path}.configMap");
-            self.files(
-                ObjectKind::ConfigMap,
-                &cm.name,
-                cm.optional,
-                cm.items.as_deref(),
-                cm.default_mode,
-                &path,
-            )?
-        } else if let Some(secret) = &v.secret {
-            let path = format!("{path}.secret");
-            self.files(
-                ObjectKind::Secret,
-                secret.secret_name.as_deref().unwrap_or_default(),
-                secret.optional,
-                secret.items.as_deref(),
-                secret.default_mode,
-                &path,
-            )?
+        } else if let Some((default_mode, files)) = self.file_volume(v, path)? {
+            VolumeSource::Files {
+                files: files.into_iter().collect(),
+                default_mode,
+            }
         } else {
             // No source at all defaults to an emptyDir, as in Kubernetes.
             let empty_dir = v.empty_dir.clone().unwrap_or_default();
@@ -292,85 +279,288 @@ impl Ctx<'_> {
         })
     }
 
-    /// A configMap or secret volume as resolved files.
-    pub(super) fn files(
+    /// A configMap, secret, downwardAPI or projected volume: its mode and
+    /// its files, in order; None for any other volume.
+    fn file_volume(
+        &self,
+        v: &k8s::Volume,
+        path: &str,
+    ) -> Result<Option<(u32, Files)>, ConvertError> {
+        let mut files = Files::new();
+        let mode = if let Some(cm) = &v.config_map {
+            let path = format!("{path}.configMap");
+            let mode = default_mode(cm.default_mode, &path)?;
+            let (name, optional, items) = (&cm.name, cm.optional, cm.items.as_deref());
+            let name_path = format!("{path}.name");
+            self.key_files(
+                ObjectKind::ConfigMap,
+                name,
+                optional,
+                items,
+                mode,
+                &path,
+                &name_path,
+                &mut files,
+            )?;
+            mode
+        } else if let Some(secret) = &v.secret {
+            let path = format!("{path}.secret");
+            let mode = default_mode(secret.default_mode, &path)?;
+            let name = secret.secret_name.as_deref().unwrap_or_default();
+            let name_path = format!("{path}.secretName");
+            let (optional, items) = (secret.optional, secret.items.as_deref());
+            self.key_files(
+                ObjectKind::Secret,
+                name,
+                optional,
+                items,
+                mode,
+                &path,
+                &name_path,
+                &mut files,
+            )?;
+            mode
+        } else if let Some(d) = &v.downward_api {
+            let path = format!("{path}.downwardAPI");
+            let mode = default_mode(d.default_mode, &path)?;
+            self.downward_files(d.items.as_deref(), mode, &path, &mut files)?;
+            mode
+        } else if let Some(p) = &v.projected {
+            self.projected(p, &format!("{path}.projected"), &mut files)?
+        } else {
+            return Ok(None);
+        };
+        Ok(Some((mode, files)))
+    }
+
+    /// The files of a configMap or secret volume or projection, added to
+    /// `files`: every key, or the `items` asked for.
+    #[allow(clippy::too_many_arguments)]
+    fn key_files(
         &self,
         kind: ObjectKind,
         name: &str,
         optional: Option<bool>,
         items: Option<&[k8s::KeyToPath]>,
-        default_mode: Option<i32>,
+        mode: u32,
         path: &str,
-    ) -> Result<VolumeSource, ConvertError> {
-        let default_mode = match default_mode {
-            None => 0o644,
-            Some(mode) => file_mode(mode).ok_or_else(|| {
-                field(
-                    format!("{path}.defaultMode"),
-                    "must be a file mode between 0 and 0777 (octal)",
-                )
-            })?,
-        };
+        name_path: &str,
+        files: &mut Files,
+    ) -> Result<(), ConvertError> {
+        let mut checked = Vec::new();
         for (k, item) in items.into_iter().flatten().enumerate() {
             let item_path = format!("{path}.items[{k}]");
             if item.key.is_empty() {
                 return Err(field(format!("{item_path}.key"), "required"));
             }
-            check_relative_path(&format!("{item_path}.path"), &item.path)?;
-            if let Some(mode) = item.mode
-                && file_mode(mode) != Some(default_mode)
-            {
+            checked.push(file_path(&format!("{item_path}.path"), &item.path)?);
+            item_mode(item.mode, mode, &item_path)?;
+        }
+        let Some(data) = self.lookup(kind, name, optional, name_path)? else {
+            // Optional and missing: no files, as in Kubernetes.
+            return Ok(());
+        };
+        let Some(items) = items else {
+            if let Some(key) = data.keys().find(|k| !is_file_name(k)) {
                 return Err(field(
-                    format!("{item_path}.mode"),
-                    "per-file modes are not supported on kedge nodes (use defaultMode)",
+                    name_path,
+                    format!(
+                        "{} {name:?} has key {key:?}, which is not a valid file name",
+                        kind.word()
+                    ),
                 ));
             }
-        }
-        let name_path = match kind {
-            ObjectKind::ConfigMap => format!("{path}.name"),
-            ObjectKind::Secret => format!("{path}.secretName"),
+            files.extend(data);
+            return Ok(());
         };
-        let Some(data) = self.lookup(kind, name, optional, &name_path)? else {
-            // Optional and missing: an empty volume, as in Kubernetes.
-            return Ok(VolumeSource::Files {
-                files: Vec::new(),
-                default_mode,
-            });
-        };
-        let files = match items {
-            None => {
-                if let Some(key) = data.keys().find(|k| !is_file_name(k)) {
+        for ((k, item), file) in items.iter().enumerate().zip(checked) {
+            match data.get(&item.key) {
+                Some(content) => {
+                    files.insert(file, content.clone());
+                }
+                None if optional == Some(true) => {}
+                None => {
                     return Err(field(
-                        name_path,
-                        format!(
-                            "{} {name:?} has key {key:?}, which is not a valid file name",
-                            kind.word()
-                        ),
+                        format!("{path}.items[{k}].key"),
+                        format!("key {:?} not found in {} {name:?}", item.key, kind.word()),
                     ));
                 }
-                data.into_iter().collect()
             }
-            Some(items) => {
-                let mut files = Vec::new();
-                for (k, item) in items.iter().enumerate() {
-                    match data.get(&item.key) {
-                        Some(content) => files.push((item.path.clone(), content.clone())),
-                        None if optional == Some(true) => {}
-                        None => {
-                            return Err(field(
-                                format!("{path}.items[{k}].key"),
-                                format!("key {:?} not found in {} {name:?}", item.key, kind.word()),
-                            ));
-                        }
-                    }
+        }
+        Ok(())
+    }
+
+    /// The files of a downwardAPI volume or projection, added to `files`.
+    fn downward_files(
+        &self,
+        items: Option<&[k8s::DownwardAPIVolumeFile]>,
+        mode: u32,
+        path: &str,
+        files: &mut Files,
+    ) -> Result<(), ConvertError> {
+        for (k, item) in items.into_iter().flatten().enumerate() {
+            let item_path = format!("{path}.items[{k}]");
+            let file = file_path(&format!("{item_path}.path"), &item.path)?;
+            item_mode(item.mode, mode, &item_path)?;
+            let value = match (&item.field_ref, &item.resource_field_ref) {
+                (Some(f), None) => self.volume_field_ref(f, &format!("{item_path}.fieldRef"))?,
+                (None, Some(r)) => {
+                    self.resource_field_ref(r, None, &format!("{item_path}.resourceFieldRef"))?
                 }
-                files
+                (Some(_), Some(_)) => {
+                    return Err(field(
+                        item_path,
+                        "Invalid value: \"resource\": fieldRef and resourceFieldRef can not be specified simultaneously",
+                    ));
+                }
+                (None, None) => {
+                    return Err(field(
+                        item_path,
+                        "Required value: one of fieldRef and resourceFieldRef is required",
+                    ));
+                }
+            };
+            files.insert(file, value.into_bytes());
+        }
+        Ok(())
+    }
+
+    /// A projected volume: its sources' files merged in order. An item path
+    /// given twice is refused, as the apiserver does; a key of a whole
+    /// ConfigMap or Secret that another source has too is the later
+    /// source's, as on a kubelet.
+    fn projected(
+        &self,
+        p: &k8s::ProjectedVolumeSource,
+        path: &str,
+        files: &mut Files,
+    ) -> Result<u32, ConvertError> {
+        let mode = default_mode(p.default_mode, path)?;
+        let sources = p.sources.as_deref().unwrap_or_default();
+        let mut item_paths = BTreeSet::new();
+        for (j, s) in sources.iter().enumerate() {
+            let kinds = [
+                s.config_map.is_some(),
+                s.secret.is_some(),
+                s.downward_api.is_some(),
+                s.service_account_token.is_some(),
+                s.cluster_trust_bundle.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() > 1 {
+                return Err(field(
+                    format!("{path}.sources[{j}]"),
+                    "Forbidden: may not specify more than 1 volume type per source",
+                ));
             }
-        };
-        Ok(VolumeSource::Files {
-            files,
-            default_mode,
-        })
+            if s.cluster_trust_bundle.is_some() {
+                return Err(unsupported(format!(
+                    "{path}.sources[{j}].clusterTrustBundle"
+                )));
+            }
+            let (named, paths): (&str, Vec<&str>) = if let Some(cm) = &s.config_map {
+                (
+                    &cm.name,
+                    cm.items.iter().flatten().map(|i| i.path.as_str()).collect(),
+                )
+            } else if let Some(secret) = &s.secret {
+                (
+                    &secret.name,
+                    secret
+                        .items
+                        .iter()
+                        .flatten()
+                        .map(|i| i.path.as_str())
+                        .collect(),
+                )
+            } else {
+                let items = s.downward_api.iter().flat_map(|d| d.items.iter().flatten());
+                ("", items.map(|i| i.path.as_str()).collect())
+            };
+            for p in paths.into_iter().filter(|p| !p.is_empty()) {
+                if !item_paths.insert(p) {
+                    let value = if named.is_empty() { p } else { named };
+                    return Err(field(
+                        path,
+                        format!("Invalid value: {value:?}: conflicting duplicate paths"),
+                    ));
+                }
+            }
+        }
+        for (j, s) in sources.iter().enumerate() {
+            let path = format!("{path}.sources[{j}]");
+            let keys = if let Some(cm) = &s.config_map {
+                Some((
+                    ObjectKind::ConfigMap,
+                    "configMap",
+                    &cm.name,
+                    cm.optional,
+                    &cm.items,
+                ))
+            } else {
+                (s.secret.as_ref())
+                    .map(|s| (ObjectKind::Secret, "secret", &s.name, s.optional, &s.items))
+            };
+            if let Some((kind, field, name, optional, items)) = keys {
+                let path = format!("{path}.{field}");
+                let name_path = format!("{path}.name");
+                let items = items.as_deref();
+                self.key_files(kind, name, optional, items, mode, &path, &name_path, files)?;
+            } else if let Some(d) = &s.downward_api {
+                let path = format!("{path}.downwardAPI");
+                self.downward_files(d.items.as_deref(), mode, &path, files)?;
+            }
+        }
+        Ok(mode)
+    }
+}
+
+/// A volume's files: relative path → content. A path given twice is the
+/// later file's, as in the kubelet's payload (a map).
+type Files = BTreeMap<String, Vec<u8>>;
+
+/// A volume's `defaultMode` (0644 when unset, the apiserver's default).
+fn default_mode(mode: Option<i32>, path: &str) -> Result<u32, ConvertError> {
+    match mode {
+        None => Ok(0o644),
+        Some(mode) => file_mode(mode).ok_or_else(|| {
+            field(
+                format!("{path}.defaultMode"),
+                "must be a file mode between 0 and 0777 (octal)",
+            )
+        }),
+    }
+}
+
+/// An item's own `mode`: the agent writes every file of a volume with one
+/// mode, so one that differs from the volume's is refused, never ignored.
+fn item_mode(mode: Option<i32>, default: u32, item_path: &str) -> Result<(), ConvertError> {
+    match mode.map(file_mode) {
+        None => Ok(()),
+        Some(Some(m)) if m == default => Ok(()),
+        Some(None) => Err(field(
+            format!("{item_path}.mode"),
+            "must be a file mode between 0 and 0777 (octal)",
+        )),
+        Some(Some(_)) => Err(field(
+            format!("{item_path}.mode"),
+            "per-file modes are not supported on kedge nodes (use defaultMode)",
+        )),
+    }
+}
+
+/// An item's `path` as the apiserver validates it (relative, no `..`
+/// element, not starting with `..`), cleaned as the kubelet writes it
+/// (`a//b/./c` is `a/b/c`).
+fn file_path(path: &str, value: &str) -> Result<String, ConvertError> {
+    check_relative_path(path, value)?;
+    let parts: Vec<&str> = value
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    match parts.first() {
+        None => Err(field(path, "must name a file in the volume")),
+        Some(first) if first.starts_with("..") => Err(field(path, "must not start with '..'")),
+        Some(_) => Ok(parts.join("/")),
     }
 }
 
@@ -820,6 +1010,330 @@ mod tests {
                     default_mode: 0o644
                 },
             ]
+        );
+    }
+
+    fn files(source: &VolumeSource) -> Vec<(&str, &str)> {
+        let VolumeSource::Files { files, .. } = source else {
+            panic!("not files: {source:?}");
+        };
+        files
+            .iter()
+            .map(|(n, c)| (n.as_str(), std::str::from_utf8(c).expect("utf-8")))
+            .collect()
+    }
+
+    fn mode(source: &VolumeSource) -> u32 {
+        match source {
+            VolumeSource::Files { default_mode, .. } => *default_mode,
+            other => panic!("not files: {other:?}"),
+        }
+    }
+
+    fn field_file(path: &str, field_path: &str) -> Value {
+        json!({"path": path, "fieldRef": {"apiVersion": "v1", "fieldPath": field_path}})
+    }
+
+    fn resource_file(path: &str, resource: &str, divisor: Option<&str>) -> Value {
+        let mut r = json!({"containerName": "app", "resource": resource});
+        if let Some(d) = divisor {
+            r["divisor"] = json!(d);
+        }
+        json!({"path": path, "resourceFieldRef": r})
+    }
+
+    /// A pod with one volume, its container `app` with these resources.
+    fn pod_with(volume: Value, resources: Value) -> Value {
+        json!({
+            "metadata": {"namespace": "factory", "uid": "u-1",
+                "labels": {"app": "web", "tier": "edge"},
+                "annotations": {"note": "say \"hi\"\\\n\tthen\u{1}\u{7f} é\u{a0}\u{200b}😀\u{e000}\u{f0000}\u{301}"}},
+            "spec": {"volumes": [volume], "containers": [
+                {"name": "app", "image": "nginx", "resources": resources}]}
+        })
+    }
+
+    #[test]
+    fn downward_api_volume_files_are_the_kubelets() {
+        let spec = convert(pod_with(
+            json!({"name": "info", "downwardAPI": {"defaultMode": 0o444, "items": [
+                field_file("name", "metadata.name"),
+                field_file("ns", "metadata.namespace"),
+                field_file("uid", "metadata.uid"),
+                field_file("labels", "metadata.labels"),
+                field_file("meta/annotations", "metadata.annotations"),
+                field_file("meta//./app", "metadata.labels['app']"),
+                field_file("missing", "metadata.labels['nope']"),
+                {"path": "same-mode", "mode": 0o444, "fieldRef": {"fieldPath": "metadata.name"}}
+            ]}}),
+            json!({}),
+        ));
+        let source = &spec.volumes[0].source;
+        assert_eq!(mode(source), 0o444);
+        assert_eq!(
+            files(source),
+            [
+                ("labels", "app=\"web\"\ntier=\"edge\""),
+                // strconv.Quote: escapes, \x for ASCII controls, \u and \U
+                // for what Go does not print (no-break space, zero-width
+                // space, private use); é, the emoji and a combining mark as
+                // they are.
+                (
+                    "meta/annotations",
+                    "note=\"say \\\"hi\\\"\\\\\\n\\tthen\\x01\\x7f é\\u00a0\\u200b😀\\ue000\\U000f0000\u{301}\""
+                ),
+                ("meta/app", "web"),
+                ("missing", ""),
+                ("name", "web"),
+                ("ns", "factory"),
+                ("same-mode", "web"),
+                ("uid", "u-1"),
+            ]
+        );
+        assert_eq!(format_map_of(&[]), "");
+    }
+
+    fn format_map_of(pairs: &[(&str, &str)]) -> String {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        super::super::env::format_map(Some(&map))
+    }
+
+    #[test]
+    fn resource_field_refs_divide_and_round_up_as_the_kubelet() {
+        let spec = convert(pod_with(
+            json!({"name": "res", "downwardAPI": {"items": [
+                resource_file("cpu-limit", "limits.cpu", None),
+                resource_file("cpu-limit-m", "limits.cpu", Some("1m")),
+                resource_file("cpu-limit-zero-divisor", "limits.cpu", Some("0")),
+                resource_file("cpu-request", "requests.cpu", Some("1m")),
+                resource_file("mem-request", "requests.memory", Some("1Mi")),
+                resource_file("mem-limit-ki", "limits.memory", Some("1Ki")),
+                resource_file("mem-limit-k", "limits.memory", Some("1k")),
+                resource_file("storage", "limits.ephemeral-storage", Some("1M")),
+                resource_file("storage-request", "requests.ephemeral-storage", None)
+            ]}}),
+            json!({"limits": {"cpu": "1500m", "memory": "128Mi", "ephemeral-storage": "1Gi"},
+                   "requests": {"cpu": "0.0001"}}),
+        ));
+        assert_eq!(
+            files(&spec.volumes[0].source),
+            [
+                ("cpu-limit", "2"),
+                ("cpu-limit-m", "1500"),
+                ("cpu-limit-zero-divisor", "2"),
+                // Below a millicore rounds up to one.
+                ("cpu-request", "1"),
+                ("mem-limit-k", "134218"),
+                ("mem-limit-ki", "131072"),
+                // A request not set is its limit.
+                ("mem-request", "128"),
+                ("storage", "1074"),
+                ("storage-request", "1073741824"),
+            ]
+        );
+        // No request and no limit: zero, as on a kubelet.
+        let spec = convert(pod_with(
+            json!({"name": "res", "downwardAPI": {"items": [
+                resource_file("cpu", "requests.cpu", None),
+                resource_file("memory", "requests.memory", None)
+            ]}}),
+            json!({}),
+        ));
+        assert_eq!(
+            files(&spec.volumes[0].source),
+            [("cpu", "0"), ("memory", "0")]
+        );
+        // In env, the container is its own by default.
+        let spec = convert(with_container(json!({"name": "app", "image": "nginx",
+            "resources": {"limits": {"memory": "64Mi"}},
+            "env": [{"name": "MEM", "valueFrom": {"resourceFieldRef":
+                {"resource": "limits.memory", "divisor": "1Mi"}}}]})));
+        assert_eq!(spec.containers[0].env[0].value, "64");
+    }
+
+    #[test]
+    fn projected_volumes_merge_their_sources_in_order() {
+        // (The files are sent sorted by path.)
+        let spec = convert_with(
+            pod_with(
+                json!({"name": "all", "projected": {"defaultMode": 0o440, "sources": [
+                    {"configMap": {"name": "cfg", "items": [
+                        {"key": "LEVEL", "path": "conf/level", "mode": 0o440}]}},
+                    {"configMap": {"name": "cfg"}},
+                    {"configMap": {"name": "override"}},
+                    {"secret": {"name": "creds"}},
+                    {"secret": {"name": "absent", "optional": true}},
+                    {"downwardAPI": {"items": [field_file("labels", "metadata.labels")]}},
+                    {}
+                ]}}),
+                json!({}),
+            ),
+            &resolver()
+                .config_map("factory", "cfg", &[("LEVEL", "debug"), ("MODE", "edge")])
+                .config_map("factory", "override", &[("MODE", "cloud")])
+                .secret("factory", "creds", &[("password", "hunter2")]),
+        )
+        .expect("pod converts");
+        let source = &spec.volumes[0].source;
+        assert_eq!(mode(source), 0o440);
+        assert_eq!(
+            files(source),
+            [
+                ("LEVEL", "debug"),
+                // A whole ConfigMap's key that a later one has too is the later one's.
+                ("MODE", "cloud"),
+                ("conf/level", "debug"),
+                ("labels", "app=\"web\"\ntier=\"edge\""),
+                ("password", "hunter2"),
+            ]
+        );
+        // Without defaultMode: 0644.
+        let spec = convert(pod_with(
+            json!({"name": "p", "projected": {"sources": [
+                {"downwardAPI": {"items": [field_file("name", "metadata.name")]}}]}}),
+            json!({}),
+        ));
+        assert_eq!(mode(&spec.volumes[0].source), 0o644);
+    }
+
+    #[test]
+    fn downward_api_and_projected_refusals_name_their_field() {
+        let downward = |item: Value| json!({"name": "v", "downwardAPI": {"items": [item]}});
+        let projected = |sources: Value| json!({"name": "v", "projected": {"sources": sources}});
+        let supported = "supported values: \"metadata.annotations\", \"metadata.labels\", \"metadata.name\", \"metadata.namespace\", \"metadata.uid\"";
+        let cases = [
+            (
+                downward(field_file("node", "spec.nodeName")),
+                format!("spec.volumes[0].downwardAPI.items[0].fieldRef.fieldPath: Unsupported value: \"spec.nodeName\": {supported}"),
+            ),
+            (
+                downward(field_file("ip", "status.podIP")),
+                format!("spec.volumes[0].downwardAPI.items[0].fieldRef.fieldPath: Unsupported value: \"status.podIP\": {supported}"),
+            ),
+            (
+                downward(json!({"path": "x", "fieldRef": {"apiVersion": "v2", "fieldPath": "metadata.name"}})),
+                "spec.volumes[0].downwardAPI.items[0].fieldRef.apiVersion: unsupported apiVersion \"v2\" (use v1)".into(),
+            ),
+            (
+                downward(resource_file("mem", "limits.memory", None)),
+                "spec.volumes[0].downwardAPI.items[0].resourceFieldRef.resource: container \"app\" has no memory limit: a kubelet would use the node's allocatable memory, which is not known before the pod reaches the node (set resources.limits.memory)".into(),
+            ),
+            (
+                downward(json!({"path": "mem", "resourceFieldRef": {"resource": "requests.memory"}})),
+                "spec.volumes[0].downwardAPI.items[0].resourceFieldRef.containerName: Required value".into(),
+            ),
+            (
+                downward(json!({"path": "mem", "resourceFieldRef": {"containerName": "db", "resource": "requests.memory"}})),
+                "spec.volumes[0].downwardAPI.items[0].resourceFieldRef.containerName: container \"db\" not found in the pod".into(),
+            ),
+            (
+                downward(resource_file("cpu", "requests.cpu", Some("1k"))),
+                "spec.volumes[0].downwardAPI.items[0].resourceFieldRef.divisor: Invalid value: \"requests.cpu\": only divisor's values 1m and 1 are supported with the cpu resource".into(),
+            ),
+            (
+                downward(resource_file("mem", "requests.memory", Some("3"))),
+                "spec.volumes[0].downwardAPI.items[0].resourceFieldRef.divisor: Invalid value: \"requests.memory\": only divisor's values 1, 1k, 1M, 1G, 1T, 1P, 1E, 1Ki, 1Mi, 1Gi, 1Ti, 1Pi, 1Ei are supported with the memory resource".into(),
+            ),
+            (
+                downward(resource_file("pages", "limits.hugepages-2Mi", None)),
+                "spec.volumes[0].downwardAPI.items[0].resourceFieldRef.resource: Unsupported value: \"limits.hugepages-2Mi\": supported values: \"limits.cpu\", \"limits.ephemeral-storage\", \"limits.memory\", \"requests.cpu\", \"requests.ephemeral-storage\", \"requests.memory\"".into(),
+            ),
+            (
+                downward(json!({"path": "x", "fieldRef": {"fieldPath": "metadata.name"},
+                    "resourceFieldRef": {"containerName": "app", "resource": "requests.cpu"}})),
+                "spec.volumes[0].downwardAPI.items[0]: Invalid value: \"resource\": fieldRef and resourceFieldRef can not be specified simultaneously".into(),
+            ),
+            (
+                downward(json!({"path": "x"})),
+                "spec.volumes[0].downwardAPI.items[0]: Required value: one of fieldRef and resourceFieldRef is required".into(),
+            ),
+            (
+                downward(json!({"path": "x", "mode": 0o600, "fieldRef": {"fieldPath": "metadata.name"}})),
+                "spec.volumes[0].downwardAPI.items[0].mode: per-file modes are not supported on kedge nodes (use defaultMode)".into(),
+            ),
+            (
+                downward(json!({"path": "x", "mode": 0o1000, "fieldRef": {"fieldPath": "metadata.name"}})),
+                "spec.volumes[0].downwardAPI.items[0].mode: must be a file mode between 0 and 0777 (octal)".into(),
+            ),
+            (
+                downward(field_file("../x", "metadata.name")),
+                "spec.volumes[0].downwardAPI.items[0].path: must not contain '..'".into(),
+            ),
+            (
+                downward(field_file("./..data", "metadata.name")),
+                "spec.volumes[0].downwardAPI.items[0].path: must not start with '..'".into(),
+            ),
+            (
+                downward(field_file("/etc/x", "metadata.name")),
+                "spec.volumes[0].downwardAPI.items[0].path: must be a relative path".into(),
+            ),
+            (
+                downward(field_file("", "metadata.name")),
+                "spec.volumes[0].downwardAPI.items[0].path: required".into(),
+            ),
+            (
+                downward(field_file("./", "metadata.name")),
+                "spec.volumes[0].downwardAPI.items[0].path: must name a file in the volume".into(),
+            ),
+            (
+                json!({"name": "v", "downwardAPI": {"defaultMode": -1}}),
+                "spec.volumes[0].downwardAPI.defaultMode: must be a file mode between 0 and 0777 (octal)".into(),
+            ),
+            (
+                projected(json!([{"configMap": {"name": "cfg", "optional": true,
+                    "items": [{"key": "LEVEL", "path": "level", "mode": 0o600}]}}])),
+                "spec.volumes[0].projected.sources[0].configMap.items[0].mode: per-file modes are not supported on kedge nodes (use defaultMode)".into(),
+            ),
+            (
+                projected(json!([
+                    {"configMap": {"name": "a", "optional": true, "items": [{"key": "k", "path": "same"}]}},
+                    {"secret": {"name": "b", "optional": true, "items": [{"key": "k", "path": "same"}]}}])),
+                "spec.volumes[0].projected: Invalid value: \"b\": conflicting duplicate paths".into(),
+            ),
+            (
+                projected(json!([
+                    {"configMap": {"name": "a", "optional": true, "items": [{"key": "k", "path": "same"}]}},
+                    {"downwardAPI": {"items": [field_file("same", "metadata.name")]}}])),
+                "spec.volumes[0].projected: Invalid value: \"same\": conflicting duplicate paths".into(),
+            ),
+            (
+                projected(json!([{"configMap": {"name": "a", "optional": true},
+                    "downwardAPI": {"items": []}}])),
+                "spec.volumes[0].projected.sources[0]: Forbidden: may not specify more than 1 volume type per source".into(),
+            ),
+            (
+                projected(json!([{"clusterTrustBundle": {"path": "ca.pem", "signerName": "x.io/s"}}])),
+                "spec.volumes[0].projected.sources[0].clusterTrustBundle: not supported on kedge nodes".into(),
+            ),
+            (
+                projected(json!([{"secret": {"name": "creds", "optional": false}}])),
+                "spec.volumes[0].projected.sources[0].secret.name: secret \"creds\" must be resolved before sending (kedge apply cannot read the cluster)".into(),
+            ),
+            (
+                projected(json!([{"downwardAPI": {"items": [field_file("n", "metadata.name")]}},
+                    {"serviceAccountToken": {"path": "token"}}])),
+                "spec.volumes[0].projected.sources[1].serviceAccountToken: service account token projections are not supported: kedge nodes do not mount API tokens (only the kube-api-access-* volume Kubernetes injects is left out, with a warning)".into(),
+            ),
+        ];
+        for (volume, expected) in cases {
+            assert_eq!(
+                convert_err(pod_with(volume.clone(), json!({}))),
+                expected,
+                "volume: {volume}"
+            );
+        }
+        // A secret volume's per-item mode is refused as a configMap's is.
+        let err = convert_with(
+            json!({"spec": {"volumes": [{"name": "s", "secret": {"secretName": "creds",
+                "items": [{"key": "password", "path": "p", "mode": 0o400}]}}]}}),
+            &resolver(),
+        );
+        assert_eq!(
+            err,
+            Err("spec.volumes[0].secret.items[0].mode: per-file modes are not supported on kedge nodes (use defaultMode)".into())
         );
     }
 }
