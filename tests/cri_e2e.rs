@@ -1567,3 +1567,89 @@ spec:
         "{s}"
     );
 }
+
+/// `shareProcessNamespace`, `hostPID`, `fsGroup` and `supplementalGroups`
+/// against the real containerd: the container's PID 1 is the pod's pause
+/// process (or the node's PID 1), its processes have both groups, and the
+/// emptyDir belongs to the fsGroup (setgid, so what the pod makes there
+/// does too).
+#[test]
+fn process_namespaces_and_groups_are_the_pods() {
+    if !cri_tests_can_run("process_namespaces_and_groups_are_the_pods") {
+        return;
+    }
+    let env = CriEnv::start("gw-cri-groups");
+    let out = env.dir.path().join("out");
+    std::fs::create_dir_all(&out).expect("mkdir out");
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: shared}}
+spec:
+  shareProcessNamespace: true
+  securityContext: {{fsGroup: 2000, supplementalGroups: [3000]}}
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command:
+    - sh
+    - -c
+    - |
+      id -G > /out/groups.tmp && mv /out/groups.tmp /out/groups
+      cat /proc/1/comm > /out/pid1.tmp && mv /out/pid1.tmp /out/pid1
+      touch /data/made
+      stat -c '%g %a' /data > /out/data.tmp && mv /out/data.tmp /out/data
+      stat -c '%g' /data/made > /out/made.tmp && mv /out/made.tmp /out/made
+      while true; do sleep 1; done
+    volumeMounts: [{{name: out, mountPath: /out}}, {{name: data, mountPath: /data}}]
+  volumes:
+  - name: out
+    hostPath: {{path: {out}}}
+  - name: data
+    emptyDir: {{}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostpid}}
+spec:
+  hostPID: true
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, "cat /proc/1/comm > /out/host.tmp && mv /out/host.tmp /out/host_pid1; while true; do sleep 1; done"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+  volumes:
+  - name: out
+    hostPath: {{path: {out}}}
+"#,
+        out = out.display()
+    ));
+    let read = |name: &str| {
+        wait_until(&format!("the container wrote {name}"), WAIT, || {
+            std::fs::read_to_string(out.join(name)).ok()
+        })
+        .trim()
+        .to_string()
+    };
+    let groups = read("groups");
+    let groups: Vec<&str> = groups.split_whitespace().collect();
+    assert!(
+        groups.contains(&"2000") && groups.contains(&"3000"),
+        "{groups:?}"
+    );
+    // One PID namespace: PID 1 is the sandbox's pause process, which in
+    // these tests' pause image is busybox `sleep` (alone, it would be `sh`).
+    assert_eq!(read("pid1"), "sleep", "one PID namespace: the sandbox's");
+    assert_eq!(
+        read("data"),
+        "2000 2775",
+        "the emptyDir is the fsGroup's, setgid"
+    );
+    assert_eq!(read("made"), "2000", "what the pod makes there too");
+    let host_init = std::fs::read_to_string("/proc/1/comm").expect("the node's PID 1");
+    assert_eq!(
+        read("host_pid1"),
+        host_init.trim(),
+        "hostPID: the node's PID 1"
+    );
+}

@@ -685,7 +685,7 @@ pub async fn apply(
 /// the generation (the envelope's sequence) can be read.
 #[derive(Debug, Clone, PartialEq)]
 enum Retained {
-    Plain(PodSpec),
+    Plain(Box<PodSpec>),
     Sealed { uid: String, generation: u64 },
 }
 
@@ -697,7 +697,7 @@ impl Retained {
         }
         let env = wire::decode(payload)?;
         match env.message {
-            Message::DesiredPod(spec) => Ok(Some(Retained::Plain(spec))),
+            Message::DesiredPod(spec) => Ok(Some(Retained::Plain(Box::new(spec)))),
             Message::SealedPod(sealed) => Ok(Some(Retained::Sealed {
                 uid: sealed.uid,
                 generation: env.seq,
@@ -733,13 +733,13 @@ fn next_to_send(existing: Option<&Retained>, spec: PodSpec, sealed: bool) -> Opt
         }
         Some(Retained::Plain(e)) if sealed && e.uid == spec.uid => {
             let generation = e.generation + 1;
-            crate::model::next_desired(Some(e), spec.clone()).or_else(|| {
+            crate::model::next_desired(Some(&**e), spec.clone()).or_else(|| {
                 let mut spec = spec;
                 spec.generation = generation;
                 Some(spec)
             })
         }
-        Some(Retained::Plain(e)) => crate::model::next_desired(Some(e), spec),
+        Some(Retained::Plain(e)) => crate::model::next_desired(Some(&**e), spec),
         _ => crate::model::next_desired(None, spec),
     }
 }
@@ -1376,7 +1376,7 @@ mod tests {
         }
         // A plain spec equal to the new one: unchanged, unless the new one
         // carries Secret values, which must not stay in clear.
-        let plain = Retained::Plain(spec(3));
+        let plain = Retained::Plain(Box::new(spec(3)));
         assert_eq!(next_to_send(Some(&plain), spec(1), false), None);
         let next = next_to_send(Some(&plain), spec(1), true).expect("sealed over plain");
         assert_eq!(next.generation, 4);
@@ -1400,7 +1400,7 @@ mod tests {
         let plain = wire::encode(7, &Message::DesiredPod(spec.clone())).expect("encodes");
         assert_eq!(
             Retained::read(&plain).expect("reads"),
-            Some(Retained::Plain(spec.clone()))
+            Some(Retained::Plain(Box::new(spec.clone())))
         );
         let key = crate::seal::KeyPair::generate().expect("key");
         let topic = "kedge/v1/gw1/desired/default/web";

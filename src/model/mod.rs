@@ -127,6 +127,7 @@ impl SealedPod {
             containers: Vec::new(),
             volumes: Vec::new(),
             image_pull_secrets: Vec::new(),
+            security: PodSecurity::default(),
         }
     }
 }
@@ -150,6 +151,28 @@ pub struct PodSpec {
     pub volumes: Vec<Volume>,
     /// Registry credentials (dockerconfigjson), resolved by the sender.
     pub image_pull_secrets: Vec<String>,
+    /// The pod's process namespaces and groups. Schema 9.
+    pub security: PodSecurity,
+}
+
+/// What a pod's processes share with the node and each other, and the
+/// groups they run with: `hostPID`, `hostIPC`, `shareProcessNamespace`,
+/// `securityContext.fsGroup` and `supplementalGroups` (container pods
+/// only; a Wasm pod has none of these).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodSecurity {
+    /// The node's PID namespace.
+    pub host_pid: bool,
+    /// The node's IPC namespace.
+    pub host_ipc: bool,
+    /// One PID namespace for the pod's containers (the sandbox's).
+    pub share_process_namespace: bool,
+    /// A group every container's processes have, and the group that owns
+    /// the pod's emptyDir and file volumes (directories setgid, as the
+    /// kubelet sets them).
+    pub fs_group: Option<i64>,
+    /// Groups every container's processes have.
+    pub supplemental_groups: Vec<i64>,
 }
 
 impl PodSpec {
@@ -1015,6 +1038,7 @@ pub mod samples {
             containers: vec![],
             volumes: vec![],
             image_pull_secrets: vec![],
+            security: PodSecurity::default(),
         }
     }
 

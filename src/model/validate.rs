@@ -31,6 +31,8 @@ pub const MAX_PORTS: usize = 256;
 pub const MAX_MOUNTS: usize = 256;
 pub const MAX_FILES_PER_VOLUME: usize = 4096;
 pub const MAX_PULL_SECRETS: usize = 64;
+/// Groups a pod's processes may be given (`supplementalGroups`).
+pub const MAX_SUPPLEMENTAL_GROUPS: usize = 64;
 pub const MAX_HEADERS: usize = 64;
 /// Strings that are names, references or short messages.
 pub const MAX_SHORT: usize = 4096;
@@ -406,8 +408,28 @@ impl Validate for PodSpec {
             self.image_pull_secrets.len(),
             MAX_PULL_SECRETS,
         )?;
+        let groups = &self.security.supplemental_groups;
+        let field = "spec.securityContext.supplementalGroups";
+        count(field, groups.len(), MAX_SUPPLEMENTAL_GROUPS)?;
+        for (i, g) in groups.iter().enumerate() {
+            unix_id(&format!("{field}[{i}]"), *g)?;
+        }
+        if let Some(g) = self.security.fs_group {
+            unix_id("spec.securityContext.fsGroup", g)?;
+        }
         Ok(())
     }
+}
+
+/// A user or group id: 0 to 2^32 - 1.
+fn unix_id(field: &str, id: i64) -> Result {
+    if (0..=i64::from(u32::MAX)).contains(&id) {
+        return Ok(());
+    }
+    Err(invalid(
+        field,
+        format!("Invalid value: {id}: must be between 0 and 4294967295, inclusive"),
+    ))
 }
 
 fn container(path: &str, c: &Container, volumes: &BTreeSet<&str>) -> Result {
@@ -550,13 +572,8 @@ fn container(path: &str, c: &Container, volumes: &BTreeSet<&str>) -> Result {
             (sc.run_as_user, "runAsUser"),
             (sc.run_as_group, "runAsGroup"),
         ] {
-            if let Some(id) = id
-                && !(0..=i64::from(u32::MAX)).contains(&id)
-            {
-                return Err(invalid(
-                    format!("{p}.{field}"),
-                    format!("Invalid value: {id}: must be between 0 and 4294967295, inclusive"),
-                ));
+            if let Some(id) = id {
+                unix_id(&format!("{p}.{field}"), id)?;
             }
         }
         if let Some(SecurityProfile::Localhost(name)) = &sc.seccomp_profile {

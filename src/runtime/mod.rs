@@ -271,6 +271,15 @@ pub fn materialize_volumes(pod: &PodContext) -> Result<(), RuntimeError> {
                 default_mode,
             } => write_volume_files(&dir, files, *default_mode),
         };
+        // The pod's fsGroup owns what the agent made for it (not a
+        // hostPath): read-write for an emptyDir, read-only for files.
+        let made = match (&v.source, pod.spec.security.fs_group) {
+            (crate::model::VolumeSource::HostPath { .. }, _) | (_, None) => made,
+            (source, Some(group)) => made.and_then(|()| {
+                let read_only = matches!(source, crate::model::VolumeSource::Files { .. });
+                volumes::set_volume_ownership(&dir, group as u32, read_only)
+            }),
+        };
         made.map_err(|e| {
             RuntimeError::CreateConfig(format!("cannot set up volume {:?}: {e}", v.name))
         })?;

@@ -153,6 +153,29 @@ pub fn mount_memory_volume(dir: &Path, size: Option<u64>) -> std::io::Result<()>
 
 /// Removes a pod's directory, unmounting its Memory volumes first (a mount
 /// point cannot be removed, and its contents must not outlive the pod).
+/// Gives a volume to the pod's `fsGroup` as the kubelet's
+/// `SetVolumeOwnership` does: everything under `dir` (symlinks aside) gets
+/// group `gid`, user and group read (and write unless `read_only`), and
+/// directories also execute and setgid, so what the pod makes there
+/// belongs to the group too.
+pub fn set_volume_ownership(dir: &Path, gid: u32, read_only: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(dir, None, Some(gid))?;
+    let mut mask = if read_only { 0o440 } else { 0o660 };
+    if meta.is_dir() {
+        mask |= 0o2110;
+        for entry in std::fs::read_dir(dir)? {
+            set_volume_ownership(&entry?.path(), gid, read_only)?;
+        }
+    }
+    let mode = meta.permissions().mode() | mask;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
 pub fn remove_pod_dir(pod_dir: &Path) -> std::io::Result<()> {
     if let Ok(entries) = std::fs::read_dir(pod_dir.join("volumes")) {
         for entry in entries.flatten() {
@@ -305,6 +328,35 @@ mod tests {
         assert_eq!(
             check_host_paths(&spec),
             Err("MountVolume.SetUp failed for volume \"sock\" : hostPath type check failed: /definitely/not/here is not a socket file".into())
+        );
+    }
+
+    #[test]
+    fn an_fs_group_owns_the_volume_with_the_kubelets_modes() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("v");
+        std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+        std::fs::write(dir.join("sub/f"), b"x").expect("write");
+        std::fs::set_permissions(dir.join("sub/f"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        set_volume_ownership(&dir, 4321, false).expect("owned");
+        let meta = |p: &str| std::fs::metadata(dir.join(p)).expect("meta");
+        for p in ["", "sub", "sub/f"] {
+            assert_eq!(meta(p).gid(), 4321, "{p:?}");
+        }
+        // Directories: setgid, and the group may read, write and enter.
+        assert_eq!(meta("sub").mode() & 0o2770, 0o2770);
+        assert_eq!(meta("sub/f").mode() & 0o777, 0o660);
+        let ro = tmp.path().join("ro");
+        std::fs::create_dir(&ro).expect("mkdir");
+        std::fs::write(ro.join("f"), b"x").expect("write");
+        std::fs::set_permissions(ro.join("f"), std::fs::Permissions::from_mode(0o400))
+            .expect("chmod");
+        set_volume_ownership(&ro, 4321, true).expect("owned");
+        assert_eq!(
+            std::fs::metadata(ro.join("f")).expect("meta").mode() & 0o777,
+            0o440
         );
     }
 

@@ -78,6 +78,7 @@ impl From<PodSpec> for crate::model::PodSpec {
             containers: containers(v.containers),
             volumes: v.volumes,
             image_pull_secrets: v.image_pull_secrets,
+            security: Default::default(),
         }
     }
 }

@@ -162,6 +162,13 @@ pub(super) fn desired_pod() -> PodSpec {
             },
         ],
         image_pull_secrets: vec!["{\"auths\":{}}".into()],
+        security: PodSecurity {
+            host_pid: true,
+            host_ipc: true,
+            share_process_namespace: true,
+            fs_group: Some(2000),
+            supplemental_groups: vec![3000, 2_147_483_647],
+        },
     }
 }
 
@@ -923,6 +930,7 @@ fn as_of_version(version: u16, message: Message) -> Message {
                 c.termination_message_fallback_to_logs = false;
                 c.env.retain(|e| e.field.is_none());
             }
+            spec.security = PodSecurity::default();
             if version >= POD_FIELDS_SINCE_VERSION {
                 return Message::DesiredPod(spec);
             }

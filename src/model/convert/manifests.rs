@@ -62,13 +62,47 @@ fn split_documents(text: &str) -> Result<Vec<Value>, ConvertError> {
         }
     } else {
         for de in serde_yaml_ng::Deserializer::from_str(text) {
-            let value = NoDuplicateKeys::root()
+            let mut value = NoDuplicateKeys::root()
                 .deserialize(de)
                 .map_err(|e| document(docs.len(), format!("invalid yaml: {e}")))?;
+            octal_modes(&mut value);
             docs.push(value);
         }
     }
     Ok(docs)
+}
+
+/// File modes as kubectl reads them: its YAML 1.1 takes `defaultMode:
+/// 0440` as the octal number it is meant to be, the YAML 1.2 read here as
+/// the string "0440". A `defaultMode` or `mode` string of a 0 and octal
+/// digits becomes that number (so does a quoted one, which kubectl would
+/// refuse as a string: the one place kedge is more lenient).
+fn octal_modes(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                let octal = match v {
+                    Value::String(s) if key == "defaultMode" || key == "mode" => yaml11_octal(s),
+                    _ => None,
+                };
+                match octal {
+                    Some(n) => *v = Value::from(n),
+                    None => octal_modes(v),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(octal_modes),
+        _ => {}
+    }
+}
+
+/// YAML 1.1's octal integer (`0440`), without its sign forms.
+fn yaml11_octal(s: &str) -> Option<u32> {
+    let digits = s.strip_prefix('0')?;
+    if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok()
 }
 
 /// Reads a document as a JSON value, refusing a key set twice in one
@@ -511,6 +545,46 @@ items:
         let spec = pod_spec_from_k8s(&pods[0]).expect("pod converts");
         assert_eq!(spec.containers[0].resources.cpu_limit_millis, Some(1000));
         assert_eq!(spec.containers[0].resources.memory_limit_bytes, Some(1000));
+    }
+
+    #[test]
+    fn yaml_file_modes_are_octal_as_kubectl_reads_them() {
+        let text = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: modes}
+spec:
+  containers: [{name: app, image: nginx}]
+  volumes:
+  - name: a
+    secret: {secretName: s, defaultMode: 0440, items: [{key: k, path: p, mode: 0440}]}
+  - name: b
+    configMap: {name: c, defaultMode: 420}
+  - name: c
+    configMap: {name: c, defaultMode: 0o600}
+"#;
+        let pods = parse_pod_manifests(text).expect("parses");
+        let volumes = pods[0]
+            .spec
+            .as_ref()
+            .expect("spec")
+            .volumes
+            .clone()
+            .expect("volumes");
+        let secret = volumes[0].secret.as_ref().expect("secret");
+        assert_eq!(secret.default_mode, Some(0o440));
+        assert_eq!(secret.items.as_ref().expect("items")[0].mode, Some(0o440));
+        let mode = |i: usize| volumes[i].config_map.as_ref().and_then(|c| c.default_mode);
+        assert_eq!(mode(1), Some(420));
+        assert_eq!(mode(2), Some(0o600));
+        for (text, octal) in [
+            ("0440", Some(0o440)),
+            ("0", None),
+            ("0448", None),
+            ("440", None),
+        ] {
+            assert_eq!(yaml11_octal(text), octal, "{text}");
+        }
     }
 
     #[test]

@@ -182,6 +182,7 @@ pub fn convert_pod(pod: &k8s::Pod, resolver: &dyn Resolver) -> Result<Converted,
     }
 
     let image_pull_secrets = ctx.image_pull_secrets()?;
+    let security = pod_security(spec, runtime)?;
 
     let spec = PodSpec {
         namespace: namespace.to_owned(),
@@ -197,6 +198,7 @@ pub fn convert_pod(pod: &k8s::Pod, resolver: &dyn Resolver) -> Result<Converted,
         containers,
         volumes,
         image_pull_secrets,
+        security,
     };
     Ok(Converted {
         spec: validate_converted(spec)?,
@@ -232,12 +234,7 @@ fn validate_converted(mut spec: PodSpec) -> Result<PodSpec, ConvertError> {
 /// (there is no cluster DNS on the edge), and status. `hostname` is accepted
 /// when it is the pod's name (the default, and what StatefulSets set).
 fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError> {
-    let flags = [
-        (spec.host_pid, "spec.hostPID"),
-        (spec.host_ipc, "spec.hostIPC"),
-        (spec.share_process_namespace, "spec.shareProcessNamespace"),
-        (spec.set_hostname_as_fqdn, "spec.setHostnameAsFQDN"),
-    ];
+    let flags = [(spec.set_hostname_as_fqdn, "spec.setHostnameAsFQDN")];
     for (flag, path) in flags {
         if flag == Some(true) {
             return Err(unsupported(path));
@@ -306,25 +303,88 @@ fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError>
         ));
     }
     // Pod security context. Honoured: runAsUser and runAsGroup (copied into
-    // every container that does not set its own) and runAsNonRoot (checked
-    // statically, see `Ctx::security_context`). Rejected: fsGroup,
-    // supplementalGroups and sysctls, which the agent cannot apply. Ignored:
-    // seLinuxOptions and seLinuxChangePolicy (gateways run without SELinux
-    // labelling), seccompProfile and appArmorProfile (the runtime's default
-    // profile applies), windowsOptions (linux only), and fsGroupChangePolicy and
-    // supplementalGroupsPolicy (meaningless without fsGroup/supplementalGroups).
-    if let Some(sc) = &spec.security_context {
-        if sc.fs_group.is_some() {
-            return Err(unsupported("spec.securityContext.fsGroup"));
-        }
-        if non_empty(&sc.supplemental_groups) {
-            return Err(unsupported("spec.securityContext.supplementalGroups"));
-        }
-        if non_empty(&sc.sysctls) {
-            return Err(unsupported("spec.securityContext.sysctls"));
-        }
+    // every container that does not set its own), runAsNonRoot (checked
+    // statically, see `Ctx::security_context`), fsGroup and
+    // supplementalGroups (`pod_security`). Rejected: sysctls, which the agent
+    // cannot apply. Ignored: seLinuxOptions and seLinuxChangePolicy
+    // (gateways run without SELinux labelling), windowsOptions (linux only).
+    if let Some(sc) = &spec.security_context
+        && non_empty(&sc.sysctls)
+    {
+        return Err(unsupported("spec.securityContext.sysctls"));
     }
     Ok(())
+}
+
+/// `hostPID`, `hostIPC`, `shareProcessNamespace`, `fsGroup` and
+/// `supplementalGroups`: container pods only (a Wasm module has no process
+/// of its own). `fsGroupChangePolicy` is either value: the agent makes the
+/// volumes it owns, so both come to the same; `supplementalGroupsPolicy:
+/// Strict` needs a runtime newer than the nodes' containerd.
+fn pod_security(spec: &k8s::PodSpec, runtime: RuntimeKind) -> Result<PodSecurity, ConvertError> {
+    let sc = spec.security_context.as_ref();
+    let security = PodSecurity {
+        host_pid: spec.host_pid == Some(true),
+        host_ipc: spec.host_ipc == Some(true),
+        share_process_namespace: spec.share_process_namespace == Some(true),
+        fs_group: sc.and_then(|sc| sc.fs_group),
+        supplemental_groups: sc
+            .and_then(|sc| sc.supplemental_groups.clone())
+            .unwrap_or_default(),
+    };
+    if let Some(policy) = sc.and_then(|sc| sc.fs_group_change_policy.as_deref())
+        && !matches!(policy, "OnRootMismatch" | "Always")
+    {
+        return Err(field(
+            "spec.securityContext.fsGroupChangePolicy",
+            format!(
+                "Unsupported value: {policy:?}: supported values: \"OnRootMismatch\", \"Always\""
+            ),
+        ));
+    }
+    match sc.and_then(|sc| sc.supplemental_groups_policy.as_deref()) {
+        None | Some("Merge") => {}
+        Some("Strict") => {
+            return Err(field(
+                "spec.securityContext.supplementalGroupsPolicy",
+                "Strict is not supported on kedge nodes (their container runtime merges the image's groups)",
+            ));
+        }
+        Some(other) => {
+            return Err(field(
+                "spec.securityContext.supplementalGroupsPolicy",
+                format!("Unsupported value: {other:?}: supported values: \"Merge\", \"Strict\""),
+            ));
+        }
+    }
+    if runtime == RuntimeKind::Wasm {
+        let set = [
+            (security.host_pid, "spec.hostPID"),
+            (security.host_ipc, "spec.hostIPC"),
+            (
+                security.share_process_namespace,
+                "spec.shareProcessNamespace",
+            ),
+            (security.fs_group.is_some(), "spec.securityContext.fsGroup"),
+            (
+                !security.supplemental_groups.is_empty(),
+                "spec.securityContext.supplementalGroups",
+            ),
+        ];
+        if let Some((_, path)) = set.iter().find(|(on, _)| *on) {
+            return Err(field(
+                *path,
+                "not supported for wasm pods: a module has no process of its own",
+            ));
+        }
+    }
+    if security.host_pid && security.share_process_namespace {
+        return Err(field(
+            "spec.shareProcessNamespace",
+            "ShareProcessNamespace and HostPID cannot both be enabled",
+        ));
+    }
+    Ok(security)
 }
 
 impl Ctx<'_> {
@@ -389,6 +449,62 @@ mod tests {
     use super::*;
     use crate::model::convert::testing::*;
     use serde_json::json;
+
+    #[test]
+    fn process_namespaces_and_groups_reach_the_spec_for_container_pods_only() {
+        let spec = convert(json!({"spec": {
+            "hostPID": true,
+            "hostIPC": true,
+            "securityContext": {
+                "fsGroup": 2000,
+                "supplementalGroups": [3000, 3001],
+                "fsGroupChangePolicy": "OnRootMismatch",
+                "supplementalGroupsPolicy": "Merge",
+            },
+        }}));
+        assert_eq!(
+            spec.security,
+            PodSecurity {
+                host_pid: true,
+                host_ipc: true,
+                share_process_namespace: false,
+                fs_group: Some(2000),
+                supplemental_groups: vec![3000, 3001],
+            }
+        );
+        let shared = convert(json!({"spec": {"shareProcessNamespace": true}}));
+        assert!(shared.security.share_process_namespace);
+        assert_eq!(convert(json!({})).security, PodSecurity::default());
+
+        let module = format!("file:///m.wasm@sha256:{DIGEST}");
+        for (patch, path) in [
+            (json!({"spec": {"hostPID": true}}), "spec.hostPID"),
+            (json!({"spec": {"hostIPC": true}}), "spec.hostIPC"),
+            (
+                json!({"spec": {"shareProcessNamespace": true}}),
+                "spec.shareProcessNamespace",
+            ),
+            (
+                json!({"spec": {"securityContext": {"fsGroup": 1}}}),
+                "spec.securityContext.fsGroup",
+            ),
+            (
+                json!({"spec": {"securityContext": {"supplementalGroups": [1]}}}),
+                "spec.securityContext.supplementalGroups",
+            ),
+        ] {
+            let mut pod = wasm(&module);
+            merge(&mut pod, patch);
+            assert_eq!(
+                convert_err(pod),
+                format!("{path}: not supported for wasm pods: a module has no process of its own")
+            );
+        }
+        assert_eq!(
+            convert_err(json!({"spec": {"securityContext": {"fsGroup": -1}}})),
+            "spec.securityContext.fsGroup: Invalid value: -1: must be between 0 and 4294967295, inclusive"
+        );
+    }
 
     #[test]
     fn kubectl_generated_manifests_convert() {
@@ -641,16 +757,20 @@ status: {}
                 "spec.containers[0].resizePolicy: not supported on kedge nodes",
             ),
             (
-                json!({"spec": {"hostPID": true}}),
-                "spec.hostPID: not supported on kedge nodes",
+                json!({"spec": {"hostPID": true, "shareProcessNamespace": true}}),
+                "spec.shareProcessNamespace: ShareProcessNamespace and HostPID cannot both be enabled",
             ),
             (
-                json!({"spec": {"hostIPC": true}}),
-                "spec.hostIPC: not supported on kedge nodes",
+                json!({"spec": {"securityContext": {"fsGroupChangePolicy": "Sometimes"}}}),
+                "spec.securityContext.fsGroupChangePolicy: Unsupported value: \"Sometimes\": supported values: \"OnRootMismatch\", \"Always\"",
             ),
             (
-                json!({"spec": {"shareProcessNamespace": true}}),
-                "spec.shareProcessNamespace: not supported on kedge nodes",
+                json!({"spec": {"securityContext": {"supplementalGroupsPolicy": "Strict"}}}),
+                "spec.securityContext.supplementalGroupsPolicy: Strict is not supported on kedge nodes (their container runtime merges the image's groups)",
+            ),
+            (
+                json!({"spec": {"securityContext": {"sysctls": [{"name": "net.core.somaxconn", "value": "1024"}]}}}),
+                "spec.securityContext.sysctls: not supported on kedge nodes",
             ),
             (
                 json!({"spec": {"hostUsers": false}}),
@@ -687,10 +807,6 @@ status: {}
             (
                 json!({"spec": {"os": {"name": "windows"}}}),
                 "spec.os.name: os \"windows\" is not supported: kedge nodes run linux pods",
-            ),
-            (
-                json!({"spec": {"securityContext": {"fsGroup": 2000}}}),
-                "spec.securityContext.fsGroup: not supported on kedge nodes",
             ),
             (
                 json!({"spec": {"runtimeClassName": "gvisor"}}),

@@ -137,17 +137,42 @@ fn protocol(p: &str) -> i32 {
 
 /// The sandbox of a pod: its network (CNI or the host's), hostname, log
 /// directory, host ports, labels and cgroup.
+/// The pod's namespaces as the kubelet chooses them: the node's network,
+/// PID and IPC namespaces with `hostNetwork`, `hostPID` and `hostIPC`; else
+/// the pod's network and IPC namespaces, and each container's own PID
+/// namespace unless `shareProcessNamespace` (the sandbox's).
+pub fn namespaces(spec: &PodSpec) -> cri::NamespaceOption {
+    use cri::NamespaceMode::{Container, Node, Pod};
+    let security = &spec.security;
+    let pick = |node: bool, otherwise: cri::NamespaceMode| if node { Node } else { otherwise };
+    let pid_otherwise = if security.share_process_namespace {
+        Pod
+    } else {
+        Container
+    };
+    cri::NamespaceOption {
+        network: pick(spec.host_network, Pod) as i32,
+        pid: pick(security.host_pid, pid_otherwise) as i32,
+        ipc: pick(security.host_ipc, Pod) as i32,
+        ..Default::default()
+    }
+}
+
+/// The groups every process of the pod gets besides its own:
+/// `supplementalGroups`, then `fsGroup` (the kubelet adds it the same way).
+pub fn supplemental_groups(spec: &PodSpec) -> Vec<i64> {
+    let security = &spec.security;
+    let mut groups = security.supplemental_groups.clone();
+    groups.extend(security.fs_group);
+    groups
+}
+
 pub fn sandbox_config(
     spec: &PodSpec,
     pod_dir: &Path,
     cgroup_parent: &str,
     node: &str,
 ) -> cri::PodSandboxConfig {
-    let network = if spec.host_network {
-        cri::NamespaceMode::Node
-    } else {
-        cri::NamespaceMode::Pod
-    };
     let port_mappings = spec
         .containers
         .iter()
@@ -182,12 +207,8 @@ pub fn sandbox_config(
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: pod_cgroup(cgroup_parent, &spec.uid),
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: network as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ipc: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(namespaces(spec)),
+                supplemental_groups: supplemental_groups(spec),
                 ..Default::default()
             }),
             ..Default::default()
@@ -330,16 +351,8 @@ pub fn container_config(
                     ..Default::default()
                 }),
                 privileged: sc.privileged,
-                namespace_options: Some(cri::NamespaceOption {
-                    network: if spec.host_network {
-                        cri::NamespaceMode::Node as i32
-                    } else {
-                        cri::NamespaceMode::Pod as i32
-                    },
-                    pid: cri::NamespaceMode::Container as i32,
-                    ipc: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(namespaces(spec)),
+                supplemental_groups: supplemental_groups(spec),
                 run_as_user: sc.run_as_user.map(|value| cri::Int64Value { value }),
                 run_as_group: sc.run_as_group.map(|value| cri::Int64Value { value }),
                 readonly_rootfs: sc.read_only_root_filesystem,
@@ -487,6 +500,32 @@ mod tests {
             .and_then(|s| s.namespace_options)
             .expect("ns");
         assert_eq!(ns.network, cri::NamespaceMode::Node as i32);
+    }
+
+    #[test]
+    fn pid_and_ipc_namespaces_and_groups_are_the_kubelets() {
+        use cri::NamespaceMode::{Container, Node, Pod};
+        let modes = |spec: &PodSpec| {
+            let n = namespaces(spec);
+            (n.network, n.pid, n.ipc)
+        };
+        let mut spec = pod();
+        assert_eq!(modes(&spec), (Pod as i32, Container as i32, Pod as i32));
+        spec.security.share_process_namespace = true;
+        assert_eq!(modes(&spec), (Pod as i32, Pod as i32, Pod as i32));
+        spec.security.share_process_namespace = false;
+        spec.security.host_pid = true;
+        spec.security.host_ipc = true;
+        spec.host_network = true;
+        assert_eq!(modes(&spec), (Node as i32, Node as i32, Node as i32));
+
+        spec.security.supplemental_groups = vec![3000, 3001];
+        spec.security.fs_group = Some(2000);
+        assert_eq!(supplemental_groups(&spec), [3000, 3001, 2000]);
+        let c = sandbox_config(&spec, Path::new("/d"), "/kedge", "gw");
+        let sandbox = c.linux.and_then(|l| l.security_context).expect("sc");
+        assert_eq!(sandbox.supplemental_groups, [3000, 3001, 2000]);
+        assert_eq!(sandbox.namespace_options.map(|n| n.pid), Some(Node as i32));
     }
 
     #[test]
