@@ -2954,23 +2954,7 @@ fn a_plain_deployment_runs_without_the_injected_token_volume_and_says_so() {
     spec.as_object_mut()
         .expect("spec")
         .remove("automountServiceAccountToken");
-    let deployments: Api<Deployment> = Api::namespaced(w.admin.clone(), "default");
-    w.create(
-        &deployments,
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "plain"},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": "plain"}},
-                "template": {"metadata": {"labels": {"app": "plain"}}, "spec": spec},
-            },
-        }),
-    );
-    let pod = w.wait_or_dump("the plain pod Running and Ready", || {
-        let pods = w.list_pods("app=plain");
-        (pods.len() == 1 && pods.iter().all(pod_ready)).then(|| pods[0].clone())
-    });
+    let pod = w.deploy_one("plain", spec);
     let name = pod.metadata.name.clone().expect("name");
 
     // The control plane did inject the volume and its mount.
@@ -3066,23 +3050,7 @@ fn a_deployment_with_a_projected_volume_of_a_config_map_and_the_downward_api_run
         }),
     );
     spec["containers"][0]["resources"] = json!({"limits": {"memory": "64Mi"}});
-    let deployments: Api<Deployment> = Api::namespaced(w.admin.clone(), "default");
-    w.create(
-        &deployments,
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "projected"},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": "projected"}},
-                "template": {"metadata": {"labels": {"app": "projected"}}, "spec": spec},
-            },
-        }),
-    );
-    let pod = w.wait_or_dump("the projected pod Running and Ready", || {
-        let pods = w.list_pods("app=projected");
-        (pods.len() == 1 && pods.iter().all(pod_ready)).then(|| pods[0].clone())
-    });
+    let pod = w.deploy_one("projected", spec);
     let name = pod.metadata.name.clone().expect("name");
     // The labels as the apiserver made them (the ReplicaSet's hash too).
     let labels: Vec<String> = pod
@@ -3447,6 +3415,28 @@ fn busybox_pod(name: &str, command: &[&str]) -> serde_json::Value {
 }
 
 impl World {
+    /// A Deployment `name` of one replica of `spec`, its pods labelled
+    /// `app: name`; its pod once Running and Ready.
+    fn deploy_one(&self, name: &str, spec: serde_json::Value) -> Pod {
+        let deployments: Api<Deployment> = Api::namespaced(self.admin.clone(), "default");
+        self.create(
+            &deployments,
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
+                },
+            }),
+        );
+        self.wait_or_dump(&format!("the {name} pod Running and Ready"), || {
+            let pods = self.list_pods(&format!("app={name}"));
+            (pods.len() == 1 && pods.iter().all(pod_ready)).then(|| pods[0].clone())
+        })
+    }
+
     fn wait_pod_ready(&self, pod: &str) {
         self.wait_or_dump(&format!("{pod} Running and Ready"), || {
             self.rt

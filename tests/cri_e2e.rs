@@ -30,6 +30,12 @@ struct CriEnv {
 }
 
 impl CriEnv {
+    /// The world of CRI test `test` with an agent named `node`, or None
+    /// when CRI tests cannot run here (the test then says so and returns).
+    fn for_test(test: &str, node: &str) -> Option<CriEnv> {
+        cri_tests_can_run(test).then(|| CriEnv::start(node))
+    }
+
     fn start(node: &str) -> CriEnv {
         let containerd = Containerd::start();
         let broker = Mosquitto::start();
@@ -169,10 +175,12 @@ fn all_running(s: &Value) -> bool {
 
 #[test]
 fn two_containers_share_localhost_and_an_empty_dir() {
-    if !cri_tests_can_run("two_containers_share_localhost_and_an_empty_dir") {
+    let Some(env) = CriEnv::for_test(
+        "two_containers_share_localhost_and_an_empty_dir",
+        "gw-cri-pair",
+    ) else {
         return;
-    }
-    let env = CriEnv::start("gw-cri-pair");
+    };
     env.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
@@ -245,10 +253,12 @@ spec:
 
 #[test]
 fn a_container_pods_stats_come_from_containerd() {
-    if !cri_tests_can_run("a_container_pods_stats_come_from_containerd") {
+    let Some(env) = CriEnv::for_test(
+        "a_container_pods_stats_come_from_containerd",
+        "gw-cri-stats",
+    ) else {
         return;
-    }
-    let env = CriEnv::start("gw-cri-stats");
+    };
     env.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
@@ -374,10 +384,10 @@ spec:
 /// what comes back is the file.
 #[test]
 fn port_forward_reaches_a_cni_pod_on_its_ip() {
-    if !cri_tests_can_run("port_forward_reaches_a_cni_pod_on_its_ip") {
+    let Some(env) = CriEnv::for_test("port_forward_reaches_a_cni_pod_on_its_ip", "gw-cri-pf")
+    else {
         return;
-    }
-    let env = CriEnv::start("gw-cri-pf");
+    };
     let www = env.dir.path().join("www");
     std::fs::create_dir_all(&www).expect("mkdir www");
     let file: Vec<u8> = (0..1u32 << 20)
@@ -440,10 +450,12 @@ spec:
 
 #[test]
 fn init_output_env_and_config_files_reach_the_app() {
-    if !cri_tests_can_run("init_output_env_and_config_files_reach_the_app") {
+    let Some(env) = CriEnv::for_test(
+        "init_output_env_and_config_files_reach_the_app",
+        "gw-cri-init",
+    ) else {
         return;
-    }
-    let env = CriEnv::start("gw-cri-init");
+    };
     let mut maps = BTreeMap::new();
     maps.insert(
         "app-config".to_string(),
@@ -503,10 +515,12 @@ spec:
 
 #[test]
 fn exit_codes_and_oom_kills_are_reported_like_the_kubelet() {
-    if !cri_tests_can_run("exit_codes_and_oom_kills_are_reported_like_the_kubelet") {
+    let Some(env) = CriEnv::for_test(
+        "exit_codes_and_oom_kills_are_reported_like_the_kubelet",
+        "gw-cri-exit",
+    ) else {
         return;
-    }
-    let env = CriEnv::start("gw-cri-exit");
+    };
     env.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
@@ -690,10 +704,12 @@ fn condition(s: &Value, kind: &str) -> Option<bool> {
 
 #[test]
 fn probes_drive_readiness_and_restart_unhealthy_containers() {
-    if !cri_tests_can_run("probes_drive_readiness_and_restart_unhealthy_containers") {
+    let Some(env) = CriEnv::for_test(
+        "probes_drive_readiness_and_restart_unhealthy_containers",
+        "gw-cri-probe",
+    ) else {
         return;
-    }
-    let env = CriEnv::start("gw-cri-probe");
+    };
     let events = Subscriber::start(
         &env.broker.url(),
         &format!("kedge/v1/{}/events", env.node),
@@ -796,10 +812,12 @@ fn waiting_of(s: &kedge::model::PodStatus) -> Option<(String, String)> {
 
 #[test]
 fn private_images_pull_with_credentials_and_wrong_ones_back_off() {
-    if !cri_tests_can_run("private_images_pull_with_credentials_and_wrong_ones_back_off") {
+    let Some(env) = CriEnv::for_test(
+        "private_images_pull_with_credentials_and_wrong_ones_back_off",
+        "gw-cri-pull",
+    ) else {
         return;
-    }
-    let env = CriEnv::start("gw-cri-pull");
+    };
     let registry = support::cri::Registry::start();
     let image = registry.push_busybox("private/busybox", "v1");
     let pod = |name: &str, secret: &str| {
@@ -921,10 +939,12 @@ fn push_wasm_artifact(registry: &support::cri::Registry, repo: &str, module: &[u
 #[cfg(feature = "wasm")]
 #[test]
 fn wasm_modules_pull_from_the_same_registry_with_credentials() {
-    if !cri_tests_can_run("wasm_modules_pull_from_the_same_registry_with_credentials") {
+    let Some(env) = CriEnv::for_test(
+        "wasm_modules_pull_from_the_same_registry_with_credentials",
+        "gw-wasm-oci",
+    ) else {
         return;
-    }
-    let env = CriEnv::start("gw-wasm-oci");
+    };
     let registry = support::cri::Registry::start();
     let module = std::fs::read(guest_wasm(GuestTarget::P1)).expect("guest module");
     let image = push_wasm_artifact(&registry, "modules/guest:v1", &module);
@@ -1030,10 +1050,12 @@ fn http_get(addr: &str) -> Option<String> {
 
 #[test]
 fn host_network_and_host_ports_reach_the_containers() {
-    if !cri_tests_can_run("host_network_and_host_ports_reach_the_containers") {
+    let Some(env) = CriEnv::for_test(
+        "host_network_and_host_ports_reach_the_containers",
+        "gw-cri-net",
+    ) else {
         return;
-    }
-    let env = CriEnv::start("gw-cri-net");
+    };
     let (host_net_port, host_port) = (free_port(), free_port());
     env.apply(&format!(
         r#"apiVersion: v1
@@ -1252,10 +1274,12 @@ spec:
 /// before a container starts.
 #[test]
 fn seccomp_memory_volumes_expansion_and_host_path_types_change_what_runs() {
-    if !cri_tests_can_run("seccomp_memory_volumes_expansion_and_host_path_types_change_what_runs") {
+    let Some(env) = CriEnv::for_test(
+        "seccomp_memory_volumes_expansion_and_host_path_types_change_what_runs",
+        "gw-cri-fidelity",
+    ) else {
         return;
-    }
-    let env = CriEnv::start("gw-cri-fidelity");
+    };
     let made = env.dir.path().join("host/made-by-kedge");
     let probe = "grep Seccomp: /proc/self/status; if unshare -U true; then echo unshare-allowed; else echo unshare-denied; fi";
     env.apply(&format!(
@@ -1377,10 +1401,12 @@ spec:
 /// pod's IP.
 #[test]
 fn lifecycle_hooks_run_around_the_container_and_env_reads_the_pod_ip() {
-    if !cri_tests_can_run("lifecycle_hooks_run_around_the_container_and_env_reads_the_pod_ip") {
+    let Some(env) = CriEnv::for_test(
+        "lifecycle_hooks_run_around_the_container_and_env_reads_the_pod_ip",
+        "gw-cri-hooks",
+    ) else {
         return;
-    }
-    let env = CriEnv::start("gw-cri-hooks");
+    };
     let events = Subscriber::start(
         &env.broker.url(),
         &format!("kedge/v1/{}/events", env.node),
@@ -1523,10 +1549,12 @@ spec:
 /// failed.
 #[test]
 fn termination_messages_come_from_the_file_or_the_log() {
-    if !cri_tests_can_run("termination_messages_come_from_the_file_or_the_log") {
+    let Some(env) = CriEnv::for_test(
+        "termination_messages_come_from_the_file_or_the_log",
+        "gw-cri-lastwords",
+    ) else {
         return;
-    }
-    let env = CriEnv::start("gw-cri-lastwords");
+    };
     env.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
@@ -1575,10 +1603,12 @@ spec:
 /// does too).
 #[test]
 fn process_namespaces_and_groups_are_the_pods() {
-    if !cri_tests_can_run("process_namespaces_and_groups_are_the_pods") {
+    let Some(env) = CriEnv::for_test(
+        "process_namespaces_and_groups_are_the_pods",
+        "gw-cri-groups",
+    ) else {
         return;
-    }
-    let env = CriEnv::start("gw-cri-groups");
+    };
     let out = env.dir.path().join("out");
     std::fs::create_dir_all(&out).expect("mkdir out");
     env.apply(&format!(
