@@ -10,9 +10,10 @@
 //! sample counts; the goals are printed beside the figures, never asserted:
 //!
 //! 1. exec round trip of `echo x`, alternating (a) `kubectl exec` (the
-//!    whole user path, kubectl's start included), (b) the exec RPC alone
-//!    (`kedge::client::Client::exec_within` over MQTT to the agent, what the
-//!    bridge calls) and (c) the floor, CRI `ExecSync` straight to
+//!    whole user path, kubectl's start included: since wire version 9 an
+//!    exec stream to containerd's streaming server), (b) the exec RPC alone
+//!    (`kedge::client::Client::exec_within` over MQTT to the agent: what the
+//!    bridge calls for the kubelet API's `/run`) and (c) the floor, CRI `ExecSync` straight to
 //!    containerd's socket on the same container;
 //! 2. port-forward throughput: the 64 MiB download through `kubectl
 //!    port-forward` vs straight from the pod IP, alternating rounds (goal:
@@ -671,11 +672,11 @@ fn main() {
     println!("|---|---:|---:|---:|---:|");
     for (path, s) in [
         (
-            "`kubectl exec web -- echo x` (kubectl start, apiserver, SPDY to the bridge, exec RPC)",
+            "`kubectl exec web -- echo x` (kubectl start, apiserver, SPDY through the bridge and an exec stream to containerd)",
             &via_kubectl,
         ),
         (
-            "exec RPC alone: `Client::exec_within` over MQTT to the agent (what the bridge calls)",
+            "exec RPC alone: `Client::exec_within` over MQTT to the agent (the bridge's `/run`)",
             &via_rpc,
         ),
         ("floor: CRI `ExecSync` on containerd's socket", &via_cri),
