@@ -1683,3 +1683,43 @@ spec:
         "hostPID: the node's PID 1"
     );
 }
+
+/// `runAsNonRoot` without a `runAsUser` against the real containerd: the
+/// agent reads the image's user (CRI `ImageStatus`) as the kubelet does.
+/// The test busybox image names no user, so it runs as root: the container
+/// waits in `CreateContainerConfigError` with the kubelet's message, and
+/// runs once a non-root `runAsUser` is given.
+#[test]
+fn run_as_non_root_checks_the_images_user() {
+    let Some(env) = CriEnv::for_test("run_as_non_root_checks_the_images_user", "gw-cri-nonroot")
+    else {
+        return;
+    };
+    let pod = |name: &str, user: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  securityContext: {{runAsNonRoot: true{user}}}
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, "while true; do sleep 1; done"]
+"#
+        )
+    };
+    env.apply(&pod("rooted", ""));
+    let s = env.wait_status("the container refused as root", "rooted", |s| {
+        named(s, "app")["state"]["Waiting"]["reason"] == "CreateContainerConfigError"
+    });
+    assert_eq!(
+        named(&s, "app")["state"]["Waiting"]["message"],
+        "container has runAsNonRoot and image will run as root (pod: \"default/rooted\", container: app)",
+        "{s}"
+    );
+    env.apply(&pod("user", ", runAsUser: 1000"));
+    env.wait_status("a non-root user runs", "user", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+}

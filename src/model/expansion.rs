@@ -211,6 +211,7 @@ mod tests {
             lifecycle: Default::default(),
             termination_message_path: None,
             termination_message_fallback_to_logs: false,
+            run_as_non_root: false,
         }
     }
 

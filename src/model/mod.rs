@@ -211,6 +211,10 @@ pub struct Container {
     /// `terminationMessagePolicy: FallbackToLogsOnError` (false: `File`).
     /// Schema 9.
     pub termination_message_fallback_to_logs: bool,
+    /// `runAsNonRoot` (the container's, else the pod's) without a
+    /// `runAsUser`: the agent checks the image's user before each start, as
+    /// the kubelet does (with a `runAsUser`, the sender checked it). Schema 9.
+    pub run_as_non_root: bool,
 }
 
 /// The path a container's termination message is read from when its spec
@@ -1062,6 +1066,7 @@ pub mod samples {
             lifecycle: Lifecycle::default(),
             termination_message_path: None,
             termination_message_fallback_to_logs: false,
+            run_as_non_root: false,
         }
     }
 }

@@ -107,6 +107,7 @@ impl From<Container> for crate::model::Container {
             lifecycle: Default::default(),
             termination_message_path: None,
             termination_message_fallback_to_logs: false,
+            run_as_non_root: false,
         }
     }
 }

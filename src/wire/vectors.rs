@@ -112,6 +112,7 @@ fn container(name: &str, image: &str) -> Container {
         },
         termination_message_path: Some("/tmp/last-words".into()),
         termination_message_fallback_to_logs: true,
+        run_as_non_root: true,
     }
 }
 
@@ -929,6 +930,7 @@ fn as_of_version(version: u16, message: Message) -> Message {
                 c.termination_message_path = None;
                 c.termination_message_fallback_to_logs = false;
                 c.env.retain(|e| e.field.is_none());
+                c.run_as_non_root = false;
             }
             spec.security = PodSecurity::default();
             if version >= POD_FIELDS_SINCE_VERSION {

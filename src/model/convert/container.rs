@@ -113,6 +113,7 @@ impl Ctx<'_> {
         let readiness_probe = probe(&c.readiness_probe, "readinessProbe", ProbeKind::Readiness)?;
         let startup_probe = probe(&c.startup_probe, "startupProbe", ProbeKind::Startup)?;
         let security_context = self.security_context(&c.name, c.security_context.as_ref(), path)?;
+        let run_as_non_root = self.non_root(c.security_context.as_ref(), security_context.as_ref());
         let lifecycle =
             self.lifecycle(c.lifecycle.as_ref(), &format!("{path}.lifecycle"), &ports)?;
         if init && lifecycle != Lifecycle::default() {
@@ -140,6 +141,7 @@ impl Ctx<'_> {
             lifecycle,
             termination_message_path,
             termination_message_fallback_to_logs,
+            run_as_non_root,
         })
     }
 

@@ -507,6 +507,28 @@ mod tests {
     }
 
     #[test]
+    fn run_as_non_root_without_a_user_is_left_to_the_agent() {
+        let spec = convert(with_container(
+            json!({"name": "app", "image": "nginx", "securityContext": {"runAsNonRoot": true}}),
+        ));
+        assert!(
+            spec.containers[0].run_as_non_root,
+            "the agent checks the image's user"
+        );
+        let pod_level = convert(json!({"spec": {"securityContext": {"runAsNonRoot": true}}}));
+        assert!(pod_level.containers[0].run_as_non_root);
+        let with_user = convert(
+            json!({"spec": {"securityContext": {"runAsNonRoot": true, "runAsUser": 1000}}}),
+        );
+        assert!(!with_user.containers[0].run_as_non_root, "checked here");
+        let overridden = convert(json!({"spec": {
+            "securityContext": {"runAsNonRoot": true},
+            "containers": [{"name": "app", "image": "nginx", "securityContext": {"runAsNonRoot": false}}],
+        }}));
+        assert!(!overridden.containers[0].run_as_non_root);
+    }
+
+    #[test]
     fn kubectl_generated_manifests_convert() {
         // `kubectl run web --image=nginx --dry-run=client -o yaml`
         let text = r#"apiVersion: v1
@@ -909,10 +931,6 @@ status: {}
             (
                 with_container(app(json!({"securityContext": {"procMount": "Unmasked"}}))),
                 "spec.containers[0].securityContext.procMount: not supported on kedge nodes",
-            ),
-            (
-                with_container(app(json!({"securityContext": {"runAsNonRoot": true}}))),
-                "spec.containers[0].securityContext.runAsNonRoot: needs an explicit non-zero runAsUser on kedge nodes (the image's user is not checked)",
             ),
             (
                 json!({"spec": {"securityContext": {"runAsNonRoot": true, "runAsUser": 0}}}),

@@ -140,8 +140,9 @@ impl Ctx<'_> {
                 return Err(field(id_path, "must not be negative"));
             }
         }
-        // runAsNonRoot: the agent does not inspect the image's user, so the
-        // check is made here against an explicit runAsUser. Wasm modules never
+        // runAsNonRoot: checked here against an explicit runAsUser; without
+        // one, the agent checks the image's user before each start
+        // (`Container::run_as_non_root`, see `non_root`). Wasm modules never
         // run as root, so it always holds for them.
         let non_root_path = match (
             sc.and_then(|sc| sc.run_as_non_root),
@@ -154,21 +155,28 @@ impl Ctx<'_> {
         };
         if let Some(non_root_path) = non_root_path
             && self.runtime == RuntimeKind::Container
+            && out.run_as_user == Some(0)
         {
-            match out.run_as_user {
-                Some(0) => {
-                    return Err(field(non_root_path, "conflicts with runAsUser 0"));
-                }
-                None => {
-                    return Err(field(
-                        non_root_path,
-                        "needs an explicit non-zero runAsUser on kedge nodes (the image's user is not checked)",
-                    ));
-                }
-                Some(_) => {}
-            }
+            return Err(field(non_root_path, "conflicts with runAsUser 0"));
         }
         Ok(any.then_some(out))
+    }
+
+    /// Whether the agent must check the image's user before a start: the
+    /// effective `runAsNonRoot` (`sc`'s, else the pod's) of a container pod
+    /// whose effective `runAsUser` (`merged`'s) is unset.
+    pub(super) fn non_root(
+        &self,
+        sc: Option<&k8s::SecurityContext>,
+        merged: Option<&SecurityContext>,
+    ) -> bool {
+        let pod = self.spec.security_context.as_ref();
+        let asked = sc
+            .and_then(|sc| sc.run_as_non_root)
+            .or_else(|| pod.and_then(|p| p.run_as_non_root));
+        self.runtime == RuntimeKind::Container
+            && asked == Some(true)
+            && merged.and_then(|m| m.run_as_user).is_none()
     }
 
     /// A `seccompProfile` or `appArmorProfile` at `path`, checked as the

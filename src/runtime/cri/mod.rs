@@ -226,6 +226,39 @@ impl CriRuntime {
         }
     }
 
+    /// `runAsNonRoot` without a `runAsUser`: the image's user, as the
+    /// kubelet checks it (`spec::verify_run_as_non_root`).
+    async fn verify_run_as_non_root(
+        &self,
+        pod: &PodContext,
+        container: &Container,
+        image_id: &str,
+    ) -> Result<(), RuntimeError> {
+        let image = self
+            .images
+            .clone()
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec {
+                    image: image_id.to_string(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .map_err(|s| self.status_error("ImageStatus", s))?
+            .into_inner()
+            .image
+            .unwrap_or_default();
+        let pod_name = format!("{}/{}", pod.spec.namespace, pod.spec.name);
+        spec::verify_run_as_non_root(
+            image.uid.map(|u| u.value),
+            &image.username,
+            &pod_name,
+            &container.name,
+        )
+        .map_err(RuntimeError::CreateConfig)
+    }
+
     /// Makes sure the image is there per the pull policy; returns its id.
     async fn ensure_image(
         &self,
@@ -495,6 +528,10 @@ impl CriRuntime {
         let image_id = self
             .ensure_image(pod, container, Some(&sandbox.config))
             .await?;
+        if container.run_as_non_root {
+            self.verify_run_as_non_root(pod, container, &image_id)
+                .await?;
+        }
         std::fs::create_dir_all(spec::log_directory(&pod.pod_dir).join(&container.name))
             .map_err(|e| RuntimeError::Create(format!("cannot create the log directory: {e}")))?;
         // The termination message file, writable by any user of the

@@ -137,6 +137,28 @@ fn protocol(p: &str) -> i32 {
 
 /// The sandbox of a pod: its network (CNI or the host's), hostname, log
 /// directory, host ports, labels and cgroup.
+/// The kubelet's `verifyRunAsNonRoot` for a container without a
+/// `runAsUser`: the image's user (`uid`, else `username`, from CRI
+/// `ImageStatus`; neither: root) must not be root, and a user by name
+/// cannot be checked. The error becomes the container's
+/// `CreateContainerConfigError`.
+pub fn verify_run_as_non_root(
+    uid: Option<i64>,
+    username: &str,
+    pod: &str,
+    container: &str,
+) -> Result<(), String> {
+    match (uid, username) {
+        (Some(0), _) | (None, "") => Err(format!(
+            "container has runAsNonRoot and image will run as root (pod: {pod:?}, container: {container})"
+        )),
+        (None, name) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({name}), cannot verify user is non-root (pod: {pod:?}, container: {container})"
+        )),
+        (Some(_), _) => Ok(()),
+    }
+}
+
 /// The pod's namespaces as the kubelet chooses them: the node's network,
 /// PID and IPC namespaces with `hostNetwork`, `hostPID` and `hostIPC`; else
 /// the pod's network and IPC namespaces, and each container's own PID
@@ -448,6 +470,7 @@ mod tests {
             lifecycle: Default::default(),
             termination_message_path: None,
             termination_message_fallback_to_logs: false,
+            run_as_non_root: false,
         }
     }
 
@@ -500,6 +523,21 @@ mod tests {
             .and_then(|s| s.namespace_options)
             .expect("ns");
         assert_eq!(ns.network, cri::NamespaceMode::Node as i32);
+    }
+
+    #[test]
+    fn an_image_that_runs_as_root_or_by_name_fails_run_as_non_root() {
+        let check = |uid, name| verify_run_as_non_root(uid, name, "default/web", "app");
+        assert_eq!(check(Some(1000), ""), Ok(()));
+        assert_eq!(
+            check(Some(0), ""),
+            Err("container has runAsNonRoot and image will run as root (pod: \"default/web\", container: app)".into())
+        );
+        assert_eq!(check(None, ""), check(Some(0), ""), "no user is root");
+        assert_eq!(
+            check(None, "nginx"),
+            Err("container has runAsNonRoot and image has non-numeric user (nginx), cannot verify user is non-root (pod: \"default/web\", container: app)".into())
+        );
     }
 
     #[test]
