@@ -478,10 +478,10 @@ spec:
     image: {BUSYBOX}
     workingDir: /work
     env: [{{name: GREETING, value: hello-from-env}}]
-    command: [sh, -c, "cat msg; echo greeting=$GREETING; cat /config/app.conf; echo cwd=$(pwd)"]
+    command: [sh, -c, "cat msg; echo greeting=$GREETING; cat /config/app.conf; echo cwd=$(pwd); touch /config/x 2>/dev/null && echo config=writable || echo config=read-only"]
     volumeMounts:
     - {{name: work, mountPath: /work}}
-    - {{name: config, mountPath: /config, readOnly: true}}
+    - {{name: config, mountPath: /config}}
   volumes:
   - name: work
     emptyDir: {{}}
@@ -503,6 +503,8 @@ spec:
         "greeting=hello-from-env",
         "level=debug",
         "cwd=/work",
+        // Read-only although the mount does not say so, as in Kubernetes.
+        "config=read-only",
     ] {
         assert!(logs.contains(want), "missing {want:?} in logs:\n{logs}");
     }

@@ -179,6 +179,17 @@ impl PodSpec {
     pub fn key(&self) -> PodKey {
         PodKey::new(&self.namespace, &self.name)
     }
+
+    /// Whether `mount` is read-only in the container: as asked, and always
+    /// for a volume of files (configMap, secret, downwardAPI, projected),
+    /// which Kubernetes mounts read-only whatever the mount says.
+    pub fn mount_read_only(&self, mount: &VolumeMount) -> bool {
+        mount.read_only
+            || self
+                .volumes
+                .iter()
+                .any(|v| v.name == mount.name && matches!(v.source, VolumeSource::Files { .. }))
+    }
 }
 
 /// A container. `command`, `args` and env values are templates: the agent

@@ -526,7 +526,7 @@ impl WasmRuntime {
                     ))
                 })?;
             }
-            let perms = if m.read_only {
+            let perms = if pod.spec.mount_read_only(m) {
                 FsPerms::ReadOnly
             } else {
                 FsPerms::ReadWrite

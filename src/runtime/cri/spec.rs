@@ -315,7 +315,7 @@ pub fn container_config(
         mounts.push(cri::Mount {
             container_path: m.mount_path.clone(),
             host_path: host.display().to_string(),
-            readonly: m.read_only,
+            readonly: spec.mount_read_only(m),
             ..Default::default()
         });
     }
@@ -538,6 +538,28 @@ mod tests {
             check(None, "nginx"),
             Err("container has runAsNonRoot and image has non-numeric user (nginx), cannot verify user is non-root (pod: \"default/web\", container: app)".into())
         );
+    }
+
+    #[test]
+    fn a_volume_of_files_is_mounted_read_only_whatever_the_mount_says() {
+        let mut spec = pod();
+        spec.volumes.push(Volume {
+            name: "cfg".into(),
+            source: VolumeSource::Files {
+                files: vec![("a".into(), b"1".to_vec())],
+                default_mode: 0o644,
+            },
+        });
+        let mut c = container();
+        c.volume_mounts = vec![VolumeMount {
+            name: "cfg".into(),
+            mount_path: "/cfg".into(),
+            read_only: false,
+            sub_path: None,
+        }];
+        let config = container_config(&spec, Path::new("/d"), &c, "img", 0, &settings(false))
+            .expect("config");
+        assert!(config.mounts[0].readonly);
     }
 
     #[test]
