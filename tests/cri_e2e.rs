@@ -1725,3 +1725,60 @@ spec:
         phase(s) == "Running" && all_running(s)
     });
 }
+
+/// A gRPC readiness probe against a real gRPC health server (tonic-health,
+/// in this test, on a free port of every address) from a host-network pod
+/// in the real containerd: the pod is Ready only while the service answers
+/// SERVING, as with a kubelet.
+#[test]
+fn a_grpc_probe_drives_readiness() {
+    use tonic_health::ServingStatus;
+    let Some(env) = CriEnv::for_test("a_grpc_probe_drives_readiness", "gw-cri-grpc") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (reporter, port) = rt.block_on(async {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("sensor", ServingStatus::NotServing)
+            .await;
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        (reporter, port)
+    });
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: grpc}}
+spec:
+  hostNetwork: true
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, "while true; do sleep 1; done"]
+    readinessProbe:
+      grpc: {{port: {port}, service: sensor}}
+      periodSeconds: 1
+"#
+    ));
+    let s = env.wait_status("running, not serving", "grpc", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    assert_eq!(condition(&s, "Ready"), Some(false), "{s}");
+    rt.block_on(reporter.set_service_status("sensor", ServingStatus::Serving));
+    env.wait_status("ready while serving", "grpc", |s| {
+        condition(s, "Ready") == Some(true)
+    });
+    rt.block_on(reporter.set_service_status("sensor", ServingStatus::NotServing));
+    env.wait_status("not ready again", "grpc", |s| {
+        condition(s, "Ready") == Some(false)
+    });
+}

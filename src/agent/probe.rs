@@ -173,6 +173,9 @@ async fn run(
                 Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
             }
         }
+        ProbeHandler::Grpc { port, service } => {
+            grpc::check(&target_host(&None, pod_ip), *port, service, timeout).await
+        }
         ProbeHandler::HttpGet {
             path,
             port,
@@ -207,6 +210,102 @@ async fn run(
                 Err(e) => Err(format!("Get \"{url}\": {e}")),
             }
         }
+    }
+}
+
+/// gRPC probes: the gRPC health protocol's `Check`, with the kubelet's
+/// words for each outcome (pkg/probe/grpc). Through tonic, which device
+/// builds have for the CRI; the two messages are declared here (prost), as
+/// `grpc.health.v1` defines them.
+#[cfg(feature = "cri")]
+mod grpc {
+    use std::time::Duration;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct HealthCheckRequest {
+        #[prost(string, tag = "1")]
+        service: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct HealthCheckResponse {
+        #[prost(int32, tag = "1")]
+        status: i32,
+    }
+
+    /// `grpc.health.v1.HealthCheckResponse.ServingStatus`'s names.
+    fn status_name(status: i32) -> &'static str {
+        match status {
+            0 => "UNKNOWN",
+            1 => "SERVING",
+            2 => "NOT_SERVING",
+            3 => "SERVICE_UNKNOWN",
+            _ => "UNRECOGNIZED",
+        }
+    }
+
+    pub(super) async fn check(
+        host: &str,
+        port: u16,
+        service: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let secs = timeout.as_secs();
+        let connect_failed = |e: &dyn std::fmt::Display| {
+            format!("timeout: failed to connect service {addr:?} within {secs}s: {e}")
+        };
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| connect_failed(&e))?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => return Err(connect_failed(&e)),
+            Err(_) => return Err(connect_failed(&"context deadline exceeded")),
+        };
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.map_err(|e| connect_failed(&e))?;
+        let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
+        let request = tonic::Request::new(HealthCheckRequest {
+            service: service.to_string(),
+        });
+        let path = "/grpc.health.v1.Health/Check".parse().expect("path");
+        match tokio::time::timeout(timeout, grpc.unary(request, path, codec)).await {
+            Ok(Ok(r)) if r.get_ref().status == 1 => Ok(()),
+            Ok(Ok(r)) => Err(format!(
+                "service unhealthy (responded with {:?})",
+                status_name(r.get_ref().status)
+            )),
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => Err(format!(
+                "error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {}",
+                s.message()
+            )),
+            Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => Err(format!(
+                "timeout: health rpc did not complete within {secs}s"
+            )),
+            Ok(Err(s)) => Err(format!("error: health rpc probe failed: {s}")),
+            Err(_) => Err(format!(
+                "timeout: health rpc did not complete within {secs}s"
+            )),
+        }
+    }
+}
+
+/// Builds without the CRI have no gRPC client: the probe fails saying so.
+#[cfg(not(feature = "cri"))]
+mod grpc {
+    pub(super) async fn check(
+        _host: &str,
+        _port: u16,
+        _service: &str,
+        _timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        Err("gRPC probes need a kedge build with the cri feature".into())
     }
 }
 

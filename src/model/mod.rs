@@ -360,6 +360,13 @@ pub enum ProbeHandler {
         port: u16,
         host: Option<String>,
     },
+    /// The gRPC health protocol (`grpc.health.v1.Health/Check`) on the
+    /// pod's address; `service` may be empty. Schema 9 (a new last variant:
+    /// older bodies read as before).
+    Grpc {
+        port: u16,
+        service: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -488,6 +488,13 @@ fn container(path: &str, c: &Container, volumes: &BTreeSet<&str>) -> Result {
                     "Forbidden: tcpSocket is not a lifecycle hook handler",
                 ));
             }
+            // Kubernetes' lifecycle handlers have no gRPC action.
+            Some(Hook::Run(ProbeHandler::Grpc { .. })) => {
+                return Err(invalid(
+                    format!("{p}.grpc"),
+                    "Forbidden: a lifecycle hook cannot be a gRPC call",
+                ));
+            }
             Some(Hook::Run(handler)) => probe_handler(&p, handler)?,
             Some(Hook::Sleep { seconds }) => at_most(
                 &format!("{p}.sleep.seconds"),
@@ -697,6 +704,15 @@ fn probe_handler(path: &str, handler: &ProbeHandler) -> Result {
             if let Some(h) = host {
                 text(&format!("{path}.tcpSocket.host"), h, 253)?;
             }
+        }
+        ProbeHandler::Grpc { port, service } => {
+            if *port == 0 {
+                return Err(invalid(
+                    format!("{path}.grpc.port"),
+                    "Invalid value: 0: must be between 1 and 65535, inclusive",
+                ));
+            }
+            text(&format!("{path}.grpc.service"), service, MAX_SHORT)?;
         }
     }
     Ok(())

@@ -135,10 +135,18 @@ pub(super) fn desired_pod() -> PodSpec {
             "init",
             "file:///opt/kedge/init.wasm@sha256:0000000000000000000000000000000000000000000000000000000000000000",
         )],
-        containers: vec![container(
-            "main",
-            "https://example.com/sensor.wasm@sha256:1111111111111111111111111111111111111111111111111111111111111111",
-        )],
+        containers: vec![{
+            let mut main = container(
+                "main",
+                "https://example.com/sensor.wasm@sha256:1111111111111111111111111111111111111111111111111111111111111111",
+            );
+            // Version 9's probe handler, the one container that has it.
+            main.readiness_probe = Some(probe(ProbeHandler::Grpc {
+                port: 9000,
+                service: "sensor".into(),
+            }));
+            main
+        }],
         volumes: vec![
             Volume {
                 name: "scratch".into(),
@@ -931,6 +939,14 @@ fn as_of_version(version: u16, message: Message) -> Message {
                 c.termination_message_fallback_to_logs = false;
                 c.env.retain(|e| e.field.is_none());
                 c.run_as_non_root = false;
+                if let Some(p) = &mut c.readiness_probe
+                    && matches!(p.handler, ProbeHandler::Grpc { .. })
+                {
+                    p.handler = ProbeHandler::TcpSocket {
+                        port: 8080,
+                        host: Some("localhost".into()),
+                    };
+                }
             }
             spec.security = PodSecurity::default();
             if version >= POD_FIELDS_SINCE_VERSION {

@@ -507,6 +507,34 @@ mod tests {
     }
 
     #[test]
+    fn grpc_probes_convert_for_container_pods() {
+        let spec = convert(with_container(json!({"name": "app", "image": "nginx",
+            "readinessProbe": {"grpc": {"port": 9000, "service": "ready"}},
+            "livenessProbe": {"grpc": {"port": 9000}}})));
+        let c = &spec.containers[0];
+        assert_eq!(
+            c.readiness_probe.as_ref().map(|p| &p.handler),
+            Some(&ProbeHandler::Grpc {
+                port: 9000,
+                service: "ready".into()
+            })
+        );
+        assert_eq!(
+            c.liveness_probe.as_ref().map(|p| &p.handler),
+            Some(&ProbeHandler::Grpc {
+                port: 9000,
+                service: String::new()
+            })
+        );
+        let mut pod = wasm(&format!("file:///m.wasm@sha256:{DIGEST}"));
+        pod["spec"]["containers"][0]["readinessProbe"] = json!({"grpc": {"port": 9000}});
+        assert_eq!(
+            convert_err(pod),
+            "spec.containers[0].readinessProbe.grpc: grpc probes are not supported for wasm containers: a module has no network address of its own to probe"
+        );
+    }
+
+    #[test]
     fn run_as_non_root_without_a_user_is_left_to_the_agent() {
         let spec = convert(with_container(
             json!({"name": "app", "image": "nginx", "securityContext": {"runAsNonRoot": true}}),
@@ -915,8 +943,8 @@ status: {}
                 "spec.containers[0].resources.limits[memory]: invalid quantity \"lots\"",
             ),
             (
-                with_container(app(json!({"livenessProbe": {"grpc": {"port": 9000}}}))),
-                "spec.containers[0].livenessProbe.grpc: grpc probes are not supported on kedge nodes",
+                with_container(app(json!({"livenessProbe": {"grpc": {"port": 0}}}))),
+                "spec.containers[0].livenessProbe.grpc.port: Invalid value: 0: must be between 1 and 65535, inclusive",
             ),
             (
                 with_container(app(json!({"livenessProbe": {"httpGet": {"port": "http"}}}))),

@@ -17,12 +17,6 @@ impl Ctx<'_> {
         ports: &[ContainerPort],
         kind: ProbeKind,
     ) -> Result<Probe, ConvertError> {
-        if p.grpc.is_some() {
-            return Err(field(
-                format!("{path}.grpc"),
-                "grpc probes are not supported on kedge nodes",
-            ));
-        }
         if p.termination_grace_period_seconds.is_some() {
             return Err(unsupported(format!("{path}.terminationGracePeriodSeconds")));
         }
@@ -30,6 +24,7 @@ impl Ctx<'_> {
             p.exec.is_some(),
             p.http_get.is_some(),
             p.tcp_socket.is_some(),
+            p.grpc.is_some(),
         ]
         .iter()
         .filter(|s| **s)
@@ -37,7 +32,7 @@ impl Ctx<'_> {
         if count == 0 {
             return Err(field(
                 path,
-                "must specify a handler type (exec, httpGet or tcpSocket)",
+                "must specify a handler type (exec, httpGet, tcpSocket or grpc)",
             ));
         }
         if count > 1 {
@@ -64,10 +59,34 @@ impl Ctx<'_> {
                 port: probe_port(&tcp.port, ports, &format!("{path}.port"))?,
                 host: tcp.host.clone().filter(|h| !h.is_empty()),
             }
+        } else if let Some(grpc) = &p.grpc {
+            let path = format!("{path}.grpc");
+            if self.runtime == RuntimeKind::Wasm {
+                return Err(field(
+                    path,
+                    "grpc probes are not supported for wasm containers: a module has no network address of its own to probe",
+                ));
+            }
+            let port = u16::try_from(grpc.port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| {
+                    field(
+                        format!("{path}.port"),
+                        format!(
+                            "Invalid value: {}: must be between 1 and 65535, inclusive",
+                            grpc.port
+                        ),
+                    )
+                })?;
+            ProbeHandler::Grpc {
+                port,
+                service: grpc.service.clone().unwrap_or_default(),
+            }
         } else {
             return Err(field(
                 path,
-                "must specify a handler type (exec, httpGet or tcpSocket)",
+                "must specify a handler type (exec, httpGet, tcpSocket or grpc)",
             ));
         };
         // A Wasm module has no network of its own (WASI sockets are not
@@ -77,7 +96,7 @@ impl Ctx<'_> {
             let (handler_name, host) = match &handler {
                 ProbeHandler::HttpGet { host, .. } => ("httpGet", host),
                 ProbeHandler::TcpSocket { host, .. } => ("tcpSocket", host),
-                ProbeHandler::Exec { .. } => ("exec", &None),
+                ProbeHandler::Exec { .. } | ProbeHandler::Grpc { .. } => ("exec", &None),
             };
             if host.is_none() && !matches!(handler, ProbeHandler::Exec { .. }) {
                 return Err(field(
@@ -383,7 +402,7 @@ mod tests {
             "livenessProbe": {"periodSeconds": 3}})));
         assert_eq!(
             err,
-            "spec.containers[0].livenessProbe: must specify a handler type (exec, httpGet or tcpSocket)"
+            "spec.containers[0].livenessProbe: must specify a handler type (exec, httpGet, tcpSocket or grpc)"
         );
     }
 }
