@@ -259,17 +259,18 @@ mod grpc {
         let connect_failed = |e: &dyn std::fmt::Display| {
             format!("timeout: failed to connect service {addr:?} within {secs}s: {e}")
         };
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| connect_failed(&e))?
+        let ip: std::net::IpAddr = host.parse().map_err(|e| connect_failed(&e))?;
+        let endpoint = tonic::transport::Endpoint::from_static("http://[::1]:0")
             .connect_timeout(timeout)
             .timeout(timeout);
-        let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
-            Ok(Ok(channel)) => channel,
+        let dial = crate::runtime::cri::Dial::Tcp((ip, port).into());
+        let channel = crate::runtime::cri::lazy_channel(endpoint, dial);
+        let mut grpc = tonic::client::Grpc::new(channel);
+        match tokio::time::timeout(timeout, grpc.ready()).await {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(connect_failed(&e)),
             Err(_) => return Err(connect_failed(&"context deadline exceeded")),
-        };
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await.map_err(|e| connect_failed(&e))?;
+        }
         let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
         let request = tonic::Request::new(HealthCheckRequest {
             service: service.to_string(),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{free_port, poll_until, read_lossy, run_with_deadline, wait_until};
+use super::{free_port, poll_until, read_lossy, run_with_deadline};
 
 /// The busybox image every container test runs (imported, never pulled).
 pub const BUSYBOX: &str = "kedge.test/busybox:1";
@@ -709,22 +709,5 @@ impl Drop for Registry {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// Waits until `f` holds, with the containerd log in the panic message.
-pub fn wait_cri<T>(
-    c: &Containerd,
-    what: &str,
-    deadline: Duration,
-    f: impl FnMut() -> Option<T>,
-) -> T {
-    match poll_until(deadline, Duration::from_millis(100), f) {
-        Some(v) => v,
-        None => wait_until(
-            &format!("{what}\n--- containerd log:\n{}", c.log()),
-            Duration::ZERO,
-            || None::<T>,
-        ),
     }
 }

@@ -181,11 +181,6 @@ impl Kubectl {
         }
     }
 
-    /// The same kubectl as another user (another kubeconfig).
-    pub fn as_user(&self, kubeconfig: &Path) -> Kubectl {
-        Kubectl::new(&self.bin, kubeconfig)
-    }
-
     /// Runs `kubectl ARGS…` to its end (at most two minutes).
     pub fn run(&self, args: &[&str]) -> std::process::Output {
         self.run_with_input(args, b"")

@@ -78,6 +78,43 @@ pub struct CriRuntime {
     history: Mutex<HashMap<(String, String), Vec<String>>>,
 }
 
+/// How many more status reads (`POLL` apart) a container killed with
+/// SIGKILL that the agent did not stop gets before its exit is reported:
+/// containerd 1.6 may handle the task's exit before its OOM event, and then
+/// says `Error` until the OOM event turns it into `OOMKilled`.
+const OOM_EVENT_READS: u32 = 5;
+
+/// Where a channel's connections go.
+#[derive(Clone)]
+pub(crate) enum Dial {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+/// A gRPC channel that connects on first use to `dial`: the CRI socket, or
+/// a pod's port for a gRPC probe. One connector type for every channel the
+/// agent makes, so tonic's connection code is compiled once (its own TCP
+/// connector and DNS resolver would add tens of kB to device builds).
+pub(crate) fn lazy_channel(endpoint: Endpoint, dial: Dial) -> Channel {
+    endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+        let dial = dial.clone();
+        async move {
+            let io: Box<dyn Io> = match dial {
+                Dial::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+                Dial::Tcp(addr) => {
+                    let tcp = tokio::net::TcpStream::connect(addr).await?;
+                    let _ = tcp.set_nodelay(true);
+                    Box::new(tcp)
+                }
+            };
+            Ok::<_, std::io::Error>(TokioIo::new(io))
+        }
+    }))
+}
+
 fn socket_path(endpoint: &str) -> PathBuf {
     PathBuf::from(endpoint.strip_prefix("unix://").unwrap_or(endpoint))
 }
@@ -87,18 +124,10 @@ impl CriRuntime {
     /// starts even while the container runtime is still coming up.
     pub fn new(opts: CriOptions) -> Result<CriRuntime, RuntimeError> {
         let path = socket_path(&opts.endpoint);
-        let channel = Endpoint::try_from("http://[::1]:0")
-            .map_err(|e| RuntimeError::Unavailable(format!("invalid CRI endpoint: {e}")))?
+        let endpoint = Endpoint::from_static("http://[::1]:0")
             .connect_timeout(Duration::from_secs(5))
-            .timeout(opts.timeout)
-            .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }));
+            .timeout(opts.timeout);
+        let channel = lazy_channel(endpoint, Dial::Unix(path));
         Ok(CriRuntime {
             // ExecSync answers with a command's whole output: up to
             // containerd's own bound (16 MiB a stream, 16 MiB a message),
@@ -440,6 +469,10 @@ impl CriRuntime {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut stopping = false;
                 let mut failures = 0u32;
+                // Reads of a SIGKILLed container's status left to see
+                // containerd's OOM event, which may land after the exit
+                // (then the reason turns from Error to OOMKilled).
+                let mut oom_reads = OOM_EVENT_READS;
                 loop {
                     tokio::select! {
                         grace = &mut stop_rx, if !stopping => {
@@ -463,6 +496,11 @@ impl CriRuntime {
                                     failures = 0;
                                     let Some(s) = r.into_inner().status else { continue };
                                     if s.state == cri::ContainerState::ContainerExited as i32 {
+                                        let killed = s.exit_code == 137 && s.reason != "OOMKilled";
+                                        if killed && !stopping && oom_reads > 0 {
+                                            oom_reads -= 1;
+                                            continue;
+                                        }
                                         let _ = exit_tx.send(spec::exit_status(&s));
                                         return;
                                     }
