@@ -265,27 +265,22 @@ mod grpc {
             .timeout(timeout);
         let dial = crate::runtime::cri::Dial::Tcp((ip, port).into());
         let channel = crate::runtime::cri::lazy_channel(endpoint, dial);
-        let mut grpc = tonic::client::Grpc::new(channel);
-        match tokio::time::timeout(timeout, grpc.ready()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(connect_failed(&e)),
-            Err(_) => return Err(connect_failed(&"context deadline exceeded")),
-        }
-        let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
-        let request = tonic::Request::new(HealthCheckRequest {
+        let request = HealthCheckRequest {
             service: service.to_string(),
-        });
-        let path = "/grpc.health.v1.Health/Check".parse().expect("path");
-        match tokio::time::timeout(timeout, grpc.unary(request, path, codec)).await {
-            Ok(Ok(r)) if r.get_ref().status == 1 => Ok(()),
+        };
+        let path = "/grpc.health.v1.Health/Check";
+        let call = crate::runtime::cri::unary::<_, HealthCheckResponse>(channel, path, request);
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(r)) if r.status == 1 => Ok(()),
             Ok(Ok(r)) => Err(format!(
                 "service unhealthy (responded with {:?})",
-                status_name(r.get_ref().status)
+                status_name(r.status)
             )),
             Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => Err(format!(
                 "error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {}",
                 s.message()
             )),
+            Ok(Err(s)) if s.code() == tonic::Code::Unavailable => Err(connect_failed(&s.message())),
             Ok(Err(s)) if s.code() == tonic::Code::DeadlineExceeded => Err(format!(
                 "timeout: health rpc did not complete within {secs}s"
             )),

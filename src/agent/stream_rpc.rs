@@ -207,7 +207,7 @@ pub use relay::{Streams, relay};
 pub use disabled::Streams;
 
 /// What a build without the `streams` feature answers.
-pub const NOT_BUILT: &str = "this kedge build has no port-forward (feature streams)";
+pub const NOT_BUILT: &str = "this kedge build has no port-forward, exec or attach (feature streams, not in minimal device builds)";
 
 #[cfg(not(feature = "streams"))]
 mod disabled {

@@ -78,11 +78,13 @@ pub struct CriRuntime {
     history: Mutex<HashMap<(String, String), Vec<String>>>,
 }
 
-/// How many more status reads (`POLL` apart) a container killed with
+/// How many more status reads (`POLL` apart: 5 s) a container killed with
 /// SIGKILL that the agent did not stop gets before its exit is reported:
 /// containerd 1.6 may handle the task's exit before its OOM event, and then
-/// says `Error` until the OOM event turns it into `OOMKilled`.
-const OOM_EVENT_READS: u32 = 5;
+/// says `Error` until the OOM event turns it into `OOMKilled` (on a loaded
+/// 2-core machine, more than a second later). The first read that says
+/// `OOMKilled` ends the wait.
+const OOM_EVENT_READS: u32 = 25;
 
 /// Where a channel's connections go.
 #[derive(Clone)]
@@ -113,6 +115,74 @@ pub(crate) fn lazy_channel(endpoint: Endpoint, dial: Dial) -> Channel {
             Ok::<_, std::io::Error>(TokioIo::new(io))
         }
     }))
+}
+
+/// The one unary gRPC call the agent makes besides k8s-cri's generated
+/// client (the stats, exec and attach calls, gRPC health checks): `request`
+/// encoded, the answer decoded as `Resp` (a type of just the fields read),
+/// through one codec of bytes, so tonic's call and decoding code is compiled
+/// once for all of them rather than once per message type (kilobytes of a
+/// device build each).
+pub(crate) async fn unary<Req: prost::Message, Resp: prost::Message + Default>(
+    channel: Channel,
+    path: &'static str,
+    request: Req,
+) -> Result<Resp, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let answer = grpc
+        .unary(
+            tonic::Request::new(request.encode_to_vec()),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            raw::Codec,
+        )
+        .await?
+        .into_inner();
+    Resp::decode(answer.as_slice()).map_err(|e| tonic::Status::internal(e.to_string()))
+}
+
+/// A codec of encoded messages: bytes in, bytes out.
+mod raw {
+    use prost::bytes::{Buf, BufMut};
+    use tonic::codec::{DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Default)]
+    pub(super) struct Codec;
+    pub(super) struct Bytes;
+
+    impl tonic::codec::Codec for Codec {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Bytes;
+        type Decoder = Bytes;
+        fn encoder(&mut self) -> Bytes {
+            Bytes
+        }
+        fn decoder(&mut self) -> Bytes {
+            Bytes
+        }
+    }
+
+    impl Encoder for Bytes {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for Bytes {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+            let mut item = vec![0; src.remaining()];
+            src.copy_to_slice(&mut item);
+            Ok(Some(item))
+        }
+    }
 }
 
 fn socket_path(endpoint: &str) -> PathBuf {
@@ -725,6 +795,13 @@ struct StatsList {
     stats: Vec<Stats>,
 }
 
+/// CRI `ExecResponse` and `AttachResponse`: 1 url.
+#[derive(Clone, PartialEq, prost::Message)]
+struct UrlResponse {
+    #[prost(string, tag = "1")]
+    url: String,
+}
+
 /// `ContainerStats`: 1 attributes, 2 cpu, 3 memory.
 #[derive(Clone, PartialEq, prost::Message)]
 struct Stats {
@@ -833,8 +910,8 @@ impl Runtime for CriRuntime {
                 .map(|(_, id)| id)
                 .unwrap_or(container_id)
                 .to_string();
-            let mut runtime = self.runtime.clone();
-            let url = if exec.command.is_empty() {
+            // Exec's and Attach's answers are both `{ url }`: one type.
+            let url: UrlResponse = if exec.command.is_empty() {
                 let request = cri::AttachRequest {
                     container_id: id,
                     stdin: exec.stdin,
@@ -842,12 +919,13 @@ impl Runtime for CriRuntime {
                     stdout: exec.stdout,
                     stderr: exec.stderr,
                 };
-                runtime
-                    .attach(request)
-                    .await
-                    .map_err(|s| self.status_error("Attach", s))?
-                    .into_inner()
-                    .url
+                unary(
+                    self.channel.clone(),
+                    "/runtime.v1.RuntimeService/Attach",
+                    request,
+                )
+                .await
+                .map_err(|s| self.status_error("Attach", s))?
             } else {
                 let request = cri::ExecRequest {
                     container_id: id,
@@ -857,13 +935,15 @@ impl Runtime for CriRuntime {
                     stdout: exec.stdout,
                     stderr: exec.stderr,
                 };
-                runtime
-                    .exec(request)
-                    .await
-                    .map_err(|s| self.status_error("Exec", s))?
-                    .into_inner()
-                    .url
+                unary(
+                    self.channel.clone(),
+                    "/runtime.v1.RuntimeService/Exec",
+                    request,
+                )
+                .await
+                .map_err(|s| self.status_error("Exec", s))?
             };
+            let url = url.url;
             Ok(url)
         })
     }
@@ -926,24 +1006,12 @@ impl Runtime for CriRuntime {
             let request = cri::ListContainerStatsRequest {
                 filter: Some(filter),
             };
-            // Through `Grpc` rather than k8s-cri's client: the reply is
+            // Through `unary` rather than k8s-cri's client: the reply is
             // decoded as `StatsList`, only the fields read here.
-            let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-            let call = "ListContainerStats";
-            grpc.ready()
-                .await
-                .map_err(|e| self.status_error(call, tonic::Status::unavailable(e.to_string())))?;
             let path = "/runtime.v1.RuntimeService/ListContainerStats";
-            let codec = tonic_prost::ProstCodec::<_, StatsList>::default();
-            let stats = grpc
-                .unary(
-                    tonic::Request::new(request),
-                    path.parse().expect("path"),
-                    codec,
-                )
+            let stats = unary::<_, StatsList>(self.channel.clone(), path, request)
                 .await
-                .map_err(|s| self.status_error(call, s))?
-                .into_inner()
+                .map_err(|s| self.status_error("ListContainerStats", s))?
                 .stats;
             Ok(stats.iter().filter_map(usage_of).collect())
         })
