@@ -333,21 +333,7 @@ impl CriRuntime {
         container: &Container,
         image_id: &str,
     ) -> Result<(), RuntimeError> {
-        let image = self
-            .images
-            .clone()
-            .image_status(cri::ImageStatusRequest {
-                image: Some(cri::ImageSpec {
-                    image: image_id.to_string(),
-                    ..Default::default()
-                }),
-                verbose: false,
-            })
-            .await
-            .map_err(|s| self.status_error("ImageStatus", s))?
-            .into_inner()
-            .image
-            .unwrap_or_default();
+        let image = self.image_status(image_id).await?.unwrap_or_default();
         let pod_name = format!("{}/{}", pod.spec.namespace, pod.spec.name);
         spec::verify_run_as_non_root(
             image.uid.map(|u| u.value),
@@ -356,6 +342,25 @@ impl CriRuntime {
             &container.name,
         )
         .map_err(RuntimeError::CreateConfig)
+    }
+
+    /// The runtime's record of `image` (a reference or an id), if it has it.
+    async fn image_status(&self, image: &str) -> Result<Option<cri::Image>, RuntimeError> {
+        let request = cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            verbose: false,
+        };
+        Ok(self
+            .images
+            .clone()
+            .image_status(request)
+            .await
+            .map_err(|s| self.status_error("ImageStatus", s))?
+            .into_inner()
+            .image)
     }
 
     /// Makes sure the image is there per the pull policy; returns its id.
@@ -369,20 +374,7 @@ impl CriRuntime {
         let present = if container.image_pull_policy == PullPolicy::Always {
             None
         } else {
-            self.images
-                .clone()
-                .image_status(cri::ImageStatusRequest {
-                    image: Some(cri::ImageSpec {
-                        image: image.clone(),
-                        ..Default::default()
-                    }),
-                    verbose: false,
-                })
-                .await
-                .map_err(|s| self.status_error("ImageStatus", s))?
-                .into_inner()
-                .image
-                .map(|i| i.id)
+            self.image_status(image).await?.map(|i| i.id)
         };
         if let Some(id) = present {
             return Ok(id);
