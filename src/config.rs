@@ -269,7 +269,7 @@ pub const KEYS: &[KeyDoc] = &[
         key: "data.routes",
         ty: KeyType::Str,
         default: "",
-        help: "workload data routes, separated by ';' or newlines: FROM namespace/pod[/container] topic-filter INTO $upstream [TTL 2h] (empty: no data path; feature data)",
+        help: "workload data routes, separated by ';' or newlines: FROM namespace/pod[/container] topic-filter INTO $upstream [TTL 2h] (pods may also declare their own, kedge.io/routes; feature data)",
     },
     KeyDoc {
         key: "data.listen",
@@ -287,7 +287,7 @@ pub const KEYS: &[KeyDoc] = &[
         key: "data.sink_public_key",
         ty: KeyType::Str,
         default: "",
-        help: "the sink's X25519 public key (64 hex characters, `kedge sink keygen`); batches are sealed to it; required with data.routes",
+        help: "the sink's X25519 public key (64 hex characters, `kedge sink keygen`); batches are sealed to it; required with data.routes; set alone, it starts the data path for the routes pods declare (`kedge.io/routes`)",
     },
     KeyDoc {
         key: "data.default_ttl_secs",
@@ -855,15 +855,25 @@ fn non_empty(p: Option<PathBuf>) -> Option<PathBuf> {
 impl Config {
     fn validate_data(&self) -> Result<(), ConfigError> {
         let data = &self.data;
-        if data.routes.trim().is_empty() {
+        // A data path comes with the node's routes or with the sink's key
+        // alone (pods then declare their routes, `kedge.io/routes`).
+        if data.routes.trim().is_empty() && data.sink_public_key.is_empty() {
             return Ok(());
         }
         #[cfg(not(feature = "data"))]
-        return Err(ConfigError::value(
-            "data.routes",
-            &data.routes,
-            "this build has no data path (cargo feature data)",
-        ));
+        return Err(if data.routes.trim().is_empty() {
+            ConfigError::value(
+                "data.sink_public_key",
+                &data.sink_public_key,
+                "this build has no data path (cargo feature data)",
+            )
+        } else {
+            ConfigError::value(
+                "data.routes",
+                &data.routes,
+                "this build has no data path (cargo feature data)",
+            )
+        });
         #[cfg(feature = "data")]
         {
             data.parsed_routes().map_err(|e| {

@@ -25,13 +25,18 @@ use thiserror::Error;
 use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
 
 /// Bumped when a table's layout changes; `open` migrates older files.
-pub const STORE_SCHEMA_VERSION: u32 = 7;
+pub const STORE_SCHEMA_VERSION: u32 = 8;
 /// The first store schema whose desired records hold the `PodSpec` of wire
 /// version 4; older ones are re-encoded by `open` (`wire::v3`).
 const POD_FIELDS_SINCE: u32 = 6;
 /// The first store schema whose desired records hold the `PodSpec` of wire
-/// version 9; schema 6's are re-encoded by `open` (`wire::v8`).
+/// version 9; schema 6's are re-encoded by `open` (read as today's without
+/// what version 9 appended, `model::added`).
 const CONTAINER_FIELDS_SINCE: u32 = 7;
+/// The first store schema whose desired records hold the `PodSpec` of wire
+/// version 10; schema 7's are re-encoded by `open` (read as today's without
+/// what version 10 appended, `model::added`).
+const SIDECARS_SINCE: u32 = 8;
 
 /// redb's page cache. The state of a busy node (hundreds of pods, a full
 /// outbox) is a few MiB; reads past the cache go to the page cache of the
@@ -282,20 +287,6 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_default()
 }
 
-/// A desired record as store schemas 1–5 wrote it.
-#[derive(Serialize, Deserialize)]
-struct DesiredRecordV5 {
-    source: PodSource,
-    spec: crate::wire::v3::PodSpec,
-}
-
-/// A desired record as store schema 6 wrote it.
-#[derive(Serialize, Deserialize)]
-struct DesiredRecordV6 {
-    source: PodSource,
-    spec: crate::wire::v8::PodSpec,
-}
-
 /// Re-encodes every desired record from the old `PodSpec` layout of store
 /// schema `found`. A record that does not decode is left as it is (reading
 /// it reports it corrupt, as before the migration).
@@ -306,15 +297,20 @@ fn migrate_desired_pod_fields(
     let mut upgraded = Vec::new();
     for row in table.iter()? {
         let (k, v) = row?;
-        let old = if found < POD_FIELDS_SINCE {
-            postcard::from_bytes::<DesiredRecordV5>(v.value())
-                .map(|old| (old.source, old.spec.into()))
-        } else {
-            postcard::from_bytes::<DesiredRecordV6>(v.value())
-                .map(|old| (old.source, old.spec.into()))
+        // Schemas 1–5, 6 and 7 hold the `PodSpec` of wire versions 3, 8
+        // and 9: today's layout without what later versions appended
+        // (`model::added`); version 3's literal values are escaped.
+        let wire = match found {
+            f if f < POD_FIELDS_SINCE => 3,
+            f if f < CONTAINER_FIELDS_SINCE => 8,
+            _ => 9,
         };
-        if let Ok((source, spec)) = old {
-            let rec = DesiredRecord { source, spec };
+        let old =
+            crate::model::added::reading(wire, || postcard::from_bytes::<DesiredRecord>(v.value()));
+        if let Ok(mut rec) = old {
+            if wire == 3 {
+                crate::model::expansion::escape_literals(&mut rec.spec);
+            }
             upgraded.push((k.value().to_string(), encode(&rec)));
         }
     }
@@ -417,7 +413,9 @@ impl Store {
             // escaped).
             // Version 6 → 7 (likewise): the `PodSpec` of wire version 9
             // (lifecycle hooks, termination messages, env status fields).
-            if (1..CONTAINER_FIELDS_SINCE).contains(&found) {
+            // Version 7 → 8 (likewise): the `PodSpec` of wire version 10
+            // (native sidecars).
+            if (1..SIDECARS_SINCE).contains(&found) {
                 migrate_desired_pod_fields(&mut txn.open_table(DESIRED)?, found)?;
             }
             // The `handles` table older stores made and nothing wrote.
@@ -1389,7 +1387,7 @@ mod tests {
                 command: vec!["echo".into(), "$(HOME)".into()],
                 args: vec![],
                 working_dir: None,
-                env: vec![crate::wire::v8::EnvVar {
+                env: vec![crate::wire::v3::EnvVar {
                     name: "PRICE".into(),
                     value: "$5".into(),
                 }],
@@ -1419,6 +1417,12 @@ mod tests {
                 .expect("meta")
                 .insert(KEY_SCHEMA, schema.to_le_bytes().as_slice())
                 .expect("insert");
+            /// A desired record as store schemas 1–5 wrote it.
+            #[derive(Serialize)]
+            struct DesiredRecordV5 {
+                source: PodSource,
+                spec: crate::wire::v3::PodSpec,
+            }
             let rec = DesiredRecordV5 {
                 source: PodSource::File,
                 spec: old,
@@ -1475,7 +1479,7 @@ mod tests {
     fn schema_6_desired_records_are_migrated() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.redb");
-        let mut spec: crate::wire::v8::PodSpec = crate::wire::v3::PodSpec {
+        let mut spec = crate::wire::v8::PodSpec {
             namespace: "default".into(),
             name: "web".into(),
             uid: "u1".into(),
@@ -1489,8 +1493,7 @@ mod tests {
             containers: vec![],
             volumes: vec![],
             image_pull_secrets: vec![],
-        }
-        .into();
+        };
         let mut c: crate::model::Container = crate::model::samples::container("app");
         c.env = vec![EnvVar::new("PRICE", "$$5")];
         spec.containers.push(crate::wire::v8::Container {
@@ -1512,32 +1515,110 @@ mod tests {
             startup_probe: None,
             security_context: None,
         });
-        {
-            let db = Database::create(&path).expect("create");
-            let txn = db.begin_write().expect("txn");
-            txn.open_table(META)
-                .expect("meta")
-                .insert(KEY_SCHEMA, 6u32.to_le_bytes().as_slice())
-                .expect("insert");
-            let rec = DesiredRecordV6 {
-                source: PodSource::Mqtt,
-                spec,
-            };
-            txn.open_table(DESIRED)
-                .expect("desired")
-                .insert("default/web", encode(&rec).as_slice())
-                .expect("insert");
-            txn.commit().expect("commit");
+        /// A desired record as store schema 6 wrote it.
+        #[derive(Serialize)]
+        struct DesiredRecordV6 {
+            source: PodSource,
+            spec: crate::wire::v8::PodSpec,
         }
-        let s = Store::open(&path).expect("migrates");
-        let rec = s
-            .get_desired(&PodKey::new("default", "web"))
-            .expect("reads")
-            .expect("kept");
+        let rec = DesiredRecordV6 {
+            source: PodSource::Mqtt,
+            spec,
+        };
+        let rec = migrated_from(&path, 6, &encode(&rec));
         assert_eq!(rec.source, PodSource::Mqtt);
         let mut want = c;
         want.command = vec!["echo".into()];
         assert_eq!(rec.spec.containers, [want]);
+    }
+
+    /// A schema 7 file (desired records in the PodSpec of wire version 9)
+    /// opens with its records re-encoded: no sidecars, everything else as
+    /// it was.
+    #[test]
+    fn schema_7_desired_records_are_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let mut want = crate::model::samples::spec("web", "u1", 4, RestartPolicy::Always);
+        let mut c = crate::model::samples::container("app");
+        c.env = vec![EnvVar::new("PRICE", "$$5")];
+        c.run_as_non_root = true;
+        want.init_containers
+            .push(crate::model::samples::container("setup"));
+        want.containers.push(c);
+        let old = |c: &crate::model::Container| crate::wire::v9::Container {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            image_pull_policy: c.image_pull_policy,
+            command: c.command.clone(),
+            args: c.args.clone(),
+            working_dir: c.working_dir.clone(),
+            env: c.env.clone(),
+            volume_mounts: c.volume_mounts.clone(),
+            ports: c.ports.clone(),
+            resources: c.resources,
+            liveness_probe: c.liveness_probe.clone(),
+            readiness_probe: c.readiness_probe.clone(),
+            startup_probe: c.startup_probe.clone(),
+            security_context: c.security_context.clone(),
+            lifecycle: c.lifecycle.clone(),
+            termination_message_path: c.termination_message_path.clone(),
+            termination_message_fallback_to_logs: c.termination_message_fallback_to_logs,
+            run_as_non_root: c.run_as_non_root,
+        };
+        let spec = crate::wire::v9::PodSpec {
+            namespace: want.namespace.clone(),
+            name: want.name.clone(),
+            uid: want.uid.clone(),
+            generation: want.generation,
+            labels: want.labels.clone(),
+            runtime: want.runtime,
+            restart_policy: want.restart_policy,
+            termination_grace_period_secs: want.termination_grace_period_secs,
+            host_network: want.host_network,
+            init_containers: want.init_containers.iter().map(old).collect(),
+            containers: want.containers.iter().map(old).collect(),
+            volumes: want.volumes.clone(),
+            image_pull_secrets: want.image_pull_secrets.clone(),
+            security: want.security.clone(),
+        };
+        /// A desired record as store schema 7 wrote it.
+        #[derive(Serialize)]
+        struct DesiredRecordV7 {
+            source: PodSource,
+            spec: crate::wire::v9::PodSpec,
+        }
+        let rec = DesiredRecordV7 {
+            source: PodSource::Fleet,
+            spec,
+        };
+        let rec = migrated_from(&path, 7, &encode(&rec));
+        assert_eq!(rec.source, PodSource::Fleet);
+        assert_eq!(rec.spec, want);
+    }
+
+    /// Writes a store file of `schema` at `path` holding one desired record
+    /// (`default/web`, in that schema's encoding), opens it (which
+    /// migrates it) and reads the record back.
+    fn migrated_from(path: &Path, schema: u32, record: &[u8]) -> DesiredRecord {
+        {
+            let db = Database::create(path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(KEY_SCHEMA, schema.to_le_bytes().as_slice())
+                .expect("insert");
+            txn.open_table(DESIRED)
+                .expect("desired")
+                .insert("default/web", record)
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        Store::open(path)
+            .expect("migrates")
+            .get_desired(&PodKey::new("default", "web"))
+            .expect("reads")
+            .expect("kept")
     }
 
     #[test]

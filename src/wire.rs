@@ -22,17 +22,20 @@ pub mod stream;
 /// sealing key and machine identity, 6 the stats RPC, 7 the exec RPC, 8
 /// streams for port-forward, 9 `StreamExec` for exec and attach and the
 /// container fields of lifecycle hooks, termination messages and env
-/// status references).
-pub const SCHEMA_VERSION: u16 = 9;
+/// status references, 10 native sidecars, `Container.restart_policy`, and
+/// the data routes a pod declares, `PodSpec.routes`).
+pub const SCHEMA_VERSION: u16 = 10;
 /// The first version whose `signature` field has a meaning (docs/wire.md,
 /// "Signatures"); in older envelopes it is ignored.
 pub const SIGNED_SINCE_VERSION: u16 = 3;
 /// The first version whose `PodSpec` has seccomp/AppArmor profiles,
-/// hostPath types and `$(VAR)` templates; older ones are read with
-/// `wire::v3` (docs/wire.md, "Evolving the schema").
+/// hostPath types and `$(VAR)` templates; older ones are read as today's
+/// without them, their literal values escaped (`model::added`,
+/// `expansion::escape_literals`; docs/wire.md, "Evolving the schema").
 pub const POD_FIELDS_SINCE_VERSION: u16 = 4;
 /// The first version with `SealedPod` and the `NodeStatus` that carries the
-/// sealing key and the machine identity (`wire::v4` reads the older one).
+/// sealing key and the machine identity (the older one is read without
+/// them, `model::added`).
 pub const SEALED_SINCE_VERSION: u16 = 5;
 /// The first version with the stats RPC (`StatsRequest`, `StatsReply`).
 pub const STATS_SINCE_VERSION: u16 = 6;
@@ -44,13 +47,20 @@ pub const STREAMS_SINCE_VERSION: u16 = 8;
 /// The first version with `StreamExec` (exec and attach as streams).
 pub const STREAM_EXEC_SINCE_VERSION: u16 = 9;
 /// The first version whose `Container` has `lifecycle` and the termination
-/// message fields and whose `EnvVar` has `field`; older ones are read with
-/// `wire::v8` (docs/wire.md, "Evolving the schema").
+/// message fields and whose `EnvVar` has `field`; older ones are read as
+/// today's without them (`model::added`; docs/wire.md, "Evolving the
+/// schema").
 pub const CONTAINER_FIELDS_SINCE_VERSION: u16 = 9;
+/// The first version whose `Container` has `restart_policy` (native
+/// sidecars) and whose `PodSpec` has `routes`; version 9's is read as
+/// today's without them (`model::added`).
+pub const SIDECARS_SINCE_VERSION: u16 = 10;
 /// The oldest version this build still reads (docs/wire.md, "Evolving the
-/// schema"): version 1 differs in `NodeStatus`, which had no labels,
-/// versions 1 to 4 in `NodeStatus` (`wire::v4`), versions 1 to 3 in
-/// `PodSpec` (`wire::v3`) and 4 to 8 in its `Container` (`wire::v8`).
+/// schema"): versions 1 to 4 differ in the fields versions 2 and 5
+/// appended to `NodeStatus`, 4 to 9 in those versions 9 and 10 appended to
+/// `PodSpec` (both read without them, `model::added`), and versions 1 to 3
+/// in the fields version 4 appended and in running their values literally
+/// (escaped on reading).
 pub const OLDEST_READABLE_VERSION: u16 = 1;
 /// Index authors: the level after `index/` (docs/wire.md, "Desired index").
 pub const INDEX_AUTHOR_BRIDGE: &str = "bridge";
@@ -593,13 +603,11 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
         // Versions 1 to 3 had the same `PodSpec`, which version 4 changed.
         Kind::DesiredPod => Message::DesiredPod(pod_spec_from_body(raw, version)?),
         Kind::PodStatus => Message::PodStatus(body(kind, raw)?),
-        Kind::NodeStatus if version == 1 => {
-            Message::NodeStatus(body::<v1::NodeStatus>(kind, raw)?.into())
+        // Versions 1 to 4 lack the fields versions 2 and 5 appended: read
+        // as today's without them (`model::added`).
+        Kind::NodeStatus => {
+            Message::NodeStatus(crate::model::added::reading(version, || body(kind, raw))?)
         }
-        Kind::NodeStatus if version < SEALED_SINCE_VERSION => {
-            Message::NodeStatus(body::<v4::NodeStatus>(kind, raw)?.into())
-        }
-        Kind::NodeStatus => Message::NodeStatus(body(kind, raw)?),
         Kind::SealedPod => Message::SealedPod(body(kind, raw)?),
         Kind::Event => Message::Event(body(kind, raw)?),
         Kind::LogRequest => Message::LogRequest(body(kind, raw)?),
@@ -685,16 +693,23 @@ pub fn pod_spec_body(spec: &PodSpec) -> Result<Vec<u8>, WireError> {
 pub fn pod_spec_from_body(bytes: &[u8], version: u16) -> Result<PodSpec, WireError> {
     let kind = Kind::DesiredPod;
     // Versions 1 to 3 had the same `PodSpec`, which version 4 changed;
-    // version 9 changed its `Container`. An older one is upgraded, then
+    // versions 9 and 10 appended fields. An older one is upgraded, then
     // validated as today's (once: the rules are today's).
-    if version >= CONTAINER_FIELDS_SINCE_VERSION {
+    if version >= SIDECARS_SINCE_VERSION {
         return body(kind, bytes);
     }
-    let taken = if version < POD_FIELDS_SINCE_VERSION {
-        postcard::take_from_bytes::<v3::PodSpec>(bytes).map(|(s, rest)| (s.into(), rest))
-    } else {
-        postcard::take_from_bytes::<v8::PodSpec>(bytes).map(|(s, rest)| (s.into(), rest))
-    };
+    // Versions 1 to 9: today's layout without the fields later versions
+    // appended (`model::added`); versions 1 to 3 ran their values
+    // literally, which today's templates escape.
+    let taken =
+        crate::model::added::reading(version, || postcard::take_from_bytes::<PodSpec>(bytes)).map(
+            |(mut spec, rest)| {
+                if version < POD_FIELDS_SINCE_VERSION {
+                    crate::model::expansion::escape_literals(&mut spec);
+                }
+                (spec, rest)
+            },
+        );
     let (spec, rest): (PodSpec, &[u8]) = taken.map_err(|e| malformed_body(kind, e))?;
     let valid = if rest.is_empty() {
         spec.validate()
@@ -986,64 +1001,20 @@ impl Topics {
     }
 }
 
-/// Bodies of schema version 1 that version 2 changed, and their upgrade.
-mod v1 {
-    use serde::{Deserialize, Serialize};
-
-    use super::v4::NodeInfo;
-    use crate::model::validate::{Result, Validate};
-    use crate::model::{NodeAddress, NodeCondition, NodeResources};
-
-    /// Version 1's `NodeStatus`: the same fields without `labels`.
-    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-    pub struct NodeStatus {
-        pub name: String,
-        pub online: bool,
-        pub heartbeat_ms: u64,
-        pub info: NodeInfo,
-        pub capacity: NodeResources,
-        pub allocatable: NodeResources,
-        pub conditions: Vec<NodeCondition>,
-        pub addresses: Vec<NodeAddress>,
-        pub pod_count: u32,
-    }
-
-    impl From<NodeStatus> for crate::model::NodeStatus {
-        fn from(v: NodeStatus) -> Self {
-            crate::model::NodeStatus {
-                name: v.name,
-                online: v.online,
-                heartbeat_ms: v.heartbeat_ms,
-                info: v.info.into(),
-                capacity: v.capacity,
-                allocatable: v.allocatable,
-                conditions: v.conditions,
-                addresses: v.addresses,
-                pod_count: v.pod_count,
-                labels: Default::default(),
-                sealing_key: None,
-            }
-        }
-    }
-
-    impl Validate for NodeStatus {
-        fn validate(&self) -> Result {
-            crate::model::NodeStatus::from(self.clone()).validate()
-        }
-    }
-}
-
-/// The `PodSpec` of versions 1 to 3 and its upgrade (also read by the
-/// store's migration).
+/// The `PodSpec` of versions 1 to 3, field for field, for the tests that
+/// write one (decoding needs no copy of it: `model::added`).
+#[cfg(test)]
 pub(crate) mod v3;
 
-/// The `NodeStatus` of versions 2 to 4 (no sealing key, no machine
-/// identity) and its upgrade.
-mod v4;
-
-/// The `PodSpec` of versions 4 to 8 and its upgrade (also read by the
-/// store's migration).
+/// The `PodSpec` of versions 4 to 8, field for field, for the tests that
+/// write one (decoding needs no copy of it: `model::added`).
+#[cfg(test)]
 pub(crate) mod v8;
+
+/// The `PodSpec` of version 9, field for field, for the tests that write
+/// one (decoding needs no copy of it: `model::added`).
+#[cfg(test)]
+pub(crate) mod v9;
 
 /// Node names and namespaces become topic levels: they must not contain MQTT
 /// wildcards or separators.

@@ -1782,3 +1782,222 @@ spec:
         condition(s, "Ready") == Some(false)
     });
 }
+
+fn init_named<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["init_container_statuses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+/// Native sidecars (`restartPolicy: Always` on an init container) against
+/// the real containerd: the init container after the sidecar starts while
+/// the sidecar runs (it waits for what the sidecar serves on localhost),
+/// the app container starts after it, the sidecar keeps running beside the
+/// app; in a Job-like pod (`restartPolicy: Never`) the sidecar is stopped
+/// once the app container has ended and the pod succeeds.
+#[test]
+fn native_sidecars_run_beside_the_app_and_stop_after_it() {
+    let Some(env) = CriEnv::for_test(
+        "native_sidecars_run_beside_the_app_and_stop_after_it",
+        "gw-cri-sidecar",
+    ) else {
+        return;
+    };
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: meshed}}
+spec:
+  initContainers:
+  - name: proxy
+    image: {BUSYBOX}
+    restartPolicy: Always
+    command: [sh, -c, "mkdir -p /www && echo from-the-sidecar > /www/index.html && exec httpd -f -p 8081 -h /www"]
+    startupProbe: {{tcpSocket: {{port: 8081}}, periodSeconds: 1}}
+  - name: wait-for-proxy
+    image: {BUSYBOX}
+    command: [sh, -c, "wget -qO- http://127.0.0.1:8081/"]
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, "wget -qO- http://127.0.0.1:8081/; exec sleep 3600"]
+"#
+    ));
+    let s = env.wait_status("the app running beside its sidecar", "meshed", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    let proxy = init_named(&s, "proxy");
+    assert!(proxy["state"]["Running"].is_object(), "{s}");
+    assert_eq!(proxy["started"], true, "{s}");
+    assert_eq!(proxy["ready"], true, "{s}");
+    assert_eq!(
+        init_named(&s, "wait-for-proxy")["state"]["Terminated"]["exit_code"],
+        0,
+        "{s}"
+    );
+    assert_eq!(condition(&s, "Ready"), Some(true), "{s}");
+    assert!(
+        env.logs("meshed", "wait-for-proxy")
+            .contains("from-the-sidecar")
+    );
+    wait_until("the app read the sidecar", WAIT, || {
+        env.logs("meshed", "app")
+            .contains("from-the-sidecar")
+            .then_some(())
+    });
+    let shown = env.cli_ok(&["get", "pods"]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("meshed") && l.contains("Running")),
+        "{shown}"
+    );
+    env.cli_ok(&["delete", "pod", "meshed"]);
+
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: batch}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 5
+  initContainers:
+  - name: shipper
+    image: {BUSYBOX}
+    restartPolicy: Always
+    command: [sh, -c, "trap 'echo shipper-stopping; exit 0' TERM; while true; do sleep 0.1; done"]
+  containers:
+  - name: job
+    image: {BUSYBOX}
+    command: [sh, -c, "echo job-done"]
+"#
+    ));
+    let s = env.wait_status("the job done and its sidecar stopped", "batch", |s| {
+        phase(s) == "Succeeded"
+    });
+    let shipper = init_named(&s, "shipper");
+    assert!(shipper["state"]["Terminated"].is_object(), "{s}");
+    assert_eq!(shipper["restart_count"], 0, "stopped, not restarted: {s}");
+    assert_eq!(
+        named(&s, "job")["state"]["Terminated"]["exit_code"],
+        0,
+        "{s}"
+    );
+    assert!(env.logs("batch", "shipper").contains("shipper-stopping"));
+}
+
+/// A ConfigMap that changes (`kedge apply -f` of the same file with a new
+/// value) updates the mounted file in place, as a kubelet does: the
+/// container, which reads the file in a loop, sees the new value with no
+/// restart (the same container id, no restart counted).
+#[test]
+fn a_changed_config_map_updates_the_mounted_files_in_place() {
+    let Some(env) = CriEnv::for_test(
+        "a_changed_config_map_updates_the_mounted_files_in_place",
+        "gw-cri-reload",
+    ) else {
+        return;
+    };
+    let manifest = |mode: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{mode: {mode}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reader}}
+spec:
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, "last=; while true; do m=$(cat /config/mode); if [ \"$m\" != \"$last\" ]; then echo mode=$m; last=$m; fi; sleep 0.2; done"]
+    volumeMounts: [{{name: config, mountPath: /config}}]
+  volumes:
+  - name: config
+    configMap: {{name: settings}}
+"#
+        )
+    };
+    env.apply(&manifest("fast"));
+    let before = env.wait_status("the reader running", "reader", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    wait_until("the first value read", WAIT, || {
+        env.logs("reader", "app")
+            .contains("mode=fast")
+            .then_some(())
+    });
+    env.apply(&manifest("slow"));
+    wait_until("the new value read in place", WAIT, || {
+        env.logs("reader", "app")
+            .contains("mode=slow")
+            .then_some(())
+    });
+    let after = env.wait_status("generation 2 observed", "reader", |s| {
+        s["observed_generation"] == 2
+    });
+    let app = |s: &Value| named(s, "app").clone();
+    assert_eq!(
+        app(&after)["container_id"],
+        app(&before)["container_id"],
+        "{after}"
+    );
+    assert_eq!(app(&after)["restart_count"], 0, "{after}");
+    assert!(app(&after)["state"]["Running"].is_object(), "{after}");
+}
+
+/// A persistent volume claim against the real containerd: what a pod
+/// writes to its claim is there for the next pod that names the claim (a
+/// new uid, after the first was deleted), in a directory of the device's
+/// that the delete left alone; a `readOnly` claim cannot be written.
+#[test]
+fn a_claims_data_outlives_its_pod() {
+    let Some(env) = CriEnv::for_test("a_claims_data_outlives_its_pod", "gw-cri-claim") else {
+        return;
+    };
+    let pod = |name: &str, command: &str, read_only: bool| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, "{command}"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - name: data
+    persistentVolumeClaim: {{claimName: counter, readOnly: {read_only}}}
+"#
+        )
+    };
+    env.apply(&pod(
+        "writer",
+        "echo first-pod-was-here > /data/note",
+        false,
+    ));
+    env.wait_status("the writer done", "writer", |s| phase(s) == "Succeeded");
+    env.cli_ok(&["delete", "pod", "writer"]);
+    wait_until("the writer gone", WAIT, || {
+        env.status("writer").is_none().then_some(())
+    });
+    let claim = env.dir.path().join("data/claims/default/counter/note");
+    assert_eq!(
+        std::fs::read_to_string(&claim).expect("the claim's file on the device"),
+        "first-pod-was-here\n"
+    );
+    env.apply(&pod(
+        "reader",
+        "cat /data/note; if echo x > /data/other; then echo writable; else echo read-only; fi",
+        true,
+    ));
+    env.wait_status("the reader done", "reader", |s| phase(s) == "Succeeded");
+    let logs = env.logs("reader", "app");
+    assert!(logs.contains("first-pod-was-here"), "{logs}");
+    assert!(logs.contains("read-only"), "{logs}");
+}

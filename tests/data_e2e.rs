@@ -106,6 +106,75 @@ fn publish_file(broker: &Mosquitto, topic: &str, payload: &[u8], dir: &Path) {
     assert!(out.status.success(), "mosquitto_pub: {out:?}");
 }
 
+/// The sink's key pair in `dir` (`kedge sink keygen`): its file, and the
+/// public half the devices get.
+fn sink_keygen(dir: &Path) -> (std::path::PathBuf, String) {
+    let sink_key = dir.join("sink.key");
+    let public = kedge_ok(&["sink", "keygen", "--out", sink_key.to_str().expect("utf8")])
+        .trim()
+        .to_string();
+    (sink_key, public)
+}
+
+/// `kedge sink run` on `broker` into `pg`, with the public key of the agent
+/// whose data directory is `dir/data` as its one device, logging to
+/// `dir/sink.log`; returned once it has subscribed.
+fn start_sink(
+    broker: &Mosquitto,
+    pg: &Postgres,
+    dir: &Path,
+    sink_key: &Path,
+) -> std::process::Child {
+    let device_keys = dir.join("device-keys");
+    std::fs::create_dir_all(&device_keys).expect("mkdir");
+    std::fs::copy(
+        dir.join("data/data/device-key.pk8.pub"),
+        device_keys.join(format!("{NODE}.pub")),
+    )
+    .expect("copy the device's public key");
+    let log = std::fs::File::create(dir.join("sink.log")).expect("log");
+    let sink = std::process::Command::new(kedge_bin())
+        .args(["--broker", &broker.url(), "sink", "run", "--key"])
+        .arg(sink_key)
+        .arg("--device-keys")
+        .arg(&device_keys)
+        .args(["--postgres", &pg.conn()])
+        // A plain subscription: Mosquitto 2.0 (Debian's) does not keep a
+        // shared subscription across its restart (README, "Sending workload
+        // data"), and a test restarts it.
+        .args(["--share-group", ""])
+        .env("KEDGE_LOG", "info,kedge=debug")
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn kedge sink");
+    wait_until("the sink subscribed", WAIT, || {
+        std::fs::read_to_string(dir.join("sink.log"))
+            .unwrap_or_default()
+            .contains("sink ready")
+            .then_some(())
+    });
+    sink
+}
+
+/// The data endpoint's address and a container's credentials, as the
+/// agent injected them into the Wasm pod `name` (it prints its
+/// environment).
+fn injected_credentials(broker: &Mosquitto, name: &str) -> (String, String, String) {
+    let logs = kedge_ok(&["--broker", &broker.url(), "logs", name]);
+    let env = |key: &str| -> String {
+        logs.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} not in the pod's environment:\n{logs}"))
+            .to_string()
+    };
+    (
+        env("KEDGE_DATA_URL"),
+        env("KEDGE_DATA_USERNAME"),
+        env("KEDGE_DATA_PASSWORD"),
+    )
+}
+
 #[test]
 fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed_on_the_wire() {
     if support::postgres::pg_bin_dir().is_none() {
@@ -118,11 +187,7 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
     let pg = Postgres::start();
     let dir = tempfile::tempdir().expect("tempdir");
 
-    // The sink's key; the devices get its public half.
-    let sink_key = dir.path().join("sink.key");
-    let sink_public = kedge_ok(&["sink", "keygen", "--out", sink_key.to_str().expect("utf8")])
-        .trim()
-        .to_string();
+    let (sink_key, sink_public) = sink_keygen(dir.path());
 
     let data_port = free_port();
     let agent_opts = AgentOpts {
@@ -159,50 +224,12 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
     wait_until("the sensor pod ran", WAIT, || {
         (pod_phase(&broker.url(), "sensor").as_deref() == Some("Succeeded")).then_some(())
     });
-    let logs = kedge_ok(&["--broker", &broker.url(), "logs", "sensor"]);
-    let env = |name: &str| -> String {
-        logs.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("{name} not in the pod's environment:\n{logs}"))
-            .to_string()
-    };
-    let (url, username, password) = (
-        env("KEDGE_DATA_URL"),
-        env("KEDGE_DATA_USERNAME"),
-        env("KEDGE_DATA_PASSWORD"),
-    );
+    let (url, username, password) = injected_credentials(&broker, "sensor");
     assert_eq!(url, format!("mqtt://127.0.0.1:{data_port}"));
     assert_eq!(username, "default/sensor/main");
 
-    // The device's public key goes to the sink's directory.
-    let device_keys = dir.path().join("device-keys");
-    std::fs::create_dir_all(&device_keys).expect("mkdir");
-    std::fs::copy(
-        dir.path().join("data/data/device-key.pk8.pub"),
-        device_keys.join(format!("{NODE}.pub")),
-    )
-    .expect("copy the device's public key");
-
-    let sink_log = std::fs::File::create(dir.path().join("sink.log")).expect("log");
-    let mut sink = std::process::Command::new(kedge_bin())
-        .args(["--broker", &broker.url(), "sink", "run", "--key"])
-        .arg(&sink_key)
-        .arg("--device-keys")
-        .arg(&device_keys)
-        .args(["--postgres", &pg.conn()])
-        // A plain subscription: Mosquitto 2.0 (Debian's) does not keep a
-        // shared subscription across its restart (README, "Sending workload
-        // data"), and this test restarts it.
-        .args(["--share-group", ""])
-        .env("KEDGE_LOG", "info,kedge=debug")
-        .stdout(sink_log.try_clone().expect("dup"))
-        .stderr(sink_log)
-        .spawn()
-        .expect("spawn kedge sink");
+    let mut sink = start_sink(&broker, &pg, dir.path(), &sink_key);
     let sink_log = || std::fs::read_to_string(dir.path().join("sink.log")).unwrap_or_default();
-    wait_until("the sink subscribed", WAIT, || {
-        sink_log().contains("sink ready").then_some(())
-    });
 
     // Everything on the broker, as a curious subscriber sees it.
     let everything = Subscriber::start(&broker.url(), "#", None);
@@ -396,4 +423,112 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
     let _ = sink.kill();
     let _ = sink.wait();
     drop(agent);
+}
+
+/// Routes declared with the pod (`kedge.io/routes`), on a node that has no
+/// routes of its own (only the sink's key): the pod is given the endpoint
+/// and its credentials, what it publishes on a routed topic lands in
+/// PostgreSQL, another topic does not; a pod without routes gets nothing.
+#[test]
+fn a_pods_own_routes_take_its_messages_to_postgres() {
+    if support::postgres::pg_bin_dir().is_none() {
+        panic!("PostgreSQL is not installed (apt-get install postgresql; scripts/test.sh does)");
+    }
+    let broker = Mosquitto::start();
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sink_key, sink_public) = sink_keygen(dir.path());
+    let data_port = free_port();
+    let _agent = Agent::start(AgentOpts {
+        node: NODE.into(),
+        broker_url: Some(broker.url()),
+        data_dir: dir.path().join("data"),
+        extra_args: vec![],
+        env: vec![
+            ("KEDGE_DATA_SINK_PUBLIC_KEY".into(), sink_public),
+            ("KEDGE_DATA_LISTEN".into(), format!("127.0.0.1:{data_port}")),
+        ],
+    });
+    let module = guest_wasm(GuestTarget::P1);
+    let apply = |name: &str, yaml: String| {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml).expect("write");
+        kedge_ok(&[
+            "--broker",
+            &broker.url(),
+            "apply",
+            "-f",
+            file.to_str().expect("utf8"),
+            "--node",
+            NODE,
+        ]);
+        wait_until("the pod ran", WAIT, || {
+            (pod_phase(&broker.url(), name).as_deref() == Some("Succeeded")).then_some(())
+        });
+    };
+    apply(
+        "meter",
+        wasm_env_pod("meter", &module).replace(
+            "  name: meter\n",
+            "  name: meter\n  annotations:\n    kedge.io/routes: \"FROM * meter/# INTO $upstream TTL 1h\"\n",
+        ),
+    );
+    apply("plain", wasm_env_pod("plain", &module));
+    let plain = kedge_ok(&["--broker", &broker.url(), "logs", "plain"]);
+    assert!(!plain.contains("KEDGE_DATA_"), "{plain}");
+    let (url, username, password) = injected_credentials(&broker, "meter");
+    assert_eq!(url, format!("mqtt://127.0.0.1:{data_port}"));
+    assert_eq!(username, "default/meter/main");
+
+    let mut sink = start_sink(&broker, &pg, dir.path(), &sink_key);
+    // The stand-in for the meter's container: 100 readings on a routed
+    // topic, one on a topic no route takes, each acknowledged.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (host, port) = url
+            .trim_start_matches("mqtt://")
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_string(), p.parse::<u16>().expect("port")))
+            .expect("host:port");
+        let mut opts = rumqttc::MqttOptions::new("meter-main", host, port);
+        opts.set_credentials(username, password);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 200);
+        for i in 0..100 {
+            client
+                .publish(
+                    "meter/kwh",
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    format!("{{\"n\":{i}}}"),
+                )
+                .await
+                .expect("queue");
+        }
+        client
+            .publish("elsewhere", rumqttc::QoS::AtLeastOnce, false, "unrouted")
+            .await
+            .expect("queue");
+        let mut acked = 0;
+        while acked < 101 {
+            match tokio::time::timeout(WAIT, eventloop.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("data endpoint: {e}"),
+                Err(_) => panic!("only {acked} of 101 publishes acknowledged"),
+            }
+        }
+    });
+    wait_until("the readings in PostgreSQL", WAIT, || {
+        (count(&pg, "SELECT count(*) FROM kedge_messages") >= 100).then_some(())
+    });
+    assert_eq!(count(&pg, "SELECT count(*) FROM kedge_messages"), 100);
+    assert_eq!(
+        pg.psql("SELECT DISTINCT topic FROM kedge_messages"),
+        "meter/kwh"
+    );
+    let _ = sink.kill();
+    let _ = sink.wait();
 }

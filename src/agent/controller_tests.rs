@@ -20,7 +20,7 @@ use super::{Controller, Parts};
 use crate::config::Config;
 use crate::model::{
     Cohort, Event, EventType, FleetDeployment, FleetPodState, FleetReport, NodeInfo, PodKey,
-    PodPhase, PodSource, PodSpec, PodStatus, RestartPolicy, Rollout, samples,
+    PodPhase, PodSource, PodSpec, PodStatus, RestartPolicy, Rollout, Volume, VolumeSource, samples,
 };
 use crate::mqtt::{AckToken, SessionCommand, SessionEvent};
 use crate::runtime::fake::{Call, FakeRuntime, Start};
@@ -350,6 +350,38 @@ async fn an_invalid_spec_is_refused_with_a_status_and_an_event_and_a_running_pod
     assert_eq!(agent.runtime.running(), 1);
 }
 
+/// A pod that declares data routes on a node without a data path (no
+/// sink key here) is refused, with a status and an event that say why,
+/// rather than run without its routes.
+#[tokio::test(start_paused = true)]
+async fn a_pod_with_routes_on_a_node_without_a_data_path_is_refused() {
+    let device = Device::new();
+    let mut agent = device.start();
+    let mut meter = pod("meter", 1, RestartPolicy::Always, &["app"]);
+    meter.routes = vec![crate::model::PodRoute {
+        container: None,
+        filter: "readings/#".into(),
+        ttl_secs: 0,
+    }];
+    agent.apply(&meter);
+    let topic = agent.desired_topic("meter");
+    agent
+        .until("the refusal acknowledged", |a| a.acks(&topic) == 1)
+        .await;
+    let status = agent.status("meter").expect("a status for the refused pod");
+    assert_eq!(status.phase, PodPhase::Failed);
+    assert_eq!(status.reason.as_deref(), Some("DataPathUnavailable"));
+    assert!(
+        status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("kedge.io/routes") && m.contains("no data path")),
+        "{status:?}"
+    );
+    assert!(agent.has_event(Some("meter"), "DataPathUnavailable"));
+    assert!(agent.runtime.starts_of(&key("meter"), "app").is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_newer_generation_replaces_the_pod_and_an_older_one_is_ignored() {
     let device = Device::new();
@@ -388,6 +420,50 @@ async fn a_newer_generation_replaces_the_pod_and_an_older_one_is_ignored() {
     assert_eq!(desired.map(|d| d.spec.generation), Some(2));
     assert_eq!(agent.runtime.starts_of(&key("web"), "app").len(), 2);
     assert_eq!(agent.runtime.stops_of(&key("web")), 1);
+}
+
+/// A new generation that changes only a ConfigMap's files and a label is
+/// applied in place, as a kubelet syncs a running pod: the files are
+/// swapped on disk, the generation observed, no container restarted.
+#[tokio::test(start_paused = true)]
+async fn changed_files_and_labels_update_the_running_pod_in_place() {
+    let device = Device::new();
+    let mut agent = device.start();
+    let with_mode = |generation, mode: &str| {
+        let mut spec = pod("web", generation, RestartPolicy::Always, &["app"]);
+        spec.volumes.push(Volume {
+            name: "config".into(),
+            source: VolumeSource::Files {
+                files: vec![("mode".into(), mode.as_bytes().to_vec())],
+                default_mode: 0o644,
+            },
+        });
+        spec
+    };
+    agent.apply(&with_mode(1, "fast"));
+    agent
+        .until("generation 1 running", |a| {
+            a.phase("web") == Some(PodPhase::Running)
+        })
+        .await;
+    let mut second = with_mode(2, "slow");
+    second.labels.insert("tier".into(), "edge".into());
+    agent.apply(&second);
+    agent
+        .until("generation 2 observed", |a| {
+            a.status("web").is_some_and(|s| s.observed_generation == 2)
+        })
+        .await;
+    let file = device
+        .dir
+        .path()
+        .join("pods/default_web_uid-web/volumes/config/mode");
+    assert_eq!(std::fs::read_to_string(&file).expect("written"), "slow");
+    assert_eq!(agent.runtime.starts_of(&key("web"), "app"), [(1, 0)]);
+    assert_eq!(agent.runtime.stops_of(&key("web")), 0);
+    assert_eq!(agent.phase("web"), Some(PodPhase::Running));
+    let desired = agent.store.get_desired(&key("web")).expect("readable");
+    assert_eq!(desired.map(|d| d.spec), Some(second));
 }
 
 #[tokio::test(start_paused = true)]

@@ -66,10 +66,16 @@ pub struct Counters {
 
 /// What the controller, the endpoint and the forwarder share.
 pub struct DataPath {
+    /// The node's routes (`data.routes`).
     routes: Vec<Route>,
     /// Pods that may connect: (namespace, pod) → uid. Written by the
     /// controller when it starts a pod a route names.
     pods: RwLock<HashMap<(String, String), String>>,
+    /// The routes running pods declare for themselves (`PodSpec.routes`),
+    /// by (namespace, pod); the node's routes take precedence.
+    pod_routes: RwLock<HashMap<(String, String), Vec<Route>>>,
+    /// The TTL of a pod's route that gives none.
+    default_ttl: Duration,
     credentials: hmac::Key,
     url: String,
     store: Arc<Store>,
@@ -91,6 +97,8 @@ impl DataPath {
         Ok(DataPath {
             routes,
             pods: RwLock::new(HashMap::new()),
+            pod_routes: RwLock::new(HashMap::new()),
+            default_ttl: Duration::from_secs(config.default_ttl_secs),
             credentials: hmac::Key::new(hmac::HMAC_SHA256, &secret),
             url: format!("mqtt://{}", config.advertised()),
             store,
@@ -104,22 +112,32 @@ impl DataPath {
         hmac::sign(&self.credentials, format!("{uid}\n{username}").as_bytes())
     }
 
-    /// For a pod a route names: lets its containers connect, and returns
-    /// the spec its runtime gets, with the endpoint's address and each
-    /// container's credentials in its environment. Other pods are returned
-    /// as they are (they did not ask for the endpoint).
+    /// For a pod a route names (the node's, or its own): lets its
+    /// containers connect, and returns the spec its runtime gets, with the
+    /// endpoint's address and each container's credentials in its
+    /// environment. Other pods are returned as they are (they did not ask
+    /// for the endpoint).
     pub fn admit(&self, mut spec: PodSpec) -> PodSpec {
-        if !self
+        let own = data::route::pod_routes(&spec, self.default_ttl);
+        let key = (spec.namespace.clone(), spec.name.clone());
+        let mut pod_routes = self.pod_routes.write().unwrap_or_else(|p| p.into_inner());
+        if own.is_empty() {
+            pod_routes.remove(&key);
+        } else {
+            pod_routes.insert(key.clone(), own);
+        }
+        let named = self
             .routes
             .iter()
-            .any(|r| r.names_pod(&spec.namespace, &spec.name))
-        {
+            .any(|r| r.names_pod(&spec.namespace, &spec.name));
+        if !named && !pod_routes.contains_key(&key) {
             return spec;
         }
-        self.pods.write().unwrap_or_else(|p| p.into_inner()).insert(
-            (spec.namespace.clone(), spec.name.clone()),
-            spec.uid.clone(),
-        );
+        drop(pod_routes);
+        self.pods
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, spec.uid.clone());
         for container in spec.containers.iter_mut() {
             let username = format!("{}/{}/{}", spec.namespace, spec.name, container.name);
             let password = hex::encode(self.password(&spec.uid, &username).as_ref());
@@ -139,12 +157,29 @@ impl DataPath {
         spec
     }
 
-    /// A pod that is gone can no longer connect.
+    /// A pod that is gone can no longer connect, and its routes go.
     pub fn forget(&self, namespace: &str, pod: &str) {
+        let key = (namespace.to_string(), pod.to_string());
         self.pods
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(namespace.to_string(), pod.to_string()));
+            .remove(&key);
+        self.pod_routes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
+
+    /// How long a message of `source` on `topic` may wait for the broker:
+    /// the TTL of the first route that takes it, the node's routes before
+    /// the pod's own; None: no route takes it.
+    fn route_ttl(&self, source: &Source, topic: &str) -> Option<Duration> {
+        if let Some(r) = data::route::route_for(&self.routes, source, topic) {
+            return Some(r.ttl);
+        }
+        let key = (source.namespace.clone(), source.pod.clone());
+        let pod_routes = self.pod_routes.read().unwrap_or_else(|p| p.into_inner());
+        data::route::route_for(pod_routes.get(&key)?, source, topic).map(|r| r.ttl)
     }
 
     /// The source a CONNECT's credentials name, if they are right.
@@ -319,13 +354,13 @@ async fn connection(mut stream: TcpStream, path: &DataPath) -> Result<(), Connec
                         }
                     };
                     let now = crate::model::now_ms();
-                    match data::route::route_for(&path.routes, who, &publish.topic) {
-                        Some(route) => write.records.push((
+                    match path.route_ttl(who, &publish.topic) {
+                        Some(ttl) => write.records.push((
                             DataRecord {
                                 source: who.clone(),
                                 topic: publish.topic,
                                 device_time_ms: now,
-                                expires_ms: now.saturating_add(route.ttl.as_millis() as u64),
+                                expires_ms: now.saturating_add(ttl.as_millis() as u64),
                                 payload: publish.payload.to_vec(),
                             },
                             key,
@@ -636,6 +671,64 @@ mod tests {
         .expect("path")
     }
 
+    /// The value of `name` the data path put in the first container's
+    /// environment.
+    fn injected(spec: &PodSpec, name: &str) -> String {
+        spec.containers[0]
+            .env
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.value.clone())
+            .expect(name)
+    }
+
+    /// A pod that declares its own routes gets the endpoint like a pod the
+    /// node's routes name; its routes take its messages (the node's first),
+    /// and go with it.
+    #[test]
+    fn a_pods_own_routes_admit_it_and_route_its_messages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = path(dir.path());
+        use crate::model::{PodRoute, samples};
+        let mut spec = samples::spec("meter", "uid-3", 1, crate::model::RestartPolicy::Always);
+        spec.containers.push(samples::container("main"));
+        spec.routes = vec![PodRoute {
+            container: Some("main".into()),
+            filter: "readings/#".into(),
+            ttl_secs: 0,
+        }];
+        let admitted = path.admit(spec);
+        let env = |name: &str| injected(&admitted, name);
+        let source = path
+            .authenticate(&env("KEDGE_DATA_USERNAME"), &env("KEDGE_DATA_PASSWORD"))
+            .expect("the pod may connect");
+        assert_eq!(source.pod, "meter");
+        assert_eq!(
+            path.route_ttl(&source, "readings/t1"),
+            Some(Duration::from_secs(
+                crate::config::DataConfig::default().default_ttl_secs
+            )),
+            "the node's default TTL"
+        );
+        assert_eq!(path.route_ttl(&source, "other"), None);
+        // A pod the node's routes name keeps those first.
+        let sensor = Source {
+            namespace: "default".into(),
+            pod: "sensor".into(),
+            container: "main".into(),
+        };
+        assert_eq!(
+            path.route_ttl(&sensor, "sensors/a"),
+            Some(Duration::from_secs(60))
+        );
+        path.forget("default", "meter");
+        assert_eq!(path.route_ttl(&source, "readings/t1"), None);
+        assert!(
+            path.authenticate(&env("KEDGE_DATA_USERNAME"), &env("KEDGE_DATA_PASSWORD"))
+                .is_none()
+        );
+    }
+
     #[test]
     fn only_a_named_pod_gets_credentials_and_they_name_its_containers() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -648,14 +741,7 @@ mod tests {
         let other = path.admit(other);
         assert!(other.containers.iter().all(|c| c.env.is_empty()));
         let admitted = path.admit(spec.clone());
-        let env = |name: &str| {
-            admitted.containers[0]
-                .env
-                .iter()
-                .find(|e| e.name == name)
-                .map(|e| e.value.clone())
-                .expect(name)
-        };
+        let env = |name: &str| injected(&admitted, name);
         assert_eq!(env("KEDGE_DATA_URL"), "mqtt://127.0.0.1:1884");
         let username = env("KEDGE_DATA_USERNAME");
         let password = env("KEDGE_DATA_PASSWORD");

@@ -1,7 +1,7 @@
 //! What the controller does with an incoming desired spec or tombstone, as a
 //! pure function: the generation and uid rules in one place.
 
-use crate::model::{PodSource, PodSpec};
+use crate::model::{PodSource, PodSpec, VolumeSource};
 
 /// A change to the desired set.
 // Built once per message and consumed at once: boxing buys nothing.
@@ -22,6 +22,11 @@ pub enum Decision {
     /// with what it sent before: a sealed spec read back by a restarted
     /// bridge): record the generation, keep the pod running.
     Adopt,
+    /// A newer generation that changes only what a kubelet changes on a
+    /// running pod: its labels and the files of its configMap, secret,
+    /// downwardAPI or projected volumes (the kubelet's atomic swap). The
+    /// containers keep running.
+    UpdateInPlace,
     /// Stop the pod and forget it.
     Delete,
     /// A tombstone for a pod that never ran because its spec was refused:
@@ -59,6 +64,11 @@ pub fn decide(
                 && same_but_generation(cur, new)
             {
                 Decision::Adopt
+            } else if cur.uid == new.uid
+                && new.generation > cur.generation
+                && same_but_files(cur, new)
+            {
+                Decision::UpdateInPlace
             } else if cur.uid != new.uid || new.generation > cur.generation {
                 Decision::Replace
             } else if new.generation == cur.generation {
@@ -90,6 +100,25 @@ fn same_but_generation(a: &PodSpec, b: &PodSpec) -> bool {
     }
 }
 
+/// Whether two specs differ in nothing but their generation, their labels
+/// and the contents of their file volumes (same volumes, same names, same
+/// order; files added, removed or changed).
+fn same_but_files(a: &PodSpec, b: &PodSpec) -> bool {
+    a.volumes.len() == b.volumes.len() && {
+        let mut a = a.clone();
+        a.generation = b.generation;
+        a.labels = b.labels.clone();
+        for (va, vb) in a.volumes.iter_mut().zip(&b.volumes) {
+            if let (VolumeSource::Files { .. }, VolumeSource::Files { .. }) =
+                (&va.source, &vb.source)
+            {
+                va.source = vb.source.clone();
+            }
+        }
+        a == *b
+    }
+}
+
 fn source_name(s: PodSource) -> &'static str {
     match s {
         PodSource::Mqtt => "the broker",
@@ -117,7 +146,7 @@ mod tests {
             Decision::Adopt
         );
         let mut changed = spec("u1", 4);
-        changed.labels.insert("x".into(), "y".into());
+        changed.host_network = !cur.host_network;
         assert_eq!(
             decide(Some((&cur, mqtt)), false, &Incoming::Apply(changed, mqtt)),
             Decision::Replace
@@ -139,6 +168,84 @@ mod tests {
             ),
             Decision::Ignore(_)
         ));
+    }
+
+    /// A ConfigMap or Secret that changed changes only the files of its
+    /// volume, a label change the pod's labels (and its downwardAPI files):
+    /// updated in place. Anything else that changed with them, or a volume
+    /// that changed kind, replaces the pod.
+    #[test]
+    fn changed_files_are_updated_in_place_and_anything_else_replaces() {
+        let with_files = |generation, text: &str| {
+            let mut s = spec("u1", generation);
+            s.volumes.push(Volume {
+                name: "config".into(),
+                source: VolumeSource::Files {
+                    files: vec![("mode".into(), text.as_bytes().to_vec())],
+                    default_mode: 0o644,
+                },
+            });
+            s
+        };
+        let m = PodSource::Mqtt;
+        let cur = with_files(3, "fast");
+        let changed = with_files(4, "slow");
+        assert_eq!(
+            decide(Some((&cur, m)), false, &Incoming::Apply(changed.clone(), m)),
+            Decision::UpdateInPlace
+        );
+        let mut more = changed.clone();
+        if let VolumeSource::Files { files, .. } = &mut more.volumes[0].source {
+            files.push(("extra".into(), b"x".to_vec()));
+        }
+        assert_eq!(
+            decide(Some((&cur, m)), false, &Incoming::Apply(more, m)),
+            Decision::UpdateInPlace,
+            "a key added to the ConfigMap"
+        );
+        assert_eq!(
+            decide(
+                Some((&cur, m)),
+                false,
+                &Incoming::Apply(with_files(4, "fast"), m)
+            ),
+            Decision::Adopt
+        );
+        assert_eq!(
+            decide(
+                Some((&cur, m)),
+                false,
+                &Incoming::Apply(with_files(2, "slow"), m)
+            ),
+            Decision::Ignore("stale generation 2 (applied: 3)".into())
+        );
+        let mut relabelled = changed.clone();
+        relabelled.labels.insert("x".into(), "y".into());
+        assert_eq!(
+            decide(Some((&cur, m)), false, &Incoming::Apply(relabelled, m)),
+            Decision::UpdateInPlace
+        );
+        let mut restarted = changed.clone();
+        restarted.restart_policy = RestartPolicy::Never;
+        assert_eq!(
+            decide(Some((&cur, m)), false, &Incoming::Apply(restarted, m)),
+            Decision::Replace
+        );
+        let mut other_kind = changed;
+        other_kind.volumes[0].source = VolumeSource::EmptyDir {
+            memory: false,
+            size_limit_bytes: None,
+        };
+        assert_eq!(
+            decide(Some((&cur, m)), false, &Incoming::Apply(other_kind, m)),
+            Decision::Replace
+        );
+        let mut new_uid = with_files(4, "slow");
+        new_uid.uid = "u2".into();
+        assert_eq!(
+            decide(Some((&cur, m)), false, &Incoming::Apply(new_uid, m)),
+            Decision::Replace
+        );
     }
 
     #[test]
@@ -179,7 +286,7 @@ mod tests {
             Decision::Create
         );
         let mut newer = spec("u1", 4);
-        newer.labels.insert("changed".into(), "yes".into());
+        newer.termination_grace_period_secs += 1;
         assert_eq!(
             decide(Some((&cur, m)), false, &Incoming::Apply(newer, m)),
             Decision::Replace

@@ -141,8 +141,9 @@ pub struct Controller {
     /// The monotonic origin of the event budget's clock (tokio's: paused
     /// in the in-process tests).
     origin: tokio::time::Instant,
-    /// The data path, when routes are configured (`agent::data`): pods a
-    /// route names get the endpoint's address and credentials.
+    /// The data path, when routes or the sink's key are configured
+    /// (`agent::data`): pods a route names (the node's or their own) get the
+    /// endpoint's address and credentials.
     #[cfg(feature = "data")]
     data: Option<Arc<data::DataPath>>,
     /// Signed desired state (`trust.keys`); None: signatures not checked.
@@ -380,7 +381,9 @@ async fn start_data_path(
 ) -> anyhow::Result<Option<Arc<data::DataPath>>> {
     let config = &controller.config;
     let routes = config.data.parsed_routes()?;
-    if routes.is_empty() {
+    // Routes come from the node's configuration or from the pods (their
+    // `kedge.io/routes`): the sink's key is what a data path needs.
+    if routes.is_empty() && config.data.sink_public_key.is_empty() {
         return Ok(None);
     }
     let dir = config.data_dir.join("data");
@@ -1320,9 +1323,38 @@ impl Controller {
         }
     }
 
+    /// Why this node cannot run a pod that declares data routes, if it
+    /// cannot: it has no data path (a build without it, or no sink key).
+    /// Refused rather than run without them (never accept and ignore).
+    fn routes_refusal(&self, spec: &PodSpec) -> Option<String> {
+        if spec.routes.is_empty() {
+            return None;
+        }
+        #[cfg(feature = "data")]
+        if self.data.is_some() {
+            return None;
+        }
+        Some(format!(
+            "the pod declares data routes ({}) and node {} has no data path: {}",
+            crate::model::route::ROUTES_ANNOTATION,
+            self.node,
+            if cfg!(feature = "data") {
+                "set data.sink_public_key in its configuration (docs/config.md)"
+            } else {
+                "this agent is built without it (feature `data`)"
+            }
+        ))
+    }
+
     /// Carries out a desired change. Err when it could not be committed
     /// (nothing was changed then).
     fn apply(&mut self, key: PodKey, incoming: Incoming) -> Result<(), StoreError> {
+        if let Incoming::Apply(spec, _) = &incoming
+            && let Some(why) = self.routes_refusal(spec)
+        {
+            self.refuse(&key, "DataPathUnavailable", why);
+            return Ok(());
+        }
         let current = self.pods.get(&key).map(|e| {
             // While a replacement is pending, compare with the newest spec.
             match &e.then {
@@ -1389,6 +1421,37 @@ impl Controller {
                 {
                     status.observed_generation = spec.generation;
                     self.record_status(&key, &status);
+                }
+            }
+            (Decision::UpdateInPlace, Incoming::Apply(spec, source)) => {
+                self.store.put_desired(&DesiredRecord {
+                    source,
+                    spec: spec.clone(),
+                })?;
+                let mut running = false;
+                if let Some(entry) = self.pods.get_mut(&key) {
+                    match &mut entry.then {
+                        // Replaced anyway once stopped: the new files then.
+                        AfterStop::Replace(pending, _) => *pending = spec.clone(),
+                        _ => {
+                            entry.spec = spec.clone();
+                            running = true;
+                        }
+                    }
+                }
+                if running {
+                    info!(pod = %key, generation = spec.generation, "only labels or volume files changed: updating the pod in place, the containers keep running");
+                    if let Err(e) = crate::runtime::update_file_volumes(&self.pod_dir(&spec), &spec)
+                    {
+                        warn!(pod = %key, error = %e, "cannot update the pod's volume files");
+                        self.event(&key, EventType::Warning, "FailedMount", &e.to_string());
+                    }
+                    if let Ok(Some(mut status)) = self.store.status(&key)
+                        && status.uid == spec.uid
+                    {
+                        status.observed_generation = spec.generation;
+                        self.record_status(&key, &status);
+                    }
                 }
             }
             (Decision::Delete, _) => {

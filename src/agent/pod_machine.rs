@@ -7,13 +7,24 @@
 //! monotonic clock, since a device without a real-time clock steps its
 //! wall clock at boot (NTP); wall time is only shown (start and finish
 //! times, transition times). Semantics follow the kubelet:
-//! - init containers run one at a time, in order, each to success;
-//! - app containers start together once every init container succeeded;
+//! - init containers run one at a time, in order, each to success; a native
+//!   sidecar (an init container with `restartPolicy: Always`) only has to
+//!   have *started* (its startup probe passed, or it runs and has none)
+//!   before the next one starts, and it keeps running: restarted whatever
+//!   the pod's policy, probed like an app container, counted in the pod's
+//!   readiness;
+//! - app containers start together once every init container succeeded
+//!   (or, a sidecar, started);
 //! - `restartPolicy` decides restarts; the first restart is immediate, later
 //!   ones wait `initial`, doubling to `max` (CrashLoopBackOff), and a
 //!   container that ran `reset_after` starts its back-off afresh;
 //! - the phase is computed as the kubelet's `getPhase` does;
-//! - Succeeded and Failed are terminal: nothing moves a pod out of them.
+//! - Succeeded and Failed are terminal: nothing moves a pod out of them;
+//! - sidecars stop last: when the pod is deleted, after its app containers
+//!   (and regular init containers), one at a time in reverse order, with
+//!   what is left of the grace period; when the app containers of a
+//!   `Never`/`OnFailure` pod have all ended (or its init failed for good),
+//!   they are stopped the same way and the pod's phase follows.
 
 use std::time::Duration;
 
@@ -77,11 +88,16 @@ pub enum Action {
     Start(ContainerRef),
     /// Call `on_timer(c)` after this delay (a back-off).
     WakeAfter(ContainerRef, Duration),
-    /// Stop every running container, giving it this long to exit.
+    /// Stop every running container but the sidecars (those follow, one
+    /// by one, `StopSidecar`), giving it this long to exit.
     StopAll { grace: Duration },
     /// Kill this container (a liveness or startup probe failed); its exit
     /// then follows the restart policy.
     Kill(ContainerRef, Duration),
+    /// Stop this sidecar within this grace period: the pod is stopping (or
+    /// its app containers have ended) and every container after it has
+    /// exited. It is not restarted.
+    StopSidecar(ContainerRef, Duration),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +105,9 @@ enum Stage {
     /// Running init container `n`.
     Init(usize),
     Main,
+    /// The app containers have ended for good (or the init failed): the
+    /// sidecars are being stopped before the phase turns terminal.
+    Ending,
     Terminating,
     /// Terminal phase reached, or stopped after termination.
     Done,
@@ -110,6 +129,8 @@ struct Slot {
     startup: Option<Tracker>,
     liveness: Option<Tracker>,
     readiness: Option<Tracker>,
+    /// An init container with `restartPolicy: Always`.
+    sidecar: bool,
 }
 
 /// One pod's state machine.
@@ -121,6 +142,12 @@ pub struct PodMachine {
     init: Vec<Slot>,
     main: Vec<Slot>,
     status: PodStatus,
+    /// An app container has been started: the pod has initialized (a
+    /// sidecar restarting later does not take that back).
+    initialized: bool,
+    /// When the sidecars' stop sequence began, and the grace period it
+    /// shares (`Terminating`, `Ending`).
+    stopping: Option<(Now, Duration)>,
 }
 
 fn slot(c: &Container, waiting_reason: &str) -> Slot {
@@ -146,6 +173,7 @@ fn slot(c: &Container, waiting_reason: &str) -> Slot {
         startup: None,
         liveness: None,
         readiness: None,
+        sidecar: c.is_sidecar(),
     }
 }
 
@@ -205,6 +233,8 @@ impl PodMachine {
             init,
             main,
             status,
+            initialized: false,
+            stopping: None,
         };
         machine.status.init_container_statuses =
             machine.init.iter().map(|s| s.status.clone()).collect();
@@ -249,6 +279,12 @@ impl PodMachine {
 
     pub fn is_terminating(&self) -> bool {
         self.stage == Stage::Terminating
+    }
+
+    /// Terminating, or stopping its sidecars after its app containers
+    /// ended: a container that starts now is stopped at once.
+    pub fn is_stopping(&self) -> bool {
+        matches!(self.stage, Stage::Terminating | Stage::Ending)
     }
 
     /// The container spec for a reference.
@@ -333,8 +369,37 @@ impl PodMachine {
         self.stage = Stage::Done;
     }
 
+    /// Init container `index` is done (a regular one succeeded, a sidecar
+    /// started): the next one starts, or the app containers.
+    fn after_init(&mut self, index: usize) -> Vec<Action> {
+        let next = index + 1;
+        if next >= self.init.len() {
+            return self.enter_main();
+        }
+        self.stage = Stage::Init(next);
+        self.init[next].status.state = ContainerState::Waiting {
+            reason: "ContainerCreating".into(),
+            message: None,
+        };
+        vec![Action::Start(ContainerRef {
+            init: true,
+            index: next,
+        })]
+    }
+
+    /// Whether `c` is a sidecar.
+    fn is_sidecar(&self, c: ContainerRef) -> bool {
+        c.init && self.init.get(c.index).is_some_and(|s| s.sidecar)
+    }
+
+    /// Whether `c` is an init container that runs to completion.
+    pub fn is_regular_init(&self, c: ContainerRef) -> bool {
+        c.init && !self.is_sidecar(c)
+    }
+
     fn enter_main(&mut self) -> Vec<Action> {
         self.stage = Stage::Main;
+        self.initialized = true;
         let mut actions = Vec::new();
         for (index, s) in self.main.iter_mut().enumerate() {
             s.status.state = ContainerState::Waiting {
@@ -361,6 +426,7 @@ impl PodMachine {
         if matches!(self.stage, Stage::Done) {
             return Vec::new();
         }
+        let regular_init = self.is_regular_init(c);
         let probes = self
             .container(c)
             .map(|k| {
@@ -384,13 +450,28 @@ impl PodMachine {
             // A startup probe holds `started` (and readiness) back; without
             // a readiness probe, running (and started) means ready.
             s.status.started = s.startup.is_none();
-            s.status.ready = !c.init && s.startup.is_none() && s.readiness.is_none();
+            s.status.ready = !regular_init && s.startup.is_none() && s.readiness.is_none();
             s.status.state = ContainerState::Running {
                 started_at_ms: now.wall_ms,
             };
         }
+        let actions = self.sidecar_started(c);
         self.refresh(now);
-        Vec::new()
+        actions
+    }
+
+    /// A sidecar that has started lets the next init container start, if
+    /// it is the one the pod was waiting for.
+    fn sidecar_started(&mut self, c: ContainerRef) -> Vec<Action> {
+        let started = self
+            .init
+            .get(c.index)
+            .is_some_and(|s| s.sidecar && s.status.started);
+        if c.init && started && self.stage == Stage::Init(c.index) {
+            self.after_init(c.index)
+        } else {
+            Vec::new()
+        }
     }
 
     /// The runtime found this container already running (or exited) from
@@ -419,10 +500,11 @@ impl PodMachine {
         success: bool,
         now: Now,
     ) -> Vec<Action> {
-        if matches!(self.stage, Stage::Done | Stage::Terminating) {
+        if matches!(self.stage, Stage::Done | Stage::Terminating | Stage::Ending) {
             return Vec::new();
         }
         let grace = Duration::from_secs(self.spec.termination_grace_period_secs);
+        let regular_init = self.is_regular_init(c);
         let Some(s) = self.slot_mut(c) else {
             return Vec::new();
         };
@@ -437,7 +519,7 @@ impl PodMachine {
             ProbeKind::Startup => match s.startup.as_mut().and_then(|t| t.record(success)) {
                 Some(true) => {
                     s.status.started = true;
-                    s.status.ready = !c.init && s.readiness.is_none();
+                    s.status.ready = !regular_init && s.readiness.is_none();
                 }
                 Some(false) if !started => actions.push(Action::Kill(c, grace)),
                 _ => {}
@@ -450,10 +532,13 @@ impl PodMachine {
             }
             ProbeKind::Readiness if started => {
                 if let Some(ready) = s.readiness.as_mut().and_then(|t| t.record(success)) {
-                    s.status.ready = ready && !c.init;
+                    s.status.ready = ready && !regular_init;
                 }
             }
             _ => {}
+        }
+        if kind == ProbeKind::Startup {
+            actions.extend(self.sidecar_started(c));
         }
         self.refresh(now);
         actions
@@ -477,7 +562,7 @@ impl PodMachine {
         message: String,
         now: Now,
     ) -> Vec<Action> {
-        if matches!(self.stage, Stage::Done | Stage::Terminating) {
+        if matches!(self.stage, Stage::Done | Stage::Terminating | Stage::Ending) {
             return Vec::new();
         }
         let policy = self.policy;
@@ -520,6 +605,7 @@ impl PodMachine {
         let policy = self.policy;
         let restart_policy = self.spec.restart_policy;
         let stage = self.stage;
+        let sidecar = self.is_sidecar(c);
         let pod_label = format!(
             "{}_{}({})",
             self.spec.name, self.spec.namespace, self.spec.uid
@@ -539,16 +625,23 @@ impl PodMachine {
         s.status.ready = false;
         s.status.started = false;
         s.status.state = terminated.clone();
-        if matches!(stage, Stage::Terminating | Stage::Done) {
+        if matches!(stage, Stage::Terminating | Stage::Ending | Stage::Done) {
+            // Stopping: the next sidecar in line, once the others are gone.
+            let actions = self.next_sidecar_stop(now);
             self.refresh(now);
-            return Vec::new();
+            if stage == Stage::Ending && self.status.phase.is_terminal() {
+                self.stage = Stage::Done;
+            }
+            return actions;
         }
         let ran_for = now.monotonic.saturating_sub(started.monotonic);
         if ran_for >= policy.reset_after {
             s.level = 0;
         }
         let succeeded = exit.exit_code == 0;
-        let restart = if c.init {
+        let restart = if sidecar {
+            true
+        } else if c.init {
             !succeeded && restart_policy != RestartPolicy::Never
         } else {
             match restart_policy {
@@ -577,32 +670,77 @@ impl PodMachine {
                 actions.push(Action::WakeAfter(c, delay));
             }
         }
-        if c.init && succeeded {
-            let next = c.index + 1;
-            if next < self.init.len() {
-                self.stage = Stage::Init(next);
-                self.init[next].status.state = ContainerState::Waiting {
-                    reason: "ContainerCreating".into(),
-                    message: None,
-                };
-                actions.push(Action::Start(ContainerRef {
-                    init: true,
-                    index: next,
-                }));
-            } else {
-                actions.extend(self.enter_main());
-            }
+        if c.init && !sidecar && succeeded {
+            actions.extend(self.after_init(c.index));
         }
         self.refresh(now);
-        if self.status.phase.is_terminal() {
-            self.stage = Stage::Done;
-        }
+        actions.extend(self.end_if_finished(now));
         actions
+    }
+
+    /// After an exit: a terminal phase ends the pod. App containers that
+    /// have all ended for good (a `Never`/`OnFailure` pod), or an init
+    /// that failed for good, stop the running sidecars first (`Ending`);
+    /// the phase follows once they are gone.
+    fn end_if_finished(&mut self, now: Now) -> Vec<Action> {
+        let apps_done = self.spec.restart_policy != RestartPolicy::Always
+            && self.initialized
+            && self.main.iter().all(|s| {
+                matches!(s.status.state, ContainerState::Terminated { .. }) && !s.restart_pending
+            });
+        let terminal = self.status.phase.is_terminal();
+        if !terminal && !apps_done {
+            return Vec::new();
+        }
+        let sidecar_runs = self
+            .init
+            .iter()
+            .any(|s| s.sidecar && matches!(s.status.state, ContainerState::Running { .. }));
+        if !sidecar_runs {
+            if terminal {
+                self.stage = Stage::Done;
+            }
+            return Vec::new();
+        }
+        self.stage = Stage::Ending;
+        for s in self.init.iter_mut().filter(|s| s.sidecar) {
+            s.restart_pending = false;
+        }
+        let grace = Duration::from_secs(self.spec.termination_grace_period_secs);
+        self.stopping.get_or_insert((now, grace));
+        self.next_sidecar_stop(now)
+    }
+
+    /// While the pod stops (`Terminating`, `Ending`): once no other
+    /// container runs, the last running sidecar is stopped, with what is
+    /// left of the grace period (the kubelet's order: app containers
+    /// first, then sidecars in reverse order).
+    fn next_sidecar_stop(&self, now: Now) -> Vec<Action> {
+        let Some((since, grace)) = self.stopping else {
+            return Vec::new();
+        };
+        let running = |s: &Slot| matches!(s.status.state, ContainerState::Running { .. });
+        let others_run = self
+            .main
+            .iter()
+            .chain(self.init.iter().filter(|s| !s.sidecar))
+            .any(running);
+        let last = self.init.iter().rposition(|s| s.sidecar && running(s));
+        match last {
+            Some(index) if !others_run => {
+                let spent = now.monotonic.saturating_sub(since.monotonic);
+                vec![Action::StopSidecar(
+                    ContainerRef { init: true, index },
+                    grace.saturating_sub(spent),
+                )]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// A back-off wait ended.
     pub fn on_timer(&mut self, c: ContainerRef, _now: Now) -> Vec<Action> {
-        if matches!(self.stage, Stage::Done | Stage::Terminating) {
+        if matches!(self.stage, Stage::Done | Stage::Terminating | Stage::Ending) {
             return Vec::new();
         }
         let Some(s) = self.slot_mut(c) else {
@@ -630,9 +768,11 @@ impl PodMachine {
             self.stage = Stage::Done;
             return Vec::new();
         }
-        vec![Action::StopAll {
-            grace: Duration::from_secs(self.spec.termination_grace_period_secs),
-        }]
+        let grace = Duration::from_secs(self.spec.termination_grace_period_secs);
+        self.stopping.get_or_insert((now, grace));
+        let mut actions = vec![Action::StopAll { grace }];
+        actions.extend(self.next_sidecar_stop(now));
+        actions
     }
 
     /// Every container has stopped after `stop`.
@@ -649,28 +789,43 @@ impl PodMachine {
         let phase = if previous.is_terminal() {
             previous
         } else {
-            compute_phase(self.spec.restart_policy, &self.init, &self.main)
+            compute_phase(
+                self.spec.restart_policy,
+                &self.init,
+                &self.main,
+                self.initialized,
+            )
         };
         self.status.phase = phase;
 
+        // An init container is done when it succeeded, a sidecar when it
+        // has started; once an app container has started, the pod stays
+        // initialized (the kubelet's `GeneratePodInitializedCondition`).
         let incomplete_init: Vec<&str> = self
             .init
             .iter()
             .filter(|s| {
-                !matches!(
-                    s.status.state,
-                    ContainerState::Terminated { exit_code: 0, .. }
-                )
+                if s.sidecar {
+                    !s.status.started
+                } else {
+                    !matches!(
+                        s.status.state,
+                        ContainerState::Terminated { exit_code: 0, .. }
+                    )
+                }
             })
             .map(|s| s.status.name.as_str())
             .collect();
+        // Sidecars' readiness counts for the pod's, as app containers'.
         let unready: Vec<&str> = self
-            .main
+            .init
             .iter()
+            .filter(|s| s.sidecar)
+            .chain(&self.main)
             .filter(|s| !s.status.ready)
             .map(|s| s.status.name.as_str())
             .collect();
-        let initialized = incomplete_init.is_empty();
+        let initialized = self.initialized || incomplete_init.is_empty();
         let (ready_reason, ready_message) = if phase.is_terminal() {
             (Some("PodCompleted".to_string()), None)
         } else if unready.is_empty() {
@@ -747,9 +902,14 @@ impl PodMachine {
     }
 }
 
-/// The kubelet's `getPhase`.
-fn compute_phase(policy: RestartPolicy, init: &[Slot], main: &[Slot]) -> PodPhase {
-    for s in init {
+/// The kubelet's `getPhase`. `initialized`: an app container has started.
+fn compute_phase(
+    policy: RestartPolicy,
+    init: &[Slot],
+    main: &[Slot],
+    initialized: bool,
+) -> PodPhase {
+    for s in init.iter().filter(|s| !s.sidecar) {
         match &s.status.state {
             ContainerState::Terminated { exit_code: 0, .. } => {}
             ContainerState::Terminated { .. } if policy == RestartPolicy::Never => {
@@ -759,6 +919,28 @@ fn compute_phase(policy: RestartPolicy, init: &[Slot], main: &[Slot]) -> PodPhas
         }
     }
     let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    // Sidecars: a running one counts as running; one that has not started
+    // yet holds the pod in Pending until it has initialized; one that ended
+    // (or waits to restart) does not count.
+    let mut pending_sidecars = 0;
+    for s in init.iter().filter(|s| s.sidecar) {
+        match (&s.status.state, &s.status.last_state) {
+            (ContainerState::Running { .. }, _) => {
+                running += 1;
+                if !s.status.started {
+                    pending_sidecars += 1;
+                }
+            }
+            (ContainerState::Terminated { .. }, _) | (ContainerState::Waiting { .. }, Some(_)) => {}
+            (ContainerState::Waiting { .. }, None) => {
+                pending_sidecars += 1;
+                waiting += 1;
+            }
+        }
+    }
+    if pending_sidecars > 0 && !initialized {
+        return PodPhase::Pending;
+    }
     for s in main {
         match (&s.status.state, &s.status.last_state) {
             (ContainerState::Running { .. }, _) => running += 1,
@@ -1311,5 +1493,216 @@ mod tests {
             }
         );
         assert_eq!(m.status().display_status(), "ImagePullBackOff");
+    }
+
+    /// A pod with native sidecars (`restartPolicy: Always` on init
+    /// containers `sidecars`).
+    fn with_sidecars(
+        init: &[&str],
+        sidecars: &[usize],
+        main: &[&str],
+        policy: RestartPolicy,
+    ) -> PodSpec {
+        let mut s = spec(init, main, policy);
+        for &i in sidecars {
+            s.init_containers[i].restart_policy = Some(RestartPolicy::Always);
+        }
+        s
+    }
+
+    fn init_state(m: &PodMachine, i: usize) -> &ContainerStatus {
+        &m.status().init_container_statuses[i]
+    }
+
+    /// The next init container starts once the sidecar before it has
+    /// started, without waiting for it to end; the sidecar keeps running,
+    /// restarts whatever the pod's policy, and its readiness is the pod's.
+    #[test]
+    fn a_sidecar_starts_the_next_init_container_and_keeps_running() {
+        let s = with_sidecars(&["proxy", "setup"], &[0], &["a"], RestartPolicy::Never);
+        let mut m = PodMachine::new(s, POLICY, None);
+        assert_eq!(m.start(at(0)), vec![Action::Start(I0)]);
+        assert_eq!(
+            m.on_started(I0, "s1".into(), "i".into(), at(1)),
+            vec![Action::Start(I1)]
+        );
+        assert_eq!(m.status().phase, PodPhase::Pending);
+        assert!(!cond(&m, PodConditionType::Initialized));
+        assert!(init_state(&m, 0).started && init_state(&m, 0).ready);
+        assert!(m.on_started(I1, "i1".into(), "i".into(), at(2)).is_empty());
+        assert_eq!(m.on_exited(I1, exit(0), at(3)), vec![Action::Start(A)]);
+        m.on_started(A, "a1".into(), "i".into(), at(4));
+        assert_eq!(m.status().phase, PodPhase::Running);
+        assert!(cond(&m, PodConditionType::Initialized));
+        assert!(cond(&m, PodConditionType::Ready));
+        assert_eq!(m.status().display_status(), "Running");
+        assert_eq!(
+            m.status().ready_count(),
+            (2, 2),
+            "kubectl counts the sidecar"
+        );
+        // The sidecar ends (even successfully): restarted, although the
+        // pod's policy is Never; the pod is not ready while it is down.
+        assert_eq!(m.on_exited(I0, exit(0), at(5)), vec![Action::Start(I0)]);
+        assert!(!cond(&m, PodConditionType::Ready));
+        assert!(cond(&m, PodConditionType::Initialized), "stays initialized");
+        assert_eq!(m.status().phase, PodPhase::Running);
+        assert!(
+            m.on_started(I0, "s2".into(), "i".into(), at(6)).is_empty(),
+            "no init to start again"
+        );
+        assert_eq!(init_state(&m, 0).restart_count, 1);
+        assert!(cond(&m, PodConditionType::Ready));
+        // A second crash waits out the back-off.
+        assert_eq!(
+            m.on_exited(I0, exit(1), at(7)),
+            vec![Action::WakeAfter(I0, Duration::from_secs(10))]
+        );
+    }
+
+    /// A sidecar with a startup probe holds the next init container back
+    /// until the probe passes; its readiness probe decides its readiness.
+    #[test]
+    fn a_sidecars_startup_probe_holds_the_next_init_container() {
+        let mut s = with_sidecars(&["proxy"], &[0], &["a"], RestartPolicy::Always);
+        s.init_containers[0].startup_probe = Some(probe(3));
+        s.init_containers[0].readiness_probe = Some(probe(1));
+        let mut m = PodMachine::new(s, POLICY, None);
+        m.start(at(0));
+        assert!(m.on_started(I0, "s1".into(), "i".into(), at(1)).is_empty());
+        assert!(!init_state(&m, 0).started);
+        assert_eq!(m.status().phase, PodPhase::Pending);
+        // A readiness result before the start counts for nothing.
+        m.on_probe(I0, "s1", ProbeKind::Readiness, true, at(2));
+        assert!(!init_state(&m, 0).ready);
+        assert_eq!(
+            m.on_probe(I0, "s1", ProbeKind::Startup, true, at(3)),
+            vec![Action::Start(A)]
+        );
+        m.on_started(A, "a1".into(), "i".into(), at(4));
+        assert_eq!(m.status().phase, PodPhase::Running);
+        assert!(
+            !cond(&m, PodConditionType::Ready),
+            "the sidecar is not ready yet"
+        );
+        m.on_probe(I0, "s1", ProbeKind::Readiness, true, at(5));
+        assert!(cond(&m, PodConditionType::Ready));
+        m.on_probe(I0, "s1", ProbeKind::Readiness, false, at(6));
+        let ready = m
+            .status()
+            .condition(PodConditionType::Ready)
+            .expect("ready");
+        assert!(!ready.status);
+        assert_eq!(
+            ready.message.as_deref(),
+            Some("containers with unready status: [proxy]")
+        );
+    }
+
+    /// Deleting the pod stops its app containers first, then its sidecars
+    /// one at a time in reverse order, with what is left of the grace
+    /// period; none of them restarts.
+    #[test]
+    fn sidecars_stop_after_the_app_containers_in_reverse_order() {
+        let s = with_sidecars(&["log", "proxy"], &[0, 1], &["a"], RestartPolicy::Always);
+        let mut m = PodMachine::new(s, POLICY, None);
+        m.start(at(0));
+        m.on_started(I0, "s0".into(), "i".into(), at(1));
+        m.on_started(I1, "s1".into(), "i".into(), at(2));
+        m.on_started(A, "a1".into(), "i".into(), at(3));
+        assert_eq!(
+            m.stop(at(1_000)),
+            vec![Action::StopAll {
+                grace: Duration::from_secs(7)
+            }]
+        );
+        assert_eq!(
+            m.on_exited(A, exit(0), at(3_000)),
+            vec![Action::StopSidecar(I1, Duration::from_secs(5))]
+        );
+        assert_eq!(
+            m.on_exited(I1, exit(143), at(4_000)),
+            vec![Action::StopSidecar(I0, Duration::from_secs(4))]
+        );
+        assert!(m.on_exited(I0, exit(143), at(4_500)).is_empty());
+        assert!(m.on_timer(I0, at(5_000)).is_empty());
+        m.on_stopped(at(4_600));
+        assert!(m.is_done());
+    }
+
+    /// A pod that stops while only sidecars run (its init under way)
+    /// stops the last one at once.
+    #[test]
+    fn a_pod_stopped_during_its_init_stops_its_sidecars() {
+        let s = with_sidecars(
+            &["log", "proxy", "setup"],
+            &[0, 1],
+            &["a"],
+            RestartPolicy::Always,
+        );
+        let mut m = PodMachine::new(s, POLICY, None);
+        m.start(at(0));
+        m.on_started(I0, "s0".into(), "i".into(), at(1));
+        m.on_started(I1, "s1".into(), "i".into(), at(2));
+        assert_eq!(
+            m.stop(at(10)),
+            vec![
+                Action::StopAll {
+                    grace: Duration::from_secs(7)
+                },
+                Action::StopSidecar(I1, Duration::from_secs(7)),
+            ]
+        );
+    }
+
+    /// A Job's pod with a sidecar: once its app container has ended, the
+    /// sidecar is stopped and the phase follows the app container's exit.
+    #[test]
+    fn a_job_with_a_sidecar_completes_when_its_app_container_ends() {
+        for (code, phase) in [(0, PodPhase::Succeeded), (2, PodPhase::Failed)] {
+            let s = with_sidecars(&["proxy"], &[0], &["job"], RestartPolicy::Never);
+            let mut m = PodMachine::new(s, POLICY, None);
+            m.start(at(0));
+            assert_eq!(
+                m.on_started(I0, "s1".into(), "i".into(), at(1)),
+                vec![Action::Start(A)]
+            );
+            m.on_started(A, "j1".into(), "i".into(), at(2));
+            assert_eq!(
+                m.on_exited(A, exit(code), at(1_002)),
+                vec![Action::StopSidecar(I0, Duration::from_secs(7))]
+            );
+            assert_eq!(
+                m.status().phase,
+                PodPhase::Running,
+                "the sidecar still runs"
+            );
+            assert!(m.is_stopping() && !m.is_done());
+            assert!(
+                m.on_exited(I0, exit(143), at(1_500)).is_empty(),
+                "not restarted"
+            );
+            assert_eq!(m.status().phase, phase, "exit {code}");
+            assert!(m.is_done());
+        }
+    }
+
+    /// An init container that fails for good (policy Never) fails the pod
+    /// and stops the sidecar that runs before it.
+    #[test]
+    fn a_failed_init_stops_the_sidecars() {
+        let s = with_sidecars(&["proxy", "setup"], &[0], &["a"], RestartPolicy::Never);
+        let mut m = PodMachine::new(s, POLICY, None);
+        m.start(at(0));
+        m.on_started(I0, "s1".into(), "i".into(), at(1));
+        m.on_started(I1, "i1".into(), "i".into(), at(2));
+        assert_eq!(
+            m.on_exited(I1, exit(1), at(3)),
+            vec![Action::StopSidecar(I0, Duration::from_secs(7))]
+        );
+        assert_eq!(m.status().phase, PodPhase::Failed);
+        assert!(m.on_exited(I0, exit(143), at(4)).is_empty());
+        assert!(m.is_done());
+        assert_eq!(m.status().phase, PodPhase::Failed);
     }
 }

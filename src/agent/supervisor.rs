@@ -251,7 +251,7 @@ impl Supervisor {
                         );
                         let _ = tx2.send(Event::Exited(c, status));
                     });
-                    if machine.is_terminating() || machine.is_done() {
+                    if machine.is_stopping() || machine.is_done() {
                         stop.stop(Duration::ZERO);
                     } else {
                         self.start_probes(machine, c, &container_id, &tx);
@@ -363,7 +363,9 @@ impl Supervisor {
         let Some(container) = machine.container(c) else {
             return;
         };
-        if c.init {
+        // Init containers that run to completion have no probes; sidecars
+        // do, like app containers.
+        if machine.is_regular_init(c) {
             return;
         }
         let pod_ip = machine.status().pod_ip.clone().unwrap_or_default();
@@ -563,12 +565,27 @@ impl Supervisor {
                     );
                     self.stop_container(machine, c, grace);
                 }
+                Action::StopSidecar(c, grace) => {
+                    let name = self.name_of(machine, c);
+                    self.emit(
+                        Some(&name),
+                        EventType::Normal,
+                        "Killing",
+                        format!("Stopping container {name}"),
+                    );
+                    self.stop_container(machine, c, grace);
+                }
                 Action::StopAll { grace } => {
-                    let mut names: Vec<String> = self
+                    // Sidecars stop after the others, one by one, as the
+                    // machine says (`StopSidecar`).
+                    let running: Vec<ContainerRef> = self
                         .running
                         .keys()
-                        .map(|c| self.name_of(machine, *c))
+                        .copied()
+                        .filter(|c| !machine.container(*c).is_some_and(|k| k.is_sidecar()))
                         .collect();
+                    let mut names: Vec<String> =
+                        running.iter().map(|c| self.name_of(machine, *c)).collect();
                     names.sort();
                     for name in names {
                         self.emit(
@@ -578,7 +595,6 @@ impl Supervisor {
                             format!("Stopping container {name}"),
                         );
                     }
-                    let running: Vec<ContainerRef> = self.running.keys().copied().collect();
                     for c in running {
                         self.stop_container(machine, c, grace);
                     }

@@ -8,7 +8,9 @@
 //! FROM default/camera/uploader # INTO $upstream
 //! ```
 //!
-//! `FROM namespace/pod[/container] topic-filter INTO $upstream [TTL duration]`.
+//! `FROM namespace/pod[/container] topic-filter INTO $upstream [TTL duration]`
+//! (the grammar is `model::route`'s, shared with the routes a pod declares
+//! for itself, `pod_routes`).
 //! The source names the pod (and optionally one container; without it every
 //! container of the pod); the filter is an MQTT topic filter on the topic
 //! the workload publishes to. A pod named by a route is a pod that asks for
@@ -61,15 +63,17 @@ pub struct RouteError {
     pub message: String,
 }
 
+/// The grammar of a node's route, for error messages.
+const USAGE: &str =
+    "expected FROM namespace/pod[/container] topic-filter INTO $upstream [TTL duration]";
+
 /// Parses `text` (the value of `key`), every route or none.
 pub fn parse_routes(
     key: &str,
     text: &str,
     default_ttl: Duration,
 ) -> Result<Vec<Route>, RouteError> {
-    text.split(['\n', ';'])
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
+    crate::model::route::lines(text)
         .enumerate()
         .map(|(index, line)| {
             parse_route(line, default_ttl).map_err(|message| RouteError {
@@ -82,17 +86,7 @@ pub fn parse_routes(
 }
 
 fn parse_route(line: &str, default_ttl: Duration) -> Result<Route, String> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let [from, source, filter, into, sink, rest @ ..] = words.as_slice() else {
-        return Err(format!(
-            "{line:?}: expected FROM namespace/pod[/container] topic-filter INTO $upstream [TTL duration]"
-        ));
-    };
-    if !from.eq_ignore_ascii_case("FROM") || !into.eq_ignore_ascii_case("INTO") {
-        return Err(format!(
-            "{line:?}: expected FROM namespace/pod[/container] topic-filter INTO $upstream [TTL duration]"
-        ));
-    }
+    let (source, filter, ttl) = crate::model::route::parse_line(line, USAGE)?;
     let parts: Vec<&str> = source.split('/').collect();
     let (namespace, pod, container) = match parts.as_slice() {
         [ns, pod] => (*ns, *pod, None),
@@ -115,36 +109,31 @@ fn parse_route(line: &str, default_ttl: Duration) -> Result<Route, String> {
             return Err(format!("source {source:?}: invalid {what} name {name:?}"));
         }
     }
-    if !rumqttc::mqttbytes::valid_filter(filter) {
-        return Err(format!("invalid MQTT topic filter {filter:?}"));
-    }
-    if *sink != "$upstream" {
-        return Err(format!(
-            "unsupported sink {sink:?}: only $upstream (module-to-module routes are not built yet)"
-        ));
-    }
-    let ttl = match rest {
-        [] => default_ttl,
-        [ttl_word, value] if ttl_word.eq_ignore_ascii_case("TTL") => {
-            let ttl =
-                humantime::parse_duration(value).map_err(|e| format!("TTL {value:?}: {e}"))?;
-            if ttl.is_zero() {
-                return Err(format!("TTL {value:?}: must be positive"));
-            }
-            ttl
-        }
-        [word, ..] if word.eq_ignore_ascii_case("PRIORITY") => {
-            return Err("PRIORITY is not supported yet".into());
-        }
-        other => return Err(format!("unexpected {:?} after the sink", other.join(" "))),
-    };
     Ok(Route {
         namespace: namespace.to_string(),
         pod: pod.to_string(),
         container,
         filter: filter.to_string(),
-        ttl,
+        ttl: ttl.unwrap_or(default_ttl),
     })
+}
+
+/// A pod's own routes (`PodSpec.routes`) as the data path's routes, with
+/// the node's default TTL where the pod gave none.
+pub fn pod_routes(spec: &crate::model::PodSpec, default_ttl: Duration) -> Vec<Route> {
+    spec.routes
+        .iter()
+        .map(|r| Route {
+            namespace: spec.namespace.clone(),
+            pod: spec.name.clone(),
+            container: r.container.clone(),
+            filter: r.filter.clone(),
+            ttl: match r.ttl_secs {
+                0 => default_ttl,
+                secs => Duration::from_secs(secs),
+            },
+        })
+        .collect()
 }
 
 #[cfg(test)]

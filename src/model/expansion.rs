@@ -77,6 +77,20 @@ pub fn escape(s: &str) -> String {
     s.replace('$', "$$")
 }
 
+/// A spec of wire versions 1 to 3 made a template: those versions ran
+/// `command`, `args` and env values literally, so every one is escaped and
+/// runs as before.
+pub fn escape_literals(spec: &mut super::PodSpec) {
+    for c in spec.init_containers.iter_mut().chain(&mut spec.containers) {
+        for s in c.command.iter_mut().chain(&mut c.args) {
+            *s = escape(s);
+        }
+        for e in &mut c.env {
+            e.value = escape(&e.value);
+        }
+    }
+}
+
 /// The addresses env status fields (`EnvVar::field`) read, known on the
 /// device at container start: the pod's and the node's.
 #[derive(Debug, Clone, Copy, Default)]
@@ -212,6 +226,7 @@ mod tests {
             termination_message_path: None,
             termination_message_fallback_to_logs: false,
             run_as_non_root: false,
+            restart_policy: None,
         }
     }
 

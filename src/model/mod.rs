@@ -5,10 +5,12 @@
 //! only what a device can honour. `convert` turns Kubernetes manifests into
 //! them (and is the one place that knows Kubernetes field paths).
 
+pub mod added;
 #[cfg(feature = "manifests")]
 pub mod convert;
 pub mod expansion;
 pub mod fleet;
+pub mod route;
 pub mod selector;
 pub mod validate;
 
@@ -128,6 +130,7 @@ impl SealedPod {
             volumes: Vec::new(),
             image_pull_secrets: Vec::new(),
             security: PodSecurity::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -151,8 +154,29 @@ pub struct PodSpec {
     pub volumes: Vec<Volume>,
     /// Registry credentials (dockerconfigjson), resolved by the sender.
     pub image_pull_secrets: Vec<String>,
-    /// The pod's process namespaces and groups. Schema 9.
+    /// The pod's process namespaces and groups. Schema 9 (absent in an
+    /// older body: `added`).
+    #[serde(deserialize_with = "added::in_v9")]
     pub security: PodSecurity,
+    /// The data routes the pod declares (`kedge.io/routes`): what its
+    /// containers publish to the agent's data endpoint goes to the sink
+    /// (`agent::data`). Schema 10 (absent in a version-9 body: `added`).
+    #[serde(deserialize_with = "added::in_v10")]
+    pub routes: Vec<PodRoute>,
+}
+
+/// A data route a pod declares for itself (the annotation `kedge.io/routes`,
+/// `model::route`): messages its containers publish to the agent's data
+/// endpoint on a topic that matches `filter` go upstream to the sink,
+/// sealed, and wait on the device at most `ttl_secs` for the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRoute {
+    /// One app container; None: every app container of the pod.
+    pub container: Option<String>,
+    /// An MQTT topic filter on the topic the workload publishes to.
+    pub filter: String,
+    /// 0: the node's `data.default_ttl_secs`.
+    pub ttl_secs: u64,
 }
 
 /// What a pod's processes share with the node and each other, and the
@@ -180,15 +204,23 @@ impl PodSpec {
         PodKey::new(&self.namespace, &self.name)
     }
 
-    /// Whether `mount` is read-only in the container: as asked, and always
-    /// for a volume of files (configMap, secret, downwardAPI, projected),
-    /// which Kubernetes mounts read-only whatever the mount says.
+    /// Whether `mount` is read-only in the container: as asked, always for
+    /// a volume of files (configMap, secret, downwardAPI, projected), which
+    /// Kubernetes mounts read-only whatever the mount says, and for a claim
+    /// the pod names `readOnly`.
     pub fn mount_read_only(&self, mount: &VolumeMount) -> bool {
         mount.read_only
-            || self
-                .volumes
-                .iter()
-                .any(|v| v.name == mount.name && matches!(v.source, VolumeSource::Files { .. }))
+            || self.volumes.iter().any(|v| {
+                v.name == mount.name
+                    && matches!(
+                        v.source,
+                        VolumeSource::Files { .. }
+                            | VolumeSource::Claim {
+                                read_only: true,
+                                ..
+                            }
+                    )
+            })
     }
 }
 
@@ -214,18 +246,32 @@ pub struct Container {
     pub readiness_probe: Option<Probe>,
     pub startup_probe: Option<Probe>,
     pub security_context: Option<SecurityContext>,
-    /// `lifecycle.postStart` and `lifecycle.preStop`. Schema 9.
+    /// `lifecycle.postStart` and `lifecycle.preStop`. Schema 9 (this and
+    /// the next three: absent in an older body, `added`).
+    #[serde(deserialize_with = "added::in_v9")]
     pub lifecycle: Lifecycle,
     /// `terminationMessagePath`; None: the default, `/dev/termination-log`.
     /// Schema 9.
+    #[serde(deserialize_with = "added::in_v9")]
     pub termination_message_path: Option<String>,
     /// `terminationMessagePolicy: FallbackToLogsOnError` (false: `File`).
     /// Schema 9.
+    #[serde(deserialize_with = "added::in_v9")]
     pub termination_message_fallback_to_logs: bool,
     /// `runAsNonRoot` (the container's, else the pod's) without a
     /// `runAsUser`: the agent checks the image's user before each start, as
     /// the kubelet does (with a `runAsUser`, the sender checked it). Schema 9.
+    #[serde(deserialize_with = "added::in_v9")]
     pub run_as_non_root: bool,
+    /// An init container's `restartPolicy`; only `Always` is allowed, and it
+    /// makes the container a native sidecar (Kubernetes' restartable init
+    /// container): it starts in its place among the init containers, the
+    /// next one starts once it has started, it restarts whatever the pod's
+    /// policy, its probes and readiness count for the pod, and it is stopped
+    /// after the app containers. Always None on an app container. Schema 10
+    /// (absent in a version-9 body: `added`).
+    #[serde(deserialize_with = "added::in_v10")]
+    pub restart_policy: Option<RestartPolicy>,
 }
 
 /// The path a container's termination message is read from when its spec
@@ -233,6 +279,11 @@ pub struct Container {
 pub const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 
 impl Container {
+    /// A native sidecar: an init container with `restartPolicy: Always`.
+    pub fn is_sidecar(&self) -> bool {
+        self.restart_policy == Some(RestartPolicy::Always)
+    }
+
     /// The file the container may write its termination message to.
     pub fn termination_message_path(&self) -> &str {
         self.termination_message_path
@@ -268,7 +319,9 @@ pub struct EnvVar {
     /// A template (`model::expansion`); empty when `field` is set.
     pub value: String,
     /// A value only the device knows (env `fieldRef` of `status.podIP` and
-    /// the like), read at each container start. Schema 9.
+    /// the like), read at each container start. Schema 9 (absent in an
+    /// older body: `added`).
+    #[serde(deserialize_with = "added::in_v9")]
     pub field: Option<StatusField>,
 }
 
@@ -379,12 +432,13 @@ pub struct SecurityContext {
     pub capabilities_add: Vec<String>,
     pub capabilities_drop: Vec<String>,
     /// The container's seccompProfile, or the pod's. None: unset, and the
-    /// node's default applies (config `cri.seccomp_default`). Schema 3.
-    #[serde(default)]
+    /// node's default applies (config `cri.seccomp_default`). Wire version
+    /// 4 (this and the next: absent in an older body, `added`).
+    #[serde(default, deserialize_with = "added::in_v4")]
     pub seccomp_profile: Option<SecurityProfile>,
     /// The container's appArmorProfile (or its annotation), or the pod's.
-    /// None: unset, the runtime's default applies. Schema 3.
-    #[serde(default)]
+    /// None: unset, the runtime's default applies. Wire version 4.
+    #[serde(default, deserialize_with = "added::in_v4")]
     pub app_armor_profile: Option<SecurityProfile>,
 }
 
@@ -466,8 +520,9 @@ pub enum VolumeSource {
     HostPath {
         path: String,
         /// Checked (and for the `*OrCreate` types made) before the pod's
-        /// containers start. Schema 3.
-        #[serde(default)]
+        /// containers start. Wire version 4 (absent in an older body:
+        /// `added`).
+        #[serde(default, deserialize_with = "added::in_v4")]
         kind: HostPathType,
     },
     /// configMap, secret, downwardAPI or projected volume content, resolved
@@ -476,6 +531,14 @@ pub enum VolumeSource {
         files: Vec<(String, Vec<u8>)>,
         default_mode: u32,
     },
+    /// A persistent volume claim (`persistentVolumeClaim.claimName`), bound
+    /// on the device to a durable directory of its own,
+    /// `{data_dir}/claims/{namespace}/{claim}` (`runtime::volumes::claim_dir`):
+    /// made on first use, kept when the pod goes or is replaced, shared by
+    /// the pods of the namespace that name the same claim. `read_only`:
+    /// `persistentVolumeClaim.readOnly`. Schema 10 (a new last variant: older
+    /// bodies read as before).
+    Claim { claim: String, read_only: bool },
 }
 
 // ---------------------------------------------------------------------------
@@ -596,7 +659,17 @@ impl PodStatus {
     /// reason, else the pod's reason, else the phase.
     pub fn display_status(&self) -> String {
         let init_count = self.init_container_statuses.len();
-        for (i, c) in self.init_container_statuses.iter().enumerate() {
+        // Once initialized, running sidecars (init containers that keep
+        // running) say nothing about the pod's status.
+        let initialized = self
+            .condition(PodConditionType::Initialized)
+            .is_some_and(|c| c.status);
+        let init = if initialized {
+            &[][..]
+        } else {
+            &self.init_container_statuses[..]
+        };
+        for (i, c) in init.iter().enumerate() {
             match &c.state {
                 ContainerState::Terminated { exit_code: 0, .. } => continue,
                 ContainerState::Terminated { reason, .. } => return format!("Init:{reason}"),
@@ -629,16 +702,30 @@ impl PodStatus {
         }
     }
 
+    /// The READY column of `kubectl get pods`: app containers and, as
+    /// kubectl counts them, running sidecars.
     pub fn ready_count(&self) -> (usize, usize) {
-        let ready = self.container_statuses.iter().filter(|c| c.ready).count();
-        (ready, self.container_statuses.len())
+        let counted: Vec<&ContainerStatus> = self.counted_containers().collect();
+        let ready = counted.iter().filter(|c| c.ready).count();
+        (ready, counted.len())
     }
 
     pub fn restart_count(&self) -> u32 {
-        self.container_statuses
+        self.counted_containers().map(|c| c.restart_count).sum()
+    }
+
+    /// The app containers and the sidecars: once the pod has initialized,
+    /// every regular init container has ended, so an init container that
+    /// has not (it runs, or waits to restart) is a sidecar.
+    fn counted_containers(&self) -> impl Iterator<Item = &ContainerStatus> {
+        let initialized = self
+            .condition(PodConditionType::Initialized)
+            .is_some_and(|c| c.status);
+        let sidecars = self
+            .init_container_statuses
             .iter()
-            .map(|c| c.restart_count)
-            .sum()
+            .filter(move |c| initialized && !matches!(c.state, ContainerState::Terminated { .. }));
+        sidecars.chain(&self.container_statuses)
     }
 }
 
@@ -655,12 +742,16 @@ pub struct NodeInfo {
     pub agent_version: String,
     pub container_runtime_version: String,
     /// `/etc/machine-id` (the kubelet's `machineID`; empty when absent).
-    /// Schema version 5.
+    /// Schema version 5 (this and the next two: absent in an older body,
+    /// `added`).
+    #[serde(deserialize_with = "added::in_v5")]
     pub machine_id: String,
     /// `/proc/sys/kernel/random/boot_id`: changes at every boot. Version 5.
+    #[serde(deserialize_with = "added::in_v5")]
     pub boot_id: String,
     /// The firmware's product UUID (`/sys/class/dmi/id/product_uuid`,
     /// readable by root only; empty when absent). Version 5.
+    #[serde(deserialize_with = "added::in_v5")]
     pub system_uuid: String,
 }
 
@@ -721,10 +812,14 @@ pub struct NodeStatus {
     pub addresses: Vec<NodeAddress>,
     pub pod_count: u32,
     /// The device's labels: its own (`node.labels`) and the cloud's
-    /// (`{node}/labels`), which win on a conflict. Schema version 2.
+    /// (`{node}/labels`), which win on a conflict. Schema version 2
+    /// (absent in a version-1 body: `added`).
+    #[serde(deserialize_with = "added::in_v2")]
     pub labels: BTreeMap<String, String>,
     /// The device's X25519 public key that Secret-bearing specs are sealed
-    /// to (`seal`); None from an agent that cannot open them. Version 5.
+    /// to (`seal`); None from an agent that cannot open them. Version 5
+    /// (absent in an older body: `added`).
+    #[serde(deserialize_with = "added::in_v5")]
     pub sealing_key: Option<[u8; 32]>,
 }
 
@@ -1061,6 +1156,7 @@ pub mod samples {
             volumes: vec![],
             image_pull_secrets: vec![],
             security: PodSecurity::default(),
+            routes: vec![],
         }
     }
 
@@ -1085,6 +1181,7 @@ pub mod samples {
             termination_message_path: None,
             termination_message_fallback_to_logs: false,
             run_as_non_root: false,
+            restart_policy: None,
         }
     }
 }

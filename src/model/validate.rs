@@ -14,9 +14,9 @@ use super::selector::Selector;
 use super::{
     Cohort, Container, ContainerState, ContainerStatus, DesiredIndex, Event, ExecReply,
     ExecRequest, FleetDeployment, FleetReport, Hook, Limit, LogChunk, LogRequest, NodeLabels,
-    NodeStatus, PodSpec, PodStatus, Probe, ProbeHandler, Revision, SealedPod, SecurityProfile,
-    StatsReply, StatsRequest, StreamClose, StreamData, StreamExec, StreamOpen, StreamWindow,
-    VolumeSource,
+    NodeStatus, PodSpec, PodStatus, Probe, ProbeHandler, RestartPolicy, Revision, SealedPod,
+    SecurityProfile, StatsReply, StatsRequest, StreamClose, StreamData, StreamExec, StreamOpen,
+    StreamWindow, VolumeSource,
 };
 
 /// Containers in one pod (app containers; init containers have their own
@@ -31,6 +31,8 @@ pub const MAX_PORTS: usize = 256;
 pub const MAX_MOUNTS: usize = 256;
 pub const MAX_FILES_PER_VOLUME: usize = 4096;
 pub const MAX_PULL_SECRETS: usize = 64;
+/// Data routes one pod declares (`PodSpec.routes`).
+pub const MAX_POD_ROUTES: usize = 32;
 /// Groups a pod's processes may be given (`supplementalGroups`).
 pub const MAX_SUPPLEMENTAL_GROUPS: usize = 64;
 pub const MAX_HEADERS: usize = 64;
@@ -385,6 +387,13 @@ impl Validate for PodSpec {
                         relative_path(&format!("{path}.items[{:?}]", clip(name)), name)?;
                     }
                 }
+                // A directory name on the device: the Kubernetes name rule
+                // keeps it one path component.
+                VolumeSource::Claim { claim, .. } => subdomain(
+                    &format!("{path}.persistentVolumeClaim.claimName"),
+                    "claim name",
+                    claim,
+                )?,
             }
         }
         let mut container_names = BTreeSet::new();
@@ -395,6 +404,23 @@ impl Validate for PodSpec {
             for (i, c) in list.iter().enumerate() {
                 let path = format!("{field}[{i}]");
                 container(&path, c, &volume_names)?;
+                // Kubernetes' rule: `Always` on an init container (a native
+                // sidecar), nothing on an app container.
+                let init = field == "spec.initContainers";
+                match c.restart_policy {
+                    None | Some(RestartPolicy::Always) if init => {}
+                    None => {}
+                    Some(_) => {
+                        return Err(invalid(
+                            format!("{path}.restartPolicy"),
+                            if init {
+                                "Unsupported value: must be Always or unset"
+                            } else {
+                                "Forbidden: may not be set for non-init containers"
+                            },
+                        ));
+                    }
+                }
                 if !container_names.insert(c.name.as_str()) {
                     return Err(invalid(
                         format!("{path}.name"),
@@ -416,6 +442,34 @@ impl Validate for PodSpec {
         }
         if let Some(g) = self.security.fs_group {
             unix_id("spec.securityContext.fsGroup", g)?;
+        }
+        // Where a manifest declares them: the annotation.
+        let field = "metadata.annotations[kedge.io/routes]";
+        count(field, self.routes.len(), MAX_POD_ROUTES)?;
+        for (i, r) in self.routes.iter().enumerate() {
+            let path = format!("{field}[{i}]");
+            text(&path, &r.filter, 256)?;
+            if !rumqttc::mqttbytes::valid_filter(&r.filter) {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "Invalid value: {:?}: not an MQTT topic filter",
+                        clip(&r.filter)
+                    ),
+                ));
+            }
+            at_most(&path, r.ttl_secs, MAX_SECONDS)?;
+            if let Some(c) = &r.container
+                && !self.containers.iter().any(|k| k.name == *c)
+            {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "Invalid value: {:?}: not an app container of the pod",
+                        clip(c)
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -1204,6 +1258,49 @@ mod tests {
     #[test]
     fn a_plain_pod_passes() {
         pod().validate().expect("valid");
+    }
+
+    /// `restartPolicy` on a container: `Always` on an init container (a
+    /// native sidecar), nothing else anywhere (Kubernetes' validation).
+    #[test]
+    fn only_init_containers_restart_always() {
+        let mut s = pod();
+        let mut side = samples::container("side");
+        side.restart_policy = Some(RestartPolicy::Always);
+        s.init_containers.push(side);
+        s.validate().expect("a sidecar is valid");
+        s.init_containers[0].restart_policy = Some(RestartPolicy::OnFailure);
+        assert_eq!(field_of(&s), "spec.initContainers[0].restartPolicy");
+        let mut s = pod();
+        s.containers[0].restart_policy = Some(RestartPolicy::Always);
+        assert_eq!(field_of(&s), "spec.containers[0].restartPolicy");
+    }
+
+    /// A pod's routes: a topic filter, a bounded TTL, one of its app
+    /// containers.
+    #[test]
+    fn a_pods_routes_name_its_containers_and_valid_filters() {
+        let route = |container: Option<&str>, filter: &str, ttl_secs| crate::model::PodRoute {
+            container: container.map(Into::into),
+            filter: filter.into(),
+            ttl_secs,
+        };
+        let mut s = pod();
+        s.routes = vec![route(Some("main"), "a/#", 60), route(None, "+", 0)];
+        s.validate().expect("valid");
+        let field = "metadata.annotations[kedge.io/routes][0]";
+        for bad in [
+            route(Some("other"), "a", 0),
+            route(None, "a/#/b", 0),
+            route(None, "a", MAX_SECONDS + 1),
+        ] {
+            let mut s = pod();
+            s.routes = vec![bad.clone()];
+            assert_eq!(field_of(&s), field, "{bad:?}");
+        }
+        let mut s = pod();
+        s.routes = vec![route(None, "a", 0); MAX_POD_ROUTES + 1];
+        assert_eq!(field_of(&s), "metadata.annotations[kedge.io/routes]");
     }
 
     #[test]

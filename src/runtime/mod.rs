@@ -255,36 +255,66 @@ pub trait Runtime: Send + Sync {
 /// starts, `container_to_start`). Both runtimes call it from `prepare_pod`.
 pub fn materialize_volumes(pod: &PodContext) -> Result<(), RuntimeError> {
     for v in &pod.spec.volumes {
-        let dir = pod.pod_dir.join("volumes").join(&v.name);
-        let made = match &v.source {
-            crate::model::VolumeSource::HostPath { .. } => Ok(()),
-            crate::model::VolumeSource::EmptyDir {
-                memory: true,
-                size_limit_bytes,
-            } => volumes::mount_memory_volume(
-                &dir,
-                volumes::memory_volume_size(&pod.spec, *size_limit_bytes),
-            ),
-            crate::model::VolumeSource::EmptyDir { .. } => std::fs::create_dir_all(&dir),
-            crate::model::VolumeSource::Files {
-                files,
-                default_mode,
-            } => write_volume_files(&dir, files, *default_mode),
-        };
-        // The pod's fsGroup owns what the agent made for it (not a
-        // hostPath): read-write for an emptyDir, read-only for files.
-        let made = match (&v.source, pod.spec.security.fs_group) {
-            (crate::model::VolumeSource::HostPath { .. }, _) | (_, None) => made,
-            (source, Some(group)) => made.and_then(|()| {
-                let read_only = matches!(source, crate::model::VolumeSource::Files { .. });
-                volumes::set_volume_ownership(&dir, group as u32, read_only)
-            }),
-        };
-        made.map_err(|e| {
-            RuntimeError::CreateConfig(format!("cannot set up volume {:?}: {e}", v.name))
-        })?;
+        materialize_volume(&pod.pod_dir, &pod.spec, v)?;
     }
     Ok(())
+}
+
+/// Writes the file volumes of `spec` (configMap, secret, downwardAPI,
+/// projected) again under `pod_dir`, in place: a new generation that
+/// changed only their contents (`agent::decide::Decision::UpdateInPlace`).
+/// The running containers see every new file at once (the atomic swap of
+/// `volumes::write_volume_files`), as after a kubelet's sync; a `subPath`
+/// mount keeps the file it was given, as in Kubernetes.
+pub fn update_file_volumes(
+    pod_dir: &std::path::Path,
+    spec: &crate::model::PodSpec,
+) -> Result<(), RuntimeError> {
+    for v in &spec.volumes {
+        if matches!(v.source, crate::model::VolumeSource::Files { .. }) {
+            materialize_volume(pod_dir, spec, v)?;
+        }
+    }
+    Ok(())
+}
+
+fn materialize_volume(
+    pod_dir: &std::path::Path,
+    spec: &crate::model::PodSpec,
+    v: &crate::model::Volume,
+) -> Result<(), RuntimeError> {
+    let dir = pod_dir.join("volumes").join(&v.name);
+    let made = match &v.source {
+        crate::model::VolumeSource::HostPath { .. } => Ok(()),
+        crate::model::VolumeSource::EmptyDir {
+            memory: true,
+            size_limit_bytes,
+        } => {
+            volumes::mount_memory_volume(&dir, volumes::memory_volume_size(spec, *size_limit_bytes))
+        }
+        crate::model::VolumeSource::EmptyDir { .. } => std::fs::create_dir_all(&dir),
+        crate::model::VolumeSource::Claim { claim, .. } => {
+            std::fs::create_dir_all(volumes::claim_dir(pod_dir, &spec.namespace, claim))
+        }
+        crate::model::VolumeSource::Files {
+            files,
+            default_mode,
+        } => volumes::write_volume_files(&dir, files, *default_mode),
+    };
+    // The pod's fsGroup owns what the agent made for it (not a hostPath):
+    // read-write for an emptyDir and a claim, read-only for files.
+    let made = match (&v.source, spec.security.fs_group) {
+        (crate::model::VolumeSource::HostPath { .. }, _) | (_, None) => made,
+        (crate::model::VolumeSource::Claim { claim, .. }, Some(group)) => made.and_then(|()| {
+            let dir = volumes::claim_dir(pod_dir, &spec.namespace, claim);
+            volumes::set_volume_ownership(&dir, group as u32, false)
+        }),
+        (source, Some(group)) => made.and_then(|()| {
+            let read_only = matches!(source, crate::model::VolumeSource::Files { .. });
+            volumes::set_volume_ownership(&dir, group as u32, read_only)
+        }),
+    };
+    made.map_err(|e| RuntimeError::CreateConfig(format!("cannot set up volume {:?}: {e}", v.name)))
 }
 
 /// The container as the runtime must start it, checked as the kubelet does
@@ -389,31 +419,6 @@ pub fn read_termination_message(
                 .unwrap_or_default()
         },
     )
-}
-
-/// Writes configMap/secret files into a volume directory with their mode;
-/// a name that would leave the directory is refused.
-pub fn write_volume_files(
-    dir: &std::path::Path,
-    files: &[(String, Vec<u8>)],
-    mode: u32,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    for (name, bytes) in files {
-        let path = dir.join(name);
-        if !path.starts_with(dir) || name.contains("..") {
-            return Err(std::io::Error::other(format!(
-                "file name {name:?} leaves the volume"
-            )));
-        }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&path, bytes)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
 }
 
 /// Makes a runtime.

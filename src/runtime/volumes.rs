@@ -176,6 +176,136 @@ pub fn set_volume_ownership(dir: &Path, gid: u32, read_only: bool) -> std::io::R
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
+/// Where a pod volume lives on the host, for both runtimes: a hostPath's
+/// own path, a claim's directory (`claim_dir`), else a directory the agent
+/// made under the pod's (`{pod_dir}/volumes/{name}`). None: no such volume.
+pub fn volume_host_path(spec: &PodSpec, pod_dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    let v = spec.volumes.iter().find(|v| v.name == name)?;
+    Some(match &v.source {
+        VolumeSource::HostPath { path, .. } => std::path::PathBuf::from(path),
+        VolumeSource::Claim { claim, .. } => claim_dir(pod_dir, &spec.namespace, claim),
+        VolumeSource::EmptyDir { .. } | VolumeSource::Files { .. } => {
+            pod_dir.join("volumes").join(name)
+        }
+    })
+}
+
+/// The durable directory of a persistent volume claim on the device:
+/// `{data_dir}/claims/{namespace}/{claim}`, beside `{data_dir}/pods`, where
+/// `pod_dir` is (`{data_dir}/pods/{namespace}_{name}_{uid}`). It outlives
+/// the pods that use it: nothing removes it with a pod.
+pub fn claim_dir(pod_dir: &Path, namespace: &str, claim: &str) -> std::path::PathBuf {
+    let data_dir = pod_dir.parent().and_then(Path::parent).unwrap_or(pod_dir);
+    data_dir.join("claims").join(namespace).join(claim)
+}
+
+/// The symlink through which a file volume's visible names reach its
+/// current files (the kubelet's `..data`).
+const DATA_LINK: &str = "..data";
+
+/// Writes the files of a configMap, secret, downwardAPI or projected
+/// volume as the kubelet's `AtomicWriter` does: into a new directory
+/// `..<timestamp>` beside the current one, then `..data` (a symlink to the
+/// current one) is replaced by a rename, so a reader sees every old file
+/// or every new one, never a mix; each visible name is a symlink through
+/// `..data`. Names that are gone are removed, the old directory last. A
+/// volume an older agent wrote as plain files is brought to this layout.
+/// A name that would leave the directory (or take a `..` name) is refused.
+pub fn write_volume_files(
+    dir: &Path,
+    files: &[(String, Vec<u8>)],
+    mode: u32,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    for (name, _) in files {
+        if name.starts_with('/') || name.contains("..") || name.split('/').any(str::is_empty) {
+            return Err(std::io::Error::other(format!(
+                "file name {name:?} leaves the volume"
+            )));
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    let stamp = data_dir_name(dir);
+    let data = dir.join(&stamp);
+    std::fs::create_dir(&data)?;
+    for (name, bytes) in files {
+        let path = data.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, bytes)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    let link = dir.join(DATA_LINK);
+    let old = std::fs::read_link(&link).ok();
+    let tmp = dir.join("..data_tmp");
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    symlink(&stamp, &tmp)?;
+    std::fs::rename(&tmp, &link)?;
+    // The visible names: one symlink per top-level name.
+    let top: std::collections::BTreeSet<&str> = files
+        .iter()
+        .filter_map(|(n, _)| n.split('/').next())
+        .collect();
+    for name in &top {
+        let path = dir.join(name);
+        let target = Path::new(DATA_LINK).join(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() && std::fs::read_link(&path)? == target => {
+                continue;
+            }
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path)?,
+            Ok(_) => std::fs::remove_file(&path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        symlink(&target, &path)?;
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let keep = name
+            .to_str()
+            .is_some_and(|n| n.starts_with("..") || top.contains(n));
+        if !keep {
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+    }
+    // The previous files, once nothing points at them.
+    if let Some(old) = old.as_ref().and_then(|o| o.to_str())
+        && old != stamp
+        && old.starts_with("..")
+        && !old.contains('/')
+    {
+        std::fs::remove_dir_all(dir.join(old))?;
+    }
+    Ok(())
+}
+
+/// A new `..<timestamp>` name in `dir` (seconds and nanoseconds since the
+/// epoch; the kubelet writes the date, nothing reads it but `..data`).
+fn data_dir_name(dir: &Path) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let base = format!("..{}.{:09}", now.as_secs(), now.subsec_nanos());
+    let mut name = base.clone();
+    let mut n = 0;
+    // Two writes within a tick of a coarse clock.
+    while std::fs::symlink_metadata(dir.join(&name)).is_ok() {
+        n += 1;
+        name = format!("{base}_{n}");
+    }
+    name
+}
+
 pub fn remove_pod_dir(pod_dir: &Path) -> std::io::Result<()> {
     if let Ok(entries) = std::fs::read_dir(pod_dir.join("volumes")) {
         for entry in entries.flatten() {
@@ -196,6 +326,130 @@ pub fn remove_pod_dir(pod_dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file volume is written the kubelet's way and updated in place:
+    /// the same paths read the new files, a key that is gone is gone, the
+    /// old files' directory is removed, and a volume of plain files (an
+    /// older agent's) is brought to the same layout.
+    #[test]
+    fn file_volumes_are_swapped_atomically() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v = dir.path().join("config");
+        let read = |name: &str| std::fs::read_to_string(v.join(name)).ok();
+        let data_dirs = || {
+            std::fs::read_dir(&v)
+                .expect("reads")
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| {
+                    n.starts_with("..") && n.as_bytes().get(2).is_some_and(u8::is_ascii_digit)
+                })
+                .count()
+        };
+        let files = |list: &[(&str, &str)]| -> Vec<(String, Vec<u8>)> {
+            list.iter()
+                .map(|(n, t)| (n.to_string(), t.as_bytes().to_vec()))
+                .collect()
+        };
+        // An older agent's layout: plain files and directories.
+        std::fs::create_dir_all(v.join("nested")).expect("dir");
+        std::fs::write(v.join("mode"), "legacy").expect("file");
+        std::fs::write(v.join("stale"), "x").expect("file");
+        write_volume_files(
+            &v,
+            &files(&[("mode", "fast"), ("nested/rate", "5"), ("keep", "k")]),
+            0o640,
+        )
+        .expect("writes");
+        assert_eq!(read("mode").as_deref(), Some("fast"));
+        assert_eq!(read("nested/rate").as_deref(), Some("5"));
+        assert_eq!(read("stale"), None, "not in the volume any more");
+        assert!(
+            std::fs::symlink_metadata(v.join("mode"))
+                .expect("exists")
+                .file_type()
+                .is_symlink()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(v.join("mode"))
+            .expect("target")
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o777, 0o640);
+        let first = std::fs::read_link(v.join(DATA_LINK)).expect("..data");
+        // An update: changed, removed and added keys; one data directory.
+        write_volume_files(&v, &files(&[("mode", "slow"), ("added", "a")]), 0o640)
+            .expect("updates");
+        assert_eq!(read("mode").as_deref(), Some("slow"));
+        assert_eq!(read("added").as_deref(), Some("a"));
+        assert_eq!(read("keep"), None);
+        assert_eq!(read("nested/rate"), None);
+        assert_ne!(
+            std::fs::read_link(v.join(DATA_LINK)).expect("..data"),
+            first
+        );
+        assert!(!v.join(&first).exists(), "the old files are removed");
+        assert_eq!(data_dirs(), 1);
+        assert!(!v.join("..data_tmp").exists());
+        // Nothing may leave the volume.
+        for bad in ["../escape", "/etc/passwd", "a/../../b", "..data", "a//b"] {
+            assert!(
+                write_volume_files(&v, &files(&[(bad, "x")]), 0o644).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            read("mode").as_deref(),
+            Some("slow"),
+            "a refused write changes nothing"
+        );
+    }
+
+    /// A claim's directory is the device's, beside the pods' directories,
+    /// so it outlives them; the other volumes live where they always did.
+    #[test]
+    fn claims_live_beside_the_pods_and_outlive_them() {
+        let pod_dir = Path::new("/var/lib/kedge/pods/shop_db_u1");
+        let mut spec =
+            crate::model::samples::spec("db", "u1", 1, crate::model::RestartPolicy::Always);
+        spec.namespace = "shop".into();
+        spec.volumes = vec![
+            crate::model::Volume {
+                name: "data".into(),
+                source: VolumeSource::Claim {
+                    claim: "db-data".into(),
+                    read_only: false,
+                },
+            },
+            crate::model::Volume {
+                name: "scratch".into(),
+                source: VolumeSource::EmptyDir {
+                    memory: false,
+                    size_limit_bytes: None,
+                },
+            },
+        ];
+        assert_eq!(
+            volume_host_path(&spec, pod_dir, "data"),
+            Some("/var/lib/kedge/claims/shop/db-data".into())
+        );
+        assert_eq!(
+            volume_host_path(&spec, pod_dir, "scratch"),
+            Some("/var/lib/kedge/pods/shop_db_u1/volumes/scratch".into())
+        );
+        assert_eq!(volume_host_path(&spec, pod_dir, "none"), None);
+        // Removing the pod's directory leaves the claim's.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pod_dir = dir.path().join("pods/shop_db_u1");
+        let claim = claim_dir(&pod_dir, "shop", "db-data");
+        std::fs::create_dir_all(&claim).expect("claim");
+        std::fs::write(claim.join("row"), "kept").expect("write");
+        std::fs::create_dir_all(pod_dir.join("volumes")).expect("pod dir");
+        remove_pod_dir(&pod_dir).expect("removes");
+        assert_eq!(
+            std::fs::read_to_string(claim.join("row")).expect("kept"),
+            "kept"
+        );
+    }
 
     #[test]
     fn host_path_types_are_checked_like_the_kubelet() {

@@ -44,7 +44,7 @@ use super::{
     BoxFuture, ExitStatus, PodContext, RunningContainer, Runtime, RuntimeError, StopHandle,
     UsageMap,
 };
-use crate::model::{Container, EventType, Usage, VolumeSource};
+use crate::model::{Container, EventType, Usage};
 
 /// Reported as the node's containerRuntimeVersion.
 pub const VERSION: &str = "wasmtime://48";
@@ -1010,19 +1010,8 @@ fn refuse_kernel_profiles(container: &Container) -> Result<(), RuntimeError> {
 
 /// Where a pod volume lives on the host.
 fn volume_host_path(pod: &PodContext, name: &str) -> Result<PathBuf, RuntimeError> {
-    let v = pod
-        .spec
-        .volumes
-        .iter()
-        .find(|v| v.name == name)
-        .ok_or_else(|| {
-            RuntimeError::CreateConfig(format!("volume {name:?} is not defined in the pod"))
-        })?;
-    Ok(match &v.source {
-        VolumeSource::HostPath { path, .. } => PathBuf::from(path),
-        VolumeSource::EmptyDir { .. } | VolumeSource::Files { .. } => {
-            pod.pod_dir.join("volumes").join(name)
-        }
+    super::volumes::volume_host_path(&pod.spec, &pod.pod_dir, name).ok_or_else(|| {
+        RuntimeError::CreateConfig(format!("volume {name:?} is not defined in the pod"))
     })
 }
 

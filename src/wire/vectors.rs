@@ -113,6 +113,7 @@ fn container(name: &str, image: &str) -> Container {
         termination_message_path: Some("/tmp/last-words".into()),
         termination_message_fallback_to_logs: true,
         run_as_non_root: true,
+        restart_policy: None,
     }
 }
 
@@ -131,10 +132,15 @@ pub(super) fn desired_pod() -> PodSpec {
         restart_policy: RestartPolicy::OnFailure,
         termination_grace_period_secs: 30,
         host_network: true,
-        init_containers: vec![container(
-            "init",
-            "file:///opt/kedge/init.wasm@sha256:0000000000000000000000000000000000000000000000000000000000000000",
-        )],
+        init_containers: vec![{
+            let mut init = container(
+                "init",
+                "file:///opt/kedge/init.wasm@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            );
+            // Version 10's native sidecar.
+            init.restart_policy = Some(RestartPolicy::Always);
+            init
+        }],
         containers: vec![{
             let mut main = container(
                 "main",
@@ -169,6 +175,14 @@ pub(super) fn desired_pod() -> PodSpec {
                     default_mode: 0o644,
                 },
             },
+            // Version 10's persistent volume claim.
+            Volume {
+                name: "history".into(),
+                source: VolumeSource::Claim {
+                    claim: "sensor-history".into(),
+                    read_only: true,
+                },
+            },
         ],
         image_pull_secrets: vec!["{\"auths\":{}}".into()],
         security: PodSecurity {
@@ -178,6 +192,12 @@ pub(super) fn desired_pod() -> PodSpec {
             fs_group: Some(2000),
             supplemental_groups: vec![3000, 2_147_483_647],
         },
+        // Version 10's routes the pod declares.
+        routes: vec![PodRoute {
+            container: Some("main".into()),
+            filter: "readings/#".into(),
+            ttl_secs: 7200,
+        }],
     }
 }
 
@@ -921,6 +941,19 @@ fn vector_tombstone() {
 /// fields, env status fields: the old samples had no such variable). The
 /// samples' strings hold no `$`, so the upgrade's escaping changes nothing.
 fn as_of_version(version: u16, message: Message) -> Message {
+    // Versions 1 to 9 had no native sidecars, no pod routes and no claims.
+    let message = match message {
+        Message::DesiredPod(mut spec) if version < SIDECARS_SINCE_VERSION => {
+            for c in &mut spec.init_containers {
+                c.restart_policy = None;
+            }
+            spec.routes.clear();
+            spec.volumes
+                .retain(|v| !matches!(v.source, VolumeSource::Claim { .. }));
+            Message::DesiredPod(spec)
+        }
+        other => other,
+    };
     match message {
         Message::NodeStatus(mut n) if version < SEALED_SINCE_VERSION => {
             if version == 1 {
@@ -1123,6 +1156,14 @@ fn version_8_vectors_are_still_read() {
     signed_vectors_still_verify(8);
 }
 
+/// Version 9 had kinds 1–21 and a `Container` without `restart_policy`
+/// (no native sidecars); its signed vectors still verify.
+#[test]
+fn version_9_vectors_are_still_read() {
+    older_vectors_are_still_read(9, 21);
+    signed_vectors_still_verify(9);
+}
+
 /// Versions 1 to 3 ran `command`, `args` and env values literally; version
 /// 4 expands them, so an older spec is read with them escaped and runs as
 /// before.
@@ -1149,7 +1190,7 @@ fn older_specs_keep_their_literal_dollars() {
             command: old.containers[0].command.clone(),
             args: vec![],
             working_dir: None,
-            env: vec![v8::EnvVar {
+            env: vec![v3::EnvVar {
                 name: "MODE".into(),
                 value: old.containers[0].env[0].value.clone(),
             }],
@@ -1245,7 +1286,7 @@ fn write_vectors_then_fail_on_purpose() {
 #[test]
 fn envelope_layout_matches_the_spec() {
     let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
-    assert_eq!(bytes[0], 0x09, "version 9 as a one-byte varint");
+    assert_eq!(bytes[0], 0x0a, "version 10 as a one-byte varint");
     assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
     assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
     assert_eq!(bytes[3], 0x00, "empty signature: length 0");

@@ -25,13 +25,30 @@ impl Ctx<'_> {
         if non_empty(&c.resize_policy) {
             return Err(unsupported(format!("{path}.resizePolicy")));
         }
-        if c.restart_policy.is_some() {
-            return Err(unsupported(format!("{path}.restartPolicy")));
-        }
+        // A native sidecar: `restartPolicy: Always` on an init container,
+        // the only value Kubernetes allows there (and nothing on an app
+        // container).
+        let restart_policy = match (c.restart_policy.as_deref(), init) {
+            (None, _) => None,
+            (Some("Always"), true) => Some(RestartPolicy::Always),
+            (Some(other), true) => {
+                return Err(field(
+                    format!("{path}.restartPolicy"),
+                    format!("unsupported value {other:?}: must be Always or unset"),
+                ));
+            }
+            (Some(_), false) => {
+                return Err(field(
+                    format!("{path}.restartPolicy"),
+                    "may not be set for non-init containers",
+                ));
+            }
+        };
+        let sidecar = restart_policy.is_some();
         if non_empty(&c.volume_devices) {
             return Err(unsupported(format!("{path}.volumeDevices")));
         }
-        if init {
+        if init && !sidecar {
             let probes = [
                 (c.liveness_probe.is_some(), "livenessProbe"),
                 (c.readiness_probe.is_some(), "readinessProbe"),
@@ -116,7 +133,7 @@ impl Ctx<'_> {
         let run_as_non_root = self.non_root(c.security_context.as_ref(), security_context.as_ref());
         let lifecycle =
             self.lifecycle(c.lifecycle.as_ref(), &format!("{path}.lifecycle"), &ports)?;
-        if init && lifecycle != Lifecycle::default() {
+        if init && !sidecar && lifecycle != Lifecycle::default() {
             return Err(field(
                 format!("{path}.lifecycle"),
                 "may not be set for init containers",
@@ -142,6 +159,7 @@ impl Ctx<'_> {
             termination_message_path,
             termination_message_fallback_to_logs,
             run_as_non_root,
+            restart_policy,
         })
     }
 

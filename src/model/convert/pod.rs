@@ -183,6 +183,23 @@ pub fn convert_pod(pod: &k8s::Pod, resolver: &dyn Resolver) -> Result<Converted,
 
     let image_pull_secrets = ctx.image_pull_secrets()?;
     let security = pod_security(spec, runtime)?;
+    // The data routes the pod declares for itself (`model::route`).
+    let routes = match meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::model::route::ROUTES_ANNOTATION))
+    {
+        None => Vec::new(),
+        Some(text) => crate::model::route::parse_pod_routes(text).map_err(|(i, e)| {
+            field(
+                format!(
+                    "metadata.annotations[{}][{i}]",
+                    crate::model::route::ROUTES_ANNOTATION
+                ),
+                e,
+            )
+        })?,
+    };
 
     let spec = PodSpec {
         namespace: namespace.to_owned(),
@@ -199,6 +216,7 @@ pub fn convert_pod(pod: &k8s::Pod, resolver: &dyn Resolver) -> Result<Converted,
         volumes,
         image_pull_secrets,
         security,
+        routes,
     };
     Ok(Converted {
         spec: validate_converted(spec)?,
@@ -615,6 +633,65 @@ status: {}
         assert_eq!(c.liveness_probe, None);
     }
 
+    /// The example pods under edge-manifests/ convert as they are.
+    #[test]
+    fn the_example_manifests_convert() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("edge-manifests");
+        let text = std::fs::read_to_string(dir.join("data-sensor.yaml")).expect("readable");
+        let pods = parse_pod_manifests(&text).expect("parses");
+        let spec = pod_spec_from_k8s(&pods[0]).expect("converts");
+        assert_eq!(spec.routes.len(), 1, "its route travels with it");
+        assert_eq!(spec.routes[0].filter, "sensors/#");
+    }
+
+    /// The routes a pod declares in `kedge.io/routes` travel with its spec;
+    /// a wrong one is refused with its index in the annotation.
+    #[test]
+    fn a_pods_routes_come_from_its_annotation() {
+        let spec = convert(json!({"metadata": {"annotations": {
+            "kedge.io/routes": "FROM app readings/# INTO $upstream TTL 2h\nFROM * alarms INTO $upstream"
+        }}}));
+        assert_eq!(spec.routes.len(), 2);
+        assert_eq!(spec.routes[0].container.as_deref(), Some("app"));
+        assert_eq!(spec.routes[0].ttl_secs, 7200);
+        assert_eq!(spec.routes[1].container, None);
+        assert_eq!(
+            convert_err(json!({"metadata": {"annotations": {
+                "kedge.io/routes": "FROM app # INTO $upstream; FROM app # INTO $elsewhere"
+            }}})),
+            "metadata.annotations[kedge.io/routes][1]: unsupported sink \"$elsewhere\": only $upstream (module-to-module routes are not built yet)"
+        );
+        let err = convert_err(json!({"metadata": {"annotations": {
+            "kedge.io/routes": "FROM sidecar # INTO $upstream"
+        }}}));
+        assert!(
+            err.starts_with("metadata.annotations[kedge.io/routes][0]: Invalid value: \"sidecar\""),
+            "{err}"
+        );
+        assert!(convert(json!({})).routes.is_empty());
+    }
+
+    /// A native sidecar (`restartPolicy: Always` on an init container)
+    /// keeps its probes and hooks, which a plain init container may not have.
+    #[test]
+    fn native_sidecars_convert_with_their_probes_and_hooks() {
+        let spec = convert(json!({"spec": {"initContainers": [
+            {"name": "setup", "image": "busybox:1"},
+            {"name": "proxy", "image": "envoy:1", "restartPolicy": "Always",
+             "startupProbe": {"tcpSocket": {"port": 9901}},
+             "readinessProbe": {"httpGet": {"path": "/ready", "port": 9901}},
+             "lifecycle": {"preStop": {"sleep": {"seconds": 1}}}}
+        ]}}));
+        let [setup, proxy] = &spec.init_containers[..] else {
+            panic!("two init containers");
+        };
+        assert!(!setup.is_sidecar());
+        assert!(proxy.is_sidecar());
+        assert!(proxy.startup_probe.is_some() && proxy.readiness_probe.is_some());
+        assert_eq!(proxy.lifecycle.pre_stop, Some(Hook::Sleep { seconds: 1 }));
+        assert_eq!(spec.containers[0].restart_policy, None);
+    }
+
     /// What a device would refuse, `kedge apply` and the bridge refuse too:
     /// a uid that is not a safe path component, a grace period past its
     /// bound, a file key that walks up.
@@ -782,9 +859,13 @@ status: {}
             ),
             (
                 json!({"spec": {"initContainers": [
-                    {"name": "side", "image": "busybox:1", "restartPolicy": "Always"}
+                    {"name": "side", "image": "busybox:1", "restartPolicy": "OnFailure"}
                 ]}}),
-                "spec.initContainers[0].restartPolicy: not supported on kedge nodes",
+                "spec.initContainers[0].restartPolicy: unsupported value \"OnFailure\": must be Always or unset",
+            ),
+            (
+                with_container(app(json!({"restartPolicy": "Always"}))),
+                "spec.containers[0].restartPolicy: may not be set for non-init containers",
             ),
             (
                 json!({"spec": {"initContainers": [
@@ -909,8 +990,12 @@ status: {}
                 "spec.imagePullSecrets[0].name: secret \"regcred\" must be resolved before sending (kedge apply cannot read the cluster)",
             ),
             (
-                json!({"spec": {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "pvc"}}]}}),
-                "spec.volumes[0].persistentVolumeClaim: volume type not supported on kedge nodes (use emptyDir, hostPath, configMap, secret, downwardAPI or projected)",
+                json!({"spec": {"volumes": [{"name": "data", "nfs": {"server": "nas", "path": "/x"}}]}}),
+                "spec.volumes[0].nfs: volume type not supported on kedge nodes (use emptyDir, hostPath, configMap, secret, downwardAPI, projected or persistentVolumeClaim)",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "Data_1"}}]}}),
+                "spec.volumes[0].persistentVolumeClaim.claimName: Invalid value: \"Data_1\": a claim name must consist of lowercase letters, digits, '-' and '.' only, starting and ending with a letter or digit, at most 253 characters",
             ),
             (
                 json!({"spec": {"volumes": [{"name": "ram", "emptyDir": {"medium": "HugePages"}}]}}),

@@ -158,7 +158,6 @@ impl Ctx<'_> {
             (v.image.is_some(), "image"),
             (v.iscsi.is_some(), "iscsi"),
             (v.nfs.is_some(), "nfs"),
-            (v.persistent_volume_claim.is_some(), "persistentVolumeClaim"),
             (v.photon_persistent_disk.is_some(), "photonPersistentDisk"),
             (v.portworx_volume.is_some(), "portworxVolume"),
             (v.quobyte.is_some(), "quobyte"),
@@ -174,6 +173,7 @@ impl Ctx<'_> {
             v.secret.is_some(),
             v.downward_api.is_some(),
             v.projected.is_some(),
+            v.persistent_volume_claim.is_some(),
         ];
         let count =
             supported.iter().filter(|s| **s).count() + others.iter().filter(|(s, _)| *s).count();
@@ -197,11 +197,18 @@ impl Ctx<'_> {
         if let Some((_, source)) = others.iter().find(|(s, _)| *s) {
             return Err(field(
                 format!("{path}.{source}"),
-                "volume type not supported on kedge nodes (use emptyDir, hostPath, configMap, secret, downwardAPI or projected)",
+                "volume type not supported on kedge nodes (use emptyDir, hostPath, configMap, secret, downwardAPI, projected or persistentVolumeClaim)",
             ));
         }
         let source = if let Some(host_path) = &v.host_path {
             self.host_path(host_path, &format!("{path}.hostPath"))?
+        } else if let Some(pvc) = &v.persistent_volume_claim {
+            // Bound on the device to a durable directory of the claim's
+            // name (`VolumeSource::Claim`); the name rule is the wire's.
+            VolumeSource::Claim {
+                claim: pvc.claim_name.clone(),
+                read_only: pvc.read_only == Some(true),
+            }
         } else if let Some((default_mode, files)) = self.file_volume(v, path)? {
             VolumeSource::Files {
                 files: files.into_iter().collect(),
@@ -673,6 +680,32 @@ mod tests {
     use super::*;
     use crate::model::convert::testing::*;
     use serde_json::json;
+
+    /// A persistent volume claim becomes the device's durable directory of
+    /// that claim; `readOnly` makes every mount of it read-only.
+    #[test]
+    fn persistent_volume_claims_become_device_claims() {
+        let spec = convert(json!({"spec": {
+            "volumes": [
+                {"name": "data", "persistentVolumeClaim": {"claimName": "db-data"}},
+                {"name": "ref", "persistentVolumeClaim": {"claimName": "models", "readOnly": true}}
+            ],
+            "containers": [{"name": "app", "image": "nginx:1.25", "volumeMounts": [
+                {"name": "data", "mountPath": "/var/lib/db"},
+                {"name": "ref", "mountPath": "/models"}
+            ]}]
+        }}));
+        assert_eq!(
+            spec.volumes[0].source,
+            VolumeSource::Claim {
+                claim: "db-data".into(),
+                read_only: false
+            }
+        );
+        let mounts = &spec.containers[0].volume_mounts;
+        assert!(!spec.mount_read_only(&mounts[0]));
+        assert!(spec.mount_read_only(&mounts[1]));
+    }
 
     #[test]
     fn volumes_and_mounts() {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 
-use crate::model::{Container, PodSpec, SecurityProfile, VolumeSource};
+use crate::model::{Container, PodSpec, SecurityProfile};
 use crate::runtime::RuntimeError;
 
 /// Labels every kedge sandbox and container carries; adoption after an
@@ -270,17 +270,7 @@ fn millis_times(millis: u64, factor: i64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Where a pod volume lives on the host (`hostPath`, or a directory the
-/// agent made under the pod dir).
-pub fn volume_host_path(spec: &PodSpec, pod_dir: &Path, name: &str) -> Option<PathBuf> {
-    let v = spec.volumes.iter().find(|v| v.name == name)?;
-    Some(match &v.source {
-        VolumeSource::HostPath { path, .. } => PathBuf::from(path),
-        VolumeSource::EmptyDir { .. } | VolumeSource::Files { .. } => {
-            pod_dir.join("volumes").join(name)
-        }
-    })
-}
+pub use crate::runtime::volumes::volume_host_path;
 
 /// The container's config: process, mounts, log file, resources and
 /// security context. (`apparmor_profile` is deprecated in the CRI API; the
@@ -408,6 +398,7 @@ pub fn exit_status(s: &cri::ContainerStatus) -> crate::runtime::ExitStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::VolumeSource;
 
     #[test]
     fn huge_resources_never_wrap_negative() {
@@ -471,6 +462,7 @@ mod tests {
             termination_message_path: None,
             termination_message_fallback_to_logs: false,
             run_as_non_root: false,
+            restart_policy: None,
         }
     }
 
