@@ -323,10 +323,12 @@ if [ "${KEDGE_SKIP_CROSS:-0}" = 1 ]; then
 else
   stage "static device binaries and size budgets (3 release builds)"
   ./scripts/build-targets.sh
-  # The host CLI for the HIL: the test build's binary (same features and
-  # profile as the tests above, so nothing is compiled again).
-  stage "host CLI (cargo build --features bridge,sink, from the test build)"
-  cargo build --locked --features bridge,sink --bin kedge
+  # The host CLI for the HIL: the binary the integration tests above ran
+  # ($CARGO_TARGET_DIR/debug/kedge, hil/run.sh's default). Not built again:
+  # a `cargo build` without the dev-dependencies unifies features anew and
+  # recompiled for 130 s on a cold run (2026-11-27).
+  [ -x "$CARGO_TARGET_DIR/debug/kedge" ] ||
+    { echo "the test build left no $CARGO_TARGET_DIR/debug/kedge for the HIL" >&2; exit 1; }
   arm="$CARGO_TARGET_DIR/device/aarch64-unknown-linux-musl/minimal/kedge"
   x86="$CARGO_TARGET_DIR/device/x86_64-unknown-linux-musl"
   stage "hardware in the loop: x86-64 full, native (basic.scn)"

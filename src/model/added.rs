@@ -61,47 +61,17 @@ where
     }
 }
 
-/// `deserialize_with` of a field version 2 added.
-pub fn in_v2<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    added_in(2, d)
+macro_rules! added_in_version {
+    ($($name:ident => $version:literal),* $(,)?) => {$(
+        #[doc = concat!("`deserialize_with` of a field version ", $version, " added.")]
+        pub fn $name<'de, D, T>(d: D) -> Result<T, D::Error>
+        where
+            D: Deserializer<'de>,
+            T: Deserialize<'de> + Default,
+        {
+            added_in($version, d)
+        }
+    )*};
 }
 
-/// `deserialize_with` of a field version 4 added.
-pub fn in_v4<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    added_in(4, d)
-}
-
-/// `deserialize_with` of a field version 5 added.
-pub fn in_v5<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    added_in(5, d)
-}
-
-/// `deserialize_with` of a field version 9 added.
-pub fn in_v9<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    added_in(9, d)
-}
-
-/// `deserialize_with` of a field version 10 added.
-pub fn in_v10<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    added_in(10, d)
-}
+added_in_version!(in_v2 => 2, in_v4 => 4, in_v5 => 5, in_v9 => 9, in_v10 => 10);
