@@ -27,7 +27,8 @@ use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
 /// Bumped when a table's layout changes; `open` migrates older files.
 pub const STORE_SCHEMA_VERSION: u32 = 8;
 /// The first store schema whose desired records hold the `PodSpec` of wire
-/// version 4; older ones are re-encoded by `open` (`wire::v3`).
+/// version 4; older ones are re-encoded by `open` (read without what later
+/// versions appended, `model::added`, and escaped).
 const POD_FIELDS_SINCE: u32 = 6;
 /// The first store schema whose desired records hold the `PodSpec` of wire
 /// version 9; schema 6's are re-encoded by `open` (read as today's without
