@@ -2001,3 +2001,81 @@ spec:
     assert!(logs.contains("first-pod-was-here"), "{logs}");
     assert!(logs.contains("read-only"), "{logs}");
 }
+
+/// Mounts made for a test, undone (lazily, innermost first) when it ends,
+/// whatever happened.
+struct Mounts(Vec<std::path::PathBuf>);
+
+impl Mounts {
+    fn run(&mut self, args: &[&str], target: &std::path::Path) {
+        let out = std::process::Command::new("mount")
+            .args(args)
+            .arg(target)
+            .output()
+            .expect("mount runs");
+        assert!(out.status.success(), "mount {args:?}: {out:?}");
+        self.0.push(target.to_path_buf());
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for target in self.0.iter().rev() {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(target)
+                .status();
+        }
+    }
+}
+
+/// `mountPropagation: HostToContainer` against the real containerd: a file
+/// system the node mounts below a hostPath after the container started
+/// appears in the container (rslave), as with the kubelet.
+#[test]
+fn host_mounts_propagate_into_a_container_that_asks() {
+    let Some(env) = CriEnv::for_test(
+        "host_mounts_propagate_into_a_container_that_asks",
+        "gw-cri-propagation",
+    ) else {
+        return;
+    };
+    let shared = env.dir.path().join("shared");
+    std::fs::create_dir_all(&shared).expect("mkdir");
+    let mut mounts = Mounts(Vec::new());
+    // Propagation needs a shared mount at the source, as a node's is.
+    mounts.run(&["--bind", shared.to_str().expect("utf8")], &shared);
+    mounts.run(&["--make-shared"], &shared);
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: watcher}}
+spec:
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, "until [ -e /host/late/hello ]; do sleep 0.2; done; echo saw-the-late-mount; exec sleep 3600"]
+    volumeMounts: [{{name: host, mountPath: /host, mountPropagation: HostToContainer}}]
+  volumes:
+  - name: host
+    hostPath: {{path: {}, type: Directory}}
+"#,
+        shared.display()
+    ));
+    env.wait_status("the watcher running", "watcher", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    let late = shared.join("late");
+    std::fs::create_dir_all(&late).expect("mkdir");
+    mounts.run(&["-t", "tmpfs", "tmpfs"], &late);
+    std::fs::write(late.join("hello"), "hi").expect("write");
+    wait_until("the container saw the node's new mount", WAIT, || {
+        env.logs("watcher", "app")
+            .contains("saw-the-late-mount")
+            .then_some(())
+    });
+    env.cli_ok(&["delete", "pod", "watcher"]);
+    wait_until("the watcher gone", WAIT, || {
+        env.status("watcher").is_none().then_some(())
+    });
+}

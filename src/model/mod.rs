@@ -368,6 +368,25 @@ pub struct VolumeMount {
     pub mount_path: String,
     pub read_only: bool,
     pub sub_path: Option<String>,
+    /// `mountPropagation` (container pods). Schema 10 (absent in an older
+    /// body: `added`).
+    #[serde(deserialize_with = "added::in_v10")]
+    pub propagation: MountPropagation,
+}
+
+/// How mounts propagate between the node and a container's mount of a
+/// volume (`mountPropagation`), as the CRI names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountPropagation {
+    /// `None`: private (rprivate), the default.
+    #[default]
+    Private,
+    /// `HostToContainer`: mounts the node makes below the volume appear in
+    /// the container (rslave).
+    HostToContainer,
+    /// `Bidirectional`: and the container's appear on the node (rshared);
+    /// privileged containers only.
+    Bidirectional,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

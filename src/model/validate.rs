@@ -13,10 +13,10 @@ use std::collections::BTreeSet;
 use super::selector::Selector;
 use super::{
     Cohort, Container, ContainerState, ContainerStatus, DesiredIndex, Event, ExecReply,
-    ExecRequest, FleetDeployment, FleetReport, Hook, Limit, LogChunk, LogRequest, NodeLabels,
-    NodeStatus, PodSpec, PodStatus, Probe, ProbeHandler, RestartPolicy, Revision, SealedPod,
-    SecurityProfile, StatsReply, StatsRequest, StreamClose, StreamData, StreamExec, StreamOpen,
-    StreamWindow, VolumeSource,
+    ExecRequest, FleetDeployment, FleetReport, Hook, Limit, LogChunk, LogRequest, MountPropagation,
+    NodeLabels, NodeStatus, PodSpec, PodStatus, Probe, ProbeHandler, RestartPolicy, Revision,
+    SealedPod, SecurityProfile, StatsReply, StatsRequest, StreamClose, StreamData, StreamExec,
+    StreamOpen, StreamWindow, VolumeSource,
 };
 
 /// Containers in one pod (app containers; init containers have their own
@@ -577,6 +577,15 @@ fn container(path: &str, c: &Container, volumes: &BTreeSet<&str>) -> Result {
         absolute_path(&format!("{p}.mountPath"), &m.mount_path)?;
         if let Some(sub) = &m.sub_path {
             relative_path(&format!("{p}.subPath"), sub)?;
+        }
+        // Kubernetes' rule.
+        if m.propagation == MountPropagation::Bidirectional
+            && !c.security_context.as_ref().is_some_and(|s| s.privileged)
+        {
+            return Err(invalid(
+                format!("{p}.mountPropagation"),
+                "Forbidden: Bidirectional mount propagation is available only to privileged containers",
+            ));
         }
     }
     count(&format!("{path}.ports"), c.ports.len(), MAX_PORTS)?;
@@ -1409,9 +1418,16 @@ mod tests {
             mount_path: "/data".into(),
             read_only: false,
             sub_path: Some("../..".into()),
+            propagation: MountPropagation::Private,
         });
         assert_eq!(field_of(&s), "spec.containers[0].volumeMounts[0].subPath");
         s.containers[0].volume_mounts[0].sub_path = None;
+        s.containers[0].volume_mounts[0].propagation = MountPropagation::Bidirectional;
+        assert_eq!(
+            field_of(&s),
+            "spec.containers[0].volumeMounts[0].mountPropagation"
+        );
+        s.containers[0].volume_mounts[0].propagation = MountPropagation::HostToContainer;
         s.containers[0].volume_mounts[0].name = "missing".into();
         assert_eq!(field_of(&s), "spec.containers[0].volumeMounts[0].name");
     }

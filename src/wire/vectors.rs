@@ -66,6 +66,8 @@ fn container(name: &str, image: &str) -> Container {
             mount_path: "/etc/sensor".into(),
             read_only: true,
             sub_path: Some("sensor.toml".into()),
+            // Version 10's mount propagation.
+            propagation: MountPropagation::HostToContainer,
         }],
         ports: vec![ContainerPort {
             name: Some("http".into()),
@@ -946,6 +948,11 @@ fn as_of_version(version: u16, message: Message) -> Message {
         Message::DesiredPod(mut spec) if version < SIDECARS_SINCE_VERSION => {
             for c in &mut spec.init_containers {
                 c.restart_policy = None;
+            }
+            for c in spec.containers.iter_mut().chain(&mut spec.init_containers) {
+                for m in &mut c.volume_mounts {
+                    m.propagation = MountPropagation::Private;
+                }
             }
             spec.routes.clear();
             spec.volumes

@@ -131,6 +131,26 @@ impl Ctx<'_> {
         let startup_probe = probe(&c.startup_probe, "startupProbe", ProbeKind::Startup)?;
         let security_context = self.security_context(&c.name, c.security_context.as_ref(), path)?;
         let run_as_non_root = self.non_root(c.security_context.as_ref(), security_context.as_ref());
+        // mountPropagation: Kubernetes' rule for Bidirectional; a Wasm
+        // module has no mounts of its own to propagate into.
+        for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
+            let propagation = m.mount_propagation.as_deref().unwrap_or("None");
+            let mpath = format!("{path}.volumeMounts[{i}].mountPropagation");
+            if propagation != "None" && self.runtime == RuntimeKind::Wasm {
+                return Err(field(
+                    mpath,
+                    "not supported for wasm containers: a module has no mounts to propagate",
+                ));
+            }
+            if propagation == "Bidirectional"
+                && !security_context.as_ref().is_some_and(|s| s.privileged)
+            {
+                return Err(field(
+                    mpath,
+                    "Bidirectional mount propagation is available only to privileged containers",
+                ));
+            }
+        }
         let lifecycle =
             self.lifecycle(c.lifecycle.as_ref(), &format!("{path}.lifecycle"), &ports)?;
         if init && !sidecar && lifecycle != Lifecycle::default() {

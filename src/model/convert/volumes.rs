@@ -648,11 +648,19 @@ pub(super) fn volume_mounts(
                 format!("duplicate mount path {:?}", m.mount_path),
             ));
         }
-        if let Some(propagation) = m.mount_propagation.as_deref()
-            && propagation != "None"
-        {
-            return Err(unsupported(format!("{path}.mountPropagation")));
-        }
+        let propagation = match m.mount_propagation.as_deref() {
+            None | Some("None") => MountPropagation::Private,
+            Some("HostToContainer") => MountPropagation::HostToContainer,
+            Some("Bidirectional") => MountPropagation::Bidirectional,
+            Some(other) => {
+                return Err(field(
+                    format!("{path}.mountPropagation"),
+                    format!(
+                        "unsupported value {other:?} (use None, HostToContainer or Bidirectional)"
+                    ),
+                ));
+            }
+        };
         if m.sub_path_expr.as_ref().is_some_and(|e| !e.is_empty()) {
             return Err(unsupported(format!("{path}.subPathExpr")));
         }
@@ -670,6 +678,7 @@ pub(super) fn volume_mounts(
             mount_path: m.mount_path.clone(),
             read_only: m.read_only.unwrap_or(false),
             sub_path,
+            propagation,
         });
     }
     Ok(out)
@@ -680,6 +689,47 @@ mod tests {
     use super::*;
     use crate::model::convert::testing::*;
     use serde_json::json;
+
+    /// `mountPropagation` reaches the mount; Bidirectional only for a
+    /// privileged container, nothing for a Wasm module.
+    #[test]
+    fn mount_propagation_follows_the_kubernetes_rules() {
+        let pod = |propagation: &str, privileged: bool| {
+            json!({"spec": {
+                "volumes": [{"name": "v", "hostPath": {"path": "/mnt"}}],
+                "containers": [{"name": "app", "image": "nginx:1.25",
+                    "securityContext": {"privileged": privileged},
+                    "volumeMounts": [{"name": "v", "mountPath": "/mnt", "mountPropagation": propagation}]}]
+            }})
+        };
+        let mount = |spec: &PodSpec| spec.containers[0].volume_mounts[0].propagation;
+        assert_eq!(
+            mount(&convert(pod("HostToContainer", false))),
+            MountPropagation::HostToContainer
+        );
+        assert_eq!(
+            mount(&convert(pod("Bidirectional", true))),
+            MountPropagation::Bidirectional
+        );
+        assert_eq!(
+            mount(&convert(pod("None", false))),
+            MountPropagation::Private
+        );
+        assert_eq!(
+            convert_err(pod("Bidirectional", false)),
+            "spec.containers[0].volumeMounts[0].mountPropagation: Bidirectional mount propagation is available only to privileged containers"
+        );
+        let wasm = json!({"spec": {
+            "runtimeClassName": "kedge-wasm",
+            "volumes": [{"name": "v", "hostPath": {"path": "/mnt"}}],
+            "containers": [{"name": "app", "image": format!("file:///m.wasm@sha256:{DIGEST}"),
+                "volumeMounts": [{"name": "v", "mountPath": "/mnt", "mountPropagation": "HostToContainer"}]}]
+        }});
+        assert_eq!(
+            convert_err(wasm),
+            "spec.containers[0].volumeMounts[0].mountPropagation: not supported for wasm containers: a module has no mounts to propagate"
+        );
+    }
 
     /// A persistent volume claim becomes the device's durable directory of
     /// that claim; `readOnly` makes every mount of it read-only.
@@ -762,13 +812,15 @@ mod tests {
                     name: "scratch".into(),
                     mount_path: "/tmp".into(),
                     read_only: false,
-                    sub_path: None
+                    sub_path: None,
+                    propagation: MountPropagation::Private,
                 },
                 VolumeMount {
                     name: "dev".into(),
                     mount_path: "/dev/ttyUSB0".into(),
                     read_only: true,
-                    sub_path: Some("x/y".into())
+                    sub_path: Some("x/y".into()),
+                    propagation: MountPropagation::Private,
                 },
             ]
         );
@@ -777,8 +829,8 @@ mod tests {
         let cases = [
             (
                 json!({"spec": {"volumes": volume, "containers": [{"name": "app", "image": "nginx",
-                    "volumeMounts": [{"name": "v", "mountPath": "/v", "mountPropagation": "HostToContainer"}]}]}}),
-                "spec.containers[0].volumeMounts[0].mountPropagation: not supported on kedge nodes",
+                    "volumeMounts": [{"name": "v", "mountPath": "/v", "mountPropagation": "Sideways"}]}]}}),
+                "spec.containers[0].volumeMounts[0].mountPropagation: unsupported value \"Sideways\" (use None, HostToContainer or Bidirectional)",
             ),
             (
                 json!({"spec": {"volumes": volume, "containers": [{"name": "app", "image": "nginx",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 
-use crate::model::{Container, PodSpec, SecurityProfile};
+use crate::model::{Container, MountPropagation, PodSpec, SecurityProfile};
 use crate::runtime::RuntimeError;
 
 /// Labels every kedge sandbox and container carries; adoption after an
@@ -302,10 +302,16 @@ pub fn container_config(
             Some(sub) => host.join(sub),
             None => host,
         };
+        let propagation = match m.propagation {
+            MountPropagation::Private => cri::MountPropagation::PropagationPrivate,
+            MountPropagation::HostToContainer => cri::MountPropagation::PropagationHostToContainer,
+            MountPropagation::Bidirectional => cri::MountPropagation::PropagationBidirectional,
+        };
         mounts.push(cri::Mount {
             container_path: m.mount_path.clone(),
             host_path: host.display().to_string(),
             readonly: spec.mount_read_only(m),
+            propagation: propagation as i32,
             ..Default::default()
         });
     }
@@ -431,6 +437,7 @@ mod tests {
                 mount_path: "/data".into(),
                 read_only: true,
                 sub_path: Some("sub".into()),
+                propagation: crate::model::MountPropagation::HostToContainer,
             }],
             ports: vec![ContainerPort {
                 name: None,
@@ -548,6 +555,7 @@ mod tests {
             mount_path: "/cfg".into(),
             read_only: false,
             sub_path: None,
+            propagation: crate::model::MountPropagation::Private,
         }];
         let config = container_config(&spec, Path::new("/d"), &c, "img", 0, &settings(false))
             .expect("config");
@@ -617,6 +625,11 @@ mod tests {
         assert_eq!(c.metadata.as_ref().map(|m| m.attempt), Some(3));
         assert_eq!(c.mounts[0].host_path, "/d/p/volumes/data/sub");
         assert!(c.mounts[0].readonly);
+        assert_eq!(
+            c.mounts[0].propagation,
+            cri::MountPropagation::PropagationHostToContainer as i32,
+            "mountPropagation: HostToContainer"
+        );
         assert_eq!(c.labels[LABEL_CONTAINER], "app");
         let sc = c.linux.and_then(|l| l.security_context).expect("security");
         assert_eq!(sc.run_as_user.map(|v| v.value), Some(1000));
