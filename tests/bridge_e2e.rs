@@ -54,13 +54,22 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn client(rt: &tokio::runtime::Runtime, kubeconfig: &Path) -> Client {
+    client_with(rt, kubeconfig, true)
+}
+
+/// A client that takes the apiserver's first answer, as kubectl does. kube's
+/// default client retries 429, 503 and 504 up to 15 times with exponential
+/// back-off (minutes in all): a test of what the apiserver answers, such as
+/// ServiceUnavailable for the logs of a disconnected device, needs this one.
+fn client_with(rt: &tokio::runtime::Runtime, kubeconfig: &Path, retry: bool) -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     rt.block_on(async {
         let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
-        let cfg =
+        let mut cfg =
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
                 .expect("kubeconfig");
+        cfg.default_retry = retry;
         Client::try_from(cfg).expect("client")
     })
 }
@@ -145,6 +154,9 @@ struct World {
     cp: ControlPlane,
     mqtt: Mosquitto,
     admin: Client,
+    /// The admin without kube's retries: the apiserver's answers as kubectl
+    /// sees them ([`client_with`]).
+    kubectl: Client,
     bridge: BridgeProc,
     agents: BTreeMap<String, (Agent, std::path::PathBuf)>,
     _data: tempfile::TempDir,
@@ -179,6 +191,7 @@ impl World {
             node_monitor_grace: Duration::from_secs(12),
         });
         let admin = client(&rt, &cp.kubeconfig);
+        let kubectl = client_with(&rt, &cp.kubeconfig, false);
         apply_file(
             &rt,
             &admin,
@@ -215,6 +228,7 @@ impl World {
             cp,
             mqtt,
             admin,
+            kubectl,
             bridge,
             agents,
             _data: data,
@@ -254,8 +268,9 @@ impl World {
     }
 
     fn logs(&self, pod: &str, container: &str) -> Result<String, String> {
+        let pods: Api<Pod> = Api::namespaced(self.kubectl.clone(), "default");
         self.rt
-            .block_on(self.pods().logs(
+            .block_on(pods.logs(
                 pod,
                 &LogParams {
                     container: Some(container.to_string()),
