@@ -11,7 +11,7 @@
 # does not.
 # Without TARGET every target runs, one after the other. Without --runs or
 # --time each runs the documented long run: 10,000,000 executions.
-# scripts/test.sh runs `scripts/fuzz.sh --time 30` after the unit tests.
+# scripts/test.sh runs `scripts/fuzz.sh --time 20` after the unit tests.
 #
 # Each target starts from its seeds (tests/fuzz/seeds/TARGET, the wire test
 # vectors for wire_decode, edge-manifests/demo.yaml for manifest_convert) and

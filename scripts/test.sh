@@ -22,8 +22,9 @@
 # the default tests and the bridge's (bridge_e2e is a second invocation of
 # that same build, single-threaded), and the HIL's host CLI is that build's
 # binary. Distinct graphs left: clippy `minimal`, the `minimal` unit tests,
-# the three release device builds (each its own target/features, measured
-# against its size budget).
+# the release device builds (one cargo invocation per feature set, measured
+# against the size budgets), which run in the background at the lowest
+# priority from the integration tests on, in the CPU the tests leave idle.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,9 +96,13 @@ summary() {
   fi
   echo
   count_tests
-  # A run that stopped early does not leave the background Go build behind.
+  # A run that stopped early does not leave the background builds behind.
   if [ -n "${k8s_pid:-}" ] && kill -0 "$k8s_pid" 2>/dev/null; then
     kill -- "-$k8s_pid" 2>/dev/null || true
+  fi
+  if [ -n "${device_pid:-}" ] && kill -0 "$device_pid" 2>/dev/null; then
+    pkill -P "$device_pid" 2>/dev/null || true
+    kill "$device_pid" 2>/dev/null || true
   fi
   rm -rf "$logs"
   exit "$rc"
@@ -212,6 +217,16 @@ done
 # build, the integration tests against real parts.
 stage "cargo test --features bridge,sink --lib --bins: unit and in-process tests"
 cargo_test lib --locked --features bridge,sink --no-fail-fast --lib --bins -- --test-threads="$threads"
+# The release device builds need only the sources: they start now, in the
+# background at the lowest priority, and take the CPU the tests below leave
+# idle while they wait on containers, brokers, timers and the control plane
+# (bridge_e2e uses a quarter of this machine). Their own profile dirs, so
+# no cargo lock is shared with the test builds. Their stage waits for them.
+device_log="$logs/device-builds.out"
+if [ "${KEDGE_SKIP_CROSS:-0}" != 1 ]; then
+  nice -n 19 ./scripts/build-targets.sh >"$device_log" 2>&1 &
+  device_pid=$!
+fi
 stage "cargo test --features bridge,sink: integration tests against real parts (--test-threads=$threads)"
 cargo_test main --locked --features bridge,sink --no-fail-fast "${tests[@]}" -- --test-threads="$threads"
 # The target selection above leaves out doc tests: run them when src/ has one
@@ -248,11 +263,11 @@ stage "cargo test --lib, minimal"
 cargo_test minimal --locked --no-default-features --features minimal --lib -- --test-threads="$threads"
 
 # Coverage-guided fuzzing (docs/fuzzing.md): every target of tests/fuzz for
-# 30 s from its seeds, its past crashes and the corpus kept between runs
+# 20 s from its seeds, its past crashes and the corpus kept between runs
 # ($KEDGE_FUZZ_CORPUS). The documented long run is `scripts/fuzz.sh`.
 if rustup run nightly rustc --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
-  stage "fuzzing: 30 s per target (scripts/fuzz.sh --time 30 --dev, nightly)"
-  ./scripts/fuzz.sh --time 30 --dev
+  stage "fuzzing: 20 s per target (scripts/fuzz.sh --time 20 --dev, nightly)"
+  ./scripts/fuzz.sh --time 20 --dev
 else
   # Under CI the setup stage installed both, so this is a local run.
   skip "fuzzing (scripts/fuzz.sh)" "no nightly toolchain or no cargo-fuzz (rustup toolchain install nightly; cargo install cargo-fuzz)"
@@ -321,8 +336,11 @@ fi
 if [ "${KEDGE_SKIP_CROSS:-0}" = 1 ]; then
   skip "static device binaries, size budgets and all hardware in the loop" "KEDGE_SKIP_CROSS=1"
 else
-  stage "static device binaries and size budgets (3 release builds)"
-  ./scripts/build-targets.sh
+  stage "static device binaries and size budgets (3 release builds, started after the unit tests; waiting for them)"
+  device_rc=0
+  wait "$device_pid" || device_rc=$?
+  cat "$device_log"
+  [ "$device_rc" = 0 ] || { echo "scripts/build-targets.sh failed (exit $device_rc, log above)" >&2; exit 1; }
   # The host CLI for the HIL: the binary the integration tests above ran
   # ($CARGO_TARGET_DIR/debug/kedge, hil/run.sh's default). Not built again:
   # a `cargo build` without the dev-dependencies unifies features anew and
