@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of what crosses kedge's trust boundaries
 # (docs/fuzzing.md): cargo-fuzz (libFuzzer) targets in tests/fuzz, one
-# target at a time, one process, at the lowest priority.
+# target at a time, one process, at the lowest priority (KEDGE_FUZZ_NICE, the
+# nice level: default 19).
 #
 #   scripts/fuzz.sh [TARGET] [--runs N | --time S] [--dev]
 #
@@ -36,7 +37,7 @@ while [ $# -gt 0 ]; do
     --runs) limit=(-runs="$2") limit_text="$2 runs"; shift 2 ;;
     --time) limit=(-max_total_time="$2") limit_text="$2 s"; shift 2 ;;
     --dev) profile=(--dev); shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     -*) echo "unknown option $1 (usage: scripts/fuzz.sh [TARGET] [--runs N | --time S] [--dev])" >&2; exit 64 ;;
     *)
       if [[ " ${targets_all[*]} " != *" $1 "* ]]; then
@@ -62,6 +63,7 @@ cargo fuzz --version >/dev/null 2>&1 ||
   skip_or_fail "cargo-fuzz is not installed (cargo install cargo-fuzz --locked)"
 
 fuzz_dir=tests/fuzz
+niceness="${KEDGE_FUZZ_NICE:-19}"
 fuzz_target_dir="$KEDGE_FUZZ_TARGET_DIR"
 work=$(mktemp -d /tmp/kedge-fuzz.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -69,7 +71,7 @@ trap 'rm -rf "$work"' EXIT
 # One build of every target (release, debug assertions, AddressSanitizer;
 # --dev: unoptimised).
 echo "== building the fuzz targets (nightly, $fuzz_target_dir)"
-nice -n 19 cargo +nightly fuzz build "${profile[@]}" --fuzz-dir "$fuzz_dir" --target-dir "$fuzz_target_dir"
+nice -n "$niceness" cargo +nightly fuzz build "${profile[@]}" --fuzz-dir "$fuzz_dir" --target-dir "$fuzz_target_dir"
 
 # Seeds made from files the repository keeps for their own sake.
 seeds_from_repo() { # TARGET DIR
@@ -98,7 +100,7 @@ for t in "${targets[@]}"; do
   echo "== fuzzing $t ($limit_text)"
   log="$work/$t.log"
   set +e
-  nice -n 19 cargo +nightly fuzz run "${profile[@]}" --fuzz-dir "$fuzz_dir" --target-dir "$fuzz_target_dir" \
+  nice -n "$niceness" cargo +nightly fuzz run "${profile[@]}" --fuzz-dir "$fuzz_dir" --target-dir "$fuzz_target_dir" \
     "$t" "${dirs[@]}" -- \
     "${limit[@]}" "${dict[@]}" -timeout=30 -print_final_stats=1 \
     -artifact_prefix="$fuzz_dir/artifacts/$t/" 2>&1 | tee "$log" | grep -av -e '^#[0-9]*[[:space:]]*\(NEW\|REDUCE\|pulse\)' -e '^"' -e '^######'

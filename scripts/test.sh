@@ -100,10 +100,12 @@ summary() {
   if [ -n "${k8s_pid:-}" ] && kill -0 "$k8s_pid" 2>/dev/null; then
     kill -- "-$k8s_pid" 2>/dev/null || true
   fi
-  if [ -n "${device_pid:-}" ] && kill -0 "$device_pid" 2>/dev/null; then
-    pkill -P "$device_pid" 2>/dev/null || true
-    kill "$device_pid" 2>/dev/null || true
-  fi
+  for pid in "${device_pid:-}" "${fuzz_pid:-}"; do
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      pkill -P "$pid" 2>/dev/null || true
+      kill "$pid" 2>/dev/null || true
+    fi
+  done
   rm -rf "$logs"
   exit "$rc"
 }
@@ -258,20 +260,24 @@ if [ "${CI:-}" = true ] && [ "$(id -u)" -eq 0 ]; then
   echo "tests/cri_e2e.rs: $cri_passed passed, none skipped"
 fi
 
-# minimal (the small devices' set) has its own graph: its unit tests, once.
-stage "cargo test --lib, minimal"
-cargo_test minimal --locked --no-default-features --features minimal --lib -- --test-threads="$threads"
-
 # Coverage-guided fuzzing (docs/fuzzing.md): every target of tests/fuzz for
 # 20 s from its seeds, its past crashes and the corpus kept between runs
-# ($KEDGE_FUZZ_CORPUS). The documented long run is `scripts/fuzz.sh`.
+# ($KEDGE_FUZZ_CORPUS). The documented long run is `scripts/fuzz.sh`. Its
+# own toolchain and target dir: it runs in the background (nice 10, above
+# the device builds) beside the minimal unit tests and bridge_e2e, which
+# leave most of the machine idle; its stage after bridge_e2e waits for it.
+fuzz_log="$logs/fuzz.out"
 if rustup run nightly rustc --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
-  stage "fuzzing: 20 s per target (scripts/fuzz.sh --time 20 --dev, nightly)"
-  ./scripts/fuzz.sh --time 20 --dev
+  KEDGE_FUZZ_NICE=10 ./scripts/fuzz.sh --time 20 --dev >"$fuzz_log" 2>&1 &
+  fuzz_pid=$!
 else
   # Under CI the setup stage installed both, so this is a local run.
   skip "fuzzing (scripts/fuzz.sh)" "no nightly toolchain or no cargo-fuzz (rustup toolchain install nightly; cargo install cargo-fuzz)"
 fi
+
+# minimal (the small devices' set) has its own graph: its unit tests, once.
+stage "cargo test --lib, minimal"
+cargo_test minimal --locked --no-default-features --features minimal --lib -- --test-threads="$threads"
 
 # The bridge tests run a real control plane built from the upstream Go
 # modules (tests/k8s-harness) and drive it with a real kubectl
@@ -311,6 +317,13 @@ if [ "${CI:-}" = true ] && [ "$(id -u)" -eq 0 ]; then
     exit 1
   fi
   echo "no KEDGE-TEST-SKIPPED line in any test log"
+fi
+if [ -n "${fuzz_pid:-}" ]; then
+  stage "fuzzing: 20 s per target (scripts/fuzz.sh --time 20 --dev, nightly; beside the tests above, waiting for it)"
+  fuzz_rc=0
+  wait "$fuzz_pid" || fuzz_rc=$?
+  grep -av -e '^#[0-9]*[[:space:]]*\(NEW\|REDUCE\|pulse\)' -e '^"' -e '^######' "$fuzz_log" || true
+  [ "$fuzz_rc" = 0 ] || { echo "scripts/fuzz.sh failed (exit $fuzz_rc, log above)" >&2; exit 1; }
 fi
 
 # ---------------------------------------------------------------------------
