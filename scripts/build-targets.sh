@@ -67,7 +67,11 @@ for set in "${sets[@]}"; do
     size=$(stat -c %s "$out/kedge")
     budget=$(field "$f" "budget_${set}_bytes")
     ceiling=$(field "$f" "ceiling_${set}_bytes")
-    verdict="within budget ($((budget - size)) bytes left)"
+    if [ -z "$budget" ]; then
+      verdict="no budget for this set"
+    else
+      verdict="within budget ($((budget - size)) bytes left)"
+    fi
     if [ -n "$budget" ] && [ "$size" -gt "$budget" ]; then
       verdict="OVER BUDGET by $((size - budget)) bytes"
       over+=("$t $set: $size bytes, budget $budget")

@@ -25,7 +25,7 @@ use thiserror::Error;
 use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
 
 /// Bumped when a table's layout changes; `open` migrates older files.
-pub const STORE_SCHEMA_VERSION: u32 = 8;
+pub const STORE_SCHEMA_VERSION: u32 = 9;
 /// The first store schema whose desired records hold the `PodSpec` of wire
 /// version 4; older ones are re-encoded by `open` (read without what later
 /// versions appended, `model::added`, and escaped).
@@ -38,6 +38,10 @@ const CONTAINER_FIELDS_SINCE: u32 = 7;
 /// version 10; schema 7's are re-encoded by `open` (read as today's without
 /// what version 10 appended, `model::added`).
 const SIDECARS_SINCE: u32 = 8;
+/// The schema that brought the data path's tables.
+const DATA_SINCE: u32 = 4;
+/// The schema whose QoS 2 keys' table has `&[u8]` values.
+const QOS2_KEYS_SINCE: u32 = 9;
 
 /// redb's page cache. The state of a busy node (hundreds of pods, a full
 /// outbox) is a few MiB; reads past the cache go to the page cache of the
@@ -70,10 +74,16 @@ const TRUST: TableDefinition<&str, &[u8]> = TableDefinition::new("trust");
 const DATA: TableDefinition<u64, &[u8]> = TableDefinition::new("data");
 
 /// QoS 2 publishes received and not yet released, per workload connection
-/// (schema 4): `{client}\n{packet id}` → (). Written in the transaction that
-/// commits the message, so a publish sent again after a crash of the agent
-/// is recognised and not stored twice.
-const DATA_QOS2: TableDefinition<&str, ()> = TableDefinition::new("data_qos2");
+/// (schema 9): `{client}\n{packet id}` → empty. Written in the transaction
+/// that commits the message, so a publish sent again after a crash of the
+/// agent is recognised and not stored twice. Its values are the other
+/// tables' type (`&[u8]`), so redb's B-tree code is compiled once for all of
+/// them: a table of `()` values cost ~30 kB of device binary.
+const DATA_QOS2: TableDefinition<&str, &[u8]> = TableDefinition::new("data_qos2_keys");
+
+/// The same keys in schemas 4–8, with `()` values: copied into `DATA_QOS2`
+/// and deleted by the migration to schema 9.
+const LEGACY_DATA_QOS2: TableDefinition<&str, ()> = TableDefinition::new("data_qos2");
 
 const KEY_SCHEMA: &str = "schema_version";
 const KEY_SEQ: &str = "seq";
@@ -405,6 +415,7 @@ impl Store {
             txn.open_table(FLEET)?;
             // Version 3 → 4: workload data waiting for the broker.
             txn.open_table(DATA)?;
+            // (Version 8 → 9 below: the QoS 2 keys' table of schemas 4–8.)
             txn.open_table(DATA_QOS2)?;
             // Version 4 → 5: the last signed message accepted per topic.
             txn.open_table(TRUST)?;
@@ -419,6 +430,20 @@ impl Store {
             if (1..SIDECARS_SINCE).contains(&found) {
                 migrate_desired_pod_fields(&mut txn.open_table(DESIRED)?, found)?;
             }
+            // Version 8 → 9: the QoS 2 keys move to a table of `&[u8]` values.
+            if (DATA_SINCE..QOS2_KEYS_SINCE).contains(&found) {
+                let keys: Vec<String> = txn
+                    .open_table(LEGACY_DATA_QOS2)?
+                    .iter()?
+                    .filter_map(Result::ok)
+                    .map(|(k, _)| k.value().to_string())
+                    .collect();
+                let mut table = txn.open_table(DATA_QOS2)?;
+                for key in keys {
+                    table.insert(key.as_str(), [].as_slice())?;
+                }
+            }
+            txn.delete_table(LEGACY_DATA_QOS2)?;
             // The `handles` table older stores made and nothing wrote.
             txn.delete_table(LEGACY_HANDLES)?;
             meta.insert(KEY_SCHEMA, STORE_SCHEMA_VERSION.to_le_bytes().as_slice())?;
@@ -865,7 +890,7 @@ impl Store {
                         appended.duplicates += 1;
                         continue;
                     }
-                    qos2.insert(key.as_str(), ())?;
+                    qos2.insert(key.as_str(), [].as_slice())?;
                 }
                 next += 1;
                 let value = encode(&record);
@@ -1300,6 +1325,47 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((fresh.ids.len(), fresh.duplicates), (1, 0));
+    }
+
+    /// Schema 8 kept QoS 2 keys in a table of `()` values: a publish that
+    /// was received and not released before the upgrade is still known
+    /// after it, and the old table is gone.
+    #[test]
+    fn schema_8_qos2_keys_are_migrated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        let key = "default/sensor/main|c1\n7";
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(KEY_SCHEMA, 8u32.to_le_bytes().as_slice())
+                .expect("insert");
+            txn.open_table(LEGACY_DATA_QOS2)
+                .expect("qos2")
+                .insert(key, ())
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let store = Store::open(&path).expect("migrates");
+        let again = store
+            .append_data(
+                DataWrite {
+                    records: vec![(record(0, u64::MAX), Some(key.to_string()))],
+                    ..Default::default()
+                },
+                u64::MAX,
+            )
+            .expect("append");
+        assert_eq!((again.ids.len(), again.duplicates), (0, 1));
+        let txn = store.db.begin_read().expect("read");
+        let names: Vec<String> = txn
+            .list_tables()
+            .expect("tables")
+            .map(|t| redb::TableHandle::name(&t).to_string())
+            .collect();
+        assert!(!names.iter().any(|n| n == "data_qos2"), "{names:?}");
     }
 
     #[test]
