@@ -13,14 +13,16 @@
 //!   transaction with the others read in the same pass, and only then
 //!   acknowledged (QoS 1 PUBACK). A message no route takes is acknowledged
 //!   and counted (MQTT 3.1.1 has no negative PUBACK).
-//! - **Forwarder.** Its own broker connection (`kedge-data-{node}`, clean
-//!   session), so data never queues in front of status reports. While
-//!   connected it reads the store in id order, builds batches of up to
-//!   `data.batch_max_messages`, signs and seals each (`data::seal`) and
-//!   publishes it with QoS 1 on `{prefix}/{node}/data`; a batch's messages
-//!   leave the store on its PUBACK, and only once every earlier batch was
-//!   acknowledged too. Every new connection starts again from the oldest
-//!   message still stored (the sink drops repeats by message id).
+//! - **Forwarder.** Publishes through the agent's own MQTT session (one
+//!   broker connection per device, one client id), at most `WINDOW`
+//!   batches of about `BATCH_BYTES` unacknowledged, so a status report
+//!   finds at most that much data ahead of it. While connected it reads the
+//!   store in id order, builds batches of up to `data.batch_max_messages`,
+//!   signs and seals each (`data::seal`) and publishes it with QoS 1 on
+//!   `{prefix}/{node}/data` (`SessionCommand::PublishAcked`); a batch's
+//!   messages leave the store on its PUBACK, and only once every earlier
+//!   batch was acknowledged too. Every new connection starts again from the
+//!   oldest message still stored (the sink drops repeats by message id).
 //! - **Bounds.** A route's TTL and `data.budget_bytes`: what they drop is
 //!   counted, logged and reported as a `DataDropped` Warning event.
 
@@ -39,19 +41,25 @@ use rumqttc::mqttbytes::v4::{
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::data::{self, Batch, DataMessage, DeviceKey, Route, SinkPublicKey, Source};
 use crate::model::{EnvVar, Event, EventType, PodSpec};
+use crate::mqtt::SessionCommand;
 use crate::store::{DataRecord, DataWrite, Store};
 
 /// Largest packet a workload may send (a message and its topic).
 const MAX_PACKET_BYTES: usize = 256 * 1024;
-/// Batches published and not yet acknowledged, at most.
-const WINDOW: usize = 8;
-/// Bytes of stored messages per batch, about (below `data::MAX_BATCH_BYTES`).
-const BATCH_BYTES: usize = 512 * 1024;
+/// Batches published and not yet acknowledged, at most. They share the
+/// agent's connection with its status reports: `WINDOW * BATCH_BYTES` is the
+/// most data a report can find ahead of it.
+const WINDOW: usize = 4;
+/// Bytes of stored messages per batch, about (below `data::MAX_BATCH_BYTES`;
+/// one larger message makes a batch of its own).
+const BATCH_BYTES: usize = 128 * 1024;
+/// How often expired messages are dropped and drops reported.
+const EXPIRY_TICK: Duration = Duration::from_secs(5);
 
 /// Counters of the data path since the agent started.
 #[derive(Debug, Default)]
@@ -455,127 +463,118 @@ async fn commit(path: &DataPath, write: DataWrite) -> Result<(), ConnectionError
 
 /// What the forwarder needs besides the shared path.
 pub struct ForwarderSettings {
-    pub options: rumqttc::MqttOptions,
+    /// The agent's MQTT session: each batch is a
+    /// `SessionCommand::PublishAcked`, answered on the broker's PUBACK.
+    pub session: mpsc::UnboundedSender<SessionCommand>,
+    /// Whether that session is connected (the controller's view of it).
+    pub connected: watch::Receiver<bool>,
     pub topic: String,
     pub node: String,
     pub device_key: DeviceKey,
     pub sink: SinkPublicKey,
     pub batch_max_messages: usize,
-    pub reconnect_initial: Duration,
-    pub reconnect_max: Duration,
     /// Where `DataDropped` events go (the controller's event channel).
     pub events: mpsc::UnboundedSender<Event>,
 }
 
 /// A batch published and not yet acknowledged.
 struct InFlight {
-    pkid: Option<u16>,
+    /// Answered on the PUBACK; dropped unanswered when the publish was not
+    /// made or its connection ended first.
+    done: oneshot::Receiver<()>,
     last_id: u64,
     messages: u64,
-    acked: bool,
 }
 
-/// Sends stored messages upstream, forever; one broker connection at a time.
-pub async fn forward(settings: ForwarderSettings, path: Arc<DataPath>) {
-    let mut attempt = 0u32;
+/// Sends stored messages upstream through the agent's session, forever.
+pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
     let mut reported = (0u64, 0u64);
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
     loop {
-        let (client, mut eventloop) = rumqttc::AsyncClient::new(settings.options.clone(), 64);
-        let mut connected = false;
-        // Batches in publish order; `pkid` is learnt from the outgoing event.
+        while !*settings.connected.borrow_and_update() {
+            tokio::select! {
+                changed = settings.connected.changed() => if changed.is_err() { return },
+                _ = tick.tick() => expire_and_report(&settings, &path, &mut reported),
+            }
+        }
+        debug!("data forwarder sending from the oldest stored message");
+        // Every connection starts again from the oldest message still
+        // stored: what was sent and not acknowledged goes again.
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut sent_up_to = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        let failure = loop {
-            tokio::select! {
-                event = eventloop.poll() => match event {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
-                        info!("data forwarder connected");
-                        connected = true;
-                        attempt = 0;
+        let ended = loop {
+            while in_flight.len() < WINDOW {
+                match next_batch(&settings, &path, sent_up_to) {
+                    Ok(Some((payload, last_id, messages))) => {
+                        let (done, answer) = oneshot::channel();
+                        let publish = SessionCommand::PublishAcked {
+                            topic: settings.topic.clone(),
+                            payload,
+                            retain: false,
+                            done,
+                        };
+                        if settings.session.send(publish).is_err() {
+                            return; // the agent is stopping
+                        }
+                        debug!(last_id, messages, "data batch published");
+                        in_flight.push_back(InFlight {
+                            done: answer,
+                            last_id,
+                            messages,
+                        });
+                        sent_up_to = last_id;
                     }
-                    Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
-                        if let Some(b) = in_flight.iter_mut().find(|b| b.pkid.is_none()) {
-                            b.pkid = Some(pkid);
-                        }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "cannot build a data batch");
+                        break;
                     }
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(ack))) => {
-                        if let Some(b) = in_flight.iter_mut().find(|b| b.pkid == Some(ack.pkid)) {
-                            b.acked = true;
-                        }
-                        let mut acked_up_to = None;
-                        while in_flight.front().is_some_and(|b| b.acked) {
-                            if let Some(b) = in_flight.pop_front() {
-                                acked_up_to = Some(b.last_id);
-                                path.counters.sent.fetch_add(b.messages, Ordering::Relaxed);
-                            }
-                        }
-                        debug!(pkid = ack.pkid, ?acked_up_to, in_flight = in_flight.len(), "data batch acknowledged");
-                        if let Some(last) = acked_up_to
-                            && let Err(e) = path.store.ack_data(last)
-                        {
-                            warn!(error = %e, "cannot delete acknowledged workload messages; they will be sent again");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => break e.to_string(),
-                },
-                _ = path.committed.notified() => {}
-                _ = tick.tick() => {
-                    expire_and_report(&settings, &path, &mut reported);
                 }
             }
-            if connected {
-                while in_flight.len() < WINDOW {
-                    match next_batch(&settings, &path, sent_up_to) {
-                        Ok(Some((sealed, last_id, messages))) => {
-                            if let Err(e) = client.try_publish(
-                                settings.topic.as_str(),
-                                rumqttc::QoS::AtLeastOnce,
-                                false,
-                                sealed,
-                            ) {
-                                warn!(error = %e, "cannot queue a data batch");
-                                break;
-                            }
-                            debug!(last_id, messages, "data batch published");
-                            in_flight.push_back(InFlight {
-                                pkid: None,
-                                last_id,
-                                messages,
-                                acked: false,
-                            });
-                            sent_up_to = last_id;
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            warn!(error = %e, "cannot build a data batch");
-                            break;
-                        }
+            // Acknowledgements arrive in publish order (one connection);
+            // a batch's messages leave the store on its own and every
+            // earlier batch's.
+            let oldest = async {
+                match in_flight.front_mut() {
+                    Some(batch) => (&mut batch.done).await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                acked = oldest => {
+                    if !acked {
+                        break "a data batch was not acknowledged (its connection ended)";
+                    }
+                    let Some(batch) = in_flight.pop_front() else { continue };
+                    path.counters.sent.fetch_add(batch.messages, Ordering::Relaxed);
+                    debug!(last_id = batch.last_id, in_flight = in_flight.len(), "data batch acknowledged");
+                    if let Err(e) = path.store.ack_data(batch.last_id) {
+                        warn!(error = %e, "cannot delete acknowledged workload messages; they will be sent again");
+                    }
+                }
+                _ = path.committed.notified() => {}
+                _ = tick.tick() => expire_and_report(&settings, &path, &mut reported),
+                changed = settings.connected.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if !*settings.connected.borrow() {
+                        break "the broker disconnected";
                     }
                 }
             }
         };
-        if connected {
-            info!(error = %failure, "data forwarder disconnected; unacknowledged batches are sent again");
-        } else {
-            debug!(error = %failure, "data forwarder cannot connect");
-        }
-        drop(client);
-        let delay = crate::mqtt::reconnect_delay(
-            attempt,
-            settings.reconnect_initial,
-            settings.reconnect_max,
-            fastrand::f64(),
+        info!(
+            reason = ended,
+            unacknowledged = in_flight.len(),
+            "data forwarder paused; unacknowledged batches are sent again"
         );
-        attempt = attempt.saturating_add(1);
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => break,
-                _ = tick.tick() => expire_and_report(&settings, &path, &mut reported),
-            }
+        // Until the session reconnects (the controller may not have seen the
+        // end of the connection yet), or a pause when the publish was not
+        // queued at all.
+        tokio::select! {
+            _ = settings.connected.changed() => {}
+            _ = tokio::time::sleep(EXPIRY_TICK) => {}
         }
     }
 }

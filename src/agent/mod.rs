@@ -146,6 +146,10 @@ pub struct Controller {
     /// endpoint's address and credentials.
     #[cfg(feature = "data")]
     data: Option<Arc<data::DataPath>>,
+    /// Whether the MQTT session is connected, as `on_broker` last saw it:
+    /// the data forwarder publishes through the session while it is.
+    #[cfg(feature = "data")]
+    broker_connected: tokio::sync::watch::Sender<bool>,
     /// Signed desired state (`trust.keys`); None: signatures not checked.
     trust: Option<TrustPolicy>,
     /// The device's sealing key (`{data_dir}/sealing.key`): opens specs
@@ -352,7 +356,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     #[cfg(feature = "data")]
     {
-        controller.data = start_data_path(&controller, &store, broker_url.as_deref()).await?;
+        controller.data = start_data_path(&controller, &store).await?;
     }
 
     let (static_tx, static_rx) = mpsc::unbounded_channel();
@@ -377,7 +381,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 async fn start_data_path(
     controller: &Controller,
     store: &Arc<Store>,
-    broker_url: Option<&str>,
 ) -> anyhow::Result<Option<Arc<data::DataPath>>> {
     let config = &controller.config;
     let routes = config.data.parsed_routes()?;
@@ -410,23 +413,16 @@ async fn start_data_path(
         "data endpoint listening"
     );
     crate::spawn(data::serve_endpoint(listener, path.clone()));
-    match broker_url {
-        Some(url) => {
-            let mut options = mqtt::mqtt_options(
-                &BrokerUrl::parse(url)?,
-                &config.broker,
-                &format!("kedge-data-{}", controller.node),
-            )?;
-            options.set_clean_session(true);
+    match &controller.session {
+        Some(session) => {
             let settings = data::ForwarderSettings {
-                options,
+                session: session.clone(),
+                connected: controller.broker_connected.subscribe(),
                 topic: controller.topics.data(&controller.node),
                 node: controller.node.clone(),
                 device_key,
                 sink,
                 batch_max_messages: config.data.batch_max_messages as usize,
-                reconnect_initial: Duration::from_millis(config.broker.reconnect_initial_ms),
-                reconnect_max: Duration::from_millis(config.broker.reconnect_max_ms),
                 events: controller.runtime_events.clone(),
             };
             crate::spawn(data::forward(settings, path.clone()));
@@ -639,6 +635,8 @@ impl Controller {
             origin: tokio::time::Instant::now(),
             #[cfg(feature = "data")]
             data: None,
+            #[cfg(feature = "data")]
+            broker_connected: tokio::sync::watch::Sender::new(false),
             config,
         };
         let receivers = Receivers {
@@ -917,6 +915,8 @@ impl Controller {
         match ev {
             SessionEvent::Connected { degraded } => {
                 info!(degraded, "broker connected");
+                #[cfg(feature = "data")]
+                self.broker_connected.send_replace(true);
                 // Retained specs and indexes arrive again, then the barrier.
                 self.desired_view = DesiredView::default();
                 self.fleets_connected();
@@ -947,6 +947,8 @@ impl Controller {
             }
             SessionEvent::Disconnected { error } => {
                 self.desired_view.synced = false;
+                #[cfg(feature = "data")]
+                self.broker_connected.send_replace(false);
                 warn!(%error, "broker disconnected; working offline, reports wait in the outbox");
             }
             SessionEvent::Message {
