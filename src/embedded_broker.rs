@@ -20,12 +20,22 @@ pub fn start(listen: &str) -> anyhow::Result<Option<String>> {
             return Err(e).with_context(|| format!("embedded broker cannot listen on {addr}"));
         }
     }
-    let config = broker_config(addr);
+    let (router, server) = broker_config(addr);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the embedded broker's runtime")?;
     std::thread::Builder::new()
         .name("embedded-broker".into())
         .spawn(move || {
-            let mut broker = rumqttd::Broker::new(config);
-            if let Err(e) = broker.start() {
+            // The router (its own thread) and one MQTT 3.1.1 listener:
+            // what `rumqttd::Broker::start` does for this configuration,
+            // without its MQTT 5, bridge, metrics, Prometheus and console
+            // servers, which that function reaches whatever the
+            // configuration (about 280 kB of device binary).
+            let router_tx = rumqttd::Router::new(0, router).spawn();
+            let mut server = rumqttd::Server::new(server, router_tx, rumqttd::protocol::v4::V4);
+            if let Err(e) = runtime.block_on(server.start(rumqttd::LinkType::Remote)) {
                 tracing::error!(error = %e, "embedded broker stopped");
             }
         })
@@ -40,12 +50,12 @@ pub fn start(listen: &str) -> anyhow::Result<Option<String>> {
     Ok(Some(url))
 }
 
-/// The broker's settings: one MQTT 3.1.1 listener on `addr`, 16 MiB
-/// payloads (the agent's own limit), no console, no metrics. Built as a
-/// value rather than parsed from TOML: rumqttd's configuration parser
-/// would bring its deserialisers into device builds (tens of kB).
+/// The broker's settings: its router's, and one MQTT 3.1.1 listener on
+/// `addr` with 16 MiB payloads (the agent's own limit). Built as values
+/// rather than parsed from TOML: rumqttd's configuration parser would bring
+/// its deserialisers into device builds (tens of kB).
 #[cfg(feature = "embedded-broker")]
-fn broker_config(addr: std::net::SocketAddr) -> rumqttd::Config {
+fn broker_config(addr: std::net::SocketAddr) -> (rumqttd::RouterConfig, rumqttd::ServerSettings) {
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: 16 * 1024 * 1024,
@@ -61,18 +71,14 @@ fn broker_config(addr: std::net::SocketAddr) -> rumqttd::Config {
         next_connection_delay_ms: 1,
         connections,
     };
-    rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: 1000,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some([("1".to_string(), server)].into_iter().collect()),
+    let router = rumqttd::RouterConfig {
+        max_connections: 1000,
+        max_outgoing_packet_count: 200,
+        max_segment_size: 100 * 1024 * 1024,
+        max_segment_count: 10,
         ..Default::default()
-    }
+    };
+    (router, server)
 }
 
 #[cfg(not(feature = "embedded-broker"))]
