@@ -39,8 +39,10 @@ const CONTAINER_FIELDS_SINCE: u32 = 7;
 /// what version 10 appended, `model::added`).
 const SIDECARS_SINCE: u32 = 8;
 /// The schema that brought the data path's tables.
+#[cfg(feature = "data")]
 const DATA_SINCE: u32 = 4;
 /// The schema whose QoS 2 keys' table has `&[u8]` values.
+#[cfg(feature = "data")]
 const QOS2_KEYS_SINCE: u32 = 9;
 
 /// redb's page cache. The state of a busy node (hundreds of pods, a full
@@ -431,6 +433,9 @@ impl Store {
                 migrate_desired_pod_fields(&mut txn.open_table(DESIRED)?, found)?;
             }
             // Version 8 → 9: the QoS 2 keys move to a table of `&[u8]` values.
+            // A build without the data path (`minimal`) has no use for them
+            // and leaves out the code that reads the old table (8 kB).
+            #[cfg(feature = "data")]
             if (DATA_SINCE..QOS2_KEYS_SINCE).contains(&found) {
                 let keys: Vec<String> = txn
                     .open_table(LEGACY_DATA_QOS2)?
@@ -1330,18 +1335,14 @@ mod tests {
     /// Schema 8 kept QoS 2 keys in a table of `()` values: a publish that
     /// was received and not released before the upgrade is still known
     /// after it, and the old table is gone.
+    #[cfg(feature = "data")]
     #[test]
     fn schema_8_qos2_keys_are_migrated() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.redb");
         let key = "default/sensor/main|c1\n7";
         {
-            let db = Database::create(&path).expect("create");
-            let txn = db.begin_write().expect("txn");
-            txn.open_table(META)
-                .expect("meta")
-                .insert(KEY_SCHEMA, 8u32.to_le_bytes().as_slice())
-                .expect("insert");
+            let (_db, txn) = old_store(&path, 8);
             txn.open_table(LEGACY_DATA_QOS2)
                 .expect("qos2")
                 .insert(key, ())
@@ -1402,12 +1403,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.redb");
         {
-            let db = Database::create(&path).expect("create");
-            let txn = db.begin_write().expect("txn");
-            txn.open_table(META)
-                .expect("meta")
-                .insert(KEY_SCHEMA, 3u32.to_le_bytes().as_slice())
-                .expect("insert");
+            let (_db, txn) = old_store(&path, 3);
             txn.open_table(FLEET)
                 .expect("fleet")
                 .insert("labels", b"x".as_slice())
@@ -1478,12 +1474,7 @@ mod tests {
             image_pull_secrets: vec![],
         };
         {
-            let db = Database::create(&path).expect("create");
-            let txn = db.begin_write().expect("txn");
-            txn.open_table(META)
-                .expect("meta")
-                .insert(KEY_SCHEMA, schema.to_le_bytes().as_slice())
-                .expect("insert");
+            let (_db, txn) = old_store(&path, schema);
             /// A desired record as store schemas 1–5 wrote it.
             #[derive(Serialize)]
             struct DesiredRecordV5 {
@@ -1664,17 +1655,24 @@ mod tests {
         assert_eq!(rec.spec, want);
     }
 
+    /// A new database at `path` that says it has store schema `schema`,
+    /// and its open write transaction, for the test to fill and commit.
+    fn old_store(path: &Path, schema: u32) -> (Database, redb::WriteTransaction) {
+        let db = Database::create(path).expect("create");
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(KEY_SCHEMA, schema.to_le_bytes().as_slice())
+            .expect("insert");
+        (db, txn)
+    }
+
     /// Writes a store file of `schema` at `path` holding one desired record
     /// (`default/web`, in that schema's encoding), opens it (which
     /// migrates it) and reads the record back.
     fn migrated_from(path: &Path, schema: u32, record: &[u8]) -> DesiredRecord {
         {
-            let db = Database::create(path).expect("create");
-            let txn = db.begin_write().expect("txn");
-            txn.open_table(META)
-                .expect("meta")
-                .insert(KEY_SCHEMA, schema.to_le_bytes().as_slice())
-                .expect("insert");
+            let (_db, txn) = old_store(path, schema);
             txn.open_table(DESIRED)
                 .expect("desired")
                 .insert("default/web", record)
@@ -1693,12 +1691,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.redb");
         {
-            let db = Database::create(&path).expect("create");
-            let txn = db.begin_write().expect("txn");
-            txn.open_table(META)
-                .expect("meta")
-                .insert(KEY_SCHEMA, 99u32.to_le_bytes().as_slice())
-                .expect("insert");
+            let (_db, txn) = old_store(&path, 99);
             txn.commit().expect("commit");
         }
         assert!(matches!(
