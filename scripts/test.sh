@@ -322,7 +322,7 @@ if [ -n "${fuzz_pid:-}" ]; then
   stage "fuzzing: 20 s per target (scripts/fuzz.sh --time 20 --dev, nightly; beside the tests above, waiting for it)"
   fuzz_rc=0
   wait "$fuzz_pid" || fuzz_rc=$?
-  grep -av -e '^#[0-9]*[[:space:]]*\(NEW\|REDUCE\|pulse\)' -e '^"' -e '^######' "$fuzz_log" || true
+  cat "$fuzz_log" # scripts/fuzz.sh already leaves out libFuzzer's progress lines
   [ "$fuzz_rc" = 0 ] || { echo "scripts/fuzz.sh failed (exit $fuzz_rc, log above)" >&2; exit 1; }
 fi
 
