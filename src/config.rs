@@ -307,6 +307,12 @@ pub const KEYS: &[KeyDoc] = &[
         default: "1000",
         help: "most messages in one sealed batch on the link",
     },
+    KeyDoc {
+        key: "data.compression",
+        ty: KeyType::Str,
+        default: "lz4",
+        help: "how each batch is compressed before it is signed and sealed: lz4 (a batch it does not make smaller goes as it is) or none",
+    },
 ];
 
 #[derive(Debug, Error)]
@@ -450,6 +456,7 @@ pub struct DataConfig {
     pub default_ttl_secs: u64,
     pub budget_bytes: u64,
     pub batch_max_messages: u64,
+    pub compression: String,
 }
 
 impl Default for DataConfig {
@@ -462,6 +469,7 @@ impl Default for DataConfig {
             default_ttl_secs: default_int!("data.default_ttl_secs"),
             budget_bytes: default_int!("data.budget_bytes"),
             batch_max_messages: default_int!("data.batch_max_messages"),
+            compression: default_str!("data.compression").into(),
         }
     }
 }
@@ -474,6 +482,13 @@ impl DataConfig {
         } else {
             &self.advertise
         }
+    }
+
+    /// `data.compression` (checked by `Config::validate`; LZ4 for a value
+    /// it would refuse).
+    #[cfg(feature = "data")]
+    pub fn compression(&self) -> crate::data::Compression {
+        self.compression.parse().unwrap_or_default()
     }
 
     /// The routes (checked by `Config::validate`, so this only fails on a
@@ -907,6 +922,9 @@ impl Config {
                     &data.listen,
                     "expected ip:port such as 127.0.0.1:1884",
                 ));
+            }
+            if let Err(e) = data.compression.parse::<crate::data::Compression>() {
+                return Err(ConfigError::value("data.compression", &data.compression, e));
             }
             if data.batch_max_messages == 0 || data.default_ttl_secs == 0 {
                 return Err(ConfigError::value(

@@ -284,6 +284,7 @@ pub fn status(
         pod_count,
         labels: Default::default(),
         sealing_key: None,
+        data: None,
     }
 }
 

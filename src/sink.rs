@@ -248,7 +248,9 @@ fn open_batch(
 /// The reason column of `kedge_refused`.
 fn reason(e: &OpenError) -> &'static str {
     match e {
-        OpenError::Malformed(_) | OpenError::Version(_) => "malformed",
+        OpenError::Malformed(_) | OpenError::Version(_) | OpenError::Decompress { .. } => {
+            "malformed"
+        }
         OpenError::WrongDevice { .. } => "wrong_device",
         OpenError::UnknownSinkKey(_) | OpenError::Decrypt => "not_for_this_sink",
         OpenError::UnknownDevice(_) => "unknown_device",

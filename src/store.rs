@@ -169,7 +169,39 @@ pub struct DataRecord {
     /// When its route's time to live runs out (device clock, ms).
     pub expires_ms: u64,
     pub payload: Vec<u8>,
+    /// The route that took it (`data::Route::id`), for its counters; 0 in
+    /// a record an older agent stored (which lacks the field: read by
+    /// `decode_data`, and an older agent reads this layout, ignoring it).
+    pub route: u32,
 }
+
+/// A stored workload message read back: today's layout, else the one
+/// before `route` was appended (then route 0).
+fn decode_data(id: u64, bytes: &[u8]) -> Result<DataRecord, StoreError> {
+    decode("data", id, bytes).or_else(|e| {
+        #[derive(Deserialize)]
+        struct Before {
+            source: crate::model::DataSource,
+            topic: String,
+            device_time_ms: u64,
+            expires_ms: u64,
+            payload: Vec<u8>,
+        }
+        let old: Before = decode("data", id, bytes).map_err(|_| e)?;
+        Ok(DataRecord {
+            source: old.source,
+            topic: old.topic,
+            device_time_ms: old.device_time_ms,
+            expires_ms: old.expires_ms,
+            payload: old.payload,
+            route: 0,
+        })
+    })
+}
+
+/// Workload messages by route (`DataAppend`, `Store::expire_data`): each
+/// one's route id and stored bytes.
+pub type RouteBytes = Vec<(u32, u64)>;
 
 /// What one read of a workload connection asks `append_data` to commit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -194,10 +226,12 @@ impl DataWrite {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataAppend {
     pub ids: Vec<u64>,
+    /// The messages stored (not the duplicates), in order.
+    pub stored: RouteBytes,
     /// QoS 2 publishes sent again that were stored already.
     pub duplicates: u64,
     /// Older messages dropped to stay within the byte budget.
-    pub dropped_budget: u64,
+    pub dropped_budget: RouteBytes,
 }
 
 /// Who this node is; written on first start.
@@ -902,6 +936,7 @@ impl Store {
                 bytes += value.len() as u64;
                 table.insert(next, value.as_slice())?;
                 appended.ids.push(next);
+                appended.stored.push((record.route, value.len() as u64));
             }
             for key in &write.released {
                 qos2.remove(key.as_str())?;
@@ -909,10 +944,11 @@ impl Store {
             while bytes > budget_bytes {
                 let Some((k, v)) = table.first()? else { break };
                 let (id, len) = (k.value(), v.value().len() as u64);
+                let route = decode_data(id, v.value()).map_or(0, |r| r.route);
                 drop((k, v));
                 table.remove(id)?;
                 bytes = bytes.saturating_sub(len);
-                appended.dropped_budget += 1;
+                appended.dropped_budget.push((route, len));
             }
             meta.insert(KEY_DATA_ID, next.to_le_bytes().as_slice())?;
             meta.insert(KEY_DATA_BYTES, bytes.to_le_bytes().as_slice())?;
@@ -940,7 +976,26 @@ impl Store {
             }
             bytes += v.value().len();
             let id = k.value();
-            out.push((id, decode("data", id, v.value())?));
+            out.push((id, decode_data(id, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// How many messages wait and their bytes, by the route that took
+    /// them (one pass over every stored message: for the counters at
+    /// start).
+    pub fn data_backlog_by_route(
+        &self,
+    ) -> Result<std::collections::BTreeMap<u32, (u64, u64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DATA)?;
+        let mut out = std::collections::BTreeMap::<u32, (u64, u64)>::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            let route = decode_data(k.value(), v.value()).map_or(0, |r| r.route);
+            let entry = out.entry(route).or_default();
+            entry.0 += 1;
+            entry.1 += v.value().len() as u64;
         }
         Ok(out)
     }
@@ -956,9 +1011,11 @@ impl Store {
     /// Removes messages up to and including `last_id` (a batch the broker
     /// acknowledged: batches go out in id order). Not synced on its own:
     /// a crash may send a batch again, which the sink drops by message id.
-    pub fn ack_data(&self, last_id: u64) -> Result<(), StoreError> {
+    /// Returns each removed message's route and bytes.
+    pub fn ack_data(&self, last_id: u64) -> Result<RouteBytes, StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::None)?;
+        let mut removed = Vec::new();
         {
             let mut meta = txn.open_table(META)?;
             let mut table = txn.open_table(DATA)?;
@@ -966,49 +1023,53 @@ impl Store {
             loop {
                 let Some((k, v)) = table.first()? else { break };
                 let (id, len) = (k.value(), v.value().len() as u64);
-                drop((k, v));
                 if id > last_id {
                     break;
                 }
+                let route = decode_data(id, v.value()).map_or(0, |r| r.route);
+                drop((k, v));
                 table.remove(id)?;
                 bytes = bytes.saturating_sub(len);
+                removed.push((route, len));
             }
             meta.insert(KEY_DATA_BYTES, bytes.to_le_bytes().as_slice())?;
         }
         txn.commit()?;
-        Ok(())
+        Ok(removed)
     }
 
-    /// Drops the messages whose time to live has passed; returns how many.
-    pub fn expire_data(&self, now_ms: u64) -> Result<u64, StoreError> {
-        let expired: Vec<(u64, u64)> = {
+    /// Drops the messages whose time to live has passed; returns each one's
+    /// route and bytes.
+    pub fn expire_data(&self, now_ms: u64) -> Result<RouteBytes, StoreError> {
+        let expired: Vec<(u64, u32, u64)> = {
             let txn = self.db.begin_read()?;
             let table = txn.open_table(DATA)?;
             let mut out = Vec::new();
             for item in table.iter()? {
                 let (k, v) = item?;
-                let record: Result<DataRecord, _> = decode("data", k.value(), v.value());
+                let record = decode_data(k.value(), v.value());
                 // A record that does not decode can never be sent: it goes too.
-                if record.is_ok_and(|r| r.expires_ms > now_ms) {
+                if record.as_ref().is_ok_and(|r| r.expires_ms > now_ms) {
                     continue;
                 }
-                out.push((k.value(), v.value().len() as u64));
+                let route = record.map_or(0, |r| r.route);
+                out.push((k.value(), route, v.value().len() as u64));
             }
             out
         };
         if expired.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let txn = self.db.begin_write()?;
-        let mut dropped = 0;
+        let mut dropped = Vec::new();
         {
             let mut meta = txn.open_table(META)?;
             let mut table = txn.open_table(DATA)?;
             let mut bytes = read_u64(&meta, KEY_DATA_BYTES)?;
-            for (id, len) in expired {
+            for (id, route, len) in expired {
                 if table.remove(id)?.is_some() {
                     bytes = bytes.saturating_sub(len);
-                    dropped += 1;
+                    dropped.push((route, len));
                 }
             }
             meta.insert(KEY_DATA_BYTES, bytes.to_le_bytes().as_slice())?;
@@ -1223,6 +1284,7 @@ mod tests {
             device_time_ms: 1,
             expires_ms,
             payload: vec![n; 100],
+            route: 7 + u32::from(n % 2),
         }
     }
 
@@ -1243,7 +1305,7 @@ mod tests {
         let first = store.data_after(0, 2, usize::MAX).expect("read");
         assert_eq!(first.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(first[1].1.payload, vec![1; 100]);
-        store.ack_data(2).expect("ack");
+        assert_eq!(store.ack_data(2).expect("ack").len(), 2);
         let rest = store.data_after(0, 10, usize::MAX).expect("read");
         assert_eq!(
             rest.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
@@ -1278,9 +1340,18 @@ mod tests {
             ..Default::default()
         };
         store.append_data(write, u64::MAX).expect("append");
-        assert_eq!(store.expire_data(2_000).expect("expire"), 2);
-        assert_eq!(store.data_backlog().expect("backlog").0, 1);
         let (_, one) = store.data_backlog().expect("backlog");
+        let one = one / 3;
+        // Each dropped message is named by its route, with its bytes.
+        assert_eq!(
+            store.expire_data(2_000).expect("expire"),
+            [(7, one), (7, one)]
+        );
+        assert_eq!(store.data_backlog().expect("backlog"), (1, one));
+        assert_eq!(
+            store.data_backlog_by_route().expect("by route"),
+            std::collections::BTreeMap::from([(8, (1, one))])
+        );
         // A budget of about two messages (these have a longer TTL field):
         // appending three drops the oldest two.
         let write = DataWrite {
@@ -1288,12 +1359,49 @@ mod tests {
             ..Default::default()
         };
         let appended = store.append_data(write, 2 * one + 40).expect("append");
-        assert_eq!(appended.dropped_budget, 2);
+        // The first message left (route 8), then the first new one (route
+        // 8 too; its TTL field is 8 bytes longer).
+        assert_eq!(appended.dropped_budget, [(8, one), (8, one + 8)]);
         let left = store.data_after(0, 10, usize::MAX).expect("read");
         assert_eq!(
             left.iter().map(|(_, r)| r.payload[0]).collect::<Vec<_>>(),
             [4, 5]
         );
+    }
+
+    /// A message stored by an agent from before routes were counted (its
+    /// record has no `route`) is read back with route 0; an older agent
+    /// reads today's records (postcard ignores the trailing field).
+    #[test]
+    fn data_records_without_a_route_are_read() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Before {
+            source: DataSource,
+            topic: String,
+            device_time_ms: u64,
+            expires_ms: u64,
+            payload: Vec<u8>,
+        }
+        let today = record(3, 9);
+        let before = Before {
+            source: today.source.clone(),
+            topic: today.topic.clone(),
+            device_time_ms: today.device_time_ms,
+            expires_ms: today.expires_ms,
+            payload: today.payload.clone(),
+        };
+        let old_bytes = postcard::to_stdvec(&before).expect("encodes");
+        assert_eq!(
+            decode_data(1, &old_bytes).expect("reads"),
+            DataRecord {
+                route: 0,
+                ..today.clone()
+            }
+        );
+        assert_eq!(decode_data(1, &encode(&today)).expect("reads"), today);
+        let by_older: Before = postcard::from_bytes(&encode(&today)).expect("older reads");
+        assert_eq!(by_older, before);
+        assert!(decode_data(1, &old_bytes[..old_bytes.len() - 1]).is_err());
     }
 
     #[test]

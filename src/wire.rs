@@ -23,8 +23,9 @@ pub mod stream;
 /// streams for port-forward, 9 `StreamExec` for exec and attach and the
 /// container fields of lifecycle hooks, termination messages and env
 /// status references, 10 native sidecars, `Container.restart_policy`, and
-/// the data routes a pod declares, `PodSpec.routes`).
-pub const SCHEMA_VERSION: u16 = 10;
+/// the data routes a pod declares, `PodSpec.routes`, 11 the data path's
+/// counters in the node status, `NodeStatus.data`).
+pub const SCHEMA_VERSION: u16 = 11;
 /// The first version whose `signature` field has a meaning (docs/wire.md,
 /// "Signatures"); in older envelopes it is ignored.
 pub const SIGNED_SINCE_VERSION: u16 = 3;
@@ -55,8 +56,11 @@ pub const CONTAINER_FIELDS_SINCE_VERSION: u16 = 9;
 /// sidecars) and whose `PodSpec` has `routes`; version 9's is read as
 /// today's without them (`model::added`).
 pub const SIDECARS_SINCE_VERSION: u16 = 10;
+/// The first version whose `NodeStatus` has `data` (the data path's
+/// counters); older ones are read without it (`model::added`).
+pub const DATA_STATUS_SINCE_VERSION: u16 = 11;
 /// The oldest version this build still reads (docs/wire.md, "Evolving the
-/// schema"): versions 1 to 4 differ in the fields versions 2 and 5
+/// schema"): versions 1 to 10 differ in the fields versions 2, 5 and 11
 /// appended to `NodeStatus`, 4 to 9 in those versions 9 and 10 appended to
 /// `PodSpec` (both read without them, `model::added`), and versions 1 to 3
 /// in the fields version 4 appended and in running their values literally
@@ -603,8 +607,8 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
         // Versions 1 to 3 had the same `PodSpec`, which version 4 changed.
         Kind::DesiredPod => Message::DesiredPod(pod_spec_from_body(raw, version)?),
         Kind::PodStatus => Message::PodStatus(body(kind, raw)?),
-        // Versions 1 to 4 lack the fields versions 2 and 5 appended: read
-        // as today's without them (`model::added`).
+        // Versions 1 to 10 lack the fields versions 2, 5 and 11 appended:
+        // read as today's without them (`model::added`).
         Kind::NodeStatus => {
             Message::NodeStatus(crate::model::added::reading(version, || body(kind, raw))?)
         }

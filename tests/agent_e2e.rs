@@ -1047,6 +1047,7 @@ fn kedge_top_shows_the_node_and_a_running_wasm_pod() {
         pod_count: 0,
         labels: Default::default(),
         sealing_key: None,
+        data: None,
     };
     let payload = kedge::wire::encode(0, &kedge::wire::Message::NodeStatus(ghost)).expect("enc");
     publish_raw(&env.broker.url(), "kedge/v1/ghost/node", &payload, true);

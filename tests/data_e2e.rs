@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use support::data::{
+    count, injected_credentials, pod_phase, sink_keygen, start_sink, wasm_env_pod,
+};
 use support::postgres::Postgres;
 use support::*;
 
@@ -26,14 +29,6 @@ const N: u64 = 10_000;
 /// messages in flight when the agent is killed may be stored in another
 /// order than they were first sent (the client's doing; checked below).
 const INFLIGHT: u16 = 50;
-
-fn wasm_env_pod(name: &str, module: &Path) -> String {
-    wasm_pod(name, module, &["env"], "Never", "")
-}
-
-fn pod_phase(url: &str, name: &str) -> Option<String> {
-    pod_status(url, name).and_then(|s| s["phase"].as_str().map(str::to_string))
-}
 
 /// The stand-in workload: publishes `{"n":i}` for i in 0..N on
 /// `sensors/t` with QoS 2 and a persistent session, reconnecting through
@@ -91,10 +86,6 @@ fn spawn_publisher(
     })
 }
 
-fn count(pg: &Postgres, sql: &str) -> u64 {
-    pg.psql(sql).parse().unwrap_or(0)
-}
-
 fn publish_file(broker: &Mosquitto, topic: &str, payload: &[u8], dir: &Path) {
     let file = dir.join(format!("p-{}", uuid::Uuid::new_v4().simple()));
     std::fs::write(&file, payload).expect("write payload");
@@ -104,75 +95,6 @@ fn publish_file(broker: &Mosquitto, topic: &str, payload: &[u8], dir: &Path) {
         .arg(&file);
     let out = run_with_deadline(cmd, b"", Duration::from_secs(30));
     assert!(out.status.success(), "mosquitto_pub: {out:?}");
-}
-
-/// The sink's key pair in `dir` (`kedge sink keygen`): its file, and the
-/// public half the devices get.
-fn sink_keygen(dir: &Path) -> (std::path::PathBuf, String) {
-    let sink_key = dir.join("sink.key");
-    let public = kedge_ok(&["sink", "keygen", "--out", sink_key.to_str().expect("utf8")])
-        .trim()
-        .to_string();
-    (sink_key, public)
-}
-
-/// `kedge sink run` on `broker` into `pg`, with the public key of the agent
-/// whose data directory is `dir/data` as its one device, logging to
-/// `dir/sink.log`; returned once it has subscribed.
-fn start_sink(
-    broker: &Mosquitto,
-    pg: &Postgres,
-    dir: &Path,
-    sink_key: &Path,
-) -> std::process::Child {
-    let device_keys = dir.join("device-keys");
-    std::fs::create_dir_all(&device_keys).expect("mkdir");
-    std::fs::copy(
-        dir.join("data/data/device-key.pk8.pub"),
-        device_keys.join(format!("{NODE}.pub")),
-    )
-    .expect("copy the device's public key");
-    let log = std::fs::File::create(dir.join("sink.log")).expect("log");
-    let sink = std::process::Command::new(kedge_bin())
-        .args(["--broker", &broker.url(), "sink", "run", "--key"])
-        .arg(sink_key)
-        .arg("--device-keys")
-        .arg(&device_keys)
-        .args(["--postgres", &pg.conn()])
-        // A plain subscription: Mosquitto 2.0 (Debian's) does not keep a
-        // shared subscription across its restart (README, "Sending workload
-        // data"), and a test restarts it.
-        .args(["--share-group", ""])
-        .env("KEDGE_LOG", "info,kedge=debug")
-        .stdout(log.try_clone().expect("dup"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn kedge sink");
-    wait_until("the sink subscribed", WAIT, || {
-        std::fs::read_to_string(dir.join("sink.log"))
-            .unwrap_or_default()
-            .contains("sink ready")
-            .then_some(())
-    });
-    sink
-}
-
-/// The data endpoint's address and a container's credentials, as the
-/// agent injected them into the Wasm pod `name` (it prints its
-/// environment).
-fn injected_credentials(broker: &Mosquitto, name: &str) -> (String, String, String) {
-    let logs = kedge_ok(&["--broker", &broker.url(), "logs", name]);
-    let env = |key: &str| -> String {
-        logs.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("{key} not in the pod's environment:\n{logs}"))
-            .to_string()
-    };
-    (
-        env("KEDGE_DATA_URL"),
-        env("KEDGE_DATA_USERNAME"),
-        env("KEDGE_DATA_PASSWORD"),
-    )
 }
 
 #[test]
@@ -204,6 +126,8 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
             ("KEDGE_DATA_LISTEN".into(), format!("127.0.0.1:{data_port}")),
             ("KEDGE_DATA_BATCH_MAX_MESSAGES".into(), "200".into()),
             ("KEDGE_BROKER_RECONNECT_MAX_MS".into(), "1000".into()),
+            // Node statuses (and the data path's counters in them) every second.
+            ("KEDGE_NODE_HEARTBEAT_MS".into(), "1000".into()),
         ],
     };
     let mut agent = Agent::start(agent_opts.clone());
@@ -228,7 +152,14 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
     assert_eq!(url, format!("mqtt://127.0.0.1:{data_port}"));
     assert_eq!(username, "default/sensor/main");
 
-    let mut sink = start_sink(&broker, &pg, dir.path(), &sink_key);
+    let mut sink = start_sink(
+        &broker,
+        &pg,
+        dir.path(),
+        &sink_key,
+        NODE,
+        "info,kedge=debug",
+    );
     let sink_log = || std::fs::read_to_string(dir.path().join("sink.log")).unwrap_or_default();
 
     // Everything on the broker, as a curious subscriber sees it.
@@ -350,6 +281,59 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
         "sensors/t"
     );
 
+    // The node status counts it all (since the restart: the messages stored
+    // before it were queued on their route, and sent after it).
+    const ROUTE: &str = "FROM default/sensor sensors/# INTO $upstream TTL 1h";
+    let data = wait_until("the node status counts the backlog as sent", WAIT, || {
+        let json = kedge_ok(&[
+            "--broker",
+            &broker.url(),
+            "get",
+            "routes",
+            "--node",
+            NODE,
+            "-o",
+            "json",
+        ]);
+        let list: serde_json::Value = serde_json::from_str(&json).expect("json");
+        let data = list["items"][0]["data"].clone();
+        (data["queued"] == 0 && data["sent"].as_u64() >= Some(N / 3)).then_some(data)
+    });
+    let route = &data["routes"][0];
+    assert_eq!(route["route"], ROUTE, "{data}");
+    assert_eq!(
+        route["pod"],
+        serde_json::Value::Null,
+        "declared by the node"
+    );
+    assert_eq!(route["queued"], 0, "{data}");
+    assert_eq!(
+        route["sent"], data["sent"],
+        "one route took everything: {data}"
+    );
+    assert_eq!(route["sent_bytes"], data["sent_bytes"], "{data}");
+    for dropped in ["dropped_ttl", "dropped_budget"] {
+        assert_eq!(data[dropped], 0, "{data}");
+        assert_eq!(route[dropped], 0, "{data}");
+    }
+    assert!(data["batches"].as_u64() > Some(0) && data["link_bytes"].as_u64() > Some(0));
+    let table = kedge_ok(&["--broker", &broker.url(), "get", "routes", "--node", NODE]);
+    assert!(
+        table.lines().nth(1).is_some_and(|l| {
+            let cells: Vec<&str> = l
+                .split("   ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            cells.get(..3) == Some(&[NODE, ROUTE, "node"][..])
+        }),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("{NODE}: ")) && table.contains(" 0 queued "),
+        "{table}"
+    );
+
     // The broker saw only ciphertext: no plaintext byte pattern of any
     // message, and no workload topic.
     let seen = everything.messages();
@@ -394,10 +378,21 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
         )],
     };
     let stranger = kedge::data::DeviceKey::generate().expect("key");
-    let forged = kedge::data::seal(&batch(NODE), &stranger, &sink_public_key).expect("seal");
+    let forged = kedge::data::seal(
+        &batch(NODE),
+        kedge::data::Compression::Lz4,
+        &stranger,
+        &sink_public_key,
+    )
+    .expect("seal");
     publish_file(&broker, &data_topic, &forged, dir.path());
-    let unknown =
-        kedge::data::seal(&batch("gw-unknown"), &stranger, &sink_public_key).expect("seal");
+    let unknown = kedge::data::seal(
+        &batch("gw-unknown"),
+        kedge::data::Compression::Lz4,
+        &stranger,
+        &sink_public_key,
+    )
+    .expect("seal");
     publish_file(&broker, "kedge/v1/gw-unknown/data", &unknown, dir.path());
     let refused = |reason: &str| {
         count(
@@ -480,7 +475,14 @@ fn a_pods_own_routes_take_its_messages_to_postgres() {
     assert_eq!(url, format!("mqtt://127.0.0.1:{data_port}"));
     assert_eq!(username, "default/meter/main");
 
-    let mut sink = start_sink(&broker, &pg, dir.path(), &sink_key);
+    let mut sink = start_sink(
+        &broker,
+        &pg,
+        dir.path(),
+        &sink_key,
+        NODE,
+        "info,kedge=debug",
+    );
     // The stand-in for the meter's container: 100 readings on a routed
     // topic, one on a topic no route takes, each acknowledged.
     let rt = tokio::runtime::Builder::new_current_thread()

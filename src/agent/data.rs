@@ -67,9 +67,139 @@ pub struct Counters {
     pub received: AtomicU64,
     pub unrouted: AtomicU64,
     pub sent: AtomicU64,
+    pub sent_bytes: AtomicU64,
+    pub batches: AtomicU64,
+    pub link_bytes: AtomicU64,
     pub dropped_ttl: AtomicU64,
     pub dropped_budget: AtomicU64,
     pub refused_connections: AtomicU64,
+}
+
+/// One route's counters, by its id (`Route::id`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct RouteCounters {
+    /// The route's text and the pod that declared it (None: the node), as
+    /// last declared; None when no route with this id was declared since
+    /// the agent started (messages stored before a restart, under a route
+    /// not declared again).
+    known: Option<(String, Option<String>)>,
+    /// Whether it is declared now; a line neither declared nor holding a
+    /// stored message goes.
+    declared: bool,
+    received: u64,
+    queued: u64,
+    queued_bytes: u64,
+    sent: u64,
+    sent_bytes: u64,
+    dropped_ttl: u64,
+    dropped_budget: u64,
+}
+
+/// What happened to stored messages, for `RouteTally::count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Stored,
+    Sent,
+    DroppedTtl,
+    DroppedBudget,
+}
+
+/// The per-route counters (pure: no I/O, unit-tested).
+#[derive(Debug, Default)]
+struct RouteTally {
+    routes: std::collections::BTreeMap<u32, RouteCounters>,
+}
+
+impl RouteTally {
+    /// `routes` are declared by `pod` (None: the node).
+    fn declare(&mut self, routes: &[Route], pod: Option<String>) {
+        for r in routes {
+            let c = self.routes.entry(r.id).or_default();
+            c.known = Some((r.to_string(), pod.clone()));
+            c.declared = true;
+        }
+    }
+
+    /// `pod` (`namespace/name`) declares `routes` now: its routes that are
+    /// not among them are no longer declared (a line with nothing stored
+    /// goes), the others keep their counters.
+    fn declare_pod(&mut self, pod: &str, routes: &[Route]) {
+        for (id, c) in self.routes.iter_mut() {
+            if !routes.iter().any(|r| r.id == *id)
+                && c.known
+                    .as_ref()
+                    .is_some_and(|(_, p)| p.as_deref() == Some(pod))
+            {
+                c.declared = false;
+            }
+        }
+        self.declare(routes, Some(pod.to_string()));
+        self.routes.retain(|_, c| c.declared || c.queued > 0);
+    }
+
+    /// `pod`'s routes are no longer declared.
+    fn undeclare(&mut self, pod: &str) {
+        self.declare_pod(pod, &[]);
+    }
+
+    fn count(&mut self, fate: Fate, messages: &[(u32, u64)]) {
+        for &(route, bytes) in messages {
+            let c = self.routes.entry(route).or_default();
+            if fate == Fate::Stored {
+                c.received += 1;
+                c.queued += 1;
+                c.queued_bytes += bytes;
+                continue;
+            }
+            c.queued = c.queued.saturating_sub(1);
+            c.queued_bytes = c.queued_bytes.saturating_sub(bytes);
+            match fate {
+                Fate::Sent => {
+                    c.sent += 1;
+                    c.sent_bytes += bytes;
+                }
+                Fate::DroppedTtl => c.dropped_ttl += 1,
+                Fate::DroppedBudget => c.dropped_budget += 1,
+                Fate::Stored => {}
+            }
+        }
+        // A route no longer declared goes once nothing of it is stored.
+        self.routes.retain(|_, c| c.declared || c.queued > 0);
+    }
+
+    /// The lines of the node status: the node's routes, then the pods',
+    /// then what is stored under routes the agent does not know; at most
+    /// `MAX_DATA_ROUTES`.
+    fn lines(&self) -> Vec<crate::model::RouteStatus> {
+        let mut lines: Vec<crate::model::RouteStatus> = self
+            .routes
+            .values()
+            .map(|c| {
+                let (route, pod) = c.known.clone().unwrap_or_default();
+                crate::model::RouteStatus {
+                    route,
+                    pod,
+                    received: c.received,
+                    queued: c.queued,
+                    queued_bytes: c.queued_bytes,
+                    sent: c.sent,
+                    sent_bytes: c.sent_bytes,
+                    dropped_ttl: c.dropped_ttl,
+                    dropped_budget: c.dropped_budget,
+                }
+            })
+            .collect();
+        lines.sort_by(|a, b| {
+            (a.route.is_empty(), a.pod.is_some(), &a.pod, &a.route).cmp(&(
+                b.route.is_empty(),
+                b.pod.is_some(),
+                &b.pod,
+                &b.route,
+            ))
+        });
+        lines.truncate(crate::model::validate::MAX_DATA_ROUTES);
+        lines
+    }
 }
 
 /// What the controller, the endpoint and the forwarder share.
@@ -91,6 +221,7 @@ pub struct DataPath {
     /// Woken after every commit, so the forwarder sends at once.
     committed: Notify,
     pub counters: Counters,
+    tally: std::sync::Mutex<RouteTally>,
 }
 
 impl DataPath {
@@ -102,6 +233,14 @@ impl DataPath {
         store: Arc<Store>,
     ) -> anyhow::Result<DataPath> {
         let secret = load_or_create_secret(&dir.join("endpoint-secret"))?;
+        // What an earlier run stored is still queued, under its routes.
+        let mut tally = RouteTally::default();
+        tally.declare(&routes, None);
+        for (route, (count, bytes)) in store.data_backlog_by_route()? {
+            let c = tally.routes.entry(route).or_default();
+            c.queued += count;
+            c.queued_bytes += bytes;
+        }
         Ok(DataPath {
             routes,
             pods: RwLock::new(HashMap::new()),
@@ -113,7 +252,37 @@ impl DataPath {
             budget_bytes: config.budget_bytes,
             committed: Notify::new(),
             counters: Counters::default(),
+            tally: std::sync::Mutex::new(tally),
         })
+    }
+
+    fn tally(&self) -> std::sync::MutexGuard<'_, RouteTally> {
+        self.tally.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The data path's counters for the node status.
+    pub fn status(&self) -> crate::model::DataPathStatus {
+        let (queued, queued_bytes) = self.store.data_backlog().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot read the data backlog");
+            (0, 0)
+        });
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        crate::model::DataPathStatus {
+            received: load(&c.received),
+            unrouted: load(&c.unrouted),
+            refused_connections: load(&c.refused_connections),
+            queued,
+            queued_bytes,
+            budget_bytes: self.budget_bytes,
+            sent: load(&c.sent),
+            sent_bytes: load(&c.sent_bytes),
+            batches: load(&c.batches),
+            link_bytes: load(&c.link_bytes),
+            dropped_ttl: load(&c.dropped_ttl),
+            dropped_budget: load(&c.dropped_budget),
+            routes: self.tally().lines(),
+        }
     }
 
     fn password(&self, uid: &str, username: &str) -> hmac::Tag {
@@ -128,6 +297,8 @@ impl DataPath {
     pub fn admit(&self, mut spec: PodSpec) -> PodSpec {
         let own = data::route::pod_routes(&spec, self.default_ttl);
         let key = (spec.namespace.clone(), spec.name.clone());
+        self.tally()
+            .declare_pod(&format!("{}/{}", spec.namespace, spec.name), &own);
         let mut pod_routes = self.pod_routes.write().unwrap_or_else(|p| p.into_inner());
         if own.is_empty() {
             pod_routes.remove(&key);
@@ -176,18 +347,19 @@ impl DataPath {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
+        self.tally().undeclare(&format!("{namespace}/{pod}"));
     }
 
-    /// How long a message of `source` on `topic` may wait for the broker:
-    /// the TTL of the first route that takes it, the node's routes before
-    /// the pod's own; None: no route takes it.
-    fn route_ttl(&self, source: &Source, topic: &str) -> Option<Duration> {
+    /// The route a message of `source` on `topic` takes, and how long it
+    /// may wait for the broker: the first route that takes it, the node's
+    /// routes before the pod's own; None: no route takes it.
+    fn route_of(&self, source: &Source, topic: &str) -> Option<(u32, Duration)> {
         if let Some(r) = data::route::route_for(&self.routes, source, topic) {
-            return Some(r.ttl);
+            return Some((r.id, r.ttl));
         }
         let key = (source.namespace.clone(), source.pod.clone());
         let pod_routes = self.pod_routes.read().unwrap_or_else(|p| p.into_inner());
-        data::route::route_for(pod_routes.get(&key)?, source, topic).map(|r| r.ttl)
+        data::route::route_for(pod_routes.get(&key)?, source, topic).map(|r| (r.id, r.ttl))
     }
 
     /// The source a CONNECT's credentials name, if they are right.
@@ -362,14 +534,15 @@ async fn connection(mut stream: TcpStream, path: &DataPath) -> Result<(), Connec
                         }
                     };
                     let now = crate::model::now_ms();
-                    match path.route_ttl(who, &publish.topic) {
-                        Some(ttl) => write.records.push((
+                    match path.route_of(who, &publish.topic) {
+                        Some((route, ttl)) => write.records.push((
                             DataRecord {
                                 source: who.clone(),
                                 topic: publish.topic,
                                 device_time_ms: now,
                                 expires_ms: now.saturating_add(ttl.as_millis() as u64),
                                 payload: publish.payload.to_vec(),
+                                route,
                             },
                             key,
                         )),
@@ -446,10 +619,15 @@ async fn commit(path: &DataPath, write: DataWrite) -> Result<(), ConnectionError
         .await
         .map_err(|e| ConnectionError::Store(e.to_string()))?
         .map_err(|e| ConnectionError::Store(e.to_string()))?;
-    if appended.dropped_budget > 0 {
+    if !appended.dropped_budget.is_empty() {
         path.counters
             .dropped_budget
-            .fetch_add(appended.dropped_budget, Ordering::Relaxed);
+            .fetch_add(appended.dropped_budget.len() as u64, Ordering::Relaxed);
+    }
+    {
+        let mut tally = path.tally();
+        tally.count(Fate::Stored, &appended.stored);
+        tally.count(Fate::DroppedBudget, &appended.dropped_budget);
     }
     if new_messages {
         path.committed.notify_one();
@@ -473,6 +651,9 @@ pub struct ForwarderSettings {
     pub device_key: DeviceKey,
     pub sink: SinkPublicKey,
     pub batch_max_messages: usize,
+    /// How each batch is compressed before it is signed and sealed
+    /// (`data.compression`).
+    pub compression: data::Compression,
     /// Where `DataDropped` events go (the controller's event channel).
     pub events: mpsc::UnboundedSender<Event>,
 }
@@ -483,7 +664,8 @@ struct InFlight {
     /// made or its connection ended first.
     done: oneshot::Receiver<()>,
     last_id: u64,
-    messages: u64,
+    /// Sealed bytes on the link.
+    bytes: u64,
 }
 
 /// Sends stored messages upstream through the agent's session, forever.
@@ -506,6 +688,7 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
             while in_flight.len() < WINDOW {
                 match next_batch(&settings, &path, sent_up_to) {
                     Ok(Some((payload, last_id, messages))) => {
+                        let bytes = payload.len() as u64;
                         let (done, answer) = oneshot::channel();
                         let publish = SessionCommand::PublishAcked {
                             topic: settings.topic.clone(),
@@ -520,7 +703,7 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
                         in_flight.push_back(InFlight {
                             done: answer,
                             last_id,
-                            messages,
+                            bytes,
                         });
                         sent_up_to = last_id;
                     }
@@ -546,10 +729,18 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
                         break "a data batch was not acknowledged (its connection ended)";
                     }
                     let Some(batch) = in_flight.pop_front() else { continue };
-                    path.counters.sent.fetch_add(batch.messages, Ordering::Relaxed);
                     debug!(last_id = batch.last_id, in_flight = in_flight.len(), "data batch acknowledged");
-                    if let Err(e) = path.store.ack_data(batch.last_id) {
-                        warn!(error = %e, "cannot delete acknowledged workload messages; they will be sent again");
+                    let c = &path.counters;
+                    c.batches.fetch_add(1, Ordering::Relaxed);
+                    c.link_bytes.fetch_add(batch.bytes, Ordering::Relaxed);
+                    match path.store.ack_data(batch.last_id) {
+                        Ok(removed) => {
+                            c.sent.fetch_add(removed.len() as u64, Ordering::Relaxed);
+                            let bytes = removed.iter().map(|(_, b)| b).sum();
+                            c.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+                            path.tally().count(Fate::Sent, &removed);
+                        }
+                        Err(e) => warn!(error = %e, "cannot delete acknowledged workload messages; they will be sent again"),
                     }
                 }
                 _ = path.committed.notified() => {}
@@ -608,7 +799,12 @@ fn next_batch(
             })
             .collect(),
     };
-    let sealed = data::seal(&batch, &settings.device_key, &settings.sink)?;
+    let sealed = data::seal(
+        &batch,
+        settings.compression,
+        &settings.device_key,
+        &settings.sink,
+    )?;
     Ok(Some((sealed, batch.last_id(), batch.messages.len() as u64)))
 }
 
@@ -616,9 +812,12 @@ fn next_batch(
 /// report as one `DataDropped` event.
 fn expire_and_report(settings: &ForwarderSettings, path: &DataPath, reported: &mut (u64, u64)) {
     match path.store.expire_data(crate::model::now_ms()) {
-        Ok(0) => {}
-        Ok(n) => {
-            path.counters.dropped_ttl.fetch_add(n, Ordering::Relaxed);
+        Ok(expired) if expired.is_empty() => {}
+        Ok(expired) => {
+            path.counters
+                .dropped_ttl
+                .fetch_add(expired.len() as u64, Ordering::Relaxed);
+            path.tally().count(Fate::DroppedTtl, &expired);
         }
         Err(e) => warn!(error = %e, "cannot drop expired workload messages"),
     }
@@ -703,13 +902,13 @@ mod tests {
             .expect("the pod may connect");
         assert_eq!(source.pod, "meter");
         assert_eq!(
-            path.route_ttl(&source, "readings/t1"),
+            path.route_of(&source, "readings/t1").map(|(_, ttl)| ttl),
             Some(Duration::from_secs(
                 crate::config::DataConfig::default().default_ttl_secs
             )),
             "the node's default TTL"
         );
-        assert_eq!(path.route_ttl(&source, "other"), None);
+        assert_eq!(path.route_of(&source, "other"), None);
         // A pod the node's routes name keeps those first.
         let sensor = Source {
             namespace: "default".into(),
@@ -717,14 +916,130 @@ mod tests {
             container: "main".into(),
         };
         assert_eq!(
-            path.route_ttl(&sensor, "sensors/a"),
+            path.route_of(&sensor, "sensors/a").map(|(_, ttl)| ttl),
             Some(Duration::from_secs(60))
         );
         path.forget("default", "meter");
-        assert_eq!(path.route_ttl(&source, "readings/t1"), None);
+        assert_eq!(
+            path.route_of(&source, "readings/t1").map(|(_, ttl)| ttl),
+            None
+        );
         assert!(
             path.authenticate(&env("KEDGE_DATA_USERNAME"), &env("KEDGE_DATA_PASSWORD"))
                 .is_none()
+        );
+    }
+
+    /// Each route counts what it stored, sent and lost; a pod's routes
+    /// leave with it once nothing of theirs is stored; what an earlier run
+    /// stored under a route is queued on it.
+    #[test]
+    fn routes_count_what_they_store_send_and_drop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = path(dir.path());
+        use crate::model::{PodRoute, samples};
+        let node_route = path.routes[0].clone();
+        let mut spec = samples::spec("meter", "uid-3", 1, crate::model::RestartPolicy::Always);
+        spec.containers.push(samples::container("main"));
+        spec.routes = vec![PodRoute {
+            container: None,
+            filter: "readings/#".into(),
+            ttl_secs: 600,
+        }];
+        path.admit(spec);
+        let meter = Source {
+            namespace: "default".into(),
+            pod: "meter".into(),
+            container: "main".into(),
+        };
+        let (pod_route, _) = path.route_of(&meter, "readings/a").expect("routed");
+        let mut tally = RouteTally::default();
+        std::mem::swap(&mut tally, &mut *path.tally());
+        tally.count(
+            Fate::Stored,
+            &[(node_route.id, 100), (pod_route, 10), (pod_route, 10)],
+        );
+        tally.count(Fate::Sent, &[(node_route.id, 100), (pod_route, 10)]);
+        tally.count(Fate::DroppedTtl, &[(pod_route, 10)]);
+        tally.count(Fate::Stored, &[(pod_route, 30)]);
+        let lines = tally.lines();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].route, node_route.to_string());
+        assert_eq!(lines[0].pod, None, "the node's routes first");
+        assert_eq!(
+            (
+                lines[0].received,
+                lines[0].sent,
+                lines[0].sent_bytes,
+                lines[0].queued
+            ),
+            (1, 1, 100, 0)
+        );
+        assert_eq!(
+            lines[1].route,
+            "FROM default/meter readings/# INTO $upstream TTL 10m"
+        );
+        assert_eq!(lines[1].pod.as_deref(), Some("default/meter"));
+        let l = &lines[1];
+        assert_eq!(
+            (l.received, l.sent, l.dropped_ttl, l.queued, l.queued_bytes),
+            (3, 1, 1, 1, 30)
+        );
+        // The pod starts again with the same route: its counters stay.
+        let own = data::route::pod_routes(
+            &{
+                let mut spec =
+                    samples::spec("meter", "uid-4", 2, crate::model::RestartPolicy::Always);
+                spec.routes = vec![PodRoute {
+                    container: None,
+                    filter: "readings/#".into(),
+                    ttl_secs: 600,
+                }];
+                spec
+            },
+            Duration::from_secs(60),
+        );
+        tally.declare_pod("default/meter", &own);
+        assert_eq!(tally.lines()[1].received, 3);
+        // The pod goes: its line stays while a message of it is stored, and
+        // goes when that message does.
+        tally.undeclare("default/meter");
+        let lines = tally.lines();
+        assert_eq!(
+            (lines[1].route.as_str(), lines[1].queued),
+            ("FROM default/meter readings/# INTO $upstream TTL 10m", 1)
+        );
+        tally.count(Fate::DroppedBudget, &[(pod_route, 30)]);
+        assert_eq!(tally.lines().len(), 1);
+        // A new agent finds what was stored under a route in the store.
+        let store = path.store.clone();
+        let record = |route| DataRecord {
+            source: meter.clone(),
+            topic: "readings/a".into(),
+            device_time_ms: 1,
+            expires_ms: u64::MAX,
+            payload: vec![1; 10],
+            route,
+        };
+        store
+            .append_data(
+                DataWrite {
+                    records: vec![(record(node_route.id), None), (record(0), None)],
+                    ..Default::default()
+                },
+                u64::MAX,
+            )
+            .expect("append");
+        drop((path, store));
+        let again = self::path(dir.path());
+        let status = again.status();
+        assert_eq!(status.queued, 2);
+        assert_eq!(status.routes[0].route, node_route.to_string());
+        assert_eq!(status.routes[0].queued, 1);
+        assert_eq!(
+            (status.routes[1].route.as_str(), status.routes[1].queued),
+            ("", 1),
+            "stored by an older agent: no route known"
         );
     }
 

@@ -423,6 +423,7 @@ async fn start_data_path(
                 device_key,
                 sink,
                 batch_max_messages: config.data.batch_max_messages as usize,
+                compression: config.data.compression(),
                 events: controller.runtime_events.clone(),
             };
             crate::spawn(data::forward(settings, path.clone()));
@@ -732,6 +733,7 @@ impl Controller {
             pod_count: 0,
             labels: Default::default(),
             sealing_key: self.sealing.as_ref().map(|k| k.public().to_bytes()),
+            data: None,
         };
         wire::encode(0, &Message::NodeStatus(status))
     }
@@ -1864,11 +1866,16 @@ impl Controller {
             self.last_node_status.as_ref(),
             now_ms(),
         );
-        let status = NodeStatus {
+        #[allow(unused_mut)]
+        let mut status = NodeStatus {
             labels: self.fleet.labels(),
             sealing_key: self.sealing.as_ref().map(|k| k.public().to_bytes()),
             ..status
         };
+        #[cfg(feature = "data")]
+        {
+            status.data = self.data.as_ref().map(|d| Box::new(d.status()));
+        }
         if let Ok(payload) = wire::encode(status.heartbeat_ms, &Message::NodeStatus(status.clone()))
         {
             self.send(SessionCommand::Publish {

@@ -118,9 +118,10 @@ pub struct Ctx {
     pub pods: Store<Pod>,
     pub mqtt: MqttLink,
     pub stats: Arc<WriteStats>,
-    /// The fleet gauges (`kedge_fleet_*`), rendered by the bridge's loop on
-    /// every tick.
-    pub fleet_metrics: Arc<std::sync::Mutex<String>>,
+    /// The fleet gauges (`kedge_fleet_*`) and the devices' data path
+    /// counters (`kedge_data_*`), rendered by the bridge's loop on every
+    /// tick.
+    pub state_metrics: Arc<std::sync::Mutex<String>>,
     /// Decides every request (SubjectAccessReview).
     pub authorizer: Authorizer,
     pub log_stats: Arc<LogStats>,
@@ -952,7 +953,7 @@ fn pod_has_container(pod: &Pod, container: &str) -> bool {
 fn metrics(ctx: &Ctx) -> String {
     let s = &ctx.stats;
     let fleets = ctx
-        .fleet_metrics
+        .state_metrics
         .lock()
         .map(|m| m.clone())
         .unwrap_or_default();

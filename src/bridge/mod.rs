@@ -14,6 +14,7 @@
 //! are released ([`shard::Held::release`]), the broker link is closed, and
 //! the process exits 0. What was not finished is logged.
 
+pub mod data_metrics;
 pub mod event_series;
 pub mod fleets;
 pub mod kubelet;
@@ -542,7 +543,7 @@ pub async fn run(
             tx.clone(),
         ),
     );
-    let fleet_metrics = Arc::new(std::sync::Mutex::new(String::new()));
+    let state_metrics = Arc::new(std::sync::Mutex::new(String::new()));
     let offline = Arc::new(std::sync::RwLock::new(HashSet::new()));
     let limits = kubelet::ServeLimits {
         handshake_timeout: args.kubelet_tls_handshake_timeout,
@@ -554,7 +555,7 @@ pub async fn run(
         pods: pods.clone(),
         mqtt: mqtt.clone(),
         stats: writer.stats(),
-        fleet_metrics: fleet_metrics.clone(),
+        state_metrics: state_metrics.clone(),
         authorizer: kubelet_auth::Authorizer::new(
             client.clone(),
             args.authorization_webhook_cache_authorized_ttl,
@@ -609,8 +610,9 @@ pub async fn run(
             let now = now_ms();
             let mut actions = fleets.handle(&ev, now, &resolver);
             let tick = matches!(ev, BridgeEvent::Tick);
-            if tick && let Ok(mut m) = fleet_metrics.lock() {
+            if tick && let Ok(mut m) = state_metrics.lock() {
                 *m = fleets::render_metrics(&fleets.gauges());
+                m.push_str(&data_metrics::render(bridge.data_statuses()));
             }
             actions.extend(bridge.handle(ev, now, &resolver));
             if tick {

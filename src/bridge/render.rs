@@ -534,6 +534,7 @@ mod tests {
             pod_count: 0,
             labels: Default::default(),
             sealing_key: None,
+            data: None,
         }
     }
 

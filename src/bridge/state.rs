@@ -519,6 +519,8 @@ fn significant(s: &NodeStatus) -> NodeStatus {
     for c in &mut s.conditions {
         c.last_heartbeat_ms = 0;
     }
+    // The data path's counters are not on the Node (they are metrics).
+    s.data = None;
     s
 }
 
@@ -567,6 +569,16 @@ impl Bridge {
                 ),
             });
         }
+    }
+
+    /// The data path counters of every device that reported some, by node
+    /// name (the last status each sent, online or not).
+    pub fn data_statuses(
+        &self,
+    ) -> impl Iterator<Item = (&str, &crate::model::DataPathStatus)> + Clone {
+        self.devices
+            .iter()
+            .filter_map(|(n, d)| Some((n.as_str(), &**d.last.as_ref()?.data.as_ref()?)))
     }
 
     /// Number of devices known (alive or not).

@@ -9,6 +9,8 @@ pub mod fleet;
 pub mod fleet_args;
 pub mod label;
 #[cfg(feature = "operator")]
+pub mod routes;
+#[cfg(feature = "operator")]
 pub mod top;
 
 use std::io::{Read, Write};
@@ -119,7 +121,7 @@ pub enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// Show pods, nodes or fleets.
+    /// Show pods, nodes, fleets or data routes.
     Get {
         what: GetWhat,
         #[arg(short = 'n', long, default_value = "default")]
@@ -315,6 +317,10 @@ pub enum GetWhat {
     Nodes,
     #[value(alias = "fleet")]
     Fleets,
+    /// The data path's routes of each node (or `--node`'s) and their
+    /// counters.
+    #[value(alias = "route")]
+    Routes,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -913,7 +919,7 @@ pub fn age(ms: u64) -> String {
     }
 }
 
-fn table(rows: &[Vec<String>]) -> String {
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -1042,16 +1048,29 @@ pub async fn get(
         }
         #[cfg(not(feature = "operator"))]
         GetWhat::Fleets => return Err(no_operator("kedge get fleets")),
-        GetWhat::Nodes => {
-            let filter = format!("{}/{node_level}/node", topics.prefix());
-            let mut nodes: Vec<NodeStatus> = Vec::new();
-            for (topic, payload) in client.retained(&filter).await? {
-                match wire::decode_as::<NodeStatus>(&payload).map(|(_, n)| n) {
-                    Ok(n) => nodes.push(n),
-                    Err(e) => eprintln!("warning: skipping {topic}: {e}"),
+        #[cfg(feature = "operator")]
+        GetWhat::Routes => {
+            let nodes = node_statuses(&mut client, &topics, node_level).await?;
+            match output {
+                Some(Output::Json) => {
+                    let items: Vec<serde_json::Value> = nodes
+                        .iter()
+                        .map(|n| serde_json::json!({ "node": n.name, "data": n.data }))
+                        .collect();
+                    print_list(&mut stdout, items)?;
                 }
+                _ if nodes.is_empty() => eprintln!("No resources found"),
+                o => write!(
+                    stdout,
+                    "{}",
+                    routes::routes_table(&nodes, o == Some(Output::Wide))
+                )?,
             }
-            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        #[cfg(not(feature = "operator"))]
+        GetWhat::Routes => return Err(no_operator("kedge get routes")),
+        GetWhat::Nodes => {
+            let nodes = node_statuses(&mut client, &topics, node_level).await?;
             match output {
                 Some(Output::Json) => {
                     writeln!(
@@ -1073,6 +1092,24 @@ pub async fn get(
     }
     client.disconnect().await;
     Ok(())
+}
+
+/// The retained status of every node (`node_level`: one, or `+`), by name.
+async fn node_statuses(
+    client: &mut Client,
+    topics: &Topics,
+    node_level: &str,
+) -> anyhow::Result<Vec<NodeStatus>> {
+    let filter = format!("{}/{node_level}/node", topics.prefix());
+    let mut nodes: Vec<NodeStatus> = Vec::new();
+    for (topic, payload) in client.retained(&filter).await? {
+        match wire::decode_as::<NodeStatus>(&payload).map(|(_, n)| n) {
+            Ok(n) => nodes.push(n),
+            Err(e) => eprintln!("warning: skipping {topic}: {e}"),
+        }
+    }
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(nodes)
 }
 
 /// A node whose last heartbeat is older than this shows NotReady (the

@@ -19,8 +19,12 @@ use thiserror::Error;
 pub use keys::{DeviceKey, SinkKey, SinkPublicKey};
 pub use route::{Route, RouteError, Source, parse_routes};
 
-/// The version of the sealed batch envelope this build writes and reads.
-pub const DATA_VERSION: u16 = 1;
+/// The version of the sealed batch envelope this build writes: 2 added
+/// compression (`Compression`), signed with the batch.
+pub const DATA_VERSION: u16 = 2;
+/// The oldest version `open` still reads (version 1: uncompressed, the
+/// signature over the batch alone).
+pub const OLDEST_DATA_VERSION: u16 = 1;
 
 /// HPKE `info`: binds every sealed batch to this protocol and version.
 const HPKE_INFO: &[u8] = b"kedge data batch v1";
@@ -67,6 +71,31 @@ struct Header {
     key_id: [u8; 8],
 }
 
+/// How the batch inside a version 2 envelope is encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compression {
+    /// The postcard batch as it is.
+    None,
+    /// LZ4's block format (lz4_flex), the plaintext's length first (u32,
+    /// little-endian). `seal` falls back to `None` for a batch it does not
+    /// make smaller.
+    #[default]
+    Lz4,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Compression, String> {
+        match s {
+            "lz4" => Ok(Compression::Lz4),
+            "none" => Ok(Compression::None),
+            other => Err(format!(
+                "unknown compression {other:?}: expected lz4 or none"
+            )),
+        }
+    }
+}
+
 /// What travels on `{prefix}/{node}/data`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Sealed {
@@ -77,12 +106,30 @@ struct Sealed {
     ciphertext: Vec<u8>,
 }
 
-/// The plaintext inside: the batch (postcard) and the device's signature
-/// over exactly those bytes.
+/// The plaintext inside a version 1 envelope: the batch (postcard) and the
+/// device's signature over exactly those bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Signed {
     batch: Vec<u8>,
     signature: Vec<u8>,
+}
+
+/// The plaintext inside a version 2 envelope: the batch encoded by
+/// `compression`, and the device's signature over the compression's
+/// postcard byte followed by those bytes (`signed_bytes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SignedV2 {
+    compression: Compression,
+    batch: Vec<u8>,
+    signature: Vec<u8>,
+}
+
+/// What a version 2 signature covers.
+fn signed_bytes(compression: Compression, batch: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(batch.len() + 1);
+    out.push(compression as u8);
+    out.extend_from_slice(batch);
+    out
 }
 
 type Kem = hpke::kem::X25519HkdfSha256;
@@ -105,6 +152,8 @@ pub enum OpenError {
     UnknownDevice(String),
     #[error("signature of device {0:?} does not verify")]
     BadSignature(String),
+    #[error("cannot decompress the batch of device {device:?}: {detail}")]
+    Decompress { device: String, detail: String },
 }
 
 #[derive(Debug, Error)]
@@ -117,21 +166,49 @@ pub enum SealError {
     Hpke(String),
 }
 
-/// Signs `batch` with the device key and seals it to `sink`.
-pub fn seal(batch: &Batch, device: &DeviceKey, sink: &SinkPublicKey) -> Result<Vec<u8>, SealError> {
+/// Compresses (`compression`, unless that does not make it smaller), signs
+/// `batch` with the device key and seals it to `sink`.
+pub fn seal(
+    batch: &Batch,
+    compression: Compression,
+    device: &DeviceKey,
+    sink: &SinkPublicKey,
+) -> Result<Vec<u8>, SealError> {
     let batch_bytes = postcard::to_stdvec(batch).map_err(|e| SealError::Encode(e.to_string()))?;
     if batch_bytes.len() > MAX_BATCH_BYTES {
         return Err(SealError::TooLarge(batch_bytes.len()));
     }
-    let signature = device.sign(&batch_bytes);
-    let signed = postcard::to_stdvec(&Signed {
+    let (compression, batch_bytes) = match compression {
+        Compression::None => (Compression::None, batch_bytes),
+        Compression::Lz4 => {
+            let packed = lz4_flex::block::compress_prepend_size(&batch_bytes);
+            if packed.len() < batch_bytes.len() {
+                (Compression::Lz4, packed)
+            } else {
+                (Compression::None, batch_bytes)
+            }
+        }
+    };
+    let signature = device.sign(&signed_bytes(compression, &batch_bytes));
+    let signed = postcard::to_stdvec(&SignedV2 {
+        compression,
         batch: batch_bytes,
         signature,
     })
     .map_err(|e| SealError::Encode(e.to_string()))?;
+    seal_signed(&signed, DATA_VERSION, &batch.device, sink)
+}
+
+/// Seals the signed plaintext of a `version` envelope to `sink`.
+fn seal_signed(
+    signed: &[u8],
+    version: u16,
+    device: &str,
+    sink: &SinkPublicKey,
+) -> Result<Vec<u8>, SealError> {
     let header = Header {
-        version: DATA_VERSION,
-        device: batch.device.clone(),
+        version,
+        device: device.to_string(),
         key_id: sink.id(),
     };
     let aad = postcard::to_stdvec(&header).map_err(|e| SealError::Encode(e.to_string()))?;
@@ -139,7 +216,7 @@ pub fn seal(batch: &Batch, device: &DeviceKey, sink: &SinkPublicKey) -> Result<V
         &hpke::OpModeS::Base,
         sink.hpke(),
         HPKE_INFO,
-        &signed,
+        signed,
         &aad,
     )
     .map_err(|e| SealError::Hpke(e.to_string()))?;
@@ -164,7 +241,7 @@ pub fn open(
 ) -> Result<Batch, OpenError> {
     let (version, _) = postcard::take_from_bytes::<u16>(payload)
         .map_err(|e| OpenError::Malformed(e.to_string()))?;
-    if version != DATA_VERSION {
+    if !(OLDEST_DATA_VERSION..=DATA_VERSION).contains(&version) {
         return Err(OpenError::Version(version));
     }
     let sealed: Sealed =
@@ -195,13 +272,32 @@ pub fn open(
         &aad,
     )
     .map_err(|_| OpenError::Decrypt)?;
-    let signed: Signed =
-        postcard::from_bytes(&plain).map_err(|e| OpenError::Malformed(e.to_string()))?;
-    if !keys::verify(&public, &signed.batch, &signed.signature) {
-        return Err(OpenError::BadSignature(sealed.header.device));
-    }
-    let batch: Batch =
-        postcard::from_bytes(&signed.batch).map_err(|e| OpenError::Malformed(e.to_string()))?;
+    let malformed = |e: postcard::Error| OpenError::Malformed(e.to_string());
+    // The signature is checked before anything is decompressed: only a
+    // device's own bytes reach the decompressor, and it is bounded.
+    let batch_bytes = if version == 1 {
+        let signed: Signed = postcard::from_bytes(&plain).map_err(malformed)?;
+        if !keys::verify(&public, &signed.batch, &signed.signature) {
+            return Err(OpenError::BadSignature(sealed.header.device));
+        }
+        signed.batch
+    } else {
+        let signed: SignedV2 = postcard::from_bytes(&plain).map_err(malformed)?;
+        let covered = signed_bytes(signed.compression, &signed.batch);
+        if !keys::verify(&public, &covered, &signed.signature) {
+            return Err(OpenError::BadSignature(sealed.header.device));
+        }
+        match signed.compression {
+            Compression::None => signed.batch,
+            Compression::Lz4 => {
+                decompress(&signed.batch).map_err(|detail| OpenError::Decompress {
+                    device: sealed.header.device.clone(),
+                    detail,
+                })?
+            }
+        }
+    };
+    let batch: Batch = postcard::from_bytes(&batch_bytes).map_err(malformed)?;
     // Signed by the device named in the clear header, so the inside must
     // name it too.
     if batch.device != sealed.header.device {
@@ -211,6 +307,25 @@ pub fn open(
         });
     }
     Ok(batch)
+}
+
+/// An LZ4 block with its length first, at most `MAX_BATCH_BYTES` once
+/// decompressed (checked before anything is allocated).
+fn decompress(packed: &[u8]) -> Result<Vec<u8>, String> {
+    let Some((len, block)) = packed.split_first_chunk::<4>() else {
+        return Err("shorter than its length".into());
+    };
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > MAX_BATCH_BYTES {
+        return Err(format!(
+            "claims {len} bytes, over the limit of {MAX_BATCH_BYTES}"
+        ));
+    }
+    let out = lz4_flex::block::decompress(block, len).map_err(|e| e.to_string())?;
+    if out.len() != len {
+        return Err(format!("{} bytes, not the {len} it claims", out.len()));
+    }
+    Ok(out)
 }
 
 /// The device a data topic belongs to: `{prefix}/{node}/data`.
@@ -259,7 +374,7 @@ mod tests {
     fn a_sealed_batch_opens_with_the_sink_key_and_the_device_key() {
         let f = fixture();
         let b = batch("gw1");
-        let sealed = seal(&b, &f.device, &f.sink.public()).expect("seal");
+        let sealed = seal(&b, Compression::Lz4, &f.device, &f.sink.public()).expect("seal");
         // No plaintext byte of the payload or topic in what travels.
         let hay = String::from_utf8_lossy(&sealed);
         assert!(!hay.contains("21.5") && !hay.contains("sensors/t1"));
@@ -276,7 +391,13 @@ mod tests {
     fn refusals_name_what_is_wrong() {
         let f = fixture();
         let other_device = DeviceKey::generate().expect("key");
-        let sealed = seal(&batch("gw1"), &f.device, &f.sink.public()).expect("seal");
+        let sealed = seal(
+            &batch("gw1"),
+            Compression::None,
+            &f.device,
+            &f.sink.public(),
+        )
+        .expect("seal");
         let sinks = std::slice::from_ref(&f.sink);
         let public = f.device.public_key().to_vec();
         // Unknown device.
@@ -326,9 +447,130 @@ mod tests {
         let public = f.device.public_key().to_vec();
         let both = [new.clone(), f.sink.clone()];
         for key in [&f.sink, &new] {
-            let sealed = seal(&batch("gw1"), &f.device, &key.public()).expect("seal");
+            let sealed =
+                seal(&batch("gw1"), Compression::Lz4, &f.device, &key.public()).expect("seal");
             assert!(open(&sealed, "gw1", &both, |_| Some(public.clone())).is_ok());
         }
+    }
+
+    /// A batch of similar messages: what compression is for.
+    fn telemetry(device: &str, n: u64) -> Batch {
+        let mut b = batch(device);
+        let (_, m) = b.messages[0].clone();
+        b.messages = (0..n)
+            .map(|i| {
+                let mut m = m.clone();
+                m.payload = format!("{{\"sensor\":\"t1\",\"n\":{i},\"celsius\":21.{}}}", i % 10)
+                    .into_bytes();
+                (i + 1, m)
+            })
+            .collect();
+        b
+    }
+
+    #[test]
+    fn compression_shrinks_a_batch_and_opens_to_the_same_messages() {
+        let f = fixture();
+        let public = f.device.public_key().to_vec();
+        let b = telemetry("gw1", 200);
+        let plain = seal(&b, Compression::None, &f.device, &f.sink.public()).expect("seal");
+        let packed = seal(&b, Compression::Lz4, &f.device, &f.sink.public()).expect("seal");
+        assert!(
+            packed.len() * 2 < plain.len(),
+            "lz4 {} bytes, none {} bytes",
+            packed.len(),
+            plain.len()
+        );
+        for sealed in [&plain, &packed] {
+            let opened = open(sealed, "gw1", std::slice::from_ref(&f.sink), |_| {
+                Some(public.clone())
+            })
+            .expect("open");
+            assert_eq!(opened, b);
+        }
+        // One short message does not get smaller: sent as it is.
+        let one = seal(&batch("gw1"), Compression::Lz4, &f.device, &f.sink.public()).expect("seal");
+        let none = seal(
+            &batch("gw1"),
+            Compression::None,
+            &f.device,
+            &f.sink.public(),
+        )
+        .expect("seal");
+        assert_eq!(one.len(), none.len());
+        assert_eq!("lz4".parse(), Ok(Compression::Lz4));
+        assert_eq!("none".parse(), Ok(Compression::None));
+        assert!("zstd".parse::<Compression>().is_err());
+    }
+
+    /// A version 1 envelope (a device of the previous release) still opens.
+    #[test]
+    fn version_1_batches_still_open() {
+        let f = fixture();
+        let public = f.device.public_key().to_vec();
+        let b = batch("gw1");
+        let bytes = postcard::to_stdvec(&b).expect("encode");
+        let signed = postcard::to_stdvec(&Signed {
+            signature: f.device.sign(&bytes),
+            batch: bytes,
+        })
+        .expect("encode");
+        let sealed = seal_signed(&signed, 1, "gw1", &f.sink.public()).expect("seal");
+        let opened = open(&sealed, "gw1", std::slice::from_ref(&f.sink), |_| {
+            Some(public.clone())
+        })
+        .expect("open");
+        assert_eq!(opened, b);
+    }
+
+    /// What is signed is what is opened: the compression byte is covered,
+    /// and a signed block that lies about its length is refused before a
+    /// byte is allocated for it.
+    #[test]
+    fn the_compression_is_signed_and_a_bomb_is_refused() {
+        let f = fixture();
+        let public = f.device.public_key().to_vec();
+        let sinks = std::slice::from_ref(&f.sink);
+        let key = |_: &str| Some(public.clone());
+        let seal_v2 = |compression: Compression, body: Vec<u8>, signed_as: Compression| {
+            let signed = postcard::to_stdvec(&SignedV2 {
+                compression,
+                signature: f.device.sign(&signed_bytes(signed_as, &body)),
+                batch: body,
+            })
+            .expect("encode");
+            seal_signed(&signed, 2, "gw1", &f.sink.public()).expect("seal")
+        };
+        let raw = postcard::to_stdvec(&batch("gw1")).expect("encode");
+        // Signed as uncompressed, relabelled as LZ4.
+        assert_eq!(
+            open(
+                &seal_v2(Compression::Lz4, raw.clone(), Compression::None),
+                "gw1",
+                sinks,
+                key
+            ),
+            Err(OpenError::BadSignature("gw1".into()))
+        );
+        // A block claiming 4 GiB.
+        let mut bomb = u32::MAX.to_le_bytes().to_vec();
+        bomb.extend_from_slice(&[0x1f, 0, 1, 0]);
+        assert!(matches!(
+            open(&seal_v2(Compression::Lz4, bomb, Compression::Lz4), "gw1", sinks, key),
+            Err(OpenError::Decompress { detail, .. }) if detail.contains("over the limit")
+        ));
+        // Garbage after an honest length.
+        let mut junk = 100u32.to_le_bytes().to_vec();
+        junk.extend_from_slice(&[0xff; 8]);
+        assert!(matches!(
+            open(
+                &seal_v2(Compression::Lz4, junk, Compression::Lz4),
+                "gw1",
+                sinks,
+                key
+            ),
+            Err(OpenError::Decompress { .. })
+        ));
     }
 
     #[test]

@@ -32,9 +32,43 @@ pub struct Route {
     pub filter: String,
     /// How long a message may wait on the device for the broker.
     pub ttl: Duration,
+    /// Names the route in the store and the counters (`Route::id_of`).
+    pub id: u32,
+}
+
+impl std::fmt::Display for Route {
+    /// The route in the grammar it was written in, TTL included.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FROM {}/{}", self.namespace, self.pod)?;
+        if let Some(c) = &self.container {
+            write!(f, "/{c}")?;
+        }
+        write!(
+            f,
+            " {} INTO $upstream TTL {}",
+            self.filter,
+            humantime::format_duration(self.ttl)
+                .to_string()
+                .replace(' ', "")
+        )
+    }
 }
 
 impl Route {
+    /// A route's id: the first four bytes of the SHA-256 of who declared
+    /// it (`node`, or the pod) and its text, never 0 (a message stored
+    /// before routes were counted). Stable across restarts, so the
+    /// messages a route stored before one are still its own after it.
+    fn id_of(declared_by: &str, route: &Route) -> u32 {
+        let digest = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("{declared_by}\n{route}").as_bytes(),
+        );
+        let mut four = [0; 4];
+        four.copy_from_slice(&digest.as_ref()[..4]);
+        u32::from_be_bytes(four).max(1)
+    }
+
     /// Whether this route names the pod.
     pub fn names_pod(&self, namespace: &str, pod: &str) -> bool {
         self.namespace == namespace && self.pod == pod
@@ -109,13 +143,16 @@ fn parse_route(line: &str, default_ttl: Duration) -> Result<Route, String> {
             return Err(format!("source {source:?}: invalid {what} name {name:?}"));
         }
     }
-    Ok(Route {
+    let mut route = Route {
         namespace: namespace.to_string(),
         pod: pod.to_string(),
         container,
         filter: filter.to_string(),
         ttl: ttl.unwrap_or(default_ttl),
-    })
+        id: 0,
+    };
+    route.id = Route::id_of("node", &route);
+    Ok(route)
 }
 
 /// A pod's own routes (`PodSpec.routes`) as the data path's routes, with
@@ -123,15 +160,20 @@ fn parse_route(line: &str, default_ttl: Duration) -> Result<Route, String> {
 pub fn pod_routes(spec: &crate::model::PodSpec, default_ttl: Duration) -> Vec<Route> {
     spec.routes
         .iter()
-        .map(|r| Route {
-            namespace: spec.namespace.clone(),
-            pod: spec.name.clone(),
-            container: r.container.clone(),
-            filter: r.filter.clone(),
-            ttl: match r.ttl_secs {
-                0 => default_ttl,
-                secs => Duration::from_secs(secs),
-            },
+        .map(|r| {
+            let mut route = Route {
+                namespace: spec.namespace.clone(),
+                pod: spec.name.clone(),
+                container: r.container.clone(),
+                filter: r.filter.clone(),
+                ttl: match r.ttl_secs {
+                    0 => default_ttl,
+                    secs => Duration::from_secs(secs),
+                },
+                id: 0,
+            };
+            route.id = Route::id_of("pod", &route);
+            route
         })
         .collect()
 }
@@ -171,6 +213,35 @@ mod tests {
             ..main
         };
         assert!(route_for(&routes, &other_pod, "sensors/t1").is_none());
+    }
+
+    #[test]
+    fn a_route_reads_as_written_and_its_id_depends_on_who_declared_it() {
+        let node = parse_routes(
+            "data.routes",
+            "FROM default/meter/main readings/# INTO $upstream TTL 90m",
+            TWO_HOURS,
+        )
+        .expect("valid");
+        assert_eq!(
+            node[0].to_string(),
+            "FROM default/meter/main readings/# INTO $upstream TTL 1h30m"
+        );
+        // The text reads back as the same route.
+        let again = parse_routes("data.routes", &node[0].to_string(), TWO_HOURS).expect("valid");
+        assert_eq!(again, node);
+        let mut spec =
+            crate::model::samples::spec("meter", "uid-1", 1, crate::model::RestartPolicy::Always);
+        spec.routes = vec![crate::model::PodRoute {
+            container: Some("main".into()),
+            filter: "readings/#".into(),
+            ttl_secs: 5400,
+        }];
+        let own = pod_routes(&spec, TWO_HOURS);
+        assert_eq!(own[0].to_string(), node[0].to_string());
+        assert_ne!(own[0].id, node[0].id, "declared by the pod, not the node");
+        assert!(own[0].id != 0 && node[0].id != 0);
+        assert_eq!(pod_routes(&spec, TWO_HOURS)[0].id, own[0].id, "stable");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!
 //! The same holds for `NodeStatus`: version 2 appended `labels`, version 5
 //! `sealing_key` and, to its `NodeInfo`, `machine_id`, `boot_id` and
-//! `system_uuid`.
+//! `system_uuid`; version 11 appended `data` (the data path's counters).
 //!
 //! Version 9 appended `lifecycle`, `termination_message_path`,
 //! `termination_message_fallback_to_logs` and `run_as_non_root` to
@@ -74,4 +74,4 @@ macro_rules! added_in_version {
     )*};
 }
 
-added_in_version!(in_v2 => 2, in_v4 => 4, in_v5 => 5, in_v9 => 9, in_v10 => 10);
+added_in_version!(in_v2 => 2, in_v4 => 4, in_v5 => 5, in_v9 => 9, in_v10 => 10, in_v11 => 11);

@@ -840,6 +840,57 @@ pub struct NodeStatus {
     /// (absent in an older body: `added`).
     #[serde(deserialize_with = "added::in_v5")]
     pub sealing_key: Option<[u8; 32]>,
+    /// The data path's counters (issue 12); None from an agent without
+    /// one. Version 11 (absent in an older body: `added`).
+    #[serde(deserialize_with = "added::in_v11")]
+    pub data: Option<Box<DataPathStatus>>,
+}
+
+/// The device's data path as its node status reports it: counters since
+/// the agent started, except `queued`/`queued_bytes` (what the store holds
+/// now, across restarts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPathStatus {
+    /// Publishes the endpoint read (routed or not).
+    pub received: u64,
+    /// Publishes no route took (acknowledged, not stored).
+    pub unrouted: u64,
+    /// Connections refused (unknown pod, wrong credentials).
+    pub refused_connections: u64,
+    /// Messages waiting for the broker, and their stored bytes.
+    pub queued: u64,
+    pub queued_bytes: u64,
+    /// `data.budget_bytes`.
+    pub budget_bytes: u64,
+    /// Messages the broker acknowledged, their stored bytes, and the
+    /// batches and sealed bytes that carried them (the link's cost).
+    pub sent: u64,
+    pub sent_bytes: u64,
+    pub batches: u64,
+    pub link_bytes: u64,
+    pub dropped_ttl: u64,
+    pub dropped_budget: u64,
+    /// One line per route that is declared or still has messages stored.
+    pub routes: Vec<RouteStatus>,
+}
+
+/// One route's counters (`DataPathStatus::routes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteStatus {
+    /// The route as declared (`FROM ns/pod topic INTO $upstream TTL 2h`);
+    /// empty when the agent does not know it (messages stored before its
+    /// restart under a route not declared since).
+    pub route: String,
+    /// Who declared it: None the node (`data.routes`), else the pod
+    /// (`namespace/name`, its `kedge.io/routes`).
+    pub pod: Option<String>,
+    pub received: u64,
+    pub queued: u64,
+    pub queued_bytes: u64,
+    pub sent: u64,
+    pub sent_bytes: u64,
+    pub dropped_ttl: u64,
+    pub dropped_budget: u64,
 }
 
 impl NodeStatus {
@@ -1176,6 +1227,24 @@ pub mod samples {
             image_pull_secrets: vec![],
             security: PodSecurity::default(),
             routes: vec![],
+        }
+    }
+
+    /// An online node `name` with nothing else reported.
+    pub fn node_status(name: &str) -> NodeStatus {
+        NodeStatus {
+            name: name.into(),
+            online: true,
+            heartbeat_ms: 1,
+            info: NodeInfo::default(),
+            capacity: NodeResources::default(),
+            allocatable: NodeResources::default(),
+            conditions: vec![],
+            addresses: vec![],
+            pod_count: 0,
+            labels: Default::default(),
+            sealing_key: None,
+            data: None,
         }
     }
 

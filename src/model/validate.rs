@@ -77,6 +77,9 @@ pub const MAX_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 /// Cohorts and batches of one fleet deployment (a device reports the batch
 /// groups it is in as bits of a u64).
 pub const MAX_BATCHES: usize = 64;
+/// Routes in a node status's data path counters (the agent reports at most
+/// this many: the node's first, then the pods').
+pub const MAX_DATA_ROUTES: usize = 1024;
 
 /// A value that breaks a rule: the field path (as in the Kubernetes API,
 /// `spec.containers[0].name`) and what is wrong with it.
@@ -877,7 +880,15 @@ impl Validate for NodeStatus {
             text(&format!("addresses[{n}].type"), &a.kind, 64)?;
             text(&format!("addresses[{n}].address"), &a.address, 253)?;
         }
-        labels("metadata.labels", &self.labels)
+        labels("metadata.labels", &self.labels)?;
+        if let Some(data) = &self.data {
+            count("data.routes", data.routes.len(), MAX_DATA_ROUTES)?;
+            for (n, r) in data.routes.iter().enumerate() {
+                text(&format!("data.routes[{n}].route"), &r.route, MAX_SHORT)?;
+                opt_text(&format!("data.routes[{n}].pod"), &r.pod, 2 * 253 + 1)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -334,6 +334,44 @@ pub(super) fn node_status() -> NodeStatus {
             ("kedge.io/tier".to_string(), "canary".to_string()),
         ]),
         sealing_key: Some([0x5a; 32]),
+        data: Some(Box::new(DataPathStatus {
+            received: 10_250,
+            unrouted: 3,
+            refused_connections: 1,
+            queued: 240,
+            queued_bytes: 31_000,
+            budget_bytes: 64 << 20,
+            sent: 10_000,
+            sent_bytes: 1_290_000,
+            batches: 12,
+            link_bytes: 1_310_512,
+            dropped_ttl: 5,
+            dropped_budget: 2,
+            routes: vec![
+                RouteStatus {
+                    route: "FROM default/sensor sensors/# INTO $upstream TTL 2h".into(),
+                    pod: None,
+                    received: 10_000,
+                    queued: 200,
+                    queued_bytes: 26_000,
+                    sent: 9_800,
+                    sent_bytes: 1_260_000,
+                    dropped_ttl: 0,
+                    dropped_budget: 0,
+                },
+                RouteStatus {
+                    route: "FROM default/meter/main readings/# INTO $upstream TTL 10m".into(),
+                    pod: Some("default/meter".into()),
+                    received: 247,
+                    queued: 40,
+                    queued_bytes: 5_000,
+                    sent: 200,
+                    sent_bytes: 30_000,
+                    dropped_ttl: 5,
+                    dropped_budget: 2,
+                },
+            ],
+        })),
     }
 }
 
@@ -961,6 +999,14 @@ fn as_of_version(version: u16, message: Message) -> Message {
         }
         other => other,
     };
+    // Versions 1 to 10 had no data path counters in the node status.
+    let message = match message {
+        Message::NodeStatus(mut n) if version < DATA_STATUS_SINCE_VERSION => {
+            n.data = None;
+            Message::NodeStatus(n)
+        }
+        other => other,
+    };
     match message {
         Message::NodeStatus(mut n) if version < SEALED_SINCE_VERSION => {
             if version == 1 {
@@ -1171,6 +1217,14 @@ fn version_9_vectors_are_still_read() {
     signed_vectors_still_verify(9);
 }
 
+/// Version 10 had kinds 1–21 and a `NodeStatus` without `data` (the data
+/// path's counters); its signed vectors still verify.
+#[test]
+fn version_10_vectors_are_still_read() {
+    older_vectors_are_still_read(10, 21);
+    signed_vectors_still_verify(10);
+}
+
 /// Versions 1 to 3 ran `command`, `args` and env values literally; version
 /// 4 expands them, so an older spec is read with them escaped and runs as
 /// before.
@@ -1293,7 +1347,7 @@ fn write_vectors_then_fail_on_purpose() {
 #[test]
 fn envelope_layout_matches_the_spec() {
     let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
-    assert_eq!(bytes[0], 0x0a, "version 10 as a one-byte varint");
+    assert_eq!(bytes[0], 0x0b, "version 11 as a one-byte varint");
     assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
     assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
     assert_eq!(bytes[3], 0x00, "empty signature: length 0");

@@ -137,6 +137,7 @@ fn node_status(name: &str, online: bool, labels: &BTreeMap<String, String>) -> N
         pod_count: 0,
         labels: labels.clone(),
         sealing_key: None,
+        data: None,
     }
 }
 

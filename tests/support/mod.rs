@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 pub mod cri;
+pub mod data;
 pub mod postgres;
 
 /// Repository root (the kedge crate's manifest directory).

@@ -159,6 +159,7 @@ fn node_status(name: &str, ip: &str, labels: &BTreeMap<String, String>) -> NodeS
         pod_count: 0,
         labels: labels.clone(),
         sealing_key: None,
+        data: None,
     }
 }
 

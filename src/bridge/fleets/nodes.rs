@@ -342,6 +342,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
             sealing_key: None,
+            data: None,
         }
     }
 

@@ -79,6 +79,7 @@ pub fn node_status(fleet_node: &str, devices: &Summary, now_ms: u64) -> NodeStat
         pod_count: 0,
         labels: node_labels(fleet_node),
         sealing_key: None,
+        data: None,
     }
 }
 

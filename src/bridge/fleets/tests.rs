@@ -714,6 +714,7 @@ fn node_status(name: &str, online: bool) -> NodeStatus {
         pod_count: 0,
         labels: Default::default(),
         sealing_key: None,
+        data: None,
     }
 }
 

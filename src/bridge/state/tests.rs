@@ -69,6 +69,7 @@ fn node_status(name: &str, online: bool, heartbeat_ms: u64) -> NodeStatus {
         pod_count: 0,
         labels: Default::default(),
         sealing_key: Some(device_key().public().to_bytes()),
+        data: None,
     }
 }
 
@@ -363,6 +364,37 @@ fn heartbeats_renew_the_lease_every_10s_and_status_only_on_change() {
         &NoResolver,
     );
     assert!(matches!(&a[..], [Action::NodeStatus { .. }]), "{a:?}");
+}
+
+/// The data path's counters change with every heartbeat: they are the
+/// bridge's metrics, never a write of the Node.
+#[test]
+fn data_counters_are_metrics_not_node_writes() {
+    let mut b = synced_bridge();
+    assert_eq!(b.data_statuses().count(), 0);
+    let mut s = node_status("gw1", true, NOW + 5_000);
+    s.data = Some(Box::new(crate::model::DataPathStatus {
+        received: 7,
+        sent: 5,
+        queued: 2,
+        ..Default::default()
+    }));
+    let a = b.handle(
+        BridgeEvent::Node {
+            node: "gw1".into(),
+            status: s,
+        },
+        NOW + 5_000,
+        &NoResolver,
+    );
+    assert!(a.is_empty(), "{a:?}");
+    let statuses: Vec<(&str, u64)> = b.data_statuses().map(|(n, d)| (n, d.sent)).collect();
+    assert_eq!(statuses, [("gw1", 5)]);
+    let text = crate::bridge::data_metrics::render(b.data_statuses());
+    assert!(
+        text.contains("kedge_data_queued_messages{node=\"gw1\"} 2\n"),
+        "{text}"
+    );
 }
 
 #[test]

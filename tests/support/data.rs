@@ -1,0 +1,93 @@
+//! The data path's test set-up, shared by `data_e2e` and the `data_path`
+//! bench: the sink's keys and process, the Wasm pod that prints the
+//! credentials the agent injected, reading PostgreSQL.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::postgres::Postgres;
+use super::{Mosquitto, kedge_bin, kedge_ok, pod_status, wait_until, wasm_pod};
+
+/// A Wasm pod `name` that prints its environment and exits.
+pub fn wasm_env_pod(name: &str, module: &Path) -> String {
+    wasm_pod(name, module, &["env"], "Never", "")
+}
+
+pub fn pod_phase(url: &str, name: &str) -> Option<String> {
+    pod_status(url, name).and_then(|s| s["phase"].as_str().map(str::to_string))
+}
+
+pub fn count(pg: &Postgres, sql: &str) -> u64 {
+    pg.psql(sql).parse().unwrap_or(0)
+}
+
+/// The sink's key pair in `dir` (`kedge sink keygen`): its file, and the
+/// public half the devices get.
+pub fn sink_keygen(dir: &Path) -> (std::path::PathBuf, String) {
+    let sink_key = dir.join("sink.key");
+    let public = kedge_ok(&["sink", "keygen", "--out", sink_key.to_str().expect("utf8")])
+        .trim()
+        .to_string();
+    (sink_key, public)
+}
+
+/// `kedge sink run` on `broker` into `pg`, with the public key of the agent
+/// whose data directory is `dir/data` as its one device (`node`), logging to
+/// `dir/sink.log` at `log_filter` (`KEDGE_LOG`); returned once it has subscribed.
+pub fn start_sink(
+    broker: &Mosquitto,
+    pg: &Postgres,
+    dir: &Path,
+    sink_key: &Path,
+    node: &str,
+    log_filter: &str,
+) -> std::process::Child {
+    let device_keys = dir.join("device-keys");
+    std::fs::create_dir_all(&device_keys).expect("mkdir");
+    std::fs::copy(
+        dir.join("data/data/device-key.pk8.pub"),
+        device_keys.join(format!("{node}.pub")),
+    )
+    .expect("copy the device's public key");
+    let log = std::fs::File::create(dir.join("sink.log")).expect("log");
+    let sink = std::process::Command::new(kedge_bin())
+        .args(["--broker", &broker.url(), "sink", "run", "--key"])
+        .arg(sink_key)
+        .arg("--device-keys")
+        .arg(&device_keys)
+        .args(["--postgres", &pg.conn()])
+        // A plain subscription: Mosquitto 2.0 (Debian's) does not keep a
+        // shared subscription across its restart (README, "Sending workload
+        // data"), and a test restarts it.
+        .args(["--share-group", ""])
+        .env("KEDGE_LOG", log_filter)
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn kedge sink");
+    wait_until("the sink subscribed", Duration::from_secs(120), || {
+        std::fs::read_to_string(dir.join("sink.log"))
+            .unwrap_or_default()
+            .contains("sink ready")
+            .then_some(())
+    });
+    sink
+}
+
+/// The data endpoint's address and a container's credentials, as the
+/// agent injected them into the Wasm pod `name` (it prints its
+/// environment).
+pub fn injected_credentials(broker: &Mosquitto, name: &str) -> (String, String, String) {
+    let logs = kedge_ok(&["--broker", &broker.url(), "logs", name]);
+    let env = |key: &str| -> String {
+        logs.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} not in the pod's environment:\n{logs}"))
+            .to_string()
+    };
+    (
+        env("KEDGE_DATA_URL"),
+        env("KEDGE_DATA_USERNAME"),
+        env("KEDGE_DATA_PASSWORD"),
+    )
+}
