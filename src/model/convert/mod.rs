@@ -5,6 +5,8 @@
 //! agent cannot honour is rejected with its exact field path
 //! (`spec.containers[0].stdin: not supported on kedge nodes`), and fields
 //! that only matter to a scheduler or to the cluster are accepted and ignored.
+//! docs/compatibility.md gives the answer for every field of `PodSpec` and
+//! `Container`; the `compatibility` tests keep it true.
 //!
 //! References to cluster objects (ConfigMaps, Secrets, image pull secrets) are
 //! resolved through a [`Resolver`]: the bridge reads the cluster; `kedge
@@ -33,6 +35,8 @@ use super::{
 };
 use crate::model::validate::{LABEL_RULE, SUBDOMAIN_RULE, is_dns1123_label, is_dns1123_subdomain};
 
+#[cfg(test)]
+mod compatibility;
 mod container;
 mod env;
 mod manifests;
