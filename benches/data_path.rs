@@ -28,7 +28,9 @@
 //!
 //! Environment: `KEDGE_BENCH_MESSAGES` (20000) per throughput round,
 //! `KEDGE_BENCH_ROUNDS` (3) rounds of each, `KEDGE_BENCH_PACED` (1000)
-//! latency samples. Skips with one line without PostgreSQL.
+//! latency samples, `KEDGE_BENCH_AGENT_LOG` (warn) and `KEDGE_BENCH_SINK_LOG`
+//! (info) their `KEDGE_LOG`, `KEDGE_BENCH_KEEP` (unset) keeps the temporary
+//! directory with their logs. Skips with one line without PostgreSQL.
 
 #[path = "stats.rs"]
 #[allow(dead_code)]
@@ -40,9 +42,9 @@ mod support;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use stats::Summary;
-use support::data::{injected_credentials, pod_phase, sink_keygen, start_sink, wasm_env_pod};
+use support::data::{env_pod, run_env_pod, sink_keygen, start_sink};
 use support::postgres::Postgres;
-use support::{Agent, AgentOpts, Mosquitto, free_port, guest_wasm, kedge_ok, wait_until};
+use support::{Agent, AgentOpts, Mosquitto, free_port, kedge_ok, wait_until};
 
 const NODE: &str = "gw-bench";
 const ROUTE: &str = "FROM default/sensor sensors/# INTO $upstream TTL 1h";
@@ -314,6 +316,8 @@ fn main() {
     let messages = env_usize("KEDGE_BENCH_MESSAGES", 20_000) as u64;
     let rounds = env_usize("KEDGE_BENCH_ROUNDS", 3);
     let paced = env_usize("KEDGE_BENCH_PACED", 1000) as u64;
+    let agent_log = std::env::var("KEDGE_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into());
+    let sink_log = std::env::var("KEDGE_BENCH_SINK_LOG").unwrap_or_else(|_| "info".into());
 
     let broker = Mosquitto::start_custom(false, |port| {
         format!(
@@ -331,6 +335,12 @@ fn main() {
     });
     let pg = Postgres::start();
     let dir = tempfile::tempdir().expect("tempdir");
+    if std::env::var_os("KEDGE_BENCH_KEEP").is_some() {
+        println!(
+            "keeping {} (the agent's and the sink's logs)",
+            dir.path().display()
+        );
+    }
     let (sink_key, sink_public) = sink_keygen(dir.path());
     let data_port = free_port();
     let opts = AgentOpts {
@@ -339,7 +349,7 @@ fn main() {
         data_dir: dir.path().join("data"),
         extra_args: vec![],
         env: vec![
-            ("KEDGE_LOG".into(), "warn".into()),
+            ("KEDGE_LOG".into(), agent_log.clone()),
             ("KEDGE_DATA_ROUTES".into(), ROUTE.into()),
             ("KEDGE_DATA_SINK_PUBLIC_KEY".into(), sink_public),
             ("KEDGE_DATA_LISTEN".into(), format!("127.0.0.1:{data_port}")),
@@ -350,25 +360,8 @@ fn main() {
         agent: Agent::start(opts.clone()),
         opts,
     };
-    let pod = dir.path().join("sensor.yaml");
-    std::fs::write(
-        &pod,
-        wasm_env_pod("sensor", &guest_wasm(support::GuestTarget::P1)),
-    )
-    .expect("write");
-    kedge_ok(&[
-        "--broker",
-        &broker.url(),
-        "apply",
-        "-f",
-        pod.to_str().expect("utf8"),
-        "--node",
-        NODE,
-    ]);
-    wait_until("the sensor pod ran", WAIT, || {
-        (pod_phase(&broker.url(), "sensor").as_deref() == Some("Succeeded")).then_some(())
-    });
-    let (url, username, password) = injected_credentials(&broker, "sensor");
+    let (url, username, password) =
+        run_env_pod(&broker, dir.path(), NODE, "sensor", &env_pod("sensor"));
     let (host, port) = url
         .trim_start_matches("mqtt://")
         .rsplit_once(':')
@@ -387,7 +380,7 @@ fn main() {
         credentials: None,
         topic: "floor/sensors/t".into(),
     };
-    let mut sink = start_sink(&broker, &pg, dir.path(), &sink_key, NODE, "warn");
+    let mut sink = start_sink(&broker, &pg, dir.path(), &sink_key, NODE, &sink_log);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -592,6 +585,9 @@ fn main() {
     let _ = sink.kill();
     let _ = sink.wait();
     drop(device);
+    if std::env::var_os("KEDGE_BENCH_KEEP").is_some() {
+        let _ = dir.keep();
+    }
 }
 
 fn median(v: &[f64]) -> f64 {

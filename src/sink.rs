@@ -139,6 +139,9 @@ async fn serve(
     options.set_clean_session(false);
     options.set_manual_acks(true);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
+    // Acks are small and the broker's window to the sink is short: without
+    // this, Nagle's algorithm and delayed ACKs hold each one up to 40 ms.
+    eventloop.network_options.set_tcp_nodelay(true);
     let filter = if args.share_group.is_empty() {
         topics.data("+")
     } else {
@@ -183,21 +186,29 @@ async fn serve(
     info!("sink ready");
     tokio::pin!(shutdown);
     loop {
-        let publish = tokio::select! {
+        let first = tokio::select! {
             _ = &mut shutdown => return Ok(()),
             p = batches.recv() => match p {
                 Some(p) => p,
                 None => anyhow::bail!("the broker connection task ended"),
             },
         };
-        let outcome = open_batch(&topics, &keys, &args.device_keys, &publish);
+        // Every batch already delivered goes into the same transaction (at
+        // most `COALESCE`): one commit for a burst, as the devices batch.
+        let mut publishes = vec![first];
+        while publishes.len() < COALESCE {
+            match batches.try_recv() {
+                Ok(p) => publishes.push(p),
+                Err(_) => break,
+            }
+        }
+        let outcomes: Vec<Result<Batch, (String, OpenError)>> = publishes
+            .iter()
+            .map(|p| open_batch(&topics, &keys, &args.device_keys, p))
+            .collect();
         let mut failures = 0u32;
         loop {
-            let result = match &outcome {
-                Ok(batch) => db.store(batch).await,
-                Err((device, e)) => db.refuse(device, e).await,
-            };
-            match result {
+            match db.store(&outcomes).await {
                 Ok(()) => break,
                 Err(e) => {
                     failures += 1;
@@ -211,12 +222,17 @@ async fn serve(
                 }
             }
         }
-        client
-            .ack(&publish)
-            .await
-            .context("cannot acknowledge a batch")?;
+        for publish in &publishes {
+            client
+                .ack(publish)
+                .await
+                .context("cannot acknowledge a batch")?;
+        }
     }
 }
+
+/// Batches stored in one transaction, at most.
+const COALESCE: usize = 64;
 
 /// Opens one delivered batch, or says why not (with the device it names).
 fn open_batch(
@@ -260,6 +276,9 @@ fn reason(e: &OpenError) -> &'static str {
 
 struct Database {
     client: tokio_postgres::Client,
+    /// `INSERT_MESSAGES` and the refusal's insert, prepared once.
+    insert: tokio_postgres::Statement,
+    refuse: tokio_postgres::Statement,
 }
 
 impl Database {
@@ -276,92 +295,121 @@ impl Database {
             .batch_execute(SCHEMA)
             .await
             .context("cannot create the sink's tables")?;
-        Ok(Database { client })
-    }
-
-    async fn refuse(&mut self, device: &str, e: &OpenError) -> anyhow::Result<()> {
-        warn!(%device, error = %e, "refused a data batch");
-        self.client
-            .execute(
-                "INSERT INTO kedge_refused (device, reason, detail) VALUES ($1, $2, $3)",
-                &[&device, &reason(e), &e.to_string()],
-            )
+        let insert = client.prepare(INSERT_MESSAGES).await?;
+        let refuse = client
+            .prepare("INSERT INTO kedge_refused (device, reason, detail) VALUES ($1, $2, $3)")
             .await?;
-        Ok(())
+        Ok(Database {
+            client,
+            insert,
+            refuse,
+        })
     }
 
-    /// Inserts the batch's messages in one transaction; a batch whose every
-    /// message is stored already is counted as a duplicate.
-    async fn store(&mut self, batch: &Batch) -> anyhow::Result<()> {
-        const COLUMNS: usize = 9;
-        let mut sql = String::from(
-            "INSERT INTO kedge_messages (device, seq, namespace, pod, container, topic, device_time, payload, payload_json) VALUES ",
-        );
-        let ids: Vec<i64> = batch
-            .messages
-            .iter()
-            .map(|(id, _)| i64::try_from(*id).unwrap_or(i64::MAX))
-            .collect();
-        let times: Vec<f64> = batch
-            .messages
-            .iter()
-            .map(|(_, m)| m.device_time_ms as f64 / 1000.0)
-            .collect();
-        let json: Vec<Option<serde_json::Value>> = batch
-            .messages
-            .iter()
-            .map(|(_, m)| serde_json::from_slice(&m.payload).ok())
-            .collect();
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            Vec::with_capacity(batch.messages.len() * COLUMNS);
-        for (i, (_, m)) in batch.messages.iter().enumerate() {
-            let n = i * COLUMNS;
-            if i > 0 {
-                sql.push(',');
+    /// Stores what a burst of deliveries brought, in one transaction: the
+    /// messages of every opened batch (one `INSERT … SELECT FROM unnest`,
+    /// `ON CONFLICT DO NOTHING`), a `kedge_refused` row for every batch
+    /// refused, and one for every batch whose every message was stored
+    /// already (a replay, or a batch sent again after a lost PUBACK).
+    async fn store(
+        &mut self,
+        outcomes: &[Result<Batch, (String, OpenError)>],
+    ) -> anyhow::Result<()> {
+        let mut columns = Columns::default();
+        for batch in outcomes.iter().filter_map(|o| o.as_ref().ok()) {
+            for (id, m) in &batch.messages {
+                columns.device.push(batch.device.clone());
+                columns.seq.push(i64::try_from(*id).unwrap_or(i64::MAX));
+                columns.namespace.push(m.source.namespace.clone());
+                columns.pod.push(m.source.pod.clone());
+                columns.container.push(m.source.container.clone());
+                columns.topic.push(m.topic.clone());
+                columns.device_time.push(m.device_time_ms as f64 / 1000.0);
+                columns.payload.push(m.payload.clone());
+                columns.payload_json.push(
+                    serde_json::from_slice::<serde_json::Value>(&m.payload)
+                        .ok()
+                        .map(|v| v.to_string()),
+                );
             }
-            sql.push_str(&format!(
-                "(${},${},${},${},${},${},to_timestamp(${}),${},${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5,
-                n + 6,
-                n + 7,
-                n + 8,
-                n + 9
-            ));
-            params.push(&batch.device);
-            params.push(&ids[i]);
-            params.push(&m.source.namespace);
-            params.push(&m.source.pod);
-            params.push(&m.source.container);
-            params.push(&m.topic);
-            params.push(&times[i]);
-            params.push(&m.payload);
-            params.push(&json[i]);
         }
-        sql.push_str(" ON CONFLICT (device, seq) DO NOTHING");
         let txn = self.client.transaction().await?;
-        let inserted = if batch.messages.is_empty() {
-            0
-        } else {
-            txn.execute(sql.as_str(), &params).await?
-        };
-        if inserted == 0 {
-            let detail = format!(
-                "batch of {} messages up to seq {}, all stored already (a replay or a re-send)",
-                batch.messages.len(),
-                batch.last_id()
-            );
-            warn!(device = %batch.device, "{detail}");
-            txn.execute(
-                "INSERT INTO kedge_refused (device, reason, detail) VALUES ($1, 'duplicate', $2)",
-                &[&batch.device, &detail],
-            )
-            .await?;
+        let mut inserted = std::collections::HashSet::new();
+        if !columns.seq.is_empty() {
+            let rows = txn
+                .query(
+                    &self.insert,
+                    &[
+                        &columns.device,
+                        &columns.seq,
+                        &columns.namespace,
+                        &columns.pod,
+                        &columns.container,
+                        &columns.topic,
+                        &columns.device_time,
+                        &columns.payload,
+                        &columns.payload_json,
+                    ],
+                )
+                .await?;
+            for row in rows {
+                inserted.insert((row.get::<_, String>(0), row.get::<_, i64>(1)));
+            }
+        }
+
+        for outcome in outcomes {
+            let (device, reason, detail) = match outcome {
+                Err((device, e)) => {
+                    warn!(%device, error = %e, "refused a data batch");
+                    (device.clone(), self::reason(e), e.to_string())
+                }
+                Ok(batch)
+                    if !batch.messages.is_empty()
+                        && !batch.messages.iter().any(|(id, _)| {
+                            inserted.contains(&(
+                                batch.device.clone(),
+                                i64::try_from(*id).unwrap_or(i64::MAX),
+                            ))
+                        }) =>
+                {
+                    let detail = format!(
+                        "batch of {} messages up to seq {}, all stored already (a replay or a re-send)",
+                        batch.messages.len(),
+                        batch.last_id()
+                    );
+                    warn!(device = %batch.device, "{detail}");
+                    (batch.device.clone(), "duplicate", detail)
+                }
+                Ok(_) => continue,
+            };
+            txn.execute(&self.refuse, &[&device, &reason, &detail])
+                .await?;
         }
         txn.commit().await?;
         Ok(())
     }
 }
+
+/// The messages of a burst, column by column (the arrays `unnest` reads).
+#[derive(Default)]
+struct Columns {
+    device: Vec<String>,
+    seq: Vec<i64>,
+    namespace: Vec<String>,
+    pod: Vec<String>,
+    container: Vec<String>,
+    topic: Vec<String>,
+    device_time: Vec<f64>,
+    payload: Vec<Vec<u8>>,
+    payload_json: Vec<Option<String>>,
+}
+
+/// One statement for every message of a burst; returns the keys it
+/// inserted (not those stored already).
+const INSERT_MESSAGES: &str = "INSERT INTO kedge_messages \
+     (device, seq, namespace, pod, container, topic, device_time, payload, payload_json) \
+     SELECT d, s, n, p, c, t, to_timestamp(dt), b, j::jsonb \
+     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::float8[], $8::bytea[], $9::text[]) AS u(d, s, n, p, c, t, dt, b, j) \
+     ON CONFLICT (device, seq) DO NOTHING \
+     RETURNING device, seq";

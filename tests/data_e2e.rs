@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::data::{
-    count, injected_credentials, pod_phase, sink_keygen, start_sink, wasm_env_pod,
+    count, env_pod, injected_credentials, pod_phase, run_env_pod, sink_keygen, start_sink,
+    wasm_env_pod,
 };
 use support::postgres::Postgres;
 use support::*;
@@ -134,21 +135,8 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
 
     // A real Wasm pod the route names: it is given the endpoint and its
     // own credentials, and prints them.
-    let pod = dir.path().join("sensor.yaml");
-    std::fs::write(&pod, wasm_env_pod("sensor", &guest_wasm(GuestTarget::P1))).expect("write");
-    kedge_ok(&[
-        "--broker",
-        &broker.url(),
-        "apply",
-        "-f",
-        pod.to_str().expect("utf8"),
-        "--node",
-        NODE,
-    ]);
-    wait_until("the sensor pod ran", WAIT, || {
-        (pod_phase(&broker.url(), "sensor").as_deref() == Some("Succeeded")).then_some(())
-    });
-    let (url, username, password) = injected_credentials(&broker, "sensor");
+    let (url, username, password) =
+        run_env_pod(&broker, dir.path(), NODE, "sensor", &env_pod("sensor"));
     assert_eq!(url, format!("mqtt://127.0.0.1:{data_port}"));
     assert_eq!(username, "default/sensor/main");
 

@@ -58,6 +58,8 @@ const WINDOW: usize = 4;
 /// Bytes of stored messages per batch, about (below `data::MAX_BATCH_BYTES`;
 /// one larger message makes a batch of its own).
 const BATCH_BYTES: usize = 128 * 1024;
+/// Free room in a workload connection's read buffer before each read.
+const READ_ROOM: usize = 128 * 1024;
 /// How often expired messages are dropped and drops reported.
 const EXPIRY_TICK: Duration = Duration::from_secs(5);
 
@@ -596,6 +598,11 @@ async fn connection(mut stream: TcpStream, path: &DataPath) -> Result<(), Connec
             stream.write_all(&output).await?;
             output.clear();
         }
+        // Room for a burst of packets in one read: what one read brings is
+        // one commit (about 100 in-flight 1-KB publishes fit).
+        if input.capacity() - input.len() < READ_ROOM / 4 {
+            input.reserve(READ_ROOM);
+        }
         let read = tokio::time::timeout(keep_alive, stream.read_buf(&mut input)).await;
         match read {
             Err(_) => return Err(ConnectionError::Protocol("keep-alive expired".into())),
@@ -684,6 +691,13 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
         // stored: what was sent and not acknowledged goes again.
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut sent_up_to = 0u64;
+        // What the broker acknowledged leaves the store in one blocking
+        // task at a time (`deleting`): neither an acknowledgement nor the
+        // next batch waits for the store's write lock, which the endpoint's
+        // commits take all the time.
+        let mut acked_up_to = 0u64;
+        let mut deleted_up_to = 0u64;
+        let mut deleting: Option<Deletion> = None;
         let ended = loop {
             while in_flight.len() < WINDOW {
                 match next_batch(&settings, &path, sent_up_to) {
@@ -714,6 +728,9 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
                     }
                 }
             }
+            if deleting.is_none() && acked_up_to > deleted_up_to {
+                deleting = Some(delete_acknowledged(&path, acked_up_to));
+            }
             // Acknowledgements arrive in publish order (one connection);
             // a batch's messages leave the store on its own and every
             // earlier batch's.
@@ -723,25 +740,33 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
                     None => std::future::pending().await,
                 }
             };
+            let deleted = async {
+                match deleting.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 acked = oldest => {
                     if !acked {
                         break "a data batch was not acknowledged (its connection ended)";
                     }
-                    let Some(batch) = in_flight.pop_front() else { continue };
-                    debug!(last_id = batch.last_id, in_flight = in_flight.len(), "data batch acknowledged");
-                    let c = &path.counters;
-                    c.batches.fetch_add(1, Ordering::Relaxed);
-                    c.link_bytes.fetch_add(batch.bytes, Ordering::Relaxed);
-                    match path.store.ack_data(batch.last_id) {
-                        Ok(removed) => {
-                            c.sent.fetch_add(removed.len() as u64, Ordering::Relaxed);
-                            let bytes = removed.iter().map(|(_, b)| b).sum();
-                            c.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
-                            path.tally().count(Fate::Sent, &removed);
-                        }
-                        Err(e) => warn!(error = %e, "cannot delete acknowledged workload messages; they will be sent again"),
+                    // This one, and every later one already answered.
+                    let mut answered = true;
+                    while answered && let Some(batch) = in_flight.pop_front() {
+                        debug!(last_id = batch.last_id, in_flight = in_flight.len(), "data batch acknowledged");
+                        let c = &path.counters;
+                        c.batches.fetch_add(1, Ordering::Relaxed);
+                        c.link_bytes.fetch_add(batch.bytes, Ordering::Relaxed);
+                        acked_up_to = batch.last_id;
+                        answered = in_flight
+                            .front_mut()
+                            .is_some_and(|next| next.done.try_recv().is_ok());
                     }
+                }
+                joined = deleted => {
+                    deleting = None;
+                    deleted_up_to = deleted_messages(&path, joined);
                 }
                 _ = path.committed.notified() => {}
                 _ = tick.tick() => expire_and_report(&settings, &path, &mut reported),
@@ -755,6 +780,14 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
                 }
             }
         };
+        // What was acknowledged leaves the store before the next connection
+        // starts again from the oldest stored message.
+        if let Some(task) = deleting.take() {
+            deleted_up_to = deleted_messages(&path, task.await);
+        }
+        if acked_up_to > deleted_up_to {
+            deleted_messages(&path, delete_acknowledged(&path, acked_up_to).await);
+        }
         info!(
             reason = ended,
             unacknowledged = in_flight.len(),
@@ -766,6 +799,53 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
         tokio::select! {
             _ = settings.connected.changed() => {}
             _ = tokio::time::sleep(EXPIRY_TICK) => {}
+        }
+    }
+}
+
+/// A blocking task removing what the broker acknowledged: up to which id,
+/// and what it removed.
+type Deletion = tokio::task::JoinHandle<(
+    u64,
+    Result<crate::store::RouteBytes, crate::store::StoreError>,
+)>;
+
+/// Removes the stored messages up to `up_to` (acknowledged) off the async
+/// threads.
+fn delete_acknowledged(path: &Arc<DataPath>, up_to: u64) -> Deletion {
+    let store = path.store.clone();
+    tokio::task::spawn_blocking(move || (up_to, store.ack_data(up_to)))
+}
+
+/// Counts what a deletion removed as sent; the id it went up to (a failed
+/// deletion is not retried on this connection: its messages are sent again
+/// on the next one, and the sink drops the repeats).
+fn deleted_messages(
+    path: &DataPath,
+    joined: Result<
+        (
+            u64,
+            Result<crate::store::RouteBytes, crate::store::StoreError>,
+        ),
+        tokio::task::JoinError,
+    >,
+) -> u64 {
+    match joined {
+        Ok((up_to, Ok(removed))) => {
+            let c = &path.counters;
+            c.sent.fetch_add(removed.len() as u64, Ordering::Relaxed);
+            let bytes = removed.iter().map(|(_, b)| b).sum();
+            c.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+            path.tally().count(Fate::Sent, &removed);
+            up_to
+        }
+        Ok((up_to, Err(e))) => {
+            warn!(error = %e, "cannot delete acknowledged workload messages; they will be sent again");
+            up_to
+        }
+        Err(e) => {
+            warn!(error = %e, "the deletion of acknowledged workload messages failed");
+            0
         }
     }
 }

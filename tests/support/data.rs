@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::postgres::Postgres;
-use super::{Mosquitto, kedge_bin, kedge_ok, pod_status, wait_until, wasm_pod};
+use super::{
+    GuestTarget, Mosquitto, guest_wasm, kedge_bin, kedge_ok, pod_status, wait_until, wasm_pod,
+};
 
 /// A Wasm pod `name` that prints its environment and exits.
 pub fn wasm_env_pod(name: &str, module: &Path) -> String {
@@ -90,4 +92,37 @@ pub fn injected_credentials(broker: &Mosquitto, name: &str) -> (String, String, 
         env("KEDGE_DATA_USERNAME"),
         env("KEDGE_DATA_PASSWORD"),
     )
+}
+
+/// Applies `yaml` (a Wasm pod `name` that prints its environment, such as
+/// `wasm_env_pod`'s) to `node`, waits for it to end, and returns the
+/// endpoint and credentials the agent injected into it: (url, username,
+/// password).
+pub fn run_env_pod(
+    broker: &Mosquitto,
+    dir: &Path,
+    node: &str,
+    name: &str,
+    yaml: &str,
+) -> (String, String, String) {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).expect("write");
+    kedge_ok(&[
+        "--broker",
+        &broker.url(),
+        "apply",
+        "-f",
+        file.to_str().expect("utf8"),
+        "--node",
+        node,
+    ]);
+    wait_until("the pod ran", Duration::from_secs(120), || {
+        (pod_phase(&broker.url(), name).as_deref() == Some("Succeeded")).then_some(())
+    });
+    injected_credentials(broker, name)
+}
+
+/// `wasm_env_pod` of the preview 1 guest.
+pub fn env_pod(name: &str) -> String {
+    wasm_env_pod(name, &guest_wasm(GuestTarget::P1))
 }
