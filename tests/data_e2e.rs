@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::data::{
-    count, env_pod, injected_credentials, pod_phase, run_env_pod, sink_keygen, start_sink,
+    count, env_pod, injected_credentials, run_env_pod, run_pod, sink_keygen, start_sink,
     wasm_env_pod,
 };
 use support::postgres::Postgres;
@@ -433,30 +433,23 @@ fn a_pods_own_routes_take_its_messages_to_postgres() {
         ],
     });
     let module = guest_wasm(GuestTarget::P1);
-    let apply = |name: &str, yaml: String| {
-        let file = dir.path().join(format!("{name}.yaml"));
-        std::fs::write(&file, yaml).expect("write");
-        kedge_ok(&[
-            "--broker",
-            &broker.url(),
-            "apply",
-            "-f",
-            file.to_str().expect("utf8"),
-            "--node",
-            NODE,
-        ]);
-        wait_until("the pod ran", WAIT, || {
-            (pod_phase(&broker.url(), name).as_deref() == Some("Succeeded")).then_some(())
-        });
-    };
-    apply(
+    run_pod(
+        &broker,
+        dir.path(),
+        NODE,
         "meter",
-        wasm_env_pod("meter", &module).replace(
+        &wasm_env_pod("meter", &module).replace(
             "  name: meter\n",
             "  name: meter\n  annotations:\n    kedge.io/routes: \"FROM * meter/# INTO $upstream TTL 1h\"\n",
         ),
     );
-    apply("plain", wasm_env_pod("plain", &module));
+    run_pod(
+        &broker,
+        dir.path(),
+        NODE,
+        "plain",
+        &wasm_env_pod("plain", &module),
+    );
     let plain = kedge_ok(&["--broker", &broker.url(), "logs", "plain"]);
     assert!(!plain.contains("KEDGE_DATA_"), "{plain}");
     let (url, username, password) = injected_credentials(&broker, "meter");

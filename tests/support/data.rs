@@ -94,17 +94,9 @@ pub fn injected_credentials(broker: &Mosquitto, name: &str) -> (String, String, 
     )
 }
 
-/// Applies `yaml` (a Wasm pod `name` that prints its environment, such as
-/// `wasm_env_pod`'s) to `node`, waits for it to end, and returns the
-/// endpoint and credentials the agent injected into it: (url, username,
-/// password).
-pub fn run_env_pod(
-    broker: &Mosquitto,
-    dir: &Path,
-    node: &str,
-    name: &str,
-    yaml: &str,
-) -> (String, String, String) {
+/// Applies `yaml` (a pod `name` that ends by itself) to `node` and waits
+/// until it has succeeded.
+pub fn run_pod(broker: &Mosquitto, dir: &Path, node: &str, name: &str, yaml: &str) {
     let file = dir.join(format!("{name}.yaml"));
     std::fs::write(&file, yaml).expect("write");
     kedge_ok(&[
@@ -119,6 +111,19 @@ pub fn run_env_pod(
     wait_until("the pod ran", Duration::from_secs(120), || {
         (pod_phase(&broker.url(), name).as_deref() == Some("Succeeded")).then_some(())
     });
+}
+
+/// `run_pod` of a Wasm pod that prints its environment (such as
+/// `wasm_env_pod`'s): the endpoint and credentials the agent injected into
+/// it, (url, username, password).
+pub fn run_env_pod(
+    broker: &Mosquitto,
+    dir: &Path,
+    node: &str,
+    name: &str,
+    yaml: &str,
+) -> (String, String, String) {
+    run_pod(broker, dir, node, name, yaml);
     injected_credentials(broker, name)
 }
 
