@@ -187,7 +187,19 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
         rows()
     );
     let agent = Agent::start(agent_opts.clone());
-    done_reaches("every publish acknowledged", N);
+    if poll_until(WAIT, Duration::from_millis(50), || {
+        (done.load(Ordering::SeqCst) >= N).then_some(())
+    })
+    .is_none()
+    {
+        let log = agent.log();
+        let tail: Vec<&str> = log.lines().rev().take(80).collect();
+        panic!(
+            "only {} of {N} publishes acknowledged after the restart ({WAIT:?}); the restarted agent's log (tail, newest first):\n{}",
+            done.load(Ordering::SeqCst),
+            tail.join("\n")
+        );
+    }
     publisher.join().expect("publisher");
     // Only now the broker comes back: everything was kept on the device.
     broker.restart();
