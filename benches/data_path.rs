@@ -380,7 +380,7 @@ fn main() {
         credentials: None,
         topic: "floor/sensors/t".into(),
     };
-    let mut sink = start_sink(&broker, &pg, dir.path(), &sink_key, NODE, &sink_log);
+    let sink = start_sink(&broker, &pg, dir.path(), &sink_key, NODE, &sink_log);
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -582,8 +582,7 @@ fn main() {
     for (size, label, per_message, per_batch) in &link {
         println!("| {label} | {size} B | {per_message:.1} | {per_batch:.1} |");
     }
-    let _ = sink.kill();
-    let _ = sink.wait();
+    drop(sink);
     drop(device);
     if std::env::var_os("KEDGE_BENCH_KEEP").is_some() {
         let _ = dir.keep();

@@ -140,7 +140,7 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
     assert_eq!(url, format!("mqtt://127.0.0.1:{data_port}"));
     assert_eq!(username, "default/sensor/main");
 
-    let mut sink = start_sink(
+    let sink = start_sink(
         &broker,
         &pg,
         dir.path(),
@@ -415,8 +415,7 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
         0
     );
 
-    let _ = sink.kill();
-    let _ = sink.wait();
+    drop(sink);
     drop(agent);
 }
 
@@ -468,7 +467,7 @@ fn a_pods_own_routes_take_its_messages_to_postgres() {
     assert_eq!(url, format!("mqtt://127.0.0.1:{data_port}"));
     assert_eq!(username, "default/meter/main");
 
-    let mut sink = start_sink(
+    let sink = start_sink(
         &broker,
         &pg,
         dir.path(),
@@ -524,6 +523,5 @@ fn a_pods_own_routes_take_its_messages_to_postgres() {
         pg.psql("SELECT DISTINCT topic FROM kedge_messages"),
         "meter/kwh"
     );
-    let _ = sink.kill();
-    let _ = sink.wait();
+    drop(sink);
 }

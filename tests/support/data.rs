@@ -33,6 +33,17 @@ pub fn sink_keygen(dir: &Path) -> (std::path::PathBuf, String) {
     (sink_key, public)
 }
 
+/// A `kedge sink` process, killed when dropped (a failing test leaves none
+/// behind).
+pub struct Sink(std::process::Child);
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `kedge sink run` on `broker` into `pg`, with the public key of the agent
 /// whose data directory is `dir/data` as its one device (`node`), logging to
 /// `dir/sink.log` at `log_filter` (`KEDGE_LOG`); returned once it has subscribed.
@@ -43,7 +54,7 @@ pub fn start_sink(
     sink_key: &Path,
     node: &str,
     log_filter: &str,
-) -> std::process::Child {
+) -> Sink {
     let device_keys = dir.join("device-keys");
     std::fs::create_dir_all(&device_keys).expect("mkdir");
     std::fs::copy(
@@ -73,7 +84,7 @@ pub fn start_sink(
             .contains("sink ready")
             .then_some(())
     });
-    sink
+    Sink(sink)
 }
 
 /// The data endpoint's address and a container's credentials, as the
