@@ -241,16 +241,24 @@ fn validate_converted(mut spec: PodSpec) -> Result<PodSpec, ConvertError> {
     Ok(spec)
 }
 
-/// Rejects the pod-level fields the agent cannot honour. Accepted and ignored,
-/// because they only matter to a scheduler or the cluster: affinity, tolerations,
-/// nodeSelector, nodeName, schedulerName, priority, priorityClassName,
-/// preemptionPolicy, topologySpreadConstraints, serviceAccount(Name),
-/// automountServiceAccountToken unset or false (no token is mounted: the
-/// token volume Kubernetes injects when it is unset is left out with a
-/// warning, see `volumes::is_injected_token_volume`; true is refused until
-/// tokens exist), enableServiceLinks, dnsPolicy and subdomain
-/// (there is no cluster DNS on the edge), and status. `hostname` is accepted
-/// when it is the pod's name (the default, and what StatefulSets set).
+/// Rejects the pod-level fields the agent cannot honour: `setHostnameAsFQDN`,
+/// `automountServiceAccountToken: true` (no token can be mounted), `hostUsers:
+/// false`, `ephemeralContainers`, `readinessGates`, `resourceClaims`,
+/// `hostAliases`, `dnsConfig`, `overhead`, `activeDeadlineSeconds`, a non-empty
+/// pod-level `resources` (requests and limits are set per container; `{}` is
+/// accepted), a `hostname` other than the pod's name, `schedulingGates`, an
+/// `os` other than linux, and the security context's `sysctls` and, for a linux
+/// pod, `windowsOptions`.
+///
+/// Accepted and ignored, because they only matter to a scheduler or the
+/// cluster: affinity, tolerations, nodeSelector, nodeName, schedulerName,
+/// priority, priorityClassName, preemptionPolicy, topologySpreadConstraints,
+/// serviceAccount(Name), enableServiceLinks, dnsPolicy and subdomain (there is
+/// no cluster DNS on the edge), and status. automountServiceAccountToken unset
+/// or false mounts no token: the token volume Kubernetes injects when it is
+/// unset is left out with a warning (`volumes::is_injected_token_volume`).
+/// `hostname` is accepted when it is the pod's name (the default, and what
+/// StatefulSets set).
 fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError> {
     let flags = [(spec.set_hostname_as_fqdn, "spec.setHostnameAsFQDN")];
     for (flag, path) in flags {
@@ -290,7 +298,14 @@ fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError>
             spec.active_deadline_seconds.is_some(),
             "spec.activeDeadlineSeconds",
         ),
-        (spec.resources.is_some(), "spec.resources"),
+        (
+            spec.resources.as_ref().is_some_and(|r| {
+                non_empty(&r.claims)
+                    || r.limits.as_ref().is_some_and(|l| !l.is_empty())
+                    || r.requests.as_ref().is_some_and(|l| !l.is_empty())
+            }),
+            "spec.resources",
+        ),
         (
             spec.hostname
                 .as_ref()
@@ -320,16 +335,52 @@ fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError>
             ),
         ));
     }
-    // Pod security context. Honoured: runAsUser and runAsGroup (copied into
-    // every container that does not set its own), runAsNonRoot (checked
-    // statically, see `Ctx::security_context`), fsGroup and
-    // supplementalGroups (`pod_security`). Rejected: sysctls, which the agent
-    // cannot apply. Ignored: seLinuxOptions and seLinuxChangePolicy
-    // (gateways run without SELinux labelling), windowsOptions (linux only).
+    // Pod security context: `Ctx::security_context` (the defaults of every
+    // container) and `pod_security` (groups, namespaces, SELinux) take what
+    // is honoured; sysctls cannot be applied.
     if let Some(sc) = &spec.security_context
         && non_empty(&sc.sysctls)
     {
         return Err(unsupported("spec.securityContext.sysctls"));
+    }
+    windows_options(spec)
+}
+
+/// `windowsOptions` (pod and containers): the apiserver forbids them in a
+/// pod whose `os.name` is linux, and a kubelet on Linux does not read them
+/// (they only reach a Windows runtime). Here the same: forbidden for a linux
+/// pod, ignored otherwise (a pod without `os` runs on a linux node, where
+/// they mean nothing).
+fn windows_options(spec: &k8s::PodSpec) -> Result<(), ConvertError> {
+    if spec.os.as_ref().is_none_or(|os| os.name != "linux") {
+        return Ok(());
+    }
+    let forbidden = |path: String| {
+        field(
+            format!("{path}.securityContext.windowsOptions"),
+            "Forbidden: windows options cannot be set for a linux pod",
+        )
+    };
+    if spec
+        .security_context
+        .as_ref()
+        .is_some_and(|sc| sc.windows_options.is_some())
+    {
+        return Err(forbidden("spec".into()));
+    }
+    let lists = [
+        ("spec.initContainers", spec.init_containers.as_deref()),
+        ("spec.containers", Some(spec.containers.as_slice())),
+    ];
+    for (list, containers) in lists {
+        for (i, c) in containers.unwrap_or_default().iter().enumerate() {
+            if c.security_context
+                .as_ref()
+                .is_some_and(|sc| sc.windows_options.is_some())
+            {
+                return Err(forbidden(format!("{list}[{i}]")));
+            }
+        }
     }
     Ok(())
 }
@@ -521,6 +572,59 @@ mod tests {
         assert_eq!(
             convert_err(json!({"spec": {"securityContext": {"fsGroup": -1}}})),
             "spec.securityContext.fsGroup: Invalid value: -1: must be between 0 and 4294967295, inclusive"
+        );
+    }
+
+    /// `resources: {}` at the pod level asks for nothing: accepted. Any
+    /// request or limit is refused (set them per container).
+    #[test]
+    fn empty_pod_level_resources_are_accepted() {
+        let plain = convert(json!({}));
+        for empty in [json!({}), json!({"limits": {}, "requests": {}})] {
+            assert_eq!(convert(json!({"spec": {"resources": empty}})), plain);
+        }
+        assert_eq!(
+            convert_err(json!({"spec": {"resources": {"requests": {"memory": "64Mi"}}}})),
+            "spec.resources: not supported on kedge nodes"
+        );
+    }
+
+    /// `windowsOptions`: forbidden in a linux pod, as the apiserver forbids
+    /// them; ignored in a pod without `os`, as a kubelet on Linux ignores
+    /// them.
+    #[test]
+    fn windows_options_are_forbidden_in_linux_pods_and_ignored_otherwise() {
+        let options = json!({"windowsOptions": {"runAsUserName": "ContainerUser"}});
+        let pod_level = json!({"spec": {"securityContext": options.clone()}});
+        let container_level = json!({"spec": {"containers": [
+            {"name": "app", "image": "nginx:1.25", "securityContext": options.clone()}
+        ]}});
+        let init_level = json!({"spec": {"initContainers": [
+            {"name": "init", "image": "busybox:1", "securityContext": options}
+        ]}});
+        let plain = convert(json!({}));
+        assert_eq!(convert(pod_level.clone()), plain);
+        let c = convert(container_level.clone());
+        assert_eq!(
+            c.containers[0].security_context.clone().unwrap_or_default(),
+            SecurityContext::default()
+        );
+        convert(init_level.clone());
+        let linux = |mut pod: Value| {
+            merge(&mut pod, json!({"spec": {"os": {"name": "linux"}}}));
+            convert_err(pod)
+        };
+        assert_eq!(
+            linux(pod_level),
+            "spec.securityContext.windowsOptions: Forbidden: windows options cannot be set for a linux pod"
+        );
+        assert_eq!(
+            linux(container_level),
+            "spec.containers[0].securityContext.windowsOptions: Forbidden: windows options cannot be set for a linux pod"
+        );
+        assert_eq!(
+            linux(init_level),
+            "spec.initContainers[0].securityContext.windowsOptions: Forbidden: windows options cannot be set for a linux pod"
         );
     }
 
