@@ -1785,7 +1785,7 @@ impl Controller {
                 StaticPod::Pod(spec) => {
                     seen.push(spec.key());
                     let key = spec.key();
-                    if let Err(e) = self.apply(key.clone(), Incoming::Apply(spec, PodSource::File))
+                    if let Err(e) = self.apply(key.clone(), Incoming::Apply(*spec, PodSource::File))
                     {
                         warn!(pod = %key, error = %e, "cannot record static pod; read again on the next change or restart");
                     }

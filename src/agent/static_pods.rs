@@ -61,7 +61,7 @@ fn manifest_pods(_text: &str) -> FilePods {
 
 #[derive(Debug, Clone)]
 pub enum StaticPod {
-    Pod(PodSpec),
+    Pod(Box<PodSpec>),
     Invalid {
         file: PathBuf,
         error: String,
@@ -131,7 +131,7 @@ pub fn read_dir(dir: &Path, node: &str) -> (Vec<StaticPod>, BTreeMap<PathBuf, St
                             match crate::model::validate::Validate::validate(&spec) {
                                 Ok(()) => {
                                     let key = spec.key();
-                                    pods.push(StaticPod::Pod(spec));
+                                    pods.push(StaticPod::Pod(Box::new(spec)));
                                     for (reason, message) in warnings {
                                         pods.push(StaticPod::Warning {
                                             file: file.clone(),
@@ -198,7 +198,7 @@ spec:
     fn specs(pods: &[StaticPod]) -> Vec<&PodSpec> {
         pods.iter()
             .filter_map(|p| match p {
-                StaticPod::Pod(s) => Some(s),
+                StaticPod::Pod(s) => Some(&**s),
                 StaticPod::Invalid { .. } | StaticPod::Warning { .. } => None,
             })
             .collect()

@@ -217,6 +217,7 @@ pub fn convert_pod(pod: &k8s::Pod, resolver: &dyn Resolver) -> Result<Converted,
         image_pull_secrets,
         security,
         routes,
+        dns: PodDns::default(),
     };
     Ok(Converted {
         spec: validate_converted(spec)?,
@@ -385,11 +386,15 @@ fn windows_options(spec: &k8s::PodSpec) -> Result<(), ConvertError> {
     Ok(())
 }
 
-/// `hostPID`, `hostIPC`, `shareProcessNamespace`, `fsGroup` and
-/// `supplementalGroups`: container pods only (a Wasm module has no process
-/// of its own). `fsGroupChangePolicy` is either value: the agent makes the
-/// volumes it owns, so both come to the same; `supplementalGroupsPolicy:
-/// Strict` needs a runtime newer than the nodes' containerd.
+/// `hostPID`, `hostIPC`, `shareProcessNamespace`, `fsGroup`,
+/// `supplementalGroups` and the sandbox's `seLinuxOptions`: container pods
+/// only (a Wasm module has no process of its own). `fsGroupChangePolicy` is
+/// either value: the agent makes the volumes it owns, so both come to the
+/// same; `supplementalGroupsPolicy: Strict` needs a runtime newer than the
+/// nodes' containerd. `seLinuxChangePolicy` is either value: `MountOption`
+/// labels only CSI, iSCSI and Fibre Channel volumes by a mount option and
+/// relabels every other volume recursively, as `Recursive` does, and a kedge
+/// pod has only other volumes.
 fn pod_security(spec: &k8s::PodSpec, runtime: RuntimeKind) -> Result<PodSecurity, ConvertError> {
     let sc = spec.security_context.as_ref();
     let security = PodSecurity {
@@ -400,51 +405,75 @@ fn pod_security(spec: &k8s::PodSpec, runtime: RuntimeKind) -> Result<PodSecurity
         supplemental_groups: sc
             .and_then(|sc| sc.supplemental_groups.clone())
             .unwrap_or_default(),
+        se_linux_options: sc
+            .and_then(|sc| sc.se_linux_options.as_ref())
+            .map(security::se_linux_options),
     };
-    if let Some(policy) = sc.and_then(|sc| sc.fs_group_change_policy.as_deref())
-        && !matches!(policy, "OnRootMismatch" | "Always")
-    {
+    let policies: [(_, &str, &[&str]); 3] = [
+        (
+            sc.and_then(|sc| sc.fs_group_change_policy.as_deref()),
+            "fsGroupChangePolicy",
+            &["OnRootMismatch", "Always"],
+        ),
+        (
+            sc.and_then(|sc| sc.supplemental_groups_policy.as_deref()),
+            "supplementalGroupsPolicy",
+            &["Merge", "Strict"],
+        ),
+        (
+            sc.and_then(|sc| sc.se_linux_change_policy.as_deref()),
+            "seLinuxChangePolicy",
+            &["MountOption", "Recursive"],
+        ),
+    ];
+    for (value, name, supported) in policies {
+        if let Some(value) = value
+            && !supported.contains(&value)
+        {
+            let supported: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+            return Err(field(
+                format!("spec.securityContext.{name}"),
+                format!(
+                    "Unsupported value: {value:?}: supported values: {}",
+                    supported.join(", ")
+                ),
+            ));
+        }
+    }
+    if sc.and_then(|sc| sc.supplemental_groups_policy.as_deref()) == Some("Strict") {
         return Err(field(
-            "spec.securityContext.fsGroupChangePolicy",
-            format!(
-                "Unsupported value: {policy:?}: supported values: \"OnRootMismatch\", \"Always\""
-            ),
+            "spec.securityContext.supplementalGroupsPolicy",
+            "Strict is not supported on kedge nodes (their container runtime merges the image's groups)",
         ));
     }
-    match sc.and_then(|sc| sc.supplemental_groups_policy.as_deref()) {
-        None | Some("Merge") => {}
-        Some("Strict") => {
-            return Err(field(
-                "spec.securityContext.supplementalGroupsPolicy",
-                "Strict is not supported on kedge nodes (their container runtime merges the image's groups)",
-            ));
-        }
-        Some(other) => {
-            return Err(field(
-                "spec.securityContext.supplementalGroupsPolicy",
-                format!("Unsupported value: {other:?}: supported values: \"Merge\", \"Strict\""),
-            ));
-        }
-    }
     if runtime == RuntimeKind::Wasm {
+        const NO_PROCESS: &str = "a module has no process of its own";
         let set = [
-            (security.host_pid, "spec.hostPID"),
-            (security.host_ipc, "spec.hostIPC"),
+            (security.host_pid, "spec.hostPID", NO_PROCESS),
+            (security.host_ipc, "spec.hostIPC", NO_PROCESS),
             (
                 security.share_process_namespace,
                 "spec.shareProcessNamespace",
+                NO_PROCESS,
             ),
-            (security.fs_group.is_some(), "spec.securityContext.fsGroup"),
+            (
+                security.fs_group.is_some(),
+                "spec.securityContext.fsGroup",
+                NO_PROCESS,
+            ),
             (
                 !security.supplemental_groups.is_empty(),
                 "spec.securityContext.supplementalGroups",
+                NO_PROCESS,
+            ),
+            (
+                security.se_linux_options.is_some(),
+                "spec.securityContext.seLinuxOptions",
+                security::WASM_SELINUX,
             ),
         ];
-        if let Some((_, path)) = set.iter().find(|(on, _)| *on) {
-            return Err(field(
-                *path,
-                "not supported for wasm pods: a module has no process of its own",
-            ));
+        if let Some((_, path, why)) = set.iter().find(|(on, _, _)| *on) {
+            return Err(field(*path, format!("not supported for wasm pods: {why}")));
         }
     }
     if security.host_pid && security.share_process_namespace {
@@ -539,6 +568,7 @@ mod tests {
                 share_process_namespace: false,
                 fs_group: Some(2000),
                 supplemental_groups: vec![3000, 3001],
+                se_linux_options: None,
             }
         );
         let shared = convert(json!({"spec": {"shareProcessNamespace": true}}));
@@ -625,6 +655,22 @@ mod tests {
         assert_eq!(
             linux(init_level),
             "spec.initContainers[0].securityContext.windowsOptions: Forbidden: windows options cannot be set for a linux pod"
+        );
+    }
+
+    /// `seLinuxChangePolicy`: both values come to the same on a kedge node
+    /// (no volume it has is labelled by a mount option).
+    #[test]
+    fn se_linux_change_policy_takes_either_value() {
+        let plain = convert(json!({}));
+        for policy in ["Recursive", "MountOption"] {
+            let spec =
+                convert(json!({"spec": {"securityContext": {"seLinuxChangePolicy": policy}}}));
+            assert_eq!(spec, plain, "{policy}");
+        }
+        assert_eq!(
+            convert_err(json!({"spec": {"securityContext": {"seLinuxChangePolicy": "Never"}}})),
+            "spec.securityContext.seLinuxChangePolicy: Unsupported value: \"Never\": supported values: \"MountOption\", \"Recursive\""
         );
     }
 
@@ -896,8 +942,7 @@ status: {}
             "enableServiceLinks": false,
             "dnsPolicy": "ClusterFirst",
             "hostname": "web",
-            "subdomain": "edge",
-            "securityContext": {"seLinuxOptions": {"level": "s0"}}
+            "subdomain": "edge"
         }, "status": {"phase": "Running"}}));
         assert_eq!(spec, convert(json!({})));
     }

@@ -4,9 +4,9 @@ use super::*;
 
 impl Ctx<'_> {
     /// The container's security context with the pod's runAsUser/runAsGroup,
-    /// seccompProfile and appArmorProfile as defaults (the container's win).
-    /// Ignored (accepted): seLinuxOptions (no SELinux labelling on gateways),
-    /// windowsOptions (linux only).
+    /// seccompProfile, appArmorProfile and seLinuxOptions as defaults (the
+    /// container's win), as the kubelet's `determineEffectiveSecurityContext`
+    /// merges them. windowsOptions: `pod::windows_options`.
     pub(super) fn security_context(
         &self,
         container: &str,
@@ -50,6 +50,12 @@ impl Ctx<'_> {
                     return Err(field(
                         format!("{sc_path}.capabilities.add"),
                         "not supported for wasm containers",
+                    ));
+                }
+                if sc.se_linux_options.is_some() {
+                    return Err(field(
+                        format!("{sc_path}.seLinuxOptions"),
+                        format!("not supported for wasm containers: {WASM_SELINUX}"),
                     ));
                 }
             }
@@ -117,6 +123,15 @@ impl Ctx<'_> {
         }
         out.seccomp_profile = seccomp;
         out.app_armor_profile = app_armor;
+        // seLinuxOptions: the container's whole, else the pod's (a Wasm
+        // pod's is refused by `pod_security`).
+        if let Some(o) = sc
+            .and_then(|sc| sc.se_linux_options.as_ref())
+            .or_else(|| pod_sc.and_then(|p| p.se_linux_options.as_ref()))
+        {
+            out.se_linux_options = Some(se_linux_options(o));
+            any = true;
+        }
         let ids = [
             (
                 sc.and_then(|sc| sc.run_as_user),
@@ -263,6 +278,22 @@ impl Ctx<'_> {
     }
 }
 
+/// Why a Wasm module cannot have an SELinux label (after "not supported
+/// for wasm containers: " or "… pods: ").
+pub(super) const WASM_SELINUX: &str = "no SELinux label applies inside the agent";
+
+/// `seLinuxOptions` as the CRI takes them (an unset part: the runtime's
+/// default for it).
+pub(super) fn se_linux_options(o: &k8s::SELinuxOptions) -> SeLinuxOptions {
+    let part = |p: &Option<String>| p.clone().unwrap_or_default();
+    SeLinuxOptions {
+        user: part(&o.user),
+        role: part(&o.role),
+        r#type: part(&o.type_),
+        level: part(&o.level),
+    }
+}
+
 /// The deprecated per-container AppArmor annotation, before the container's
 /// name.
 const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
@@ -322,6 +353,7 @@ mod tests {
                 capabilities_drop: vec!["ALL".into()],
                 seccomp_profile: Some(SecurityProfile::RuntimeDefault),
                 app_armor_profile: Some(SecurityProfile::RuntimeDefault),
+                se_linux_options: None,
             })
         );
         let err = convert_err(with_container(json!({"name": "app", "image": "nginx",
@@ -330,6 +362,57 @@ mod tests {
             err,
             "spec.containers[0].securityContext.allowPrivilegeEscalation: cannot be false when privileged is true"
         );
+    }
+
+    /// seLinuxOptions: the pod's label is the sandbox's and every
+    /// container's that has none of its own; a container's replaces the
+    /// pod's whole (the kubelet's effective security context).
+    #[test]
+    fn se_linux_options_reach_the_sandbox_and_each_container() {
+        let spec = convert(json!({"spec": {
+            "securityContext": {"seLinuxOptions": {"level": "s0:c1,c2", "type": "container_t"}},
+            "initContainers": [{"name": "init", "image": "busybox"}],
+            "containers": [{"name": "app", "image": "nginx", "securityContext": {
+                "seLinuxOptions": {"user": "system_u", "role": "system_r"}
+            }}]
+        }}));
+        let pod = SeLinuxOptions {
+            r#type: "container_t".into(),
+            level: "s0:c1,c2".into(),
+            ..Default::default()
+        };
+        assert_eq!(spec.security.se_linux_options, Some(pod.clone()));
+        let label = |c: &Container| c.security_context.clone().and_then(|s| s.se_linux_options);
+        assert_eq!(label(&spec.init_containers[0]), Some(pod));
+        assert_eq!(
+            label(&spec.containers[0]),
+            Some(SeLinuxOptions {
+                user: "system_u".into(),
+                role: "system_r".into(),
+                ..Default::default()
+            })
+        );
+        let plain = convert(json!({}));
+        assert_eq!(plain.security.se_linux_options, None);
+        assert_eq!(plain.containers[0].security_context, None);
+
+        // Wasm: no SELinux label applies inside the agent.
+        let module = format!("file:///m.wasm@sha256:{DIGEST}");
+        for (patch, expected) in [
+            (
+                json!({"spec": {"containers": [{"name": "app", "image": module.clone(),
+                    "securityContext": {"seLinuxOptions": {"level": "s0"}}}]}}),
+                "spec.containers[0].securityContext.seLinuxOptions: not supported for wasm containers: no SELinux label applies inside the agent",
+            ),
+            (
+                json!({"spec": {"securityContext": {"seLinuxOptions": {"type": "spc_t"}}}}),
+                "spec.securityContext.seLinuxOptions: not supported for wasm pods: no SELinux label applies inside the agent",
+            ),
+        ] {
+            let mut pod = wasm(&module);
+            merge(&mut pod, patch);
+            assert_eq!(convert_err(pod), expected);
+        }
     }
 
     #[test]
