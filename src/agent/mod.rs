@@ -539,6 +539,7 @@ async fn cri_runtime(config: &Config, versions: String) -> (Option<Arc<dyn Runti
             seccomp_default: config.cri.seccomp_default,
             seccomp_root: config.data_dir.join("seccomp"),
         },
+        resolv_conf: config.cri.resolv_conf.clone(),
     };
     // What a container without a seccompProfile gets, said once (the
     // kubelet's --seccomp-default is as silent in its status).

@@ -28,10 +28,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    Container, ContainerPort, DEFAULT_TERMINATION_MESSAGE_PATH, EnvVar, Hook, HostPathType,
-    Lifecycle, MountPropagation, PodDns, PodSecurity, PodSpec, Probe, ProbeHandler, PullPolicy,
-    Resources, RestartPolicy, RuntimeKind, SeLinuxOptions, SecurityContext, SecurityProfile,
-    StatusField, Volume, VolumeMount, VolumeSource, WASM_RUNTIME_CLASS,
+    Container, ContainerPort, DEFAULT_TERMINATION_MESSAGE_PATH, DnsPolicy, EnvVar, Hook,
+    HostPathType, Lifecycle, MountPropagation, PodDns, PodSecurity, PodSpec, Probe, ProbeHandler,
+    PullPolicy, Resources, RestartPolicy, RuntimeKind, SeLinuxOptions, SecurityContext,
+    SecurityProfile, StatusField, Volume, VolumeMount, VolumeSource, WASM_RUNTIME_CLASS,
 };
 use crate::model::validate::{LABEL_RULE, SUBDOMAIN_RULE, is_dns1123_label, is_dns1123_subdomain};
 

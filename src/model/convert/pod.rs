@@ -183,6 +183,7 @@ pub fn convert_pod(pod: &k8s::Pod, resolver: &dyn Resolver) -> Result<Converted,
 
     let image_pull_secrets = ctx.image_pull_secrets()?;
     let security = pod_security(spec, runtime)?;
+    let dns = pod_dns(spec, runtime)?;
     // The data routes the pod declares for itself (`model::route`).
     let routes = match meta
         .annotations
@@ -217,7 +218,7 @@ pub fn convert_pod(pod: &k8s::Pod, resolver: &dyn Resolver) -> Result<Converted,
         image_pull_secrets,
         security,
         routes,
-        dns: PodDns::default(),
+        dns,
     };
     Ok(Converted {
         spec: validate_converted(spec)?,
@@ -245,21 +246,21 @@ fn validate_converted(mut spec: PodSpec) -> Result<PodSpec, ConvertError> {
 /// Rejects the pod-level fields the agent cannot honour: `setHostnameAsFQDN`,
 /// `automountServiceAccountToken: true` (no token can be mounted), `hostUsers:
 /// false`, `ephemeralContainers`, `readinessGates`, `resourceClaims`,
-/// `hostAliases`, `dnsConfig`, `overhead`, `activeDeadlineSeconds`, a non-empty
-/// pod-level `resources` (requests and limits are set per container; `{}` is
-/// accepted), a `hostname` other than the pod's name, `schedulingGates`, an
-/// `os` other than linux, and the security context's `sysctls` and, for a linux
-/// pod, `windowsOptions`.
+/// `hostAliases`, `overhead`, `activeDeadlineSeconds`, a non-empty pod-level
+/// `resources` (requests and limits are set per container; `{}` is accepted), a
+/// `hostname` other than the pod's name, `schedulingGates`, an `os` other than
+/// linux, and the security context's `sysctls` and, for a linux pod,
+/// `windowsOptions`.
 ///
 /// Accepted and ignored, because they only matter to a scheduler or the
 /// cluster: affinity, tolerations, nodeSelector, nodeName, schedulerName,
 /// priority, priorityClassName, preemptionPolicy, topologySpreadConstraints,
-/// serviceAccount(Name), enableServiceLinks, dnsPolicy and subdomain (there is
-/// no cluster DNS on the edge), and status. automountServiceAccountToken unset
-/// or false mounts no token: the token volume Kubernetes injects when it is
-/// unset is left out with a warning (`volumes::is_injected_token_volume`).
-/// `hostname` is accepted when it is the pod's name (the default, and what
-/// StatefulSets set).
+/// serviceAccount(Name), enableServiceLinks, subdomain (there is no cluster DNS
+/// on the edge), and status. automountServiceAccountToken unset or false mounts
+/// no token: the token volume Kubernetes injects when it is unset is left out
+/// with a warning (`volumes::is_injected_token_volume`). `hostname` is accepted
+/// when it is the pod's name (the default, and what StatefulSets set).
+/// `pod_dns` takes dnsPolicy and dnsConfig.
 fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError> {
     let flags = [(spec.set_hostname_as_fqdn, "spec.setHostnameAsFQDN")];
     for (flag, path) in flags {
@@ -294,7 +295,6 @@ fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError>
             spec.overhead.as_ref().is_some_and(|o| !o.is_empty()),
             "spec.overhead",
         ),
-        (spec.dns_config.is_some(), "spec.dnsConfig"),
         (
             spec.active_deadline_seconds.is_some(),
             "spec.activeDeadlineSeconds",
@@ -485,6 +485,134 @@ fn pod_security(spec: &k8s::PodSpec, runtime: RuntimeKind) -> Result<PodSecurity
     Ok(security)
 }
 
+/// `dnsPolicy` and `dnsConfig`, checked as the apiserver checks them (with
+/// its relaxed search domains: `.` and `_` allowed); the agent makes the
+/// sandbox's resolver configuration from them and the node's, as the
+/// kubelet does (`runtime::cri::dns`). A Wasm module has no network: its
+/// `dnsPolicy` changes nothing, and a `dnsConfig` is refused.
+fn pod_dns(spec: &k8s::PodSpec, runtime: RuntimeKind) -> Result<PodDns, ConvertError> {
+    use crate::model::validate::{MAX_DNS_NAMESERVERS, MAX_DNS_SEARCH_CHARS, MAX_DNS_SEARCHES};
+    let policy = match spec.dns_policy.as_deref() {
+        None | Some("ClusterFirst") => DnsPolicy::ClusterFirst,
+        Some("ClusterFirstWithHostNet") => DnsPolicy::ClusterFirstWithHostNet,
+        Some("Default") => DnsPolicy::Default,
+        Some("None") => DnsPolicy::None,
+        Some(other) => {
+            return Err(field(
+                "spec.dnsPolicy",
+                format!(
+                    "Unsupported value: {other:?}: supported values: \"ClusterFirstWithHostNet\", \"ClusterFirst\", \"Default\", \"None\""
+                ),
+            ));
+        }
+    };
+    let Some(config) = &spec.dns_config else {
+        if policy == DnsPolicy::None {
+            return Err(field(
+                "spec.dnsConfig",
+                "Required value: must provide `dnsConfig` when `dnsPolicy` is None",
+            ));
+        }
+        return Ok(match runtime {
+            RuntimeKind::Container => PodDns {
+                policy,
+                ..PodDns::default()
+            },
+            RuntimeKind::Wasm => PodDns::default(),
+        });
+    };
+    if runtime == RuntimeKind::Wasm {
+        return Err(field(
+            "spec.dnsConfig",
+            "not supported for wasm pods: a module has no network",
+        ));
+    }
+    let nameservers = config.nameservers.clone().unwrap_or_default();
+    let path = "spec.dnsConfig.nameservers";
+    if policy == DnsPolicy::None && nameservers.is_empty() {
+        return Err(field(
+            path,
+            "Required value: must provide at least one DNS nameserver when `dnsPolicy` is None",
+        ));
+    }
+    if nameservers.len() > MAX_DNS_NAMESERVERS {
+        return Err(field(
+            path,
+            format!("Invalid value: must not have more than {MAX_DNS_NAMESERVERS} nameservers"),
+        ));
+    }
+    for (i, ns) in nameservers.iter().enumerate() {
+        if ns.parse::<std::net::IpAddr>().is_err() {
+            return Err(field(
+                format!("{path}[{i}]"),
+                format!(
+                    "Invalid value: {ns:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+                ),
+            ));
+        }
+    }
+    let searches = config.searches.clone().unwrap_or_default();
+    let path = "spec.dnsConfig.searches";
+    if searches.len() > MAX_DNS_SEARCHES {
+        return Err(field(
+            path,
+            format!("Invalid value: must not have more than {MAX_DNS_SEARCHES} search paths"),
+        ));
+    }
+    if searches.join(" ").len() > MAX_DNS_SEARCH_CHARS {
+        return Err(field(
+            path,
+            format!(
+                "Invalid value: must not have more than {MAX_DNS_SEARCH_CHARS} characters (including spaces) in the search list"
+            ),
+        ));
+    }
+    for (i, search) in searches.iter().enumerate() {
+        if search != "." && !is_search_domain(search.strip_suffix('.').unwrap_or(search)) {
+            return Err(field(
+                format!("{path}[{i}]"),
+                format!(
+                    "Invalid value: {search:?}: a search domain must consist of lowercase letters, digits, '-', '_' and '.' only, starting and ending with a letter, digit or '_', at most 253 characters"
+                ),
+            ));
+        }
+    }
+    let mut options = Vec::new();
+    for (i, o) in config.options.iter().flatten().enumerate() {
+        let name = o.name.as_deref().unwrap_or_default();
+        if name.is_empty() {
+            return Err(field(
+                format!("spec.dnsConfig.options[{i}]"),
+                "Required value: must not be empty",
+            ));
+        }
+        // resolv.conf's form, as the kubelet writes it.
+        options.push(match o.value.as_deref() {
+            Some(value) if !value.is_empty() => format!("{name}:{value}"),
+            _ => name.to_owned(),
+        });
+    }
+    Ok(PodDns {
+        policy,
+        nameservers,
+        searches,
+        options,
+    })
+}
+
+/// A DNS subdomain that may hold `_` (Kubernetes' relaxed rule for search
+/// domains).
+fn is_search_domain(s: &str) -> bool {
+    let label = |l: &str| {
+        let inner = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+        !l.is_empty()
+            && l.bytes().all(|b| inner(b) || b == b'-')
+            && l.bytes().next().is_some_and(inner)
+            && l.bytes().last().is_some_and(inner)
+    };
+    s.len() <= 253 && s.split('.').all(label)
+}
+
 impl Ctx<'_> {
     pub(super) fn image_pull_secrets(&self) -> Result<Vec<String>, ConvertError> {
         let mut out = Vec::new();
@@ -655,6 +783,104 @@ mod tests {
         assert_eq!(
             linux(init_level),
             "spec.initContainers[0].securityContext.windowsOptions: Forbidden: windows options cannot be set for a linux pod"
+        );
+    }
+
+    /// `dnsPolicy` and `dnsConfig` travel with the spec, checked as the
+    /// apiserver checks them; the agent makes the resolver configuration.
+    #[test]
+    fn dns_policy_and_config_are_carried_and_checked() {
+        assert_eq!(convert(json!({})).dns, PodDns::default());
+        let spec = convert(json!({"spec": {
+            "dnsPolicy": "None",
+            "dnsConfig": {
+                "nameservers": ["192.0.2.53", "2001:db8::53"],
+                "searches": ["factory.example", "lab.", "_srv.example", "."],
+                "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}, {"name": "rotate", "value": ""}]
+            }
+        }}));
+        assert_eq!(
+            spec.dns,
+            PodDns {
+                policy: DnsPolicy::None,
+                nameservers: vec!["192.0.2.53".into(), "2001:db8::53".into()],
+                searches: vec![
+                    "factory.example".into(),
+                    "lab.".into(),
+                    "_srv.example".into(),
+                    ".".into()
+                ],
+                options: vec!["ndots:2".into(), "edns0".into(), "rotate".into()],
+            }
+        );
+        for (policy, want) in [
+            ("ClusterFirst", DnsPolicy::ClusterFirst),
+            (
+                "ClusterFirstWithHostNet",
+                DnsPolicy::ClusterFirstWithHostNet,
+            ),
+            ("Default", DnsPolicy::Default),
+        ] {
+            let spec = convert(json!({"spec": {"dnsPolicy": policy}}));
+            assert_eq!(spec.dns.policy, want, "{policy}");
+        }
+        let many = vec!["a.example"; 33];
+        let long = vec!["a".repeat(250); 9];
+        let cases = [
+            (
+                json!({"spec": {"dnsPolicy": "Sometimes"}}),
+                "spec.dnsPolicy: Unsupported value: \"Sometimes\": supported values: \"ClusterFirstWithHostNet\", \"ClusterFirst\", \"Default\", \"None\"",
+            ),
+            (
+                json!({"spec": {"dnsPolicy": "None"}}),
+                "spec.dnsConfig: Required value: must provide `dnsConfig` when `dnsPolicy` is None",
+            ),
+            (
+                json!({"spec": {"dnsPolicy": "None", "dnsConfig": {"searches": ["a.example"]}}}),
+                "spec.dnsConfig.nameservers: Required value: must provide at least one DNS nameserver when `dnsPolicy` is None",
+            ),
+            (
+                json!({"spec": {"dnsConfig": {"nameservers": ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]}}}),
+                "spec.dnsConfig.nameservers: Invalid value: must not have more than 3 nameservers",
+            ),
+            (
+                json!({"spec": {"dnsConfig": {"searches": many}}}),
+                "spec.dnsConfig.searches: Invalid value: must not have more than 32 search paths",
+            ),
+            (
+                json!({"spec": {"dnsConfig": {"searches": long}}}),
+                "spec.dnsConfig.searches: Invalid value: must not have more than 2048 characters (including spaces) in the search list",
+            ),
+            (
+                json!({"spec": {"dnsConfig": {"searches": ["Example.com"]}}}),
+                "spec.dnsConfig.searches[0]: Invalid value: \"Example.com\": a search domain must consist of lowercase letters, digits, '-', '_' and '.' only, starting and ending with a letter, digit or '_', at most 253 characters",
+            ),
+            (
+                json!({"spec": {"dnsConfig": {"options": [{"value": "2"}]}}}),
+                "spec.dnsConfig.options[0]: Required value: must not be empty",
+            ),
+            (
+                json!({"spec": {"dnsConfig": {"options": [{"name": "ndots 1"}]}}}),
+                "spec.dnsConfig.options[0]: Invalid value: \"ndots 1\": must not contain spaces or control characters",
+            ),
+        ];
+        for (patch, expected) in cases {
+            assert_eq!(convert_err(patch.clone()), expected, "patch: {patch}");
+        }
+
+        // Wasm: the policy changes nothing; a dnsConfig is refused.
+        let module = format!("file:///m.wasm@sha256:{DIGEST}");
+        let mut pod = wasm(&module);
+        merge(&mut pod, json!({"spec": {"dnsPolicy": "Default"}}));
+        assert_eq!(convert(pod).dns, PodDns::default());
+        let mut pod = wasm(&module);
+        merge(
+            &mut pod,
+            json!({"spec": {"dnsConfig": {"nameservers": ["192.0.2.53"]}}}),
+        );
+        assert_eq!(
+            convert_err(pod),
+            "spec.dnsConfig: not supported for wasm pods: a module has no network"
         );
     }
 
@@ -1065,8 +1291,8 @@ status: {}
                 "spec.readinessGates: not supported on kedge nodes",
             ),
             (
-                json!({"spec": {"dnsConfig": {"nameservers": ["1.1.1.1"]}}}),
-                "spec.dnsConfig: not supported on kedge nodes",
+                json!({"spec": {"dnsConfig": {"nameservers": ["dns.example"]}}}),
+                "spec.dnsConfig.nameservers[0]: Invalid value: \"dns.example\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
             ),
             (
                 json!({"spec": {"hostAliases": [{"ip": "10.0.0.1", "hostnames": ["a"]}]}}),
