@@ -467,6 +467,16 @@ fn pod_security(spec: &k8s::PodSpec, runtime: RuntimeKind) -> Result<PodSecurity
                 NO_PROCESS,
             ),
             (
+                sc.is_some_and(|sc| sc.run_as_user.is_some()),
+                "spec.securityContext.runAsUser",
+                security::WASM_USER,
+            ),
+            (
+                sc.is_some_and(|sc| sc.run_as_group.is_some()),
+                "spec.securityContext.runAsGroup",
+                security::WASM_GROUP,
+            ),
+            (
                 security.se_linux_options.is_some(),
                 "spec.securityContext.seLinuxOptions",
                 security::WASM_SELINUX,

@@ -7,6 +7,14 @@ impl Ctx<'_> {
     /// seccompProfile, appArmorProfile and seLinuxOptions as defaults (the
     /// container's win), as the kubelet's `determineEffectiveSecurityContext`
     /// merges them. windowsOptions: `pod::windows_options`.
+    ///
+    /// A Wasm module runs inside the agent: what would not apply to it is
+    /// refused (a user or group, privileges, added capabilities, an SELinux
+    /// label, a kernel profile other than the agent's own); what only
+    /// takes something away holds for every module (`capabilities.drop`,
+    /// `allowPrivilegeEscalation: false`, `readOnlyRootFilesystem`: a module
+    /// has no capabilities, cannot gain privileges, and has no root file
+    /// system, only its volumes).
     pub(super) fn security_context(
         &self,
         container: &str,
@@ -40,22 +48,25 @@ impl Ctx<'_> {
                 ));
             }
             if self.runtime == RuntimeKind::Wasm {
-                if out.privileged {
+                let refused = [
+                    (out.privileged, "privileged", WASM_PRIVILEGED),
+                    (
+                        !out.capabilities_add.is_empty(),
+                        "capabilities.add",
+                        WASM_CAPABILITIES,
+                    ),
+                    (out.run_as_user.is_some(), "runAsUser", WASM_USER),
+                    (out.run_as_group.is_some(), "runAsGroup", WASM_GROUP),
+                    (
+                        sc.se_linux_options.is_some(),
+                        "seLinuxOptions",
+                        WASM_SELINUX,
+                    ),
+                ];
+                if let Some((_, name, why)) = refused.iter().find(|(on, _, _)| *on) {
                     return Err(field(
-                        format!("{sc_path}.privileged"),
-                        "not supported for wasm containers",
-                    ));
-                }
-                if !out.capabilities_add.is_empty() {
-                    return Err(field(
-                        format!("{sc_path}.capabilities.add"),
-                        "not supported for wasm containers",
-                    ));
-                }
-                if sc.se_linux_options.is_some() {
-                    return Err(field(
-                        format!("{sc_path}.seLinuxOptions"),
-                        format!("not supported for wasm containers: {WASM_SELINUX}"),
+                        format!("{sc_path}.{name}"),
+                        format!("not supported for wasm containers: {why}"),
                     ));
                 }
             }
@@ -278,8 +289,13 @@ impl Ctx<'_> {
     }
 }
 
-/// Why a Wasm module cannot have an SELinux label (after "not supported
-/// for wasm containers: " or "… pods: ").
+/// Why a Wasm module cannot have what a field asks for (after "not
+/// supported for wasm containers: " or "… pods: ").
+pub(super) const WASM_PRIVILEGED: &str =
+    "a module runs inside the agent and cannot be given the node's privileges";
+pub(super) const WASM_CAPABILITIES: &str = "a module has no Linux capabilities";
+pub(super) const WASM_USER: &str = "a module runs inside the agent and has no user of its own";
+pub(super) const WASM_GROUP: &str = "a module runs inside the agent and has no group of its own";
 pub(super) const WASM_SELINUX: &str = "no SELinux label applies inside the agent";
 
 /// `seLinuxOptions` as the CRI takes them (an unset part: the runtime's
@@ -407,6 +423,62 @@ mod tests {
             (
                 json!({"spec": {"securityContext": {"seLinuxOptions": {"type": "spc_t"}}}}),
                 "spec.securityContext.seLinuxOptions: not supported for wasm pods: no SELinux label applies inside the agent",
+            ),
+        ] {
+            let mut pod = wasm(&module);
+            merge(&mut pod, patch);
+            assert_eq!(convert_err(pod), expected);
+        }
+    }
+
+    /// What a Wasm module cannot have is refused at its path; what only
+    /// takes something away holds for every module and is accepted.
+    #[test]
+    fn wasm_containers_refuse_what_a_module_cannot_have() {
+        let module = format!("file:///m.wasm@sha256:{DIGEST}");
+        let container = |sc: serde_json::Value| json!({"spec": {"containers": [{"name": "app", "image": module.clone(), "securityContext": sc}]}});
+        let mut ok = wasm(&module);
+        merge(
+            &mut ok,
+            container(json!({
+                "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+                "runAsNonRoot": true,
+                "privileged": false,
+                "seccompProfile": {"type": "RuntimeDefault"}
+            })),
+        );
+        let sc = convert(ok).containers[0]
+            .security_context
+            .clone()
+            .expect("set");
+        assert!(sc.read_only_root_filesystem);
+        assert_eq!(sc.capabilities_drop, ["ALL"]);
+        for (patch, expected) in [
+            (
+                container(json!({"privileged": true})),
+                "spec.containers[0].securityContext.privileged: not supported for wasm containers: a module runs inside the agent and cannot be given the node's privileges",
+            ),
+            (
+                container(json!({"capabilities": {"add": ["NET_ADMIN"]}})),
+                "spec.containers[0].securityContext.capabilities.add: not supported for wasm containers: a module has no Linux capabilities",
+            ),
+            (
+                container(json!({"runAsUser": 1000})),
+                "spec.containers[0].securityContext.runAsUser: not supported for wasm containers: a module runs inside the agent and has no user of its own",
+            ),
+            (
+                container(json!({"runAsGroup": 1000})),
+                "spec.containers[0].securityContext.runAsGroup: not supported for wasm containers: a module runs inside the agent and has no group of its own",
+            ),
+            (
+                json!({"spec": {"securityContext": {"runAsUser": 1000}}}),
+                "spec.securityContext.runAsUser: not supported for wasm pods: a module runs inside the agent and has no user of its own",
+            ),
+            (
+                json!({"spec": {"securityContext": {"runAsGroup": 1000}}}),
+                "spec.securityContext.runAsGroup: not supported for wasm pods: a module runs inside the agent and has no group of its own",
             ),
         ] {
             let mut pod = wasm(&module);
