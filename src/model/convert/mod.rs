@@ -51,7 +51,7 @@ mod volumes;
 
 pub use manifests::{Manifests, parse_manifests, parse_pod_manifests};
 pub use objects::{FileResolver, Reader};
-pub use pod::{convert_pod, pod_spec_from_k8s, pod_spec_from_k8s_with};
+pub use pod::{bind_to_node, convert_pod, pod_spec_from_k8s, pod_spec_from_k8s_with, unbound};
 use probes::ProbeKind;
 pub use quantities::{bytes, cpu_millis};
 use volumes::volume_mounts;

@@ -2,6 +2,42 @@
 
 use super::*;
 
+/// Places the pod on `node` as binding it does, before it is converted:
+/// `spec.nodeName`, which env `fieldRef: spec.nodeName` reads, becomes the
+/// node (`kedge apply --node`). A pod that names another node is refused
+/// rather than run with a name that is not its node's.
+pub fn bind_to_node(pod: &mut k8s::Pod, node: &str) -> Result<(), ConvertError> {
+    let Some(spec) = pod.spec.as_mut() else {
+        return Ok(());
+    };
+    match spec.node_name.as_deref() {
+        None | Some("") => spec.node_name = Some(node.to_owned()),
+        Some(named) if named == node => {}
+        Some(other) => {
+            return Err(field(
+                "spec.nodeName",
+                format!("Invalid value: {other:?}: the pod is applied to node {node:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a pod that names a node where one spec goes to every node a
+/// selector matches (`kedge apply --selector`): env `fieldRef:
+/// spec.nodeName` would read that one name on all of them.
+pub fn unbound(pod: &k8s::Pod) -> Result<(), ConvertError> {
+    match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+        None | Some("") => Ok(()),
+        Some(named) => Err(field(
+            "spec.nodeName",
+            format!(
+                "Invalid value: {named:?}: a fleet deployment runs on every node its selector matches (leave it unset)"
+            ),
+        )),
+    }
+}
+
 /// Converts one Pod without cluster access (see [`NoResolver`]).
 pub fn pod_spec_from_k8s(pod: &k8s::Pod) -> Result<PodSpec, ConvertError> {
     pod_spec_from_k8s_with(pod, &NoResolver)
@@ -253,14 +289,15 @@ fn validate_converted(mut spec: PodSpec) -> Result<PodSpec, ConvertError> {
 /// `windowsOptions`.
 ///
 /// Accepted and ignored, because they only matter to a scheduler or the
-/// cluster: affinity, tolerations, nodeSelector, nodeName, schedulerName,
-/// priority, priorityClassName, preemptionPolicy, topologySpreadConstraints,
+/// cluster: affinity, tolerations, nodeSelector, schedulerName, priority,
+/// priorityClassName, preemptionPolicy, topologySpreadConstraints,
 /// serviceAccount(Name), enableServiceLinks, subdomain (there is no cluster DNS
-/// on the edge), and status. automountServiceAccountToken unset or false mounts
-/// no token: the token volume Kubernetes injects when it is unset is left out
-/// with a warning (`volumes::is_injected_token_volume`). `hostname` is accepted
-/// when it is the pod's name (the default, and what StatefulSets set).
-/// `pod_dns` takes dnsPolicy and dnsConfig.
+/// on the edge), and status. nodeName is read by env `fieldRef` (`bind_to_node`
+/// sets it where `kedge apply` places the pod). automountServiceAccountToken
+/// unset or false mounts no token: the token volume Kubernetes injects when it
+/// is unset is left out with a warning (`volumes::is_injected_token_volume`).
+/// `hostname` is accepted when it is the pod's name (the default, and what
+/// StatefulSets set). `pod_dns` takes dnsPolicy and dnsConfig.
 fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError> {
     let flags = [(spec.set_hostname_as_fqdn, "spec.setHostnameAsFQDN")];
     for (flag, path) in flags {
@@ -907,6 +944,41 @@ mod tests {
         assert_eq!(
             convert_err(json!({"spec": {"securityContext": {"seLinuxChangePolicy": "Never"}}})),
             "spec.securityContext.seLinuxChangePolicy: Unsupported value: \"Never\": supported values: \"MountOption\", \"Recursive\""
+        );
+    }
+
+    /// A pod applied to a node names it in `spec.nodeName`, which env
+    /// `fieldRef: spec.nodeName` reads; a pod that names another node is
+    /// refused.
+    #[test]
+    fn a_pod_bound_to_a_node_reads_its_name() {
+        let node_env = json!({"spec": {"containers": [{"name": "app", "image": "nginx:1.25",
+            "env": [{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]}]}});
+        let env_of = |pod: &k8s::Pod| {
+            pod_spec_from_k8s(pod).expect("converts").containers[0].env[0]
+                .value
+                .clone()
+        };
+        let mut pod = k8s_pod(node_env.clone());
+        bind_to_node(&mut pod, "gw1").expect("binds");
+        assert_eq!(env_of(&pod), "gw1");
+        let mut named = node_env.clone();
+        merge(&mut named, json!({"spec": {"nodeName": "gw1"}}));
+        let mut pod = k8s_pod(named.clone());
+        bind_to_node(&mut pod, "gw1").expect("the same node");
+        assert_eq!(env_of(&pod), "gw1");
+        let mut pod = k8s_pod(named);
+        assert_eq!(
+            bind_to_node(&mut pod, "gw2")
+                .expect_err("another node")
+                .to_string(),
+            "spec.nodeName: Invalid value: \"gw1\": the pod is applied to node \"gw2\""
+        );
+        // A fleet's one spec names no node.
+        assert_eq!(unbound(&k8s_pod(node_env)), Ok(()));
+        assert_eq!(
+            unbound(&pod).expect_err("named").to_string(),
+            "spec.nodeName: Invalid value: \"gw1\": a fleet deployment runs on every node its selector matches (leave it unset)"
         );
     }
 
