@@ -248,6 +248,12 @@ pub const KEYS: &[KeyDoc] = &[
         help: "containers without a seccompProfile get the runtime's default profile (RuntimeDefault, the kubelet's --seccomp-default); false: Unconfined, the kubelet's default. Localhost profiles are files under {data_dir}/seccomp",
     },
     KeyDoc {
+        key: "cri.resolv_conf",
+        ty: KeyType::Str,
+        default: "/etc/resolv.conf",
+        help: "the node's resolver configuration, which container pods with dnsPolicy Default get (and ClusterFirst, as there is no cluster DNS), as the kubelet's --resolv-conf; with systemd-resolved: /run/systemd/resolve/resolv.conf",
+    },
+    KeyDoc {
         key: "trust.keys",
         ty: KeyType::Str,
         default: "",
@@ -578,6 +584,7 @@ pub struct CriConfig {
     pub cgroup_parent: String,
     pub timeout_ms: u64,
     pub seccomp_default: bool,
+    pub resolv_conf: PathBuf,
 }
 
 impl Default for Config {
@@ -693,6 +700,7 @@ impl Default for CriConfig {
             cgroup_parent: default_str!("cri.cgroup_parent").into(),
             timeout_ms: default_int!("cri.timeout_ms"),
             seccomp_default: default_str!("cri.seccomp_default") == "true",
+            resolv_conf: default_str!("cri.resolv_conf").into(),
         }
     }
 }
@@ -964,6 +972,13 @@ impl Config {
                 "cri.endpoint",
                 endpoint,
                 "expected unix:///path/to/socket",
+            ));
+        }
+        if !self.cri.resolv_conf.is_absolute() {
+            return Err(ConfigError::value(
+                "cri.resolv_conf",
+                self.cri.resolv_conf.display(),
+                "expected an absolute path such as /etc/resolv.conf",
             ));
         }
         if !self.cri.cgroup_parent.starts_with('/') || self.cri.cgroup_parent.contains("..") {

@@ -25,7 +25,7 @@ use thiserror::Error;
 use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
 
 /// Bumped when a table's layout changes; `open` migrates older files.
-pub const STORE_SCHEMA_VERSION: u32 = 9;
+pub const STORE_SCHEMA_VERSION: u32 = 10;
 /// The first store schema whose desired records hold the `PodSpec` of wire
 /// version 4; older ones are re-encoded by `open` (read without what later
 /// versions appended, `model::added`, and escaped).
@@ -38,6 +38,10 @@ const CONTAINER_FIELDS_SINCE: u32 = 7;
 /// version 10; schema 7's are re-encoded by `open` (read as today's without
 /// what version 10 appended, `model::added`).
 const SIDECARS_SINCE: u32 = 8;
+/// The first store schema whose desired records hold the `PodSpec` of wire
+/// version 11; schemas 8 and 9 hold version 10's, re-encoded by `open`
+/// (read as today's without what version 11 appended, `model::added`).
+const SELINUX_DNS_SINCE: u32 = 10;
 /// The schema that brought the data path's tables.
 #[cfg(feature = "data")]
 const DATA_SINCE: u32 = 4;
@@ -344,13 +348,14 @@ fn migrate_desired_pod_fields(
     let mut upgraded = Vec::new();
     for row in table.iter()? {
         let (k, v) = row?;
-        // Schemas 1–5, 6 and 7 hold the `PodSpec` of wire versions 3, 8
-        // and 9: today's layout without what later versions appended
+        // Schemas 1–5, 6, 7 and 8–9 hold the `PodSpec` of wire versions 3,
+        // 8, 9 and 10: today's layout without what later versions appended
         // (`model::added`); version 3's literal values are escaped.
         let wire = match found {
             f if f < POD_FIELDS_SINCE => 3,
             f if f < CONTAINER_FIELDS_SINCE => 8,
-            _ => 9,
+            f if f < SIDECARS_SINCE => 9,
+            _ => 10,
         };
         let old =
             crate::model::added::reading(wire, || postcard::from_bytes::<DesiredRecord>(v.value()));
@@ -463,7 +468,9 @@ impl Store {
             // (lifecycle hooks, termination messages, env status fields).
             // Version 7 → 8 (likewise): the `PodSpec` of wire version 10
             // (native sidecars).
-            if (1..SIDECARS_SINCE).contains(&found) {
+            // Version 9 → 10 (likewise): the `PodSpec` of wire version 11
+            // (SELinux labels, the pod's DNS).
+            if (1..SELINUX_DNS_SINCE).contains(&found) {
                 migrate_desired_pod_fields(&mut txn.open_table(DESIRED)?, found)?;
             }
             // Version 8 → 9: the QoS 2 keys move to a table of `&[u8]` values.
@@ -1726,7 +1733,7 @@ mod tests {
             liveness_probe: c.liveness_probe.clone(),
             readiness_probe: c.readiness_probe.clone(),
             startup_probe: c.startup_probe.clone(),
-            security_context: c.security_context.clone(),
+            security_context: c.security_context.as_ref().map(Into::into),
             lifecycle: c.lifecycle.clone(),
             termination_message_path: c.termination_message_path.clone(),
             termination_message_fallback_to_logs: c.termination_message_fallback_to_logs,
@@ -1746,7 +1753,7 @@ mod tests {
             containers: want.containers.iter().map(old).collect(),
             volumes: want.volumes.clone(),
             image_pull_secrets: want.image_pull_secrets.clone(),
-            security: want.security.clone(),
+            security: (&want.security).into(),
         };
         /// A desired record as store schema 7 wrote it.
         #[derive(Serialize)]
@@ -1761,6 +1768,48 @@ mod tests {
         let rec = migrated_from(&path, 7, &encode(&rec));
         assert_eq!(rec.source, PodSource::Fleet);
         assert_eq!(rec.spec, want);
+    }
+
+    /// Files of schemas 8 and 9 (desired records in the PodSpec of wire
+    /// version 10) open with their records re-encoded: no SELinux labels,
+    /// the default DNS policy, everything else as it was.
+    #[test]
+    fn schema_9_desired_records_are_migrated() {
+        let mut want = crate::model::samples::spec("web", "u1", 4, RestartPolicy::Always);
+        want.runtime = RuntimeKind::Container;
+        let mut c = crate::model::samples::container("app");
+        c.security_context = Some(crate::model::SecurityContext {
+            run_as_user: Some(1000),
+            seccomp_profile: Some(crate::model::SecurityProfile::RuntimeDefault),
+            ..Default::default()
+        });
+        want.containers.push(c);
+        let mut sidecar = crate::model::samples::container("proxy");
+        sidecar.restart_policy = Some(RestartPolicy::Always);
+        want.init_containers.push(sidecar);
+        want.security.fs_group = Some(2000);
+        want.routes.push(crate::model::PodRoute {
+            container: None,
+            filter: "sensors/#".into(),
+            ttl_secs: 60,
+        });
+        /// A desired record as store schemas 8 and 9 wrote it.
+        #[derive(Serialize)]
+        struct DesiredRecordV9 {
+            source: PodSource,
+            spec: crate::wire::v10::PodSpec,
+        }
+        let rec = encode(&DesiredRecordV9 {
+            source: PodSource::Mqtt,
+            spec: (&want).into(),
+        });
+        for schema in [8, 9] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("s.redb");
+            let read = migrated_from(&path, schema, &rec);
+            assert_eq!(read.source, PodSource::Mqtt);
+            assert_eq!(read.spec, want, "schema {schema}");
+        }
     }
 
     /// A new database at `path` that says it has store schema `schema`,

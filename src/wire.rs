@@ -24,7 +24,8 @@ pub mod stream;
 /// container fields of lifecycle hooks, termination messages and env
 /// status references, 10 native sidecars, `Container.restart_policy`, and
 /// the data routes a pod declares, `PodSpec.routes`, 11 the data path's
-/// counters in the node status, `NodeStatus.data`).
+/// counters in the node status, `NodeStatus.data`, the SELinux labels,
+/// `se_linux_options`, and the pod's DNS, `PodSpec.dns`).
 pub const SCHEMA_VERSION: u16 = 11;
 /// The first version whose `signature` field has a meaning (docs/wire.md,
 /// "Signatures"); in older envelopes it is ignored.
@@ -59,6 +60,10 @@ pub const SIDECARS_SINCE_VERSION: u16 = 10;
 /// The first version whose `NodeStatus` has `data` (the data path's
 /// counters); older ones are read without it (`model::added`).
 pub const DATA_STATUS_SINCE_VERSION: u16 = 11;
+/// The first version whose `SecurityContext` and `PodSecurity` have
+/// `se_linux_options` and whose `PodSpec` has `dns`; older ones are read
+/// as today's without them (`model::added`).
+pub const SELINUX_DNS_SINCE_VERSION: u16 = 11;
 /// The oldest version this build still reads (docs/wire.md, "Evolving the
 /// schema"): versions 1 to 10 differ in the fields versions 2, 5 and 11
 /// appended to `NodeStatus`, 4 to 9 in those versions 9 and 10 appended to
@@ -697,12 +702,12 @@ pub fn pod_spec_body(spec: &PodSpec) -> Result<Vec<u8>, WireError> {
 pub fn pod_spec_from_body(bytes: &[u8], version: u16) -> Result<PodSpec, WireError> {
     let kind = Kind::DesiredPod;
     // Versions 1 to 3 had the same `PodSpec`, which version 4 changed;
-    // versions 9 and 10 appended fields. An older one is upgraded, then
+    // versions 9, 10 and 11 appended fields. An older one is upgraded, then
     // validated as today's (once: the rules are today's).
-    if version >= SIDECARS_SINCE_VERSION {
+    if version >= SELINUX_DNS_SINCE_VERSION {
         return body(kind, bytes);
     }
-    // Versions 1 to 9: today's layout without the fields later versions
+    // Versions 1 to 10: today's layout without the fields later versions
     // appended (`model::added`); versions 1 to 3 ran their values
     // literally, which today's templates escape.
     let taken =
@@ -1019,6 +1024,12 @@ pub(crate) mod v8;
 /// one (decoding needs no copy of it: `model::added`).
 #[cfg(test)]
 pub(crate) mod v9;
+
+/// The `PodSpec` of version 10, field for field, and the `SecurityContext`
+/// and `PodSecurity` of versions before 11, for the tests that write one
+/// (decoding needs no copy of them: `model::added`).
+#[cfg(test)]
+pub(crate) mod v10;
 
 /// Node names and namespaces become topic levels: they must not contain MQTT
 /// wildcards or separators.

@@ -37,10 +37,15 @@ impl CriEnv {
     }
 
     fn start(node: &str) -> CriEnv {
+        CriEnv::start_with(node, &[])
+    }
+
+    /// With configuration keys set besides the tests' own (`key=value`).
+    fn start_with(node: &str, settings: &[String]) -> CriEnv {
         let containerd = Containerd::start();
         let broker = Mosquitto::start();
         let dir = tempfile::tempdir().expect("tempdir");
-        let agent = start_agent(node, &broker, &containerd, dir.path());
+        let agent = start_agent(node, &broker, &containerd, dir.path(), settings);
         CriEnv {
             agent,
             broker,
@@ -132,15 +137,21 @@ fn start_agent(
     broker: &Mosquitto,
     containerd: &Containerd,
     dir: &std::path::Path,
+    settings: &[String],
 ) -> Agent {
     let mut extra = containerd.agent_args();
-    for s in [
+    let ours = [
         "backoff.initial_ms=300",
         "backoff.max_ms=600",
         "node.heartbeat_ms=500",
-    ] {
+    ];
+    for s in ours
+        .iter()
+        .map(|s| s.to_string())
+        .chain(settings.iter().cloned())
+    {
         extra.push("--set".into());
-        extra.push(s.into());
+        extra.push(s);
     }
     Agent::start(AgentOpts {
         node: node.into(),
@@ -661,7 +672,7 @@ spec:
     let ids_before = env.containerd.container_ids_of_pod("steady");
     assert_eq!(ids_before.len(), 3, "sandbox, init and app: {ids_before:?}");
     assert_eq!(env.containerd.container_ids_of_pod("forgotten").len(), 2);
-    env.agent = start_agent(&env.node, &env.broker, &env.containerd, env.dir.path());
+    env.agent = start_agent(&env.node, &env.broker, &env.containerd, env.dir.path(), &[]);
     // The log is shared by both runs; only the second one adopts.
     wait_until("the new agent adopted the app container", WAIT, || {
         let log = env.agent.log();
@@ -1113,7 +1124,7 @@ fn pods_wait_for_an_unreachable_runtime_and_start_when_it_is_back() {
     // The agent starts while the runtime is down (a device booting).
     env.agent.kill9();
     env.containerd.stop_daemon();
-    env.agent = start_agent(&env.node, &env.broker, &env.containerd, env.dir.path());
+    env.agent = start_agent(&env.node, &env.broker, &env.containerd, env.dir.path(), &[]);
     env.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
@@ -1684,6 +1695,108 @@ spec:
         host_init.trim(),
         "hostPID: the node's PID 1"
     );
+}
+
+/// A pod's DNS is the kubelet's on a node without cluster DNS: the default
+/// `ClusterFirst` falls back to the node's resolver configuration
+/// (`cri.resolv_conf`) with a `MissingClusterDNS` event, `None` is the
+/// pod's `dnsConfig` alone, which is otherwise merged in. An SELinux label
+/// and the relabelling of its volumes pass through to containerd, which
+/// applies neither on a node without SELinux, as under a kubelet.
+#[test]
+fn a_pods_resolv_conf_is_the_kubelets_and_selinux_labels_pass_through() {
+    let test = "a_pods_resolv_conf_is_the_kubelets_and_selinux_labels_pass_through";
+    if !cri_tests_can_run(test) {
+        return;
+    }
+    let node_dns = tempfile::tempdir().expect("tempdir");
+    let resolv_conf = node_dns.path().join("resolv.conf");
+    std::fs::write(
+        &resolv_conf,
+        "# the node's\nsearch lan.example\nnameserver 192.0.2.10\noptions ndots:3 timeout:2\n",
+    )
+    .expect("write resolv.conf");
+    let env = CriEnv::start_with(
+        "gw-cri-dns",
+        &[format!("cri.resolv_conf={}", resolv_conf.display())],
+    );
+    let events = Subscriber::start(
+        &env.broker.url(),
+        &format!("kedge/v1/{}/events", env.node),
+        None,
+    );
+    let out = env.dir.path().join("out");
+    std::fs::create_dir_all(&out).expect("mkdir out");
+    let pod = |name: &str, spec: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+{spec}
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, "touch /data/x && cp /etc/resolv.conf /out/{name}.tmp && mv /out/{name}.tmp /out/{name}; exec sleep 3600"]
+    volumeMounts: [{{name: out, mountPath: /out}}, {{name: data, mountPath: /data}}]
+  volumes:
+  - name: out
+    hostPath: {{path: {out}}}
+  - name: data
+    emptyDir: {{}}
+"#,
+            out = out.display()
+        )
+    };
+    env.apply(&pod("cluster", "  dnsPolicy: ClusterFirst"));
+    env.apply(&pod(
+        "merged",
+        "  dnsPolicy: Default
+  dnsConfig:
+    nameservers: [192.0.2.53]
+    searches: [factory.example]
+    options: [{name: ndots, value: \"1\"}]",
+    ));
+    env.apply(&pod(
+        "alone",
+        "  dnsPolicy: None
+  dnsConfig: {nameservers: [192.0.2.53], searches: [factory.example]}
+  securityContext: {seLinuxOptions: {level: \"s0:c1,c2\"}}",
+    ));
+    let read = |name: &str| {
+        let text = wait_until(&format!("{name} wrote its resolv.conf"), WAIT, || {
+            std::fs::read_to_string(out.join(name)).ok()
+        });
+        let c = kedge::runtime::cri::dns::parse_resolv_conf(&text);
+        (c.servers, c.searches, c.options)
+    };
+    let own = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        read("cluster"),
+        (
+            own(&["192.0.2.10"]),
+            own(&["lan.example"]),
+            own(&["ndots:3", "timeout:2"])
+        )
+    );
+    assert_eq!(
+        read("merged"),
+        (
+            own(&["192.0.2.10", "192.0.2.53"]),
+            own(&["lan.example", "factory.example"]),
+            own(&["ndots:1", "timeout:2"])
+        )
+    );
+    assert_eq!(
+        read("alone"),
+        (own(&["192.0.2.53"]), own(&["factory.example"]), own(&[]))
+    );
+    events.wait_for("MissingClusterDNS event", WAIT, |_, p| {
+        matches!(kedge::wire::decode(p).map(|e| e.message),
+            Ok(kedge::wire::Message::Event(e)) if e.reason == "MissingClusterDNS"
+                && e.pod.as_deref() == Some("cluster")
+                && e.message.ends_with("kubelet does not have ClusterDNS IP configured and cannot create Pod using \"ClusterFirst\" policy. Falling back to \"Default\" policy."))
+    });
 }
 
 /// `runAsNonRoot` without a `runAsUser` against the real containerd: the

@@ -539,6 +539,7 @@ async fn cri_runtime(config: &Config, versions: String) -> (Option<Arc<dyn Runti
             seccomp_default: config.cri.seccomp_default,
             seccomp_root: config.data_dir.join("seccomp"),
         },
+        resolv_conf: config.cri.resolv_conf.clone(),
     };
     // What a container without a seccompProfile gets, said once (the
     // kubelet's --seccomp-default is as silent in its status).
@@ -1785,7 +1786,7 @@ impl Controller {
                 StaticPod::Pod(spec) => {
                     seen.push(spec.key());
                     let key = spec.key();
-                    if let Err(e) = self.apply(key.clone(), Incoming::Apply(spec, PodSource::File))
+                    if let Err(e) = self.apply(key.clone(), Incoming::Apply(*spec, PodSource::File))
                     {
                         warn!(pod = %key, error = %e, "cannot record static pod; read again on the next change or restart");
                     }

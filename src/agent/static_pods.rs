@@ -24,23 +24,29 @@ pub const SPEC_FILE_SUFFIX: &str = ".kedge.json";
 /// cannot be read as pods.
 type FilePods = Result<Vec<Result<(PodSpec, Vec<(String, String)>), String>>, String>;
 
-fn pods_in(file: &Path, text: &str) -> FilePods {
+fn pods_in(file: &Path, text: &str, node: &str) -> FilePods {
     if file.to_string_lossy().ends_with(SPEC_FILE_SUFFIX) {
         return serde_json::from_str::<Vec<PodSpec>>(text)
             .map(|specs| specs.into_iter().map(|s| Ok((s, Vec::new()))).collect())
             .map_err(|e| format!("not a list of kedge pod specs (`kedge convert` output): {e}"));
     }
-    manifest_pods(text)
+    manifest_pods(text, node)
 }
 
+/// The Pods of a manifest, each on this node: as the kubelet sets a static
+/// pod's `spec.nodeName` to its own (what env `fieldRef: spec.nodeName`
+/// reads), whatever the file says.
 #[cfg(feature = "manifests")]
-fn manifest_pods(text: &str) -> FilePods {
+fn manifest_pods(text: &str, node: &str) -> FilePods {
     use crate::model::convert::{NoResolver, convert_pod, parse_pod_manifests};
     let manifests = parse_pod_manifests(text).map_err(|e| e.to_string())?;
     Ok(manifests
-        .iter()
-        .map(|m| {
-            let c = convert_pod(m, &NoResolver).map_err(|e| e.to_string())?;
+        .into_iter()
+        .map(|mut m| {
+            if let Some(spec) = m.spec.as_mut() {
+                spec.node_name = Some(node.to_owned());
+            }
+            let c = convert_pod(&m, &NoResolver).map_err(|e| e.to_string())?;
             let warnings = c
                 .warnings
                 .iter()
@@ -52,7 +58,7 @@ fn manifest_pods(text: &str) -> FilePods {
 }
 
 #[cfg(not(feature = "manifests"))]
-fn manifest_pods(_text: &str) -> FilePods {
+fn manifest_pods(_text: &str, _node: &str) -> FilePods {
     Err(format!(
         "this agent was built without Kubernetes manifest support (`minimal`); \
          convert the file on a build host with `kedge convert -f FILE > NAME{SPEC_FILE_SUFFIX}`"
@@ -61,7 +67,7 @@ fn manifest_pods(_text: &str) -> FilePods {
 
 #[derive(Debug, Clone)]
 pub enum StaticPod {
-    Pod(PodSpec),
+    Pod(Box<PodSpec>),
     Invalid {
         file: PathBuf,
         error: String,
@@ -113,7 +119,7 @@ pub fn read_dir(dir: &Path, node: &str) -> (Vec<StaticPod>, BTreeMap<PathBuf, St
         };
         let digest = sha256_hex(text.as_bytes());
         digests.insert(file.clone(), digest.clone());
-        match pods_in(&file, &text) {
+        match pods_in(&file, &text, node) {
             Ok(specs) => {
                 for spec in specs {
                     match spec {
@@ -131,7 +137,7 @@ pub fn read_dir(dir: &Path, node: &str) -> (Vec<StaticPod>, BTreeMap<PathBuf, St
                             match crate::model::validate::Validate::validate(&spec) {
                                 Ok(()) => {
                                     let key = spec.key();
-                                    pods.push(StaticPod::Pod(spec));
+                                    pods.push(StaticPod::Pod(Box::new(spec)));
                                     for (reason, message) in warnings {
                                         pods.push(StaticPod::Warning {
                                             file: file.clone(),
@@ -198,7 +204,7 @@ spec:
     fn specs(pods: &[StaticPod]) -> Vec<&PodSpec> {
         pods.iter()
             .filter_map(|p| match p {
-                StaticPod::Pod(s) => Some(s),
+                StaticPod::Pod(s) => Some(&**s),
                 StaticPod::Invalid { .. } | StaticPod::Warning { .. } => None,
             })
             .collect()
@@ -255,6 +261,31 @@ spec:
             "{}",
             errs[0].1
         );
+    }
+
+    /// A static pod runs on this node: env `fieldRef: spec.nodeName` reads
+    /// its name, whatever the file says, as on a kubelet.
+    #[cfg(feature = "manifests")]
+    #[test]
+    fn a_static_pods_node_name_is_this_nodes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pod = "apiVersion: v1
+kind: Pod
+metadata: {name: where}
+spec:
+  nodeName: elsewhere
+  containers:
+    - name: app
+      image: busybox:1
+      env:
+        - name: NODE
+          valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+";
+        std::fs::write(dir.path().join("a.yaml"), pod).expect("write");
+        let (pods, _) = read_dir(dir.path(), "n1");
+        assert!(errors(&pods).is_empty(), "{:?}", errors(&pods));
+        let got = specs(&pods);
+        assert_eq!(got[0].containers[0].env[0].value, "n1");
     }
 
     /// A pod copied from a cluster (`kubectl get pod -o yaml`) runs without

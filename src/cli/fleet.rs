@@ -180,6 +180,8 @@ pub async fn apply(
             .map(|p| p.uid.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         pod.metadata.uid = Some(uid.clone());
+        crate::model::convert::unbound(&pod)
+            .with_context(|| format!("pod/{pod_name} is invalid"))?;
         let mut spec = super::pod_spec_warned(&pod, &crate::model::convert::NoResolver)?;
         spec.uid = uid.clone();
         let (digest, payload) = crate::fleet::spec_payload(&spec)?;

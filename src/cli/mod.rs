@@ -636,6 +636,8 @@ pub async fn apply(
             .or_else(|| pod.metadata.uid.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         pod.metadata.uid = Some(uid.clone());
+        crate::model::convert::bind_to_node(&mut pod, node)
+            .with_context(|| format!("pod/{name} is invalid"))?;
         let mut spec = pod_spec_warned(&pod, &resolver)?;
         spec.uid = uid;
         let secrets = resolver.take_secrets_found();

@@ -15,13 +15,16 @@
 //! Version 9 appended `lifecycle`, `termination_message_path`,
 //! `termination_message_fallback_to_logs` and `run_as_non_root` to
 //! `Container`, `field` to `EnvVar` and `security` to `PodSpec`; version 10
-//! appended `restart_policy` to `Container` and `routes` to `PodSpec`.
-//! Nothing else of their layout changed since version 4, so a body of
-//! versions 4 to 9 is today's layout without what came later. Those fields
+//! appended `restart_policy` to `Container` and `routes` to `PodSpec`;
+//! version 11 appended `se_linux_options` to `SecurityContext` and to
+//! `PodSecurity` and `dns` to `PodSpec`. Nothing else of their layout
+//! changed since version 4, so a body of versions 4 to 10 is today's layout
+//! without what came later. Those fields
 //! carry `#[serde(deserialize_with = "added::in_vN")]`: while `reading`
 //! runs on this thread for an older version, they are not read from the
 //! input but taken as absent (their default: no hooks, the default
-//! termination message, no status field, no sidecar, no route), which is
+//! termination message, no status field, no sidecar, no route, no SELinux
+//! label, the default DNS policy), which is
 //! what such a spec ran with; otherwise they are read as usual. postcard
 //! reads a struct's fields in order and nothing else, so a skipped field
 //! consumes no byte. Encoding always writes them.

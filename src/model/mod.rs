@@ -131,6 +131,7 @@ impl SealedPod {
             image_pull_secrets: Vec::new(),
             security: PodSecurity::default(),
             routes: Vec::new(),
+            dns: PodDns::default(),
         }
     }
 }
@@ -163,6 +164,44 @@ pub struct PodSpec {
     /// (`agent::data`). Schema 10 (absent in a version-9 body: `added`).
     #[serde(deserialize_with = "added::in_v10")]
     pub routes: Vec<PodRoute>,
+    /// `dnsPolicy` and `dnsConfig`: the resolver configuration of a
+    /// container pod's sandbox, which the agent makes from them and the
+    /// node's as the kubelet does (`runtime::cri::dns`). Schema 11 (absent
+    /// in an older body: `added`, read as `ClusterFirst` with no
+    /// `dnsConfig`, the default).
+    #[serde(default, deserialize_with = "added::in_v11")]
+    pub dns: PodDns,
+}
+
+/// A pod's `dnsPolicy` and its `dnsConfig`, which is merged into what the
+/// policy gives (the kubelet's `GetPodDNS`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodDns {
+    pub policy: DnsPolicy,
+    /// `dnsConfig.nameservers`: IP addresses, at most 3.
+    pub nameservers: Vec<String>,
+    /// `dnsConfig.searches`: search domains, at most 32.
+    pub searches: Vec<String>,
+    /// `dnsConfig.options`, as resolv.conf writes them: `name` or
+    /// `name:value`.
+    pub options: Vec<String>,
+}
+
+/// `dnsPolicy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DnsPolicy {
+    /// The cluster's DNS; a node without one (every kedge node) falls back
+    /// to `Default` with a `MissingClusterDNS` warning, as the kubelet
+    /// does. With the host network: `Default`, without a warning.
+    #[default]
+    ClusterFirst,
+    /// The cluster's DNS also with the host network: as `ClusterFirst`
+    /// without it.
+    ClusterFirstWithHostNet,
+    /// The node's resolver configuration (config `cri.resolv_conf`).
+    Default,
+    /// Only the pod's `dnsConfig`.
+    None,
 }
 
 /// A data route a pod declares for itself (the annotation `kedge.io/routes`,
@@ -197,6 +236,21 @@ pub struct PodSecurity {
     pub fs_group: Option<i64>,
     /// Groups every container's processes have.
     pub supplemental_groups: Vec<i64>,
+    /// `securityContext.seLinuxOptions`: the label of the pod's sandbox
+    /// (each container's is in its `SecurityContext`). Schema 11 (absent in
+    /// an older body: `added`).
+    #[serde(default, deserialize_with = "added::in_v11")]
+    pub se_linux_options: Option<SeLinuxOptions>,
+}
+
+/// An SELinux label (`seLinuxOptions`) for the container runtime; an empty
+/// part is the runtime's default for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeLinuxOptions {
+    pub user: String,
+    pub role: String,
+    pub r#type: String,
+    pub level: String,
 }
 
 impl PodSpec {
@@ -459,6 +513,12 @@ pub struct SecurityContext {
     /// None: unset, the runtime's default applies. Wire version 4.
     #[serde(default, deserialize_with = "added::in_v4")]
     pub app_armor_profile: Option<SecurityProfile>,
+    /// The container's seLinuxOptions, else the pod's (the kubelet's
+    /// effective security context: the container's replace the pod's
+    /// whole). None: the runtime chooses the label. Wire version 11 (absent
+    /// in an older body: `added`).
+    #[serde(default, deserialize_with = "added::in_v11")]
+    pub se_linux_options: Option<SeLinuxOptions>,
 }
 
 /// A seccomp or AppArmor profile (`securityContext.seccompProfile`,
@@ -1227,6 +1287,7 @@ pub mod samples {
             image_pull_secrets: vec![],
             security: PodSecurity::default(),
             routes: vec![],
+            dns: PodDns::default(),
         }
     }
 

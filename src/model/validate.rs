@@ -80,6 +80,13 @@ pub const MAX_BATCHES: usize = 64;
 /// Routes in a node status's data path counters (the agent reports at most
 /// this many: the node's first, then the pods').
 pub const MAX_DATA_ROUTES: usize = 1024;
+/// A pod's `dnsConfig`: Kubernetes' bounds on nameservers, search domains
+/// and the search line (which the C library's resolver imposes), and
+/// kedge's on options.
+pub const MAX_DNS_NAMESERVERS: usize = 3;
+pub const MAX_DNS_SEARCHES: usize = 32;
+pub const MAX_DNS_SEARCH_CHARS: usize = 2048;
+pub const MAX_DNS_OPTIONS: usize = 64;
 
 /// A value that breaks a rule: the field path (as in the Kubernetes API,
 /// `spec.containers[0].name`) and what is wrong with it.
@@ -446,6 +453,32 @@ impl Validate for PodSpec {
         if let Some(g) = self.security.fs_group {
             unix_id("spec.securityContext.fsGroup", g)?;
         }
+        if let Some(o) = &self.security.se_linux_options {
+            se_linux("spec.securityContext.seLinuxOptions", o)?;
+        }
+        let dns = &self.dns;
+        let field = "spec.dnsConfig.nameservers";
+        count(field, dns.nameservers.len(), MAX_DNS_NAMESERVERS)?;
+        for (i, ns) in dns.nameservers.iter().enumerate() {
+            if ns.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    format!("{field}[{i}]"),
+                    format!("Invalid value: {:?}: must be an IP address", clip(ns)),
+                ));
+            }
+        }
+        let field = "spec.dnsConfig.searches";
+        count(field, dns.searches.len(), MAX_DNS_SEARCHES)?;
+        for (i, search) in dns.searches.iter().enumerate() {
+            resolv_word(&format!("{field}[{i}]"), search, 253)?;
+        }
+        let line: usize = dns.searches.iter().map(|s| s.len() + 1).sum();
+        bytes(field, line.saturating_sub(1), MAX_DNS_SEARCH_CHARS)?;
+        let field = "spec.dnsConfig.options";
+        count(field, dns.options.len(), MAX_DNS_OPTIONS)?;
+        for (i, option) in dns.options.iter().enumerate() {
+            resolv_word(&format!("{field}[{i}]"), option, 256)?;
+        }
         // Where a manifest declares them: the annotation.
         let field = "metadata.annotations[kedge.io/routes]";
         count(field, self.routes.len(), MAX_POD_ROUTES)?;
@@ -476,6 +509,43 @@ impl Validate for PodSpec {
         }
         Ok(())
     }
+}
+
+/// A word of a resolv.conf line (a search domain, an option) or a part of
+/// an SELinux label: at most `max` bytes, with nothing that would start
+/// another word or line.
+fn word(field: &str, value: &str, max: usize) -> Result {
+    bytes(field, value.len(), max)?;
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            field,
+            format!(
+                "Invalid value: {:?}: must not contain spaces or control characters",
+                clip(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn resolv_word(field: &str, value: &str, max: usize) -> Result {
+    if value.is_empty() {
+        return Err(invalid(field, "Required value"));
+    }
+    word(field, value, max)
+}
+
+/// An SELinux label's parts (each may be empty: the runtime's default).
+fn se_linux(field: &str, o: &super::SeLinuxOptions) -> Result {
+    for (part, name) in [
+        (&o.user, "user"),
+        (&o.role, "role"),
+        (&o.r#type, "type"),
+        (&o.level, "level"),
+    ] {
+        word(&format!("{field}.{name}"), part, 256)?;
+    }
+    Ok(())
 }
 
 /// A user or group id: 0 to 2^32 - 1.
@@ -648,6 +718,9 @@ fn container(path: &str, c: &Container, volumes: &BTreeSet<&str>) -> Result {
             if let Some(id) = id {
                 unix_id(&format!("{p}.{field}"), id)?;
             }
+        }
+        if let Some(o) = &sc.se_linux_options {
+            se_linux(&format!("{p}.seLinuxOptions"), o)?;
         }
         if let Some(SecurityProfile::Localhost(name)) = &sc.seccomp_profile {
             // A file under the agent's seccomp directory.
@@ -1321,6 +1394,81 @@ mod tests {
         let mut s = pod();
         s.routes = vec![route(None, "a", 0); MAX_POD_ROUTES + 1];
         assert_eq!(field_of(&s), "metadata.annotations[kedge.io/routes]");
+    }
+
+    /// What reaches the runtime's resolv.conf and SELinux labels is one
+    /// word each, and the DNS lists keep Kubernetes' bounds.
+    #[test]
+    fn dns_config_and_selinux_labels_are_bounded_words() {
+        let mut s = pod();
+        s.dns = PodDns {
+            policy: DnsPolicy::None,
+            nameservers: vec!["192.0.2.1".into(), "2001:db8::1".into()],
+            searches: vec!["example.com".into(), "lab.".into()],
+            options: vec!["ndots:2".into(), "edns0".into()],
+        };
+        s.security.se_linux_options = Some(SeLinuxOptions {
+            level: "s0:c1,c2".into(),
+            ..Default::default()
+        });
+        s.validate().expect("valid");
+        type Change = fn(&mut PodSpec);
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                |s| s.dns.nameservers.push("dns.example".into()),
+                "spec.dnsConfig.nameservers[2]",
+            ),
+            (
+                |s| s.dns.nameservers = vec!["192.0.2.1".into(); 4],
+                "spec.dnsConfig.nameservers",
+            ),
+            (
+                |s| s.dns.searches.push("a\nnameserver 6.6.6.6".into()),
+                "spec.dnsConfig.searches[2]",
+            ),
+            (
+                |s| s.dns.searches = vec!["a".into(); MAX_DNS_SEARCHES + 1],
+                "spec.dnsConfig.searches",
+            ),
+            (
+                |s| s.dns.searches = vec!["a".repeat(200); 11],
+                "spec.dnsConfig.searches",
+            ),
+            (
+                |s| s.dns.options.push(String::new()),
+                "spec.dnsConfig.options[2]",
+            ),
+            (
+                |s| s.dns.options.push("ndots:1 rotate".into()),
+                "spec.dnsConfig.options[2]",
+            ),
+            (
+                |s| {
+                    s.security.se_linux_options = Some(SeLinuxOptions {
+                        r#type: "container_t\n".into(),
+                        ..Default::default()
+                    })
+                },
+                "spec.securityContext.seLinuxOptions.type",
+            ),
+            (
+                |s| {
+                    s.containers[0].security_context = Some(SecurityContext {
+                        se_linux_options: Some(SeLinuxOptions {
+                            user: "u".repeat(257),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                },
+                "spec.containers[0].securityContext.seLinuxOptions.user",
+            ),
+        ];
+        for (change, field) in cases {
+            let mut bad = s.clone();
+            change(&mut bad);
+            assert_eq!(field_of(&bad), field);
+        }
     }
 
     #[test]

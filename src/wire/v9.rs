@@ -10,9 +10,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::v10::{PodSecurity, SecurityContext};
 use crate::model::{
-    ContainerPort, EnvVar, Lifecycle, PodSecurity, Probe, PullPolicy, Resources, RestartPolicy,
-    RuntimeKind, SecurityContext, Volume, VolumeMount,
+    ContainerPort, EnvVar, Lifecycle, Probe, PullPolicy, Resources, RestartPolicy, RuntimeKind,
+    Volume, VolumeMount,
 };
 
 /// Version 9's `PodSpec` (field for field, without `routes`; the nested

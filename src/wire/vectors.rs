@@ -105,6 +105,13 @@ fn container(name: &str, image: &str) -> Container {
             capabilities_drop: vec!["ALL".into()],
             seccomp_profile: Some(SecurityProfile::Localhost("profiles/sensor.json".into())),
             app_armor_profile: Some(SecurityProfile::Unconfined),
+            // Version 11's SELinux label.
+            se_linux_options: Some(SeLinuxOptions {
+                user: "system_u".into(),
+                role: "system_r".into(),
+                r#type: "container_t".into(),
+                level: "s0:c1,c2".into(),
+            }),
         }),
         lifecycle: Lifecycle {
             post_start: Some(Hook::Run(ProbeHandler::Exec {
@@ -193,6 +200,13 @@ pub(super) fn desired_pod() -> PodSpec {
             share_process_namespace: true,
             fs_group: Some(2000),
             supplemental_groups: vec![3000, 2_147_483_647],
+            // Version 11's SELinux label of the sandbox.
+            se_linux_options: Some(SeLinuxOptions {
+                user: String::new(),
+                role: String::new(),
+                r#type: "spc_t".into(),
+                level: "s0".into(),
+            }),
         },
         // Version 10's routes the pod declares.
         routes: vec![PodRoute {
@@ -200,6 +214,13 @@ pub(super) fn desired_pod() -> PodSpec {
             filter: "readings/#".into(),
             ttl_secs: 7200,
         }],
+        // Version 11's DNS policy and configuration.
+        dns: PodDns {
+            policy: DnsPolicy::None,
+            nameservers: vec!["192.0.2.53".into(), "2001:db8::53".into()],
+            searches: vec!["factory.example".into()],
+            options: vec!["ndots:2".into(), "edns0".into()],
+        },
     }
 }
 
@@ -978,9 +999,24 @@ fn vector_tombstone() {
 /// no labels; versions 1 to 3 had a `PodSpec` without what version 4 added
 /// (seccomp and AppArmor profiles, hostPath types), versions 1 to 8 one
 /// without what version 9 added (lifecycle hooks, the termination message
-/// fields, env status fields: the old samples had no such variable). The
-/// samples' strings hold no `$`, so the upgrade's escaping changes nothing.
+/// fields, env status fields: the old samples had no such variable), and
+/// versions 1 to 10 one without SELinux labels and `dns`. The samples'
+/// strings hold no `$`, so the upgrade's escaping changes nothing.
 fn as_of_version(version: u16, message: Message) -> Message {
+    // Versions 1 to 10 had no SELinux labels and no DNS policy.
+    let message = match message {
+        Message::DesiredPod(mut spec) if version < SELINUX_DNS_SINCE_VERSION => {
+            spec.dns = PodDns::default();
+            spec.security.se_linux_options = None;
+            for c in spec.containers.iter_mut().chain(&mut spec.init_containers) {
+                if let Some(sc) = &mut c.security_context {
+                    sc.se_linux_options = None;
+                }
+            }
+            Message::DesiredPod(spec)
+        }
+        other => other,
+    };
     // Versions 1 to 9 had no native sidecars, no pod routes and no claims.
     let message = match message {
         Message::DesiredPod(mut spec) if version < SIDECARS_SINCE_VERSION => {
@@ -1217,8 +1253,9 @@ fn version_9_vectors_are_still_read() {
     signed_vectors_still_verify(9);
 }
 
-/// Version 10 had kinds 1–21 and a `NodeStatus` without `data` (the data
-/// path's counters); its signed vectors still verify.
+/// Version 10 had kinds 1–21, a `NodeStatus` without `data` (the data
+/// path's counters) and a `PodSpec` without SELinux labels and `dns`; its
+/// signed vectors still verify.
 #[test]
 fn version_10_vectors_are_still_read() {
     older_vectors_are_still_read(10, 21);

@@ -185,7 +185,8 @@ fn pod_refusals() -> Vec<(&'static str, Value)> {
     vec![
         ("activeDeadlineSeconds", json!(60)),
         ("automountServiceAccountToken", json!(true)),
-        ("dnsConfig", json!({"nameservers": ["1.1.1.1"]})),
+        ("dnsConfig", json!({"nameservers": ["dns.example"]})),
+        ("dnsPolicy", json!("Sometimes")),
         (
             "ephemeralContainers",
             json!([{"name": "debug", "image": "busybox"}]),

@@ -535,7 +535,7 @@ mod tests {
             (
                 json!({"spec": {"runtimeClassName": "kedge-wasm",
                     "containers": [{"name": "app", "image": file, "securityContext": {"privileged": true}}]}}),
-                "spec.containers[0].securityContext.privileged: not supported for wasm containers".into(),
+                "spec.containers[0].securityContext.privileged: not supported for wasm containers: a module runs inside the agent and cannot be given the node's privileges".into(),
             ),
         ];
         for (patch, expected) in cases {

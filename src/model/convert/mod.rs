@@ -28,10 +28,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    Container, ContainerPort, DEFAULT_TERMINATION_MESSAGE_PATH, EnvVar, Hook, HostPathType,
-    Lifecycle, MountPropagation, PodSecurity, PodSpec, Probe, ProbeHandler, PullPolicy, Resources,
-    RestartPolicy, RuntimeKind, SecurityContext, SecurityProfile, StatusField, Volume, VolumeMount,
-    VolumeSource, WASM_RUNTIME_CLASS,
+    Container, ContainerPort, DEFAULT_TERMINATION_MESSAGE_PATH, DnsPolicy, EnvVar, Hook,
+    HostPathType, Lifecycle, MountPropagation, PodDns, PodSecurity, PodSpec, Probe, ProbeHandler,
+    PullPolicy, Resources, RestartPolicy, RuntimeKind, SeLinuxOptions, SecurityContext,
+    SecurityProfile, StatusField, Volume, VolumeMount, VolumeSource, WASM_RUNTIME_CLASS,
 };
 use crate::model::validate::{LABEL_RULE, SUBDOMAIN_RULE, is_dns1123_label, is_dns1123_subdomain};
 
@@ -51,7 +51,7 @@ mod volumes;
 
 pub use manifests::{Manifests, parse_manifests, parse_pod_manifests};
 pub use objects::{FileResolver, Reader};
-pub use pod::{convert_pod, pod_spec_from_k8s, pod_spec_from_k8s_with};
+pub use pod::{bind_to_node, convert_pod, pod_spec_from_k8s, pod_spec_from_k8s_with, unbound};
 use probes::ProbeKind;
 pub use quantities::{bytes, cpu_millis};
 use volumes::volume_mounts;

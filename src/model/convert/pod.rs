@@ -2,6 +2,42 @@
 
 use super::*;
 
+/// Places the pod on `node` as binding it does, before it is converted:
+/// `spec.nodeName`, which env `fieldRef: spec.nodeName` reads, becomes the
+/// node (`kedge apply --node`). A pod that names another node is refused
+/// rather than run with a name that is not its node's.
+pub fn bind_to_node(pod: &mut k8s::Pod, node: &str) -> Result<(), ConvertError> {
+    let Some(spec) = pod.spec.as_mut() else {
+        return Ok(());
+    };
+    match spec.node_name.as_deref() {
+        None | Some("") => spec.node_name = Some(node.to_owned()),
+        Some(named) if named == node => {}
+        Some(other) => {
+            return Err(field(
+                "spec.nodeName",
+                format!("Invalid value: {other:?}: the pod is applied to node {node:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a pod that names a node where one spec goes to every node a
+/// selector matches (`kedge apply --selector`): env `fieldRef:
+/// spec.nodeName` would read that one name on all of them.
+pub fn unbound(pod: &k8s::Pod) -> Result<(), ConvertError> {
+    match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+        None | Some("") => Ok(()),
+        Some(named) => Err(field(
+            "spec.nodeName",
+            format!(
+                "Invalid value: {named:?}: a fleet deployment runs on every node its selector matches (leave it unset)"
+            ),
+        )),
+    }
+}
+
 /// Converts one Pod without cluster access (see [`NoResolver`]).
 pub fn pod_spec_from_k8s(pod: &k8s::Pod) -> Result<PodSpec, ConvertError> {
     pod_spec_from_k8s_with(pod, &NoResolver)
@@ -183,6 +219,7 @@ pub fn convert_pod(pod: &k8s::Pod, resolver: &dyn Resolver) -> Result<Converted,
 
     let image_pull_secrets = ctx.image_pull_secrets()?;
     let security = pod_security(spec, runtime)?;
+    let dns = pod_dns(spec, runtime)?;
     // The data routes the pod declares for itself (`model::route`).
     let routes = match meta
         .annotations
@@ -217,6 +254,7 @@ pub fn convert_pod(pod: &k8s::Pod, resolver: &dyn Resolver) -> Result<Converted,
         image_pull_secrets,
         security,
         routes,
+        dns,
     };
     Ok(Converted {
         spec: validate_converted(spec)?,
@@ -241,16 +279,25 @@ fn validate_converted(mut spec: PodSpec) -> Result<PodSpec, ConvertError> {
     Ok(spec)
 }
 
-/// Rejects the pod-level fields the agent cannot honour. Accepted and ignored,
-/// because they only matter to a scheduler or the cluster: affinity, tolerations,
-/// nodeSelector, nodeName, schedulerName, priority, priorityClassName,
-/// preemptionPolicy, topologySpreadConstraints, serviceAccount(Name),
-/// automountServiceAccountToken unset or false (no token is mounted: the
-/// token volume Kubernetes injects when it is unset is left out with a
-/// warning, see `volumes::is_injected_token_volume`; true is refused until
-/// tokens exist), enableServiceLinks, dnsPolicy and subdomain
-/// (there is no cluster DNS on the edge), and status. `hostname` is accepted
-/// when it is the pod's name (the default, and what StatefulSets set).
+/// Rejects the pod-level fields the agent cannot honour: `setHostnameAsFQDN`,
+/// `automountServiceAccountToken: true` (no token can be mounted), `hostUsers:
+/// false`, `ephemeralContainers`, `readinessGates`, `resourceClaims`,
+/// `hostAliases`, `overhead`, `activeDeadlineSeconds`, a non-empty pod-level
+/// `resources` (requests and limits are set per container; `{}` is accepted), a
+/// `hostname` other than the pod's name, `schedulingGates`, an `os` other than
+/// linux, and the security context's `sysctls` and, for a linux pod,
+/// `windowsOptions`.
+///
+/// Accepted and ignored, because they only matter to a scheduler or the
+/// cluster: affinity, tolerations, nodeSelector, schedulerName, priority,
+/// priorityClassName, preemptionPolicy, topologySpreadConstraints,
+/// serviceAccount(Name), enableServiceLinks, subdomain (there is no cluster DNS
+/// on the edge), and status. nodeName is read by env `fieldRef` (`bind_to_node`
+/// sets it where `kedge apply` places the pod). automountServiceAccountToken
+/// unset or false mounts no token: the token volume Kubernetes injects when it
+/// is unset is left out with a warning (`volumes::is_injected_token_volume`).
+/// `hostname` is accepted when it is the pod's name (the default, and what
+/// StatefulSets set). `pod_dns` takes dnsPolicy and dnsConfig.
 fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError> {
     let flags = [(spec.set_hostname_as_fqdn, "spec.setHostnameAsFQDN")];
     for (flag, path) in flags {
@@ -285,12 +332,18 @@ fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError>
             spec.overhead.as_ref().is_some_and(|o| !o.is_empty()),
             "spec.overhead",
         ),
-        (spec.dns_config.is_some(), "spec.dnsConfig"),
         (
             spec.active_deadline_seconds.is_some(),
             "spec.activeDeadlineSeconds",
         ),
-        (spec.resources.is_some(), "spec.resources"),
+        (
+            spec.resources.as_ref().is_some_and(|r| {
+                non_empty(&r.claims)
+                    || r.limits.as_ref().is_some_and(|l| !l.is_empty())
+                    || r.requests.as_ref().is_some_and(|l| !l.is_empty())
+            }),
+            "spec.resources",
+        ),
         (
             spec.hostname
                 .as_ref()
@@ -320,25 +373,65 @@ fn check_pod_fields(spec: &k8s::PodSpec, name: &str) -> Result<(), ConvertError>
             ),
         ));
     }
-    // Pod security context. Honoured: runAsUser and runAsGroup (copied into
-    // every container that does not set its own), runAsNonRoot (checked
-    // statically, see `Ctx::security_context`), fsGroup and
-    // supplementalGroups (`pod_security`). Rejected: sysctls, which the agent
-    // cannot apply. Ignored: seLinuxOptions and seLinuxChangePolicy
-    // (gateways run without SELinux labelling), windowsOptions (linux only).
+    // Pod security context: `Ctx::security_context` (the defaults of every
+    // container) and `pod_security` (groups, namespaces, SELinux) take what
+    // is honoured; sysctls cannot be applied.
     if let Some(sc) = &spec.security_context
         && non_empty(&sc.sysctls)
     {
         return Err(unsupported("spec.securityContext.sysctls"));
     }
+    windows_options(spec)
+}
+
+/// `windowsOptions` (pod and containers): the apiserver forbids them in a
+/// pod whose `os.name` is linux, and a kubelet on Linux does not read them
+/// (they only reach a Windows runtime). Here the same: forbidden for a linux
+/// pod, ignored otherwise (a pod without `os` runs on a linux node, where
+/// they mean nothing).
+fn windows_options(spec: &k8s::PodSpec) -> Result<(), ConvertError> {
+    if spec.os.as_ref().is_none_or(|os| os.name != "linux") {
+        return Ok(());
+    }
+    let forbidden = |path: String| {
+        field(
+            format!("{path}.securityContext.windowsOptions"),
+            "Forbidden: windows options cannot be set for a linux pod",
+        )
+    };
+    if spec
+        .security_context
+        .as_ref()
+        .is_some_and(|sc| sc.windows_options.is_some())
+    {
+        return Err(forbidden("spec".into()));
+    }
+    let lists = [
+        ("spec.initContainers", spec.init_containers.as_deref()),
+        ("spec.containers", Some(spec.containers.as_slice())),
+    ];
+    for (list, containers) in lists {
+        for (i, c) in containers.unwrap_or_default().iter().enumerate() {
+            if c.security_context
+                .as_ref()
+                .is_some_and(|sc| sc.windows_options.is_some())
+            {
+                return Err(forbidden(format!("{list}[{i}]")));
+            }
+        }
+    }
     Ok(())
 }
 
-/// `hostPID`, `hostIPC`, `shareProcessNamespace`, `fsGroup` and
-/// `supplementalGroups`: container pods only (a Wasm module has no process
-/// of its own). `fsGroupChangePolicy` is either value: the agent makes the
-/// volumes it owns, so both come to the same; `supplementalGroupsPolicy:
-/// Strict` needs a runtime newer than the nodes' containerd.
+/// `hostPID`, `hostIPC`, `shareProcessNamespace`, `fsGroup`,
+/// `supplementalGroups` and the sandbox's `seLinuxOptions`: container pods
+/// only (a Wasm module has no process of its own). `fsGroupChangePolicy` is
+/// either value: the agent makes the volumes it owns, so both come to the
+/// same; `supplementalGroupsPolicy: Strict` needs a runtime newer than the
+/// nodes' containerd. `seLinuxChangePolicy` is either value: `MountOption`
+/// labels only CSI, iSCSI and Fibre Channel volumes by a mount option and
+/// relabels every other volume recursively, as `Recursive` does, and a kedge
+/// pod has only other volumes.
 fn pod_security(spec: &k8s::PodSpec, runtime: RuntimeKind) -> Result<PodSecurity, ConvertError> {
     let sc = spec.security_context.as_ref();
     let security = PodSecurity {
@@ -349,51 +442,85 @@ fn pod_security(spec: &k8s::PodSpec, runtime: RuntimeKind) -> Result<PodSecurity
         supplemental_groups: sc
             .and_then(|sc| sc.supplemental_groups.clone())
             .unwrap_or_default(),
+        se_linux_options: sc
+            .and_then(|sc| sc.se_linux_options.as_ref())
+            .map(security::se_linux_options),
     };
-    if let Some(policy) = sc.and_then(|sc| sc.fs_group_change_policy.as_deref())
-        && !matches!(policy, "OnRootMismatch" | "Always")
-    {
+    let policies: [(_, &str, &[&str]); 3] = [
+        (
+            sc.and_then(|sc| sc.fs_group_change_policy.as_deref()),
+            "fsGroupChangePolicy",
+            &["OnRootMismatch", "Always"],
+        ),
+        (
+            sc.and_then(|sc| sc.supplemental_groups_policy.as_deref()),
+            "supplementalGroupsPolicy",
+            &["Merge", "Strict"],
+        ),
+        (
+            sc.and_then(|sc| sc.se_linux_change_policy.as_deref()),
+            "seLinuxChangePolicy",
+            &["MountOption", "Recursive"],
+        ),
+    ];
+    for (value, name, supported) in policies {
+        if let Some(value) = value
+            && !supported.contains(&value)
+        {
+            let supported: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+            return Err(field(
+                format!("spec.securityContext.{name}"),
+                format!(
+                    "Unsupported value: {value:?}: supported values: {}",
+                    supported.join(", ")
+                ),
+            ));
+        }
+    }
+    if sc.and_then(|sc| sc.supplemental_groups_policy.as_deref()) == Some("Strict") {
         return Err(field(
-            "spec.securityContext.fsGroupChangePolicy",
-            format!(
-                "Unsupported value: {policy:?}: supported values: \"OnRootMismatch\", \"Always\""
-            ),
+            "spec.securityContext.supplementalGroupsPolicy",
+            "Strict is not supported on kedge nodes (their container runtime merges the image's groups)",
         ));
     }
-    match sc.and_then(|sc| sc.supplemental_groups_policy.as_deref()) {
-        None | Some("Merge") => {}
-        Some("Strict") => {
-            return Err(field(
-                "spec.securityContext.supplementalGroupsPolicy",
-                "Strict is not supported on kedge nodes (their container runtime merges the image's groups)",
-            ));
-        }
-        Some(other) => {
-            return Err(field(
-                "spec.securityContext.supplementalGroupsPolicy",
-                format!("Unsupported value: {other:?}: supported values: \"Merge\", \"Strict\""),
-            ));
-        }
-    }
     if runtime == RuntimeKind::Wasm {
+        const NO_PROCESS: &str = "a module has no process of its own";
         let set = [
-            (security.host_pid, "spec.hostPID"),
-            (security.host_ipc, "spec.hostIPC"),
+            (security.host_pid, "spec.hostPID", NO_PROCESS),
+            (security.host_ipc, "spec.hostIPC", NO_PROCESS),
             (
                 security.share_process_namespace,
                 "spec.shareProcessNamespace",
+                NO_PROCESS,
             ),
-            (security.fs_group.is_some(), "spec.securityContext.fsGroup"),
+            (
+                security.fs_group.is_some(),
+                "spec.securityContext.fsGroup",
+                NO_PROCESS,
+            ),
             (
                 !security.supplemental_groups.is_empty(),
                 "spec.securityContext.supplementalGroups",
+                NO_PROCESS,
+            ),
+            (
+                sc.is_some_and(|sc| sc.run_as_user.is_some()),
+                "spec.securityContext.runAsUser",
+                security::WASM_USER,
+            ),
+            (
+                sc.is_some_and(|sc| sc.run_as_group.is_some()),
+                "spec.securityContext.runAsGroup",
+                security::WASM_GROUP,
+            ),
+            (
+                security.se_linux_options.is_some(),
+                "spec.securityContext.seLinuxOptions",
+                security::WASM_SELINUX,
             ),
         ];
-        if let Some((_, path)) = set.iter().find(|(on, _)| *on) {
-            return Err(field(
-                *path,
-                "not supported for wasm pods: a module has no process of its own",
-            ));
+        if let Some((_, path, why)) = set.iter().find(|(on, _, _)| *on) {
+            return Err(field(*path, format!("not supported for wasm pods: {why}")));
         }
     }
     if security.host_pid && security.share_process_namespace {
@@ -403,6 +530,134 @@ fn pod_security(spec: &k8s::PodSpec, runtime: RuntimeKind) -> Result<PodSecurity
         ));
     }
     Ok(security)
+}
+
+/// `dnsPolicy` and `dnsConfig`, checked as the apiserver checks them (with
+/// its relaxed search domains: `.` and `_` allowed); the agent makes the
+/// sandbox's resolver configuration from them and the node's, as the
+/// kubelet does (`runtime::cri::dns`). A Wasm module has no network: its
+/// `dnsPolicy` changes nothing, and a `dnsConfig` is refused.
+fn pod_dns(spec: &k8s::PodSpec, runtime: RuntimeKind) -> Result<PodDns, ConvertError> {
+    use crate::model::validate::{MAX_DNS_NAMESERVERS, MAX_DNS_SEARCH_CHARS, MAX_DNS_SEARCHES};
+    let policy = match spec.dns_policy.as_deref() {
+        None | Some("ClusterFirst") => DnsPolicy::ClusterFirst,
+        Some("ClusterFirstWithHostNet") => DnsPolicy::ClusterFirstWithHostNet,
+        Some("Default") => DnsPolicy::Default,
+        Some("None") => DnsPolicy::None,
+        Some(other) => {
+            return Err(field(
+                "spec.dnsPolicy",
+                format!(
+                    "Unsupported value: {other:?}: supported values: \"ClusterFirstWithHostNet\", \"ClusterFirst\", \"Default\", \"None\""
+                ),
+            ));
+        }
+    };
+    let Some(config) = &spec.dns_config else {
+        if policy == DnsPolicy::None {
+            return Err(field(
+                "spec.dnsConfig",
+                "Required value: must provide `dnsConfig` when `dnsPolicy` is None",
+            ));
+        }
+        return Ok(match runtime {
+            RuntimeKind::Container => PodDns {
+                policy,
+                ..PodDns::default()
+            },
+            RuntimeKind::Wasm => PodDns::default(),
+        });
+    };
+    if runtime == RuntimeKind::Wasm {
+        return Err(field(
+            "spec.dnsConfig",
+            "not supported for wasm pods: a module has no network",
+        ));
+    }
+    let nameservers = config.nameservers.clone().unwrap_or_default();
+    let path = "spec.dnsConfig.nameservers";
+    if policy == DnsPolicy::None && nameservers.is_empty() {
+        return Err(field(
+            path,
+            "Required value: must provide at least one DNS nameserver when `dnsPolicy` is None",
+        ));
+    }
+    if nameservers.len() > MAX_DNS_NAMESERVERS {
+        return Err(field(
+            path,
+            format!("Invalid value: must not have more than {MAX_DNS_NAMESERVERS} nameservers"),
+        ));
+    }
+    for (i, ns) in nameservers.iter().enumerate() {
+        if ns.parse::<std::net::IpAddr>().is_err() {
+            return Err(field(
+                format!("{path}[{i}]"),
+                format!(
+                    "Invalid value: {ns:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"
+                ),
+            ));
+        }
+    }
+    let searches = config.searches.clone().unwrap_or_default();
+    let path = "spec.dnsConfig.searches";
+    if searches.len() > MAX_DNS_SEARCHES {
+        return Err(field(
+            path,
+            format!("Invalid value: must not have more than {MAX_DNS_SEARCHES} search paths"),
+        ));
+    }
+    if searches.join(" ").len() > MAX_DNS_SEARCH_CHARS {
+        return Err(field(
+            path,
+            format!(
+                "Invalid value: must not have more than {MAX_DNS_SEARCH_CHARS} characters (including spaces) in the search list"
+            ),
+        ));
+    }
+    for (i, search) in searches.iter().enumerate() {
+        if search != "." && !is_search_domain(search.strip_suffix('.').unwrap_or(search)) {
+            return Err(field(
+                format!("{path}[{i}]"),
+                format!(
+                    "Invalid value: {search:?}: a search domain must consist of lowercase letters, digits, '-', '_' and '.' only, starting and ending with a letter, digit or '_', at most 253 characters"
+                ),
+            ));
+        }
+    }
+    let mut options = Vec::new();
+    for (i, o) in config.options.iter().flatten().enumerate() {
+        let name = o.name.as_deref().unwrap_or_default();
+        if name.is_empty() {
+            return Err(field(
+                format!("spec.dnsConfig.options[{i}]"),
+                "Required value: must not be empty",
+            ));
+        }
+        // resolv.conf's form, as the kubelet writes it.
+        options.push(match o.value.as_deref() {
+            Some(value) if !value.is_empty() => format!("{name}:{value}"),
+            _ => name.to_owned(),
+        });
+    }
+    Ok(PodDns {
+        policy,
+        nameservers,
+        searches,
+        options,
+    })
+}
+
+/// A DNS subdomain that may hold `_` (Kubernetes' relaxed rule for search
+/// domains).
+fn is_search_domain(s: &str) -> bool {
+    let label = |l: &str| {
+        let inner = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+        !l.is_empty()
+            && l.bytes().all(|b| inner(b) || b == b'-')
+            && l.bytes().next().is_some_and(inner)
+            && l.bytes().last().is_some_and(inner)
+    };
+    s.len() <= 253 && s.split('.').all(label)
 }
 
 impl Ctx<'_> {
@@ -488,6 +743,7 @@ mod tests {
                 share_process_namespace: false,
                 fs_group: Some(2000),
                 supplemental_groups: vec![3000, 3001],
+                se_linux_options: None,
             }
         );
         let shared = convert(json!({"spec": {"shareProcessNamespace": true}}));
@@ -521,6 +777,208 @@ mod tests {
         assert_eq!(
             convert_err(json!({"spec": {"securityContext": {"fsGroup": -1}}})),
             "spec.securityContext.fsGroup: Invalid value: -1: must be between 0 and 4294967295, inclusive"
+        );
+    }
+
+    /// `resources: {}` at the pod level asks for nothing: accepted. Any
+    /// request or limit is refused (set them per container).
+    #[test]
+    fn empty_pod_level_resources_are_accepted() {
+        let plain = convert(json!({}));
+        for empty in [json!({}), json!({"limits": {}, "requests": {}})] {
+            assert_eq!(convert(json!({"spec": {"resources": empty}})), plain);
+        }
+        assert_eq!(
+            convert_err(json!({"spec": {"resources": {"requests": {"memory": "64Mi"}}}})),
+            "spec.resources: not supported on kedge nodes"
+        );
+    }
+
+    /// `windowsOptions`: forbidden in a linux pod, as the apiserver forbids
+    /// them; ignored in a pod without `os`, as a kubelet on Linux ignores
+    /// them.
+    #[test]
+    fn windows_options_are_forbidden_in_linux_pods_and_ignored_otherwise() {
+        let options = json!({"windowsOptions": {"runAsUserName": "ContainerUser"}});
+        let pod_level = json!({"spec": {"securityContext": options.clone()}});
+        let container_level = json!({"spec": {"containers": [
+            {"name": "app", "image": "nginx:1.25", "securityContext": options.clone()}
+        ]}});
+        let init_level = json!({"spec": {"initContainers": [
+            {"name": "init", "image": "busybox:1", "securityContext": options}
+        ]}});
+        let plain = convert(json!({}));
+        assert_eq!(convert(pod_level.clone()), plain);
+        let c = convert(container_level.clone());
+        assert_eq!(
+            c.containers[0].security_context.clone().unwrap_or_default(),
+            SecurityContext::default()
+        );
+        convert(init_level.clone());
+        let linux = |mut pod: Value| {
+            merge(&mut pod, json!({"spec": {"os": {"name": "linux"}}}));
+            convert_err(pod)
+        };
+        assert_eq!(
+            linux(pod_level),
+            "spec.securityContext.windowsOptions: Forbidden: windows options cannot be set for a linux pod"
+        );
+        assert_eq!(
+            linux(container_level),
+            "spec.containers[0].securityContext.windowsOptions: Forbidden: windows options cannot be set for a linux pod"
+        );
+        assert_eq!(
+            linux(init_level),
+            "spec.initContainers[0].securityContext.windowsOptions: Forbidden: windows options cannot be set for a linux pod"
+        );
+    }
+
+    /// `dnsPolicy` and `dnsConfig` travel with the spec, checked as the
+    /// apiserver checks them; the agent makes the resolver configuration.
+    #[test]
+    fn dns_policy_and_config_are_carried_and_checked() {
+        assert_eq!(convert(json!({})).dns, PodDns::default());
+        let spec = convert(json!({"spec": {
+            "dnsPolicy": "None",
+            "dnsConfig": {
+                "nameservers": ["192.0.2.53", "2001:db8::53"],
+                "searches": ["factory.example", "lab.", "_srv.example", "."],
+                "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}, {"name": "rotate", "value": ""}]
+            }
+        }}));
+        assert_eq!(
+            spec.dns,
+            PodDns {
+                policy: DnsPolicy::None,
+                nameservers: vec!["192.0.2.53".into(), "2001:db8::53".into()],
+                searches: vec![
+                    "factory.example".into(),
+                    "lab.".into(),
+                    "_srv.example".into(),
+                    ".".into()
+                ],
+                options: vec!["ndots:2".into(), "edns0".into(), "rotate".into()],
+            }
+        );
+        for (policy, want) in [
+            ("ClusterFirst", DnsPolicy::ClusterFirst),
+            (
+                "ClusterFirstWithHostNet",
+                DnsPolicy::ClusterFirstWithHostNet,
+            ),
+            ("Default", DnsPolicy::Default),
+        ] {
+            let spec = convert(json!({"spec": {"dnsPolicy": policy}}));
+            assert_eq!(spec.dns.policy, want, "{policy}");
+        }
+        let many = vec!["a.example"; 33];
+        let long = vec!["a".repeat(250); 9];
+        let cases = [
+            (
+                json!({"spec": {"dnsPolicy": "Sometimes"}}),
+                "spec.dnsPolicy: Unsupported value: \"Sometimes\": supported values: \"ClusterFirstWithHostNet\", \"ClusterFirst\", \"Default\", \"None\"",
+            ),
+            (
+                json!({"spec": {"dnsPolicy": "None"}}),
+                "spec.dnsConfig: Required value: must provide `dnsConfig` when `dnsPolicy` is None",
+            ),
+            (
+                json!({"spec": {"dnsPolicy": "None", "dnsConfig": {"searches": ["a.example"]}}}),
+                "spec.dnsConfig.nameservers: Required value: must provide at least one DNS nameserver when `dnsPolicy` is None",
+            ),
+            (
+                json!({"spec": {"dnsConfig": {"nameservers": ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]}}}),
+                "spec.dnsConfig.nameservers: Invalid value: must not have more than 3 nameservers",
+            ),
+            (
+                json!({"spec": {"dnsConfig": {"searches": many}}}),
+                "spec.dnsConfig.searches: Invalid value: must not have more than 32 search paths",
+            ),
+            (
+                json!({"spec": {"dnsConfig": {"searches": long}}}),
+                "spec.dnsConfig.searches: Invalid value: must not have more than 2048 characters (including spaces) in the search list",
+            ),
+            (
+                json!({"spec": {"dnsConfig": {"searches": ["Example.com"]}}}),
+                "spec.dnsConfig.searches[0]: Invalid value: \"Example.com\": a search domain must consist of lowercase letters, digits, '-', '_' and '.' only, starting and ending with a letter, digit or '_', at most 253 characters",
+            ),
+            (
+                json!({"spec": {"dnsConfig": {"options": [{"value": "2"}]}}}),
+                "spec.dnsConfig.options[0]: Required value: must not be empty",
+            ),
+            (
+                json!({"spec": {"dnsConfig": {"options": [{"name": "ndots 1"}]}}}),
+                "spec.dnsConfig.options[0]: Invalid value: \"ndots 1\": must not contain spaces or control characters",
+            ),
+        ];
+        for (patch, expected) in cases {
+            assert_eq!(convert_err(patch.clone()), expected, "patch: {patch}");
+        }
+
+        // Wasm: the policy changes nothing; a dnsConfig is refused.
+        let module = format!("file:///m.wasm@sha256:{DIGEST}");
+        let mut pod = wasm(&module);
+        merge(&mut pod, json!({"spec": {"dnsPolicy": "Default"}}));
+        assert_eq!(convert(pod).dns, PodDns::default());
+        let mut pod = wasm(&module);
+        merge(
+            &mut pod,
+            json!({"spec": {"dnsConfig": {"nameservers": ["192.0.2.53"]}}}),
+        );
+        assert_eq!(
+            convert_err(pod),
+            "spec.dnsConfig: not supported for wasm pods: a module has no network"
+        );
+    }
+
+    /// `seLinuxChangePolicy`: both values come to the same on a kedge node
+    /// (no volume it has is labelled by a mount option).
+    #[test]
+    fn se_linux_change_policy_takes_either_value() {
+        let plain = convert(json!({}));
+        for policy in ["Recursive", "MountOption"] {
+            let spec =
+                convert(json!({"spec": {"securityContext": {"seLinuxChangePolicy": policy}}}));
+            assert_eq!(spec, plain, "{policy}");
+        }
+        assert_eq!(
+            convert_err(json!({"spec": {"securityContext": {"seLinuxChangePolicy": "Never"}}})),
+            "spec.securityContext.seLinuxChangePolicy: Unsupported value: \"Never\": supported values: \"MountOption\", \"Recursive\""
+        );
+    }
+
+    /// A pod applied to a node names it in `spec.nodeName`, which env
+    /// `fieldRef: spec.nodeName` reads; a pod that names another node is
+    /// refused.
+    #[test]
+    fn a_pod_bound_to_a_node_reads_its_name() {
+        let node_env = json!({"spec": {"containers": [{"name": "app", "image": "nginx:1.25",
+            "env": [{"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}]}]}});
+        let env_of = |pod: &k8s::Pod| {
+            pod_spec_from_k8s(pod).expect("converts").containers[0].env[0]
+                .value
+                .clone()
+        };
+        let mut pod = k8s_pod(node_env.clone());
+        bind_to_node(&mut pod, "gw1").expect("binds");
+        assert_eq!(env_of(&pod), "gw1");
+        let mut named = node_env.clone();
+        merge(&mut named, json!({"spec": {"nodeName": "gw1"}}));
+        let mut pod = k8s_pod(named.clone());
+        bind_to_node(&mut pod, "gw1").expect("the same node");
+        assert_eq!(env_of(&pod), "gw1");
+        let mut pod = k8s_pod(named);
+        assert_eq!(
+            bind_to_node(&mut pod, "gw2")
+                .expect_err("another node")
+                .to_string(),
+            "spec.nodeName: Invalid value: \"gw1\": the pod is applied to node \"gw2\""
+        );
+        // A fleet's one spec names no node.
+        assert_eq!(unbound(&k8s_pod(node_env)), Ok(()));
+        assert_eq!(
+            unbound(&pod).expect_err("named").to_string(),
+            "spec.nodeName: Invalid value: \"gw1\": a fleet deployment runs on every node its selector matches (leave it unset)"
         );
     }
 
@@ -792,8 +1250,7 @@ status: {}
             "enableServiceLinks": false,
             "dnsPolicy": "ClusterFirst",
             "hostname": "web",
-            "subdomain": "edge",
-            "securityContext": {"seLinuxOptions": {"level": "s0"}}
+            "subdomain": "edge"
         }, "status": {"phase": "Running"}}));
         assert_eq!(spec, convert(json!({})));
     }
@@ -916,8 +1373,8 @@ status: {}
                 "spec.readinessGates: not supported on kedge nodes",
             ),
             (
-                json!({"spec": {"dnsConfig": {"nameservers": ["1.1.1.1"]}}}),
-                "spec.dnsConfig: not supported on kedge nodes",
+                json!({"spec": {"dnsConfig": {"nameservers": ["dns.example"]}}}),
+                "spec.dnsConfig.nameservers[0]: Invalid value: \"dns.example\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
             ),
             (
                 json!({"spec": {"hostAliases": [{"ip": "10.0.0.1", "hostnames": ["a"]}]}}),

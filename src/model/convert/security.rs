@@ -4,9 +4,17 @@ use super::*;
 
 impl Ctx<'_> {
     /// The container's security context with the pod's runAsUser/runAsGroup,
-    /// seccompProfile and appArmorProfile as defaults (the container's win).
-    /// Ignored (accepted): seLinuxOptions (no SELinux labelling on gateways),
-    /// windowsOptions (linux only).
+    /// seccompProfile, appArmorProfile and seLinuxOptions as defaults (the
+    /// container's win), as the kubelet's `determineEffectiveSecurityContext`
+    /// merges them. windowsOptions: `pod::windows_options`.
+    ///
+    /// A Wasm module runs inside the agent: what would not apply to it is
+    /// refused (a user or group, privileges, added capabilities, an SELinux
+    /// label, a kernel profile other than the agent's own); what only
+    /// takes something away holds for every module (`capabilities.drop`,
+    /// `allowPrivilegeEscalation: false`, `readOnlyRootFilesystem`: a module
+    /// has no capabilities, cannot gain privileges, and has no root file
+    /// system, only its volumes).
     pub(super) fn security_context(
         &self,
         container: &str,
@@ -40,16 +48,25 @@ impl Ctx<'_> {
                 ));
             }
             if self.runtime == RuntimeKind::Wasm {
-                if out.privileged {
+                let refused = [
+                    (out.privileged, "privileged", WASM_PRIVILEGED),
+                    (
+                        !out.capabilities_add.is_empty(),
+                        "capabilities.add",
+                        WASM_CAPABILITIES,
+                    ),
+                    (out.run_as_user.is_some(), "runAsUser", WASM_USER),
+                    (out.run_as_group.is_some(), "runAsGroup", WASM_GROUP),
+                    (
+                        sc.se_linux_options.is_some(),
+                        "seLinuxOptions",
+                        WASM_SELINUX,
+                    ),
+                ];
+                if let Some((_, name, why)) = refused.iter().find(|(on, _, _)| *on) {
                     return Err(field(
-                        format!("{sc_path}.privileged"),
-                        "not supported for wasm containers",
-                    ));
-                }
-                if !out.capabilities_add.is_empty() {
-                    return Err(field(
-                        format!("{sc_path}.capabilities.add"),
-                        "not supported for wasm containers",
+                        format!("{sc_path}.{name}"),
+                        format!("not supported for wasm containers: {why}"),
                     ));
                 }
             }
@@ -117,6 +134,15 @@ impl Ctx<'_> {
         }
         out.seccomp_profile = seccomp;
         out.app_armor_profile = app_armor;
+        // seLinuxOptions: the container's whole, else the pod's (a Wasm
+        // pod's is refused by `pod_security`).
+        if let Some(o) = sc
+            .and_then(|sc| sc.se_linux_options.as_ref())
+            .or_else(|| pod_sc.and_then(|p| p.se_linux_options.as_ref()))
+        {
+            out.se_linux_options = Some(se_linux_options(o));
+            any = true;
+        }
         let ids = [
             (
                 sc.and_then(|sc| sc.run_as_user),
@@ -263,6 +289,27 @@ impl Ctx<'_> {
     }
 }
 
+/// Why a Wasm module cannot have what a field asks for (after "not
+/// supported for wasm containers: " or "… pods: ").
+pub(super) const WASM_PRIVILEGED: &str =
+    "a module runs inside the agent and cannot be given the node's privileges";
+pub(super) const WASM_CAPABILITIES: &str = "a module has no Linux capabilities";
+pub(super) const WASM_USER: &str = "a module runs inside the agent and has no user of its own";
+pub(super) const WASM_GROUP: &str = "a module runs inside the agent and has no group of its own";
+pub(super) const WASM_SELINUX: &str = "no SELinux label applies inside the agent";
+
+/// `seLinuxOptions` as the CRI takes them (an unset part: the runtime's
+/// default for it).
+pub(super) fn se_linux_options(o: &k8s::SELinuxOptions) -> SeLinuxOptions {
+    let part = |p: &Option<String>| p.clone().unwrap_or_default();
+    SeLinuxOptions {
+        user: part(&o.user),
+        role: part(&o.role),
+        r#type: part(&o.type_),
+        level: part(&o.level),
+    }
+}
+
 /// The deprecated per-container AppArmor annotation, before the container's
 /// name.
 const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
@@ -322,6 +369,7 @@ mod tests {
                 capabilities_drop: vec!["ALL".into()],
                 seccomp_profile: Some(SecurityProfile::RuntimeDefault),
                 app_armor_profile: Some(SecurityProfile::RuntimeDefault),
+                se_linux_options: None,
             })
         );
         let err = convert_err(with_container(json!({"name": "app", "image": "nginx",
@@ -330,6 +378,113 @@ mod tests {
             err,
             "spec.containers[0].securityContext.allowPrivilegeEscalation: cannot be false when privileged is true"
         );
+    }
+
+    /// seLinuxOptions: the pod's label is the sandbox's and every
+    /// container's that has none of its own; a container's replaces the
+    /// pod's whole (the kubelet's effective security context).
+    #[test]
+    fn se_linux_options_reach_the_sandbox_and_each_container() {
+        let spec = convert(json!({"spec": {
+            "securityContext": {"seLinuxOptions": {"level": "s0:c1,c2", "type": "container_t"}},
+            "initContainers": [{"name": "init", "image": "busybox"}],
+            "containers": [{"name": "app", "image": "nginx", "securityContext": {
+                "seLinuxOptions": {"user": "system_u", "role": "system_r"}
+            }}]
+        }}));
+        let pod = SeLinuxOptions {
+            r#type: "container_t".into(),
+            level: "s0:c1,c2".into(),
+            ..Default::default()
+        };
+        assert_eq!(spec.security.se_linux_options, Some(pod.clone()));
+        let label = |c: &Container| c.security_context.clone().and_then(|s| s.se_linux_options);
+        assert_eq!(label(&spec.init_containers[0]), Some(pod));
+        assert_eq!(
+            label(&spec.containers[0]),
+            Some(SeLinuxOptions {
+                user: "system_u".into(),
+                role: "system_r".into(),
+                ..Default::default()
+            })
+        );
+        let plain = convert(json!({}));
+        assert_eq!(plain.security.se_linux_options, None);
+        assert_eq!(plain.containers[0].security_context, None);
+
+        // Wasm: no SELinux label applies inside the agent.
+        let module = format!("file:///m.wasm@sha256:{DIGEST}");
+        for (patch, expected) in [
+            (
+                json!({"spec": {"containers": [{"name": "app", "image": module.clone(),
+                    "securityContext": {"seLinuxOptions": {"level": "s0"}}}]}}),
+                "spec.containers[0].securityContext.seLinuxOptions: not supported for wasm containers: no SELinux label applies inside the agent",
+            ),
+            (
+                json!({"spec": {"securityContext": {"seLinuxOptions": {"type": "spc_t"}}}}),
+                "spec.securityContext.seLinuxOptions: not supported for wasm pods: no SELinux label applies inside the agent",
+            ),
+        ] {
+            let mut pod = wasm(&module);
+            merge(&mut pod, patch);
+            assert_eq!(convert_err(pod), expected);
+        }
+    }
+
+    /// What a Wasm module cannot have is refused at its path; what only
+    /// takes something away holds for every module and is accepted.
+    #[test]
+    fn wasm_containers_refuse_what_a_module_cannot_have() {
+        let module = format!("file:///m.wasm@sha256:{DIGEST}");
+        let container = |sc: serde_json::Value| json!({"spec": {"containers": [{"name": "app", "image": module.clone(), "securityContext": sc}]}});
+        let mut ok = wasm(&module);
+        merge(
+            &mut ok,
+            container(json!({
+                "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"]},
+                "runAsNonRoot": true,
+                "privileged": false,
+                "seccompProfile": {"type": "RuntimeDefault"}
+            })),
+        );
+        let sc = convert(ok).containers[0]
+            .security_context
+            .clone()
+            .expect("set");
+        assert!(sc.read_only_root_filesystem);
+        assert_eq!(sc.capabilities_drop, ["ALL"]);
+        for (patch, expected) in [
+            (
+                container(json!({"privileged": true})),
+                "spec.containers[0].securityContext.privileged: not supported for wasm containers: a module runs inside the agent and cannot be given the node's privileges",
+            ),
+            (
+                container(json!({"capabilities": {"add": ["NET_ADMIN"]}})),
+                "spec.containers[0].securityContext.capabilities.add: not supported for wasm containers: a module has no Linux capabilities",
+            ),
+            (
+                container(json!({"runAsUser": 1000})),
+                "spec.containers[0].securityContext.runAsUser: not supported for wasm containers: a module runs inside the agent and has no user of its own",
+            ),
+            (
+                container(json!({"runAsGroup": 1000})),
+                "spec.containers[0].securityContext.runAsGroup: not supported for wasm containers: a module runs inside the agent and has no group of its own",
+            ),
+            (
+                json!({"spec": {"securityContext": {"runAsUser": 1000}}}),
+                "spec.securityContext.runAsUser: not supported for wasm pods: a module runs inside the agent and has no user of its own",
+            ),
+            (
+                json!({"spec": {"securityContext": {"runAsGroup": 1000}}}),
+                "spec.securityContext.runAsGroup: not supported for wasm pods: a module runs inside the agent and has no group of its own",
+            ),
+        ] {
+            let mut pod = wasm(&module);
+            merge(&mut pod, patch);
+            assert_eq!(convert_err(pod), expected);
+        }
     }
 
     #[test]

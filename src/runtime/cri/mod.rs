@@ -12,6 +12,7 @@
 //! `remove_orphans` removes kedge sandboxes of pods no longer desired; the
 //! controller calls it only once the desired set is loaded from the store.
 
+pub mod dns;
 pub mod spec;
 
 use std::collections::{HashMap, HashSet};
@@ -49,6 +50,10 @@ pub struct CriOptions {
     pub node: String,
     /// The node's seccomp default and Localhost profile directory.
     pub profiles: spec::ProfileSettings,
+    /// The node's resolver configuration, which a pod with `dnsPolicy:
+    /// Default` (or `ClusterFirst`, falling back) gets (the kubelet's
+    /// `--resolv-conf`).
+    pub resolv_conf: PathBuf,
 }
 
 /// A pod's sandbox as this process knows it.
@@ -679,12 +684,21 @@ impl CriRuntime {
             self.query_version().await?;
         }
         let uid = &pod.spec.uid;
-        let config = spec::sandbox_config(
+        let mut config = spec::sandbox_config(
             &pod.spec,
             &pod.pod_dir,
             &self.opts.cgroup_parent,
             &self.opts.node,
         );
+        let path = &self.opts.resolv_conf;
+        let (dns, dns_warnings) = dns::pod_dns(&pod.spec, || std::fs::read_to_string(path))
+            .map_err(|e| {
+                RuntimeError::Sandbox(format!(
+                    "cannot read the node's resolver configuration {}: {e}",
+                    path.display()
+                ))
+            })?;
+        config.dns_config = Some(dns);
         // Adoption: a ready sandbox of this pod from an earlier agent process.
         let existing = self.sandboxes_of(uid).await?;
         let mut adopted = None;
@@ -701,6 +715,11 @@ impl CriRuntime {
                 (id, true)
             }
             None => {
+                // What the kubelet records when it makes a sandbox's DNS.
+                for (reason, message) in dns_warnings {
+                    pod.events
+                        .emit(&pod.spec, None, EventType::Warning, reason, message);
+                }
                 let id = self
                     .runtime
                     .clone()

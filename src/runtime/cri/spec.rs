@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 
-use crate::model::{Container, MountPropagation, PodSpec, SecurityProfile};
+use crate::model::{
+    Container, MountPropagation, PodSpec, SeLinuxOptions, SecurityProfile, VolumeSource,
+};
 use crate::runtime::RuntimeError;
 
 /// Labels every kedge sandbox and container carries; adoption after an
@@ -95,6 +97,31 @@ pub fn app_armor_profile(
         }),
         deprecated,
     )
+}
+
+/// An SELinux label as the CRI takes it.
+fn se_linux(o: &SeLinuxOptions) -> cri::SeLinuxOption {
+    cri::SeLinuxOption {
+        user: o.user.clone(),
+        role: o.role.clone(),
+        r#type: o.r#type.clone(),
+        level: o.level.clone(),
+    }
+}
+
+/// Whether the runtime relabels a volume for the container that mounts it
+/// (CRI `selinux_relabel`; nothing happens on a node without SELinux), as
+/// the kubelet asks for the volumes it manages: emptyDir, the volumes of
+/// files and a writable claim (a local volume's rule); never a hostPath.
+fn relabel(spec: &PodSpec, volume: &str) -> bool {
+    spec.volumes.iter().any(|v| {
+        v.name == volume
+            && match v.source {
+                VolumeSource::EmptyDir { .. } | VolumeSource::Files { .. } => true,
+                VolumeSource::Claim { read_only, .. } => !read_only,
+                VolumeSource::HostPath { .. } => false,
+            }
+    })
 }
 
 /// The pod's cgroup (cgroupfs path) under `parent`.
@@ -231,6 +258,7 @@ pub fn sandbox_config(
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(namespaces(spec)),
                 supplemental_groups: supplemental_groups(spec),
+                selinux_options: spec.security.se_linux_options.as_ref().map(se_linux),
                 ..Default::default()
             }),
             ..Default::default()
@@ -312,16 +340,18 @@ pub fn container_config(
             host_path: host.display().to_string(),
             readonly: spec.mount_read_only(m),
             propagation: propagation as i32,
+            selinux_relabel: relabel(spec, &m.name),
             ..Default::default()
         });
     }
     // The termination message file (`start_inner` makes it), as the
-    // kubelet mounts it.
+    // kubelet mounts it (relabelled where SELinux is on).
     mounts.push(cri::Mount {
         container_path: container.termination_message_path().to_string(),
         host_path: crate::runtime::termination_log_path(pod_dir, &container.name, restart_count)
             .display()
             .to_string(),
+        selinux_relabel: true,
         ..Default::default()
     });
     let sc = container.security_context.clone().unwrap_or_default();
@@ -380,6 +410,7 @@ pub fn container_config(
                 seccomp: Some(seccomp),
                 apparmor,
                 apparmor_profile,
+                selinux_options: sc.se_linux_options.as_ref().map(se_linux),
                 ..Default::default()
             }),
         }),
@@ -419,8 +450,8 @@ mod tests {
     }
     use crate::model::samples;
     use crate::model::{
-        ContainerPort, PullPolicy, Resources, RestartPolicy, RuntimeKind, SecurityContext,
-        SecurityProfile, Volume, VolumeMount,
+        ContainerPort, PullPolicy, Resources, RestartPolicy, RuntimeKind, SeLinuxOptions,
+        SecurityContext, SecurityProfile, Volume, VolumeMount,
     };
 
     fn container() -> Container {
@@ -464,6 +495,7 @@ mod tests {
                 capabilities_drop: vec!["ALL".into()],
                 seccomp_profile: None,
                 app_armor_profile: None,
+                se_linux_options: None,
             }),
             lifecycle: Default::default(),
             termination_message_path: None,
@@ -586,6 +618,115 @@ mod tests {
         let sandbox = c.linux.and_then(|l| l.security_context).expect("sc");
         assert_eq!(sandbox.supplemental_groups, [3000, 3001, 2000]);
         assert_eq!(sandbox.namespace_options.map(|n| n.pid), Some(Node as i32));
+    }
+
+    /// seLinuxOptions reach the CRI as the kubelet passes them: the pod's
+    /// on the sandbox, each container's effective one on the container;
+    /// the volumes the kubelet manages are relabelled, a hostPath is not.
+    #[test]
+    fn se_linux_labels_and_relabelling_reach_the_cri() {
+        let label = |t: &str| SeLinuxOptions {
+            r#type: t.into(),
+            level: "s0:c1,c2".into(),
+            ..Default::default()
+        };
+        let mut spec = pod();
+        spec.security.se_linux_options = Some(label("spc_t"));
+        spec.containers[0]
+            .security_context
+            .as_mut()
+            .expect("set")
+            .se_linux_options = Some(label("container_t"));
+        for (name, source) in [
+            (
+                "files",
+                VolumeSource::Files {
+                    files: vec![],
+                    default_mode: 0o644,
+                },
+            ),
+            (
+                "host",
+                VolumeSource::HostPath {
+                    path: "/srv".into(),
+                    kind: crate::model::HostPathType::Unset,
+                },
+            ),
+            (
+                "claim",
+                VolumeSource::Claim {
+                    claim: "c".into(),
+                    read_only: false,
+                },
+            ),
+            (
+                "claim-ro",
+                VolumeSource::Claim {
+                    claim: "c".into(),
+                    read_only: true,
+                },
+            ),
+        ] {
+            spec.volumes.push(Volume {
+                name: name.into(),
+                source,
+            });
+            spec.containers[0].volume_mounts.push(VolumeMount {
+                name: name.into(),
+                mount_path: format!("/{name}"),
+                read_only: false,
+                sub_path: None,
+                propagation: crate::model::MountPropagation::Private,
+            });
+        }
+        let sandbox = sandbox_config(&spec, Path::new("/d"), "/kedge", "gw")
+            .linux
+            .and_then(|l| l.security_context)
+            .expect("sc");
+        let want = |t: &str| cri::SeLinuxOption {
+            r#type: t.into(),
+            level: "s0:c1,c2".into(),
+            ..Default::default()
+        };
+        assert_eq!(sandbox.selinux_options, Some(want("spc_t")));
+        let c = container_config(
+            &spec,
+            Path::new("/d"),
+            &spec.containers[0],
+            "x",
+            0,
+            &settings(false),
+        )
+        .expect("config");
+        let relabelled: Vec<(&str, bool)> = c
+            .mounts
+            .iter()
+            .map(|m| (m.container_path.as_str(), m.selinux_relabel))
+            .collect();
+        assert_eq!(
+            relabelled,
+            [
+                ("/data", true),
+                ("/files", true),
+                ("/host", false),
+                ("/claim", true),
+                ("/claim-ro", false),
+                ("/dev/termination-log", true),
+            ]
+        );
+        let sc = c.linux.and_then(|l| l.security_context).expect("sc");
+        assert_eq!(sc.selinux_options, Some(want("container_t")));
+
+        // No label: none passed (the runtime chooses).
+        let plain = pod();
+        let sandbox = sandbox_config(&plain, Path::new("/d"), "/kedge", "gw");
+        assert_eq!(
+            sandbox
+                .linux
+                .and_then(|l| l.security_context)
+                .and_then(|s| s.selinux_options),
+            None
+        );
     }
 
     #[test]

@@ -1,0 +1,167 @@
+//! The `PodSpec` of schema version 10, field for field, for tests that
+//! write one (the store's migration test), with the `SecurityContext` of
+//! versions 4 to 10 and the `PodSecurity` of versions 9 and 10, which the
+//! copies of older versions use too. Decoding one needs no copy of the
+//! types: version 11 only appended fields, which a version-10 body is read
+//! without (`model::added`).
+//!
+//! Version 11 added `se_linux_options` to `SecurityContext` and
+//! `PodSecurity` and `dns` to `PodSpec`; a version-10 spec reads with no
+//! SELinux label and the default DNS policy (`ClusterFirst`, which falls
+//! back to the node's resolver configuration), which is what it ran with.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    ContainerPort, EnvVar, Lifecycle, PodRoute, Probe, PullPolicy, Resources, RestartPolicy,
+    RuntimeKind, SecurityProfile, Volume, VolumeMount,
+};
+
+/// Version 10's `PodSpec` (field for field, without `dns`; the nested types
+/// that changed are this module's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct PodSpec {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) uid: String,
+    pub(crate) generation: u64,
+    pub(crate) labels: std::collections::BTreeMap<String, String>,
+    pub(crate) runtime: RuntimeKind,
+    pub(crate) restart_policy: RestartPolicy,
+    pub(crate) termination_grace_period_secs: u64,
+    pub(crate) host_network: bool,
+    pub(crate) init_containers: Vec<Container>,
+    pub(crate) containers: Vec<Container>,
+    pub(crate) volumes: Vec<Volume>,
+    pub(crate) image_pull_secrets: Vec<String>,
+    pub(crate) security: PodSecurity,
+    pub(crate) routes: Vec<PodRoute>,
+}
+
+/// Version 10's `Container`: today's, with version 10's `SecurityContext`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Container {
+    pub(crate) name: String,
+    pub(crate) image: String,
+    pub(crate) image_pull_policy: PullPolicy,
+    pub(crate) command: Vec<String>,
+    pub(crate) args: Vec<String>,
+    pub(crate) working_dir: Option<String>,
+    pub(crate) env: Vec<EnvVar>,
+    pub(crate) volume_mounts: Vec<VolumeMount>,
+    pub(crate) ports: Vec<ContainerPort>,
+    pub(crate) resources: Resources,
+    pub(crate) liveness_probe: Option<Probe>,
+    pub(crate) readiness_probe: Option<Probe>,
+    pub(crate) startup_probe: Option<Probe>,
+    pub(crate) security_context: Option<SecurityContext>,
+    pub(crate) lifecycle: Lifecycle,
+    pub(crate) termination_message_path: Option<String>,
+    pub(crate) termination_message_fallback_to_logs: bool,
+    pub(crate) run_as_non_root: bool,
+    pub(crate) restart_policy: Option<RestartPolicy>,
+}
+
+/// Versions 4 to 10: without `se_linux_options`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SecurityContext {
+    pub(crate) run_as_user: Option<i64>,
+    pub(crate) run_as_group: Option<i64>,
+    pub(crate) read_only_root_filesystem: bool,
+    pub(crate) privileged: bool,
+    pub(crate) allow_privilege_escalation: Option<bool>,
+    pub(crate) capabilities_add: Vec<String>,
+    pub(crate) capabilities_drop: Vec<String>,
+    pub(crate) seccomp_profile: Option<SecurityProfile>,
+    pub(crate) app_armor_profile: Option<SecurityProfile>,
+}
+
+/// Versions 9 and 10: without `se_linux_options`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PodSecurity {
+    pub(crate) host_pid: bool,
+    pub(crate) host_ipc: bool,
+    pub(crate) share_process_namespace: bool,
+    pub(crate) fs_group: Option<i64>,
+    pub(crate) supplemental_groups: Vec<i64>,
+}
+
+/// Today's context as version 10 carried it (an SELinux label is dropped:
+/// a test that writes an old body has none).
+impl From<&crate::model::SecurityContext> for SecurityContext {
+    fn from(sc: &crate::model::SecurityContext) -> Self {
+        SecurityContext {
+            run_as_user: sc.run_as_user,
+            run_as_group: sc.run_as_group,
+            read_only_root_filesystem: sc.read_only_root_filesystem,
+            privileged: sc.privileged,
+            allow_privilege_escalation: sc.allow_privilege_escalation,
+            capabilities_add: sc.capabilities_add.clone(),
+            capabilities_drop: sc.capabilities_drop.clone(),
+            seccomp_profile: sc.seccomp_profile.clone(),
+            app_armor_profile: sc.app_armor_profile.clone(),
+        }
+    }
+}
+
+impl From<&crate::model::PodSecurity> for PodSecurity {
+    fn from(s: &crate::model::PodSecurity) -> Self {
+        PodSecurity {
+            host_pid: s.host_pid,
+            host_ipc: s.host_ipc,
+            share_process_namespace: s.share_process_namespace,
+            fs_group: s.fs_group,
+            supplemental_groups: s.supplemental_groups.clone(),
+        }
+    }
+}
+
+impl From<&crate::model::Container> for Container {
+    fn from(c: &crate::model::Container) -> Self {
+        Container {
+            name: c.name.clone(),
+            image: c.image.clone(),
+            image_pull_policy: c.image_pull_policy,
+            command: c.command.clone(),
+            args: c.args.clone(),
+            working_dir: c.working_dir.clone(),
+            env: c.env.clone(),
+            volume_mounts: c.volume_mounts.clone(),
+            ports: c.ports.clone(),
+            resources: c.resources,
+            liveness_probe: c.liveness_probe.clone(),
+            readiness_probe: c.readiness_probe.clone(),
+            startup_probe: c.startup_probe.clone(),
+            security_context: c.security_context.as_ref().map(Into::into),
+            lifecycle: c.lifecycle.clone(),
+            termination_message_path: c.termination_message_path.clone(),
+            termination_message_fallback_to_logs: c.termination_message_fallback_to_logs,
+            run_as_non_root: c.run_as_non_root,
+            restart_policy: c.restart_policy,
+        }
+    }
+}
+
+/// Today's spec as version 10 carried it (its `dns` and SELinux labels
+/// dropped).
+impl From<&crate::model::PodSpec> for PodSpec {
+    fn from(s: &crate::model::PodSpec) -> Self {
+        PodSpec {
+            namespace: s.namespace.clone(),
+            name: s.name.clone(),
+            uid: s.uid.clone(),
+            generation: s.generation,
+            labels: s.labels.clone(),
+            runtime: s.runtime,
+            restart_policy: s.restart_policy,
+            termination_grace_period_secs: s.termination_grace_period_secs,
+            host_network: s.host_network,
+            init_containers: s.init_containers.iter().map(Into::into).collect(),
+            containers: s.containers.iter().map(Into::into).collect(),
+            volumes: s.volumes.clone(),
+            image_pull_secrets: s.image_pull_secrets.clone(),
+            security: (&s.security).into(),
+            routes: s.routes.clone(),
+        }
+    }
+}
