@@ -131,7 +131,7 @@ pub const KEYS: &[KeyDoc] = &[
         key: "log.level",
         ty: KeyType::Str,
         default: "info",
-        help: "tracing filter, e.g. info or kedge=debug (KEDGE_LOG also works)",
+        help: "tracing filter, e.g. info or kedge=debug (KEDGE_LOG also works; `minimal` builds log at most info)",
     },
     KeyDoc {
         key: "log.format",

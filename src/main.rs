@@ -97,6 +97,13 @@ fn init_tracing(config: &Config) {
         eprintln!("warning: ignoring log filter {filter:?} ({e}); logging at info");
         Targets::new().with_default(tracing::Level::INFO)
     });
+    if let Some(asked) = finer_than_built(&filter, tracing::level_filters::STATIC_MAX_LEVEL) {
+        eprintln!(
+            "warning: log filter asks for {asked} lines, but this build logs at most {} \
+             (finer callsites are compiled out: targets/README.md)",
+            tracing::level_filters::STATIC_MAX_LEVEL
+        );
+    }
     // `log.format` (KEDGE_LOG_FORMAT, --set) from the configuration's layers.
     let format = config.log.format.as_str();
     let fmt = tracing_subscriber::fmt::layer()
@@ -111,6 +118,20 @@ fn init_tracing(config: &Config) {
             .with(fmt.with_filter(filter))
             .init();
     }
+}
+
+/// The finest level `filter` asks for when it is finer than `built`, the
+/// finest this build has callsites for (`minimal` compiles out debug).
+fn finer_than_built(
+    filter: &tracing_subscriber::filter::Targets,
+    built: tracing::level_filters::LevelFilter,
+) -> Option<tracing::level_filters::LevelFilter> {
+    let asked = filter
+        .iter()
+        .map(|(_, level)| level)
+        .chain(filter.default_level())
+        .max()?;
+    (asked > built).then_some(asked)
 }
 
 async fn shutdown_signal() {
@@ -382,5 +403,25 @@ mod tests {
         let bridge = command().find_subcommand("bridge").expect("bridge").clone();
         let e = config::role_defaults(bridge, Some(&file), "bridge").expect_err("unknown");
         assert!(e.to_string().contains("bridge.kubelet-lisen"), "{e}");
+    }
+
+    /// A filter finer than what the build has callsites for is named (the
+    /// agent warns at start); one within it is not.
+    #[test]
+    fn a_filter_finer_than_the_build_is_named() {
+        use tracing::level_filters::LevelFilter;
+        use tracing_subscriber::filter::Targets;
+        let parse = |f: &str| f.parse::<Targets>().expect("filter");
+        let info = LevelFilter::INFO;
+        assert_eq!(finer_than_built(&parse("info"), info), None);
+        assert_eq!(finer_than_built(&parse("warn,rumqttd=off"), info), None);
+        assert_eq!(
+            finer_than_built(&parse("info,kedge=debug"), info),
+            Some(LevelFilter::DEBUG)
+        );
+        assert_eq!(
+            finer_than_built(&parse("trace"), LevelFilter::DEBUG),
+            Some(LevelFilter::TRACE)
+        );
     }
 }
