@@ -605,6 +605,46 @@ impl Store {
         Ok(())
     }
 
+    /// Records a desired pod and the uid its runtime instance runs under,
+    /// in one transaction: `Some` for a fleet pod's revision that was
+    /// started beside the one it replaced (`agent::fleet`), None for one
+    /// started under its own uid. Kept in the fleet table
+    /// (`instance/{namespace}/{name}`), which older agents read past.
+    pub fn put_desired_instance(
+        &self,
+        rec: &DesiredRecord,
+        instance: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let key = rec.spec.key().to_string();
+        let txn = self.db.begin_write()?;
+        txn.open_table(DESIRED)?
+            .insert(key.as_str(), encode(rec).as_slice())?;
+        {
+            let mut fleet = txn.open_table(FLEET)?;
+            let instance_key = format!("instance/{key}");
+            match instance {
+                Some(uid) => {
+                    fleet.insert(instance_key.as_str(), uid.as_bytes())?;
+                }
+                None => {
+                    fleet.remove(instance_key.as_str())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The uid the runtime knows the desired pod `key` by, when it is not
+    /// the spec's (`put_desired_instance`).
+    pub fn instance(&self, key: &PodKey) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FLEET)?;
+        Ok(table
+            .get(format!("instance/{key}").as_str())?
+            .map(|v| String::from_utf8_lossy(v.value()).into_owned()))
+    }
+
     pub fn get_desired(&self, key: &PodKey) -> Result<Option<DesiredRecord>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(DESIRED)?;
@@ -628,6 +668,8 @@ impl Store {
         let key = rec.key().to_string();
         let txn = self.db.begin_write()?;
         txn.open_table(DESIRED)?.remove(key.as_str())?;
+        txn.open_table(FLEET)?
+            .remove(format!("instance/{key}").as_str())?;
         txn.open_table(DELETING)?
             .insert(key.as_str(), encode(rec).as_slice())?;
         txn.commit()?;

@@ -363,6 +363,8 @@ fn a_staged_rollout_goes_by_batches_and_rolls_back_when_the_canary_fails() {
         "{table}"
     );
 
+    let canary_container =
+        f.pod_on("gw-1", "meter").expect("meter")["container_statuses"][0]["container_id"].clone();
     // Revision 2 starts, runs half a second and crashes, again and again:
     // it is Running before each crash, but never for --min-ready, so the
     // canary fails it, the rollout rolls back by itself (revision 3,
@@ -397,10 +399,16 @@ fn a_staged_rollout_goes_by_batches_and_rolls_back_when_the_canary_fails() {
             "{node}: {s}"
         );
     }
-    // The canary runs revision 1's spec again.
-    f.wait_pod("gw-1", "meter", |s| {
+    // The canary ran revision 2 beside revision 1 (no gap), so revision 1
+    // never stopped: the same container, never restarted.
+    let s = f.wait_pod("gw-1", "meter", |s| {
         running(s) && s["container_statuses"][0]["state"].get("Running").is_some()
     });
+    assert_eq!(
+        s["container_statuses"][0]["container_id"], canary_container,
+        "{s}"
+    );
+    assert_eq!(s["container_statuses"][0]["restart_count"], 0, "{s}");
     let fleet = support_wait("every device runs revision 3", || {
         f.fleet("meter")
             .filter(|v| v["devices"]["running"] == 3 && v["fleet"]["revision"] == 3)
@@ -458,6 +466,22 @@ fn a_staged_rollout_goes_by_batches_and_rolls_back_when_the_canary_fails() {
         f.wait_pod(node, "meter", |s| {
             running(s) && s["observed_generation"] == 4
         });
+    }
+    // Each device started revision 4 beside the one it replaced and
+    // stopped that one only once revision 4 had been ready for --min-ready.
+    for (node, agent) in &f.agents {
+        let log = agent.log();
+        let beside = log
+            .find("starting the next revision beside the running one")
+            .unwrap_or_else(|| panic!("{node}: no revision started beside another\n{log}"));
+        let stopping = log
+            .find("the next revision is ready; stopping the one it replaces")
+            .unwrap_or_else(|| panic!("{node}: nothing replaced\n{log}"));
+        assert!(beside < stopping, "{node}:\n{log}");
+        assert!(
+            log.contains("the next revision took the pod's place with no gap"),
+            "{node}:\n{log}"
+        );
     }
 }
 

@@ -175,7 +175,10 @@ impl Agent {
             match tokio::time::timeout_at(deadline, self.commands.recv()).await {
                 Ok(Some(command)) => self.seen.push(command),
                 Ok(None) => panic!("the controller ended while waiting for {what}"),
-                Err(_) => panic!("no {what} within {DEADLINE:?}"),
+                Err(_) => panic!(
+                    "no {what} within {DEADLINE:?}; runtime calls: {:?}",
+                    self.runtime.calls()
+                ),
             }
         }
     }
@@ -591,6 +594,183 @@ async fn a_fleet_deployment_and_its_spec_give_a_fleet_pod_and_a_report() {
         (first.fleet_uid.as_str(), first.desired_revision),
         ("uid-sensors", 1)
     );
+}
+
+/// Sends fleet `sensors` at `revision` with `spec` (pod `sensor`), and the
+/// spec once the agent subscribed to it.
+async fn roll_fleet(agent: &mut Agent, revision: u64, spec: &PodSpec) -> FleetDeployment {
+    let mut spec = spec.clone();
+    spec.uid = "uid-sensors".into();
+    let (digest, payload) = crate::fleet::spec_payload(&spec).expect("spec payload");
+    let fleet = FleetDeployment {
+        namespace: "default".into(),
+        name: "sensors".into(),
+        uid: "uid-sensors".into(),
+        selector: String::new(),
+        priority: 0,
+        pod_name: "sensor".into(),
+        revision,
+        spec_digest: digest.clone(),
+        cohorts: vec![Cohort::everyone()],
+        stable: None,
+        rollout: Rollout::default(),
+    };
+    let record = wire::encode(0, &Message::FleetDeployment(fleet.clone())).expect("encodes");
+    agent.send(&agent.topics.fleet(&fleet.key()), record);
+    let spec_topic = agent.topics.fleet_spec(&digest);
+    agent
+        .until("a subscription to the spec", |a| {
+            a.seen
+                .iter()
+                .any(|c| matches!(c, SessionCommand::Subscribe(t) if *t == spec_topic))
+        })
+        .await;
+    agent.send(&spec_topic, payload);
+    fleet
+}
+
+/// The index in `calls` of the first call `pick` takes.
+fn call_index(calls: &[Call], pick: impl Fn(&Call) -> bool) -> Option<usize> {
+    calls.iter().position(pick)
+}
+
+/// No gap: a fleet pod's next revision starts beside the running one as an
+/// instance of its own, which is stopped only once the new one is ready;
+/// the new instance is what a restart finds again.
+#[tokio::test(start_paused = true)]
+async fn a_fleet_pods_next_revision_starts_beside_it_and_replaces_it_once_ready() {
+    let device = Device::new();
+    let mut agent = device.start();
+    let mut spec = pod("sensor", 0, RestartPolicy::Always, &["probe"]);
+    let fleet = roll_fleet(&mut agent, 1, &spec).await;
+    agent
+        .until("revision 1 runs", |a| {
+            a.fleet_reports(&fleet.key())
+                .iter()
+                .any(|r| r.running_revision == 1 && r.state == FleetPodState::Ready)
+        })
+        .await;
+    spec.containers[0].args = vec!["--v2".into()];
+    roll_fleet(&mut agent, 2, &spec).await;
+    agent
+        .until("revision 2 runs", |a| {
+            a.fleet_reports(&fleet.key())
+                .iter()
+                .any(|r| r.running_revision == 2 && r.state == FleetPodState::Ready)
+        })
+        .await;
+    agent
+        .until("the previous instance cleaned up", |a| {
+            a.runtime
+                .calls()
+                .iter()
+                .any(|c| matches!(c, Call::Cleanup { uid, .. } if uid == "uid-sensors"))
+        })
+        .await;
+    let calls = agent.runtime.calls();
+    let started = call_index(&calls, |c| matches!(c, Call::Start { generation: 2, .. }))
+        .expect("revision 2 started");
+    let stopped = call_index(&calls, |c| matches!(c, Call::Stop { .. })).expect("a stop");
+    assert!(
+        started < stopped,
+        "revision 2 started before revision 1 was stopped: {calls:?}"
+    );
+    let instance = agent
+        .store
+        .instance(&key("sensor"))
+        .expect("readable")
+        .expect("the new instance is recorded");
+    assert!(instance.starts_with("uid-sensors-"), "{instance}");
+    assert!(calls.contains(&Call::PreparePod {
+        pod: key("sensor"),
+        uid: instance.clone(),
+    }));
+    assert_eq!(agent.runtime.running(), 1, "only revision 2 runs");
+    let status = agent.status("sensor").expect("a status");
+    assert_eq!(
+        (status.uid.as_str(), status.observed_generation),
+        ("uid-sensors", 2),
+        "the instance reports as the pod"
+    );
+    let desired = agent.store.get_desired(&key("sensor")).expect("readable");
+    assert_eq!(desired.map(|d| d.spec.generation), Some(2));
+    agent.stop().await;
+
+    // A restart finds the new instance again (a CRI container outlives
+    // the agent: adopted, not started anew).
+    let mut agent = device.start();
+    agent.runtime.script("probe", [Start::Adopt]);
+    agent
+        .until("revision 2 adopted", |a| {
+            a.runtime
+                .calls()
+                .iter()
+                .any(|c| matches!(c, Call::Start { generation: 2, .. }))
+        })
+        .await;
+    assert_eq!(
+        agent.runtime.calls()[0],
+        Call::PreparePod {
+            pod: key("sensor"),
+            uid: instance,
+        }
+    );
+}
+
+/// A next revision that fails beside the running one goes; the running one
+/// is never stopped, and the fleet hears why.
+#[tokio::test(start_paused = true)]
+async fn a_fleet_pods_next_revision_that_fails_leaves_the_running_one_alone() {
+    let device = Device::new();
+    let mut agent = device.start();
+    let mut spec = pod("sensor", 0, RestartPolicy::Always, &["probe"]);
+    let fleet = roll_fleet(&mut agent, 1, &spec).await;
+    agent
+        .until("revision 1 runs", |a| {
+            a.fleet_reports(&fleet.key())
+                .iter()
+                .any(|r| r.running_revision == 1 && r.state == FleetPodState::Ready)
+        })
+        .await;
+    // Revision 2's container exits with an error at once, every time.
+    spec.containers[0].name = "broken".into();
+    agent
+        .runtime
+        .script("broken", (0..10).map(|_| Start::Exit(3)));
+    roll_fleet(&mut agent, 2, &spec).await;
+    agent
+        .until("revision 2 reported failed", |a| {
+            a.fleet_reports(&fleet.key()).iter().any(|r| {
+                r.desired_revision == 2
+                    && r.running_revision == 1
+                    && r.state == FleetPodState::Failed
+                    && r.message.as_deref().is_some_and(|m| m.contains("broken"))
+            })
+        })
+        .await;
+    agent
+        .until("revision 2 gone", |a| {
+            a.runtime
+                .calls()
+                .iter()
+                .any(|c| matches!(c, Call::Cleanup { uid, .. } if uid != "uid-sensors"))
+        })
+        .await;
+    let calls = agent.runtime.calls();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Stop { container, .. } if container == "probe")),
+        "revision 1 was never stopped: {calls:?}"
+    );
+    assert_eq!(agent.runtime.starts_of(&key("sensor"), "probe"), [(1, 0)]);
+    assert_eq!(agent.phase("sensor"), Some(PodPhase::Running));
+    assert_eq!(
+        agent.store.instance(&key("sensor")).expect("readable"),
+        None
+    );
+    let desired = agent.store.get_desired(&key("sensor")).expect("readable");
+    assert_eq!(desired.map(|d| d.spec.generation), Some(1));
 }
 
 #[tokio::test(start_paused = true)]

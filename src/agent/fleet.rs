@@ -10,6 +10,16 @@
 //!   the device (`Runtime::prefetch`: images pulled, modules fetched and
 //!   compiled): a revision whose image cannot be pulled never stops the one
 //!   that runs, it is reported `Failed` (and retried every minute);
+//! - no gap: the next revision then starts **beside** the running one, as
+//!   an instance of its own (`Successor`: its own runtime uid, sandbox and
+//!   directory; its statuses held back), and the running one is stopped only
+//!   once the new one is ready (or has succeeded); a next revision that
+//!   fails (`revision_failure`: a crash, an image or configuration error)
+//!   is stopped and reported `Failed` while the running one stays, and is
+//!   tried again a minute later. A pod that cannot have two instances at
+//!   once (`can_surge`: host network, host ports, a Wasm pod's ports, which
+//!   are the host's) is stopped, then started, as the kubelet replaces a
+//!   pod;
 //! - the same spec under a new revision (a rollback to what runs) changes
 //!   the recorded generation only: no restart;
 //! - fleet records and specs are kept in the store, so fleet pods come back
@@ -90,6 +100,107 @@ pub(super) enum PrefetchState {
 
 /// How long a failed prefetch waits before it is tried again.
 const PREFETCH_RETRY: Duration = Duration::from_secs(60);
+
+/// A fleet pod's next revision, running beside the one it replaces until
+/// it is ready.
+pub(super) struct Successor {
+    pub entry: super::PodEntry,
+    /// Its last status, recorded as the pod's once it takes its place.
+    pub last: Option<crate::model::PodStatus>,
+    /// Since when it is ready without a break.
+    pub ready_since: Option<tokio::time::Instant>,
+    /// How long it must be ready before it takes the pod's place (the
+    /// rollout's `min_ready_secs`, Kubernetes' `minReadySeconds`): a
+    /// revision that starts, then crash-loops, is caught beside the running
+    /// one.
+    pub min_ready: Duration,
+}
+
+/// Whether two instances of `spec` can run at once: not when they would
+/// contend for the host's ports.
+pub(super) fn can_surge(spec: &PodSpec) -> bool {
+    let ports = spec
+        .init_containers
+        .iter()
+        .chain(&spec.containers)
+        .flat_map(|c| &c.ports);
+    !spec.host_network
+        && match spec.runtime {
+            // A module listens on the host's own ports.
+            crate::model::RuntimeKind::Wasm => ports.count() == 0,
+            crate::model::RuntimeKind::Container => {
+                ports.into_iter().all(|p| p.host_port.is_none())
+            }
+        }
+}
+
+/// Why a revision failed on this device, from its pod's status, if it did:
+/// a container waiting for a reason that means so (`FAILED_REASONS`), one
+/// that exited with an error while the pod runs `revision` (a crash loop
+/// between two restarts), or a failed pod.
+pub(super) fn revision_failure(
+    status: &crate::model::PodStatus,
+    revision: u64,
+) -> Option<(Option<String>, Option<String>)> {
+    let waiting = status
+        .init_container_statuses
+        .iter()
+        .chain(&status.container_statuses)
+        .find_map(|c| match &c.state {
+            crate::model::ContainerState::Waiting { reason, message }
+                if FAILED_REASONS.contains(&reason.as_str()) =>
+            {
+                Some((Some(reason.clone()), message.clone()))
+            }
+            crate::model::ContainerState::Terminated {
+                exit_code,
+                reason,
+                message,
+                ..
+            } if *exit_code != 0 && status.observed_generation == revision => Some((
+                Some(reason.clone()),
+                Some(message.clone().unwrap_or_else(|| {
+                    format!("container {} exited with code {exit_code}", c.name)
+                })),
+            )),
+            _ => None,
+        });
+    match (waiting, status.phase) {
+        (Some(w), _) => Some(w),
+        (None, PodPhase::Failed) => Some((status.reason.clone(), status.message.clone())),
+        (None, _) => None,
+    }
+}
+
+/// Why a next revision running beside the current one failed, if it did:
+/// as `revision_failure`, or any crash of its containers since it started
+/// (it has run only this revision; a revision that crashes is not taken
+/// even if it runs again for a moment after).
+pub(super) fn successor_failure(
+    status: &crate::model::PodStatus,
+    revision: u64,
+) -> Option<(Option<String>, Option<String>)> {
+    revision_failure(status, revision).or_else(|| {
+        status
+            .init_container_statuses
+            .iter()
+            .chain(&status.container_statuses)
+            .find_map(|c| match &c.last_state {
+                Some(crate::model::ContainerState::Terminated {
+                    exit_code,
+                    reason,
+                    message,
+                    ..
+                }) if *exit_code != 0 => Some((
+                    Some(reason.clone()),
+                    Some(message.clone().unwrap_or_else(|| {
+                        format!("container {} exited with code {exit_code}", c.name)
+                    })),
+                )),
+                _ => None,
+            })
+    })
+}
 
 /// What a prefetch task reports to the controller.
 #[derive(Debug)]
@@ -387,7 +498,8 @@ impl Controller {
             let mut spec = body.clone();
             spec.uid = f.uid.clone();
             spec.generation = revision.revision;
-            self.run_fleet_pod(pod.clone(), spec);
+            let min_ready = Duration::from_secs(f.rollout.policy.min_ready_secs.into());
+            self.run_fleet_pod(pod.clone(), spec, min_ready);
         }
         // Fleet pods no fleet gives this device any more.
         let leaving: Vec<PodKey> = self
@@ -406,12 +518,25 @@ impl Controller {
                 warn!(pod = %key, error = %e, "cannot record the delete; retried on the next change");
             }
         }
-        // Prefetches of revisions no fleet asks for any more.
+        // Prefetches and next revisions no fleet asks for any more.
         self.fleet.prefetch.retain(|pod, p| {
             plan.pods
                 .get(pod)
                 .is_some_and(|(_, r)| r.revision == p.generation)
         });
+        let stale: Vec<PodKey> = self
+            .successors
+            .iter()
+            .filter(|(pod, s)| {
+                plan.pods
+                    .get(*pod)
+                    .is_none_or(|(_, r)| r.revision != s.entry.spec.generation)
+            })
+            .map(|(pod, _)| pod.clone())
+            .collect();
+        for pod in stale {
+            self.abandon_successor(&pod);
+        }
         for digest in needed.difference(&self.fleet.fetching.clone()) {
             debug!(%digest, "fetching fleet spec");
             self.send(SessionCommand::Subscribe(self.topics.fleet_spec(digest)));
@@ -423,7 +548,7 @@ impl Controller {
         self.report_fleets(&plan.fleets, true);
     }
 
-    fn run_fleet_pod(&mut self, pod: PodKey, spec: PodSpec) {
+    fn run_fleet_pod(&mut self, pod: PodKey, spec: PodSpec, min_ready: Duration) {
         if let Some(entry) = self.pods.get_mut(&pod)
             && entry.source == PodSource::Fleet
             && matches!(entry.then, AfterStop::Nothing)
@@ -456,10 +581,188 @@ impl Controller {
         if replaces && !self.prefetched(&pod, &spec) {
             return;
         }
+        if replaces
+            && can_surge(&spec)
+            && self.pods.get(&pod).is_some_and(|e| can_surge(&e.spec))
+            && self.runtime_for(&spec).is_ok()
+        {
+            return self.start_successor(pod, spec, min_ready);
+        }
         self.fleet.prefetch.remove(&pod);
         if let Err(e) = self.apply(pod.clone(), Incoming::Apply(spec, PodSource::Fleet)) {
             warn!(pod = %pod, error = %e, "cannot record the fleet pod; retried on the next change");
         }
+    }
+
+    /// Starts `spec`, the next revision of the running fleet pod `pod`,
+    /// beside it (once: a newer revision waits for an older successor to
+    /// go).
+    fn start_successor(&mut self, pod: PodKey, spec: PodSpec, min_ready: Duration) {
+        if let Some(s) = self.successors.get(&pod) {
+            if s.entry.spec.generation != spec.generation {
+                // `successor_stopped` comes back here for the newer one.
+                self.abandon_successor(&pod);
+            }
+            return;
+        }
+        // Its own uid for the runtime: the running instance keeps its
+        // sandbox and directory.
+        let instance = format!("{}-{:x}", spec.uid, now_ms());
+        info!(pod = %pod, revision = spec.generation, %instance, "starting the next revision beside the running one");
+        let entry = self.launch(spec, PodSource::Fleet, None, Some(instance));
+        self.successors.insert(
+            pod,
+            Successor {
+                entry,
+                last: None,
+                ready_since: None,
+                min_ready,
+            },
+        );
+    }
+
+    /// A status of `pod`'s next revision: held back; it takes the pod's
+    /// place once ready (the running instance is stopped: `promote` follows
+    /// its stop), and goes if it failed.
+    pub(super) fn on_successor_status(&mut self, pod: &PodKey, status: crate::model::PodStatus) {
+        let taking_over = self
+            .pods
+            .get(pod)
+            .is_some_and(|e| matches!(e.then, AfterStop::Promote));
+        let Some(s) = self.successors.get_mut(pod) else {
+            return;
+        };
+        let revision = s.entry.spec.generation;
+        let failure = successor_failure(&status, revision);
+        let ready = status.phase == PodPhase::Succeeded
+            || (status.phase == PodPhase::Running
+                && status
+                    .conditions
+                    .iter()
+                    .any(|c| c.kind == PodConditionType::Ready && c.status));
+        s.last = Some(status);
+        s.ready_since = match (ready, s.ready_since) {
+            (true, since) => since.or_else(|| Some(tokio::time::Instant::now())),
+            (false, _) => None,
+        };
+        if taking_over || matches!(s.entry.then, AfterStop::Abandon) {
+            return;
+        }
+        if let Some((reason, message)) = failure {
+            let reason = reason.unwrap_or_else(|| "Failed".into());
+            let message = message.unwrap_or_default();
+            warn!(pod = %pod, revision, %reason, %message, "the next revision failed beside the running one; the running one stays");
+            self.fleet.prefetch.insert(
+                pod.clone(),
+                Prefetch {
+                    uid: self.successors[pod].entry.spec.uid.clone(),
+                    generation: revision,
+                    state: PrefetchState::Failed {
+                        reason,
+                        message,
+                        at: tokio::time::Instant::now(),
+                    },
+                },
+            );
+            self.abandon_successor(pod);
+            self.fleet_pod_changed(pod);
+        } else if ready {
+            self.take_over_if_due(pod);
+        }
+    }
+
+    /// Next revisions ready for long enough take their pods' places (on
+    /// every heartbeat, and at each of their statuses).
+    pub(super) fn take_over_due(&mut self) {
+        let pods: Vec<PodKey> = self.successors.keys().cloned().collect();
+        for pod in pods {
+            self.take_over_if_due(&pod);
+        }
+    }
+
+    /// Stops the running instance of `pod` for its successor once that has
+    /// been ready for `min_ready` (`promote` follows the stop).
+    fn take_over_if_due(&mut self, pod: &PodKey) {
+        let Some(s) = self.successors.get(pod) else {
+            return;
+        };
+        let due = s.ready_since.is_some_and(|t| t.elapsed() >= s.min_ready);
+        if !due || matches!(s.entry.then, AfterStop::Abandon) {
+            return;
+        }
+        let revision = s.entry.spec.generation;
+        let Some(running) = self.pods.get_mut(pod) else {
+            return;
+        };
+        if !matches!(running.then, AfterStop::Nothing) {
+            return;
+        }
+        info!(pod = %pod, revision, "the next revision is ready; stopping the one it replaces");
+        running.then = AfterStop::Promote;
+        match running.supervisor.as_mut() {
+            Some(sv) => sv.stop(),
+            None => self.finish_stop(pod),
+        }
+    }
+
+    /// Stops `pod`'s next revision, if one runs; the running pod stays.
+    pub(super) fn abandon_successor(&mut self, pod: &PodKey) {
+        let Some(s) = self.successors.get_mut(pod) else {
+            return;
+        };
+        if matches!(s.entry.then, AfterStop::Abandon) {
+            return;
+        }
+        s.entry.then = AfterStop::Abandon;
+        match s.entry.supervisor.as_mut() {
+            Some(sv) => sv.stop(),
+            None => self.successor_stopped(pod),
+        }
+    }
+
+    /// `pod`'s next revision stopped before it took the pod's place.
+    pub(super) fn successor_stopped(&mut self, pod: &PodKey) {
+        let Some(s) = self.successors.remove(pod) else {
+            return;
+        };
+        let _ = crate::runtime::volumes::remove_pod_dir(&self.entry_dir(&s.entry));
+        debug!(pod = %pod, revision = s.entry.spec.generation, "the next revision stopped");
+        // A newer revision may be waiting for it to go.
+        self.refleet();
+    }
+
+    /// The running instance of `pod` stopped for its ready successor,
+    /// which takes its place: recorded as the desired pod with its
+    /// instance, its held-back status recorded as the pod's.
+    pub(super) fn promote(&mut self, pod: &PodKey) {
+        let Some(Successor { entry, last, .. }) = self.successors.remove(pod) else {
+            // It went meanwhile: start what the fleets want.
+            return self.refleet();
+        };
+        let record = DesiredRecord {
+            source: PodSource::Fleet,
+            spec: entry.spec.clone(),
+        };
+        if let Err(e) = self
+            .store
+            .put_desired_instance(&record, Some(&entry.instance))
+        {
+            warn!(pod = %pod, error = %e, "cannot record the new revision; a restart would start the previous one again");
+        }
+        #[cfg(feature = "data")]
+        if let Some(data) = &self.data {
+            // The stop of the previous instance forgot the pod's routes.
+            let _ = data.admit(entry.spec.clone());
+        }
+        info!(pod = %pod, revision = entry.spec.generation, instance = %entry.instance, "the next revision took the pod's place with no gap");
+        self.fleet.prefetch.remove(pod);
+        let uid = entry.spec.uid.clone();
+        self.pods.insert(pod.clone(), entry);
+        if let Some(mut status) = last {
+            status.uid = uid;
+            self.record_status(pod, &status);
+        }
+        self.fleet_pod_changed(pod);
     }
 
     /// Whether `spec` (the next revision of `pod`) is on the device; starts
@@ -619,47 +922,19 @@ impl Controller {
             );
             return report;
         };
-        let waiting = status
-            .init_container_statuses
-            .iter()
-            .chain(&status.container_statuses)
-            .find_map(|c| match &c.state {
-                crate::model::ContainerState::Waiting { reason, message }
-                    if FAILED_REASONS.contains(&reason.as_str()) =>
-                {
-                    Some((reason.clone(), message.clone()))
-                }
-                // A container that exited with an error and will be
-                // restarted: a crash loop between two restarts.
-                crate::model::ContainerState::Terminated {
-                    exit_code,
-                    reason,
-                    message,
-                    ..
-                } if *exit_code != 0 && status.observed_generation == want.revision => Some((
-                    reason.clone(),
-                    Some(message.clone().unwrap_or_else(|| {
-                        format!("container {} exited with code {exit_code}", c.name)
-                    })),
-                )),
-                _ => None,
-            });
+        let failure = revision_failure(&status, want.revision);
         let ready = status
             .conditions
             .iter()
             .any(|c| c.kind == PodConditionType::Ready && c.status);
-        report.state = match (status.phase, &waiting) {
-            (PodPhase::Failed, _) => FleetPodState::Failed,
-            (_, Some(_)) => FleetPodState::Failed,
-            (PodPhase::Succeeded, _) => FleetPodState::Succeeded,
-            (PodPhase::Running, _) if ready => FleetPodState::Ready,
-            (PodPhase::Running, _) => FleetPodState::Running,
+        report.state = match (&failure, status.phase) {
+            (Some(_), _) => FleetPodState::Failed,
+            (None, PodPhase::Succeeded) => FleetPodState::Succeeded,
+            (None, PodPhase::Running) if ready => FleetPodState::Ready,
+            (None, PodPhase::Running) => FleetPodState::Running,
             _ => FleetPodState::Pending,
         };
-        if report.state == FleetPodState::Failed {
-            let (reason, message) = waiting
-                .map(|(r, m)| (Some(r), m))
-                .unwrap_or((status.reason.clone(), status.message.clone()));
+        if let Some((reason, message)) = failure {
             report.reason = reason;
             report.message = message;
         }
@@ -748,5 +1023,97 @@ impl Controller {
             })
             .collect();
         self.report_fleets(&only, false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        ContainerPort, ContainerState, ContainerStatus, RestartPolicy, RuntimeKind, samples,
+    };
+
+    #[test]
+    fn two_instances_run_at_once_unless_they_contend_for_host_ports() {
+        let mut spec = samples::spec("web", "u", 1, RestartPolicy::Always);
+        spec.runtime = RuntimeKind::Container;
+        spec.containers = vec![samples::container("app")];
+        assert!(can_surge(&spec));
+        let port = |host_port| ContainerPort {
+            name: None,
+            container_port: 8080,
+            host_port,
+            protocol: "TCP".into(),
+        };
+        spec.containers[0].ports = vec![port(None)];
+        assert!(can_surge(&spec), "a pod's own port is its own");
+        spec.containers[0].ports = vec![port(Some(80))];
+        assert!(!can_surge(&spec), "a host port");
+        spec.containers[0].ports.clear();
+        spec.host_network = true;
+        assert!(!can_surge(&spec), "the host's network");
+        spec.host_network = false;
+        spec.runtime = RuntimeKind::Wasm;
+        assert!(can_surge(&spec));
+        spec.containers[0].ports = vec![port(None)];
+        assert!(!can_surge(&spec), "a module listens on the host's ports");
+    }
+
+    #[test]
+    fn a_next_revision_that_crashed_once_has_failed_though_it_runs_again() {
+        let mut status = samples::spec("web", "u", 2, RestartPolicy::Always);
+        status.containers = vec![samples::container("app")];
+        let mut status = crate::agent::pod_machine::PodMachine::new(
+            status,
+            crate::agent::pod_machine::BackoffPolicy {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(2),
+                reset_after: Duration::from_secs(3),
+            },
+            None,
+        )
+        .status()
+        .clone();
+        status.phase = PodPhase::Running;
+        status.container_statuses = vec![ContainerStatus {
+            name: "app".into(),
+            image: String::new(),
+            image_id: String::new(),
+            container_id: "c2".into(),
+            ready: true,
+            started: true,
+            restart_count: 1,
+            state: ContainerState::Running { started_at_ms: 5 },
+            last_state: None,
+        }];
+        assert_eq!(revision_failure(&status, 2), None);
+        assert_eq!(successor_failure(&status, 2), None, "it never crashed");
+        status.container_statuses[0].last_state = Some(ContainerState::Terminated {
+            exit_code: 3,
+            reason: "Error".into(),
+            message: None,
+            started_at_ms: 1,
+            finished_at_ms: 2,
+        });
+        assert_eq!(
+            revision_failure(&status, 2),
+            None,
+            "a canary may crash once"
+        );
+        assert_eq!(
+            successor_failure(&status, 2),
+            Some((
+                Some("Error".into()),
+                Some("container app exited with code 3".into())
+            ))
+        );
+        status.container_statuses[0].state = ContainerState::Waiting {
+            reason: "CrashLoopBackOff".into(),
+            message: Some("back-off 10s".into()),
+        };
+        assert_eq!(
+            revision_failure(&status, 2),
+            Some((Some("CrashLoopBackOff".into()), Some("back-off 10s".into())))
+        );
     }
 }

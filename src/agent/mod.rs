@@ -88,6 +88,12 @@ struct PodEntry {
     supervisor: Option<SupervisorHandle>,
     /// What happens once the supervisor has stopped.
     then: AfterStop,
+    /// The uid the runtime knows this instance of the pod by: the spec's,
+    /// or, for a fleet pod's revision started beside the one it replaced
+    /// (`agent::fleet`, no gap), one of its own, kept in the store
+    /// (`Store::instance`) so that a restart finds it again. Statuses and
+    /// stops come back under it; the pod's directory is named after it.
+    instance: String,
 }
 
 // One per pod, rarely anything but Nothing.
@@ -96,6 +102,12 @@ enum AfterStop {
     Nothing,
     Replace(PodSpec, PodSource),
     Delete,
+    /// A fleet pod's next revision runs beside it and is ready: it takes
+    /// the pod's place (`Controller::successors`).
+    Promote,
+    /// A successor that is given up (it failed, or a newer revision came):
+    /// it goes, and the pod it was to replace stays.
+    Abandon,
 }
 
 pub struct Controller {
@@ -112,6 +124,9 @@ pub struct Controller {
     execs: Arc<std::sync::atomic::AtomicUsize>,
     policy: BackoffPolicy,
     pods: HashMap<PodKey, PodEntry>,
+    /// Fleet pods' next revisions, started beside the running one and
+    /// not yet ready (`agent::fleet`: no gap between revisions).
+    successors: HashMap<PodKey, fleet::Successor>,
     board: StatusBoard,
     session: Option<mpsc::UnboundedSender<SessionCommand>>,
     reports_tx: mpsc::UnboundedSender<Report>,
@@ -503,13 +518,15 @@ impl Outgoing {
 fn coalesce(reports: Vec<Report>) -> Vec<Report> {
     // A `Stopped` report splits a pod's reports in two: the last status
     // before it and the last one after it (a replacement's) are both kept.
+    // Two instances of one pod (a fleet pod's next revision beside it)
+    // report apart: each keeps its own last status.
     let mut segment: HashMap<&PodKey, u32> = HashMap::new();
-    let mut last: HashMap<(&PodKey, u32), usize> = HashMap::new();
+    let mut last: HashMap<(&PodKey, &str, u32), usize> = HashMap::new();
     for (i, r) in reports.iter().enumerate() {
         match r {
-            Report::Status { key, .. } => {
+            Report::Status { key, status } => {
                 let seg = segment.get(key).copied().unwrap_or(0);
-                last.insert((key, seg), i);
+                last.insert((key, status.uid.as_str(), seg), i);
             }
             Report::Stopped { key, .. } => *segment.entry(key).or_insert(0) += 1,
         }
@@ -612,6 +629,7 @@ impl Controller {
                 reset_after: Duration::from_millis(config.backoff.reset_after_ms),
             },
             pods: HashMap::new(),
+            successors: HashMap::new(),
             board: Arc::new(Mutex::new(HashMap::new())),
             session: None,
             reports_tx,
@@ -712,6 +730,11 @@ impl Controller {
         self.pod_dir_of(&spec.namespace, &spec.name, &spec.uid)
     }
 
+    /// The directory of a running instance (named after its `instance`).
+    fn entry_dir(&self, e: &PodEntry) -> PathBuf {
+        self.pod_dir_of(&e.spec.namespace, &e.spec.name, &e.instance)
+    }
+
     fn pod_dir_of(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
         self.config
             .data_dir
@@ -764,8 +787,16 @@ impl Controller {
         for record in self.store.desired()? {
             match record {
                 Ok(rec) => {
-                    let previous = observed.get(&rec.spec.key()).cloned();
-                    self.start_pod(rec.spec, rec.source, previous);
+                    let key = rec.spec.key();
+                    let previous = observed.get(&key).cloned();
+                    let instance = match self.store.instance(&key) {
+                        Ok(i) => i,
+                        Err(e) => {
+                            warn!(pod = %key, error = %e, "cannot read the pod's instance; starting it under its uid");
+                            None
+                        }
+                    };
+                    self.start_instance(rec.spec, rec.source, previous, instance);
                     count += 1;
                 }
                 Err(e) => warn!(error = %e, "skipping unreadable desired pod"),
@@ -778,7 +809,7 @@ impl Controller {
                 .pods
                 .values()
                 .filter(|e| e.spec.runtime == RuntimeKind::Container)
-                .map(|e| e.spec.uid.clone())
+                .map(|e| e.instance.clone())
                 .collect();
             crate::spawn(async move { cri.remove_orphans(keep).await });
         }
@@ -853,7 +884,33 @@ impl Controller {
     }
 
     fn start_pod(&mut self, spec: PodSpec, source: PodSource, previous: Option<PodStatus>) {
+        self.start_instance(spec, source, previous, None);
+    }
+
+    /// Starts `spec` as the instance `instance` (None: its uid).
+    fn start_instance(
+        &mut self,
+        spec: PodSpec,
+        source: PodSource,
+        previous: Option<PodStatus>,
+        instance: Option<String>,
+    ) {
+        let entry = self.launch(spec, source, previous, instance);
+        self.pods.insert(entry.spec.key(), entry);
+    }
+
+    /// Starts a supervisor for `spec`, known to the runtime as `instance`
+    /// (None: the spec's uid); the entry that holds it is the caller's to
+    /// keep. A runtime that cannot start is said in the pod's status.
+    fn launch(
+        &mut self,
+        spec: PodSpec,
+        source: PodSource,
+        previous: Option<PodStatus>,
+        instance: Option<String>,
+    ) -> PodEntry {
         let key = spec.key();
+        let instance = instance.unwrap_or_else(|| spec.uid.clone());
         let runtime = self.runtime_for(&spec);
         let host_ip = self
             .addresses
@@ -870,11 +927,18 @@ impl Controller {
         };
         #[cfg(not(feature = "data"))]
         let runtime_spec = spec.clone();
+        // The runtime knows the instance by its own uid (its sandbox, its
+        // directory); the controller maps its reports back to the pod's.
+        let runtime_spec = PodSpec {
+            uid: instance.clone(),
+            ..runtime_spec
+        };
         let mut machine = PodMachine::new(runtime_spec, self.policy, host_ip);
         let supervisor = match runtime {
             Err(what) => {
                 let what = what.as_str();
                 let mut status = machine.status().clone();
+                status.uid = spec.uid.clone();
                 status.phase = PodPhase::Failed;
                 status.reason = Some("RuntimeUnavailable".into());
                 status.message = Some(what.into());
@@ -883,7 +947,8 @@ impl Controller {
                 None
             }
             Ok(runtime) => {
-                if let Some(prev) = previous.filter(|p| p.uid == spec.uid) {
+                if let Some(mut prev) = previous.filter(|p| p.uid == spec.uid) {
+                    prev.uid = instance.clone();
                     if prev.phase.is_terminal() && prev.observed_generation == spec.generation {
                         machine.restore_terminal(prev);
                     } else {
@@ -891,7 +956,7 @@ impl Controller {
                     }
                 }
                 let ctx = PodContext {
-                    pod_dir: self.pod_dir(&spec),
+                    pod_dir: self.pod_dir_of(&spec.namespace, &spec.name, &instance),
                     spec: machine.spec().clone(),
                     events: crate::runtime::EventSink::new(self.runtime_events.clone()),
                 };
@@ -903,15 +968,13 @@ impl Controller {
                 ))
             }
         };
-        self.pods.insert(
-            key,
-            PodEntry {
-                source,
-                spec,
-                supervisor,
-                then: AfterStop::Nothing,
-            },
-        );
+        PodEntry {
+            source,
+            spec,
+            supervisor,
+            then: AfterStop::Nothing,
+            instance,
+        }
     }
 
     fn on_broker(&mut self, ev: SessionEvent) {
@@ -1382,18 +1445,27 @@ impl Controller {
                     self.refuse(&key, "OutOfpods", msg);
                     return Ok(());
                 }
-                self.store.put_desired(&DesiredRecord {
-                    source,
-                    spec: spec.clone(),
-                })?;
+                self.store.put_desired_instance(
+                    &DesiredRecord {
+                        source,
+                        spec: spec.clone(),
+                    },
+                    None,
+                )?;
                 info!(pod = %key, uid = %spec.uid, generation = spec.generation, "starting pod");
                 self.start_pod(spec, source, None);
             }
             (Decision::Replace, Incoming::Apply(spec, source)) => {
-                self.store.put_desired(&DesiredRecord {
-                    source,
-                    spec: spec.clone(),
-                })?;
+                // The replacement starts under its own uid, once this
+                // instance stopped (`finish_stop`).
+                self.store.put_desired_instance(
+                    &DesiredRecord {
+                        source,
+                        spec: spec.clone(),
+                    },
+                    None,
+                )?;
+                self.abandon_successor(&key);
                 info!(pod = %key, uid = %spec.uid, generation = spec.generation, "replacing pod");
                 if let Some(entry) = self.pods.get_mut(&key) {
                     entry.then = AfterStop::Replace(spec, source);
@@ -1446,8 +1518,8 @@ impl Controller {
                 }
                 if running {
                     info!(pod = %key, generation = spec.generation, "only labels or volume files changed: updating the pod in place, the containers keep running");
-                    if let Err(e) = crate::runtime::update_file_volumes(&self.pod_dir(&spec), &spec)
-                    {
+                    let dir = self.pod_dir_of(&key.namespace, &key.name, &self.pods[&key].instance);
+                    if let Err(e) = crate::runtime::update_file_volumes(&dir, &spec) {
                         warn!(pod = %key, error = %e, "cannot update the pod's volume files");
                         self.event(&key, EventType::Warning, "FailedMount", &e.to_string());
                     }
@@ -1460,7 +1532,8 @@ impl Controller {
                 }
             }
             (Decision::Delete, _) => {
-                let Some(uid) = self.pods.get(&key).map(|e| e.spec.uid.clone()) else {
+                // The instance's uid: its directory's name.
+                let Some(uid) = self.pods.get(&key).map(|e| e.instance.clone()) else {
                     return Ok(());
                 };
                 // Committed before the tombstone is acknowledged: a crash from
@@ -1471,6 +1544,7 @@ impl Controller {
                     uid,
                 };
                 self.store.begin_delete(&intent)?;
+                self.abandon_successor(&key);
                 info!(pod = %key, "deleting pod");
                 if let Some(entry) = self.pods.get_mut(&key) {
                     entry.then = AfterStop::Delete;
@@ -1502,9 +1576,20 @@ impl Controller {
         for report in coalesce(reports) {
             match report {
                 Report::Status { key, mut status } => {
-                    let Some(e) = self.pods.get(&key).filter(|e| e.spec.uid == status.uid) else {
+                    if self
+                        .successors
+                        .get(&key)
+                        .is_some_and(|s| s.entry.instance == status.uid)
+                    {
+                        // Held back until it takes the pod's place.
+                        self.on_successor_status(&key, status);
+                        continue;
+                    }
+                    let Some(e) = self.pods.get(&key).filter(|e| e.instance == status.uid) else {
                         continue;
                     };
+                    // The runtime's instance, reported as the pod.
+                    status.uid = e.spec.uid.clone();
                     // A generation adopted after the supervisor started.
                     status.observed_generation = status.observed_generation.max(e.spec.generation);
                     info!(pod = %key, phase = status.phase.as_str(), status = %status.display_status(), restarts = status.restart_count(), "pod status");
@@ -1514,8 +1599,14 @@ impl Controller {
                     // Whatever the stop writes waits for this commit
                     // (`Store::stage_statuses`): the order holds.
                     self.record_statuses_off_loop(std::mem::take(&mut statuses));
-                    if self.pods.get(&key).map(|e| e.spec.uid.as_str()) == Some(uid.as_str()) {
+                    if self.pods.get(&key).map(|e| e.instance.as_str()) == Some(uid.as_str()) {
                         self.finish_stop(&key);
+                    } else if self
+                        .successors
+                        .get(&key)
+                        .is_some_and(|s| s.entry.instance == uid)
+                    {
+                        self.successor_stopped(&key);
                     }
                 }
             }
@@ -1532,9 +1623,10 @@ impl Controller {
         if let Some(data) = &self.data {
             data.forget(&key.namespace, &key.name);
         }
+        let dir = self.entry_dir(&entry);
         match entry.then {
             AfterStop::Replace(spec, source) => {
-                let _ = crate::runtime::volumes::remove_pod_dir(&self.pod_dir(&entry.spec));
+                let _ = crate::runtime::volumes::remove_pod_dir(&dir);
                 // A delete that a new spec overtook while the pod stopped.
                 if matches!(self.store.is_deleting(key), Ok(true))
                     && let Err(e) = self.store.cancel_delete(key)
@@ -1544,7 +1636,7 @@ impl Controller {
                 self.start_pod(spec, source, None);
             }
             AfterStop::Delete => {
-                let _ = crate::runtime::volumes::remove_pod_dir(&self.pod_dir(&entry.spec));
+                let _ = crate::runtime::volumes::remove_pod_dir(&dir);
                 self.clear_status(key, true);
                 self.event_budget.forget(key);
                 info!(pod = %key, "pod deleted");
@@ -1552,7 +1644,12 @@ impl Controller {
                     self.fleet_pod_changed(key);
                 }
             }
-            AfterStop::Nothing => {
+            AfterStop::Promote => {
+                let _ = crate::runtime::volumes::remove_pod_dir(&dir);
+                self.promote(key);
+            }
+            // (`Abandon` is a successor's: `successor_stopped`.)
+            AfterStop::Nothing | AfterStop::Abandon => {
                 self.pods.insert(
                     key.clone(),
                     PodEntry {
@@ -1823,6 +1920,7 @@ impl Controller {
         self.retry_uncommitted();
         self.retry_unrecorded();
         self.retry_prefetches();
+        self.take_over_due();
         self.publish_node_status();
         match self.store.trim_outbox(
             self.config.outbox.max_entries,
@@ -2147,7 +2245,7 @@ impl Controller {
             );
             return;
         };
-        let pod_dir = self.pod_dir(&entry.spec);
+        let pod_dir = self.entry_dir(entry);
         let names: Vec<String> = entry
             .spec
             .containers
