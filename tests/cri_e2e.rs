@@ -2192,3 +2192,125 @@ spec:
         env.status("watcher").is_none().then_some(())
     });
 }
+
+/// Fleets, no gap, through the real containerd: a fleet pod's next
+/// revision gets a sandbox of its own beside the running one (both run at
+/// once), the old one goes only once the new one has been ready for
+/// `--min-ready`, and a killed agent adopts the new instance.
+#[test]
+fn a_fleet_pods_next_revision_runs_beside_the_old_one_until_it_is_ready() {
+    if !cri_tests_can_run("a_fleet_pods_next_revision_runs_beside_the_old_one_until_it_is_ready") {
+        return;
+    }
+    let mut env = CriEnv::start_with("gw-cri-fleet", &["node.labels=app=probe".into()]);
+    let manifest = |text: &str| {
+        let path = env
+            .dir
+            .path()
+            .join(format!("m-{}.yaml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(
+            &path,
+            format!(
+                r#"apiVersion: v1
+kind: Pod
+metadata: {{name: probe}}
+spec:
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sh, -c, "echo {text}; exec sleep 3600"]
+"#
+            ),
+        )
+        .expect("write manifest");
+        path.display().to_string()
+    };
+    let rollout = |file: &str| {
+        vec![
+            "apply".to_string(),
+            "-f".into(),
+            file.into(),
+            "--selector".into(),
+            "app=probe".into(),
+            "--min-ready".into(),
+            "3s".into(),
+            "--wait".into(),
+        ]
+    };
+    let v1 = manifest("revision-one");
+    let args = rollout(&v1);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    env.cli_ok(&args);
+    env.wait_status("revision 1 running", "probe", |s| {
+        phase(s) == "Running" && all_running(s) && s["observed_generation"] == 1
+    });
+    let first = env.containerd.container_ids_of_pod("probe");
+    assert_eq!(
+        first.len(),
+        2,
+        "a sandbox and its container: {first:?}\n{}",
+        tail(&env.agent.log(), 80)
+    );
+
+    // Revision 2, applied in the background while containerd is watched.
+    let v2 = manifest("revision-two");
+    let args = rollout(&v2);
+    let url = env.broker.url();
+    let apply = std::thread::spawn(move || {
+        let mut all = vec!["--broker".to_string(), url];
+        all.extend(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        kedge(&all)
+    });
+    let both = wait_until("both revisions' sandboxes at once", WAIT, || {
+        let ids = env.containerd.container_ids_of_pod("probe");
+        (ids.len() == 4 && first.iter().all(|id| ids.contains(id))).then_some(ids)
+    });
+    let out = apply.join().expect("apply thread");
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        tail(&env.agent.log(), 60)
+    );
+    let after = env.wait_status("revision 2 running", "probe", |s| {
+        phase(s) == "Running" && all_running(s) && s["observed_generation"] == 2
+    });
+    wait_until("revision 1's sandbox removed", WAIT, || {
+        let ids = env.containerd.container_ids_of_pod("probe");
+        (ids.len() == 2).then_some(())
+    });
+    let second = env.containerd.container_ids_of_pod("probe");
+    assert!(
+        second
+            .iter()
+            .all(|id| both.contains(id) && !first.contains(id)),
+        "revision 2's own sandbox and container remain: {second:?}"
+    );
+    assert!(env.logs("probe", "main").contains("revision-two"));
+    let id = named(&after, "main")["container_id"].clone();
+
+    // A killed agent finds revision 2's instance again.
+    env.agent.kill9();
+    env.agent = start_agent(
+        &env.node,
+        &env.broker,
+        &env.containerd,
+        env.dir.path(),
+        &["node.labels=app=probe".into()],
+    );
+    wait_until("the new agent adopted revision 2", WAIT, || {
+        env.agent
+            .log()
+            .lines()
+            .any(|l| l.contains("container started") && l.contains("adopted=true"))
+            .then_some(())
+    });
+    let adopted = env.wait_status("revision 2 running after the restart", "probe", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    assert_eq!(named(&adopted, "main")["container_id"], id, "{adopted}");
+    assert_eq!(named(&adopted, "main")["restart_count"], 0, "{adopted}");
+    assert_eq!(env.containerd.container_ids_of_pod("probe"), second);
+}

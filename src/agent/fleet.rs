@@ -34,7 +34,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::{AfterStop, Controller, Incoming};
+use super::{AfterStop, Controller, Decision, Incoming, decide};
 use crate::fleet::resolve::{self, Verdict};
 use crate::model::{
     FleetDeployment, FleetPodState, FleetReport, NodeLabels, PodConditionType, PodKey, PodPhase,
@@ -573,11 +573,18 @@ impl Controller {
                 return;
             }
         }
-        // A running revision is replaced only once its successor can start.
-        let replaces = self
-            .pods
-            .get(&pod)
-            .is_some_and(|e| e.source == PodSource::Fleet && matches!(e.then, AfterStop::Nothing));
+        // A running revision is replaced only once its successor can start;
+        // what the running pod takes as it is (unchanged, or changed in
+        // place) goes to `apply` at once.
+        let replaces = self.pods.get(&pod).is_some_and(|e| {
+            e.source == PodSource::Fleet
+                && matches!(e.then, AfterStop::Nothing)
+                && decide(
+                    Some((&e.spec, e.source)),
+                    false,
+                    &Incoming::Apply(spec.clone(), PodSource::Fleet),
+                ) == Decision::Replace
+        });
         if replaces && !self.prefetched(&pod, &spec) {
             return;
         }
