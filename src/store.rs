@@ -893,14 +893,25 @@ impl Store {
     }
 
     /// Commits what one read of a workload connection brought, in one
-    /// durable transaction (the workload's publishes are acknowledged only
-    /// after it returns): new messages, each with the time it expires; a
-    /// message with a QoS 2 key already recorded is a duplicate and is not
-    /// stored again; released QoS 2 keys are forgotten. Then drops the
-    /// oldest messages while the table holds more than `budget_bytes`.
+    /// durable transaction (`append_data_all` of one write).
     pub fn append_data(
         &self,
         write: DataWrite,
+        budget_bytes: u64,
+    ) -> Result<DataAppend, StoreError> {
+        self.append_data_all(vec![write], budget_bytes)
+    }
+
+    /// Commits `writes` (each what one read of a workload connection or one
+    /// host-interface publish brought), in order, in one durable
+    /// transaction (the workloads' publishes are acknowledged only after it
+    /// returns): new messages, each with the time it expires; a message
+    /// with a QoS 2 key already recorded is a duplicate and is not stored
+    /// again; released QoS 2 keys are forgotten. Then drops the oldest
+    /// messages while the table holds more than `budget_bytes`.
+    pub fn append_data_all(
+        &self,
+        writes: Vec<DataWrite>,
         budget_bytes: u64,
     ) -> Result<DataAppend, StoreError> {
         let txn = self.db.begin_write()?;
@@ -911,35 +922,37 @@ impl Store {
             let mut qos2 = txn.open_table(DATA_QOS2)?;
             let mut next = read_u64(&meta, KEY_DATA_ID)?;
             let mut bytes = read_u64(&meta, KEY_DATA_BYTES)?;
-            if let Some(client) = &write.clear_client {
-                let prefix = format!("{client}\n");
-                let stale: Vec<String> = qos2
-                    .range(prefix.as_str()..)?
-                    .filter_map(Result::ok)
-                    .map(|(k, _)| k.value().to_string())
-                    .take_while(|k| k.starts_with(&prefix))
-                    .collect();
-                for key in stale {
+            for write in writes {
+                if let Some(client) = &write.clear_client {
+                    let prefix = format!("{client}\n");
+                    let stale: Vec<String> = qos2
+                        .range(prefix.as_str()..)?
+                        .filter_map(Result::ok)
+                        .map(|(k, _)| k.value().to_string())
+                        .take_while(|k| k.starts_with(&prefix))
+                        .collect();
+                    for key in stale {
+                        qos2.remove(key.as_str())?;
+                    }
+                }
+                for (record, key) in write.records {
+                    if let Some(key) = &key {
+                        if qos2.get(key.as_str())?.is_some() {
+                            appended.duplicates += 1;
+                            continue;
+                        }
+                        qos2.insert(key.as_str(), [].as_slice())?;
+                    }
+                    next += 1;
+                    let value = encode(&record);
+                    bytes += value.len() as u64;
+                    table.insert(next, value.as_slice())?;
+                    appended.ids.push(next);
+                    appended.stored.push((record.route, value.len() as u64));
+                }
+                for key in &write.released {
                     qos2.remove(key.as_str())?;
                 }
-            }
-            for (record, key) in write.records {
-                if let Some(key) = &key {
-                    if qos2.get(key.as_str())?.is_some() {
-                        appended.duplicates += 1;
-                        continue;
-                    }
-                    qos2.insert(key.as_str(), [].as_slice())?;
-                }
-                next += 1;
-                let value = encode(&record);
-                bytes += value.len() as u64;
-                table.insert(next, value.as_slice())?;
-                appended.ids.push(next);
-                appended.stored.push((record.route, value.len() as u64));
-            }
-            for key in &write.released {
-                qos2.remove(key.as_str())?;
             }
             while bytes > budget_bytes {
                 let Some((k, v)) = table.first()? else { break };
@@ -1438,6 +1451,53 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((fresh.ids.len(), fresh.duplicates), (1, 0));
+    }
+
+    /// Writes grouped into one transaction (the data path's group commit)
+    /// do what they would have done one after the other: a packet id
+    /// released by one may carry a new message in the next, and ids follow
+    /// the writes' order.
+    #[test]
+    fn grouped_data_writes_commit_as_if_one_after_the_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("open");
+        let key = || Some("default/sensor/main|c1\n7".to_string());
+        store
+            .append_data(
+                DataWrite {
+                    records: vec![(record(0, u64::MAX), key())],
+                    ..Default::default()
+                },
+                u64::MAX,
+            )
+            .expect("append");
+        let grouped = store
+            .append_data_all(
+                vec![
+                    DataWrite {
+                        released: vec![key().expect("key")],
+                        ..Default::default()
+                    },
+                    DataWrite {
+                        records: vec![(record(1, u64::MAX), key())],
+                        ..Default::default()
+                    },
+                    DataWrite {
+                        records: vec![(record(2, u64::MAX), None), (record(3, u64::MAX), None)],
+                        ..Default::default()
+                    },
+                ],
+                u64::MAX,
+            )
+            .expect("append");
+        assert_eq!((grouped.ids, grouped.duplicates), (vec![2, 3, 4], 0));
+        let stored: Vec<u64> = store
+            .data_after(0, 10, usize::MAX)
+            .expect("read")
+            .into_iter()
+            .map(|(_, r)| r.payload[0].into())
+            .collect();
+        assert_eq!(stored, vec![0, 1, 2, 3]);
     }
 
     /// Schema 8 kept QoS 2 keys in a table of `()` values: a publish that

@@ -893,6 +893,11 @@ impl Controller {
                     pod_dir: self.pod_dir(&spec),
                     spec: machine.spec().clone(),
                     events: crate::runtime::EventSink::new(self.runtime_events.clone()),
+                    #[cfg(feature = "data")]
+                    data: Some(match &self.data {
+                        Some(data) => data.publisher(&spec),
+                        None => data::no_data_path(&self.node),
+                    }),
                 };
                 Some(supervisor::spawn(
                     machine,
