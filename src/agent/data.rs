@@ -1,6 +1,7 @@
 //! The device side of the data path (feature `data`): the local MQTT
-//! endpoint workloads publish to, and the forwarder that sends what they
-//! published upstream, sealed, from the store.
+//! endpoint workloads publish to, the host interface's side for Wasm
+//! components (`kedge:data/publish`), and the forwarder that sends what
+//! they published upstream, sealed, from the store.
 //!
 //! - **Endpoint.** MQTT 3.1.1 on `data.listen` (packets read and written by
 //!   rumqttc's `mqttbytes` v4 codec). A connection authenticates as one
@@ -13,6 +14,16 @@
 //!   transaction with the others read in the same pass, and only then
 //!   acknowledged (QoS 1 PUBACK). A message no route takes is acknowledged
 //!   and counted (MQTT 3.1.1 has no negative PUBACK).
+//! - **Host interface.** A component's `publish` (`runtime::wasm` calls
+//!   the `PodPublisher` its pod was given, `DataPath::publisher`) is
+//!   attributed to the pod instance the data path admitted and the
+//!   container the runtime names, taken like an endpoint message
+//!   (`DataPath::take`: routes, counters) and committed the same way; what
+//!   the endpoint would drop is refused with a reason (`PublishError`).
+//! - **Group commit.** The endpoint's reads and the components' publishes
+//!   are writes to one queue (`commit`): every write queued while a
+//!   transaction runs goes into the next one, so concurrent workloads
+//!   share the cost of a durable commit.
 //! - **Forwarder.** Publishes through the agent's own MQTT session (one
 //!   broker connection per device, one client id), at most `WINDOW`
 //!   batches of about `BATCH_BYTES` unacknowledged, so a status report
