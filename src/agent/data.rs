@@ -331,10 +331,23 @@ impl DataPath {
             return spec;
         }
         drop(pod_routes);
-        self.pods
+        let replaced = self
+            .pods
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, spec.uid.clone());
+            .insert(key, spec.uid.clone())
+            .filter(|old| *old != spec.uid);
+        if let Some(old) = replaced {
+            // The replaced pod's `publish-once` sequences go.
+            let write = DataWrite {
+                forget_sequences: Some((format!("{}/{}", spec.namespace, spec.name), old)),
+                ..DataWrite::default()
+            };
+            self.commits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_later((write, None));
+        }
         for container in spec.containers.iter_mut() {
             let username = format!("{}/{}/{}", spec.namespace, spec.name, container.name);
             let password = hex::encode(self.password(&spec.uid, &username).as_ref());
@@ -354,13 +367,25 @@ impl DataPath {
         spec
     }
 
-    /// A pod that is gone can no longer connect, and its routes go.
+    /// A pod that is gone can no longer connect, and its routes go; so do
+    /// its containers' `publish-once` sequences, with the next commit.
     pub fn forget(&self, namespace: &str, pod: &str) {
         let key = (namespace.to_string(), pod.to_string());
-        self.pods
+        let uid = self
+            .pods
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
+        if let Some(uid) = uid {
+            let write = DataWrite {
+                forget_sequences: Some((format!("{namespace}/{pod}"), uid)),
+                ..DataWrite::default()
+            };
+            self.commits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_later((write, None));
+        }
         self.pod_routes
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -683,23 +708,34 @@ impl std::fmt::Debug for PodData {
 }
 
 impl PodPublisher for PodData {
-    fn publish(&self, container: &str, topic: String, payload: Vec<u8>) -> Publishing<'_> {
+    fn publish(
+        &self,
+        container: &str,
+        sequence: Option<u64>,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> Publishing<'_> {
         let source = Source {
             namespace: self.namespace.clone(),
             pod: self.pod.clone(),
             container: container.to_string(),
         };
-        Box::pin(publish(&self.path, &self.uid, source, topic, payload))
+        Box::pin(publish(
+            &self.path, &self.uid, source, sequence, topic, payload,
+        ))
     }
 }
 
 /// One host-interface publish: checked, attributed to `source` (an
 /// instance of the pod `uid`), routed and committed as a message to the
-/// endpoint is, but refused with a reason instead of dropped.
+/// endpoint is, but refused with a reason instead of dropped. With a
+/// `sequence`, stored only if it is above the last one `source` had
+/// stored (`DataWrite::sequence`), as a QoS 2 packet id is on the endpoint.
 async fn publish(
     path: &Arc<DataPath>,
     uid: &str,
     source: Source,
+    sequence: Option<u64>,
     topic: String,
     payload: Vec<u8>,
 ) -> Result<(), PublishError> {
@@ -721,6 +757,7 @@ async fn publish(
     };
     let write = DataWrite {
         records: vec![(record, None)],
+        sequence: sequence.map(|n| (crate::store::sequence_key(&source, uid), n)),
         ..DataWrite::default()
     };
     commit(path, write).await.map_err(PublishError::Storage)
@@ -760,7 +797,7 @@ pub fn no_data_path(node: &str) -> Arc<dyn PodPublisher> {
 struct NoDataPath(String);
 
 impl PodPublisher for NoDataPath {
-    fn publish(&self, _: &str, _: String, _: Vec<u8>) -> Publishing<'_> {
+    fn publish(&self, _: &str, _: Option<u64>, _: String, _: Vec<u8>) -> Publishing<'_> {
         Box::pin(std::future::ready(Err(PublishError::Unavailable(
             self.0.clone(),
         ))))
@@ -771,8 +808,9 @@ impl PodPublisher for NoDataPath {
 // Group commit
 // ---------------------------------------------------------------------------
 
-/// A write waiting for the group commit, and who waits for it.
-type PendingWrite = (DataWrite, oneshot::Sender<Result<(), String>>);
+/// A write waiting for the group commit, and who waits for it (None: no
+/// one, a write `push_later` queued).
+type PendingWrite = (DataWrite, Option<oneshot::Sender<Result<(), String>>>);
 
 /// The group commit's state (pure): the writes waiting, and whether a
 /// committer runs. The first write queued while none runs starts one; it
@@ -798,6 +836,12 @@ impl<W> CommitQueue<W> {
     fn push(&mut self, write: W) -> bool {
         self.waiting.push(write);
         !std::mem::replace(&mut self.committing, true)
+    }
+
+    /// Queues `write` for whichever commit comes next, starting none (for
+    /// what may wait: the sequences of a pod that is gone).
+    fn push_later(&mut self, write: W) {
+        self.waiting.push(write);
     }
 
     /// What the committer commits next: everything waiting, in order.
@@ -826,7 +870,7 @@ async fn commit(path: &Arc<DataPath>, write: DataWrite) -> Result<(), String> {
         .commits
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push((write, done));
+        .push((write, Some(done)));
     if start {
         crate::spawn(run_commits(path.clone()));
     }
@@ -866,7 +910,10 @@ async fn run_commits(path: Arc<DataPath>) {
         if result.is_ok() && new_messages {
             path.committed.notify_one();
         }
-        for done in waiting {
+        if let Err(e) = &result {
+            warn!(error = %e, "cannot commit workload messages");
+        }
+        for done in waiting.into_iter().flatten() {
             let _ = done.send(result.clone());
         }
     }
@@ -1188,7 +1235,9 @@ mod tests {
         assert!(!queue.push(3), "queued while the commit runs");
         assert_eq!(queue.take(), Some(vec![3]));
         assert_eq!(queue.take(), None, "nothing waits: the committer ends");
-        assert!(queue.push(4), "and the next write starts another");
+        queue.push_later(4);
+        assert!(queue.push(5), "a write that may wait starts no committer");
+        assert_eq!(queue.take(), Some(vec![4, 5]), "the next one takes it");
     }
 
     #[test]
@@ -1230,7 +1279,7 @@ mod tests {
         // Not admitted yet: no route names this instance.
         assert!(matches!(
             publisher
-                .publish("main", "sensors/t".into(), b"0".to_vec())
+                .publish("main", None, "sensors/t".into(), b"0".to_vec())
                 .await,
             Err(PublishError::NoRoute { .. })
         ));
@@ -1238,7 +1287,11 @@ mod tests {
         // Concurrent publishes share commits; each returns once stored.
         let publishes = (0..20u8).map(|i| {
             let publisher = publisher.clone();
-            async move { publisher.publish("main", "sensors/t".into(), vec![i]).await }
+            async move {
+                publisher
+                    .publish("main", None, "sensors/t".into(), vec![i])
+                    .await
+            }
         });
         for result in futures_join_all(publishes).await {
             assert_eq!(result, Ok(()));
@@ -1250,7 +1303,7 @@ mod tests {
             && r.topic == "sensors/t"));
         assert_eq!(
             publisher
-                .publish("main", "other/t".into(), b"x".to_vec())
+                .publish("main", None, "other/t".into(), b"x".to_vec())
                 .await,
             Err(PublishError::NoRoute {
                 from: "default/sensor/main".into(),
@@ -1259,23 +1312,33 @@ mod tests {
         );
         assert_eq!(
             publisher
-                .publish("main", "sensors/#".into(), b"x".to_vec())
+                .publish("main", None, "sensors/#".into(), b"x".to_vec())
                 .await,
             Err(PublishError::InvalidTopic("sensors/#".into()))
         );
+        // Once per sequence: sent again (the component did not see `ok`),
+        // it is not stored again (received twice, stored once).
+        for _ in 0..2 {
+            assert_eq!(
+                publisher
+                    .publish("main", Some(7), "sensors/t".into(), b"once".to_vec())
+                    .await,
+                Ok(())
+            );
+        }
         let status = path.status();
         assert_eq!(
             (status.received, status.unrouted, status.queued),
-            (22, 2, 20)
+            (24, 2, 21)
         );
-        assert_eq!(status.routes[0].received, 20);
+        assert_eq!(status.routes[0].received, 21);
         // A newer pod of the same name: the old instance may not publish.
         let mut newer = spec.clone();
         newer.uid = "uid-2".into();
         path.admit(newer);
         assert!(matches!(
             publisher
-                .publish("main", "sensors/t".into(), b"x".to_vec())
+                .publish("main", None, "sensors/t".into(), b"x".to_vec())
                 .await,
             Err(PublishError::Unavailable(_))
         ));
@@ -1287,16 +1350,16 @@ mod tests {
                 s.uid = "uid-2".into();
                 s
             })
-            .publish("main", "sensors/t".into(), b"x".to_vec())
+            .publish("main", None, "sensors/t".into(), b"x".to_vec())
             .await;
         assert!(
             matches!(failed, Err(PublishError::Storage(_))),
             "{failed:?}"
         );
-        assert_eq!(path.status().routes[0].received, 20);
+        assert_eq!(path.status().routes[0].received, 21);
         assert_eq!(
             no_data_path("gw1")
-                .publish("main", "sensors/t".into(), vec![])
+                .publish("main", None, "sensors/t".into(), vec![])
                 .await,
             Err(PublishError::Unavailable(
                 "node gw1 has no data path: set data.sink_public_key in its configuration (docs/config.md)".into()

@@ -55,9 +55,18 @@ pub type Publishing<'a> = Pin<Box<dyn Future<Output = Result<(), PublishError>> 
 
 /// Publishes as one pod: the agent makes one per pod it starts (bound to
 /// the pod's namespace, name and uid), the runtime names the container. A
-/// message is committed durably before the future resolves `Ok`.
+/// message is committed durably before the future resolves `Ok`. With a
+/// `sequence` (`publish-once`), a message whose sequence is not above the
+/// highest one this container of this pod had taken is not stored again,
+/// and the future resolves `Ok`.
 pub trait PodPublisher: Send + Sync + std::fmt::Debug {
-    fn publish(&self, container: &str, topic: String, payload: Vec<u8>) -> Publishing<'_>;
+    fn publish(
+        &self,
+        container: &str,
+        sequence: Option<u64>,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> Publishing<'_>;
 }
 
 #[cfg(test)]

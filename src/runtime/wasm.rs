@@ -331,21 +331,44 @@ mod data_host {
         }
     }
 
-    impl Host for P2State {
-        async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), WitError> {
-            let host = &mut self.data;
-            let result = match &host.publisher {
-                Some(publisher) => publisher.publish(&host.container, topic, payload).await,
+    impl DataHost {
+        async fn publish(
+            &mut self,
+            sequence: Option<u64>,
+            topic: String,
+            payload: Vec<u8>,
+        ) -> Result<(), WitError> {
+            let result = match &self.publisher {
+                Some(publisher) => {
+                    publisher
+                        .publish(&self.container, sequence, topic, payload)
+                        .await
+                }
                 None => Err(PublishError::Unavailable(
                     "this runtime was given no data path".into(),
                 )),
             };
             result.map_err(|e| {
-                if !std::mem::replace(&mut host.warned, true) {
-                    warn!(container = %host.container, error = %e, "a Wasm component's publish was refused (logged once per instance)");
+                if !std::mem::replace(&mut self.warned, true) {
+                    warn!(container = %self.container, error = %e, "a Wasm component's publish was refused (logged once per instance)");
                 }
                 to_wit(e)
             })
+        }
+    }
+
+    impl Host for P2State {
+        async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), WitError> {
+            self.data.publish(None, topic, payload).await
+        }
+
+        async fn publish_once(
+            &mut self,
+            sequence: u64,
+            topic: String,
+            payload: Vec<u8>,
+        ) -> Result<(), WitError> {
+            self.data.publish(Some(sequence), topic, payload).await
         }
     }
 }

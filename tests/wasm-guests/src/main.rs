@@ -1,8 +1,8 @@
 //! Test guest for kedge's integration tests: one WASI binary (built for
 //! wasm32-wasip1 as a core module and wasm32-wasip2 as a component) whose first
 //! argument picks a behaviour (hello, exit, trap, abort, alloc, spin, ticker, env,
-//! write, read, crash-after, and for the component publish). See `usage()` for
-//! the list.
+//! write, read, crash-after, and for the component publish, publish-once). See
+//! `usage()` for the list.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,7 +11,8 @@ use std::time::Duration;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: guest hello [text..] | exit N | trap | abort | alloc MIB | spin | ticker N MS | env \
-         | write FILE TEXT | read FILE | crash-after MS | publish N TOPIC DIR (wasm32-wasip2)"
+         | write FILE TEXT | read FILE | crash-after MS | publish N TOPIC DIR \
+         | publish-once N TOPIC DIR (wasm32-wasip2)"
     );
     ExitCode::from(64)
 }
@@ -156,12 +157,12 @@ fn main() -> ExitCode {
             eprintln!("crashing now");
             ExitCode::from(1)
         }
-        "publish" => {
+        "publish" | "publish-once" => {
             let n: u64 = num(&args, 2);
             let (Some(topic), Some(dir)) = (args.get(3), args.get(4)) else {
                 return usage();
             };
-            publish(n, topic, std::path::Path::new(dir))
+            publish(n, topic, std::path::Path::new(dir), cmd == "publish-once")
         }
         _ => usage(),
     }
@@ -172,12 +173,14 @@ fn main() -> ExitCode {
 /// resuming where an earlier run stopped: `DIR/next` holds how many were
 /// acknowledged (written after each `ok`, by a rename), and `DIR/allowed`,
 /// when present, how far it may go for now (re-read while it waits).
+/// `once`: with `publish-once`, message i's sequence i, so the message in
+/// flight when the agent died is not stored twice when sent again.
 ///
 /// Exits 0 when all are published; 3 on a refusal that sending again does
 /// not cure (it prints the error), retrying the others (`unavailable`,
 /// `storage`) every 100 ms.
 #[cfg(target_env = "p2")]
-fn publish(n: u64, topic: &str, dir: &std::path::Path) -> ExitCode {
+fn publish(n: u64, topic: &str, dir: &std::path::Path, once: bool) -> ExitCode {
     use data::PublishError;
     let read = |name: &str| -> Option<u64> {
         std::fs::read_to_string(dir.join(name))
@@ -194,7 +197,12 @@ fn publish(n: u64, topic: &str, dir: &std::path::Path) -> ExitCode {
             continue;
         }
         let payload = format!("{{\"n\":{i},\"unit\":\"plaintext-marker\"}}");
-        match data::publish(topic, payload.as_bytes()) {
+        let published = if once {
+            data::publish_once(i, topic, payload.as_bytes())
+        } else {
+            data::publish(topic, payload.as_bytes())
+        };
+        match published {
             Ok(()) => {
                 retrying = false;
                 i += 1;
@@ -228,7 +236,7 @@ fn publish(n: u64, topic: &str, dir: &std::path::Path) -> ExitCode {
 }
 
 #[cfg(not(target_env = "p2"))]
-fn publish(_: u64, _: &str, _: &std::path::Path) -> ExitCode {
+fn publish(_: u64, _: &str, _: &std::path::Path, _: bool) -> ExitCode {
     eprintln!("publish needs the wasm32-wasip2 component (kedge:data/publish)");
     ExitCode::from(64)
 }
@@ -240,7 +248,7 @@ mod data {
         path: "../../src/data/wit",
         world: "publisher",
     });
-    pub use kedge::data::publish::{PublishError, publish};
+    pub use kedge::data::publish::{PublishError, publish, publish_once};
 }
 
 #[cfg(target_arch = "wasm32")]
