@@ -1,6 +1,7 @@
 //! The data path's test set-up, shared by `data_e2e` and the `data_path`
 //! bench: the sink's keys and process, the Wasm pod that prints the
-//! credentials the agent injected, reading PostgreSQL.
+//! credentials the agent injected, reading PostgreSQL, and the static MQTT
+//! client a container workload runs (`data_client_bin`).
 
 use std::path::Path;
 use std::time::Duration;
