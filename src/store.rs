@@ -82,7 +82,12 @@ const DATA: TableDefinition<u64, &[u8]> = TableDefinition::new("data");
 /// QoS 2 publishes received and not yet released, per workload connection
 /// (schema 9): `{client}\n{packet id}` → empty. Written in the transaction
 /// that commits the message, so a publish sent again after a crash of the
-/// agent is recognised and not stored twice. Its values are the other
+/// agent is recognised and not stored twice. The Wasm host interface's
+/// `publish-once` keeps its state here too: `{namespace}/{pod}/{container}#{pod
+/// uid}` → the highest sequence taken (u64, little-endian), written with
+/// the message (`sequence_key`; `#` is in no Kubernetes name, so no client
+/// key begins like one, and older agents, which only look keys up and
+/// clear their own clients' prefixes, never touch them). Its values are the other
 /// tables' type (`&[u8]`), so redb's B-tree code is compiled once for all of
 /// them: a table of `()` values cost ~30 kB of device binary.
 const DATA_QOS2: TableDefinition<&str, &[u8]> = TableDefinition::new("data_qos2_keys");
@@ -218,12 +223,28 @@ pub struct DataWrite {
     /// A connection with a clean session: every QoS 2 key of this client
     /// is forgotten first.
     pub clear_client: Option<String>,
+    /// A host-interface `publish-once`: (`sequence_key`, sequence). The
+    /// records are stored only if the sequence is above the one recorded
+    /// under the key, which becomes it; else they are duplicates.
+    pub sequence: Option<(String, u64)>,
+    /// A pod that is gone, (`namespace/pod`, uid): its containers'
+    /// `publish-once` sequences are forgotten.
+    pub forget_sequences: Option<(String, String)>,
 }
 
 impl DataWrite {
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.released.is_empty() && self.clear_client.is_none()
+        self.records.is_empty()
+            && self.released.is_empty()
+            && self.clear_client.is_none()
+            && self.forget_sequences.is_none()
     }
+}
+
+/// Where the host interface's `publish-once` keeps the highest sequence a
+/// container of a pod (by uid) had taken.
+pub fn sequence_key(source: &crate::model::DataSource, uid: &str) -> String {
+    format!("{source}#{uid}")
 }
 
 /// What `append_data` did.
@@ -942,14 +963,25 @@ impl Store {
     }
 
     /// Commits what one read of a workload connection brought, in one
-    /// durable transaction (the workload's publishes are acknowledged only
-    /// after it returns): new messages, each with the time it expires; a
-    /// message with a QoS 2 key already recorded is a duplicate and is not
-    /// stored again; released QoS 2 keys are forgotten. Then drops the
-    /// oldest messages while the table holds more than `budget_bytes`.
+    /// durable transaction (`append_data_all` of one write).
     pub fn append_data(
         &self,
         write: DataWrite,
+        budget_bytes: u64,
+    ) -> Result<DataAppend, StoreError> {
+        self.append_data_all(vec![write], budget_bytes)
+    }
+
+    /// Commits `writes` (each what one read of a workload connection or one
+    /// host-interface publish brought), in order, in one durable
+    /// transaction (the workloads' publishes are acknowledged only after it
+    /// returns): new messages, each with the time it expires; a message
+    /// with a QoS 2 key already recorded is a duplicate and is not stored
+    /// again; released QoS 2 keys are forgotten. Then drops the oldest
+    /// messages while the table holds more than `budget_bytes`.
+    pub fn append_data_all(
+        &self,
+        writes: Vec<DataWrite>,
         budget_bytes: u64,
     ) -> Result<DataAppend, StoreError> {
         let txn = self.db.begin_write()?;
@@ -960,35 +992,61 @@ impl Store {
             let mut qos2 = txn.open_table(DATA_QOS2)?;
             let mut next = read_u64(&meta, KEY_DATA_ID)?;
             let mut bytes = read_u64(&meta, KEY_DATA_BYTES)?;
-            if let Some(client) = &write.clear_client {
-                let prefix = format!("{client}\n");
-                let stale: Vec<String> = qos2
-                    .range(prefix.as_str()..)?
-                    .filter_map(Result::ok)
-                    .map(|(k, _)| k.value().to_string())
-                    .take_while(|k| k.starts_with(&prefix))
-                    .collect();
-                for key in stale {
-                    qos2.remove(key.as_str())?;
+            for write in writes {
+                if let Some(client) = &write.clear_client {
+                    let prefix = format!("{client}\n");
+                    let stale: Vec<String> = qos2
+                        .range(prefix.as_str()..)?
+                        .filter_map(Result::ok)
+                        .map(|(k, _)| k.value().to_string())
+                        .take_while(|k| k.starts_with(&prefix))
+                        .collect();
+                    for key in stale {
+                        qos2.remove(key.as_str())?;
+                    }
                 }
-            }
-            for (record, key) in write.records {
-                if let Some(key) = &key {
-                    if qos2.get(key.as_str())?.is_some() {
-                        appended.duplicates += 1;
+                if let Some((pod, uid)) = &write.forget_sequences {
+                    let (prefix, suffix) = (format!("{pod}/"), format!("#{uid}"));
+                    let gone: Vec<String> = qos2
+                        .range(prefix.as_str()..)?
+                        .filter_map(Result::ok)
+                        .map(|(k, _)| k.value().to_string())
+                        .take_while(|k| k.starts_with(&prefix))
+                        .filter(|k| k.ends_with(&suffix))
+                        .collect();
+                    for key in gone {
+                        qos2.remove(key.as_str())?;
+                    }
+                }
+                if let Some((key, sequence)) = &write.sequence {
+                    let last = qos2
+                        .get(key.as_str())?
+                        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+                        .map(u64::from_le_bytes);
+                    if last.is_some_and(|last| *sequence <= last) {
+                        appended.duplicates += write.records.len() as u64;
                         continue;
                     }
-                    qos2.insert(key.as_str(), [].as_slice())?;
+                    qos2.insert(key.as_str(), sequence.to_le_bytes().as_slice())?;
                 }
-                next += 1;
-                let value = encode(&record);
-                bytes += value.len() as u64;
-                table.insert(next, value.as_slice())?;
-                appended.ids.push(next);
-                appended.stored.push((record.route, value.len() as u64));
-            }
-            for key in &write.released {
-                qos2.remove(key.as_str())?;
+                for (record, key) in write.records {
+                    if let Some(key) = &key {
+                        if qos2.get(key.as_str())?.is_some() {
+                            appended.duplicates += 1;
+                            continue;
+                        }
+                        qos2.insert(key.as_str(), [].as_slice())?;
+                    }
+                    next += 1;
+                    let value = encode(&record);
+                    bytes += value.len() as u64;
+                    table.insert(next, value.as_slice())?;
+                    appended.ids.push(next);
+                    appended.stored.push((record.route, value.len() as u64));
+                }
+                for key in &write.released {
+                    qos2.remove(key.as_str())?;
+                }
             }
             while bytes > budget_bytes {
                 let Some((k, v)) = table.first()? else { break };
@@ -1487,6 +1545,114 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((fresh.ids.len(), fresh.duplicates), (1, 0));
+    }
+
+    /// Writes grouped into one transaction (the data path's group commit)
+    /// do what they would have done one after the other: a packet id
+    /// released by one may carry a new message in the next, and ids follow
+    /// the writes' order.
+    #[test]
+    fn grouped_data_writes_commit_as_if_one_after_the_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("open");
+        let key = || Some("default/sensor/main|c1\n7".to_string());
+        store
+            .append_data(
+                DataWrite {
+                    records: vec![(record(0, u64::MAX), key())],
+                    ..Default::default()
+                },
+                u64::MAX,
+            )
+            .expect("append");
+        let grouped = store
+            .append_data_all(
+                vec![
+                    DataWrite {
+                        released: vec![key().expect("key")],
+                        ..Default::default()
+                    },
+                    DataWrite {
+                        records: vec![(record(1, u64::MAX), key())],
+                        ..Default::default()
+                    },
+                    DataWrite {
+                        records: vec![(record(2, u64::MAX), None), (record(3, u64::MAX), None)],
+                        ..Default::default()
+                    },
+                ],
+                u64::MAX,
+            )
+            .expect("append");
+        assert_eq!((grouped.ids, grouped.duplicates), (vec![2, 3, 4], 0));
+        let stored: Vec<u64> = store
+            .data_after(0, 10, usize::MAX)
+            .expect("read")
+            .into_iter()
+            .map(|(_, r)| r.payload[0].into())
+            .collect();
+        assert_eq!(stored, vec![0, 1, 2, 3]);
+    }
+
+    /// A `publish-once` sent again (the component did not see `ok`: the
+    /// agent crashed) is a duplicate; a higher sequence is stored; a new
+    /// pod (uid) starts again; a gone pod's sequences are forgotten, not
+    /// another's, and no QoS 2 key.
+    #[test]
+    fn a_sequenced_publish_sent_again_is_stored_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("open");
+        let source = record(0, u64::MAX).source;
+        let once = |n: u8, uid: &str, sequence: u64| {
+            store
+                .append_data(
+                    DataWrite {
+                        records: vec![(record(n, u64::MAX), None)],
+                        sequence: Some((sequence_key(&source, uid), sequence)),
+                        ..Default::default()
+                    },
+                    u64::MAX,
+                )
+                .expect("append")
+        };
+        assert_eq!(once(0, "u1", 0).ids.len(), 1);
+        assert_eq!(once(1, "u1", 1).ids.len(), 1);
+        let again = once(1, "u1", 1);
+        assert_eq!((again.ids.len(), again.duplicates), (0, 1));
+        assert_eq!(once(0, "u1", 0).duplicates, 1, "an older one too");
+        assert_eq!(once(5, "u1", 5).ids.len(), 1, "gaps are allowed");
+        assert_eq!(once(0, "u2", 0).ids.len(), 1, "another pod's sequences");
+        let qos2 = Some("default/sensor/main|c1\n7".to_string());
+        store
+            .append_data(
+                DataWrite {
+                    records: vec![(record(9, u64::MAX), qos2.clone())],
+                    ..Default::default()
+                },
+                u64::MAX,
+            )
+            .expect("append");
+        store
+            .append_data(
+                DataWrite {
+                    forget_sequences: Some(("default/sensor".into(), "u1".into())),
+                    ..Default::default()
+                },
+                u64::MAX,
+            )
+            .expect("forget");
+        assert_eq!(once(1, "u1", 1).ids.len(), 1, "forgotten: stored");
+        assert_eq!(once(0, "u2", 0).duplicates, 1, "u2's are kept");
+        let resent = store
+            .append_data(
+                DataWrite {
+                    records: vec![(record(9, u64::MAX), qos2)],
+                    ..Default::default()
+                },
+                u64::MAX,
+            )
+            .expect("append");
+        assert_eq!(resent.duplicates, 1, "the QoS 2 key is kept");
     }
 
     /// Schema 8 kept QoS 2 keys in a table of `()` values: a publish that

@@ -1,6 +1,7 @@
 //! The device side of the data path (feature `data`): the local MQTT
-//! endpoint workloads publish to, and the forwarder that sends what they
-//! published upstream, sealed, from the store.
+//! endpoint workloads publish to, the host interface's side for Wasm
+//! components (`kedge:data/publish`), and the forwarder that sends what
+//! they published upstream, sealed, from the store.
 //!
 //! - **Endpoint.** MQTT 3.1.1 on `data.listen` (packets read and written by
 //!   rumqttc's `mqttbytes` v4 codec). A connection authenticates as one
@@ -13,6 +14,16 @@
 //!   transaction with the others read in the same pass, and only then
 //!   acknowledged (QoS 1 PUBACK). A message no route takes is acknowledged
 //!   and counted (MQTT 3.1.1 has no negative PUBACK).
+//! - **Host interface.** A component's `publish` (`runtime::wasm` calls
+//!   the `PodPublisher` its pod was given, `DataPath::publisher`) is
+//!   attributed to the pod instance the data path admitted and the
+//!   container the runtime names, taken like an endpoint message
+//!   (`DataPath::take`: routes, counters) and committed the same way; what
+//!   the endpoint would drop is refused with a reason (`PublishError`).
+//! - **Group commit.** The endpoint's reads and the components' publishes
+//!   are writes to one queue (`commit`): every write queued while a
+//!   transaction runs goes into the next one, so concurrent workloads
+//!   share the cost of a durable commit.
 //! - **Forwarder.** Publishes through the agent's own MQTT session (one
 //!   broker connection per device, one client id), at most `WINDOW`
 //!   batches of about `BATCH_BYTES` unacknowledged, so a status report
@@ -44,13 +55,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
+use crate::data::publish::{PodPublisher, PublishError, Publishing};
 use crate::data::{self, Batch, DataMessage, DeviceKey, Route, SinkPublicKey, Source};
 use crate::model::{EnvVar, Event, EventType, PodSpec};
 use crate::mqtt::SessionCommand;
 use crate::store::{DataRecord, DataWrite, Store};
 
 /// Largest packet a workload may send (a message and its topic).
-const MAX_PACKET_BYTES: usize = 256 * 1024;
+const MAX_PACKET_BYTES: usize = data::publish::MAX_MESSAGE_BYTES;
 /// Batches published and not yet acknowledged, at most. They share the
 /// agent's connection with its status reports: `WINDOW * BATCH_BYTES` is the
 /// most data a report can find ahead of it.
@@ -220,6 +232,9 @@ pub struct DataPath {
     url: String,
     store: Arc<Store>,
     budget_bytes: u64,
+    /// Writes waiting for the group commit (`commit`): every write queued
+    /// while a commit runs goes into the next transaction together.
+    commits: std::sync::Mutex<CommitQueue<PendingWrite>>,
     /// Woken after every commit, so the forwarder sends at once.
     committed: Notify,
     pub counters: Counters,
@@ -252,6 +267,7 @@ impl DataPath {
             url: format!("mqtt://{}", config.advertised()),
             store,
             budget_bytes: config.budget_bytes,
+            commits: std::sync::Mutex::new(CommitQueue::default()),
             committed: Notify::new(),
             counters: Counters::default(),
             tally: std::sync::Mutex::new(tally),
@@ -315,10 +331,23 @@ impl DataPath {
             return spec;
         }
         drop(pod_routes);
-        self.pods
+        let replaced = self
+            .pods
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key, spec.uid.clone());
+            .insert(key, spec.uid.clone())
+            .filter(|old| *old != spec.uid);
+        if let Some(old) = replaced {
+            // The replaced pod's `publish-once` sequences go.
+            let write = DataWrite {
+                forget_sequences: Some((format!("{}/{}", spec.namespace, spec.name), old)),
+                ..DataWrite::default()
+            };
+            self.commits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_later((write, None));
+        }
         for container in spec.containers.iter_mut() {
             let username = format!("{}/{}/{}", spec.namespace, spec.name, container.name);
             let password = hex::encode(self.password(&spec.uid, &username).as_ref());
@@ -338,13 +367,25 @@ impl DataPath {
         spec
     }
 
-    /// A pod that is gone can no longer connect, and its routes go.
+    /// A pod that is gone can no longer connect, and its routes go; so do
+    /// its containers' `publish-once` sequences, with the next commit.
     pub fn forget(&self, namespace: &str, pod: &str) {
         let key = (namespace.to_string(), pod.to_string());
-        self.pods
+        let uid = self
+            .pods
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
+        if let Some(uid) = uid {
+            let write = DataWrite {
+                forget_sequences: Some((format!("{namespace}/{pod}"), uid)),
+                ..DataWrite::default()
+            };
+            self.commits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_later((write, None));
+        }
         self.pod_routes
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -362,6 +403,48 @@ impl DataPath {
         let key = (source.namespace.clone(), source.pod.clone());
         let pod_routes = self.pod_routes.read().unwrap_or_else(|p| p.into_inner());
         data::route::route_for(pod_routes.get(&key)?, source, topic).map(|r| (r.id, r.ttl))
+    }
+
+    /// Takes one message of `source` on `topic` (counted as received): the
+    /// record to store under the route that takes it, or None when no
+    /// route does (counted as unrouted). The endpoint and the host
+    /// interface take every message here.
+    fn take(&self, source: &Source, topic: &str, payload: Vec<u8>) -> Option<DataRecord> {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let Some((route, ttl)) = self.route_of(source, topic) else {
+            self.counters.unrouted.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let now = crate::model::now_ms();
+        Some(DataRecord {
+            source: source.clone(),
+            topic: topic.to_string(),
+            device_time_ms: now,
+            expires_ms: now.saturating_add(ttl.as_millis() as u64),
+            payload,
+            route,
+        })
+    }
+
+    /// The host interface's handle for the containers of the pod `spec`
+    /// (`runtime::PodContext::data`): it publishes as that pod, whichever
+    /// container the runtime names.
+    pub fn publisher(self: &Arc<Self>, spec: &PodSpec) -> Arc<dyn PodPublisher> {
+        Arc::new(PodData {
+            path: self.clone(),
+            namespace: spec.namespace.clone(),
+            pod: spec.name.clone(),
+            uid: spec.uid.clone(),
+        })
+    }
+
+    /// The uid under which a route admitted the pod `namespace/pod`.
+    fn admitted_uid(&self, namespace: &str, pod: &str) -> Option<String> {
+        self.pods
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(namespace.to_string(), pod.to_string()))
+            .cloned()
     }
 
     /// The source a CONNECT's credentials name, if they are right.
@@ -461,7 +544,7 @@ enum ConnectionError {
     Store(String),
 }
 
-async fn connection(mut stream: TcpStream, path: &DataPath) -> Result<(), ConnectionError> {
+async fn connection(mut stream: TcpStream, path: &Arc<DataPath>) -> Result<(), ConnectionError> {
     stream.set_nodelay(true)?;
     let mut input = BytesMut::with_capacity(4096);
     let mut output = BytesMut::with_capacity(1024);
@@ -523,7 +606,6 @@ async fn connection(mut stream: TcpStream, path: &DataPath) -> Result<(), Connec
             };
             match packet {
                 Packet::Publish(publish) => {
-                    path.counters.received.fetch_add(1, Ordering::Relaxed);
                     let key = match publish.qos {
                         QoS::AtMostOnce => None,
                         QoS::AtLeastOnce => {
@@ -535,26 +617,15 @@ async fn connection(mut stream: TcpStream, path: &DataPath) -> Result<(), Connec
                             Some(format!("{client}\n{}", publish.pkid))
                         }
                     };
-                    let now = crate::model::now_ms();
-                    match path.route_of(who, &publish.topic) {
-                        Some((route, ttl)) => write.records.push((
-                            DataRecord {
-                                source: who.clone(),
-                                topic: publish.topic,
-                                device_time_ms: now,
-                                expires_ms: now.saturating_add(ttl.as_millis() as u64),
-                                payload: publish.payload.to_vec(),
-                                route,
-                            },
-                            key,
-                        )),
-                        None => {
-                            path.counters.unrouted.fetch_add(1, Ordering::Relaxed);
-                            if !unrouted_warned {
-                                unrouted_warned = true;
-                                warn!(source = %who, topic = %publish.topic, "no data route takes this message; dropped (counted as unrouted)");
-                            }
+                    match path.take(who, &publish.topic, publish.payload.into()) {
+                        Some(record) => write.records.push((record, key)),
+                        // MQTT 3.1.1 has no negative acknowledgement: the
+                        // message was acknowledged above and is counted.
+                        None if !unrouted_warned => {
+                            unrouted_warned = true;
+                            warn!(source = %who, topic = %publish.topic, "no data route takes this message; dropped (counted as unrouted)");
                         }
+                        None => {}
                     }
                 }
                 Packet::PubRel(rel) => {
@@ -572,7 +643,7 @@ async fn connection(mut stream: TcpStream, path: &DataPath) -> Result<(), Connec
                     replies.push(Packet::SubAck(SubAck::new(sub.pkid, codes)));
                 }
                 Packet::Disconnect => {
-                    commit(path, write).await?;
+                    commit(path, write).await.map_err(ConnectionError::Store)?;
                     return Ok(());
                 }
                 Packet::Connect(_) => {
@@ -581,7 +652,7 @@ async fn connection(mut stream: TcpStream, path: &DataPath) -> Result<(), Connec
                 other => debug!(packet = ?other, "data endpoint ignores this packet"),
             }
         }
-        commit(path, write).await?;
+        commit(path, write).await.map_err(ConnectionError::Store)?;
         for reply in replies {
             let written = match reply {
                 Packet::ConnAck(p) => p.write(&mut output),
@@ -613,33 +684,239 @@ async fn connection(mut stream: TcpStream, path: &DataPath) -> Result<(), Connec
     }
 }
 
-/// Commits `write` durably (one transaction), or fails the connection
-/// without acknowledging anything: the workload's client sends it again.
-async fn commit(path: &DataPath, write: DataWrite) -> Result<(), ConnectionError> {
+// ---------------------------------------------------------------------------
+// Host interface (`kedge:data/publish`)
+// ---------------------------------------------------------------------------
+
+/// The host interface's handle for one pod: publishes as its namespace,
+/// name and uid.
+struct PodData {
+    path: Arc<DataPath>,
+    namespace: String,
+    pod: String,
+    uid: String,
+}
+
+impl std::fmt::Debug for PodData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PodData({}/{}, uid {})",
+            self.namespace, self.pod, self.uid
+        )
+    }
+}
+
+impl PodPublisher for PodData {
+    fn publish(
+        &self,
+        container: &str,
+        sequence: Option<u64>,
+        topic: String,
+        payload: Vec<u8>,
+    ) -> Publishing<'_> {
+        let source = Source {
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+            container: container.to_string(),
+        };
+        Box::pin(publish(
+            &self.path, &self.uid, source, sequence, topic, payload,
+        ))
+    }
+}
+
+/// One host-interface publish: checked, attributed to `source` (an
+/// instance of the pod `uid`), routed and committed as a message to the
+/// endpoint is, but refused with a reason instead of dropped. With a
+/// `sequence`, stored only if it is above the last one `source` had
+/// stored (`DataWrite::sequence`), as a QoS 2 packet id is on the endpoint.
+async fn publish(
+    path: &Arc<DataPath>,
+    uid: &str,
+    source: Source,
+    sequence: Option<u64>,
+    topic: String,
+    payload: Vec<u8>,
+) -> Result<(), PublishError> {
+    data::publish::check(&topic, payload.len())?;
+    let admitted = path.admitted_uid(&source.namespace, &source.pod);
+    if let Err(e) = may_publish(admitted.as_deref(), uid, &source, &topic) {
+        if let PublishError::NoRoute { .. } = e {
+            // A message of a pod no route names: received, and unrouted.
+            path.counters.received.fetch_add(1, Ordering::Relaxed);
+            path.counters.unrouted.fetch_add(1, Ordering::Relaxed);
+        }
+        return Err(e);
+    }
+    let Some(record) = path.take(&source, &topic, payload) else {
+        return Err(PublishError::NoRoute {
+            from: source.to_string(),
+            topic,
+        });
+    };
+    let write = DataWrite {
+        records: vec![(record, None)],
+        sequence: sequence.map(|n| (crate::store::sequence_key(&source, uid), n)),
+        ..DataWrite::default()
+    };
+    commit(path, write).await.map_err(PublishError::Storage)
+}
+
+/// Whether an instance of the pod `uid` may publish as `source`, given the
+/// uid under which a route admitted a pod of that name (None: no route
+/// names it, so nothing it publishes would be taken).
+fn may_publish(
+    admitted: Option<&str>,
+    uid: &str,
+    source: &Source,
+    topic: &str,
+) -> Result<(), PublishError> {
+    match admitted {
+        None => Err(PublishError::NoRoute {
+            from: source.to_string(),
+            topic: topic.to_string(),
+        }),
+        Some(admitted) if admitted != uid => Err(PublishError::Unavailable(format!(
+            "pod {}/{} was replaced (uid {admitted}); this instance (uid {uid}) is stopping",
+            source.namespace, source.pod
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The data path's handle for a node without one (no
+/// `data.sink_public_key`): every publish is refused as unavailable.
+pub fn no_data_path(node: &str) -> Arc<dyn PodPublisher> {
+    Arc::new(NoDataPath(format!(
+        "node {node} has no data path: set data.sink_public_key in its configuration (docs/config.md)"
+    )))
+}
+
+#[derive(Debug)]
+struct NoDataPath(String);
+
+impl PodPublisher for NoDataPath {
+    fn publish(&self, _: &str, _: Option<u64>, _: String, _: Vec<u8>) -> Publishing<'_> {
+        Box::pin(std::future::ready(Err(PublishError::Unavailable(
+            self.0.clone(),
+        ))))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Group commit
+// ---------------------------------------------------------------------------
+
+/// A write waiting for the group commit, and who waits for it (None: no
+/// one, a write `push_later` queued).
+type PendingWrite = (DataWrite, Option<oneshot::Sender<Result<(), String>>>);
+
+/// The group commit's state (pure): the writes waiting, and whether a
+/// committer runs. The first write queued while none runs starts one; it
+/// takes everything waiting at once, commits it, and ends when nothing
+/// waits.
+#[derive(Debug)]
+struct CommitQueue<W> {
+    waiting: Vec<W>,
+    committing: bool,
+}
+
+impl<W> Default for CommitQueue<W> {
+    fn default() -> Self {
+        CommitQueue {
+            waiting: Vec::new(),
+            committing: false,
+        }
+    }
+}
+
+impl<W> CommitQueue<W> {
+    /// Queues `write`; true when the caller must start a committer.
+    fn push(&mut self, write: W) -> bool {
+        self.waiting.push(write);
+        !std::mem::replace(&mut self.committing, true)
+    }
+
+    /// Queues `write` for whichever commit comes next, starting none (for
+    /// what may wait: the sequences of a pod that is gone).
+    fn push_later(&mut self, write: W) {
+        self.waiting.push(write);
+    }
+
+    /// What the committer commits next: everything waiting, in order.
+    /// None when nothing waits: the committer ends, and the next `push`
+    /// starts another.
+    fn take(&mut self) -> Option<Vec<W>> {
+        if self.waiting.is_empty() {
+            self.committing = false;
+            return None;
+        }
+        Some(std::mem::take(&mut self.waiting))
+    }
+}
+
+/// Commits `write` durably, in one transaction with every write queued
+/// while the previous commit ran (the endpoint's connections' and the host
+/// interface's alike); Ok once committed. On Err nothing of it is stored:
+/// the endpoint fails the connection without acknowledging anything (the
+/// workload's client sends it again), the host interface returns `storage`.
+async fn commit(path: &Arc<DataPath>, write: DataWrite) -> Result<(), String> {
     if write.is_empty() {
         return Ok(());
     }
-    let new_messages = !write.records.is_empty();
-    let store = path.store.clone();
-    let budget = path.budget_bytes;
-    let appended = tokio::task::spawn_blocking(move || store.append_data(write, budget))
+    let (done, committed) = oneshot::channel();
+    let start = path
+        .commits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((write, Some(done)));
+    if start {
+        crate::spawn(run_commits(path.clone()));
+    }
+    committed
         .await
-        .map_err(|e| ConnectionError::Store(e.to_string()))?
-        .map_err(|e| ConnectionError::Store(e.to_string()))?;
-    if !appended.dropped_budget.is_empty() {
-        path.counters
-            .dropped_budget
-            .fetch_add(appended.dropped_budget.len() as u64, Ordering::Relaxed);
+        .unwrap_or_else(|_| Err("the data path's commit task ended".into()))
+}
+
+/// The committer: commits what waits, group after group, until nothing
+/// does.
+async fn run_commits(path: Arc<DataPath>) {
+    loop {
+        let group = path
+            .commits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(group) = group else { return };
+        let (writes, waiting): (Vec<DataWrite>, Vec<_>) = group.into_iter().unzip();
+        let new_messages = writes.iter().any(|w| !w.records.is_empty());
+        let store = path.store.clone();
+        let budget = path.budget_bytes;
+        let appended = tokio::task::spawn_blocking(move || store.append_data_all(writes, budget))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let result = appended.map(|appended| {
+            if !appended.dropped_budget.is_empty() {
+                path.counters
+                    .dropped_budget
+                    .fetch_add(appended.dropped_budget.len() as u64, Ordering::Relaxed);
+            }
+            let mut tally = path.tally();
+            tally.count(Fate::Stored, &appended.stored);
+            tally.count(Fate::DroppedBudget, &appended.dropped_budget);
+        });
+        if result.is_ok() && new_messages {
+            path.committed.notify_one();
+        }
+        if let Err(e) = &result {
+            warn!(error = %e, "cannot commit workload messages");
+        }
+        for done in waiting.into_iter().flatten() {
+            let _ = done.send(result.clone());
+        }
     }
-    {
-        let mut tally = path.tally();
-        tally.count(Fate::Stored, &appended.stored);
-        tally.count(Fate::DroppedBudget, &appended.dropped_budget);
-    }
-    if new_messages {
-        path.committed.notify_one();
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -947,6 +1224,159 @@ mod tests {
             store,
         )
         .expect("path")
+    }
+
+    #[test]
+    fn the_group_commit_starts_one_committer_and_takes_everything_waiting() {
+        let mut queue = CommitQueue::default();
+        assert!(queue.push(1), "the first write starts a committer");
+        assert!(!queue.push(2), "one runs: the next write waits for it");
+        assert_eq!(queue.take(), Some(vec![1, 2]), "both in one transaction");
+        assert!(!queue.push(3), "queued while the commit runs");
+        assert_eq!(queue.take(), Some(vec![3]));
+        assert_eq!(queue.take(), None, "nothing waits: the committer ends");
+        queue.push_later(4);
+        assert!(queue.push(5), "a write that may wait starts no committer");
+        assert_eq!(queue.take(), Some(vec![4, 5]), "the next one takes it");
+    }
+
+    #[test]
+    fn only_the_admitted_instance_of_a_pod_may_publish() {
+        let source = Source {
+            namespace: "default".into(),
+            pod: "sensor".into(),
+            container: "main".into(),
+        };
+        assert_eq!(may_publish(Some("u1"), "u1", &source, "sensors/t"), Ok(()));
+        assert_eq!(
+            may_publish(None, "u1", &source, "sensors/t"),
+            Err(PublishError::NoRoute {
+                from: "default/sensor/main".into(),
+                topic: "sensors/t".into()
+            }),
+            "no route names the pod"
+        );
+        assert_eq!(
+            may_publish(Some("u2"), "u1", &source, "sensors/t"),
+            Err(PublishError::Unavailable(
+                "pod default/sensor was replaced (uid u2); this instance (uid u1) is stopping"
+                    .into()
+            ))
+        );
+    }
+
+    /// The host interface stores what a route takes (committed before it
+    /// returns, counted like the endpoint's messages, in order), and
+    /// refuses with a reason what the endpoint would drop.
+    #[tokio::test]
+    async fn host_publishes_are_committed_counted_and_refused_with_a_reason() {
+        use crate::model::samples;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = Arc::new(path(dir.path()));
+        let mut spec = samples::spec("sensor", "uid-1", 1, crate::model::RestartPolicy::Always);
+        spec.containers.push(samples::container("main"));
+        let publisher = path.publisher(&spec);
+        // Not admitted yet: no route names this instance.
+        assert!(matches!(
+            publisher
+                .publish("main", None, "sensors/t".into(), b"0".to_vec())
+                .await,
+            Err(PublishError::NoRoute { .. })
+        ));
+        path.admit(spec.clone());
+        // Concurrent publishes share commits; each returns once stored.
+        let publishes = (0..20u8).map(|i| {
+            let publisher = publisher.clone();
+            async move {
+                publisher
+                    .publish("main", None, "sensors/t".into(), vec![i])
+                    .await
+            }
+        });
+        for result in futures_join_all(publishes).await {
+            assert_eq!(result, Ok(()));
+        }
+        let stored = path.store.data_after(0, 100, usize::MAX).expect("read");
+        assert_eq!(stored.len(), 20);
+        assert!(stored.iter().all(|(_, r)| r.source.container == "main"
+            && r.source.pod == "sensor"
+            && r.topic == "sensors/t"));
+        assert_eq!(
+            publisher
+                .publish("main", None, "other/t".into(), b"x".to_vec())
+                .await,
+            Err(PublishError::NoRoute {
+                from: "default/sensor/main".into(),
+                topic: "other/t".into()
+            })
+        );
+        assert_eq!(
+            publisher
+                .publish("main", None, "sensors/#".into(), b"x".to_vec())
+                .await,
+            Err(PublishError::InvalidTopic("sensors/#".into()))
+        );
+        // Once per sequence: sent again (the component did not see `ok`),
+        // it is not stored again (received twice, stored once).
+        for _ in 0..2 {
+            assert_eq!(
+                publisher
+                    .publish("main", Some(7), "sensors/t".into(), b"once".to_vec())
+                    .await,
+                Ok(())
+            );
+        }
+        let status = path.status();
+        assert_eq!(
+            (status.received, status.unrouted, status.queued),
+            (24, 2, 21)
+        );
+        assert_eq!(status.routes[0].received, 21);
+        // A newer pod of the same name: the old instance may not publish.
+        let mut newer = spec.clone();
+        newer.uid = "uid-2".into();
+        path.admit(newer);
+        assert!(matches!(
+            publisher
+                .publish("main", None, "sensors/t".into(), b"x".to_vec())
+                .await,
+            Err(PublishError::Unavailable(_))
+        ));
+        // A store that cannot write: the publish says so, nothing is counted.
+        path.store.fault_fail_writes(true);
+        let failed = path
+            .publisher(&{
+                let mut s = spec.clone();
+                s.uid = "uid-2".into();
+                s
+            })
+            .publish("main", None, "sensors/t".into(), b"x".to_vec())
+            .await;
+        assert!(
+            matches!(failed, Err(PublishError::Storage(_))),
+            "{failed:?}"
+        );
+        assert_eq!(path.status().routes[0].received, 21);
+        assert_eq!(
+            no_data_path("gw1")
+                .publish("main", None, "sensors/t".into(), vec![])
+                .await,
+            Err(PublishError::Unavailable(
+                "node gw1 has no data path: set data.sink_public_key in its configuration (docs/config.md)".into()
+            ))
+        );
+    }
+
+    /// Awaits every future, concurrently (no futures crate in the build).
+    async fn futures_join_all<T: Send + 'static>(
+        futures: impl Iterator<Item = impl std::future::Future<Output = T> + Send + 'static>,
+    ) -> Vec<T> {
+        let handles: Vec<_> = futures.map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.expect("task"));
+        }
+        out
     }
 
     /// The value of `name` the data path put in the first container's

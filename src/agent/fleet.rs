@@ -804,6 +804,8 @@ impl Controller {
             pod_dir: self.pod_dir(spec),
             spec: spec.clone(),
             events: crate::runtime::EventSink::new(self.runtime_events.clone()),
+            #[cfg(feature = "data")]
+            data: None,
         };
         let tx = self.prefetched.clone();
         let (pod, uid, generation) = (pod.clone(), spec.uid.clone(), spec.generation);

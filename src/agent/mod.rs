@@ -959,6 +959,11 @@ impl Controller {
                     pod_dir: self.pod_dir_of(&spec.namespace, &spec.name, &instance),
                     spec: machine.spec().clone(),
                     events: crate::runtime::EventSink::new(self.runtime_events.clone()),
+                    #[cfg(feature = "data")]
+                    data: Some(match &self.data {
+                        Some(data) => data.publisher(&spec),
+                        None => data::no_data_path(&self.node),
+                    }),
                 };
                 Some(supervisor::spawn(
                     machine,

@@ -11,6 +11,7 @@
 //! of message ids against replays.
 
 pub mod keys;
+pub mod publish;
 pub mod route;
 
 use serde::{Deserialize, Serialize};

@@ -127,6 +127,12 @@ pub struct PodContext {
     pub pod_dir: PathBuf,
     /// Events about this pod (pulls, failures).
     pub events: EventSink,
+    /// The data path's handle for this pod, which the Wasm runtime gives
+    /// components as `kedge:data/publish` (`agent::data::DataPath::publisher`;
+    /// a node without a data path gives one that says so); None where
+    /// nothing runs (a prefetch).
+    #[cfg(feature = "data")]
+    pub data: Option<std::sync::Arc<dyn crate::data::publish::PodPublisher>>,
 }
 
 impl PodContext {

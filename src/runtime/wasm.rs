@@ -184,6 +184,8 @@ impl EngineSet {
             .map_err(wasmtime_error)?;
         let mut p2_linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker).map_err(wasmtime_error)?;
+        #[cfg(feature = "data")]
+        data_host::add_to_linker(&mut p2_linker).map_err(wasmtime_error)?;
         let ticker_engine = engine.weak();
         crate::spawn(async move {
             let mut interval = tokio::time::interval(tick);
@@ -250,6 +252,9 @@ struct P2State {
     ctx: WasiCtx,
     table: ResourceTable,
     limits: Limits,
+    /// What `kedge:data/publish` publishes through, as this container.
+    #[cfg(feature = "data")]
+    data: data_host::DataHost,
 }
 
 impl WasiView for P2State {
@@ -257,6 +262,113 @@ impl WasiView for P2State {
         WasiCtxView {
             ctx: &mut self.ctx,
             table: &mut self.table,
+        }
+    }
+}
+
+/// The data path's host interface for components (`kedge:data/publish`,
+/// `src/data/wit/publish.wit`), in builds with `data`: a component that
+/// imports it publishes as its own pod and container through the agent's
+/// data path (`data::publish::PodPublisher`). Preview 1 modules do not get
+/// it (a core module cannot import a WIT interface).
+#[cfg(feature = "data")]
+mod data_host {
+    use std::sync::Arc;
+
+    use tracing::warn;
+
+    use super::P2State;
+    use crate::data::publish::{PodPublisher, PublishError};
+
+    wasmtime::component::bindgen!({
+        path: "src/data/wit",
+        world: "publisher",
+        imports: { default: async },
+    });
+
+    use kedge::data::publish::{Host, PublishError as WitError};
+
+    /// One instance's side of the interface.
+    pub(super) struct DataHost {
+        /// The pod's handle (None: the runtime was given none, as in a
+        /// prefetch or a test).
+        publisher: Option<Arc<dyn PodPublisher>>,
+        container: String,
+        /// Whether a refusal was logged yet: once per instance, as the
+        /// endpoint logs an unrouted message once per connection.
+        warned: bool,
+    }
+
+    impl DataHost {
+        pub(super) fn new(publisher: Option<Arc<dyn PodPublisher>>, container: &str) -> DataHost {
+            DataHost {
+                publisher,
+                container: container.to_string(),
+                warned: false,
+            }
+        }
+    }
+
+    pub(super) fn add_to_linker(
+        linker: &mut wasmtime::component::Linker<P2State>,
+    ) -> wasmtime::Result<()> {
+        kedge::data::publish::add_to_linker::<P2State, wasmtime::component::HasSelf<P2State>>(
+            linker,
+            |state| state,
+        )
+    }
+
+    /// The WIT error for a refusal.
+    fn to_wit(e: PublishError) -> WitError {
+        match e {
+            PublishError::NoRoute { .. } => WitError::NoRoute,
+            PublishError::InvalidTopic(_) => WitError::InvalidTopic,
+            PublishError::TooLarge { max, .. } => {
+                WitError::TooLarge(u32::try_from(max).unwrap_or(u32::MAX))
+            }
+            PublishError::Unavailable(why) => WitError::Unavailable(why),
+            PublishError::Storage(why) => WitError::Storage(why),
+        }
+    }
+
+    impl DataHost {
+        async fn publish(
+            &mut self,
+            sequence: Option<u64>,
+            topic: String,
+            payload: Vec<u8>,
+        ) -> Result<(), WitError> {
+            let result = match &self.publisher {
+                Some(publisher) => {
+                    publisher
+                        .publish(&self.container, sequence, topic, payload)
+                        .await
+                }
+                None => Err(PublishError::Unavailable(
+                    "this runtime was given no data path".into(),
+                )),
+            };
+            result.map_err(|e| {
+                if !std::mem::replace(&mut self.warned, true) {
+                    warn!(container = %self.container, error = %e, "a Wasm component's publish was refused (logged once per instance)");
+                }
+                to_wit(e)
+            })
+        }
+    }
+
+    impl Host for P2State {
+        async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), WitError> {
+            self.data.publish(None, topic, payload).await
+        }
+
+        async fn publish_once(
+            &mut self,
+            sequence: u64,
+            topic: String,
+            payload: Vec<u8>,
+        ) -> Result<(), WitError> {
+            self.data.publish(Some(sequence), topic, payload).await
         }
     }
 }
@@ -1209,6 +1321,8 @@ impl Runtime for WasmRuntime {
                             ctx: wasi.build(),
                             table: ResourceTable::new(),
                             limits,
+                            #[cfg(feature = "data")]
+                            data: data_host::DataHost::new(pod.data.clone(), &container.name),
                         },
                     );
                     store.limiter(|s| &mut s.limits);
@@ -1370,6 +1484,8 @@ mod tests {
             spec: samples::spec("spin", "u1", 1, RestartPolicy::Never),
             pod_dir: dir.path().join("pod"),
             events: super::super::EventSink::default(),
+            #[cfg(feature = "data")]
+            data: None,
         };
         let mut running = rt
             .start_container(&pod, &container, 0)

@@ -184,6 +184,49 @@ fn build_images(dir: &Path) {
     let _ = std::fs::remove_dir_all(&bundle);
 }
 
+/// A docker-archive in `dir` of the busybox image with `binary` added as
+/// `/bin/{its file name}`, tagged `name` (for `ctr images import`): how a
+/// test puts a program of its own into a local image.
+pub fn busybox_with(binary: &Path, name: &str, dir: &Path) -> PathBuf {
+    let layout = dir.join("layout");
+    let bundle = dir.join("bundle");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&images().layout)
+        .arg(&layout)
+        .status()
+        .expect("cp");
+    assert!(copied.success(), "cannot copy the busybox layout");
+    let (l, b) = (
+        layout.to_str().expect("utf8"),
+        bundle.to_str().expect("utf8"),
+    );
+    sh_ok(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{l}:busybox"),
+            b,
+        ],
+    );
+    let file_name = binary.file_name().expect("a file");
+    std::fs::copy(binary, bundle.join("rootfs/bin").join(file_name)).expect("copy the binary");
+    sh_ok("umoci", &["repack", "--image", &format!("{l}:custom"), b]);
+    let tar = dir.join("custom.tar");
+    sh_ok(
+        "skopeo",
+        &[
+            "copy",
+            &format!("oci:{l}:custom"),
+            &format!("docker-archive:{}:{name}", tar.display()),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&bundle);
+    tar
+}
+
 // ---------------------------------------------------------------------------
 // containerd
 
@@ -336,6 +379,17 @@ state = "{state}"
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Imports a docker-archive (`busybox_with`) into the CRI's namespace.
+    pub fn import(&self, tar: &Path) {
+        self.ctr(&[
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            tar.to_str().expect("utf8"),
+        ]);
     }
 
     /// `unix://…`, the value for `cri.endpoint`.

@@ -1,6 +1,7 @@
 //! The data path's test set-up, shared by `data_e2e` and the `data_path`
 //! bench: the sink's keys and process, the Wasm pod that prints the
-//! credentials the agent injected, reading PostgreSQL.
+//! credentials the agent injected, reading PostgreSQL, and the static MQTT
+//! client a container workload runs (`data_client_bin`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -141,4 +142,41 @@ pub fn run_env_pod(
 /// `wasm_env_pod` of the preview 1 guest.
 pub fn env_pod(name: &str) -> String {
     wasm_env_pod(name, &guest_wasm(GuestTarget::P1))
+}
+
+/// `tests/data-client` built for x86_64-unknown-linux-musl: a static MQTT
+/// client for a container workload's local image (built once per process,
+/// cached in `$KEDGE_DATA_CLIENT_TARGET_DIR`).
+pub fn data_client_bin() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        const TARGET: &str = "x86_64-unknown-linux-musl";
+        let target_dir =
+            super::cache_dir("KEDGE_DATA_CLIENT_TARGET_DIR", "kedge-data-client-target");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--release", "--target", TARGET, "--manifest-path"])
+            .arg(super::repo_root().join("tests/data-client/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_RUSTFLAGS")
+            .env_remove("RUSTC_WRAPPER")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER");
+        let out = super::run_with_deadline(cmd, b"", Duration::from_secs(600));
+        assert!(
+            out.status.success(),
+            "building tests/data-client failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = target_dir.join(TARGET).join("release/data-client");
+        assert!(
+            bin.is_file(),
+            "cargo succeeded but {} is missing",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
 }

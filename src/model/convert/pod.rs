@@ -1100,6 +1100,13 @@ status: {}
         let spec = pod_spec_from_k8s(&pods[0]).expect("converts");
         assert_eq!(spec.routes.len(), 1, "its route travels with it");
         assert_eq!(spec.routes[0].filter, "sensors/#");
+        // The Wasm component's, which publishes through kedge:data/publish.
+        let text = std::fs::read_to_string(dir.join("data-sensor-wasm.yaml")).expect("readable");
+        let pods = parse_pod_manifests(&text).expect("parses");
+        let spec = pod_spec_from_k8s(&pods[0]).expect("converts");
+        assert_eq!(spec.routes.len(), 1, "its route travels with it");
+        assert_eq!(spec.routes[0].container.as_deref(), Some("main"));
+        assert_eq!(spec.runtime, RuntimeKind::Wasm);
     }
 
     /// The routes a pod declares in `kedge.io/routes` travel with its spec;

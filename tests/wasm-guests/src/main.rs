@@ -1,7 +1,8 @@
 //! Test guest for kedge's integration tests: one WASI binary (built for
 //! wasm32-wasip1 as a core module and wasm32-wasip2 as a component) whose first
 //! argument picks a behaviour (hello, exit, trap, abort, alloc, spin, ticker, env,
-//! write, read, crash-after). See `usage()` for the list.
+//! write, read, crash-after, and for the component publish, publish-once). See
+//! `usage()` for the list.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -10,7 +11,8 @@ use std::time::Duration;
 fn usage() -> ExitCode {
     eprintln!(
         "usage: guest hello [text..] | exit N | trap | abort | alloc MIB | spin | ticker N MS | env \
-         | write FILE TEXT | read FILE | crash-after MS"
+         | write FILE TEXT | read FILE | crash-after MS | publish N TOPIC DIR \
+         | publish-once N TOPIC DIR (wasm32-wasip2)"
     );
     ExitCode::from(64)
 }
@@ -155,8 +157,98 @@ fn main() -> ExitCode {
             eprintln!("crashing now");
             ExitCode::from(1)
         }
+        "publish" | "publish-once" => {
+            let n: u64 = num(&args, 2);
+            let (Some(topic), Some(dir)) = (args.get(3), args.get(4)) else {
+                return usage();
+            };
+            publish(n, topic, std::path::Path::new(dir), cmd == "publish-once")
+        }
         _ => usage(),
     }
+}
+
+/// Publishes `{"n":i,"unit":"plaintext-marker"}` for i in 0..n on `topic`
+/// through the agent's data path (`kedge:data/publish`), one at a time,
+/// resuming where an earlier run stopped: `DIR/next` holds how many were
+/// acknowledged (written after each `ok`, by a rename), and `DIR/allowed`,
+/// when present, how far it may go for now (re-read while it waits).
+/// `once`: with `publish-once`, message i's sequence i, so the message in
+/// flight when the agent died is not stored twice when sent again.
+///
+/// Exits 0 when all are published; 3 on a refusal that sending again does
+/// not cure (it prints the error), retrying the others (`unavailable`,
+/// `storage`) every 100 ms.
+#[cfg(target_env = "p2")]
+fn publish(n: u64, topic: &str, dir: &std::path::Path, once: bool) -> ExitCode {
+    use data::PublishError;
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(dir.join(name))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    };
+    let mut i = read("next").unwrap_or(0);
+    println!("publishing from {i} of {n} on {topic}");
+    flush();
+    let mut retrying = false;
+    while i < n {
+        if read("allowed").is_some_and(|allowed| i >= allowed) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let payload = format!("{{\"n\":{i},\"unit\":\"plaintext-marker\"}}");
+        let published = if once {
+            data::publish_once(i, topic, payload.as_bytes())
+        } else {
+            data::publish(topic, payload.as_bytes())
+        };
+        match published {
+            Ok(()) => {
+                retrying = false;
+                i += 1;
+                let tmp = dir.join("next.tmp");
+                if let Err(e) = std::fs::write(&tmp, i.to_string())
+                    .and_then(|()| std::fs::rename(&tmp, dir.join("next")))
+                {
+                    eprintln!("cannot record progress in {}: {e}", dir.display());
+                    return ExitCode::from(2);
+                }
+                if i % 1000 == 0 {
+                    println!("published {i}");
+                    flush();
+                }
+            }
+            Err(e @ (PublishError::Unavailable(_) | PublishError::Storage(_))) => {
+                if !retrying {
+                    eprintln!("publish {i}: {e:?}; retrying");
+                    retrying = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                eprintln!("publish {i}: {e:?}");
+                return ExitCode::from(3);
+            }
+        }
+    }
+    println!("published {n} of {n} on {topic}");
+    ExitCode::SUCCESS
+}
+
+#[cfg(not(target_env = "p2"))]
+fn publish(_: u64, _: &str, _: &std::path::Path, _: bool) -> ExitCode {
+    eprintln!("publish needs the wasm32-wasip2 component (kedge:data/publish)");
+    ExitCode::from(64)
+}
+
+/// The agent's data path (`src/data/wit/publish.wit`).
+#[cfg(target_env = "p2")]
+mod data {
+    wit_bindgen::generate!({
+        path: "../../src/data/wit",
+        world: "publisher",
+    });
+    pub use kedge::data::publish::{PublishError, publish, publish_once};
 }
 
 #[cfg(target_arch = "wasm32")]
