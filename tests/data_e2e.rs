@@ -342,27 +342,11 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
     // message, and no workload topic.
     let seen = everything.messages();
     let data_topic = format!("kedge/v1/{NODE}/data");
-    let batches: Vec<&Vec<u8>> = seen
-        .iter()
-        .filter(|(t, _)| *t == data_topic)
-        .map(|(_, p)| p)
-        .collect();
-    assert!(!batches.is_empty(), "no data batch seen on {data_topic}");
-    for (topic, payload) in &seen {
-        assert!(
-            !topic.starts_with("sensors"),
-            "a workload topic on the broker: {topic}"
-        );
-        let text = String::from_utf8_lossy(payload);
-        assert!(
-            !text.contains("plaintext-marker") && !text.contains("\"n\":"),
-            "plaintext on {topic}"
-        );
-    }
+    let batches = only_ciphertext(&seen, NODE);
 
     // Refusals, counted: a replayed batch, a batch signed by another key,
     // a batch of a device the sink does not know.
-    publish_file(&broker, &data_topic, batches[0], dir.path());
+    publish_file(&broker, &data_topic, &batches[0], dir.path());
     let sink_public_key =
         kedge::data::SinkPublicKey::parse(&sink_public, "sink").expect("sink key");
     let batch = |device: &str| kedge::data::Batch {
@@ -786,23 +770,7 @@ impl DataWorld {
     /// The broker saw data batches, and only ciphertext: no workload topic,
     /// no plaintext byte pattern of any message.
     fn assert_only_ciphertext(&self) {
-        let seen = self.everything.messages();
-        let data_topic = format!("kedge/v1/{}/data", self.node);
-        assert!(
-            seen.iter().any(|(t, _)| *t == data_topic),
-            "no data batch seen on {data_topic}"
-        );
-        for (topic, payload) in &seen {
-            assert!(
-                !topic.starts_with("sensors"),
-                "a workload topic on the broker: {topic}"
-            );
-            let text = String::from_utf8_lossy(payload);
-            assert!(
-                !text.contains("plaintext-marker") && !text.contains("\"n\":"),
-                "plaintext on {topic}"
-            );
-        }
+        only_ciphertext(&self.everything.messages(), self.node);
     }
 }
 
@@ -981,4 +949,29 @@ spec:
     let logs = kedge_ok(&["--broker", &world.broker.url(), "logs", "client"]);
     assert!(logs.contains(&format!("published {N} of {N}")), "{logs}");
     drop(world);
+}
+
+/// What a subscriber on `#` saw (`seen`): data batches of `node`, and only
+/// ciphertext: no workload topic, no plaintext byte pattern of any message.
+/// Returns the batches.
+fn only_ciphertext(seen: &[(String, Vec<u8>)], node: &str) -> Vec<Vec<u8>> {
+    let data_topic = format!("kedge/v1/{node}/data");
+    let batches: Vec<Vec<u8>> = seen
+        .iter()
+        .filter(|(t, _)| *t == data_topic)
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert!(!batches.is_empty(), "no data batch seen on {data_topic}");
+    for (topic, payload) in seen {
+        assert!(
+            !topic.starts_with("sensors"),
+            "a workload topic on the broker: {topic}"
+        );
+        let text = String::from_utf8_lossy(payload);
+        assert!(
+            !text.contains("plaintext-marker") && !text.contains("\"n\":"),
+            "plaintext on {topic}"
+        );
+    }
+    batches
 }

@@ -543,34 +543,9 @@ async fn reports_dropped_from_a_full_outbox_are_reported() {
 async fn a_fleet_deployment_and_its_spec_give_a_fleet_pod_and_a_report() {
     let device = Device::new();
     let mut agent = device.start();
-    let mut spec = pod("sensor", 0, RestartPolicy::Always, &["probe"]);
-    spec.uid = "uid-sensors".into();
-    let (digest, payload) = crate::fleet::spec_payload(&spec).expect("spec payload");
-    let fleet = FleetDeployment {
-        namespace: "default".into(),
-        name: "sensors".into(),
-        uid: "uid-sensors".into(),
-        selector: String::new(),
-        priority: 0,
-        pod_name: "sensor".into(),
-        revision: 1,
-        spec_digest: digest.clone(),
-        cohorts: vec![Cohort::everyone()],
-        stable: None,
-        rollout: Rollout::default(),
-    };
-    let record = wire::encode(0, &Message::FleetDeployment(fleet.clone())).expect("encodes");
-    agent.send(&agent.topics.fleet(&fleet.key()), record);
-    let spec_topic = agent.topics.fleet_spec(&digest);
-    agent
-        .until("a subscription to the spec", |a| {
-            a.seen
-                .iter()
-                .any(|c| matches!(c, SessionCommand::Subscribe(t) if *t == spec_topic))
-        })
-        .await;
-
-    agent.send(&spec_topic, payload);
+    let spec = pod("sensor", 0, RestartPolicy::Always, &["probe"]);
+    let fleet = roll_fleet(&mut agent, 1, &spec).await;
+    let spec_topic = agent.topics.fleet_spec(&fleet.spec_digest);
     agent
         .until("a report of the running revision", |a| {
             a.fleet_reports(&fleet.key()).iter().any(|r| {
