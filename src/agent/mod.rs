@@ -12,6 +12,7 @@ mod controller_tests;
 pub mod data;
 pub mod decide;
 pub mod event_budget;
+pub mod eviction;
 pub mod exec_rpc;
 mod fleet;
 pub mod logs_rpc;
@@ -852,6 +853,17 @@ impl Controller {
         }
     }
 
+    /// What the pod's containers run with: the spec as sent, plus the data
+    /// endpoint's address and credentials for a pod a route names
+    /// (`agent::data`). The stored spec stays as sent.
+    fn runtime_spec(&self, spec: &PodSpec) -> PodSpec {
+        #[cfg(feature = "data")]
+        if let Some(data) = &self.data {
+            return data.admit(spec.clone());
+        }
+        spec.clone()
+    }
+
     fn start_pod(&mut self, spec: PodSpec, source: PodSource, previous: Option<PodStatus>) {
         let key = spec.key();
         let runtime = self.runtime_for(&spec);
@@ -860,16 +872,7 @@ impl Controller {
             .iter()
             .find(|a| a.kind == "InternalIP")
             .map(|a| a.address.clone());
-        // What the pod's containers run with: the spec as sent, plus the
-        // data endpoint's address and credentials for a pod a route names
-        // (`agent::data`). The stored spec stays as sent.
-        #[cfg(feature = "data")]
-        let runtime_spec = match &self.data {
-            Some(data) => data.admit(spec.clone()),
-            None => spec.clone(),
-        };
-        #[cfg(not(feature = "data"))]
-        let runtime_spec = spec.clone();
+        let runtime_spec = self.runtime_spec(&spec);
         let mut machine = PodMachine::new(runtime_spec, self.policy, host_ip);
         let supervisor = match runtime {
             Err(what) => {
@@ -900,6 +903,7 @@ impl Controller {
                     ctx,
                     runtime,
                     self.reports_tx.clone(),
+                    Duration::from_millis(self.config.node.eviction_monitoring_ms),
                 ))
             }
         };
@@ -1434,18 +1438,23 @@ impl Controller {
                     spec: spec.clone(),
                 })?;
                 let mut running = false;
+                let runtime_spec = self.runtime_spec(&spec);
                 if let Some(entry) = self.pods.get_mut(&key) {
                     match &mut entry.then {
                         // Replaced anyway once stopped: the new files then.
                         AfterStop::Replace(pending, _) => *pending = spec.clone(),
                         _ => {
                             entry.spec = spec.clone();
+                            // The next container start reads the new env.
+                            if let Some(supervisor) = &entry.supervisor {
+                                supervisor.update(runtime_spec);
+                            }
                             running = true;
                         }
                     }
                 }
                 if running {
-                    info!(pod = %key, generation = spec.generation, "only labels or volume files changed: updating the pod in place, the containers keep running");
+                    info!(pod = %key, generation = spec.generation, "only labels, volume files or env from ConfigMaps and Secrets changed: updating the pod in place, the containers keep running");
                     if let Err(e) = crate::runtime::update_file_volumes(&self.pod_dir(&spec), &spec)
                     {
                         warn!(pod = %key, error = %e, "cannot update the pod's volume files");
