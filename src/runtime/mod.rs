@@ -5,6 +5,8 @@
 //! reports how it ended and stops it on request. Decisions stay in
 //! `agent::pod_machine`.
 
+#[cfg(feature = "wasm")]
+pub mod cpu_quota;
 #[cfg(feature = "cri")]
 pub mod cri;
 pub mod digest;
