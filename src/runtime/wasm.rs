@@ -1566,6 +1566,8 @@ mod tests {
             spec: samples::spec("spin", "u1", 1, RestartPolicy::Never),
             pod_dir: dir.path().join("pod"),
             events: super::super::EventSink::default(),
+            #[cfg(feature = "data")]
+            data: None,
         };
         let mut limited = samples::container("limited");
         limited.image = image.clone();
