@@ -182,6 +182,12 @@ pub const KEYS: &[KeyDoc] = &[
         help: "DiskPressure is reported while less than this percent of the data directory's file system is available (the kubelet's nodefs.available hard eviction threshold); 0: never",
     },
     KeyDoc {
+        key: "node.eviction_monitoring_ms",
+        ty: KeyType::Int,
+        default: "10000",
+        help: "how often a pod with local storage limits (a disk emptyDir's sizeLimit, limits.ephemeral-storage) is measured and evicted when over one (the kubelet's housekeeping interval, 10 s)",
+    },
+    KeyDoc {
         key: "outbox.max_entries",
         ty: KeyType::Int,
         default: "10000",
@@ -552,6 +558,7 @@ pub struct NodeConfig {
     pub labels: String,
     pub max_pods: u64,
     pub disk_available_min_percent: u64,
+    pub eviction_monitoring_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -661,6 +668,7 @@ impl Default for NodeConfig {
             labels: default_str!("node.labels").to_string(),
             max_pods: default_int!("node.max_pods"),
             disk_available_min_percent: default_int!("node.disk_available_min_percent"),
+            eviction_monitoring_ms: default_int!("node.eviction_monitoring_ms"),
         }
     }
 }
@@ -1042,6 +1050,10 @@ impl Config {
                 self.broker.unreadable_retry_ms,
             ),
             ("node.heartbeat_ms", self.node.heartbeat_ms),
+            (
+                "node.eviction_monitoring_ms",
+                self.node.eviction_monitoring_ms,
+            ),
             ("outbox.max_entries", self.outbox.max_entries),
             ("logs.max_file_bytes", self.logs.max_file_bytes),
             ("wasm.epoch_tick_ms", self.wasm.epoch_tick_ms),

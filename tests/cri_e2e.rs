@@ -2314,3 +2314,137 @@ spec:
     assert_eq!(named(&adopted, "main")["restart_count"], 0, "{adopted}");
     assert_eq!(env.containerd.container_ids_of_pod("probe"), second);
 }
+
+/// Local storage limits against the real containerd, as the kubelet's
+/// eviction manager enforces them: a container that writes past its
+/// emptyDir's `sizeLimit` gets its pod evicted (containers stopped, phase
+/// `Failed`, reason `Evicted`, the kubelet's message, a Warning event), and
+/// is not restarted. The agent measures every 200 ms here
+/// (`node.eviction_monitoring_ms`).
+#[test]
+fn a_container_writing_past_its_empty_dir_size_limit_is_evicted() {
+    if !cri_tests_can_run("a_container_writing_past_its_empty_dir_size_limit_is_evicted") {
+        return;
+    }
+    let env = CriEnv::start_with(
+        "gw-cri-evict",
+        &["node.eviction_monitoring_ms=200".to_string()],
+    );
+    let events = Subscriber::start(
+        &env.broker.url(),
+        &format!("kedge/v1/{}/events", env.node),
+        None,
+    );
+    // 1 MiB allowed; the app writes 4 MiB, then waits to be stopped.
+    env.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hog}}
+spec:
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, "head -c 4194304 /dev/zero > /cache/blob; echo written; while true; do sleep 1; done"]
+    resources:
+      limits: {{ephemeral-storage: 64Mi}}
+    volumeMounts: [{{name: cache, mountPath: /cache}}]
+  volumes:
+  - name: cache
+    emptyDir: {{sizeLimit: 1Mi}}
+"#
+    ));
+    let evicted = env.wait_status("the pod evicted", "hog", |s| {
+        phase(s) == "Failed" && named(s, "app")["state"]["Terminated"].is_object()
+    });
+    assert_eq!(evicted["reason"], "Evicted", "{evicted}");
+    assert_eq!(
+        evicted["message"], "Usage of EmptyDir volume \"cache\" exceeds the limit \"1Mi\". ",
+        "{evicted}"
+    );
+    assert_eq!(named(&evicted, "app")["restart_count"], 0, "{evicted}");
+    assert!(env.logs("hog", "app").contains("written"));
+    events.wait_for("Evicted event", WAIT, |_, p| {
+        matches!(kedge::wire::decode(p).map(|e| e.message),
+            Ok(kedge::wire::Message::Event(e)) if e.reason == "Evicted"
+                && e.kind == kedge::model::EventType::Warning
+                && e.message == "Usage of EmptyDir volume \"cache\" exceeds the limit \"1Mi\". "
+                && e.pod.as_deref() == Some("hog"))
+    });
+}
+
+/// Env read from a ConfigMap is left alone when the ConfigMap changes, as
+/// the kubelet leaves it, against the real containerd: the new generation
+/// is observed without a restart (same container, restart count 0), and
+/// the container's next start, after it exited, gets the new value.
+#[test]
+fn env_from_a_changed_config_map_reaches_the_container_at_its_next_start() {
+    let Some(env) = CriEnv::for_test(
+        "env_from_a_changed_config_map_reaches_the_container_at_its_next_start",
+        "gw-cri-envcm",
+    ) else {
+        return;
+    };
+    let trigger = env.dir.path().join("trigger");
+    std::fs::create_dir_all(&trigger).expect("mkdir trigger");
+    let manifest = |level: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{level: {level}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: envreader}}
+spec:
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sh, -c, "echo level=$LEVEL; while [ ! -f /trigger/exit ]; do sleep 0.2; done; rm /trigger/exit; exit 1"]
+    env:
+    - name: LEVEL
+      valueFrom: {{configMapKeyRef: {{name: settings, key: level}}}}
+    volumeMounts: [{{name: trigger, mountPath: /trigger}}]
+  volumes:
+  - name: trigger
+    hostPath: {{path: {}, type: Directory}}
+"#,
+            trigger.display()
+        )
+    };
+    env.apply(&manifest("debug"));
+    let before = env.wait_status("the reader running", "envreader", |s| {
+        phase(s) == "Running" && all_running(s)
+    });
+    wait_until("the first value printed", WAIT, || {
+        env.logs("envreader", "app")
+            .contains("level=debug")
+            .then_some(())
+    });
+    env.apply(&manifest("info"));
+    let after = env.wait_status("generation 2 observed", "envreader", |s| {
+        s["observed_generation"] == 2
+    });
+    let app = |s: &Value| named(s, "app").clone();
+    assert_eq!(
+        app(&after)["container_id"],
+        app(&before)["container_id"],
+        "not restarted: {after}"
+    );
+    assert_eq!(app(&after)["restart_count"], 0, "{after}");
+    assert!(app(&after)["state"]["Running"].is_object(), "{after}");
+    assert!(!env.logs("envreader", "app").contains("level=info"));
+    // The container exits (its own doing); its restart reads the new value.
+    std::fs::write(trigger.join("exit"), b"").expect("write trigger");
+    let restarted = env.wait_status("the reader restarted", "envreader", |s| {
+        app(s)["restart_count"] == 1 && all_running(s)
+    });
+    assert_eq!(restarted["observed_generation"], 2, "{restarted}");
+    wait_until("the new value printed after the restart", WAIT, || {
+        env.logs("envreader", "app")
+            .contains("level=info")
+            .then_some(())
+    });
+    let previous = env.cli_ok(&["logs", "envreader", "-c", "app", "--previous"]);
+    assert!(previous.contains("level=debug"), "{previous}");
+}

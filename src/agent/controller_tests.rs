@@ -469,6 +469,117 @@ async fn changed_files_and_labels_update_the_running_pod_in_place() {
     assert_eq!(desired.map(|d| d.spec), Some(second));
 }
 
+/// A new generation whose only change is an env value read from a
+/// ConfigMap is recorded without a restart, as a kubelet leaves env alone;
+/// the container's next start (here a restart after it exited) gets the
+/// new value.
+#[tokio::test(start_paused = true)]
+async fn changed_env_from_a_config_map_waits_for_the_next_start() {
+    let device = Device::new();
+    let mut agent = device.start();
+    let with_level = |generation, level: &str| {
+        let mut spec = pod("web", generation, RestartPolicy::Always, &["app"]);
+        spec.containers[0].env = vec![
+            crate::model::EnvVar::from_object("LEVEL", level),
+            crate::model::EnvVar::new("SAY", "level=$(LEVEL)"),
+        ];
+        spec
+    };
+    agent.apply(&with_level(1, "debug"));
+    agent
+        .until("generation 1 running", |a| {
+            a.phase("web") == Some(PodPhase::Running)
+        })
+        .await;
+    agent.apply(&with_level(2, "info"));
+    agent
+        .until("generation 2 observed", |a| {
+            a.status("web").is_some_and(|s| s.observed_generation == 2)
+        })
+        .await;
+    assert_eq!(agent.runtime.stops_of(&key("web")), 0, "not restarted");
+    assert_eq!(agent.runtime.starts_of(&key("web"), "app"), [(1, 0)]);
+    assert!(agent.runtime.exit(&key("web"), "app", 1));
+    agent
+        .until("app restarted", |a| {
+            a.runtime.starts_of(&key("web"), "app").len() == 2
+        })
+        .await;
+    assert_eq!(
+        agent.runtime.envs_of(&key("web"), "app"),
+        [
+            ["LEVEL=debug", "SAY=level=debug"],
+            ["LEVEL=info", "SAY=level=info"],
+        ]
+    );
+    assert_eq!(agent.runtime.starts_of(&key("web"), "app")[1], (2, 1));
+    agent
+        .until("the restart observed at generation 2", |a| {
+            a.status("web")
+                .is_some_and(|s| s.observed_generation == 2 && s.restart_count() == 1)
+        })
+        .await;
+}
+
+/// A pod whose emptyDir holds more than its `sizeLimit` is evicted when
+/// the agent next measures it: its container stopped within the kubelet's
+/// 1 s, phase `Failed` with the reason `Evicted` and the kubelet's message,
+/// a Warning event, and no restart.
+#[tokio::test(start_paused = true)]
+async fn a_pod_over_its_empty_dir_size_limit_is_evicted() {
+    let device = Device::with(|c| c.node.eviction_monitoring_ms = 1_000);
+    let mut agent = device.start();
+    let mut spec = pod("web", 1, RestartPolicy::Always, &["app"]);
+    spec.volumes.push(Volume {
+        name: "cache".into(),
+        source: VolumeSource::EmptyDir {
+            memory: false,
+            size_limit_bytes: Some(64 << 10),
+        },
+    });
+    agent.apply(&spec);
+    agent
+        .until("web running", |a| a.phase("web") == Some(PodPhase::Running))
+        .await;
+    let cache = device
+        .dir
+        .path()
+        .join("pods/default_web_uid-web/volumes/cache");
+    std::fs::create_dir_all(&cache).expect("mkdir");
+    std::fs::write(cache.join("small"), vec![1u8; 16 << 10]).expect("write");
+    // Measured under the limit a few times: nothing happens.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(agent.phase("web"), Some(PodPhase::Running));
+    std::fs::write(cache.join("blob"), vec![1u8; 128 << 10]).expect("write");
+    agent
+        .until("web evicted", |a| a.phase("web") == Some(PodPhase::Failed))
+        .await;
+    let status = agent.status("web").expect("status");
+    assert_eq!(status.reason.as_deref(), Some("Evicted"));
+    let message = "Usage of EmptyDir volume \"cache\" exceeds the limit \"64Ki\". ";
+    assert_eq!(status.message.as_deref(), Some(message));
+    assert!(
+        agent
+            .events()
+            .iter()
+            .any(|e| e.pod.as_deref() == Some("web")
+                && e.reason == "Evicted"
+                && e.kind == EventType::Warning
+                && e.message == message),
+        "{:?}",
+        agent.events()
+    );
+    assert!(agent.runtime.calls().iter().any(|c| matches!(c,
+        Call::Stop { container, grace, .. } if container == "app" && *grace == Duration::from_secs(1))));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        agent.runtime.starts_of(&key("web"), "app").len(),
+        1,
+        "never restarted"
+    );
+    assert_eq!(agent.phase("web"), Some(PodPhase::Failed));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_desired_spec_is_acknowledged_only_once_committed() {
     let device = Device::new();

@@ -1,7 +1,7 @@
 //! What the controller does with an incoming desired spec or tombstone, as a
 //! pure function: the generation and uid rules in one place.
 
-use crate::model::{PodSource, PodSpec, VolumeSource};
+use crate::model::{EnvVar, PodSource, PodSpec, VolumeSource};
 
 /// A change to the desired set.
 // Built once per message and consumed at once: boxing buys nothing.
@@ -24,8 +24,10 @@ pub enum Decision {
     Adopt,
     /// A newer generation that changes only what a kubelet changes on a
     /// running pod: its labels and the files of its configMap, secret,
-    /// downwardAPI or projected volumes (the kubelet's atomic swap). The
-    /// containers keep running.
+    /// downwardAPI or projected volumes (the kubelet's atomic swap), and
+    /// env values read from ConfigMaps and Secrets, which the kubelet
+    /// reads only when a container starts. The containers keep running; the
+    /// next start of one (a restart, a new pod) gets the new env.
     UpdateInPlace,
     /// Stop the pod and forget it.
     Delete,
@@ -100,9 +102,11 @@ fn same_but_generation(a: &PodSpec, b: &PodSpec) -> bool {
     }
 }
 
-/// Whether two specs differ in nothing but their generation, their labels
-/// and the contents of their file volumes (same volumes, same names, same
-/// order; files added, removed or changed).
+/// Whether two specs differ in nothing but their generation, their labels,
+/// the contents of their file volumes (same volumes, same names, same
+/// order; files added, removed or changed) and the env variables read from
+/// ConfigMaps and Secrets (values changed, variables added or removed; the
+/// other variables the same, in the same order).
 fn same_but_files(a: &PodSpec, b: &PodSpec) -> bool {
     a.volumes.len() == b.volumes.len() && {
         let mut a = a.clone();
@@ -113,6 +117,24 @@ fn same_but_files(a: &PodSpec, b: &PodSpec) -> bool {
                 (&va.source, &vb.source)
             {
                 va.source = vb.source.clone();
+            }
+        }
+        let (ca, cb) = (a.containers.len(), a.init_containers.len());
+        if ca != b.containers.len() || cb != b.init_containers.len() {
+            return false;
+        }
+        let b_all = b.containers.iter().chain(&b.init_containers);
+        for (x, y) in a
+            .containers
+            .iter_mut()
+            .chain(&mut a.init_containers)
+            .zip(b_all)
+        {
+            let own = |env: &[EnvVar]| -> Vec<EnvVar> {
+                env.iter().filter(|e| !e.from_object).cloned().collect()
+            };
+            if own(&x.env) == own(&y.env) {
+                x.env = y.env.clone();
             }
         }
         a == *b
@@ -244,6 +266,78 @@ mod tests {
         new_uid.uid = "u2".into();
         assert_eq!(
             decide(Some((&cur, m)), false, &Incoming::Apply(new_uid, m)),
+            Decision::Replace
+        );
+    }
+
+    /// Env values read from a ConfigMap or Secret that changed are updated
+    /// in place (the next start reads them); a literal value that changed,
+    /// or one that turned into a reference, replaces the pod.
+    #[test]
+    fn changed_env_from_objects_is_updated_in_place_and_a_literal_replaces() {
+        let with_env = |generation, env: Vec<EnvVar>| {
+            let mut s = spec("u1", generation);
+            let mut app = crate::model::samples::container("app");
+            app.env = env;
+            s.containers = vec![app];
+            s
+        };
+        let m = PodSource::Mqtt;
+        let cur = with_env(
+            3,
+            vec![
+                EnvVar::from_object("LEVEL", "debug"),
+                EnvVar::new("MODE", "edge"),
+            ],
+        );
+        let update = |env| {
+            decide(
+                Some((&cur, m)),
+                false,
+                &Incoming::Apply(with_env(4, env), m),
+            )
+        };
+        assert_eq!(
+            update(vec![
+                EnvVar::from_object("LEVEL", "info"),
+                EnvVar::new("MODE", "edge"),
+            ]),
+            Decision::UpdateInPlace
+        );
+        assert_eq!(
+            update(vec![
+                EnvVar::from_object("LEVEL", "info"),
+                EnvVar::from_object("EXTRA", "1"),
+                EnvVar::new("MODE", "edge"),
+            ]),
+            Decision::UpdateInPlace,
+            "a key added to an envFrom ConfigMap"
+        );
+        assert_eq!(
+            update(vec![EnvVar::new("MODE", "edge")]),
+            Decision::UpdateInPlace,
+            "an optional key gone"
+        );
+        assert_eq!(
+            update(vec![
+                EnvVar::from_object("LEVEL", "debug"),
+                EnvVar::new("MODE", "cloud"),
+            ]),
+            Decision::Replace,
+            "a literal value changed"
+        );
+        assert_eq!(
+            update(vec![
+                EnvVar::new("LEVEL", "debug"),
+                EnvVar::new("MODE", "edge"),
+            ]),
+            Decision::Replace,
+            "a reference turned literal"
+        );
+        let mut image = with_env(4, vec![EnvVar::from_object("LEVEL", "info")]);
+        image.containers[0].image = "other".into();
+        assert_eq!(
+            decide(Some((&cur, m)), false, &Incoming::Apply(image, m)),
             Decision::Replace
         );
     }

@@ -12,6 +12,7 @@ mod controller_tests;
 pub mod data;
 pub mod decide;
 pub mod event_budget;
+pub mod eviction;
 pub mod exec_rpc;
 mod fleet;
 pub mod logs_rpc;
@@ -883,6 +884,25 @@ impl Controller {
         }
     }
 
+    /// What the pod's containers run with: the spec as sent, plus the data
+    /// endpoint's address and credentials for a pod a route names
+    /// (`agent::data`), under `instance`, the uid the runtime knows this
+    /// instance by (its sandbox, its directory; the controller maps its
+    /// reports back to the pod's). The stored spec stays as sent.
+    fn runtime_spec(&self, spec: &PodSpec, instance: &str) -> PodSpec {
+        #[cfg(feature = "data")]
+        let admitted = match &self.data {
+            Some(data) => data.admit(spec.clone()),
+            None => spec.clone(),
+        };
+        #[cfg(not(feature = "data"))]
+        let admitted = spec.clone();
+        PodSpec {
+            uid: instance.to_string(),
+            ..admitted
+        }
+    }
+
     fn start_pod(&mut self, spec: PodSpec, source: PodSource, previous: Option<PodStatus>) {
         self.start_instance(spec, source, previous, None);
     }
@@ -917,22 +937,7 @@ impl Controller {
             .iter()
             .find(|a| a.kind == "InternalIP")
             .map(|a| a.address.clone());
-        // What the pod's containers run with: the spec as sent, plus the
-        // data endpoint's address and credentials for a pod a route names
-        // (`agent::data`). The stored spec stays as sent.
-        #[cfg(feature = "data")]
-        let runtime_spec = match &self.data {
-            Some(data) => data.admit(spec.clone()),
-            None => spec.clone(),
-        };
-        #[cfg(not(feature = "data"))]
-        let runtime_spec = spec.clone();
-        // The runtime knows the instance by its own uid (its sandbox, its
-        // directory); the controller maps its reports back to the pod's.
-        let runtime_spec = PodSpec {
-            uid: instance.clone(),
-            ..runtime_spec
-        };
+        let runtime_spec = self.runtime_spec(&spec, &instance);
         let mut machine = PodMachine::new(runtime_spec, self.policy, host_ip);
         let supervisor = match runtime {
             Err(what) => {
@@ -970,6 +975,7 @@ impl Controller {
                     ctx,
                     runtime,
                     self.reports_tx.clone(),
+                    Duration::from_millis(self.config.node.eviction_monitoring_ms),
                 ))
             }
         };
@@ -1511,18 +1517,24 @@ impl Controller {
                     spec: spec.clone(),
                 })?;
                 let mut running = false;
+                let instance = self.pods.get(&key).map(|e| e.instance.clone());
+                let runtime_spec = self.runtime_spec(&spec, instance.as_deref().unwrap_or(&spec.uid));
                 if let Some(entry) = self.pods.get_mut(&key) {
                     match &mut entry.then {
                         // Replaced anyway once stopped: the new files then.
                         AfterStop::Replace(pending, _) => *pending = spec.clone(),
                         _ => {
                             entry.spec = spec.clone();
+                            // The next container start reads the new env.
+                            if let Some(supervisor) = &entry.supervisor {
+                                supervisor.update(runtime_spec);
+                            }
                             running = true;
                         }
                     }
                 }
                 if running {
-                    info!(pod = %key, generation = spec.generation, "only labels or volume files changed: updating the pod in place, the containers keep running");
+                    info!(pod = %key, generation = spec.generation, "only labels, volume files or env from ConfigMaps and Secrets changed: updating the pod in place, the containers keep running");
                     let dir = self.pod_dir_of(&key.namespace, &key.name, &self.pods[&key].instance);
                     if let Err(e) = crate::runtime::update_file_volumes(&dir, &spec) {
                         warn!(pod = %key, error = %e, "cannot update the pod's volume files");

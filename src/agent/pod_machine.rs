@@ -81,6 +81,10 @@ pub struct Exit {
     pub message: Option<String>,
 }
 
+/// How long an evicted pod's containers get to stop: the kubelet's
+/// `immediateEvictionGracePeriodSeconds`.
+pub const EVICTION_GRACE: Duration = Duration::from_secs(1);
+
 /// What the supervisor must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -773,6 +777,51 @@ impl PodMachine {
         let mut actions = vec![Action::StopAll { grace }];
         actions.extend(self.next_sidecar_stop(now));
         actions
+    }
+
+    /// The pod is evicted (`agent::eviction`: a local storage limit): its
+    /// phase turns `Failed` at once with the reason `Evicted` and `message`,
+    /// nothing restarts, and every running container is stopped within the
+    /// kubelet's immediate eviction grace period (1 s), sidecars last; the
+    /// machine is done once they are gone. A pod that is stopping or done
+    /// already is left as it is.
+    pub fn evict(&mut self, message: String, now: Now) -> Vec<Action> {
+        if matches!(self.stage, Stage::Done | Stage::Terminating | Stage::Ending) {
+            return Vec::new();
+        }
+        self.status.phase = PodPhase::Failed;
+        self.status.reason = Some(super::eviction::REASON.into());
+        self.status.message = Some(message);
+        for s in self.init.iter_mut().chain(self.main.iter_mut()) {
+            s.restart_pending = false;
+            s.status.ready = false;
+        }
+        self.refresh(now);
+        let running = self
+            .init
+            .iter()
+            .chain(&self.main)
+            .any(|s| matches!(s.status.state, ContainerState::Running { .. }));
+        if !running {
+            self.stage = Stage::Done;
+            return Vec::new();
+        }
+        self.stage = Stage::Ending;
+        let grace = EVICTION_GRACE;
+        self.stopping = Some((now, grace));
+        let mut actions = vec![Action::StopAll { grace }];
+        actions.extend(self.next_sidecar_stop(now));
+        actions
+    }
+
+    /// A newer generation that changes only what is updated in place
+    /// (`agent::decide::Decision::UpdateInPlace`: labels, file volumes, env
+    /// values read from ConfigMaps and Secrets): the containers keep
+    /// running, the next start of one uses `spec`, and the status reports
+    /// its generation.
+    pub fn update_in_place(&mut self, spec: PodSpec) {
+        self.status.observed_generation = spec.generation;
+        self.spec = spec;
     }
 
     /// Every container has stopped after `stop`.

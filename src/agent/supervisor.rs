@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::eviction::{self, ContainerStorage, PodStorage};
 use super::pod_machine::{Action, ContainerRef, Exit, Now, PodMachine};
 use super::probe::{self, ProbeKind};
 use crate::model::expansion::Addresses;
@@ -40,9 +41,19 @@ pub enum Report {
 /// The controller's side of a supervisor.
 pub struct SupervisorHandle {
     stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Newer generations updated in place (`Decision::UpdateInPlace`);
+    /// the supervisor's loop reads them until it ends.
+    update_tx: mpsc::UnboundedSender<PodSpec>,
 }
 
 impl SupervisorHandle {
+    /// A newer generation of the running pod that changes only what is
+    /// updated in place: the next container start uses it (env read from
+    /// ConfigMaps and Secrets), and the status reports its generation.
+    pub fn update(&self, spec: PodSpec) {
+        let _ = self.update_tx.send(spec);
+    }
+
     /// Asks the pod to stop (containers get their grace period); the
     /// supervisor answers with `Report::Stopped`.
     pub fn stop(&mut self) {
@@ -55,6 +66,8 @@ impl SupervisorHandle {
 /// Everything inside the supervisor's loop arrives as one of these.
 enum Event {
     StopRequested,
+    /// A newer generation updated in place (`SupervisorHandle::update`).
+    Updated(Box<PodSpec>),
     Started(ContainerRef, Result<RunningContainer, RuntimeError>),
     Exited(ContainerRef, ExitStatus),
     Timer(ContainerRef),
@@ -66,6 +79,10 @@ enum Event {
         result: Result<(), String>,
     },
     StopDeadline,
+    /// Time to measure the pod's local storage (`agent::eviction`).
+    MeasureStorage,
+    /// What the pod holds on the disk, measured.
+    StorageMeasured(PodStorage),
     /// A container started, and its postStart hook failed: it was killed
     /// (`status`: how it ended), with the hook's error in `message`.
     PostStartFailed {
@@ -77,13 +94,17 @@ enum Event {
     },
 }
 
+/// `storage_every`: how often a pod with local storage limits is measured
+/// (config `node.eviction_monitoring_ms`).
 pub fn spawn(
     mut machine: PodMachine,
     pod: PodContext,
     runtime: Arc<dyn Runtime>,
     reports: mpsc::UnboundedSender<Report>,
+    storage_every: Duration,
 ) -> SupervisorHandle {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let (update_tx, update_rx) = mpsc::unbounded_channel();
     let key = pod.spec.key();
     let span = info_span!("pod", pod = %key, uid = %pod.spec.uid, runtime = runtime.name());
     crate::spawn(
@@ -100,13 +121,17 @@ pub fn spawn(
                 stop_deadline_set: false,
                 origin: tokio::time::Instant::now(),
                 hooks_in_flight: Vec::new(),
+                storage_every,
+                storage_ticker: None,
+                measuring: false,
             };
-            sup.run(&mut machine, stop_rx).await;
+            sup.run(&mut machine, stop_rx, update_rx).await;
         }
         .instrument(span),
     );
     SupervisorHandle {
         stop_tx: Some(stop_tx),
+        update_tx,
     }
 }
 
@@ -130,6 +155,14 @@ struct Supervisor {
     /// asked to stop: the hook is then abandoned (its container is stopped
     /// like any other).
     hooks_in_flight: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// How often the pod's local storage is measured, when it has limits.
+    storage_every: Duration,
+    /// The task that asks for a measurement every `storage_every`: started
+    /// with the pod when it has storage limits, aborted once the pod is
+    /// done (and ends by itself with the supervisor's channel).
+    storage_ticker: Option<tokio::task::AbortHandle>,
+    /// A measurement is under way (one at a time).
+    measuring: bool,
 }
 
 impl Supervisor {
@@ -146,6 +179,7 @@ impl Supervisor {
         &mut self,
         machine: &mut PodMachine,
         mut stop_rx: tokio::sync::oneshot::Receiver<()>,
+        mut update_rx: mpsc::UnboundedReceiver<PodSpec>,
     ) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
         if machine.is_done() {
@@ -166,6 +200,23 @@ impl Supervisor {
             let actions = machine.start(self.now());
             self.execute(machine, actions, &tx);
         }
+        if !machine.is_done() && eviction::has_storage_limits(&self.pod.spec) {
+            let (tx, every) = (tx.clone(), self.storage_every);
+            let ticker = crate::spawn(
+                async move {
+                    let mut tick = tokio::time::interval(every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tick.tick().await;
+                        if tx.send(Event::MeasureStorage).is_err() {
+                            return;
+                        }
+                    }
+                }
+                .in_current_span(),
+            );
+            self.storage_ticker = Some(ticker.abort_handle());
+        }
         let mut stop_requested = false;
         loop {
             let event = tokio::select! {
@@ -173,6 +224,7 @@ impl Supervisor {
                     stop_requested = true;
                     Event::StopRequested
                 }
+                Some(spec) = update_rx.recv() => Event::Updated(Box::new(spec)),
                 Some(ev) = rx.recv() => ev,
             };
             let now = self.now();
@@ -180,6 +232,15 @@ impl Supervisor {
                 Event::StopRequested => {
                     self.hooks_in_flight.clear();
                     machine.stop(now)
+                }
+                Event::Updated(spec) => {
+                    info!(
+                        generation = spec.generation,
+                        "updated in place: the next container start uses this generation"
+                    );
+                    self.pod.spec = (*spec).clone();
+                    machine.update_in_place(*spec);
+                    Vec::new()
                 }
                 Event::PostStartFailed {
                     c,
@@ -328,6 +389,28 @@ impl Supervisor {
                     }
                     machine.on_probe(c, &container_id, kind, result.is_ok(), now)
                 }
+                Event::MeasureStorage => {
+                    if machine.is_done() || machine.is_stopping() {
+                        if let Some(t) = self.storage_ticker.take() {
+                            t.abort();
+                        }
+                    } else if !self.measuring {
+                        self.measuring = true;
+                        self.measure_storage(machine, &tx);
+                    }
+                    Vec::new()
+                }
+                Event::StorageMeasured(usage) => {
+                    self.measuring = false;
+                    match eviction::check(&self.pod.spec, &usage) {
+                        Some(message) if !machine.is_done() && !machine.is_stopping() => {
+                            warn!(%message, "evicting the pod: over a local storage limit");
+                            self.emit(None, EventType::Warning, eviction::REASON, message.clone());
+                            machine.evict(message, now)
+                        }
+                        _ => Vec::new(),
+                    }
+                }
                 Event::StopDeadline => {
                     // The runtime did not confirm the stop in time; the
                     // containers are gone from our side regardless.
@@ -349,6 +432,32 @@ impl Supervisor {
                 return;
             }
         }
+    }
+
+    /// Measures the pod's disk-backed emptyDirs, its containers' logs and
+    /// the writable layers of those running, off the loop; the result comes
+    /// back as `Event::StorageMeasured`.
+    fn measure_storage(&self, machine: &PodMachine, tx: &mpsc::UnboundedSender<Event>) {
+        let running: Vec<(String, String)> = self
+            .running
+            .keys()
+            .filter_map(|c| {
+                let id = machine.container_id(*c)?;
+                Some((self.name_of(machine, *c), id.to_string()))
+            })
+            .collect();
+        let volumes = eviction::volumes_to_measure(&self.pod.spec)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let (pod, runtime, tx) = (self.pod.clone(), self.runtime.clone(), tx.clone());
+        crate::spawn(
+            async move {
+                let usage = measure_pod(&pod, runtime.as_ref(), volumes, running).await;
+                let _ = tx.send(Event::StorageMeasured(usage));
+            }
+            .in_current_span(),
+        );
     }
 
     /// Starts one loop per probe of a container run: wait the initial
@@ -730,6 +839,76 @@ fn first_containers(machine: &PodMachine) -> Vec<ContainerRef> {
             init: true,
             index: 0,
         }]
+    }
+}
+
+/// Measures `pod`: the emptyDirs `volumes` names, the logs of every
+/// container of its spec, and the writable layers of `running` (name,
+/// container id) as the runtime reports them (none when it cannot say).
+async fn measure_pod(
+    pod: &PodContext,
+    runtime: &dyn Runtime,
+    volumes: Vec<String>,
+    running: Vec<(String, String)>,
+) -> PodStorage {
+    let ids: Vec<String> = running.iter().map(|(_, id)| id.clone()).collect();
+    let layers = match runtime.writable_layers(ids).await {
+        Ok(layers) => layers,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the containers' writable layers");
+            Vec::new()
+        }
+    };
+    let pod_dir = pod.pod_dir.clone();
+    let names: Vec<String> = pod
+        .spec
+        .init_containers
+        .iter()
+        .chain(&pod.spec.containers)
+        .map(|c| c.name.clone())
+        .collect();
+    let walked = tokio::task::spawn_blocking(move || {
+        let volumes: Vec<(String, u64)> = volumes
+            .into_iter()
+            .map(|v| {
+                let used = crate::runtime::disk_usage::dir_usage(&pod_dir.join("volumes").join(&v));
+                (v, used)
+            })
+            .collect();
+        let logs: Vec<(String, u64)> = names
+            .into_iter()
+            .map(|n| {
+                let used = crate::runtime::disk_usage::dir_usage(
+                    &crate::runtime::logs::container_log_dir(&pod_dir, &n),
+                );
+                (n, used)
+            })
+            .collect();
+        (volumes, logs)
+    })
+    .await;
+    let Ok((volumes, logs)) = walked else {
+        return PodStorage::default();
+    };
+    let containers = logs
+        .into_iter()
+        .map(|(name, log_bytes)| {
+            let writable_layer_bytes = running
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .filter_map(|(_, id)| layers.iter().find(|(l, _)| l == id))
+                .map(|(_, b)| *b)
+                .sum();
+            ContainerStorage {
+                name,
+                writable_layer_bytes,
+                log_bytes,
+            }
+        })
+        .collect();
+    PodStorage {
+        volumes,
+        containers,
     }
 }
 

@@ -274,6 +274,7 @@ mod tests {
             name: name.into(),
             value: String::new(),
             field: Some(field),
+            from_object: false,
         };
         let c = Container {
             env: vec![

@@ -377,6 +377,13 @@ pub struct EnvVar {
     /// older body: `added`).
     #[serde(deserialize_with = "added::in_v9")]
     pub field: Option<StatusField>,
+    /// The value was read from a ConfigMap or a Secret (`configMapKeyRef`,
+    /// `secretKeyRef`, `envFrom`): a new generation that changes only such
+    /// values is recorded without a restart, and the container's next start
+    /// gets them, as on a kubelet (`agent::decide`). Wire version 11
+    /// (absent in an older body: `added`, false).
+    #[serde(default, deserialize_with = "added::in_v11")]
+    pub from_object: bool,
 }
 
 impl EnvVar {
@@ -386,6 +393,15 @@ impl EnvVar {
             name: name.into(),
             value: value.into(),
             field: None,
+            from_object: false,
+        }
+    }
+
+    /// A variable whose value was read from a ConfigMap or a Secret.
+    pub fn from_object(name: impl Into<String>, value: impl Into<String>) -> EnvVar {
+        EnvVar {
+            from_object: true,
+            ..EnvVar::new(name, value)
         }
     }
 }
@@ -458,6 +474,12 @@ pub struct Resources {
     pub cpu_limit_millis: Option<u64>,
     pub memory_request_bytes: Option<u64>,
     pub memory_limit_bytes: Option<u64>,
+    /// `limits.ephemeral-storage`: what the container's writable layer and
+    /// logs may hold on the node's disk before the agent evicts the pod, as
+    /// the kubelet's eviction manager does (`agent::eviction`). Wire
+    /// version 11 (absent in an older body: `added`).
+    #[serde(default, deserialize_with = "added::in_v11")]
+    pub ephemeral_storage_limit_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -695,6 +695,11 @@ fn container(path: &str, c: &Container, volumes: &BTreeSet<&str>) -> Result {
         (r.cpu_limit_millis, "limits.cpu", MAX_CPU_MILLIS),
         (r.memory_request_bytes, "requests.memory", MAX_BYTES),
         (r.memory_limit_bytes, "limits.memory", MAX_BYTES),
+        (
+            r.ephemeral_storage_limit_bytes,
+            "limits.ephemeral-storage",
+            MAX_BYTES,
+        ),
     ] {
         if let Some(v) = value {
             at_most(&format!("{path}.resources.{field}"), v, max)?;

@@ -56,6 +56,8 @@ pub enum Call {
         generation: u64,
         container: String,
         restart_count: u32,
+        /// The container's env as it was started (`NAME=value`, expanded).
+        env: Vec<String>,
     },
     Stop {
         pod: PodKey,
@@ -142,6 +144,23 @@ impl FakeRuntime {
                     restart_count,
                     ..
                 } if &p == pod && n == container => Some((generation, restart_count)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The env of each start so far of containers named `container` in
+    /// `pod`, in order.
+    pub fn envs_of(&self, pod: &PodKey, container: &str) -> Vec<Vec<String>> {
+        self.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::Start {
+                    pod: p,
+                    container: n,
+                    env,
+                    ..
+                } if &p == pod && n == container => Some(env),
                 _ => None,
             })
             .collect()
@@ -244,6 +263,11 @@ impl Runtime for FakeRuntime {
             generation: pod.spec.generation,
             container: container.name.clone(),
             restart_count,
+            env: container
+                .env
+                .iter()
+                .map(|e| format!("{}={}", e.name, e.value))
+                .collect(),
         });
         let start = state
             .scripts

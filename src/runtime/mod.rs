@@ -5,9 +5,12 @@
 //! reports how it ended and stops it on request. Decisions stay in
 //! `agent::pod_machine`.
 
+#[cfg(feature = "wasm")]
+pub mod cpu_quota;
 #[cfg(feature = "cri")]
 pub mod cri;
 pub mod digest;
+pub mod disk_usage;
 /// Test builds only: the controller's in-process tests run pods on it.
 #[cfg(test)]
 pub mod fake;
@@ -252,6 +255,16 @@ pub trait Runtime: Send + Sync {
     /// keyed by container id; a container it cannot measure is absent.
     fn container_usage(&self) -> BoxFuture<'_, Result<UsageMap, RuntimeError>> {
         Box::pin(async { Ok(UsageMap::new()) })
+    }
+    /// The bytes in the writable layer of each of these running containers
+    /// (ids as in `ContainerStatus.container_id`) that the runtime measured
+    /// (CRI `ContainerStats.writable_layer`; the eviction checks). Default:
+    /// none, a runtime without writable layers (a Wasm module has none).
+    fn writable_layers(
+        &self,
+        _container_ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<(String, u64)>, RuntimeError>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 }
 

@@ -37,6 +37,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::Command;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::cpu_quota::CpuQuota;
 use super::digest::Sha256Digest;
 use super::logs::{LogFile, LogStream, Rotation};
 use super::module_source::{self, ModuleRef};
@@ -103,19 +104,47 @@ struct Meter {
     memory: AtomicU64,
 }
 
-/// The instance's future, timing every poll into its meter.
+/// The instance's future, timing every poll into its meter, and held to
+/// its CPU limit (`limits.cpu`) as a CFS quota: over its quota for the
+/// period, it is not polled again until the period that pays for it
+/// (`runtime::cpu_quota`; epoch interruption makes it yield every tick).
 struct Metered {
     run: BoxFuture<'static, ExitStatus>,
     meter: Arc<Meter>,
+    /// None: no CPU limit.
+    quota: Option<CpuQuota>,
+    /// When the instance started: the quota's time origin.
+    began: tokio::time::Instant,
+    /// Throttled: polled again once this ends.
+    throttled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl std::future::Future for Metered {
     type Output = ExitStatus;
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ExitStatus> {
+        if let Some(sleep) = self.throttled.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.throttled = None;
+        }
         let began = Instant::now();
         let poll = self.run.as_mut().poll(cx);
-        let spent = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.meter.cpu_ns.fetch_add(spent, Ordering::Relaxed);
+        let spent = began.elapsed();
+        let spent_ns = u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX);
+        self.meter.cpu_ns.fetch_add(spent_ns, Ordering::Relaxed);
+        if poll.is_pending() {
+            let origin = self.began;
+            let now = origin.elapsed();
+            if let Some(until) = self.quota.as_mut().and_then(|q| q.charge(now, spent)) {
+                let mut sleep = Box::pin(tokio::time::sleep_until(origin + until));
+                // Registers the wake-up at the period's end (the instance's
+                // own wake-up, a yield, is taken and ignored until then).
+                if sleep.as_mut().poll(cx).is_pending() {
+                    self.throttled = Some(sleep);
+                }
+            }
+        }
         poll
     }
 }
@@ -186,18 +215,22 @@ impl EngineSet {
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker).map_err(wasmtime_error)?;
         #[cfg(feature = "data")]
         data_host::add_to_linker(&mut p2_linker).map_err(wasmtime_error)?;
+        // A thread of its own, not a tokio task: modules that spin on
+        // every worker thread at once would otherwise starve the task that
+        // makes them yield, and the whole agent with them.
         let ticker_engine = engine.weak();
-        crate::spawn(async move {
-            let mut interval = tokio::time::interval(tick);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                interval.tick().await;
-                match ticker_engine.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
+        std::thread::Builder::new()
+            .name("kedge-wasm-epoch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(tick);
+                    match ticker_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
                 }
-            }
-        });
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the epoch ticker: {e}"))?;
         Ok(EngineSet {
             engine,
             p1_linker,
@@ -1350,6 +1383,9 @@ impl Runtime for WasmRuntime {
             let run = Metered {
                 run,
                 meter: meter.clone(),
+                quota: CpuQuota::of_millis(container.resources.cpu_limit_millis),
+                began: tokio::time::Instant::now(),
+                throttled: None,
             };
             let meters = self.meters.clone();
             if let Ok(mut m) = meters.lock() {
@@ -1513,6 +1549,62 @@ mod tests {
         let status = running.exited.await.expect("exit status");
         assert_eq!(status.exit_code, KILLED_EXIT_CODE);
         assert!(rt.container_usage().await.expect("usage").is_empty());
+    }
+
+    /// A spinning instance limited to 200m is held to about a fifth of a
+    /// core, like a CFS quota, while an unlimited one beside it runs as the
+    /// machine lets it: measured over the same seconds (generous bounds: a
+    /// shared 2-core machine).
+    #[cfg(feature = "wasm-compiler")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cpu_limit_holds_a_spinning_instance_to_its_quota() {
+        use crate::model::{RestartPolicy, samples};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = test_runtime(&dir.path().join("data"));
+        let image = module_file(dir.path(), "spin.wasm", SPIN_ONE_PAGE);
+        let pod = PodContext {
+            spec: samples::spec("spin", "u1", 1, RestartPolicy::Never),
+            pod_dir: dir.path().join("pod"),
+            events: super::super::EventSink::default(),
+            #[cfg(feature = "data")]
+            data: None,
+        };
+        let mut limited = samples::container("limited");
+        limited.image = image.clone();
+        limited.resources.cpu_limit_millis = Some(200);
+        let mut free = samples::container("free");
+        free.image = image;
+        let mut limited = rt.start_container(&pod, &limited, 0).await.expect("starts");
+        let mut free = rt.start_container(&pod, &free, 0).await.expect("starts");
+        let cpu = |usage: &UsageMap, id: &str| {
+            usage
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|(_, u)| u.cpu_core_ns)
+                .expect("metered")
+        };
+        // Past the first period, then three seconds.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = rt.container_usage().await.expect("usage");
+        let since = Instant::now();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = rt.container_usage().await.expect("usage");
+        let wall = since.elapsed().as_nanos() as f64;
+        let share = |id: &str| (cpu(&after, id) - cpu(&before, id)) as f64 / wall;
+        let (limited_share, free_share) = (share(&limited.container_id), share(&free.container_id));
+        limited.stop.stop(Duration::ZERO);
+        free.stop.stop(Duration::ZERO);
+        let _ = limited.exited.await;
+        let _ = free.exited.await;
+        eprintln!("cpu share: limited to 200m {limited_share:.3}, unlimited {free_share:.3}");
+        assert!(
+            limited_share > 0.0 && limited_share <= 0.3,
+            "200m used {limited_share:.3} of a core"
+        );
+        assert!(
+            limited_share < free_share / 2.0,
+            "200m used {limited_share:.3}, unlimited {free_share:.3}"
+        );
     }
 
     /// Image references with hostile digests never reach the cache or the

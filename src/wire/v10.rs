@@ -6,16 +6,58 @@
 //! without (`model::added`).
 //!
 //! Version 11 added `se_linux_options` to `SecurityContext` and
-//! `PodSecurity` and `dns` to `PodSpec`; a version-10 spec reads with no
+//! `PodSecurity`, `ephemeral_storage_limit_bytes` to `Resources`,
+//! `from_object` to `EnvVar` and `dns` to `PodSpec` (a version-10 container has no ephemeral-storage limit,
+//! which it was not held to); a version-10 spec reads with no
 //! SELinux label and the default DNS policy (`ClusterFirst`, which falls
 //! back to the node's resolver configuration), which is what it ran with.
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    ContainerPort, EnvVar, Lifecycle, PodRoute, Probe, PullPolicy, Resources, RestartPolicy,
-    RuntimeKind, SecurityProfile, Volume, VolumeMount,
+    ContainerPort, Lifecycle, PodRoute, Probe, PullPolicy, RestartPolicy, RuntimeKind,
+    SecurityProfile, StatusField, Volume, VolumeMount,
 };
+
+/// Versions 9 and 10: without `from_object`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct EnvVar {
+    pub(crate) name: String,
+    pub(crate) value: String,
+    pub(crate) field: Option<StatusField>,
+}
+
+impl From<&crate::model::EnvVar> for EnvVar {
+    fn from(e: &crate::model::EnvVar) -> Self {
+        EnvVar {
+            name: e.name.clone(),
+            value: e.value.clone(),
+            field: e.field,
+        }
+    }
+}
+
+/// Versions 1 to 10: without `ephemeral_storage_limit_bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Resources {
+    pub(crate) cpu_request_millis: Option<u64>,
+    pub(crate) cpu_limit_millis: Option<u64>,
+    pub(crate) memory_request_bytes: Option<u64>,
+    pub(crate) memory_limit_bytes: Option<u64>,
+}
+
+/// Today's resources as versions 1 to 10 carried them (an ephemeral-storage
+/// limit is dropped: a test that writes an old body has none).
+impl From<crate::model::Resources> for Resources {
+    fn from(r: crate::model::Resources) -> Self {
+        Resources {
+            cpu_request_millis: r.cpu_request_millis,
+            cpu_limit_millis: r.cpu_limit_millis,
+            memory_request_bytes: r.memory_request_bytes,
+            memory_limit_bytes: r.memory_limit_bytes,
+        }
+    }
+}
 
 /// Version 10's `PodSpec` (field for field, without `dns`; the nested types
 /// that changed are this module's).
@@ -125,10 +167,10 @@ impl From<&crate::model::Container> for Container {
             command: c.command.clone(),
             args: c.args.clone(),
             working_dir: c.working_dir.clone(),
-            env: c.env.clone(),
+            env: c.env.iter().map(Into::into).collect(),
             volume_mounts: c.volume_mounts.clone(),
             ports: c.ports.clone(),
-            resources: c.resources,
+            resources: c.resources.into(),
             liveness_probe: c.liveness_probe.clone(),
             readiness_probe: c.readiness_probe.clone(),
             startup_probe: c.startup_probe.clone(),

@@ -12,9 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{
-    ContainerPort, Probe, PullPolicy, Resources, RestartPolicy, RuntimeKind, VolumeMount,
-};
+use super::v10::Resources;
+use crate::model::{ContainerPort, Probe, PullPolicy, RestartPolicy, RuntimeKind, VolumeMount};
 
 /// Version 3's `PodSpec` (field for field; the nested types that changed are
 /// this module's).

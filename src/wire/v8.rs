@@ -10,9 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::v10::SecurityContext;
+use super::v10::{Resources, SecurityContext};
 use crate::model::{
-    ContainerPort, Probe, PullPolicy, Resources, RestartPolicy, RuntimeKind, Volume, VolumeMount,
+    ContainerPort, Probe, PullPolicy, RestartPolicy, RuntimeKind, Volume, VolumeMount,
 };
 
 /// Version 8's `PodSpec` (field for field; the nested types that changed

@@ -10,10 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::v10::{PodSecurity, SecurityContext};
+use super::v10::{EnvVar, PodSecurity, Resources, SecurityContext};
 use crate::model::{
-    ContainerPort, EnvVar, Lifecycle, Probe, PullPolicy, Resources, RestartPolicy, RuntimeKind,
-    Volume, VolumeMount,
+    ContainerPort, Lifecycle, Probe, PullPolicy, RestartPolicy, RuntimeKind, Volume, VolumeMount,
 };
 
 /// Version 9's `PodSpec` (field for field, without `routes`; the nested

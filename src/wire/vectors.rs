@@ -54,11 +54,12 @@ fn container(name: &str, image: &str) -> Container {
         args: vec!["--interval".into(), "5s".into()],
         working_dir: Some("/work".into()),
         env: vec![
-            EnvVar::new("MODE", "edge"),
+            EnvVar::from_object("MODE", "edge"),
             EnvVar {
                 name: "POD_IP".into(),
                 value: String::new(),
                 field: Some(StatusField::HostIps),
+                from_object: false,
             },
         ],
         volume_mounts: vec![VolumeMount {
@@ -80,6 +81,7 @@ fn container(name: &str, image: &str) -> Container {
             cpu_limit_millis: Some(500),
             memory_request_bytes: Some(16 * 1024 * 1024),
             memory_limit_bytes: Some(64 * 1024 * 1024),
+            ephemeral_storage_limit_bytes: Some(1024 * 1024 * 1024),
         },
         liveness_probe: Some(probe(ProbeHandler::HttpGet {
             path: "/healthz".into(),
@@ -1000,10 +1002,12 @@ fn vector_tombstone() {
 /// (seccomp and AppArmor profiles, hostPath types), versions 1 to 8 one
 /// without what version 9 added (lifecycle hooks, the termination message
 /// fields, env status fields: the old samples had no such variable), and
-/// versions 1 to 10 one without SELinux labels and `dns`. The samples'
+/// versions 1 to 10 one without SELinux labels, `dns`, an ephemeral-storage limit
+/// and env values marked as read from objects. The samples'
 /// strings hold no `$`, so the upgrade's escaping changes nothing.
 fn as_of_version(version: u16, message: Message) -> Message {
-    // Versions 1 to 10 had no SELinux labels and no DNS policy.
+    // Versions 1 to 10 had no SELinux labels, no DNS policy and no
+    // ephemeral-storage limit.
     let message = match message {
         Message::DesiredPod(mut spec) if version < SELINUX_DNS_SINCE_VERSION => {
             spec.dns = PodDns::default();
@@ -1011,6 +1015,10 @@ fn as_of_version(version: u16, message: Message) -> Message {
             for c in spec.containers.iter_mut().chain(&mut spec.init_containers) {
                 if let Some(sc) = &mut c.security_context {
                     sc.se_linux_options = None;
+                }
+                c.resources.ephemeral_storage_limit_bytes = None;
+                for e in &mut c.env {
+                    e.from_object = false;
                 }
             }
             Message::DesiredPod(spec)
@@ -1294,7 +1302,7 @@ fn older_specs_keep_their_literal_dollars() {
             }],
             volume_mounts: vec![],
             ports: vec![],
-            resources: Resources::default(),
+            resources: Default::default(),
             liveness_probe: None,
             readiness_probe: None,
             startup_probe: None,

@@ -336,8 +336,11 @@ pub(super) fn default_pull_policy(image: &str) -> PullPolicy {
     }
 }
 
-/// cpu and memory requests and limits; a request defaults to its limit, as in
-/// Kubernetes. ephemeral-storage is accepted and ignored; other resources
+/// cpu, memory and ephemeral-storage requests and limits; a request defaults
+/// to its limit and may not exceed it, as in Kubernetes. The
+/// ephemeral-storage limit is enforced by eviction (`agent::eviction`); its
+/// request is the scheduler's (a kubelet ranks pods by it only under node
+/// disk pressure, and the agent evicts for limits only). Other resources
 /// (hugepages, extended resources such as GPUs) are rejected.
 pub(super) fn resources(
     r: Option<&k8s::ResourceRequirements>,
@@ -351,16 +354,17 @@ pub(super) fn resources(
     }
     let parse = |map: &Option<BTreeMap<String, Quantity>>,
                  which: &str|
-     -> Result<(Option<u64>, Option<u64>), ConvertError> {
+     -> Result<[Option<u64>; 3], ConvertError> {
         let mut cpu = None;
         let mut memory = None;
+        let mut storage = None;
         for (name, q) in map.iter().flatten() {
             let path = format!("{path}.{which}[{name}]");
             match name.as_str() {
                 "cpu" => cpu = Some(cpu_millis(&q.0).map_err(|m| field(&path, m))?),
                 "memory" => memory = Some(bytes(&q.0).map_err(|m| field(&path, m))?),
                 "ephemeral-storage" => {
-                    bytes(&q.0).map_err(|m| field(&path, m))?;
+                    storage = Some(bytes(&q.0).map_err(|m| field(&path, m))?);
                 }
                 other => {
                     return Err(field(
@@ -370,10 +374,11 @@ pub(super) fn resources(
                 }
             }
         }
-        Ok((cpu, memory))
+        Ok([cpu, memory, storage])
     };
-    let (cpu_limit, memory_limit) = parse(&r.limits, "limits")?;
-    let (cpu_request, memory_request) = parse(&r.requests, "requests")?;
+    // cpu millicores, memory bytes, ephemeral-storage bytes.
+    let [cpu_limit, memory_limit, storage_limit] = parse(&r.limits, "limits")?;
+    let [cpu_request, memory_request, storage_request] = parse(&r.requests, "requests")?;
     let cpu_request = cpu_request.or(cpu_limit);
     let memory_request = memory_request.or(memory_limit);
     if let (Some(request), Some(limit)) = (cpu_request, cpu_limit)
@@ -392,11 +397,20 @@ pub(super) fn resources(
             "must be less than or equal to the memory limit",
         ));
     }
+    if let (Some(request), Some(limit)) = (storage_request, storage_limit)
+        && request > limit
+    {
+        return Err(field(
+            format!("{path}.requests[ephemeral-storage]"),
+            "must be less than or equal to the ephemeral-storage limit",
+        ));
+    }
     Ok(Resources {
         cpu_request_millis: cpu_request,
         cpu_limit_millis: cpu_limit,
         memory_request_bytes: memory_request,
         memory_limit_bytes: memory_limit,
+        ephemeral_storage_limit_bytes: storage_limit,
     })
 }
 
@@ -553,7 +567,7 @@ mod tests {
     }
 
     #[test]
-    fn resources_default_requests_to_limits_and_ignore_ephemeral_storage() {
+    fn resources_default_requests_to_limits_and_carry_the_ephemeral_storage_limit() {
         let spec = convert(with_container(json!({"name": "app", "image": "nginx",
         "resources": {
             "limits": {"cpu": "500m", "memory": "128Mi", "ephemeral-storage": "1Gi"},
@@ -566,7 +580,14 @@ mod tests {
                 cpu_limit_millis: Some(500),
                 memory_request_bytes: Some(64 << 20),
                 memory_limit_bytes: Some(128 << 20),
+                ephemeral_storage_limit_bytes: Some(1 << 30),
             }
+        );
+        let err = convert_err(with_container(json!({"name": "app", "image": "nginx",
+            "resources": {"limits": {"ephemeral-storage": "1Gi"}, "requests": {"ephemeral-storage": "2Gi"}}})));
+        assert_eq!(
+            err,
+            "spec.containers[0].resources.requests[ephemeral-storage]: must be less than or equal to the ephemeral-storage limit"
         );
         let err = convert_err(with_container(json!({"name": "app", "image": "nginx",
             "resources": {"limits": {"hugepages-2Mi": "2Mi"}}})));

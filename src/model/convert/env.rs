@@ -51,7 +51,10 @@ impl Ctx<'_> {
             };
             for (key, value) in data {
                 let value = utf8(value, kind, name, &key, &ref_path)?;
-                set(EnvVar::new(format!("{prefix}{key}"), escape(&value)));
+                set(EnvVar::from_object(
+                    format!("{prefix}{key}"),
+                    escape(&value),
+                ));
             }
         }
 
@@ -99,14 +102,17 @@ impl Ctx<'_> {
                 && source.resource_field_ref.is_none()
             {
                 set(EnvVar {
-                    name: e.name.clone(),
-                    value: String::new(),
                     field: Some(status),
+                    ..EnvVar::new(e.name.clone(), "")
                 });
             } else if let Some(value) =
                 self.env_value_from(source, &c.name, &format!("{path}.valueFrom"))?
             {
-                set(EnvVar::new(e.name.clone(), escape(&value)));
+                let object = source.config_map_key_ref.is_some() || source.secret_key_ref.is_some();
+                set(EnvVar {
+                    from_object: object,
+                    ..EnvVar::new(e.name.clone(), escape(&value))
+                });
             }
         }
         Ok(env)
@@ -467,18 +473,20 @@ mod tests {
             &resolver(),
         )
         .expect("pod converts");
-        let env: Vec<(&str, &str)> = spec.containers[0]
+        let env: Vec<(&str, &str, bool)> = spec.containers[0]
             .env
             .iter()
-            .map(|e| (e.name.as_str(), e.value.as_str()))
+            .map(|e| (e.name.as_str(), e.value.as_str(), e.from_object))
             .collect();
+        // Values read from objects say so (`agent::decide` updates them
+        // without a restart); a literal value does not.
         assert_eq!(
             env,
             [
-                ("APP_LEVEL", "debug"),
-                ("APP_MODE", "override"),
-                ("PASSWORD", "hunter2"),
-                ("LEVEL", "debug"),
+                ("APP_LEVEL", "debug", true),
+                ("APP_MODE", "override", false),
+                ("PASSWORD", "hunter2", true),
+                ("LEVEL", "debug", true),
             ]
         );
     }
@@ -551,6 +559,7 @@ mod tests {
             name: name.into(),
             value: String::new(),
             field: Some(field),
+            from_object: false,
         };
         assert_eq!(
             spec.containers[0].env,

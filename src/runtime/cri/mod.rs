@@ -239,6 +239,24 @@ impl CriRuntime {
 
     /// A failed CRI call as the kubelet would word it: an unreachable
     /// runtime is `RuntimeUnavailable`, anything else names the call.
+    /// CRI `ListContainerStats` of the containers kedge manages, through
+    /// `unary` rather than k8s-cri's client: the reply is decoded as
+    /// `StatsList`, only the fields read here.
+    async fn list_stats(&self) -> Result<Vec<Stats>, RuntimeError> {
+        let filter = cri::ContainerStatsFilter {
+            label_selector: [(spec::LABEL_MANAGED.to_string(), "true".to_string())].into(),
+            ..Default::default()
+        };
+        let request = cri::ListContainerStatsRequest {
+            filter: Some(filter),
+        };
+        let path = "/runtime.v1.RuntimeService/ListContainerStats";
+        Ok(unary::<_, StatsList>(self.channel.clone(), path, request)
+            .await
+            .map_err(|s| self.status_error("ListContainerStats", s))?
+            .stats)
+    }
+
     fn status_error(&self, call: &str, s: tonic::Status) -> RuntimeError {
         let transport = s.code() == tonic::Code::Unavailable
             || (s.code() == tonic::Code::Unknown && s.message().contains("transport"));
@@ -813,7 +831,7 @@ struct UrlResponse {
     url: String,
 }
 
-/// `ContainerStats`: 1 attributes, 2 cpu, 3 memory.
+/// `ContainerStats`: 1 attributes, 2 cpu, 3 memory, 4 writable_layer.
 #[derive(Clone, PartialEq, prost::Message)]
 struct Stats {
     #[prost(message, optional, tag = "1")]
@@ -822,6 +840,16 @@ struct Stats {
     cpu: Option<Sample>,
     #[prost(message, optional, tag = "3")]
     memory: Option<Sample>,
+    #[prost(message, optional, tag = "4")]
+    writable_layer: Option<FilesystemUsage>,
+}
+
+/// `FilesystemUsage`: 3 used_bytes (the writable layer's, as the kubelet's
+/// `rootfs.usedBytes`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct FilesystemUsage {
+    #[prost(message, optional, tag = "3")]
+    used_bytes: Option<cri::UInt64Value>,
 }
 
 /// `ContainerAttributes`: 1 id.
@@ -839,6 +867,19 @@ struct Sample {
     timestamp: i64,
     #[prost(message, optional, tag = "2")]
     value: Option<cri::UInt64Value>,
+}
+
+/// The writable layer of each container of `wanted` (ids as in
+/// `ContainerStatus.container_id`) that the runtime measured.
+fn writable_layers_of(stats: &[Stats], wanted: &[String]) -> Vec<(String, u64)> {
+    stats
+        .iter()
+        .filter_map(|s| {
+            let id = format!("containerd://{}", s.attributes.as_ref()?.id);
+            let used = s.writable_layer.as_ref()?.used_bytes.as_ref()?.value;
+            wanted.contains(&id).then_some((id, used))
+        })
+        .collect()
 }
 
 /// One container's CRI stats as the stats RPC's usage, keyed like its
@@ -1010,21 +1051,22 @@ impl Runtime for CriRuntime {
 
     fn container_usage(&self) -> BoxFuture<'_, Result<UsageMap, RuntimeError>> {
         Box::pin(async move {
-            let filter = cri::ContainerStatsFilter {
-                label_selector: [(spec::LABEL_MANAGED.to_string(), "true".to_string())].into(),
-                ..Default::default()
-            };
-            let request = cri::ListContainerStatsRequest {
-                filter: Some(filter),
-            };
-            // Through `unary` rather than k8s-cri's client: the reply is
-            // decoded as `StatsList`, only the fields read here.
-            let path = "/runtime.v1.RuntimeService/ListContainerStats";
-            let stats = unary::<_, StatsList>(self.channel.clone(), path, request)
-                .await
-                .map_err(|s| self.status_error("ListContainerStats", s))?
-                .stats;
-            Ok(stats.iter().filter_map(usage_of).collect())
+            Ok(self
+                .list_stats()
+                .await?
+                .iter()
+                .filter_map(usage_of)
+                .collect())
+        })
+    }
+
+    fn writable_layers(
+        &self,
+        container_ids: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<(String, u64)>, RuntimeError>> {
+        Box::pin(async move {
+            let stats = self.list_stats().await?;
+            Ok(writable_layers_of(&stats, &container_ids))
         })
     }
 
@@ -1103,5 +1145,14 @@ mod tests {
         assert_eq!(u.cpu_core_ns, 42_000);
         assert_eq!(u.memory_working_set_bytes, 4096);
         assert!(usage_of(&read.stats[1]).is_none());
+        let wanted = [
+            "containerd://abc".to_string(),
+            "containerd://gone".to_string(),
+        ];
+        assert_eq!(
+            writable_layers_of(&read.stats, &wanted),
+            [("containerd://abc".to_string(), 77)]
+        );
+        assert!(writable_layers_of(&read.stats, &[]).is_empty());
     }
 }

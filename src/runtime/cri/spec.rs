@@ -444,6 +444,7 @@ mod tests {
             cpu_limit_millis: Some(u64::MAX),
             memory_request_bytes: None,
             memory_limit_bytes: Some(u64::MAX),
+            ephemeral_storage_limit_bytes: None,
         };
         let l = linux_resources(&r);
         assert!(l.cpu_shares > 0 && l.cpu_quota > 0 && l.memory_limit_in_bytes > 0);
@@ -481,6 +482,7 @@ mod tests {
                 cpu_limit_millis: Some(500),
                 memory_request_bytes: None,
                 memory_limit_bytes: Some(64 << 20),
+                ephemeral_storage_limit_bytes: None,
             },
             liveness_probe: None,
             readiness_probe: None,
