@@ -6,15 +6,17 @@
 //! without (`model::added`).
 //!
 //! Version 11 added `se_linux_options` to `SecurityContext` and
-//! `PodSecurity` and `dns` to `PodSpec`; a version-10 spec reads with no
-//! SELinux label and the default DNS policy (`ClusterFirst`, which falls
-//! back to the node's resolver configuration), which is what it ran with.
+//! `PodSecurity`, `dns` to `PodSpec` and `target` to `PodRoute`; a
+//! version-10 spec reads with no SELinux label, the default DNS policy
+//! (`ClusterFirst`, which falls back to the node's resolver
+//! configuration) and its routes going upstream, which is what it ran
+//! with.
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    ContainerPort, EnvVar, Lifecycle, PodRoute, Probe, PullPolicy, Resources, RestartPolicy,
-    RuntimeKind, SecurityProfile, Volume, VolumeMount,
+    ContainerPort, EnvVar, Lifecycle, Probe, PullPolicy, Resources, RestartPolicy, RuntimeKind,
+    SecurityProfile, Volume, VolumeMount,
 };
 
 /// Version 10's `PodSpec` (field for field, without `dns`; the nested types
@@ -36,6 +38,26 @@ pub(crate) struct PodSpec {
     pub(crate) image_pull_secrets: Vec<String>,
     pub(crate) security: PodSecurity,
     pub(crate) routes: Vec<PodRoute>,
+}
+
+/// Version 10's `PodRoute`: without `target` (every route went upstream).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct PodRoute {
+    pub(crate) container: Option<String>,
+    pub(crate) filter: String,
+    pub(crate) ttl_secs: u64,
+}
+
+impl From<&crate::model::PodRoute> for PodRoute {
+    /// A route into a pod has no version-10 form: tests only write
+    /// version 10's upstream routes.
+    fn from(r: &crate::model::PodRoute) -> Self {
+        PodRoute {
+            container: r.container.clone(),
+            filter: r.filter.clone(),
+            ttl_secs: r.ttl_secs,
+        }
+    }
 }
 
 /// Version 10's `Container`: today's, with version 10's `SecurityContext`.
@@ -161,7 +183,7 @@ impl From<&crate::model::PodSpec> for PodSpec {
             volumes: s.volumes.clone(),
             image_pull_secrets: s.image_pull_secrets.clone(),
             security: (&s.security).into(),
-            routes: s.routes.clone(),
+            routes: s.routes.iter().map(Into::into).collect(),
         }
     }
 }
