@@ -281,7 +281,7 @@ pub const KEYS: &[KeyDoc] = &[
         key: "data.routes",
         ty: KeyType::Str,
         default: "",
-        help: "workload data routes, separated by ';' or newlines: FROM namespace/pod[/container] topic-filter INTO $upstream [TTL 2h] (pods may also declare their own, kedge.io/routes; feature data)",
+        help: "workload data routes, separated by ';' or newlines: FROM namespace/pod[/container] topic-filter INTO $upstream|pod/namespace/name [TTL 2h] (pods may also declare their own, kedge.io/routes; feature data)",
     },
     KeyDoc {
         key: "data.listen",

@@ -79,6 +79,20 @@ const TRUST: TableDefinition<&str, &[u8]> = TableDefinition::new("trust");
 /// bounds (TTL per route, a byte budget) are its own.
 const DATA: TableDefinition<u64, &[u8]> = TableDefinition::new("data");
 
+/// Workload messages routed into a pod on this node (module-to-module),
+/// waiting for a subscriber of that pod to acknowledge them:
+/// `{namespace}/{pod}\n{id:020}` (`pod_queue_key`; the id is the node-wide
+/// message id of `DATA`) → `DataRecord` (postcard). A queue per target pod,
+/// read in id order; the table is made on every open, so a store of an
+/// older agent gains it, and an older agent leaves it alone.
+const DATA_PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("data_pods");
+
+/// The key of message `id` in the queue of the pod `target`
+/// (`namespace/pod`): the queue's keys sort by id.
+fn pod_queue_key(target: &str, id: u64) -> String {
+    format!("{target}\n{id:020}")
+}
+
 /// QoS 2 publishes received and not yet released, per workload connection
 /// (schema 9): `{client}\n{packet id}` → empty. Written in the transaction
 /// that commits the message, so a publish sent again after a crash of the
@@ -218,6 +232,9 @@ pub struct DataWrite {
     /// Messages, with the QoS 2 key (`{client}\n{packet id}`) of those sent
     /// with QoS 2.
     pub records: Vec<(DataRecord, Option<String>)>,
+    /// Messages a route takes into a pod on this node: the target
+    /// (`namespace/pod`), the message and its QoS 2 key, as `records`.
+    pub into_pods: Vec<(String, DataRecord, Option<String>)>,
     /// QoS 2 keys the workload released (PUBREL).
     pub released: Vec<String>,
     /// A connection with a clean session: every QoS 2 key of this client
@@ -235,6 +252,7 @@ pub struct DataWrite {
 impl DataWrite {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
+            && self.into_pods.is_empty()
             && self.released.is_empty()
             && self.clear_client.is_none()
             && self.forget_sequences.is_none()
@@ -257,6 +275,8 @@ pub struct DataAppend {
     pub duplicates: u64,
     /// Older messages dropped to stay within the byte budget.
     pub dropped_budget: RouteBytes,
+    /// How many of `stored` went into pods' queues.
+    pub into_pods: u64,
 }
 
 /// Who this node is; written on first start.
@@ -479,6 +499,9 @@ impl Store {
             txn.open_table(DATA)?;
             // (Version 8 → 9 below: the QoS 2 keys' table of schemas 4–8.)
             txn.open_table(DATA_QOS2)?;
+            // The queues of routes into pods (no schema change: made
+            // whenever missing).
+            txn.open_table(DATA_PODS)?;
             // Version 4 → 5: the last signed message accepted per topic.
             txn.open_table(TRUST)?;
             // Version 5 → 6 (from any earlier version): desired records in
@@ -990,6 +1013,7 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut table = txn.open_table(DATA)?;
             let mut qos2 = txn.open_table(DATA_QOS2)?;
+            let mut pods = txn.open_table(DATA_PODS)?;
             let mut next = read_u64(&meta, KEY_DATA_ID)?;
             let mut bytes = read_u64(&meta, KEY_DATA_BYTES)?;
             for write in writes {
@@ -1043,6 +1067,20 @@ impl Store {
                     table.insert(next, value.as_slice())?;
                     appended.ids.push(next);
                     appended.stored.push((record.route, value.len() as u64));
+                }
+                for (target, record, key) in write.into_pods {
+                    if let Some(key) = &key {
+                        if qos2.get(key.as_str())?.is_some() {
+                            appended.duplicates += 1;
+                            continue;
+                        }
+                        qos2.insert(key.as_str(), [].as_slice())?;
+                    }
+                    next += 1;
+                    let value = encode(&record);
+                    pods.insert(pod_queue_key(&target, next).as_str(), value.as_slice())?;
+                    appended.stored.push((record.route, value.len() as u64));
+                    appended.into_pods += 1;
                 }
                 for key in &write.released {
                     qos2.remove(key.as_str())?;
@@ -1100,6 +1138,14 @@ impl Store {
         for item in table.iter()? {
             let (k, v) = item?;
             let route = decode_data(k.value(), v.value()).map_or(0, |r| r.route);
+            let entry = out.entry(route).or_default();
+            entry.0 += 1;
+            entry.1 += v.value().len() as u64;
+        }
+        // And what waits in the pods' queues.
+        for item in txn.open_table(DATA_PODS)?.iter()? {
+            let (_, v) = item?;
+            let route = decode::<DataRecord>("data_pods", 0, v.value()).map_or(0, |r| r.route);
             let entry = out.entry(route).or_default();
             entry.0 += 1;
             entry.1 += v.value().len() as u64;
@@ -1180,6 +1226,94 @@ impl Store {
                 }
             }
             meta.insert(KEY_DATA_BYTES, bytes.to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        Ok(dropped)
+    }
+
+    /// Up to `max_count` messages of the queue of the pod `target`
+    /// (`namespace/pod`) with ids above `after`, oldest first.
+    pub fn pod_data(
+        &self,
+        target: &str,
+        after: u64,
+        max_count: usize,
+    ) -> Result<Vec<(u64, DataRecord)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DATA_PODS)?;
+        let prefix = format!("{target}\n");
+        let start = pod_queue_key(target, after.saturating_add(1));
+        let mut out = Vec::new();
+        for item in table.range(start.as_str()..)? {
+            let (k, v) = item?;
+            let Some(id) = k.value().strip_prefix(&prefix) else {
+                break;
+            };
+            if out.len() >= max_count {
+                break;
+            }
+            let id: u64 = id.parse().map_err(|_| StoreError::Corrupt {
+                table: "data_pods",
+                key: k.value().to_string(),
+                detail: "not a message id".into(),
+            })?;
+            out.push((id, decode("data_pods", id, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Removes the messages `ids` from the queue of the pod `target` (a
+    /// subscriber acknowledged them). Not synced on its own, as `ack_data`:
+    /// a crash may deliver them again. Returns each removed message's route
+    /// and bytes (an id no longer there is left out).
+    pub fn ack_pod_data(&self, target: &str, ids: &[u64]) -> Result<RouteBytes, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
+        let mut removed = Vec::new();
+        {
+            let mut table = txn.open_table(DATA_PODS)?;
+            for &id in ids {
+                if let Some(v) = table.remove(pod_queue_key(target, id).as_str())? {
+                    let route =
+                        decode::<DataRecord>("data_pods", id, v.value()).map_or(0, |r| r.route);
+                    removed.push((route, v.value().len() as u64));
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    /// Drops the messages of the pods' queues whose time to live has
+    /// passed; returns each one's route and bytes.
+    pub fn expire_pod_data(&self, now_ms: u64) -> Result<RouteBytes, StoreError> {
+        let expired: Vec<(String, u32, u64)> = {
+            let txn = self.db.begin_read()?;
+            let mut out = Vec::new();
+            for item in txn.open_table(DATA_PODS)?.iter()? {
+                let (k, v) = item?;
+                let record = decode::<DataRecord>("data_pods", 0, v.value());
+                // A record that does not decode can never be delivered.
+                if record.as_ref().is_ok_and(|r| r.expires_ms > now_ms) {
+                    continue;
+                }
+                let route = record.map_or(0, |r| r.route);
+                out.push((k.value().to_string(), route, v.value().len() as u64));
+            }
+            out
+        };
+        if expired.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_write()?;
+        let mut dropped = Vec::new();
+        {
+            let mut table = txn.open_table(DATA_PODS)?;
+            for (key, route, len) in expired {
+                if table.remove(key.as_str())?.is_some() {
+                    dropped.push((route, len));
+                }
+            }
         }
         txn.commit()?;
         Ok(dropped)
@@ -2000,6 +2134,7 @@ mod tests {
             container: None,
             filter: "sensors/#".into(),
             ttl_secs: 60,
+            target: crate::model::RouteTarget::Upstream,
         });
         /// A desired record as store schemas 8 and 9 wrote it.
         #[derive(Serialize)]

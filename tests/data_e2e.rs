@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::data::{
-    count, env_pod, injected_credentials, run_env_pod, run_pod, sink_keygen, start_sink,
-    wasm_env_pod,
+    PodSubscriber, count, env_pod, injected_credentials, publish_acked, run_env_pod, run_pod,
+    sink_keygen, start_sink, wasm_env_pod,
 };
 use support::postgres::Postgres;
 use support::*;
@@ -512,6 +512,132 @@ fn a_pods_own_routes_take_its_messages_to_postgres() {
         "meter/kwh"
     );
     drop(sink);
+}
+
+/// A route into another pod (module-to-module): a pod's route `INTO
+/// pod/consumer` gives the consumer pod (which declares no route) the
+/// endpoint's credentials; its container (a stand-in using them)
+/// subscribes and receives each message the producer's container publishes
+/// once; what is published while it is away waits in the agent's store,
+/// through a kill -9 of the agent, and is delivered when it is back. The
+/// route's counters say so.
+#[test]
+fn a_route_into_a_pod_delivers_each_message_once_through_a_disconnect_and_a_kill() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, sink_public) = sink_keygen(dir.path());
+    let data_port = free_port();
+    let agent_opts = AgentOpts {
+        node: NODE.into(),
+        broker_url: Some(broker.url()),
+        data_dir: dir.path().join("data"),
+        extra_args: vec![],
+        env: vec![
+            ("KEDGE_DATA_SINK_PUBLIC_KEY".into(), sink_public),
+            ("KEDGE_DATA_LISTEN".into(), format!("127.0.0.1:{data_port}")),
+        ],
+    };
+    let mut agent = Agent::start(agent_opts.clone());
+    const ROUTE: &str = "FROM * cmd/# INTO pod/consumer TTL 1h";
+    let producer = run_env_pod(
+        &broker,
+        dir.path(),
+        NODE,
+        "producer",
+        &env_pod("producer").replace(
+            "  name: producer\n",
+            &format!("  name: producer\n  annotations:\n    kedge.io/routes: \"{ROUTE}\"\n"),
+        ),
+    );
+    let consumer = run_env_pod(&broker, dir.path(), NODE, "consumer", &env_pod("consumer"));
+    assert_eq!(consumer.1, "default/consumer/main");
+    // A pod no route goes into may connect (it publishes) but not
+    // subscribe.
+    let refused = PodSubscriber::start(producer.clone(), "producer-sub", "cmd/#");
+    let payloads = |range: std::ops::Range<u64>| range.map(|i| format!("{{\"n\":{i}}}"));
+
+    let subscriber = PodSubscriber::start(consumer.clone(), "consumer-main", "cmd/#");
+    wait_until("the consumer subscribed", WAIT, || {
+        (subscriber.granted.load(Ordering::SeqCst) > 0).then_some(())
+    });
+    publish_acked(
+        producer.clone(),
+        "producer-main",
+        "cmd/set",
+        payloads(0..100),
+    );
+    wait_until("the consumer received 100 messages", WAIT, || {
+        (subscriber.received().len() >= 100).then_some(())
+    });
+    // The route's line in the node status (None until a status with it
+    // was reported).
+    let route_line = |data: &serde_json::Value| -> Option<serde_json::Value> {
+        data["routes"]
+            .as_array()?
+            .iter()
+            .find(|r| r["route"] == "FROM default/producer cmd/# INTO pod/default/consumer TTL 1h")
+            .cloned()
+    };
+    let line = wait_until("the route counts 100 sent", WAIT, || {
+        let line = route_line(&data_counters(&broker, NODE))?;
+        (line["sent"] == 100).then_some(line)
+    });
+    assert_eq!(
+        (
+            line["received"].as_u64(),
+            line["queued"].as_u64(),
+            line["pod"].as_str()
+        ),
+        (Some(100), Some(0), Some("default/producer")),
+        "{line}"
+    );
+    assert_eq!(
+        subscriber.received(),
+        payloads(0..100).collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    assert_eq!(
+        refused.granted.load(Ordering::SeqCst),
+        0,
+        "the producer may not subscribe"
+    );
+    drop(refused);
+
+    // The consumer goes away; what is published meanwhile waits for it,
+    // committed before it is acknowledged, and the agent is killed.
+    drop(subscriber);
+    publish_acked(
+        producer.clone(),
+        "producer-main",
+        "cmd/set",
+        payloads(100..200),
+    );
+    let line = wait_until("the route counts 100 queued", WAIT, || {
+        let line = route_line(&data_counters(&broker, NODE))?;
+        (line["received"] == 200).then_some(line)
+    });
+    assert_eq!(
+        (line["queued"].as_u64(), line["sent"].as_u64()),
+        (Some(100), Some(100)),
+        "{line}"
+    );
+    agent.kill9();
+    let _agent = Agent::start(agent_opts.clone());
+
+    let subscriber = PodSubscriber::start(consumer, "consumer-main", "cmd/#");
+    wait_until("the consumer received the 100 it missed", WAIT, || {
+        (subscriber.received().len() >= 100).then_some(())
+    });
+    let line = wait_until("the route counts the backlog sent", WAIT, || {
+        let line = route_line(&data_counters(&broker, NODE))?;
+        (line["queued"] == 0 && line["sent"] == 100).then_some(line)
+    });
+    assert_eq!(line["dropped_ttl"], 0, "{line}");
+    assert_eq!(
+        subscriber.received(),
+        payloads(100..200).collect::<Vec<_>>(),
+        "nothing lost, each once, in order"
+    );
 }
 
 /// How long the broker stays away in the workloads' tests (issue 12: 30

@@ -365,6 +365,7 @@ async fn a_pod_with_routes_on_a_node_without_a_data_path_is_refused() {
         container: None,
         filter: "readings/#".into(),
         ttl_secs: 0,
+        target: crate::model::RouteTarget::Upstream,
     }];
     agent.apply(&meter);
     let topic = agent.desired_topic("meter");

@@ -20,6 +20,14 @@
 //!   container the runtime names, taken like an endpoint message
 //!   (`DataPath::take`: routes, counters) and committed the same way; what
 //!   the endpoint would drop is refused with a reason (`PublishError`).
+//! - **Into pods** (module-to-module). A route `INTO pod/…` commits its
+//!   messages into the target pod's queue in the store (before the
+//!   publisher's acknowledgement, in the same group commit). A connection
+//!   of that pod (which gets the credentials even when it declares no
+//!   route) may SUBSCRIBE with QoS 1; it is sent, with QoS 1, what its
+//!   filters match (`Deliveries`), and a message leaves the queue on its
+//!   PUBACK (counted sent on its route) or its TTL (counted dropped).
+//!   SUBSCRIBE from a pod no route goes into is refused.
 //! - **Group commit.** The endpoint's reads and the components' publishes
 //!   are writes to one queue (`commit`): every write queued while a
 //!   transaction runs goes into the next one, so concurrent workloads
@@ -47,8 +55,8 @@ use bytes::BytesMut;
 use ring::hmac;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{
-    ConnAck, ConnectReturnCode, Packet, PingResp, PubAck, PubComp, PubRec, SubAck,
-    SubscribeReasonCode,
+    ConnAck, ConnectReturnCode, Packet, PingResp, PubAck, PubComp, PubRec, Publish, SubAck,
+    SubscribeFilter, SubscribeReasonCode, UnsubAck,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -74,6 +82,9 @@ const BATCH_BYTES: usize = 128 * 1024;
 const READ_ROOM: usize = 128 * 1024;
 /// How often expired messages are dropped and drops reported.
 const EXPIRY_TICK: Duration = Duration::from_secs(5);
+/// Messages delivered into a pod on one connection and not yet
+/// acknowledged (PUBACK), at most.
+const DELIVERY_WINDOW: usize = 32;
 
 /// Counters of the data path since the agent started.
 #[derive(Debug, Default)]
@@ -220,8 +231,9 @@ impl RouteTally {
 pub struct DataPath {
     /// The node's routes (`data.routes`).
     routes: Vec<Route>,
-    /// Pods that may connect: (namespace, pod) → uid. Written by the
-    /// controller when it starts a pod a route names.
+    /// The pods the controller started: (namespace, pod) → uid. Those a
+    /// route names (`may_connect`, checked at each CONNECT, since a route
+    /// into a pod may come with a pod started later) may connect.
     pods: RwLock<HashMap<(String, String), String>>,
     /// The routes running pods declare for themselves (`PodSpec.routes`),
     /// by (namespace, pod); the node's routes take precedence.
@@ -237,6 +249,10 @@ pub struct DataPath {
     commits: std::sync::Mutex<CommitQueue<PendingWrite>>,
     /// Woken after every commit, so the forwarder sends at once.
     committed: Notify,
+    /// Moves after every commit that put messages into a pod's queue: the
+    /// endpoint's connections of subscribed pods (each holds a receiver
+    /// while it has subscriptions) read their queue again.
+    into_pods: watch::Sender<u64>,
     pub counters: Counters,
     tally: std::sync::Mutex<RouteTally>,
 }
@@ -269,6 +285,7 @@ impl DataPath {
             budget_bytes: config.budget_bytes,
             commits: std::sync::Mutex::new(CommitQueue::default()),
             committed: Notify::new(),
+            into_pods: watch::Sender::new(0),
             counters: Counters::default(),
             tally: std::sync::Mutex::new(tally),
         })
@@ -323,13 +340,6 @@ impl DataPath {
         } else {
             pod_routes.insert(key.clone(), own);
         }
-        let named = self
-            .routes
-            .iter()
-            .any(|r| r.names_pod(&spec.namespace, &spec.name));
-        if !named && !pod_routes.contains_key(&key) {
-            return spec;
-        }
         drop(pod_routes);
         let replaced = self
             .pods
@@ -347,6 +357,9 @@ impl DataPath {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push_later((write, None));
+        }
+        if !self.may_connect(&spec.namespace, &spec.name) {
+            return spec;
         }
         for container in spec.containers.iter_mut() {
             let username = format!("{}/{}/{}", spec.namespace, spec.name, container.name);
@@ -396,34 +409,87 @@ impl DataPath {
     /// The route a message of `source` on `topic` takes, and how long it
     /// may wait for the broker: the first route that takes it, the node's
     /// routes before the pod's own; None: no route takes it.
+    #[cfg(test)]
     fn route_of(&self, source: &Source, topic: &str) -> Option<(u32, Duration)> {
+        self.route_and_target(source, topic)
+            .map(|(id, ttl, _)| (id, ttl))
+    }
+
+    /// `route_of`, and the pod (`namespace/pod`) the route goes into (None:
+    /// upstream).
+    fn route_and_target(
+        &self,
+        source: &Source,
+        topic: &str,
+    ) -> Option<(u32, Duration, Option<String>)> {
+        let found = |r: &Route| {
+            let target = match &r.target {
+                data::route::Target::Upstream => None,
+                data::route::Target::Pod { namespace, pod } => Some(format!("{namespace}/{pod}")),
+            };
+            (r.id, r.ttl, target)
+        };
         if let Some(r) = data::route::route_for(&self.routes, source, topic) {
-            return Some((r.id, r.ttl));
+            return Some(found(r));
         }
         let key = (source.namespace.clone(), source.pod.clone());
         let pod_routes = self.pod_routes.read().unwrap_or_else(|p| p.into_inner());
-        data::route::route_for(pod_routes.get(&key)?, source, topic).map(|r| (r.id, r.ttl))
+        data::route::route_for(pod_routes.get(&key)?, source, topic).map(found)
+    }
+
+    /// Whether a route names the pod `namespace/pod`: the node's or its
+    /// own as source, or any as target. Only then does it get the
+    /// endpoint's credentials and may connect.
+    fn may_connect(&self, namespace: &str, pod: &str) -> bool {
+        self.routes.iter().any(|r| r.names_pod(namespace, pod))
+            || self
+                .pod_routes
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&(namespace.to_string(), pod.to_string()))
+            || self.routes_into(namespace, pod)
+    }
+
+    /// Whether a route (the node's, or one a running pod declares) goes
+    /// into the pod `namespace/pod`: only then may its containers
+    /// subscribe.
+    fn routes_into(&self, namespace: &str, pod: &str) -> bool {
+        self.routes.iter().any(|r| r.target.is_pod(namespace, pod))
+            || self
+                .pod_routes
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .flatten()
+                .any(|r| r.target.is_pod(namespace, pod))
     }
 
     /// Takes one message of `source` on `topic` (counted as received): the
     /// record to store under the route that takes it, or None when no
     /// route does (counted as unrouted). The endpoint and the host
     /// interface take every message here.
-    fn take(&self, source: &Source, topic: &str, payload: Vec<u8>) -> Option<DataRecord> {
+    /// Also the pod the route goes into (None: upstream).
+    fn take(
+        &self,
+        source: &Source,
+        topic: &str,
+        payload: Vec<u8>,
+    ) -> Option<(DataRecord, Option<String>)> {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        let Some((route, ttl)) = self.route_of(source, topic) else {
+        let Some((route, ttl, target)) = self.route_and_target(source, topic) else {
             self.counters.unrouted.fetch_add(1, Ordering::Relaxed);
             return None;
         };
         let now = crate::model::now_ms();
-        Some(DataRecord {
+        let record = DataRecord {
             source: source.clone(),
             topic: topic.to_string(),
             device_time_ms: now,
             expires_ms: now.saturating_add(ttl.as_millis() as u64),
             payload,
             route,
-        })
+        };
+        Some((record, target))
     }
 
     /// The host interface's handle for the containers of the pod `spec`
@@ -438,7 +504,7 @@ impl DataPath {
         })
     }
 
-    /// The uid under which a route admitted the pod `namespace/pod`.
+    /// The uid of the pod `namespace/pod` the controller started.
     fn admitted_uid(&self, namespace: &str, pod: &str) -> Option<String> {
         self.pods
             .read()
@@ -461,6 +527,9 @@ impl DataPath {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(namespace.to_string(), pod.to_string()))?
             .clone();
+        if !self.may_connect(namespace, pod) {
+            return None;
+        }
         let given = hex::decode(password).ok()?;
         hmac::verify(
             &self.credentials,
@@ -552,6 +621,12 @@ async fn connection(mut stream: TcpStream, path: &Arc<DataPath>) -> Result<(), C
     let mut source: Option<(Source, String)> = None;
     let mut keep_alive = Duration::from_secs(60);
     let mut unrouted_warned = false;
+    // What this connection delivers into its pod, and the messages its
+    // subscriber acknowledged since the last pass.
+    let mut deliveries = Deliveries::default();
+    let mut delivered: Vec<u64> = Vec::new();
+    // Moves when messages went into a pod's queue (`DataPath::into_pods`).
+    let mut into_pods = path.into_pods.subscribe();
     loop {
         // Every complete packet read so far: what they bring is committed
         // in one transaction, then acknowledged.
@@ -618,7 +693,10 @@ async fn connection(mut stream: TcpStream, path: &Arc<DataPath>) -> Result<(), C
                         }
                     };
                     match path.take(who, &publish.topic, publish.payload.into()) {
-                        Some(record) => write.records.push((record, key)),
+                        Some((record, None)) => write.records.push((record, key)),
+                        Some((record, Some(target))) => {
+                            write.into_pods.push((target, record, key));
+                        }
                         // MQTT 3.1.1 has no negative acknowledgement: the
                         // message was acknowledged above and is counted.
                         None if !unrouted_warned => {
@@ -634,13 +712,22 @@ async fn connection(mut stream: TcpStream, path: &Arc<DataPath>) -> Result<(), C
                 }
                 Packet::PingReq => replies.push(Packet::PingResp),
                 Packet::Subscribe(sub) => {
-                    // Module-to-module routes are not built yet.
-                    let codes = sub
-                        .filters
-                        .iter()
-                        .map(|_| SubscribeReasonCode::Failure)
-                        .collect();
+                    // Only a pod a route goes into may subscribe.
+                    let routed = path.routes_into(&who.namespace, &who.pod);
+                    let codes = deliveries.subscribe(&sub.filters, routed);
+                    if codes.contains(&SubscribeReasonCode::Failure) {
+                        warn!(source = %who, filters = ?sub.filters.iter().map(|f| &f.path).collect::<Vec<_>>(), routed, "data endpoint refused a subscription: only a pod a route goes into may subscribe, with QoS 1 or 2 and a valid filter");
+                    }
                     replies.push(Packet::SubAck(SubAck::new(sub.pkid, codes)));
+                }
+                Packet::Unsubscribe(unsub) => {
+                    deliveries.unsubscribe(&unsub.topics);
+                    replies.push(Packet::UnsubAck(UnsubAck::new(unsub.pkid)));
+                }
+                Packet::PubAck(ack) => {
+                    if let Some(id) = deliveries.acked(ack.pkid) {
+                        delivered.push(id);
+                    }
                 }
                 Packet::Disconnect => {
                     commit(path, write).await.map_err(ConnectionError::Store)?;
@@ -661,9 +748,14 @@ async fn connection(mut stream: TcpStream, path: &Arc<DataPath>) -> Result<(), C
                 Packet::PubComp(p) => p.write(&mut output),
                 Packet::PingResp => PingResp.write(&mut output),
                 Packet::SubAck(p) => p.write(&mut output),
+                Packet::UnsubAck(p) => p.write(&mut output),
                 _ => Ok(0),
             };
             written.map_err(ConnectionError::Packet)?;
+        }
+        if let Some((who, _)) = &source {
+            let target = format!("{}/{}", who.namespace, who.pod);
+            deliver(path, &target, &mut deliveries, &mut delivered, &mut output)?;
         }
         if !output.is_empty() {
             stream.write_all(&output).await?;
@@ -674,7 +766,16 @@ async fn connection(mut stream: TcpStream, path: &Arc<DataPath>) -> Result<(), C
         if input.capacity() - input.len() < READ_ROOM / 4 {
             input.reserve(READ_ROOM);
         }
-        let read = tokio::time::timeout(keep_alive, stream.read_buf(&mut input)).await;
+        // Also woken when messages went into a pod's queue, while this
+        // connection has subscriptions (read_buf is cancel safe).
+        let subscribed = deliveries.is_subscribed();
+        let read = tokio::select! {
+            read = tokio::time::timeout(keep_alive, stream.read_buf(&mut input)) => read,
+            changed = into_pods.changed(), if subscribed => match changed {
+                Ok(()) => continue,
+                Err(_) => return Ok(()),
+            },
+        };
         match read {
             Err(_) => return Err(ConnectionError::Protocol("keep-alive expired".into())),
             Ok(Ok(0)) => return Ok(()),
@@ -682,6 +783,144 @@ async fn connection(mut stream: TcpStream, path: &Arc<DataPath>) -> Result<(), C
             Ok(Err(e)) => return Err(e.into()),
         }
     }
+}
+
+/// What one endpoint connection delivers into its pod (pure: no I/O): its
+/// subscriptions, the messages sent and awaiting their PUBACK, and how far
+/// it has read the pod's queue. A message leaves the queue on its PUBACK;
+/// one no subscription matches stays (a later subscription may), until
+/// its route's TTL.
+#[derive(Debug, Default)]
+struct Deliveries {
+    /// The topic filters subscribed on this connection (a connection's
+    /// subscriptions end with it: CONNACK says no session is present for
+    /// them, so a client subscribes on every connection).
+    filters: Vec<String>,
+    /// Packet id → message id, sent and not yet acknowledged.
+    in_flight: std::collections::BTreeMap<u16, u64>,
+    /// The highest message id of the queue looked at.
+    read_up_to: u64,
+    last_packet_id: u16,
+}
+
+impl Deliveries {
+    /// A SUBSCRIBE's answer: granted QoS 1 (QoS 2 is granted as 1) for
+    /// each valid filter when `routed` (a route goes into this pod); a
+    /// failure for QoS 0 (what is delivered stays until acknowledged, which
+    /// QoS 0 never is), an invalid filter, or a pod no route goes into. A
+    /// new filter reads the queue again from its start.
+    fn subscribe(&mut self, filters: &[SubscribeFilter], routed: bool) -> Vec<SubscribeReasonCode> {
+        filters
+            .iter()
+            .map(|f| {
+                if !routed || f.qos == QoS::AtMostOnce || !rumqttc::mqttbytes::valid_filter(&f.path)
+                {
+                    return SubscribeReasonCode::Failure;
+                }
+                if !self.filters.contains(&f.path) {
+                    self.filters.push(f.path.clone());
+                    self.read_up_to = 0;
+                }
+                SubscribeReasonCode::Success(QoS::AtLeastOnce)
+            })
+            .collect()
+    }
+
+    fn unsubscribe(&mut self, filters: &[String]) {
+        self.filters.retain(|f| !filters.contains(f));
+    }
+
+    fn is_subscribed(&self) -> bool {
+        !self.filters.is_empty()
+    }
+
+    /// Whether to read more of the queue: subscribed, with room in the
+    /// window.
+    fn wants_more(&self) -> bool {
+        self.is_subscribed() && self.in_flight.len() < DELIVERY_WINDOW
+    }
+
+    /// Of `queued` (the queue's next messages after `read_up_to`, in id
+    /// order), those to send now, each with its packet id: the ones a
+    /// subscription matches and not in flight already, while the window
+    /// has room.
+    fn take(&mut self, queued: Vec<(u64, DataRecord)>) -> Vec<(u16, DataRecord)> {
+        let mut out = Vec::new();
+        for (id, record) in queued {
+            if self.in_flight.len() >= DELIVERY_WINDOW {
+                break;
+            }
+            self.read_up_to = self.read_up_to.max(id);
+            if self.in_flight.values().any(|&i| i == id)
+                || !self
+                    .filters
+                    .iter()
+                    .any(|f| rumqttc::mqttbytes::matches(&record.topic, f))
+            {
+                continue;
+            }
+            let packet_id = self.next_packet_id();
+            self.in_flight.insert(packet_id, id);
+            out.push((packet_id, record));
+        }
+        out
+    }
+
+    /// A PUBACK: the message it acknowledges (None: not one in flight).
+    fn acked(&mut self, packet_id: u16) -> Option<u64> {
+        self.in_flight.remove(&packet_id)
+    }
+
+    /// The next packet id not in flight (1 to 65535; the window is far
+    /// smaller).
+    fn next_packet_id(&mut self) -> u16 {
+        loop {
+            self.last_packet_id = self.last_packet_id.checked_add(1).unwrap_or(1);
+            if !self.in_flight.contains_key(&self.last_packet_id) {
+                return self.last_packet_id;
+            }
+        }
+    }
+}
+
+/// Removes what the connection's subscriber acknowledged from the queue of
+/// its pod `target` (counted as sent on its route), then writes into
+/// `output` the queue's next messages its subscriptions match, while the
+/// window has room.
+fn deliver(
+    path: &DataPath,
+    target: &str,
+    deliveries: &mut Deliveries,
+    delivered: &mut Vec<u64>,
+    output: &mut BytesMut,
+) -> Result<(), ConnectionError> {
+    if !delivered.is_empty() {
+        let removed = path
+            .store
+            .ack_pod_data(target, delivered)
+            .map_err(|e| ConnectionError::Store(e.to_string()))?;
+        delivered.clear();
+        path.tally().count(Fate::Sent, &removed);
+    }
+    while deliveries.wants_more() {
+        let before = deliveries.read_up_to;
+        let queued = path
+            .store
+            .pod_data(target, before, DELIVERY_WINDOW)
+            .map_err(|e| ConnectionError::Store(e.to_string()))?;
+        if queued.is_empty() {
+            break;
+        }
+        for (packet_id, record) in deliveries.take(queued) {
+            let mut publish = Publish::new(record.topic, QoS::AtLeastOnce, record.payload);
+            publish.pkid = packet_id;
+            publish.write(output).map_err(ConnectionError::Packet)?;
+        }
+        if deliveries.read_up_to == before {
+            break;
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -749,17 +988,20 @@ async fn publish(
         }
         return Err(e);
     }
-    let Some(record) = path.take(&source, &topic, payload) else {
+    let Some((record, target)) = path.take(&source, &topic, payload) else {
         return Err(PublishError::NoRoute {
             from: source.to_string(),
             topic,
         });
     };
-    let write = DataWrite {
-        records: vec![(record, None)],
+    let mut write = DataWrite {
         sequence: sequence.map(|n| (crate::store::sequence_key(&source, uid), n)),
         ..DataWrite::default()
     };
+    match target {
+        None => write.records.push((record, None)),
+        Some(target) => write.into_pods.push((target, record, None)),
+    }
     commit(path, write).await.map_err(PublishError::Storage)
 }
 
@@ -891,6 +1133,7 @@ async fn run_commits(path: Arc<DataPath>) {
         let Some(group) = group else { return };
         let (writes, waiting): (Vec<DataWrite>, Vec<_>) = group.into_iter().unzip();
         let new_messages = writes.iter().any(|w| !w.records.is_empty());
+        let mut into_pods = 0;
         let store = path.store.clone();
         let budget = path.budget_bytes;
         let appended = tokio::task::spawn_blocking(move || store.append_data_all(writes, budget))
@@ -903,10 +1146,14 @@ async fn run_commits(path: Arc<DataPath>) {
                     .dropped_budget
                     .fetch_add(appended.dropped_budget.len() as u64, Ordering::Relaxed);
             }
+            into_pods = appended.into_pods;
             let mut tally = path.tally();
             tally.count(Fate::Stored, &appended.stored);
             tally.count(Fate::DroppedBudget, &appended.dropped_budget);
         });
+        if into_pods > 0 {
+            path.into_pods.send_modify(|n| *n = n.wrapping_add(1));
+        }
         if result.is_ok() && new_messages {
             path.committed.notify_one();
         }
@@ -1168,15 +1415,19 @@ fn next_batch(
 /// Drops expired messages and reports what was dropped since the last
 /// report as one `DataDropped` event.
 fn expire_and_report(settings: &ForwarderSettings, path: &DataPath, reported: &mut (u64, u64)) {
-    match path.store.expire_data(crate::model::now_ms()) {
-        Ok(expired) if expired.is_empty() => {}
-        Ok(expired) => {
-            path.counters
-                .dropped_ttl
-                .fetch_add(expired.len() as u64, Ordering::Relaxed);
-            path.tally().count(Fate::DroppedTtl, &expired);
+    let now = crate::model::now_ms();
+    // Upstream, and in the pods' queues alike.
+    for expired in [path.store.expire_data(now), path.store.expire_pod_data(now)] {
+        match expired {
+            Ok(expired) if expired.is_empty() => {}
+            Ok(expired) => {
+                path.counters
+                    .dropped_ttl
+                    .fetch_add(expired.len() as u64, Ordering::Relaxed);
+                path.tally().count(Fate::DroppedTtl, &expired);
+            }
+            Err(e) => warn!(error = %e, "cannot drop expired workload messages"),
         }
-        Err(e) => warn!(error = %e, "cannot drop expired workload messages"),
     }
     let ttl = path.counters.dropped_ttl.load(Ordering::Relaxed);
     let budget = path.counters.dropped_budget.load(Ordering::Relaxed);
@@ -1404,6 +1655,7 @@ mod tests {
             container: Some("main".into()),
             filter: "readings/#".into(),
             ttl_secs: 0,
+            target: crate::model::RouteTarget::Upstream,
         }];
         let admitted = path.admit(spec);
         let env = |name: &str| injected(&admitted, name);
@@ -1455,6 +1707,7 @@ mod tests {
             container: None,
             filter: "readings/#".into(),
             ttl_secs: 600,
+            target: crate::model::RouteTarget::Upstream,
         }];
         path.admit(spec);
         let meter = Source {
@@ -1504,6 +1757,7 @@ mod tests {
                     container: None,
                     filter: "readings/#".into(),
                     ttl_secs: 600,
+                    target: crate::model::RouteTarget::Upstream,
                 }];
                 spec
             },
@@ -1551,6 +1805,209 @@ mod tests {
             ("", 1),
             "stored by an older agent: no route known"
         );
+    }
+
+    fn record(topic: &str, id_byte: u8) -> DataRecord {
+        DataRecord {
+            source: Source {
+                namespace: "default".into(),
+                pod: "meter".into(),
+                container: "main".into(),
+            },
+            topic: topic.into(),
+            device_time_ms: 1,
+            expires_ms: u64::MAX,
+            payload: vec![id_byte],
+            route: 7,
+        }
+    }
+
+    fn filter(path: &str, qos: QoS) -> SubscribeFilter {
+        SubscribeFilter::new(path.into(), qos)
+    }
+
+    /// A connection delivers what its subscriptions match, each message
+    /// once while it is in flight, within the window; a PUBACK frees it;
+    /// only a pod a route goes into may subscribe, with QoS 1 or 2.
+    #[test]
+    fn deliveries_send_what_subscriptions_match_once_until_acknowledged() {
+        let mut d = Deliveries::default();
+        assert!(!d.wants_more(), "nothing subscribed");
+        assert_eq!(
+            d.subscribe(&[filter("cmd/#", QoS::AtLeastOnce)], false),
+            [SubscribeReasonCode::Failure],
+            "no route goes into the pod"
+        );
+        assert_eq!(
+            d.subscribe(
+                &[
+                    filter("cmd/#", QoS::ExactlyOnce),
+                    filter("cmd/x", QoS::AtMostOnce),
+                    filter("a/#/b", QoS::AtLeastOnce),
+                ],
+                true
+            ),
+            [
+                SubscribeReasonCode::Success(QoS::AtLeastOnce),
+                SubscribeReasonCode::Failure,
+                SubscribeReasonCode::Failure,
+            ]
+        );
+        let queued = vec![
+            (3, record("cmd/a", 3)),
+            (5, record("other", 5)),
+            (9, record("cmd/b", 9)),
+        ];
+        let sent = d.take(queued.clone());
+        assert_eq!(
+            sent.iter()
+                .map(|(p, r)| (*p, r.payload[0]))
+                .collect::<Vec<_>>(),
+            [(1, 3), (2, 9)],
+            "what matches, with packet ids"
+        );
+        assert_eq!(d.read_up_to, 9);
+        // Read again (a new filter reads from the start): what is in
+        // flight is not sent twice.
+        assert_eq!(
+            d.subscribe(&[filter("other", QoS::AtLeastOnce)], true),
+            [SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+        );
+        assert_eq!(d.read_up_to, 0);
+        let sent = d.take(queued);
+        assert_eq!(
+            sent.iter()
+                .map(|(p, r)| (*p, r.payload[0]))
+                .collect::<Vec<_>>(),
+            [(3, 5)]
+        );
+        assert_eq!(d.acked(1), Some(3));
+        assert_eq!(d.acked(1), None, "acknowledged once");
+        // The window: at most DELIVERY_WINDOW in flight.
+        let many: Vec<_> = (100..200u64).map(|i| (i, record("cmd/m", 0))).collect();
+        let sent = d.take(many);
+        assert_eq!(sent.len(), DELIVERY_WINDOW - 2);
+        assert!(!d.wants_more());
+        assert_eq!(d.read_up_to, 100 + DELIVERY_WINDOW as u64 - 3);
+        d.unsubscribe(&["cmd/#".into(), "other".into()]);
+        assert!(!d.is_subscribed());
+    }
+
+    /// A route into a pod: the target pod gets the endpoint's credentials
+    /// (it declares no route) and may subscribe, another pod may not; its
+    /// messages are committed into the target's queue (counted on the
+    /// route), delivered to its subscription and leave the queue on the
+    /// PUBACK (counted sent), or on their TTL (counted dropped).
+    #[tokio::test]
+    async fn a_route_into_a_pod_queues_for_it_until_its_subscriber_acknowledges() {
+        use crate::model::{PodRoute, RouteTarget, samples};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = Arc::new(path(dir.path()));
+        let mut meter = samples::spec("meter", "uid-1", 1, crate::model::RestartPolicy::Always);
+        meter.containers.push(samples::container("main"));
+        meter.routes = vec![PodRoute {
+            container: None,
+            filter: "cmd/#".into(),
+            ttl_secs: 600,
+            target: RouteTarget::Pod("actuator".into()),
+        }];
+        let mut actuator =
+            samples::spec("actuator", "uid-2", 1, crate::model::RestartPolicy::Always);
+        actuator.containers.push(samples::container("main"));
+        // Started before the route into it: no credentials then, but it
+        // may connect once the route is declared (checked at CONNECT).
+        let early = path.admit(actuator.clone());
+        assert!(early.containers[0].env.is_empty());
+        path.admit(meter);
+        let admitted = path.admit(actuator);
+        let env = |name: &str| injected(&admitted, name);
+        let who = path
+            .authenticate(&env("KEDGE_DATA_USERNAME"), &env("KEDGE_DATA_PASSWORD"))
+            .expect("the target pod may connect");
+        assert!(path.routes_into("default", "actuator"));
+        assert!(!path.routes_into("default", "meter"));
+        let source = Source {
+            namespace: "default".into(),
+            pod: "meter".into(),
+            container: "main".into(),
+        };
+        let (record, target) = path
+            .take(&source, "cmd/open", b"open".to_vec())
+            .expect("routed");
+        assert_eq!(target.as_deref(), Some("default/actuator"));
+        let expired = DataRecord {
+            expires_ms: 1,
+            ..record.clone()
+        };
+        let write = DataWrite {
+            into_pods: vec![
+                ("default/actuator".into(), record.clone(), None),
+                ("default/actuator".into(), expired, None),
+            ],
+            ..DataWrite::default()
+        };
+        commit(&path, write).await.expect("committed");
+        assert_eq!(path.status().queued, 0, "nothing goes upstream");
+        let line = |path: &DataPath| {
+            let status = path.status();
+            let l = status
+                .routes
+                .iter()
+                .find(|l| l.route.contains("INTO pod/default/actuator"))
+                .expect("the route's line")
+                .clone();
+            (l.received, l.queued, l.sent, l.dropped_ttl)
+        };
+        assert_eq!(line(&path), (2, 2, 0, 0));
+        let target = format!("{}/{}", who.namespace, who.pod);
+        // Not subscribed: nothing is written, nothing leaves.
+        let mut d = Deliveries::default();
+        let mut output = BytesMut::new();
+        let mut delivered = Vec::new();
+        deliver(&path, &target, &mut d, &mut delivered, &mut output).expect("deliver");
+        assert!(output.is_empty());
+        d.subscribe(&[filter("cmd/+", QoS::AtLeastOnce)], true);
+        deliver(&path, &target, &mut d, &mut delivered, &mut output).expect("deliver");
+        let mut sent = Vec::new();
+        while let Ok(Packet::Publish(p)) = Packet::read(&mut output, MAX_PACKET_BYTES) {
+            sent.push(p);
+        }
+        assert_eq!(sent.len(), 2);
+        assert_eq!(
+            (sent[0].topic.as_str(), &sent[0].payload[..], sent[0].qos),
+            ("cmd/open", &b"open"[..], QoS::AtLeastOnce)
+        );
+        // The first is acknowledged; the second expires.
+        delivered.extend(d.acked(sent[0].pkid));
+        deliver(&path, &target, &mut d, &mut delivered, &mut output).expect("deliver");
+        assert!(output.is_empty(), "nothing new to send");
+        assert_eq!(line(&path), (2, 1, 1, 0));
+        let dropped = path
+            .store
+            .expire_pod_data(crate::model::now_ms())
+            .expect("expire");
+        path.tally().count(Fate::DroppedTtl, &dropped);
+        assert_eq!(line(&path), (2, 0, 1, 1));
+        assert!(
+            path.store
+                .pod_data(&target, 0, 10)
+                .expect("read")
+                .is_empty()
+        );
+        // A restarted agent finds what is still queued for a pod (the
+        // counters' seed at start).
+        let route = record.route;
+        commit(
+            &path,
+            DataWrite {
+                into_pods: vec![("default/actuator".into(), record, None)],
+                ..DataWrite::default()
+            },
+        )
+        .await
+        .expect("committed");
+        let backlog = path.store.data_backlog_by_route().expect("backlog");
+        assert_eq!(backlog.get(&route).map(|(count, _)| *count), Some(1));
     }
 
     #[test]

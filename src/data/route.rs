@@ -6,20 +6,26 @@
 //! ```text
 //! FROM default/sensor sensors/# INTO $upstream TTL 2h
 //! FROM default/camera/uploader # INTO $upstream
+//! FROM default/camera/detector events/# INTO pod/default/alarm TTL 10m
 //! ```
 //!
-//! `FROM namespace/pod[/container] topic-filter INTO $upstream [TTL duration]`
+//! `FROM namespace/pod[/container] topic-filter INTO $upstream|pod/namespace/name [TTL duration]`
 //! (the grammar is `model::route`'s, shared with the routes a pod declares
 //! for itself, `pod_routes`).
 //! The source names the pod (and optionally one container; without it every
 //! container of the pod); the filter is an MQTT topic filter on the topic
 //! the workload publishes to. A pod named by a route is a pod that asks for
 //! the data endpoint: only its containers get the endpoint's address and
-//! credentials. `$upstream` is the only sink so far.
+//! credentials. The target is `$upstream` (the sink) or another pod on the
+//! node (`pod/namespace/name`, module-to-module), which gets the endpoint's
+//! credentials too.
 
 use std::time::Duration;
 
 use thiserror::Error;
+
+use crate::model::RouteTarget;
+use crate::model::route::LineTarget;
 
 pub use crate::model::DataSource as Source;
 
@@ -30,7 +36,8 @@ pub struct Route {
     /// None: every container of the pod.
     pub container: Option<String>,
     pub filter: String,
-    /// How long a message may wait on the device for the broker.
+    pub target: Target,
+    /// How long a message may wait on the device for its target.
     pub ttl: Duration,
     /// Names the route in the store and the counters (`Route::id_of`).
     pub id: u32,
@@ -45,8 +52,9 @@ impl std::fmt::Display for Route {
         }
         write!(
             f,
-            " {} INTO $upstream TTL {}",
+            " {} INTO {} TTL {}",
             self.filter,
+            self.target,
             humantime::format_duration(self.ttl)
                 .to_string()
                 .replace(' ', "")
@@ -84,6 +92,32 @@ impl Route {
     }
 }
 
+/// Where a route's messages go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The sink, sealed, through the broker.
+    Upstream,
+    /// A pod on the same node (module-to-module).
+    Pod { namespace: String, pod: String },
+}
+
+impl std::fmt::Display for Target {
+    /// As a node's route writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Upstream => f.write_str("$upstream"),
+            Target::Pod { namespace, pod } => write!(f, "pod/{namespace}/{pod}"),
+        }
+    }
+}
+
+impl Target {
+    /// Whether this target is the pod.
+    pub fn is_pod(&self, namespace: &str, pod: &str) -> bool {
+        matches!(self, Target::Pod { namespace: n, pod: p } if n == namespace && p == pod)
+    }
+}
+
 /// The route a message takes: the first that matches.
 pub fn route_for<'a>(routes: &'a [Route], source: &Source, topic: &str) -> Option<&'a Route> {
     routes.iter().find(|r| r.matches(source, topic))
@@ -98,8 +132,7 @@ pub struct RouteError {
 }
 
 /// The grammar of a node's route, for error messages.
-const USAGE: &str =
-    "expected FROM namespace/pod[/container] topic-filter INTO $upstream [TTL duration]";
+const USAGE: &str = "expected FROM namespace/pod[/container] topic-filter INTO $upstream|pod/namespace/name [TTL duration]";
 
 /// Parses `text` (the value of `key`), every route or none.
 pub fn parse_routes(
@@ -120,7 +153,7 @@ pub fn parse_routes(
 }
 
 fn parse_route(line: &str, default_ttl: Duration) -> Result<Route, String> {
-    let (source, filter, ttl) = crate::model::route::parse_line(line, USAGE)?;
+    let (source, filter, target, ttl) = crate::model::route::parse_line(line, USAGE)?;
     let parts: Vec<&str> = source.split('/').collect();
     let (namespace, pod, container) = match parts.as_slice() {
         [ns, pod] => (*ns, *pod, None),
@@ -135,19 +168,30 @@ fn parse_route(line: &str, default_ttl: Duration) -> Result<Route, String> {
         .into_iter()
         .chain(container.as_deref().map(|c| ("container", c)))
     {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        {
+        if !crate::model::route::valid_name(name) {
             return Err(format!("source {source:?}: invalid {what} name {name:?}"));
         }
     }
+    let target = match target {
+        LineTarget::Upstream => Target::Upstream,
+        LineTarget::Pod(words) => match words.split('/').collect::<Vec<_>>().as_slice() {
+            [ns, name]
+                if crate::model::route::valid_name(ns) && crate::model::route::valid_name(name) =>
+            {
+                Target::Pod {
+                    namespace: ns.to_string(),
+                    pod: name.to_string(),
+                }
+            }
+            _ => return Err(format!("target pod/{words}: expected pod/namespace/name")),
+        },
+    };
     let mut route = Route {
         namespace: namespace.to_string(),
         pod: pod.to_string(),
         container,
         filter: filter.to_string(),
+        target,
         ttl: ttl.unwrap_or(default_ttl),
         id: 0,
     };
@@ -166,6 +210,13 @@ pub fn pod_routes(spec: &crate::model::PodSpec, default_ttl: Duration) -> Vec<Ro
                 pod: spec.name.clone(),
                 container: r.container.clone(),
                 filter: r.filter.clone(),
+                target: match &r.target {
+                    RouteTarget::Upstream => Target::Upstream,
+                    RouteTarget::Pod(name) => Target::Pod {
+                        namespace: spec.namespace.clone(),
+                        pod: name.clone(),
+                    },
+                },
                 ttl: match r.ttl_secs {
                     0 => default_ttl,
                     secs => Duration::from_secs(secs),
@@ -236,12 +287,66 @@ mod tests {
             container: Some("main".into()),
             filter: "readings/#".into(),
             ttl_secs: 5400,
+            target: RouteTarget::Upstream,
         }];
         let own = pod_routes(&spec, TWO_HOURS);
         assert_eq!(own[0].to_string(), node[0].to_string());
         assert_ne!(own[0].id, node[0].id, "declared by the pod, not the node");
         assert!(own[0].id != 0 && node[0].id != 0);
         assert_eq!(pod_routes(&spec, TWO_HOURS)[0].id, own[0].id, "stable");
+    }
+
+    /// A route into another pod: the node's names its namespace, a pod's
+    /// is its own namespace; both read back as the node writes them.
+    #[test]
+    fn a_route_into_a_pod_names_the_pod_in_its_namespace() {
+        let node = parse_routes(
+            "data.routes",
+            "FROM default/camera events/# INTO pod/site/alarm TTL 10m",
+            TWO_HOURS,
+        )
+        .expect("valid");
+        assert_eq!(
+            node[0].target,
+            Target::Pod {
+                namespace: "site".into(),
+                pod: "alarm".into()
+            }
+        );
+        assert!(node[0].target.is_pod("site", "alarm"));
+        assert!(!node[0].target.is_pod("default", "alarm"));
+        assert_eq!(
+            node[0].to_string(),
+            "FROM default/camera events/# INTO pod/site/alarm TTL 10m"
+        );
+        let mut spec =
+            crate::model::samples::spec("camera", "uid-1", 1, crate::model::RestartPolicy::Always);
+        spec.routes = vec![crate::model::PodRoute {
+            container: None,
+            filter: "events/#".into(),
+            ttl_secs: 0,
+            target: RouteTarget::Pod("alarm".into()),
+        }];
+        let own = pod_routes(&spec, TWO_HOURS);
+        assert!(own[0].target.is_pod(&spec.namespace, "alarm"));
+        assert_eq!(
+            own[0].to_string(),
+            format!(
+                "FROM {0}/camera events/# INTO pod/{0}/alarm TTL 2h",
+                spec.namespace
+            )
+        );
+        let err = |text: &str| parse_routes("data.routes", text, TWO_HOURS).expect_err(text);
+        for bad in [
+            "FROM default/camera # INTO pod/alarm",
+            "FROM default/camera # INTO pod/site/alarm/main",
+            "FROM default/camera # INTO pod/Site/alarm",
+        ] {
+            assert!(
+                err(bad).message.contains("expected pod/namespace/name"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -251,7 +356,7 @@ mod tests {
         assert_eq!(e.index, 1);
         assert!(
             e.to_string()
-                .starts_with("data.routes[1]: unsupported sink"),
+                .starts_with("data.routes[1]: unsupported target"),
             "{e}"
         );
         assert!(

@@ -206,8 +206,9 @@ pub enum DnsPolicy {
 
 /// A data route a pod declares for itself (the annotation `kedge.io/routes`,
 /// `model::route`): messages its containers publish to the agent's data
-/// endpoint on a topic that matches `filter` go upstream to the sink,
-/// sealed, and wait on the device at most `ttl_secs` for the broker.
+/// endpoint on a topic that matches `filter` go to `target` (upstream to
+/// the sink, sealed, or to another pod on the node), and wait on the
+/// device at most `ttl_secs` for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodRoute {
     /// One app container; None: every app container of the pod.
@@ -216,6 +217,31 @@ pub struct PodRoute {
     pub filter: String,
     /// 0: the node's `data.default_ttl_secs`.
     pub ttl_secs: u64,
+    /// Where the messages go. Schema 11 (absent in a version-10 body:
+    /// `added`, read as `$upstream`, the only target then).
+    #[serde(default, deserialize_with = "added::in_v11")]
+    pub target: RouteTarget,
+}
+
+/// Where a pod's route sends its messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteTarget {
+    /// `$upstream`: the sink, sealed, through the broker.
+    #[default]
+    Upstream,
+    /// `pod/<name>`: the pod of that name in the declaring pod's
+    /// namespace, on the same node (module-to-module).
+    Pod(String),
+}
+
+impl std::fmt::Display for RouteTarget {
+    /// As the grammar writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteTarget::Upstream => f.write_str("$upstream"),
+            RouteTarget::Pod(name) => write!(f, "pod/{name}"),
+        }
+    }
 }
 
 /// What a pod's processes share with the node and each other, and the

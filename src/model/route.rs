@@ -3,32 +3,54 @@
 //! `kedge.io/routes`, `PodSpec.routes`), pure:
 //!
 //! ```text
-//! FROM <source> <topic-filter> INTO $upstream [TTL <duration>]
+//! FROM <source> <topic-filter> INTO <target> [TTL <duration>]
 //! ```
 //!
 //! A node's route names its source `namespace/pod[/container]`; a pod's
 //! names one of its app containers, or `*` for all of them. One route per
-//! line, or separated by `;`. `$upstream` (the sink) is the only target
-//! so far.
+//! line, or separated by `;`. The target is `$upstream` (the sink) or
+//! another pod on the same node (module-to-module): `pod/<name>` in a
+//! pod's route (a pod of its own namespace), `pod/<namespace>/<name>` in a
+//! node's.
 
 use std::time::Duration;
 
-use super::PodRoute;
+use super::{PodRoute, RouteTarget};
 
 /// The annotation in which a pod declares its routes.
 pub const ROUTES_ANNOTATION: &str = "kedge.io/routes";
 
 /// The grammar of a pod's route, for error messages.
 pub const POD_ROUTE_USAGE: &str =
-    "expected FROM <container>|* <topic-filter> INTO $upstream [TTL <duration>]";
+    "expected FROM <container>|* <topic-filter> INTO $upstream|pod/<name> [TTL <duration>]";
 
-/// One route line, split: its source word, its topic filter and its TTL
-/// (None: the default). `usage` is the grammar the message repeats when
-/// the line has the wrong shape.
+/// The target word of a route line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineTarget<'a> {
+    Upstream,
+    /// What follows `pod/`: `<name>` in a pod's route,
+    /// `<namespace>/<name>` in a node's; its shape is the caller's to
+    /// check.
+    Pod(&'a str),
+}
+
+/// Whether `name` can name a namespace, a pod or a container: lowercase
+/// letters, digits, `-` and `.`, not empty, at most 253 bytes.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
+/// One route line, split: its source word, its topic filter, its target
+/// and its TTL (None: the default). `usage` is the grammar the message
+/// repeats when the line has the wrong shape.
 pub fn parse_line<'a>(
     line: &'a str,
     usage: &str,
-) -> Result<(&'a str, &'a str, Option<Duration>), String> {
+) -> Result<(&'a str, &'a str, LineTarget<'a>, Option<Duration>), String> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let [from, source, filter, into, sink, rest @ ..] = words.as_slice() else {
         return Err(format!("{line:?}: {usage}"));
@@ -39,11 +61,15 @@ pub fn parse_line<'a>(
     if !rumqttc::mqttbytes::valid_filter(filter) {
         return Err(format!("invalid MQTT topic filter {filter:?}"));
     }
-    if *sink != "$upstream" {
+    let target = if *sink == "$upstream" {
+        LineTarget::Upstream
+    } else if let Some(pod) = sink.strip_prefix("pod/") {
+        LineTarget::Pod(pod)
+    } else {
         return Err(format!(
-            "unsupported sink {sink:?}: only $upstream (module-to-module routes are not built yet)"
+            "unsupported target {sink:?}: expected $upstream or pod/<name>"
         ));
-    }
+    };
     let ttl = match rest {
         [] => None,
         [ttl_word, value] if ttl_word.eq_ignore_ascii_case("TTL") => {
@@ -57,9 +83,9 @@ pub fn parse_line<'a>(
         [word, ..] if word.eq_ignore_ascii_case("PRIORITY") => {
             return Err("PRIORITY is not supported yet".into());
         }
-        other => return Err(format!("unexpected {:?} after the sink", other.join(" "))),
+        other => return Err(format!("unexpected {:?} after the target", other.join(" "))),
     };
-    Ok((*source, *filter, ttl))
+    Ok((*source, *filter, target, ttl))
 }
 
 /// The lines of a routes text: split on newlines and `;`, trimmed, empty
@@ -78,16 +104,29 @@ pub fn parse_pod_routes(text: &str) -> Result<Vec<PodRoute>, (usize, String)> {
     lines(text)
         .enumerate()
         .map(|(index, line)| {
-            let (source, filter, ttl) =
+            let (source, filter, target, ttl) =
                 parse_line(line, POD_ROUTE_USAGE).map_err(|e| (index, e))?;
             let container = match source {
                 "*" => None,
                 name => Some(name.to_string()),
             };
+            let target = match target {
+                LineTarget::Upstream => RouteTarget::Upstream,
+                LineTarget::Pod(name) if valid_name(name) => RouteTarget::Pod(name.to_string()),
+                LineTarget::Pod(name) => {
+                    return Err((
+                        index,
+                        format!(
+                            "target pod/{name}: expected pod/<name>, a pod of the same namespace"
+                        ),
+                    ));
+                }
+            };
             Ok(PodRoute {
                 container,
                 filter: filter.to_string(),
                 ttl_secs: ttl.map_or(0, |t| t.as_secs().max(1)),
+                target,
             })
         })
         .collect()
@@ -100,7 +139,7 @@ mod tests {
     #[test]
     fn a_pods_routes_parse_with_their_container_or_all() {
         let routes = parse_pod_routes(
-            "FROM meter readings/# INTO $upstream TTL 2h\nFROM * alarms/+ INTO $upstream",
+            "FROM meter readings/# INTO $upstream TTL 2h\nFROM * alarms/+ INTO $upstream\nFROM * cmd/# INTO pod/actuator TTL 1m",
         )
         .expect("valid");
         assert_eq!(
@@ -110,11 +149,19 @@ mod tests {
                     container: Some("meter".into()),
                     filter: "readings/#".into(),
                     ttl_secs: 7200,
+                    target: RouteTarget::Upstream,
                 },
                 PodRoute {
                     container: None,
                     filter: "alarms/+".into(),
                     ttl_secs: 0,
+                    target: RouteTarget::Upstream,
+                },
+                PodRoute {
+                    container: None,
+                    filter: "cmd/#".into(),
+                    ttl_secs: 60,
+                    target: RouteTarget::Pod("actuator".into()),
                 },
             ]
         );
@@ -128,9 +175,16 @@ mod tests {
             err("FROM * # INTO $upstream; FROM a # INTO elsewhere"),
             (
                 1,
-                "unsupported sink \"elsewhere\": only $upstream (module-to-module routes are not built yet)".into()
+                "unsupported target \"elsewhere\": expected $upstream or pod/<name>".into()
             )
         );
+        assert!(
+            err("FROM * # INTO pod/default/actuator")
+                .1
+                .contains("a pod of the same namespace")
+        );
+        assert!(err("FROM * # INTO pod/").1.contains("expected pod/<name>"));
+        assert!(err("FROM * # INTO pod/Actuator_").1.contains("pod/<name>"));
         assert!(err("FROM a # INTO").1.contains(POD_ROUTE_USAGE));
         assert!(err("FROM a x/#/y INTO $upstream").1.contains("filter"));
         assert!(err("FROM a # INTO $upstream TTL 0s").1.contains("positive"));

@@ -495,6 +495,14 @@ impl Validate for PodSpec {
                 ));
             }
             at_most(&path, r.ttl_secs, MAX_SECONDS)?;
+            if let crate::model::RouteTarget::Pod(target) = &r.target
+                && !crate::model::route::valid_name(target)
+            {
+                return Err(invalid(
+                    path,
+                    format!("Invalid value: \"pod/{}\": not a pod name", clip(target)),
+                ));
+            }
             if let Some(c) = &r.container
                 && !self.containers.iter().any(|k| k.name == *c)
             {
@@ -1382,15 +1390,27 @@ mod tests {
             container: container.map(Into::into),
             filter: filter.into(),
             ttl_secs,
+            target: crate::model::RouteTarget::Upstream,
         };
         let mut s = pod();
-        s.routes = vec![route(Some("main"), "a/#", 60), route(None, "+", 0)];
+        s.routes = vec![
+            route(Some("main"), "a/#", 60),
+            route(None, "+", 0),
+            crate::model::PodRoute {
+                target: crate::model::RouteTarget::Pod("actuator".into()),
+                ..route(None, "cmd/#", 0)
+            },
+        ];
         s.validate().expect("valid");
         let field = "metadata.annotations[kedge.io/routes][0]";
         for bad in [
             route(Some("other"), "a", 0),
             route(None, "a/#/b", 0),
             route(None, "a", MAX_SECONDS + 1),
+            crate::model::PodRoute {
+                target: crate::model::RouteTarget::Pod("Not_A_Pod".into()),
+                ..route(None, "a", 0)
+            },
         ] {
             let mut s = pod();
             s.routes = vec![bad.clone()];

@@ -7,16 +7,17 @@
 //!
 //! Version 11 added `se_linux_options` to `SecurityContext` and
 //! `PodSecurity`, `ephemeral_storage_limit_bytes` to `Resources`,
-//! `from_object` to `EnvVar` and `dns` to `PodSpec` (a version-10 container has no ephemeral-storage limit,
-//! which it was not held to); a version-10 spec reads with no
-//! SELinux label and the default DNS policy (`ClusterFirst`, which falls
-//! back to the node's resolver configuration), which is what it ran with.
+//! `from_object` to `EnvVar`, `dns` to `PodSpec` and `target` to
+//! `PodRoute`; a version-10 spec reads with no ephemeral-storage limit
+//! (which it was not held to), no SELinux label, the default DNS policy
+//! (`ClusterFirst`, which falls back to the node's resolver configuration)
+//! and its routes going upstream, which is what it ran with.
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    ContainerPort, Lifecycle, PodRoute, Probe, PullPolicy, RestartPolicy, RuntimeKind,
-    SecurityProfile, StatusField, Volume, VolumeMount,
+    ContainerPort, Lifecycle, Probe, PullPolicy, RestartPolicy, RuntimeKind, SecurityProfile,
+    StatusField, Volume, VolumeMount,
 };
 
 /// Versions 9 and 10: without `from_object`.
@@ -78,6 +79,26 @@ pub(crate) struct PodSpec {
     pub(crate) image_pull_secrets: Vec<String>,
     pub(crate) security: PodSecurity,
     pub(crate) routes: Vec<PodRoute>,
+}
+
+/// Version 10's `PodRoute`: without `target` (every route went upstream).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct PodRoute {
+    pub(crate) container: Option<String>,
+    pub(crate) filter: String,
+    pub(crate) ttl_secs: u64,
+}
+
+impl From<&crate::model::PodRoute> for PodRoute {
+    /// A route into a pod has no version-10 form: tests only write
+    /// version 10's upstream routes.
+    fn from(r: &crate::model::PodRoute) -> Self {
+        PodRoute {
+            container: r.container.clone(),
+            filter: r.filter.clone(),
+            ttl_secs: r.ttl_secs,
+        }
+    }
 }
 
 /// Version 10's `Container`: today's, with version 10's `SecurityContext`.
@@ -203,7 +224,7 @@ impl From<&crate::model::PodSpec> for PodSpec {
             volumes: s.volumes.clone(),
             image_pull_secrets: s.image_pull_secrets.clone(),
             security: (&s.security).into(),
-            routes: s.routes.clone(),
+            routes: s.routes.iter().map(Into::into).collect(),
         }
     }
 }

@@ -215,6 +215,7 @@ pub(super) fn desired_pod() -> PodSpec {
             container: Some("main".into()),
             filter: "readings/#".into(),
             ttl_secs: 7200,
+            target: crate::model::RouteTarget::Pod("actuator".into()),
         }],
         // Version 11's DNS policy and configuration.
         dns: PodDns {
@@ -1006,12 +1007,16 @@ fn vector_tombstone() {
 /// and env values marked as read from objects. The samples'
 /// strings hold no `$`, so the upgrade's escaping changes nothing.
 fn as_of_version(version: u16, message: Message) -> Message {
-    // Versions 1 to 10 had no SELinux labels, no DNS policy and no
-    // ephemeral-storage limit.
+    // Versions 1 to 10 had no SELinux labels, no DNS policy, no
+    // ephemeral-storage limit and no routes into pods.
     let message = match message {
         Message::DesiredPod(mut spec) if version < SELINUX_DNS_SINCE_VERSION => {
             spec.dns = PodDns::default();
             spec.security.se_linux_options = None;
+            // Version 10's routes all went upstream.
+            for r in &mut spec.routes {
+                r.target = crate::model::RouteTarget::Upstream;
+            }
             for c in spec.containers.iter_mut().chain(&mut spec.init_containers) {
                 if let Some(sc) = &mut c.security_context {
                     sc.se_linux_options = None;

@@ -180,3 +180,158 @@ pub fn data_client_bin() -> std::path::PathBuf {
     })
     .clone()
 }
+
+/// The data endpoint's (host, port) in `url` (`mqtt://host:port`).
+fn endpoint(url: &str) -> (String, u16) {
+    url.trim_start_matches("mqtt://")
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.parse::<u16>().expect("port")))
+        .expect("host:port")
+}
+
+/// A stand-in for a container of a pod a route goes into: connects to the
+/// endpoint with the pod's injected credentials (clean session), subscribes
+/// to `filter` with QoS 1 on every connection (the endpoint keeps no
+/// subscription across connections), reconnects while the agent is away,
+/// and records the payload of every message it receives (rumqttc
+/// acknowledges each). Ends when dropped.
+pub struct PodSubscriber {
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Subscriptions the endpoint granted, over every connection.
+    pub granted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PodSubscriber {
+    pub fn start(
+        (url, username, password): (String, String, String),
+        client_id: &str,
+        filter: &str,
+    ) -> PodSubscriber {
+        use std::sync::atomic::Ordering;
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let granted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (client_id, filter) = (client_id.to_string(), filter.to_string());
+        let thread = {
+            let (received, granted, stop) = (received.clone(), granted.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    let (host, port) = endpoint(&url);
+                    let mut opts = rumqttc::MqttOptions::new(client_id, host, port);
+                    opts.set_credentials(username, password);
+                    opts.set_keep_alive(Duration::from_secs(5));
+                    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 100);
+                    while !stop.load(Ordering::SeqCst) {
+                        let event =
+                            tokio::time::timeout(Duration::from_millis(200), eventloop.poll())
+                                .await;
+                        match event {
+                            // Checks the stop flag.
+                            Err(_) => {}
+                            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
+                                client
+                                    .subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce)
+                                    .await
+                                    .expect("queue subscribe");
+                            }
+                            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)))) => {
+                                if ack.return_codes.iter().all(|c| {
+                                    matches!(
+                                        c,
+                                        rumqttc::mqttbytes::v4::SubscribeReasonCode::Success(_)
+                                    )
+                                }) {
+                                    granted.fetch_add(1, Ordering::SeqCst);
+                                } else {
+                                    // Refused (the route into the pod is
+                                    // not declared yet after a restart):
+                                    // asked again, paced.
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                    client
+                                        .subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce)
+                                        .await
+                                        .expect("queue subscribe");
+                                }
+                            }
+                            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => {
+                                received
+                                    .lock()
+                                    .expect("lock")
+                                    .push(String::from_utf8_lossy(&p.payload).into_owned());
+                            }
+                            Ok(Ok(_)) => {}
+                            // The agent is away: connect again, paced.
+                            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
+                    let _ = client.disconnect().await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+                });
+            })
+        };
+        PodSubscriber {
+            received,
+            granted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn received(&self) -> Vec<String> {
+        self.received.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for PodSubscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Publishes `payloads` on `topic` with QoS 1 to the endpoint with the
+/// credentials `(url, username, password)` as `client_id`, and returns
+/// once every one is acknowledged (committed by the agent).
+pub fn publish_acked(
+    (url, username, password): (String, String, String),
+    client_id: &str,
+    topic: &str,
+    payloads: impl IntoIterator<Item = String>,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (host, port) = endpoint(&url);
+        let mut opts = rumqttc::MqttOptions::new(client_id, host, port);
+        opts.set_credentials(username, password);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1000);
+        let mut sent = 0;
+        for payload in payloads {
+            client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .await
+                .expect("queue");
+            sent += 1;
+        }
+        let mut acked = 0;
+        while acked < sent {
+            match tokio::time::timeout(Duration::from_secs(120), eventloop.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => panic!("data endpoint: {e}"),
+                Err(_) => panic!("only {acked} of {sent} publishes acknowledged"),
+            }
+        }
+        let _ = client.disconnect().await;
+    });
+}

@@ -1120,11 +1120,25 @@ status: {}
         assert_eq!(spec.routes[0].container.as_deref(), Some("app"));
         assert_eq!(spec.routes[0].ttl_secs, 7200);
         assert_eq!(spec.routes[1].container, None);
+        // Into another pod of its namespace (module-to-module).
+        let spec = convert(json!({"metadata": {"annotations": {
+            "kedge.io/routes": "FROM app cmd/# INTO pod/actuator"
+        }}}));
+        assert_eq!(
+            spec.routes[0].target,
+            crate::model::RouteTarget::Pod("actuator".into())
+        );
+        assert!(
+            convert_err(json!({"metadata": {"annotations": {
+                "kedge.io/routes": "FROM app # INTO pod/other-ns/actuator"
+            }}}))
+            .starts_with("metadata.annotations[kedge.io/routes][0]: target pod/other-ns/actuator"),
+        );
         assert_eq!(
             convert_err(json!({"metadata": {"annotations": {
                 "kedge.io/routes": "FROM app # INTO $upstream; FROM app # INTO $elsewhere"
             }}})),
-            "metadata.annotations[kedge.io/routes][1]: unsupported sink \"$elsewhere\": only $upstream (module-to-module routes are not built yet)"
+            "metadata.annotations[kedge.io/routes][1]: unsupported target \"$elsewhere\": expected $upstream or pod/<name>"
         );
         let err = convert_err(json!({"metadata": {"annotations": {
             "kedge.io/routes": "FROM sidecar # INTO $upstream"
