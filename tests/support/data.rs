@@ -1,7 +1,9 @@
 //! The data path's test set-up, shared by `data_e2e` and the `data_path`
 //! bench: the sink's keys and process, the Wasm pod that prints the
-//! credentials the agent injected, reading PostgreSQL, and the static MQTT
-//! client a container workload runs (`data_client_bin`).
+//! credentials the agent injected, reading PostgreSQL, the static MQTT
+//! client a container workload runs (`data_client_bin`), and the stand-ins
+//! for the containers of a route into a pod (`publish_acked`,
+//! `PodSubscriber`).
 
 use std::path::Path;
 use std::time::Duration;
