@@ -1518,7 +1518,8 @@ impl Controller {
                 })?;
                 let mut running = false;
                 let instance = self.pods.get(&key).map(|e| e.instance.clone());
-                let runtime_spec = self.runtime_spec(&spec, instance.as_deref().unwrap_or(&spec.uid));
+                let runtime_spec =
+                    self.runtime_spec(&spec, instance.as_deref().unwrap_or(&spec.uid));
                 if let Some(entry) = self.pods.get_mut(&key) {
                     match &mut entry.then {
                         // Replaced anyway once stopped: the new files then.
