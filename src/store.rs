@@ -87,6 +87,23 @@ const DATA: TableDefinition<u64, &[u8]> = TableDefinition::new("data");
 /// older agent gains it, and an older agent leaves it alone.
 const DATA_PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("data_pods");
 
+/// Whether a workload message with QoS 2 key `key` (None: not QoS 2) is
+/// seen for the first time; it is recorded if so, in the transaction that
+/// stores the message.
+fn first_delivery(
+    qos2: &mut redb::Table<&str, &[u8]>,
+    key: Option<&str>,
+) -> Result<bool, StoreError> {
+    let Some(key) = key else {
+        return Ok(true);
+    };
+    if qos2.get(key)?.is_some() {
+        return Ok(false);
+    }
+    qos2.insert(key, [].as_slice())?;
+    Ok(true)
+}
+
 /// The key of message `id` in the queue of the pod `target`
 /// (`namespace/pod`): the queue's keys sort by id.
 fn pod_queue_key(target: &str, id: u64) -> String {
@@ -1054,12 +1071,9 @@ impl Store {
                     qos2.insert(key.as_str(), sequence.to_le_bytes().as_slice())?;
                 }
                 for (record, key) in write.records {
-                    if let Some(key) = &key {
-                        if qos2.get(key.as_str())?.is_some() {
-                            appended.duplicates += 1;
-                            continue;
-                        }
-                        qos2.insert(key.as_str(), [].as_slice())?;
+                    if !first_delivery(&mut qos2, key.as_deref())? {
+                        appended.duplicates += 1;
+                        continue;
                     }
                     next += 1;
                     let value = encode(&record);
@@ -1069,12 +1083,9 @@ impl Store {
                     appended.stored.push((record.route, value.len() as u64));
                 }
                 for (target, record, key) in write.into_pods {
-                    if let Some(key) = &key {
-                        if qos2.get(key.as_str())?.is_some() {
-                            appended.duplicates += 1;
-                            continue;
-                        }
-                        qos2.insert(key.as_str(), [].as_slice())?;
+                    if !first_delivery(&mut qos2, key.as_deref())? {
+                        appended.duplicates += 1;
+                        continue;
                     }
                     next += 1;
                     let value = encode(&record);

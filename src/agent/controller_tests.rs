@@ -716,6 +716,21 @@ async fn roll_fleet(agent: &mut Agent, revision: u64, spec: &PodSpec) -> FleetDe
     fleet
 }
 
+/// Fleet `sensors` at revision 1 (pod `sensor`, container `probe`), once
+/// it runs: the fleet and its spec.
+async fn revision_one_running(agent: &mut Agent) -> (FleetDeployment, PodSpec) {
+    let spec = pod("sensor", 0, RestartPolicy::Always, &["probe"]);
+    let fleet = roll_fleet(agent, 1, &spec).await;
+    agent
+        .until("revision 1 runs", |a| {
+            a.fleet_reports(&fleet.key())
+                .iter()
+                .any(|r| r.running_revision == 1 && r.state == FleetPodState::Ready)
+        })
+        .await;
+    (fleet, spec)
+}
+
 /// The index in `calls` of the first call `pick` takes.
 fn call_index(calls: &[Call], pick: impl Fn(&Call) -> bool) -> Option<usize> {
     calls.iter().position(pick)
@@ -728,15 +743,7 @@ fn call_index(calls: &[Call], pick: impl Fn(&Call) -> bool) -> Option<usize> {
 async fn a_fleet_pods_next_revision_starts_beside_it_and_replaces_it_once_ready() {
     let device = Device::new();
     let mut agent = device.start();
-    let mut spec = pod("sensor", 0, RestartPolicy::Always, &["probe"]);
-    let fleet = roll_fleet(&mut agent, 1, &spec).await;
-    agent
-        .until("revision 1 runs", |a| {
-            a.fleet_reports(&fleet.key())
-                .iter()
-                .any(|r| r.running_revision == 1 && r.state == FleetPodState::Ready)
-        })
-        .await;
+    let (fleet, mut spec) = revision_one_running(&mut agent).await;
     spec.containers[0].args = vec!["--v2".into()];
     roll_fleet(&mut agent, 2, &spec).await;
     agent
@@ -810,15 +817,7 @@ async fn a_fleet_pods_next_revision_starts_beside_it_and_replaces_it_once_ready(
 async fn a_fleet_pods_next_revision_that_fails_leaves_the_running_one_alone() {
     let device = Device::new();
     let mut agent = device.start();
-    let mut spec = pod("sensor", 0, RestartPolicy::Always, &["probe"]);
-    let fleet = roll_fleet(&mut agent, 1, &spec).await;
-    agent
-        .until("revision 1 runs", |a| {
-            a.fleet_reports(&fleet.key())
-                .iter()
-                .any(|r| r.running_revision == 1 && r.state == FleetPodState::Ready)
-        })
-        .await;
+    let (fleet, mut spec) = revision_one_running(&mut agent).await;
     // Revision 2's container exits with an error at once, every time.
     spec.containers[0].name = "broken".into();
     agent
