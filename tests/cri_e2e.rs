@@ -553,8 +553,11 @@ spec:
   containers:
   - name: main
     image: {BUSYBOX}
-    # dd's 256 MiB buffer cannot fit under a 32 MiB limit.
-    command: [dd, if=/dev/zero, of=/dev/null, bs=256M, count=4]
+    # dd's 256 MiB buffer cannot fit under a 32 MiB limit. The second's
+    # wait first: containerd 1.6's shim arms its cgroup v1 OOM watch only
+    # after the task has started, and a process killed before that is
+    # reported `Error` (by the kubelet too), not `OOMKilled`.
+    command: [sh, -c, "sleep 1; exec dd if=/dev/zero of=/dev/null bs=256M count=4"]
     resources:
       limits: {{memory: 32Mi}}
 ---

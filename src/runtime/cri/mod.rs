@@ -88,7 +88,9 @@ pub struct CriRuntime {
 /// containerd 1.6 may handle the task's exit before its OOM event, and then
 /// says `Error` until the OOM event turns it into `OOMKilled` (on a loaded
 /// 2-core machine, more than a second later). The first read that says
-/// `OOMKilled` ends the wait.
+/// `OOMKilled` ends the wait. What no wait can mend: on cgroup v1 the shim
+/// arms its OOM watch only after the task has started, so a process killed
+/// in its first milliseconds stays `Error` (as the kubelet reports it too).
 const OOM_EVENT_READS: u32 = 25;
 
 /// Where a channel's connections go.
