@@ -64,13 +64,17 @@ for set in "${sets[@]}"; do
   for t in "${set_ts[@]}"; do
     target_args+=(--target "$t" --config "target.$t.rustflags=[\"--remap-path-prefix=$registry_src=crates/\"]")
   done
-  cargo build --release --locked "${target_args[@]}" --bin kedge --no-default-features --features "$set"
+  # A set's own profile where Cargo.toml has one (`device-minimal`: the
+  # crypto back at opt-level "z"), otherwise release.
+  profile=release
+  grep -q "^\[profile\.device-$set\]" Cargo.toml && profile="device-$set"
+  cargo build --profile "$profile" --locked "${target_args[@]}" --bin kedge --no-default-features --features "$set"
   took=$((SECONDS - start))
   for t in "${set_ts[@]}"; do
     f="targets/$t.toml"
     out="$CARGO_TARGET_DIR/device/$t/$set"
     mkdir -p "$out"
-    cp "$CARGO_TARGET_DIR/$t/release/kedge" "$out/kedge"
+    cp "$CARGO_TARGET_DIR/$t/$profile/kedge" "$out/kedge"
     file "$out/kedge"
     file "$out/kedge" | grep -Eq 'statically linked|static-pie linked' || { echo "$out/kedge is not static" >&2; exit 1; }
     size=$(stat -c %s "$out/kedge")

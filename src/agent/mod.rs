@@ -1377,6 +1377,17 @@ impl Controller {
         }
     }
 
+    /// Records a desired spec whose instance starts under its own uid (a new
+    /// pod, or the replacement of a stopped one), dropping any instance
+    /// recorded for an earlier revision.
+    fn record_new_instance(&self, spec: &PodSpec, source: PodSource) -> Result<(), StoreError> {
+        let record = DesiredRecord {
+            source,
+            spec: spec.clone(),
+        };
+        self.store.put_desired_instance(&record, None)
+    }
+
     /// A desired spec that cannot be used: an event, and a status that says
     /// why unless a good version of the pod runs (which keeps running).
     fn refuse(&mut self, key: &PodKey, reason: &str, message: String) {
@@ -1456,26 +1467,14 @@ impl Controller {
                     self.refuse(&key, "OutOfpods", msg);
                     return Ok(());
                 }
-                self.store.put_desired_instance(
-                    &DesiredRecord {
-                        source,
-                        spec: spec.clone(),
-                    },
-                    None,
-                )?;
+                self.record_new_instance(&spec, source)?;
                 info!(pod = %key, uid = %spec.uid, generation = spec.generation, "starting pod");
                 self.start_pod(spec, source, None);
             }
             (Decision::Replace, Incoming::Apply(spec, source)) => {
                 // The replacement starts under its own uid, once this
                 // instance stopped (`finish_stop`).
-                self.store.put_desired_instance(
-                    &DesiredRecord {
-                        source,
-                        spec: spec.clone(),
-                    },
-                    None,
-                )?;
+                self.record_new_instance(&spec, source)?;
                 self.abandon_successor(&key);
                 info!(pod = %key, uid = %spec.uid, generation = spec.generation, "replacing pod");
                 if let Some(entry) = self.pods.get_mut(&key) {

@@ -207,7 +207,8 @@ pub use relay::{Streams, relay};
 pub use disabled::Streams;
 
 /// What a build without the `streams` feature answers.
-pub const NOT_BUILT: &str = "this kedge build has no port-forward, exec or attach (feature streams, not in minimal device builds)";
+pub const NOT_BUILT: &str =
+    "this kedge build has no port-forward, exec or attach (feature streams)";
 
 #[cfg(not(feature = "streams"))]
 mod disabled {
