@@ -23,7 +23,6 @@ if [ ${#targets[@]} -eq 0 ]; then
   done
 fi
 
-SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 # Each target's packages and rustup target, then which targets build each
 # feature set.
 declare -A set_targets=()
@@ -31,12 +30,8 @@ sets=()
 for t in "${targets[@]}"; do
   f="targets/$t.toml"
   [ -f "$f" ] || { echo "no target definition $f" >&2; exit 1; }
-  missing=()
-  for p in $(field "$f" debian_packages) file; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  if [ ${#missing[@]} -gt 0 ]; then
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-  fi
+  # shellcheck disable=SC2046 # the field is a list of package names
+  scripts/apt-install.sh $(field "$f" debian_packages) file
   rustup target list --installed | grep -qx "$t" || rustup target add "$t"
   for set in ${KEDGE_FEATURE_SETS:-$(field "$f" feature_sets)}; do
     [ -n "${set_targets[$set]:-}" ] || sets+=("$set")

@@ -9,12 +9,21 @@
 # labelled site=lab (canary), site=lab and site=office; the demo pod goes to
 # the lab as a fleet deployment, canary first; then the office device is
 # labelled into the lab and gets it too. Ctrl-C stops the three agents.
+#
+# scripts/demo.sh --data: the data path. An agent runs the example Wasm
+# component edge-manifests/sensor-wasm (a reading a second through the host
+# interface kedge:data/publish); `kedge sink` opens the sealed batches and
+# writes them to a PostgreSQL of the demo's own (installed with apt when
+# missing, its cluster in the state directory). Prints the rows as they
+# arrive, then the route's counters. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 source scripts/cache-env.sh # CARGO_TARGET_DIR
-cargo build --bin kedge
+features=()
+[ "${1:-}" = --data ] && features=(--features sink)
+cargo build --bin kedge "${features[@]}"
 mkdir -p "$root/target"
 ln -sfn "$CARGO_TARGET_DIR/debug/kedge" "$root/target/kedge" 2>/dev/null || true
 kedge="$CARGO_TARGET_DIR/debug/kedge"
@@ -23,6 +32,10 @@ state="${KEDGE_DEMO_DIR:-$HOME/.local/share/kedge-demo}"
 mkdir -p "$state/manifests"
 # The manifest names the module by absolute path and digest.
 sed "s#DEMO_DIR#$root/edge-manifests#" edge-manifests/demo.yaml > "$state/manifests/demo.yaml"
+
+if [ "${1:-}" = --data ]; then
+  exec scripts/demo-data.sh "$kedge" "$state/data-demo"
+fi
 
 if [ "${1:-}" != --fleet ]; then
   echo "== kedge agent: node demo, embedded broker on 127.0.0.1:1883, state in $state"

@@ -118,34 +118,16 @@ cargo_test() { # LOGNAME ARGS...
 
 # ---------------------------------------------------------------------------
 stage "setup: Debian packages, rustup targets and components"
-need_pkgs=()
 # containerd … protobuf-compiler: the CRI tests start their own containerd
 # (runc, CNI plugins), build busybox/pause images (busybox-static, umoci,
 # skopeo), run a registry with htpasswd auth (docker-registry,
 # apache2-utils), and k8s-cri compiles its protos with protoc. The data
 # path's tests start their own PostgreSQL cluster (postgresql: initdb and
-# the server; no system cluster is used).
-for p in mosquitto mosquitto-clients openssl containerd runc containernetworking-plugins \
+# the server; no system cluster is used). No package's service is started
+# (scripts/apt-install.sh); any that runs already is stopped below.
+scripts/apt-install.sh mosquitto mosquitto-clients openssl containerd runc containernetworking-plugins \
   busybox-static umoci skopeo docker-registry apache2-utils protobuf-compiler iptables iproute2 curl \
-  python3 file systemd postgresql; do
-  dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  echo "== installing ${need_pkgs[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  # No package may start its system service (containerd, docker-registry):
-  # the tests start their own. policy-rc.d refuses service starts during
-  # the install; any that slipped through are stopped below.
-  added_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-    $SUDO chmod +x /usr/sbin/policy-rc.d
-    added_policy=1
-  fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
-  if [ "$added_policy" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
-fi
+  python3 file systemd postgresql
 for svc in containerd docker-registry postgresql; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

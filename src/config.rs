@@ -131,7 +131,7 @@ pub const KEYS: &[KeyDoc] = &[
         key: "log.level",
         ty: KeyType::Str,
         default: "info",
-        help: "tracing filter, e.g. info or kedge=debug (KEDGE_LOG also works; `minimal` builds log at most info)",
+        help: "tracing filter of the agent, bridge and sink, e.g. info or kedge=debug (CLI commands log warnings only; KEDGE_LOG sets the filter of any command; `minimal` builds log at most info)",
     },
     KeyDoc {
         key: "log.format",

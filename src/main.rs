@@ -85,14 +85,26 @@ fn keys_and_flags_markdown() -> String {
 /// EX_USAGE: a bad configuration value.
 const EXIT_CONFIG: u8 = 64;
 
-fn init_tracing(config: &Config) {
+/// The log filter when `KEDGE_LOG` sets none: `log.level` for the
+/// long-running roles (agent, bridge, sink); warnings and errors only for a
+/// CLI command, whose output is its answer, as kubectl's is.
+fn default_filter(config: &Config, daemon: bool) -> String {
+    let level = if daemon {
+        config.log.level.as_str()
+    } else {
+        "warn"
+    };
+    format!("{level},rumqttd=off")
+}
+
+fn init_tracing(config: &Config, daemon: bool) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
     // `Targets` takes `level,target=level,…` like RUST_LOG without regex
     // support, which keeps the regex engine out of device builds.
     let filter = std::env::var("KEDGE_LOG")
         .ok()
-        .unwrap_or_else(|| format!("{},rumqttd=off", config.log.level));
+        .unwrap_or_else(|| default_filter(config, daemon));
     let filter: Targets = filter.parse().unwrap_or_else(|e| {
         eprintln!("warning: ignoring log filter {filter:?} ({e}); logging at info");
         Targets::new().with_default(tracing::Level::INFO)
@@ -179,7 +191,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_tracing(&config);
+    let daemon = match &cli.command {
+        Top::Cli(command) => matches!(command, Command::Agent(_)),
+        #[allow(unreachable_patterns)] // builds without the bridge and the sink
+        _ => true,
+    };
+    init_tracing(&config, daemon);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -403,6 +420,16 @@ mod tests {
         let bridge = command().find_subcommand("bridge").expect("bridge").clone();
         let e = config::role_defaults(bridge, Some(&file), "bridge").expect_err("unknown");
         assert!(e.to_string().contains("bridge.kubelet-lisen"), "{e}");
+    }
+
+    /// A CLI command logs warnings only; the long-running roles log at
+    /// `log.level`.
+    #[test]
+    fn cli_commands_log_warnings_and_daemons_their_level() {
+        let mut config = Config::default();
+        config.log.level = "debug".into();
+        assert_eq!(default_filter(&config, false), "warn,rumqttd=off");
+        assert_eq!(default_filter(&config, true), "debug,rumqttd=off");
     }
 
     /// A filter finer than what the build has callsites for is named (the

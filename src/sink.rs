@@ -169,6 +169,9 @@ async fn serve(
                         }
                     });
                 }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    info!(%filter, "sink subscribed");
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if batches_tx.send(p).is_err() {
                         return;

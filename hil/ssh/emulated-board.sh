@@ -37,15 +37,7 @@ log() { echo "emulated-board: $*" >&2; }
 # ---------------------------------------------------------------------------
 # Host tools
 # ---------------------------------------------------------------------------
-need=()
-for p in mmdebstrap arch-test qemu-user-static qemu-system-arm e2fsprogs openssh-client; do
-  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+scripts/apt-install.sh mmdebstrap arch-test qemu-user-static qemu-system-arm e2fsprogs openssh-client
 
 # ---------------------------------------------------------------------------
 # The cached image
