@@ -13,7 +13,8 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: guest hello [text..] | exit N | trap | abort | alloc MIB | spin | ticker N MS | env \
          | write FILE TEXT | read FILE | crash-after MS | publish N TOPIC DIR \
-         | publish-once N TOPIC DIR | publish-batch-once N BATCH TOPIC DIR (wasm32-wasip2)"
+         | publish-once N TOPIC DIR | publish-batch-once N BATCH TOPIC DIR \
+         | publish-0.1 TOPIC (wasm32-wasip2)"
     );
     ExitCode::from(64)
 }
@@ -165,6 +166,7 @@ fn main() -> ExitCode {
             };
             publish(n, topic, std::path::Path::new(dir), cmd == "publish-once")
         }
+        "publish-0.1" => publish_v0_1(args.get(2).map_or("", String::as_str)),
         "publish-batch-once" => {
             let (n, batch): (u64, u64) = (num(&args, 2), num(&args, 3));
             let (Some(topic), Some(dir)) = (args.get(4), args.get(5)) else {
@@ -306,6 +308,28 @@ fn publish_batches(n: u64, batch: u64, topic: &str, dir: &std::path::Path) -> Ex
     ExitCode::SUCCESS
 }
 
+/// One message on `topic` through version 0.1.0 of the interface (what a
+/// guest built before 0.2.0 imports): exits 0 on `ok`, 3 on a refusal.
+#[cfg(target_env = "p2")]
+fn publish_v0_1(topic: &str) -> ExitCode {
+    match data_v0_1::publish(topic, b"{\"n\":0,\"via\":\"0.1.0\"}") {
+        Ok(()) => {
+            println!("published through 0.1.0");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("publish through 0.1.0: {e:?}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+#[cfg(not(target_env = "p2"))]
+fn publish_v0_1(_: &str) -> ExitCode {
+    eprintln!("publish-0.1 needs the wasm32-wasip2 component (kedge:data/publish@0.1.0)");
+    ExitCode::from(64)
+}
+
 #[cfg(not(target_env = "p2"))]
 fn publish_batches(_: u64, _: u64, _: &str, _: &std::path::Path) -> ExitCode {
     eprintln!("publish-batch-once needs the wasm32-wasip2 component (kedge:data/publish)");
@@ -328,6 +352,17 @@ mod data {
     pub use kedge::data::publish::{
         Message, PublishError, publish, publish_batch_once, publish_once,
     };
+}
+
+/// Version 0.1.0 of the interface (`src/data/wit-0.1.0`), which the agent
+/// still links for guests built against it.
+#[cfg(target_env = "p2")]
+mod data_v0_1 {
+    wit_bindgen::generate!({
+        path: "../../src/data/wit-0.1.0",
+        world: "publisher",
+    });
+    pub use kedge::data::publish::publish;
 }
 
 #[cfg(target_arch = "wasm32")]
