@@ -281,7 +281,7 @@ pub const KEYS: &[KeyDoc] = &[
         key: "data.routes",
         ty: KeyType::Str,
         default: "",
-        help: "workload data routes, separated by ';' or newlines: FROM namespace/pod[/container] topic-filter INTO $upstream|pod/namespace/name [TTL 2h] (pods may also declare their own, kedge.io/routes; feature data)",
+        help: "workload data routes, separated by ';' or newlines: FROM namespace/pod[/container] topic-filter INTO $upstream|pod/namespace/name [TTL 2h] [PRIORITY 0-9] (0 the highest, 9 the lowest and the default; $upstream only; pods may also declare their own, kedge.io/routes; feature data)",
     },
     KeyDoc {
         key: "data.listen",
@@ -311,7 +311,7 @@ pub const KEYS: &[KeyDoc] = &[
         key: "data.budget_bytes",
         ty: KeyType::Int,
         default: "67108864",
-        help: "bytes of workload messages kept while offline; beyond it the oldest are dropped (counted, reported as a DataDropped event)",
+        help: "bytes of workload messages kept while offline; beyond it the lowest priority's oldest are dropped first (counted, reported as a DataDropped event)",
     },
     KeyDoc {
         key: "data.batch_max_messages",

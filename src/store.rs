@@ -22,10 +22,14 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::model::{PodKey, PodSource, PodSpec, PodStatus};
+use crate::model::{PodKey, PodSource, PodSpec, PodStatus, Priority};
+
+pub mod queues;
+
+use queues::{LEVELS, data_key, key_parts};
 
 /// Bumped when a table's layout changes; `open` migrates older files.
-pub const STORE_SCHEMA_VERSION: u32 = 10;
+pub const STORE_SCHEMA_VERSION: u32 = 11;
 /// The first store schema whose desired records hold the `PodSpec` of wire
 /// version 4; older ones are re-encoded by `open` (read without what later
 /// versions appended, `model::added`, and escaped).
@@ -42,6 +46,11 @@ const SIDECARS_SINCE: u32 = 8;
 /// version 11; schemas 8 and 9 hold version 10's, re-encoded by `open`
 /// (read as today's without what version 11 appended, `model::added`).
 const SELINUX_DNS_SINCE: u32 = 10;
+/// The first store schema whose desired records hold the `PodSpec` of wire
+/// version 12 (route priorities; schema 10's are re-encoded by `open`) and
+/// whose `data` table is keyed by priority and id (`queues::data_key`;
+/// schemas 4 to 10 keyed it by id, re-keyed at the default priority).
+const ROUTE_PRIORITY_SINCE: u32 = 11;
 /// The schema that brought the data path's tables.
 #[cfg(feature = "data")]
 const DATA_SINCE: u32 = 4;
@@ -74,7 +83,9 @@ const FLEET: TableDefinition<&str, &[u8]> = TableDefinition::new("fleet");
 const TRUST: TableDefinition<&str, &[u8]> = TableDefinition::new("trust");
 
 /// Workload messages waiting for the broker (schema 4, feature `data`):
-/// message id (node-wide, increasing) → `DataRecord` (postcard). A table of
+/// the priority and the message id (node-wide, increasing) as one key
+/// (`queues::data_key`, schema 11; the id alone before) → `DataRecord`
+/// (postcard). A table of
 /// its own, apart from the outbox: data never delays a status report, and its
 /// bounds (TTL per route, a byte budget) are its own.
 const DATA: TableDefinition<u64, &[u8]> = TableDefinition::new("data");
@@ -102,6 +113,30 @@ fn first_delivery(
     }
     qos2.insert(key, [].as_slice())?;
     Ok(true)
+}
+
+/// Reads the messages of `range` (keys of one queue) into `out` while it
+/// holds fewer than `max_count` and about `max_bytes` (at least one).
+fn read_queue(
+    table: &redb::ReadOnlyTable<u64, &[u8]>,
+    range: std::ops::Range<u64>,
+    max_count: usize,
+    max_bytes: usize,
+    out: &mut Vec<(u64, DataRecord)>,
+) -> Result<(), StoreError> {
+    let mut bytes: usize = 0;
+    for item in table.range(range)? {
+        let (k, v) = item?;
+        if out.len() >= max_count || (!out.is_empty() && bytes + v.value().len() > max_bytes) {
+            break;
+        }
+        bytes += v.value().len();
+        let (priority, id) = key_parts(k.value());
+        let mut record = decode_data(id, v.value())?;
+        record.priority = priority;
+        out.push((id, record));
+    }
+    Ok(())
 }
 
 /// The key of message `id` in the queue of the pod `target`
@@ -213,6 +248,10 @@ pub struct DataRecord {
     /// a record an older agent stored (which lacks the field: read by
     /// `decode_data`, and an older agent reads this layout, ignoring it).
     pub route: u32,
+    /// Its route's priority: not in the value but in the key of the
+    /// `data` table (`queues::data_key`), set from it when read.
+    #[serde(skip)]
+    pub priority: Priority,
 }
 
 /// A stored workload message read back: today's layout, else the one
@@ -235,9 +274,13 @@ fn decode_data(id: u64, bytes: &[u8]) -> Result<DataRecord, StoreError> {
             expires_ms: old.expires_ms,
             payload: old.payload,
             route: 0,
+            priority: Priority::default(),
         })
     })
 }
+
+/// Stored workload messages read back, each with its id.
+pub type DataRecords = Vec<(u64, DataRecord)>;
 
 /// Workload messages by route (`DataAppend`, `Store::expire_data`): each
 /// one's route id and stored bytes.
@@ -406,14 +449,15 @@ fn migrate_desired_pod_fields(
     let mut upgraded = Vec::new();
     for row in table.iter()? {
         let (k, v) = row?;
-        // Schemas 1–5, 6, 7 and 8–9 hold the `PodSpec` of wire versions 3,
-        // 8, 9 and 10: today's layout without what later versions appended
+        // Schemas 1–5, 6, 7, 8–9 and 10 hold the `PodSpec` of wire versions
+        // 3, 8, 9, 10 and 11: today's layout without what later versions appended
         // (`model::added`); version 3's literal values are escaped.
         let wire = match found {
             f if f < POD_FIELDS_SINCE => 3,
             f if f < CONTAINER_FIELDS_SINCE => 8,
             f if f < SIDECARS_SINCE => 9,
-            _ => 10,
+            f if f < SELINUX_DNS_SINCE => 10,
+            _ => 11,
         };
         let old =
             crate::model::added::reading(wire, || postcard::from_bytes::<DesiredRecord>(v.value()));
@@ -531,8 +575,26 @@ impl Store {
             // (native sidecars).
             // Version 9 → 10 (likewise): the `PodSpec` of wire version 11
             // (SELinux labels, the pod's DNS).
-            if (1..SELINUX_DNS_SINCE).contains(&found) {
+            // Version 10 → 11 (likewise): the `PodSpec` of wire version 12
+            // (route priorities).
+            if (1..ROUTE_PRIORITY_SINCE).contains(&found) {
                 migrate_desired_pod_fields(&mut txn.open_table(DESIRED)?, found)?;
+            }
+            // Version 10 → 11: the `data` table keyed by priority and id;
+            // what older agents stored waits at the default priority. (A
+            // build without the data path has none of it.)
+            #[cfg(feature = "data")]
+            if (DATA_SINCE..ROUTE_PRIORITY_SINCE).contains(&found) {
+                let mut table = txn.open_table(DATA)?;
+                let old: Vec<(u64, Vec<u8>)> = table
+                    .iter()?
+                    .filter_map(Result::ok)
+                    .map(|(k, v)| (k.value(), v.value().to_vec()))
+                    .collect();
+                for (id, value) in old {
+                    table.remove(id)?;
+                    table.insert(data_key(Priority::default(), id), value.as_slice())?;
+                }
             }
             // Version 8 → 9: the QoS 2 keys move to a table of `&[u8]` values.
             // A build without the data path (`minimal`) has no use for them
@@ -1015,10 +1077,11 @@ impl Store {
     /// Commits `writes` (each what one read of a workload connection or one
     /// host-interface publish brought), in order, in one durable
     /// transaction (the workloads' publishes are acknowledged only after it
-    /// returns): new messages, each with the time it expires; a message
-    /// with a QoS 2 key already recorded is a duplicate and is not stored
-    /// again; released QoS 2 keys are forgotten. Then drops the oldest
-    /// messages while the table holds more than `budget_bytes`.
+    /// returns): new messages, each with the time it expires, in the queue
+    /// of its priority; a message with a QoS 2 key already recorded is a
+    /// duplicate and is not stored again; released QoS 2 keys are
+    /// forgotten. Then drops messages while the table holds more than
+    /// `budget_bytes`: the lowest priority's first, oldest first.
     pub fn append_data_all(
         &self,
         writes: Vec<DataWrite>,
@@ -1078,7 +1141,7 @@ impl Store {
                     next += 1;
                     let value = encode(&record);
                     bytes += value.len() as u64;
-                    table.insert(next, value.as_slice())?;
+                    table.insert(data_key(record.priority, next), value.as_slice())?;
                     appended.ids.push(next);
                     appended.stored.push((record.route, value.len() as u64));
                 }
@@ -1098,11 +1161,18 @@ impl Store {
                 }
             }
             while bytes > budget_bytes {
-                let Some((k, v)) = table.first()? else { break };
-                let (id, len) = (k.value(), v.value().len() as u64);
-                let route = decode_data(id, v.value()).map_or(0, |r| r.route);
+                // The lowest priority's oldest message.
+                let Some(last) = table.last()?.map(|(k, _)| k.value()) else {
+                    break;
+                };
+                let from = queues::budget_drops_from(last);
+                let Some((k, v)) = table.range(from..)?.next().transpose()? else {
+                    break;
+                };
+                let (key, len) = (k.value(), v.value().len() as u64);
+                let route = decode_data(key, v.value()).map_or(0, |r| r.route);
                 drop((k, v));
-                table.remove(id)?;
+                table.remove(key)?;
                 bytes = bytes.saturating_sub(len);
                 appended.dropped_budget.push((route, len));
             }
@@ -1114,7 +1184,8 @@ impl Store {
     }
 
     /// Up to `max_count` messages (and about `max_bytes`, at least one) with
-    /// ids above `after`, oldest first.
+    /// ids above `after`, in the order the forwarder drains them when all
+    /// are new: the highest priority first, each priority oldest first.
     pub fn data_after(
         &self,
         after: u64,
@@ -1124,17 +1195,39 @@ impl Store {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(DATA)?;
         let mut out = Vec::new();
-        let mut bytes = 0;
-        for item in table.range(after.saturating_add(1)..)? {
-            let (k, v) = item?;
-            if out.len() >= max_count || (!out.is_empty() && bytes + v.value().len() > max_bytes) {
-                break;
-            }
-            bytes += v.value().len();
-            let id = k.value();
-            out.push((id, decode_data(id, v.value())?));
+        for p in 0..LEVELS {
+            let range = queues::queue_after(Priority(p as u8), after);
+            read_queue(&table, range, max_count, max_bytes, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// The forwarder's next batch: up to `max_count` messages (and about
+    /// `max_bytes`, at least one) of the queue `queues::next_queue` names,
+    /// given the newest id sent of each priority (`sent`), oldest first;
+    /// None when every message stored was sent.
+    pub fn data_next(
+        &self,
+        sent: &[u64; LEVELS],
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Option<(Priority, DataRecords)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DATA)?;
+        let mut newest = [0; LEVELS];
+        for (p, newest) in newest.iter_mut().enumerate() {
+            let range = queues::queue_after(Priority(p as u8), 0);
+            if let Some(last) = table.range(range)?.next_back() {
+                *newest = key_parts(last?.0.value()).1;
+            }
+        }
+        let Some(priority) = queues::next_queue(sent, &newest) else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        let range = queues::queue_after(priority, sent[usize::from(priority.0)]);
+        read_queue(&table, range, max_count, max_bytes, &mut out)?;
+        Ok(Some((priority, out)))
     }
 
     /// How many messages wait and their bytes, by the route that took
@@ -1172,11 +1265,12 @@ impl Store {
         Ok((count, bytes))
     }
 
-    /// Removes messages up to and including `last_id` (a batch the broker
-    /// acknowledged: batches go out in id order). Not synced on its own:
-    /// a crash may send a batch again, which the sink drops by message id.
+    /// Removes the messages of `batches` (each a priority and the first
+    /// and last id of a batch the broker acknowledged: a range of one
+    /// queue, which no later message joins). Not synced on its own: a
+    /// crash may send a batch again, which the sink drops by message id.
     /// Returns each removed message's route and bytes.
-    pub fn ack_data(&self, last_id: u64) -> Result<RouteBytes, StoreError> {
+    pub fn ack_data(&self, batches: &[(Priority, u64, u64)]) -> Result<RouteBytes, StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::None)?;
         let mut removed = Vec::new();
@@ -1184,17 +1278,21 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             let mut table = txn.open_table(DATA)?;
             let mut bytes = read_u64(&meta, KEY_DATA_BYTES)?;
-            loop {
-                let Some((k, v)) = table.first()? else { break };
-                let (id, len) = (k.value(), v.value().len() as u64);
-                if id > last_id {
-                    break;
+            for &(priority, first, last) in batches {
+                let range = data_key(priority, first)..=data_key(priority, last);
+                let acked: Vec<(u64, u32, u64)> = table
+                    .range(range)?
+                    .filter_map(Result::ok)
+                    .map(|(k, v)| {
+                        let route = decode_data(k.value(), v.value()).map_or(0, |r| r.route);
+                        (k.value(), route, v.value().len() as u64)
+                    })
+                    .collect();
+                for (key, route, len) in acked {
+                    table.remove(key)?;
+                    bytes = bytes.saturating_sub(len);
+                    removed.push((route, len));
                 }
-                let route = decode_data(id, v.value()).map_or(0, |r| r.route);
-                drop((k, v));
-                table.remove(id)?;
-                bytes = bytes.saturating_sub(len);
-                removed.push((route, len));
             }
             meta.insert(KEY_DATA_BYTES, bytes.to_le_bytes().as_slice())?;
         }
@@ -1537,6 +1635,7 @@ mod tests {
             expires_ms,
             payload: vec![n; 100],
             route: 7 + u32::from(n % 2),
+            priority: Priority::default(),
         }
     }
 
@@ -1557,7 +1656,13 @@ mod tests {
         let first = store.data_after(0, 2, usize::MAX).expect("read");
         assert_eq!(first.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(first[1].1.payload, vec![1; 100]);
-        assert_eq!(store.ack_data(2).expect("ack").len(), 2);
+        assert_eq!(
+            store
+                .ack_data(&[(Priority::LOWEST, 1, 2)])
+                .expect("ack")
+                .len(),
+            2
+        );
         let rest = store.data_after(0, 10, usize::MAX).expect("read");
         assert_eq!(
             rest.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
@@ -2146,6 +2251,7 @@ mod tests {
             filter: "sensors/#".into(),
             ttl_secs: 60,
             target: crate::model::RouteTarget::Upstream,
+            priority: crate::model::Priority::default(),
         });
         /// A desired record as store schemas 8 and 9 wrote it.
         #[derive(Serialize)]
@@ -2164,6 +2270,160 @@ mod tests {
             assert_eq!(read.source, PodSource::Mqtt);
             assert_eq!(read.spec, want, "schema {schema}");
         }
+    }
+
+    /// Schema 10 wrote the `PodSpec` of wire version 11 (routes without a
+    /// priority) and keyed `data` by id: the record reads as today's with
+    /// the default priority, and the messages wait in the default
+    /// priority's queue, in their order, with their ids.
+    #[test]
+    fn schema_10_records_and_messages_are_migrated_to_priorities() {
+        let mut want = crate::model::samples::spec("web", "u1", 4, RestartPolicy::Always);
+        want.routes.push(crate::model::PodRoute {
+            container: None,
+            filter: "sensors/#".into(),
+            ttl_secs: 60,
+            target: crate::model::RouteTarget::Upstream,
+            priority: Priority::default(),
+        });
+        let rec = |priority| {
+            let mut spec = want.clone();
+            spec.routes[0].priority = priority;
+            encode(&DesiredRecord {
+                source: PodSource::Mqtt,
+                spec,
+            })
+        };
+        // Version 11's layout is today's without the priority's one byte:
+        // where two priorities encode differently.
+        let (a, b) = (rec(Priority(8)), rec(Priority::LOWEST));
+        let at = (0..a.len()).find(|&i| a[i] != b[i]).expect("differs");
+        let mut v11 = a.clone();
+        v11.remove(at);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.redb");
+        {
+            let (_db, txn) = old_store(&path, 10);
+            txn.open_table(DESIRED)
+                .expect("desired")
+                .insert("default/web", v11.as_slice())
+                .expect("insert");
+            let mut data = txn.open_table(DATA).expect("data");
+            for id in [3u64, 4, 7] {
+                let value = encode(&record(id as u8, u64::MAX));
+                data.insert(id, value.as_slice()).expect("insert");
+            }
+            drop(data);
+            txn.commit().expect("commit");
+        }
+        let store = Store::open(&path).expect("migrates");
+        let read = store
+            .get_desired(&PodKey::new("default", "web"))
+            .expect("reads")
+            .expect("kept");
+        assert_eq!(read.spec, want);
+        // (A build without the data path leaves its table alone.)
+        #[cfg(feature = "data")]
+        {
+            let sent = [0; LEVELS];
+            let (priority, queued) = store
+                .data_next(&sent, 10, usize::MAX)
+                .expect("next")
+                .expect("some");
+            assert_eq!(priority, Priority::default());
+            assert_eq!(
+                queued.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+                [3, 4, 7]
+            );
+            assert_eq!(queued[2].1, record(7, u64::MAX));
+        }
+    }
+
+    /// Messages wait in a queue per priority: the forwarder's reads take
+    /// the highest priority first, each queue oldest first, and come back
+    /// to a higher priority as soon as it has a message; acknowledged
+    /// ranges leave exactly; the budget drops the lowest priority's oldest
+    /// first.
+    #[test]
+    fn data_waits_in_a_queue_per_priority_and_the_budget_drops_the_lowest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("open");
+        let at = |n: u8, p: u8| DataRecord {
+            priority: Priority(p),
+            ..record(n, u64::MAX)
+        };
+        // Ids 1-6: low, low, high, low, middle, high.
+        let write = DataWrite {
+            records: [(0, 9), (1, 9), (2, 0), (3, 9), (4, 5), (5, 0)]
+                .into_iter()
+                .map(|(n, p)| (at(n, p), None))
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            store.append_data(write, u64::MAX).expect("append").ids,
+            [1, 2, 3, 4, 5, 6]
+        );
+        let ids = |v: &[(u64, DataRecord)]| v.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+        let mut sent = [0; LEVELS];
+        let next = |sent: &[u64; LEVELS]| {
+            store
+                .data_next(sent, 2, usize::MAX)
+                .expect("next")
+                .map(|(p, v)| (p.0, ids(&v)))
+        };
+        assert_eq!(next(&sent), Some((0, vec![3, 6])));
+        sent[0] = 6;
+        assert_eq!(next(&sent), Some((5, vec![5])));
+        sent[5] = 5;
+        assert_eq!(next(&sent), Some((9, vec![1, 2])));
+        sent[9] = 2;
+        // A high-priority message arrives: it goes before the rest of 9.
+        store
+            .append_data(
+                DataWrite {
+                    records: vec![(at(6, 0), None)],
+                    ..Default::default()
+                },
+                u64::MAX,
+            )
+            .expect("append");
+        assert_eq!(next(&sent), Some((0, vec![7])));
+        sent[0] = 7;
+        assert_eq!(next(&sent), Some((9, vec![4])));
+        sent[9] = 4;
+        assert_eq!(next(&sent), None);
+        // The order of a fresh connection.
+        assert_eq!(
+            ids(&store.data_after(0, 10, usize::MAX).expect("all")),
+            [3, 6, 7, 5, 1, 2, 4]
+        );
+        // Acknowledged: priority 0's first batch and 9's first; 7 and the
+        // rest wait.
+        let removed = store
+            .ack_data(&[(Priority(0), 3, 6), (Priority(9), 1, 2)])
+            .expect("ack");
+        assert_eq!(removed.len(), 4);
+        assert_eq!(
+            ids(&store.data_after(0, 10, usize::MAX).expect("all")),
+            [7, 5, 4]
+        );
+        // Over the budget: the lowest priority's oldest go first (4, then
+        // the new low one), then the middle one; the high one stays.
+        let (_, bytes) = store.data_backlog().expect("backlog");
+        let one = bytes / 3;
+        let appended = store
+            .append_data(
+                DataWrite {
+                    records: vec![(at(7, 9), None)],
+                    ..Default::default()
+                },
+                one + 10,
+            )
+            .expect("append");
+        assert_eq!(appended.dropped_budget.len(), 3);
+        assert_eq!(ids(&store.data_after(0, 10, usize::MAX).expect("all")), [7]);
+        assert_eq!(store.data_backlog().expect("backlog"), (1, one));
     }
 
     /// A new database at `path` that says it has store schema `schema`,

@@ -25,8 +25,9 @@ pub mod stream;
 /// status references, 10 native sidecars, `Container.restart_policy`, and
 /// the data routes a pod declares, `PodSpec.routes`, 11 the data path's
 /// counters in the node status, `NodeStatus.data`, the SELinux labels,
-/// `se_linux_options`, and the pod's DNS, `PodSpec.dns`).
-pub const SCHEMA_VERSION: u16 = 11;
+/// `se_linux_options`, and the pod's DNS, `PodSpec.dns`, 12 the data
+/// routes' priority, `PodRoute.priority` and `RouteStatus.priority`).
+pub const SCHEMA_VERSION: u16 = 12;
 /// The first version whose `signature` field has a meaning (docs/wire.md,
 /// "Signatures"); in older envelopes it is ignored.
 pub const SIGNED_SINCE_VERSION: u16 = 3;
@@ -64,6 +65,10 @@ pub const DATA_STATUS_SINCE_VERSION: u16 = 11;
 /// `se_linux_options` and whose `PodSpec` has `dns`; older ones are read
 /// as today's without them (`model::added`).
 pub const SELINUX_DNS_SINCE_VERSION: u16 = 11;
+/// The first version whose `PodRoute` and `RouteStatus` have `priority`;
+/// older ones are read as today's without it (`model::added`: the default,
+/// the lowest).
+pub const ROUTE_PRIORITY_SINCE_VERSION: u16 = 12;
 /// The oldest version this build still reads (docs/wire.md, "Evolving the
 /// schema"): versions 1 to 10 differ in the fields versions 2, 5 and 11
 /// appended to `NodeStatus`, 4 to 9 in those versions 9 and 10 appended to
@@ -612,7 +617,7 @@ pub fn decode(payload: &[u8]) -> Result<Envelope, WireError> {
         // Versions 1 to 3 had the same `PodSpec`, which version 4 changed.
         Kind::DesiredPod => Message::DesiredPod(pod_spec_from_body(raw, version)?),
         Kind::PodStatus => Message::PodStatus(body(kind, raw)?),
-        // Versions 1 to 10 lack the fields versions 2, 5 and 11 appended:
+        // Versions 1 to 11 lack the fields versions 2, 5, 11 and 12 appended:
         // read as today's without them (`model::added`).
         Kind::NodeStatus => {
             Message::NodeStatus(crate::model::added::reading(version, || body(kind, raw))?)
@@ -702,12 +707,12 @@ pub fn pod_spec_body(spec: &PodSpec) -> Result<Vec<u8>, WireError> {
 pub fn pod_spec_from_body(bytes: &[u8], version: u16) -> Result<PodSpec, WireError> {
     let kind = Kind::DesiredPod;
     // Versions 1 to 3 had the same `PodSpec`, which version 4 changed;
-    // versions 9, 10 and 11 appended fields. An older one is upgraded, then
-    // validated as today's (once: the rules are today's).
-    if version >= SELINUX_DNS_SINCE_VERSION {
+    // versions 9, 10, 11 and 12 appended fields. An older one is upgraded,
+    // then validated as today's (once: the rules are today's).
+    if version >= ROUTE_PRIORITY_SINCE_VERSION {
         return body(kind, bytes);
     }
-    // Versions 1 to 10: today's layout without the fields later versions
+    // Versions 1 to 11: today's layout without the fields later versions
     // appended (`model::added`); versions 1 to 3 ran their values
     // literally, which today's templates escape.
     let taken =

@@ -1000,6 +1000,221 @@ fn a_wasm_components_messages_reach_postgres_exactly_once_through_outage_and_cra
     world.assert_only_ciphertext();
 }
 
+/// A Wasm component publishes 10,000 messages in batches of 50 through
+/// `publish-batch-once` (`kedge:data/publish@0.2.0`: each batch one commit,
+/// all or nothing, one sequence for the batch) through the same outage and
+/// crash: every message in PostgreSQL exactly once, in order. The batch in
+/// flight when the agent died is sent again whole with its sequence, and
+/// stored once.
+#[test]
+fn a_wasm_components_batches_reach_postgres_exactly_once_through_outage_and_crash() {
+    const ROUTE: &str = "FROM default/meter sensors/# INTO $upstream TTL 1h";
+    let mut world = DataWorld::start(
+        "gw-wasm-batch",
+        vec![("KEDGE_DATA_ROUTES".into(), ROUTE.into())],
+        vec![],
+    );
+    let state = world.dir.path().join("meter");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let allow = |n: u64| std::fs::write(state.join("allowed"), n.to_string()).expect("allow");
+    allow(N / 3);
+    let n = N.to_string();
+    world.apply(
+        "meter",
+        &component_pod(
+            "meter",
+            &["publish-batch-once", &n, "50", "sensors/t", "/state"],
+            "OnFailure",
+            &state,
+        ),
+    );
+    let at_kill = world.through_outage_and_crash(&allow, &|| progress_in(&state, "next"));
+    assert_eq!(at_kill % 50, 0, "progress moves a whole batch at a time");
+    world.assert_exactly_once_in_order("meter");
+    let data = world.assert_counted(None);
+    let (received, stored) = (
+        data["received"].as_u64().expect("received"),
+        data["routes"][0]["received"].as_u64().expect("stored"),
+    );
+    // Since the restart: every message received was stored, but the
+    // re-sent batch's when it had been stored before the crash.
+    assert!(received == stored || received == stored + 50, "{data}");
+    world.assert_only_ciphertext();
+}
+
+/// The agent still links version 0.1.0 of the interface beside 0.2.0: a
+/// call through 0.1.0's `publish` (what a guest built before 0.2.0 makes)
+/// is stored and reaches PostgreSQL.
+#[test]
+fn a_component_calling_the_0_1_0_interface_still_publishes() {
+    let world = DataWorld::start(
+        "gw-wit-0-1",
+        vec![(
+            "KEDGE_DATA_ROUTES".into(),
+            "FROM default/old sensors/# INTO $upstream".into(),
+        )],
+        vec![],
+    );
+    let state = world.dir.path().join("old");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    world.apply(
+        "old",
+        &component_pod("old", &["publish-0.1", "sensors/t"], "Never", &state),
+    );
+    let url = world.broker.url();
+    wait_until(
+        "the 0.1.0 caller succeeded",
+        WAIT,
+        || match support::data::pod_phase(&url, "old").as_deref() {
+            Some("Succeeded") => Some(()),
+            Some("Failed") => panic!("{}", kedge_ok(&["--broker", &url, "logs", "old"])),
+            _ => None,
+        },
+    );
+    wait_until("its message in PostgreSQL", WAIT, || {
+        (world.rows() >= 1).then_some(())
+    });
+    assert_eq!(
+        world.pg.psql(
+            "SELECT pod || ' ' || topic || ' ' || (payload_json->>'via') FROM kedge_messages"
+        ),
+        "old sensors/t 0.1.0"
+    );
+}
+
+/// Route priorities: a pod's alarms route at `PRIORITY 0` and its readings
+/// route at the default (9). With the broker away, 1,000 readings and then
+/// 1,000 alarms wait on the device; when it is back, every alarm reaches
+/// PostgreSQL before any reading (the sink's commit order: its transaction
+/// time, then the rows' order in the table), though the readings were
+/// stored first, and each message once, in order within its route. `kedge
+/// get routes` shows each route's priority.
+#[test]
+fn a_higher_priority_routes_backlog_reaches_postgres_first() {
+    const ROUTES: &str =
+        "FROM * readings/# INTO $upstream; FROM * alarms/# INTO $upstream PRIORITY 0";
+    const M: u64 = 1_000;
+    let mut world = DataWorld::start("gw-prio", vec![], vec![]);
+    let credentials = run_env_pod(
+        &world.broker,
+        world.dir.path(),
+        world.node,
+        "meter",
+        &env_pod("meter").replace(
+            "  name: meter\n",
+            &format!("  name: meter\n  annotations:\n    kedge.io/routes: \"{ROUTES}\"\n"),
+        ),
+    );
+    let payloads = |range: std::ops::Range<u64>| range.map(|i| format!("{{\"n\":{i}}}"));
+    world.broker.stop_gracefully();
+    // Each acknowledged once committed on the device.
+    publish_acked(
+        credentials.clone(),
+        "meter-main",
+        "readings/kwh",
+        payloads(0..M),
+    );
+    publish_acked(credentials, "meter-main", "alarms/high", payloads(0..M));
+    assert_eq!(
+        world.rows(),
+        0,
+        "nothing reached PostgreSQL with the broker away"
+    );
+    world.broker.restart();
+    wait_until("every message in PostgreSQL", WAIT, || {
+        (world.rows() >= 2 * M).then_some(())
+    });
+    let order = world.pg.psql(
+        "SELECT string_agg(left(topic, 1), '' ORDER BY received_time, ctid) FROM kedge_messages",
+    );
+    let first_reading = order.find('r').expect("readings");
+    assert_eq!(
+        (first_reading as u64, order.rfind('a').map(|i| i as u64)),
+        (M, Some(M - 1)),
+        "every alarm before the first reading"
+    );
+    for topic in ["alarms/high", "readings/kwh"] {
+        let sent: Vec<u64> = world
+            .pg
+            .psql(&format!(
+                "SELECT string_agg(payload_json->>'n', ',' ORDER BY seq) FROM kedge_messages WHERE topic = '{topic}'"
+            ))
+            .split(',')
+            .map(|n| n.parse().expect("n"))
+            .collect();
+        assert_eq!(
+            sent,
+            (0..M).collect::<Vec<u64>>(),
+            "{topic}: once each, in order"
+        );
+    }
+    assert_eq!(world.rows(), 2 * M, "nothing else");
+    // The readings were stored first: lower device ids, sent later.
+    assert_eq!(
+        world.pg.psql(
+            "SELECT max(seq) FILTER (WHERE topic = 'readings/kwh') < min(seq) FILTER (WHERE topic = 'alarms/high') FROM kedge_messages"
+        ),
+        "t"
+    );
+    // The routes' lines: their priorities, everything sent.
+    let data = wait_until("the node status counts the backlog as sent", WAIT, || {
+        let data = data_counters(&world.broker, world.node);
+        (data["queued"] == 0 && data["sent"] == 2 * M).then_some(data)
+    });
+    let line = |text: &str| {
+        data["routes"]
+            .as_array()
+            .expect("routes")
+            .iter()
+            .find(|r| r["route"].as_str().is_some_and(|r| r.contains(text)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no route of {text}: {data}"))
+    };
+    let (alarms, readings) = (line("alarms/#"), line("readings/#"));
+    assert_eq!(
+        alarms["route"],
+        "FROM default/meter alarms/# INTO $upstream TTL 2h PRIORITY 0"
+    );
+    assert_eq!(
+        (alarms["priority"].as_u64(), alarms["sent"].as_u64()),
+        (Some(0), Some(M))
+    );
+    assert_eq!(
+        (readings["priority"].as_u64(), readings["sent"].as_u64()),
+        (Some(9), Some(M))
+    );
+    let table = kedge_ok(&[
+        "--broker",
+        &world.broker.url(),
+        "get",
+        "routes",
+        "--node",
+        world.node,
+    ]);
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("PRIORITY")),
+        "{table}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.contains("alarms/#"))
+        .unwrap_or_else(|| panic!("{table}"));
+    let cells: Vec<&str> = row
+        .split("   ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        cells[1..4],
+        [
+            "FROM default/meter alarms/# INTO $upstream TTL 2h PRIORITY 0",
+            "pod/default/meter",
+            "0"
+        ],
+        "{table}"
+    );
+}
+
 /// A real container — a small static MQTT client (`tests/data-client`)
 /// that the test builds into a local image for a real containerd —
 /// publishes 10,000 messages to the data endpoint with the credentials

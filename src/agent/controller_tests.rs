@@ -366,6 +366,7 @@ async fn a_pod_with_routes_on_a_node_without_a_data_path_is_refused() {
         filter: "readings/#".into(),
         ttl_secs: 0,
         target: crate::model::RouteTarget::Upstream,
+        priority: crate::model::Priority::default(),
     }];
     agent.apply(&meter);
     let topic = agent.desired_topic("meter");

@@ -63,7 +63,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::data::publish::{PodPublisher, PublishError, Publishing};
+use crate::data::publish::{BatchError, Batching, PodPublisher, PublishError, Publishing};
 use crate::data::{self, Batch, DataMessage, DeviceKey, Route, SinkPublicKey, Source};
 use crate::model::{EnvVar, Event, EventType, PodSpec};
 use crate::mqtt::SessionCommand;
@@ -108,6 +108,8 @@ struct RouteCounters {
     /// the agent started (messages stored before a restart, under a route
     /// not declared again).
     known: Option<(String, Option<String>)>,
+    /// Its priority, as last declared (the default when not known).
+    priority: crate::model::Priority,
     /// Whether it is declared now; a line neither declared nor holding a
     /// stored message goes.
     declared: bool,
@@ -141,6 +143,7 @@ impl RouteTally {
         for r in routes {
             let c = self.routes.entry(r.id).or_default();
             c.known = Some((r.to_string(), pod.clone()));
+            c.priority = r.priority;
             c.declared = true;
         }
     }
@@ -211,6 +214,7 @@ impl RouteTally {
                     sent_bytes: c.sent_bytes,
                     dropped_ttl: c.dropped_ttl,
                     dropped_budget: c.dropped_budget,
+                    priority: c.priority,
                 }
             })
             .collect();
@@ -225,6 +229,14 @@ impl RouteTally {
         lines.truncate(crate::model::validate::MAX_DATA_ROUTES);
         lines
     }
+}
+
+/// What of its route a message takes with it.
+#[derive(Debug, Clone, Copy)]
+struct Taken {
+    id: u32,
+    ttl: Duration,
+    priority: crate::model::Priority,
 }
 
 /// What the controller, the endpoint and the forwarder share.
@@ -412,22 +424,24 @@ impl DataPath {
     #[cfg(test)]
     fn route_of(&self, source: &Source, topic: &str) -> Option<(u32, Duration)> {
         self.route_and_target(source, topic)
-            .map(|(id, ttl, _)| (id, ttl))
+            .map(|(r, _)| (r.id, r.ttl))
     }
 
-    /// `route_of`, and the pod (`namespace/pod`) the route goes into (None:
-    /// upstream).
-    fn route_and_target(
-        &self,
-        source: &Source,
-        topic: &str,
-    ) -> Option<(u32, Duration, Option<String>)> {
+    /// The route a message of `source` on `topic` takes (its id, TTL and
+    /// priority in a `Taken`), and the pod (`namespace/pod`) it goes into
+    /// (None: upstream).
+    fn route_and_target(&self, source: &Source, topic: &str) -> Option<(Taken, Option<String>)> {
         let found = |r: &Route| {
             let target = match &r.target {
                 data::route::Target::Upstream => None,
                 data::route::Target::Pod { namespace, pod } => Some(format!("{namespace}/{pod}")),
             };
-            (r.id, r.ttl, target)
+            let taken = Taken {
+                id: r.id,
+                ttl: r.ttl,
+                priority: r.priority,
+            };
+            (taken, target)
         };
         if let Some(r) = data::route::route_for(&self.routes, source, topic) {
             return Some(found(r));
@@ -476,7 +490,7 @@ impl DataPath {
         payload: Vec<u8>,
     ) -> Option<(DataRecord, Option<String>)> {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
-        let Some((route, ttl, target)) = self.route_and_target(source, topic) else {
+        let Some((route, target)) = self.route_and_target(source, topic) else {
             self.counters.unrouted.fetch_add(1, Ordering::Relaxed);
             return None;
         };
@@ -485,9 +499,10 @@ impl DataPath {
             source: source.clone(),
             topic: topic.to_string(),
             device_time_ms: now,
-            expires_ms: now.saturating_add(ttl.as_millis() as u64),
+            expires_ms: now.saturating_add(route.ttl.as_millis() as u64),
             payload,
-            route,
+            route: route.id,
+            priority: route.priority,
         };
         Some((record, target))
     }
@@ -954,55 +969,88 @@ impl PodPublisher for PodData {
         topic: String,
         payload: Vec<u8>,
     ) -> Publishing<'_> {
+        let batch = self.publish_batch(container, sequence, vec![(topic, payload)]);
+        Box::pin(async move { batch.await.map_err(|e| e.error) })
+    }
+
+    fn publish_batch(
+        &self,
+        container: &str,
+        sequence: Option<u64>,
+        messages: Vec<(String, Vec<u8>)>,
+    ) -> Batching<'_> {
         let source = Source {
             namespace: self.namespace.clone(),
             pod: self.pod.clone(),
             container: container.to_string(),
         };
-        Box::pin(publish(
-            &self.path, &self.uid, source, sequence, topic, payload,
-        ))
+        Box::pin(publish(&self.path, &self.uid, source, sequence, messages))
     }
 }
 
-/// One host-interface publish: checked, attributed to `source` (an
-/// instance of the pod `uid`), routed and committed as a message to the
-/// endpoint is, but refused with a reason instead of dropped. With a
-/// `sequence`, stored only if it is above the last one `source` had
-/// stored (`DataWrite::sequence`), as a QoS 2 packet id is on the endpoint.
+/// One host-interface publish of one message or a batch: checked,
+/// attributed to `source` (an instance of the pod `uid`), routed and
+/// committed as messages to the endpoint are, but refused with a reason
+/// (and the index of the first message refused) instead of dropped; all or
+/// nothing, in one write of the group commit. With a `sequence`, stored
+/// only if it is above the last one `source` had stored
+/// (`DataWrite::sequence`), as a QoS 2 packet id is on the endpoint. A
+/// refusal of the whole (`unavailable`, `storage`) names message 0.
 async fn publish(
     path: &Arc<DataPath>,
     uid: &str,
     source: Source,
     sequence: Option<u64>,
-    topic: String,
-    payload: Vec<u8>,
-) -> Result<(), PublishError> {
-    data::publish::check(&topic, payload.len())?;
-    let admitted = path.admitted_uid(&source.namespace, &source.pod);
-    if let Err(e) = may_publish(admitted.as_deref(), uid, &source, &topic) {
-        if let PublishError::NoRoute { .. } = e {
-            // A message of a pod no route names: received, and unrouted.
-            path.counters.received.fetch_add(1, Ordering::Relaxed);
-            path.counters.unrouted.fetch_add(1, Ordering::Relaxed);
+    messages: Vec<(String, Vec<u8>)>,
+) -> Result<(), BatchError> {
+    data::publish::check_batch(&messages)?;
+    let refused = |index: usize, topic: &str| {
+        // A message no route takes: received, and unrouted.
+        path.counters.received.fetch_add(1, Ordering::Relaxed);
+        path.counters.unrouted.fetch_add(1, Ordering::Relaxed);
+        BatchError {
+            index,
+            error: PublishError::NoRoute {
+                from: source.to_string(),
+                topic: topic.to_string(),
+            },
         }
-        return Err(e);
-    }
-    let Some((record, target)) = path.take(&source, &topic, payload) else {
-        return Err(PublishError::NoRoute {
-            from: source.to_string(),
-            topic,
-        });
     };
+    let Some((first, _)) = messages.first() else {
+        return Ok(());
+    };
+    let admitted = path.admitted_uid(&source.namespace, &source.pod);
+    match may_publish(admitted.as_deref(), uid, &source, first) {
+        Err(PublishError::NoRoute { topic, .. }) => return Err(refused(0, &topic)),
+        Err(error) => return Err(BatchError { index: 0, error }),
+        Ok(()) => {}
+    }
+    // All or nothing: a message no route takes refuses the batch before
+    // any is taken.
+    if let Some(index) = messages
+        .iter()
+        .position(|(topic, _)| path.route_and_target(&source, topic).is_none())
+    {
+        return Err(refused(index, &messages[index].0));
+    }
     let mut write = DataWrite {
         sequence: sequence.map(|n| (crate::store::sequence_key(&source, uid), n)),
         ..DataWrite::default()
     };
-    match target {
-        None => write.records.push((record, None)),
-        Some(target) => write.into_pods.push((target, record, None)),
+    for (index, (topic, payload)) in messages.into_iter().enumerate() {
+        // (Routes that changed since the look-up above refuse it whole.)
+        let Some((record, target)) = path.take(&source, &topic, payload) else {
+            return Err(refused(index, &topic));
+        };
+        match target {
+            None => write.records.push((record, None)),
+            Some(target) => write.into_pods.push((target, record, None)),
+        }
     }
-    commit(path, write).await.map_err(PublishError::Storage)
+    commit(path, write).await.map_err(|e| BatchError {
+        index: 0,
+        error: PublishError::Storage(e),
+    })
 }
 
 /// Whether an instance of the pod `uid` may publish as `source`, given the
@@ -1043,6 +1091,13 @@ impl PodPublisher for NoDataPath {
         Box::pin(std::future::ready(Err(PublishError::Unavailable(
             self.0.clone(),
         ))))
+    }
+
+    fn publish_batch(&self, _: &str, _: Option<u64>, _: Vec<(String, Vec<u8>)>) -> Batching<'_> {
+        Box::pin(std::future::ready(Err(BatchError {
+            index: 0,
+            error: PublishError::Unavailable(self.0.clone()),
+        })))
     }
 }
 
@@ -1194,10 +1249,15 @@ struct InFlight {
     /// Answered on the PUBACK; dropped unanswered when the publish was not
     /// made or its connection ended first.
     done: oneshot::Receiver<()>,
-    last_id: u64,
+    /// Its messages: a range of one priority's queue.
+    range: Sent,
     /// Sealed bytes on the link.
     bytes: u64,
 }
+
+/// The messages of a batch: the priority of their queue and the first and
+/// last id (`Store::ack_data`).
+type Sent = (crate::model::Priority, u64, u64);
 
 /// Sends stored messages upstream through the agent's session, forever.
 pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
@@ -1212,20 +1272,21 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
         }
         debug!("data forwarder sending from the oldest stored message");
         // Every connection starts again from the oldest message still
-        // stored: what was sent and not acknowledged goes again.
+        // stored, the highest priority first: what was sent and not
+        // acknowledged goes again.
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-        let mut sent_up_to = 0u64;
+        // Per priority, the newest id sent on this connection.
+        let mut sent = [0u64; crate::store::queues::LEVELS];
         // What the broker acknowledged leaves the store in one blocking
         // task at a time (`deleting`): neither an acknowledgement nor the
         // next batch waits for the store's write lock, which the endpoint's
         // commits take all the time.
-        let mut acked_up_to = 0u64;
-        let mut deleted_up_to = 0u64;
+        let mut acked: Vec<Sent> = Vec::new();
         let mut deleting: Option<Deletion> = None;
         let ended = loop {
             while in_flight.len() < WINDOW {
-                match next_batch(&settings, &path, sent_up_to) {
-                    Ok(Some((payload, last_id, messages))) => {
+                match next_batch(&settings, &path, &sent) {
+                    Ok(Some((payload, range, messages))) => {
                         let bytes = payload.len() as u64;
                         let (done, answer) = oneshot::channel();
                         let publish = SessionCommand::PublishAcked {
@@ -1237,13 +1298,14 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
                         if settings.session.send(publish).is_err() {
                             return; // the agent is stopping
                         }
-                        debug!(last_id, messages, "data batch published");
+                        let (priority, _, last_id) = range;
+                        debug!(%priority, last_id, messages, "data batch published");
                         in_flight.push_back(InFlight {
                             done: answer,
-                            last_id,
+                            range,
                             bytes,
                         });
-                        sent_up_to = last_id;
+                        sent[usize::from(priority.0)] = last_id;
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -1252,12 +1314,11 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
                     }
                 }
             }
-            if deleting.is_none() && acked_up_to > deleted_up_to {
-                deleting = Some(delete_acknowledged(&path, acked_up_to));
+            if deleting.is_none() && !acked.is_empty() {
+                deleting = Some(delete_acknowledged(&path, std::mem::take(&mut acked)));
             }
             // Acknowledgements arrive in publish order (one connection);
-            // a batch's messages leave the store on its own and every
-            // earlier batch's.
+            // each batch's messages leave the store once it is answered.
             let oldest = async {
                 match in_flight.front_mut() {
                     Some(batch) => (&mut batch.done).await.is_ok(),
@@ -1271,18 +1332,18 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
                 }
             };
             tokio::select! {
-                acked = oldest => {
-                    if !acked {
+                answered = oldest => {
+                    if !answered {
                         break "a data batch was not acknowledged (its connection ended)";
                     }
                     // This one, and every later one already answered.
                     let mut answered = true;
                     while answered && let Some(batch) = in_flight.pop_front() {
-                        debug!(last_id = batch.last_id, in_flight = in_flight.len(), "data batch acknowledged");
+                        debug!(last_id = batch.range.2, in_flight = in_flight.len(), "data batch acknowledged");
                         let c = &path.counters;
                         c.batches.fetch_add(1, Ordering::Relaxed);
                         c.link_bytes.fetch_add(batch.bytes, Ordering::Relaxed);
-                        acked_up_to = batch.last_id;
+                        acked.push(batch.range);
                         answered = in_flight
                             .front_mut()
                             .is_some_and(|next| next.done.try_recv().is_ok());
@@ -1290,7 +1351,7 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
                 }
                 joined = deleted => {
                     deleting = None;
-                    deleted_up_to = deleted_messages(&path, joined);
+                    deleted_messages(&path, joined);
                 }
                 _ = path.committed.notified() => {}
                 _ = tick.tick() => expire_and_report(&settings, &path, &mut reported),
@@ -1307,10 +1368,10 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
         // What was acknowledged leaves the store before the next connection
         // starts again from the oldest stored message.
         if let Some(task) = deleting.take() {
-            deleted_up_to = deleted_messages(&path, task.await);
+            deleted_messages(&path, task.await);
         }
-        if acked_up_to > deleted_up_to {
-            deleted_messages(&path, delete_acknowledged(&path, acked_up_to).await);
+        if !acked.is_empty() {
+            deleted_messages(&path, delete_acknowledged(&path, acked).await);
         }
         info!(
             reason = ended,
@@ -1327,65 +1388,61 @@ pub async fn forward(mut settings: ForwarderSettings, path: Arc<DataPath>) {
     }
 }
 
-/// A blocking task removing what the broker acknowledged: up to which id,
-/// and what it removed.
-type Deletion = tokio::task::JoinHandle<(
-    u64,
-    Result<crate::store::RouteBytes, crate::store::StoreError>,
-)>;
+/// A blocking task removing what the broker acknowledged, and what it
+/// removed.
+type Deletion = tokio::task::JoinHandle<Result<crate::store::RouteBytes, crate::store::StoreError>>;
 
-/// Removes the stored messages up to `up_to` (acknowledged) off the async
+/// Removes the stored messages of the acknowledged batches off the async
 /// threads.
-fn delete_acknowledged(path: &Arc<DataPath>, up_to: u64) -> Deletion {
+fn delete_acknowledged(path: &Arc<DataPath>, batches: Vec<Sent>) -> Deletion {
     let store = path.store.clone();
-    tokio::task::spawn_blocking(move || (up_to, store.ack_data(up_to)))
+    tokio::task::spawn_blocking(move || store.ack_data(&batches))
 }
 
-/// Counts what a deletion removed as sent; the id it went up to (a failed
-/// deletion is not retried on this connection: its messages are sent again
-/// on the next one, and the sink drops the repeats).
+/// Counts what a deletion removed as sent (a failed deletion is not
+/// retried on this connection: its messages are sent again on the next
+/// one, and the sink drops the repeats).
 fn deleted_messages(
     path: &DataPath,
     joined: Result<
-        (
-            u64,
-            Result<crate::store::RouteBytes, crate::store::StoreError>,
-        ),
+        Result<crate::store::RouteBytes, crate::store::StoreError>,
         tokio::task::JoinError,
     >,
-) -> u64 {
+) {
     match joined {
-        Ok((up_to, Ok(removed))) => {
+        Ok(Ok(removed)) => {
             let c = &path.counters;
             c.sent.fetch_add(removed.len() as u64, Ordering::Relaxed);
             let bytes = removed.iter().map(|(_, b)| b).sum();
             c.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
             path.tally().count(Fate::Sent, &removed);
-            up_to
         }
-        Ok((up_to, Err(e))) => {
+        Ok(Err(e)) => {
             warn!(error = %e, "cannot delete acknowledged workload messages; they will be sent again");
-            up_to
         }
         Err(e) => {
             warn!(error = %e, "the deletion of acknowledged workload messages failed");
-            0
         }
     }
 }
 
-/// The next batch after `after`: sealed bytes, its last id and its size.
+/// The next batch, given the newest id sent of each priority: of the
+/// highest priority with messages not sent (`store::queues::next_queue`),
+/// oldest first. Its sealed bytes, its range and its size.
 fn next_batch(
     settings: &ForwarderSettings,
     path: &DataPath,
-    after: u64,
-) -> anyhow::Result<Option<(Vec<u8>, u64, u64)>> {
-    let records = path
-        .store
-        .data_after(after, settings.batch_max_messages, BATCH_BYTES)?;
-    if records.is_empty() {
+    sent: &[u64; crate::store::queues::LEVELS],
+) -> anyhow::Result<Option<(Vec<u8>, Sent, u64)>> {
+    let Some((priority, records)) =
+        path.store
+            .data_next(sent, settings.batch_max_messages, BATCH_BYTES)?
+    else {
         return Ok(None);
-    }
+    };
+    let Some(&(first_id, _)) = records.first() else {
+        return Ok(None);
+    };
     let batch = Batch {
         device: settings.node.clone(),
         messages: records
@@ -1409,7 +1466,8 @@ fn next_batch(
         &settings.device_key,
         &settings.sink,
     )?;
-    Ok(Some((sealed, batch.last_id(), batch.messages.len() as u64)))
+    let range = (priority, first_id, batch.last_id());
+    Ok(Some((sealed, range, batch.messages.len() as u64)))
 }
 
 /// Drops expired messages and reports what was dropped since the last
@@ -1618,6 +1676,104 @@ mod tests {
         );
     }
 
+    /// A batch of the host interface (`publish-batch`) is one write, all
+    /// or nothing: a message refused refuses the batch, named by its
+    /// index, and nothing of it is stored; taken, its messages get
+    /// consecutive ids, each in its route's priority queue; with a
+    /// sequence it is stored once.
+    #[tokio::test]
+    async fn a_host_batch_is_all_or_nothing_and_names_the_message_refused() {
+        use crate::model::{Priority, samples};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = Arc::new(path(dir.path()));
+        let mut spec = samples::spec("sensor", "uid-1", 1, crate::model::RestartPolicy::Always);
+        spec.containers.push(samples::container("main"));
+        spec.routes = vec![crate::model::PodRoute {
+            container: None,
+            filter: "alarms/#".into(),
+            ttl_secs: 0,
+            target: crate::model::RouteTarget::Upstream,
+            priority: Priority::HIGHEST,
+        }];
+        let publisher = path.publisher(&spec);
+        path.admit(spec);
+        let batch = |topics: &[&str]| -> Vec<(String, Vec<u8>)> {
+            topics
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.to_string(), vec![i as u8]))
+                .collect()
+        };
+        let refused = publisher
+            .publish_batch(
+                "main",
+                None,
+                batch(&["sensors/a", "alarms/x", "other", "sensors/b"]),
+            )
+            .await;
+        assert_eq!(
+            refused,
+            Err(BatchError {
+                index: 2,
+                error: PublishError::NoRoute {
+                    from: "default/sensor/main".into(),
+                    topic: "other".into()
+                }
+            })
+        );
+        let invalid = publisher
+            .publish_batch("main", None, batch(&["sensors/a", "sensors/#"]))
+            .await;
+        assert_eq!(
+            invalid,
+            Err(BatchError {
+                index: 1,
+                error: PublishError::InvalidTopic("sensors/#".into())
+            })
+        );
+        assert_eq!(path.status().queued, 0, "nothing of a refused batch");
+        let taken = publisher
+            .publish_batch("main", None, batch(&["sensors/a", "alarms/x", "sensors/b"]))
+            .await;
+        assert_eq!(taken, Ok(()));
+        let stored = path.store.data_after(0, 10, usize::MAX).expect("read");
+        assert_eq!(
+            stored
+                .iter()
+                .map(|(id, r)| (*id, r.topic.as_str(), r.priority.0, r.payload[0]))
+                .collect::<Vec<_>>(),
+            [
+                (2, "alarms/x", 0, 1),
+                (1, "sensors/a", 9, 0),
+                (3, "sensors/b", 9, 2)
+            ],
+            "one commit, in order; the alarm in the highest queue"
+        );
+        for _ in 0..2 {
+            let once = publisher
+                .publish_batch("main", Some(5), batch(&["sensors/c", "sensors/d"]))
+                .await;
+            assert_eq!(once, Ok(()));
+        }
+        assert_eq!(publisher.publish_batch("main", None, vec![]).await, Ok(()));
+        let status = path.status();
+        assert_eq!((status.queued, status.unrouted), (5, 1));
+        path.store.fault_fail_writes(true);
+        let failed = publisher
+            .publish_batch("main", None, batch(&["sensors/e"]))
+            .await;
+        assert!(
+            matches!(
+                failed,
+                Err(BatchError {
+                    index: 0,
+                    error: PublishError::Storage(_)
+                })
+            ),
+            "{failed:?}"
+        );
+    }
+
     /// Awaits every future, concurrently (no futures crate in the build).
     async fn futures_join_all<T: Send + 'static>(
         futures: impl Iterator<Item = impl std::future::Future<Output = T> + Send + 'static>,
@@ -1656,6 +1812,7 @@ mod tests {
             filter: "readings/#".into(),
             ttl_secs: 0,
             target: crate::model::RouteTarget::Upstream,
+            priority: crate::model::Priority::default(),
         }];
         let admitted = path.admit(spec);
         let env = |name: &str| injected(&admitted, name);
@@ -1708,6 +1865,7 @@ mod tests {
             filter: "readings/#".into(),
             ttl_secs: 600,
             target: crate::model::RouteTarget::Upstream,
+            priority: crate::model::Priority::default(),
         }];
         path.admit(spec);
         let meter = Source {
@@ -1758,6 +1916,7 @@ mod tests {
                     filter: "readings/#".into(),
                     ttl_secs: 600,
                     target: crate::model::RouteTarget::Upstream,
+                    priority: crate::model::Priority::default(),
                 }];
                 spec
             },
@@ -1784,6 +1943,7 @@ mod tests {
             expires_ms: u64::MAX,
             payload: vec![1; 10],
             route,
+            priority: crate::model::Priority::default(),
         };
         store
             .append_data(
@@ -1819,6 +1979,7 @@ mod tests {
             expires_ms: u64::MAX,
             payload: vec![id_byte],
             route: 7,
+            priority: crate::model::Priority::default(),
         }
     }
 
@@ -1910,6 +2071,7 @@ mod tests {
             filter: "cmd/#".into(),
             ttl_secs: 600,
             target: RouteTarget::Pod("actuator".into()),
+            priority: crate::model::Priority::default(),
         }];
         let mut actuator =
             samples::spec("actuator", "uid-2", 1, crate::model::RestartPolicy::Always);

@@ -104,10 +104,11 @@ pub fn render<'a>(devices: impl Iterator<Item = (&'a str, &'a DataPathStatus)> +
     }
     let route_labels = |node: &str, r: &RouteStatus| {
         format!(
-            "node=\"{}\",route=\"{}\",pod=\"{}\"",
+            "node=\"{}\",route=\"{}\",pod=\"{}\",priority=\"{}\"",
             label(node),
             label(&r.route),
-            label(r.pod.as_deref().unwrap_or(""))
+            label(r.pod.as_deref().unwrap_or("")),
+            r.priority
         )
     };
     family(
@@ -190,7 +191,7 @@ mod tests {
         assert!(text.contains("kedge_data_messages_total{node=\"gw1\",state=\"sent\"} 10\n"));
         assert!(text.contains("kedge_data_queued_messages{node=\"gw2\"} 0\n"));
         assert!(text.contains(
-            "kedge_data_route_messages_total{node=\"gw1\",route=\"FROM default/s \\\"x\\\"/# INTO $upstream TTL 2h\",pod=\"default/s\",state=\"received\"} 12\n"
+            "kedge_data_route_messages_total{node=\"gw1\",route=\"FROM default/s \\\"x\\\"/# INTO $upstream TTL 2h\",pod=\"default/s\",priority=\"9\",state=\"received\"} 12\n"
         ));
         assert!(text.contains("kedge_data_route_queued_messages{node=\"gw1\","));
         // One HELP and TYPE per family, before its samples.

@@ -24,6 +24,7 @@ pub fn routes_table(nodes: &[NodeStatus], wide: bool) -> String {
         "NODE",
         "ROUTE",
         "DECLARED-BY",
+        "PRIORITY",
         "RECEIVED",
         "QUEUED",
         "SENT",
@@ -59,6 +60,7 @@ pub fn routes_table(nodes: &[NodeStatus], wide: bool) -> String {
                 r.pod
                     .as_deref()
                     .map_or_else(|| "node".to_string(), |p| format!("pod/{p}")),
+                r.priority.to_string(),
                 r.received.to_string(),
                 r.queued.to_string(),
                 r.sent.to_string(),
@@ -128,10 +130,11 @@ mod tests {
             link_bytes: 1_310_512,
             routes: vec![
                 RouteStatus {
-                    route: "FROM default/sensor sensors/# INTO $upstream TTL 2h".into(),
+                    route: "FROM default/sensor sensors/# INTO $upstream TTL 2h PRIORITY 1".into(),
                     received: 10_000,
                     queued: 200,
                     sent: 9_800,
+                    priority: crate::model::Priority(1),
                     ..Default::default()
                 },
                 RouteStatus {
@@ -164,6 +167,7 @@ mod tests {
                 "NODE",
                 "ROUTE",
                 "DECLARED-BY",
+                "PRIORITY",
                 "RECEIVED",
                 "QUEUED",
                 "SENT",
@@ -177,8 +181,9 @@ mod tests {
             cells(lines[1]),
             [
                 "gw1",
-                "FROM default/sensor sensors/# INTO $upstream TTL 2h",
+                "FROM default/sensor sensors/# INTO $upstream TTL 2h PRIORITY 1",
                 "node",
+                "1",
                 "10000",
                 "200",
                 "9800",
@@ -189,10 +194,10 @@ mod tests {
             ]
         );
         assert_eq!(
-            cells(lines[2])[1..3],
-            ["<unknown: stored before the agent restarted>", "node"]
+            cells(lines[2])[1..4],
+            ["<unknown: stored before the agent restarted>", "node", "9"]
         );
-        assert_eq!(cells(lines[2])[8], "5.0kB");
+        assert_eq!(cells(lines[2])[9], "5.0kB");
         assert_eq!(
             lines[4],
             "gw1: 10250 received, 3 unrouted, 0 connections refused; 240 queued (31.0kB of the 67.1MB budget); 10000 sent in 12 batches (1.3MB stored, 1.3MB on the link); dropped 0 past their TTL, 0 over the budget"

@@ -13,6 +13,9 @@ use thiserror::Error;
 /// MQTT endpoint (a packet) as through the host interface.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
+/// Largest batch (`publish-batch`): its topics and payloads together.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
 /// Longest MQTT topic name (its length is a 16-bit field on the wire).
 const MAX_TOPIC_BYTES: usize = 65_535;
 
@@ -50,8 +53,40 @@ pub fn check(topic: &str, payload_len: usize) -> Result<(), PublishError> {
     Ok(())
 }
 
+/// Why a batch was not taken: its first refused message (`index`, from
+/// 0) and why; nothing of the batch was stored. The WIT `batch-error`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("message {index} of the batch: {error}")]
+pub struct BatchError {
+    pub index: usize,
+    pub error: PublishError,
+}
+
+/// Checks every message of a batch as `check` does, and the batch's size
+/// (`MAX_BATCH_BYTES`): the first message refused, with its index.
+pub fn check_batch(messages: &[(String, Vec<u8>)]) -> Result<(), BatchError> {
+    let mut total = 0usize;
+    for (index, (topic, payload)) in messages.iter().enumerate() {
+        check(topic, payload.len()).map_err(|error| BatchError { index, error })?;
+        total += topic.len() + payload.len();
+        if total > MAX_BATCH_BYTES {
+            return Err(BatchError {
+                index,
+                error: PublishError::TooLarge {
+                    bytes: total,
+                    max: MAX_BATCH_BYTES,
+                },
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A future a `PodPublisher` returns.
 pub type Publishing<'a> = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>>;
+
+/// A future `PodPublisher::publish_batch` returns.
+pub type Batching<'a> = Pin<Box<dyn Future<Output = Result<(), BatchError>> + Send + 'a>>;
 
 /// Publishes as one pod: the agent makes one per pod it starts (bound to
 /// the pod's namespace, name and uid), the runtime names the container. A
@@ -67,6 +102,16 @@ pub trait PodPublisher: Send + Sync + std::fmt::Debug {
         topic: String,
         payload: Vec<u8>,
     ) -> Publishing<'_>;
+
+    /// `publish` of every message of `messages` (topic, payload), all or
+    /// nothing in one durable commit (`publish-batch`); with a `sequence`,
+    /// one sequence for the whole batch (`publish-batch-once`).
+    fn publish_batch(
+        &self,
+        container: &str,
+        sequence: Option<u64>,
+        messages: Vec<(String, Vec<u8>)>,
+    ) -> Batching<'_>;
 }
 
 #[cfg(test)]
@@ -109,6 +154,38 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_batch_names_its_first_refused_message_and_is_bounded_in_all() {
+        let m = |topic: &str, len: usize| (topic.to_string(), vec![0u8; len]);
+        assert_eq!(check_batch(&[]), Ok(()));
+        assert_eq!(check_batch(&[m("a", 1), m("b", 2)]), Ok(()));
+        assert_eq!(
+            check_batch(&[m("a", 1), m("b/#", 1), m("", 1)]),
+            Err(BatchError {
+                index: 1,
+                error: PublishError::InvalidTopic("b/#".into())
+            })
+        );
+        // Each message under its own limit, the fifth over the batch's.
+        let big = MAX_MESSAGE_BYTES - 1;
+        let e = check_batch(&vec![m("t", big); 5]).expect_err("over");
+        assert_eq!(e.index, 4);
+        assert_eq!(
+            e.error,
+            PublishError::TooLarge {
+                bytes: 5 * MAX_MESSAGE_BYTES,
+                max: MAX_BATCH_BYTES
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "message 4 of the batch: message of {} bytes (topic and payload) is over the limit of 1048576 bytes",
+                5 * MAX_MESSAGE_BYTES
+            )
+        );
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! FROM default/sensor sensors/# INTO $upstream TTL 2h
 //! FROM default/camera/uploader # INTO $upstream
 //! FROM default/camera/detector events/# INTO pod/default/alarm TTL 10m
+//! FROM default/sensor alarms/# INTO $upstream PRIORITY 0
 //! ```
 //!
-//! `FROM namespace/pod[/container] topic-filter INTO $upstream|pod/namespace/name [TTL duration]`
+//! `FROM namespace/pod[/container] topic-filter INTO $upstream|pod/namespace/name [TTL duration] [PRIORITY 0-9]`
 //! (the grammar is `model::route`'s, shared with the routes a pod declares
 //! for itself, `pod_routes`).
 //! The source names the pod (and optionally one container; without it every
@@ -24,8 +25,8 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::model::RouteTarget;
-use crate::model::route::LineTarget;
+use crate::model::route::{Line, LineTarget};
+use crate::model::{Priority, RouteTarget};
 
 pub use crate::model::DataSource as Source;
 
@@ -39,12 +40,17 @@ pub struct Route {
     pub target: Target,
     /// How long a message may wait on the device for its target.
     pub ttl: Duration,
+    /// Which messages waiting for the broker go first (`$upstream` only;
+    /// the default, the lowest, into a pod).
+    pub priority: Priority,
     /// Names the route in the store and the counters (`Route::id_of`).
     pub id: u32,
 }
 
 impl std::fmt::Display for Route {
-    /// The route in the grammar it was written in, TTL included.
+    /// The route in the grammar it was written in, TTL included, and its
+    /// priority unless it is the default (so a route written before
+    /// priorities keeps its text, and its id).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "FROM {}/{}", self.namespace, self.pod)?;
         if let Some(c) = &self.container {
@@ -58,7 +64,11 @@ impl std::fmt::Display for Route {
             humantime::format_duration(self.ttl)
                 .to_string()
                 .replace(' ', "")
-        )
+        )?;
+        if self.priority != Priority::default() {
+            write!(f, " PRIORITY {}", self.priority)?;
+        }
+        Ok(())
     }
 }
 
@@ -132,7 +142,7 @@ pub struct RouteError {
 }
 
 /// The grammar of a node's route, for error messages.
-const USAGE: &str = "expected FROM namespace/pod[/container] topic-filter INTO $upstream|pod/namespace/name [TTL duration]";
+const USAGE: &str = "expected FROM namespace/pod[/container] topic-filter INTO $upstream|pod/namespace/name [TTL duration] [PRIORITY 0-9]";
 
 /// Parses `text` (the value of `key`), every route or none.
 pub fn parse_routes(
@@ -153,7 +163,13 @@ pub fn parse_routes(
 }
 
 fn parse_route(line: &str, default_ttl: Duration) -> Result<Route, String> {
-    let (source, filter, target, ttl) = crate::model::route::parse_line(line, USAGE)?;
+    let Line {
+        source,
+        filter,
+        target,
+        ttl,
+        priority,
+    } = crate::model::route::parse_line(line, USAGE)?;
     let parts: Vec<&str> = source.split('/').collect();
     let (namespace, pod, container) = match parts.as_slice() {
         [ns, pod] => (*ns, *pod, None),
@@ -193,6 +209,7 @@ fn parse_route(line: &str, default_ttl: Duration) -> Result<Route, String> {
         filter: filter.to_string(),
         target,
         ttl: ttl.unwrap_or(default_ttl),
+        priority: priority.unwrap_or_default(),
         id: 0,
     };
     route.id = Route::id_of("node", &route);
@@ -221,6 +238,7 @@ pub fn pod_routes(spec: &crate::model::PodSpec, default_ttl: Duration) -> Vec<Ro
                     0 => default_ttl,
                     secs => Duration::from_secs(secs),
                 },
+                priority: r.priority,
                 id: 0,
             };
             route.id = Route::id_of("pod", &route);
@@ -288,6 +306,7 @@ mod tests {
             filter: "readings/#".into(),
             ttl_secs: 5400,
             target: RouteTarget::Upstream,
+            priority: Priority::default(),
         }];
         let own = pod_routes(&spec, TWO_HOURS);
         assert_eq!(own[0].to_string(), node[0].to_string());
@@ -326,6 +345,7 @@ mod tests {
             filter: "events/#".into(),
             ttl_secs: 0,
             target: RouteTarget::Pod("alarm".into()),
+            priority: Priority::default(),
         }];
         let own = pod_routes(&spec, TWO_HOURS);
         assert!(own[0].target.is_pod(&spec.namespace, "alarm"));
@@ -347,6 +367,33 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// A priority reads back as written; the default is not written, so a
+    /// route declared before priorities keeps its text and id, and the
+    /// same route at another priority is another route.
+    #[test]
+    fn a_routes_priority_reads_back_and_names_it() {
+        let routes = parse_routes(
+            "data.routes",
+            "FROM default/meter alarms/# INTO $upstream PRIORITY 0; FROM default/meter alarms/# INTO $upstream TTL 1h priority 9; FROM default/meter alarms/# INTO $upstream TTL 1h",
+            TWO_HOURS,
+        )
+        .expect("valid");
+        assert_eq!(routes[0].priority, Priority::HIGHEST);
+        assert_eq!(
+            routes[0].to_string(),
+            "FROM default/meter alarms/# INTO $upstream TTL 2h PRIORITY 0"
+        );
+        assert_eq!(routes[1].priority, Priority::LOWEST);
+        assert_eq!(routes[1], routes[2], "PRIORITY 9 is the default");
+        assert_eq!(
+            routes[1].to_string(),
+            "FROM default/meter alarms/# INTO $upstream TTL 1h"
+        );
+        assert_ne!(routes[0].id, routes[1].id);
+        let again = parse_routes("data.routes", &routes[0].to_string(), TWO_HOURS).expect("valid");
+        assert_eq!(again[0], routes[0]);
     }
 
     #[test]
@@ -375,9 +422,14 @@ mod tests {
                 .contains("TTL")
         );
         assert!(
-            err("FROM default/sensor # INTO $upstream PRIORITY 1")
+            err("FROM default/sensor # INTO $upstream PRIORITY 10")
                 .message
-                .contains("PRIORITY")
+                .contains("PRIORITY \"10\": expected 0 (the highest) to 9 (the lowest)")
+        );
+        assert!(
+            err("FROM default/sensor # INTO pod/default/alarm PRIORITY 1")
+                .message
+                .contains("INTO $upstream only")
         );
         assert!(
             err("TO default/sensor # INTO $upstream")

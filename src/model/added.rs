@@ -17,7 +17,8 @@
 //! `Container`, `field` to `EnvVar` and `security` to `PodSpec`; version 10
 //! appended `restart_policy` to `Container` and `routes` to `PodSpec`;
 //! version 11 appended `se_linux_options` to `SecurityContext` and to
-//! `PodSecurity` and `dns` to `PodSpec`. Nothing else of their layout
+//! `PodSecurity` and `dns` to `PodSpec`; version 12 appended `priority` to
+//! `PodRoute` and to `RouteStatus`. Nothing else of their layout
 //! changed since version 4, so a body of versions 4 to 10 is today's layout
 //! without what came later. Those fields
 //! carry `#[serde(deserialize_with = "added::in_vN")]`: while `reading`
@@ -77,4 +78,4 @@ macro_rules! added_in_version {
     )*};
 }
 
-added_in_version!(in_v2 => 2, in_v4 => 4, in_v5 => 5, in_v9 => 9, in_v10 => 10, in_v11 => 11);
+added_in_version!(in_v2 => 2, in_v4 => 4, in_v5 => 5, in_v9 => 9, in_v10 => 10, in_v11 => 11, in_v12 => 12);

@@ -221,6 +221,38 @@ pub struct PodRoute {
     /// `added`, read as `$upstream`, the only target then).
     #[serde(default, deserialize_with = "added::in_v11")]
     pub target: RouteTarget,
+    /// `PRIORITY n`: which of the messages waiting for the broker go first
+    /// (`$upstream` only; a route into a pod has the default). Schema 12
+    /// (absent in an older body: `added`, read as the default, the lowest).
+    #[serde(default, deserialize_with = "added::in_v12")]
+    pub priority: Priority,
+}
+
+/// A data route's priority (`PRIORITY n`, as Azure IoT Edge's edgeHub has
+/// it): 0 the highest to 9 the lowest, the default. Messages waiting for
+/// the broker go highest priority first, each priority in the order it was
+/// stored; under `data.budget_bytes` the lowest priority's oldest go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Priority(pub u8);
+
+impl Priority {
+    pub const HIGHEST: Priority = Priority(0);
+    pub const LOWEST: Priority = Priority(9);
+    /// How many priorities there are (0 to 9).
+    pub const LEVELS: usize = 10;
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Priority::LOWEST
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
 }
 
 /// Where a pod's route sends its messages.
@@ -999,6 +1031,10 @@ pub struct RouteStatus {
     pub sent_bytes: u64,
     pub dropped_ttl: u64,
     pub dropped_budget: u64,
+    /// The route's priority (`PRIORITY n`). Version 12 (absent in an
+    /// older body: `added`, the default).
+    #[serde(default, deserialize_with = "added::in_v12")]
+    pub priority: Priority,
 }
 
 impl NodeStatus {

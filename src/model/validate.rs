@@ -216,6 +216,12 @@ fn count(field: &str, n: usize, max: usize) -> Result {
     Ok(())
 }
 
+/// A route's priority: 0 to 9.
+fn route_priority(field: &str, priority: crate::model::Priority) -> Result {
+    let lowest = crate::model::Priority::LOWEST.0;
+    at_most(field, u64::from(priority.0), u64::from(lowest))
+}
+
 fn at_most(field: &str, value: u64, max: u64) -> Result {
     if value > max {
         return Err(invalid(
@@ -495,13 +501,21 @@ impl Validate for PodSpec {
                 ));
             }
             at_most(&path, r.ttl_secs, MAX_SECONDS)?;
-            if let crate::model::RouteTarget::Pod(target) = &r.target
-                && !crate::model::route::valid_name(target)
-            {
-                return Err(invalid(
-                    path,
-                    format!("Invalid value: \"pod/{}\": not a pod name", clip(target)),
-                ));
+            route_priority(&path, r.priority)?;
+            if let crate::model::RouteTarget::Pod(target) = &r.target {
+                if !crate::model::route::valid_name(target) {
+                    return Err(invalid(
+                        path,
+                        format!("Invalid value: \"pod/{}\": not a pod name", clip(target)),
+                    ));
+                }
+                if r.priority != crate::model::Priority::default() {
+                    let why = crate::model::route::NOT_INTO_A_POD;
+                    return Err(invalid(
+                        path,
+                        format!("Invalid value: \"PRIORITY {}\": {why}", r.priority),
+                    ));
+                }
             }
             if let Some(c) = &r.container
                 && !self.containers.iter().any(|k| k.name == *c)
@@ -972,6 +986,7 @@ impl Validate for NodeStatus {
             for (n, r) in data.routes.iter().enumerate() {
                 text(&format!("data.routes[{n}].route"), &r.route, MAX_SHORT)?;
                 opt_text(&format!("data.routes[{n}].pod"), &r.pod, 2 * 253 + 1)?;
+                route_priority(&format!("data.routes[{n}].priority"), r.priority)?;
             }
         }
         Ok(())
@@ -1391,6 +1406,7 @@ mod tests {
             filter: filter.into(),
             ttl_secs,
             target: crate::model::RouteTarget::Upstream,
+            priority: crate::model::Priority::default(),
         };
         let mut s = pod();
         s.routes = vec![
@@ -1399,6 +1415,10 @@ mod tests {
             crate::model::PodRoute {
                 target: crate::model::RouteTarget::Pod("actuator".into()),
                 ..route(None, "cmd/#", 0)
+            },
+            crate::model::PodRoute {
+                priority: crate::model::Priority::HIGHEST,
+                ..route(None, "alarms/#", 0)
             },
         ];
         s.validate().expect("valid");
@@ -1409,6 +1429,16 @@ mod tests {
             route(None, "a", MAX_SECONDS + 1),
             crate::model::PodRoute {
                 target: crate::model::RouteTarget::Pod("Not_A_Pod".into()),
+                ..route(None, "a", 0)
+            },
+            crate::model::PodRoute {
+                priority: crate::model::Priority(10),
+                ..route(None, "a", 0)
+            },
+            // A priority where it means nothing.
+            crate::model::PodRoute {
+                target: crate::model::RouteTarget::Pod("actuator".into()),
+                priority: crate::model::Priority(0),
                 ..route(None, "a", 0)
             },
         ] {

@@ -300,10 +300,11 @@ impl WasiView for P2State {
 }
 
 /// The data path's host interface for components (`kedge:data/publish`,
-/// `src/data/wit/publish.wit`), in builds with `data`: a component that
-/// imports it publishes as its own pod and container through the agent's
-/// data path (`data::publish::PodPublisher`). Preview 1 modules do not get
-/// it (a core module cannot import a WIT interface).
+/// `src/data/wit/publish.wit`, version 0.2.0, and 0.1.0 for the guests
+/// built against it, `src/data/wit-0.1.0`), in builds with `data`: a
+/// component that imports it publishes as its own pod and container through
+/// the agent's data path (`data::publish::PodPublisher`). Preview 1 modules
+/// do not get it (a core module cannot import a WIT interface).
 #[cfg(feature = "data")]
 mod data_host {
     use std::sync::Arc;
@@ -311,7 +312,7 @@ mod data_host {
     use tracing::warn;
 
     use super::P2State;
-    use crate::data::publish::{PodPublisher, PublishError};
+    use crate::data::publish::{BatchError, PodPublisher, PublishError};
 
     wasmtime::component::bindgen!({
         path: "src/data/wit",
@@ -319,7 +320,19 @@ mod data_host {
         imports: { default: async },
     });
 
-    use kedge::data::publish::{Host, PublishError as WitError};
+    /// Version 0.1.0 (without the batch calls): its functions are today's.
+    mod v0_1 {
+        wasmtime::component::bindgen!({
+            path: "src/data/wit-0.1.0",
+            world: "publisher",
+            imports: { default: async },
+        });
+    }
+
+    use kedge::data::publish::{
+        BatchError as WitBatchError, Host, Message, PublishError as WitError,
+    };
+    use v0_1::kedge::data::publish::{Host as HostV0_1, PublishError as WitErrorV0_1};
 
     /// One instance's side of the interface.
     pub(super) struct DataHost {
@@ -348,6 +361,10 @@ mod data_host {
         kedge::data::publish::add_to_linker::<P2State, wasmtime::component::HasSelf<P2State>>(
             linker,
             |state| state,
+        )?;
+        v0_1::kedge::data::publish::add_to_linker::<P2State, wasmtime::component::HasSelf<P2State>>(
+            linker,
+            |state| state,
         )
     }
 
@@ -364,35 +381,56 @@ mod data_host {
         }
     }
 
+    /// Version 0.1.0's error: the same cases.
+    fn to_v0_1(e: WitError) -> WitErrorV0_1 {
+        match e {
+            WitError::NoRoute => WitErrorV0_1::NoRoute,
+            WitError::InvalidTopic => WitErrorV0_1::InvalidTopic,
+            WitError::TooLarge(max) => WitErrorV0_1::TooLarge(max),
+            WitError::Unavailable(why) => WitErrorV0_1::Unavailable(why),
+            WitError::Storage(why) => WitErrorV0_1::Storage(why),
+        }
+    }
+
     impl DataHost {
+        /// One message (`publish`, `publish-once`) or a batch: the
+        /// messages as (topic, payload).
         async fn publish(
             &mut self,
             sequence: Option<u64>,
-            topic: String,
-            payload: Vec<u8>,
-        ) -> Result<(), WitError> {
+            messages: Vec<(String, Vec<u8>)>,
+        ) -> Result<(), WitBatchError> {
             let result = match &self.publisher {
                 Some(publisher) => {
                     publisher
-                        .publish(&self.container, sequence, topic, payload)
+                        .publish_batch(&self.container, sequence, messages)
                         .await
                 }
-                None => Err(PublishError::Unavailable(
-                    "this runtime was given no data path".into(),
-                )),
+                None => Err(BatchError {
+                    index: 0,
+                    error: PublishError::Unavailable("this runtime was given no data path".into()),
+                }),
             };
             result.map_err(|e| {
                 if !std::mem::replace(&mut self.warned, true) {
                     warn!(container = %self.container, error = %e, "a Wasm component's publish was refused (logged once per instance)");
                 }
-                to_wit(e)
+                WitBatchError {
+                    index: u32::try_from(e.index).unwrap_or(u32::MAX),
+                    error: to_wit(e.error),
+                }
             })
         }
     }
 
+    fn pairs(messages: Vec<Message>) -> Vec<(String, Vec<u8>)> {
+        messages.into_iter().map(|m| (m.topic, m.payload)).collect()
+    }
+
     impl Host for P2State {
         async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), WitError> {
-            self.data.publish(None, topic, payload).await
+            let one = vec![(topic, payload)];
+            self.data.publish(None, one).await.map_err(|e| e.error)
         }
 
         async fn publish_once(
@@ -401,7 +439,40 @@ mod data_host {
             topic: String,
             payload: Vec<u8>,
         ) -> Result<(), WitError> {
-            self.data.publish(Some(sequence), topic, payload).await
+            let one = vec![(topic, payload)];
+            self.data
+                .publish(Some(sequence), one)
+                .await
+                .map_err(|e| e.error)
+        }
+
+        async fn publish_batch(&mut self, messages: Vec<Message>) -> Result<(), WitBatchError> {
+            self.data.publish(None, pairs(messages)).await
+        }
+
+        async fn publish_batch_once(
+            &mut self,
+            sequence: u64,
+            messages: Vec<Message>,
+        ) -> Result<(), WitBatchError> {
+            self.data.publish(Some(sequence), pairs(messages)).await
+        }
+    }
+
+    impl HostV0_1 for P2State {
+        async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), WitErrorV0_1> {
+            Host::publish(self, topic, payload).await.map_err(to_v0_1)
+        }
+
+        async fn publish_once(
+            &mut self,
+            sequence: u64,
+            topic: String,
+            payload: Vec<u8>,
+        ) -> Result<(), WitErrorV0_1> {
+            Host::publish_once(self, sequence, topic, payload)
+                .await
+                .map_err(to_v0_1)
         }
     }
 }

@@ -216,6 +216,8 @@ pub(super) fn desired_pod() -> PodSpec {
             filter: "readings/#".into(),
             ttl_secs: 7200,
             target: crate::model::RouteTarget::Pod("actuator".into()),
+            // Version 12's priority: the default on a route into a pod.
+            priority: Priority::LOWEST,
         }],
         // Version 11's DNS policy and configuration.
         dns: PodDns {
@@ -382,6 +384,7 @@ pub(super) fn node_status() -> NodeStatus {
                     sent_bytes: 1_260_000,
                     dropped_ttl: 0,
                     dropped_budget: 0,
+                    priority: Priority::LOWEST,
                 },
                 RouteStatus {
                     route: "FROM default/meter/main readings/# INTO $upstream TTL 10m".into(),
@@ -393,6 +396,8 @@ pub(super) fn node_status() -> NodeStatus {
                     sent_bytes: 30_000,
                     dropped_ttl: 5,
                     dropped_budget: 2,
+                    // Version 12's priority.
+                    priority: Priority(1),
                 },
             ],
         })),
@@ -1007,6 +1012,18 @@ fn vector_tombstone() {
 /// and env values marked as read from objects. The samples'
 /// strings hold no `$`, so the upgrade's escaping changes nothing.
 fn as_of_version(version: u16, message: Message) -> Message {
+    // Versions 1 to 11 had no route priorities: the default.
+    let message = match message {
+        Message::NodeStatus(mut n) if version < ROUTE_PRIORITY_SINCE_VERSION => {
+            if let Some(data) = &mut n.data {
+                for r in &mut data.routes {
+                    r.priority = Priority::default();
+                }
+            }
+            Message::NodeStatus(n)
+        }
+        other => other,
+    };
     // Versions 1 to 10 had no SELinux labels, no DNS policy, no
     // ephemeral-storage limit and no routes into pods.
     let message = match message {
@@ -1275,6 +1292,14 @@ fn version_10_vectors_are_still_read() {
     signed_vectors_still_verify(10);
 }
 
+/// Version 11 had kinds 1–21 and routes without a priority (read as the
+/// default, the lowest); its signed vectors still verify.
+#[test]
+fn version_11_vectors_are_still_read() {
+    older_vectors_are_still_read(11, 21);
+    signed_vectors_still_verify(11);
+}
+
 /// Versions 1 to 3 ran `command`, `args` and env values literally; version
 /// 4 expands them, so an older spec is read with them escaped and runs as
 /// before.
@@ -1397,7 +1422,7 @@ fn write_vectors_then_fail_on_purpose() {
 #[test]
 fn envelope_layout_matches_the_spec() {
     let bytes = encode(EVENT_SEQ, &Message::Event(event())).expect("sample encodes");
-    assert_eq!(bytes[0], 0x0b, "version 11 as a one-byte varint");
+    assert_eq!(bytes[0], 0x0c, "version 12 as a one-byte varint");
     assert_eq!(bytes[1], Kind::Event as u8, "kind as one raw byte");
     assert_eq!(bytes[2], EVENT_SEQ as u8, "seq 43 as a one-byte varint");
     assert_eq!(bytes[3], 0x00, "empty signature: length 0");

@@ -1140,6 +1140,23 @@ status: {}
             }}})),
             "metadata.annotations[kedge.io/routes][1]: unsupported target \"$elsewhere\": expected $upstream or pod/<name>"
         );
+        // A priority, upstream only.
+        let spec = convert(json!({"metadata": {"annotations": {
+            "kedge.io/routes": "FROM * alarms/# INTO $upstream PRIORITY 0"
+        }}}));
+        assert_eq!(spec.routes[0].priority, crate::model::Priority::HIGHEST);
+        assert_eq!(
+            convert_err(json!({"metadata": {"annotations": {
+                "kedge.io/routes": "FROM * a INTO $upstream; FROM * b INTO $upstream PRIORITY 12"
+            }}})),
+            "metadata.annotations[kedge.io/routes][1]: PRIORITY \"12\": expected 0 (the highest) to 9 (the lowest)"
+        );
+        assert!(
+            convert_err(json!({"metadata": {"annotations": {
+                "kedge.io/routes": "FROM app cmd/# INTO pod/actuator PRIORITY 1"
+            }}}))
+            .starts_with("metadata.annotations[kedge.io/routes][0]: PRIORITY applies to routes INTO $upstream only"),
+        );
         let err = convert_err(json!({"metadata": {"annotations": {
             "kedge.io/routes": "FROM sidecar # INTO $upstream"
         }}}));

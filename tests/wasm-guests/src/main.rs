@@ -1,7 +1,8 @@
 //! Test guest for kedge's integration tests: one WASI binary (built for
 //! wasm32-wasip1 as a core module and wasm32-wasip2 as a component) whose first
 //! argument picks a behaviour (hello, exit, trap, abort, alloc, spin, ticker, env,
-//! write, read, crash-after, and for the component publish, publish-once). See
+//! write, read, crash-after, and for the component publish, publish-once,
+//! publish-batch-once). See
 //! `usage()` for the list.
 
 use std::io::Write;
@@ -12,7 +13,8 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: guest hello [text..] | exit N | trap | abort | alloc MIB | spin | ticker N MS | env \
          | write FILE TEXT | read FILE | crash-after MS | publish N TOPIC DIR \
-         | publish-once N TOPIC DIR (wasm32-wasip2)"
+         | publish-once N TOPIC DIR | publish-batch-once N BATCH TOPIC DIR \
+         | publish-0.1 TOPIC (wasm32-wasip2)"
     );
     ExitCode::from(64)
 }
@@ -164,6 +166,14 @@ fn main() -> ExitCode {
             };
             publish(n, topic, std::path::Path::new(dir), cmd == "publish-once")
         }
+        "publish-0.1" => publish_v0_1(args.get(2).map_or("", String::as_str)),
+        "publish-batch-once" => {
+            let (n, batch): (u64, u64) = (num(&args, 2), num(&args, 3));
+            let (Some(topic), Some(dir)) = (args.get(4), args.get(5)) else {
+                return usage();
+            };
+            publish_batches(n, batch.max(1), topic, std::path::Path::new(dir))
+        }
         _ => usage(),
     }
 }
@@ -235,6 +245,97 @@ fn publish(n: u64, topic: &str, dir: &std::path::Path, once: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `publish`'s messages in batches of `batch` (`publish-batch-once`): the
+/// batch from message i to i + batch (fixed boundaries, so a batch sent
+/// again after a crash is the same batch) with sequence i, all or nothing;
+/// `DIR/next` is written after each `ok`. `DIR/allowed` gates the start of
+/// a batch (a batch that starts below it is sent whole).
+#[cfg(target_env = "p2")]
+fn publish_batches(n: u64, batch: u64, topic: &str, dir: &std::path::Path) -> ExitCode {
+    use data::{Message, PublishError};
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(dir.join(name))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    };
+    let mut i = read("next").unwrap_or(0);
+    println!("publishing from {i} of {n} on {topic} in batches of {batch}");
+    flush();
+    let mut retrying = false;
+    while i < n {
+        if read("allowed").is_some_and(|allowed| i >= allowed) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let end = (i + batch).min(n);
+        let messages: Vec<Message> = (i..end)
+            .map(|k| Message {
+                topic: topic.to_string(),
+                payload: format!("{{\"n\":{k},\"unit\":\"plaintext-marker\"}}").into_bytes(),
+            })
+            .collect();
+        match data::publish_batch_once(i, &messages) {
+            Ok(()) => {
+                retrying = false;
+                let before = i;
+                i = end;
+                let tmp = dir.join("next.tmp");
+                if let Err(e) = std::fs::write(&tmp, i.to_string())
+                    .and_then(|()| std::fs::rename(&tmp, dir.join("next")))
+                {
+                    eprintln!("cannot record progress in {}: {e}", dir.display());
+                    return ExitCode::from(2);
+                }
+                if i / 1000 > before / 1000 {
+                    println!("published {i}");
+                    flush();
+                }
+            }
+            Err(e) if matches!(e.error, PublishError::Unavailable(_) | PublishError::Storage(_)) => {
+                if !retrying {
+                    eprintln!("publish batch {i}: {e:?}; retrying");
+                    retrying = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                eprintln!("publish batch {i}: message {}: {:?}", e.index, e.error);
+                return ExitCode::from(3);
+            }
+        }
+    }
+    println!("published {n} of {n} on {topic}");
+    ExitCode::SUCCESS
+}
+
+/// One message on `topic` through version 0.1.0 of the interface (what a
+/// guest built before 0.2.0 imports): exits 0 on `ok`, 3 on a refusal.
+#[cfg(target_env = "p2")]
+fn publish_v0_1(topic: &str) -> ExitCode {
+    match data_v0_1::publish(topic, b"{\"n\":0,\"via\":\"0.1.0\"}") {
+        Ok(()) => {
+            println!("published through 0.1.0");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("publish through 0.1.0: {e:?}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+#[cfg(not(target_env = "p2"))]
+fn publish_v0_1(_: &str) -> ExitCode {
+    eprintln!("publish-0.1 needs the wasm32-wasip2 component (kedge:data/publish@0.1.0)");
+    ExitCode::from(64)
+}
+
+#[cfg(not(target_env = "p2"))]
+fn publish_batches(_: u64, _: u64, _: &str, _: &std::path::Path) -> ExitCode {
+    eprintln!("publish-batch-once needs the wasm32-wasip2 component (kedge:data/publish)");
+    ExitCode::from(64)
+}
+
 #[cfg(not(target_env = "p2"))]
 fn publish(_: u64, _: &str, _: &std::path::Path, _: bool) -> ExitCode {
     eprintln!("publish needs the wasm32-wasip2 component (kedge:data/publish)");
@@ -248,7 +349,20 @@ mod data {
         path: "../../src/data/wit",
         world: "publisher",
     });
-    pub use kedge::data::publish::{PublishError, publish, publish_once};
+    pub use kedge::data::publish::{
+        Message, PublishError, publish, publish_batch_once, publish_once,
+    };
+}
+
+/// Version 0.1.0 of the interface (`src/data/wit-0.1.0`), which the agent
+/// still links for guests built against it.
+#[cfg(target_env = "p2")]
+mod data_v0_1 {
+    wit_bindgen::generate!({
+        path: "../../src/data/wit-0.1.0",
+        world: "publisher",
+    });
+    pub use kedge::data::publish::publish;
 }
 
 #[cfg(target_arch = "wasm32")]
