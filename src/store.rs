@@ -295,7 +295,8 @@ pub struct DataWrite {
     /// Messages a route takes into a pod on this node: the target
     /// (`namespace/pod`), the message and its QoS 2 key, as `records`.
     pub into_pods: Vec<(String, DataRecord, Option<String>)>,
-    /// QoS 2 keys the workload released (PUBREL).
+    /// QoS 2 keys the workload released (PUBREL), applied before the
+    /// records: a release in one read is for a publish of an earlier one.
     pub released: Vec<String>,
     /// A connection with a clean session: every QoS 2 key of this client
     /// is forgotten first.
@@ -1122,6 +1123,13 @@ impl Store {
                         qos2.remove(key.as_str())?;
                     }
                 }
+                // Releases first: a PUBREL in this write is for a publish of
+                // an earlier one (its PUBREC went out after that commit),
+                // and a publish here that reuses its packet id is a new
+                // message (rumqttc reuses an id once it sent the PUBREL).
+                for key in &write.released {
+                    qos2.remove(key.as_str())?;
+                }
                 if let Some((key, sequence)) = &write.sequence {
                     let last = qos2
                         .get(key.as_str())?
@@ -1155,9 +1163,6 @@ impl Store {
                     pods.insert(pod_queue_key(&target, next).as_str(), value.as_slice())?;
                     appended.stored.push((record.route, value.len() as u64));
                     appended.into_pods += 1;
-                }
-                for key in &write.released {
-                    qos2.remove(key.as_str())?;
                 }
             }
             while bytes > budget_bytes {
@@ -1788,6 +1793,15 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(reused.ids.len(), 1);
+        // One read brought the PUBREL of that message and, after it, a new
+        // publish reusing the packet id (rumqttc does this before PUBCOMP):
+        // the release comes first, the publish is new.
+        let same_read = once(DataWrite {
+            released: vec![key().expect("key")],
+            records: vec![(record(3, u64::MAX), key())],
+            ..Default::default()
+        });
+        assert_eq!((same_read.ids.len(), same_read.duplicates), (1, 0));
         // A clean session forgets what was not released.
         let fresh = once(DataWrite {
             records: vec![(record(2, u64::MAX), key())],
