@@ -28,7 +28,8 @@ pub use crate::model::validate::{MAX_STREAM_CHUNK, MAX_STREAM_WINDOW};
 pub const DEFAULT_WINDOW: u32 = 256 * 1024;
 /// The window the opener (the bridge) gives for a device's bytes: what it
 /// holds at most for a stream whose reader (kubectl) is slow, and what a
-/// device may have sent and not yet seen granted back. Larger than the
+/// device may have sent and not yet seen granted back (behind a slow
+/// uplink, waiting in its MQTT client for the broker). Larger than the
 /// device's: the bench (README, issue 14) measured a 64 MiB download at
 /// 124–160 MiB/s with 256 KiB, where the credit came back too late to keep
 /// the pipeline full, and 156–228 MiB/s with 1 MiB (4 MiB gave no more).
