@@ -434,13 +434,15 @@ mod relay {
                 // The buffer is made once there is something to read: an
                 // idle stream holds none.
                 rd.readable().await.map_err(|e| failed(&e.kind()))?;
-                let mut buf = vec![0; n];
-                let got = match rd.try_read(&mut buf) {
+                // Read into spare capacity, not a zeroed buffer; the
+                // capacity is exactly `n` (`Vec::with_capacity`'s
+                // guarantee), so the read stays within the credit.
+                let mut buf = Vec::with_capacity(n);
+                let got = match rd.try_read_buf(&mut buf) {
                     Ok(got) => got,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(failed(&e.kind())),
                 };
-                buf.truncate(got);
                 touch();
                 let seq = shared.send.sent(got);
                 publish(Message::StreamData(StreamData {

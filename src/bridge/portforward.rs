@@ -372,8 +372,10 @@ async fn forward<F, Fut, W, R>(
         let out_down = out.clone();
         let down = async move {
             while let Some(data) = r.read().await? {
-                for chunk in data.chunks(spdy::WRITE_CHUNK) {
-                    let frame = data_frame(data_stream, 0, Bytes::copy_from_slice(chunk));
+                // Slices of the one buffer, not copies.
+                for at in (0..data.len()).step_by(spdy::WRITE_CHUNK) {
+                    let chunk = data.slice(at..data.len().min(at + spdy::WRITE_CHUNK));
+                    let frame = data_frame(data_stream, 0, chunk);
                     out_down
                         .send(frame)
                         .await

@@ -407,14 +407,14 @@ impl Client {
         timeout: Duration,
     ) -> Result<(stream::StreamWriter, stream::StreamReader), ClientError> {
         use crate::model::StreamOpen;
-        use crate::wire::stream::DEFAULT_WINDOW;
+        use crate::wire::stream::OPENER_WINDOW;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let open = Message::StreamOpen(StreamOpen {
             stream_id: id.clone(),
             namespace: namespace.to_string(),
             pod: pod.to_string(),
             port,
-            window: DEFAULT_WINDOW,
+            window: OPENER_WINDOW,
         });
         self.open_stream(node, id, open, timeout).await
     }
@@ -436,7 +436,7 @@ impl Client {
         use crate::model::validate::Validate;
         let id = uuid::Uuid::new_v4().simple().to_string();
         exec.stream_id = id.clone();
-        exec.window = crate::wire::stream::DEFAULT_WINDOW;
+        exec.window = crate::wire::stream::OPENER_WINDOW;
         exec.validate().map_err(|invalid| WireError::Invalid {
             kind: wire::Kind::StreamExec.name(),
             invalid,
@@ -455,12 +455,18 @@ impl Client {
         open: Message,
         timeout: Duration,
     ) -> Result<(stream::StreamWriter, stream::StreamReader), ClientError> {
-        use crate::wire::stream::DEFAULT_WINDOW;
+        use crate::wire::stream::OPENER_WINDOW;
         if !wire::valid_topic_level(node) {
             return Err(ClientError::Node(node.to_string()));
         }
         let payload = wire::encode(0, &open)?;
-        let mut opened = self.rpc.open_stream(&id, DEFAULT_WINDOW);
+        // The window the message grants the device is what the route holds.
+        let window = match &open {
+            Message::StreamOpen(o) => o.window,
+            Message::StreamExec(e) => e.window,
+            _ => OPENER_WINDOW,
+        };
+        let mut opened = self.rpc.open_stream(&id, window);
         // From here on, dropping the guard leaves the route and the topic
         // and cancels the stream on the device.
         let guard = stream::Guard {

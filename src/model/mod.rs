@@ -6,6 +6,7 @@
 //! them (and is the one place that knows Kubernetes field paths).
 
 pub mod added;
+pub mod bytes;
 #[cfg(feature = "manifests")]
 pub mod convert;
 pub mod expansion;
@@ -105,6 +106,7 @@ pub struct SealedPod {
     /// HPKE's encapsulated key.
     pub encapped_key: [u8; 32],
     /// The sealed `PodSpec` body and its 16-byte tag.
+    #[serde(with = "bytes")]
     pub ciphertext: Vec<u8>,
 }
 
@@ -1098,6 +1100,7 @@ pub struct LogRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogChunk {
     pub request_id: String,
+    #[serde(with = "bytes")]
     pub data: Vec<u8>,
     pub eof: bool,
     pub error: Option<String>,
@@ -1147,7 +1150,9 @@ pub struct ExecReply {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecOutput {
     pub exit_code: i32,
+    #[serde(with = "bytes")]
     pub stdout: Vec<u8>,
+    #[serde(with = "bytes")]
     pub stderr: Vec<u8>,
     /// Either stream was longer than `MAX_EXEC_OUTPUT` and was cut.
     pub truncated: bool,
@@ -1206,6 +1211,7 @@ pub struct StreamData {
     pub stream_id: String,
     pub seq: u64,
     /// At most `validate::MAX_STREAM_CHUNK` bytes.
+    #[serde(with = "bytes")]
     pub data: Vec<u8>,
     /// This direction ends after `data` (a TCP half-close).
     pub fin: bool,

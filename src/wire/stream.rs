@@ -22,9 +22,18 @@ use tokio::sync::Notify;
 
 pub use crate::model::validate::{MAX_STREAM_CHUNK, MAX_STREAM_WINDOW};
 
-/// The window each end gives by default: bytes the other end may send
-/// before it grants more.
+/// The window a device gives for the opener's bytes: what the other end
+/// may send before it grants more, and so what a device holds at most for
+/// a stream whose pod reads slowly (64 streams at most: 16 MiB).
 pub const DEFAULT_WINDOW: u32 = 256 * 1024;
+/// The window the opener (the bridge) gives for a device's bytes: what it
+/// holds at most for a stream whose reader (kubectl) is slow, and what a
+/// device may have sent and not yet seen granted back (behind a slow
+/// uplink, waiting in its MQTT client for the broker). Larger than the
+/// device's: the bench (README, issue 14) measured a 64 MiB download at
+/// 124–160 MiB/s with 256 KiB, where the credit came back too late to keep
+/// the pipeline full, and 156–228 MiB/s with 1 MiB (4 MiB gave no more).
+pub const OPENER_WINDOW: u32 = 1024 * 1024;
 /// A stream with no data either way for this long is closed by the device
 /// (`StreamClose` with [`IDLE_ERROR`]).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
