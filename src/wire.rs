@@ -14,6 +14,7 @@ use crate::model::{
     StatsRequest, StreamClose, StreamData, StreamExec, StreamOpen, StreamWindow,
 };
 
+pub mod bytes;
 pub mod stream;
 
 /// The schema version this build writes (docs/wire.md, "Evolving the

@@ -43,6 +43,7 @@ pub struct DataMessage {
     pub topic: String,
     /// When the agent received it (device clock, ms since the Unix epoch).
     pub device_time_ms: u64,
+    #[serde(with = "crate::wire::bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -102,8 +103,10 @@ impl std::str::FromStr for Compression {
 struct Sealed {
     header: Header,
     /// HPKE's encapsulated key (32 bytes for X25519).
+    #[serde(with = "crate::wire::bytes")]
     encapped_key: Vec<u8>,
     /// HPKE ciphertext of `Signed`.
+    #[serde(with = "crate::wire::bytes")]
     ciphertext: Vec<u8>,
 }
 
@@ -111,7 +114,9 @@ struct Sealed {
 /// device's signature over exactly those bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Signed {
+    #[serde(with = "crate::wire::bytes")]
     batch: Vec<u8>,
+    #[serde(with = "crate::wire::bytes")]
     signature: Vec<u8>,
 }
 
@@ -121,7 +126,9 @@ struct Signed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct SignedV2 {
     compression: Compression,
+    #[serde(with = "crate::wire::bytes")]
     batch: Vec<u8>,
+    #[serde(with = "crate::wire::bytes")]
     signature: Vec<u8>,
 }
 
