@@ -243,7 +243,7 @@ pub struct DataRecord {
     pub device_time_ms: u64,
     /// When its route's time to live runs out (device clock, ms).
     pub expires_ms: u64,
-    #[serde(with = "crate::wire::bytes")]
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// The route that took it (`data::Route::id`), for its counters; 0 in
     /// a record an older agent stored (which lacks the field: read by
@@ -265,7 +265,7 @@ fn decode_data(id: u64, bytes: &[u8]) -> Result<DataRecord, StoreError> {
             topic: String,
             device_time_ms: u64,
             expires_ms: u64,
-            #[serde(with = "crate::wire::bytes")]
+            #[serde(with = "serde_bytes")]
             payload: Vec<u8>,
         }
         let old: Before = decode("data", id, bytes).map_err(|_| e)?;

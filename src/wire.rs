@@ -14,7 +14,6 @@ use crate::model::{
     StatsRequest, StreamClose, StreamData, StreamExec, StreamOpen, StreamWindow,
 };
 
-pub mod bytes;
 pub mod stream;
 
 /// The schema version this build writes (docs/wire.md, "Evolving the
@@ -1049,6 +1048,49 @@ mod vectors;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte fields marked `serde(with = "serde_bytes")` (stream and log
+    /// chunks, payloads, sealed batches) are the same postcard bytes as a
+    /// `Vec<u8>`, so marking them changed nothing on the wire or on disk
+    /// (the vectors prove it too); JSON (`kedge wire decode`) still has
+    /// arrays of numbers, and a truncated blob is an error.
+    #[test]
+    fn byte_fields_are_a_vec_of_u8s_bytes_in_postcard_and_numbers_in_json() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Blob {
+            #[serde(with = "serde_bytes")]
+            data: Vec<u8>,
+            after: u8,
+        }
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct Seq {
+            data: Vec<u8>,
+            after: u8,
+        }
+        for len in [0usize, 1, 127, 128, 300, 32 * 1024, 70_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let blob = Blob {
+                data: data.clone(),
+                after: 9,
+            };
+            let bytes = postcard::to_stdvec(&blob).expect("encodes");
+            let seq = postcard::to_stdvec(&Seq { data, after: 9 }).expect("encodes");
+            assert_eq!(bytes, seq, "{len} bytes");
+            assert_eq!(postcard::from_bytes::<Blob>(&bytes), Ok(blob));
+        }
+        let json = serde_json::to_string(&Blob {
+            data: vec![1, 2, 255],
+            after: 0,
+        })
+        .expect("json");
+        assert_eq!(json, r#"{"data":[1,2,255],"after":0}"#);
+        let back: Blob = serde_json::from_str(&json).expect("reads");
+        assert_eq!(back.data, vec![1, 2, 255]);
+        assert!(
+            postcard::from_bytes::<Blob>(&[5, 1, 2]).is_err(),
+            "truncated"
+        );
+    }
 
     #[test]
     fn topics_round_trip() {

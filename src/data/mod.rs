@@ -43,7 +43,7 @@ pub struct DataMessage {
     pub topic: String,
     /// When the agent received it (device clock, ms since the Unix epoch).
     pub device_time_ms: u64,
-    #[serde(with = "crate::wire::bytes")]
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -103,10 +103,10 @@ impl std::str::FromStr for Compression {
 struct Sealed {
     header: Header,
     /// HPKE's encapsulated key (32 bytes for X25519).
-    #[serde(with = "crate::wire::bytes")]
+    #[serde(with = "serde_bytes")]
     encapped_key: Vec<u8>,
     /// HPKE ciphertext of `Signed`.
-    #[serde(with = "crate::wire::bytes")]
+    #[serde(with = "serde_bytes")]
     ciphertext: Vec<u8>,
 }
 
@@ -114,9 +114,9 @@ struct Sealed {
 /// device's signature over exactly those bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Signed {
-    #[serde(with = "crate::wire::bytes")]
+    #[serde(with = "serde_bytes")]
     batch: Vec<u8>,
-    #[serde(with = "crate::wire::bytes")]
+    #[serde(with = "serde_bytes")]
     signature: Vec<u8>,
 }
 
@@ -126,9 +126,9 @@ struct Signed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct SignedV2 {
     compression: Compression,
-    #[serde(with = "crate::wire::bytes")]
+    #[serde(with = "serde_bytes")]
     batch: Vec<u8>,
-    #[serde(with = "crate::wire::bytes")]
+    #[serde(with = "serde_bytes")]
     signature: Vec<u8>,
 }
 

@@ -6,7 +6,6 @@
 //! them (and is the one place that knows Kubernetes field paths).
 
 pub mod added;
-pub mod bytes;
 #[cfg(feature = "manifests")]
 pub mod convert;
 pub mod expansion;
@@ -106,7 +105,7 @@ pub struct SealedPod {
     /// HPKE's encapsulated key.
     pub encapped_key: [u8; 32],
     /// The sealed `PodSpec` body and its 16-byte tag.
-    #[serde(with = "bytes")]
+    #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
 }
 
@@ -1100,7 +1099,7 @@ pub struct LogRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogChunk {
     pub request_id: String,
-    #[serde(with = "bytes")]
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     pub eof: bool,
     pub error: Option<String>,
@@ -1150,9 +1149,9 @@ pub struct ExecReply {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecOutput {
     pub exit_code: i32,
-    #[serde(with = "bytes")]
+    #[serde(with = "serde_bytes")]
     pub stdout: Vec<u8>,
-    #[serde(with = "bytes")]
+    #[serde(with = "serde_bytes")]
     pub stderr: Vec<u8>,
     /// Either stream was longer than `MAX_EXEC_OUTPUT` and was cut.
     pub truncated: bool,
@@ -1211,7 +1210,7 @@ pub struct StreamData {
     pub stream_id: String,
     pub seq: u64,
     /// At most `validate::MAX_STREAM_CHUNK` bytes.
-    #[serde(with = "bytes")]
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// This direction ends after `data` (a TCP half-close).
     pub fin: bool,
