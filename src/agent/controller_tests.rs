@@ -619,7 +619,12 @@ async fn a_desired_spec_is_acknowledged_only_once_committed() {
 
 #[tokio::test(start_paused = true)]
 async fn reports_dropped_from_a_full_outbox_are_reported() {
-    let device = Device::with(|c| c.outbox.max_entries = 4);
+    // The outbox is trimmed on the heartbeat: an hour apart here, so that
+    // the paused clock cannot reach one while the refusals are handled.
+    let device = Device::with(|c| {
+        c.outbox.max_entries = 4;
+        c.node.heartbeat_ms = 3_600_000;
+    });
     let mut agent = device.start();
     // Nobody acknowledges the outbox (no broker): each refusal adds an
     // event and a status.
@@ -633,6 +638,8 @@ async fn reports_dropped_from_a_full_outbox_are_reported() {
         .await;
     assert_eq!(agent.store.outbox_len().expect("readable"), 8);
 
+    // The next heartbeat trims.
+    tokio::time::advance(Duration::from_secs(3_600)).await;
     agent
         .until("an OutboxOverflow event", |a| {
             a.has_event(None, "OutboxOverflow")
