@@ -255,6 +255,21 @@ pub struct DataRecord {
     pub priority: Priority,
 }
 
+/// What the store's own passes need of a stored workload message (its
+/// expiry and route), read without copying its payload and strings: the
+/// deletion of every acknowledged batch and the expiry pass over the
+/// whole backlog read each record. Both layouts, as `decode_data`.
+fn data_head(id: u64, bytes: &[u8]) -> Result<(u64, u32), StoreError> {
+    // `DataRecord`'s fields in order (postcard writes a struct's fields
+    // one after the other, nested ones too), borrowed; the older layout
+    // ends after the payload.
+    type Fields<'a> = (&'a str, &'a str, &'a str, &'a str, u64, u64, &'a [u8]);
+    postcard::from_bytes::<(Fields, u32)>(bytes)
+        .map(|(f, route)| (f.5, route))
+        .or_else(|_| postcard::from_bytes::<Fields>(bytes).map(|f| (f.5, 0)))
+        .map_err(|e| corrupt("data", &id, e))
+}
+
 /// A stored workload message read back: today's layout, else the one
 /// before `route` was appended (then route 0).
 fn decode_data(id: u64, bytes: &[u8]) -> Result<DataRecord, StoreError> {
@@ -1177,7 +1192,7 @@ impl Store {
                     break;
                 };
                 let (key, len) = (k.value(), v.value().len() as u64);
-                let route = decode_data(key, v.value()).map_or(0, |r| r.route);
+                let route = data_head(key, v.value()).map_or(0, |(_, route)| route);
                 drop((k, v));
                 table.remove(key)?;
                 bytes = bytes.saturating_sub(len);
@@ -1248,7 +1263,7 @@ impl Store {
         let mut out = std::collections::BTreeMap::<u32, (u64, u64)>::new();
         for item in table.iter()? {
             let (k, v) = item?;
-            let route = decode_data(k.value(), v.value()).map_or(0, |r| r.route);
+            let route = data_head(k.value(), v.value()).map_or(0, |(_, route)| route);
             let entry = out.entry(route).or_default();
             entry.0 += 1;
             entry.1 += v.value().len() as u64;
@@ -1291,7 +1306,7 @@ impl Store {
                     .range(range)?
                     .filter_map(Result::ok)
                     .map(|(k, v)| {
-                        let route = decode_data(k.value(), v.value()).map_or(0, |r| r.route);
+                        let route = data_head(k.value(), v.value()).map_or(0, |(_, route)| route);
                         (k.value(), route, v.value().len() as u64)
                     })
                     .collect();
@@ -1316,12 +1331,15 @@ impl Store {
             let mut out = Vec::new();
             for item in table.iter()? {
                 let (k, v) = item?;
-                let record = decode_data(k.value(), v.value());
+                let head = data_head(k.value(), v.value());
                 // A record that does not decode can never be sent: it goes too.
-                if record.as_ref().is_ok_and(|r| r.expires_ms > now_ms) {
+                if head
+                    .as_ref()
+                    .is_ok_and(|&(expires_ms, _)| expires_ms > now_ms)
+                {
                     continue;
                 }
-                let route = record.map_or(0, |r| r.route);
+                let route = head.map_or(0, |(_, route)| route);
                 out.push((k.value(), route, v.value().len() as u64));
             }
             out
@@ -1766,6 +1784,21 @@ mod tests {
         let by_older: Before = postcard::from_bytes(&encode(&today)).expect("older reads");
         assert_eq!(by_older, before);
         assert!(decode_data(1, &old_bytes[..old_bytes.len() - 1]).is_err());
+        // The head (expiry, route) the deletion and expiry passes read,
+        // borrowed: the same as the whole record's, in both layouts.
+        assert_eq!(
+            data_head(1, &encode(&today)).expect("reads"),
+            (today.expires_ms, today.route)
+        );
+        assert_ne!(
+            today.route, 0,
+            "the fixture's route tells the layouts apart"
+        );
+        assert_eq!(
+            data_head(1, &old_bytes).expect("reads"),
+            (today.expires_ms, 0)
+        );
+        assert!(data_head(1, &old_bytes[..old_bytes.len() - 1]).is_err());
     }
 
     #[test]
