@@ -183,6 +183,7 @@ cargo fmt --all -- --check
 # (no code is compiled only without the bridge).
 stage "cargo clippy --all-targets --features bridge,sink (default + bridge + sink)"
 cargo clippy --all-targets --locked --features bridge,sink -- -D warnings
+cargo clippy --all-targets --locked -p kedge-hpke -- -D warnings
 stage "cargo clippy --all-targets, minimal"
 cargo clippy --all-targets --locked --no-default-features --features minimal -- -D warnings
 

@@ -19,16 +19,11 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use hpke::{Deserializable as _, Kem as _, Serializable as _};
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
 use crate::model::{PodSpec, SealedPod};
 use crate::wire::{self, WireError};
-
-type Kem = hpke::kem::X25519HkdfSha256;
-type Kdf = hpke::kdf::HkdfSha256;
-type Aead = hpke::aead::ChaCha20Poly1305;
 
 /// HPKE's `info` for sealed pod specs (domain separation from the data
 /// path's batches).
@@ -87,7 +82,7 @@ pub fn key_id(public: &[u8; 32]) -> [u8; 8] {
 /// A public key to seal to.
 #[derive(Clone)]
 pub struct PublicKey {
-    key: <Kem as hpke::Kem>::PublicKey,
+    key: kedge_hpke::PublicKey,
     bytes: [u8; 32],
     id: [u8; 8],
 }
@@ -106,11 +101,10 @@ impl PartialEq for PublicKey {
 
 impl PublicKey {
     pub fn from_bytes(bytes: &[u8; 32], what: &str) -> Result<PublicKey, KeyError> {
-        let key =
-            <Kem as hpke::Kem>::PublicKey::from_bytes(bytes).map_err(|e| KeyError::Invalid {
-                what: what.to_string(),
-                message: e.to_string(),
-            })?;
+        let key = kedge_hpke::public_key(bytes).map_err(|e| KeyError::Invalid {
+            what: what.to_string(),
+            message: e.to_string(),
+        })?;
         Ok(PublicKey {
             key,
             bytes: *bytes,
@@ -136,7 +130,7 @@ impl PublicKey {
         hex::encode(self.bytes)
     }
 
-    pub(crate) fn hpke(&self) -> &<Kem as hpke::Kem>::PublicKey {
+    pub(crate) fn hpke(&self) -> &kedge_hpke::PublicKey {
         &self.key
     }
 }
@@ -145,7 +139,7 @@ impl PublicKey {
 /// 9180's DeriveKeyPair) that is all the key file holds, in hex.
 #[derive(Clone)]
 pub struct KeyPair {
-    private: <Kem as hpke::Kem>::PrivateKey,
+    private: kedge_hpke::PrivateKey,
     public: PublicKey,
 }
 
@@ -160,12 +154,8 @@ impl std::fmt::Debug for KeyPair {
 impl KeyPair {
     /// The key pair a 32-byte seed derives (what a key file holds).
     pub fn from_seed(seed: &[u8; 32]) -> KeyPair {
-        let (private, public) = Kem::derive_keypair(seed);
-        let bytes: [u8; 32] = public
-            .to_bytes()
-            .as_slice()
-            .try_into()
-            .expect("an X25519 public key is 32 bytes");
+        let (private, public) = kedge_hpke::derive_key_pair(seed);
+        let bytes = kedge_hpke::public_key_bytes(&public);
         KeyPair {
             private,
             public: PublicKey {
@@ -226,7 +216,7 @@ impl KeyPair {
         self.public.id
     }
 
-    pub(crate) fn hpke(&self) -> &<Kem as hpke::Kem>::PrivateKey {
+    pub(crate) fn hpke(&self) -> &kedge_hpke::PrivateKey {
         &self.private
     }
 }
@@ -279,19 +269,9 @@ fn pod_aad(topic: &str, uid: &str) -> Vec<u8> {
 /// Seals `spec` (its body in this wire version) to `to`, for `topic`.
 pub fn seal_pod(to: &PublicKey, topic: &str, spec: &PodSpec) -> Result<SealedPod, SealError> {
     let plain = wire::pod_spec_body(spec)?;
-    let (encapped, ciphertext) = hpke::single_shot_seal::<Aead, Kdf, Kem>(
-        &hpke::OpModeS::Base,
-        to.hpke(),
-        POD_INFO,
-        &plain,
-        &pod_aad(topic, &spec.uid),
-    )
-    .map_err(|e| SealError::Seal(e.to_string()))?;
-    let encapped_key: [u8; 32] = encapped
-        .to_bytes()
-        .as_slice()
-        .try_into()
-        .map_err(|_| SealError::Seal("encapsulated key is not 32 bytes".into()))?;
+    let (encapped_key, ciphertext) =
+        kedge_hpke::seal(to.hpke(), POD_INFO, &plain, &pod_aad(topic, &spec.uid))
+            .map_err(|e| SealError::Seal(e.to_string()))?;
     Ok(SealedPod {
         uid: spec.uid.clone(),
         labels: spec.labels.clone(),
@@ -317,10 +297,8 @@ pub fn open_pod(
             ours: hex::encode(key.id()),
         });
     }
-    let encapped = <Kem as hpke::Kem>::EncappedKey::from_bytes(&sealed.encapped_key)
-        .map_err(|_| SealError::Open)?;
-    let plain = hpke::single_shot_open::<Aead, Kdf, Kem>(
-        &hpke::OpModeR::Base,
+    let encapped = kedge_hpke::encapped_key(&sealed.encapped_key).map_err(|_| SealError::Open)?;
+    let plain = kedge_hpke::open(
         key.hpke(),
         &encapped,
         POD_INFO,

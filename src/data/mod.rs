@@ -140,10 +140,6 @@ fn signed_bytes(compression: Compression, batch: &[u8]) -> Vec<u8> {
     out
 }
 
-type Kem = hpke::kem::X25519HkdfSha256;
-type Kdf = hpke::kdf::HkdfSha256;
-type Aead = hpke::aead::ChaCha20Poly1305;
-
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum OpenError {
     #[error("not a sealed data batch: {0}")]
@@ -220,18 +216,11 @@ fn seal_signed(
         key_id: sink.id(),
     };
     let aad = postcard::to_stdvec(&header).map_err(|e| SealError::Encode(e.to_string()))?;
-    let (encapped, ciphertext) = hpke::single_shot_seal::<Aead, Kdf, Kem>(
-        &hpke::OpModeS::Base,
-        sink.hpke(),
-        HPKE_INFO,
-        signed,
-        &aad,
-    )
-    .map_err(|e| SealError::Hpke(e.to_string()))?;
-    use hpke::Serializable as _;
+    let (encapped, ciphertext) = kedge_hpke::seal(sink.hpke(), HPKE_INFO, signed, &aad)
+        .map_err(|e| SealError::Hpke(e.to_string()))?;
     postcard::to_stdvec(&Sealed {
         header,
-        encapped_key: encapped.to_bytes().to_vec(),
+        encapped_key: encapped.to_vec(),
         ciphertext,
     })
     .map_err(|e| SealError::Encode(e.to_string()))
@@ -266,20 +255,12 @@ pub fn open(
     let Some(sink) = sink_keys.iter().find(|k| k.id() == sealed.header.key_id) else {
         return Err(OpenError::UnknownSinkKey(hex::encode(sealed.header.key_id)));
     };
-    use hpke::Deserializable as _;
-    let encapped = <Kem as hpke::Kem>::EncappedKey::from_bytes(&sealed.encapped_key)
+    let encapped = kedge_hpke::encapped_key(&sealed.encapped_key)
         .map_err(|e| OpenError::Malformed(format!("encapsulated key: {e}")))?;
     let aad =
         postcard::to_stdvec(&sealed.header).map_err(|e| OpenError::Malformed(e.to_string()))?;
-    let plain = hpke::single_shot_open::<Aead, Kdf, Kem>(
-        &hpke::OpModeR::Base,
-        sink.hpke(),
-        &encapped,
-        HPKE_INFO,
-        &sealed.ciphertext,
-        &aad,
-    )
-    .map_err(|_| OpenError::Decrypt)?;
+    let plain = kedge_hpke::open(sink.hpke(), &encapped, HPKE_INFO, &sealed.ciphertext, &aad)
+        .map_err(|_| OpenError::Decrypt)?;
     let malformed = |e: postcard::Error| OpenError::Malformed(e.to_string());
     // The signature is checked before anything is decompressed: only a
     // device's own bytes reach the decompressor, and it is bounded.
