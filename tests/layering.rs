@@ -149,3 +149,45 @@ fn the_shared_client_and_session_know_none_of_their_users() {
         found.join("\n")
     );
 }
+
+/// The HPKE suite's generics are named only in `kedge-hpke`
+/// (`src/hpke-suite/`), which is what has their code generated at that
+/// crate's opt-level: a `hpke::` path anywhere else in `src/` would
+/// generate a second copy at kedge's "z" (src/hpke-suite/Cargo.toml).
+#[test]
+fn only_the_hpke_suite_names_the_hpke_crate() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let suite = src.join("hpke-suite");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let found: Vec<String> = files
+        .iter()
+        .filter(|(file, _)| !Path::new(file).starts_with(&suite))
+        .flat_map(|(file, text)| {
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| {
+                    let l = l.trim_start();
+                    !l.starts_with("//")
+                        && l.match_indices("hpke::").any(|(i, _)| {
+                            !l[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_')
+                        })
+                })
+                .map(|(n, l)| format!("{file}:{}: {}", n + 1, l.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        found.is_empty(),
+        "the hpke crate is named outside kedge-hpke:\n{}",
+        found.join("\n")
+    );
+    // And the suite does name it (the check above looks at real paths).
+    assert!(
+        files
+            .iter()
+            .any(|(file, text)| Path::new(file).starts_with(&suite)
+                && text.contains("hpke::single_shot_seal")),
+        "src/hpke-suite/src/lib.rs seals with hpke::single_shot_seal"
+    );
+}
