@@ -105,6 +105,17 @@ done
 psql -c "$query"
 echo "== the route's counters, as of the node's last status report:"
 k get routes --node "$node"
+if [ -n "${KEDGE_DEMO_CHECK:-}" ]; then
+  # scripts/demo.sh's KEDGE_DEMO_CHECK: the readings are rows, from the pod.
+  rows=$(psql -tAc "SELECT count(*) FROM kedge_messages WHERE pod = 'sensor-wasm' AND payload_json IS NOT NULL")
+  if [ "$rows" -gt 0 ]; then
+    echo "demo check: $rows readings of sensor-wasm in PostgreSQL: ok"
+    exit 0
+  fi
+  echo "demo check: no reading of sensor-wasm in PostgreSQL: FAILED; the sink's log:" >&2
+  tail -20 "$state/sink.log" >&2
+  exit 1
+fi
 echo "== the broker only carried sealed batches: try  mosquitto_sub -h 127.0.0.1 -t 'kedge/#' -v"
 echo "== Ctrl-C stops the agent, the sink and PostgreSQL"
 wait

@@ -16,6 +16,10 @@
 # writes them to a PostgreSQL of the demo's own (installed with apt when
 # missing, its cluster in the state directory). Prints the rows as they
 # arrive, then the route's counters. Ctrl-C stops everything.
+#
+# KEDGE_DEMO_CHECK=1 (scripts/test.sh's last stage): each demo checks what it
+# shows (the pod Running, the office device given the pod, rows in
+# PostgreSQL), stops what it started and exits 0, or 1 saying what failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -37,10 +41,32 @@ if [ "${1:-}" = --data ]; then
   exec scripts/demo-data.sh "$kedge" "$state/data-demo"
 fi
 
+# KEDGE_DEMO_CHECK: waits up to 120 s for LINE to match PATTERN in what
+# COMMAND prints, then prints it; exits 1 naming WHAT when it never does.
+check() { # WHAT PATTERN COMMAND...
+  local what=$1 pattern=$2 out=""
+  shift 2
+  for _ in $(seq 1200); do
+    out=$("$@" 2>&1) && grep -Eq "$pattern" <<<"$out" && { echo "demo check: $what: ok"; return 0; }
+    sleep 0.1
+  done
+  printf 'demo check: %s: FAILED (no line matching "%s"); last output:\n%s\n' "$what" "$pattern" "$out" >&2
+  exit 1
+}
+
 if [ "${1:-}" != --fleet ]; then
   echo "== kedge agent: node demo, embedded broker on 127.0.0.1:1883, state in $state"
   echo "== try: $root/target/kedge get pods   |   $root/target/kedge logs kedge-demo -f"
-  exec "$kedge" agent --node demo --data-dir "$state/data" --manifests "$state/manifests" "$@"
+  if [ -z "${KEDGE_DEMO_CHECK:-}" ]; then
+    exec "$kedge" agent --node demo --data-dir "$state/data" --manifests "$state/manifests" "$@"
+  fi
+  "$kedge" agent --node demo --data-dir "$state/data" --manifests "$state/manifests" "$@" >"$state/agent.log" 2>&1 &
+  agent=$!
+  trap 'kill $agent 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+  check "the demo pod runs" 'kedge-demo +[0-9]+/[0-9]+ +Running' "$kedge" get pods
+  "$kedge" get pods
+  check "the demo pod logs" '.' "$kedge" logs kedge-demo
+  exit 0
 fi
 
 fleet="$state/fleet"
@@ -81,5 +107,11 @@ for _ in $(seq 300); do
 done
 k get pods -A --node office-1
 k get fleets
+if [ -n "${KEDGE_DEMO_CHECK:-}" ]; then
+  for n in lab-1 lab-2 office-1; do
+    check "$n runs the fleet's pod" 'kedge-demo.*Running' "$kedge" --broker mqtt://127.0.0.1:1883 get pods -A --node "$n"
+  done
+  exit 0
+fi
 echo "== Ctrl-C stops the three agents"
 wait

@@ -12,7 +12,7 @@
 # tests: "tests: N passed, N failed, N skipped, N ignored" (ignored: tools
 # that are tests on purpose, such as scripts/regen-vectors.sh's, not checks).
 #
-# Switches: KEDGE_SKIP_CROSS=1 (device binaries and all HIL),
+# Switches: KEDGE_SKIP_DEMO=1 (the demos' checks), KEDGE_SKIP_CROSS=1 (device binaries and all HIL),
 # KEDGE_SKIP_QEMU_SYSTEM=1 (both emulated arm64 machines),
 # KEDGE_SKIP_SSH_BOARD=1 (the emulated ssh board only), KEDGE_TEST_THREADS
 # (default 4). Caches: scripts/cache-env.sh (KEDGE_CACHE_ROOT).
@@ -363,5 +363,23 @@ else
       hil/ssh/emulated-board.sh hil/run.sh --backend ssh --device-bin "$arm" --scenario hil/scenarios/minimal.scn
     fi
   fi
+fi
+
+# ---------------------------------------------------------------------------
+# The README's first command, each of its three demos, one shot
+# (KEDGE_DEMO_CHECK=1: each checks what it shows, stops and exits). Last,
+# because scripts/demo.sh builds kedge without the dev-dependencies' features
+# (and --data with the sink), which replaces $CARGO_TARGET_DIR/debug/kedge,
+# the binary the HIL above drove. The demos use the embedded broker's fixed
+# port, 1883, as a user's machine does.
+# ---------------------------------------------------------------------------
+if [ "${KEDGE_SKIP_DEMO:-0}" = 1 ]; then
+  skip "scripts/demo.sh, its three demos checked" "KEDGE_SKIP_DEMO=1"
+else
+  for mode in "" --fleet --data; do
+    stage "scripts/demo.sh ${mode:-(the main job)}, checked (KEDGE_DEMO_CHECK=1)"
+    rm -rf "$logs/demo"
+    KEDGE_DEMO_CHECK=1 KEDGE_DEMO_DIR="$logs/demo" timeout 1200 scripts/demo.sh $mode
+  done
 fi
 stage_end
