@@ -46,7 +46,7 @@ mod support;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use stats::Summary;
-use support::data::{env_pod, run_env_pod, sink_keygen, start_sink};
+use support::data::{endpoint, env_pod, run_env_pod, sink_keygen, start_sink};
 use support::postgres::Postgres;
 use support::{Agent, AgentOpts, Mosquitto, free_port, kedge_ok, wait_until};
 
@@ -396,11 +396,7 @@ fn main() {
     };
     let (url, username, password) =
         run_env_pod(&broker, dir.path(), NODE, "sensor", &env_pod("sensor"));
-    let (host, port) = url
-        .trim_start_matches("mqtt://")
-        .rsplit_once(':')
-        .map(|(h, p)| (h.to_string(), p.parse::<u16>().expect("port")))
-        .expect("host:port");
+    let (host, port) = endpoint(&url);
     let kedge = Target {
         host,
         port,

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use support::data::{
-    PodSubscriber, count, env_pod, injected_credentials, publish_acked, run_env_pod, run_pod,
-    sink_keygen, start_sink, wasm_env_pod,
+    PodSubscriber, count, endpoint, env_pod, injected_credentials, publish_acked, run_env_pod,
+    run_pod, sink_keygen, start_sink, wasm_env_pod,
 };
 use support::postgres::Postgres;
 use support::*;
@@ -52,10 +52,8 @@ fn spawn_publisher(
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let addr = url.trim_start_matches("mqtt://").to_string();
-            let (host, port) = addr.rsplit_once(':').expect("host:port");
-            let mut opts =
-                rumqttc::MqttOptions::new("sensor-main", host, port.parse::<u16>().expect("port"));
+            let (host, port) = endpoint(&url);
+            let mut opts = rumqttc::MqttOptions::new("sensor-main", host, port);
             opts.set_clean_session(false);
             opts.set_credentials(username, password);
             opts.set_keep_alive(Duration::from_secs(5));
@@ -464,45 +462,20 @@ fn a_pods_own_routes_take_its_messages_to_postgres() {
         "info,kedge=debug",
     );
     // The stand-in for the meter's container: 100 readings on a routed
-    // topic, one on a topic no route takes, each acknowledged.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let (host, port) = url
-            .trim_start_matches("mqtt://")
-            .rsplit_once(':')
-            .map(|(h, p)| (h.to_string(), p.parse::<u16>().expect("port")))
-            .expect("host:port");
-        let mut opts = rumqttc::MqttOptions::new("meter-main", host, port);
-        opts.set_credentials(username, password);
-        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 200);
-        for i in 0..100 {
-            client
-                .publish(
-                    "meter/kwh",
-                    rumqttc::QoS::AtLeastOnce,
-                    false,
-                    format!("{{\"n\":{i}}}"),
-                )
-                .await
-                .expect("queue");
-        }
-        client
-            .publish("elsewhere", rumqttc::QoS::AtLeastOnce, false, "unrouted")
-            .await
-            .expect("queue");
-        let mut acked = 0;
-        while acked < 101 {
-            match tokio::time::timeout(WAIT, eventloop.poll()).await {
-                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => panic!("data endpoint: {e}"),
-                Err(_) => panic!("only {acked} of 101 publishes acknowledged"),
-            }
-        }
-    });
+    // topic, then one on a topic no route takes, each acknowledged.
+    let credentials = (url, username, password);
+    publish_acked(
+        credentials.clone(),
+        "meter-main",
+        "meter/kwh",
+        (0..100).map(|i| format!("{{\"n\":{i}}}")),
+    );
+    publish_acked(
+        credentials,
+        "meter-main",
+        "elsewhere",
+        ["unrouted".to_string()],
+    );
     wait_until("the readings in PostgreSQL", WAIT, || {
         (count(&pg, "SELECT count(*) FROM kedge_messages") >= 100).then_some(())
     });

@@ -184,7 +184,7 @@ pub fn data_client_bin() -> std::path::PathBuf {
 }
 
 /// The data endpoint's (host, port) in `url` (`mqtt://host:port`).
-fn endpoint(url: &str) -> (String, u16) {
+pub fn endpoint(url: &str) -> (String, u16) {
     url.trim_start_matches("mqtt://")
         .rsplit_once(':')
         .map(|(h, p)| (h.to_string(), p.parse::<u16>().expect("port")))
