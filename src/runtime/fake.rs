@@ -134,6 +134,25 @@ impl FakeRuntime {
     /// The starts so far of containers named `container` in `pod`:
     /// (generation, restart count) each.
     pub fn starts_of(&self, pod: &PodKey, container: &str) -> Vec<(u64, u32)> {
+        self.starts_matching(pod, container, |generation, restart_count, _| {
+            (generation, restart_count)
+        })
+    }
+
+    /// The env of each start so far of containers named `container` in
+    /// `pod`.
+    pub fn envs_of(&self, pod: &PodKey, container: &str) -> Vec<Vec<String>> {
+        self.starts_matching(pod, container, |_, _, env| env)
+    }
+
+    /// `what` of each start so far of containers named `container` in
+    /// `pod`, given its generation, restart count and env.
+    fn starts_matching<T>(
+        &self,
+        pod: &PodKey,
+        container: &str,
+        what: impl Fn(u64, u32, Vec<String>) -> T,
+    ) -> Vec<T> {
         self.calls()
             .into_iter()
             .filter_map(|c| match c {
@@ -142,25 +161,9 @@ impl FakeRuntime {
                     container: n,
                     generation,
                     restart_count,
-                    ..
-                } if &p == pod && n == container => Some((generation, restart_count)),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The env of each start so far of containers named `container` in
-    /// `pod`, in order.
-    pub fn envs_of(&self, pod: &PodKey, container: &str) -> Vec<Vec<String>> {
-        self.calls()
-            .into_iter()
-            .filter_map(|c| match c {
-                Call::Start {
-                    pod: p,
-                    container: n,
                     env,
                     ..
-                } if &p == pod && n == container => Some(env),
+                } if &p == pod && n == container => Some(what(generation, restart_count, env)),
                 _ => None,
             })
             .collect()
