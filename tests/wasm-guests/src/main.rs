@@ -192,57 +192,21 @@ fn main() -> ExitCode {
 #[cfg(target_env = "p2")]
 fn publish(n: u64, topic: &str, dir: &std::path::Path, once: bool) -> ExitCode {
     use data::PublishError;
-    let read = |name: &str| -> Option<u64> {
-        std::fs::read_to_string(dir.join(name))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-    };
-    let mut i = read("next").unwrap_or(0);
-    println!("publishing from {i} of {n} on {topic}");
-    flush();
-    let mut retrying = false;
-    while i < n {
-        if read("allowed").is_some_and(|allowed| i >= allowed) {
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
-        }
-        let payload = format!("{{\"n\":{i},\"unit\":\"plaintext-marker\"}}");
+    send_all((n, 1), (topic, ""), dir, |i, _| {
+        let payload = reading(i);
         let published = if once {
             data::publish_once(i, topic, payload.as_bytes())
         } else {
             data::publish(topic, payload.as_bytes())
         };
         match published {
-            Ok(()) => {
-                retrying = false;
-                i += 1;
-                let tmp = dir.join("next.tmp");
-                if let Err(e) = std::fs::write(&tmp, i.to_string())
-                    .and_then(|()| std::fs::rename(&tmp, dir.join("next")))
-                {
-                    eprintln!("cannot record progress in {}: {e}", dir.display());
-                    return ExitCode::from(2);
-                }
-                if i % 1000 == 0 {
-                    println!("published {i}");
-                    flush();
-                }
-            }
+            Ok(()) => Sent::Ok,
             Err(e @ (PublishError::Unavailable(_) | PublishError::Storage(_))) => {
-                if !retrying {
-                    eprintln!("publish {i}: {e:?}; retrying");
-                    retrying = true;
-                }
-                std::thread::sleep(Duration::from_millis(100));
+                Sent::Retry(format!("publish {i}: {e:?}"))
             }
-            Err(e) => {
-                eprintln!("publish {i}: {e:?}");
-                return ExitCode::from(3);
-            }
+            Err(e) => Sent::Refused(format!("publish {i}: {e:?}")),
         }
-    }
-    println!("published {n} of {n} on {topic}");
-    ExitCode::SUCCESS
+    })
 }
 
 /// `publish`'s messages in batches of `batch` (`publish-batch-once`): the
@@ -253,13 +217,68 @@ fn publish(n: u64, topic: &str, dir: &std::path::Path, once: bool) -> ExitCode {
 #[cfg(target_env = "p2")]
 fn publish_batches(n: u64, batch: u64, topic: &str, dir: &std::path::Path) -> ExitCode {
     use data::{Message, PublishError};
+    let how = format!(" in batches of {batch}");
+    send_all((n, batch), (topic, &how), dir, |i, end| {
+        let messages: Vec<Message> = (i..end)
+            .map(|k| Message {
+                topic: topic.to_string(),
+                payload: reading(k).into_bytes(),
+            })
+            .collect();
+        match data::publish_batch_once(i, &messages) {
+            Ok(()) => Sent::Ok,
+            Err(e)
+                if matches!(
+                    e.error,
+                    PublishError::Unavailable(_) | PublishError::Storage(_)
+                ) =>
+            {
+                Sent::Retry(format!("publish batch {i}: {e:?}"))
+            }
+            Err(e) => Sent::Refused(format!(
+                "publish batch {i}: message {}: {:?}",
+                e.index, e.error
+            )),
+        }
+    })
+}
+
+/// Message i of `publish` and `publish_batches`.
+#[cfg(target_env = "p2")]
+fn reading(i: u64) -> String {
+    format!("{{\"n\":{i},\"unit\":\"plaintext-marker\"}}")
+}
+
+/// What one send of `send_all` came to.
+#[cfg(target_env = "p2")]
+enum Sent {
+    Ok,
+    /// Refused for now (`unavailable`, `storage`): sent again.
+    Retry(String),
+    /// Refused for good.
+    Refused(String),
+}
+
+/// Sends messages 0..n on `topic` (`how` says how, when it starts) with
+/// `send(i, end)`, `step` at a time (fixed boundaries), resuming from
+/// `DIR/next`, starting a step only below `DIR/allowed`, writing
+/// `DIR/next` after each `Sent::Ok` and sending again every 100 ms after a
+/// `Sent::Retry`. Exits 0 when all are sent, 3 on a `Sent::Refused`
+/// (printed), 2 when `DIR/next` cannot be written.
+#[cfg(target_env = "p2")]
+fn send_all(
+    (n, step): (u64, u64),
+    (topic, how): (&str, &str),
+    dir: &std::path::Path,
+    mut send: impl FnMut(u64, u64) -> Sent,
+) -> ExitCode {
     let read = |name: &str| -> Option<u64> {
         std::fs::read_to_string(dir.join(name))
             .ok()
             .and_then(|s| s.trim().parse().ok())
     };
     let mut i = read("next").unwrap_or(0);
-    println!("publishing from {i} of {n} on {topic} in batches of {batch}");
+    println!("publishing from {i} of {n} on {topic}{how}");
     flush();
     let mut retrying = false;
     while i < n {
@@ -267,15 +286,9 @@ fn publish_batches(n: u64, batch: u64, topic: &str, dir: &std::path::Path) -> Ex
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
-        let end = (i + batch).min(n);
-        let messages: Vec<Message> = (i..end)
-            .map(|k| Message {
-                topic: topic.to_string(),
-                payload: format!("{{\"n\":{k},\"unit\":\"plaintext-marker\"}}").into_bytes(),
-            })
-            .collect();
-        match data::publish_batch_once(i, &messages) {
-            Ok(()) => {
+        let end = (i + step).min(n);
+        match send(i, end) {
+            Sent::Ok => {
                 retrying = false;
                 let before = i;
                 i = end;
@@ -291,15 +304,15 @@ fn publish_batches(n: u64, batch: u64, topic: &str, dir: &std::path::Path) -> Ex
                     flush();
                 }
             }
-            Err(e) if matches!(e.error, PublishError::Unavailable(_) | PublishError::Storage(_)) => {
+            Sent::Retry(why) => {
                 if !retrying {
-                    eprintln!("publish batch {i}: {e:?}; retrying");
+                    eprintln!("{why}; retrying");
                     retrying = true;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Err(e) => {
-                eprintln!("publish batch {i}: message {}: {:?}", e.index, e.error);
+            Sent::Refused(why) => {
+                eprintln!("{why}");
                 return ExitCode::from(3);
             }
         }
