@@ -484,6 +484,19 @@ fn a_pods_own_routes_take_its_messages_to_postgres() {
         pg.psql("SELECT DISTINCT topic FROM kedge_messages"),
         "meter/kwh"
     );
+    // The sink's table has one index, its key (each other index costs
+    // every insert: sink::SCHEMA), and the device name compares bytewise.
+    assert_eq!(
+        pg.psql("SELECT indexdef FROM pg_indexes WHERE tablename = 'kedge_messages'"),
+        "CREATE UNIQUE INDEX kedge_messages_pkey ON public.kedge_messages USING btree (device, seq)"
+    );
+    assert_eq!(
+        pg.psql(
+            "SELECT collation_name FROM information_schema.columns \
+             WHERE table_name = 'kedge_messages' AND column_name = 'device'"
+        ),
+        "C"
+    );
     drop(sink);
 }
 
