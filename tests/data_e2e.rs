@@ -96,6 +96,33 @@ fn spawn_publisher(
     })
 }
 
+/// `1,2,3,7` as `1-3, 7`.
+fn ranges(list: &str) -> String {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for n in list.split(',').filter_map(|n| n.trim().parse::<u64>().ok()) {
+        match out.last_mut() {
+            Some((_, end)) if *end + 1 == n => *end = n,
+            _ => out.push((n, n)),
+        }
+    }
+    out.iter()
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[test]
+fn missing_messages_read_as_spans() {
+    assert_eq!(ranges("1,2,3,7,9,10"), "1-3, 7, 9-10");
+    assert_eq!(ranges(""), "");
+}
+
 fn publish_file(broker: &Mosquitto, topic: &str, payload: &[u8], dir: &Path) {
     let file = dir.join(format!("p-{}", uuid::Uuid::new_v4().simple()));
     std::fs::write(&file, payload).expect("write payload");
@@ -225,9 +252,30 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
                     .collect::<Vec<_>>()
                     .join("\n")
             };
+            // Which messages are missing, and every log kept where the next
+            // engineer finds it (the temporary directory goes with the test).
+            let missing = pg.psql(&format!(
+                "SELECT coalesce(string_agg(n::text, ','), '') FROM generate_series(0, {}) n \
+                 WHERE n NOT IN (SELECT (payload_json->>'n')::bigint FROM kedge_messages \
+                 WHERE payload_json IS NOT NULL)",
+                N - 1
+            ));
+            let kept = std::env::temp_dir().join(format!(
+                "kedge-data-e2e-failure-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+            ));
+            let _ = std::fs::create_dir_all(&kept);
+            let _ = std::fs::write(kept.join("broker.log"), broker.log());
+            let _ = std::fs::write(kept.join("agent.log"), agent.log());
+            let _ = std::fs::write(kept.join("sink.log"), sink_log());
             panic!(
-                "only {} of {N} messages in PostgreSQL after {WAIT:?}\n--- broker log (drops)\n{}\n--- agent log (tail)\n{}\n--- sink log (tail)\n{}",
+                "only {} of {N} messages in PostgreSQL after {WAIT:?}; missing n: {}; all logs in {}\n--- broker log (drops)\n{}\n--- agent log (tail)\n{}\n--- sink log (tail)\n{}",
                 rows(),
+                ranges(&missing),
+                kept.display(),
                 tail(
                     broker
                         .log()
