@@ -574,7 +574,8 @@ struct Columns {
 
 /// One statement for every message of a burst; returns the keys it
 /// inserted (not those stored already), one row per device with its seqs
-/// (a row per message cost PostgreSQL and the sink a row's message each).
+/// (returning a row per message cost PostgreSQL and the sink a protocol
+/// message per row).
 const INSERT_MESSAGES: &str = "WITH inserted AS (INSERT INTO kedge_messages \
      (device, seq, namespace, pod, container, topic, device_time, payload, payload_json) \
      SELECT d, s, n, p, c, t, to_timestamp(dt), b, j::jsonb \
