@@ -29,7 +29,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::data::{self, Batch, OpenError, SinkKey};
@@ -283,7 +283,17 @@ async fn write_bursts(
                 }
             }
         }
-        for publish in &burst.publishes {
+        for (publish, outcome) in burst.publishes.iter().zip(&burst.outcomes) {
+            if let Ok(batch) = outcome {
+                debug!(
+                    device = %batch.device,
+                    first = batch.messages.first().map_or(0, |(id, _)| *id),
+                    last = batch.last_id(),
+                    pkid = publish.pkid,
+                    dup = publish.dup,
+                    "batch stored; acknowledging"
+                );
+            }
             client
                 .ack(publish)
                 .await

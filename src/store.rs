@@ -347,14 +347,14 @@ pub fn sequence_key(source: &crate::model::DataSource, uid: &str) -> String {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataAppend {
     pub ids: Vec<u64>,
-    /// The messages stored (not the duplicates), in order.
+    /// The messages stored for upstream (not the duplicates), in order.
     pub stored: RouteBytes,
+    /// The messages stored into pods' queues (not the duplicates).
+    pub stored_in_pods: RouteBytes,
     /// QoS 2 publishes sent again that were stored already.
     pub duplicates: u64,
     /// Older messages dropped to stay within the byte budget.
     pub dropped_budget: RouteBytes,
-    /// How many of `stored` went into pods' queues.
-    pub into_pods: u64,
 }
 
 /// Who this node is; written on first start.
@@ -1178,8 +1178,9 @@ impl Store {
                     next += 1;
                     let value = encode(&record);
                     pods.insert(pod_queue_key(&target, next).as_str(), value.as_slice())?;
-                    appended.stored.push((record.route, value.len() as u64));
-                    appended.into_pods += 1;
+                    appended
+                        .stored_in_pods
+                        .push((record.route, value.len() as u64));
                 }
             }
             while bytes > budget_bytes {

@@ -621,10 +621,11 @@ fn a_route_into_a_pod_delivers_each_message_once_through_a_disconnect_and_a_kill
             .find(|r| r["route"] == "FROM default/producer cmd/# INTO pod/default/consumer TTL 1h")
             .cloned()
     };
-    // Sent and queued are two counters read apart (a status taken between
-    // a delivery's count and its removal from the queue counts it in both,
-    // as one CI run saw: sent 100, queued 9): the first status that has
-    // all 100 sent and none queued.
+    // A delivery may be counted before its storing (each is counted after
+    // its own commit, by another task): the counts commute (`RouteTally`),
+    // so the line settles at all 100 sent and none queued. (Before they
+    // did, a queue counted down at zero and then up stayed at 9 for good,
+    // as one CI run saw: sent 100, queued 9.)
     let line = wait_until("the route counts 100 sent, none queued", WAIT, || {
         let line = route_line(&data_counters(&broker, NODE))?;
         (line["sent"] == 100 && line["queued"] == 0).then_some(line)

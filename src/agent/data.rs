@@ -86,17 +86,14 @@ const EXPIRY_TICK: Duration = Duration::from_secs(5);
 /// acknowledged (PUBACK), at most.
 const DELIVERY_WINDOW: usize = 32;
 
-/// Counters of the data path since the agent started.
+/// Counters of the data path since the agent started that no stored
+/// message moves (those that do are `RouteTally`'s, counted together).
 #[derive(Debug, Default)]
 pub struct Counters {
     pub received: AtomicU64,
     pub unrouted: AtomicU64,
-    pub sent: AtomicU64,
-    pub sent_bytes: AtomicU64,
     pub batches: AtomicU64,
     pub link_bytes: AtomicU64,
-    pub dropped_ttl: AtomicU64,
-    pub dropped_budget: AtomicU64,
     pub refused_connections: AtomicU64,
 }
 
@@ -114,8 +111,11 @@ struct RouteCounters {
     /// stored message goes.
     declared: bool,
     received: u64,
-    queued: u64,
-    queued_bytes: u64,
+    /// Stored minus gone: below zero for a moment when a message's going
+    /// is counted before its storing (the two are counted after their
+    /// commits, from different tasks); shown as zero then.
+    queued: i64,
+    queued_bytes: i64,
     sent: u64,
     sent_bytes: u64,
     dropped_ttl: u64,
@@ -131,10 +131,46 @@ enum Fate {
     DroppedBudget,
 }
 
-/// The per-route counters (pure: no I/O, unit-tested).
+/// Which queue the messages `RouteTally::count` counts are (were) in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    /// The store's queue for the broker (`data.budget_bytes` bounds it).
+    Upstream,
+    /// A pod's queue on this node (a module-to-module route).
+    Pod,
+}
+
+/// The node's totals of `DataPathStatus` that stored messages move:
+/// `queued` and `sent` are the upstream queue's, the drops both queues'.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct NodeTally {
+    /// Stored minus gone, as `RouteCounters::queued`; seeded from the
+    /// store at start.
+    queued: i64,
+    queued_bytes: i64,
+    sent: u64,
+    sent_bytes: u64,
+    dropped_ttl: u64,
+    dropped_budget: u64,
+}
+
+/// The counters stored messages move, per route and for the node, under
+/// one lock: a status reads them all at one moment, so a message is never
+/// both queued and sent in it (pure: no I/O, unit-tested).
 #[derive(Debug, Default)]
 struct RouteTally {
     routes: std::collections::BTreeMap<u32, RouteCounters>,
+    node: NodeTally,
+}
+
+/// A signed count as the status shows it: never below zero.
+fn shown(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// `bytes` as a signed count (saturating: a stored message is far smaller).
+fn signed(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 impl RouteTally {
@@ -162,7 +198,7 @@ impl RouteTally {
             }
         }
         self.declare(routes, Some(pod.to_string()));
-        self.routes.retain(|_, c| c.declared || c.queued > 0);
+        self.routes.retain(|_, c| c.declared || c.queued != 0);
     }
 
     /// `pod`'s routes are no longer declared.
@@ -170,29 +206,47 @@ impl RouteTally {
         self.declare_pod(pod, &[]);
     }
 
-    fn count(&mut self, fate: Fate, messages: &[(u32, u64)]) {
+    /// Counts `messages` (each one's route and stored bytes) of `queue`
+    /// as `fate` had them. Counts commute: a message's going counted before
+    /// its storing leaves the same totals.
+    fn count(&mut self, fate: Fate, queue: Queue, messages: &[(u32, u64)]) {
+        let node = &mut self.node;
         for &(route, bytes) in messages {
             let c = self.routes.entry(route).or_default();
-            if fate == Fate::Stored {
+            let (n, b) = if fate == Fate::Stored {
                 c.received += 1;
-                c.queued += 1;
-                c.queued_bytes += bytes;
-                continue;
+                (1, signed(bytes))
+            } else {
+                (-1, -signed(bytes))
+            };
+            c.queued += n;
+            c.queued_bytes += b;
+            if queue == Queue::Upstream {
+                node.queued += n;
+                node.queued_bytes += b;
             }
-            c.queued = c.queued.saturating_sub(1);
-            c.queued_bytes = c.queued_bytes.saturating_sub(bytes);
             match fate {
+                Fate::Stored => {}
                 Fate::Sent => {
                     c.sent += 1;
                     c.sent_bytes += bytes;
+                    if queue == Queue::Upstream {
+                        node.sent += 1;
+                        node.sent_bytes += bytes;
+                    }
                 }
-                Fate::DroppedTtl => c.dropped_ttl += 1,
-                Fate::DroppedBudget => c.dropped_budget += 1,
-                Fate::Stored => {}
+                Fate::DroppedTtl => {
+                    c.dropped_ttl += 1;
+                    node.dropped_ttl += 1;
+                }
+                Fate::DroppedBudget => {
+                    c.dropped_budget += 1;
+                    node.dropped_budget += 1;
+                }
             }
         }
         // A route no longer declared goes once nothing of it is stored.
-        self.routes.retain(|_, c| c.declared || c.queued > 0);
+        self.routes.retain(|_, c| c.declared || c.queued != 0);
     }
 
     /// The lines of the node status: the node's routes, then the pods',
@@ -208,8 +262,8 @@ impl RouteTally {
                     route,
                     pod,
                     received: c.received,
-                    queued: c.queued,
-                    queued_bytes: c.queued_bytes,
+                    queued: shown(c.queued),
+                    queued_bytes: shown(c.queued_bytes),
                     sent: c.sent,
                     sent_bytes: c.sent_bytes,
                     dropped_ttl: c.dropped_ttl,
@@ -283,9 +337,11 @@ impl DataPath {
         tally.declare(&routes, None);
         for (route, (count, bytes)) in store.data_backlog_by_route()? {
             let c = tally.routes.entry(route).or_default();
-            c.queued += count;
-            c.queued_bytes += bytes;
+            c.queued += signed(count);
+            c.queued_bytes += signed(bytes);
         }
+        let (count, bytes) = store.data_backlog()?;
+        (tally.node.queued, tally.node.queued_bytes) = (signed(count), signed(bytes));
         Ok(DataPath {
             routes,
             pods: RwLock::new(HashMap::new()),
@@ -307,28 +363,27 @@ impl DataPath {
         self.tally.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The data path's counters for the node status.
+    /// The data path's counters for the node status: what stored
+    /// messages move read at one moment (`RouteTally`).
     pub fn status(&self) -> crate::model::DataPathStatus {
-        let (queued, queued_bytes) = self.store.data_backlog().unwrap_or_else(|e| {
-            warn!(error = %e, "cannot read the data backlog");
-            (0, 0)
-        });
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let tally = self.tally();
+        let node = &tally.node;
         crate::model::DataPathStatus {
             received: load(&c.received),
             unrouted: load(&c.unrouted),
             refused_connections: load(&c.refused_connections),
-            queued,
-            queued_bytes,
+            queued: shown(node.queued),
+            queued_bytes: shown(node.queued_bytes),
             budget_bytes: self.budget_bytes,
-            sent: load(&c.sent),
-            sent_bytes: load(&c.sent_bytes),
+            sent: node.sent,
+            sent_bytes: node.sent_bytes,
             batches: load(&c.batches),
             link_bytes: load(&c.link_bytes),
-            dropped_ttl: load(&c.dropped_ttl),
-            dropped_budget: load(&c.dropped_budget),
-            routes: self.tally().lines(),
+            dropped_ttl: node.dropped_ttl,
+            dropped_budget: node.dropped_budget,
+            routes: tally.lines(),
         }
     }
 
@@ -915,7 +970,7 @@ fn deliver(
             .ack_pod_data(target, delivered)
             .map_err(|e| ConnectionError::Store(e.to_string()))?;
         delivered.clear();
-        path.tally().count(Fate::Sent, &removed);
+        path.tally().count(Fate::Sent, Queue::Pod, &removed);
     }
     while deliveries.wants_more() {
         let before = deliveries.read_up_to;
@@ -1196,15 +1251,15 @@ async fn run_commits(path: Arc<DataPath>) {
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
         let result = appended.map(|appended| {
-            if !appended.dropped_budget.is_empty() {
-                path.counters
-                    .dropped_budget
-                    .fetch_add(appended.dropped_budget.len() as u64, Ordering::Relaxed);
-            }
-            into_pods = appended.into_pods;
+            into_pods = appended.stored_in_pods.len();
             let mut tally = path.tally();
-            tally.count(Fate::Stored, &appended.stored);
-            tally.count(Fate::DroppedBudget, &appended.dropped_budget);
+            tally.count(Fate::Stored, Queue::Upstream, &appended.stored);
+            tally.count(Fate::Stored, Queue::Pod, &appended.stored_in_pods);
+            tally.count(
+                Fate::DroppedBudget,
+                Queue::Upstream,
+                &appended.dropped_budget,
+            );
         });
         if into_pods > 0 {
             path.into_pods.send_modify(|n| *n = n.wrapping_add(1));
@@ -1410,13 +1465,7 @@ fn deleted_messages(
     >,
 ) {
     match joined {
-        Ok(Ok(removed)) => {
-            let c = &path.counters;
-            c.sent.fetch_add(removed.len() as u64, Ordering::Relaxed);
-            let bytes = removed.iter().map(|(_, b)| b).sum();
-            c.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
-            path.tally().count(Fate::Sent, &removed);
-        }
+        Ok(Ok(removed)) => path.tally().count(Fate::Sent, Queue::Upstream, &removed),
         Ok(Err(e)) => {
             warn!(error = %e, "cannot delete acknowledged workload messages; they will be sent again");
         }
@@ -1475,20 +1524,20 @@ fn next_batch(
 fn expire_and_report(settings: &ForwarderSettings, path: &DataPath, reported: &mut (u64, u64)) {
     let now = crate::model::now_ms();
     // Upstream, and in the pods' queues alike.
-    for expired in [path.store.expire_data(now), path.store.expire_pod_data(now)] {
+    for (queue, expired) in [
+        (Queue::Upstream, path.store.expire_data(now)),
+        (Queue::Pod, path.store.expire_pod_data(now)),
+    ] {
         match expired {
             Ok(expired) if expired.is_empty() => {}
-            Ok(expired) => {
-                path.counters
-                    .dropped_ttl
-                    .fetch_add(expired.len() as u64, Ordering::Relaxed);
-                path.tally().count(Fate::DroppedTtl, &expired);
-            }
+            Ok(expired) => path.tally().count(Fate::DroppedTtl, queue, &expired),
             Err(e) => warn!(error = %e, "cannot drop expired workload messages"),
         }
     }
-    let ttl = path.counters.dropped_ttl.load(Ordering::Relaxed);
-    let budget = path.counters.dropped_budget.load(Ordering::Relaxed);
+    let (ttl, budget) = {
+        let node = &path.tally().node;
+        (node.dropped_ttl, node.dropped_budget)
+    };
     if (ttl, budget) == *reported {
         return;
     }
@@ -1878,11 +1927,16 @@ mod tests {
         std::mem::swap(&mut tally, &mut *path.tally());
         tally.count(
             Fate::Stored,
+            Queue::Upstream,
             &[(node_route.id, 100), (pod_route, 10), (pod_route, 10)],
         );
-        tally.count(Fate::Sent, &[(node_route.id, 100), (pod_route, 10)]);
-        tally.count(Fate::DroppedTtl, &[(pod_route, 10)]);
-        tally.count(Fate::Stored, &[(pod_route, 30)]);
+        tally.count(
+            Fate::Sent,
+            Queue::Upstream,
+            &[(node_route.id, 100), (pod_route, 10)],
+        );
+        tally.count(Fate::DroppedTtl, Queue::Upstream, &[(pod_route, 10)]);
+        tally.count(Fate::Stored, Queue::Upstream, &[(pod_route, 30)]);
         let lines = tally.lines();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].route, node_route.to_string());
@@ -1932,7 +1986,7 @@ mod tests {
             (lines[1].route.as_str(), lines[1].queued),
             ("FROM default/meter readings/# INTO $upstream TTL 10m", 1)
         );
-        tally.count(Fate::DroppedBudget, &[(pod_route, 30)]);
+        tally.count(Fate::DroppedBudget, Queue::Upstream, &[(pod_route, 30)]);
         assert_eq!(tally.lines().len(), 1);
         // A new agent finds what was stored under a route in the store.
         let store = path.store.clone();
@@ -1964,6 +2018,56 @@ mod tests {
             (status.routes[1].route.as_str(), status.routes[1].queued),
             ("", 1),
             "stored by an older agent: no route known"
+        );
+    }
+
+    /// A message's going may be counted before its storing (each is
+    /// counted after its own commit, by another task): the counts commute,
+    /// a queue is never shown below zero nor a message as both queued and
+    /// sent, and the node's `queued`/`sent` are the upstream queue's.
+    #[test]
+    fn counts_commute_and_the_node_counts_the_upstream_queue() {
+        let mut tally = RouteTally::default();
+        // Delivered into a pod before its storing is counted.
+        tally.count(Fate::Sent, Queue::Pod, &[(7, 10)]);
+        let line = &tally.lines()[0];
+        assert_eq!(
+            (line.received, line.queued, line.queued_bytes, line.sent),
+            (0, 0, 0, 1)
+        );
+        tally.count(Fate::Stored, Queue::Pod, &[(7, 10)]);
+        assert_eq!(
+            (tally.routes.get(&7), &tally.node),
+            (None, &NodeTally::default()),
+            "nothing stored under a route not declared: its line goes; a pod's queue is not the node's"
+        );
+        // Upstream: the node counts it too.
+        tally.count(Fate::Stored, Queue::Upstream, &[(8, 100), (8, 50), (8, 5)]);
+        tally.count(Fate::Sent, Queue::Upstream, &[(8, 100)]);
+        tally.count(Fate::DroppedBudget, Queue::Upstream, &[(8, 5)]);
+        tally.count(Fate::Stored, Queue::Pod, &[(9, 20)]);
+        tally.count(Fate::DroppedTtl, Queue::Pod, &[(9, 20)]);
+        assert_eq!(
+            tally.node,
+            NodeTally {
+                queued: 1,
+                queued_bytes: 50,
+                sent: 1,
+                sent_bytes: 100,
+                dropped_ttl: 1,
+                dropped_budget: 1,
+            }
+        );
+        let line = &tally.lines()[0];
+        assert_eq!(
+            (
+                line.received,
+                line.queued,
+                line.queued_bytes,
+                line.sent,
+                line.dropped_budget
+            ),
+            (3, 1, 50, 1, 1)
         );
     }
 
@@ -2148,7 +2252,7 @@ mod tests {
             .store
             .expire_pod_data(crate::model::now_ms())
             .expect("expire");
-        path.tally().count(Fate::DroppedTtl, &dropped);
+        path.tally().count(Fate::DroppedTtl, Queue::Pod, &dropped);
         assert_eq!(line(&path), (2, 0, 1, 1));
         assert!(
             path.store
