@@ -20,7 +20,9 @@
 //!   delivered forever), logged, and counted as a row in `kedge_refused`.
 //! - **A database that fails** stops the acks: the batch in hand is retried
 //!   every second and said so in the log; the broker keeps the rest in the
-//!   sink's persistent session.
+//!   sink's persistent session. So does a device key file that is there
+//!   and cannot be read (an I/O error; a missing file is an unknown
+//!   device): the burst waits, retried every second, never refused.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -210,7 +212,7 @@ async fn serve(
         bursts_rx,
     ));
     tokio::pin!(shutdown);
-    loop {
+    'bursts: loop {
         let first = tokio::select! {
             _ = &mut shutdown => break,
             p = batches.recv() => match p {
@@ -227,9 +229,27 @@ async fn serve(
                 Err(_) => break,
             }
         }
-        let burst = Burst::open(publishes, |p| {
-            open_batch(&topics, &keys, &args.device_keys, p)
-        });
+        // The devices' keys, read once per burst. A key file that is there
+        // and cannot be read holds the burst back (refusing its batches
+        // would acknowledge them, and lose them), as a database that
+        // cannot write does.
+        let mut failures = 0u32;
+        let device_keys = loop {
+            match read_device_keys(&topics, &args.device_keys, &publishes) {
+                Ok(found) => break found,
+                Err((path, e)) => {
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(30) {
+                        warn!(path = %path.display(), error = %e, "cannot read a device's public key; not acknowledging its batches, retrying every second");
+                    }
+                    tokio::select! {
+                        _ = &mut shutdown => break 'bursts,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        let burst = Burst::open(publishes, |p| open_batch(&topics, &keys, &device_keys, p));
         tokio::select! {
             _ = &mut shutdown => break,
             sent = bursts_tx.send(burst) => if sent.is_err() {
@@ -349,7 +369,7 @@ const COALESCE: usize = 64;
 fn open_batch(
     topics: &Topics,
     keys: &[SinkKey],
-    device_keys: &std::path::Path,
+    device_keys: &DeviceKeys,
     publish: &Publish,
 ) -> Result<Batch, (String, OpenError)> {
     let Some(device) = data::device_of_topic(topics.prefix(), &publish.topic) else {
@@ -358,18 +378,49 @@ fn open_batch(
             OpenError::Malformed(format!("not a data topic: {}", publish.topic)),
         ));
     };
-    let read_key = |device: &str| -> Option<Vec<u8>> {
+    let read_key = |device: &str| device_keys.get(device).cloned().flatten();
+    data::open(&publish.payload, device, keys, read_key).map_err(|e| (device.to_string(), e))
+}
+
+/// The public keys of the devices a burst came from, by name; None for a
+/// device that has none (an unknown device: its batches are refused).
+type DeviceKeys = HashMap<String, Option<Vec<u8>>>;
+
+/// Reads the public key of every device of `publishes` from `dir`
+/// (`{device}.pub`, hex). A missing file, a name that is not a plain file
+/// name there, or a file that does not hold a key: no key (the device is
+/// unknown). A file that is there and cannot be read (an I/O error): that
+/// error, with its path.
+fn read_device_keys(
+    topics: &Topics,
+    dir: &std::path::Path,
+    publishes: &[Publish],
+) -> Result<DeviceKeys, (PathBuf, std::io::Error)> {
+    let mut found = DeviceKeys::new();
+    for publish in publishes {
+        let Some(device) = data::device_of_topic(topics.prefix(), &publish.topic) else {
+            continue;
+        };
+        if found.contains_key(device) {
+            continue;
+        }
         // A device name is one topic level without '/', so this stays in
         // the directory; names starting with '.' are refused too.
-        if device.starts_with('.') {
-            return None;
-        }
-        let text = std::fs::read_to_string(device_keys.join(format!("{device}.pub"))).ok()?;
-        data::keys::parse_hex32(&text, device)
-            .ok()
-            .map(|k| k.to_vec())
-    };
-    data::open(&publish.payload, device, keys, read_key).map_err(|e| (device.to_string(), e))
+        let key = if device.starts_with('.') {
+            None
+        } else {
+            let path = dir.join(format!("{device}.pub"));
+            match std::fs::read_to_string(&path) {
+                Ok(text) => data::keys::parse_hex32(&text, device)
+                    .ok()
+                    .map(|k| k.to_vec()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err((path, e)),
+            }
+        };
+        found.insert(device.to_string(), key);
+    }
+    Ok(found)
 }
 
 /// The reason column of `kedge_refused`.
@@ -623,5 +674,47 @@ mod tests {
         assert_eq!(json_text(b"{} {}"), None);
         assert_eq!(json_text(b"{\"a\":1"), None);
         assert_eq!(json_text(&[b'"', 0xff, b'"']), None);
+    }
+
+    /// A device without a key file, or whose file holds no key, is unknown
+    /// (its batches are refused); a key file that cannot be read is an
+    /// error (the burst waits: refusing would acknowledge, and lose, it).
+    #[test]
+    fn device_keys_are_known_unknown_or_unreadable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let topics = Topics::new("kedge/v1");
+        let publish = |device: &str| Publish::new(topics.data(device), QoS::AtLeastOnce, vec![1]);
+        let key = [7u8; 32];
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(dir.path().join("gw1.pub"), format!("{hex}\n")).expect("write");
+        std::fs::write(dir.path().join("gw2.pub"), "not a key").expect("write");
+        let found = read_device_keys(
+            &topics,
+            dir.path(),
+            &[
+                publish("gw1"),
+                publish("gw1"),
+                publish("gw2"),
+                publish("gw3"),
+                publish(".hidden"),
+                Publish::new("elsewhere", QoS::AtLeastOnce, vec![1]),
+            ],
+        )
+        .expect("read");
+        assert_eq!(
+            found,
+            DeviceKeys::from([
+                ("gw1".to_string(), Some(key.to_vec())),
+                ("gw2".to_string(), None),
+                ("gw3".to_string(), None),
+                (".hidden".to_string(), None),
+            ])
+        );
+        // There, and not readable (a directory: EISDIR).
+        std::fs::create_dir(dir.path().join("gw4.pub")).expect("mkdir");
+        let (path, e) = read_device_keys(&topics, dir.path(), &[publish("gw1"), publish("gw4")])
+            .expect_err("unreadable");
+        assert_eq!(path, dir.path().join("gw4.pub"));
+        assert_ne!(e.kind(), std::io::ErrorKind::NotFound);
     }
 }

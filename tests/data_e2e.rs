@@ -271,10 +271,21 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
             let _ = std::fs::write(kept.join("broker.log"), broker.log());
             let _ = std::fs::write(kept.join("agent.log"), agent.log());
             let _ = std::fs::write(kept.join("sink.log"), sink_log());
+            // What the sink refused, and the seqs it stored: the missing
+            // messages' seqs are in the gaps, to find in the agent's log
+            // ("data batch published/acknowledged", `last_id`).
+            let refused = pg.psql(
+                "SELECT coalesce(string_agg(reason || ': ' || detail, '; '), 'none') FROM kedge_refused",
+            );
+            let seqs = pg.psql(
+                "SELECT coalesce(string_agg(seq::text, ','), '') FROM (SELECT seq FROM kedge_messages ORDER BY seq) s",
+            );
+            let _ = std::fs::write(kept.join("stored-seqs.txt"), ranges(&seqs));
             panic!(
-                "only {} of {N} messages in PostgreSQL after {WAIT:?}; missing n: {}; all logs in {}\n--- broker log (drops)\n{}\n--- agent log (tail)\n{}\n--- sink log (tail)\n{}",
+                "only {} of {N} messages in PostgreSQL after {WAIT:?}; missing n: {}; refused: {refused}; stored seqs: {}; all logs in {}\n--- broker log (drops)\n{}\n--- agent log (tail)\n{}\n--- sink log (tail)\n{}",
                 rows(),
                 ranges(&missing),
+                ranges(&seqs),
                 kept.display(),
                 tail(
                     broker
@@ -457,6 +468,48 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
         ),
         0
     );
+
+    // A device whose key file is there and cannot be read (here a symlink
+    // to itself: ELOOP): its batch is neither refused (that would
+    // acknowledge it, and lose it) nor stored; it waits until the key can
+    // be read, and is stored then.
+    let keys_dir = dir.path().join("device-keys");
+    let held_key = keys_dir.join("gw-later.pub");
+    std::os::unix::fs::symlink(&held_key, &held_key).expect("symlink");
+    let mut held = batch("gw-later");
+    held.messages[0].1.payload = b"held".to_vec();
+    let sealed = kedge::data::seal(
+        &held,
+        kedge::data::Compression::Lz4,
+        &stranger,
+        &sink_public_key,
+    )
+    .expect("seal");
+    publish_file(&broker, "kedge/v1/gw-later/data", &sealed, dir.path());
+    wait_until("the sink says it cannot read the key", WAIT, || {
+        sink_log()
+            .contains("cannot read a device's public key")
+            .then_some(())
+    });
+    assert_eq!(refused("unknown_device"), 1, "not refused");
+    let hex: String = stranger
+        .public_key()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let tmp = keys_dir.join("gw-later.tmp");
+    std::fs::write(&tmp, format!("{hex}\n")).expect("write key");
+    // One rename: the path never goes missing (a missing key is an unknown
+    // device).
+    std::fs::rename(&tmp, &held_key).expect("rename key");
+    wait_until("the held batch stored", WAIT, || {
+        (count(
+            &pg,
+            "SELECT count(*) FROM kedge_messages WHERE device = 'gw-later' AND payload = 'held'",
+        ) == 1)
+            .then_some(())
+    });
+    assert_eq!(refused("unknown_device"), 1, "never refused");
 
     drop(sink);
     drop(agent);
