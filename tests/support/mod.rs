@@ -402,10 +402,22 @@ impl Drop for Mosquitto {
     }
 }
 
-/// A currently free TCP port on 127.0.0.1 (bind port 0, read it, release it).
+/// A currently free TCP port on 127.0.0.1 (bind port 0, read it, release
+/// it), never one handed out before in this process: a test's broker that
+/// is down for an outage leaves its port free, and a test running beside it
+/// must not start a broker there (the first test's agent would then hand
+/// its batches to the wrong broker).
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local_addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The mosquitto.conf text for a listener on `port`.
