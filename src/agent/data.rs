@@ -111,15 +111,7 @@ struct RouteCounters {
     /// stored message goes.
     declared: bool,
     received: u64,
-    /// Stored minus gone: below zero for a moment when a message's going
-    /// is counted before its storing (the two are counted after their
-    /// commits, from different tasks); shown as zero then.
-    queued: i64,
-    queued_bytes: i64,
-    sent: u64,
-    sent_bytes: u64,
-    dropped_ttl: u64,
-    dropped_budget: u64,
+    moved: Moved,
 }
 
 /// What happened to stored messages, for `RouteTally::count`.
@@ -140,12 +132,12 @@ enum Queue {
     Pod,
 }
 
-/// The node's totals of `DataPathStatus` that stored messages move:
-/// `queued` and `sent` are the upstream queue's, the drops both queues'.
+/// What stored messages did, counted: a route's, or the node's.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct NodeTally {
-    /// Stored minus gone, as `RouteCounters::queued`; seeded from the
-    /// store at start.
+struct Moved {
+    /// Stored minus gone: below zero for a moment when a message's going
+    /// is counted before its storing (the two are counted after their
+    /// commits, from different tasks); shown as zero then.
     queued: i64,
     queued_bytes: i64,
     sent: u64,
@@ -154,13 +146,39 @@ struct NodeTally {
     dropped_budget: u64,
 }
 
+impl Moved {
+    /// One message of `bytes` had `fate`.
+    fn count(&mut self, fate: Fate, bytes: u64) {
+        let stored_bytes = signed(bytes);
+        if fate == Fate::Stored {
+            self.queued += 1;
+            self.queued_bytes += stored_bytes;
+            return;
+        }
+        self.queued -= 1;
+        self.queued_bytes -= stored_bytes;
+        match fate {
+            Fate::Sent => {
+                self.sent += 1;
+                self.sent_bytes += bytes;
+            }
+            Fate::DroppedTtl => self.dropped_ttl += 1,
+            Fate::DroppedBudget => self.dropped_budget += 1,
+            Fate::Stored => {}
+        }
+    }
+}
+
 /// The counters stored messages move, per route and for the node, under
 /// one lock: a status reads them all at one moment, so a message is never
 /// both queued and sent in it (pure: no I/O, unit-tested).
 #[derive(Debug, Default)]
 struct RouteTally {
     routes: std::collections::BTreeMap<u32, RouteCounters>,
-    node: NodeTally,
+    /// The node's totals in `DataPathStatus`: `queued` and `sent` are the
+    /// upstream queue's, the drops both queues'; `queued` is seeded from
+    /// the store at start.
+    node: Moved,
 }
 
 /// A signed count as the status shows it: never below zero.
@@ -198,7 +216,7 @@ impl RouteTally {
             }
         }
         self.declare(routes, Some(pod.to_string()));
-        self.routes.retain(|_, c| c.declared || c.queued != 0);
+        self.routes.retain(|_, c| c.declared || c.moved.queued != 0);
     }
 
     /// `pod`'s routes are no longer declared.
@@ -210,43 +228,22 @@ impl RouteTally {
     /// as `fate` had them. Counts commute: a message's going counted before
     /// its storing leaves the same totals.
     fn count(&mut self, fate: Fate, queue: Queue, messages: &[(u32, u64)]) {
-        let node = &mut self.node;
         for &(route, bytes) in messages {
             let c = self.routes.entry(route).or_default();
-            let (n, b) = if fate == Fate::Stored {
+            if fate == Fate::Stored {
                 c.received += 1;
-                (1, signed(bytes))
-            } else {
-                (-1, -signed(bytes))
-            };
-            c.queued += n;
-            c.queued_bytes += b;
-            if queue == Queue::Upstream {
-                node.queued += n;
-                node.queued_bytes += b;
             }
-            match fate {
-                Fate::Stored => {}
-                Fate::Sent => {
-                    c.sent += 1;
-                    c.sent_bytes += bytes;
-                    if queue == Queue::Upstream {
-                        node.sent += 1;
-                        node.sent_bytes += bytes;
-                    }
-                }
-                Fate::DroppedTtl => {
-                    c.dropped_ttl += 1;
-                    node.dropped_ttl += 1;
-                }
-                Fate::DroppedBudget => {
-                    c.dropped_budget += 1;
-                    node.dropped_budget += 1;
-                }
+            c.moved.count(fate, bytes);
+            match (queue, fate) {
+                (Queue::Upstream, _) => self.node.count(fate, bytes),
+                // A pod's queue is not the node's; its drops are.
+                (Queue::Pod, Fate::DroppedTtl) => self.node.dropped_ttl += 1,
+                (Queue::Pod, Fate::DroppedBudget) => self.node.dropped_budget += 1,
+                (Queue::Pod, Fate::Stored | Fate::Sent) => {}
             }
         }
         // A route no longer declared goes once nothing of it is stored.
-        self.routes.retain(|_, c| c.declared || c.queued != 0);
+        self.routes.retain(|_, c| c.declared || c.moved.queued != 0);
     }
 
     /// The lines of the node status: the node's routes, then the pods',
@@ -258,16 +255,17 @@ impl RouteTally {
             .values()
             .map(|c| {
                 let (route, pod) = c.known.clone().unwrap_or_default();
+                let m = &c.moved;
                 crate::model::RouteStatus {
                     route,
                     pod,
                     received: c.received,
-                    queued: shown(c.queued),
-                    queued_bytes: shown(c.queued_bytes),
-                    sent: c.sent,
-                    sent_bytes: c.sent_bytes,
-                    dropped_ttl: c.dropped_ttl,
-                    dropped_budget: c.dropped_budget,
+                    queued: shown(m.queued),
+                    queued_bytes: shown(m.queued_bytes),
+                    sent: m.sent,
+                    sent_bytes: m.sent_bytes,
+                    dropped_ttl: m.dropped_ttl,
+                    dropped_budget: m.dropped_budget,
                     priority: c.priority,
                 }
             })
@@ -337,8 +335,8 @@ impl DataPath {
         tally.declare(&routes, None);
         for (route, (count, bytes)) in store.data_backlog_by_route()? {
             let c = tally.routes.entry(route).or_default();
-            c.queued += signed(count);
-            c.queued_bytes += signed(bytes);
+            c.moved.queued += signed(count);
+            c.moved.queued_bytes += signed(bytes);
         }
         let (count, bytes) = store.data_backlog()?;
         (tally.node.queued, tally.node.queued_bytes) = (signed(count), signed(bytes));
@@ -2038,7 +2036,7 @@ mod tests {
         tally.count(Fate::Stored, Queue::Pod, &[(7, 10)]);
         assert_eq!(
             (tally.routes.get(&7), &tally.node),
-            (None, &NodeTally::default()),
+            (None, &Moved::default()),
             "nothing stored under a route not declared: its line goes; a pod's queue is not the node's"
         );
         // Upstream: the node counts it too.
@@ -2049,7 +2047,7 @@ mod tests {
         tally.count(Fate::DroppedTtl, Queue::Pod, &[(9, 20)]);
         assert_eq!(
             tally.node,
-            NodeTally {
+            Moved {
                 queued: 1,
                 queued_bytes: 50,
                 sent: 1,
