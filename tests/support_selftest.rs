@@ -81,6 +81,27 @@ fn broker_restart_keeps_port_and_delivers_again() {
     assert_eq!(got, b"2");
 }
 
+/// A persistent broker saves its state on SIGTERM and restores it; one
+/// that cannot save it is said so (a test would otherwise read what the
+/// broker lost as its client's loss).
+#[test]
+fn a_persistent_broker_that_cannot_save_its_state_is_said_so() {
+    let mut broker = Mosquitto::start_persistent();
+    broker.stop_gracefully();
+    broker.restart();
+    let store = broker.dir().join("store");
+    std::fs::remove_dir_all(&store).expect("remove the store");
+    std::fs::write(&store, b"not a directory").expect("write");
+    let stopped =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| broker.stop_gracefully()));
+    let panic = stopped.expect_err("a failed save must not pass unnoticed");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("did not save its state") && message.contains("Error saving"),
+        "{message}"
+    );
+}
+
 #[test]
 fn tls_broker_requires_client_certificate() {
     let tls = generate_tls("gw1");

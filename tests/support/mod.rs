@@ -231,6 +231,9 @@ pub struct Mosquitto {
     conf: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
+    /// The log's length when a persistent broker last saved its state
+    /// (`stop_gracefully`): its next start must restore it.
+    saved_at: Option<usize>,
 }
 
 impl Mosquitto {
@@ -268,6 +271,7 @@ impl Mosquitto {
             log_path: dir.path().join("mosquitto.log"),
             dir,
             child: None,
+            saved_at: None,
         };
         let mut last_log = String::new();
         for _attempt in 0..5 {
@@ -350,15 +354,41 @@ impl Mosquitto {
         m
     }
 
-    /// Stops the broker with SIGTERM (it saves its state when persistent)
-    /// and waits for it to exit.
+    /// Stops the broker with SIGTERM and waits for it to exit. A persistent
+    /// broker must have saved its state then: one that could not (a full
+    /// disk, say) loses what it held, which a test would otherwise read as
+    /// its client's loss, so that panics here, saying why.
     pub fn stop_gracefully(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
             let _ = child.wait();
+            if self.persistent() {
+                let log = self.log();
+                let saved = log.rfind("Saving in-memory database");
+                let failed = saved.and_then(|at| {
+                    log[at..]
+                        .lines()
+                        .find(|l| l.contains("Error"))
+                        .map(str::to_string)
+                });
+                if saved.is_none() || failed.is_some() {
+                    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                    panic!(
+                        "mosquitto did not save its state on SIGTERM ({}): what it held is lost; log tail (newest first):\n{}",
+                        failed.unwrap_or_else(|| "no 'Saving in-memory database' line".into()),
+                        tail.join("\n")
+                    );
+                }
+                self.saved_at = Some(log.len());
+            }
         }
+    }
+
+    /// Whether the broker keeps its state across restarts (`start_persistent`).
+    fn persistent(&self) -> bool {
+        std::fs::read_to_string(&self.conf).is_ok_and(|c| c.contains("persistence true\n"))
     }
 
     /// Kills the broker and waits for it to exit (simulates an outage).
@@ -382,6 +412,16 @@ impl Mosquitto {
                 "could not restart mosquitto on port {}:\n{last_log}",
                 self.port
             );
+        }
+        // What a graceful stop saved comes back, or this says why not.
+        if let Some(at) = self.saved_at.take() {
+            let log = self.log();
+            if let Some(bad) = log.get(at..).unwrap_or_default().lines().find(|l| {
+                (l.contains("Error") || l.contains("Warning"))
+                    && (l.contains("ersist") || l.contains("database"))
+            }) {
+                panic!("mosquitto did not restore the state it saved: {bad}");
+            }
         }
     }
 
