@@ -3685,17 +3685,25 @@ fn kubectl_port_forward_carries_http_and_bytes_both_ways_to_an_edge_pod() {
             &[
                 "sh",
                 "-c",
-                "mkdir -p /www && head -c 10485760 /dev/urandom > /www/big && httpd -p 8080 -h /www && exec nc -ll -p 9000 -e cat",
+                // The file appears whole (a rename), once httpd listens:
+                // the container is Ready as soon as it runs, before then.
+                "mkdir -p /www && head -c 10485760 /dev/urandom > /www/big.part && httpd -p 8080 -h /www && mv /www/big.part /www/big && exec nc -ll -p 9000 -e cat",
             ],
         ),
     );
     w.wait_pod_ready("web");
-    let want = kubectl.ok(&["exec", "web", "--", "sha256sum", "/www/big"]);
-    let want = want
-        .split_whitespace()
-        .next()
-        .expect("sha256sum")
-        .to_string();
+    // Once the file is there (a digest read while `head` still wrote it
+    // once differed from the download's).
+    let want = wait_until("the pod's /www/big written", LONG, || {
+        let out = kubectl.run(&["exec", "web", "--", "sha256sum", "/www/big"]);
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .expect("sha256sum")
+                .to_string()
+        })
+    });
 
     // kubectl picks the local ports and says which.
     let mut pf = kubectl.spawn(&["port-forward", "pod/web", ":8080", ":9000", ":9999"]);
