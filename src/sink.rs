@@ -685,8 +685,11 @@ mod tests {
         let topics = Topics::new("kedge/v1");
         let publish = |device: &str| Publish::new(topics.data(device), QoS::AtLeastOnce, vec![1]);
         let key = [7u8; 32];
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(dir.path().join("gw1.pub"), format!("{hex}\n")).expect("write");
+        std::fs::write(
+            dir.path().join("gw1.pub"),
+            format!("{}\n", hex::encode(key)),
+        )
+        .expect("write");
         std::fs::write(dir.path().join("gw2.pub"), "not a key").expect("write");
         let found = read_device_keys(
             &topics,

@@ -492,13 +492,8 @@ fn workload_messages_reach_postgres_exactly_once_through_outage_and_crash_sealed
             .then_some(())
     });
     assert_eq!(refused("unknown_device"), 1, "not refused");
-    let hex: String = stranger
-        .public_key()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     let tmp = keys_dir.join("gw-later.tmp");
-    std::fs::write(&tmp, format!("{hex}\n")).expect("write key");
+    std::fs::write(&tmp, format!("{}\n", hex::encode(stranger.public_key()))).expect("write key");
     // One rename: the path never goes missing (a missing key is an unknown
     // device).
     std::fs::rename(&tmp, &held_key).expect("rename key");
